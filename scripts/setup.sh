@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Installs every Debian package vmseal needs (idempotent: quiet and offline
+# when all are present) and builds vmseal in Release into build/.
+#   scripts/setup.sh [--sanitize]   (--sanitize: ASan+UBSan build in build-asan/)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+sanitize=0
+for arg in "$@"; do
+  case "$arg" in
+    --sanitize) sanitize=1 ;;
+    *) echo "setup.sh: unknown argument $arg" >&2; exit 2 ;;
+  esac
+done
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# The wanted packages: every scripts/packages/*.txt, comments stripped.
+mapfile -t wanted < <(sed -e 's/#.*//' -e 's/[[:space:]]//g' scripts/packages/*.txt | grep -v '^$' | sort -u)
+missing=()
+for p in "${wanted[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
+fi
+
+# Node.js for the S3-compatible test server: the machine may carry its own
+# nodejs (which bundles npm); otherwise take Debian's.
+if ! command -v npm >/dev/null 2>&1; then
+  echo "setup: installing nodejs npm"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    nodejs npm >/dev/null
+fi
+if [ -f tools/s3/package.json ] && [ ! -d tools/s3/node_modules ]; then
+  echo "setup: installing the S3 test server (npm ci)"
+  (cd tools/s3 && npm ci --no-audit --no-fund --silent >/dev/null)
+fi
+
+jobs=$(nproc)
+if [ "$sanitize" -eq 1 ]; then
+  dir=build-asan
+  flags=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DVMSEAL_SANITIZE=ON)
+else
+  dir=build
+  flags=(-DCMAKE_BUILD_TYPE=Release)
+fi
+cmake -S . -B "$dir" "${flags[@]}" >/dev/null
+cmake --build "$dir" -j "$jobs" 2>&1 | grep -E "error|warning:|Error" || true
+cmake --build "$dir" -j "$jobs" >/dev/null
+echo "setup: built $dir/vmseal"

@@ -1,0 +1,107 @@
+#include "csp/accounts.h"
+
+#include <argon2.h>
+
+#include <vector>
+
+#include "crypto/primitives.h"
+
+namespace vmseal::csp {
+namespace {
+
+constexpr size_t kSaltBytes = 16;
+constexpr size_t kHashBytes = 32;
+constexpr size_t kPasswordChars = 24;  // 24 * 5 bits = 120 bits
+constexpr char kPasswordAlphabet[] = "abcdefghijkmnpqrstuvwxyz23456789";  // 32, no l/o/0/1
+constexpr char kTokenPrefix[] = "vst_";
+
+std::string TokenHash(const SecretBytes& token) {
+  return crypto::HexEncode(crypto::Sha256(token.UnsafeSpan()));
+}
+
+}  // namespace
+
+StatusOr<std::unique_ptr<Accounts>> Accounts::Create(const Options& options, PortalDb* db,
+                                                     const Clock* clock) {
+  if (options.argon2_t_cost < 1 || options.argon2_m_cost_kib < 8 * options.argon2_parallelism ||
+      options.argon2_parallelism < 1) {
+    return InvalidArgumentError("invalid Argon2id parameters");
+  }
+  if (options.session_ttl_seconds <= 0) return InvalidArgumentError("session TTL must be positive");
+  std::unique_ptr<Accounts> a(new Accounts(options, db, clock, ""));
+  ASSIGN_OR_RETURN(std::string dummy, a->HashPassword(SecretBytes::Random(kPasswordChars)));
+  return std::unique_ptr<Accounts>(new Accounts(options, db, clock, std::move(dummy)));
+}
+
+StatusOr<std::string> Accounts::HashPassword(const SecretBytes& password) const {
+  crypto::Bytes salt = crypto::RandomBytes(kSaltBytes);
+  size_t len = argon2_encodedlen(options_.argon2_t_cost, options_.argon2_m_cost_kib,
+                                 options_.argon2_parallelism, kSaltBytes, kHashBytes, Argon2_id);
+  std::vector<char> encoded(len);
+  int rc = argon2id_hash_encoded(options_.argon2_t_cost, options_.argon2_m_cost_kib,
+                                 options_.argon2_parallelism, password.UnsafeData(),
+                                 password.size(), salt.data(), salt.size(), kHashBytes,
+                                 encoded.data(), encoded.size());
+  if (rc != ARGON2_OK) return InternalError(std::string("argon2id: ") + argon2_error_message(rc));
+  return std::string(encoded.data());
+}
+
+StatusOr<RegisterResponse> Accounts::Register(const RegisterRequest& /*request*/) {
+  RegisterResponse out;
+  out.customer_id = "cust-" + crypto::HexEncode(crypto::RandomBytes(8));
+  out.login_id = "u-" + crypto::HexEncode(crypto::RandomBytes(6));
+  SecretBytes random = SecretBytes::Random(kPasswordChars);
+  out.password = SecretBytes(kPasswordChars);
+  for (size_t i = 0; i < kPasswordChars; ++i) {
+    out.password.UnsafeMutableData()[i] =
+        static_cast<uint8_t>(kPasswordAlphabet[random.UnsafeData()[i] & 31]);
+  }
+  CustomerRecord record;
+  record.customer_id = out.customer_id;
+  record.login_id = out.login_id;
+  ASSIGN_OR_RETURN(record.password_hash, HashPassword(out.password));
+  record.created_unix = clock_->NowUnixSeconds();
+  RETURN_IF_ERROR(db_->InsertCustomer(record));
+  return out;
+}
+
+StatusOr<LoginResponse> Accounts::Login(const LoginRequest& request) {
+  const Status denied = UnauthenticatedError("invalid login id or password");
+  auto customer = db_->FindCustomerByLogin(request.login_id);
+  if (!customer.ok() && customer.status().code() != StatusCode::kNotFound) {
+    return customer.status();
+  }
+  const std::string& encoded = customer.ok() ? customer->password_hash : dummy_hash_;
+  // argon2id_verify recomputes the hash and compares in constant time.
+  int rc = argon2id_verify(encoded.c_str(), request.password.UnsafeData(),
+                           request.password.size());
+  if (!customer.ok() || rc != ARGON2_OK) return denied;
+
+  LoginResponse out;
+  std::string token = kTokenPrefix + crypto::HexEncode(SecretBytes::Random(32).UnsafeSpan());
+  out.token = SecretBytes(crypto::AsBytes(token));
+  WipeBytes(std::span<uint8_t>(reinterpret_cast<uint8_t*>(token.data()), token.size()));
+  out.expires_unix = clock_->NowUnixSeconds() + options_.session_ttl_seconds;
+  out.customer_id = customer->customer_id;
+  RETURN_IF_ERROR(db_->InsertSession({TokenHash(out.token), out.customer_id, out.expires_unix}));
+  return out;
+}
+
+StatusOr<Principal> Accounts::Authenticate(const SecretBytes& token) {
+  auto session = db_->FindSession(TokenHash(token));
+  if (!session.ok()) {
+    if (session.status().code() == StatusCode::kNotFound) {
+      return UnauthenticatedError("invalid session token");
+    }
+    return session.status();
+  }
+  if (session->expires_unix <= clock_->NowUnixSeconds()) {
+    (void)db_->DeleteSession(session->token_sha256_hex);
+    return UnauthenticatedError("session expired");
+  }
+  return Principal{session->customer_id};
+}
+
+Status Accounts::Logout(const SecretBytes& token) { return db_->DeleteSession(TokenHash(token)); }
+
+}  // namespace vmseal::csp

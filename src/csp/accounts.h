@@ -1,0 +1,89 @@
+// Customer accounts and sessions of the portal: registration with a
+// generated login id and password, login to an expiring bearer token, and
+// token checks that yield the Principal every other service takes.
+#ifndef VMSEAL_CSP_ACCOUNTS_H_
+#define VMSEAL_CSP_ACCOUNTS_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "base/secret_bytes.h"
+#include "base/status.h"
+#include "csp/clock.h"
+#include "csp/portal_db.h"
+
+namespace vmseal::csp {
+
+// Who is calling: established only by Accounts::Authenticate (or, for
+// operators, by the adapter that checked the operator credential).
+struct Principal {
+  std::string customer_id;
+};
+
+struct RegisterRequest {};
+struct RegisterResponse {
+  std::string customer_id;
+  std::string login_id;
+  // Generated password, shown to the customer once; only its Argon2id hash
+  // is stored.
+  SecretBytes password;
+};
+
+struct LoginRequest {
+  std::string login_id;
+  SecretBytes password;
+};
+struct LoginResponse {
+  // Bearer token ("vst_" + 64 hex); only its SHA-256 is stored.
+  SecretBytes token;
+  int64_t expires_unix = 0;
+  std::string customer_id;
+};
+
+// Thread-safe.
+class Accounts {
+ public:
+  struct Options {
+    // Argon2id cost: iterations, memory in KiB, lanes. Defaults t=3,
+    // m=64 MiB, p=1 (above the RFC 9106 "second recommended" option's
+    // memory floor of 64 MiB at t=3).
+    uint32_t argon2_t_cost = 3;
+    uint32_t argon2_m_cost_kib = 64 * 1024;
+    uint32_t argon2_parallelism = 1;
+    // Lifetime of a session token. Default 1 hour.
+    int64_t session_ttl_seconds = 3600;
+  };
+
+  // `db` and `clock` must outlive the object.
+  static StatusOr<std::unique_ptr<Accounts>> Create(const Options& options, PortalDb* db,
+                                                    const Clock* clock);
+
+  StatusOr<RegisterResponse> Register(const RegisterRequest& request);
+
+  // UNAUTHENTICATED "invalid login id or password" for an unknown login id
+  // or a wrong password alike (and with the same Argon2id cost).
+  StatusOr<LoginResponse> Login(const LoginRequest& request);
+
+  // The principal of a live token; UNAUTHENTICATED otherwise ("session
+  // expired" for an expired one, which is then removed).
+  StatusOr<Principal> Authenticate(const SecretBytes& token);
+
+  // Ends the session; OK if it did not exist.
+  Status Logout(const SecretBytes& token);
+
+ private:
+  Accounts(const Options& options, PortalDb* db, const Clock* clock, std::string dummy_hash)
+      : options_(options), db_(db), clock_(clock), dummy_hash_(std::move(dummy_hash)) {}
+  StatusOr<std::string> HashPassword(const SecretBytes& password) const;
+
+  const Options options_;
+  PortalDb* const db_;
+  const Clock* const clock_;
+  // Verified against when the login id is unknown, to equalise timing.
+  const std::string dummy_hash_;
+};
+
+}  // namespace vmseal::csp
+
+#endif  // VMSEAL_CSP_ACCOUNTS_H_

@@ -1,0 +1,86 @@
+// Host registry and trust inputs of the trusted-compute-pool scheduler.
+#ifndef VMSEAL_CSP_HOSTS_H_
+#define VMSEAL_CSP_HOSTS_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+#include "csp/clock.h"
+
+namespace vmseal::csp {
+
+// The KMS's latest attestation verdict on a host, as the portal sees it.
+struct TrustVerdict {
+  bool trusted = false;
+  // When the KMS recorded the verdict (Unix seconds).
+  int64_t issued_unix = 0;
+  // Start of the current unbroken run of trusted verdicts (the host's trust
+  // history); meaningful only when `trusted`.
+  int64_t trusted_since_unix = 0;
+  // The KMS's reason for an untrusted verdict, e.g. "pcr 7 mismatch".
+  std::string reason;
+};
+
+// Where verdicts come from: the KMS client implements it. Thread-safe.
+class TrustSource {
+ public:
+  virtual ~TrustSource() = default;
+  // NOT_FOUND if the KMS has no verdict on the host yet.
+  virtual StatusOr<TrustVerdict> LatestVerdict(const std::string& host_id) = 0;
+};
+
+struct HostRegistration {
+  // The host's mTLS identity (client certificate subject CN), set by the
+  // adapter from the verified certificate, never from the request body.
+  std::string host_id;
+  // How many VMs the host may run at once (>= 1).
+  uint32_t capacity_slots = 1;
+  // Placement tags, e.g. {"region": "eu-west"}.
+  std::map<std::string, std::string> tags;
+};
+
+struct HostState {
+  HostRegistration registration;
+  int64_t registered_unix = 0;
+  int64_t last_heartbeat_unix = 0;
+  // False once the host missed its heartbeat deadline; a heartbeat restores it.
+  bool in_pool = false;
+};
+
+// Thread-safe.
+class HostRegistry {
+ public:
+  struct Options {
+    // A host with no heartbeat for longer than this leaves the pool.
+    // Default 30 s.
+    int64_t heartbeat_timeout_seconds = 30;
+  };
+  HostRegistry(const Options& options, const Clock* clock) : options_(options), clock_(clock) {}
+
+  // Registers or re-registers (new capacity/tags) a host; it joins the pool.
+  Status Register(const HostRegistration& registration);
+  // NOT_FOUND for an unregistered host.
+  Status Heartbeat(const std::string& host_id);
+  // Takes hosts whose heartbeat is overdue out of the pool; returns the ids
+  // of hosts that left it in this call.
+  std::vector<std::string> ExpireStale();
+  // All registered hosts, by id.
+  std::vector<HostState> List() const;
+  StatusOr<HostState> Get(const std::string& host_id) const;
+  int64_t heartbeat_timeout_seconds() const { return options_.heartbeat_timeout_seconds; }
+
+ private:
+  const Options options_;
+  const Clock* const clock_;
+  mutable std::mutex mu_;
+  std::map<std::string, HostState> hosts_;
+};
+
+}  // namespace vmseal::csp
+
+#endif  // VMSEAL_CSP_HOSTS_H_

@@ -1,0 +1,433 @@
+#include "csp/http_api.h"
+
+#include <httplib.h>
+#include <openssl/x509.h>
+
+#include <nlohmann/json.hpp>
+
+#include "crypto/primitives.h"
+
+namespace vmseal::csp {
+namespace {
+
+using json = nlohmann::json;
+constexpr size_t kAppendBufferBytes = 4 << 20;
+
+void SendError(httplib::Response& res, const Status& s) {
+  res.status = HttpStatusFromCode(s.code());
+  json body = {{"error", {{"code", std::string(StatusCodeName(s.code()))}, {"message", s.message()}}}};
+  res.set_content(body.dump(), "application/json");
+}
+
+void SendJson(httplib::Response& res, const json& body, int status = 200) {
+  res.status = status;
+  res.set_content(body.dump(), "application/json");
+}
+
+// Runs `fn` and sends its JSON or its error.
+template <typename Fn>
+void Reply(httplib::Response& res, Fn&& fn, int ok_status = 200) {
+  StatusOr<json> out = fn();
+  if (!out.ok()) return SendError(res, out.status());
+  SendJson(res, *out, ok_status);
+}
+
+StatusOr<json> ParseBody(const httplib::Request& req) {
+  if (req.body.empty()) return json::object();
+  auto j = json::parse(req.body, nullptr, false);
+  if (!j.is_object()) return InvalidArgumentError("request body is not a JSON object");
+  return j;
+}
+
+StatusOr<SecretBytes> BearerToken(const httplib::Request& req) {
+  const std::string& h = req.get_header_value("Authorization");
+  if (!h.starts_with("Bearer ") || h.size() <= 7) {
+    return UnauthenticatedError("missing bearer token");
+  }
+  return SecretBytes(crypto::AsBytes(std::string_view(h).substr(7)));
+}
+
+json ToJson(const ReleasePolicy& p) { return json::parse(ReleasePolicyToJson(p)); }
+
+json ToJson(const ImageInfo& i) {
+  return {{"image_id", i.image_id},         {"name", i.name},
+          {"size_bytes", i.size_bytes},     {"sha256", i.sha256_hex},
+          {"policy", ToJson(i.policy)},     {"created_unix", i.created_unix}};
+}
+
+json ToJson(const UploadState& u) {
+  return {{"upload_id", u.upload_id},
+          {"offset_bytes", u.offset_bytes},
+          {"max_size_bytes", u.max_size_bytes}};
+}
+
+json ToJson(const Placement& p) {
+  json decisions = json::array();
+  for (const auto& d : p.decisions) {
+    decisions.push_back({{"host_id", d.host_id},
+                         {"eligible", d.eligible},
+                         {"chosen", d.chosen},
+                         {"reasons", d.reasons},
+                         {"load", d.load},
+                         {"capacity_slots", d.capacity_slots}});
+  }
+  return {{"chosen_host_id", p.chosen_host_id}, {"decisions", decisions}};
+}
+
+json ToJson(const Job& j, bool for_host = false) {
+  json attempts = json::array();
+  for (const auto& a : j.attempts) attempts.push_back({{"host_id", a.host_id}, {"refusal", a.refusal}});
+  json out = {{"job_id", j.job_id},
+              {"image_id", j.image_id},
+              {"state", std::string(JobStateName(j.state))},
+              {"host_id", j.host_id},
+              {"attempts", attempts},
+              {"failure_reason", j.failure_reason},
+              {"last_placement", ToJson(j.last_placement)},
+              {"created_unix", j.created_unix},
+              {"updated_unix", j.updated_unix}};
+  if (for_host) {
+    out["customer_id"] = j.customer_id;
+    out["object_key"] = j.object_key;
+  }
+  return out;
+}
+
+StatusOr<ReleasePolicy> PolicyFrom(const json& body) {
+  if (!body.contains("policy")) return ReleasePolicy{};
+  return ReleasePolicyFromJson(body["policy"].dump());
+}
+
+// The CN of the verified TLS client certificate.
+StatusOr<std::string> HostIdentity(const httplib::Request& req) {
+  if (req.ssl == nullptr) return UnauthenticatedError("host routes need a TLS client certificate");
+  X509* cert = SSL_get1_peer_certificate(req.ssl);
+  if (cert == nullptr || SSL_get_verify_result(req.ssl) != X509_V_OK) {
+    X509_free(cert);
+    return UnauthenticatedError("no verified client certificate");
+  }
+  char cn[256] = {0};
+  int n = X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn, sizeof(cn));
+  X509_free(cert);
+  if (n <= 0) return UnauthenticatedError("client certificate has no CN");
+  return std::string(cn, static_cast<size_t>(n));
+}
+
+// Serves `file` with Range support (cpp-httplib slices the provider).
+void SendFile(httplib::Response& res, std::shared_ptr<RandomAccessFile> file) {
+  auto size = file->Size();
+  if (!size.ok()) return SendError(res, size.status());
+  res.set_content_provider(
+      *size, "application/octet-stream",
+      [file](size_t offset, size_t length, httplib::DataSink& sink) {
+        std::vector<uint8_t> buf(std::min<size_t>(length, 1 << 20));
+        auto n = file->Read(offset, buf);
+        if (!n.ok() || *n == 0) return false;
+        return sink.write(reinterpret_cast<const char*>(buf.data()), *n);
+      });
+}
+
+}  // namespace
+
+void RegisterPortalRoutes(httplib::Server& server, const PortalServices& svc) {
+  auto who = [svc](const httplib::Request& req) -> StatusOr<Principal> {
+    ASSIGN_OR_RETURN(SecretBytes token, BearerToken(req));
+    return svc.accounts->Authenticate(token);
+  };
+  auto is_operator = [svc](const httplib::Request& req) -> Status {
+    if (svc.operator_token == nullptr || svc.operator_token->empty()) {
+      return PermissionDeniedError("operator routes are disabled");
+    }
+    ASSIGN_OR_RETURN(SecretBytes token, BearerToken(req));
+    if (!token.Equals(*svc.operator_token)) return PermissionDeniedError("not the operator");
+    return OkStatus();
+  };
+
+  // --- accounts ---
+  server.Post("/v1/register", [svc](const httplib::Request&, httplib::Response& res) {
+    Reply(res, [&]() -> StatusOr<json> {
+      ASSIGN_OR_RETURN(RegisterResponse r, svc.accounts->Register({}));
+      return json{{"customer_id", r.customer_id},
+                  {"login_id", r.login_id},
+                  {"password", std::string(crypto::AsStringView(r.password.UnsafeSpan()))}};
+    }, 201);
+  });
+  server.Post("/v1/login", [svc](const httplib::Request& req, httplib::Response& res) {
+    Reply(res, [&]() -> StatusOr<json> {
+      ASSIGN_OR_RETURN(json body, ParseBody(req));
+      if (!body["login_id"].is_string() || !body["password"].is_string()) {
+        return InvalidArgumentError("login_id and password are required");
+      }
+      LoginRequest login{body["login_id"].get<std::string>(),
+                         SecretBytes(crypto::AsBytes(body["password"].get_ref<const std::string&>()))};
+      ASSIGN_OR_RETURN(LoginResponse r, svc.accounts->Login(login));
+      return json{{"token", std::string(crypto::AsStringView(r.token.UnsafeSpan()))},
+                  {"expires_unix", r.expires_unix},
+                  {"customer_id", r.customer_id}};
+    });
+  });
+  server.Post("/v1/logout", [svc](const httplib::Request& req, httplib::Response& res) {
+    Reply(res, [&]() -> StatusOr<json> {
+      ASSIGN_OR_RETURN(SecretBytes token, BearerToken(req));
+      RETURN_IF_ERROR(svc.accounts->Logout(token));
+      return json::object();
+    });
+  });
+
+  // --- uploads ---
+  server.Post("/v1/uploads", [svc, who](const httplib::Request& req, httplib::Response& res) {
+    Reply(res, [&]() -> StatusOr<json> {
+      ASSIGN_OR_RETURN(Principal p, who(req));
+      ASSIGN_OR_RETURN(UploadState u, svc.images->BeginUpload(p, {}));
+      return ToJson(u);
+    }, 201);
+  });
+  server.Get(R"(/v1/uploads/([0-9a-f]{32}))",
+             [svc, who](const httplib::Request& req, httplib::Response& res) {
+               Reply(res, [&]() -> StatusOr<json> {
+                 ASSIGN_OR_RETURN(Principal p, who(req));
+                 ASSIGN_OR_RETURN(UploadState u, svc.images->GetUpload(p, req.matches[1]));
+                 return ToJson(u);
+               });
+             });
+  server.Put(R"(/v1/uploads/([0-9a-f]{32}))",
+             [svc, who](const httplib::Request& req, httplib::Response& res,
+                        const httplib::ContentReader& content) {
+               auto principal = who(req);
+               if (!principal.ok()) return SendError(res, principal.status());
+               const std::string id = req.matches[1];
+               char* end = nullptr;
+               const std::string off = req.get_param_value("offset");
+               uint64_t offset = std::strtoull(off.c_str(), &end, 10);
+               if (off.empty() || *end != '\0') {
+                 return SendError(res, InvalidArgumentError("offset query parameter is required"));
+               }
+               // Appends in large batches: each append is fsynced.
+               std::string buf;
+               Status failed;
+               UploadState state{id, offset, 0};
+               auto flush = [&]() -> bool {
+                 if (buf.empty()) return true;
+                 store::StringReader r(buf);
+                 auto s = svc.images->AppendUpload(*principal, id, state.offset_bytes, r);
+                 buf.clear();
+                 if (!s.ok()) {
+                   failed = s.status();
+                   return false;
+                 }
+                 state = *s;
+                 return true;
+               };
+               content([&](const char* data, size_t len) {
+                 buf.append(data, len);
+                 return buf.size() < kAppendBufferBytes || flush();
+               });
+               if (failed.ok()) flush();
+               if (!failed.ok()) return SendError(res, failed);
+               auto now = svc.images->GetUpload(*principal, id);
+               if (!now.ok()) return SendError(res, now.status());
+               SendJson(res, ToJson(*now));
+             });
+  server.Post(R"(/v1/uploads/([0-9a-f]{32})/commit)",
+              [svc, who](const httplib::Request& req, httplib::Response& res) {
+                Reply(res, [&]() -> StatusOr<json> {
+                  ASSIGN_OR_RETURN(Principal p, who(req));
+                  ASSIGN_OR_RETURN(json body, ParseBody(req));
+                  CommitUploadRequest c;
+                  c.upload_id = req.matches[1];
+                  c.name = body.value("name", "");
+                  c.sha256_hex = body.value("sha256", "");
+                  ASSIGN_OR_RETURN(c.policy, PolicyFrom(body));
+                  ASSIGN_OR_RETURN(ImageInfo i, svc.images->CommitUpload(p, c));
+                  return ToJson(i);
+                }, 201);
+              });
+
+  // --- images ---
+  server.Get("/v1/images", [svc, who](const httplib::Request& req, httplib::Response& res) {
+    Reply(res, [&]() -> StatusOr<json> {
+      ASSIGN_OR_RETURN(Principal p, who(req));
+      ASSIGN_OR_RETURN(auto list, svc.images->ListImages(p));
+      json images = json::array();
+      for (const auto& i : list) images.push_back(ToJson(i));
+      return json{{"images", images}};
+    });
+  });
+  server.Get(R"(/v1/images/([A-Za-z0-9-]+))",
+             [svc, who](const httplib::Request& req, httplib::Response& res) {
+               Reply(res, [&]() -> StatusOr<json> {
+                 ASSIGN_OR_RETURN(Principal p, who(req));
+                 ASSIGN_OR_RETURN(ImageInfo i, svc.images->GetImage(p, req.matches[1]));
+                 return ToJson(i);
+               });
+             });
+  server.Delete(R"(/v1/images/([A-Za-z0-9-]+))",
+                [svc, who](const httplib::Request& req, httplib::Response& res) {
+                  Reply(res, [&]() -> StatusOr<json> {
+                    ASSIGN_OR_RETURN(Principal p, who(req));
+                    RETURN_IF_ERROR(svc.images->DeleteImage(p, req.matches[1]));
+                    return json::object();
+                  });
+                });
+  server.Get(R"(/v1/images/([A-Za-z0-9-]+)/package)",
+             [svc, who](const httplib::Request& req, httplib::Response& res) {
+               auto p = who(req);
+               if (!p.ok()) return SendError(res, p.status());
+               auto f = svc.images->OpenImage(*p, req.matches[1]);
+               if (!f.ok()) return SendError(res, f.status());
+               SendFile(res, std::shared_ptr<RandomAccessFile>(std::move(f).value()));
+             });
+  server.Get(R"(/v1/images/([A-Za-z0-9-]+)/placement)",
+             [svc, who](const httplib::Request& req, httplib::Response& res) {
+               Reply(res, [&]() -> StatusOr<json> {
+                 ASSIGN_OR_RETURN(Principal p, who(req));
+                 ASSIGN_OR_RETURN(Placement pl, svc.jobs->ExplainImagePlacement(p, req.matches[1]));
+                 return ToJson(pl);
+               });
+             });
+
+  // --- launches and jobs ---
+  server.Post("/v1/launch", [svc, who](const httplib::Request& req, httplib::Response& res) {
+    Reply(res, [&]() -> StatusOr<json> {
+      ASSIGN_OR_RETURN(Principal p, who(req));
+      ASSIGN_OR_RETURN(json body, ParseBody(req));
+      ASSIGN_OR_RETURN(Job j, svc.jobs->Launch(p, {body.value("image_id", "")}));
+      return ToJson(j);
+    }, 201);
+  });
+  server.Get("/v1/jobs", [svc, who](const httplib::Request& req, httplib::Response& res) {
+    Reply(res, [&]() -> StatusOr<json> {
+      ASSIGN_OR_RETURN(Principal p, who(req));
+      ASSIGN_OR_RETURN(auto list, svc.jobs->ListJobs(p));
+      json jobs = json::array();
+      for (const auto& j : list) jobs.push_back(ToJson(j));
+      return json{{"jobs", jobs}};
+    });
+  });
+  server.Get(R"(/v1/jobs/([A-Za-z0-9-]+))",
+             [svc, who](const httplib::Request& req, httplib::Response& res) {
+               Reply(res, [&]() -> StatusOr<json> {
+                 ASSIGN_OR_RETURN(Principal p, who(req));
+                 ASSIGN_OR_RETURN(Job j, svc.jobs->GetJob(p, req.matches[1]));
+                 return ToJson(j);
+               });
+             });
+
+  // --- hosts (mTLS) ---
+  server.Post("/v1/hosts/register", [svc](const httplib::Request& req, httplib::Response& res) {
+    Reply(res, [&]() -> StatusOr<json> {
+      ASSIGN_OR_RETURN(std::string host, HostIdentity(req));
+      ASSIGN_OR_RETURN(json body, ParseBody(req));
+      HostRegistration r;
+      r.host_id = host;
+      if (!body["capacity_slots"].is_number_unsigned()) {
+        return InvalidArgumentError("capacity_slots is required");
+      }
+      r.capacity_slots = body["capacity_slots"].get<uint32_t>();
+      if (body.contains("tags")) {
+        if (!body["tags"].is_object()) return InvalidArgumentError("tags must be an object");
+        for (auto& [k, v] : body["tags"].items()) {
+          if (!v.is_string()) return InvalidArgumentError("tag values must be strings");
+          r.tags[k] = v.get<std::string>();
+        }
+      }
+      RETURN_IF_ERROR(svc.hosts->Register(r));
+      return json{{"host_id", host}};
+    });
+  });
+  server.Post("/v1/hosts/heartbeat", [svc](const httplib::Request& req, httplib::Response& res) {
+    Reply(res, [&]() -> StatusOr<json> {
+      ASSIGN_OR_RETURN(std::string host, HostIdentity(req));
+      RETURN_IF_ERROR(svc.hosts->Heartbeat(host));
+      return json::object();
+    });
+  });
+  server.Get("/v1/hosts/jobs", [svc](const httplib::Request& req, httplib::Response& res) {
+    Reply(res, [&]() -> StatusOr<json> {
+      ASSIGN_OR_RETURN(std::string host, HostIdentity(req));
+      json jobs = json::array();
+      for (const auto& j : svc.jobs->PendingJobs(host)) jobs.push_back(ToJson(j, true));
+      return json{{"jobs", jobs}};
+    });
+  });
+  server.Post(R"(/v1/hosts/jobs/([A-Za-z0-9-]+)/progress)",
+              [svc](const httplib::Request& req, httplib::Response& res) {
+                Reply(res, [&]() -> StatusOr<json> {
+                  ASSIGN_OR_RETURN(std::string host, HostIdentity(req));
+                  ASSIGN_OR_RETURN(json body, ParseBody(req));
+                  ASSIGN_OR_RETURN(JobState s, JobStateFromName(body.value("state", "")));
+                  ASSIGN_OR_RETURN(Job j, svc.jobs->ReportProgress(host, {req.matches[1], s}));
+                  return ToJson(j, true);
+                });
+              });
+  server.Post(R"(/v1/hosts/jobs/([A-Za-z0-9-]+)/refusal)",
+              [svc](const httplib::Request& req, httplib::Response& res) {
+                Reply(res, [&]() -> StatusOr<json> {
+                  ASSIGN_OR_RETURN(std::string host, HostIdentity(req));
+                  ASSIGN_OR_RETURN(json body, ParseBody(req));
+                  std::string kind = body.value("kind", "");
+                  RefusalReport r;
+                  r.job_id = req.matches[1];
+                  r.detail = body.value("detail", "");
+                  if (kind == "unencrypted_image") {
+                    r.kind = RefusalKind::kUnencryptedImage;
+                  } else if (kind == "attestation_denied") {
+                    r.kind = RefusalKind::kAttestationDenied;
+                  } else if (kind == "launch_failed") {
+                    r.kind = RefusalKind::kLaunchFailed;
+                  } else {
+                    return InvalidArgumentError("unknown refusal kind");
+                  }
+                  ASSIGN_OR_RETURN(Job j, svc.jobs->ReportRefusal(host, r));
+                  return ToJson(j, true);
+                });
+              });
+  server.Get(R"(/v1/hosts/jobs/([A-Za-z0-9-]+)/package)",
+             [svc](const httplib::Request& req, httplib::Response& res) {
+               auto host = HostIdentity(req);
+               if (!host.ok()) return SendError(res, host.status());
+               auto job = svc.jobs->GetAnyJob(req.matches[1]);
+               if (!job.ok() || job->host_id != *host) {
+                 return SendError(res, NotFoundError("no such job on this host"));
+               }
+               auto f = svc.store->Get(job->object_key);
+               if (!f.ok()) return SendError(res, f.status());
+               SendFile(res, std::shared_ptr<RandomAccessFile>(std::move(f).value()));
+             });
+
+  // --- operator ---
+  server.Get("/v1/operator/jobs", [svc, is_operator](const httplib::Request& req,
+                                                     httplib::Response& res) {
+    Reply(res, [&]() -> StatusOr<json> {
+      RETURN_IF_ERROR(is_operator(req));
+      json jobs = json::array();
+      for (const auto& j : svc.jobs->ListAllJobs()) jobs.push_back(ToJson(j, true));
+      return json{{"jobs", jobs}};
+    });
+  });
+  server.Get("/v1/operator/hosts", [svc, is_operator](const httplib::Request& req,
+                                                      httplib::Response& res) {
+    Reply(res, [&]() -> StatusOr<json> {
+      RETURN_IF_ERROR(is_operator(req));
+      json hosts = json::array();
+      for (const auto& h : svc.hosts->List()) {
+        hosts.push_back({{"host_id", h.registration.host_id},
+                         {"capacity_slots", h.registration.capacity_slots},
+                         {"tags", h.registration.tags},
+                         {"in_pool", h.in_pool},
+                         {"last_heartbeat_unix", h.last_heartbeat_unix}});
+      }
+      return json{{"hosts", hosts}};
+    });
+  });
+  server.Get(R"(/v1/operator/jobs/([A-Za-z0-9-]+)/placement)",
+             [svc, is_operator](const httplib::Request& req, httplib::Response& res) {
+               Reply(res, [&]() -> StatusOr<json> {
+                 RETURN_IF_ERROR(is_operator(req));
+                 ASSIGN_OR_RETURN(Job j, svc.jobs->GetAnyJob(req.matches[1]));
+                 return ToJson(j.last_placement);
+               });
+             });
+}
+
+}  // namespace vmseal::csp

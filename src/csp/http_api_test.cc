@@ -1,0 +1,178 @@
+// The portal's HTTP routes end to end over loopback (in-process server).
+#include <httplib.h>
+
+#include <nlohmann/json.hpp>
+
+#include "crypto/primitives.h"
+#include "csp/internal/test_doubles.h"
+#include "csp/portal_server.h"
+#include "testing/test_util.h"
+
+namespace vmseal::csp {
+namespace {
+
+using json = nlohmann::json;
+using ::vmseal::csp::testing::FakeTrustSource;
+using ::vmseal::csp::testing::FakeVerifier;
+using ::vmseal::csp::testing::kSealedMagic;
+using ::vmseal::testing::TempDir;
+
+class HttpApiTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    PortalServer::Options o;
+    o.data_dir = dir_.path();
+    o.argon2_m_cost_kib = 64;
+    o.operator_token = SecretBytes(crypto::AsBytes(std::string_view("op-secret")));
+    auto s = PortalServer::Create(std::move(o), &verifier_, &trust_);
+    ASSERT_OK(s);
+    server_ = std::move(s).value();
+    ASSERT_OK(server_->Start());
+    client_ = std::make_unique<httplib::Client>("127.0.0.1", server_->port());
+  }
+  void TearDown() override { server_->Stop(); }
+
+  // Registers and logs in; returns the bearer header.
+  httplib::Headers NewCustomer() {
+    auto reg = client_->Post("/v1/register");
+    EXPECT_TRUE(reg);
+    EXPECT_EQ(reg->status, 201);
+    json r = json::parse(reg->body);
+    json login = {{"login_id", r["login_id"]}, {"password", r["password"]}};
+    auto res = client_->Post("/v1/login", login.dump(), "application/json");
+    EXPECT_TRUE(res);
+    EXPECT_EQ(res->status, 200) << res->body;
+    return {{"Authorization", "Bearer " + json::parse(res->body)["token"].get<std::string>()}};
+  }
+  // Uploads `data` in one PUT and commits it; returns the commit answer.
+  httplib::Result Upload(const httplib::Headers& auth, const std::string& data) {
+    auto begin = client_->Post("/v1/uploads", auth, "", "application/json");
+    EXPECT_EQ(begin->status, 201);
+    std::string id = json::parse(begin->body)["upload_id"];
+    auto put = client_->Put("/v1/uploads/" + id + "?offset=0", auth, data,
+                            "application/octet-stream");
+    EXPECT_EQ(put->status, 200) << put->body;
+    json commit = {{"name", "web"}, {"sha256", crypto::HexEncode(crypto::Sha256(data))}};
+    return client_->Post("/v1/uploads/" + id + "/commit", auth, commit.dump(),
+                         "application/json");
+  }
+
+  TempDir dir_;
+  FakeVerifier verifier_;
+  FakeTrustSource trust_;
+  std::unique_ptr<PortalServer> server_;
+  std::unique_ptr<httplib::Client> client_;
+};
+
+TEST_F(HttpApiTest, CustomerUploadsListsAndLaunches) {
+  auto auth = NewCustomer();
+  auto img = Upload(auth, std::string(kSealedMagic) + "disk bytes");
+  ASSERT_EQ(img->status, 201) << img->body;
+  std::string image_id = json::parse(img->body)["image_id"];
+  auto list = client_->Get("/v1/images", auth);
+  ASSERT_EQ(list->status, 200);
+  EXPECT_EQ(json::parse(list->body)["images"].size(), 1u);
+  json launch = {{"image_id", image_id}};
+  auto job = client_->Post("/v1/launch", auth, launch.dump(), "application/json");
+  ASSERT_EQ(job->status, 201) << job->body;
+  json j = json::parse(job->body);
+  EXPECT_EQ(j["state"], "queued");  // no hosts registered
+  auto status = client_->Get("/v1/jobs/" + j["job_id"].get<std::string>(), auth);
+  ASSERT_EQ(status->status, 200);
+  EXPECT_EQ(json::parse(status->body)["image_id"], image_id);
+}
+
+TEST_F(HttpApiTest, UnencryptedPackageIsRefusedWith412) {
+  auto auth = NewCustomer();
+  auto img = Upload(auth, "plain disk");
+  ASSERT_EQ(img->status, 412);
+  EXPECT_EQ(json::parse(img->body)["error"]["code"], "FAILED_PRECONDITION");
+}
+
+TEST_F(HttpApiTest, UploadResumesAtTheReportedOffset) {
+  auto auth = NewCustomer();
+  std::string data = std::string(kSealedMagic) + std::string(100000, 'z');
+  auto begin = client_->Post("/v1/uploads", auth, "", "application/json");
+  std::string id = json::parse(begin->body)["upload_id"];
+  auto first = client_->Put("/v1/uploads/" + id + "?offset=0", auth, data.substr(0, 40000),
+                            "application/octet-stream");
+  ASSERT_EQ(first->status, 200);
+  auto state = client_->Get("/v1/uploads/" + id, auth);
+  ASSERT_EQ(json::parse(state->body)["offset_bytes"], 40000);
+  auto stale = client_->Put("/v1/uploads/" + id + "?offset=0", auth, "x",
+                            "application/octet-stream");
+  EXPECT_EQ(stale->status, 412);
+  auto rest = client_->Put("/v1/uploads/" + id + "?offset=40000", auth, data.substr(40000),
+                           "application/octet-stream");
+  ASSERT_EQ(rest->status, 200);
+  json commit = {{"name", "resumed"}, {"sha256", crypto::HexEncode(crypto::Sha256(data))}};
+  auto done = client_->Post("/v1/uploads/" + id + "/commit", auth, commit.dump(),
+                            "application/json");
+  EXPECT_EQ(done->status, 201) << done->body;
+}
+
+TEST_F(HttpApiTest, RangedDownloadReturnsTheSlice) {
+  auto auth = NewCustomer();
+  std::string data = std::string(kSealedMagic) + "0123456789";
+  auto img = Upload(auth, data);
+  std::string image_id = json::parse(img->body)["image_id"];
+  auth.emplace("Range", "bytes=14-17");
+  auto part = client_->Get("/v1/images/" + image_id + "/package", auth);
+  ASSERT_TRUE(part);
+  EXPECT_EQ(part->status, 206);
+  EXPECT_EQ(part->body, "0123");
+}
+
+TEST_F(HttpApiTest, AnotherCustomersTokenNeverReachesTheImage) {
+  auto alice = NewCustomer();
+  auto bob = NewCustomer();
+  auto img = Upload(alice, std::string(kSealedMagic) + "a");
+  std::string image_id = json::parse(img->body)["image_id"];
+  EXPECT_EQ(client_->Get("/v1/images/" + image_id, bob)->status, 404);
+  EXPECT_EQ(client_->Get("/v1/images/" + image_id + "/package", bob)->status, 404);
+  EXPECT_EQ(client_->Delete("/v1/images/" + image_id, bob)->status, 404);
+  json launch = {{"image_id", image_id}};
+  EXPECT_EQ(client_->Post("/v1/launch", bob, launch.dump(), "application/json")->status, 404);
+  EXPECT_EQ(json::parse(client_->Get("/v1/images", bob)->body)["images"].size(), 0u);
+  EXPECT_EQ(client_->Get("/v1/images/" + image_id, alice)->status, 200);
+}
+
+TEST_F(HttpApiTest, MissingOrForgedTokenIs401) {
+  EXPECT_EQ(client_->Get("/v1/images")->status, 401);
+  httplib::Headers forged = {{"Authorization", "Bearer vst_00"}};
+  EXPECT_EQ(client_->Get("/v1/images", forged)->status, 401);
+}
+
+TEST_F(HttpApiTest, WrongPasswordIs401) {
+  auto reg = client_->Post("/v1/register");
+  json login = {{"login_id", json::parse(reg->body)["login_id"]}, {"password", "guess"}};
+  auto res = client_->Post("/v1/login", login.dump(), "application/json");
+  EXPECT_EQ(res->status, 401);
+  EXPECT_NE(res->body.find("invalid login id or password"), std::string::npos);
+}
+
+TEST_F(HttpApiTest, HostRoutesNeedATlsClientCertificate) {
+  auto res = client_->Post("/v1/hosts/register", R"({"capacity_slots":2})", "application/json");
+  EXPECT_EQ(res->status, 401);
+}
+
+TEST_F(HttpApiTest, OperatorRoutesNeedTheOperatorToken) {
+  auto auth = NewCustomer();
+  EXPECT_EQ(client_->Get("/v1/operator/jobs", auth)->status, 403);
+  httplib::Headers op = {{"Authorization", "Bearer op-secret"}};
+  EXPECT_EQ(client_->Get("/v1/operator/jobs", op)->status, 200);
+}
+
+TEST(PortalServerTest, PlainHttpOffLoopbackIsRefused) {
+  TempDir dir;
+  FakeVerifier verifier;
+  FakeTrustSource trust;
+  PortalServer::Options o;
+  o.data_dir = dir.path();
+  o.bind_address = "0.0.0.0";
+  EXPECT_STATUS(PortalServer::Create(std::move(o), &verifier, &trust),
+                StatusCode::kInvalidArgument, "loopback");
+}
+
+}  // namespace
+}  // namespace vmseal::csp

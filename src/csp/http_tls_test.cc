@@ -1,0 +1,194 @@
+// The portal over TLS with host client certificates (mTLS): hosts register,
+// pull jobs, fetch packages and report progress or refusal, end to end.
+#include <httplib.h>
+
+#include <chrono>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "crypto/keys.h"
+#include "crypto/x509.h"
+#include "csp/internal/test_doubles.h"
+#include "csp/portal_server.h"
+#include "testing/test_util.h"
+
+namespace vmseal::csp {
+namespace {
+
+using json = nlohmann::json;
+using ::vmseal::csp::testing::FakeTrustSource;
+using ::vmseal::csp::testing::FakeVerifier;
+using ::vmseal::csp::testing::kSealedMagic;
+using ::vmseal::testing::TempDir;
+using ::vmseal::testing::WriteFileOrDie;
+
+class HttpTlsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto ca = crypto::CreateSelfSignedCa({"vmseal test CA"});
+    ASSERT_OK(ca);
+    WriteFileOrDie(dir_.File("ca.pem"), ca->cert.ToPem());
+    Issue(*ca, "127.0.0.1", crypto::CertUsage::kServerAuth, "server");
+    Issue(*ca, "host-a", crypto::CertUsage::kClientAuth, "host-a");
+    Issue(*ca, "host-b", crypto::CertUsage::kClientAuth, "host-b");
+    auto rogue = crypto::CreateSelfSignedCa({"rogue CA"});
+    ASSERT_OK(rogue);
+    Issue(*rogue, "host-a", crypto::CertUsage::kClientAuth, "rogue");
+
+    PortalServer::Options o;
+    o.data_dir = dir_.File("data");
+    o.argon2_m_cost_kib = 64;
+    o.tls_cert_file = dir_.File("server.crt");
+    o.tls_key_file = dir_.File("server.key");
+    o.client_ca_file = dir_.File("ca.pem");
+    o.operator_token = SecretBytes(crypto::AsBytes(std::string_view("op")));
+    auto s = PortalServer::Create(std::move(o), &verifier_, &trust_);
+    ASSERT_OK(s);
+    server_ = std::move(s).value();
+    ASSERT_OK(server_->Start());
+    customer_ = Client("");
+  }
+  void TearDown() override { server_->Stop(); }
+
+  void Issue(const crypto::CertificateAuthority& ca, const std::string& cn, crypto::CertUsage usage,
+             const std::string& name) {
+    auto key = crypto::PrivateKey::Generate(crypto::KeyType::kEcP256);
+    ASSERT_OK(key);
+    crypto::IssueOptions io;
+    io.common_name = cn;
+    io.usage = usage;
+    if (usage == crypto::CertUsage::kServerAuth) io.ip_addresses = {"127.0.0.1"};
+    auto cert = crypto::IssueCertificate(ca, key->Public(), io);
+    ASSERT_OK(cert);
+    WriteFileOrDie(dir_.File(name + ".crt"), cert->ToPem());
+    ASSERT_OK(crypto::WritePrivateKeyFile(Env::Default(), dir_.File(name + ".key"), *key));
+  }
+  // A client that trusts the test CA and presents `identity`'s certificate.
+  std::unique_ptr<httplib::SSLClient> Client(const std::string& identity) {
+    std::unique_ptr<httplib::SSLClient> c;
+    if (identity.empty()) {
+      c = std::make_unique<httplib::SSLClient>("127.0.0.1", server_->port());
+    } else {
+      c = std::make_unique<httplib::SSLClient>("127.0.0.1", server_->port(),
+                                               dir_.File(identity + ".crt"),
+                                               dir_.File(identity + ".key"));
+    }
+    c->set_ca_cert_path(dir_.File("ca.pem").c_str());
+    c->enable_server_certificate_verification(true);
+    return c;
+  }
+  void Trust(const std::string& host, bool trusted, const std::string& reason = "") {
+    int64_t now = std::time(nullptr);
+    trust_.Set(host, TrustVerdict{trusted, now, now - 3600, reason});
+  }
+  // A logged-in customer with one uploaded image; returns {auth, image id}.
+  std::pair<httplib::Headers, std::string> CustomerWithImage(const std::string& data) {
+    auto reg = customer_->Post("/v1/register");
+    EXPECT_TRUE(reg) << httplib::to_string(reg.error());
+    json r = json::parse(reg->body);
+    json login = {{"login_id", r["login_id"]}, {"password", r["password"]}};
+    auto res = customer_->Post("/v1/login", login.dump(), "application/json");
+    httplib::Headers auth = {
+        {"Authorization", "Bearer " + json::parse(res->body)["token"].get<std::string>()}};
+    auto begin = customer_->Post("/v1/uploads", auth, "", "application/json");
+    std::string id = json::parse(begin->body)["upload_id"];
+    EXPECT_EQ(customer_->Put("/v1/uploads/" + id + "?offset=0", auth, data,
+                             "application/octet-stream")->status, 200);
+    auto img = customer_->Post("/v1/uploads/" + id + "/commit", auth, R"({"name":"vm"})",
+                               "application/json");
+    EXPECT_EQ(img->status, 201) << img->body;
+    return {auth, json::parse(img->body)["image_id"].get<std::string>()};
+  }
+  json Launch(const httplib::Headers& auth, const std::string& image_id) {
+    json body = {{"image_id", image_id}};
+    auto res = customer_->Post("/v1/launch", auth, body.dump(), "application/json");
+    EXPECT_EQ(res->status, 201) << res->body;
+    return json::parse(res->body);
+  }
+
+  TempDir dir_;
+  FakeVerifier verifier_;
+  FakeTrustSource trust_;
+  std::unique_ptr<PortalServer> server_;
+  std::unique_ptr<httplib::SSLClient> customer_;
+};
+
+TEST_F(HttpTlsTest, TrustedHostRunsTheJobAndTamperedHostIsSkippedWithItsReason) {
+  auto host_a = Client("host-a");
+  auto host_b = Client("host-b");
+  Trust("host-a", false, "pcr 4 mismatch");  // tampered
+  Trust("host-b", true);
+  ASSERT_EQ(host_a->Post("/v1/hosts/register", R"({"capacity_slots":2})", "application/json")
+                ->status, 200);
+  ASSERT_EQ(host_b->Post("/v1/hosts/register", R"({"capacity_slots":2,"tags":{"region":"eu"}})",
+                         "application/json")->status, 200);
+  const std::string package = std::string(kSealedMagic) + "sealed disk";
+  auto [auth, image_id] = CustomerWithImage(package);
+  json job = Launch(auth, image_id);
+  ASSERT_EQ(job["state"], "placed");
+  EXPECT_EQ(job["host_id"], "host-b");
+  EXPECT_NE(job["last_placement"].dump().find("KMS verdict untrusted: pcr 4 mismatch"),
+            std::string::npos);
+  const std::string job_id = job["job_id"];
+
+  EXPECT_EQ(json::parse(host_a->Get("/v1/hosts/jobs")->body)["jobs"].size(), 0u);
+  json pending = json::parse(host_b->Get("/v1/hosts/jobs")->body)["jobs"];
+  ASSERT_EQ(pending.size(), 1u);
+  auto pkg = host_b->Get("/v1/hosts/jobs/" + job_id + "/package");
+  ASSERT_EQ(pkg->status, 200);
+  EXPECT_EQ(pkg->body, package);
+  EXPECT_EQ(host_a->Get("/v1/hosts/jobs/" + job_id + "/package")->status, 404);
+  for (const char* s : {"fetching", "attesting", "decrypting", "running"}) {
+    json body = {{"state", s}};
+    auto res = host_b->Post("/v1/hosts/jobs/" + job_id + "/progress", body.dump(),
+                            "application/json");
+    ASSERT_EQ(res->status, 200) << res->body;
+  }
+  auto status = customer_->Get("/v1/jobs/" + job_id, auth);
+  EXPECT_EQ(json::parse(status->body)["state"], "running");
+}
+
+TEST_F(HttpTlsTest, RefusalMovesTheJobAndOperatorSeesWhy) {
+  auto host_a = Client("host-a");
+  auto host_b = Client("host-b");
+  Trust("host-a", true);
+  Trust("host-b", true);
+  ASSERT_EQ(host_a->Post("/v1/hosts/register", R"({"capacity_slots":1})", "application/json")
+                ->status, 200);
+  ASSERT_EQ(host_b->Post("/v1/hosts/register", R"({"capacity_slots":1})", "application/json")
+                ->status, 200);
+  auto [auth, image_id] = CustomerWithImage(std::string(kSealedMagic) + "x");
+  json job = Launch(auth, image_id);
+  const std::string first = job["host_id"];
+  auto& first_client = first == "host-a" ? host_a : host_b;
+  auto res = first_client->Post("/v1/hosts/jobs/" + job["job_id"].get<std::string>() + "/refusal",
+                                R"({"kind":"attestation_denied","detail":"quote nonce reused"})",
+                                "application/json");
+  ASSERT_EQ(res->status, 200) << res->body;
+  json moved = json::parse(res->body);
+  EXPECT_EQ(moved["state"], "placed");
+  EXPECT_NE(moved["host_id"], first);
+  httplib::Headers op = {{"Authorization", "Bearer op"}};
+  auto why = customer_->Get(
+      "/v1/operator/jobs/" + job["job_id"].get<std::string>() + "/placement", op);
+  ASSERT_EQ(why->status, 200);
+  EXPECT_NE(why->body.find("refused this job before: attestation denied: quote nonce reused"),
+            std::string::npos)
+      << why->body;
+}
+
+TEST_F(HttpTlsTest, HostWithCertificateFromAnotherCaIsRejected) {
+  auto rogue = Client("rogue");
+  auto res = rogue->Post("/v1/hosts/register", R"({"capacity_slots":1})", "application/json");
+  EXPECT_TRUE(!res || res->status == 401);
+}
+
+TEST_F(HttpTlsTest, CustomerWithoutCertificateCannotUseHostRoutes) {
+  auto res = customer_->Post("/v1/hosts/register", R"({"capacity_slots":1})", "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 401);
+}
+
+}  // namespace
+}  // namespace vmseal::csp

@@ -1,0 +1,189 @@
+#include "csp/images.h"
+
+#include <spdlog/spdlog.h>
+
+#include "crypto/primitives.h"
+
+namespace vmseal::csp {
+namespace {
+
+Status CheckPrincipal(const Principal& who) {
+  if (who.customer_id.empty()) return UnauthenticatedError("not logged in");
+  return OkStatus();
+}
+
+Status CheckName(const std::string& name) {
+  if (name.empty() || name.size() > 128) {
+    return InvalidArgumentError("image name must be 1 to 128 characters");
+  }
+  for (char c : name) {
+    if (c < 0x20 || c > 0x7e) return InvalidArgumentError("image name must be printable ASCII");
+  }
+  return OkStatus();
+}
+
+ImageInfo ToInfo(const ImageRecord& r) {
+  ImageInfo info;
+  info.image_id = r.image_id;
+  info.name = r.name;
+  info.size_bytes = r.size_bytes;
+  info.sha256_hex = r.sha256_hex;
+  info.created_unix = r.created_unix;
+  info.object_key = r.object_key;
+  auto policy = ReleasePolicyFromJson(r.policy_json);
+  if (policy.ok()) info.policy = *policy;
+  return info;
+}
+
+UploadState ToState(const store::UploadSession& s) {
+  return UploadState{s.id, s.offset_bytes, s.max_size_bytes};
+}
+
+}  // namespace
+
+std::string CustomerImagePrefix(const std::string& customer_id) {
+  return "images/" + customer_id + "/";
+}
+
+StatusOr<std::unique_ptr<ImageService>> ImageService::Create(
+    const Options& options, PortalDb* db, store::ObjectStore* store,
+    store::UploadSessions* uploads, const PackageVerifier* verifier, const Clock* clock) {
+  if (db == nullptr || store == nullptr || uploads == nullptr || verifier == nullptr ||
+      clock == nullptr) {
+    return InvalidArgumentError("image service needs a database, store, uploads, verifier, clock");
+  }
+  if (options.max_image_bytes == 0 || options.max_customer_bytes == 0) {
+    return InvalidArgumentError("image quotas must be positive");
+  }
+  return std::unique_ptr<ImageService>(
+      new ImageService(options, db, store, uploads, verifier, clock));
+}
+
+StatusOr<store::UploadSession> ImageService::OwnedUpload(const Principal& who,
+                                                         const std::string& id) {
+  RETURN_IF_ERROR(CheckPrincipal(who));
+  auto s = uploads_->Get(id);
+  if (!s.ok() || !s->key.starts_with(CustomerImagePrefix(who.customer_id))) {
+    if (s.ok() || s.status().code() == StatusCode::kNotFound) {
+      return NotFoundError("no upload session");
+    }
+    return s.status();
+  }
+  return s;
+}
+
+StatusOr<UploadState> ImageService::BeginUpload(const Principal& who,
+                                                const BeginUploadRequest& /*request*/) {
+  RETURN_IF_ERROR(CheckPrincipal(who));
+  ASSIGN_OR_RETURN(auto images, db_->ListImages(who.customer_id));
+  uint64_t used = 0;
+  for (const auto& i : images) used += i.size_bytes;
+  if (used >= options_.max_customer_bytes) {
+    return ResourceExhaustedError("customer storage quota of " +
+                                  std::to_string(options_.max_customer_bytes) +
+                                  " bytes is used up");
+  }
+  store::PutOptions quota;
+  quota.max_size_bytes = std::min(options_.max_image_bytes, options_.max_customer_bytes - used);
+  const std::string image_id = "img-" + crypto::HexEncode(crypto::RandomBytes(8));
+  ASSIGN_OR_RETURN(auto s, uploads_->Begin(CustomerImagePrefix(who.customer_id) + image_id, quota));
+  return ToState(s);
+}
+
+StatusOr<UploadState> ImageService::GetUpload(const Principal& who, const std::string& upload_id) {
+  ASSIGN_OR_RETURN(auto s, OwnedUpload(who, upload_id));
+  return ToState(s);
+}
+
+StatusOr<UploadState> ImageService::AppendUpload(const Principal& who,
+                                                 const std::string& upload_id,
+                                                 uint64_t offset_bytes, store::Reader& data) {
+  RETURN_IF_ERROR(OwnedUpload(who, upload_id).status());
+  ASSIGN_OR_RETURN(auto s, uploads_->Append(upload_id, offset_bytes, data));
+  return ToState(s);
+}
+
+StatusOr<ImageInfo> ImageService::CommitUpload(const Principal& who,
+                                               const CommitUploadRequest& request) {
+  ASSIGN_OR_RETURN(auto session, OwnedUpload(who, request.upload_id));
+  RETURN_IF_ERROR(CheckName(request.name));
+  ASSIGN_OR_RETURN(auto images, db_->ListImages(who.customer_id));
+  uint64_t used = 0;
+  for (const auto& i : images) used += i.size_bytes;
+  if (used + session.offset_bytes > options_.max_customer_bytes) {
+    (void)uploads_->Abort(request.upload_id);
+    return ResourceExhaustedError("customer storage quota of " +
+                                  std::to_string(options_.max_customer_bytes) + " bytes exceeded");
+  }
+  VerifiedPackage verified;
+  auto verify = [&](const RandomAccessFile& content) -> Status {
+    ASSIGN_OR_RETURN(verified, verifier_->Verify(content));
+    return OkStatus();
+  };
+  auto object = uploads_->Commit(request.upload_id, request.sha256_hex, verify);
+  if (!object.ok()) {
+    spdlog::info("image upload rejected customer={} upload={}: {}", who.customer_id,
+                 request.upload_id, object.status().ToString());
+    return object.status();
+  }
+  ImageRecord record;
+  record.customer_id = who.customer_id;
+  record.image_id = object->key.substr(CustomerImagePrefix(who.customer_id).size());
+  record.name = request.name;
+  record.object_key = object->key;
+  record.size_bytes = object->size_bytes;
+  record.sha256_hex = object->sha256_hex;
+  record.policy_json = ReleasePolicyToJson(request.policy);
+  record.created_unix = clock_->NowUnixSeconds();
+  Status inserted = db_->InsertImage(record);
+  if (!inserted.ok()) {
+    (void)store_->Delete(object->key);
+    return inserted;
+  }
+  spdlog::info("image listed customer={} image={} size={} disks={}", who.customer_id,
+               record.image_id, record.size_bytes, verified.disk_count);
+  return ToInfo(record);
+}
+
+StatusOr<ImageInfo> ImageService::Upload(const Principal& who, CommitUploadRequest request,
+                                         store::Reader& data) {
+  RETURN_IF_ERROR(CheckName(request.name));
+  ASSIGN_OR_RETURN(UploadState state, BeginUpload(who, {}));
+  auto appended = AppendUpload(who, state.upload_id, 0, data);
+  if (!appended.ok()) {
+    (void)uploads_->Abort(state.upload_id);
+    return appended.status();
+  }
+  request.upload_id = state.upload_id;
+  return CommitUpload(who, request);
+}
+
+StatusOr<std::vector<ImageInfo>> ImageService::ListImages(const Principal& who) {
+  RETURN_IF_ERROR(CheckPrincipal(who));
+  ASSIGN_OR_RETURN(auto records, db_->ListImages(who.customer_id));
+  std::vector<ImageInfo> out;
+  for (const auto& r : records) out.push_back(ToInfo(r));
+  return out;
+}
+
+StatusOr<ImageInfo> ImageService::GetImage(const Principal& who, const std::string& image_id) {
+  RETURN_IF_ERROR(CheckPrincipal(who));
+  ASSIGN_OR_RETURN(auto record, db_->FindImage(who.customer_id, image_id));
+  return ToInfo(record);
+}
+
+StatusOr<std::unique_ptr<RandomAccessFile>> ImageService::OpenImage(const Principal& who,
+                                                                    const std::string& image_id) {
+  ASSIGN_OR_RETURN(ImageInfo info, GetImage(who, image_id));
+  return store_->Get(info.object_key);
+}
+
+Status ImageService::DeleteImage(const Principal& who, const std::string& image_id) {
+  ASSIGN_OR_RETURN(ImageInfo info, GetImage(who, image_id));
+  RETURN_IF_ERROR(db_->DeleteImage(who.customer_id, image_id));
+  Status s = store_->Delete(info.object_key);
+  if (!s.ok() && s.code() != StatusCode::kNotFound) return s;
+  return OkStatus();
+}
+
+}  // namespace vmseal::csp

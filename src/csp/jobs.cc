@@ -1,0 +1,238 @@
+#include "csp/jobs.h"
+
+#include <spdlog/spdlog.h>
+
+#include "crypto/primitives.h"
+
+namespace vmseal::csp {
+namespace {
+
+constexpr std::string_view kStateNames[] = {"queued",     "placed",  "fetching", "attesting",
+                                            "decrypting", "running", "failed"};
+
+bool OnHost(JobState s) { return s >= JobState::kPlaced && s <= JobState::kRunning; }
+
+}  // namespace
+
+std::string_view JobStateName(JobState state) { return kStateNames[static_cast<int>(state)]; }
+
+StatusOr<JobState> JobStateFromName(std::string_view name) {
+  for (int i = 0; i < 7; ++i) {
+    if (kStateNames[i] == name) return static_cast<JobState>(i);
+  }
+  return InvalidArgumentError("unknown job state");
+}
+
+std::string_view RefusalKindName(RefusalKind kind) {
+  switch (kind) {
+    case RefusalKind::kUnencryptedImage: return "unencrypted image";
+    case RefusalKind::kAttestationDenied: return "attestation denied";
+    case RefusalKind::kLaunchFailed: return "launch failed";
+    case RefusalKind::kHostLost: return "host lost";
+  }
+  return "refused";
+}
+
+std::map<std::string, uint32_t> JobManager::LoadLocked() const {
+  std::map<std::string, uint32_t> load;
+  for (const auto& [id, job] : jobs_) {
+    if (OnHost(job.state) && !job.host_id.empty()) ++load[job.host_id];
+  }
+  return load;
+}
+
+void JobManager::FailLocked(Job& job, const std::string& reason) {
+  job.state = JobState::kFailed;
+  job.host_id.clear();
+  job.failure_reason = reason;
+  job.updated_unix = clock_->NowUnixSeconds();
+  spdlog::warn("job failed job={} customer={}: {}", job.job_id, job.customer_id, reason);
+}
+
+namespace {
+
+std::string RefusalSummary(const Job& job) {
+  std::string out;
+  for (const JobAttempt& a : job.attempts) {
+    if (a.refusal.empty()) continue;
+    if (!out.empty()) out += "; ";
+    out += a.host_id + ": " + a.refusal;
+  }
+  return out;
+}
+
+}  // namespace
+
+void JobManager::PlaceLocked(Job& job) {
+  std::map<std::string, std::string> excluded;
+  int refused = 0;
+  for (const JobAttempt& a : job.attempts) {
+    if (!a.refusal.empty()) {
+      excluded[a.host_id] = a.refusal;
+      ++refused;
+    }
+  }
+  if (refused >= options_.max_attempts) {
+    FailLocked(job, "refused by " + std::to_string(refused) + " hosts (limit " +
+                        std::to_string(options_.max_attempts) + "): " + RefusalSummary(job));
+    return;
+  }
+  job.last_placement = scheduler_->Place(job.policy, LoadLocked(), excluded);
+  for (const HostDecision& d : job.last_placement.decisions) {
+    std::string why;
+    for (const auto& r : d.reasons) why += (why.empty() ? "" : "; ") + r;
+    spdlog::info("placement job={} host={} {}: {}", job.job_id, d.host_id,
+                 d.chosen ? "taken" : "skipped", why);
+  }
+  job.updated_unix = clock_->NowUnixSeconds();
+  if (!job.last_placement.chosen_host_id.empty()) {
+    job.state = JobState::kPlaced;
+    job.host_id = job.last_placement.chosen_host_id;
+    job.attempts.push_back({job.host_id, ""});
+    return;
+  }
+  if (refused > 0) {
+    FailLocked(job, RefusalSummary(job) + "; no other eligible host: " +
+                        DescribePlacement(job.last_placement));
+    return;
+  }
+  job.state = JobState::kQueued;
+  job.host_id.clear();
+}
+
+void JobManager::RefuseLocked(Job& job, const std::string& why) {
+  if (!job.attempts.empty()) job.attempts.back().refusal = why;
+  spdlog::warn("job refused job={} host={}: {}", job.job_id, job.host_id, why);
+  job.host_id.clear();
+  job.state = JobState::kQueued;
+  PlaceLocked(job);
+}
+
+StatusOr<Job> JobManager::Launch(const Principal& who, const LaunchRequest& request) {
+  ASSIGN_OR_RETURN(ImageInfo image, images_->GetImage(who, request.image_id));
+  Job job;
+  job.job_id = "job-" + crypto::HexEncode(crypto::RandomBytes(8));
+  job.customer_id = who.customer_id;
+  job.image_id = image.image_id;
+  job.object_key = image.object_key;
+  job.policy = image.policy;
+  job.created_unix = job.updated_unix = clock_->NowUnixSeconds();
+  std::lock_guard<std::mutex> lock(mu_);
+  spdlog::info("job queued job={} customer={} image={}", job.job_id, job.customer_id,
+               job.image_id);
+  PlaceLocked(job);
+  jobs_[job.job_id] = job;
+  return job;
+}
+
+StatusOr<Job> JobManager::GetJob(const Principal& who, const std::string& job_id) {
+  if (who.customer_id.empty()) return UnauthenticatedError("not logged in");
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end() || it->second.customer_id != who.customer_id) {
+    return NotFoundError("no such job");
+  }
+  return it->second;
+}
+
+StatusOr<std::vector<Job>> JobManager::ListJobs(const Principal& who) {
+  if (who.customer_id.empty()) return UnauthenticatedError("not logged in");
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<Job> out;
+  for (const auto& [id, job] : jobs_) {
+    if (job.customer_id == who.customer_id) out.push_back(job);
+  }
+  return out;
+}
+
+StatusOr<Placement> JobManager::ExplainImagePlacement(const Principal& who,
+                                                      const std::string& image_id) {
+  ASSIGN_OR_RETURN(ImageInfo image, images_->GetImage(who, image_id));
+  std::lock_guard<std::mutex> lock(mu_);
+  return scheduler_->Place(image.policy, LoadLocked(), {});
+}
+
+std::vector<Job> JobManager::ListAllJobs() {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<Job> out;
+  for (const auto& [id, job] : jobs_) out.push_back(job);
+  return out;
+}
+
+StatusOr<Job> JobManager::GetAnyJob(const std::string& job_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end()) return NotFoundError("no such job");
+  return it->second;
+}
+
+std::vector<Job> JobManager::PendingJobs(const std::string& host_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<Job> out;
+  for (const auto& [id, job] : jobs_) {
+    if (job.state == JobState::kPlaced && job.host_id == host_id) out.push_back(job);
+  }
+  return out;
+}
+
+StatusOr<Job> JobManager::ReportProgress(const std::string& host_id,
+                                         const ProgressReport& report) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = jobs_.find(report.job_id);
+  if (it == jobs_.end() || it->second.host_id != host_id || !OnHost(it->second.state)) {
+    return NotFoundError("no such job on this host");
+  }
+  Job& job = it->second;
+  if (report.state <= job.state || report.state > JobState::kRunning) {
+    return FailedPreconditionError("job cannot move from " + std::string(JobStateName(job.state)) +
+                                   " to " + std::string(JobStateName(report.state)));
+  }
+  job.state = report.state;
+  job.updated_unix = clock_->NowUnixSeconds();
+  spdlog::info("job progress job={} host={} state={}", job.job_id, host_id,
+               JobStateName(job.state));
+  return job;
+}
+
+StatusOr<Job> JobManager::ReportRefusal(const std::string& host_id, const RefusalReport& report) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = jobs_.find(report.job_id);
+  if (it == jobs_.end() || it->second.host_id != host_id || !OnHost(it->second.state)) {
+    return NotFoundError("no such job on this host");
+  }
+  std::string why(RefusalKindName(report.kind));
+  if (!report.detail.empty()) why += ": " + report.detail.substr(0, 512);
+  RefuseLocked(it->second, why);
+  return it->second;
+}
+
+void JobManager::Tick() {
+  std::vector<std::string> dropped = hosts_->ExpireStale();
+  std::lock_guard<std::mutex> lock(mu_);
+  const int64_t now = clock_->NowUnixSeconds();
+  for (auto& [id, job] : jobs_) {
+    if (OnHost(job.state)) {
+      for (const std::string& h : dropped) {
+        if (job.host_id == h) {
+          RefuseLocked(job, std::string(RefusalKindName(RefusalKind::kHostLost)) +
+                                ": no heartbeat for over " +
+                                std::to_string(hosts_->heartbeat_timeout_seconds()) + " s");
+          break;
+        }
+      }
+    } else if (job.state == JobState::kQueued) {
+      if (now - job.updated_unix >= options_.queue_timeout_seconds) {
+        Placement p = scheduler_->Place(job.policy, LoadLocked(), {});
+        FailLocked(job, "no eligible host within " +
+                            std::to_string(options_.queue_timeout_seconds) +
+                            " s: " + DescribePlacement(p));
+      } else {
+        int64_t queued_since = job.updated_unix;
+        PlaceLocked(job);
+        if (job.state == JobState::kQueued) job.updated_unix = queued_since;
+      }
+    }
+  }
+}
+
+}  // namespace vmseal::csp

@@ -1,0 +1,284 @@
+#include "csp/jobs.h"
+
+#include "csp/internal/test_doubles.h"
+#include "csp/sqlite_db.h"
+#include "store/fs_store.h"
+#include <gmock/gmock.h>
+
+#include "testing/test_util.h"
+
+namespace vmseal::csp {
+namespace {
+
+using ::testing::HasSubstr;
+using ::vmseal::csp::testing::FakeTrustSource;
+using ::vmseal::csp::testing::FakeVerifier;
+using ::vmseal::csp::testing::kSealedMagic;
+using ::vmseal::testing::TempDir;
+
+class JobsTest : public ::testing::Test {
+ protected:
+  void SetUp() override { Init({}); }
+  void Init(const JobManager::Options& options) {
+    auto db = SqlitePortalDb::Open(":memory:");
+    ASSERT_OK(db);
+    db_ = std::move(db).value();
+    auto st = store::FsObjectStore::Create({dir_.File("objects"), nullptr});
+    ASSERT_OK(st);
+    store_ = std::move(st).value();
+    auto up = store::UploadSessions::Create({dir_.File("staging")}, store_.get());
+    ASSERT_OK(up);
+    uploads_ = std::move(up).value();
+    auto svc = ImageService::Create({}, db_.get(), store_.get(), uploads_.get(), &verifier_,
+                                    &clock_);
+    ASSERT_OK(svc);
+    images_ = std::move(svc).value();
+    Accounts::Options ao;
+    ao.argon2_t_cost = 1;
+    ao.argon2_m_cost_kib = 64;
+    auto acc = Accounts::Create(ao, db_.get(), &clock_);
+    ASSERT_OK(acc);
+    accounts_ = std::move(acc).value();
+    hosts_ = std::make_unique<HostRegistry>(HostRegistry::Options{30}, &clock_);
+    scheduler_ = std::make_unique<Scheduler>(hosts_.get(), &trust_, &clock_);
+    jobs_ = std::make_unique<JobManager>(options, images_.get(), hosts_.get(), scheduler_.get(),
+                                         &clock_);
+    alice_ = NewCustomer();
+    bob_ = NewCustomer();
+    auto img = UploadAs(alice_);
+    ASSERT_OK(img);
+    image_id_ = img->image_id;
+  }
+  Principal NewCustomer() {
+    auto r = accounts_->Register({});
+    EXPECT_OK(r);
+    auto login = accounts_->Login({r->login_id, r->password.Clone()});
+    EXPECT_OK(login);
+    return *accounts_->Authenticate(login->token);
+  }
+  StatusOr<ImageInfo> UploadAs(const Principal& who) {
+    const std::string package = std::string(kSealedMagic) + "disk";
+    store::StringReader r(package);
+    CommitUploadRequest req;
+    req.name = "web";
+    return images_->Upload(who, req, r);
+  }
+  void AddTrustedHost(const std::string& id, uint32_t capacity = 2) {
+    ASSERT_OK(hosts_->Register({id, capacity, {}}));
+    trust_.Set(id, TrustVerdict{true, clock_.NowUnixSeconds(), clock_.NowUnixSeconds() - 60, ""});
+  }
+  StatusOr<Job> Launch() { return jobs_->Launch(alice_, {image_id_}); }
+  StatusOr<Job> Refuse(const Job& job, RefusalKind kind, const std::string& detail) {
+    return jobs_->ReportRefusal(job.host_id, {job.job_id, kind, detail});
+  }
+
+  TempDir dir_;
+  FakeClock clock_;
+  FakeVerifier verifier_;
+  FakeTrustSource trust_;
+  std::unique_ptr<SqlitePortalDb> db_;
+  std::unique_ptr<store::FsObjectStore> store_;
+  std::unique_ptr<store::UploadSessions> uploads_;
+  std::unique_ptr<ImageService> images_;
+  std::unique_ptr<Accounts> accounts_;
+  std::unique_ptr<HostRegistry> hosts_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<JobManager> jobs_;
+  Principal alice_, bob_;
+  std::string image_id_;
+};
+
+TEST_F(JobsTest, LaunchSkipsTamperedHostWithItsReasonAndPlacesOnTrustedOne) {
+  AddTrustedHost("tampered");
+  AddTrustedHost("trusted");
+  trust_.Set("tampered", TrustVerdict{false, clock_.NowUnixSeconds(), 0, "pcr 4 mismatch"});
+  auto job = Launch();
+  ASSERT_OK(job);
+  EXPECT_EQ(job->state, JobState::kPlaced);
+  EXPECT_EQ(job->host_id, "trusted");
+  EXPECT_THAT(DescribePlacement(job->last_placement),
+              HasSubstr("tampered: KMS verdict untrusted: pcr 4 mismatch"));
+}
+
+TEST_F(JobsTest, HostWalksTheJobThroughEveryStateToRunning) {
+  AddTrustedHost("h1");
+  auto job = Launch();
+  ASSERT_OK(job);
+  for (JobState s : {JobState::kFetching, JobState::kAttesting, JobState::kDecrypting,
+                     JobState::kRunning}) {
+    auto j = jobs_->ReportProgress("h1", {job->job_id, s});
+    ASSERT_OK(j);
+    EXPECT_EQ(j->state, s);
+  }
+  EXPECT_EQ(jobs_->GetJob(alice_, job->job_id)->state, JobState::kRunning);
+}
+
+TEST_F(JobsTest, ProgressCannotGoBackwards) {
+  AddTrustedHost("h1");
+  auto job = Launch();
+  ASSERT_OK(job);
+  ASSERT_OK(jobs_->ReportProgress("h1", {job->job_id, JobState::kAttesting}));
+  EXPECT_STATUS(jobs_->ReportProgress("h1", {job->job_id, JobState::kFetching}),
+                StatusCode::kFailedPrecondition, "cannot move from attesting to fetching");
+}
+
+TEST_F(JobsTest, AnotherHostCannotReportOnTheJob) {
+  AddTrustedHost("h1");
+  AddTrustedHost("h2", 1);
+  auto job = Launch();
+  ASSERT_OK(job);
+  std::string other = job->host_id == "h1" ? "h2" : "h1";
+  EXPECT_STATUS(jobs_->ReportProgress(other, {job->job_id, JobState::kFetching}),
+                StatusCode::kNotFound, "no such job on this host");
+  EXPECT_STATUS(jobs_->ReportRefusal(other, {job->job_id, RefusalKind::kLaunchFailed, ""}),
+                StatusCode::kNotFound, "no such job on this host");
+}
+
+TEST_F(JobsTest, PendingJobsAreOnlyThoseOfTheAskingHost) {
+  AddTrustedHost("h1");
+  auto job = Launch();
+  ASSERT_OK(job);
+  EXPECT_EQ(jobs_->PendingJobs("h1").size(), 1u);
+  EXPECT_TRUE(jobs_->PendingJobs("h2").empty());
+}
+
+TEST_F(JobsTest, RefusedJobMovesToTheNextEligibleHost) {
+  AddTrustedHost("h1");
+  AddTrustedHost("h2");
+  auto job = Launch();
+  ASSERT_OK(job);
+  std::string first = job->host_id;
+  auto moved = Refuse(*job, RefusalKind::kAttestationDenied, "pcr 0 mismatch");
+  ASSERT_OK(moved);
+  EXPECT_EQ(moved->state, JobState::kPlaced);
+  EXPECT_NE(moved->host_id, first);
+  ASSERT_EQ(moved->attempts.size(), 2u);
+  EXPECT_EQ(moved->attempts[0].refusal, "attestation denied: pcr 0 mismatch");
+}
+
+TEST_F(JobsTest, JobFailsWithEveryReasonAfterTheAttemptBound) {
+  JobManager::Options o;
+  o.max_attempts = 2;
+  Init(o);
+  AddTrustedHost("h1");
+  AddTrustedHost("h2");
+  AddTrustedHost("h3");
+  auto job = Launch();
+  ASSERT_OK(job);
+  auto j2 = Refuse(*job, RefusalKind::kUnencryptedImage, "disk1 has no EncryptedData");
+  ASSERT_OK(j2);
+  auto j3 = Refuse(*j2, RefusalKind::kLaunchFailed, "qemu exited 1");
+  ASSERT_OK(j3);
+  EXPECT_EQ(j3->state, JobState::kFailed);
+  EXPECT_THAT(j3->failure_reason, HasSubstr("refused by 2 hosts (limit 2)"));
+  EXPECT_THAT(j3->failure_reason, HasSubstr("unencrypted image: disk1 has no EncryptedData"));
+  EXPECT_THAT(j3->failure_reason, HasSubstr("launch failed: qemu exited 1"));
+}
+
+TEST_F(JobsTest, RefusalWithNoOtherEligibleHostFailsWithReasons) {
+  AddTrustedHost("h1");
+  AddTrustedHost("bad");
+  trust_.Set("bad", TrustVerdict{false, clock_.NowUnixSeconds(), 0, "unknown AK"});
+  auto job = Launch();
+  ASSERT_OK(job);
+  auto j = Refuse(*job, RefusalKind::kLaunchFailed, "no kvm");
+  ASSERT_OK(j);
+  EXPECT_EQ(j->state, JobState::kFailed);
+  EXPECT_THAT(j->failure_reason, HasSubstr("h1: launch failed: no kvm"));
+  EXPECT_THAT(j->failure_reason, HasSubstr("bad: KMS verdict untrusted: unknown AK"));
+}
+
+TEST_F(JobsTest, HostThatStopsHeartbeatingLosesItsJobToAnotherHost) {
+  AddTrustedHost("h1");
+  auto job = Launch();
+  ASSERT_OK(job);
+  ASSERT_OK(jobs_->ReportProgress("h1", {job->job_id, JobState::kRunning}));
+  clock_.AdvanceSeconds(20);
+  AddTrustedHost("h2");
+  clock_.AdvanceSeconds(15);  // h1 silent 35 s, h2 15 s
+  ASSERT_OK(hosts_->Heartbeat("h2"));
+  trust_.Set("h2", TrustVerdict{true, clock_.NowUnixSeconds(), clock_.NowUnixSeconds() - 60, ""});
+  jobs_->Tick();
+  auto j = jobs_->GetJob(alice_, job->job_id);
+  ASSERT_OK(j);
+  EXPECT_EQ(j->state, JobState::kPlaced);
+  EXPECT_EQ(j->host_id, "h2");
+  EXPECT_THAT(j->attempts[0].refusal, HasSubstr("host lost: no heartbeat"));
+}
+
+TEST_F(JobsTest, QueuedJobIsPlacedWhenAHostJoins) {
+  auto job = Launch();
+  ASSERT_OK(job);
+  EXPECT_EQ(job->state, JobState::kQueued);
+  AddTrustedHost("h1");
+  jobs_->Tick();
+  EXPECT_EQ(jobs_->GetJob(alice_, job->job_id)->host_id, "h1");
+}
+
+TEST_F(JobsTest, QueuedJobFailsAfterTheQueueTimeoutWithPlacementReasons) {
+  ASSERT_OK(hosts_->Register({"h1", 1, {}}));  // no verdict
+  auto job = Launch();
+  ASSERT_OK(job);
+  clock_.AdvanceSeconds(100);
+  ASSERT_OK(hosts_->Heartbeat("h1"));
+  jobs_->Tick();
+  EXPECT_EQ(jobs_->GetJob(alice_, job->job_id)->state, JobState::kQueued);
+  clock_.AdvanceSeconds(200);
+  ASSERT_OK(hosts_->Heartbeat("h1"));
+  jobs_->Tick();
+  auto j = jobs_->GetJob(alice_, job->job_id);
+  ASSERT_OK(j);
+  EXPECT_EQ(j->state, JobState::kFailed);
+  EXPECT_THAT(j->failure_reason, HasSubstr("no eligible host within 300 s: h1: no KMS verdict"));
+}
+
+TEST_F(JobsTest, FullHostsLeaveTheJobQueued) {
+  AddTrustedHost("h1", 1);
+  ASSERT_OK(Launch());
+  auto second = Launch();
+  ASSERT_OK(second);
+  EXPECT_EQ(second->state, JobState::kQueued);
+  EXPECT_THAT(DescribePlacement(second->last_placement), HasSubstr("no free slot (1/1 in use)"));
+}
+
+TEST_F(JobsTest, ExplainPlacementShowsEveryHost) {
+  AddTrustedHost("h1");
+  ASSERT_OK(hosts_->Register({"h2", 1, {}}));
+  auto p = jobs_->ExplainImagePlacement(alice_, image_id_);
+  ASSERT_OK(p);
+  EXPECT_EQ(p->chosen_host_id, "h1");
+  EXPECT_EQ(p->decisions.size(), 2u);
+}
+
+TEST_F(JobsTest, OperatorSeesEveryCustomersJobs) {
+  AddTrustedHost("h1");
+  auto bob_image = UploadAs(bob_);
+  ASSERT_OK(bob_image);
+  ASSERT_OK(Launch());
+  ASSERT_OK(jobs_->Launch(bob_, {bob_image->image_id}));
+  EXPECT_EQ(jobs_->ListAllJobs().size(), 2u);
+  EXPECT_EQ(jobs_->ListJobs(alice_)->size(), 1u);
+}
+
+// Cross-tenant isolation of launches and jobs.
+TEST_F(JobsTest, OtherCustomerCannotLaunchAlicesImage) {
+  AddTrustedHost("h1");
+  EXPECT_STATUS(jobs_->Launch(bob_, {image_id_}), StatusCode::kNotFound, "no such image");
+  EXPECT_TRUE(jobs_->ListAllJobs().empty());
+}
+
+TEST_F(JobsTest, OtherCustomerCannotSeeAlicesJob) {
+  AddTrustedHost("h1");
+  auto job = Launch();
+  ASSERT_OK(job);
+  EXPECT_STATUS(jobs_->GetJob(bob_, job->job_id), StatusCode::kNotFound, "no such job");
+  EXPECT_TRUE(jobs_->ListJobs(bob_)->empty());
+}
+
+TEST_F(JobsTest, OtherCustomerCannotExplainAlicesImage) {
+  EXPECT_STATUS(jobs_->ExplainImagePlacement(bob_, image_id_), StatusCode::kNotFound,
+                "no such image");
+}
+
+}  // namespace
+}  // namespace vmseal::csp

@@ -1,0 +1,40 @@
+// The portal's check of an uploaded package before it is listed as an image.
+// The implementation over the OVF package library (src/ovf) is wired in when
+// that library lands; the portal core depends only on this interface.
+#ifndef VMSEAL_CSP_PACKAGE_VERIFIER_H_
+#define VMSEAL_CSP_PACKAGE_VERIFIER_H_
+
+#include <cstdint>
+#include <string>
+
+#include "base/env.h"
+#include "base/status.h"
+
+namespace vmseal::csp {
+
+// What the portal may learn from a sealed package (docs/protocol.md step 5):
+// never disk content or keys.
+struct VerifiedPackage {
+  // The image id named in the encryption tag (the KMS checks it again).
+  std::string tagged_image_id;
+  // Key id of the customer key the data key is wrapped to.
+  std::string key_id;
+  // Number of encrypted disks.
+  uint64_t disk_count = 0;
+};
+
+// Thread-safe.
+class PackageVerifier {
+ public:
+  virtual ~PackageVerifier() = default;
+  // Reads the package; OK only if every file's manifest digest matches and
+  // the encryption tag is present with every disk encrypted. Errors:
+  // DATA_LOSS "manifest" for a digest mismatch, FAILED_PRECONDITION
+  // "not encrypted" for a plaintext disk or a missing tag, INVALID_ARGUMENT
+  // for a malformed package.
+  virtual StatusOr<VerifiedPackage> Verify(const RandomAccessFile& package) const = 0;
+};
+
+}  // namespace vmseal::csp
+
+#endif  // VMSEAL_CSP_PACKAGE_VERIFIER_H_

@@ -1,0 +1,73 @@
+// Persistent state of the portal behind a small interface, so that the SQLite
+// implementation (sqlite_db.h) can be joined by PostgreSQL later. Tenant
+// scoping is part of the interface: no customer-facing lookup of an image
+// exists without its customer id.
+#ifndef VMSEAL_CSP_PORTAL_DB_H_
+#define VMSEAL_CSP_PORTAL_DB_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+
+namespace vmseal::csp {
+
+struct CustomerRecord {
+  std::string customer_id;
+  std::string login_id;
+  // Argon2id encoded hash ($argon2id$v=19$m=...,t=...,p=...$salt$hash).
+  std::string password_hash;
+  int64_t created_unix = 0;
+};
+
+struct SessionRecord {
+  // Hex SHA-256 of the bearer token; the token itself is never stored.
+  std::string token_sha256_hex;
+  std::string customer_id;
+  int64_t expires_unix = 0;
+};
+
+struct ImageRecord {
+  std::string image_id;
+  std::string customer_id;
+  std::string name;
+  // Key of the sealed package in the object store.
+  std::string object_key;
+  uint64_t size_bytes = 0;
+  std::string sha256_hex;
+  // ReleasePolicy JSON (policy.h).
+  std::string policy_json;
+  int64_t created_unix = 0;
+};
+
+// Thread-safe.
+class PortalDb {
+ public:
+  virtual ~PortalDb() = default;
+
+  // ALREADY_EXISTS if the customer id or login id is taken.
+  virtual Status InsertCustomer(const CustomerRecord& record) = 0;
+  // NOT_FOUND if there is no such login.
+  virtual StatusOr<CustomerRecord> FindCustomerByLogin(const std::string& login_id) = 0;
+
+  virtual Status InsertSession(const SessionRecord& record) = 0;
+  // NOT_FOUND if there is no such session.
+  virtual StatusOr<SessionRecord> FindSession(const std::string& token_sha256_hex) = 0;
+  virtual Status DeleteSession(const std::string& token_sha256_hex) = 0;
+  // Removes sessions with expires_unix <= now; returns how many.
+  virtual StatusOr<int64_t> DeleteExpiredSessions(int64_t now_unix) = 0;
+
+  virtual Status InsertImage(const ImageRecord& record) = 0;
+  // NOT_FOUND unless the image exists AND belongs to `customer_id`.
+  virtual StatusOr<ImageRecord> FindImage(const std::string& customer_id,
+                                          const std::string& image_id) = 0;
+  // The customer's images, oldest first.
+  virtual StatusOr<std::vector<ImageRecord>> ListImages(const std::string& customer_id) = 0;
+  // NOT_FOUND unless the image exists AND belongs to `customer_id`.
+  virtual Status DeleteImage(const std::string& customer_id, const std::string& image_id) = 0;
+};
+
+}  // namespace vmseal::csp
+
+#endif  // VMSEAL_CSP_PORTAL_DB_H_

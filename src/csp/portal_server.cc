@@ -1,0 +1,151 @@
+#include "csp/portal_server.h"
+
+#include <httplib.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <filesystem>
+#include <thread>
+
+#include "csp/accounts.h"
+#include "csp/http_api.h"
+#include "csp/images.h"
+#include "csp/jobs.h"
+#include "csp/scheduler.h"
+#include "csp/sqlite_db.h"
+#include "store/fs_store.h"
+#include "store/s3_store.h"
+#include "store/upload_sessions.h"
+
+namespace vmseal::csp {
+
+struct PortalServer::Impl {
+  Options options;
+  std::unique_ptr<SqlitePortalDb> db;
+  std::unique_ptr<store::ObjectStore> store;
+  std::unique_ptr<store::UploadSessions> uploads;
+  std::unique_ptr<Accounts> accounts;
+  std::unique_ptr<ImageService> images;
+  std::unique_ptr<HostRegistry> hosts;
+  std::unique_ptr<Scheduler> scheduler;
+  std::unique_ptr<JobManager> jobs;
+  std::unique_ptr<httplib::Server> http;
+  int port = 0;
+  std::thread serve_thread, tick_thread;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool stopping = false;
+};
+
+StatusOr<std::unique_ptr<PortalServer>> PortalServer::Create(Options options,
+                                                             const PackageVerifier* verifier,
+                                                             TrustSource* trust) {
+  if (options.data_dir.empty()) return InvalidArgumentError("--data-dir is required");
+  if (verifier == nullptr || trust == nullptr) {
+    return InvalidArgumentError("portal needs a package verifier and a trust source");
+  }
+  const bool use_tls = !options.tls_cert_file.empty() || !options.tls_key_file.empty();
+  if (!use_tls && options.bind_address != "127.0.0.1" && options.bind_address != "::1") {
+    return InvalidArgumentError("plain HTTP is allowed only on a loopback address; give a TLS "
+                                "certificate and key");
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(options.data_dir, ec);
+  if (ec) return InternalError("create " + options.data_dir + ": " + ec.message());
+  std::filesystem::permissions(options.data_dir, std::filesystem::perms::owner_all,
+                               std::filesystem::perm_options::replace, ec);
+  auto impl = std::make_unique<Impl>();
+  ASSIGN_OR_RETURN(impl->db, SqlitePortalDb::Open(options.data_dir + "/portal.db"));
+  if (!options.s3_endpoint.empty()) {
+    store::S3ObjectStore::Options s3;
+    s3.endpoint = options.s3_endpoint;
+    s3.bucket = options.s3_bucket;
+    s3.region = options.s3_region;
+    s3.access_key_id = options.s3_access_key_id;
+    s3.secret_access_key = options.s3_secret_access_key.Clone();
+    ASSIGN_OR_RETURN(auto s3store, store::S3ObjectStore::Create(std::move(s3)));
+    impl->store = std::move(s3store);
+  } else {
+    ASSIGN_OR_RETURN(auto fs, store::FsObjectStore::Create({options.data_dir + "/objects", nullptr}));
+    impl->store = std::move(fs);
+  }
+  ASSIGN_OR_RETURN(impl->uploads, store::UploadSessions::Create({options.data_dir + "/staging"},
+                                                                impl->store.get()));
+  Accounts::Options ao;
+  ao.argon2_m_cost_kib = options.argon2_m_cost_kib;
+  ASSIGN_OR_RETURN(impl->accounts, Accounts::Create(ao, impl->db.get(), Clock::Real()));
+  ASSIGN_OR_RETURN(impl->images, ImageService::Create({}, impl->db.get(), impl->store.get(),
+                                                      impl->uploads.get(), verifier, Clock::Real()));
+  impl->hosts = std::make_unique<HostRegistry>(HostRegistry::Options{}, Clock::Real());
+  impl->scheduler = std::make_unique<Scheduler>(impl->hosts.get(), trust, Clock::Real());
+  impl->jobs = std::make_unique<JobManager>(JobManager::Options{}, impl->images.get(),
+                                            impl->hosts.get(), impl->scheduler.get(),
+                                            Clock::Real());
+  if (use_tls) {
+    auto ssl = std::make_unique<httplib::SSLServer>(
+        options.tls_cert_file.c_str(), options.tls_key_file.c_str(),
+        options.client_ca_file.empty() ? nullptr : options.client_ca_file.c_str());
+    if (!ssl->is_valid()) return InvalidArgumentError("cannot load the TLS certificate or key");
+    SSL_CTX_set_min_proto_version(ssl->ssl_context(), TLS1_3_VERSION);
+    if (!options.client_ca_file.empty()) {
+      // Customers have no certificate; hosts must present a valid one
+      // (checked per route by HostIdentity).
+      SSL_CTX_set_verify(ssl->ssl_context(), SSL_VERIFY_PEER, nullptr);
+    }
+    impl->http = std::move(ssl);
+  } else {
+    impl->http = std::make_unique<httplib::Server>();
+  }
+  impl->options = std::move(options);
+  PortalServices svc;
+  svc.accounts = impl->accounts.get();
+  svc.images = impl->images.get();
+  svc.jobs = impl->jobs.get();
+  svc.hosts = impl->hosts.get();
+  svc.store = impl->store.get();
+  svc.operator_token = &impl->options.operator_token;
+  RegisterPortalRoutes(*impl->http, svc);
+  return std::unique_ptr<PortalServer>(new PortalServer(std::move(impl)));
+}
+
+PortalServer::PortalServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+PortalServer::~PortalServer() { Stop(); }
+
+Status PortalServer::Start() {
+  Impl& i = *impl_;
+  if (i.options.port == 0) {
+    i.port = i.http->bind_to_any_port(i.options.bind_address);
+  } else {
+    i.port = i.http->bind_to_port(i.options.bind_address, i.options.port) ? i.options.port : -1;
+  }
+  if (i.port <= 0) {
+    return UnavailableError("cannot listen on " + i.options.bind_address + ":" +
+                            std::to_string(i.options.port));
+  }
+  i.serve_thread = std::thread([&i] { i.http->listen_after_bind(); });
+  i.tick_thread = std::thread([&i] {
+    std::unique_lock<std::mutex> lock(i.mu);
+    while (!i.cv.wait_for(lock, std::chrono::seconds(1), [&i] { return i.stopping; })) {
+      i.jobs->Tick();
+    }
+  });
+  return OkStatus();
+}
+
+void PortalServer::Stop() {
+  Impl& i = *impl_;
+  {
+    std::lock_guard<std::mutex> lock(i.mu);
+    i.stopping = true;
+  }
+  i.cv.notify_all();
+  if (i.http) i.http->stop();
+  if (i.serve_thread.joinable()) i.serve_thread.join();
+  if (i.tick_thread.joinable()) i.tick_thread.join();
+}
+
+int PortalServer::port() const { return impl_->port; }
+bool PortalServer::tls() const { return !impl_->options.tls_cert_file.empty(); }
+
+}  // namespace vmseal::csp

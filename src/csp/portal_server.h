@@ -1,0 +1,66 @@
+// The assembled portal: database, object store (filesystem or S3), upload
+// staging, accounts, images, host registry, scheduler, jobs and the HTTP(S)
+// server, as `vmseal csp serve` runs it.
+#ifndef VMSEAL_CSP_PORTAL_SERVER_H_
+#define VMSEAL_CSP_PORTAL_SERVER_H_
+
+#include <memory>
+#include <string>
+
+#include "base/secret_bytes.h"
+#include "base/status.h"
+#include "csp/hosts.h"
+#include "csp/package_verifier.h"
+
+namespace vmseal::csp {
+
+class PortalServer {
+ public:
+  struct Options {
+    // Directory for portal.db, objects/ (filesystem store) and staging/.
+    // Required.
+    std::string data_dir;
+    // Address and port to listen on; port 0 picks a free one.
+    std::string bind_address = "127.0.0.1";
+    int port = 0;
+    // PEM files of the server certificate and key, and of the CA that host
+    // client certificates must chain to. Without cert and key the server
+    // speaks plain HTTP, which is allowed only on a loopback address.
+    std::string tls_cert_file;
+    std::string tls_key_file;
+    std::string client_ca_file;
+    // S3 backend instead of the filesystem store when s3_endpoint is set.
+    std::string s3_endpoint;
+    std::string s3_bucket;
+    std::string s3_region = "us-east-1";
+    std::string s3_access_key_id;
+    SecretBytes s3_secret_access_key;
+    // Bearer credential of the operator routes; empty disables them.
+    SecretBytes operator_token;
+    // Argon2id memory cost in KiB (tests lower it). Default 64 MiB.
+    uint32_t argon2_m_cost_kib = 64 * 1024;
+  };
+
+  // `verifier` checks packages before they are listed; `trust` supplies KMS
+  // verdicts. Both must outlive the server.
+  static StatusOr<std::unique_ptr<PortalServer>> Create(Options options,
+                                                        const PackageVerifier* verifier,
+                                                        TrustSource* trust);
+  ~PortalServer();
+
+  // Serves on a background thread (and runs the scheduler's Tick every
+  // second) until Stop.
+  Status Start();
+  void Stop();
+  int port() const;
+  bool tls() const;
+
+ private:
+  struct Impl;
+  explicit PortalServer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace vmseal::csp
+
+#endif  // VMSEAL_CSP_PORTAL_SERVER_H_

@@ -1,0 +1,219 @@
+#include "csp/sqlite_db.h"
+
+#include <sqlite3.h>
+#include <sys/stat.h>
+
+#include <initializer_list>
+#include <variant>
+
+namespace vmseal::csp {
+namespace {
+
+constexpr char kSchema[] = R"sql(
+CREATE TABLE IF NOT EXISTS customers (
+  customer_id TEXT PRIMARY KEY,
+  login_id TEXT NOT NULL UNIQUE,
+  password_hash TEXT NOT NULL,
+  created_unix INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (
+  token_sha256 TEXT PRIMARY KEY,
+  customer_id TEXT NOT NULL REFERENCES customers(customer_id),
+  expires_unix INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS images (
+  image_id TEXT PRIMARY KEY,
+  customer_id TEXT NOT NULL REFERENCES customers(customer_id),
+  name TEXT NOT NULL,
+  object_key TEXT NOT NULL,
+  size_bytes INTEGER NOT NULL,
+  sha256 TEXT NOT NULL,
+  policy_json TEXT NOT NULL,
+  created_unix INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS images_by_customer ON images(customer_id, created_unix);
+)sql";
+
+struct StmtDeleter {
+  void operator()(sqlite3_stmt* s) const { sqlite3_finalize(s); }
+};
+using StmtPtr = std::unique_ptr<sqlite3_stmt, StmtDeleter>;
+using Param = std::variant<int64_t, std::string>;
+
+Status DbError(sqlite3* db, const char* what) {
+  return InternalError(std::string("database ") + what + ": " + sqlite3_errmsg(db));
+}
+
+StatusOr<StmtPtr> Prepare(sqlite3* db, const char* sql, std::initializer_list<Param> params) {
+  sqlite3_stmt* raw = nullptr;
+  if (sqlite3_prepare_v2(db, sql, -1, &raw, nullptr) != SQLITE_OK) return DbError(db, "prepare");
+  StmtPtr stmt(raw);
+  int i = 1;
+  for (const Param& p : params) {
+    int rc;
+    if (const auto* n = std::get_if<int64_t>(&p)) {
+      rc = sqlite3_bind_int64(raw, i, *n);
+    } else {
+      const std::string& s = std::get<std::string>(p);
+      rc = sqlite3_bind_text(raw, i, s.data(), static_cast<int>(s.size()), SQLITE_TRANSIENT);
+    }
+    if (rc != SQLITE_OK) return DbError(db, "bind");
+    ++i;
+  }
+  return stmt;
+}
+
+// Runs a statement that returns no rows; ALREADY_EXISTS on a constraint.
+Status Exec(sqlite3* db, const char* sql, std::initializer_list<Param> params,
+            int* changes = nullptr) {
+  ASSIGN_OR_RETURN(StmtPtr stmt, Prepare(db, sql, params));
+  int rc = sqlite3_step(stmt.get());
+  if (rc == SQLITE_CONSTRAINT) return AlreadyExistsError("record already exists");
+  if (rc != SQLITE_DONE) return DbError(db, "step");
+  if (changes != nullptr) *changes = sqlite3_changes(db);
+  return OkStatus();
+}
+
+std::string Text(sqlite3_stmt* s, int col) {
+  const unsigned char* t = sqlite3_column_text(s, col);
+  return t == nullptr ? "" : reinterpret_cast<const char*>(t);
+}
+
+ImageRecord ReadImage(sqlite3_stmt* s) {
+  ImageRecord r;
+  r.image_id = Text(s, 0);
+  r.customer_id = Text(s, 1);
+  r.name = Text(s, 2);
+  r.object_key = Text(s, 3);
+  r.size_bytes = static_cast<uint64_t>(sqlite3_column_int64(s, 4));
+  r.sha256_hex = Text(s, 5);
+  r.policy_json = Text(s, 6);
+  r.created_unix = sqlite3_column_int64(s, 7);
+  return r;
+}
+
+constexpr char kImageColumns[] =
+    "image_id, customer_id, name, object_key, size_bytes, sha256, policy_json, created_unix";
+
+}  // namespace
+
+StatusOr<std::unique_ptr<SqlitePortalDb>> SqlitePortalDb::Open(const std::string& path) {
+  sqlite3* db = nullptr;
+  int rc = sqlite3_open_v2(path.c_str(), &db,
+                           SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
+                           nullptr);
+  std::unique_ptr<SqlitePortalDb> out(db != nullptr ? new SqlitePortalDb(db) : nullptr);
+  if (rc != SQLITE_OK) {
+    return UnavailableError("open database " + path + ": " +
+                            (db != nullptr ? sqlite3_errmsg(db) : "out of memory"));
+  }
+  if (path != ":memory:") ::chmod(path.c_str(), 0600);
+  sqlite3_busy_timeout(db, 5000);
+  char* err = nullptr;
+  std::string setup = std::string("PRAGMA journal_mode=WAL; PRAGMA foreign_keys=ON;") + kSchema;
+  if (sqlite3_exec(db, setup.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
+    std::string msg = err != nullptr ? err : "unknown";
+    sqlite3_free(err);
+    return InternalError("create database schema: " + msg);
+  }
+  return out;
+}
+
+SqlitePortalDb::~SqlitePortalDb() { sqlite3_close(db_); }
+
+Status SqlitePortalDb::InsertCustomer(const CustomerRecord& r) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Status s = Exec(db_,
+                  "INSERT INTO customers(customer_id, login_id, password_hash, created_unix) "
+                  "VALUES(?,?,?,?)",
+                  {r.customer_id, r.login_id, r.password_hash, r.created_unix});
+  if (s.code() == StatusCode::kAlreadyExists) return AlreadyExistsError("customer already exists");
+  return s;
+}
+
+StatusOr<CustomerRecord> SqlitePortalDb::FindCustomerByLogin(const std::string& login_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ASSIGN_OR_RETURN(StmtPtr s, Prepare(db_,
+                                      "SELECT customer_id, login_id, password_hash, created_unix "
+                                      "FROM customers WHERE login_id=?",
+                                      {login_id}));
+  int rc = sqlite3_step(s.get());
+  if (rc == SQLITE_DONE) return NotFoundError("no such customer");
+  if (rc != SQLITE_ROW) return DbError(db_, "step");
+  return CustomerRecord{Text(s.get(), 0), Text(s.get(), 1), Text(s.get(), 2),
+                        sqlite3_column_int64(s.get(), 3)};
+}
+
+Status SqlitePortalDb::InsertSession(const SessionRecord& r) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return Exec(db_, "INSERT INTO sessions(token_sha256, customer_id, expires_unix) VALUES(?,?,?)",
+              {r.token_sha256_hex, r.customer_id, r.expires_unix});
+}
+
+StatusOr<SessionRecord> SqlitePortalDb::FindSession(const std::string& token_sha256_hex) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ASSIGN_OR_RETURN(StmtPtr s, Prepare(db_,
+                                      "SELECT token_sha256, customer_id, expires_unix FROM "
+                                      "sessions WHERE token_sha256=?",
+                                      {token_sha256_hex}));
+  int rc = sqlite3_step(s.get());
+  if (rc == SQLITE_DONE) return NotFoundError("no such session");
+  if (rc != SQLITE_ROW) return DbError(db_, "step");
+  return SessionRecord{Text(s.get(), 0), Text(s.get(), 1), sqlite3_column_int64(s.get(), 2)};
+}
+
+Status SqlitePortalDb::DeleteSession(const std::string& token_sha256_hex) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return Exec(db_, "DELETE FROM sessions WHERE token_sha256=?", {token_sha256_hex});
+}
+
+StatusOr<int64_t> SqlitePortalDb::DeleteExpiredSessions(int64_t now_unix) {
+  std::lock_guard<std::mutex> lock(mu_);
+  int changes = 0;
+  RETURN_IF_ERROR(Exec(db_, "DELETE FROM sessions WHERE expires_unix<=?", {now_unix}, &changes));
+  return static_cast<int64_t>(changes);
+}
+
+Status SqlitePortalDb::InsertImage(const ImageRecord& r) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return Exec(db_,
+              "INSERT INTO images(image_id, customer_id, name, object_key, size_bytes, sha256, "
+              "policy_json, created_unix) VALUES(?,?,?,?,?,?,?,?)",
+              {r.image_id, r.customer_id, r.name, r.object_key,
+               static_cast<int64_t>(r.size_bytes), r.sha256_hex, r.policy_json, r.created_unix});
+}
+
+StatusOr<ImageRecord> SqlitePortalDb::FindImage(const std::string& customer_id,
+                                                const std::string& image_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::string sql = std::string("SELECT ") + kImageColumns +
+                    " FROM images WHERE image_id=? AND customer_id=?";
+  ASSIGN_OR_RETURN(StmtPtr s, Prepare(db_, sql.c_str(), {image_id, customer_id}));
+  int rc = sqlite3_step(s.get());
+  if (rc == SQLITE_DONE) return NotFoundError("no such image");
+  if (rc != SQLITE_ROW) return DbError(db_, "step");
+  return ReadImage(s.get());
+}
+
+StatusOr<std::vector<ImageRecord>> SqlitePortalDb::ListImages(const std::string& customer_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::string sql = std::string("SELECT ") + kImageColumns +
+                    " FROM images WHERE customer_id=? ORDER BY created_unix, image_id";
+  ASSIGN_OR_RETURN(StmtPtr s, Prepare(db_, sql.c_str(), {customer_id}));
+  std::vector<ImageRecord> out;
+  for (;;) {
+    int rc = sqlite3_step(s.get());
+    if (rc == SQLITE_DONE) break;
+    if (rc != SQLITE_ROW) return DbError(db_, "step");
+    out.push_back(ReadImage(s.get()));
+  }
+  return out;
+}
+
+Status SqlitePortalDb::DeleteImage(const std::string& customer_id, const std::string& image_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  int changes = 0;
+  RETURN_IF_ERROR(Exec(db_, "DELETE FROM images WHERE image_id=? AND customer_id=?",
+                       {image_id, customer_id}, &changes));
+  if (changes == 0) return NotFoundError("no such image");
+  return OkStatus();
+}
+
+}  // namespace vmseal::csp

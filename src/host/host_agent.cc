@@ -1,0 +1,197 @@
+#include "host/host_agent.h"
+
+#include <sys/stat.h>
+
+#include <utility>
+
+#include "host/internal/virtual_hardware.h"
+#include "ovf/package.h"
+
+namespace vmseal::host {
+namespace {
+
+// A qcow2 image starts with "QFI\xfb"; everything else boots as raw.
+StatusOr<vm::DiskFormat> DetectDiskFormat(Env* env, const std::string& path) {
+  ASSIGN_OR_RETURN(auto file, env->NewRandomAccessFile(path));
+  uint8_t magic[4] = {};
+  ASSIGN_OR_RETURN(size_t n, file->Read(0, magic));
+  if (n == 4 && magic[0] == 'Q' && magic[1] == 'F' && magic[2] == 'I' && magic[3] == 0xfb) {
+    return vm::DiskFormat::kQcow2;
+  }
+  return vm::DiskFormat::kRaw;
+}
+
+// VM names are the job id with characters outside [A-Za-z0-9._-] mapped to '-'.
+std::string VmNameFor(const Job& job) {
+  std::string name = "vm-" + job.job_id;
+  for (char& c : name) {
+    bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-';
+    if (!ok) c = '-';
+  }
+  if (name.size() > 64) name.resize(64);
+  return name;
+}
+
+}  // namespace
+
+const char* JobPhaseName(JobPhase phase) {
+  switch (phase) {
+    case JobPhase::kFetching: return "fetching";
+    case JobPhase::kAttesting: return "attesting";
+    case JobPhase::kDecrypting: return "decrypting";
+    case JobPhase::kLaunching: return "launching";
+    case JobPhase::kRunning: return "running";
+    case JobPhase::kFailed: return "failed";
+  }
+  return "failed";
+}
+
+StatusOr<std::unique_ptr<HostAgent>> HostAgent::Create(const HostAgentOptions& options,
+                                                       tpm::SecurityEngine* tpm,
+                                                       vm::VmManager* vms, KmsApi* kms,
+                                                       PackageSource* packages) {
+  if (options.work_dir.empty()) return InvalidArgumentError("host agent: work_dir is required");
+  if (tpm == nullptr || vms == nullptr || kms == nullptr || packages == nullptr) {
+    return InvalidArgumentError("host agent: missing dependency");
+  }
+  if (options.pcr_selection.empty()) {
+    return InvalidArgumentError("host agent: empty PCR selection");
+  }
+  if (::mkdir(options.work_dir.c_str(), 0700) != 0 && errno != EEXIST) {
+    return ErrnoToStatus(errno, "create", options.work_dir);
+  }
+  if (::chmod(options.work_dir.c_str(), 0700) != 0) {
+    return ErrnoToStatus(errno, "chmod", options.work_dir);
+  }
+  return std::unique_ptr<HostAgent>(new HostAgent(options, tpm, vms, kms, packages));
+}
+
+HostAgent::HostAgent(HostAgentOptions options, tpm::SecurityEngine* tpm, vm::VmManager* vms,
+                     KmsApi* kms, PackageSource* packages)
+    : options_(std::move(options)),
+      env_(options_.env != nullptr ? options_.env : Env::Default()),
+      tpm_(tpm), vms_(vms), kms_(kms), packages_(packages) {}
+
+Status HostAgent::Enroll() {
+  ASSIGN_OR_RETURN(attest::EnrollmentRequest request, tpm_->EnrollmentRequest());
+  ASSIGN_OR_RETURN(attest::CredentialChallenge challenge, kms_->BeginEnrollment(request));
+  ASSIGN_OR_RETURN(SecretBytes secret, tpm_->ActivateCredential(challenge));
+  return kms_->CompleteEnrollment(secret);
+}
+
+Status HostAgent::Reattest() {
+  ASSIGN_OR_RETURN(crypto::Bytes nonce, kms_->Nonce());
+  ASSIGN_OR_RETURN(attest::Evidence evidence, tpm_->Attest(nonce, options_.pcr_selection));
+  return kms_->Attest(evidence);
+}
+
+void HostAgent::Report(const Job& job, JobPhase phase, std::string reason,
+                       const vm::VmInfo* vm) {
+  if (!options_.on_update) return;
+  JobUpdate update;
+  update.job_id = job.job_id;
+  update.phase = phase;
+  update.reason = std::move(reason);
+  if (vm != nullptr) {
+    update.vm_name = vm->name;
+    update.serial_log_path = vm->serial_log_path;
+  }
+  options_.on_update(update);
+}
+
+StatusOr<vm::VmInfo> HostAgent::RunJob(const Job& job) {
+  const std::string vm_name = VmNameFor(job);
+  const std::string package_path = options_.work_dir + "/" + vm_name + ".pkg";
+  StatusOr<vm::VmInfo> result = RunJobSteps(job, vm_name, package_path);
+  // The sealed package is not needed once the disk is decrypted (or failed).
+  if (env_->FileExists(package_path)) (void)env_->RemoveFile(package_path);
+  if (!result.ok()) {
+    // No decrypted data stays behind: stop the VM if it started, remove its disk.
+    (void)vms_->Delete(vm_name);
+    auto disk = vms_->DiskPath(vm_name);
+    if (disk.ok() && env_->FileExists(*disk)) (void)env_->RemoveFile(*disk);
+    Report(job, JobPhase::kFailed, result.status().message());
+  }
+  return result;
+}
+
+StatusOr<vm::VmInfo> HostAgent::RunJobSteps(const Job& job, const std::string& vm_name,
+                                            const std::string& package_path) {
+  Report(job, JobPhase::kFetching);
+  RETURN_IF_ERROR(packages_->Fetch(job, package_path).WithPrefix("fetch"));
+
+  ovf::PackageOpenOptions open_options;
+  open_options.require_encrypted = !options_.allow_plain_images;
+  auto package_or = ovf::Package::Open(env_, package_path, open_options);
+  if (!package_or.ok()) {
+    if (!options_.allow_plain_images &&
+        package_or.status().message().find("not encrypted") != std::string::npos) {
+      return FailedPreconditionError("unencrypted_image: host policy requires an encrypted "
+                                     "package");
+    }
+    return package_or.status().WithPrefix("package");
+  }
+  std::unique_ptr<ovf::Package> package = std::move(package_or).value();
+  const ovf::EncryptionTag& tag = package->tag();
+  if (package->encrypted() && tag.image_id != job.image_id) {
+    return FailedPreconditionError("image_mismatch: package is for image '" + tag.image_id +
+                                   "', job names '" + job.image_id + "'");
+  }
+  ASSIGN_OR_RETURN(internal::VirtualHardware hardware,
+                   internal::ReadVirtualHardware(package->descriptor_text()));
+  if (package->files().empty()) return InvalidArgumentError("package: no disk file");
+  // The first file of References is the boot disk.
+  const ovf::FileRef& boot = package->files().front();
+  ASSIGN_OR_RETURN(std::string disk_path, vms_->DiskPath(vm_name));
+
+  {
+    ASSIGN_OR_RETURN(auto out, AtomicOutputFile::Create(env_, disk_path, 0600));
+    if (package->encrypted()) {
+      Report(job, JobPhase::kAttesting);
+      ReleaseRequest request;
+      request.image_id = tag.image_id;
+      request.tenant = tag.tenant;
+      request.key_id = tag.key_id;
+      request.key_version = tag.key_version;
+      request.wrap_algorithm = package->wrapped_key().algorithm;
+      request.oaep_label = package->wrapped_key().oaep_label;
+      request.wrapped_key = package->wrapped_key().ciphertext;
+      ASSIGN_OR_RETURN(crypto::Bytes nonce, kms_->Nonce());
+      ASSIGN_OR_RETURN(request.evidence, tpm_->Attest(nonce, options_.pcr_selection));
+      ASSIGN_OR_RETURN(ReleasedKey released, kms_->Release(request));
+
+      Report(job, JobPhase::kDecrypting);
+      ASSIGN_OR_RETURN(SecretBytes data_key,
+                       tpm_->Decrypt(released.rewrapped_key, released.label));
+      RETURN_IF_ERROR(package->DecryptFile(boot.id, data_key, out->file()).WithPrefix("decrypt"));
+    } else {
+      Report(job, JobPhase::kDecrypting);
+      ASSIGN_OR_RETURN(auto stored, package->OpenStoredFile(boot.id));
+      ASSIGN_OR_RETURN(uint64_t size, stored->Size());
+      std::vector<uint8_t> buf(1 << 20);
+      for (uint64_t off = 0; off < size;) {
+        ASSIGN_OR_RETURN(size_t n, stored->Read(off, buf));
+        if (n == 0) return DataLossError("package: disk shorter than its size");
+        RETURN_IF_ERROR(out->file()->Append({buf.data(), n}));
+        off += n;
+      }
+    }
+    RETURN_IF_ERROR(out->Commit());
+  }
+
+  Report(job, JobPhase::kLaunching);
+  vm::VmSpec spec;
+  spec.name = vm_name;
+  spec.disk_path = disk_path;
+  ASSIGN_OR_RETURN(spec.disk_format, DetectDiskFormat(env_, disk_path));
+  spec.cpus = hardware.cpus;
+  spec.memory_mib = hardware.memory_mib;
+  ASSIGN_OR_RETURN(vm::VmInfo info, vms_->Launch(spec));
+  Report(job, JobPhase::kRunning, "", &info);
+  return info;
+}
+
+Status HostAgent::DeleteVm(const std::string& name) { return vms_->Delete(name); }
+
+}  // namespace vmseal::host

@@ -1,0 +1,104 @@
+// The host agent's core: enrollment, attestation and the provisioning job
+// pipeline (fetch -> check tag -> attest + release -> unwrap in the TPM ->
+// decrypt -> launch). A plain class: the HTTP service (`vmseal host serve`)
+// is a thin adapter over it.
+#ifndef VMSEAL_HOST_HOST_AGENT_H_
+#define VMSEAL_HOST_HOST_AGENT_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "base/env.h"
+#include "base/status.h"
+#include "host/kms_api.h"
+#include "tpm/security_engine.h"
+#include "vm/vm_manager.h"
+
+namespace vmseal::host {
+
+// One provisioning job, as the portal hands it to the host.
+struct Job {
+  std::string job_id;
+  std::string image_id;  // the portal's image id (also the package image id)
+  std::string tenant;
+};
+
+// The phases a job goes through on the host (docs/protocol.md §5).
+enum class JobPhase { kFetching, kAttesting, kDecrypting, kLaunching, kRunning, kFailed };
+const char* JobPhaseName(JobPhase phase);
+
+struct JobUpdate {
+  std::string job_id;
+  JobPhase phase = JobPhase::kFetching;
+  std::string reason;           // kFailed: machine-readable reason + detail
+  std::string vm_name;          // kRunning
+  std::string serial_log_path;  // kRunning
+};
+
+// Fetches the sealed package of a job to a local path (streaming; the
+// object store's digest is checked by the implementation).
+class PackageSource {
+ public:
+  virtual ~PackageSource() = default;
+  virtual Status Fetch(const Job& job, const std::string& dest_path) = 0;
+};
+
+struct HostAgentOptions {
+  // Working directory for fetched packages (mode 0700). Required.
+  std::string work_dir;
+  // SHA-256 PCRs quoted for attestation. Default: 0-7 (firmware and boot).
+  std::vector<uint32_t> pcr_selection = {0, 1, 2, 3, 4, 5, 6, 7};
+  // Provision packages without an EncryptionSection. Default false: the host
+  // refuses them and the portal picks another host (or fails the job).
+  bool allow_plain_images = false;
+  // Called on every phase change of a job. Optional.
+  std::function<void(const JobUpdate&)> on_update;
+  Env* env = nullptr;  // default Env::Default()
+};
+
+// Not thread-safe: the service runs one job at a time per agent.
+class HostAgent {
+ public:
+  // All pointers must outlive the agent.
+  static StatusOr<std::unique_ptr<HostAgent>> Create(const HostAgentOptions& options,
+                                                     tpm::SecurityEngine* tpm,
+                                                     vm::VmManager* vms, KmsApi* kms,
+                                                     PackageSource* packages);
+
+  // Enrolls this host's TPM with the KMS (EK certificate, AK, credential
+  // activation). Idempotent on the KMS side.
+  Status Enroll();
+
+  // Quotes the PCRs with a fresh nonce and sends the evidence to the KMS,
+  // which records a verdict in the host's trust history.
+  Status Reattest();
+
+  // Runs a job to a running VM. On failure, reports kFailed with the reason,
+  // removes every decrypted byte it wrote and returns the error.
+  StatusOr<vm::VmInfo> RunJob(const Job& job);
+
+  // Stops the VM and removes its decrypted disk.
+  Status DeleteVm(const std::string& name);
+
+ private:
+  HostAgent(HostAgentOptions options, tpm::SecurityEngine* tpm, vm::VmManager* vms,
+            KmsApi* kms, PackageSource* packages);
+  StatusOr<vm::VmInfo> RunJobSteps(const Job& job, const std::string& vm_name,
+                                   const std::string& package_path);
+  void Report(const Job& job, JobPhase phase, std::string reason = "",
+              const vm::VmInfo* vm = nullptr);
+
+  const HostAgentOptions options_;
+  Env* const env_;
+  tpm::SecurityEngine* const tpm_;
+  vm::VmManager* const vms_;
+  KmsApi* const kms_;
+  PackageSource* const packages_;
+};
+
+}  // namespace vmseal::host
+
+#endif  // VMSEAL_HOST_HOST_AGENT_H_

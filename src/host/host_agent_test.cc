@@ -1,0 +1,282 @@
+// The host agent's job pipeline against real parts: a swtpm per test, the
+// real TPM security engine, real sealed OVF packages and qemu. The KMS side
+// is an in-process double built from the real verification code (attest)
+// and the real key wrapping (crypto), so every key crosses the same
+// boundaries as in production: customer key -> KMS -> TPM binding key.
+#include "host/host_agent.h"
+
+#include <gtest/gtest.h>
+
+#include <map>
+#include <set>
+
+#include "attest/credential.h"
+#include "attest/ek_certificate.h"
+#include "attest/verifier.h"
+#include "crypto/key_wrap.h"
+#include "crypto/keys.h"
+#include "ovf/package.h"
+#include "testing/test_util.h"
+#include "tpm/testing/swtpm_harness.h"
+
+namespace vmseal::host {
+namespace {
+
+using ::vmseal::testing::ListDir;
+using ::vmseal::testing::TempDir;
+
+const std::vector<uint32_t> kPcrs = {0, 7};
+
+// A KMS double: the real checks of enrollment, evidence and release, with
+// an allow-list of PCR-7 values as its whole policy.
+class InProcessKms final : public KmsApi {
+ public:
+  InProcessKms(std::string ca_bundle, crypto::PrivateKey customer_key)
+      : ca_bundle_(std::move(ca_bundle)), customer_key_(std::move(customer_key)) {}
+
+  StatusOr<attest::CredentialChallenge> BeginEnrollment(
+      const attest::EnrollmentRequest& request) override {
+    ASSIGN_OR_RETURN(auto verifier, attest::EkCertificateVerifier::Create(ca_bundle_));
+    ASSIGN_OR_RETURN(crypto::EvpPkeyPtr ek, verifier->Verify(request.ek_certificate));
+    ASSIGN_OR_RETURN(pending_ak_, attest::AkPublic::Parse(request.ak_public));
+    credential_ = SecretBytes::Random(32);
+    return attest::MakeCredential(ek.get(), pending_ak_->name(), credential_);
+  }
+
+  Status CompleteEnrollment(const SecretBytes& secret) override {
+    RETURN_IF_ERROR(attest::CheckActivation(credential_, secret));
+    ak_ = pending_ak_;
+    return OkStatus();
+  }
+
+  StatusOr<crypto::Bytes> Nonce() override {
+    crypto::Bytes n = crypto::RandomBytes(32);
+    nonces_.insert(crypto::HexEncode(n));
+    return n;
+  }
+
+  Status Attest(const attest::Evidence& evidence) override {
+    return Verify(evidence).status();
+  }
+
+  StatusOr<ReleasedKey> Release(const ReleaseRequest& request) override {
+    ++release_calls;
+    ASSIGN_OR_RETURN(attest::VerifiedEvidence verified, Verify(request.evidence));
+    // Policy: PCR 7 must hold an allowed value.
+    const crypto::Bytes& pcr7 = verified.quote.pcr_values.back();
+    if (allowed_pcr7.count(crypto::HexEncode(pcr7)) == 0) {
+      return PermissionDeniedError("pcr_policy: PCR 7 matches no allowed flavor");
+    }
+    ASSIGN_OR_RETURN(SecretBytes data_key,
+                     crypto::RsaOaepUnwrap(customer_key_, request.wrapped_key,
+                                           crypto::AsStringView(request.oaep_label)));
+    ASSIGN_OR_RETURN(crypto::PublicKey binding,
+                     crypto::PublicKey::FromPem(verified.binding_key.spki_pem));
+    std::string ad = "vmseal-release:" + request.image_id;
+    ASSIGN_OR_RETURN(crypto::Bytes rewrapped,
+                     crypto::RsaOaepWrap(binding, data_key, ad, crypto::OaepLabel::kTpm));
+    ReleasedKey out;
+    out.rewrapped_key = std::move(rewrapped);
+    out.label.assign(ad.begin(), ad.end());
+    out.label.push_back(0);
+    return out;
+  }
+
+  std::set<std::string> allowed_pcr7;
+  int release_calls = 0;
+
+ private:
+  StatusOr<attest::VerifiedEvidence> Verify(const attest::Evidence& evidence) {
+    if (!ak_) return PermissionDeniedError("not_enrolled: host has no activated AK");
+    if (nonces_.erase(crypto::HexEncode(evidence.nonce)) != 1) {
+      return PermissionDeniedError("nonce_unknown: nonce was not issued or already used");
+    }
+    return attest::VerifyEvidence(*ak_, evidence.nonce, kPcrs, evidence);
+  }
+
+  const std::string ca_bundle_;
+  const crypto::PrivateKey customer_key_;
+  std::shared_ptr<const attest::AkPublic> pending_ak_;
+  std::shared_ptr<const attest::AkPublic> ak_;
+  SecretBytes credential_;
+  std::set<std::string> nonces_;
+};
+
+// Serves packages from a map of image id -> local package path.
+class MapPackageSource final : public PackageSource {
+ public:
+  Status Fetch(const Job& job, const std::string& dest_path) override {
+    auto it = packages.find(job.image_id);
+    if (it == packages.end()) return NotFoundError("no package for image " + job.image_id);
+    ASSIGN_OR_RETURN(std::string data, ReadFileToString(Env::Default(), it->second));
+    return WriteStringToFileAtomic(Env::Default(), dest_path, data, 0600);
+  }
+  std::map<std::string, std::string> packages;
+};
+
+class HostAgentTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto tpm_or = tpm::testing::Swtpm::Start({.parent_dir = dir_.path()});
+    ASSERT_OK(tpm_or);
+    swtpm_ = std::move(tpm_or).value();
+    auto engine = tpm::SecurityEngine::Create(
+        {.tcti = swtpm_->tcti(), .state_dir = dir_.File("tpm-state")});
+    ASSERT_OK(engine);
+    engine_ = std::move(engine).value();
+    auto vms = vm::VmManager::Create(
+        {.state_dir = dir_.File("vms"), .accel = vm::Accel::kTcg});
+    ASSERT_OK(vms);
+    vms_ = std::move(vms).value();
+
+    auto customer = crypto::PrivateKey::Generate(crypto::KeyType::kRsa3072);
+    ASSERT_OK(customer);
+    customer_pub_pem_ = customer->Public().ToPem();
+    kms_ = std::make_unique<InProcessKms>(swtpm_->ca_bundle_pem(), std::move(customer).value());
+
+    HostAgentOptions options;
+    options.work_dir = dir_.File("work");
+    options.pcr_selection = kPcrs;
+    options.on_update = [this](const JobUpdate& u) {
+      phases_.push_back(JobPhaseName(u.phase));
+      if (u.phase == JobPhase::kFailed) failure_ = u.reason;
+    };
+    auto agent = HostAgent::Create(options, engine_.get(), vms_.get(), kms_.get(), &source_);
+    ASSERT_OK(agent);
+    agent_ = std::move(agent).value();
+  }
+
+  // Seals a 1 MiB "disk" of random bytes into an OVA for `image_id`.
+  std::string SealImage(const std::string& image_id, bool encrypted = true) {
+    std::string disk = dir_.File(image_id + ".raw");
+    crypto::Bytes content = crypto::RandomBytes(1 << 20);
+    testing::WriteFileOrDie(disk, std::string(content.begin(), content.end()));
+    disk_sha_[image_id] = crypto::HexEncode(crypto::Sha256(content));
+    std::string out = dir_.File(image_id + ".ova");
+    ovf::SealOptions seal;
+    seal.inputs = {disk};
+    seal.recipient_pem = customer_pub_pem_;
+    seal.image_id = image_id;
+    seal.tenant = "tenant-a";
+    seal.vm.cpus = 1;
+    seal.vm.memory_mib = 64;
+    if (encrypted) {
+      EXPECT_OK(ovf::SealPackage(Env::Default(), seal, out));
+    } else {
+      return disk;  // not a package at all; see the plain-image test
+    }
+    source_.packages[image_id] = out;
+    return out;
+  }
+
+  // PCR 7 as this TPM reports it now, as an allowed flavor value.
+  void TrustCurrentState() {
+    auto pcrs = engine_->ReadPcrs({7});
+    ASSERT_OK(pcrs);
+    kms_->allowed_pcr7.insert(crypto::HexEncode((*pcrs)[0]));
+  }
+
+  TempDir dir_;
+  std::unique_ptr<tpm::testing::Swtpm> swtpm_;
+  std::unique_ptr<tpm::SecurityEngine> engine_;
+  std::unique_ptr<vm::VmManager> vms_;
+  std::unique_ptr<InProcessKms> kms_;
+  MapPackageSource source_;
+  std::unique_ptr<HostAgent> agent_;
+  std::string customer_pub_pem_;
+  std::map<std::string, std::string> disk_sha_;
+  std::vector<std::string> phases_;
+  std::string failure_;
+};
+
+TEST_F(HostAgentTest, TrustedHostDecryptsAndLaunchesTheImage) {
+  ASSERT_OK(agent_->Enroll());
+  TrustCurrentState();
+  SealImage("img-1");
+  auto vm = agent_->RunJob({.job_id = "job-1", .image_id = "img-1", .tenant = "tenant-a"});
+  ASSERT_OK(vm);
+  EXPECT_EQ(vm->cpus, 1u);
+  EXPECT_EQ(vm->memory_mib, 64u);
+  EXPECT_EQ(phases_, (std::vector<std::string>{"fetching", "attesting", "decrypting",
+                                               "launching", "running"}));
+  // The decrypted disk is the customer's plaintext, readable only by the agent.
+  auto disk = ReadFileToString(Env::Default(), vm->disk_path);
+  ASSERT_OK(disk);
+  EXPECT_EQ(crypto::HexEncode(crypto::Sha256(*disk)), disk_sha_["img-1"]);
+  struct stat st;
+  ASSERT_EQ(::stat(vm->disk_path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  // No sealed package or key file lingers in the work dir.
+  EXPECT_TRUE(ListDir(dir_.File("work")).empty());
+  ASSERT_OK(agent_->DeleteVm(vm->name));
+  EXPECT_FALSE(Env::Default()->FileExists(vm->disk_path));
+}
+
+TEST_F(HostAgentTest, TamperedHostGetsNoKeyAndLeavesNothing) {
+  ASSERT_OK(agent_->Enroll());
+  TrustCurrentState();
+  // Measure something unexpected into PCR 7 after the flavor was taken.
+  crypto::Sha256Digest evil = crypto::Sha256("unsigned bootloader");
+  ASSERT_OK(engine_->PcrExtend(7, evil));
+  SealImage("img-2");
+  auto vm = agent_->RunJob({.job_id = "job-2", .image_id = "img-2", .tenant = "tenant-a"});
+  EXPECT_STATUS(vm, StatusCode::kPermissionDenied, "pcr_policy");
+  EXPECT_EQ(phases_.back(), "failed");
+  EXPECT_NE(failure_.find("pcr_policy"), std::string::npos);
+  auto listed = vms_->List();
+  ASSERT_OK(listed);
+  EXPECT_TRUE(listed->empty());
+  EXPECT_TRUE(ListDir(dir_.File("vms") + "/disks").empty());
+  EXPECT_TRUE(ListDir(dir_.File("work")).empty());
+}
+
+TEST_F(HostAgentTest, UnenrolledHostIsRefused) {
+  TrustCurrentState();
+  SealImage("img-3");
+  auto vm = agent_->RunJob({.job_id = "job-3", .image_id = "img-3", .tenant = "tenant-a"});
+  EXPECT_STATUS(vm, StatusCode::kPermissionDenied, "not_enrolled");
+}
+
+TEST_F(HostAgentTest, PackageTamperedInTransitIsRefusedBeforeAttestation) {
+  ASSERT_OK(agent_->Enroll());
+  TrustCurrentState();
+  std::string pkg = SealImage("img-4");
+  // Flip one byte near the end of the OVA (inside the sealed disk).
+  std::string data = testing::ReadFileOrDie(pkg);
+  data[data.size() - 2048] ^= 0x01;
+  testing::WriteFileOrDie(pkg, data);
+  auto vm = agent_->RunJob({.job_id = "job-4", .image_id = "img-4", .tenant = "tenant-a"});
+  EXPECT_FALSE(vm.ok());
+  EXPECT_EQ(kms_->release_calls, 0);
+  EXPECT_TRUE(ListDir(dir_.File("vms") + "/disks").empty());
+}
+
+TEST_F(HostAgentTest, JobForAnotherImageIsRefused) {
+  ASSERT_OK(agent_->Enroll());
+  TrustCurrentState();
+  SealImage("img-5");
+  source_.packages["img-6"] = source_.packages["img-5"];
+  auto vm = agent_->RunJob({.job_id = "job-6", .image_id = "img-6", .tenant = "tenant-a"});
+  EXPECT_STATUS(vm, StatusCode::kFailedPrecondition, "image_mismatch");
+  EXPECT_EQ(kms_->release_calls, 0);
+}
+
+TEST_F(HostAgentTest, TpmRestartBetweenAttestationsStillDecrypts) {
+  ASSERT_OK(agent_->Enroll());
+  ASSERT_OK(swtpm_->Restart());  // PCRs reset; keys reload from their blobs
+  TrustCurrentState();
+  SealImage("img-7");
+  auto vm = agent_->RunJob({.job_id = "job-7", .image_id = "img-7", .tenant = "tenant-a"});
+  ASSERT_OK(vm);
+  ASSERT_OK(agent_->DeleteVm(vm->name));
+}
+
+TEST_F(HostAgentTest, MissingPackageFailsWithFetchReason) {
+  ASSERT_OK(agent_->Enroll());
+  auto vm = agent_->RunJob({.job_id = "job-8", .image_id = "nope", .tenant = "tenant-a"});
+  EXPECT_STATUS(vm, StatusCode::kNotFound, "fetch");
+  EXPECT_EQ(phases_, (std::vector<std::string>{"fetching", "failed"}));
+}
+
+}  // namespace
+}  // namespace vmseal::host

@@ -1,0 +1,194 @@
+#include "kms/config.h"
+
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <cstdlib>
+#include <iostream>
+#include <thread>
+
+#include "base/env.h"
+#include "kms/internal/mini_ca.h"
+#include "kms/kek.h"
+#include "kms/service.h"
+#include "kms/store.h"
+#include "net/https_server.h"
+#include "net/internal/json_util.h"
+
+namespace vmseal::kms {
+namespace {
+
+using nlohmann::json;
+
+std::string Resolve(const std::string& base_dir, const std::string& p) {
+  if (p.empty() || p[0] == '/' || p.rfind("postgres://", 0) == 0 ||
+      p.rfind("postgresql://", 0) == 0) {
+    return p;
+  }
+  return base_dir + "/" + p;
+}
+
+StatusOr<SecretBytes> ReadSecretFile(const std::string& path) {
+  ASSIGN_OR_RETURN(std::string text, ReadFileToString(Env::Default(), path));
+  SecretBytes out(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(text.data()), text.size()));
+  WipeBytes(std::span<uint8_t>(reinterpret_cast<uint8_t*>(text.data()), text.size()));
+  return out;
+}
+
+}  // namespace
+
+StatusOr<KmsConfig> LoadKmsConfig(const std::string& path) {
+  ASSIGN_OR_RETURN(std::string text, ReadFileToString(Env::Default(), path));
+  auto parsed = net::internal::ParseJson(text);
+  if (!parsed.ok()) return parsed.status().WithPrefix("config " + path);
+  const json& j = *parsed;
+  if (!j.is_object()) return InvalidArgumentError("config " + path + ": not a JSON object");
+  const std::string dir = DirName(path);
+  KmsConfig c;
+  for (const auto& [key, value] : j.items()) {
+    auto str = [&](std::string* out) -> Status {
+      if (!value.is_string()) return InvalidArgumentError("config " + key + ": must be a string");
+      *out = value.get<std::string>();
+      return OkStatus();
+    };
+    auto num = [&](int64_t lo, int64_t hi) -> StatusOr<int64_t> {
+      if (!value.is_number_integer()) return InvalidArgumentError("config " + key + ": must be an integer");
+      int64_t v = value.get<int64_t>();
+      if (v < lo || v > hi) return InvalidArgumentError("config " + key + ": out of range");
+      return v;
+    };
+    if (key == "listen") {
+      RETURN_IF_ERROR(str(&c.listen));
+    } else if (key == "port") {
+      ASSIGN_OR_RETURN(int64_t v, num(0, 65535));
+      c.port = static_cast<int>(v);
+    } else if (key == "store") {
+      RETURN_IF_ERROR(str(&c.store));
+    } else if (key == "kek_file") {
+      RETURN_IF_ERROR(str(&c.kek_file));
+    } else if (key == "ca_cert") {
+      RETURN_IF_ERROR(str(&c.ca_cert));
+    } else if (key == "ca_key") {
+      RETURN_IF_ERROR(str(&c.ca_key));
+    } else if (key == "server_cert") {
+      RETURN_IF_ERROR(str(&c.server_cert));
+    } else if (key == "server_key") {
+      RETURN_IF_ERROR(str(&c.server_key));
+    } else if (key == "max_body_bytes") {
+      ASSIGN_OR_RETURN(int64_t v, num(1024, int64_t{64} << 20));
+      c.max_body_bytes = static_cast<uint64_t>(v);
+    } else if (key == "threads") {
+      ASSIGN_OR_RETURN(int64_t v, num(1, 256));
+      c.threads = static_cast<int>(v);
+    } else if (key == "nonce_lifetime_seconds") {
+      ASSIGN_OR_RETURN(c.nonce_lifetime_seconds, num(1, 3600));
+    } else {
+      return InvalidArgumentError("config " + path + ": unknown key \"" + key + "\"");
+    }
+  }
+  for (std::string* p : {&c.store, &c.kek_file, &c.ca_cert, &c.ca_key, &c.server_cert, &c.server_key}) {
+    *p = Resolve(dir, *p);
+  }
+  return c;
+}
+
+Status ApplyKmsEnv(KmsConfig* config) {
+  if (const char* v = std::getenv("VMSEAL_KMS_STORE"); v != nullptr && *v) config->store = v;
+  if (const char* v = std::getenv("VMSEAL_KMS_LISTEN"); v != nullptr && *v) config->listen = v;
+  if (const char* v = std::getenv("VMSEAL_KMS_PORT"); v != nullptr && *v) {
+    char* end = nullptr;
+    long port = std::strtol(v, &end, 10);
+    if (*end != '\0' || port < 0 || port > 65535) return InvalidArgumentError("VMSEAL_KMS_PORT: bad port");
+    config->port = static_cast<int>(port);
+  }
+  return OkStatus();
+}
+
+Status InitKmsDir(const InitOptions& options) {
+  Env* env = Env::Default();
+  const std::string& d = options.dir;
+  if (d.empty()) return InvalidArgumentError("kms init: --dir is required");
+  if (::mkdir(d.c_str(), 0700) != 0 && errno != EEXIST) return ErrnoToStatus(errno, "mkdir", d);
+  if (env->FileExists(d + "/ca.pem")) {
+    return AlreadyExistsError("kms init: " + d + " is already initialised (ca.pem exists)");
+  }
+  ASSIGN_OR_RETURN(auto ca, internal::CreateRootCa("vmseal KMS CA", 3650));
+  internal::LeafOptions server{.common_name = "kms", .organizational_unit = "kms",
+                               .dns_names = options.dns_names,
+                               .ip_addresses = options.ip_addresses, .server = true};
+  ASSIGN_OR_RETURN(auto server_id, internal::IssueLeaf(ca, server));
+  ASSIGN_OR_RETURN(auto op, internal::IssueLeaf(ca, {.common_name = "operator",
+                                                     .organizational_unit = "operator"}));
+  auto key_view = [](const SecretBytes& s) {
+    return std::string_view(reinterpret_cast<const char*>(s.UnsafeData()), s.size());
+  };
+  // Secrets first, the CA certificate last: ca.pem marks a finished init.
+  RETURN_IF_ERROR(CreateFileKek(env, d + "/kek"));
+  RETURN_IF_ERROR(WriteStringToFileAtomic(env, d + "/ca-key.pem", key_view(ca.key_pem), 0600));
+  RETURN_IF_ERROR(WriteStringToFileAtomic(env, d + "/server-key.pem", key_view(server_id.key_pem), 0600));
+  RETURN_IF_ERROR(WriteStringToFileAtomic(env, d + "/server.pem", server_id.cert_pem, 0644));
+  RETURN_IF_ERROR(WriteStringToFileAtomic(env, d + "/operator-key.pem", key_view(op.key_pem), 0600));
+  RETURN_IF_ERROR(WriteStringToFileAtomic(env, d + "/operator.pem", op.cert_pem, 0644));
+  json config = {{"listen", "127.0.0.1"}, {"port", 8443},
+                 {"store", "kms.db"},     {"kek_file", "kek"},
+                 {"ca_cert", "ca.pem"},   {"ca_key", "ca-key.pem"},
+                 {"server_cert", "server.pem"}, {"server_key", "server-key.pem"}};
+  RETURN_IF_ERROR(WriteStringToFileAtomic(env, d + "/kms.json", config.dump(2) + "\n", 0644));
+  return WriteStringToFileAtomic(env, d + "/ca.pem", ca.cert_pem, 0644);
+}
+
+Status IssueIdentity(const std::string& dir, const std::string& role, const std::string& name,
+                     const std::string& out_prefix) {
+  if (role != "portal" && role != "host" && role != "operator") {
+    return InvalidArgumentError("role must be portal, host or operator");
+  }
+  if (name.empty() || name.size() > 64) return InvalidArgumentError("name must be 1..64 characters");
+  ASSIGN_OR_RETURN(std::string ca_cert, ReadFileToString(Env::Default(), dir + "/ca.pem"));
+  ASSIGN_OR_RETURN(SecretBytes ca_key, ReadSecretFile(dir + "/ca-key.pem"));
+  internal::CertAndKey ca{ca_cert, std::move(ca_key)};
+  ASSIGN_OR_RETURN(auto id, internal::IssueLeaf(ca, {.common_name = name, .organizational_unit = role}));
+  std::string_view key(reinterpret_cast<const char*>(id.key_pem.UnsafeData()), id.key_pem.size());
+  RETURN_IF_ERROR(WriteStringToFileAtomic(Env::Default(), out_prefix + "-key.pem", key, 0600));
+  return WriteStringToFileAtomic(Env::Default(), out_prefix + ".pem", id.cert_pem, 0644);
+}
+
+Status ServeKms(const KmsConfig& config, const std::string& port_file) {
+  // Block the stop signals before any thread starts so only sigwait sees them.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  if (config.store.empty()) return InvalidArgumentError("kms serve: no store configured");
+  ASSIGN_OR_RETURN(auto store, Store::Open(config.store));
+  ASSIGN_OR_RETURN(auto kek, LoadFileKek(Env::Default(), config.kek_file));
+  ASSIGN_OR_RETURN(std::string ca_cert, ReadFileToString(Env::Default(), config.ca_cert));
+  ASSIGN_OR_RETURN(SecretBytes ca_key, ReadSecretFile(config.ca_key));
+  KmsService::Options service_options;
+  service_options.nonce_lifetime_seconds = config.nonce_lifetime_seconds;
+  ASSIGN_OR_RETURN(auto service, KmsService::Create(service_options, store.get(), kek.get(),
+                                                    {ca_cert, std::move(ca_key)}));
+  net::HttpsServer::Options server_options;
+  ASSIGN_OR_RETURN(server_options.cert_pem, ReadFileToString(Env::Default(), config.server_cert));
+  ASSIGN_OR_RETURN(server_options.key_pem, ReadSecretFile(config.server_key));
+  server_options.client_ca_pem = ca_cert;
+  server_options.bind_address = config.listen;
+  server_options.port = config.port;
+  server_options.max_body_bytes = config.max_body_bytes;
+  server_options.threads = config.threads;
+  ASSIGN_OR_RETURN(auto server, net::HttpsServer::Create(std::move(server_options)));
+  RegisterKmsRoutes(service.get(), server.get());
+  ASSIGN_OR_RETURN(int port, server->Start());
+  if (!port_file.empty()) {
+    RETURN_IF_ERROR(WriteStringToFileAtomic(Env::Default(), port_file, std::to_string(port) + "\n", 0644));
+  }
+  std::cout << "vmseal kms: serving on " << config.listen << ":" << port << " (store "
+            << store->backend() << ")" << std::endl;
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  server->Stop();
+  return OkStatus();
+}
+
+}  // namespace vmseal::kms

@@ -1,0 +1,160 @@
+#include "kms/service.h"
+
+#include <gtest/gtest.h>
+#include <openssl/pem.h>
+
+#include "crypto/primitives.h"
+#include "crypto/ssl_util.h"
+#include "testing/test_util.h"
+
+namespace vmseal::kms {
+namespace {
+
+using testing::TempDir;
+
+class ServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto store = Store::Open(dir_.File("kms.db"));
+    ASSERT_OK(store);
+    store_ = *std::move(store);
+    auto kek = KekFromBytes(SecretBytes::Random(kKekBytes));
+    ASSERT_OK(kek);
+    kek_ = *std::move(kek);
+    auto ca = internal::CreateRootCa("test kms ca", 30);
+    ASSERT_OK(ca);
+    ca_pem_ = ca->cert_pem;
+    KmsService::Options options;
+    options.clock = [this] { return now_; };
+    auto service = KmsService::Create(options, store_.get(), kek_.get(), *std::move(ca));
+    ASSERT_OK(service);
+    service_ = *std::move(service);
+  }
+
+  static Caller As(Caller::Role role, const std::string& name) { return {role, name, "fp"}; }
+
+  TempDir dir_;
+  int64_t now_ = 1000;
+  std::string ca_pem_;
+  std::unique_ptr<Store> store_;
+  std::unique_ptr<KeyEncryptionKey> kek_;
+  std::unique_ptr<KmsService> service_;
+};
+
+TEST_F(ServiceTest, PortalCreatesRsaKeyByDefault) {
+  auto key = service_->CreateCustomerKey(As(Caller::Role::kPortal, "p"), {"acme", ""});
+  ASSERT_OK(key);
+  EXPECT_EQ(key->algorithm, "RSA-3072");
+  EXPECT_EQ(key->key_id.rfind("k-", 0), 0u);
+  crypto::BioPtr bio(BIO_new_mem_buf(key->public_key_pem.data(), -1));
+  crypto::EvpPkeyPtr pub(PEM_read_bio_PUBKEY(bio.get(), nullptr, nullptr, nullptr));
+  ASSERT_NE(pub, nullptr);
+  EXPECT_EQ(EVP_PKEY_get_bits(pub.get()), 3072);
+}
+
+TEST_F(ServiceTest, CertificateChainsToCaAndCertifiesThePublicKey) {
+  auto key = service_->CreateCustomerKey(As(Caller::Role::kPortal, "p"), {"acme", "X25519"});
+  ASSERT_OK(key);
+  crypto::BioPtr cbio(BIO_new_mem_buf(key->cert_pem.data(), -1));
+  crypto::X509Ptr cert(PEM_read_bio_X509(cbio.get(), nullptr, nullptr, nullptr));
+  crypto::BioPtr abio(BIO_new_mem_buf(ca_pem_.data(), -1));
+  crypto::X509Ptr ca(PEM_read_bio_X509(abio.get(), nullptr, nullptr, nullptr));
+  ASSERT_NE(cert, nullptr);
+  ASSERT_NE(ca, nullptr);
+  EXPECT_EQ(X509_verify(cert.get(), X509_get0_pubkey(ca.get())), 1);
+  crypto::BioPtr pbio(BIO_new_mem_buf(key->public_key_pem.data(), -1));
+  crypto::EvpPkeyPtr pub(PEM_read_bio_PUBKEY(pbio.get(), nullptr, nullptr, nullptr));
+  EXPECT_EQ(EVP_PKEY_eq(X509_get0_pubkey(cert.get()), pub.get()), 1);
+}
+
+TEST_F(ServiceTest, PrivateKeyStoredOnlyWrappedAndBoundToIds) {
+  auto key = service_->CreateCustomerKey(As(Caller::Role::kPortal, "p"), {"acme", "X25519"});
+  ASSERT_OK(key);
+  auto rec = store_->GetCustomerKey(key->key_id);
+  ASSERT_OK(rec);
+  auto wrapped = crypto::Base64Decode(rec->wrapped_private_key);
+  ASSERT_OK(wrapped);
+  std::string blob(wrapped->begin(), wrapped->end());
+  auto der = kek_->Unwrap(blob, CustomerKeyAad(key->key_id, "acme"));
+  ASSERT_OK(der);
+  const unsigned char* p = der->UnsafeData();
+  crypto::EvpPkeyPtr priv(d2i_AutoPrivateKey(nullptr, &p, static_cast<long>(der->size())));
+  ASSERT_NE(priv, nullptr);
+  EXPECT_TRUE(EVP_PKEY_is_a(priv.get(), "X25519"));
+  EXPECT_STATUS(kek_->Unwrap(blob, CustomerKeyAad(key->key_id, "other")),
+                StatusCode::kUnauthenticated, "decryption failed");
+}
+
+TEST_F(ServiceTest, KeyCreationIsAudited) {
+  ASSERT_OK(service_->CreateCustomerKey(As(Caller::Role::kPortal, "p"), {"acme", "X25519"}));
+  auto recs = store_->ReadAudit(0, 10);
+  ASSERT_OK(recs);
+  ASSERT_EQ(recs->size(), 1u);
+  EXPECT_NE((*recs)[0].record.find("customer_key.create"), std::string::npos);
+  EXPECT_OK(VerifyStoreAudit(*store_));
+}
+
+TEST_F(ServiceTest, HostCannotCreateKeysAndDenialIsAudited) {
+  EXPECT_STATUS(service_->CreateCustomerKey(As(Caller::Role::kHost, "h1"), {"acme", ""}),
+                StatusCode::kPermissionDenied, "portal role");
+  auto recs = store_->ReadAudit(0, 10);
+  ASSERT_OK(recs);
+  ASSERT_EQ(recs->size(), 1u);
+  EXPECT_NE((*recs)[0].record.find("wrong_role"), std::string::npos);
+  EXPECT_NE(service_->metrics().Render().find("reason=\"wrong_role\"} 1"), std::string::npos);
+}
+
+TEST_F(ServiceTest, AnonymousCannotCreateKeys) {
+  EXPECT_STATUS(service_->CreateCustomerKey(Caller{}, {"acme", ""}), StatusCode::kUnauthenticated,
+                "client certificate");
+}
+
+TEST_F(ServiceTest, BadCustomerIdRefused) {
+  EXPECT_STATUS(service_->CreateCustomerKey(As(Caller::Role::kPortal, "p"), {"../etc", ""}),
+                StatusCode::kInvalidArgument, "customer id");
+}
+
+TEST_F(ServiceTest, UnknownAlgorithmRefused) {
+  EXPECT_STATUS(service_->CreateCustomerKey(As(Caller::Role::kPortal, "p"), {"acme", "RSA-1024"}),
+                StatusCode::kInvalidArgument, "algorithm");
+}
+
+TEST_F(ServiceTest, OtherCustomersKeyIsNotFound) {
+  auto key = service_->CreateCustomerKey(As(Caller::Role::kPortal, "p"), {"acme", "X25519"});
+  ASSERT_OK(key);
+  EXPECT_OK(service_->GetCustomerKey(As(Caller::Role::kPortal, "p"), "acme", key->key_id));
+  EXPECT_STATUS(service_->GetCustomerKey(As(Caller::Role::kPortal, "p"), "evil", key->key_id),
+                StatusCode::kNotFound, "unknown key");
+}
+
+TEST_F(ServiceTest, HostGetsNonceForItselfOnly) {
+  auto n = service_->IssueNonce(As(Caller::Role::kHost, "h1"), "h1");
+  ASSERT_OK(n);
+  EXPECT_EQ(n->nonce.size(), 64u);
+  EXPECT_EQ(n->expires_unix, now_ + 60);
+  EXPECT_OK(store_->ConsumeNonce(n->nonce, "h1", now_));
+  EXPECT_STATUS(service_->IssueNonce(As(Caller::Role::kHost, "h1"), "h2"),
+                StatusCode::kPermissionDenied, "itself");
+}
+
+TEST_F(ServiceTest, AuditReadRequiresOperator) {
+  EXPECT_STATUS(service_->ReadAudit(As(Caller::Role::kPortal, "p"), 0, 10),
+                StatusCode::kPermissionDenied, "operator role");
+  EXPECT_OK(service_->ReadAudit(As(Caller::Role::kOperator, "op"), 0, 10));
+  EXPECT_OK(service_->VerifyAudit(As(Caller::Role::kOperator, "op")));
+}
+
+TEST(CallerFromPeer, RoleFromOrganizationalUnit) {
+  net::Peer peer{true, "CN=h1,OU=host,O=vmseal", "h1", "host", "ab"};
+  Caller c = CallerFromPeer(peer);
+  EXPECT_EQ(c.role, Caller::Role::kHost);
+  EXPECT_EQ(c.name, "h1");
+  peer.organizational_unit = "ca";
+  EXPECT_EQ(CallerFromPeer(peer).role, Caller::Role::kAnonymous);
+  peer.organizational_unit = "portal";
+  peer.authenticated = false;
+  EXPECT_EQ(CallerFromPeer(peer).role, Caller::Role::kAnonymous);
+}
+
+}  // namespace
+}  // namespace vmseal::kms

@@ -1,0 +1,375 @@
+// Store over the SqlConn seam: one implementation, two dialects.
+#include <charconv>
+#include <ctime>
+#include <mutex>
+
+#include "kms/audit.h"
+#include "kms/internal/sql.h"
+#include "kms/store.h"
+#include "net/internal/json_util.h"
+
+namespace vmseal::kms {
+namespace {
+
+using internal::SqlConn;
+using internal::SqlResult;
+using internal::SqlValue;
+using nlohmann::json;
+
+// Schema migrations, applied in order; the same SQL runs on both backends.
+// Never edit a shipped entry: append a new one.
+const char* const kMigrations[] = {
+    R"sql(
+CREATE TABLE customers (
+  customer_id TEXT PRIMARY KEY,
+  created_unix BIGINT NOT NULL);
+CREATE TABLE customer_keys (
+  key_id TEXT PRIMARY KEY,
+  customer_id TEXT NOT NULL REFERENCES customers(customer_id),
+  algorithm TEXT NOT NULL,
+  public_key_pem TEXT NOT NULL,
+  cert_pem TEXT NOT NULL,
+  wrapped_private_key TEXT NOT NULL,
+  kek_id TEXT NOT NULL,
+  created_unix BIGINT NOT NULL);
+CREATE INDEX customer_keys_by_customer ON customer_keys(customer_id);
+CREATE TABLE hosts (
+  host_id TEXT PRIMARY KEY,
+  ek_cert_pem TEXT NOT NULL,
+  ak_public TEXT NOT NULL,
+  enrolled INTEGER NOT NULL,
+  tags TEXT NOT NULL,
+  created_unix BIGINT NOT NULL);
+CREATE TABLE nonces (
+  nonce TEXT PRIMARY KEY,
+  host_id TEXT NOT NULL,
+  expires_unix BIGINT NOT NULL,
+  consumed INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE verdicts (
+  verdict_id TEXT PRIMARY KEY,
+  host_id TEXT NOT NULL,
+  trusted INTEGER NOT NULL,
+  reason TEXT NOT NULL,
+  time_unix BIGINT NOT NULL,
+  details TEXT NOT NULL);
+CREATE INDEX verdicts_by_host ON verdicts(host_id, time_unix);
+CREATE TABLE flavors (
+  name TEXT PRIMARY KEY,
+  pcrs TEXT NOT NULL);
+CREATE TABLE policies (
+  customer_id TEXT NOT NULL,
+  image_id TEXT NOT NULL,
+  policy TEXT NOT NULL,
+  PRIMARY KEY (customer_id, image_id));
+CREATE TABLE audit_log (
+  seq BIGINT PRIMARY KEY,
+  record TEXT NOT NULL,
+  hash TEXT NOT NULL);
+)sql",
+};
+
+int64_t Now() { return static_cast<int64_t>(std::time(nullptr)); }
+
+int64_t ToInt(const std::optional<std::string>& cell) {
+  int64_t v = 0;
+  if (cell) std::from_chars(cell->data(), cell->data() + cell->size(), v);
+  return v;
+}
+std::string ToStr(const std::optional<std::string>& cell) { return cell.value_or(""); }
+json ToJson(const std::optional<std::string>& cell) {
+  auto parsed = net::internal::ParseJson(cell.value_or("null"));
+  return parsed.ok() ? *parsed : json();
+}
+
+class SqlStore : public Store {
+ public:
+  explicit SqlStore(std::unique_ptr<SqlConn> conn) : conn_(std::move(conn)) {}
+
+  Status Migrate() {
+    return InTx([&]() -> Status {
+      RETURN_IF_ERROR(conn_->ExecScript(
+          "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)"));
+      ASSIGN_OR_RETURN(auto r, conn_->Exec("SELECT MAX(version) FROM schema_version", {}));
+      int64_t have = r.rows.empty() ? 0 : ToInt(r.rows[0][0]);
+      const int64_t latest = static_cast<int64_t>(std::size(kMigrations));
+      if (have > latest) {
+        return FailedPreconditionError("store schema version " + std::to_string(have) +
+                                       " is newer than this binary (" + std::to_string(latest) + ")");
+      }
+      for (int64_t v = have; v < latest; ++v) {
+        RETURN_IF_ERROR(conn_->ExecScript(kMigrations[v]));
+        RETURN_IF_ERROR(conn_->Exec("INSERT INTO schema_version (version) VALUES (?)", {v + 1}));
+      }
+      return OkStatus();
+    });
+  }
+
+  std::string backend() const override {
+    return conn_->dialect() == internal::SqlDialect::kSqlite ? "sqlite" : "postgres";
+  }
+
+  Status PutCustomerKey(const CustomerKeyRecord& k, const AuditEvent& audit) override {
+    return InTx([&]() -> Status {
+      RETURN_IF_ERROR(conn_->Exec(
+          "INSERT INTO customers (customer_id, created_unix) VALUES (?, ?) "
+          "ON CONFLICT (customer_id) DO NOTHING",
+          {k.customer_id, k.created_unix}));
+      auto r = conn_->Exec(
+          "INSERT INTO customer_keys (key_id, customer_id, algorithm, public_key_pem, cert_pem, "
+          "wrapped_private_key, kek_id, created_unix) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+          {k.key_id, k.customer_id, k.algorithm, k.public_key_pem, k.cert_pem,
+           k.wrapped_private_key, k.kek_id, k.created_unix});
+      if (!r.ok() && r.status().code() == StatusCode::kAlreadyExists) {
+        return AlreadyExistsError("key " + k.key_id + " already exists");
+      }
+      RETURN_IF_ERROR(r);
+      return AppendAuditLocked(audit);
+    });
+  }
+
+  StatusOr<CustomerKeyRecord> GetCustomerKey(const std::string& key_id) override {
+    ASSIGN_OR_RETURN(auto keys, QueryKeys("WHERE key_id = ?", key_id));
+    if (keys.empty()) return NotFoundError("unknown key " + key_id);
+    return std::move(keys[0]);
+  }
+
+  StatusOr<std::vector<CustomerKeyRecord>> ListCustomerKeys(const std::string& customer_id) override {
+    return QueryKeys("WHERE customer_id = ? ORDER BY created_unix, key_id", customer_id);
+  }
+
+  Status PutHost(const HostRecord& h, const AuditEvent& audit) override {
+    return InTx([&]() -> Status {
+      RETURN_IF_ERROR(conn_->Exec(
+          "INSERT INTO hosts (host_id, ek_cert_pem, ak_public, enrolled, tags, created_unix) "
+          "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (host_id) DO UPDATE SET "
+          "ek_cert_pem = excluded.ek_cert_pem, ak_public = excluded.ak_public, "
+          "enrolled = excluded.enrolled, tags = excluded.tags",
+          {h.host_id, h.ek_cert_pem, h.ak_public, int64_t{h.enrolled ? 1 : 0},
+           net::internal::DumpJson(h.tags), h.created_unix}));
+      return AppendAuditLocked(audit);
+    });
+  }
+
+  StatusOr<HostRecord> GetHost(const std::string& host_id) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    ASSIGN_OR_RETURN(auto r, conn_->Exec("SELECT host_id, ek_cert_pem, ak_public, enrolled, tags, "
+                                         "created_unix FROM hosts WHERE host_id = ?",
+                                         {host_id}));
+    if (r.rows.empty()) return NotFoundError("unknown host " + host_id);
+    const auto& row = r.rows[0];
+    HostRecord h{ToStr(row[0]), ToStr(row[1]), ToStr(row[2]), ToInt(row[3]) != 0, {}, ToInt(row[5])};
+    json tags = ToJson(row[4]);
+    if (tags.is_array()) {
+      for (const auto& t : tags) {
+        if (t.is_string()) h.tags.push_back(t.get<std::string>());
+      }
+    }
+    return h;
+  }
+
+  Status SetHostEnrolled(const std::string& host_id, const AuditEvent& audit) override {
+    return InTx([&]() -> Status {
+      ASSIGN_OR_RETURN(auto r, conn_->Exec("UPDATE hosts SET enrolled = 1 WHERE host_id = ?",
+                                           {host_id}));
+      if (r.affected != 1) return NotFoundError("unknown host " + host_id);
+      return AppendAuditLocked(audit);
+    });
+  }
+
+  Status SetHostTags(const std::string& host_id, const std::vector<std::string>& tags,
+                     const AuditEvent& audit) override {
+    return InTx([&]() -> Status {
+      ASSIGN_OR_RETURN(auto r, conn_->Exec("UPDATE hosts SET tags = ? WHERE host_id = ?",
+                                           {net::internal::DumpJson(tags), host_id}));
+      if (r.affected != 1) return NotFoundError("unknown host " + host_id);
+      return AppendAuditLocked(audit);
+    });
+  }
+
+  Status PutNonce(const std::string& nonce, const std::string& host_id,
+                  int64_t expires_unix) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto r = conn_->Exec("INSERT INTO nonces (nonce, host_id, expires_unix, consumed) "
+                         "VALUES (?, ?, ?, 0)",
+                         {nonce, host_id, expires_unix});
+    return r.status();
+  }
+
+  Status ConsumeNonce(const std::string& nonce, const std::string& host_id,
+                      int64_t now_unix) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    // One conditional UPDATE: row-level locking makes a concurrent second
+    // consumer (another process on the same PostgreSQL) see consumed = 1.
+    ASSIGN_OR_RETURN(auto r, conn_->Exec(
+        "UPDATE nonces SET consumed = 1 WHERE nonce = ? AND host_id = ? AND consumed = 0 "
+        "AND expires_unix >= ?",
+        {nonce, host_id, now_unix}));
+    if (r.affected == 1) return OkStatus();
+    ASSIGN_OR_RETURN(auto why, conn_->Exec(
+        "SELECT consumed, expires_unix FROM nonces WHERE nonce = ? AND host_id = ?",
+        {nonce, host_id}));
+    if (why.rows.empty()) return NotFoundError("unknown nonce");
+    if (ToInt(why.rows[0][0]) != 0) return FailedPreconditionError("nonce already used");
+    return FailedPreconditionError("nonce expired");
+  }
+
+  StatusOr<int64_t> PurgeNonces(int64_t before_unix) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    ASSIGN_OR_RETURN(auto r, conn_->Exec("DELETE FROM nonces WHERE expires_unix < ?", {before_unix}));
+    return r.affected;
+  }
+
+  Status PutVerdict(const Verdict& v, const AuditEvent& audit) override {
+    return InTx([&]() -> Status {
+      RETURN_IF_ERROR(conn_->Exec(
+          "INSERT INTO verdicts (verdict_id, host_id, trusted, reason, time_unix, details) "
+          "VALUES (?, ?, ?, ?, ?, ?)",
+          {v.verdict_id, v.host_id, int64_t{v.trusted ? 1 : 0}, v.reason, v.time_unix,
+           net::internal::DumpJson(v.details)}));
+      return AppendAuditLocked(audit);
+    });
+  }
+
+  StatusOr<std::vector<Verdict>> ListVerdicts(const std::string& host_id,
+                                              int64_t since_unix) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    ASSIGN_OR_RETURN(auto r, conn_->Exec(
+        "SELECT verdict_id, host_id, trusted, reason, time_unix, details FROM verdicts "
+        "WHERE host_id = ? AND time_unix >= ? ORDER BY time_unix, verdict_id",
+        {host_id, since_unix}));
+    std::vector<Verdict> out;
+    for (const auto& row : r.rows) {
+      out.push_back({ToStr(row[0]), ToStr(row[1]), ToInt(row[2]) != 0, ToStr(row[3]),
+                     ToInt(row[4]), ToJson(row[5])});
+    }
+    return out;
+  }
+
+  Status PutFlavor(const Flavor& f, const AuditEvent& audit) override {
+    return InTx([&]() -> Status {
+      RETURN_IF_ERROR(conn_->Exec("INSERT INTO flavors (name, pcrs) VALUES (?, ?) "
+                                  "ON CONFLICT (name) DO UPDATE SET pcrs = excluded.pcrs",
+                                  {f.name, net::internal::DumpJson(f.pcrs)}));
+      return AppendAuditLocked(audit);
+    });
+  }
+
+  StatusOr<Flavor> GetFlavor(const std::string& name) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    ASSIGN_OR_RETURN(auto r, conn_->Exec("SELECT name, pcrs FROM flavors WHERE name = ?", {name}));
+    if (r.rows.empty()) return NotFoundError("unknown flavor " + name);
+    return Flavor{ToStr(r.rows[0][0]), ToJson(r.rows[0][1])};
+  }
+
+  StatusOr<std::vector<Flavor>> ListFlavors() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    ASSIGN_OR_RETURN(auto r, conn_->Exec("SELECT name, pcrs FROM flavors ORDER BY name", {}));
+    std::vector<Flavor> out;
+    for (const auto& row : r.rows) out.push_back({ToStr(row[0]), ToJson(row[1])});
+    return out;
+  }
+
+  Status PutPolicy(const PolicyRecord& p, const AuditEvent& audit) override {
+    return InTx([&]() -> Status {
+      RETURN_IF_ERROR(conn_->Exec(
+          "INSERT INTO policies (customer_id, image_id, policy) VALUES (?, ?, ?) "
+          "ON CONFLICT (customer_id, image_id) DO UPDATE SET policy = excluded.policy",
+          {p.customer_id, p.image_id, net::internal::DumpJson(p.policy)}));
+      return AppendAuditLocked(audit);
+    });
+  }
+
+  StatusOr<PolicyRecord> GetPolicy(const std::string& customer_id,
+                                   const std::string& image_id) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    ASSIGN_OR_RETURN(auto r, conn_->Exec(
+        "SELECT customer_id, image_id, policy FROM policies WHERE customer_id = ? AND "
+        "(image_id = ? OR image_id = '') ORDER BY image_id DESC",
+        {customer_id, image_id}));
+    if (r.rows.empty()) return NotFoundError("no release policy for customer " + customer_id);
+    return PolicyRecord{ToStr(r.rows[0][0]), ToStr(r.rows[0][1]), ToJson(r.rows[0][2])};
+  }
+
+  Status AppendAudit(const AuditEvent& event) override {
+    return InTx([&]() -> Status { return AppendAuditLocked(event); });
+  }
+
+  StatusOr<std::vector<AuditRecord>> ReadAudit(int64_t after_seq, int64_t limit) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    ASSIGN_OR_RETURN(auto r, conn_->Exec("SELECT seq, record, hash FROM audit_log WHERE seq > ? "
+                                         "ORDER BY seq LIMIT ?",
+                                         {after_seq, limit}));
+    std::vector<AuditRecord> out;
+    for (const auto& row : r.rows) out.push_back({ToInt(row[0]), ToStr(row[1]), ToStr(row[2])});
+    return out;
+  }
+
+  Status ExecForTesting(const std::string& sql) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return conn_->ExecScript(sql);
+  }
+
+ private:
+  // Runs `body` in a write transaction holding the store-wide write lock.
+  template <typename F>
+  Status InTx(F body) {
+    std::lock_guard<std::mutex> lock(mu_);
+    RETURN_IF_ERROR(conn_->BeginWrite());
+    Status s = body();
+    if (s.ok()) s = conn_->ExecScript("COMMIT");
+    if (!s.ok()) (void)conn_->ExecScript("ROLLBACK");
+    return s;
+  }
+
+  // Appends to the chain; caller holds the write transaction, so seq and
+  // prev_hash are read and extended atomically across processes.
+  Status AppendAuditLocked(const AuditEvent& event) {
+    ASSIGN_OR_RETURN(auto r, conn_->Exec(
+        "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1", {}));
+    int64_t seq = 1;
+    std::string prev = kAuditGenesisHash;
+    if (!r.rows.empty()) {
+      seq = ToInt(r.rows[0][0]) + 1;
+      prev = ToStr(r.rows[0][1]);
+    }
+    AuditRecord rec = MakeAuditRecord(seq, Now(), event, prev);
+    return conn_->Exec("INSERT INTO audit_log (seq, record, hash) VALUES (?, ?, ?)",
+                       {rec.seq, rec.record, rec.hash})
+        .status();
+  }
+
+  StatusOr<std::vector<CustomerKeyRecord>> QueryKeys(const std::string& where,
+                                                     const std::string& arg) {
+    std::lock_guard<std::mutex> lock(mu_);
+    ASSIGN_OR_RETURN(auto r, conn_->Exec(
+        "SELECT key_id, customer_id, algorithm, public_key_pem, cert_pem, wrapped_private_key, "
+        "kek_id, created_unix FROM customer_keys " + where,
+        {arg}));
+    std::vector<CustomerKeyRecord> out;
+    for (const auto& row : r.rows) {
+      out.push_back({ToStr(row[0]), ToStr(row[1]), ToStr(row[2]), ToStr(row[3]), ToStr(row[4]),
+                     ToStr(row[5]), ToStr(row[6]), ToInt(row[7])});
+    }
+    return out;
+  }
+
+  std::mutex mu_;
+  std::unique_ptr<SqlConn> conn_;
+};
+
+}  // namespace
+
+StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& location) {
+  std::unique_ptr<SqlConn> conn;
+  if (location.rfind("postgres://", 0) == 0 || location.rfind("postgresql://", 0) == 0) {
+    ASSIGN_OR_RETURN(conn, internal::OpenPostgres(location));
+  } else {
+    if (location.empty()) return InvalidArgumentError("store: empty location");
+    ASSIGN_OR_RETURN(conn, internal::OpenSqlite(location));
+  }
+  auto store = std::make_unique<SqlStore>(std::move(conn));
+  RETURN_IF_ERROR(store->Migrate().WithPrefix("store migration"));
+  return std::unique_ptr<Store>(std::move(store));
+}
+
+}  // namespace vmseal::kms

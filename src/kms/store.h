@@ -1,0 +1,150 @@
+// The KMS's durable state behind one interface, with two backends: SQLite
+// (WAL; the embedded default) and PostgreSQL (selected by a postgres:// URL,
+// so several KMS processes can share it). Every state change that the audit
+// log must record is appended to the hash-chained audit log in the SAME
+// transaction (see docs/kms-audit.md), so a crash never leaves one without
+// the other.
+//
+// Thread-safe: calls are serialized on one connection per Store.
+#ifndef VMSEAL_KMS_STORE_H_
+#define VMSEAL_KMS_STORE_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "base/status.h"
+
+namespace vmseal::kms {
+
+// What happened, for the audit log. `details` must not contain secrets.
+struct AuditEvent {
+  std::string event;    // e.g. "customer_key.create", "release.deny"
+  std::string subject;  // who or what it is about, e.g. "customer/acme"
+  nlohmann::json details = nlohmann::json::object();
+};
+
+// One appended audit record as stored.
+struct AuditRecord {
+  int64_t seq = 0;
+  std::string record;  // canonical JSON (docs/kms-audit.md)
+  std::string hash;    // lowercase hex SHA-256(prev_hash || record)
+};
+
+struct CustomerKeyRecord {
+  std::string key_id;
+  std::string customer_id;
+  std::string algorithm;       // "RSA-3072" or "X25519"
+  std::string public_key_pem;  // SubjectPublicKeyInfo
+  std::string cert_pem;        // issued by the KMS CA
+  std::string wrapped_private_key;  // base64 of the KEK-wrapped PKCS#8
+  std::string kek_id;               // which KEK wrapped it
+  int64_t created_unix = 0;
+};
+
+struct HostRecord {
+  std::string host_id;
+  std::string ek_cert_pem;
+  std::string ak_public;  // base64 TPM2B_PUBLIC of the AK
+  bool enrolled = false;  // true only after ActivateCredential matched
+  std::vector<std::string> tags;  // e.g. "region=eu-west"
+  int64_t created_unix = 0;
+};
+
+struct Verdict {
+  std::string verdict_id;
+  std::string host_id;
+  bool trusted = false;
+  std::string reason;  // machine-readable, "ok" when trusted
+  int64_t time_unix = 0;
+  nlohmann::json details = nlohmann::json::object();
+};
+
+// A named set of known-good PCR values ({"sha256": {"0": "hex", ...}}).
+struct Flavor {
+  std::string name;
+  nlohmann::json pcrs = nlohmann::json::object();
+};
+
+// A release policy for a customer, optionally narrowed to one image ("" =
+// every image of the customer).
+struct PolicyRecord {
+  std::string customer_id;
+  std::string image_id;
+  nlohmann::json policy = nlohmann::json::object();
+};
+
+class Store {
+ public:
+  virtual ~Store() = default;
+
+  // Opens `location`: a postgres:// or postgresql:// URL, or else a SQLite
+  // file path (created if absent). Applies pending schema migrations.
+  static StatusOr<std::unique_ptr<Store>> Open(const std::string& location);
+
+  // "sqlite" or "postgres".
+  virtual std::string backend() const = 0;
+
+  // --- Customer keys -----------------------------------------------------
+  // Inserts a new key and its audit record atomically; ALREADY_EXISTS if the
+  // key id is taken.
+  virtual Status PutCustomerKey(const CustomerKeyRecord& key, const AuditEvent& audit) = 0;
+  // NOT_FOUND if absent.
+  virtual StatusOr<CustomerKeyRecord> GetCustomerKey(const std::string& key_id) = 0;
+  virtual StatusOr<std::vector<CustomerKeyRecord>> ListCustomerKeys(
+      const std::string& customer_id) = 0;
+
+  // --- Hosts -------------------------------------------------------------
+  // Inserts or replaces a host (re-enrollment resets `enrolled`).
+  virtual Status PutHost(const HostRecord& host, const AuditEvent& audit) = 0;
+  virtual StatusOr<HostRecord> GetHost(const std::string& host_id) = 0;
+  // Marks the host enrolled; NOT_FOUND if absent.
+  virtual Status SetHostEnrolled(const std::string& host_id, const AuditEvent& audit) = 0;
+  virtual Status SetHostTags(const std::string& host_id, const std::vector<std::string>& tags,
+                             const AuditEvent& audit) = 0;
+
+  // --- Nonces ------------------------------------------------------------
+  // Records a fresh nonce for `host_id` valid until `expires_unix`.
+  virtual Status PutNonce(const std::string& nonce, const std::string& host_id,
+                          int64_t expires_unix) = 0;
+  // Consumes the nonce exactly once across all processes sharing the store.
+  // NOT_FOUND (unknown or other host), FAILED_PRECONDITION "nonce already
+  // used" or "nonce expired".
+  virtual Status ConsumeNonce(const std::string& nonce, const std::string& host_id,
+                              int64_t now_unix) = 0;
+  // Deletes nonces that expired before `before_unix`; returns the count.
+  virtual StatusOr<int64_t> PurgeNonces(int64_t before_unix) = 0;
+
+  // --- Verdicts (host trust history) -----------------------------------
+  virtual Status PutVerdict(const Verdict& verdict, const AuditEvent& audit) = 0;
+  // Verdicts for the host at or after `since_unix`, oldest first.
+  virtual StatusOr<std::vector<Verdict>> ListVerdicts(const std::string& host_id,
+                                                      int64_t since_unix) = 0;
+
+  // --- Flavors and policies ---------------------------------------------
+  virtual Status PutFlavor(const Flavor& flavor, const AuditEvent& audit) = 0;
+  virtual StatusOr<Flavor> GetFlavor(const std::string& name) = 0;
+  virtual StatusOr<std::vector<Flavor>> ListFlavors() = 0;
+  virtual Status PutPolicy(const PolicyRecord& policy, const AuditEvent& audit) = 0;
+  // The image-specific policy if any, else the customer-wide one, else
+  // NOT_FOUND (callers must fail closed).
+  virtual StatusOr<PolicyRecord> GetPolicy(const std::string& customer_id,
+                                           const std::string& image_id) = 0;
+
+  // --- Audit log -----------------------------------------------------------
+  // Appends an event on its own (e.g. a denial that changes no other state).
+  virtual Status AppendAudit(const AuditEvent& event) = 0;
+  // Records with seq > `after_seq`, in seq order, at most `limit`.
+  virtual StatusOr<std::vector<AuditRecord>> ReadAudit(int64_t after_seq, int64_t limit) = 0;
+
+  // Runs raw SQL (tests use it to tamper with the audit table).
+  virtual Status ExecForTesting(const std::string& sql) = 0;
+};
+
+}  // namespace vmseal::kms
+
+#endif  // VMSEAL_KMS_STORE_H_

@@ -1,0 +1,313 @@
+// The same suite runs against SQLite (label unit) and a real PostgreSQL
+// (label integration;pg): VMSEAL_STORE_BACKEND selects which at compile time.
+#include "kms/store.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <thread>
+
+#include "kms/audit.h"
+#include "testing/pg_harness.h"
+#include "testing/test_util.h"
+
+namespace vmseal::kms {
+namespace {
+
+// GCC 12 warns (-Wrestrict, falsely) on "literal" + std::string temporaries.
+std::string Cat(std::string a, int64_t n) {
+  a.append(std::to_string(n));
+  return a;
+}
+
+using nlohmann::json;
+using testing::PgHarness;
+using testing::TempDir;
+
+PgHarness* SharedPg() {
+  static PgHarness* pg = [] {
+    auto started = PgHarness::Start();
+    if (!started.ok()) {
+      ADD_FAILURE() << started.status().ToString();
+      return static_cast<PgHarness*>(nullptr);
+    }
+    return started->release();  // stopped by the environment below
+  }();
+  return pg;
+}
+
+class PgEnvironment : public ::testing::Environment {
+ public:
+  void TearDown() override {
+    if (std::string(VMSEAL_STORE_BACKEND) == "postgres") delete SharedPg();
+  }
+};
+const auto* const kPgEnv = ::testing::AddGlobalTestEnvironment(new PgEnvironment);
+
+class StoreTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    if (GetParam() == "postgres") {
+      ASSERT_NE(SharedPg(), nullptr);
+      static std::atomic<int> counter{0};
+      auto url = SharedPg()->CreateDatabase(Cat("t", ++counter));
+      ASSERT_OK(url);
+      location_ = *url;
+    } else {
+      location_ = dir_.File("kms.db");
+    }
+    store_ = OpenOrDie();
+  }
+
+  std::unique_ptr<Store> OpenOrDie() {
+    auto store = Store::Open(location_);
+    EXPECT_OK(store);
+    return store.ok() ? *std::move(store) : nullptr;
+  }
+
+  static CustomerKeyRecord Key(const std::string& id, const std::string& customer) {
+    return {id, customer, "RSA-3072", "pub-" + id, "cert-" + id, "d3JhcHBlZA==", "file:kek1", 100};
+  }
+  static AuditEvent Event(const std::string& what, const std::string& subject) {
+    return {what, subject, json{{"n", 1}}};
+  }
+
+  TempDir dir_;
+  std::string location_;
+  std::unique_ptr<Store> store_;
+};
+
+TEST_P(StoreTest, ReportsBackend) { EXPECT_EQ(store_->backend(), GetParam()); }
+
+TEST_P(StoreTest, CustomerKeyRoundTrip) {
+  ASSERT_OK(store_->PutCustomerKey(Key("k1", "acme"), Event("customer_key.create", "acme")));
+  auto got = store_->GetCustomerKey("k1");
+  ASSERT_OK(got);
+  EXPECT_EQ(got->customer_id, "acme");
+  EXPECT_EQ(got->wrapped_private_key, "d3JhcHBlZA==");
+  EXPECT_EQ(got->kek_id, "file:kek1");
+  EXPECT_EQ(got->created_unix, 100);
+}
+
+TEST_P(StoreTest, DuplicateKeyIdIsAlreadyExistsAndNotAudited) {
+  ASSERT_OK(store_->PutCustomerKey(Key("k1", "acme"), Event("customer_key.create", "acme")));
+  EXPECT_STATUS(store_->PutCustomerKey(Key("k1", "acme"), Event("customer_key.create", "acme")),
+                StatusCode::kAlreadyExists, "k1");
+  auto records = store_->ReadAudit(0, 100);
+  ASSERT_OK(records);
+  EXPECT_EQ(records->size(), 1u);
+}
+
+TEST_P(StoreTest, UnknownKeyIsNotFound) {
+  EXPECT_STATUS(store_->GetCustomerKey("nope"), StatusCode::kNotFound, "unknown key");
+}
+
+TEST_P(StoreTest, ListCustomerKeysOnlyThatCustomer) {
+  ASSERT_OK(store_->PutCustomerKey(Key("k1", "acme"), Event("e", "acme")));
+  ASSERT_OK(store_->PutCustomerKey(Key("k2", "other"), Event("e", "other")));
+  ASSERT_OK(store_->PutCustomerKey(Key("k3", "acme"), Event("e", "acme")));
+  auto keys = store_->ListCustomerKeys("acme");
+  ASSERT_OK(keys);
+  ASSERT_EQ(keys->size(), 2u);
+  EXPECT_EQ((*keys)[0].key_id, "k1");
+  EXPECT_EQ((*keys)[1].key_id, "k3");
+}
+
+TEST_P(StoreTest, HostEnrollmentAndTags) {
+  ASSERT_OK(store_->PutHost({"h1", "ek", "ak", false, {"region=eu"}, 5}, Event("host.enroll", "h1")));
+  auto h = store_->GetHost("h1");
+  ASSERT_OK(h);
+  EXPECT_FALSE(h->enrolled);
+  EXPECT_EQ(h->tags, std::vector<std::string>{"region=eu"});
+  ASSERT_OK(store_->SetHostEnrolled("h1", Event("host.activate", "h1")));
+  ASSERT_OK(store_->SetHostTags("h1", {"region=us", "tier=gold"}, Event("host.tags", "h1")));
+  h = store_->GetHost("h1");
+  ASSERT_OK(h);
+  EXPECT_TRUE(h->enrolled);
+  EXPECT_EQ(h->tags.size(), 2u);
+}
+
+TEST_P(StoreTest, EnrollingUnknownHostIsNotFound) {
+  EXPECT_STATUS(store_->SetHostEnrolled("ghost", Event("e", "ghost")), StatusCode::kNotFound,
+                "unknown host");
+}
+
+TEST_P(StoreTest, ReEnrollmentResetsEnrolledFlag) {
+  ASSERT_OK(store_->PutHost({"h1", "ek", "ak", false, {}, 5}, Event("e", "h1")));
+  ASSERT_OK(store_->SetHostEnrolled("h1", Event("e", "h1")));
+  ASSERT_OK(store_->PutHost({"h1", "ek", "ak2", false, {}, 6}, Event("e", "h1")));
+  auto h = store_->GetHost("h1");
+  ASSERT_OK(h);
+  EXPECT_FALSE(h->enrolled);
+  EXPECT_EQ(h->ak_public, "ak2");
+}
+
+TEST_P(StoreTest, NonceConsumedOnce) {
+  ASSERT_OK(store_->PutNonce("n1", "h1", 1000));
+  EXPECT_OK(store_->ConsumeNonce("n1", "h1", 900));
+  EXPECT_STATUS(store_->ConsumeNonce("n1", "h1", 900), StatusCode::kFailedPrecondition,
+                "already used");
+}
+
+TEST_P(StoreTest, ExpiredNonceRefused) {
+  ASSERT_OK(store_->PutNonce("n1", "h1", 1000));
+  EXPECT_STATUS(store_->ConsumeNonce("n1", "h1", 1001), StatusCode::kFailedPrecondition, "expired");
+}
+
+TEST_P(StoreTest, NonceOfOtherHostRefused) {
+  ASSERT_OK(store_->PutNonce("n1", "h1", 1000));
+  EXPECT_STATUS(store_->ConsumeNonce("n1", "h2", 900), StatusCode::kNotFound, "unknown nonce");
+  EXPECT_OK(store_->ConsumeNonce("n1", "h1", 900));
+}
+
+TEST_P(StoreTest, PurgeRemovesOnlyExpiredNonces) {
+  ASSERT_OK(store_->PutNonce("old", "h1", 10));
+  ASSERT_OK(store_->PutNonce("new", "h1", 1000));
+  auto purged = store_->PurgeNonces(500);
+  ASSERT_OK(purged);
+  EXPECT_EQ(*purged, 1);
+  EXPECT_OK(store_->ConsumeNonce("new", "h1", 900));
+}
+
+// Two independent connections (two KMS processes' worth) race for each of
+// many nonces; every nonce is accepted exactly once.
+TEST_P(StoreTest, ConcurrentConsumersAcceptNonceOnce) {
+  auto other = OpenOrDie();
+  ASSERT_NE(other, nullptr);
+  constexpr int kNonces = 50;
+  for (int i = 0; i < kNonces; ++i) ASSERT_OK(store_->PutNonce(Cat("n", i), "h", 1000));
+  std::atomic<int> accepted{0};
+  std::atomic<int> errors{0};
+  auto race = [&](Store* s) {
+    for (int i = 0; i < kNonces; ++i) {
+      Status st = s->ConsumeNonce(Cat("n", i), "h", 900);
+      if (st.ok()) {
+        ++accepted;
+      } else if (st.message().find("already used") == std::string::npos) {
+        ++errors;
+      }
+    }
+  };
+  std::thread a(race, store_.get());
+  std::thread b(race, other.get());
+  a.join();
+  b.join();
+  EXPECT_EQ(accepted.load(), kNonces);
+  EXPECT_EQ(errors.load(), 0);
+}
+
+TEST_P(StoreTest, VerdictHistorySince) {
+  ASSERT_OK(store_->PutVerdict({"v1", "h1", true, "ok", 100, json::object()}, Event("e", "h1")));
+  ASSERT_OK(store_->PutVerdict({"v2", "h1", false, "pcr_mismatch", 200, json{{"pcr", 7}}},
+                               Event("e", "h1")));
+  ASSERT_OK(store_->PutVerdict({"v3", "h2", true, "ok", 300, json::object()}, Event("e", "h2")));
+  auto v = store_->ListVerdicts("h1", 150);
+  ASSERT_OK(v);
+  ASSERT_EQ(v->size(), 1u);
+  EXPECT_EQ((*v)[0].reason, "pcr_mismatch");
+  EXPECT_FALSE((*v)[0].trusted);
+  EXPECT_EQ((*v)[0].details["pcr"], 7);
+}
+
+TEST_P(StoreTest, FlavorsUpsertAndList) {
+  ASSERT_OK(store_->PutFlavor({"base", json{{"sha256", {{"0", "aa"}}}}}, Event("e", "base")));
+  ASSERT_OK(store_->PutFlavor({"base", json{{"sha256", {{"0", "bb"}}}}}, Event("e", "base")));
+  auto f = store_->GetFlavor("base");
+  ASSERT_OK(f);
+  EXPECT_EQ(f->pcrs["sha256"]["0"], "bb");
+  auto all = store_->ListFlavors();
+  ASSERT_OK(all);
+  EXPECT_EQ(all->size(), 1u);
+  EXPECT_STATUS(store_->GetFlavor("nope"), StatusCode::kNotFound, "unknown flavor");
+}
+
+TEST_P(StoreTest, ImagePolicyOverridesCustomerPolicy) {
+  ASSERT_OK(store_->PutPolicy({"acme", "", json{{"max_age", 60}}}, Event("e", "acme")));
+  ASSERT_OK(store_->PutPolicy({"acme", "img1", json{{"max_age", 5}}}, Event("e", "acme")));
+  auto p = store_->GetPolicy("acme", "img1");
+  ASSERT_OK(p);
+  EXPECT_EQ(p->policy["max_age"], 5);
+  p = store_->GetPolicy("acme", "img2");
+  ASSERT_OK(p);
+  EXPECT_EQ(p->policy["max_age"], 60);
+}
+
+TEST_P(StoreTest, MissingPolicyIsNotFound) {
+  EXPECT_STATUS(store_->GetPolicy("acme", "img"), StatusCode::kNotFound, "no release policy");
+}
+
+TEST_P(StoreTest, ReopenKeepsDataAndSchema) {
+  ASSERT_OK(store_->PutCustomerKey(Key("k1", "acme"), Event("e", "acme")));
+  store_.reset();
+  store_ = OpenOrDie();
+  ASSERT_NE(store_, nullptr);
+  EXPECT_OK(store_->GetCustomerKey("k1"));
+}
+
+// --- Audit chain --------------------------------------------------------
+
+class AuditStoreTest : public StoreTest {
+ protected:
+  void SetUp() override {
+    StoreTest::SetUp();
+    for (int i = 1; i <= 4; ++i) {
+      ASSERT_OK(store_->AppendAudit(Event("test.event", Cat("acme-", i))));
+    }
+  }
+};
+
+TEST_P(AuditStoreTest, IntactChainVerifies) {
+  auto head = VerifyStoreAudit(*store_);
+  ASSERT_OK(head);
+  EXPECT_EQ(head->count, 4);
+  EXPECT_EQ(head->hash.size(), 64u);
+}
+
+TEST_P(AuditStoreTest, ChangedRecordDetected) {
+  ASSERT_OK(store_->ExecForTesting(
+      "UPDATE audit_log SET record = replace(record, 'acme-2', 'evil-2') WHERE seq = 2"));
+  EXPECT_STATUS(VerifyStoreAudit(*store_), StatusCode::kDataLoss, "audit record 2: hash mismatch");
+}
+
+TEST_P(AuditStoreTest, RemovedRecordDetected) {
+  ASSERT_OK(store_->ExecForTesting("DELETE FROM audit_log WHERE seq = 2"));
+  EXPECT_STATUS(VerifyStoreAudit(*store_), StatusCode::kDataLoss, "audit record 2: sequence gap");
+}
+
+TEST_P(AuditStoreTest, RenumberedRemovalDetected) {
+  // Delete record 2 and renumber 3,4 down to hide the gap.
+  ASSERT_OK(store_->ExecForTesting("DELETE FROM audit_log WHERE seq = 2"));
+  ASSERT_OK(store_->ExecForTesting("UPDATE audit_log SET seq = 2 WHERE seq = 3"));
+  ASSERT_OK(store_->ExecForTesting("UPDATE audit_log SET seq = 3 WHERE seq = 4"));
+  EXPECT_STATUS(VerifyStoreAudit(*store_), StatusCode::kDataLoss,
+                "audit record 2: seq field does not match");
+}
+
+TEST_P(AuditStoreTest, ReorderedRecordsDetected) {
+  ASSERT_OK(store_->ExecForTesting("UPDATE audit_log SET seq = 100 WHERE seq = 2"));
+  ASSERT_OK(store_->ExecForTesting("UPDATE audit_log SET seq = 2 WHERE seq = 3"));
+  ASSERT_OK(store_->ExecForTesting("UPDATE audit_log SET seq = 3 WHERE seq = 100"));
+  EXPECT_STATUS(VerifyStoreAudit(*store_), StatusCode::kDataLoss, "audit record 2");
+}
+
+TEST_P(AuditStoreTest, ConcurrentAppendersKeepChainLinear) {
+  auto other = OpenOrDie();
+  ASSERT_NE(other, nullptr);
+  auto append = [](Store* s, const char* who) {
+    for (int i = 0; i < 25; ++i) ASSERT_OK(s->AppendAudit({"race", who, json::object()}));
+  };
+  std::thread a(append, store_.get(), "a");
+  std::thread b(append, other.get(), "b");
+  a.join();
+  b.join();
+  auto head = VerifyStoreAudit(*store_);
+  ASSERT_OK(head);
+  EXPECT_EQ(head->count, 54);
+}
+
+INSTANTIATE_TEST_SUITE_P(Backend, StoreTest, ::testing::Values(std::string(VMSEAL_STORE_BACKEND)));
+INSTANTIATE_TEST_SUITE_P(Backend, AuditStoreTest,
+                         ::testing::Values(std::string(VMSEAL_STORE_BACKEND)));
+
+}  // namespace
+}  // namespace vmseal::kms

@@ -1,0 +1,131 @@
+#include "net/https_client.h"
+
+#include <httplib.h>
+
+#include <openssl/err.h>
+
+#include <mutex>
+
+#include "net/internal/json_util.h"
+#include "net/internal/tls_util.h"
+
+namespace vmseal::net {
+namespace {
+
+using nlohmann::json;
+
+StatusOr<json> FromResult(const httplib::Result& result) {
+  if (!result) {
+    return UnavailableError("HTTPS request failed: " + httplib::to_string(result.error()));
+  }
+  const httplib::Response& res = result.value();
+  json body;
+  if (!res.body.empty()) {
+    StatusOr<json> parsed = internal::ParseJson(res.body);
+    if (parsed.ok()) body = *std::move(parsed);
+  }
+  if (res.status >= 200 && res.status < 300) {
+    if (!res.body.empty() && body.is_null()) {
+      return DataLossError("server answered with malformed JSON");
+    }
+    return body;
+  }
+  StatusCode code = CodeFromHttpStatus(res.status);
+  std::string message = "HTTP " + std::to_string(res.status);
+  if (body.is_object() && body.contains("error") && body["error"].is_object()) {
+    const json& err = body["error"];
+    if (err.contains("message") && err["message"].is_string()) {
+      message = err["message"].get<std::string>();
+    }
+    if (err.contains("code") && err["code"].is_string()) {
+      std::string name = err["code"].get<std::string>();
+      for (int c = 1; c <= 16; ++c) {
+        if (StatusCodeName(static_cast<StatusCode>(c)) == name) code = static_cast<StatusCode>(c);
+      }
+    }
+  }
+  if (code == StatusCode::kOk) code = StatusCode::kUnknown;
+  return Status(code, message);
+}
+
+}  // namespace
+
+struct HttpsClient::Impl {
+  std::unique_ptr<httplib::SSLClient> client;
+  std::mutex mu;  // httplib clients are not thread-safe
+};
+
+HttpsClient::HttpsClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+HttpsClient::~HttpsClient() = default;
+
+StatusOr<std::unique_ptr<HttpsClient>> HttpsClient::Create(Options options) {
+  if (options.ca_pem.empty()) return InvalidArgumentError("client: a CA to pin is required");
+  if (options.port <= 0 || options.port > 65535) return InvalidArgumentError("port out of range");
+  ASSIGN_OR_RETURN(auto store, internal::StoreFromPem(options.ca_pem, "server CA"));
+  std::unique_ptr<httplib::SSLClient> client;
+  if (!options.cert_pem.empty()) {
+    ASSIGN_OR_RETURN(auto chain,
+                     internal::ParseCertChainPem(options.cert_pem, "client certificate"));
+    ASSIGN_OR_RETURN(auto key, internal::ParsePrivateKeyPem(options.key_pem));
+    if (X509_check_private_key(chain[0].get(), key.get()) != 1) {
+      ERR_clear_error();
+      return InvalidArgumentError("client certificate and key do not match");
+    }
+    // httplib takes its own references.
+    client = std::make_unique<httplib::SSLClient>(options.host, options.port, chain[0].get(),
+                                                  key.get());
+  } else {
+    client = std::make_unique<httplib::SSLClient>(options.host, options.port);
+  }
+  if (!client->is_valid()) return crypto::SslError("TLS client setup");
+  RETURN_IF_ERROR(internal::ApplyTlsPolicy(client->ssl_context()));
+  client->set_ca_cert_store(store.release());  // takes ownership
+  client->enable_server_certificate_verification(true);
+  client->set_connection_timeout(options.timeout_seconds, 0);
+  client->set_read_timeout(options.timeout_seconds, 0);
+  client->set_write_timeout(options.timeout_seconds, 0);
+  client->set_keep_alive(true);
+  auto impl = std::make_unique<Impl>();
+  impl->client = std::move(client);
+  return std::unique_ptr<HttpsClient>(new HttpsClient(std::move(impl)));
+}
+
+StatusOr<json> HttpsClient::Get(const std::string& path) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return FromResult(impl_->client->Get(path));
+}
+
+StatusOr<json> HttpsClient::Post(const std::string& path, const json& body) {
+  return PostRaw(path, internal::DumpJson(body), "application/json");
+}
+
+StatusOr<json> HttpsClient::PostRaw(const std::string& path, const std::string& body,
+                                    const std::string& content_type) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return FromResult(impl_->client->Post(path, body, content_type));
+}
+
+StatusOr<json> HttpsClient::Put(const std::string& path, const json& body) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return FromResult(impl_->client->Put(path, internal::DumpJson(body), "application/json"));
+}
+
+StatusOr<json> HttpsClient::Delete(const std::string& path) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return FromResult(impl_->client->Delete(path));
+}
+
+StatusOr<std::string> HttpsClient::GetText(const std::string& path) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  auto result = impl_->client->Get(path);
+  if (!result) {
+    return UnavailableError("HTTPS request failed: " + httplib::to_string(result.error()));
+  }
+  if (result->status != 200) {
+    ASSIGN_OR_RETURN(auto ignored, FromResult(result));
+    return UnknownError("HTTP " + std::to_string(result->status));
+  }
+  return result->body;
+}
+
+}  // namespace vmseal::net

@@ -1,0 +1,127 @@
+// An HTTPS server for the services (KMS, portal, host agent): TLS 1.3 only,
+// optional mutual TLS against one client CA, JSON bodies, one error shape.
+//
+// Handlers are plain functions from a parsed Request to StatusOr<json>; a
+// non-OK Status becomes the HTTP status from HttpStatusFromCode and the body
+// {"error":{"code":"INVALID_ARGUMENT","message":"..."}}. Malformed JSON is
+// answered 400 and bodies over Options::max_body_bytes 413 before any handler
+// runs. cpp-httplib stays out of this header.
+#ifndef VMSEAL_NET_HTTPS_SERVER_H_
+#define VMSEAL_NET_HTTPS_SERVER_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "base/secret_bytes.h"
+#include "base/status.h"
+
+namespace vmseal::net {
+
+// The client's certificate as verified by the TLS layer.
+struct Peer {
+  // True only when the client presented a certificate that chains to the
+  // configured client CA. All other fields are empty when false.
+  bool authenticated = false;
+  // RFC 2253 subject, e.g. "CN=portal-1,OU=portal,O=vmseal".
+  std::string subject;
+  // The subject's first CN and OU (the OU carries the role).
+  std::string common_name;
+  std::string organizational_unit;
+  // Lowercase hex SHA-256 of the certificate's DER encoding.
+  std::string fingerprint_sha256;
+};
+
+// One request as a handler sees it.
+struct Request {
+  std::string method;
+  std::string path;
+  // Capture groups of the route's regular expression, in order.
+  std::vector<std::string> path_params;
+  // Query parameters (last value wins).
+  std::vector<std::pair<std::string, std::string>> query;
+  // The parsed body; null when the request had no body.
+  nlohmann::json body;
+  Peer peer;
+
+  // The query parameter `name`, or `fallback`.
+  std::string QueryParam(const std::string& name, const std::string& fallback = "") const;
+};
+
+// A JSON route: the value is sent with status 200 (201 for POST routes
+// registered with created=true).
+using JsonHandler = std::function<StatusOr<nlohmann::json>(const Request&)>;
+// A plain-text route (e.g. Prometheus /metrics): body and content type.
+struct TextResponse {
+  std::string body;
+  std::string content_type = "text/plain; version=0.0.4";
+};
+using TextHandler = std::function<StatusOr<TextResponse>(const Request&)>;
+
+class HttpsServer {
+ public:
+  struct Options {
+    // PEM server certificate chain (leaf first) and its PEM private key.
+    std::string cert_pem;
+    SecretBytes key_pem;
+    // PEM CA certificate(s) that client certificates must chain to. Empty:
+    // no client certificates are requested (Peer::authenticated is false).
+    std::string client_ca_pem;
+    // Address to bind; the default is loopback only.
+    std::string bind_address = "127.0.0.1";
+    // TCP port; 0 picks a free one (see port()).
+    int port = 0;
+    // Largest accepted request body; larger bodies get 413. Default 1 MiB.
+    uint64_t max_body_bytes = 1 << 20;
+    // Seconds a connection may take to send a request. Default 10.
+    int read_timeout_seconds = 10;
+    // Worker threads. Default 8.
+    int threads = 8;
+  };
+
+  // Validates the options and loads the credentials; does not bind yet.
+  static StatusOr<std::unique_ptr<HttpsServer>> Create(Options options);
+  ~HttpsServer();
+  HttpsServer(const HttpsServer&) = delete;
+  HttpsServer& operator=(const HttpsServer&) = delete;
+
+  // Registers a route. `path_regex` must match the whole path; its groups
+  // become Request::path_params. Register all routes before Start().
+  void Get(const std::string& path_regex, JsonHandler handler);
+  void Post(const std::string& path_regex, JsonHandler handler, bool created = false);
+  void Put(const std::string& path_regex, JsonHandler handler);
+  void Delete(const std::string& path_regex, JsonHandler handler);
+  void GetText(const std::string& path_regex, TextHandler handler);
+
+  // Called after every request with the method, route pattern, HTTP status and
+  // latency in seconds (for metrics). Set before Start().
+  using Observer = std::function<void(const std::string& method, const std::string& route,
+                                      int http_status, double seconds)>;
+  void SetObserver(Observer observer);
+
+  // Binds and starts serving on background threads. Returns the bound port.
+  StatusOr<int> Start();
+  // The bound port (0 before Start).
+  int port() const;
+  // Stops accepting, finishes in-flight requests and joins the threads.
+  // Idempotent; also done by the destructor.
+  void Stop();
+  // Blocks until Stop() is called from another thread (for `serve`).
+  void Wait();
+
+ private:
+  struct Impl;
+  explicit HttpsServer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// The JSON error body for `status` (exposed for tests and clients).
+nlohmann::json ErrorBody(const Status& status);
+
+}  // namespace vmseal::net
+
+#endif  // VMSEAL_NET_HTTPS_SERVER_H_

@@ -1,0 +1,235 @@
+#include <gtest/gtest.h>
+
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "kms/internal/mini_ca.h"
+#include "net/https_client.h"
+#include "net/https_server.h"
+#include "net/internal/json_util.h"
+#include "testing/test_util.h"
+
+namespace vmseal::net {
+namespace {
+
+using kms::internal::CertAndKey;
+using kms::internal::CreateRootCa;
+using kms::internal::IssueLeaf;
+using kms::internal::LeafOptions;
+using nlohmann::json;
+
+struct Pki {
+  CertAndKey ca;
+  CertAndKey server;
+  CertAndKey portal;
+  CertAndKey other_ca;
+  CertAndKey stranger;  // issued by other_ca
+};
+
+const Pki& TestPki() {
+  static const Pki* pki = [] {
+    auto* p = new Pki;
+    p->ca = *CreateRootCa("test ca", 30);
+    LeafOptions server{.common_name = "kms", .organizational_unit = "kms",
+                       .ip_addresses = {"127.0.0.1"}, .server = true};
+    p->server = *IssueLeaf(p->ca, server);
+    p->portal = *IssueLeaf(p->ca, {.common_name = "portal-1", .organizational_unit = "portal"});
+    p->other_ca = *CreateRootCa("other ca", 30);
+    p->stranger = *IssueLeaf(p->other_ca, {.common_name = "evil", .organizational_unit = "portal"});
+    return p;
+  }();
+  return *pki;
+}
+
+class HttpsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    HttpsServer::Options options;
+    options.cert_pem = TestPki().server.cert_pem;
+    options.key_pem = TestPki().server.key_pem.Clone();
+    options.client_ca_pem = TestPki().ca.cert_pem;
+    options.max_body_bytes = 4096;  // >= the 1000-deep JSON test
+    auto server = HttpsServer::Create(std::move(options));
+    ASSERT_OK(server);
+    server_ = *std::move(server);
+    server_->Post("/echo", [](const Request& r) -> StatusOr<json> {
+      return json{{"body", r.body}, {"authenticated", r.peer.authenticated},
+                  {"cn", r.peer.common_name}, {"ou", r.peer.organizational_unit},
+                  {"fingerprint", r.peer.fingerprint_sha256}};
+    });
+    server_->Get(R"(/items/([a-z0-9]+))", [](const Request& r) -> StatusOr<json> {
+      if (r.path_params[0] == "missing") return NotFoundError("no item missing");
+      return json{{"id", r.path_params[0]}};
+    });
+    server_->Post("/typed", [](const Request& r) -> StatusOr<json> {
+      return json{{"n", r.body.at("n").get<int>()}};
+    });
+    server_->GetText("/metrics", [](const Request&) -> StatusOr<TextResponse> {
+      return TextResponse{"m 1\n"};
+    });
+    auto port = server_->Start();
+    ASSERT_OK(port);
+    port_ = *port;
+  }
+
+  std::unique_ptr<HttpsClient> Client(const CertAndKey* identity,
+                                      const std::string& ca_pem = TestPki().ca.cert_pem) {
+    HttpsClient::Options options;
+    options.port = port_;
+    options.ca_pem = ca_pem;
+    options.timeout_seconds = 5;
+    if (identity != nullptr) {
+      options.cert_pem = identity->cert_pem;
+      options.key_pem = identity->key_pem.Clone();
+    }
+    auto client = HttpsClient::Create(std::move(options));
+    EXPECT_OK(client);
+    return client.ok() ? *std::move(client) : nullptr;
+  }
+
+  std::unique_ptr<HttpsServer> server_;
+  int port_ = 0;
+};
+
+TEST_F(HttpsTest, BindsAnEphemeralPort) {
+  EXPECT_GT(port_, 0);
+  EXPECT_EQ(server_->port(), port_);
+}
+
+TEST_F(HttpsTest, MutualTlsExposesVerifiedPeer) {
+  auto client = Client(&TestPki().portal);
+  auto result = client->Post("/echo", json{{"x", 1}});
+  ASSERT_OK(result);
+  EXPECT_EQ((*result)["authenticated"], true);
+  EXPECT_EQ((*result)["cn"], "portal-1");
+  EXPECT_EQ((*result)["ou"], "portal");
+  EXPECT_EQ((*result)["fingerprint"].get<std::string>().size(), 64u);
+  EXPECT_EQ((*result)["body"]["x"], 1);
+}
+
+TEST_F(HttpsTest, AnonymousClientIsNotAuthenticated) {
+  auto client = Client(nullptr);
+  auto result = client->Post("/echo", json::object());
+  ASSERT_OK(result);
+  EXPECT_EQ((*result)["authenticated"], false);
+  EXPECT_EQ((*result)["cn"], "");
+}
+
+TEST_F(HttpsTest, ClientCertFromOtherCaIsRejectedInHandshake) {
+  auto client = Client(&TestPki().stranger);
+  EXPECT_STATUS(client->Post("/echo", json::object()), StatusCode::kUnavailable,
+                "request failed");
+}
+
+TEST_F(HttpsTest, ServerFromUnpinnedCaIsRejected) {
+  auto client = Client(&TestPki().portal, TestPki().other_ca.cert_pem);
+  EXPECT_STATUS(client->Get("/items/a1"), StatusCode::kUnavailable, "request failed");
+}
+
+TEST_F(HttpsTest, PathParamsReachHandler) {
+  auto result = Client(nullptr)->Get("/items/abc9");
+  ASSERT_OK(result);
+  EXPECT_EQ((*result)["id"], "abc9");
+}
+
+TEST_F(HttpsTest, HandlerErrorBecomesStatusAndErrorBody) {
+  EXPECT_STATUS(Client(nullptr)->Get("/items/missing"), StatusCode::kNotFound, "no item missing");
+}
+
+TEST_F(HttpsTest, UnknownRouteIs404WithErrorBody) {
+  EXPECT_STATUS(Client(nullptr)->Get("/nope"), StatusCode::kNotFound, "no such route");
+}
+
+TEST_F(HttpsTest, MalformedJsonIs400) {
+  EXPECT_STATUS(Client(nullptr)->PostRaw("/echo", "{\"x\":", "application/json"),
+                StatusCode::kInvalidArgument, "malformed JSON");
+}
+
+TEST_F(HttpsTest, DeeplyNestedJsonIs400) {
+  std::string deep(1000, '[');
+  EXPECT_STATUS(Client(nullptr)->PostRaw("/echo", deep, "application/json"),
+                StatusCode::kInvalidArgument, "nested too deeply");
+}
+
+TEST_F(HttpsTest, WrongFieldTypeIs400) {
+  EXPECT_STATUS(Client(nullptr)->Post("/typed", json{{"n", "seven"}}),
+                StatusCode::kInvalidArgument, "wrong type");
+}
+
+TEST_F(HttpsTest, OversizedBodyIs413AndServerKeepsServing) {
+  auto client = Client(nullptr);
+  std::string big = "\"" + std::string(8000, 'a') + "\"";
+  EXPECT_STATUS(client->PostRaw("/echo", big, "application/json"),
+                StatusCode::kResourceExhausted, "too large");
+  auto fresh = Client(nullptr);
+  EXPECT_OK(fresh->Get("/items/ok"));
+}
+
+TEST_F(HttpsTest, TextRoute) {
+  auto text = Client(nullptr)->GetText("/metrics");
+  ASSERT_OK(text);
+  EXPECT_EQ(*text, "m 1\n");
+}
+
+TEST_F(HttpsTest, ConcurrentClients) {
+  std::vector<std::thread> threads;
+  std::atomic<int> ok{0};
+  for (int i = 0; i < 8; ++i) {
+    threads.emplace_back([&, i] {
+      auto client = Client(&TestPki().portal);
+      for (int j = 0; j < 10; ++j) {
+        if (client->Post("/echo", json{{"i", i}}).ok()) ++ok;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), 80);
+}
+
+TEST(HttpsServerCreate, RejectsMismatchedKey) {
+  HttpsServer::Options options;
+  options.cert_pem = TestPki().server.cert_pem;
+  options.key_pem = TestPki().portal.key_pem.Clone();
+  EXPECT_STATUS(HttpsServer::Create(std::move(options)), StatusCode::kInvalidArgument,
+                "do not match");
+}
+
+TEST(HttpsServerCreate, RejectsGarbageCert) {
+  HttpsServer::Options options;
+  options.cert_pem = "not pem";
+  options.key_pem = TestPki().server.key_pem.Clone();
+  EXPECT_STATUS(HttpsServer::Create(std::move(options)), StatusCode::kInvalidArgument,
+                "no PEM certificate");
+}
+
+TEST(HttpsClientCreate, RequiresPinnedCa) {
+  HttpsClient::Options options;
+  options.port = 1;
+  EXPECT_STATUS(HttpsClient::Create(std::move(options)), StatusCode::kInvalidArgument,
+                "CA to pin");
+}
+
+TEST(HttpsClient, ConnectionRefusedIsUnavailable) {
+  HttpsClient::Options options;
+  options.port = 1;
+  options.ca_pem = TestPki().ca.cert_pem;
+  options.timeout_seconds = 2;
+  auto client = HttpsClient::Create(std::move(options));
+  ASSERT_OK(client);
+  EXPECT_STATUS((*client)->Get("/"), StatusCode::kUnavailable, "request failed");
+}
+
+TEST(JsonUtil, ParsesNestedWithinLimit) {
+  std::string ok = std::string(internal::kMaxJsonDepth, '[') +
+                   std::string(internal::kMaxJsonDepth, ']');
+  EXPECT_OK(internal::ParseJson(ok));
+}
+
+TEST(JsonUtil, BracketsInStringsDoNotCount) {
+  std::string s = "\"" + std::string(1000, '[') + "\\\"\"";
+  EXPECT_OK(internal::ParseJson(s));
+}
+
+}  // namespace
+}  // namespace vmseal::net

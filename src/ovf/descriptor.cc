@@ -1,0 +1,647 @@
+#include "ovf/descriptor.h"
+
+#include <libxml/parser.h>
+#include <libxml/xmlerror.h>
+#include <libxml/xmlsave.h>
+
+#include <charconv>
+#include <functional>
+#include <cstring>
+#include <set>
+
+#include "crypto/primitives.h"
+#include "ovf/package_format.h"
+#include "ovf/tar.h"
+
+namespace vmseal::ovf {
+namespace {
+
+const xmlChar* X(std::string_view s) { return reinterpret_cast<const xmlChar*>(s.data()); }
+const xmlChar* X(const char* s) { return reinterpret_cast<const xmlChar*>(s); }
+
+// Silences libxml2's default printing to stderr; errors are read from the
+// parser context instead.
+void IgnoreXmlError(void*, const char*, ...) {}
+
+bool NsIs(const xmlNs* ns, std::string_view href) {
+  return ns != nullptr && ns->href != nullptr &&
+         std::string_view(reinterpret_cast<const char*>(ns->href)) == href;
+}
+
+bool Is(const xmlNode* n, std::string_view ns, const char* name) {
+  return n != nullptr && n->type == XML_ELEMENT_NODE && NsIs(n->ns, ns) &&
+         std::strcmp(reinterpret_cast<const char*>(n->name), name) == 0;
+}
+
+xmlNode* FirstChild(const xmlNode* parent, std::string_view ns, const char* name) {
+  for (xmlNode* c = parent->children; c != nullptr; c = c->next) {
+    if (Is(c, ns, name)) return c;
+  }
+  return nullptr;
+}
+
+std::vector<xmlNode*> Children(const xmlNode* parent, std::string_view ns, const char* name) {
+  std::vector<xmlNode*> out;
+  for (xmlNode* c = parent->children; c != nullptr; c = c->next) {
+    if (Is(c, ns, name)) out.push_back(c);
+  }
+  return out;
+}
+
+// An attribute in namespace `ns` (empty: no namespace), if present.
+std::optional<std::string> Attr(const xmlNode* n, std::string_view ns, const char* name) {
+  xmlChar* v = ns.empty() ? xmlGetNoNsProp(n, X(name)) : xmlGetNsProp(n, X(name), X(ns));
+  if (v == nullptr) return std::nullopt;
+  std::string s(reinterpret_cast<const char*>(v));
+  xmlFree(v);
+  return s;
+}
+
+std::string Text(const xmlNode* n) {
+  xmlChar* v = xmlNodeGetContent(n);
+  if (v == nullptr) return "";
+  std::string s(reinterpret_cast<const char*>(v));
+  xmlFree(v);
+  size_t b = s.find_first_not_of(" \t\r\n");
+  size_t e = s.find_last_not_of(" \t\r\n");
+  return b == std::string::npos ? "" : s.substr(b, e - b + 1);
+}
+
+template <typename T>
+std::optional<T> ParseUint(std::string_view s) {
+  T v = 0;
+  if (s.empty()) return std::nullopt;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || p != s.data() + s.size()) return std::nullopt;
+  return v;
+}
+
+std::string Escape(std::string_view s) {
+  std::string out;
+  for (char c : s) {
+    switch (c) {
+      case '&': out += "&amp;"; break;
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '"': out += "&quot;"; break;
+      default: out += c;
+    }
+  }
+  return out;
+}
+
+void ForEachElement(xmlNode* n, const std::function<void(xmlNode*)>& fn) {
+  for (; n != nullptr; n = n->next) {
+    if (n->type != XML_ELEMENT_NODE) continue;
+    fn(n);
+    ForEachElement(n->children, fn);
+  }
+}
+
+void AppendU32(std::vector<uint8_t>* out, uint32_t v) {
+  for (int i = 3; i >= 0; --i) out->push_back(static_cast<uint8_t>(v >> (8 * i)));
+}
+
+void AppendField(std::vector<uint8_t>* out, std::string_view s) {
+  AppendU32(out, static_cast<uint32_t>(s.size()));
+  out->insert(out->end(), s.begin(), s.end());
+}
+
+}  // namespace
+
+Status ValidateIdentity(std::string_view what, std::string_view value) {
+  if (value.empty() || value.size() > kMaxIdentityBytes) {
+    return InvalidArgumentError(std::string(what) + " must be 1 to 128 bytes");
+  }
+  for (char c : value) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == ':' || c == '@' || c == '-';
+    if (!ok) return InvalidArgumentError(std::string(what) + " has a character outside [A-Za-z0-9._:@-]");
+  }
+  return OkStatus();
+}
+
+std::vector<uint8_t> OaepLabel(const EncryptionTag& tag) {
+  std::vector<uint8_t> out(kOaepLabelPrefix.begin(), kOaepLabelPrefix.end());
+  out.push_back(0);
+  AppendField(&out, tag.image_id);
+  AppendField(&out, tag.tenant);
+  for (int i = 7; i >= 0; --i) out.push_back(static_cast<uint8_t>(tag.key_version >> (8 * i)));
+  AppendField(&out, tag.data_algorithm);
+  return out;
+}
+
+StatusOr<Descriptor> Descriptor::Parse(std::string_view xml) {
+  if (xml.size() > kMaxDescriptorBytes) {
+    return InvalidArgumentError("descriptor larger than " + std::to_string(kMaxDescriptorBytes) +
+                                " bytes");
+  }
+  // A DOCTYPE is the only way to declare entities or reference a DTD; OVF
+  // never needs one, so any is refused before parsing.
+  if (xml.find("<!DOCTYPE") != std::string_view::npos ||
+      xml.find("<!ENTITY") != std::string_view::npos) {
+    return InvalidArgumentError("descriptor has a DOCTYPE (DTDs and entities are not allowed)");
+  }
+  xmlSetGenericErrorFunc(nullptr, IgnoreXmlError);
+  xmlParserCtxtPtr ctxt = xmlNewParserCtxt();
+  if (ctxt == nullptr) return ResourceExhaustedError("out of memory");
+  // No XML_PARSE_NOENT (no substitution), no DTDLOAD, no network.
+  xmlDoc* doc = xmlCtxtReadMemory(ctxt, xml.data(), static_cast<int>(xml.size()),
+                                  "descriptor.ovf", nullptr,
+                                  XML_PARSE_NONET | XML_PARSE_NOBLANKS | XML_PARSE_NOERROR |
+                                      XML_PARSE_NOWARNING | XML_PARSE_NOCDATA);
+  std::string error;
+  if (doc == nullptr) {
+    const xmlError* e = xmlCtxtGetLastError(ctxt);
+    error = e != nullptr && e->message != nullptr ? e->message : "malformed XML";
+    while (!error.empty() && (error.back() == '\n' || error.back() == ' ')) error.pop_back();
+    if (e != nullptr) error = "line " + std::to_string(e->line) + ": " + error;
+  }
+  xmlFreeParserCtxt(ctxt);
+  if (doc == nullptr) return InvalidArgumentError("descriptor is not well-formed XML: " + error);
+  Descriptor d(doc);
+  if (doc->intSubset != nullptr || doc->extSubset != nullptr) {
+    return InvalidArgumentError("descriptor has a DOCTYPE (DTDs and entities are not allowed)");
+  }
+  xmlNode* root = xmlDocGetRootElement(doc);
+  if (!Is(root, kOvf1Namespace, "Envelope") && !Is(root, kOvf2Namespace, "Envelope")) {
+    return InvalidArgumentError("descriptor root is not an OVF 1.x or 2.x Envelope");
+  }
+  std::string_view ns = d.major_version() == 1 ? kOvf1Namespace : kOvf2Namespace;
+  xmlNode* refs = FirstChild(root, ns, "References");
+  if (refs == nullptr) return InvalidArgumentError("descriptor has no References");
+  std::vector<xmlNode*> files = Children(refs, ns, "File");
+  if (files.size() > kMaxFiles) {
+    return InvalidArgumentError("descriptor references more than " + std::to_string(kMaxFiles) +
+                                " files");
+  }
+  std::set<std::string> ids, hrefs;
+  for (xmlNode* f : files) {
+    auto id = Attr(f, ns, "id");
+    auto href = Attr(f, ns, "href");
+    if (!id || !href) return InvalidArgumentError("File without ovf:id or ovf:href");
+    RETURN_IF_ERROR(ValidateFileName(*href).WithPrefix("File href"));
+    if (!ids.insert(*id).second) return InvalidArgumentError("duplicate File id: " + id->substr(0, 100));
+    if (!hrefs.insert(*href).second) return InvalidArgumentError("duplicate File href: " + *href);
+    if (auto size = Attr(f, ns, "size"); size && !ParseUint<uint64_t>(*size)) {
+      return InvalidArgumentError("File " + *href + " has an invalid ovf:size");
+    }
+  }
+  return d;
+}
+
+Descriptor::Descriptor(Descriptor&& other) noexcept : doc_(other.doc_) { other.doc_ = nullptr; }
+Descriptor& Descriptor::operator=(Descriptor&& other) noexcept {
+  if (this != &other) {
+    if (doc_ != nullptr) xmlFreeDoc(doc_);
+    doc_ = other.doc_;
+    other.doc_ = nullptr;
+  }
+  return *this;
+}
+Descriptor::~Descriptor() {
+  if (doc_ != nullptr) xmlFreeDoc(doc_);
+}
+
+int Descriptor::major_version() const {
+  return NsIs(xmlDocGetRootElement(doc_)->ns, kOvf1Namespace) ? 1 : 2;
+}
+
+Status Descriptor::UpgradeToOvf2() {
+  if (major_version() != 1) return FailedPreconditionError("descriptor is not OVF 1.x");
+  xmlNode* root = xmlDocGetRootElement(doc_);
+  // OVF 2 allows extensions at the Envelope and Content levels only as
+  // Section substitutes; an optional (ovf:required="false") foreign element
+  // there is dropped, a required one cannot be carried over (§2.2).
+  std::vector<xmlNode*> dropped;
+  std::function<Status(xmlNode*)> scan = [&](xmlNode* parent) -> Status {
+    for (xmlNode* c = parent->children; c != nullptr; c = c->next) {
+      if (c->type != XML_ELEMENT_NODE) continue;
+      if (NsIs(c->ns, kOvf1Namespace)) {
+        if (Is(c, kOvf1Namespace, "VirtualSystem") ||
+            Is(c, kOvf1Namespace, "VirtualSystemCollection")) {
+          RETURN_IF_ERROR(scan(c));
+        }
+        continue;
+      }
+      if (Attr(c, kOvf1Namespace, "required").value_or("true") != "false") {
+        return UnimplementedError(std::string("required extension element ") +
+                                  reinterpret_cast<const char*>(c->name) +
+                                  " cannot be carried into OVF 2");
+      }
+      dropped.push_back(c);
+    }
+    return OkStatus();
+  };
+  RETURN_IF_ERROR(scan(root));
+  for (xmlNode* n : dropped) {
+    xmlUnlinkNode(n);
+    xmlFreeNode(n);
+  }
+  ForEachElement(root, [](xmlNode* n) {
+    for (xmlNs* ns = n->nsDef; ns != nullptr; ns = ns->next) {
+      if (NsIs(ns, kOvf1Namespace)) {
+        xmlFree(const_cast<xmlChar*>(ns->href));
+        ns->href = xmlStrdup(X(kOvf2Namespace));
+      }
+    }
+  });
+  xmlAttr* version = xmlHasNsProp(root, X("version"), X(kOvf2Namespace));
+  if (version != nullptr) xmlSetNsProp(root, version->ns, X("version"), X("2.0"));
+  return OkStatus();
+}
+
+std::vector<FileRef> Descriptor::Files() const {
+  std::vector<FileRef> out;
+  std::string_view ns = major_version() == 1 ? kOvf1Namespace : kOvf2Namespace;
+  xmlNode* refs = FirstChild(xmlDocGetRootElement(doc_), ns, "References");
+  for (xmlNode* f : Children(refs, ns, "File")) {
+    FileRef r;
+    r.id = Attr(f, ns, "id").value_or("");
+    r.href = Attr(f, ns, "href").value_or("");
+    if (auto size = Attr(f, ns, "size")) r.size = ParseUint<uint64_t>(*size);
+    auto compression = Attr(f, ns, "compression");
+    r.compressed = compression && !compression->empty() && *compression != "identity";
+    r.chunked = Attr(f, ns, "chunkSize").has_value();
+    if (xmlNode* ed = FirstChild(f, kXencNamespace, "EncryptedData")) {
+      xmlNode* method = FirstChild(ed, kXencNamespace, "EncryptionMethod");
+      r.encryption_algorithm =
+          method != nullptr ? Attr(method, "", "Algorithm").value_or("?") : "?";
+    }
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+bool Descriptor::HasEncryptionSection() const {
+  std::string_view ns = major_version() == 1 ? kOvf1Namespace : kOvf2Namespace;
+  return FirstChild(xmlDocGetRootElement(doc_), ns, "EncryptionSection") != nullptr;
+}
+
+Status Descriptor::AddEncryption(const EncryptionTag& tag, const WrappedKey& key,
+                                 const std::vector<SealedFileInfo>& files) {
+  if (major_version() != 2) return FailedPreconditionError("descriptor is not OVF 2");
+  if (HasEncryptionSection()) return FailedPreconditionError("descriptor is already encrypted");
+  xmlNode* root = xmlDocGetRootElement(doc_);
+  auto ns_for = [&](std::string_view href, const char* prefix) -> StatusOr<xmlNs*> {
+    for (xmlNs* ns = root->nsDef; ns != nullptr; ns = ns->next) {
+      if (NsIs(ns, href) && ns->prefix != nullptr) return ns;
+    }
+    xmlNs* existing = xmlSearchNs(doc_, root, X(prefix));
+    if (existing != nullptr) {
+      return InvalidArgumentError(std::string("descriptor uses the prefix ") + prefix +
+                                  " for another namespace");
+    }
+    xmlNs* ns = xmlNewNs(root, X(href), X(prefix));
+    if (ns == nullptr) return ResourceExhaustedError("out of memory");
+    return ns;
+  };
+  ASSIGN_OR_RETURN(xmlNs * ovf, ns_for(kOvf2Namespace, "ovf"));
+  ASSIGN_OR_RETURN(xmlNs * xenc, ns_for(kXencNamespace, "xenc"));
+  ASSIGN_OR_RETURN(xmlNs * ds, ns_for(kDsNamespace, "ds"));
+  ASSIGN_OR_RETURN(xmlNs * vmseal, ns_for(kVmsealNamespace, "vmseal"));
+  xmlNs* xenc11 = nullptr;
+  if (key.algorithm == kRsaOaepUri) {
+    ASSIGN_OR_RETURN(xenc11, ns_for(kXenc11Namespace, "xenc11"));
+  }
+
+  xmlNode* refs = FirstChild(root, kOvf2Namespace, "References");
+  std::vector<xmlNode*> file_nodes = Children(refs, kOvf2Namespace, "File");
+  if (file_nodes.size() != files.size()) return InternalError("file count mismatch");
+  for (size_t i = 0; i < files.size(); ++i) {
+    xmlNode* f = file_nodes[i];
+    if (Attr(f, kOvf2Namespace, "id").value_or("") != files[i].id) {
+      return InternalError("file order mismatch");
+    }
+    xmlSetNsProp(f, ovf, X("href"), X(files[i].sealed_href.c_str()));
+    xmlSetNsProp(f, ovf, X("size"), X(std::to_string(files[i].sealed_size).c_str()));
+    xmlNode* ed = xmlNewChild(f, xenc, X("EncryptedData"), nullptr);
+    std::string data_id = std::string(kEncryptedDataIdPrefix) + files[i].id;
+    xmlNewProp(ed, X("Id"), X(data_id.c_str()));
+    xmlNode* method = xmlNewChild(ed, xenc, X("EncryptionMethod"), nullptr);
+    xmlNewProp(method, X("Algorithm"), X(tag.data_algorithm.c_str()));
+    xmlNode* key_info = xmlNewChild(ed, ds, X("KeyInfo"), nullptr);
+    xmlNode* rm = xmlNewChild(key_info, ds, X("RetrievalMethod"), nullptr);
+    xmlNewProp(rm, X("URI"), X(("#" + std::string(kEncryptedKeyId)).c_str()));
+    xmlNewProp(rm, X("Type"), X(kEncryptedKeyType));
+    xmlNode* cd = xmlNewChild(ed, xenc, X("CipherData"), nullptr);
+    xmlNode* cr = xmlNewChild(cd, xenc, X("CipherReference"), nullptr);
+    xmlNewProp(cr, X("URI"), X(files[i].sealed_href.c_str()));
+  }
+
+  xmlNode* section = xmlNewNode(ovf, X("EncryptionSection"));
+  xmlNewTextChild(section, ovf, X("Info"),
+                  X("Files sealed by vmseal; the data key is wrapped to the customer key"));
+  xmlNode* ek = xmlNewChild(section, xenc, X("EncryptedKey"), nullptr);
+  xmlNewProp(ek, X("Id"), X(kEncryptedKeyId));
+  xmlNode* method = xmlNewChild(ek, xenc, X("EncryptionMethod"), nullptr);
+  xmlNewProp(method, X("Algorithm"), X(key.algorithm.c_str()));
+  xmlNewTextChild(method, xenc, X("OAEPparams"), X(crypto::Base64Encode(key.oaep_label).c_str()));
+  xmlNode* dm = xmlNewChild(method, ds, X("DigestMethod"), nullptr);
+  if (key.algorithm == kRsaOaepUri) {
+    xmlNewProp(dm, X("Algorithm"), X(kSha256Uri));
+    xmlNode* mgf = xmlNewChild(method, xenc11, X("MGF"), nullptr);
+    xmlNewProp(mgf, X("Algorithm"), X(kMgf1Sha256Uri));
+  } else {
+    xmlNewProp(dm, X("Algorithm"), X(kSha1Uri));
+  }
+  xmlNode* key_info = xmlNewChild(ek, ds, X("KeyInfo"), nullptr);
+  xmlNewTextChild(key_info, ds, X("KeyName"), X(tag.key_id.c_str()));
+  xmlNode* cd = xmlNewChild(ek, xenc, X("CipherData"), nullptr);
+  xmlNewTextChild(cd, xenc, X("CipherValue"), X(crypto::Base64Encode(key.ciphertext).c_str()));
+  xmlNode* props = xmlNewChild(ek, xenc, X("EncryptionProperties"), nullptr);
+  xmlNode* prop = xmlNewChild(props, xenc, X("EncryptionProperty"), nullptr);
+  xmlNewProp(prop, X("Id"), X(kTagPropertyId));
+  xmlNewProp(prop, X("Target"), X(("#" + std::string(kEncryptedKeyId)).c_str()));
+  xmlNode* t = xmlNewChild(prop, vmseal, X("Tag"), nullptr);
+  xmlNewProp(t, X("format"), X(tag.format.c_str()));
+  xmlNewProp(t, X("version"), X(std::to_string(tag.version).c_str()));
+  xmlNewProp(t, X("keyWrapAlgorithm"), X(tag.key_wrap_algorithm.c_str()));
+  xmlNewProp(t, X("dataAlgorithm"), X(tag.data_algorithm.c_str()));
+  xmlNewProp(t, X("chunkSize"), X(std::to_string(tag.chunk_size_bytes).c_str()));
+  xmlNewProp(t, X("keyId"), X(tag.key_id.c_str()));
+  xmlNewProp(t, X("imageId"), X(tag.image_id.c_str()));
+  xmlNewProp(t, X("tenant"), X(tag.tenant.c_str()));
+  xmlNewProp(t, X("keyVersion"), X(std::to_string(tag.key_version).c_str()));
+  xmlNewProp(t, X("created"), X(tag.created.c_str()));
+  xmlNode* rl = xmlNewChild(ek, xenc, X("ReferenceList"), nullptr);
+  for (const SealedFileInfo& f : files) {
+    xmlNode* dr = xmlNewChild(rl, xenc, X("DataReference"), nullptr);
+    xmlNewProp(dr, X("URI"), X(("#" + std::string(kEncryptedDataIdPrefix) + f.id).c_str()));
+  }
+  xmlAddNextSibling(refs, section);
+  return OkStatus();
+}
+
+Status Descriptor::ReadEncryption(EncryptionTag* tag, WrappedKey* key) const {
+  if (major_version() != 2) return InvalidArgumentError("encrypted packages must be OVF 2");
+  xmlNode* root = xmlDocGetRootElement(doc_);
+  xmlNode* section = FirstChild(root, kOvf2Namespace, "EncryptionSection");
+  if (section == nullptr) return FailedPreconditionError("package is not encrypted");
+  std::vector<xmlNode*> keys = Children(section, kXencNamespace, "EncryptedKey");
+  if (keys.size() != 1) {
+    return InvalidArgumentError("EncryptionSection must hold exactly one EncryptedKey");
+  }
+  xmlNode* ek = keys[0];
+  if (Attr(ek, "", "Id").value_or("") != kEncryptedKeyId) {
+    return InvalidArgumentError("EncryptedKey Id must be " + std::string(kEncryptedKeyId));
+  }
+  // The tag.
+  xmlNode* props = FirstChild(ek, kXencNamespace, "EncryptionProperties");
+  xmlNode* t = nullptr;
+  if (props != nullptr) {
+    for (xmlNode* p : Children(props, kXencNamespace, "EncryptionProperty")) {
+      if (xmlNode* c = FirstChild(p, kVmsealNamespace, "Tag")) t = c;
+    }
+  }
+  if (t == nullptr) return InvalidArgumentError("EncryptedKey has no vmseal encryption tag");
+  auto get = [&](const char* name) -> StatusOr<std::string> {
+    auto v = Attr(t, "", name);
+    if (!v) return InvalidArgumentError(std::string("encryption tag has no ") + name);
+    return *v;
+  };
+  ASSIGN_OR_RETURN(tag->format, get("format"));
+  if (tag->format != kTagFormat) {
+    return InvalidArgumentError("unknown package format in tag: " + tag->format.substr(0, 64));
+  }
+  ASSIGN_OR_RETURN(std::string version, get("version"));
+  if (ParseUint<uint32_t>(version) != kTagVersion) {
+    return InvalidArgumentError("unsupported tag version: " + version.substr(0, 16));
+  }
+  tag->version = kTagVersion;
+  ASSIGN_OR_RETURN(tag->key_wrap_algorithm, get("keyWrapAlgorithm"));
+  ASSIGN_OR_RETURN(tag->data_algorithm, get("dataAlgorithm"));
+  bool standard = tag->key_wrap_algorithm == kRsaOaepUri && tag->data_algorithm == kStreamAlgorithmUri;
+  bool compat = tag->key_wrap_algorithm == kRsaOaepMgf1pUri && tag->data_algorithm == kAes256GcmUri;
+  if (!standard && !compat) {
+    if (tag->key_wrap_algorithm != kRsaOaepUri && tag->key_wrap_algorithm != kRsaOaepMgf1pUri) {
+      return InvalidArgumentError("unknown key wrap algorithm in tag: " +
+                                  tag->key_wrap_algorithm.substr(0, 200));
+    }
+    if (tag->data_algorithm != kStreamAlgorithmUri && tag->data_algorithm != kAes256GcmUri) {
+      return InvalidArgumentError("unknown data algorithm in tag: " +
+                                  tag->data_algorithm.substr(0, 200));
+    }
+    return InvalidArgumentError("unsupported algorithm combination in tag");
+  }
+  ASSIGN_OR_RETURN(std::string chunk, get("chunkSize"));
+  auto chunk_size = ParseUint<uint32_t>(chunk);
+  if (!chunk_size || (compat && *chunk_size != 0)) {
+    return InvalidArgumentError("invalid chunkSize in tag");
+  }
+  tag->chunk_size_bytes = *chunk_size;
+  ASSIGN_OR_RETURN(tag->key_id, get("keyId"));
+  ASSIGN_OR_RETURN(tag->image_id, get("imageId"));
+  RETURN_IF_ERROR(ValidateIdentity("imageId", tag->image_id));
+  ASSIGN_OR_RETURN(tag->tenant, get("tenant"));
+  RETURN_IF_ERROR(ValidateIdentity("tenant", tag->tenant));
+  ASSIGN_OR_RETURN(std::string key_version, get("keyVersion"));
+  auto kv = ParseUint<uint64_t>(key_version);
+  if (!kv || *kv == 0) return InvalidArgumentError("invalid keyVersion in tag");
+  tag->key_version = *kv;
+  ASSIGN_OR_RETURN(tag->created, get("created"));
+
+  // The wrapped key.
+  xmlNode* method = FirstChild(ek, kXencNamespace, "EncryptionMethod");
+  if (method == nullptr) return InvalidArgumentError("EncryptedKey has no EncryptionMethod");
+  key->algorithm = Attr(method, "", "Algorithm").value_or("");
+  if (key->algorithm != tag->key_wrap_algorithm) {
+    return InvalidArgumentError("EncryptedKey algorithm does not match the tag");
+  }
+  xmlNode* dm = FirstChild(method, kDsNamespace, "DigestMethod");
+  std::string digest = dm != nullptr ? Attr(dm, "", "Algorithm").value_or("") : "";
+  if (standard) {
+    xmlNode* mgf = FirstChild(method, kXenc11Namespace, "MGF");
+    if (digest != kSha256Uri || mgf == nullptr ||
+        Attr(mgf, "", "Algorithm").value_or("") != kMgf1Sha256Uri) {
+      return InvalidArgumentError("rsa-oaep key wrap must use SHA-256 and MGF1-SHA256");
+    }
+  } else if (!digest.empty() && digest != kSha1Uri) {
+    return InvalidArgumentError("rsa-oaep-mgf1p key wrap must use SHA-1");
+  }
+  xmlNode* params = FirstChild(method, kXencNamespace, "OAEPparams");
+  if (params == nullptr) return InvalidArgumentError("EncryptedKey has no OAEPparams label");
+  auto label = crypto::Base64Decode(Text(params));
+  if (!label.ok()) return InvalidArgumentError("OAEPparams is not base64");
+  key->oaep_label = std::move(*label);
+  if (key->oaep_label != OaepLabel(*tag)) {
+    return InvalidArgumentError("OAEP label does not match the tag's identity");
+  }
+  xmlNode* ki = FirstChild(ek, kDsNamespace, "KeyInfo");
+  xmlNode* kn = ki != nullptr ? FirstChild(ki, kDsNamespace, "KeyName") : nullptr;
+  if (kn == nullptr || Text(kn) != tag->key_id) {
+    return InvalidArgumentError("EncryptedKey KeyName does not match the tag's keyId");
+  }
+  xmlNode* cd = FirstChild(ek, kXencNamespace, "CipherData");
+  xmlNode* cv = cd != nullptr ? FirstChild(cd, kXencNamespace, "CipherValue") : nullptr;
+  if (cv == nullptr) return InvalidArgumentError("EncryptedKey has no CipherValue");
+  std::string cv_text = Text(cv);
+  if (cv_text.size() > 2 * kMaxWrappedKeyBytes) return InvalidArgumentError("wrapped key too large");
+  auto ct = crypto::Base64Decode(cv_text);
+  if (!ct.ok() || ct->empty() || ct->size() > kMaxWrappedKeyBytes) {
+    return InvalidArgumentError("EncryptedKey CipherValue is not a valid wrapped key");
+  }
+  key->ciphertext = std::move(*ct);
+
+  // Every file is encrypted with the tag's algorithm and referenced.
+  std::set<std::string> data_refs;
+  if (xmlNode* rl = FirstChild(ek, kXencNamespace, "ReferenceList")) {
+    for (xmlNode* dr : Children(rl, kXencNamespace, "DataReference")) {
+      data_refs.insert(Attr(dr, "", "URI").value_or(""));
+    }
+  }
+  xmlNode* refs = FirstChild(root, kOvf2Namespace, "References");
+  std::vector<xmlNode*> files = Children(refs, kOvf2Namespace, "File");
+  if (data_refs.size() != files.size()) {
+    return InvalidArgumentError("ReferenceList does not list every file exactly once");
+  }
+  for (xmlNode* f : files) {
+    std::string id = Attr(f, kOvf2Namespace, "id").value_or("");
+    std::string href = Attr(f, kOvf2Namespace, "href").value_or("");
+    xmlNode* ed = FirstChild(f, kXencNamespace, "EncryptedData");
+    if (ed == nullptr) return InvalidArgumentError("file " + href + " is not encrypted");
+    std::string data_id = std::string(kEncryptedDataIdPrefix) + id;
+    if (Attr(ed, "", "Id").value_or("") != data_id || !data_refs.count("#" + data_id)) {
+      return InvalidArgumentError("file " + href + ": EncryptedData Id is not referenced");
+    }
+    xmlNode* m = FirstChild(ed, kXencNamespace, "EncryptionMethod");
+    std::string alg = m != nullptr ? Attr(m, "", "Algorithm").value_or("") : "";
+    if (alg != tag->data_algorithm) {
+      return InvalidArgumentError("file " + href + ": unknown algorithm " + alg.substr(0, 200));
+    }
+    xmlNode* ki2 = FirstChild(ed, kDsNamespace, "KeyInfo");
+    xmlNode* rm = ki2 != nullptr ? FirstChild(ki2, kDsNamespace, "RetrievalMethod") : nullptr;
+    if (rm == nullptr || Attr(rm, "", "URI").value_or("") != "#" + std::string(kEncryptedKeyId)) {
+      return InvalidArgumentError("file " + href + ": EncryptedData does not name the key");
+    }
+    xmlNode* cd2 = FirstChild(ed, kXencNamespace, "CipherData");
+    xmlNode* cr = cd2 != nullptr ? FirstChild(cd2, kXencNamespace, "CipherReference") : nullptr;
+    if (cr == nullptr || Attr(cr, "", "URI").value_or("") != href) {
+      return InvalidArgumentError("file " + href + ": CipherReference does not name the file");
+    }
+    if (!href.ends_with(kSealedSuffix) || href.size() == kSealedSuffix.size()) {
+      return InvalidArgumentError("sealed file name must end with .vmseal: " + href);
+    }
+  }
+  return OkStatus();
+}
+
+Status Descriptor::RemoveEncryption(const std::vector<PlainFileInfo>& files) {
+  xmlNode* root = xmlDocGetRootElement(doc_);
+  xmlNode* section = FirstChild(root, kOvf2Namespace, "EncryptionSection");
+  if (section == nullptr) return FailedPreconditionError("package is not encrypted");
+  xmlUnlinkNode(section);
+  xmlFreeNode(section);
+  xmlNode* refs = FirstChild(root, kOvf2Namespace, "References");
+  std::vector<xmlNode*> file_nodes = Children(refs, kOvf2Namespace, "File");
+  if (file_nodes.size() != files.size()) return InternalError("file count mismatch");
+  xmlNs* ovf = nullptr;
+  for (xmlNs* ns = root->nsDef; ns != nullptr; ns = ns->next) {
+    if (NsIs(ns, kOvf2Namespace) && ns->prefix != nullptr) ovf = ns;
+  }
+  if (ovf == nullptr) return InternalError("no ovf prefix");
+  for (size_t i = 0; i < files.size(); ++i) {
+    xmlNode* f = file_nodes[i];
+    while (xmlNode* ed = FirstChild(f, kXencNamespace, "EncryptedData")) {
+      xmlUnlinkNode(ed);
+      xmlFreeNode(ed);
+    }
+    xmlSetNsProp(f, ovf, X("href"), X(files[i].href.c_str()));
+    xmlSetNsProp(f, ovf, X("size"), X(std::to_string(files[i].size).c_str()));
+  }
+  return OkStatus();
+}
+
+std::string Descriptor::Serialize() const {
+  xmlChar* mem = nullptr;
+  int size = 0;
+  xmlDocDumpFormatMemoryEnc(doc_, &mem, &size, "UTF-8", 1);
+  std::string out(reinterpret_cast<const char*>(mem), size);
+  xmlFree(mem);
+  return out;
+}
+
+std::string GenerateDescriptor(const VirtualSystemSpec& vm, const std::vector<DiskSpec>& disks) {
+  std::string x;
+  x += "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n";
+  x += "<Envelope xmlns=\"" + std::string(kOvf2Namespace) + "\" xmlns:ovf=\"" +
+       std::string(kOvf2Namespace) + "\" xmlns:rasd=\"" + std::string(kRasdNamespace) +
+       "\" xmlns:vssd=\"" + std::string(kVssdNamespace) + "\">\n";
+  x += "  <References>\n";
+  for (const DiskSpec& d : disks) {
+    x += "    <File ovf:id=\"" + Escape(d.file_id) + "\" ovf:href=\"" + Escape(d.href) +
+         "\" ovf:size=\"" + std::to_string(d.file_size) + "\"/>\n";
+  }
+  x += "  </References>\n";
+  x += "  <DiskSection>\n    <Info>Virtual disks</Info>\n";
+  for (size_t i = 0; i < disks.size(); ++i) {
+    const DiskSpec& d = disks[i];
+    x += "    <Disk ovf:diskId=\"vmdisk" + std::to_string(i + 1) + "\" ovf:fileRef=\"" +
+         Escape(d.file_id) + "\" ovf:capacity=\"" + std::to_string(d.capacity) +
+         "\" ovf:format=\"" + Escape(d.format_uri) + "\"/>\n";
+  }
+  x += "  </DiskSection>\n";
+  x += "  <NetworkSection>\n    <Info>Logical networks</Info>\n"
+       "    <Network ovf:name=\"default\">\n      <Description>Default network</Description>\n"
+       "    </Network>\n  </NetworkSection>\n";
+  x += "  <VirtualSystem ovf:id=\"" + Escape(vm.name) + "\">\n";
+  x += "    <Info>A virtual machine sealed by vmseal</Info>\n";
+  x += "    <Name>" + Escape(vm.name) + "</Name>\n";
+  x += "    <VirtualHardwareSection>\n      <Info>Virtual hardware requirements</Info>\n";
+  x += "      <System>\n"
+       "        <vssd:ElementName>Virtual Hardware Family</vssd:ElementName>\n"
+       "        <vssd:InstanceID>0</vssd:InstanceID>\n"
+       "        <vssd:VirtualSystemIdentifier>" + Escape(vm.name) +
+       "</vssd:VirtualSystemIdentifier>\n"
+       "        <vssd:VirtualSystemType>vmseal-1</vssd:VirtualSystemType>\n"
+       "      </System>\n";
+  const std::string cpus = std::to_string(vm.cpus);
+  x += "      <Item>\n"
+       "        <rasd:Description>Number of virtual CPUs</rasd:Description>\n"
+       "        <rasd:ElementName>" + cpus + " virtual CPUs</rasd:ElementName>\n"
+       "        <rasd:InstanceID>1</rasd:InstanceID>\n"
+       "        <rasd:ResourceType>3</rasd:ResourceType>\n"
+       "        <rasd:VirtualQuantity>" + cpus + "</rasd:VirtualQuantity>\n"
+       "      </Item>\n";
+  const std::string mem = std::to_string(vm.memory_mib);
+  x += "      <Item>\n"
+       "        <rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits>\n"
+       "        <rasd:Description>Memory size</rasd:Description>\n"
+       "        <rasd:ElementName>" + mem + " MiB of memory</rasd:ElementName>\n"
+       "        <rasd:InstanceID>2</rasd:InstanceID>\n"
+       "        <rasd:ResourceType>4</rasd:ResourceType>\n"
+       "        <rasd:VirtualQuantity>" + mem + "</rasd:VirtualQuantity>\n"
+       "      </Item>\n";
+  x += "      <Item>\n"
+       "        <rasd:Address>0</rasd:Address>\n"
+       "        <rasd:Description>Disk controller</rasd:Description>\n"
+       "        <rasd:ElementName>virtio-scsi controller</rasd:ElementName>\n"
+       "        <rasd:InstanceID>3</rasd:InstanceID>\n"
+       "        <rasd:ResourceSubType>virtio-scsi</rasd:ResourceSubType>\n"
+       "        <rasd:ResourceType>6</rasd:ResourceType>\n"
+       "      </Item>\n";
+  uint32_t instance = 4;
+  for (size_t i = 0; i < disks.size(); ++i) {
+    x += "      <Item>\n"
+         "        <rasd:AddressOnParent>" + std::to_string(i) + "</rasd:AddressOnParent>\n"
+         "        <rasd:ElementName>disk" + std::to_string(i + 1) + "</rasd:ElementName>\n"
+         "        <rasd:HostResource>ovf:/disk/vmdisk" + std::to_string(i + 1) +
+         "</rasd:HostResource>\n"
+         "        <rasd:InstanceID>" + std::to_string(instance++) + "</rasd:InstanceID>\n"
+         "        <rasd:Parent>3</rasd:Parent>\n"
+         "        <rasd:ResourceType>17</rasd:ResourceType>\n"
+         "      </Item>\n";
+  }
+  x += "      <Item>\n"
+       "        <rasd:AutomaticAllocation>true</rasd:AutomaticAllocation>\n"
+       "        <rasd:Connection>default</rasd:Connection>\n"
+       "        <rasd:ElementName>Ethernet adapter on default</rasd:ElementName>\n"
+       "        <rasd:InstanceID>" + std::to_string(instance) + "</rasd:InstanceID>\n"
+       "        <rasd:ResourceSubType>virtio-net</rasd:ResourceSubType>\n"
+       "        <rasd:ResourceType>10</rasd:ResourceType>\n"
+       "      </Item>\n";
+  x += "    </VirtualHardwareSection>\n  </VirtualSystem>\n</Envelope>\n";
+  return x;
+}
+
+}  // namespace vmseal::ovf

@@ -1,0 +1,141 @@
+// The OVF descriptor: safe parsing of untrusted XML, generation of a minimal
+// OVF 2 VirtualSystem, the 1.x -> 2.x upgrade, and the EncryptionSection
+// (docs/format/package.md §2-§7).
+#ifndef VMSEAL_OVF_DESCRIPTOR_H_
+#define VMSEAL_OVF_DESCRIPTOR_H_
+
+#include <libxml/tree.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "base/status.h"
+
+namespace vmseal::ovf {
+
+// The encryption tag (§4), carried in xenc:EncryptionProperties.
+struct EncryptionTag {
+  std::string format;               // "vmseal-package"
+  uint32_t version = 0;             // 1
+  std::string key_wrap_algorithm;   // kRsaOaepUri or kRsaOaepMgf1pUri
+  std::string data_algorithm;       // kStreamAlgorithmUri or kAes256GcmUri
+  uint32_t chunk_size_bytes = 0;    // stream chunk size; 0 for AES-GCM
+  std::string key_id;               // "sha256:<hex of the recipient SPKI digest>"
+  std::string image_id;             // §5 identity
+  std::string tenant;
+  uint64_t key_version = 1;
+  std::string created;              // RFC 3339 UTC, e.g. 2026-11-27T03:00:00Z
+};
+
+// The wrapped data key and how it was wrapped (the EncryptedKey).
+struct WrappedKey {
+  std::string algorithm;            // EncryptionMethod Algorithm
+  std::vector<uint8_t> oaep_label;  // OAEPparams as stored
+  std::vector<uint8_t> ciphertext;  // CipherValue
+};
+
+// One ovf:File of References.
+struct FileRef {
+  std::string id;
+  std::string href;
+  std::optional<uint64_t> size;
+  bool compressed = false;          // ovf:compression other than "identity"
+  bool chunked = false;             // ovf:chunkSize present
+  std::string encryption_algorithm; // EncryptedData Algorithm; empty = plain
+};
+
+// What the seal step records for one file.
+struct SealedFileInfo {
+  std::string id;
+  std::string sealed_href;
+  uint64_t sealed_size = 0;
+};
+
+// What the unseal step records for one file.
+struct PlainFileInfo {
+  std::string id;
+  std::string href;
+  uint64_t size = 0;
+};
+
+// Checks an identity field (image id, tenant): 1..128 bytes of
+// [A-Za-z0-9._:@-].
+Status ValidateIdentity(std::string_view what, std::string_view value);
+
+// The OAEP label (§5) binding a wrapped key to the tag's identity.
+std::vector<uint8_t> OaepLabel(const EncryptionTag& tag);
+
+// A parsed descriptor. Move-only; owns its libxml2 document.
+class Descriptor {
+ public:
+  // Parses untrusted bytes: at most kMaxDescriptorBytes, no DOCTYPE (so no
+  // DTD, no entities), no network, root Envelope in the OVF 1.x or 2.x
+  // namespace, at most kMaxFiles files with valid names and unique ids.
+  static StatusOr<Descriptor> Parse(std::string_view xml);
+
+  Descriptor(Descriptor&&) noexcept;
+  Descriptor& operator=(Descriptor&&) noexcept;
+  ~Descriptor();
+
+  // 1 or 2 (the namespace of the Envelope).
+  int major_version() const;
+  // Moves every element and attribute from the 1.x to the 2.x namespace.
+  // Foreign elements directly in the Envelope or a VirtualSystem(Collection),
+  // which OVF 2 does not allow there, are dropped when ovf:required="false";
+  // UNIMPLEMENTED when required.
+  Status UpgradeToOvf2();
+
+  // The files of References, in order.
+  std::vector<FileRef> Files() const;
+  bool HasEncryptionSection() const;
+
+  // Adds the EncryptionSection after References and an EncryptedData to each
+  // file, and sets each file's href and size to the sealed ones. Requires an
+  // OVF 2 descriptor without an EncryptionSection; every file must be listed.
+  Status AddEncryption(const EncryptionTag& tag, const WrappedKey& key,
+                       const std::vector<SealedFileInfo>& files);
+
+  // Reads and validates the EncryptionSection (unknown algorithms, a file
+  // without EncryptedData, references that do not match: INVALID_ARGUMENT).
+  Status ReadEncryption(EncryptionTag* tag, WrappedKey* key) const;
+
+  // Removes the EncryptionSection and every EncryptedData, and restores the
+  // files' hrefs and sizes.
+  Status RemoveEncryption(const std::vector<PlainFileInfo>& files);
+
+  // The document as UTF-8 XML, indented.
+  std::string Serialize() const;
+
+ private:
+  explicit Descriptor(xmlDoc* doc) : doc_(doc) {}
+  xmlDoc* doc_;
+};
+
+// Hardware and identity for a generated VirtualSystem.
+struct VirtualSystemSpec {
+  std::string name = "vm";   // VirtualSystem ovf:id and Name
+  uint32_t cpus = 2;
+  uint64_t memory_mib = 2048;
+};
+
+// One disk of a generated VirtualSystem.
+struct DiskSpec {
+  std::string file_id;       // "file1", ...
+  std::string href;          // plaintext file name
+  uint64_t file_size = 0;    // bytes of the file
+  uint64_t capacity = 0;     // virtual disk size in bytes
+  std::string format_uri;    // kRawFormatUri or kQcow2FormatUri
+};
+
+// A complete minimal OVF 2 descriptor (plain, no EncryptionSection) for the
+// given disks: CPUs, memory, one disk controller, the disks and one NIC.
+std::string GenerateDescriptor(const VirtualSystemSpec& vm, const std::vector<DiskSpec>& disks);
+
+}  // namespace vmseal::ovf
+
+#endif  // VMSEAL_OVF_DESCRIPTOR_H_

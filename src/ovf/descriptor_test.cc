@@ -1,0 +1,168 @@
+#include "ovf/descriptor.h"
+
+#include <gtest/gtest.h>
+
+#include "ovf/ovf_test_helpers.h"
+#include "ovf/package_format.h"
+#include "testing/test_util.h"
+
+namespace vmseal::ovf {
+namespace {
+
+using ::vmseal::testing::ReadFileOrDie;
+using ::vmseal::testing::TempDir;
+using ::vmseal::testing::WriteFileOrDie;
+
+std::string Example() {
+  return ReadFileOrDie(vmseal::testing::SourceDir() + "/tests/testdata/ovf/sealed-example.ovf");
+}
+
+std::string Generated() {
+  return GenerateDescriptor(VirtualSystemSpec(),
+                            {{"file1", "disk1.raw", 100, 100, std::string(kRawFormatUri)}});
+}
+
+EncryptionTag SampleTag() {
+  EncryptionTag t;
+  t.format = "vmseal-package";
+  t.version = 1;
+  t.key_wrap_algorithm = std::string(kRsaOaepUri);
+  t.data_algorithm = std::string(kStreamAlgorithmUri);
+  t.chunk_size_bytes = 65536;
+  t.key_id = "sha256:00";
+  t.image_id = "img-0001";
+  t.tenant = "acme";
+  t.key_version = 1;
+  t.created = "2026-11-27T03:00:00Z";
+  return t;
+}
+
+TEST(DescriptorTest, ExampleInTestdataValidatesAgainstSchema) {
+  EXPECT_TRUE(testing::ValidatesAgainstSchema(vmseal::testing::SourceDir() +
+                                              "/tests/testdata/ovf/sealed-example.ovf"));
+}
+
+TEST(DescriptorTest, GeneratedDescriptorValidatesAgainstSchema) {
+  TempDir dir;
+  GenerateDescriptor(VirtualSystemSpec(), {});
+  std::vector<DiskSpec> disks = {{"file1", "disk1.raw", 100, 100, std::string(kRawFormatUri)},
+                                 {"file2", "disk2.qcow2", 200, 1 << 30, std::string(kQcow2FormatUri)}};
+  WriteFileOrDie(dir.File("g.ovf"), GenerateDescriptor({"web-1", 4, 8192}, disks));
+  EXPECT_TRUE(testing::ValidatesAgainstSchema(dir.File("g.ovf")));
+  std::string text = ReadFileOrDie(dir.File("g.ovf"));
+  EXPECT_NE(text.find("<rasd:VirtualQuantity>4</rasd:VirtualQuantity>"), std::string::npos);
+  EXPECT_NE(text.find("<rasd:VirtualQuantity>8192</rasd:VirtualQuantity>"), std::string::npos);
+}
+
+TEST(DescriptorTest, AddEncryptionProducesValidDescriptorAndReadsBack) {
+  auto d = Descriptor::Parse(Generated());
+  ASSERT_OK(d);
+  EncryptionTag tag = SampleTag();
+  WrappedKey key{std::string(kRsaOaepUri), OaepLabel(tag), std::vector<uint8_t>(256, 7)};
+  ASSERT_OK(d->AddEncryption(tag, key, {{"file1", "disk1.raw.vmseal", 1234}}));
+  TempDir dir;
+  WriteFileOrDie(dir.File("s.ovf"), d->Serialize());
+  EXPECT_TRUE(testing::ValidatesAgainstSchema(dir.File("s.ovf")));
+  auto back = Descriptor::Parse(d->Serialize());
+  ASSERT_OK(back);
+  EncryptionTag t;
+  WrappedKey k;
+  ASSERT_OK(back->ReadEncryption(&t, &k));
+  EXPECT_EQ(t.image_id, "img-0001");
+  EXPECT_EQ(t.chunk_size_bytes, 65536u);
+  EXPECT_EQ(k.ciphertext, key.ciphertext);
+  ASSERT_EQ(back->Files().size(), 1u);
+  EXPECT_EQ(back->Files()[0].href, "disk1.raw.vmseal");
+  EXPECT_EQ(back->Files()[0].size, 1234u);
+  EXPECT_EQ(back->Files()[0].encryption_algorithm, kStreamAlgorithmUri);
+}
+
+TEST(DescriptorTest, RemoveEncryptionRestoresPlainFiles) {
+  auto d = Descriptor::Parse(Generated());
+  ASSERT_OK(d);
+  EncryptionTag tag = SampleTag();
+  ASSERT_OK(d->AddEncryption(tag, {std::string(kRsaOaepUri), OaepLabel(tag), {1}},
+                             {{"file1", "disk1.raw.vmseal", 1234}}));
+  ASSERT_OK(d->RemoveEncryption({{"file1", "disk1.raw", 100}}));
+  std::string text = d->Serialize();
+  EXPECT_EQ(text.find("EncryptionSection"), std::string::npos);
+  EXPECT_EQ(text.find("EncryptedData"), std::string::npos);
+  EXPECT_NE(text.find("ovf:href=\"disk1.raw\" ovf:size=\"100\""), std::string::npos);
+}
+
+TEST(DescriptorTest, OaepLabelBytesAreSpecified) {
+  // docs/format/package.md §5 test vector.
+  EncryptionTag t = SampleTag();
+  std::vector<uint8_t> label = OaepLabel(t);
+  std::string expected = std::string("vmseal-package-key-v1") + '\0' +
+                         std::string("\0\0\0\x08img-0001", 12) + std::string("\0\0\0\x04" "acme", 8) +
+                         std::string("\0\0\0\0\0\0\0\x01", 8) +
+                         std::string("\0\0\0\x14urn:vmseal:stream:v1", 24);
+  EXPECT_EQ(std::string(label.begin(), label.end()), expected);
+}
+
+TEST(DescriptorTest, RejectsDoctype) {
+  std::string x = "<?xml version=\"1.0\"?><!DOCTYPE Envelope SYSTEM \"http://example.com/x.dtd\">" +
+                  Generated().substr(Generated().find("<Envelope"));
+  EXPECT_STATUS(Descriptor::Parse(x).status(), StatusCode::kInvalidArgument, "DOCTYPE");
+}
+
+TEST(DescriptorTest, RejectsEntityExpansionBomb) {
+  std::string x = "<!DOCTYPE l [<!ENTITY a \"aaaa\"><!ENTITY b \"&a;&a;&a;&a;\">]><l>&b;</l>";
+  EXPECT_STATUS(Descriptor::Parse(x).status(), StatusCode::kInvalidArgument, "DOCTYPE");
+}
+
+TEST(DescriptorTest, RejectsOversizedInput) {
+  std::string x = Generated() + "<!--" + std::string(kMaxDescriptorBytes, ' ') + "-->";
+  EXPECT_STATUS(Descriptor::Parse(x).status(), StatusCode::kInvalidArgument,
+                "descriptor larger than");
+}
+
+TEST(DescriptorTest, RejectsMalformedXml) {
+  EXPECT_STATUS(Descriptor::Parse("<Envelope><References>").status(),
+                StatusCode::kInvalidArgument, "not well-formed");
+}
+
+TEST(DescriptorTest, RejectsNonOvfRoot) {
+  EXPECT_STATUS(Descriptor::Parse("<html/>").status(), StatusCode::kInvalidArgument,
+                "not an OVF 1.x or 2.x Envelope");
+}
+
+TEST(DescriptorTest, RejectsTraversalInFileHref) {
+  std::string x = Generated();
+  x.replace(x.find("ovf:href=\"disk1.raw\""), 20, "ovf:href=\"../../x\"");
+  EXPECT_STATUS(Descriptor::Parse(x).status(), StatusCode::kInvalidArgument, "'..'");
+}
+
+TEST(DescriptorTest, RejectsDuplicateFileIds) {
+  std::string x = GenerateDescriptor(VirtualSystemSpec(),
+                                     {{"file1", "a.raw", 1, 1, std::string(kRawFormatUri)},
+                                      {"file1", "b.raw", 1, 1, std::string(kRawFormatUri)}});
+  EXPECT_STATUS(Descriptor::Parse(x).status(), StatusCode::kInvalidArgument, "duplicate File id");
+}
+
+TEST(DescriptorTest, UpgradesOvf1NamespaceToOvf2) {
+  auto d = Descriptor::Parse(
+      ReadFileOrDie(vmseal::testing::SourceDir() + "/tests/testdata/ovf/vbox-1.0.ovf"));
+  ASSERT_OK(d);
+  EXPECT_EQ(d->major_version(), 1);
+  ASSERT_OK(d->UpgradeToOvf2());
+  EXPECT_EQ(d->major_version(), 2);
+  std::string text = d->Serialize();
+  EXPECT_EQ(text.find(std::string(kOvf1Namespace)), std::string::npos);
+  EXPECT_NE(text.find("ovf:version=\"2.0\""), std::string::npos);
+}
+
+TEST(DescriptorTest, ExampleTagReadsBack) {
+  auto d = Descriptor::Parse(Example());
+  ASSERT_OK(d);
+  EncryptionTag t;
+  WrappedKey k;
+  ASSERT_OK(d->ReadEncryption(&t, &k));
+  EXPECT_EQ(t.image_id, "img-0001");
+  EXPECT_EQ(t.tenant, "acme");
+  EXPECT_EQ(k.oaep_label, OaepLabel(SampleTag()));
+}
+
+}  // namespace
+}  // namespace vmseal::ovf

@@ -1,0 +1,622 @@
+#include "ovf/package.h"
+
+#include <sys/stat.h>
+
+#include <ctime>
+#include <filesystem>
+#include <map>
+#include <set>
+
+#include <nlohmann/json.hpp>
+
+#include "crypto/primitives.h"
+#include "ovf/internal/disk_cipher.h"
+#include "ovf/internal/key_wrap.h"
+#include "ovf/manifest.h"
+#include "ovf/package_format.h"
+#include "ovf/tar.h"
+
+namespace vmseal::ovf {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string BaseName(const std::string& path) {
+  std::string p = path;
+  while (p.size() > 1 && p.back() == '/') p.pop_back();
+  size_t slash = p.rfind('/');
+  return slash == std::string::npos ? p : p.substr(slash + 1);
+}
+
+std::string Stem(const std::string& name) {
+  size_t dot = name.rfind('.');
+  return dot == std::string::npos || dot == 0 ? name : name.substr(0, dot);
+}
+
+StatusOr<std::string> ReadAll(const RandomAccessFile& file, uint64_t limit, const char* what) {
+  ASSIGN_OR_RETURN(uint64_t size, file.Size());
+  if (size > limit) {
+    return InvalidArgumentError(std::string(what) + " larger than " + std::to_string(limit) +
+                                " bytes");
+  }
+  std::string out(size, '\0');
+  ASSIGN_OR_RETURN(size_t n, file.Read(0, std::span<uint8_t>(
+                                             reinterpret_cast<uint8_t*>(out.data()), size)));
+  if (n != size) return DataLossError(std::string(what) + " shorter than its size");
+  return out;
+}
+
+std::string NowRfc3339() {
+  std::time_t t = std::time(nullptr);
+  std::tm tm;
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+std::string RandomUuid() {
+  crypto::Bytes b = crypto::RandomBytes(16);
+  b[6] = (b[6] & 0x0f) | 0x40;
+  b[8] = (b[8] & 0x3f) | 0x80;
+  std::string h = crypto::HexEncode(b);
+  return h.substr(0, 8) + "-" + h.substr(8, 4) + "-" + h.substr(12, 4) + "-" + h.substr(16, 4) +
+         "-" + h.substr(20);
+}
+
+// A directory that only appears at `path` once Commit() succeeds; removed
+// with its content otherwise.
+class AtomicOutputDir {
+ public:
+  static StatusOr<std::unique_ptr<AtomicOutputDir>> Create(const std::string& path) {
+    std::error_code ec;
+    if (fs::exists(path, ec)) return AlreadyExistsError("output exists: " + path);
+    std::string tmpl = path + ".tmp-XXXXXX";
+    if (mkdtemp(tmpl.data()) == nullptr) return ErrnoToStatus(errno, "create directory", path);
+    return std::unique_ptr<AtomicOutputDir>(new AtomicOutputDir(path, tmpl));
+  }
+  ~AtomicOutputDir() {
+    if (!committed_) {
+      std::error_code ec;
+      fs::remove_all(temp_, ec);
+    }
+  }
+  std::string File(const std::string& name) const { return temp_ + "/" + name; }
+  Status Commit(Env* env) {
+    if (chmod(temp_.c_str(), 0755) != 0) return ErrnoToStatus(errno, "chmod", temp_);
+    RETURN_IF_ERROR(env->SyncDir(temp_));
+    if (std::rename(temp_.c_str(), path_.c_str()) != 0) {
+      return ErrnoToStatus(errno, "rename", path_);
+    }
+    committed_ = true;
+    return env->SyncDir(DirName(path_));
+  }
+
+ private:
+  AtomicOutputDir(std::string path, std::string temp) : path_(std::move(path)), temp_(std::move(temp)) {}
+  const std::string path_;
+  const std::string temp_;
+  bool committed_ = false;
+};
+
+internal::OaepDigest DigestFor(std::string_view wrap_algorithm) {
+  return wrap_algorithm == kRsaOaepUri ? internal::OaepDigest::kSha256
+                                       : internal::OaepDigest::kSha1;
+}
+
+// Keeps the stored file alive for as long as the reader.
+class OwningStreamReader : public stream::StreamReader {
+ public:
+  OwningStreamReader(std::unique_ptr<RandomAccessFile> file,
+                     std::unique_ptr<stream::StreamReader> reader)
+      : file_(std::move(file)), reader_(std::move(reader)) {}
+  uint64_t plaintext_size() const override { return reader_->plaintext_size(); }
+  StatusOr<size_t> ReadAt(uint64_t offset, std::span<uint8_t> out) const override {
+    return reader_->ReadAt(offset, out);
+  }
+
+ private:
+  std::unique_ptr<RandomAccessFile> file_;
+  std::unique_ptr<stream::StreamReader> reader_;
+};
+
+}  // namespace
+
+Package::~Package() = default;
+
+StatusOr<std::unique_ptr<Package>> Package::Open(Env* env, const std::string& path,
+                                                 const PackageOpenOptions& options) {
+  std::unique_ptr<Package> p(new Package());
+  RETURN_IF_ERROR(p->Load(env, path, options));
+  return p;
+}
+
+Status Package::Load(Env* env, const std::string& path, const PackageOpenOptions& options) {
+  env_ = env;
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) return ErrnoToStatus(errno, "open package", path);
+  std::vector<std::string> present;  // every name in the package
+  if (S_ISDIR(st.st_mode) || path.ends_with(".ovf")) {
+    dir_ = S_ISDIR(st.st_mode) ? path : DirName(path);
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(dir_, ec)) {
+      std::string name = entry.path().filename().string();
+      if (entry.is_symlink(ec) || !entry.is_regular_file(ec)) {
+        return InvalidArgumentError("package directory holds a non-regular file: " + name);
+      }
+      RETURN_IF_ERROR(ValidateFileName(name).WithPrefix("package directory"));
+      if (present.size() >= kMaxTarMembers) return InvalidArgumentError("too many files");
+      present.push_back(name);
+    }
+    if (ec) return ErrnoToStatus(ec.value(), "list", dir_);
+    if (S_ISDIR(st.st_mode)) {
+      for (const std::string& n : present) {
+        if (n.ends_with(".ovf")) {
+          if (!descriptor_name_.empty()) {
+            return InvalidArgumentError("package directory holds more than one .ovf");
+          }
+          descriptor_name_ = n;
+        }
+      }
+      if (descriptor_name_.empty()) return InvalidArgumentError("no .ovf descriptor in " + path);
+    } else {
+      descriptor_name_ = BaseName(path);
+    }
+    ASSIGN_OR_RETURN(auto f, env->NewRandomAccessFile(dir_ + "/" + descriptor_name_));
+    ASSIGN_OR_RETURN(descriptor_text_, ReadAll(*f, kMaxDescriptorBytes, "descriptor"));
+  } else {
+    ASSIGN_OR_RETURN(archive_file_, env->NewRandomAccessFile(path));
+    ASSIGN_OR_RETURN(archive_, TarReader::Open(archive_file_.get()));
+    const auto& members = archive_->members();
+    if (members.empty() || !members[0].name.ends_with(".ovf")) {
+      return InvalidArgumentError("the OVA's first member is not an .ovf descriptor");
+    }
+    descriptor_name_ = members[0].name;
+    for (const TarMember& m : members) present.push_back(m.name);
+    auto f = archive_->NewMemberFile(members[0]);
+    ASSIGN_OR_RETURN(descriptor_text_, ReadAll(*f, kMaxDescriptorBytes, "descriptor"));
+  }
+  ASSIGN_OR_RETURN(Descriptor d, Descriptor::Parse(descriptor_text_));
+  files_ = d.Files();
+
+  // Exactly the descriptor, its manifest and certificate, and References.
+  const std::string stem = Stem(descriptor_name_);
+  const std::string mf_name = stem + ".mf", cert_name = stem + ".cert";
+  std::set<std::string> expected = {descriptor_name_};
+  for (const FileRef& f : files_) expected.insert(f.href);
+  std::set<std::string> have(present.begin(), present.end());
+  for (const FileRef& f : files_) {
+    if (!have.count(f.href)) return InvalidArgumentError("missing file: " + f.href);
+  }
+  for (const std::string& n : present) {
+    if (!expected.count(n) && n != mf_name && n != cert_name) {
+      return InvalidArgumentError("extra file in package: " + n);
+    }
+  }
+  for (const FileRef& f : files_) {
+    ASSIGN_OR_RETURN(auto file, OpenStoredFile(f.id));
+    ASSIGN_OR_RETURN(uint64_t size, file->Size());
+    if (f.size && *f.size != size) {
+      return InvalidArgumentError("size of " + f.href + " does not match its ovf:size");
+    }
+  }
+  if (have.count(mf_name)) {
+    std::unique_ptr<RandomAccessFile> mf;
+    if (archive_) {
+      mf = archive_->NewMemberFile(*archive_->Find(mf_name));
+    } else {
+      ASSIGN_OR_RETURN(mf, env->NewRandomAccessFile(dir_ + "/" + mf_name));
+    }
+    ASSIGN_OR_RETURN(manifest_text_, ReadAll(*mf, kMaxManifestBytes, "manifest"));
+    if (manifest_text_.empty()) return InvalidArgumentError("manifest is empty");
+  } else if (options.require_manifest) {
+    return InvalidArgumentError("package has no manifest (" + mf_name + ")");
+  }
+  if (has_manifest()) {
+    ASSIGN_OR_RETURN(auto entries, ParseManifest(manifest_text_));
+    std::set<std::string> listed;
+    for (const ManifestEntry& e : entries) {
+      if (!expected.count(e.name)) {
+        return InvalidArgumentError("manifest lists a file not in the package: " + e.name);
+      }
+      listed.insert(e.name);
+    }
+    for (const std::string& n : expected) {
+      if (!listed.count(n)) return InvalidArgumentError("manifest does not list " + n);
+    }
+    if (options.verify_manifest) RETURN_IF_ERROR(VerifyManifest());
+  }
+
+  if (d.HasEncryptionSection()) {
+    RETURN_IF_ERROR(d.ReadEncryption(&tag_, &wrapped_key_));
+    encrypted_ = true;
+    for (FileRef& f : files_) {
+      if (f.compressed || f.chunked) {
+        return InvalidArgumentError("encrypted file " + f.href + " must not be compressed or chunked");
+      }
+    }
+  } else {
+    for (const FileRef& f : files_) {
+      if (!f.encryption_algorithm.empty()) {
+        return InvalidArgumentError("file " + f.href + " has EncryptedData but the package has "
+                                    "no EncryptionSection");
+      }
+    }
+    if (options.require_encrypted) return FailedPreconditionError("package is not encrypted");
+  }
+  return OkStatus();
+}
+
+Status Package::VerifyManifest() const {
+  if (!has_manifest()) return InvalidArgumentError("package has no manifest");
+  ASSIGN_OR_RETURN(auto entries, ParseManifest(manifest_text_));
+  for (const ManifestEntry& e : entries) {
+    std::vector<uint8_t> digest;
+    if (e.name == descriptor_name_) {
+      StreamingDigest d(e.algorithm);
+      d.Update(crypto::AsBytes(descriptor_text_));
+      digest = d.Finish();
+    } else {
+      const FileRef* ref = nullptr;
+      for (const FileRef& f : files_) {
+        if (f.href == e.name) ref = &f;
+      }
+      if (ref == nullptr) return InvalidArgumentError("manifest lists an unknown file");
+      ASSIGN_OR_RETURN(auto file, OpenStoredFile(ref->id));
+      ASSIGN_OR_RETURN(digest, DigestFile(*file, e.algorithm));
+    }
+    if (digest != e.digest) return DataLossError("manifest mismatch for " + e.name);
+  }
+  return OkStatus();
+}
+
+const FileRef* Package::FindFile(const std::string& file_id) const {
+  for (const FileRef& f : files_) {
+    if (f.id == file_id) return &f;
+  }
+  return nullptr;
+}
+
+StatusOr<std::unique_ptr<RandomAccessFile>> Package::OpenStoredFile(
+    const std::string& file_id) const {
+  const FileRef* f = FindFile(file_id);
+  if (f == nullptr) return NotFoundError("no file with id " + file_id.substr(0, 100));
+  if (archive_) {
+    const TarMember* m = archive_->Find(f->href);
+    if (m == nullptr) return NotFoundError("missing file: " + f->href);
+    return archive_->NewMemberFile(*m);
+  }
+  return env_->NewRandomAccessFile(dir_ + "/" + f->href);
+}
+
+StatusOr<SecretBytes> Package::UnwrapDataKey(std::string_view private_key_pem) const {
+  if (!encrypted_) return FailedPreconditionError("package is not encrypted");
+  ASSIGN_OR_RETURN(auto key, internal::LoadPrivateKeyPem(private_key_pem));
+  const std::string key_id = internal::KeyId(key.Public());
+  if (key_id != tag_.key_id) {
+    return FailedPreconditionError("the private key is not the package's recipient (keyId " +
+                                   tag_.key_id + ")");
+  }
+  ASSIGN_OR_RETURN(SecretBytes data_key,
+                   internal::UnwrapKey(key, DigestFor(wrapped_key_.algorithm),
+                                       wrapped_key_.ciphertext, OaepLabel(tag_)));
+  if (data_key.size() != stream::kDataKeyBytes) return DataLossError("decryption failed");
+  return data_key;
+}
+
+stream::StreamContext Package::ContextFor(const std::string& file_id) const {
+  stream::StreamContext c;
+  c.image_id = tag_.image_id + "/" + file_id;
+  c.tenant = tag_.tenant;
+  c.key_version = tag_.key_version;
+  return c;
+}
+
+Status Package::DecryptFile(const std::string& file_id, const SecretBytes& data_key,
+                            WritableFile* out) const {
+  if (!encrypted_) return FailedPreconditionError("package is not encrypted");
+  ASSIGN_OR_RETURN(auto cipher, internal::NewDiskCipher(tag_.data_algorithm, tag_.chunk_size_bytes));
+  ASSIGN_OR_RETURN(auto in, OpenStoredFile(file_id));
+  return cipher->Open(*in, out, data_key, ContextFor(file_id));
+}
+
+StatusOr<std::unique_ptr<stream::StreamReader>> Package::NewDiskReader(
+    const std::string& file_id, const SecretBytes& data_key) const {
+  if (!encrypted_) return FailedPreconditionError("package is not encrypted");
+  if (tag_.data_algorithm != kStreamAlgorithmUri) {
+    return FailedPreconditionError("random access needs the stream format (not " +
+                                   tag_.data_algorithm + ")");
+  }
+#ifdef VMSEAL_OVF_HAVE_STREAM
+  ASSIGN_OR_RETURN(auto in, OpenStoredFile(file_id));
+  ASSIGN_OR_RETURN(auto reader, stream::StreamReader::Create(in.get(), data_key, ContextFor(file_id)));
+  return std::unique_ptr<stream::StreamReader>(
+      new OwningStreamReader(std::move(in), std::move(reader)));
+#else
+  (void)data_key;
+  (void)file_id;
+  return UnimplementedError("the stream format is not linked into this build");
+#endif
+}
+
+namespace {
+
+// One file to seal: where its plaintext comes from and what it becomes.
+struct SealSource {
+  std::string id;
+  std::string href;
+  std::unique_ptr<RandomAccessFile> data;
+  uint64_t size = 0;
+  std::string sealed_href;
+  uint64_t sealed_size = 0;
+};
+
+bool IsPackagePath(const std::string& path) {
+  struct stat st;
+  if (stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) return true;
+  return path.ends_with(".ovf") || path.ends_with(".ova");
+}
+
+}  // namespace
+
+Status SealPackage(Env* env, const SealOptions& options, const std::string& out_path) {
+  if (options.inputs.empty()) return InvalidArgumentError("nothing to seal");
+  {
+    struct stat st;
+    if (lstat(out_path.c_str(), &st) == 0) return AlreadyExistsError("output exists: " + out_path);
+  }
+  ASSIGN_OR_RETURN(auto recipient, internal::LoadPublicKeyPem(options.recipient_pem));
+  EncryptionTag tag;
+  tag.format = std::string(kTagFormat);
+  tag.version = kTagVersion;
+  tag.key_wrap_algorithm = std::string(options.xmlenc_compat ? kRsaOaepMgf1pUri : kRsaOaepUri);
+  tag.data_algorithm = std::string(options.xmlenc_compat ? kAes256GcmUri : kStreamAlgorithmUri);
+  tag.key_id = internal::KeyId(recipient);
+  tag.image_id = options.image_id.empty() ? RandomUuid() : options.image_id;
+  tag.tenant = options.tenant;
+  tag.key_version = options.key_version;
+  tag.created = options.created.empty() ? NowRfc3339() : options.created;
+  RETURN_IF_ERROR(ValidateIdentity("image id", tag.image_id));
+  RETURN_IF_ERROR(ValidateIdentity("tenant", tag.tenant));
+  if (tag.key_version == 0) return InvalidArgumentError("key version must be at least 1");
+  if (options.xmlenc_compat && options.chunk_size_bytes != 0) {
+    return InvalidArgumentError("--xmlenc-compat has no chunk size");
+  }
+  ASSIGN_OR_RETURN(auto cipher, internal::NewDiskCipher(tag.data_algorithm, options.chunk_size_bytes));
+  tag.chunk_size_bytes = cipher->chunk_size_bytes();
+
+  // The plain descriptor and the sources of its files.
+  std::unique_ptr<Package> input_package;
+  std::string descriptor_text;
+  std::vector<SealSource> sources;
+  if (options.inputs.size() == 1 && IsPackagePath(options.inputs[0])) {
+    PackageOpenOptions po;
+    po.require_encrypted = false;
+    po.require_manifest = false;
+    ASSIGN_OR_RETURN(input_package, Package::Open(env, options.inputs[0], po));
+    if (input_package->encrypted()) {
+      return FailedPreconditionError("input package is already sealed");
+    }
+    descriptor_text = input_package->descriptor_text();
+    for (const FileRef& f : input_package->files()) {
+      if (f.compressed || f.chunked) {
+        return UnimplementedError("compressed or chunked file " + f.href + " is not supported");
+      }
+      SealSource s;
+      s.id = f.id;
+      s.href = f.href;
+      ASSIGN_OR_RETURN(s.data, input_package->OpenStoredFile(f.id));
+      sources.push_back(std::move(s));
+    }
+  } else {
+    std::vector<DiskSpec> disks;
+    for (size_t i = 0; i < options.inputs.size(); ++i) {
+      if (IsPackagePath(options.inputs[i])) {
+        return InvalidArgumentError("a package input must be the only input");
+      }
+      SealSource s;
+      ASSIGN_OR_RETURN(s.data, env->NewRandomAccessFile(options.inputs[i]));
+      ASSIGN_OR_RETURN(uint64_t size, s.data->Size());
+      DiskSpec d;
+      d.file_id = "file" + std::to_string(i + 1);
+      d.file_size = size;
+      d.capacity = size;
+      d.format_uri = std::string(kRawFormatUri);
+      uint8_t header[32] = {};
+      ASSIGN_OR_RETURN(size_t n, s.data->Read(0, header));
+      bool qcow2 = n >= 32 && header[0] == 'Q' && header[1] == 'F' && header[2] == 'I' &&
+                   header[3] == 0xfb;
+      if (qcow2) {
+        d.format_uri = std::string(kQcow2FormatUri);
+        d.capacity = 0;
+        for (int b = 24; b < 32; ++b) d.capacity = (d.capacity << 8) | header[b];
+      }
+      d.href = "disk" + std::to_string(i + 1) + (qcow2 ? ".qcow2" : ".raw");
+      s.id = d.file_id;
+      s.href = d.href;
+      disks.push_back(d);
+      sources.push_back(std::move(s));
+    }
+    descriptor_text = GenerateDescriptor(options.vm, disks);
+  }
+  ASSIGN_OR_RETURN(Descriptor descriptor, Descriptor::Parse(descriptor_text));
+  if (descriptor.major_version() == 1) RETURN_IF_ERROR(descriptor.UpgradeToOvf2());
+  if (descriptor.HasEncryptionSection()) {
+    return FailedPreconditionError("input descriptor already has an EncryptionSection");
+  }
+
+  std::vector<SealedFileInfo> sealed;
+  for (SealSource& s : sources) {
+    ASSIGN_OR_RETURN(s.size, s.data->Size());
+    s.sealed_href = s.href + std::string(kSealedSuffix);
+    RETURN_IF_ERROR(ValidateFileName(s.sealed_href));
+    ASSIGN_OR_RETURN(s.sealed_size, cipher->SealedSize(s.size));
+    sealed.push_back(SealedFileInfo{s.id, s.sealed_href, s.sealed_size});
+  }
+
+  SecretBytes data_key = SecretBytes::Random(stream::kDataKeyBytes);
+  WrappedKey wrapped;
+  wrapped.algorithm = tag.key_wrap_algorithm;
+  wrapped.oaep_label = OaepLabel(tag);
+  ASSIGN_OR_RETURN(wrapped.ciphertext,
+                   internal::WrapKey(recipient, DigestFor(tag.key_wrap_algorithm), data_key,
+                                     wrapped.oaep_label));
+  RETURN_IF_ERROR(descriptor.AddEncryption(tag, wrapped, sealed));
+  const std::string sealed_descriptor = descriptor.Serialize();
+  if (sealed_descriptor.size() > kMaxDescriptorBytes) {
+    return InvalidArgumentError("sealed descriptor would exceed the size bound");
+  }
+
+  std::string stem = Stem(BaseName(out_path));
+  if (!ValidateFileName(stem + ".ovf").ok()) stem = "package";
+  const std::string descriptor_name = stem + ".ovf";
+  std::vector<ManifestEntry> manifest;
+  const crypto::Sha256Digest descriptor_digest = crypto::Sha256(sealed_descriptor);
+  manifest.push_back({DigestAlgorithm::kSha256, descriptor_name,
+                      std::vector<uint8_t>(descriptor_digest.begin(), descriptor_digest.end())});
+  stream::StreamContext context;
+  context.image_id = tag.image_id;
+  context.tenant = tag.tenant;
+  context.key_version = tag.key_version;
+  auto seal_one = [&](const SealSource& s, WritableFile* out) -> Status {
+    DigestingFile digesting(out, DigestAlgorithm::kSha256);
+    stream::StreamContext c = context;
+    c.image_id = tag.image_id + "/" + s.id;
+    RETURN_IF_ERROR(cipher->Seal(*s.data, &digesting, data_key, c));
+    if (digesting.bytes_written() != s.sealed_size) {
+      return InternalError("sealed size of " + s.href + " differs from the announced size");
+    }
+    manifest.push_back({DigestAlgorithm::kSha256, s.sealed_href, digesting.Finish()});
+    return OkStatus();
+  };
+
+  if (options.ova) {
+    ASSIGN_OR_RETURN(auto out, AtomicOutputFile::Create(env, out_path, 0644));
+    TarWriter tar(out->file());
+    RETURN_IF_ERROR(tar.AddMember(descriptor_name, sealed_descriptor.size(), [&](WritableFile* w) {
+      return w->Append(crypto::AsBytes(sealed_descriptor));
+    }));
+    for (const SealSource& s : sources) {
+      RETURN_IF_ERROR(tar.AddMember(s.sealed_href, s.sealed_size,
+                                    [&](WritableFile* w) { return seal_one(s, w); }));
+    }
+    const std::string mf = FormatManifest(manifest);
+    RETURN_IF_ERROR(tar.AddMember(stem + ".mf", mf.size(), [&](WritableFile* w) {
+      return w->Append(crypto::AsBytes(mf));
+    }));
+    RETURN_IF_ERROR(tar.Finish());
+    return out->Commit();
+  }
+  ASSIGN_OR_RETURN(auto dir, AtomicOutputDir::Create(out_path));
+  RETURN_IF_ERROR(WriteStringToFileAtomic(env, dir->File(descriptor_name), sealed_descriptor, 0644));
+  for (const SealSource& s : sources) {
+    ASSIGN_OR_RETURN(auto f, env->NewExclusiveFile(dir->File(s.sealed_href), 0644));
+    RETURN_IF_ERROR(seal_one(s, f.get()));
+    RETURN_IF_ERROR(f->Sync());
+    RETURN_IF_ERROR(f->Close());
+  }
+  RETURN_IF_ERROR(WriteStringToFileAtomic(env, dir->File(stem + ".mf"), FormatManifest(manifest), 0644));
+  return dir->Commit(env);
+}
+
+Status UnsealPackage(Env* env, const std::string& package_path, std::string_view private_key_pem,
+                     const std::string& out_dir) {
+  {
+    struct stat st;
+    if (lstat(out_dir.c_str(), &st) == 0) return AlreadyExistsError("output exists: " + out_dir);
+  }
+  ASSIGN_OR_RETURN(auto package, Package::Open(env, package_path, PackageOpenOptions()));
+  ASSIGN_OR_RETURN(SecretBytes data_key, package->UnwrapDataKey(private_key_pem));
+  ASSIGN_OR_RETURN(Descriptor descriptor, Descriptor::Parse(package->descriptor_text()));
+  ASSIGN_OR_RETURN(auto dir, AtomicOutputDir::Create(out_dir));
+  std::vector<ManifestEntry> manifest;
+  std::vector<PlainFileInfo> plain;
+  for (const FileRef& f : package->files()) {
+    PlainFileInfo p;
+    p.id = f.id;
+    p.href = f.href.substr(0, f.href.size() - kSealedSuffix.size());
+    RETURN_IF_ERROR(ValidateFileName(p.href));
+    ASSIGN_OR_RETURN(auto out, env->NewExclusiveFile(dir->File(p.href), 0600));
+    DigestingFile digesting(out.get(), DigestAlgorithm::kSha256);
+    RETURN_IF_ERROR(package->DecryptFile(f.id, data_key, &digesting));
+    RETURN_IF_ERROR(out->Sync());
+    RETURN_IF_ERROR(out->Close());
+    p.size = digesting.bytes_written();
+    manifest.push_back({DigestAlgorithm::kSha256, p.href, digesting.Finish()});
+    plain.push_back(p);
+  }
+  RETURN_IF_ERROR(descriptor.RemoveEncryption(plain));
+  const std::string text = descriptor.Serialize();
+  const std::string name = package->descriptor_name();
+  crypto::Sha256Digest d = crypto::Sha256(text);
+  manifest.insert(manifest.begin(),
+                  ManifestEntry{DigestAlgorithm::kSha256, name, std::vector<uint8_t>(d.begin(), d.end())});
+  RETURN_IF_ERROR(WriteStringToFileAtomic(env, dir->File(name), text, 0644));
+  RETURN_IF_ERROR(WriteStringToFileAtomic(env, dir->File(Stem(name) + ".mf"),
+                                          FormatManifest(manifest), 0644));
+  return dir->Commit(env);
+}
+
+StatusOr<std::string> InspectPackage(Env* env, const std::string& package_path, bool json) {
+  PackageOpenOptions po;
+  po.require_encrypted = false;
+  po.require_manifest = false;
+  ASSIGN_OR_RETURN(auto p, Package::Open(env, package_path, po));
+  if (json) {
+    nlohmann::json j;
+    j["container"] = p->is_ova() ? "ova" : "directory";
+    j["descriptor"] = p->descriptor_name();
+    j["manifest"] = p->has_manifest() ? "verified" : "absent";
+    j["encrypted"] = p->encrypted();
+    j["files"] = nlohmann::json::array();
+    for (const FileRef& f : p->files()) {
+      nlohmann::json jf;
+      jf["id"] = f.id;
+      jf["href"] = f.href;
+      if (f.size) jf["size"] = *f.size;
+      if (!f.encryption_algorithm.empty()) jf["algorithm"] = f.encryption_algorithm;
+      j["files"].push_back(jf);
+    }
+    if (p->encrypted()) {
+      const EncryptionTag& t = p->tag();
+      j["tag"] = {{"format", t.format},
+                  {"version", t.version},
+                  {"keyWrapAlgorithm", t.key_wrap_algorithm},
+                  {"dataAlgorithm", t.data_algorithm},
+                  {"chunkSize", t.chunk_size_bytes},
+                  {"keyId", t.key_id},
+                  {"imageId", t.image_id},
+                  {"tenant", t.tenant},
+                  {"keyVersion", t.key_version},
+                  {"created", t.created}};
+    }
+    return j.dump(2) + "\n";
+  }
+  std::string out;
+  out += "container:  " + std::string(p->is_ova() ? "ova" : "directory") + "\n";
+  out += "descriptor: " + p->descriptor_name() + "\n";
+  out += "manifest:   " + std::string(p->has_manifest() ? "verified" : "absent") + "\n";
+  out += "encrypted:  " + std::string(p->encrypted() ? "yes" : "no") + "\n";
+  for (const FileRef& f : p->files()) {
+    out += "file:       " + f.id + " " + f.href + " " +
+           (f.size ? std::to_string(*f.size) + " bytes" : "size unknown");
+    if (!f.encryption_algorithm.empty()) out += " " + f.encryption_algorithm;
+    out += "\n";
+  }
+  if (p->encrypted()) {
+    const EncryptionTag& t = p->tag();
+    out += "tag:\n";
+    out += "  format:           " + t.format + " v" + std::to_string(t.version) + "\n";
+    out += "  keyWrapAlgorithm: " + t.key_wrap_algorithm + "\n";
+    out += "  dataAlgorithm:    " + t.data_algorithm + "\n";
+    out += "  chunkSize:        " + std::to_string(t.chunk_size_bytes) + "\n";
+    out += "  keyId:            " + t.key_id + "\n";
+    out += "  imageId:          " + t.image_id + "\n";
+    out += "  tenant:           " + t.tenant + "\n";
+    out += "  keyVersion:       " + std::to_string(t.key_version) + "\n";
+    out += "  created:          " + t.created + "\n";
+  }
+  return out;
+}
+
+}  // namespace vmseal::ovf

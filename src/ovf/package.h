@@ -1,0 +1,140 @@
+// Sealed OVF packages (docs/format/package.md): sealing an image or an
+// existing OVF/OVA, and reading a package, which is the library the host
+// agent uses to stream-decrypt a disk straight out of an OVA.
+#ifndef VMSEAL_OVF_PACKAGE_H_
+#define VMSEAL_OVF_PACKAGE_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "base/env.h"
+#include "base/secret_bytes.h"
+#include "base/status.h"
+#include "ovf/descriptor.h"
+#include "stream/stream.h"
+
+namespace vmseal::ovf {
+
+struct PackageOpenOptions {
+  // FAILED_PRECONDITION "package is not encrypted" when the descriptor has no
+  // EncryptionSection. Default: true.
+  bool require_encrypted = true;
+  // INVALID_ARGUMENT when the package has no manifest. Default: true.
+  bool require_manifest = true;
+  // Digests every file against the manifest during Open (reads each file
+  // once). When false the caller may call VerifyManifest later. Default: true.
+  bool verify_manifest = true;
+};
+
+// A package opened for reading: an OVA file, a directory holding one .ovf,
+// or the path of an .ovf file. Files are read in place (an OVA member is a
+// slice of the archive). Thread-safe after Open.
+class Package {
+ public:
+  // Checks the structure (§8, §10): names, no links or devices, no duplicate,
+  // missing or extra file, the descriptor bound and parser rules, sizes,
+  // the manifest (per options) and, if present, the EncryptionSection.
+  static StatusOr<std::unique_ptr<Package>> Open(Env* env, const std::string& path,
+                                                 const PackageOpenOptions& options);
+  ~Package();
+
+  bool is_ova() const { return archive_ != nullptr; }
+  const std::string& descriptor_name() const { return descriptor_name_; }
+  // The descriptor exactly as stored.
+  const std::string& descriptor_text() const { return descriptor_text_; }
+  const std::vector<FileRef>& files() const { return files_; }
+  bool has_manifest() const { return !manifest_text_.empty(); }
+  // Whether the descriptor has an EncryptionSection (then tag() and
+  // wrapped_key() are valid).
+  bool encrypted() const { return encrypted_; }
+  const EncryptionTag& tag() const { return tag_; }
+  const WrappedKey& wrapped_key() const { return wrapped_key_; }
+
+  // Digests every file and the descriptor against the manifest. DATA_LOSS
+  // "manifest mismatch for NAME" on a difference.
+  Status VerifyManifest() const;
+
+  // The stored bytes of the file with ovf:id `file_id`; valid while the
+  // package lives.
+  StatusOr<std::unique_ptr<RandomAccessFile>> OpenStoredFile(const std::string& file_id) const;
+
+  // Customer side: unwraps the data key with the recipient's PEM private key.
+  // FAILED_PRECONDITION if the key's id is not the tag's keyId; DATA_LOSS
+  // "decryption failed" if the unwrap fails (wrong key or changed identity).
+  StatusOr<SecretBytes> UnwrapDataKey(std::string_view private_key_pem) const;
+
+  // The stream context of a file (§6): image id "<imageId>/<file id>".
+  stream::StreamContext ContextFor(const std::string& file_id) const;
+
+  // Decrypts one file into `out` (appending). On error `out` holds garbage:
+  // publish it atomically.
+  Status DecryptFile(const std::string& file_id, const SecretBytes& data_key,
+                     WritableFile* out) const;
+
+  // Random access to one decrypted disk (stream format only). The reader
+  // keeps what it needs alive but must not outlive the package.
+  StatusOr<std::unique_ptr<stream::StreamReader>> NewDiskReader(
+      const std::string& file_id, const SecretBytes& data_key) const;
+
+ private:
+  Package() = default;
+  Status Load(Env* env, const std::string& path, const PackageOpenOptions& options);
+  const FileRef* FindFile(const std::string& file_id) const;
+
+  std::string dir_;                               // directory packages
+  std::unique_ptr<RandomAccessFile> archive_file_;
+  std::unique_ptr<class TarReader> archive_;      // OVA packages
+  std::string descriptor_name_;
+  std::string descriptor_text_;
+  std::string manifest_text_;
+  std::vector<FileRef> files_;
+  bool encrypted_ = false;
+  EncryptionTag tag_;
+  WrappedKey wrapped_key_;
+  Env* env_ = nullptr;
+};
+
+struct SealOptions {
+  // One or more raw/qcow2 disk images, or exactly one OVF/OVA package (an
+  // .ova file, an .ovf file or a directory holding one).
+  std::vector<std::string> inputs;
+  // The recipient: PEM certificate or PEM public key (RSA >= 2048 bits).
+  std::string recipient_pem;
+  // Identity bound into the key wrap; empty image_id = a random UUID.
+  std::string image_id;
+  std::string tenant = "default";
+  uint64_t key_version = 1;
+  // Hardware of a generated VirtualSystem (image inputs only).
+  VirtualSystemSpec vm;
+  // true: one OVA file at the output path; false: a directory.
+  bool ova = true;
+  // One standard AES-256-GCM message per file, key wrapped with
+  // rsa-oaep-mgf1p (§3.2). Default: the stream format.
+  bool xmlenc_compat = false;
+  // Stream chunk size (0 = the stream format's default).
+  uint32_t chunk_size_bytes = 0;
+  // Tag creation time (RFC 3339); empty = now. Tests inject it.
+  std::string created;
+};
+
+// Seals `options.inputs` into a package at `out_path`, which must not exist.
+// The data key is random, lives only in memory and is wrapped to the
+// recipient. Nothing appears at `out_path` unless everything succeeded.
+Status SealPackage(Env* env, const SealOptions& options, const std::string& out_path);
+
+// Verifies and decrypts the package at `package_path` into a plain OVF
+// package directory `out_dir` (which must not exist): descriptor without the
+// EncryptionSection, decrypted files, a recomputed manifest.
+Status UnsealPackage(Env* env, const std::string& package_path,
+                     std::string_view private_key_pem, const std::string& out_dir);
+
+// A human-readable (or JSON) description of the package and its tag; needs
+// no key. Verifies the manifest.
+StatusOr<std::string> InspectPackage(Env* env, const std::string& package_path, bool json);
+
+}  // namespace vmseal::ovf
+
+#endif  // VMSEAL_OVF_PACKAGE_H_

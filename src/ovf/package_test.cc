@@ -1,0 +1,547 @@
+#include "ovf/package.h"
+
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "crypto/primitives.h"
+#include "ovf/internal/disk_cipher.h"
+#include "ovf/manifest.h"
+#include "ovf/ovf_test_helpers.h"
+#include "ovf/package_format.h"
+#include "ovf/tar.h"
+#include "testing/test_util.h"
+
+namespace vmseal::ovf {
+namespace {
+
+namespace fs = std::filesystem;
+using ::vmseal::ovf::testing::OtherTestKey;
+using ::vmseal::ovf::testing::RawMember;
+using ::vmseal::ovf::testing::RawTar;
+using ::vmseal::ovf::testing::TestKey;
+using ::vmseal::ovf::testing::ValidatesAgainstSchema;
+using ::vmseal::testing::ListDir;
+using ::vmseal::testing::ReadFileOrDie;
+using ::vmseal::testing::RunCommand;
+using ::vmseal::testing::TempDir;
+using ::vmseal::testing::WriteFileOrDie;
+
+std::string RandomData(size_t n) {
+  crypto::Bytes b = crypto::RandomBytes(n);
+  return std::string(b.begin(), b.end());
+}
+
+void ReplaceAll(std::string* s, const std::string& from, const std::string& to) {
+  for (size_t pos = 0; (pos = s->find(from, pos)) != std::string::npos; pos += to.size()) {
+    s->replace(pos, from.size(), to);
+  }
+}
+
+class PackageTest : public ::testing::Test {
+ protected:
+  SealOptions Options(std::vector<std::string> inputs, bool compat = true) {
+    SealOptions o;
+    o.inputs = std::move(inputs);
+    o.recipient_pem = TestKey().public_pem;
+    o.image_id = "img-0001";
+    o.tenant = "acme";
+    o.created = "2026-11-27T03:00:00Z";
+    o.xmlenc_compat = compat;
+    return o;
+  }
+  std::string MakeRaw(const std::string& name, size_t size) {
+    std::string path = dir_.File(name);
+    WriteFileOrDie(path, RandomData(size));
+    return path;
+  }
+  // Seals `inputs` into dir_/name and returns its path.
+  std::string Seal(std::vector<std::string> inputs, const std::string& name = "sealed.ova",
+                   bool compat = true) {
+    SealOptions o = Options(std::move(inputs), compat);
+    o.ova = name.ends_with(".ova");
+    std::string out = dir_.File(name);
+    EXPECT_OK(SealPackage(Env::Default(), o, out));
+    return out;
+  }
+  // Writes the package's descriptor to a file and validates it.
+  ::testing::AssertionResult DescriptorValidates(const std::string& package) {
+    PackageOpenOptions po;
+    po.require_encrypted = false;
+    auto p = Package::Open(Env::Default(), package, po);
+    if (!p.ok()) return ::testing::AssertionFailure() << p.status().ToString();
+    std::string path = dir_.File("check-" + std::to_string(checks_++) + ".ovf");
+    std::string keep = dir_.File("schema-checks");
+    fs::create_directories(keep);
+    path = keep + "/" + fs::path(path).filename().string();
+    WriteFileOrDie(path, (*p)->descriptor_text());
+    return ValidatesAgainstSchema(path);
+  }
+  std::vector<RawMember> Members(const std::string& ova) {
+    auto file = Env::Default()->NewRandomAccessFile(ova);
+    EXPECT_OK(file);
+    auto reader = TarReader::Open(file->get());
+    EXPECT_OK(reader);
+    std::vector<RawMember> out;
+    std::string bytes = ReadFileOrDie(ova);
+    for (const TarMember& m : (*reader)->members()) {
+      out.push_back({m.name, bytes.substr(m.data_offset, m.size)});
+    }
+    return out;
+  }
+  // Rebuilds `ova` at dir_/name after `mutate`, recomputing the manifest
+  // over the result when `fix_manifest`.
+  std::string Rewrite(const std::string& ova, const std::string& name,
+                      const std::function<void(std::vector<RawMember>*)>& mutate,
+                      bool fix_manifest) {
+    std::vector<RawMember> members = Members(ova);
+    mutate(&members);
+    if (fix_manifest) {
+      for (RawMember& mf : members) {
+        if (!mf.name.ends_with(".mf")) continue;
+        std::vector<ManifestEntry> entries;
+        for (const RawMember& m : members) {
+          if (&m == &mf) continue;
+          crypto::Sha256Digest d = crypto::Sha256(m.data);
+          entries.push_back({DigestAlgorithm::kSha256, m.name, {d.begin(), d.end()}});
+        }
+        mf.data = FormatManifest(entries);
+      }
+    }
+    std::string out = dir_.File(name);
+    WriteFileOrDie(out, RawTar(members));
+    return out;
+  }
+  std::string& DescriptorOf(std::vector<RawMember>* members) { return (*members)[0].data; }
+
+  // Unseals and expects failure with no output and no temp left beside it.
+  void ExpectUnsealFails(const std::string& package, StatusCode code, const std::string& substr) {
+    std::string out = dir_.File("unsealed");
+    auto before = ListDir(dir_.path());
+    EXPECT_STATUS(UnsealPackage(Env::Default(), package, TestKey().private_pem, out), code,
+                  substr);
+    EXPECT_FALSE(fs::exists(out));
+    EXPECT_EQ(ListDir(dir_.path()).size(), before.size());
+  }
+
+  TempDir dir_;
+  int checks_ = 0;
+};
+
+TEST_F(PackageTest, RawImageOvaRoundTripsThroughUnseal) {
+  std::string disk = MakeRaw("disk.img", 300000);
+  std::string ova = Seal({disk});
+  std::string out = dir_.File("plain");
+  ASSERT_OK(UnsealPackage(Env::Default(), ova, TestKey().private_pem, out));
+  EXPECT_EQ(ReadFileOrDie(out + "/disk1.raw"), ReadFileOrDie(disk));
+  EXPECT_TRUE(ValidatesAgainstSchema(out + "/sealed.ovf"));
+  std::string mf = ReadFileOrDie(out + "/sealed.mf");
+  EXPECT_NE(mf.find("SHA256(disk1.raw)= "), std::string::npos);
+  EXPECT_EQ(ReadFileOrDie(out + "/sealed.ovf").find("EncryptionSection"), std::string::npos);
+}
+
+TEST_F(PackageTest, SealedDescriptorValidatesAgainstSchema) {
+  std::string ova = Seal({MakeRaw("disk.img", 1000)});
+  EXPECT_TRUE(DescriptorValidates(ova));
+}
+
+TEST_F(PackageTest, OvaMemberOrderIsDescriptorFilesManifest) {
+  std::string ova = Seal({MakeRaw("a.img", 10), MakeRaw("b.img", 20)});
+  std::vector<RawMember> m = Members(ova);
+  ASSERT_EQ(m.size(), 4u);
+  EXPECT_EQ(m[0].name, "sealed.ovf");
+  EXPECT_EQ(m[1].name, "disk1.raw.vmseal");
+  EXPECT_EQ(m[2].name, "disk2.raw.vmseal");
+  EXPECT_EQ(m[3].name, "sealed.mf");
+}
+
+TEST_F(PackageTest, TagRecordsIdentityAndAlgorithms) {
+  std::string ova = Seal({MakeRaw("disk.img", 10)});
+  auto p = Package::Open(Env::Default(), ova, PackageOpenOptions());
+  ASSERT_OK(p);
+  const EncryptionTag& t = (*p)->tag();
+  EXPECT_EQ(t.format, "vmseal-package");
+  EXPECT_EQ(t.version, 1u);
+  EXPECT_EQ(t.image_id, "img-0001");
+  EXPECT_EQ(t.tenant, "acme");
+  EXPECT_EQ(t.created, "2026-11-27T03:00:00Z");
+  EXPECT_EQ(t.data_algorithm, kAes256GcmUri);
+  EXPECT_EQ(t.key_wrap_algorithm, kRsaOaepMgf1pUri);
+  EXPECT_TRUE(t.key_id.starts_with("sha256:"));
+  EXPECT_EQ((*p)->wrapped_key().oaep_label, OaepLabel(t));
+}
+
+TEST_F(PackageTest, Qcow2DiskRecordsFormatAndVirtualSize) {
+  std::string qcow = dir_.File("disk.qcow2");
+  std::string log;
+  ASSERT_EQ(RunCommand({"qemu-img", "create", "-q", "-f", "qcow2", qcow, "64M"}, &log), 0) << log;
+  std::string ova = Seal({qcow});
+  auto p = Package::Open(Env::Default(), ova, PackageOpenOptions());
+  ASSERT_OK(p);
+  EXPECT_NE((*p)->descriptor_text().find(std::string(kQcow2FormatUri)), std::string::npos);
+  EXPECT_NE((*p)->descriptor_text().find("ovf:capacity=\"67108864\""), std::string::npos);
+  EXPECT_TRUE(DescriptorValidates(ova));
+  std::string out = dir_.File("plain");
+  ASSERT_OK(UnsealPackage(Env::Default(), ova, TestKey().private_pem, out));
+  EXPECT_EQ(ReadFileOrDie(out + "/disk1.qcow2"), ReadFileOrDie(qcow));
+  ASSERT_EQ(RunCommand({"qemu-img", "check", out + "/disk1.qcow2"}, &log), 0) << log;
+}
+
+TEST_F(PackageTest, DirectoryFormatRoundTrips) {
+  std::string disk = MakeRaw("disk.img", 5000);
+  std::string pkg = Seal({disk}, "pkgdir");
+  EXPECT_TRUE(fs::is_directory(pkg));
+  EXPECT_TRUE(DescriptorValidates(pkg));
+  std::string out = dir_.File("plain");
+  ASSERT_OK(UnsealPackage(Env::Default(), pkg, TestKey().private_pem, out));
+  EXPECT_EQ(ReadFileOrDie(out + "/disk1.raw"), ReadFileOrDie(disk));
+}
+
+TEST_F(PackageTest, MultiDiskRoundTrips) {
+  std::string a = MakeRaw("a.img", 4096), b = MakeRaw("b.img", 1), c = MakeRaw("c.img", 0);
+  std::string ova = Seal({a, b, c});
+  EXPECT_TRUE(DescriptorValidates(ova));
+  std::string out = dir_.File("plain");
+  ASSERT_OK(UnsealPackage(Env::Default(), ova, TestKey().private_pem, out));
+  EXPECT_EQ(ReadFileOrDie(out + "/disk1.raw"), ReadFileOrDie(a));
+  EXPECT_EQ(ReadFileOrDie(out + "/disk2.raw"), ReadFileOrDie(b));
+  EXPECT_EQ(ReadFileOrDie(out + "/disk3.raw"), ReadFileOrDie(c));
+}
+
+class ImportTest : public PackageTest {
+ protected:
+  void SetUp() override {
+    src_ = dir_.File("vbox");
+    fs::create_directories(src_);
+    std::string testdata = vmseal::testing::SourceDir() + "/tests/testdata/ovf/";
+    fs::copy_file(testdata + "vbox-1.0.ovf", src_ + "/vbox.ovf");
+    fs::copy_file(testdata + "vbox-disk001.vmdk", src_ + "/vbox-disk001.vmdk");
+  }
+  std::string src_;
+};
+
+TEST_F(ImportTest, VirtualBoxOvf1DirectoryIsUpgradedAndRoundTrips) {
+  std::string ova = Seal({src_ + "/vbox.ovf"});
+  EXPECT_TRUE(DescriptorValidates(ova));
+  auto p = Package::Open(Env::Default(), ova, PackageOpenOptions());
+  ASSERT_OK(p);
+  const std::string& text = (*p)->descriptor_text();
+  EXPECT_EQ(text.find(std::string(kOvf1Namespace)), std::string::npos);
+  EXPECT_NE(text.find("Debian_64"), std::string::npos);  // the rest is kept
+  EXPECT_EQ(text.find("vbox:Machine"), std::string::npos);  // not allowed in OVF 2
+  std::string out = dir_.File("plain");
+  ASSERT_OK(UnsealPackage(Env::Default(), ova, TestKey().private_pem, out));
+  EXPECT_EQ(ReadFileOrDie(out + "/vbox-disk001.vmdk"), ReadFileOrDie(src_ + "/vbox-disk001.vmdk"));
+  EXPECT_TRUE(ValidatesAgainstSchema(out + "/sealed.ovf"));
+}
+
+TEST_F(ImportTest, PlainOvaIsSealedFromArchiveMembers) {
+  std::string plain_ova = dir_.File("plain-in.ova");
+  WriteFileOrDie(plain_ova, RawTar({{"vbox.ovf", ReadFileOrDie(src_ + "/vbox.ovf")},
+                                    {"vbox-disk001.vmdk", ReadFileOrDie(src_ + "/vbox-disk001.vmdk")}}));
+  std::string ova = Seal({plain_ova});
+  EXPECT_TRUE(DescriptorValidates(ova));
+  std::string out = dir_.File("plain");
+  ASSERT_OK(UnsealPackage(Env::Default(), ova, TestKey().private_pem, out));
+  EXPECT_EQ(ReadFileOrDie(out + "/vbox-disk001.vmdk"), ReadFileOrDie(src_ + "/vbox-disk001.vmdk"));
+}
+
+TEST_F(ImportTest, RequiredForeignExtensionIsRefused) {
+  std::string text = ReadFileOrDie(src_ + "/vbox.ovf");
+  ReplaceAll(&text, "<vbox:Machine ovf:required=\"false\"", "<vbox:Machine");
+  WriteFileOrDie(src_ + "/vbox.ovf", text);
+  SealOptions o = Options({src_ + "/vbox.ovf"});
+  EXPECT_STATUS(SealPackage(Env::Default(), o, dir_.File("x.ova")), StatusCode::kUnimplemented,
+                "required extension element Machine");
+  EXPECT_FALSE(fs::exists(dir_.File("x.ova")));
+}
+
+TEST_F(ImportTest, CompressedFileIsRefused) {
+  std::string text = ReadFileOrDie(src_ + "/vbox.ovf");
+  ReplaceAll(&text, "ovf:href=\"vbox-disk001.vmdk\"",
+             "ovf:href=\"vbox-disk001.vmdk\" ovf:compression=\"gzip\"");
+  WriteFileOrDie(src_ + "/vbox.ovf", text);
+  EXPECT_STATUS(SealPackage(Env::Default(), Options({src_ + "/vbox.ovf"}), dir_.File("x.ova")),
+                StatusCode::kUnimplemented, "compressed");
+}
+
+TEST_F(PackageTest, AlreadySealedInputIsRefused) {
+  std::string ova = Seal({MakeRaw("disk.img", 10)});
+  EXPECT_STATUS(SealPackage(Env::Default(), Options({ova}), dir_.File("again.ova")),
+                StatusCode::kFailedPrecondition, "already sealed");
+}
+
+TEST_F(PackageTest, ExistingOutputIsRefused) {
+  std::string disk = MakeRaw("disk.img", 10);
+  WriteFileOrDie(dir_.File("taken.ova"), "x");
+  EXPECT_STATUS(SealPackage(Env::Default(), Options({disk}), dir_.File("taken.ova")),
+                StatusCode::kAlreadyExists, "output exists");
+  EXPECT_EQ(ReadFileOrDie(dir_.File("taken.ova")), "x");
+}
+
+TEST_F(PackageTest, DiskAboveGcmSingleMessageLimitIsRefused) {
+  std::string big = dir_.File("big.img");
+  { std::ofstream f(big); }
+  fs::resize_file(big, kMaxGcmMessageBytes + 1);  // sparse
+  EXPECT_STATUS(SealPackage(Env::Default(), Options({big}), dir_.File("big.ova")),
+                StatusCode::kOutOfRange, "single-message limit");
+  EXPECT_FALSE(fs::exists(dir_.File("big.ova")));
+}
+
+TEST_F(PackageTest, InvalidImageIdIsRefused) {
+  SealOptions o = Options({MakeRaw("disk.img", 10)});
+  o.image_id = "bad id";
+  EXPECT_STATUS(SealPackage(Env::Default(), o, dir_.File("x.ova")), StatusCode::kInvalidArgument,
+                "image id has a character");
+}
+
+TEST_F(PackageTest, HostApiDecryptsWithUnwrappedKey) {
+  std::string disk = MakeRaw("disk.img", 70000);
+  std::string ova = Seal({disk});
+  auto p = Package::Open(Env::Default(), ova, PackageOpenOptions());
+  ASSERT_OK(p);
+  auto key = (*p)->UnwrapDataKey(TestKey().private_pem);
+  ASSERT_OK(key);
+  auto out = AtomicOutputFile::Create(Env::Default(), dir_.File("disk.out"), 0600);
+  ASSERT_OK(out);
+  ASSERT_OK((*p)->DecryptFile("file1", *key, (*out)->file()));
+  ASSERT_OK((*out)->Commit());
+  EXPECT_EQ(ReadFileOrDie(dir_.File("disk.out")), ReadFileOrDie(disk));
+}
+
+TEST_F(PackageTest, GcmPackageHasNoRandomAccessReader) {
+  std::string ova = Seal({MakeRaw("disk.img", 10)});
+  auto p = Package::Open(Env::Default(), ova, PackageOpenOptions());
+  ASSERT_OK(p);
+  auto key = (*p)->UnwrapDataKey(TestKey().private_pem);
+  ASSERT_OK(key);
+  EXPECT_STATUS((*p)->NewDiskReader("file1", *key).status(), StatusCode::kFailedPrecondition,
+                "random access needs the stream format");
+}
+
+TEST_F(PackageTest, WrongPrivateKeyIsRefused) {
+  std::string ova = Seal({MakeRaw("disk.img", 10)});
+  std::string out = dir_.File("plain");
+  EXPECT_STATUS(UnsealPackage(Env::Default(), ova, OtherTestKey().private_pem, out),
+                StatusCode::kFailedPrecondition, "not the package's recipient");
+  EXPECT_FALSE(fs::exists(out));
+}
+
+TEST_F(PackageTest, InspectJsonShowsTagWithoutKey) {
+  std::string ova = Seal({MakeRaw("disk.img", 10)});
+  auto text = InspectPackage(Env::Default(), ova, /*json=*/true);
+  ASSERT_OK(text);
+  EXPECT_NE(text->find("\"imageId\": \"img-0001\""), std::string::npos);
+  EXPECT_NE(text->find("\"manifest\": \"verified\""), std::string::npos);
+}
+
+// --- Untrusted packages: each its own error, no output. ---
+
+TEST_F(PackageTest, UnsealRejectsAbsolutePathMember) {
+  std::string ova = Seal({MakeRaw("disk.img", 10)});
+  std::string bad = Rewrite(ova, "bad.ova", [](auto* m) { m->push_back({"/etc/cron.d/x", "x"}); },
+                            false);
+  ExpectUnsealFails(bad, StatusCode::kInvalidArgument, "absolute path");
+}
+
+TEST_F(PackageTest, UnsealRejectsDotDotMember) {
+  std::string ova = Seal({MakeRaw("disk.img", 10)});
+  std::string bad = Rewrite(ova, "bad.ova", [](auto* m) { m->push_back({"../x", "x"}); }, false);
+  ExpectUnsealFails(bad, StatusCode::kInvalidArgument, "'..'");
+}
+
+TEST_F(PackageTest, UnsealRejectsSymlinkMember) {
+  std::string ova = Seal({MakeRaw("disk.img", 10)});
+  std::string bad = Rewrite(ova, "bad.ova",
+                            [](auto* m) { m->push_back({"l", "", '2', "/etc/shadow"}); }, false);
+  ExpectUnsealFails(bad, StatusCode::kInvalidArgument, "is a link");
+}
+
+TEST_F(PackageTest, UnsealRejectsDeviceMember) {
+  std::string ova = Seal({MakeRaw("disk.img", 10)});
+  std::string bad = Rewrite(ova, "bad.ova", [](auto* m) { m->push_back({"sda", "", '4'}); }, false);
+  ExpectUnsealFails(bad, StatusCode::kInvalidArgument, "is a device");
+}
+
+TEST_F(PackageTest, UnsealRejectsDuplicateMember) {
+  std::string ova = Seal({MakeRaw("disk.img", 10)});
+  std::string bad = Rewrite(ova, "bad.ova", [](auto* m) { m->push_back((*m)[1]); }, false);
+  ExpectUnsealFails(bad, StatusCode::kInvalidArgument, "duplicate OVA member");
+}
+
+TEST_F(PackageTest, UnsealRejectsOversizedDescriptor) {
+  std::string ova = Seal({MakeRaw("disk.img", 10)});
+  std::string bad = Rewrite(ova, "bad.ova", [&](auto* m) {
+    DescriptorOf(m) += "<!--" + std::string(kMaxDescriptorBytes, 'x') + "-->";
+  }, true);
+  ExpectUnsealFails(bad, StatusCode::kInvalidArgument, "descriptor larger than");
+}
+
+TEST_F(PackageTest, UnsealRejectsDoctypeWithExternalEntity) {
+  std::string ova = Seal({MakeRaw("disk.img", 10)});
+  std::string bad = Rewrite(ova, "bad.ova", [&](auto* m) {
+    std::string& d = DescriptorOf(m);
+    d.insert(d.find("<Envelope"),
+             "<!DOCTYPE Envelope [<!ENTITY xxe SYSTEM \"file:///etc/passwd\">]>\n");
+    ReplaceAll(&d, "<Info>Virtual disks</Info>", "<Info>&xxe;</Info>");
+  }, true);
+  ExpectUnsealFails(bad, StatusCode::kInvalidArgument, "DOCTYPE");
+}
+
+TEST_F(PackageTest, UnsealRejectsManifestMismatch) {
+  std::string ova = Seal({MakeRaw("disk.img", 100)});
+  std::string bad = Rewrite(ova, "bad.ova", [](auto* m) { (*m)[1].data[20] ^= 1; }, false);
+  ExpectUnsealFails(bad, StatusCode::kDataLoss, "manifest mismatch for disk1.raw.vmseal");
+}
+
+TEST_F(PackageTest, UnsealRejectsMissingFile) {
+  std::string ova = Seal({MakeRaw("disk.img", 10)});
+  std::string bad = Rewrite(ova, "bad.ova", [](auto* m) { m->erase(m->begin() + 1); }, false);
+  ExpectUnsealFails(bad, StatusCode::kInvalidArgument, "missing file: disk1.raw.vmseal");
+}
+
+TEST_F(PackageTest, UnsealRejectsExtraFile) {
+  std::string ova = Seal({MakeRaw("disk.img", 10)});
+  std::string bad = Rewrite(ova, "bad.ova", [](auto* m) { m->push_back({"notes.txt", "hi"}); },
+                            false);
+  ExpectUnsealFails(bad, StatusCode::kInvalidArgument, "extra file in package: notes.txt");
+}
+
+TEST_F(PackageTest, UnsealRejectsMissingManifest) {
+  std::string ova = Seal({MakeRaw("disk.img", 10)});
+  std::string bad = Rewrite(ova, "bad.ova", [](auto* m) { m->pop_back(); }, false);
+  ExpectUnsealFails(bad, StatusCode::kInvalidArgument, "package has no manifest");
+}
+
+TEST_F(PackageTest, UnsealRejectsUnknownAlgorithmInTag) {
+  std::string ova = Seal({MakeRaw("disk.img", 10)});
+  std::string bad = Rewrite(ova, "bad.ova", [&](auto* m) {
+    ReplaceAll(&DescriptorOf(m), std::string(kAes256GcmUri), "urn:example:rot13");
+  }, true);
+  ExpectUnsealFails(bad, StatusCode::kInvalidArgument, "unknown data algorithm in tag");
+}
+
+TEST_F(PackageTest, UnsealRejectsUnknownTagVersion) {
+  std::string ova = Seal({MakeRaw("disk.img", 10)});
+  std::string bad = Rewrite(ova, "bad.ova", [&](auto* m) {
+    ReplaceAll(&DescriptorOf(m), "format=\"vmseal-package\" version=\"1\"",
+               "format=\"vmseal-package\" version=\"9\"");
+  }, true);
+  ExpectUnsealFails(bad, StatusCode::kInvalidArgument, "unsupported tag version");
+}
+
+TEST_F(PackageTest, UnsealRejectsUnencryptedPackage) {
+  std::string disk = MakeRaw("disk.img", 10);
+  VirtualSystemSpec vm;
+  std::string text = GenerateDescriptor(vm, {{"file1", "disk1.raw", 10, 10, std::string(kRawFormatUri)}});
+  crypto::Sha256Digest d1 = crypto::Sha256(text);
+  crypto::Sha256Digest d2 = crypto::Sha256(ReadFileOrDie(disk));
+  std::string mf = FormatManifest({{DigestAlgorithm::kSha256, "p.ovf", {d1.begin(), d1.end()}},
+                                   {DigestAlgorithm::kSha256, "disk1.raw", {d2.begin(), d2.end()}}});
+  std::string plain = dir_.File("plain.ova");
+  WriteFileOrDie(plain, RawTar({{"p.ovf", text}, {"disk1.raw", ReadFileOrDie(disk)}, {"p.mf", mf}}));
+  ExpectUnsealFails(plain, StatusCode::kFailedPrecondition, "package is not encrypted");
+}
+
+TEST_F(PackageTest, UnsealRejectsChangedIdentityViaLabelCheck) {
+  std::string ova = Seal({MakeRaw("disk.img", 10)});
+  std::string bad = Rewrite(ova, "bad.ova", [&](auto* m) {
+    ReplaceAll(&DescriptorOf(m), "imageId=\"img-0001\"", "imageId=\"img-0002\"");
+  }, true);
+  ExpectUnsealFails(bad, StatusCode::kInvalidArgument, "OAEP label does not match");
+}
+
+TEST_F(PackageTest, UnsealFailsDecryptionWhenIdentityAndLabelAreBothChanged) {
+  std::string ova = Seal({MakeRaw("disk.img", 10)});
+  EncryptionTag old_tag;
+  {
+    auto p = Package::Open(Env::Default(), ova, PackageOpenOptions());
+    ASSERT_OK(p);
+    old_tag = (*p)->tag();
+  }
+  EncryptionTag new_tag = old_tag;
+  new_tag.image_id = "img-0002";
+  std::string bad = Rewrite(ova, "bad.ova", [&](auto* m) {
+    std::string& d = DescriptorOf(m);
+    ReplaceAll(&d, "imageId=\"img-0001\"", "imageId=\"img-0002\"");
+    ReplaceAll(&d, crypto::Base64Encode(OaepLabel(old_tag)), crypto::Base64Encode(OaepLabel(new_tag)));
+  }, true);
+  ExpectUnsealFails(bad, StatusCode::kDataLoss, "decryption failed");
+}
+
+TEST_F(PackageTest, UnsealFailsOnTamperedCiphertextWithoutPartialOutput) {
+  std::string ova = Seal({MakeRaw("disk.img", 3000000)});
+  std::string bad = Rewrite(ova, "bad.ova", [](auto* m) { (*m)[1].data[2000000] ^= 0x40; }, true);
+  ExpectUnsealFails(bad, StatusCode::kDataLoss, "decryption failed");
+}
+
+// --- The default stream format (needs the stream component). ---
+
+class StreamPackageTest : public PackageTest {
+ protected:
+  void SetUp() override {
+    if (!internal::StreamFormatAvailable()) GTEST_SKIP() << "stream component not linked yet";
+  }
+};
+
+TEST_F(StreamPackageTest, DefaultFormatRoundTripsAndValidates) {
+  std::string disk = MakeRaw("disk.img", 1 << 20);
+  std::string ova = Seal({disk}, "sealed.ova", /*compat=*/false);
+  EXPECT_TRUE(DescriptorValidates(ova));
+  std::string out = dir_.File("plain");
+  ASSERT_OK(UnsealPackage(Env::Default(), ova, TestKey().private_pem, out));
+  EXPECT_EQ(ReadFileOrDie(out + "/disk1.raw"), ReadFileOrDie(disk));
+}
+
+TEST_F(StreamPackageTest, DiskReaderReadsARangeFromTheOva) {
+  std::string disk = MakeRaw("disk.img", 300000);
+  std::string ova = Seal({disk}, "sealed.ova", /*compat=*/false);
+  auto p = Package::Open(Env::Default(), ova, PackageOpenOptions());
+  ASSERT_OK(p);
+  EXPECT_EQ((*p)->tag().data_algorithm, kStreamAlgorithmUri);
+  EXPECT_EQ((*p)->tag().key_wrap_algorithm, kRsaOaepUri);
+  auto key = (*p)->UnwrapDataKey(TestKey().private_pem);
+  ASSERT_OK(key);
+  auto reader = (*p)->NewDiskReader("file1", *key);
+  ASSERT_OK(reader);
+  EXPECT_EQ((*reader)->plaintext_size(), 300000u);
+  std::string buf(1000, '\0');
+  auto n = (*reader)->ReadAt(123456, std::span<uint8_t>(reinterpret_cast<uint8_t*>(buf.data()), 1000));
+  ASSERT_OK(n);
+  EXPECT_EQ(buf, ReadFileOrDie(disk).substr(123456, 1000));
+}
+
+TEST_F(StreamPackageTest, SwappedDisksFailToDecrypt) {
+  std::string ova = Seal({MakeRaw("a.img", 5000), MakeRaw("b.img", 5000)}, "sealed.ova", false);
+  std::string bad = Rewrite(ova, "bad.ova", [](auto* m) { std::swap((*m)[1].data, (*m)[2].data); },
+                            true);
+  ExpectUnsealFails(bad, StatusCode::kDataLoss, "decryption failed");
+}
+
+TEST_F(PackageTest, FailedSealLeavesNoOutput) {
+  std::string disk = MakeRaw("disk.img", 10);
+  EXPECT_STATUS(SealPackage(Env::Default(), Options({disk, dir_.File("absent.img")}),
+                            dir_.File("x.ova")),
+                StatusCode::kNotFound, "absent.img");
+  EXPECT_FALSE(fs::exists(dir_.File("x.ova")));
+  EXPECT_EQ(ListDir(dir_.path()).size(), 1u);
+}
+
+TEST_F(PackageTest, DirectoryPackageWithSymlinkIsRejected) {
+  std::string pkg = Seal({MakeRaw("disk.img", 10)}, "pkgdir");
+  fs::create_symlink("/etc/passwd", pkg + "/passwd");
+  ExpectUnsealFails(pkg, StatusCode::kInvalidArgument, "non-regular file: passwd");
+}
+
+TEST_F(PackageTest, SealedDirectoryFileTamperingIsCaughtByManifest) {
+  std::string pkg = Seal({MakeRaw("disk.img", 100)}, "pkgdir");
+  std::string d = ReadFileOrDie(pkg + "/disk1.raw.vmseal");
+  d[50] ^= 1;
+  WriteFileOrDie(pkg + "/disk1.raw.vmseal", d);
+  ExpectUnsealFails(pkg, StatusCode::kDataLoss, "manifest mismatch for disk1.raw.vmseal");
+}
+
+}  // namespace
+}  // namespace vmseal::ovf

@@ -1,0 +1,537 @@
+#include "store/s3_store.h"
+
+#include <curl/curl.h>
+#include <libxml/parser.h>
+#include <libxml/tree.h>
+
+#include <algorithm>
+#include <cstring>
+#include <mutex>
+#include <utility>
+#include <vector>
+
+#include "crypto/primitives.h"
+
+namespace vmseal::store {
+namespace {
+
+constexpr char kShaPrefix[] = ".vmseal-sha256/";
+
+struct CurlDeleter {
+  void operator()(CURL* c) const { curl_easy_cleanup(c); }
+};
+struct SlistDeleter {
+  void operator()(curl_slist* l) const { curl_slist_free_all(l); }
+};
+struct XmlDocDeleter {
+  void operator()(xmlDoc* d) const { xmlFreeDoc(d); }
+};
+using CurlPtr = std::unique_ptr<CURL, CurlDeleter>;
+using SlistPtr = std::unique_ptr<curl_slist, SlistDeleter>;
+using XmlDocPtr = std::unique_ptr<xmlDoc, XmlDocDeleter>;
+
+void GlobalInit() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    xmlInitParser();
+  });
+}
+
+std::string Escape(const std::string& s) {
+  // RFC 3986 unreserved characters stay; everything else is %XX (uppercase),
+  // which is also SigV4's canonical form.
+  static const char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char c : s) {
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+        c == '_' || c == '.' || c == '~') {
+      out += static_cast<char>(c);
+    } else {
+      out += '%';
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    }
+  }
+  return out;
+}
+
+// Text of the first element named `name` below `node` (depth first).
+const xmlNode* FindElement(const xmlNode* node, const char* name) {
+  for (const xmlNode* n = node; n != nullptr; n = n->next) {
+    if (n->type == XML_ELEMENT_NODE &&
+        std::strcmp(reinterpret_cast<const char*>(n->name), name) == 0) {
+      return n;
+    }
+    if (const xmlNode* found = FindElement(n->children, name)) return found;
+  }
+  return nullptr;
+}
+
+std::string ElementText(const xmlNode* node) {
+  if (node == nullptr) return "";
+  xmlChar* text = xmlNodeGetContent(node);
+  std::string out = text != nullptr ? reinterpret_cast<const char*>(text) : "";
+  xmlFree(text);
+  return out;
+}
+
+StatusOr<XmlDocPtr> ParseXml(const std::string& body) {
+  XmlDocPtr doc(xmlReadMemory(body.data(), static_cast<int>(body.size()), "s3.xml", nullptr,
+                              XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING));
+  if (doc == nullptr) return UnavailableError("S3 answered with malformed XML");
+  return doc;
+}
+
+}  // namespace
+
+struct S3Response {
+  long status = 0;
+  std::string body;
+  std::string etag;
+  uint64_t content_length = 0;
+};
+
+struct S3Request {
+  const char* method = "GET";
+  std::string key;    // object key, may be empty for bucket requests
+  std::string query;  // canonical (sorted, escaped), without '?'
+  std::span<const uint8_t> body;
+  std::string range;  // "bytes=a-b" or empty
+  // Where a GET body goes; nullptr means S3Response::body.
+  std::span<uint8_t>* into = nullptr;
+};
+
+class S3ObjectStore::Client {
+ public:
+  explicit Client(S3ObjectStore::Options options) : options_(std::move(options)) {}
+
+  StatusOr<S3Response> Do(const S3Request& req) const;
+  // Do, then maps a non-2xx answer to a Status naming `what`.
+  StatusOr<S3Response> DoOk(const S3Request& req, const std::string& what) const;
+
+  uint64_t part_size() const { return options_.part_size_bytes; }
+
+ private:
+  struct Transfer {
+    std::span<const uint8_t> upload;
+    size_t upload_pos = 0;
+    S3Response* response = nullptr;
+    std::span<uint8_t>* into = nullptr;
+    size_t into_pos = 0;
+    bool overflow = false;
+  };
+  static size_t ReadCb(char* buf, size_t size, size_t n, void* arg);
+  static size_t WriteCb(char* buf, size_t size, size_t n, void* arg);
+  static size_t HeaderCb(char* buf, size_t size, size_t n, void* arg);
+
+  const S3ObjectStore::Options options_;
+};
+
+size_t S3ObjectStore::Client::ReadCb(char* buf, size_t size, size_t n, void* arg) {
+  auto* t = static_cast<Transfer*>(arg);
+  size_t len = std::min(size * n, t->upload.size() - t->upload_pos);
+  std::memcpy(buf, t->upload.data() + t->upload_pos, len);
+  t->upload_pos += len;
+  return len;
+}
+
+size_t S3ObjectStore::Client::WriteCb(char* buf, size_t size, size_t n, void* arg) {
+  auto* t = static_cast<Transfer*>(arg);
+  size_t len = size * n;
+  if (t->into != nullptr && t->response->status / 100 == 2) {
+    if (len > t->into->size() - t->into_pos) {
+      t->overflow = true;
+      return 0;  // aborts the transfer
+    }
+    std::memcpy(t->into->data() + t->into_pos, buf, len);
+    t->into_pos += len;
+  } else {
+    if (t->response->body.size() + len > (16u << 20)) return 0;  // bounded
+    t->response->body.append(buf, len);
+  }
+  return len;
+}
+
+size_t S3ObjectStore::Client::HeaderCb(char* buf, size_t size, size_t n, void* arg) {
+  auto* t = static_cast<Transfer*>(arg);
+  std::string line(buf, size * n);
+  if (line.starts_with("HTTP/")) {
+    size_t sp = line.find(' ');
+    if (sp != std::string::npos) t->response->status = std::atol(line.c_str() + sp + 1);
+    return size * n;
+  }
+  size_t colon = line.find(':');
+  if (colon == std::string::npos) return size * n;
+  std::string name = line.substr(0, colon);
+  std::transform(name.begin(), name.end(), name.begin(), ::tolower);
+  std::string value = line.substr(colon + 1);
+  while (!value.empty() && (value.front() == ' ')) value.erase(0, 1);
+  while (!value.empty() && (value.back() == '\r' || value.back() == '\n' || value.back() == ' ')) {
+    value.pop_back();
+  }
+  if (name == "etag") t->response->etag = value;
+  if (name == "content-length") t->response->content_length = std::strtoull(value.c_str(), nullptr, 10);
+  return size * n;
+}
+
+StatusOr<S3Response> S3ObjectStore::Client::Do(const S3Request& req) const {
+  CurlPtr curl(curl_easy_init());
+  if (curl == nullptr) return InternalError("curl_easy_init failed");
+  CURL* c = curl.get();
+  std::string url = options_.endpoint + "/" + options_.bucket + "/";
+  // Keys passed ValidateKey (or are companion keys built from one), so they
+  // need no escaping; '/' separates path segments as S3 expects.
+  url += req.key;
+  if (!req.query.empty()) url += "?" + req.query;
+
+  S3Response response;
+  Transfer t;
+  t.upload = req.body;
+  t.response = &response;
+  t.into = req.into;
+
+  curl_slist* raw = nullptr;
+  // The payload hash is signed (S3 checks it against the body).
+  std::string payload_sha = crypto::HexEncode(crypto::Sha256(req.body));
+  raw = curl_slist_append(raw, ("x-amz-content-sha256: " + payload_sha).c_str());
+  raw = curl_slist_append(raw, "Expect:");
+  if (!req.range.empty()) raw = curl_slist_append(raw, ("Range: " + req.range).c_str());
+  SlistPtr headers(raw);
+
+  // "key:secret" for libcurl, which copies it; our copy is wiped.
+  SecretBytes userpwd(options_.access_key_id.size() + 1 + options_.secret_access_key.size() + 1);
+  {
+    uint8_t* p = userpwd.UnsafeMutableData();
+    std::memcpy(p, options_.access_key_id.data(), options_.access_key_id.size());
+    p += options_.access_key_id.size();
+    *p++ = ':';
+    std::memcpy(p, options_.secret_access_key.UnsafeData(), options_.secret_access_key.size());
+  }
+  std::string sigv4 = "aws:amz:" + options_.region + ":s3";
+
+  curl_easy_setopt(c, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(c, CURLOPT_AWS_SIGV4, sigv4.c_str());
+  curl_easy_setopt(c, CURLOPT_USERPWD, reinterpret_cast<const char*>(userpwd.UnsafeData()));
+  curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers.get());
+  curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(c, CURLOPT_TIMEOUT, options_.timeout_seconds);
+  curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 10L);
+  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, &Client::WriteCb);
+  curl_easy_setopt(c, CURLOPT_WRITEDATA, &t);
+  curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, &Client::HeaderCb);
+  curl_easy_setopt(c, CURLOPT_HEADERDATA, &t);
+  if (!options_.ca_file.empty()) curl_easy_setopt(c, CURLOPT_CAINFO, options_.ca_file.c_str());
+
+  std::string_view method = req.method;
+  if (method == "PUT") {
+    curl_easy_setopt(c, CURLOPT_UPLOAD, 1L);
+    curl_easy_setopt(c, CURLOPT_READFUNCTION, &Client::ReadCb);
+    curl_easy_setopt(c, CURLOPT_READDATA, &t);
+    curl_easy_setopt(c, CURLOPT_INFILESIZE_LARGE, static_cast<curl_off_t>(req.body.size()));
+  } else if (method == "POST") {
+    curl_easy_setopt(c, CURLOPT_POST, 1L);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, reinterpret_cast<const char*>(req.body.data()));
+    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(req.body.size()));
+  } else if (method == "HEAD") {
+    curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
+  } else if (method == "DELETE") {
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, "DELETE");
+  }
+
+  CURLcode rc = curl_easy_perform(c);
+  if (t.overflow) return DataLossError("S3 returned more bytes than requested");
+  if (rc != CURLE_OK) {
+    return UnavailableError(std::string("S3 request failed: ") + curl_easy_strerror(rc));
+  }
+  long code = 0;
+  curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
+  response.status = code;
+  if (req.into != nullptr) *req.into = req.into->subspan(0, t.into_pos);
+  return response;
+}
+
+StatusOr<S3Response> S3ObjectStore::Client::DoOk(const S3Request& req,
+                                                 const std::string& what) const {
+  ASSIGN_OR_RETURN(S3Response r, Do(req));
+  if (r.status / 100 == 2) {
+    // CompleteMultipartUpload may report an error inside a 200 answer.
+    if (r.body.find("<Error>") == std::string::npos) return r;
+  }
+  std::string s3code;
+  size_t a = r.body.find("<Code>");
+  size_t b = r.body.find("</Code>");
+  if (a != std::string::npos && b != std::string::npos && b > a) {
+    s3code = r.body.substr(a + 6, std::min<size_t>(b - a - 6, 64));
+  }
+  std::string msg = what + ": S3 status " + std::to_string(r.status) +
+                    (s3code.empty() ? "" : " " + s3code);
+  switch (r.status) {
+    case 404: return NotFoundError(msg);
+    case 403: return PermissionDeniedError(msg);
+    case 400: return InvalidArgumentError(msg);
+    default: return r.status >= 500 ? UnavailableError(msg) : UnknownError(msg);
+  }
+}
+
+namespace {
+
+// A ranged-GET view of one object. The size is fixed at open; S3 objects are
+// immutable, and a replacing Put shows up as a short or failed read.
+class S3File final : public RandomAccessFile {
+ public:
+  S3File(const S3ObjectStore::Client* client, std::string key, uint64_t size)
+      : client_(client), key_(std::move(key)), size_(size) {}
+
+  StatusOr<size_t> Read(uint64_t offset, std::span<uint8_t> out) const override {
+    if (offset >= size_ || out.empty()) return size_t{0};
+    uint64_t len = std::min<uint64_t>(out.size(), size_ - offset);
+    S3Request req;
+    req.key = key_;
+    req.range = "bytes=" + std::to_string(offset) + "-" + std::to_string(offset + len - 1);
+    std::span<uint8_t> into = out.subspan(0, len);
+    req.into = &into;
+    ASSIGN_OR_RETURN(S3Response r, client_->DoOk(req, "get " + key_));
+    if (into.size() != len) return DataLossError("short ranged read of " + key_);
+    return static_cast<size_t>(len);
+  }
+  StatusOr<uint64_t> Size() const override { return size_; }
+
+ private:
+  const S3ObjectStore::Client* const client_;
+  const std::string key_;
+  const uint64_t size_;
+};
+
+// Fills `buf` from `source`; returns the count, smaller only at end.
+StatusOr<size_t> ReadFull(Reader& source, std::span<uint8_t> buf) {
+  size_t got = 0;
+  while (got < buf.size()) {
+    ASSIGN_OR_RETURN(size_t n, source.Read(buf.subspan(got)));
+    if (n == 0) break;
+    got += n;
+  }
+  return got;
+}
+
+Status QuotaError(uint64_t max) {
+  return ResourceExhaustedError("object exceeds the size quota of " + std::to_string(max) +
+                                " bytes");
+}
+
+}  // namespace
+
+StatusOr<std::unique_ptr<S3ObjectStore>> S3ObjectStore::Create(Options options) {
+  if (options.endpoint.empty() || options.bucket.empty()) {
+    return InvalidArgumentError("S3 endpoint and bucket are required");
+  }
+  if (!options.endpoint.starts_with("http://") && !options.endpoint.starts_with("https://")) {
+    return InvalidArgumentError("S3 endpoint must start with http:// or https://");
+  }
+  while (options.endpoint.ends_with("/")) options.endpoint.pop_back();
+  if (options.access_key_id.empty() || options.secret_access_key.empty()) {
+    return InvalidArgumentError("S3 access key id and secret are required");
+  }
+  if (options.part_size_bytes < kS3MinPartSizeBytes || options.part_size_bytes > (1ull << 32)) {
+    return InvalidArgumentError("S3 part size must be between 5 MiB and 4 GiB");
+  }
+  GlobalInit();
+  return std::unique_ptr<S3ObjectStore>(
+      new S3ObjectStore(std::make_unique<Client>(std::move(options))));
+}
+
+S3ObjectStore::S3ObjectStore(std::unique_ptr<Client> client) : client_(std::move(client)) {}
+S3ObjectStore::~S3ObjectStore() = default;
+
+StatusOr<ObjectInfo> S3ObjectStore::Put(const std::string& key, Reader& source,
+                                        const PutOptions& options) {
+  RETURN_IF_ERROR(ValidateKey(key));
+  const uint64_t part = client_->part_size();
+  std::vector<uint8_t> buf(part);
+  crypto::Sha256Hasher hasher;
+  ASSIGN_OR_RETURN(size_t first, ReadFull(source, buf));
+  uint64_t total = first;
+  if (options.max_size_bytes != 0 && total > options.max_size_bytes) {
+    return QuotaError(options.max_size_bytes);
+  }
+  hasher.Update(std::span<const uint8_t>(buf.data(), first));
+
+  if (first < part) {
+    S3Request req;
+    req.method = "PUT";
+    req.key = key;
+    req.body = std::span<const uint8_t>(buf.data(), first);
+    RETURN_IF_ERROR(client_->DoOk(req, "put " + key).status());
+  } else {
+    S3Request init;
+    init.method = "POST";
+    init.key = key;
+    init.query = "uploads=";
+    ASSIGN_OR_RETURN(S3Response ir, client_->DoOk(init, "initiate upload of " + key));
+    ASSIGN_OR_RETURN(XmlDocPtr idoc, ParseXml(ir.body));
+    const std::string upload_id = ElementText(FindElement(xmlDocGetRootElement(idoc.get()), "UploadId"));
+    if (upload_id.empty()) return UnavailableError("S3 initiate upload: no UploadId");
+
+    // Everything from here on aborts the upload on failure.
+    auto upload_parts = [&]() -> StatusOr<std::string> {
+      std::string complete = "<CompleteMultipartUpload>";
+      size_t len = first;
+      for (int number = 1; len > 0; ++number) {
+        if (number > 10000) return ResourceExhaustedError("object needs more than 10000 parts");
+        S3Request preq;
+        preq.method = "PUT";
+        preq.key = key;
+        preq.query = "partNumber=" + std::to_string(number) + "&uploadId=" + Escape(upload_id);
+        preq.body = std::span<const uint8_t>(buf.data(), len);
+        ASSIGN_OR_RETURN(S3Response pr,
+                         client_->DoOk(preq, "upload part " + std::to_string(number)));
+        if (pr.etag.empty()) return UnavailableError("S3 upload part: no ETag");
+        complete += "<Part><PartNumber>" + std::to_string(number) + "</PartNumber><ETag>" +
+                    pr.etag + "</ETag></Part>";
+        ASSIGN_OR_RETURN(len, ReadFull(source, buf));
+        total += len;
+        if (options.max_size_bytes != 0 && total > options.max_size_bytes) {
+          return QuotaError(options.max_size_bytes);
+        }
+        hasher.Update(std::span<const uint8_t>(buf.data(), len));
+      }
+      complete += "</CompleteMultipartUpload>";
+      return complete;
+    };
+    auto complete = upload_parts();
+    Status done = complete.status();
+    if (done.ok()) {
+      S3Request creq;
+      creq.method = "POST";
+      creq.key = key;
+      creq.query = "uploadId=" + Escape(upload_id);
+      creq.body = crypto::AsBytes(*complete);
+      done = client_->DoOk(creq, "complete upload of " + key).status();
+    }
+    if (!done.ok()) {
+      S3Request abort;
+      abort.method = "DELETE";
+      abort.key = key;
+      abort.query = "uploadId=" + Escape(upload_id);
+      (void)client_->Do(abort);
+      return done;
+    }
+  }
+
+  ObjectInfo info{key, total, crypto::HexEncode(hasher.Finish())};
+  S3Request side;
+  side.method = "PUT";
+  side.key = kShaPrefix + key;
+  side.body = crypto::AsBytes(info.sha256_hex);
+  RETURN_IF_ERROR(client_->DoOk(side, "put digest of " + key).status());
+  return info;
+}
+
+StatusOr<ObjectInfo> S3ObjectStore::Stat(const std::string& key) {
+  RETURN_IF_ERROR(ValidateKey(key));
+  S3Request side;
+  side.key = kShaPrefix + key;
+  auto sr = client_->DoOk(side, "stat " + key);
+  if (!sr.ok()) {
+    if (sr.status().code() == StatusCode::kNotFound) return NotFoundError("no object " + key);
+    return sr.status();
+  }
+  if (sr->body.size() != 64) return DataLossError("corrupt digest of " + key);
+  S3Request head;
+  head.method = "HEAD";
+  head.key = key;
+  auto hr = client_->DoOk(head, "stat " + key);
+  if (!hr.ok()) {
+    if (hr.status().code() == StatusCode::kNotFound) return NotFoundError("no object " + key);
+    return hr.status();
+  }
+  return ObjectInfo{key, hr->content_length, sr->body};
+}
+
+StatusOr<std::unique_ptr<RandomAccessFile>> S3ObjectStore::Get(const std::string& key) {
+  ASSIGN_OR_RETURN(ObjectInfo info, Stat(key));
+  return std::unique_ptr<RandomAccessFile>(new S3File(client_.get(), key, info.size_bytes));
+}
+
+namespace {
+
+// One ListObjectsV2 walk; returns key -> size.
+StatusOr<std::vector<ObjectInfo>> ListAll(const S3ObjectStore::Client& client,
+                                          const std::string& prefix) {
+  std::vector<ObjectInfo> out;
+  std::string token;
+  for (int page = 0; page < 100000; ++page) {
+    S3Request req;
+    // Parameters in SigV4 canonical (sorted) order.
+    if (!token.empty()) req.query = "continuation-token=" + Escape(token) + "&";
+    req.query += "list-type=2&prefix=" + Escape(prefix);
+    ASSIGN_OR_RETURN(S3Response r, client.DoOk(req, "list"));
+    ASSIGN_OR_RETURN(XmlDocPtr doc, ParseXml(r.body));
+    const xmlNode* root = xmlDocGetRootElement(doc.get());
+    if (root == nullptr) return UnavailableError("S3 list: empty answer");
+    bool truncated = false;
+    token.clear();
+    for (const xmlNode* n = root->children; n != nullptr; n = n->next) {
+      if (n->type != XML_ELEMENT_NODE) continue;
+      std::string_view name = reinterpret_cast<const char*>(n->name);
+      if (name == "Contents") {
+        ObjectInfo info;
+        info.key = ElementText(FindElement(n->children, "Key"));
+        info.size_bytes = std::strtoull(ElementText(FindElement(n->children, "Size")).c_str(),
+                                        nullptr, 10);
+        out.push_back(std::move(info));
+      } else if (name == "IsTruncated") {
+        truncated = ElementText(n) == "true";
+      } else if (name == "NextContinuationToken") {
+        token = ElementText(n);
+      }
+    }
+    if (!truncated) return out;
+    if (token.empty()) return UnavailableError("S3 list: truncated without a token");
+  }
+  return UnavailableError("S3 list: too many pages");
+}
+
+}  // namespace
+
+StatusOr<std::vector<ObjectInfo>> S3ObjectStore::List(const std::string& prefix) {
+  ASSIGN_OR_RETURN(auto objects, ListAll(*client_, prefix));
+  ASSIGN_OR_RETURN(auto digests, ListAll(*client_, kShaPrefix + prefix));
+  std::vector<std::string> complete;
+  for (auto& d : digests) complete.push_back(d.key.substr(sizeof(kShaPrefix) - 1));
+  std::sort(complete.begin(), complete.end());
+  std::vector<ObjectInfo> out;
+  for (auto& o : objects) {
+    if (o.key.starts_with(kShaPrefix)) continue;
+    if (std::binary_search(complete.begin(), complete.end(), o.key)) out.push_back(std::move(o));
+  }
+  std::sort(out.begin(), out.end(),
+            [](const ObjectInfo& a, const ObjectInfo& b) { return a.key < b.key; });
+  return out;
+}
+
+Status S3ObjectStore::CreateBucket() {
+  S3Request req;
+  req.method = "PUT";
+  auto r = client_->Do(req);
+  if (!r.ok()) return r.status();
+  if (r->status / 100 == 2 || r->body.find("BucketAlreadyOwnedByYou") != std::string::npos) {
+    return OkStatus();
+  }
+  return client_->DoOk(req, "create bucket").status();
+}
+
+Status S3ObjectStore::Delete(const std::string& key) {
+  RETURN_IF_ERROR(Stat(key).status());
+  // The digest goes first: that makes the object invisible at once.
+  S3Request side;
+  side.method = "DELETE";
+  side.key = kShaPrefix + key;
+  RETURN_IF_ERROR(client_->DoOk(side, "delete " + key).status());
+  S3Request obj;
+  obj.method = "DELETE";
+  obj.key = key;
+  return client_->DoOk(obj, "delete " + key).status();
+}
+
+}  // namespace vmseal::store

@@ -1,0 +1,62 @@
+// Helpers for hermetic tests: temp dirs, the vmseal binary, status matchers.
+#ifndef VMSEAL_TESTING_TEST_UTIL_H_
+#define VMSEAL_TESTING_TEST_UTIL_H_
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+
+namespace vmseal::testing {
+
+// A fresh directory under $TMPDIR, removed with its content on destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+  // path() + "/" + name.
+  std::string File(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+// The source tree (VMSEAL_SOURCE_DIR, set by CTest) and the built binary
+// (VMSEAL_BINARY).
+std::string SourceDir();
+std::string VmsealBinary();
+
+// Runs argv (no shell) and returns its exit code; stdout+stderr go to
+// *output when given. Aborts the test after `timeout_seconds`.
+int RunCommand(const std::vector<std::string>& argv, std::string* output = nullptr,
+               int timeout_seconds = 300);
+
+// Writes `data` to `path` (test setup only).
+void WriteFileOrDie(const std::string& path, const std::string& data);
+std::string ReadFileOrDie(const std::string& path);
+
+// Names of the entries in `dir` (no "." or "..").
+std::vector<std::string> ListDir(const std::string& dir);
+
+}  // namespace vmseal::testing
+
+// EXPECT_OK(status_or_statusor) / ASSERT_OK(...)
+#define EXPECT_OK(expr) EXPECT_TRUE(::vmseal::internal::AsStatus(expr).ok()) \
+    << ::vmseal::internal::AsStatus(expr).ToString()
+#define ASSERT_OK(expr) ASSERT_TRUE(::vmseal::internal::AsStatus(expr).ok()) \
+    << ::vmseal::internal::AsStatus(expr).ToString()
+// Checks the code and that the message contains `substr`.
+#define EXPECT_STATUS(expr, expected_code, substr)                                  \
+  do {                                                                              \
+    ::vmseal::Status vmseal_s_ = ::vmseal::internal::AsStatus(expr);                 \
+    EXPECT_EQ(vmseal_s_.code(), expected_code) << vmseal_s_.ToString();             \
+    EXPECT_NE(vmseal_s_.message().find(substr), std::string::npos)                  \
+        << vmseal_s_.ToString();                                                    \
+  } while (0)
+
+#endif  // VMSEAL_TESTING_TEST_UTIL_H_

@@ -1,0 +1,53 @@
+// Child processes and qemu's QMP socket. Internal to vmseal_vm.
+#ifndef VMSEAL_VM_INTERNAL_PROCESS_H_
+#define VMSEAL_VM_INTERNAL_PROCESS_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+
+namespace vmseal::vm::internal {
+
+// Starts argv (argv[0] looked up in PATH) as a child in a new session, stdin
+// from /dev/null, stdout and stderr appended to `log_path`, no other fds.
+// NOT_FOUND when argv[0] cannot be found, PERMISSION_DENIED when it cannot be
+// executed; the error is known before this returns.
+StatusOr<pid_t> SpawnProcess(const std::vector<std::string>& argv, const std::string& log_path);
+
+// true when `pid` exists and is not a zombie. Reaps `pid` if it is an exited
+// child of this process.
+bool ProcessAlive(pid_t pid);
+
+// true when `pid` is alive and its /proc/<pid>/cmdline is exactly `argv`.
+bool ProcessRunsCommand(pid_t pid, const std::vector<std::string>& argv);
+
+// Polls ProcessAlive until it is false or `timeout_ms` passes; returns
+// whether the process is gone.
+bool WaitForExit(pid_t pid, int64_t timeout_ms);
+
+// If `pid` is an exited child, its wait status as text ("exit status 1",
+// "killed by signal 9"), reported once; otherwise "".
+std::string ReapedStatusText(pid_t pid);
+
+// Connects to a QMP socket, negotiates capabilities and runs `command`
+// (e.g. "quit", "query-status"); returns the "return" member as JSON text.
+// UNAVAILABLE when the socket does not answer, DEADLINE_EXCEEDED after
+// `timeout_ms`, INTERNAL when qemu returns an error.
+StatusOr<std::string> QmpExecute(const std::string& socket_path, const std::string& command,
+                                 int64_t timeout_ms);
+
+// The last `max_bytes` of a file ("" when it cannot be read), as one line:
+// control characters become spaces.
+std::string FileTail(const std::string& path, size_t max_bytes);
+
+// Milliseconds on the monotonic and the wall clock.
+int64_t MonotonicMs();
+int64_t WallClockMs();
+
+}  // namespace vmseal::vm::internal
+
+#endif  // VMSEAL_VM_INTERNAL_PROCESS_H_

@@ -1,0 +1,106 @@
+#include "vm/internal/vm_record.h"
+
+#include <nlohmann/json.hpp>
+
+#include "vm/internal/qemu_command.h"
+
+namespace vmseal::vm::internal {
+namespace {
+
+using nlohmann::json;
+
+Status Corrupt(const std::string& why) { return DataLossError("vm state file: " + why); }
+
+StatusOr<std::string> GetString(const json& j, const char* key) {
+  auto it = j.find(key);
+  if (it == j.end() || !it->is_string()) {
+    return Corrupt(std::string("field \"") + key + "\" missing or not a string");
+  }
+  return it->get<std::string>();
+}
+
+StatusOr<int64_t> GetInt(const json& j, const char* key, int64_t min, int64_t max) {
+  auto it = j.find(key);
+  if (it == j.end() || !it->is_number_integer()) {
+    return Corrupt(std::string("field \"") + key + "\" missing or not an integer");
+  }
+  int64_t v = it->get<int64_t>();
+  if (v < min || v > max) return Corrupt(std::string("field \"") + key + "\" out of range");
+  return v;
+}
+
+}  // namespace
+
+std::string SerializeVmRecord(const VmRecord& record) {
+  const VmInfo& i = record.info;
+  json j = {
+      {"version", kVmRecordVersion},
+      {"name", i.name},
+      {"pid", static_cast<int64_t>(i.pid)},
+      {"stopped", record.stopped},
+      {"disk_path", i.disk_path},
+      {"disk_format", DiskFormatName(i.disk_format)},
+      {"cpus", i.cpus},
+      {"memory_mib", i.memory_mib},
+      {"accel", AccelName(i.accel)},
+      {"serial_log", i.serial_log_path},
+      {"qemu_log", i.qemu_log_path},
+      {"qmp_socket", i.qmp_socket_path},
+      {"started_unix_ms", i.started_unix_ms},
+      {"argv", record.argv},
+  };
+  return j.dump(2) + "\n";
+}
+
+StatusOr<VmRecord> ParseVmRecord(const std::string& text) {
+  if (text.size() > kMaxVmRecordBytes) return Corrupt("larger than 64 KiB");
+  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return Corrupt("not valid JSON");
+  if (!j.is_object()) return Corrupt("not a JSON object");
+  ASSIGN_OR_RETURN(int64_t version, GetInt(j, "version", 0, INT32_MAX));
+  if (version != kVmRecordVersion) {
+    return Corrupt("unsupported version " + std::to_string(version));
+  }
+  VmRecord r;
+  VmInfo& i = r.info;
+  ASSIGN_OR_RETURN(i.name, GetString(j, "name"));
+  Status name_ok = ValidateVmName(i.name);
+  if (!name_ok.ok()) return Corrupt(name_ok.message());
+  ASSIGN_OR_RETURN(int64_t pid, GetInt(j, "pid", 1, INT32_MAX));
+  i.pid = static_cast<pid_t>(pid);
+  auto stopped = j.find("stopped");
+  if (stopped == j.end() || !stopped->is_boolean()) {
+    return Corrupt("field \"stopped\" missing or not a boolean");
+  }
+  r.stopped = stopped->get<bool>();
+  ASSIGN_OR_RETURN(i.disk_path, GetString(j, "disk_path"));
+  ASSIGN_OR_RETURN(std::string format, GetString(j, "disk_format"));
+  auto parsed_format = ParseDiskFormat(format);
+  if (!parsed_format.ok()) return Corrupt(parsed_format.status().message());
+  i.disk_format = *parsed_format;
+  ASSIGN_OR_RETURN(int64_t cpus, GetInt(j, "cpus", 1, kMaxCpus));
+  i.cpus = static_cast<uint32_t>(cpus);
+  ASSIGN_OR_RETURN(int64_t memory, GetInt(j, "memory_mib", kMinMemoryMib, kMaxMemoryMib));
+  i.memory_mib = static_cast<uint64_t>(memory);
+  ASSIGN_OR_RETURN(std::string accel, GetString(j, "accel"));
+  auto parsed_accel = ParseAccel(accel);
+  if (!parsed_accel.ok() || *parsed_accel == Accel::kAuto) {
+    return Corrupt("field \"accel\" must be kvm or tcg");
+  }
+  i.accel = *parsed_accel;
+  ASSIGN_OR_RETURN(i.serial_log_path, GetString(j, "serial_log"));
+  ASSIGN_OR_RETURN(i.qemu_log_path, GetString(j, "qemu_log"));
+  ASSIGN_OR_RETURN(i.qmp_socket_path, GetString(j, "qmp_socket"));
+  ASSIGN_OR_RETURN(i.started_unix_ms, GetInt(j, "started_unix_ms", 0, INT64_MAX));
+  auto argv = j.find("argv");
+  if (argv == j.end() || !argv->is_array() || argv->empty()) {
+    return Corrupt("field \"argv\" missing or not a non-empty array");
+  }
+  for (const json& a : *argv) {
+    if (!a.is_string()) return Corrupt("field \"argv\" holds a non-string");
+    r.argv.push_back(a.get<std::string>());
+  }
+  return r;
+}
+
+}  // namespace vmseal::vm::internal

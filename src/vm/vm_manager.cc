@@ -1,0 +1,351 @@
+#include "vm/vm_manager.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <thread>
+
+#include "base/env.h"
+#include "vm/internal/process.h"
+#include "vm/internal/qemu_command.h"
+#include "vm/internal/vm_record.h"
+
+namespace vmseal::vm {
+namespace {
+
+using internal::VmRecord;
+
+constexpr size_t kStderrTailBytes = 600;
+constexpr int64_t kKillWaitMs = 5000;
+constexpr int64_t kPollMs = 50;
+
+Status MakePrivateDir(const std::string& path) {
+  if (::mkdir(path.c_str(), 0700) != 0 && errno != EEXIST) {
+    return ErrnoToStatus(errno, "mkdir", path);
+  }
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return ErrnoToStatus(errno, "stat", path);
+  if (!S_ISDIR(st.st_mode)) return FailedPreconditionError("not a directory: " + path);
+  if ((st.st_mode & 0777) != 0700 && ::chmod(path.c_str(), 0700) != 0) {
+    return ErrnoToStatus(errno, "chmod", path);
+  }
+  return OkStatus();
+}
+
+// Removes `path`; a missing file is not an error.
+Status RemoveIfExists(const std::string& path) {
+  if (::unlink(path.c_str()) != 0 && errno != ENOENT) return ErrnoToStatus(errno, "remove", path);
+  return OkStatus();
+}
+
+// Creates or truncates `path` with mode 0600.
+Status CreatePrivateFile(const std::string& path) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) return ErrnoToStatus(errno, "create", path);
+  Status s;
+  if (::fchmod(fd, 0600) != 0) s = ErrnoToStatus(errno, "chmod", path);
+  ::close(fd);
+  return s;
+}
+
+StatusOr<VmRecord> ReadRecord(const std::string& path, const std::string& name) {
+  if (!Env::Default()->FileExists(path)) return NotFoundError("no such vm: " + name);
+  ASSIGN_OR_RETURN(std::string text, ReadFileToString(Env::Default(), path));
+  auto record = internal::ParseVmRecord(text);
+  if (!record.ok()) return record.status().WithPrefix(path);
+  if (record->info.name != name) {
+    return DataLossError(path + ": vm state file names vm " + record->info.name);
+  }
+  return record;
+}
+
+Status WriteRecord(const std::string& path, const VmRecord& record) {
+  return WriteStringToFileAtomic(Env::Default(), path, internal::SerializeVmRecord(record), 0600);
+}
+
+VmInfo InfoOf(const VmRecord& record) {
+  VmInfo info = record.info;
+  bool running = !record.stopped && internal::ProcessRunsCommand(info.pid, record.argv);
+  info.state = running ? VmRunState::kRunning : VmRunState::kStopped;
+  return info;
+}
+
+}  // namespace
+
+const char* DiskFormatName(DiskFormat format) {
+  return format == DiskFormat::kQcow2 ? "qcow2" : "raw";
+}
+
+StatusOr<DiskFormat> ParseDiskFormat(const std::string& name) {
+  if (name == "raw") return DiskFormat::kRaw;
+  if (name == "qcow2") return DiskFormat::kQcow2;
+  return InvalidArgumentError("unknown disk format \"" + name + "\" (want raw or qcow2)");
+}
+
+const char* AccelName(Accel accel) {
+  switch (accel) {
+    case Accel::kAuto:
+      return "auto";
+    case Accel::kKvm:
+      return "kvm";
+    case Accel::kTcg:
+      return "tcg";
+  }
+  return "auto";
+}
+
+StatusOr<Accel> ParseAccel(const std::string& name) {
+  if (name == "auto") return Accel::kAuto;
+  if (name == "kvm") return Accel::kKvm;
+  if (name == "tcg") return Accel::kTcg;
+  return InvalidArgumentError("unknown accelerator \"" + name + "\" (want auto, kvm or tcg)");
+}
+
+StatusOr<std::unique_ptr<VmManager>> VmManager::Create(const VmManagerOptions& options) {
+  if (options.state_dir.empty()) return InvalidArgumentError("vm state dir is empty");
+  if (options.qemu_binary.empty()) return InvalidArgumentError("qemu binary is empty");
+  if (options.launch_timeout_ms <= 0 || options.stop_timeout_ms <= 0) {
+    return InvalidArgumentError("vm launch and stop timeouts must be positive");
+  }
+  for (const char* sub : {"", "/disks", "/vms", "/run"}) {
+    RETURN_IF_ERROR(MakePrivateDir(options.state_dir + sub));
+  }
+  // The QMP socket path must fit sockaddr_un with the longest vm name.
+  std::string longest =
+      options.state_dir + "/run/" + std::string(internal::kMaxNameLength, 'x') + ".qmp";
+  if (longest.size() >= sizeof(sockaddr_un{}.sun_path)) {
+    return InvalidArgumentError("vm state dir path too long for a unix socket (max " +
+                                std::to_string(sizeof(sockaddr_un{}.sun_path) - 75) +
+                                " characters): " + options.state_dir);
+  }
+  return std::unique_ptr<VmManager>(new VmManager(options));
+}
+
+VmManager::VmManager(VmManagerOptions options) : options_(std::move(options)) {}
+
+StatusOr<std::string> VmManager::DiskPath(const std::string& name) const {
+  RETURN_IF_ERROR(internal::ValidateVmName(name));
+  return options_.state_dir + "/disks/" + name + ".img";
+}
+
+std::string VmManager::StatePath(const std::string& name) const {
+  return options_.state_dir + "/vms/" + name + ".json";
+}
+
+std::string VmManager::RunPath(const std::string& name, const char* suffix) const {
+  return options_.state_dir + "/run/" + name + suffix;
+}
+
+Accel VmManager::ResolvedAccel() const {
+  if (options_.accel != Accel::kAuto) return options_.accel;
+  int fd = ::open(options_.kvm_device.c_str(), O_RDWR | O_CLOEXEC);
+  if (fd < 0) return Accel::kTcg;
+  ::close(fd);
+  return Accel::kKvm;
+}
+
+StatusOr<VmInfo> VmManager::Launch(const VmSpec& spec) {
+  RETURN_IF_ERROR(internal::ValidateVmSpec(spec));
+  std::lock_guard<std::mutex> lock(mu_);
+  const std::string state_path = StatePath(spec.name);
+  if (Env::Default()->FileExists(state_path)) {
+    return AlreadyExistsError("vm " + spec.name + " already exists");
+  }
+  struct stat st;
+  if (::stat(spec.disk_path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return NotFoundError("vm disk missing: " + spec.disk_path);
+    return ErrnoToStatus(errno, "stat", spec.disk_path);
+  }
+  if (!S_ISREG(st.st_mode)) {
+    return InvalidArgumentError("vm disk is not a regular file: " + spec.disk_path);
+  }
+  if ((st.st_mode & 0077) != 0 && ::chmod(spec.disk_path.c_str(), 0600) != 0) {
+    return ErrnoToStatus(errno, "chmod", spec.disk_path);
+  }
+
+  VmRecord record;
+  VmInfo& info = record.info;
+  info.name = spec.name;
+  info.disk_path = spec.disk_path;
+  info.disk_format = spec.disk_format;
+  info.cpus = spec.cpus;
+  info.memory_mib = spec.memory_mib;
+  info.accel = ResolvedAccel();
+  info.serial_log_path = RunPath(spec.name, ".serial.log");
+  info.qemu_log_path = RunPath(spec.name, ".qemu.log");
+  info.qmp_socket_path = RunPath(spec.name, ".qmp");
+  RETURN_IF_ERROR(RemoveIfExists(info.qmp_socket_path));
+  RETURN_IF_ERROR(CreatePrivateFile(info.serial_log_path));
+  RETURN_IF_ERROR(CreatePrivateFile(info.qemu_log_path));
+  record.argv = internal::BuildQemuArgv(options_.qemu_binary, spec, info.accel,
+                                        {info.serial_log_path, info.qmp_socket_path});
+
+  auto cleanup = [&] {
+    (void)RemoveIfExists(state_path);
+    (void)RemoveIfExists(info.qmp_socket_path);
+  };
+  info.started_unix_ms = internal::WallClockMs();
+  ASSIGN_OR_RETURN(info.pid, internal::SpawnProcess(record.argv, info.qemu_log_path));
+  // Recorded before the wait, so that an agent crash right now still knows
+  // about this qemu.
+  Status written = WriteRecord(state_path, record);
+  if (!written.ok()) {
+    ::kill(info.pid, SIGKILL);
+    internal::WaitForExit(info.pid, kKillWaitMs);
+    cleanup();
+    return written;
+  }
+
+  const int64_t deadline = internal::MonotonicMs() + options_.launch_timeout_ms;
+  for (;;) {
+    if (!internal::ProcessAlive(info.pid)) {
+      std::string how = internal::ReapedStatusText(info.pid);
+      cleanup();
+      return FailedPreconditionError(
+          "qemu exited during launch of vm " + spec.name + (how.empty() ? "" : " (" + how + ")") +
+          ": " + internal::FileTail(info.qemu_log_path, kStderrTailBytes));
+    }
+    int64_t left = deadline - internal::MonotonicMs();
+    if (left <= 0) break;
+    auto reply = internal::QmpExecute(info.qmp_socket_path, "query-status",
+                                      std::min<int64_t>(left, 2000));
+    if (reply.ok()) {
+      info.state = VmRunState::kRunning;
+      return info;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(kPollMs));
+  }
+  ::kill(info.pid, SIGKILL);
+  internal::WaitForExit(info.pid, kKillWaitMs);
+  cleanup();
+  return DeadlineExceededError("qemu monitor of vm " + spec.name + " did not answer within " +
+                               std::to_string(options_.launch_timeout_ms) + " ms: " +
+                               internal::FileTail(info.qemu_log_path, kStderrTailBytes));
+}
+
+StatusOr<std::vector<VmInfo>> VmManager::List() {
+  std::lock_guard<std::mutex> lock(mu_);
+  const std::string dir = options_.state_dir + "/vms";
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return ErrnoToStatus(errno, "open", dir);
+  std::vector<std::string> names;
+  while (dirent* e = ::readdir(d)) {
+    std::string file = e->d_name;
+    const std::string suffix = ".json";
+    if (file.size() <= suffix.size() ||
+        file.compare(file.size() - suffix.size(), suffix.size(), suffix) != 0) {
+      continue;
+    }
+    std::string name = file.substr(0, file.size() - suffix.size());
+    if (internal::ValidateVmName(name).ok()) names.push_back(name);
+  }
+  ::closedir(d);
+  std::sort(names.begin(), names.end());
+  std::vector<VmInfo> out;
+  for (const std::string& name : names) {
+    ASSIGN_OR_RETURN(VmRecord record, ReadRecord(StatePath(name), name));
+    out.push_back(InfoOf(record));
+  }
+  return out;
+}
+
+StatusOr<VmInfo> VmManager::Get(const std::string& name) {
+  RETURN_IF_ERROR(internal::ValidateVmName(name));
+  std::lock_guard<std::mutex> lock(mu_);
+  return GetLocked(name);
+}
+
+StatusOr<VmInfo> VmManager::GetLocked(const std::string& name) {
+  ASSIGN_OR_RETURN(VmRecord record, ReadRecord(StatePath(name), name));
+  return InfoOf(record);
+}
+
+Status VmManager::Stop(const std::string& name) {
+  RETURN_IF_ERROR(internal::ValidateVmName(name));
+  std::lock_guard<std::mutex> lock(mu_);
+  ASSIGN_OR_RETURN(VmRecord record, ReadRecord(StatePath(name), name));
+  if (record.stopped) return OkStatus();
+  const pid_t pid = record.info.pid;
+  // Signals go only to a pid that still runs our command line: a recycled
+  // pid belongs to someone else.
+  if (internal::ProcessRunsCommand(pid, record.argv)) {
+    bool gone = false;
+    if (internal::QmpExecute(record.info.qmp_socket_path, "quit", 2000).ok()) {
+      gone = internal::WaitForExit(pid, options_.stop_timeout_ms);
+    }
+    if (!gone && internal::ProcessRunsCommand(pid, record.argv)) {
+      ::kill(pid, SIGTERM);
+      gone = internal::WaitForExit(pid, options_.stop_timeout_ms);
+    }
+    if (!gone && internal::ProcessRunsCommand(pid, record.argv)) {
+      ::kill(pid, SIGKILL);
+      gone = internal::WaitForExit(pid, kKillWaitMs);
+    }
+    if (!gone) return InternalError("qemu of vm " + name + " (pid " + std::to_string(pid) +
+                                    ") did not exit after SIGKILL");
+  }
+  record.stopped = true;
+  (void)RemoveIfExists(record.info.qmp_socket_path);
+  return WriteRecord(StatePath(name), record);
+}
+
+Status VmManager::Delete(const std::string& name) {
+  RETURN_IF_ERROR(Stop(name));
+  std::lock_guard<std::mutex> lock(mu_);
+  ASSIGN_OR_RETURN(VmRecord record, ReadRecord(StatePath(name), name));
+  // The decrypted disk first: it is the one thing that must not stay behind.
+  RETURN_IF_ERROR(RemoveIfExists(record.info.disk_path));
+  RETURN_IF_ERROR(RemoveIfExists(record.info.serial_log_path));
+  RETURN_IF_ERROR(RemoveIfExists(record.info.qemu_log_path));
+  RETURN_IF_ERROR(RemoveIfExists(record.info.qmp_socket_path));
+  RETURN_IF_ERROR(RemoveIfExists(StatePath(name)));
+  return Env::Default()->SyncDir(options_.state_dir + "/vms");
+}
+
+Status VmManager::WaitForSerialMarker(const std::string& name, const std::string& marker,
+                                      int64_t timeout_ms) {
+  if (marker.empty()) return InvalidArgumentError("serial marker is empty");
+  ASSIGN_OR_RETURN(VmInfo info, Get(name));
+  const int64_t deadline = internal::MonotonicMs() + timeout_ms;
+  std::ifstream log;
+  std::string window;  // unread text plus the last marker.size()-1 bytes
+  for (;;) {
+    // Whether the VM is alive is checked before reading, so that output
+    // written just before it stopped is still seen.
+    ASSIGN_OR_RETURN(VmInfo now, Get(name));
+    bool running = now.state == VmRunState::kRunning;
+    if (!log.is_open()) log.open(info.serial_log_path, std::ios::binary);
+    if (log.is_open()) {
+      char buf[8192];
+      for (;;) {
+        log.read(buf, sizeof buf);
+        std::streamsize n = log.gcount();
+        if (n <= 0) break;
+        window.append(buf, static_cast<size_t>(n));
+        if (window.find(marker) != std::string::npos) return OkStatus();
+        if (window.size() > marker.size()) window.erase(0, window.size() - marker.size());
+      }
+      log.clear();
+    }
+    if (!running) {
+      return FailedPreconditionError("vm " + name + " stopped before its serial console showed " +
+                                     "the marker");
+    }
+    if (internal::MonotonicMs() >= deadline) {
+      return DeadlineExceededError("vm " + name + ": marker not on the serial console after " +
+                                   std::to_string(timeout_ms) + " ms");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+}
+
+}  // namespace vmseal::vm

@@ -1,0 +1,164 @@
+// VM management for the host agent: launches qemu-system-x86_64 on a
+// decrypted disk, tracks it across agent restarts, stops and deletes it.
+//
+// Layout under Options::state_dir (created mode 0700, like everything below):
+//   disks/<name>.img        decrypted disk (DiskPath); mode 0600
+//   vms/<name>.json         per-VM state, written atomically (docs/vm.md)
+//   run/<name>.serial.log   the guest's serial console (ttyS0); mode 0600
+//   run/<name>.qemu.log     qemu's own stdout/stderr
+//   run/<name>.qmp          QMP control socket
+// qemu runs as a child of the agent in its own session (not daemonized), so
+// it outlives an agent restart; a new VmManager on the same state_dir finds
+// it again by pid, checked against /proc/<pid>/cmdline.
+#ifndef VMSEAL_VM_VM_MANAGER_H_
+#define VMSEAL_VM_VM_MANAGER_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+
+namespace vmseal::vm {
+
+// The disk image's on-disk format, passed to qemu as `format=`.
+enum class DiskFormat { kRaw, kQcow2 };
+
+// The accelerator qemu runs the guest with.
+enum class Accel {
+  kAuto,  // KVM when /dev/kvm can be opened read-write, TCG otherwise.
+  kKvm,
+  kTcg,
+};
+
+// "raw"/"qcow2", "auto"/"kvm"/"tcg"; the parsers return INVALID_ARGUMENT for
+// anything else.
+const char* DiskFormatName(DiskFormat format);
+StatusOr<DiskFormat> ParseDiskFormat(const std::string& name);
+const char* AccelName(Accel accel);
+StatusOr<Accel> ParseAccel(const std::string& name);
+
+struct VmManagerOptions {
+  // Directory holding disks, state and logs. Required; created (mode 0700)
+  // when missing.
+  std::string state_dir;
+  // qemu binary, looked up in PATH when it has no '/'.
+  std::string qemu_binary = "qemu-system-x86_64";
+  // Accelerator for new VMs. Default kAuto. Some nested environments expose a
+  // /dev/kvm that cannot run guests: force kTcg there.
+  Accel accel = Accel::kAuto;
+  // The KVM device probed by kAuto. Default "/dev/kvm".
+  std::string kvm_device = "/dev/kvm";
+  // How long Launch waits for qemu's QMP monitor to answer before it gives
+  // up and kills qemu. Default 30 s.
+  int64_t launch_timeout_ms = 30000;
+  // How long Stop waits after QMP "quit", then after SIGTERM, before it sends
+  // SIGKILL. Default 10 s.
+  int64_t stop_timeout_ms = 10000;
+};
+
+// What a VM should run with (the CPU and memory come from the OVF).
+struct VmSpec {
+  // Identifier: 1 to 64 of [A-Za-z0-9._-], not starting with '.'.
+  std::string name;
+  // The disk to boot. Must exist and be a regular file. Delete removes it, so
+  // it is normally DiskPath(name). Its mode is narrowed to 0600 at launch.
+  std::string disk_path;
+  DiskFormat disk_format = DiskFormat::kRaw;
+  // Virtual CPUs, 1..256. Default 1.
+  uint32_t cpus = 1;
+  // Guest memory in MiB, 16..1048576. Default 256.
+  uint64_t memory_mib = 256;
+  // true: one virtio NIC on qemu's user-mode network; false: no network.
+  bool user_network = false;
+};
+
+enum class VmRunState { kRunning, kStopped };
+
+// A VM known to the manager.
+struct VmInfo {
+  std::string name;
+  VmRunState state = VmRunState::kStopped;
+  // qemu's pid as recorded at launch (meaningful while kRunning).
+  pid_t pid = 0;
+  std::string disk_path;
+  DiskFormat disk_format = DiskFormat::kRaw;
+  uint32_t cpus = 0;
+  uint64_t memory_mib = 0;
+  // The accelerator actually used: kKvm or kTcg.
+  Accel accel = Accel::kTcg;
+  std::string serial_log_path;
+  std::string qemu_log_path;
+  std::string qmp_socket_path;
+  // Launch time, Unix milliseconds.
+  int64_t started_unix_ms = 0;
+};
+
+// Manages the qemu VMs of one host agent. Thread-safe: calls on one instance
+// are serialized (WaitForSerialMarker excepted, which only reads). Two
+// instances on one state_dir are only supported one after the other (an
+// agent restart), except that a new instance may stop or delete VMs the old
+// one launched.
+class VmManager {
+ public:
+  static StatusOr<std::unique_ptr<VmManager>> Create(const VmManagerOptions& options);
+
+  VmManager(const VmManager&) = delete;
+  VmManager& operator=(const VmManager&) = delete;
+
+  // Where the decrypted disk of VM `name` belongs: <state_dir>/disks/<name>.img
+  // (the directory is mode 0700). INVALID_ARGUMENT for a bad name.
+  StatusOr<std::string> DiskPath(const std::string& name) const;
+
+  // Starts qemu for `spec` and returns once its monitor answers (the guest is
+  // then booting). Errors: INVALID_ARGUMENT (bad spec), ALREADY_EXISTS (a VM
+  // of that name is known; Delete it first), NOT_FOUND (disk missing, or qemu
+  // missing), FAILED_PRECONDITION (qemu exited during launch; the message
+  // ends with the tail of its stderr), DEADLINE_EXCEEDED (no monitor in time;
+  // qemu is killed). On error no state is left behind (the disk stays).
+  StatusOr<VmInfo> Launch(const VmSpec& spec);
+
+  // Every VM with a state file, sorted by name; state kRunning only when its
+  // recorded pid is alive and runs the recorded command line.
+  StatusOr<std::vector<VmInfo>> List();
+
+  // One VM. NOT_FOUND when unknown.
+  StatusOr<VmInfo> Get(const std::string& name);
+
+  // Stops a running VM: QMP "quit", then SIGTERM, then SIGKILL, each after
+  // stop_timeout_ms. A stopped VM is left as is (OK). The disk and the logs
+  // stay. NOT_FOUND when unknown.
+  Status Stop(const std::string& name);
+
+  // Stops the VM and removes its disk, logs, socket and state. NOT_FOUND
+  // when unknown.
+  Status Delete(const std::string& name);
+
+  // Waits until the line-oriented text `marker` appears in the VM's serial
+  // log. OK when it does; DEADLINE_EXCEEDED after `timeout_ms` without it;
+  // FAILED_PRECONDITION when the VM stops first; NOT_FOUND when unknown.
+  Status WaitForSerialMarker(const std::string& name, const std::string& marker,
+                             int64_t timeout_ms);
+
+  // The accelerator kAuto resolves to on this machine.
+  Accel ResolvedAccel() const;
+
+ private:
+  explicit VmManager(VmManagerOptions options);
+
+  std::string StatePath(const std::string& name) const;
+  std::string RunPath(const std::string& name, const char* suffix) const;
+  StatusOr<VmInfo> GetLocked(const std::string& name);
+  Status StopLocked(const VmInfo& info);
+
+  const VmManagerOptions options_;
+  std::mutex mu_;
+};
+
+}  // namespace vmseal::vm
+
+#endif  // VMSEAL_VM_VM_MANAGER_H_

@@ -1,0 +1,297 @@
+// Integration tests with real qemu (TCG): the sample image built by
+// scripts/build-sample-image.sh boots, prints its marker on the serial console,
+// survives a manager restart, stops and is deleted.
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "crypto/primitives.h"
+#include "testing/test_util.h"
+#include "vm/vm_manager.h"
+
+namespace vmseal::vm {
+namespace {
+
+namespace fs = std::filesystem;
+using vmseal::testing::ReadFileOrDie;
+using vmseal::testing::RunCommand;
+using vmseal::testing::TempDir;
+
+constexpr int64_t kBootTimeoutMs = 180000;
+
+double SecondsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+class VmManagerQemuTest : public ::testing::Test {
+ protected:
+  // Builds the sample image once per binary, cached under the build tree so
+  // repeated runs reuse it (rebuilt when the script is newer).
+  static void SetUpTestSuite() {
+    std::string dir = VMSEAL_VM_TEST_CACHE_DIR;
+    fs::create_directories(dir);
+    image_ = dir + "/sample.img";
+    std::string script = vmseal::testing::SourceDir() + "/scripts/build-sample-image.sh";
+    // CTest may run several of these binaries at once: one builds, the others
+    // wait, so the image and its marker file always belong together.
+    int lock_fd = ::open((dir + "/sample.lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    ASSERT_GE(lock_fd, 0);
+    ASSERT_EQ(::flock(lock_fd, LOCK_EX), 0);
+    std::error_code ec;
+    bool fresh = fs::exists(image_) && fs::exists(image_ + ".marker") &&
+                 fs::last_write_time(image_, ec) >= fs::last_write_time(script, ec);
+    if (!fresh) {
+      auto start = std::chrono::steady_clock::now();
+      std::string out;
+      int rc = RunCommand({script, image_}, &out, 600);
+      if (rc != 0) ::close(lock_fd);
+      ASSERT_EQ(rc, 0) << out;
+      std::printf("[ vm ] sample image built in %.2f s, %ju bytes\n", SecondsSince(start),
+                  static_cast<uintmax_t>(fs::file_size(image_)));
+    }
+    marker_ = ReadFileOrDie(image_ + ".marker");
+    ::close(lock_fd);
+    while (!marker_.empty() && (marker_.back() == '\n' || marker_.back() == '\r')) {
+      marker_.pop_back();
+    }
+    ASSERT_FALSE(marker_.empty());
+  }
+
+  void SetUp() override {
+    ASSERT_FALSE(marker_.empty()) << "the sample image was not built (see above)";
+    options_.state_dir = dir_.File("state");
+    options_.accel = Accel::kTcg;
+    auto manager = VmManager::Create(options_);
+    ASSERT_OK(manager);
+    manager_ = std::move(*manager);
+  }
+
+  void TearDown() override {
+    if (manager_ == nullptr) return;
+    auto vms = manager_->List();
+    if (!vms.ok()) return;
+    for (const VmInfo& vm : *vms) (void)manager_->Delete(vm.name);
+  }
+
+  // The sample image copied to the VM's disk path.
+  VmSpec SampleSpec(const std::string& name) {
+    VmSpec spec;
+    spec.name = name;
+    spec.disk_path = *manager_->DiskPath(name);
+    fs::copy_file(image_, spec.disk_path, fs::copy_options::overwrite_existing);
+    spec.cpus = 1;
+    spec.memory_mib = 256;
+    return spec;
+  }
+
+  static std::string image_;
+  static std::string marker_;
+  TempDir dir_;
+  VmManagerOptions options_;
+  std::unique_ptr<VmManager> manager_;
+};
+
+std::string VmManagerQemuTest::image_;
+std::string VmManagerQemuTest::marker_;
+
+TEST_F(VmManagerQemuTest, SampleImageBootsAndShowsMarker) {
+  auto start = std::chrono::steady_clock::now();
+  auto vm = manager_->Launch(SampleSpec("boot"));
+  ASSERT_OK(vm);
+  EXPECT_EQ(vm->state, VmRunState::kRunning);
+  EXPECT_EQ(vm->accel, Accel::kTcg);
+  double launched = SecondsSince(start);
+  ASSERT_OK(manager_->WaitForSerialMarker("boot", marker_, kBootTimeoutMs));
+  std::printf("[ vm ] launch %.2f s, launch to marker %.2f s (TCG)\n", launched,
+              SecondsSince(start));
+  EXPECT_NE(ReadFileOrDie(vm->serial_log_path).find(marker_), std::string::npos);
+}
+
+TEST_F(VmManagerQemuTest, MarkerIsNotInTheRawImage) {
+  // The marker sits in the compressed initramfs: only a booted guest shows it.
+  EXPECT_EQ(ReadFileOrDie(image_).find(marker_), std::string::npos);
+}
+
+TEST_F(VmManagerQemuTest, DiskAndLogsArePrivate) {
+  VmSpec spec = SampleSpec("private");
+  ASSERT_EQ(::chmod(spec.disk_path.c_str(), 0644), 0);
+  auto vm = manager_->Launch(spec);
+  ASSERT_OK(vm);
+  struct stat st;
+  ASSERT_EQ(::stat(vm->disk_path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  ASSERT_EQ(::stat(vm->serial_log_path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  ASSERT_EQ(::stat((options_.state_dir + "/disks").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0700u);
+}
+
+TEST_F(VmManagerQemuTest, RestartedManagerListsAndStopsRunningVm) {
+  auto vm = manager_->Launch(SampleSpec("survivor"));
+  ASSERT_OK(vm);
+  manager_.reset();  // the agent goes away; qemu keeps running
+
+  auto restarted = VmManager::Create(options_);
+  ASSERT_OK(restarted);
+  manager_ = std::move(*restarted);
+  auto vms = manager_->List();
+  ASSERT_OK(vms);
+  ASSERT_EQ(vms->size(), 1u);
+  EXPECT_EQ((*vms)[0].name, "survivor");
+  EXPECT_EQ((*vms)[0].state, VmRunState::kRunning);
+  EXPECT_EQ((*vms)[0].pid, vm->pid);
+  ASSERT_OK(manager_->WaitForSerialMarker("survivor", marker_, kBootTimeoutMs));
+
+  ASSERT_OK(manager_->Stop("survivor"));
+  auto after = manager_->Get("survivor");
+  ASSERT_OK(after);
+  EXPECT_EQ(after->state, VmRunState::kStopped);
+  EXPECT_FALSE(fs::exists("/proc/" + std::to_string(vm->pid) + "/cmdline") &&
+               !ReadFileOrDie("/proc/" + std::to_string(vm->pid) + "/cmdline").empty());
+}
+
+TEST_F(VmManagerQemuTest, StopIsIdempotent) {
+  ASSERT_OK(manager_->Launch(SampleSpec("twice")));
+  ASSERT_OK(manager_->Stop("twice"));
+  EXPECT_OK(manager_->Stop("twice"));
+}
+
+TEST_F(VmManagerQemuTest, DeleteRemovesDiskAndState) {
+  auto vm = manager_->Launch(SampleSpec("gone"));
+  ASSERT_OK(vm);
+  ASSERT_OK(manager_->Delete("gone"));
+  EXPECT_FALSE(fs::exists(vm->disk_path));
+  EXPECT_FALSE(fs::exists(vm->serial_log_path));
+  EXPECT_FALSE(fs::exists(vm->qmp_socket_path));
+  EXPECT_STATUS(manager_->Get("gone"), StatusCode::kNotFound, "no such vm");
+  auto vms = manager_->List();
+  ASSERT_OK(vms);
+  EXPECT_TRUE(vms->empty());
+  EXPECT_FALSE(::kill(vm->pid, 0) == 0 &&
+               !ReadFileOrDie("/proc/" + std::to_string(vm->pid) + "/cmdline").empty());
+}
+
+TEST_F(VmManagerQemuTest, NonBootableDiskNeverShowsMarker) {
+  VmSpec spec;
+  spec.name = "garbage";
+  spec.disk_path = *manager_->DiskPath("garbage");
+  crypto::Bytes bytes = crypto::RandomBytes(8 << 20);
+  vmseal::testing::WriteFileOrDie(spec.disk_path, std::string(bytes.begin(), bytes.end()));
+  ASSERT_OK(manager_->Launch(spec));
+  EXPECT_STATUS(manager_->WaitForSerialMarker("garbage", marker_, 10000),
+                StatusCode::kDeadlineExceeded, "marker not on the serial console");
+  EXPECT_OK(manager_->Stop("garbage"));
+}
+
+TEST_F(VmManagerQemuTest, StoppedVmFailsTheMarkerWait) {
+  ASSERT_OK(manager_->Launch(SampleSpec("halted")));
+  ASSERT_OK(manager_->Stop("halted"));
+  EXPECT_STATUS(manager_->WaitForSerialMarker("halted", "never-printed", 10000),
+                StatusCode::kFailedPrecondition, "stopped before");
+}
+
+TEST_F(VmManagerQemuTest, DuplicateNameIsAlreadyExists) {
+  ASSERT_OK(manager_->Launch(SampleSpec("dup")));
+  EXPECT_STATUS(manager_->Launch(SampleSpec("dup")), StatusCode::kAlreadyExists, "dup");
+}
+
+TEST_F(VmManagerQemuTest, QemuErrorIsReportedWithItsStderr) {
+  VmSpec spec = SampleSpec("badformat");
+  spec.disk_format = DiskFormat::kQcow2;  // the file is raw: qemu refuses it
+  EXPECT_STATUS(manager_->Launch(spec), StatusCode::kFailedPrecondition,
+                "qemu exited during launch of vm badformat");
+  auto again = manager_->Launch(spec);
+  EXPECT_NE(again.status().message().find("qcow2"), std::string::npos)
+      << again.status().ToString();
+  auto vms = manager_->List();
+  ASSERT_OK(vms);
+  EXPECT_TRUE(vms->empty());
+}
+
+TEST_F(VmManagerQemuTest, MissingDiskIsNotFound) {
+  VmSpec spec;
+  spec.name = "nodisk";
+  spec.disk_path = dir_.File("absent.img");
+  EXPECT_STATUS(manager_->Launch(spec), StatusCode::kNotFound, "vm disk missing");
+}
+
+// The script itself: options, output files, the disk layout.
+class BuildSampleImageTest : public ::testing::Test {
+ protected:
+  std::string Script() {
+    return vmseal::testing::SourceDir() + "/scripts/build-sample-image.sh";
+  }
+  TempDir dir_;
+};
+
+TEST_F(BuildSampleImageTest, CustomMarkerIsPrintedAndSaved) {
+  std::string out;
+  ASSERT_EQ(RunCommand({Script(), dir_.File("m.img"), "--marker", "custom-marker-42"}, &out), 0)
+      << out;
+  EXPECT_NE(out.find("custom-marker-42"), std::string::npos) << out;
+  EXPECT_EQ(ReadFileOrDie(dir_.File("m.img.marker")), "custom-marker-42\n");
+}
+
+TEST_F(BuildSampleImageTest, ImageHasBootableMbrPartition) {
+  std::string out;
+  ASSERT_EQ(RunCommand({Script(), dir_.File("m.img")}, &out), 0) << out;
+  std::string img = ReadFileOrDie(dir_.File("m.img"));
+  ASSERT_GE(img.size(), 1u << 20);
+  EXPECT_LE(img.size(), 64u << 20);  // "tens of MiB"
+  EXPECT_EQ(static_cast<uint8_t>(img[510]), 0x55);
+  EXPECT_EQ(static_cast<uint8_t>(img[511]), 0xAA);
+  EXPECT_EQ(static_cast<uint8_t>(img[446]), 0x80);  // partition 1: active
+  EXPECT_EQ(static_cast<uint8_t>(img[446 + 4]), 0x0E);  // FAT16 LBA
+}
+
+TEST_F(BuildSampleImageTest, BadMarkerIsRejectedWithoutOutput) {
+  std::string out;
+  EXPECT_EQ(RunCommand({Script(), dir_.File("m.img"), "--marker", "a b"}, &out), 2);
+  EXPECT_NE(out.find("marker may only contain"), std::string::npos) << out;
+  EXPECT_FALSE(fs::exists(dir_.File("m.img")));
+}
+
+TEST_F(BuildSampleImageTest, MissingOutputIsUsageError) {
+  std::string out;
+  EXPECT_EQ(RunCommand({Script()}, &out), 2);
+  EXPECT_NE(out.find("usage:"), std::string::npos) << out;
+}
+
+// A guest that powers itself off: the marker is seen and the VM then counts
+// as stopped without Stop being called.
+TEST_F(VmManagerQemuTest, GuestPowerOffStopsTheVm) {
+  std::string image = dir_.File("poweroff.img");
+  std::string out;
+  ASSERT_EQ(RunCommand({vmseal::testing::SourceDir() + "/scripts/build-sample-image.sh", image,
+                        "--marker", "bye-now", "--poweroff"},
+                       &out),
+            0)
+      << out;
+  VmSpec spec;
+  spec.name = "poweroff";
+  spec.disk_path = *manager_->DiskPath("poweroff");
+  fs::rename(image, spec.disk_path);
+  ASSERT_OK(manager_->Launch(spec));
+  ASSERT_OK(manager_->WaitForSerialMarker("poweroff", "bye-now", kBootTimeoutMs));
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  VmRunState state = VmRunState::kRunning;
+  while (state == VmRunState::kRunning && std::chrono::steady_clock::now() < deadline) {
+    auto vm = manager_->Get("poweroff");
+    ASSERT_OK(vm);
+    state = vm->state;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ(state, VmRunState::kStopped);
+}
+
+}  // namespace
+}  // namespace vmseal::vm

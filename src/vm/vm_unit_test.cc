@@ -1,0 +1,388 @@
+// Unit tests: qemu command-line construction, spec validation and the state
+// file format. No qemu is started.
+#include <gtest/gtest.h>
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <functional>
+#include <nlohmann/json.hpp>
+
+#include "testing/test_util.h"
+#include "vm/internal/qemu_command.h"
+#include "vm/internal/vm_record.h"
+#include "vm/vm_manager.h"
+
+namespace vmseal::vm {
+namespace {
+
+using internal::BuildQemuArgv;
+using internal::ParseVmRecord;
+using internal::SerializeVmRecord;
+using internal::VmRecord;
+
+VmSpec SampleSpec() {
+  VmSpec spec;
+  spec.name = "web-1";
+  spec.disk_path = "/var/lib/vmseal/disks/web-1.img";
+  spec.cpus = 2;
+  spec.memory_mib = 512;
+  return spec;
+}
+
+// The value following `flag` in argv ("" when absent); `nth` picks among repeats.
+std::string FlagValue(const std::vector<std::string>& argv, const std::string& flag, int nth = 0) {
+  for (size_t i = 0; i + 1 < argv.size(); ++i) {
+    if (argv[i] == flag && nth-- == 0) return argv[i + 1];
+  }
+  return "";
+}
+
+bool HasArg(const std::vector<std::string>& argv, const std::string& arg) {
+  return std::find(argv.begin(), argv.end(), arg) != argv.end();
+}
+
+const internal::QemuPaths kPaths = {"/s/run/web-1.serial.log", "/s/run/web-1.qmp"};
+
+TEST(QemuCommandTest, StartsWithTheQemuBinary) {
+  auto argv = BuildQemuArgv("/opt/qemu/bin/qemu-system-x86_64", SampleSpec(), Accel::kTcg, kPaths);
+  EXPECT_EQ(argv[0], "/opt/qemu/bin/qemu-system-x86_64");
+}
+
+TEST(QemuCommandTest, CpusAndMemoryComeFromTheSpec) {
+  auto argv = BuildQemuArgv("qemu", SampleSpec(), Accel::kTcg, kPaths);
+  EXPECT_EQ(FlagValue(argv, "-smp"), "2");
+  EXPECT_EQ(FlagValue(argv, "-m"), "512M");
+}
+
+TEST(QemuCommandTest, AcceleratorIsKvmOrTcg) {
+  EXPECT_EQ(FlagValue(BuildQemuArgv("qemu", SampleSpec(), Accel::kTcg, kPaths), "-accel"), "tcg");
+  EXPECT_EQ(FlagValue(BuildQemuArgv("qemu", SampleSpec(), Accel::kKvm, kPaths), "-accel"), "kvm");
+}
+
+TEST(QemuCommandTest, HeadlessWithoutDefaultDevices) {
+  auto argv = BuildQemuArgv("qemu", SampleSpec(), Accel::kTcg, kPaths);
+  EXPECT_EQ(FlagValue(argv, "-display"), "none");
+  EXPECT_TRUE(HasArg(argv, "-nodefaults"));
+  EXPECT_FALSE(HasArg(argv, "-daemonize"));
+  EXPECT_FALSE(HasArg(argv, "-nographic"));
+}
+
+TEST(QemuCommandTest, SerialGoesToTheLogFile) {
+  auto argv = BuildQemuArgv("qemu", SampleSpec(), Accel::kTcg, kPaths);
+  EXPECT_EQ(FlagValue(argv, "-chardev", 0), "file,id=serial0,path=/s/run/web-1.serial.log");
+  EXPECT_EQ(FlagValue(argv, "-serial"), "chardev:serial0");
+}
+
+TEST(QemuCommandTest, QmpListensOnTheSocket) {
+  auto argv = BuildQemuArgv("qemu", SampleSpec(), Accel::kTcg, kPaths);
+  EXPECT_EQ(FlagValue(argv, "-chardev", 1), "socket,id=qmp0,path=/s/run/web-1.qmp,server=on,wait=off");
+  EXPECT_EQ(FlagValue(argv, "-mon"), "chardev=qmp0,mode=control");
+}
+
+TEST(QemuCommandTest, DiskIsVirtioWithTheGivenFormat) {
+  VmSpec spec = SampleSpec();
+  EXPECT_EQ(FlagValue(BuildQemuArgv("qemu", spec, Accel::kTcg, kPaths), "-drive"),
+            "file=/var/lib/vmseal/disks/web-1.img,format=raw,if=virtio");
+  spec.disk_format = DiskFormat::kQcow2;
+  EXPECT_EQ(FlagValue(BuildQemuArgv("qemu", spec, Accel::kTcg, kPaths), "-drive"),
+            "file=/var/lib/vmseal/disks/web-1.img,format=qcow2,if=virtio");
+}
+
+TEST(QemuCommandTest, CommaInDiskPathIsEscaped) {
+  VmSpec spec = SampleSpec();
+  spec.disk_path = "/d/a,format=qcow2,b.img";
+  EXPECT_EQ(FlagValue(BuildQemuArgv("qemu", spec, Accel::kTcg, kPaths), "-drive"),
+            "file=/d/a,,format=qcow2,,b.img,format=raw,if=virtio");
+}
+
+TEST(QemuCommandTest, NoNetworkByDefault) {
+  auto argv = BuildQemuArgv("qemu", SampleSpec(), Accel::kTcg, kPaths);
+  EXPECT_EQ(FlagValue(argv, "-nic"), "none");
+}
+
+TEST(QemuCommandTest, UserNetworkWhenAsked) {
+  VmSpec spec = SampleSpec();
+  spec.user_network = true;
+  EXPECT_EQ(FlagValue(BuildQemuArgv("qemu", spec, Accel::kTcg, kPaths), "-nic"),
+            "user,model=virtio-net-pci");
+}
+
+TEST(VmSpecTest, SampleIsValid) { EXPECT_OK(internal::ValidateVmSpec(SampleSpec())); }
+
+TEST(VmSpecTest, NameWithSlashIsRejected) {
+  VmSpec spec = SampleSpec();
+  spec.name = "../etc";
+  EXPECT_STATUS(internal::ValidateVmSpec(spec), StatusCode::kInvalidArgument, "vm name");
+}
+
+TEST(VmSpecTest, NameStartingWithDotIsRejected) {
+  VmSpec spec = SampleSpec();
+  spec.name = ".hidden";
+  EXPECT_STATUS(internal::ValidateVmSpec(spec), StatusCode::kInvalidArgument, "start with '.'");
+}
+
+TEST(VmSpecTest, OverlongNameIsRejected) {
+  VmSpec spec = SampleSpec();
+  spec.name = std::string(65, 'a');
+  EXPECT_STATUS(internal::ValidateVmSpec(spec), StatusCode::kInvalidArgument, "1 to 64");
+}
+
+TEST(VmSpecTest, ZeroCpusIsRejected) {
+  VmSpec spec = SampleSpec();
+  spec.cpus = 0;
+  EXPECT_STATUS(internal::ValidateVmSpec(spec), StatusCode::kInvalidArgument, "cpus");
+}
+
+TEST(VmSpecTest, TooLittleMemoryIsRejected) {
+  VmSpec spec = SampleSpec();
+  spec.memory_mib = 8;
+  EXPECT_STATUS(internal::ValidateVmSpec(spec), StatusCode::kInvalidArgument, "memory");
+}
+
+TEST(VmSpecTest, EmptyDiskPathIsRejected) {
+  VmSpec spec = SampleSpec();
+  spec.disk_path.clear();
+  EXPECT_STATUS(internal::ValidateVmSpec(spec), StatusCode::kInvalidArgument, "disk path");
+}
+
+TEST(ParseNamesTest, DiskFormatAndAccelRoundTrip) {
+  for (DiskFormat f : {DiskFormat::kRaw, DiskFormat::kQcow2}) {
+    auto parsed = ParseDiskFormat(DiskFormatName(f));
+    ASSERT_OK(parsed);
+    EXPECT_EQ(*parsed, f);
+  }
+  for (Accel a : {Accel::kAuto, Accel::kKvm, Accel::kTcg}) {
+    auto parsed = ParseAccel(AccelName(a));
+    ASSERT_OK(parsed);
+    EXPECT_EQ(*parsed, a);
+  }
+}
+
+TEST(ParseNamesTest, UnknownDiskFormatIsRejected) {
+  EXPECT_STATUS(ParseDiskFormat("vmdk"), StatusCode::kInvalidArgument, "vmdk");
+}
+
+TEST(ParseNamesTest, UnknownAccelIsRejected) {
+  EXPECT_STATUS(ParseAccel("hvf"), StatusCode::kInvalidArgument, "hvf");
+}
+
+VmRecord SampleRecord() {
+  VmRecord r;
+  r.info.name = "web-1";
+  r.info.pid = 4242;
+  r.info.disk_path = "/s/disks/web-1.img";
+  r.info.disk_format = DiskFormat::kQcow2;
+  r.info.cpus = 2;
+  r.info.memory_mib = 512;
+  r.info.accel = Accel::kTcg;
+  r.info.serial_log_path = "/s/run/web-1.serial.log";
+  r.info.qemu_log_path = "/s/run/web-1.qemu.log";
+  r.info.qmp_socket_path = "/s/run/web-1.qmp";
+  r.info.started_unix_ms = 1700000000123;
+  r.argv = {"qemu-system-x86_64", "-m", "512M"};
+  return r;
+}
+
+TEST(VmRecordTest, RoundTrips) {
+  VmRecord in = SampleRecord();
+  auto out = ParseVmRecord(SerializeVmRecord(in));
+  ASSERT_OK(out);
+  EXPECT_EQ(out->info.name, in.info.name);
+  EXPECT_EQ(out->info.pid, in.info.pid);
+  EXPECT_EQ(out->info.disk_path, in.info.disk_path);
+  EXPECT_EQ(out->info.disk_format, in.info.disk_format);
+  EXPECT_EQ(out->info.cpus, in.info.cpus);
+  EXPECT_EQ(out->info.memory_mib, in.info.memory_mib);
+  EXPECT_EQ(out->info.accel, in.info.accel);
+  EXPECT_EQ(out->info.serial_log_path, in.info.serial_log_path);
+  EXPECT_EQ(out->info.qemu_log_path, in.info.qemu_log_path);
+  EXPECT_EQ(out->info.qmp_socket_path, in.info.qmp_socket_path);
+  EXPECT_EQ(out->info.started_unix_ms, in.info.started_unix_ms);
+  EXPECT_EQ(out->argv, in.argv);
+  EXPECT_FALSE(out->stopped);
+}
+
+TEST(VmRecordTest, ParsesTheDocumentedExample) {
+  // The example in docs/vm.md, "State file".
+  const char* text = R"({
+  "version": 1, "name": "web-1", "pid": 4242, "stopped": false,
+  "disk_path": "/var/lib/vmseal/vm/disks/web-1.img", "disk_format": "raw",
+  "cpus": 2, "memory_mib": 512, "accel": "tcg",
+  "serial_log": "/var/lib/vmseal/vm/run/web-1.serial.log",
+  "qemu_log": "/var/lib/vmseal/vm/run/web-1.qemu.log",
+  "qmp_socket": "/var/lib/vmseal/vm/run/web-1.qmp",
+  "started_unix_ms": 1700000000123,
+  "argv": ["qemu-system-x86_64", "-name", "vmseal-web-1"]
+})";
+  auto r = ParseVmRecord(text);
+  ASSERT_OK(r);
+  EXPECT_EQ(r->info.pid, 4242);
+  EXPECT_EQ(r->argv.size(), 3u);
+}
+
+// Mutates one field of the serialized sample and expects DATA_LOSS naming it.
+void ExpectCorrupt(const std::function<void(nlohmann::json&)>& mutate, const std::string& substr) {
+  nlohmann::json j = nlohmann::json::parse(SerializeVmRecord(SampleRecord()));
+  mutate(j);
+  EXPECT_STATUS(ParseVmRecord(j.dump()), StatusCode::kDataLoss, substr);
+}
+
+TEST(VmRecordTest, NotJsonIsDataLoss) {
+  EXPECT_STATUS(ParseVmRecord("{\"version\": 1,"), StatusCode::kDataLoss, "not valid JSON");
+}
+
+TEST(VmRecordTest, TruncatedFileIsDataLoss) {
+  std::string text = SerializeVmRecord(SampleRecord());
+  EXPECT_STATUS(ParseVmRecord(text.substr(0, text.size() / 2)), StatusCode::kDataLoss,
+                "not valid JSON");
+}
+
+TEST(VmRecordTest, WrongVersionIsDataLoss) {
+  ExpectCorrupt([](nlohmann::json& j) { j["version"] = 2; }, "unsupported version 2");
+}
+
+TEST(VmRecordTest, MissingPidIsDataLoss) {
+  ExpectCorrupt([](nlohmann::json& j) { j.erase("pid"); }, "\"pid\"");
+}
+
+TEST(VmRecordTest, NonPositivePidIsDataLoss) {
+  ExpectCorrupt([](nlohmann::json& j) { j["pid"] = 0; }, "\"pid\" out of range");
+}
+
+TEST(VmRecordTest, PidAsStringIsDataLoss) {
+  ExpectCorrupt([](nlohmann::json& j) { j["pid"] = "4242"; }, "\"pid\"");
+}
+
+TEST(VmRecordTest, BadNameIsDataLoss) {
+  ExpectCorrupt([](nlohmann::json& j) { j["name"] = "a/b"; }, "vm name");
+}
+
+TEST(VmRecordTest, AutoAccelIsDataLoss) {
+  ExpectCorrupt([](nlohmann::json& j) { j["accel"] = "auto"; }, "\"accel\"");
+}
+
+TEST(VmRecordTest, EmptyArgvIsDataLoss) {
+  ExpectCorrupt([](nlohmann::json& j) { j["argv"] = nlohmann::json::array(); }, "\"argv\"");
+}
+
+TEST(VmRecordTest, NonStringArgvIsDataLoss) {
+  ExpectCorrupt([](nlohmann::json& j) { j["argv"] = {"qemu", 3}; }, "non-string");
+}
+
+TEST(VmRecordTest, OversizedFileIsDataLoss) {
+  EXPECT_STATUS(ParseVmRecord(std::string(internal::kMaxVmRecordBytes + 1, ' ')),
+                StatusCode::kDataLoss, "64 KiB");
+}
+
+TEST(VmManagerCreateTest, EmptyStateDirIsRejected) {
+  VmManagerOptions options;
+  EXPECT_STATUS(VmManager::Create(options), StatusCode::kInvalidArgument, "state dir");
+}
+
+TEST(VmManagerCreateTest, StateDirsArePrivate) {
+  vmseal::testing::TempDir dir;
+  VmManagerOptions options;
+  options.state_dir = dir.File("state");
+  ASSERT_OK(VmManager::Create(options));
+  for (const char* sub : {"", "/disks", "/vms", "/run"}) {
+    struct stat st;
+    ASSERT_EQ(::stat((options.state_dir + sub).c_str(), &st), 0) << sub;
+    EXPECT_EQ(st.st_mode & 0777, 0700u) << sub;
+  }
+}
+
+TEST(VmManagerCreateTest, OverlongStateDirIsRejected) {
+  VmManagerOptions options;
+  options.state_dir = "/tmp/" + std::string(60, 'x');
+  EXPECT_STATUS(VmManager::Create(options), StatusCode::kInvalidArgument, "too long");
+}
+
+TEST(VmManagerCreateTest, AutoAccelWithoutKvmDeviceIsTcg) {
+  vmseal::testing::TempDir dir;
+  VmManagerOptions options;
+  options.state_dir = dir.path();
+  options.kvm_device = dir.File("no-such-kvm");
+  auto manager = VmManager::Create(options);
+  ASSERT_OK(manager);
+  EXPECT_EQ((*manager)->ResolvedAccel(), Accel::kTcg);
+}
+
+TEST(VmManagerCreateTest, UnknownVmIsNotFound) {
+  vmseal::testing::TempDir dir;
+  VmManagerOptions options;
+  options.state_dir = dir.path();
+  auto manager = VmManager::Create(options);
+  ASSERT_OK(manager);
+  EXPECT_STATUS((*manager)->Get("nope"), StatusCode::kNotFound, "no such vm: nope");
+  EXPECT_STATUS((*manager)->Stop("nope"), StatusCode::kNotFound, "no such vm: nope");
+  EXPECT_STATUS((*manager)->Delete("nope"), StatusCode::kNotFound, "no such vm: nope");
+}
+
+TEST(VmManagerCreateTest, MissingDiskIsNotFound) {
+  vmseal::testing::TempDir dir;
+  VmManagerOptions options;
+  options.state_dir = dir.path();
+  auto manager = VmManager::Create(options);
+  ASSERT_OK(manager);
+  VmSpec spec = SampleSpec();
+  spec.disk_path = dir.File("missing.img");
+  EXPECT_STATUS((*manager)->Launch(spec), StatusCode::kNotFound,
+                "vm disk missing: " + spec.disk_path);
+  EXPECT_TRUE(vmseal::testing::ListDir(dir.File("vms")).empty());
+}
+
+TEST(VmManagerCreateTest, CorruptStateFileIsDataLoss) {
+  vmseal::testing::TempDir dir;
+  VmManagerOptions options;
+  options.state_dir = dir.path();
+  auto manager = VmManager::Create(options);
+  ASSERT_OK(manager);
+  vmseal::testing::WriteFileOrDie(dir.File("vms/web-1.json"), "{\"version\": 1");
+  EXPECT_STATUS((*manager)->Get("web-1"), StatusCode::kDataLoss, "web-1.json");
+}
+
+TEST(VmManagerCreateTest, StateFileNamingAnotherVmIsDataLoss) {
+  vmseal::testing::TempDir dir;
+  VmManagerOptions options;
+  options.state_dir = dir.path();
+  auto manager = VmManager::Create(options);
+  ASSERT_OK(manager);
+  vmseal::testing::WriteFileOrDie(dir.File("vms/other.json"), SerializeVmRecord(SampleRecord()));
+  EXPECT_STATUS((*manager)->Get("other"), StatusCode::kDataLoss, "names vm web-1");
+}
+
+TEST(VmManagerCreateTest, RecordOfDeadProcessListsAsStopped) {
+  vmseal::testing::TempDir dir;
+  VmManagerOptions options;
+  options.state_dir = dir.path();
+  auto manager = VmManager::Create(options);
+  ASSERT_OK(manager);
+  VmRecord record = SampleRecord();
+  record.info.pid = ::getpid();  // alive, but not running the recorded argv
+  vmseal::testing::WriteFileOrDie(dir.File("vms/web-1.json"), SerializeVmRecord(record));
+  auto vms = (*manager)->List();
+  ASSERT_OK(vms);
+  ASSERT_EQ(vms->size(), 1u);
+  EXPECT_EQ((*vms)[0].state, VmRunState::kStopped);
+  EXPECT_OK((*manager)->Stop("web-1"));  // and no signal reaches this process
+}
+
+TEST(VmManagerCreateTest, MissingQemuIsNotFound) {
+  vmseal::testing::TempDir dir;
+  VmManagerOptions options;
+  options.state_dir = dir.path();
+  options.qemu_binary = "vmseal-no-such-qemu";
+  auto manager = VmManager::Create(options);
+  ASSERT_OK(manager);
+  VmSpec spec = SampleSpec();
+  spec.disk_path = dir.File("disk.img");
+  vmseal::testing::WriteFileOrDie(spec.disk_path, std::string(4096, '\0'));
+  EXPECT_STATUS((*manager)->Launch(spec), StatusCode::kNotFound,
+                "qemu not found: vmseal-no-such-qemu");
+  EXPECT_TRUE(vmseal::testing::ListDir(dir.File("vms")).empty());
+}
+
+}  // namespace
+}  // namespace vmseal::vm

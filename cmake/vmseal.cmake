@@ -11,9 +11,12 @@ function(vmseal_test name)
   if(NOT T_TIMEOUT)
     set(T_TIMEOUT 300)
   endif()
+  # gtest_discover_tests flattens list-valued properties; escape the
+  # separators so "integration;tpm" stays one LABELS value.
+  string(REPLACE ";" "\\;" labels "${T_LABELS}")
+  set(env "VMSEAL_SOURCE_DIR=${CMAKE_SOURCE_DIR}\\;VMSEAL_BINARY=${CMAKE_BINARY_DIR}/vmseal")
   gtest_discover_tests(${name}
     WORKING_DIRECTORY ${CMAKE_SOURCE_DIR}
-    PROPERTIES LABELS "${T_LABELS}" TIMEOUT ${T_TIMEOUT}
-               ENVIRONMENT "VMSEAL_SOURCE_DIR=${CMAKE_SOURCE_DIR};VMSEAL_BINARY=${CMAKE_BINARY_DIR}/vmseal"
+    PROPERTIES LABELS "${labels}" TIMEOUT ${T_TIMEOUT} ENVIRONMENT "${env}"
     DISCOVERY_TIMEOUT 60)
 endfunction()

@@ -64,6 +64,8 @@ class PackageTest : public ::testing::Test {
     o.ova = name.ends_with(".ova");
     std::string out = dir_.File(name);
     EXPECT_OK(SealPackage(Env::Default(), o, out));
+    // Every package a test produces must validate against DSP8023 2.0.1.
+    EXPECT_TRUE(DescriptorValidates(out));
     return out;
   }
   // Writes the package's descriptor to a file and validates it.

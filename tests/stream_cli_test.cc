@@ -294,7 +294,7 @@ TEST_F(StreamCliTest, SampleImageBadSizeExits3) {
 
 TEST_F(StreamCliTest, DemoSucceeds) {
   std::string out;
-  EXPECT_EQ(Vmseal({"demo", "--size", "8M"}, &out), 0) << out;
+  EXPECT_EQ(Vmseal({"demo", "--stream-only", "--size", "8M"}, &out), 0) << out;
   EXPECT_NE(out.find("OK: the image survived"), std::string::npos) << out;
 }
 

@@ -16,6 +16,7 @@
 #include "cli/exit_codes.h"
 #include "cli/progress.h"
 #include "crypto/primitives.h"
+#include "demo/demo.h"
 #include "stream/stream.h"
 
 namespace vmseal::cli {
@@ -81,6 +82,8 @@ class DemoDir {
 struct DemoFlags {
   std::string size = "256MiB";
   bool quiet = false;
+  bool stream_only = false;
+  demo::DemoOptions system;
 };
 
 Status RunDemo(const DemoFlags& f) {
@@ -177,11 +180,24 @@ void AddDemoCommands(CLI::App& app, const CommandSink& sink) {
   {
     auto f = std::make_shared<DemoFlags>();
     CLI::App* c = app.add_subcommand(
-        "demo", "Generate a sample image, seal it, open it and compare (narrated)");
-    c->add_option("--size", f->size, "Sample image size (default 256MiB)");
+        "demo",
+        "The whole system on loopback, narrated: KMS, portal, a trusted and a tampered host "
+        "(swtpm), a customer who seals, uploads and launches a VM");
+    c->add_flag("--keep", f->system.keep,
+                "Leave everything running until Ctrl-C and print how to use it");
+    c->add_option("--dir", f->system.work_dir, "Working directory (default: a temp dir)");
+    c->add_option("--sample-image-script", f->system.sample_image_script,
+                  "scripts/build-sample-image.sh (default: found from the binary)");
+    c->add_flag("--stream-only", f->stream_only,
+                "Only generate a sample image, seal it, open it and compare");
+    c->add_option("--size", f->size, "--stream-only: sample image size (default 256MiB)");
     c->add_flag("--quiet", f->quiet, "No narration or progress bars");
     c->footer(ExitCodesHelp());
-    c->callback([f, sink] { sink(RunDemo(*f)); });
+    c->callback([f, sink] {
+      if (f->stream_only) return sink(RunDemo(*f));
+      f->system.quiet = f->quiet;
+      sink(demo::RunSystemDemo(f->system));
+    });
   }
 }
 

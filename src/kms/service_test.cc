@@ -266,6 +266,14 @@ TEST(PackageLabel, ParsesWhatThePackageWrites) {
                 StatusCode::kPermissionDenied, "label_mismatch");
 }
 
+TEST(ErrorBody, CarriesTheMachineReason) {
+  auto body = net::ErrorBody(PermissionDeniedError("pcr_policy: PCR 7 differs"));
+  EXPECT_EQ(body["error"]["reason"], "pcr_policy");
+  EXPECT_EQ(body["error"]["code"], "PERMISSION_DENIED");
+  EXPECT_EQ(body["error"]["message"], "pcr_policy: PCR 7 differs");
+  EXPECT_FALSE(net::ErrorBody(InvalidArgumentError("Body must be JSON: x"))["error"].contains("reason"));
+}
+
 TEST(CallerFromPeer, RoleFromOrganizationalUnit) {
   net::Peer peer{true, "CN=h1,OU=host,O=vmseal", "h1", "host", "ab"};
   Caller c = CallerFromPeer(peer);

@@ -423,9 +423,9 @@ StatusOr<int64_t> KmsService::ConsumeEvidenceNonce(const std::string& host_id,
   return static_cast<int64_t>(issued);
 }
 
-StatusOr<std::pair<VerdictInfo, std::optional<attest::VerifiedEvidence>>>
-KmsService::VerifyAndRecord(const std::string& host_id, const attest::AkPublic& ak,
-                            const attest::Evidence& ev, int64_t nonce_issued_unix) {
+std::pair<Verdict, std::optional<attest::VerifiedEvidence>> KmsService::CheckEvidence(
+    const std::string& host_id, const attest::AkPublic& ak, const attest::Evidence& ev,
+    int64_t nonce_issued_unix) {
   auto verified = attest::VerifyEvidence(ak, ev.nonce, ev.pcr_selection, ev);
   Verdict v;
   v.verdict_id = NewVerdictId();
@@ -450,13 +450,17 @@ KmsService::VerifyAndRecord(const std::string& host_id, const attest::AkPublic& 
     v.reason = reason == "none" ? "malformed_evidence" : reason;
     v.details["message"] = verified.status().message();
   }
-  RETURN_IF_ERROR(store_->PutVerdict(
-      v, {"attestation.verdict", "host/" + host_id,
-          json{{"verdict_id", v.verdict_id}, {"trusted", v.trusted}, {"reason", v.reason}}}));
   std::optional<attest::VerifiedEvidence> out;
   if (verified.ok()) out = *std::move(verified);
-  return std::make_pair(InfoOf(v), std::move(out));
+  return {std::move(v), std::move(out)};
 }
+
+namespace {
+AuditEvent VerdictAudit(const Verdict& v) {
+  return {"attestation.verdict", "host/" + v.host_id,
+          json{{"verdict_id", v.verdict_id}, {"trusted", v.trusted}, {"reason", v.reason}}};
+}
+}  // namespace
 
 StatusOr<VerdictInfo> KmsService::Attest(const Caller& caller, const std::string& host_id,
                                          const attest::Evidence& evidence) {
@@ -471,9 +475,10 @@ StatusOr<VerdictInfo> KmsService::Attest(const Caller& caller, const std::string
     RecordDenial(ReasonPrefix(issued.status()), "host/" + host_id, "attest: " + issued.status().message());
     return issued.status();
   }
-  ASSIGN_OR_RETURN(auto result, VerifyAndRecord(host_id, **ak, evidence, *issued));
+  auto result = CheckEvidence(host_id, **ak, evidence, *issued);
+  RETURN_IF_ERROR(store_->PutVerdict(result.first, VerdictAudit(result.first)));
   if (!result.first.trusted) metrics_.CountDenial(result.first.reason);
-  return result.first;
+  return InfoOf(result.first);
 }
 
 // --- Policy -------------------------------------------------------------------
@@ -508,7 +513,7 @@ StatusOr<PolicyDecision> KmsService::Decide(const json& policy, PolicyFacts fact
       policy["history"].contains("no_failures_within_seconds") &&
       policy["history"]["no_failures_within_seconds"].is_number_integer()) {
     const int64_t window = policy["history"]["no_failures_within_seconds"].get<int64_t>();
-    ASSIGN_OR_RETURN(facts.history, store_->ListVerdicts(host_id, facts.now_unix - window));
+    ASSIGN_OR_RETURN(facts.history, store_->ListFailedVerdicts(host_id, facts.now_unix - window));
   }
   return EvaluatePolicy(policy, flavors, facts);
 }
@@ -556,16 +561,24 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
   const auto start = std::chrono::steady_clock::now();
   json audit = {{"host_id", host_id}, {"image_id", req.image_id}, {"tenant", req.tenant},
                 {"key_id", req.key_id}, {"key_version", req.key_version}};
+  // The verdict is written with the decision's audit record, in one
+  // transaction (one commit per release besides the nonce's).
+  std::optional<Verdict> verdict_to_record;
   auto finish = [&](const Status& s) -> Status {
-    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     std::string reason = ReasonPrefix(s);
     if (reason.empty()) reason = s.code() == StatusCode::kInvalidArgument ? "malformed_request" : "internal";
-    metrics_.ObserveRelease(reason, secs);
     metrics_.CountDenial(reason);
     json d = audit;
     d["reason"] = reason;
     d["message"] = s.message();
-    (void)store_->AppendAudit({"release.deny", "host/" + host_id, d});
+    AuditEvent deny{"release.deny", "host/" + host_id, d};
+    Status written = verdict_to_record
+                         ? store_->PutVerdict(*verdict_to_record,
+                                              std::vector<AuditEvent>{VerdictAudit(*verdict_to_record), deny})
+                         : store_->AppendAudit(deny);
+    (void)written;  // the denial stands even if its record could not be written
+    metrics_.ObserveRelease(
+        reason, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     return s;
   };
 
@@ -581,16 +594,16 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
   if (!ak.ok()) return finish(ak.status());
   auto issued = ConsumeEvidenceNonce(host_id, req.evidence);
   if (!issued.ok()) return finish(issued.status());
-  auto verdict = VerifyAndRecord(host_id, **ak, req.evidence, *issued);
-  if (!verdict.ok()) return finish(verdict.status());
-  audit["verdict_id"] = verdict->first.verdict_id;
-  if (!verdict->first.trusted) {
-    Status s = verdict->first.reason == "malformed_evidence"
+  auto verdict = CheckEvidence(host_id, **ak, req.evidence, *issued);
+  verdict_to_record = verdict.first;
+  audit["verdict_id"] = verdict.first.verdict_id;
+  if (!verdict.first.trusted) {
+    Status s = verdict.first.reason == "malformed_evidence"
                    ? InvalidArgumentError("malformed_evidence: evidence does not parse")
-                   : Denied(verdict->first.reason, "evidence failed verification");
+                   : Denied(verdict.first.reason, "evidence failed verification");
     return finish(s);
   }
-  const attest::VerifiedEvidence& ev = *verdict->second;
+  const attest::VerifiedEvidence& ev = *verdict.second;
 
   // Which key; then the policy for this customer and image.
   auto key = CustomerPrivateKey(req.tenant, req.key_id);
@@ -635,8 +648,13 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
   out.label.push_back(0);
   audit["binding_key_name"] = crypto::HexEncode(ev.binding_key.name);
   audit["by_fingerprint"] = caller.fingerprint;
-  Status logged = store_->AppendAudit({"release.grant", "host/" + host_id, audit});
-  if (!logged.ok()) return finish(logged);  // no grant without its audit record
+  Status logged = store_->PutVerdict(
+      *verdict_to_record,
+      std::vector<AuditEvent>{VerdictAudit(*verdict_to_record), {"release.grant", "host/" + host_id, audit}});
+  if (!logged.ok()) {  // no grant without its audit record
+    verdict_to_record.reset();
+    return finish(logged);
+  }
   metrics_.CountRelease();
   metrics_.ObserveRelease(
       "ok", std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
@@ -651,8 +669,12 @@ StatusOr<std::vector<HostSummary>> KmsService::ListHosts(const Caller& caller) {
   std::vector<HostSummary> out;
   for (const auto& h : hosts) {
     HostSummary s{h.host_id, h.enrolled, h.tags, std::nullopt};
-    ASSIGN_OR_RETURN(auto verdicts, store_->ListVerdicts(h.host_id, 0));
-    if (!verdicts.empty()) s.latest = InfoOf(verdicts.back());
+    auto latest = store_->LatestVerdict(h.host_id);
+    if (latest.ok()) {
+      s.latest = InfoOf(*latest);
+    } else if (latest.status().code() != StatusCode::kNotFound) {
+      return latest.status();
+    }
     out.push_back(std::move(s));
   }
   return out;
@@ -699,18 +721,19 @@ StatusOr<std::vector<PlacementResult>> KmsService::PlacementCheck(const Caller& 
     } else if (!host.ok() || !host->enrolled) {
       r.reason = "not_enrolled";
     } else {
-      ASSIGN_OR_RETURN(auto verdicts, store_->ListVerdicts(id, 0));
-      if (verdicts.empty()) {
+      auto latest = store_->LatestVerdict(id);
+      if (!latest.ok() && latest.status().code() != StatusCode::kNotFound) return latest.status();
+      if (!latest.ok()) {
         r.reason = "no_verdict";
-      } else if (!verdicts.back().trusted) {
-        r.reason = verdicts.back().reason;
+      } else if (!latest->trusted) {
+        r.reason = latest->reason;
       } else {
         PolicyFacts facts;
-        auto pcrs = PcrValuesFromJson(verdicts.back().details.value("pcrs", json()));
+        auto pcrs = PcrValuesFromJson(latest->details.value("pcrs", json()));
         if (pcrs.ok()) facts.pcrs = *pcrs;
         facts.host_tags = host->tags;
         facts.now_unix = now;
-        facts.evidence_age_seconds = now - verdicts.back().time_unix;
+        facts.evidence_age_seconds = now - latest->time_unix;
         ASSIGN_OR_RETURN(PolicyDecision d, Decide(policy->policy, facts, id));
         r.eligible = d.allowed;
         r.reason = d.reason;

@@ -232,8 +232,9 @@ class KmsService {
   StatusOr<CachedKey> CustomerPrivateKey(const std::string& customer_id, const std::string& key_id);
   // Consumes the evidence's nonce; returns its issue time. nonce_* reasons.
   StatusOr<int64_t> ConsumeEvidenceNonce(const std::string& host_id, const attest::Evidence& ev);
-  // Verifies and records a verdict; returns it with the verified evidence (if trusted).
-  StatusOr<std::pair<VerdictInfo, std::optional<attest::VerifiedEvidence>>> VerifyAndRecord(
+  // Verifies the evidence; the verdict to record (trusted or not) and, if
+  // trusted, what the evidence proved. Writes nothing.
+  std::pair<Verdict, std::optional<attest::VerifiedEvidence>> CheckEvidence(
       const std::string& host_id, const attest::AkPublic& ak, const attest::Evidence& ev,
       int64_t nonce_issued_unix);
   // The policy for (customer, image), else the "_default" customer's.

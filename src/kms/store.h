@@ -122,7 +122,17 @@ class Store {
   virtual StatusOr<int64_t> PurgeNonces(int64_t before_unix) = 0;
 
   // --- Verdicts (host trust history) -----------------------------------
-  virtual Status PutVerdict(const Verdict& verdict, const AuditEvent& audit) = 0;
+  virtual Status PutVerdict(const Verdict& verdict, const AuditEvent& audit) {
+    return PutVerdict(verdict, std::vector<AuditEvent>{audit});
+  }
+  // The verdict and several audit events (e.g. the verdict's and the release
+  // decision's) in one transaction.
+  virtual Status PutVerdict(const Verdict& verdict, const std::vector<AuditEvent>& audits) = 0;
+  // The host's untrusted verdicts at or after `since_unix`, oldest first.
+  virtual StatusOr<std::vector<Verdict>> ListFailedVerdicts(const std::string& host_id,
+                                                            int64_t since_unix) = 0;
+  // The host's most recent verdict; NOT_FOUND if it has none.
+  virtual StatusOr<Verdict> LatestVerdict(const std::string& host_id) = 0;
   // Verdicts for the host at or after `since_unix`, oldest first.
   virtual StatusOr<std::vector<Verdict>> ListVerdicts(const std::string& host_id,
                                                       int64_t since_unix) = 0;

@@ -40,6 +40,7 @@ struct KmsFlags {
   std::string host;
   std::vector<std::string> tags;
   int64_t since = 0;
+  std::string ek_ca_bundle;
 };
 
 // An HTTPS client with the operator's identity from --url --ca --cert --key.
@@ -160,6 +161,7 @@ Status Serve(const KmsFlags& f) {
   if (!f.store.empty()) config.store = f.store;
   if (!f.listen.empty()) config.listen = f.listen;
   if (f.port >= 0) config.port = f.port;
+  if (!f.ek_ca_bundle.empty()) config.ek_ca_bundle = f.ek_ca_bundle;
   return kms::ServeKms(config, f.port_file);
 }
 
@@ -278,6 +280,8 @@ void AddKmsCommands(CLI::App& app, const CommandSink& sink) {
   serve->add_option("--listen", flags->listen, "Bind address (env VMSEAL_KMS_LISTEN)");
   serve->add_option("--port", flags->port, "TCP port, 0 = any (env VMSEAL_KMS_PORT)");
   serve->add_option("--port-file", flags->port_file, "Write the bound port here once serving");
+  serve->add_option("--ek-ca-bundle", flags->ek_ca_bundle,
+                    "PEM bundle of TPM manufacturer CAs for host enrollment (config ek_ca_bundle)");
   serve->callback([flags, sink] { sink(Serve(*flags)); });
 
   CLI::App* audit = kms->add_subcommand("audit", "Audit log");

@@ -632,6 +632,9 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
       label->key_version != req.key_version) {
     return finish(Denied("label_mismatch", "the OAEP label names another image, tenant or key version"));
   }
+  if (key->key->type() != crypto::KeyType::kRsa3072 && key->key->type() != crypto::KeyType::kRsa2048) {
+    return finish(Denied("unknown_key", "key " + key->key_id + " is not an RSA key; packages wrap to RSA"));
+  }
   auto data_key = crypto::RsaOaepUnwrap(*key->key, req.wrapped_key, crypto::AsStringView(req.oaep_label));
   if (!data_key.ok()) {
     return finish(Denied("label_mismatch", "the wrapped key does not open under this key and label"));

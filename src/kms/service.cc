@@ -388,8 +388,9 @@ Status KmsService::CompleteEnrollment(const Caller& caller, const std::string& h
   return OkStatus();
 }
 
-StatusOr<std::shared_ptr<const attest::AkPublic>> KmsService::EnrolledAk(const std::string& host_id) {
-  {
+StatusOr<std::shared_ptr<const attest::AkPublic>> KmsService::EnrolledAk(const std::string& host_id,
+                                                                         bool reload) {
+  if (!reload) {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = aks_.find(host_id);
     if (it != aks_.end()) return it->second;
@@ -455,6 +456,22 @@ std::pair<Verdict, std::optional<attest::VerifiedEvidence>> KmsService::CheckEvi
   return {std::move(v), std::move(out)};
 }
 
+std::pair<Verdict, std::optional<attest::VerifiedEvidence>> KmsService::CheckEvidenceWithReload(
+    const std::string& host_id, std::shared_ptr<const attest::AkPublic> ak,
+    const attest::Evidence& ev, int64_t nonce_issued_unix) {
+  auto result = CheckEvidence(host_id, *ak, ev, nonce_issued_unix);
+  // The cached AK may be stale when the host re-enrolled through another KMS
+  // process sharing the store: on a signature failure, reload it once.
+  if (!result.first.trusted && (result.first.reason == "bad_signature" ||
+                                result.first.reason == "binding_key_not_certified")) {
+    auto fresh = EnrolledAk(host_id, /*reload=*/true);
+    if (fresh.ok() && (*fresh)->marshalled() != ak->marshalled()) {
+      result = CheckEvidence(host_id, **fresh, ev, nonce_issued_unix);
+    }
+  }
+  return result;
+}
+
 namespace {
 AuditEvent VerdictAudit(const Verdict& v) {
   return {"attestation.verdict", "host/" + v.host_id,
@@ -475,7 +492,7 @@ StatusOr<VerdictInfo> KmsService::Attest(const Caller& caller, const std::string
     RecordDenial(ReasonPrefix(issued.status()), "host/" + host_id, "attest: " + issued.status().message());
     return issued.status();
   }
-  auto result = CheckEvidence(host_id, **ak, evidence, *issued);
+  auto result = CheckEvidenceWithReload(host_id, *ak, evidence, *issued);
   RETURN_IF_ERROR(store_->PutVerdict(result.first, VerdictAudit(result.first)));
   if (!result.first.trusted) metrics_.CountDenial(result.first.reason);
   return InfoOf(result.first);
@@ -594,7 +611,7 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
   if (!ak.ok()) return finish(ak.status());
   auto issued = ConsumeEvidenceNonce(host_id, req.evidence);
   if (!issued.ok()) return finish(issued.status());
-  auto verdict = CheckEvidence(host_id, **ak, req.evidence, *issued);
+  auto verdict = CheckEvidenceWithReload(host_id, *ak, req.evidence, *issued);
   verdict_to_record = verdict.first;
   audit["verdict_id"] = verdict.first.verdict_id;
   if (!verdict.first.trusted) {

@@ -9,10 +9,16 @@
 // KMS only. Store: SQLite (WAL) in a temp dir, or a postgres:// URL as the
 // second argument.
 //
-//   build/bench/release_bench [releases=300] [store]
+//   build/bench/release_bench [releases=300] [store] [https clients=4]
+// ("" as store = SQLite in a temp dir). The HTTPS phase runs `clients`
+// concurrent mTLS connections (one host identity) against the same service;
+// server CPU there = process CPU minus the client threads' CPU.
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <atomic>
+#include <mutex>
+#include <thread>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -23,6 +29,8 @@
 #include "crypto/key_wrap.h"
 #include "crypto/keys.h"
 #include "kms/kek.h"
+#include "net/https_client.h"
+#include "net/https_server.h"
 #include "kms/service.h"
 #include "kms/store.h"
 #include "tpm/security_engine.h"
@@ -32,6 +40,13 @@ namespace vmseal {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+double ThreadCpuSeconds() {
+  struct rusage ru;
+  ::getrusage(RUSAGE_THREAD, &ru);
+  return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+         static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
 
 double CpuSeconds() {
   struct rusage ru;
@@ -76,7 +91,7 @@ crypto::Bytes PackageLabel(const std::string& image, const std::string& tenant) 
   return crypto::Bytes(s.begin(), s.end());
 }
 
-int Run(int releases, const std::string& store_arg) {
+int Run(int releases, const std::string& store_arg, int clients) {
   char tmpl[] = "/tmp/release-bench-XXXXXX";
   std::string dir = ::mkdtemp(tmpl);
   auto tpm = Must(tpm::testing::Swtpm::Start({.parent_dir = dir}), "swtpm");
@@ -85,6 +100,12 @@ int Run(int releases, const std::string& store_arg) {
   auto store = Must(kms::Store::Open(store_arg.empty() ? dir + "/kms.db" : store_arg), "store");
   auto kek = Must(kms::KekFromBytes(SecretBytes::Random(kms::kKekBytes)), "kek");
   auto ca = Must(kms::internal::CreateRootCa("bench ca", 30), "ca");
+  const std::string ca_pem = ca.cert_pem;
+  auto server_id = Must(kms::internal::IssueLeaf(ca, {.common_name = "kms", .organizational_unit = "kms",
+                                                      .ip_addresses = {"127.0.0.1"}, .server = true}),
+                        "server id");
+  auto host_id = Must(kms::internal::IssueLeaf(ca, {.common_name = "host-1", .organizational_unit = "host"}),
+                      "host id");
   kms::KmsService::Options options;
   options.ek_ca_bundle_pem = tpm->ca_bundle_pem();
   options.nonce_lifetime_seconds = 3600;
@@ -115,9 +136,9 @@ int Run(int releases, const std::string& store_arg) {
   const crypto::Bytes label = PackageLabel("img-1", "acme");
   const crypto::Bytes wrapped = Must(crypto::RsaOaepWrap(pub, data_key, crypto::AsStringView(label)), "wrap");
 
-  std::fprintf(stderr, "recording %d evidence sets from swtpm...\n", releases + 10);
+  std::fprintf(stderr, "recording %d evidence sets from swtpm...\n", 2 * releases + 10);
   std::vector<kms::ReleaseRequest> requests;
-  for (int i = 0; i < releases + 10; ++i) {
+  for (int i = 0; i < 2 * releases + 10; ++i) {
     auto n = Must(service->IssueNonce(host, "host-1"), "nonce");
     kms::ReleaseRequest r;
     r.image_id = "img-1";
@@ -201,6 +222,61 @@ int Run(int releases, const std::string& store_arg) {
   const double swall = std::chrono::duration<double>(Clock::now() - s0).count();
   const double scpu = CpuSeconds() - scpu0;
 
+  // Over HTTPS (TLS 1.3, mTLS) with `clients` concurrent connections, each
+  // request carrying evidence recorded above (JSON bodies built beforehand).
+  net::HttpsServer::Options so;
+  so.cert_pem = server_id.cert_pem;
+  so.key_pem = std::move(server_id.key_pem);
+  so.client_ca_pem = ca_pem;
+  so.threads = 8;
+  auto server = Must(net::HttpsServer::Create(std::move(so)), "server");
+  kms::RegisterKmsRoutes(service.get(), server.get());
+  const int port = Must(server->Start(), "server start");
+  std::vector<nlohmann::json> bodies;
+  for (int i = releases + 10; i < 2 * releases + 10; ++i) {
+    const auto& r = requests[i];
+    bodies.push_back({{"image_id", r.image_id}, {"tenant", r.tenant}, {"key_id", r.key_id},
+                      {"key_version", r.key_version}, {"wrap_algorithm", r.wrap_algorithm},
+                      {"oaep_label", crypto::Base64Encode(r.oaep_label)},
+                      {"wrapped_key", crypto::Base64Encode(r.wrapped_key)},
+                      {"evidence", nlohmann::json::parse(attest::EvidenceToJson(r.evidence))}});
+  }
+  std::atomic<int> next{0};
+  std::atomic<int> failures{0};
+  std::mutex mu;
+  std::vector<double> hlat;
+  double client_cpu = 0;
+  std::vector<std::thread> threads;
+  const double hcpu0 = CpuSeconds();
+  const auto h0 = Clock::now();
+  for (int c = 0; c < clients; ++c) {
+    threads.emplace_back([&] {
+      const double tc0 = ThreadCpuSeconds();
+      net::HttpsClient::Options o;
+      o.port = port;
+      o.ca_pem = ca_pem;
+      o.cert_pem = host_id.cert_pem;
+      o.key_pem = host_id.key_pem.Clone();
+      auto client = Must(net::HttpsClient::Create(std::move(o)), "client");
+      std::vector<double> mine;
+      for (int i = next++; i < releases; i = next++) {
+        const auto t = Clock::now();
+        auto out = client->Post("/v1/hosts/host-1/releases", bodies[i]);
+        mine.push_back(std::chrono::duration<double>(Clock::now() - t).count());
+        if (!out.ok()) ++failures;
+      }
+      const double tc = ThreadCpuSeconds() - tc0;
+      std::lock_guard<std::mutex> lock(mu);
+      hlat.insert(hlat.end(), mine.begin(), mine.end());
+      client_cpu += tc;
+    });
+  }
+  for (auto& t : threads) t.join();
+  const double hwall = std::chrono::duration<double>(Clock::now() - h0).count();
+  const double server_cpu = CpuSeconds() - hcpu0 - client_cpu;
+  server->Stop();
+  if (failures.load() != 0) Die(InternalError(std::to_string(failures.load()) + " HTTPS releases failed"), "https");
+
   std::printf("release_bench: %d releases, store %s, evidence recorded from swtpm, single thread\n",
               releases, store->backend().c_str());
   std::printf("  KmsService::Release  p50 %.3f ms  p99 %.3f ms  mean %.3f ms  cpu %.3f ms/release  %.0f releases/s\n",
@@ -209,6 +285,9 @@ int Run(int releases, const std::string& store_arg) {
   std::printf("  raw crypto           mean %.3f ms  cpu %.3f ms/release  %.0f /s\n", cwall / releases * 1e3,
               ccpu / releases * 1e3, releases / cwall);
   std::printf("  ratio (service cpu / crypto cpu) %.2f   (wall %.2f)\n", cpu / ccpu, wall / cwall);
+  std::printf("  HTTPS, %d clients   p50 %.3f ms  p99 %.3f ms  %.0f releases/s  server cpu %.3f ms/release (ratio %.2f)\n",
+              clients, Percentile(hlat, 0.5) * 1e3, Percentile(hlat, 0.99) * 1e3, releases / hwall,
+              server_cpu / releases * 1e3, server_cpu / ccpu);
   std::printf("  breakdown: VerifyEvidence cpu %.3f ms; store writes (2 commits) cpu %.3f ms, wall %.3f ms\n",
               vcpu / releases * 1e3, scpu / releases * 1e3, swall / releases * 1e3);
   service.reset();
@@ -225,5 +304,6 @@ int Run(int releases, const std::string& store_arg) {
 int main(int argc, char** argv) {
   int n = argc > 1 ? std::atoi(argv[1]) : 300;
   if (n <= 0) n = 300;
-  return vmseal::Run(n, argc > 2 ? argv[2] : "");
+  const int clients = argc > 3 ? std::max(1, std::atoi(argv[3])) : 4;
+  return vmseal::Run(n, argc > 2 ? argv[2] : "", clients);
 }

@@ -407,18 +407,23 @@ StatusOr<std::shared_ptr<const attest::AkPublic>> KmsService::EnrolledAk(const s
 
 // --- Attestation ------------------------------------------------------------
 
-StatusOr<int64_t> KmsService::ConsumeEvidenceNonce(const std::string& host_id,
-                                                   const attest::Evidence& ev) {
-  if (ev.nonce.size() != 32) return Denied("nonce_unknown", "the nonce was not issued by this KMS");
-  Status s = store_->ConsumeNonce(crypto::HexEncode(ev.nonce), host_id, Now());
-  if (!s.ok()) {
-    if (s.code() == StatusCode::kNotFound) return Denied("nonce_unknown", "the nonce was not issued for this host");
-    if (s.code() == StatusCode::kFailedPrecondition) {
-      if (s.message().find("used") != std::string::npos) return Denied("nonce_used", "the nonce was already used");
-      return Denied("nonce_expired", "the nonce expired");
-    }
-    return s;
+namespace {
+// The nonce reasons for the store's nonce answers; other errors unchanged.
+Status NonceError(const Status& s) {
+  if (s.code() == StatusCode::kNotFound) return Denied("nonce_unknown", "the nonce was not issued for this host");
+  if (s.code() == StatusCode::kFailedPrecondition) {
+    if (s.message().find("used") != std::string::npos) return Denied("nonce_used", "the nonce was already used");
+    if (s.message().find("expired") != std::string::npos) return Denied("nonce_expired", "the nonce expired");
   }
+  return s;
+}
+}  // namespace
+
+StatusOr<int64_t> KmsService::CheckEvidenceNonce(const std::string& host_id,
+                                                 const attest::Evidence& ev) {
+  if (ev.nonce.size() != 32) return Denied("nonce_unknown", "the nonce was not issued by this KMS");
+  Status s = store_->CheckNonce(crypto::HexEncode(ev.nonce), host_id, Now());
+  if (!s.ok()) return NonceError(s);
   uint64_t issued = 0;
   for (int i = 0; i < 8; ++i) issued = (issued << 8) | ev.nonce[i];
   return static_cast<int64_t>(issued);
@@ -487,13 +492,20 @@ StatusOr<VerdictInfo> KmsService::Attest(const Caller& caller, const std::string
     RecordDenial(ReasonPrefix(ak.status()), "host/" + host_id, "attest: " + ak.status().message());
     return ak.status();
   }
-  auto issued = ConsumeEvidenceNonce(host_id, evidence);
+  auto issued = CheckEvidenceNonce(host_id, evidence);
   if (!issued.ok()) {
     RecordDenial(ReasonPrefix(issued.status()), "host/" + host_id, "attest: " + issued.status().message());
     return issued.status();
   }
   auto result = CheckEvidenceWithReload(host_id, *ak, evidence, *issued);
-  RETURN_IF_ERROR(store_->PutVerdict(result.first, VerdictAudit(result.first)));
+  // The nonce is consumed in the verdict's transaction (exactly once).
+  const Store::NonceUse use{crypto::HexEncode(evidence.nonce), host_id, Now()};
+  Status written = store_->PutVerdict(result.first, {VerdictAudit(result.first)}, &use);
+  if (!written.ok()) {
+    written = NonceError(written);
+    RecordDenial(ReasonPrefix(written), "host/" + host_id, "attest: " + written.message());
+    return written;
+  }
   if (!result.first.trusted) metrics_.CountDenial(result.first.reason);
   return InfoOf(result.first);
 }
@@ -581,22 +593,35 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
   // The verdict is written with the decision's audit record, in one
   // transaction (one commit per release besides the nonce's).
   std::optional<Verdict> verdict_to_record;
+  const Store::NonceUse nonce_use{crypto::HexEncode(req.evidence.nonce), host_id, Now()};
   auto finish = [&](const Status& s) -> Status {
     std::string reason = ReasonPrefix(s);
     if (reason.empty()) reason = s.code() == StatusCode::kInvalidArgument ? "malformed_request" : "internal";
-    metrics_.CountDenial(reason);
     json d = audit;
     d["reason"] = reason;
     d["message"] = s.message();
     AuditEvent deny{"release.deny", "host/" + host_id, d};
+    Status result = s;
     Status written = verdict_to_record
                          ? store_->PutVerdict(*verdict_to_record,
-                                              std::vector<AuditEvent>{VerdictAudit(*verdict_to_record), deny})
+                                              {VerdictAudit(*verdict_to_record), deny}, &nonce_use)
                          : store_->AppendAudit(deny);
-    (void)written;  // the denial stands even if its record could not be written
+    if (!written.ok() && verdict_to_record) {
+      // The nonce was consumed meanwhile (a replay racing this request):
+      // that is the answer, and its own denial record.
+      Status nonce = NonceError(written);
+      if (!ReasonPrefix(nonce).empty()) {
+        result = nonce;
+        reason = ReasonPrefix(nonce);
+        d["reason"] = reason;
+        d["message"] = nonce.message();
+        (void)store_->AppendAudit({"release.deny", "host/" + host_id, d});
+      }
+    }
+    metrics_.CountDenial(reason);
     metrics_.ObserveRelease(
         reason, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-    return s;
+    return result;
   };
 
   if (!ValidIdentity(req.image_id) || !ValidIdentity(req.tenant)) {
@@ -609,7 +634,7 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
 
   auto ak = EnrolledAk(host_id);
   if (!ak.ok()) return finish(ak.status());
-  auto issued = ConsumeEvidenceNonce(host_id, req.evidence);
+  auto issued = CheckEvidenceNonce(host_id, req.evidence);
   if (!issued.ok()) return finish(issued.status());
   auto verdict = CheckEvidenceWithReload(host_id, *ak, req.evidence, *issued);
   verdict_to_record = verdict.first;
@@ -670,12 +695,14 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
   out.label.push_back(0);
   audit["binding_key_name"] = crypto::HexEncode(ev.binding_key.name);
   audit["by_fingerprint"] = caller.fingerprint;
+  // One transaction: the nonce consumed exactly once, the verdict, the grant
+  // record. No grant without all three.
   Status logged = store_->PutVerdict(
       *verdict_to_record,
-      std::vector<AuditEvent>{VerdictAudit(*verdict_to_record), {"release.grant", "host/" + host_id, audit}});
-  if (!logged.ok()) {  // no grant without its audit record
+      {VerdictAudit(*verdict_to_record), {"release.grant", "host/" + host_id, audit}}, &nonce_use);
+  if (!logged.ok()) {
     verdict_to_record.reset();
-    return finish(logged);
+    return finish(NonceError(logged));
   }
   metrics_.CountRelease();
   metrics_.ObserveRelease(

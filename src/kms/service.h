@@ -232,8 +232,9 @@ class KmsService {
                                                                bool reload = false);
   // The customer's key named by `key_id`; unknown_key otherwise.
   StatusOr<CachedKey> CustomerPrivateKey(const std::string& customer_id, const std::string& key_id);
-  // Consumes the evidence's nonce; returns its issue time. nonce_* reasons.
-  StatusOr<int64_t> ConsumeEvidenceNonce(const std::string& host_id, const attest::Evidence& ev);
+  // Checks (without consuming) the evidence's nonce; returns its issue time.
+  // nonce_* reasons. The nonce is consumed with the verdict's write.
+  StatusOr<int64_t> CheckEvidenceNonce(const std::string& host_id, const attest::Evidence& ev);
   // Verifies the evidence; the verdict to record (trusted or not) and, if
   // trusted, what the evidence proved. Writes nothing.
   std::pair<Verdict, std::optional<attest::VerifiedEvidence>> CheckEvidence(

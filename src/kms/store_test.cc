@@ -235,6 +235,28 @@ TEST_P(StoreTest, FailedVerdictsLatestVerdictAndHostList) {
   EXPECT_EQ((*hosts)[1].tags, std::vector<std::string>{"region=eu"});
 }
 
+TEST_P(StoreTest, VerdictConsumesItsNonceAtomically) {
+  ASSERT_OK(store_->PutNonce("n1", "h1", 1000));
+  EXPECT_OK(store_->CheckNonce("n1", "h1", 500));
+  EXPECT_OK(store_->CheckNonce("n1", "h1", 500));  // checking does not consume
+  EXPECT_STATUS(store_->CheckNonce("n1", "h2", 500), StatusCode::kNotFound, "unknown nonce");
+  EXPECT_STATUS(store_->CheckNonce("n1", "h1", 1001), StatusCode::kFailedPrecondition, "expired");
+  const Store::NonceUse use{"n1", "h1", 500};
+  ASSERT_OK(store_->PutVerdict({"v1", "h1", true, "ok", 500, json::object()},
+                               {Event("a", "h1")}, &use));
+  EXPECT_STATUS(store_->CheckNonce("n1", "h1", 500), StatusCode::kFailedPrecondition, "already used");
+  // A second use writes nothing at all.
+  EXPECT_STATUS(store_->PutVerdict({"v2", "h1", true, "ok", 501, json::object()},
+                                   {Event("b", "h1")}, &use),
+                StatusCode::kFailedPrecondition, "already used");
+  auto v = store_->ListVerdicts("h1", 0);
+  ASSERT_OK(v);
+  EXPECT_EQ(v->size(), 1u);
+  auto audit = store_->ReadAudit(0, 10);
+  ASSERT_OK(audit);
+  EXPECT_EQ(audit->size(), 1u);
+}
+
 TEST_P(StoreTest, FlavorsUpsertAndList) {
   ASSERT_OK(store_->PutFlavor({"base", json{{"sha256", {{"0", "aa"}}}}}, Event("e", "base")));
   ASSERT_OK(store_->PutFlavor({"base", json{{"sha256", {{"0", "bb"}}}}}, Event("e", "base")));

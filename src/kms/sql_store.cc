@@ -151,20 +151,13 @@ class SqlStore : public Store {
   }
 
   StatusOr<HostRecord> GetHost(const std::string& host_id) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    ASSIGN_OR_RETURN(auto r, conn_->Exec("SELECT host_id, ek_cert_pem, ak_public, enrolled, tags, "
-                                         "created_unix FROM hosts WHERE host_id = ?",
-                                         {host_id}));
-    if (r.rows.empty()) return NotFoundError("unknown host " + host_id);
-    const auto& row = r.rows[0];
-    HostRecord h{ToStr(row[0]), ToStr(row[1]), ToStr(row[2]), ToInt(row[3]) != 0, {}, ToInt(row[5])};
-    json tags = ToJson(row[4]);
-    if (tags.is_array()) {
-      for (const auto& t : tags) {
-        if (t.is_string()) h.tags.push_back(t.get<std::string>());
-      }
-    }
-    return h;
+    ASSIGN_OR_RETURN(auto hosts, QueryHosts("WHERE host_id = ?", {host_id}));
+    if (hosts.empty()) return NotFoundError("unknown host " + host_id);
+    return std::move(hosts[0]);
+  }
+
+  StatusOr<std::vector<HostRecord>> ListHosts() override {
+    return QueryHosts("ORDER BY host_id", {});
   }
 
   Status SetHostEnrolled(const std::string& host_id, const AuditEvent& audit) override {
@@ -198,19 +191,13 @@ class SqlStore : public Store {
   Status ConsumeNonce(const std::string& nonce, const std::string& host_id,
                       int64_t now_unix) override {
     std::lock_guard<std::mutex> lock(mu_);
-    // One conditional UPDATE: row-level locking makes a concurrent second
-    // consumer (another process on the same PostgreSQL) see consumed = 1.
-    ASSIGN_OR_RETURN(auto r, conn_->Exec(
-        "UPDATE nonces SET consumed = 1 WHERE nonce = ? AND host_id = ? AND consumed = 0 "
-        "AND expires_unix >= ?",
-        {nonce, host_id, now_unix}));
-    if (r.affected == 1) return OkStatus();
-    ASSIGN_OR_RETURN(auto why, conn_->Exec(
-        "SELECT consumed, expires_unix FROM nonces WHERE nonce = ? AND host_id = ?",
-        {nonce, host_id}));
-    if (why.rows.empty()) return NotFoundError("unknown nonce");
-    if (ToInt(why.rows[0][0]) != 0) return FailedPreconditionError("nonce already used");
-    return FailedPreconditionError("nonce expired");
+    return ConsumeNonceLocked(nonce, host_id, now_unix);
+  }
+
+  Status CheckNonce(const std::string& nonce, const std::string& host_id,
+                    int64_t now_unix) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return NonceStateLocked(nonce, host_id, now_unix);
   }
 
   StatusOr<int64_t> PurgeNonces(int64_t before_unix) override {
@@ -219,30 +206,41 @@ class SqlStore : public Store {
     return r.affected;
   }
 
-  Status PutVerdict(const Verdict& v, const AuditEvent& audit) override {
+  using Store::PutVerdict;
+  Status PutVerdict(const Verdict& v, const std::vector<AuditEvent>& audits,
+                    const NonceUse* consume) override {
     return InTx([&]() -> Status {
+      if (consume != nullptr) {
+        RETURN_IF_ERROR(ConsumeNonceLocked(consume->nonce, consume->host_id, consume->now_unix));
+      }
       RETURN_IF_ERROR(conn_->Exec(
           "INSERT INTO verdicts (verdict_id, host_id, trusted, reason, time_unix, details) "
           "VALUES (?, ?, ?, ?, ?, ?)",
           {v.verdict_id, v.host_id, int64_t{v.trusted ? 1 : 0}, v.reason, v.time_unix,
            net::internal::DumpJson(v.details)}));
-      return AppendAuditLocked(audit);
+      for (const auto& a : audits) RETURN_IF_ERROR(AppendAuditLocked(a));
+      return OkStatus();
     });
   }
 
   StatusOr<std::vector<Verdict>> ListVerdicts(const std::string& host_id,
                                               int64_t since_unix) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    ASSIGN_OR_RETURN(auto r, conn_->Exec(
-        "SELECT verdict_id, host_id, trusted, reason, time_unix, details FROM verdicts "
-        "WHERE host_id = ? AND time_unix >= ? ORDER BY time_unix, verdict_id",
-        {host_id, since_unix}));
-    std::vector<Verdict> out;
-    for (const auto& row : r.rows) {
-      out.push_back({ToStr(row[0]), ToStr(row[1]), ToInt(row[2]) != 0, ToStr(row[3]),
-                     ToInt(row[4]), ToJson(row[5])});
-    }
-    return out;
+    return QueryVerdicts("WHERE host_id = ? AND time_unix >= ? ORDER BY time_unix, verdict_id",
+                         {host_id, since_unix});
+  }
+
+  StatusOr<std::vector<Verdict>> ListFailedVerdicts(const std::string& host_id,
+                                                    int64_t since_unix) override {
+    return QueryVerdicts(
+        "WHERE host_id = ? AND time_unix >= ? AND trusted = 0 ORDER BY time_unix, verdict_id",
+        {host_id, since_unix});
+  }
+
+  StatusOr<Verdict> LatestVerdict(const std::string& host_id) override {
+    ASSIGN_OR_RETURN(auto v, QueryVerdicts(
+        "WHERE host_id = ? ORDER BY time_unix DESC, verdict_id DESC LIMIT 1", {host_id}));
+    if (v.empty()) return NotFoundError("no verdict for host " + host_id);
+    return std::move(v[0]);
   }
 
   Status PutFlavor(const Flavor& f, const AuditEvent& audit) override {
@@ -349,6 +347,65 @@ class SqlStore : public Store {
     for (const auto& row : r.rows) {
       out.push_back({ToStr(row[0]), ToStr(row[1]), ToStr(row[2]), ToStr(row[3]), ToStr(row[4]),
                      ToStr(row[5]), ToStr(row[6]), ToInt(row[7])});
+    }
+    return out;
+  }
+
+  StatusOr<std::vector<HostRecord>> QueryHosts(const std::string& where,
+                                               std::vector<SqlValue> args) {
+    std::lock_guard<std::mutex> lock(mu_);
+    ASSIGN_OR_RETURN(auto r, conn_->Exec("SELECT host_id, ek_cert_pem, ak_public, enrolled, tags, "
+                                         "created_unix FROM hosts " + where,
+                                         args));
+    std::vector<HostRecord> out;
+    for (const auto& row : r.rows) {
+      HostRecord h{ToStr(row[0]), ToStr(row[1]), ToStr(row[2]), ToInt(row[3]) != 0, {},
+                   ToInt(row[5])};
+      json tags = ToJson(row[4]);
+      if (tags.is_array()) {
+        for (const auto& t : tags) {
+          if (t.is_string()) h.tags.push_back(t.get<std::string>());
+        }
+      }
+      out.push_back(std::move(h));
+    }
+    return out;
+  }
+
+  // Caller holds mu_ (and possibly a write transaction).
+  Status ConsumeNonceLocked(const std::string& nonce, const std::string& host_id,
+                            int64_t now_unix) {
+    // One conditional UPDATE: row-level locking makes a concurrent second
+    // consumer (another process on the same PostgreSQL) see consumed = 1.
+    ASSIGN_OR_RETURN(auto r, conn_->Exec(
+        "UPDATE nonces SET consumed = 1 WHERE nonce = ? AND host_id = ? AND consumed = 0 "
+        "AND expires_unix >= ?",
+        {nonce, host_id, now_unix}));
+    if (r.affected == 1) return OkStatus();
+    Status why = NonceStateLocked(nonce, host_id, now_unix);
+    return why.ok() ? FailedPreconditionError("nonce already used") : why;
+  }
+
+  Status NonceStateLocked(const std::string& nonce, const std::string& host_id, int64_t now_unix) {
+    ASSIGN_OR_RETURN(auto why, conn_->Exec(
+        "SELECT consumed, expires_unix FROM nonces WHERE nonce = ? AND host_id = ?",
+        {nonce, host_id}));
+    if (why.rows.empty()) return NotFoundError("unknown nonce");
+    if (ToInt(why.rows[0][0]) != 0) return FailedPreconditionError("nonce already used");
+    if (ToInt(why.rows[0][1]) < now_unix) return FailedPreconditionError("nonce expired");
+    return OkStatus();
+  }
+
+  StatusOr<std::vector<Verdict>> QueryVerdicts(const std::string& where,
+                                                std::vector<SqlValue> args) {
+    std::lock_guard<std::mutex> lock(mu_);
+    ASSIGN_OR_RETURN(auto r, conn_->Exec(
+        "SELECT verdict_id, host_id, trusted, reason, time_unix, details FROM verdicts " + where,
+        args));
+    std::vector<Verdict> out;
+    for (const auto& row : r.rows) {
+      out.push_back({ToStr(row[0]), ToStr(row[1]), ToInt(row[2]) != 0, ToStr(row[3]),
+                     ToInt(row[4]), ToJson(row[5])});
     }
     return out;
   }

@@ -270,8 +270,13 @@ void AddKmsCommands(CLI::App& app, const CommandSink& sink) {
   issue->add_option("--role", flags->role, "portal, host or operator")->required();
   issue->add_option("--name", flags->name, "Common name (host id, portal or operator name)")->required();
   issue->add_option("--out", flags->out, "Output prefix: writes PREFIX.pem and PREFIX-key.pem")->required();
-  issue->callback([flags, sink] {
-    sink(kms::IssueIdentity(flags->dir, flags->role, flags->name, flags->out));
+  auto server_id = std::make_shared<kms::ServerIdentity>();
+  issue->add_flag("--server", server_id->server,
+                  "A TLS server certificate (serverAuth) for --server-dns/--server-ip, e.g. the portal's");
+  issue->add_option("--server-dns", server_id->dns_names, "DNS name of the server (repeatable)");
+  issue->add_option("--server-ip", server_id->ip_addresses, "IP address of the server (repeatable)");
+  issue->callback([flags, sink, server_id] {
+    sink(kms::IssueIdentity(flags->dir, flags->role, flags->name, flags->out, *server_id));
   });
 
   CLI::App* serve = kms->add_subcommand("serve", "Serve the KMS API over HTTPS (TLS 1.3, mTLS)");

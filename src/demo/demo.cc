@@ -223,7 +223,7 @@ Status Demo::StartKms() {
 Status Demo::StartPortal() {
   n_.Step("Cloud portal: accounts, embedded object store, host registry, scheduler.");
   RETURN_IF_ERROR(Vmseal({"kms", "issue-identity", "--dir", Path("kms"), "--role", "portal",
-                          "--name", "127.0.0.1", "--server", "--ip", "127.0.0.1", "--out",
+                          "--name", "127.0.0.1", "--server", "--server-ip", "127.0.0.1", "--out",
                           Path("kms/portal-tls")})
                       .status());
   RETURN_IF_ERROR(WriteFile(Path("portal-operator-token"),

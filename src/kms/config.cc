@@ -141,7 +141,7 @@ Status InitKmsDir(const InitOptions& options) {
 }
 
 Status IssueIdentity(const std::string& dir, const std::string& role, const std::string& name,
-                     const std::string& out_prefix) {
+                     const std::string& out_prefix, const ServerIdentity& server) {
   if (role != "portal" && role != "host" && role != "operator") {
     return InvalidArgumentError("role must be portal, host or operator");
   }
@@ -149,7 +149,14 @@ Status IssueIdentity(const std::string& dir, const std::string& role, const std:
   ASSIGN_OR_RETURN(std::string ca_cert, ReadFileToString(Env::Default(), dir + "/ca.pem"));
   ASSIGN_OR_RETURN(SecretBytes ca_key, ReadSecretFile(dir + "/ca-key.pem"));
   internal::CertAndKey ca{ca_cert, std::move(ca_key)};
-  ASSIGN_OR_RETURN(auto id, internal::IssueLeaf(ca, {.common_name = name, .organizational_unit = role}));
+  if (server.server && server.dns_names.empty() && server.ip_addresses.empty()) {
+    return InvalidArgumentError("a server identity needs --dns or --ip");
+  }
+  internal::LeafOptions leaf{.common_name = name, .organizational_unit = role};
+  leaf.server = server.server;
+  leaf.dns_names = server.dns_names;
+  leaf.ip_addresses = server.ip_addresses;
+  ASSIGN_OR_RETURN(auto id, internal::IssueLeaf(ca, leaf));
   std::string_view key(reinterpret_cast<const char*>(id.key_pem.UnsafeData()), id.key_pem.size());
   RETURN_IF_ERROR(WriteStringToFileAtomic(Env::Default(), out_prefix + "-key.pem", key, 0600));
   return WriteStringToFileAtomic(Env::Default(), out_prefix + ".pem", id.cert_pem, 0644);

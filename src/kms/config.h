@@ -55,8 +55,15 @@ Status InitKmsDir(const InitOptions& options);
 
 // Issues a client certificate for `role` (portal, host, operator) with CN
 // `name`, signed by the CA in `dir`; writes <out>.pem and <out>-key.pem.
+// With `server`, the certificate is a TLS server identity (serverAuth) for
+// `dns_names` and `ip_addresses` (e.g. the portal's HTTPS endpoint).
+struct ServerIdentity {
+  bool server = false;
+  std::vector<std::string> dns_names;
+  std::vector<std::string> ip_addresses;
+};
 Status IssueIdentity(const std::string& dir, const std::string& role, const std::string& name,
-                     const std::string& out_prefix);
+                     const std::string& out_prefix, const ServerIdentity& server = {});
 
 // Runs the server until SIGINT/SIGTERM. If `port_file` is not empty, the
 // bound port is written there (atomically) once serving.

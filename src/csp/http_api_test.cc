@@ -12,7 +12,7 @@ namespace vmseal::csp {
 namespace {
 
 using json = nlohmann::json;
-using ::vmseal::csp::testing::FakeTrustSource;
+using ::vmseal::csp::testing::FakeKmsClient;
 using ::vmseal::csp::testing::FakeVerifier;
 using ::vmseal::csp::testing::kSealedMagic;
 using ::vmseal::testing::TempDir;
@@ -24,7 +24,7 @@ class HttpApiTest : public ::testing::Test {
     o.data_dir = dir_.path();
     o.argon2_m_cost_kib = 64;
     o.operator_token = SecretBytes(crypto::AsBytes(std::string_view("op-secret")));
-    auto s = PortalServer::Create(std::move(o), &verifier_, &trust_);
+    auto s = PortalServer::Create(std::move(o), &verifier_, &kms_);
     ASSERT_OK(s);
     server_ = std::move(s).value();
     ASSERT_OK(server_->Start());
@@ -59,7 +59,7 @@ class HttpApiTest : public ::testing::Test {
 
   TempDir dir_;
   FakeVerifier verifier_;
-  FakeTrustSource trust_;
+  FakeKmsClient kms_;
   std::unique_ptr<PortalServer> server_;
   std::unique_ptr<httplib::Client> client_;
 };
@@ -163,14 +163,52 @@ TEST_F(HttpApiTest, OperatorRoutesNeedTheOperatorToken) {
   EXPECT_EQ(client_->Get("/v1/operator/jobs", op)->status, 200);
 }
 
+TEST_F(HttpApiTest, RegisterReturnsTheKmsKeyAndTheCustomerCanFetchIt) {
+  auto reg = client_->Post("/v1/register");
+  ASSERT_EQ(reg->status, 201) << reg->body;
+  json r = json::parse(reg->body);
+  EXPECT_NE(r["key"]["cert_pem"].get<std::string>().find("BEGIN CERTIFICATE"), std::string::npos);
+  json login = {{"login_id", r["login_id"]}, {"password", r["password"]}};
+  auto res = client_->Post("/v1/login", login.dump(), "application/json");
+  httplib::Headers auth = {
+      {"Authorization", "Bearer " + json::parse(res->body)["token"].get<std::string>()}};
+  auto key = client_->Get("/v1/customer/key", auth);
+  ASSERT_EQ(key->status, 200) << key->body;
+  json k = json::parse(key->body);
+  EXPECT_EQ(k["customer_id"], r["customer_id"]);
+  EXPECT_EQ(k["cert_pem"], r["key"]["cert_pem"]);
+  EXPECT_EQ(k["kms_ca_cert_pem"], kms_.CaCertificatePem());
+  EXPECT_EQ(client_->Get("/v1/customer/key")->status, 401);
+}
+
+TEST_F(HttpApiTest, RegisterWithKmsDownIsUnavailableAndCreatesNoLogin) {
+  kms_.SetUnavailable(true);
+  auto reg = client_->Post("/v1/register");
+  ASSERT_EQ(reg->status, 503) << reg->body;
+  json r = json::parse(reg->body);
+  EXPECT_FALSE(r.contains("login_id"));
+  EXPECT_NE(r["error"]["message"].get<std::string>().find("KMS"), std::string::npos);
+}
+
+TEST_F(HttpApiTest, AgentIsTheRunningBinaryWithItsDigest) {
+  auto digest = client_->Get("/v1/agent/sha256");
+  ASSERT_EQ(digest->status, 200);
+  const std::string want = json::parse(digest->body)["sha256"];
+  auto agent = client_->Get("/v1/agent");
+  ASSERT_EQ(agent->status, 200);
+  EXPECT_EQ(agent->get_header_value("X-Content-SHA256"), want);
+  EXPECT_EQ(crypto::HexEncode(crypto::Sha256(agent->body)), want);
+  EXPECT_EQ(agent->body, vmseal::testing::ReadFileOrDie("/proc/self/exe"));
+}
+
 TEST(PortalServerTest, PlainHttpOffLoopbackIsRefused) {
   TempDir dir;
   FakeVerifier verifier;
-  FakeTrustSource trust;
+  FakeKmsClient kms;
   PortalServer::Options o;
   o.data_dir = dir.path();
   o.bind_address = "0.0.0.0";
-  EXPECT_STATUS(PortalServer::Create(std::move(o), &verifier, &trust),
+  EXPECT_STATUS(PortalServer::Create(std::move(o), &verifier, &kms),
                 StatusCode::kInvalidArgument, "loopback");
 }
 

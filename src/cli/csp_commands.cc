@@ -12,16 +12,18 @@
 #include "cli/portal_http.h"
 #include "crypto/primitives.h"
 #include "csp/kms_client.h"
+#include "csp/ovf_package_verifier.h"
 #include "csp/portal_server.h"
 
 namespace vmseal::cli {
 namespace {
 
 // Lists packages without checking them. Only behind
-// --accept-unverified-packages, until the OVF package verifier is linked.
+// --accept-unverified-packages (tests of the portal with arbitrary bytes).
 class UnverifiedPackageVerifier final : public csp::PackageVerifier {
  public:
-  StatusOr<csp::VerifiedPackage> Verify(const RandomAccessFile&) const override {
+  StatusOr<csp::VerifiedPackage> Verify(const RandomAccessFile&,
+                                        const std::string&) const override {
     return csp::VerifiedPackage{};
   }
 };
@@ -70,13 +72,13 @@ Status Serve(const ServeFlags& f) {
   if (f.kms_url.empty()) {
     return InvalidArgumentError("--kms-url, --kms-ca, --kms-cert and --kms-key are required");
   }
-  if (!f.accept_unverified) {
-    return FailedPreconditionError(
-        "no package verifier is linked into this build; pass --accept-unverified-packages "
-        "to run the portal without package checks (testing only)");
+  static UnverifiedPackageVerifier unverified;
+  static csp::OvfPackageVerifier ovf_verifier;
+  const csp::PackageVerifier* verifier = &ovf_verifier;
+  if (f.accept_unverified) {
+    spdlog::warn("packages are listed WITHOUT verification (--accept-unverified-packages)");
+    verifier = &unverified;
   }
-  spdlog::warn("packages are listed WITHOUT verification (--accept-unverified-packages)");
-  static UnverifiedPackageVerifier verifier;
   csp::HttpsKmsClientOptions ko;
   ko.url = f.kms_url;
   ko.ca_cert_file = f.kms_ca;
@@ -91,7 +93,7 @@ Status Serve(const ServeFlags& f) {
   sigaddset(&set, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
 
-  ASSIGN_OR_RETURN(auto server, csp::PortalServer::Create(std::move(o), &verifier, kms.get()));
+  ASSIGN_OR_RETURN(auto server, csp::PortalServer::Create(std::move(o), verifier, kms.get()));
   RETURN_IF_ERROR(server->Start());
   if (!f.port_file.empty()) {
     RETURN_IF_ERROR(WriteStringToFileAtomic(Env::Default(), f.port_file,

@@ -197,7 +197,7 @@ TEST_F(CspCliTest, OperatorExplainsPlacementOfAnImageAndAJob) {
   EXPECT_NE(out.find("not the operator"), std::string::npos) << out;
 }
 
-TEST(CspServeTest, ServeWithoutAVerifierRefusesToStart) {
+TEST(CspServeTest, ServeWithUnreadableKmsIdentityRefusesToStart) {
   TempDir dir;
   std::string out;
   EXPECT_NE(RunCommand({VmsealBinary(), "csp", "serve", "--data-dir", dir.File("d"), "--port",
@@ -205,7 +205,18 @@ TEST(CspServeTest, ServeWithoutAVerifierRefusesToStart) {
                         "--kms-cert", dir.File("c"), "--kms-key", dir.File("k")},
                        &out, 30),
             0);
-  EXPECT_NE(out.find("no package verifier"), std::string::npos) << out;
+  EXPECT_NE(out.find(dir.File("ca")), std::string::npos) << out;
+}
+
+TEST(CspServeTest, ServeWithABadKmsUrlRefusesToStart) {
+  TempDir dir;
+  std::string out;
+  EXPECT_NE(RunCommand({VmsealBinary(), "csp", "serve", "--data-dir", dir.File("d"), "--port",
+                        "0", "--kms-url", "http://127.0.0.1:1", "--kms-ca", dir.File("ca"),
+                        "--kms-cert", dir.File("c"), "--kms-key", dir.File("k")},
+                       &out, 30),
+            0);
+  EXPECT_NE(out.find("https://"), std::string::npos) << out;
 }
 
 }  // namespace

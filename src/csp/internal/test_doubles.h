@@ -24,7 +24,8 @@ inline constexpr char kSealedMagic[] = "VMSEAL-SEALED\n";
 // kSealedMagic and has a bad manifest when it contains "BAD-DIGEST".
 class FakeVerifier final : public PackageVerifier {
  public:
-  StatusOr<VerifiedPackage> Verify(const RandomAccessFile& package) const override {
+  StatusOr<VerifiedPackage> Verify(const RandomAccessFile& package,
+                                   const std::string&) const override {
     ASSIGN_OR_RETURN(uint64_t size, package.Size());
     std::string data(size, '\0');
     ASSIGN_OR_RETURN(size_t n, package.Read(0, std::span<uint8_t>(

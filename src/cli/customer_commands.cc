@@ -223,8 +223,15 @@ Status FetchAgent(const CommonFlags& f, const std::string& out, const std::strin
   return OkStatus();
 }
 
+// A JSON object from a flag, or INVALID_ARGUMENT naming the flag.
+StatusOr<json> JsonFlag(const std::string& text, const std::string& flag) {
+  json j = json::parse(text, nullptr, false);
+  if (!j.is_object()) return InvalidArgumentError(flag + " is not a JSON object");
+  return j;
+}
+
 Status Upload(const CommonFlags& f, const std::string& file, const std::string& name,
-              const std::string& policy_json) {
+              const std::string& policy_json, const std::string& kms_policy_json) {
   ASSIGN_OR_RETURN(auto c, Connect(f));
   ASSIGN_OR_RETURN(httplib::Headers auth, Auth(f));
   ASSIGN_OR_RETURN(std::shared_ptr<RandomAccessFile> in, Env::Default()->NewRandomAccessFile(file));
@@ -239,10 +246,12 @@ Status Upload(const CommonFlags& f, const std::string& file, const std::string& 
     off += n;
   }
   const std::string sha = crypto::HexEncode(hasher.Finish());
-  json policy;
+  json policy, kms_policy;
   if (!policy_json.empty()) {
-    policy = json::parse(policy_json, nullptr, false);
-    if (!policy.is_object()) return InvalidArgumentError("--policy is not a JSON object");
+    ASSIGN_OR_RETURN(policy, JsonFlag(policy_json, "--policy"));
+  }
+  if (!kms_policy_json.empty()) {
+    ASSIGN_OR_RETURN(kms_policy, JsonFlag(kms_policy_json, "--kms-policy"));
   }
 
   ASSIGN_OR_RETURN(json begin, CheckReply(c->Post("/v1/uploads", auth, "", "application/json"),
@@ -277,6 +286,7 @@ Status Upload(const CommonFlags& f, const std::string& file, const std::string& 
   }
   json commit = {{"name", name}, {"sha256", sha}};
   if (policy.is_object()) commit["policy"] = policy;
+  if (kms_policy.is_object()) commit["kms_policy"] = kms_policy;
   ASSIGN_OR_RETURN(json image,
                    CheckReply(c->Post("/v1/uploads/" + id + "/commit", auth, commit.dump(),
                                       "application/json"),
@@ -285,6 +295,22 @@ Status Upload(const CommonFlags& f, const std::string& file, const std::string& 
     PrintJson(image);
   } else {
     std::cout << image.value("image_id", "") << "\n";
+  }
+  return OkStatus();
+}
+
+// Sets the KMS release policy of one of the caller's images.
+Status SetPolicy(const CommonFlags& f, const std::string& image_id, const std::string& text) {
+  ASSIGN_OR_RETURN(json policy, JsonFlag(text, "the policy"));
+  ASSIGN_OR_RETURN(auto c, Connect(f));
+  ASSIGN_OR_RETURN(httplib::Headers auth, Auth(f));
+  ASSIGN_OR_RETURN(json r, CheckReply(c->Put("/v1/images/" + image_id + "/kms-policy", auth,
+                                             policy.dump(), "application/json"),
+                                      "set policy"));
+  if (f.json) {
+    PrintJson(r);
+  } else {
+    std::cout << "policy of " << image_id << " set at the KMS\n";
   }
   return OkStatus();
 }
@@ -421,11 +447,27 @@ void AddCustomerCommands(CLI::App& app, const CommandSink& sink) {
   auto file = std::make_shared<std::string>();
   auto name = std::make_shared<std::string>();
   auto policy = std::make_shared<std::string>();
+  auto kms_policy = std::make_shared<std::string>();
   CLI::App* upload = cust->add_subcommand("upload", "Upload a sealed package (resumable)");
   upload->add_option("package", *file, "Sealed package file")->required();
   upload->add_option("--name", *name, "Image name")->required();
-  upload->add_option("--policy", *policy, "Release policy JSON (docs/api/csp.yaml)");
-  upload->callback([f, file, name, policy, sink] { sink(Upload(*f, *file, *name, *policy)); });
+  upload->add_option("--policy", *policy, "Portal-side policy JSON kept with the image");
+  upload->add_option("--kms-policy", *kms_policy,
+                     "KMS release policy JSON for this image (CONTRACT: flavors, "
+                     "required_tags, max_evidence_age_seconds, history)");
+  upload->callback([f, file, name, policy, kms_policy, sink] {
+    sink(Upload(*f, *file, *name, *policy, *kms_policy));
+  });
+
+  auto policy_image = std::make_shared<std::string>();
+  auto policy_text = std::make_shared<std::string>();
+  CLI::App* set_policy =
+      cust->add_subcommand("set-policy", "Set the KMS release policy of one of your images");
+  set_policy->add_option("image_id", *policy_image, "Image id")->required();
+  set_policy->add_option("policy", *policy_text, "KMS policy JSON")->required();
+  set_policy->callback([f, policy_image, policy_text, sink] {
+    sink(SetPolicy(*f, *policy_image, *policy_text));
+  });
 
   cust->add_subcommand("images", "List your images")->callback([f, sink] { sink(Images(*f)); });
 

@@ -241,7 +241,7 @@ class PoolIntegrationTest : public ::testing::Test {
     }
   }
   // Registration, verified certificate, sealed upload; returns the image id.
-  std::string CustomerWithSealedImage() {
+  std::string CustomerWithSealedImage(const std::string& kms_policy = "") {
     json reg = SignUp();
     customer_id_ = reg.value("customer_id", "");
     // The KMS holds the key the portal asked for.
@@ -253,7 +253,12 @@ class PoolIntegrationTest : public ::testing::Test {
     EXPECT_EQ(cert["verified"], true);
     std::string package = SealImage(dir_.File("customer.crt"), customer_id_);
     package_sha256_ = crypto::HexEncode(crypto::Sha256(ReadFileOrDie(package)));
-    json image = Customer({"upload", package, "--name", "small"});
+    std::vector<std::string> upload = {"upload", package, "--name", "small"};
+    if (!kms_policy.empty()) {
+      upload.push_back("--kms-policy");
+      upload.push_back(kms_policy);
+    }
+    json image = Customer(upload);
     EXPECT_EQ(image["sha256"], package_sha256_);
     return image.value("image_id", "");
   }
@@ -341,6 +346,34 @@ TEST_F(PoolIntegrationTest, SealedImageRunsOnlyOnEligibleHostsAndRefusalMovesIt)
       << out;
   EXPECT_THAT(out, HasSubstr("host-c [skipped]: KMS: not eligible (pcr_policy)"));
   EXPECT_THAT(out, HasSubstr("refused this job before: attestation denied: pcr_policy"));
+}
+
+TEST_F(PoolIntegrationTest, ImagePolicyAtTheKmsRestrictsThePoolByTags) {
+  StartPortal();
+  ASSERT_OK(KmsClientAs("operator")->Put("/v1/hosts/host-b/tags", {{"tags", {"region=eu-west"}}}));
+  std::string image_id = CustomerWithSealedImage(
+      R"({"flavors":{"anyOf":["good-boot"]},"required_tags":["region=eu-west"]})");
+  ASSERT_FALSE(image_id.empty());
+  // The KMS now holds the image's policy.
+  auto stored = KmsClientAs("operator")->Get("/v1/policies/" + customer_id_ + "/" + image_id);
+  ASSERT_OK(stored);
+  EXPECT_EQ((*stored)["policy"]["required_tags"][0], "region=eu-west");
+  RegisterHosts();
+  json job = Customer({"launch", image_id});
+  EXPECT_EQ(job["host_id"], "host-b") << job.dump();
+  EXPECT_EQ(Decision(job["last_placement"], "host-a")["kms_reason"], "tags");
+  EXPECT_EQ(Decision(job["last_placement"], "host-c")["eligible"], false);
+  // A policy the KMS rejects is refused and changes nothing.
+  std::vector<std::string> argv = {VmsealBinary(), "customer", "--portal", PortalUrl(),
+                                   "--ca-cert", dir_.File("portal-ca.pem"), "--session",
+                                   dir_.File("session"), "set-policy", image_id,
+                                   R"({"required_tags":["x=y"]})"};
+  std::string out;
+  EXPECT_NE(RunCommand(argv, &out, 60), 0);
+  EXPECT_THAT(out, HasSubstr("flavors"));
+  stored = KmsClientAs("operator")->Get("/v1/policies/" + customer_id_ + "/" + image_id);
+  ASSERT_OK(stored);
+  EXPECT_EQ((*stored)["policy"]["required_tags"][0], "region=eu-west");
 }
 
 TEST_F(PoolIntegrationTest, JobFailsWithEveryReasonWhenNoEligibleHostIsLeft) {

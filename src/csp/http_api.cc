@@ -277,7 +277,21 @@ void RegisterPortalRoutes(httplib::Server& server, const PortalServices& svc) {
                   c.name = body.value("name", "");
                   c.sha256_hex = body.value("sha256", "");
                   ASSIGN_OR_RETURN(c.policy, PolicyFrom(body));
+                  const bool has_kms_policy = body.contains("kms_policy");
+                  if (has_kms_policy && !body["kms_policy"].is_object()) {
+                    return InvalidArgumentError("kms_policy must be a JSON object");
+                  }
                   ASSIGN_OR_RETURN(ImageInfo i, svc.images->CommitUpload(p, c));
+                  if (has_kms_policy) {
+                    // The KMS owns the release policy; an image whose policy
+                    // the KMS refused is not kept.
+                    Status put = svc.kms->PutImagePolicy(p.customer_id, i.image_id,
+                                                         body["kms_policy"].dump());
+                    if (!put.ok()) {
+                      (void)svc.images->DeleteImage(p, i.image_id);
+                      return Status(put.code(), "KMS policy: " + put.message());
+                    }
+                  }
                   return ToJson(i);
                 }, 201);
               });
@@ -308,6 +322,17 @@ void RegisterPortalRoutes(httplib::Server& server, const PortalServices& svc) {
                     return json::object();
                   });
                 });
+  server.Put(R"(/v1/images/([A-Za-z0-9-]+)/kms-policy)",
+             [svc, who](const httplib::Request& req, httplib::Response& res) {
+               Reply(res, [&]() -> StatusOr<json> {
+                 ASSIGN_OR_RETURN(Principal p, who(req));
+                 ASSIGN_OR_RETURN(ImageInfo i, svc.images->GetImage(p, req.matches[1]));
+                 ASSIGN_OR_RETURN(json body, ParseBody(req));
+                 RETURN_IF_ERROR(svc.kms->PutImagePolicy(p.customer_id, i.image_id, body.dump())
+                                     .WithPrefix("KMS policy"));
+                 return json{{"image_id", i.image_id}, {"kms_policy", body}};
+               });
+             });
   server.Get(R"(/v1/images/([A-Za-z0-9-]+)/package)",
              [svc, who](const httplib::Request& req, httplib::Response& res) {
                auto p = who(req);

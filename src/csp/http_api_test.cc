@@ -201,6 +201,50 @@ TEST_F(HttpApiTest, AgentIsTheRunningBinaryWithItsDigest) {
   EXPECT_EQ(agent->body, vmseal::testing::ReadFileOrDie("/proc/self/exe"));
 }
 
+TEST_F(HttpApiTest, CommitForwardsTheKmsPolicyOfTheImage) {
+  auto auth = NewCustomer();
+  auto begin = client_->Post("/v1/uploads", auth, "", "application/json");
+  std::string id = json::parse(begin->body)["upload_id"];
+  ASSERT_EQ(client_->Put("/v1/uploads/" + id + "?offset=0", auth, std::string(kSealedMagic) + "d",
+                         "application/octet-stream")->status, 200);
+  json commit = {{"name", "web"}, {"kms_policy", {{"flavors", {{"anyOf", {"good"}}}}}}};
+  auto img = client_->Post("/v1/uploads/" + id + "/commit", auth, commit.dump(),
+                           "application/json");
+  ASSERT_EQ(img->status, 201) << img->body;
+  json i = json::parse(img->body);
+  auto key = client_->Get("/v1/customer/key", auth);
+  std::string customer = json::parse(key->body)["customer_id"];
+  EXPECT_NE(kms_.policy(customer, i["image_id"]).find("good"), std::string::npos);
+}
+
+TEST_F(HttpApiTest, ImageWhosePolicyTheKmsRefusesIsNotKept) {
+  auto auth = NewCustomer();
+  auto begin = client_->Post("/v1/uploads", auth, "", "application/json");
+  std::string id = json::parse(begin->body)["upload_id"];
+  ASSERT_EQ(client_->Put("/v1/uploads/" + id + "?offset=0", auth, std::string(kSealedMagic) + "d",
+                         "application/octet-stream")->status, 200);
+  json commit = {{"name", "web"}, {"kms_policy", {{"required_tags", {"a=b"}}}}};
+  auto img = client_->Post("/v1/uploads/" + id + "/commit", auth, commit.dump(),
+                           "application/json");
+  EXPECT_EQ(img->status, 400) << img->body;
+  EXPECT_NE(img->body.find("KMS policy"), std::string::npos) << img->body;
+  EXPECT_TRUE(json::parse(client_->Get("/v1/images", auth)->body)["images"].empty());
+}
+
+TEST_F(HttpApiTest, PolicyOfAnotherCustomersImageCannotBeSet) {
+  auto alice = NewCustomer();
+  auto bob = NewCustomer();
+  auto img = Upload(alice, std::string(kSealedMagic) + "x");
+  ASSERT_EQ(img->status, 201);
+  std::string image_id = json::parse(img->body)["image_id"];
+  auto res = client_->Put("/v1/images/" + image_id + "/kms-policy", bob,
+                          R"({"flavors":{"anyOf":["f"]}})", "application/json");
+  EXPECT_EQ(res->status, 404) << res->body;
+  res = client_->Put("/v1/images/" + image_id + "/kms-policy", alice,
+                     R"({"flavors":{"anyOf":["f"]}})", "application/json");
+  EXPECT_EQ(res->status, 200) << res->body;
+}
+
 TEST(PortalServerTest, PlainHttpOffLoopbackIsRefused) {
   TempDir dir;
   FakeVerifier verifier;

@@ -88,6 +88,16 @@ class HttpsKmsClient final : public KmsClient {
     return out;
   }
 
+  Status PutImagePolicy(const std::string& customer_id, const std::string& image_id,
+                        const std::string& policy_json) override {
+    json policy = json::parse(policy_json, nullptr, false);
+    if (!policy.is_object()) return InvalidArgumentError("KMS policy must be a JSON object");
+    ASSIGN_OR_RETURN(json ignored, client_->Put("/v1/policies/" + customer_id + "/" + image_id,
+                                                policy));
+    (void)ignored;
+    return OkStatus();
+  }
+
   std::string CaCertificatePem() const override { return ca_pem_; }
 
  private:

@@ -52,6 +52,12 @@ class KmsClient {
       const std::string& customer_id, const std::string& image_id,
       const std::vector<std::string>& host_ids) = 0;
 
+  // Sets the KMS release policy of one image of a customer (PUT
+  // /v1/policies/{cid}/{image_id}); `policy_json` is the KMS policy document
+  // (CONTRACT.md). The KMS validates it (INVALID_ARGUMENT naming the problem).
+  virtual Status PutImagePolicy(const std::string& customer_id, const std::string& image_id,
+                                const std::string& policy_json) = 0;
+
   // The PEM certificate of the KMS CA (what customer certificates chain to).
   virtual std::string CaCertificatePem() const = 0;
 };

@@ -96,6 +96,22 @@ class FakeKmsClient final : public KmsClient {
     }
     return out;
   }
+  Status PutImagePolicy(const std::string& customer_id, const std::string& image_id,
+                        const std::string& policy_json) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (unavailable_) return UnavailableError("HTTPS request failed: Connection");
+    if (policy_json.find("\"flavors\"") == std::string::npos) {
+      return InvalidArgumentError("policy: 'flavors' is required");
+    }
+    policies_[customer_id + "/" + image_id] = policy_json;
+    return OkStatus();
+  }
+  // The policy last put for (customer, image), or "".
+  std::string policy(const std::string& customer_id, const std::string& image_id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = policies_.find(customer_id + "/" + image_id);
+    return it == policies_.end() ? "" : it->second;
+  }
   std::string CaCertificatePem() const override { return ca_ ? ca_->cert.ToPem() : ""; }
 
  private:
@@ -106,6 +122,7 @@ class FakeKmsClient final : public KmsClient {
   int placement_checks_ = 0;
   int keys_ = 0;
   std::pair<std::string, std::string> last_query_;
+  std::map<std::string, std::string> policies_;
 };
 
 }  // namespace vmseal::csp::testing

@@ -117,6 +117,15 @@ StatusOr<std::unique_ptr<SqlitePortalDb>> SqlitePortalDb::Open(const std::string
     sqlite3_free(err);
     return InternalError("create database schema: " + msg);
   }
+  // Databases made before customers had KMS keys: add the key columns.
+  for (const char* column : {"key_id", "key_algorithm", "public_key_pem", "cert_pem"}) {
+    std::string alter =
+        std::string("ALTER TABLE customers ADD COLUMN ") + column + " TEXT NOT NULL DEFAULT ''";
+    if (sqlite3_exec(db, alter.c_str(), nullptr, nullptr, nullptr) != SQLITE_OK &&
+        std::string_view(sqlite3_errmsg(db)).find("duplicate column") == std::string_view::npos) {
+      return InternalError(std::string("upgrade database schema: ") + sqlite3_errmsg(db));
+    }
+  }
   return out;
 }
 

@@ -104,6 +104,7 @@ json ToJson(const Job& j, bool for_host = false) {
     out["package_path"] = "/v1/hosts/jobs/" + j.job_id + "/package";
     out["package_size_bytes"] = j.package_size_bytes;
     out["package_sha256"] = j.package_sha256_hex;
+    out["tagged_image_id"] = j.tagged_image_id;
   }
   return out;
 }
@@ -394,9 +395,12 @@ void RegisterPortalRoutes(httplib::Server& server, const PortalServices& svc) {
         }
         r.vcpus = c["vcpus"].get<uint32_t>();
         r.memory_mib = c.value("memory_mib", uint64_t{0});
-        r.capacity_slots = c.contains("max_vms") && c["max_vms"].is_number_unsigned()
-                               ? c["max_vms"].get<uint32_t>()
-                               : r.vcpus;
+        r.capacity_slots = r.vcpus;
+        for (const char* slots : {"max_vms", "slots"}) {
+          if (c.contains(slots) && c[slots].is_number_unsigned()) {
+            r.capacity_slots = c[slots].get<uint32_t>();
+          }
+        }
       }
       if (body.contains("capacity_slots")) {
         if (!body["capacity_slots"].is_number_unsigned()) {

@@ -126,6 +126,7 @@ StatusOr<Job> JobManager::Launch(const Principal& who, const LaunchRequest& requ
   job.object_key = image.object_key;
   job.package_size_bytes = image.size_bytes;
   job.package_sha256_hex = image.sha256_hex;
+  job.tagged_image_id = image.tagged_image_id;
   job.created_unix = job.updated_unix = clock_->NowUnixSeconds();
   std::lock_guard<std::mutex> lock(mu_);
   spdlog::info("job queued job={} customer={} image={}", job.job_id, job.customer_id,

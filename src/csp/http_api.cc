@@ -13,10 +13,29 @@ namespace {
 using json = nlohmann::json;
 constexpr size_t kAppendBufferBytes = 4 << 20;
 
-void SendError(httplib::Response& res, const Status& s, const std::string& reason = "") {
+// The machine reason of an error the portal itself raises, for clients that
+// act on it (CONTRACT.md: {"error": {code, reason, message}}); "" if none.
+std::string ReasonFor(const Status& s) {
+  const std::string& m = s.message();
+  if (m.starts_with("KMS policy")) return "kms_policy";
+  if (m.starts_with("KMS: ")) {
+    return s.code() == StatusCode::kUnavailable ? "kms_unavailable" : "kms_error";
+  }
+  if (m.starts_with("package rejected")) return "package_rejected";
+  if (m.starts_with("job cannot move")) return "bad_transition";
+  if (m == "no such job on this host") return "not_assigned";
+  if (m.find("digest") != std::string::npos && s.code() == StatusCode::kDataLoss) {
+    return "digest_mismatch";
+  }
+  if (m.find("quota") != std::string::npos) return "quota";
+  if (s.code() == StatusCode::kUnauthenticated) return "unauthenticated";
+  return "";
+}
+
+void SendError(httplib::Response& res, const Status& s) {
   res.status = HttpStatusFromCode(s.code());
   json body = {{"error", {{"code", std::string(StatusCodeName(s.code()))}, {"message", s.message()}}}};
-  if (!reason.empty()) body["error"]["reason"] = reason;
+  if (std::string reason = ReasonFor(s); !reason.empty()) body["error"]["reason"] = reason;
   res.set_content(body.dump(), "application/json");
 }
 

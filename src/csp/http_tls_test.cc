@@ -159,6 +159,23 @@ TEST_F(HttpTlsTest, TrustedHostRunsTheJobAndTamperedHostIsSkippedWithItsReason) 
   EXPECT_EQ(json::parse(status->body)["vm_name"], "vm-1");
 }
 
+TEST_F(HttpTlsTest, BackwardProgressIsRefusedWithAMachineReason) {
+  auto host_a = Client("host-a");
+  Trust("host-a", true);
+  ASSERT_EQ(host_a->Post("/v1/hosts/register", R"({"capacity":{"vcpus":1}})", "application/json")
+                ->status, 200);
+  auto [auth, image_id] = CustomerWithImage(std::string(kSealedMagic) + "x");
+  json job = Launch(auth, image_id);
+  const std::string path = "/v1/hosts/jobs/" + job["job_id"].get<std::string>() + "/progress";
+  ASSERT_EQ(host_a->Post(path, R"({"phase":"attesting"})", "application/json")->status, 200);
+  auto res = host_a->Post(path, R"({"phase":"fetching"})", "application/json");
+  ASSERT_EQ(res->status, 412) << res->body;
+  EXPECT_EQ(json::parse(res->body)["error"]["reason"], "bad_transition");
+  auto other = Client("host-b")->Post(path, R"({"phase":"running"})", "application/json");
+  ASSERT_EQ(other->status, 404) << other->body;
+  EXPECT_EQ(json::parse(other->body)["error"]["reason"], "not_assigned");
+}
+
 TEST_F(HttpTlsTest, HostIdInTheBodyMustMatchTheCertificate) {
   auto res = Client("host-a")->Post("/v1/hosts/register",
                                    R"({"host_id":"host-b","capacity":{"vcpus":1}})",

@@ -133,7 +133,8 @@ StatusOr<ReleasePolicy> PolicyFrom(const json& body) {
   return ReleasePolicyFromJson(body["policy"].dump());
 }
 
-// The CN of the verified TLS client certificate.
+// The CN of the verified TLS client certificate, which must be a host
+// identity (OU "host", as `vmseal kms issue-identity --role host` issues).
 StatusOr<std::string> HostIdentity(const httplib::Request& req) {
   if (req.ssl == nullptr) return UnauthenticatedError("host routes need a TLS client certificate");
   X509* cert = SSL_get1_peer_certificate(req.ssl);
@@ -142,9 +143,15 @@ StatusOr<std::string> HostIdentity(const httplib::Request& req) {
     return UnauthenticatedError("no verified client certificate");
   }
   char cn[256] = {0};
+  char ou[64] = {0};
   int n = X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn, sizeof(cn));
+  int m = X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_organizationalUnitName, ou,
+                                    sizeof(ou));
   X509_free(cert);
   if (n <= 0) return UnauthenticatedError("client certificate has no CN");
+  if (m <= 0 || std::string_view(ou, static_cast<size_t>(m)) != "host") {
+    return PermissionDeniedError("client certificate is not a host identity (OU must be host)");
+  }
   return std::string(cn, static_cast<size_t>(n));
 }
 

@@ -24,6 +24,7 @@ std::string ReasonFor(const Status& s) {
   if (m.starts_with("package rejected")) return "package_rejected";
   if (m.starts_with("job cannot move")) return "bad_transition";
   if (m == "no such job on this host") return "not_assigned";
+  if (m == "host is not registered") return "not_registered";
   if (m.find("digest") != std::string::npos && s.code() == StatusCode::kDataLoss) {
     return "digest_mismatch";
   }

@@ -175,6 +175,13 @@ TEST_F(HttpTlsTest, BackwardProgressIsRefusedWithAMachineReason) {
   EXPECT_EQ(json::parse(other->body)["error"]["reason"], "not_assigned");
 }
 
+TEST_F(HttpTlsTest, HeartbeatOfAnUnregisteredHostAsksItToRegister) {
+  auto res = Client("host-a")->Post("/v1/hosts/heartbeat", "{}", "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 404);
+  EXPECT_EQ(json::parse(res->body)["error"]["reason"], "not_registered");
+}
+
 TEST_F(HttpTlsTest, HostIdInTheBodyMustMatchTheCertificate) {
   auto res = Client("host-a")->Post("/v1/hosts/register",
                                    R"({"host_id":"host-b","capacity":{"vcpus":1}})",

@@ -14,7 +14,11 @@ CREATE TABLE IF NOT EXISTS customers (
   customer_id TEXT PRIMARY KEY,
   login_id TEXT NOT NULL UNIQUE,
   password_hash TEXT NOT NULL,
-  created_unix INTEGER NOT NULL);
+  created_unix INTEGER NOT NULL,
+  key_id TEXT NOT NULL DEFAULT '',
+  key_algorithm TEXT NOT NULL DEFAULT '',
+  public_key_pem TEXT NOT NULL DEFAULT '',
+  cert_pem TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS sessions (
   token_sha256 TEXT PRIMARY KEY,
   customer_id TEXT NOT NULL REFERENCES customers(customer_id),
@@ -27,7 +31,8 @@ CREATE TABLE IF NOT EXISTS images (
   size_bytes INTEGER NOT NULL,
   sha256 TEXT NOT NULL,
   policy_json TEXT NOT NULL,
-  created_unix INTEGER NOT NULL);
+  created_unix INTEGER NOT NULL,
+  tagged_image_id TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS images_by_customer ON images(customer_id, created_unix);
 )sql";
 
@@ -86,11 +91,13 @@ ImageRecord ReadImage(sqlite3_stmt* s) {
   r.sha256_hex = Text(s, 5);
   r.policy_json = Text(s, 6);
   r.created_unix = sqlite3_column_int64(s, 7);
+  r.tagged_image_id = Text(s, 8);
   return r;
 }
 
 constexpr char kImageColumns[] =
-    "image_id, customer_id, name, object_key, size_bytes, sha256, policy_json, created_unix";
+    "image_id, customer_id, name, object_key, size_bytes, sha256, policy_json, created_unix, "
+    "tagged_image_id";
 
 }  // namespace
 
@@ -113,6 +120,17 @@ StatusOr<std::unique_ptr<SqlitePortalDb>> SqlitePortalDb::Open(const std::string
     sqlite3_free(err);
     return InternalError("create database schema: " + msg);
   }
+  // Databases made before customers had KMS keys and images their tag's
+  // image id: add the columns.
+  for (const char* column : {"customers ADD COLUMN key_id", "customers ADD COLUMN key_algorithm",
+                             "customers ADD COLUMN public_key_pem", "customers ADD COLUMN cert_pem",
+                             "images ADD COLUMN tagged_image_id"}) {
+    std::string alter = std::string("ALTER TABLE ") + column + " TEXT NOT NULL DEFAULT ''";
+    if (sqlite3_exec(db, alter.c_str(), nullptr, nullptr, nullptr) != SQLITE_OK &&
+        std::string_view(sqlite3_errmsg(db)).find("duplicate column") == std::string_view::npos) {
+      return InternalError(std::string("upgrade database schema: ") + sqlite3_errmsg(db));
+    }
+  }
   return out;
 }
 
@@ -121,24 +139,46 @@ SqlitePortalDb::~SqlitePortalDb() { sqlite3_close(db_); }
 Status SqlitePortalDb::InsertCustomer(const CustomerRecord& r) {
   std::lock_guard<std::mutex> lock(mu_);
   Status s = Exec(db_,
-                  "INSERT INTO customers(customer_id, login_id, password_hash, created_unix) "
-                  "VALUES(?,?,?,?)",
-                  {r.customer_id, r.login_id, r.password_hash, r.created_unix});
+                  "INSERT INTO customers(customer_id, login_id, password_hash, created_unix, "
+                  "key_id, key_algorithm, public_key_pem, cert_pem) VALUES(?,?,?,?,?,?,?,?)",
+                  {r.customer_id, r.login_id, r.password_hash, r.created_unix, r.key_id,
+                   r.key_algorithm, r.public_key_pem, r.cert_pem});
   if (s.code() == StatusCode::kAlreadyExists) return AlreadyExistsError("customer already exists");
   return s;
 }
 
-StatusOr<CustomerRecord> SqlitePortalDb::FindCustomerByLogin(const std::string& login_id) {
+namespace {
+constexpr char kCustomerColumns[] =
+    "SELECT customer_id, login_id, password_hash, created_unix, key_id, key_algorithm, "
+    "public_key_pem, cert_pem FROM customers WHERE ";
+}  // namespace
+
+StatusOr<CustomerRecord> SqlitePortalDb::FindCustomerBy(const char* column,
+                                                        const std::string& value) {
   std::lock_guard<std::mutex> lock(mu_);
-  ASSIGN_OR_RETURN(StmtPtr s, Prepare(db_,
-                                      "SELECT customer_id, login_id, password_hash, created_unix "
-                                      "FROM customers WHERE login_id=?",
-                                      {login_id}));
+  std::string sql = std::string(kCustomerColumns) + column + "=?";
+  ASSIGN_OR_RETURN(StmtPtr s, Prepare(db_, sql.c_str(), {value}));
   int rc = sqlite3_step(s.get());
   if (rc == SQLITE_DONE) return NotFoundError("no such customer");
   if (rc != SQLITE_ROW) return DbError(db_, "step");
-  return CustomerRecord{Text(s.get(), 0), Text(s.get(), 1), Text(s.get(), 2),
-                        sqlite3_column_int64(s.get(), 3)};
+  CustomerRecord out;
+  out.customer_id = Text(s.get(), 0);
+  out.login_id = Text(s.get(), 1);
+  out.password_hash = Text(s.get(), 2);
+  out.created_unix = sqlite3_column_int64(s.get(), 3);
+  out.key_id = Text(s.get(), 4);
+  out.key_algorithm = Text(s.get(), 5);
+  out.public_key_pem = Text(s.get(), 6);
+  out.cert_pem = Text(s.get(), 7);
+  return out;
+}
+
+StatusOr<CustomerRecord> SqlitePortalDb::FindCustomerByLogin(const std::string& login_id) {
+  return FindCustomerBy("login_id", login_id);
+}
+
+StatusOr<CustomerRecord> SqlitePortalDb::FindCustomerById(const std::string& customer_id) {
+  return FindCustomerBy("customer_id", customer_id);
 }
 
 Status SqlitePortalDb::InsertSession(const SessionRecord& r) {
@@ -175,9 +215,10 @@ Status SqlitePortalDb::InsertImage(const ImageRecord& r) {
   std::lock_guard<std::mutex> lock(mu_);
   return Exec(db_,
               "INSERT INTO images(image_id, customer_id, name, object_key, size_bytes, sha256, "
-              "policy_json, created_unix) VALUES(?,?,?,?,?,?,?,?)",
+              "policy_json, created_unix, tagged_image_id) VALUES(?,?,?,?,?,?,?,?,?)",
               {r.image_id, r.customer_id, r.name, r.object_key,
-               static_cast<int64_t>(r.size_bytes), r.sha256_hex, r.policy_json, r.created_unix});
+               static_cast<int64_t>(r.size_bytes), r.sha256_hex, r.policy_json, r.created_unix,
+               r.tagged_image_id});
 }
 
 StatusOr<ImageRecord> SqlitePortalDb::FindImage(const std::string& customer_id,

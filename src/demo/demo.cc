@@ -49,7 +49,7 @@ std::string Quote(const std::string& s) {
 // indented results.
 class Narrator {
  public:
-  explicit Narrator(bool quiet) : quiet_(quiet) {}
+  Narrator(bool quiet, std::string dir) : quiet_(quiet), dir_(std::move(dir)) {}
   void Step(const std::string& text) {
     if (quiet_) return;
     std::printf("\n[%d] %s\n", ++step_, text.c_str());
@@ -60,19 +60,28 @@ class Narrator {
     std::string line = "    $ vmseal";
     for (size_t i = 1; i < argv.size(); ++i) {
       line += ' ';
-      line += Quote(argv[i]);
+      line += Quote(Shorten(argv[i]));
     }
     std::printf("%s\n", line.c_str());
     std::fflush(stdout);
   }
   void Say(const std::string& text) {
     if (quiet_) return;
-    std::printf("      %s\n", text.c_str());
+    std::printf("      %s\n", Shorten(text).c_str());
     std::fflush(stdout);
   }
 
  private:
+  // The working directory is shown as $D (printed once at the start).
+  std::string Shorten(std::string s) const {
+    for (size_t at = s.find(dir_); !dir_.empty() && at != std::string::npos;
+         at = s.find(dir_, at + 2)) {
+      s.replace(at, dir_.size(), "$D");
+    }
+    return s;
+  }
   const bool quiet_;
+  const std::string dir_;
   int step_ = 0;
 };
 
@@ -128,7 +137,8 @@ struct Cluster {
 
 class Demo {
  public:
-  Demo(DemoOptions o, std::string dir) : o_(std::move(o)), dir_(std::move(dir)), n_(o_.quiet) {
+  Demo(DemoOptions o, std::string dir)
+      : o_(std::move(o)), dir_(std::move(dir)), n_(o_.quiet, dir_) {
     cluster_.vmseal = o_.vmseal_binary;
   }
 
@@ -301,7 +311,7 @@ Status Demo::StartHosts() {
   const int64_t deadline = NowMs() + 120000;
   while (true) {
     ASSIGN_OR_RETURN(json hosts, VmsealJson([&] {
-                       std::vector<std::string> a = {"kms", "host", "list", "--json"};
+                       std::vector<std::string> a = {"kms", "host", "list"};
                        auto f = OperatorFlags();
                        a.insert(a.end(), f.begin(), f.end());
                        return a;
@@ -482,7 +492,7 @@ Status Demo::Run() {
   std::error_code ec;
   fs::create_directories(Path("logs"), ec);
   if (ec) return InternalError("cannot create " + Path("logs") + ": " + ec.message());
-  n_.Say("Working directory: " + dir_ + " (logs in logs/)");
+  if (!o_.quiet) std::printf("vmseal demo: the whole system on loopback. D=%s (logs in $D/logs)\n", dir_.c_str());
   for (int i = 0; i < 2; ++i) {
     tpm::testing::SwtpmOptions t;
     t.parent_dir = dir_;

@@ -256,7 +256,8 @@ TEST_F(HostAgentTest, JobForAnotherImageIsRefused) {
   TrustCurrentState();
   SealImage("img-5");
   source_.packages["img-6"] = source_.packages["img-5"];
-  auto vm = agent_->RunJob({.job_id = "job-6", .image_id = "img-6", .tenant = "tenant-a"});
+  auto vm = agent_->RunJob({.job_id = "job-6", .image_id = "img-6", .tenant = "tenant-a",
+                            .expected_tag_image_id = "img-6"});
   EXPECT_STATUS(vm, StatusCode::kFailedPrecondition, "image_mismatch");
   EXPECT_EQ(kms_->release_calls, 0);
 }

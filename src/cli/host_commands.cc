@@ -108,9 +108,9 @@ void AddHostCommands(CLI::App& app, const CommandSink& sink) {
   init->add_option("--root", *root, "Directory for state, images and identity");
   init->callback([config, root, sink] { sink(Init(*config, *root)); });
 
-  CLI::App* vms = h->add_subcommand("vms", "List the VMs of this host");
-  vms->add_option("--config", *config, "Host config")->required();
-  vms->callback([config, sink] { sink(ListVms(*config)); });
+  CLI::App* list = h->add_subcommand("vms", "List the VMs of this host");
+  list->add_option("--config", *config, "Host config")->required();
+  list->callback([config, sink] { sink(ListVms(*config)); });
 
   CLI::App* stop = h->add_subcommand("stop", "Stop a VM (its disk stays)");
   stop->add_option("--config", *config, "Host config")->required();

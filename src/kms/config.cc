@@ -80,13 +80,16 @@ StatusOr<KmsConfig> LoadKmsConfig(const std::string& path) {
     } else if (key == "threads") {
       ASSIGN_OR_RETURN(int64_t v, num(1, 256));
       c.threads = static_cast<int>(v);
+    } else if (key == "ek_ca_bundle") {
+      RETURN_IF_ERROR(str(&c.ek_ca_bundle));
     } else if (key == "nonce_lifetime_seconds") {
       ASSIGN_OR_RETURN(c.nonce_lifetime_seconds, num(1, 3600));
     } else {
       return InvalidArgumentError("config " + path + ": unknown key \"" + key + "\"");
     }
   }
-  for (std::string* p : {&c.store, &c.kek_file, &c.ca_cert, &c.ca_key, &c.server_cert, &c.server_key}) {
+  for (std::string* p : {&c.store, &c.kek_file, &c.ca_cert, &c.ca_key, &c.server_cert, &c.server_key,
+                        &c.ek_ca_bundle}) {
     *p = Resolve(dir, *p);
   }
   return c;
@@ -167,6 +170,10 @@ Status ServeKms(const KmsConfig& config, const std::string& port_file) {
   ASSIGN_OR_RETURN(SecretBytes ca_key, ReadSecretFile(config.ca_key));
   KmsService::Options service_options;
   service_options.nonce_lifetime_seconds = config.nonce_lifetime_seconds;
+  if (!config.ek_ca_bundle.empty()) {
+    ASSIGN_OR_RETURN(service_options.ek_ca_bundle_pem,
+                     ReadFileToString(Env::Default(), config.ek_ca_bundle));
+  }
   ASSIGN_OR_RETURN(auto service, KmsService::Create(service_options, store.get(), kek.get(),
                                                     {ca_cert, std::move(ca_key)}));
   net::HttpsServer::Options server_options;

@@ -31,6 +31,9 @@ struct KmsConfig {
   uint64_t max_body_bytes = 1 << 20;
   int threads = 8;
   int64_t nonce_lifetime_seconds = 60;
+  // PEM bundle of the TPM manufacturer CAs that EK certificates must chain
+  // to. Empty: host enrollment is refused.
+  std::string ek_ca_bundle;
 };
 
 // Parses a JSON config; relative paths are resolved against the file's dir.

@@ -29,6 +29,16 @@ void Metrics::CountRelease() {
   ++releases_;
 }
 
+void Metrics::ObserveRelease(const std::string& reason, double seconds) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++release_decisions_[reason];
+  for (size_t i = 0; i < kBucketsSeconds.size(); ++i) {
+    if (seconds <= kBucketsSeconds[i]) ++release_buckets_[i];
+  }
+  ++release_count_;
+  release_sum_ += seconds;
+}
+
 void Metrics::CountDenial(const std::string& reason) {
   std::lock_guard<std::mutex> lock(mu_);
   ++denials_[reason];
@@ -78,6 +88,22 @@ std::string Metrics::Render() const {
   out += "vmseal_kms_request_seconds_bucket{le=\"+Inf\"} " + std::to_string(latency_count_) + "\n";
   out += "vmseal_kms_request_seconds_sum " + Num(latency_sum_) + "\n";
   out += "vmseal_kms_request_seconds_count " + std::to_string(latency_count_) + "\n";
+  out += "# HELP vmseal_kms_release_decisions_total Release decisions by result and reason.\n";
+  out += "# TYPE vmseal_kms_release_decisions_total counter\n";
+  for (const auto& [reason, n] : release_decisions_) {
+    out += std::string("vmseal_kms_release_decisions_total{result=\"") +
+           (reason == "ok" ? "grant" : "deny") + "\",reason=\"" + Escape(reason) + "\"} " +
+           std::to_string(n) + "\n";
+  }
+  out += "# HELP vmseal_kms_release_seconds Time spent deciding a release (verify, policy, unwrap, re-wrap).\n";
+  out += "# TYPE vmseal_kms_release_seconds histogram\n";
+  for (size_t i = 0; i < kBucketsSeconds.size(); ++i) {
+    out += "vmseal_kms_release_seconds_bucket{le=\"" + Num(kBucketsSeconds[i]) + "\"} " +
+           std::to_string(release_buckets_[i]) + "\n";
+  }
+  out += "vmseal_kms_release_seconds_bucket{le=\"+Inf\"} " + std::to_string(release_count_) + "\n";
+  out += "vmseal_kms_release_seconds_sum " + Num(release_sum_) + "\n";
+  out += "vmseal_kms_release_seconds_count " + std::to_string(release_count_) + "\n";
   return out;
 }
 

@@ -14,6 +14,9 @@ namespace vmseal::kms {
 class Metrics {
  public:
   void CountRelease();
+  // One release decision: granted (reason "ok") or denied with `reason`,
+  // and the time the KMS spent on it.
+  void ObserveRelease(const std::string& reason, double seconds);
   void CountDenial(const std::string& reason);
   void CountKeyCreated();
   void CountRequest(const std::string& route, int http_status, double seconds);
@@ -31,6 +34,10 @@ class Metrics {
   std::array<uint64_t, kBucketsSeconds.size()> bucket_counts_{};
   uint64_t latency_count_ = 0;
   double latency_sum_ = 0;
+  std::map<std::string, uint64_t> release_decisions_;  // reason -> count
+  std::array<uint64_t, kBucketsSeconds.size()> release_buckets_{};
+  uint64_t release_count_ = 0;
+  double release_sum_ = 0;
 };
 
 }  // namespace vmseal::kms

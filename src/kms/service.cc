@@ -5,8 +5,16 @@
 #include <charconv>
 #include <ctime>
 
+#include <sys/time.h>
+
+#include <chrono>
+
+#include "attest/credential.h"
+#include "attest/reason.h"
+#include "crypto/key_wrap.h"
 #include "crypto/primitives.h"
 #include "crypto/ssl_util.h"
+#include "crypto/x509.h"
 
 namespace vmseal::kms {
 namespace {
@@ -56,6 +64,67 @@ StatusOr<GeneratedKey> Generate(const std::string& algorithm) {
   return out;
 }
 
+// The package's key-wrap algorithm the KMS unwraps (RSA-OAEP, SHA-256 for
+// OAEP and MGF1; docs/format/package.md).
+constexpr std::string_view kRsaOaepUri = "http://www.w3.org/2009/xmlenc11#rsa-oaep";
+constexpr std::string_view kPackageLabelPrefix = "vmseal-package-key-v1";
+
+// Image ids, tenants: [A-Za-z0-9._:@-]{1,128} as the package allows.
+bool ValidIdentity(const std::string& s) {
+  if (s.empty() || s.size() > 128) return false;
+  for (char c : s) {
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != ':' &&
+        c != '@' && c != '-') {
+      return false;
+    }
+  }
+  return true;
+}
+
+// "<reason>: <detail>" as PERMISSION_DENIED.
+Status Denied(const std::string& reason, const std::string& detail) {
+  return PermissionDeniedError(reason + ": " + detail);
+}
+
+// The machine reason at the front of a status message ("" if none).
+std::string ReasonPrefix(const Status& s) {
+  const std::string& m = s.message();
+  size_t colon = m.find(':');
+  if (colon == std::string::npos || colon == 0 || colon > 40) return "";
+  for (size_t i = 0; i < colon; ++i) {
+    if (!std::islower(static_cast<unsigned char>(m[i])) && m[i] != '_') return "";
+  }
+  return m.substr(0, colon);
+}
+
+// Sortable within one second: the verdict list orders by (time, id).
+std::string NewVerdictId() {
+  struct timeval tv;
+  ::gettimeofday(&tv, nullptr);
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%06ld", static_cast<long>(tv.tv_usec));
+  return "v-" + std::to_string(tv.tv_sec) + buf + "-" + crypto::HexEncode(crypto::RandomBytes(6));
+}
+
+VerdictInfo InfoOf(const Verdict& v) { return {v.verdict_id, v.trusted, v.reason, v.time_unix}; }
+
+StatusOr<crypto::PrivateKey> PrivateKeyFromDer(const SecretBytes& der) {
+  const unsigned char* p = der.UnsafeData();
+  crypto::EvpPkeyPtr pkey(d2i_AutoPrivateKey(nullptr, &p, static_cast<long>(der.size())));
+  if (!pkey) return crypto::SslError("stored customer key does not parse");
+  crypto::BioPtr bio(BIO_new(BIO_s_mem()));
+  if (!bio || PEM_write_bio_PrivateKey(bio.get(), pkey.get(), nullptr, nullptr, 0, nullptr,
+                                       nullptr) != 1) {
+    return crypto::SslError("PEM_write_bio_PrivateKey");
+  }
+  char* data = nullptr;
+  long len = BIO_get_mem_data(bio.get(), &data);
+  SecretBytes pem(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(data),
+                                           static_cast<size_t>(len)));
+  OPENSSL_cleanse(data, static_cast<size_t>(len));
+  return crypto::PrivateKey::FromPem(pem);
+}
+
 CustomerKeyInfo Info(const CustomerKeyRecord& r) {
   return {r.key_id, r.customer_id, r.algorithm, r.public_key_pem, r.cert_pem, r.created_unix};
 }
@@ -85,7 +154,13 @@ StatusOr<std::unique_ptr<KmsService>> KmsService::Create(Options options, Store*
     return InvalidArgumentError("nonce lifetime must be 1..3600 s");
   }
   if (ca.cert_pem.empty() || ca.key_pem.empty()) return InvalidArgumentError("CA is required");
-  return std::unique_ptr<KmsService>(new KmsService(std::move(options), store, kek, std::move(ca)));
+  std::unique_ptr<attest::EkCertificateVerifier> ek;
+  if (!options.ek_ca_bundle_pem.empty()) {
+    ASSIGN_OR_RETURN(ek, attest::EkCertificateVerifier::Create(options.ek_ca_bundle_pem));
+  }
+  std::unique_ptr<KmsService> service(new KmsService(std::move(options), store, kek, std::move(ca)));
+  service->ek_verifier_ = std::move(ek);
+  return service;
 }
 
 int64_t KmsService::Now() const {
@@ -111,6 +186,24 @@ Status KmsService::Require(const Caller& caller, Caller::Role role, const std::s
   }
   RecordDenial("wrong_role", who, action);
   return PermissionDeniedError(action + " requires the " + RoleName(role) + " role");
+}
+
+Status KmsService::RequireAny(const Caller& caller, std::initializer_list<Caller::Role> roles,
+                              const std::string& action) {
+  for (Caller::Role r : roles) {
+    if (caller.role == r) return OkStatus();
+  }
+  return Require(caller, *roles.begin(), action);
+}
+
+Status KmsService::RequireHost(const Caller& caller, const std::string& host_id,
+                               const std::string& action) {
+  RETURN_IF_ERROR(Require(caller, Caller::Role::kHost, action));
+  if (caller.name != host_id) {
+    RecordDenial("wrong_host", "host/" + caller.name, action + " for " + host_id);
+    return PermissionDeniedError("wrong_host: a host may only act for itself");
+  }
+  return OkStatus();
 }
 
 StatusOr<CustomerKeyInfo> KmsService::CreateCustomerKey(const Caller& caller,
@@ -157,14 +250,17 @@ StatusOr<CustomerKeyInfo> KmsService::GetCustomerKey(const Caller& caller,
 }
 
 StatusOr<NonceResponse> KmsService::IssueNonce(const Caller& caller, const std::string& host_id) {
-  RETURN_IF_ERROR(Require(caller, Caller::Role::kHost, "issue nonce"));
-  if (caller.name != host_id) {
-    RecordDenial("wrong_host", "host/" + caller.name, "nonce for " + host_id);
-    return PermissionDeniedError("a host may only ask nonces for itself");
-  }
+  RETURN_IF_ERROR(RequireHost(caller, host_id, "issue nonce"));
+  // 8 bytes of issue time (big-endian) || 24 random bytes: the stored nonce
+  // row authenticates the time, which then bounds the evidence's age.
+  const int64_t now = Now();
+  crypto::Bytes raw(8);
+  for (int i = 0; i < 8; ++i) raw[i] = static_cast<uint8_t>(static_cast<uint64_t>(now) >> (56 - 8 * i));
+  crypto::Bytes rnd = crypto::RandomBytes(24);
+  raw.insert(raw.end(), rnd.begin(), rnd.end());
   NonceResponse out;
-  out.nonce = crypto::HexEncode(crypto::RandomBytes(32));
-  out.expires_unix = Now() + options_.nonce_lifetime_seconds;
+  out.nonce = crypto::HexEncode(raw);
+  out.expires_unix = now + options_.nonce_lifetime_seconds;
   RETURN_IF_ERROR(store_->PutNonce(out.nonce, host_id, out.expires_unix));
   return out;
 }
@@ -181,12 +277,506 @@ StatusOr<AuditHead> KmsService::VerifyAudit(const Caller& caller) {
   return VerifyStoreAudit(*store_);
 }
 
+// --- Package labels ---------------------------------------------------------
+
+StatusOr<PackageLabel> ParsePackageLabel(std::span<const uint8_t> label) {
+  auto bad = [] { return Denied("label_mismatch", "OAEP label is not a vmseal package label"); };
+  size_t pos = 0;
+  if (label.size() < kPackageLabelPrefix.size() + 1 ||
+      crypto::AsStringView(label.subspan(0, kPackageLabelPrefix.size())) != kPackageLabelPrefix ||
+      label[kPackageLabelPrefix.size()] != 0) {
+    return bad();
+  }
+  pos = kPackageLabelPrefix.size() + 1;
+  auto field = [&](std::string* out) -> bool {
+    if (label.size() - pos < 4) return false;
+    uint32_t n = 0;
+    for (int i = 0; i < 4; ++i) n = (n << 8) | label[pos + i];
+    pos += 4;
+    if (label.size() - pos < n) return false;
+    out->assign(reinterpret_cast<const char*>(label.data() + pos), n);
+    pos += n;
+    return true;
+  };
+  PackageLabel out;
+  if (!field(&out.image_id) || !field(&out.tenant)) return bad();
+  if (label.size() - pos < 8) return bad();
+  for (int i = 0; i < 8; ++i) out.key_version = (out.key_version << 8) | label[pos + i];
+  pos += 8;
+  if (!field(&out.data_algorithm) || pos != label.size()) return bad();
+  return out;
+}
+
+std::string ReleaseLabel(const std::string& image_id) { return "vmseal-release:" + image_id; }
+
+// --- Enrollment -------------------------------------------------------------
+
+StatusOr<attest::CredentialChallenge> KmsService::BeginEnrollment(
+    const Caller& caller, const std::string& host_id, const attest::EnrollmentRequest& req) {
+  RETURN_IF_ERROR(RequireHost(caller, host_id, "enroll"));
+  if (!ek_verifier_) {
+    return FailedPreconditionError("enrollment is disabled: no EK manufacturer CA bundle configured");
+  }
+  auto ek = ek_verifier_->Verify(req.ek_certificate);
+  if (!ek.ok()) {
+    std::string reason = std::string(attest::ReasonName(attest::ReasonOf(ek.status())));
+    RecordDenial(reason, "host/" + host_id, "enrollment: " + ek.status().message());
+    return ek.status();
+  }
+  auto ak = attest::AkPublic::Parse(req.ak_public);
+  if (!ak.ok()) {
+    std::string reason = std::string(attest::ReasonName(attest::ReasonOf(ak.status())));
+    RecordDenial(reason, "host/" + host_id, "enrollment: " + ak.status().message());
+    return ak.status();
+  }
+  ASSIGN_OR_RETURN(crypto::Certificate cert, crypto::Certificate::FromDer(req.ek_certificate));
+  SecretBytes secret = SecretBytes::Random(32);
+  ASSIGN_OR_RETURN(attest::CredentialChallenge challenge,
+                   attest::MakeCredential(ek->get(), (*ak)->name(), secret));
+  const int64_t now = Now();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = pending_.begin(); it != pending_.end();) {
+      it = it->second.expires_unix < now ? pending_.erase(it) : std::next(it);
+    }
+    if (pending_.size() >= 10000) return ResourceExhaustedError("too many pending enrollments");
+    pending_[host_id] = {*ak, cert.ToPem(), std::move(secret),
+                         now + options_.enrollment_lifetime_seconds};
+  }
+  (void)store_->AppendAudit({"host.enroll.begin", "host/" + host_id,
+                             json{{"ek_cert_sha256", cert.Fingerprint()},
+                                  {"ak_name", crypto::HexEncode((*ak)->name())}}});
+  return challenge;
+}
+
+Status KmsService::CompleteEnrollment(const Caller& caller, const std::string& host_id,
+                                      const SecretBytes& secret) {
+  RETURN_IF_ERROR(RequireHost(caller, host_id, "activate"));
+  PendingEnrollment pending;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = pending_.find(host_id);
+    if (it == pending_.end() || it->second.expires_unix < Now()) {
+      if (it != pending_.end()) pending_.erase(it);
+      RecordDenial("not_enrolled", "host/" + host_id, "activation without a pending enrollment");
+      return Denied("not_enrolled", "no pending enrollment for this host; enroll again");
+    }
+    pending = std::move(it->second);
+    pending_.erase(it);  // one answer per challenge
+  }
+  Status match = attest::CheckActivation(pending.secret, secret);
+  if (!match.ok()) {
+    RecordDenial("credential_mismatch", "host/" + host_id, "ActivateCredential answer differs");
+    return match;
+  }
+  HostRecord host;
+  auto existing = store_->GetHost(host_id);
+  if (existing.ok()) {
+    host = *existing;
+  } else {
+    host.host_id = host_id;
+    host.created_unix = Now();
+  }
+  host.ek_cert_pem = pending.ek_cert_pem;
+  host.ak_public = crypto::Base64Encode(pending.ak->marshalled());
+  host.enrolled = true;
+  RETURN_IF_ERROR(store_->PutHost(
+      host, {"host.enroll", "host/" + host_id,
+             json{{"ak_name", crypto::HexEncode(pending.ak->name())}, {"by", caller.name}}}));
+  std::lock_guard<std::mutex> lock(mu_);
+  aks_[host_id] = pending.ak;
+  return OkStatus();
+}
+
+StatusOr<std::shared_ptr<const attest::AkPublic>> KmsService::EnrolledAk(const std::string& host_id) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = aks_.find(host_id);
+    if (it != aks_.end()) return it->second;
+  }
+  auto host = store_->GetHost(host_id);
+  if (!host.ok() && host.status().code() != StatusCode::kNotFound) return host.status();
+  if (!host.ok() || !host->enrolled) return Denied("not_enrolled", "host has no activated AK");
+  ASSIGN_OR_RETURN(crypto::Bytes marshalled, crypto::Base64Decode(host->ak_public));
+  ASSIGN_OR_RETURN(std::shared_ptr<const attest::AkPublic> ak, attest::AkPublic::Parse(marshalled));
+  std::lock_guard<std::mutex> lock(mu_);
+  aks_[host_id] = ak;
+  return ak;
+}
+
+// --- Attestation ------------------------------------------------------------
+
+StatusOr<int64_t> KmsService::ConsumeEvidenceNonce(const std::string& host_id,
+                                                   const attest::Evidence& ev) {
+  if (ev.nonce.size() != 32) return Denied("nonce_unknown", "the nonce was not issued by this KMS");
+  Status s = store_->ConsumeNonce(crypto::HexEncode(ev.nonce), host_id, Now());
+  if (!s.ok()) {
+    if (s.code() == StatusCode::kNotFound) return Denied("nonce_unknown", "the nonce was not issued for this host");
+    if (s.code() == StatusCode::kFailedPrecondition) {
+      if (s.message().find("used") != std::string::npos) return Denied("nonce_used", "the nonce was already used");
+      return Denied("nonce_expired", "the nonce expired");
+    }
+    return s;
+  }
+  uint64_t issued = 0;
+  for (int i = 0; i < 8; ++i) issued = (issued << 8) | ev.nonce[i];
+  return static_cast<int64_t>(issued);
+}
+
+StatusOr<std::pair<VerdictInfo, std::optional<attest::VerifiedEvidence>>>
+KmsService::VerifyAndRecord(const std::string& host_id, const attest::AkPublic& ak,
+                            const attest::Evidence& ev, int64_t nonce_issued_unix) {
+  auto verified = attest::VerifyEvidence(ak, ev.nonce, ev.pcr_selection, ev);
+  Verdict v;
+  v.verdict_id = NewVerdictId();
+  v.host_id = host_id;
+  v.time_unix = Now();
+  v.details = json::object();
+  v.details["nonce_issued_unix"] = nonce_issued_unix;
+  if (verified.ok()) {
+    PcrValues pcrs;
+    for (size_t i = 0; i < verified->quote.pcr_indices.size(); ++i) {
+      pcrs[verified->quote.pcr_indices[i]] = crypto::HexEncode(verified->quote.pcr_values[i]);
+    }
+    v.trusted = true;
+    v.reason = "ok";
+    v.details["pcrs"] = PcrValuesToJson(pcrs);
+    v.details["reset_count"] = verified->quote.reset_count;
+    v.details["restart_count"] = verified->quote.restart_count;
+    v.details["binding_key_name"] = crypto::HexEncode(verified->binding_key.name);
+  } else {
+    std::string reason(attest::ReasonName(attest::ReasonOf(verified.status())));
+    v.trusted = false;
+    v.reason = reason == "none" ? "malformed_evidence" : reason;
+    v.details["message"] = verified.status().message();
+  }
+  RETURN_IF_ERROR(store_->PutVerdict(
+      v, {"attestation.verdict", "host/" + host_id,
+          json{{"verdict_id", v.verdict_id}, {"trusted", v.trusted}, {"reason", v.reason}}}));
+  std::optional<attest::VerifiedEvidence> out;
+  if (verified.ok()) out = *std::move(verified);
+  return std::make_pair(InfoOf(v), std::move(out));
+}
+
+StatusOr<VerdictInfo> KmsService::Attest(const Caller& caller, const std::string& host_id,
+                                         const attest::Evidence& evidence) {
+  RETURN_IF_ERROR(RequireHost(caller, host_id, "attest"));
+  auto ak = EnrolledAk(host_id);
+  if (!ak.ok()) {
+    RecordDenial(ReasonPrefix(ak.status()), "host/" + host_id, "attest: " + ak.status().message());
+    return ak.status();
+  }
+  auto issued = ConsumeEvidenceNonce(host_id, evidence);
+  if (!issued.ok()) {
+    RecordDenial(ReasonPrefix(issued.status()), "host/" + host_id, "attest: " + issued.status().message());
+    return issued.status();
+  }
+  ASSIGN_OR_RETURN(auto result, VerifyAndRecord(host_id, **ak, evidence, *issued));
+  if (!result.first.trusted) metrics_.CountDenial(result.first.reason);
+  return result.first;
+}
+
+// --- Policy -------------------------------------------------------------------
+
+StatusOr<PolicyRecord> KmsService::EffectivePolicy(const std::string& customer_id,
+                                                   const std::string& image_id) {
+  auto p = store_->GetPolicy(customer_id, image_id);
+  if (p.ok() || p.status().code() != StatusCode::kNotFound) return p;
+  p = store_->GetPolicy("_default", image_id);
+  if (p.ok() || p.status().code() != StatusCode::kNotFound) return p;
+  return Denied("no_policy", "no release policy for customer " + customer_id + " and no _default");
+}
+
+StatusOr<PolicyDecision> KmsService::Decide(const json& policy, PolicyFacts facts,
+                                            const std::string& host_id) {
+  std::map<std::string, Flavor> flavors;
+  if (policy.is_object() && policy.contains("flavors") && policy["flavors"].is_object()) {
+    for (const auto& [mode, names] : policy["flavors"].items()) {
+      if (!names.is_array()) continue;
+      for (const auto& n : names) {
+        if (!n.is_string()) continue;
+        auto f = store_->GetFlavor(n.get<std::string>());
+        if (f.ok()) {
+          flavors[f->name] = *f;
+        } else if (f.status().code() != StatusCode::kNotFound) {
+          return f.status();
+        }
+      }
+    }
+  }
+  if (policy.is_object() && policy.contains("history") && policy["history"].is_object() &&
+      policy["history"].contains("no_failures_within_seconds") &&
+      policy["history"]["no_failures_within_seconds"].is_number_integer()) {
+    const int64_t window = policy["history"]["no_failures_within_seconds"].get<int64_t>();
+    ASSIGN_OR_RETURN(facts.history, store_->ListVerdicts(host_id, facts.now_unix - window));
+  }
+  return EvaluatePolicy(policy, flavors, facts);
+}
+
+// --- Release ------------------------------------------------------------------
+
+StatusOr<KmsService::CachedKey> KmsService::CustomerPrivateKey(const std::string& customer_id,
+                                                     const std::string& key_id) {
+  const std::string cache_key = customer_id + "/" + key_id;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = keys_.find(cache_key);
+    if (it != keys_.end()) return it->second;
+  }
+  std::optional<CustomerKeyRecord> rec;
+  if (key_id.rfind("sha256:", 0) == 0) {
+    ASSIGN_OR_RETURN(auto keys, store_->ListCustomerKeys(customer_id));
+    for (auto& k : keys) {
+      auto pub = crypto::PublicKey::FromPem(k.public_key_pem);
+      if (pub.ok() && "sha256:" + pub->KeyId() == key_id) {
+        rec = std::move(k);
+        break;
+      }
+    }
+  } else {
+    auto k = store_->GetCustomerKey(key_id);
+    if (k.ok() && k->customer_id == customer_id) rec = *std::move(k);
+    if (!k.ok() && k.status().code() != StatusCode::kNotFound) return k.status();
+  }
+  if (!rec) return Denied("unknown_key", "customer " + customer_id + " has no key " + key_id);
+  ASSIGN_OR_RETURN(crypto::Bytes blob, crypto::Base64Decode(rec->wrapped_private_key));
+  ASSIGN_OR_RETURN(SecretBytes der,
+                   kek_->Unwrap(crypto::AsStringView(blob), CustomerKeyAad(rec->key_id, rec->customer_id)));
+  ASSIGN_OR_RETURN(crypto::PrivateKey key, PrivateKeyFromDer(der));
+  CachedKey cached{rec->key_id, rec->customer_id,
+                   std::make_shared<const crypto::PrivateKey>(std::move(key))};
+  std::lock_guard<std::mutex> lock(mu_);
+  keys_[cache_key] = cached;
+  return cached;
+}
+
+StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::string& host_id,
+                                              const ReleaseRequest& req) {
+  RETURN_IF_ERROR(RequireHost(caller, host_id, "release"));
+  const auto start = std::chrono::steady_clock::now();
+  json audit = {{"host_id", host_id}, {"image_id", req.image_id}, {"tenant", req.tenant},
+                {"key_id", req.key_id}, {"key_version", req.key_version}};
+  auto finish = [&](const Status& s) -> Status {
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::string reason = ReasonPrefix(s);
+    if (reason.empty()) reason = s.code() == StatusCode::kInvalidArgument ? "malformed_request" : "internal";
+    metrics_.ObserveRelease(reason, secs);
+    metrics_.CountDenial(reason);
+    json d = audit;
+    d["reason"] = reason;
+    d["message"] = s.message();
+    (void)store_->AppendAudit({"release.deny", "host/" + host_id, d});
+    return s;
+  };
+
+  if (!ValidIdentity(req.image_id) || !ValidIdentity(req.tenant)) {
+    return finish(InvalidArgumentError("image_id and tenant must match [A-Za-z0-9._:@-]{1,128}"));
+  }
+  if (req.wrap_algorithm != kRsaOaepUri) {
+    return finish(InvalidArgumentError("wrap_algorithm must be " + std::string(kRsaOaepUri)));
+  }
+  if (req.key_id.empty() || req.key_id.size() > 128) return finish(InvalidArgumentError("bad key_id"));
+
+  auto ak = EnrolledAk(host_id);
+  if (!ak.ok()) return finish(ak.status());
+  auto issued = ConsumeEvidenceNonce(host_id, req.evidence);
+  if (!issued.ok()) return finish(issued.status());
+  auto verdict = VerifyAndRecord(host_id, **ak, req.evidence, *issued);
+  if (!verdict.ok()) return finish(verdict.status());
+  audit["verdict_id"] = verdict->first.verdict_id;
+  if (!verdict->first.trusted) {
+    Status s = verdict->first.reason == "malformed_evidence"
+                   ? InvalidArgumentError("malformed_evidence: evidence does not parse")
+                   : Denied(verdict->first.reason, "evidence failed verification");
+    return finish(s);
+  }
+  const attest::VerifiedEvidence& ev = *verdict->second;
+
+  // Which key; then the policy for this customer and image.
+  auto key = CustomerPrivateKey(req.tenant, req.key_id);
+  if (!key.ok()) return finish(key.status());
+  audit["kms_key_id"] = key->key_id;
+  auto policy = EffectivePolicy(req.tenant, req.image_id);
+  if (!policy.ok()) return finish(policy.status());
+  audit["policy"] = policy->customer_id + "/" + policy->image_id;
+  PolicyFacts facts;
+  for (size_t i = 0; i < ev.quote.pcr_indices.size(); ++i) {
+    facts.pcrs[ev.quote.pcr_indices[i]] = crypto::HexEncode(ev.quote.pcr_values[i]);
+  }
+  auto host = store_->GetHost(host_id);
+  if (!host.ok()) return finish(host.status());
+  facts.host_tags = host->tags;
+  facts.now_unix = Now();
+  facts.evidence_age_seconds = facts.now_unix - *issued;
+  auto decision = Decide(policy->policy, facts, host_id);
+  if (!decision.ok()) return finish(decision.status());
+  if (!decision->allowed) return finish(Denied(decision->reason, decision->message));
+
+  // The label must name this image, tenant and key version.
+  auto label = ParsePackageLabel(req.oaep_label);
+  if (!label.ok()) return finish(label.status());
+  if (label->image_id != req.image_id || label->tenant != req.tenant ||
+      label->key_version != req.key_version) {
+    return finish(Denied("label_mismatch", "the OAEP label names another image, tenant or key version"));
+  }
+  auto data_key = crypto::RsaOaepUnwrap(*key->key, req.wrapped_key, crypto::AsStringView(req.oaep_label));
+  if (!data_key.ok()) {
+    return finish(Denied("label_mismatch", "the wrapped key does not open under this key and label"));
+  }
+  auto binding = crypto::PublicKey::FromPem(ev.binding_key.spki_pem);
+  if (!binding.ok()) return finish(binding.status());
+  const std::string ad = ReleaseLabel(req.image_id);
+  auto rewrapped = crypto::RsaOaepWrap(*binding, *data_key, ad, crypto::OaepLabel::kTpm);
+  if (!rewrapped.ok()) return finish(rewrapped.status());
+
+  ReleaseResponse out;
+  out.rewrapped_key = *std::move(rewrapped);
+  out.label.assign(ad.begin(), ad.end());
+  out.label.push_back(0);
+  audit["binding_key_name"] = crypto::HexEncode(ev.binding_key.name);
+  audit["by_fingerprint"] = caller.fingerprint;
+  Status logged = store_->AppendAudit({"release.grant", "host/" + host_id, audit});
+  if (!logged.ok()) return finish(logged);  // no grant without its audit record
+  metrics_.CountRelease();
+  metrics_.ObserveRelease(
+      "ok", std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  return out;
+}
+
+// --- Hosts, verdicts, placement ---------------------------------------------
+
+StatusOr<std::vector<HostSummary>> KmsService::ListHosts(const Caller& caller) {
+  RETURN_IF_ERROR(RequireAny(caller, {Caller::Role::kOperator, Caller::Role::kPortal}, "list hosts"));
+  ASSIGN_OR_RETURN(auto hosts, store_->ListHosts());
+  std::vector<HostSummary> out;
+  for (const auto& h : hosts) {
+    HostSummary s{h.host_id, h.enrolled, h.tags, std::nullopt};
+    ASSIGN_OR_RETURN(auto verdicts, store_->ListVerdicts(h.host_id, 0));
+    if (!verdicts.empty()) s.latest = InfoOf(verdicts.back());
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+StatusOr<std::vector<VerdictInfo>> KmsService::ListVerdicts(const Caller& caller,
+                                                            const std::string& host_id,
+                                                            int64_t since_unix) {
+  RETURN_IF_ERROR(RequireAny(caller, {Caller::Role::kOperator, Caller::Role::kPortal}, "list verdicts"));
+  ASSIGN_OR_RETURN(auto verdicts, store_->ListVerdicts(host_id, since_unix));
+  std::vector<VerdictInfo> out;
+  for (const auto& v : verdicts) out.push_back(InfoOf(v));
+  return out;
+}
+
+Status KmsService::SetHostTags(const Caller& caller, const std::string& host_id,
+                               const std::vector<std::string>& tags) {
+  RETURN_IF_ERROR(Require(caller, Caller::Role::kOperator, "set host tags"));
+  if (tags.size() > 64) return InvalidArgumentError("at most 64 tags");
+  for (const auto& t : tags) {
+    if (t.empty() || t.size() > 128) return InvalidArgumentError("tags must be 1..128 characters");
+  }
+  return store_->SetHostTags(host_id, tags,
+                             {"host.tags", "host/" + host_id, json{{"tags", tags}, {"by", caller.name}}});
+}
+
+StatusOr<std::vector<PlacementResult>> KmsService::PlacementCheck(const Caller& caller,
+                                                                  const PlacementRequest& req) {
+  RETURN_IF_ERROR(Require(caller, Caller::Role::kPortal, "placement check"));
+  if (!ValidIdentity(req.customer_id) || !ValidIdentity(req.image_id)) {
+    return InvalidArgumentError("customer_id and image_id must match [A-Za-z0-9._:@-]{1,128}");
+  }
+  if (req.host_ids.size() > 1000) return InvalidArgumentError("at most 1000 hosts per check");
+  auto policy = EffectivePolicy(req.customer_id, req.image_id);
+  if (!policy.ok() && ReasonPrefix(policy.status()) != "no_policy") return policy.status();
+  const int64_t now = Now();
+  std::vector<PlacementResult> out;
+  for (const auto& id : req.host_ids) {
+    PlacementResult r{id, false, ""};
+    auto host = store_->GetHost(id);
+    if (!host.ok() && host.status().code() != StatusCode::kNotFound) return host.status();
+    if (!policy.ok()) {
+      r.reason = "no_policy";
+    } else if (!host.ok() || !host->enrolled) {
+      r.reason = "not_enrolled";
+    } else {
+      ASSIGN_OR_RETURN(auto verdicts, store_->ListVerdicts(id, 0));
+      if (verdicts.empty()) {
+        r.reason = "no_verdict";
+      } else if (!verdicts.back().trusted) {
+        r.reason = verdicts.back().reason;
+      } else {
+        PolicyFacts facts;
+        auto pcrs = PcrValuesFromJson(verdicts.back().details.value("pcrs", json()));
+        if (pcrs.ok()) facts.pcrs = *pcrs;
+        facts.host_tags = host->tags;
+        facts.now_unix = now;
+        facts.evidence_age_seconds = now - verdicts.back().time_unix;
+        ASSIGN_OR_RETURN(PolicyDecision d, Decide(policy->policy, facts, id));
+        r.eligible = d.allowed;
+        r.reason = d.reason;
+      }
+    }
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+// --- Flavors and policies -------------------------------------------------------
+
+Status KmsService::PutFlavor(const Caller& caller, const Flavor& flavor) {
+  RETURN_IF_ERROR(Require(caller, Caller::Role::kOperator, "put flavor"));
+  if (!ValidId(flavor.name)) return InvalidArgumentError("flavor name must match [A-Za-z0-9._-]{1,64}");
+  RETURN_IF_ERROR(ValidateFlavorPcrs(flavor.pcrs));
+  ASSIGN_OR_RETURN(PcrValues normalized, PcrValuesFromJson(flavor.pcrs));
+  return store_->PutFlavor({flavor.name, PcrValuesToJson(normalized)},
+                           {"flavor.put", "flavor/" + flavor.name,
+                            json{{"pcrs", PcrValuesToJson(normalized)}, {"by", caller.name}}});
+}
+
+StatusOr<std::vector<Flavor>> KmsService::ListFlavors(const Caller& caller) {
+  RETURN_IF_ERROR(RequireAny(caller, {Caller::Role::kOperator, Caller::Role::kPortal}, "list flavors"));
+  return store_->ListFlavors();
+}
+
+StatusOr<Flavor> KmsService::FlavorFromHost(const Caller& caller, const std::string& name,
+                                            const std::string& host_id) {
+  RETURN_IF_ERROR(Require(caller, Caller::Role::kOperator, "flavor from host"));
+  ASSIGN_OR_RETURN(auto verdicts, store_->ListVerdicts(host_id, 0));
+  for (auto it = verdicts.rbegin(); it != verdicts.rend(); ++it) {
+    if (!it->trusted) continue;
+    Flavor f{name, it->details.value("pcrs", json())};
+    RETURN_IF_ERROR(PutFlavor(caller, f));
+    return store_->GetFlavor(name);
+  }
+  return FailedPreconditionError("host " + host_id + " has no trusted verdict to take PCR values from");
+}
+
+Status KmsService::PutPolicy(const Caller& caller, const PolicyRecord& policy) {
+  RETURN_IF_ERROR(RequireAny(caller, {Caller::Role::kOperator, Caller::Role::kPortal}, "put policy"));
+  if (policy.customer_id != "_default" && !ValidIdentity(policy.customer_id)) {
+    return InvalidArgumentError("bad customer id");
+  }
+  if (!policy.image_id.empty() && !ValidIdentity(policy.image_id)) return InvalidArgumentError("bad image id");
+  RETURN_IF_ERROR(ValidatePolicy(policy.policy));
+  return store_->PutPolicy(policy, {"policy.put", "customer/" + policy.customer_id,
+                                    json{{"image_id", policy.image_id},
+                                         {"policy", policy.policy},
+                                         {"by", caller.name}}});
+}
+
+StatusOr<PolicyRecord> KmsService::GetPolicy(const Caller& caller, const std::string& customer_id,
+                                             const std::string& image_id) {
+  RETURN_IF_ERROR(RequireAny(caller, {Caller::Role::kOperator, Caller::Role::kPortal}, "get policy"));
+  return store_->GetPolicy(customer_id, image_id);
+}
+
 // --- HTTP adapter ---------------------------------------------------------
 
 namespace {
 json KeyJson(const CustomerKeyInfo& k) {
   return {{"key_id", k.key_id}, {"customer_id", k.customer_id}, {"algorithm", k.algorithm},
-          {"public_key_pem", k.public_key_pem}, {"certificate_pem", k.cert_pem},
+          {"public_key_pem", k.public_key_pem}, {"cert_pem", k.cert_pem},
+          {"certificate_pem", k.cert_pem},
           {"created_unix", k.created_unix}};
 }
 
@@ -197,6 +787,52 @@ StatusOr<int64_t> IntParam(const net::Request& r, const std::string& name, int64
   auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
   if (ec != std::errc() || p != v.data() + v.size()) return InvalidArgumentError(name + " must be an integer");
   return out;
+}
+
+constexpr const char* kHostRe = "([A-Za-z0-9._-]{1,64})";
+constexpr const char* kNameRe = "([A-Za-z0-9._-]{1,64})";
+constexpr const char* kImageRe = "([A-Za-z0-9._:@-]{1,128})";
+
+Status RequireObject(const json& body) {
+  if (!body.is_object()) return InvalidArgumentError("body must be a JSON object");
+  return OkStatus();
+}
+
+StatusOr<std::string> StrField(const json& body, const std::string& name) {
+  auto it = body.find(name);
+  if (it == body.end() || !it->is_string()) return InvalidArgumentError("missing string field '" + name + "'");
+  return it->get<std::string>();
+}
+
+StatusOr<crypto::Bytes> B64Field(const json& body, const std::string& name) {
+  ASSIGN_OR_RETURN(std::string text, StrField(body, name));
+  auto bytes = crypto::Base64Decode(text);
+  if (!bytes.ok()) return InvalidArgumentError("field '" + name + "' is not valid base64");
+  return bytes;
+}
+
+StatusOr<std::vector<std::string>> StrArrayField(const json& body, const std::string& name) {
+  auto it = body.find(name);
+  if (it == body.end() || !it->is_array()) return InvalidArgumentError("missing array field '" + name + "'");
+  std::vector<std::string> out;
+  for (const auto& e : *it) {
+    if (!e.is_string()) return InvalidArgumentError("field '" + name + "' must hold strings");
+    out.push_back(e.get<std::string>());
+  }
+  return out;
+}
+
+StatusOr<attest::Evidence> EvidenceField(const json& body) {
+  auto it = body.find("evidence");
+  if (it == body.end() || !it->is_object()) {
+    return InvalidArgumentError("malformed_evidence: missing object field 'evidence'");
+  }
+  return attest::EvidenceFromJson(it->dump());
+}
+
+json VerdictJson(const VerdictInfo& v) {
+  return {{"verdict_id", v.verdict_id}, {"trusted", v.trusted}, {"reason", v.reason},
+          {"time_unix", v.time_unix}};
 }
 }  // namespace
 
@@ -247,8 +883,127 @@ void RegisterKmsRoutes(KmsService* s, net::HttpsServer* server) {
     ASSIGN_OR_RETURN(auto head, s->VerifyAudit(CallerFromPeer(r.peer)));
     return json{{"valid", true}, {"count", head.count}, {"head", head.hash}};
   });
-  // TODO(attest merge): POST /v1/hosts/{id}/enroll, /activate, /attest and
-  // POST /v1/release are wired once src/attest lands on main.
+  // --- Enrollment, attestation, release (role host) ---------------------
+  server->Get("/v1/ca", [s](const net::Request&) -> StatusOr<json> {
+    return json{{"ca_cert_pem", s->ca_cert_pem()}};
+  });
+  server->Post(std::string("/v1/hosts/") + kHostRe + "/enroll", [s](const net::Request& r) -> StatusOr<json> {
+    RETURN_IF_ERROR(RequireObject(r.body));
+    attest::EnrollmentRequest req;
+    ASSIGN_OR_RETURN(std::string pem, StrField(r.body, "ek_certificate_pem"));
+    auto cert = crypto::Certificate::FromPem(pem);
+    if (!cert.ok()) return InvalidArgumentError("malformed_evidence: ek_certificate_pem is not one PEM certificate");
+    req.ek_certificate = cert->ToDer();
+    ASSIGN_OR_RETURN(req.ak_public, B64Field(r.body, "ak_public"));
+    ASSIGN_OR_RETURN(auto ch, s->BeginEnrollment(CallerFromPeer(r.peer), r.path_params[0], req));
+    return json{{"credential_blob", crypto::Base64Encode(ch.credential_blob)},
+                {"encrypted_secret", crypto::Base64Encode(ch.encrypted_secret)}};
+  });
+  server->Post(std::string("/v1/hosts/") + kHostRe + "/activate", [s](const net::Request& r) -> StatusOr<json> {
+    RETURN_IF_ERROR(RequireObject(r.body));
+    ASSIGN_OR_RETURN(crypto::Bytes raw, B64Field(r.body, "secret"));
+    SecretBytes secret(raw);
+    WipeBytes(std::span<uint8_t>(raw.data(), raw.size()));
+    RETURN_IF_ERROR(s->CompleteEnrollment(CallerFromPeer(r.peer), r.path_params[0], secret));
+    return json{{"host_id", r.path_params[0]}, {"enrolled", true}};
+  });
+  server->Post(std::string("/v1/hosts/") + kHostRe + "/attestations", [s](const net::Request& r) -> StatusOr<json> {
+    RETURN_IF_ERROR(RequireObject(r.body));
+    ASSIGN_OR_RETURN(attest::Evidence ev, EvidenceField(r.body));
+    ASSIGN_OR_RETURN(VerdictInfo v, s->Attest(CallerFromPeer(r.peer), r.path_params[0], ev));
+    return VerdictJson(v);
+  }, /*created=*/true);
+  server->Post(std::string("/v1/hosts/") + kHostRe + "/releases", [s](const net::Request& r) -> StatusOr<json> {
+    RETURN_IF_ERROR(RequireObject(r.body));
+    ReleaseRequest req;
+    ASSIGN_OR_RETURN(req.image_id, StrField(r.body, "image_id"));
+    ASSIGN_OR_RETURN(req.tenant, StrField(r.body, "tenant"));
+    ASSIGN_OR_RETURN(req.key_id, StrField(r.body, "key_id"));
+    if (r.body.contains("key_version")) {
+      if (!r.body["key_version"].is_number_unsigned()) return InvalidArgumentError("key_version must be a positive integer");
+      req.key_version = r.body["key_version"].get<uint64_t>();
+    }
+    ASSIGN_OR_RETURN(req.wrap_algorithm, StrField(r.body, "wrap_algorithm"));
+    ASSIGN_OR_RETURN(req.oaep_label, B64Field(r.body, "oaep_label"));
+    ASSIGN_OR_RETURN(req.wrapped_key, B64Field(r.body, "wrapped_key"));
+    ASSIGN_OR_RETURN(req.evidence, EvidenceField(r.body));
+    ASSIGN_OR_RETURN(ReleaseResponse out, s->Release(CallerFromPeer(r.peer), r.path_params[0], req));
+    return json{{"rewrapped_key", crypto::Base64Encode(out.rewrapped_key)},
+                {"label", crypto::Base64Encode(out.label)}};
+  });
+
+  // --- Hosts for the portal and operators --------------------------------
+  server->Get("/v1/hosts", [s](const net::Request& r) -> StatusOr<json> {
+    ASSIGN_OR_RETURN(auto hosts, s->ListHosts(CallerFromPeer(r.peer)));
+    json out = json::array();
+    for (const auto& h : hosts) {
+      out.push_back({{"host_id", h.host_id}, {"enrolled", h.enrolled}, {"tags", h.tags},
+                     {"latest", h.latest ? VerdictJson(*h.latest) : json()}});
+    }
+    return json{{"hosts", out}};
+  });
+  server->Get(std::string("/v1/hosts/") + kHostRe + "/verdicts", [s](const net::Request& r) -> StatusOr<json> {
+    ASSIGN_OR_RETURN(int64_t since, IntParam(r, "since", 0));
+    ASSIGN_OR_RETURN(auto vs, s->ListVerdicts(CallerFromPeer(r.peer), r.path_params[0], since));
+    json out = json::array();
+    for (const auto& v : vs) out.push_back(VerdictJson(v));
+    return json{{"verdicts", out}};
+  });
+  server->Put(std::string("/v1/hosts/") + kHostRe + "/tags", [s](const net::Request& r) -> StatusOr<json> {
+    RETURN_IF_ERROR(RequireObject(r.body));
+    ASSIGN_OR_RETURN(auto tags, StrArrayField(r.body, "tags"));
+    RETURN_IF_ERROR(s->SetHostTags(CallerFromPeer(r.peer), r.path_params[0], tags));
+    return json{{"host_id", r.path_params[0]}, {"tags", tags}};
+  });
+  server->Post("/v1/placement-check", [s](const net::Request& r) -> StatusOr<json> {
+    RETURN_IF_ERROR(RequireObject(r.body));
+    PlacementRequest req;
+    ASSIGN_OR_RETURN(req.customer_id, StrField(r.body, "customer_id"));
+    ASSIGN_OR_RETURN(req.image_id, StrField(r.body, "image_id"));
+    ASSIGN_OR_RETURN(req.host_ids, StrArrayField(r.body, "host_ids"));
+    ASSIGN_OR_RETURN(auto results, s->PlacementCheck(CallerFromPeer(r.peer), req));
+    json out = json::array();
+    for (const auto& p : results) {
+      out.push_back({{"host_id", p.host_id}, {"eligible", p.eligible}, {"reason", p.reason}});
+    }
+    return json{{"hosts", out}};
+  });
+
+  // --- Flavors and policies ----------------------------------------------
+  server->Put(std::string("/v1/flavors/") + kNameRe, [s](const net::Request& r) -> StatusOr<json> {
+    RETURN_IF_ERROR(RequireObject(r.body));
+    if (!r.body.contains("pcrs")) return InvalidArgumentError("missing field 'pcrs'");
+    Flavor f{r.path_params[0], r.body["pcrs"]};
+    RETURN_IF_ERROR(s->PutFlavor(CallerFromPeer(r.peer), f));
+    ASSIGN_OR_RETURN(Flavor stored, s->store().GetFlavor(f.name));
+    return json{{"name", stored.name}, {"pcrs", stored.pcrs}};
+  });
+  server->Get("/v1/flavors", [s](const net::Request& r) -> StatusOr<json> {
+    ASSIGN_OR_RETURN(auto flavors, s->ListFlavors(CallerFromPeer(r.peer)));
+    json out = json::array();
+    for (const auto& f : flavors) out.push_back({{"name", f.name}, {"pcrs", f.pcrs}});
+    return json{{"flavors", out}};
+  });
+  server->Post(std::string("/v1/flavors/") + kNameRe + "/from-host/" + kHostRe,
+               [s](const net::Request& r) -> StatusOr<json> {
+                 ASSIGN_OR_RETURN(Flavor f, s->FlavorFromHost(CallerFromPeer(r.peer), r.path_params[0],
+                                                              r.path_params[1]));
+                 return json{{"name", f.name}, {"pcrs", f.pcrs}};
+               });
+  auto put_policy = [s](const net::Request& r) -> StatusOr<json> {
+    PolicyRecord p{r.path_params[0], r.path_params.size() > 1 ? r.path_params[1] : "", r.body};
+    RETURN_IF_ERROR(s->PutPolicy(CallerFromPeer(r.peer), p));
+    return json{{"customer_id", p.customer_id}, {"image_id", p.image_id}, {"policy", p.policy}};
+  };
+  auto get_policy = [s](const net::Request& r) -> StatusOr<json> {
+    ASSIGN_OR_RETURN(PolicyRecord p, s->GetPolicy(CallerFromPeer(r.peer), r.path_params[0],
+                                                  r.path_params.size() > 1 ? r.path_params[1] : ""));
+    return json{{"customer_id", p.customer_id}, {"image_id", p.image_id}, {"policy", p.policy}};
+  };
+  server->Put(std::string("/v1/policies/") + kNameRe, put_policy);
+  server->Put(std::string("/v1/policies/") + kNameRe + "/" + kImageRe, put_policy);
+  server->Get(std::string("/v1/policies/") + kNameRe, get_policy);
+  server->Get(std::string("/v1/policies/") + kNameRe + "/" + kImageRe, get_policy);
   server->SetObserver([s](const std::string&, const std::string& route, int status, double secs) {
     s->metrics().CountRequest(route, status, secs);
   });

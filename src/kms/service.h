@@ -7,16 +7,27 @@
 #define VMSEAL_KMS_SERVICE_H_
 
 #include <cstdint>
+#include <initializer_list>
+#include <span>
 #include <functional>
+#include <map>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "attest/ek_certificate.h"
+#include "attest/evidence.h"
+#include "attest/verifier.h"
+#include "base/secret_bytes.h"
 #include "base/status.h"
+#include "crypto/keys.h"
 #include "kms/audit.h"
 #include "kms/internal/mini_ca.h"
 #include "kms/kek.h"
 #include "kms/metrics.h"
+#include "kms/policy.h"
 #include "kms/store.h"
 #include "net/https_server.h"
 
@@ -50,6 +61,63 @@ struct NonceResponse {
   int64_t expires_unix = 0;
 };
 
+// One recorded attestation verdict as the API shows it.
+struct VerdictInfo {
+  std::string verdict_id;
+  bool trusted = false;
+  std::string reason;  // "ok" when trusted
+  int64_t time_unix = 0;
+};
+
+// POST /v1/hosts/{hid}/releases (CONTRACT.md).
+struct ReleaseRequest {
+  std::string image_id;
+  std::string tenant;       // the customer id
+  std::string key_id;       // "sha256:<hex SPKI digest>" (package) or a KMS "k-..." id
+  uint64_t key_version = 1;
+  std::string wrap_algorithm;  // must be http://www.w3.org/2009/xmlenc11#rsa-oaep
+  crypto::Bytes oaep_label;    // as stored in the package
+  crypto::Bytes wrapped_key;
+  attest::Evidence evidence;
+};
+struct ReleaseResponse {
+  crypto::Bytes rewrapped_key;  // RSA-OAEP-SHA256 to the certified binding key
+  crypto::Bytes label;          // the OAEP label used, ending in a zero byte
+};
+
+struct HostSummary {
+  std::string host_id;
+  bool enrolled = false;
+  std::vector<std::string> tags;
+  std::optional<VerdictInfo> latest;
+};
+
+struct PlacementRequest {
+  std::string customer_id;
+  std::string image_id;
+  std::vector<std::string> host_ids;
+};
+struct PlacementResult {
+  std::string host_id;
+  bool eligible = false;
+  std::string reason;  // "ok" when eligible
+};
+
+// The image identity the package's OAEP label encodes
+// (docs/format/package.md, "OAEPparams"); parsed to check a release request
+// names the same image.
+struct PackageLabel {
+  std::string image_id;
+  std::string tenant;
+  uint64_t key_version = 0;
+  std::string data_algorithm;
+};
+StatusOr<PackageLabel> ParsePackageLabel(std::span<const uint8_t> label);
+
+// The release-wrap label for an image (without the trailing zero byte the
+// TPM needs; crypto::OaepLabel::kTpm appends it).
+std::string ReleaseLabel(const std::string& image_id);
+
 class KmsService {
  public:
   struct Options {
@@ -59,6 +127,11 @@ class KmsService {
     int64_t customer_cert_days = 825;
     // The clock (unix seconds); default time(nullptr).
     std::function<int64_t()> clock;
+    // PEM bundle of TPM manufacturer CAs for EK certificates. Empty: host
+    // enrollment is refused (FAILED_PRECONDITION).
+    std::string ek_ca_bundle_pem;
+    // Pending enrollments older than this are forgotten. Default 300 s.
+    int64_t enrollment_lifetime_seconds = 300;
   };
 
   // `store` and `kek` must outlive the service. `ca` signs certificates.
@@ -75,6 +148,51 @@ class KmsService {
                                            const std::string& key_id);
   // A host asks for a nonce for itself (its CN must equal host_id).
   StatusOr<NonceResponse> IssueNonce(const Caller& caller, const std::string& host_id);
+  // --- Hosts (role host, CN == host_id) ----------------------------------
+  // Enrollment step 1: checks the EK certificate against the manufacturer CA
+  // bundle and the AK's shape; answers a MakeCredential challenge. The
+  // secret is kept in memory only: after a KMS restart the host enrolls again.
+  StatusOr<attest::CredentialChallenge> BeginEnrollment(const Caller& caller,
+                                                        const std::string& host_id,
+                                                        const attest::EnrollmentRequest& req);
+  // Enrollment step 2: the ActivateCredential answer. On a match the AK is
+  // stored as the host's (keeping its tags) and cached.
+  Status CompleteEnrollment(const Caller& caller, const std::string& host_id,
+                            const SecretBytes& secret);
+  // Consumes the nonce, verifies the evidence and records the verdict (also
+  // an untrusted one, which is returned, not an error). Errors: not_enrolled,
+  // nonce_* (PERMISSION_DENIED), malformed input.
+  StatusOr<VerdictInfo> Attest(const Caller& caller, const std::string& host_id,
+                               const attest::Evidence& evidence);
+  // The release: see CONTRACT.md. Denials are PERMISSION_DENIED (or
+  // INVALID_ARGUMENT for malformed_evidence) "<reason>: <detail>", audited
+  // as release.deny; a grant is audited as release.grant. No key bytes in
+  // either.
+  StatusOr<ReleaseResponse> Release(const Caller& caller, const std::string& host_id,
+                                    const ReleaseRequest& req);
+
+  // --- Portal / operator ------------------------------------------------
+  StatusOr<std::vector<HostSummary>> ListHosts(const Caller& caller);
+  StatusOr<std::vector<VerdictInfo>> ListVerdicts(const Caller& caller, const std::string& host_id,
+                                                  int64_t since_unix);
+  // Operator only.
+  Status SetHostTags(const Caller& caller, const std::string& host_id,
+                     const std::vector<std::string>& tags);
+  // Portal only: the release policy applied to each host's latest verdict.
+  StatusOr<std::vector<PlacementResult>> PlacementCheck(const Caller& caller,
+                                                        const PlacementRequest& req);
+  // Operator only.
+  Status PutFlavor(const Caller& caller, const Flavor& flavor);
+  // Operator or portal.
+  StatusOr<std::vector<Flavor>> ListFlavors(const Caller& caller);
+  // Operator only: a flavor from the PCR values of the host's latest trusted verdict.
+  StatusOr<Flavor> FlavorFromHost(const Caller& caller, const std::string& name,
+                                  const std::string& host_id);
+  // Operator or portal. image_id "" = the customer-wide policy.
+  Status PutPolicy(const Caller& caller, const PolicyRecord& policy);
+  StatusOr<PolicyRecord> GetPolicy(const Caller& caller, const std::string& customer_id,
+                                   const std::string& image_id);
+
   // Operator only: records after `after_seq` (at most `limit`, <= 1000).
   StatusOr<std::vector<AuditRecord>> ReadAudit(const Caller& caller, int64_t after_seq,
                                                int64_t limit);
@@ -92,13 +210,49 @@ class KmsService {
  private:
   KmsService(Options options, Store* store, const KeyEncryptionKey* kek, internal::CertAndKey ca);
   Status Require(const Caller& caller, Caller::Role role, const std::string& action);
+  Status RequireAny(const Caller& caller, std::initializer_list<Caller::Role> roles,
+                    const std::string& action);
+  Status RequireHost(const Caller& caller, const std::string& host_id, const std::string& action);
   int64_t Now() const;
+
+  struct CachedKey {
+    std::string key_id;  // KMS id
+    std::string customer_id;
+    std::shared_ptr<const crypto::PrivateKey> key;
+  };
+  struct PendingEnrollment {
+    std::shared_ptr<const attest::AkPublic> ak;
+    std::string ek_cert_pem;
+    SecretBytes secret;
+    int64_t expires_unix = 0;
+  };
+  // The host's activated AK (cache, else the store); not_enrolled otherwise.
+  StatusOr<std::shared_ptr<const attest::AkPublic>> EnrolledAk(const std::string& host_id);
+  // The customer's key named by `key_id`; unknown_key otherwise.
+  StatusOr<CachedKey> CustomerPrivateKey(const std::string& customer_id, const std::string& key_id);
+  // Consumes the evidence's nonce; returns its issue time. nonce_* reasons.
+  StatusOr<int64_t> ConsumeEvidenceNonce(const std::string& host_id, const attest::Evidence& ev);
+  // Verifies and records a verdict; returns it with the verified evidence (if trusted).
+  StatusOr<std::pair<VerdictInfo, std::optional<attest::VerifiedEvidence>>> VerifyAndRecord(
+      const std::string& host_id, const attest::AkPublic& ak, const attest::Evidence& ev,
+      int64_t nonce_issued_unix);
+  // The policy for (customer, image), else the "_default" customer's.
+  StatusOr<PolicyRecord> EffectivePolicy(const std::string& customer_id, const std::string& image_id);
+  // Evaluates the policy with the flavors it names.
+  StatusOr<PolicyDecision> Decide(const nlohmann::json& policy, PolicyFacts facts,
+                                  const std::string& host_id);
 
   const Options options_;
   Store* const store_;
   const KeyEncryptionKey* const kek_;
   const internal::CertAndKey ca_;
+  std::unique_ptr<attest::EkCertificateVerifier> ek_verifier_;
   Metrics metrics_;
+
+  std::mutex mu_;  // guards the caches below
+  std::map<std::string, std::shared_ptr<const attest::AkPublic>> aks_;
+  std::map<std::string, PendingEnrollment> pending_;
+  std::map<std::string, CachedKey> keys_;  // by "<customer>/<key id as requested>"
 };
 
 // Registers the KMS routes (docs/api/kms.yaml) on `server`.

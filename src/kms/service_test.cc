@@ -144,6 +144,136 @@ TEST_F(ServiceTest, AuditReadRequiresOperator) {
   EXPECT_OK(service_->VerifyAudit(As(Caller::Role::kOperator, "op")));
 }
 
+
+// Every new route refuses callers of the wrong role, and each refusal is audited.
+TEST_F(ServiceTest, WrongRolesAreRefused) {
+  const Caller portal = As(Caller::Role::kPortal, "p");
+  const Caller host = As(Caller::Role::kHost, "h1");
+  const Caller other_host = As(Caller::Role::kHost, "h2");
+  const Caller op = As(Caller::Role::kOperator, "op");
+  attest::EnrollmentRequest enroll;
+  attest::Evidence ev;
+  ReleaseRequest rel;
+  const auto denied = StatusCode::kPermissionDenied;
+  EXPECT_STATUS(service_->BeginEnrollment(portal, "h1", enroll), denied, "host role");
+  EXPECT_STATUS(service_->BeginEnrollment(other_host, "h1", enroll), denied, "wrong_host");
+  EXPECT_STATUS(service_->CompleteEnrollment(op, "h1", SecretBytes::Random(32)), denied, "host role");
+  EXPECT_STATUS(service_->Attest(portal, "h1", ev), denied, "host role");
+  EXPECT_STATUS(service_->Attest(other_host, "h1", ev), denied, "wrong_host");
+  EXPECT_STATUS(service_->Release(op, "h1", rel), denied, "host role");
+  EXPECT_STATUS(service_->Release(other_host, "h1", rel), denied, "wrong_host");
+  EXPECT_STATUS(service_->ListHosts(host), denied, "role");
+  EXPECT_STATUS(service_->ListVerdicts(host, "h1", 0), denied, "role");
+  EXPECT_STATUS(service_->SetHostTags(portal, "h1", {"a=b"}), denied, "operator role");
+  EXPECT_STATUS(service_->PlacementCheck(op, {"acme", "img", {"h1"}}), denied, "portal role");
+  EXPECT_STATUS(service_->PutFlavor(portal, {"f", {}}), denied, "operator role");
+  EXPECT_STATUS(service_->ListFlavors(host), denied, "role");
+  EXPECT_STATUS(service_->FlavorFromHost(portal, "f", "h1"), denied, "operator role");
+  EXPECT_STATUS(service_->PutPolicy(host, {"acme", "", {}}), denied, "role");
+  EXPECT_STATUS(service_->GetPolicy(host, "acme", ""), denied, "role");
+  EXPECT_STATUS(service_->ListHosts(Caller{}), StatusCode::kUnauthenticated, "client certificate");
+  auto recs = store_->ReadAudit(0, 100);
+  ASSERT_OK(recs);
+  EXPECT_EQ(recs->size(), 17u);
+  EXPECT_OK(VerifyStoreAudit(*store_));
+}
+
+TEST_F(ServiceTest, EnrollmentWithoutCaBundleIsRefused) {
+  attest::EnrollmentRequest enroll;
+  EXPECT_STATUS(service_->BeginEnrollment(As(Caller::Role::kHost, "h1"), "h1", enroll),
+                StatusCode::kFailedPrecondition, "CA bundle");
+}
+
+TEST_F(ServiceTest, ActivationWithoutPendingEnrollmentIsNotEnrolled) {
+  EXPECT_STATUS(service_->CompleteEnrollment(As(Caller::Role::kHost, "h1"), "h1",
+                                             SecretBytes::Random(32)),
+                StatusCode::kPermissionDenied, "not_enrolled");
+}
+
+TEST_F(ServiceTest, UnenrolledHostAttestationIsRefused) {
+  attest::Evidence ev;
+  ev.nonce = crypto::Bytes(32, 1);
+  EXPECT_STATUS(service_->Attest(As(Caller::Role::kHost, "h1"), "h1", ev),
+                StatusCode::kPermissionDenied, "not_enrolled");
+}
+
+TEST_F(ServiceTest, PoliciesAreValidatedStoredAndFallBackToDefault) {
+  const Caller op = As(Caller::Role::kOperator, "op");
+  const Caller portal = As(Caller::Role::kPortal, "p");
+  EXPECT_STATUS(service_->PutPolicy(op, {"acme", "", {{"flavors", {{"someOf", {"x"}}}}}}),
+                StatusCode::kInvalidArgument, "flavors");
+  EXPECT_STATUS(service_->GetPolicy(op, "acme", ""), StatusCode::kNotFound, "no release policy");
+  nlohmann::json p = {{"flavors", {{"anyOf", {"good"}}}}, {"required_tags", {"region=eu"}}};
+  ASSERT_OK(service_->PutPolicy(portal, {"acme", "", p}));
+  nlohmann::json q = {{"flavors", {{"allOf", {"good", "os"}}}}};
+  ASSERT_OK(service_->PutPolicy(op, {"acme", "img-1", q}));
+  auto got = service_->GetPolicy(portal, "acme", "img-1");
+  ASSERT_OK(got);
+  EXPECT_EQ(got->policy, q);
+  got = service_->GetPolicy(portal, "acme", "img-2");
+  ASSERT_OK(got);
+  EXPECT_EQ(got->policy, p);
+}
+
+TEST_F(ServiceTest, FlavorsAreValidatedAndNormalized) {
+  const Caller op = As(Caller::Role::kOperator, "op");
+  EXPECT_STATUS(service_->PutFlavor(op, {"bad", {{"sha256", {{"0", "xyz"}}}}}),
+                StatusCode::kInvalidArgument, "64 hex");
+  ASSERT_OK(service_->PutFlavor(op, {"good", {{"sha256", {{"7", std::string(64, 'A')}}}}}));
+  auto list = service_->ListFlavors(As(Caller::Role::kPortal, "p"));
+  ASSERT_OK(list);
+  ASSERT_EQ(list->size(), 1u);
+  EXPECT_EQ((*list)[0].pcrs["sha256"]["7"], std::string(64, 'a'));
+  EXPECT_STATUS(service_->FlavorFromHost(op, "f2", "h-none"), StatusCode::kFailedPrecondition,
+                "no trusted verdict");
+}
+
+TEST_F(ServiceTest, PlacementCheckFailsClosed) {
+  const Caller portal = As(Caller::Role::kPortal, "p");
+  auto r = service_->PlacementCheck(portal, {"acme", "img-1", {"h1"}});
+  ASSERT_OK(r);
+  ASSERT_EQ(r->size(), 1u);
+  EXPECT_FALSE((*r)[0].eligible);
+  EXPECT_EQ((*r)[0].reason, "no_policy");
+  ASSERT_OK(service_->PutPolicy(portal, {"_default", "", {{"flavors", {{"anyOf", {"good"}}}}}}));
+  r = service_->PlacementCheck(portal, {"acme", "img-1", {"h1"}});
+  ASSERT_OK(r);
+  EXPECT_EQ((*r)[0].reason, "not_enrolled");
+}
+
+TEST(PackageLabel, ParsesWhatThePackageWrites) {
+  // prefix \0, len image, image, len tenant, tenant, u64 version, len alg, alg
+  std::string label("vmseal-package-key-v1", 21);
+  label.push_back('\0');
+  auto field = [&](const std::string& f) {
+    for (int i = 3; i >= 0; --i) label.push_back(static_cast<char>((f.size() >> (8 * i)) & 0xff));
+    label += f;
+  };
+  field("img-1");
+  field("tenant-a");
+  for (int i = 0; i < 7; ++i) label.push_back('\0');
+  label.push_back('\3');
+  field("urn:alg");
+  auto parsed = ParsePackageLabel(crypto::AsBytes(label));
+  ASSERT_OK(parsed);
+  EXPECT_EQ(parsed->image_id, "img-1");
+  EXPECT_EQ(parsed->tenant, "tenant-a");
+  EXPECT_EQ(parsed->key_version, 3u);
+  EXPECT_EQ(parsed->data_algorithm, "urn:alg");
+  EXPECT_STATUS(ParsePackageLabel(crypto::AsBytes(label + "x")), StatusCode::kPermissionDenied,
+                "label_mismatch");
+  EXPECT_STATUS(ParsePackageLabel(crypto::AsBytes(std::string("other"))),
+                StatusCode::kPermissionDenied, "label_mismatch");
+}
+
+TEST(ErrorBody, CarriesTheMachineReason) {
+  auto body = net::ErrorBody(PermissionDeniedError("pcr_policy: PCR 7 differs"));
+  EXPECT_EQ(body["error"]["reason"], "pcr_policy");
+  EXPECT_EQ(body["error"]["code"], "PERMISSION_DENIED");
+  EXPECT_EQ(body["error"]["message"], "pcr_policy: PCR 7 differs");
+  EXPECT_FALSE(net::ErrorBody(InvalidArgumentError("Body must be JSON: x"))["error"].contains("reason"));
+}
+
 TEST(CallerFromPeer, RoleFromOrganizationalUnit) {
   net::Peer peer{true, "CN=h1,OU=host,O=vmseal", "h1", "host", "ab"};
   Caller c = CallerFromPeer(peer);

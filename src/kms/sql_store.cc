@@ -151,20 +151,13 @@ class SqlStore : public Store {
   }
 
   StatusOr<HostRecord> GetHost(const std::string& host_id) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    ASSIGN_OR_RETURN(auto r, conn_->Exec("SELECT host_id, ek_cert_pem, ak_public, enrolled, tags, "
-                                         "created_unix FROM hosts WHERE host_id = ?",
-                                         {host_id}));
-    if (r.rows.empty()) return NotFoundError("unknown host " + host_id);
-    const auto& row = r.rows[0];
-    HostRecord h{ToStr(row[0]), ToStr(row[1]), ToStr(row[2]), ToInt(row[3]) != 0, {}, ToInt(row[5])};
-    json tags = ToJson(row[4]);
-    if (tags.is_array()) {
-      for (const auto& t : tags) {
-        if (t.is_string()) h.tags.push_back(t.get<std::string>());
-      }
-    }
-    return h;
+    ASSIGN_OR_RETURN(auto hosts, QueryHosts("WHERE host_id = ?", {host_id}));
+    if (hosts.empty()) return NotFoundError("unknown host " + host_id);
+    return std::move(hosts[0]);
+  }
+
+  StatusOr<std::vector<HostRecord>> ListHosts() override {
+    return QueryHosts("ORDER BY host_id", {});
   }
 
   Status SetHostEnrolled(const std::string& host_id, const AuditEvent& audit) override {
@@ -349,6 +342,27 @@ class SqlStore : public Store {
     for (const auto& row : r.rows) {
       out.push_back({ToStr(row[0]), ToStr(row[1]), ToStr(row[2]), ToStr(row[3]), ToStr(row[4]),
                      ToStr(row[5]), ToStr(row[6]), ToInt(row[7])});
+    }
+    return out;
+  }
+
+  StatusOr<std::vector<HostRecord>> QueryHosts(const std::string& where,
+                                               std::vector<SqlValue> args) {
+    std::lock_guard<std::mutex> lock(mu_);
+    ASSIGN_OR_RETURN(auto r, conn_->Exec("SELECT host_id, ek_cert_pem, ak_public, enrolled, tags, "
+                                         "created_unix FROM hosts " + where,
+                                         args));
+    std::vector<HostRecord> out;
+    for (const auto& row : r.rows) {
+      HostRecord h{ToStr(row[0]), ToStr(row[1]), ToStr(row[2]), ToInt(row[3]) != 0, {},
+                   ToInt(row[5])};
+      json tags = ToJson(row[4]);
+      if (tags.is_array()) {
+        for (const auto& t : tags) {
+          if (t.is_string()) h.tags.push_back(t.get<std::string>());
+        }
+      }
+      out.push_back(std::move(h));
     }
     return out;
   }

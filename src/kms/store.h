@@ -102,6 +102,8 @@ class Store {
   // Inserts or replaces a host (re-enrollment resets `enrolled`).
   virtual Status PutHost(const HostRecord& host, const AuditEvent& audit) = 0;
   virtual StatusOr<HostRecord> GetHost(const std::string& host_id) = 0;
+  // Every host, ordered by host id.
+  virtual StatusOr<std::vector<HostRecord>> ListHosts() = 0;
   // Marks the host enrolled; NOT_FOUND if absent.
   virtual Status SetHostEnrolled(const std::string& host_id, const AuditEvent& audit) = 0;
   virtual Status SetHostTags(const std::string& host_id, const std::vector<std::string>& tags,

@@ -65,9 +65,16 @@ std::string Request::QueryParam(const std::string& name, const std::string& fall
 }
 
 json ErrorBody(const Status& status) {
-  return json{{"error",
-               {{"code", std::string(StatusCodeName(status.code()))},
-                {"message", status.message()}}}};
+  json err = {{"code", std::string(StatusCodeName(status.code()))}, {"message", status.message()}};
+  // A machine-readable reason leads the message as "<reason>: ..." (e.g.
+  // "pcr_policy: ..."); expose it as its own field too.
+  const std::string& m = status.message();
+  const size_t colon = m.find(": ");
+  if (colon != std::string::npos && colon > 0 && colon <= 40 &&
+      m.find_first_not_of("abcdefghijklmnopqrstuvwxyz_") >= colon) {
+    err["reason"] = m.substr(0, colon);
+  }
+  return json{{"error", err}};
 }
 
 struct HttpsServer::Impl {

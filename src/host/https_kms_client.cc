@@ -1,0 +1,147 @@
+#include "host/https_kms_client.h"
+
+#include <charconv>
+
+#include "base/env.h"
+#include "crypto/keys.h"
+#include "crypto/x509.h"
+#include "net/https_client.h"
+
+namespace vmseal::host {
+namespace {
+
+using nlohmann::json;
+
+StatusOr<std::string> StrField(const json& body, const std::string& name) {
+  if (!body.is_object() || !body.contains(name) || !body[name].is_string()) {
+    return DataLossError("KMS answer lacks string field '" + name + "'");
+  }
+  return body[name].get<std::string>();
+}
+
+StatusOr<crypto::Bytes> B64Field(const json& body, const std::string& name) {
+  ASSIGN_OR_RETURN(std::string text, StrField(body, name));
+  auto out = crypto::Base64Decode(text);
+  if (!out.ok()) return DataLossError("KMS answer field '" + name + "' is not base64");
+  return out;
+}
+
+// Splits "https://host:port".
+Status ParseUrl(const std::string& url, std::string* host, int* port) {
+  constexpr std::string_view kScheme = "https://";
+  if (url.rfind(kScheme, 0) != 0) return InvalidArgumentError("KMS url must start with https://");
+  std::string rest = url.substr(kScheme.size());
+  while (!rest.empty() && rest.back() == '/') rest.pop_back();
+  if (rest.find('/') != std::string::npos) return InvalidArgumentError("KMS url must not have a path");
+  size_t colon = rest.rfind(':');
+  *port = 443;
+  if (colon != std::string::npos && rest.find(']') == std::string::npos) {
+    const std::string p = rest.substr(colon + 1);
+    auto [ptr, ec] = std::from_chars(p.data(), p.data() + p.size(), *port);
+    if (ec != std::errc() || ptr != p.data() + p.size() || *port <= 0 || *port > 65535) {
+      return InvalidArgumentError("KMS url has a bad port");
+    }
+    rest = rest.substr(0, colon);
+  }
+  if (rest.empty()) return InvalidArgumentError("KMS url has no host");
+  *host = rest;
+  return OkStatus();
+}
+
+class HttpsKmsClient final : public KmsApi {
+ public:
+  HttpsKmsClient(std::unique_ptr<net::HttpsClient> client, std::string host_id)
+      : client_(std::move(client)), base_("/v1/hosts/" + host_id) {}
+
+  StatusOr<attest::CredentialChallenge> BeginEnrollment(
+      const attest::EnrollmentRequest& request) override {
+    ASSIGN_OR_RETURN(crypto::Certificate ek, crypto::Certificate::FromDer(request.ek_certificate));
+    ASSIGN_OR_RETURN(json answer,
+                     client_->Post(base_ + "/enroll",
+                                   {{"ek_certificate_pem", ek.ToPem()},
+                                    {"ak_public", crypto::Base64Encode(request.ak_public)}}));
+    attest::CredentialChallenge out;
+    ASSIGN_OR_RETURN(out.credential_blob, B64Field(answer, "credential_blob"));
+    ASSIGN_OR_RETURN(out.encrypted_secret, B64Field(answer, "encrypted_secret"));
+    return out;
+  }
+
+  Status CompleteEnrollment(const SecretBytes& secret) override {
+    std::string b64 = crypto::Base64Encode(secret.UnsafeSpan());
+    json body = {{"secret", b64}};
+    WipeBytes(std::span<uint8_t>(reinterpret_cast<uint8_t*>(b64.data()), b64.size()));
+    auto answer = client_->Post(base_ + "/activate", body);
+    std::string& held = body["secret"].get_ref<std::string&>();
+    WipeBytes(std::span<uint8_t>(reinterpret_cast<uint8_t*>(held.data()), held.size()));
+    RETURN_IF_ERROR(answer.status());
+    if (!answer->is_object() || !answer->value("enrolled", false)) {
+      return DataLossError("KMS did not confirm the enrollment");
+    }
+    return OkStatus();
+  }
+
+  StatusOr<crypto::Bytes> Nonce() override {
+    ASSIGN_OR_RETURN(json answer, client_->Post(base_ + "/nonces", json::object()));
+    ASSIGN_OR_RETURN(std::string hex, StrField(answer, "nonce"));
+    auto nonce = crypto::HexDecode(hex);
+    if (!nonce.ok()) return DataLossError("KMS nonce is not hex");
+    return nonce;
+  }
+
+  Status Attest(const attest::Evidence& evidence) override {
+    ASSIGN_OR_RETURN(json answer, client_->Post(base_ + "/attestations",
+                                                {{"evidence", EvidenceJson(evidence)}}));
+    if (!answer.is_object() || !answer.contains("trusted") || !answer["trusted"].is_boolean()) {
+      return DataLossError("KMS answer lacks 'trusted'");
+    }
+    if (!answer["trusted"].get<bool>()) {
+      return PermissionDeniedError(answer.value("reason", std::string("untrusted")) +
+                                   ": the KMS did not trust the evidence (verdict " +
+                                   answer.value("verdict_id", std::string("?")) + ")");
+    }
+    return OkStatus();
+  }
+
+  StatusOr<ReleasedKey> Release(const ReleaseRequest& request) override {
+    json body = {{"image_id", request.image_id},
+                 {"tenant", request.tenant},
+                 {"key_id", request.key_id},
+                 {"key_version", request.key_version},
+                 {"wrap_algorithm", request.wrap_algorithm},
+                 {"oaep_label", crypto::Base64Encode(request.oaep_label)},
+                 {"wrapped_key", crypto::Base64Encode(request.wrapped_key)},
+                 {"evidence", EvidenceJson(request.evidence)}};
+    ASSIGN_OR_RETURN(json answer, client_->Post(base_ + "/releases", body));
+    ReleasedKey out;
+    ASSIGN_OR_RETURN(out.rewrapped_key, B64Field(answer, "rewrapped_key"));
+    ASSIGN_OR_RETURN(out.label, B64Field(answer, "label"));
+    if (out.label.empty() || out.label.back() != 0) {
+      return DataLossError("KMS release label does not end in a zero byte");
+    }
+    return out;
+  }
+
+ private:
+  static json EvidenceJson(const attest::Evidence& evidence) {
+    return json::parse(attest::EvidenceToJson(evidence));
+  }
+
+  std::unique_ptr<net::HttpsClient> client_;
+  const std::string base_;
+};
+
+}  // namespace
+
+StatusOr<std::unique_ptr<KmsApi>> NewHttpsKmsClient(const HttpsKmsClientOptions& options) {
+  if (options.host_id.empty()) return InvalidArgumentError("host id is required");
+  net::HttpsClient::Options o;
+  RETURN_IF_ERROR(ParseUrl(options.url, &o.host, &o.port));
+  ASSIGN_OR_RETURN(o.ca_pem, ReadFileToString(Env::Default(), options.ca_cert_file));
+  ASSIGN_OR_RETURN(o.cert_pem, ReadFileToString(Env::Default(), options.cert_file));
+  ASSIGN_OR_RETURN(o.key_pem, crypto::ReadSecretFile(options.key_file));
+  o.timeout_seconds = options.timeout_seconds;
+  ASSIGN_OR_RETURN(auto client, net::HttpsClient::Create(std::move(o)));
+  return std::unique_ptr<KmsApi>(new HttpsKmsClient(std::move(client), options.host_id));
+}
+
+}  // namespace vmseal::host

@@ -1,0 +1,401 @@
+// End to end against real parts: the KMS service behind its HTTPS server on
+// loopback (SQLite, and PostgreSQL), the host's HTTPS KMS client with an mTLS
+// host identity, and the real TPM security engine on swtpm. Keys cross the
+// same boundaries as in production: customer key (package label) -> KMS ->
+// TPM binding key.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <thread>
+
+#include "base/env.h"
+#include "crypto/key_wrap.h"
+#include "crypto/keys.h"
+#include "host/https_kms_client.h"
+#include "kms/service.h"
+#include "net/https_client.h"
+#include "net/https_server.h"
+#include "ovf/descriptor.h"
+#include "ovf/package_format.h"
+#include "testing/pg_harness.h"
+#include "testing/test_util.h"
+#include "tpm/security_engine.h"
+#include "tpm/testing/swtpm_harness.h"
+
+namespace vmseal::kms {
+namespace {
+
+using nlohmann::json;
+using testing::TempDir;
+
+const std::vector<uint32_t> kPcrs = {0, 7};
+const char kTenant[] = "tenant-a";
+
+std::string KeyText(const SecretBytes& s) {
+  return std::string(reinterpret_cast<const char*>(s.UnsafeData()), s.size());
+}
+
+// A package's wrapped key for `image_id`, made the way ovf::SealPackage makes
+// it (label = ovf::OaepLabel(tag), RSA-OAEP-SHA256).
+struct WrappedImageKey {
+  SecretBytes data_key;
+  crypto::Bytes label;
+  crypto::Bytes wrapped;
+};
+
+class KmsReleaseTest : public ::testing::Test {
+ protected:
+  // Starts KMS + swtpm on `store_location` ("" = SQLite in the temp dir).
+  void StartAll(const std::string& store_location) {
+    auto ca = internal::CreateRootCa("release test ca", 30);
+    ASSERT_OK(ca);
+    ca_ = *std::move(ca);
+    Write("ca.pem", ca_.cert_pem, 0644);
+    IssueIdentity("host", "host-1", "host1");
+    IssueIdentity("host", "host-2", "host2");
+    IssueIdentity("operator", "op", "op");
+    IssueIdentity("portal", "portal-1", "portal");
+
+    auto store = Store::Open(store_location.empty() ? dir_.File("kms.db") : store_location);
+    ASSERT_OK(store);
+    store_ = *std::move(store);
+    auto kek = KekFromBytes(SecretBytes::Random(kKekBytes));
+    ASSERT_OK(kek);
+    kek_ = *std::move(kek);
+
+    auto tpm = tpm::testing::Swtpm::Start({.parent_dir = dir_.path()});
+    ASSERT_OK(tpm);
+    swtpm_ = *std::move(tpm);
+    auto engine = tpm::SecurityEngine::Create({.tcti = swtpm_->tcti(), .state_dir = dir_.File("tpm-state")});
+    ASSERT_OK(engine);
+    engine_ = *std::move(engine);
+
+    service_ = NewService(store_.get());
+    ASSERT_NE(service_, nullptr);
+
+    auto server_id = internal::IssueLeaf(ca_, {.common_name = "kms", .organizational_unit = "kms",
+                                               .ip_addresses = {"127.0.0.1"}, .server = true});
+    ASSERT_OK(server_id);
+    net::HttpsServer::Options so;
+    so.cert_pem = server_id->cert_pem;
+    so.key_pem = SecretBytes(server_id->key_pem.UnsafeSpan());
+    so.client_ca_pem = ca_.cert_pem;
+    so.threads = 4;
+    auto server = net::HttpsServer::Create(std::move(so));
+    ASSERT_OK(server);
+    server_ = *std::move(server);
+    RegisterKmsRoutes(service_.get(), server_.get());
+    auto port = server_->Start();
+    ASSERT_OK(port);
+    port_ = *port;
+
+    host_ = HostClient("host-1", "host1");
+    ASSERT_NE(host_, nullptr);
+    op_ = JsonClient("op");
+    ASSERT_NE(op_, nullptr);
+
+    auto customer = service_->CreateCustomerKey({Caller::Role::kPortal, "portal-1", "fp"}, {kTenant, ""});
+    ASSERT_OK(customer);
+    auto pub = crypto::PublicKey::FromPem(customer->public_key_pem);
+    ASSERT_OK(pub);
+    customer_pub_ = std::make_unique<crypto::PublicKey>(*pub);
+  }
+
+  std::unique_ptr<KmsService> NewService(Store* store) {
+    KmsService::Options options;
+    options.ek_ca_bundle_pem = swtpm_->ca_bundle_pem();
+    internal::CertAndKey ca{ca_.cert_pem, SecretBytes(ca_.key_pem.UnsafeSpan())};
+    auto service = KmsService::Create(options, store, kek_.get(), std::move(ca));
+    EXPECT_OK(service);
+    return service.ok() ? *std::move(service) : nullptr;
+  }
+
+  void Write(const std::string& name, const std::string& data, mode_t mode) {
+    ASSERT_OK(WriteStringToFileAtomic(Env::Default(), dir_.File(name), data, mode));
+  }
+
+  void IssueIdentity(const std::string& role, const std::string& cn, const std::string& prefix) {
+    auto id = internal::IssueLeaf(ca_, {.common_name = cn, .organizational_unit = role});
+    ASSERT_OK(id);
+    Write(prefix + ".pem", id->cert_pem, 0644);
+    Write(prefix + "-key.pem", KeyText(id->key_pem), 0600);
+  }
+
+  std::unique_ptr<host::KmsApi> HostClient(const std::string& host_id, const std::string& prefix) {
+    auto c = host::NewHttpsKmsClient({.url = "https://127.0.0.1:" + std::to_string(port_),
+                                      .ca_cert_file = dir_.File("ca.pem"),
+                                      .cert_file = dir_.File(prefix + ".pem"),
+                                      .key_file = dir_.File(prefix + "-key.pem"),
+                                      .host_id = host_id});
+    EXPECT_OK(c);
+    return c.ok() ? *std::move(c) : nullptr;
+  }
+
+  std::unique_ptr<net::HttpsClient> JsonClient(const std::string& prefix) {
+    net::HttpsClient::Options o;
+    o.port = port_;
+    o.ca_pem = ca_.cert_pem;
+    o.cert_pem = testing::ReadFileOrDie(dir_.File(prefix + ".pem"));
+    std::string key = testing::ReadFileOrDie(dir_.File(prefix + "-key.pem"));
+    o.key_pem = SecretBytes(crypto::AsBytes(key));
+    auto c = net::HttpsClient::Create(std::move(o));
+    EXPECT_OK(c);
+    return c.ok() ? *std::move(c) : nullptr;
+  }
+
+  WrappedImageKey WrapFor(const std::string& image_id) {
+    ovf::EncryptionTag tag;
+    tag.image_id = image_id;
+    tag.tenant = kTenant;
+    tag.key_version = 1;
+    tag.data_algorithm = std::string(ovf::kStreamAlgorithmUri);
+    WrappedImageKey out{SecretBytes::Random(crypto::kDataKeyBytes), ovf::OaepLabel(tag), {}};
+    auto wrapped = crypto::RsaOaepWrap(*customer_pub_, out.data_key, crypto::AsStringView(out.label));
+    EXPECT_OK(wrapped);
+    if (wrapped.ok()) out.wrapped = *wrapped;
+    return out;
+  }
+
+  void Enroll() {
+    auto req = engine_->EnrollmentRequest();
+    ASSERT_OK(req);
+    auto challenge = host_->BeginEnrollment(*req);
+    ASSERT_OK(challenge);
+    auto secret = engine_->ActivateCredential(*challenge);
+    ASSERT_OK(secret);
+    ASSERT_OK(host_->CompleteEnrollment(*secret));
+  }
+
+  // Attests once, makes the current PCRs the "good-boot" flavor and the
+  // tenant's policy.
+  void TrustCurrentState() {
+    auto nonce = host_->Nonce();
+    ASSERT_OK(nonce);
+    auto ev = engine_->Attest(*nonce, kPcrs);
+    ASSERT_OK(ev);
+    ASSERT_OK(host_->Attest(*ev));
+    ASSERT_OK(op_->Post("/v1/flavors/good-boot/from-host/host-1", json::object()));
+    ASSERT_OK(op_->Put(std::string("/v1/policies/") + kTenant,
+                       {{"flavors", {{"anyOf", {"good-boot"}}}}, {"max_evidence_age_seconds", 60}}));
+  }
+
+  host::ReleaseRequest Request(const WrappedImageKey& k, const std::string& image_id,
+                               host::KmsApi* client) {
+    host::ReleaseRequest r;
+    r.image_id = image_id;
+    r.tenant = kTenant;
+    r.key_id = "sha256:" + customer_pub_->KeyId();
+    r.key_version = 1;
+    r.wrap_algorithm = std::string(ovf::kRsaOaepUri);
+    r.oaep_label = k.label;
+    r.wrapped_key = k.wrapped;
+    auto nonce = client->Nonce();
+    EXPECT_OK(nonce);
+    if (!nonce.ok()) return r;
+    auto ev = engine_->Attest(*nonce, kPcrs);
+    EXPECT_OK(ev);
+    if (ev.ok()) r.evidence = *ev;
+    return r;
+  }
+
+  std::string AuditText() {
+    auto recs = store_->ReadAudit(0, 1000);
+    EXPECT_OK(recs);
+    std::string all;
+    if (recs.ok()) {
+      for (const auto& r : *recs) all += r.record + "\n";
+    }
+    return all;
+  }
+
+  void ExpectGoodRelease() {
+    Enroll();
+    TrustCurrentState();
+    WrappedImageKey k = WrapFor("img-1");
+    auto released = host_->Release(Request(k, "img-1", host_.get()));
+    ASSERT_OK(released);
+    ASSERT_FALSE(released->label.empty());
+    EXPECT_EQ(released->label.back(), 0);
+    auto data_key = engine_->Decrypt(released->rewrapped_key, released->label);
+    ASSERT_OK(data_key);
+    EXPECT_EQ(crypto::HexEncode(data_key->UnsafeSpan()), crypto::HexEncode(k.data_key.UnsafeSpan()));
+    const std::string audit = AuditText();
+    EXPECT_NE(audit.find("release.grant"), std::string::npos);
+    EXPECT_EQ(audit.find(crypto::HexEncode(k.data_key.UnsafeSpan())), std::string::npos);
+    EXPECT_EQ(audit.find(crypto::Base64Encode(k.data_key.UnsafeSpan())), std::string::npos);
+    EXPECT_OK(VerifyStoreAudit(*store_));
+    EXPECT_NE(service_->metrics().Render().find(
+                  "vmseal_kms_release_decisions_total{result=\"grant\",reason=\"ok\"} 1"),
+              std::string::npos);
+  }
+
+  TempDir dir_;
+  internal::CertAndKey ca_;
+  std::unique_ptr<Store> store_;
+  std::unique_ptr<KeyEncryptionKey> kek_;
+  std::unique_ptr<tpm::testing::Swtpm> swtpm_;
+  std::unique_ptr<tpm::SecurityEngine> engine_;
+  std::unique_ptr<KmsService> service_;
+  std::unique_ptr<net::HttpsServer> server_;
+  int port_ = 0;
+  std::unique_ptr<host::KmsApi> host_;
+  std::unique_ptr<net::HttpsClient> op_;
+  std::unique_ptr<crypto::PublicKey> customer_pub_;
+};
+
+TEST_F(KmsReleaseTest, GoodHostGetsKeyThatDecryptsInsideTheTpm) {
+  StartAll("");
+  ExpectGoodRelease();
+  // The host list shows the enrolled host and its latest (trusted) verdict.
+  auto hosts = op_->Get("/v1/hosts");
+  ASSERT_OK(hosts);
+  ASSERT_EQ((*hosts)["hosts"].size(), 1u);
+  EXPECT_EQ((*hosts)["hosts"][0]["host_id"], "host-1");
+  EXPECT_TRUE((*hosts)["hosts"][0]["enrolled"].get<bool>());
+  EXPECT_TRUE((*hosts)["hosts"][0]["latest"]["trusted"].get<bool>());
+}
+
+TEST_F(KmsReleaseTest, TamperedHostIsDeniedWithPcrPolicy) {
+  StartAll("");
+  Enroll();
+  TrustCurrentState();
+  ASSERT_OK(engine_->PcrExtend(7, crypto::Sha256("unsigned bootloader")));
+  WrappedImageKey k = WrapFor("img-1");
+  auto released = host_->Release(Request(k, "img-1", host_.get()));
+  EXPECT_STATUS(released, StatusCode::kPermissionDenied, "pcr_policy");
+  const std::string audit = AuditText();
+  EXPECT_NE(audit.find("release.deny"), std::string::npos);
+  EXPECT_NE(audit.find("pcr_policy"), std::string::npos);
+  EXPECT_EQ(audit.find("release.grant"), std::string::npos);
+  // The portal's placement check now says the same for this host.
+  auto portal = JsonClient("portal");
+  ASSERT_NE(portal, nullptr);
+  auto check = portal->Post("/v1/placement-check",
+                            {{"customer_id", kTenant}, {"image_id", "img-1"}, {"host_ids", {"host-1", "host-9"}}});
+  ASSERT_OK(check);
+  EXPECT_FALSE((*check)["hosts"][0]["eligible"].get<bool>());
+  EXPECT_EQ((*check)["hosts"][0]["reason"], "pcr_policy");
+  EXPECT_EQ((*check)["hosts"][1]["reason"], "not_enrolled");
+}
+
+TEST_F(KmsReleaseTest, ReplayedNonceIsRefused) {
+  StartAll("");
+  Enroll();
+  TrustCurrentState();
+  WrappedImageKey k = WrapFor("img-1");
+  host::ReleaseRequest r = Request(k, "img-1", host_.get());
+  ASSERT_OK(host_->Release(r));
+  EXPECT_STATUS(host_->Release(r), StatusCode::kPermissionDenied, "nonce_used");
+}
+
+TEST_F(KmsReleaseTest, UnenrolledHostIsRefused) {
+  StartAll("");
+  Enroll();
+  TrustCurrentState();
+  auto other = HostClient("host-2", "host2");
+  ASSERT_NE(other, nullptr);
+  WrappedImageKey k = WrapFor("img-1");
+  EXPECT_STATUS(other->Release(Request(k, "img-1", other.get())), StatusCode::kPermissionDenied,
+                "not_enrolled");
+}
+
+TEST_F(KmsReleaseTest, WrongLabelIsLabelMismatch) {
+  StartAll("");
+  Enroll();
+  TrustCurrentState();
+  WrappedImageKey k1 = WrapFor("img-1");
+  WrappedImageKey k2 = WrapFor("img-2");
+  // A label naming another image than the request.
+  host::ReleaseRequest r = Request(k1, "img-1", host_.get());
+  r.oaep_label = k2.label;
+  EXPECT_STATUS(host_->Release(r), StatusCode::kPermissionDenied, "label_mismatch");
+  // A consistent request for img-2 carrying img-1's wrapped key.
+  r = Request(k2, "img-2", host_.get());
+  r.wrapped_key = k1.wrapped;
+  EXPECT_STATUS(host_->Release(r), StatusCode::kPermissionDenied, "label_mismatch");
+  // A key of another customer is unknown to this tenant.
+  r = Request(k1, "img-1", host_.get());
+  r.key_id = "sha256:" + std::string(64, '0');
+  EXPECT_STATUS(host_->Release(r), StatusCode::kPermissionDenied, "unknown_key");
+}
+
+TEST_F(KmsReleaseTest, ForgedEvidenceIsRecordedAsUntrustedVerdict) {
+  StartAll("");
+  Enroll();
+  TrustCurrentState();
+  WrappedImageKey k = WrapFor("img-1");
+  host::ReleaseRequest r = Request(k, "img-1", host_.get());
+  r.evidence.quote.signature.back() ^= 0x01;
+  EXPECT_STATUS(host_->Release(r), StatusCode::kPermissionDenied, "bad_signature");
+  auto verdicts = op_->Get("/v1/hosts/host-1/verdicts?since=0");
+  ASSERT_OK(verdicts);
+  ASSERT_GE((*verdicts)["verdicts"].size(), 2u);
+  EXPECT_FALSE((*verdicts)["verdicts"].back()["trusted"].get<bool>());
+  EXPECT_EQ((*verdicts)["verdicts"].back()["reason"], "bad_signature");
+}
+
+TEST_F(KmsReleaseTest, NoPolicyFailsClosed) {
+  StartAll("");
+  Enroll();
+  WrappedImageKey k = WrapFor("img-1");
+  EXPECT_STATUS(host_->Release(Request(k, "img-1", host_.get())), StatusCode::kPermissionDenied,
+                "no_policy");
+}
+
+TEST_F(KmsReleaseTest, GoodHostReleaseOnPostgres) {
+  auto pg = testing::PgHarness::Start();
+  ASSERT_OK(pg);
+  auto url = (*pg)->CreateDatabase("release");
+  ASSERT_OK(url);
+  StartAll(*url);
+  ASSERT_EQ(store_->backend(), "postgres");
+  ExpectGoodRelease();
+}
+
+// Two KMS services over one PostgreSQL: a nonce one issued is consumed once,
+// whichever service the concurrent attempts reach.
+TEST_F(KmsReleaseTest, TwoServicesOnePostgresConsumeANonceOnce) {
+  auto pg = testing::PgHarness::Start();
+  ASSERT_OK(pg);
+  auto url = (*pg)->CreateDatabase("shared");
+  ASSERT_OK(url);
+  StartAll(*url);
+  Enroll();
+  TrustCurrentState();
+  auto store_b = Store::Open(*url);
+  ASSERT_OK(store_b);
+  std::unique_ptr<KmsService> service_b = NewService(store_b->get());
+  ASSERT_NE(service_b, nullptr);
+
+  WrappedImageKey k = WrapFor("img-1");
+  host::ReleaseRequest hr = Request(k, "img-1", host_.get());  // nonce issued by service A
+  ReleaseRequest r{hr.image_id, hr.tenant, hr.key_id, hr.key_version, hr.wrap_algorithm,
+                   hr.oaep_label, hr.wrapped_key, hr.evidence};
+  const Caller host{Caller::Role::kHost, "host-1", "fp"};
+  std::atomic<int> granted{0}, used{0}, other{0};
+  std::atomic<bool> go{false};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 8; ++i) {
+    KmsService* s = (i % 2 == 0) ? service_.get() : service_b.get();
+    threads.emplace_back([&, s] {
+      while (!go.load()) std::this_thread::yield();
+      auto out = s->Release(host, "host-1", r);
+      if (out.ok()) {
+        ++granted;
+      } else if (out.status().message().rfind("nonce_used", 0) == 0) {
+        ++used;
+      } else {
+        ++other;
+      }
+    });
+  }
+  go = true;
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(granted.load(), 1);
+  EXPECT_EQ(used.load(), 7);
+  EXPECT_EQ(other.load(), 0);
+  EXPECT_OK(VerifyStoreAudit(*store_));
+}
+
+}  // namespace
+}  // namespace vmseal::kms

@@ -19,6 +19,41 @@ Status MakePrivateDir(const std::string& dir) {
   return OkStatus();
 }
 
+// Retries a call that failed with UNAVAILABLE once: the HTTPS client keeps
+// connections alive and the KMS closes idle ones, so the first call after a
+// pause (a job after minutes of quiet) would otherwise fail on a stale socket.
+// Release is not retried: it consumes its nonce; the Nonce call before it has
+// already refreshed the connection.
+class RetryOnceKms final : public KmsApi {
+ public:
+  explicit RetryOnceKms(std::unique_ptr<KmsApi> inner) : inner_(std::move(inner)) {}
+  StatusOr<attest::CredentialChallenge> BeginEnrollment(
+      const attest::EnrollmentRequest& request) override {
+    return Retry([&] { return inner_->BeginEnrollment(request); });
+  }
+  Status CompleteEnrollment(const SecretBytes& secret) override {
+    return Retry([&] { return inner_->CompleteEnrollment(secret); });
+  }
+  StatusOr<crypto::Bytes> Nonce() override {
+    return Retry([&] { return inner_->Nonce(); });
+  }
+  Status Attest(const attest::Evidence& evidence) override {
+    return Retry([&] { return inner_->Attest(evidence); });
+  }
+  StatusOr<ReleasedKey> Release(const ReleaseRequest& request) override {
+    return inner_->Release(request);
+  }
+
+ private:
+  template <typename F>
+  static auto Retry(F&& call) -> decltype(call()) {
+    auto result = call();
+    if (::vmseal::internal::AsStatus(result).code() != StatusCode::kUnavailable) return result;
+    return call();
+  }
+  std::unique_ptr<KmsApi> inner_;
+};
+
 }  // namespace
 
 StatusOr<std::string> HostIdFromCertificate(Env* env, const std::string& cert_file) {
@@ -32,25 +67,26 @@ StatusOr<std::string> HostIdFromCertificate(Env* env, const std::string& cert_fi
 StatusOr<int> RemoveStaleFiles(vm::VmManager* vms, const std::string& image_store_dir,
                                const std::string& work_dir) {
   int removed = 0;
-  std::error_code ec;
-  const std::string disks = image_store_dir + "/disks";
-  if (std::filesystem::is_directory(disks, ec)) {
-    for (const auto& entry : std::filesystem::directory_iterator(disks, ec)) {
-      const std::string name = entry.path().filename().string();
-      bool stale = name.starts_with(".") && name.find(".tmp-") != std::string::npos;
-      if (!stale && name.ends_with(".img")) {
-        auto vm = vms->Get(name.substr(0, name.size() - 4));
-        stale = !vm.ok() && vm.status().code() == StatusCode::kNotFound;
-      }
-      if (stale && std::filesystem::remove(entry.path(), ec)) ++removed;
+  auto sweep = [&](const std::string& dir, auto&& is_stale) -> Status {
+    std::error_code ec;
+    if (!std::filesystem::is_directory(dir, ec)) return OkStatus();  // nothing yet
+    std::filesystem::directory_iterator it(dir, ec), end;
+    for (; !ec && it != end; it.increment(ec)) {
+      const std::string name = it->path().filename().string();
+      std::error_code rm;
+      if (is_stale(name) && std::filesystem::remove(it->path(), rm)) ++removed;
+      if (rm) return InternalError("remove " + it->path().string() + ": " + rm.message());
     }
-  }
-  if (std::filesystem::is_directory(work_dir, ec)) {
-    for (const auto& entry : std::filesystem::directory_iterator(work_dir, ec)) {
-      if (entry.is_regular_file(ec) && std::filesystem::remove(entry.path(), ec)) ++removed;
-    }
-  }
-  if (ec) return InternalError("clean " + image_store_dir + ": " + ec.message());
+    if (ec) return InternalError("list " + dir + ": " + ec.message());
+    return OkStatus();
+  };
+  RETURN_IF_ERROR(sweep(image_store_dir + "/disks", [&](const std::string& name) {
+    if (name.starts_with(".") && name.find(".tmp-") != std::string::npos) return true;
+    if (!name.ends_with(".img")) return false;
+    auto vm = vms->Get(name.substr(0, name.size() - 4));
+    return !vm.ok() && vm.status().code() == StatusCode::kNotFound;
+  }));
+  RETURN_IF_ERROR(sweep(work_dir, [](const std::string&) { return true; }));
   return removed;
 }
 
@@ -76,7 +112,8 @@ StatusOr<std::unique_ptr<HostDaemon>> HostDaemon::Create(const HostConfig& confi
 
   KmsClientSettings ks{config.kms_url, config.ca_file, config.cert_file, config.key_file,
                        d->host_id_};
-  ASSIGN_OR_RETURN(d->kms_, kms_factory(ks));
+  ASSIGN_OR_RETURN(auto kms, kms_factory(ks));
+  d->kms_ = std::make_unique<RetryOnceKms>(std::move(kms));
   PortalClientOptions po;
   po.url = config.portal_url;
   po.ca_cert_file = config.ca_file;

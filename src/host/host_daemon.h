@@ -47,6 +47,10 @@ class HostDaemon {
   void Stop() { service_->Stop(); }
   HostService* service() { return service_.get(); }
   const std::string& host_id() const { return host_id_; }
+  vm::VmManager* vms() { return vms_.get(); }
+  // Tests extend PCRs through it (a "tampered" host). Not thread-safe with a
+  // running service: drive the service's *Once steps from the same thread.
+  tpm::SecurityEngine* SecurityEngineForTesting() { return tpm_.get(); }
 
  private:
   HostDaemon() = default;

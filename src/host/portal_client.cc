@@ -125,6 +125,18 @@ const char* RefusalKindFor(const std::string& reason) {
   return "launch_failed";
 }
 
+// Runs `call`; a connection error (UNAVAILABLE) is retried once on a new
+// connection. The shared HTTPS client keeps connections alive, and a server
+// closes idle ones: the first request after a pause then fails on the stale
+// socket before the server saw it. Every host route tolerates a repeat (a
+// repeated report is refused by the portal as out of order, harmlessly).
+template <typename F>
+auto RetryOnce(F&& call) -> decltype(call()) {
+  auto result = call();
+  if (::vmseal::internal::AsStatus(result).code() != StatusCode::kUnavailable) return result;
+  return call();
+}
+
 }  // namespace
 
 HostCapacity DetectCapacity() {
@@ -195,7 +207,7 @@ Status PortalClient::Register(const HostRegistrationInfo& info) {
     b["tags"] = tags_as_object ? TagsAsObject(info.tags) : TagsAsArray(info.tags);
     return b;
   };
-  auto r = impl_->api->Post("/v1/hosts/register", body(impl_->tags_as_object));
+  auto r = RetryOnce([&] { return impl_->api->Post("/v1/hosts/register", body(impl_->tags_as_object)); });
   if (!r.ok() && !impl_->tags_as_object && r.status().code() == StatusCode::kInvalidArgument &&
       r.status().message().find("tags must be an object") != std::string::npos) {
     // A portal predating the wire contract takes tags as {"key": "value"}.
@@ -206,12 +218,13 @@ Status PortalClient::Register(const HostRegistrationInfo& info) {
 }
 
 Status PortalClient::Heartbeat() {
-  return impl_->api->Post("/v1/hosts/heartbeat", json::object()).status().WithPrefix(
-      "portal heartbeat");
+  return RetryOnce([&] { return impl_->api->Post("/v1/hosts/heartbeat", json::object()); })
+      .status()
+      .WithPrefix("portal heartbeat");
 }
 
 StatusOr<std::vector<PortalJob>> PortalClient::PollJobs() {
-  auto r = impl_->api->Get("/v1/hosts/jobs");
+  auto r = RetryOnce([&] { return impl_->api->Get("/v1/hosts/jobs"); });
   if (!r.ok()) return r.status().WithPrefix("portal jobs");
   std::vector<PortalJob> out;
   if (!r->is_object() || !(*r)["jobs"].is_array()) {
@@ -238,7 +251,9 @@ Status PortalClient::ReportProgress(const JobUpdate& update) {
   if (!update.reason.empty()) body["reason"] = update.reason;
   if (!update.vm_name.empty()) body["vm_name"] = update.vm_name;
   if (!update.serial_log_path.empty()) body["serial_log_path"] = update.serial_log_path;
-  return impl_->api->Post("/v1/hosts/jobs/" + update.job_id + "/progress", body)
+  return RetryOnce([&] {
+           return impl_->api->Post("/v1/hosts/jobs/" + update.job_id + "/progress", body);
+         })
       .status()
       .WithPrefix("portal progress");
 }
@@ -248,8 +263,8 @@ Status PortalClient::ReportRefusal(const std::string& job_id, const std::string&
   json body = {{"reason", reason},
                {"message", message},
                {"kind", RefusalKindFor(reason)},
-               {"detail", reason + ": " + message}};
-  return impl_->api->Post("/v1/hosts/jobs/" + job_id + "/refusal", body)
+               {"detail", message.starts_with(reason + ":") ? message : reason + ": " + message}};
+  return RetryOnce([&] { return impl_->api->Post("/v1/hosts/jobs/" + job_id + "/refusal", body); })
       .status()
       .WithPrefix("portal refusal");
 }

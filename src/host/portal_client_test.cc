@@ -401,6 +401,15 @@ TEST_F(PortalClientTest, WrongDigestIsDataLossAndLeavesNoFile) {
   EXPECT_FALSE(Env::Default()->FileExists(dir_.File("bad.pkg")));
 }
 
+TEST_F(PortalClientTest, ConnectionThePortalClosedWhileIdleIsReopened) {
+  auto host = Client("host-a");
+  ASSERT_OK(host->Register({.capacity = {.vcpus = 1, .memory_mib = 512, .slots = 1}}));
+  // cpp-httplib servers close keep-alive connections idle for 5 s.
+  std::this_thread::sleep_for(std::chrono::milliseconds(5500));
+  ASSERT_OK(host->Heartbeat());
+  EXPECT_OK(host->PollJobs());
+}
+
 TEST_F(PortalClientTest, PlainHttpUrlIsRefused) {
   PortalClientOptions o;
   o.url = "http://127.0.0.1:1";

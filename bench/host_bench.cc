@@ -4,6 +4,9 @@
 //
 //   cmake --build build --target host_bench && build/bench/host_bench [SIZE_MIB]
 //
+// Work files go under $TMPDIR (default /tmp); keep it short: qemu's QMP
+// socket path must fit a unix socket address.
+//
 // Real parts: the sample image (scripts/build-sample-image.sh) padded with
 // random bytes to SIZE_MIB (default 1024), sealed with a customer RSA-3072
 // key; the real portal (TLS, host mTLS) serving the package; the host's
@@ -15,7 +18,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <thread>
 #include <cstdio>
 #include <filesystem>
 #include <map>
@@ -180,6 +185,17 @@ int Main(int argc, char** argv) {
   auto portal_client = host::PortalClient::Create(pco);
   CHECK_OK(portal_client);
   CHECK_OK((*portal_client)->Register({.capacity = {.vcpus = 2, .memory_mib = 2048, .slots = 2}}));
+  // Heartbeats, as the service's heartbeat thread sends them, so the portal
+  // keeps the host in the pool during the upload and the job.
+  std::atomic<bool> stop_heartbeats{false};
+  std::thread heartbeats([&] {
+    while (!stop_heartbeats) {
+      (void)(*portal_client)->Heartbeat();
+      for (int i = 0; i < 50 && !stop_heartbeats; ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+    }
+  });
 
   httplib::SSLClient customer_http("127.0.0.1", (*portal)->port());
   customer_http.set_ca_cert_path(file("ca.pem").c_str());
@@ -235,6 +251,7 @@ int Main(int argc, char** argv) {
                 .tenant = (*jobs)[0].customer_id};
   auto vm = (*agent)->RunJob(job, [&](const host::JobUpdate& u) {
     at[host::JobPhaseName(u.phase)] = Clock::now();
+    (void)(*portal_client)->ReportProgress(u);  // as the service does
   });
   CHECK_OK(vm);
   const auto t_started = Clock::now();
@@ -282,7 +299,11 @@ int Main(int argc, char** argv) {
               decrypt_s / cp_sync_s);
 
   CHECK_OK((*vms)->Delete(vm->name));
+  stop_heartbeats = true;
+  heartbeats.join();
   (*portal)->Stop();
+  agent->reset();
+  engine->reset();  // before its TPM goes away
   (void)(*swtpm)->Stop();
   std::filesystem::remove_all(dir);
   return booted ? 0 : 1;

@@ -1,4 +1,5 @@
-// `vmseal csp serve`: the cloud portal.
+// `vmseal csp serve`: the cloud portal; `vmseal csp explain-placement`: why
+// each host was taken or skipped (operator).
 #include <signal.h>
 
 #include <cstdlib>
@@ -8,26 +9,22 @@
 
 #include "base/env.h"
 #include "cli/commands.h"
+#include "cli/portal_http.h"
 #include "crypto/primitives.h"
+#include "csp/kms_client.h"
+#include "csp/ovf_package_verifier.h"
 #include "csp/portal_server.h"
 
 namespace vmseal::cli {
 namespace {
 
 // Lists packages without checking them. Only behind
-// --accept-unverified-packages, until the OVF package verifier is linked.
+// --accept-unverified-packages (tests of the portal with arbitrary bytes).
 class UnverifiedPackageVerifier final : public csp::PackageVerifier {
  public:
-  StatusOr<csp::VerifiedPackage> Verify(const RandomAccessFile&) const override {
+  StatusOr<csp::VerifiedPackage> Verify(const RandomAccessFile&,
+                                        const std::string&) const override {
     return csp::VerifiedPackage{};
-  }
-};
-
-// No KMS client is linked yet: every host is skipped with this reason.
-class NoKmsTrustSource final : public csp::TrustSource {
- public:
-  StatusOr<csp::TrustVerdict> LatestVerdict(const std::string&) override {
-    return UnavailableError("no KMS client configured");
   }
 };
 
@@ -36,6 +33,9 @@ struct ServeFlags {
   int port = 8443;
   std::string s3_endpoint, s3_bucket, s3_region = "us-east-1", s3_access_key_id;
   std::string operator_token_file, port_file;
+  std::string kms_url, kms_ca, kms_cert, kms_key;
+  int64_t heartbeat_timeout_seconds = 30;
+  int max_attempts = 3;
   bool accept_unverified = false;
 };
 
@@ -51,6 +51,11 @@ Status Serve(const ServeFlags& f) {
   o.s3_bucket = f.s3_bucket;
   o.s3_region = f.s3_region;
   o.s3_access_key_id = f.s3_access_key_id;
+  o.heartbeat_timeout_seconds = f.heartbeat_timeout_seconds;
+  o.max_attempts = f.max_attempts;
+  if (f.heartbeat_timeout_seconds < 1 || f.max_attempts < 1) {
+    return InvalidArgumentError("--heartbeat-timeout and --max-attempts must be positive");
+  }
   if (!f.s3_endpoint.empty()) {
     const char* secret = std::getenv("VMSEAL_S3_SECRET_ACCESS_KEY");
     if (secret == nullptr) {
@@ -64,14 +69,22 @@ Status Serve(const ServeFlags& f) {
     o.operator_token = SecretBytes(crypto::AsBytes(token));
     WipeBytes(std::span<uint8_t>(reinterpret_cast<uint8_t*>(token.data()), token.size()));
   }
-  if (!f.accept_unverified) {
-    return FailedPreconditionError(
-        "no package verifier is linked into this build; pass --accept-unverified-packages "
-        "to run the portal without package checks (testing only)");
+  if (f.kms_url.empty()) {
+    return InvalidArgumentError("--kms-url, --kms-ca, --kms-cert and --kms-key are required");
   }
-  spdlog::warn("packages are listed WITHOUT verification (--accept-unverified-packages)");
-  static UnverifiedPackageVerifier verifier;
-  static NoKmsTrustSource trust;
+  static UnverifiedPackageVerifier unverified;
+  static csp::OvfPackageVerifier ovf_verifier;
+  const csp::PackageVerifier* verifier = &ovf_verifier;
+  if (f.accept_unverified) {
+    spdlog::warn("packages are listed WITHOUT verification (--accept-unverified-packages)");
+    verifier = &unverified;
+  }
+  csp::HttpsKmsClientOptions ko;
+  ko.url = f.kms_url;
+  ko.ca_cert_file = f.kms_ca;
+  ko.cert_file = f.kms_cert;
+  ko.key_file = f.kms_key;
+  ASSIGN_OR_RETURN(std::unique_ptr<csp::KmsClient> kms, csp::NewHttpsKmsClient(ko));
 
   // Block the signals before any thread starts so that sigwait gets them.
   sigset_t set;
@@ -80,7 +93,7 @@ Status Serve(const ServeFlags& f) {
   sigaddset(&set, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
 
-  ASSIGN_OR_RETURN(auto server, csp::PortalServer::Create(std::move(o), &verifier, &trust));
+  ASSIGN_OR_RETURN(auto server, csp::PortalServer::Create(std::move(o), verifier, kms.get()));
   RETURN_IF_ERROR(server->Start());
   if (!f.port_file.empty()) {
     RETURN_IF_ERROR(WriteStringToFileAtomic(Env::Default(), f.port_file,
@@ -92,6 +105,66 @@ Status Serve(const ServeFlags& f) {
   sigwait(&set, &sig);
   spdlog::info("portal stopping (signal {})", sig);
   server->Stop();
+  return OkStatus();
+}
+
+struct ExplainFlags {
+  std::string portal, ca_cert, operator_token_file, job_id, image_id, customer_id;
+  bool json = false;
+};
+
+void PrintPlacement(const nlohmann::json& p) {
+  std::cout << "decided at " << p.value("decided_unix", int64_t{0}) << ": "
+            << (p.value("chosen_host_id", "").empty() ? "no host chosen"
+                                                      : "chose " + p.value("chosen_host_id", ""))
+            << "\n";
+  for (const auto& d : p["decisions"]) {
+    std::cout << "  " << d.value("host_id", "") << (d.value("chosen", false) ? " [taken]"
+                                                     : d.value("eligible", false) ? " [eligible]"
+                                                                                  : " [skipped]")
+              << ":";
+    for (const auto& r : d["reasons"]) std::cout << " " << r.get<std::string>() << ";";
+    std::cout << "\n";
+  }
+}
+
+// Asks the portal (operator routes) why each host was taken or skipped.
+Status ExplainPlacement(const ExplainFlags& f) {
+  if (f.job_id.empty() == f.image_id.empty()) {
+    return InvalidArgumentError("give a job id or --image (with --customer), not both");
+  }
+  if (!f.image_id.empty() && f.customer_id.empty()) {
+    return InvalidArgumentError("--image needs --customer");
+  }
+  ASSIGN_OR_RETURN(std::string token, ReadFileToString(Env::Default(), f.operator_token_file));
+  while (!token.empty() && (token.back() == '\n' || token.back() == '\r')) token.pop_back();
+  httplib::Headers auth = {{"Authorization", "Bearer " + token}};
+  WipeBytes(std::span<uint8_t>(reinterpret_cast<uint8_t*>(token.data()), token.size()));
+  ASSIGN_OR_RETURN(auto c, ConnectPortal(f.portal, f.ca_cert));
+  nlohmann::json p;
+  if (!f.job_id.empty()) {
+    ASSIGN_OR_RETURN(p, CheckReply(c->Get("/v1/operator/jobs/" + f.job_id + "/placement", auth),
+                                   "explain placement"));
+  } else {
+    httplib::Params q = {{"customer_id", f.customer_id}, {"image_id", f.image_id}};
+    ASSIGN_OR_RETURN(p, CheckReply(c->Get("/v1/operator/placement", q, auth),
+                                   "explain placement"));
+  }
+  if (f.json) {
+    std::cout << p.dump(2) << "\n";
+    return OkStatus();
+  }
+  if (p.contains("job")) {
+    const auto& j = p["job"];
+    std::cout << "job " << j.value("job_id", "") << " (" << j.value("state", "") << ")";
+    if (!j.value("failure_reason", "").empty()) {
+      std::cout << " failed: " << j.value("failure_reason", "");
+    }
+    std::cout << "\n";
+    for (const auto& h : p["history"]) PrintPlacement(h);
+  } else {
+    PrintPlacement(p);
+  }
   return OkStatus();
 }
 
@@ -117,9 +190,32 @@ void AddCspCommands(CLI::App& app, const CommandSink& sink) {
   serve->add_option("--s3-access-key-id", flags->s3_access_key_id, "S3 access key id");
   serve->add_option("--operator-token-file", flags->operator_token_file,
                     "File holding the operator bearer token");
+  serve->add_option("--kms-url", flags->kms_url, "KMS URL, https://host:port")->required();
+  serve->add_option("--kms-ca", flags->kms_ca, "PEM CA of the KMS (vmseal kms init)")->required();
+  serve->add_option("--kms-cert", flags->kms_cert,
+                    "PEM portal identity from `vmseal kms issue-identity --role portal`")
+      ->required();
+  serve->add_option("--kms-key", flags->kms_key, "PEM key of that identity")->required();
+  serve->add_option("--heartbeat-timeout", flags->heartbeat_timeout_seconds,
+                    "Seconds without heartbeat before a host leaves the pool (default 30)");
+  serve->add_option("--max-attempts", flags->max_attempts,
+                    "Hosts a job is tried on before it fails (default 3)");
   serve->add_flag("--accept-unverified-packages", flags->accept_unverified,
                   "List packages without verification (testing only)");
   serve->callback([flags, sink] { sink(Serve(*flags)); });
+
+  auto ef = std::make_shared<ExplainFlags>();
+  CLI::App* explain = csp->add_subcommand(
+      "explain-placement", "Why each host was taken or skipped for a job or an image (operator)");
+  explain->add_option("--portal", ef->portal, "Portal URL")->required();
+  explain->add_option("--ca-cert", ef->ca_cert, "PEM CA of the portal certificate (https)");
+  explain->add_option("--operator-token-file", ef->operator_token_file,
+                      "File holding the operator bearer token")->required();
+  explain->add_option("job_id", ef->job_id, "Job id: every placement decision of the job");
+  explain->add_option("--image", ef->image_id, "Image id: the decision if launched now");
+  explain->add_option("--customer", ef->customer_id, "Owner of --image");
+  explain->add_flag("--json", ef->json, "Print JSON");
+  explain->callback([ef, sink] { sink(ExplainPlacement(*ef)); });
 }
 
 }  // namespace vmseal::cli

@@ -1,6 +1,6 @@
-// `vmseal customer register|login|upload|images|launch|status`: the customer
-// side of the portal API (docs/api/csp.yaml).
-#include <httplib.h>
+// `vmseal customer register|login|fetch-cert|fetch-agent|upload|images|launch|
+// status|vms`: the customer side of the portal API (docs/api/csp.yaml).
+// Every command prints JSON with --json.
 #include <sys/stat.h>
 
 #include <cstdlib>
@@ -11,7 +11,10 @@
 
 #include "base/env.h"
 #include "cli/commands.h"
+#include "cli/portal_http.h"
+#include "crypto/keys.h"
 #include "crypto/primitives.h"
+#include "crypto/x509.h"
 
 namespace vmseal::cli {
 namespace {
@@ -24,6 +27,7 @@ struct CommonFlags {
   std::string portal;   // http(s)://host:port
   std::string ca_cert;  // PEM CA for https
   std::string session_file;
+  bool json = false;
 };
 
 std::string DefaultSessionFile() {
@@ -32,34 +36,7 @@ std::string DefaultSessionFile() {
 }
 
 StatusOr<std::unique_ptr<httplib::Client>> Connect(const CommonFlags& f) {
-  if (f.portal.empty()) return InvalidArgumentError("--portal is required");
-  if (!f.portal.starts_with("https://") && !f.portal.starts_with("http://")) {
-    return InvalidArgumentError("--portal must be an http:// or https:// URL");
-  }
-  auto client = std::make_unique<httplib::Client>(f.portal);
-  if (!client->is_valid()) return InvalidArgumentError("bad --portal URL");
-  if (f.portal.starts_with("https://")) {
-    if (f.ca_cert.empty()) return InvalidArgumentError("--ca-cert is required for https");
-    client->set_ca_cert_path(f.ca_cert.c_str());
-    client->enable_server_certificate_verification(true);
-  }
-  client->set_connection_timeout(10);
-  client->set_read_timeout(300);
-  client->set_write_timeout(300);
-  return client;
-}
-
-// A 2xx JSON answer, or the portal's error as a Status.
-StatusOr<json> Check(const httplib::Result& res, const std::string& what) {
-  if (!res) return UnavailableError(what + ": " + httplib::to_string(res.error()));
-  json body = json::parse(res->body, nullptr, false);
-  if (res->status / 100 == 2) return body.is_discarded() ? json::object() : body;
-  std::string message = "HTTP " + std::to_string(res->status);
-  StatusCode code = CodeFromHttpStatus(res->status);
-  if (body.is_object() && body.contains("error")) {
-    message = body["error"].value("message", message);
-  }
-  return Status(code, what + ": " + message);
+  return ConnectPortal(f.portal, f.ca_cert);
 }
 
 StatusOr<httplib::Headers> Auth(const CommonFlags& f) {
@@ -71,13 +48,30 @@ StatusOr<httplib::Headers> Auth(const CommonFlags& f) {
   return httplib::Headers{{"Authorization", "Bearer " + s["token"].get<std::string>()}};
 }
 
-Status Register(const CommonFlags& f) {
+void PrintJson(const json& j) { std::cout << j.dump(2) << "\n"; }
+
+Status Register(const CommonFlags& f, const std::string& password_out) {
   ASSIGN_OR_RETURN(auto c, Connect(f));
-  ASSIGN_OR_RETURN(json r, Check(c->Post("/v1/register"), "register"));
+  ASSIGN_OR_RETURN(json r, CheckReply(c->Post("/v1/register"), "register"));
+  const std::string password = r.value("password", "");
+  if (!password_out.empty()) {
+    RETURN_IF_ERROR(WriteStringToFileAtomic(Env::Default(), password_out, password + "\n", 0600));
+  }
+  if (f.json) {
+    if (!password_out.empty()) r.erase("password");
+    PrintJson(r);
+    return OkStatus();
+  }
   std::cout << "customer_id: " << r.value("customer_id", "") << "\n"
-            << "login_id: " << r.value("login_id", "") << "\n"
-            << "password: " << r.value("password", "") << "\n"
-            << "(the password is shown only once)\n";
+            << "login_id: " << r.value("login_id", "") << "\n";
+  if (r.contains("key") && r["key"].is_object()) {
+    std::cout << "key_id: " << r["key"].value("key_id", "") << "\n";
+  }
+  if (password_out.empty()) {
+    std::cout << "password: " << password << "\n(the password is shown only once)\n";
+  } else {
+    std::cout << "password written to " << password_out << "\n";
+  }
   return OkStatus();
 }
 
@@ -97,17 +91,147 @@ Status Login(const CommonFlags& f, const std::string& login_id,
   }
   json body = {{"login_id", login_id}, {"password", password}};
   WipeBytes(std::span<uint8_t>(reinterpret_cast<uint8_t*>(password.data()), password.size()));
-  ASSIGN_OR_RETURN(json r, Check(c->Post("/v1/login", body.dump(), "application/json"), "login"));
+  std::string text = body.dump();
+  body.clear();
+  auto res = c->Post("/v1/login", text, "application/json");
+  WipeBytes(std::span<uint8_t>(reinterpret_cast<uint8_t*>(text.data()), text.size()));
+  ASSIGN_OR_RETURN(json r, CheckReply(res, "login"));
   json session = {{"portal", f.portal}, {"token", r["token"]}, {"expires_unix", r["expires_unix"]}};
   std::string path = f.session_file.empty() ? DefaultSessionFile() : f.session_file;
   RETURN_IF_ERROR(WriteStringToFileAtomic(Env::Default(), path, session.dump(), 0600));
+  if (f.json) {
+    PrintJson({{"customer_id", r.value("customer_id", "")},
+               {"expires_unix", r.value("expires_unix", int64_t{0})},
+               {"session_file", path}});
+    return OkStatus();
+  }
   std::cout << "logged in as " << r.value("customer_id", "") << " until "
             << r.value("expires_unix", int64_t{0}) << "\n";
   return OkStatus();
 }
 
+struct FetchCertFlags {
+  std::string out;      // where the customer certificate goes
+  std::string kms_ca;   // trusted KMS CA (PEM); empty: the one the portal serves
+  std::string ca_out;   // optional: where to write the KMS CA used
+};
+
+// Checks that `k` is a KMS certificate of this customer's key before any
+// file is written: it chains to the KMS CA, certifies exactly the public key
+// the portal says, and names the key id.
+Status FetchCert(const CommonFlags& f, const FetchCertFlags& ff) {
+  if (ff.out.empty()) return InvalidArgumentError("--out is required");
+  ASSIGN_OR_RETURN(auto c, Connect(f));
+  ASSIGN_OR_RETURN(httplib::Headers auth, Auth(f));
+  ASSIGN_OR_RETURN(json k, CheckReply(c->Get("/v1/customer/key", auth), "fetch certificate"));
+  const std::string cert_pem = k.value("cert_pem", "");
+  const std::string public_pem = k.value("public_key_pem", "");
+  const std::string key_id = k.value("key_id", "");
+  std::string ca_pem;
+  bool ca_from_portal = false;
+  if (!ff.kms_ca.empty()) {
+    ASSIGN_OR_RETURN(ca_pem, ReadFileToString(Env::Default(), ff.kms_ca));
+  } else {
+    ca_pem = k.value("kms_ca_cert_pem", "");
+    ca_from_portal = true;
+  }
+  ASSIGN_OR_RETURN(std::vector<crypto::Certificate> roots, crypto::Certificate::ParsePemBundle(ca_pem));
+  ASSIGN_OR_RETURN(crypto::Certificate cert, crypto::Certificate::FromPem(cert_pem));
+  Status chain = crypto::VerifyCertificateChain(cert, roots);
+  if (!chain.ok()) {
+    return Status(chain.code(), "the customer certificate does not chain to the KMS CA: " +
+                                    chain.message());
+  }
+  ASSIGN_OR_RETURN(crypto::PublicKey certified, cert.GetPublicKey());
+  ASSIGN_OR_RETURN(crypto::PublicKey claimed, crypto::PublicKey::FromPem(public_pem));
+  if (certified.ToPem() != claimed.ToPem()) {
+    return DataLossError("the certificate certifies a different public key than the portal claims");
+  }
+  if (cert.SubjectCommonName() != key_id) {
+    return DataLossError("the certificate names key " + cert.SubjectCommonName() + ", not " +
+                         key_id);
+  }
+  RETURN_IF_ERROR(WriteStringToFileAtomic(Env::Default(), ff.out, cert.ToPem(), 0644));
+  if (!ff.ca_out.empty()) {
+    RETURN_IF_ERROR(WriteStringToFileAtomic(Env::Default(), ff.ca_out, ca_pem, 0644));
+  }
+  json out = {{"customer_id", k.value("customer_id", "")},
+              {"key_id", key_id},
+              {"algorithm", k.value("algorithm", "")},
+              {"cert_file", ff.out},
+              {"cert_sha256", cert.Fingerprint()},
+              {"not_after_unix", cert.NotAfter()},
+              {"kms_ca_sha256", roots[0].Fingerprint()},
+              {"kms_ca_source", ca_from_portal ? "portal" : ff.kms_ca},
+              {"verified", true}};
+  if (f.json) {
+    PrintJson(out);
+  } else {
+    std::cout << "certificate of key " << key_id << " verified against the KMS CA "
+              << roots[0].Fingerprint() << " and written to " << ff.out << "\n";
+  }
+  if (ca_from_portal) {
+    std::cerr << "note: the KMS CA was supplied by the portal; pass --kms-ca with a CA "
+                 "obtained out of band to anchor trust independently\n";
+  }
+  return OkStatus();
+}
+
+// Downloads the agent, hashing as it goes, into a temp file that becomes
+// `out` only if the digest matches the portal's (and --expect-sha256).
+Status FetchAgent(const CommonFlags& f, const std::string& out, const std::string& expect) {
+  if (out.empty()) return InvalidArgumentError("--out is required");
+  ASSIGN_OR_RETURN(auto c, Connect(f));
+  ASSIGN_OR_RETURN(json d, CheckReply(c->Get("/v1/agent/sha256"), "agent digest"));
+  const std::string want = d.value("sha256", "");
+  if (want.size() != 64) return DataLossError("portal sent no agent digest");
+  if (!expect.empty() && expect != want) {
+    return DataLossError("the portal's agent digest " + want + " is not the expected " + expect);
+  }
+  ASSIGN_OR_RETURN(auto file, AtomicOutputFile::Create(Env::Default(), out, 0755));
+  crypto::Sha256Hasher hasher;
+  Status write_error;
+  std::string header_digest;
+  uint64_t bytes = 0;
+  auto res = c->Get(
+      "/v1/agent",
+      [&](const httplib::Response& r) {
+        header_digest = r.get_header_value("X-Content-SHA256");
+        return r.status == 200;
+      },
+      [&](const char* data, size_t len) {
+        auto span = std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(data), len);
+        hasher.Update(span);
+        bytes += len;
+        write_error = file->file()->Append(span);
+        return write_error.ok();
+      });
+  RETURN_IF_ERROR(write_error);
+  if (!res) return UnavailableError("fetch agent: " + httplib::to_string(res.error()));
+  if (res->status != 200) return CheckReply(res, "fetch agent").status();
+  const std::string got = crypto::HexEncode(hasher.Finish());
+  if (got != want || header_digest != want) {
+    return DataLossError("agent digest mismatch: downloaded " + got + ", portal says " + want);
+  }
+  RETURN_IF_ERROR(file->Commit());
+  ::chmod(out.c_str(), 0755);
+  if (f.json) {
+    PrintJson({{"file", out}, {"sha256", got}, {"size_bytes", bytes}, {"verified", true}});
+  } else {
+    std::cout << out << " " << got << " (" << bytes << " bytes, verified)\n";
+  }
+  return OkStatus();
+}
+
+// A JSON object from a flag, or INVALID_ARGUMENT naming the flag.
+StatusOr<json> JsonFlag(const std::string& text, const std::string& flag) {
+  json j = json::parse(text, nullptr, false);
+  if (!j.is_object()) return InvalidArgumentError(flag + " is not a JSON object");
+  return j;
+}
+
 Status Upload(const CommonFlags& f, const std::string& file, const std::string& name,
-              const std::string& policy_json) {
+              const std::string& policy_json, const std::string& kms_policy_json) {
   ASSIGN_OR_RETURN(auto c, Connect(f));
   ASSIGN_OR_RETURN(httplib::Headers auth, Auth(f));
   ASSIGN_OR_RETURN(std::shared_ptr<RandomAccessFile> in, Env::Default()->NewRandomAccessFile(file));
@@ -122,9 +246,16 @@ Status Upload(const CommonFlags& f, const std::string& file, const std::string& 
     off += n;
   }
   const std::string sha = crypto::HexEncode(hasher.Finish());
+  json policy, kms_policy;
+  if (!policy_json.empty()) {
+    ASSIGN_OR_RETURN(policy, JsonFlag(policy_json, "--policy"));
+  }
+  if (!kms_policy_json.empty()) {
+    ASSIGN_OR_RETURN(kms_policy, JsonFlag(kms_policy_json, "--kms-policy"));
+  }
 
-  ASSIGN_OR_RETURN(json begin, Check(c->Post("/v1/uploads", auth, "", "application/json"),
-                                     "start upload"));
+  ASSIGN_OR_RETURN(json begin, CheckReply(c->Post("/v1/uploads", auth, "", "application/json"),
+                                          "start upload"));
   const std::string id = begin.value("upload_id", "");
   uint64_t offset = 0;
   int failures = 0;
@@ -139,7 +270,7 @@ Status Upload(const CommonFlags& f, const std::string& file, const std::string& 
                         return sink.write(reinterpret_cast<const char*>(b.data()), *n);
                       },
                       "application/octet-stream");
-    auto put = Check(res, "upload");
+    auto put = CheckReply(res, "upload");
     if (put.ok()) {
       offset = (*put)["offset_bytes"].get<uint64_t>();
       failures = 0;
@@ -149,27 +280,49 @@ Status Upload(const CommonFlags& f, const std::string& file, const std::string& 
       return put.status();
     }
     // Broken connection: ask where to resume.
-    ASSIGN_OR_RETURN(json state, Check(c->Get("/v1/uploads/" + id, auth), "upload state"));
+    ASSIGN_OR_RETURN(json state, CheckReply(c->Get("/v1/uploads/" + id, auth), "upload state"));
     offset = state["offset_bytes"].get<uint64_t>();
     std::cerr << "connection lost; resuming at byte " << offset << "\n";
   }
   json commit = {{"name", name}, {"sha256", sha}};
-  if (!policy_json.empty()) {
-    json p = json::parse(policy_json, nullptr, false);
-    if (!p.is_object()) return InvalidArgumentError("--policy is not a JSON object");
-    commit["policy"] = p;
+  if (policy.is_object()) commit["policy"] = policy;
+  if (kms_policy.is_object()) commit["kms_policy"] = kms_policy;
+  ASSIGN_OR_RETURN(json image,
+                   CheckReply(c->Post("/v1/uploads/" + id + "/commit", auth, commit.dump(),
+                                      "application/json"),
+                              "commit upload"));
+  if (f.json) {
+    PrintJson(image);
+  } else {
+    std::cout << image.value("image_id", "") << "\n";
   }
-  ASSIGN_OR_RETURN(json image, Check(c->Post("/v1/uploads/" + id + "/commit", auth, commit.dump(),
-                                             "application/json"),
-                                     "commit upload"));
-  std::cout << image.value("image_id", "") << "\n";
+  return OkStatus();
+}
+
+// Sets the KMS release policy of one of the caller's images.
+Status SetPolicy(const CommonFlags& f, const std::string& image_id, const std::string& text) {
+  ASSIGN_OR_RETURN(json policy, JsonFlag(text, "the policy"));
+  ASSIGN_OR_RETURN(auto c, Connect(f));
+  ASSIGN_OR_RETURN(httplib::Headers auth, Auth(f));
+  ASSIGN_OR_RETURN(json r, CheckReply(c->Put("/v1/images/" + image_id + "/kms-policy", auth,
+                                             policy.dump(), "application/json"),
+                                      "set policy"));
+  if (f.json) {
+    PrintJson(r);
+  } else {
+    std::cout << "policy of " << image_id << " set at the KMS\n";
+  }
   return OkStatus();
 }
 
 Status Images(const CommonFlags& f) {
   ASSIGN_OR_RETURN(auto c, Connect(f));
   ASSIGN_OR_RETURN(httplib::Headers auth, Auth(f));
-  ASSIGN_OR_RETURN(json r, Check(c->Get("/v1/images", auth), "list images"));
+  ASSIGN_OR_RETURN(json r, CheckReply(c->Get("/v1/images", auth), "list images"));
+  if (f.json) {
+    PrintJson(r);
+    return OkStatus();
+  }
   for (const auto& i : r["images"]) {
     std::cout << i.value("image_id", "") << "  " << i.value("size_bytes", uint64_t{0}) << "  "
               << i.value("sha256", "") << "  " << i.value("name", "") << "\n";
@@ -181,26 +334,66 @@ Status Launch(const CommonFlags& f, const std::string& image_id) {
   ASSIGN_OR_RETURN(auto c, Connect(f));
   ASSIGN_OR_RETURN(httplib::Headers auth, Auth(f));
   json body = {{"image_id", image_id}};
-  ASSIGN_OR_RETURN(json j, Check(c->Post("/v1/launch", auth, body.dump(), "application/json"),
-                                 "launch"));
-  std::cout << j.value("job_id", "") << " " << j.value("state", "") << "\n";
+  ASSIGN_OR_RETURN(json j, CheckReply(c->Post("/v1/launch", auth, body.dump(), "application/json"),
+                                      "launch"));
+  if (f.json) {
+    PrintJson(j);
+  } else {
+    std::cout << j.value("job_id", "") << " " << j.value("state", "") << "\n";
+  }
   return OkStatus();
 }
 
 Status JobStatus(const CommonFlags& f, const std::string& job_id) {
   ASSIGN_OR_RETURN(auto c, Connect(f));
   ASSIGN_OR_RETURN(httplib::Headers auth, Auth(f));
-  ASSIGN_OR_RETURN(json j, Check(c->Get("/v1/jobs/" + job_id, auth), "job status"));
+  ASSIGN_OR_RETURN(json j, CheckReply(c->Get("/v1/jobs/" + job_id, auth), "job status"));
+  if (f.json) {
+    PrintJson(j);
+    return OkStatus();
+  }
   std::cout << "job " << j.value("job_id", "") << ": " << j.value("state", "");
   if (!j.value("host_id", "").empty()) std::cout << " on " << j.value("host_id", "");
   std::cout << "\n";
   if (!j.value("failure_reason", "").empty()) {
     std::cout << "reason: " << j.value("failure_reason", "") << "\n";
   }
+  for (const auto& a : j["attempts"]) {
+    if (!a.value("refusal", "").empty()) {
+      std::cout << "refused by " << a.value("host_id", "") << ": " << a.value("refusal", "")
+                << "\n";
+    }
+  }
   for (const auto& d : j["last_placement"]["decisions"]) {
     std::cout << "  " << d.value("host_id", "") << ":";
     for (const auto& r : d["reasons"]) std::cout << " " << r.get<std::string>() << ";";
     std::cout << "\n";
+  }
+  return OkStatus();
+}
+
+// The customer's launches with their state, host and VM.
+Status Vms(const CommonFlags& f) {
+  ASSIGN_OR_RETURN(auto c, Connect(f));
+  ASSIGN_OR_RETURN(httplib::Headers auth, Auth(f));
+  ASSIGN_OR_RETURN(json r, CheckReply(c->Get("/v1/jobs", auth), "list jobs"));
+  json vms = json::array();
+  for (const auto& j : r["jobs"]) {
+    vms.push_back({{"job_id", j.value("job_id", "")},
+                   {"image_id", j.value("image_id", "")},
+                   {"state", j.value("state", "")},
+                   {"host_id", j.value("host_id", "")},
+                   {"vm_name", j.value("vm_name", "")},
+                   {"failure_reason", j.value("failure_reason", "")}});
+  }
+  if (f.json) {
+    PrintJson({{"vms", vms}});
+    return OkStatus();
+  }
+  for (const auto& v : vms) {
+    std::cout << v["job_id"].get<std::string>() << "  " << v["state"].get<std::string>() << "  "
+              << v["image_id"].get<std::string>() << "  " << v["host_id"].get<std::string>()
+              << "  " << v["vm_name"].get<std::string>() << "\n";
   }
   return OkStatus();
 }
@@ -214,9 +407,13 @@ void AddCustomerCommands(CLI::App& app, const CommandSink& sink) {
   cust->add_option("--portal", f->portal, "Portal URL, e.g. https://portal:8443")->required();
   cust->add_option("--ca-cert", f->ca_cert, "PEM CA the portal certificate must chain to");
   cust->add_option("--session", f->session_file, "Session file (default ~/.vmseal-session.json)");
+  cust->add_flag("--json", f->json, "Print JSON");
 
-  cust->add_subcommand("register", "Create an account; prints the password once")
-      ->callback([f, sink] { sink(Register(*f)); });
+  auto password_out = std::make_shared<std::string>();
+  CLI::App* reg = cust->add_subcommand("register", "Create an account; prints the password once");
+  reg->add_option("--password-out", *password_out,
+                  "Write the password to this file (mode 0600) instead of printing it");
+  reg->callback([f, password_out, sink] { sink(Register(*f, *password_out)); });
 
   auto login_id = std::make_shared<std::string>();
   auto password_file = std::make_shared<std::string>();
@@ -228,14 +425,49 @@ void AddCustomerCommands(CLI::App& app, const CommandSink& sink) {
     sink(Login(*f, *login_id, *password_file));
   });
 
+  auto cf = std::make_shared<FetchCertFlags>();
+  CLI::App* fetch_cert = cust->add_subcommand(
+      "fetch-cert", "Fetch your KMS certificate; verify it chains to the KMS CA, then write it");
+  fetch_cert->add_option("--out", cf->out, "Where to write the certificate (PEM)")->required();
+  fetch_cert->add_option("--kms-ca", cf->kms_ca,
+                         "PEM KMS CA to verify against (default: the one the portal serves)");
+  fetch_cert->add_option("--ca-out", cf->ca_out, "Also write the KMS CA used here");
+  fetch_cert->callback([f, cf, sink] { sink(FetchCert(*f, *cf)); });
+
+  auto agent_out = std::make_shared<std::string>();
+  auto agent_sha = std::make_shared<std::string>();
+  CLI::App* fetch_agent = cust->add_subcommand(
+      "fetch-agent", "Download the vmseal agent binary and check its SHA-256");
+  fetch_agent->add_option("--out", *agent_out, "Where to write the binary")->required();
+  fetch_agent->add_option("--expect-sha256", *agent_sha, "Refuse unless the digest is this");
+  fetch_agent->callback([f, agent_out, agent_sha, sink] {
+    sink(FetchAgent(*f, *agent_out, *agent_sha));
+  });
+
   auto file = std::make_shared<std::string>();
   auto name = std::make_shared<std::string>();
   auto policy = std::make_shared<std::string>();
+  auto kms_policy = std::make_shared<std::string>();
   CLI::App* upload = cust->add_subcommand("upload", "Upload a sealed package (resumable)");
   upload->add_option("package", *file, "Sealed package file")->required();
   upload->add_option("--name", *name, "Image name")->required();
-  upload->add_option("--policy", *policy, "Release policy JSON (docs/api/csp.yaml)");
-  upload->callback([f, file, name, policy, sink] { sink(Upload(*f, *file, *name, *policy)); });
+  upload->add_option("--policy", *policy, "Portal-side policy JSON kept with the image");
+  upload->add_option("--kms-policy", *kms_policy,
+                     "KMS release policy JSON for this image (CONTRACT: flavors, "
+                     "required_tags, max_evidence_age_seconds, history)");
+  upload->callback([f, file, name, policy, kms_policy, sink] {
+    sink(Upload(*f, *file, *name, *policy, *kms_policy));
+  });
+
+  auto policy_image = std::make_shared<std::string>();
+  auto policy_text = std::make_shared<std::string>();
+  CLI::App* set_policy =
+      cust->add_subcommand("set-policy", "Set the KMS release policy of one of your images");
+  set_policy->add_option("image_id", *policy_image, "Image id")->required();
+  set_policy->add_option("policy", *policy_text, "KMS policy JSON")->required();
+  set_policy->callback([f, policy_image, policy_text, sink] {
+    sink(SetPolicy(*f, *policy_image, *policy_text));
+  });
 
   cust->add_subcommand("images", "List your images")->callback([f, sink] { sink(Images(*f)); });
 
@@ -248,6 +480,9 @@ void AddCustomerCommands(CLI::App& app, const CommandSink& sink) {
   CLI::App* status = cust->add_subcommand("status", "Show a job and its placement reasons");
   status->add_option("job_id", *job, "Job id")->required();
   status->callback([f, job, sink] { sink(JobStatus(*f, *job)); });
+
+  cust->add_subcommand("vms", "List your launches: state, host and VM")
+      ->callback([f, sink] { sink(Vms(*f)); });
 }
 
 }  // namespace vmseal::cli

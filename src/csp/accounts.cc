@@ -22,15 +22,18 @@ std::string TokenHash(const SecretBytes& token) {
 }  // namespace
 
 StatusOr<std::unique_ptr<Accounts>> Accounts::Create(const Options& options, PortalDb* db,
-                                                     const Clock* clock) {
+                                                     const Clock* clock, KmsClient* kms) {
+  if (db == nullptr || clock == nullptr || kms == nullptr) {
+    return InvalidArgumentError("accounts need a database, a clock and a KMS client");
+  }
   if (options.argon2_t_cost < 1 || options.argon2_m_cost_kib < 8 * options.argon2_parallelism ||
       options.argon2_parallelism < 1) {
     return InvalidArgumentError("invalid Argon2id parameters");
   }
   if (options.session_ttl_seconds <= 0) return InvalidArgumentError("session TTL must be positive");
-  std::unique_ptr<Accounts> a(new Accounts(options, db, clock, ""));
+  std::unique_ptr<Accounts> a(new Accounts(options, db, clock, kms, ""));
   ASSIGN_OR_RETURN(std::string dummy, a->HashPassword(SecretBytes::Random(kPasswordChars)));
-  return std::unique_ptr<Accounts>(new Accounts(options, db, clock, std::move(dummy)));
+  return std::unique_ptr<Accounts>(new Accounts(options, db, clock, kms, std::move(dummy)));
 }
 
 StatusOr<std::string> Accounts::HashPassword(const SecretBytes& password) const {
@@ -61,8 +64,25 @@ StatusOr<RegisterResponse> Accounts::Register(const RegisterRequest& /*request*/
   record.login_id = out.login_id;
   ASSIGN_OR_RETURN(record.password_hash, HashPassword(out.password));
   record.created_unix = clock_->NowUnixSeconds();
+  // The key first: without it the account would be useless, and a failed
+  // KMS call must leave no customer behind.
+  auto key = kms_->CreateCustomerKey(out.customer_id);
+  if (!key.ok()) return Status(key.status().code(), "KMS: " + key.status().message());
+  out.key = *std::move(key);
+  record.key_id = out.key.key_id;
+  record.key_algorithm = out.key.algorithm;
+  record.public_key_pem = out.key.public_key_pem;
+  record.cert_pem = out.key.cert_pem;
   RETURN_IF_ERROR(db_->InsertCustomer(record));
   return out;
+}
+
+StatusOr<CustomerKey> Accounts::GetCustomerKey(const Principal& who) {
+  if (who.customer_id.empty()) return UnauthenticatedError("not logged in");
+  ASSIGN_OR_RETURN(CustomerRecord c, db_->FindCustomerById(who.customer_id));
+  if (c.key_id.empty()) return NotFoundError("customer has no KMS key");
+  return CustomerKey{c.key_id, c.customer_id, c.key_algorithm, c.public_key_pem, c.cert_pem,
+                     c.created_unix};
 }
 
 StatusOr<LoginResponse> Accounts::Login(const LoginRequest& request) {

@@ -11,6 +11,7 @@
 #include "base/secret_bytes.h"
 #include "base/status.h"
 #include "csp/clock.h"
+#include "csp/kms_client.h"
 #include "csp/portal_db.h"
 
 namespace vmseal::csp {
@@ -28,6 +29,8 @@ struct RegisterResponse {
   // Generated password, shown to the customer once; only its Argon2id hash
   // is stored.
   SecretBytes password;
+  // The customer's KMS key, created during registration.
+  CustomerKey key;
 };
 
 struct LoginRequest {
@@ -55,11 +58,18 @@ class Accounts {
     int64_t session_ttl_seconds = 3600;
   };
 
-  // `db` and `clock` must outlive the object.
+  // `db`, `clock` and `kms` must outlive the object.
   static StatusOr<std::unique_ptr<Accounts>> Create(const Options& options, PortalDb* db,
-                                                    const Clock* clock);
+                                                    const Clock* clock, KmsClient* kms);
 
+  // Creates the customer after the KMS has created its key pair. If the KMS
+  // call fails (e.g. UNAVAILABLE) nothing is stored and the error is
+  // returned with the prefix "KMS: ".
   StatusOr<RegisterResponse> Register(const RegisterRequest& request);
+
+  // The caller's KMS key (public half and certificate). NOT_FOUND for a
+  // customer registered without one.
+  StatusOr<CustomerKey> GetCustomerKey(const Principal& who);
 
   // UNAUTHENTICATED "invalid login id or password" for an unknown login id
   // or a wrong password alike (and with the same Argon2id cost).
@@ -73,13 +83,15 @@ class Accounts {
   Status Logout(const SecretBytes& token);
 
  private:
-  Accounts(const Options& options, PortalDb* db, const Clock* clock, std::string dummy_hash)
-      : options_(options), db_(db), clock_(clock), dummy_hash_(std::move(dummy_hash)) {}
+  Accounts(const Options& options, PortalDb* db, const Clock* clock, KmsClient* kms,
+           std::string dummy_hash)
+      : options_(options), db_(db), clock_(clock), kms_(kms), dummy_hash_(std::move(dummy_hash)) {}
   StatusOr<std::string> HashPassword(const SecretBytes& password) const;
 
   const Options options_;
   PortalDb* const db_;
   const Clock* const clock_;
+  KmsClient* const kms_;
   // Verified against when the login id is unknown, to equalise timing.
   const std::string dummy_hash_;
 };

@@ -1,6 +1,8 @@
 #include "csp/accounts.h"
 
 #include "crypto/primitives.h"
+#include "crypto/x509.h"
+#include "csp/internal/test_doubles.h"
 #include "csp/sqlite_db.h"
 #include "testing/test_util.h"
 
@@ -20,7 +22,7 @@ class AccountsTest : public ::testing::Test {
     o.argon2_t_cost = 1;  // cheap for tests; production uses the defaults
     o.argon2_m_cost_kib = 256;
     o.session_ttl_seconds = 600;
-    auto a = Accounts::Create(o, db_.get(), &clock_);
+    auto a = Accounts::Create(o, db_.get(), &clock_, &kms_);
     ASSERT_OK(a);
     accounts_ = std::move(a).value();
   }
@@ -29,9 +31,44 @@ class AccountsTest : public ::testing::Test {
   }
 
   FakeClock clock_;
+  testing::FakeKmsClient kms_;
   std::unique_ptr<SqlitePortalDb> db_;
   std::unique_ptr<Accounts> accounts_;
 };
+
+TEST_F(AccountsTest, RegisterStoresTheKmsCertificateOfTheCustomer) {
+  auto r = accounts_->Register({});
+  ASSERT_OK(r);
+  EXPECT_EQ(r->key.customer_id, r->customer_id);
+  auto key = accounts_->GetCustomerKey({r->customer_id});
+  ASSERT_OK(key);
+  EXPECT_EQ(key->key_id, r->key.key_id);
+  EXPECT_EQ(key->cert_pem, r->key.cert_pem);
+  auto cert = crypto::Certificate::FromPem(key->cert_pem);
+  ASSERT_OK(cert);
+  auto ca = crypto::Certificate::FromPem(kms_.CaCertificatePem());
+  ASSERT_OK(ca);
+  EXPECT_OK(crypto::VerifyCertificateChain(*cert, {*ca}));
+}
+
+TEST_F(AccountsTest, RegisterWithUnreachableKmsFailsAndCreatesNothing) {
+  kms_.SetUnavailable(true);
+  auto r = accounts_->Register({});
+  EXPECT_STATUS(r, StatusCode::kUnavailable, "KMS: ");
+  kms_.SetUnavailable(false);
+  ASSERT_OK(accounts_->Register({}));
+}
+
+TEST_F(AccountsTest, CustomerKeyOfAnotherCustomerIsNotReturned) {
+  auto a = accounts_->Register({});
+  ASSERT_OK(a);
+  auto b = accounts_->Register({});
+  ASSERT_OK(b);
+  auto key = accounts_->GetCustomerKey({b->customer_id});
+  ASSERT_OK(key);
+  EXPECT_NE(key->key_id, a->key.key_id);
+  EXPECT_STATUS(accounts_->GetCustomerKey({"cust-nobody"}), StatusCode::kNotFound, "");
+}
 
 TEST_F(AccountsTest, RegisterGeneratesLoginAndStrongPassword) {
   auto r = accounts_->Register({});
@@ -134,7 +171,9 @@ TEST(AccountsCreateTest, RejectsZeroIterations) {
   FakeClock clock;
   Accounts::Options o;
   o.argon2_t_cost = 0;
-  EXPECT_STATUS(Accounts::Create(o, db->get(), &clock), StatusCode::kInvalidArgument, "Argon2id");
+  testing::FakeKmsClient kms;
+  EXPECT_STATUS(Accounts::Create(o, db->get(), &clock, &kms), StatusCode::kInvalidArgument,
+                "Argon2id");
 }
 
 }  // namespace

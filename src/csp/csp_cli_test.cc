@@ -1,137 +1,222 @@
-// Process-level: `vmseal csp serve` and the customer commands against it.
-#include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <chrono>
-#include <fstream>
-#include <thread>
+// Process-level: the real `vmseal` binary as KMS (`kms serve`), as portal
+// (`csp serve`) and as the customer CLI against them.
+#include <nlohmann/json.hpp>
 
 #include "crypto/primitives.h"
+#include "crypto/x509.h"
+#include "csp/internal/process_harness.h"
 #include "testing/test_util.h"
 
 namespace vmseal::csp {
 namespace {
 
+using json = nlohmann::json;
+using ::vmseal::csp::testing::KmsInstance;
+using ::vmseal::csp::testing::ServerProcess;
+using ::vmseal::csp::testing::StartKms;
 using ::vmseal::testing::ReadFileOrDie;
 using ::vmseal::testing::RunCommand;
 using ::vmseal::testing::TempDir;
 using ::vmseal::testing::VmsealBinary;
 using ::vmseal::testing::WriteFileOrDie;
 
-// Runs `vmseal csp serve` on a free loopback port; stops it by pid.
-class Portal {
- public:
-  explicit Portal(const TempDir& dir) {
-    const std::string port_file = dir.File("port");
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      std::string log = dir.File("serve.log");
-      FILE* out = std::freopen(log.c_str(), "w", stderr);
-      (void)out;
-      ::execl(VmsealBinary().c_str(), "vmseal", "csp", "serve", "--data-dir",
-              dir.File("data").c_str(), "--port", "0", "--port-file", port_file.c_str(),
-              "--accept-unverified-packages", static_cast<char*>(nullptr));
-      ::_exit(127);
-    }
-    for (int i = 0; i < 200 && port_.empty(); ++i) {
-      std::ifstream in(port_file);
-      std::getline(in, port_);
-      if (port_.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-  }
-  ~Portal() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGTERM);
-      int status = 0;
-      ::waitpid(pid_, &status, 0);
-    }
-  }
-  std::string url() const { return "http://127.0.0.1:" + port_; }
-  bool up() const { return !port_.empty(); }
-
- private:
-  pid_t pid_ = -1;
-  std::string port_;
-};
-
-std::string Field(const std::string& text, const std::string& name) {
-  size_t at = text.find(name + ": ");
-  if (at == std::string::npos) return "";
-  size_t start = at + name.size() + 2;
-  return text.substr(start, text.find('\n', start) - start);
-}
-
 class CspCliTest : public ::testing::Test {
  protected:
+  void SetUp() override {
+    auto kms = StartKms(dir_.File("kms"));
+    ASSERT_OK(kms);
+    kms_ = std::move(kms).value();
+    WriteFileOrDie(dir_.File("op-token"), "operator-secret\n");
+    auto portal = ServerProcess::Start(
+        {VmsealBinary(), "csp", "serve", "--data-dir", dir_.File("data"), "--port", "0",
+         "--port-file", dir_.File("port"), "--kms-url", kms_.url(), "--kms-ca", kms_.ca(),
+         "--kms-cert", kms_.portal_cert(), "--kms-key", kms_.portal_key(),
+         "--operator-token-file", dir_.File("op-token"), "--accept-unverified-packages"},
+        dir_.File("portal.log"), dir_.File("port"));
+    ASSERT_OK(portal);
+    portal_ = std::move(portal).value();
+  }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(portal_->port()); }
+
   int Customer(const std::string& session, std::vector<std::string> args, std::string* out) {
-    std::vector<std::string> argv = {VmsealBinary(), "customer", "--portal", portal_.url(),
-                                     "--session", dir_.File(session)};
+    std::vector<std::string> argv = {VmsealBinary(), "customer", "--portal", url(), "--session",
+                                     dir_.File(session)};
     argv.insert(argv.end(), args.begin(), args.end());
     return RunCommand(argv, out, 60);
   }
-  // Registers and logs in a customer whose session goes to `session`.
-  void SignUp(const std::string& session) {
+  // JSON output of a customer command that must succeed.
+  json CustomerJson(const std::string& session, std::vector<std::string> args) {
+    args.insert(args.begin(), "--json");
     std::string out;
-    ASSERT_EQ(Customer(session, {"register"}, &out), 0) << out;
-    WriteFileOrDie(dir_.File(session + ".pw"), Field(out, "password") + "\n");
-    ASSERT_EQ(Customer(session, {"login", "--login-id", Field(out, "login_id"),
-                                 "--password-file", dir_.File(session + ".pw")},
-                       &out),
-              0)
-        << out;
+    EXPECT_EQ(Customer(session, args, &out), 0) << out;
+    json j = json::parse(out, nullptr, false);
+    EXPECT_FALSE(j.is_discarded()) << out;
+    return j;
+  }
+  // Registers and logs in a customer whose session goes to `session`.
+  json SignUp(const std::string& session) {
+    json reg = CustomerJson(session, {"register", "--password-out", dir_.File(session + ".pw")});
+    CustomerJson(session, {"login", "--login-id", reg.value("login_id", ""), "--password-file",
+                           dir_.File(session + ".pw")});
+    return reg;
+  }
+  std::string UploadAs(const std::string& session, const std::string& data) {
+    WriteFileOrDie(dir_.File(session + ".pkg"), data);
+    json img = CustomerJson(session, {"upload", dir_.File(session + ".pkg"), "--name", "web"});
+    return img.value("image_id", "");
   }
 
   TempDir dir_;
-  Portal portal_{dir_};
+  KmsInstance kms_;
+  std::unique_ptr<ServerProcess> portal_;
 };
 
 TEST_F(CspCliTest, CustomerRegistersUploadsListsAndLaunches) {
-  ASSERT_TRUE(portal_.up());
-  SignUp("alice");
+  json reg = SignUp("alice");
+  EXPECT_FALSE(reg.contains("password"));  // went to the file
+  EXPECT_EQ(ReadFileOrDie(dir_.File("alice.pw")).size(), 25u);
   std::string pkg(3 << 20, 'p');
-  WriteFileOrDie(dir_.File("pkg.bin"), pkg);
+  std::string image_id = UploadAs("alice", pkg);
+  ASSERT_TRUE(image_id.starts_with("img-")) << image_id;
+  json images = CustomerJson("alice", {"images"});
+  ASSERT_EQ(images["images"].size(), 1u);
+  EXPECT_EQ(images["images"][0]["sha256"], crypto::HexEncode(crypto::Sha256(pkg)));
+  json job = CustomerJson("alice", {"launch", image_id});
+  EXPECT_EQ(job["state"], "queued");  // no hosts registered
+  json status = CustomerJson("alice", {"status", job["job_id"]});
+  EXPECT_EQ(status["job_id"], job["job_id"]);
+  json vms = CustomerJson("alice", {"vms"});
+  ASSERT_EQ(vms["vms"].size(), 1u);
+  EXPECT_EQ(vms["vms"][0]["image_id"], image_id);
+}
+
+TEST_F(CspCliTest, RegistrationCreatesAKmsKeyWhoseCertificateVerifies) {
+  json reg = SignUp("alice");
+  json out = CustomerJson("alice", {"fetch-cert", "--kms-ca", kms_.ca(), "--out",
+                                    dir_.File("alice.crt")});
+  EXPECT_EQ(out["verified"], true);
+  EXPECT_EQ(out["key_id"], reg["key"]["key_id"]);
+  auto cert = crypto::Certificate::FromPem(ReadFileOrDie(dir_.File("alice.crt")));
+  ASSERT_OK(cert);
+  auto ca = crypto::Certificate::FromPem(ReadFileOrDie(kms_.ca()));
+  ASSERT_OK(ca);
+  EXPECT_OK(crypto::VerifyCertificateChain(*cert, {*ca}));
+  EXPECT_EQ(cert->SubjectCommonName(), reg["key"]["key_id"]);
+}
+
+TEST_F(CspCliTest, FetchCertAgainstAnotherCaFailsAndWritesNothing) {
+  SignUp("alice");
+  auto rogue = crypto::CreateSelfSignedCa({"rogue CA"});
+  ASSERT_OK(rogue);
+  WriteFileOrDie(dir_.File("rogue.pem"), rogue->cert.ToPem());
   std::string out;
-  ASSERT_EQ(Customer("alice", {"upload", dir_.File("pkg.bin"), "--name", "web"}, &out), 0) << out;
-  std::string image_id = out.substr(0, out.find('\n'));
-  ASSERT_TRUE(image_id.starts_with("img-")) << out;
-  ASSERT_EQ(Customer("alice", {"images"}, &out), 0) << out;
-  EXPECT_NE(out.find(crypto::HexEncode(crypto::Sha256(pkg))), std::string::npos) << out;
-  ASSERT_EQ(Customer("alice", {"launch", image_id}, &out), 0) << out;
-  std::string job_id = out.substr(0, out.find(' '));
-  ASSERT_EQ(Customer("alice", {"status", job_id}, &out), 0) << out;
-  EXPECT_NE(out.find("queued"), std::string::npos) << out;
+  EXPECT_NE(Customer("alice", {"fetch-cert", "--kms-ca", dir_.File("rogue.pem"), "--out",
+                               dir_.File("alice.crt")},
+                     &out),
+            0);
+  EXPECT_NE(out.find("does not chain to the KMS CA"), std::string::npos) << out;
+  EXPECT_FALSE(Env::Default()->FileExists(dir_.File("alice.crt")));
+  for (const std::string& name : ::vmseal::testing::ListDir(dir_.path())) {
+    EXPECT_EQ(name.find("alice.crt"), std::string::npos) << name;  // no temp file either
+  }
+}
+
+TEST_F(CspCliTest, FetchAgentWritesTheRunningBinaryAfterCheckingItsDigest) {
+  const std::string binary = ReadFileOrDie(VmsealBinary());
+  const std::string sha = crypto::HexEncode(crypto::Sha256(binary));
+  json out = CustomerJson("nobody", {"fetch-agent", "--out", dir_.File("agent"),
+                                     "--expect-sha256", sha});
+  EXPECT_EQ(out["sha256"], sha);
+  EXPECT_EQ(ReadFileOrDie(dir_.File("agent")), binary);
+  std::string version;
+  EXPECT_EQ(RunCommand({dir_.File("agent"), "--help"}, &version, 30), 0) << version;
+}
+
+TEST_F(CspCliTest, FetchAgentWithAnotherExpectedDigestFailsAndWritesNothing) {
+  std::string out;
+  EXPECT_NE(Customer("nobody", {"fetch-agent", "--out", dir_.File("agent"), "--expect-sha256",
+                                std::string(64, '0')},
+                     &out),
+            0);
+  EXPECT_NE(out.find("not the expected"), std::string::npos) << out;
+  EXPECT_FALSE(Env::Default()->FileExists(dir_.File("agent")));
+}
+
+TEST_F(CspCliTest, RegisterFailsCleanlyWhenTheKmsIsDown) {
+  kms_.process->Stop();
+  std::string out;
+  EXPECT_NE(Customer("alice", {"register"}, &out), 0);
+  EXPECT_NE(out.find("KMS"), std::string::npos) << out;
+  EXPECT_EQ(out.find("password"), std::string::npos) << out;
 }
 
 TEST_F(CspCliTest, OtherCustomerCannotLaunchTheImage) {
-  ASSERT_TRUE(portal_.up());
   SignUp("alice");
   SignUp("bob");
-  WriteFileOrDie(dir_.File("pkg.bin"), "sealed");
+  std::string image_id = UploadAs("alice", "sealed");
   std::string out;
-  ASSERT_EQ(Customer("alice", {"upload", dir_.File("pkg.bin"), "--name", "web"}, &out), 0) << out;
-  std::string image_id = out.substr(0, out.find('\n'));
   EXPECT_EQ(Customer("bob", {"launch", image_id}, &out), 5) << out;  // kExitIo for NOT_FOUND
   EXPECT_NE(out.find("no such image"), std::string::npos) << out;
-  ASSERT_EQ(Customer("bob", {"images"}, &out), 0);
-  EXPECT_EQ(out.find(image_id), std::string::npos) << out;
+  json images = CustomerJson("bob", {"images"});
+  EXPECT_TRUE(images["images"].empty());
 }
 
 TEST_F(CspCliTest, CommandsWithoutLoginFailClearly) {
-  ASSERT_TRUE(portal_.up());
   std::string out;
   EXPECT_NE(Customer("nobody", {"images"}, &out), 0);
   EXPECT_NE(out.find("not logged in"), std::string::npos) << out;
 }
 
-TEST(CspServeTest, ServeWithoutAVerifierRefusesToStart) {
+TEST_F(CspCliTest, OperatorExplainsPlacementOfAnImageAndAJob) {
+  json reg = SignUp("alice");
+  std::string image_id = UploadAs("alice", "sealed");
+  json job = CustomerJson("alice", {"launch", image_id});
+  std::string out;
+  ASSERT_EQ(RunCommand({VmsealBinary(), "csp", "explain-placement", "--portal", url(),
+                        "--operator-token-file", dir_.File("op-token"), "--json",
+                        job["job_id"].get<std::string>()},
+                       &out, 60),
+            0)
+      << out;
+  json p = json::parse(out, nullptr, false);
+  ASSERT_FALSE(p.is_discarded()) << out;
+  EXPECT_EQ(p["job"]["job_id"], job["job_id"]);
+  EXPECT_GE(p["history"].size(), 1u);
+  ASSERT_EQ(RunCommand({VmsealBinary(), "csp", "explain-placement", "--portal", url(),
+                        "--operator-token-file", dir_.File("op-token"), "--image", image_id,
+                        "--customer", reg["customer_id"].get<std::string>()},
+                       &out, 60),
+            0)
+      << out;
+  EXPECT_NE(out.find("no host chosen"), std::string::npos) << out;
+  WriteFileOrDie(dir_.File("bad-token"), "nope\n");
+  EXPECT_NE(RunCommand({VmsealBinary(), "csp", "explain-placement", "--portal", url(),
+                        "--operator-token-file", dir_.File("bad-token"), "x"},
+                       &out, 60),
+            0);
+  EXPECT_NE(out.find("not the operator"), std::string::npos) << out;
+}
+
+TEST(CspServeTest, ServeWithUnreadableKmsIdentityRefusesToStart) {
   TempDir dir;
   std::string out;
   EXPECT_NE(RunCommand({VmsealBinary(), "csp", "serve", "--data-dir", dir.File("d"), "--port",
-                        "0"},
+                        "0", "--kms-url", "https://127.0.0.1:1", "--kms-ca", dir.File("ca"),
+                        "--kms-cert", dir.File("c"), "--kms-key", dir.File("k")},
                        &out, 30),
             0);
-  EXPECT_NE(out.find("no package verifier"), std::string::npos) << out;
+  EXPECT_NE(out.find(dir.File("ca")), std::string::npos) << out;
+}
+
+TEST(CspServeTest, ServeWithABadKmsUrlRefusesToStart) {
+  TempDir dir;
+  std::string out;
+  EXPECT_NE(RunCommand({VmsealBinary(), "csp", "serve", "--data-dir", dir.File("d"), "--port",
+                        "0", "--kms-url", "http://127.0.0.1:1", "--kms-ca", dir.File("ca"),
+                        "--kms-cert", dir.File("c"), "--kms-key", dir.File("k")},
+                       &out, 30),
+            0);
+  EXPECT_NE(out.find("https://"), std::string::npos) << out;
 }
 
 }  // namespace

@@ -14,34 +14,17 @@
 
 namespace vmseal::csp {
 
-// The KMS's latest attestation verdict on a host, as the portal sees it.
-struct TrustVerdict {
-  bool trusted = false;
-  // When the KMS recorded the verdict (Unix seconds).
-  int64_t issued_unix = 0;
-  // Start of the current unbroken run of trusted verdicts (the host's trust
-  // history); meaningful only when `trusted`.
-  int64_t trusted_since_unix = 0;
-  // The KMS's reason for an untrusted verdict, e.g. "pcr 7 mismatch".
-  std::string reason;
-};
-
-// Where verdicts come from: the KMS client implements it. Thread-safe.
-class TrustSource {
- public:
-  virtual ~TrustSource() = default;
-  // NOT_FOUND if the KMS has no verdict on the host yet.
-  virtual StatusOr<TrustVerdict> LatestVerdict(const std::string& host_id) = 0;
-};
-
 struct HostRegistration {
   // The host's mTLS identity (client certificate subject CN), set by the
   // adapter from the verified certificate, never from the request body.
   std::string host_id;
   // How many VMs the host may run at once (>= 1).
   uint32_t capacity_slots = 1;
-  // Placement tags, e.g. {"region": "eu-west"}.
+  // Placement tags, e.g. {"region": "eu-west"} (sent as "region=eu-west").
   std::map<std::string, std::string> tags;
+  // What the host reported (informational; 0 if not given).
+  uint32_t vcpus = 0;
+  uint64_t memory_mib = 0;
 };
 
 struct HostState {

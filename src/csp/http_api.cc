@@ -13,9 +13,10 @@ namespace {
 using json = nlohmann::json;
 constexpr size_t kAppendBufferBytes = 4 << 20;
 
-void SendError(httplib::Response& res, const Status& s) {
+void SendError(httplib::Response& res, const Status& s, const std::string& reason = "") {
   res.status = HttpStatusFromCode(s.code());
   json body = {{"error", {{"code", std::string(StatusCodeName(s.code()))}, {"message", s.message()}}}};
+  if (!reason.empty()) body["error"]["reason"] = reason;
   res.set_content(body.dump(), "application/json");
 }
 
@@ -68,10 +69,19 @@ json ToJson(const Placement& p) {
                          {"eligible", d.eligible},
                          {"chosen", d.chosen},
                          {"reasons", d.reasons},
+                         {"kms_reason", d.kms_reason},
                          {"load", d.load},
                          {"capacity_slots", d.capacity_slots}});
   }
-  return {{"chosen_host_id", p.chosen_host_id}, {"decisions", decisions}};
+  return {{"chosen_host_id", p.chosen_host_id},
+          {"decided_unix", p.decided_unix},
+          {"decisions", decisions}};
+}
+
+json ToJson(const CustomerKey& k) {
+  return {{"customer_id", k.customer_id}, {"key_id", k.key_id}, {"algorithm", k.algorithm},
+          {"public_key_pem", k.public_key_pem}, {"cert_pem", k.cert_pem},
+          {"created_unix", k.created_unix}};
 }
 
 json ToJson(const Job& j, bool for_host = false) {
@@ -84,11 +94,16 @@ json ToJson(const Job& j, bool for_host = false) {
               {"attempts", attempts},
               {"failure_reason", j.failure_reason},
               {"last_placement", ToJson(j.last_placement)},
+              {"vm_name", j.vm_name},
+              {"serial_log_path", j.serial_log_path},
               {"created_unix", j.created_unix},
               {"updated_unix", j.updated_unix}};
   if (for_host) {
     out["customer_id"] = j.customer_id;
     out["object_key"] = j.object_key;
+    out["package_path"] = "/v1/hosts/jobs/" + j.job_id + "/package";
+    out["package_size_bytes"] = j.package_size_bytes;
+    out["package_sha256"] = j.package_sha256_hex;
   }
   return out;
 }
@@ -149,8 +164,32 @@ void RegisterPortalRoutes(httplib::Server& server, const PortalServices& svc) {
       ASSIGN_OR_RETURN(RegisterResponse r, svc.accounts->Register({}));
       return json{{"customer_id", r.customer_id},
                   {"login_id", r.login_id},
-                  {"password", std::string(crypto::AsStringView(r.password.UnsafeSpan()))}};
+                  {"password", std::string(crypto::AsStringView(r.password.UnsafeSpan()))},
+                  {"key", ToJson(r.key)}};
     }, 201);
+  });
+  server.Get("/v1/customer/key", [svc, who](const httplib::Request& req, httplib::Response& res) {
+    Reply(res, [&]() -> StatusOr<json> {
+      ASSIGN_OR_RETURN(Principal p, who(req));
+      ASSIGN_OR_RETURN(CustomerKey k, svc.accounts->GetCustomerKey(p));
+      json out = ToJson(k);
+      out["kms_ca_cert_pem"] = svc.kms->CaCertificatePem();
+      return out;
+    });
+  });
+  server.Get("/v1/kms/ca", [svc](const httplib::Request&, httplib::Response& res) {
+    SendJson(res, {{"ca_cert_pem", svc.kms->CaCertificatePem()}});
+  });
+
+  // --- the agent binary (the running vmseal) ---
+  server.Get("/v1/agent/sha256", [svc](const httplib::Request&, httplib::Response& res) {
+    if (!svc.agent_binary) return SendError(res, NotFoundError("no agent binary is served"));
+    SendJson(res, {{"sha256", svc.agent_sha256_hex}, {"size_bytes", svc.agent_size_bytes}});
+  });
+  server.Get("/v1/agent", [svc](const httplib::Request&, httplib::Response& res) {
+    if (!svc.agent_binary) return SendError(res, NotFoundError("no agent binary is served"));
+    res.set_header("X-Content-SHA256", svc.agent_sha256_hex);
+    SendFile(res, svc.agent_binary);
   });
   server.Post("/v1/login", [svc](const httplib::Request& req, httplib::Response& res) {
     Reply(res, [&]() -> StatusOr<json> {
@@ -238,7 +277,21 @@ void RegisterPortalRoutes(httplib::Server& server, const PortalServices& svc) {
                   c.name = body.value("name", "");
                   c.sha256_hex = body.value("sha256", "");
                   ASSIGN_OR_RETURN(c.policy, PolicyFrom(body));
+                  const bool has_kms_policy = body.contains("kms_policy");
+                  if (has_kms_policy && !body["kms_policy"].is_object()) {
+                    return InvalidArgumentError("kms_policy must be a JSON object");
+                  }
                   ASSIGN_OR_RETURN(ImageInfo i, svc.images->CommitUpload(p, c));
+                  if (has_kms_policy) {
+                    // The KMS owns the release policy; an image whose policy
+                    // the KMS refused is not kept.
+                    Status put = svc.kms->PutImagePolicy(p.customer_id, i.image_id,
+                                                         body["kms_policy"].dump());
+                    if (!put.ok()) {
+                      (void)svc.images->DeleteImage(p, i.image_id);
+                      return Status(put.code(), "KMS policy: " + put.message());
+                    }
+                  }
                   return ToJson(i);
                 }, 201);
               });
@@ -269,6 +322,17 @@ void RegisterPortalRoutes(httplib::Server& server, const PortalServices& svc) {
                     return json::object();
                   });
                 });
+  server.Put(R"(/v1/images/([A-Za-z0-9-]+)/kms-policy)",
+             [svc, who](const httplib::Request& req, httplib::Response& res) {
+               Reply(res, [&]() -> StatusOr<json> {
+                 ASSIGN_OR_RETURN(Principal p, who(req));
+                 ASSIGN_OR_RETURN(ImageInfo i, svc.images->GetImage(p, req.matches[1]));
+                 ASSIGN_OR_RETURN(json body, ParseBody(req));
+                 RETURN_IF_ERROR(svc.kms->PutImagePolicy(p.customer_id, i.image_id, body.dump())
+                                     .WithPrefix("KMS policy"));
+                 return json{{"image_id", i.image_id}, {"kms_policy", body}};
+               });
+             });
   server.Get(R"(/v1/images/([A-Za-z0-9-]+)/package)",
              [svc, who](const httplib::Request& req, httplib::Response& res) {
                auto p = who(req);
@@ -320,26 +384,62 @@ void RegisterPortalRoutes(httplib::Server& server, const PortalServices& svc) {
       ASSIGN_OR_RETURN(json body, ParseBody(req));
       HostRegistration r;
       r.host_id = host;
-      if (!body["capacity_slots"].is_number_unsigned()) {
-        return InvalidArgumentError("capacity_slots is required");
+      if (body.contains("host_id") && body["host_id"] != host) {
+        return PermissionDeniedError("host_id differs from the client certificate CN");
       }
-      r.capacity_slots = body["capacity_slots"].get<uint32_t>();
+      if (body.contains("capacity")) {
+        const json& c = body["capacity"];
+        if (!c.is_object() || !c["vcpus"].is_number_unsigned()) {
+          return InvalidArgumentError("capacity.vcpus is required");
+        }
+        r.vcpus = c["vcpus"].get<uint32_t>();
+        r.memory_mib = c.value("memory_mib", uint64_t{0});
+        r.capacity_slots = c.contains("max_vms") && c["max_vms"].is_number_unsigned()
+                               ? c["max_vms"].get<uint32_t>()
+                               : r.vcpus;
+      }
+      if (body.contains("capacity_slots")) {
+        if (!body["capacity_slots"].is_number_unsigned()) {
+          return InvalidArgumentError("capacity_slots must be a positive integer");
+        }
+        r.capacity_slots = body["capacity_slots"].get<uint32_t>();
+      }
+      if (!body.contains("capacity") && !body.contains("capacity_slots")) {
+        return InvalidArgumentError("capacity {vcpus, memory_mib} is required");
+      }
       if (body.contains("tags")) {
-        if (!body["tags"].is_object()) return InvalidArgumentError("tags must be an object");
-        for (auto& [k, v] : body["tags"].items()) {
-          if (!v.is_string()) return InvalidArgumentError("tag values must be strings");
-          r.tags[k] = v.get<std::string>();
+        const json& t = body["tags"];
+        if (t.is_array()) {
+          for (const json& v : t) {
+            std::string kv = v.is_string() ? v.get<std::string>() : "";
+            size_t eq = kv.find('=');
+            if (eq == std::string::npos || eq == 0) {
+              return InvalidArgumentError("tags must be \"key=value\" strings");
+            }
+            r.tags[kv.substr(0, eq)] = kv.substr(eq + 1);
+          }
+        } else if (t.is_object()) {
+          for (auto& [k, v] : t.items()) {
+            if (!v.is_string()) return InvalidArgumentError("tag values must be strings");
+            r.tags[k] = v.get<std::string>();
+          }
+        } else {
+          return InvalidArgumentError("tags must be a list of \"key=value\" strings");
         }
       }
       RETURN_IF_ERROR(svc.hosts->Register(r));
-      return json{{"host_id", host}};
+      return json{{"host_id", host},
+                  {"capacity_slots", r.capacity_slots},
+                  {"heartbeat_timeout_seconds", svc.hosts->heartbeat_timeout_seconds()}};
     });
   });
   server.Post("/v1/hosts/heartbeat", [svc](const httplib::Request& req, httplib::Response& res) {
     Reply(res, [&]() -> StatusOr<json> {
       ASSIGN_OR_RETURN(std::string host, HostIdentity(req));
       RETURN_IF_ERROR(svc.hosts->Heartbeat(host));
-      return json::object();
+      return json{{"host_id", host},
+                  {"in_pool", true},
+                  {"heartbeat_timeout_seconds", svc.hosts->heartbeat_timeout_seconds()}};
     });
   });
   server.Get("/v1/hosts/jobs", [svc](const httplib::Request& req, httplib::Response& res) {
@@ -355,8 +455,20 @@ void RegisterPortalRoutes(httplib::Server& server, const PortalServices& svc) {
                 Reply(res, [&]() -> StatusOr<json> {
                   ASSIGN_OR_RETURN(std::string host, HostIdentity(req));
                   ASSIGN_OR_RETURN(json body, ParseBody(req));
-                  ASSIGN_OR_RETURN(JobState s, JobStateFromName(body.value("state", "")));
-                  ASSIGN_OR_RETURN(Job j, svc.jobs->ReportProgress(host, {req.matches[1], s}));
+                  // "phase" (contract) or "state" (older hosts).
+                  std::string phase = body.value("phase", body.value("state", ""));
+                  if (phase == "failed") {
+                    // A host that gives up reports a refusal (launch failed).
+                    RefusalReport r{req.matches[1], RefusalKind::kLaunchFailed,
+                                    body.value("reason", "") + (body.contains("message")
+                                        ? ": " + body.value("message", "") : "")};
+                    ASSIGN_OR_RETURN(Job j, svc.jobs->ReportRefusal(host, r));
+                    return ToJson(j, true);
+                  }
+                  ASSIGN_OR_RETURN(JobState s, JobStateFromName(phase));
+                  ProgressReport p{req.matches[1], s, body.value("vm_name", ""),
+                                   body.value("serial_log_path", "")};
+                  ASSIGN_OR_RETURN(Job j, svc.jobs->ReportProgress(host, p));
                   return ToJson(j, true);
                 });
               });
@@ -365,10 +477,11 @@ void RegisterPortalRoutes(httplib::Server& server, const PortalServices& svc) {
                 Reply(res, [&]() -> StatusOr<json> {
                   ASSIGN_OR_RETURN(std::string host, HostIdentity(req));
                   ASSIGN_OR_RETURN(json body, ParseBody(req));
-                  std::string kind = body.value("kind", "");
+                  // {reason, message} (contract) or {kind, detail} (older hosts).
+                  std::string kind = body.value("reason", body.value("kind", ""));
                   RefusalReport r;
                   r.job_id = req.matches[1];
-                  r.detail = body.value("detail", "");
+                  r.detail = body.value("message", body.value("detail", ""));
                   if (kind == "unencrypted_image") {
                     r.kind = RefusalKind::kUnencryptedImage;
                   } else if (kind == "attestation_denied") {
@@ -376,7 +489,8 @@ void RegisterPortalRoutes(httplib::Server& server, const PortalServices& svc) {
                   } else if (kind == "launch_failed") {
                     r.kind = RefusalKind::kLaunchFailed;
                   } else {
-                    return InvalidArgumentError("unknown refusal kind");
+                    return InvalidArgumentError(
+                        "reason must be unencrypted_image, attestation_denied or launch_failed");
                   }
                   ASSIGN_OR_RETURN(Job j, svc.jobs->ReportRefusal(host, r));
                   return ToJson(j, true);
@@ -392,6 +506,7 @@ void RegisterPortalRoutes(httplib::Server& server, const PortalServices& svc) {
                }
                auto f = svc.store->Get(job->object_key);
                if (!f.ok()) return SendError(res, f.status());
+               res.set_header("X-Content-SHA256", job->package_sha256_hex);
                SendFile(res, std::shared_ptr<RandomAccessFile>(std::move(f).value()));
              });
 
@@ -414,6 +529,8 @@ void RegisterPortalRoutes(httplib::Server& server, const PortalServices& svc) {
         hosts.push_back({{"host_id", h.registration.host_id},
                          {"capacity_slots", h.registration.capacity_slots},
                          {"tags", h.registration.tags},
+                         {"vcpus", h.registration.vcpus},
+                         {"memory_mib", h.registration.memory_mib},
                          {"in_pool", h.in_pool},
                          {"last_heartbeat_unix", h.last_heartbeat_unix}});
       }
@@ -425,9 +542,27 @@ void RegisterPortalRoutes(httplib::Server& server, const PortalServices& svc) {
                Reply(res, [&]() -> StatusOr<json> {
                  RETURN_IF_ERROR(is_operator(req));
                  ASSIGN_OR_RETURN(Job j, svc.jobs->GetAnyJob(req.matches[1]));
-                 return ToJson(j.last_placement);
+                 json all = json::array();
+                 for (const Placement& p : j.placements) all.push_back(ToJson(p));
+                 json out = ToJson(j.last_placement);
+                 out["job"] = ToJson(j, true);
+                 out["history"] = all;
+                 return out;
                });
              });
+  server.Get("/v1/operator/placement", [svc, is_operator](const httplib::Request& req,
+                                                         httplib::Response& res) {
+    Reply(res, [&]() -> StatusOr<json> {
+      RETURN_IF_ERROR(is_operator(req));
+      const std::string customer = req.get_param_value("customer_id");
+      const std::string image = req.get_param_value("image_id");
+      if (customer.empty() || image.empty()) {
+        return InvalidArgumentError("customer_id and image_id query parameters are required");
+      }
+      ASSIGN_OR_RETURN(Placement p, svc.jobs->ExplainImagePlacement(Principal{customer}, image));
+      return ToJson(p);
+    });
+  });
 }
 
 }  // namespace vmseal::csp

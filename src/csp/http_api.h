@@ -3,6 +3,7 @@
 #ifndef VMSEAL_CSP_HTTP_API_H_
 #define VMSEAL_CSP_HTTP_API_H_
 
+#include <memory>
 #include <string>
 
 #include "base/secret_bytes.h"
@@ -10,6 +11,7 @@
 #include "csp/hosts.h"
 #include "csp/images.h"
 #include "csp/jobs.h"
+#include "csp/kms_client.h"
 #include "store/object_store.h"
 
 namespace httplib {
@@ -26,6 +28,13 @@ struct PortalServices {
   JobManager* jobs = nullptr;
   HostRegistry* hosts = nullptr;
   store::ObjectStore* store = nullptr;
+  // For the KMS CA certificate customers fetch.
+  KmsClient* kms = nullptr;
+  // The agent binary served at GET /v1/agent, with its size and hex SHA-256;
+  // null disables the routes.
+  std::shared_ptr<RandomAccessFile> agent_binary;
+  uint64_t agent_size_bytes = 0;
+  std::string agent_sha256_hex;
   // Bearer credential of /v1/operator routes; empty disables them.
   const SecretBytes* operator_token = nullptr;
 };

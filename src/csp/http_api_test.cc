@@ -12,7 +12,7 @@ namespace vmseal::csp {
 namespace {
 
 using json = nlohmann::json;
-using ::vmseal::csp::testing::FakeTrustSource;
+using ::vmseal::csp::testing::FakeKmsClient;
 using ::vmseal::csp::testing::FakeVerifier;
 using ::vmseal::csp::testing::kSealedMagic;
 using ::vmseal::testing::TempDir;
@@ -24,7 +24,7 @@ class HttpApiTest : public ::testing::Test {
     o.data_dir = dir_.path();
     o.argon2_m_cost_kib = 64;
     o.operator_token = SecretBytes(crypto::AsBytes(std::string_view("op-secret")));
-    auto s = PortalServer::Create(std::move(o), &verifier_, &trust_);
+    auto s = PortalServer::Create(std::move(o), &verifier_, &kms_);
     ASSERT_OK(s);
     server_ = std::move(s).value();
     ASSERT_OK(server_->Start());
@@ -59,7 +59,7 @@ class HttpApiTest : public ::testing::Test {
 
   TempDir dir_;
   FakeVerifier verifier_;
-  FakeTrustSource trust_;
+  FakeKmsClient kms_;
   std::unique_ptr<PortalServer> server_;
   std::unique_ptr<httplib::Client> client_;
 };
@@ -163,14 +163,96 @@ TEST_F(HttpApiTest, OperatorRoutesNeedTheOperatorToken) {
   EXPECT_EQ(client_->Get("/v1/operator/jobs", op)->status, 200);
 }
 
+TEST_F(HttpApiTest, RegisterReturnsTheKmsKeyAndTheCustomerCanFetchIt) {
+  auto reg = client_->Post("/v1/register");
+  ASSERT_EQ(reg->status, 201) << reg->body;
+  json r = json::parse(reg->body);
+  EXPECT_NE(r["key"]["cert_pem"].get<std::string>().find("BEGIN CERTIFICATE"), std::string::npos);
+  json login = {{"login_id", r["login_id"]}, {"password", r["password"]}};
+  auto res = client_->Post("/v1/login", login.dump(), "application/json");
+  httplib::Headers auth = {
+      {"Authorization", "Bearer " + json::parse(res->body)["token"].get<std::string>()}};
+  auto key = client_->Get("/v1/customer/key", auth);
+  ASSERT_EQ(key->status, 200) << key->body;
+  json k = json::parse(key->body);
+  EXPECT_EQ(k["customer_id"], r["customer_id"]);
+  EXPECT_EQ(k["cert_pem"], r["key"]["cert_pem"]);
+  EXPECT_EQ(k["kms_ca_cert_pem"], kms_.CaCertificatePem());
+  EXPECT_EQ(client_->Get("/v1/customer/key")->status, 401);
+}
+
+TEST_F(HttpApiTest, RegisterWithKmsDownIsUnavailableAndCreatesNoLogin) {
+  kms_.SetUnavailable(true);
+  auto reg = client_->Post("/v1/register");
+  ASSERT_EQ(reg->status, 503) << reg->body;
+  json r = json::parse(reg->body);
+  EXPECT_FALSE(r.contains("login_id"));
+  EXPECT_NE(r["error"]["message"].get<std::string>().find("KMS"), std::string::npos);
+}
+
+TEST_F(HttpApiTest, AgentIsTheRunningBinaryWithItsDigest) {
+  auto digest = client_->Get("/v1/agent/sha256");
+  ASSERT_EQ(digest->status, 200);
+  const std::string want = json::parse(digest->body)["sha256"];
+  auto agent = client_->Get("/v1/agent");
+  ASSERT_EQ(agent->status, 200);
+  EXPECT_EQ(agent->get_header_value("X-Content-SHA256"), want);
+  EXPECT_EQ(crypto::HexEncode(crypto::Sha256(agent->body)), want);
+  EXPECT_EQ(agent->body, vmseal::testing::ReadFileOrDie("/proc/self/exe"));
+}
+
+TEST_F(HttpApiTest, CommitForwardsTheKmsPolicyOfTheImage) {
+  auto auth = NewCustomer();
+  auto begin = client_->Post("/v1/uploads", auth, "", "application/json");
+  std::string id = json::parse(begin->body)["upload_id"];
+  ASSERT_EQ(client_->Put("/v1/uploads/" + id + "?offset=0", auth, std::string(kSealedMagic) + "d",
+                         "application/octet-stream")->status, 200);
+  json commit = {{"name", "web"}, {"kms_policy", {{"flavors", {{"anyOf", {"good"}}}}}}};
+  auto img = client_->Post("/v1/uploads/" + id + "/commit", auth, commit.dump(),
+                           "application/json");
+  ASSERT_EQ(img->status, 201) << img->body;
+  json i = json::parse(img->body);
+  auto key = client_->Get("/v1/customer/key", auth);
+  std::string customer = json::parse(key->body)["customer_id"];
+  EXPECT_NE(kms_.policy(customer, i["image_id"]).find("good"), std::string::npos);
+}
+
+TEST_F(HttpApiTest, ImageWhosePolicyTheKmsRefusesIsNotKept) {
+  auto auth = NewCustomer();
+  auto begin = client_->Post("/v1/uploads", auth, "", "application/json");
+  std::string id = json::parse(begin->body)["upload_id"];
+  ASSERT_EQ(client_->Put("/v1/uploads/" + id + "?offset=0", auth, std::string(kSealedMagic) + "d",
+                         "application/octet-stream")->status, 200);
+  json commit = {{"name", "web"}, {"kms_policy", {{"required_tags", {"a=b"}}}}};
+  auto img = client_->Post("/v1/uploads/" + id + "/commit", auth, commit.dump(),
+                           "application/json");
+  EXPECT_EQ(img->status, 400) << img->body;
+  EXPECT_NE(img->body.find("KMS policy"), std::string::npos) << img->body;
+  EXPECT_TRUE(json::parse(client_->Get("/v1/images", auth)->body)["images"].empty());
+}
+
+TEST_F(HttpApiTest, PolicyOfAnotherCustomersImageCannotBeSet) {
+  auto alice = NewCustomer();
+  auto bob = NewCustomer();
+  auto img = Upload(alice, std::string(kSealedMagic) + "x");
+  ASSERT_EQ(img->status, 201);
+  std::string image_id = json::parse(img->body)["image_id"];
+  auto res = client_->Put("/v1/images/" + image_id + "/kms-policy", bob,
+                          R"({"flavors":{"anyOf":["f"]}})", "application/json");
+  EXPECT_EQ(res->status, 404) << res->body;
+  res = client_->Put("/v1/images/" + image_id + "/kms-policy", alice,
+                     R"({"flavors":{"anyOf":["f"]}})", "application/json");
+  EXPECT_EQ(res->status, 200) << res->body;
+}
+
 TEST(PortalServerTest, PlainHttpOffLoopbackIsRefused) {
   TempDir dir;
   FakeVerifier verifier;
-  FakeTrustSource trust;
+  FakeKmsClient kms;
   PortalServer::Options o;
   o.data_dir = dir.path();
   o.bind_address = "0.0.0.0";
-  EXPECT_STATUS(PortalServer::Create(std::move(o), &verifier, &trust),
+  EXPECT_STATUS(PortalServer::Create(std::move(o), &verifier, &kms),
                 StatusCode::kInvalidArgument, "loopback");
 }
 

@@ -17,7 +17,7 @@ namespace vmseal::csp {
 namespace {
 
 using json = nlohmann::json;
-using ::vmseal::csp::testing::FakeTrustSource;
+using ::vmseal::csp::testing::FakeKmsClient;
 using ::vmseal::csp::testing::FakeVerifier;
 using ::vmseal::csp::testing::kSealedMagic;
 using ::vmseal::testing::TempDir;
@@ -43,7 +43,7 @@ class HttpTlsTest : public ::testing::Test {
     o.tls_key_file = dir_.File("server.key");
     o.client_ca_file = dir_.File("ca.pem");
     o.operator_token = SecretBytes(crypto::AsBytes(std::string_view("op")));
-    auto s = PortalServer::Create(std::move(o), &verifier_, &trust_);
+    auto s = PortalServer::Create(std::move(o), &verifier_, &kms_);
     ASSERT_OK(s);
     server_ = std::move(s).value();
     ASSERT_OK(server_->Start());
@@ -78,9 +78,8 @@ class HttpTlsTest : public ::testing::Test {
     c->enable_server_certificate_verification(true);
     return c;
   }
-  void Trust(const std::string& host, bool trusted, const std::string& reason = "") {
-    int64_t now = std::time(nullptr);
-    trust_.Set(host, TrustVerdict{trusted, now, now - 3600, reason});
+  void Trust(const std::string& host, bool trusted, const std::string& reason = "ok") {
+    kms_.SetEligibility(host, trusted, reason);
   }
   // A logged-in customer with one uploaded image; returns {auth, image id}.
   std::pair<httplib::Headers, std::string> CustomerWithImage(const std::string& data) {
@@ -109,7 +108,7 @@ class HttpTlsTest : public ::testing::Test {
 
   TempDir dir_;
   FakeVerifier verifier_;
-  FakeTrustSource trust_;
+  FakeKmsClient kms_;
   std::unique_ptr<PortalServer> server_;
   std::unique_ptr<httplib::SSLClient> customer_;
 };
@@ -117,18 +116,22 @@ class HttpTlsTest : public ::testing::Test {
 TEST_F(HttpTlsTest, TrustedHostRunsTheJobAndTamperedHostIsSkippedWithItsReason) {
   auto host_a = Client("host-a");
   auto host_b = Client("host-b");
-  Trust("host-a", false, "pcr 4 mismatch");  // tampered
+  Trust("host-a", false, "pcr_policy");  // tampered
   Trust("host-b", true);
   ASSERT_EQ(host_a->Post("/v1/hosts/register", R"({"capacity_slots":2})", "application/json")
                 ->status, 200);
-  ASSERT_EQ(host_b->Post("/v1/hosts/register", R"({"capacity_slots":2,"tags":{"region":"eu"}})",
-                         "application/json")->status, 200);
+  auto reg_b = host_b->Post(
+      "/v1/hosts/register",
+      R"({"host_id":"host-b","capacity":{"vcpus":2,"memory_mib":4096},"tags":["region=eu"]})",
+      "application/json");
+  ASSERT_EQ(reg_b->status, 200) << reg_b->body;
+  EXPECT_EQ(json::parse(reg_b->body)["capacity_slots"], 2);
   const std::string package = std::string(kSealedMagic) + "sealed disk";
   auto [auth, image_id] = CustomerWithImage(package);
   json job = Launch(auth, image_id);
   ASSERT_EQ(job["state"], "placed");
   EXPECT_EQ(job["host_id"], "host-b");
-  EXPECT_NE(job["last_placement"].dump().find("KMS verdict untrusted: pcr 4 mismatch"),
+  EXPECT_NE(job["last_placement"].dump().find("KMS: not eligible (pcr_policy)"),
             std::string::npos);
   const std::string job_id = job["job_id"];
 
@@ -138,15 +141,30 @@ TEST_F(HttpTlsTest, TrustedHostRunsTheJobAndTamperedHostIsSkippedWithItsReason) 
   auto pkg = host_b->Get("/v1/hosts/jobs/" + job_id + "/package");
   ASSERT_EQ(pkg->status, 200);
   EXPECT_EQ(pkg->body, package);
+  EXPECT_EQ(pkg->get_header_value("X-Content-SHA256"),
+            crypto::HexEncode(crypto::Sha256(package)));
+  EXPECT_EQ(pending[0]["package_sha256"], crypto::HexEncode(crypto::Sha256(package)));
+  auto ranged = host_b->Get("/v1/hosts/jobs/" + job_id + "/package", {{"Range", "bytes=2-5"}});
+  ASSERT_EQ(ranged->status, 206);
+  EXPECT_EQ(ranged->body, package.substr(2, 4));
   EXPECT_EQ(host_a->Get("/v1/hosts/jobs/" + job_id + "/package")->status, 404);
   for (const char* s : {"fetching", "attesting", "decrypting", "running"}) {
-    json body = {{"state", s}};
+    json body = {{"phase", s}, {"vm_name", "vm-1"}};
     auto res = host_b->Post("/v1/hosts/jobs/" + job_id + "/progress", body.dump(),
                             "application/json");
     ASSERT_EQ(res->status, 200) << res->body;
   }
   auto status = customer_->Get("/v1/jobs/" + job_id, auth);
   EXPECT_EQ(json::parse(status->body)["state"], "running");
+  EXPECT_EQ(json::parse(status->body)["vm_name"], "vm-1");
+}
+
+TEST_F(HttpTlsTest, HostIdInTheBodyMustMatchTheCertificate) {
+  auto res = Client("host-a")->Post("/v1/hosts/register",
+                                   R"({"host_id":"host-b","capacity":{"vcpus":1}})",
+                                   "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 403) << res->body;
 }
 
 TEST_F(HttpTlsTest, RefusalMovesTheJobAndOperatorSeesWhy) {
@@ -163,7 +181,7 @@ TEST_F(HttpTlsTest, RefusalMovesTheJobAndOperatorSeesWhy) {
   const std::string first = job["host_id"];
   auto& first_client = first == "host-a" ? host_a : host_b;
   auto res = first_client->Post("/v1/hosts/jobs/" + job["job_id"].get<std::string>() + "/refusal",
-                                R"({"kind":"attestation_denied","detail":"quote nonce reused"})",
+                                R"({"reason":"attestation_denied","message":"quote nonce reused"})",
                                 "application/json");
   ASSERT_EQ(res->status, 200) << res->body;
   json moved = json::parse(res->body);

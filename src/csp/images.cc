@@ -116,8 +116,8 @@ StatusOr<ImageInfo> ImageService::CommitUpload(const Principal& who,
                                   std::to_string(options_.max_customer_bytes) + " bytes exceeded");
   }
   VerifiedPackage verified;
-  auto verify = [&](const RandomAccessFile& content) -> Status {
-    ASSIGN_OR_RETURN(verified, verifier_->Verify(content));
+  auto verify = [&](const RandomAccessFile& content, const std::string& local_path) -> Status {
+    ASSIGN_OR_RETURN(verified, verifier_->Verify(content, local_path));
     return OkStatus();
   };
   auto object = uploads_->Commit(request.upload_id, request.sha256_hex, verify);

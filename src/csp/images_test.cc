@@ -56,7 +56,7 @@ class ImagesTest : public ::testing::Test {
     Accounts::Options ao;
     ao.argon2_t_cost = 1;
     ao.argon2_m_cost_kib = 64;
-    auto acc = Accounts::Create(ao, db_.get(), &clock_);
+    auto acc = Accounts::Create(ao, db_.get(), &clock_, &kms_);
     ASSERT_OK(acc);
     accounts_ = std::move(acc).value();
     alice_ = NewCustomer();
@@ -83,6 +83,7 @@ class ImagesTest : public ::testing::Test {
   TempDir dir_;
   FakeClock clock_;
   FakeVerifier verifier_;
+  testing::FakeKmsClient kms_;
   std::unique_ptr<SqlitePortalDb> db_;
   std::unique_ptr<store::FsObjectStore> store_;
   std::unique_ptr<store::UploadSessions> uploads_;

@@ -77,7 +77,9 @@ void JobManager::PlaceLocked(Job& job) {
                         std::to_string(options_.max_attempts) + "): " + RefusalSummary(job));
     return;
   }
-  job.last_placement = scheduler_->Place(job.policy, LoadLocked(), excluded);
+  job.last_placement = scheduler_->Place({job.customer_id, job.image_id}, LoadLocked(), excluded);
+  job.placements.push_back(job.last_placement);
+  if (job.placements.size() > kMaxPlacementLog) job.placements.erase(job.placements.begin());
   for (const HostDecision& d : job.last_placement.decisions) {
     std::string why;
     for (const auto& r : d.reasons) why += (why.empty() ? "" : "; ") + r;
@@ -115,7 +117,8 @@ StatusOr<Job> JobManager::Launch(const Principal& who, const LaunchRequest& requ
   job.customer_id = who.customer_id;
   job.image_id = image.image_id;
   job.object_key = image.object_key;
-  job.policy = image.policy;
+  job.package_size_bytes = image.size_bytes;
+  job.package_sha256_hex = image.sha256_hex;
   job.created_unix = job.updated_unix = clock_->NowUnixSeconds();
   std::lock_guard<std::mutex> lock(mu_);
   spdlog::info("job queued job={} customer={} image={}", job.job_id, job.customer_id,
@@ -149,7 +152,10 @@ StatusOr<Placement> JobManager::ExplainImagePlacement(const Principal& who,
                                                       const std::string& image_id) {
   ASSIGN_OR_RETURN(ImageInfo image, images_->GetImage(who, image_id));
   std::lock_guard<std::mutex> lock(mu_);
-  return scheduler_->Place(image.policy, LoadLocked(), {});
+  Placement p = scheduler_->Place({who.customer_id, image.image_id}, LoadLocked(), {});
+  spdlog::info("placement explained customer={} image={}: {}", who.customer_id, image.image_id,
+               DescribePlacement(p));
+  return p;
 }
 
 std::vector<Job> JobManager::ListAllJobs() {
@@ -188,6 +194,8 @@ StatusOr<Job> JobManager::ReportProgress(const std::string& host_id,
                                    " to " + std::string(JobStateName(report.state)));
   }
   job.state = report.state;
+  if (!report.vm_name.empty()) job.vm_name = report.vm_name.substr(0, 256);
+  if (!report.serial_log_path.empty()) job.serial_log_path = report.serial_log_path.substr(0, 4096);
   job.updated_unix = clock_->NowUnixSeconds();
   spdlog::info("job progress job={} host={} state={}", job.job_id, host_id,
                JobStateName(job.state));
@@ -222,7 +230,7 @@ void JobManager::Tick() {
       }
     } else if (job.state == JobState::kQueued) {
       if (now - job.updated_unix >= options_.queue_timeout_seconds) {
-        Placement p = scheduler_->Place(job.policy, LoadLocked(), {});
+        Placement p = scheduler_->Place({job.customer_id, job.image_id}, LoadLocked(), {});
         FailLocked(job, "no eligible host within " +
                             std::to_string(options_.queue_timeout_seconds) +
                             " s: " + DescribePlacement(p));

@@ -46,7 +46,9 @@ struct Job {
   std::string image_id;
   // Object-store key of the package, for the host to fetch.
   std::string object_key;
-  ReleasePolicy policy;
+  // The package's size and hex SHA-256 (hosts check what they fetch).
+  uint64_t package_size_bytes = 0;
+  std::string package_sha256_hex;
   JobState state = JobState::kQueued;
   // The host of the current attempt (placed .. running); empty otherwise.
   std::string host_id;
@@ -55,6 +57,12 @@ struct Job {
   std::string failure_reason;
   // The last placement decision, with the reason for every host.
   Placement last_placement;
+  // Every placement decision of this job, oldest first (at most
+  // kMaxPlacementLog; older ones are dropped).
+  std::vector<Placement> placements;
+  // Reported by the host: the VM's name and serial log, once known.
+  std::string vm_name;
+  std::string serial_log_path;
   int64_t created_unix = 0;
   int64_t updated_unix = 0;
 };
@@ -63,10 +71,15 @@ struct LaunchRequest {
   std::string image_id;
 };
 
+inline constexpr size_t kMaxPlacementLog = 16;
+
 struct ProgressReport {
   std::string job_id;
   // fetching, attesting, decrypting or running; must move forward.
   JobState state = JobState::kFetching;
+  // Optional; kept when non-empty.
+  std::string vm_name;
+  std::string serial_log_path;
 };
 
 struct RefusalReport {

@@ -11,7 +11,7 @@ namespace vmseal::csp {
 namespace {
 
 using ::testing::HasSubstr;
-using ::vmseal::csp::testing::FakeTrustSource;
+using ::vmseal::csp::testing::FakeKmsClient;
 using ::vmseal::csp::testing::FakeVerifier;
 using ::vmseal::csp::testing::kSealedMagic;
 using ::vmseal::testing::TempDir;
@@ -36,11 +36,11 @@ class JobsTest : public ::testing::Test {
     Accounts::Options ao;
     ao.argon2_t_cost = 1;
     ao.argon2_m_cost_kib = 64;
-    auto acc = Accounts::Create(ao, db_.get(), &clock_);
+    auto acc = Accounts::Create(ao, db_.get(), &clock_, &kms_);
     ASSERT_OK(acc);
     accounts_ = std::move(acc).value();
     hosts_ = std::make_unique<HostRegistry>(HostRegistry::Options{30}, &clock_);
-    scheduler_ = std::make_unique<Scheduler>(hosts_.get(), &trust_, &clock_);
+    scheduler_ = std::make_unique<Scheduler>(hosts_.get(), &kms_, &clock_);
     jobs_ = std::make_unique<JobManager>(options, images_.get(), hosts_.get(), scheduler_.get(),
                                          &clock_);
     alice_ = NewCustomer();
@@ -65,7 +65,7 @@ class JobsTest : public ::testing::Test {
   }
   void AddTrustedHost(const std::string& id, uint32_t capacity = 2) {
     ASSERT_OK(hosts_->Register({id, capacity, {}}));
-    trust_.Set(id, TrustVerdict{true, clock_.NowUnixSeconds(), clock_.NowUnixSeconds() - 60, ""});
+    kms_.SetEligibility(id, true, "ok");
   }
   StatusOr<Job> Launch() { return jobs_->Launch(alice_, {image_id_}); }
   StatusOr<Job> Refuse(const Job& job, RefusalKind kind, const std::string& detail) {
@@ -75,7 +75,7 @@ class JobsTest : public ::testing::Test {
   TempDir dir_;
   FakeClock clock_;
   FakeVerifier verifier_;
-  FakeTrustSource trust_;
+  FakeKmsClient kms_;
   std::unique_ptr<SqlitePortalDb> db_;
   std::unique_ptr<store::FsObjectStore> store_;
   std::unique_ptr<store::UploadSessions> uploads_;
@@ -91,13 +91,13 @@ class JobsTest : public ::testing::Test {
 TEST_F(JobsTest, LaunchSkipsTamperedHostWithItsReasonAndPlacesOnTrustedOne) {
   AddTrustedHost("tampered");
   AddTrustedHost("trusted");
-  trust_.Set("tampered", TrustVerdict{false, clock_.NowUnixSeconds(), 0, "pcr 4 mismatch"});
+  kms_.SetEligibility("tampered", false, "pcr_policy");
   auto job = Launch();
   ASSERT_OK(job);
   EXPECT_EQ(job->state, JobState::kPlaced);
   EXPECT_EQ(job->host_id, "trusted");
   EXPECT_THAT(DescribePlacement(job->last_placement),
-              HasSubstr("tampered: KMS verdict untrusted: pcr 4 mismatch"));
+              HasSubstr("tampered: KMS: not eligible (pcr_policy)"));
 }
 
 TEST_F(JobsTest, HostWalksTheJobThroughEveryStateToRunning) {
@@ -178,14 +178,14 @@ TEST_F(JobsTest, JobFailsWithEveryReasonAfterTheAttemptBound) {
 TEST_F(JobsTest, RefusalWithNoOtherEligibleHostFailsWithReasons) {
   AddTrustedHost("h1");
   AddTrustedHost("bad");
-  trust_.Set("bad", TrustVerdict{false, clock_.NowUnixSeconds(), 0, "unknown AK"});
+  kms_.SetEligibility("bad", false, "history");
   auto job = Launch();
   ASSERT_OK(job);
   auto j = Refuse(*job, RefusalKind::kLaunchFailed, "no kvm");
   ASSERT_OK(j);
   EXPECT_EQ(j->state, JobState::kFailed);
   EXPECT_THAT(j->failure_reason, HasSubstr("h1: launch failed: no kvm"));
-  EXPECT_THAT(j->failure_reason, HasSubstr("bad: KMS verdict untrusted: unknown AK"));
+  EXPECT_THAT(j->failure_reason, HasSubstr("bad: KMS: not eligible (history)"));
 }
 
 TEST_F(JobsTest, HostThatStopsHeartbeatingLosesItsJobToAnotherHost) {
@@ -197,7 +197,6 @@ TEST_F(JobsTest, HostThatStopsHeartbeatingLosesItsJobToAnotherHost) {
   AddTrustedHost("h2");
   clock_.AdvanceSeconds(15);  // h1 silent 35 s, h2 15 s
   ASSERT_OK(hosts_->Heartbeat("h2"));
-  trust_.Set("h2", TrustVerdict{true, clock_.NowUnixSeconds(), clock_.NowUnixSeconds() - 60, ""});
   jobs_->Tick();
   auto j = jobs_->GetJob(alice_, job->job_id);
   ASSERT_OK(j);
@@ -229,7 +228,7 @@ TEST_F(JobsTest, QueuedJobFailsAfterTheQueueTimeoutWithPlacementReasons) {
   auto j = jobs_->GetJob(alice_, job->job_id);
   ASSERT_OK(j);
   EXPECT_EQ(j->state, JobState::kFailed);
-  EXPECT_THAT(j->failure_reason, HasSubstr("no eligible host within 300 s: h1: no KMS verdict"));
+  EXPECT_THAT(j->failure_reason, HasSubstr("no eligible host within 300 s: h1: KMS: not eligible (not_enrolled)"));
 }
 
 TEST_F(JobsTest, FullHostsLeaveTheJobQueued) {
@@ -273,6 +272,47 @@ TEST_F(JobsTest, OtherCustomerCannotSeeAlicesJob) {
   ASSERT_OK(job);
   EXPECT_STATUS(jobs_->GetJob(bob_, job->job_id), StatusCode::kNotFound, "no such job");
   EXPECT_TRUE(jobs_->ListJobs(bob_)->empty());
+}
+
+TEST_F(JobsTest, KmsIsAskedAboutThisCustomerAndImage) {
+  AddTrustedHost("h1");
+  ASSERT_OK(Launch());
+  EXPECT_EQ(kms_.last_query(), std::make_pair(alice_.customer_id, image_id_));
+}
+
+TEST_F(JobsTest, UnreachableKmsLeavesTheJobQueuedWithTheReason) {
+  AddTrustedHost("h1");
+  kms_.SetUnavailable(true);
+  auto job = Launch();
+  ASSERT_OK(job);
+  EXPECT_EQ(job->state, JobState::kQueued);
+  EXPECT_THAT(DescribePlacement(job->last_placement), HasSubstr("KMS placement check failed"));
+  kms_.SetUnavailable(false);
+  jobs_->Tick();
+  EXPECT_EQ(jobs_->GetJob(alice_, job->job_id)->host_id, "h1");
+}
+
+TEST_F(JobsTest, EveryPlacementDecisionIsKeptOnTheJob) {
+  AddTrustedHost("h1");
+  AddTrustedHost("h2");
+  auto job = Launch();
+  ASSERT_OK(job);
+  auto j = Refuse(*job, RefusalKind::kAttestationDenied, "pcr_policy");
+  ASSERT_OK(j);
+  ASSERT_EQ(j->placements.size(), 2u);
+  EXPECT_EQ(j->placements[0].chosen_host_id, job->host_id);
+  EXPECT_EQ(j->placements[1].chosen_host_id, j->host_id);
+  EXPECT_NE(j->host_id, job->host_id);
+}
+
+TEST_F(JobsTest, ProgressKeepsTheVmNameAndSerialLog) {
+  AddTrustedHost("h1");
+  auto job = Launch();
+  ASSERT_OK(job);
+  auto j = jobs_->ReportProgress("h1", {job->job_id, JobState::kRunning, "vm-1", "/var/log/s"});
+  ASSERT_OK(j);
+  EXPECT_EQ(j->vm_name, "vm-1");
+  EXPECT_EQ(j->serial_log_path, "/var/log/s");
 }
 
 TEST_F(JobsTest, OtherCustomerCannotExplainAlicesImage) {

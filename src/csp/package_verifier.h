@@ -1,6 +1,6 @@
 // The portal's check of an uploaded package before it is listed as an image.
-// The implementation over the OVF package library (src/ovf) is wired in when
-// that library lands; the portal core depends only on this interface.
+// The portal core depends only on this interface; ovf_package_verifier.h is
+// the implementation over the OVF package library (src/ovf).
 #ifndef VMSEAL_CSP_PACKAGE_VERIFIER_H_
 #define VMSEAL_CSP_PACKAGE_VERIFIER_H_
 
@@ -31,8 +31,10 @@ class PackageVerifier {
   // the encryption tag is present with every disk encrypted. Errors:
   // DATA_LOSS "manifest" for a digest mismatch, FAILED_PRECONDITION
   // "not encrypted" for a plaintext disk or a missing tag, INVALID_ARGUMENT
-  // for a malformed package.
-  virtual StatusOr<VerifiedPackage> Verify(const RandomAccessFile& package) const = 0;
+  // for a malformed package. `local_path` is the same bytes as a local file
+  // (staged upload), for verifiers that open packages by path.
+  virtual StatusOr<VerifiedPackage> Verify(const RandomAccessFile& package,
+                                           const std::string& local_path) const = 0;
 };
 
 }  // namespace vmseal::csp

@@ -19,6 +19,12 @@ struct CustomerRecord {
   // Argon2id encoded hash ($argon2id$v=19$m=...,t=...,p=...$salt$hash).
   std::string password_hash;
   int64_t created_unix = 0;
+  // The customer's KMS key (public half only): id, algorithm, PEM public key
+  // and PEM certificate from the KMS CA.
+  std::string key_id;
+  std::string key_algorithm;
+  std::string public_key_pem;
+  std::string cert_pem;
 };
 
 struct SessionRecord {
@@ -50,6 +56,8 @@ class PortalDb {
   virtual Status InsertCustomer(const CustomerRecord& record) = 0;
   // NOT_FOUND if there is no such login.
   virtual StatusOr<CustomerRecord> FindCustomerByLogin(const std::string& login_id) = 0;
+  // NOT_FOUND if there is no such customer.
+  virtual StatusOr<CustomerRecord> FindCustomerById(const std::string& customer_id) = 0;
 
   virtual Status InsertSession(const SessionRecord& record) = 0;
   // NOT_FOUND if there is no such session.

@@ -8,6 +8,8 @@
 #include <filesystem>
 #include <thread>
 
+#include "base/env.h"
+#include "crypto/primitives.h"
 #include "csp/accounts.h"
 #include "csp/http_api.h"
 #include "csp/images.h"
@@ -40,10 +42,10 @@ struct PortalServer::Impl {
 
 StatusOr<std::unique_ptr<PortalServer>> PortalServer::Create(Options options,
                                                              const PackageVerifier* verifier,
-                                                             TrustSource* trust) {
+                                                             KmsClient* kms) {
   if (options.data_dir.empty()) return InvalidArgumentError("--data-dir is required");
-  if (verifier == nullptr || trust == nullptr) {
-    return InvalidArgumentError("portal needs a package verifier and a trust source");
+  if (verifier == nullptr || kms == nullptr) {
+    return InvalidArgumentError("portal needs a package verifier and a KMS client");
   }
   const bool use_tls = !options.tls_cert_file.empty() || !options.tls_key_file.empty();
   if (!use_tls && options.bind_address != "127.0.0.1" && options.bind_address != "::1") {
@@ -74,12 +76,15 @@ StatusOr<std::unique_ptr<PortalServer>> PortalServer::Create(Options options,
                                                                 impl->store.get()));
   Accounts::Options ao;
   ao.argon2_m_cost_kib = options.argon2_m_cost_kib;
-  ASSIGN_OR_RETURN(impl->accounts, Accounts::Create(ao, impl->db.get(), Clock::Real()));
+  ASSIGN_OR_RETURN(impl->accounts, Accounts::Create(ao, impl->db.get(), Clock::Real(), kms));
   ASSIGN_OR_RETURN(impl->images, ImageService::Create({}, impl->db.get(), impl->store.get(),
                                                       impl->uploads.get(), verifier, Clock::Real()));
-  impl->hosts = std::make_unique<HostRegistry>(HostRegistry::Options{}, Clock::Real());
-  impl->scheduler = std::make_unique<Scheduler>(impl->hosts.get(), trust, Clock::Real());
-  impl->jobs = std::make_unique<JobManager>(JobManager::Options{}, impl->images.get(),
+  impl->hosts = std::make_unique<HostRegistry>(
+      HostRegistry::Options{options.heartbeat_timeout_seconds}, Clock::Real());
+  impl->scheduler = std::make_unique<Scheduler>(impl->hosts.get(), kms, Clock::Real());
+  JobManager::Options jo;
+  jo.max_attempts = options.max_attempts;
+  impl->jobs = std::make_unique<JobManager>(jo, impl->images.get(),
                                             impl->hosts.get(), impl->scheduler.get(),
                                             Clock::Real());
   if (use_tls) {
@@ -105,6 +110,23 @@ StatusOr<std::unique_ptr<PortalServer>> PortalServer::Create(Options options,
   svc.hosts = impl->hosts.get();
   svc.store = impl->store.get();
   svc.operator_token = &impl->options.operator_token;
+  svc.kms = kms;
+  if (!impl->options.agent_binary_path.empty()) {
+    // Opened once: a later replacement of the file on disk does not change
+    // what is served (the open file keeps the original).
+    ASSIGN_OR_RETURN(svc.agent_binary,
+                     Env::Default()->NewRandomAccessFile(impl->options.agent_binary_path));
+    ASSIGN_OR_RETURN(svc.agent_size_bytes, svc.agent_binary->Size());
+    crypto::Sha256Hasher hasher;
+    std::vector<uint8_t> buf(1 << 20);
+    for (uint64_t off = 0; off < svc.agent_size_bytes;) {
+      ASSIGN_OR_RETURN(size_t n, svc.agent_binary->Read(off, buf));
+      if (n == 0) return DataLossError("agent binary shrank while hashing");
+      hasher.Update(std::span<const uint8_t>(buf.data(), n));
+      off += n;
+    }
+    svc.agent_sha256_hex = crypto::HexEncode(hasher.Finish());
+  }
   RegisterPortalRoutes(*impl->http, svc);
   return std::unique_ptr<PortalServer>(new PortalServer(std::move(impl)));
 }

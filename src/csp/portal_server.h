@@ -10,6 +10,7 @@
 #include "base/secret_bytes.h"
 #include "base/status.h"
 #include "csp/hosts.h"
+#include "csp/kms_client.h"
 #include "csp/package_verifier.h"
 
 namespace vmseal::csp {
@@ -39,13 +40,20 @@ class PortalServer {
     SecretBytes operator_token;
     // Argon2id memory cost in KiB (tests lower it). Default 64 MiB.
     uint32_t argon2_m_cost_kib = 64 * 1024;
+    // The binary served at GET /v1/agent (its SHA-256 is computed once at
+    // start). Default: the running executable. Empty disables the route.
+    std::string agent_binary_path = "/proc/self/exe";
+    // A host with no heartbeat for longer than this leaves the pool.
+    int64_t heartbeat_timeout_seconds = 30;
+    // Most hosts one job is tried on before it fails. Default 3.
+    int max_attempts = 3;
   };
 
-  // `verifier` checks packages before they are listed; `trust` supplies KMS
-  // verdicts. Both must outlive the server.
+  // `verifier` checks packages before they are listed; `kms` creates
+  // customer keys and decides host eligibility. Both must outlive the server.
   static StatusOr<std::unique_ptr<PortalServer>> Create(Options options,
                                                         const PackageVerifier* verifier,
-                                                        TrustSource* trust);
+                                                        KmsClient* kms);
   ~PortalServer();
 
   // Serves on a background thread (and runs the scheduler's Tick every

@@ -15,12 +15,13 @@ std::string DescribePlacement(const Placement& placement) {
   return out.empty() ? "no hosts registered" : out;
 }
 
-Placement Scheduler::Place(const ReleasePolicy& policy,
+Placement Scheduler::Place(const PlacementRequest& request,
                            const std::map<std::string, uint32_t>& load_by_host,
                            const std::map<std::string, std::string>& excluded) const {
   const int64_t now = clock_->NowUnixSeconds();
   Placement placement;
-  HostDecision* best = nullptr;
+  placement.decided_unix = now;
+  std::vector<std::string> ask_kms;
   for (const HostState& h : hosts_->List()) {
     HostDecision d;
     d.host_id = h.registration.host_id;
@@ -28,7 +29,6 @@ Placement Scheduler::Place(const ReleasePolicy& policy,
     auto load = load_by_host.find(d.host_id);
     d.load = load == load_by_host.end() ? 0 : load->second;
     std::vector<std::string>& why = d.reasons;
-
     if (auto ex = excluded.find(d.host_id); ex != excluded.end()) {
       why.push_back("refused this job before: " + ex->second);
     }
@@ -36,38 +36,41 @@ Placement Scheduler::Place(const ReleasePolicy& policy,
       why.push_back("out of the pool: no heartbeat for " +
                     std::to_string(now - h.last_heartbeat_unix) + " s");
     }
-    auto verdict = trust_->LatestVerdict(d.host_id);
-    if (!verdict.ok()) {
-      why.push_back("no KMS verdict (" + verdict.status().message() + ")");
-    } else if (!verdict->trusted) {
-      why.push_back("KMS verdict untrusted: " + verdict->reason);
-    } else {
-      int64_t age = now - verdict->issued_unix;
-      if (age > policy.max_verdict_age_seconds) {
-        why.push_back("KMS verdict is " + std::to_string(age) + " s old, policy allows " +
-                      std::to_string(policy.max_verdict_age_seconds) + " s");
-      }
-      int64_t trusted_for = now - verdict->trusted_since_unix;
-      if (trusted_for < policy.min_trusted_for_seconds) {
-        why.push_back("trusted for " + std::to_string(trusted_for) + " s, policy requires " +
-                      std::to_string(policy.min_trusted_for_seconds) + " s");
-      }
-    }
-    for (const auto& [tag, want] : policy.required_tags) {
-      auto have = h.registration.tags.find(tag);
-      if (have == h.registration.tags.end()) {
-        why.push_back("missing tag " + tag + " (policy requires " + want + ")");
-      } else if (have->second != want) {
-        why.push_back("tag " + tag + "=" + have->second + ", policy requires " + want);
-      }
-    }
     if (d.load >= d.capacity_slots) {
       why.push_back("no free slot (" + std::to_string(d.load) + "/" +
                     std::to_string(d.capacity_slots) + " in use)");
     }
-    d.eligible = why.empty();
+    if (why.empty()) ask_kms.push_back(d.host_id);
     placement.decisions.push_back(std::move(d));
   }
+
+  if (!ask_kms.empty()) {
+    auto verdicts = kms_->CheckPlacement(request.customer_id, request.image_id, ask_kms);
+    std::map<std::string, HostEligibility> by_host;
+    if (verdicts.ok()) {
+      for (HostEligibility& e : *verdicts) by_host[e.host_id] = std::move(e);
+    }
+    for (HostDecision& d : placement.decisions) {
+      if (!d.reasons.empty()) continue;
+      if (!verdicts.ok()) {
+        d.reasons.push_back("KMS placement check failed: " + verdicts.status().message());
+        continue;
+      }
+      auto it = by_host.find(d.host_id);
+      if (it == by_host.end()) {
+        d.kms_reason = "unspecified";
+        d.reasons.push_back("KMS gave no verdict for this host");
+      } else if (!it->second.eligible) {
+        d.kms_reason = it->second.reason;
+        d.reasons.push_back("KMS: not eligible (" + it->second.reason + ")");
+      } else {
+        d.kms_reason = it->second.reason;
+        d.eligible = true;
+      }
+    }
+  }
+
+  HostDecision* best = nullptr;
   for (HostDecision& d : placement.decisions) {
     if (!d.eligible) continue;
     if (best == nullptr) {
@@ -83,8 +86,8 @@ Placement Scheduler::Place(const ReleasePolicy& policy,
     if (!d.eligible) continue;
     if (&d == best) {
       d.chosen = true;
-      d.reasons.push_back("chosen: eligible and least loaded (" + std::to_string(d.load) + "/" +
-                          std::to_string(d.capacity_slots) + ")");
+      d.reasons.push_back("chosen: KMS eligible (" + d.kms_reason + ") and least loaded (" +
+                          std::to_string(d.load) + "/" + std::to_string(d.capacity_slots) + ")");
       placement.chosen_host_id = d.host_id;
     } else {
       d.reasons.push_back("eligible, but more loaded than " + best->host_id + " (" +

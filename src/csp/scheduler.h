@@ -1,7 +1,8 @@
-// Trusted-compute-pool placement: which hosts may run an image under its
-// release policy, and which one is chosen. Pure decision logic over the host
-// registry, the KMS verdicts and the current load; every decision carries
-// the reason each host was taken or skipped.
+// Trusted-compute-pool placement: which hosts may run an image, and which one
+// is chosen. The portal decides liveness (registered, heartbeating) and
+// capacity; the KMS decides trust (POST /v1/placement-check applies the
+// image's release policy to each host's latest verdict, history and tags).
+// Every decision carries the reason each host was taken or skipped.
 #ifndef VMSEAL_CSP_SCHEDULER_H_
 #define VMSEAL_CSP_SCHEDULER_H_
 
@@ -12,7 +13,7 @@
 
 #include "csp/clock.h"
 #include "csp/hosts.h"
-#include "csp/policy.h"
+#include "csp/kms_client.h"
 
 namespace vmseal::csp {
 
@@ -22,6 +23,9 @@ struct HostDecision {
   bool chosen = false;
   // Why the host was skipped (every failed rule), or why it was taken.
   std::vector<std::string> reasons;
+  // The KMS's machine reason ("ok", "pcr_policy", ...); empty when the KMS
+  // was not asked about this host (it failed a portal-side rule first).
+  std::string kms_reason;
   uint32_t load = 0;
   uint32_t capacity_slots = 0;
 };
@@ -31,30 +35,40 @@ struct Placement {
   std::string chosen_host_id;
   // One entry per registered host, by host id.
   std::vector<HostDecision> decisions;
+  // When the decision was made (Unix seconds).
+  int64_t decided_unix = 0;
 };
 
 // "host-a: reason; reason | host-b: ..." for logs and job failure reasons.
 std::string DescribePlacement(const Placement& placement);
 
+struct PlacementRequest {
+  std::string customer_id;
+  std::string image_id;
+};
+
 // Thread-safe (holds no state of its own).
 class Scheduler {
  public:
   // All pointers must outlive the object.
-  Scheduler(const HostRegistry* hosts, TrustSource* trust, const Clock* clock)
-      : hosts_(hosts), trust_(trust), clock_(clock) {}
+  Scheduler(const HostRegistry* hosts, KmsClient* kms, const Clock* clock)
+      : hosts_(hosts), kms_(kms), clock_(clock) {}
 
-  // Applies, to every registered host: in the pool (heartbeat fresh); a KMS
-  // verdict exists, is trusted, and is at most policy.max_verdict_age_seconds
-  // old; trusted continuously for policy.min_trusted_for_seconds; carries
-  // every required tag; has a free slot (load from `load_by_host`); not in
-  // `excluded` (host -> why it refused this job). Among eligible hosts picks
-  // the least loaded (lowest load/capacity, then lowest load, then host id).
-  Placement Place(const ReleasePolicy& policy, const std::map<std::string, uint32_t>& load_by_host,
+  // Applies, to every registered host: not in `excluded` (host -> why it
+  // refused this job); in the pool (heartbeat fresh); has a free slot (load
+  // from `load_by_host`). The hosts that pass are sent to the KMS in one
+  // placement check; a host the KMS finds ineligible is skipped with the
+  // KMS's reason, and if the KMS cannot be asked every such host is skipped
+  // ("KMS placement check failed: ..."): the pool fails closed. Among
+  // eligible hosts picks the least loaded (lowest load/capacity, then
+  // lowest load, then host id).
+  Placement Place(const PlacementRequest& request,
+                  const std::map<std::string, uint32_t>& load_by_host,
                   const std::map<std::string, std::string>& excluded) const;
 
  private:
   const HostRegistry* const hosts_;
-  TrustSource* const trust_;
+  KmsClient* const kms_;
   const Clock* const clock_;
 };
 

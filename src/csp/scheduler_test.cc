@@ -9,24 +9,20 @@ namespace vmseal::csp {
 namespace {
 
 using ::testing::HasSubstr;
-using ::vmseal::csp::testing::FakeTrustSource;
+using ::vmseal::csp::testing::FakeKmsClient;
 
 class SchedulerTest : public ::testing::Test {
  protected:
-  SchedulerTest() : hosts_({30}, &clock_), scheduler_(&hosts_, &trust_, &clock_) {}
+  SchedulerTest() : hosts_({30}, &clock_), scheduler_(&hosts_, &kms_, &clock_) {}
 
-  // A registered host with a fresh trusted verdict (trusted for a day).
-  void AddHost(const std::string& id, uint32_t capacity = 2,
-               std::map<std::string, std::string> tags = {{"region", "eu"}}) {
-    ASSERT_OK(hosts_.Register({id, capacity, tags}));
-    trust_.Set(id, Trusted());
+  // A registered, heartbeating host the KMS finds eligible.
+  void AddHost(const std::string& id, uint32_t capacity = 2) {
+    ASSERT_OK(hosts_.Register({id, capacity, {{"region", "eu"}}}));
+    kms_.SetEligibility(id, true, "ok");
   }
-  TrustVerdict Trusted() const {
-    return TrustVerdict{true, clock_.NowUnixSeconds(), clock_.NowUnixSeconds() - 86400, ""};
-  }
-  Placement Place(const ReleasePolicy& policy = {}, std::map<std::string, uint32_t> load = {},
+  Placement Place(std::map<std::string, uint32_t> load = {},
                   std::map<std::string, std::string> excluded = {}) {
-    return scheduler_.Place(policy, load, excluded);
+    return scheduler_.Place({"cust-1", "img-1"}, load, excluded);
   }
   static const HostDecision& For(const Placement& p, const std::string& id) {
     for (const auto& d : p.decisions) {
@@ -43,78 +39,59 @@ class SchedulerTest : public ::testing::Test {
   }
 
   FakeClock clock_;
-  FakeTrustSource trust_;
+  FakeKmsClient kms_;
   HostRegistry hosts_;
   Scheduler scheduler_;
 };
 
-TEST_F(SchedulerTest, UntrustedHostIsSkippedWithTheKmsReason) {
+TEST_F(SchedulerTest, HostTheKmsFindsIneligibleIsSkippedWithTheKmsReason) {
   AddHost("h1");
   AddHost("h2");
-  trust_.Set("h1", TrustVerdict{false, clock_.NowUnixSeconds(), 0, "pcr 7 mismatch"});
+  kms_.SetEligibility("h1", false, "pcr_policy");
   Placement p = Place();
   EXPECT_EQ(p.chosen_host_id, "h2");
   EXPECT_FALSE(For(p, "h1").eligible);
-  EXPECT_THAT(Reasons(For(p, "h1")), HasSubstr("KMS verdict untrusted: pcr 7 mismatch"));
+  EXPECT_EQ(For(p, "h1").kms_reason, "pcr_policy");
+  EXPECT_THAT(Reasons(For(p, "h1")), HasSubstr("KMS: not eligible (pcr_policy)"));
 }
 
-TEST_F(SchedulerTest, HostWithoutVerdictIsSkipped) {
-  ASSERT_OK(hosts_.Register({"h1", 1, {}}));
+TEST_F(SchedulerTest, EachKmsDenialReasonIsShown) {
+  for (const char* reason : {"evidence_age", "history", "tags", "no_policy", "not_enrolled"}) {
+    SCOPED_TRACE(reason);
+    AddHost("h1");
+    kms_.SetEligibility("h1", false, reason);
+    Placement p = Place();
+    EXPECT_EQ(p.chosen_host_id, "");
+    EXPECT_THAT(Reasons(For(p, "h1")), HasSubstr(std::string("(") + reason + ")"));
+  }
+}
+
+TEST_F(SchedulerTest, KmsIsAskedOnceWithTheCustomerAndImage) {
+  AddHost("h1");
+  AddHost("h2");
+  Place();
+  EXPECT_EQ(kms_.placement_checks(), 1);
+  EXPECT_EQ(kms_.last_query(), std::make_pair(std::string("cust-1"), std::string("img-1")));
+}
+
+TEST_F(SchedulerTest, UnreachableKmsFailsClosed) {
+  AddHost("h1");
+  kms_.SetUnavailable(true);
   Placement p = Place();
   EXPECT_EQ(p.chosen_host_id, "");
-  EXPECT_THAT(Reasons(For(p, "h1")), HasSubstr("no KMS verdict"));
+  EXPECT_THAT(Reasons(For(p, "h1")), HasSubstr("KMS placement check failed"));
 }
 
-TEST_F(SchedulerTest, StaleVerdictIsSkipped) {
-  AddHost("h1");
-  clock_.AdvanceSeconds(20);
-  ASSERT_OK(hosts_.Heartbeat("h1"));
-  ReleasePolicy policy;
-  policy.max_verdict_age_seconds = 10;
-  Placement p = Place(policy);
-  EXPECT_EQ(p.chosen_host_id, "");
-  EXPECT_THAT(Reasons(For(p, "h1")), HasSubstr("KMS verdict is 20 s old, policy allows 10 s"));
-}
-
-TEST_F(SchedulerTest, ShortTrustHistoryIsSkipped) {
-  AddHost("h1");
-  trust_.Set("h1", TrustVerdict{true, clock_.NowUnixSeconds(), clock_.NowUnixSeconds() - 10, ""});
-  ReleasePolicy policy;
-  policy.min_trusted_for_seconds = 3600;
-  Placement p = Place(policy);
-  EXPECT_EQ(p.chosen_host_id, "");
-  EXPECT_THAT(Reasons(For(p, "h1")), HasSubstr("trusted for 10 s, policy requires 3600 s"));
-}
-
-TEST_F(SchedulerTest, LongEnoughTrustHistoryIsTaken) {
-  AddHost("h1");
-  ReleasePolicy policy;
-  policy.min_trusted_for_seconds = 3600;
-  EXPECT_EQ(Place(policy).chosen_host_id, "h1");
-}
-
-TEST_F(SchedulerTest, HostWithWrongTagIsSkipped) {
-  AddHost("h1", 2, {{"region", "us"}});
-  AddHost("h2", 2, {{"region", "eu"}});
-  ReleasePolicy policy;
-  policy.required_tags["region"] = "eu";
-  Placement p = Place(policy);
-  EXPECT_EQ(p.chosen_host_id, "h2");
-  EXPECT_THAT(Reasons(For(p, "h1")), HasSubstr("tag region=us, policy requires eu"));
-}
-
-TEST_F(SchedulerTest, HostMissingATagIsSkipped) {
-  AddHost("h1", 2, {});
-  ReleasePolicy policy;
-  policy.required_tags["region"] = "eu";
-  Placement p = Place(policy);
-  EXPECT_EQ(p.chosen_host_id, "");
-  EXPECT_THAT(Reasons(For(p, "h1")), HasSubstr("missing tag region (policy requires eu)"));
+TEST_F(SchedulerTest, HostsFailingPortalRulesAreNotSentToTheKms) {
+  AddHost("h1", 1);
+  Placement p = Place({{"h1", 1}});
+  EXPECT_EQ(kms_.placement_checks(), 0);
+  EXPECT_EQ(For(p, "h1").kms_reason, "");
 }
 
 TEST_F(SchedulerTest, FullHostIsSkipped) {
   AddHost("h1", 2);
-  Placement p = Place({}, {{"h1", 2}});
+  Placement p = Place({{"h1", 2}});
   EXPECT_EQ(p.chosen_host_id, "");
   EXPECT_THAT(Reasons(For(p, "h1")), HasSubstr("no free slot (2/2 in use)"));
 }
@@ -122,7 +99,6 @@ TEST_F(SchedulerTest, FullHostIsSkipped) {
 TEST_F(SchedulerTest, HostWithOverdueHeartbeatIsSkipped) {
   AddHost("h1");
   clock_.AdvanceSeconds(31);
-  trust_.Set("h1", Trusted());
   Placement p = Place();
   EXPECT_EQ(p.chosen_host_id, "");
   EXPECT_THAT(Reasons(For(p, "h1")), HasSubstr("out of the pool: no heartbeat for 31 s"));
@@ -130,7 +106,7 @@ TEST_F(SchedulerTest, HostWithOverdueHeartbeatIsSkipped) {
 
 TEST_F(SchedulerTest, HostThatRefusedTheJobIsSkipped) {
   AddHost("h1");
-  Placement p = Place({}, {}, {{"h1", "attestation denied: pcr 0"}});
+  Placement p = Place({}, {{"h1", "attestation denied: pcr 0"}});
   EXPECT_EQ(p.chosen_host_id, "");
   EXPECT_THAT(Reasons(For(p, "h1")), HasSubstr("refused this job before: attestation denied"));
 }
@@ -138,7 +114,7 @@ TEST_F(SchedulerTest, HostThatRefusedTheJobIsSkipped) {
 TEST_F(SchedulerTest, LeastLoadedByFractionOfCapacityIsChosen) {
   AddHost("big", 8);
   AddHost("small", 2);
-  Placement p = Place({}, {{"big", 2}, {"small", 1}});  // 25% vs 50%
+  Placement p = Place({{"big", 2}, {"small", 1}});  // 25% vs 50%
   EXPECT_EQ(p.chosen_host_id, "big");
   EXPECT_TRUE(For(p, "small").eligible);
   EXPECT_THAT(Reasons(For(p, "small")), HasSubstr("more loaded than big"));
@@ -149,15 +125,13 @@ TEST_F(SchedulerTest, EqualFractionPrefersFewerVmsThenHostId) {
   AddHost("b", 4);
   AddHost("a", 2);
   AddHost("c", 2);
-  EXPECT_EQ(Place({}, {{"b", 2}, {"a", 1}, {"c", 1}}).chosen_host_id, "a");
+  EXPECT_EQ(Place({{"b", 2}, {"a", 1}, {"c", 1}}).chosen_host_id, "a");
 }
 
-TEST_F(SchedulerTest, EveryFailedRuleIsReported) {
-  AddHost("h1", 1, {{"region", "us"}});
-  trust_.Set("h1", TrustVerdict{false, clock_.NowUnixSeconds(), 0, "quote signature invalid"});
-  ReleasePolicy policy;
-  policy.required_tags["region"] = "eu";
-  Placement p = Place(policy, {{"h1", 1}});
+TEST_F(SchedulerTest, EveryFailedPortalRuleIsReported) {
+  AddHost("h1", 1);
+  clock_.AdvanceSeconds(31);
+  Placement p = Place({{"h1", 1}}, {{"h1", "launch failed"}});
   const HostDecision& d = For(p, "h1");
   EXPECT_EQ(d.reasons.size(), 3u) << Reasons(d);
 }

@@ -14,7 +14,11 @@ CREATE TABLE IF NOT EXISTS customers (
   customer_id TEXT PRIMARY KEY,
   login_id TEXT NOT NULL UNIQUE,
   password_hash TEXT NOT NULL,
-  created_unix INTEGER NOT NULL);
+  created_unix INTEGER NOT NULL,
+  key_id TEXT NOT NULL DEFAULT '',
+  key_algorithm TEXT NOT NULL DEFAULT '',
+  public_key_pem TEXT NOT NULL DEFAULT '',
+  cert_pem TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS sessions (
   token_sha256 TEXT PRIMARY KEY,
   customer_id TEXT NOT NULL REFERENCES customers(customer_id),
@@ -121,24 +125,46 @@ SqlitePortalDb::~SqlitePortalDb() { sqlite3_close(db_); }
 Status SqlitePortalDb::InsertCustomer(const CustomerRecord& r) {
   std::lock_guard<std::mutex> lock(mu_);
   Status s = Exec(db_,
-                  "INSERT INTO customers(customer_id, login_id, password_hash, created_unix) "
-                  "VALUES(?,?,?,?)",
-                  {r.customer_id, r.login_id, r.password_hash, r.created_unix});
+                  "INSERT INTO customers(customer_id, login_id, password_hash, created_unix, "
+                  "key_id, key_algorithm, public_key_pem, cert_pem) VALUES(?,?,?,?,?,?,?,?)",
+                  {r.customer_id, r.login_id, r.password_hash, r.created_unix, r.key_id,
+                   r.key_algorithm, r.public_key_pem, r.cert_pem});
   if (s.code() == StatusCode::kAlreadyExists) return AlreadyExistsError("customer already exists");
   return s;
 }
 
-StatusOr<CustomerRecord> SqlitePortalDb::FindCustomerByLogin(const std::string& login_id) {
+namespace {
+constexpr char kCustomerColumns[] =
+    "SELECT customer_id, login_id, password_hash, created_unix, key_id, key_algorithm, "
+    "public_key_pem, cert_pem FROM customers WHERE ";
+}  // namespace
+
+StatusOr<CustomerRecord> SqlitePortalDb::FindCustomerBy(const char* column,
+                                                        const std::string& value) {
   std::lock_guard<std::mutex> lock(mu_);
-  ASSIGN_OR_RETURN(StmtPtr s, Prepare(db_,
-                                      "SELECT customer_id, login_id, password_hash, created_unix "
-                                      "FROM customers WHERE login_id=?",
-                                      {login_id}));
+  std::string sql = std::string(kCustomerColumns) + column + "=?";
+  ASSIGN_OR_RETURN(StmtPtr s, Prepare(db_, sql.c_str(), {value}));
   int rc = sqlite3_step(s.get());
   if (rc == SQLITE_DONE) return NotFoundError("no such customer");
   if (rc != SQLITE_ROW) return DbError(db_, "step");
-  return CustomerRecord{Text(s.get(), 0), Text(s.get(), 1), Text(s.get(), 2),
-                        sqlite3_column_int64(s.get(), 3)};
+  CustomerRecord out;
+  out.customer_id = Text(s.get(), 0);
+  out.login_id = Text(s.get(), 1);
+  out.password_hash = Text(s.get(), 2);
+  out.created_unix = sqlite3_column_int64(s.get(), 3);
+  out.key_id = Text(s.get(), 4);
+  out.key_algorithm = Text(s.get(), 5);
+  out.public_key_pem = Text(s.get(), 6);
+  out.cert_pem = Text(s.get(), 7);
+  return out;
+}
+
+StatusOr<CustomerRecord> SqlitePortalDb::FindCustomerByLogin(const std::string& login_id) {
+  return FindCustomerBy("login_id", login_id);
+}
+
+StatusOr<CustomerRecord> SqlitePortalDb::FindCustomerById(const std::string& customer_id) {
+  return FindCustomerBy("customer_id", customer_id);
 }
 
 Status SqlitePortalDb::InsertSession(const SessionRecord& r) {

@@ -21,6 +21,7 @@ class SqlitePortalDb final : public PortalDb {
 
   Status InsertCustomer(const CustomerRecord& record) override;
   StatusOr<CustomerRecord> FindCustomerByLogin(const std::string& login_id) override;
+  StatusOr<CustomerRecord> FindCustomerById(const std::string& customer_id) override;
   Status InsertSession(const SessionRecord& record) override;
   StatusOr<SessionRecord> FindSession(const std::string& token_sha256_hex) override;
   Status DeleteSession(const std::string& token_sha256_hex) override;
@@ -33,6 +34,8 @@ class SqlitePortalDb final : public PortalDb {
 
  private:
   explicit SqlitePortalDb(sqlite3* db) : db_(db) {}
+  // `column` is a fixed column name, never caller input.
+  StatusOr<CustomerRecord> FindCustomerBy(const char* column, const std::string& value);
   sqlite3* const db_;  // owned; closed in the destructor
   // One connection, used by one thread at a time.
   std::mutex mu_;

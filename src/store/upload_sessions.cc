@@ -185,7 +185,7 @@ StatusOr<ObjectInfo> UploadSessions::Commit(const std::string& id,
     }
   }
   if (verify) {
-    Status verified = verify(*file);
+    Status verified = verify(*file, part);
     if (!verified.ok()) {
       (void)Env::Default()->RemoveFile(dir_ + "/" + id + ".json");
       (void)Env::Default()->RemoveFile(part);

@@ -55,8 +55,10 @@ class UploadSessions {
   StatusOr<UploadSession> Append(const std::string& id, uint64_t offset_bytes, Reader& data);
 
   // Checks the complete staged content before it is published; an error
-  // stops the Commit.
-  using Verifier = std::function<Status(const RandomAccessFile& content)>;
+  // stops the Commit. `local_path` names the staged file on local disk (for
+  // checkers that need a path); it must not be modified.
+  using Verifier =
+      std::function<Status(const RandomAccessFile& content, const std::string& local_path)>;
 
   // Publishes the staged bytes under the session's key and ends the session.
   // When `expected_sha256_hex` is not empty and differs from the content,

@@ -6,7 +6,14 @@
 #include <mutex>
 #include <string>
 
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "crypto/keys.h"
+#include "crypto/x509.h"
 #include "csp/hosts.h"
+#include "csp/kms_client.h"
 #include "csp/package_verifier.h"
 
 namespace vmseal::csp::testing {
@@ -17,7 +24,8 @@ inline constexpr char kSealedMagic[] = "VMSEAL-SEALED\n";
 // kSealedMagic and has a bad manifest when it contains "BAD-DIGEST".
 class FakeVerifier final : public PackageVerifier {
  public:
-  StatusOr<VerifiedPackage> Verify(const RandomAccessFile& package) const override {
+  StatusOr<VerifiedPackage> Verify(const RandomAccessFile& package,
+                                   const std::string&) const override {
     ASSIGN_OR_RETURN(uint64_t size, package.Size());
     std::string data(size, '\0');
     ASSIGN_OR_RETURN(size_t n, package.Read(0, std::span<uint8_t>(
@@ -31,23 +39,90 @@ class FakeVerifier final : public PackageVerifier {
   }
 };
 
-// Verdicts set by the test.
-class FakeTrustSource final : public TrustSource {
+// The KMS as unit tests need it: real key certificates from a private test
+// CA, placement answers set by the test, and an "unreachable" switch.
+class FakeKmsClient final : public KmsClient {
  public:
-  void Set(const std::string& host_id, TrustVerdict v) {
-    std::lock_guard<std::mutex> lock(mu_);
-    verdicts_[host_id] = v;
+  FakeKmsClient() {
+    auto ca = crypto::CreateSelfSignedCa({"fake KMS CA"});
+    if (ca.ok()) ca_ = std::make_unique<crypto::CertificateAuthority>(*std::move(ca));
   }
-  StatusOr<TrustVerdict> LatestVerdict(const std::string& host_id) override {
+  // Placement answer for `host_id`; hosts never set are "not_enrolled".
+  void SetEligibility(const std::string& host_id, bool eligible, const std::string& reason) {
     std::lock_guard<std::mutex> lock(mu_);
-    auto it = verdicts_.find(host_id);
-    if (it == verdicts_.end()) return NotFoundError("no verdict for host");
-    return it->second;
+    hosts_[host_id] = {host_id, eligible, reason};
+  }
+  void SetUnavailable(bool unavailable) {
+    std::lock_guard<std::mutex> lock(mu_);
+    unavailable_ = unavailable;
+  }
+  int placement_checks() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return placement_checks_;
+  }
+  // The (customer, image) of the last placement check.
+  std::pair<std::string, std::string> last_query() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return last_query_;
   }
 
+  StatusOr<CustomerKey> CreateCustomerKey(const std::string& customer_id) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (unavailable_) return UnavailableError("HTTPS request failed: Connection");
+    if (ca_ == nullptr) return InternalError("fake KMS CA missing");
+    ASSIGN_OR_RETURN(auto key, crypto::PrivateKey::Generate(crypto::KeyType::kEcP256));
+    CustomerKey out;
+    out.key_id = "key-" + std::to_string(++keys_);
+    out.customer_id = customer_id;
+    out.algorithm = "P-256";
+    out.public_key_pem = key.Public().ToPem();
+    crypto::IssueOptions io;
+    io.common_name = out.key_id;
+    ASSIGN_OR_RETURN(crypto::Certificate cert, crypto::IssueCertificate(*ca_, key.Public(), io));
+    out.cert_pem = cert.ToPem();
+    return out;
+  }
+  StatusOr<std::vector<HostEligibility>> CheckPlacement(
+      const std::string& customer_id, const std::string& image_id,
+      const std::vector<std::string>& host_ids) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++placement_checks_;
+    last_query_ = {customer_id, image_id};
+    if (unavailable_) return UnavailableError("HTTPS request failed: Connection");
+    std::vector<HostEligibility> out;
+    for (const std::string& h : host_ids) {
+      auto it = hosts_.find(h);
+      out.push_back(it != hosts_.end() ? it->second : HostEligibility{h, false, "not_enrolled"});
+    }
+    return out;
+  }
+  Status PutImagePolicy(const std::string& customer_id, const std::string& image_id,
+                        const std::string& policy_json) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (unavailable_) return UnavailableError("HTTPS request failed: Connection");
+    if (policy_json.find("\"flavors\"") == std::string::npos) {
+      return InvalidArgumentError("policy: 'flavors' is required");
+    }
+    policies_[customer_id + "/" + image_id] = policy_json;
+    return OkStatus();
+  }
+  // The policy last put for (customer, image), or "".
+  std::string policy(const std::string& customer_id, const std::string& image_id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = policies_.find(customer_id + "/" + image_id);
+    return it == policies_.end() ? "" : it->second;
+  }
+  std::string CaCertificatePem() const override { return ca_ ? ca_->cert.ToPem() : ""; }
+
  private:
+  std::unique_ptr<crypto::CertificateAuthority> ca_;
   std::mutex mu_;
-  std::map<std::string, TrustVerdict> verdicts_;
+  std::map<std::string, HostEligibility> hosts_;
+  bool unavailable_ = false;
+  int placement_checks_ = 0;
+  int keys_ = 0;
+  std::pair<std::string, std::string> last_query_;
+  std::map<std::string, std::string> policies_;
 };
 
 }  // namespace vmseal::csp::testing

@@ -281,7 +281,7 @@ TEST_P(ObjectStoreTest, UploadRejectedByVerifierPublishesNothingAndEndsSession) 
   ASSERT_OK(s);
   StringReader a("plaintext");
   ASSERT_OK((*sessions)->Append(s->id, 0, a));
-  auto reject = [](const RandomAccessFile& f) -> Status {
+  auto reject = [](const RandomAccessFile& f, const std::string&) -> Status {
     auto size = f.Size();
     if (!size.ok()) return size.status();
     return *size == 9 ? FailedPreconditionError("package is not encrypted") : OkStatus();

@@ -1,0 +1,475 @@
+// Integration: a real KMS (kms::KmsService + its HTTPS server on loopback,
+// SQLite store, credentials from `vmseal kms init`), a real portal over
+// HTTPS with the OVF package verifier and the mTLS KMS client, the real
+// customer CLI, and hosts speaking the host routes with KMS-issued client
+// certificates. Host trust comes from KMS verdicts written to the KMS store
+// (what attestation would record): host-a and host-b match the good-boot
+// flavor, host-c does not.
+#include <httplib.h>
+
+#include <chrono>
+#include <thread>
+
+#include <gmock/gmock.h>
+#include <nlohmann/json.hpp>
+
+#include "base/env.h"
+#include "crypto/keys.h"
+#include "crypto/primitives.h"
+#include "crypto/x509.h"
+#include "csp/kms_client.h"
+#include "csp/ovf_package_verifier.h"
+#include "csp/portal_server.h"
+#include "kms/kek.h"
+#include "kms/policy.h"
+#include "kms/service.h"
+#include "kms/store.h"
+#include "net/https_client.h"
+#include "net/https_server.h"
+#include "ovf/package.h"
+#include "testing/s3_harness.h"
+#include "testing/test_util.h"
+
+namespace vmseal::csp {
+namespace {
+
+using json = nlohmann::json;
+using ::testing::HasSubstr;
+using ::vmseal::testing::ReadFileOrDie;
+using ::vmseal::testing::RunCommand;
+using ::vmseal::testing::TempDir;
+using ::vmseal::testing::VmsealBinary;
+using ::vmseal::testing::WriteFileOrDie;
+
+SecretBytes SecretFile(const std::string& path) {
+  std::string text = ReadFileOrDie(path);
+  return SecretBytes(crypto::AsBytes(text));
+}
+
+const std::string kGoodPcr0(64, 'a');
+const std::string kTamperedPcr0(64, 'b');
+
+class PoolIntegrationTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    kms_dir_ = dir_.File("kms");
+    std::string out;
+    ASSERT_EQ(RunCommand({VmsealBinary(), "kms", "init", "--dir", kms_dir_}, &out, 60), 0) << out;
+    for (const auto& [role, name] : std::vector<std::pair<std::string, std::string>>{
+             {"portal", "portal"}, {"host", "host-a"}, {"host", "host-b"}, {"host", "host-c"}}) {
+      ASSERT_EQ(RunCommand({VmsealBinary(), "kms", "issue-identity", "--dir", kms_dir_, "--role",
+                            role, "--name", name, "--out", kms_dir_ + "/" + name},
+                           &out, 60),
+                0)
+          << out;
+    }
+    StartKms();
+    ConfigureKmsPolicy();
+    for (const char* h : {"host-a", "host-b"}) KmsHost(h, kGoodPcr0);
+    KmsHost("host-c", kTamperedPcr0);
+    MakePortalTlsIdentity();
+  }
+  void TearDown() override {
+    if (portal_) portal_->Stop();
+    if (kms_server_) kms_server_->Stop();
+  }
+
+  void StartKms() {
+    auto store = kms::Store::Open(kms_dir_ + "/kms.db");
+    ASSERT_OK(store);
+    kms_store_ = std::move(store).value();
+    auto kek = kms::LoadFileKek(Env::Default(), kms_dir_ + "/kek");
+    ASSERT_OK(kek);
+    kek_ = std::move(kek).value();
+    auto service = kms::KmsService::Create(
+        {}, kms_store_.get(), kek_.get(),
+        {ReadFileOrDie(kms_dir_ + "/ca.pem"), SecretFile(kms_dir_ + "/ca-key.pem")});
+    ASSERT_OK(service);
+    kms_service_ = std::move(service).value();
+    net::HttpsServer::Options o;
+    o.cert_pem = ReadFileOrDie(kms_dir_ + "/server.pem");
+    o.key_pem = SecretFile(kms_dir_ + "/server-key.pem");
+    o.client_ca_pem = ReadFileOrDie(kms_dir_ + "/ca.pem");
+    auto server = net::HttpsServer::Create(std::move(o));
+    ASSERT_OK(server);
+    kms_server_ = std::move(server).value();
+    kms::RegisterKmsRoutes(kms_service_.get(), kms_server_.get());
+    auto port = kms_server_->Start();
+    ASSERT_OK(port);
+    kms_port_ = *port;
+  }
+  std::unique_ptr<net::HttpsClient> KmsClientAs(const std::string& identity) {
+    net::HttpsClient::Options o;
+    o.port = kms_port_;
+    o.ca_pem = ReadFileOrDie(kms_dir_ + "/ca.pem");
+    o.cert_pem = ReadFileOrDie(kms_dir_ + "/" + identity + ".pem");
+    o.key_pem = SecretFile(kms_dir_ + "/" + identity + "-key.pem");
+    auto c = net::HttpsClient::Create(std::move(o));
+    EXPECT_OK(c);
+    return c.ok() ? std::move(c).value() : nullptr;
+  }
+  // The operator defines the good-boot flavor and the default policy.
+  void ConfigureKmsPolicy() {
+    auto op = KmsClientAs("operator");
+    ASSERT_NE(op, nullptr);
+    ASSERT_OK(op->Put("/v1/flavors/good-boot", {{"pcrs", {{"sha256", {{"0", kGoodPcr0}}}}}}));
+    ASSERT_OK(op->Put("/v1/policies/_default",
+                      {{"flavors", {{"anyOf", {"good-boot"}}}},
+                       {"max_evidence_age_seconds", 300}}));
+  }
+  // An enrolled host whose latest (trusted) verdict quoted `pcr0`.
+  void KmsHost(const std::string& host_id, const std::string& pcr0) {
+    const int64_t now = std::time(nullptr);
+    ASSERT_OK(kms_store_->PutHost({host_id, "", "", false, {}, now},
+                                  {"host.enroll", "host/" + host_id, json::object()}));
+    ASSERT_OK(kms_store_->SetHostEnrolled(host_id, {"host.activate", "host/" + host_id,
+                                                    json::object()}));
+    kms::Verdict v;
+    v.verdict_id = "v-" + host_id;
+    v.host_id = host_id;
+    v.trusted = true;
+    v.reason = "ok";
+    v.time_unix = now;
+    v.details["pcrs"] = kms::PcrValuesToJson({{0, pcr0}});
+    ASSERT_OK(kms_store_->PutVerdict(v, {"attestation", "host/" + host_id, json::object()}));
+  }
+  void MakePortalTlsIdentity() {
+    auto ca = crypto::CreateSelfSignedCa({"portal test CA"});
+    ASSERT_OK(ca);
+    WriteFileOrDie(dir_.File("portal-ca.pem"), ca->cert.ToPem());
+    auto key = crypto::PrivateKey::Generate(crypto::KeyType::kEcP256);
+    ASSERT_OK(key);
+    crypto::IssueOptions io;
+    io.common_name = "portal";
+    io.usage = crypto::CertUsage::kServerAuth;
+    io.ip_addresses = {"127.0.0.1"};
+    auto cert = crypto::IssueCertificate(*ca, key->Public(), io);
+    ASSERT_OK(cert);
+    WriteFileOrDie(dir_.File("portal-server.pem"), cert->ToPem());
+    ASSERT_OK(crypto::WritePrivateKeyFile(Env::Default(), dir_.File("portal-server-key.pem"), *key));
+    WriteFileOrDie(dir_.File("op-token"), "op-secret\n");
+  }
+
+  // The portal over HTTPS; S3 backend when `s3` is set.
+  void StartPortal(const vmseal::testing::S3Server* s3 = nullptr,
+                   int64_t heartbeat_timeout_seconds = 30) {
+    HttpsKmsClientOptions ko;
+    ko.url = "https://127.0.0.1:" + std::to_string(kms_port_);
+    ko.ca_cert_file = kms_dir_ + "/ca.pem";
+    ko.cert_file = kms_dir_ + "/portal.pem";
+    ko.key_file = kms_dir_ + "/portal-key.pem";
+    auto kms = NewHttpsKmsClient(ko);
+    ASSERT_OK(kms);
+    kms_client_ = std::move(kms).value();
+    PortalServer::Options o;
+    o.data_dir = dir_.File("portal");
+    o.argon2_m_cost_kib = 256;
+    o.tls_cert_file = dir_.File("portal-server.pem");
+    o.tls_key_file = dir_.File("portal-server-key.pem");
+    o.client_ca_file = kms_dir_ + "/ca.pem";
+    o.operator_token = SecretBytes(crypto::AsBytes(std::string_view("op-secret")));
+    o.heartbeat_timeout_seconds = heartbeat_timeout_seconds;
+    if (s3 != nullptr) {
+      o.s3_endpoint = s3->endpoint();
+      o.s3_bucket = "images";
+      o.s3_access_key_id = vmseal::testing::kS3AccessKeyId;
+      o.s3_secret_access_key =
+          SecretBytes(crypto::AsBytes(std::string_view(vmseal::testing::kS3SecretAccessKey)));
+    }
+    auto portal = PortalServer::Create(std::move(o), &verifier_, kms_client_.get());
+    ASSERT_OK(portal);
+    portal_ = std::move(portal).value();
+    ASSERT_OK(portal_->Start());
+  }
+  std::string PortalUrl() const { return "https://127.0.0.1:" + std::to_string(portal_->port()); }
+
+  // The customer CLI over HTTPS; JSON output of a command that must succeed.
+  json Customer(std::vector<std::string> args) {
+    std::vector<std::string> argv = {VmsealBinary(), "customer", "--portal", PortalUrl(),
+                                     "--ca-cert", dir_.File("portal-ca.pem"), "--session",
+                                     dir_.File("session"), "--json"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    std::string out;
+    EXPECT_EQ(RunCommand(argv, &out, 120), 0) << out;
+    json j = json::parse(out, nullptr, false);
+    EXPECT_FALSE(j.is_discarded()) << out;
+    return j;
+  }
+  // Registers and logs in through the CLI; returns the registration.
+  json SignUp() {
+    json reg = Customer({"register", "--password-out", dir_.File("pw")});
+    Customer({"login", "--login-id", reg.value("login_id", ""), "--password-file",
+              dir_.File("pw")});
+    return reg;
+  }
+  // Seals a small raw disk to the customer's verified certificate.
+  std::string SealImage(const std::string& cert_file, const std::string& tenant) {
+    std::string disk(256 << 10, '\0');
+    for (size_t i = 0; i < disk.size(); ++i) disk[i] = static_cast<char>(i * 131 % 251);
+    WriteFileOrDie(dir_.File("disk.raw"), disk);
+    ovf::SealOptions so;
+    so.inputs = {dir_.File("disk.raw")};
+    so.recipient_pem = ReadFileOrDie(cert_file);
+    so.tenant = tenant;
+    const std::string out = dir_.File("image.ova");
+    EXPECT_OK(ovf::SealPackage(Env::Default(), so, out));
+    return out;
+  }
+  // A host with its KMS-issued client certificate.
+  std::unique_ptr<httplib::SSLClient> Host(const std::string& host_id) {
+    auto c = std::make_unique<httplib::SSLClient>("127.0.0.1", portal_->port(),
+                                                  kms_dir_ + "/" + host_id + ".pem",
+                                                  kms_dir_ + "/" + host_id + "-key.pem");
+    c->set_ca_cert_path(dir_.File("portal-ca.pem").c_str());
+    c->enable_server_certificate_verification(true);
+    return c;
+  }
+  json HostPost(httplib::SSLClient& host, const std::string& path, const json& body,
+                int want_status = 200) {
+    auto res = host.Post(path, body.dump(), "application/json");
+    EXPECT_TRUE(res) << path;
+    if (!res) return json();
+    EXPECT_EQ(res->status, want_status) << path << ": " << res->body;
+    return json::parse(res->body, nullptr, false);
+  }
+  void RegisterHosts() {
+    for (const char* h : {"host-a", "host-b", "host-c"}) {
+      auto host = Host(h);
+      HostPost(*host, "/v1/hosts/register",
+               {{"host_id", h}, {"capacity", {{"vcpus", 2}, {"memory_mib", 4096}}},
+                {"tags", {"region=eu-west"}}});
+    }
+  }
+  // Registration, verified certificate, sealed upload; returns the image id.
+  std::string CustomerWithSealedImage(const std::string& kms_policy = "") {
+    json reg = SignUp();
+    customer_id_ = reg.value("customer_id", "");
+    // The KMS holds the key the portal asked for.
+    auto key = KmsClientAs("operator")->Get("/v1/customers/" + customer_id_ + "/keys/" +
+                                            reg["key"]["key_id"].get<std::string>());
+    EXPECT_OK(key);
+    json cert = Customer({"fetch-cert", "--kms-ca", kms_dir_ + "/ca.pem", "--out",
+                          dir_.File("customer.crt")});
+    EXPECT_EQ(cert["verified"], true);
+    std::string package = SealImage(dir_.File("customer.crt"), customer_id_);
+    package_sha256_ = crypto::HexEncode(crypto::Sha256(ReadFileOrDie(package)));
+    std::vector<std::string> upload = {"upload", package, "--name", "small"};
+    if (!kms_policy.empty()) {
+      upload.push_back("--kms-policy");
+      upload.push_back(kms_policy);
+    }
+    json image = Customer(upload);
+    EXPECT_EQ(image["sha256"], package_sha256_);
+    return image.value("image_id", "");
+  }
+  static const json& Decision(const json& placement, const std::string& host) {
+    for (const json& d : placement["decisions"]) {
+      if (d["host_id"] == host) return d;
+    }
+    static const json none = json::object();
+    ADD_FAILURE() << "no decision for " << host << " in " << placement.dump();
+    return none;
+  }
+
+  TempDir dir_;
+  std::string kms_dir_;
+  std::unique_ptr<kms::Store> kms_store_;
+  std::unique_ptr<kms::KeyEncryptionKey> kek_;
+  std::unique_ptr<kms::KmsService> kms_service_;
+  std::unique_ptr<net::HttpsServer> kms_server_;
+  int kms_port_ = 0;
+  std::unique_ptr<KmsClient> kms_client_;
+  OvfPackageVerifier verifier_;
+  std::unique_ptr<PortalServer> portal_;
+  std::string customer_id_;
+  std::string package_sha256_;
+};
+
+TEST_F(PoolIntegrationTest, SealedImageRunsOnlyOnEligibleHostsAndRefusalMovesIt) {
+  StartPortal();
+  std::string image_id = CustomerWithSealedImage();
+  ASSERT_FALSE(image_id.empty());
+  RegisterHosts();
+
+  json job = Customer({"launch", image_id});
+  ASSERT_EQ(job["state"], "placed") << job.dump();
+  const std::string job_id = job["job_id"];
+  const std::string first = job["host_id"];
+  EXPECT_THAT(first, ::testing::AnyOf("host-a", "host-b"));
+  const json& tampered = Decision(job["last_placement"], "host-c");
+  EXPECT_EQ(tampered["eligible"], false);
+  EXPECT_EQ(tampered["kms_reason"], "pcr_policy");
+
+  // The chosen host fetches the package, checks its digest, then is denied.
+  auto host1 = Host(first);
+  auto pending = host1->Get("/v1/hosts/jobs");
+  ASSERT_TRUE(pending);
+  json jobs = json::parse(pending->body)["jobs"];
+  ASSERT_EQ(jobs.size(), 1u) << pending->body;
+  EXPECT_EQ(jobs[0]["package_sha256"], package_sha256_);
+  auto pkg = host1->Get(jobs[0]["package_path"].get<std::string>());
+  ASSERT_TRUE(pkg);
+  ASSERT_EQ(pkg->status, 200);
+  EXPECT_EQ(pkg->get_header_value("X-Content-SHA256"), package_sha256_);
+  EXPECT_EQ(crypto::HexEncode(crypto::Sha256(pkg->body)), package_sha256_);
+  for (const char* phase : {"fetching", "attesting"}) {
+    HostPost(*host1, "/v1/hosts/jobs/" + job_id + "/progress", {{"phase", phase}});
+  }
+  EXPECT_EQ(Customer({"status", job_id})["state"], "attesting");
+  json moved = HostPost(*host1, "/v1/hosts/jobs/" + job_id + "/refusal",
+                        {{"reason", "attestation_denied"}, {"message", "pcr_policy"}});
+  const std::string second = first == "host-a" ? "host-b" : "host-a";
+  EXPECT_EQ(moved["state"], "placed");
+  EXPECT_EQ(moved["host_id"], second);  // host-c stays out: the KMS says pcr_policy
+
+  auto host2 = Host(second);
+  for (const char* phase : {"fetching", "attesting", "decrypting", "running"}) {
+    HostPost(*host2, "/v1/hosts/jobs/" + job_id + "/progress",
+             {{"phase", phase}, {"vm_name", "vm-" + job_id}});
+  }
+  json status = Customer({"status", job_id});
+  EXPECT_EQ(status["state"], "running");
+  EXPECT_EQ(status["host_id"], second);
+  EXPECT_THAT(status["attempts"][0]["refusal"].get<std::string>(),
+              HasSubstr("attestation denied: pcr_policy"));
+  json vms = Customer({"vms"});
+  ASSERT_EQ(vms["vms"].size(), 1u);
+  EXPECT_EQ(vms["vms"][0]["vm_name"], "vm-" + job_id);
+
+  // The operator sees every decision with per-host reasons.
+  std::string out;
+  ASSERT_EQ(RunCommand({VmsealBinary(), "csp", "explain-placement", "--portal", PortalUrl(),
+                        "--ca-cert", dir_.File("portal-ca.pem"), "--operator-token-file",
+                        dir_.File("op-token"), job_id},
+                       &out, 60),
+            0)
+      << out;
+  EXPECT_THAT(out, HasSubstr("host-c [skipped]: KMS: not eligible (pcr_policy)"));
+  EXPECT_THAT(out, HasSubstr("refused this job before: attestation denied: pcr_policy"));
+}
+
+TEST_F(PoolIntegrationTest, ImagePolicyAtTheKmsRestrictsThePoolByTags) {
+  StartPortal();
+  ASSERT_OK(KmsClientAs("operator")->Put("/v1/hosts/host-b/tags", {{"tags", {"region=eu-west"}}}));
+  std::string image_id = CustomerWithSealedImage(
+      R"({"flavors":{"anyOf":["good-boot"]},"required_tags":["region=eu-west"]})");
+  ASSERT_FALSE(image_id.empty());
+  // The KMS now holds the image's policy.
+  auto stored = KmsClientAs("operator")->Get("/v1/policies/" + customer_id_ + "/" + image_id);
+  ASSERT_OK(stored);
+  EXPECT_EQ((*stored)["policy"]["required_tags"][0], "region=eu-west");
+  RegisterHosts();
+  json job = Customer({"launch", image_id});
+  EXPECT_EQ(job["host_id"], "host-b") << job.dump();
+  EXPECT_EQ(Decision(job["last_placement"], "host-a")["kms_reason"], "tags");
+  EXPECT_EQ(Decision(job["last_placement"], "host-c")["eligible"], false);
+  // A policy the KMS rejects is refused and changes nothing.
+  std::vector<std::string> argv = {VmsealBinary(), "customer", "--portal", PortalUrl(),
+                                   "--ca-cert", dir_.File("portal-ca.pem"), "--session",
+                                   dir_.File("session"), "set-policy", image_id,
+                                   R"({"required_tags":["x=y"]})"};
+  std::string out;
+  EXPECT_NE(RunCommand(argv, &out, 60), 0);
+  EXPECT_THAT(out, HasSubstr("flavors"));
+  stored = KmsClientAs("operator")->Get("/v1/policies/" + customer_id_ + "/" + image_id);
+  ASSERT_OK(stored);
+  EXPECT_EQ((*stored)["policy"]["required_tags"][0], "region=eu-west");
+}
+
+TEST_F(PoolIntegrationTest, JobFailsWithEveryReasonWhenNoEligibleHostIsLeft) {
+  StartPortal();
+  std::string image_id = CustomerWithSealedImage();
+  RegisterHosts();
+  json job = Customer({"launch", image_id});
+  ASSERT_EQ(job["state"], "placed");
+  const std::string job_id = job["job_id"];
+  std::string host = job["host_id"];
+  json last;
+  for (int i = 0; i < 2; ++i) {
+    auto c = Host(host);
+    last = HostPost(*c, "/v1/hosts/jobs/" + job_id + "/refusal",
+                    {{"reason", "launch_failed"}, {"message", "qemu exited 1"}});
+    host = last.value("host_id", "");
+  }
+  EXPECT_EQ(last["state"], "failed");
+  EXPECT_THAT(last["failure_reason"].get<std::string>(), HasSubstr("host-a: launch failed"));
+  EXPECT_THAT(last["failure_reason"].get<std::string>(), HasSubstr("host-b: launch failed"));
+  EXPECT_THAT(last["failure_reason"].get<std::string>(),
+              HasSubstr("host-c: KMS: not eligible (pcr_policy)"));
+}
+
+TEST_F(PoolIntegrationTest, HostThatStopsHeartbeatingLosesItsRunningJob) {
+  StartPortal(nullptr, /*heartbeat_timeout_seconds=*/2);
+  std::string image_id = CustomerWithSealedImage();
+  RegisterHosts();
+  json job = Customer({"launch", image_id});
+  ASSERT_EQ(job["state"], "placed");
+  const std::string job_id = job["job_id"];
+  const std::string first = job["host_id"];
+  const std::string other = first == "host-a" ? "host-b" : "host-a";
+  auto host1 = Host(first);
+  HostPost(*host1, "/v1/hosts/jobs/" + job_id + "/progress", {{"phase", "fetching"}});
+  // `other` keeps heartbeating, `first` goes silent; bounded wait.
+  auto host2 = Host(other);
+  json status;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (std::chrono::steady_clock::now() < deadline) {
+    HostPost(*host2, "/v1/hosts/heartbeat", json::object());
+    status = Customer({"status", job_id});
+    if (status["host_id"] == other) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  }
+  EXPECT_EQ(status["host_id"], other) << status.dump();
+  EXPECT_EQ(status["state"], "placed");
+  EXPECT_THAT(status["attempts"][0]["refusal"].get<std::string>(), HasSubstr("host lost"));
+}
+
+TEST_F(PoolIntegrationTest, PortalRejectsAPackageThatIsNotSealed) {
+  StartPortal();
+  SignUp();
+  WriteFileOrDie(dir_.File("plain.bin"), std::string(4096, 'x'));
+  std::vector<std::string> argv = {VmsealBinary(), "customer", "--portal", PortalUrl(),
+                                   "--ca-cert", dir_.File("portal-ca.pem"), "--session",
+                                   dir_.File("session"), "upload", dir_.File("plain.bin"),
+                                   "--name", "plain"};
+  std::string out;
+  EXPECT_NE(RunCommand(argv, &out, 60), 0);
+  EXPECT_THAT(out, HasSubstr("package rejected"));
+  EXPECT_TRUE(Customer({"images"})["images"].empty());
+}
+
+TEST_F(PoolIntegrationTest, RegistrationFailsCleanlyWhenTheKmsIsDown) {
+  StartPortal();
+  kms_server_->Stop();
+  std::vector<std::string> argv = {VmsealBinary(), "customer", "--portal", PortalUrl(),
+                                   "--ca-cert", dir_.File("portal-ca.pem"), "--session",
+                                   dir_.File("session"), "register"};
+  std::string out;
+  EXPECT_NE(RunCommand(argv, &out, 60), 0);
+  EXPECT_THAT(out, HasSubstr("KMS"));
+  EXPECT_THAT(out, ::testing::Not(HasSubstr("login_id")));
+}
+
+TEST_F(PoolIntegrationTest, SealedImageFlowsThroughTheS3Backend) {
+  auto s3 = vmseal::testing::S3Server::Start({"images"});
+  ASSERT_OK(s3);
+  StartPortal(s3->get());
+  std::string image_id = CustomerWithSealedImage();
+  ASSERT_FALSE(image_id.empty());
+  RegisterHosts();
+  json job = Customer({"launch", image_id});
+  ASSERT_EQ(job["state"], "placed");
+  auto host = Host(job["host_id"]);
+  auto pkg = host->Get("/v1/hosts/jobs/" + job["job_id"].get<std::string>() + "/package");
+  ASSERT_TRUE(pkg);
+  ASSERT_EQ(pkg->status, 200);
+  EXPECT_EQ(crypto::HexEncode(crypto::Sha256(pkg->body)), package_sha256_);
+  auto ranged = host->Get("/v1/hosts/jobs/" + job["job_id"].get<std::string>() + "/package",
+                          {{"Range", "bytes=0-511"}});
+  ASSERT_TRUE(ranged);
+  EXPECT_EQ(ranged->status, 206);
+  EXPECT_EQ(ranged->body, pkg->body.substr(0, 512));
+}
+
+}  // namespace
+}  // namespace vmseal::csp

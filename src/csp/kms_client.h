@@ -1,0 +1,83 @@
+// The portal's view of the KMS (docs/protocol.md §1, CONTRACT routes): it
+// asks for customer key pairs at registration and for the placement verdict
+// of candidate hosts. The portal never sees a private key.
+#ifndef VMSEAL_CSP_KMS_CLIENT_H_
+#define VMSEAL_CSP_KMS_CLIENT_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+
+namespace vmseal::csp {
+
+// The public half of a customer key, as the KMS issued it.
+struct CustomerKey {
+  std::string key_id;
+  std::string customer_id;
+  // "RSA-3072" or "X25519".
+  std::string algorithm;
+  // PEM SubjectPublicKeyInfo.
+  std::string public_key_pem;
+  // PEM certificate of the public key, signed by the KMS CA.
+  std::string cert_pem;
+  int64_t created_unix = 0;
+};
+
+// The KMS's placement answer for one host.
+struct HostEligibility {
+  std::string host_id;
+  bool eligible = false;
+  // "ok" when eligible, else a machine reason (pcr_policy, tags, evidence_age,
+  // history, no_policy, not_enrolled, ...).
+  std::string reason;
+};
+
+// Thread-safe.
+class KmsClient {
+ public:
+  virtual ~KmsClient() = default;
+
+  // Asks the KMS for a new key pair of `customer_id` (POST
+  // /v1/customers/{cid}/keys). UNAVAILABLE when the KMS cannot be reached.
+  virtual StatusOr<CustomerKey> CreateCustomerKey(const std::string& customer_id) = 0;
+
+  // Applies the KMS release policy of (customer, image) to each host's
+  // latest verdict, history and tags (POST /v1/placement-check). Returns one
+  // entry per requested host, in any order; hosts the KMS omits count as
+  // ineligible.
+  virtual StatusOr<std::vector<HostEligibility>> CheckPlacement(
+      const std::string& customer_id, const std::string& image_id,
+      const std::vector<std::string>& host_ids) = 0;
+
+  // Sets the KMS release policy of one image of a customer (PUT
+  // /v1/policies/{cid}/{image_id}); `policy_json` is the KMS policy document
+  // (CONTRACT.md). The KMS validates it (INVALID_ARGUMENT naming the problem).
+  virtual Status PutImagePolicy(const std::string& customer_id, const std::string& image_id,
+                                const std::string& policy_json) = 0;
+
+  // The PEM certificate of the KMS CA (what customer certificates chain to).
+  virtual std::string CaCertificatePem() const = 0;
+};
+
+struct HttpsKmsClientOptions {
+  // KMS base URL, "https://host:port". Required.
+  std::string url;
+  // PEM files: the KMS CA (server trust anchor and customer-cert root), and
+  // the portal's mTLS identity issued by it (`vmseal kms issue-identity
+  // --role portal`). All required.
+  std::string ca_cert_file;
+  std::string cert_file;
+  std::string key_file;
+  // Connect + read timeout per request. Default 10 s.
+  int timeout_seconds = 10;
+};
+
+// The KmsClient over HTTPS (TLS 1.3, mTLS) using src/net's client.
+StatusOr<std::unique_ptr<KmsClient>> NewHttpsKmsClient(const HttpsKmsClientOptions& options);
+
+}  // namespace vmseal::csp
+
+#endif  // VMSEAL_CSP_KMS_CLIENT_H_

@@ -1,0 +1,33 @@
+#include "csp/ovf_package_verifier.h"
+
+#include "ovf/package.h"
+
+namespace vmseal::csp {
+
+StatusOr<VerifiedPackage> OvfPackageVerifier::Verify(const RandomAccessFile&,
+                                                     const std::string& local_path) const {
+  if (local_path.empty()) return FailedPreconditionError("package verifier needs a local file");
+  ovf::PackageOpenOptions options;
+  options.require_encrypted = true;
+  options.require_manifest = true;
+  options.verify_manifest = true;
+  auto package = ovf::Package::Open(Env::Default(), local_path, options);
+  if (!package.ok()) {
+    // Package errors name the staging path; the customer needs only what.
+    const Status& s = package.status();
+    std::string message = s.message();
+    if (size_t at = message.find(local_path); at != std::string::npos) {
+      message.replace(at, local_path.size(), "package");
+    }
+    return Status(s.code(), "package rejected: " + message);
+  }
+  const ovf::Package& p = **package;
+  if (!p.encrypted()) return FailedPreconditionError("package rejected: not encrypted");
+  VerifiedPackage out;
+  out.tagged_image_id = p.tag().image_id;
+  out.key_id = p.tag().key_id;
+  out.disk_count = p.files().size();
+  return out;
+}
+
+}  // namespace vmseal::csp

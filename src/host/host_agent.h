@@ -29,6 +29,9 @@ struct Job {
   // id differs from the id the customer sealed with, so it is only set when
   // the portal announces the tagged id.
   std::string expected_tag_image_id;
+  // Lowercase hex SHA-256 of the package the portal announced with the job;
+  // the download must match it. Empty: not announced.
+  std::string package_sha256_hex;
 };
 
 // The phases a job goes through on the host (docs/protocol.md §5).

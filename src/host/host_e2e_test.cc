@@ -18,6 +18,8 @@
 #include <nlohmann/json.hpp>
 
 #include "crypto/keys.h"
+#include "csp/kms_client.h"
+#include "csp/ovf_package_verifier.h"
 #include "csp/portal_server.h"
 #include "host/host_daemon.h"
 #include "host/https_kms_client.h"
@@ -36,38 +38,9 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 using ::vmseal::testing::TempDir;
 
-const char kTenant[] = "tenant-a";
-
 std::string KeyText(const SecretBytes& s) {
   return std::string(reinterpret_cast<const char*>(s.UnsafeData()), s.size());
 }
-
-// The portal learns host trust from the KMS's host list (portal identity).
-class KmsTrustSource final : public csp::TrustSource {
- public:
-  explicit KmsTrustSource(std::unique_ptr<net::HttpsClient> kms) : kms_(std::move(kms)) {}
-  StatusOr<csp::TrustVerdict> LatestVerdict(const std::string& host_id) override {
-    ASSIGN_OR_RETURN(json hosts, kms_->Get("/v1/hosts"));
-    for (const json& h : hosts["hosts"]) {
-      if (h["host_id"] != host_id || !h["latest"].is_object()) continue;
-      int64_t t = h["latest"].value("time_unix", int64_t{0});
-      return csp::TrustVerdict{h["latest"].value("trusted", false), t, t - 3600,
-                               h["latest"].value("reason", std::string())};
-    }
-    return NotFoundError("no verdict for host");
-  }
-
- private:
-  std::unique_ptr<net::HttpsClient> kms_;
-};
-
-// The portal lists any package: what the host checks is under test here.
-class AcceptAllVerifier final : public csp::PackageVerifier {
- public:
-  StatusOr<csp::VerifiedPackage> Verify(const RandomAccessFile&) const override {
-    return csp::VerifiedPackage{"img", "key", 1};
-  }
-};
 
 // The real HTTPS KMS client, with a hook after each granted release.
 class HookedKms final : public KmsApi {
@@ -160,20 +133,23 @@ class HostE2eTest : public ::testing::Test {
     ASSERT_OK(port);
     kms_port_ = *port;
     op_ = JsonClient("op");
-    auto key = kms_->CreateCustomerKey({kms::Caller::Role::kPortal, "portal-1", "fp"},
-                                       {kTenant, ""});
-    ASSERT_OK(key);
-    customer_pub_pem_ = key->public_key_pem;
 
-    // Portal.
-    trust_ = std::make_unique<KmsTrustSource>(JsonClient("portal"));
+    // Portal, with its own KMS client (portal identity): customer keys and
+    // placement checks come from the real KMS.
+    auto portal_kms = csp::NewHttpsKmsClient({.url = "https://127.0.0.1:" +
+                                                     std::to_string(kms_port_),
+                                              .ca_cert_file = dir_.File("ca.pem"),
+                                              .cert_file = dir_.File("portal.pem"),
+                                              .key_file = dir_.File("portal-key.pem")});
+    ASSERT_OK(portal_kms);
+    portal_kms_ = *std::move(portal_kms);
     csp::PortalServer::Options po;
     po.data_dir = dir_.File("portal");
     po.argon2_m_cost_kib = 64;
     po.tls_cert_file = dir_.File("portal-server.pem");
     po.tls_key_file = dir_.File("portal-server-key.pem");
     po.client_ca_file = dir_.File("ca.pem");
-    auto portal = csp::PortalServer::Create(std::move(po), &verifier_, trust_.get());
+    auto portal = csp::PortalServer::Create(std::move(po), &verifier_, portal_kms_.get());
     ASSERT_OK(portal);
     portal_ = *std::move(portal);
     ASSERT_OK(portal_->Start());
@@ -181,6 +157,12 @@ class HostE2eTest : public ::testing::Test {
     customer_->set_ca_cert_path(dir_.File("ca.pem").c_str());
     customer_->enable_server_certificate_verification(true);
     customer_->set_read_timeout(60, 0);
+    // PortalServer::Start returns before cpp-httplib's accept loop runs; a
+    // Stop in that window is lost. Wait until the portal answers.
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (std::chrono::steady_clock::now() < deadline && !customer_->Get("/v1/kms/ca")) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
 
     // Host, as `vmseal host serve` builds it.
     HostConfig c;
@@ -250,38 +232,45 @@ class HostE2eTest : public ::testing::Test {
     return c.ok() ? *std::move(c) : nullptr;
   }
 
+  // A portal customer registers (the portal has the KMS create its key
+  // pair) and logs in.
+  void RegisterCustomer() {
+    auto reg = customer_->Post("/v1/register");
+    ASSERT_TRUE(reg && reg->status == 201) << (reg ? reg->body : "no answer");
+    json r = json::parse(reg->body);
+    customer_id_ = r["customer_id"];
+    customer_pub_pem_ = r["key"]["public_key_pem"];
+    json login = {{"login_id", r["login_id"]}, {"password", r["password"]}};
+    auto res = customer_->Post("/v1/login", login.dump(), "application/json");
+    ASSERT_TRUE(res && res->status == 200);
+    auth_ = {{"Authorization", "Bearer " + json::parse(res->body)["token"].get<std::string>()}};
+  }
+
   // After the host's first attestation: its PCRs become the "good-boot"
-  // flavor and the tenant's policy requires it.
+  // flavor and the customer's policy requires it.
   void TrustHostState() {
     ASSERT_OK(op_->Post("/v1/flavors/good-boot/from-host/host-1", json::object()));
-    ASSERT_OK(op_->Put(std::string("/v1/policies/") + kTenant,
+    ASSERT_OK(op_->Put("/v1/policies/" + customer_id_,
                        {{"flavors", {{"anyOf", {"good-boot"}}}},
                         {"max_evidence_age_seconds", 300}}));
   }
 
-  // Seals the sample image for the KMS customer key.
+  // Seals the sample image for the customer's KMS key.
   std::string Seal(const std::string& image_id) {
     const std::string out = dir_.File(image_id + ".ova");
     ovf::SealOptions seal;
     seal.inputs = {image_};
     seal.recipient_pem = customer_pub_pem_;
     seal.image_id = image_id;
-    seal.tenant = kTenant;
+    seal.tenant = customer_id_;
     seal.vm.cpus = 1;
     seal.vm.memory_mib = 256;
     EXPECT_OK(ovf::SealPackage(Env::Default(), seal, out));
     return out;
   }
 
-  // A portal customer uploads `package_path` and launches it; returns the
-  // job id.
+  // The customer uploads `package_path` and launches it; returns the job id.
   std::string UploadAndLaunch(const std::string& package_path) {
-    auto reg = customer_->Post("/v1/register");
-    EXPECT_TRUE(reg && reg->status == 201);
-    json r = json::parse(reg->body);
-    json login = {{"login_id", r["login_id"]}, {"password", r["password"]}};
-    auto res = customer_->Post("/v1/login", login.dump(), "application/json");
-    auth_ = {{"Authorization", "Bearer " + json::parse(res->body)["token"].get<std::string>()}};
     auto begin = customer_->Post("/v1/uploads", auth_, "", "application/json");
     std::string id = json::parse(begin->body)["upload_id"];
     std::string data = vmseal::testing::ReadFileOrDie(package_path);
@@ -290,7 +279,7 @@ class HostE2eTest : public ::testing::Test {
     EXPECT_TRUE(put && put->status == 200);
     auto img = customer_->Post("/v1/uploads/" + id + "/commit", auth_, R"({"name":"vm"})",
                                "application/json");
-    EXPECT_TRUE(img && img->status == 201);
+    EXPECT_TRUE(img && img->status == 201) << (img ? img->body : "no answer");
     json body = {{"image_id", json::parse(img->body)["image_id"]}};
     auto launch = customer_->Post("/v1/launch", auth_, body.dump(), "application/json");
     EXPECT_TRUE(launch && launch->status == 201) << (launch ? launch->body : "");
@@ -321,9 +310,10 @@ class HostE2eTest : public ::testing::Test {
   std::unique_ptr<net::HttpsServer> kms_server_;
   int kms_port_ = 0;
   std::unique_ptr<net::HttpsClient> op_;
+  std::string customer_id_;
   std::string customer_pub_pem_;
-  AcceptAllVerifier verifier_;
-  std::unique_ptr<KmsTrustSource> trust_;
+  csp::OvfPackageVerifier verifier_;
+  std::unique_ptr<csp::KmsClient> portal_kms_;
   std::unique_ptr<csp::PortalServer> portal_;
   std::unique_ptr<httplib::SSLClient> customer_;
   httplib::Headers auth_;
@@ -337,6 +327,7 @@ std::string HostE2eTest::marker_;
 TEST_F(HostE2eTest, TrustedHostBootsTheSealedImageAndVmOutlivesTheService) {
   HostService* svc = daemon_->service();
   ASSERT_OK(svc->Start());  // enroll, register, first verdict
+  RegisterCustomer();
   TrustHostState();
   const std::string job_id = UploadAndLaunch(Seal("sealed-good"));
 
@@ -374,6 +365,7 @@ TEST_F(HostE2eTest, TrustedHostBootsTheSealedImageAndVmOutlivesTheService) {
 TEST_F(HostE2eTest, TamperedHostGetsNoKeyAndTheJobMovesWithPcrPolicy) {
   HostService* svc = daemon_->service();
   ASSERT_OK(svc->Start());
+  RegisterCustomer();
   TrustHostState();
   // Something unexpected is measured after the flavor was taken.
   ASSERT_OK(daemon_->SecurityEngineForTesting()->PcrExtend(7, crypto::Sha256("evil bootloader")));
@@ -395,6 +387,7 @@ TEST_F(HostE2eTest, TamperedHostGetsNoKeyAndTheJobMovesWithPcrPolicy) {
 TEST_F(HostE2eTest, PackageTamperedInTransitIsRefusedBeforeAnyRelease) {
   HostService* svc = daemon_->service();
   ASSERT_OK(svc->Start());
+  RegisterCustomer();
   TrustHostState();
   const std::string job_id = UploadAndLaunch(Seal("sealed-transit"));
   // Flip one byte of the stored package (inside the sealed disk), as a
@@ -422,6 +415,7 @@ TEST_F(HostE2eTest, PackageTamperedInTransitIsRefusedBeforeAnyRelease) {
 TEST_F(HostE2eTest, KmsUnreachableFailsTheJobWithAClearReason) {
   HostService* svc = daemon_->service();
   ASSERT_OK(svc->Start());
+  RegisterCustomer();
   TrustHostState();
   const std::string job_id = UploadAndLaunch(Seal("sealed-nokms"));
   kms_server_->Stop();
@@ -438,6 +432,7 @@ TEST_F(HostE2eTest, KmsUnreachableFailsTheJobWithAClearReason) {
 TEST_F(HostE2eTest, TpmRestartBetweenReleaseAndDecryptIsHandled) {
   HostService* svc = daemon_->service();
   ASSERT_OK(svc->Start());
+  RegisterCustomer();
   TrustHostState();
   const std::string job_id = UploadAndLaunch(Seal("sealed-restart"));
   int restarts = 0;

@@ -183,6 +183,7 @@ void HostService::RunJob(const PortalJob& pj) {
   job.image_id = pj.image_id;
   job.tenant = pj.customer_id;
   job.expected_tag_image_id = pj.tagged_image_id;
+  job.package_sha256_hex = pj.package_sha256_hex;
   JobPhase phase = JobPhase::kFetching;
   {
     std::lock_guard<std::mutex> lock(mu_);

@@ -239,6 +239,7 @@ StatusOr<std::vector<PortalJob>> PortalClient::PollJobs() {
     job.image_id = j["image_id"];
     job.customer_id = j.value("customer_id", "");
     job.tagged_image_id = j.value("tagged_image_id", "");
+    job.package_sha256_hex = ToLower(j.value("package_sha256", ""));
     out.push_back(std::move(job));
   }
   return out;
@@ -260,10 +261,12 @@ Status PortalClient::ReportProgress(const JobUpdate& update) {
 
 Status PortalClient::ReportRefusal(const std::string& job_id, const std::string& reason,
                                    const std::string& message) {
-  json body = {{"reason", reason},
-               {"message", message},
-               {"kind", RefusalKindFor(reason)},
-               {"detail", message.starts_with(reason + ":") ? message : reason + ": " + message}};
+  // The portal takes its refusal kind as "reason" ("kind" for the session-1
+  // portal); the machine reason leads the message it records.
+  const std::string kind = RefusalKindFor(reason);
+  const std::string detail =
+      message.starts_with(reason + ":") ? message : reason + ": " + message;
+  json body = {{"reason", kind}, {"message", detail}, {"kind", kind}, {"detail", detail}};
   return RetryOnce([&] { return impl_->api->Post("/v1/hosts/jobs/" + job_id + "/refusal", body); })
       .status()
       .WithPrefix("portal refusal");
@@ -380,6 +383,13 @@ Status PortalClient::Fetch(const Job& job, const std::string& dest_path) {
     impl_->last_fetch = stats;
   }
   if (!complete) return last_error;
+  const std::string from_job = ToLower(job.package_sha256_hex);
+  if (!from_job.empty()) {
+    if (!announced.empty() && announced != from_job) {
+      return DataLossError("package fetch: the portal announced two different SHA-256 values");
+    }
+    announced = from_job;
+  }
   if (announced.empty()) {
     if (opt.require_package_digest) {
       return FailedPreconditionError("package fetch: the portal announced no X-Content-SHA256");

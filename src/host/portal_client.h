@@ -45,6 +45,9 @@ struct PortalJob {
   // The image id named in the package's encryption tag, when the portal
   // announces it ("tagged_image_id"); empty otherwise.
   std::string tagged_image_id;
+  // Lowercase hex SHA-256 of the package ("package_sha256"); empty when not
+  // announced.
+  std::string package_sha256_hex;
 };
 
 // The host side of the portal API. Implementations are thread-safe.
@@ -63,6 +66,9 @@ class PortalApi {
   virtual Status ReportProgress(const JobUpdate& update) = 0;
   // The host gives the job back: `reason` is machine-readable
   // (e.g. "pcr_policy", "unencrypted_image"), `message` one line for humans.
+  // The portal files it under one of its refusal kinds (unencrypted_image,
+  // attestation_denied, launch_failed); the message it records starts with
+  // `reason`.
   virtual Status ReportRefusal(const std::string& job_id, const std::string& reason,
                                const std::string& message) = 0;
 };
@@ -111,7 +117,8 @@ class PortalClient final : public PortalApi, public PackageSource {
 
   // Streams GET /v1/hosts/jobs/{id}/package to `dest_path` (mode 0600)
   // through a temp file beside it, resuming with Range after a broken
-  // connection, and checks the SHA-256 the portal announces. `dest_path`
+  // connection, and checks the SHA-256 the portal announces (the
+  // X-Content-SHA256 header, else job.package_sha256_hex). `dest_path`
   // appears only when the whole package arrived and matched; never held in
   // memory. DATA_LOSS on a digest mismatch, UNAVAILABLE when the transfer
   // keeps breaking.

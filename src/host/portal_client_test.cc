@@ -32,18 +32,43 @@ using ::vmseal::testing::WriteFileOrDie;
 // The portal lists any package (the OVF verifier is not what is tested here).
 class AcceptAllVerifier final : public csp::PackageVerifier {
  public:
-  StatusOr<csp::VerifiedPackage> Verify(const RandomAccessFile&) const override {
+  StatusOr<csp::VerifiedPackage> Verify(const RandomAccessFile&,
+                                        const std::string&) const override {
     return csp::VerifiedPackage{"img", "key-1", 1};
   }
 };
 
-// Every host is trusted since an hour.
-class TrustEveryone final : public csp::TrustSource {
+// The portal's view of the KMS: customer keys from a test CA, every host
+// eligible.
+class EveryHostEligibleKms final : public csp::KmsClient {
  public:
-  StatusOr<csp::TrustVerdict> LatestVerdict(const std::string&) override {
-    int64_t now = std::time(nullptr);
-    return csp::TrustVerdict{true, now, now - 3600, ""};
+  EveryHostEligibleKms() {
+    auto ca = crypto::CreateSelfSignedCa({"fake KMS CA"});
+    EXPECT_OK(ca);
+    ca_pem_ = ca.ok() ? ca->cert.ToPem() : "";
   }
+  StatusOr<csp::CustomerKey> CreateCustomerKey(const std::string& customer_id) override {
+    ASSIGN_OR_RETURN(auto key, crypto::PrivateKey::Generate(crypto::KeyType::kEcP256));
+    csp::CustomerKey out;
+    out.key_id = "key-" + customer_id;
+    out.customer_id = customer_id;
+    out.algorithm = "P-256";
+    out.public_key_pem = key.Public().ToPem();
+    return out;
+  }
+  StatusOr<std::vector<csp::HostEligibility>> CheckPlacement(
+      const std::string&, const std::string&, const std::vector<std::string>& hosts) override {
+    std::vector<csp::HostEligibility> out;
+    for (const auto& h : hosts) out.push_back({h, true, "ok"});
+    return out;
+  }
+  Status PutImagePolicy(const std::string&, const std::string&, const std::string&) override {
+    return OkStatus();
+  }
+  std::string CaCertificatePem() const override { return ca_pem_; }
+
+ private:
+  std::string ca_pem_;
 };
 
 // Relays TCP connections from a loopback port to `target_port`. The first
@@ -161,6 +186,13 @@ class PortalClientTest : public ::testing::Test {
     customer_ = std::make_unique<httplib::SSLClient>("127.0.0.1", portal_->port());
     customer_->set_ca_cert_path(dir_.File("ca.pem").c_str());
     customer_->enable_server_certificate_verification(true);
+    // PortalServer::Start returns before cpp-httplib's accept loop runs, and
+    // a Stop in that window is lost (the loop then never ends): wait until
+    // the portal answers.
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (std::chrono::steady_clock::now() < deadline && !customer_->Get("/v1/kms/ca")) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
   }
   void TearDown() override { portal_->Stop(); }
 
@@ -227,7 +259,7 @@ class PortalClientTest : public ::testing::Test {
   TempDir dir_;
   std::unique_ptr<crypto::CertificateAuthority> ca_;
   AcceptAllVerifier verifier_;
-  TrustEveryone trust_;
+  EveryHostEligibleKms trust_;
   std::unique_ptr<csp::PortalServer> portal_;
   std::unique_ptr<httplib::SSLClient> customer_;
   httplib::Headers auth_;
@@ -279,8 +311,10 @@ TEST_F(PortalClientTest, PollsOnlyItsOwnJobsAndFetchesThePackage) {
   EXPECT_FALSE(Env::Default()->FileExists(dir_.File("stolen.pkg")));
 
   const std::string dest = dir_.File("job.pkg");
+  EXPECT_EQ((*jobs)[0].package_sha256_hex, crypto::HexEncode(crypto::Sha256(package)));
   ASSERT_OK(host->Fetch({.job_id = job_id, .image_id = (*jobs)[0].image_id}, dest));
   EXPECT_EQ(testing::ReadFileOrDie(dest), package);
+  EXPECT_TRUE(host->last_fetch().digest_checked);
   struct stat st;
   ASSERT_EQ(::stat(dest.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0600u);
@@ -362,7 +396,7 @@ class DigestServer {
       : server_(cert.c_str(), key.c_str()), body_(std::move(body)), sha_(std::move(sha)) {
     server_.Get(R"(/v1/hosts/jobs/([a-z0-9-]+)/package)",
                 [this](const httplib::Request&, httplib::Response& res) {
-                  res.set_header("X-Content-SHA256", sha_);
+                  if (!sha_.empty()) res.set_header("X-Content-SHA256", sha_);
                   res.set_content(body_, "application/octet-stream");
                 });
     port_ = server_.bind_to_any_port("127.0.0.1");
@@ -389,6 +423,21 @@ TEST_F(PortalClientTest, AnnouncedDigestIsChecked) {
   ASSERT_OK(host->Fetch({.job_id = "j1"}, dir_.File("good.pkg")));
   EXPECT_TRUE(host->last_fetch().digest_checked);
   EXPECT_EQ(testing::ReadFileOrDie(dir_.File("good.pkg")), package);
+}
+
+TEST_F(PortalClientTest, DigestAnnouncedWithTheJobIsChecked) {
+  const std::string package = RandomPackage(100000);
+  DigestServer server(dir_.File("server.crt"), dir_.File("server.key"), package, "");
+  auto host = Client("host-a", server.port());
+  EXPECT_STATUS(host->Fetch({.job_id = "j1", .package_sha256_hex =
+                                                 crypto::HexEncode(crypto::Sha256("other"))},
+                            dir_.File("bad.pkg")),
+                StatusCode::kDataLoss, "SHA-256 mismatch");
+  EXPECT_FALSE(Env::Default()->FileExists(dir_.File("bad.pkg")));
+  ASSERT_OK(host->Fetch({.job_id = "j1", .package_sha256_hex =
+                                             crypto::HexEncode(crypto::Sha256(package))},
+                        dir_.File("good.pkg")));
+  EXPECT_TRUE(host->last_fetch().digest_checked);
 }
 
 TEST_F(PortalClientTest, WrongDigestIsDataLossAndLeavesNoFile) {

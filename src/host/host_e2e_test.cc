@@ -360,6 +360,18 @@ TEST_F(HostE2eTest, TrustedHostBootsTheSealedImageAndVmOutlivesTheService) {
   // Nothing sealed or decrypted lingers outside the VM's own disk.
   EXPECT_TRUE(vmseal::testing::ListDir(dir_.File("hs") + "/work").empty());
   EXPECT_EQ(Disks().size(), 1u);
+  // A restarted agent finds the VM again, and its start-up sweep keeps the
+  // running VM's disk.
+  auto restarted = vm::VmManager::Create({.state_dir = dir_.File("img"),
+                                          .accel = vm::Accel::kTcg});
+  ASSERT_OK(restarted);
+  auto found = (*restarted)->Get(vm_name);
+  ASSERT_OK(found);
+  EXPECT_EQ(found->state, vm::VmRunState::kRunning);
+  auto removed = RemoveStaleFiles(restarted->get(), dir_.File("img"), dir_.File("hs") + "/work");
+  ASSERT_OK(removed);
+  EXPECT_EQ(*removed, 0);
+  EXPECT_EQ(Disks().size(), 1u);
 }
 
 TEST_F(HostE2eTest, TamperedHostGetsNoKeyAndTheJobMovesWithPcrPolicy) {

@@ -4,6 +4,7 @@
 #include <openssl/crypto.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <mutex>
 #include <optional>
@@ -160,6 +161,9 @@ struct PortalClient::Impl {
   mutable std::mutex mu;  // guards last_fetch
   FetchStats last_fetch;
   bool tags_as_object = false;  // learned from the portal's answer
+  // The portal answered "unknown job state" to "launching" (its state
+  // machine goes from decrypting to running): not sent again.
+  std::atomic<bool> launching_unknown{false};
 };
 
 PortalClient::PortalClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -246,17 +250,22 @@ StatusOr<std::vector<PortalJob>> PortalClient::PollJobs() {
 }
 
 Status PortalClient::ReportProgress(const JobUpdate& update) {
+  if (update.phase == JobPhase::kLaunching && impl_->launching_unknown) return OkStatus();
   const std::string phase = JobPhaseName(update.phase);
   // "state" for portals predating the contract's "phase".
   json body = {{"phase", phase}, {"state", phase}};
   if (!update.reason.empty()) body["reason"] = update.reason;
   if (!update.vm_name.empty()) body["vm_name"] = update.vm_name;
   if (!update.serial_log_path.empty()) body["serial_log_path"] = update.serial_log_path;
-  return RetryOnce([&] {
-           return impl_->api->Post("/v1/hosts/jobs/" + update.job_id + "/progress", body);
-         })
-      .status()
-      .WithPrefix("portal progress");
+  Status s = RetryOnce([&] {
+               return impl_->api->Post("/v1/hosts/jobs/" + update.job_id + "/progress", body);
+             }).status();
+  if (update.phase == JobPhase::kLaunching && s.code() == StatusCode::kInvalidArgument &&
+      s.message().find("unknown job state") != std::string::npos) {
+    impl_->launching_unknown = true;
+    return OkStatus();
+  }
+  return s.WithPrefix("portal progress");
 }
 
 Status PortalClient::ReportRefusal(const std::string& job_id, const std::string& reason,

@@ -379,7 +379,8 @@ TEST_F(PortalClientTest, RunningReportCarriesTheVm) {
   auto host = Client("host-a");
   ASSERT_OK(host->Register({.capacity = {.vcpus = 1, .memory_mib = 512, .slots = 1}}));
   const std::string job_id = LaunchPackage(RandomPackage(1024));
-  for (JobPhase p : {JobPhase::kFetching, JobPhase::kAttesting, JobPhase::kDecrypting}) {
+  for (JobPhase p : {JobPhase::kFetching, JobPhase::kAttesting, JobPhase::kDecrypting,
+                     JobPhase::kLaunching}) {
     ASSERT_OK(host->ReportProgress({.job_id = job_id, .phase = p}));
   }
   ASSERT_OK(host->ReportProgress({.job_id = job_id, .phase = JobPhase::kRunning,

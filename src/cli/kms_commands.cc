@@ -4,10 +4,13 @@
 #include <string>
 
 #include "base/env.h"
+#include "crypto/keys.h"
 #include "cli/commands.h"
 #include "kms/audit.h"
 #include "kms/config.h"
 #include "kms/store.h"
+#include "net/https_client.h"
+#include "net/internal/json_util.h"
 
 namespace vmseal::cli {
 namespace {
@@ -24,7 +27,84 @@ struct KmsFlags {
   std::string listen;
   int port = -1;
   std::string port_file;
+  // Operator API client (kms flavor|policy|host).
+  std::string url;
+  std::string ca;
+  std::string cert;
+  std::string key;
+  std::string flavor;
+  std::vector<std::string> pcrs;  // "INDEX=HEX"
+  std::string file;
+  std::string customer;
+  std::string image;
+  std::string host;
+  std::vector<std::string> tags;
+  int64_t since = 0;
+  std::string ek_ca_bundle;
 };
+
+// An HTTPS client with the operator's identity from --url --ca --cert --key.
+StatusOr<std::unique_ptr<net::HttpsClient>> OperatorClient(const KmsFlags& f) {
+  constexpr std::string_view kScheme = "https://";
+  if (f.url.rfind(kScheme, 0) != 0) return InvalidArgumentError("--url must be https://HOST:PORT");
+  std::string rest = f.url.substr(kScheme.size());
+  while (!rest.empty() && rest.back() == '/') rest.pop_back();
+  net::HttpsClient::Options o;
+  const size_t colon = rest.rfind(':');
+  if (colon == std::string::npos) {
+    o.host = rest;
+    o.port = 443;
+  } else {
+    o.host = rest.substr(0, colon);
+    char* end = nullptr;
+    const std::string port = rest.substr(colon + 1);
+    long p = std::strtol(port.c_str(), &end, 10);
+    if (port.empty() || *end != '\0' || p <= 0 || p > 65535) return InvalidArgumentError("--url: bad port");
+    o.port = static_cast<int>(p);
+  }
+  if (o.host.empty()) return InvalidArgumentError("--url: no host");
+  ASSIGN_OR_RETURN(o.ca_pem, ReadFileToString(Env::Default(), f.ca));
+  ASSIGN_OR_RETURN(o.cert_pem, ReadFileToString(Env::Default(), f.cert));
+  ASSIGN_OR_RETURN(o.key_pem, crypto::ReadSecretFile(f.key));
+  return net::HttpsClient::Create(std::move(o));
+}
+
+Status Print(const StatusOr<nlohmann::json>& answer) {
+  RETURN_IF_ERROR(answer.status());
+  std::printf("%s\n", answer->dump(2).c_str());
+  return OkStatus();
+}
+
+StatusOr<nlohmann::json> ReadJsonFile(const std::string& path) {
+  if (path.empty()) return InvalidArgumentError("--file is required");
+  ASSIGN_OR_RETURN(std::string text, ReadFileToString(Env::Default(), path));
+  auto parsed = net::internal::ParseJson(text);
+  if (!parsed.ok()) return parsed.status().WithPrefix(path);
+  return parsed;
+}
+
+Status FlavorPut(const KmsFlags& f) {
+  nlohmann::json pcrs;
+  if (!f.file.empty()) {
+    ASSIGN_OR_RETURN(pcrs, ReadJsonFile(f.file));
+    if (pcrs.is_object() && pcrs.contains("pcrs")) pcrs = pcrs["pcrs"];
+  } else {
+    if (f.pcrs.empty()) return InvalidArgumentError("give --pcr INDEX=HEX (repeatable) or --file");
+    nlohmann::json bank = nlohmann::json::object();
+    for (const auto& p : f.pcrs) {
+      const size_t eq = p.find('=');
+      if (eq == std::string::npos || eq == 0) return InvalidArgumentError("--pcr must be INDEX=HEX: " + p);
+      bank[p.substr(0, eq)] = p.substr(eq + 1);
+    }
+    pcrs = {{"sha256", bank}};
+  }
+  ASSIGN_OR_RETURN(auto client, OperatorClient(f));
+  return Print(client->Put("/v1/flavors/" + f.flavor, {{"pcrs", pcrs}}));
+}
+
+std::string PolicyPath(const KmsFlags& f) {
+  return "/v1/policies/" + f.customer + (f.image.empty() ? "" : "/" + f.image);
+}
 
 // The store named by --store, else by the config file.
 StatusOr<std::unique_ptr<kms::Store>> OpenAuditStore(const KmsFlags& f) {
@@ -81,7 +161,93 @@ Status Serve(const KmsFlags& f) {
   if (!f.store.empty()) config.store = f.store;
   if (!f.listen.empty()) config.listen = f.listen;
   if (f.port >= 0) config.port = f.port;
+  if (!f.ek_ca_bundle.empty()) config.ek_ca_bundle = f.ek_ca_bundle;
   return kms::ServeKms(config, f.port_file);
+}
+
+void AddOperatorFlags(CLI::App* cmd, KmsFlags* f) {
+  cmd->add_option("--url", f->url, "KMS URL, https://HOST:PORT")->required();
+  cmd->add_option("--ca", f->ca, "KMS CA certificate (PEM)")->required();
+  cmd->add_option("--cert", f->cert, "Operator certificate (PEM)")->required();
+  cmd->add_option("--key", f->key, "Operator private key (PEM, 0600)")->required();
+}
+
+void AddOperatorCommands(CLI::App* kms, std::shared_ptr<KmsFlags> flags, const CommandSink& sink) {
+  KmsFlags* f = flags.get();
+  CLI::App* flavor = kms->add_subcommand("flavor", "Known-good PCR value sets");
+  flavor->require_subcommand(1);
+  CLI::App* put = flavor->add_subcommand("put", "Create or replace a flavor");
+  AddOperatorFlags(put, f);
+  put->add_option("--name", f->flavor, "Flavor name")->required();
+  put->add_option("--pcr", f->pcrs, "SHA-256 PCR value INDEX=HEX (repeatable)");
+  put->add_option("--file", f->file, R"(JSON file {"sha256": {"INDEX": "HEX"}})");
+  put->callback([flags, sink] { sink(FlavorPut(*flags)); });
+  CLI::App* list = flavor->add_subcommand("list", "List flavors");
+  AddOperatorFlags(list, f);
+  list->callback([flags, sink] {
+    auto c = OperatorClient(*flags);
+    sink(c.ok() ? Print((*c)->Get("/v1/flavors")) : c.status());
+  });
+  CLI::App* from = flavor->add_subcommand("from-host", "A flavor from an enrolled host's latest trusted PCR values");
+  AddOperatorFlags(from, f);
+  from->add_option("--name", f->flavor, "Flavor name")->required();
+  from->add_option("--host", f->host, "Host id")->required();
+  from->callback([flags, sink] {
+    auto c = OperatorClient(*flags);
+    sink(c.ok() ? Print((*c)->Post("/v1/flavors/" + flags->flavor + "/from-host/" + flags->host,
+                                   nlohmann::json::object()))
+                : c.status());
+  });
+
+  CLI::App* policy = kms->add_subcommand("policy", "Release policies");
+  policy->require_subcommand(1);
+  CLI::App* set = policy->add_subcommand("set", "Set a customer's (or one image's) release policy");
+  AddOperatorFlags(set, f);
+  set->add_option("--customer", f->customer, "Customer id (_default: customers without a policy)")->required();
+  set->add_option("--image", f->image, "Image id (default: every image of the customer)");
+  set->add_option("--file", f->file, "Policy JSON file")->required();
+  set->callback([flags, sink] {
+    auto body = ReadJsonFile(flags->file);
+    if (!body.ok()) return sink(body.status());
+    auto c = OperatorClient(*flags);
+    sink(c.ok() ? Print((*c)->Put(PolicyPath(*flags), *body)) : c.status());
+  });
+  CLI::App* get = policy->add_subcommand("get", "Show the policy that applies");
+  AddOperatorFlags(get, f);
+  get->add_option("--customer", f->customer, "Customer id")->required();
+  get->add_option("--image", f->image, "Image id");
+  get->callback([flags, sink] {
+    auto c = OperatorClient(*flags);
+    sink(c.ok() ? Print((*c)->Get(PolicyPath(*flags))) : c.status());
+  });
+
+  CLI::App* host = kms->add_subcommand("host", "Enrolled hosts");
+  host->require_subcommand(1);
+  CLI::App* hlist = host->add_subcommand("list", "Hosts with tags and latest verdict");
+  AddOperatorFlags(hlist, f);
+  hlist->callback([flags, sink] {
+    auto c = OperatorClient(*flags);
+    sink(c.ok() ? Print((*c)->Get("/v1/hosts")) : c.status());
+  });
+  CLI::App* tags = host->add_subcommand("tags", "Replace a host's tags");
+  AddOperatorFlags(tags, f);
+  tags->add_option("--host", f->host, "Host id")->required();
+  tags->add_option("--tag", f->tags, "Tag, e.g. region=eu-west (repeatable; none clears)");
+  tags->callback([flags, sink] {
+    auto c = OperatorClient(*flags);
+    sink(c.ok() ? Print((*c)->Put("/v1/hosts/" + flags->host + "/tags", {{"tags", flags->tags}}))
+                : c.status());
+  });
+  CLI::App* history = host->add_subcommand("history", "A host's attestation verdicts");
+  AddOperatorFlags(history, f);
+  history->add_option("--host", f->host, "Host id")->required();
+  history->add_option("--since", f->since, "Unix time (default 0)");
+  history->callback([flags, sink] {
+    auto c = OperatorClient(*flags);
+    sink(c.ok() ? Print((*c)->Get("/v1/hosts/" + flags->host + "/verdicts?since=" +
+                                  std::to_string(flags->since)))
+                : c.status());
+  });
 }
 
 }  // namespace
@@ -114,6 +280,8 @@ void AddKmsCommands(CLI::App& app, const CommandSink& sink) {
   serve->add_option("--listen", flags->listen, "Bind address (env VMSEAL_KMS_LISTEN)");
   serve->add_option("--port", flags->port, "TCP port, 0 = any (env VMSEAL_KMS_PORT)");
   serve->add_option("--port-file", flags->port_file, "Write the bound port here once serving");
+  serve->add_option("--ek-ca-bundle", flags->ek_ca_bundle,
+                    "PEM bundle of TPM manufacturer CAs for host enrollment (config ek_ca_bundle)");
   serve->callback([flags, sink] { sink(Serve(*flags)); });
 
   CLI::App* audit = kms->add_subcommand("audit", "Audit log");
@@ -127,6 +295,8 @@ void AddKmsCommands(CLI::App& app, const CommandSink& sink) {
   exp->add_option("--store", flags->store, "SQLite path or postgres:// URL");
   exp->add_option("--out", flags->out, "Output file (default stdout)");
   exp->callback([flags, sink] { sink(AuditExport(*flags)); });
+
+  AddOperatorCommands(kms, flags, sink);
 }
 
 }  // namespace vmseal::cli

@@ -222,6 +222,54 @@ TEST_F(KmsProcessTest, AuditVerifyCliDetectsTamper) {
   EXPECT_NE(out.find("hash mismatch"), std::string::npos) << out;
 }
 
+// The operator CLI drives the API over HTTPS with the operator credential.
+TEST_F(KmsProcessTest, OperatorCliManagesFlavorsPoliciesAndHosts) {
+  auto cli = [&](std::vector<std::string> args, const std::string& identity = "operator") {
+    std::vector<std::string> argv = {VmsealBinary(), "kms"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    for (const std::string& a : {std::string("--url"), "https://127.0.0.1:" + std::to_string(port_),
+                                 std::string("--ca"), dir_ + "/ca.pem", std::string("--cert"),
+                                 dir_ + "/" + identity + ".pem", std::string("--key"),
+                                 dir_ + "/" + identity + "-key.pem"}) {
+      argv.push_back(a);
+    }
+    out_.clear();
+    return RunCommand(argv, &out_, 60);
+  };
+  const std::string v7(64, 'b');
+  ASSERT_EQ(cli({"flavor", "put", "--name", "good-boot", "--pcr", "0=" + std::string(64, 'A'),
+                 "--pcr", "7=" + v7}), 0) << out_;
+  ASSERT_EQ(cli({"flavor", "list"}), 0) << out_;
+  EXPECT_NE(out_.find("good-boot"), std::string::npos) << out_;
+  EXPECT_NE(out_.find(std::string(64, 'a')), std::string::npos) << out_;  // normalized
+  // A portal credential may read flavors but not write them.
+  EXPECT_NE(cli({"flavor", "put", "--name", "x", "--pcr", "0=" + v7}, "portal"), 0);
+  EXPECT_NE(out_.find("operator role"), std::string::npos) << out_;
+  EXPECT_NE(cli({"flavor", "put", "--name", "bad", "--pcr", "0=zz"}), 0);
+  EXPECT_NE(out_.find("64 hex"), std::string::npos) << out_;
+
+  testing::WriteFileOrDie(tmp_.File("policy.json"),
+                          R"({"flavors": {"anyOf": ["good-boot"]}, "required_tags": ["region=eu-west"]})");
+  ASSERT_EQ(cli({"policy", "set", "--customer", "acme", "--file", tmp_.File("policy.json")}), 0) << out_;
+  ASSERT_EQ(cli({"policy", "get", "--customer", "acme", "--image", "img-1"}), 0) << out_;
+  EXPECT_NE(out_.find("region=eu-west"), std::string::npos) << out_;
+  testing::WriteFileOrDie(tmp_.File("bad.json"), R"({"flavors": {"anyOf": []}})");
+  EXPECT_NE(cli({"policy", "set", "--customer", "acme", "--file", tmp_.File("bad.json")}), 0);
+
+  ASSERT_EQ(cli({"host", "list"}), 0) << out_;
+  auto listed = nlohmann::json::parse(out_, nullptr, false);
+  ASSERT_TRUE(listed.is_object()) << out_;
+  EXPECT_TRUE(listed["hosts"].empty());
+  EXPECT_NE(cli({"host", "tags", "--host", "nohost", "--tag", "region=eu-west"}), 0);
+  EXPECT_NE(out_.find("unknown host"), std::string::npos) << out_;
+  ASSERT_EQ(cli({"host", "history", "--host", "nohost"}), 0) << out_;
+  EXPECT_NE(out_.find("\"verdicts\": []"), std::string::npos) << out_;
+  // Every change above is in the audit chain.
+  auto verify = Client("operator")->Get("/v1/audit/verify");
+  ASSERT_OK(verify);
+  EXPECT_GE((*verify)["count"].get<int64_t>(), 2);
+}
+
 TEST_F(KmsProcessTest, InitRefusesToOverwrite) {
   std::string out;
   EXPECT_NE(RunCommand({VmsealBinary(), "kms", "init", "--dir", dir_}, &out), 0);

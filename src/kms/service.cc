@@ -388,8 +388,9 @@ Status KmsService::CompleteEnrollment(const Caller& caller, const std::string& h
   return OkStatus();
 }
 
-StatusOr<std::shared_ptr<const attest::AkPublic>> KmsService::EnrolledAk(const std::string& host_id) {
-  {
+StatusOr<std::shared_ptr<const attest::AkPublic>> KmsService::EnrolledAk(const std::string& host_id,
+                                                                         bool reload) {
+  if (!reload) {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = aks_.find(host_id);
     if (it != aks_.end()) return it->second;
@@ -406,26 +407,31 @@ StatusOr<std::shared_ptr<const attest::AkPublic>> KmsService::EnrolledAk(const s
 
 // --- Attestation ------------------------------------------------------------
 
-StatusOr<int64_t> KmsService::ConsumeEvidenceNonce(const std::string& host_id,
-                                                   const attest::Evidence& ev) {
-  if (ev.nonce.size() != 32) return Denied("nonce_unknown", "the nonce was not issued by this KMS");
-  Status s = store_->ConsumeNonce(crypto::HexEncode(ev.nonce), host_id, Now());
-  if (!s.ok()) {
-    if (s.code() == StatusCode::kNotFound) return Denied("nonce_unknown", "the nonce was not issued for this host");
-    if (s.code() == StatusCode::kFailedPrecondition) {
-      if (s.message().find("used") != std::string::npos) return Denied("nonce_used", "the nonce was already used");
-      return Denied("nonce_expired", "the nonce expired");
-    }
-    return s;
+namespace {
+// The nonce reasons for the store's nonce answers; other errors unchanged.
+Status NonceError(const Status& s) {
+  if (s.code() == StatusCode::kNotFound) return Denied("nonce_unknown", "the nonce was not issued for this host");
+  if (s.code() == StatusCode::kFailedPrecondition) {
+    if (s.message().find("used") != std::string::npos) return Denied("nonce_used", "the nonce was already used");
+    if (s.message().find("expired") != std::string::npos) return Denied("nonce_expired", "the nonce expired");
   }
+  return s;
+}
+}  // namespace
+
+StatusOr<int64_t> KmsService::CheckEvidenceNonce(const std::string& host_id,
+                                                 const attest::Evidence& ev) {
+  if (ev.nonce.size() != 32) return Denied("nonce_unknown", "the nonce was not issued by this KMS");
+  Status s = store_->CheckNonce(crypto::HexEncode(ev.nonce), host_id, Now());
+  if (!s.ok()) return NonceError(s);
   uint64_t issued = 0;
   for (int i = 0; i < 8; ++i) issued = (issued << 8) | ev.nonce[i];
   return static_cast<int64_t>(issued);
 }
 
-StatusOr<std::pair<VerdictInfo, std::optional<attest::VerifiedEvidence>>>
-KmsService::VerifyAndRecord(const std::string& host_id, const attest::AkPublic& ak,
-                            const attest::Evidence& ev, int64_t nonce_issued_unix) {
+std::pair<Verdict, std::optional<attest::VerifiedEvidence>> KmsService::CheckEvidence(
+    const std::string& host_id, const attest::AkPublic& ak, const attest::Evidence& ev,
+    int64_t nonce_issued_unix) {
   auto verified = attest::VerifyEvidence(ak, ev.nonce, ev.pcr_selection, ev);
   Verdict v;
   v.verdict_id = NewVerdictId();
@@ -450,13 +456,33 @@ KmsService::VerifyAndRecord(const std::string& host_id, const attest::AkPublic& 
     v.reason = reason == "none" ? "malformed_evidence" : reason;
     v.details["message"] = verified.status().message();
   }
-  RETURN_IF_ERROR(store_->PutVerdict(
-      v, {"attestation.verdict", "host/" + host_id,
-          json{{"verdict_id", v.verdict_id}, {"trusted", v.trusted}, {"reason", v.reason}}}));
   std::optional<attest::VerifiedEvidence> out;
   if (verified.ok()) out = *std::move(verified);
-  return std::make_pair(InfoOf(v), std::move(out));
+  return {std::move(v), std::move(out)};
 }
+
+std::pair<Verdict, std::optional<attest::VerifiedEvidence>> KmsService::CheckEvidenceWithReload(
+    const std::string& host_id, std::shared_ptr<const attest::AkPublic> ak,
+    const attest::Evidence& ev, int64_t nonce_issued_unix) {
+  auto result = CheckEvidence(host_id, *ak, ev, nonce_issued_unix);
+  // The cached AK may be stale when the host re-enrolled through another KMS
+  // process sharing the store: on a signature failure, reload it once.
+  if (!result.first.trusted && (result.first.reason == "bad_signature" ||
+                                result.first.reason == "binding_key_not_certified")) {
+    auto fresh = EnrolledAk(host_id, /*reload=*/true);
+    if (fresh.ok() && (*fresh)->marshalled() != ak->marshalled()) {
+      result = CheckEvidence(host_id, **fresh, ev, nonce_issued_unix);
+    }
+  }
+  return result;
+}
+
+namespace {
+AuditEvent VerdictAudit(const Verdict& v) {
+  return {"attestation.verdict", "host/" + v.host_id,
+          json{{"verdict_id", v.verdict_id}, {"trusted", v.trusted}, {"reason", v.reason}}};
+}
+}  // namespace
 
 StatusOr<VerdictInfo> KmsService::Attest(const Caller& caller, const std::string& host_id,
                                          const attest::Evidence& evidence) {
@@ -466,14 +492,22 @@ StatusOr<VerdictInfo> KmsService::Attest(const Caller& caller, const std::string
     RecordDenial(ReasonPrefix(ak.status()), "host/" + host_id, "attest: " + ak.status().message());
     return ak.status();
   }
-  auto issued = ConsumeEvidenceNonce(host_id, evidence);
+  auto issued = CheckEvidenceNonce(host_id, evidence);
   if (!issued.ok()) {
     RecordDenial(ReasonPrefix(issued.status()), "host/" + host_id, "attest: " + issued.status().message());
     return issued.status();
   }
-  ASSIGN_OR_RETURN(auto result, VerifyAndRecord(host_id, **ak, evidence, *issued));
+  auto result = CheckEvidenceWithReload(host_id, *ak, evidence, *issued);
+  // The nonce is consumed in the verdict's transaction (exactly once).
+  const Store::NonceUse use{crypto::HexEncode(evidence.nonce), host_id, Now()};
+  Status written = store_->PutVerdict(result.first, {VerdictAudit(result.first)}, &use);
+  if (!written.ok()) {
+    written = NonceError(written);
+    RecordDenial(ReasonPrefix(written), "host/" + host_id, "attest: " + written.message());
+    return written;
+  }
   if (!result.first.trusted) metrics_.CountDenial(result.first.reason);
-  return result.first;
+  return InfoOf(result.first);
 }
 
 // --- Policy -------------------------------------------------------------------
@@ -508,7 +542,7 @@ StatusOr<PolicyDecision> KmsService::Decide(const json& policy, PolicyFacts fact
       policy["history"].contains("no_failures_within_seconds") &&
       policy["history"]["no_failures_within_seconds"].is_number_integer()) {
     const int64_t window = policy["history"]["no_failures_within_seconds"].get<int64_t>();
-    ASSIGN_OR_RETURN(facts.history, store_->ListVerdicts(host_id, facts.now_unix - window));
+    ASSIGN_OR_RETURN(facts.history, store_->ListFailedVerdicts(host_id, facts.now_unix - window));
   }
   return EvaluatePolicy(policy, flavors, facts);
 }
@@ -556,17 +590,38 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
   const auto start = std::chrono::steady_clock::now();
   json audit = {{"host_id", host_id}, {"image_id", req.image_id}, {"tenant", req.tenant},
                 {"key_id", req.key_id}, {"key_version", req.key_version}};
+  // The verdict is written with the decision's audit record, in one
+  // transaction (one commit per release besides the nonce's).
+  std::optional<Verdict> verdict_to_record;
+  const Store::NonceUse nonce_use{crypto::HexEncode(req.evidence.nonce), host_id, Now()};
   auto finish = [&](const Status& s) -> Status {
-    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     std::string reason = ReasonPrefix(s);
     if (reason.empty()) reason = s.code() == StatusCode::kInvalidArgument ? "malformed_request" : "internal";
-    metrics_.ObserveRelease(reason, secs);
-    metrics_.CountDenial(reason);
     json d = audit;
     d["reason"] = reason;
     d["message"] = s.message();
-    (void)store_->AppendAudit({"release.deny", "host/" + host_id, d});
-    return s;
+    AuditEvent deny{"release.deny", "host/" + host_id, d};
+    Status result = s;
+    Status written = verdict_to_record
+                         ? store_->PutVerdict(*verdict_to_record,
+                                              {VerdictAudit(*verdict_to_record), deny}, &nonce_use)
+                         : store_->AppendAudit(deny);
+    if (!written.ok() && verdict_to_record) {
+      // The nonce was consumed meanwhile (a replay racing this request):
+      // that is the answer, and its own denial record.
+      Status nonce = NonceError(written);
+      if (!ReasonPrefix(nonce).empty()) {
+        result = nonce;
+        reason = ReasonPrefix(nonce);
+        d["reason"] = reason;
+        d["message"] = nonce.message();
+        (void)store_->AppendAudit({"release.deny", "host/" + host_id, d});
+      }
+    }
+    metrics_.CountDenial(reason);
+    metrics_.ObserveRelease(
+        reason, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    return result;
   };
 
   if (!ValidIdentity(req.image_id) || !ValidIdentity(req.tenant)) {
@@ -579,18 +634,18 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
 
   auto ak = EnrolledAk(host_id);
   if (!ak.ok()) return finish(ak.status());
-  auto issued = ConsumeEvidenceNonce(host_id, req.evidence);
+  auto issued = CheckEvidenceNonce(host_id, req.evidence);
   if (!issued.ok()) return finish(issued.status());
-  auto verdict = VerifyAndRecord(host_id, **ak, req.evidence, *issued);
-  if (!verdict.ok()) return finish(verdict.status());
-  audit["verdict_id"] = verdict->first.verdict_id;
-  if (!verdict->first.trusted) {
-    Status s = verdict->first.reason == "malformed_evidence"
+  auto verdict = CheckEvidenceWithReload(host_id, *ak, req.evidence, *issued);
+  verdict_to_record = verdict.first;
+  audit["verdict_id"] = verdict.first.verdict_id;
+  if (!verdict.first.trusted) {
+    Status s = verdict.first.reason == "malformed_evidence"
                    ? InvalidArgumentError("malformed_evidence: evidence does not parse")
-                   : Denied(verdict->first.reason, "evidence failed verification");
+                   : Denied(verdict.first.reason, "evidence failed verification");
     return finish(s);
   }
-  const attest::VerifiedEvidence& ev = *verdict->second;
+  const attest::VerifiedEvidence& ev = *verdict.second;
 
   // Which key; then the policy for this customer and image.
   auto key = CustomerPrivateKey(req.tenant, req.key_id);
@@ -619,11 +674,16 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
       label->key_version != req.key_version) {
     return finish(Denied("label_mismatch", "the OAEP label names another image, tenant or key version"));
   }
+  if (key->key->type() != crypto::KeyType::kRsa3072 && key->key->type() != crypto::KeyType::kRsa2048) {
+    return finish(Denied("unknown_key", "key " + key->key_id + " is not an RSA key; packages wrap to RSA"));
+  }
   auto data_key = crypto::RsaOaepUnwrap(*key->key, req.wrapped_key, crypto::AsStringView(req.oaep_label));
   if (!data_key.ok()) {
     return finish(Denied("label_mismatch", "the wrapped key does not open under this key and label"));
   }
-  auto binding = crypto::PublicKey::FromPem(ev.binding_key.spki_pem);
+  // From the certified modulus (cheaper than decoding the PEM form).
+  auto binding = crypto::PublicKey::FromRsaModulus(
+      ev.binding_key.modulus, ev.binding_key.exponent == 0 ? 65537 : ev.binding_key.exponent);
   if (!binding.ok()) return finish(binding.status());
   const std::string ad = ReleaseLabel(req.image_id);
   auto rewrapped = crypto::RsaOaepWrap(*binding, *data_key, ad, crypto::OaepLabel::kTpm);
@@ -635,8 +695,15 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
   out.label.push_back(0);
   audit["binding_key_name"] = crypto::HexEncode(ev.binding_key.name);
   audit["by_fingerprint"] = caller.fingerprint;
-  Status logged = store_->AppendAudit({"release.grant", "host/" + host_id, audit});
-  if (!logged.ok()) return finish(logged);  // no grant without its audit record
+  // One transaction: the nonce consumed exactly once, the verdict, the grant
+  // record. No grant without all three.
+  Status logged = store_->PutVerdict(
+      *verdict_to_record,
+      {VerdictAudit(*verdict_to_record), {"release.grant", "host/" + host_id, audit}}, &nonce_use);
+  if (!logged.ok()) {
+    verdict_to_record.reset();
+    return finish(NonceError(logged));
+  }
   metrics_.CountRelease();
   metrics_.ObserveRelease(
       "ok", std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
@@ -651,8 +718,12 @@ StatusOr<std::vector<HostSummary>> KmsService::ListHosts(const Caller& caller) {
   std::vector<HostSummary> out;
   for (const auto& h : hosts) {
     HostSummary s{h.host_id, h.enrolled, h.tags, std::nullopt};
-    ASSIGN_OR_RETURN(auto verdicts, store_->ListVerdicts(h.host_id, 0));
-    if (!verdicts.empty()) s.latest = InfoOf(verdicts.back());
+    auto latest = store_->LatestVerdict(h.host_id);
+    if (latest.ok()) {
+      s.latest = InfoOf(*latest);
+    } else if (latest.status().code() != StatusCode::kNotFound) {
+      return latest.status();
+    }
     out.push_back(std::move(s));
   }
   return out;
@@ -699,18 +770,19 @@ StatusOr<std::vector<PlacementResult>> KmsService::PlacementCheck(const Caller& 
     } else if (!host.ok() || !host->enrolled) {
       r.reason = "not_enrolled";
     } else {
-      ASSIGN_OR_RETURN(auto verdicts, store_->ListVerdicts(id, 0));
-      if (verdicts.empty()) {
+      auto latest = store_->LatestVerdict(id);
+      if (!latest.ok() && latest.status().code() != StatusCode::kNotFound) return latest.status();
+      if (!latest.ok()) {
         r.reason = "no_verdict";
-      } else if (!verdicts.back().trusted) {
-        r.reason = verdicts.back().reason;
+      } else if (!latest->trusted) {
+        r.reason = latest->reason;
       } else {
         PolicyFacts facts;
-        auto pcrs = PcrValuesFromJson(verdicts.back().details.value("pcrs", json()));
+        auto pcrs = PcrValuesFromJson(latest->details.value("pcrs", json()));
         if (pcrs.ok()) facts.pcrs = *pcrs;
         facts.host_tags = host->tags;
         facts.now_unix = now;
-        facts.evidence_age_seconds = now - verdicts.back().time_unix;
+        facts.evidence_age_seconds = now - latest->time_unix;
         ASSIGN_OR_RETURN(PolicyDecision d, Decide(policy->policy, facts, id));
         r.eligible = d.allowed;
         r.reason = d.reason;

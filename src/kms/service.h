@@ -226,16 +226,25 @@ class KmsService {
     SecretBytes secret;
     int64_t expires_unix = 0;
   };
-  // The host's activated AK (cache, else the store); not_enrolled otherwise.
-  StatusOr<std::shared_ptr<const attest::AkPublic>> EnrolledAk(const std::string& host_id);
+  // The host's activated AK (cache, else the store; `reload` skips the
+  // cache); not_enrolled otherwise.
+  StatusOr<std::shared_ptr<const attest::AkPublic>> EnrolledAk(const std::string& host_id,
+                                                               bool reload = false);
   // The customer's key named by `key_id`; unknown_key otherwise.
   StatusOr<CachedKey> CustomerPrivateKey(const std::string& customer_id, const std::string& key_id);
-  // Consumes the evidence's nonce; returns its issue time. nonce_* reasons.
-  StatusOr<int64_t> ConsumeEvidenceNonce(const std::string& host_id, const attest::Evidence& ev);
-  // Verifies and records a verdict; returns it with the verified evidence (if trusted).
-  StatusOr<std::pair<VerdictInfo, std::optional<attest::VerifiedEvidence>>> VerifyAndRecord(
+  // Checks (without consuming) the evidence's nonce; returns its issue time.
+  // nonce_* reasons. The nonce is consumed with the verdict's write.
+  StatusOr<int64_t> CheckEvidenceNonce(const std::string& host_id, const attest::Evidence& ev);
+  // Verifies the evidence; the verdict to record (trusted or not) and, if
+  // trusted, what the evidence proved. Writes nothing.
+  std::pair<Verdict, std::optional<attest::VerifiedEvidence>> CheckEvidence(
       const std::string& host_id, const attest::AkPublic& ak, const attest::Evidence& ev,
       int64_t nonce_issued_unix);
+  // CheckEvidence, retried once with the AK reloaded from the store when a
+  // signature check fails (another KMS process may have re-enrolled the host).
+  std::pair<Verdict, std::optional<attest::VerifiedEvidence>> CheckEvidenceWithReload(
+      const std::string& host_id, std::shared_ptr<const attest::AkPublic> ak,
+      const attest::Evidence& ev, int64_t nonce_issued_unix);
   // The policy for (customer, image), else the "_default" customer's.
   StatusOr<PolicyRecord> EffectivePolicy(const std::string& customer_id, const std::string& image_id);
   // Evaluates the policy with the flavors it names.

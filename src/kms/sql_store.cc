@@ -191,19 +191,13 @@ class SqlStore : public Store {
   Status ConsumeNonce(const std::string& nonce, const std::string& host_id,
                       int64_t now_unix) override {
     std::lock_guard<std::mutex> lock(mu_);
-    // One conditional UPDATE: row-level locking makes a concurrent second
-    // consumer (another process on the same PostgreSQL) see consumed = 1.
-    ASSIGN_OR_RETURN(auto r, conn_->Exec(
-        "UPDATE nonces SET consumed = 1 WHERE nonce = ? AND host_id = ? AND consumed = 0 "
-        "AND expires_unix >= ?",
-        {nonce, host_id, now_unix}));
-    if (r.affected == 1) return OkStatus();
-    ASSIGN_OR_RETURN(auto why, conn_->Exec(
-        "SELECT consumed, expires_unix FROM nonces WHERE nonce = ? AND host_id = ?",
-        {nonce, host_id}));
-    if (why.rows.empty()) return NotFoundError("unknown nonce");
-    if (ToInt(why.rows[0][0]) != 0) return FailedPreconditionError("nonce already used");
-    return FailedPreconditionError("nonce expired");
+    return ConsumeNonceLocked(nonce, host_id, now_unix);
+  }
+
+  Status CheckNonce(const std::string& nonce, const std::string& host_id,
+                    int64_t now_unix) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return NonceStateLocked(nonce, host_id, now_unix);
   }
 
   StatusOr<int64_t> PurgeNonces(int64_t before_unix) override {
@@ -212,30 +206,41 @@ class SqlStore : public Store {
     return r.affected;
   }
 
-  Status PutVerdict(const Verdict& v, const AuditEvent& audit) override {
+  using Store::PutVerdict;
+  Status PutVerdict(const Verdict& v, const std::vector<AuditEvent>& audits,
+                    const NonceUse* consume) override {
     return InTx([&]() -> Status {
+      if (consume != nullptr) {
+        RETURN_IF_ERROR(ConsumeNonceLocked(consume->nonce, consume->host_id, consume->now_unix));
+      }
       RETURN_IF_ERROR(conn_->Exec(
           "INSERT INTO verdicts (verdict_id, host_id, trusted, reason, time_unix, details) "
           "VALUES (?, ?, ?, ?, ?, ?)",
           {v.verdict_id, v.host_id, int64_t{v.trusted ? 1 : 0}, v.reason, v.time_unix,
            net::internal::DumpJson(v.details)}));
-      return AppendAuditLocked(audit);
+      for (const auto& a : audits) RETURN_IF_ERROR(AppendAuditLocked(a));
+      return OkStatus();
     });
   }
 
   StatusOr<std::vector<Verdict>> ListVerdicts(const std::string& host_id,
                                               int64_t since_unix) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    ASSIGN_OR_RETURN(auto r, conn_->Exec(
-        "SELECT verdict_id, host_id, trusted, reason, time_unix, details FROM verdicts "
-        "WHERE host_id = ? AND time_unix >= ? ORDER BY time_unix, verdict_id",
-        {host_id, since_unix}));
-    std::vector<Verdict> out;
-    for (const auto& row : r.rows) {
-      out.push_back({ToStr(row[0]), ToStr(row[1]), ToInt(row[2]) != 0, ToStr(row[3]),
-                     ToInt(row[4]), ToJson(row[5])});
-    }
-    return out;
+    return QueryVerdicts("WHERE host_id = ? AND time_unix >= ? ORDER BY time_unix, verdict_id",
+                         {host_id, since_unix});
+  }
+
+  StatusOr<std::vector<Verdict>> ListFailedVerdicts(const std::string& host_id,
+                                                    int64_t since_unix) override {
+    return QueryVerdicts(
+        "WHERE host_id = ? AND time_unix >= ? AND trusted = 0 ORDER BY time_unix, verdict_id",
+        {host_id, since_unix});
+  }
+
+  StatusOr<Verdict> LatestVerdict(const std::string& host_id) override {
+    ASSIGN_OR_RETURN(auto v, QueryVerdicts(
+        "WHERE host_id = ? ORDER BY time_unix DESC, verdict_id DESC LIMIT 1", {host_id}));
+    if (v.empty()) return NotFoundError("no verdict for host " + host_id);
+    return std::move(v[0]);
   }
 
   Status PutFlavor(const Flavor& f, const AuditEvent& audit) override {
@@ -363,6 +368,44 @@ class SqlStore : public Store {
         }
       }
       out.push_back(std::move(h));
+    }
+    return out;
+  }
+
+  // Caller holds mu_ (and possibly a write transaction).
+  Status ConsumeNonceLocked(const std::string& nonce, const std::string& host_id,
+                            int64_t now_unix) {
+    // One conditional UPDATE: row-level locking makes a concurrent second
+    // consumer (another process on the same PostgreSQL) see consumed = 1.
+    ASSIGN_OR_RETURN(auto r, conn_->Exec(
+        "UPDATE nonces SET consumed = 1 WHERE nonce = ? AND host_id = ? AND consumed = 0 "
+        "AND expires_unix >= ?",
+        {nonce, host_id, now_unix}));
+    if (r.affected == 1) return OkStatus();
+    Status why = NonceStateLocked(nonce, host_id, now_unix);
+    return why.ok() ? FailedPreconditionError("nonce already used") : why;
+  }
+
+  Status NonceStateLocked(const std::string& nonce, const std::string& host_id, int64_t now_unix) {
+    ASSIGN_OR_RETURN(auto why, conn_->Exec(
+        "SELECT consumed, expires_unix FROM nonces WHERE nonce = ? AND host_id = ?",
+        {nonce, host_id}));
+    if (why.rows.empty()) return NotFoundError("unknown nonce");
+    if (ToInt(why.rows[0][0]) != 0) return FailedPreconditionError("nonce already used");
+    if (ToInt(why.rows[0][1]) < now_unix) return FailedPreconditionError("nonce expired");
+    return OkStatus();
+  }
+
+  StatusOr<std::vector<Verdict>> QueryVerdicts(const std::string& where,
+                                                std::vector<SqlValue> args) {
+    std::lock_guard<std::mutex> lock(mu_);
+    ASSIGN_OR_RETURN(auto r, conn_->Exec(
+        "SELECT verdict_id, host_id, trusted, reason, time_unix, details FROM verdicts " + where,
+        args));
+    std::vector<Verdict> out;
+    for (const auto& row : r.rows) {
+      out.push_back({ToStr(row[0]), ToStr(row[1]), ToInt(row[2]) != 0, ToStr(row[3]),
+                     ToInt(row[4]), ToJson(row[5])});
     }
     return out;
   }

@@ -118,11 +118,35 @@ class Store {
   // used" or "nonce expired".
   virtual Status ConsumeNonce(const std::string& nonce, const std::string& host_id,
                               int64_t now_unix) = 0;
+  // ConsumeNonce's answer without consuming (a cheap early check).
+  virtual Status CheckNonce(const std::string& nonce, const std::string& host_id,
+                            int64_t now_unix) = 0;
   // Deletes nonces that expired before `before_unix`; returns the count.
   virtual StatusOr<int64_t> PurgeNonces(int64_t before_unix) = 0;
 
   // --- Verdicts (host trust history) -----------------------------------
-  virtual Status PutVerdict(const Verdict& verdict, const AuditEvent& audit) = 0;
+  Status PutVerdict(const Verdict& verdict, const AuditEvent& audit) {
+    return PutVerdict(verdict, std::vector<AuditEvent>{audit}, nullptr);
+  }
+  Status PutVerdict(const Verdict& verdict, const std::vector<AuditEvent>& audits) {
+    return PutVerdict(verdict, audits, nullptr);
+  }
+  // The verdict and several audit events (e.g. the verdict's and the release
+  // decision's) in one transaction which, when `consume` is given, also
+  // consumes that nonce: if the nonce cannot be consumed (ConsumeNonce's
+  // errors) nothing is written. One commit per release.
+  struct NonceUse {
+    std::string nonce;
+    std::string host_id;
+    int64_t now_unix = 0;
+  };
+  virtual Status PutVerdict(const Verdict& verdict, const std::vector<AuditEvent>& audits,
+                            const NonceUse* consume) = 0;
+  // The host's untrusted verdicts at or after `since_unix`, oldest first.
+  virtual StatusOr<std::vector<Verdict>> ListFailedVerdicts(const std::string& host_id,
+                                                            int64_t since_unix) = 0;
+  // The host's most recent verdict; NOT_FOUND if it has none.
+  virtual StatusOr<Verdict> LatestVerdict(const std::string& host_id) = 0;
   // Verdicts for the host at or after `since_unix`, oldest first.
   virtual StatusOr<std::vector<Verdict>> ListVerdicts(const std::string& host_id,
                                                       int64_t since_unix) = 0;

@@ -209,6 +209,54 @@ TEST_P(StoreTest, VerdictHistorySince) {
   EXPECT_EQ((*v)[0].details["pcr"], 7);
 }
 
+TEST_P(StoreTest, FailedVerdictsLatestVerdictAndHostList) {
+  ASSERT_OK(store_->PutVerdict({"v1", "h1", false, "bad_signature", 100, json::object()},
+                               std::vector<AuditEvent>{Event("a", "h1"), Event("b", "h1")}));
+  ASSERT_OK(store_->PutVerdict({"v2", "h1", true, "ok", 200, json::object()}, Event("e", "h1")));
+  ASSERT_OK(store_->PutVerdict({"v3", "h1", false, "pcr_digest_mismatch", 300, json::object()},
+                               Event("e", "h1")));
+  auto failed = store_->ListFailedVerdicts("h1", 150);
+  ASSERT_OK(failed);
+  ASSERT_EQ(failed->size(), 1u);
+  EXPECT_EQ((*failed)[0].verdict_id, "v3");
+  auto latest = store_->LatestVerdict("h1");
+  ASSERT_OK(latest);
+  EXPECT_EQ(latest->verdict_id, "v3");
+  EXPECT_STATUS(store_->LatestVerdict("h9"), StatusCode::kNotFound, "no verdict");
+  auto audit = store_->ReadAudit(0, 100);
+  ASSERT_OK(audit);
+  EXPECT_EQ(audit->size(), 4u);  // two events for v1 in one transaction
+  ASSERT_OK(store_->PutHost({"h2", "pem", "ak", true, {"region=eu"}, 5}, Event("e", "h2")));
+  ASSERT_OK(store_->PutHost({"h1", "pem", "ak", false, {}, 5}, Event("e", "h1")));
+  auto hosts = store_->ListHosts();
+  ASSERT_OK(hosts);
+  ASSERT_EQ(hosts->size(), 2u);
+  EXPECT_EQ((*hosts)[0].host_id, "h1");
+  EXPECT_EQ((*hosts)[1].tags, std::vector<std::string>{"region=eu"});
+}
+
+TEST_P(StoreTest, VerdictConsumesItsNonceAtomically) {
+  ASSERT_OK(store_->PutNonce("n1", "h1", 1000));
+  EXPECT_OK(store_->CheckNonce("n1", "h1", 500));
+  EXPECT_OK(store_->CheckNonce("n1", "h1", 500));  // checking does not consume
+  EXPECT_STATUS(store_->CheckNonce("n1", "h2", 500), StatusCode::kNotFound, "unknown nonce");
+  EXPECT_STATUS(store_->CheckNonce("n1", "h1", 1001), StatusCode::kFailedPrecondition, "expired");
+  const Store::NonceUse use{"n1", "h1", 500};
+  ASSERT_OK(store_->PutVerdict({"v1", "h1", true, "ok", 500, json::object()},
+                               {Event("a", "h1")}, &use));
+  EXPECT_STATUS(store_->CheckNonce("n1", "h1", 500), StatusCode::kFailedPrecondition, "already used");
+  // A second use writes nothing at all.
+  EXPECT_STATUS(store_->PutVerdict({"v2", "h1", true, "ok", 501, json::object()},
+                                   {Event("b", "h1")}, &use),
+                StatusCode::kFailedPrecondition, "already used");
+  auto v = store_->ListVerdicts("h1", 0);
+  ASSERT_OK(v);
+  EXPECT_EQ(v->size(), 1u);
+  auto audit = store_->ReadAudit(0, 10);
+  ASSERT_OK(audit);
+  EXPECT_EQ(audit->size(), 1u);
+}
+
 TEST_P(StoreTest, FlavorsUpsertAndList) {
   ASSERT_OK(store_->PutFlavor({"base", json{{"sha256", {{"0", "aa"}}}}}, Event("e", "base")));
   ASSERT_OK(store_->PutFlavor({"base", json{{"sha256", {{"0", "bb"}}}}}, Event("e", "base")));

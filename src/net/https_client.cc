@@ -85,6 +85,7 @@ StatusOr<std::unique_ptr<HttpsClient>> HttpsClient::Create(Options options) {
   client->set_read_timeout(options.timeout_seconds, 0);
   client->set_write_timeout(options.timeout_seconds, 0);
   client->set_keep_alive(true);
+  client->set_tcp_nodelay(true);  // see https_server.cc
   auto impl = std::make_unique<Impl>();
   impl->client = std::move(client);
   return std::unique_ptr<HttpsClient>(new HttpsClient(std::move(impl)));

@@ -160,6 +160,9 @@ StatusOr<std::unique_ptr<HttpsServer>> HttpsServer::Create(Options options) {
   auto impl = std::make_unique<Impl>();
   server->set_payload_max_length(options.max_body_bytes);
   server->set_read_timeout(options.read_timeout_seconds, 0);
+  // Small JSON requests and answers: no Nagle delay (it adds ~40 ms per
+  // request against delayed ACKs).
+  server->set_tcp_nodelay(true);
   server->set_write_timeout(options.read_timeout_seconds, 0);
   int threads = options.threads;
   server->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };

@@ -211,6 +211,7 @@ class PoolIntegrationTest : public ::testing::Test {
     so.inputs = {dir_.File("disk.raw")};
     so.recipient_pem = ReadFileOrDie(cert_file);
     so.tenant = tenant;
+    so.image_id = tagged_image_id_;
     const std::string out = dir_.File("image.ova");
     EXPECT_OK(ovf::SealPackage(Env::Default(), so, out));
     return out;
@@ -283,6 +284,7 @@ class PoolIntegrationTest : public ::testing::Test {
   std::unique_ptr<PortalServer> portal_;
   std::string customer_id_;
   std::string package_sha256_;
+  std::string tagged_image_id_ = "sealed-small-1";
 };
 
 TEST_F(PoolIntegrationTest, SealedImageRunsOnlyOnEligibleHostsAndRefusalMovesIt) {
@@ -307,6 +309,7 @@ TEST_F(PoolIntegrationTest, SealedImageRunsOnlyOnEligibleHostsAndRefusalMovesIt)
   json jobs = json::parse(pending->body)["jobs"];
   ASSERT_EQ(jobs.size(), 1u) << pending->body;
   EXPECT_EQ(jobs[0]["package_sha256"], package_sha256_);
+  EXPECT_EQ(jobs[0]["tagged_image_id"], tagged_image_id_);
   auto pkg = host1->Get(jobs[0]["package_path"].get<std::string>());
   ASSERT_TRUE(pkg);
   ASSERT_EQ(pkg->status, 200);

@@ -13,10 +13,30 @@ namespace {
 using json = nlohmann::json;
 constexpr size_t kAppendBufferBytes = 4 << 20;
 
-void SendError(httplib::Response& res, const Status& s, const std::string& reason = "") {
+// The machine reason of an error the portal itself raises, for clients that
+// act on it (CONTRACT.md: {"error": {code, reason, message}}); "" if none.
+std::string ReasonFor(const Status& s) {
+  const std::string& m = s.message();
+  if (m.starts_with("KMS policy")) return "kms_policy";
+  if (m.starts_with("KMS: ")) {
+    return s.code() == StatusCode::kUnavailable ? "kms_unavailable" : "kms_error";
+  }
+  if (m.starts_with("package rejected")) return "package_rejected";
+  if (m.starts_with("job cannot move")) return "bad_transition";
+  if (m == "no such job on this host") return "not_assigned";
+  if (m == "host is not registered") return "not_registered";
+  if (m.find("digest") != std::string::npos && s.code() == StatusCode::kDataLoss) {
+    return "digest_mismatch";
+  }
+  if (m.find("quota") != std::string::npos) return "quota";
+  if (s.code() == StatusCode::kUnauthenticated) return "unauthenticated";
+  return "";
+}
+
+void SendError(httplib::Response& res, const Status& s) {
   res.status = HttpStatusFromCode(s.code());
   json body = {{"error", {{"code", std::string(StatusCodeName(s.code()))}, {"message", s.message()}}}};
-  if (!reason.empty()) body["error"]["reason"] = reason;
+  if (std::string reason = ReasonFor(s); !reason.empty()) body["error"]["reason"] = reason;
   res.set_content(body.dump(), "application/json");
 }
 
@@ -104,6 +124,7 @@ json ToJson(const Job& j, bool for_host = false) {
     out["package_path"] = "/v1/hosts/jobs/" + j.job_id + "/package";
     out["package_size_bytes"] = j.package_size_bytes;
     out["package_sha256"] = j.package_sha256_hex;
+    out["tagged_image_id"] = j.tagged_image_id;
   }
   return out;
 }
@@ -113,7 +134,8 @@ StatusOr<ReleasePolicy> PolicyFrom(const json& body) {
   return ReleasePolicyFromJson(body["policy"].dump());
 }
 
-// The CN of the verified TLS client certificate.
+// The CN of the verified TLS client certificate, which must be a host
+// identity (OU "host", as `vmseal kms issue-identity --role host` issues).
 StatusOr<std::string> HostIdentity(const httplib::Request& req) {
   if (req.ssl == nullptr) return UnauthenticatedError("host routes need a TLS client certificate");
   X509* cert = SSL_get1_peer_certificate(req.ssl);
@@ -122,9 +144,15 @@ StatusOr<std::string> HostIdentity(const httplib::Request& req) {
     return UnauthenticatedError("no verified client certificate");
   }
   char cn[256] = {0};
+  char ou[64] = {0};
   int n = X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn, sizeof(cn));
+  int m = X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_organizationalUnitName, ou,
+                                    sizeof(ou));
   X509_free(cert);
   if (n <= 0) return UnauthenticatedError("client certificate has no CN");
+  if (m <= 0 || std::string_view(ou, static_cast<size_t>(m)) != "host") {
+    return PermissionDeniedError("client certificate is not a host identity (OU must be host)");
+  }
   return std::string(cn, static_cast<size_t>(n));
 }
 
@@ -394,9 +422,12 @@ void RegisterPortalRoutes(httplib::Server& server, const PortalServices& svc) {
         }
         r.vcpus = c["vcpus"].get<uint32_t>();
         r.memory_mib = c.value("memory_mib", uint64_t{0});
-        r.capacity_slots = c.contains("max_vms") && c["max_vms"].is_number_unsigned()
-                               ? c["max_vms"].get<uint32_t>()
-                               : r.vcpus;
+        r.capacity_slots = r.vcpus;
+        for (const char* slots : {"max_vms", "slots"}) {
+          if (c.contains(slots) && c[slots].is_number_unsigned()) {
+            r.capacity_slots = c[slots].get<uint32_t>();
+          }
+        }
       }
       if (body.contains("capacity_slots")) {
         if (!body["capacity_slots"].is_number_unsigned()) {

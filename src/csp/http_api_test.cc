@@ -188,6 +188,7 @@ TEST_F(HttpApiTest, RegisterWithKmsDownIsUnavailableAndCreatesNoLogin) {
   json r = json::parse(reg->body);
   EXPECT_FALSE(r.contains("login_id"));
   EXPECT_NE(r["error"]["message"].get<std::string>().find("KMS"), std::string::npos);
+  EXPECT_EQ(r["error"]["reason"], "kms_unavailable");
 }
 
 TEST_F(HttpApiTest, AgentIsTheRunningBinaryWithItsDigest) {

@@ -7,8 +7,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "crypto/keys.h"
-#include "crypto/x509.h"
+#include "crypto/primitives.h"
+#include "kms/internal/mini_ca.h"
 #include "csp/internal/test_doubles.h"
 #include "csp/portal_server.h"
 #include "testing/test_util.h"
@@ -26,15 +26,19 @@ using ::vmseal::testing::WriteFileOrDie;
 class HttpTlsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto ca = crypto::CreateSelfSignedCa({"vmseal test CA"});
+    // Identities as the KMS CA issues them: the OU names the role.
+    auto ca = kms::internal::CreateRootCa("vmseal test CA", 30);
     ASSERT_OK(ca);
-    WriteFileOrDie(dir_.File("ca.pem"), ca->cert.ToPem());
-    Issue(*ca, "127.0.0.1", crypto::CertUsage::kServerAuth, "server");
-    Issue(*ca, "host-a", crypto::CertUsage::kClientAuth, "host-a");
-    Issue(*ca, "host-b", crypto::CertUsage::kClientAuth, "host-b");
-    auto rogue = crypto::CreateSelfSignedCa({"rogue CA"});
+    WriteFileOrDie(dir_.File("ca.pem"), ca->cert_pem);
+    Issue(*ca, {.common_name = "portal-server", .organizational_unit = "portal",
+                .ip_addresses = {"127.0.0.1"}, .server = true},
+          "server");
+    Issue(*ca, {.common_name = "host-a", .organizational_unit = "host"}, "host-a");
+    Issue(*ca, {.common_name = "host-b", .organizational_unit = "host"}, "host-b");
+    Issue(*ca, {.common_name = "host-a", .organizational_unit = "operator"}, "not-a-host");
+    auto rogue = kms::internal::CreateRootCa("rogue CA", 30);
     ASSERT_OK(rogue);
-    Issue(*rogue, "host-a", crypto::CertUsage::kClientAuth, "rogue");
+    Issue(*rogue, {.common_name = "host-a", .organizational_unit = "host"}, "rogue");
 
     PortalServer::Options o;
     o.data_dir = dir_.File("data");
@@ -51,18 +55,13 @@ class HttpTlsTest : public ::testing::Test {
   }
   void TearDown() override { server_->Stop(); }
 
-  void Issue(const crypto::CertificateAuthority& ca, const std::string& cn, crypto::CertUsage usage,
+  void Issue(const kms::internal::CertAndKey& ca, const kms::internal::LeafOptions& options,
              const std::string& name) {
-    auto key = crypto::PrivateKey::Generate(crypto::KeyType::kEcP256);
-    ASSERT_OK(key);
-    crypto::IssueOptions io;
-    io.common_name = cn;
-    io.usage = usage;
-    if (usage == crypto::CertUsage::kServerAuth) io.ip_addresses = {"127.0.0.1"};
-    auto cert = crypto::IssueCertificate(ca, key->Public(), io);
-    ASSERT_OK(cert);
-    WriteFileOrDie(dir_.File(name + ".crt"), cert->ToPem());
-    ASSERT_OK(crypto::WritePrivateKeyFile(Env::Default(), dir_.File(name + ".key"), *key));
+    auto leaf = kms::internal::IssueLeaf(ca, options);
+    ASSERT_OK(leaf);
+    WriteFileOrDie(dir_.File(name + ".crt"), leaf->cert_pem);
+    WriteFileOrDie(dir_.File(name + ".key"),
+                   std::string(crypto::AsStringView(leaf->key_pem.UnsafeSpan())));
   }
   // A client that trusts the test CA and presents `identity`'s certificate.
   std::unique_ptr<httplib::SSLClient> Client(const std::string& identity) {
@@ -159,6 +158,30 @@ TEST_F(HttpTlsTest, TrustedHostRunsTheJobAndTamperedHostIsSkippedWithItsReason) 
   EXPECT_EQ(json::parse(status->body)["vm_name"], "vm-1");
 }
 
+TEST_F(HttpTlsTest, BackwardProgressIsRefusedWithAMachineReason) {
+  auto host_a = Client("host-a");
+  Trust("host-a", true);
+  ASSERT_EQ(host_a->Post("/v1/hosts/register", R"({"capacity":{"vcpus":1}})", "application/json")
+                ->status, 200);
+  auto [auth, image_id] = CustomerWithImage(std::string(kSealedMagic) + "x");
+  json job = Launch(auth, image_id);
+  const std::string path = "/v1/hosts/jobs/" + job["job_id"].get<std::string>() + "/progress";
+  ASSERT_EQ(host_a->Post(path, R"({"phase":"attesting"})", "application/json")->status, 200);
+  auto res = host_a->Post(path, R"({"phase":"fetching"})", "application/json");
+  ASSERT_EQ(res->status, 412) << res->body;
+  EXPECT_EQ(json::parse(res->body)["error"]["reason"], "bad_transition");
+  auto other = Client("host-b")->Post(path, R"({"phase":"running"})", "application/json");
+  ASSERT_EQ(other->status, 404) << other->body;
+  EXPECT_EQ(json::parse(other->body)["error"]["reason"], "not_assigned");
+}
+
+TEST_F(HttpTlsTest, HeartbeatOfAnUnregisteredHostAsksItToRegister) {
+  auto res = Client("host-a")->Post("/v1/hosts/heartbeat", "{}", "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 404);
+  EXPECT_EQ(json::parse(res->body)["error"]["reason"], "not_registered");
+}
+
 TEST_F(HttpTlsTest, HostIdInTheBodyMustMatchTheCertificate) {
   auto res = Client("host-a")->Post("/v1/hosts/register",
                                    R"({"host_id":"host-b","capacity":{"vcpus":1}})",
@@ -200,6 +223,14 @@ TEST_F(HttpTlsTest, HostWithCertificateFromAnotherCaIsRejected) {
   auto rogue = Client("rogue");
   auto res = rogue->Post("/v1/hosts/register", R"({"capacity_slots":1})", "application/json");
   EXPECT_TRUE(!res || res->status == 401);
+}
+
+TEST_F(HttpTlsTest, ClientCertificateOfAnotherRoleCannotUseHostRoutes) {
+  auto res = Client("not-a-host")->Post("/v1/hosts/register", R"({"capacity":{"vcpus":1}})",
+                                        "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 403) << res->body;
+  EXPECT_NE(res->body.find("not a host identity"), std::string::npos) << res->body;
 }
 
 TEST_F(HttpTlsTest, CustomerWithoutCertificateCannotUseHostRoutes) {

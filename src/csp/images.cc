@@ -30,6 +30,7 @@ ImageInfo ToInfo(const ImageRecord& r) {
   info.sha256_hex = r.sha256_hex;
   info.created_unix = r.created_unix;
   info.object_key = r.object_key;
+  info.tagged_image_id = r.tagged_image_id;
   auto policy = ReleasePolicyFromJson(r.policy_json);
   if (policy.ok()) info.policy = *policy;
   return info;
@@ -135,6 +136,7 @@ StatusOr<ImageInfo> ImageService::CommitUpload(const Principal& who,
   record.sha256_hex = object->sha256_hex;
   record.policy_json = ReleasePolicyToJson(request.policy);
   record.created_unix = clock_->NowUnixSeconds();
+  record.tagged_image_id = verified.tagged_image_id;
   Status inserted = db_->InsertImage(record);
   if (!inserted.ok()) {
     (void)store_->Delete(object->key);

@@ -29,6 +29,8 @@ struct ImageInfo {
   int64_t created_unix = 0;
   // Object-store key of the package (hosts fetch it).
   std::string object_key;
+  // The image id in the package's encryption tag (what the KMS label names).
+  std::string tagged_image_id;
 };
 
 struct BeginUploadRequest {};

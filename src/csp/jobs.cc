@@ -78,13 +78,20 @@ void JobManager::PlaceLocked(Job& job) {
     return;
   }
   job.last_placement = scheduler_->Place({job.customer_id, job.image_id}, LoadLocked(), excluded);
-  job.placements.push_back(job.last_placement);
-  if (job.placements.size() > kMaxPlacementLog) job.placements.erase(job.placements.begin());
-  for (const HostDecision& d : job.last_placement.decisions) {
-    std::string why;
-    for (const auto& r : d.reasons) why += (why.empty() ? "" : "; ") + r;
-    spdlog::info("placement job={} host={} {}: {}", job.job_id, d.host_id,
-                 d.chosen ? "taken" : "skipped", why);
+  // A queued job is re-placed every Tick: log and keep a decision only when
+  // it differs from the previous one.
+  const bool repeat = !job.placements.empty() && job.last_placement.chosen_host_id.empty() &&
+                      DescribePlacement(job.placements.back()) ==
+                          DescribePlacement(job.last_placement);
+  if (!repeat) {
+    job.placements.push_back(job.last_placement);
+    if (job.placements.size() > kMaxPlacementLog) job.placements.erase(job.placements.begin());
+    for (const HostDecision& d : job.last_placement.decisions) {
+      std::string why;
+      for (const auto& r : d.reasons) why += (why.empty() ? "" : "; ") + r;
+      spdlog::info("placement job={} host={} {}: {}", job.job_id, d.host_id,
+                   d.chosen ? "taken" : "skipped", why);
+    }
   }
   job.updated_unix = clock_->NowUnixSeconds();
   if (!job.last_placement.chosen_host_id.empty()) {
@@ -119,6 +126,7 @@ StatusOr<Job> JobManager::Launch(const Principal& who, const LaunchRequest& requ
   job.object_key = image.object_key;
   job.package_size_bytes = image.size_bytes;
   job.package_sha256_hex = image.sha256_hex;
+  job.tagged_image_id = image.tagged_image_id;
   job.created_unix = job.updated_unix = clock_->NowUnixSeconds();
   std::lock_guard<std::mutex> lock(mu_);
   spdlog::info("job queued job={} customer={} image={}", job.job_id, job.customer_id,
@@ -218,6 +226,9 @@ void JobManager::Tick() {
   std::vector<std::string> dropped = hosts_->ExpireStale();
   std::lock_guard<std::mutex> lock(mu_);
   const int64_t now = clock_->NowUnixSeconds();
+  // After one failed KMS check, no more checks this Tick: a hung KMS costs
+  // one client timeout per Tick, not one per queued job.
+  bool kms_failed = false;
   for (auto& [id, job] : jobs_) {
     if (OnHost(job.state)) {
       for (const std::string& h : dropped) {
@@ -230,13 +241,16 @@ void JobManager::Tick() {
       }
     } else if (job.state == JobState::kQueued) {
       if (now - job.updated_unix >= options_.queue_timeout_seconds) {
-        Placement p = scheduler_->Place({job.customer_id, job.image_id}, LoadLocked(), {});
+        Placement p = kms_failed ? job.last_placement
+                                 : scheduler_->Place({job.customer_id, job.image_id},
+                                                     LoadLocked(), {});
         FailLocked(job, "no eligible host within " +
                             std::to_string(options_.queue_timeout_seconds) +
                             " s: " + DescribePlacement(p));
-      } else {
+      } else if (!kms_failed) {
         int64_t queued_since = job.updated_unix;
         PlaceLocked(job);
+        kms_failed = job.last_placement.kms_failed;
         if (job.state == JobState::kQueued) job.updated_unix = queued_since;
       }
     }

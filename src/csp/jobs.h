@@ -49,6 +49,8 @@ struct Job {
   // The package's size and hex SHA-256 (hosts check what they fetch).
   uint64_t package_size_bytes = 0;
   std::string package_sha256_hex;
+  // The image id in the package's encryption tag.
+  std::string tagged_image_id;
   JobState state = JobState::kQueued;
   // The host of the current attempt (placed .. running); empty otherwise.
   std::string host_id;

@@ -292,6 +292,29 @@ TEST_F(JobsTest, UnreachableKmsLeavesTheJobQueuedWithTheReason) {
   EXPECT_EQ(jobs_->GetJob(alice_, job->job_id)->host_id, "h1");
 }
 
+TEST_F(JobsTest, UnreachableKmsIsAskedOncePerTickNotOncePerQueuedJob) {
+  AddTrustedHost("h1");
+  kms_.SetUnavailable(true);
+  for (int i = 0; i < 3; ++i) ASSERT_OK(Launch());
+  const int before = kms_.placement_checks();
+  jobs_->Tick();
+  EXPECT_EQ(kms_.placement_checks(), before + 1);
+}
+
+TEST_F(JobsTest, UnchangedDecisionsOfAQueuedJobAreKeptOnce) {
+  AddTrustedHost("h1");
+  kms_.SetEligibility("h1", false, "pcr_policy");
+  auto job = Launch();
+  ASSERT_OK(job);
+  for (int i = 0; i < 5; ++i) jobs_->Tick();
+  EXPECT_EQ(jobs_->GetJob(alice_, job->job_id)->placements.size(), 1u);
+  kms_.SetEligibility("h1", true, "ok");
+  jobs_->Tick();
+  auto j = jobs_->GetJob(alice_, job->job_id);
+  EXPECT_EQ(j->placements.size(), 2u);
+  EXPECT_EQ(j->host_id, "h1");
+}
+
 TEST_F(JobsTest, EveryPlacementDecisionIsKeptOnTheJob) {
   AddTrustedHost("h1");
   AddTrustedHost("h2");

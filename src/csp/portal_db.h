@@ -45,6 +45,8 @@ struct ImageRecord {
   // ReleasePolicy JSON (policy.h).
   std::string policy_json;
   int64_t created_unix = 0;
+  // The image id named in the package's encryption tag ("" if unknown).
+  std::string tagged_image_id;
 };
 
 // Thread-safe.

@@ -47,6 +47,7 @@ Placement Scheduler::Place(const PlacementRequest& request,
   if (!ask_kms.empty()) {
     auto verdicts = kms_->CheckPlacement(request.customer_id, request.image_id, ask_kms);
     std::map<std::string, HostEligibility> by_host;
+    placement.kms_failed = !verdicts.ok();
     if (verdicts.ok()) {
       for (HostEligibility& e : *verdicts) by_host[e.host_id] = std::move(e);
     }

@@ -37,6 +37,8 @@ struct Placement {
   std::vector<HostDecision> decisions;
   // When the decision was made (Unix seconds).
   int64_t decided_unix = 0;
+  // True when the KMS placement check failed (every candidate skipped).
+  bool kms_failed = false;
 };
 
 // "host-a: reason; reason | host-b: ..." for logs and job failure reasons.

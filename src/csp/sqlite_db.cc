@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS images (
   size_bytes INTEGER NOT NULL,
   sha256 TEXT NOT NULL,
   policy_json TEXT NOT NULL,
-  created_unix INTEGER NOT NULL);
+  created_unix INTEGER NOT NULL,
+  tagged_image_id TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS images_by_customer ON images(customer_id, created_unix);
 )sql";
 
@@ -90,11 +91,13 @@ ImageRecord ReadImage(sqlite3_stmt* s) {
   r.sha256_hex = Text(s, 5);
   r.policy_json = Text(s, 6);
   r.created_unix = sqlite3_column_int64(s, 7);
+  r.tagged_image_id = Text(s, 8);
   return r;
 }
 
 constexpr char kImageColumns[] =
-    "image_id, customer_id, name, object_key, size_bytes, sha256, policy_json, created_unix";
+    "image_id, customer_id, name, object_key, size_bytes, sha256, policy_json, created_unix, "
+    "tagged_image_id";
 
 }  // namespace
 
@@ -116,6 +119,17 @@ StatusOr<std::unique_ptr<SqlitePortalDb>> SqlitePortalDb::Open(const std::string
     std::string msg = err != nullptr ? err : "unknown";
     sqlite3_free(err);
     return InternalError("create database schema: " + msg);
+  }
+  // Databases made before customers had KMS keys and images their tag's
+  // image id: add the columns.
+  for (const char* column : {"customers ADD COLUMN key_id", "customers ADD COLUMN key_algorithm",
+                             "customers ADD COLUMN public_key_pem", "customers ADD COLUMN cert_pem",
+                             "images ADD COLUMN tagged_image_id"}) {
+    std::string alter = std::string("ALTER TABLE ") + column + " TEXT NOT NULL DEFAULT ''";
+    if (sqlite3_exec(db, alter.c_str(), nullptr, nullptr, nullptr) != SQLITE_OK &&
+        std::string_view(sqlite3_errmsg(db)).find("duplicate column") == std::string_view::npos) {
+      return InternalError(std::string("upgrade database schema: ") + sqlite3_errmsg(db));
+    }
   }
   return out;
 }
@@ -201,9 +215,10 @@ Status SqlitePortalDb::InsertImage(const ImageRecord& r) {
   std::lock_guard<std::mutex> lock(mu_);
   return Exec(db_,
               "INSERT INTO images(image_id, customer_id, name, object_key, size_bytes, sha256, "
-              "policy_json, created_unix) VALUES(?,?,?,?,?,?,?,?)",
+              "policy_json, created_unix, tagged_image_id) VALUES(?,?,?,?,?,?,?,?,?)",
               {r.image_id, r.customer_id, r.name, r.object_key,
-               static_cast<int64_t>(r.size_bytes), r.sha256_hex, r.policy_json, r.created_unix});
+               static_cast<int64_t>(r.size_bytes), r.sha256_hex, r.policy_json, r.created_unix,
+               r.tagged_image_id});
 }
 
 StatusOr<ImageRecord> SqlitePortalDb::FindImage(const std::string& customer_id,

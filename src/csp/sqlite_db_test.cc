@@ -1,5 +1,6 @@
 #include "csp/sqlite_db.h"
 
+#include <sqlite3.h>
 #include <sys/stat.h>
 
 #include "testing/test_util.h"
@@ -20,6 +21,44 @@ TEST(SqlitePortalDbTest, DuplicateLoginIsAlreadyExists) {
   ASSERT_OK((*db)->InsertCustomer({"c1", "u-1", "h", 1}));
   EXPECT_STATUS((*db)->InsertCustomer({"c2", "u-1", "h", 1}), StatusCode::kAlreadyExists,
                 "customer already exists");
+}
+
+TEST(SqlitePortalDbTest, CustomerKeyRoundTripsById) {
+  auto db = SqlitePortalDb::Open(":memory:");
+  ASSERT_OK(db);
+  CustomerRecord c{"c1", "u-1", "h", 1, "key-1", "RSA-3072", "PUB", "CERT"};
+  ASSERT_OK((*db)->InsertCustomer(c));
+  auto got = (*db)->FindCustomerById("c1");
+  ASSERT_OK(got);
+  EXPECT_EQ(got->key_id, "key-1");
+  EXPECT_EQ(got->key_algorithm, "RSA-3072");
+  EXPECT_EQ(got->public_key_pem, "PUB");
+  EXPECT_EQ(got->cert_pem, "CERT");
+  EXPECT_STATUS((*db)->FindCustomerById("c2"), StatusCode::kNotFound, "no such customer");
+}
+
+TEST(SqlitePortalDbTest, DatabaseFromBeforeCustomerKeysIsUpgraded) {
+  TempDir dir;
+  const std::string path = dir.File("portal.db");
+  sqlite3* raw = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &raw), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(raw,
+                         "CREATE TABLE customers (customer_id TEXT PRIMARY KEY, login_id TEXT NOT "
+                         "NULL UNIQUE, password_hash TEXT NOT NULL, created_unix INTEGER NOT NULL);"
+                         "INSERT INTO customers VALUES('c0','u-0','h',1);",
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  sqlite3_close(raw);
+  auto db = SqlitePortalDb::Open(path);
+  ASSERT_OK(db);
+  auto old = (*db)->FindCustomerByLogin("u-0");
+  ASSERT_OK(old);
+  EXPECT_EQ(old->key_id, "");
+  ASSERT_OK((*db)->InsertCustomer({"c1", "u-1", "h", 1, "key-1", "RSA-3072", "PUB", "CERT"}));
+  db->reset();
+  auto reopened = SqlitePortalDb::Open(path);  // the upgrade is idempotent
+  ASSERT_OK(reopened);
+  EXPECT_EQ((*reopened)->FindCustomerById("c1")->key_id, "key-1");
 }
 
 TEST(SqlitePortalDbTest, ImageLookupIsScopedToItsCustomer) {

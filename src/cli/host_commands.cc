@@ -1,7 +1,132 @@
+// `vmseal host ...`: the host agent service and its local VM management.
+#include <pthread.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <thread>
+
+#include <spdlog/spdlog.h>
+
+#include "base/env.h"
 #include "cli/commands.h"
+#include "host/host_config.h"
+#include "host/host_daemon.h"
+#include "vm/vm_manager.h"
+
+#if __has_include("host/https_kms_client.h")
+#include "host/https_kms_client.h"
+#define VMSEAL_HAVE_HTTPS_KMS_CLIENT 1
+#endif
 
 namespace vmseal::cli {
+namespace {
 
-void AddHostCommands(CLI::App& /*app*/, const CommandSink& /*sink*/) {}
+StatusOr<std::unique_ptr<host::KmsApi>> MakeKmsClient(const host::KmsClientSettings& s) {
+#ifdef VMSEAL_HAVE_HTTPS_KMS_CLIENT
+  host::HttpsKmsClientOptions o;
+  o.url = s.url;
+  o.ca_cert_file = s.ca_cert_file;
+  o.cert_file = s.cert_file;
+  o.key_file = s.key_file;
+  o.host_id = s.host_id;
+  return host::NewHttpsKmsClient(o);
+#else
+  (void)s;
+  return UnimplementedError("this build has no HTTPS KMS client");
+#endif
+}
+
+Status Serve(const std::string& config_path) {
+  ASSIGN_OR_RETURN(host::HostConfig config, host::LoadHostConfig(Env::Default(), config_path));
+  // Block the signals before any thread starts so that sigwait gets them.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  ASSIGN_OR_RETURN(auto daemon, host::HostDaemon::Create(config, MakeKmsClient));
+  std::thread signals([&set, &daemon] {
+    int sig = 0;
+    sigwait(&set, &sig);
+    spdlog::info("host agent stopping (signal {}); VMs keep running", sig);
+    daemon->Stop();
+  });
+  Status s = daemon->Run();
+  signals.join();
+  return s;
+}
+
+Status Init(const std::string& config_path, const std::string& root) {
+  if (Env::Default()->FileExists(config_path)) {
+    return AlreadyExistsError(config_path + " exists; not overwritten");
+  }
+  return WriteStringToFileAtomic(Env::Default(), config_path, host::HostConfigSkeleton(root),
+                                 0600);
+}
+
+StatusOr<std::unique_ptr<vm::VmManager>> OpenVms(const std::string& config_path) {
+  ASSIGN_OR_RETURN(host::HostConfig config, host::LoadHostConfig(Env::Default(), config_path));
+  vm::VmManagerOptions o;
+  o.state_dir = config.image_store_dir;
+  o.qemu_binary = config.qemu_binary;
+  ASSIGN_OR_RETURN(o.accel, vm::ParseAccel(config.accel));
+  return vm::VmManager::Create(o);
+}
+
+Status ListVms(const std::string& config_path) {
+  ASSIGN_OR_RETURN(auto vms, OpenVms(config_path));
+  ASSIGN_OR_RETURN(auto list, vms->List());
+  for (const vm::VmInfo& v : list) {
+    std::printf("%s\t%s\tpid=%d\tcpus=%u\tmemory_mib=%llu\taccel=%s\tserial=%s\n",
+                v.name.c_str(), v.state == vm::VmRunState::kRunning ? "running" : "stopped",
+                v.state == vm::VmRunState::kRunning ? static_cast<int>(v.pid) : 0, v.cpus,
+                static_cast<unsigned long long>(v.memory_mib), vm::AccelName(v.accel),
+                v.serial_log_path.c_str());
+  }
+  return OkStatus();
+}
+
+}  // namespace
+
+void AddHostCommands(CLI::App& app, const CommandSink& sink) {
+  CLI::App* h = app.add_subcommand("host", "Host agent: TPM, attestation, sealed VMs");
+  h->require_subcommand(1);
+  auto config = std::make_shared<std::string>();
+  auto name = std::make_shared<std::string>();
+  auto root = std::make_shared<std::string>("/var/lib/vmseal-host");
+
+  CLI::App* serve = h->add_subcommand(
+      "serve", "Take jobs from the portal until SIGINT/SIGTERM (VMs keep running)");
+  serve->add_option("--config", *config, "Host config (JSON; see `vmseal host init`)")
+      ->required();
+  serve->callback([config, sink] { sink(Serve(*config)); });
+
+  CLI::App* init = h->add_subcommand("init", "Write a config skeleton to fill in");
+  init->add_option("--config", *config, "Where to write it (must not exist)")->required();
+  init->add_option("--root", *root, "Directory for state, images and identity");
+  init->callback([config, root, sink] { sink(Init(*config, *root)); });
+
+  CLI::App* list = h->add_subcommand("vms", "List the VMs of this host");
+  list->add_option("--config", *config, "Host config")->required();
+  list->callback([config, sink] { sink(ListVms(*config)); });
+
+  CLI::App* stop = h->add_subcommand("stop", "Stop a VM (its disk stays)");
+  stop->add_option("--config", *config, "Host config")->required();
+  stop->add_option("name", *name, "VM name")->required();
+  stop->callback([config, name, sink] {
+    auto vms = OpenVms(*config);
+    sink(vms.ok() ? (*vms)->Stop(*name) : vms.status());
+  });
+
+  CLI::App* del = h->add_subcommand("delete", "Stop a VM and remove its decrypted disk");
+  del->add_option("--config", *config, "Host config")->required();
+  del->add_option("name", *name, "VM name")->required();
+  del->callback([config, name, sink] {
+    auto vms = OpenVms(*config);
+    sink(vms.ok() ? (*vms)->Delete(*name) : vms.status());
+  });
+}
 
 }  // namespace vmseal::cli

@@ -86,9 +86,9 @@ Status HostAgent::Reattest() {
   return kms_->Attest(evidence);
 }
 
-void HostAgent::Report(const Job& job, JobPhase phase, std::string reason,
-                       const vm::VmInfo* vm) {
-  if (!options_.on_update) return;
+void HostAgent::Report(const JobUpdateFn& fn, const Job& job, JobPhase phase,
+                       std::string reason, const vm::VmInfo* vm) {
+  if (!fn) return;
   JobUpdate update;
   update.job_id = job.job_id;
   update.phase = phase;
@@ -97,13 +97,18 @@ void HostAgent::Report(const Job& job, JobPhase phase, std::string reason,
     update.vm_name = vm->name;
     update.serial_log_path = vm->serial_log_path;
   }
-  options_.on_update(update);
+  fn(update);
 }
 
 StatusOr<vm::VmInfo> HostAgent::RunJob(const Job& job) {
+  return RunJob(job, options_.on_update);
+}
+
+StatusOr<vm::VmInfo> HostAgent::RunJob(const Job& job, const JobUpdateFn& on_update) {
+  const JobUpdateFn& report = on_update ? on_update : options_.on_update;
   const std::string vm_name = VmNameFor(job);
   const std::string package_path = options_.work_dir + "/" + vm_name + ".pkg";
-  StatusOr<vm::VmInfo> result = RunJobSteps(job, vm_name, package_path);
+  StatusOr<vm::VmInfo> result = RunJobSteps(job, vm_name, package_path, report);
   // The sealed package is not needed once the disk is decrypted (or failed).
   if (env_->FileExists(package_path)) (void)env_->RemoveFile(package_path);
   if (!result.ok()) {
@@ -111,14 +116,15 @@ StatusOr<vm::VmInfo> HostAgent::RunJob(const Job& job) {
     (void)vms_->Delete(vm_name);
     auto disk = vms_->DiskPath(vm_name);
     if (disk.ok() && env_->FileExists(*disk)) (void)env_->RemoveFile(*disk);
-    Report(job, JobPhase::kFailed, result.status().message());
+    Report(report, job, JobPhase::kFailed, result.status().message());
   }
   return result;
 }
 
 StatusOr<vm::VmInfo> HostAgent::RunJobSteps(const Job& job, const std::string& vm_name,
-                                            const std::string& package_path) {
-  Report(job, JobPhase::kFetching);
+                                            const std::string& package_path,
+                                            const JobUpdateFn& report) {
+  Report(report, job, JobPhase::kFetching);
   RETURN_IF_ERROR(packages_->Fetch(job, package_path).WithPrefix("fetch"));
 
   ovf::PackageOpenOptions open_options;
@@ -134,9 +140,10 @@ StatusOr<vm::VmInfo> HostAgent::RunJobSteps(const Job& job, const std::string& v
   }
   std::unique_ptr<ovf::Package> package = std::move(package_or).value();
   const ovf::EncryptionTag& tag = package->tag();
-  if (package->encrypted() && tag.image_id != job.image_id) {
+  if (package->encrypted() && !job.expected_tag_image_id.empty() &&
+      tag.image_id != job.expected_tag_image_id) {
     return FailedPreconditionError("image_mismatch: package is for image '" + tag.image_id +
-                                   "', job names '" + job.image_id + "'");
+                                   "', job names '" + job.expected_tag_image_id + "'");
   }
   ASSIGN_OR_RETURN(internal::VirtualHardware hardware,
                    internal::ReadVirtualHardware(package->descriptor_text()));
@@ -148,7 +155,7 @@ StatusOr<vm::VmInfo> HostAgent::RunJobSteps(const Job& job, const std::string& v
   {
     ASSIGN_OR_RETURN(auto out, AtomicOutputFile::Create(env_, disk_path, 0600));
     if (package->encrypted()) {
-      Report(job, JobPhase::kAttesting);
+      Report(report, job, JobPhase::kAttesting);
       ReleaseRequest request;
       request.image_id = tag.image_id;
       request.tenant = tag.tenant;
@@ -161,12 +168,12 @@ StatusOr<vm::VmInfo> HostAgent::RunJobSteps(const Job& job, const std::string& v
       ASSIGN_OR_RETURN(request.evidence, tpm_->Attest(nonce, options_.pcr_selection));
       ASSIGN_OR_RETURN(ReleasedKey released, kms_->Release(request));
 
-      Report(job, JobPhase::kDecrypting);
+      Report(report, job, JobPhase::kDecrypting);
       ASSIGN_OR_RETURN(SecretBytes data_key,
                        tpm_->Decrypt(released.rewrapped_key, released.label));
       RETURN_IF_ERROR(package->DecryptFile(boot.id, data_key, out->file()).WithPrefix("decrypt"));
     } else {
-      Report(job, JobPhase::kDecrypting);
+      Report(report, job, JobPhase::kDecrypting);
       ASSIGN_OR_RETURN(auto stored, package->OpenStoredFile(boot.id));
       ASSIGN_OR_RETURN(uint64_t size, stored->Size());
       std::vector<uint8_t> buf(1 << 20);
@@ -180,7 +187,7 @@ StatusOr<vm::VmInfo> HostAgent::RunJobSteps(const Job& job, const std::string& v
     RETURN_IF_ERROR(out->Commit());
   }
 
-  Report(job, JobPhase::kLaunching);
+  Report(report, job, JobPhase::kLaunching);
   vm::VmSpec spec;
   spec.name = vm_name;
   spec.disk_path = disk_path;
@@ -188,7 +195,7 @@ StatusOr<vm::VmInfo> HostAgent::RunJobSteps(const Job& job, const std::string& v
   spec.cpus = hardware.cpus;
   spec.memory_mib = hardware.memory_mib;
   ASSIGN_OR_RETURN(vm::VmInfo info, vms_->Launch(spec));
-  Report(job, JobPhase::kRunning, "", &info);
+  Report(report, job, JobPhase::kRunning, "", &info);
   return info;
 }
 

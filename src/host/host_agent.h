@@ -22,8 +22,16 @@ namespace vmseal::host {
 // One provisioning job, as the portal hands it to the host.
 struct Job {
   std::string job_id;
-  std::string image_id;  // the portal's image id (also the package image id)
-  std::string tenant;
+  std::string image_id;  // the portal's image id
+  std::string tenant;    // the customer (informational; the tag names the tenant)
+  // When set, the package's encryption tag must name this image id
+  // (FAILED_PRECONDITION "image_mismatch" otherwise). The portal's own image
+  // id differs from the id the customer sealed with, so it is only set when
+  // the portal announces the tagged id.
+  std::string expected_tag_image_id;
+  // Lowercase hex SHA-256 of the package the portal announced with the job;
+  // the download must match it. Empty: not announced.
+  std::string package_sha256_hex;
 };
 
 // The phases a job goes through on the host (docs/protocol.md §5).
@@ -59,8 +67,21 @@ struct HostAgentOptions {
   Env* env = nullptr;  // default Env::Default()
 };
 
+using JobUpdateFn = std::function<void(const JobUpdate&)>;
+
+// What the service loop asks of the agent (HostAgent; fakes in unit tests).
+class JobRunner {
+ public:
+  virtual ~JobRunner() = default;
+  virtual Status Enroll() = 0;
+  virtual Status Reattest() = 0;
+  // Runs `job`; phase changes go to `on_update` (if set) instead of the
+  // agent's default callback.
+  virtual StatusOr<vm::VmInfo> RunJob(const Job& job, const JobUpdateFn& on_update) = 0;
+};
+
 // Not thread-safe: the service runs one job at a time per agent.
-class HostAgent {
+class HostAgent final : public JobRunner {
  public:
   // All pointers must outlive the agent.
   static StatusOr<std::unique_ptr<HostAgent>> Create(const HostAgentOptions& options,
@@ -70,15 +91,16 @@ class HostAgent {
 
   // Enrolls this host's TPM with the KMS (EK certificate, AK, credential
   // activation). Idempotent on the KMS side.
-  Status Enroll();
+  Status Enroll() override;
 
   // Quotes the PCRs with a fresh nonce and sends the evidence to the KMS,
   // which records a verdict in the host's trust history.
-  Status Reattest();
+  Status Reattest() override;
 
   // Runs a job to a running VM. On failure, reports kFailed with the reason,
   // removes every decrypted byte it wrote and returns the error.
   StatusOr<vm::VmInfo> RunJob(const Job& job);
+  StatusOr<vm::VmInfo> RunJob(const Job& job, const JobUpdateFn& on_update) override;
 
   // Stops the VM and removes its decrypted disk.
   Status DeleteVm(const std::string& name);
@@ -87,9 +109,9 @@ class HostAgent {
   HostAgent(HostAgentOptions options, tpm::SecurityEngine* tpm, vm::VmManager* vms,
             KmsApi* kms, PackageSource* packages);
   StatusOr<vm::VmInfo> RunJobSteps(const Job& job, const std::string& vm_name,
-                                   const std::string& package_path);
-  void Report(const Job& job, JobPhase phase, std::string reason = "",
-              const vm::VmInfo* vm = nullptr);
+                                   const std::string& package_path, const JobUpdateFn& report);
+  static void Report(const JobUpdateFn& fn, const Job& job, JobPhase phase,
+                     std::string reason = "", const vm::VmInfo* vm = nullptr);
 
   const HostAgentOptions options_;
   Env* const env_;

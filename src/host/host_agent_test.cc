@@ -10,11 +10,8 @@
 #include <map>
 #include <set>
 
-#include "attest/credential.h"
-#include "attest/ek_certificate.h"
-#include "attest/verifier.h"
-#include "crypto/key_wrap.h"
 #include "crypto/keys.h"
+#include "host/testing/in_process_kms.h"
 #include "ovf/package.h"
 #include "testing/test_util.h"
 #include "tpm/testing/swtpm_harness.h"
@@ -22,85 +19,11 @@
 namespace vmseal::host {
 namespace {
 
+using ::vmseal::host::testing::InProcessKms;
 using ::vmseal::testing::ListDir;
 using ::vmseal::testing::TempDir;
 
 const std::vector<uint32_t> kPcrs = {0, 7};
-
-// A KMS double: the real checks of enrollment, evidence and release, with
-// an allow-list of PCR-7 values as its whole policy.
-class InProcessKms final : public KmsApi {
- public:
-  InProcessKms(std::string ca_bundle, crypto::PrivateKey customer_key)
-      : ca_bundle_(std::move(ca_bundle)), customer_key_(std::move(customer_key)) {}
-
-  StatusOr<attest::CredentialChallenge> BeginEnrollment(
-      const attest::EnrollmentRequest& request) override {
-    ASSIGN_OR_RETURN(auto verifier, attest::EkCertificateVerifier::Create(ca_bundle_));
-    ASSIGN_OR_RETURN(crypto::EvpPkeyPtr ek, verifier->Verify(request.ek_certificate));
-    ASSIGN_OR_RETURN(pending_ak_, attest::AkPublic::Parse(request.ak_public));
-    credential_ = SecretBytes::Random(32);
-    return attest::MakeCredential(ek.get(), pending_ak_->name(), credential_);
-  }
-
-  Status CompleteEnrollment(const SecretBytes& secret) override {
-    RETURN_IF_ERROR(attest::CheckActivation(credential_, secret));
-    ak_ = pending_ak_;
-    return OkStatus();
-  }
-
-  StatusOr<crypto::Bytes> Nonce() override {
-    crypto::Bytes n = crypto::RandomBytes(32);
-    nonces_.insert(crypto::HexEncode(n));
-    return n;
-  }
-
-  Status Attest(const attest::Evidence& evidence) override {
-    return Verify(evidence).status();
-  }
-
-  StatusOr<ReleasedKey> Release(const ReleaseRequest& request) override {
-    ++release_calls;
-    ASSIGN_OR_RETURN(attest::VerifiedEvidence verified, Verify(request.evidence));
-    // Policy: PCR 7 must hold an allowed value.
-    const crypto::Bytes& pcr7 = verified.quote.pcr_values.back();
-    if (allowed_pcr7.count(crypto::HexEncode(pcr7)) == 0) {
-      return PermissionDeniedError("pcr_policy: PCR 7 matches no allowed flavor");
-    }
-    ASSIGN_OR_RETURN(SecretBytes data_key,
-                     crypto::RsaOaepUnwrap(customer_key_, request.wrapped_key,
-                                           crypto::AsStringView(request.oaep_label)));
-    ASSIGN_OR_RETURN(crypto::PublicKey binding,
-                     crypto::PublicKey::FromPem(verified.binding_key.spki_pem));
-    std::string ad = "vmseal-release:" + request.image_id;
-    ASSIGN_OR_RETURN(crypto::Bytes rewrapped,
-                     crypto::RsaOaepWrap(binding, data_key, ad, crypto::OaepLabel::kTpm));
-    ReleasedKey out;
-    out.rewrapped_key = std::move(rewrapped);
-    out.label.assign(ad.begin(), ad.end());
-    out.label.push_back(0);
-    return out;
-  }
-
-  std::set<std::string> allowed_pcr7;
-  int release_calls = 0;
-
- private:
-  StatusOr<attest::VerifiedEvidence> Verify(const attest::Evidence& evidence) {
-    if (!ak_) return PermissionDeniedError("not_enrolled: host has no activated AK");
-    if (nonces_.erase(crypto::HexEncode(evidence.nonce)) != 1) {
-      return PermissionDeniedError("nonce_unknown: nonce was not issued or already used");
-    }
-    return attest::VerifyEvidence(*ak_, evidence.nonce, kPcrs, evidence);
-  }
-
-  const std::string ca_bundle_;
-  const crypto::PrivateKey customer_key_;
-  std::shared_ptr<const attest::AkPublic> pending_ak_;
-  std::shared_ptr<const attest::AkPublic> ak_;
-  SecretBytes credential_;
-  std::set<std::string> nonces_;
-};
 
 // Serves packages from a map of image id -> local package path.
 class MapPackageSource final : public PackageSource {
@@ -132,7 +55,8 @@ class HostAgentTest : public ::testing::Test {
     auto customer = crypto::PrivateKey::Generate(crypto::KeyType::kRsa3072);
     ASSERT_OK(customer);
     customer_pub_pem_ = customer->Public().ToPem();
-    kms_ = std::make_unique<InProcessKms>(swtpm_->ca_bundle_pem(), std::move(customer).value());
+    kms_ = std::make_unique<InProcessKms>(swtpm_->ca_bundle_pem(), std::move(customer).value(),
+                                          kPcrs);
 
     HostAgentOptions options;
     options.work_dir = dir_.File("work");
@@ -150,7 +74,7 @@ class HostAgentTest : public ::testing::Test {
   std::string SealImage(const std::string& image_id, bool encrypted = true) {
     std::string disk = dir_.File(image_id + ".raw");
     crypto::Bytes content = crypto::RandomBytes(1 << 20);
-    testing::WriteFileOrDie(disk, std::string(content.begin(), content.end()));
+    vmseal::testing::WriteFileOrDie(disk, std::string(content.begin(), content.end()));
     disk_sha_[image_id] = crypto::HexEncode(crypto::Sha256(content));
     std::string out = dir_.File(image_id + ".ova");
     ovf::SealOptions seal;
@@ -242,9 +166,9 @@ TEST_F(HostAgentTest, PackageTamperedInTransitIsRefusedBeforeAttestation) {
   TrustCurrentState();
   std::string pkg = SealImage("img-4");
   // Flip one byte near the end of the OVA (inside the sealed disk).
-  std::string data = testing::ReadFileOrDie(pkg);
+  std::string data = vmseal::testing::ReadFileOrDie(pkg);
   data[data.size() - 2048] ^= 0x01;
-  testing::WriteFileOrDie(pkg, data);
+  vmseal::testing::WriteFileOrDie(pkg, data);
   auto vm = agent_->RunJob({.job_id = "job-4", .image_id = "img-4", .tenant = "tenant-a"});
   EXPECT_FALSE(vm.ok());
   EXPECT_EQ(kms_->release_calls, 0);
@@ -256,7 +180,8 @@ TEST_F(HostAgentTest, JobForAnotherImageIsRefused) {
   TrustCurrentState();
   SealImage("img-5");
   source_.packages["img-6"] = source_.packages["img-5"];
-  auto vm = agent_->RunJob({.job_id = "job-6", .image_id = "img-6", .tenant = "tenant-a"});
+  auto vm = agent_->RunJob({.job_id = "job-6", .image_id = "img-6", .tenant = "tenant-a",
+                            .expected_tag_image_id = "img-6"});
   EXPECT_STATUS(vm, StatusCode::kFailedPrecondition, "image_mismatch");
   EXPECT_EQ(kms_->release_calls, 0);
 }

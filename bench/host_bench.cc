@@ -1,0 +1,336 @@
+// Time from job receipt to VM started for a sealed image, split into fetch,
+// attestation + release, decrypt and launch, with decrypt throughput against
+// a plain `cp` of the same file in the same run.
+//
+//   cmake --build build --target host_bench && build/bench/host_bench [SIZE_MIB]
+//
+// Work files go under $TMPDIR (default /tmp); keep it short: qemu's QMP
+// socket path must fit a unix socket address.
+//
+// Real parts: the sample image (scripts/build-sample-image.sh) padded with
+// random bytes to SIZE_MIB (default 1024), sealed with a customer RSA-3072
+// key; the real portal (TLS, host mTLS) serving the package; the host's
+// portal client, TPM security engine on swtpm and qemu (TCG). The KMS is the
+// in-process double of the host tests (src/host/testing/in_process_kms.h):
+// the same verification and key wrapping code as the KMS, without HTTPS.
+#include <httplib.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+
+#include <nlohmann/json.hpp>
+
+#include "crypto/keys.h"
+#include "crypto/primitives.h"
+#include "crypto/x509.h"
+#include "csp/portal_server.h"
+#include "host/host_agent.h"
+#include "host/portal_client.h"
+#include "host/testing/in_process_kms.h"
+#include "ovf/package.h"
+#include "tpm/security_engine.h"
+#include "tpm/testing/swtpm_harness.h"
+#include "vm/vm_manager.h"
+
+namespace vmseal {
+namespace {
+
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+#define CHECK_OK(expr)                                                             \
+  do {                                                                             \
+    ::vmseal::Status check_s_ = ::vmseal::internal::AsStatus(expr);                 \
+    if (!check_s_.ok()) {                                                          \
+      std::fprintf(stderr, "host_bench: %s: %s\n", #expr, check_s_.ToString().c_str()); \
+      std::exit(1);                                                                \
+    }                                                                              \
+  } while (0)
+
+void Die(const std::string& what) {
+  std::fprintf(stderr, "host_bench: %s\n", what.c_str());
+  std::exit(1);
+}
+
+int Run(const std::string& cmd) { return std::system(cmd.c_str()); }
+
+// The portal's side is not measured: it lists the package unchecked (the
+// host checks the manifest) and sees every host as eligible.
+class AcceptAllVerifier final : public csp::PackageVerifier {
+ public:
+  StatusOr<csp::VerifiedPackage> Verify(const RandomAccessFile&,
+                                        const std::string&) const override {
+    return csp::VerifiedPackage{"bench-img", "bench-key", 1};
+  }
+};
+
+class EveryHostEligibleKms final : public csp::KmsClient {
+ public:
+  StatusOr<csp::CustomerKey> CreateCustomerKey(const std::string& customer_id) override {
+    ASSIGN_OR_RETURN(auto key, crypto::PrivateKey::Generate(crypto::KeyType::kEcP256));
+    csp::CustomerKey out;
+    out.key_id = "key-" + customer_id;
+    out.customer_id = customer_id;
+    out.algorithm = "P-256";
+    out.public_key_pem = key.Public().ToPem();
+    return out;
+  }
+  StatusOr<std::vector<csp::HostEligibility>> CheckPlacement(
+      const std::string&, const std::string&, const std::vector<std::string>& hosts) override {
+    std::vector<csp::HostEligibility> out;
+    for (const auto& h : hosts) out.push_back({h, true, "ok"});
+    return out;
+  }
+  Status PutImagePolicy(const std::string&, const std::string&, const std::string&) override {
+    return OkStatus();
+  }
+  std::string CaCertificatePem() const override { return ""; }
+};
+
+void Issue(const crypto::CertificateAuthority& ca, const std::string& dir, const std::string& cn,
+           crypto::CertUsage usage, const std::string& name) {
+  auto key = crypto::PrivateKey::Generate(crypto::KeyType::kEcP256);
+  CHECK_OK(key);
+  crypto::IssueOptions io;
+  io.common_name = cn;
+  io.usage = usage;
+  if (usage == crypto::CertUsage::kServerAuth) io.ip_addresses = {"127.0.0.1"};
+  auto cert = crypto::IssueCertificate(ca, key->Public(), io);
+  CHECK_OK(cert);
+  CHECK_OK(WriteStringToFileAtomic(Env::Default(), dir + "/" + name + ".crt", cert->ToPem(), 0600));
+  CHECK_OK(crypto::WritePrivateKeyFile(Env::Default(), dir + "/" + name + ".key", *key));
+}
+
+std::string SourceDir() {
+  const char* s = std::getenv("VMSEAL_SOURCE_DIR");
+  return s != nullptr ? s : VMSEAL_SOURCE_DIR_DEFAULT;
+}
+
+int Main(int argc, char** argv) {
+  const uint64_t size_mib = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 1024;
+  if (size_mib < 64) Die("size must be at least 64 MiB");
+  const char* tmp = std::getenv("TMPDIR");
+  std::string dir_template = std::string(tmp != nullptr ? tmp : "/tmp") + "/host_bench.XXXXXX";
+  if (::mkdtemp(dir_template.data()) == nullptr) Die("mkdtemp failed");
+  const std::string dir = dir_template;
+  auto file = [&](const std::string& n) { return dir + "/" + n; };
+  std::printf("host_bench: %llu MiB image, work dir %s\n",
+              static_cast<unsigned long long>(size_mib), dir.c_str());
+
+  // 1. The sample image, padded with random bytes (raw disk: the partition
+  //    table covers only the bootable part; the rest is data).
+  const std::string marker = "vmseal-bench-" + crypto::HexEncode(crypto::RandomBytes(8));
+  if (Run(SourceDir() + "/scripts/build-sample-image.sh " + file("disk.img") + " --marker " +
+          marker + " > " + file("image.log") + " 2>&1") != 0) {
+    Die("build-sample-image.sh failed; see " + file("image.log"));
+  }
+  {
+    FILE* f = std::fopen(file("disk.img").c_str(), "ab");
+    if (f == nullptr) Die("open disk.img");
+    uint64_t have = std::filesystem::file_size(file("disk.img"));
+    const uint64_t want = size_mib << 20;
+    while (have < want) {
+      size_t n = static_cast<size_t>(std::min<uint64_t>(want - have, 4 << 20));
+      crypto::Bytes r = crypto::RandomBytes(n);
+      if (std::fwrite(r.data(), 1, n, f) != n) Die("write padding");
+      have += n;
+    }
+    std::fclose(f);
+  }
+  const uint64_t disk_bytes = std::filesystem::file_size(file("disk.img"));
+
+  // 2. Seal it for a customer key.
+  auto customer = crypto::PrivateKey::Generate(crypto::KeyType::kRsa3072);
+  CHECK_OK(customer);
+  ovf::SealOptions seal;
+  seal.inputs = {file("disk.img")};
+  seal.recipient_pem = customer->Public().ToPem();
+  seal.image_id = "bench-img";
+  seal.tenant = "bench-tenant";
+  seal.vm.cpus = 1;
+  seal.vm.memory_mib = 256;
+  auto t_seal = Clock::now();
+  CHECK_OK(ovf::SealPackage(Env::Default(), seal, file("bench.ova")));
+  const double seal_s = Seconds(t_seal, Clock::now());
+  const uint64_t package_bytes = std::filesystem::file_size(file("bench.ova"));
+  std::filesystem::remove(file("disk.img"));
+
+  // 3. TPM, VMs, KMS double; enroll and trust the current state.
+  auto swtpm = tpm::testing::Swtpm::Start({.parent_dir = dir});
+  CHECK_OK(swtpm);
+  auto engine = tpm::SecurityEngine::Create({.tcti = (*swtpm)->tcti(), .state_dir = file("tpm")});
+  CHECK_OK(engine);
+  auto vms = vm::VmManager::Create({.state_dir = file("images"), .accel = vm::Accel::kTcg});
+  CHECK_OK(vms);
+  const std::vector<uint32_t> pcrs = {0, 7};
+  host::testing::InProcessKms kms((*swtpm)->ca_bundle_pem(), std::move(customer).value(), pcrs);
+
+  // 4. The portal over TLS, with the package uploaded by a customer.
+  auto ca = crypto::CreateSelfSignedCa({"vmseal bench CA"});
+  CHECK_OK(ca);
+  CHECK_OK(WriteStringToFileAtomic(Env::Default(), file("ca.pem"), ca->cert.ToPem(), 0600));
+  Issue(*ca, dir, "127.0.0.1", crypto::CertUsage::kServerAuth, "server");
+  Issue(*ca, dir, "bench-host", crypto::CertUsage::kClientAuth, "host");
+  AcceptAllVerifier verifier;
+  EveryHostEligibleKms trust;
+  csp::PortalServer::Options po;
+  po.data_dir = file("portal");
+  po.argon2_m_cost_kib = 64;
+  po.tls_cert_file = file("server.crt");
+  po.tls_key_file = file("server.key");
+  po.client_ca_file = file("ca.pem");
+  auto portal = csp::PortalServer::Create(std::move(po), &verifier, &trust);
+  CHECK_OK(portal);
+  CHECK_OK((*portal)->Start());
+
+  host::PortalClientOptions pco;
+  pco.url = "https://127.0.0.1:" + std::to_string((*portal)->port());
+  pco.ca_cert_file = file("ca.pem");
+  pco.cert_file = file("host.crt");
+  pco.key_file = file("host.key");
+  pco.timeout_seconds = 120;
+  auto portal_client = host::PortalClient::Create(pco);
+  CHECK_OK(portal_client);
+  CHECK_OK((*portal_client)->Register({.capacity = {.vcpus = 2, .memory_mib = 2048, .slots = 2}}));
+  // Heartbeats, as the service's heartbeat thread sends them, so the portal
+  // keeps the host in the pool during the upload and the job.
+  std::atomic<bool> stop_heartbeats{false};
+  std::thread heartbeats([&] {
+    while (!stop_heartbeats) {
+      (void)(*portal_client)->Heartbeat();
+      for (int i = 0; i < 50 && !stop_heartbeats; ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+    }
+  });
+
+  httplib::SSLClient customer_http("127.0.0.1", (*portal)->port());
+  customer_http.set_ca_cert_path(file("ca.pem").c_str());
+  customer_http.enable_server_certificate_verification(true);
+  customer_http.set_read_timeout(600, 0);
+  customer_http.set_write_timeout(600, 0);
+  auto reg = customer_http.Post("/v1/register");
+  if (!reg || reg->status != 201) Die("portal register failed");
+  json r = json::parse(reg->body);
+  json login = {{"login_id", r["login_id"]}, {"password", r["password"]}};
+  auto lg = customer_http.Post("/v1/login", login.dump(), "application/json");
+  httplib::Headers auth = {
+      {"Authorization", "Bearer " + json::parse(lg->body)["token"].get<std::string>()}};
+  auto begin = customer_http.Post("/v1/uploads", auth, "", "application/json");
+  const std::string upload_id = json::parse(begin->body)["upload_id"];
+  auto pkg_file = Env::Default()->NewRandomAccessFile(file("bench.ova"));
+  CHECK_OK(pkg_file);
+  std::shared_ptr<RandomAccessFile> pkg(std::move(pkg_file).value());
+  auto put = customer_http.Put(
+      ("/v1/uploads/" + upload_id + "?offset=0").c_str(), auth, package_bytes,
+      [pkg](size_t offset, size_t length, httplib::DataSink& sink) {
+        std::vector<uint8_t> buf(std::min<size_t>(length, 1 << 20));
+        auto n = pkg->Read(offset, buf);
+        if (!n.ok() || *n == 0) return false;
+        return sink.write(reinterpret_cast<const char*>(buf.data()), *n);
+      },
+      "application/octet-stream");
+  if (!put || put->status != 200) Die("upload failed");
+  auto commit = customer_http.Post("/v1/uploads/" + upload_id + "/commit", auth,
+                                   R"({"name":"bench"})", "application/json");
+  if (!commit || commit->status != 201) Die("commit failed");
+  json launch_body = {{"image_id", json::parse(commit->body)["image_id"]}};
+  auto launch = customer_http.Post("/v1/launch", auth, launch_body.dump(), "application/json");
+  if (!launch || launch->status != 201) Die("launch failed");
+
+  // 5. The host: enroll, trust, take the job and run it, timing each phase.
+  host::HostAgentOptions ao;
+  ao.work_dir = file("work");
+  ao.pcr_selection = pcrs;
+  auto agent = host::HostAgent::Create(ao, engine->get(), vms->get(), &kms, portal_client->get());
+  CHECK_OK(agent);
+  CHECK_OK((*agent)->Enroll());
+  auto pcr_values = (*engine)->ReadPcrs({7});
+  CHECK_OK(pcr_values);
+  kms.allowed_pcr7.insert(crypto::HexEncode((*pcr_values)[0]));
+
+  auto jobs = (*portal_client)->PollJobs();
+  CHECK_OK(jobs);
+  if (jobs->size() != 1) Die("expected one job");
+  const auto t_receipt = Clock::now();
+  std::map<std::string, Clock::time_point> at;
+  host::Job job{.job_id = (*jobs)[0].job_id, .image_id = (*jobs)[0].image_id,
+                .tenant = (*jobs)[0].customer_id,
+                .package_sha256_hex = (*jobs)[0].package_sha256_hex};
+  auto vm = (*agent)->RunJob(job, [&](const host::JobUpdate& u) {
+    at[host::JobPhaseName(u.phase)] = Clock::now();
+    (void)(*portal_client)->ReportProgress(u);  // as the service does
+  });
+  CHECK_OK(vm);
+  const auto t_started = Clock::now();
+  const bool booted = (*vms)->WaitForSerialMarker(vm->name, marker, 300000).ok();
+  const double boot_s = Seconds(t_started, Clock::now());
+
+  const double fetch_s = Seconds(at["fetching"], at["attesting"]);
+  const double attest_s = Seconds(at["attesting"], at["decrypting"]);
+  const double decrypt_s = Seconds(at["decrypting"], at["launching"]);
+  const double launch_s = Seconds(at["launching"], at["running"]);
+  const double total_s = Seconds(t_receipt, t_started);
+
+  // 6. A plain copy of the same package, in the same run and file system.
+  //    The decrypted disk is fsynced by the agent, so cp is timed with and
+  //    without an fsync of its output.
+  auto t_cp = Clock::now();
+  if (Run("cp " + file("bench.ova") + " " + file("images/cp-copy.img")) != 0) Die("cp failed");
+  const double cp_s = Seconds(t_cp, Clock::now());
+  if (Run("sync " + file("images/cp-copy.img")) != 0) Die("sync failed");
+  const double cp_sync_s = Seconds(t_cp, Clock::now());
+  std::filesystem::remove(file("images/cp-copy.img"));
+
+  const double mib = static_cast<double>(disk_bytes) / (1 << 20);
+  const double pkg_mib = static_cast<double>(package_bytes) / (1 << 20);
+  std::printf("\n");
+  std::printf("image %.0f MiB plaintext, package %.1f MiB (sealed in %.2f s, not counted)\n", mib,
+              pkg_mib, seal_s);
+  std::printf("KMS: in-process double (src/host/testing/in_process_kms.h), TPM: swtpm, qemu: TCG\n");
+  std::printf("%-34s %9s\n", "phase", "seconds");
+  std::printf("%-34s %9.3f  (download %.1f MiB over loopback TLS + manifest check; %.0f MiB/s)\n",
+              "fetch", fetch_s, pkg_mib, pkg_mib / fetch_s);
+  std::printf("%-34s %9s  (SHA-256 of the download against the portal's: %s)\n", "", "",
+              (*portal_client)->last_fetch().digest_checked ? "checked" : "not announced");
+  std::printf("%-34s %9.3f  (nonce, quote + certify, release, rewrap)\n",
+              "attestation + release", attest_s);
+  std::printf("%-34s %9.3f  (TPM unwrap + stream decrypt to 0600 disk, fsync)\n", "decrypt",
+              decrypt_s);
+  std::printf("%-34s %9.3f  (qemu up, QMP answers)\n", "launch", launch_s);
+  std::printf("%-34s %9.3f\n", "job receipt -> VM started", total_s);
+  std::printf("%-34s %9.3f  (marker on the serial console: %s)\n", "VM started -> guest marker",
+              boot_s, booted ? "seen" : "NOT SEEN");
+  std::printf("\n");
+  std::printf("decrypt throughput  %8.1f MiB/s\n", mib / decrypt_s);
+  std::printf("cp of the package   %8.1f MiB/s  (%.3f s)\n", pkg_mib / cp_s, cp_s);
+  std::printf("cp + fsync          %8.1f MiB/s  (%.3f s)\n", pkg_mib / cp_sync_s, cp_sync_s);
+  std::printf("decrypt / cp time   %8.2f x      (decrypt / cp+fsync: %.2f x)\n", decrypt_s / cp_s,
+              decrypt_s / cp_sync_s);
+
+  CHECK_OK((*vms)->Delete(vm->name));
+  stop_heartbeats = true;
+  heartbeats.join();
+  (*portal)->Stop();
+  agent->reset();
+  engine->reset();  // before its TPM goes away
+  (void)(*swtpm)->Stop();
+  std::filesystem::remove_all(dir);
+  return booted ? 0 : 1;
+}
+
+}  // namespace
+}  // namespace vmseal
+
+int main(int argc, char** argv) { return vmseal::Main(argc, argv); }

@@ -1,0 +1,162 @@
+#include "host/host_config.h"
+
+#include <set>
+
+#include <nlohmann/json.hpp>
+
+namespace vmseal::host {
+namespace {
+
+using json = nlohmann::json;
+
+Status RequireString(const json& j, const char* key, std::string* out, bool required) {
+  if (!j.contains(key)) {
+    if (required) return InvalidArgumentError(std::string("host config: '") + key + "' is required");
+    return OkStatus();
+  }
+  if (!j[key].is_string() || (required && j[key].get_ref<const std::string&>().empty())) {
+    return InvalidArgumentError(std::string("host config: '") + key +
+                                "' must be a non-empty string");
+  }
+  *out = j[key].get<std::string>();
+  return OkStatus();
+}
+
+Status ReadSeconds(const json& j, const char* key, double* out) {
+  if (!j.contains(key)) return OkStatus();
+  if (!j[key].is_number() || j[key].get<double>() < 0.01 || j[key].get<double>() > 86400) {
+    return InvalidArgumentError(std::string("host config: '") + key +
+                                "' must be a number of seconds in [0.01, 86400]");
+  }
+  *out = j[key].get<double>();
+  return OkStatus();
+}
+
+}  // namespace
+
+StatusOr<HostConfig> ParseHostConfig(std::string_view text) {
+  json j = json::parse(text, nullptr, false);
+  if (!j.is_object()) return InvalidArgumentError("host config: not a JSON object");
+  static const std::set<std::string> kKeys = {
+      "portal_url", "kms_url", "ca_file", "cert_file", "key_file", "tpm_tcti", "state_dir",
+      "image_store_dir", "pcr_selection", "heartbeat_interval_seconds",
+      "reattest_interval_seconds", "poll_interval_seconds", "allow_plain_images", "capacity",
+      "tags", "accel", "qemu_binary"};
+  for (const auto& [key, value] : j.items()) {
+    if (!kKeys.contains(key)) return InvalidArgumentError("host config: unknown key '" + key + "'");
+  }
+  HostConfig c;
+  RETURN_IF_ERROR(RequireString(j, "portal_url", &c.portal_url, true));
+  RETURN_IF_ERROR(RequireString(j, "kms_url", &c.kms_url, true));
+  RETURN_IF_ERROR(RequireString(j, "ca_file", &c.ca_file, true));
+  RETURN_IF_ERROR(RequireString(j, "cert_file", &c.cert_file, true));
+  RETURN_IF_ERROR(RequireString(j, "key_file", &c.key_file, true));
+  RETURN_IF_ERROR(RequireString(j, "tpm_tcti", &c.tpm_tcti, true));
+  RETURN_IF_ERROR(RequireString(j, "state_dir", &c.state_dir, true));
+  RETURN_IF_ERROR(RequireString(j, "image_store_dir", &c.image_store_dir, true));
+  RETURN_IF_ERROR(RequireString(j, "accel", &c.accel, false));
+  RETURN_IF_ERROR(RequireString(j, "qemu_binary", &c.qemu_binary, false));
+  for (const char* key : {"portal_url", "kms_url"}) {
+    if (!j[key].get_ref<const std::string&>().starts_with("https://")) {
+      return InvalidArgumentError(std::string("host config: '") + key +
+                                  "' must be an https:// url");
+    }
+  }
+  if (c.accel != "auto" && c.accel != "kvm" && c.accel != "tcg") {
+    return InvalidArgumentError("host config: 'accel' must be auto, kvm or tcg");
+  }
+  if (c.state_dir == c.image_store_dir) {
+    return InvalidArgumentError("host config: 'state_dir' and 'image_store_dir' must differ");
+  }
+  if (j.contains("pcr_selection")) {
+    const json& p = j["pcr_selection"];
+    if (!p.is_array() || p.empty()) {
+      return InvalidArgumentError("host config: 'pcr_selection' must be a non-empty array");
+    }
+    c.pcr_selection.clear();
+    std::set<uint32_t> seen;
+    for (const json& v : p) {
+      if (!v.is_number_unsigned() || v.get<uint64_t>() > 23 ||
+          !seen.insert(v.get<uint32_t>()).second) {
+        return InvalidArgumentError("host config: 'pcr_selection' holds distinct PCRs 0..23");
+      }
+      c.pcr_selection.push_back(v.get<uint32_t>());
+    }
+    std::sort(c.pcr_selection.begin(), c.pcr_selection.end());
+  }
+  RETURN_IF_ERROR(ReadSeconds(j, "heartbeat_interval_seconds", &c.heartbeat_interval_seconds));
+  RETURN_IF_ERROR(ReadSeconds(j, "reattest_interval_seconds", &c.reattest_interval_seconds));
+  RETURN_IF_ERROR(ReadSeconds(j, "poll_interval_seconds", &c.poll_interval_seconds));
+  if (j.contains("allow_plain_images")) {
+    if (!j["allow_plain_images"].is_boolean()) {
+      return InvalidArgumentError("host config: 'allow_plain_images' must be true or false");
+    }
+    c.allow_plain_images = j["allow_plain_images"].get<bool>();
+  }
+  if (j.contains("capacity")) {
+    const json& cap = j["capacity"];
+    HostCapacity detected = DetectCapacity();
+    HostCapacity out = detected;
+    if (!cap.is_object()) return InvalidArgumentError("host config: 'capacity' must be an object");
+    for (const auto& [key, value] : cap.items()) {
+      if (!value.is_number_unsigned() || value.get<uint64_t>() == 0 ||
+          value.get<uint64_t>() > (uint64_t{1} << 32)) {
+        return InvalidArgumentError("host config: capacity '" + key + "' must be a positive integer");
+      }
+      if (key == "vcpus") {
+        out.vcpus = value.get<uint32_t>();
+      } else if (key == "memory_mib") {
+        out.memory_mib = value.get<uint64_t>();
+      } else if (key == "slots") {
+        out.slots = value.get<uint32_t>();
+      } else {
+        return InvalidArgumentError("host config: unknown capacity key '" + key + "'");
+      }
+    }
+    if (!cap.contains("slots")) out.slots = out.vcpus;
+    c.capacity = out;
+  }
+  if (j.contains("tags")) {
+    if (!j["tags"].is_array()) return InvalidArgumentError("host config: 'tags' must be an array");
+    for (const json& t : j["tags"]) {
+      if (!t.is_string()) return InvalidArgumentError("host config: tags are strings");
+      const std::string& s = t.get_ref<const std::string&>();
+      size_t eq = s.find('=');
+      if (eq == std::string::npos || eq == 0) {
+        return InvalidArgumentError("host config: tag '" + s + "' is not key=value");
+      }
+      c.tags.push_back(s);
+    }
+  }
+  return c;
+}
+
+StatusOr<HostConfig> LoadHostConfig(Env* env, const std::string& path) {
+  ASSIGN_OR_RETURN(std::string text, ReadFileToString(env, path));
+  auto c = ParseHostConfig(text);
+  if (!c.ok()) return c.status().WithPrefix(path);
+  return c;
+}
+
+std::string HostConfigSkeleton(const std::string& root) {
+  json j = {
+      {"portal_url", "https://portal.example:8443"},
+      {"kms_url", "https://kms.example:8444"},
+      {"ca_file", root + "/identity/ca.pem"},
+      {"cert_file", root + "/identity/host.crt"},
+      {"key_file", root + "/identity/host.key"},
+      {"tpm_tcti", "device:/dev/tpmrm0"},
+      {"state_dir", root + "/state"},
+      {"image_store_dir", root + "/images"},
+      {"pcr_selection", {0, 1, 2, 3, 4, 5, 6, 7}},
+      {"heartbeat_interval_seconds", 10},
+      {"reattest_interval_seconds", 60},
+      {"poll_interval_seconds", 2},
+      {"allow_plain_images", false},
+      {"tags", json::array()},
+      {"accel", "auto"},
+      {"qemu_binary", "qemu-system-x86_64"}};
+  return j.dump(2) + "\n";
+}
+
+}  // namespace vmseal::host

@@ -1,0 +1,66 @@
+// The host agent's configuration file (`vmseal host serve --config FILE`),
+// a JSON object. Unknown keys are refused so that a typo does not silently
+// fall back to a default. `vmseal host init` writes a skeleton.
+#ifndef VMSEAL_HOST_HOST_CONFIG_H_
+#define VMSEAL_HOST_HOST_CONFIG_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "base/env.h"
+#include "base/status.h"
+#include "host/portal_client.h"
+
+namespace vmseal::host {
+
+struct HostConfig {
+  // "https://host:port" of the portal and of the KMS. Required.
+  std::string portal_url;
+  std::string kms_url;
+  // PEM files: the vmseal CA (KMS CA: it signs the portal, KMS and host
+  // certificates) and this host's client certificate and key (OU host,
+  // CN = host id). Required.
+  std::string ca_file;
+  std::string cert_file;
+  std::string key_file;
+  // tpm2-tss TCTI string: "device:/dev/tpmrm0" on a real host,
+  // "swtpm:path=/run/swtpm/tpm.sock" with a software TPM. Required.
+  std::string tpm_tcti;
+  // Agent state (TPM key blobs, enrollment marker, package downloads);
+  // created mode 0700. Required.
+  std::string state_dir;
+  // The image store: decrypted disks (0600), VM state and serial logs;
+  // created mode 0700. Required.
+  std::string image_store_dir;
+  // SHA-256 PCRs quoted for attestation. Default 0-7.
+  std::vector<uint32_t> pcr_selection = {0, 1, 2, 3, 4, 5, 6, 7};
+  // Periods, seconds. Defaults 10, 60, 2.
+  double heartbeat_interval_seconds = 10;
+  double reattest_interval_seconds = 60;
+  double poll_interval_seconds = 2;
+  // Provision packages without encryption. Default false (refused, the
+  // portal moves the job).
+  bool allow_plain_images = false;
+  // What the host offers; missing: this machine's CPUs and memory.
+  std::optional<HostCapacity> capacity;
+  // Placement tags, "key=value".
+  std::vector<std::string> tags;
+  // "auto", "kvm" or "tcg". Default "auto".
+  std::string accel = "auto";
+  // qemu binary. Default "qemu-system-x86_64".
+  std::string qemu_binary = "qemu-system-x86_64";
+};
+
+// Parses and validates a config. INVALID_ARGUMENT naming the key at fault.
+StatusOr<HostConfig> ParseHostConfig(std::string_view json_text);
+StatusOr<HostConfig> LoadHostConfig(Env* env, const std::string& path);
+
+// A config skeleton with every key, its default and a placeholder for each
+// required value, rooted at `state_root` (e.g. /var/lib/vmseal-host).
+std::string HostConfigSkeleton(const std::string& state_root);
+
+}  // namespace vmseal::host
+
+#endif  // VMSEAL_HOST_HOST_CONFIG_H_

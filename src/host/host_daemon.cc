@@ -1,0 +1,149 @@
+#include "host/host_daemon.h"
+
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+
+#include <filesystem>
+
+#include "crypto/primitives.h"
+#include "crypto/x509.h"
+
+namespace vmseal::host {
+namespace {
+
+Status MakePrivateDir(const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return InternalError("create " + dir + ": " + ec.message());
+  if (::chmod(dir.c_str(), 0700) != 0) return ErrnoToStatus(errno, "chmod", dir);
+  return OkStatus();
+}
+
+// Retries a call that failed with UNAVAILABLE once: the HTTPS client keeps
+// connections alive and the KMS closes idle ones, so the first call after a
+// pause (a job after minutes of quiet) would otherwise fail on a stale socket.
+// Release is not retried: it consumes its nonce; the Nonce call before it has
+// already refreshed the connection.
+class RetryOnceKms final : public KmsApi {
+ public:
+  explicit RetryOnceKms(std::unique_ptr<KmsApi> inner) : inner_(std::move(inner)) {}
+  StatusOr<attest::CredentialChallenge> BeginEnrollment(
+      const attest::EnrollmentRequest& request) override {
+    return Retry([&] { return inner_->BeginEnrollment(request); });
+  }
+  Status CompleteEnrollment(const SecretBytes& secret) override {
+    return Retry([&] { return inner_->CompleteEnrollment(secret); });
+  }
+  StatusOr<crypto::Bytes> Nonce() override {
+    return Retry([&] { return inner_->Nonce(); });
+  }
+  Status Attest(const attest::Evidence& evidence) override {
+    return Retry([&] { return inner_->Attest(evidence); });
+  }
+  StatusOr<ReleasedKey> Release(const ReleaseRequest& request) override {
+    return inner_->Release(request);
+  }
+
+ private:
+  template <typename F>
+  static auto Retry(F&& call) -> decltype(call()) {
+    auto result = call();
+    if (::vmseal::internal::AsStatus(result).code() != StatusCode::kUnavailable) return result;
+    return call();
+  }
+  std::unique_ptr<KmsApi> inner_;
+};
+
+}  // namespace
+
+StatusOr<std::string> HostIdFromCertificate(Env* env, const std::string& cert_file) {
+  ASSIGN_OR_RETURN(std::string pem, ReadFileToString(env, cert_file));
+  ASSIGN_OR_RETURN(crypto::Certificate cert, crypto::Certificate::FromPem(pem));
+  std::string cn = cert.SubjectCommonName();
+  if (cn.empty()) return InvalidArgumentError(cert_file + ": the host certificate has no CN");
+  return cn;
+}
+
+StatusOr<int> RemoveStaleFiles(vm::VmManager* vms, const std::string& image_store_dir,
+                               const std::string& work_dir) {
+  int removed = 0;
+  auto sweep = [&](const std::string& dir, auto&& is_stale) -> Status {
+    std::error_code ec;
+    if (!std::filesystem::is_directory(dir, ec)) return OkStatus();  // nothing yet
+    std::filesystem::directory_iterator it(dir, ec), end;
+    for (; !ec && it != end; it.increment(ec)) {
+      const std::string name = it->path().filename().string();
+      std::error_code rm;
+      if (is_stale(name) && std::filesystem::remove(it->path(), rm)) ++removed;
+      if (rm) return InternalError("remove " + it->path().string() + ": " + rm.message());
+    }
+    if (ec) return InternalError("list " + dir + ": " + ec.message());
+    return OkStatus();
+  };
+  RETURN_IF_ERROR(sweep(image_store_dir + "/disks", [&](const std::string& name) {
+    if (name.starts_with(".") && name.find(".tmp-") != std::string::npos) return true;
+    if (!name.ends_with(".img")) return false;
+    auto vm = vms->Get(name.substr(0, name.size() - 4));
+    return !vm.ok() && vm.status().code() == StatusCode::kNotFound;
+  }));
+  RETURN_IF_ERROR(sweep(work_dir, [](const std::string&) { return true; }));
+  return removed;
+}
+
+StatusOr<std::unique_ptr<HostDaemon>> HostDaemon::Create(const HostConfig& config,
+                                                         const KmsFactory& kms_factory) {
+  if (!kms_factory) return InvalidArgumentError("host: no KMS client");
+  std::unique_ptr<HostDaemon> d(new HostDaemon());
+  Env* env = Env::Default();
+  ASSIGN_OR_RETURN(d->host_id_, HostIdFromCertificate(env, config.cert_file));
+  RETURN_IF_ERROR(MakePrivateDir(config.state_dir));
+  RETURN_IF_ERROR(MakePrivateDir(config.image_store_dir));
+
+  ASSIGN_OR_RETURN(d->tpm_, tpm::SecurityEngine::Create(
+                                {.tcti = config.tpm_tcti, .state_dir = config.state_dir + "/tpm"}));
+  vm::VmManagerOptions vo;
+  vo.state_dir = config.image_store_dir;
+  vo.qemu_binary = config.qemu_binary;
+  ASSIGN_OR_RETURN(vo.accel, vm::ParseAccel(config.accel));
+  ASSIGN_OR_RETURN(d->vms_, vm::VmManager::Create(vo));
+  const std::string work_dir = config.state_dir + "/work";
+  ASSIGN_OR_RETURN(int removed, RemoveStaleFiles(d->vms_.get(), config.image_store_dir, work_dir));
+  if (removed > 0) spdlog::info("removed {} stale file(s) left by an earlier run", removed);
+
+  KmsClientSettings ks{config.kms_url, config.ca_file, config.cert_file, config.key_file,
+                       d->host_id_};
+  ASSIGN_OR_RETURN(auto kms, kms_factory(ks));
+  d->kms_ = std::make_unique<RetryOnceKms>(std::move(kms));
+  PortalClientOptions po;
+  po.url = config.portal_url;
+  po.ca_cert_file = config.ca_file;
+  po.cert_file = config.cert_file;
+  po.key_file = config.key_file;
+  ASSIGN_OR_RETURN(d->portal_, PortalClient::Create(po));
+
+  HostAgentOptions ao;
+  ao.work_dir = work_dir;
+  ao.pcr_selection = config.pcr_selection;
+  ao.allow_plain_images = config.allow_plain_images;
+  ASSIGN_OR_RETURN(d->agent_, HostAgent::Create(ao, d->tpm_.get(), d->vms_.get(), d->kms_.get(),
+                                                d->portal_.get()));
+
+  HostServiceOptions so;
+  so.registration.capacity = config.capacity.value_or(DetectCapacity());
+  so.registration.tags = config.tags;
+  so.heartbeat_interval_ms = static_cast<int64_t>(config.heartbeat_interval_seconds * 1000);
+  so.reattest_interval_ms = static_cast<int64_t>(config.reattest_interval_seconds * 1000);
+  so.poll_interval_ms = static_cast<int64_t>(config.poll_interval_seconds * 1000);
+  so.enrollment_marker_path = config.state_dir + "/enrolled";
+  // The enrollment holds for this KMS, this host id and this AK.
+  crypto::Sha256Hasher h;
+  h.Update(config.kms_url + "\n" + d->host_id_ + "\n");
+  h.Update(d->tpm_->AkPublic());
+  so.enrollment_id = crypto::HexEncode(h.Finish()) + "\n";
+  ASSIGN_OR_RETURN(d->service_, HostService::Create(so, d->agent_.get(), d->portal_.get()));
+  spdlog::info("host {} ready: portal {}, KMS {}, TPM {}, image store {}", d->host_id_,
+               config.portal_url, config.kms_url, config.tpm_tcti, config.image_store_dir);
+  return d;
+}
+
+}  // namespace vmseal::host

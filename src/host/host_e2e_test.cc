@@ -1,0 +1,468 @@
+// The host service end to end with real parts: the KMS (service core behind
+// its HTTPS server, SQLite), the portal (TLS, host mTLS), and the host daemon
+// as `vmseal host serve` assembles it (HTTPS KMS client, portal client, TPM
+// security engine on swtpm, qemu with TCG) running the sample image sealed to
+// a KMS customer key. The guest prints a marker that exists only inside the
+// image: seeing it on the serial console proves the VM booted from the
+// decrypted disk.
+#include <fcntl.h>
+#include <httplib.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <thread>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "crypto/keys.h"
+#include "csp/kms_client.h"
+#include "csp/ovf_package_verifier.h"
+#include "csp/portal_server.h"
+#include "host/host_daemon.h"
+#include "host/https_kms_client.h"
+#include "kms/internal/mini_ca.h"
+#include "kms/service.h"
+#include "net/https_client.h"
+#include "net/https_server.h"
+#include "ovf/package.h"
+#include "testing/test_util.h"
+#include "tpm/testing/swtpm_harness.h"
+
+namespace vmseal::host {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using ::vmseal::testing::TempDir;
+
+std::string KeyText(const SecretBytes& s) {
+  return std::string(reinterpret_cast<const char*>(s.UnsafeData()), s.size());
+}
+
+// The real HTTPS KMS client, with a hook after each granted release.
+class HookedKms final : public KmsApi {
+ public:
+  HookedKms(std::unique_ptr<KmsApi> inner, std::function<void()>* after_release)
+      : inner_(std::move(inner)), after_release_(after_release) {}
+  StatusOr<attest::CredentialChallenge> BeginEnrollment(
+      const attest::EnrollmentRequest& r) override {
+    return inner_->BeginEnrollment(r);
+  }
+  Status CompleteEnrollment(const SecretBytes& s) override { return inner_->CompleteEnrollment(s); }
+  StatusOr<crypto::Bytes> Nonce() override { return inner_->Nonce(); }
+  Status Attest(const attest::Evidence& e) override { return inner_->Attest(e); }
+  StatusOr<ReleasedKey> Release(const ReleaseRequest& r) override {
+    auto out = inner_->Release(r);
+    if (out.ok() && *after_release_) (*after_release_)();
+    return out;
+  }
+
+ private:
+  std::unique_ptr<KmsApi> inner_;
+  std::function<void()>* after_release_;
+};
+
+class HostE2eTest : public ::testing::Test {
+ protected:
+  // The sample image, built once per binary and cached in the build tree.
+  static void SetUpTestSuite() {
+    const std::string dir = VMSEAL_HOST_E2E_CACHE_DIR;
+    fs::create_directories(dir);
+    image_ = dir + "/sample.img";
+    const std::string script = vmseal::testing::SourceDir() + "/scripts/build-sample-image.sh";
+    int lock_fd = ::open((dir + "/sample.lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    ASSERT_GE(lock_fd, 0);
+    ASSERT_EQ(::flock(lock_fd, LOCK_EX), 0);
+    std::error_code ec;
+    if (!fs::exists(image_) || !fs::exists(image_ + ".marker") ||
+        fs::last_write_time(image_, ec) < fs::last_write_time(script, ec)) {
+      std::string out;
+      int rc = vmseal::testing::RunCommand({script, image_}, &out, 600);
+      ::close(lock_fd);
+      ASSERT_EQ(rc, 0) << out;
+    } else {
+      ::close(lock_fd);
+    }
+    marker_ = vmseal::testing::ReadFileOrDie(image_ + ".marker");
+    while (!marker_.empty() && (marker_.back() == '\n' || marker_.back() == '\r')) {
+      marker_.pop_back();
+    }
+  }
+
+  void SetUp() override {
+    auto ca = kms::internal::CreateRootCa("e2e ca", 30);
+    ASSERT_OK(ca);
+    ca_ = *std::move(ca);
+    Write("ca.pem", ca_.cert_pem);
+    Identity("host", "host-1", "host", false);
+    Identity("operator", "op", "op", false);
+    Identity("portal", "portal-1", "portal", false);
+    Identity("kms", "kms", "kms-server", true);
+    Identity("portal", "portal", "portal-server", true);
+
+    // KMS.
+    auto store = kms::Store::Open(dir_.File("kms.db"));
+    ASSERT_OK(store);
+    store_ = *std::move(store);
+    auto kek = kms::KekFromBytes(SecretBytes::Random(kms::kKekBytes));
+    ASSERT_OK(kek);
+    kek_ = *std::move(kek);
+    auto tpm = tpm::testing::Swtpm::Start({.parent_dir = dir_.path()});
+    ASSERT_OK(tpm);
+    swtpm_ = *std::move(tpm);
+    kms::KmsService::Options ko;
+    ko.ek_ca_bundle_pem = swtpm_->ca_bundle_pem();
+    auto service = kms::KmsService::Create(
+        ko, store_.get(), kek_.get(), {ca_.cert_pem, SecretBytes(ca_.key_pem.UnsafeSpan())});
+    ASSERT_OK(service);
+    kms_ = *std::move(service);
+    net::HttpsServer::Options so;
+    so.cert_pem = vmseal::testing::ReadFileOrDie(dir_.File("kms-server.pem"));
+    so.key_pem = SecretBytes(crypto::AsBytes(
+        vmseal::testing::ReadFileOrDie(dir_.File("kms-server-key.pem"))));
+    so.client_ca_pem = ca_.cert_pem;
+    so.threads = 4;
+    auto server = net::HttpsServer::Create(std::move(so));
+    ASSERT_OK(server);
+    kms_server_ = *std::move(server);
+    kms::RegisterKmsRoutes(kms_.get(), kms_server_.get());
+    auto port = kms_server_->Start();
+    ASSERT_OK(port);
+    kms_port_ = *port;
+    op_ = JsonClient("op");
+
+    // Portal, with its own KMS client (portal identity): customer keys and
+    // placement checks come from the real KMS.
+    auto portal_kms = csp::NewHttpsKmsClient({.url = "https://127.0.0.1:" +
+                                                     std::to_string(kms_port_),
+                                              .ca_cert_file = dir_.File("ca.pem"),
+                                              .cert_file = dir_.File("portal.pem"),
+                                              .key_file = dir_.File("portal-key.pem")});
+    ASSERT_OK(portal_kms);
+    portal_kms_ = *std::move(portal_kms);
+    csp::PortalServer::Options po;
+    po.data_dir = dir_.File("portal");
+    po.argon2_m_cost_kib = 64;
+    po.tls_cert_file = dir_.File("portal-server.pem");
+    po.tls_key_file = dir_.File("portal-server-key.pem");
+    po.client_ca_file = dir_.File("ca.pem");
+    auto portal = csp::PortalServer::Create(std::move(po), &verifier_, portal_kms_.get());
+    ASSERT_OK(portal);
+    portal_ = *std::move(portal);
+    ASSERT_OK(portal_->Start());
+    customer_ = std::make_unique<httplib::SSLClient>("127.0.0.1", portal_->port());
+    customer_->set_ca_cert_path(dir_.File("ca.pem").c_str());
+    customer_->enable_server_certificate_verification(true);
+    customer_->set_read_timeout(60, 0);
+    // PortalServer::Start returns before cpp-httplib's accept loop runs; a
+    // Stop in that window is lost. Wait until the portal answers.
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (std::chrono::steady_clock::now() < deadline && !customer_->Get("/v1/kms/ca")) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+
+    // Host, as `vmseal host serve` builds it.
+    HostConfig c;
+    c.portal_url = "https://127.0.0.1:" + std::to_string(portal_->port());
+    c.kms_url = "https://127.0.0.1:" + std::to_string(kms_port_);
+    c.ca_file = dir_.File("ca.pem");
+    c.cert_file = dir_.File("host.pem");
+    c.key_file = dir_.File("host-key.pem");
+    c.tpm_tcti = swtpm_->tcti();
+    c.state_dir = dir_.File("hs");
+    c.image_store_dir = dir_.File("img");
+    c.pcr_selection = {0, 7};
+    c.heartbeat_interval_seconds = 0.5;
+    c.reattest_interval_seconds = 2;
+    c.poll_interval_seconds = 0.2;
+    c.accel = "tcg";
+    c.capacity = HostCapacity{.vcpus = 2, .memory_mib = 2048, .slots = 2};
+    auto daemon = HostDaemon::Create(c, [this](const KmsClientSettings& s)
+                                            -> StatusOr<std::unique_ptr<KmsApi>> {
+      ASSIGN_OR_RETURN(auto inner, NewHttpsKmsClient({.url = s.url,
+                                                      .ca_cert_file = s.ca_cert_file,
+                                                      .cert_file = s.cert_file,
+                                                      .key_file = s.key_file,
+                                                      .host_id = s.host_id}));
+      return std::unique_ptr<KmsApi>(new HookedKms(std::move(inner), &after_release_));
+    });
+    ASSERT_OK(daemon);
+    daemon_ = *std::move(daemon);
+    EXPECT_EQ(daemon_->host_id(), "host-1");
+  }
+
+  void TearDown() override {
+    if (daemon_ != nullptr) {
+      auto vms = daemon_->vms()->List();
+      if (vms.ok()) {
+        for (const auto& v : *vms) (void)daemon_->vms()->Delete(v.name);
+      }
+    }
+    if (portal_) portal_->Stop();
+    if (kms_server_) kms_server_->Stop();
+  }
+
+  void Write(const std::string& name, const std::string& data) {
+    ASSERT_OK(WriteStringToFileAtomic(Env::Default(), dir_.File(name), data, 0600));
+  }
+  void Identity(const std::string& role, const std::string& cn, const std::string& prefix,
+                bool server) {
+    kms::internal::LeafOptions lo{.common_name = cn, .organizational_unit = role};
+    if (server) {
+      lo.ip_addresses = {"127.0.0.1"};
+      lo.server = true;
+    }
+    auto id = kms::internal::IssueLeaf(ca_, lo);
+    ASSERT_OK(id);
+    Write(prefix + ".pem", id->cert_pem);
+    Write(prefix + "-key.pem", KeyText(id->key_pem));
+  }
+  std::unique_ptr<net::HttpsClient> JsonClient(const std::string& prefix) {
+    net::HttpsClient::Options o;
+    o.port = kms_port_;
+    o.ca_pem = ca_.cert_pem;
+    o.cert_pem = vmseal::testing::ReadFileOrDie(dir_.File(prefix + ".pem"));
+    o.key_pem = SecretBytes(crypto::AsBytes(vmseal::testing::ReadFileOrDie(
+        dir_.File(prefix + "-key.pem"))));
+    auto c = net::HttpsClient::Create(std::move(o));
+    EXPECT_OK(c);
+    return c.ok() ? *std::move(c) : nullptr;
+  }
+
+  // A portal customer registers (the portal has the KMS create its key
+  // pair) and logs in.
+  void RegisterCustomer() {
+    auto reg = customer_->Post("/v1/register");
+    ASSERT_TRUE(reg && reg->status == 201) << (reg ? reg->body : "no answer");
+    json r = json::parse(reg->body);
+    customer_id_ = r["customer_id"];
+    customer_pub_pem_ = r["key"]["public_key_pem"];
+    json login = {{"login_id", r["login_id"]}, {"password", r["password"]}};
+    auto res = customer_->Post("/v1/login", login.dump(), "application/json");
+    ASSERT_TRUE(res && res->status == 200);
+    auth_ = {{"Authorization", "Bearer " + json::parse(res->body)["token"].get<std::string>()}};
+  }
+
+  // After the host's first attestation: its PCRs become the "good-boot"
+  // flavor and the customer's policy requires it.
+  void TrustHostState() {
+    ASSERT_OK(op_->Post("/v1/flavors/good-boot/from-host/host-1", json::object()));
+    ASSERT_OK(op_->Put("/v1/policies/" + customer_id_,
+                       {{"flavors", {{"anyOf", {"good-boot"}}}},
+                        {"max_evidence_age_seconds", 300}}));
+  }
+
+  // Seals the sample image for the customer's KMS key.
+  std::string Seal(const std::string& image_id) {
+    const std::string out = dir_.File(image_id + ".ova");
+    ovf::SealOptions seal;
+    seal.inputs = {image_};
+    seal.recipient_pem = customer_pub_pem_;
+    seal.image_id = image_id;
+    seal.tenant = customer_id_;
+    seal.vm.cpus = 1;
+    seal.vm.memory_mib = 256;
+    EXPECT_OK(ovf::SealPackage(Env::Default(), seal, out));
+    return out;
+  }
+
+  // The customer uploads `package_path` and launches it; returns the job id.
+  std::string UploadAndLaunch(const std::string& package_path) {
+    auto begin = customer_->Post("/v1/uploads", auth_, "", "application/json");
+    std::string id = json::parse(begin->body)["upload_id"];
+    std::string data = vmseal::testing::ReadFileOrDie(package_path);
+    auto put = customer_->Put("/v1/uploads/" + id + "?offset=0", auth_, data,
+                              "application/octet-stream");
+    EXPECT_TRUE(put && put->status == 200);
+    auto img = customer_->Post("/v1/uploads/" + id + "/commit", auth_, R"({"name":"vm"})",
+                               "application/json");
+    EXPECT_TRUE(img && img->status == 201) << (img ? img->body : "no answer");
+    json body = {{"image_id", json::parse(img->body)["image_id"]}};
+    auto launch = customer_->Post("/v1/launch", auth_, body.dump(), "application/json");
+    EXPECT_TRUE(launch && launch->status == 201) << (launch ? launch->body : "");
+    json job = json::parse(launch->body);
+    EXPECT_EQ(job["state"], "placed") << job.dump();
+    return job["job_id"];
+  }
+
+  json JobJson(const std::string& job_id) {
+    auto res = customer_->Get("/v1/jobs/" + job_id, auth_);
+    EXPECT_TRUE(res);
+    return res ? json::parse(res->body) : json();
+  }
+
+  // Where the host's decrypted disks live: it must hold no disk.
+  std::vector<std::string> Disks() {
+    return vmseal::testing::ListDir(dir_.File("img") + "/disks");
+  }
+
+  static std::string image_;
+  static std::string marker_;
+  TempDir dir_;
+  kms::internal::CertAndKey ca_;
+  std::unique_ptr<kms::Store> store_;
+  std::unique_ptr<kms::KeyEncryptionKey> kek_;
+  std::unique_ptr<tpm::testing::Swtpm> swtpm_;
+  std::unique_ptr<kms::KmsService> kms_;
+  std::unique_ptr<net::HttpsServer> kms_server_;
+  int kms_port_ = 0;
+  std::unique_ptr<net::HttpsClient> op_;
+  std::string customer_id_;
+  std::string customer_pub_pem_;
+  csp::OvfPackageVerifier verifier_;
+  std::unique_ptr<csp::KmsClient> portal_kms_;
+  std::unique_ptr<csp::PortalServer> portal_;
+  std::unique_ptr<httplib::SSLClient> customer_;
+  httplib::Headers auth_;
+  std::function<void()> after_release_;
+  std::unique_ptr<HostDaemon> daemon_;
+};
+
+std::string HostE2eTest::image_;
+std::string HostE2eTest::marker_;
+
+TEST_F(HostE2eTest, TrustedHostBootsTheSealedImageAndVmOutlivesTheService) {
+  HostService* svc = daemon_->service();
+  ASSERT_OK(svc->Start());  // enroll, register, first verdict
+  RegisterCustomer();
+  TrustHostState();
+  const std::string job_id = UploadAndLaunch(Seal("sealed-good"));
+
+  Status run_result = UnknownError("not returned");
+  std::thread runner([&] { run_result = svc->Run(); });
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(240);
+  json job;
+  while (std::chrono::steady_clock::now() < deadline) {
+    job = JobJson(job_id);
+    if (job["state"] == "running" || job["state"] == "failed" || job["state"] == "queued") break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  EXPECT_EQ(job["state"], "running") << job.dump();
+  auto vms = daemon_->vms()->List();
+  ASSERT_OK(vms);
+  ASSERT_EQ(vms->size(), 1u);
+  const std::string vm_name = (*vms)[0].name;
+  // The marker exists only inside the sealed image.
+  EXPECT_OK(daemon_->vms()->WaitForSerialMarker(vm_name, marker_, 240000));
+  // Re-attestation and heartbeats ran meanwhile.
+  EXPECT_GE(svc->stats().reattestations, 2);
+  EXPECT_GE(svc->stats().heartbeats, 1);
+  svc->Stop();
+  runner.join();
+  EXPECT_OK(run_result);
+  // The service stopped; the VM did not.
+  auto after = daemon_->vms()->Get(vm_name);
+  ASSERT_OK(after);
+  EXPECT_EQ(after->state, vm::VmRunState::kRunning);
+  // Nothing sealed or decrypted lingers outside the VM's own disk.
+  EXPECT_TRUE(vmseal::testing::ListDir(dir_.File("hs") + "/work").empty());
+  EXPECT_EQ(Disks().size(), 1u);
+  // A restarted agent finds the VM again, and its start-up sweep keeps the
+  // running VM's disk.
+  auto restarted = vm::VmManager::Create({.state_dir = dir_.File("img"),
+                                          .accel = vm::Accel::kTcg});
+  ASSERT_OK(restarted);
+  auto found = (*restarted)->Get(vm_name);
+  ASSERT_OK(found);
+  EXPECT_EQ(found->state, vm::VmRunState::kRunning);
+  auto removed = RemoveStaleFiles(restarted->get(), dir_.File("img"), dir_.File("hs") + "/work");
+  ASSERT_OK(removed);
+  EXPECT_EQ(*removed, 0);
+  EXPECT_EQ(Disks().size(), 1u);
+}
+
+TEST_F(HostE2eTest, TamperedHostGetsNoKeyAndTheJobMovesWithPcrPolicy) {
+  HostService* svc = daemon_->service();
+  ASSERT_OK(svc->Start());
+  RegisterCustomer();
+  TrustHostState();
+  // Something unexpected is measured after the flavor was taken.
+  ASSERT_OK(daemon_->SecurityEngineForTesting()->PcrExtend(7, crypto::Sha256("evil bootloader")));
+  const std::string job_id = UploadAndLaunch(Seal("sealed-tampered"));
+  auto ran = svc->PollOnce();
+  ASSERT_OK(ran);
+  EXPECT_EQ(*ran, 1);
+  json job = JobJson(job_id);
+  EXPECT_NE(job["state"], "running");
+  ASSERT_FALSE(job["attempts"].empty()) << job.dump();
+  EXPECT_EQ(job["attempts"][0]["host_id"], "host-1");
+  EXPECT_NE(job["attempts"][0]["refusal"].get<std::string>().find("pcr_policy"),
+            std::string::npos)
+      << job.dump();
+  EXPECT_EQ(svc->stats().jobs_refused, 1);
+  EXPECT_TRUE(Disks().empty());
+}
+
+TEST_F(HostE2eTest, PackageTamperedInTransitIsRefusedBeforeAnyRelease) {
+  HostService* svc = daemon_->service();
+  ASSERT_OK(svc->Start());
+  RegisterCustomer();
+  TrustHostState();
+  const std::string job_id = UploadAndLaunch(Seal("sealed-transit"));
+  // Flip one byte of the stored package (inside the sealed disk), as a
+  // corrupting store or network path would.
+  bool flipped = false;
+  for (const auto& e : fs::recursive_directory_iterator(dir_.File("portal") + "/objects")) {
+    if (!e.is_regular_file() || e.file_size() < (1 << 20)) continue;
+    std::string data = vmseal::testing::ReadFileOrDie(e.path().string());
+    data[data.size() / 2] ^= 0x01;
+    vmseal::testing::WriteFileOrDie(e.path().string(), data);
+    flipped = true;
+  }
+  ASSERT_TRUE(flipped);
+  bool released = false;
+  after_release_ = [&] { released = true; };
+  ASSERT_OK(svc->PollOnce());
+  json job = JobJson(job_id);
+  ASSERT_FALSE(job["attempts"].empty()) << job.dump();
+  const std::string refusal = job["attempts"][0]["refusal"];
+  EXPECT_NE(refusal.find("package_rejected"), std::string::npos) << refusal;
+  EXPECT_FALSE(released);
+  EXPECT_TRUE(Disks().empty());
+}
+
+TEST_F(HostE2eTest, KmsUnreachableFailsTheJobWithAClearReason) {
+  HostService* svc = daemon_->service();
+  ASSERT_OK(svc->Start());
+  RegisterCustomer();
+  TrustHostState();
+  const std::string job_id = UploadAndLaunch(Seal("sealed-nokms"));
+  kms_server_->Stop();
+  ASSERT_OK(svc->PollOnce());
+  json job = JobJson(job_id);
+  ASSERT_FALSE(job["attempts"].empty()) << job.dump();
+  const std::string refusal = job["attempts"][0]["refusal"];
+  EXPECT_NE(refusal.find("kms_unavailable"), std::string::npos) << refusal;
+  EXPECT_TRUE(Disks().empty());
+  // Re-attestation says so too.
+  EXPECT_EQ(svc->ReattestOnce().code(), StatusCode::kUnavailable);
+}
+
+TEST_F(HostE2eTest, TpmRestartBetweenReleaseAndDecryptIsHandled) {
+  HostService* svc = daemon_->service();
+  ASSERT_OK(svc->Start());
+  RegisterCustomer();
+  TrustHostState();
+  const std::string job_id = UploadAndLaunch(Seal("sealed-restart"));
+  int restarts = 0;
+  after_release_ = [&] {
+    // The TPM loses its loaded objects and sessions between the release and
+    // the unwrap; the engine reconnects and reloads the binding key.
+    ASSERT_OK(swtpm_->Restart());
+    ++restarts;
+  };
+  ASSERT_OK(svc->PollOnce());
+  EXPECT_EQ(restarts, 1);
+  json job = JobJson(job_id);
+  EXPECT_EQ(job["state"], "running") << job.dump();
+  auto vms = daemon_->vms()->List();
+  ASSERT_OK(vms);
+  ASSERT_EQ(vms->size(), 1u);
+  EXPECT_OK(daemon_->vms()->WaitForSerialMarker((*vms)[0].name, marker_, 240000));
+}
+
+}  // namespace
+}  // namespace vmseal::host

@@ -1,0 +1,128 @@
+// The `vmseal host serve` loop: keeps the host enrolled, registered,
+// heartbeating and freshly attested, and runs the jobs the portal places on
+// it through the host agent, reporting every phase (or the refusal reason)
+// back to the portal.
+//
+// Two threads: the caller's (Run) polls jobs, re-attests and runs jobs one at
+// a time (every TPM use happens there); a second one sends heartbeats, so a
+// long job does not make the portal drop the host from the pool.
+#ifndef VMSEAL_HOST_HOST_SERVICE_H_
+#define VMSEAL_HOST_HOST_SERVICE_H_
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+
+#include "base/env.h"
+#include "base/status.h"
+#include "host/host_agent.h"
+#include "host/portal_client.h"
+
+namespace vmseal::host {
+
+struct HostServiceOptions {
+  // What the host registers with (capacity, tags).
+  HostRegistrationInfo registration;
+  // Period of heartbeats to the portal. Default 10 s (the portal drops a
+  // host after 30 s of silence).
+  int64_t heartbeat_interval_ms = 10000;
+  // Period of re-attestation to the KMS, which keeps the host's trust
+  // history (read by the scheduler) fresh. Default 60 s.
+  int64_t reattest_interval_ms = 60000;
+  // Period of job polls. Default 2 s.
+  int64_t poll_interval_ms = 2000;
+  // Pause before retrying start-up (enrollment, registration) when the KMS
+  // or the portal cannot be reached. Default 2 s.
+  int64_t retry_delay_ms = 2000;
+  // A file recording that this TPM is enrolled with the KMS: it holds
+  // `enrollment_id` (e.g. a digest of the KMS url and the AK). When it
+  // matches, start-up skips enrollment. Empty path: enroll on every start.
+  std::string enrollment_marker_path;
+  std::string enrollment_id;
+  Env* env = nullptr;  // default Env::Default()
+};
+
+// The machine-readable reason the host gives the portal for a failed job:
+// the reason a KMS denial or the agent names in front of its message
+// ("pcr_policy: ..." -> "pcr_policy"), else one derived from the phase the
+// job failed in: package_rejected / fetch_failed (fetching), kms_unavailable
+// / release_denied / attestation_failed (attesting), decrypt_failed,
+// launch_failed.
+std::string RefusalReasonFor(const Status& status, JobPhase failed_in);
+
+// Counters for tests and logs.
+struct HostServiceStats {
+  int heartbeats = 0;
+  int registrations = 0;
+  int enrollments = 0;
+  int reattestations = 0;
+  int jobs_started = 0;
+  int jobs_running = 0;
+  int jobs_refused = 0;
+};
+
+// Thread-safe: Stop may be called from any thread; the other methods from
+// the thread that runs the loop (tests call the *Once steps directly).
+class HostService {
+ public:
+  // Pointers must outlive the service.
+  static StatusOr<std::unique_ptr<HostService>> Create(const HostServiceOptions& options,
+                                                       JobRunner* agent, PortalApi* portal);
+  ~HostService();
+
+  // Enrolls if needed, registers with the portal and attests once. Errors
+  // are returned as they come (Run retries them).
+  Status Start();
+  // Runs Start (retried until it succeeds or Stop), then the loops, until
+  // Stop. A job in progress is finished first; VMs keep running.
+  Status Run();
+  // Asks Run to return. Idempotent.
+  void Stop();
+  bool stopping() const;
+
+  // One heartbeat; a portal that forgot the host gets a registration.
+  Status HeartbeatOnce();
+  // One attestation; a KMS that forgot the host ("not_enrolled") gets a
+  // new enrollment first.
+  Status ReattestOnce();
+  // Sends refusals still owed to the portal, polls, and runs each new job.
+  // Returns how many jobs it ran.
+  StatusOr<int> PollOnce();
+
+  HostServiceStats stats() const;
+
+ private:
+  HostService(HostServiceOptions options, JobRunner* agent, PortalApi* portal);
+  Status EnsureEnrolled(bool force);
+  void RunJob(const PortalJob& job);
+  // Sends the refusals owed to the portal; UNAVAILABLE leaves them owed.
+  Status FlushRefusals();
+  // Waits up to `ms` or until Stop; false when stopping.
+  bool SleepFor(int64_t ms);
+  void HeartbeatLoop();
+
+  struct OwedRefusal {
+    std::string job_id, reason, message;
+  };
+
+  const HostServiceOptions options_;
+  Env* const env_;
+  JobRunner* const agent_;
+  PortalApi* const portal_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  HostServiceStats stats_;
+  // Jobs this process has taken (the portal lists a job until its first
+  // progress report; never run one twice).
+  std::set<std::string> taken_;
+  std::deque<OwedRefusal> owed_refusals_;
+};
+
+}  // namespace vmseal::host
+
+#endif  // VMSEAL_HOST_HOST_SERVICE_H_

@@ -1,0 +1,421 @@
+#include "host/portal_client.h"
+
+#include <httplib.h>
+#include <openssl/crypto.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "crypto/primitives.h"
+#include "net/https_client.h"
+
+namespace vmseal::host {
+namespace {
+
+using json = nlohmann::json;
+
+constexpr size_t kMaxErrorBodyBytes = 64 * 1024;
+
+struct ParsedUrl {
+  std::string host;
+  int port = 443;
+};
+
+StatusOr<ParsedUrl> ParseHttpsUrl(const std::string& url) {
+  constexpr std::string_view kScheme = "https://";
+  if (!url.starts_with(kScheme)) {
+    return InvalidArgumentError("portal url must start with https:// (got '" + url + "')");
+  }
+  std::string rest = url.substr(kScheme.size());
+  while (!rest.empty() && rest.back() == '/') rest.pop_back();
+  if (rest.empty() || rest.find('/') != std::string::npos) {
+    return InvalidArgumentError("portal url must be https://host[:port]");
+  }
+  ParsedUrl out;
+  size_t colon = rest.rfind(':');
+  if (colon != std::string::npos && rest.find(']') == std::string::npos) {
+    std::string port = rest.substr(colon + 1);
+    char* end = nullptr;
+    long p = std::strtol(port.c_str(), &end, 10);
+    if (port.empty() || *end != '\0' || p <= 0 || p > 65535) {
+      return InvalidArgumentError("portal url has a bad port");
+    }
+    out.port = static_cast<int>(p);
+    rest.resize(colon);
+  }
+  if (rest.empty()) return InvalidArgumentError("portal url has no host");
+  out.host = rest;
+  return out;
+}
+
+// The Status an error answer of the portal stands for: the code named in
+// {"error":{"code"}} (else the HTTP status's) and its message.
+Status StatusFromErrorAnswer(int http_status, const std::string& body) {
+  StatusCode code = CodeFromHttpStatus(http_status);
+  std::string message = "HTTP " + std::to_string(http_status);
+  json j = json::parse(body, nullptr, false);
+  if (j.is_object() && j.contains("error") && j["error"].is_object()) {
+    const json& err = j["error"];
+    if (err.contains("message") && err["message"].is_string()) message = err["message"];
+    if (err.contains("code") && err["code"].is_string()) {
+      const std::string name = err["code"];
+      for (int c = 1; c <= 16; ++c) {
+        auto candidate = static_cast<StatusCode>(c);
+        std::string canonical(StatusCodeName(candidate));
+        std::string lower = canonical;
+        for (char& ch : lower) ch = static_cast<char>(std::tolower(ch));
+        if (name == canonical || name == lower) code = candidate;
+      }
+    }
+  }
+  if (code == StatusCode::kOk) code = StatusCode::kUnknown;
+  return Status(code, message);
+}
+
+// "bytes <first>-<last>/<total>" -> first and total (total 0 when "*").
+bool ParseContentRange(const std::string& value, uint64_t* first, uint64_t* total) {
+  unsigned long long a = 0, b = 0, t = 0;
+  if (std::sscanf(value.c_str(), "bytes %llu-%llu/%llu", &a, &b, &t) == 3) {
+    *first = a;
+    *total = t;
+    return true;
+  }
+  if (std::sscanf(value.c_str(), "bytes %llu-%llu/*", &a, &b) == 2) {
+    *first = a;
+    *total = 0;
+    return true;
+  }
+  return false;
+}
+
+std::string ToLower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+json TagsAsArray(const std::vector<std::string>& tags) { return tags; }
+
+json TagsAsObject(const std::vector<std::string>& tags) {
+  json out = json::object();
+  for (const auto& t : tags) {
+    size_t eq = t.find('=');
+    out[t.substr(0, eq)] = eq == std::string::npos ? "" : t.substr(eq + 1);
+  }
+  return out;
+}
+
+// The portal's refusal "kind" for a machine reason (older portals take the
+// kind; the contract's field is "reason").
+const char* RefusalKindFor(const std::string& reason) {
+  if (reason == "unencrypted_image") return "unencrypted_image";
+  static const char* const kAttestation[] = {
+      "not_enrolled", "nonce_unknown", "nonce_used", "nonce_expired", "bad_signature",
+      "nonce_mismatch", "pcr_digest_mismatch", "pcr_selection_mismatch",
+      "binding_key_not_certified", "binding_key_attributes", "pcr_policy", "tags",
+      "evidence_age", "history", "no_policy", "label_mismatch", "unknown_key",
+      "malformed_evidence", "attestation_failed", "kms_unavailable", "release_denied"};
+  for (const char* r : kAttestation) {
+    if (reason == r) return "attestation_denied";
+  }
+  return "launch_failed";
+}
+
+// Runs `call`; a connection error (UNAVAILABLE) is retried once on a new
+// connection. The shared HTTPS client keeps connections alive, and a server
+// closes idle ones: the first request after a pause then fails on the stale
+// socket before the server saw it. Every host route tolerates a repeat (a
+// repeated report is refused by the portal as out of order, harmlessly).
+template <typename F>
+auto RetryOnce(F&& call) -> decltype(call()) {
+  auto result = call();
+  if (::vmseal::internal::AsStatus(result).code() != StatusCode::kUnavailable) return result;
+  return call();
+}
+
+}  // namespace
+
+HostCapacity DetectCapacity() {
+  HostCapacity c;
+  long cpus = ::sysconf(_SC_NPROCESSORS_ONLN);
+  long pages = ::sysconf(_SC_PHYS_PAGES);
+  long page_size = ::sysconf(_SC_PAGESIZE);
+  if (cpus > 0) c.vcpus = static_cast<uint32_t>(cpus);
+  if (pages > 0 && page_size > 0) {
+    c.memory_mib = static_cast<uint64_t>(pages) * static_cast<uint64_t>(page_size) >> 20;
+  }
+  c.slots = c.vcpus;
+  return c;
+}
+
+struct PortalClient::Impl {
+  PortalClientOptions options;
+  ParsedUrl url;
+  Env* env = nullptr;
+  std::unique_ptr<net::HttpsClient> api;
+  mutable std::mutex mu;  // guards last_fetch
+  FetchStats last_fetch;
+  bool tags_as_object = false;  // learned from the portal's answer
+  // The portal answered "unknown job state" to "launching" (its state
+  // machine goes from decrypting to running): not sent again.
+  std::atomic<bool> launching_unknown{false};
+};
+
+PortalClient::PortalClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+PortalClient::~PortalClient() = default;
+
+StatusOr<std::unique_ptr<PortalClient>> PortalClient::Create(const PortalClientOptions& options) {
+  ASSIGN_OR_RETURN(ParsedUrl url, ParseHttpsUrl(options.url));
+  if (options.ca_cert_file.empty() || options.cert_file.empty() || options.key_file.empty()) {
+    return InvalidArgumentError("portal client: CA, certificate and key files are required");
+  }
+  if (options.timeout_seconds <= 0 || options.max_resumes < 0 || options.resume_delay_ms < 0) {
+    return InvalidArgumentError("portal client: bad timeout or resume settings");
+  }
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  impl->url = url;
+  impl->env = options.env != nullptr ? options.env : Env::Default();
+  net::HttpsClient::Options o;
+  o.host = url.host;
+  o.port = url.port;
+  o.timeout_seconds = options.timeout_seconds;
+  ASSIGN_OR_RETURN(o.ca_pem, ReadFileToString(impl->env, options.ca_cert_file));
+  ASSIGN_OR_RETURN(o.cert_pem, ReadFileToString(impl->env, options.cert_file));
+  {
+    ASSIGN_OR_RETURN(std::string key, ReadFileToString(impl->env, options.key_file));
+    o.key_pem = SecretBytes(crypto::AsBytes(key));
+    OPENSSL_cleanse(key.data(), key.size());
+  }
+  ASSIGN_OR_RETURN(impl->api, net::HttpsClient::Create(std::move(o)));
+  return std::unique_ptr<PortalClient>(new PortalClient(std::move(impl)));
+}
+
+Status PortalClient::Register(const HostRegistrationInfo& info) {
+  if (info.capacity.slots == 0 || info.capacity.vcpus == 0) {
+    return InvalidArgumentError("register: capacity must be at least one slot and one vCPU");
+  }
+  for (const auto& t : info.tags) {
+    if (t.empty() || t.front() == '=') return InvalidArgumentError("register: bad tag '" + t + "'");
+  }
+  auto body = [&](bool tags_as_object) {
+    json b = {{"capacity", {{"vcpus", info.capacity.vcpus},
+                            {"memory_mib", info.capacity.memory_mib},
+                            {"slots", info.capacity.slots}}},
+              {"capacity_slots", info.capacity.slots}};
+    b["tags"] = tags_as_object ? TagsAsObject(info.tags) : TagsAsArray(info.tags);
+    return b;
+  };
+  auto r = RetryOnce([&] { return impl_->api->Post("/v1/hosts/register", body(impl_->tags_as_object)); });
+  if (!r.ok() && !impl_->tags_as_object && r.status().code() == StatusCode::kInvalidArgument &&
+      r.status().message().find("tags must be an object") != std::string::npos) {
+    // A portal predating the wire contract takes tags as {"key": "value"}.
+    impl_->tags_as_object = true;
+    r = impl_->api->Post("/v1/hosts/register", body(true));
+  }
+  return r.status().WithPrefix("portal register");
+}
+
+Status PortalClient::Heartbeat() {
+  return RetryOnce([&] { return impl_->api->Post("/v1/hosts/heartbeat", json::object()); })
+      .status()
+      .WithPrefix("portal heartbeat");
+}
+
+StatusOr<std::vector<PortalJob>> PortalClient::PollJobs() {
+  auto r = RetryOnce([&] { return impl_->api->Get("/v1/hosts/jobs"); });
+  if (!r.ok()) return r.status().WithPrefix("portal jobs");
+  std::vector<PortalJob> out;
+  if (!r->is_object() || !(*r)["jobs"].is_array()) {
+    return DataLossError("portal jobs: answer has no jobs array");
+  }
+  for (const json& j : (*r)["jobs"]) {
+    if (!j.is_object() || !j["job_id"].is_string() || !j["image_id"].is_string()) {
+      return DataLossError("portal jobs: a job lacks job_id or image_id");
+    }
+    PortalJob job;
+    job.job_id = j["job_id"];
+    job.image_id = j["image_id"];
+    job.customer_id = j.value("customer_id", "");
+    job.tagged_image_id = j.value("tagged_image_id", "");
+    job.package_sha256_hex = ToLower(j.value("package_sha256", ""));
+    out.push_back(std::move(job));
+  }
+  return out;
+}
+
+Status PortalClient::ReportProgress(const JobUpdate& update) {
+  if (update.phase == JobPhase::kLaunching && impl_->launching_unknown) return OkStatus();
+  const std::string phase = JobPhaseName(update.phase);
+  // "state" for portals predating the contract's "phase".
+  json body = {{"phase", phase}, {"state", phase}};
+  if (!update.reason.empty()) body["reason"] = update.reason;
+  if (!update.vm_name.empty()) body["vm_name"] = update.vm_name;
+  if (!update.serial_log_path.empty()) body["serial_log_path"] = update.serial_log_path;
+  Status s = RetryOnce([&] {
+               return impl_->api->Post("/v1/hosts/jobs/" + update.job_id + "/progress", body);
+             }).status();
+  if (update.phase == JobPhase::kLaunching && s.code() == StatusCode::kInvalidArgument &&
+      s.message().find("unknown job state") != std::string::npos) {
+    impl_->launching_unknown = true;
+    return OkStatus();
+  }
+  return s.WithPrefix("portal progress");
+}
+
+Status PortalClient::ReportRefusal(const std::string& job_id, const std::string& reason,
+                                   const std::string& message) {
+  // The portal takes its refusal kind as "reason" ("kind" for the session-1
+  // portal); the machine reason leads the message it records.
+  const std::string kind = RefusalKindFor(reason);
+  const std::string detail =
+      message.starts_with(reason + ":") ? message : reason + ": " + message;
+  json body = {{"reason", kind}, {"message", detail}, {"kind", kind}, {"detail", detail}};
+  return RetryOnce([&] { return impl_->api->Post("/v1/hosts/jobs/" + job_id + "/refusal", body); })
+      .status()
+      .WithPrefix("portal refusal");
+}
+
+FetchStats PortalClient::last_fetch() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return impl_->last_fetch;
+}
+
+Status PortalClient::Fetch(const Job& job, const std::string& dest_path) {
+  const PortalClientOptions& opt = impl_->options;
+  const std::string path = "/v1/hosts/jobs/" + job.job_id + "/package";
+  ASSIGN_OR_RETURN(auto out, AtomicOutputFile::Create(impl_->env, dest_path, 0600));
+  crypto::Sha256Hasher hasher;
+  FetchStats stats;
+  uint64_t written = 0;
+  std::optional<uint64_t> total;
+  std::string announced;  // lowercase hex, from the first answer
+  Status last_error = UnavailableError("no attempt");
+  bool complete = false;
+
+  for (int attempt = 0; attempt <= opt.max_resumes && !complete; ++attempt) {
+    if (attempt > 0) {
+      ++stats.resumes;
+      std::this_thread::sleep_for(std::chrono::milliseconds(opt.resume_delay_ms));
+    }
+    // A fresh connection per attempt: the previous one may be half-dead.
+    httplib::SSLClient client(impl_->url.host, impl_->url.port, opt.cert_file, opt.key_file);
+    if (!client.is_valid()) return InvalidArgumentError("package fetch: bad client certificate");
+    SSL_CTX_set_min_proto_version(client.ssl_context(), TLS1_3_VERSION);
+    client.set_ca_cert_path(opt.ca_cert_file.c_str());
+    client.enable_server_certificate_verification(true);
+    client.set_connection_timeout(opt.timeout_seconds, 0);
+    client.set_read_timeout(opt.timeout_seconds, 0);
+    client.set_write_timeout(opt.timeout_seconds, 0);
+    httplib::Headers headers;
+    if (written > 0) headers.emplace("Range", "bytes=" + std::to_string(written) + "-");
+
+    int http_status = 0;
+    std::string error_body;
+    uint64_t skip = 0;  // bytes to drop when a server ignored our Range
+    Status stop;        // why we cancelled the transfer ourselves
+    auto result = client.Get(
+        path, headers,
+        [&](const httplib::Response& r) {
+          http_status = r.status;
+          if (r.status != 200 && r.status != 206) return true;  // error body follows
+          std::string sha = ToLower(r.get_header_value("X-Content-SHA256"));
+          if (!announced.empty() && sha != announced) {
+            stop = DataLossError("package fetch: the package changed during the download");
+            return false;
+          }
+          announced = sha;
+          if (r.status == 206) {
+            uint64_t first = 0, size = 0;
+            if (!ParseContentRange(r.get_header_value("Content-Range"), &first, &size) ||
+                first != written) {
+              stop = DataLossError("package fetch: bad Content-Range in a resumed download");
+              return false;
+            }
+            if (size > 0) total = size;
+          } else {
+            skip = written;
+            if (r.has_header("Content-Length")) {
+              total = std::strtoull(r.get_header_value("Content-Length").c_str(), nullptr, 10);
+            }
+          }
+          return true;
+        },
+        [&](const char* data, size_t len) {
+          if (http_status != 200 && http_status != 206) {
+            if (error_body.size() < kMaxErrorBodyBytes) error_body.append(data, len);
+            return true;
+          }
+          if (skip > 0) {
+            size_t n = static_cast<size_t>(std::min<uint64_t>(skip, len));
+            skip -= n;
+            data += n;
+            len -= n;
+            if (len == 0) return true;
+          }
+          std::span<const uint8_t> bytes(reinterpret_cast<const uint8_t*>(data), len);
+          Status s = out->file()->Append(bytes);
+          if (!s.ok()) {
+            stop = s.WithPrefix("package fetch: write");
+            return false;
+          }
+          hasher.Update(bytes);
+          written += len;
+          return true;
+        });
+    if (!stop.ok()) return stop;
+    if (result) {
+      if (http_status == 200 || http_status == 206) {
+        if (!total.has_value() || written == *total) {
+          complete = true;
+          break;
+        }
+        last_error = UnavailableError("package fetch: transfer ended early");
+        continue;
+      }
+      Status s = StatusFromErrorAnswer(http_status, error_body).WithPrefix("package fetch");
+      if (http_status < 500) return s;  // not transient
+      last_error = s;
+      continue;
+    }
+    last_error = UnavailableError("package fetch: " + httplib::to_string(result.error()) +
+                                  " after " + std::to_string(written) + " bytes");
+  }
+  stats.bytes = written;
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    impl_->last_fetch = stats;
+  }
+  if (!complete) return last_error;
+  const std::string from_job = ToLower(job.package_sha256_hex);
+  if (!from_job.empty()) {
+    if (!announced.empty() && announced != from_job) {
+      return DataLossError("package fetch: the portal announced two different SHA-256 values");
+    }
+    announced = from_job;
+  }
+  if (announced.empty()) {
+    if (opt.require_package_digest) {
+      return FailedPreconditionError("package fetch: the portal announced no X-Content-SHA256");
+    }
+  } else {
+    std::string got = crypto::HexEncode(hasher.Finish());
+    if (got != announced) {
+      return DataLossError("package fetch: SHA-256 mismatch (the package was altered in "
+                           "transit or in storage)");
+    }
+    stats.digest_checked = true;
+  }
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    impl_->last_fetch = stats;
+  }
+  return out->Commit();
+}
+
+}  // namespace vmseal::host

@@ -11,12 +11,21 @@ function(vmseal_test name)
   if(NOT T_TIMEOUT)
     set(T_TIMEOUT 300)
   endif()
-  # gtest_discover_tests flattens list-valued properties; escape the
-  # separators so "integration;tpm" stays one LABELS value.
-  string(REPLACE ";" "\\;" labels "${T_LABELS}")
-  set(env "VMSEAL_SOURCE_DIR=${CMAKE_SOURCE_DIR}\\;VMSEAL_BINARY=${CMAKE_BINARY_DIR}/vmseal")
+  # gtest_discover_tests (CMake 3.25) flattens list-valued PROPERTIES, so
+  # "integration;tpm" would become two arguments and lose "tpm". Set the
+  # list-valued properties from an include file of our own that runs after
+  # the discovered tests are defined (TEST_LIST names them).
   gtest_discover_tests(${name}
     WORKING_DIRECTORY ${CMAKE_SOURCE_DIR}
-    PROPERTIES LABELS "${labels}" TIMEOUT ${T_TIMEOUT} ENVIRONMENT "${env}"
+    PROPERTIES TIMEOUT ${T_TIMEOUT}
+    TEST_LIST ${name}_TESTS
     DISCOVERY_TIMEOUT 60)
+  set(props "${CMAKE_CURRENT_BINARY_DIR}/${name}_properties.cmake")
+  file(WRITE "${props}"
+    "if(${name}_TESTS)\n"
+    "  set_tests_properties(\${${name}_TESTS} PROPERTIES\n"
+    "    LABELS \"${T_LABELS}\"\n"
+    "    ENVIRONMENT \"VMSEAL_SOURCE_DIR=${CMAKE_SOURCE_DIR};VMSEAL_BINARY=${CMAKE_BINARY_DIR}/vmseal\")\n"
+    "endif()\n")
+  set_property(DIRECTORY APPEND PROPERTY TEST_INCLUDE_FILES "${props}")
 endfunction()

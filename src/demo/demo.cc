@@ -339,13 +339,18 @@ Status Demo::StartHosts() {
 }
 
 Status Demo::SetPolicy() {
-  n_.Step("Operator: the known-good PCR values of host-a become flavor \"demo-good\"; the "
-          "default release policy requires it.");
+  n_.Step("Operator: the known-good PCR values of host-a become flavor \"demo-good\"; both "
+          "hosts are tagged region=demo; the default release policy requires both.");
   std::vector<std::string> a = {"kms", "flavor", "from-host", "--name", "demo-good", "--host",
                                 "host-a"};
   auto f = OperatorFlags();
   a.insert(a.end(), f.begin(), f.end());
   RETURN_IF_ERROR(Vmseal(a).status());
+  for (const char* host : {"host-a", "host-b"}) {
+    a = {"kms", "host", "tags", "--host", host, "--tag", "region=demo"};
+    a.insert(a.end(), f.begin(), f.end());
+    RETURN_IF_ERROR(Vmseal(a).status());
+  }
   json policy = {{"flavors", {{"anyOf", json::array({"demo-good"})}}},
                  {"required_tags", json::array({"region=demo"})},
                  {"max_evidence_age_seconds", 300}};
@@ -409,7 +414,7 @@ Status Demo::PlayCustomer() {
                          true, /*show_stderr=*/true)
                       .status());
   ASSIGN_OR_RETURN(json inspect, VmsealJson({"inspect", Path("customer/sample.ova"), "--json"}));
-  n_.Say("encryption tag: " + inspect.value("encryption", json::object()).dump());
+  n_.Say("encryption tag (no key needed to read it): " + inspect.value("tag", json::object()).dump());
 
   n_.Step("Customer: upload (streaming, resumable) and launch.");
   ASSIGN_OR_RETURN(json img, VmsealJson(with({"upload", Path("customer/sample.ova"), "--name",

@@ -151,7 +151,9 @@ StatusOr<std::unique_ptr<DiskCipher>> NewDiskCipher(std::string_view algorithm_u
   }
   if (algorithm_uri == kStreamAlgorithmUri) {
 #ifdef VMSEAL_OVF_HAVE_STREAM
-    return std::unique_ptr<DiskCipher>(new StreamCipher(chunk_size_bytes));
+    // The tag records the effective chunk size, never "0 = default".
+    return std::unique_ptr<DiskCipher>(new StreamCipher(
+        chunk_size_bytes != 0 ? chunk_size_bytes : stream::kDefaultChunkSizeBytes));
 #else
     return UnimplementedError("the stream format is not linked into this build");
 #endif

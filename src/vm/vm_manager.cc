@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <thread>
@@ -119,12 +120,12 @@ StatusOr<std::unique_ptr<VmManager>> VmManager::Create(const VmManagerOptions& o
   for (const char* sub : {"", "/disks", "/vms", "/run"}) {
     RETURN_IF_ERROR(MakePrivateDir(options.state_dir + sub));
   }
-  // The QMP socket path must fit sockaddr_un with the longest vm name.
-  std::string longest =
-      options.state_dir + "/run/" + std::string(internal::kMaxNameLength, 'x') + ".qmp";
-  if (longest.size() >= sizeof(sockaddr_un{}.sun_path)) {
+  // The QMP socket path (named by a 16-character digest of the vm name, so
+  // that long names fit) must fit sockaddr_un.
+  const size_t fixed = std::string("/run/").size() + 16 + std::string(".qmp").size();
+  if (options.state_dir.size() + fixed >= sizeof(sockaddr_un{}.sun_path)) {
     return InvalidArgumentError("vm state dir path too long for a unix socket (max " +
-                                std::to_string(sizeof(sockaddr_un{}.sun_path) - 75) +
+                                std::to_string(sizeof(sockaddr_un{}.sun_path) - 1 - fixed) +
                                 " characters): " + options.state_dir);
   }
   return std::unique_ptr<VmManager>(new VmManager(options));
@@ -139,6 +140,19 @@ StatusOr<std::string> VmManager::DiskPath(const std::string& name) const {
 
 std::string VmManager::StatePath(const std::string& name) const {
   return options_.state_dir + "/vms/" + name + ".json";
+}
+
+// 16 hex characters of FNV-1a 64 over the name: stable, short, and unique
+// enough among the VMs of one host (names are unique; the path is recorded).
+static std::string QmpSocketName(const std::string& name) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (unsigned char c : name) {
+    h ^= c;
+    h *= 0x100000001b3ull;
+  }
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+  return buf;
 }
 
 std::string VmManager::RunPath(const std::string& name, const char* suffix) const {
@@ -182,7 +196,7 @@ StatusOr<VmInfo> VmManager::Launch(const VmSpec& spec) {
   info.accel = ResolvedAccel();
   info.serial_log_path = RunPath(spec.name, ".serial.log");
   info.qemu_log_path = RunPath(spec.name, ".qemu.log");
-  info.qmp_socket_path = RunPath(spec.name, ".qmp");
+  info.qmp_socket_path = RunPath(QmpSocketName(spec.name), ".qmp");
   RETURN_IF_ERROR(RemoveIfExists(info.qmp_socket_path));
   RETURN_IF_ERROR(CreatePrivateFile(info.serial_log_path));
   RETURN_IF_ERROR(CreatePrivateFile(info.qemu_log_path));

@@ -295,7 +295,7 @@ TEST(VmManagerCreateTest, StateDirsArePrivate) {
 
 TEST(VmManagerCreateTest, OverlongStateDirIsRejected) {
   VmManagerOptions options;
-  options.state_dir = "/tmp/" + std::string(60, 'x');
+  options.state_dir = "/tmp/" + std::string(80, 'x');  // 85 > 82 characters
   EXPECT_STATUS(VmManager::Create(options), StatusCode::kInvalidArgument, "too long");
 }
 

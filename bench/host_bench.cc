@@ -31,6 +31,7 @@
 #include "crypto/primitives.h"
 #include "crypto/x509.h"
 #include "csp/portal_server.h"
+#include "kms/internal/mini_ca.h"
 #include "host/host_agent.h"
 #include "host/portal_client.h"
 #include "host/testing/in_process_kms.h"
@@ -98,18 +99,21 @@ class EveryHostEligibleKms final : public csp::KmsClient {
   std::string CaCertificatePem() const override { return ""; }
 };
 
-void Issue(const crypto::CertificateAuthority& ca, const std::string& dir, const std::string& cn,
-           crypto::CertUsage usage, const std::string& name) {
-  auto key = crypto::PrivateKey::Generate(crypto::KeyType::kEcP256);
-  CHECK_OK(key);
-  crypto::IssueOptions io;
-  io.common_name = cn;
-  io.usage = usage;
-  if (usage == crypto::CertUsage::kServerAuth) io.ip_addresses = {"127.0.0.1"};
-  auto cert = crypto::IssueCertificate(ca, key->Public(), io);
-  CHECK_OK(cert);
-  CHECK_OK(WriteStringToFileAtomic(Env::Default(), dir + "/" + name + ".crt", cert->ToPem(), 0600));
-  CHECK_OK(crypto::WritePrivateKeyFile(Env::Default(), dir + "/" + name + ".key", *key));
+// An identity as `vmseal kms issue-identity` makes it (OU = role).
+void Issue(const kms::internal::CertAndKey& ca, const std::string& dir, const std::string& cn,
+           const std::string& role, bool server, const std::string& name) {
+  kms::internal::LeafOptions lo{.common_name = cn, .organizational_unit = role};
+  if (server) {
+    lo.ip_addresses = {"127.0.0.1"};
+    lo.server = true;
+  }
+  auto id = kms::internal::IssueLeaf(ca, lo);
+  CHECK_OK(id);
+  CHECK_OK(WriteStringToFileAtomic(Env::Default(), dir + "/" + name + ".crt", id->cert_pem, 0600));
+  CHECK_OK(WriteStringToFileAtomic(
+      Env::Default(), dir + "/" + name + ".key",
+      std::string(reinterpret_cast<const char*>(id->key_pem.UnsafeData()), id->key_pem.size()),
+      0600));
 }
 
 std::string SourceDir() {
@@ -177,11 +181,11 @@ int Main(int argc, char** argv) {
   host::testing::InProcessKms kms((*swtpm)->ca_bundle_pem(), std::move(customer).value(), pcrs);
 
   // 4. The portal over TLS, with the package uploaded by a customer.
-  auto ca = crypto::CreateSelfSignedCa({"vmseal bench CA"});
+  auto ca = kms::internal::CreateRootCa("vmseal bench CA", 1);
   CHECK_OK(ca);
-  CHECK_OK(WriteStringToFileAtomic(Env::Default(), file("ca.pem"), ca->cert.ToPem(), 0600));
-  Issue(*ca, dir, "127.0.0.1", crypto::CertUsage::kServerAuth, "server");
-  Issue(*ca, dir, "bench-host", crypto::CertUsage::kClientAuth, "host");
+  CHECK_OK(WriteStringToFileAtomic(Env::Default(), file("ca.pem"), ca->cert_pem, 0600));
+  Issue(*ca, dir, "127.0.0.1", "portal", true, "server");
+  Issue(*ca, dir, "bench-host", "host", false, "host");
   AcceptAllVerifier verifier;
   EveryHostEligibleKms trust;
   csp::PortalServer::Options po;

@@ -50,19 +50,20 @@ double Seconds(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
 
-#define CHECK_OK(expr)                                                             \
-  do {                                                                             \
-    ::vmseal::Status check_s_ = ::vmseal::internal::AsStatus(expr);                 \
-    if (!check_s_.ok()) {                                                          \
-      std::fprintf(stderr, "host_bench: %s: %s\n", #expr, check_s_.ToString().c_str()); \
-      std::exit(1);                                                                \
-    }                                                                              \
-  } while (0)
+// Stopped on the way out of a failed run, so no swtpm outlives the bench.
+tpm::testing::Swtpm* g_swtpm = nullptr;
 
-void Die(const std::string& what) {
+[[noreturn]] void Die(const std::string& what) {
   std::fprintf(stderr, "host_bench: %s\n", what.c_str());
+  if (g_swtpm != nullptr) (void)g_swtpm->Stop();
   std::exit(1);
 }
+
+#define CHECK_OK(expr)                                                    \
+  do {                                                                    \
+    ::vmseal::Status check_s_ = ::vmseal::internal::AsStatus(expr);        \
+    if (!check_s_.ok()) Die(std::string(#expr) + ": " + check_s_.ToString()); \
+  } while (0)
 
 int Run(const std::string& cmd) { return std::system(cmd.c_str()); }
 
@@ -173,6 +174,7 @@ int Main(int argc, char** argv) {
   // 3. TPM, VMs, KMS double; enroll and trust the current state.
   auto swtpm = tpm::testing::Swtpm::Start({.parent_dir = dir});
   CHECK_OK(swtpm);
+  g_swtpm = swtpm->get();
   auto engine = tpm::SecurityEngine::Create({.tcti = (*swtpm)->tcti(), .state_dir = file("tpm")});
   CHECK_OK(engine);
   auto vms = vm::VmManager::Create({.state_dir = file("images"), .accel = vm::Accel::kTcg});
@@ -330,6 +332,7 @@ int Main(int argc, char** argv) {
   agent->reset();
   engine->reset();  // before its TPM goes away
   (void)(*swtpm)->Stop();
+  g_swtpm = nullptr;
   std::filesystem::remove_all(dir);
   return booted ? 0 : 1;
 }

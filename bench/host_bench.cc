@@ -31,6 +31,7 @@
 #include "crypto/primitives.h"
 #include "crypto/x509.h"
 #include "csp/portal_server.h"
+#include "kms/internal/mini_ca.h"
 #include "host/host_agent.h"
 #include "host/portal_client.h"
 #include "host/testing/in_process_kms.h"
@@ -49,19 +50,20 @@ double Seconds(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
 
-#define CHECK_OK(expr)                                                             \
-  do {                                                                             \
-    ::vmseal::Status check_s_ = ::vmseal::internal::AsStatus(expr);                 \
-    if (!check_s_.ok()) {                                                          \
-      std::fprintf(stderr, "host_bench: %s: %s\n", #expr, check_s_.ToString().c_str()); \
-      std::exit(1);                                                                \
-    }                                                                              \
-  } while (0)
+// Stopped on the way out of a failed run, so no swtpm outlives the bench.
+tpm::testing::Swtpm* g_swtpm = nullptr;
 
-void Die(const std::string& what) {
+[[noreturn]] void Die(const std::string& what) {
   std::fprintf(stderr, "host_bench: %s\n", what.c_str());
+  if (g_swtpm != nullptr) (void)g_swtpm->Stop();
   std::exit(1);
 }
+
+#define CHECK_OK(expr)                                                    \
+  do {                                                                    \
+    ::vmseal::Status check_s_ = ::vmseal::internal::AsStatus(expr);        \
+    if (!check_s_.ok()) Die(std::string(#expr) + ": " + check_s_.ToString()); \
+  } while (0)
 
 int Run(const std::string& cmd) { return std::system(cmd.c_str()); }
 
@@ -98,18 +100,21 @@ class EveryHostEligibleKms final : public csp::KmsClient {
   std::string CaCertificatePem() const override { return ""; }
 };
 
-void Issue(const crypto::CertificateAuthority& ca, const std::string& dir, const std::string& cn,
-           crypto::CertUsage usage, const std::string& name) {
-  auto key = crypto::PrivateKey::Generate(crypto::KeyType::kEcP256);
-  CHECK_OK(key);
-  crypto::IssueOptions io;
-  io.common_name = cn;
-  io.usage = usage;
-  if (usage == crypto::CertUsage::kServerAuth) io.ip_addresses = {"127.0.0.1"};
-  auto cert = crypto::IssueCertificate(ca, key->Public(), io);
-  CHECK_OK(cert);
-  CHECK_OK(WriteStringToFileAtomic(Env::Default(), dir + "/" + name + ".crt", cert->ToPem(), 0600));
-  CHECK_OK(crypto::WritePrivateKeyFile(Env::Default(), dir + "/" + name + ".key", *key));
+// An identity as `vmseal kms issue-identity` makes it (OU = role).
+void Issue(const kms::internal::CertAndKey& ca, const std::string& dir, const std::string& cn,
+           const std::string& role, bool server, const std::string& name) {
+  kms::internal::LeafOptions lo{.common_name = cn, .organizational_unit = role};
+  if (server) {
+    lo.ip_addresses = {"127.0.0.1"};
+    lo.server = true;
+  }
+  auto id = kms::internal::IssueLeaf(ca, lo);
+  CHECK_OK(id);
+  CHECK_OK(WriteStringToFileAtomic(Env::Default(), dir + "/" + name + ".crt", id->cert_pem, 0600));
+  CHECK_OK(WriteStringToFileAtomic(
+      Env::Default(), dir + "/" + name + ".key",
+      std::string(reinterpret_cast<const char*>(id->key_pem.UnsafeData()), id->key_pem.size()),
+      0600));
 }
 
 std::string SourceDir() {
@@ -169,6 +174,7 @@ int Main(int argc, char** argv) {
   // 3. TPM, VMs, KMS double; enroll and trust the current state.
   auto swtpm = tpm::testing::Swtpm::Start({.parent_dir = dir});
   CHECK_OK(swtpm);
+  g_swtpm = swtpm->get();
   auto engine = tpm::SecurityEngine::Create({.tcti = (*swtpm)->tcti(), .state_dir = file("tpm")});
   CHECK_OK(engine);
   auto vms = vm::VmManager::Create({.state_dir = file("images"), .accel = vm::Accel::kTcg});
@@ -177,11 +183,11 @@ int Main(int argc, char** argv) {
   host::testing::InProcessKms kms((*swtpm)->ca_bundle_pem(), std::move(customer).value(), pcrs);
 
   // 4. The portal over TLS, with the package uploaded by a customer.
-  auto ca = crypto::CreateSelfSignedCa({"vmseal bench CA"});
+  auto ca = kms::internal::CreateRootCa("vmseal bench CA", 1);
   CHECK_OK(ca);
-  CHECK_OK(WriteStringToFileAtomic(Env::Default(), file("ca.pem"), ca->cert.ToPem(), 0600));
-  Issue(*ca, dir, "127.0.0.1", crypto::CertUsage::kServerAuth, "server");
-  Issue(*ca, dir, "bench-host", crypto::CertUsage::kClientAuth, "host");
+  CHECK_OK(WriteStringToFileAtomic(Env::Default(), file("ca.pem"), ca->cert_pem, 0600));
+  Issue(*ca, dir, "127.0.0.1", "portal", true, "server");
+  Issue(*ca, dir, "bench-host", "host", false, "host");
   AcceptAllVerifier verifier;
   EveryHostEligibleKms trust;
   csp::PortalServer::Options po;
@@ -326,6 +332,7 @@ int Main(int argc, char** argv) {
   agent->reset();
   engine->reset();  // before its TPM goes away
   (void)(*swtpm)->Stop();
+  g_swtpm = nullptr;
   std::filesystem::remove_all(dir);
   return booted ? 0 : 1;
 }

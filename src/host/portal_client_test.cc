@@ -20,6 +20,7 @@
 #include "crypto/primitives.h"
 #include "crypto/x509.h"
 #include "csp/portal_server.h"
+#include "kms/internal/mini_ca.h"
 #include "testing/test_util.h"
 
 namespace vmseal::host {
@@ -164,13 +165,15 @@ class CuttingRelay {
 class PortalClientTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto ca = crypto::CreateSelfSignedCa({"vmseal test CA"});
+    // Identities as `vmseal kms issue-identity` makes them (OU = role).
+    auto ca = kms::internal::CreateRootCa("vmseal test CA", 1);
     ASSERT_OK(ca);
-    ca_ = std::make_unique<crypto::CertificateAuthority>(std::move(ca).value());
-    WriteFileOrDie(dir_.File("ca.pem"), ca_->cert.ToPem());
-    Issue("127.0.0.1", crypto::CertUsage::kServerAuth, "server");
-    Issue("host-a", crypto::CertUsage::kClientAuth, "host-a");
-    Issue("host-b", crypto::CertUsage::kClientAuth, "host-b");
+    ca_ = *std::move(ca);
+    WriteFileOrDie(dir_.File("ca.pem"), ca_.cert_pem);
+    Issue("127.0.0.1", "portal", "server", true);
+    Issue("host-a", "host", "host-a", false);
+    Issue("host-b", "host", "host-b", false);
+    Issue("host-c", "operator", "not-a-host", false);
 
     csp::PortalServer::Options o;
     o.data_dir = dir_.File("portal");
@@ -196,17 +199,20 @@ class PortalClientTest : public ::testing::Test {
   }
   void TearDown() override { portal_->Stop(); }
 
-  void Issue(const std::string& cn, crypto::CertUsage usage, const std::string& name) {
-    auto key = crypto::PrivateKey::Generate(crypto::KeyType::kEcP256);
-    ASSERT_OK(key);
-    crypto::IssueOptions io;
-    io.common_name = cn;
-    io.usage = usage;
-    if (usage == crypto::CertUsage::kServerAuth) io.ip_addresses = {"127.0.0.1"};
-    auto cert = crypto::IssueCertificate(*ca_, key->Public(), io);
-    ASSERT_OK(cert);
-    WriteFileOrDie(dir_.File(name + ".crt"), cert->ToPem());
-    ASSERT_OK(crypto::WritePrivateKeyFile(Env::Default(), dir_.File(name + ".key"), *key));
+  void Issue(const std::string& cn, const std::string& role, const std::string& name,
+             bool server) {
+    kms::internal::LeafOptions lo{.common_name = cn, .organizational_unit = role};
+    if (server) {
+      lo.ip_addresses = {"127.0.0.1"};
+      lo.server = true;
+    }
+    auto id = kms::internal::IssueLeaf(ca_, lo);
+    ASSERT_OK(id);
+    WriteFileOrDie(dir_.File(name + ".crt"), id->cert_pem);
+    ASSERT_OK(WriteStringToFileAtomic(
+        Env::Default(), dir_.File(name + ".key"),
+        std::string(reinterpret_cast<const char*>(id->key_pem.UnsafeData()), id->key_pem.size()),
+        0600));
   }
 
   std::unique_ptr<PortalClient> Client(const std::string& identity, int port = 0) {
@@ -257,7 +263,7 @@ class PortalClientTest : public ::testing::Test {
   }
 
   TempDir dir_;
-  std::unique_ptr<crypto::CertificateAuthority> ca_;
+  kms::internal::CertAndKey ca_;
   AcceptAllVerifier verifier_;
   EveryHostEligibleKms trust_;
   std::unique_ptr<csp::PortalServer> portal_;
@@ -281,6 +287,13 @@ TEST_F(PortalClientTest, RegistersWithCapacityAndTagsAndHeartbeats) {
   EXPECT_EQ(hosts[0]["host_id"], "host-a");  // from the certificate, not the body
   EXPECT_EQ(hosts[0]["capacity_slots"], 3);
   EXPECT_NE(hosts[0]["tags"].dump().find("eu-west"), std::string::npos) << hosts.dump();
+}
+
+TEST_F(PortalClientTest, CertificateWithoutTheHostRoleIsRefused) {
+  auto impostor = Client("not-a-host");
+  ASSERT_NE(impostor, nullptr);
+  EXPECT_STATUS(impostor->Register({.capacity = {.vcpus = 1, .memory_mib = 512, .slots = 1}}),
+                StatusCode::kPermissionDenied, "OU must be host");
 }
 
 TEST_F(PortalClientTest, DetectCapacityReportsThisMachine) {

@@ -28,6 +28,7 @@
 #include "net/https_client.h"
 #include "net/https_server.h"
 #include "ovf/package.h"
+#include "testing/s3_harness.h"
 #include "testing/test_util.h"
 #include "tpm/testing/swtpm_harness.h"
 
@@ -149,6 +150,16 @@ class HostE2eTest : public ::testing::Test {
     po.tls_cert_file = dir_.File("portal-server.pem");
     po.tls_key_file = dir_.File("portal-server-key.pem");
     po.client_ca_file = dir_.File("ca.pem");
+    if (UseS3()) {
+      auto s3 = vmseal::testing::S3Server::Start({"packages"});
+      ASSERT_OK(s3);
+      s3_ = *std::move(s3);
+      po.s3_endpoint = s3_->endpoint();
+      po.s3_bucket = "packages";
+      po.s3_access_key_id = vmseal::testing::kS3AccessKeyId;
+      po.s3_secret_access_key = SecretBytes(crypto::AsBytes(
+          std::string(vmseal::testing::kS3SecretAccessKey)));
+    }
     auto portal = csp::PortalServer::Create(std::move(po), &verifier_, portal_kms_.get());
     ASSERT_OK(portal);
     portal_ = *std::move(portal);
@@ -299,9 +310,13 @@ class HostE2eTest : public ::testing::Test {
     return vmseal::testing::ListDir(dir_.File("img") + "/disks");
   }
 
+  // The portal's object store: the filesystem store, or S3 (s3rver).
+  virtual bool UseS3() const { return false; }
+
   static std::string image_;
   static std::string marker_;
   TempDir dir_;
+  std::unique_ptr<vmseal::testing::S3Server> s3_;
   kms::internal::CertAndKey ca_;
   std::unique_ptr<kms::Store> store_;
   std::unique_ptr<kms::KeyEncryptionKey> kek_;
@@ -372,6 +387,39 @@ TEST_F(HostE2eTest, TrustedHostBootsTheSealedImageAndVmOutlivesTheService) {
   ASSERT_OK(removed);
   EXPECT_EQ(*removed, 0);
   EXPECT_EQ(Disks().size(), 1u);
+}
+
+// The same path with the portal's packages in an S3-compatible store.
+class HostE2eS3Test : public HostE2eTest {
+ protected:
+  bool UseS3() const override { return true; }
+};
+
+TEST_F(HostE2eS3Test, TrustedHostBootsTheSealedImageStoredInS3) {
+  HostService* svc = daemon_->service();
+  ASSERT_OK(svc->Start());
+  RegisterCustomer();
+  TrustHostState();
+  const std::string job_id = UploadAndLaunch(Seal("sealed-s3"));
+  Status run_result = UnknownError("not returned");
+  std::thread runner([&] { run_result = svc->Run(); });
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(240);
+  json job;
+  while (std::chrono::steady_clock::now() < deadline) {
+    job = JobJson(job_id);
+    if (job["state"] == "running" || job["state"] == "failed" || job["state"] == "queued") break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  EXPECT_EQ(job["state"], "running") << job.dump();
+  auto vms = daemon_->vms()->List();
+  ASSERT_OK(vms);
+  ASSERT_EQ(vms->size(), 1u);
+  EXPECT_OK(daemon_->vms()->WaitForSerialMarker((*vms)[0].name, marker_, 240000));
+  svc->Stop();
+  runner.join();
+  EXPECT_OK(run_result);
+  EXPECT_OK(daemon_->vms()->Delete((*vms)[0].name));
+  EXPECT_TRUE(Disks().empty());
 }
 
 TEST_F(HostE2eTest, TamperedHostGetsNoKeyAndTheJobMovesWithPcrPolicy) {

@@ -1,4 +1,4 @@
-// `vmseal kms init|issue-identity|serve|audit verify|audit export`.
+// `vmseal kms init|issue-identity|kek-create|serve|audit verify|audit export`.
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -8,6 +8,7 @@
 #include "cli/commands.h"
 #include "kms/audit.h"
 #include "kms/config.h"
+#include "kms/kek.h"
 #include "kms/store.h"
 #include "net/https_client.h"
 #include "net/internal/json_util.h"
@@ -165,6 +166,19 @@ Status Serve(const KmsFlags& f) {
   return kms::ServeKms(config, f.port_file);
 }
 
+// Generates the PKCS#11 KEK named by kek_pkcs11 in the token (sensitive,
+// non-extractable); a no-op that prints the id when it exists already.
+Status KekCreate(const KmsFlags& f) {
+  ASSIGN_OR_RETURN(auto config, kms::LoadKmsConfig(f.config));
+  if (!config.kek_pkcs11) {
+    return InvalidArgumentError("kms kek-create: " + f.config +
+                                " has no kek_pkcs11 (the file KEK is created by kms init)");
+  }
+  ASSIGN_OR_RETURN(auto kek, kms::OpenConfiguredKek(config, /*create_if_missing=*/true));
+  std::printf("KEK ready: %s\n", kek->id().c_str());
+  return OkStatus();
+}
+
 void AddOperatorFlags(CLI::App* cmd, KmsFlags* f) {
   cmd->add_option("--url", f->url, "KMS URL, https://HOST:PORT")->required();
   cmd->add_option("--ca", f->ca, "KMS CA certificate (PEM)")->required();
@@ -278,6 +292,11 @@ void AddKmsCommands(CLI::App& app, const CommandSink& sink) {
   issue->callback([flags, sink, server_id] {
     sink(kms::IssueIdentity(flags->dir, flags->role, flags->name, flags->out, *server_id));
   });
+
+  CLI::App* kek_create = kms->add_subcommand(
+      "kek-create", "Generate the PKCS#11 KEK named by kek_pkcs11 in kms.json (PIN from pin_env)");
+  kek_create->add_option("--config", flags->config, "kms.json with kek_pkcs11")->required();
+  kek_create->callback([flags, sink] { sink(KekCreate(*flags)); });
 
   CLI::App* serve = kms->add_subcommand("serve", "Serve the KMS API over HTTPS (TLS 1.3, mTLS)");
   serve->add_option("--config", flags->config, "kms.json from kms init")->required();

@@ -4,12 +4,14 @@
 #include <sys/stat.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <iostream>
 #include <thread>
 
 #include "base/env.h"
 #include "kms/internal/mini_ca.h"
 #include "kms/kek.h"
+#include "kms/pkcs11_kek.h"
 #include "kms/service.h"
 #include "kms/store.h"
 #include "net/https_server.h"
@@ -33,6 +35,35 @@ StatusOr<SecretBytes> ReadSecretFile(const std::string& path) {
   SecretBytes out(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(text.data()), text.size()));
   WipeBytes(std::span<uint8_t>(reinterpret_cast<uint8_t*>(text.data()), text.size()));
   return out;
+}
+
+StatusOr<Pkcs11KekConfig> ParsePkcs11(const std::string& path, const json& j) {
+  if (!j.is_object()) return InvalidArgumentError("config kek_pkcs11: must be an object");
+  Pkcs11KekConfig c;
+  for (const auto& [key, value] : j.items()) {
+    std::string* out = nullptr;
+    if (key == "module_path") {
+      out = &c.module_path;
+    } else if (key == "token_label") {
+      out = &c.token_label;
+    } else if (key == "key_label") {
+      out = &c.key_label;
+    } else if (key == "pin_env") {
+      out = &c.pin_env;
+    } else if (key == "pin") {
+      return InvalidArgumentError("config " + path +
+                                  ": kek_pkcs11.pin is not accepted; name an environment variable in pin_env");
+    } else {
+      return InvalidArgumentError("config " + path + ": unknown key \"kek_pkcs11." + key + "\"");
+    }
+    if (!value.is_string()) return InvalidArgumentError("config kek_pkcs11." + key + ": must be a string");
+    *out = value.get<std::string>();
+  }
+  if (c.module_path.empty()) return InvalidArgumentError("config kek_pkcs11.module_path: required");
+  if (c.token_label.empty()) return InvalidArgumentError("config kek_pkcs11.token_label: required");
+  if (c.key_label.empty()) return InvalidArgumentError("config kek_pkcs11.key_label: must not be empty");
+  if (c.pin_env.empty()) return InvalidArgumentError("config kek_pkcs11.pin_env: must not be empty");
+  return c;
 }
 
 }  // namespace
@@ -66,6 +97,8 @@ StatusOr<KmsConfig> LoadKmsConfig(const std::string& path) {
       RETURN_IF_ERROR(str(&c.store));
     } else if (key == "kek_file") {
       RETURN_IF_ERROR(str(&c.kek_file));
+    } else if (key == "kek_pkcs11") {
+      ASSIGN_OR_RETURN(c.kek_pkcs11, ParsePkcs11(path, value));
     } else if (key == "ca_cert") {
       RETURN_IF_ERROR(str(&c.ca_cert));
     } else if (key == "ca_key") {
@@ -88,11 +121,39 @@ StatusOr<KmsConfig> LoadKmsConfig(const std::string& path) {
       return InvalidArgumentError("config " + path + ": unknown key \"" + key + "\"");
     }
   }
+  if (c.kek_file.empty() == !c.kek_pkcs11.has_value()) {
+    return InvalidArgumentError("config " + path + ": set exactly one of kek_file and kek_pkcs11 (" +
+                                (c.kek_pkcs11 ? "both are set" : "neither is set") + ")");
+  }
   for (std::string* p : {&c.store, &c.kek_file, &c.ca_cert, &c.ca_key, &c.server_cert, &c.server_key,
                         &c.ek_ca_bundle}) {
     *p = Resolve(dir, *p);
   }
   return c;
+}
+
+StatusOr<std::unique_ptr<KeyEncryptionKey>> OpenConfiguredKek(const KmsConfig& config,
+                                                              bool create_if_missing) {
+  if (config.kek_file.empty() == !config.kek_pkcs11.has_value()) {
+    return InvalidArgumentError("set exactly one of kek_file and kek_pkcs11");
+  }
+  if (!config.kek_file.empty()) {
+    if (create_if_missing) return InvalidArgumentError("the file KEK is created by kms init, not here");
+    return LoadFileKek(Env::Default(), config.kek_file);
+  }
+  const Pkcs11KekConfig& p = *config.kek_pkcs11;
+  const char* pin = std::getenv(p.pin_env.c_str());
+  if (pin == nullptr || *pin == '\0') {
+    return FailedPreconditionError("kek_pkcs11: the token PIN is read from environment variable " +
+                                   p.pin_env + " (pin_env), which is not set");
+  }
+  Pkcs11KekOptions options;
+  options.module_path = p.module_path;
+  options.token_label = p.token_label;
+  options.key_label = p.key_label;
+  options.pin = SecretBytes(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(pin), std::strlen(pin)));
+  options.create_if_missing = create_if_missing;
+  return OpenPkcs11Kek(options);
 }
 
 Status ApplyKmsEnv(KmsConfig* config) {
@@ -172,7 +233,7 @@ Status ServeKms(const KmsConfig& config, const std::string& port_file) {
 
   if (config.store.empty()) return InvalidArgumentError("kms serve: no store configured");
   ASSIGN_OR_RETURN(auto store, Store::Open(config.store));
-  ASSIGN_OR_RETURN(auto kek, LoadFileKek(Env::Default(), config.kek_file));
+  ASSIGN_OR_RETURN(auto kek, OpenConfiguredKek(config));
   ASSIGN_OR_RETURN(std::string ca_cert, ReadFileToString(Env::Default(), config.ca_cert));
   ASSIGN_OR_RETURN(SecretBytes ca_key, ReadSecretFile(config.ca_key));
   KmsService::Options service_options;
@@ -198,7 +259,7 @@ Status ServeKms(const KmsConfig& config, const std::string& port_file) {
     RETURN_IF_ERROR(WriteStringToFileAtomic(Env::Default(), port_file, std::to_string(port) + "\n", 0644));
   }
   std::cout << "vmseal kms: serving on " << config.listen << ":" << port << " (store "
-            << store->backend() << ")" << std::endl;
+            << store->backend() << ", kek " << kek->id() << ")" << std::endl;
   int sig = 0;
   sigwait(&stop_signals, &sig);
   server->Stop();

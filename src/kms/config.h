@@ -12,6 +12,8 @@
 #define VMSEAL_KMS_CONFIG_H_
 
 #include <cstdint>
+#include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -19,11 +21,25 @@
 
 namespace vmseal::kms {
 
+class KeyEncryptionKey;
+
+// `kek_pkcs11` in kms.json: the KEK is an AES-256 key in a PKCS#11 token
+// (kms/pkcs11_kek.h). The PIN is never in the file: it is read from the
+// environment variable named by `pin_env` when the KEK is opened.
+struct Pkcs11KekConfig {
+  std::string module_path;  // e.g. /usr/lib/softhsm/libsofthsm2.so (not resolved)
+  std::string token_label;
+  std::string key_label = "vmseal-kms-kek";
+  std::string pin_env = "VMSEAL_KMS_PKCS11_PIN";
+};
+
 struct KmsConfig {
   std::string listen = "127.0.0.1";  // bind address
   int port = 8443;                   // 0 = any free port
   std::string store;                 // SQLite path or postgres:// URL
-  std::string kek_file;              // 0600 file with the 32-byte KEK
+  // Exactly one KEK source: a 0600 file with the 32-byte KEK, or a token.
+  std::string kek_file;
+  std::optional<Pkcs11KekConfig> kek_pkcs11;
   std::string ca_cert;               // PEM paths
   std::string ca_key;
   std::string server_cert;
@@ -37,8 +53,16 @@ struct KmsConfig {
 };
 
 // Parses a JSON config; relative paths are resolved against the file's dir.
-// Unknown keys are refused (typos must not silently fall back to defaults).
+// Unknown keys are refused (typos must not silently fall back to defaults),
+// also inside `kek_pkcs11`; exactly one of kek_file and kek_pkcs11 must be set.
 StatusOr<KmsConfig> LoadKmsConfig(const std::string& path);
+
+// Opens the configured KEK: the file KEK, or the PKCS#11 KEK with the PIN
+// from the environment variable `pin_env` (FAILED_PRECONDITION if unset).
+// With `create_if_missing`, a PKCS#11 key that does not exist yet is
+// generated in the token (`kms kek-create`); a file KEK is never created here.
+StatusOr<std::unique_ptr<KeyEncryptionKey>> OpenConfiguredKek(const KmsConfig& config,
+                                                              bool create_if_missing = false);
 
 // Environment overrides: VMSEAL_KMS_STORE, VMSEAL_KMS_LISTEN, VMSEAL_KMS_PORT.
 Status ApplyKmsEnv(KmsConfig* config);

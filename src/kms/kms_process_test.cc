@@ -7,7 +7,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <sys/stat.h>
+
+#include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <chrono>
 #include <mutex>
 #include <thread>
@@ -35,6 +39,12 @@ SecretBytes SecretFile(const std::string& path) {
 class KmsProcessTest : public ::testing::Test {
  protected:
   void SetUp() override {
+    InitDir();
+    if (HasFatalFailure()) return;
+    StartServer();
+  }
+
+  void InitDir() {
     dir_ = tmp_.File("kms");
     ASSERT_EQ(RunCommand({VmsealBinary(), "kms", "init", "--dir", dir_}, &out_), 0) << out_;
     ASSERT_EQ(RunCommand({VmsealBinary(), "kms", "issue-identity", "--dir", dir_, "--role",
@@ -43,7 +53,6 @@ class KmsProcessTest : public ::testing::Test {
     ASSERT_EQ(RunCommand({VmsealBinary(), "kms", "issue-identity", "--dir", dir_, "--role", "host",
                           "--name", "host-1", "--out", dir_ + "/host"}, &out_), 0)
         << out_;
-    StartServer();
   }
 
   void TearDown() override { StopServer(SIGTERM); }
@@ -274,6 +283,119 @@ TEST_F(KmsProcessTest, InitRefusesToOverwrite) {
   std::string out;
   EXPECT_NE(RunCommand({VmsealBinary(), "kms", "init", "--dir", dir_}, &out), 0);
   EXPECT_NE(out.find("already initialised"), std::string::npos) << out;
+}
+
+// The KEK in a SoftHSM2 token (kek_pkcs11 in kms.json): keys created through
+// the API survive a restart of the real server, the PIN comes only from the
+// environment and never reaches the log.
+class KmsPkcs11ProcessTest : public KmsProcessTest {
+ protected:
+  static constexpr const char* kModule = "/usr/lib/softhsm/libsofthsm2.so";
+  static constexpr const char* kPinEnv = "VMSEAL_TEST_KMS_PKCS11_PIN";
+  static constexpr const char* kPin = "73194682";
+
+  void SetUp() override {
+    InitDir();
+    if (HasFatalFailure()) return;
+    // SoftHSM2 with its token directory in the temp dir; the server inherits
+    // SOFTHSM2_CONF and the PIN variable through its environment.
+    std::string tokens = tmp_.File("tokens");
+    ASSERT_EQ(::mkdir(tokens.c_str(), 0700), 0);
+    testing::WriteFileOrDie(tmp_.File("softhsm2.conf"), "directories.tokendir = " + tokens +
+                                                            "\nobjectstore.backend = file\nlog.level = ERROR\n");
+    ::setenv("SOFTHSM2_CONF", tmp_.File("softhsm2.conf").c_str(), 1);
+    ASSERT_EQ(RunCommand({"/usr/bin/softhsm2-util", "--init-token", "--free", "--label", "vmseal-kms",
+                          "--so-pin", "5678", "--pin", kPin}, &out_), 0)
+        << out_;
+    ::setenv(kPinEnv, kPin, 1);
+    // kms.json from init, with the file KEK replaced by the token (and the
+    // file removed, so nothing can fall back to it).
+    json config = json::parse(testing::ReadFileOrDie(dir_ + "/kms.json"));
+    config.erase("kek_file");
+    config["kek_pkcs11"] = Pkcs11Json();
+    testing::WriteFileOrDie(dir_ + "/kms.json", config.dump(2));
+    ASSERT_EQ(::unlink((dir_ + "/kek").c_str()), 0);
+    // The key is generated in the token by the CLI, as an operator would.
+    ASSERT_EQ(RunCommand({VmsealBinary(), "kms", "kek-create", "--config", dir_ + "/kms.json"}, &out_), 0)
+        << out_;
+    EXPECT_NE(out_.find("KEK ready: pkcs11:vmseal-kms/vmseal-kms-kek"), std::string::npos) << out_;
+    StartServer();
+  }
+
+  void TearDown() override {
+    KmsProcessTest::TearDown();
+    ::unsetenv(kPinEnv);
+  }
+
+  json Pkcs11Json() const {
+    return {{"module_path", kModule}, {"token_label", "vmseal-kms"}, {"key_label", "vmseal-kms-kek"},
+            {"pin_env", kPinEnv}};
+  }
+
+  // `kms serve` with a config that must be refused before serving.
+  std::string ServeFails(const json& config) {
+    testing::WriteFileOrDie(tmp_.File("bad.json"), config.dump());
+    std::string out;
+    EXPECT_NE(RunCommand({VmsealBinary(), "kms", "serve", "--config", tmp_.File("bad.json"), "--port", "0"},
+                         &out, 60), 0)
+        << out;
+    return out;
+  }
+};
+
+TEST_F(KmsPkcs11ProcessTest, KeysSurviveRestartUnderTheTokenKek) {
+  auto created = Client("portal")->Post("/v1/customers/acme/keys", json{{"algorithm", "RSA-3072"}});
+  ASSERT_OK(created);
+  const std::string key_id = (*created)["key_id"].get<std::string>();
+
+  StopServer(SIGTERM);
+  StartServer();
+  auto read = Client("portal")->Get("/v1/customers/acme/keys/" + key_id);
+  ASSERT_OK(read);
+  EXPECT_EQ((*read)["public_key_pem"], (*created)["public_key_pem"]);
+  EXPECT_EQ((*read)["certificate_pem"], (*created)["certificate_pem"]);
+
+  // The creation is audited under the token's KEK id.
+  auto audit = Client("operator")->Get("/v1/audit");
+  ASSERT_OK(audit);
+  EXPECT_NE(audit->dump().find("pkcs11:vmseal-kms/vmseal-kms-kek"), std::string::npos) << audit->dump();
+  std::string log = testing::ReadFileOrDie(dir_ + "/serve.log");
+  EXPECT_NE(log.find("kek pkcs11:vmseal-kms/vmseal-kms-kek"), std::string::npos) << log;
+  EXPECT_EQ(log.find(kPin), std::string::npos);
+  EXPECT_EQ(testing::ReadFileOrDie(dir_ + "/kms.json").find(kPin), std::string::npos);
+}
+
+TEST_F(KmsPkcs11ProcessTest, BothOrNeitherKekSourceIsRefused) {
+  StopServer(SIGTERM);
+  json config = json::parse(testing::ReadFileOrDie(dir_ + "/kms.json"));
+  json both = config;
+  both["kek_file"] = dir_ + "/kek";
+  std::string out = ServeFails(both);
+  EXPECT_NE(out.find("set exactly one of kek_file and kek_pkcs11 (both are set)"), std::string::npos) << out;
+  json neither = config;
+  neither.erase("kek_pkcs11");
+  out = ServeFails(neither);
+  EXPECT_NE(out.find("set exactly one of kek_file and kek_pkcs11 (neither is set)"), std::string::npos) << out;
+  json typo = config;
+  typo["kek_pkcs11"]["tokn_label"] = "x";
+  out = ServeFails(typo);
+  EXPECT_NE(out.find("unknown key \"kek_pkcs11.tokn_label\""), std::string::npos) << out;
+}
+
+TEST_F(KmsPkcs11ProcessTest, MissingOrWrongPinIsRefused) {
+  StopServer(SIGTERM);
+  json config = json::parse(testing::ReadFileOrDie(dir_ + "/kms.json"));
+  ::unsetenv(kPinEnv);
+  std::string out = ServeFails(config);
+  EXPECT_NE(out.find(std::string("environment variable ") + kPinEnv), std::string::npos) << out;
+  ::setenv(kPinEnv, "00000000", 1);
+  out = ServeFails(config);
+  EXPECT_NE(out.find("PIN refused"), std::string::npos) << out;
+  EXPECT_EQ(out.find("00000000"), std::string::npos) << out;
+  ::setenv(kPinEnv, kPin, 1);
+  config["kek_pkcs11"]["key_label"] = "no-such-key";
+  out = ServeFails(config);
+  EXPECT_NE(out.find("no AES key labelled no-such-key"), std::string::npos) << out;
 }
 
 }  // namespace

@@ -101,11 +101,11 @@ class KmsReleaseTest : public ::testing::Test {
     customer_pub_ = std::make_unique<crypto::PublicKey>(*pub);
   }
 
-  std::unique_ptr<KmsService> NewService(Store* store) {
+  std::unique_ptr<KmsService> NewService(Store* store, const KeyEncryptionKey* kek = nullptr) {
     KmsService::Options options;
     options.ek_ca_bundle_pem = swtpm_->ca_bundle_pem();
     internal::CertAndKey ca{ca_.cert_pem, SecretBytes(ca_.key_pem.UnsafeSpan())};
-    auto service = KmsService::Create(options, store, kek_.get(), std::move(ca));
+    auto service = KmsService::Create(options, store, kek != nullptr ? kek : kek_.get(), std::move(ca));
     EXPECT_OK(service);
     return service.ok() ? *std::move(service) : nullptr;
   }
@@ -340,6 +340,28 @@ TEST_F(KmsReleaseTest, NoPolicyFailsClosed) {
   WrappedImageKey k = WrapFor("img-1");
   EXPECT_STATUS(host_->Release(Request(k, "img-1", host_.get())), StatusCode::kPermissionDenied,
                 "no_policy");
+}
+
+// A KMS started with another KEK than the one a key was wrapped under (wrong
+// kek_file, other token) names the mismatch instead of a bare decryption failure.
+TEST_F(KmsReleaseTest, OtherKekIsKekMismatch) {
+  StartAll("");
+  Enroll();
+  TrustCurrentState();
+  auto other_kek = KekFromBytes(SecretBytes::Random(kKekBytes));
+  ASSERT_OK(other_kek);
+  ASSERT_NE((*other_kek)->id(), kek_->id());
+  std::unique_ptr<KmsService> other = NewService(store_.get(), other_kek->get());
+  ASSERT_NE(other, nullptr);
+  WrappedImageKey k = WrapFor("img-1");
+  host::ReleaseRequest hr = Request(k, "img-1", host_.get());
+  ReleaseRequest r{hr.image_id, hr.tenant, hr.key_id, hr.key_version, hr.wrap_algorithm,
+                   hr.oaep_label, hr.wrapped_key, hr.evidence};
+  auto out = other->Release({Caller::Role::kHost, "host-1", "fp"}, "host-1", r);
+  EXPECT_STATUS(out, StatusCode::kFailedPrecondition, "kek_mismatch: key ");
+  EXPECT_STATUS(out, StatusCode::kFailedPrecondition, "wrapped under KEK " + kek_->id());
+  EXPECT_STATUS(out, StatusCode::kFailedPrecondition, "this KMS uses KEK " + (*other_kek)->id());
+  EXPECT_NE(AuditText().find("kek_mismatch"), std::string::npos);
 }
 
 TEST_F(KmsReleaseTest, GoodHostReleaseOnPostgres) {

@@ -573,6 +573,12 @@ StatusOr<KmsService::CachedKey> KmsService::CustomerPrivateKey(const std::string
     if (!k.ok() && k.status().code() != StatusCode::kNotFound) return k.status();
   }
   if (!rec) return Denied("unknown_key", "customer " + customer_id + " has no key " + key_id);
+  // A key wrapped under another KEK (a KMS started with the wrong kek_file
+  // or token) fails here by name rather than as a bare decryption failure.
+  if (rec->kek_id != kek_->id()) {
+    return FailedPreconditionError("kek_mismatch: key " + rec->key_id + " is wrapped under KEK " +
+                                   rec->kek_id + " but this KMS uses KEK " + kek_->id());
+  }
   ASSIGN_OR_RETURN(crypto::Bytes blob, crypto::Base64Decode(rec->wrapped_private_key));
   ASSIGN_OR_RETURN(SecretBytes der,
                    kek_->Unwrap(crypto::AsStringView(blob), CustomerKeyAad(rec->key_id, rec->customer_id)));

@@ -76,10 +76,10 @@ bool ServerClosed(int fd) {
   return ::poll(&p, 1, 0) != 0;
 }
 
-// No answer: the connection failed, or broke while writing or reading.
+// No answer: the connection broke while writing the request or reading the
+// answer. (A failed connect is not retried: it would only double the wait.)
 bool NoAnswer(httplib::Error e) {
-  return e == httplib::Error::Connection || e == httplib::Error::Read ||
-         e == httplib::Error::Write;
+  return e == httplib::Error::Read || e == httplib::Error::Write;
 }
 
 }  // namespace

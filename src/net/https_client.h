@@ -47,8 +47,8 @@ class HttpsClient {
   //
   // Connections are kept alive. A kept-alive connection the server has
   // closed (readable while idle) is replaced before sending. When no answer
-  // arrives (connection, read or write error), GET, PUT and DELETE are sent
-  // once more on a new connection; a POST only when the failure happened
+  // arrives (the connection broke while writing or reading), GET, PUT and
+  // DELETE are sent once more on a new connection; a POST only when the failure happened
   // while writing it on a reused connection (the server cannot have acted on
   // an incomplete request), and before a POST a connection idle for longer
   // than Options::idle_reconnect_seconds is replaced.

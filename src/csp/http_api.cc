@@ -106,7 +106,9 @@ json ToJson(const CustomerKey& k) {
 
 json ToJson(const Job& j, bool for_host = false) {
   json attempts = json::array();
-  for (const auto& a : j.attempts) attempts.push_back({{"host_id", a.host_id}, {"refusal", a.refusal}});
+  for (const auto& a : j.attempts) {
+    attempts.push_back({{"host_id", a.host_id}, {"refusal", a.refusal}, {"reason", a.reason}});
+  }
   json out = {{"job_id", j.job_id},
               {"image_id", j.image_id},
               {"state", std::string(JobStateName(j.state))},
@@ -519,9 +521,13 @@ void RegisterPortalRoutes(httplib::Server& server, const PortalServices& svc) {
                     r.kind = RefusalKind::kAttestationDenied;
                   } else if (kind == "launch_failed") {
                     r.kind = RefusalKind::kLaunchFailed;
+                  } else if (IsMachineReason(kind)) {
+                    // The host's own machine reason (pcr_policy, kms_unavailable,
+                    // package_rejected, decrypt_failed, fetch_failed, ...).
+                    r.reason = kind;
                   } else {
                     return InvalidArgumentError(
-                        "reason must be unencrypted_image, attestation_denied or launch_failed");
+                        "reason must be a machine reason matching [a-z][a-z0-9_]{0,63}");
                   }
                   ASSIGN_OR_RETURN(Job j, svc.jobs->ReportRefusal(host, r));
                   return ToJson(j, true);

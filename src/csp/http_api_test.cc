@@ -3,6 +3,11 @@
 
 #include <nlohmann/json.hpp>
 
+#include <chrono>
+#include <cstdlib>
+#include <future>
+#include <thread>
+
 #include "crypto/primitives.h"
 #include "csp/internal/test_doubles.h"
 #include "csp/portal_server.h"
@@ -255,6 +260,69 @@ TEST(PortalServerTest, PlainHttpOffLoopbackIsRefused) {
   o.bind_address = "0.0.0.0";
   EXPECT_STATUS(PortalServer::Create(std::move(o), &verifier, &kms),
                 StatusCode::kInvalidArgument, "loopback");
+}
+
+// Start returns only once the server accepts connections, so a Stop right
+// after it is never lost (it used to hang forever); Stop is also safe before
+// Start and twice.
+TEST(PortalServerTest, StopRightAfterStartAlwaysReturns) {
+  TempDir dir;
+  FakeVerifier verifier;
+  FakeKmsClient kms;
+  auto create = [&](int n) {
+    PortalServer::Options o;
+    o.data_dir = dir.path() + "/p" + std::to_string(n);
+    o.argon2_m_cost_kib = 64;
+    o.agent_binary_path = "";
+    return PortalServer::Create(std::move(o), &verifier, &kms);
+  };
+  std::promise<int> done;
+  std::future<int> finished = done.get_future();
+  std::thread runner([&] {
+    int stopped = 0;
+    auto never_started = create(-1);
+    EXPECT_OK(never_started);
+    if (never_started.ok()) (*never_started)->Stop();  // before Start: returns at once
+    for (int n = 0; n < 20; ++n) {
+      auto s = create(n);
+      EXPECT_OK(s);
+      if (!s.ok()) break;
+      Status started = (*s)->Start();
+      EXPECT_OK(started);
+      if (!started.ok()) break;
+      (*s)->Stop();
+      (*s)->Stop();
+      ++stopped;
+    }
+    done.set_value(stopped);
+  });
+  if (finished.wait_for(std::chrono::seconds(60)) != std::future_status::ready) {
+    // A lost Stop never returns; the thread cannot be joined.
+    ADD_FAILURE() << "start + stop did not finish 20 rounds within 60 s";
+    std::_Exit(1);
+  }
+  runner.join();
+  EXPECT_EQ(finished.get(), 20);
+}
+
+TEST(PortalServerTest, StartedServerAnswersAtOnceAndCannotRestart) {
+  TempDir dir;
+  FakeVerifier verifier;
+  FakeKmsClient kms;
+  PortalServer::Options o;
+  o.data_dir = dir.path();
+  o.argon2_m_cost_kib = 64;
+  o.agent_binary_path = "";
+  auto s = PortalServer::Create(std::move(o), &verifier, &kms);
+  ASSERT_OK(s);
+  ASSERT_OK((*s)->Start());
+  EXPECT_STATUS((*s)->Start(), StatusCode::kFailedPrecondition, "already started");
+  httplib::Client client("127.0.0.1", (*s)->port());
+  auto res = client.Post("/v1/register");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 201);
+  (*s)->Stop();
+  EXPECT_STATUS((*s)->Start(), StatusCode::kFailedPrecondition, "stopped");
 }
 
 }  // namespace

@@ -219,6 +219,94 @@ TEST_F(HttpTlsTest, RefusalMovesTheJobAndOperatorSeesWhy) {
       << why->body;
 }
 
+// A host reports its own machine reason (pcr_policy, decrypt_failed, ...) as
+// `reason`; the job keeps it in its attempts and the placement log shows it.
+TEST_F(HttpTlsTest, RefusalWithAnyMachineReasonIsKeptAndExplained) {
+  auto host_a = Client("host-a");
+  auto host_b = Client("host-b");
+  Trust("host-a", true);
+  Trust("host-b", true);
+  ASSERT_EQ(host_a->Post("/v1/hosts/register", R"({"capacity_slots":1})", "application/json")
+                ->status, 200);
+  ASSERT_EQ(host_b->Post("/v1/hosts/register", R"({"capacity_slots":1})", "application/json")
+                ->status, 200);
+  auto [auth, image_id] = CustomerWithImage(std::string(kSealedMagic) + "x");
+  json job = Launch(auth, image_id);
+  const std::string job_id = job["job_id"];
+  const std::string first = job["host_id"];
+  auto& first_client = first == "host-a" ? host_a : host_b;
+  const std::string path = "/v1/hosts/jobs/" + job_id + "/refusal";
+  // Not a machine reason: refused, and the job stays where it is.
+  for (const char* bad : {R"({"reason":"PCR policy","message":"x"})",
+                          R"({"reason":"9lives"})", R"({"message":"no reason"})"}) {
+    auto res = first_client->Post(path, bad, "application/json");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 400) << bad << " " << res->body;
+  }
+  json long_reason = {{"reason", std::string(65, 'a')}};
+  EXPECT_EQ(first_client->Post(path, long_reason.dump(), "application/json")->status, 400);
+
+  auto res = first_client->Post(path, R"({"reason":"pcr_policy","message":"pcr 7 differs"})",
+                                "application/json");
+  ASSERT_EQ(res->status, 200) << res->body;
+  json moved = json::parse(res->body);
+  EXPECT_EQ(moved["state"], "placed");
+  EXPECT_NE(moved["host_id"], first);
+  ASSERT_EQ(moved["attempts"].size(), 2u);
+  EXPECT_EQ(moved["attempts"][0]["host_id"], first);
+  EXPECT_EQ(moved["attempts"][0]["reason"], "pcr_policy");
+  EXPECT_EQ(moved["attempts"][0]["refusal"], "pcr_policy: pcr 7 differs");
+  EXPECT_EQ(moved["attempts"][1]["reason"], "");
+
+  auto status = customer_->Get("/v1/jobs/" + job_id, auth);
+  ASSERT_EQ(status->status, 200) << status->body;
+  EXPECT_EQ(json::parse(status->body)["attempts"][0]["reason"], "pcr_policy");
+
+  httplib::Headers op = {{"Authorization", "Bearer op"}};
+  auto why = customer_->Get("/v1/operator/jobs/" + job_id + "/placement", op);
+  ASSERT_EQ(why->status, 200);
+  EXPECT_NE(why->body.find("refused this job before: pcr_policy: pcr 7 differs"),
+            std::string::npos)
+      << why->body;
+
+  // The second host refuses with another machine reason: no host is left and
+  // the job fails with both reasons.
+  auto& second_client = first == "host-a" ? host_b : host_a;
+  res = second_client->Post(path, R"({"reason":"decrypt_failed","message":"bad tag"})",
+                            "application/json");
+  ASSERT_EQ(res->status, 200) << res->body;
+  json failed = json::parse(res->body);
+  EXPECT_EQ(failed["state"], "failed");
+  EXPECT_EQ(failed["attempts"][1]["reason"], "decrypt_failed");
+  EXPECT_NE(failed["failure_reason"].get<std::string>().find("decrypt_failed: bad tag"),
+            std::string::npos)
+      << failed["failure_reason"];
+}
+
+// The three original reasons keep their wording, and carry their machine name.
+TEST_F(HttpTlsTest, OriginalRefusalReasonsStillWork) {
+  auto host_a = Client("host-a");
+  auto host_b = Client("host-b");
+  Trust("host-a", true);
+  Trust("host-b", true);
+  ASSERT_EQ(host_a->Post("/v1/hosts/register", R"({"capacity_slots":1})", "application/json")
+                ->status, 200);
+  ASSERT_EQ(host_b->Post("/v1/hosts/register", R"({"capacity_slots":1})", "application/json")
+                ->status, 200);
+  auto [auth, image_id] = CustomerWithImage(std::string(kSealedMagic) + "x");
+  json job = Launch(auth, image_id);
+  const std::string first = job["host_id"];
+  auto& first_client = first == "host-a" ? host_a : host_b;
+  // The older {kind, detail} spelling.
+  auto res = first_client->Post("/v1/hosts/jobs/" + job["job_id"].get<std::string>() + "/refusal",
+                                R"({"kind":"unencrypted_image","detail":"disk1 in clear"})",
+                                "application/json");
+  ASSERT_EQ(res->status, 200) << res->body;
+  json moved = json::parse(res->body);
+  EXPECT_EQ(moved["attempts"][0]["reason"], "unencrypted_image");
+  EXPECT_EQ(moved["attempts"][0]["refusal"], "unencrypted image: disk1 in clear");
+}
+
 TEST_F(HttpTlsTest, HostWithCertificateFromAnotherCaIsRejected) {
   auto rogue = Client("rogue");
   auto res = rogue->Post("/v1/hosts/register", R"({"capacity_slots":1})", "application/json");

@@ -33,6 +33,24 @@ std::string_view RefusalKindName(RefusalKind kind) {
   return "refused";
 }
 
+std::string_view RefusalKindReason(RefusalKind kind) {
+  switch (kind) {
+    case RefusalKind::kUnencryptedImage: return "unencrypted_image";
+    case RefusalKind::kAttestationDenied: return "attestation_denied";
+    case RefusalKind::kLaunchFailed: return "launch_failed";
+    case RefusalKind::kHostLost: return "host_lost";
+  }
+  return "refused";
+}
+
+bool IsMachineReason(std::string_view reason) {
+  if (reason.empty() || reason.size() > 64 || reason[0] < 'a' || reason[0] > 'z') return false;
+  for (char c : reason) {
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_')) return false;
+  }
+  return true;
+}
+
 std::map<std::string, uint32_t> JobManager::LoadLocked() const {
   std::map<std::string, uint32_t> load;
   for (const auto& [id, job] : jobs_) {
@@ -109,9 +127,12 @@ void JobManager::PlaceLocked(Job& job) {
   job.host_id.clear();
 }
 
-void JobManager::RefuseLocked(Job& job, const std::string& why) {
-  if (!job.attempts.empty()) job.attempts.back().refusal = why;
-  spdlog::warn("job refused job={} host={}: {}", job.job_id, job.host_id, why);
+void JobManager::RefuseLocked(Job& job, const std::string& reason, const std::string& why) {
+  if (!job.attempts.empty()) {
+    job.attempts.back().refusal = why;
+    job.attempts.back().reason = reason;
+  }
+  spdlog::warn("job refused job={} host={} reason={}: {}", job.job_id, job.host_id, reason, why);
   job.host_id.clear();
   job.state = JobState::kQueued;
   PlaceLocked(job);
@@ -216,9 +237,17 @@ StatusOr<Job> JobManager::ReportRefusal(const std::string& host_id, const Refusa
   if (it == jobs_.end() || it->second.host_id != host_id || !OnHost(it->second.state)) {
     return NotFoundError("no such job on this host");
   }
-  std::string why(RefusalKindName(report.kind));
+  if (!report.reason.empty() && !IsMachineReason(report.reason)) {
+    return InvalidArgumentError("reason must be a machine reason matching [a-z][a-z0-9_]{0,63}");
+  }
+  // The three original kinds keep their wording; any other machine reason
+  // (pcr_policy, kms_unavailable, ...) names the refusal itself.
+  const std::string reason =
+      report.reason.empty() ? std::string(RefusalKindReason(report.kind)) : report.reason;
+  std::string why = report.reason.empty() ? std::string(RefusalKindName(report.kind))
+                                          : report.reason;
   if (!report.detail.empty()) why += ": " + report.detail.substr(0, 512);
-  RefuseLocked(it->second, why);
+  RefuseLocked(it->second, reason, why);
   return it->second;
 }
 
@@ -233,7 +262,8 @@ void JobManager::Tick() {
     if (OnHost(job.state)) {
       for (const std::string& h : dropped) {
         if (job.host_id == h) {
-          RefuseLocked(job, std::string(RefusalKindName(RefusalKind::kHostLost)) +
+          RefuseLocked(job, std::string(RefusalKindReason(RefusalKind::kHostLost)),
+                       std::string(RefusalKindName(RefusalKind::kHostLost)) +
                                 ": no heartbeat for over " +
                                 std::to_string(hosts_->heartbeat_timeout_seconds()) + " s");
           break;

@@ -32,12 +32,21 @@ StatusOr<JobState> JobStateFromName(std::string_view name);
 
 // Why a host gave a job back.
 enum class RefusalKind { kUnencryptedImage, kAttestationDenied, kLaunchFailed, kHostLost };
+// "unencrypted image", ... (for people).
 std::string_view RefusalKindName(RefusalKind kind);
+// "unencrypted_image", "attestation_denied", "launch_failed", "host_lost".
+std::string_view RefusalKindReason(RefusalKind kind);
+// True for a machine reason a host may report: [a-z][a-z0-9_]{0,63}
+// (e.g. pcr_policy, kms_unavailable, decrypt_failed).
+bool IsMachineReason(std::string_view reason);
 
 struct JobAttempt {
   std::string host_id;
-  // Empty while the attempt is in progress.
+  // Empty while the attempt is in progress; then "<why>: <host's detail>".
   std::string refusal;
+  // The refusal's machine reason (e.g. pcr_policy, host_lost); empty while
+  // the attempt is in progress.
+  std::string reason;
 };
 
 struct Job {
@@ -89,6 +98,9 @@ struct RefusalReport {
   RefusalKind kind = RefusalKind::kLaunchFailed;
   // The host's one-line detail (e.g. the KMS denial reason).
   std::string detail;
+  // The host's machine reason (IsMachineReason), e.g. pcr_policy. When set
+  // it names the refusal instead of `kind`; empty: RefusalKindReason(kind).
+  std::string reason;
 };
 
 // Thread-safe.
@@ -132,8 +144,8 @@ class JobManager {
  private:
   // Places `job` on the next eligible host or leaves it queued / fails it.
   void PlaceLocked(Job& job);
-  // Ends the current attempt with `why` and moves on.
-  void RefuseLocked(Job& job, const std::string& why);
+  // Ends the current attempt with machine `reason` and text `why`, moves on.
+  void RefuseLocked(Job& job, const std::string& reason, const std::string& why);
   std::map<std::string, uint32_t> LoadLocked() const;
   void FailLocked(Job& job, const std::string& reason);
 

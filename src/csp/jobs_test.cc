@@ -156,6 +156,44 @@ TEST_F(JobsTest, RefusedJobMovesToTheNextEligibleHost) {
   EXPECT_EQ(moved->attempts[0].refusal, "attestation denied: pcr 0 mismatch");
 }
 
+TEST_F(JobsTest, RefusalKeepsTheHostsMachineReason) {
+  AddTrustedHost("h1");
+  AddTrustedHost("h2");
+  auto job = Launch();
+  ASSERT_OK(job);
+  const std::string first = job->host_id;
+  EXPECT_STATUS(jobs_->ReportRefusal(first, {job->job_id, RefusalKind::kLaunchFailed, "x",
+                                             "Bad Reason"}),
+                StatusCode::kInvalidArgument, "machine reason");
+  auto moved = jobs_->ReportRefusal(first, {job->job_id, RefusalKind::kLaunchFailed,
+                                            "KMS refused the quote", "kms_unavailable"});
+  ASSERT_OK(moved);
+  EXPECT_EQ(moved->state, JobState::kPlaced);
+  EXPECT_NE(moved->host_id, first);
+  ASSERT_EQ(moved->attempts.size(), 2u);
+  EXPECT_EQ(moved->attempts[0].reason, "kms_unavailable");
+  EXPECT_EQ(moved->attempts[0].refusal, "kms_unavailable: KMS refused the quote");
+  EXPECT_EQ(moved->attempts[1].reason, "");
+  // The placement that moved it says why the first host was skipped.
+  EXPECT_THAT(DescribePlacement(moved->last_placement),
+              HasSubstr("refused this job before: kms_unavailable: KMS refused the quote"));
+  // Without a machine reason the kind names it.
+  auto failed = Refuse(*moved, RefusalKind::kUnencryptedImage, "disk1");
+  ASSERT_OK(failed);
+  EXPECT_EQ(failed->attempts[1].reason, "unencrypted_image");
+}
+
+TEST(MachineReason, AcceptsOnlyLowercaseIdentifiersUpTo64) {
+  for (const char* ok : {"a", "pcr_policy", "kms_unavailable", "image_mismatch", "x9_"}) {
+    EXPECT_TRUE(IsMachineReason(ok)) << ok;
+  }
+  EXPECT_TRUE(IsMachineReason(std::string(64, 'a')));
+  for (const char* bad : {"", "9x", "_x", "Pcr", "pcr policy", "pcr-policy", "pcr:x"}) {
+    EXPECT_FALSE(IsMachineReason(bad)) << bad;
+  }
+  EXPECT_FALSE(IsMachineReason(std::string(65, 'a')));
+}
+
 TEST_F(JobsTest, JobFailsWithEveryReasonAfterTheAttemptBound) {
   JobManager::Options o;
   o.max_attempts = 2;

@@ -35,6 +35,8 @@ struct PortalServer::Impl {
   std::unique_ptr<httplib::Server> http;
   int port = 0;
   std::thread serve_thread, tick_thread;
+  // Set by the serve thread when listen_after_bind returns.
+  std::atomic<bool> serve_done{true};
   std::mutex mu;
   std::condition_variable cv;
   bool stopping = false;
@@ -136,6 +138,11 @@ PortalServer::~PortalServer() { Stop(); }
 
 Status PortalServer::Start() {
   Impl& i = *impl_;
+  {
+    std::lock_guard<std::mutex> lock(i.mu);
+    if (i.stopping) return FailedPreconditionError("portal server was stopped");
+    if (i.serve_thread.joinable()) return FailedPreconditionError("portal server already started");
+  }
   if (i.options.port == 0) {
     i.port = i.http->bind_to_any_port(i.options.bind_address);
   } else {
@@ -145,7 +152,21 @@ Status PortalServer::Start() {
     return UnavailableError("cannot listen on " + i.options.bind_address + ":" +
                             std::to_string(i.options.port));
   }
-  i.serve_thread = std::thread([&i] { i.http->listen_after_bind(); });
+  i.serve_done = false;
+  i.serve_thread = std::thread([&i] {
+    i.http->listen_after_bind();
+    i.serve_done = true;
+  });
+  // httplib's stop() is a no-op until the accept loop runs: return only once
+  // it does (bounded), so that a Stop right after Start is never lost.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!i.http->is_running() && !i.serve_done && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  if (!i.http->is_running()) {
+    Stop();
+    return InternalError("portal server did not start accepting connections");
+  }
   i.tick_thread = std::thread([&i] {
     std::unique_lock<std::mutex> lock(i.mu);
     while (!i.cv.wait_for(lock, std::chrono::seconds(1), [&i] { return i.stopping; })) {
@@ -162,8 +183,20 @@ void PortalServer::Stop() {
     i.stopping = true;
   }
   i.cv.notify_all();
-  if (i.http) i.http->stop();
-  if (i.serve_thread.joinable()) i.serve_thread.join();
+  if (i.serve_thread.joinable()) {
+    // httplib's stop() does nothing before the accept loop runs: call it
+    // once the loop is running, then wait for listen_after_bind to return.
+    bool stop_sent = false;
+    while (!i.serve_done) {
+      if (!stop_sent && i.http->is_running()) {
+        i.http->stop();
+        stop_sent = true;
+      } else {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+    }
+    i.serve_thread.join();
+  }
   if (i.tick_thread.joinable()) i.tick_thread.join();
 }
 

@@ -57,8 +57,11 @@ class PortalServer {
   ~PortalServer();
 
   // Serves on a background thread (and runs the scheduler's Tick every
-  // second) until Stop.
+  // second) until Stop. Returns once the server accepts connections. A
+  // second Start, or a Start after Stop, is FAILED_PRECONDITION.
   Status Start();
+  // Stops serving and joins the threads. Safe at any time: before Start,
+  // right after it, and more than once (also done by the destructor).
   void Stop();
   int port() const;
   bool tls() const;

@@ -4,6 +4,10 @@
 
 #include <openssl/err.h>
 
+#include <poll.h>
+
+#include <chrono>
+#include <functional>
 #include <mutex>
 
 #include "net/internal/json_util.h"
@@ -52,8 +56,53 @@ StatusOr<json> FromResult(const httplib::Result& result) {
 
 struct HttpsClient::Impl {
   std::unique_ptr<httplib::SSLClient> client;
-  std::mutex mu;  // httplib clients are not thread-safe
+  std::mutex mu;  // httplib clients are not thread-safe; guards all below
+  std::chrono::steady_clock::duration idle_reconnect{};
+  // When the last request on the kept-alive connection ended.
+  std::chrono::steady_clock::time_point last_used{};
+
+  // Sends with `call` (under mu). See the header for the retry rules.
+  httplib::Result Send(bool idempotent, const std::function<httplib::Result()>& call);
 };
+
+namespace {
+
+// An idle kept-alive connection has nothing to read; readable (close_notify,
+// FIN) or hung up means the server has closed it.
+bool ServerClosed(int fd) {
+  pollfd p{};
+  p.fd = fd;
+  p.events = POLLIN;
+  return ::poll(&p, 1, 0) != 0;
+}
+
+// No answer: the connection broke while writing the request or reading the
+// answer. (A failed connect is not retried: it would only double the wait.)
+bool NoAnswer(httplib::Error e) {
+  return e == httplib::Error::Read || e == httplib::Error::Write;
+}
+
+}  // namespace
+
+httplib::Result HttpsClient::Impl::Send(bool idempotent,
+                                        const std::function<httplib::Result()>& call) {
+  bool reused = client->is_socket_open() != 0;
+  if (reused) {
+    const bool idle_long = std::chrono::steady_clock::now() - last_used > idle_reconnect;
+    if (ServerClosed(static_cast<int>(client->socket())) || (!idempotent && idle_long)) {
+      client->stop();  // closes the socket; the request opens a new one
+      reused = false;
+    }
+  }
+  httplib::Result result = call();
+  if (!result && ((idempotent && NoAnswer(result.error())) ||
+                  (reused && result.error() == httplib::Error::Write))) {
+    client->stop();
+    result = call();
+  }
+  last_used = std::chrono::steady_clock::now();
+  return result;
+}
 
 HttpsClient::HttpsClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 HttpsClient::~HttpsClient() = default;
@@ -61,6 +110,9 @@ HttpsClient::~HttpsClient() = default;
 StatusOr<std::unique_ptr<HttpsClient>> HttpsClient::Create(Options options) {
   if (options.ca_pem.empty()) return InvalidArgumentError("client: a CA to pin is required");
   if (options.port <= 0 || options.port > 65535) return InvalidArgumentError("port out of range");
+  if (!(options.idle_reconnect_seconds >= 0)) {
+    return InvalidArgumentError("idle_reconnect_seconds must be >= 0");
+  }
   ASSIGN_OR_RETURN(auto store, internal::StoreFromPem(options.ca_pem, "server CA"));
   std::unique_ptr<httplib::SSLClient> client;
   if (!options.cert_pem.empty()) {
@@ -88,12 +140,14 @@ StatusOr<std::unique_ptr<HttpsClient>> HttpsClient::Create(Options options) {
   client->set_tcp_nodelay(true);  // see https_server.cc
   auto impl = std::make_unique<Impl>();
   impl->client = std::move(client);
+  impl->idle_reconnect = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+      std::chrono::duration<double>(options.idle_reconnect_seconds));
   return std::unique_ptr<HttpsClient>(new HttpsClient(std::move(impl)));
 }
 
 StatusOr<json> HttpsClient::Get(const std::string& path) {
   std::lock_guard<std::mutex> lock(impl_->mu);
-  return FromResult(impl_->client->Get(path));
+  return FromResult(impl_->Send(true, [&] { return impl_->client->Get(path); }));
 }
 
 StatusOr<json> HttpsClient::Post(const std::string& path, const json& body) {
@@ -103,22 +157,25 @@ StatusOr<json> HttpsClient::Post(const std::string& path, const json& body) {
 StatusOr<json> HttpsClient::PostRaw(const std::string& path, const std::string& body,
                                     const std::string& content_type) {
   std::lock_guard<std::mutex> lock(impl_->mu);
-  return FromResult(impl_->client->Post(path, body, content_type));
+  return FromResult(
+      impl_->Send(false, [&] { return impl_->client->Post(path, body, content_type); }));
 }
 
 StatusOr<json> HttpsClient::Put(const std::string& path, const json& body) {
   std::lock_guard<std::mutex> lock(impl_->mu);
-  return FromResult(impl_->client->Put(path, internal::DumpJson(body), "application/json"));
+  const std::string text = internal::DumpJson(body);
+  return FromResult(
+      impl_->Send(true, [&] { return impl_->client->Put(path, text, "application/json"); }));
 }
 
 StatusOr<json> HttpsClient::Delete(const std::string& path) {
   std::lock_guard<std::mutex> lock(impl_->mu);
-  return FromResult(impl_->client->Delete(path));
+  return FromResult(impl_->Send(true, [&] { return impl_->client->Delete(path); }));
 }
 
 StatusOr<std::string> HttpsClient::GetText(const std::string& path) {
   std::lock_guard<std::mutex> lock(impl_->mu);
-  auto result = impl_->client->Get(path);
+  auto result = impl_->Send(true, [&] { return impl_->client->Get(path); });
   if (!result) {
     return UnavailableError("HTTPS request failed: " + httplib::to_string(result.error()));
   }

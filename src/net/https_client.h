@@ -28,6 +28,11 @@ class HttpsClient {
     SecretBytes key_pem;
     // Connect + read timeout in seconds. Default 10.
     int timeout_seconds = 10;
+    // A kept-alive connection idle for longer than this is replaced by a
+    // new one before a POST (servers drop idle connections, typically after
+    // 5 s, and a POST is not retried once it may have been received).
+    // Default 2 s.
+    double idle_reconnect_seconds = 2.0;
   };
 
   static StatusOr<std::unique_ptr<HttpsClient>> Create(Options options);
@@ -39,6 +44,14 @@ class HttpsClient {
   // returned, an error answer becomes its {"error":{...}} as a Status
   // (code from the body, else from the HTTP status). Connection and TLS
   // failures are UNAVAILABLE.
+  //
+  // Connections are kept alive. A kept-alive connection the server has
+  // closed (readable while idle) is replaced before sending. When no answer
+  // arrives (the connection broke while writing or reading), GET, PUT and
+  // DELETE are sent once more on a new connection; a POST only when the failure happened
+  // while writing it on a reused connection (the server cannot have acted on
+  // an incomplete request), and before a POST a connection idle for longer
+  // than Options::idle_reconnect_seconds is replaced.
   StatusOr<nlohmann::json> Get(const std::string& path);
   StatusOr<nlohmann::json> Post(const std::string& path, const nlohmann::json& body);
   StatusOr<nlohmann::json> Put(const std::string& path, const nlohmann::json& body);

@@ -81,6 +81,8 @@ class HttpsServer {
     int read_timeout_seconds = 10;
     // Worker threads. Default 8.
     int threads = 8;
+    // Seconds an idle keep-alive connection is kept open. Default 5.
+    int keep_alive_timeout_seconds = 5;
   };
 
   // Validates the options and loads the credentials; does not bind yet.

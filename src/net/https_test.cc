@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <chrono>
 #include <string>
 #include <thread>
 #include <vector>
@@ -50,6 +52,7 @@ class HttpsTest : public ::testing::Test {
     options.key_pem = TestPki().server.key_pem.Clone();
     options.client_ca_pem = TestPki().ca.cert_pem;
     options.max_body_bytes = 4096;  // >= the 1000-deep JSON test
+    options.keep_alive_timeout_seconds = keep_alive_timeout_seconds_;
     auto server = HttpsServer::Create(std::move(options));
     ASSERT_OK(server);
     server_ = *std::move(server);
@@ -67,6 +70,9 @@ class HttpsTest : public ::testing::Test {
     });
     server_->GetText("/metrics", [](const Request&) -> StatusOr<TextResponse> {
       return TextResponse{"m 1\n"};
+    });
+    server_->Post("/count", [this](const Request&) -> StatusOr<json> {
+      return json{{"n", ++posts_}};
     });
     auto port = server_->Start();
     ASSERT_OK(port);
@@ -88,8 +94,16 @@ class HttpsTest : public ::testing::Test {
     return client.ok() ? *std::move(client) : nullptr;
   }
 
+  int keep_alive_timeout_seconds_ = 5;
   std::unique_ptr<HttpsServer> server_;
   int port_ = 0;
+  std::atomic<int> posts_{0};
+};
+
+// The server drops idle keep-alive connections after 1 s.
+class HttpsKeepAliveTest : public HttpsTest {
+ protected:
+  HttpsKeepAliveTest() { keep_alive_timeout_seconds_ = 1; }
 };
 
 TEST_F(HttpsTest, BindsAnEphemeralPort) {
@@ -185,6 +199,46 @@ TEST_F(HttpsTest, ConcurrentClients) {
   }
   for (auto& t : threads) t.join();
   EXPECT_EQ(ok.load(), 80);
+}
+
+// The first request after the server closed the idle connection used to fail
+// (the client wrote into the dead keep-alive socket).
+TEST_F(HttpsKeepAliveTest, GetAfterServerClosedIdleConnectionSucceeds) {
+  auto client = Client(&TestPki().portal);
+  ASSERT_OK(client->Get("/items/a1"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  auto again = client->Get("/items/a2");
+  ASSERT_OK(again);
+  EXPECT_EQ((*again)["id"], "a2");
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  auto text = client->GetText("/metrics");
+  ASSERT_OK(text);
+  EXPECT_EQ(*text, "m 1\n");
+}
+
+// A POST after the pause reaches the server exactly once.
+TEST_F(HttpsKeepAliveTest, PostAfterServerClosedIdleConnectionRunsOnce) {
+  auto client = Client(&TestPki().portal);
+  auto first = client->Post("/count", json::object());
+  ASSERT_OK(first);
+  EXPECT_EQ((*first)["n"], 1);
+  for (int round = 2; round <= 3; ++round) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    auto next = client->Post("/count", json::object());
+    ASSERT_OK(next);
+    EXPECT_EQ((*next)["n"], round);
+  }
+  EXPECT_EQ(posts_.load(), 3);
+}
+
+// Back-to-back requests keep using one connection and still work.
+TEST_F(HttpsKeepAliveTest, BackToBackRequestsSucceed) {
+  auto client = Client(nullptr);
+  for (int i = 0; i < 12; ++i) {
+    ASSERT_OK(client->Post("/count", json::object()));
+    ASSERT_OK(client->Get("/items/x" + std::to_string(i)));
+  }
+  EXPECT_EQ(posts_.load(), 12);
 }
 
 TEST(HttpsServerCreate, RejectsMismatchedKey) {

@@ -125,6 +125,9 @@ StatusOr<crypto::PrivateKey> PrivateKeyFromDer(const SecretBytes& der) {
   return crypto::PrivateKey::FromPem(pem);
 }
 
+// Unwrapped customer keys kept in memory (Release parses each once).
+constexpr size_t kMaxCachedKeys = 1024;
+
 CustomerKeyInfo Info(const CustomerKeyRecord& r) {
   return {r.key_id, r.customer_id, r.algorithm, r.public_key_pem, r.cert_pem, r.created_unix};
 }
@@ -586,6 +589,9 @@ StatusOr<KmsService::CachedKey> KmsService::CustomerPrivateKey(const std::string
   CachedKey cached{rec->key_id, rec->customer_id,
                    std::make_shared<const crypto::PrivateKey>(std::move(key))};
   std::lock_guard<std::mutex> lock(mu_);
+  // Bounded: key records never change once written, so entries only need
+  // evicting for memory (the parsed keys live in OpenSSL memory only).
+  if (keys_.size() >= kMaxCachedKeys && keys_.find(cache_key) == keys_.end()) keys_.erase(keys_.begin());
   keys_[cache_key] = cached;
   return cached;
 }

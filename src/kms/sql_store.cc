@@ -1,7 +1,10 @@
 // Store over the SqlConn seam: one implementation, two dialects.
 #include <charconv>
+#include <condition_variable>
 #include <ctime>
+#include <functional>
 #include <mutex>
+#include <vector>
 
 #include "kms/audit.h"
 #include "kms/internal/sql.h"
@@ -308,15 +311,84 @@ class SqlStore : public Store {
   }
 
  private:
-  // Runs `body` in a write transaction holding the store-wide write lock.
-  template <typename F>
-  Status InTx(F body) {
+  // Runs `body` in a write transaction holding the store-wide write lock,
+  // and returns only once that transaction committed (or failed).
+  //
+  // Group commit: writers that arrive while another batch is committing
+  // queue up; the next leader runs every queued body in one transaction,
+  // each inside its own savepoint (a failing body is rolled back alone),
+  // and commits once: one fsync for the batch instead of one per writer.
+  // Every caller still learns its result only after the COMMIT returned,
+  // so an acknowledged write is as durable as before.
+  Status InTx(const std::function<Status()>& body) {
+    PendingTx me{&body, OkStatus(), false};
+    std::unique_lock<std::mutex> q(queue_mu_);
+    queue_.push_back(&me);
+    while (!me.done) {
+      if (leader_active_) {
+        queue_cv_.wait(q);
+        continue;
+      }
+      leader_active_ = true;
+      std::vector<PendingTx*> batch;
+      batch.swap(queue_);
+      q.unlock();
+      RunBatch(batch);
+      q.lock();
+      for (PendingTx* p : batch) p->done = true;
+      leader_active_ = false;
+      queue_cv_.notify_all();
+    }
+    return me.result;
+  }
+
+  struct PendingTx {
+    const std::function<Status()>* body;
+    Status result;
+    bool done;
+  };
+
+  void RunBatch(const std::vector<PendingTx*>& batch) {
     std::lock_guard<std::mutex> lock(mu_);
-    RETURN_IF_ERROR(conn_->BeginWrite());
-    Status s = body();
-    if (s.ok()) s = conn_->ExecScript("COMMIT");
-    if (!s.ok()) (void)conn_->ExecScript("ROLLBACK");
-    return s;
+    Status begun = conn_->BeginWrite();
+    if (!begun.ok()) {
+      for (PendingTx* p : batch) p->result = begun;
+      return;
+    }
+    if (batch.size() == 1) {
+      Status s = (*batch[0]->body)();
+      if (s.ok()) s = conn_->ExecScript("COMMIT");
+      if (!s.ok()) (void)conn_->ExecScript("ROLLBACK");
+      batch[0]->result = s;
+      return;
+    }
+    bool any_ok = false;
+    for (PendingTx* p : batch) {
+      Status s = conn_->ExecScript("SAVEPOINT group_tx");
+      Status undo = s;
+      if (s.ok()) {
+        s = (*p->body)();
+        undo = s.ok() ? conn_->ExecScript("RELEASE group_tx")
+                      : conn_->ExecScript("ROLLBACK TO group_tx; RELEASE group_tx");
+      }
+      if (!undo.ok()) {
+        // The transaction itself is in doubt (e.g. an I/O error rolled it
+        // back): nothing of this batch commits.
+        (void)conn_->ExecScript("ROLLBACK");
+        for (PendingTx* q : batch) q->result = undo.WithPrefix("store transaction aborted");
+        if (!s.ok()) p->result = s;
+        return;
+      }
+      p->result = s;
+      any_ok = any_ok || s.ok();
+    }
+    Status committed = any_ok ? conn_->ExecScript("COMMIT") : conn_->ExecScript("ROLLBACK");
+    if (!committed.ok()) {
+      (void)conn_->ExecScript("ROLLBACK");
+      for (PendingTx* p : batch) {
+        if (p->result.ok()) p->result = committed;
+      }
+    }
   }
 
   // Appends to the chain; caller holds the write transaction, so seq and
@@ -410,8 +482,13 @@ class SqlStore : public Store {
     return out;
   }
 
-  std::mutex mu_;
+  std::mutex mu_;  // the connection (transactions and reads)
   std::unique_ptr<SqlConn> conn_;
+  // Group commit queue (InTx).
+  std::mutex queue_mu_;
+  std::condition_variable queue_cv_;
+  std::vector<PendingTx*> queue_;
+  bool leader_active_ = false;
 };
 
 }  // namespace

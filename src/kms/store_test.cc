@@ -196,6 +196,53 @@ TEST_P(StoreTest, ConcurrentConsumersAcceptNonceOnce) {
   EXPECT_EQ(errors.load(), 0);
 }
 
+// Many threads on ONE store (writes grouped into shared commits, each in
+// its own savepoint): each nonce is consumed exactly once, a writer that
+// loses the race leaves neither its verdict nor its audit records, and the
+// audit chain stays linear.
+TEST_P(StoreTest, ConcurrentWritersOnOneStoreCommitIndependently) {
+  constexpr int kNonces = 40;
+  constexpr int kThreads = 6;
+  for (int i = 0; i < kNonces; ++i) ASSERT_OK(store_->PutNonce(Cat("g", i), "h", 1000));
+  auto before = VerifyStoreAudit(*store_);
+  ASSERT_OK(before);
+  std::atomic<int> accepted{0};
+  std::atomic<int> used{0};
+  std::atomic<int> errors{0};
+  auto writer = [&](int t) {
+    for (int i = 0; i < kNonces; ++i) {
+      const Store::NonceUse use{Cat("g", i), "h", 900};
+      Verdict v{Cat(Cat("v", t) + "-", i), "h", true, "ok", 100 + i, json{{"t", t}}};
+      Status st = store_->PutVerdict(v, {Event("verdict", "h"), Event("grant", "h")}, &use);
+      if (st.ok()) {
+        ++accepted;
+      } else if (st.message().find("already used") != std::string::npos) {
+        ++used;
+      } else {
+        ++errors;
+      }
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) threads.emplace_back(writer, t);
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(accepted.load(), kNonces);
+  EXPECT_EQ(used.load(), kNonces * (kThreads - 1));
+  EXPECT_EQ(errors.load(), 0);
+  auto verdicts = store_->ListVerdicts("h", 0);
+  ASSERT_OK(verdicts);
+  EXPECT_EQ(verdicts->size(), static_cast<size_t>(kNonces));
+  auto head = VerifyStoreAudit(*store_);
+  ASSERT_OK(head);
+  EXPECT_EQ(head->count, before->count + 2 * kNonces);
+  // A fresh connection (another process) sees the same committed state.
+  auto other = OpenOrDie();
+  ASSERT_NE(other, nullptr);
+  auto seen = other->ListVerdicts("h", 0);
+  ASSERT_OK(seen);
+  EXPECT_EQ(seen->size(), static_cast<size_t>(kNonces));
+}
+
 TEST_P(StoreTest, VerdictHistorySince) {
   ASSERT_OK(store_->PutVerdict({"v1", "h1", true, "ok", 100, json::object()}, Event("e", "h1")));
   ASSERT_OK(store_->PutVerdict({"v2", "h1", false, "pcr_mismatch", 200, json{{"pcr", 7}}},

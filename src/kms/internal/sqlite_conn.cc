@@ -1,5 +1,7 @@
 #include <sqlite3.h>
 
+#include <map>
+
 #include "kms/internal/sql.h"
 
 namespace vmseal::kms::internal {
@@ -31,10 +33,30 @@ class SqliteConn : public SqlConn {
   SqlDialect dialect() const override { return SqlDialect::kSqlite; }
 
   StatusOr<SqlResult> Exec(std::string_view sql, const std::vector<SqlValue>& params) override {
-    sqlite3_stmt* raw = nullptr;
-    int rc = sqlite3_prepare_v2(db_.get(), sql.data(), static_cast<int>(sql.size()), &raw, nullptr);
-    if (rc != SQLITE_OK) return SqliteError(db_.get(), rc, "prepare");
-    StmtPtr stmt(raw);
+    // Statements are prepared once per SQL text and reused (reset after
+    // each run); the Store's SQL is a fixed set of strings.
+    int rc = SQLITE_OK;
+    auto cached = stmts_.find(sql);
+    if (cached == stmts_.end()) {
+      sqlite3_stmt* raw = nullptr;
+      rc = sqlite3_prepare_v3(db_.get(), sql.data(), static_cast<int>(sql.size()),
+                              SQLITE_PREPARE_PERSISTENT, &raw, nullptr);
+      if (rc != SQLITE_OK) return SqliteError(db_.get(), rc, "prepare");
+      if (stmts_.size() >= kMaxCachedStatements) stmts_.clear();
+      cached = stmts_.emplace(std::string(sql), StmtPtr(raw)).first;
+    }
+    sqlite3_stmt* const stmt_raw = cached->second.get();
+    struct Resetter {
+      sqlite3_stmt* s;
+      ~Resetter() {
+        sqlite3_reset(s);
+        sqlite3_clear_bindings(s);
+      }
+    } const resetter{stmt_raw};
+    struct Borrowed {
+      sqlite3_stmt* s;
+      sqlite3_stmt* get() const { return s; }
+    } const stmt{stmt_raw};
     for (size_t i = 0; i < params.size(); ++i) {
       int idx = static_cast<int>(i + 1);
       const SqlValue& v = params[i];
@@ -86,7 +108,10 @@ class SqliteConn : public SqlConn {
   Status BeginWrite() override { return ExecScript("BEGIN IMMEDIATE"); }
 
  private:
+  static constexpr size_t kMaxCachedStatements = 128;
+  // Declared after db_: finalized before the database closes.
   DbPtr db_;
+  std::map<std::string, StmtPtr, std::less<>> stmts_;
 };
 
 }  // namespace

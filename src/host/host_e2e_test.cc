@@ -305,6 +305,19 @@ class HostE2eTest : public ::testing::Test {
     return res ? json::parse(res->body) : json();
   }
 
+  // Polls the job until it is running, failed or back in the queue (at
+  // most 240 s) and returns its last state.
+  json WaitForJobToSettle(const std::string& job_id) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(240);
+    json job;
+    while (std::chrono::steady_clock::now() < deadline) {
+      job = JobJson(job_id);
+      if (job["state"] == "running" || job["state"] == "failed" || job["state"] == "queued") break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    return job;
+  }
+
   // Where the host's decrypted disks live: it must hold no disk.
   std::vector<std::string> Disks() {
     return vmseal::testing::ListDir(dir_.File("img") + "/disks");
@@ -348,13 +361,7 @@ TEST_F(HostE2eTest, TrustedHostBootsTheSealedImageAndVmOutlivesTheService) {
 
   Status run_result = UnknownError("not returned");
   std::thread runner([&] { run_result = svc->Run(); });
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(240);
-  json job;
-  while (std::chrono::steady_clock::now() < deadline) {
-    job = JobJson(job_id);
-    if (job["state"] == "running" || job["state"] == "failed" || job["state"] == "queued") break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  }
+  json job = WaitForJobToSettle(job_id);
   EXPECT_EQ(job["state"], "running") << job.dump();
   auto vms = daemon_->vms()->List();
   ASSERT_OK(vms);
@@ -403,13 +410,7 @@ TEST_F(HostE2eS3Test, TrustedHostBootsTheSealedImageStoredInS3) {
   const std::string job_id = UploadAndLaunch(Seal("sealed-s3"));
   Status run_result = UnknownError("not returned");
   std::thread runner([&] { run_result = svc->Run(); });
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(240);
-  json job;
-  while (std::chrono::steady_clock::now() < deadline) {
-    job = JobJson(job_id);
-    if (job["state"] == "running" || job["state"] == "failed" || job["state"] == "queued") break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  }
+  json job = WaitForJobToSettle(job_id);
   EXPECT_EQ(job["state"], "running") << job.dump();
   auto vms = daemon_->vms()->List();
   ASSERT_OK(vms);

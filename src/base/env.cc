@@ -5,6 +5,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <utility>
 
@@ -13,12 +15,78 @@
 namespace vmseal {
 namespace {
 
+// Reads of at least this many bytes skip the file's holes.
+constexpr size_t kHoleAwareMinBytes = size_t{64} << 10;
+
 class PosixRandomAccessFile final : public RandomAccessFile {
  public:
   PosixRandomAccessFile(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
   ~PosixRandomAccessFile() override { ::close(fd_); }
 
+  // Large reads ask the file system where its data is (SEEK_DATA /
+  // SEEK_HOLE) and fill holes with zeros here: reading a hole through the
+  // page cache would make the kernel allocate, zero and copy pages for
+  // nothing, and sparse disk images are often half holes. The lseeks move
+  // the shared file offset, which no read here uses (pread only).
   StatusOr<size_t> Read(uint64_t offset, std::span<uint8_t> out) const override {
+    if (out.size() < kHoleAwareMinBytes || !hole_aware_.load(std::memory_order_relaxed)) {
+      return ReadFully(offset, out);
+    }
+    size_t done = 0;
+    while (done < out.size()) {
+      const uint64_t pos = offset + done;
+      const size_t left = out.size() - done;
+      const off_t data = ::lseek(fd_, static_cast<off_t>(pos), SEEK_DATA);
+      if (data < 0 && errno == ENXIO) {
+        // No data at or after pos: a hole up to the end of the file.
+        ASSIGN_OR_RETURN(uint64_t size, Size());
+        const size_t n = pos >= size ? 0 : static_cast<size_t>(std::min<uint64_t>(left, size - pos));
+        std::memset(out.data() + done, 0, n);
+        return done + n;
+      }
+      const off_t hole = data < 0 ? data : ::lseek(fd_, std::max(data, static_cast<off_t>(pos)), SEEK_HOLE);
+      if (data < 0 || hole < 0) {
+        // No hole support here (or the file changed under us): plain reads.
+        hole_aware_.store(false, std::memory_order_relaxed);
+        ASSIGN_OR_RETURN(size_t n, ReadFully(pos, out.subspan(done)));
+        return done + n;
+      }
+      const uint64_t data_at = static_cast<uint64_t>(data);
+      if (data_at > pos) {
+        const size_t n = static_cast<size_t>(std::min<uint64_t>(left, data_at - pos));
+        std::memset(out.data() + done, 0, n);
+        done += n;
+        continue;
+      }
+      // Data from pos up to the next hole (which may be the end of file).
+      const uint64_t hole_at = std::max(static_cast<uint64_t>(hole), pos + 1);
+      const size_t want = static_cast<size_t>(std::min<uint64_t>(left, hole_at - pos));
+      ASSIGN_OR_RETURN(size_t n, ReadFully(pos, out.subspan(done, want)));
+      done += n;
+      if (n < want) break;  // end of file
+    }
+    return done;
+  }
+
+  StatusOr<uint64_t> Size() const override {
+    struct stat st;
+    if (::fstat(fd_, &st) != 0) return ErrnoToStatus(errno, "stat", path_);
+    return static_cast<uint64_t>(st.st_size);
+  }
+
+  bool IsHole(uint64_t offset, uint64_t length) const override {
+    if (length == 0 || !hole_aware_.load(std::memory_order_relaxed)) return false;
+    const off_t data = ::lseek(fd_, static_cast<off_t>(offset), SEEK_DATA);
+    if (data >= 0) return static_cast<uint64_t>(data) - offset >= length;
+    if (errno != ENXIO) return false;
+    // No data at or after offset: a hole if the range is inside the file.
+    auto size = Size();
+    return size.ok() && offset + length <= *size;
+  }
+
+ private:
+  // pread until `out` is full or the file ends.
+  StatusOr<size_t> ReadFully(uint64_t offset, std::span<uint8_t> out) const {
     size_t done = 0;
     while (done < out.size()) {
       ssize_t n = ::pread(fd_, out.data() + done, out.size() - done,
@@ -33,15 +101,10 @@ class PosixRandomAccessFile final : public RandomAccessFile {
     return done;
   }
 
-  StatusOr<uint64_t> Size() const override {
-    struct stat st;
-    if (::fstat(fd_, &st) != 0) return ErrnoToStatus(errno, "stat", path_);
-    return static_cast<uint64_t>(st.st_size);
-  }
-
- private:
   const std::string path_;
   const int fd_;
+  // Cleared for good once the file system (or a pipe) refuses SEEK_DATA.
+  mutable std::atomic<bool> hole_aware_{true};
 };
 
 class PosixWritableFile final : public WritableFile {

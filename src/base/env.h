@@ -24,6 +24,11 @@ class RandomAccessFile {
   virtual StatusOr<size_t> Read(uint64_t offset, std::span<uint8_t> out) const = 0;
   // The file's size in bytes.
   virtual StatusOr<uint64_t> Size() const = 0;
+  // True if the `length` bytes at `offset` are known to lie in a hole: they
+  // read as zeros and the file system stores nothing for them. False when
+  // they hold data or nobody knows. Lets a reader of a sparse disk image
+  // skip its holes.
+  virtual bool IsHole(uint64_t /*offset*/, uint64_t /*length*/) const { return false; }
 };
 
 // A file written front to back. Not thread-safe.

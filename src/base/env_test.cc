@@ -3,6 +3,11 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
+#include <algorithm>
+#include <cstdio>
+#include <utility>
+#include <vector>
+
 #include "testing/fault_env.h"
 #include "testing/test_util.h"
 
@@ -55,6 +60,65 @@ TEST(EnvTest, TrailingSkipExtendsFileWithZeros) {
   ASSERT_OK(content);
   EXPECT_EQ(content->size(), 4096u);
   EXPECT_EQ((*content)[4095], '\0');
+}
+
+// Large reads skip holes (SEEK_DATA); whatever the file system does, every
+// read must return exactly the file's bytes, holes as zeros.
+TEST(EnvTest, LargeReadsOfASparseFileMatchItsBytes) {
+  TempDir dir;
+  const std::string path = dir.File("sparse.img");
+  const size_t size = (size_t{3} << 20) + 5000;  // ends inside a hole
+  std::vector<uint8_t> want(size, 0);
+  struct Extent { size_t at, len; };
+  const Extent extents[] = {{0, 100 << 10}, {(1 << 20) + 3000, 70000}, {(2 << 20) + 4096, 8192}};
+  uint8_t v = 1;
+  for (const Extent& e : extents) {
+    for (size_t i = 0; i < e.len; ++i) want[e.at + i] = v = static_cast<uint8_t>(v * 33 + 7) | 1;
+  }
+  {
+    auto f = Env::Default()->NewWritableFile(path, 0644);
+    ASSERT_OK(f);
+    size_t pos = 0;
+    for (const Extent& e : extents) {
+      ASSERT_OK((*f)->Skip(e.at - pos));
+      ASSERT_OK((*f)->Append({want.data() + e.at, e.len}));
+      pos = e.at + e.len;
+    }
+    ASSERT_OK((*f)->Skip(size - pos));
+    ASSERT_OK((*f)->Close());
+  }
+  struct stat st;
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  ASSERT_EQ(static_cast<size_t>(st.st_size), size);
+  std::printf("sparse test file: %lld of %zu bytes allocated\n",
+              static_cast<long long>(st.st_blocks) * 512, size);
+
+  auto file = Env::Default()->NewRandomAccessFile(path);
+  ASSERT_OK(file);
+  const size_t kMiB = size_t{1} << 20;
+  const std::pair<size_t, size_t> reads[] = {
+      {0, kMiB},                       // data then hole
+      {kMiB, kMiB},                    // hole, data, hole
+      {50 << 10, 2 * kMiB},            // starts in data, spans two extents
+      {(1 << 20) + 3000 + 100, 65536}, // inside data
+      {(2 << 20) + 100, kMiB},         // hole, data, trailing hole to EOF
+      {size - 70000, kMiB},            // past the end: short read
+      {3 * kMiB + 4096, kMiB},         // only trailing hole
+      {size, kMiB},                    // at the end: nothing
+  };
+  for (const auto& [off, len] : reads) {
+    std::vector<uint8_t> got(len, 0xee);
+    auto n = (*file)->Read(off, {got.data(), got.size()});
+    ASSERT_OK(n);
+    const size_t expect_n = off >= size ? 0 : std::min(len, size - off);
+    ASSERT_EQ(*n, expect_n) << "read at " << off;
+    EXPECT_TRUE(std::equal(got.begin(), got.begin() + static_cast<long>(expect_n),
+                           want.begin() + static_cast<long>(std::min(off, size))))
+        << "read at " << off << " of " << len;
+    if (expect_n < len) {
+      EXPECT_EQ(got[expect_n], 0xee) << "wrote past the end, read at " << off;
+    }
+  }
 }
 
 TEST(EnvTest, MissingFileIsNotFound) {

@@ -1,8 +1,9 @@
-// The bounded parallel pipeline behind Seal and Open: N workers take chunk
-// indices in order, each reads its chunk into a slot of a fixed ring of
-// buffers and seals or opens it in place, and the calling thread writes the
-// slots out in order. Peak memory is the ring (at most kPipelineMemoryBytes),
-// whatever the stream length.
+// The bounded parallel pipeline behind Seal and Open: N workers (the
+// calling thread among them) take chunk indices in order, each reads its
+// chunk into a slot of a fixed ring of buffers and seals or opens it in
+// place, and whichever worker finishes the next chunk in order writes it out
+// with any finished chunks after it. Peak memory is the ring (at most
+// kPipelineMemoryBytes), whatever the stream length.
 #ifndef VMSEAL_STREAM_INTERNAL_PIPELINE_H_
 #define VMSEAL_STREAM_INTERNAL_PIPELINE_H_
 

@@ -232,6 +232,11 @@ int Run(int releases, const std::string& store_arg, int clients) {
   so.threads = 8;
   auto server = Must(net::HttpsServer::Create(std::move(so)), "server");
   kms::RegisterKmsRoutes(service.get(), server.get());
+  // The floor: the same bodies to a route that only parses them, i.e. what
+  // TLS, HTTP and JSON cost before any KMS work.
+  server->Post("/bench/echo", [](const net::Request& r) -> StatusOr<nlohmann::json> {
+    return nlohmann::json{{"fields", r.body.size()}};
+  });
   const int port = Must(server->Start(), "server start");
   std::vector<nlohmann::json> bodies;
   for (int i = releases + 10; i < 2 * releases + 10; ++i) {
@@ -245,55 +250,69 @@ int Run(int releases, const std::string& store_arg, int clients) {
   // Each client connects (TCP + mTLS handshake, one GET /healthz) before
   // the clock starts: hosts keep their connection, and four concurrent cold
   // handshakes would otherwise be the p99 of a 300-request run.
-  std::atomic<int> next{0};
-  std::atomic<int> failures{0};
-  std::mutex mu;
-  std::vector<double> hlat;
-  double client_cpu = 0;
-  double connect_max = 0;
-  std::vector<std::thread> threads;
-  std::latch connected(clients + 1);
-  std::latch go(1);
-  for (int c = 0; c < clients; ++c) {
-    threads.emplace_back([&] {
-      const auto k0 = Clock::now();
-      net::HttpsClient::Options o;
-      o.port = port;
-      o.ca_pem = ca_pem;
-      o.cert_pem = host_id.cert_pem;
-      o.key_pem = host_id.key_pem.Clone();
-      auto client = Must(net::HttpsClient::Create(std::move(o)), "client");
-      Must(client->Get("/healthz").status(), "connect");
-      const double k = std::chrono::duration<double>(Clock::now() - k0).count();
-      {
+  struct HttpsRun {
+    std::vector<double> lat;
+    double wall = 0, server_cpu = 0, connect_max = 0;
+  };
+  auto run_https = [&](const std::string& path) {
+    HttpsRun run;
+    std::atomic<int> next{0};
+    std::atomic<int> failures{0};
+    std::mutex mu;
+    double client_cpu = 0;
+    std::vector<std::thread> threads;
+    std::latch connected(clients + 1);
+    std::latch go(1);
+    for (int c = 0; c < clients; ++c) {
+      threads.emplace_back([&] {
+        const auto k0 = Clock::now();
+        net::HttpsClient::Options o;
+        o.port = port;
+        o.ca_pem = ca_pem;
+        o.cert_pem = host_id.cert_pem;
+        o.key_pem = host_id.key_pem.Clone();
+        auto client = Must(net::HttpsClient::Create(std::move(o)), "client");
+        Must(client->Get("/healthz").status(), "connect");
+        const double k = std::chrono::duration<double>(Clock::now() - k0).count();
+        {
+          std::lock_guard<std::mutex> lock(mu);
+          run.connect_max = std::max(run.connect_max, k);
+        }
+        connected.count_down();
+        go.wait();
+        const double tc0 = ThreadCpuSeconds();
+        std::vector<double> mine;
+        for (int i = next++; i < releases; i = next++) {
+          const auto t = Clock::now();
+          auto out = client->Post(path, bodies[i]);
+          mine.push_back(std::chrono::duration<double>(Clock::now() - t).count());
+          if (!out.ok()) ++failures;
+        }
+        const double tc = ThreadCpuSeconds() - tc0;
         std::lock_guard<std::mutex> lock(mu);
-        connect_max = std::max(connect_max, k);
-      }
-      connected.count_down();
-      go.wait();
-      const double tc0 = ThreadCpuSeconds();
-      std::vector<double> mine;
-      for (int i = next++; i < releases; i = next++) {
-        const auto t = Clock::now();
-        auto out = client->Post("/v1/hosts/host-1/releases", bodies[i]);
-        mine.push_back(std::chrono::duration<double>(Clock::now() - t).count());
-        if (!out.ok()) ++failures;
-      }
-      const double tc = ThreadCpuSeconds() - tc0;
-      std::lock_guard<std::mutex> lock(mu);
-      hlat.insert(hlat.end(), mine.begin(), mine.end());
-      client_cpu += tc;
-    });
-  }
-  connected.arrive_and_wait();
-  const double hcpu0 = CpuSeconds();
-  const auto h0 = Clock::now();
-  go.count_down();
-  for (auto& t : threads) t.join();
-  const double hwall = std::chrono::duration<double>(Clock::now() - h0).count();
-  const double server_cpu = CpuSeconds() - hcpu0 - client_cpu;
+        run.lat.insert(run.lat.end(), mine.begin(), mine.end());
+        client_cpu += tc;
+      });
+    }
+    connected.arrive_and_wait();
+    const double hcpu0 = CpuSeconds();
+    const auto h0 = Clock::now();
+    go.count_down();
+    for (auto& t : threads) t.join();
+    run.wall = std::chrono::duration<double>(Clock::now() - h0).count();
+    run.server_cpu = CpuSeconds() - hcpu0 - client_cpu;
+    if (failures.load() != 0) {
+      Die(InternalError(std::to_string(failures.load()) + " HTTPS requests to " + path + " failed"), "https");
+    }
+    return run;
+  };
+  const HttpsRun floor = run_https("/bench/echo");
+  const HttpsRun https = run_https("/v1/hosts/host-1/releases");
   server->Stop();
-  if (failures.load() != 0) Die(InternalError(std::to_string(failures.load()) + " HTTPS releases failed"), "https");
+  const std::vector<double>& hlat = https.lat;
+  const double hwall = https.wall;
+  const double server_cpu = https.server_cpu;
+  const double connect_max = std::max(floor.connect_max, https.connect_max);
 
   std::printf("release_bench: %d releases, store %s, evidence recorded from swtpm, single thread\n",
               releases, store->backend().c_str());
@@ -306,6 +325,8 @@ int Run(int releases, const std::string& store_arg, int clients) {
   std::printf("  HTTPS, %d clients   p50 %.3f ms  p99 %.3f ms  %.0f releases/s  server cpu %.3f ms/release (ratio %.2f)\n",
               clients, Percentile(hlat, 0.5) * 1e3, Percentile(hlat, 0.99) * 1e3, releases / hwall,
               server_cpu / releases * 1e3, server_cpu / ccpu);
+  std::printf("  HTTPS floor: same bodies to a parse-only route: server cpu %.3f ms/request, %.0f requests/s\n",
+              floor.server_cpu / releases * 1e3, releases / floor.wall);
   std::printf("  (connections opened before the clock: slowest connect + mTLS handshake %.1f ms)\n",
               connect_max * 1e3);
   std::printf("  breakdown: VerifyEvidence cpu %.3f ms; store writes (2 commits) cpu %.3f ms, wall %.3f ms\n",

@@ -124,6 +124,9 @@ StatusOr<std::unique_ptr<HttpsServer>> HttpsServer::Create(Options options) {
   if (options.max_body_bytes == 0) return InvalidArgumentError("max_body_bytes must be > 0");
   if (options.port < 0 || options.port > 65535) return InvalidArgumentError("port out of range");
   if (options.threads <= 0) return InvalidArgumentError("threads must be > 0");
+  if (options.keep_alive_max_requests <= 0) {
+    return InvalidArgumentError("keep_alive_max_requests must be > 0");
+  }
   if (options.keep_alive_timeout_seconds <= 0) {
     return InvalidArgumentError("keep_alive_timeout_seconds must be > 0");
   }
@@ -168,6 +171,7 @@ StatusOr<std::unique_ptr<HttpsServer>> HttpsServer::Create(Options options) {
   server->set_tcp_nodelay(true);
   server->set_write_timeout(options.read_timeout_seconds, 0);
   server->set_keep_alive_timeout(options.keep_alive_timeout_seconds);
+  server->set_keep_alive_max_count(static_cast<size_t>(options.keep_alive_max_requests));
   int threads = options.threads;
   server->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   server->set_error_handler(httplib::Server::HandlerWithResponse(

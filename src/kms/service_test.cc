@@ -264,8 +264,9 @@ class ReleaseTest : public ServiceTest {
                               {"host.enroll.test", "host/h1"}));
     pcr_values_ = {crypto::Bytes(32, 0x10), crypto::Bytes(32, 0x17)};
     const Caller op = As(Caller::Role::kOperator, "op");
-    ASSERT_OK(service_->PutFlavor(op, {"good", {{"sha256", {{"0", crypto::HexEncode(pcr_values_[0])},
-                                                            {"7", crypto::HexEncode(pcr_values_[1])}}}}}));
+    const nlohmann::json pcrs = {{"0", crypto::HexEncode(pcr_values_[0])},
+                                 {"7", crypto::HexEncode(pcr_values_[1])}};
+    ASSERT_OK(service_->PutFlavor(op, {"good", {{"sha256", pcrs}}}));
     ASSERT_OK(service_->PutPolicy(op, {kTenant, "", {{"flavors", {{"anyOf", {"good"}}}}}}));
   }
 

@@ -748,7 +748,8 @@ TEST_F(X25519PackageTest, DiskReaderReadsARangeWithTheUnwrappedKey) {
   auto reader = (*p)->NewDiskReader("file1", *key);
   ASSERT_OK(reader);
   std::string buf(500, '\0');
-  auto n = (*reader)->ReadAt(150000, std::span<uint8_t>(reinterpret_cast<uint8_t*>(buf.data()), 500));
+  auto n = (*reader)->ReadAt(150000,
+                             std::span<uint8_t>(reinterpret_cast<uint8_t*>(buf.data()), 500));
   ASSERT_OK(n);
   EXPECT_EQ(buf, ReadFileOrDie(disk).substr(150000, 500));
 }

@@ -84,7 +84,7 @@ StatusOr<std::string_view> WrapAlgorithmFor(crypto::KeyType type, bool xmlenc_co
   if (type == crypto::KeyType::kX25519) {
     if (xmlenc_compat) {
       return InvalidArgumentError(
-          "--xmlenc-compat needs an RSA recipient key (XML Encryption has no X25519 key wrap)");
+          "--xmlenc-compat needs an RSA recipient key (its key wrap is rsa-oaep-mgf1p)");
     }
     return kX25519WrapUri;
   }

@@ -29,8 +29,8 @@ std::string KeyId(const crypto::PublicKey& key);
 
 // The key-wrap algorithm URI (package_format.h, §3) for a recipient key of
 // `type` in the given profile. INVALID_ARGUMENT for an X25519 key in the
-// xmlenc-compat profile (XML Encryption has no such key wrap) and for keys
-// that cannot wrap.
+// xmlenc-compat profile (whose rsa-oaep-mgf1p needs RSA) and for keys that
+// cannot wrap.
 StatusOr<std::string_view> WrapAlgorithmFor(crypto::KeyType type, bool xmlenc_compat);
 
 // Wraps `key` with `algorithm` (kRsaOaepUri, kRsaOaepMgf1pUri: `label` is the
@@ -39,8 +39,9 @@ StatusOr<std::string_view> WrapAlgorithmFor(crypto::KeyType type, bool xmlenc_co
 StatusOr<std::vector<uint8_t>> WrapKey(const crypto::PublicKey& public_key,
                                        std::string_view algorithm, const SecretBytes& key,
                                        std::span<const uint8_t> label);
-// The inverse. FAILED_PRECONDITION for a key whose type does not fit the
-// algorithm; DATA_LOSS "decryption failed" for any failure after that.
+// The inverse. INVALID_ARGUMENT for another algorithm, FAILED_PRECONDITION
+// for a key whose type does not fit it; DATA_LOSS "decryption failed" for
+// any failure after that.
 StatusOr<SecretBytes> UnwrapKey(const crypto::PrivateKey& private_key,
                                 std::string_view algorithm, std::span<const uint8_t> wrapped,
                                 std::span<const uint8_t> label);

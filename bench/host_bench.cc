@@ -79,7 +79,8 @@ class AcceptAllVerifier final : public csp::PackageVerifier {
 
 class EveryHostEligibleKms final : public csp::KmsClient {
  public:
-  StatusOr<csp::CustomerKey> CreateCustomerKey(const std::string& customer_id) override {
+  StatusOr<csp::CustomerKey> CreateCustomerKey(const std::string& customer_id,
+                                               const std::string& /*algorithm*/) override {
     ASSIGN_OR_RETURN(auto key, crypto::PrivateKey::Generate(crypto::KeyType::kEcP256));
     csp::CustomerKey out;
     out.key_id = "key-" + customer_id;

@@ -13,6 +13,7 @@
 #include "attest/ek_certificate.h"
 #include "attest/evidence.h"
 #include "attest/reason.h"
+#include "attest/testing/software_tpm.h"
 #include "attest/tpm_format.h"
 #include "attest/verifier.h"
 #include "testing/test_util.h"
@@ -21,63 +22,12 @@ namespace vmseal::attest {
 namespace {
 
 using crypto::EvpPkeyPtr;
+using ::vmseal::attest::testing::Marshal;
+using ::vmseal::attest::testing::MarshalAttest;
+using ::vmseal::attest::testing::PublicFor;
+using ::vmseal::attest::testing::Sign;
 
 EvpPkeyPtr NewRsaKey() { return EvpPkeyPtr(EVP_RSA_gen(2048)); }
-
-TPMT_PUBLIC PublicFor(EVP_PKEY* key, bool ak) {
-  TPMT_PUBLIC pub;
-  std::memset(&pub, 0, sizeof(pub));
-  pub.type = TPM2_ALG_RSA;
-  pub.nameAlg = TPM2_ALG_SHA256;
-  pub.objectAttributes = TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT |
-                         TPMA_OBJECT_SENSITIVEDATAORIGIN | TPMA_OBJECT_USERWITHAUTH;
-  pub.parameters.rsaDetail.symmetric.algorithm = TPM2_ALG_NULL;
-  pub.parameters.rsaDetail.keyBits = 2048;
-  if (ak) {
-    pub.objectAttributes |= TPMA_OBJECT_RESTRICTED | TPMA_OBJECT_SIGN_ENCRYPT;
-    pub.parameters.rsaDetail.scheme.scheme = TPM2_ALG_RSASSA;
-    pub.parameters.rsaDetail.scheme.details.rsassa.hashAlg = TPM2_ALG_SHA256;
-  } else {
-    pub.objectAttributes |= TPMA_OBJECT_DECRYPT;
-    pub.parameters.rsaDetail.scheme.scheme = TPM2_ALG_OAEP;
-    pub.parameters.rsaDetail.scheme.details.oaep.hashAlg = TPM2_ALG_SHA256;
-  }
-  BIGNUM* n = nullptr;
-  EVP_PKEY_get_bn_param(key, OSSL_PKEY_PARAM_RSA_N, &n);
-  pub.unique.rsa.size = static_cast<UINT16>(BN_bn2bin(n, pub.unique.rsa.buffer));
-  BN_free(n);
-  return pub;
-}
-
-Bytes Marshal(const TPMT_PUBLIC& pub) { return MarshalPublic(pub).value(); }
-
-Bytes MarshalAttest(const TPMS_ATTEST& a) {
-  Bytes out(sizeof(TPMS_ATTEST));
-  size_t off = 0;
-  EXPECT_EQ(Tss2_MU_TPMS_ATTEST_Marshal(&a, out.data(), out.size(), &off), TSS2_RC_SUCCESS);
-  out.resize(off);
-  return out;
-}
-
-Bytes Sign(EVP_PKEY* key, const Bytes& msg) {
-  crypto::EvpMdCtxPtr ctx(EVP_MD_CTX_new());
-  EVP_DigestSignInit(ctx.get(), nullptr, EVP_sha256(), nullptr, key);
-  size_t len = 0;
-  EVP_DigestSign(ctx.get(), nullptr, &len, msg.data(), msg.size());
-  Bytes sig(len);
-  EVP_DigestSign(ctx.get(), sig.data(), &len, msg.data(), msg.size());
-  TPMT_SIGNATURE s;
-  std::memset(&s, 0, sizeof(s));
-  s.sigAlg = TPM2_ALG_RSASSA;
-  s.signature.rsassa.hash = TPM2_ALG_SHA256;
-  s.signature.rsassa.sig.size = static_cast<UINT16>(len);
-  std::memcpy(s.signature.rsassa.sig.buffer, sig.data(), len);
-  Bytes out(sizeof(s));
-  size_t off = 0;
-  EXPECT_EQ(Tss2_MU_TPMT_SIGNATURE_Marshal(&s, out.data(), out.size(), &off), TSS2_RC_SUCCESS);
-  out.resize(off);
-  return out;
-}
 
 class SoftwareTpmTest : public ::testing::Test {
  protected:

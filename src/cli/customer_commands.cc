@@ -50,9 +50,13 @@ StatusOr<httplib::Headers> Auth(const CommonFlags& f) {
 
 void PrintJson(const json& j) { std::cout << j.dump(2) << "\n"; }
 
-Status Register(const CommonFlags& f, const std::string& password_out) {
+// `key_algorithm`: rsa3072 or x25519, the KMS key the portal has created.
+Status Register(const CommonFlags& f, const std::string& password_out,
+                const std::string& key_algorithm) {
   ASSIGN_OR_RETURN(auto c, Connect(f));
-  ASSIGN_OR_RETURN(json r, CheckReply(c->Post("/v1/register"), "register"));
+  const json body = {{"key_algorithm", key_algorithm}};
+  ASSIGN_OR_RETURN(json r, CheckReply(c->Post("/v1/register", body.dump(), "application/json"),
+                                      "register"));
   const std::string password = r.value("password", "");
   if (!password_out.empty()) {
     RETURN_IF_ERROR(WriteStringToFileAtomic(Env::Default(), password_out, password + "\n", 0600));
@@ -65,7 +69,8 @@ Status Register(const CommonFlags& f, const std::string& password_out) {
   std::cout << "customer_id: " << r.value("customer_id", "") << "\n"
             << "login_id: " << r.value("login_id", "") << "\n";
   if (r.contains("key") && r["key"].is_object()) {
-    std::cout << "key_id: " << r["key"].value("key_id", "") << "\n";
+    std::cout << "key_id: " << r["key"].value("key_id", "") << "\n"
+              << "key_algorithm: " << r["key"].value("algorithm", "") << "\n";
   }
   if (password_out.empty()) {
     std::cout << "password: " << password << "\n(the password is shown only once)\n";
@@ -410,10 +415,17 @@ void AddCustomerCommands(CLI::App& app, const CommandSink& sink) {
   cust->add_flag("--json", f->json, "Print JSON");
 
   auto password_out = std::make_shared<std::string>();
+  auto key_algorithm = std::make_shared<std::string>("rsa3072");
   CLI::App* reg = cust->add_subcommand("register", "Create an account; prints the password once");
   reg->add_option("--password-out", *password_out,
                   "Write the password to this file (mode 0600) instead of printing it");
-  reg->callback([f, password_out, sink] { sink(Register(*f, *password_out)); });
+  reg->add_option("--key-algorithm", *key_algorithm,
+                  "Algorithm of the KMS key created for you (packages are sealed to it)")
+      ->check(CLI::IsMember({"rsa3072", "x25519"}))
+      ->capture_default_str();
+  reg->callback([f, password_out, key_algorithm, sink] {
+    sink(Register(*f, *password_out, *key_algorithm));
+  });
 
   auto login_id = std::make_shared<std::string>();
   auto password_file = std::make_shared<std::string>();

@@ -51,8 +51,9 @@ void AddPackageCommands(CLI::App& app, const CommandSink& sink) {
   seal->add_option("input", seal_flags->inputs,
                    "raw/qcow2 disk images, or one .ovf/.ova/package directory")
       ->required();
-  seal->add_option("--cert", seal_flags->cert, "recipient X.509 certificate (PEM)");
-  seal->add_option("--pubkey", seal_flags->pubkey, "recipient RSA public key (PEM)");
+  seal->add_option("--cert", seal_flags->cert,
+                   "recipient X.509 certificate (PEM) of an RSA or X25519 key");
+  seal->add_option("--pubkey", seal_flags->pubkey, "recipient RSA or X25519 public key (PEM)");
   seal->add_option("--image-id", seal_flags->image_id, "image identity (default: random UUID)");
   seal->add_option("--tenant", seal_flags->tenant, "tenant identity")->capture_default_str();
   seal->add_option("--cpus", seal_flags->cpus, "virtual CPUs (image inputs)")->capture_default_str();
@@ -61,7 +62,8 @@ void AddPackageCommands(CLI::App& app, const CommandSink& sink) {
   seal->add_option("--format", seal_flags->format, "ova or dir")->capture_default_str();
   seal->add_option("--chunk-size", seal_flags->chunk_size, "stream chunk size in bytes (0 = default)");
   seal->add_flag("--xmlenc-compat", seal_flags->xmlenc_compat,
-                 "standard XML Encryption (AES-256-GCM, rsa-oaep-mgf1p) readable by xmlsec1");
+                 "standard XML Encryption (AES-256-GCM, rsa-oaep-mgf1p) readable by xmlsec1; "
+                 "RSA recipients only");
   seal->add_option("-o,--output", seal_flags->out, "output .ova file or directory")->required();
   seal->callback([seal_flags, sink] { sink(RunSeal(*seal_flags)); });
 

@@ -19,6 +19,13 @@ std::string TokenHash(const SecretBytes& token) {
   return crypto::HexEncode(crypto::Sha256(token.UnsafeSpan()));
 }
 
+// The KMS's name (docs/api/kms.yaml) of a customer key algorithm.
+StatusOr<std::string> KmsKeyAlgorithm(const std::string& key_algorithm) {
+  if (key_algorithm.empty() || key_algorithm == "rsa3072") return std::string("RSA-3072");
+  if (key_algorithm == "x25519") return std::string("X25519");
+  return InvalidArgumentError("key_algorithm must be rsa3072 or x25519");
+}
+
 }  // namespace
 
 StatusOr<std::unique_ptr<Accounts>> Accounts::Create(const Options& options, PortalDb* db,
@@ -49,7 +56,8 @@ StatusOr<std::string> Accounts::HashPassword(const SecretBytes& password) const 
   return std::string(encoded.data());
 }
 
-StatusOr<RegisterResponse> Accounts::Register(const RegisterRequest& /*request*/) {
+StatusOr<RegisterResponse> Accounts::Register(const RegisterRequest& request) {
+  ASSIGN_OR_RETURN(const std::string kms_algorithm, KmsKeyAlgorithm(request.key_algorithm));
   RegisterResponse out;
   out.customer_id = "cust-" + crypto::HexEncode(crypto::RandomBytes(8));
   out.login_id = "u-" + crypto::HexEncode(crypto::RandomBytes(6));
@@ -66,7 +74,7 @@ StatusOr<RegisterResponse> Accounts::Register(const RegisterRequest& /*request*/
   record.created_unix = clock_->NowUnixSeconds();
   // The key first: without it the account would be useless, and a failed
   // KMS call must leave no customer behind.
-  auto key = kms_->CreateCustomerKey(out.customer_id);
+  auto key = kms_->CreateCustomerKey(out.customer_id, kms_algorithm);
   if (!key.ok()) return Status(key.status().code(), "KMS: " + key.status().message());
   out.key = *std::move(key);
   record.key_id = out.key.key_id;

@@ -22,7 +22,11 @@ struct Principal {
   std::string customer_id;
 };
 
-struct RegisterRequest {};
+struct RegisterRequest {
+  // The customer key's algorithm: "rsa3072" (also when empty) or "x25519"
+  // (the names of crypto::KeyTypeName). Anything else is INVALID_ARGUMENT.
+  std::string key_algorithm;
+};
 struct RegisterResponse {
   std::string customer_id;
   std::string login_id;
@@ -62,9 +66,9 @@ class Accounts {
   static StatusOr<std::unique_ptr<Accounts>> Create(const Options& options, PortalDb* db,
                                                     const Clock* clock, KmsClient* kms);
 
-  // Creates the customer after the KMS has created its key pair. If the KMS
-  // call fails (e.g. UNAVAILABLE) nothing is stored and the error is
-  // returned with the prefix "KMS: ".
+  // Creates the customer after the KMS has created its key pair of
+  // `request.key_algorithm`. If the KMS call fails (e.g. UNAVAILABLE)
+  // nothing is stored and the error is returned with the prefix "KMS: ".
   StatusOr<RegisterResponse> Register(const RegisterRequest& request);
 
   // The caller's KMS key (public half and certificate). NOT_FOUND for a

@@ -51,6 +51,39 @@ TEST_F(AccountsTest, RegisterStoresTheKmsCertificateOfTheCustomer) {
   EXPECT_OK(crypto::VerifyCertificateChain(*cert, {*ca}));
 }
 
+TEST_F(AccountsTest, RegisterAsksTheKmsForAnRsa3072KeyByDefault) {
+  ASSERT_OK(accounts_->Register({}));
+  EXPECT_EQ(kms_.last_key_algorithm(), "RSA-3072");
+  ASSERT_OK(accounts_->Register({"rsa3072"}));
+  EXPECT_EQ(kms_.last_key_algorithm(), "RSA-3072");
+}
+
+TEST_F(AccountsTest, RegisterWithX25519StoresTheKmsX25519Key) {
+  auto r = accounts_->Register({"x25519"});
+  ASSERT_OK(r);
+  EXPECT_EQ(kms_.last_key_algorithm(), "X25519");
+  EXPECT_EQ(r->key.algorithm, "X25519");
+  auto key = accounts_->GetCustomerKey({r->customer_id});
+  ASSERT_OK(key);
+  EXPECT_EQ(key->algorithm, "X25519");
+  auto pub = crypto::PublicKey::FromPem(key->public_key_pem);
+  ASSERT_OK(pub);
+  EXPECT_EQ(pub->type(), crypto::KeyType::kX25519);
+  auto cert = crypto::Certificate::FromPem(key->cert_pem);
+  ASSERT_OK(cert);
+  auto certified = cert->GetPublicKey();
+  ASSERT_OK(certified);
+  EXPECT_EQ(certified->KeyId(), pub->KeyId());
+}
+
+TEST_F(AccountsTest, RegisterRefusesAnUnknownKeyAlgorithmBeforeAskingTheKms) {
+  EXPECT_STATUS(accounts_->Register({"RSA-3072"}), StatusCode::kInvalidArgument,
+                "key_algorithm must be rsa3072 or x25519");
+  EXPECT_STATUS(accounts_->Register({"p256"}), StatusCode::kInvalidArgument,
+                "key_algorithm must be rsa3072 or x25519");
+  EXPECT_EQ(kms_.last_key_algorithm(), "");
+}
+
 TEST_F(AccountsTest, RegisterWithUnreachableKmsFailsAndCreatesNothing) {
   kms_.SetUnavailable(true);
   auto r = accounts_->Register({});

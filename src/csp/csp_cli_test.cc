@@ -2,6 +2,8 @@
 // (`csp serve`) and as the customer CLI against them.
 #include <nlohmann/json.hpp>
 
+#include "base/env.h"
+#include "crypto/keys.h"
 #include "crypto/primitives.h"
 #include "crypto/x509.h"
 #include "csp/internal/process_harness.h"
@@ -102,6 +104,57 @@ TEST_F(CspCliTest, RegistrationCreatesAKmsKeyWhoseCertificateVerifies) {
   ASSERT_OK(ca);
   EXPECT_OK(crypto::VerifyCertificateChain(*cert, {*ca}));
   EXPECT_EQ(cert->SubjectCommonName(), reg["key"]["key_id"]);
+}
+
+// An X25519 customer: the KMS creates an X25519 key, and the certificate
+// fetched for it seals packages with the X25519 key wrap.
+TEST_F(CspCliTest, X25519RegistrationGivesACertificateThatSealsPackages) {
+  json reg = CustomerJson("alice", {"register", "--key-algorithm", "x25519", "--password-out",
+                                    dir_.File("alice.pw")});
+  EXPECT_EQ(reg["key"]["algorithm"], "X25519");
+  CustomerJson("alice", {"login", "--login-id", reg.value("login_id", ""), "--password-file",
+                         dir_.File("alice.pw")});
+  json fetched = CustomerJson("alice", {"fetch-cert", "--kms-ca", kms_.ca(), "--out",
+                                        dir_.File("alice.crt")});
+  EXPECT_EQ(fetched["algorithm"], "X25519");
+  auto cert = crypto::Certificate::FromPem(ReadFileOrDie(dir_.File("alice.crt")));
+  ASSERT_OK(cert);
+  auto pub = cert->GetPublicKey();
+  ASSERT_OK(pub);
+  ASSERT_EQ(pub->type(), crypto::KeyType::kX25519);
+
+  WriteFileOrDie(dir_.File("disk.img"), std::string(100000, 'd'));
+  const std::string tenant = reg.value("customer_id", "");
+  std::string out;
+  ASSERT_EQ(RunCommand({VmsealBinary(), "seal", "--cert", dir_.File("alice.crt"), "--image-id",
+                        "img-x", "--tenant", tenant, "-o", dir_.File("x.ova"),
+                        dir_.File("disk.img")},
+                       &out, 120),
+            0)
+      << out;
+  ASSERT_EQ(RunCommand({VmsealBinary(), "inspect", "--json", dir_.File("x.ova")}, &out, 60), 0)
+      << out;
+  json info = json::parse(out, nullptr, false);
+  ASSERT_TRUE(info.is_object()) << out;
+  EXPECT_EQ(info["tag"]["keyWrapAlgorithm"],
+            "https://vmseal.dev/ns/wrap/x25519-hkdf-sha256-aes256gcm-v1");
+  EXPECT_EQ(info["tag"]["keyId"], "sha256:" + pub->KeyId());
+  EXPECT_EQ(info["tag"]["tenant"], tenant);
+
+  // XML Encryption has no X25519 key wrap: one clear line, invalid input.
+  EXPECT_EQ(RunCommand({VmsealBinary(), "seal", "--xmlenc-compat", "--cert", dir_.File("alice.crt"),
+                        "-o", dir_.File("compat.ova"), dir_.File("disk.img")},
+                       &out, 120),
+            3)
+      << out;
+  EXPECT_NE(out.find("--xmlenc-compat needs an RSA recipient key"), std::string::npos) << out;
+  EXPECT_FALSE(Env::Default()->FileExists(dir_.File("compat.ova")));
+}
+
+TEST_F(CspCliTest, RegisterRefusesAnUnknownKeyAlgorithm) {
+  std::string out;
+  EXPECT_EQ(Customer("alice", {"register", "--key-algorithm", "rsa1024"}, &out), 2) << out;
+  EXPECT_NE(out.find("--key-algorithm"), std::string::npos) << out;
 }
 
 TEST_F(CspCliTest, FetchCertAgainstAnotherCaFailsAndWritesNothing) {

@@ -189,9 +189,17 @@ void RegisterPortalRoutes(httplib::Server& server, const PortalServices& svc) {
   };
 
   // --- accounts ---
-  server.Post("/v1/register", [svc](const httplib::Request&, httplib::Response& res) {
+  server.Post("/v1/register", [svc](const httplib::Request& req, httplib::Response& res) {
     Reply(res, [&]() -> StatusOr<json> {
-      ASSIGN_OR_RETURN(RegisterResponse r, svc.accounts->Register({}));
+      ASSIGN_OR_RETURN(json body, ParseBody(req));
+      RegisterRequest request;
+      if (body.contains("key_algorithm")) {
+        if (!body["key_algorithm"].is_string()) {
+          return InvalidArgumentError("key_algorithm must be a string");
+        }
+        request.key_algorithm = body["key_algorithm"].get<std::string>();
+      }
+      ASSIGN_OR_RETURN(RegisterResponse r, svc.accounts->Register(request));
       return json{{"customer_id", r.customer_id},
                   {"login_id", r.login_id},
                   {"password", std::string(crypto::AsStringView(r.password.UnsafeSpan()))},

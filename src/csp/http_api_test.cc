@@ -186,6 +186,35 @@ TEST_F(HttpApiTest, RegisterReturnsTheKmsKeyAndTheCustomerCanFetchIt) {
   EXPECT_EQ(client_->Get("/v1/customer/key")->status, 401);
 }
 
+TEST_F(HttpApiTest, RegisterPassesTheKeyAlgorithmToTheKms) {
+  auto reg = client_->Post("/v1/register", R"({"key_algorithm":"x25519"})", "application/json");
+  ASSERT_EQ(reg->status, 201) << reg->body;
+  EXPECT_EQ(kms_.last_key_algorithm(), "X25519");
+  json r = json::parse(reg->body);
+  EXPECT_EQ(r["key"]["algorithm"], "X25519");
+  json login = {{"login_id", r["login_id"]}, {"password", r["password"]}};
+  auto res = client_->Post("/v1/login", login.dump(), "application/json");
+  ASSERT_EQ(res->status, 200) << res->body;
+  httplib::Headers auth = {
+      {"Authorization", "Bearer " + json::parse(res->body)["token"].get<std::string>()}};
+  auto key = client_->Get("/v1/customer/key", auth);
+  ASSERT_EQ(key->status, 200) << key->body;
+  EXPECT_EQ(json::parse(key->body)["algorithm"], "X25519");
+  // Without a body the default stands.
+  ASSERT_EQ(client_->Post("/v1/register")->status, 201);
+  EXPECT_EQ(kms_.last_key_algorithm(), "RSA-3072");
+}
+
+TEST_F(HttpApiTest, RegisterWithAnUnknownKeyAlgorithmIs400) {
+  auto reg = client_->Post("/v1/register", R"({"key_algorithm":"rsa1024"})", "application/json");
+  ASSERT_EQ(reg->status, 400) << reg->body;
+  EXPECT_NE(json::parse(reg->body)["error"]["message"].get<std::string>().find("key_algorithm"),
+            std::string::npos);
+  reg = client_->Post("/v1/register", R"({"key_algorithm":7})", "application/json");
+  ASSERT_EQ(reg->status, 400) << reg->body;
+  EXPECT_EQ(kms_.last_key_algorithm(), "");
+}
+
 TEST_F(HttpApiTest, RegisterWithKmsDownIsUnavailableAndCreatesNoLogin) {
   kms_.SetUnavailable(true);
   auto reg = client_->Post("/v1/register");

@@ -44,8 +44,10 @@ class HttpsKmsClient final : public KmsClient {
   HttpsKmsClient(std::unique_ptr<net::HttpsClient> client, std::string ca_pem)
       : client_(std::move(client)), ca_pem_(std::move(ca_pem)) {}
 
-  StatusOr<CustomerKey> CreateCustomerKey(const std::string& customer_id) override {
-    ASSIGN_OR_RETURN(json r, client_->Post("/v1/customers/" + customer_id + "/keys", json::object()));
+  StatusOr<CustomerKey> CreateCustomerKey(const std::string& customer_id,
+                                          const std::string& algorithm) override {
+    ASSIGN_OR_RETURN(json r, client_->Post("/v1/customers/" + customer_id + "/keys",
+                                           json{{"algorithm", algorithm}}));
     if (!r.is_object()) return DataLossError("KMS answered with a non-object");
     CustomerKey k;
     k.key_id = Str(r, "key_id");
@@ -61,6 +63,9 @@ class HttpsKmsClient final : public KmsClient {
     if (k.key_id.empty() || k.customer_id != customer_id || k.public_key_pem.empty() ||
         k.cert_pem.empty()) {
       return DataLossError("KMS key answer is incomplete or names another customer");
+    }
+    if (k.algorithm != algorithm) {
+      return DataLossError("KMS created a " + k.algorithm.substr(0, 32) + " key, not " + algorithm);
     }
     return k;
   }

@@ -41,8 +41,10 @@ class KmsClient {
   virtual ~KmsClient() = default;
 
   // Asks the KMS for a new key pair of `customer_id` (POST
-  // /v1/customers/{cid}/keys). UNAVAILABLE when the KMS cannot be reached.
-  virtual StatusOr<CustomerKey> CreateCustomerKey(const std::string& customer_id) = 0;
+  // /v1/customers/{cid}/keys) with `algorithm`, "RSA-3072" or "X25519".
+  // UNAVAILABLE when the KMS cannot be reached.
+  virtual StatusOr<CustomerKey> CreateCustomerKey(const std::string& customer_id,
+                                                  const std::string& algorithm) = 0;
 
   // Applies the KMS release policy of (customer, image) to each host's
   // latest verdict, history and tags (POST /v1/placement-check). Returns one

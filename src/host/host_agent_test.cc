@@ -13,6 +13,7 @@
 #include "crypto/keys.h"
 #include "host/testing/in_process_kms.h"
 #include "ovf/package.h"
+#include "ovf/package_format.h"
 #include "testing/test_util.h"
 #include "tpm/testing/swtpm_harness.h"
 
@@ -52,7 +53,7 @@ class HostAgentTest : public ::testing::Test {
     ASSERT_OK(vms);
     vms_ = std::move(vms).value();
 
-    auto customer = crypto::PrivateKey::Generate(crypto::KeyType::kRsa3072);
+    auto customer = crypto::PrivateKey::Generate(CustomerKeyType());
     ASSERT_OK(customer);
     customer_pub_pem_ = customer->Public().ToPem();
     kms_ = std::make_unique<InProcessKms>(swtpm_->ca_bundle_pem(), std::move(customer).value(),
@@ -69,6 +70,9 @@ class HostAgentTest : public ::testing::Test {
     ASSERT_OK(agent);
     agent_ = std::move(agent).value();
   }
+
+  // The type of the customer key packages are sealed to.
+  virtual crypto::KeyType CustomerKeyType() const { return crypto::KeyType::kRsa3072; }
 
   // Seals a 1 MiB "disk" of random bytes into an OVA for `image_id`.
   std::string SealImage(const std::string& image_id, bool encrypted = true) {
@@ -134,6 +138,33 @@ TEST_F(HostAgentTest, TrustedHostDecryptsAndLaunchesTheImage) {
   EXPECT_TRUE(ListDir(dir_.File("work")).empty());
   ASSERT_OK(agent_->DeleteVm(vm->name));
   EXPECT_FALSE(Env::Default()->FileExists(vm->disk_path));
+}
+
+// Packages sealed to an X25519 customer key: the KMS opens the X25519 wrap
+// and the TPM the re-wrapped key, as for RSA.
+class HostAgentX25519Test : public HostAgentTest {
+ protected:
+  crypto::KeyType CustomerKeyType() const override { return crypto::KeyType::kX25519; }
+};
+
+TEST_F(HostAgentX25519Test, TrustedHostDecryptsAnImageSealedToAnX25519Key) {
+  ASSERT_OK(agent_->Enroll());
+  TrustCurrentState();
+  std::string pkg = SealImage("img-x");
+  {
+    auto p = ovf::Package::Open(Env::Default(), pkg, ovf::PackageOpenOptions());
+    ASSERT_OK(p);
+    ASSERT_EQ((*p)->tag().key_wrap_algorithm, ovf::kX25519WrapUri);
+  }
+  auto vm = agent_->RunJob({.job_id = "job-x", .image_id = "img-x", .tenant = "tenant-a"});
+  ASSERT_OK(vm);
+  EXPECT_EQ(kms_->release_calls, 1);
+  EXPECT_EQ(phases_, (std::vector<std::string>{"fetching", "attesting", "decrypting",
+                                               "launching", "running"}));
+  auto disk = ReadFileToString(Env::Default(), vm->disk_path);
+  ASSERT_OK(disk);
+  EXPECT_EQ(crypto::HexEncode(crypto::Sha256(*disk)), disk_sha_["img-x"]);
+  ASSERT_OK(agent_->DeleteVm(vm->name));
 }
 
 TEST_F(HostAgentTest, TamperedHostGetsNoKeyAndLeavesNothing) {

@@ -48,7 +48,8 @@ class EveryHostEligibleKms final : public csp::KmsClient {
     EXPECT_OK(ca);
     ca_pem_ = ca.ok() ? ca->cert.ToPem() : "";
   }
-  StatusOr<csp::CustomerKey> CreateCustomerKey(const std::string& customer_id) override {
+  StatusOr<csp::CustomerKey> CreateCustomerKey(const std::string& customer_id,
+                                               const std::string& /*algorithm*/) override {
     ASSIGN_OR_RETURN(auto key, crypto::PrivateKey::Generate(crypto::KeyType::kEcP256));
     csp::CustomerKey out;
     out.key_id = "key-" + customer_id;

@@ -36,7 +36,7 @@ std::string KeyText(const SecretBytes& s) {
 }
 
 // A package's wrapped key for `image_id`, made the way ovf::SealPackage makes
-// it (label = ovf::OaepLabel(tag), RSA-OAEP-SHA256).
+// it (label = ovf::OaepLabel(tag); RSA-OAEP-SHA256 or the X25519 wrap).
 struct WrappedImageKey {
   SecretBytes data_key;
   crypto::Bytes label;
@@ -143,14 +143,16 @@ class KmsReleaseTest : public ::testing::Test {
     return c.ok() ? *std::move(c) : nullptr;
   }
 
-  WrappedImageKey WrapFor(const std::string& image_id) {
+  WrappedImageKey WrapFor(const std::string& image_id) { return WrapFor(image_id, *customer_pub_); }
+  // To `customer`: RSA-OAEP for an RSA key, the X25519 wrap for an X25519 one.
+  WrappedImageKey WrapFor(const std::string& image_id, const crypto::PublicKey& customer) {
     ovf::EncryptionTag tag;
     tag.image_id = image_id;
     tag.tenant = kTenant;
     tag.key_version = 1;
     tag.data_algorithm = std::string(ovf::kStreamAlgorithmUri);
     WrappedImageKey out{SecretBytes::Random(crypto::kDataKeyBytes), ovf::OaepLabel(tag), {}};
-    auto wrapped = crypto::RsaOaepWrap(*customer_pub_, out.data_key, crypto::AsStringView(out.label));
+    auto wrapped = crypto::WrapKey(customer, out.data_key, crypto::AsStringView(out.label));
     EXPECT_OK(wrapped);
     if (wrapped.ok()) out.wrapped = *wrapped;
     return out;
@@ -253,6 +255,34 @@ TEST_F(KmsReleaseTest, GoodHostGetsKeyThatDecryptsInsideTheTpm) {
   EXPECT_EQ((*hosts)["hosts"][0]["host_id"], "host-1");
   EXPECT_TRUE((*hosts)["hosts"][0]["enrolled"].get<bool>());
   EXPECT_TRUE((*hosts)["hosts"][0]["latest"]["trusted"].get<bool>());
+}
+
+// An X25519 customer key: the KMS opens the package's X25519 wrap (label as
+// associated data) and re-wraps to the binding key, which the TPM opens.
+TEST_F(KmsReleaseTest, X25519CustomerKeyIsReleasedAndDecryptsInsideTheTpm) {
+  StartAll("");
+  Enroll();
+  TrustCurrentState();
+  auto customer = service_->CreateCustomerKey({Caller::Role::kPortal, "portal-1", "fp"},
+                                              {kTenant, "X25519"});
+  ASSERT_OK(customer);
+  auto pub = crypto::PublicKey::FromPem(customer->public_key_pem);
+  ASSERT_OK(pub);
+  ASSERT_EQ(pub->type(), crypto::KeyType::kX25519);
+  WrappedImageKey k = WrapFor("img-x", *pub);
+  ASSERT_EQ(k.wrapped.size(), crypto::kX25519WrappedBytes);
+  host::ReleaseRequest r = Request(k, "img-x", host_.get());
+  r.key_id = "sha256:" + pub->KeyId();
+  r.wrap_algorithm = std::string(ovf::kX25519WrapUri);
+  auto released = host_->Release(r);
+  ASSERT_OK(released);
+  auto data_key = engine_->Decrypt(released->rewrapped_key, released->label);
+  ASSERT_OK(data_key);
+  EXPECT_EQ(crypto::HexEncode(data_key->UnsafeSpan()), crypto::HexEncode(k.data_key.UnsafeSpan()));
+  const std::string audit = AuditText();
+  EXPECT_NE(audit.find("release.grant"), std::string::npos);
+  EXPECT_NE(audit.find(customer->key_id), std::string::npos);
+  EXPECT_EQ(audit.find(crypto::HexEncode(k.data_key.UnsafeSpan())), std::string::npos);
 }
 
 TEST_F(KmsReleaseTest, TamperedHostIsDeniedWithPcrPolicy) {

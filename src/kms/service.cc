@@ -15,6 +15,7 @@
 #include "crypto/primitives.h"
 #include "crypto/ssl_util.h"
 #include "crypto/x509.h"
+#include "ovf/package_format.h"
 
 namespace vmseal::kms {
 namespace {
@@ -639,8 +640,9 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
   if (!ValidIdentity(req.image_id) || !ValidIdentity(req.tenant)) {
     return finish(InvalidArgumentError("image_id and tenant must match [A-Za-z0-9._:@-]{1,128}"));
   }
-  if (req.wrap_algorithm != kRsaOaepUri) {
-    return finish(InvalidArgumentError("wrap_algorithm must be " + std::string(kRsaOaepUri)));
+  if (req.wrap_algorithm != kRsaOaepUri && req.wrap_algorithm != ovf::kX25519WrapUri) {
+    return finish(InvalidArgumentError("wrap_algorithm must be " + std::string(kRsaOaepUri) +
+                                       " or " + std::string(ovf::kX25519WrapUri)));
   }
   if (req.key_id.empty() || req.key_id.size() > 128) return finish(InvalidArgumentError("bad key_id"));
 
@@ -686,10 +688,17 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
       label->key_version != req.key_version) {
     return finish(Denied("label_mismatch", "the OAEP label names another image, tenant or key version"));
   }
-  if (key->key->type() != crypto::KeyType::kRsa3072 && key->key->type() != crypto::KeyType::kRsa2048) {
-    return finish(Denied("unknown_key", "key " + key->key_id + " is not an RSA key; packages wrap to RSA"));
+  // The label is the OAEP label of rsa-oaep and the associated data of the
+  // X25519 wrap (docs/format/package.md §3.3, §5).
+  const bool x25519 = req.wrap_algorithm == ovf::kX25519WrapUri;
+  if (x25519 && key->key->type() != crypto::KeyType::kX25519) {
+    return finish(Denied("unknown_key", "key " + key->key_id + " is not an X25519 key; the package wraps to X25519"));
   }
-  auto data_key = crypto::RsaOaepUnwrap(*key->key, req.wrapped_key, crypto::AsStringView(req.oaep_label));
+  if (!x25519 && key->key->type() != crypto::KeyType::kRsa3072 && key->key->type() != crypto::KeyType::kRsa2048) {
+    return finish(Denied("unknown_key", "key " + key->key_id + " is not an RSA key; the package wraps to RSA"));
+  }
+  auto data_key = x25519 ? crypto::X25519Unwrap(*key->key, req.wrapped_key, crypto::AsStringView(req.oaep_label))
+                         : crypto::RsaOaepUnwrap(*key->key, req.wrapped_key, crypto::AsStringView(req.oaep_label));
   if (!data_key.ok()) {
     return finish(Denied("label_mismatch", "the wrapped key does not open under this key and label"));
   }

@@ -75,8 +75,11 @@ struct ReleaseRequest {
   std::string tenant;       // the customer id
   std::string key_id;       // "sha256:<hex SPKI digest>" (package) or a KMS "k-..." id
   uint64_t key_version = 1;
-  std::string wrap_algorithm;  // must be http://www.w3.org/2009/xmlenc11#rsa-oaep
-  crypto::Bytes oaep_label;    // as stored in the package
+  // ovf::kRsaOaepUri (RSA customer keys) or ovf::kX25519WrapUri (X25519).
+  std::string wrap_algorithm;
+  // The package label (docs/format/package.md §5): the OAEP label, or the
+  // associated data of the X25519 wrap.
+  crypto::Bytes oaep_label;
   crypto::Bytes wrapped_key;
   attest::Evidence evidence;
 };

@@ -3,8 +3,13 @@
 #include <gtest/gtest.h>
 #include <openssl/pem.h>
 
+#include "attest/testing/software_tpm.h"
+#include "crypto/key_wrap.h"
+#include "crypto/keys.h"
 #include "crypto/primitives.h"
 #include "crypto/ssl_util.h"
+#include "ovf/descriptor.h"
+#include "ovf/package_format.h"
 #include "testing/test_util.h"
 
 namespace vmseal::kms {
@@ -239,6 +244,179 @@ TEST_F(ServiceTest, PlacementCheckFailsClosed) {
   r = service_->PlacementCheck(portal, {"acme", "img-1", {"h1"}});
   ASSERT_OK(r);
   EXPECT_EQ((*r)[0].reason, "not_enrolled");
+}
+
+// Releases to a host "h1" enrolled with a software TPM whose PCRs are the
+// only flavor of the tenant's policy: every check up to the customer key
+// passes, so each test is about the key, its wrap and its label.
+class ReleaseTest : public ServiceTest {
+ protected:
+  static constexpr char kTenant[] = "acme";
+
+  void SetUp() override {
+    ServiceTest::SetUp();
+    auto tpm = attest::testing::SoftwareTpm::Create();
+    ASSERT_OK(tpm);
+    tpm_ = std::make_unique<attest::testing::SoftwareTpm>(*std::move(tpm));
+    // Enrollment is tested with a real TPM (kms_release_test); here the AK is
+    // recorded as activated directly.
+    ASSERT_OK(store_->PutHost({"h1", "", crypto::Base64Encode(tpm_->ak_public()), true, {}, now_},
+                              {"host.enroll.test", "host/h1"}));
+    pcr_values_ = {crypto::Bytes(32, 0x10), crypto::Bytes(32, 0x17)};
+    const Caller op = As(Caller::Role::kOperator, "op");
+    const nlohmann::json pcrs = {{"0", crypto::HexEncode(pcr_values_[0])},
+                                 {"7", crypto::HexEncode(pcr_values_[1])}};
+    ASSERT_OK(service_->PutFlavor(op, {"good", {{"sha256", pcrs}}}));
+    ASSERT_OK(service_->PutPolicy(op, {kTenant, "", {{"flavors", {{"anyOf", {"good"}}}}}}));
+  }
+
+  // A customer key of the tenant ("RSA-3072" or "X25519") and its public half.
+  crypto::PublicKey NewCustomerKey(const std::string& algorithm) {
+    auto info = service_->CreateCustomerKey(As(Caller::Role::kPortal, "p"), {kTenant, algorithm});
+    EXPECT_OK(info);
+    auto pub = crypto::PublicKey::FromPem(info.ok() ? info->public_key_pem : "");
+    EXPECT_OK(pub);
+    return *std::move(pub);
+  }
+
+  // The package label of `image_id` (docs/format/package.md §5).
+  static crypto::Bytes Label(const std::string& image_id) {
+    ovf::EncryptionTag tag;
+    tag.image_id = image_id;
+    tag.tenant = kTenant;
+    tag.key_version = 1;
+    tag.data_algorithm = std::string(ovf::kStreamAlgorithmUri);
+    return ovf::OaepLabel(tag);
+  }
+
+  // A release request for `image_id` as a host sends it for a package whose
+  // data key `data_key` is wrapped to `customer` under `wrap_label`, with
+  // fresh evidence over a nonce the KMS issued.
+  ReleaseRequest Request(const std::string& image_id, const crypto::PublicKey& customer,
+                         const SecretBytes& data_key, const crypto::Bytes& wrap_label) {
+    ReleaseRequest r;
+    r.image_id = image_id;
+    r.tenant = kTenant;
+    r.key_id = "sha256:" + customer.KeyId();
+    r.key_version = 1;
+    r.wrap_algorithm = std::string(customer.type() == crypto::KeyType::kX25519
+                                       ? ovf::kX25519WrapUri
+                                       : ovf::kRsaOaepUri);
+    r.oaep_label = Label(image_id);
+    auto wrapped = crypto::WrapKey(customer, data_key, crypto::AsStringView(wrap_label));
+    EXPECT_OK(wrapped);
+    if (wrapped.ok()) r.wrapped_key = *wrapped;
+    auto nonce = service_->IssueNonce(As(Caller::Role::kHost, "h1"), "h1");
+    EXPECT_OK(nonce);
+    auto raw = crypto::HexDecode(nonce.ok() ? nonce->nonce : "");
+    EXPECT_OK(raw);
+    if (raw.ok()) r.evidence = tpm_->Attest(*raw, {0, 7}, pcr_values_);
+    return r;
+  }
+  ReleaseRequest Request(const std::string& image_id, const crypto::PublicKey& customer,
+                         const SecretBytes& data_key) {
+    return Request(image_id, customer, data_key, Label(image_id));
+  }
+
+  StatusOr<ReleaseResponse> Release(const ReleaseRequest& r) {
+    return service_->Release(As(Caller::Role::kHost, "h1"), "h1", r);
+  }
+
+  std::string AuditText() {
+    auto recs = store_->ReadAudit(0, 1000);
+    EXPECT_OK(recs);
+    std::string all;
+    if (recs.ok()) {
+      for (const auto& r : *recs) all += r.record + "\n";
+    }
+    return all;
+  }
+
+  std::unique_ptr<attest::testing::SoftwareTpm> tpm_;
+  std::vector<crypto::Bytes> pcr_values_;
+  const SecretBytes data_key_ = SecretBytes::Random(crypto::kDataKeyBytes);
+};
+
+TEST_F(ReleaseTest, X25519KeyIsReleasedToTheCertifiedBindingKey) {
+  crypto::PublicKey customer = NewCustomerKey("X25519");
+  ASSERT_EQ(customer.type(), crypto::KeyType::kX25519);
+  auto out = Release(Request("img-1", customer, data_key_));
+  ASSERT_OK(out);
+  EXPECT_EQ(crypto::AsStringView(out->label), std::string_view("vmseal-release:img-1\0", 21));
+  auto opened = tpm_->Decrypt(out->rewrapped_key, out->label);
+  ASSERT_OK(opened);
+  EXPECT_TRUE(opened->Equals(data_key_));
+  const std::string audit = AuditText();
+  EXPECT_NE(audit.find("release.grant"), std::string::npos);
+  EXPECT_EQ(audit.find(crypto::HexEncode(data_key_.UnsafeSpan())), std::string::npos);
+  EXPECT_OK(VerifyStoreAudit(*store_));
+}
+
+TEST_F(ReleaseTest, RsaKeyIsStillReleased) {
+  crypto::PublicKey customer = NewCustomerKey("RSA-3072");
+  auto out = Release(Request("img-1", customer, data_key_));
+  ASSERT_OK(out);
+  auto opened = tpm_->Decrypt(out->rewrapped_key, out->label);
+  ASSERT_OK(opened);
+  EXPECT_TRUE(opened->Equals(data_key_));
+}
+
+TEST_F(ReleaseTest, X25519UriForAnRsaKeyIsUnknownKey) {
+  crypto::PublicKey customer = NewCustomerKey("RSA-3072");
+  ReleaseRequest r = Request("img-1", customer, data_key_);
+  r.wrap_algorithm = std::string(ovf::kX25519WrapUri);
+  auto out = Release(r);
+  EXPECT_STATUS(out, StatusCode::kPermissionDenied, "unknown_key: key k-");
+  EXPECT_STATUS(out, StatusCode::kPermissionDenied, "is not an X25519 key");
+  const std::string audit = AuditText();
+  EXPECT_NE(audit.find("release.deny"), std::string::npos);
+  EXPECT_NE(audit.find("unknown_key"), std::string::npos);
+}
+
+TEST_F(ReleaseTest, RsaUriForAnX25519KeyIsUnknownKey) {
+  crypto::PublicKey customer = NewCustomerKey("X25519");
+  ReleaseRequest r = Request("img-1", customer, data_key_);
+  r.wrap_algorithm = std::string(ovf::kRsaOaepUri);
+  auto out = Release(r);
+  EXPECT_STATUS(out, StatusCode::kPermissionDenied, "unknown_key: key k-");
+  EXPECT_STATUS(out, StatusCode::kPermissionDenied, "is not an RSA key");
+}
+
+TEST_F(ReleaseTest, X25519WrapUnderAnotherImagesLabelIsLabelMismatch) {
+  crypto::PublicKey customer = NewCustomerKey("X25519");
+  // The request and its label name img-1; the key was wrapped for img-2.
+  ReleaseRequest r = Request("img-1", customer, data_key_, Label("img-2"));
+  EXPECT_STATUS(Release(r), StatusCode::kPermissionDenied,
+                "label_mismatch: the wrapped key does not open");
+}
+
+TEST_F(ReleaseTest, X25519LabelNamingAnotherImageIsLabelMismatch) {
+  crypto::PublicKey customer = NewCustomerKey("X25519");
+  ReleaseRequest r = Request("img-2", customer, data_key_);
+  r.image_id = "img-1";  // the label (and the wrap) still name img-2
+  EXPECT_STATUS(Release(r), StatusCode::kPermissionDenied,
+                "label_mismatch: the OAEP label names another image");
+}
+
+TEST_F(ReleaseTest, TamperedX25519WrapIsLabelMismatch) {
+  crypto::PublicKey customer = NewCustomerKey("X25519");
+  ReleaseRequest r = Request("img-1", customer, data_key_);
+  ASSERT_EQ(r.wrapped_key.size(), crypto::kX25519WrappedBytes);
+  r.wrapped_key[50] ^= 0x01;
+  EXPECT_STATUS(Release(r), StatusCode::kPermissionDenied,
+                "label_mismatch: the wrapped key does not open");
+  // A wrapped key of another length fails the same way, before any key use.
+  r = Request("img-1", customer, data_key_);
+  r.wrapped_key.pop_back();
+  EXPECT_STATUS(Release(r), StatusCode::kPermissionDenied, "label_mismatch");
+  EXPECT_EQ(AuditText().find("release.grant"), std::string::npos);
+}
+
+TEST_F(ReleaseTest, UnknownWrapAlgorithmIsRefused) {
+  crypto::PublicKey customer = NewCustomerKey("X25519");
+  ReleaseRequest r = Request("img-1", customer, data_key_);
+  r.wrap_algorithm = "https://vmseal.dev/ns/wrap/x448-hkdf-sha512-aes256gcm-v1";
+  EXPECT_STATUS(Release(r), StatusCode::kInvalidArgument, "wrap_algorithm must be");
 }
 
 TEST(PackageLabel, ParsesWhatThePackageWrites) {

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <set>
 
+#include "crypto/key_wrap.h"
 #include "crypto/primitives.h"
 #include "ovf/package_format.h"
 #include "ovf/tar.h"
@@ -336,14 +337,19 @@ Status Descriptor::AddEncryption(const EncryptionTag& tag, const WrappedKey& key
   xmlNewProp(ek, X("Id"), X(kEncryptedKeyId));
   xmlNode* method = xmlNewChild(ek, xenc, X("EncryptionMethod"), nullptr);
   xmlNewProp(method, X("Algorithm"), X(key.algorithm.c_str()));
-  xmlNewTextChild(method, xenc, X("OAEPparams"), X(crypto::Base64Encode(key.oaep_label).c_str()));
-  xmlNode* dm = xmlNewChild(method, ds, X("DigestMethod"), nullptr);
-  if (key.algorithm == kRsaOaepUri) {
-    xmlNewProp(dm, X("Algorithm"), X(kSha256Uri));
-    xmlNode* mgf = xmlNewChild(method, xenc11, X("MGF"), nullptr);
-    xmlNewProp(mgf, X("Algorithm"), X(kMgf1Sha256Uri));
-  } else {
-    xmlNewProp(dm, X("Algorithm"), X(kSha1Uri));
+  // The X25519 wrap has no parameters: its associated data is recomputed
+  // from the tag (§5), so only the OAEP profiles carry OAEPparams.
+  if (key.algorithm != kX25519WrapUri) {
+    xmlNewTextChild(method, xenc, X("OAEPparams"),
+                    X(crypto::Base64Encode(key.oaep_label).c_str()));
+    xmlNode* dm = xmlNewChild(method, ds, X("DigestMethod"), nullptr);
+    if (key.algorithm == kRsaOaepUri) {
+      xmlNewProp(dm, X("Algorithm"), X(kSha256Uri));
+      xmlNode* mgf = xmlNewChild(method, xenc11, X("MGF"), nullptr);
+      xmlNewProp(mgf, X("Algorithm"), X(kMgf1Sha256Uri));
+    } else {
+      xmlNewProp(dm, X("Algorithm"), X(kSha1Uri));
+    }
   }
   xmlNode* key_info = xmlNewChild(ek, ds, X("KeyInfo"), nullptr);
   xmlNewTextChild(key_info, ds, X("KeyName"), X(tag.key_id.c_str()));
@@ -412,9 +418,11 @@ Status Descriptor::ReadEncryption(EncryptionTag* tag, WrappedKey* key) const {
   ASSIGN_OR_RETURN(tag->key_wrap_algorithm, get("keyWrapAlgorithm"));
   ASSIGN_OR_RETURN(tag->data_algorithm, get("dataAlgorithm"));
   bool standard = tag->key_wrap_algorithm == kRsaOaepUri && tag->data_algorithm == kStreamAlgorithmUri;
+  bool x25519 = tag->key_wrap_algorithm == kX25519WrapUri && tag->data_algorithm == kStreamAlgorithmUri;
   bool compat = tag->key_wrap_algorithm == kRsaOaepMgf1pUri && tag->data_algorithm == kAes256GcmUri;
-  if (!standard && !compat) {
-    if (tag->key_wrap_algorithm != kRsaOaepUri && tag->key_wrap_algorithm != kRsaOaepMgf1pUri) {
+  if (!standard && !x25519 && !compat) {
+    if (tag->key_wrap_algorithm != kRsaOaepUri && tag->key_wrap_algorithm != kRsaOaepMgf1pUri &&
+        tag->key_wrap_algorithm != kX25519WrapUri) {
       return InvalidArgumentError("unknown key wrap algorithm in tag: " +
                                   tag->key_wrap_algorithm.substr(0, 200));
     }
@@ -448,24 +456,35 @@ Status Descriptor::ReadEncryption(EncryptionTag* tag, WrappedKey* key) const {
   if (key->algorithm != tag->key_wrap_algorithm) {
     return InvalidArgumentError("EncryptedKey algorithm does not match the tag");
   }
-  xmlNode* dm = FirstChild(method, kDsNamespace, "DigestMethod");
-  std::string digest = dm != nullptr ? Attr(dm, "", "Algorithm").value_or("") : "";
-  if (standard) {
-    xmlNode* mgf = FirstChild(method, kXenc11Namespace, "MGF");
-    if (digest != kSha256Uri || mgf == nullptr ||
-        Attr(mgf, "", "Algorithm").value_or("") != kMgf1Sha256Uri) {
-      return InvalidArgumentError("rsa-oaep key wrap must use SHA-256 and MGF1-SHA256");
+  if (x25519) {
+    // No OAEPparams, DigestMethod or anything else: the associated data is
+    // the label recomputed from the tag.
+    for (xmlNode* c = method->children; c != nullptr; c = c->next) {
+      if (c->type == XML_ELEMENT_NODE) {
+        return InvalidArgumentError("x25519 key wrap takes no EncryptionMethod parameters");
+      }
     }
-  } else if (!digest.empty() && digest != kSha1Uri) {
-    return InvalidArgumentError("rsa-oaep-mgf1p key wrap must use SHA-1");
-  }
-  xmlNode* params = FirstChild(method, kXencNamespace, "OAEPparams");
-  if (params == nullptr) return InvalidArgumentError("EncryptedKey has no OAEPparams label");
-  auto label = crypto::Base64Decode(Text(params));
-  if (!label.ok()) return InvalidArgumentError("OAEPparams is not base64");
-  key->oaep_label = std::move(*label);
-  if (key->oaep_label != OaepLabel(*tag)) {
-    return InvalidArgumentError("OAEP label does not match the tag's identity");
+    key->oaep_label = OaepLabel(*tag);
+  } else {
+    xmlNode* dm = FirstChild(method, kDsNamespace, "DigestMethod");
+    std::string digest = dm != nullptr ? Attr(dm, "", "Algorithm").value_or("") : "";
+    if (standard) {
+      xmlNode* mgf = FirstChild(method, kXenc11Namespace, "MGF");
+      if (digest != kSha256Uri || mgf == nullptr ||
+          Attr(mgf, "", "Algorithm").value_or("") != kMgf1Sha256Uri) {
+        return InvalidArgumentError("rsa-oaep key wrap must use SHA-256 and MGF1-SHA256");
+      }
+    } else if (!digest.empty() && digest != kSha1Uri) {
+      return InvalidArgumentError("rsa-oaep-mgf1p key wrap must use SHA-1");
+    }
+    xmlNode* params = FirstChild(method, kXencNamespace, "OAEPparams");
+    if (params == nullptr) return InvalidArgumentError("EncryptedKey has no OAEPparams label");
+    auto label = crypto::Base64Decode(Text(params));
+    if (!label.ok()) return InvalidArgumentError("OAEPparams is not base64");
+    key->oaep_label = std::move(*label);
+    if (key->oaep_label != OaepLabel(*tag)) {
+      return InvalidArgumentError("OAEP label does not match the tag's identity");
+    }
   }
   xmlNode* ki = FirstChild(ek, kDsNamespace, "KeyInfo");
   xmlNode* kn = ki != nullptr ? FirstChild(ki, kDsNamespace, "KeyName") : nullptr;
@@ -480,6 +499,10 @@ Status Descriptor::ReadEncryption(EncryptionTag* tag, WrappedKey* key) const {
   auto ct = crypto::Base64Decode(cv_text);
   if (!ct.ok() || ct->empty() || ct->size() > kMaxWrappedKeyBytes) {
     return InvalidArgumentError("EncryptedKey CipherValue is not a valid wrapped key");
+  }
+  if (x25519 && ct->size() != crypto::kX25519WrappedBytes) {
+    return InvalidArgumentError("an x25519 wrapped key must be " +
+                                std::to_string(crypto::kX25519WrappedBytes) + " bytes");
   }
   key->ciphertext = std::move(*ct);
 

@@ -22,7 +22,7 @@ namespace vmseal::ovf {
 struct EncryptionTag {
   std::string format;               // "vmseal-package"
   uint32_t version = 0;             // 1
-  std::string key_wrap_algorithm;   // kRsaOaepUri or kRsaOaepMgf1pUri
+  std::string key_wrap_algorithm;   // kRsaOaepUri, kX25519WrapUri or kRsaOaepMgf1pUri
   std::string data_algorithm;       // kStreamAlgorithmUri or kAes256GcmUri
   uint32_t chunk_size_bytes = 0;    // stream chunk size; 0 for AES-GCM
   std::string key_id;               // "sha256:<hex of the recipient SPKI digest>"
@@ -35,7 +35,9 @@ struct EncryptionTag {
 // The wrapped data key and how it was wrapped (the EncryptedKey).
 struct WrappedKey {
   std::string algorithm;            // EncryptionMethod Algorithm
-  std::vector<uint8_t> oaep_label;  // OAEPparams as stored
+  // The §5 label: OAEPparams as stored (RSA-OAEP), or recomputed from the
+  // tag for kX25519WrapUri, which stores none and uses it as associated data.
+  std::vector<uint8_t> oaep_label;
   std::vector<uint8_t> ciphertext;  // CipherValue
 };
 
@@ -67,7 +69,8 @@ struct PlainFileInfo {
 // [A-Za-z0-9._:@-].
 Status ValidateIdentity(std::string_view what, std::string_view value);
 
-// The OAEP label (§5) binding a wrapped key to the tag's identity.
+// The label (§5) binding a wrapped key to the tag's identity: the RSA-OAEP
+// label, or the associated data of the X25519 wrap.
 std::vector<uint8_t> OaepLabel(const EncryptionTag& tag);
 
 // A parsed descriptor. Move-only; owns its libxml2 document.

@@ -77,6 +77,49 @@ TEST(DescriptorTest, AddEncryptionProducesValidDescriptorAndReadsBack) {
   EXPECT_EQ(back->Files()[0].encryption_algorithm, kStreamAlgorithmUri);
 }
 
+TEST(DescriptorTest, X25519WrapHasNoOaepParametersAndReadsBackTheLabel) {
+  auto d = Descriptor::Parse(Generated());
+  ASSERT_OK(d);
+  EncryptionTag tag = SampleTag();
+  tag.key_wrap_algorithm = std::string(kX25519WrapUri);
+  WrappedKey key{std::string(kX25519WrapUri), OaepLabel(tag), std::vector<uint8_t>(93, 7)};
+  ASSERT_OK(d->AddEncryption(tag, key, {{"file1", "disk1.raw.vmseal", 1234}}));
+  const std::string text = d->Serialize();
+  EXPECT_EQ(text.find("OAEPparams"), std::string::npos);
+  EXPECT_EQ(text.find("DigestMethod"), std::string::npos);
+  EXPECT_EQ(text.find("xenc11"), std::string::npos);
+  TempDir dir;
+  WriteFileOrDie(dir.File("s.ovf"), text);
+  EXPECT_TRUE(testing::ValidatesAgainstSchema(dir.File("s.ovf")));
+  auto back = Descriptor::Parse(text);
+  ASSERT_OK(back);
+  EncryptionTag t;
+  WrappedKey k;
+  ASSERT_OK(back->ReadEncryption(&t, &k));
+  EXPECT_EQ(t.key_wrap_algorithm, kX25519WrapUri);
+  EXPECT_EQ(k.algorithm, kX25519WrapUri);
+  EXPECT_EQ(k.oaep_label, OaepLabel(tag));
+  EXPECT_EQ(k.ciphertext, key.ciphertext);
+}
+
+TEST(DescriptorTest, X25519WrapWithGcmFilesIsAnUnsupportedCombination) {
+  auto d = Descriptor::Parse(Generated());
+  ASSERT_OK(d);
+  EncryptionTag tag = SampleTag();
+  tag.key_wrap_algorithm = std::string(kX25519WrapUri);
+  tag.data_algorithm = std::string(kAes256GcmUri);
+  tag.chunk_size_bytes = 0;
+  ASSERT_OK(d->AddEncryption(tag, {std::string(kX25519WrapUri), OaepLabel(tag),
+                                   std::vector<uint8_t>(93, 7)},
+                             {{"file1", "disk1.raw.vmseal", 1234}}));
+  auto back = Descriptor::Parse(d->Serialize());
+  ASSERT_OK(back);
+  EncryptionTag t;
+  WrappedKey k;
+  EXPECT_STATUS(back->ReadEncryption(&t, &k), StatusCode::kInvalidArgument,
+                "unsupported algorithm combination");
+}
+
 TEST(DescriptorTest, RemoveEncryptionRestoresPlainFiles) {
   auto d = Descriptor::Parse(Generated());
   ASSERT_OK(d);

@@ -99,11 +99,6 @@ class AtomicOutputDir {
   bool committed_ = false;
 };
 
-internal::OaepDigest DigestFor(std::string_view wrap_algorithm) {
-  return wrap_algorithm == kRsaOaepUri ? internal::OaepDigest::kSha256
-                                       : internal::OaepDigest::kSha1;
-}
-
 // Keeps the stored file alive for as long as the reader.
 class OwningStreamReader : public stream::StreamReader {
  public:
@@ -298,8 +293,8 @@ StatusOr<SecretBytes> Package::UnwrapDataKey(std::string_view private_key_pem) c
                                    tag_.key_id + ")");
   }
   ASSIGN_OR_RETURN(SecretBytes data_key,
-                   internal::UnwrapKey(key, DigestFor(wrapped_key_.algorithm),
-                                       wrapped_key_.ciphertext, OaepLabel(tag_)));
+                   internal::UnwrapKey(key, wrapped_key_.algorithm, wrapped_key_.ciphertext,
+                                       OaepLabel(tag_)));
   if (data_key.size() != stream::kDataKeyBytes) return DataLossError("decryption failed");
   return data_key;
 }
@@ -369,7 +364,9 @@ Status SealPackage(Env* env, const SealOptions& options, const std::string& out_
   EncryptionTag tag;
   tag.format = std::string(kTagFormat);
   tag.version = kTagVersion;
-  tag.key_wrap_algorithm = std::string(options.xmlenc_compat ? kRsaOaepMgf1pUri : kRsaOaepUri);
+  ASSIGN_OR_RETURN(std::string_view wrap_algorithm,
+                   internal::WrapAlgorithmFor(recipient.type(), options.xmlenc_compat));
+  tag.key_wrap_algorithm = std::string(wrap_algorithm);
   tag.data_algorithm = std::string(options.xmlenc_compat ? kAes256GcmUri : kStreamAlgorithmUri);
   tag.key_id = internal::KeyId(recipient);
   tag.image_id = options.image_id.empty() ? RandomUuid() : options.image_id;
@@ -459,7 +456,7 @@ Status SealPackage(Env* env, const SealOptions& options, const std::string& out_
   wrapped.algorithm = tag.key_wrap_algorithm;
   wrapped.oaep_label = OaepLabel(tag);
   ASSIGN_OR_RETURN(wrapped.ciphertext,
-                   internal::WrapKey(recipient, DigestFor(tag.key_wrap_algorithm), data_key,
+                   internal::WrapKey(recipient, tag.key_wrap_algorithm, data_key,
                                      wrapped.oaep_label));
   RETURN_IF_ERROR(descriptor.AddEncryption(tag, wrapped, sealed));
   const std::string sealed_descriptor = descriptor.Serialize();

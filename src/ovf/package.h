@@ -61,9 +61,11 @@ class Package {
   // package lives.
   StatusOr<std::unique_ptr<RandomAccessFile>> OpenStoredFile(const std::string& file_id) const;
 
-  // Customer side: unwraps the data key with the recipient's PEM private key.
-  // FAILED_PRECONDITION if the key's id is not the tag's keyId; DATA_LOSS
-  // "decryption failed" if the unwrap fails (wrong key or changed identity).
+  // Customer side: unwraps the data key with the recipient's PEM private key
+  // (RSA-OAEP or X25519, as the package's key wrap says).
+  // FAILED_PRECONDITION if the key's id is not the tag's keyId or its type
+  // does not fit the key wrap; DATA_LOSS "decryption failed" if the unwrap
+  // fails (wrong key or changed identity).
   StatusOr<SecretBytes> UnwrapDataKey(std::string_view private_key_pem) const;
 
   // The stream context of a file (§6): image id "<imageId>/<file id>".
@@ -101,7 +103,9 @@ struct SealOptions {
   // One or more raw/qcow2 disk images, or exactly one OVF/OVA package (an
   // .ova file, an .ovf file or a directory holding one).
   std::vector<std::string> inputs;
-  // The recipient: PEM certificate or PEM public key (RSA >= 2048 bits).
+  // The recipient: PEM certificate or PEM public key, RSA-2048, RSA-3072
+  // or X25519. The key type picks the key wrap (§3): rsa-oaep or the
+  // X25519 wrap.
   std::string recipient_pem;
   // Identity bound into the key wrap; empty image_id = a random UUID.
   std::string image_id;
@@ -112,7 +116,7 @@ struct SealOptions {
   // true: one OVA file at the output path; false: a directory.
   bool ova = true;
   // One standard AES-256-GCM message per file, key wrapped with
-  // rsa-oaep-mgf1p (§3.2). Default: the stream format.
+  // rsa-oaep-mgf1p (§3.2); RSA recipients only. Default: the stream format.
   bool xmlenc_compat = false;
   // Stream chunk size (0 = the stream format's default).
   uint32_t chunk_size_bytes = 0;

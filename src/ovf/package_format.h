@@ -28,6 +28,10 @@ inline constexpr std::string_view kAes256GcmUri = "http://www.w3.org/2009/xmlenc
 inline constexpr std::string_view kRsaOaepUri = "http://www.w3.org/2009/xmlenc11#rsa-oaep";
 inline constexpr std::string_view kRsaOaepMgf1pUri =
     "http://www.w3.org/2001/04/xmlenc#rsa-oaep-mgf1p";
+// The X25519 key wrap of docs/format/key-wrap.md "X25519" with the §5 label
+// as its associated data (standard profile, X25519 recipients only).
+inline constexpr std::string_view kX25519WrapUri =
+    "https://vmseal.dev/ns/wrap/x25519-hkdf-sha256-aes256gcm-v1";
 inline constexpr std::string_view kSha256Uri = "http://www.w3.org/2001/04/xmlenc#sha256";
 inline constexpr std::string_view kSha1Uri = "http://www.w3.org/2000/09/xmldsig#sha1";
 inline constexpr std::string_view kMgf1Sha256Uri = "http://www.w3.org/2009/xmlenc11#mgf1sha256";
@@ -41,7 +45,7 @@ inline constexpr std::string_view kEncryptedKeyId = "vmseal-key";
 inline constexpr std::string_view kEncryptedDataIdPrefix = "vmseal-data-";
 inline constexpr std::string_view kTagPropertyId = "vmseal-tag";
 
-// §5 The OAEP label prefix (followed by length-prefixed fields).
+// §5 The label prefix (followed by length-prefixed fields).
 inline constexpr std::string_view kOaepLabelPrefix = "vmseal-package-key-v1";
 
 // §6 File naming: a sealed file's href is the plaintext href plus this.

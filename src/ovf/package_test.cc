@@ -3,10 +3,14 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 
+#include "crypto/key_wrap.h"
+#include "crypto/keys.h"
 #include "crypto/primitives.h"
+#include "crypto/x509.h"
 #include "ovf/internal/disk_cipher.h"
 #include "ovf/manifest.h"
 #include "ovf/ovf_test_helpers.h"
@@ -38,6 +42,37 @@ void ReplaceAll(std::string* s, const std::string& from, const std::string& to) 
   for (size_t pos = 0; (pos = s->find(from, pos)) != std::string::npos; pos += to.size()) {
     s->replace(pos, from.size(), to);
   }
+}
+
+std::string PemText(const crypto::PrivateKey& key) {
+  auto pem = key.ToPem();
+  EXPECT_OK(pem);
+  return pem.ok() ? std::string(crypto::AsStringView(pem->UnsafeSpan())) : "";
+}
+
+// X25519 recipients (the RSA ones are testing::TestKey() and OtherTestKey()).
+struct X25519KeyPem {
+  std::string private_pem;
+  std::string public_pem;
+};
+X25519KeyPem NewX25519Key() {
+  auto key = crypto::PrivateKey::Generate(crypto::KeyType::kX25519);
+  EXPECT_OK(key);
+  if (!key.ok()) return {};
+  return {PemText(*key), key->Public().ToPem()};
+}
+const X25519KeyPem& X25519Key() {
+  static const X25519KeyPem* key = new X25519KeyPem(NewX25519Key());
+  return *key;
+}
+
+// The text between <xenc:CipherValue> and </xenc:CipherValue>.
+std::string CipherValueOf(const std::string& descriptor) {
+  const std::string open = "<xenc:CipherValue>";
+  size_t b = descriptor.find(open);
+  size_t e = descriptor.find("</xenc:CipherValue>");
+  if (b == std::string::npos || e == std::string::npos) return "";
+  return descriptor.substr(b + open.size(), e - b - open.size());
 }
 
 class PackageTest : public ::testing::Test {
@@ -118,12 +153,13 @@ class PackageTest : public ::testing::Test {
   }
   std::string& DescriptorOf(std::vector<RawMember>* members) { return (*members)[0].data; }
 
-  // Unseals and expects failure with no output and no temp left beside it.
-  void ExpectUnsealFails(const std::string& package, StatusCode code, const std::string& substr) {
+  // Unseals (with the RSA test key unless `private_pem` is given) and
+  // expects failure with no output and no temp left beside it.
+  void ExpectUnsealFails(const std::string& package, StatusCode code, const std::string& substr,
+                         const std::string& private_pem = TestKey().private_pem) {
     std::string out = dir_.File("unsealed");
     auto before = ListDir(dir_.path());
-    EXPECT_STATUS(UnsealPackage(Env::Default(), package, TestKey().private_pem, out), code,
-                  substr);
+    EXPECT_STATUS(UnsealPackage(Env::Default(), package, private_pem, out), code, substr);
     EXPECT_FALSE(fs::exists(out));
     EXPECT_EQ(ListDir(dir_.path()).size(), before.size());
   }
@@ -520,6 +556,202 @@ TEST_F(StreamPackageTest, SwappedDisksFailToDecrypt) {
   std::string bad = Rewrite(ova, "bad.ova", [](auto* m) { std::swap((*m)[1].data, (*m)[2].data); },
                             true);
   ExpectUnsealFails(bad, StatusCode::kDataLoss, "decryption failed");
+}
+
+// --- X25519 recipients (standard profile only). ---
+
+class X25519PackageTest : public StreamPackageTest {
+ protected:
+  // Seals `inputs` to the X25519 test key into dir_/name.
+  std::string SealX25519(std::vector<std::string> inputs, const std::string& name = "x.ova") {
+    SealOptions o = Options(std::move(inputs), /*compat=*/false);
+    o.recipient_pem = X25519Key().public_pem;
+    o.ova = name.ends_with(".ova");
+    std::string out = dir_.File(name);
+    EXPECT_OK(SealPackage(Env::Default(), o, out));
+    EXPECT_TRUE(DescriptorValidates(out));
+    return out;
+  }
+};
+
+TEST_F(X25519PackageTest, RoundTripsThroughUnseal) {
+  std::string disk = MakeRaw("disk.img", 300000);
+  std::string ova = SealX25519({disk});
+  std::string out = dir_.File("plain");
+  ASSERT_OK(UnsealPackage(Env::Default(), ova, X25519Key().private_pem, out));
+  EXPECT_EQ(ReadFileOrDie(out + "/disk1.raw"), ReadFileOrDie(disk));
+  EXPECT_TRUE(ValidatesAgainstSchema(out + "/x.ovf"));
+}
+
+TEST_F(X25519PackageTest, TagAndEncryptedKeyNameTheX25519WrapWithoutOaepParameters) {
+  std::string ova = SealX25519({MakeRaw("disk.img", 10)});
+  auto p = Package::Open(Env::Default(), ova, PackageOpenOptions());
+  ASSERT_OK(p);
+  EXPECT_EQ((*p)->tag().key_wrap_algorithm, kX25519WrapUri);
+  EXPECT_EQ((*p)->tag().data_algorithm, kStreamAlgorithmUri);
+  EXPECT_EQ((*p)->wrapped_key().algorithm, kX25519WrapUri);
+  EXPECT_EQ((*p)->wrapped_key().ciphertext.size(), crypto::kX25519WrappedBytes);
+  // The reader recomputes the label the host sends to the KMS.
+  EXPECT_EQ((*p)->wrapped_key().oaep_label, OaepLabel((*p)->tag()));
+  const std::string& text = (*p)->descriptor_text();
+  EXPECT_NE(text.find("<xenc:EncryptionMethod Algorithm=\"" + std::string(kX25519WrapUri) + "\"/>"),
+            std::string::npos)
+      << text;
+  EXPECT_EQ(text.find("OAEPparams"), std::string::npos);
+  EXPECT_EQ(text.find("DigestMethod"), std::string::npos);
+}
+
+TEST_F(X25519PackageTest, WrapUsesTheWholePackageLabelAsAssociatedData) {
+  std::string ova = SealX25519({MakeRaw("disk.img", 10)});
+  auto p = Package::Open(Env::Default(), ova, PackageOpenOptions());
+  ASSERT_OK(p);
+  auto key = crypto::PrivateKey::FromPem(SecretBytes(crypto::AsBytes(X25519Key().private_pem)));
+  ASSERT_OK(key);
+  const std::vector<uint8_t> label = OaepLabel((*p)->tag());
+  auto data_key = crypto::X25519Unwrap(*key, (*p)->wrapped_key().ciphertext,
+                                       crypto::AsStringView(label));
+  ASSERT_OK(data_key);
+  auto via_package = (*p)->UnwrapDataKey(X25519Key().private_pem);
+  ASSERT_OK(via_package);
+  EXPECT_TRUE(data_key->Equals(*via_package));
+  // The label holds zero bytes: the associated data is not cut at the first.
+  const size_t zero = std::find(label.begin(), label.end(), 0) - label.begin();
+  ASSERT_LT(zero, label.size());
+  EXPECT_STATUS(crypto::X25519Unwrap(*key, (*p)->wrapped_key().ciphertext,
+                                     crypto::AsStringView(std::span(label).first(zero))),
+                StatusCode::kDataLoss, "decryption failed");
+}
+
+TEST_F(X25519PackageTest, CertificateRecipientIsAccepted) {
+  auto ca = crypto::CreateSelfSignedCa({"test CA"});
+  ASSERT_OK(ca);
+  auto pub = crypto::PublicKey::FromPem(X25519Key().public_pem);
+  ASSERT_OK(pub);
+  crypto::IssueOptions io;
+  io.common_name = "customer-key";
+  auto cert = crypto::IssueCertificate(*ca, *pub, io);
+  ASSERT_OK(cert);
+  std::string disk = MakeRaw("disk.img", 5000);
+  SealOptions o = Options({disk}, /*compat=*/false);
+  o.recipient_pem = cert->ToPem();
+  ASSERT_OK(SealPackage(Env::Default(), o, dir_.File("c.ova")));
+  auto p = Package::Open(Env::Default(), dir_.File("c.ova"), PackageOpenOptions());
+  ASSERT_OK(p);
+  EXPECT_EQ((*p)->tag().key_wrap_algorithm, kX25519WrapUri);
+  EXPECT_EQ((*p)->tag().key_id, "sha256:" + pub->KeyId());
+  std::string out = dir_.File("plain");
+  ASSERT_OK(UnsealPackage(Env::Default(), dir_.File("c.ova"), X25519Key().private_pem, out));
+  EXPECT_EQ(ReadFileOrDie(out + "/disk1.raw"), ReadFileOrDie(disk));
+}
+
+TEST_F(X25519PackageTest, OtherX25519KeyIsRefused) {
+  std::string ova = SealX25519({MakeRaw("disk.img", 10)});
+  ExpectUnsealFails(ova, StatusCode::kFailedPrecondition, "not the package's recipient",
+                    NewX25519Key().private_pem);
+}
+
+TEST_F(X25519PackageTest, RsaKeyIsRefused) {
+  std::string ova = SealX25519({MakeRaw("disk.img", 10)});
+  ExpectUnsealFails(ova, StatusCode::kFailedPrecondition, "not the package's recipient");
+}
+
+TEST_F(X25519PackageTest, ChangedIdentityFailsDecryption) {
+  std::string ova = SealX25519({MakeRaw("disk.img", 10)});
+  std::string bad = Rewrite(ova, "bad.ova", [&](auto* m) {
+    ReplaceAll(&DescriptorOf(m), "imageId=\"img-0001\"", "imageId=\"img-0002\"");
+  }, true);
+  ExpectUnsealFails(bad, StatusCode::kDataLoss, "decryption failed", X25519Key().private_pem);
+}
+
+TEST_F(X25519PackageTest, ChangedKeyVersionFailsDecryption) {
+  std::string ova = SealX25519({MakeRaw("disk.img", 10)});
+  std::string bad = Rewrite(ova, "bad.ova", [&](auto* m) {
+    ReplaceAll(&DescriptorOf(m), "keyVersion=\"1\"", "keyVersion=\"2\"");
+  }, true);
+  ExpectUnsealFails(bad, StatusCode::kDataLoss, "decryption failed", X25519Key().private_pem);
+}
+
+TEST_F(X25519PackageTest, TamperedWrappedKeyFailsDecryption) {
+  std::string ova = SealX25519({MakeRaw("disk.img", 10)});
+  std::string bad = Rewrite(ova, "bad.ova", [&](auto* m) {
+    std::string& d = DescriptorOf(m);
+    const std::string b64 = CipherValueOf(d);
+    auto wrapped = crypto::Base64Decode(b64);
+    ASSERT_OK(wrapped);
+    ASSERT_EQ(wrapped->size(), crypto::kX25519WrappedBytes);
+    (*wrapped)[60] ^= 0x01;  // inside the encrypted data key
+    ReplaceAll(&d, b64, crypto::Base64Encode(*wrapped));
+  }, true);
+  ExpectUnsealFails(bad, StatusCode::kDataLoss, "decryption failed", X25519Key().private_pem);
+}
+
+TEST_F(X25519PackageTest, WrappedKeyOfAnotherLengthIsRejectedBeforeUse) {
+  std::string ova = SealX25519({MakeRaw("disk.img", 10)});
+  std::string bad = Rewrite(ova, "bad.ova", [&](auto* m) {
+    std::string& d = DescriptorOf(m);
+    const std::string b64 = CipherValueOf(d);
+    auto wrapped = crypto::Base64Decode(b64);
+    ASSERT_OK(wrapped);
+    wrapped->push_back(0);
+    ReplaceAll(&d, b64, crypto::Base64Encode(*wrapped));
+  }, true);
+  ExpectUnsealFails(bad, StatusCode::kInvalidArgument, "x25519 wrapped key must be 93 bytes",
+                    X25519Key().private_pem);
+}
+
+TEST_F(X25519PackageTest, OaepParametersOnTheX25519WrapAreRejected) {
+  std::string ova = SealX25519({MakeRaw("disk.img", 10)});
+  std::string bad = Rewrite(ova, "bad.ova", [&](auto* m) {
+    ReplaceAll(&DescriptorOf(m),
+               "<xenc:EncryptionMethod Algorithm=\"" + std::string(kX25519WrapUri) + "\"/>",
+               "<xenc:EncryptionMethod Algorithm=\"" + std::string(kX25519WrapUri) +
+                   "\"><xenc:OAEPparams>AA==</xenc:OAEPparams></xenc:EncryptionMethod>");
+  }, true);
+  ExpectUnsealFails(bad, StatusCode::kInvalidArgument, "takes no EncryptionMethod parameters",
+                    X25519Key().private_pem);
+}
+
+TEST_F(X25519PackageTest, UnknownKeyWrapAlgorithmIsRejected) {
+  std::string ova = SealX25519({MakeRaw("disk.img", 10)});
+  std::string bad = Rewrite(ova, "bad.ova", [&](auto* m) {
+    ReplaceAll(&DescriptorOf(m), std::string(kX25519WrapUri),
+               "https://vmseal.dev/ns/wrap/x448-hkdf-sha512-aes256gcm-v1");
+  }, true);
+  ExpectUnsealFails(bad, StatusCode::kInvalidArgument, "unknown key wrap algorithm in tag",
+                    X25519Key().private_pem);
+}
+
+TEST_F(X25519PackageTest, RsaTagOnAnX25519PackageIsRejected) {
+  std::string ova = SealX25519({MakeRaw("disk.img", 10)});
+  std::string bad = Rewrite(ova, "bad.ova", [&](auto* m) {
+    ReplaceAll(&DescriptorOf(m), std::string(kX25519WrapUri), std::string(kRsaOaepUri));
+  }, true);
+  ExpectUnsealFails(bad, StatusCode::kInvalidArgument, "rsa-oaep key wrap must use SHA-256",
+                    X25519Key().private_pem);
+}
+
+TEST_F(X25519PackageTest, XmlencCompatRefusesAnX25519Recipient) {
+  SealOptions o = Options({MakeRaw("disk.img", 10)}, /*compat=*/true);
+  o.recipient_pem = X25519Key().public_pem;
+  EXPECT_STATUS(SealPackage(Env::Default(), o, dir_.File("x.ova")), StatusCode::kInvalidArgument,
+                "--xmlenc-compat needs an RSA recipient key");
+  EXPECT_FALSE(fs::exists(dir_.File("x.ova")));
+}
+
+TEST_F(X25519PackageTest, DiskReaderReadsARangeWithTheUnwrappedKey) {
+  std::string disk = MakeRaw("disk.img", 200000);
+  std::string ova = SealX25519({disk});
+  auto p = Package::Open(Env::Default(), ova, PackageOpenOptions());
+  ASSERT_OK(p);
+  auto key = (*p)->UnwrapDataKey(X25519Key().private_pem);
+  ASSERT_OK(key);
+  auto reader = (*p)->NewDiskReader("file1", *key);
+  ASSERT_OK(reader);
+  std::string buf(500, '\0');
+  auto n = (*reader)->ReadAt(150000,
+                             std::span<uint8_t>(reinterpret_cast<uint8_t*>(buf.data()), 500));
+  ASSERT_OK(n);
+  EXPECT_EQ(buf, ReadFileOrDie(disk).substr(150000, 500));
 }
 
 TEST_F(PackageTest, FailedSealLeavesNoOutput) {

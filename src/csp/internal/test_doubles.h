@@ -66,15 +66,27 @@ class FakeKmsClient final : public KmsClient {
     return last_query_;
   }
 
-  StatusOr<CustomerKey> CreateCustomerKey(const std::string& customer_id) override {
+  // The algorithm of the last key creation asked for.
+  std::string last_key_algorithm() {
     std::lock_guard<std::mutex> lock(mu_);
+    return last_key_algorithm_;
+  }
+
+  // X25519 keys as asked; any other algorithm gets a P-256 key (cheaper
+  // than RSA, and the portal only stores the public half).
+  StatusOr<CustomerKey> CreateCustomerKey(const std::string& customer_id,
+                                          const std::string& algorithm) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    last_key_algorithm_ = algorithm;
     if (unavailable_) return UnavailableError("HTTPS request failed: Connection");
     if (ca_ == nullptr) return InternalError("fake KMS CA missing");
-    ASSIGN_OR_RETURN(auto key, crypto::PrivateKey::Generate(crypto::KeyType::kEcP256));
+    const bool x25519 = algorithm == "X25519";
+    ASSIGN_OR_RETURN(auto key, crypto::PrivateKey::Generate(x25519 ? crypto::KeyType::kX25519
+                                                                   : crypto::KeyType::kEcP256));
     CustomerKey out;
     out.key_id = "key-" + std::to_string(++keys_);
     out.customer_id = customer_id;
-    out.algorithm = "P-256";
+    out.algorithm = x25519 ? "X25519" : "P-256";
     out.public_key_pem = key.Public().ToPem();
     crypto::IssueOptions io;
     io.common_name = out.key_id;
@@ -121,6 +133,7 @@ class FakeKmsClient final : public KmsClient {
   bool unavailable_ = false;
   int placement_checks_ = 0;
   int keys_ = 0;
+  std::string last_key_algorithm_;
   std::pair<std::string, std::string> last_query_;
   std::map<std::string, std::string> policies_;
 };

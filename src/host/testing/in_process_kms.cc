@@ -3,6 +3,7 @@
 #include "attest/ek_certificate.h"
 #include "attest/verifier.h"
 #include "crypto/key_wrap.h"
+#include "ovf/package_format.h"
 
 namespace vmseal::host::testing {
 
@@ -44,9 +45,15 @@ StatusOr<ReleasedKey> InProcessKms::Release(const ReleaseRequest& request) {
   if (allowed_pcr7.count(crypto::HexEncode(pcr7)) == 0) {
     return PermissionDeniedError("pcr_policy: PCR 7 matches no allowed flavor");
   }
+  // As the KMS: the package's key wrap must be the customer key's.
+  const bool x25519 = customer_key_.type() == crypto::KeyType::kX25519;
+  if (request.wrap_algorithm != (x25519 ? ovf::kX25519WrapUri : ovf::kRsaOaepUri)) {
+    return PermissionDeniedError("unknown_key: the customer key does not unwrap " +
+                                 request.wrap_algorithm);
+  }
   ASSIGN_OR_RETURN(SecretBytes data_key,
-                   crypto::RsaOaepUnwrap(customer_key_, request.wrapped_key,
-                                         crypto::AsStringView(request.oaep_label)));
+                   crypto::UnwrapKey(customer_key_, request.wrapped_key,
+                                     crypto::AsStringView(request.oaep_label)));
   ASSIGN_OR_RETURN(crypto::PublicKey binding,
                    crypto::PublicKey::FromPem(verified.binding_key.spki_pem));
   std::string ad = "vmseal-release:" + request.image_id;

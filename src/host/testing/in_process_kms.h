@@ -1,6 +1,7 @@
 // A KMS double for tests and benchmarks (never linked into vmseal): the real
 // checks of enrollment (EK certificate chain, MakeCredential/activation),
-// evidence (attest::VerifyEvidence) and the real key wrapping, with an
+// evidence (attest::VerifyEvidence) and the real key wrapping (RSA-OAEP or
+// X25519, as the customer key and the package's key wrap say), with an
 // allow-list of PCR-7 values as its whole release policy. Not thread-safe.
 #ifndef VMSEAL_HOST_TESTING_IN_PROCESS_KMS_H_
 #define VMSEAL_HOST_TESTING_IN_PROCESS_KMS_H_

@@ -7,15 +7,29 @@
 #include "crypto/key_wrap.h"
 #include "crypto/primitives.h"
 #include "crypto/ssl_util.h"
+#include "ovf/package_format.h"
 
 namespace vmseal::ovf::internal {
 namespace {
 
-Status CheckRsa(crypto::KeyType type) {
-  if (type != crypto::KeyType::kRsa2048 && type != crypto::KeyType::kRsa3072) {
-    return InvalidArgumentError("the recipient key must be RSA-2048 or RSA-3072");
+bool IsRsa(crypto::KeyType type) {
+  return type == crypto::KeyType::kRsa2048 || type == crypto::KeyType::kRsa3072;
+}
+
+Status CheckRecipient(crypto::KeyType type) {
+  if (!IsRsa(type) && type != crypto::KeyType::kX25519) {
+    return InvalidArgumentError("the recipient key must be RSA-2048, RSA-3072 or X25519");
   }
   return OkStatus();
+}
+
+// Whether `type` is the key type `algorithm` wraps to; INVALID_ARGUMENT for
+// an algorithm that is not a package key wrap.
+StatusOr<bool> KeyFits(std::string_view algorithm, crypto::KeyType type) {
+  if (algorithm == kX25519WrapUri) return type == crypto::KeyType::kX25519;
+  if (algorithm == kRsaOaepUri || algorithm == kRsaOaepMgf1pUri) return IsRsa(type);
+  return InvalidArgumentError("unknown key wrap algorithm: " +
+                              std::string(algorithm.substr(0, 200)));
 }
 
 // OAEP with SHA-1 for label hash and MGF1 (XML Encryption rsa-oaep-mgf1p).
@@ -48,27 +62,47 @@ StatusOr<crypto::PublicKey> LoadPublicKeyPem(std::string_view pem) {
     crypto::EvpPkeyPtr pkey(X509_get_pubkey(cert.get()));
     if (!pkey) return InvalidArgumentError("certificate has no usable public key");
     ASSIGN_OR_RETURN(crypto::PublicKey key, crypto::PublicKey::FromEvpPkey(pkey.get()));
-    RETURN_IF_ERROR(CheckRsa(key.type()));
+    RETURN_IF_ERROR(CheckRecipient(key.type()));
     return key;
   }
   ASSIGN_OR_RETURN(crypto::PublicKey key, crypto::PublicKey::FromPem(pem));
-  RETURN_IF_ERROR(CheckRsa(key.type()));
+  RETURN_IF_ERROR(CheckRecipient(key.type()));
   return key;
 }
 
 StatusOr<crypto::PrivateKey> LoadPrivateKeyPem(std::string_view pem) {
   ASSIGN_OR_RETURN(crypto::PrivateKey key,
                    crypto::PrivateKey::FromPem(SecretBytes(crypto::AsBytes(pem))));
-  RETURN_IF_ERROR(CheckRsa(key.type()));
+  RETURN_IF_ERROR(CheckRecipient(key.type()));
   return key;
 }
 
 std::string KeyId(const crypto::PublicKey& key) { return "sha256:" + key.KeyId(); }
 
-StatusOr<std::vector<uint8_t>> WrapKey(const crypto::PublicKey& public_key, OaepDigest digest,
-                                       const SecretBytes& key,
+StatusOr<std::string_view> WrapAlgorithmFor(crypto::KeyType type, bool xmlenc_compat) {
+  RETURN_IF_ERROR(CheckRecipient(type));
+  if (type == crypto::KeyType::kX25519) {
+    if (xmlenc_compat) {
+      return InvalidArgumentError(
+          "--xmlenc-compat needs an RSA recipient key (its key wrap is rsa-oaep-mgf1p)");
+    }
+    return kX25519WrapUri;
+  }
+  return xmlenc_compat ? kRsaOaepMgf1pUri : kRsaOaepUri;
+}
+
+StatusOr<std::vector<uint8_t>> WrapKey(const crypto::PublicKey& public_key,
+                                       std::string_view algorithm, const SecretBytes& key,
                                        std::span<const uint8_t> label) {
-  if (digest == OaepDigest::kSha256) {
+  ASSIGN_OR_RETURN(bool fits, KeyFits(algorithm, public_key.type()));
+  if (!fits) {
+    return InvalidArgumentError("key type " + std::string(crypto::KeyTypeName(public_key.type())) +
+                                " does not fit key wrap " + std::string(algorithm));
+  }
+  if (algorithm == kX25519WrapUri) {
+    return crypto::X25519Wrap(public_key, key, crypto::AsStringView(label));
+  }
+  if (algorithm == kRsaOaepUri) {
     return crypto::RsaOaepWrap(public_key, key, crypto::AsStringView(label));
   }
   crypto::EvpPkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_pkey(nullptr, public_key.pkey(), nullptr));
@@ -86,11 +120,20 @@ StatusOr<std::vector<uint8_t>> WrapKey(const crypto::PublicKey& public_key, Oaep
   return out;
 }
 
-StatusOr<SecretBytes> UnwrapKey(const crypto::PrivateKey& private_key, OaepDigest digest,
-                                std::span<const uint8_t> wrapped,
+StatusOr<SecretBytes> UnwrapKey(const crypto::PrivateKey& private_key,
+                                std::string_view algorithm, std::span<const uint8_t> wrapped,
                                 std::span<const uint8_t> label) {
-  if (digest == OaepDigest::kSha256) {
-    auto key = crypto::RsaOaepUnwrap(private_key, wrapped, crypto::AsStringView(label));
+  ASSIGN_OR_RETURN(bool fits, KeyFits(algorithm, private_key.type()));
+  if (!fits) {
+    return FailedPreconditionError("the private key (" +
+                                   std::string(crypto::KeyTypeName(private_key.type())) +
+                                   ") does not fit the package's key wrap " +
+                                   std::string(algorithm));
+  }
+  if (algorithm == kRsaOaepUri || algorithm == kX25519WrapUri) {
+    auto key = algorithm == kRsaOaepUri
+                   ? crypto::RsaOaepUnwrap(private_key, wrapped, crypto::AsStringView(label))
+                   : crypto::X25519Unwrap(private_key, wrapped, crypto::AsStringView(label));
     if (!key.ok()) return DataLossError("decryption failed");
     return std::move(key).value();
   }

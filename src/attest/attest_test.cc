@@ -140,7 +140,7 @@ TEST_F(SoftwareTpmTest, GoodCertifyExportsBindingKey) {
   ASSERT_OK(v);
   EXPECT_EQ(v->modulus, B(pub.unique.rsa));
   EXPECT_EQ(v->exponent, 65537u);
-  EXPECT_NE(v->spki_pem.find("BEGIN PUBLIC KEY"), std::string::npos);
+  EXPECT_NE(v->SpkiPem().find("BEGIN PUBLIC KEY"), std::string::npos);
 }
 
 TEST_F(SoftwareTpmTest, CertifyOfOtherKeyIsNotCertified) {

@@ -6,6 +6,7 @@
 
 #include "attest/reason.h"
 #include "attest/tpm_format.h"
+#include "crypto/keys.h"
 
 namespace vmseal::attest {
 namespace {
@@ -79,6 +80,11 @@ StatusOr<std::shared_ptr<const AkPublic>> AkPublic::Parse(std::span<const uint8_
 
 StatusOr<std::string> AkPublic::SpkiPem() const { return PemOf(key_.get()); }
 
+std::string BindingKeyPublic::SpkiPem() const {
+  auto key = crypto::PublicKey::FromRsaModulus(modulus, exponent == 0 ? 65537 : exponent);
+  return key.ok() ? key->ToPem() : std::string();
+}
+
 StatusOr<VerifiedQuote> VerifyQuote(const AkPublic& ak, std::span<const uint8_t> nonce,
                                     const std::vector<uint32_t>& pcr_selection,
                                     const QuoteEvidence& quote) {
@@ -151,7 +157,6 @@ StatusOr<BindingKeyPublic> VerifyCertify(const AkPublic& ak, std::span<const uin
   out.name = std::move(name);
   out.modulus = B(pub.unique.rsa);
   out.exponent = RsaExponent(pub);
-  ASSIGN_OR_RETURN(out.spki_pem, PemOf(key.get()));
   return out;
 }
 

@@ -55,7 +55,12 @@ struct BindingKeyPublic {
   Bytes name;            // 0x000B || SHA-256(TPMT_PUBLIC).
   Bytes modulus;         // Big-endian, 256 bytes.
   uint32_t exponent;     // Usually 65537.
-  std::string spki_pem;  // SubjectPublicKeyInfo PEM of the same key.
+
+  // SubjectPublicKeyInfo PEM of the same key, built on demand (encoding
+  // through OpenSSL 3's encoders costs more than the whole rest of the
+  // verification, and the release path needs only modulus and exponent).
+  // Empty if the modulus is not a valid RSA key.
+  std::string SpkiPem() const;
 };
 
 // Verifies a quote: signature by `ak` over the raw attest bytes, extraData ==

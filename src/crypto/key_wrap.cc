@@ -198,7 +198,7 @@ StatusOr<Bytes> X25519WrapForTesting(const PublicKey& public_key, const SecretBy
   RETURN_IF_ERROR(CheckAssociatedData(associated_data));
   if (nonce.size() != kGcmNonceBytes) return InvalidArgumentError("nonce must be 12 bytes");
   ASSIGN_OR_RETURN(PrivateKey eph, PrivateKey::FromRawX25519(ephemeral_private_key));
-  Bytes eph_pub = eph.Public().RawX25519();
+  Bytes eph_pub = eph.RawX25519Public();
   Bytes rcpt_pub = public_key.RawX25519();
   StatusOr<SecretBytes> shared = Ecdh(eph.pkey(), public_key.pkey());
   if (!shared.ok()) return InvalidArgumentError("invalid X25519 public key");
@@ -242,7 +242,7 @@ StatusOr<SecretBytes> X25519Unwrap(const PrivateKey& private_key,
                                               eph_pub.size()));
   if (!peer) return DecryptionFailed();
   ASSIGN_OR_RETURN(SecretBytes shared, Ecdh(private_key.pkey(), peer.get()));
-  Bytes rcpt_pub = private_key.Public().RawX25519();
+  Bytes rcpt_pub = private_key.RawX25519Public();
   ASSIGN_OR_RETURN(SecretBytes key, DeriveWrapKey(shared, eph_pub, rcpt_pub, associated_data));
   return GcmOpen(key.UnsafeSpan(), nonce, sealed, associated_data);
 }

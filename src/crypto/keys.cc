@@ -260,6 +260,16 @@ PublicKey PrivateKey::Public() const {
   return *std::move(pub);
 }
 
+Bytes PrivateKey::RawX25519Public() const {
+  if (type_ != KeyType::kX25519) return {};
+  Bytes out(kX25519Bytes);
+  size_t len = out.size();
+  if (EVP_PKEY_get_raw_public_key(pkey_.get(), out.data(), &len) != 1 || len != kX25519Bytes) {
+    return {};
+  }
+  return out;
+}
+
 std::string PrivateKey::KeyId() const { return Public().KeyId(); }
 
 // ------------------------------------------------------------------- files

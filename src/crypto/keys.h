@@ -104,6 +104,9 @@ class PrivateKey {
   StatusOr<SecretBytes> ToPem() const;
   // The public half.
   PublicKey Public() const;
+  // The raw 32-byte public value of an X25519 key (same as
+  // Public().RawX25519() without re-encoding the key); empty for other types.
+  Bytes RawX25519Public() const;
   // Same as Public().KeyId().
   std::string KeyId() const;
   // The underlying key, owned by this object.

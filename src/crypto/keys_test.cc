@@ -200,5 +200,15 @@ TEST(KeysTest, X25519RawPublicKeyIs32Bytes) {
   EXPECT_TRUE(rsa->RawX25519().empty());
 }
 
+TEST(KeysTest, X25519RawPublicFromThePrivateKeyMatchesThePublicHalf) {
+  auto key = PrivateKey::Generate(KeyType::kX25519);
+  ASSERT_OK(key);
+  EXPECT_EQ(key->RawX25519Public(), key->Public().RawX25519());
+  EXPECT_EQ(key->RawX25519Public().size(), 32u);
+  auto rsa = PrivateKey::Generate(KeyType::kRsa2048);
+  ASSERT_OK(rsa);
+  EXPECT_TRUE(rsa->RawX25519Public().empty());
+}
+
 }  // namespace
 }  // namespace vmseal::crypto

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "kms/audit.h"
+#include "kms/internal/sql.h"
 #include "testing/pg_harness.h"
 #include "testing/test_util.h"
 
@@ -78,6 +79,37 @@ class StoreTest : public ::testing::TestWithParam<std::string> {
 };
 
 TEST_P(StoreTest, ReportsBackend) { EXPECT_EQ(store_->backend(), GetParam()); }
+
+// Every release asks for the host's failed verdicts in a window: that
+// must read an index of failed verdicts, not every verdict of the host.
+TEST_P(StoreTest, FailedVerdictQueryUsesThePartialIndex) {
+  for (int i = 0; i < 50; ++i) {
+    ASSERT_OK(store_->PutVerdict({Cat("v", i), "h1", i % 10 != 0, i % 10 != 0 ? "ok" : "pcr_policy",
+                                  1000 + i, json::object()},
+                                 {Event("attestation.verdict", "host/h1")}));
+  }
+  auto failed = store_->ListFailedVerdicts("h1", 1010);
+  ASSERT_OK(failed);
+  ASSERT_EQ(failed->size(), 4u);  // v10, v20, v30, v40
+  EXPECT_EQ((*failed)[0].verdict_id, "v10");
+
+  const bool pg = GetParam() == "postgres";
+  auto conn = pg ? internal::OpenPostgres(location_) : internal::OpenSqlite(location_);
+  ASSERT_OK(conn);
+  if (pg) {
+    ASSERT_OK((*conn)->ExecScript("SET enable_seqscan = off"));
+  }
+  auto plan = (*conn)->Exec(std::string(pg ? "EXPLAIN " : "EXPLAIN QUERY PLAN ") +
+                                "SELECT verdict_id FROM verdicts WHERE host_id = ? AND time_unix >= ? "
+                                "AND trusted = 0 ORDER BY time_unix, verdict_id",
+                            {std::string("h1"), int64_t{1010}});
+  ASSERT_OK(plan);
+  std::string text;
+  for (const auto& row : plan->rows) {
+    for (const auto& cell : row) text += cell.value_or("") + " ";
+  }
+  EXPECT_NE(text.find("verdicts_failed_by_host"), std::string::npos) << text;
+}
 
 TEST_P(StoreTest, CustomerKeyRoundTrip) {
   ASSERT_OK(store_->PutCustomerKey(Key("k1", "acme"), Event("customer_key.create", "acme")));

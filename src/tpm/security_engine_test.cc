@@ -277,7 +277,7 @@ TEST_F(TpmTest, KeyWrappedToBindingKeyDecryptsInTpm) {
   auto v = attest::VerifyCertify(*ak_, nonce_, engine_->CertifyBindingKey(nonce_).value());
   ASSERT_OK(v);
   SecretBytes key = SecretBytes::Random(32);
-  Bytes wrapped = WrapTo(v->spki_pem, key, LabelBytes());
+  Bytes wrapped = WrapTo(v->SpkiPem(), key, LabelBytes());
   auto unwrapped = engine_->Decrypt(wrapped, LabelBytes());
   ASSERT_OK(unwrapped);
   EXPECT_TRUE(unwrapped->Equals(key));
@@ -290,7 +290,7 @@ TEST_F(TpmTest, DecryptedKeyNeverCrossesTctiInClear) {
   auto v = attest::VerifyCertify(*ak_, nonce_, engine_->CertifyBindingKey(nonce_).value());
   ASSERT_OK(v);
   SecretBytes key = SecretBytes::Random(32);
-  Bytes wrapped = WrapTo(v->spki_pem, key, LabelBytes());
+  Bytes wrapped = WrapTo(v->SpkiPem(), key, LabelBytes());
   engine_.reset();
   vmseal::testing::TempDir dir;
   const std::string pcap = dir.File("tpm.pcap");
@@ -317,7 +317,7 @@ TEST_F(TpmTest, DecryptedKeyNeverCrossesTctiInClear) {
 TEST_F(TpmTest, WrongLabelFailsToDecrypt) {
   auto v = attest::VerifyCertify(*ak_, nonce_, engine_->CertifyBindingKey(nonce_).value());
   ASSERT_OK(v);
-  Bytes wrapped = WrapTo(v->spki_pem, SecretBytes::Random(32), LabelBytes());
+  Bytes wrapped = WrapTo(v->SpkiPem(), SecretBytes::Random(32), LabelBytes());
   const char other[] = "other";
   EXPECT_STATUS(engine_->Decrypt(wrapped, {reinterpret_cast<const uint8_t*>(other), sizeof(other)}),
                 StatusCode::kPermissionDenied, "decryption failed");
@@ -336,7 +336,7 @@ TEST_F(TpmTest, BindingKeySurvivesAgentRestart) {
   auto v = attest::VerifyCertify(*ak_, nonce_, engine_->CertifyBindingKey(nonce_).value());
   ASSERT_OK(v);
   SecretBytes key = SecretBytes::Random(32);
-  Bytes wrapped = WrapTo(v->spki_pem, key, LabelBytes());
+  Bytes wrapped = WrapTo(v->SpkiPem(), key, LabelBytes());
   engine_.reset();
   auto again = NewEngine(*tpm_, state_.path());
   ASSERT_OK(again);
@@ -353,7 +353,7 @@ TEST_F(TpmTest, BindingKeySurvivesTpmRestartAndPcrsReset) {
   auto v = attest::VerifyCertify(*ak_, nonce_, engine_->CertifyBindingKey(nonce_).value());
   ASSERT_OK(v);
   SecretBytes key = SecretBytes::Random(32);
-  Bytes wrapped = WrapTo(v->spki_pem, key, LabelBytes());
+  Bytes wrapped = WrapTo(v->SpkiPem(), key, LabelBytes());
   engine_.reset();
   ASSERT_OK(tpm_->Restart());
   auto again = NewEngine(*tpm_, state_.path());
@@ -371,7 +371,7 @@ TEST_F(TpmTest, LiveEngineRecoversFromTpmRestart) {
   auto v = attest::VerifyCertify(*ak_, nonce_, engine_->CertifyBindingKey(nonce_).value());
   ASSERT_OK(v);
   SecretBytes key = SecretBytes::Random(32);
-  Bytes wrapped = WrapTo(v->spki_pem, key, LabelBytes());
+  Bytes wrapped = WrapTo(v->SpkiPem(), key, LabelBytes());
   ASSERT_OK(tpm_->Restart());
   auto unwrapped = engine_->Decrypt(wrapped, LabelBytes());
   ASSERT_OK(unwrapped);
@@ -439,7 +439,7 @@ TEST_F(TpmTest, LatencyReport) {
   auto v = attest::VerifyCertify(*ak_, nonce_, engine_->CertifyBindingKey(nonce_).value());
   ASSERT_OK(v);
   SecretBytes key = SecretBytes::Random(32);
-  Bytes wrapped = WrapTo(v->spki_pem, key, LabelBytes());
+  Bytes wrapped = WrapTo(v->SpkiPem(), key, LabelBytes());
   double quote_ms = 0, certify_ms = 0, decrypt_ms = 0, verify_ms = 0;
   for (int i = 0; i < kRounds; ++i) {
     auto t0 = Clock::now();

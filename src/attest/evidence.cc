@@ -28,10 +28,10 @@ StatusOr<Bytes> GetB64(const json& j, const char* field) {
   return std::move(bytes).value();
 }
 
-StatusOr<json> GetObject(const json& j, const char* field) {
+StatusOr<const json*> GetObject(const json& j, const char* field) {
   auto it = j.find(field);
   if (it == j.end() || !it->is_object()) return Malformed(std::string("missing object ") + field);
-  return *it;
+  return &*it;
 }
 
 }  // namespace
@@ -58,6 +58,11 @@ std::string EvidenceToJson(const Evidence& e) {
 
 StatusOr<Evidence> EvidenceFromJson(std::string_view text) {
   ASSIGN_OR_RETURN(json j, ParseObject(text));
+  return EvidenceFromJsonValue(j);
+}
+
+StatusOr<Evidence> EvidenceFromJsonValue(const nlohmann::json& j) {
+  if (!j.is_object()) return Malformed("evidence is not a JSON object");
   auto version = j.find("version");
   if (version == j.end() || !version->is_number_integer() || version->get<int64_t>() != 1) {
     return Malformed("unsupported evidence version");
@@ -78,11 +83,11 @@ StatusOr<Evidence> EvidenceFromJson(std::string_view text) {
     }
     e.pcr_selection.push_back(static_cast<uint32_t>(v.get<uint64_t>()));
   }
-  ASSIGN_OR_RETURN(json quote, GetObject(j, "quote"));
-  ASSIGN_OR_RETURN(e.quote.attest, GetB64(quote, "attest"));
-  ASSIGN_OR_RETURN(e.quote.signature, GetB64(quote, "signature"));
-  auto values = quote.find("pcr_values");
-  if (values == quote.end() || !values->is_array() || values->size() > 24) {
+  ASSIGN_OR_RETURN(const json* quote, GetObject(j, "quote"));
+  ASSIGN_OR_RETURN(e.quote.attest, GetB64(*quote, "attest"));
+  ASSIGN_OR_RETURN(e.quote.signature, GetB64(*quote, "signature"));
+  auto values = quote->find("pcr_values");
+  if (values == quote->end() || !values->is_array() || values->size() > 24) {
     return Malformed("pcr_values must be an array of at most 24 values");
   }
   for (const json& v : *values) {
@@ -91,10 +96,10 @@ StatusOr<Evidence> EvidenceFromJson(std::string_view text) {
     if (!bytes.ok()) return Malformed("bad base64 in pcr_values");
     e.quote.pcr_values.push_back(std::move(bytes).value());
   }
-  ASSIGN_OR_RETURN(json certify, GetObject(j, "certify"));
-  ASSIGN_OR_RETURN(e.certify.attest, GetB64(certify, "attest"));
-  ASSIGN_OR_RETURN(e.certify.signature, GetB64(certify, "signature"));
-  ASSIGN_OR_RETURN(e.certify.key_public, GetB64(certify, "key_public"));
+  ASSIGN_OR_RETURN(const json* certify, GetObject(j, "certify"));
+  ASSIGN_OR_RETURN(e.certify.attest, GetB64(*certify, "attest"));
+  ASSIGN_OR_RETURN(e.certify.signature, GetB64(*certify, "signature"));
+  ASSIGN_OR_RETURN(e.certify.key_public, GetB64(*certify, "key_public"));
   return e;
 }
 

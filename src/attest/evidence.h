@@ -9,6 +9,8 @@
 #include <string_view>
 #include <vector>
 
+#include <nlohmann/json_fwd.hpp>
+
 #include "base/status.h"
 #include "crypto/primitives.h"
 
@@ -55,6 +57,8 @@ struct CredentialChallenge {
 // fields, wrong types and bad base64 with malformed_evidence.
 std::string EvidenceToJson(const Evidence& evidence);
 StatusOr<Evidence> EvidenceFromJson(std::string_view json);
+// The same from an already parsed value (a field of a request body).
+StatusOr<Evidence> EvidenceFromJsonValue(const nlohmann::json& value);
 std::string EnrollmentRequestToJson(const EnrollmentRequest& request);
 StatusOr<EnrollmentRequest> EnrollmentRequestFromJson(std::string_view json);
 std::string CredentialChallengeToJson(const CredentialChallenge& challenge);

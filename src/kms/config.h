@@ -45,7 +45,10 @@ struct KmsConfig {
   std::string server_cert;
   std::string server_key;
   uint64_t max_body_bytes = 1 << 20;
-  int threads = 8;
+  // Request threads. cpp-httplib serves a keep-alive connection on one
+  // thread until it closes, so this bounds the hosts served at once: a
+  // fleet's hosts each keep a connection while they attest and release.
+  int threads = 64;
   int64_t nonce_lifetime_seconds = 60;
   // PEM bundle of the TPM manufacturer CAs that EK certificates must chain
   // to. Empty: host enrollment is refused.

@@ -920,7 +920,7 @@ StatusOr<attest::Evidence> EvidenceField(const json& body) {
   if (it == body.end() || !it->is_object()) {
     return InvalidArgumentError("malformed_evidence: missing object field 'evidence'");
   }
-  return attest::EvidenceFromJson(it->dump());
+  return attest::EvidenceFromJsonValue(*it);
 }
 
 json VerdictJson(const VerdictInfo& v) {

@@ -174,7 +174,11 @@ int Run(int releases, const std::string& store_arg, int clients) {
     std::vector<double> lat;
     double wall = 0, server_cpu = 0, server_sys = 0, connect_max = 0, switches = 0;
   };
-  auto run_https = [&](const std::string& path, const std::vector<nlohmann::json>& bodies, int count) {
+  // rate > 0: open loop, request i is due at start + i / rate and its
+  // latency counts from that due time (queueing included, no coordinated
+  // omission); rate 0: closed loop, each client sends as soon as it can.
+  auto run_https = [&](const std::string& path, const std::vector<nlohmann::json>& bodies, int count,
+                       double rate = 0) {
     HttpsRun run;
     std::atomic<int> next{0};
     std::atomic<int> failures{0};
@@ -203,8 +207,15 @@ int Run(int releases, const std::string& store_arg, int clients) {
         const double tc0 = ThreadCpuSeconds();
         const double ts0 = SysSeconds(RUSAGE_THREAD);
         std::vector<double> mine;
+        const auto start = Clock::now();
         for (int i = next++; i < count; i = next++) {
-          const auto t = Clock::now();
+          auto t = Clock::now();
+          if (rate > 0) {
+            const auto due = start + std::chrono::duration_cast<Clock::duration>(
+                                         std::chrono::duration<double>(i / rate));
+            std::this_thread::sleep_until(due);
+            t = due;
+          }
           auto out = client->Post(path, bodies[static_cast<size_t>(i) % bodies.size()]);
           mine.push_back(std::chrono::duration<double>(Clock::now() - t).count());
           if (!out.ok()) ++failures;
@@ -260,6 +271,7 @@ int Run(int releases, const std::string& store_arg, int clients) {
     double crypto_cpu = 0;  // s per release
   };
   bool floor_done = false;
+  HttpsRun nonce_run;
   // One key type: the customer key, the package's wrapped data key, the
   // in-process loop, the same crypto alone, and the HTTPS run.
   auto measure = [&](const std::string& algorithm) {
@@ -270,9 +282,10 @@ int Run(int releases, const std::string& store_arg, int clients) {
         x25519 ? Must(crypto::X25519Wrap(pub, data_key, crypto::AsStringView(label)), "wrap")
                : Must(crypto::RsaOaepWrap(pub, data_key, crypto::AsStringView(label)), "wrap");
 
-    std::fprintf(stderr, "%s: recording %d evidence sets from swtpm...\n", algorithm.c_str(), 2 * releases + 10);
+    std::fprintf(stderr, "%s: recording evidence sets from swtpm...\n", algorithm.c_str());
     std::vector<kms::ReleaseRequest> requests;
-    for (int i = 0; i < 2 * releases + 10; ++i) {
+    const int paced = x25519 ? 0 : releases;  // evidence for the paced run (RSA only)
+    for (int i = 0; i < 2 * releases + 10 + paced; ++i) {
       auto n = Must(service->IssueNonce(host, "host-1"), "nonce");
       kms::ReleaseRequest r;
       r.image_id = label_image;
@@ -319,7 +332,7 @@ int Run(int releases, const std::string& store_arg, int clients) {
     const double ccpu = CpuSeconds() - ccpu0;
 
     std::vector<nlohmann::json> bodies;
-    for (int i = releases + 10; i < 2 * releases + 10; ++i) {
+    for (int i = releases + 10; i < 2 * releases + 10 + paced; ++i) {
       const auto& r = requests[i];
       bodies.push_back({{"image_id", r.image_id}, {"tenant", r.tenant}, {"key_id", r.key_id},
                         {"key_version", r.key_version}, {"wrap_algorithm", r.wrap_algorithm},
@@ -333,8 +346,14 @@ int Run(int releases, const std::string& store_arg, int clients) {
       std::printf("  HTTPS floor: the same bodies to a parse-only route: server cpu %.3f ms/request "
                   "(kernel %.3f), %.0f requests/s\n",
                   floor.server_cpu / releases * 1e3, floor.server_sys / releases * 1e3, releases / floor.wall);
+      // A host asks for a nonce before each attestation: a durable insert.
+      nonce_run = run_https("/v1/hosts/host-1/nonces", {nlohmann::json::object()}, releases);
+      std::printf("  nonce issue (each release needs one first): server cpu %.3f ms/request (kernel %.3f)\n",
+                  nonce_run.server_cpu / releases * 1e3, nonce_run.server_sys / releases * 1e3);
     }
-    const HttpsRun https = run_https("/v1/hosts/host-1/releases", bodies, releases);
+    const std::vector<nlohmann::json> closed(bodies.begin(), bodies.begin() + releases);
+    const std::vector<nlohmann::json> open(bodies.begin() + releases, bodies.end());
+    const HttpsRun https = run_https("/v1/hosts/host-1/releases", closed, releases);
 
     const double per = cpu / releases, cper = ccpu / releases, hper = https.server_cpu / releases;
     std::printf("  %s customer key\n", algorithm.c_str());
@@ -350,6 +369,18 @@ int Run(int releases, const std::string& store_arg, int clients) {
                 "sustain %.0f releases/s\n",
                 hper * 1e3, https.server_sys / releases * 1e3, hper / cper,
                 std::thread::hardware_concurrency(), std::thread::hardware_concurrency() / hper);
+    if (!open.empty()) {
+      // The latency target: p99 at 80% of the 1,000 releases/s target.
+      const double rate = 800;
+      const HttpsRun p = run_https("/v1/hosts/host-1/releases", open, static_cast<int>(open.size()), rate);
+      std::printf("    HTTPS paced at %.0f releases/s (80%% of 1,000/s): p50 %.3f ms  p99 %.3f ms "
+                  "(target p99 <= 50 ms), achieved %.0f releases/s\n",
+                  rate, Percentile(p.lat, 0.5) * 1e3, Percentile(p.lat, 0.99) * 1e3,
+                  static_cast<double>(open.size()) / p.wall);
+    }
+    const double cycle = hper + nonce_run.server_cpu / releases;
+    std::printf("    whole cycle (nonce + release) server cpu %.3f ms: %u cores sustain %.0f cycles/s\n",
+                cycle * 1e3, std::thread::hardware_concurrency(), std::thread::hardware_concurrency() / cycle);
     std::printf("    (%.1f context switches per release, clients included; slowest connect + mTLS handshake "
                 "before the clock: %.1f ms)\n",
                 https.switches / releases, https.connect_max * 1e3);

@@ -92,7 +92,11 @@ json ToJson(const std::optional<std::string>& cell) {
 
 class SqlStore : public Store {
  public:
-  explicit SqlStore(std::unique_ptr<SqlConn> conn) : conn_(std::move(conn)) {}
+  // `reader` serves the queries that write nothing, so that they do not
+  // wait behind a group commit's fsync on `conn` (WAL lets readers run
+  // beside the writer; on PostgreSQL it is simply a second session).
+  SqlStore(std::unique_ptr<SqlConn> conn, std::unique_ptr<SqlConn> reader)
+      : conn_(std::move(conn)), reader_(std::move(reader)) {}
 
   Status Migrate() {
     return InTx([&]() -> Status {
@@ -205,8 +209,8 @@ class SqlStore : public Store {
 
   Status CheckNonce(const std::string& nonce, const std::string& host_id,
                     int64_t now_unix) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    return NonceStateLocked(nonce, host_id, now_unix);
+    std::lock_guard<std::mutex> lock(read_mu_);
+    return NonceStateLocked(reader_.get(), nonce, host_id, now_unix);
   }
 
   StatusOr<int64_t> PurgeNonces(int64_t before_unix) override {
@@ -262,15 +266,15 @@ class SqlStore : public Store {
   }
 
   StatusOr<Flavor> GetFlavor(const std::string& name) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    ASSIGN_OR_RETURN(auto r, conn_->Exec("SELECT name, pcrs FROM flavors WHERE name = ?", {name}));
+    std::lock_guard<std::mutex> lock(read_mu_);
+    ASSIGN_OR_RETURN(auto r, reader_->Exec("SELECT name, pcrs FROM flavors WHERE name = ?", {name}));
     if (r.rows.empty()) return NotFoundError("unknown flavor " + name);
     return Flavor{ToStr(r.rows[0][0]), ToJson(r.rows[0][1])};
   }
 
   StatusOr<std::vector<Flavor>> ListFlavors() override {
-    std::lock_guard<std::mutex> lock(mu_);
-    ASSIGN_OR_RETURN(auto r, conn_->Exec("SELECT name, pcrs FROM flavors ORDER BY name", {}));
+    std::lock_guard<std::mutex> lock(read_mu_);
+    ASSIGN_OR_RETURN(auto r, reader_->Exec("SELECT name, pcrs FROM flavors ORDER BY name", {}));
     std::vector<Flavor> out;
     for (const auto& row : r.rows) out.push_back({ToStr(row[0]), ToJson(row[1])});
     return out;
@@ -288,8 +292,8 @@ class SqlStore : public Store {
 
   StatusOr<PolicyRecord> GetPolicy(const std::string& customer_id,
                                    const std::string& image_id) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    ASSIGN_OR_RETURN(auto r, conn_->Exec(
+    std::lock_guard<std::mutex> lock(read_mu_);
+    ASSIGN_OR_RETURN(auto r, reader_->Exec(
         "SELECT customer_id, image_id, policy FROM policies WHERE customer_id = ? AND "
         "(image_id = ? OR image_id = '') ORDER BY image_id DESC",
         {customer_id, image_id}));
@@ -302,8 +306,8 @@ class SqlStore : public Store {
   }
 
   StatusOr<std::vector<AuditRecord>> ReadAudit(int64_t after_seq, int64_t limit) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    ASSIGN_OR_RETURN(auto r, conn_->Exec("SELECT seq, record, hash FROM audit_log WHERE seq > ? "
+    std::lock_guard<std::mutex> lock(read_mu_);
+    ASSIGN_OR_RETURN(auto r, reader_->Exec("SELECT seq, record, hash FROM audit_log WHERE seq > ? "
                                          "ORDER BY seq LIMIT ?",
                                          {after_seq, limit}));
     std::vector<AuditRecord> out;
@@ -416,8 +420,8 @@ class SqlStore : public Store {
 
   StatusOr<std::vector<CustomerKeyRecord>> QueryKeys(const std::string& where,
                                                      const std::string& arg) {
-    std::lock_guard<std::mutex> lock(mu_);
-    ASSIGN_OR_RETURN(auto r, conn_->Exec(
+    std::lock_guard<std::mutex> lock(read_mu_);
+    ASSIGN_OR_RETURN(auto r, reader_->Exec(
         "SELECT key_id, customer_id, algorithm, public_key_pem, cert_pem, wrapped_private_key, "
         "kek_id, created_unix FROM customer_keys " + where,
         {arg}));
@@ -431,8 +435,8 @@ class SqlStore : public Store {
 
   StatusOr<std::vector<HostRecord>> QueryHosts(const std::string& where,
                                                std::vector<SqlValue> args) {
-    std::lock_guard<std::mutex> lock(mu_);
-    ASSIGN_OR_RETURN(auto r, conn_->Exec("SELECT host_id, ek_cert_pem, ak_public, enrolled, tags, "
+    std::lock_guard<std::mutex> lock(read_mu_);
+    ASSIGN_OR_RETURN(auto r, reader_->Exec("SELECT host_id, ek_cert_pem, ak_public, enrolled, tags, "
                                          "created_unix FROM hosts " + where,
                                          args));
     std::vector<HostRecord> out;
@@ -460,12 +464,14 @@ class SqlStore : public Store {
         "AND expires_unix >= ?",
         {nonce, host_id, now_unix}));
     if (r.affected == 1) return OkStatus();
-    Status why = NonceStateLocked(nonce, host_id, now_unix);
+    Status why = NonceStateLocked(conn_.get(), nonce, host_id, now_unix);
     return why.ok() ? FailedPreconditionError("nonce already used") : why;
   }
 
-  Status NonceStateLocked(const std::string& nonce, const std::string& host_id, int64_t now_unix) {
-    ASSIGN_OR_RETURN(auto why, conn_->Exec(
+  // Caller holds the lock of `conn` (mu_ for conn_, read_mu_ for reader_).
+  Status NonceStateLocked(internal::SqlConn* conn, const std::string& nonce,
+                          const std::string& host_id, int64_t now_unix) {
+    ASSIGN_OR_RETURN(auto why, conn->Exec(
         "SELECT consumed, expires_unix FROM nonces WHERE nonce = ? AND host_id = ?",
         {nonce, host_id}));
     if (why.rows.empty()) return NotFoundError("unknown nonce");
@@ -476,8 +482,8 @@ class SqlStore : public Store {
 
   StatusOr<std::vector<Verdict>> QueryVerdicts(const std::string& where,
                                                 std::vector<SqlValue> args) {
-    std::lock_guard<std::mutex> lock(mu_);
-    ASSIGN_OR_RETURN(auto r, conn_->Exec(
+    std::lock_guard<std::mutex> lock(read_mu_);
+    ASSIGN_OR_RETURN(auto r, reader_->Exec(
         "SELECT verdict_id, host_id, trusted, reason, time_unix, details FROM verdicts " + where,
         args));
     std::vector<Verdict> out;
@@ -488,26 +494,33 @@ class SqlStore : public Store {
     return out;
   }
 
-  std::mutex mu_;  // the connection (transactions and reads)
+  std::mutex mu_;  // conn_: write transactions and the reads inside them
   std::unique_ptr<SqlConn> conn_;
   // Group commit queue (InTx).
   std::mutex queue_mu_;
   std::condition_variable queue_cv_;
   std::vector<PendingTx*> queue_;
   bool leader_active_ = false;
+
+  // The read-only queries' connection and its lock (SqlConn is not
+  // thread-safe).
+  std::unique_ptr<SqlConn> reader_;
+  std::mutex read_mu_;
 };
 
 }  // namespace
 
 StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& location) {
-  std::unique_ptr<SqlConn> conn;
+  std::unique_ptr<SqlConn> conn, reader;
   if (location.rfind("postgres://", 0) == 0 || location.rfind("postgresql://", 0) == 0) {
     ASSIGN_OR_RETURN(conn, internal::OpenPostgres(location));
+    ASSIGN_OR_RETURN(reader, internal::OpenPostgres(location));
   } else {
     if (location.empty()) return InvalidArgumentError("store: empty location");
     ASSIGN_OR_RETURN(conn, internal::OpenSqlite(location));
+    ASSIGN_OR_RETURN(reader, internal::OpenSqlite(location));
   }
-  auto store = std::make_unique<SqlStore>(std::move(conn));
+  auto store = std::make_unique<SqlStore>(std::move(conn), std::move(reader));
   RETURN_IF_ERROR(store->Migrate().WithPrefix("store migration"));
   return std::unique_ptr<Store>(std::move(store));
 }

@@ -1,6 +1,8 @@
 #include <libpq-fe.h>
 
 #include <cstring>
+#include <map>
+#include <string>
 
 #include "kms/internal/sql.h"
 
@@ -64,9 +66,16 @@ class PgConn : public SqlConn {
         values[i] = s->c_str();
       }
     }
-    std::string text = Numbered(sql);
-    ResultPtr res(PQexecParams(conn_.get(), text.c_str(), static_cast<int>(params.size()), nullptr,
+    ResultPtr res;
+    ASSIGN_OR_RETURN(const std::string* name, Prepared(sql, static_cast<int>(params.size())));
+    if (name != nullptr) {
+      res.reset(PQexecPrepared(conn_.get(), name->c_str(), static_cast<int>(params.size()),
                                values.data(), nullptr, nullptr, 0));
+    } else {
+      std::string text = Numbered(sql);
+      res.reset(PQexecParams(conn_.get(), text.c_str(), static_cast<int>(params.size()), nullptr,
+                             values.data(), nullptr, nullptr, 0));
+    }
     ExecStatusType st = res ? PQresultStatus(res.get()) : PGRES_FATAL_ERROR;
     if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) return PgError(conn_.get(), res.get(), "exec");
     SqlResult result;
@@ -105,7 +114,30 @@ class PgConn : public SqlConn {
   }
 
  private:
+  // The Store's statements are a fixed set of strings: each is prepared
+  // once per connection (parsed and planned once on the server) and run
+  // with PQexecPrepared. Only plain DML is prepared (EXPLAIN and other
+  // utility statements cannot be); nullptr means "run it unprepared".
+  StatusOr<const std::string*> Prepared(std::string_view sql, int nparams) {
+    auto it = prepared_.find(sql);
+    if (it != prepared_.end()) return &it->second;
+    const std::string_view head = sql.substr(0, sql.find(' '));
+    if (head != "SELECT" && head != "INSERT" && head != "UPDATE" && head != "DELETE") {
+      return static_cast<const std::string*>(nullptr);
+    }
+    if (prepared_.size() >= kMaxPrepared) return static_cast<const std::string*>(nullptr);
+    std::string name = "vmseal_" + std::to_string(prepared_.size());
+    std::string text = Numbered(sql);
+    ResultPtr res(PQprepare(conn_.get(), name.c_str(), text.c_str(), nparams, nullptr));
+    if (!res || PQresultStatus(res.get()) != PGRES_COMMAND_OK) {
+      return PgError(conn_.get(), res.get(), "prepare");
+    }
+    return &prepared_.emplace(std::string(sql), std::move(name)).first->second;
+  }
+
+  static constexpr size_t kMaxPrepared = 256;
   ConnPtr conn_;
+  std::map<std::string, std::string, std::less<>> prepared_;  // SQL -> statement name
 };
 
 }  // namespace

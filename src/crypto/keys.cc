@@ -20,6 +20,14 @@ namespace {
 constexpr size_t kMaxKeyFileBytes = 1 << 20;
 constexpr size_t kX25519Bytes = 32;
 
+// The raw public value of an X25519 key (public or private); empty on error.
+Bytes RawX25519PublicOf(EVP_PKEY* pkey) {
+  Bytes out(kX25519Bytes);
+  size_t len = out.size();
+  if (EVP_PKEY_get_raw_public_key(pkey, out.data(), &len) != 1 || len != kX25519Bytes) return {};
+  return out;
+}
+
 using OsslParamBldPtr = SslPtr<OSSL_PARAM_BLD, OSSL_PARAM_BLD_free>;
 using OsslParamPtr = SslPtr<OSSL_PARAM, OSSL_PARAM_free>;
 
@@ -181,13 +189,7 @@ std::string PublicKey::KeyId() const {
 }
 
 Bytes PublicKey::RawX25519() const {
-  if (type_ != KeyType::kX25519) return {};
-  Bytes out(kX25519Bytes);
-  size_t len = out.size();
-  if (EVP_PKEY_get_raw_public_key(pkey_.get(), out.data(), &len) != 1 || len != kX25519Bytes) {
-    return {};
-  }
-  return out;
+  return type_ == KeyType::kX25519 ? RawX25519PublicOf(pkey_.get()) : Bytes();
 }
 
 // --------------------------------------------------------------- PrivateKey
@@ -261,13 +263,7 @@ PublicKey PrivateKey::Public() const {
 }
 
 Bytes PrivateKey::RawX25519Public() const {
-  if (type_ != KeyType::kX25519) return {};
-  Bytes out(kX25519Bytes);
-  size_t len = out.size();
-  if (EVP_PKEY_get_raw_public_key(pkey_.get(), out.data(), &len) != 1 || len != kX25519Bytes) {
-    return {};
-  }
-  return out;
+  return type_ == KeyType::kX25519 ? RawX25519PublicOf(pkey_.get()) : Bytes();
 }
 
 std::string PrivateKey::KeyId() const { return Public().KeyId(); }

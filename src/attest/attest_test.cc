@@ -40,15 +40,7 @@ class SoftwareTpmTest : public ::testing::Test {
     for (uint8_t i = 0; i < 3; ++i) pcr_values_.push_back(Bytes(32, i));
   }
 
-  TPMS_ATTEST BaseAttest(uint16_t type) {
-    TPMS_ATTEST a;
-    std::memset(&a, 0, sizeof(a));
-    a.magic = kTpmGeneratedMagic;
-    a.type = type;
-    a.extraData.size = static_cast<UINT16>(nonce_.size());
-    std::memcpy(a.extraData.buffer, nonce_.data(), nonce_.size());
-    return a;
-  }
+  TPMS_ATTEST BaseAttest(uint16_t type) { return ::vmseal::attest::testing::BaseAttest(type, nonce_); }
 
   QuoteEvidence MakeQuote(std::vector<uint32_t> selection, const std::vector<Bytes>& values) {
     TPMS_ATTEST a = BaseAttest(kAttestTypeQuote);

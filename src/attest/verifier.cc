@@ -80,8 +80,12 @@ StatusOr<std::shared_ptr<const AkPublic>> AkPublic::Parse(std::span<const uint8_
 
 StatusOr<std::string> AkPublic::SpkiPem() const { return PemOf(key_.get()); }
 
+StatusOr<crypto::PublicKey> BindingKeyPublic::Key() const {
+  return crypto::PublicKey::FromRsaModulus(modulus, exponent);
+}
+
 std::string BindingKeyPublic::SpkiPem() const {
-  auto key = crypto::PublicKey::FromRsaModulus(modulus, exponent == 0 ? 65537 : exponent);
+  auto key = Key();
   return key.ok() ? key->ToPem() : std::string();
 }
 
@@ -152,7 +156,6 @@ StatusOr<BindingKeyPublic> VerifyCertify(const AkPublic& ak, std::span<const uin
     return AttestFailure(Reason::kBindingKeyAttributes,
                          "binding key must be RSA-2048 with scheme OAEP-SHA256");
   }
-  ASSIGN_OR_RETURN(crypto::EvpPkeyPtr key, RsaPublicKey(pub));
   BindingKeyPublic out;
   out.name = std::move(name);
   out.modulus = B(pub.unique.rsa);

@@ -13,6 +13,7 @@
 
 #include "attest/evidence.h"
 #include "base/status.h"
+#include "crypto/keys.h"
 #include "crypto/ssl_util.h"
 
 namespace vmseal::attest {
@@ -54,12 +55,15 @@ struct VerifiedQuote {
 struct BindingKeyPublic {
   Bytes name;            // 0x000B || SHA-256(TPMT_PUBLIC).
   Bytes modulus;         // Big-endian, 256 bytes.
-  uint32_t exponent;     // Usually 65537.
+  uint32_t exponent;     // 65537 where the TPM template says 0 (its default).
 
+  // The key, to re-wrap to (built from modulus and exponent: cheaper than
+  // decoding an encoded form).
+  StatusOr<crypto::PublicKey> Key() const;
   // SubjectPublicKeyInfo PEM of the same key, built on demand (encoding
   // through OpenSSL 3's encoders costs more than the whole rest of the
-  // verification, and the release path needs only modulus and exponent).
-  // Empty if the modulus is not a valid RSA key.
+  // verification, and the release path needs only Key()). Empty if the
+  // modulus is not a valid RSA key.
   std::string SpkiPem() const;
 };
 

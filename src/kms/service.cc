@@ -702,9 +702,7 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
   if (!data_key.ok()) {
     return finish(Denied("label_mismatch", "the wrapped key does not open under this key and label"));
   }
-  // From the certified modulus (cheaper than decoding the PEM form).
-  auto binding = crypto::PublicKey::FromRsaModulus(
-      ev.binding_key.modulus, ev.binding_key.exponent == 0 ? 65537 : ev.binding_key.exponent);
+  auto binding = ev.binding_key.Key();
   if (!binding.ok()) return finish(binding.status());
   const std::string ad = ReleaseLabel(req.image_id);
   auto rewrapped = crypto::RsaOaepWrap(*binding, *data_key, ad, crypto::OaepLabel::kTpm);

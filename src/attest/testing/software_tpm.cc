@@ -12,7 +12,6 @@
 #include "crypto/ssl_util.h"
 
 namespace vmseal::attest::testing {
-namespace {
 
 TPMS_ATTEST BaseAttest(uint16_t type, std::span<const uint8_t> nonce) {
   TPMS_ATTEST a;
@@ -23,8 +22,6 @@ TPMS_ATTEST BaseAttest(uint16_t type, std::span<const uint8_t> nonce) {
   std::memcpy(a.extraData.buffer, nonce.data(), nonce.size());
   return a;
 }
-
-}  // namespace
 
 TPMT_PUBLIC PublicFor(EVP_PKEY* key, bool ak) {
   TPMT_PUBLIC pub;

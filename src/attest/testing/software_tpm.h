@@ -24,6 +24,9 @@ namespace vmseal::attest::testing {
 // key when `ak`, else a decryption key with the OAEP-SHA256 scheme (a
 // binding key). Both fixedTPM, fixedParent, sensitiveDataOrigin.
 TPMT_PUBLIC PublicFor(EVP_PKEY* key, bool ak);
+// A zeroed TPMS_ATTEST of `type` (quote or certify) with the TPM's magic and
+// `nonce` (at most 64 bytes) as extraData.
+TPMS_ATTEST BaseAttest(uint16_t type, std::span<const uint8_t> nonce);
 // Marshalled forms; a marshalling failure is a test failure (ADD_FAILURE)
 // and yields empty bytes.
 Bytes Marshal(const TPMT_PUBLIC& pub);

@@ -54,10 +54,7 @@ StatusOr<ReleasedKey> InProcessKms::Release(const ReleaseRequest& request) {
   ASSIGN_OR_RETURN(SecretBytes data_key,
                    crypto::UnwrapKey(customer_key_, request.wrapped_key,
                                      crypto::AsStringView(request.oaep_label)));
-  ASSIGN_OR_RETURN(crypto::PublicKey binding,
-                   crypto::PublicKey::FromRsaModulus(
-                       verified.binding_key.modulus,
-                       verified.binding_key.exponent == 0 ? 65537 : verified.binding_key.exponent));
+  ASSIGN_OR_RETURN(crypto::PublicKey binding, verified.binding_key.Key());
   std::string ad = "vmseal-release:" + request.image_id;
   ASSIGN_OR_RETURN(crypto::Bytes rewrapped,
                    crypto::RsaOaepWrap(binding, data_key, ad, crypto::OaepLabel::kTpm));

@@ -12,7 +12,7 @@
 // KMS only. Store: SQLite (WAL) in a temp dir, or a postgres:// URL as the
 // second argument.
 //
-//   build/bench/release_bench [releases=300] [store] [https clients=16]
+//   build/bench/release_bench [releases=300] [store] [https clients=16] [keys=both|rsa|x25519]
 // ("" as store = SQLite in a temp dir). The HTTPS phase runs `clients`
 // concurrent mTLS connections (one host identity) against the same service;
 // server CPU there = process CPU minus the client threads' CPU, and the
@@ -112,7 +112,7 @@ crypto::Bytes PackageLabel(const std::string& image, const std::string& tenant) 
   return crypto::Bytes(s.begin(), s.end());
 }
 
-int Run(int releases, const std::string& store_arg, int clients) {
+int Run(int releases, const std::string& store_arg, int clients, const std::string& keys) {
   char tmpl[] = "/tmp/release-bench-XXXXXX";
   std::string dir = ::mkdtemp(tmpl);
   auto tpm = Must(tpm::testing::Swtpm::Start({.parent_dir = dir}), "swtpm");
@@ -389,8 +389,8 @@ int Run(int releases, const std::string& store_arg, int clients) {
 
   std::printf("release_bench: %d releases per phase, store %s, evidence recorded from swtpm\n", releases,
               store->backend().c_str());
-  measure("RSA-3072");
-  measure("X25519");
+  if (keys != "x25519") measure("RSA-3072");
+  if (keys != "rsa") measure("X25519");
   server->Stop();
 
   // Breakdown: evidence verification alone (quote + certify, stateless)
@@ -438,5 +438,10 @@ int main(int argc, char** argv) {
   int n = argc > 1 ? std::atoi(argv[1]) : 300;
   if (n <= 0) n = 300;
   const int clients = argc > 3 ? std::max(1, std::atoi(argv[3])) : 16;
-  return vmseal::Run(n, argc > 2 ? argv[2] : "", clients);
+  const std::string keys = argc > 4 ? argv[4] : "both";
+  if (keys != "both" && keys != "rsa" && keys != "x25519") {
+    std::fprintf(stderr, "release_bench: keys must be both, rsa or x25519\n");
+    return 2;
+  }
+  return vmseal::Run(n, argc > 2 ? argv[2] : "", clients, keys);
 }

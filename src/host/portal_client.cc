@@ -2,6 +2,7 @@
 
 #include <httplib.h>
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -14,6 +15,7 @@
 
 #include "crypto/primitives.h"
 #include "net/https_client.h"
+#include "net/internal/tls_util.h"
 
 namespace vmseal::host {
 namespace {
@@ -306,9 +308,16 @@ Status PortalClient::Fetch(const Job& job, const std::string& dest_path) {
     // A fresh connection per attempt: the previous one may be half-dead.
     httplib::SSLClient client(impl_->url.host, impl_->url.port, opt.cert_file, opt.key_file);
     if (!client.is_valid()) return InvalidArgumentError("package fetch: bad client certificate");
-    SSL_CTX_set_min_proto_version(client.ssl_context(), TLS1_3_VERSION);
-    client.set_ca_cert_path(opt.ca_cert_file.c_str());
-    client.enable_server_certificate_verification(true);
+    SSL_CTX* ctx = client.ssl_context();
+    RETURN_IF_ERROR(net::internal::ApplyTlsPolicy(ctx));
+    // The portal's CA only (never the system store), checked by OpenSSL in
+    // the handshake (see VerifyServerInHandshake).
+    if (SSL_CTX_load_verify_locations(ctx, opt.ca_cert_file.c_str(), nullptr) != 1) {
+      ERR_clear_error();
+      return InvalidArgumentError("package fetch: cannot load the CA file " + opt.ca_cert_file);
+    }
+    client.enable_server_certificate_verification(false);
+    RETURN_IF_ERROR(net::internal::VerifyServerInHandshake(ctx, impl_->url.host));
     client.set_connection_timeout(opt.timeout_seconds, 0);
     client.set_read_timeout(opt.timeout_seconds, 0);
     client.set_write_timeout(opt.timeout_seconds, 0);

@@ -130,9 +130,13 @@ StatusOr<std::unique_ptr<HttpsClient>> HttpsClient::Create(Options options) {
     client = std::make_unique<httplib::SSLClient>(options.host, options.port);
   }
   if (!client->is_valid()) return crypto::SslError("TLS client setup");
-  RETURN_IF_ERROR(internal::ApplyTlsPolicy(client->ssl_context()));
+  SSL_CTX* ctx = client->ssl_context();
+  RETURN_IF_ERROR(internal::ApplyTlsPolicy(ctx));
   client->set_ca_cert_store(store.release());  // takes ownership
-  client->enable_server_certificate_verification(true);
+  // OpenSSL verifies the server in the handshake, against the pinned store
+  // only (see VerifyServerInHandshake).
+  client->enable_server_certificate_verification(false);
+  RETURN_IF_ERROR(internal::VerifyServerInHandshake(ctx, options.host));
   client->set_connection_timeout(options.timeout_seconds, 0);
   client->set_read_timeout(options.timeout_seconds, 0);
   client->set_write_timeout(options.timeout_seconds, 0);

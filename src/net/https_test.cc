@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
 
+#include <stdlib.h>
+
 #include <atomic>
 #include <chrono>
 #include <string>
@@ -139,6 +141,74 @@ TEST_F(HttpsTest, ClientCertFromOtherCaIsRejectedInHandshake) {
 TEST_F(HttpsTest, ServerFromUnpinnedCaIsRejected) {
   auto client = Client(&TestPki().portal, TestPki().other_ca.cert_pem);
   EXPECT_STATUS(client->Get("/items/a1"), StatusCode::kUnavailable, "request failed");
+}
+
+// Sets an environment variable for one scope and restores it.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    const char* old = ::getenv(name);
+    if (old != nullptr) old_ = old;
+    had_ = old != nullptr;
+    if (value != nullptr) {
+      ::setenv(name, value, 1);
+    } else {
+      ::unsetenv(name);
+    }
+  }
+  ~ScopedEnv() {
+    if (had_) {
+      ::setenv(name_, old_.c_str(), 1);
+    } else {
+      ::unsetenv(name_);
+    }
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+  std::string old_;
+  bool had_ = false;
+};
+
+// The server's CA is in the system trust store (OpenSSL's default paths,
+// here SSL_CERT_FILE) but the client pins another CA: only the pinned CA
+// counts.
+TEST_F(HttpsTest, SystemTrustStoreIsNeverConsulted) {
+  testing::TempDir dir;
+  testing::WriteFileOrDie(dir.File("system.pem"), TestPki().ca.cert_pem);
+  ScopedEnv file("SSL_CERT_FILE", dir.File("system.pem").c_str());
+  ScopedEnv path("SSL_CERT_DIR", dir.path().c_str());
+  auto client = Client(&TestPki().portal, TestPki().other_ca.cert_pem);
+  EXPECT_STATUS(client->Get("/items/a1"), StatusCode::kUnavailable, "request failed");
+  // The same environment with the right pin connects.
+  ASSERT_OK(Client(&TestPki().portal)->Get("/items/a1"));
+}
+
+// A server whose certificate chains to the pinned CA but names another
+// host ("kms.example", no IP address) is refused; the same client reaches
+// the server whose certificate names 127.0.0.1.
+TEST_F(HttpsTest, ServerCertificateMustNameTheHost) {
+  auto misnamed = IssueLeaf(TestPki().ca, {.common_name = "127.0.0.1", .organizational_unit = "kms",
+                                           .dns_names = {"kms.example"}, .server = true});
+  ASSERT_OK(misnamed);
+  HttpsServer::Options options;
+  options.cert_pem = misnamed->cert_pem;
+  options.key_pem = misnamed->key_pem.Clone();
+  auto server = HttpsServer::Create(std::move(options));
+  ASSERT_OK(server);
+  (*server)->Get("/ping", [](const Request&) -> StatusOr<json> { return json{{"ok", true}}; });
+  auto port = (*server)->Start();
+  ASSERT_OK(port);
+  HttpsClient::Options o;
+  o.port = *port;
+  o.ca_pem = TestPki().ca.cert_pem;
+  o.timeout_seconds = 5;
+  auto client = HttpsClient::Create(std::move(o));
+  ASSERT_OK(client);
+  EXPECT_STATUS((*client)->Get("/ping"), StatusCode::kUnavailable, "request failed");
+  ASSERT_OK(Client(nullptr)->Get("/items/a1"));
 }
 
 TEST_F(HttpsTest, PathParamsReachHandler) {

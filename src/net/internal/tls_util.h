@@ -31,6 +31,12 @@ void IgnoreSigpipe();
 // Applies the shared policy: TLS 1.3 only, no compression, no renegotiation.
 // Also calls IgnoreSigpipe().
 Status ApplyTlsPolicy(SSL_CTX* ctx);
+// Makes a client context verify the server inside the handshake: the chain
+// against the context's own store and nothing else, and `host` (an IP
+// address must be in an IP subjectAltName, a name in a DNS one; the subject
+// CN never counts). For httplib clients, whose own verification must stay
+// off: it adds the system trust store and falls back to the CN.
+Status VerifyServerInHandshake(SSL_CTX* ctx, const std::string& host);
 
 }  // namespace vmseal::net::internal
 

@@ -1,6 +1,7 @@
 #include "crypto/primitives.h"
 
 #include <openssl/core_names.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/kdf.h>
 #include <openssl/rand.h>
@@ -73,6 +74,21 @@ StatusOr<SecretBytes> HkdfSha256(const SecretBytes& ikm, std::span<const uint8_t
     return SslError("HKDF derive");
   }
   return out;
+}
+
+StatusOr<Sha256Digest> HmacSha256(const SecretBytes& key, std::span<const uint8_t> data) {
+  Sha256Digest out;
+  size_t len = 0;
+  if (EVP_Q_mac(nullptr, "HMAC", nullptr, "SHA256", nullptr, key.UnsafeData(), key.size(),
+                data.data(), data.size(), out.data(), out.size(), &len) == nullptr ||
+      len != out.size()) {
+    return SslError("HMAC-SHA256");
+  }
+  return out;
+}
+
+bool ConstantTimeEquals(std::span<const uint8_t> a, std::span<const uint8_t> b) {
+  return a.size() == b.size() && CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
 }
 
 std::string HexEncode(std::span<const uint8_t> data) {

@@ -1,5 +1,5 @@
-// Small, stateless primitives over OpenSSL 3 EVP: SHA-256, HKDF-SHA256 and
-// hex. Everything else in crypto/ builds on these.
+// Small, stateless primitives over OpenSSL 3 EVP: SHA-256, HKDF-SHA256,
+// HMAC-SHA256 and hex. Everything else in crypto/ builds on these.
 #ifndef VMSEAL_CRYPTO_PRIMITIVES_H_
 #define VMSEAL_CRYPTO_PRIMITIVES_H_
 
@@ -43,6 +43,13 @@ class Sha256Hasher {
 // `out_len` must be at most 255 * 32.
 StatusOr<SecretBytes> HkdfSha256(const SecretBytes& ikm, std::span<const uint8_t> salt,
                                  std::span<const uint8_t> info, size_t out_len);
+
+// HMAC-SHA256 (RFC 2104) of `data` under `key` (any length).
+StatusOr<Sha256Digest> HmacSha256(const SecretBytes& key, std::span<const uint8_t> data);
+
+// Whether a and b are equal, in time independent of their content (sizes
+// may leak). For comparing MACs.
+bool ConstantTimeEquals(std::span<const uint8_t> a, std::span<const uint8_t> b);
 
 // Lowercase hex and its inverse (which rejects odd lengths and non-hex).
 std::string HexEncode(std::span<const uint8_t> data);

@@ -33,6 +33,24 @@ TEST(PrimitivesTest, HkdfMatchesRfc5869TestCase1) {
             "34007208d5b887185865");
 }
 
+// RFC 4231 test cases 2 (short key) and 6 (key longer than the block).
+TEST(PrimitivesTest, HmacMatchesRfc4231) {
+  auto mac = HmacSha256(SecretBytes(Bytes{'J', 'e', 'f', 'e'}), AsBytes("what do ya want for nothing?"));
+  ASSERT_OK(mac);
+  EXPECT_EQ(HexEncode(*mac), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+  auto long_mac = HmacSha256(SecretBytes(Bytes(131, 0xaa)),
+                             AsBytes("Test Using Larger Than Block-Size Key - Hash Key First"));
+  ASSERT_OK(long_mac);
+  EXPECT_EQ(HexEncode(*long_mac), "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
+}
+
+TEST(PrimitivesTest, ConstantTimeEqualsComparesContentAndSize) {
+  const Bytes a = {1, 2, 3}, b = {1, 2, 3}, c = {1, 2, 4}, d = {1, 2};
+  EXPECT_TRUE(ConstantTimeEquals(a, b));
+  EXPECT_FALSE(ConstantTimeEquals(a, c));
+  EXPECT_FALSE(ConstantTimeEquals(a, d));
+}
+
 TEST(PrimitivesTest, HkdfRejectsZeroLength) {
   EXPECT_STATUS(HkdfSha256(SecretBytes(32), {}, {}, 0), StatusCode::kInvalidArgument,
                 "length");

@@ -137,7 +137,7 @@ TEST_F(KmsProcessTest, OperatorReadsAndVerifiesAudit) {
   auto verify = Client("operator")->Get("/v1/audit/verify");
   ASSERT_OK(verify);
   EXPECT_EQ((*verify)["valid"], true);
-  EXPECT_EQ((*verify)["count"], 1);
+  EXPECT_EQ((*verify)["count"], 2);  // the nonce key's creation (first start), the key's
   EXPECT_STATUS(Client("portal")->Get("/v1/audit"), StatusCode::kPermissionDenied, "operator");
 }
 
@@ -213,8 +213,10 @@ TEST_F(KmsProcessTest, AuditExportWritesJsonLines) {
                         "--out", tmp_.File("audit.jsonl")}, &out), 0)
       << out;
   std::string text = testing::ReadFileOrDie(tmp_.File("audit.jsonl"));
-  EXPECT_EQ(std::count(text.begin(), text.end(), '\n'), 2);
-  EXPECT_NE(text.find("\"seq\":2"), std::string::npos);
+  // The nonce key's creation on first start, then the two keys.
+  EXPECT_EQ(std::count(text.begin(), text.end(), '\n'), 3);
+  EXPECT_NE(text.find("kms.nonce_key.create"), std::string::npos);
+  EXPECT_NE(text.find("\"seq\":3"), std::string::npos);
 }
 
 TEST_F(KmsProcessTest, AuditVerifyCliDetectsTamper) {

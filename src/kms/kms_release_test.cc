@@ -374,6 +374,9 @@ TEST_F(KmsReleaseTest, NoPolicyFailsClosed) {
 
 // A KMS started with another KEK than the one a key was wrapped under (wrong
 // kek_file, other token) names the mismatch instead of a bare decryption failure.
+// A KMS started with another KEK than the store's refuses to start, naming
+// both KEKs; a key record wrapped under another KEK (a store mixing KEKs) is
+// refused by name at release.
 TEST_F(KmsReleaseTest, OtherKekIsKekMismatch) {
   StartAll("");
   Enroll();
@@ -381,16 +384,22 @@ TEST_F(KmsReleaseTest, OtherKekIsKekMismatch) {
   auto other_kek = KekFromBytes(SecretBytes::Random(kKekBytes));
   ASSERT_OK(other_kek);
   ASSERT_NE((*other_kek)->id(), kek_->id());
-  std::unique_ptr<KmsService> other = NewService(store_.get(), other_kek->get());
-  ASSERT_NE(other, nullptr);
+  KmsService::Options options;
+  internal::CertAndKey ca{ca_.cert_pem, SecretBytes(ca_.key_pem.UnsafeSpan())};
+  auto other = KmsService::Create(options, store_.get(), other_kek->get(), std::move(ca));
+  EXPECT_STATUS(other, StatusCode::kFailedPrecondition, "kek_mismatch: ");
+  EXPECT_STATUS(other, StatusCode::kFailedPrecondition, "wrapped under KEK " + kek_->id());
+  EXPECT_STATUS(other, StatusCode::kFailedPrecondition, "this KMS uses KEK " + (*other_kek)->id());
+
   WrappedImageKey k = WrapFor("img-1");
+  ASSERT_OK(store_->ExecForTesting("UPDATE customer_keys SET kek_id = 'file:elsewhere'"));
   host::ReleaseRequest hr = Request(k, "img-1", host_.get());
   ReleaseRequest r{hr.image_id, hr.tenant, hr.key_id, hr.key_version, hr.wrap_algorithm,
                    hr.oaep_label, hr.wrapped_key, hr.evidence};
-  auto out = other->Release({Caller::Role::kHost, "host-1", "fp"}, "host-1", r);
+  auto out = service_->Release({Caller::Role::kHost, "host-1", "fp"}, "host-1", r);
   EXPECT_STATUS(out, StatusCode::kFailedPrecondition, "kek_mismatch: key ");
-  EXPECT_STATUS(out, StatusCode::kFailedPrecondition, "wrapped under KEK " + kek_->id());
-  EXPECT_STATUS(out, StatusCode::kFailedPrecondition, "this KMS uses KEK " + (*other_kek)->id());
+  EXPECT_STATUS(out, StatusCode::kFailedPrecondition, "wrapped under KEK file:elsewhere");
+  EXPECT_STATUS(out, StatusCode::kFailedPrecondition, "this KMS uses KEK " + kek_->id());
   EXPECT_NE(AuditText().find("kek_mismatch"), std::string::npos);
 }
 

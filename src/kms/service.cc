@@ -15,6 +15,7 @@
 #include "crypto/primitives.h"
 #include "crypto/ssl_util.h"
 #include "crypto/x509.h"
+#include "kms/nonce.h"
 #include "ovf/package_format.h"
 
 namespace vmseal::kms {
@@ -150,6 +151,38 @@ KmsService::KmsService(Options options, Store* store, const KeyEncryptionKey* ke
                        internal::CertAndKey ca)
     : options_(std::move(options)), store_(store), kek_(kek), ca_(std::move(ca)) {}
 
+namespace {
+
+constexpr char kNonceKeyName[] = "nonce_mac_key";
+constexpr char kNonceKeyAad[] = "vmseal-nonce-mac-key-v1";
+// How far in the future an issue time may lie (clocks of KMS processes
+// sharing a store).
+constexpr int64_t kNonceClockSkewSeconds = 60;
+
+// The key that authenticates nonces: created once per store, wrapped under
+// the KEK, shared by every KMS process on that store. Stored as
+// "<KEK id> <base64 of the wrapped key>".
+StatusOr<SecretBytes> LoadNonceKey(Store* store, const KeyEncryptionKey* kek) {
+  ASSIGN_OR_RETURN(std::string fresh, kek->Wrap(SecretBytes::Random(32), kNonceKeyAad));
+  ASSIGN_OR_RETURN(std::string stored,
+                   store->PutSecretIfAbsent(kNonceKeyName,
+                                            kek->id() + " " + crypto::Base64Encode(crypto::AsBytes(fresh)),
+                                            {"kms.nonce_key.create", "kms", json{{"kek_id", kek->id()}}}));
+  const size_t space = stored.find(' ');
+  if (space == std::string::npos) return DataLossError("the store's nonce key record is malformed");
+  const std::string stored_kek = stored.substr(0, space);
+  if (stored_kek != kek->id()) {
+    return FailedPreconditionError("kek_mismatch: this store's keys are wrapped under KEK " + stored_kek +
+                                   " but this KMS uses KEK " + kek->id());
+  }
+  ASSIGN_OR_RETURN(crypto::Bytes blob, crypto::Base64Decode(std::string_view(stored).substr(space + 1)));
+  auto key = kek->Unwrap(crypto::AsStringView(blob), kNonceKeyAad);
+  if (!key.ok()) return DataLossError("the store's nonce key does not open under KEK " + kek->id());
+  return key;
+}
+
+}  // namespace
+
 StatusOr<std::unique_ptr<KmsService>> KmsService::Create(Options options, Store* store,
                                                          const KeyEncryptionKey* kek,
                                                          internal::CertAndKey ca) {
@@ -162,8 +195,10 @@ StatusOr<std::unique_ptr<KmsService>> KmsService::Create(Options options, Store*
   if (!options.ek_ca_bundle_pem.empty()) {
     ASSIGN_OR_RETURN(ek, attest::EkCertificateVerifier::Create(options.ek_ca_bundle_pem));
   }
+  ASSIGN_OR_RETURN(SecretBytes nonce_key, LoadNonceKey(store, kek));
   std::unique_ptr<KmsService> service(new KmsService(std::move(options), store, kek, std::move(ca)));
   service->ek_verifier_ = std::move(ek);
+  service->nonce_key_ = std::move(nonce_key);
   return service;
 }
 
@@ -255,18 +290,23 @@ StatusOr<CustomerKeyInfo> KmsService::GetCustomerKey(const Caller& caller,
 
 StatusOr<NonceResponse> KmsService::IssueNonce(const Caller& caller, const std::string& host_id) {
   RETURN_IF_ERROR(RequireHost(caller, host_id, "issue nonce"));
-  // 8 bytes of issue time (big-endian) || 24 random bytes: the stored nonce
-  // row authenticates the time, which then bounds the evidence's age.
+  // Authenticated, not stored (kms/nonce.h): the MAC vouches for the issue
+  // time, which then bounds the evidence's age.
   const int64_t now = Now();
-  crypto::Bytes raw(8);
-  for (int i = 0; i < 8; ++i) raw[i] = static_cast<uint8_t>(static_cast<uint64_t>(now) >> (56 - 8 * i));
-  crypto::Bytes rnd = crypto::RandomBytes(24);
-  raw.insert(raw.end(), rnd.begin(), rnd.end());
+  ASSIGN_OR_RETURN(crypto::Bytes raw, MakeNonce(nonce_key_, host_id, now, crypto::RandomBytes(8)));
   NonceResponse out;
   out.nonce = crypto::HexEncode(raw);
   out.expires_unix = now + options_.nonce_lifetime_seconds;
-  RETURN_IF_ERROR(store_->PutNonce(out.nonce, host_id, out.expires_unix));
+  MaybePurgeNonces(now);
   return out;
+}
+
+void KmsService::MaybePurgeNonces(int64_t now) {
+  // At most once a minute per process; the used-nonce records are only
+  // needed until their nonces expire.
+  int64_t last = last_nonce_purge_.load();
+  if (now - last < 60 || !last_nonce_purge_.compare_exchange_strong(last, now)) return;
+  (void)store_->PurgeNonces(now - kNonceClockSkewSeconds);
 }
 
 StatusOr<std::vector<AuditRecord>> KmsService::ReadAudit(const Caller& caller, int64_t after_seq,
@@ -412,12 +452,11 @@ StatusOr<std::shared_ptr<const attest::AkPublic>> KmsService::EnrolledAk(const s
 // --- Attestation ------------------------------------------------------------
 
 namespace {
-// The nonce reasons for the store's nonce answers; other errors unchanged.
+// The nonce reason for the store's answer to a consume; other errors
+// unchanged.
 Status NonceError(const Status& s) {
-  if (s.code() == StatusCode::kNotFound) return Denied("nonce_unknown", "the nonce was not issued for this host");
-  if (s.code() == StatusCode::kFailedPrecondition) {
-    if (s.message().find("used") != std::string::npos) return Denied("nonce_used", "the nonce was already used");
-    if (s.message().find("expired") != std::string::npos) return Denied("nonce_expired", "the nonce expired");
+  if (s.code() == StatusCode::kFailedPrecondition && s.message().find("used") != std::string::npos) {
+    return Denied("nonce_used", "the nonce was already used");
   }
   return s;
 }
@@ -425,12 +464,14 @@ Status NonceError(const Status& s) {
 
 StatusOr<int64_t> KmsService::CheckEvidenceNonce(const std::string& host_id,
                                                  const attest::Evidence& ev) {
-  if (ev.nonce.size() != 32) return Denied("nonce_unknown", "the nonce was not issued by this KMS");
-  Status s = store_->CheckNonce(crypto::HexEncode(ev.nonce), host_id, Now());
-  if (!s.ok()) return NonceError(s);
-  uint64_t issued = 0;
-  for (int i = 0; i < 8; ++i) issued = (issued << 8) | ev.nonce[i];
-  return static_cast<int64_t>(issued);
+  // The MAC vouches for the issue time (only this KMS's keyholders made it).
+  ASSIGN_OR_RETURN(const int64_t issued, OpenNonce(nonce_key_, host_id, ev.nonce));
+  const int64_t now = Now();
+  if (issued > now + kNonceClockSkewSeconds) {
+    return Denied("nonce_unknown", "the nonce's issue time lies in the future");
+  }
+  if (issued + options_.nonce_lifetime_seconds < now) return Denied("nonce_expired", "the nonce expired");
+  return issued;
 }
 
 std::pair<Verdict, std::optional<attest::VerifiedEvidence>> KmsService::CheckEvidence(
@@ -503,7 +544,8 @@ StatusOr<VerdictInfo> KmsService::Attest(const Caller& caller, const std::string
   }
   auto result = CheckEvidenceWithReload(host_id, *ak, evidence, *issued);
   // The nonce is consumed in the verdict's transaction (exactly once).
-  const Store::NonceUse use{crypto::HexEncode(evidence.nonce), host_id, Now()};
+  const Store::NonceUse use{crypto::HexEncode(evidence.nonce), host_id,
+                            *issued + options_.nonce_lifetime_seconds};
   Status written = store_->PutVerdict(result.first, {VerdictAudit(result.first)}, &use);
   if (!written.ok()) {
     written = NonceError(written);
@@ -606,7 +648,8 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
   // The verdict is written with the decision's audit record, in one
   // transaction (one commit per release besides the nonce's).
   std::optional<Verdict> verdict_to_record;
-  const Store::NonceUse nonce_use{crypto::HexEncode(req.evidence.nonce), host_id, Now()};
+  // Expiry set once the nonce is checked (before any verdict to record).
+  Store::NonceUse nonce_use{crypto::HexEncode(req.evidence.nonce), host_id, 0};
   auto finish = [&](const Status& s) -> Status {
     std::string reason = ReasonPrefix(s);
     if (reason.empty()) reason = s.code() == StatusCode::kInvalidArgument ? "malformed_request" : "internal";
@@ -650,6 +693,7 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
   if (!ak.ok()) return finish(ak.status());
   auto issued = CheckEvidenceNonce(host_id, req.evidence);
   if (!issued.ok()) return finish(issued.status());
+  nonce_use.expires_unix = *issued + options_.nonce_lifetime_seconds;
   auto verdict = CheckEvidenceWithReload(host_id, *ak, req.evidence, *issued);
   verdict_to_record = verdict.first;
   audit["verdict_id"] = verdict.first.verdict_id;

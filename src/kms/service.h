@@ -6,6 +6,7 @@
 #ifndef VMSEAL_KMS_SERVICE_H_
 #define VMSEAL_KMS_SERVICE_H_
 
+#include <atomic>
 #include <cstdint>
 #include <initializer_list>
 #include <span>
@@ -57,7 +58,7 @@ struct CustomerKeyInfo {
 };
 
 struct NonceResponse {
-  std::string nonce;  // hex, 32 random bytes
+  std::string nonce;  // hex, 32 bytes: issue time, random, MAC (docs/protocol.md)
   int64_t expires_unix = 0;
 };
 
@@ -217,6 +218,8 @@ class KmsService {
                     const std::string& action);
   Status RequireHost(const Caller& caller, const std::string& host_id, const std::string& action);
   int64_t Now() const;
+  // Deletes expired used-nonce records, at most once a minute.
+  void MaybePurgeNonces(int64_t now);
 
   struct CachedKey {
     std::string key_id;  // KMS id
@@ -235,8 +238,9 @@ class KmsService {
                                                                bool reload = false);
   // The customer's key named by `key_id`; unknown_key otherwise.
   StatusOr<CachedKey> CustomerPrivateKey(const std::string& customer_id, const std::string& key_id);
-  // Checks (without consuming) the evidence's nonce; returns its issue time.
-  // nonce_* reasons. The nonce is consumed with the verdict's write.
+  // Checks (without consuming) the evidence's nonce: its MAC for this host
+  // and its age; returns its issue time. nonce_unknown or nonce_expired.
+  // The nonce is consumed with the verdict's write (nonce_used).
   StatusOr<int64_t> CheckEvidenceNonce(const std::string& host_id, const attest::Evidence& ev);
   // Verifies the evidence; the verdict to record (trusted or not) and, if
   // trusted, what the evidence proved. Writes nothing.
@@ -259,6 +263,8 @@ class KmsService {
   const KeyEncryptionKey* const kek_;
   const internal::CertAndKey ca_;
   std::unique_ptr<attest::EkCertificateVerifier> ek_verifier_;
+  SecretBytes nonce_key_;  // HMAC key of the nonces, shared through the store
+  std::atomic<int64_t> last_nonce_purge_{0};
   Metrics metrics_;
 
   std::mutex mu_;  // guards the caches below

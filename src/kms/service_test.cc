@@ -94,15 +94,17 @@ TEST_F(ServiceTest, KeyCreationIsAudited) {
   ASSERT_OK(service_->CreateCustomerKey(As(Caller::Role::kPortal, "p"), {"acme", "X25519"}));
   auto recs = store_->ReadAudit(0, 10);
   ASSERT_OK(recs);
-  ASSERT_EQ(recs->size(), 1u);
-  EXPECT_NE((*recs)[0].record.find("customer_key.create"), std::string::npos);
+  ASSERT_EQ(recs->size(), 2u);
+  // The service's first start on this store created its nonce key.
+  EXPECT_NE((*recs)[0].record.find("kms.nonce_key.create"), std::string::npos);
+  EXPECT_NE((*recs)[1].record.find("customer_key.create"), std::string::npos);
   EXPECT_OK(VerifyStoreAudit(*store_));
 }
 
 TEST_F(ServiceTest, HostCannotCreateKeysAndDenialIsAudited) {
   EXPECT_STATUS(service_->CreateCustomerKey(As(Caller::Role::kHost, "h1"), {"acme", ""}),
                 StatusCode::kPermissionDenied, "portal role");
-  auto recs = store_->ReadAudit(0, 10);
+  auto recs = store_->ReadAudit(1, 10);  // after the nonce key's creation
   ASSERT_OK(recs);
   ASSERT_EQ(recs->size(), 1u);
   EXPECT_NE((*recs)[0].record.find("wrong_role"), std::string::npos);
@@ -137,7 +139,10 @@ TEST_F(ServiceTest, HostGetsNonceForItselfOnly) {
   ASSERT_OK(n);
   EXPECT_EQ(n->nonce.size(), 64u);
   EXPECT_EQ(n->expires_unix, now_ + 60);
-  EXPECT_OK(store_->ConsumeNonce(n->nonce, "h1", now_));
+  EXPECT_EQ(n->nonce.substr(0, 16), "00000000000003e8");  // the issue time, 1000
+  auto again = service_->IssueNonce(As(Caller::Role::kHost, "h1"), "h1");
+  ASSERT_OK(again);
+  EXPECT_NE(again->nonce, n->nonce);
   EXPECT_STATUS(service_->IssueNonce(As(Caller::Role::kHost, "h1"), "h2"),
                 StatusCode::kPermissionDenied, "itself");
 }
@@ -177,7 +182,7 @@ TEST_F(ServiceTest, WrongRolesAreRefused) {
   EXPECT_STATUS(service_->PutPolicy(host, {"acme", "", {}}), denied, "role");
   EXPECT_STATUS(service_->GetPolicy(host, "acme", ""), denied, "role");
   EXPECT_STATUS(service_->ListHosts(Caller{}), StatusCode::kUnauthenticated, "client certificate");
-  auto recs = store_->ReadAudit(0, 100);
+  auto recs = store_->ReadAudit(1, 100);  // after the nonce key's creation
   ASSERT_OK(recs);
   EXPECT_EQ(recs->size(), 17u);
   EXPECT_OK(VerifyStoreAudit(*store_));
@@ -359,6 +364,90 @@ TEST_F(ReleaseTest, RsaKeyIsStillReleased) {
   auto opened = tpm_->Decrypt(out->rewrapped_key, out->label);
   ASSERT_OK(opened);
   EXPECT_TRUE(opened->Equals(data_key_));
+}
+
+// Nonces (docs/protocol.md §nonces): MAC-authenticated for one host,
+// short-lived, single-use; each refusal names its reason, returns no key
+// and is audited.
+TEST_F(ReleaseTest, NonceIsUsedOnce) {
+  crypto::PublicKey customer = NewCustomerKey("X25519");
+  const ReleaseRequest r = Request("img-1", customer, data_key_);
+  ASSERT_OK(Release(r));
+  EXPECT_STATUS(Release(r), StatusCode::kPermissionDenied, "nonce_used");
+  EXPECT_NE(AuditText().find("nonce_used"), std::string::npos);
+}
+
+TEST_F(ReleaseTest, NonceTheKmsDidNotIssueIsUnknown) {
+  crypto::PublicKey customer = NewCustomerKey("X25519");
+  ReleaseRequest r = Request("img-1", customer, data_key_);
+  crypto::Bytes forged = crypto::RandomBytes(32);
+  std::copy(r.evidence.nonce.begin(), r.evidence.nonce.begin() + 16, forged.begin());  // same time
+  r.evidence = tpm_->Attest(forged, {0, 7}, pcr_values_);
+  EXPECT_STATUS(Release(r), StatusCode::kPermissionDenied, "nonce_unknown");
+  EXPECT_NE(AuditText().find("nonce_unknown"), std::string::npos);
+}
+
+TEST_F(ReleaseTest, NonceOfAnotherHostIsUnknown) {
+  crypto::PublicKey customer = NewCustomerKey("X25519");
+  ReleaseRequest r = Request("img-1", customer, data_key_);
+  auto other = service_->IssueNonce(As(Caller::Role::kHost, "h2"), "h2");
+  ASSERT_OK(other);
+  r.evidence = tpm_->Attest(*crypto::HexDecode(other->nonce), {0, 7}, pcr_values_);
+  EXPECT_STATUS(Release(r), StatusCode::kPermissionDenied, "nonce_unknown");
+}
+
+TEST_F(ReleaseTest, ExpiredNonceIsRefused) {
+  crypto::PublicKey customer = NewCustomerKey("X25519");
+  const ReleaseRequest r = Request("img-1", customer, data_key_);  // issued at 1000, 60 s
+  now_ += 61;
+  EXPECT_STATUS(Release(r), StatusCode::kPermissionDenied, "nonce_expired");
+  now_ -= 1;  // the last second of its life
+  ASSERT_OK(Release(r));
+}
+
+TEST_F(ReleaseTest, NonceIssuedInTheFutureIsUnknown) {
+  crypto::PublicKey customer = NewCustomerKey("X25519");
+  const ReleaseRequest r = Request("img-1", customer, data_key_);  // issued at 1000
+  now_ -= 61;  // beyond the clock skew allowed between KMS processes
+  EXPECT_STATUS(Release(r), StatusCode::kPermissionDenied, "nonce_unknown");
+}
+
+// Two KMS services on one store (as two processes on one PostgreSQL): one
+// issues, the other accepts, once. A service with another KEK cannot start
+// on that store.
+TEST_F(ReleaseTest, ServicesOnOneStoreShareTheNonceKey) {
+  crypto::PublicKey customer = NewCustomerKey("X25519");
+  const ReleaseRequest r = Request("img-1", customer, data_key_);
+  auto ca = internal::CreateRootCa("second kms ca", 30);
+  ASSERT_OK(ca);
+  KmsService::Options options;
+  options.clock = [this] { return now_; };
+  auto second = KmsService::Create(options, store_.get(), kek_.get(),
+                                   {ca->cert_pem, ca->key_pem.Clone()});
+  ASSERT_OK(second);
+  ASSERT_OK((*second)->Release(As(Caller::Role::kHost, "h1"), "h1", r));
+  const std::string audit = AuditText();
+  ASSERT_NE(audit.find("kms.nonce_key.create"), std::string::npos);
+  EXPECT_EQ(audit.find("kms.nonce_key.create"), audit.rfind("kms.nonce_key.create"));  // once
+  EXPECT_STATUS(Release(r), StatusCode::kPermissionDenied, "nonce_used");
+  auto other_kek = KekFromBytes(SecretBytes::Random(kKekBytes));
+  ASSERT_OK(other_kek);
+  EXPECT_STATUS(KmsService::Create(options, store_.get(), other_kek->get(), *std::move(ca)),
+                StatusCode::kFailedPrecondition, "kek_mismatch");
+}
+
+// Used-nonce records are kept until their nonces expire, then purged.
+TEST_F(ReleaseTest, UsedNonceRecordsArePurgedAfterExpiry) {
+  crypto::PublicKey customer = NewCustomerKey("X25519");
+  const ReleaseRequest r = Request("img-1", customer, data_key_);  // expires at 1060
+  ASSERT_OK(Release(r));
+  const std::string hex = crypto::HexEncode(r.evidence.nonce);
+  EXPECT_STATUS(store_->ConsumeNonce(hex, "h1", 1060), StatusCode::kFailedPrecondition,
+                "already used");
+  now_ = 1060 + 61;  // past expiry and the clock skew
+  ASSERT_OK(service_->IssueNonce(As(Caller::Role::kHost, "h1"), "h1"));  // purges
+  EXPECT_OK(store_->ConsumeNonce(hex, "h1", 1060));  // the record was gone
+  EXPECT_STATUS(Release(r), StatusCode::kPermissionDenied, "nonce_expired");
 }
 
 TEST_F(ReleaseTest, X25519UriForAnRsaKeyIsUnknownKey) {

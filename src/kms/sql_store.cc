@@ -75,6 +75,20 @@ CREATE TABLE audit_log (
     R"sql(
 CREATE INDEX verdicts_failed_by_host ON verdicts(host_id, time_unix) WHERE trusted = 0;
 )sql",
+    // 3: nonces are issued without a write (MAC-authenticated); only used
+    // ones are recorded, until they expire. The MAC key, wrapped under the
+    // KEK, is shared by every KMS process on the store.
+    R"sql(
+DROP TABLE nonces;
+CREATE TABLE used_nonces (
+  nonce TEXT PRIMARY KEY,
+  host_id TEXT NOT NULL,
+  expires_unix BIGINT NOT NULL);
+CREATE INDEX used_nonces_by_expiry ON used_nonces(expires_unix);
+CREATE TABLE service_secrets (
+  name TEXT PRIMARY KEY,
+  value TEXT NOT NULL);
+)sql",
 };
 
 int64_t Now() { return static_cast<int64_t>(std::time(nullptr)); }
@@ -192,31 +206,40 @@ class SqlStore : public Store {
     });
   }
 
-  Status PutNonce(const std::string& nonce, const std::string& host_id,
-                  int64_t expires_unix) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    auto r = conn_->Exec("INSERT INTO nonces (nonce, host_id, expires_unix, consumed) "
-                         "VALUES (?, ?, ?, 0)",
-                         {nonce, host_id, expires_unix});
-    return r.status();
-  }
-
   Status ConsumeNonce(const std::string& nonce, const std::string& host_id,
-                      int64_t now_unix) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    return ConsumeNonceLocked(nonce, host_id, now_unix);
-  }
-
-  Status CheckNonce(const std::string& nonce, const std::string& host_id,
-                    int64_t now_unix) override {
-    std::lock_guard<std::mutex> lock(read_mu_);
-    return NonceStateLocked(reader_.get(), nonce, host_id, now_unix);
+                      int64_t expires_unix) override {
+    return InTx([&]() -> Status { return ConsumeNonceLocked(nonce, host_id, expires_unix); });
   }
 
   StatusOr<int64_t> PurgeNonces(int64_t before_unix) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    ASSIGN_OR_RETURN(auto r, conn_->Exec("DELETE FROM nonces WHERE expires_unix < ?", {before_unix}));
-    return r.affected;
+    int64_t purged = 0;
+    Status deleted = InTx([&]() -> Status {
+      ASSIGN_OR_RETURN(auto r, conn_->Exec("DELETE FROM used_nonces WHERE expires_unix < ?",
+                                           {before_unix}));
+      purged = r.affected;
+      return OkStatus();
+    });
+    if (!deleted.ok()) return deleted;
+    return purged;
+  }
+
+  StatusOr<std::string> PutSecretIfAbsent(const std::string& name, const std::string& value,
+                                          const AuditEvent& audit) override {
+    std::string stored;
+    Status written = InTx([&]() -> Status {
+      ASSIGN_OR_RETURN(auto inserted,
+                       conn_->Exec("INSERT INTO service_secrets (name, value) VALUES (?, ?) "
+                                   "ON CONFLICT (name) DO NOTHING",
+                                   {name, value}));
+      if (inserted.affected == 1) RETURN_IF_ERROR(AppendAuditLocked(audit));
+      ASSIGN_OR_RETURN(auto r, conn_->Exec("SELECT value FROM service_secrets WHERE name = ?",
+                                           {name}));
+      if (r.rows.empty()) return InternalError("service secret " + name + " vanished");
+      stored = ToStr(r.rows[0][0]);
+      return OkStatus();
+    });
+    if (!written.ok()) return written;
+    return stored;
   }
 
   using Store::PutVerdict;
@@ -224,7 +247,7 @@ class SqlStore : public Store {
                     const NonceUse* consume) override {
     return InTx([&]() -> Status {
       if (consume != nullptr) {
-        RETURN_IF_ERROR(ConsumeNonceLocked(consume->nonce, consume->host_id, consume->now_unix));
+        RETURN_IF_ERROR(ConsumeNonceLocked(consume->nonce, consume->host_id, consume->expires_unix));
       }
       RETURN_IF_ERROR(conn_->Exec(
           "INSERT INTO verdicts (verdict_id, host_id, trusted, reason, time_unix, details) "
@@ -454,30 +477,17 @@ class SqlStore : public Store {
     return out;
   }
 
-  // Caller holds mu_ (and possibly a write transaction).
+  // Caller holds the write transaction.
   Status ConsumeNonceLocked(const std::string& nonce, const std::string& host_id,
-                            int64_t now_unix) {
-    // One conditional UPDATE: row-level locking makes a concurrent second
-    // consumer (another process on the same PostgreSQL) see consumed = 1.
-    ASSIGN_OR_RETURN(auto r, conn_->Exec(
-        "UPDATE nonces SET consumed = 1 WHERE nonce = ? AND host_id = ? AND consumed = 0 "
-        "AND expires_unix >= ?",
-        {nonce, host_id, now_unix}));
-    if (r.affected == 1) return OkStatus();
-    Status why = NonceStateLocked(conn_.get(), nonce, host_id, now_unix);
-    return why.ok() ? FailedPreconditionError("nonce already used") : why;
-  }
-
-  // Caller holds the lock of `conn` (mu_ for conn_, read_mu_ for reader_).
-  Status NonceStateLocked(internal::SqlConn* conn, const std::string& nonce,
-                          const std::string& host_id, int64_t now_unix) {
-    ASSIGN_OR_RETURN(auto why, conn->Exec(
-        "SELECT consumed, expires_unix FROM nonces WHERE nonce = ? AND host_id = ?",
-        {nonce, host_id}));
-    if (why.rows.empty()) return NotFoundError("unknown nonce");
-    if (ToInt(why.rows[0][0]) != 0) return FailedPreconditionError("nonce already used");
-    if (ToInt(why.rows[0][1]) < now_unix) return FailedPreconditionError("nonce expired");
-    return OkStatus();
+                            int64_t expires_unix) {
+    // The primary key makes a second consumer (another process on the same
+    // PostgreSQL waits for the first one's commit) fail.
+    auto r = conn_->Exec("INSERT INTO used_nonces (nonce, host_id, expires_unix) VALUES (?, ?, ?)",
+                         {nonce, host_id, expires_unix});
+    if (!r.ok() && r.status().code() == StatusCode::kAlreadyExists) {
+      return FailedPreconditionError("nonce already used");
+    }
+    return r.status();
   }
 
   StatusOr<std::vector<Verdict>> QueryVerdicts(const std::string& where,

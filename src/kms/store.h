@@ -110,19 +110,26 @@ class Store {
                              const AuditEvent& audit) = 0;
 
   // --- Nonces ------------------------------------------------------------
-  // Records a fresh nonce for `host_id` valid until `expires_unix`.
-  virtual Status PutNonce(const std::string& nonce, const std::string& host_id,
-                          int64_t expires_unix) = 0;
-  // Consumes the nonce exactly once across all processes sharing the store.
-  // NOT_FOUND (unknown or other host), FAILED_PRECONDITION "nonce already
-  // used" or "nonce expired".
+  // Nonces are stateless when issued (the KMS authenticates them with a MAC,
+  // docs/protocol.md); the store only remembers the used ones, until they
+  // expire.
+  //
+  // Records `nonce` as used, exactly once across all processes sharing the
+  // store: FAILED_PRECONDITION "nonce already used" the second time.
+  // `expires_unix`: when the record may be purged.
   virtual Status ConsumeNonce(const std::string& nonce, const std::string& host_id,
-                              int64_t now_unix) = 0;
-  // ConsumeNonce's answer without consuming (a cheap early check).
-  virtual Status CheckNonce(const std::string& nonce, const std::string& host_id,
-                            int64_t now_unix) = 0;
-  // Deletes nonces that expired before `before_unix`; returns the count.
+                              int64_t expires_unix) = 0;
+  // Deletes the used-nonce records that expired before `before_unix`;
+  // returns the count.
   virtual StatusOr<int64_t> PurgeNonces(int64_t before_unix) = 0;
+
+  // --- Service secrets ---------------------------------------------------
+  // Stores `value` (already wrapped under the KEK) under `name` unless a
+  // value is stored there, appending `audit` if it stored it; returns the
+  // stored value either way, so that processes sharing the store agree on
+  // one.
+  virtual StatusOr<std::string> PutSecretIfAbsent(const std::string& name, const std::string& value,
+                                                  const AuditEvent& audit) = 0;
 
   // --- Verdicts (host trust history) -----------------------------------
   Status PutVerdict(const Verdict& verdict, const AuditEvent& audit) {
@@ -138,7 +145,7 @@ class Store {
   struct NonceUse {
     std::string nonce;
     std::string host_id;
-    int64_t now_unix = 0;
+    int64_t expires_unix = 0;
   };
   virtual Status PutVerdict(const Verdict& verdict, const std::vector<AuditEvent>& audits,
                             const NonceUse* consume) = 0;

@@ -175,30 +175,44 @@ TEST_P(StoreTest, ReEnrollmentResetsEnrolledFlag) {
 }
 
 TEST_P(StoreTest, NonceConsumedOnce) {
-  ASSERT_OK(store_->PutNonce("n1", "h1", 1000));
-  EXPECT_OK(store_->ConsumeNonce("n1", "h1", 900));
-  EXPECT_STATUS(store_->ConsumeNonce("n1", "h1", 900), StatusCode::kFailedPrecondition,
+  EXPECT_OK(store_->ConsumeNonce("n1", "h1", 1000));
+  EXPECT_STATUS(store_->ConsumeNonce("n1", "h1", 1000), StatusCode::kFailedPrecondition,
                 "already used");
+  // The record is the nonce's, whichever host presents it again.
+  EXPECT_STATUS(store_->ConsumeNonce("n1", "h2", 1000), StatusCode::kFailedPrecondition,
+                "already used");
+  EXPECT_OK(store_->ConsumeNonce("n2", "h1", 1000));
 }
 
-TEST_P(StoreTest, ExpiredNonceRefused) {
-  ASSERT_OK(store_->PutNonce("n1", "h1", 1000));
-  EXPECT_STATUS(store_->ConsumeNonce("n1", "h1", 1001), StatusCode::kFailedPrecondition, "expired");
-}
-
-TEST_P(StoreTest, NonceOfOtherHostRefused) {
-  ASSERT_OK(store_->PutNonce("n1", "h1", 1000));
-  EXPECT_STATUS(store_->ConsumeNonce("n1", "h2", 900), StatusCode::kNotFound, "unknown nonce");
-  EXPECT_OK(store_->ConsumeNonce("n1", "h1", 900));
-}
-
-TEST_P(StoreTest, PurgeRemovesOnlyExpiredNonces) {
-  ASSERT_OK(store_->PutNonce("old", "h1", 10));
-  ASSERT_OK(store_->PutNonce("new", "h1", 1000));
+TEST_P(StoreTest, PurgeRemovesOnlyExpiredNonceRecords) {
+  ASSERT_OK(store_->ConsumeNonce("old", "h1", 10));
+  ASSERT_OK(store_->ConsumeNonce("new", "h1", 1000));
   auto purged = store_->PurgeNonces(500);
   ASSERT_OK(purged);
   EXPECT_EQ(*purged, 1);
-  EXPECT_OK(store_->ConsumeNonce("new", "h1", 900));
+  EXPECT_STATUS(store_->ConsumeNonce("new", "h1", 1000), StatusCode::kFailedPrecondition,
+                "already used");
+}
+
+// Two processes' worth of stores race to create the same secret: both get
+// the first one stored.
+TEST_P(StoreTest, SecretIsStoredOnceAndSharedByAllConnections) {
+  auto other = OpenOrDie();
+  ASSERT_NE(other, nullptr);
+  auto first = store_->PutSecretIfAbsent("k", "value-a", Event("secret.create", "k"));
+  ASSERT_OK(first);
+  EXPECT_EQ(*first, "value-a");
+  auto second = other->PutSecretIfAbsent("k", "value-b", Event("secret.create", "k"));
+  ASSERT_OK(second);
+  EXPECT_EQ(*second, "value-a");
+  auto other_name = other->PutSecretIfAbsent("k2", "value-c", Event("secret.create", "k2"));
+  ASSERT_OK(other_name);
+  EXPECT_EQ(*other_name, "value-c");
+  // Audited once per secret stored, not per call.
+  auto audit = store_->ReadAudit(0, 100);
+  ASSERT_OK(audit);
+  EXPECT_EQ(audit->size(), 2u);
+  EXPECT_OK(VerifyStoreAudit(*store_));
 }
 
 // Two independent connections (two KMS processes' worth) race for each of
@@ -207,12 +221,11 @@ TEST_P(StoreTest, ConcurrentConsumersAcceptNonceOnce) {
   auto other = OpenOrDie();
   ASSERT_NE(other, nullptr);
   constexpr int kNonces = 50;
-  for (int i = 0; i < kNonces; ++i) ASSERT_OK(store_->PutNonce(Cat("n", i), "h", 1000));
   std::atomic<int> accepted{0};
   std::atomic<int> errors{0};
   auto race = [&](Store* s) {
     for (int i = 0; i < kNonces; ++i) {
-      Status st = s->ConsumeNonce(Cat("n", i), "h", 900);
+      Status st = s->ConsumeNonce(Cat("n", i), "h", 1000);
       if (st.ok()) {
         ++accepted;
       } else if (st.message().find("already used") == std::string::npos) {
@@ -235,7 +248,6 @@ TEST_P(StoreTest, ConcurrentConsumersAcceptNonceOnce) {
 TEST_P(StoreTest, ConcurrentWritersOnOneStoreCommitIndependently) {
   constexpr int kNonces = 40;
   constexpr int kThreads = 6;
-  for (int i = 0; i < kNonces; ++i) ASSERT_OK(store_->PutNonce(Cat("g", i), "h", 1000));
   auto before = VerifyStoreAudit(*store_);
   ASSERT_OK(before);
   std::atomic<int> accepted{0};
@@ -243,7 +255,7 @@ TEST_P(StoreTest, ConcurrentWritersOnOneStoreCommitIndependently) {
   std::atomic<int> errors{0};
   auto writer = [&](int t) {
     for (int i = 0; i < kNonces; ++i) {
-      const Store::NonceUse use{Cat("g", i), "h", 900};
+      const Store::NonceUse use{Cat("g", i), "h", 1000};
       Verdict v{Cat(Cat("v", t) + "-", i), "h", true, "ok", 100 + i, json{{"t", t}}};
       Status st = store_->PutVerdict(v, {Event("verdict", "h"), Event("grant", "h")}, &use);
       if (st.ok()) {
@@ -315,15 +327,11 @@ TEST_P(StoreTest, FailedVerdictsLatestVerdictAndHostList) {
 }
 
 TEST_P(StoreTest, VerdictConsumesItsNonceAtomically) {
-  ASSERT_OK(store_->PutNonce("n1", "h1", 1000));
-  EXPECT_OK(store_->CheckNonce("n1", "h1", 500));
-  EXPECT_OK(store_->CheckNonce("n1", "h1", 500));  // checking does not consume
-  EXPECT_STATUS(store_->CheckNonce("n1", "h2", 500), StatusCode::kNotFound, "unknown nonce");
-  EXPECT_STATUS(store_->CheckNonce("n1", "h1", 1001), StatusCode::kFailedPrecondition, "expired");
-  const Store::NonceUse use{"n1", "h1", 500};
+  const Store::NonceUse use{"n1", "h1", 1000};
   ASSERT_OK(store_->PutVerdict({"v1", "h1", true, "ok", 500, json::object()},
                                {Event("a", "h1")}, &use));
-  EXPECT_STATUS(store_->CheckNonce("n1", "h1", 500), StatusCode::kFailedPrecondition, "already used");
+  EXPECT_STATUS(store_->ConsumeNonce("n1", "h1", 1000), StatusCode::kFailedPrecondition,
+                "already used");
   // A second use writes nothing at all.
   EXPECT_STATUS(store_->PutVerdict({"v2", "h1", true, "ok", 501, json::object()},
                                    {Event("b", "h1")}, &use),

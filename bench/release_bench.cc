@@ -267,9 +267,37 @@ int Run(int releases, const std::string& store_arg, int clients, const std::stri
                             msg.size()) == 1;
   };
 
-  struct Figures {
-    double crypto_cpu = 0;  // s per release
+  // The same crypto as a release, alone: the unwrap with the customer key
+  // (RSA-3072 OAEP decrypt, or X25519 + HKDF + AES-GCM), one RSA-2048 OAEP
+  // encrypt to the binding key, two RSA-2048 verifies (the AK's quote and
+  // certify signatures).
+  struct CryptoCost {
+    double cpu = 0, wall = 0;  // s, for `n` releases
   };
+  auto crypto_cost = [&](bool x25519, int n) {
+    auto cust = Must(crypto::PrivateKey::Generate(x25519 ? crypto::KeyType::kX25519 : crypto::KeyType::kRsa3072),
+                     "customer key");
+    const crypto::Bytes cwrapped =
+        x25519 ? Must(crypto::X25519Wrap(cust.Public(), data_key, crypto::AsStringView(label)), "wrap")
+               : Must(crypto::RsaOaepWrap(cust.Public(), data_key, crypto::AsStringView(label)), "wrap");
+    CryptoCost c;
+    const double ccpu0 = CpuSeconds();
+    const auto c0 = Clock::now();
+    for (int i = 0; i < n; ++i) {
+      auto dk = x25519 ? Must(crypto::X25519Unwrap(cust, cwrapped, crypto::AsStringView(label)), "unwrap")
+                       : Must(crypto::RsaOaepUnwrap(cust, cwrapped, crypto::AsStringView(label)), "unwrap");
+      Must(crypto::RsaOaepWrap(bind_pub, dk, "vmseal-release:img-1", crypto::OaepLabel::kTpm).status(), "rewrap");
+      if (!verify() || !verify()) Die(InternalError("verify failed"), "verify");
+    }
+    c.wall = std::chrono::duration<double>(Clock::now() - c0).count();
+    c.cpu = CpuSeconds() - ccpu0;
+    return c;
+  };
+  // This machine's speed against the one the targets were set on: the
+  // issue's RSA-3072 crypto cost, 710 unwrap+rewrap per second per core.
+  constexpr double kReferenceRsaCryptoCpu = 1.0 / 710;
+  double rsa_crypto_cpu = 0;  // s per release, measured in this run
+
   bool floor_done = false;
   HttpsRun nonce_run;
   // One key type: the customer key, the package's wrapped data key, the
@@ -284,7 +312,7 @@ int Run(int releases, const std::string& store_arg, int clients, const std::stri
 
     std::fprintf(stderr, "%s: recording evidence sets from swtpm...\n", algorithm.c_str());
     std::vector<kms::ReleaseRequest> requests;
-    const int paced = x25519 ? 0 : releases;  // evidence for the paced run (RSA only)
+    const int paced = releases;  // evidence for the paced run
     for (int i = 0; i < 2 * releases + 10 + paced; ++i) {
       auto n = Must(service->IssueNonce(host, "host-1"), "nonce");
       kms::ReleaseRequest r;
@@ -311,25 +339,9 @@ int Run(int releases, const std::string& store_arg, int clients, const std::stri
     const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
     const double cpu = CpuSeconds() - cpu0;
 
-    // The same crypto alone: the unwrap with the customer key (RSA-3072
-    // OAEP decrypt, or X25519 + HKDF + AES-GCM), one RSA-2048 OAEP encrypt
-    // to the binding key, two RSA-2048 verifies (the AK's quote and certify
-    // signatures).
-    auto cust = Must(crypto::PrivateKey::Generate(x25519 ? crypto::KeyType::kX25519 : crypto::KeyType::kRsa3072),
-                     "customer key");
-    const crypto::Bytes cwrapped =
-        x25519 ? Must(crypto::X25519Wrap(cust.Public(), data_key, crypto::AsStringView(label)), "wrap")
-               : Must(crypto::RsaOaepWrap(cust.Public(), data_key, crypto::AsStringView(label)), "wrap");
-    const double ccpu0 = CpuSeconds();
-    const auto c0 = Clock::now();
-    for (int i = 0; i < releases; ++i) {
-      auto dk = x25519 ? Must(crypto::X25519Unwrap(cust, cwrapped, crypto::AsStringView(label)), "unwrap")
-                       : Must(crypto::RsaOaepUnwrap(cust, cwrapped, crypto::AsStringView(label)), "unwrap");
-      Must(crypto::RsaOaepWrap(bind_pub, dk, "vmseal-release:img-1", crypto::OaepLabel::kTpm).status(), "rewrap");
-      if (!verify() || !verify()) Die(InternalError("verify failed"), "verify");
-    }
-    const double cwall = std::chrono::duration<double>(Clock::now() - c0).count();
-    const double ccpu = CpuSeconds() - ccpu0;
+    const CryptoCost cc = crypto_cost(x25519, releases);
+    const double cwall = cc.wall, ccpu = cc.cpu;
+    if (!x25519) rsa_crypto_cpu = ccpu / releases;
 
     std::vector<nlohmann::json> bodies;
     for (int i = releases + 10; i < 2 * releases + 10 + paced; ++i) {
@@ -357,35 +369,50 @@ int Run(int releases, const std::string& store_arg, int clients, const std::stri
     const HttpsRun https = run_https("/v1/hosts/host-1/releases", closed, releases);
 
     const double per = cpu / releases, cper = ccpu / releases, hper = https.server_cpu / releases;
+    if (rsa_crypto_cpu == 0) {
+      const int n = std::min(releases, 300);
+      rsa_crypto_cpu = crypto_cost(false, n).cpu / n;
+    }
+    // The targets: server CPU <= 1.35x the crypto cost with RSA-3072 keys,
+    // so that 2 cores sustain >= 1,000 releases/s; >= 5,000/s with X25519
+    // keys, whose crypto is a twentieth of that and so cannot carry a ratio
+    // target (TLS, HTTP, JSON and the commit cost more than it). Rates are
+    // also shown scaled to the reference machine by this run's RSA speed.
+    const double target_rate = x25519 ? 5000 : 1000;
+    const double speed = kReferenceRsaCryptoCpu / rsa_crypto_cpu;  // > 1: faster than the reference
+    const unsigned cores = std::thread::hardware_concurrency();
     std::printf("  %s customer key\n", algorithm.c_str());
     std::printf("    KmsService::Release  p50 %.3f ms  p99 %.3f ms  cpu %.3f ms/release  %.0f releases/s\n",
                 Percentile(lat, 0.5) * 1e3, Percentile(lat, 0.99) * 1e3, per * 1e3, releases / wall);
     std::printf("    raw crypto           cpu %.3f ms/release  %.0f /s per core\n", cper * 1e3, releases / cwall);
-    std::printf("    in-process ratio (service cpu / crypto cpu)   %.2f  (target <= 1.35)\n", per / cper);
+    std::printf("    in-process ratio (service cpu / crypto cpu)   %.2f%s\n", per / cper,
+                x25519 ? "  (no ratio target for X25519: its target is the rate)" : "  (target <= 1.35)");
     std::printf("    HTTPS, %d clients   p50 %.3f ms  p99 %.3f ms  %.0f releases/s measured (clients share the "
                 "cores)\n",
                 clients, Percentile(https.lat, 0.5) * 1e3, Percentile(https.lat, 0.99) * 1e3,
                 releases / https.wall);
-    std::printf("    HTTPS server cpu %.3f ms/release (kernel %.3f): ratio %.2f (target <= 1.35); %u cores "
-                "sustain %.0f releases/s\n",
-                hper * 1e3, https.server_sys / releases * 1e3, hper / cper,
-                std::thread::hardware_concurrency(), std::thread::hardware_concurrency() / hper);
+    std::printf("    HTTPS server cpu %.3f ms/release (kernel %.3f): ratio %.2f%s\n", hper * 1e3,
+                https.server_sys / releases * 1e3, hper / cper, x25519 ? "" : " (target <= 1.35)");
+    const double sustain = cores / hper;
+    std::printf("    %u cores sustain %.0f releases/s: %.2fx the %.0f/s target; %.2fx at the reference speed "
+                "(this machine runs the RSA-3072 crypto at %.2fx the issue's 710/s per core)\n",
+                cores, sustain, sustain / target_rate, target_rate, sustain / speed / target_rate, speed);
     if (!open.empty()) {
-      // The latency target: p99 at 80% of the 1,000 releases/s target.
-      const double rate = 800;
+      // The latency target: p99 at 80% of the rate target.
+      const double rate = 0.8 * target_rate;
       const HttpsRun p = run_https("/v1/hosts/host-1/releases", open, static_cast<int>(open.size()), rate);
-      std::printf("    HTTPS paced at %.0f releases/s (80%% of 1,000/s): p50 %.3f ms  p99 %.3f ms "
-                  "(target p99 <= 50 ms), achieved %.0f releases/s\n",
-                  rate, Percentile(p.lat, 0.5) * 1e3, Percentile(p.lat, 0.99) * 1e3,
-                  static_cast<double>(open.size()) / p.wall);
+      std::printf("    HTTPS paced at %.0f releases/s (80%% of %.0f/s): p50 %.3f ms  p99 %.3f ms "
+                  "(target p99 <= 50 ms: %.2fx), achieved %.0f releases/s\n",
+                  rate, target_rate, Percentile(p.lat, 0.5) * 1e3, Percentile(p.lat, 0.99) * 1e3,
+                  Percentile(p.lat, 0.99) / 0.050, static_cast<double>(open.size()) / p.wall);
     }
     const double cycle = hper + nonce_run.server_cpu / releases;
-    std::printf("    whole cycle (nonce + release) server cpu %.3f ms: %u cores sustain %.0f cycles/s\n",
-                cycle * 1e3, std::thread::hardware_concurrency(), std::thread::hardware_concurrency() / cycle);
+    std::printf("    whole cycle (nonce + release) server cpu %.3f ms: %u cores sustain %.0f cycles/s (%.2fx the "
+                "target; %.2fx at the reference speed)\n",
+                cycle * 1e3, cores, cores / cycle, cores / cycle / target_rate, cores / cycle / speed / target_rate);
     std::printf("    (%.1f context switches per release, clients included; slowest connect + mTLS handshake "
                 "before the clock: %.1f ms)\n",
                 https.switches / releases, https.connect_max * 1e3);
-    return Figures{cper};
   };
 
   std::printf("release_bench: %d releases per phase, store %s, evidence recorded from swtpm\n", releases,

@@ -5,6 +5,7 @@ namespace {
 
 constexpr size_t kBodyBytes = 16;  // issue time || random
 constexpr size_t kMacBytes = kNonceBytes - kBodyBytes;
+static_assert(kMacBytes == 16, "UsedNonceCache keys on the 16-byte MAC");
 
 StatusOr<crypto::Bytes> Mac(const SecretBytes& key, const std::string& host_id,
                             std::span<const uint8_t> body) {
@@ -45,6 +46,39 @@ StatusOr<int64_t> OpenNonce(const SecretBytes& key, const std::string& host_id,
   uint64_t issued = 0;
   for (size_t i = 0; i < 8; ++i) issued = (issued << 8) | nonce[i];
   return static_cast<int64_t>(issued);
+}
+
+bool UsedNonceCache::TagOf(std::span<const uint8_t> nonce, Tag* tag) {
+  if (nonce.size() != kNonceBytes) return false;
+  std::copy(nonce.begin() + kBodyBytes, nonce.end(), tag->begin());
+  return true;
+}
+
+void UsedNonceCache::Add(std::span<const uint8_t> nonce, int64_t expires_unix, int64_t now_unix) {
+  Tag tag;
+  if (!TagOf(nonce, &tag) || capacity_ == 0) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!tags_.insert(tag).second) return;
+  order_.emplace_back(expires_unix, tag);
+  // Insertion order is close to expiry order (one lifetime for all nonces);
+  // an entry that expires early behind a later one is forgotten late, which
+  // only costs memory within the bound.
+  while (!order_.empty() && (order_.front().first < now_unix || order_.size() > capacity_)) {
+    tags_.erase(order_.front().second);
+    order_.pop_front();
+  }
+}
+
+bool UsedNonceCache::Contains(std::span<const uint8_t> nonce) const {
+  Tag tag;
+  if (!TagOf(nonce, &tag)) return false;
+  std::lock_guard<std::mutex> lock(mu_);
+  return tags_.count(tag) != 0;
+}
+
+size_t UsedNonceCache::size() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return tags_.size();
 }
 
 }  // namespace vmseal::kms

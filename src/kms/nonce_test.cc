@@ -1,5 +1,7 @@
 #include "kms/nonce.h"
 
+#include <algorithm>
+
 #include <gtest/gtest.h>
 
 #include "testing/test_util.h"
@@ -49,6 +51,53 @@ TEST(NonceTest, BadArgumentsAreRefused) {
   EXPECT_STATUS(MakeNonce(key, "h1", 1, crypto::RandomBytes(7)), StatusCode::kInvalidArgument, "8 bytes");
   EXPECT_STATUS(MakeNonce(key, std::string(256, 'h'), 1, crypto::RandomBytes(8)),
                 StatusCode::kInvalidArgument, "255");
+}
+
+crypto::Bytes NonceWithMac(uint8_t mac_byte) {
+  crypto::Bytes n(kNonceBytes, 0x00);
+  std::fill(n.begin() + 16, n.end(), mac_byte);
+  return n;
+}
+
+TEST(UsedNonceCacheTest, RemembersWhatWasAdded) {
+  UsedNonceCache cache(10);
+  const crypto::Bytes a = NonceWithMac(1), b = NonceWithMac(2);
+  cache.Add(a, 2000, 1000);
+  EXPECT_TRUE(cache.Contains(a));
+  EXPECT_FALSE(cache.Contains(b));
+  cache.Add(a, 2000, 1000);  // again: still one entry
+  EXPECT_EQ(cache.size(), 1u);
+}
+
+TEST(UsedNonceCacheTest, KeysOnTheMacAndIgnoresOtherSizes) {
+  UsedNonceCache cache(10);
+  crypto::Bytes a = NonceWithMac(1);
+  cache.Add(a, 2000, 1000);
+  crypto::Bytes other_mac = a;
+  other_mac.back() ^= 0x80;
+  EXPECT_FALSE(cache.Contains(other_mac));
+  const crypto::Bytes shorter(a.begin(), a.end() - 1);
+  EXPECT_FALSE(cache.Contains(shorter));
+  cache.Add(shorter, 2000, 1000);
+  EXPECT_EQ(cache.size(), 1u);
+}
+
+TEST(UsedNonceCacheTest, ExpiredEntriesAreForgotten) {
+  UsedNonceCache cache(10);
+  const crypto::Bytes a = NonceWithMac(1), b = NonceWithMac(2);
+  cache.Add(a, 1060, 1000);
+  cache.Add(b, 1100, 1061);  // a expired at 1060
+  EXPECT_FALSE(cache.Contains(a));
+  EXPECT_TRUE(cache.Contains(b));
+}
+
+TEST(UsedNonceCacheTest, PastCapacityTheOldestAreForgotten) {
+  UsedNonceCache cache(3);
+  for (uint8_t i = 1; i <= 5; ++i) cache.Add(NonceWithMac(i), 5000, 1000);
+  EXPECT_EQ(cache.size(), 3u);
+  EXPECT_FALSE(cache.Contains(NonceWithMac(1)));
+  EXPECT_FALSE(cache.Contains(NonceWithMac(2)));
+  for (uint8_t i = 3; i <= 5; ++i) EXPECT_TRUE(cache.Contains(NonceWithMac(i)));
 }
 
 }  // namespace

@@ -28,6 +28,7 @@
 #include "kms/internal/mini_ca.h"
 #include "kms/kek.h"
 #include "kms/metrics.h"
+#include "kms/nonce.h"
 #include "kms/policy.h"
 #include "kms/store.h"
 #include "net/https_server.h"
@@ -238,10 +239,14 @@ class KmsService {
                                                                bool reload = false);
   // The customer's key named by `key_id`; unknown_key otherwise.
   StatusOr<CachedKey> CustomerPrivateKey(const std::string& customer_id, const std::string& key_id);
-  // Checks (without consuming) the evidence's nonce: its MAC for this host
-  // and its age; returns its issue time. nonce_unknown or nonce_expired.
-  // The nonce is consumed with the verdict's write (nonce_used).
+  // Checks (without consuming) the evidence's nonce: its MAC for this host,
+  // its age, and that this process has not seen it used; returns its issue
+  // time. nonce_unknown, nonce_expired or nonce_used. The nonce is consumed
+  // with the verdict's write (nonce_used when another process used it).
   StatusOr<int64_t> CheckEvidenceNonce(const std::string& host_id, const attest::Evidence& ev);
+  // After the verdict's write consumed `nonce` (or found it used): remember
+  // it so that a replay is refused before any verification.
+  void RememberUsedNonce(std::span<const uint8_t> nonce, int64_t expires_unix);
   // Verifies the evidence; the verdict to record (trusted or not) and, if
   // trusted, what the evidence proved. Writes nothing.
   std::pair<Verdict, std::optional<attest::VerifiedEvidence>> CheckEvidence(
@@ -265,6 +270,7 @@ class KmsService {
   std::unique_ptr<attest::EkCertificateVerifier> ek_verifier_;
   SecretBytes nonce_key_;  // HMAC key of the nonces, shared through the store
   std::atomic<int64_t> last_nonce_purge_{0};
+  UsedNonceCache used_nonces_;
   Metrics metrics_;
 
   std::mutex mu_;  // guards the caches below

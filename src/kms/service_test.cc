@@ -377,6 +377,36 @@ TEST_F(ReleaseTest, NonceIsUsedOnce) {
   EXPECT_NE(AuditText().find("nonce_used"), std::string::npos);
 }
 
+// A replay to the process that saw the nonce used is refused before its
+// evidence is verified or any key unwrapped: even with a forged signature it
+// is nonce_used, records no verdict, and its denial names no verdict.
+TEST_F(ReleaseTest, ReplayIsRefusedBeforeVerification) {
+  crypto::PublicKey customer = NewCustomerKey("X25519");
+  ReleaseRequest r = Request("img-1", customer, data_key_);
+  ASSERT_OK(Release(r));
+  auto verdicts = store_->ListVerdicts("h1", 0);
+  ASSERT_OK(verdicts);
+  const size_t before = verdicts->size();
+  ASSERT_FALSE(r.evidence.quote.signature.empty());
+  r.evidence.quote.signature.back() ^= 0x01;
+  EXPECT_STATUS(Release(r), StatusCode::kPermissionDenied, "nonce_used");
+  EXPECT_STATUS(service_->Attest(As(Caller::Role::kHost, "h1"), "h1", r.evidence),
+                StatusCode::kPermissionDenied, "nonce_used");
+  verdicts = store_->ListVerdicts("h1", 0);
+  ASSERT_OK(verdicts);
+  EXPECT_EQ(verdicts->size(), before);
+  auto recs = store_->ReadAudit(0, 1000);
+  ASSERT_OK(recs);
+  bool saw_replay_deny = false;
+  for (const auto& rec : *recs) {
+    if (rec.record.find("release.deny") == std::string::npos) continue;
+    saw_replay_deny = true;
+    EXPECT_NE(rec.record.find("nonce_used"), std::string::npos) << rec.record;
+    EXPECT_EQ(rec.record.find("verdict_id"), std::string::npos) << rec.record;
+  }
+  EXPECT_TRUE(saw_replay_deny);
+}
+
 TEST_F(ReleaseTest, NonceTheKmsDidNotIssueIsUnknown) {
   crypto::PublicKey customer = NewCustomerKey("X25519");
   ReleaseRequest r = Request("img-1", customer, data_key_);

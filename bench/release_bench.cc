@@ -22,6 +22,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <functional>
+#include <optional>
 #include <mutex>
 #include <thread>
 #include <chrono>
@@ -89,6 +91,14 @@ void Must(const Status& s, const char* what) {
   if (!s.ok()) Die(s, what);
 }
 
+// The machine-readable reason of a refusal ("reason: message"), or the
+// whole message when it has none.
+std::string_view ReasonOf(const Status& s) {
+  std::string_view m = s.message();
+  const size_t colon = m.find(':');
+  return colon == std::string_view::npos ? m : m.substr(0, colon);
+}
+
 double Percentile(std::vector<double> v, double p) {
   std::sort(v.begin(), v.end());
   size_t i = std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())));
@@ -110,6 +120,18 @@ crypto::Bytes PackageLabel(const std::string& image, const std::string& tenant) 
   s.push_back('\1');
   field("https://vmseal.dev/ns/stream/v1");
   return crypto::Bytes(s.begin(), s.end());
+}
+
+// The JSON body of POST /v1/hosts/{id}/releases (docs/api/kms.yaml).
+nlohmann::json BodyOf(const kms::ReleaseRequest& r) {
+  return {{"image_id", r.image_id},
+          {"tenant", r.tenant},
+          {"key_id", r.key_id},
+          {"key_version", r.key_version},
+          {"wrap_algorithm", r.wrap_algorithm},
+          {"oaep_label", crypto::Base64Encode(r.oaep_label)},
+          {"wrapped_key", crypto::Base64Encode(r.wrapped_key)},
+          {"evidence", nlohmann::json::parse(attest::EvidenceToJson(r.evidence))}};
 }
 
 int Run(int releases, const std::string& store_arg, int clients, const std::string& keys) {
@@ -177,12 +199,16 @@ int Run(int releases, const std::string& store_arg, int clients, const std::stri
   // rate > 0: open loop, request i is due at start + i / rate and its
   // latency counts from that due time (queueing included, no coordinated
   // omission); rate 0: closed loop, each client sends as soon as it can.
-  auto run_https = [&](const std::string& path, const std::vector<nlohmann::json>& bodies, int count,
-                       double rate = 0) {
+  // expect: "" for success, else a text the refusal must contain (its
+  // reason); any other answer stops the bench.
+  // reconnect: each request on a new connection (a full mTLS handshake).
+  auto run_https = [&](const std::string& path, const std::vector<std::string>& bodies, int count,
+                       double rate = 0, const std::string& expect = "", bool reconnect = false) {
     HttpsRun run;
     std::atomic<int> next{0};
     std::atomic<int> failures{0};
     std::mutex mu;
+    std::string first_failure;
     double client_cpu = 0, client_sys = 0;
     std::vector<std::thread> threads;
     std::latch connected(clients + 1);
@@ -190,12 +216,15 @@ int Run(int releases, const std::string& store_arg, int clients, const std::stri
     for (int c = 0; c < clients; ++c) {
       threads.emplace_back([&] {
         const auto k0 = Clock::now();
-        net::HttpsClient::Options o;
-        o.port = port;
-        o.ca_pem = ca_pem;
-        o.cert_pem = host_id.cert_pem;
-        o.key_pem = host_id.key_pem.Clone();
-        auto client = Must(net::HttpsClient::Create(std::move(o)), "client");
+        auto connect = [&] {
+          net::HttpsClient::Options o;
+          o.port = port;
+          o.ca_pem = ca_pem;
+          o.cert_pem = host_id.cert_pem;
+          o.key_pem = host_id.key_pem.Clone();
+          return Must(net::HttpsClient::Create(std::move(o)), "client");
+        };
+        auto client = connect();
         Must(client->Get("/healthz").status(), "connect");
         const double k = std::chrono::duration<double>(Clock::now() - k0).count();
         {
@@ -216,9 +245,15 @@ int Run(int releases, const std::string& store_arg, int clients, const std::stri
             std::this_thread::sleep_until(due);
             t = due;
           }
-          auto out = client->Post(path, bodies[static_cast<size_t>(i) % bodies.size()]);
+          if (reconnect) client = connect();
+          auto out = client->PostRaw(path, bodies[static_cast<size_t>(i) % bodies.size()], "application/json");
           mine.push_back(std::chrono::duration<double>(Clock::now() - t).count());
-          if (!out.ok()) ++failures;
+          const bool as_expected =
+              expect.empty() ? out.ok() : !out.ok() && out.status().message().find(expect) != std::string::npos;
+          if (!as_expected && failures++ == 0) {
+            std::lock_guard<std::mutex> lock(mu);
+            first_failure = out.ok() ? "accepted" : out.status().ToString();
+          }
         }
         const double tc = ThreadCpuSeconds() - tc0;
         const double ts = SysSeconds(RUSAGE_THREAD) - ts0;
@@ -240,7 +275,10 @@ int Run(int releases, const std::string& store_arg, int clients, const std::stri
     run.server_sys = SysSeconds(RUSAGE_SELF) - hsys0 - client_sys;
     run.switches = ContextSwitches() - sw0;
     if (failures.load() != 0) {
-      Die(InternalError(std::to_string(failures.load()) + " HTTPS requests to " + path + " failed"), "https");
+      Die(InternalError(std::to_string(failures.load()) + " HTTPS requests to " + path +
+                        " did not answer as expected (" + (expect.empty() ? "success" : expect) +
+                        "), first: " + first_failure),
+          "https");
     }
     return run;
   };
@@ -293,6 +331,13 @@ int Run(int releases, const std::string& store_arg, int clients, const std::stri
     c.cpu = CpuSeconds() - ccpu0;
     return c;
   };
+  // For the hostile-input phase: a good request, used bodies (replays) and
+  // the cheapest good release's server CPU over HTTPS.
+  std::optional<kms::ReleaseRequest> good_request;
+  std::vector<std::string> used_bodies;
+  double cheapest_release_cpu = 0;
+  std::string cheapest_release_kind;
+
   // This machine's speed against the one the targets were set on: the
   // issue's RSA-3072 crypto cost, 710 unwrap+rewrap per second per core.
   constexpr double kReferenceRsaCryptoCpu = 1.0 / 710;
@@ -343,14 +388,10 @@ int Run(int releases, const std::string& store_arg, int clients, const std::stri
     const double cwall = cc.wall, ccpu = cc.cpu;
     if (!x25519) rsa_crypto_cpu = ccpu / releases;
 
-    std::vector<nlohmann::json> bodies;
+    std::vector<std::string> bodies;
     for (int i = releases + 10; i < 2 * releases + 10 + paced; ++i) {
       const auto& r = requests[i];
-      bodies.push_back({{"image_id", r.image_id}, {"tenant", r.tenant}, {"key_id", r.key_id},
-                        {"key_version", r.key_version}, {"wrap_algorithm", r.wrap_algorithm},
-                        {"oaep_label", crypto::Base64Encode(r.oaep_label)},
-                        {"wrapped_key", crypto::Base64Encode(r.wrapped_key)},
-                        {"evidence", nlohmann::json::parse(attest::EvidenceToJson(r.evidence))}});
+      bodies.push_back(BodyOf(r).dump());
     }
     if (!floor_done) {
       floor_done = true;
@@ -360,13 +401,19 @@ int Run(int releases, const std::string& store_arg, int clients, const std::stri
                   floor.server_cpu / releases * 1e3, floor.server_sys / releases * 1e3, releases / floor.wall);
       // A host asks for a nonce before each attestation (MAC-authenticated,
       // nothing written: docs/protocol.md §5.1).
-      nonce_run = run_https("/v1/hosts/host-1/nonces", {nlohmann::json::object()}, releases);
+      nonce_run = run_https("/v1/hosts/host-1/nonces", {"{}"}, releases);
       std::printf("  nonce issue (each release needs one first): server cpu %.3f ms/request (kernel %.3f)\n",
                   nonce_run.server_cpu / releases * 1e3, nonce_run.server_sys / releases * 1e3);
     }
-    const std::vector<nlohmann::json> closed(bodies.begin(), bodies.begin() + releases);
-    const std::vector<nlohmann::json> open(bodies.begin() + releases, bodies.end());
+    const std::vector<std::string> closed(bodies.begin(), bodies.begin() + releases);
+    const std::vector<std::string> open(bodies.begin() + releases, bodies.end());
     const HttpsRun https = run_https("/v1/hosts/host-1/releases", closed, releases);
+    good_request = requests[0];
+    used_bodies = closed;
+    if (cheapest_release_cpu == 0 || https.server_cpu / releases < cheapest_release_cpu) {
+      cheapest_release_cpu = https.server_cpu / releases;
+      cheapest_release_kind = algorithm;
+    }
 
     const double per = cpu / releases, cper = ccpu / releases, hper = https.server_cpu / releases;
     if (rsa_crypto_cpu == 0) {
@@ -419,6 +466,99 @@ int Run(int releases, const std::string& store_arg, int clients, const std::stri
               store->backend().c_str());
   if (keys != "x25519") measure("RSA-3072");
   if (keys != "rsa") measure("X25519");
+
+  // Hostile input: what each kind of refused request costs the server,
+  // beside the cheapest good release (none may cost more: bad input must not
+  // slow the server). Every request must be refused with its reason; the
+  // kinds that get past the nonce check carry fresh evidence.
+  {
+    const int n = std::min(releases, 300);
+    const kms::ReleaseRequest& good = *good_request;
+    Must(service->PutFlavor(op, {"other", {{"sha256", {{"0", std::string(64, 'a')}}}}}), "flavor");
+    Must(service->PutPolicy(op, {"acme", "img-pcr", {{"flavors", {{"anyOf", {"other"}}}}}}), "policy");
+    std::fprintf(stderr, "hostile: recording evidence sets from swtpm...\n");
+    // `n` bodies of `good` changed by `change`, each with a fresh nonce
+    // (attested by the swtpm when `attest`, else left with the good
+    // evidence's structures).
+    auto fresh = [&](const std::function<void(kms::ReleaseRequest&)>& change, bool attest) {
+      std::vector<std::string> out;
+      for (int i = 0; i < n; ++i) {
+        kms::ReleaseRequest r = good;
+        auto nonce = Must(crypto::HexDecode(Must(service->IssueNonce(host, "host-1"), "nonce").nonce), "hex");
+        if (attest) {
+          r.evidence = Must(engine->Attest(nonce, pcrs), "attest");
+        } else {
+          r.evidence.nonce = nonce;
+        }
+        change(r);
+        out.push_back(BodyOf(r).dump());
+      }
+      return out;
+    };
+    struct Kind {
+      std::string name, expect;
+      std::vector<std::string> bodies;
+      std::string path = "/v1/hosts/host-1/releases";
+      bool reconnect = false;
+      bool closes = false;  // the server closes the connection after the refusal
+    };
+    std::vector<Kind> kinds;
+    // Not bad input, the price of any request on a new connection: the
+    // floor of the kinds after which the server closes the connection.
+    kinds.push_back({"new connection (mTLS)", "", {"{}"}, "/bench/echo", true});
+    kinds.push_back({"malformed JSON", "", {BodyOf(good).dump().substr(0, 300)}});
+    kinds.push_back({"oversized body (2 MiB)", "too large",
+                     {std::string("{\"image_id\":\"") + std::string(2 << 20, 'x') + "\"}"},
+                     "/v1/hosts/host-1/releases", false, true});
+    kinds.push_back({"wrong TPM structures", "malformed_evidence", fresh([&](kms::ReleaseRequest& r) {
+                       r.evidence.quote.attest = crypto::RandomBytes(r.evidence.quote.attest.size());
+                     }, false)});
+    kinds.push_back({"replayed nonce", "nonce_used",
+                     std::vector<std::string>(used_bodies.begin(), used_bodies.begin() + n)});
+    kinds.push_back({"forged quote signature", "", fresh([&](kms::ReleaseRequest& r) {
+                       r.evidence.quote.signature.back() ^= 0x01;
+                     }, true)});
+    kinds.push_back({"unknown key", "unknown_key", fresh([&](kms::ReleaseRequest& r) {
+                       r.key_id = "sha256:" + std::string(64, '0');
+                     }, true)});
+    kinds.push_back({"another customer's image", "", fresh([&](kms::ReleaseRequest& r) {
+                       r.tenant = "globex";
+                     }, true)});
+    kinds.push_back({"PCRs outside policy", "pcr_policy", fresh([&](kms::ReleaseRequest& r) {
+                       r.image_id = "img-pcr";
+                     }, true)});
+    std::printf("  hostile input over HTTPS, %d of each, every one refused with its reason: server cpu per "
+                "request, and its ratio to a good %s release (%.3f ms; target <= 1)\n",
+                n, cheapest_release_kind.c_str(), cheapest_release_cpu * 1e3);
+    double connection_cpu = 0;  // of the "new connection" kind, measured first
+    for (auto& k : kinds) {
+      if (k.expect.empty() && !k.reconnect) {
+        // Learn the reason from one request, then require it of all.
+        auto probe = Must(net::HttpsClient::Create({.port = port, .ca_pem = ca_pem, .cert_pem = host_id.cert_pem,
+                                                    .key_pem = host_id.key_pem.Clone()}),
+                          "client");
+        auto out = probe->PostRaw("/v1/hosts/host-1/releases", k.bodies[0], "application/json");
+        if (out.ok()) Die(InternalError(k.name + " was accepted"), "hostile");
+        k.expect = std::string(ReasonOf(out.status()));
+        if (k.bodies.size() > 1) k.bodies.erase(k.bodies.begin());  // its nonce is used now
+      }
+      // Bodies with fresh nonces are sent once each; the others n times.
+      const int count = k.bodies.size() == 1 ? n : static_cast<int>(k.bodies.size());
+      const HttpsRun h = run_https(k.path, k.bodies, count, 0, k.expect, k.reconnect);
+      const double per = h.server_cpu / count;
+      if (k.reconnect) connection_cpu = per;
+      std::printf("    %-26s %-20s %.3f ms  %.2fx   p99 %.3f ms", k.name.c_str(),
+                  k.expect.empty() ? "(answered)" : k.expect.c_str(), per * 1e3,
+                  per / cheapest_release_cpu, Percentile(h.lat, 0.99) * 1e3);
+      if (k.closes) {
+        // The refusal closes the connection (the body is never read), so
+        // each one costs the sender a new handshake too.
+        std::printf("   beyond its new connection: %.3f ms  %.2fx", (per - connection_cpu) * 1e3,
+                    (per - connection_cpu) / cheapest_release_cpu);
+      }
+      std::printf("\n");
+    }
+  }
   server->Stop();
 
   // Breakdown: evidence verification alone (quote + certify, stateless)

@@ -188,6 +188,32 @@ std::string PublicKey::KeyId() const {
   return HexEncode(d);
 }
 
+StatusOr<std::string> KeyIdOfPem(std::string_view pem) {
+  if (pem.size() > kMaxKeyFileBytes) return InvalidArgumentError("public key PEM too large");
+  BioPtr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+  if (!bio) return SslError("BIO_new_mem_buf");
+  char* name = nullptr;
+  char* header = nullptr;
+  unsigned char* data = nullptr;
+  long len = 0;  // NOLINT(runtime/int): the OpenSSL API
+  const int ok = PEM_read_bio(bio.get(), &name, &header, &data, &len);
+  struct Freer {
+    char* name;
+    char* header;
+    unsigned char* data;
+    ~Freer() {
+      OPENSSL_free(name);
+      OPENSSL_free(header);
+      OPENSSL_free(data);
+    }
+  } const freer{name, header, data};
+  if (ok != 1 || name == nullptr || std::string_view(name) != "PUBLIC KEY" || len <= 0) {
+    ERR_clear_error();
+    return InvalidArgumentError("not a PEM public key (want BEGIN PUBLIC KEY)");
+  }
+  return HexEncode(Sha256(std::span<const uint8_t>(data, static_cast<size_t>(len))));
+}
+
 Bytes PublicKey::RawX25519() const {
   return type_ == KeyType::kX25519 ? RawX25519PublicOf(pkey_.get()) : Bytes();
 }

@@ -43,6 +43,13 @@ std::string_view KeyTypeName(KeyType type);
 // Inverse of KeyTypeName; INVALID_ARGUMENT for anything else.
 StatusOr<KeyType> ParseKeyType(std::string_view name);
 
+// The KeyId of an SPKI PEM without parsing the key: hex SHA-256 of the DER
+// inside the PEM. Equal to PublicKey::FromPem(pem)->KeyId() whenever that DER
+// is the canonical encoding (as in every PEM that ToPem writes); a cheap
+// look-up key, not a validation. INVALID_ARGUMENT if `pem` is not a "PUBLIC
+// KEY" PEM.
+StatusOr<std::string> KeyIdOfPem(std::string_view pem);
+
 // A public key. Copyable (copies share the immutable OpenSSL key).
 class PublicKey {
  public:

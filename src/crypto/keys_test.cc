@@ -37,6 +37,9 @@ TEST_P(KeyTypeTest, GeneratedKeyRoundTripsThroughPem) {
   auto pub = PublicKey::FromPem(key->Public().ToPem());
   ASSERT_OK(pub);
   EXPECT_EQ(pub->KeyId(), key->KeyId());
+  auto id = KeyIdOfPem(key->Public().ToPem());
+  ASSERT_OK(id);
+  EXPECT_EQ(*id, key->KeyId());
 }
 
 INSTANTIATE_TEST_SUITE_P(AllTypes, KeyTypeTest,
@@ -54,6 +57,15 @@ TEST(KeysTest, KeyIdIsSha256OfSpkiDerAsComputedByOpensslCli) {
   ASSERT_OK(pub);
   EXPECT_EQ(pub->KeyId().size(), 64u);
   EXPECT_EQ(out.substr(0, 64), pub->KeyId());
+}
+
+TEST(KeysTest, KeyIdOfPemTakesOnlyPublicKeyPems) {
+  EXPECT_EQ(*KeyIdOfPem(ReadFileOrDie(TestData("rsa3072.pub.pem"))),
+            PublicKey::FromPem(ReadFileOrDie(TestData("rsa3072.pub.pem")))->KeyId());
+  EXPECT_STATUS(KeyIdOfPem(ReadFileOrDie(TestData("rsa3072.pem"))), StatusCode::kInvalidArgument,
+                "BEGIN PUBLIC KEY");
+  EXPECT_STATUS(KeyIdOfPem("not a pem"), StatusCode::kInvalidArgument, "BEGIN PUBLIC KEY");
+  EXPECT_STATUS(KeyIdOfPem(""), StatusCode::kInvalidArgument, "BEGIN PUBLIC KEY");
 }
 
 TEST(KeysTest, PrivateAndPublicKeyShareKeyId) {

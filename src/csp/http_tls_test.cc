@@ -307,6 +307,12 @@ TEST_F(HttpTlsTest, OriginalRefusalReasonsStillWork) {
   EXPECT_EQ(moved["attempts"][0]["refusal"], "unencrypted image: disk1 in clear");
 }
 
+// Hosts reconnect together (a portal restart, a rack booting): a burst of
+// connections must queue, not be dropped.
+TEST_F(HttpTlsTest, BurstOfConnectingHostsIsQueuedNotDropped) {
+  EXPECT_EQ(::vmseal::testing::ListenDropsInConnectBurst(server_->port(), 200), 0);
+}
+
 TEST_F(HttpTlsTest, HostWithCertificateFromAnotherCaIsRejected) {
   auto rogue = Client("rogue");
   auto res = rogue->Post("/v1/hosts/register", R"({"capacity_slots":1})", "application/json");

@@ -16,6 +16,7 @@
 #include "csp/jobs.h"
 #include "csp/scheduler.h"
 #include "csp/sqlite_db.h"
+#include "net/internal/listen.h"
 #include "store/fs_store.h"
 #include "store/s3_store.h"
 #include "store/upload_sessions.h"
@@ -33,6 +34,7 @@ struct PortalServer::Impl {
   std::unique_ptr<Scheduler> scheduler;
   std::unique_ptr<JobManager> jobs;
   std::unique_ptr<httplib::Server> http;
+  std::atomic<int> listen_fd{-1};  // set when httplib creates the listening socket
   int port = 0;
   std::thread serve_thread, tick_thread;
   // Set by the serve thread when listen_after_bind returns.
@@ -104,6 +106,7 @@ StatusOr<std::unique_ptr<PortalServer>> PortalServer::Create(Options options,
   } else {
     impl->http = std::make_unique<httplib::Server>();
   }
+  net::internal::UseListenSocketOptions(impl->http.get(), &impl->listen_fd);
   impl->options = std::move(options);
   PortalServices svc;
   svc.accounts = impl->accounts.get();
@@ -152,6 +155,7 @@ Status PortalServer::Start() {
     return UnavailableError("cannot listen on " + i.options.bind_address + ":" +
                             std::to_string(i.options.port));
   }
+  RETURN_IF_ERROR(net::internal::WidenListenBacklog(i.listen_fd, i.options.bind_address));
   i.serve_done = false;
   i.serve_thread = std::thread([&i] {
     i.http->listen_after_bind();

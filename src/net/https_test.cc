@@ -1,6 +1,14 @@
 #include <gtest/gtest.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <openssl/ssl.h>
 #include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <memory>
 
 #include <atomic>
 #include <chrono>
@@ -66,6 +74,9 @@ class HttpsTest : public ::testing::Test {
     server_->Get(R"(/items/([a-z0-9]+))", [](const Request& r) -> StatusOr<json> {
       if (r.path_params[0] == "missing") return NotFoundError("no item missing");
       return json{{"id", r.path_params[0]}};
+    });
+    server_->Delete(R"(/items/([a-z0-9]+))", [](const Request& r) -> StatusOr<json> {
+      return json{{"deleted", r.path_params[0]}};
     });
     server_->Post("/typed", [](const Request& r) -> StatusOr<json> {
       return json{{"n", r.body.at("n").get<int>()}};
@@ -248,6 +259,109 @@ TEST_F(HttpsTest, OversizedBodyIs413AndServerKeepsServing) {
                 StatusCode::kResourceExhausted, "too large");
   auto fresh = Client(nullptr);
   EXPECT_OK(fresh->Get("/items/ok"));
+}
+
+// What a raw TLS client got for `request`: the answer's bytes, and whether
+// the server then closed the connection (rather than the 3 s receive
+// timeout running out first).
+struct RawAnswer {
+  std::string text;
+  bool closed = false;
+};
+RawAnswer SendRaw(int port, const std::string& request) {
+  RawAnswer out;
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return out;
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  timeval tv{3, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    ADD_FAILURE() << "connect failed";
+    return out;
+  }
+  std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> ctx(SSL_CTX_new(TLS_client_method()), SSL_CTX_free);
+  SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_NONE, nullptr);  // the test only reads the answer
+  std::unique_ptr<SSL, decltype(&SSL_free)> ssl(SSL_new(ctx.get()), SSL_free);
+  SSL_set_fd(ssl.get(), fd);
+  if (SSL_connect(ssl.get()) != 1) {
+    ADD_FAILURE() << "TLS handshake failed";
+    return out;
+  }
+  if (SSL_write(ssl.get(), request.data(), static_cast<int>(request.size())) <= 0) {
+    ADD_FAILURE() << "TLS write failed";
+    return out;
+  }
+  char buf[4096];
+  while (true) {
+    const int n = SSL_read(ssl.get(), buf, sizeof buf);
+    if (n > 0) {
+      out.text.append(buf, static_cast<size_t>(n));
+      continue;
+    }
+    const int err = SSL_get_error(ssl.get(), n);
+    // The receive timeout shows as EAGAIN; anything else ended the
+    // connection (close_notify, or a plain close: "unexpected eof").
+    const bool timed_out = errno == EAGAIN || errno == EWOULDBLOCK;
+    out.closed = !timed_out && (err == SSL_ERROR_ZERO_RETURN || err == SSL_ERROR_SYSCALL || err == SSL_ERROR_SSL);
+    return out;
+  }
+}
+
+// The control for the cases below: the raw client reads a whole answer and
+// sees the connection end.
+TEST_F(HttpsTest, RawClientGetsAnAnswer) {
+  const RawAnswer a = SendRaw(port_, "GET /items/ok HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+  EXPECT_EQ(a.text.rfind("HTTP/1.1 200", 0), 0u) << a.text;
+  EXPECT_TRUE(a.closed);
+}
+
+// A body the server would have to read without a bound, or past its limit,
+// is refused from the headers alone: answered at once, never read, and the
+// connection closed. The client sends no (or a partial) body and keeps its
+// side open, so a server that waited for the body would not answer before
+// the client's 3 s timeout.
+TEST_F(HttpsTest, UnboundedOrOversizedBodyIsRefusedUnread) {
+  const std::string head = "POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n";
+  const struct {
+    std::string request, status, text;
+  } cases[] = {
+      {head + "Content-Length: 1073741824\r\n\r\n", "413", "too large"},
+      {head + "Transfer-Encoding: chunked\r\n\r\n1000\r\n", "411", "length_required"},
+      {head + "\r\n{\"x\":", "411", "length_required"},
+      {head + "Content-Length: 12x\r\n\r\n", "400", "not a number"},
+      {head + "Content-Length: -1\r\n\r\n", "400", "not a number"},
+      {head + "Content-Length: 1, 1\r\n\r\n", "400", "not a number"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.request);
+    const RawAnswer a = SendRaw(port_, c.request);
+    EXPECT_EQ(a.text.rfind("HTTP/1.1 " + c.status, 0), 0u) << a.text;
+    EXPECT_NE(a.text.find(c.text), std::string::npos) << a.text;
+    EXPECT_TRUE(a.closed);
+  }
+  EXPECT_OK(Client(nullptr)->Get("/items/ok"));
+}
+
+TEST_F(HttpsTest, GetWithoutBodyAndDeleteFromTheClientAreServed) {
+  EXPECT_OK(Client(nullptr)->Get("/items/ok"));
+  auto deleted = Client(nullptr)->Delete("/items/ok");
+  ASSERT_OK(deleted);
+  EXPECT_EQ((*deleted)["deleted"], "ok");
+}
+
+// Hosts reconnect together (after a KMS restart, at boot): a burst of
+// connections must queue, not be dropped (a dropped SYN is retried only
+// after a second).
+TEST_F(HttpsTest, BurstOfConnectionsIsQueuedNotDropped) {
+  EXPECT_EQ(testing::ListenDropsInConnectBurst(port_, 200), 0);
+  EXPECT_OK(Client(nullptr)->Get("/items/ok"));
 }
 
 TEST_F(HttpsTest, TextRoute) {

@@ -1,6 +1,9 @@
 #include "testing/test_util.h"
 
+#include <arpa/inet.h>
 #include <dirent.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -98,6 +101,45 @@ std::vector<std::string> ListDir(const std::string& dir) {
     out.push_back(e.path().filename().string());
   }
   return out;
+}
+
+namespace {
+int64_t ListenOverflows() {
+  std::ifstream in("/proc/net/netstat");
+  std::string names, values;
+  while (std::getline(in, names) && std::getline(in, values)) {
+    if (names.rfind("TcpExt:", 0) != 0) continue;
+    std::istringstream n(names), v(values);
+    std::string name, value;
+    while (n >> name && v >> value) {
+      if (name == "ListenOverflows") return std::stoll(value);
+    }
+  }
+  return -1;
+}
+}  // namespace
+
+int64_t ListenDropsInConnectBurst(int port, int n) {
+  const int64_t before = ListenOverflows();
+  if (before < 0) return -1;
+  std::vector<int> fds;
+  bool all_connected = true;
+  for (int i = 0; i < n && all_connected; ++i) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+      all_connected = false;
+      break;
+    }
+    fds.push_back(fd);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    all_connected = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+  }
+  const int64_t after = ListenOverflows();
+  for (int fd : fds) ::close(fd);
+  return all_connected ? after - before : -1;
 }
 
 }  // namespace vmseal::testing

@@ -43,6 +43,12 @@ std::string ReadFileOrDie(const std::string& path);
 // Names of the entries in `dir` (no "." or "..").
 std::vector<std::string> ListDir(const std::string& dir);
 
+// Opens `n` TCP connections to 127.0.0.1:`port` back to back (then closes
+// them) and returns how many connections the kernel dropped meanwhile for a
+// full listen queue (TcpExt ListenOverflows of this network namespace), or
+// -1 if the counter or a connection is unavailable.
+int64_t ListenDropsInConnectBurst(int port, int n);
+
 }  // namespace vmseal::testing
 
 // EXPECT_OK(status_or_statusor) / ASSERT_OK(...)

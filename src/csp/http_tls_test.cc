@@ -307,6 +307,29 @@ TEST_F(HttpTlsTest, OriginalRefusalReasonsStillWork) {
   EXPECT_EQ(moved["attempts"][0]["refusal"], "unencrypted image: disk1 in clear");
 }
 
+// Bodies are limited from their headers before a byte of them is read: a
+// JSON route takes at most 1 MiB and no chunked body; an upload's PUT may be
+// larger than that.
+TEST_F(HttpTlsTest, OversizedOrChunkedBodyIsRefusedUnread) {
+  auto big = Client("")->Post("/v1/login", std::string(2 << 20, 'x'), "application/json");
+  ASSERT_TRUE(big) << httplib::to_string(big.error());
+  EXPECT_EQ(big->status, 413) << big->body;
+  EXPECT_NE(big->body.find("too large"), std::string::npos) << big->body;
+  auto chunked = Client("")->Post(
+      "/v1/login",
+      [](size_t, httplib::DataSink& sink) {
+        sink.write("{}", 2);
+        sink.done();
+        return true;
+      },
+      "application/json");
+  ASSERT_TRUE(chunked) << httplib::to_string(chunked.error());
+  EXPECT_EQ(chunked->status, 411) << chunked->body;
+  EXPECT_NE(chunked->body.find("length_required"), std::string::npos) << chunked->body;
+  auto [auth, image_id] = CustomerWithImage(std::string(kSealedMagic) + std::string(3 << 20, 'd'));
+  EXPECT_FALSE(image_id.empty());
+}
+
 // Hosts reconnect together (a portal restart, a rack booting): a burst of
 // connections must queue, not be dropped.
 TEST_F(HttpTlsTest, BurstOfConnectingHostsIsQueuedNotDropped) {

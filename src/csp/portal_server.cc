@@ -6,6 +6,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <filesystem>
+#include <limits>
 #include <thread>
 
 #include "base/env.h"
@@ -16,12 +17,15 @@
 #include "csp/jobs.h"
 #include "csp/scheduler.h"
 #include "csp/sqlite_db.h"
+#include "net/internal/body_limit.h"
 #include "net/internal/listen.h"
 #include "store/fs_store.h"
 #include "store/s3_store.h"
 #include "store/upload_sessions.h"
 
 namespace vmseal::csp {
+
+constexpr uint64_t kMaxJsonBodyBytes = 1 << 20;
 
 struct PortalServer::Impl {
   Options options;
@@ -107,6 +111,12 @@ StatusOr<std::unique_ptr<PortalServer>> PortalServer::Create(Options options,
     impl->http = std::make_unique<httplib::Server>();
   }
   net::internal::UseListenSocketOptions(impl->http.get(), &impl->listen_fd);
+  // JSON bodies up to 1 MiB; an upload's PUT streams its bytes to the store
+  // (its size is the upload's business), but must still declare it.
+  net::internal::LimitBodies(impl->http.get(), [](const httplib::Request& req) -> uint64_t {
+    const bool upload = req.method == "PUT" && req.path.rfind("/v1/uploads/", 0) == 0;
+    return upload ? std::numeric_limits<uint64_t>::max() : kMaxJsonBodyBytes;
+  });
   impl->options = std::move(options);
   PortalServices svc;
   svc.accounts = impl->accounts.get();

@@ -174,10 +174,7 @@ StatusOr<json> HttpsClient::Put(const std::string& path, const json& body) {
 
 StatusOr<json> HttpsClient::Delete(const std::string& path) {
   std::lock_guard<std::mutex> lock(impl_->mu);
-  // Content-Length: 0, as the server requires of every method that may
-  // carry a body (httplib sends none for a DELETE without one).
-  return FromResult(impl_->Send(
-      true, [&] { return impl_->client->Delete(path, httplib::Headers{{"Content-Length", "0"}}); }));
+  return FromResult(impl_->Send(true, [&] { return impl_->client->Delete(path); }));
 }
 
 StatusOr<std::string> HttpsClient::GetText(const std::string& path) {

@@ -2,17 +2,13 @@
 
 #include <httplib.h>
 
-#include <poll.h>
-#include <sys/socket.h>
-
-#include <algorithm>
 #include <atomic>
-#include <charconv>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
 
+#include "net/internal/body_limit.h"
 #include "net/internal/json_util.h"
 #include "net/internal/listen.h"
 #include "net/internal/tls_util.h"
@@ -58,80 +54,6 @@ bool BuildRequest(const httplib::Request& req, httplib::Response& res, Request* 
     out->body = *std::move(parsed);
   }
   return true;
-}
-
-// Marks an answer after which the connection must end unread
-// (RefuseUnboundedBody); never sent (the logger runs after the write).
-constexpr char kStopReadingHeader[] = "X-Vmseal-Stop-Reading";
-
-// A refused body's bytes are read raw (not decrypted) and dropped, up to
-// this many or until the peer pauses or the deadline passes, so that a
-// client still sending it then reads the answer instead of a reset.
-constexpr size_t kMaxDrainBytes = 8 << 20;
-constexpr int kDrainIdleMs = 200;
-constexpr int kDrainDeadlineMs = 2000;
-
-// Runs once the answer is written (httplib's logger hook): httplib would go
-// on reading a refused body as the next request, so the body is drained
-// (bounded) and the socket's reading side shut: the connection ends after
-// the answer.
-void StopReadingAfterAnswer(const httplib::Request& req, const httplib::Response& res) {
-  if (req.ssl == nullptr || !res.has_header(kStopReadingHeader)) return;
-  const int fd = SSL_get_fd(req.ssl);
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kDrainDeadlineMs);
-  char buf[64 * 1024];
-  size_t drained = 0;
-  while (drained < kMaxDrainBytes) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-    if (left.count() <= 0) break;
-    pollfd p{fd, POLLIN, 0};
-    if (::poll(&p, 1, static_cast<int>(std::min<int64_t>(left.count(), kDrainIdleMs))) <= 0) break;
-    const ssize_t n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
-    if (n <= 0) break;
-    drained += static_cast<size_t>(n);
-  }
-  ::shutdown(fd, SHUT_RD);
-}
-
-// Whether the request's headers announce a body httplib would read without
-// a bound, or more than `max_body_bytes`: then the answer is an error, the
-// body is never read and the connection is closed. (httplib reads and
-// discards an oversized body to its end, and reads a chunked body, or one
-// without Content-Length until the peer closes, into memory without any
-// limit.) RFC 9112 §6.3: 411 without a length, 413 over the limit.
-httplib::Server::HandlerResponse RefuseUnboundedBody(const httplib::Request& req, httplib::Response& res,
-                                                     uint64_t max_body_bytes) {
-  using httplib::Server;
-  auto refuse = [&](int http_status, const Status& status) {
-    SendJson(res, http_status, ErrorBody(status));
-    res.set_header("Connection", "close");
-    res.set_header(kStopReadingHeader, "1");  // for StopReadingAfterAnswer
-    return Server::HandlerResponse::Handled;
-  };
-  if (req.has_header("Transfer-Encoding")) {
-    return refuse(411, InvalidArgumentError("length_required: send the body with Content-Length, not chunked"));
-  }
-  const bool carries_body = req.method == "POST" || req.method == "PUT" || req.method == "PATCH" ||
-                            req.method == "DELETE" || req.method == "PRI";
-  if (!req.has_header("Content-Length")) {
-    if (!carries_body) return Server::HandlerResponse::Unhandled;
-    return refuse(411, InvalidArgumentError("length_required: a " + req.method +
-                                            " request needs Content-Length (0 for none)"));
-  }
-  if (req.get_header_value_count("Content-Length") != 1) {
-    return refuse(400, InvalidArgumentError("bad request: more than one Content-Length"));
-  }
-  const std::string value = req.get_header_value("Content-Length");
-  uint64_t length = 0;
-  const auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), length);
-  if (!value.empty() && ec == std::errc::result_out_of_range) {
-    return refuse(413, ResourceExhaustedError("request body too large"));
-  }
-  if (value.empty() || ec != std::errc() || end != value.data() + value.size()) {
-    return refuse(400, InvalidArgumentError("bad request: Content-Length is not a number"));
-  }
-  if (length > max_body_bytes) return refuse(413, ResourceExhaustedError("request body too large"));
-  return Server::HandlerResponse::Unhandled;
 }
 
 }  // namespace
@@ -251,11 +173,7 @@ StatusOr<std::unique_ptr<HttpsServer>> HttpsServer::Create(Options options) {
   auto impl = std::make_unique<Impl>();
   internal::UseListenSocketOptions(server.get(), &impl->listen_fd);
   server->set_payload_max_length(options.max_body_bytes);
-  server->set_pre_routing_handler(
-      [max = options.max_body_bytes](const httplib::Request& req, httplib::Response& res) {
-        return RefuseUnboundedBody(req, res, max);
-      });
-  server->set_logger(StopReadingAfterAnswer);
+  internal::LimitBodies(server.get(), [max = options.max_body_bytes](const httplib::Request&) { return max; });
   server->set_read_timeout(options.read_timeout_seconds, 0);
   // Small JSON requests and answers: no Nagle delay (it adds ~40 ms per
   // request against delayed ACKs).

@@ -349,6 +349,15 @@ TEST_F(HttpsTest, UnboundedOrOversizedBodyIsRefusedUnread) {
   EXPECT_OK(Client(nullptr)->Get("/items/ok"));
 }
 
+// RFC 9112 §6.3: a request with neither Content-Length nor Transfer-Encoding
+// has no body; a DELETE so sent (as curl and httplib send it) is served.
+TEST_F(HttpsTest, DeleteWithoutContentLengthHasNoBody) {
+  const RawAnswer a = SendRaw(port_, "DELETE /items/ok HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+  EXPECT_EQ(a.text.rfind("HTTP/1.1 200", 0), 0u) << a.text;
+  EXPECT_NE(a.text.find("\"deleted\":\"ok\""), std::string::npos) << a.text;
+  EXPECT_TRUE(a.closed);
+}
+
 TEST_F(HttpsTest, GetWithoutBodyAndDeleteFromTheClientAreServed) {
   EXPECT_OK(Client(nullptr)->Get("/items/ok"));
   auto deleted = Client(nullptr)->Delete("/items/ok");

@@ -1,0 +1,30 @@
+// Request body limits for an httplib server, enforced from the headers
+// before any body byte is read. httplib itself reads an oversized body to its
+// end (to discard it), and reads a chunked body, or one without
+// Content-Length until the peer closes, into memory without any bound.
+//
+// Refused: a Content-Length over the route's limit (413), a chunked body or a
+// POST/PUT/PATCH without Content-Length (411, length_required), a
+// Content-Length that is not one decimal number (400). The answer is the
+// usual {"error": ...} body; then the rest of the body is drained (raw,
+// bounded) and, over TLS, the connection closed. (Over plain HTTP, allowed
+// on loopback only, httplib gives no handle to close it.)
+#ifndef VMSEAL_NET_INTERNAL_BODY_LIMIT_H_
+#define VMSEAL_NET_INTERNAL_BODY_LIMIT_H_
+
+#include <httplib.h>
+
+#include <cstdint>
+#include <functional>
+
+namespace vmseal::net::internal {
+
+// The largest body a request may carry (by method and path).
+using BodyLimit = std::function<uint64_t(const httplib::Request&)>;
+
+// Installs the check as `server`'s pre-routing handler and logger.
+void LimitBodies(httplib::Server* server, BodyLimit limit);
+
+}  // namespace vmseal::net::internal
+
+#endif  // VMSEAL_NET_INTERNAL_BODY_LIMIT_H_

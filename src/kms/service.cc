@@ -575,24 +575,72 @@ StatusOr<VerdictInfo> KmsService::Attest(const Caller& caller, const std::string
 
 // --- Policy -------------------------------------------------------------------
 
+namespace {
+// Bounds the release-read cache; past it the cache starts over.
+constexpr size_t kMaxCachedReads = 10000;
+}  // namespace
+
+template <typename T, typename Key, typename Load>
+StatusOr<T> KmsService::Cached(int64_t version, std::map<Key, StatusOr<T>>* map, const Key& key,
+                               Load load) {
+  if (version == kUncached) return load();
+  {
+    std::lock_guard<std::mutex> lock(reads_mu_);
+    if (reads_version_ != version) {
+      // Another version: start over (an older request, still running with
+      // an older version, reads the store).
+      if (reads_version_ > version) return load();
+      reads_version_ = version;
+      policies_.clear();
+      flavors_.clear();
+      hosts_.clear();
+      failures_.clear();
+      reads_entries_ = 0;
+    }
+    auto it = map->find(key);
+    if (it != map->end()) return it->second;
+  }
+  StatusOr<T> loaded = load();
+  if (!loaded.ok() && loaded.status().code() != StatusCode::kNotFound) return loaded;  // not cached
+  std::lock_guard<std::mutex> lock(reads_mu_);
+  if (reads_version_ == version) {
+    if (reads_entries_ >= kMaxCachedReads) {
+      policies_.clear();
+      flavors_.clear();
+      hosts_.clear();
+      failures_.clear();
+      reads_entries_ = 0;
+    }
+    if (map->emplace(key, loaded).second) ++reads_entries_;
+  }
+  return loaded;
+}
+
 StatusOr<PolicyRecord> KmsService::EffectivePolicy(const std::string& customer_id,
-                                                   const std::string& image_id) {
-  auto p = store_->GetPolicy(customer_id, image_id);
-  if (p.ok() || p.status().code() != StatusCode::kNotFound) return p;
-  p = store_->GetPolicy("_default", image_id);
+                                                   const std::string& image_id, int64_t version) {
+  auto p = Cached(version, &policies_, std::make_pair(customer_id, image_id), [&]() -> StatusOr<PolicyRecord> {
+    auto own = store_->GetPolicy(customer_id, image_id);
+    if (own.ok() || own.status().code() != StatusCode::kNotFound) return own;
+    return store_->GetPolicy("_default", image_id);
+  });
   if (p.ok() || p.status().code() != StatusCode::kNotFound) return p;
   return Denied("no_policy", "no release policy for customer " + customer_id + " and no _default");
 }
 
+StatusOr<HostRecord> KmsService::HostOf(const std::string& host_id, int64_t version) {
+  return Cached(version, &hosts_, host_id, [&] { return store_->GetHost(host_id); });
+}
+
 StatusOr<PolicyDecision> KmsService::Decide(const json& policy, PolicyFacts facts,
-                                            const std::string& host_id) {
+                                            const std::string& host_id, int64_t version) {
   std::map<std::string, Flavor> flavors;
   if (policy.is_object() && policy.contains("flavors") && policy["flavors"].is_object()) {
     for (const auto& [mode, names] : policy["flavors"].items()) {
       if (!names.is_array()) continue;
       for (const auto& n : names) {
         if (!n.is_string()) continue;
-        auto f = store_->GetFlavor(n.get<std::string>());
+        const std::string name = n.get<std::string>();
+        auto f = Cached(version, &flavors_, name, [&] { return store_->GetFlavor(name); });
         if (f.ok()) {
           flavors[f->name] = *f;
         } else if (f.status().code() != StatusCode::kNotFound) {
@@ -605,7 +653,9 @@ StatusOr<PolicyDecision> KmsService::Decide(const json& policy, PolicyFacts fact
       policy["history"].contains("no_failures_within_seconds") &&
       policy["history"]["no_failures_within_seconds"].is_number_integer()) {
     const int64_t window = policy["history"]["no_failures_within_seconds"].get<int64_t>();
-    ASSIGN_OR_RETURN(facts.history, store_->ListFailedVerdicts(host_id, facts.now_unix - window));
+    const int64_t since = facts.now_unix - window;
+    ASSIGN_OR_RETURN(facts.history, Cached(version, &failures_, std::make_pair(host_id, since),
+                                           [&] { return store_->ListFailedVerdicts(host_id, since); }));
   }
   return EvaluatePolicy(policy, flavors, facts);
 }
@@ -730,19 +780,23 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
   auto key = CustomerPrivateKey(req.tenant, req.key_id);
   if (!key.ok()) return finish(key.status());
   audit["kms_key_id"] = key->key_id;
-  auto policy = EffectivePolicy(req.tenant, req.image_id);
+  // One read of the store's config version; policy, host, flavors and
+  // history come from the cache when it holds that version.
+  auto version = store_->ConfigVersion();
+  if (!version.ok()) return finish(version.status());
+  auto policy = EffectivePolicy(req.tenant, req.image_id, *version);
   if (!policy.ok()) return finish(policy.status());
   audit["policy"] = policy->customer_id + "/" + policy->image_id;
   PolicyFacts facts;
   for (size_t i = 0; i < ev.quote.pcr_indices.size(); ++i) {
     facts.pcrs[ev.quote.pcr_indices[i]] = crypto::HexEncode(ev.quote.pcr_values[i]);
   }
-  auto host = store_->GetHost(host_id);
+  auto host = HostOf(host_id, *version);
   if (!host.ok()) return finish(host.status());
   facts.host_tags = host->tags;
   facts.now_unix = Now();
   facts.evidence_age_seconds = facts.now_unix - *issued;
-  auto decision = Decide(policy->policy, facts, host_id);
+  auto decision = Decide(policy->policy, facts, host_id, *version);
   if (!decision.ok()) return finish(decision.status());
   if (!decision->allowed) return finish(Denied(decision->reason, decision->message));
 

@@ -257,11 +257,22 @@ class KmsService {
   std::pair<Verdict, std::optional<attest::VerifiedEvidence>> CheckEvidenceWithReload(
       const std::string& host_id, std::shared_ptr<const attest::AkPublic> ak,
       const attest::Evidence& ev, int64_t nonce_issued_unix);
+  // What a release reads besides keys (policies, flavors, hosts, failed
+  // verdicts) is cached for one Store::ConfigVersion: `version` is the one
+  // read at the start of the request, or kUncached to read the store.
+  static constexpr int64_t kUncached = -1;
   // The policy for (customer, image), else the "_default" customer's.
-  StatusOr<PolicyRecord> EffectivePolicy(const std::string& customer_id, const std::string& image_id);
+  StatusOr<PolicyRecord> EffectivePolicy(const std::string& customer_id, const std::string& image_id,
+                                         int64_t version = kUncached);
+  StatusOr<HostRecord> HostOf(const std::string& host_id, int64_t version = kUncached);
   // Evaluates the policy with the flavors it names.
   StatusOr<PolicyDecision> Decide(const nlohmann::json& policy, PolicyFacts facts,
-                                  const std::string& host_id);
+                                  const std::string& host_id, int64_t version = kUncached);
+  // `load()` for `key` of `map`, from the cache when it holds `version`;
+  // a loaded value (found or NOT_FOUND) is kept only if the cache still
+  // holds `version`, which was read before loading (so it is never older).
+  template <typename T, typename Key, typename Load>
+  StatusOr<T> Cached(int64_t version, std::map<Key, StatusOr<T>>* map, const Key& key, Load load);
 
   const Options options_;
   Store* const store_;
@@ -277,6 +288,14 @@ class KmsService {
   std::map<std::string, std::shared_ptr<const attest::AkPublic>> aks_;
   std::map<std::string, PendingEnrollment> pending_;
   std::map<std::string, CachedKey> keys_;  // by "<customer>/<key id as requested>"
+
+  std::mutex reads_mu_;  // guards the release reads below
+  int64_t reads_version_ = kUncached;
+  size_t reads_entries_ = 0;
+  std::map<std::pair<std::string, std::string>, StatusOr<PolicyRecord>> policies_;
+  std::map<std::string, StatusOr<Flavor>> flavors_;
+  std::map<std::string, StatusOr<HostRecord>> hosts_;
+  std::map<std::pair<std::string, int64_t>, StatusOr<std::vector<Verdict>>> failures_;  // (host, since)
 };
 
 // Registers the KMS routes (docs/api/kms.yaml) on `server`.

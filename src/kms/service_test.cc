@@ -466,6 +466,46 @@ TEST_F(ReleaseTest, ServicesOnOneStoreShareTheNonceKey) {
                 StatusCode::kFailedPrecondition, "kek_mismatch");
 }
 
+// A release reads policies, flavors, hosts and history through a cache kept
+// for one store config version: a change made through another KMS process
+// on the same store is seen by the next release.
+TEST_F(ReleaseTest, ChangesThroughAnotherServiceReachTheNextRelease) {
+  crypto::PublicKey customer = NewCustomerKey("X25519");
+  ASSERT_OK(Release(Request("img-1", customer, data_key_)));  // fills the cache
+  ASSERT_OK(Release(Request("img-1", customer, data_key_)));  // served from it
+  auto ca = internal::CreateRootCa("second kms ca", 30);
+  ASSERT_OK(ca);
+  KmsService::Options options;
+  options.clock = [this] { return now_; };
+  auto second = KmsService::Create(options, store_.get(), kek_.get(), *std::move(ca));
+  ASSERT_OK(second);
+  const Caller op = As(Caller::Role::kOperator, "op");
+
+  // The policy now wants a region tag the host lacks...
+  ASSERT_OK((*second)->PutPolicy(op, {kTenant, "", {{"flavors", {{"anyOf", {"good"}}}},
+                                                    {"required_tags", {"region=eu"}}}}));
+  EXPECT_STATUS(Release(Request("img-1", customer, data_key_)), StatusCode::kPermissionDenied, "tags");
+  // ...which the host then gets.
+  ASSERT_OK((*second)->SetHostTags(op, "h1", {"region=eu"}));
+  ASSERT_OK(Release(Request("img-1", customer, data_key_)));
+  // The flavor changes under the same name.
+  ASSERT_OK((*second)->PutFlavor(op, {"good", {{"sha256", {{"0", std::string(64, 'a')}}}}}));
+  EXPECT_STATUS(Release(Request("img-1", customer, data_key_)), StatusCode::kPermissionDenied, "pcr_policy");
+  const nlohmann::json pcrs = {{"0", crypto::HexEncode(pcr_values_[0])}, {"7", crypto::HexEncode(pcr_values_[1])}};
+  ASSERT_OK((*second)->PutFlavor(op, {"good", {{"sha256", pcrs}}}));
+  ASSERT_OK(Release(Request("img-1", customer, data_key_)));
+  // A failed attestation recorded by the other process is history here.
+  ASSERT_OK((*second)->PutPolicy(op, {kTenant, "", {{"flavors", {{"anyOf", {"good"}}}},
+                                                    {"history", {{"no_failures_within_seconds", 3600}}}}}));
+  ASSERT_OK(Release(Request("img-1", customer, data_key_)));
+  ReleaseRequest forged = Request("img-1", customer, data_key_);
+  forged.evidence.quote.signature.back() ^= 0x01;
+  auto failed = (*second)->Attest(As(Caller::Role::kHost, "h1"), "h1", forged.evidence);
+  ASSERT_OK(failed);
+  EXPECT_FALSE(failed->trusted);
+  EXPECT_STATUS(Release(Request("img-1", customer, data_key_)), StatusCode::kPermissionDenied, "history");
+}
+
 // Used-nonce records are kept until their nonces expire, then purged.
 TEST_F(ReleaseTest, UsedNonceRecordsArePurgedAfterExpiry) {
   crypto::PublicKey customer = NewCustomerKey("X25519");

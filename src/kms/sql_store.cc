@@ -89,6 +89,15 @@ CREATE TABLE service_secrets (
   name TEXT PRIMARY KEY,
   value TEXT NOT NULL);
 )sql",
+    // 4: one number that every change to what a release reads besides keys
+    // (policies, flavors, hosts, failed verdicts) increments in its own
+    // transaction, so that a process may cache those reads (ConfigVersion).
+    R"sql(
+CREATE TABLE config_version (
+  id INTEGER PRIMARY KEY,
+  version BIGINT NOT NULL);
+INSERT INTO config_version (id, version) VALUES (1, 0);
+)sql",
 };
 
 int64_t Now() { return static_cast<int64_t>(std::time(nullptr)); }
@@ -173,6 +182,7 @@ class SqlStore : public Store {
           "enrolled = excluded.enrolled, tags = excluded.tags",
           {h.host_id, h.ek_cert_pem, h.ak_public, int64_t{h.enrolled ? 1 : 0},
            net::internal::DumpJson(h.tags), h.created_unix}));
+      RETURN_IF_ERROR(BumpConfigVersionLocked());
       return AppendAuditLocked(audit);
     });
   }
@@ -192,6 +202,7 @@ class SqlStore : public Store {
       ASSIGN_OR_RETURN(auto r, conn_->Exec("UPDATE hosts SET enrolled = 1 WHERE host_id = ?",
                                            {host_id}));
       if (r.affected != 1) return NotFoundError("unknown host " + host_id);
+      RETURN_IF_ERROR(BumpConfigVersionLocked());
       return AppendAuditLocked(audit);
     });
   }
@@ -202,6 +213,7 @@ class SqlStore : public Store {
       ASSIGN_OR_RETURN(auto r, conn_->Exec("UPDATE hosts SET tags = ? WHERE host_id = ?",
                                            {net::internal::DumpJson(tags), host_id}));
       if (r.affected != 1) return NotFoundError("unknown host " + host_id);
+      RETURN_IF_ERROR(BumpConfigVersionLocked());
       return AppendAuditLocked(audit);
     });
   }
@@ -254,6 +266,8 @@ class SqlStore : public Store {
           "VALUES (?, ?, ?, ?, ?, ?)",
           {v.verdict_id, v.host_id, int64_t{v.trusted ? 1 : 0}, v.reason, v.time_unix,
            net::internal::DumpJson(v.details)}));
+      // A failure is history that release policies read.
+      if (!v.trusted) RETURN_IF_ERROR(BumpConfigVersionLocked());
       for (const auto& a : audits) RETURN_IF_ERROR(AppendAuditLocked(a));
       return OkStatus();
     });
@@ -284,6 +298,7 @@ class SqlStore : public Store {
       RETURN_IF_ERROR(conn_->Exec("INSERT INTO flavors (name, pcrs) VALUES (?, ?) "
                                   "ON CONFLICT (name) DO UPDATE SET pcrs = excluded.pcrs",
                                   {f.name, net::internal::DumpJson(f.pcrs)}));
+      RETURN_IF_ERROR(BumpConfigVersionLocked());
       return AppendAuditLocked(audit);
     });
   }
@@ -309,6 +324,7 @@ class SqlStore : public Store {
           "INSERT INTO policies (customer_id, image_id, policy) VALUES (?, ?, ?) "
           "ON CONFLICT (customer_id, image_id) DO UPDATE SET policy = excluded.policy",
           {p.customer_id, p.image_id, net::internal::DumpJson(p.policy)}));
+      RETURN_IF_ERROR(BumpConfigVersionLocked());
       return AppendAuditLocked(audit);
     });
   }
@@ -322,6 +338,13 @@ class SqlStore : public Store {
         {customer_id, image_id}));
     if (r.rows.empty()) return NotFoundError("no release policy for customer " + customer_id);
     return PolicyRecord{ToStr(r.rows[0][0]), ToStr(r.rows[0][1]), ToJson(r.rows[0][2])};
+  }
+
+  StatusOr<int64_t> ConfigVersion() override {
+    std::lock_guard<std::mutex> lock(read_mu_);
+    ASSIGN_OR_RETURN(auto r, reader_->Exec("SELECT version FROM config_version WHERE id = 1", {}));
+    if (r.rows.empty()) return DataLossError("store: config_version row missing");
+    return ToInt(r.rows[0][0]);
   }
 
   Status AppendAudit(const AuditEvent& event) override {
@@ -340,7 +363,9 @@ class SqlStore : public Store {
 
   Status ExecForTesting(const std::string& sql) override {
     std::lock_guard<std::mutex> lock(mu_);
-    return conn_->ExecScript(sql);
+    RETURN_IF_ERROR(conn_->ExecScript(sql));
+    // Whatever it changed, caches of release reads must not outlive it.
+    return conn_->Exec("UPDATE config_version SET version = version + 1 WHERE id = 1", {}).status();
   }
 
  private:
@@ -422,6 +447,11 @@ class SqlStore : public Store {
         if (p->result.ok()) p->result = committed;
       }
     }
+  }
+
+  // Caller holds the write transaction.
+  Status BumpConfigVersionLocked() {
+    return conn_->Exec("UPDATE config_version SET version = version + 1 WHERE id = 1", {}).status();
   }
 
   // Appends to the chain; caller holds the write transaction, so seq and

@@ -168,6 +168,12 @@ class Store {
   virtual StatusOr<PolicyRecord> GetPolicy(const std::string& customer_id,
                                            const std::string& image_id) = 0;
 
+  // A number that grows with every change to what a release reads besides
+  // customer keys: policies, flavors, hosts (tags, enrollment, AK) and
+  // failed verdicts (history), committed in the change's own transaction.
+  // Equal numbers mean those reads are unchanged (a cache may be reused).
+  virtual StatusOr<int64_t> ConfigVersion() = 0;
+
   // --- Audit log -----------------------------------------------------------
   // Appends an event on its own (e.g. a denial that changes no other state).
   virtual Status AppendAudit(const AuditEvent& event) = 0;

@@ -326,6 +326,49 @@ TEST_P(StoreTest, FailedVerdictsLatestVerdictAndHostList) {
   EXPECT_EQ((*hosts)[1].tags, std::vector<std::string>{"region=eu"});
 }
 
+// Every change to what a release reads besides keys moves the config
+// version, in its own transaction; nothing else does. Seen through a second
+// connection (another KMS process).
+TEST_P(StoreTest, ConfigVersionMovesWithEveryChangeReleasesRead) {
+  auto other = OpenOrDie();
+  ASSERT_NE(other, nullptr);
+  auto version = [&] {
+    auto v = other->ConfigVersion();
+    EXPECT_OK(v);
+    return v.ok() ? *v : -1;
+  };
+  int64_t last = version();
+  ASSERT_GE(last, 0);
+  auto moved = [&](const char* what) {
+    const int64_t now = version();
+    EXPECT_GT(now, last) << what;
+    last = now;
+  };
+  auto still = [&](const char* what) { EXPECT_EQ(version(), last) << what; };
+
+  ASSERT_OK(store_->PutHost({"h1", "ek", "ak", false, {}, 5}, Event("host.enroll", "h1")));
+  moved("PutHost");
+  ASSERT_OK(store_->SetHostEnrolled("h1", Event("host.activate", "h1")));
+  moved("SetHostEnrolled");
+  ASSERT_OK(store_->SetHostTags("h1", {"region=eu"}, Event("host.tags", "h1")));
+  moved("SetHostTags");
+  ASSERT_OK(store_->PutFlavor({"good", json{{"sha256", json::object()}}}, Event("flavor.put", "good")));
+  moved("PutFlavor");
+  ASSERT_OK(store_->PutPolicy({"acme", "", json::object()}, Event("policy.put", "acme")));
+  moved("PutPolicy");
+  ASSERT_OK(store_->PutVerdict({"v1", "h1", false, "bad_signature", 100, json::object()}, Event("v", "h1")));
+  moved("an untrusted verdict");
+  ASSERT_OK(store_->PutVerdict({"v2", "h1", true, "ok", 101, json::object()}, Event("v", "h1")));
+  still("a trusted verdict");
+  ASSERT_OK(store_->PutCustomerKey(Key("k1", "acme"), Event("key", "acme")));
+  still("a customer key");
+  ASSERT_OK(store_->AppendAudit(Event("release.deny", "h1")));
+  still("an audit record");
+  // A failed change moves nothing.
+  EXPECT_STATUS(store_->SetHostTags("nope", {"a"}, Event("host.tags", "nope")), StatusCode::kNotFound, "nope");
+  still("a failed change");
+}
+
 TEST_P(StoreTest, VerdictConsumesItsNonceAtomically) {
   const Store::NonceUse use{"n1", "h1", 1000};
   ASSERT_OK(store_->PutVerdict({"v1", "h1", true, "ok", 500, json::object()},

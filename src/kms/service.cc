@@ -485,8 +485,11 @@ StatusOr<int64_t> KmsService::CheckEvidenceNonce(const std::string& host_id,
   return issued;
 }
 
-void KmsService::RememberUsedNonce(std::span<const uint8_t> nonce, int64_t expires_unix) {
-  used_nonces_.Add(nonce, expires_unix, Now());
+Status KmsService::PutVerdictUsingNonce(const Verdict& verdict, const std::vector<AuditEvent>& audits,
+                                        const Store::NonceUse& use, std::span<const uint8_t> nonce) {
+  Status written = NonceError(store_->PutVerdict(verdict, audits, &use));
+  if (written.ok() || ReasonPrefix(written) == "nonce_used") used_nonces_.Add(nonce, use.expires_unix, Now());
+  return written;
 }
 
 std::pair<Verdict, std::optional<attest::VerifiedEvidence>> KmsService::CheckEvidence(
@@ -561,14 +564,11 @@ StatusOr<VerdictInfo> KmsService::Attest(const Caller& caller, const std::string
   // The nonce is consumed in the verdict's transaction (exactly once).
   const Store::NonceUse use{crypto::HexEncode(evidence.nonce), host_id,
                             *issued + options_.nonce_lifetime_seconds};
-  Status written = store_->PutVerdict(result.first, {VerdictAudit(result.first)}, &use);
+  Status written = PutVerdictUsingNonce(result.first, {VerdictAudit(result.first)}, use, evidence.nonce);
   if (!written.ok()) {
-    written = NonceError(written);
-    if (ReasonPrefix(written) == "nonce_used") RememberUsedNonce(evidence.nonce, use.expires_unix);
     RecordDenial(ReasonPrefix(written), "host/" + host_id, "attest: " + written.message());
     return written;
   }
-  RememberUsedNonce(evidence.nonce, use.expires_unix);
   if (!result.first.trusted) metrics_.CountDenial(result.first.reason);
   return InfoOf(result.first);
 }
@@ -579,6 +579,14 @@ namespace {
 // Bounds the release-read cache; past it the cache starts over.
 constexpr size_t kMaxCachedReads = 10000;
 }  // namespace
+
+void KmsService::ClearReadsLocked() {
+  policies_.clear();
+  flavors_.clear();
+  hosts_.clear();
+  failures_.clear();
+  reads_entries_ = 0;
+}
 
 template <typename T, typename Key, typename Load>
 StatusOr<T> KmsService::Cached(int64_t version, std::map<Key, StatusOr<T>>* map, const Key& key,
@@ -591,11 +599,7 @@ StatusOr<T> KmsService::Cached(int64_t version, std::map<Key, StatusOr<T>>* map,
       // an older version, reads the store).
       if (reads_version_ > version) return load();
       reads_version_ = version;
-      policies_.clear();
-      flavors_.clear();
-      hosts_.clear();
-      failures_.clear();
-      reads_entries_ = 0;
+      ClearReadsLocked();
     }
     auto it = map->find(key);
     if (it != map->end()) return it->second;
@@ -604,13 +608,7 @@ StatusOr<T> KmsService::Cached(int64_t version, std::map<Key, StatusOr<T>>* map,
   if (!loaded.ok() && loaded.status().code() != StatusCode::kNotFound) return loaded;  // not cached
   std::lock_guard<std::mutex> lock(reads_mu_);
   if (reads_version_ == version) {
-    if (reads_entries_ >= kMaxCachedReads) {
-      policies_.clear();
-      flavors_.clear();
-      hosts_.clear();
-      failures_.clear();
-      reads_entries_ = 0;
-    }
+    if (reads_entries_ >= kMaxCachedReads) ClearReadsLocked();
     if (map->emplace(key, loaded).second) ++reads_entries_;
   }
   return loaded;
@@ -728,20 +726,17 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
     AuditEvent deny{"release.deny", "host/" + host_id, d};
     Status result = s;
     Status written = verdict_to_record
-                         ? store_->PutVerdict(*verdict_to_record,
-                                              {VerdictAudit(*verdict_to_record), deny}, &nonce_use)
+                         ? PutVerdictUsingNonce(*verdict_to_record, {VerdictAudit(*verdict_to_record), deny},
+                                                nonce_use, req.evidence.nonce)
                          : store_->AppendAudit(deny);
-    if (written.ok() && verdict_to_record) RememberUsedNonce(req.evidence.nonce, nonce_use.expires_unix);
     if (!written.ok() && verdict_to_record) {
       // The nonce was consumed meanwhile (a replay racing this request):
       // that is the answer, and its own denial record.
-      Status nonce = NonceError(written);
-      if (ReasonPrefix(nonce) == "nonce_used") RememberUsedNonce(req.evidence.nonce, nonce_use.expires_unix);
-      if (!ReasonPrefix(nonce).empty()) {
-        result = nonce;
-        reason = ReasonPrefix(nonce);
+      if (!ReasonPrefix(written).empty()) {
+        result = written;
+        reason = ReasonPrefix(written);
         d["reason"] = reason;
-        d["message"] = nonce.message();
+        d["message"] = written.message();
         (void)store_->AppendAudit({"release.deny", "host/" + host_id, d});
       }
     }
@@ -835,16 +830,13 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
   audit["by_fingerprint"] = caller.fingerprint;
   // One transaction: the nonce consumed exactly once, the verdict, the grant
   // record. No grant without all three.
-  Status logged = store_->PutVerdict(
-      *verdict_to_record,
-      {VerdictAudit(*verdict_to_record), {"release.grant", "host/" + host_id, audit}}, &nonce_use);
+  Status logged = PutVerdictUsingNonce(
+      *verdict_to_record, {VerdictAudit(*verdict_to_record), {"release.grant", "host/" + host_id, audit}},
+      nonce_use, req.evidence.nonce);
   if (!logged.ok()) {
     verdict_to_record.reset();
-    Status nonce = NonceError(logged);
-    if (ReasonPrefix(nonce) == "nonce_used") RememberUsedNonce(req.evidence.nonce, nonce_use.expires_unix);
-    return finish(nonce);
+    return finish(logged);
   }
-  RememberUsedNonce(req.evidence.nonce, nonce_use.expires_unix);
   metrics_.CountRelease();
   metrics_.ObserveRelease(
       "ok", std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());

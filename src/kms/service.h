@@ -244,9 +244,12 @@ class KmsService {
   // time. nonce_unknown, nonce_expired or nonce_used. The nonce is consumed
   // with the verdict's write (nonce_used when another process used it).
   StatusOr<int64_t> CheckEvidenceNonce(const std::string& host_id, const attest::Evidence& ev);
-  // After the verdict's write consumed `nonce` (or found it used): remember
-  // it so that a replay is refused before any verification.
-  void RememberUsedNonce(std::span<const uint8_t> nonce, int64_t expires_unix);
+  // Writes the verdict with `audits`, consuming the nonce (`use`, raw
+  // `nonce`) in the same transaction; a nonce consumed now or found used
+  // before is remembered, so that a replay is refused before any
+  // verification. nonce_used if it was used.
+  Status PutVerdictUsingNonce(const Verdict& verdict, const std::vector<AuditEvent>& audits,
+                              const Store::NonceUse& use, std::span<const uint8_t> nonce);
   // Verifies the evidence; the verdict to record (trusted or not) and, if
   // trusted, what the evidence proved. Writes nothing.
   std::pair<Verdict, std::optional<attest::VerifiedEvidence>> CheckEvidence(
@@ -271,6 +274,8 @@ class KmsService {
   // `load()` for `key` of `map`, from the cache when it holds `version`;
   // a loaded value (found or NOT_FOUND) is kept only if the cache still
   // holds `version`, which was read before loading (so it is never older).
+  // Empties the release-read cache; caller holds reads_mu_.
+  void ClearReadsLocked();
   template <typename T, typename Key, typename Load>
   StatusOr<T> Cached(int64_t version, std::map<Key, StatusOr<T>>* map, const Key& key, Load load);
 

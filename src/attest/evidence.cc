@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "attest/reason.h"
+#include "json/json.h"
 
 namespace vmseal::attest {
 namespace {
@@ -13,8 +14,9 @@ using nlohmann::json;
 Status Malformed(std::string_view what) { return AttestFailure(Reason::kMalformedEvidence, what); }
 
 StatusOr<json> ParseObject(std::string_view text) {
-  json j = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) return Malformed("body is not a JSON object");
+  StatusOr<json> j = ParseJson(text);
+  if (!j.ok()) return Malformed("body is not a JSON object: " + std::string(j.status().message()));
+  if (!j->is_object()) return Malformed("body is not a JSON object");
   return j;
 }
 

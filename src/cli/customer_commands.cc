@@ -15,6 +15,7 @@
 #include "crypto/keys.h"
 #include "crypto/primitives.h"
 #include "crypto/x509.h"
+#include "json/json.h"
 
 namespace vmseal::cli {
 namespace {
@@ -43,7 +44,8 @@ StatusOr<httplib::Headers> Auth(const CommonFlags& f) {
   std::string path = f.session_file.empty() ? DefaultSessionFile() : f.session_file;
   auto text = ReadFileToString(Env::Default(), path);
   if (!text.ok()) return UnauthenticatedError("not logged in (run vmseal customer login)");
-  json s = json::parse(*text, nullptr, false);
+  auto parsed = ParseJson(*text);
+  json s = parsed.ok() ? *std::move(parsed) : json();
   if (!s.is_object() || !s["token"].is_string()) return UnauthenticatedError("bad session file");
   return httplib::Headers{{"Authorization", "Bearer " + s["token"].get<std::string>()}};
 }
@@ -230,9 +232,7 @@ Status FetchAgent(const CommonFlags& f, const std::string& out, const std::strin
 
 // A JSON object from a flag, or INVALID_ARGUMENT naming the flag.
 StatusOr<json> JsonFlag(const std::string& text, const std::string& flag) {
-  json j = json::parse(text, nullptr, false);
-  if (!j.is_object()) return InvalidArgumentError(flag + " is not a JSON object");
-  return j;
+  return ParseJsonObject(text, flag);
 }
 
 Status Upload(const CommonFlags& f, const std::string& file, const std::string& name,

@@ -11,7 +11,7 @@
 #include "kms/kek.h"
 #include "kms/store.h"
 #include "net/https_client.h"
-#include "net/internal/json_util.h"
+#include "json/json.h"
 
 namespace vmseal::cli {
 namespace {
@@ -79,7 +79,7 @@ Status Print(const StatusOr<nlohmann::json>& answer) {
 StatusOr<nlohmann::json> ReadJsonFile(const std::string& path) {
   if (path.empty()) return InvalidArgumentError("--file is required");
   ASSIGN_OR_RETURN(std::string text, ReadFileToString(Env::Default(), path));
-  auto parsed = net::internal::ParseJson(text);
+  auto parsed = ParseJson(text);
   if (!parsed.ok()) return parsed.status().WithPrefix(path);
   return parsed;
 }

@@ -1,4 +1,5 @@
 #include "cli/portal_http.h"
+#include "json/json.h"
 
 namespace vmseal::cli {
 
@@ -25,8 +26,9 @@ StatusOr<std::unique_ptr<httplib::Client>> ConnectPortal(const std::string& url,
 
 StatusOr<json> CheckReply(const httplib::Result& res, const std::string& what) {
   if (!res) return UnavailableError(what + ": " + httplib::to_string(res.error()));
-  json body = json::parse(res->body, nullptr, false);
-  if (res->status / 100 == 2) return body.is_discarded() ? json::object() : body;
+  StatusOr<json> parsed = ParseJson(res->body);
+  json body = parsed.ok() ? *std::move(parsed) : json();
+  if (res->status / 100 == 2) return parsed.ok() ? body : json::object();
   std::string message = "HTTP " + std::to_string(res->status);
   StatusCode code = CodeFromHttpStatus(res->status);
   if (body.is_object() && body.contains("error") && body["error"].is_object()) {

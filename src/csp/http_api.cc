@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "crypto/primitives.h"
+#include "json/json.h"
 
 namespace vmseal::csp {
 namespace {
@@ -37,12 +38,12 @@ void SendError(httplib::Response& res, const Status& s) {
   res.status = HttpStatusFromCode(s.code());
   json body = {{"error", {{"code", std::string(StatusCodeName(s.code()))}, {"message", s.message()}}}};
   if (std::string reason = ReasonFor(s); !reason.empty()) body["error"]["reason"] = reason;
-  res.set_content(body.dump(), "application/json");
+  res.set_content(DumpJson(body), "application/json");
 }
 
 void SendJson(httplib::Response& res, const json& body, int status = 200) {
   res.status = status;
-  res.set_content(body.dump(), "application/json");
+  res.set_content(DumpJson(body), "application/json");
 }
 
 // Runs `fn` and sends its JSON or its error.
@@ -55,9 +56,7 @@ void Reply(httplib::Response& res, Fn&& fn, int ok_status = 200) {
 
 StatusOr<json> ParseBody(const httplib::Request& req) {
   if (req.body.empty()) return json::object();
-  auto j = json::parse(req.body, nullptr, false);
-  if (!j.is_object()) return InvalidArgumentError("request body is not a JSON object");
-  return j;
+  return ParseJsonObject(req.body, "request body");
 }
 
 StatusOr<SecretBytes> BearerToken(const httplib::Request& req) {
@@ -68,7 +67,10 @@ StatusOr<SecretBytes> BearerToken(const httplib::Request& req) {
   return SecretBytes(crypto::AsBytes(std::string_view(h).substr(7)));
 }
 
-json ToJson(const ReleasePolicy& p) { return json::parse(ReleasePolicyToJson(p)); }
+json ToJson(const ReleasePolicy& p) {
+  StatusOr<json> j = ParseJson(ReleasePolicyToJson(p));
+  return j.ok() ? *std::move(j) : json::object();
+}
 
 json ToJson(const ImageInfo& i) {
   return {{"image_id", i.image_id},         {"name", i.name},
@@ -133,7 +135,7 @@ json ToJson(const Job& j, bool for_host = false) {
 
 StatusOr<ReleasePolicy> PolicyFrom(const json& body) {
   if (!body.contains("policy")) return ReleasePolicy{};
-  return ReleasePolicyFromJson(body["policy"].dump());
+  return ReleasePolicyFromJson(DumpJson(body["policy"]));
 }
 
 // The CN of the verified TLS client certificate, which must be a host
@@ -324,7 +326,7 @@ void RegisterPortalRoutes(httplib::Server& server, const PortalServices& svc) {
                     // The KMS owns the release policy; an image whose policy
                     // the KMS refused is not kept.
                     Status put = svc.kms->PutImagePolicy(p.customer_id, i.image_id,
-                                                         body["kms_policy"].dump());
+                                                         DumpJson(body["kms_policy"]));
                     if (!put.ok()) {
                       (void)svc.images->DeleteImage(p, i.image_id);
                       return Status(put.code(), "KMS policy: " + put.message());
@@ -366,7 +368,7 @@ void RegisterPortalRoutes(httplib::Server& server, const PortalServices& svc) {
                  ASSIGN_OR_RETURN(Principal p, who(req));
                  ASSIGN_OR_RETURN(ImageInfo i, svc.images->GetImage(p, req.matches[1]));
                  ASSIGN_OR_RETURN(json body, ParseBody(req));
-                 RETURN_IF_ERROR(svc.kms->PutImagePolicy(p.customer_id, i.image_id, body.dump())
+                 RETURN_IF_ERROR(svc.kms->PutImagePolicy(p.customer_id, i.image_id, DumpJson(body))
                                      .WithPrefix("KMS policy"));
                  return json{{"image_id", i.image_id}, {"kms_policy", body}};
                });

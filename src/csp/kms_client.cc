@@ -5,6 +5,7 @@
 
 #include "base/env.h"
 #include "crypto/primitives.h"
+#include "json/json.h"
 #include "net/https_client.h"
 
 namespace vmseal::csp {
@@ -95,8 +96,7 @@ class HttpsKmsClient final : public KmsClient {
 
   Status PutImagePolicy(const std::string& customer_id, const std::string& image_id,
                         const std::string& policy_json) override {
-    json policy = json::parse(policy_json, nullptr, false);
-    if (!policy.is_object()) return InvalidArgumentError("KMS policy must be a JSON object");
+    ASSIGN_OR_RETURN(json policy, ParseJsonObject(policy_json, "KMS policy"));
     ASSIGN_OR_RETURN(json ignored, client_->Put("/v1/policies/" + customer_id + "/" + image_id,
                                                 policy));
     (void)ignored;

@@ -1,4 +1,5 @@
 #include "csp/policy.h"
+#include "json/json.h"
 
 #include <nlohmann/json.hpp>
 
@@ -9,12 +10,11 @@ std::string ReleasePolicyToJson(const ReleasePolicy& policy) {
   j["required_tags"] = policy.required_tags;
   j["max_verdict_age_seconds"] = policy.max_verdict_age_seconds;
   j["min_trusted_for_seconds"] = policy.min_trusted_for_seconds;
-  return j.dump();
+  return DumpJson(j);
 }
 
 StatusOr<ReleasePolicy> ReleasePolicyFromJson(const std::string& json) {
-  auto j = nlohmann::json::parse(json, nullptr, false);
-  if (!j.is_object()) return InvalidArgumentError("release policy is not a JSON object");
+  ASSIGN_OR_RETURN(nlohmann::json j, ParseJsonObject(json, "release policy"));
   ReleasePolicy p;
   if (j.contains("required_tags")) {
     if (!j["required_tags"].is_object()) {

@@ -19,6 +19,7 @@
 #include "base/env.h"
 #include "crypto/primitives.h"
 #include "demo/internal/subprocess.h"
+#include "json/json.h"
 #include "tpm/testing/swtpm_harness.h"
 
 namespace vmseal::demo {
@@ -165,8 +166,8 @@ class Demo {
   }
   StatusOr<json> VmsealJson(std::vector<std::string> args, bool narrate = true) {
     ASSIGN_OR_RETURN(std::string out, Vmseal(std::move(args), narrate));
-    json j = json::parse(out, nullptr, false);
-    if (j.is_discarded()) return InternalError("expected JSON from vmseal, got: " + out);
+    StatusOr<json> j = ParseJson(out);
+    if (!j.ok()) return InternalError("expected JSON from vmseal, got: " + out);
     return j;
   }
 
@@ -207,8 +208,9 @@ Status Demo::StartKms() {
   for (const auto& t : cluster_.tpms) bundle += t->ca_bundle_pem();
   RETURN_IF_ERROR(WriteFile(Path("kms/ek-ca-bundle.pem"), bundle, 0644));
   ASSIGN_OR_RETURN(std::string cfg_text, ReadFile(Path("kms/kms.json")));
-  json cfg = json::parse(cfg_text, nullptr, false);
-  if (!cfg.is_object()) return InternalError("kms init wrote an unreadable kms.json");
+  StatusOr<json> cfg_or = ParseJsonObject(cfg_text, "kms.json");
+  if (!cfg_or.ok()) return InternalError("kms init wrote an unreadable kms.json");
+  json cfg = *std::move(cfg_or);
   cfg["ek_ca_bundle"] = Path("kms/ek-ca-bundle.pem");
   RETURN_IF_ERROR(WriteFile(Path("kms/kms.json"), cfg.dump(2) + "\n"));
   n_.Say("EK certificate CAs of both TPM makers written to kms/ek-ca-bundle.pem.");
@@ -478,11 +480,14 @@ Status Demo::ShowAudit() {
                                               Path("kms/kms.json")}));
   std::istringstream in(lines);
   for (std::string line; std::getline(in, line);) {
-    json r = json::parse(line, nullptr, false);
-    if (!r.is_object()) continue;
-    json rec = r.contains("record") && r["record"].is_string()
-                   ? json::parse(r["record"].get<std::string>(), nullptr, false)
-                   : r;
+    StatusOr<json> r_or = ParseJsonObject(line, "audit line");
+    if (!r_or.ok()) continue;
+    json r = *std::move(r_or);
+    json rec = r;
+    if (r.contains("record") && r["record"].is_string()) {
+      StatusOr<json> inner = ParseJson(r["record"].get<std::string>());
+      if (inner.ok()) rec = *std::move(inner);
+    }
     if (!rec.is_object()) rec = r;
     std::string details = rec.value("details", json::object()).dump();
     if (details.size() > 90) details = details.substr(0, 87) + "...";

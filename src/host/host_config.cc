@@ -1,4 +1,5 @@
 #include "host/host_config.h"
+#include "json/json.h"
 
 #include <set>
 
@@ -35,8 +36,9 @@ Status ReadSeconds(const json& j, const char* key, double* out) {
 }  // namespace
 
 StatusOr<HostConfig> ParseHostConfig(std::string_view text) {
-  json j = json::parse(text, nullptr, false);
-  if (!j.is_object()) return InvalidArgumentError("host config: not a JSON object");
+  StatusOr<json> parsed = ParseJsonObject(text, "host config");
+  if (!parsed.ok()) return parsed.status().WithPrefix("host config");
+  json j = *std::move(parsed);
   static const std::set<std::string> kKeys = {
       "portal_url", "kms_url", "ca_file", "cert_file", "key_file", "tpm_tcti", "state_dir",
       "image_store_dir", "pcr_selection", "heartbeat_interval_seconds",

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "crypto/primitives.h"
+#include "json/json.h"
 #include "net/https_client.h"
 #include "net/internal/tls_util.h"
 
@@ -61,7 +62,8 @@ StatusOr<ParsedUrl> ParseHttpsUrl(const std::string& url) {
 Status StatusFromErrorAnswer(int http_status, const std::string& body) {
   StatusCode code = CodeFromHttpStatus(http_status);
   std::string message = "HTTP " + std::to_string(http_status);
-  json j = json::parse(body, nullptr, false);
+  auto parsed = ParseJson(body);
+  json j = parsed.ok() ? *std::move(parsed) : json();
   if (j.is_object() && j.contains("error") && j["error"].is_object()) {
     const json& err = j["error"];
     if (err.contains("message") && err["message"].is_string()) message = err["message"];

@@ -1,7 +1,7 @@
 #include "kms/audit.h"
 
 #include "crypto/primitives.h"
-#include "net/internal/json_util.h"
+#include "json/json.h"
 
 namespace vmseal::kms {
 namespace {
@@ -23,7 +23,7 @@ AuditRecord MakeAuditRecord(int64_t seq, int64_t time_unix, const AuditEvent& ev
                       {"details", event.details}, {"prev_hash", prev_hash_hex}};
   AuditRecord rec;
   rec.seq = seq;
-  rec.record = net::internal::DumpJson(j);  // object keys are sorted
+  rec.record = DumpJson(j);  // object keys are sorted
   rec.hash = ChainHash(prev_hash_hex, rec.record);
   return rec;
 }
@@ -37,7 +37,7 @@ StatusOr<AuditHead> VerifyAuditChain(const std::vector<AuditRecord>& records) {
       return DataLossError(where + ": sequence gap or reorder (found seq " +
                            std::to_string(rec.seq) + ")");
     }
-    auto parsed = net::internal::ParseJson(rec.record);
+    auto parsed = ParseJson(rec.record);
     if (!parsed.ok() || !parsed->is_object()) return DataLossError(where + ": not a JSON object");
     const nlohmann::json& j = *parsed;
     if (!j.contains("seq") || !j["seq"].is_number_integer() || j["seq"].get<int64_t>() != want) {

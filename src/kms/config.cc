@@ -15,7 +15,7 @@
 #include "kms/service.h"
 #include "kms/store.h"
 #include "net/https_server.h"
-#include "net/internal/json_util.h"
+#include "json/json.h"
 
 namespace vmseal::kms {
 namespace {
@@ -70,7 +70,7 @@ StatusOr<Pkcs11KekConfig> ParsePkcs11(const std::string& path, const json& j) {
 
 StatusOr<KmsConfig> LoadKmsConfig(const std::string& path) {
   ASSIGN_OR_RETURN(std::string text, ReadFileToString(Env::Default(), path));
-  auto parsed = net::internal::ParseJson(text);
+  auto parsed = ParseJson(text);
   if (!parsed.ok()) return parsed.status().WithPrefix("config " + path);
   const json& j = *parsed;
   if (!j.is_object()) return InvalidArgumentError("config " + path + ": not a JSON object");

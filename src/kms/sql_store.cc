@@ -9,7 +9,7 @@
 #include "kms/audit.h"
 #include "kms/internal/sql.h"
 #include "kms/store.h"
-#include "net/internal/json_util.h"
+#include "json/json.h"
 
 namespace vmseal::kms {
 namespace {
@@ -109,7 +109,7 @@ int64_t ToInt(const std::optional<std::string>& cell) {
 }
 std::string ToStr(const std::optional<std::string>& cell) { return cell.value_or(""); }
 json ToJson(const std::optional<std::string>& cell) {
-  auto parsed = net::internal::ParseJson(cell.value_or("null"));
+  auto parsed = ParseJson(cell.value_or("null"));
   return parsed.ok() ? *parsed : json();
 }
 
@@ -181,7 +181,7 @@ class SqlStore : public Store {
           "ek_cert_pem = excluded.ek_cert_pem, ak_public = excluded.ak_public, "
           "enrolled = excluded.enrolled, tags = excluded.tags",
           {h.host_id, h.ek_cert_pem, h.ak_public, int64_t{h.enrolled ? 1 : 0},
-           net::internal::DumpJson(h.tags), h.created_unix}));
+           DumpJson(h.tags), h.created_unix}));
       RETURN_IF_ERROR(BumpConfigVersionLocked());
       return AppendAuditLocked(audit);
     });
@@ -211,7 +211,7 @@ class SqlStore : public Store {
                      const AuditEvent& audit) override {
     return InTx([&]() -> Status {
       ASSIGN_OR_RETURN(auto r, conn_->Exec("UPDATE hosts SET tags = ? WHERE host_id = ?",
-                                           {net::internal::DumpJson(tags), host_id}));
+                                           {DumpJson(tags), host_id}));
       if (r.affected != 1) return NotFoundError("unknown host " + host_id);
       RETURN_IF_ERROR(BumpConfigVersionLocked());
       return AppendAuditLocked(audit);
@@ -265,7 +265,7 @@ class SqlStore : public Store {
           "INSERT INTO verdicts (verdict_id, host_id, trusted, reason, time_unix, details) "
           "VALUES (?, ?, ?, ?, ?, ?)",
           {v.verdict_id, v.host_id, int64_t{v.trusted ? 1 : 0}, v.reason, v.time_unix,
-           net::internal::DumpJson(v.details)}));
+           DumpJson(v.details)}));
       // A failure is history that release policies read.
       if (!v.trusted) RETURN_IF_ERROR(BumpConfigVersionLocked());
       for (const auto& a : audits) RETURN_IF_ERROR(AppendAuditLocked(a));
@@ -297,7 +297,7 @@ class SqlStore : public Store {
     return InTx([&]() -> Status {
       RETURN_IF_ERROR(conn_->Exec("INSERT INTO flavors (name, pcrs) VALUES (?, ?) "
                                   "ON CONFLICT (name) DO UPDATE SET pcrs = excluded.pcrs",
-                                  {f.name, net::internal::DumpJson(f.pcrs)}));
+                                  {f.name, DumpJson(f.pcrs)}));
       RETURN_IF_ERROR(BumpConfigVersionLocked());
       return AppendAuditLocked(audit);
     });
@@ -323,7 +323,7 @@ class SqlStore : public Store {
       RETURN_IF_ERROR(conn_->Exec(
           "INSERT INTO policies (customer_id, image_id, policy) VALUES (?, ?, ?) "
           "ON CONFLICT (customer_id, image_id) DO UPDATE SET policy = excluded.policy",
-          {p.customer_id, p.image_id, net::internal::DumpJson(p.policy)}));
+          {p.customer_id, p.image_id, DumpJson(p.policy)}));
       RETURN_IF_ERROR(BumpConfigVersionLocked());
       return AppendAuditLocked(audit);
     });

@@ -10,7 +10,7 @@
 #include <functional>
 #include <mutex>
 
-#include "net/internal/json_util.h"
+#include "json/json.h"
 #include "net/internal/tls_util.h"
 
 namespace vmseal::net {
@@ -25,7 +25,7 @@ StatusOr<json> FromResult(const httplib::Result& result) {
   const httplib::Response& res = result.value();
   json body;
   if (!res.body.empty()) {
-    StatusOr<json> parsed = internal::ParseJson(res.body);
+    StatusOr<json> parsed = ParseJson(res.body);
     if (parsed.ok()) body = *std::move(parsed);
   }
   if (res.status >= 200 && res.status < 300) {
@@ -155,7 +155,7 @@ StatusOr<json> HttpsClient::Get(const std::string& path) {
 }
 
 StatusOr<json> HttpsClient::Post(const std::string& path, const json& body) {
-  return PostRaw(path, internal::DumpJson(body), "application/json");
+  return PostRaw(path, DumpJson(body), "application/json");
 }
 
 StatusOr<json> HttpsClient::PostRaw(const std::string& path, const std::string& body,
@@ -167,7 +167,7 @@ StatusOr<json> HttpsClient::PostRaw(const std::string& path, const std::string& 
 
 StatusOr<json> HttpsClient::Put(const std::string& path, const json& body) {
   std::lock_guard<std::mutex> lock(impl_->mu);
-  const std::string text = internal::DumpJson(body);
+  const std::string text = DumpJson(body);
   return FromResult(
       impl_->Send(true, [&] { return impl_->client->Put(path, text, "application/json"); }));
 }

@@ -9,7 +9,7 @@
 #include <thread>
 
 #include "net/internal/body_limit.h"
-#include "net/internal/json_util.h"
+#include "json/json.h"
 #include "net/internal/listen.h"
 #include "net/internal/tls_util.h"
 
@@ -20,7 +20,7 @@ using nlohmann::json;
 
 void SendJson(httplib::Response& res, int http_status, const json& body) {
   res.status = http_status;
-  res.set_content(internal::DumpJson(body), "application/json");
+  res.set_content(DumpJson(body), "application/json");
 }
 
 void SendError(httplib::Response& res, const Status& status) {
@@ -46,7 +46,7 @@ bool BuildRequest(const httplib::Request& req, httplib::Response& res, Request* 
   for (const auto& [k, v] : req.params) out->query.emplace_back(k, v);
   out->peer = PeerOf(req);
   if (!req.body.empty()) {
-    StatusOr<json> parsed = internal::ParseJson(req.body);
+    StatusOr<json> parsed = ParseJson(req.body);
     if (!parsed.ok()) {
       SendError(res, parsed.status());
       return false;
@@ -190,7 +190,7 @@ StatusOr<std::unique_ptr<HttpsServer>> HttpsServer::Create(Options options) {
                     : res.status == 413 ? ResourceExhaustedError("request body too large")
                     : res.status == 405 ? UnimplementedError("method not allowed")
                                         : InvalidArgumentError("bad request");
-    res.set_content(internal::DumpJson(ErrorBody(status)), "application/json");
+    res.set_content(DumpJson(ErrorBody(status)), "application/json");
     return httplib::Server::HandlerResponse::Handled;
   }));
   impl->options = std::move(options);

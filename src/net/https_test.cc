@@ -19,7 +19,7 @@
 #include "kms/internal/mini_ca.h"
 #include "net/https_client.h"
 #include "net/https_server.h"
-#include "net/internal/json_util.h"
+#include "json/json.h"
 #include "testing/test_util.h"
 
 namespace vmseal::net {
@@ -465,17 +465,6 @@ TEST(HttpsClient, ConnectionRefusedIsUnavailable) {
   auto client = HttpsClient::Create(std::move(options));
   ASSERT_OK(client);
   EXPECT_STATUS((*client)->Get("/"), StatusCode::kUnavailable, "request failed");
-}
-
-TEST(JsonUtil, ParsesNestedWithinLimit) {
-  std::string ok = std::string(internal::kMaxJsonDepth, '[') +
-                   std::string(internal::kMaxJsonDepth, ']');
-  EXPECT_OK(internal::ParseJson(ok));
-}
-
-TEST(JsonUtil, BracketsInStringsDoNotCount) {
-  std::string s = "\"" + std::string(1000, '[') + "\\\"\"";
-  EXPECT_OK(internal::ParseJson(s));
 }
 
 }  // namespace

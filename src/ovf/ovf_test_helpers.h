@@ -84,7 +84,7 @@ inline std::string RawTar(const std::vector<RawMember>& members) {
 }
 
 inline std::string SchemaPath() {
-  return vmseal::testing::SourceDir() + "/../shared/ovf-schema/dsp8023_2.0.1.xsd";
+  return vmseal::testing::SourceDir() + "/third_party/dmtf-ovf-schema/dsp8023_2.0.1.xsd";
 }
 
 // Validates an OVF descriptor file with xmllint against DSP8023 2.0.1.

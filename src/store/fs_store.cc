@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "crypto/primitives.h"
+#include "json/json.h"
 
 namespace vmseal::store {
 namespace {
@@ -79,7 +80,8 @@ Status FsObjectStore::Sweep() {
 StatusOr<FsObjectStore::Meta> FsObjectStore::ReadMeta(const std::string& meta_path) {
   if (!env_->FileExists(meta_path)) return NotFoundError("no such object");
   ASSIGN_OR_RETURN(std::string text, ReadFileToString(env_, meta_path));
-  auto j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  auto parsed = ParseJson(text);
+  nlohmann::json j = parsed.ok() ? *std::move(parsed) : nlohmann::json();
   if (!j.is_object() || !j["key"].is_string() || !j["size"].is_number_unsigned() ||
       !j["sha256"].is_string() || !j["data"].is_string()) {
     return DataLossError("corrupt object metadata " + meta_path);
@@ -125,7 +127,7 @@ StatusOr<ObjectInfo> FsObjectStore::Put(const std::string& key, Reader& source,
                       {"data", data_name}};
   std::lock_guard<std::mutex> lock(mu_);
   auto old = ReadMeta(MetaPath(key));
-  Status published = WriteStringToFileAtomic(env_, MetaPath(key), j.dump(), 0600);
+  Status published = WriteStringToFileAtomic(env_, MetaPath(key), DumpJson(j), 0600);
   if (!published.ok()) {
     (void)env_->RemoveFile(data_path);
     return published;

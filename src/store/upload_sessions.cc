@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "crypto/primitives.h"
+#include "json/json.h"
 
 namespace vmseal::store {
 namespace {
@@ -66,7 +67,8 @@ StatusOr<UploadSession> UploadSessions::Load(const std::string& id) {
   Env* env = Env::Default();
   if (!env->FileExists(meta)) return NotFoundError("no upload session");
   ASSIGN_OR_RETURN(std::string text, ReadFileToString(env, meta));
-  auto j = nlohmann::json::parse(text, nullptr, false);
+  auto parsed = ParseJson(text);
+  nlohmann::json j = parsed.ok() ? *std::move(parsed) : nlohmann::json();
   if (!j.is_object() || !j["key"].is_string() || !j["max"].is_number_unsigned()) {
     return DataLossError("corrupt upload session");
   }
@@ -95,7 +97,7 @@ StatusOr<UploadSession> UploadSessions::Begin(const std::string& key, const PutO
     RETURN_IF_ERROR(part->Close());
   }
   nlohmann::json j = {{"key", key}, {"max", options.max_size_bytes}};
-  RETURN_IF_ERROR(WriteStringToFileAtomic(env, dir_ + "/" + s.id + ".json", j.dump(), 0600));
+  RETURN_IF_ERROR(WriteStringToFileAtomic(env, dir_ + "/" + s.id + ".json", DumpJson(j), 0600));
   return s;
 }
 

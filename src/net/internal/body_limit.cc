@@ -10,7 +10,7 @@
 
 #include "base/status.h"
 #include "net/https_server.h"
-#include "net/internal/json_util.h"
+#include "json/json.h"
 
 namespace vmseal::net::internal {
 namespace {

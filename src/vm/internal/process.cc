@@ -1,3 +1,4 @@
+#include "json/json.h"
 #include "vm/internal/process.h"
 
 #include <errno.h>
@@ -62,10 +63,9 @@ class QmpConnection {
   StatusOr<nlohmann::json> ReadReply() {
     for (;;) {
       ASSIGN_OR_RETURN(std::string line, ReadLine());
-      nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
-      if (j.is_discarded() || !j.is_object()) {
-        return InternalError("qmp: malformed message from qemu");
-      }
+      StatusOr<nlohmann::json> parsed = ParseJsonObject(line, "qmp message");
+      if (!parsed.ok()) return InternalError("qmp: malformed message from qemu");
+      nlohmann::json j = *std::move(parsed);
       if (j.contains("event")) continue;
       return j;
     }

@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "json/json.h"
 #include "vm/internal/qemu_command.h"
 
 namespace vmseal::vm::internal {
@@ -54,8 +55,9 @@ std::string SerializeVmRecord(const VmRecord& record) {
 
 StatusOr<VmRecord> ParseVmRecord(const std::string& text) {
   if (text.size() > kMaxVmRecordBytes) return Corrupt("larger than 64 KiB");
-  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return Corrupt("not valid JSON");
+  StatusOr<json> parsed = ParseJson(text);
+  if (!parsed.ok()) return Corrupt("not valid JSON: " + std::string(parsed.status().message()));
+  json j = *std::move(parsed);
   if (!j.is_object()) return Corrupt("not a JSON object");
   ASSIGN_OR_RETURN(int64_t version, GetInt(j, "version", 0, INT32_MAX));
   if (version != kVmRecordVersion) {

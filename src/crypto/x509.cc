@@ -264,7 +264,7 @@ StatusOr<Certificate> IssueCertificate(const CertificateAuthority& ca,
                                        const IssueOptions& options) {
   bool tls = options.usage != CertUsage::kCustomerKey;
   if (tls && !CanSign(subject_key.type())) {
-    return InvalidArgumentError("a TLS certificate needs a signing key (RSA or P-256)");
+    return InvalidArgumentError("a TLS or signing certificate needs a signing key (RSA or P-256)");
   }
   std::string san;
   for (const std::string& dns : options.dns_names) {
@@ -299,8 +299,13 @@ StatusOr<Certificate> IssueCertificate(const CertificateAuthority& ca,
   } else {
     key_usage = rsa ? "critical,digitalSignature,keyEncipherment" : "critical,digitalSignature";
   }
+  if (options.usage == CertUsage::kPackageSigning) {
+    key_usage = "critical,digitalSignature";
+  }
   RETURN_IF_ERROR(AddExtension(x.get(), issuer, NID_key_usage, key_usage));
-  if (options.usage == CertUsage::kServerAuth) {
+  if (options.usage == CertUsage::kPackageSigning) {
+    RETURN_IF_ERROR(AddExtension(x.get(), issuer, NID_ext_key_usage, "codeSigning"));
+  } else if (options.usage == CertUsage::kServerAuth) {
     RETURN_IF_ERROR(AddExtension(x.get(), issuer, NID_ext_key_usage, "serverAuth"));
   } else if (options.usage == CertUsage::kClientAuth) {
     RETURN_IF_ERROR(AddExtension(x.get(), issuer, NID_ext_key_usage, "clientAuth"));

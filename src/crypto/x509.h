@@ -63,6 +63,7 @@ enum class CertUsage {
   kServerAuth,       // a TLS server: digitalSignature, EKU serverAuth
   kClientAuth,       // a TLS client (mTLS): digitalSignature, EKU clientAuth
   kServerAndClient,  // both EKUs
+  kPackageSigning,   // a customer's package signing key: digitalSignature, EKU codeSigning
 };
 
 struct CaOptions {

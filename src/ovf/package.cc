@@ -221,6 +221,24 @@ Status Package::Load(Env* env, const std::string& path, const PackageOpenOptions
     }
     if (options.verify_manifest) RETURN_IF_ERROR(VerifyManifest());
   }
+  if (have.count(cert_name)) {
+    if (!has_manifest()) {
+      return InvalidArgumentError("package has a signature (" + cert_name + ") but no manifest");
+    }
+    std::unique_ptr<RandomAccessFile> cert;
+    if (archive_) {
+      cert = archive_->NewMemberFile(*archive_->Find(cert_name));
+    } else {
+      ASSIGN_OR_RETURN(cert, env->NewRandomAccessFile(dir_ + "/" + cert_name));
+    }
+    ASSIGN_OR_RETURN(std::string cert_text, ReadAll(*cert, kMaxPackageCertBytes, "certificate"));
+    ASSIGN_OR_RETURN(PackageSignature sig, ParsePackageCertificate(cert_text));
+    RETURN_IF_ERROR(VerifyManifestSignature(sig, mf_name, manifest_text_));
+    signature_ = std::move(sig);
+  } else if (options.require_signature) {
+    return FailedPreconditionError("unsigned_package: the package has no signature (" +
+                                   cert_name + ")");
+  }
 
   if (d.HasEncryptionSection()) {
     RETURN_IF_ERROR(d.ReadEncryption(&tag_, &wrapped_key_));
@@ -361,6 +379,14 @@ Status SealPackage(Env* env, const SealOptions& options, const std::string& out_
     if (lstat(out_path.c_str(), &st) == 0) return AlreadyExistsError("output exists: " + out_path);
   }
   ASSIGN_OR_RETURN(auto recipient, internal::LoadPublicKeyPem(options.recipient_pem));
+  if (options.signing_key != nullptr) {
+    // Fail before sealing gigabytes: the certificate must be the key's.
+    ASSIGN_OR_RETURN(auto chain, crypto::Certificate::ParsePemBundle(options.signing_chain_pem));
+    ASSIGN_OR_RETURN(crypto::PublicKey cert_key, chain[0].GetPublicKey());
+    if (cert_key.KeyId() != options.signing_key->KeyId()) {
+      return InvalidArgumentError("the signing certificate is not for the signing key");
+    }
+  }
   EncryptionTag tag;
   tag.format = std::string(kTagFormat);
   tag.version = kTagVersion;
@@ -501,6 +527,13 @@ Status SealPackage(Env* env, const SealOptions& options, const std::string& out_
     RETURN_IF_ERROR(tar.AddMember(stem + ".mf", mf.size(), [&](WritableFile* w) {
       return w->Append(crypto::AsBytes(mf));
     }));
+    if (options.signing_key != nullptr) {
+      ASSIGN_OR_RETURN(std::string cert, SignManifest(stem + ".mf", mf, *options.signing_key,
+                                                      options.signing_chain_pem));
+      RETURN_IF_ERROR(tar.AddMember(stem + ".cert", cert.size(), [&](WritableFile* w) {
+        return w->Append(crypto::AsBytes(cert));
+      }));
+    }
     RETURN_IF_ERROR(tar.Finish());
     return out->Commit();
   }
@@ -512,7 +545,13 @@ Status SealPackage(Env* env, const SealOptions& options, const std::string& out_
     RETURN_IF_ERROR(f->Sync());
     RETURN_IF_ERROR(f->Close());
   }
-  RETURN_IF_ERROR(WriteStringToFileAtomic(env, dir->File(stem + ".mf"), FormatManifest(manifest), 0644));
+  const std::string mf = FormatManifest(manifest);
+  RETURN_IF_ERROR(WriteStringToFileAtomic(env, dir->File(stem + ".mf"), mf, 0644));
+  if (options.signing_key != nullptr) {
+    ASSIGN_OR_RETURN(std::string cert, SignManifest(stem + ".mf", mf, *options.signing_key,
+                                                    options.signing_chain_pem));
+    RETURN_IF_ERROR(WriteStringToFileAtomic(env, dir->File(stem + ".cert"), cert, 0644));
+  }
   return dir->Commit(env);
 }
 
@@ -564,6 +603,15 @@ StatusOr<std::string> InspectPackage(Env* env, const std::string& package_path, 
     j["container"] = p->is_ova() ? "ova" : "directory";
     j["descriptor"] = p->descriptor_name();
     j["manifest"] = p->has_manifest() ? "verified" : "absent";
+    if (p->is_signed()) {
+      // Verified over the manifest; who the signer is, is for the reader
+      // to check against the certificate it trusts.
+      j["signature"] = {{"status", "verified"},
+                        {"signer", p->signature().signer.SubjectCommonName()},
+                        {"signer_sha256", p->signature().signer.Fingerprint()}};
+    } else {
+      j["signature"] = {{"status", "absent"}};
+    }
     j["encrypted"] = p->encrypted();
     j["files"] = nlohmann::json::array();
     for (const FileRef& f : p->files()) {
@@ -593,6 +641,11 @@ StatusOr<std::string> InspectPackage(Env* env, const std::string& package_path, 
   out += "container:  " + std::string(p->is_ova() ? "ova" : "directory") + "\n";
   out += "descriptor: " + p->descriptor_name() + "\n";
   out += "manifest:   " + std::string(p->has_manifest() ? "verified" : "absent") + "\n";
+  out += "signature:  " +
+         (p->is_signed() ? "verified, signer " + p->signature().signer.SubjectCommonName() +
+                               " (certificate sha256 " + p->signature().signer.Fingerprint() + ")"
+                         : std::string("absent")) +
+         "\n";
   out += "encrypted:  " + std::string(p->encrypted() ? "yes" : "no") + "\n";
   for (const FileRef& f : p->files()) {
     out += "file:       " + f.id + " " + f.href + " " +

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -14,6 +15,7 @@
 #include "base/secret_bytes.h"
 #include "base/status.h"
 #include "ovf/descriptor.h"
+#include "ovf/signature.h"
 #include "stream/stream.h"
 
 namespace vmseal::ovf {
@@ -27,6 +29,12 @@ struct PackageOpenOptions {
   // Digests every file against the manifest during Open (reads each file
   // once). When false the caller may call VerifyManifest later. Default: true.
   bool verify_manifest = true;
+  // FAILED_PRECONDITION "unsigned_package: ..." when the package has no
+  // signature (.cert). A .cert that is present is always checked: its
+  // signature must verify over the manifest (UNAUTHENTICATED
+  // "bad_signature: ..."). Who signed is the caller's question
+  // (ovf::VerifySigner). Default: false.
+  bool require_signature = false;
 };
 
 // A package opened for reading: an OVA file, a directory holding one .ovf,
@@ -47,6 +55,12 @@ class Package {
   const std::string& descriptor_text() const { return descriptor_text_; }
   const std::vector<FileRef>& files() const { return files_; }
   bool has_manifest() const { return !manifest_text_.empty(); }
+  // The manifest exactly as stored ("" without one).
+  const std::string& manifest_text() const { return manifest_text_; }
+  // Whether the package carries a signature (.cert), verified over the
+  // manifest during Open; then signature() is valid.
+  bool is_signed() const { return signature_.has_value(); }
+  const PackageSignature& signature() const { return *signature_; }
   // Whether the descriptor has an EncryptionSection (then tag() and
   // wrapped_key() are valid).
   bool encrypted() const { return encrypted_; }
@@ -92,6 +106,7 @@ class Package {
   std::string descriptor_name_;
   std::string descriptor_text_;
   std::string manifest_text_;
+  std::optional<PackageSignature> signature_;
   std::vector<FileRef> files_;
   bool encrypted_ = false;
   EncryptionTag tag_;
@@ -122,6 +137,11 @@ struct SealOptions {
   uint32_t chunk_size_bytes = 0;
   // Tag creation time (RFC 3339); empty = now. Tests inject it.
   std::string created;
+  // When set, the package is signed (§8.1): a <stem>.cert with a SHA-256
+  // signature over the manifest by this key (P-256 or RSA) and
+  // `signing_chain_pem` (the key's certificate first). Not owned.
+  const crypto::PrivateKey* signing_key = nullptr;
+  std::string signing_chain_pem;
 };
 
 // Seals `options.inputs` into a package at `out_path`, which must not exist.

@@ -2,23 +2,52 @@
 
 #include <sys/stat.h>
 
+#include <optional>
 #include <utility>
 
+#include "disk_format/disk_format.h"
+#include "host/internal/disk_section.h"
 #include "host/internal/virtual_hardware.h"
 #include "ovf/package.h"
+#include "ovf/package_format.h"
 
 namespace vmseal::host {
 namespace {
 
-// A qcow2 image starts with "QFI\xfb"; everything else boots as raw.
-StatusOr<vm::DiskFormat> DetectDiskFormat(Env* env, const std::string& path) {
+Status UnsafeDiskFormat(const std::string& reason) {
+  return InvalidArgumentError(std::string(disk_format::kRefusalPrefix) + reason);
+}
+
+// The format the descriptor declares for the boot disk (§7 of
+// docs/format/package.md), before any key is released: a package whose disk
+// is declared as anything but raw or qcow2 (a VMware vmdk, say) is never
+// run. Empty when the descriptor declares none.
+StatusOr<std::optional<vm::DiskFormat>> DeclaredFormat(const ovf::Package& package,
+                                                       const ovf::FileRef& disk) {
+  ASSIGN_OR_RETURN(std::string uri,
+                   internal::DeclaredDiskFormat(package.descriptor_text(), disk.id));
+  if (uri.empty()) return std::optional<vm::DiskFormat>();
+  if (uri == ovf::kRawFormatUri) return std::optional(vm::DiskFormat::kRaw);
+  if (uri == ovf::kQcow2FormatUri) return std::optional(vm::DiskFormat::kQcow2);
+  return UnsafeDiskFormat("descriptor declares disk format '" + uri.substr(0, 128) +
+                          "', not raw or qcow2");
+}
+
+// Runs the disk-format inspector (docs/format/disk-format.md) on the
+// decrypted disk before any qemu sees it, and checks it against what the
+// descriptor declared.
+StatusOr<vm::DiskFormat> InspectDisk(Env* env, const std::string& path,
+                                     const std::optional<vm::DiskFormat>& declared) {
   ASSIGN_OR_RETURN(auto file, env->NewRandomAccessFile(path));
-  uint8_t magic[4] = {};
-  ASSIGN_OR_RETURN(size_t n, file->Read(0, magic));
-  if (n == 4 && magic[0] == 'Q' && magic[1] == 'F' && magic[2] == 'I' && magic[3] == 0xfb) {
-    return vm::DiskFormat::kQcow2;
+  ASSIGN_OR_RETURN(disk_format::DiskInfo info, disk_format::Inspect(*file));
+  const vm::DiskFormat found =
+      info.format == disk_format::Format::kQcow2 ? vm::DiskFormat::kQcow2 : vm::DiskFormat::kRaw;
+  if (declared.has_value() && *declared != found) {
+    return UnsafeDiskFormat(std::string("descriptor declares a ") +
+                            vm::DiskFormatName(*declared) + " disk, the image is " +
+                            vm::DiskFormatName(found));
   }
-  return vm::DiskFormat::kRaw;
+  return found;
 }
 
 // VM names are the job id with characters outside [A-Za-z0-9._-] mapped to '-'.
@@ -150,6 +179,8 @@ StatusOr<vm::VmInfo> HostAgent::RunJobSteps(const Job& job, const std::string& v
   if (package->files().empty()) return InvalidArgumentError("package: no disk file");
   // The first file of References is the boot disk.
   const ovf::FileRef& boot = package->files().front();
+  ASSIGN_OR_RETURN(std::optional<vm::DiskFormat> declared_format,
+                   DeclaredFormat(*package, boot));
   ASSIGN_OR_RETURN(std::string disk_path, vms_->DiskPath(vm_name));
 
   {
@@ -186,12 +217,14 @@ StatusOr<vm::VmInfo> HostAgent::RunJobSteps(const Job& job, const std::string& v
     }
     RETURN_IF_ERROR(out->Commit());
   }
+  // Before any qemu process starts; a refusal removes the disk (RunJob).
+  ASSIGN_OR_RETURN(vm::DiskFormat disk_format, InspectDisk(env_, disk_path, declared_format));
 
   Report(report, job, JobPhase::kLaunching);
   vm::VmSpec spec;
   spec.name = vm_name;
   spec.disk_path = disk_path;
-  ASSIGN_OR_RETURN(spec.disk_format, DetectDiskFormat(env_, disk_path));
+  spec.disk_format = disk_format;
   spec.cpus = hardware.cpus;
   spec.memory_mib = hardware.memory_mib;
   ASSIGN_OR_RETURN(vm::VmInfo info, vms_->Launch(spec));

@@ -234,5 +234,42 @@ TEST_F(HostAgentTest, MissingPackageFailsWithFetchReason) {
   EXPECT_EQ(phases_, (std::vector<std::string>{"fetching", "failed"}));
 }
 
+// A qcow2 whose backing file names a host file (a stand-in for the host's
+// private key): the agent decrypts it, the inspector refuses it before
+// qemu, and the decrypted disk is removed.
+TEST_F(HostAgentTest, QcowBackingFileNamingAHostFileIsRefusedBeforeQemu) {
+  ASSERT_OK(agent_->Enroll());
+  TrustCurrentState();
+  const std::string secret = dir_.File("host-secret.pem");
+  vmseal::testing::WriteFileOrDie(secret, "-----BEGIN PRIVATE KEY-----\nhost\n");
+  const std::string evil = dir_.File("evil.qcow2");
+  std::string out;
+  ASSERT_EQ(vmseal::testing::RunCommand({"qemu-img", "create", "-q", "-f", "qcow2", "-b", secret,
+                                         "-F", "raw", evil}, &out, 60), 0) << out;
+  const std::string pkg = dir_.File("evil.ova");
+  ovf::SealOptions seal;
+  seal.inputs = {evil};
+  seal.recipient_pem = customer_pub_pem_;
+  seal.image_id = "img-evil";
+  seal.tenant = "tenant-a";
+  seal.vm.cpus = 1;
+  seal.vm.memory_mib = 64;
+  ASSERT_OK(ovf::SealPackage(Env::Default(), seal, pkg));
+  source_.packages["img-evil"] = pkg;
+
+  auto vm = agent_->RunJob({.job_id = "job-evil", .image_id = "img-evil", .tenant = "tenant-a"});
+  EXPECT_STATUS(vm, StatusCode::kInvalidArgument,
+                "unsafe_disk_format: qcow2 names a backing file");
+  EXPECT_EQ(failure_, "unsafe_disk_format: qcow2 names a backing file");
+  // Refused after decryption and before launching.
+  EXPECT_EQ(phases_, (std::vector<std::string>{"fetching", "attesting", "decrypting", "failed"}));
+  auto listed = vms_->List();
+  ASSERT_OK(listed);
+  EXPECT_TRUE(listed->empty());
+  EXPECT_TRUE(ListDir(dir_.File("vms") + "/disks").empty());
+  EXPECT_TRUE(ListDir(dir_.File("vms") + "/run").empty());  // no qemu log: no qemu ran
+  EXPECT_TRUE(ListDir(dir_.File("work")).empty());
+}
+
 }  // namespace
 }  // namespace vmseal::host

@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "base/env.h"
+#include "disk_format/disk_format.h"
 #include "vm/internal/process.h"
 #include "vm/internal/qemu_command.h"
 #include "vm/internal/vm_record.h"
@@ -78,6 +79,19 @@ VmInfo InfoOf(const VmRecord& record) {
   bool running = !record.stopped && internal::ProcessRunsCommand(info.pid, record.argv);
   info.state = running ? VmRunState::kRunning : VmRunState::kStopped;
   return info;
+}
+
+Status CheckDiskFormat(const VmSpec& spec) {
+  ASSIGN_OR_RETURN(auto file, Env::Default()->NewRandomAccessFile(spec.disk_path));
+  ASSIGN_OR_RETURN(disk_format::DiskInfo found, disk_format::Inspect(*file));
+  const DiskFormat format =
+      found.format == disk_format::Format::kQcow2 ? DiskFormat::kQcow2 : DiskFormat::kRaw;
+  if (format != spec.disk_format) {
+    return InvalidArgumentError(std::string(disk_format::kRefusalPrefix) + "disk is " +
+                                disk_format::FormatName(found.format) + ", launched as " +
+                                DiskFormatName(spec.disk_format));
+  }
+  return OkStatus();
 }
 
 }  // namespace
@@ -185,6 +199,9 @@ StatusOr<VmInfo> VmManager::Launch(const VmSpec& spec) {
   if ((st.st_mode & 0077) != 0 && ::chmod(spec.disk_path.c_str(), 0600) != 0) {
     return ErrnoToStatus(errno, "chmod", spec.disk_path);
   }
+  // The disk-format rules once more, right before qemu sees the disk, with
+  // the format qemu will be told (docs/format/disk-format.md §6).
+  RETURN_IF_ERROR(CheckDiskFormat(spec));
 
   VmRecord record;
   VmInfo& info = record.info;

@@ -25,7 +25,7 @@
 
 namespace vmseal::vm {
 
-// The disk image's on-disk format, passed to qemu as `format=`.
+// The disk image's on-disk format: the driver of the disk's format node.
 enum class DiskFormat { kRaw, kQcow2 };
 
 // The accelerator qemu runs the guest with.
@@ -115,7 +115,10 @@ class VmManager {
   StatusOr<std::string> DiskPath(const std::string& name) const;
 
   // Starts qemu for `spec` and returns once its monitor answers (the guest is
-  // then booting). Errors: INVALID_ARGUMENT (bad spec), ALREADY_EXISTS (a VM
+  // then booting). The disk is inspected first (src/disk_format): a disk the
+  // host must not run, or whose format is not spec.disk_format, is
+  // INVALID_ARGUMENT "unsafe_disk_format: ..." and no qemu starts.
+  // Errors: INVALID_ARGUMENT (bad spec), ALREADY_EXISTS (a VM
   // of that name is known; Delete it first), NOT_FOUND (disk missing, or qemu
   // missing), FAILED_PRECONDITION (qemu exited during launch; the message
   // ends with the tail of its stderr), DEADLINE_EXCEEDED (no monitor in time;

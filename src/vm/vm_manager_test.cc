@@ -205,16 +205,66 @@ TEST_F(VmManagerQemuTest, DuplicateNameIsAlreadyExists) {
 }
 
 TEST_F(VmManagerQemuTest, QemuErrorIsReportedWithItsStderr) {
-  VmSpec spec = SampleSpec("badformat");
-  spec.disk_format = DiskFormat::kQcow2;  // the file is raw: qemu refuses it
+  VmSpec spec = SampleSpec("badsmp");
+  // A valid spec that qemu itself refuses (the pc machine has at most 255).
+  // (A raw disk launched as qcow2 used to be the trigger; the disk-format
+  // check now refuses that before qemu: see the next test.)
+  spec.cpus = 256;
   EXPECT_STATUS(manager_->Launch(spec), StatusCode::kFailedPrecondition,
-                "qemu exited during launch of vm badformat");
+                "qemu exited during launch of vm badsmp");
   auto again = manager_->Launch(spec);
-  EXPECT_NE(again.status().message().find("qcow2"), std::string::npos)
+  EXPECT_NE(again.status().message().find("max CPUs supported"), std::string::npos)
       << again.status().ToString();
   auto vms = manager_->List();
   ASSERT_OK(vms);
   EXPECT_TRUE(vms->empty());
+}
+
+TEST_F(VmManagerQemuTest, DiskOfAnotherFormatIsRefusedBeforeQemu) {
+  VmSpec spec = SampleSpec("badformat");
+  spec.disk_format = DiskFormat::kQcow2;  // the file is raw
+  EXPECT_STATUS(manager_->Launch(spec), StatusCode::kInvalidArgument,
+                "unsafe_disk_format: disk is raw, launched as qcow2");
+  // No qemu ran: it would have created its log and state.
+  EXPECT_FALSE(fs::exists(options_.state_dir + "/run/badformat.qemu.log"));
+  EXPECT_FALSE(fs::exists(options_.state_dir + "/vms/badformat.json"));
+  auto vms = manager_->List();
+  ASSERT_OK(vms);
+  EXPECT_TRUE(vms->empty());
+}
+
+TEST_F(VmManagerQemuTest, QcowNamingABackingFileIsRefusedBeforeQemu) {
+  const std::string secret = dir_.File("host-secret");
+  vmseal::testing::WriteFileOrDie(secret, "host secret\n");
+  VmSpec spec = SampleSpec("backed");
+  fs::remove(spec.disk_path);
+  std::string out;
+  ASSERT_EQ(vmseal::testing::RunCommand({"qemu-img", "create", "-q", "-f", "qcow2", "-b", secret,
+                                         "-F", "raw", spec.disk_path}, &out, 60), 0) << out;
+  spec.disk_format = DiskFormat::kQcow2;
+  EXPECT_STATUS(manager_->Launch(spec), StatusCode::kInvalidArgument,
+                "unsafe_disk_format: qcow2 names a backing file");
+  EXPECT_FALSE(fs::exists(options_.state_dir + "/run/backed.qemu.log"));
+  auto vms = manager_->List();
+  ASSERT_OK(vms);
+  EXPECT_TRUE(vms->empty());
+}
+
+// A clean qcow2 (the sample image converted by qemu-img) boots through the
+// -blockdev graph with "backing": null.
+TEST_F(VmManagerQemuTest, CleanQcow2Boots) {
+  VmSpec spec = SampleSpec("qcow");
+  const std::string raw = spec.disk_path + ".raw";
+  fs::rename(spec.disk_path, raw);
+  std::string out;
+  ASSERT_EQ(vmseal::testing::RunCommand({"qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2",
+                                         raw, spec.disk_path}, &out, 120), 0) << out;
+  fs::remove(raw);
+  spec.disk_format = DiskFormat::kQcow2;
+  auto vm = manager_->Launch(spec);
+  ASSERT_OK(vm);
+  EXPECT_OK(manager_->WaitForSerialMarker("qcow", marker_, 240000));
+  ASSERT_OK(manager_->Delete("qcow"));
 }
 
 TEST_F(VmManagerQemuTest, MissingDiskIsNotFound) {

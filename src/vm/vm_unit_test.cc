@@ -9,6 +9,7 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 
+#include "json/json.h"
 #include "testing/test_util.h"
 #include "vm/internal/qemu_command.h"
 #include "vm/internal/vm_record.h"
@@ -81,20 +82,75 @@ TEST(QemuCommandTest, QmpListensOnTheSocket) {
   EXPECT_EQ(FlagValue(argv, "-mon"), "chardev=qmp0,mode=control");
 }
 
-TEST(QemuCommandTest, DiskIsVirtioWithTheGivenFormat) {
-  VmSpec spec = SampleSpec();
-  EXPECT_EQ(FlagValue(BuildQemuArgv("qemu", spec, Accel::kTcg, kPaths), "-drive"),
-            "file=/var/lib/vmseal/disks/web-1.img,format=raw,if=virtio");
-  spec.disk_format = DiskFormat::kQcow2;
-  EXPECT_EQ(FlagValue(BuildQemuArgv("qemu", spec, Accel::kTcg, kPaths), "-drive"),
-            "file=/var/lib/vmseal/disks/web-1.img,format=qcow2,if=virtio");
+// The -blockdev values of argv, parsed.
+std::vector<nlohmann::json> BlockdevNodes(const std::vector<std::string>& argv) {
+  std::vector<nlohmann::json> nodes;
+  for (int i = 0; !FlagValue(argv, "-blockdev", i).empty(); ++i) {
+    auto node = ParseJson(FlagValue(argv, "-blockdev", i));
+    EXPECT_OK(node);
+    nodes.push_back(node.ok() ? *node : nlohmann::json());
+  }
+  return nodes;
 }
 
-TEST(QemuCommandTest, CommaInDiskPathIsEscaped) {
+TEST(QemuCommandTest, RawDiskIsAFileNodeUnderARawNodeOnVirtio) {
+  auto argv = BuildQemuArgv("qemu", SampleSpec(), Accel::kTcg, kPaths);
+  auto nodes = BlockdevNodes(argv);
+  ASSERT_EQ(nodes.size(), 2u);
+  EXPECT_EQ(nodes[0], nlohmann::json({{"driver", "file"},
+                                      {"node-name", "disk0-file"},
+                                      {"filename", "/var/lib/vmseal/disks/web-1.img"}}));
+  EXPECT_EQ(nodes[1], nlohmann::json({{"driver", "raw"},
+                                      {"node-name", "disk0"},
+                                      {"file", "disk0-file"}}));
+  EXPECT_EQ(FlagValue(argv, "-device"), "virtio-blk-pci,drive=disk0,bootindex=0");
+  EXPECT_EQ(FlagValue(argv, "-device", 1), "");
+}
+
+TEST(QemuCommandTest, Qcow2DiskHasNoBackingAndNoDataFile) {
   VmSpec spec = SampleSpec();
-  spec.disk_path = "/d/a,format=qcow2,b.img";
-  EXPECT_EQ(FlagValue(BuildQemuArgv("qemu", spec, Accel::kTcg, kPaths), "-drive"),
-            "file=/d/a,,format=qcow2,,b.img,format=raw,if=virtio");
+  spec.disk_format = DiskFormat::kQcow2;
+  auto argv = BuildQemuArgv("qemu", spec, Accel::kTcg, kPaths);
+  auto nodes = BlockdevNodes(argv);
+  ASSERT_EQ(nodes.size(), 2u);
+  EXPECT_EQ(nodes[0], nlohmann::json({{"driver", "file"},
+                                      {"node-name", "disk0-file"},
+                                      {"filename", "/var/lib/vmseal/disks/web-1.img"}}));
+  EXPECT_EQ(nodes[1], nlohmann::json({{"driver", "qcow2"},
+                                      {"node-name", "disk0"},
+                                      {"file", "disk0-file"},
+                                      {"backing", nullptr}}));
+  ASSERT_TRUE(nodes[1].contains("backing"));
+  EXPECT_TRUE(nodes[1]["backing"].is_null());
+  EXPECT_FALSE(nodes[1].contains("data-file"));
+  EXPECT_EQ(FlagValue(argv, "-device"), "virtio-blk-pci,drive=disk0,bootindex=0");
+}
+
+TEST(QemuCommandTest, NoLegacyDriveOption) {
+  VmSpec spec = SampleSpec();
+  for (DiskFormat f : {DiskFormat::kRaw, DiskFormat::kQcow2}) {
+    spec.disk_format = f;
+    auto argv = BuildQemuArgv("qemu", spec, Accel::kTcg, kPaths);
+    EXPECT_FALSE(HasArg(argv, "-drive"));
+    EXPECT_FALSE(HasArg(argv, "-hda"));
+    EXPECT_FALSE(HasArg(argv, "-snapshot"));
+  }
+}
+
+TEST(QemuCommandTest, DiskPathNeedsNoEscapingInJson) {
+  VmSpec spec = SampleSpec();
+  spec.disk_path = "/d/a,format=qcow2,b\"c\\d.img";
+  auto nodes = BlockdevNodes(BuildQemuArgv("qemu", spec, Accel::kTcg, kPaths));
+  ASSERT_EQ(nodes.size(), 2u);
+  EXPECT_EQ(nodes[0]["filename"], spec.disk_path);
+  EXPECT_EQ(nodes[0].size(), 3u);  // no option smuggled in by the path
+}
+
+TEST(QemuCommandTest, QemuRunsInTheSeccompSandbox) {
+  auto argv = BuildQemuArgv("qemu", SampleSpec(), Accel::kTcg, kPaths);
+  EXPECT_EQ(FlagValue(argv, "-sandbox"),
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
+  EXPECT_EQ(FlagValue(argv, "-sandbox", 1), "");
 }
 
 TEST(QemuCommandTest, NoNetworkByDefault) {

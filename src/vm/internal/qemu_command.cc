@@ -2,6 +2,8 @@
 
 #include <string>
 
+#include "json/json.h"
+
 namespace vmseal::vm::internal {
 
 Status ValidateVmName(const std::string& name) {
@@ -42,6 +44,22 @@ std::string QemuEscape(const std::string& value) {
   return out;
 }
 
+std::string DiskProtocolNode(const VmSpec& spec) {
+  nlohmann::json node = {{"driver", "file"},
+                         {"node-name", kDiskFileNodeName},
+                         {"filename", spec.disk_path}};
+  return DumpJson(node);
+}
+
+std::string DiskFormatNode(const VmSpec& spec) {
+  nlohmann::json node = {{"driver", DiskFormatName(spec.disk_format)},
+                         {"node-name", kDiskNodeName},
+                         {"file", kDiskFileNodeName}};
+  // Whatever a qcow2 header names as its backing file, qemu opens none.
+  if (spec.disk_format == DiskFormat::kQcow2) node["backing"] = nullptr;
+  return DumpJson(node);
+}
+
 std::vector<std::string> BuildQemuArgv(const std::string& qemu_binary, const VmSpec& spec,
                                        Accel accel, const QemuPaths& paths) {
   std::vector<std::string> argv = {
@@ -56,9 +74,10 @@ std::vector<std::string> BuildQemuArgv(const std::string& qemu_binary, const VmS
       "-serial", "chardev:serial0",
       "-chardev", "socket,id=qmp0,path=" + QemuEscape(paths.qmp_socket) + ",server=on,wait=off",
       "-mon", "chardev=qmp0,mode=control",
-      "-drive", "file=" + QemuEscape(spec.disk_path) + ",format=" +
-                    DiskFormatName(spec.disk_format) + ",if=virtio",
-      "-boot", "order=c",
+      "-sandbox", kQemuSandbox,
+      "-blockdev", DiskProtocolNode(spec),
+      "-blockdev", DiskFormatNode(spec),
+      "-device", std::string("virtio-blk-pci,drive=") + kDiskNodeName + ",bootindex=0",
   };
   if (spec.user_network) {
     argv.insert(argv.end(), {"-nic", "user,model=virtio-net-pci"});

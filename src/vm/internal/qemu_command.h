@@ -32,10 +32,29 @@ Status ValidateVmSpec(const VmSpec& spec);
 // Doubles every ',' so that `value` is one qemu option value.
 std::string QemuEscape(const std::string& value);
 
+// qemu's seccomp sandbox for every VM: no obsolete system calls, no setuid
+// or capabilities, no fork/exec, no scheduler or CPU-affinity changes.
+inline constexpr const char* kQemuSandbox =
+    "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
+// The block graph's node names: the file node and the format node on it.
+inline constexpr const char* kDiskFileNodeName = "disk0-file";
+inline constexpr const char* kDiskNodeName = "disk0";
+
+// The JSON -blockdev of the disk's protocol node: the `file` driver on
+// spec.disk_path (JSON, so a path needs no comma escaping).
+std::string DiskProtocolNode(const VmSpec& spec);
+
+// The JSON -blockdev of the disk's format node on the file node:
+// {"driver":"raw",...} or {"driver":"qcow2",...,"backing":null}; never a
+// data-file (docs/format/disk-format.md §6).
+std::string DiskFormatNode(const VmSpec& spec);
+
 // The argv (argv[0] = qemu_binary) running `spec` headless: no display, no
-// default devices, the serial port to paths.serial_log, QMP on
-// paths.qmp_socket, the disk on virtio-blk, no NIC unless user_network.
-// `accel` must be kKvm or kTcg.
+// default devices, the seccomp sandbox (kQemuSandbox), the serial port to
+// paths.serial_log, QMP on paths.qmp_socket, the disk as an explicit
+// -blockdev graph (file node, format node) on virtio-blk-pci as the boot
+// device, no NIC unless user_network. `accel` must be kKvm or kTcg.
 std::vector<std::string> BuildQemuArgv(const std::string& qemu_binary, const VmSpec& spec,
                                        Accel accel, const QemuPaths& paths);
 

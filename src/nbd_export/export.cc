@@ -1,0 +1,352 @@
+#include "nbd_export/export.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <sstream>
+#include <thread>
+
+#include "base/env.h"
+#include "json/json.h"
+
+namespace vmseal::nbd_export {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr int kKeyFd = 3;
+constexpr size_t kDataKeyBytes = 32;
+
+std::string SocketPath(const ExportOptions& o) { return o.state_dir + "/nbd.sock"; }
+std::string PidPath(const ExportOptions& o) { return o.state_dir + "/nbdkit.pid"; }
+std::string LogPath(const ExportOptions& o) { return o.state_dir + "/nbdkit.log"; }
+std::string EventsPath(const ExportOptions& o) { return o.state_dir + "/events.jsonl"; }
+
+Status Validate(const ExportOptions& o) {
+  if (o.plugin_path.empty()) return InvalidArgumentError("export: plugin_path is required");
+  if (o.state_dir.empty()) return InvalidArgumentError("export: state_dir is required");
+  if (o.package_path.empty() == o.remote.url.empty()) {
+    return InvalidArgumentError("export: exactly one source (package_path or remote.url)");
+  }
+  if (SocketPath(o).size() >= sizeof(sockaddr_un::sun_path)) {
+    return InvalidArgumentError("export: state_dir is too long for a unix socket path");
+  }
+  for (const std::string* v : {&o.disk_id, &o.expected_image_id, &o.expected_tenant}) {
+    if (v->find('\0') != std::string::npos) return InvalidArgumentError("export: NUL in option");
+  }
+  return OkStatus();
+}
+
+// A /proc file (whose size reads as 0, so not through Env).
+std::string ReadProcFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+// The pid in the pid file, or -1.
+pid_t ReadPid(const std::string& path) {
+  auto text = ReadFileToString(Env::Default(), path);
+  if (!text.ok()) return -1;
+  long v = std::strtol(text->c_str(), nullptr, 10);
+  return v > 1 ? static_cast<pid_t>(v) : -1;
+}
+
+// Whether `pid` is a live (not zombie) nbdkit serving `socket`.
+bool IsOurNbdkit(pid_t pid, const std::string& socket) {
+  if (pid <= 1 || kill(pid, 0) != 0) return false;
+  const std::string stat = ReadProcFile("/proc/" + std::to_string(pid) + "/stat");
+  const size_t paren = stat.rfind(')');
+  if (paren == std::string::npos || paren + 2 >= stat.size() || stat[paren + 2] == 'Z') {
+    return false;
+  }
+  const std::string cmd = ReadProcFile("/proc/" + std::to_string(pid) + "/cmdline");
+  std::vector<std::string> args;
+  std::stringstream ss(cmd);
+  for (std::string a; std::getline(ss, a, '\0');) args.push_back(a);
+  if (args.empty() || std::filesystem::path(args[0]).filename() != "nbdkit") return false;
+  for (const std::string& a : args) {
+    if (a == socket) return true;
+  }
+  return false;
+}
+
+bool SocketAnswers(const std::string& path) {
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+  bool ok = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  close(fd);
+  return ok;
+}
+
+// The plugin's error from nbdkit's log as a Status ("... vmseal: CODE: msg").
+Status ErrorFromLog(const std::string& log_path, const std::string& fallback) {
+  auto text = ReadFileToString(Env::Default(), log_path);
+  if (!text.ok()) return UnavailableError(fallback);
+  const std::string marker = "vmseal: ";
+  size_t pos = text->rfind(marker);
+  if (pos == std::string::npos) {
+    std::string tail = text->size() > 300 ? text->substr(text->size() - 300) : *text;
+    while (!tail.empty() && tail.back() == '\n') tail.pop_back();
+    return UnavailableError(fallback + (tail.empty() ? "" : ": " + tail));
+  }
+  std::string line = text->substr(pos + marker.size());
+  line = line.substr(0, line.find('\n'));
+  for (int c = 1; c <= static_cast<int>(StatusCode::kUnauthenticated); ++c) {
+    const std::string name(StatusCodeName(static_cast<StatusCode>(c)));
+    if (line.starts_with(name + ": ")) {
+      return Status(static_cast<StatusCode>(c), "export: " + line.substr(name.size() + 2));
+    }
+  }
+  return FailedPreconditionError("export: " + line);
+}
+
+std::vector<std::string> Argv(const ExportOptions& o) {
+  std::vector<std::string> a = {o.nbdkit_path, "--foreground"};
+  if (o.exit_with_parent) a.push_back("--exit-with-parent");
+  a.insert(a.end(), {"--readonly", "--unix", SocketPath(o), "--pidfile", PidPath(o),
+                     "--threads", std::to_string(o.threads > 0 ? o.threads : 16),
+                     o.plugin_path, "keyfd=" + std::to_string(kKeyFd),
+                     "events=" + EventsPath(o)});
+  if (!o.package_path.empty()) {
+    a.push_back("package=" + o.package_path);
+  } else {
+    a.push_back("url=" + o.remote.url);
+    a.push_back("cafile=" + o.remote.ca_file);
+    if (!o.remote.cert_file.empty()) a.push_back("certfile=" + o.remote.cert_file);
+    if (!o.remote.key_file.empty()) a.push_back("keyfile=" + o.remote.key_file);
+    a.push_back("cache=" + o.state_dir);
+    a.push_back("readahead=" + std::to_string(o.readahead_bytes));
+    a.push_back(std::string("prefetch=") + (o.prefetch ? "true" : "false"));
+  }
+  if (!o.disk_id.empty()) a.push_back("disk=" + o.disk_id);
+  if (!o.expected_image_id.empty()) a.push_back("image-id=" + o.expected_image_id);
+  if (!o.expected_tenant.empty()) a.push_back("tenant=" + o.expected_tenant);
+  return a;
+}
+
+// Sends SIGTERM, waits up to 5 s, then SIGKILL. `child`: reap with waitpid.
+void Terminate(pid_t pid, bool child) {
+  if (pid <= 0) return;
+  auto gone = [&] {
+    if (child) return waitpid(pid, nullptr, WNOHANG) == pid;
+    return kill(pid, 0) != 0;
+  };
+  if (gone()) return;
+  kill(pid, SIGTERM);
+  const auto deadline = Clock::now() + std::chrono::seconds(5);
+  while (Clock::now() < deadline) {
+    if (gone()) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  kill(pid, SIGKILL);
+  if (child) {
+    waitpid(pid, nullptr, 0);
+  } else {
+    for (int i = 0; i < 500 && kill(pid, 0) == 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+}
+
+void RemoveRunFiles(const ExportOptions& o) {
+  unlink(SocketPath(o).c_str());
+  unlink(PidPath(o).c_str());
+}
+
+}  // namespace
+
+Export::Export(ExportOptions options, pid_t pid, bool child, bool reused)
+    : options_(std::move(options)),
+      socket_path_(SocketPath(options_)),
+      pid_(pid),
+      child_(child),
+      reused_(reused) {}
+
+Export::~Export() {
+  if (!detached_) (void)Stop();
+}
+
+StatusOr<std::unique_ptr<Export>> Export::Start(const ExportOptions& options,
+                                                const SecretBytes& data_key) {
+  RETURN_IF_ERROR(Validate(options));
+  if (data_key.size() != kDataKeyBytes) return InvalidArgumentError("export: bad data key size");
+  std::error_code ec;
+  std::filesystem::create_directories(options.state_dir, ec);
+  if (ec) return ErrnoToStatus(ec.value(), "create", options.state_dir);
+  if (chmod(options.state_dir.c_str(), 0700) != 0) {
+    return ErrnoToStatus(errno, "chmod", options.state_dir);
+  }
+  if (IsOurNbdkit(ReadPid(PidPath(options)), SocketPath(options))) {
+    return AlreadyExistsError("export: an nbdkit already serves " + SocketPath(options));
+  }
+  RemoveRunFiles(options);
+
+  // The key travels in a pipe the child inherits; it is written before the
+  // fork (a pipe holds 64 KiB), so nothing else ever carries it.
+  int key_pipe[2];
+  if (pipe2(key_pipe, O_CLOEXEC) != 0) return ErrnoToStatus(errno, "pipe", "keyfd");
+  ssize_t w = write(key_pipe[1], data_key.UnsafeData(), data_key.size());
+  close(key_pipe[1]);
+  if (w != static_cast<ssize_t>(data_key.size())) {
+    close(key_pipe[0]);
+    return InternalError("export: writing the key pipe failed");
+  }
+  const int log_fd = open(LogPath(options).c_str(),
+                          O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
+  const int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  // Above the descriptors the child sets up, so no dup2 clobbers another.
+  const int key_hi = fcntl(key_pipe[0], F_DUPFD_CLOEXEC, 10);
+  const int log_hi = log_fd < 0 ? -1 : fcntl(log_fd, F_DUPFD_CLOEXEC, 10);
+  const int null_hi = null_fd < 0 ? -1 : fcntl(null_fd, F_DUPFD_CLOEXEC, 10);
+  close(key_pipe[0]);
+  if (log_fd >= 0) close(log_fd);
+  if (null_fd >= 0) close(null_fd);
+  auto close_all = [&] {
+    for (int fd : {key_hi, log_hi, null_hi}) {
+      if (fd >= 0) close(fd);
+    }
+  };
+  if (key_hi < 0 || log_hi < 0 || null_hi < 0) {
+    close_all();
+    return InternalError("export: cannot prepare the child's descriptors");
+  }
+
+  const std::vector<std::string> args = Argv(options);
+  std::vector<char*> argv;
+  for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+
+  const pid_t pid = fork();
+  if (pid < 0) {
+    close_all();
+    return ErrnoToStatus(errno, "fork", options.nbdkit_path);
+  }
+  if (pid == 0) {
+    // Only async-signal-safe calls between fork and exec.
+    if (dup2(null_hi, 0) < 0 || dup2(log_hi, 1) < 0 || dup2(log_hi, 2) < 0 ||
+        dup2(key_hi, kKeyFd) < 0) {
+      _exit(126);
+    }
+    close_range(kKeyFd + 1, ~0U, 0);
+    execvp(argv[0], argv.data());
+    _exit(127);
+  }
+  close_all();
+
+  std::unique_ptr<Export> e(new Export(options, pid, /*child=*/true, /*reused=*/false));
+  const auto deadline = Clock::now() + std::chrono::milliseconds(options.start_timeout_ms);
+  while (true) {
+    int wstatus = 0;
+    if (waitpid(pid, &wstatus, WNOHANG) == pid) {
+      e->pid_ = -1;
+      RemoveRunFiles(options);
+      return ErrorFromLog(LogPath(options), "export: nbdkit exited during start");
+    }
+    if (ReadPid(PidPath(options)) == pid && SocketAnswers(SocketPath(options))) return e;
+    if (Clock::now() > deadline) {
+      (void)e->Stop();
+      return DeadlineExceededError("export: nbdkit did not listen in time");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+}
+
+StatusOr<std::unique_ptr<Export>> Export::Reattach(const ExportOptions& options,
+                                                   const SecretBytes& data_key) {
+  RETURN_IF_ERROR(Validate(options));
+  const pid_t pid = ReadPid(PidPath(options));
+  if (IsOurNbdkit(pid, SocketPath(options)) && SocketAnswers(SocketPath(options))) {
+    return std::unique_ptr<Export>(new Export(options, pid, /*child=*/false, /*reused=*/true));
+  }
+  if (pid > 1 && IsOurNbdkit(pid, SocketPath(options))) {
+    Terminate(pid, /*child=*/false);  // alive but not answering
+  }
+  return Start(options, data_key);
+}
+
+std::string Export::Uri() const { return "nbd+unix:///?socket=" + socket_path_; }
+
+nlohmann::json Export::QemuBlockdev() const {
+  return {{"driver", "nbd"},
+          {"server", {{"type", "unix"}, {"path", socket_path_}}},
+          {"export", ""}};
+}
+
+bool Export::Running() {
+  if (pid_ <= 0) return false;
+  if (child_) {
+    if (waitpid(pid_, nullptr, WNOHANG) == pid_) {
+      pid_ = -1;
+      return false;
+    }
+    return true;
+  }
+  if (!IsOurNbdkit(pid_, socket_path_)) {
+    pid_ = -1;
+    return false;
+  }
+  return true;
+}
+
+StatusOr<ExportProgress> Export::Progress() const {
+  ExportProgress p;
+  if (!options_.package_path.empty()) {
+    p.complete = true;
+    return p;
+  }
+  auto text = ReadFileToString(Env::Default(), options_.state_dir + "/progress.json");
+  if (!text.ok()) {
+    if (text.status().code() == StatusCode::kNotFound) return p;
+    return text.status();
+  }
+  ASSIGN_OR_RETURN(nlohmann::json j, ParseJsonObject(*text, "progress.json"));
+  if (!j["cached_bytes"].is_number_unsigned() || !j["total_bytes"].is_number_unsigned() ||
+      !j["complete"].is_boolean()) {
+    return DataLossError("export: malformed progress.json");
+  }
+  p.cached_bytes = j["cached_bytes"].get<uint64_t>();
+  p.total_bytes = j["total_bytes"].get<uint64_t>();
+  p.complete = j["complete"].get<bool>();
+  return p;
+}
+
+StatusOr<std::vector<ExportEvent>> Export::Events() const {
+  std::vector<ExportEvent> out;
+  auto text = ReadFileToString(Env::Default(), EventsPath(options_));
+  if (!text.ok()) {
+    if (text.status().code() == StatusCode::kNotFound) return out;
+    return text.status();
+  }
+  std::stringstream ss(*text);
+  for (std::string line; std::getline(ss, line);) {
+    if (line.empty()) continue;
+    ASSIGN_OR_RETURN(nlohmann::json j, ParseJsonObject(line, "event"));
+    ExportEvent e;
+    e.event = j.value("event", "");
+    e.fields = std::move(j);
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
+Status Export::Stop() {
+  if (pid_ > 0) Terminate(pid_, child_);
+  pid_ = -1;
+  RemoveRunFiles(options_);
+  return OkStatus();
+}
+
+}  // namespace vmseal::nbd_export

@@ -1,0 +1,203 @@
+// nbdkit-vmseal-plugin.so: nbdkit glue over DiskServer (disk_server.h).
+// Parameters are documented in docs/nbd-export.md and in config_help below.
+// The data key arrives on an inherited file descriptor (keyfd=N): exactly 32
+// bytes, then end of file. It never appears in argv, the environment or a
+// file.
+#define NBDKIT_API_VERSION 2
+#define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
+#include <nbdkit-plugin.h>
+
+#include <errno.h>
+#include <unistd.h>
+
+#include <charconv>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "nbd_export/disk_server.h"
+
+namespace {
+
+using vmseal::nbd_export::DiskServer;
+using vmseal::nbd_export::DiskServerOptions;
+
+DiskServerOptions g_options;
+int g_key_fd = -1;
+std::unique_ptr<DiskServer> g_server;
+
+bool ParseUint(std::string_view s, uint64_t* out) {
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), *out);
+  return ec == std::errc() && p == s.data() + s.size();
+}
+
+int VmsealConfig(const char* key_c, const char* value_c) {
+  const std::string_view key = key_c;
+  const std::string value = value_c;
+  if (key == "package") {
+    char* abs = nbdkit_absolute_path(value_c);
+    if (abs == nullptr) return -1;
+    g_options.package_path = abs;
+    free(abs);
+  } else if (key == "url") {
+    g_options.remote.url = value;
+  } else if (key == "cafile") {
+    g_options.remote.ca_file = value;
+  } else if (key == "certfile") {
+    g_options.remote.cert_file = value;
+  } else if (key == "keyfile") {
+    g_options.remote.key_file = value;
+  } else if (key == "cache") {
+    g_options.cache_dir = value;
+  } else if (key == "disk") {
+    g_options.disk_id = value;
+  } else if (key == "image-id") {
+    g_options.expected_image_id = value;
+  } else if (key == "tenant") {
+    g_options.expected_tenant = value;
+  } else if (key == "events") {
+    g_options.events_path = value;
+  } else if (key == "readahead") {
+    uint64_t v = 0;
+    if (!ParseUint(value, &v) || v < 4096 || v > (uint64_t{256} << 20)) {
+      nbdkit_error("vmseal: readahead must be a byte count in [4096, 256 MiB]");
+      return -1;
+    }
+    g_options.readahead_bytes = v;
+  } else if (key == "prefetch") {
+    int b = nbdkit_parse_bool(value_c);
+    if (b < 0) return -1;
+    g_options.prefetch = b != 0;
+  } else if (key == "keyfd") {
+    uint64_t v = 0;
+    if (!ParseUint(value, &v) || v < 3 || v > 65535) {
+      nbdkit_error("vmseal: keyfd must be a descriptor number >= 3");
+      return -1;
+    }
+    g_key_fd = static_cast<int>(v);
+  } else {
+    nbdkit_error("vmseal: unknown parameter %s", key_c);
+    return -1;
+  }
+  return 0;
+}
+
+// Reads exactly the key and then end of file, and closes the descriptor.
+int ReadKey(vmseal::SecretBytes* key) {
+  vmseal::SecretBytes buf(vmseal::stream::kDataKeyBytes + 1);
+  size_t got = 0;
+  while (got < buf.size()) {
+    ssize_t r = read(g_key_fd, buf.UnsafeMutableData() + got, buf.size() - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) {
+      nbdkit_error("vmseal: reading keyfd: %s", strerror(errno));
+      close(g_key_fd);
+      return -1;
+    }
+    if (r == 0) break;
+    got += static_cast<size_t>(r);
+  }
+  close(g_key_fd);
+  g_key_fd = -1;
+  if (got != vmseal::stream::kDataKeyBytes) {
+    nbdkit_error("vmseal: keyfd must carry exactly 32 bytes and then end of file");
+    return -1;
+  }
+  *key = vmseal::SecretBytes(buf.UnsafeSpan().first(vmseal::stream::kDataKeyBytes));
+  return 0;
+}
+
+int VmsealConfigComplete() {
+  if (g_key_fd < 0) {
+    nbdkit_error("vmseal: keyfd=N is required (the data key never comes by argv)");
+    return -1;
+  }
+  vmseal::SecretBytes key;
+  if (ReadKey(&key) != 0) return -1;
+  auto server = DiskServer::Create(std::move(g_options), std::move(key));
+  if (!server.ok()) {
+    nbdkit_error("vmseal: %s", server.status().ToString().c_str());
+    return -1;
+  }
+  g_server = std::move(server).value();
+  return 0;
+}
+
+int VmsealAfterFork() {
+  // Threads must start after nbdkit's fork (if it forks).
+  g_server->StartPrefetch();
+  return 0;
+}
+
+void VmsealCleanup() { g_server.reset(); }
+
+void* VmsealOpen(int /*readonly*/) { return g_server.get(); }
+
+int64_t VmsealGetSize(void* /*handle*/) { return static_cast<int64_t>(g_server->size()); }
+
+int VmsealCanWrite(void* /*handle*/) { return 0; }
+int VmsealCanMultiConn(void* /*handle*/) { return 1; }
+int VmsealCanCache(void* /*handle*/) { return NBDKIT_CACHE_EMULATE; }
+
+int VmsealPread(void* /*handle*/, void* buf, uint32_t count, uint64_t offset,
+                uint32_t /*flags*/) {
+  vmseal::Status s = g_server->Read(offset, {static_cast<uint8_t*>(buf), count});
+  if (s.ok()) return 0;
+  // Never unauthenticated bytes: the client gets EIO and no data.
+  std::memset(buf, 0, count);
+  nbdkit_error("vmseal: read at %llu: %s", static_cast<unsigned long long>(offset),
+               s.ToString().c_str());
+  nbdkit_set_error(EIO);
+  return -1;
+}
+
+int VmsealBlockSize(void* /*handle*/, uint32_t* minimum, uint32_t* preferred,
+                    uint32_t* maximum) {
+  *minimum = 1;
+  *preferred = 4096;
+  *maximum = 0xffffffff;
+  return 0;
+}
+
+nbdkit_plugin MakePlugin() {
+  nbdkit_plugin p;
+  std::memset(&p, 0, sizeof(p));
+  p.name = "vmseal";
+  p.longname = "vmseal sealed-disk export";
+  p.version = "1";
+  p.description = "Serves one disk of a sealed vmseal package, decrypted on demand";
+  p.config = VmsealConfig;
+  p.config_complete = VmsealConfigComplete;
+  p.config_help =
+      "package=PATH        Local sealed package (.ova, directory or .ovf)\n"
+      "url=https://...     Or: the package by HTTPS Range requests\n"
+      "cafile=PEM          CA the server must chain to (url)\n"
+      "certfile=PEM        Client certificate for mutual TLS (url)\n"
+      "keyfile=PEM         Client key for mutual TLS (url)\n"
+      "cache=DIR           Ciphertext cache directory (url, required)\n"
+      "disk=ID             ovf:id of the disk (default: the first file)\n"
+      "keyfd=N             Inherited descriptor carrying the 32-byte data key (required)\n"
+      "events=PATH         Append JSON event lines here\n"
+      "image-id=ID         Refuse a package whose tag names another image\n"
+      "tenant=T            Refuse a package whose tag names another tenant\n"
+      "readahead=BYTES     Least bytes fetched per cache miss (default 8 MiB)\n"
+      "prefetch=BOOL       Fill the whole cache in the background (default true)";
+  p.after_fork = VmsealAfterFork;
+  p.cleanup = VmsealCleanup;
+  p.open = VmsealOpen;
+  p.get_size = VmsealGetSize;
+  p.can_write = VmsealCanWrite;
+  p.can_multi_conn = VmsealCanMultiConn;
+  p.can_cache = VmsealCanCache;
+  p.pread = VmsealPread;
+  p.block_size = VmsealBlockSize;
+  p.errno_is_preserved = 0;
+  return p;
+}
+
+nbdkit_plugin plugin = MakePlugin();
+
+}  // namespace
+
+NBDKIT_REGISTER_PLUGIN(plugin)

@@ -176,7 +176,7 @@ Status DiskServer::Read(uint64_t offset, std::span<uint8_t> out) {
       RETURN_IF_ERROR(ReadChunk(index, out.subspan(done, n)));
     } else {
       ASSIGN_OR_RETURN(auto chunk, DecryptedChunk(index));
-      std::memcpy(out.data() + done, chunk->data() + from, n);
+      std::memcpy(out.data() + done, chunk->bytes.get() + from, n);
     }
     done += n;
   }
@@ -199,7 +199,7 @@ Status DiskServer::ReadChunk(uint64_t index, std::span<uint8_t> out) {
   return OkStatus();
 }
 
-StatusOr<std::shared_ptr<const std::vector<uint8_t>>> DiskServer::DecryptedChunk(
+StatusOr<std::shared_ptr<const DiskServer::Chunk>> DiskServer::DecryptedChunk(
     uint64_t index) {
   std::promise<ChunkResult> promise;
   std::shared_future<ChunkResult> future;
@@ -224,10 +224,12 @@ StatusOr<std::shared_ptr<const std::vector<uint8_t>>> DiskServer::DecryptedChunk
   }
   if (owner) {
     const uint64_t len = std::min(chunk_bytes_, size_ - index * chunk_bytes_);
-    auto buf = std::make_shared<std::vector<uint8_t>>(len);
-    Status s = ReadChunk(index, *buf);
+    auto chunk = std::make_shared<Chunk>();
+    chunk->bytes.reset(new uint8_t[len]);
+    chunk->size = len;
+    Status s = ReadChunk(index, {chunk->bytes.get(), chunk->size});
     if (s.ok()) {
-      promise.set_value(std::shared_ptr<const std::vector<uint8_t>>(std::move(buf)));
+      promise.set_value(std::shared_ptr<const Chunk>(std::move(chunk)));
     } else {
       promise.set_value(s);
       // Failures are not cached here (ReadChunk keeps auth failures sticky).

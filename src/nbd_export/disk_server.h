@@ -54,8 +54,10 @@ struct DiskServerOptions {
   uint64_t readahead_bytes = uint64_t{8} << 20;
   // Remote source: fill the whole cache in the background (StartPrefetch).
   bool prefetch = true;
-  // Decrypted chunks kept in memory for reads smaller than a chunk. Default 16.
-  size_t plaintext_cache_chunks = 16;
+  // Decrypted chunks kept in memory for reads smaller than a chunk: enough
+  // for the requests a client keeps in flight over several connections
+  // (nbdcopy: 4 x 64 x 256 KiB), so each chunk is decrypted once. Default 64.
+  size_t plaintext_cache_chunks = 64;
   // A remote source for tests and benchmarks instead of HTTPS (not owned by
   // options; moved in by Create). Null = use `remote`.
   std::shared_ptr<RangeSource> source_for_testing;
@@ -98,7 +100,8 @@ class DiskServer {
  private:
   DiskServer(DiskServerOptions options, SecretBytes data_key);
   Status Init();
-  StatusOr<std::shared_ptr<const std::vector<uint8_t>>> DecryptedChunk(uint64_t index);
+  struct Chunk;
+  StatusOr<std::shared_ptr<const Chunk>> DecryptedChunk(uint64_t index);
   Status ReadChunk(uint64_t index, std::span<uint8_t> out);
   void RecordAuthFailure(uint64_t index);
   void AppendEvent(const std::string& line);
@@ -123,7 +126,11 @@ class DiskServer {
 
   // Decrypted chunks for partial reads; a chunk wanted by several readers at
   // once is decrypted once (they share the future).
-  using ChunkResult = StatusOr<std::shared_ptr<const std::vector<uint8_t>>>;
+  struct Chunk {
+    std::unique_ptr<uint8_t[]> bytes;  // not zero-filled: written whole
+    size_t size = 0;
+  };
+  using ChunkResult = StatusOr<std::shared_ptr<const Chunk>>;
   std::mutex lru_mu_;
   std::list<uint64_t> lru_;  // most recent first
   std::unordered_map<uint64_t, std::shared_future<ChunkResult>> chunks_;

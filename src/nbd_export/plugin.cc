@@ -8,6 +8,7 @@
 #include <nbdkit-plugin.h>
 
 #include <errno.h>
+#include <malloc.h>
 #include <unistd.h>
 
 #include <charconv>
@@ -65,6 +66,13 @@ int VmsealConfig(const char* key_c, const char* value_c) {
       return -1;
     }
     g_options.readahead_bytes = v;
+  } else if (key == "chunk-cache") {
+    uint64_t v = 0;
+    if (!ParseUint(value, &v) || v < 1 || v > 4096) {
+      nbdkit_error("vmseal: chunk-cache must be a chunk count in [1, 4096]");
+      return -1;
+    }
+    g_options.plaintext_cache_chunks = static_cast<size_t>(v);
   } else if (key == "prefetch") {
     int b = nbdkit_parse_bool(value_c);
     if (b < 0) return -1;
@@ -106,6 +114,13 @@ int ReadKey(vmseal::SecretBytes* key) {
   }
   *key = vmseal::SecretBytes(buf.UnsafeSpan().first(vmseal::stream::kDataKeyBytes));
   return 0;
+}
+
+void VmsealLoad() {
+  // Chunk buffers are 1 MiB: keep them on the heap instead of a fresh mmap
+  // (and page faults) per chunk, which cost more than the decryption.
+  mallopt(M_MMAP_THRESHOLD, 64 << 20);
+  mallopt(M_TRIM_THRESHOLD, 256 << 20);
 }
 
 int VmsealConfigComplete() {
@@ -167,6 +182,7 @@ nbdkit_plugin MakePlugin() {
   p.longname = "vmseal sealed-disk export";
   p.version = "1";
   p.description = "Serves one disk of a sealed vmseal package, decrypted on demand";
+  p.load = VmsealLoad;
   p.config = VmsealConfig;
   p.config_complete = VmsealConfigComplete;
   p.config_help =
@@ -182,7 +198,8 @@ nbdkit_plugin MakePlugin() {
       "image-id=ID         Refuse a package whose tag names another image\n"
       "tenant=T            Refuse a package whose tag names another tenant\n"
       "readahead=BYTES     Least bytes fetched per cache miss (default 8 MiB)\n"
-      "prefetch=BOOL       Fill the whole cache in the background (default true)";
+      "prefetch=BOOL       Fill the whole cache in the background (default true)\n"
+      "chunk-cache=N       Decrypted chunks kept in memory (default 64)";
   p.after_fork = VmsealAfterFork;
   p.cleanup = VmsealCleanup;
   p.open = VmsealOpen;

@@ -317,6 +317,34 @@ TEST_F(ExportTest, TheKeyIsNotInNbdkitsArgvOrEnvironmentAndItsFdIsClosed) {
   EXPECT_FALSE(fd3.starts_with("pipe:")) << fd3;
 }
 
+// The plugin itself, started by hand: the key must come by descriptor, and
+// be exactly 32 bytes followed by end of file.
+TEST_F(ExportTest, ThePluginRefusesAMissingOrMisSizedKey) {
+  const std::string plugin = VMSEAL_NBD_PLUGIN_PATH;
+  auto run = [&](const std::string& key_bytes, bool pass_fd) {
+    WriteFileOrDie(dir_.File("k.bin"), key_bytes);
+    std::string out;
+    const std::string cmd = "nbdkit --readonly -U - " + plugin + " package=" + Ova() +
+                            (pass_fd ? " keyfd=3 3<" + dir_.File("k.bin") : "") +
+                            " --run 'qemu-img info \"$uri\"'";
+    const int rc = RunCommand({"bash", "-c", cmd}, &out, 60);
+    return std::make_pair(rc, out);
+  };
+  const std::string key(reinterpret_cast<const char*>(key_.UnsafeData()), key_.size());
+  auto [rc_ok, out_ok] = run(key, true);
+  EXPECT_EQ(rc_ok, 0) << out_ok;
+  EXPECT_NE(out_ok.find("virtual size"), std::string::npos) << out_ok;
+  auto [rc_long, out_long] = run(key + "x", true);
+  EXPECT_NE(rc_long, 0);
+  EXPECT_NE(out_long.find("exactly 32 bytes"), std::string::npos) << out_long;
+  auto [rc_short, out_short] = run(key.substr(0, 31), true);
+  EXPECT_NE(rc_short, 0);
+  EXPECT_NE(out_short.find("exactly 32 bytes"), std::string::npos) << out_short;
+  auto [rc_none, out_none] = run(key, false);
+  EXPECT_NE(rc_none, 0);
+  EXPECT_NE(out_none.find("keyfd=N is required"), std::string::npos) << out_none;
+}
+
 TEST_F(ExportTest, AWrongKeyFailsToStartWithDecryptionFailed) {
   auto e = Export::Start(Local("l"), SecretBytes::Random(32));
   EXPECT_STATUS(e, StatusCode::kDataLoss, "decryption failed");

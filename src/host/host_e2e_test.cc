@@ -8,10 +8,13 @@
 #include <fcntl.h>
 #include <httplib.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -510,6 +513,150 @@ TEST_F(HostE2eTest, TpmRestartBetweenReleaseAndDecryptIsHandled) {
   auto vms = daemon_->vms()->List();
   ASSERT_OK(vms);
   ASSERT_EQ(vms->size(), 1u);
+  EXPECT_OK(daemon_->vms()->WaitForSerialMarker((*vms)[0].name, marker_, 240000));
+}
+
+// --- Hostile disk images (docs/format/disk-format.md, CVE-2024-32498) ---
+
+// A host file's content and modification time, to show it was not touched.
+struct FileSnapshot {
+  std::string content;
+  int64_t mtime_ns = 0;
+};
+
+FileSnapshot Snapshot(const std::string& path) {
+  struct stat st {};
+  EXPECT_EQ(::stat(path.c_str(), &st), 0) << path;
+  return {vmseal::testing::ReadFileOrDie(path),
+          int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec};
+}
+
+// Whether any process runs a qemu for the VM of `job_id` (qemu's -name is
+// "vmseal-vm-<job id>").
+bool QemuRunsForJob(const std::string& job_id) {
+  const std::string needle = "vmseal-vm-" + job_id;
+  for (const auto& e : fs::directory_iterator("/proc")) {
+    std::ifstream in(e.path() / "cmdline", std::ios::binary);
+    std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (cmdline.find(needle) != std::string::npos) return true;
+  }
+  return false;
+}
+
+class HostDiskFormatE2eTest : public HostE2eTest {
+ protected:
+  void SetUp() override {
+    HostE2eTest::SetUp();
+    if (HasFatalFailure()) return;
+    ASSERT_OK(daemon_->service()->Start());
+    RegisterCustomer();
+    TrustHostState();
+  }
+
+  void QemuImg(std::vector<std::string> args) {
+    args.insert(args.begin(), "qemu-img");
+    std::string out;
+    ASSERT_EQ(vmseal::testing::RunCommand(args, &out, 120), 0) << out;
+  }
+
+  // Seals the disk image at `disk` for the customer.
+  std::string SealDisk(const std::string& image_id, const std::string& disk) {
+    const std::string out = dir_.File(image_id + ".ova");
+    ovf::SealOptions seal;
+    seal.inputs = {disk};
+    seal.recipient_pem = customer_pub_pem_;
+    seal.image_id = image_id;
+    seal.tenant = customer_id_;
+    seal.vm.cpus = 1;
+    seal.vm.memory_mib = 256;
+    EXPECT_OK(ovf::SealPackage(Env::Default(), seal, out));
+    return out;
+  }
+
+  // Runs the job of a hostile image through the host and checks that it
+  // was refused with `reason` after the key release (the disk was
+  // decrypted), that no qemu ran and that no decrypted disk remains.
+  void ExpectRefusedBeforeQemu(const std::string& disk, const std::string& reason) {
+    const std::string job_id = UploadAndLaunch(SealDisk("hostile", disk));
+    bool released = false;
+    after_release_ = [&] { released = true; };
+    auto ran = daemon_->service()->PollOnce();
+    ASSERT_OK(ran);
+    EXPECT_EQ(*ran, 1);
+    EXPECT_TRUE(released);  // the inspector ran on the decrypted disk
+    // The portal records the host's reason; with no other host the job fails.
+    json job = JobJson(job_id);
+    EXPECT_EQ(job["state"], "failed") << job.dump();
+    ASSERT_FALSE(job["attempts"].empty()) << job.dump();
+    EXPECT_EQ(job["attempts"][0]["reason"], "unsafe_disk_format") << job.dump();
+    const std::string refusal = job["attempts"][0]["refusal"];
+    EXPECT_TRUE(refusal.starts_with("unsafe_disk_format: ")) << refusal;
+    EXPECT_NE(refusal.find(reason), std::string::npos) << refusal;
+    EXPECT_EQ(refusal.find("unsafe_disk_format: unsafe_disk_format"), std::string::npos)
+        << refusal;
+    EXPECT_NE(job["failure_reason"].get<std::string>().find(reason), std::string::npos)
+        << job.dump();
+    // No VM, no qemu, no qemu log, no decrypted disk, no package.
+    auto vms = daemon_->vms()->List();
+    ASSERT_OK(vms);
+    EXPECT_TRUE(vms->empty());
+    EXPECT_FALSE(QemuRunsForJob(job_id));
+    EXPECT_TRUE(vmseal::testing::ListDir(dir_.File("img") + "/run").empty());
+    EXPECT_TRUE(Disks().empty());
+    EXPECT_TRUE(vmseal::testing::ListDir(dir_.File("hs") + "/work").empty());
+  }
+};
+
+// The backing file names the host's own mTLS private key.
+TEST_F(HostDiskFormatE2eTest, QcowBackingFileNamingTheHostKeyIsRefusedBeforeQemu) {
+  const std::string host_key = dir_.File("host-key.pem");
+  const FileSnapshot before = Snapshot(host_key);
+  const std::string evil = dir_.File("backing.qcow2");
+  QemuImg({"create", "-q", "-f", "qcow2", "-b", host_key, "-F", "raw", evil});
+  ExpectRefusedBeforeQemu(evil, "unsafe_disk_format: qcow2 names a backing file");
+  const FileSnapshot after = Snapshot(host_key);
+  EXPECT_EQ(after.content, before.content);
+  EXPECT_EQ(after.mtime_ns, before.mtime_ns);
+}
+
+// The external data file names a host file the guest could overwrite.
+TEST_F(HostDiskFormatE2eTest, QcowExternalDataFileNamingAHostFileIsRefusedBeforeQemu) {
+  // qemu-img creates (and sizes) the data file; the host file is then given
+  // its real content, which must survive the job.
+  const std::string host_file = dir_.File("host-config.json");
+  const std::string evil = dir_.File("datafile.qcow2");
+  QemuImg({"create", "-q", "-f", "qcow2", "-o", "data_file=" + host_file + ",data_file_raw=on",
+           evil, "16M"});
+  vmseal::testing::WriteFileOrDie(host_file, R"({"portal_url": "https://portal"})");
+  const FileSnapshot before = Snapshot(host_file);
+  ExpectRefusedBeforeQemu(evil, "external data file");
+  const FileSnapshot after = Snapshot(host_file);
+  EXPECT_EQ(after.content, before.content);
+  EXPECT_EQ(after.mtime_ns, before.mtime_ns);
+}
+
+TEST_F(HostDiskFormatE2eTest, QcowWithAnUnknownIncompatibleFeatureIsRefusedBeforeQemu) {
+  const std::string evil = dir_.File("unknown-bit.qcow2");
+  QemuImg({"create", "-q", "-f", "qcow2", evil, "16M"});
+  std::string bytes = vmseal::testing::ReadFileOrDie(evil);
+  bytes[79] = static_cast<char>(bytes[79] | 0x20);  // incompatible feature bit 5
+  vmseal::testing::WriteFileOrDie(evil, bytes);
+  ExpectRefusedBeforeQemu(evil,
+                          "unsafe_disk_format: qcow2 has unknown incompatible feature bits 0x20");
+}
+
+// The sample image as a clean qcow2 still boots through the -blockdev graph.
+TEST_F(HostDiskFormatE2eTest, CleanQcow2BootsAndShowsTheMarker) {
+  const std::string qcow = dir_.File("sample.qcow2");
+  QemuImg({"convert", "-q", "-f", "raw", "-O", "qcow2", image_, qcow});
+  const std::string job_id = UploadAndLaunch(SealDisk("clean-qcow2", qcow));
+  ASSERT_OK(daemon_->service()->PollOnce());
+  json job = JobJson(job_id);
+  EXPECT_EQ(job["state"], "running") << job.dump();
+  auto vms = daemon_->vms()->List();
+  ASSERT_OK(vms);
+  ASSERT_EQ(vms->size(), 1u);
+  EXPECT_EQ((*vms)[0].disk_format, vm::DiskFormat::kQcow2);
   EXPECT_OK(daemon_->vms()->WaitForSerialMarker((*vms)[0].name, marker_, 240000));
 }
 

@@ -5,6 +5,7 @@
 #include <openssl/err.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <mutex>
@@ -118,6 +119,9 @@ json TagsAsObject(const std::vector<std::string>& tags) {
 // kind; the contract's field is "reason").
 const char* RefusalKindFor(const std::string& reason) {
   if (reason == "unencrypted_image") return "unencrypted_image";
+  // The tenant's image itself is refused: the portal records the machine
+  // reason as is (docs/format/disk-format.md).
+  if (reason == "unsafe_disk_format") return "unsafe_disk_format";
   static const char* const kAttestation[] = {
       "not_enrolled", "nonce_unknown", "nonce_used", "nonce_expired", "bad_signature",
       "nonce_mismatch", "pcr_digest_mismatch", "pcr_selection_mismatch",
@@ -277,8 +281,9 @@ Status PortalClient::ReportRefusal(const std::string& job_id, const std::string&
   // The portal takes its refusal kind as "reason" ("kind" for the session-1
   // portal); the machine reason leads the message it records.
   const std::string kind = RefusalKindFor(reason);
-  const std::string detail =
-      message.starts_with(reason + ":") ? message : reason + ": " + message;
+  std::string detail = message.starts_with(reason + ":") ? message : reason + ": " + message;
+  // A machine reason sent as the kind leads the portal's record already.
+  if (kind == reason) detail = detail.substr(std::min(detail.size(), reason.size() + 2));
   json body = {{"reason", kind}, {"message", detail}, {"kind", kind}, {"detail", detail}};
   return RetryOnce([&] { return impl_->api->Post("/v1/hosts/jobs/" + job_id + "/refusal", body); })
       .status()

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "crypto/primitives.h"
+#include "store/internal/s3_xml.h"
 
 namespace vmseal::store {
 namespace {
@@ -23,12 +24,8 @@ struct CurlDeleter {
 struct SlistDeleter {
   void operator()(curl_slist* l) const { curl_slist_free_all(l); }
 };
-struct XmlDocDeleter {
-  void operator()(xmlDoc* d) const { xmlFreeDoc(d); }
-};
 using CurlPtr = std::unique_ptr<CURL, CurlDeleter>;
 using SlistPtr = std::unique_ptr<curl_slist, SlistDeleter>;
-using XmlDocPtr = std::unique_ptr<xmlDoc, XmlDocDeleter>;
 
 void GlobalInit() {
   static std::once_flag once;
@@ -54,33 +51,6 @@ std::string Escape(const std::string& s) {
     }
   }
   return out;
-}
-
-// Text of the first element named `name` below `node` (depth first).
-const xmlNode* FindElement(const xmlNode* node, const char* name) {
-  for (const xmlNode* n = node; n != nullptr; n = n->next) {
-    if (n->type == XML_ELEMENT_NODE &&
-        std::strcmp(reinterpret_cast<const char*>(n->name), name) == 0) {
-      return n;
-    }
-    if (const xmlNode* found = FindElement(n->children, name)) return found;
-  }
-  return nullptr;
-}
-
-std::string ElementText(const xmlNode* node) {
-  if (node == nullptr) return "";
-  xmlChar* text = xmlNodeGetContent(node);
-  std::string out = text != nullptr ? reinterpret_cast<const char*>(text) : "";
-  xmlFree(text);
-  return out;
-}
-
-StatusOr<XmlDocPtr> ParseXml(const std::string& body) {
-  XmlDocPtr doc(xmlReadMemory(body.data(), static_cast<int>(body.size()), "s3.xml", nullptr,
-                              XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING));
-  if (doc == nullptr) return UnavailableError("S3 answered with malformed XML");
-  return doc;
 }
 
 }  // namespace
@@ -368,9 +338,7 @@ StatusOr<ObjectInfo> S3ObjectStore::Put(const std::string& key, Reader& source,
     init.key = key;
     init.query = "uploads=";
     ASSIGN_OR_RETURN(S3Response ir, client_->DoOk(init, "initiate upload of " + key));
-    ASSIGN_OR_RETURN(XmlDocPtr idoc, ParseXml(ir.body));
-    const std::string upload_id = ElementText(FindElement(xmlDocGetRootElement(idoc.get()), "UploadId"));
-    if (upload_id.empty()) return UnavailableError("S3 initiate upload: no UploadId");
+    ASSIGN_OR_RETURN(const std::string upload_id, internal::ParseInitiateUpload(ir.body));
 
     // Everything from here on aborts the upload on failure.
     auto upload_parts = [&]() -> StatusOr<std::string> {
@@ -466,26 +434,10 @@ StatusOr<std::vector<ObjectInfo>> ListAll(const S3ObjectStore::Client& client,
     if (!token.empty()) req.query = "continuation-token=" + Escape(token) + "&";
     req.query += "list-type=2&prefix=" + Escape(prefix);
     ASSIGN_OR_RETURN(S3Response r, client.DoOk(req, "list"));
-    ASSIGN_OR_RETURN(XmlDocPtr doc, ParseXml(r.body));
-    const xmlNode* root = xmlDocGetRootElement(doc.get());
-    if (root == nullptr) return UnavailableError("S3 list: empty answer");
-    bool truncated = false;
-    token.clear();
-    for (const xmlNode* n = root->children; n != nullptr; n = n->next) {
-      if (n->type != XML_ELEMENT_NODE) continue;
-      std::string_view name = reinterpret_cast<const char*>(n->name);
-      if (name == "Contents") {
-        ObjectInfo info;
-        info.key = ElementText(FindElement(n->children, "Key"));
-        info.size_bytes = std::strtoull(ElementText(FindElement(n->children, "Size")).c_str(),
-                                        nullptr, 10);
-        out.push_back(std::move(info));
-      } else if (name == "IsTruncated") {
-        truncated = ElementText(n) == "true";
-      } else if (name == "NextContinuationToken") {
-        token = ElementText(n);
-      }
-    }
+    ASSIGN_OR_RETURN(internal::ListPage listed, internal::ParseListPage(r.body));
+    for (ObjectInfo& info : listed.objects) out.push_back(std::move(info));
+    const bool truncated = listed.truncated;
+    token = std::move(listed.next_token);
     if (!truncated) return out;
     if (token.empty()) return UnavailableError("S3 list: truncated without a token");
   }

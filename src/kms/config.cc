@@ -113,6 +113,10 @@ StatusOr<KmsConfig> LoadKmsConfig(const std::string& path) {
     } else if (key == "threads") {
       ASSIGN_OR_RETURN(int64_t v, num(1, 256));
       c.threads = static_cast<int>(v);
+    } else if (key == "anonymous_per_second") {
+      ASSIGN_OR_RETURN(c.anonymous_per_second, num(0, 1000000));
+    } else if (key == "anonymous_burst") {
+      ASSIGN_OR_RETURN(c.anonymous_burst, num(1, 1000000));
     } else if (key == "ek_ca_bundle") {
       RETURN_IF_ERROR(str(&c.ek_ca_bundle));
     } else if (key == "nonce_lifetime_seconds") {
@@ -252,6 +256,8 @@ Status ServeKms(const KmsConfig& config, const std::string& port_file) {
   server_options.port = config.port;
   server_options.max_body_bytes = config.max_body_bytes;
   server_options.threads = config.threads;
+  server_options.anonymous_per_second = static_cast<double>(config.anonymous_per_second);
+  server_options.anonymous_burst = static_cast<double>(config.anonymous_burst);
   ASSIGN_OR_RETURN(auto server, net::HttpsServer::Create(std::move(server_options)));
   RegisterKmsRoutes(service.get(), server.get());
   ASSIGN_OR_RETURN(int port, server->Start());

@@ -49,6 +49,10 @@ struct KmsConfig {
   // thread until it closes, so this bounds the hosts served at once: a
   // fleet's hosts each keep a connection while they attest and release.
   int threads = 64;
+  // Requests per second and burst one client address may make without a
+  // client certificate (net::HttpsServer::Options); 0 disables the limit.
+  int64_t anonymous_per_second = 20;
+  int64_t anonymous_burst = 40;
   int64_t nonce_lifetime_seconds = 60;
   // PEM bundle of the TPM manufacturer CAs that EK certificates must chain
   // to. Empty: host enrollment is refused.

@@ -12,6 +12,7 @@
 #include "json/json.h"
 #include "net/internal/listen.h"
 #include "net/internal/tls_util.h"
+#include "rate_limit/rate_limit.h"
 
 namespace vmseal::net {
 namespace {
@@ -86,6 +87,7 @@ struct HttpsServer::Impl {
   Observer observer;
   std::thread thread;
   std::atomic<int> port{0};
+  std::unique_ptr<rate_limit::KeyedTokenBucket> anonymous;  // per client address
   std::mutex mu;
   std::condition_variable stopped_cv;
   bool stopped = false;
@@ -96,6 +98,17 @@ struct HttpsServer::Impl {
     return [this, route, handler, send](const httplib::Request& req, httplib::Response& res) {
       auto start = std::chrono::steady_clock::now();
       Request request;
+      if (anonymous && !PeerOf(req).authenticated) {
+        rate_limit::Decision d = anonymous->Take(req.remote_addr);
+        if (!d.allowed) {
+          res.set_header("Retry-After", std::to_string(d.retry_after_seconds));
+          SendError(res, ResourceExhaustedError(rate_limit::RateLimitedMessage(
+                             "too many requests without a client certificate",
+                             d.retry_after_seconds)));
+          if (observer) observer(req.method, route, res.status, 0);
+          return;
+        }
+      }
       if (BuildRequest(req, res, &request)) {
         try {
           auto result = handler(request);
@@ -193,6 +206,14 @@ StatusOr<std::unique_ptr<HttpsServer>> HttpsServer::Create(Options options) {
     res.set_content(DumpJson(ErrorBody(status)), "application/json");
     return httplib::Server::HandlerResponse::Handled;
   }));
+  if (options.anonymous_per_second < 0 || options.anonymous_burst < 0) {
+    return InvalidArgumentError("anonymous rate limit must not be negative");
+  }
+  if (options.anonymous_per_second > 0) {
+    impl->anonymous = std::make_unique<rate_limit::KeyedTokenBucket>(
+        rate_limit::KeyedTokenBucket::Options{options.anonymous_per_second,
+                                              std::max(1.0, options.anonymous_burst)});
+  }
   impl->options = std::move(options);
   impl->server = std::move(server);
   return std::unique_ptr<HttpsServer>(new HttpsServer(std::move(impl)));

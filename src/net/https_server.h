@@ -88,6 +88,12 @@ class HttpsServer {
     // new TLS handshake (about 1 ms of server CPU with mTLS: more than the
     // request itself). Hosts and the portal keep their connection.
     int keep_alive_max_requests = 10000;
+    // Requests per second (and burst) one client address may make without
+    // a verified client certificate; beyond it 429 with Retry-After, before
+    // the handler runs (so anonymous callers cannot make the service work
+    // or write audit records without bound). 0 disables the limit.
+    double anonymous_per_second = 20;
+    double anonymous_burst = 40;
   };
 
   // Validates the options and loads the credentials; does not bind yet.

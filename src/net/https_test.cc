@@ -1,4 +1,5 @@
 #include <gtest/gtest.h>
+#include <httplib.h>
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -63,6 +64,10 @@ class HttpsTest : public ::testing::Test {
     options.client_ca_pem = TestPki().ca.cert_pem;
     options.max_body_bytes = 4096;  // >= the 1000-deep JSON test
     options.keep_alive_timeout_seconds = keep_alive_timeout_seconds_;
+    if (anonymous_per_second_ >= 0) {
+      options.anonymous_per_second = anonymous_per_second_;
+      options.anonymous_burst = 3;
+    }
     auto server = HttpsServer::Create(std::move(options));
     ASSERT_OK(server);
     server_ = *std::move(server);
@@ -108,6 +113,7 @@ class HttpsTest : public ::testing::Test {
   }
 
   int keep_alive_timeout_seconds_ = 5;
+  double anonymous_per_second_ = -1;  // < 0: the server's default
   std::unique_ptr<HttpsServer> server_;
   int port_ = 0;
   std::atomic<int> posts_{0};
@@ -118,6 +124,42 @@ class HttpsKeepAliveTest : public HttpsTest {
  protected:
   HttpsKeepAliveTest() { keep_alive_timeout_seconds_ = 1; }
 };
+
+// Anonymous callers: 3 at once, then 1 per 10 s.
+class HttpsAnonymousLimitTest : public HttpsTest {
+ protected:
+  HttpsAnonymousLimitTest() { anonymous_per_second_ = 0.1; }
+};
+
+TEST_F(HttpsAnonymousLimitTest, AnonymousCallersAreRateLimitedAuthenticatedOnesAreNot) {
+  auto anonymous = Client(nullptr);
+  for (int i = 0; i < 3; ++i) ASSERT_OK(anonymous->Post("/count", json::object())) << i;
+  const int before = posts_.load();
+  EXPECT_EQ(before, 3);
+  EXPECT_STATUS(anonymous->Post("/count", json::object()), StatusCode::kResourceExhausted,
+                "rate_limited: too many requests without a client certificate; retry in 10 s");
+  EXPECT_EQ(posts_.load(), before);  // the handler never ran
+  // The answer carries Retry-After.
+  httplib::SSLClient raw("127.0.0.1", port_);
+  raw.enable_server_certificate_verification(false);
+  auto r = raw.Post("/count", "{}", "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 429);
+  EXPECT_EQ(r->get_header_value("Retry-After"), "10");
+  // mTLS callers are not limited.
+  auto portal = Client(&TestPki().portal);
+  for (int i = 0; i < 20; ++i) ASSERT_OK(portal->Post("/count", json::object())) << i;
+  EXPECT_EQ(posts_.load(), 23);
+}
+
+TEST(HttpsServerCreate, RejectsNegativeAnonymousLimit) {
+  HttpsServer::Options options;
+  options.cert_pem = TestPki().server.cert_pem;
+  options.key_pem = TestPki().server.key_pem.Clone();
+  options.anonymous_per_second = -1;
+  EXPECT_STATUS(HttpsServer::Create(std::move(options)), StatusCode::kInvalidArgument,
+                "must not be negative");
+}
 
 TEST_F(HttpsTest, BindsAnEphemeralPort) {
   EXPECT_GT(port_, 0);

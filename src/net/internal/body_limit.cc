@@ -90,9 +90,19 @@ httplib::Server::HandlerResponse RefuseUnboundedBody(const httplib::Request& req
 
 }  // namespace
 
-void LimitBodies(httplib::Server* server, BodyLimit limit) {
-  server->set_pre_routing_handler([limit = std::move(limit)](const httplib::Request& req, httplib::Response& res) {
-    return RefuseUnboundedBody(req, res, limit(req));
+void LimitBodies(httplib::Server* server, BodyLimit limit, Admit admit) {
+  server->set_pre_routing_handler([limit = std::move(limit), admit = std::move(admit)](
+                                      const httplib::Request& req, httplib::Response& res) {
+    auto handled = RefuseUnboundedBody(req, res, limit(req));
+    if (handled == httplib::Server::HandlerResponse::Handled || !admit) return handled;
+    handled = admit(req, res);
+    if (handled == httplib::Server::HandlerResponse::Handled &&
+        req.get_header_value("Content-Length") != "0" && req.has_header("Content-Length")) {
+      // Refused before its body was read: end the connection as for 413.
+      res.set_header("Connection", "close");
+      stop_reading = true;
+    }
+    return handled;
   });
   server->set_logger(StopReadingAfterAnswer);
 }

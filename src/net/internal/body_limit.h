@@ -22,8 +22,14 @@ namespace vmseal::net::internal {
 // The largest body a request may carry (by method and path).
 using BodyLimit = std::function<uint64_t(const httplib::Request&)>;
 
-// Installs the check as `server`'s pre-routing handler and logger.
-void LimitBodies(httplib::Server* server, BodyLimit limit);
+// Admission after the body check, still before the body is read (rate
+// limits): Handled when it wrote an answer, Unhandled to go on.
+using Admit = std::function<httplib::Server::HandlerResponse(const httplib::Request&,
+                                                             httplib::Response&)>;
+
+// Installs the check (then `admit`, if set) as `server`'s pre-routing
+// handler, and the logger that stops reading a refused body.
+void LimitBodies(httplib::Server* server, BodyLimit limit, Admit admit = nullptr);
 
 }  // namespace vmseal::net::internal
 

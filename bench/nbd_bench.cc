@@ -5,7 +5,7 @@
 // against a second read from the ciphertext cache.
 //
 //   cmake --build build --target nbd_bench nbdkit-vmseal-plugin &&
-//   build/bench/nbd_bench [SIZE_MIB] [ROUNDS]
+//   build/bench/nbd_bench [SIZE_MIB] [ROUNDS] [all|local|remote]
 //
 // Defaults: a 1024 MiB random image sealed with the default 1 MiB chunks,
 // 3 rounds. Each measurement is one full sequential read; after a warm-up of
@@ -131,6 +131,7 @@ class RangeServer {
 int Main(int argc, char** argv) {
   const uint64_t size_mib = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 1024;
   const int rounds = argc > 2 ? std::atoi(argv[2]) : 3;
+  const std::string parts = argc > 3 ? argv[3] : "all";
   const char* tmp = std::getenv("TMPDIR");
   std::string tmpl = std::string(tmp && *tmp ? tmp : "/tmp") + "/nbdb-XXXXXX";
   if (mkdtemp(tmpl.data()) == nullptr) Die("mkdtemp");
@@ -183,10 +184,11 @@ int Main(int argc, char** argv) {
   o.plugin_path = VMSEAL_NBD_PLUGIN_PATH;
   o.state_dir = dir + "/l";
   o.package_path = ova;
+  const double mib = static_cast<double>(size_mib);
+  if (parts != "remote") {
   auto local = nbd_export::Export::Start(o, *data_key);
   CHECK_OK(local);
 
-  const double mib = static_cast<double>(size_mib);
   const std::string plain_cmd = "nbdcopy " + plain + " null:";
   const std::string export_cmd = "nbdcopy '" + (*local)->Uri() + "' null:";
   // The same transport without decryption: nbdkit's file plugin serving the
@@ -243,6 +245,8 @@ int Main(int argc, char** argv) {
   std::printf("  ratio B/A (median): %.2f\n", Median(qa) / Median(qb));
   CHECK_OK((*local)->Stop());
   if (std::system(("kill $(cat " + dir + "/plain.pid)").c_str()) != 0) Die("stop nbdkit file");
+  }
+  if (parts == "local") return 0;
 
   // Remote: an HTTPS server with mutual TLS on loopback serving the OVA.
   {
@@ -265,12 +269,16 @@ int Main(int argc, char** argv) {
     WriteFile(dir + "/client.key", text(client->key_pem));
   }
   RangeServer server(dir, ova);
-  std::vector<double> first, cached, fill;
+  std::vector<double> first, cached, fill, curl;
+  const std::string url = "https://127.0.0.1:" + std::to_string(server.port()) + "/pkg";
+  const std::string curl_cmd = "curl -sf --cacert " + dir + "/ca.pem --cert " + dir +
+                               "/client.pem --key " + dir + "/client.key -o /dev/null " + url;
   for (int r = 0; r < rounds; ++r) {
+    curl.push_back(Time(curl_cmd));
     nbd_export::ExportOptions ro = o;
     ro.package_path.clear();
     ro.state_dir = dir + "/r" + std::to_string(r);
-    ro.remote.url = "https://127.0.0.1:" + std::to_string(server.port()) + "/pkg";
+    ro.remote.url = url;
     ro.remote.ca_file = dir + "/ca.pem";
     ro.remote.cert_file = dir + "/client.pem";
     ro.remote.key_file = dir + "/client.key";
@@ -298,6 +306,7 @@ int Main(int argc, char** argv) {
     fs::remove_all(ro.state_dir);
   }
   std::printf("remote source (HTTPS mTLS on loopback, 8 MiB read-ahead):\n");
+  Report("curl, whole package (reference)", curl, mib);
   Report("first read (cold cache)", first, mib);
   Report("cached read", cached, mib);
   Report("prefetch fill (start -> complete)", fill, mib);

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <filesystem>
+#include <thread>
 
 #include "json/json.h"
 
@@ -114,9 +115,11 @@ CiphertextCache::CiphertextCache(std::unique_ptr<RangeSource> source,
       data_fd_(data_fd),
       bitmap_fd_(bitmap_fd),
       data_path_(std::move(data_path)),
-      state_(std::move(state)) {}
+      state_(std::move(state)),
+      last_flush_(std::chrono::steady_clock::now()) {}
 
 CiphertextCache::~CiphertextCache() {
+  (void)Flush();
   close(data_fd_);
   close(bitmap_fd_);
 }
@@ -168,10 +171,34 @@ Status CiphertextCache::FetchRun(uint64_t first, uint64_t count) const {
   std::vector<uint8_t> buf(to - from);
   RETURN_IF_ERROR(source_->Fetch(from, buf));
   RETURN_IF_ERROR(PwriteAll(data_fd_, buf.data(), buf.size(), from, "cache.data"));
-  if (options_.sync && fdatasync(data_fd_) != 0) return ErrnoToStatus(errno, "sync", "cache.data");
-  const std::vector<uint8_t> present(count, kPresent);
-  RETURN_IF_ERROR(PwriteAll(bitmap_fd_, present.data(), count, first, "cache.bitmap"));
   fetched_bytes_ += buf.size();
+  bool flush = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    unrecorded_.emplace_back(first, count);
+    unrecorded_bytes_ += buf.size();
+    flush = unrecorded_bytes_ >= options_.flush_bytes ||
+            std::chrono::steady_clock::now() - last_flush_ > std::chrono::seconds(1);
+  }
+  return flush ? Flush() : OkStatus();
+}
+
+Status CiphertextCache::Flush() const {
+  std::lock_guard<std::mutex> flush_lock(flush_mu_);
+  std::vector<std::pair<uint64_t, uint64_t>> runs;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    runs.swap(unrecorded_);
+    unrecorded_bytes_ = 0;
+    last_flush_ = std::chrono::steady_clock::now();
+  }
+  if (runs.empty()) return OkStatus();
+  // The data first: a block is marked only once its bytes are durable.
+  if (options_.sync && fdatasync(data_fd_) != 0) return ErrnoToStatus(errno, "sync", "cache.data");
+  for (const auto& [first, count] : runs) {
+    const std::vector<uint8_t> present(count, kPresent);
+    RETURN_IF_ERROR(PwriteAll(bitmap_fd_, present.data(), count, first, "cache.bitmap"));
+  }
   return OkStatus();
 }
 
@@ -180,11 +207,35 @@ Status CiphertextCache::Fill(uint64_t offset, uint64_t length, const std::atomic
   const uint64_t end = std::min(size_, offset + length);
   const uint64_t b = options_.block_bytes;
   const uint64_t step = std::max<uint64_t>(1, options_.readahead_bytes / b);
-  for (uint64_t i = offset / b; i <= (end - 1) / b; i += step) {
-    if (stop != nullptr && stop->load()) return CancelledError("cache fill stopped");
-    RETURN_IF_ERROR(Ensure(i, std::min((end - 1) / b, i + step - 1), step));
-  }
-  return OkStatus();
+  const uint64_t last = (end - 1) / b;
+  // Workers take readahead-sized steps in order, so the front fills first.
+  std::atomic<uint64_t> next{offset / b};
+  std::mutex error_mu;
+  Status error;
+  auto work = [&] {
+    while (true) {
+      if (stop != nullptr && stop->load()) {
+        std::lock_guard<std::mutex> lock(error_mu);
+        if (error.ok()) error = CancelledError("cache fill stopped");
+        return;
+      }
+      const uint64_t i = next.fetch_add(step);
+      if (i > last) return;
+      Status s = Ensure(i, std::min(last, i + step - 1), step);
+      if (!s.ok()) {
+        std::lock_guard<std::mutex> lock(error_mu);
+        if (error.ok()) error = s;
+        next = last + 1;  // the others stop at their next step
+        return;
+      }
+    }
+  };
+  std::vector<std::thread> helpers;
+  for (int i = 1; i < options_.fill_streams; ++i) helpers.emplace_back(work);
+  work();
+  for (std::thread& t : helpers) t.join();
+  RETURN_IF_ERROR(error);
+  return Flush();
 }
 
 uint64_t CiphertextCache::CachedBytesIn(uint64_t offset, uint64_t length) const {

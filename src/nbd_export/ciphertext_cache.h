@@ -16,11 +16,13 @@
 #define VMSEAL_NBD_EXPORT_CIPHERTEXT_CACHE_H_
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "base/env.h"
@@ -38,9 +40,17 @@ struct CiphertextCacheOptions {
   // (whole blocks, up to the next present block or the end), so sequential
   // reads become few large range requests. Default 8 MiB.
   uint64_t readahead_bytes = uint64_t{8} << 20;
-  // fdatasync the data before marking blocks present (crash safety against
-  // power loss; a killed process needs no sync). Default true.
+  // fdatasync the data before its blocks are marked present in
+  // cache.bitmap (crash safety against power loss; a killed process needs no
+  // sync). Default true.
   bool sync = true;
+  // Fetched blocks are recorded in cache.bitmap (after one fdatasync of the
+  // data) once this many bytes are pending or a second has passed, and by
+  // Flush. A crash loses at most that much: it is fetched again. Default
+  // 64 MiB.
+  uint64_t flush_bytes = uint64_t{64} << 20;
+  // Concurrent range requests of Fill. Default 2.
+  int fill_streams = 2;
 };
 
 // A RandomAccessFile over a RangeSource that keeps what it fetched. Read
@@ -59,6 +69,8 @@ class CiphertextCache final : public RandomAccessFile {
   // Fetches every missing block of [offset, offset + length) in readahead-
   // sized requests, front to back. Returns CANCELLED when *stop becomes true.
   Status Fill(uint64_t offset, uint64_t length, const std::atomic<bool>* stop);
+  // Records every fetched block in cache.bitmap (after syncing the data).
+  Status Flush() const;
   // Bytes of [offset, offset + length) held locally.
   uint64_t CachedBytesIn(uint64_t offset, uint64_t length) const;
   // Bytes fetched from the source by this object (not those found cached).
@@ -87,6 +99,11 @@ class CiphertextCache final : public RandomAccessFile {
   mutable std::mutex mu_;
   mutable std::condition_variable cv_;
   mutable std::vector<uint8_t> state_;  // BlockState per block, guarded by mu_
+  // Fetched runs (first block, count) not yet in cache.bitmap, guarded by mu_.
+  mutable std::vector<std::pair<uint64_t, uint64_t>> unrecorded_;
+  mutable uint64_t unrecorded_bytes_ = 0;                        // guarded by mu_
+  mutable std::chrono::steady_clock::time_point last_flush_;     // guarded by mu_
+  mutable std::mutex flush_mu_;  // one Flush at a time
   mutable std::atomic<uint64_t> fetched_bytes_{0};
 };
 

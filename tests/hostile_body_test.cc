@@ -13,20 +13,13 @@
 
 #include <nlohmann/json.hpp>
 
-#include "csp/internal/process_harness.h"
 #include "testing/test_util.h"
+#include "internal/portal_fixture.h"
 
 namespace vmseal {
 namespace {
 
 using json = nlohmann::json;
-using ::vmseal::csp::testing::KmsInstance;
-using ::vmseal::csp::testing::ServerProcess;
-using ::vmseal::csp::testing::StartKms;
-using ::vmseal::testing::ReadFileOrDie;
-using ::vmseal::testing::TempDir;
-using ::vmseal::testing::VmsealBinary;
-using ::vmseal::testing::WriteFileOrDie;
 
 std::string Nested(size_t depth) {
   return "{\"policy\":" + std::string(depth, '[') + std::string(depth, ']') + "}";
@@ -88,31 +81,11 @@ int SendHeadersOnly(int port, const std::string& method, const std::string& path
   return std::atoi(buf + 9);
 }
 
-class HostileBodyTest : public ::testing::Test {
+class HostileBodyTest : public ::vmseal::testing::PortalFixture {
  protected:
   void SetUp() override {
-    // A server may close while a refused body is still being written.
-    ::signal(SIGPIPE, SIG_IGN);
-    auto kms = StartKms(dir_.File("kms"));
-    ASSERT_OK(kms);
-    kms_ = std::move(kms).value();
+    StartServers();
     ASSERT_OK(kms_.IssueIdentity("host", "host-a"));
-    WriteFileOrDie(dir_.File("op-token"), "operator-secret\n");
-    auto portal = ServerProcess::Start(
-        {VmsealBinary(), "csp", "serve", "--data-dir", dir_.File("data"), "--port", "0",
-         "--port-file", dir_.File("port"), "--kms-url", kms_.url(), "--kms-ca", kms_.ca(),
-         "--kms-cert", kms_.portal_cert(), "--kms-key", kms_.portal_key(),
-         "--operator-token-file", dir_.File("op-token"), "--accept-unverified-packages"},
-        dir_.File("portal.log"), dir_.File("port"));
-    ASSERT_OK(portal);
-    portal_ = std::move(portal).value();
-  }
-
-  httplib::Client Portal() {
-    httplib::Client c("127.0.0.1", portal_->port());
-    c.set_read_timeout(60, 0);
-    c.set_write_timeout(60, 0);
-    return c;
   }
   // A KMS client: anonymous TLS when `identity` is empty, else mTLS as it.
   std::unique_ptr<httplib::SSLClient> Kms(const std::string& identity) {
@@ -130,33 +103,6 @@ class HostileBodyTest : public ::testing::Test {
     c->set_write_timeout(60, 0);
     return c;
   }
-  // A registered, logged-in customer's bearer header.
-  httplib::Headers Customer() {
-    httplib::Client c = Portal();
-    auto reg = c.Post("/v1/register", "{}", "application/json");
-    EXPECT_TRUE(reg && reg->status / 100 == 2) << (reg ? reg->body : "no answer");
-    json r = json::parse(reg ? reg->body : "", nullptr, false);
-    json login = {{"login_id", r.value("login_id", "")}, {"password", r.value("password", "")}};
-    auto in = c.Post("/v1/login", login.dump(), "application/json");
-    EXPECT_TRUE(in && in->status == 200) << (in ? in->body : "no answer");
-    json s = json::parse(in ? in->body : "", nullptr, false);
-    return {{"Authorization", "Bearer " + s.value("token", "")}};
-  }
-  // Uploads a small package (the portal runs with
-  // --accept-unverified-packages) and returns its image id.
-  std::string UploadImage(const httplib::Headers& auth) {
-    httplib::Client c = Portal();
-    auto begin = c.Post("/v1/uploads", auth, "", "application/json");
-    EXPECT_TRUE(begin && begin->status / 100 == 2) << (begin ? begin->body : "no answer");
-    std::string id = json::parse(begin ? begin->body : "", nullptr, false).value("upload_id", "");
-    const std::string data(4096, 'p');
-    auto put = c.Put("/v1/uploads/" + id + "?offset=0", auth, data, "application/octet-stream");
-    EXPECT_TRUE(put && put->status / 100 == 2) << (put ? put->body : "no answer");
-    auto commit = c.Post("/v1/uploads/" + id + "/commit", auth, "{\"name\":\"web\"}",
-                         "application/json");
-    EXPECT_TRUE(commit && commit->status / 100 == 2) << (commit ? commit->body : "no answer");
-    return json::parse(commit ? commit->body : "", nullptr, false).value("image_id", "");
-  }
   void ExpectBothServersServe() {
     httplib::Client c = Portal();
     auto ca = c.Get("/v1/kms/ca");
@@ -167,10 +113,6 @@ class HostileBodyTest : public ::testing::Test {
     ASSERT_TRUE(health) << "KMS died; log:\n" << kms_.process->Log();
     EXPECT_EQ(health->status, 200);
   }
-
-  TempDir dir_;
-  KmsInstance kms_;
-  std::unique_ptr<ServerProcess> portal_;
 };
 
 TEST_F(HostileBodyTest, EveryPortalJsonRouteRefusesAndThePortalStaysUp) {
@@ -209,6 +151,22 @@ TEST_F(HostileBodyTest, EveryPortalJsonRouteRefusesAndThePortalStaysUp) {
   json listed = json::parse(images->body, nullptr, false);
   ASSERT_EQ(listed["images"].size(), 1u);
   EXPECT_EQ(listed["images"][0]["image_id"], image);
+}
+
+// RFC 9112 §6.3: a POST without Content-Length has no body. `curl -X POST`
+// sends none; the portal used to answer it 411.
+TEST_F(HostileBodyTest, CurlPostWithoutABodyIsServed) {
+  httplib::Headers auth = Customer();
+  std::string out;
+  ASSERT_EQ(vmseal::testing::RunCommand(
+                {"curl", "-sS", "-X", "POST", "-o", "-", "-w", "\nHTTP %{http_code}\n", "-H",
+                 auth.begin()->first + ": " + auth.begin()->second,
+                 "http://127.0.0.1:" + std::to_string(portal_->port()) + "/v1/uploads"},
+                &out, 30),
+            0)
+      << out;
+  EXPECT_NE(out.find("HTTP 201"), std::string::npos) << out;
+  EXPECT_NE(out.find("\"upload_id\""), std::string::npos) << out;
 }
 
 TEST_F(HostileBodyTest, EveryKmsJsonRouteRefusesAndTheKmsStaysUp) {

@@ -68,9 +68,12 @@ httplib::Server::HandlerResponse RefuseUnboundedBody(const httplib::Request& req
   const bool carries_body = req.method == "POST" || req.method == "PUT" || req.method == "PATCH" ||
                             req.method == "PRI";
   if (!req.has_header("Content-Length")) {
-    if (!carries_body) return Server::HandlerResponse::Unhandled;
-    return refuse(411, InvalidArgumentError("length_required: a " + req.method +
-                                            " request needs Content-Length (0 for none)"));
+    // RFC 9112 §6.3: neither Content-Length nor Transfer-Encoding means no
+    // body (`curl -X POST URL` sends none). httplib would instead read a
+    // POST/PUT/PATCH body until the peer closes, so say so explicitly. The
+    // request object is httplib's own mutable one, handed over as const.
+    if (carries_body) const_cast<httplib::Request&>(req).set_header("Content-Length", "0");
+    return Server::HandlerResponse::Unhandled;
   }
   if (req.get_header_value_count("Content-Length") != 1) {
     return refuse(400, InvalidArgumentError("bad request: more than one Content-Length"));

@@ -3,9 +3,10 @@
 // end (to discard it), and reads a chunked body, or one without
 // Content-Length until the peer closes, into memory without any bound.
 //
-// Refused: a Content-Length over the route's limit (413), a chunked body or a
-// POST/PUT/PATCH without Content-Length (411, length_required), a
-// Content-Length that is not one decimal number (400). The answer is the
+// Refused: a Content-Length over the route's limit (413), a chunked body
+// (411, length_required), a Content-Length that is not one decimal number
+// (400). A POST/PUT/PATCH without Content-Length has no body (RFC 9112
+// §6.3) and is served as such. The answer is the
 // usual {"error": ...} body; then the rest of the body is drained (raw,
 // bounded) and, over TLS, the connection closed. (Over plain HTTP, allowed
 // on loopback only, httplib gives no handle to close it.)

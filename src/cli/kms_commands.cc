@@ -1,10 +1,11 @@
-// `vmseal kms init|issue-identity|kek-create|serve|audit verify|audit export`.
+// `vmseal kms init|issue-identity|kek-create|serve|audit verify|audit checkpoint|audit export`.
 #include <cstdio>
 #include <memory>
 #include <string>
 
 #include "base/env.h"
 #include "crypto/keys.h"
+#include "crypto/primitives.h"
 #include "cli/commands.h"
 #include "kms/audit.h"
 #include "kms/config.h"
@@ -42,6 +43,9 @@ struct KmsFlags {
   std::vector<std::string> tags;
   int64_t since = 0;
   std::string ek_ca_bundle;
+  // kms audit verify
+  std::string checkpoint;
+  std::string log_key;
 };
 
 // An HTTPS client with the operator's identity from --url --ca --cert --key.
@@ -121,9 +125,47 @@ StatusOr<std::unique_ptr<kms::Store>> OpenAuditStore(const KmsFlags& f) {
 
 Status AuditVerify(const KmsFlags& f) {
   ASSIGN_OR_RETURN(auto store, OpenAuditStore(f));
-  ASSIGN_OR_RETURN(auto head, kms::VerifyStoreAudit(*store));
-  std::printf("audit log valid: %lld records, head %s\n", static_cast<long long>(head.count),
-              head.hash.c_str());
+  kms::AuditVerifyOptions options;
+  options.log_key = f.log_key;
+  if (!f.checkpoint.empty()) {
+    ASSIGN_OR_RETURN(options.checkpoint, ReadFileToString(Env::Default(), f.checkpoint));
+  }
+  auto head = kms::VerifyStoreAudit(*store, options);
+  if (!head.ok()) return head.status().WithPrefix("audit log verification failed");
+  std::printf("audit log valid: %lld records, tree head %s, chain head %s\n",
+              static_cast<long long>(head->count), head->root_hex.c_str(), head->hash.c_str());
+  if (!head->log_key.empty()) {
+    std::printf("log key %s%s\n", head->log_key.c_str(),
+                f.log_key.empty() ? " (as the log recorded it; pin it with --log-key)" : "");
+  }
+  if (head->newest_checkpoint_size >= 0) {
+    std::printf("consistent with the newest issued checkpoint (%lld records)\n",
+                static_cast<long long>(head->newest_checkpoint_size));
+  }
+  if (head->saved_checkpoint_size >= 0) {
+    std::printf("consistent with %s (%lld records)\n", f.checkpoint.c_str(),
+                static_cast<long long>(head->saved_checkpoint_size));
+  }
+  return OkStatus();
+}
+
+// Signs a checkpoint of the current tree with the store's log key (which
+// needs the KEK: --config).
+Status AuditCheckpoint(const KmsFlags& f) {
+  if (f.config.empty()) return InvalidArgumentError("kms audit checkpoint: --config is required (the log key is wrapped under the KEK)");
+  ASSIGN_OR_RETURN(auto config, kms::LoadKmsConfig(f.config));
+  RETURN_IF_ERROR(kms::ApplyKmsEnv(&config));
+  if (!f.store.empty()) config.store = f.store;
+  ASSIGN_OR_RETURN(auto kek, kms::OpenConfiguredKek(config, /*create_if_missing=*/false));
+  ASSIGN_OR_RETURN(auto store, kms::Store::Open(config.store));
+  ASSIGN_OR_RETURN(auto log, kms::AuditLog::Open(store.get(), kek.get()));
+  ASSIGN_OR_RETURN(std::string note, log->Checkpoint());
+  if (!f.out.empty() && f.out != "-") {
+    ASSIGN_OR_RETURN(auto out, AtomicOutputFile::Create(Env::Default(), f.out, 0644));
+    RETURN_IF_ERROR(out->file()->Append(crypto::AsBytes(note)));
+    return out->Commit();
+  }
+  std::fwrite(note.data(), 1, note.size(), stdout);
   return OkStatus();
 }
 
@@ -310,10 +352,19 @@ void AddKmsCommands(CLI::App& app, const CommandSink& sink) {
 
   CLI::App* audit = kms->add_subcommand("audit", "Audit log");
   audit->require_subcommand(1);
-  CLI::App* verify = audit->add_subcommand("verify", "Verify the hash chain");
+  CLI::App* verify = audit->add_subcommand(
+      "verify", "Recompute the log's Merkle tree and prove it extends the newest issued checkpoint and --checkpoint");
   verify->add_option("--config", flags->config, "kms.json");
   verify->add_option("--store", flags->store, "SQLite path or postgres:// URL");
+  verify->add_option("--checkpoint", flags->checkpoint, "A signed checkpoint saved earlier (kms audit checkpoint)");
+  verify->add_option("--log-key", flags->log_key,
+                     "The log's verifier key NAME+ID+KEY (default: as the log recorded it)");
   verify->callback([flags, sink] { sink(AuditVerify(*flags)); });
+  CLI::App* checkpoint = audit->add_subcommand("checkpoint", "Print a signed checkpoint (C2SP signed note) of the log");
+  checkpoint->add_option("--config", flags->config, "kms.json (its KEK opens the log key)")->required();
+  checkpoint->add_option("--store", flags->store, "SQLite path or postgres:// URL (default: the config's)");
+  checkpoint->add_option("--out", flags->out, "Output file (default stdout)");
+  checkpoint->callback([flags, sink] { sink(AuditCheckpoint(*flags)); });
   CLI::App* exp = audit->add_subcommand("export", "Write the log as JSON lines");
   exp->add_option("--config", flags->config, "kms.json");
   exp->add_option("--store", flags->store, "SQLite path or postgres:// URL");

@@ -19,6 +19,8 @@
 #include "base/env.h"
 #include "net/https_client.h"
 #include "testing/test_util.h"
+#include "tlog/checkpoint.h"
+#include "tlog/note.h"
 
 extern char** environ;
 
@@ -137,7 +139,7 @@ TEST_F(KmsProcessTest, OperatorReadsAndVerifiesAudit) {
   auto verify = Client("operator")->Get("/v1/audit/verify");
   ASSERT_OK(verify);
   EXPECT_EQ((*verify)["valid"], true);
-  EXPECT_EQ((*verify)["count"], 2);  // the nonce key's creation (first start), the key's
+  EXPECT_EQ((*verify)["count"], 3);  // the nonce and log keys' creation (first start), the key's
   EXPECT_STATUS(Client("portal")->Get("/v1/audit"), StatusCode::kPermissionDenied, "operator");
 }
 
@@ -213,10 +215,78 @@ TEST_F(KmsProcessTest, AuditExportWritesJsonLines) {
                         "--out", tmp_.File("audit.jsonl")}, &out), 0)
       << out;
   std::string text = testing::ReadFileOrDie(tmp_.File("audit.jsonl"));
-  // The nonce key's creation on first start, then the two keys.
-  EXPECT_EQ(std::count(text.begin(), text.end(), '\n'), 3);
+  // The nonce and log keys' creation on first start, then the two keys.
+  EXPECT_EQ(std::count(text.begin(), text.end(), '\n'), 4);
   EXPECT_NE(text.find("kms.nonce_key.create"), std::string::npos);
-  EXPECT_NE(text.find("\"seq\":3"), std::string::npos);
+  EXPECT_NE(text.find("kms.audit_log_key.create"), std::string::npos);
+  EXPECT_NE(text.find("\"seq\":4"), std::string::npos);
+}
+
+// The transparency log through the real binary: checkpoints and proofs over
+// HTTPS for authenticated callers, `kms audit checkpoint` saved by the
+// operator, and `kms audit verify --checkpoint` after an attacker with the
+// database deleted the newest records and rebuilt everything else.
+TEST_F(KmsProcessTest, SavedCheckpointCatchesDeletedNewestRecordsThroughTheCli) {
+  auto portal = Client("portal");
+  ASSERT_OK(portal->Post("/v1/customers/acme/keys", json{{"algorithm", "X25519"}}));
+  ASSERT_OK(portal->Post("/v1/customers/acme/keys", json{{"algorithm", "X25519"}}));
+  // A customer's view, checked locally: checkpoint and an inclusion proof.
+  auto cp = portal->Get("/v1/audit/checkpoint");
+  ASSERT_OK(cp);
+  auto verifier = tlog::NoteVerifier::Create((*cp)["log_key"].get<std::string>());
+  ASSERT_OK(verifier);
+  auto cp_text = (*verifier)->Open((*cp)["checkpoint"].get<std::string>());
+  ASSERT_OK(cp_text);
+  auto checkpoint = tlog::ParseCheckpoint(*cp_text);
+  ASSERT_OK(checkpoint);
+  EXPECT_EQ(checkpoint->size, 4u);
+  auto incl = Client("host")->Get("/v1/audit/proofs/inclusion?seq=4&size=4");
+  ASSERT_OK(incl);
+  auto proof = tlog::ParseInclusionProof((*incl)["proof"].get<std::string>());
+  ASSERT_OK(proof);
+  EXPECT_NE(proof->extra.find("customer_key.create"), std::string::npos);
+  EXPECT_OK(tlog::VerifyInclusion(proof->index, checkpoint->size, tlog::LeafHash(proof->extra), proof->hashes,
+                                  checkpoint->root));
+  // Authenticated callers only (the refusal is itself audited: record 5).
+  EXPECT_STATUS(Client("")->Get("/v1/audit/checkpoint"), StatusCode::kUnauthenticated, "client certificate");
+
+  // The operator saves a checkpoint with the CLI; the log grows.
+  ASSERT_EQ(RunCommand({VmsealBinary(), "kms", "audit", "checkpoint", "--config", dir_ + "/kms.json", "--out",
+                        tmp_.File("saved.checkpoint")}, &out_), 0)
+      << out_;
+  ASSERT_OK(portal->Post("/v1/customers/acme/keys", json{{"algorithm", "X25519"}}));
+  ASSERT_OK(portal->Post("/v1/customers/acme/keys", json{{"algorithm", "X25519"}}));
+  auto consistency = portal->Get("/v1/audit/proofs/consistency?old=4");
+  ASSERT_OK(consistency);
+  auto cproof = tlog::ParseConsistencyProof((*consistency)["proof"].get<std::string>());
+  ASSERT_OK(cproof);
+  auto new_cp = tlog::ParseCheckpoint(*(*verifier)->Open(cproof->checkpoint));
+  ASSERT_OK(new_cp);
+  EXPECT_OK(tlog::VerifyConsistency(4, new_cp->size, cproof->hashes, checkpoint->root, new_cp->root));
+  StopServer(SIGTERM);
+
+  const std::vector<std::string> verify = {VmsealBinary(), "kms", "audit", "verify", "--config",
+                                           dir_ + "/kms.json", "--checkpoint", tmp_.File("saved.checkpoint")};
+  ASSERT_EQ(RunCommand(verify, &out_), 0) << out_;
+  EXPECT_NE(out_.find("consistent with " + tmp_.File("saved.checkpoint") + " (5 records)"), std::string::npos)
+      << out_;
+
+  // Delete the newest four records (two the saved checkpoint covers), the
+  // tree and the issued checkpoint: the store rebuilds a tree that agrees
+  // with what is left.
+  std::string out;
+  if (RunCommand({"/usr/bin/sqlite3", dir_ + "/kms.db",
+                  "DELETE FROM audit_log WHERE seq > 3; DELETE FROM audit_tree; "
+                  "UPDATE audit_frontier SET size = 0, hashes = ''; DELETE FROM audit_checkpoint"},
+                 &out) != 0) {
+    GTEST_SKIP() << "sqlite3 CLI not installed";
+  }
+  ASSERT_EQ(RunCommand({VmsealBinary(), "kms", "audit", "verify", "--config", dir_ + "/kms.json"}, &out_), 0)
+      << out_;
+  EXPECT_NE(RunCommand(verify, &out_), 0);
+  EXPECT_NE(out_.find("truncated: the saved checkpoint covers 5 records but the log has only 3"),
+            std::string::npos)
+      << out_;
 }
 
 TEST_F(KmsProcessTest, AuditVerifyCliDetectsTamper) {

@@ -209,6 +209,7 @@ StatusOr<std::unique_ptr<KmsService>> KmsService::Create(Options options, Store*
   std::unique_ptr<KmsService> service(new KmsService(std::move(options), store, kek, std::move(ca)));
   service->ek_verifier_ = std::move(ek);
   service->nonce_key_ = std::move(nonce_key);
+  ASSIGN_OR_RETURN(service->audit_log_, AuditLog::Open(store, kek));
   return service;
 }
 
@@ -329,6 +330,27 @@ StatusOr<std::vector<AuditRecord>> KmsService::ReadAudit(const Caller& caller, i
 StatusOr<AuditHead> KmsService::VerifyAudit(const Caller& caller) {
   RETURN_IF_ERROR(Require(caller, Caller::Role::kOperator, "verify audit log"));
   return VerifyStoreAudit(*store_);
+}
+
+namespace {
+constexpr std::initializer_list<Caller::Role> kAuditReaders = {Caller::Role::kOperator, Caller::Role::kPortal,
+                                                                Caller::Role::kHost};
+}  // namespace
+
+StatusOr<std::string> KmsService::AuditCheckpoint(const Caller& caller) {
+  RETURN_IF_ERROR(RequireAny(caller, kAuditReaders, "read audit checkpoint"));
+  return audit_log_->Checkpoint();
+}
+
+StatusOr<std::string> KmsService::AuditInclusionProof(const Caller& caller, int64_t seq, int64_t size) {
+  RETURN_IF_ERROR(RequireAny(caller, kAuditReaders, "read audit proof"));
+  return audit_log_->InclusionProof(seq, size);
+}
+
+StatusOr<std::string> KmsService::AuditConsistencyProof(const Caller& caller, int64_t old_size,
+                                                        int64_t size) {
+  RETURN_IF_ERROR(RequireAny(caller, kAuditReaders, "read audit proof"));
+  return audit_log_->ConsistencyProof(old_size, size);
 }
 
 // --- Package labels ---------------------------------------------------------
@@ -1083,6 +1105,23 @@ void RegisterKmsRoutes(KmsService* s, net::HttpsServer* server) {
       out.push_back({{"seq", rec.seq}, {"record", rec.record}, {"hash", rec.hash}});
     }
     return json{{"records", out}};
+  });
+  // Transparency log (docs/format/audit-log.md §6): texts in JSON strings.
+  server->Get("/v1/audit/checkpoint", [s](const net::Request& r) -> StatusOr<json> {
+    ASSIGN_OR_RETURN(std::string note, s->AuditCheckpoint(CallerFromPeer(r.peer)));
+    return json{{"checkpoint", note}, {"log_key", s->audit_log_key()}};
+  });
+  server->Get("/v1/audit/proofs/inclusion", [s](const net::Request& r) -> StatusOr<json> {
+    ASSIGN_OR_RETURN(int64_t seq, IntParam(r, "seq", 0));
+    ASSIGN_OR_RETURN(int64_t size, IntParam(r, "size", 0));
+    ASSIGN_OR_RETURN(std::string proof, s->AuditInclusionProof(CallerFromPeer(r.peer), seq, size));
+    return json{{"proof", proof}};
+  });
+  server->Get("/v1/audit/proofs/consistency", [s](const net::Request& r) -> StatusOr<json> {
+    ASSIGN_OR_RETURN(int64_t old_size, IntParam(r, "old", 0));
+    ASSIGN_OR_RETURN(int64_t size, IntParam(r, "size", 0));
+    ASSIGN_OR_RETURN(std::string proof, s->AuditConsistencyProof(CallerFromPeer(r.peer), old_size, size));
+    return json{{"proof", proof}};
   });
   server->Get("/v1/audit/verify", [s](const net::Request& r) -> StatusOr<json> {
     ASSIGN_OR_RETURN(auto head, s->VerifyAudit(CallerFromPeer(r.peer)));

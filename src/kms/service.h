@@ -203,6 +203,15 @@ class KmsService {
                                                int64_t limit);
   // Operator only: verifies the whole chain.
   StatusOr<AuditHead> VerifyAudit(const Caller& caller);
+  // Any authenticated caller (docs/format/audit-log.md §6): the current
+  // signed checkpoint; a tlog-proof of record `seq` in the tree of `size`
+  // records; a consistency proof from `old_size` to `size` records (size 0:
+  // the current tree).
+  StatusOr<std::string> AuditCheckpoint(const Caller& caller);
+  StatusOr<std::string> AuditInclusionProof(const Caller& caller, int64_t seq, int64_t size);
+  StatusOr<std::string> AuditConsistencyProof(const Caller& caller, int64_t old_size, int64_t size);
+  // The log's verifier key ("<origin>+<id>+<key>").
+  std::string audit_log_key() const { return audit_log_->verifier_key(); }
 
   // Records a refused request (metrics and audit) with a reason code.
   void RecordDenial(const std::string& reason, const std::string& subject,
@@ -285,6 +294,7 @@ class KmsService {
   const internal::CertAndKey ca_;
   std::unique_ptr<attest::EkCertificateVerifier> ek_verifier_;
   SecretBytes nonce_key_;  // HMAC key of the nonces, shared through the store
+  std::unique_ptr<AuditLog> audit_log_;  // signs checkpoints with the store's log key
   std::atomic<int64_t> last_nonce_purge_{0};
   UsedNonceCache used_nonces_;
   Metrics metrics_;

@@ -94,17 +94,18 @@ TEST_F(ServiceTest, KeyCreationIsAudited) {
   ASSERT_OK(service_->CreateCustomerKey(As(Caller::Role::kPortal, "p"), {"acme", "X25519"}));
   auto recs = store_->ReadAudit(0, 10);
   ASSERT_OK(recs);
-  ASSERT_EQ(recs->size(), 2u);
-  // The service's first start on this store created its nonce key.
+  ASSERT_EQ(recs->size(), 3u);
+  // The service's first start on this store created its nonce and log keys.
   EXPECT_NE((*recs)[0].record.find("kms.nonce_key.create"), std::string::npos);
-  EXPECT_NE((*recs)[1].record.find("customer_key.create"), std::string::npos);
+  EXPECT_NE((*recs)[1].record.find("kms.audit_log_key.create"), std::string::npos);
+  EXPECT_NE((*recs)[2].record.find("customer_key.create"), std::string::npos);
   EXPECT_OK(VerifyStoreAudit(*store_));
 }
 
 TEST_F(ServiceTest, HostCannotCreateKeysAndDenialIsAudited) {
   EXPECT_STATUS(service_->CreateCustomerKey(As(Caller::Role::kHost, "h1"), {"acme", ""}),
                 StatusCode::kPermissionDenied, "portal role");
-  auto recs = store_->ReadAudit(1, 10);  // after the nonce key's creation
+  auto recs = store_->ReadAudit(2, 10);  // after the nonce and log keys' creation
   ASSERT_OK(recs);
   ASSERT_EQ(recs->size(), 1u);
   EXPECT_NE((*recs)[0].record.find("wrong_role"), std::string::npos);
@@ -182,7 +183,7 @@ TEST_F(ServiceTest, WrongRolesAreRefused) {
   EXPECT_STATUS(service_->PutPolicy(host, {"acme", "", {}}), denied, "role");
   EXPECT_STATUS(service_->GetPolicy(host, "acme", ""), denied, "role");
   EXPECT_STATUS(service_->ListHosts(Caller{}), StatusCode::kUnauthenticated, "client certificate");
-  auto recs = store_->ReadAudit(1, 100);  // after the nonce key's creation
+  auto recs = store_->ReadAudit(2, 100);  // after the nonce and log keys' creation
   ASSERT_OK(recs);
   EXPECT_EQ(recs->size(), 17u);
   EXPECT_OK(VerifyStoreAudit(*store_));

@@ -6,10 +6,12 @@
 #include <mutex>
 #include <vector>
 
+#include "crypto/primitives.h"
 #include "kms/audit.h"
 #include "kms/internal/sql.h"
 #include "kms/store.h"
 #include "json/json.h"
+#include "tlog/merkle.h"
 
 namespace vmseal::kms {
 namespace {
@@ -97,6 +99,26 @@ CREATE TABLE config_version (
   id INTEGER PRIMARY KEY,
   version BIGINT NOT NULL);
 INSERT INTO config_version (id, version) VALUES (1, 0);
+)sql",
+    // Transparency log (docs/format/audit-log.md): the audit log's Merkle
+    // tree as its frontier (one row) and every complete subtree, and the
+    // newest signed checkpoint issued. Stores with records are caught up
+    // once on open (CatchUpAuditTree).
+    R"sql(
+CREATE TABLE audit_tree (
+  level INTEGER NOT NULL,
+  idx BIGINT NOT NULL,
+  hash TEXT NOT NULL,
+  PRIMARY KEY (level, idx));
+CREATE TABLE audit_frontier (
+  id INTEGER PRIMARY KEY,
+  size BIGINT NOT NULL,
+  hashes TEXT NOT NULL);
+INSERT INTO audit_frontier (id, size, hashes) VALUES (1, 0, '');
+CREATE TABLE audit_checkpoint (
+  id INTEGER PRIMARY KEY,
+  size BIGINT NOT NULL,
+  note TEXT NOT NULL);
 )sql",
 };
 
@@ -361,6 +383,57 @@ class SqlStore : public Store {
     return out;
   }
 
+  StatusOr<tlog::Frontier> AuditFrontier() override {
+    std::lock_guard<std::mutex> lock(read_mu_);
+    return ReadFrontier(*reader_);
+  }
+
+  StatusOr<tlog::Hash> AuditNode(int level, uint64_t index) override {
+    std::lock_guard<std::mutex> lock(read_mu_);
+    ASSIGN_OR_RETURN(auto r, reader_->Exec("SELECT hash FROM audit_tree WHERE level = ? AND idx = ?",
+                                           {int64_t{level}, static_cast<int64_t>(index)}));
+    if (r.rows.empty()) {
+      return NotFoundError("audit tree has no node at level " + std::to_string(level) + " index " +
+                           std::to_string(index));
+    }
+    return StoredHash(ToStr(r.rows[0][0]));
+  }
+
+  Status PutAuditCheckpoint(int64_t size, const std::string& signed_checkpoint) override {
+    return InTx([&]() -> Status {
+      return conn_->Exec(
+          "INSERT INTO audit_checkpoint (id, size, note) VALUES (1, ?, ?) ON CONFLICT (id) DO "
+          "UPDATE SET size = excluded.size, note = excluded.note WHERE audit_checkpoint.size < excluded.size",
+          {size, signed_checkpoint}).status();
+    });
+  }
+
+  StatusOr<std::string> LatestAuditCheckpoint() override {
+    std::lock_guard<std::mutex> lock(read_mu_);
+    ASSIGN_OR_RETURN(auto r, reader_->Exec("SELECT note FROM audit_checkpoint WHERE id = 1", {}));
+    if (r.rows.empty()) return NotFoundError("no audit checkpoint issued yet");
+    return ToStr(r.rows[0][0]);
+  }
+
+  // A store whose log predates the tree gets its tree once: the records
+  // are appended as leaves in order, in one transaction.
+  Status CatchUpAuditTree() {
+    return InTx([&]() -> Status {
+      ASSIGN_OR_RETURN(tlog::Frontier frontier, ReadFrontier(*conn_));
+      if (frontier.size() != 0) return OkStatus();
+      int64_t after = 0;
+      while (true) {
+        ASSIGN_OR_RETURN(auto r, conn_->Exec(
+            "SELECT seq, record FROM audit_log WHERE seq > ? ORDER BY seq LIMIT 1000", {after}));
+        if (r.rows.empty()) return OkStatus();
+        for (const auto& row : r.rows) {
+          after = ToInt(row[0]);
+          RETURN_IF_ERROR(AppendAuditLeafLocked(after, ToStr(row[1])));
+        }
+      }
+    });
+  }
+
   Status ExecForTesting(const std::string& sql) override {
     std::lock_guard<std::mutex> lock(mu_);
     RETURN_IF_ERROR(conn_->ExecScript(sql));
@@ -466,9 +539,63 @@ class SqlStore : public Store {
       prev = ToStr(r.rows[0][1]);
     }
     AuditRecord rec = MakeAuditRecord(seq, Now(), event, prev);
-    return conn_->Exec("INSERT INTO audit_log (seq, record, hash) VALUES (?, ?, ?)",
-                       {rec.seq, rec.record, rec.hash})
+    RETURN_IF_ERROR(conn_->Exec("INSERT INTO audit_log (seq, record, hash) VALUES (?, ?, ?)",
+                                {rec.seq, rec.record, rec.hash})
+                        .status());
+    return AppendAuditLeafLocked(seq, rec.record);
+  }
+
+  // Adds record `seq` to the tree: O(1) amortized hashes and rows (the
+  // frontier row and each subtree the leaf completes), never the whole log.
+  Status AppendAuditLeafLocked(int64_t seq, const std::string& record) {
+    ASSIGN_OR_RETURN(tlog::Frontier frontier, ReadFrontier(*conn_));
+    if (static_cast<int64_t>(frontier.size()) != seq - 1) {
+      return DataLossError("audit tree has " + std::to_string(frontier.size()) +
+                           " leaves but the log is appending record " + std::to_string(seq));
+    }
+    std::vector<std::pair<int64_t, int64_t>> ids;
+    std::vector<std::string> hexes;
+    frontier.Append(tlog::LeafHash(record), [&](int level, uint64_t index, const tlog::Hash& h) {
+      ids.emplace_back(level, static_cast<int64_t>(index));
+      hexes.push_back(tlog::HashHex(h));
+    });
+    std::string sql = "INSERT INTO audit_tree (level, idx, hash) VALUES ";
+    std::vector<SqlValue> params;
+    for (size_t i = 0; i < ids.size(); ++i) {
+      sql += i == 0 ? "(?, ?, ?)" : ", (?, ?, ?)";
+      params.insert(params.end(), {ids[i].first, ids[i].second, hexes[i]});
+    }
+    RETURN_IF_ERROR(conn_->Exec(sql, params).status());
+    std::string hashes;
+    for (const tlog::Hash& h : frontier.hashes()) hashes += tlog::HashHex(h);
+    return conn_->Exec("UPDATE audit_frontier SET size = ?, hashes = ? WHERE id = 1",
+                       {static_cast<int64_t>(frontier.size()), hashes})
         .status();
+  }
+
+  static StatusOr<tlog::Frontier> ReadFrontier(SqlConn& conn) {
+    ASSIGN_OR_RETURN(auto r, conn.Exec("SELECT size, hashes FROM audit_frontier WHERE id = 1", {}));
+    if (r.rows.empty()) return DataLossError("store: audit_frontier row missing");
+    const int64_t size = ToInt(r.rows[0][0]);
+    const std::string text = ToStr(r.rows[0][1]);
+    std::vector<tlog::Hash> hashes;
+    for (size_t i = 0; i + 64 <= text.size(); i += 64) {
+      auto h = StoredHash(text.substr(i, 64));
+      if (!h.ok()) return DataLossError("store: audit frontier is malformed");
+      hashes.push_back(*h);
+    }
+    if (size < 0 || text.size() % 64 != 0) return DataLossError("store: audit frontier is malformed");
+    auto f = tlog::Frontier::FromHashes(static_cast<uint64_t>(size), std::move(hashes));
+    if (!f.ok()) return DataLossError("store: audit frontier does not match its size");
+    return f;
+  }
+
+  static StatusOr<tlog::Hash> StoredHash(const std::string& hex) {
+    auto bytes = crypto::HexDecode(hex);
+    if (!bytes.ok()) return DataLossError("store: audit hash is not hex");
+    auto h = tlog::HashFromBytes(*bytes);
+    if (!h.ok()) return DataLossError("store: audit hash is not 32 bytes");
+    return h;
   }
 
   StatusOr<std::vector<CustomerKeyRecord>> QueryKeys(const std::string& where,
@@ -562,6 +689,7 @@ StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& location) {
   }
   auto store = std::make_unique<SqlStore>(std::move(conn), std::move(reader));
   RETURN_IF_ERROR(store->Migrate().WithPrefix("store migration"));
+  RETURN_IF_ERROR(store->CatchUpAuditTree().WithPrefix("audit tree"));
   return std::unique_ptr<Store>(std::move(store));
 }
 

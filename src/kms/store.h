@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/status.h"
+#include "tlog/merkle.h"
 
 namespace vmseal::kms {
 
@@ -179,6 +180,23 @@ class Store {
   virtual Status AppendAudit(const AuditEvent& event) = 0;
   // Records with seq > `after_seq`, in seq order, at most `limit`.
   virtual StatusOr<std::vector<AuditRecord>> ReadAudit(int64_t after_seq, int64_t limit) = 0;
+
+  // The audit log is also an RFC 6962 Merkle tree whose leaf seq-1 is
+  // record seq's canonical bytes (docs/format/audit-log.md). Each append
+  // extends it in the same transaction: the right-edge subtree hashes (the
+  // frontier) and every newly completed subtree are stored, so neither an
+  // append nor a proof reads the whole log.
+  //
+  // The committed frontier: tree size and subtree hashes, largest first.
+  virtual StatusOr<tlog::Frontier> AuditFrontier() = 0;
+  // The stored hash of the complete subtree at `level` covering leaves
+  // [index << level, (index + 1) << level); NOT_FOUND if not stored.
+  virtual StatusOr<tlog::Hash> AuditNode(int level, uint64_t index) = 0;
+  // Remembers `signed_checkpoint` (a note for a tree of `size` leaves) as
+  // the newest one issued, unless one for a larger tree is stored.
+  virtual Status PutAuditCheckpoint(int64_t size, const std::string& signed_checkpoint) = 0;
+  // The newest checkpoint issued, NOT_FOUND if none.
+  virtual StatusOr<std::string> LatestAuditCheckpoint() = 0;
 
   // Runs raw SQL (tests use it to tamper with the audit table).
   virtual Status ExecForTesting(const std::string& sql) = 0;

@@ -407,6 +407,45 @@ TEST_F(ExportTest, RemoteSourceKeepsServingAfterPrefetchWhenTheServerIsGone) {
   EXPECT_EQ(events->back().event, "prefetch_complete");
 }
 
+// Whoever can write the host's disk can change the cache: that must turn
+// into an I/O error, never into bytes the customer did not seal.
+TEST_F(ExportTest, ATamperedCacheFileIsAnIoErrorNotOtherBytes) {
+  MakeCerts();
+  RangeServer server(dir_.File("server.pem"), dir_.File("server.key"), dir_.File("ca.pem"),
+                     Ova());
+  const ExportOptions o = Remote("r", server.port());
+  constexpr uint64_t kBad = 40;
+  {
+    auto e = Export::Start(o, key_);
+    ASSERT_OK(e);
+    WaitForPrefetch(**e);
+  }
+  {
+    std::fstream f(State("r") + "/cache.data", std::ios::in | std::ios::out | std::ios::binary);
+    const uint64_t at = MemberOffset() + 80 + kBad * (kChunkBytes + 16) + 9;
+    f.seekg(static_cast<std::streamoff>(at));
+    char b = 0;
+    f.read(&b, 1);
+    b ^= 0x40;
+    f.seekp(static_cast<std::streamoff>(at));
+    f.write(&b, 1);
+  }
+  auto e = Export::Start(o, key_);
+  ASSERT_OK(e);
+  NbdClient c((*e)->socket_path());
+  std::string got;
+  EXPECT_EQ(c.Pread(&got, kChunkBytes, kBad * kChunkBytes), EIO);
+  ASSERT_EQ(c.Pread(&got, kChunkBytes, (kBad + 1) * kChunkBytes), 0);
+  EXPECT_TRUE(got == std::string_view(plaintext_).substr((kBad + 1) * kChunkBytes, kChunkBytes));
+  auto events = (*e)->Events();
+  ASSERT_OK(events);
+  bool found = false;
+  for (const ExportEvent& ev : *events) {
+    if (ev.event == "chunk_auth_failed" && ev.fields["offset"] == kBad * kChunkBytes) found = true;
+  }
+  EXPECT_TRUE(found);
+}
+
 TEST_F(ExportTest, RemoteSourceReadsLazilyWithoutPrefetch) {
   MakeCerts();
   RangeServer server(dir_.File("server.pem"), dir_.File("server.key"), dir_.File("ca.pem"),

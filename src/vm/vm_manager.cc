@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -29,6 +30,9 @@ using internal::VmRecord;
 constexpr size_t kStderrTailBytes = 600;
 constexpr int64_t kKillWaitMs = 5000;
 constexpr int64_t kPollMs = 50;
+// Watcher rounds a watched qemu may spend exiting (alive, empty cmdline)
+// before it counts as ended anyway.
+constexpr int kMaxExitingRounds = 50;
 
 Status MakePrivateDir(const std::string& path) {
   if (::mkdir(path.c_str(), 0700) != 0 && errno != EEXIST) {
@@ -94,7 +98,61 @@ Status CheckDiskFormat(const VmSpec& spec) {
   return OkStatus();
 }
 
+// The signal qemu says it terminated on ("terminating on signal N" in its
+// log: qemu exits 0 after SIGTERM/SIGINT/SIGHUP), or 0.
+int LoggedTerminationSignal(const std::string& qemu_log) {
+  const std::string tail = internal::FileTail(qemu_log, 4096);
+  const std::string key = "terminating on signal ";
+  size_t at = tail.rfind(key);
+  if (at == std::string::npos) return 0;
+  return std::atoi(tail.c_str() + at + key.size());
+}
+
+// Why qemu ended: from its wait status when it was our child
+// (`have_status`), else from its log only.
+VmEnd EndOf(bool have_status, int status, const std::string& qemu_log) {
+  VmEnd end;
+  end.unix_ms = internal::WallClockMs();
+  const int logged = LoggedTerminationSignal(qemu_log);
+  if (have_status && WIFSIGNALED(status)) {
+    end.reason = VmEndReason::kKilled;
+    end.code = WTERMSIG(status);
+    end.text = "killed by signal " + std::to_string(end.code);
+  } else if (have_status && WIFEXITED(status) && WEXITSTATUS(status) != 0) {
+    end.reason = VmEndReason::kExited;
+    end.code = WEXITSTATUS(status);
+    end.text = "qemu exited with status " + std::to_string(end.code);
+  } else if (logged > 0) {
+    end.reason = VmEndReason::kKilled;
+    end.code = logged;
+    end.text = "qemu terminated on signal " + std::to_string(logged);
+  } else if (have_status) {
+    end.reason = VmEndReason::kGuestPowerOff;
+    end.text = "qemu exited with status 0 (guest power-off)";
+  } else {
+    end.reason = VmEndReason::kUnknown;
+    end.text = "qemu ended (not a child of this agent: exit status unknown)";
+  }
+  return end;
+}
+
 }  // namespace
+
+const char* VmEndReasonName(VmEndReason reason) {
+  switch (reason) {
+    case VmEndReason::kStopped:
+      return "stopped";
+    case VmEndReason::kGuestPowerOff:
+      return "guest_poweroff";
+    case VmEndReason::kExited:
+      return "exited";
+    case VmEndReason::kKilled:
+      return "killed";
+    case VmEndReason::kUnknown:
+      return "unknown";
+  }
+  return "unknown";
+}
 
 const char* DiskFormatName(DiskFormat format) {
   return format == DiskFormat::kQcow2 ? "qcow2" : "raw";
@@ -128,8 +186,9 @@ StatusOr<Accel> ParseAccel(const std::string& name) {
 StatusOr<std::unique_ptr<VmManager>> VmManager::Create(const VmManagerOptions& options) {
   if (options.state_dir.empty()) return InvalidArgumentError("vm state dir is empty");
   if (options.qemu_binary.empty()) return InvalidArgumentError("qemu binary is empty");
-  if (options.launch_timeout_ms <= 0 || options.stop_timeout_ms <= 0) {
-    return InvalidArgumentError("vm launch and stop timeouts must be positive");
+  if (options.launch_timeout_ms <= 0 || options.stop_timeout_ms <= 0 ||
+      options.watch_interval_ms <= 0) {
+    return InvalidArgumentError("vm launch, stop and watch intervals must be positive");
   }
   for (const char* sub : {"", "/disks", "/vms", "/run"}) {
     RETURN_IF_ERROR(MakePrivateDir(options.state_dir + sub));
@@ -142,10 +201,98 @@ StatusOr<std::unique_ptr<VmManager>> VmManager::Create(const VmManagerOptions& o
                                 std::to_string(sizeof(sockaddr_un{}.sun_path) - 1 - fixed) +
                                 " characters): " + options.state_dir);
   }
-  return std::unique_ptr<VmManager>(new VmManager(options));
+  std::unique_ptr<VmManager> manager(new VmManager(options));
+  // VMs an earlier agent launched and that were running then: watched from
+  // now on (through /proc; they are not our children).
+  ASSIGN_OR_RETURN(std::vector<VmInfo> vms, manager->List());
+  for (const VmInfo& vm : vms) {
+    ASSIGN_OR_RETURN(VmRecord record, ReadRecord(manager->StatePath(vm.name), vm.name));
+    if (!record.stopped) manager->Watch(vm.name, vm.pid, record.argv);
+  }
+  VmManager* raw = manager.get();
+  manager->watcher_ = std::thread([raw] { raw->WatchLoop(); });
+  return manager;
 }
 
 VmManager::VmManager(VmManagerOptions options) : options_(std::move(options)) {}
+
+VmManager::~VmManager() {
+  {
+    std::lock_guard<std::mutex> lock(watch_mu_);
+    quit_ = true;
+  }
+  watch_cv_.notify_all();
+  if (watcher_.joinable()) watcher_.join();
+}
+
+void VmManager::Watch(const std::string& name, pid_t pid, std::vector<std::string> argv) {
+  std::lock_guard<std::mutex> lock(watch_mu_);
+  Watched w;
+  w.pid = pid;
+  w.argv = std::move(argv);
+  watched_[name] = std::move(w);
+}
+
+void VmManager::Unwatch(const std::string& name) {
+  std::lock_guard<std::mutex> lock(watch_mu_);
+  watched_.erase(name);
+}
+
+void VmManager::WatchLoop() {
+  std::unique_lock<std::mutex> lock(watch_mu_);
+  while (!quit_) {
+    watch_cv_.wait_for(lock, std::chrono::milliseconds(options_.watch_interval_ms));
+    if (quit_) break;
+    lock.unlock();
+    WatchOnce();
+    lock.lock();
+  }
+}
+
+void VmManager::WatchOnce() {
+  std::map<std::string, Watched> snapshot;
+  {
+    std::lock_guard<std::mutex> lock(watch_mu_);
+    snapshot = watched_;
+  }
+  for (const auto& [name, w] : snapshot) {
+    // ProcessAlive (under ProcessRunsCommand) reaps `w.pid` if it is our
+    // exited child, and only that pid.
+    if (internal::ProcessRunsCommand(w.pid, w.argv)) continue;
+    // A process that is exiting has an empty /proc/<pid>/cmdline before it
+    // becomes a zombie: wait for it to finish (so that our child is reaped
+    // and its status known), for a bounded number of rounds.
+    if (internal::ProcessAlive(w.pid) &&
+        internal::FileTail("/proc/" + std::to_string(w.pid) + "/cmdline", 1).empty()) {
+      std::lock_guard<std::mutex> lock(watch_mu_);
+      auto it = watched_.find(name);
+      if (it != watched_.end() && ++it->second.exiting_rounds < kMaxExitingRounds) continue;
+    }
+    int status = 0;
+    const bool have_status = internal::TakeReapedStatus(w.pid, &status);
+    std::string qemu_log;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto record = ReadRecord(StatePath(name), name);
+      if (record.ok()) qemu_log = record->info.qemu_log_path;
+    }
+    VmEnd end = EndOf(have_status, status, qemu_log);
+    Unwatch(name);
+    if (RecordEnd(name, w.pid, end) && options_.on_end) options_.on_end(name, end);
+  }
+}
+
+bool VmManager::RecordEnd(const std::string& name, pid_t pid, const VmEnd& end) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto record = ReadRecord(StatePath(name), name);
+  // Stopped meanwhile (Stop reported it), deleted, or relaunched.
+  if (!record.ok() || record->stopped || record->info.pid != pid) return false;
+  record->stopped = true;
+  record->info.ended = true;
+  record->info.end = end;
+  (void)RemoveIfExists(record->info.qmp_socket_path);
+  return WriteRecord(StatePath(name), *record).ok();
+}
 
 StatusOr<std::string> VmManager::DiskPath(const std::string& name) const {
   RETURN_IF_ERROR(internal::ValidateVmName(name));
@@ -251,6 +398,7 @@ StatusOr<VmInfo> VmManager::Launch(const VmSpec& spec) {
                                       std::min<int64_t>(left, 2000));
     if (reply.ok()) {
       info.state = VmRunState::kRunning;
+      Watch(info.name, info.pid, record.argv);
       return info;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(kPollMs));
@@ -302,10 +450,33 @@ StatusOr<VmInfo> VmManager::GetLocked(const std::string& name) {
 
 Status VmManager::Stop(const std::string& name) {
   RETURN_IF_ERROR(internal::ValidateVmName(name));
-  std::lock_guard<std::mutex> lock(mu_);
-  ASSIGN_OR_RETURN(VmRecord record, ReadRecord(StatePath(name), name));
-  if (record.stopped) return OkStatus();
+  VmEnd end;
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    ASSIGN_OR_RETURN(VmRecord record, ReadRecord(StatePath(name), name));
+    if (record.stopped) return OkStatus();
+    // From here the watcher leaves this VM to Stop (and RecordEnd sees the
+    // stopped record should it already be past its check).
+    Unwatch(name);
+    ASSIGN_OR_RETURN(end, StopRecordLocked(&record));
+  }
+  if (options_.on_end) options_.on_end(name, end);
+  return OkStatus();
+}
+
+StatusOr<VmEnd> VmManager::StopRecordLocked(internal::VmRecord* record_ptr) {
+  internal::VmRecord& record = *record_ptr;
+  const std::string& name = record.info.name;
   const pid_t pid = record.info.pid;
+  VmEnd end;
+  end.reason = VmEndReason::kStopped;
+  end.text = "stopped by VmManager::Stop";
+  // Ended before Stop looked: reported with its own reason.
+  if (!internal::ProcessRunsCommand(pid, record.argv)) {
+    int status = 0;
+    bool have_status = internal::TakeReapedStatus(pid, &status);
+    end = EndOf(have_status, status, record.info.qemu_log_path);
+  }
   // Signals go only to a pid that still runs our command line: a recycled
   // pid belongs to someone else.
   if (internal::ProcessRunsCommand(pid, record.argv)) {
@@ -324,9 +495,15 @@ Status VmManager::Stop(const std::string& name) {
     if (!gone) return InternalError("qemu of vm " + name + " (pid " + std::to_string(pid) +
                                     ") did not exit after SIGKILL");
   }
+  int status = 0;
+  (void)internal::TakeReapedStatus(pid, &status);  // forget our child's status
+  end.unix_ms = internal::WallClockMs();
   record.stopped = true;
+  record.info.ended = true;
+  record.info.end = end;
   (void)RemoveIfExists(record.info.qmp_socket_path);
-  return WriteRecord(StatePath(name), record);
+  RETURN_IF_ERROR(WriteRecord(StatePath(name), record));
+  return end;
 }
 
 Status VmManager::Delete(const std::string& name) {

@@ -15,15 +15,22 @@
 
 #include <sys/types.h>
 
+#include <condition_variable>
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "base/status.h"
 
 namespace vmseal::vm {
+namespace internal {
+struct VmRecord;
+}  // namespace internal
 
 // The disk image's on-disk format: the driver of the disk's format node.
 enum class DiskFormat { kRaw, kQcow2 };
@@ -42,6 +49,34 @@ StatusOr<DiskFormat> ParseDiskFormat(const std::string& name);
 const char* AccelName(Accel accel);
 StatusOr<Accel> ParseAccel(const std::string& name);
 
+// Why a VM's qemu ended.
+enum class VmEndReason {
+  kStopped,        // VmManager::Stop (or Delete) stopped it.
+  kGuestPowerOff,  // qemu exited with status 0 on its own: the guest powered
+                   // off (or someone else sent QMP "quit").
+  kExited,         // qemu exited with a non-zero status (VmEnd::code).
+  kKilled,         // qemu was killed by signal VmEnd::code, or terminated
+                   // itself on SIGTERM/SIGINT/SIGHUP (qemu exits 0 then and
+                   // logs "terminating on signal N").
+  kUnknown,        // qemu was not a child of this process (launched by an
+                   // earlier agent): it ended, its exit status is not known.
+};
+
+// "stopped", "guest_poweroff", "exited", "killed", "unknown".
+const char* VmEndReasonName(VmEndReason reason);
+
+// The end of a VM, as reported to VmManagerOptions::on_end and kept in the
+// VM's state file.
+struct VmEnd {
+  VmEndReason reason = VmEndReason::kUnknown;
+  // Exit status for kExited, signal number for kKilled, 0 otherwise.
+  int code = 0;
+  // One line for humans, e.g. "killed by signal 9".
+  std::string text;
+  // When the end was noticed, Unix milliseconds.
+  int64_t unix_ms = 0;
+};
+
 struct VmManagerOptions {
   // Directory holding disks, state and logs. Required; created (mode 0700)
   // when missing.
@@ -59,6 +94,15 @@ struct VmManagerOptions {
   // How long Stop waits after QMP "quit", then after SIGTERM, before it sends
   // SIGKILL. Default 10 s.
   int64_t stop_timeout_ms = 10000;
+  // Called once for each VM whose qemu ends while this manager runs, with
+  // why (VmEnd), after the state file records the end. Called from the
+  // manager's watcher thread (or from the thread calling Stop/Delete for
+  // kStopped) with no manager lock held: it may call the manager. May be
+  // empty.
+  std::function<void(const std::string& name, const VmEnd& end)> on_end;
+  // How often the watcher looks at running VMs. Default 200 ms; an end is
+  // noticed within about this time.
+  int64_t watch_interval_ms = 200;
 };
 
 // What a VM should run with (the CPU and memory come from the OVF).
@@ -96,6 +140,9 @@ struct VmInfo {
   std::string qmp_socket_path;
   // Launch time, Unix milliseconds.
   int64_t started_unix_ms = 0;
+  // Set once the VM's end has been noticed (state is then kStopped).
+  bool ended = false;
+  VmEnd end;
 };
 
 // Manages the qemu VMs of one host agent. Thread-safe: calls on one instance
@@ -103,9 +150,19 @@ struct VmInfo {
 // instances on one state_dir are only supported one after the other (an
 // agent restart), except that a new instance may stop or delete VMs the old
 // one launched.
+//
+// Ends: a watcher thread looks at every running VM each watch_interval_ms.
+// qemu processes this instance launched are its children and are reaped by
+// pid (waitpid on that pid only: other children of the agent, e.g. nbdkit or
+// swtpm, are never reaped here), so no zombie stays; VMs an earlier agent
+// launched are watched through /proc (pid alive and running the recorded
+// command line). Each end is written to the state file (stopped, with the
+// reason) and reported once through options.on_end.
 class VmManager {
  public:
   static StatusOr<std::unique_ptr<VmManager>> Create(const VmManagerOptions& options);
+  // Stops the watcher thread; running VMs keep running.
+  ~VmManager();
 
   VmManager(const VmManager&) = delete;
   VmManager& operator=(const VmManager&) = delete;
@@ -134,7 +191,9 @@ class VmManager {
 
   // Stops a running VM: QMP "quit", then SIGTERM, then SIGKILL, each after
   // stop_timeout_ms. A stopped VM is left as is (OK). The disk and the logs
-  // stay. NOT_FOUND when unknown.
+  // stay. NOT_FOUND when unknown. The end is recorded and reported through
+  // on_end: kStopped when Stop ended it, or the reason it had already ended
+  // for when the watcher had not noticed yet.
   Status Stop(const std::string& name);
 
   // Stops the VM and removes its disk, logs, socket and state. NOT_FOUND
@@ -156,10 +215,35 @@ class VmManager {
   std::string StatePath(const std::string& name) const;
   std::string RunPath(const std::string& name, const char* suffix) const;
   StatusOr<VmInfo> GetLocked(const std::string& name);
-  Status StopLocked(const VmInfo& info);
+  // Stops the qemu of a record that is not stopped and writes the record
+  // with the end; mu_ held.
+  StatusOr<VmEnd> StopRecordLocked(internal::VmRecord* record);
+
+  // The watcher thread's loop and one pass over the watched VMs.
+  void WatchLoop();
+  void WatchOnce();
+  // Records the end of `name` (pid `pid`) unless its record is already
+  // stopped; returns whether it did.
+  bool RecordEnd(const std::string& name, pid_t pid, const VmEnd& end);
+  void Watch(const std::string& name, pid_t pid, std::vector<std::string> argv);
+  void Unwatch(const std::string& name);
+
+  struct Watched {
+    pid_t pid = 0;
+    std::vector<std::string> argv;
+    // Rounds seen alive with an empty cmdline (exiting).
+    int exiting_rounds = 0;
+  };
 
   const VmManagerOptions options_;
   std::mutex mu_;
+
+  // Guards watched_ and quit_; never held while mu_ is taken.
+  std::mutex watch_mu_;
+  std::condition_variable watch_cv_;
+  std::map<std::string, Watched> watched_;
+  bool quit_ = false;
+  std::thread watcher_;
 };
 
 }  // namespace vmseal::vm

@@ -2,14 +2,17 @@
 // scripts/build-sample-image.sh boots, prints its marker on the serial console,
 // survives a manager restart, stops and is deleted.
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -70,6 +73,11 @@ class VmManagerQemuTest : public ::testing::Test {
     ASSERT_FALSE(marker_.empty()) << "the sample image was not built (see above)";
     options_.state_dir = dir_.File("state");
     options_.accel = Accel::kTcg;
+    options_.on_end = [this](const std::string& name, const VmEnd& end) {
+      std::lock_guard<std::mutex> lock(ends_mu_);
+      ends_.emplace_back(name, end);
+      ends_cv_.notify_all();
+    };
     auto manager = VmManager::Create(options_);
     ASSERT_OK(manager);
     manager_ = std::move(*manager);
@@ -93,8 +101,36 @@ class VmManagerQemuTest : public ::testing::Test {
     return spec;
   }
 
+  // Waits up to `timeout_ms` for the on_end report of `name`; false if none.
+  bool WaitForEnd(const std::string& name, int64_t timeout_ms, VmEnd* out) {
+    std::unique_lock<std::mutex> lock(ends_mu_);
+    return ends_cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms), [&] {
+      for (const auto& [n, e] : ends_) {
+        if (n == name) {
+          *out = e;
+          return true;
+        }
+      }
+      return false;
+    });
+  }
+
+  std::string StatePath(const std::string& name) {
+    return options_.state_dir + "/vms/" + name + ".json";
+  }
+
+  size_t EndCount(const std::string& name) {
+    std::lock_guard<std::mutex> lock(ends_mu_);
+    size_t n = 0;
+    for (const auto& e : ends_) n += e.first == name;
+    return n;
+  }
+
   static std::string image_;
   static std::string marker_;
+  std::mutex ends_mu_;
+  std::condition_variable ends_cv_;
+  std::vector<std::pair<std::string, VmEnd>> ends_;
   TempDir dir_;
   VmManagerOptions options_;
   std::unique_ptr<VmManager> manager_;
@@ -341,7 +377,94 @@ TEST_F(VmManagerQemuTest, GuestPowerOffStopsTheVm) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   EXPECT_EQ(state, VmRunState::kStopped);
+  VmEnd end;
+  ASSERT_TRUE(WaitForEnd("poweroff", 5000, &end)) << "the power-off was not reported";
+  EXPECT_EQ(end.reason, VmEndReason::kGuestPowerOff) << end.text;
+  EXPECT_EQ(end.code, 0);
+  EXPECT_EQ(EndCount("poweroff"), 1u);
+}
+
+// /proc/<pid> exists (a zombie counts: it is what must not stay behind).
+bool PidExists(pid_t pid) { return fs::exists("/proc/" + std::to_string(pid)); }
+
+TEST_F(VmManagerQemuTest, KillFromOutsideIsReportedAndReaped) {
+  auto vm = manager_->Launch(SampleSpec("killed"));
+  ASSERT_OK(vm);
+  auto start = std::chrono::steady_clock::now();
+  ASSERT_EQ(::kill(vm->pid, SIGKILL), 0);
+  VmEnd end;
+  ASSERT_TRUE(WaitForEnd("killed", 5000, &end)) << "no end reported within 5 s";
+  std::printf("[ vm ] kill -9 to end reported: %.3f s\n", SecondsSince(start));
+  EXPECT_EQ(end.reason, VmEndReason::kKilled);
+  EXPECT_EQ(end.code, SIGKILL);
+  EXPECT_EQ(end.text, "killed by signal 9");
+  EXPECT_FALSE(PidExists(vm->pid)) << "qemu left as a zombie";
+  auto info = manager_->Get("killed");
+  ASSERT_OK(info);
+  EXPECT_EQ(info->state, VmRunState::kStopped);
+  EXPECT_TRUE(info->ended);
+  EXPECT_EQ(info->end.reason, VmEndReason::kKilled);
+  EXPECT_NE(ReadFileOrDie(StatePath("killed")).find("\"reason\": \"killed\""), std::string::npos);
+  // Stop of an ended VM reports nothing more.
+  EXPECT_OK(manager_->Stop("killed"));
+  EXPECT_EQ(EndCount("killed"), 1u);
+}
+
+TEST_F(VmManagerQemuTest, SigtermFromOutsideIsReportedAsKilled) {
+  auto vm = manager_->Launch(SampleSpec("termed"));
+  ASSERT_OK(vm);
+  ASSERT_EQ(::kill(vm->pid, SIGTERM), 0);
+  VmEnd end;
+  ASSERT_TRUE(WaitForEnd("termed", 10000, &end));
+  EXPECT_EQ(end.reason, VmEndReason::kKilled) << end.text;
+  EXPECT_EQ(end.code, SIGTERM);
+  EXPECT_FALSE(PidExists(vm->pid));
+}
+
+TEST_F(VmManagerQemuTest, StopIsReportedAsStopped) {
+  auto vm = manager_->Launch(SampleSpec("stopped"));
+  ASSERT_OK(vm);
+  ASSERT_OK(manager_->Stop("stopped"));
+  VmEnd end;
+  ASSERT_TRUE(WaitForEnd("stopped", 1000, &end));
+  EXPECT_EQ(end.reason, VmEndReason::kStopped);
+  EXPECT_FALSE(PidExists(vm->pid));
+  // The watcher does not report it a second time.
+  std::this_thread::sleep_for(std::chrono::milliseconds(3 * options_.watch_interval_ms));
+  EXPECT_EQ(EndCount("stopped"), 1u);
+  auto info = manager_->Get("stopped");
+  ASSERT_OK(info);
+  EXPECT_EQ(info->end.reason, VmEndReason::kStopped);
+}
+
+TEST_F(VmManagerQemuTest, RestartedManagerNoticesLaterEnd) {
+  auto vm = manager_->Launch(SampleSpec("later"));
+  ASSERT_OK(vm);
+  manager_.reset();  // the agent goes away; qemu keeps running
+  EXPECT_EQ(EndCount("later"), 0u);
+  auto restarted = VmManager::Create(options_);
+  ASSERT_OK(restarted);
+  manager_ = std::move(*restarted);
+  auto info = manager_->Get("later");
+  ASSERT_OK(info);
+  EXPECT_EQ(info->state, VmRunState::kRunning);
+  EXPECT_FALSE(info->ended);
+  std::this_thread::sleep_for(std::chrono::milliseconds(3 * options_.watch_interval_ms));
+  EXPECT_EQ(EndCount("later"), 0u) << "a running VM was reported as ended";
+  ASSERT_EQ(::kill(vm->pid, SIGKILL), 0);
+  VmEnd end;
+  ASSERT_TRUE(WaitForEnd("later", 5000, &end));
+  // qemu is still this test process's child, so its status is known here; an
+  // agent that really restarted gets kUnknown.
+  EXPECT_TRUE(end.reason == VmEndReason::kKilled || end.reason == VmEndReason::kUnknown)
+      << end.text;
+  EXPECT_FALSE(PidExists(vm->pid));
+  auto after = manager_->Get("later");
+  ASSERT_OK(after);
+  EXPECT_EQ(after->state, VmRunState::kStopped);
+  EXPECT_TRUE(after->ended);
 }
 
 }  // namespace
 }  // namespace vmseal::vm
+

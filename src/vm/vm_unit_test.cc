@@ -285,6 +285,63 @@ void ExpectCorrupt(const std::function<void(nlohmann::json&)>& mutate, const std
   EXPECT_STATUS(ParseVmRecord(j.dump()), StatusCode::kDataLoss, substr);
 }
 
+TEST(VmRecordTest, EndRoundTrips) {
+  VmRecord in = SampleRecord();
+  in.stopped = true;
+  in.info.ended = true;
+  in.info.end.reason = VmEndReason::kKilled;
+  in.info.end.code = 9;
+  in.info.end.text = "killed by signal 9";
+  in.info.end.unix_ms = 1700000000999;
+  auto out = ParseVmRecord(SerializeVmRecord(in));
+  ASSERT_OK(out);
+  EXPECT_TRUE(out->stopped);
+  EXPECT_TRUE(out->info.ended);
+  EXPECT_EQ(out->info.end.reason, VmEndReason::kKilled);
+  EXPECT_EQ(out->info.end.code, 9);
+  EXPECT_EQ(out->info.end.text, "killed by signal 9");
+  EXPECT_EQ(out->info.end.unix_ms, 1700000000999);
+}
+
+TEST(VmRecordTest, NoEndMeansNotEnded) {
+  auto out = ParseVmRecord(SerializeVmRecord(SampleRecord()));
+  ASSERT_OK(out);
+  EXPECT_FALSE(out->info.ended);
+  EXPECT_EQ(nlohmann::json::parse(SerializeVmRecord(SampleRecord())).count("end"), 0u);
+}
+
+TEST(VmRecordTest, EveryEndReasonRoundTrips) {
+  for (VmEndReason reason : {VmEndReason::kStopped, VmEndReason::kGuestPowerOff,
+                             VmEndReason::kExited, VmEndReason::kKilled, VmEndReason::kUnknown}) {
+    VmRecord in = SampleRecord();
+    in.info.ended = true;
+    in.info.end.reason = reason;
+    auto out = ParseVmRecord(SerializeVmRecord(in));
+    ASSERT_OK(out);
+    EXPECT_EQ(out->info.end.reason, reason) << VmEndReasonName(reason);
+  }
+}
+
+TEST(VmRecordTest, UnknownEndReasonIsDataLoss) {
+  VmRecord in = SampleRecord();
+  in.info.ended = true;
+  nlohmann::json j = nlohmann::json::parse(SerializeVmRecord(in));
+  j["end"]["reason"] = "abducted";
+  EXPECT_STATUS(ParseVmRecord(j.dump()), StatusCode::kDataLoss, "end.reason");
+}
+
+TEST(VmRecordTest, EndNotAnObjectIsDataLoss) {
+  ExpectCorrupt([](nlohmann::json& j) { j["end"] = "killed"; }, "\"end\" is not an object");
+}
+
+TEST(VmRecordTest, EndWithoutCodeIsDataLoss) {
+  VmRecord in = SampleRecord();
+  in.info.ended = true;
+  nlohmann::json j = nlohmann::json::parse(SerializeVmRecord(in));
+  j["end"].erase("code");
+  EXPECT_STATUS(ParseVmRecord(j.dump()), StatusCode::kDataLoss, "\"code\"");
+}
+
 TEST(VmRecordTest, NotJsonIsDataLoss) {
   EXPECT_STATUS(ParseVmRecord("{\"version\": 1,"), StatusCode::kDataLoss, "not valid JSON");
 }

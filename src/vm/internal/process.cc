@@ -210,7 +210,22 @@ bool ProcessAlive(pid_t pid) {
   size_t paren = content.rfind(')');
   if (paren == std::string::npos || paren + 2 >= content.size()) return false;
   char state = content[paren + 2];
-  return state != 'Z' && state != 'X';
+  if (state == 'Z' || state == 'X') {
+    // It became a zombie after the waitpid above: reap it now if it is our
+    // child (only this pid), so that it does not stay a zombie; someone
+    // else's zombie is gone for our purposes.
+    // A zombie thread-group leader whose other threads are still exiting
+    // cannot be reaped yet (waitpid gives 0): our child then still counts as
+    // alive, so that callers come back and reap it.
+    pid_t again = ::waitpid(pid, &status, WNOHANG);
+    if (again == pid) {
+      std::lock_guard<std::mutex> lock(reaped_mu);
+      Reaped()[pid] = status;
+      return false;
+    }
+    return again == 0;
+  }
+  return true;
 }
 
 bool ProcessRunsCommand(pid_t pid, const std::vector<std::string>& argv) {
@@ -242,6 +257,16 @@ std::string ReapedStatusText(pid_t pid) {
   std::string text = WaitStatusText(it->second);
   Reaped().erase(it);
   return text;
+}
+
+bool TakeReapedStatus(pid_t pid, int* status) {
+  ProcessAlive(pid);
+  std::lock_guard<std::mutex> lock(reaped_mu);
+  auto it = Reaped().find(pid);
+  if (it == Reaped().end()) return false;
+  *status = it->second;
+  Reaped().erase(it);
+  return true;
 }
 
 StatusOr<std::string> QmpExecute(const std::string& socket_path, const std::string& command,

@@ -18,8 +18,11 @@ namespace vmseal::vm::internal {
 // executed; the error is known before this returns.
 StatusOr<pid_t> SpawnProcess(const std::vector<std::string>& argv, const std::string& log_path);
 
-// true when `pid` exists and is not a zombie. Reaps `pid` if it is an exited
-// child of this process.
+// true when `pid` exists and is not a zombie, or is a zombie child of this
+// process that cannot be reaped yet (its other threads still exiting). Reaps
+// `pid` (that pid only) if it is an exited child of this process.
+
+
 bool ProcessAlive(pid_t pid);
 
 // true when `pid` is alive and its /proc/<pid>/cmdline is exactly `argv`.
@@ -32,6 +35,10 @@ bool WaitForExit(pid_t pid, int64_t timeout_ms);
 // If `pid` is an exited child, its wait status as text ("exit status 1",
 // "killed by signal 9"), reported once; otherwise "".
 std::string ReapedStatusText(pid_t pid);
+
+// If `pid` is an exited child (reaped now or earlier by ProcessAlive), sets
+// *status to its wait status, forgets it and returns true; otherwise false.
+bool TakeReapedStatus(pid_t pid, int* status);
 
 // Connects to a QMP socket, negotiates capabilities and runs `command`
 // (e.g. "quit", "query-status"); returns the "return" member as JSON text.

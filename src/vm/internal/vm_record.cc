@@ -50,6 +50,12 @@ std::string SerializeVmRecord(const VmRecord& record) {
       {"started_unix_ms", i.started_unix_ms},
       {"argv", record.argv},
   };
+  if (i.ended) {
+    j["end"] = {{"reason", VmEndReasonName(i.end.reason)},
+                {"code", i.end.code},
+                {"text", i.end.text},
+                {"unix_ms", i.end.unix_ms}};
+  }
   return j.dump(2) + "\n";
 }
 
@@ -101,6 +107,27 @@ StatusOr<VmRecord> ParseVmRecord(const std::string& text) {
   for (const json& a : *argv) {
     if (!a.is_string()) return Corrupt("field \"argv\" holds a non-string");
     r.argv.push_back(a.get<std::string>());
+  }
+  // "end" is optional: records written before ends were tracked, and VMs
+  // that have not ended, have none.
+  auto end = j.find("end");
+  if (end != j.end()) {
+    if (!end->is_object()) return Corrupt("field \"end\" is not an object");
+    ASSIGN_OR_RETURN(std::string reason, GetString(*end, "reason"));
+    bool known = false;
+    for (VmEndReason rr : {VmEndReason::kStopped, VmEndReason::kGuestPowerOff,
+                           VmEndReason::kExited, VmEndReason::kKilled, VmEndReason::kUnknown}) {
+      if (reason == VmEndReasonName(rr)) {
+        i.end.reason = rr;
+        known = true;
+      }
+    }
+    if (!known) return Corrupt("field \"end.reason\" unknown: " + reason);
+    ASSIGN_OR_RETURN(int64_t code, GetInt(*end, "code", INT32_MIN, INT32_MAX));
+    i.end.code = static_cast<int>(code);
+    ASSIGN_OR_RETURN(i.end.text, GetString(*end, "text"));
+    ASSIGN_OR_RETURN(i.end.unix_ms, GetInt(*end, "unix_ms", 0, INT64_MAX));
+    i.ended = true;
   }
   return r;
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up (packages + build) and runs the whole test suite: the Release build
-# with every label, then the ASan+UBSan build of the unit tests.
+# with every label, the fuzz targets (corpus replay and a short run each),
+# then the ASan+UBSan build of the unit tests.
 #   scripts/test.sh               everything
 #   VMSEAL_TEST_LABELS=unit scripts/test.sh   only tests with that label
 set -euo pipefail
@@ -10,6 +11,11 @@ labels=${VMSEAL_TEST_LABELS:-}
 args=(--output-on-failure -j "$(nproc)" --timeout 900)
 [ -n "$labels" ] && args+=(-L "$labels")
 (cd build && ctest "${args[@]}")
+# Fuzzing (docs/fuzzing.md): replays every seed corpus and fuzzes each target
+# for a few seconds (clang-16 + ASan/UBSan build in build-fuzz/).
+if [ "${VMSEAL_SKIP_FUZZ:-0}" != 1 ]; then
+  bash scripts/fuzz.sh "${VMSEAL_FUZZ_SECONDS:-5}"
+fi
 if [ "${VMSEAL_SKIP_SANITIZE:-0}" != 1 ]; then
   bash scripts/setup.sh --sanitize
   (cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \

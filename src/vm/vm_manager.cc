@@ -85,17 +85,36 @@ VmInfo InfoOf(const VmRecord& record) {
   return info;
 }
 
-Status CheckDiskFormat(const VmSpec& spec) {
-  ASSIGN_OR_RETURN(auto file, Env::Default()->NewRandomAccessFile(spec.disk_path));
+Status CheckDiskFormat(const VmDisk& disk) {
+  ASSIGN_OR_RETURN(auto file, Env::Default()->NewRandomAccessFile(disk.path));
   ASSIGN_OR_RETURN(disk_format::DiskInfo found, disk_format::Inspect(*file));
   const DiskFormat format =
       found.format == disk_format::Format::kQcow2 ? DiskFormat::kQcow2 : DiskFormat::kRaw;
-  if (format != spec.disk_format) {
+  if (format != disk.format) {
     return InvalidArgumentError(std::string(disk_format::kRefusalPrefix) + "disk is " +
                                 disk_format::FormatName(found.format) + ", launched as " +
-                                DiskFormatName(spec.disk_format));
+                                DiskFormatName(disk.format));
   }
   return OkStatus();
+}
+
+// A local disk: a regular file, narrowed to 0600, of the format it is
+// launched as.
+Status CheckLocalDisk(const VmDisk& disk) {
+  struct stat st;
+  if (::stat(disk.path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return NotFoundError("vm disk missing: " + disk.path);
+    return ErrnoToStatus(errno, "stat", disk.path);
+  }
+  if (!S_ISREG(st.st_mode)) {
+    return InvalidArgumentError("vm disk is not a regular file: " + disk.path);
+  }
+  if ((st.st_mode & 0077) != 0 && ::chmod(disk.path.c_str(), 0600) != 0) {
+    return ErrnoToStatus(errno, "chmod", disk.path);
+  }
+  // The disk-format rules once more, right before qemu sees the disk, with
+  // the format qemu will be told (docs/format/disk-format.md §6).
+  return CheckDiskFormat(disk);
 }
 
 // The signal qemu says it terminated on ("terminating on signal N" in its
@@ -335,26 +354,19 @@ StatusOr<VmInfo> VmManager::Launch(const VmSpec& spec) {
   if (Env::Default()->FileExists(state_path)) {
     return AlreadyExistsError("vm " + spec.name + " already exists");
   }
-  struct stat st;
-  if (::stat(spec.disk_path.c_str(), &st) != 0) {
-    if (errno == ENOENT) return NotFoundError("vm disk missing: " + spec.disk_path);
-    return ErrnoToStatus(errno, "stat", spec.disk_path);
-  }
-  if (!S_ISREG(st.st_mode)) {
-    return InvalidArgumentError("vm disk is not a regular file: " + spec.disk_path);
-  }
-  if ((st.st_mode & 0077) != 0 && ::chmod(spec.disk_path.c_str(), 0600) != 0) {
-    return ErrnoToStatus(errno, "chmod", spec.disk_path);
-  }
-  // The disk-format rules once more, right before qemu sees the disk, with
-  // the format qemu will be told (docs/format/disk-format.md §6).
-  RETURN_IF_ERROR(CheckDiskFormat(spec));
+  const std::vector<VmDisk> disks = internal::DisksOf(spec);
+  for (const VmDisk& disk : disks) RETURN_IF_ERROR(CheckLocalDisk(disk));
 
   VmRecord record;
   VmInfo& info = record.info;
   info.name = spec.name;
-  info.disk_path = spec.disk_path;
-  info.disk_format = spec.disk_format;
+  info.disks = disks;
+  for (const VmDisk& disk : disks) {
+    if (disk.boot) {
+      info.disk_path = disk.path;
+      info.disk_format = disk.format;
+    }
+  }
   info.cpus = spec.cpus;
   info.memory_mib = spec.memory_mib;
   info.accel = ResolvedAccel();
@@ -512,6 +524,7 @@ Status VmManager::Delete(const std::string& name) {
   ASSIGN_OR_RETURN(VmRecord record, ReadRecord(StatePath(name), name));
   // The decrypted disk first: it is the one thing that must not stay behind.
   RETURN_IF_ERROR(RemoveIfExists(record.info.disk_path));
+  for (const VmDisk& disk : record.info.disks) RETURN_IF_ERROR(RemoveIfExists(disk.path));
   RETURN_IF_ERROR(RemoveIfExists(record.info.serial_log_path));
   RETURN_IF_ERROR(RemoveIfExists(record.info.qemu_log_path));
   RETURN_IF_ERROR(RemoveIfExists(record.info.qmp_socket_path));

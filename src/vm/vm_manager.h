@@ -105,6 +105,18 @@ struct VmManagerOptions {
   int64_t watch_interval_ms = 200;
 };
 
+// One disk of a VM in VmSpec::disks: a local raw or qcow2 file, inspected
+// (src/disk_format) right before qemu starts, attached as a virtio-blk device.
+struct VmDisk {
+  // Must exist and be a regular file; its mode is narrowed to 0600 at launch.
+  // Delete removes it.
+  std::string path;
+  DiskFormat format = DiskFormat::kRaw;
+  // Exactly one disk of a list boots (bootindex=0); the others are attached
+  // in list order.
+  bool boot = false;
+};
+
 // What a VM should run with (the CPU and memory come from the OVF).
 struct VmSpec {
   // Identifier: 1 to 64 of [A-Za-z0-9._-], not starting with '.'.
@@ -113,6 +125,11 @@ struct VmSpec {
   // it is normally DiskPath(name). Its mode is narrowed to 0600 at launch.
   std::string disk_path;
   DiskFormat disk_format = DiskFormat::kRaw;
+  // Every disk in order (the i-th is attached as the i-th virtio-blk device,
+  // block nodes disk<i>-file and disk<i>). When non-empty, disk_path must be
+  // empty and exactly one entry has boot set; when empty, the VM has the one
+  // disk disk_path/disk_format, which boots (the single-disk form).
+  std::vector<VmDisk> disks;
   // Virtual CPUs, 1..256. Default 1.
   uint32_t cpus = 1;
   // Guest memory in MiB, 16..1048576. Default 256.
@@ -129,8 +146,11 @@ struct VmInfo {
   VmRunState state = VmRunState::kStopped;
   // qemu's pid as recorded at launch (meaningful while kRunning).
   pid_t pid = 0;
+  // The boot disk.
   std::string disk_path;
   DiskFormat disk_format = DiskFormat::kRaw;
+  // Every disk, in attachment order (the single-disk form gives one entry).
+  std::vector<VmDisk> disks;
   uint32_t cpus = 0;
   uint64_t memory_mib = 0;
   // The accelerator actually used: kKvm or kTcg.

@@ -17,8 +17,11 @@
 
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
+
 #include "crypto/primitives.h"
 #include "testing/test_util.h"
+#include "vm/internal/process.h"
 #include "vm/vm_manager.h"
 
 namespace vmseal::vm {
@@ -463,6 +466,52 @@ TEST_F(VmManagerQemuTest, RestartedManagerNoticesLaterEnd) {
   ASSERT_OK(after);
   EXPECT_EQ(after->state, VmRunState::kStopped);
   EXPECT_TRUE(after->ended);
+}
+
+// Three disks; the second is flagged boot. The first is bootable too (a
+// sample image with another marker), so booting the flagged one shows
+// bootindex=0 won over list order; QMP shows three block devices on the
+// nodes disk0..disk2 (the sample guest's kernel is quiet: its own view of the
+// disks is not on the console).
+TEST_F(VmManagerQemuTest, ThreeDisksBootTheFlaggedOne) {
+  std::string other = dir_.File("other.img");
+  std::string out;
+  ASSERT_EQ(RunCommand({vmseal::testing::SourceDir() + "/scripts/build-sample-image.sh", other,
+                        "--marker", "first-disk-booted-wrongly"},
+                       &out, 600),
+            0)
+      << out;
+  VmSpec spec;
+  spec.name = "three";
+  std::string a = dir_.File("state/disks/three-a.img");
+  std::string b = *manager_->DiskPath("three");
+  std::string c = dir_.File("state/disks/three-c.img");
+  fs::rename(other, a);
+  fs::copy_file(image_, b, fs::copy_options::overwrite_existing);
+  crypto::Bytes blank = crypto::RandomBytes(4 << 20);
+  vmseal::testing::WriteFileOrDie(c, std::string(blank.begin(), blank.end()));
+  spec.disks = {{a, DiskFormat::kRaw, false}, {b, DiskFormat::kRaw, true},
+                {c, DiskFormat::kRaw, false}};
+  auto vm = manager_->Launch(spec);
+  ASSERT_OK(vm);
+  EXPECT_EQ(vm->disk_path, b);
+  ASSERT_EQ(vm->disks.size(), 3u);
+  ASSERT_OK(manager_->WaitForSerialMarker("three", marker_, kBootTimeoutMs));
+  EXPECT_EQ(ReadFileOrDie(vm->serial_log_path).find("first-disk-booted-wrongly"),
+            std::string::npos);
+  auto blocks = internal::QmpExecute(vm->qmp_socket_path, "query-block", 5000);
+  ASSERT_OK(blocks);
+  nlohmann::json list = nlohmann::json::parse(*blocks);
+  ASSERT_TRUE(list.is_array());
+  std::vector<std::string> nodes;
+  for (const auto& dev : list) {
+    if (dev.contains("inserted")) nodes.push_back(dev["inserted"]["node-name"]);
+  }
+  EXPECT_EQ(nodes, (std::vector<std::string>{"disk0", "disk1", "disk2"})) << *blocks;
+  ASSERT_OK(manager_->Delete("three"));
+  EXPECT_FALSE(fs::exists(a));
+  EXPECT_FALSE(fs::exists(b));
+  EXPECT_FALSE(fs::exists(c));
 }
 
 }  // namespace

@@ -126,6 +126,76 @@ TEST(QemuCommandTest, Qcow2DiskHasNoBackingAndNoDataFile) {
   EXPECT_EQ(FlagValue(argv, "-device"), "virtio-blk-pci,drive=disk0,bootindex=0");
 }
 
+VmSpec ThreeDiskSpec() {
+  VmSpec spec = SampleSpec();
+  spec.disk_path.clear();
+  spec.disks = {{"/d/a.img", DiskFormat::kRaw, false},
+                {"/d/b.qcow2", DiskFormat::kQcow2, true},
+                {"/d/c.img", DiskFormat::kRaw, false}};
+  return spec;
+}
+
+TEST(QemuCommandTest, DiskListIsAttachedInOrderWithTheBootDiskAtBootindex0) {
+  auto argv = BuildQemuArgv("qemu", ThreeDiskSpec(), Accel::kTcg, kPaths);
+  auto nodes = BlockdevNodes(argv);
+  ASSERT_EQ(nodes.size(), 6u);
+  EXPECT_EQ(nodes[0], nlohmann::json({{"driver", "file"},
+                                      {"node-name", "disk0-file"},
+                                      {"filename", "/d/a.img"}}));
+  EXPECT_EQ(nodes[1], nlohmann::json({{"driver", "raw"},
+                                      {"node-name", "disk0"},
+                                      {"file", "disk0-file"}}));
+  EXPECT_EQ(nodes[2], nlohmann::json({{"driver", "file"},
+                                      {"node-name", "disk1-file"},
+                                      {"filename", "/d/b.qcow2"}}));
+  EXPECT_EQ(nodes[3], nlohmann::json({{"driver", "qcow2"},
+                                      {"node-name", "disk1"},
+                                      {"file", "disk1-file"},
+                                      {"backing", nullptr}}));
+  EXPECT_EQ(nodes[4], nlohmann::json({{"driver", "file"},
+                                      {"node-name", "disk2-file"},
+                                      {"filename", "/d/c.img"}}));
+  EXPECT_EQ(nodes[5], nlohmann::json({{"driver", "raw"},
+                                      {"node-name", "disk2"},
+                                      {"file", "disk2-file"}}));
+  EXPECT_EQ(FlagValue(argv, "-device", 0), "virtio-blk-pci,drive=disk0");
+  EXPECT_EQ(FlagValue(argv, "-device", 1), "virtio-blk-pci,drive=disk1,bootindex=0");
+  EXPECT_EQ(FlagValue(argv, "-device", 2), "virtio-blk-pci,drive=disk2");
+  EXPECT_EQ(FlagValue(argv, "-device", 3), "");
+}
+
+TEST(VmSpecTest, DiskListNeedsExactlyOneBootDisk) {
+  VmSpec spec = ThreeDiskSpec();
+  EXPECT_OK(internal::ValidateVmSpec(spec));
+  spec.disks[0].boot = true;
+  EXPECT_STATUS(internal::ValidateVmSpec(spec), StatusCode::kInvalidArgument,
+                "exactly one boot disk, has 2");
+  spec.disks[0].boot = spec.disks[1].boot = false;
+  EXPECT_STATUS(internal::ValidateVmSpec(spec), StatusCode::kInvalidArgument,
+                "exactly one boot disk, has 0");
+}
+
+TEST(VmSpecTest, DiskListAndDiskPathTogetherAreRejected) {
+  VmSpec spec = ThreeDiskSpec();
+  spec.disk_path = "/d/x.img";
+  EXPECT_STATUS(internal::ValidateVmSpec(spec), StatusCode::kInvalidArgument,
+                "both disk_path and a disk list");
+}
+
+TEST(VmSpecTest, SameFileTwiceIsRejected) {
+  VmSpec spec = ThreeDiskSpec();
+  spec.disks[2].path = "/d/a.img";
+  EXPECT_STATUS(internal::ValidateVmSpec(spec), StatusCode::kInvalidArgument,
+                "disks 0 and 2 are the same file");
+}
+
+TEST(VmSpecTest, EmptyDiskInListIsRejected) {
+  VmSpec spec = ThreeDiskSpec();
+  spec.disks[1].path.clear();
+  EXPECT_STATUS(internal::ValidateVmSpec(spec), StatusCode::kInvalidArgument,
+                "disk 1 path is empty");
+}
+
 TEST(QemuCommandTest, NoLegacyDriveOption) {
   VmSpec spec = SampleSpec();
   for (DiskFormat f : {DiskFormat::kRaw, DiskFormat::kQcow2}) {
@@ -283,6 +353,29 @@ void ExpectCorrupt(const std::function<void(nlohmann::json&)>& mutate, const std
   nlohmann::json j = nlohmann::json::parse(SerializeVmRecord(SampleRecord()));
   mutate(j);
   EXPECT_STATUS(ParseVmRecord(j.dump()), StatusCode::kDataLoss, substr);
+}
+
+TEST(VmRecordTest, DiskListRoundTrips) {
+  VmRecord in = SampleRecord();
+  in.info.disks = ThreeDiskSpec().disks;
+  auto out = ParseVmRecord(SerializeVmRecord(in));
+  ASSERT_OK(out);
+  ASSERT_EQ(out->info.disks.size(), 3u);
+  EXPECT_EQ(out->info.disks[1].path, "/d/b.qcow2");
+  EXPECT_EQ(out->info.disks[1].format, DiskFormat::kQcow2);
+  EXPECT_TRUE(out->info.disks[1].boot);
+  EXPECT_FALSE(out->info.disks[2].boot);
+}
+
+TEST(VmRecordTest, RecordWithoutDisksHasItsOneBootDisk) {
+  nlohmann::json j = nlohmann::json::parse(SerializeVmRecord(SampleRecord()));
+  j.erase("disks");
+  auto out = ParseVmRecord(j.dump());
+  ASSERT_OK(out);
+  ASSERT_EQ(out->info.disks.size(), 1u);
+  EXPECT_EQ(out->info.disks[0].path, "/s/disks/web-1.img");
+  EXPECT_EQ(out->info.disks[0].format, DiskFormat::kQcow2);
+  EXPECT_TRUE(out->info.disks[0].boot);
 }
 
 TEST(VmRecordTest, EndRoundTrips) {

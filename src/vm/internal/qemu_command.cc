@@ -30,9 +30,47 @@ Status ValidateVmSpec(const VmSpec& spec) {
                                 std::to_string(kMaxMemoryMib) + " MiB, got " +
                                 std::to_string(spec.memory_mib));
   }
-  if (spec.disk_path.empty()) return InvalidArgumentError("vm disk path is empty");
+  if (spec.disks.empty()) {
+    if (spec.disk_path.empty()) return InvalidArgumentError("vm disk path is empty");
+    return OkStatus();
+  }
+  if (!spec.disk_path.empty()) {
+    return InvalidArgumentError("vm spec has both disk_path and a disk list");
+  }
+  if (spec.disks.size() > kMaxDisks) {
+    return InvalidArgumentError("vm has more than " + std::to_string(kMaxDisks) + " disks");
+  }
+  size_t boots = 0;
+  for (size_t i = 0; i < spec.disks.size(); ++i) {
+    if (spec.disks[i].path.empty()) {
+      return InvalidArgumentError("vm disk " + std::to_string(i) + " path is empty");
+    }
+    for (size_t j = 0; j < i; ++j) {
+      if (spec.disks[j].path == spec.disks[i].path) {
+        return InvalidArgumentError("vm disks " + std::to_string(j) + " and " +
+                                    std::to_string(i) + " are the same file");
+      }
+    }
+    boots += spec.disks[i].boot ? 1 : 0;
+  }
+  if (boots != 1) {
+    return InvalidArgumentError("vm disk list must have exactly one boot disk, has " +
+                                std::to_string(boots));
+  }
   return OkStatus();
 }
+
+std::vector<VmDisk> DisksOf(const VmSpec& spec) {
+  if (!spec.disks.empty()) return spec.disks;
+  VmDisk disk;
+  disk.path = spec.disk_path;
+  disk.format = spec.disk_format;
+  disk.boot = true;
+  return {disk};
+}
+
+std::string DiskFileNodeName(size_t index) { return "disk" + std::to_string(index) + "-file"; }
+std::string DiskNodeName(size_t index) { return "disk" + std::to_string(index); }
 
 std::string QemuEscape(const std::string& value) {
   std::string out;
@@ -44,21 +82,24 @@ std::string QemuEscape(const std::string& value) {
   return out;
 }
 
-std::string DiskProtocolNode(const VmSpec& spec) {
+std::string DiskProtocolNode(const VmDisk& disk, size_t index) {
   nlohmann::json node = {{"driver", "file"},
-                         {"node-name", kDiskFileNodeName},
-                         {"filename", spec.disk_path}};
+                         {"node-name", DiskFileNodeName(index)},
+                         {"filename", disk.path}};
   return DumpJson(node);
 }
 
-std::string DiskFormatNode(const VmSpec& spec) {
-  nlohmann::json node = {{"driver", DiskFormatName(spec.disk_format)},
-                         {"node-name", kDiskNodeName},
-                         {"file", kDiskFileNodeName}};
+std::string DiskFormatNode(const VmDisk& disk, size_t index) {
+  nlohmann::json node = {{"driver", DiskFormatName(disk.format)},
+                         {"node-name", DiskNodeName(index)},
+                         {"file", DiskFileNodeName(index)}};
   // Whatever a qcow2 header names as its backing file, qemu opens none.
-  if (spec.disk_format == DiskFormat::kQcow2) node["backing"] = nullptr;
+  if (disk.format == DiskFormat::kQcow2) node["backing"] = nullptr;
   return DumpJson(node);
 }
+
+std::string DiskProtocolNode(const VmSpec& spec) { return DiskProtocolNode(DisksOf(spec)[0], 0); }
+std::string DiskFormatNode(const VmSpec& spec) { return DiskFormatNode(DisksOf(spec)[0], 0); }
 
 std::vector<std::string> BuildQemuArgv(const std::string& qemu_binary, const VmSpec& spec,
                                        Accel accel, const QemuPaths& paths) {
@@ -75,10 +116,15 @@ std::vector<std::string> BuildQemuArgv(const std::string& qemu_binary, const VmS
       "-chardev", "socket,id=qmp0,path=" + QemuEscape(paths.qmp_socket) + ",server=on,wait=off",
       "-mon", "chardev=qmp0,mode=control",
       "-sandbox", kQemuSandbox,
-      "-blockdev", DiskProtocolNode(spec),
-      "-blockdev", DiskFormatNode(spec),
-      "-device", std::string("virtio-blk-pci,drive=") + kDiskNodeName + ",bootindex=0",
   };
+  const std::vector<VmDisk> disks = DisksOf(spec);
+  for (size_t i = 0; i < disks.size(); ++i) {
+    argv.insert(argv.end(), {"-blockdev", DiskProtocolNode(disks[i], i), "-blockdev",
+                             DiskFormatNode(disks[i], i)});
+    std::string device = "virtio-blk-pci,drive=" + DiskNodeName(i);
+    if (disks[i].boot) device += ",bootindex=0";
+    argv.insert(argv.end(), {"-device", device});
+  }
   if (spec.user_network) {
     argv.insert(argv.end(), {"-nic", "user,model=virtio-net-pci"});
   } else {

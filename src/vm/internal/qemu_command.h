@@ -15,6 +15,7 @@ inline constexpr uint32_t kMaxCpus = 256;
 inline constexpr uint64_t kMinMemoryMib = 16;
 inline constexpr uint64_t kMaxMemoryMib = 1048576;
 inline constexpr size_t kMaxNameLength = 64;
+inline constexpr size_t kMaxDisks = 16;
 
 // The files qemu uses for one VM.
 struct QemuPaths {
@@ -28,6 +29,10 @@ Status ValidateVmName(const std::string& name);
 
 // Name, cpus, memory and a non-empty disk path.
 Status ValidateVmSpec(const VmSpec& spec);
+
+// The spec's disks as a list: spec.disks, or the one boot disk
+// {disk_path, disk_format} of the single-disk form.
+std::vector<VmDisk> DisksOf(const VmSpec& spec);
 
 // Doubles every ',' so that `value` is one qemu option value.
 std::string QemuEscape(const std::string& value);
@@ -49,12 +54,19 @@ std::string DiskProtocolNode(const VmSpec& spec);
 // {"driver":"raw",...} or {"driver":"qcow2",...,"backing":null}; never a
 // data-file (docs/format/disk-format.md §6).
 std::string DiskFormatNode(const VmSpec& spec);
+// The same for disk `index` of a list (node names disk<index>-file, disk<index>).
+std::string DiskProtocolNode(const VmDisk& disk, size_t index);
+std::string DiskFormatNode(const VmDisk& disk, size_t index);
 
 // The argv (argv[0] = qemu_binary) running `spec` headless: no display, no
 // default devices, the seccomp sandbox (kQemuSandbox), the serial port to
 // paths.serial_log, QMP on paths.qmp_socket, the disk as an explicit
 // -blockdev graph (file node, format node) on virtio-blk-pci as the boot
 // device, no NIC unless user_network. `accel` must be kKvm or kTcg.
+// The node names of disk `index`: "disk<index>-file" and "disk<index>".
+std::string DiskFileNodeName(size_t index);
+std::string DiskNodeName(size_t index);
+
 std::vector<std::string> BuildQemuArgv(const std::string& qemu_binary, const VmSpec& spec,
                                        Accel accel, const QemuPaths& paths);
 

@@ -50,6 +50,11 @@ std::string SerializeVmRecord(const VmRecord& record) {
       {"started_unix_ms", i.started_unix_ms},
       {"argv", record.argv},
   };
+  json disks = json::array();
+  for (const VmDisk& d : i.disks) {
+    disks.push_back({{"path", d.path}, {"format", DiskFormatName(d.format)}, {"boot", d.boot}});
+  }
+  j["disks"] = disks;
   if (i.ended) {
     j["end"] = {{"reason", VmEndReasonName(i.end.reason)},
                 {"code", i.end.code},
@@ -107,6 +112,33 @@ StatusOr<VmRecord> ParseVmRecord(const std::string& text) {
   for (const json& a : *argv) {
     if (!a.is_string()) return Corrupt("field \"argv\" holds a non-string");
     r.argv.push_back(a.get<std::string>());
+  }
+  // "disks" is optional (records of the single-disk form written before it
+  // existed): then the one boot disk disk_path/disk_format.
+  auto disks = j.find("disks");
+  if (disks == j.end()) {
+    VmDisk d;
+    d.path = i.disk_path;
+    d.format = i.disk_format;
+    d.boot = true;
+    i.disks.push_back(d);
+  } else {
+    if (!disks->is_array()) return Corrupt("field \"disks\" is not an array");
+    for (const json& e : *disks) {
+      if (!e.is_object()) return Corrupt("field \"disks\" holds a non-object");
+      VmDisk d;
+      ASSIGN_OR_RETURN(d.path, GetString(e, "path"));
+      ASSIGN_OR_RETURN(std::string f, GetString(e, "format"));
+      auto pf = ParseDiskFormat(f);
+      if (!pf.ok()) return Corrupt(pf.status().message());
+      d.format = *pf;
+      auto boot = e.find("boot");
+      if (boot == e.end() || !boot->is_boolean()) {
+        return Corrupt("field \"disks[].boot\" missing or not a boolean");
+      }
+      d.boot = boot->get<bool>();
+      i.disks.push_back(d);
+    }
   }
   // "end" is optional: records written before ends were tracked, and VMs
   // that have not ended, have none.

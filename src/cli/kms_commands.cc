@@ -294,6 +294,20 @@ void AddOperatorCommands(CLI::App* kms, std::shared_ptr<KmsFlags> flags, const C
     sink(c.ok() ? Print((*c)->Put("/v1/hosts/" + flags->host + "/tags", {{"tags", flags->tags}}))
                 : c.status());
   });
+  auto approve_ek_sha256 = std::make_shared<std::string>();
+  CLI::App* approve = host->add_subcommand(
+      "approve-ek", "Pin another TPM's EK to a host id (after a TPM replacement); audited");
+  AddOperatorFlags(approve, f);
+  approve->add_option("--host", f->host, "Host id")->required();
+  approve->add_option("--ek-sha256", *approve_ek_sha256,
+                      "SHA-256 (hex) of the new EK's public key, as the ek_mismatch denial names it")
+      ->required();
+  approve->callback([flags, approve_ek_sha256, sink] {
+    auto c = OperatorClient(*flags);
+    sink(c.ok() ? Print((*c)->Post("/v1/hosts/" + flags->host + "/ek-approval",
+                                   {{"ek_sha256", *approve_ek_sha256}}))
+                : c.status());
+  });
   CLI::App* history = host->add_subcommand("history", "A host's attestation verdicts");
   AddOperatorFlags(history, f);
   history->add_option("--host", f->host, "Host id")->required();

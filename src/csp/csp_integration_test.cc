@@ -357,9 +357,12 @@ TEST_F(PoolIntegrationTest, ImagePolicyAtTheKmsRestrictsThePoolByTags) {
   std::string image_id = CustomerWithSealedImage(
       R"({"flavors":{"anyOf":["good-boot"]},"required_tags":["region=eu-west"]})");
   ASSERT_FALSE(image_id.empty());
-  // The KMS now holds the image's policy.
-  auto stored = KmsClientAs("operator")->Get("/v1/policies/" + customer_id_ + "/" + image_id);
+  // The KMS now holds the image's policy, under the identity the key-wrap
+  // label binds (the tag's imageId), which a release looks up.
+  auto stored =
+      KmsClientAs("operator")->Get("/v1/policies/" + customer_id_ + "/" + tagged_image_id_);
   ASSERT_OK(stored);
+  EXPECT_EQ((*stored)["image_id"], tagged_image_id_);
   EXPECT_EQ((*stored)["policy"]["required_tags"][0], "region=eu-west");
   RegisterHosts();
   json job = Customer({"launch", image_id});
@@ -374,7 +377,7 @@ TEST_F(PoolIntegrationTest, ImagePolicyAtTheKmsRestrictsThePoolByTags) {
   std::string out;
   EXPECT_NE(RunCommand(argv, &out, 60), 0);
   EXPECT_THAT(out, HasSubstr("flavors"));
-  stored = KmsClientAs("operator")->Get("/v1/policies/" + customer_id_ + "/" + image_id);
+  stored = KmsClientAs("operator")->Get("/v1/policies/" + customer_id_ + "/" + tagged_image_id_);
   ASSERT_OK(stored);
   EXPECT_EQ((*stored)["policy"]["required_tags"][0], "region=eu-west");
 }

@@ -23,6 +23,7 @@ std::string ReasonFor(const Status& s) {
     return s.code() == StatusCode::kUnavailable ? "kms_unavailable" : "kms_error";
   }
   if (m.starts_with("package rejected")) return "package_rejected";
+  if (m.starts_with("tenant_mismatch:")) return "tenant_mismatch";
   if (m.starts_with("job cannot move")) return "bad_transition";
   if (m == "no such job on this host") return "not_assigned";
   if (m == "host is not registered") return "not_registered";
@@ -75,7 +76,8 @@ json ToJson(const ReleasePolicy& p) {
 json ToJson(const ImageInfo& i) {
   return {{"image_id", i.image_id},         {"name", i.name},
           {"size_bytes", i.size_bytes},     {"sha256", i.sha256_hex},
-          {"policy", ToJson(i.policy)},     {"created_unix", i.created_unix}};
+          {"policy", ToJson(i.policy)},     {"created_unix", i.created_unix},
+          {"tagged_image_id", i.tagged_image_id}};
 }
 
 json ToJson(const UploadState& u) {
@@ -131,6 +133,12 @@ json ToJson(const Job& j, bool for_host = false) {
     out["tagged_image_id"] = j.tagged_image_id;
   }
   return out;
+}
+
+// The image's identity at the KMS: the tag's imageId (what the key-wrap
+// label binds and release looks the policy up by).
+std::string KmsImageId(const ImageInfo& i) {
+  return i.tagged_image_id.empty() ? i.image_id : i.tagged_image_id;
 }
 
 StatusOr<ReleasePolicy> PolicyFrom(const json& body) {
@@ -322,10 +330,19 @@ void RegisterPortalRoutes(httplib::Server& server, const PortalServices& svc) {
                     return InvalidArgumentError("kms_policy must be a JSON object");
                   }
                   ASSIGN_OR_RETURN(ImageInfo i, svc.images->CommitUpload(p, c));
+                  if (!i.key_id.empty()) {
+                    // The KMS learns the tag's identity, owned by this
+                    // customer: grants and this image's policy need it.
+                    Status reg = svc.kms->RegisterImage(p.customer_id, i.tagged_image_id, i.key_id);
+                    if (!reg.ok()) {
+                      (void)svc.images->DeleteImage(p, i.image_id);
+                      return Status(reg.code(), "KMS image registration: " + reg.message());
+                    }
+                  }
                   if (has_kms_policy) {
                     // The KMS owns the release policy; an image whose policy
                     // the KMS refused is not kept.
-                    Status put = svc.kms->PutImagePolicy(p.customer_id, i.image_id,
+                    Status put = svc.kms->PutImagePolicy(p.customer_id, KmsImageId(i),
                                                          DumpJson(body["kms_policy"]));
                     if (!put.ok()) {
                       (void)svc.images->DeleteImage(p, i.image_id);
@@ -368,9 +385,10 @@ void RegisterPortalRoutes(httplib::Server& server, const PortalServices& svc) {
                  ASSIGN_OR_RETURN(Principal p, who(req));
                  ASSIGN_OR_RETURN(ImageInfo i, svc.images->GetImage(p, req.matches[1]));
                  ASSIGN_OR_RETURN(json body, ParseBody(req));
-                 RETURN_IF_ERROR(svc.kms->PutImagePolicy(p.customer_id, i.image_id, DumpJson(body))
+                 RETURN_IF_ERROR(svc.kms->PutImagePolicy(p.customer_id, KmsImageId(i), DumpJson(body))
                                      .WithPrefix("KMS policy"));
-                 return json{{"image_id", i.image_id}, {"kms_policy", body}};
+                 return json{{"image_id", i.image_id}, {"kms_image_id", KmsImageId(i)},
+                             {"kms_policy", body}};
                });
              });
   server.Get(R"(/v1/images/([A-Za-z0-9-]+)/package)",

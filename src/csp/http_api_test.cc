@@ -249,7 +249,10 @@ TEST_F(HttpApiTest, CommitForwardsTheKmsPolicyOfTheImage) {
   json i = json::parse(img->body);
   auto key = client_->Get("/v1/customer/key", auth);
   std::string customer = json::parse(key->body)["customer_id"];
-  EXPECT_NE(kms_.policy(customer, i["image_id"]).find("good"), std::string::npos);
+  // Under the image's identity at the KMS: its tag's imageId.
+  ASSERT_TRUE(i.contains("tagged_image_id"));
+  EXPECT_NE(kms_.policy(customer, i["tagged_image_id"]).find("good"), std::string::npos);
+  EXPECT_EQ(kms_.policy(customer, i["image_id"]), "");
 }
 
 TEST_F(HttpApiTest, ImageWhosePolicyTheKmsRefusesIsNotKept) {

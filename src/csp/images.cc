@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "crypto/keys.h"
 #include "crypto/primitives.h"
 
 namespace vmseal::csp {
@@ -34,6 +35,25 @@ ImageInfo ToInfo(const ImageRecord& r) {
   auto policy = ReleasePolicyFromJson(r.policy_json);
   if (policy.ok()) info.policy = *policy;
   return info;
+}
+
+// The package must be sealed for the uploader: the tag's tenant is the
+// customer's id and its key id names the customer's key. PERMISSION_DENIED
+// "tenant_mismatch: ..." naming both otherwise.
+Status CheckPackageOwner(const VerifiedPackage& p, const CustomerRecord& uploader) {
+  std::string key_ids = uploader.key_id;
+  bool key_ok = !uploader.key_id.empty() && p.key_id == uploader.key_id;
+  auto spki = crypto::KeyIdOfPem(uploader.public_key_pem);
+  if (spki.ok()) {
+    key_ids += " or sha256:" + *spki;
+    key_ok = key_ok || p.key_id == "sha256:" + *spki;
+  }
+  if (p.tenant != uploader.customer_id || !key_ok) {
+    return PermissionDeniedError("tenant_mismatch: the package is sealed for tenant '" + p.tenant +
+                                 "' with key '" + p.key_id + "', but the uploader is tenant '" +
+                                 uploader.customer_id + "' with key '" + key_ids + "'");
+  }
+  return OkStatus();
 }
 
 UploadState ToState(const store::UploadSession& s) {
@@ -117,9 +137,13 @@ StatusOr<ImageInfo> ImageService::CommitUpload(const Principal& who,
                                   std::to_string(options_.max_customer_bytes) + " bytes exceeded");
   }
   VerifiedPackage verified;
+  // Checked before anything is published: a refused package leaves no
+  // object, no session and no staged bytes.
   auto verify = [&](const RandomAccessFile& content, const std::string& local_path) -> Status {
     ASSIGN_OR_RETURN(verified, verifier_->Verify(content, local_path));
-    return OkStatus();
+    if (verified.tenant.empty()) return OkStatus();  // no tag read (package_verifier.h)
+    ASSIGN_OR_RETURN(CustomerRecord uploader, db_->FindCustomerById(who.customer_id));
+    return CheckPackageOwner(verified, uploader);
   };
   auto object = uploads_->Commit(request.upload_id, request.sha256_hex, verify);
   if (!object.ok()) {
@@ -142,9 +166,11 @@ StatusOr<ImageInfo> ImageService::CommitUpload(const Principal& who,
     (void)store_->Delete(object->key);
     return inserted;
   }
-  spdlog::info("image listed customer={} image={} size={} disks={}", who.customer_id,
-               record.image_id, record.size_bytes, verified.disk_count);
-  return ToInfo(record);
+  spdlog::info("image listed customer={} image={} tag={} size={} disks={}", who.customer_id,
+               record.image_id, record.tagged_image_id, record.size_bytes, verified.disk_count);
+  ImageInfo info = ToInfo(record);
+  if (!verified.tenant.empty()) info.key_id = verified.key_id;
+  return info;
 }
 
 StatusOr<ImageInfo> ImageService::Upload(const Principal& who, CommitUploadRequest request,

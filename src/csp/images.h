@@ -31,6 +31,10 @@ struct ImageInfo {
   std::string object_key;
   // The image id in the package's encryption tag (what the KMS label names).
   std::string tagged_image_id;
+  // Set by CommitUpload only (not stored): the tag's key id when the tag's
+  // tenant and key were checked against the uploader, for registering the
+  // image at the KMS; empty when the verifier read no tag.
+  std::string key_id;
 };
 
 struct BeginUploadRequest {};

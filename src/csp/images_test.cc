@@ -1,6 +1,9 @@
 #include "csp/images.h"
 
 #include <cstring>
+#include <filesystem>
+
+#include "crypto/keys.h"
 
 #include "crypto/primitives.h"
 #include "csp/internal/test_doubles.h"
@@ -110,6 +113,65 @@ TEST_F(ImagesTest, UnencryptedPackageIsRejectedAndNeverStored) {
   auto list = images_->ListImages(alice_);
   ASSERT_OK(list);
   EXPECT_TRUE(list->empty());
+  auto objects = store_->List("");
+  ASSERT_OK(objects);
+  EXPECT_TRUE(objects->empty());
+}
+
+// A package whose tag names `tenant` and `key_id` (the FakeVerifier reads
+// them from the content).
+std::string SealedFor(const std::string& tenant, const std::string& key_id) {
+  return std::string(kSealedMagic) + "disk\nTENANT=" + tenant + "\nKEYID=" + key_id + "\n";
+}
+
+TEST_F(ImagesTest, PackageOfTheUploaderIsListedWithItsTagKeyId) {
+  auto key = accounts_->GetCustomerKey(alice_);
+  ASSERT_OK(key);
+  auto spki = crypto::KeyIdOfPem(key->public_key_pem);
+  ASSERT_OK(spki);
+  auto img = UploadAs(alice_, SealedFor(alice_.customer_id, "sha256:" + *spki));
+  ASSERT_OK(img);
+  EXPECT_EQ(img->key_id, "sha256:" + *spki);
+}
+
+TEST_F(ImagesTest, AnotherCustomersPackageIsRefusedAndNothingIsStored) {
+  auto key = accounts_->GetCustomerKey(alice_);
+  ASSERT_OK(key);
+  auto spki = crypto::KeyIdOfPem(key->public_key_pem);
+  ASSERT_OK(spki);
+  // Bob uploads a package sealed for Alice (her tenant, her key).
+  const std::string package = SealedFor(alice_.customer_id, "sha256:" + *spki);
+  StringReader r(package);
+  auto state = images_->BeginUpload(bob_, {});
+  ASSERT_OK(state);
+  ASSERT_OK(images_->AppendUpload(bob_, state->upload_id, 0, r));
+  CommitUploadRequest commit;
+  commit.upload_id = state->upload_id;
+  commit.name = "stolen";
+  auto img = images_->CommitUpload(bob_, commit);
+  EXPECT_STATUS(img, StatusCode::kPermissionDenied, "tenant_mismatch");
+  EXPECT_STATUS(img, StatusCode::kPermissionDenied, "'" + alice_.customer_id + "'");
+  EXPECT_STATUS(img, StatusCode::kPermissionDenied, "'" + bob_.customer_id + "'");
+  auto list = images_->ListImages(bob_);
+  ASSERT_OK(list);
+  EXPECT_TRUE(list->empty());
+  auto objects = store_->List("");
+  ASSERT_OK(objects);
+  EXPECT_TRUE(objects->empty());
+  // No half-written upload is left to resume or commit.
+  EXPECT_STATUS(images_->GetUpload(bob_, state->upload_id), StatusCode::kNotFound, "no upload");
+  EXPECT_TRUE(std::filesystem::is_empty(dir_.File("staging")));
+}
+
+TEST_F(ImagesTest, OwnTenantWithAnotherCustomersKeyIsRefused) {
+  auto key = accounts_->GetCustomerKey(alice_);
+  ASSERT_OK(key);
+  auto spki = crypto::KeyIdOfPem(key->public_key_pem);
+  ASSERT_OK(spki);
+  EXPECT_STATUS(UploadAs(bob_, SealedFor(bob_.customer_id, "sha256:" + *spki)),
+                StatusCode::kPermissionDenied, "tenant_mismatch");
+  EXPECT_STATUS(UploadAs(bob_, SealedFor(alice_.customer_id, "key-1")),
+                StatusCode::kPermissionDenied, "tenant_mismatch");
   auto objects = store_->List("");
   ASSERT_OK(objects);
   EXPECT_TRUE(objects->empty());

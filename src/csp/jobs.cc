@@ -81,6 +81,17 @@ std::string RefusalSummary(const Job& job) {
 
 }  // namespace
 
+namespace {
+// The image's identity at the KMS: the tag's imageId, which the key-wrap
+// label binds; the portal's own id only when no tag was read.
+std::string KmsImageId(const Job& job) {
+  return job.tagged_image_id.empty() ? job.image_id : job.tagged_image_id;
+}
+std::string KmsImageId(const ImageInfo& image) {
+  return image.tagged_image_id.empty() ? image.image_id : image.tagged_image_id;
+}
+}  // namespace
+
 void JobManager::PlaceLocked(Job& job) {
   std::map<std::string, std::string> excluded;
   int refused = 0;
@@ -95,7 +106,7 @@ void JobManager::PlaceLocked(Job& job) {
                         std::to_string(options_.max_attempts) + "): " + RefusalSummary(job));
     return;
   }
-  job.last_placement = scheduler_->Place({job.customer_id, job.image_id}, LoadLocked(), excluded);
+  job.last_placement = scheduler_->Place({job.customer_id, KmsImageId(job)}, LoadLocked(), excluded);
   // A queued job is re-placed every Tick: log and keep a decision only when
   // it differs from the previous one.
   const bool repeat = !job.placements.empty() && job.last_placement.chosen_host_id.empty() &&
@@ -113,6 +124,29 @@ void JobManager::PlaceLocked(Job& job) {
   }
   job.updated_unix = clock_->NowUnixSeconds();
   if (!job.last_placement.chosen_host_id.empty()) {
+    // The KMS releases the key only against this grant (one launch of this
+    // image of this customer on this host); without it the job waits.
+    Status granted = scheduler_->Grant({job.job_id, KmsImageId(job), job.customer_id,
+                                        job.last_placement.chosen_host_id,
+                                        options_.grant_ttl_seconds});
+    if (!granted.ok()) {
+      spdlog::warn("grant failed job={} host={}: {}", job.job_id,
+                   job.last_placement.chosen_host_id, granted.ToString());
+      job.last_placement.chosen_host_id.clear();
+      for (HostDecision& d : job.last_placement.decisions) {
+        if (d.chosen) {
+          d.chosen = false;
+          d.reasons.push_back("KMS grant failed: " + granted.message());
+        }
+      }
+      if (refused > 0) {
+        FailLocked(job, RefusalSummary(job) + "; KMS grant failed: " + granted.message());
+        return;
+      }
+      job.state = JobState::kQueued;
+      job.host_id.clear();
+      return;
+    }
     job.state = JobState::kPlaced;
     job.host_id = job.last_placement.chosen_host_id;
     job.attempts.push_back({job.host_id, ""});
@@ -181,7 +215,7 @@ StatusOr<Placement> JobManager::ExplainImagePlacement(const Principal& who,
                                                       const std::string& image_id) {
   ASSIGN_OR_RETURN(ImageInfo image, images_->GetImage(who, image_id));
   std::lock_guard<std::mutex> lock(mu_);
-  Placement p = scheduler_->Place({who.customer_id, image.image_id}, LoadLocked(), {});
+  Placement p = scheduler_->Place({who.customer_id, KmsImageId(image)}, LoadLocked(), {});
   spdlog::info("placement explained customer={} image={}: {}", who.customer_id, image.image_id,
                DescribePlacement(p));
   return p;

@@ -112,6 +112,9 @@ class JobManager {
     // A job that finds no eligible host stays queued this long, retried at
     // each Tick, then fails with the placement reasons. Default 300 s.
     int64_t queue_timeout_seconds = 300;
+    // Lifetime of the KMS grant registered when a job is placed on a host:
+    // the host must have its key released within it. Default 600 s.
+    int64_t grant_ttl_seconds = 600;
   };
   // All pointers must outlive the object.
   JobManager(const Options& options, ImageService* images, HostRegistry* hosts,

@@ -315,7 +315,43 @@ TEST_F(JobsTest, OtherCustomerCannotSeeAlicesJob) {
 TEST_F(JobsTest, KmsIsAskedAboutThisCustomerAndImage) {
   AddTrustedHost("h1");
   ASSERT_OK(Launch());
-  EXPECT_EQ(kms_.last_query(), std::make_pair(alice_.customer_id, image_id_));
+  // The KMS names the image by its tag's imageId (the key-wrap label's),
+  // not by the portal's own id.
+  auto image = images_->GetImage(alice_, image_id_);
+  ASSERT_OK(image);
+  ASSERT_FALSE(image->tagged_image_id.empty());
+  EXPECT_NE(image->tagged_image_id, image_id_);
+  EXPECT_EQ(kms_.last_query(), std::make_pair(alice_.customer_id, image->tagged_image_id));
+}
+
+TEST_F(JobsTest, PlacingAJobRegistersItsGrantAtTheKms) {
+  AddTrustedHost("h1");
+  auto job = Launch();
+  ASSERT_OK(job);
+  ASSERT_EQ(job->state, JobState::kPlaced);
+  auto grants = kms_.grants();
+  ASSERT_EQ(grants.size(), 1u);
+  EXPECT_EQ(grants[0].job_id, job->job_id);
+  EXPECT_EQ(grants[0].host_id, "h1");
+  EXPECT_EQ(grants[0].tenant, alice_.customer_id);
+  EXPECT_EQ(grants[0].image_id, job->tagged_image_id);
+  EXPECT_GT(grants[0].ttl_seconds, 0);
+}
+
+TEST_F(JobsTest, WithoutAGrantTheJobIsNotPlaced) {
+  AddTrustedHost("h1");
+  auto job = Launch();
+  ASSERT_OK(job);
+  ASSERT_EQ(job->state, JobState::kPlaced);
+  // The KMS refuses the next launch's grant: the job is not handed to the
+  // host (it waits, queued), and the placement says why.
+  kms_.SetGrantsRefused(true);
+  auto second = Launch();
+  ASSERT_OK(second);
+  EXPECT_EQ(second->state, JobState::kQueued);
+  EXPECT_TRUE(second->host_id.empty());
+  EXPECT_TRUE(jobs_->PendingJobs("h1").size() == 1);
+  EXPECT_NE(DescribePlacement(second->last_placement).find("KMS grant failed"), std::string::npos);
 }
 
 TEST_F(JobsTest, UnreachableKmsLeavesTheJobQueuedWithTheReason) {

@@ -103,6 +103,23 @@ class HttpsKmsClient final : public KmsClient {
     return OkStatus();
   }
 
+  Status RegisterImage(const std::string& tenant, const std::string& image_id,
+                       const std::string& key_id) override {
+    ASSIGN_OR_RETURN(json ignored, client_->Put("/v1/images/" + tenant + "/" + image_id,
+                                                json{{"key_id", key_id}}));
+    (void)ignored;
+    return OkStatus();
+  }
+
+  Status CreateGrant(const LaunchGrant& g) override {
+    json body = {{"job_id", g.job_id},   {"image_id", g.image_id},
+                 {"tenant", g.tenant},   {"host_id", g.host_id},
+                 {"ttl_seconds", g.ttl_seconds}};
+    ASSIGN_OR_RETURN(json ignored, client_->Post("/v1/grants", body));
+    (void)ignored;
+    return OkStatus();
+  }
+
   std::string CaCertificatePem() const override { return ca_pem_; }
 
  private:

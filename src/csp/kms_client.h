@@ -35,6 +35,17 @@ struct HostEligibility {
   std::string reason;
 };
 
+// A launch the portal grants at the KMS when it places a job (POST
+// /v1/grants): the host may have the image's key released once.
+struct LaunchGrant {
+  std::string job_id;
+  // The tag's imageId and tenant (what the key-wrap label binds).
+  std::string image_id;
+  std::string tenant;
+  std::string host_id;
+  int64_t ttl_seconds = 0;
+};
+
 // Thread-safe.
 class KmsClient {
  public:
@@ -59,6 +70,16 @@ class KmsClient {
   // (CONTRACT.md). The KMS validates it (INVALID_ARGUMENT naming the problem).
   virtual Status PutImagePolicy(const std::string& customer_id, const std::string& image_id,
                                 const std::string& policy_json) = 0;
+
+  // Registers an accepted package's tag identity (PUT
+  // /v1/images/{tenant}/{image_id}): the KMS then accepts grants and this
+  // image's policy for that tenant only.
+  virtual Status RegisterImage(const std::string& tenant, const std::string& image_id,
+                               const std::string& key_id) = 0;
+
+  // Registers a one-launch grant (KMS role portal). Without one the KMS
+  // refuses the host's release (no_grant).
+  virtual Status CreateGrant(const LaunchGrant& grant) = 0;
 
   // The PEM certificate of the KMS CA (what customer certificates chain to).
   virtual std::string CaCertificatePem() const = 0;

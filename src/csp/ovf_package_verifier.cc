@@ -23,10 +23,15 @@ StatusOr<VerifiedPackage> OvfPackageVerifier::Verify(const RandomAccessFile&,
   }
   const ovf::Package& p = **package;
   if (!p.encrypted()) return FailedPreconditionError("package rejected: not encrypted");
+  if (p.tag().image_id.empty() || p.tag().tenant.empty() || p.tag().key_id.empty()) {
+    return FailedPreconditionError("package rejected: the encryption tag lacks its image id, "
+                                   "tenant or key id");
+  }
   VerifiedPackage out;
   out.tagged_image_id = p.tag().image_id;
   out.key_id = p.tag().key_id;
   out.disk_count = p.files().size();
+  out.tenant = p.tag().tenant;
   return out;
 }
 

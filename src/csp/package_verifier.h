@@ -17,10 +17,20 @@ namespace vmseal::csp {
 struct VerifiedPackage {
   // The image id named in the encryption tag (the KMS checks it again).
   std::string tagged_image_id;
-  // Key id of the customer key the data key is wrapped to.
+  // Key id of the customer key the data key is wrapped to, as the tag names
+  // it ("sha256:<hex SPKI digest>").
   std::string key_id;
   // Number of encrypted disks.
   uint64_t disk_count = 0;
+  // The tenant the tag names. The portal lists a package only for the
+  // customer whose id this is and whose key `key_id` names
+  // (tenant_mismatch otherwise). A verifier that reads a tag MUST fill
+  // `tenant` and `key_id` (OvfPackageVerifier refuses a tag without them);
+  // only a verifier that reads no tag at all (the portal's explicit
+  // --accept-unverified-packages test mode, test doubles) leaves `tenant`
+  // empty, and such a package is not registered at the KMS, so no key is
+  // ever released for it.
+  std::string tenant;
 };
 
 // Thread-safe.

@@ -92,6 +92,7 @@ StatusOr<std::unique_ptr<PortalServer>> PortalServer::Create(Options options,
   impl->scheduler = std::make_unique<Scheduler>(impl->hosts.get(), kms, Clock::Real());
   JobManager::Options jo;
   jo.max_attempts = options.max_attempts;
+  jo.grant_ttl_seconds = options.grant_ttl_seconds;
   impl->jobs = std::make_unique<JobManager>(jo, impl->images.get(),
                                             impl->hosts.get(), impl->scheduler.get(),
                                             Clock::Real());

@@ -47,6 +47,9 @@ class PortalServer {
     int64_t heartbeat_timeout_seconds = 30;
     // Most hosts one job is tried on before it fails. Default 3.
     int max_attempts = 3;
+    // Lifetime of the KMS grant of a placed job (JobManager::Options).
+    // Default 600 s.
+    int64_t grant_ttl_seconds = 600;
   };
 
   // `verifier` checks packages before they are listed; `kms` creates

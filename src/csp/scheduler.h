@@ -46,6 +46,8 @@ std::string DescribePlacement(const Placement& placement);
 
 struct PlacementRequest {
   std::string customer_id;
+  // The image as the KMS knows it: the tag's imageId (ImageInfo's
+  // tagged_image_id), which names its release policy.
   std::string image_id;
 };
 
@@ -67,6 +69,10 @@ class Scheduler {
   Placement Place(const PlacementRequest& request,
                   const std::map<std::string, uint32_t>& load_by_host,
                   const std::map<std::string, std::string>& excluded) const;
+
+  // Registers at the KMS the grant of a job placed on a host (the release
+  // is refused without it). UNAVAILABLE etc. from the KMS.
+  Status Grant(const LaunchGrant& grant) const { return kms_->CreateGrant(grant); }
 
  private:
   const HostRegistry* const hosts_;

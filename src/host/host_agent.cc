@@ -187,7 +187,14 @@ StatusOr<vm::VmInfo> HostAgent::RunJobSteps(const Job& job, const std::string& v
     ASSIGN_OR_RETURN(auto out, AtomicOutputFile::Create(env_, disk_path, 0600));
     if (package->encrypted()) {
       Report(report, job, JobPhase::kAttesting);
+      // The job is the portal's for one tenant: a package sealed for another
+      // tenant is not run for it (the KMS's grant check refuses it too).
+      if (!job.tenant.empty() && tag.tenant != job.tenant) {
+        return FailedPreconditionError("tenant_mismatch: package is sealed for tenant '" +
+                                       tag.tenant + "', job is of tenant '" + job.tenant + "'");
+      }
       ReleaseRequest request;
+      request.job_id = job.job_id;
       request.image_id = tag.image_id;
       request.tenant = tag.tenant;
       request.key_id = tag.key_id;

@@ -23,7 +23,9 @@ namespace vmseal::host {
 struct Job {
   std::string job_id;
   std::string image_id;  // the portal's image id
-  std::string tenant;    // the customer (informational; the tag names the tenant)
+  // The customer the portal runs the job for. When set, the package's tag
+  // must name this tenant (FAILED_PRECONDITION "tenant_mismatch" otherwise).
+  std::string tenant;
   // When set, the package's encryption tag must name this image id
   // (FAILED_PRECONDITION "image_mismatch" otherwise). The portal's own image
   // id differs from the id the customer sealed with, so it is only set when

@@ -103,7 +103,8 @@ class HttpsKmsClient final : public KmsApi {
   }
 
   StatusOr<ReleasedKey> Release(const ReleaseRequest& request) override {
-    json body = {{"image_id", request.image_id},
+    json body = {{"job_id", request.job_id},
+                 {"image_id", request.image_id},
                  {"tenant", request.tenant},
                  {"key_id", request.key_id},
                  {"key_version", request.key_version},

@@ -16,6 +16,9 @@ namespace vmseal::host {
 // A key release request: the wrapped key and image identity from the
 // package metadata, plus fresh evidence over a nonce the KMS issued.
 struct ReleaseRequest {
+  // The portal's job: the KMS releases only against the grant the portal
+  // registered for this job on this host (no_grant otherwise).
+  std::string job_id;
   std::string image_id;
   std::string tenant;
   std::string key_id;                // "sha256:<hex>" of the customer key

@@ -67,6 +67,10 @@ class EveryHostEligibleKms final : public csp::KmsClient {
   Status PutImagePolicy(const std::string&, const std::string&, const std::string&) override {
     return OkStatus();
   }
+  Status RegisterImage(const std::string&, const std::string&, const std::string&) override {
+    return OkStatus();
+  }
+  Status CreateGrant(const csp::LaunchGrant&) override { return OkStatus(); }
   std::string CaCertificatePem() const override { return ca_pem_; }
 
  private:

@@ -93,6 +93,8 @@ class KmsReleaseTest : public ::testing::Test {
     ASSERT_NE(host_, nullptr);
     op_ = JsonClient("op");
     ASSERT_NE(op_, nullptr);
+    portal_ = JsonClient("portal");
+    ASSERT_NE(portal_, nullptr);
 
     auto customer = service_->CreateCustomerKey({Caller::Role::kPortal, "portal-1", "fp"}, {kTenant, ""});
     ASSERT_OK(customer);
@@ -187,6 +189,15 @@ class KmsReleaseTest : public ::testing::Test {
     r.image_id = image_id;
     r.tenant = kTenant;
     r.key_id = "sha256:" + customer_pub_->KeyId();
+    // As the portal does: the image registered at upload, a grant for this
+    // launch on the requesting host (through the KMS's routes).
+    r.job_id = "job-" + std::to_string(++jobs_);
+    EXPECT_OK(portal_->Put(std::string("/v1/images/") + kTenant + "/" + image_id,
+                           {{"key_id", r.key_id}}));
+    EXPECT_OK(portal_->Post("/v1/grants", {{"job_id", r.job_id}, {"image_id", image_id},
+                                           {"tenant", kTenant},
+                                           {"host_id", client == host_.get() ? "host-1" : "host-2"},
+                                           {"ttl_seconds", 60}}));
     r.key_version = 1;
     r.wrap_algorithm = std::string(ovf::kRsaOaepUri);
     r.oaep_label = k.label;
@@ -242,6 +253,8 @@ class KmsReleaseTest : public ::testing::Test {
   int port_ = 0;
   std::unique_ptr<host::KmsApi> host_;
   std::unique_ptr<net::HttpsClient> op_;
+  std::unique_ptr<net::HttpsClient> portal_;
+  int jobs_ = 0;
   std::unique_ptr<crypto::PublicKey> customer_pub_;
 };
 
@@ -394,7 +407,7 @@ TEST_F(KmsReleaseTest, OtherKekIsKekMismatch) {
   WrappedImageKey k = WrapFor("img-1");
   ASSERT_OK(store_->ExecForTesting("UPDATE customer_keys SET kek_id = 'file:elsewhere'"));
   host::ReleaseRequest hr = Request(k, "img-1", host_.get());
-  ReleaseRequest r{hr.image_id, hr.tenant, hr.key_id, hr.key_version, hr.wrap_algorithm,
+  ReleaseRequest r{hr.job_id, hr.image_id, hr.tenant, hr.key_id, hr.key_version, hr.wrap_algorithm,
                    hr.oaep_label, hr.wrapped_key, hr.evidence};
   auto out = service_->Release({Caller::Role::kHost, "host-1", "fp"}, "host-1", r);
   EXPECT_STATUS(out, StatusCode::kFailedPrecondition, "kek_mismatch: key ");
@@ -430,7 +443,7 @@ TEST_F(KmsReleaseTest, TwoServicesOnePostgresConsumeANonceOnce) {
 
   WrappedImageKey k = WrapFor("img-1");
   host::ReleaseRequest hr = Request(k, "img-1", host_.get());  // nonce issued by service A
-  ReleaseRequest r{hr.image_id, hr.tenant, hr.key_id, hr.key_version, hr.wrap_algorithm,
+  ReleaseRequest r{hr.job_id, hr.image_id, hr.tenant, hr.key_id, hr.key_version, hr.wrap_algorithm,
                    hr.oaep_label, hr.wrapped_key, hr.evidence};
   const Caller host{Caller::Role::kHost, "host-1", "fp"};
   std::atomic<int> granted{0}, used{0}, other{0};

@@ -2,6 +2,7 @@
 
 #include <openssl/pem.h>
 
+#include <algorithm>
 #include <charconv>
 #include <ctime>
 
@@ -129,6 +130,21 @@ StatusOr<crypto::PrivateKey> PrivateKeyFromDer(const SecretBytes& der) {
 
 // Unwrapped customer keys kept in memory (Release parses each once).
 constexpr size_t kMaxCachedKeys = 1024;
+
+// Lowercase hex SHA-256 of the certificate's SubjectPublicKeyInfo (DER):
+// what pins a TPM's EK to a host id.
+StatusOr<std::string> EkSha256(const crypto::Certificate& cert) {
+  ASSIGN_OR_RETURN(crypto::PublicKey key, cert.GetPublicKey());
+  return crypto::KeyIdOfPem(key.ToPem());
+}
+
+bool IsSha256Hex(const std::string& s) {
+  if (s.size() != 64) return false;
+  for (char c : s) {
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  }
+  return true;
+}
 
 CustomerKeyInfo Info(const CustomerKeyRecord& r) {
   return {r.key_id, r.customer_id, r.algorithm, r.public_key_pem, r.cert_pem, r.created_unix};
@@ -406,6 +422,16 @@ StatusOr<attest::CredentialChallenge> KmsService::BeginEnrollment(
     return ak.status();
   }
   ASSIGN_OR_RETURN(crypto::Certificate cert, crypto::Certificate::FromDer(req.ek_certificate));
+  ASSIGN_OR_RETURN(std::string ek_sha256, EkSha256(cert));
+  auto pin = store_->GetEkPin(host_id);
+  if (!pin.ok() && pin.status().code() != StatusCode::kNotFound) return pin.status();
+  if (pin.ok() && *pin != ek_sha256) {
+    RecordDenial("ek_mismatch", "host/" + host_id,
+                 "enrollment with EK " + ek_sha256 + "; pinned EK is " + *pin);
+    return Denied("ek_mismatch", "host " + host_id + " is pinned to another EK (SHA-256 " + *pin +
+                                     "); this EK (" + ek_sha256 +
+                                     ") needs an operator's approval (vmseal kms host approve-ek)");
+  }
   SecretBytes secret = SecretBytes::Random(32);
   ASSIGN_OR_RETURN(attest::CredentialChallenge challenge,
                    attest::MakeCredential(ek->get(), (*ak)->name(), secret));
@@ -416,11 +442,12 @@ StatusOr<attest::CredentialChallenge> KmsService::BeginEnrollment(
       it = it->second.expires_unix < now ? pending_.erase(it) : std::next(it);
     }
     if (pending_.size() >= 10000) return ResourceExhaustedError("too many pending enrollments");
-    pending_[host_id] = {*ak, cert.ToPem(), std::move(secret),
+    pending_[host_id] = {*ak, cert.ToPem(), ek_sha256, std::move(secret),
                          now + options_.enrollment_lifetime_seconds};
   }
   (void)store_->AppendAudit({"host.enroll.begin", "host/" + host_id,
                              json{{"ek_cert_sha256", cert.Fingerprint()},
+                                  {"ek_sha256", ek_sha256},
                                   {"ak_name", crypto::HexEncode((*ak)->name())}}});
   return challenge;
 }
@@ -456,9 +483,19 @@ Status KmsService::CompleteEnrollment(const Caller& caller, const std::string& h
   host.ek_cert_pem = pending.ek_cert_pem;
   host.ak_public = crypto::Base64Encode(pending.ak->marshalled());
   host.enrolled = true;
-  RETURN_IF_ERROR(store_->PutHost(
-      host, {"host.enroll", "host/" + host_id,
-             json{{"ak_name", crypto::HexEncode(pending.ak->name())}, {"by", caller.name}}}));
+  Status stored = store_->PutEnrolledHost(
+      host, pending.ek_sha256,
+      {"host.enroll", "host/" + host_id,
+       json{{"ak_name", crypto::HexEncode(pending.ak->name())}, {"ek_sha256", pending.ek_sha256},
+            {"by", caller.name}}});
+  if (!stored.ok()) {
+    // Another EK was pinned between the two steps (a racing enrollment).
+    if (ReasonPrefix(stored) == "ek_mismatch") {
+      RecordDenial("ek_mismatch", "host/" + host_id, "activation: " + stored.message());
+      return PermissionDeniedError(stored.message());
+    }
+    return stored;
+  }
   std::lock_guard<std::mutex> lock(mu_);
   aks_[host_id] = pending.ak;
   return OkStatus();
@@ -508,8 +545,10 @@ StatusOr<int64_t> KmsService::CheckEvidenceNonce(const std::string& host_id,
 }
 
 Status KmsService::PutVerdictUsingNonce(const Verdict& verdict, const std::vector<AuditEvent>& audits,
-                                        const Store::NonceUse& use, std::span<const uint8_t> nonce) {
-  Status written = NonceError(store_->PutVerdict(verdict, audits, &use));
+                                        const Store::NonceUse& use, std::span<const uint8_t> nonce,
+                                        const Store::GrantUse* grant) {
+  Status written = NonceError(store_->PutVerdict(verdict, audits, &use, grant));
+  if (!written.ok() && ReasonPrefix(written) == "no_grant") written = PermissionDeniedError(written.message());
   if (written.ok() || ReasonPrefix(written) == "nonce_used") used_nonces_.Add(nonce, use.expires_unix, Now());
   return written;
 }
@@ -732,7 +771,8 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
                                               const ReleaseRequest& req) {
   RETURN_IF_ERROR(RequireHost(caller, host_id, "release"));
   const auto start = std::chrono::steady_clock::now();
-  json audit = {{"host_id", host_id}, {"image_id", req.image_id}, {"tenant", req.tenant},
+  json audit = {{"host_id", host_id}, {"job_id", req.job_id}, {"image_id", req.image_id},
+                {"tenant", req.tenant},
                 {"key_id", req.key_id}, {"key_version", req.key_version}};
   // The verdict is written with the decision's audit record, in one
   // transaction (one commit per release besides the nonce's).
@@ -776,6 +816,7 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
                                        " or " + std::string(ovf::kX25519WrapUri)));
   }
   if (req.key_id.empty() || req.key_id.size() > 128) return finish(InvalidArgumentError("bad key_id"));
+  if (!ValidId(req.job_id)) return finish(InvalidArgumentError("job_id must match [A-Za-z0-9._-]{1,64}"));
 
   auto ak = EnrolledAk(host_id);
   if (!ak.ok()) return finish(ak.status());
@@ -793,15 +834,44 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
   }
   const attest::VerifiedEvidence& ev = *verdict.second;
 
+  // The label must name this image, tenant and key version: from here on
+  // the image is named only by what the label binds (the grant, the policy,
+  // the audit record), so no other identity can select another policy.
+  auto label = ParsePackageLabel(req.oaep_label);
+  if (!label.ok()) return finish(label.status());
+  if (label->image_id != req.image_id || label->tenant != req.tenant ||
+      label->key_version != req.key_version) {
+    return finish(Denied("label_mismatch", "the OAEP label names another image, tenant or key version"));
+  }
+  const std::string& image_id = label->image_id;
+  const std::string& tenant = label->tenant;
+  // The portal's grant for this job: this host, this image of this tenant,
+  // unused and unexpired. Checked here, used up with the grant record below.
+  const int64_t grant_now = std::max<int64_t>(Now(), 1);
+  {
+    auto grant = store_->GetGrant(req.job_id);
+    if (!grant.ok() && grant.status().code() != StatusCode::kNotFound) return finish(grant.status());
+    if (!grant.ok()) return finish(Denied("no_grant", "the portal registered no grant for job " + req.job_id));
+    if (grant->host_id != host_id || grant->image_id != image_id || grant->tenant != tenant) {
+      return finish(Denied("no_grant", "the grant of job " + req.job_id +
+                                           " is for another host, image or tenant"));
+    }
+    if (grant->used_unix != 0) return finish(Denied("no_grant", "the grant of job " + req.job_id + " was used"));
+    if (grant->expires_unix < grant_now) {
+      return finish(Denied("no_grant", "the grant of job " + req.job_id + " expired"));
+    }
+  }
+  const Store::GrantUse grant_use{req.job_id, image_id, tenant, host_id, grant_now};
+
   // Which key; then the policy for this customer and image.
-  auto key = CustomerPrivateKey(req.tenant, req.key_id);
+  auto key = CustomerPrivateKey(tenant, req.key_id);
   if (!key.ok()) return finish(key.status());
   audit["kms_key_id"] = key->key_id;
   // One read of the store's config version; policy, host, flavors and
   // history come from the cache when it holds that version.
   auto version = store_->ConfigVersion();
   if (!version.ok()) return finish(version.status());
-  auto policy = EffectivePolicy(req.tenant, req.image_id, *version);
+  auto policy = EffectivePolicy(tenant, image_id, *version);
   if (!policy.ok()) return finish(policy.status());
   audit["policy"] = policy->customer_id + "/" + policy->image_id;
   PolicyFacts facts;
@@ -817,13 +887,6 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
   if (!decision.ok()) return finish(decision.status());
   if (!decision->allowed) return finish(Denied(decision->reason, decision->message));
 
-  // The label must name this image, tenant and key version.
-  auto label = ParsePackageLabel(req.oaep_label);
-  if (!label.ok()) return finish(label.status());
-  if (label->image_id != req.image_id || label->tenant != req.tenant ||
-      label->key_version != req.key_version) {
-    return finish(Denied("label_mismatch", "the OAEP label names another image, tenant or key version"));
-  }
   // The label is the OAEP label of rsa-oaep and the associated data of the
   // X25519 wrap (docs/format/package.md §3.3, §5).
   const bool x25519 = req.wrap_algorithm == ovf::kX25519WrapUri;
@@ -840,7 +903,7 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
   }
   auto binding = ev.binding_key.Key();
   if (!binding.ok()) return finish(binding.status());
-  const std::string ad = ReleaseLabel(req.image_id);
+  const std::string ad = ReleaseLabel(image_id);
   auto rewrapped = crypto::RsaOaepWrap(*binding, *data_key, ad, crypto::OaepLabel::kTpm);
   if (!rewrapped.ok()) return finish(rewrapped.status());
 
@@ -854,7 +917,7 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
   // record. No grant without all three.
   Status logged = PutVerdictUsingNonce(
       *verdict_to_record, {VerdictAudit(*verdict_to_record), {"release.grant", "host/" + host_id, audit}},
-      nonce_use, req.evidence.nonce);
+      nonce_use, req.evidence.nonce, &grant_use);
   if (!logged.ok()) {
     verdict_to_record.reset();
     return finish(logged);
@@ -984,6 +1047,22 @@ Status KmsService::PutPolicy(const Caller& caller, const PolicyRecord& policy) {
     return InvalidArgumentError("bad customer id");
   }
   if (!policy.image_id.empty() && !ValidIdentity(policy.image_id)) return InvalidArgumentError("bad image id");
+  if (caller.role == Caller::Role::kPortal) {
+    // The portal writes one image's policy for the tenant whose package it
+    // accepted; "_default" and customer-wide policies are the operator's.
+    auto forbid = [&](const std::string& why) {
+      RecordDenial("policy_forbidden", "portal/" + caller.name,
+                   "put policy " + policy.customer_id + "/" + policy.image_id + ": " + why);
+      return Denied("policy_forbidden", why);
+    };
+    if (policy.customer_id == "_default") return forbid("the _default policy is operator-only");
+    if (policy.image_id.empty()) return forbid("a customer-wide policy is operator-only");
+    auto image = store_->GetImage(policy.customer_id, policy.image_id);
+    if (!image.ok() && image.status().code() != StatusCode::kNotFound) return image.status();
+    if (!image.ok()) {
+      return forbid("image " + policy.image_id + " is not registered for tenant " + policy.customer_id);
+    }
+  }
   RETURN_IF_ERROR(ValidatePolicy(policy.policy));
   return store_->PutPolicy(policy, {"policy.put", "customer/" + policy.customer_id,
                                     json{{"image_id", policy.image_id},
@@ -995,6 +1074,67 @@ StatusOr<PolicyRecord> KmsService::GetPolicy(const Caller& caller, const std::st
                                              const std::string& image_id) {
   RETURN_IF_ERROR(RequireAny(caller, {Caller::Role::kOperator, Caller::Role::kPortal}, "get policy"));
   return store_->GetPolicy(customer_id, image_id);
+}
+
+// --- Images, grants, EK approval ---------------------------------------------
+
+Status KmsService::RegisterImage(const Caller& caller, const ImageRecord& image) {
+  RETURN_IF_ERROR(Require(caller, Caller::Role::kPortal, "register image"));
+  if (!ValidIdentity(image.tenant) || !ValidIdentity(image.image_id)) {
+    return InvalidArgumentError("tenant and image_id must match [A-Za-z0-9._:@-]{1,128}");
+  }
+  if (image.key_id.empty() || image.key_id.size() > 128) return InvalidArgumentError("bad key_id");
+  ImageRecord rec = image;
+  rec.created_unix = Now();
+  Status put = store_->PutImage(rec, {"image.register", "customer/" + rec.tenant,
+                                      json{{"image_id", rec.image_id}, {"key_id", rec.key_id},
+                                           {"by", caller.name}}});
+  if (!put.ok() && ReasonPrefix(put) == "image_conflict") return PermissionDeniedError(put.message());
+  return put;
+}
+
+StatusOr<GrantRecord> KmsService::CreateGrant(const Caller& caller, const GrantRequest& req) {
+  RETURN_IF_ERROR(Require(caller, Caller::Role::kPortal, "create grant"));
+  if (!ValidId(req.job_id) || !ValidId(req.host_id)) {
+    return InvalidArgumentError("job_id and host_id must match [A-Za-z0-9._-]{1,64}");
+  }
+  if (!ValidIdentity(req.tenant) || !ValidIdentity(req.image_id)) {
+    return InvalidArgumentError("tenant and image_id must match [A-Za-z0-9._:@-]{1,128}");
+  }
+  if (req.ttl_seconds < 1 || req.ttl_seconds > options_.max_grant_ttl_seconds) {
+    return InvalidArgumentError("ttl_seconds must be 1.." + std::to_string(options_.max_grant_ttl_seconds));
+  }
+  auto image = store_->GetImage(req.tenant, req.image_id);
+  if (!image.ok() && image.status().code() != StatusCode::kNotFound) return image.status();
+  if (!image.ok()) {
+    RecordDenial("unknown_image", "portal/" + caller.name,
+                 "grant for image " + req.image_id + " of tenant " + req.tenant);
+    return FailedPreconditionError("unknown_image: image " + req.image_id +
+                                   " is not registered for tenant " + req.tenant);
+  }
+  GrantRecord g{req.job_id, req.image_id, req.tenant, req.host_id, 0, Now(), 0};
+  g.expires_unix = g.created_unix + req.ttl_seconds;
+  RETURN_IF_ERROR(store_->PutGrant(g, {"grant.create", "host/" + g.host_id,
+                                       json{{"job_id", g.job_id}, {"image_id", g.image_id},
+                                            {"tenant", g.tenant}, {"expires_unix", g.expires_unix},
+                                            {"by", caller.name}}}));
+  return g;
+}
+
+Status KmsService::ApproveEk(const Caller& caller, const std::string& host_id,
+                             const std::string& ek_sha256_hex) {
+  RETURN_IF_ERROR(Require(caller, Caller::Role::kOperator, "approve EK"));
+  if (!ValidId(host_id)) return InvalidArgumentError("host id must match [A-Za-z0-9._-]{1,64}");
+  if (!IsSha256Hex(ek_sha256_hex)) {
+    return InvalidArgumentError("ek_sha256 must be 64 lowercase hex digits (SHA-256 of the EK's public key)");
+  }
+  auto previous = store_->GetEkPin(host_id);
+  if (!previous.ok() && previous.status().code() != StatusCode::kNotFound) return previous.status();
+  return store_->PinEk(host_id, ek_sha256_hex,
+                       {"host.ek.approve", "host/" + host_id,
+                        json{{"ek_sha256", ek_sha256_hex},
+                             {"previous_ek_sha256", previous.ok() ? *previous : std::string()},
+                             {"by", caller.name}, {"by_fingerprint", caller.fingerprint}}});
 }
 
 // --- HTTP adapter ---------------------------------------------------------
@@ -1160,6 +1300,7 @@ void RegisterKmsRoutes(KmsService* s, net::HttpsServer* server) {
   server->Post(std::string("/v1/hosts/") + kHostRe + "/releases", [s](const net::Request& r) -> StatusOr<json> {
     RETURN_IF_ERROR(RequireObject(r.body));
     ReleaseRequest req;
+    ASSIGN_OR_RETURN(req.job_id, StrField(r.body, "job_id"));
     ASSIGN_OR_RETURN(req.image_id, StrField(r.body, "image_id"));
     ASSIGN_OR_RETURN(req.tenant, StrField(r.body, "tenant"));
     ASSIGN_OR_RETURN(req.key_id, StrField(r.body, "key_id"));
@@ -1211,6 +1352,36 @@ void RegisterKmsRoutes(KmsService* s, net::HttpsServer* server) {
       out.push_back({{"host_id", p.host_id}, {"eligible", p.eligible}, {"reason", p.reason}});
     }
     return json{{"hosts", out}};
+  });
+
+  // --- Images and grants (role portal), EK approval (operator) -----------
+  server->Put(std::string("/v1/images/") + kImageRe + "/" + kImageRe, [s](const net::Request& r) -> StatusOr<json> {
+    RETURN_IF_ERROR(RequireObject(r.body));
+    ImageRecord image{r.path_params[0], r.path_params[1], "", 0};
+    ASSIGN_OR_RETURN(image.key_id, StrField(r.body, "key_id"));
+    RETURN_IF_ERROR(s->RegisterImage(CallerFromPeer(r.peer), image));
+    return json{{"tenant", image.tenant}, {"image_id", image.image_id}, {"key_id", image.key_id}};
+  });
+  server->Post("/v1/grants", [s](const net::Request& r) -> StatusOr<json> {
+    RETURN_IF_ERROR(RequireObject(r.body));
+    GrantRequest req;
+    ASSIGN_OR_RETURN(req.job_id, StrField(r.body, "job_id"));
+    ASSIGN_OR_RETURN(req.image_id, StrField(r.body, "image_id"));
+    ASSIGN_OR_RETURN(req.tenant, StrField(r.body, "tenant"));
+    ASSIGN_OR_RETURN(req.host_id, StrField(r.body, "host_id"));
+    if (!r.body.contains("ttl_seconds") || !r.body["ttl_seconds"].is_number_integer()) {
+      return InvalidArgumentError("missing integer field 'ttl_seconds'");
+    }
+    req.ttl_seconds = r.body["ttl_seconds"].get<int64_t>();
+    ASSIGN_OR_RETURN(GrantRecord g, s->CreateGrant(CallerFromPeer(r.peer), req));
+    return json{{"job_id", g.job_id}, {"image_id", g.image_id}, {"tenant", g.tenant},
+                {"host_id", g.host_id}, {"expires_unix", g.expires_unix}};
+  }, /*created=*/true);
+  server->Post(std::string("/v1/hosts/") + kHostRe + "/ek-approval", [s](const net::Request& r) -> StatusOr<json> {
+    RETURN_IF_ERROR(RequireObject(r.body));
+    ASSIGN_OR_RETURN(std::string ek, StrField(r.body, "ek_sha256"));
+    RETURN_IF_ERROR(s->ApproveEk(CallerFromPeer(r.peer), r.path_params[0], ek));
+    return json{{"host_id", r.path_params[0]}, {"ek_sha256", ek}};
   });
 
   // --- Flavors and policies ----------------------------------------------

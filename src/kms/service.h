@@ -73,6 +73,9 @@ struct VerdictInfo {
 
 // POST /v1/hosts/{hid}/releases (CONTRACT.md).
 struct ReleaseRequest {
+  // The portal's job this release is for: its grant (KmsService::CreateGrant)
+  // must name this host, the label's image and tenant; it is used up.
+  std::string job_id;
   std::string image_id;
   std::string tenant;       // the customer id
   std::string key_id;       // "sha256:<hex SPKI digest>" (package) or a KMS "k-..." id
@@ -88,6 +91,17 @@ struct ReleaseRequest {
 struct ReleaseResponse {
   crypto::Bytes rewrapped_key;  // RSA-OAEP-SHA256 to the certified binding key
   crypto::Bytes label;          // the OAEP label used, ending in a zero byte
+};
+
+// POST /v1/grants: the portal placed job `job_id` of `tenant`'s image on
+// `host_id`; the host may have the image's key released once, until
+// `ttl_seconds` from now.
+struct GrantRequest {
+  std::string job_id;    // [A-Za-z0-9._-]{1,64}
+  std::string image_id;  // the tag's imageId (what the key-wrap label binds)
+  std::string tenant;
+  std::string host_id;
+  int64_t ttl_seconds = 0;  // 1..Options::max_grant_ttl_seconds
 };
 
 struct HostSummary {
@@ -137,6 +151,8 @@ class KmsService {
     std::string ek_ca_bundle_pem;
     // Pending enrollments older than this are forgotten. Default 300 s.
     int64_t enrollment_lifetime_seconds = 300;
+    // Longest lifetime of a launch grant the portal may ask for. Default 1 day.
+    int64_t max_grant_ttl_seconds = 86400;
   };
 
   // `store` and `kek` must outlive the service. `ca` signs certificates.
@@ -160,8 +176,13 @@ class KmsService {
   StatusOr<attest::CredentialChallenge> BeginEnrollment(const Caller& caller,
                                                         const std::string& host_id,
                                                         const attest::EnrollmentRequest& req);
+  // Enrollment step 1 also checks the EK against the one pinned to the host
+  // id by its first enrollment: another EK is refused (ek_mismatch, audited)
+  // until an operator approves it (ApproveEk).
+  //
   // Enrollment step 2: the ActivateCredential answer. On a match the AK is
-  // stored as the host's (keeping its tags) and cached.
+  // stored as the host's (keeping its tags) and cached; the first
+  // enrollment of a host id pins its EK in the same transaction.
   Status CompleteEnrollment(const Caller& caller, const std::string& host_id,
                             const SecretBytes& secret);
   // Consumes the nonce, verifies the evidence and records the verdict (also
@@ -193,10 +214,28 @@ class KmsService {
   // Operator only: a flavor from the PCR values of the host's latest trusted verdict.
   StatusOr<Flavor> FlavorFromHost(const Caller& caller, const std::string& name,
                                   const std::string& host_id);
-  // Operator or portal. image_id "" = the customer-wide policy.
+  // Operator: any policy, "_default" included. Portal: only the policy of
+  // one image (image_id non-empty) of a real customer, and only for an image
+  // registered for that customer (RegisterImage); never "_default" or a
+  // customer-wide policy. Refusals are PERMISSION_DENIED "policy_forbidden:"
+  // and audited.
   Status PutPolicy(const Caller& caller, const PolicyRecord& policy);
   StatusOr<PolicyRecord> GetPolicy(const Caller& caller, const std::string& customer_id,
                                    const std::string& image_id);
+
+  // Portal only: records that the portal accepted the package of
+  // (image.tenant, image.image_id), the tag's identity, wrapped to
+  // image.key_id. Idempotent; image_conflict if registered with another key.
+  Status RegisterImage(const Caller& caller, const ImageRecord& image);
+  // Portal only: a one-launch grant (GrantRequest); the image must be
+  // registered for the tenant (unknown_image otherwise). Audited as
+  // grant.create.
+  StatusOr<GrantRecord> CreateGrant(const Caller& caller, const GrantRequest& req);
+  // Operator only: pins the EK with SPKI SHA-256 `ek_sha256_hex` (64
+  // lowercase hex) to the host, so that a host whose TPM was replaced can
+  // enroll again. Audited as host.ek.approve.
+  Status ApproveEk(const Caller& caller, const std::string& host_id,
+                   const std::string& ek_sha256_hex);
 
   // Operator only: records after `after_seq` (at most `limit`, <= 1000).
   StatusOr<std::vector<AuditRecord>> ReadAudit(const Caller& caller, int64_t after_seq,
@@ -239,6 +278,7 @@ class KmsService {
   struct PendingEnrollment {
     std::shared_ptr<const attest::AkPublic> ak;
     std::string ek_cert_pem;
+    std::string ek_sha256;  // hex SHA-256 of the EK's SubjectPublicKeyInfo
     SecretBytes secret;
     int64_t expires_unix = 0;
   };
@@ -257,8 +297,11 @@ class KmsService {
   // `nonce`) in the same transaction; a nonce consumed now or found used
   // before is remembered, so that a replay is refused before any
   // verification. nonce_used if it was used.
+  // `grant`, if given, is used up in the same transaction (no_grant if it
+  // cannot be).
   Status PutVerdictUsingNonce(const Verdict& verdict, const std::vector<AuditEvent>& audits,
-                              const Store::NonceUse& use, std::span<const uint8_t> nonce);
+                              const Store::NonceUse& use, std::span<const uint8_t> nonce,
+                              const Store::GrantUse* grant = nullptr);
   // Verifies the evidence; the verdict to record (trusted or not) and, if
   // trusted, what the evidence proved. Writes nothing.
   std::pair<Verdict, std::optional<attest::VerifiedEvidence>> CheckEvidence(

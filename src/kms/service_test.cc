@@ -215,7 +215,7 @@ TEST_F(ServiceTest, PoliciesAreValidatedStoredAndFallBackToDefault) {
                 StatusCode::kInvalidArgument, "flavors");
   EXPECT_STATUS(service_->GetPolicy(op, "acme", ""), StatusCode::kNotFound, "no release policy");
   nlohmann::json p = {{"flavors", {{"anyOf", {"good"}}}}, {"required_tags", {"region=eu"}}};
-  ASSERT_OK(service_->PutPolicy(portal, {"acme", "", p}));
+  ASSERT_OK(service_->PutPolicy(op, {"acme", "", p}));
   nlohmann::json q = {{"flavors", {{"allOf", {"good", "os"}}}}};
   ASSERT_OK(service_->PutPolicy(op, {"acme", "img-1", q}));
   auto got = service_->GetPolicy(portal, "acme", "img-1");
@@ -246,7 +246,8 @@ TEST_F(ServiceTest, PlacementCheckFailsClosed) {
   ASSERT_EQ(r->size(), 1u);
   EXPECT_FALSE((*r)[0].eligible);
   EXPECT_EQ((*r)[0].reason, "no_policy");
-  ASSERT_OK(service_->PutPolicy(portal, {"_default", "", {{"flavors", {{"anyOf", {"good"}}}}}}));
+  ASSERT_OK(service_->PutPolicy(As(Caller::Role::kOperator, "op"),
+                                {"_default", "", {{"flavors", {{"anyOf", {"good"}}}}}}));
   r = service_->PlacementCheck(portal, {"acme", "img-1", {"h1"}});
   ASSERT_OK(r);
   EXPECT_EQ((*r)[0].reason, "not_enrolled");
@@ -304,6 +305,13 @@ class ReleaseTest : public ServiceTest {
     r.image_id = image_id;
     r.tenant = kTenant;
     r.key_id = "sha256:" + customer.KeyId();
+    // The portal registered the image at upload and granted this launch.
+    r.job_id = "job-" + std::to_string(++jobs_);
+    if (grant_each_request_) {
+      const Caller portal = As(Caller::Role::kPortal, "p");
+      EXPECT_OK(service_->RegisterImage(portal, {kTenant, image_id, r.key_id, 0}));
+      EXPECT_OK(service_->CreateGrant(portal, {r.job_id, image_id, kTenant, "h1", 60}));
+    }
     r.key_version = 1;
     r.wrap_algorithm = std::string(customer.type() == crypto::KeyType::kX25519
                                        ? ovf::kX25519WrapUri
@@ -340,6 +348,8 @@ class ReleaseTest : public ServiceTest {
 
   std::unique_ptr<attest::testing::SoftwareTpm> tpm_;
   std::vector<crypto::Bytes> pcr_values_;
+  int jobs_ = 0;
+  bool grant_each_request_ = true;
   const SecretBytes data_key_ = SecretBytes::Random(crypto::kDataKeyBytes);
 };
 
@@ -622,6 +632,161 @@ TEST(CallerFromPeer, RoleFromOrganizationalUnit) {
   peer.organizational_unit = "portal";
   peer.authenticated = false;
   EXPECT_EQ(CallerFromPeer(peer).role, Caller::Role::kAnonymous);
+}
+
+// --- Issue 14: grants, one image identity, policy writes, EK pins -----------
+
+TEST_F(ReleaseTest, ReleaseWithoutAGrantIsNoGrantAndAudited) {
+  const crypto::PublicKey customer = NewCustomerKey("X25519");
+  grant_each_request_ = false;
+  ASSERT_OK(service_->RegisterImage(As(Caller::Role::kPortal, "p"),
+                                    {kTenant, "img-1", "sha256:" + customer.KeyId(), 0}));
+  EXPECT_STATUS(Release(Request("img-1", customer, data_key_)), StatusCode::kPermissionDenied,
+                "no_grant");
+  const std::string audit = AuditText();
+  EXPECT_NE(audit.find("\"release.deny\""), std::string::npos);
+  EXPECT_NE(audit.find("\"reason\":\"no_grant\""), std::string::npos);
+  EXPECT_EQ(audit.find("\"release.grant\""), std::string::npos);
+}
+
+TEST_F(ReleaseTest, AGrantServesOneLaunch) {
+  const crypto::PublicKey customer = NewCustomerKey("X25519");
+  ReleaseRequest first = Request("img-1", customer, data_key_);
+  ASSERT_OK(Release(first));
+  grant_each_request_ = false;
+  ReleaseRequest again = Request("img-1", customer, data_key_);  // fresh nonce, same job
+  again.job_id = first.job_id;
+  EXPECT_STATUS(Release(again), StatusCode::kPermissionDenied, "no_grant");
+}
+
+TEST_F(ReleaseTest, GrantForAnotherHostImageOrTenantIsNoGrant) {
+  const crypto::PublicKey customer = NewCustomerKey("X25519");
+  const Caller portal = As(Caller::Role::kPortal, "p");
+  const std::string key_id = "sha256:" + customer.KeyId();
+  ASSERT_OK(service_->RegisterImage(portal, {kTenant, "img-1", key_id, 0}));
+  ASSERT_OK(service_->RegisterImage(portal, {kTenant, "img-2", key_id, 0}));
+  ASSERT_OK(service_->RegisterImage(portal, {"other", "img-1", key_id, 0}));
+  ASSERT_OK(service_->CreateGrant(portal, {"job-h2", "img-1", kTenant, "h2", 60}));
+  ASSERT_OK(service_->CreateGrant(portal, {"job-img2", "img-2", kTenant, "h1", 60}));
+  ASSERT_OK(service_->CreateGrant(portal, {"job-other", "img-1", "other", "h1", 60}));
+  grant_each_request_ = false;
+  for (const char* job : {"job-h2", "job-img2", "job-other"}) {
+    SCOPED_TRACE(job);
+    ReleaseRequest r = Request("img-1", customer, data_key_);
+    r.job_id = job;
+    EXPECT_STATUS(Release(r), StatusCode::kPermissionDenied, "no_grant");
+  }
+}
+
+TEST_F(ReleaseTest, ExpiredGrantIsNoGrant) {
+  const crypto::PublicKey customer = NewCustomerKey("X25519");
+  const Caller portal = As(Caller::Role::kPortal, "p");
+  ASSERT_OK(service_->RegisterImage(portal, {kTenant, "img-1", "sha256:" + customer.KeyId(), 0}));
+  ASSERT_OK(service_->CreateGrant(portal, {"job-x", "img-1", kTenant, "h1", 5}));
+  now_ += 6;
+  grant_each_request_ = false;
+  ReleaseRequest r = Request("img-1", customer, data_key_);
+  r.job_id = "job-x";
+  EXPECT_STATUS(Release(r), StatusCode::kPermissionDenied, "no_grant");
+}
+
+TEST_F(ReleaseTest, OnlyThePortalCreatesGrantsForRegisteredImages) {
+  GrantRequest g{"job-1", "img-1", kTenant, "h1", 60};
+  EXPECT_STATUS(service_->CreateGrant(As(Caller::Role::kHost, "h1"), g),
+                StatusCode::kPermissionDenied, "portal role");
+  EXPECT_STATUS(service_->CreateGrant(As(Caller::Role::kOperator, "op"), g),
+                StatusCode::kPermissionDenied, "portal role");
+  EXPECT_STATUS(service_->CreateGrant(As(Caller::Role::kPortal, "p"), g),
+                StatusCode::kFailedPrecondition, "unknown_image");
+  g.ttl_seconds = 0;
+  EXPECT_STATUS(service_->CreateGrant(As(Caller::Role::kPortal, "p"), g),
+                StatusCode::kInvalidArgument, "ttl_seconds");
+  EXPECT_STATUS(service_->RegisterImage(As(Caller::Role::kHost, "h1"), {kTenant, "img-1", "k", 0}),
+                StatusCode::kPermissionDenied, "portal role");
+}
+
+TEST_F(ReleaseTest, ImageRegisteredWithAnotherKeyIsAConflict) {
+  const Caller portal = As(Caller::Role::kPortal, "p");
+  ASSERT_OK(service_->RegisterImage(portal, {kTenant, "img-1", "sha256:aa", 0}));
+  ASSERT_OK(service_->RegisterImage(portal, {kTenant, "img-1", "sha256:aa", 0}));  // idempotent
+  EXPECT_STATUS(service_->RegisterImage(portal, {kTenant, "img-1", "sha256:bb", 0}),
+                StatusCode::kPermissionDenied, "image_conflict");
+}
+
+TEST_F(ReleaseTest, ImagePolicyTheHostFailsDeniesWithThePolicysReason) {
+  const crypto::PublicKey customer = NewCustomerKey("X25519");
+  const Caller portal = As(Caller::Role::kPortal, "p");
+  ASSERT_OK(service_->RegisterImage(portal, {kTenant, "img-1", "sha256:" + customer.KeyId(), 0}));
+  // The image's own policy (written by the portal for the registered image)
+  // requires a tag h1 lacks; the customer-wide policy alone would allow it.
+  ASSERT_OK(service_->PutPolicy(portal, {kTenant, "img-1",
+                                         {{"flavors", {{"anyOf", {"good"}}}},
+                                          {"required_tags", {"tier=gold"}}}}));
+  EXPECT_STATUS(Release(Request("img-1", customer, data_key_)), StatusCode::kPermissionDenied,
+                "tags");
+  ASSERT_OK(service_->SetHostTags(As(Caller::Role::kOperator, "op"), "h1", {"tier=gold"}));
+  ASSERT_OK(Release(Request("img-1", customer, data_key_)));
+  const std::string audit = AuditText();
+  const size_t grant = audit.find("\"release.grant\"");
+  ASSERT_NE(grant, std::string::npos);
+  const size_t begin = audit.rfind('\n', grant) + 1;  // npos + 1 == 0 for the first line
+  const std::string line = audit.substr(begin, audit.find('\n', grant) - begin);
+  EXPECT_NE(line.find("\"policy\":\"acme/img-1\""), std::string::npos) << line;
+}
+
+TEST_F(ServiceTest, PortalCannotWriteDefaultCustomerWideOrUnregisteredPolicies) {
+  const Caller portal = As(Caller::Role::kPortal, "p");
+  const Caller op = As(Caller::Role::kOperator, "op");
+  const nlohmann::json p = {{"flavors", {{"anyOf", {"good"}}}}};
+  EXPECT_STATUS(service_->PutPolicy(portal, {"_default", "", p}), StatusCode::kPermissionDenied,
+                "policy_forbidden");
+  EXPECT_STATUS(service_->PutPolicy(portal, {"acme", "", p}), StatusCode::kPermissionDenied,
+                "policy_forbidden");
+  EXPECT_STATUS(service_->PutPolicy(portal, {"acme", "img-1", p}), StatusCode::kPermissionDenied,
+                "not registered");
+  // img-1 is registered for "other", not for acme.
+  ASSERT_OK(service_->RegisterImage(portal, {"other", "img-1", "sha256:aa", 0}));
+  EXPECT_STATUS(service_->PutPolicy(portal, {"acme", "img-1", p}), StatusCode::kPermissionDenied,
+                "not registered");
+  EXPECT_STATUS(service_->GetPolicy(op, "_default", ""), StatusCode::kNotFound, "no release policy");
+  EXPECT_STATUS(service_->GetPolicy(op, "acme", "img-1"), StatusCode::kNotFound, "no release policy");
+  ASSERT_OK(service_->PutPolicy(portal, {"other", "img-1", p}));
+  ASSERT_OK(service_->PutPolicy(op, {"_default", "", p}));
+  auto recs = store_->ReadAudit(0, 1000);
+  ASSERT_OK(recs);
+  int forbidden = 0;
+  for (const auto& r : *recs) forbidden += r.record.find("policy_forbidden") != std::string::npos;
+  EXPECT_EQ(forbidden, 4);
+}
+
+TEST_F(ServiceTest, EkPinRefusesAnotherEkUntilApproved) {
+  const std::string ek_a(64, 'a'), ek_b(64, 'b');
+  HostRecord h{"h1", "", "", true, {}, now_};
+  ASSERT_OK(store_->PutEnrolledHost(h, ek_a, {"host.enroll", "host/h1"}));
+  ASSERT_OK(store_->PutEnrolledHost(h, ek_a, {"host.enroll", "host/h1"}));  // same TPM again
+  EXPECT_STATUS(store_->PutEnrolledHost(h, ek_b, {"host.enroll", "host/h1"}),
+                StatusCode::kFailedPrecondition, "ek_mismatch");
+  auto pin = store_->GetEkPin("h1");
+  ASSERT_OK(pin);
+  EXPECT_EQ(*pin, ek_a);
+  const Caller op = As(Caller::Role::kOperator, "op");
+  EXPECT_STATUS(service_->ApproveEk(As(Caller::Role::kPortal, "p"), "h1", ek_b),
+                StatusCode::kPermissionDenied, "operator role");
+  EXPECT_STATUS(service_->ApproveEk(op, "h1", "B" + ek_b.substr(1)), StatusCode::kInvalidArgument,
+                "64 lowercase hex");
+  ASSERT_OK(service_->ApproveEk(op, "h1", ek_b));
+  ASSERT_OK(store_->PutEnrolledHost(h, ek_b, {"host.enroll", "host/h1"}));
+  EXPECT_STATUS(store_->PutEnrolledHost(h, ek_a, {"host.enroll", "host/h1"}),
+                StatusCode::kFailedPrecondition, "ek_mismatch");
+  auto recs = store_->ReadAudit(0, 1000);
+  ASSERT_OK(recs);
+  bool approved = false;
+  for (const auto& r : *recs) {
+    approved = approved || (r.record.find("host.ek.approve") != std::string::npos &&
+                            r.record.find(ek_b) != std::string::npos &&
+                            r.record.find(ek_a) != std::string::npos);
+  }
+  EXPECT_TRUE(approved);
 }
 
 }  // namespace

@@ -120,6 +120,29 @@ CREATE TABLE audit_checkpoint (
   size BIGINT NOT NULL,
   note TEXT NOT NULL);
 )sql",
+    // Binding (issue 14): the images the portal registered at upload (the
+    // tag's tenant and imageId), one-launch grants of a job on a host, and
+    // the EK pinned to each host id at its first enrollment.
+    R"sql(
+CREATE TABLE images (
+  tenant TEXT NOT NULL,
+  image_id TEXT NOT NULL,
+  key_id TEXT NOT NULL,
+  created_unix BIGINT NOT NULL,
+  PRIMARY KEY (tenant, image_id));
+CREATE TABLE grants (
+  job_id TEXT PRIMARY KEY,
+  image_id TEXT NOT NULL,
+  tenant TEXT NOT NULL,
+  host_id TEXT NOT NULL,
+  expires_unix BIGINT NOT NULL,
+  created_unix BIGINT NOT NULL,
+  used_unix BIGINT NOT NULL DEFAULT 0);
+CREATE TABLE ek_pins (
+  host_id TEXT PRIMARY KEY,
+  ek_sha256 TEXT NOT NULL,
+  pinned_unix BIGINT NOT NULL);
+)sql",
 };
 
 int64_t Now() { return static_cast<int64_t>(std::time(nullptr)); }
@@ -276,12 +299,121 @@ class SqlStore : public Store {
     return stored;
   }
 
+  Status PutEnrolledHost(const HostRecord& h, const std::string& ek_sha256,
+                         const AuditEvent& audit) override {
+    return InTx([&]() -> Status {
+      // The first enrollment pins the EK; the pin row decides every later one.
+      RETURN_IF_ERROR(conn_->Exec(
+          "INSERT INTO ek_pins (host_id, ek_sha256, pinned_unix) VALUES (?, ?, ?) "
+          "ON CONFLICT (host_id) DO NOTHING",
+          {h.host_id, ek_sha256, Now()}));
+      ASSIGN_OR_RETURN(auto pin, conn_->Exec("SELECT ek_sha256 FROM ek_pins WHERE host_id = ?",
+                                             {h.host_id}));
+      if (pin.rows.empty() || ToStr(pin.rows[0][0]) != ek_sha256) {
+        return FailedPreconditionError("ek_mismatch: host " + h.host_id +
+                                       " is pinned to another EK; an operator must approve this one");
+      }
+      RETURN_IF_ERROR(conn_->Exec(
+          "INSERT INTO hosts (host_id, ek_cert_pem, ak_public, enrolled, tags, created_unix) "
+          "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (host_id) DO UPDATE SET "
+          "ek_cert_pem = excluded.ek_cert_pem, ak_public = excluded.ak_public, "
+          "enrolled = excluded.enrolled, tags = excluded.tags",
+          {h.host_id, h.ek_cert_pem, h.ak_public, int64_t{h.enrolled ? 1 : 0},
+           DumpJson(h.tags), h.created_unix}));
+      RETURN_IF_ERROR(BumpConfigVersionLocked());
+      return AppendAuditLocked(audit);
+    });
+  }
+
+  StatusOr<std::string> GetEkPin(const std::string& host_id) override {
+    std::lock_guard<std::mutex> lock(read_mu_);
+    ASSIGN_OR_RETURN(auto r, reader_->Exec("SELECT ek_sha256 FROM ek_pins WHERE host_id = ?",
+                                           {host_id}));
+    if (r.rows.empty()) return NotFoundError("no EK pinned to host " + host_id);
+    return ToStr(r.rows[0][0]);
+  }
+
+  Status PinEk(const std::string& host_id, const std::string& ek_sha256,
+               const AuditEvent& audit) override {
+    return InTx([&]() -> Status {
+      RETURN_IF_ERROR(conn_->Exec(
+          "INSERT INTO ek_pins (host_id, ek_sha256, pinned_unix) VALUES (?, ?, ?) "
+          "ON CONFLICT (host_id) DO UPDATE SET ek_sha256 = excluded.ek_sha256, "
+          "pinned_unix = excluded.pinned_unix",
+          {host_id, ek_sha256, Now()}));
+      return AppendAuditLocked(audit);
+    });
+  }
+
+  Status PutImage(const ImageRecord& i, const AuditEvent& audit) override {
+    return InTx([&]() -> Status {
+      ASSIGN_OR_RETURN(auto inserted, conn_->Exec(
+          "INSERT INTO images (tenant, image_id, key_id, created_unix) VALUES (?, ?, ?, ?) "
+          "ON CONFLICT (tenant, image_id) DO NOTHING",
+          {i.tenant, i.image_id, i.key_id, i.created_unix}));
+      if (inserted.affected == 1) return AppendAuditLocked(audit);
+      ASSIGN_OR_RETURN(auto r, conn_->Exec(
+          "SELECT key_id FROM images WHERE tenant = ? AND image_id = ?", {i.tenant, i.image_id}));
+      if (r.rows.empty() || ToStr(r.rows[0][0]) != i.key_id) {
+        return FailedPreconditionError("image_conflict: image " + i.image_id + " of tenant " +
+                                       i.tenant + " is registered with another key");
+      }
+      return OkStatus();
+    });
+  }
+
+  StatusOr<ImageRecord> GetImage(const std::string& tenant, const std::string& image_id) override {
+    std::lock_guard<std::mutex> lock(read_mu_);
+    ASSIGN_OR_RETURN(auto r, reader_->Exec(
+        "SELECT tenant, image_id, key_id, created_unix FROM images WHERE tenant = ? AND image_id = ?",
+        {tenant, image_id}));
+    if (r.rows.empty()) return NotFoundError("tenant " + tenant + " has no image " + image_id);
+    return ImageRecord{ToStr(r.rows[0][0]), ToStr(r.rows[0][1]), ToStr(r.rows[0][2]),
+                       ToInt(r.rows[0][3])};
+  }
+
+  Status PutGrant(const GrantRecord& g, const AuditEvent& audit) override {
+    return InTx([&]() -> Status {
+      RETURN_IF_ERROR(conn_->Exec(
+          "INSERT INTO grants (job_id, image_id, tenant, host_id, expires_unix, created_unix, "
+          "used_unix) VALUES (?, ?, ?, ?, ?, ?, 0) ON CONFLICT (job_id) DO UPDATE SET "
+          "image_id = excluded.image_id, tenant = excluded.tenant, host_id = excluded.host_id, "
+          "expires_unix = excluded.expires_unix, created_unix = excluded.created_unix, used_unix = 0",
+          {g.job_id, g.image_id, g.tenant, g.host_id, g.expires_unix, g.created_unix}));
+      return AppendAuditLocked(audit);
+    });
+  }
+
+  StatusOr<GrantRecord> GetGrant(const std::string& job_id) override {
+    std::lock_guard<std::mutex> lock(read_mu_);
+    ASSIGN_OR_RETURN(auto r, reader_->Exec(
+        "SELECT job_id, image_id, tenant, host_id, expires_unix, created_unix, used_unix "
+        "FROM grants WHERE job_id = ?",
+        {job_id}));
+    if (r.rows.empty()) return NotFoundError("no grant for job " + job_id);
+    const auto& row = r.rows[0];
+    return GrantRecord{ToStr(row[0]), ToStr(row[1]), ToStr(row[2]), ToStr(row[3]),
+                       ToInt(row[4]), ToInt(row[5]), ToInt(row[6])};
+  }
+
   using Store::PutVerdict;
   Status PutVerdict(const Verdict& v, const std::vector<AuditEvent>& audits,
-                    const NonceUse* consume) override {
+                    const NonceUse* consume, const GrantUse* grant) override {
     return InTx([&]() -> Status {
       if (consume != nullptr) {
         RETURN_IF_ERROR(ConsumeNonceLocked(consume->nonce, consume->host_id, consume->expires_unix));
+      }
+      if (grant != nullptr) {
+        // Used exactly once: a second release (in any process) finds it used.
+        ASSIGN_OR_RETURN(auto used, conn_->Exec(
+            "UPDATE grants SET used_unix = ? WHERE job_id = ? AND image_id = ? AND tenant = ? "
+            "AND host_id = ? AND used_unix = 0 AND expires_unix >= ?",
+            {grant->now_unix, grant->job_id, grant->image_id, grant->tenant, grant->host_id,
+             grant->now_unix}));
+        if (used.affected != 1) {
+          return FailedPreconditionError("no_grant: job " + grant->job_id +
+                                         " has no unused, unexpired grant for this image on this host");
+        }
       }
       RETURN_IF_ERROR(conn_->Exec(
           "INSERT INTO verdicts (verdict_id, host_id, trusted, reason, time_unix, details) "

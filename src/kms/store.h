@@ -79,6 +79,30 @@ struct PolicyRecord {
   nlohmann::json policy = nlohmann::json::object();
 };
 
+// An image as the portal registered it at upload: the tenant and imageId
+// of the package's encryption tag (what the key-wrap label binds) and the
+// tag's key id. (tenant, image_id) is unique.
+struct ImageRecord {
+  std::string tenant;
+  std::string image_id;
+  std::string key_id;
+  int64_t created_unix = 0;
+};
+
+// One launch of an image by a job on a host, registered by the portal when
+// it places the job. A release is granted only against an unexpired, unused
+// grant that names the same job, image, tenant and host; it is used up by
+// that release.
+struct GrantRecord {
+  std::string job_id;
+  std::string image_id;
+  std::string tenant;
+  std::string host_id;
+  int64_t expires_unix = 0;
+  int64_t created_unix = 0;
+  int64_t used_unix = 0;  // 0 while unused
+};
+
 class Store {
  public:
   virtual ~Store() = default;
@@ -109,6 +133,31 @@ class Store {
   virtual Status SetHostEnrolled(const std::string& host_id, const AuditEvent& audit) = 0;
   virtual Status SetHostTags(const std::string& host_id, const std::vector<std::string>& tags,
                              const AuditEvent& audit) = 0;
+  // Stores an enrolled host under its EK pin, in one transaction: the first
+  // enrollment of `host.host_id` pins `ek_sha256` (lowercase hex SHA-256 of
+  // the EK's SubjectPublicKeyInfo); a later one with another EK changes
+  // nothing and fails FAILED_PRECONDITION "ek_mismatch: ...".
+  virtual Status PutEnrolledHost(const HostRecord& host, const std::string& ek_sha256,
+                                 const AuditEvent& audit) = 0;
+  // The EK pinned to the host id; NOT_FOUND if none yet.
+  virtual StatusOr<std::string> GetEkPin(const std::string& host_id) = 0;
+  // Pins `ek_sha256` to the host id, replacing any pin (an operator's
+  // approval of a new TPM), with its audit record.
+  virtual Status PinEk(const std::string& host_id, const std::string& ek_sha256,
+                       const AuditEvent& audit) = 0;
+
+  // --- Images and grants -----------------------------------------------------
+  // Registers an image with its audit record; registering the same (tenant,
+  // image id) again is a no-op (nothing audited) unless the key id differs:
+  // FAILED_PRECONDITION "image_conflict".
+  virtual Status PutImage(const ImageRecord& image, const AuditEvent& audit) = 0;
+  // NOT_FOUND if the tenant has no such image.
+  virtual StatusOr<ImageRecord> GetImage(const std::string& tenant, const std::string& image_id) = 0;
+  // Inserts or replaces the grant of `grant.job_id` (a job placed again on
+  // another host gets a fresh grant; the old one is gone) with its audit.
+  virtual Status PutGrant(const GrantRecord& grant, const AuditEvent& audit) = 0;
+  // NOT_FOUND if the job has no grant.
+  virtual StatusOr<GrantRecord> GetGrant(const std::string& job_id) = 0;
 
   // --- Nonces ------------------------------------------------------------
   // Nonces are stateless when issued (the KMS authenticates them with a MAC,
@@ -148,8 +197,22 @@ class Store {
     std::string host_id;
     int64_t expires_unix = 0;
   };
+  Status PutVerdict(const Verdict& verdict, const std::vector<AuditEvent>& audits,
+                    const NonceUse* consume) {
+    return PutVerdict(verdict, audits, consume, nullptr);
+  }
+  // The grant a release uses up: the verdict's transaction marks it used,
+  // and writes nothing unless it is unused, unexpired at `now_unix` and
+  // names this image, tenant and host (FAILED_PRECONDITION "no_grant: ...").
+  struct GrantUse {
+    std::string job_id;
+    std::string image_id;
+    std::string tenant;
+    std::string host_id;
+    int64_t now_unix = 0;
+  };
   virtual Status PutVerdict(const Verdict& verdict, const std::vector<AuditEvent>& audits,
-                            const NonceUse* consume) = 0;
+                            const NonceUse* consume, const GrantUse* grant) = 0;
   // The host's untrusted verdicts at or after `since_unix`, oldest first.
   virtual StatusOr<std::vector<Verdict>> ListFailedVerdicts(const std::string& host_id,
                                                             int64_t since_unix) = 0;

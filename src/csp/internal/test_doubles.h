@@ -35,7 +35,20 @@ class FakeVerifier final : public PackageVerifier {
       return DataLossError("manifest digest mismatch for disk1.vmdk");
     }
     if (!data.starts_with(kSealedMagic)) return FailedPreconditionError("disk is not encrypted");
-    return VerifiedPackage{"img", "key-1", 1};
+    // A package that names its tag's tenant and key id ("TENANT=<id>\n",
+    // "KEYID=<id>\n" lines) is checked against the uploader like a real one;
+    // without them the double reads no tag (tenant empty).
+    VerifiedPackage out{"img", "key-1", 1, ""};
+    auto line = [&](const std::string& name, std::string* value) {
+      size_t at = data.find("\n" + name + "=");
+      if (at == std::string::npos) return;
+      at += name.size() + 2;
+      *value = data.substr(at, data.find('\n', at) - at);
+    };
+    line("TENANT", &out.tenant);
+    line("KEYID", &out.key_id);
+    line("IMAGEID", &out.tagged_image_id);
+    return out;
   }
 };
 
@@ -124,6 +137,35 @@ class FakeKmsClient final : public KmsClient {
     auto it = policies_.find(customer_id + "/" + image_id);
     return it == policies_.end() ? "" : it->second;
   }
+  Status RegisterImage(const std::string& tenant, const std::string& image_id,
+                       const std::string& key_id) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (unavailable_) return UnavailableError("HTTPS request failed: Connection");
+    images_[tenant + "/" + image_id] = key_id;
+    return OkStatus();
+  }
+  // Grants are refused (as the KMS refuses one for an unregistered image).
+  void SetGrantsRefused(bool refused) {
+    std::lock_guard<std::mutex> lock(mu_);
+    grants_refused_ = refused;
+  }
+  Status CreateGrant(const LaunchGrant& grant) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (unavailable_) return UnavailableError("HTTPS request failed: Connection");
+    if (grants_refused_) return FailedPreconditionError("KMS: unknown_image: not registered");
+    grants_.push_back(grant);
+    return OkStatus();
+  }
+  // Registered images, "<tenant>/<image>" -> key id.
+  std::map<std::string, std::string> images() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return images_;
+  }
+  // Every grant registered, oldest first.
+  std::vector<LaunchGrant> grants() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return grants_;
+  }
   std::string CaCertificatePem() const override { return ca_ ? ca_->cert.ToPem() : ""; }
 
  private:
@@ -136,6 +178,9 @@ class FakeKmsClient final : public KmsClient {
   std::string last_key_algorithm_;
   std::pair<std::string, std::string> last_query_;
   std::map<std::string, std::string> policies_;
+  std::map<std::string, std::string> images_;
+  std::vector<LaunchGrant> grants_;
+  bool grants_refused_ = false;
 };
 
 }  // namespace vmseal::csp::testing

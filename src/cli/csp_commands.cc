@@ -37,6 +37,7 @@ struct ServeFlags {
   int64_t heartbeat_timeout_seconds = 30;
   int max_attempts = 3;
   bool accept_unverified = false;
+  std::vector<std::string> limits;  // name=value
 };
 
 Status Serve(const ServeFlags& f) {
@@ -53,6 +54,11 @@ Status Serve(const ServeFlags& f) {
   o.s3_access_key_id = f.s3_access_key_id;
   o.heartbeat_timeout_seconds = f.heartbeat_timeout_seconds;
   o.max_attempts = f.max_attempts;
+  for (const std::string& nv : f.limits) {
+    const size_t eq = nv.find('=');
+    if (eq == std::string::npos) return InvalidArgumentError("--limit wants NAME=VALUE, got " + nv);
+    RETURN_IF_ERROR(csp::SetAbuseLimit(&o.limits, nv.substr(0, eq), nv.substr(eq + 1)));
+  }
   if (f.heartbeat_timeout_seconds < 1 || f.max_attempts < 1) {
     return InvalidArgumentError("--heartbeat-timeout and --max-attempts must be positive");
   }
@@ -196,6 +202,14 @@ void AddCspCommands(CLI::App& app, const CommandSink& sink) {
                     "PEM portal identity from `vmseal kms issue-identity --role portal`")
       ->required();
   serve->add_option("--kms-key", flags->kms_key, "PEM key of that identity")->required();
+  std::string limit_help = "Set a rate limit or quota, NAME=VALUE (0 disables it); repeatable. "
+                           "Defaults:";
+  for (const auto& [name, value] : csp::AbuseLimitValues(csp::AbuseLimits{})) {
+    char buf[64];
+    std::snprintf(buf, sizeof(buf), " %s=%g", name.c_str(), value);
+    limit_help += buf;
+  }
+  serve->add_option("--limit", flags->limits, limit_help);
   serve->add_option("--heartbeat-timeout", flags->heartbeat_timeout_seconds,
                     "Seconds without heartbeat before a host leaves the pool (default 30)");
   serve->add_option("--max-attempts", flags->max_attempts,

@@ -95,6 +95,14 @@ StatusOr<CustomerKey> Accounts::GetCustomerKey(const Principal& who) {
 
 StatusOr<LoginResponse> Accounts::Login(const LoginRequest& request) {
   const Status denied = UnauthenticatedError("invalid login id or password");
+  rate_limit::FailureBackoff* const failures = options_.login_failures;
+  if (failures != nullptr) {
+    rate_limit::Decision d = failures->Check(request.login_id);
+    if (!d.allowed) {
+      return ResourceExhaustedError(rate_limit::RateLimitedMessage(
+          "too many failed logins for this login id", d.retry_after_seconds));
+    }
+  }
   auto customer = db_->FindCustomerByLogin(request.login_id);
   if (!customer.ok() && customer.status().code() != StatusCode::kNotFound) {
     return customer.status();
@@ -103,7 +111,12 @@ StatusOr<LoginResponse> Accounts::Login(const LoginRequest& request) {
   // argon2id_verify recomputes the hash and compares in constant time.
   int rc = argon2id_verify(encoded.c_str(), request.password.UnsafeData(),
                            request.password.size());
-  if (!customer.ok() || rc != ARGON2_OK) return denied;
+  if (!customer.ok() || rc != ARGON2_OK) {
+    // Unknown login ids back off too: the answer must not tell them apart.
+    if (failures != nullptr) failures->RecordFailure(request.login_id);
+    return denied;
+  }
+  if (failures != nullptr) failures->RecordSuccess(request.login_id);
 
   LoginResponse out;
   std::string token = kTokenPrefix + crypto::HexEncode(SecretBytes::Random(32).UnsafeSpan());

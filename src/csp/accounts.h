@@ -13,6 +13,7 @@
 #include "csp/clock.h"
 #include "csp/kms_client.h"
 #include "csp/portal_db.h"
+#include "rate_limit/rate_limit.h"
 
 namespace vmseal::csp {
 
@@ -60,6 +61,9 @@ class Accounts {
     uint32_t argon2_parallelism = 1;
     // Lifetime of a session token. Default 1 hour.
     int64_t session_ttl_seconds = 3600;
+    // Back-off per login id after failed logins (password guessing); a
+    // blocked login id is refused before Argon2id runs. Not owned; null: none.
+    rate_limit::FailureBackoff* login_failures = nullptr;
   };
 
   // `db`, `clock` and `kms` must outlive the object.
@@ -76,7 +80,9 @@ class Accounts {
   StatusOr<CustomerKey> GetCustomerKey(const Principal& who);
 
   // UNAUTHENTICATED "invalid login id or password" for an unknown login id
-  // or a wrong password alike (and with the same Argon2id cost).
+  // or a wrong password alike (and with the same Argon2id cost); with
+  // Options::login_failures, RESOURCE_EXHAUSTED "rate_limited: ...; retry in
+  // N s" while the login id is backing off (the right password included).
   StatusOr<LoginResponse> Login(const LoginRequest& request);
 
   // The principal of a live token; UNAUTHENTICATED otherwise ("session

@@ -11,12 +11,15 @@
 
 #include "base/env.h"
 #include "crypto/primitives.h"
+#include "csp/abuse_guard.h"
 #include "csp/accounts.h"
 #include "csp/http_api.h"
 #include "csp/images.h"
 #include "csp/jobs.h"
 #include "csp/scheduler.h"
 #include "csp/sqlite_db.h"
+#include "json/json.h"
+#include "net/https_server.h"
 #include "net/internal/body_limit.h"
 #include "net/internal/listen.h"
 #include "store/fs_store.h"
@@ -37,6 +40,7 @@ struct PortalServer::Impl {
   std::unique_ptr<HostRegistry> hosts;
   std::unique_ptr<Scheduler> scheduler;
   std::unique_ptr<JobManager> jobs;
+  std::unique_ptr<AbuseGuard> guard;
   std::unique_ptr<httplib::Server> http;
   std::atomic<int> listen_fd{-1};  // set when httplib creates the listening socket
   int port = 0;
@@ -47,6 +51,66 @@ struct PortalServer::Impl {
   std::condition_variable cv;
   bool stopping = false;
 };
+
+namespace {
+
+void SendLimited(httplib::Response& res, const Status& status) {
+  res.status = HttpStatusFromCode(status.code());
+  if (int64_t after = rate_limit::RetryAfterOf(status.message()); after > 0) {
+    res.set_header("Retry-After", std::to_string(after));
+  }
+  res.set_content(DumpJson(net::ErrorBody(status)), "application/json");
+}
+
+// Rate limits, from the request line and headers only (before the body is
+// read and before Argon2id or the KMS run).
+httplib::Server::HandlerResponse AdmitRequest(AbuseGuard& guard, Accounts& accounts,
+                                              JobManager& job_manager,
+                                              const httplib::Request& req,
+                                              httplib::Response& res) {
+  using httplib::Server;
+  if (req.method != "POST") return Server::HandlerResponse::Unhandled;
+  Status admitted;
+  if (req.path == "/v1/register") {
+    admitted = guard.AdmitRegistration(req.remote_addr);
+  } else if (req.path == "/v1/login") {
+    admitted = guard.AdmitLogin(req.remote_addr);
+  } else if (req.path == "/v1/launch") {
+    const std::string& h = req.get_header_value("Authorization");
+    if (!h.starts_with("Bearer ") || h.size() <= 7) return Server::HandlerResponse::Unhandled;
+    SecretBytes token(crypto::AsBytes(std::string_view(h).substr(7)));
+    auto who = accounts.Authenticate(token);
+    if (!who.ok()) return Server::HandlerResponse::Unhandled;  // the route answers 401
+    auto jobs = job_manager.ListJobs(*who);
+    if (!jobs.ok()) return Server::HandlerResponse::Unhandled;
+    int64_t in_progress = 0;
+    for (const Job& j : *jobs) {
+      if (j.state != JobState::kRunning && j.state != JobState::kFailed) ++in_progress;
+    }
+    admitted = guard.AdmitJob(who->customer_id, in_progress);
+  }
+  if (admitted.ok()) return Server::HandlerResponse::Unhandled;
+  SendLimited(res, admitted);
+  return Server::HandlerResponse::Handled;
+}
+
+// Login outcomes feed the per-address back-off; a 429 from a route (the
+// per-login-id back-off in Accounts) gets its Retry-After.
+void AfterRequest(AbuseGuard& guard, const httplib::Request& req, httplib::Response& res) {
+  if (req.method == "POST" && req.path == "/v1/login" && res.status != 429) {
+    guard.RecordLogin(req.remote_addr, res.status == 200);
+  }
+  if (res.status == 429 && !res.has_header("Retry-After")) {
+    auto body = ParseJson(res.body);
+    if (body.ok() && body->is_object() && (*body)["error"].is_object() &&
+        (*body)["error"]["message"].is_string()) {
+      int64_t after = rate_limit::RetryAfterOf((*body)["error"]["message"].get<std::string>());
+      if (after > 0) res.set_header("Retry-After", std::to_string(after));
+    }
+  }
+}
+
+}  // namespace
 
 StatusOr<std::unique_ptr<PortalServer>> PortalServer::Create(Options options,
                                                              const PackageVerifier* verifier,
@@ -82,8 +146,10 @@ StatusOr<std::unique_ptr<PortalServer>> PortalServer::Create(Options options,
   }
   ASSIGN_OR_RETURN(impl->uploads, store::UploadSessions::Create({options.data_dir + "/staging"},
                                                                 impl->store.get()));
+  impl->guard = std::make_unique<AbuseGuard>(options.limits);
   Accounts::Options ao;
   ao.argon2_m_cost_kib = options.argon2_m_cost_kib;
+  ao.login_failures = impl->guard->login_id_failures();
   ASSIGN_OR_RETURN(impl->accounts, Accounts::Create(ao, impl->db.get(), Clock::Real(), kms));
   ASSIGN_OR_RETURN(impl->images, ImageService::Create({}, impl->db.get(), impl->store.get(),
                                                       impl->uploads.get(), verifier, Clock::Real()));
@@ -114,9 +180,21 @@ StatusOr<std::unique_ptr<PortalServer>> PortalServer::Create(Options options,
   net::internal::UseListenSocketOptions(impl->http.get(), &impl->listen_fd);
   // JSON bodies up to 1 MiB; an upload's PUT streams its bytes to the store
   // (its size is the upload's business), but must still declare it.
-  net::internal::LimitBodies(impl->http.get(), [](const httplib::Request& req) -> uint64_t {
-    const bool upload = req.method == "PUT" && req.path.rfind("/v1/uploads/", 0) == 0;
-    return upload ? std::numeric_limits<uint64_t>::max() : kMaxJsonBodyBytes;
+  net::internal::LimitBodies(
+      impl->http.get(),
+      [](const httplib::Request& req) -> uint64_t {
+        const bool upload = req.method == "PUT" && req.path.rfind("/v1/uploads/", 0) == 0;
+        return upload ? std::numeric_limits<uint64_t>::max() : kMaxJsonBodyBytes;
+      },
+      [i = impl.get()](const httplib::Request& req, httplib::Response& res) {
+        return AdmitRequest(*i->guard, *i->accounts, *i->jobs, req, res);
+      });
+  impl->http->set_post_routing_handler(
+      [i = impl.get()](const httplib::Request& req, httplib::Response& res) {
+        AfterRequest(*i->guard, req, res);
+      });
+  impl->http->Get("/metrics", [i = impl.get()](const httplib::Request&, httplib::Response& res) {
+    res.set_content(i->guard->RenderMetrics(), "text/plain; version=0.0.4");
   });
   impl->options = std::move(options);
   PortalServices svc;

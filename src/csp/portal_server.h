@@ -9,6 +9,7 @@
 
 #include "base/secret_bytes.h"
 #include "base/status.h"
+#include "csp/abuse_guard.h"
 #include "csp/hosts.h"
 #include "csp/kms_client.h"
 #include "csp/package_verifier.h"
@@ -50,6 +51,8 @@ class PortalServer {
     // Lifetime of the KMS grant of a placed job (JobManager::Options).
     // Default 600 s.
     int64_t grant_ttl_seconds = 600;
+    // Rate limits and quotas (429 with Retry-After); on GET /metrics.
+    AbuseLimits limits;
   };
 
   // `verifier` checks packages before they are listed; `kms` creates

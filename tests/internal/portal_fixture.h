@@ -80,7 +80,8 @@ class PortalFixture : public ::testing::Test {
     EXPECT_TRUE(put && put->status / 100 == 2) << (put ? put->body : "no answer");
     auto commit = c.Post("/v1/uploads/" + id + "/commit", auth, "{\"name\":\"web\"}",
                          "application/json");
-    EXPECT_TRUE(commit && commit->status / 100 == 2) << (commit ? commit->body : "no answer");
+    EXPECT_TRUE(commit && commit->status / 100 == 2)
+        << (commit ? std::to_string(commit->status) + " " + commit->body : "no answer");
     return Json(commit).value("image_id", "");
   }
 

@@ -475,7 +475,7 @@ Status Demo::PlayCustomer() {
 }
 
 Status Demo::ShowAudit() {
-  n_.Step("The KMS audit trail of this run (hash-chained; verified):");
+  n_.Step("The KMS audit trail of this run (a transparency log; verified):");
   ASSIGN_OR_RETURN(std::string lines, Vmseal({"kms", "audit", "export", "--config",
                                               Path("kms/kms.json")}));
   std::istringstream in(lines);

@@ -6,7 +6,6 @@
 #include <utility>
 
 #include "disk_format/disk_format.h"
-#include "host/internal/disk_section.h"
 #include "host/internal/virtual_hardware.h"
 #include "ovf/package.h"
 #include "ovf/package_format.h"
@@ -22,10 +21,8 @@ Status UnsafeDiskFormat(const std::string& reason) {
 // docs/format/package.md), before any key is released: a package whose disk
 // is declared as anything but raw or qcow2 (a VMware vmdk, say) is never
 // run. Empty when the descriptor declares none.
-StatusOr<std::optional<vm::DiskFormat>> DeclaredFormat(const ovf::Package& package,
-                                                       const ovf::FileRef& disk) {
-  ASSIGN_OR_RETURN(std::string uri,
-                   internal::DeclaredDiskFormat(package.descriptor_text(), disk.id));
+StatusOr<std::optional<vm::DiskFormat>> DeclaredFormat(const ovf::FileRef& disk) {
+  const std::string& uri = disk.disk_format_uri;
   if (uri.empty()) return std::optional<vm::DiskFormat>();
   if (uri == ovf::kRawFormatUri) return std::optional(vm::DiskFormat::kRaw);
   if (uri == ovf::kQcow2FormatUri) return std::optional(vm::DiskFormat::kQcow2);
@@ -180,7 +177,7 @@ StatusOr<vm::VmInfo> HostAgent::RunJobSteps(const Job& job, const std::string& v
   // The first file of References is the boot disk.
   const ovf::FileRef& boot = package->files().front();
   ASSIGN_OR_RETURN(std::optional<vm::DiskFormat> declared_format,
-                   DeclaredFormat(*package, boot));
+                   DeclaredFormat(boot));
   ASSIGN_OR_RETURN(std::string disk_path, vms_->DiskPath(vm_name));
 
   {

@@ -255,7 +255,11 @@ Status Descriptor::UpgradeToOvf2() {
 std::vector<FileRef> Descriptor::Files() const {
   std::vector<FileRef> out;
   std::string_view ns = major_version() == 1 ? kOvf1Namespace : kOvf2Namespace;
-  xmlNode* refs = FirstChild(xmlDocGetRootElement(doc_), ns, "References");
+  xmlNode* root = xmlDocGetRootElement(doc_);
+  xmlNode* refs = FirstChild(root, ns, "References");
+  xmlNode* disk_section = FirstChild(root, ns, "DiskSection");
+  std::vector<xmlNode*> disks;
+  if (disk_section != nullptr) disks = Children(disk_section, ns, "Disk");
   for (xmlNode* f : Children(refs, ns, "File")) {
     FileRef r;
     r.id = Attr(f, ns, "id").value_or("");
@@ -268,6 +272,12 @@ std::vector<FileRef> Descriptor::Files() const {
       xmlNode* method = FirstChild(ed, kXencNamespace, "EncryptionMethod");
       r.encryption_algorithm =
           method != nullptr ? Attr(method, "", "Algorithm").value_or("?") : "?";
+    }
+    for (xmlNode* disk : disks) {
+      if (Attr(disk, ns, "fileRef") == r.id) {
+        r.disk_format_uri = Attr(disk, ns, "format").value_or("");
+        break;
+      }
     }
     out.push_back(std::move(r));
   }

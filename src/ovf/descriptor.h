@@ -49,6 +49,9 @@ struct FileRef {
   bool compressed = false;          // ovf:compression other than "identity"
   bool chunked = false;             // ovf:chunkSize present
   std::string encryption_algorithm; // EncryptedData Algorithm; empty = plain
+  // ovf:format of the first DiskSection Disk whose ovf:fileRef names this
+  // file; empty when no Disk names it or the Disk has no format.
+  std::string disk_format_uri;
 };
 
 // What the seal step records for one file.

@@ -207,5 +207,47 @@ TEST(DescriptorTest, ExampleTagReadsBack) {
   EXPECT_EQ(k.oaep_label, OaepLabel(SampleTag()));
 }
 
+// The DiskSection's ovf:format of each file, which the host checks against
+// the disk it decrypts (OVF 2 and OVF 1 descriptors).
+TEST(DescriptorDiskFormat, FilesCarryTheFormatTheirDiskDeclares) {
+  std::vector<DiskSpec> disks = {
+      {"file1", "disk1.raw", 512, 512, std::string(kRawFormatUri)},
+      {"file2", "disk2.qcow2", 1024, 1 << 20, std::string(kQcow2FormatUri)}};
+  auto d = Descriptor::Parse(GenerateDescriptor(VirtualSystemSpec(), disks));
+  ASSERT_OK(d);
+  std::vector<FileRef> files = d->Files();
+  ASSERT_EQ(files.size(), 2u);
+  EXPECT_EQ(files[0].disk_format_uri, kRawFormatUri);
+  EXPECT_EQ(files[1].disk_format_uri, kQcow2FormatUri);
+}
+
+TEST(DescriptorDiskFormat, ReadsAnOvf1VmdkDeclaration) {
+  auto d = Descriptor::Parse(R"(<?xml version="1.0"?>
+<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1"
+          xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1">
+  <References><File ovf:id="file1" ovf:href="disk.vmdk"/></References>
+  <DiskSection><Info>disks</Info>
+    <Disk ovf:diskId="vmdisk1" ovf:fileRef="file1" ovf:capacity="1024"
+          ovf:format="http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"/>
+  </DiskSection>
+</Envelope>)");
+  ASSERT_OK(d);
+  ASSERT_EQ(d->Files().size(), 1u);
+  EXPECT_EQ(d->Files()[0].disk_format_uri,
+            "http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized");
+}
+
+TEST(DescriptorDiskFormat, OnlyADiskOfTheDiskSectionCounts) {
+  auto d = Descriptor::Parse(R"(<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/2"
+          xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/2">
+  <References><File ovf:id="file1" ovf:href="disk.raw"/><File ovf:id="file2" ovf:href="b.raw"/></References>
+  <VirtualSystem ovf:id="vm"><Info>x</Info><Disk ovf:fileRef="file1" ovf:format="x"/></VirtualSystem>
+</Envelope>)");
+  ASSERT_OK(d);
+  ASSERT_EQ(d->Files().size(), 2u);
+  EXPECT_EQ(d->Files()[0].disk_format_uri, "");
+  EXPECT_EQ(d->Files()[1].disk_format_uri, "");
+}
+
 }  // namespace
 }  // namespace vmseal::ovf

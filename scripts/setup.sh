@@ -41,6 +41,10 @@ else
   dir=build
   flags=(-DCMAKE_BUILD_TYPE=Release)
 fi
+# ccache, when installed, only speeds up rebuilds; the build does not need it.
+if command -v ccache >/dev/null 2>&1; then
+  flags+=(-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+fi
 cmake -S . -B "$dir" "${flags[@]}" >/dev/null
 cmake --build "$dir" -j "$jobs" 2>&1 | grep -E "error|warning:|Error" || true
 cmake --build "$dir" -j "$jobs" >/dev/null

@@ -101,8 +101,7 @@ crypto::Bytes PackageLabel(const std::string& image, const std::string& tenant) 
   return crypto::Bytes(s.begin(), s.end());
 }
 
-// `job` names the portal's job (sent for KMS versions that check the
-// portal's grant for it; ignored by those that do not).
+// `job` names the portal's job, whose grant the KMS checks and uses up.
 nlohmann::json BodyOf(const kms::ReleaseRequest& r, const std::string& job) {
   return {{"job_id", job},
           {"image_id", r.image_id},
@@ -329,6 +328,9 @@ int Run(bool short_run, int releases, std::vector<int> slow_counts) {
   auto key = Must(service->CreateCustomerKey(portal, {"acme", "X25519"}), "customer key");
   auto pub = Must(crypto::PublicKey::FromPem(key.public_key_pem), "public key");
   const crypto::Bytes wrapped = Must(crypto::X25519Wrap(pub, data_key, crypto::AsStringView(label)), "wrap");
+  // The portal's part: the image it accepted, and a one-launch grant for
+  // each release's job (a release without one is denied no_grant).
+  Must(service->RegisterImage(portal, {"acme", label_image, "sha256:" + pub.KeyId(), 0}), "register image");
   std::fprintf(stderr, "abuse_bench: recording %d evidence sets from swtpm...\n", runs * releases);
   std::vector<std::string> bodies;
   for (int i = 0; i < runs * releases; ++i) {
@@ -341,7 +343,9 @@ int Run(bool short_run, int releases, std::vector<int> slow_counts) {
     r.oaep_label = label;
     r.wrapped_key = wrapped;
     r.evidence = Must(engine->Attest(Must(crypto::HexDecode(n.nonce), "hex"), pcrs), "attest");
-    bodies.push_back(BodyOf(r, "job-" + std::to_string(i)).dump());
+    const std::string job = "job-" + std::to_string(i);
+    Must(service->CreateGrant(portal, {job, label_image, "acme", "host-1", 3600}).status(), "grant");
+    bodies.push_back(BodyOf(r, job).dump());
   }
   size_t next_body = 0;
   const double bound = short_run ? 12 : 20;  // s per run

@@ -124,7 +124,8 @@ crypto::Bytes PackageLabel(const std::string& image, const std::string& tenant) 
 
 // The JSON body of POST /v1/hosts/{id}/releases (docs/api/kms.yaml).
 nlohmann::json BodyOf(const kms::ReleaseRequest& r) {
-  return {{"image_id", r.image_id},
+  return {{"job_id", r.job_id},
+          {"image_id", r.image_id},
           {"tenant", r.tenant},
           {"key_id", r.key_id},
           {"key_version", r.key_version},
@@ -349,23 +350,34 @@ int Run(int releases, const std::string& store_arg, int clients, const std::stri
   // in-process loop, the same crypto alone, and the HTTPS run.
   auto measure = [&](const std::string& algorithm) {
     const bool x25519 = algorithm == "X25519";
+    // One image per key type: an image id is wrapped to one key.
+    std::string image_id = label_image;
+    if (x25519) image_id = "img-x25519";
+    const crypto::Bytes image_label = PackageLabel(image_id, "acme");
     auto key = Must(service->CreateCustomerKey(portal, {"acme", algorithm}), "customer key");
     auto pub = Must(crypto::PublicKey::FromPem(key.public_key_pem), "public key");
     const crypto::Bytes wrapped =
-        x25519 ? Must(crypto::X25519Wrap(pub, data_key, crypto::AsStringView(label)), "wrap")
-               : Must(crypto::RsaOaepWrap(pub, data_key, crypto::AsStringView(label)), "wrap");
+        x25519 ? Must(crypto::X25519Wrap(pub, data_key, crypto::AsStringView(image_label)), "wrap")
+               : Must(crypto::RsaOaepWrap(pub, data_key, crypto::AsStringView(image_label)), "wrap");
 
+    // The portal registers the image it accepted; every release below is of
+    // its own job, placed on host-1 with a one-launch grant.
+    Must(service->RegisterImage(portal, {"acme", image_id, "sha256:" + pub.KeyId(), 0}),
+         "register image");
     std::fprintf(stderr, "%s: recording evidence sets from swtpm...\n", algorithm.c_str());
     std::vector<kms::ReleaseRequest> requests;
     const int paced = releases;  // evidence for the paced run
     for (int i = 0; i < 2 * releases + 10 + paced; ++i) {
       auto n = Must(service->IssueNonce(host, "host-1"), "nonce");
       kms::ReleaseRequest r;
-      r.image_id = label_image;
+      r.job_id = "bench-" + algorithm + "-" + std::to_string(i);
+      Must(service->CreateGrant(portal, {r.job_id, image_id, "acme", "host-1", 3600}).status(),
+           "grant");
+      r.image_id = image_id;
       r.tenant = "acme";
       r.key_id = "sha256:" + pub.KeyId();
       r.wrap_algorithm = std::string(x25519 ? ovf::kX25519WrapUri : ovf::kRsaOaepUri);
-      r.oaep_label = label;
+      r.oaep_label = image_label;
       r.wrapped_key = wrapped;
       r.evidence = Must(engine->Attest(Must(crypto::HexDecode(n.nonce), "hex"), pcrs), "attest");
       requests.push_back(std::move(r));
@@ -420,7 +432,7 @@ int Run(int releases, const std::string& store_arg, int clients, const std::stri
       const int n = std::min(releases, 300);
       rsa_crypto_cpu = crypto_cost(false, n).cpu / n;
     }
-    // The targets: server CPU <= 1.35x the crypto cost with RSA-3072 keys,
+    // The targets: server CPU <= 1.3x (issue 14; an earlier issue set 1.35) the crypto cost with RSA-3072 keys,
     // so that 2 cores sustain >= 1,000 releases/s; >= 5,000/s with X25519
     // keys, whose crypto is a twentieth of that and so cannot carry a ratio
     // target (TLS, HTTP, JSON and the commit cost more than it). Rates are
@@ -433,13 +445,13 @@ int Run(int releases, const std::string& store_arg, int clients, const std::stri
                 Percentile(lat, 0.5) * 1e3, Percentile(lat, 0.99) * 1e3, per * 1e3, releases / wall);
     std::printf("    raw crypto           cpu %.3f ms/release  %.0f /s per core\n", cper * 1e3, releases / cwall);
     std::printf("    in-process ratio (service cpu / crypto cpu)   %.2f%s\n", per / cper,
-                x25519 ? "  (no ratio target for X25519: its target is the rate)" : "  (target <= 1.35)");
+                x25519 ? "  (no ratio target for X25519: its target is the rate)" : "  (target <= 1.3)");
     std::printf("    HTTPS, %d clients   p50 %.3f ms  p99 %.3f ms  %.0f releases/s measured (clients share the "
                 "cores)\n",
                 clients, Percentile(https.lat, 0.5) * 1e3, Percentile(https.lat, 0.99) * 1e3,
                 releases / https.wall);
     std::printf("    HTTPS server cpu %.3f ms/release (kernel %.3f): ratio %.2f%s\n", hper * 1e3,
-                https.server_sys / releases * 1e3, hper / cper, x25519 ? "" : " (target <= 1.35)");
+                https.server_sys / releases * 1e3, hper / cper, x25519 ? "" : " (target <= 1.3)");
     const double sustain = cores / hper;
     std::printf("    %u cores sustain %.0f releases/s: %.2fx the %.0f/s target; %.2fx at the reference speed "
                 "(this machine runs the RSA-3072 crypto at %.2fx the issue's 710/s per core)\n",
@@ -475,6 +487,7 @@ int Run(int releases, const std::string& store_arg, int clients, const std::stri
     const int n = std::min(releases, 300);
     const kms::ReleaseRequest& good = *good_request;
     Must(service->PutFlavor(op, {"other", {{"sha256", {{"0", std::string(64, 'a')}}}}}), "flavor");
+    Must(service->RegisterImage(portal, {"acme", "img-pcr", good.key_id, 0}), "register image");
     Must(service->PutPolicy(op, {"acme", "img-pcr", {{"flavors", {{"anyOf", {"other"}}}}}}), "policy");
     std::fprintf(stderr, "hostile: recording evidence sets from swtpm...\n");
     // `n` bodies of `good` changed by `change`, each with a fresh nonce
@@ -491,6 +504,14 @@ int Run(int releases, const std::string& store_arg, int clients, const std::stri
           r.evidence.nonce = nonce;
         }
         change(r);
+        // Each body is its own job with a one-launch grant, so that it is
+        // refused for the reason the kind is about, not for a used grant.
+        static int hostile_job = 0;
+        r.job_id = "hostile-" + std::to_string(++hostile_job);
+        if (r.tenant == "acme") {
+          Must(service->CreateGrant(portal, {r.job_id, r.image_id, "acme", "host-1", 3600}).status(),
+               "grant");
+        }
         out.push_back(BodyOf(r).dump());
       }
       return out;
@@ -526,6 +547,7 @@ int Run(int releases, const std::string& store_arg, int clients, const std::stri
                      }, true)});
     kinds.push_back({"PCRs outside policy", "pcr_policy", fresh([&](kms::ReleaseRequest& r) {
                        r.image_id = "img-pcr";
+                       r.oaep_label = PackageLabel("img-pcr", "acme");
                      }, true)});
     std::printf("  hostile input over HTTPS, %d of each, every one refused with its reason: server cpu per "
                 "request, and its ratio to a good %s release (%.3f ms; target <= 1)\n",

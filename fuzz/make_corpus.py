@@ -30,9 +30,9 @@ def read(*path):
         return f.read()
 
 
-def ustar(members):
+def ustar(members, fmt=tarfile.USTAR_FORMAT):
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as t:
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as t:
         for name, data in members:
             info = tarfile.TarInfo(name)
             info.size = len(data)
@@ -78,6 +78,15 @@ def main():
     vmdk = read("ovf", "vbox-disk001.vmdk")[:4096]
     write("ova_tar", "two-members", ustar([("vbox.ovf", ovf), ("vbox-disk001.vmdk", vmdk)]))
     write("ova_tar", "empty-member", ustar([("a.ovf", b""), ("a.mf", b"x" * 600)]))
+    # pax (a UTF-8 and a 120-byte name in 'x' headers) and GNU ('L' long name).
+    long_name = "l" * 120 + ".vmdk"
+    for fmt, label in ((tarfile.PAX_FORMAT, "pax"), (tarfile.GNU_FORMAT, "gnu")):
+        write("ova_tar", label + "-long-names",
+              ustar([("Debian 12.ovf", ovf[:512]), ("Debian 12 caf\u00e9.vmdk", vmdk[:512]),
+                     (long_name, b"x" * 10)], fmt))
+    write("ovf_manifest", "virtualbox.mf",
+          "SHA1 (Debian 12.ovf) = " + "ab" * 20 + "\r\n"
+          "SHA256 (Debian 12-disk001.vmdk) = " + "cd" * 32 + "\r\n")
     mf = "SHA256(m.ovf)= " + "00" * 32 + "\n"
     write("ovf_package", "plain-ova",
           ustar([("m.ovf", minimal.encode()), ("disk1.raw", b"\0" * 1024), ("m.mf", mf.encode())]))

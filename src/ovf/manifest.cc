@@ -89,12 +89,23 @@ StatusOr<std::vector<ManifestEntry>> ParseManifest(std::string_view text) {
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
     if (line.empty()) continue;
     const std::string where = "manifest line " + std::to_string(line_no);
-    size_t open = line.find('(');
-    size_t close = line.rfind(")= ");
-    if (open == std::string_view::npos || close == std::string_view::npos || close < open) {
+    // `ALG(name)= hex` as ovftool writes it, and `ALG (name) = hex` as
+    // VirtualBox does: spaces are allowed around the parentheses and the
+    // '='. The name runs from the first '(' to the last ')' before the '='
+    // (hex digits hold no '=' or ')'), so names may hold spaces and ')'.
+    const size_t open = line.find('(');
+    const size_t eq = line.rfind('=');
+    if (open == std::string_view::npos || eq == std::string_view::npos || eq < open) {
       return InvalidArgumentError(where + ": expected ALG(name)= hex");
     }
+    size_t close = eq;
+    while (close > open && line[close - 1] == ' ') --close;
+    if (close == open || line[close - 1] != ')') {
+      return InvalidArgumentError(where + ": expected ALG(name)= hex");
+    }
+    --close;  // at the ')'
     std::string_view alg = line.substr(0, open);
+    while (!alg.empty() && alg.back() == ' ') alg.remove_suffix(1);
     ManifestEntry e;
     size_t want = 0;
     if (alg == "SHA256") {
@@ -107,15 +118,20 @@ StatusOr<std::vector<ManifestEntry>> ParseManifest(std::string_view text) {
       e.algorithm = DigestAlgorithm::kSha512;
       want = 64;
     } else {
-      return InvalidArgumentError(where + ": unsupported digest algorithm");
+      return InvalidArgumentError(where + ": unsupported digest algorithm '" +
+                                  std::string(alg.substr(0, 16)) + "' (SHA1, SHA256 or SHA512)");
     }
     e.name = std::string(line.substr(open + 1, close - open - 1));
     RETURN_IF_ERROR(ValidateFileName(e.name).WithPrefix(where));
-    std::string hex(line.substr(close + 3));
+    std::string_view hex_text = line.substr(eq + 1);
+    while (!hex_text.empty() && hex_text.front() == ' ') hex_text.remove_prefix(1);
+    while (!hex_text.empty() && hex_text.back() == ' ') hex_text.remove_suffix(1);
+    std::string hex(hex_text);
     for (char& c : hex) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     auto digest = crypto::HexDecode(hex);
     if (!digest.ok() || digest->size() != want) {
-      return InvalidArgumentError(where + ": bad digest");
+      return InvalidArgumentError(where + ": bad digest (want " + std::to_string(2 * want) +
+                                  " hex digits for " + std::string(alg) + ")");
     }
     e.digest = std::move(*digest);
     if (!names.insert(e.name).second) {

@@ -30,6 +30,33 @@ TEST(ManifestTest, ParsesSha1Sha256Sha512AndCrlf) {
   EXPECT_EQ((*entries)[2].digest.size(), 64u);
 }
 
+// VirtualBox 5-7 write `SHA1 (name) = hex` (spaces around the parentheses
+// and the '='), with names that hold spaces; ovftool writes `SHA256(name)= hex`.
+TEST(ManifestTest, ParsesVirtualBoxSpellingWithSpacedNames) {
+  const std::string text = "SHA1 (Debian 12.ovf) = " + std::string(40, 'a') + "\r\n" +
+                           "SHA256 (Debian 12-disk001.vmdk) = " + kSha256Abc + "\r\n" +
+                           "SHA256(disk (1).vmdk)=" + kSha256Abc + "\n";
+  auto entries = ParseManifest(text);
+  ASSERT_OK(entries);
+  ASSERT_EQ(entries->size(), 3u);
+  EXPECT_EQ((*entries)[0].algorithm, DigestAlgorithm::kSha1);
+  EXPECT_EQ((*entries)[0].name, "Debian 12.ovf");
+  EXPECT_EQ((*entries)[1].name, "Debian 12-disk001.vmdk");
+  EXPECT_EQ(crypto::HexEncode((*entries)[1].digest), kSha256Abc);
+  EXPECT_EQ((*entries)[2].name, "disk (1).vmdk");
+}
+
+TEST(ManifestTest, RejectsLinesThatOnlyLookLikeEntries) {
+  for (const std::string& bad : {"SHA256 a.ovf = " + kSha256Abc,       // no parentheses
+                                 "SHA256(a.ovf) " + kSha256Abc,        // no '='
+                                 "SHA256(a.ovf) x= " + kSha256Abc,     // text after ')'
+                                 "SHA256() = " + kSha256Abc}) {        // no name
+    EXPECT_FALSE(ParseManifest(bad + "\n").ok()) << bad;
+  }
+  EXPECT_STATUS(ParseManifest("MD5 (a.ovf) = " + std::string(32, 'a') + "\n"),
+                StatusCode::kInvalidArgument, "unsupported digest algorithm 'MD5'");
+}
+
 TEST(ManifestTest, RejectsOpensslSpelling) {
   EXPECT_STATUS(ParseManifest("SHA2-256(a.ovf)= " + kSha256Abc + "\n"),
                 StatusCode::kInvalidArgument, "unsupported digest algorithm");

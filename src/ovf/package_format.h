@@ -62,7 +62,7 @@ inline constexpr uint64_t kMaxManifestBytes = 1u << 20;       // 1 MiB
 inline constexpr uint64_t kMaxCertBytes = 1u << 20;           // 1 MiB
 inline constexpr size_t kMaxFiles = 64;                       // files in References
 inline constexpr size_t kMaxTarMembers = 256;                 // members in an OVA
-inline constexpr size_t kMaxNameBytes = 100;                  // file names (USTAR name field)
+inline constexpr size_t kMaxNameBytes = 240;                  // file names, UTF-8 bytes (longer than 100: pax path)
 inline constexpr size_t kMaxIdentityBytes = 128;              // image id, tenant
 inline constexpr size_t kMaxWrappedKeyBytes = 1024;           // RSA up to 8192 bits
 // AES-GCM with a 96-bit IV: at most 2^32 - 2 blocks of plaintext (SP 800-38D).

@@ -286,6 +286,58 @@ TEST_F(ImportTest, PlainOvaIsSealedFromArchiveMembers) {
   EXPECT_EQ(ReadFileOrDie(out + "/vbox-disk001.vmdk"), ReadFileOrDie(src_ + "/vbox-disk001.vmdk"));
 }
 
+// A VirtualBox 7 export as it comes: names with spaces ("Debian 12.ovf",
+// "Debian 12-disk001.vmdk"), the manifest in VirtualBox's spelling
+// `SHA1 (name) = hex` with CRLF, packed by GNU tar in the pax format that
+// tar --format=posix and Python's tarfile write. It seals, the sealed
+// descriptor validates, and the disk comes back byte for byte.
+TEST_F(ImportTest, VirtualBoxExportWithSpacedNamesAndItsManifestRoundTrips) {
+  const std::string vbox = dir_.File("vbox7");
+  fs::create_directories(vbox);
+  std::string text = ReadFileOrDie(src_ + "/vbox.ovf");
+  ReplaceAll(&text, "vbox-disk001.vmdk", "Debian 12-disk001.vmdk");
+  WriteFileOrDie(vbox + "/Debian 12.ovf", text);
+  fs::copy_file(src_ + "/vbox-disk001.vmdk", vbox + "/Debian 12-disk001.vmdk");
+  auto sha1 = [](const std::string& data) {
+    StreamingDigest d(DigestAlgorithm::kSha1);
+    d.Update(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(data.data()), data.size()));
+    return crypto::HexEncode(d.Finish());
+  };
+  WriteFileOrDie(vbox + "/Debian 12.mf",
+                 "SHA1 (Debian 12.ovf) = " + sha1(text) + "\r\n" +
+                     "SHA1 (Debian 12-disk001.vmdk) = " +
+                     sha1(ReadFileOrDie(vbox + "/Debian 12-disk001.vmdk")) + "\r\n");
+  const std::string plain_ova = dir_.File("Debian 12.ova");
+  std::string out;
+  ASSERT_EQ(vmseal::testing::RunCommand({"tar", "-C", vbox, "--format=posix", "-cf", plain_ova,
+                                         "Debian 12.ovf", "Debian 12-disk001.vmdk",
+                                         "Debian 12.mf"},
+                                        &out),
+            0)
+      << out;
+  // The input's manifest is checked: the export opens with it verified.
+  PackageOpenOptions po;
+  po.require_encrypted = false;
+  ASSERT_OK(Package::Open(Env::Default(), plain_ova, po).status());
+  int n = 0;
+  for (const std::string& input : {plain_ova, vbox + "/Debian 12.ovf"}) {
+    SCOPED_TRACE(input);
+    const std::string stem = "sealed" + std::to_string(++n);
+    const std::string ova = Seal({input}, stem + ".ova");
+    std::string plain = dir_.File("plain-" + stem);
+    ASSERT_OK(UnsealPackage(Env::Default(), ova, TestKey().private_pem, plain));
+    EXPECT_EQ(ReadFileOrDie(plain + "/Debian 12-disk001.vmdk"),
+              ReadFileOrDie(vbox + "/Debian 12-disk001.vmdk"));
+    EXPECT_TRUE(ValidatesAgainstSchema(plain + "/" + stem + ".ovf"));
+  }
+  // A wrong digest in that spelling is still caught.
+  WriteFileOrDie(vbox + "/Debian 12.mf",
+                 "SHA1 (Debian 12.ovf) = " + sha1(text) + "\r\n" +
+                     "SHA1 (Debian 12-disk001.vmdk) = " + std::string(40, '0') + "\r\n");
+  EXPECT_STATUS(Package::Open(Env::Default(), vbox + "/Debian 12.ovf", po).status(),
+                StatusCode::kDataLoss, "manifest mismatch for Debian 12-disk001.vmdk");
+}
+
 TEST_F(ImportTest, RequiredForeignExtensionIsRefused) {
   std::string text = ReadFileOrDie(src_ + "/vbox.ovf");
   ReplaceAll(&text, "<vbox:Machine ovf:required=\"false\"", "<vbox:Machine");

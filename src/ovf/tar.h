@@ -16,9 +16,11 @@
 
 namespace vmseal::ovf {
 
-// Checks a package file name: 1..100 bytes of [A-Za-z0-9._+-], not "." or
-// "..", no '/' (so no absolute path, no traversal, no subdirectory). The
-// error names the rule broken ("absolute path", "'..'", ...).
+// Checks a package file name: 1..kMaxNameBytes bytes of UTF-8 (spaces and
+// non-ASCII letters allowed: VirtualBox names disks "Debian 12-disk001.vmdk"),
+// no control characters, none of \ : * ? " < > |, no leading or trailing
+// space, not "." or "..", no '/' (so no absolute path, no traversal, no
+// subdirectory). The error names the rule broken.
 Status ValidateFileName(const std::string& name);
 
 // Writes a USTAR archive into `out`, which it does not own. Not thread-safe.
@@ -29,7 +31,8 @@ class TarWriter {
 
   explicit TarWriter(WritableFile* out) : out_(out) {}
   // Appends a regular file `name` (ValidateFileName) of `size` bytes (sizes
-  // of 8 GiB and more use the base-256 size field). Fails with INTERNAL if
+  // of 8 GiB and more use the base-256 size field; a name over 100 bytes or
+  // not ASCII also gets a pax 'x' header with its path). Fails with INTERNAL if
   // `data` writes a different number of bytes.
   Status AddMember(const std::string& name, uint64_t size, const DataFn& data);
   // Appends the two zero blocks that end the archive. Does not close `out`.
@@ -49,11 +52,15 @@ struct TarMember {
 // Reads the member index of an archive. Thread-safe after Open.
 class TarReader {
  public:
-  // Reads every header of `file` (which must outlive the reader). Rejects,
-  // each with its own INVALID_ARGUMENT message: a bad checksum or magic,
-  // a member that is not a regular file (link, device, directory, fifo, pax
-  // or GNU extension), an invalid name (ValidateFileName), a duplicate name,
-  // data beyond the end of the file, more than kMaxTarMembers members.
+  // Reads every header of `file` (which must outlive the reader): POSIX
+  // ustar, pax (an 'x' header's path and size apply to the next member; 'g'
+  // headers may not set them), GNU (base-256 sizes, 'L' long names) and
+  // Unix v7 archives; a leading "./" is dropped from names. Rejects, each
+  // with its own INVALID_ARGUMENT message: a bad checksum or magic, a member
+  // that is not a regular file (link, device, directory, fifo, sparse or
+  // another GNU extension), a malformed or over-64-KiB extended header, an
+  // invalid name (ValidateFileName), a duplicate name, data beyond the end
+  // of the file, more than kMaxTarMembers members.
   static StatusOr<std::unique_ptr<TarReader>> Open(const RandomAccessFile* file);
 
   const std::vector<TarMember>& members() const { return members_; }

@@ -134,9 +134,135 @@ TEST_F(TarTest, RejectsDirectory) {
                 "is a directory");
 }
 
-TEST_F(TarTest, RejectsPaxExtension) {
-  EXPECT_STATUS(OpenBytes(RawTar({{"pax", "30 path=x\n", 'x'}})), StatusCode::kInvalidArgument,
-                "unsupported tar type 'x'");
+TEST_F(TarTest, PaxPathAndSizeApplyToTheNextMemberOnly) {
+  ASSERT_OK(OpenBytes(RawTar({{"PaxHeader/x", "31 path=Debian 12-disk001.vmdk\n", 'x'},
+                              {"Debian 12-disk00", "disk"},
+                              {"b.ovf", "ovf"}})));
+  ASSERT_EQ(reader_->members().size(), 2u);
+  EXPECT_EQ(reader_->members()[0].name, "Debian 12-disk001.vmdk");
+  EXPECT_EQ(reader_->members()[0].size, 4u);
+  EXPECT_EQ(reader_->members()[1].name, "b.ovf");
+}
+
+TEST_F(TarTest, PaxRecordsOtherThanPathAndSizeAreSkipped) {
+  ASSERT_OK(OpenBytes(RawTar({{"g", "20 comment=anything\n", 'g'},
+                              {"x", "20 mtime=1700000000\n17 SCHILY.dev=64\n", 'x'},
+                              {"a.ovf", "ovf"}})));
+  ASSERT_EQ(reader_->members().size(), 1u);
+  EXPECT_EQ(reader_->members()[0].name, "a.ovf");
+}
+
+TEST_F(TarTest, RejectsMalformedPaxRecords) {
+  for (const std::string& bad : {std::string("8 path=x\n"),     // length too short
+                                 std::string("99 path=x\n"),    // past the data
+                                 std::string("8 pathx\n"),      // no '='
+                                 std::string("x path=a\n"),     // no length
+                                 std::string("11 size=1a\n")}) {  // size not decimal
+    SCOPED_TRACE(bad);
+    EXPECT_STATUS(OpenBytes(RawTar({{"x", bad, 'x'}, {"a", "1"}})), StatusCode::kInvalidArgument,
+                  "pax");
+  }
+}
+
+TEST_F(TarTest, RejectsPaxPathThatEscapesAndGlobalPath) {
+  EXPECT_STATUS(OpenBytes(RawTar({{"x", "18 path=../../etc\n", 'x'}, {"a", "1"}})),
+                StatusCode::kInvalidArgument, "'..' not allowed");
+  EXPECT_STATUS(OpenBytes(RawTar({{"x", "15 path=/etc/x\n", 'x'}, {"a", "1"}})),
+                StatusCode::kInvalidArgument, "absolute path");
+  EXPECT_STATUS(OpenBytes(RawTar({{"g", "10 path=a\n", 'g'}, {"b", "1"}})),
+                StatusCode::kInvalidArgument, "global header sets path");
+}
+
+TEST_F(TarTest, RejectsPaxSizePastTheEndAndHeaderWithoutMember) {
+  EXPECT_STATUS(OpenBytes(RawTar({{"x", "15 size=999999\n", 'x'}, {"a", "1"}})),
+                StatusCode::kInvalidArgument, "past the end");
+  EXPECT_STATUS(OpenBytes(RawTar({{"x", "10 path=a\n", 'x'}})), StatusCode::kInvalidArgument,
+                "ends after an extended header");
+  EXPECT_STATUS(OpenBytes(RawTar({{"x", std::string(70000, '\n'), 'x'}, {"a", "1"}})),
+                StatusCode::kInvalidArgument, "larger than 64 KiB");
+}
+
+TEST_F(TarTest, GnuLongNameAppliesToTheNextMember) {
+  const std::string long_name = std::string(150, 'n') + ".vmdk";
+  ASSERT_OK(OpenBytes(RawTar({{"././@LongLink", long_name + std::string(1, '\0'), 'L'},
+                              {long_name.substr(0, 100), "disk"}})));
+  ASSERT_EQ(reader_->members().size(), 1u);
+  EXPECT_EQ(reader_->members()[0].name, long_name);
+}
+
+TEST_F(TarTest, RejectsSparseAndOtherGnuTypes) {
+  EXPECT_STATUS(OpenBytes(RawTar({{"s", "1", 'S'}})), StatusCode::kInvalidArgument,
+                "unsupported tar type 'S'");
+  EXPECT_STATUS(OpenBytes(RawTar({{"K", "target", 'K'}, {"l", "", '2', "target"}})),
+                StatusCode::kInvalidArgument, "is a link");
+}
+
+// Archives as real tools write them: GNU tar's posix (pax), gnu, ustar and
+// v7 formats, and Python's tarfile (pax by default), each with a name that
+// needs pax or GNU long names and a "./" prefix where tar adds one.
+TEST_F(TarTest, ReadsWhatGnuTarAndPythonWriteInEveryFormat) {
+  const std::string src = dir_.File("src");
+  ASSERT_EQ(vmseal::testing::RunCommand({"mkdir", "-p", src}, nullptr), 0);
+  const std::string utf8 = "Debian 12 caf\xc3\xa9-disk001.vmdk";
+  const std::string long_name = std::string(120, 'l') + ".vmdk";
+  WriteFileOrDie(src + "/a.ovf", "<Envelope/>");
+  WriteFileOrDie(src + "/" + utf8, std::string(1500, 'd'));
+  WriteFileOrDie(src + "/" + long_name, std::string(700, 'e'));
+  struct Case {
+    std::string format;
+    std::vector<std::string> names;  // what the archive holds
+  };
+  const std::vector<Case> cases = {
+      {"posix", {"a.ovf", utf8, long_name}},
+      {"gnu", {"a.ovf", utf8, long_name}},
+      {"ustar", {"a.ovf", utf8}},  // ustar cannot hold a 125-byte name without '/'
+      {"v7", {"a.ovf", "./a.ovf"}},
+  };
+  for (const Case& c : cases) {
+    std::string out;
+    std::vector<std::string> argv = {"tar", "-C", src, "--format=" + c.format, "-cf",
+                                     dir_.File(c.format + ".ova")};
+    if (c.format == "v7") {
+      argv.push_back("./a.ovf");
+    } else {
+      argv.insert(argv.end(), c.names.begin(), c.names.end());
+    }
+    ASSERT_EQ(vmseal::testing::RunCommand(argv, &out), 0) << c.format << ": " << out;
+    ASSERT_OK(OpenBytes(ReadFileOrDie(dir_.File(c.format + ".ova")))) << c.format;
+    std::vector<std::string> got;
+    for (const TarMember& m : reader_->members()) got.push_back(m.name);
+    const std::vector<std::string> want =
+        c.format == "v7" ? std::vector<std::string>{"a.ovf"} : c.names;
+    EXPECT_EQ(got, want) << c.format;
+  }
+  std::string out;
+  const std::string py =
+      "import tarfile,sys\n"
+      "with tarfile.open(sys.argv[1], 'w') as t:\n"
+      "  for n in sys.argv[3:]: t.add(sys.argv[2] + '/' + n, arcname=n)\n";
+  ASSERT_EQ(vmseal::testing::RunCommand({"python3", "-c", py, dir_.File("py.ova"), src, "a.ovf",
+                                         utf8, long_name},
+                                        &out),
+            0)
+      << out;
+  ASSERT_OK(OpenBytes(ReadFileOrDie(dir_.File("py.ova"))));
+  ASSERT_EQ(reader_->members().size(), 3u);
+  EXPECT_EQ(reader_->members()[1].name, utf8);
+  EXPECT_EQ(reader_->members()[2].name, long_name);
+  EXPECT_EQ(reader_->members()[2].size, 700u);
+}
+
+TEST_F(TarTest, WriterPutsLongAndUtf8NamesInPaxHeadersThatTarReads) {
+  const std::string utf8 = "Debian 12 caf\xc3\xa9-disk001.vmdk";
+  const std::string long_name = std::string(180, 'x') + ".vmdk";
+  const std::string bytes = WriteWithWriter({{"a.ovf", "o"}, {utf8, "u"}, {long_name, "l"}});
+  ASSERT_OK(OpenBytes(bytes));
+  ASSERT_EQ(reader_->members().size(), 3u);
+  EXPECT_EQ(reader_->members()[1].name, utf8);
+  EXPECT_EQ(reader_->members()[2].name, long_name);
+  std::string out;
+  ASSERT_EQ(vmseal::testing::RunCommand({"tar", "tf", dir_.File("w.ova")}, &out), 0) << out;
+  EXPECT_EQ(out, "a.ovf\n" + utf8 + "\n" + long_name + "\n");
 }
 
 TEST_F(TarTest, RejectsDuplicateNames) {
@@ -164,7 +290,7 @@ TEST_F(TarTest, RejectsArchiveWithoutEndMarker) {
 
 TEST_F(TarTest, RejectsNonUstar) {
   EXPECT_STATUS(OpenBytes(std::string(1024, 'A') + std::string(1024, '\0')),
-                StatusCode::kInvalidArgument, "not a USTAR archive");
+                StatusCode::kInvalidArgument, "not a tar archive");
 }
 
 TEST(ValidateFileNameTest, AcceptsPlainNames) {
@@ -176,15 +302,36 @@ TEST(ValidateFileNameTest, RejectsSubdirectory) {
   EXPECT_STATUS(ValidateFileName("a/b"), StatusCode::kInvalidArgument, "subdirectories");
 }
 
+TEST(ValidateFileNameTest, AcceptsSpacesAndUtf8AsExportersWriteThem) {
+  EXPECT_OK(ValidateFileName("Debian 12-disk001.vmdk"));
+  EXPECT_OK(ValidateFileName("caf\xc3\xa9 \xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\x92\xbe.vmdk"));
+  EXPECT_OK(ValidateFileName("disk (1).vmdk"));
+}
+
 TEST(ValidateFileNameTest, RejectsOddCharacters) {
-  EXPECT_STATUS(ValidateFileName("a b"), StatusCode::kInvalidArgument, "invalid character");
-  EXPECT_STATUS(ValidateFileName(std::string("a\0b", 3)), StatusCode::kInvalidArgument,
-                "invalid character");
+  for (const std::string& bad :
+       {std::string("a\0b", 3), std::string("a\nb"), std::string("a\x7f"), std::string("a\\b"),
+        std::string("nbd:x"), std::string("a*"), std::string("a?"), std::string("a\"b"),
+        std::string("a<b"), std::string("a|b")}) {
+    SCOPED_TRACE(bad);
+    EXPECT_STATUS(ValidateFileName(bad), StatusCode::kInvalidArgument, "invalid character");
+  }
+  EXPECT_STATUS(ValidateFileName(" a"), StatusCode::kInvalidArgument, "space");
+  EXPECT_STATUS(ValidateFileName("a "), StatusCode::kInvalidArgument, "space");
+}
+
+TEST(ValidateFileNameTest, RejectsInvalidUtf8) {
+  for (const std::string& bad : {std::string("\xc3"), std::string("\xc0\xaf"),  // truncated, overlong '/'
+                                 std::string("\xe0\x80\xaf"), std::string("\xed\xa0\x80"),  // overlong, surrogate
+                                 std::string("\xf4\x90\x80\x80"), std::string("\xff")}) {
+    EXPECT_STATUS(ValidateFileName("a" + bad), StatusCode::kInvalidArgument, "not UTF-8");
+  }
 }
 
 TEST(ValidateFileNameTest, RejectsLongName) {
-  EXPECT_STATUS(ValidateFileName(std::string(101, 'a')), StatusCode::kInvalidArgument,
-                "longer than 100");
+  EXPECT_OK(ValidateFileName(std::string(240, 'a')));
+  EXPECT_STATUS(ValidateFileName(std::string(241, 'a')), StatusCode::kInvalidArgument,
+                "longer than 240");
 }
 
 }  // namespace

@@ -5,7 +5,17 @@
 // non-OK Status becomes the HTTP status from HttpStatusFromCode and the body
 // {"error":{"code":"INVALID_ARGUMENT","message":"..."}}. Malformed JSON is
 // answered 400 and bodies over Options::max_body_bytes 413 before any handler
-// runs. cpp-httplib stays out of this header.
+// runs.
+//
+// The front end is event-driven (Boost.Asio/Beast, issue 16): `io_threads`
+// threads accept connections, run TLS handshakes and read requests without
+// blocking, each under an overall deadline, and hand complete requests to a
+// bounded pool of `threads` workers that run the (blocking) handlers. A slow
+// or idle client therefore holds a socket and a timer, never a worker. Caps
+// on connections (per client address, in all, with places reserved for
+// peers with a verified client certificate) and on queued requests bound
+// what anonymous callers can hold. Neither Boost nor cpp-httplib appears in
+// this header.
 #ifndef VMSEAL_NET_HTTPS_SERVER_H_
 #define VMSEAL_NET_HTTPS_SERVER_H_
 
@@ -77,10 +87,43 @@ class HttpsServer {
     int port = 0;
     // Largest accepted request body; larger bodies get 413. Default 1 MiB.
     uint64_t max_body_bytes = 1 << 20;
-    // Seconds a connection may take to send a request. Default 10.
+    // Overall deadline, in seconds, for a new connection's TLS handshake and
+    // first request header together, and for each later request header
+    // (counted from its first byte), however the bytes trickle in; the
+    // connection is closed when it passes. Also the deadline for writing an
+    // answer. Default 10.
     int read_timeout_seconds = 10;
-    // Worker threads. Default 8.
+    // A request body must arrive within read_timeout_seconds plus its
+    // Content-Length divided by this rate (bytes per second). Default 64 KiB/s
+    // (a 1 MiB body: 26 s).
+    uint64_t min_body_bytes_per_second = 64 << 10;
+    // Worker threads running the handlers. Default 8.
     int threads = 8;
+    // Threads running the event loop (accept, TLS, reading and writing).
+    // Default 1.
+    int io_threads = 1;
+    // Complete requests waiting for a worker; beyond it 503 with
+    // Retry-After at once. Default 256.
+    uint64_t max_queued_requests = 256;
+    // Of those, the most that may come from callers without a verified
+    // client certificate. Default 64.
+    uint64_t max_queued_anonymous_requests = 64;
+    // Connections open at once. Start() raises the process's open-file
+    // soft limit towards it, and lowers it to fit what the hard limit
+    // allows. Default 4096.
+    uint64_t max_connections = 4096;
+    // Of max_connections, places held for connections whose handshake
+    // verified a client certificate (hosts, portals, operators): anonymous
+    // connections, and connections still in their handshake, may take the
+    // rest. Default 256.
+    uint64_t reserved_authenticated_connections = 256;
+    // Anonymous connections (or still in their handshake) from one client
+    // address. Default 32.
+    //
+    // At any of these caps a new connection displaces the oldest anonymous
+    // connection that is not being answered, or, when there is none, is
+    // closed at once (net/internal/connection_table.h).
+    uint64_t max_connections_per_address = 32;
     // Seconds an idle keep-alive connection is kept open. Default 5.
     int keep_alive_timeout_seconds = 5;
     // Requests served on one connection before the server closes it.
@@ -115,6 +158,27 @@ class HttpsServer {
   using Observer = std::function<void(const std::string& method, const std::string& route,
                                       int http_status, double seconds)>;
   void SetObserver(Observer observer);
+
+  // What the front end did so far, for metrics and tests.
+  struct Stats {
+    // Connections open now, and of those with a verified client certificate.
+    uint64_t connections_open = 0;
+    uint64_t connections_authenticated = 0;
+    // New connections closed at once (every place held), and older
+    // anonymous connections displaced to make room for new ones.
+    uint64_t connections_refused = 0;
+    uint64_t connections_displaced = 0;
+    // Connections closed because the handshake, a request header or body,
+    // or an answer missed its deadline.
+    uint64_t connections_timed_out = 0;
+    // Requests answered 503 because the worker queue was full, and 429 by
+    // the anonymous rate limit.
+    uint64_t requests_refused_queue_full = 0;
+    uint64_t requests_rate_limited = 0;
+    // Requests waiting for a worker now.
+    uint64_t requests_queued = 0;
+  };
+  Stats stats() const;
 
   // Binds and starts serving on background threads. Returns the bound port.
   StatusOr<int> Start();

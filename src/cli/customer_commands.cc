@@ -1,8 +1,9 @@
 // `vmseal customer register|login|fetch-cert|fetch-agent|upload|images|launch|
-// status|vms`: the customer side of the portal API (docs/api/csp.yaml).
+// status|vms|vm stop|start|delete`: the customer side of the portal API (docs/api/csp.yaml).
 // Every command prints JSON with --json.
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <iostream>
 #include <memory>
@@ -349,7 +350,82 @@ Status Launch(const CommonFlags& f, const std::string& image_id) {
   return OkStatus();
 }
 
+// Why a job is where it is, in one line: its failure or the VM's end.
+std::string JobReason(const json& j) {
+  if (!j.value("failure_reason", "").empty()) return j.value("failure_reason", "");
+  std::string end = j.value("end_reason", "");
+  if (!j.value("end_text", "").empty()) end += (end.empty() ? "" : ": ") + j.value("end_text", "");
+  return end;
+}
+
+// Every job of the customer, oldest first, with its state and reason.
+Status ListJobs(const CommonFlags& f) {
+  ASSIGN_OR_RETURN(auto c, Connect(f));
+  ASSIGN_OR_RETURN(httplib::Headers auth, Auth(f));
+  ASSIGN_OR_RETURN(json r, CheckReply(c->Get("/v1/jobs", auth), "list jobs"));
+  if (!r.contains("jobs") || !r["jobs"].is_array()) {
+    return DataLossError("list jobs: the portal's answer has no jobs");
+  }
+  std::vector<json> jobs(r["jobs"].begin(), r["jobs"].end());
+  std::stable_sort(jobs.begin(), jobs.end(), [](const json& a, const json& b) {
+    return a.value("created_unix", int64_t{0}) < b.value("created_unix", int64_t{0});
+  });
+  if (f.json) {
+    json out = json::array();
+    for (const json& j : jobs) {
+      out.push_back({{"job_id", j.value("job_id", "")},
+                     {"image_id", j.value("image_id", "")},
+                     {"state", j.value("state", "")},
+                     {"wanted", j.value("wanted", "")},
+                     {"host_id", j.value("host_id", "")},
+                     {"vm_name", j.value("vm_name", "")},
+                     {"failure_reason", j.value("failure_reason", "")},
+                     {"end_reason", j.value("end_reason", "")},
+                     {"end_text", j.value("end_text", "")},
+                     {"created_unix", j.value("created_unix", int64_t{0})},
+                     {"updated_unix", j.value("updated_unix", int64_t{0})}});
+    }
+    PrintJson({{"jobs", out}});
+    return OkStatus();
+  }
+  if (jobs.empty()) std::cout << "no jobs\n";
+  for (const json& j : jobs) {
+    std::cout << j.value("job_id", "") << "  " << j.value("state", "") << "  "
+              << j.value("image_id", "");
+    if (!j.value("host_id", "").empty()) std::cout << "  on " << j.value("host_id", "");
+    if (!JobReason(j).empty()) std::cout << "  (" << JobReason(j) << ")";
+    std::cout << "\n";
+  }
+  return OkStatus();
+}
+
+// `vmseal customer vm stop|start|delete VM`: VM is the job id or VM name.
+Status VmAction(const CommonFlags& f, const std::string& action, const std::string& vm) {
+  for (char ch : vm) {
+    const bool ok = (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') ||
+                    (ch >= '0' && ch <= '9') || ch == '.' || ch == '_' || ch == '-';
+    if (!ok) return InvalidArgumentError("bad VM name or job id '" + vm + "'");
+  }
+  if (vm.empty() || vm.size() > 128) return InvalidArgumentError("bad VM name or job id");
+  ASSIGN_OR_RETURN(auto c, Connect(f));
+  ASSIGN_OR_RETURN(httplib::Headers auth, Auth(f));
+  const std::string path = "/v1/vms/" + vm;
+  ASSIGN_OR_RETURN(json j, CheckReply(action == "delete"
+                                          ? c->Delete(path, auth)
+                                          : c->Post(path + "/" + action, auth, "", "application/json"),
+                                      "vm " + action));
+  if (f.json) {
+    PrintJson(j);
+    return OkStatus();
+  }
+  std::cout << j.value("job_id", "") << " " << j.value("state", "");
+  if (!j.value("vm_name", "").empty()) std::cout << " (" << j.value("vm_name", "") << ")";
+  std::cout << "\n";
+  return OkStatus();
+}
+
 Status JobStatus(const CommonFlags& f, const std::string& job_id) {
+  if (job_id.empty()) return ListJobs(f);
   ASSIGN_OR_RETURN(auto c, Connect(f));
   ASSIGN_OR_RETURN(httplib::Headers auth, Auth(f));
   ASSIGN_OR_RETURN(json j, CheckReply(c->Get("/v1/jobs/" + job_id, auth), "job status"));
@@ -360,9 +436,7 @@ Status JobStatus(const CommonFlags& f, const std::string& job_id) {
   std::cout << "job " << j.value("job_id", "") << ": " << j.value("state", "");
   if (!j.value("host_id", "").empty()) std::cout << " on " << j.value("host_id", "");
   std::cout << "\n";
-  if (!j.value("failure_reason", "").empty()) {
-    std::cout << "reason: " << j.value("failure_reason", "") << "\n";
-  }
+  if (!JobReason(j).empty()) std::cout << "reason: " << JobReason(j) << "\n";
   for (const auto& a : j["attempts"]) {
     if (!a.value("refusal", "").empty()) {
       std::cout << "refused by " << a.value("host_id", "") << ": " << a.value("refusal", "")
@@ -389,7 +463,8 @@ Status Vms(const CommonFlags& f) {
                    {"state", j.value("state", "")},
                    {"host_id", j.value("host_id", "")},
                    {"vm_name", j.value("vm_name", "")},
-                   {"failure_reason", j.value("failure_reason", "")}});
+                   {"failure_reason", j.value("failure_reason", "")},
+                   {"end_reason", j.value("end_reason", "")}});
   }
   if (f.json) {
     PrintJson({{"vms", vms}});
@@ -489,9 +564,26 @@ void AddCustomerCommands(CLI::App& app, const CommandSink& sink) {
   launch->callback([f, image, sink] { sink(Launch(*f, *image)); });
 
   auto job = std::make_shared<std::string>();
-  CLI::App* status = cust->add_subcommand("status", "Show a job and its placement reasons");
-  status->add_option("job_id", *job, "Job id")->required();
+  CLI::App* status = cust->add_subcommand(
+      "status", "Show a job and its placement reasons; without a job id, list your jobs");
+  status->add_option("job_id", *job, "Job id (default: every job, with state and reason)");
   status->callback([f, job, sink] { sink(JobStatus(*f, *job)); });
+
+  CLI::App* vm = cust->add_subcommand("vm", "Stop, start or delete one of your VMs");
+  vm->require_subcommand(1);
+  for (const char* action : {"stop", "start", "delete"}) {
+    auto target = std::make_shared<std::string>();
+    const char* help = std::string_view(action) == "stop"
+                           ? "Stop the VM (its slot is freed; start runs it again)"
+                       : std::string_view(action) == "start"
+                           ? "Run a stopped VM again (a fresh key release on its host)"
+                           : "Stop the VM and remove it and its files from its host";
+    CLI::App* sub = vm->add_subcommand(action, help);
+    sub->add_option("vm", *target, "The VM's job id or VM name")->required();
+    sub->callback([f, target, action = std::string(action), sink] {
+      sink(VmAction(*f, action, *target));
+    });
+  }
 
   cust->add_subcommand("vms", "List your launches: state, host and VM")
       ->callback([f, sink] { sink(Vms(*f)); });

@@ -88,6 +88,25 @@ Status ListVms(const std::string& config_path) {
   return OkStatus();
 }
 
+// One VM, or with `all` every VM of the host; the first error is returned
+// after trying every VM.
+Status DeleteVms(const std::string& config_path, const std::string& name, bool all) {
+  if (all == !name.empty()) return InvalidArgumentError("give a VM name or --all (not both)");
+  ASSIGN_OR_RETURN(auto vms, OpenVms(config_path));
+  if (!all) return vms->Delete(name);
+  ASSIGN_OR_RETURN(auto list, vms->List());
+  Status first;
+  for (const vm::VmInfo& v : list) {
+    Status s = vms->Delete(v.name);
+    if (s.ok()) {
+      std::printf("deleted %s\n", v.name.c_str());
+    } else if (first.ok()) {
+      first = s.WithPrefix(v.name);
+    }
+  }
+  return first;
+}
+
 }  // namespace
 
 void AddHostCommands(CLI::App& app, const CommandSink& sink) {
@@ -120,13 +139,12 @@ void AddHostCommands(CLI::App& app, const CommandSink& sink) {
     sink(vms.ok() ? (*vms)->Stop(*name) : vms.status());
   });
 
+  auto all = std::make_shared<bool>(false);
   CLI::App* del = h->add_subcommand("delete", "Stop a VM and remove its decrypted disk");
   del->add_option("--config", *config, "Host config")->required();
-  del->add_option("name", *name, "VM name")->required();
-  del->callback([config, name, sink] {
-    auto vms = OpenVms(*config);
-    sink(vms.ok() ? (*vms)->Delete(*name) : vms.status());
-  });
+  del->add_option("name", *name, "VM name");
+  del->add_flag("--all", *all, "Every VM of this host (running or stopped)");
+  del->callback([config, name, all, sink] { sink(DeleteVms(*config, *name, *all)); });
 }
 
 }  // namespace vmseal::cli

@@ -25,14 +25,19 @@ std::string ReasonFor(const Status& s) {
   if (m.starts_with("package rejected")) return "package_rejected";
   if (m.starts_with("tenant_mismatch:")) return "tenant_mismatch";
   if (m.starts_with("job cannot move")) return "bad_transition";
-  if (m == "no such job on this host") return "not_assigned";
+  if (m == "no such job on this host" || m == "no such vm on this host") return "not_assigned";
+  if (m.starts_with("bad_state:")) return "bad_state";
+  if (m == "no such vm" || m == "no such job") return "not_found";
   if (m == "host is not registered") return "not_registered";
   if (m.find("digest") != std::string::npos && s.code() == StatusCode::kDataLoss) {
     return "digest_mismatch";
   }
   if (m.find("quota") != std::string::npos) return "quota";
   if (s.code() == StatusCode::kUnauthenticated) return "unauthenticated";
-  return "";
+  // Every error carries a stable reason: at least its code, in lower case.
+  std::string code(StatusCodeName(s.code()));
+  for (char& c : code) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return code;
 }
 
 void SendError(httplib::Response& res, const Status& s) {
@@ -122,9 +127,18 @@ json ToJson(const Job& j, bool for_host = false) {
               {"last_placement", ToJson(j.last_placement)},
               {"vm_name", j.vm_name},
               {"serial_log_path", j.serial_log_path},
+              {"wanted", std::string(VmWantedName(j.wanted))},
+              {"end_reason", j.end_reason},
+              {"end_text", j.end_text},
+              {"ended_unix", j.ended_unix},
+              {"runs", j.runs},
               {"created_unix", j.created_unix},
               {"updated_unix", j.updated_unix}};
   if (for_host) {
+    // Which placement of the job this is: a started VM comes again as a new
+    // attempt, which the host runs although it ran the job before.
+    out["attempt"] = j.attempts.size();
+    out["vm_host_id"] = j.vm_host_id;
     out["customer_id"] = j.customer_id;
     out["object_key"] = j.object_key;
     out["package_path"] = "/v1/hosts/jobs/" + j.job_id + "/package";
@@ -435,6 +449,32 @@ void RegisterPortalRoutes(httplib::Server& server, const PortalServices& svc) {
                });
              });
 
+  // --- the customer's VMs ({vm}: the job id or the VM name) ---
+  server.Post(R"(/v1/vms/([A-Za-z0-9._-]{1,128})/stop)",
+              [svc, who](const httplib::Request& req, httplib::Response& res) {
+                Reply(res, [&]() -> StatusOr<json> {
+                  ASSIGN_OR_RETURN(Principal p, who(req));
+                  ASSIGN_OR_RETURN(Job j, svc.jobs->StopVm(p, req.matches[1]));
+                  return ToJson(j);
+                }, 202);
+              });
+  server.Post(R"(/v1/vms/([A-Za-z0-9._-]{1,128})/start)",
+              [svc, who](const httplib::Request& req, httplib::Response& res) {
+                Reply(res, [&]() -> StatusOr<json> {
+                  ASSIGN_OR_RETURN(Principal p, who(req));
+                  ASSIGN_OR_RETURN(Job j, svc.jobs->StartVm(p, req.matches[1]));
+                  return ToJson(j);
+                }, 202);
+              });
+  server.Delete(R"(/v1/vms/([A-Za-z0-9._-]{1,128}))",
+                [svc, who](const httplib::Request& req, httplib::Response& res) {
+                  Reply(res, [&]() -> StatusOr<json> {
+                    ASSIGN_OR_RETURN(Principal p, who(req));
+                    ASSIGN_OR_RETURN(Job j, svc.jobs->DeleteVm(p, req.matches[1]));
+                    return ToJson(j);
+                  }, 202);
+                });
+
   // --- hosts (mTLS) ---
   server.Post("/v1/hosts/register", [svc](const httplib::Request& req, httplib::Response& res) {
     Reply(res, [&]() -> StatusOr<json> {
@@ -508,7 +548,11 @@ void RegisterPortalRoutes(httplib::Server& server, const PortalServices& svc) {
       ASSIGN_OR_RETURN(std::string host, HostIdentity(req));
       json jobs = json::array();
       for (const auto& j : svc.jobs->PendingJobs(host)) jobs.push_back(ToJson(j, true));
-      return json{{"jobs", jobs}};
+      json vms = json::array();
+      for (const HostVmCommand& c : svc.jobs->VmCommands(host)) {
+        vms.push_back({{"job_id", c.job_id}, {"vm_name", c.vm_name}, {"action", c.action}});
+      }
+      return json{{"jobs", jobs}, {"vms", vms}};
     });
   });
   server.Post(R"(/v1/hosts/jobs/([A-Za-z0-9-]+)/progress)",
@@ -558,6 +602,29 @@ void RegisterPortalRoutes(httplib::Server& server, const PortalServices& svc) {
                         "reason must be a machine reason matching [a-z][a-z0-9_]{0,63}");
                   }
                   ASSIGN_OR_RETURN(Job j, svc.jobs->ReportRefusal(host, r));
+                  return ToJson(j, true);
+                });
+              });
+  server.Post(R"(/v1/hosts/vms/([A-Za-z0-9._-]{1,64})/ended)",
+              [svc](const httplib::Request& req, httplib::Response& res) {
+                Reply(res, [&]() -> StatusOr<json> {
+                  ASSIGN_OR_RETURN(std::string host, HostIdentity(req));
+                  ASSIGN_OR_RETURN(json body, ParseBody(req));
+                  if (!body["reason"].is_string()) return InvalidArgumentError("reason is required");
+                  if (body.contains("text") && !body["text"].is_string()) {
+                    return InvalidArgumentError("text must be a string");
+                  }
+                  VmEndedReport r{req.matches[1], body["reason"].get<std::string>(),
+                                  body.value("text", "")};
+                  ASSIGN_OR_RETURN(Job j, svc.jobs->ReportVmEnded(host, r));
+                  return ToJson(j, true);
+                });
+              });
+  server.Post(R"(/v1/hosts/vms/([A-Za-z0-9._-]{1,64})/deleted)",
+              [svc](const httplib::Request& req, httplib::Response& res) {
+                Reply(res, [&]() -> StatusOr<json> {
+                  ASSIGN_OR_RETURN(std::string host, HostIdentity(req));
+                  ASSIGN_OR_RETURN(Job j, svc.jobs->ReportVmDeleted(host, req.matches[1]));
                   return ToJson(j, true);
                 });
               });

@@ -7,20 +7,51 @@
 namespace vmseal::csp {
 namespace {
 
-constexpr std::string_view kStateNames[] = {"queued",     "placed",  "fetching", "attesting",
-                                            "decrypting", "running", "failed"};
+constexpr std::string_view kStateNames[] = {
+    "queued", "placed", "fetching", "attesting", "decrypting", "running",
+    "failed", "stopping", "stopped", "deleting", "deleted"};
+constexpr int kStateCount = sizeof(kStateNames) / sizeof(kStateNames[0]);
 
+// A launch in progress or a running VM: the host reports progress or refuses.
 bool OnHost(JobState s) { return s >= JobState::kPlaced && s <= JobState::kRunning; }
+
+// Whether the job holds a slot of job.host_id: until its host reports the
+// VM's end, a stopping or deleting VM still runs.
+bool HoldsSlot(const Job& job) {
+  return !job.host_id.empty() && (OnHost(job.state) || job.state == JobState::kStopping ||
+                                  job.state == JobState::kDeleting);
+}
+
+// What a host's "stopped" means: the customer asked, or someone on the host
+// (the operator CLI, a host shutdown) did.
+std::string EndReasonFor(const Job& job, const std::string& host_reason) {
+  if (host_reason != "stopped") return host_reason;
+  return job.wanted == VmWanted::kRunning ? "stopped_by_operator" : "stopped_by_customer";
+}
+
+Status BadState(const Job& job, std::string_view action) {
+  return FailedPreconditionError("bad_state: cannot " + std::string(action) + " a " +
+                                 std::string(JobStateName(job.state)) + " job");
+}
 
 }  // namespace
 
 std::string_view JobStateName(JobState state) { return kStateNames[static_cast<int>(state)]; }
 
 StatusOr<JobState> JobStateFromName(std::string_view name) {
-  for (int i = 0; i < 7; ++i) {
+  for (int i = 0; i < kStateCount; ++i) {
     if (kStateNames[i] == name) return static_cast<JobState>(i);
   }
   return InvalidArgumentError("unknown job state");
+}
+
+std::string_view VmWantedName(VmWanted wanted) {
+  switch (wanted) {
+    case VmWanted::kRunning: return "running";
+    case VmWanted::kStopped: return "stopped";
+    case VmWanted::kDeleted: return "deleted";
+  }
+  return "running";
 }
 
 std::string_view RefusalKindName(RefusalKind kind) {
@@ -54,7 +85,7 @@ bool IsMachineReason(std::string_view reason) {
 std::map<std::string, uint32_t> JobManager::LoadLocked() const {
   std::map<std::string, uint32_t> load;
   for (const auto& [id, job] : jobs_) {
-    if (OnHost(job.state) && !job.host_id.empty()) ++load[job.host_id];
+    if (HoldsSlot(job)) ++load[job.host_id];
   }
   return load;
 }
@@ -69,9 +100,11 @@ void JobManager::FailLocked(Job& job, const std::string& reason) {
 
 namespace {
 
+// The refusals of the job's current run.
 std::string RefusalSummary(const Job& job) {
   std::string out;
-  for (const JobAttempt& a : job.attempts) {
+  for (size_t i = job.run_first_attempt; i < job.attempts.size(); ++i) {
+    const JobAttempt& a = job.attempts[i];
     if (a.refusal.empty()) continue;
     if (!out.empty()) out += "; ";
     out += a.host_id + ": " + a.refusal;
@@ -95,10 +128,20 @@ std::string KmsImageId(const ImageInfo& image) {
 void JobManager::PlaceLocked(Job& job) {
   std::map<std::string, std::string> excluded;
   int refused = 0;
-  for (const JobAttempt& a : job.attempts) {
+  for (size_t i = job.run_first_attempt; i < job.attempts.size(); ++i) {
+    const JobAttempt& a = job.attempts[i];
     if (!a.refusal.empty()) {
       excluded[a.host_id] = a.refusal;
       ++refused;
+    }
+  }
+  if (!job.pinned_host_id.empty()) {
+    // A started VM runs again where its files are (docs/protocol.md §6).
+    for (const HostState& h : hosts_->List()) {
+      const std::string& id = h.registration.host_id;
+      if (id != job.pinned_host_id && !excluded.contains(id)) {
+        excluded[id] = "the VM's files are on " + job.pinned_host_id;
+      }
     }
   }
   if (refused >= options_.max_attempts) {
@@ -168,8 +211,172 @@ void JobManager::RefuseLocked(Job& job, const std::string& reason, const std::st
   }
   spdlog::warn("job refused job={} host={} reason={}: {}", job.job_id, job.host_id, reason, why);
   job.host_id.clear();
+  if (job.wanted != VmWanted::kRunning) {
+    // Stopped or deleted by the customer while it was being launched.
+    EndLocked(job, "stopped_by_customer", "stopped before it ran (" + reason + ")");
+    return;
+  }
   job.state = JobState::kQueued;
   PlaceLocked(job);
+}
+
+void JobManager::EndLocked(Job& job, const std::string& reason, const std::string& text) {
+  job.host_id.clear();
+  job.end_reason = reason;
+  job.end_text = text.substr(0, 512);
+  job.ended_unix = job.updated_unix = clock_->NowUnixSeconds();
+  if (job.wanted == VmWanted::kDeleted && job.vm_host_id.empty()) {
+    job.state = JobState::kDeleted;
+  } else if (job.wanted == VmWanted::kDeleted) {
+    job.state = JobState::kDeleting;  // its host still removes the VM's files
+  } else {
+    job.state = JobState::kStopped;
+    job.wanted = VmWanted::kStopped;
+  }
+  spdlog::info("vm ended job={} customer={} vm={} state={} reason={}: {}", job.job_id,
+               job.customer_id, job.vm_name, JobStateName(job.state), reason, job.end_text);
+}
+
+StatusOr<Job*> JobManager::FindVmLocked(const Principal& who, const std::string& vm) {
+  if (who.customer_id.empty()) return UnauthenticatedError("not logged in");
+  auto it = jobs_.find(vm);
+  if (it != jobs_.end() && it->second.customer_id == who.customer_id) return &it->second;
+  for (auto& [id, job] : jobs_) {
+    if (!vm.empty() && job.vm_name == vm && job.customer_id == who.customer_id) return &job;
+  }
+  return NotFoundError("no such vm");
+}
+
+StatusOr<Job*> JobManager::FindHostVmLocked(const std::string& host_id,
+                                            const std::string& vm_name) {
+  for (auto& [id, job] : jobs_) {
+    if (!vm_name.empty() && job.vm_name == vm_name && job.vm_host_id == host_id) return &job;
+  }
+  return NotFoundError("no such vm on this host");
+}
+
+std::vector<HostVmCommand> JobManager::VmCommands(const std::string& host_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<HostVmCommand> out;
+  for (const auto& [id, job] : jobs_) {
+    if (job.vm_host_id != host_id || job.vm_name.empty()) continue;
+    const char* action = job.state == JobState::kRunning    ? "run"
+                         : job.state == JobState::kStopping ? "stop"
+                         : job.state == JobState::kDeleting ? "delete"
+                                                            : nullptr;
+    if (action != nullptr) out.push_back({job.job_id, job.vm_name, action});
+  }
+  return out;
+}
+
+StatusOr<Job> JobManager::ReportVmEnded(const std::string& host_id, const VmEndedReport& report) {
+  if (!IsMachineReason(report.reason)) {
+    return InvalidArgumentError("reason must be a machine reason matching [a-z][a-z0-9_]{0,63}");
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  ASSIGN_OR_RETURN(Job * job, FindHostVmLocked(host_id, report.vm_name));
+  const bool runs = job->state == JobState::kRunning || job->state == JobState::kStopping ||
+                    (job->state == JobState::kDeleting && !job->host_id.empty());
+  if (!runs) return *job;  // already ended (a repeated report), or a new run being launched
+  EndLocked(*job, EndReasonFor(*job, report.reason), report.text);
+  return *job;
+}
+
+StatusOr<Job> JobManager::ReportVmDeleted(const std::string& host_id,
+                                          const std::string& vm_name) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ASSIGN_OR_RETURN(Job * job, FindHostVmLocked(host_id, vm_name));
+  if (job->state == JobState::kRunning || job->state == JobState::kStopping) {
+    // Gone without the customer asking (an operator removed it).
+    EndLocked(*job, "vm_missing", "the host no longer has the VM");
+  }
+  if (job->state == JobState::kStopped || job->state == JobState::kDeleting) {
+    if (job->end_reason.empty()) job->end_reason = "stopped_by_customer";
+    job->host_id.clear();
+    job->vm_host_id.clear();
+    job->state = JobState::kDeleted;
+    job->updated_unix = clock_->NowUnixSeconds();
+    spdlog::info("vm deleted job={} host={} vm={}", job->job_id, host_id, vm_name);
+  }
+  return *job;
+}
+
+StatusOr<Job> JobManager::StopVm(const Principal& who, const std::string& vm) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ASSIGN_OR_RETURN(Job * job, FindVmLocked(who, vm));
+  switch (job->state) {
+    case JobState::kStopping:
+    case JobState::kStopped: return *job;
+    case JobState::kFailed:
+    case JobState::kDeleting:
+    case JobState::kDeleted: return BadState(*job, "stop");
+    case JobState::kQueued:
+      job->wanted = VmWanted::kStopped;
+      EndLocked(*job, "stopped_by_customer", "stopped before it was placed");
+      return *job;
+    case JobState::kRunning:
+      job->state = JobState::kStopping;
+      break;
+    default: break;  // being launched: stopped once it runs
+  }
+  job->wanted = VmWanted::kStopped;
+  job->updated_unix = clock_->NowUnixSeconds();
+  spdlog::info("vm stop requested job={} customer={} vm={}", job->job_id, job->customer_id,
+               job->vm_name);
+  return *job;
+}
+
+StatusOr<Job> JobManager::StartVm(const Principal& who, const std::string& vm) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ASSIGN_OR_RETURN(Job * job, FindVmLocked(who, vm));
+  if ((OnHost(job->state) || job->state == JobState::kQueued) &&
+      job->wanted != VmWanted::kDeleted) {
+    job->wanted = VmWanted::kRunning;  // a stop asked during the launch is withdrawn
+    return *job;
+  }
+  if (job->state != JobState::kStopped) return BadState(*job, "start");
+  job->wanted = VmWanted::kRunning;
+  job->end_reason.clear();
+  job->end_text.clear();
+  job->ended_unix = 0;
+  job->run_first_attempt = job->attempts.size();
+  job->pinned_host_id = job->vm_host_id;
+  ++job->runs;
+  job->state = JobState::kQueued;
+  job->updated_unix = clock_->NowUnixSeconds();
+  spdlog::info("vm start requested job={} customer={} vm={} run={}", job->job_id,
+               job->customer_id, job->vm_name, job->runs);
+  PlaceLocked(*job);
+  return *job;
+}
+
+StatusOr<Job> JobManager::DeleteVm(const Principal& who, const std::string& vm) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ASSIGN_OR_RETURN(Job * job, FindVmLocked(who, vm));
+  if (job->state == JobState::kDeleting || job->state == JobState::kDeleted) return *job;
+  const bool launching = OnHost(job->state) && job->state != JobState::kRunning;
+  job->wanted = VmWanted::kDeleted;
+  job->updated_unix = clock_->NowUnixSeconds();
+  spdlog::info("vm delete requested job={} customer={} vm={}", job->job_id, job->customer_id,
+               job->vm_name);
+  if (launching) return *job;  // deleted once it runs (or is refused)
+  if (job->state == JobState::kRunning || job->state == JobState::kStopping) {
+    job->state = JobState::kDeleting;
+    return *job;
+  }
+  if (job->vm_host_id.empty()) {
+    // Queued, failed, or stopped before it ever ran: nothing on any host.
+    if (job->end_reason.empty() && job->state == JobState::kQueued) {
+      job->end_reason = "stopped_by_customer";
+      job->end_text = "deleted before it was placed";
+      job->ended_unix = job->updated_unix;
+    }
+    job->host_id.clear();
+    job->state = JobState::kDeleted;
+    return *job;
+  }
+  job->state = JobState::kDeleting;  // stopped or failed: its host removes the files
+  return *job;
 }
 
 StatusOr<Job> JobManager::Launch(const Principal& who, const LaunchRequest& request) {
@@ -257,6 +464,12 @@ StatusOr<Job> JobManager::ReportProgress(const std::string& host_id,
                                    " to " + std::string(JobStateName(report.state)));
   }
   job.state = report.state;
+  if (report.state == JobState::kRunning) {
+    job.vm_host_id = host_id;
+    // A stop or delete that came during the launch applies now.
+    if (job.wanted == VmWanted::kStopped) job.state = JobState::kStopping;
+    if (job.wanted == VmWanted::kDeleted) job.state = JobState::kDeleting;
+  }
   if (!report.vm_name.empty()) job.vm_name = report.vm_name.substr(0, 256);
   if (!report.serial_log_path.empty()) job.serial_log_path = report.serial_log_path.substr(0, 4096);
   job.updated_unix = clock_->NowUnixSeconds();
@@ -300,6 +513,13 @@ void JobManager::Tick() {
                        std::string(RefusalKindName(RefusalKind::kHostLost)) +
                                 ": no heartbeat for over " +
                                 std::to_string(hosts_->heartbeat_timeout_seconds()) + " s");
+          break;
+        }
+      }
+    } else if (job.state == JobState::kStopping) {
+      for (const std::string& h : dropped) {
+        if (job.host_id == h) {
+          EndLocked(job, "host_lost", "the host left the pool before it reported the end");
           break;
         }
       }

@@ -1,6 +1,13 @@
 // Provisioning jobs: a launch is a job with a visible state machine
 //   queued -> placed -> fetching -> attesting -> decrypting -> running
-//   any non-terminal state -> failed(reason)
+//   any launch state -> failed(reason)
+// and, once the job's VM runs, its lifecycle (docs/protocol.md §6):
+//   running -> stopping (customer stop) -> stopped(end_reason)
+//   running -> stopped(end_reason)      (the VM ended on the host: guest
+//                                        power-off, qemu killed, operator)
+//   stopped -> queued (customer start: placed again on the VM's host, with a
+//                      fresh KMS grant)
+//   any -> deleting (customer delete; the host removes the VM) -> deleted
 // The portal places it on a host of the trusted compute pool (scheduler.h);
 // the host pulls it and reports progress. When a host refuses (unencrypted
 // image, attestation denied, launch failed) or stops heartbeating, the job
@@ -24,9 +31,26 @@
 
 namespace vmseal::csp {
 
-enum class JobState { kQueued, kPlaced, kFetching, kAttesting, kDecrypting, kRunning, kFailed };
+enum class JobState {
+  kQueued, kPlaced, kFetching, kAttesting, kDecrypting, kRunning, kFailed,
+  // The customer asked to stop the running VM; its host has not yet
+  // reported the end. The slot stays in use until it does.
+  kStopping,
+  // The VM ended (end_reason says why); the slot is free. Start runs it again.
+  kStopped,
+  // The customer asked to delete the VM; its host has not yet reported that
+  // the VM and its files are gone.
+  kDeleting,
+  // The VM and its files are gone from the host (or it never ran).
+  kDeleted,
+};
 
-// "queued", "placed", ..., "failed".
+// What the customer wants of a job's VM.
+enum class VmWanted { kRunning, kStopped, kDeleted };
+// "running", "stopped", "deleted".
+std::string_view VmWantedName(VmWanted wanted);
+
+// "queued", "placed", ..., "failed", "stopping", "stopped", "deleting", "deleted".
 std::string_view JobStateName(JobState state);
 StatusOr<JobState> JobStateFromName(std::string_view name);
 
@@ -74,6 +98,24 @@ struct Job {
   // Reported by the host: the VM's name and serial log, once known.
   std::string vm_name;
   std::string serial_log_path;
+  // The customer's wanted state of the VM (stop, start and delete set it).
+  VmWanted wanted = VmWanted::kRunning;
+  // The host that holds the VM (set when it reports running; kept after the
+  // VM ends, for start and delete; cleared when deleted).
+  std::string vm_host_id;
+  // Why the VM ended (stopped and deleted jobs), a machine reason:
+  // stopped_by_customer, stopped_by_operator, guest_poweroff, exited, killed,
+  // unknown, vm_missing, host_lost; and the host's line for people.
+  std::string end_reason;
+  std::string end_text;
+  int64_t ended_unix = 0;
+  // Set by a start: the run may only be placed on this host (the VM's).
+  std::string pinned_host_id;
+  // Index in `attempts` of the current run's first attempt (a start begins a
+  // new run, whose refusals are counted afresh).
+  size_t run_first_attempt = 0;
+  // Runs of the job: 1 for the launch, +1 for each start.
+  int runs = 1;
   int64_t created_unix = 0;
   int64_t updated_unix = 0;
 };
@@ -83,6 +125,27 @@ struct LaunchRequest {
 };
 
 inline constexpr size_t kMaxPlacementLog = 16;
+
+// A VM of a host as the portal knows it, with what the host must do
+// (GET /v1/hosts/jobs "vms").
+struct HostVmCommand {
+  std::string job_id;
+  std::string vm_name;
+  // "run": the VM should be running (a host whose VM is not reports its
+  // end); "stop": stop it and report the end; "delete": stop it, remove it
+  // and its files, and report it deleted.
+  std::string action;
+};
+
+// POST /v1/hosts/vms/{vm}/ended: a VM of this host ended.
+struct VmEndedReport {
+  std::string vm_name;
+  // The host's machine reason (IsMachineReason): stopped, guest_poweroff,
+  // exited, killed, unknown, vm_missing.
+  std::string reason;
+  // One line for people (e.g. "killed by signal 9").
+  std::string text;
+};
 
 struct ProgressReport {
   std::string job_id;
@@ -140,6 +203,38 @@ class JobManager {
   StatusOr<Job> ReportProgress(const std::string& host_id, const ProgressReport& report);
   StatusOr<Job> ReportRefusal(const std::string& host_id, const RefusalReport& report);
 
+  // The VMs the portal places on `host_id` (running, stopping, deleting) with
+  // the action the host must take for each.
+  std::vector<HostVmCommand> VmCommands(const std::string& host_id);
+  // The host reports that a VM of its ended: the job is stopped with the
+  // reason (a customer stop reads stopped_by_customer, any other host stop
+  // stopped_by_operator) and its slot is free at once. A repeated report is
+  // OK and changes nothing. NOT_FOUND "no such vm on this host" when no job
+  // of this host has that VM; INVALID_ARGUMENT for a bad reason.
+  StatusOr<Job> ReportVmEnded(const std::string& host_id, const VmEndedReport& report);
+  // The host reports that a VM of its and its files are gone: the job is
+  // deleted (a VM the customer did not delete also ends, "vm_missing").
+  // A repeated report is OK. NOT_FOUND as for ReportVmEnded.
+  StatusOr<Job> ReportVmDeleted(const std::string& host_id, const std::string& vm_name);
+
+  // Customer side; `vm` is the job id or its VM name. Another customer's (or
+  // no such) VM is NOT_FOUND "no such vm". Each records the wanted state; the
+  // VM's host learns it at its next poll.
+  // Stop: a running VM becomes stopping (stopped once its host reports the
+  // end); a queued job is stopped at once; a job being launched is stopped
+  // once it runs. Stopped or stopping: OK, unchanged. FAILED_PRECONDITION
+  // "bad_state: ..." for failed, deleting or deleted jobs.
+  StatusOr<Job> StopVm(const Principal& who, const std::string& vm);
+  // Start: a stopped VM runs again. Its key was gone with it, so the job is
+  // placed again (on the VM's host, if it ran on one) with a fresh KMS grant
+  // and goes through release and launch as a new run. Running or being
+  // launched: OK, unchanged. FAILED_PRECONDITION "bad_state: ..." otherwise.
+  StatusOr<Job> StartVm(const Principal& who, const std::string& vm);
+  // Delete: the VM is stopped and removed with its files by its host
+  // (deleting, then deleted); a job with no VM on a host is deleted at once.
+  // Deleting or deleted: OK, unchanged.
+  StatusOr<Job> DeleteVm(const Principal& who, const std::string& vm);
+
   // Periodic work: takes hosts with overdue heartbeats out of the pool and
   // retries their jobs elsewhere; retries or times out queued jobs.
   void Tick();
@@ -151,6 +246,13 @@ class JobManager {
   void RefuseLocked(Job& job, const std::string& reason, const std::string& why);
   std::map<std::string, uint32_t> LoadLocked() const;
   void FailLocked(Job& job, const std::string& reason);
+  // The VM ended: stopped (or deleted when the customer wants that), slot
+  // freed.
+  void EndLocked(Job& job, const std::string& reason, const std::string& text);
+  // The customer's job by job id or VM name; NOT_FOUND "no such vm".
+  StatusOr<Job*> FindVmLocked(const Principal& who, const std::string& vm);
+  // The job of `host_id` whose VM is `vm_name`; NOT_FOUND otherwise.
+  StatusOr<Job*> FindHostVmLocked(const std::string& host_id, const std::string& vm_name);
 
   const Options options_;
   ImageService* const images_;

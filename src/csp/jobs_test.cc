@@ -417,5 +417,225 @@ TEST_F(JobsTest, OtherCustomerCannotExplainAlicesImage) {
                 "no such image");
 }
 
+
+// --- VM lifecycle (docs/protocol.md §6) ---
+
+class JobsLifecycleTest : public JobsTest {
+ protected:
+  // A job of Alice's running on `host` as VM "vm-<n>".
+  Job Running(const std::string& host) {
+    auto job = Launch();
+    EXPECT_OK(job);
+    EXPECT_EQ(job->host_id, host);
+    auto j = jobs_->ReportProgress(host, {job->job_id, JobState::kRunning,
+                                          "vm-" + std::to_string(++vms_), "/s"});
+    EXPECT_OK(j);
+    return j.ok() ? *j : Job{};
+  }
+  int vms_ = 0;
+};
+
+TEST_F(JobsLifecycleTest, VmEndFreesTheSlotAtOnceAndTheJobSaysWhy) {
+  AddTrustedHost("h1", 1);
+  Job first = Running("h1");
+  auto waiting = Launch();
+  ASSERT_OK(waiting);
+  EXPECT_EQ(waiting->state, JobState::kQueued);
+  EXPECT_THAT(DescribePlacement(waiting->last_placement), HasSubstr("no free slot (1/1 in use)"));
+
+  auto ended = jobs_->ReportVmEnded("h1", {first.vm_name, "killed", "killed by signal 9"});
+  ASSERT_OK(ended);
+  EXPECT_EQ(ended->state, JobState::kStopped);
+  EXPECT_EQ(ended->end_reason, "killed");
+  EXPECT_EQ(ended->end_text, "killed by signal 9");
+  EXPECT_EQ(ended->host_id, "");
+  EXPECT_EQ(ended->vm_host_id, "h1");
+  // The next Tick places the queued job on the freed slot.
+  jobs_->Tick();
+  EXPECT_EQ(jobs_->GetJob(alice_, waiting->job_id)->state, JobState::kPlaced);
+}
+
+TEST_F(JobsLifecycleTest, RepeatedEndReportChangesNothing) {
+  AddTrustedHost("h1");
+  Job job = Running("h1");
+  ASSERT_OK(jobs_->ReportVmEnded("h1", {job.vm_name, "guest_poweroff", "powered off"}));
+  auto again = jobs_->ReportVmEnded("h1", {job.vm_name, "unknown", "x"});
+  ASSERT_OK(again);
+  EXPECT_EQ(again->end_reason, "guest_poweroff");
+  EXPECT_EQ(again->end_text, "powered off");
+}
+
+TEST_F(JobsLifecycleTest, AnotherHostCannotEndOrDeleteTheVm) {
+  AddTrustedHost("h1");
+  AddTrustedHost("h2");
+  Job job = Running("h1");  // the least loaded, then the lowest id
+  const std::string other = "h2";
+  EXPECT_STATUS(jobs_->ReportVmEnded(other, {job.vm_name, "killed", ""}), StatusCode::kNotFound,
+                "no such vm on this host");
+  EXPECT_STATUS(jobs_->ReportVmDeleted(other, job.vm_name), StatusCode::kNotFound,
+                "no such vm on this host");
+  EXPECT_EQ(jobs_->GetJob(alice_, job.job_id)->state, JobState::kRunning);
+}
+
+TEST_F(JobsLifecycleTest, EndReportWithABadReasonIsRefused) {
+  AddTrustedHost("h1");
+  Job job = Running("h1");
+  EXPECT_STATUS(jobs_->ReportVmEnded("h1", {job.vm_name, "Killed by me", ""}),
+                StatusCode::kInvalidArgument, "machine reason");
+  EXPECT_EQ(jobs_->GetJob(alice_, job.job_id)->state, JobState::kRunning);
+}
+
+TEST_F(JobsLifecycleTest, CustomerStopIsAHostCommandUntilTheHostReportsTheEnd) {
+  AddTrustedHost("h1", 1);
+  Job job = Running("h1");
+  EXPECT_EQ(jobs_->VmCommands("h1").at(0).action, "run");
+  auto stopping = jobs_->StopVm(alice_, job.vm_name);  // by VM name
+  ASSERT_OK(stopping);
+  EXPECT_EQ(stopping->state, JobState::kStopping);
+  EXPECT_EQ(stopping->wanted, VmWanted::kStopped);
+  auto commands = jobs_->VmCommands("h1");
+  ASSERT_EQ(commands.size(), 1u);
+  EXPECT_EQ(commands[0].action, "stop");
+  EXPECT_EQ(commands[0].vm_name, job.vm_name);
+  EXPECT_TRUE(jobs_->VmCommands("h2").empty());
+  // The VM still runs until the host says so: its slot is in use.
+  EXPECT_EQ(Launch()->state, JobState::kQueued);
+  auto stopped = jobs_->ReportVmEnded("h1", {job.vm_name, "stopped", "stopped by VmManager::Stop"});
+  ASSERT_OK(stopped);
+  EXPECT_EQ(stopped->state, JobState::kStopped);
+  EXPECT_EQ(stopped->end_reason, "stopped_by_customer");
+  EXPECT_TRUE(jobs_->VmCommands("h1").empty());
+  EXPECT_OK(jobs_->StopVm(alice_, job.job_id));  // again: unchanged
+  EXPECT_EQ(jobs_->GetJob(alice_, job.job_id)->state, JobState::kStopped);
+}
+
+TEST_F(JobsLifecycleTest, AHostStopTheCustomerDidNotAskForIsTheOperators) {
+  AddTrustedHost("h1");
+  Job job = Running("h1");
+  auto j = jobs_->ReportVmEnded("h1", {job.vm_name, "stopped", "stopped by VmManager::Stop"});
+  ASSERT_OK(j);
+  EXPECT_EQ(j->end_reason, "stopped_by_operator");
+}
+
+TEST_F(JobsLifecycleTest, AnotherCustomerCannotStopStartOrDeleteAlicesVm) {
+  AddTrustedHost("h1");
+  Job job = Running("h1");
+  for (const std::string& id : {job.job_id, job.vm_name}) {
+    EXPECT_STATUS(jobs_->StopVm(bob_, id), StatusCode::kNotFound, "no such vm");
+    EXPECT_STATUS(jobs_->StartVm(bob_, id), StatusCode::kNotFound, "no such vm");
+    EXPECT_STATUS(jobs_->DeleteVm(bob_, id), StatusCode::kNotFound, "no such vm");
+  }
+  auto after = jobs_->GetJob(alice_, job.job_id);
+  EXPECT_EQ(after->state, JobState::kRunning);
+  EXPECT_EQ(after->wanted, VmWanted::kRunning);
+  EXPECT_EQ(jobs_->VmCommands("h1").at(0).action, "run");
+}
+
+TEST_F(JobsLifecycleTest, StartPlacesTheJobAgainOnTheVmsHostWithAFreshGrant) {
+  AddTrustedHost("h1");
+  AddTrustedHost("h2");
+  Job job = Running("h1");
+  const std::string host = job.host_id;
+  ASSERT_OK(jobs_->StopVm(alice_, job.job_id));
+  ASSERT_OK(jobs_->ReportVmEnded(host, {job.vm_name, "stopped", ""}));
+  Running("h1");  // h1 is now busier than h2
+  const size_t grants = kms_.grants().size();
+  auto started = jobs_->StartVm(alice_, job.job_id);
+  ASSERT_OK(started);
+  EXPECT_EQ(started->state, JobState::kPlaced);
+  EXPECT_EQ(started->host_id, host);  // where the VM's files are, although the other is idle
+  EXPECT_EQ(started->runs, 2);
+  EXPECT_EQ(started->end_reason, "");
+  ASSERT_EQ(kms_.grants().size(), grants + 1);
+  EXPECT_EQ(kms_.grants().back().host_id, host);
+  EXPECT_EQ(kms_.grants().back().job_id, job.job_id);
+  EXPECT_EQ(jobs_->PendingJobs(host).size(), 1u);
+  EXPECT_OK(jobs_->StartVm(alice_, job.job_id));  // again: unchanged
+  EXPECT_EQ(kms_.grants().size(), grants + 1);
+  // The new run goes through the launch states again.
+  auto running = jobs_->ReportProgress(host, {job.job_id, JobState::kRunning, job.vm_name, "/s"});
+  ASSERT_OK(running);
+  EXPECT_EQ(running->state, JobState::kRunning);
+}
+
+TEST_F(JobsLifecycleTest, StartOnlyStartsAStoppedVm) {
+  AddTrustedHost("h1");
+  Job job = Running("h1");
+  EXPECT_OK(jobs_->StartVm(alice_, job.job_id));  // running: unchanged
+  ASSERT_OK(jobs_->DeleteVm(alice_, job.job_id));
+  EXPECT_STATUS(jobs_->StartVm(alice_, job.job_id), StatusCode::kFailedPrecondition,
+                "bad_state: cannot start a deleting job");
+}
+
+TEST_F(JobsLifecycleTest, DeleteOfARunningVmStopsItThenRemovesIt) {
+  AddTrustedHost("h1", 1);
+  Job job = Running("h1");
+  auto deleting = jobs_->DeleteVm(alice_, job.job_id);
+  ASSERT_OK(deleting);
+  EXPECT_EQ(deleting->state, JobState::kDeleting);
+  EXPECT_EQ(jobs_->VmCommands("h1").at(0).action, "delete");
+  auto waiting = Launch();
+  ASSERT_OK(waiting);
+  EXPECT_EQ(waiting->state, JobState::kQueued);  // still running: slot in use
+  auto ended = jobs_->ReportVmEnded("h1", {job.vm_name, "stopped", ""});
+  ASSERT_OK(ended);
+  EXPECT_EQ(ended->state, JobState::kDeleting);
+  EXPECT_EQ(ended->end_reason, "stopped_by_customer");
+  jobs_->Tick();  // the slot is free now
+  EXPECT_EQ(jobs_->GetJob(alice_, waiting->job_id)->state, JobState::kPlaced);
+  auto deleted = jobs_->ReportVmDeleted("h1", job.vm_name);
+  ASSERT_OK(deleted);
+  EXPECT_EQ(deleted->state, JobState::kDeleted);
+  EXPECT_EQ(deleted->vm_host_id, "");
+  EXPECT_OK(jobs_->DeleteVm(alice_, job.job_id));  // again: unchanged
+}
+
+TEST_F(JobsLifecycleTest, DeleteOfAQueuedJobIsImmediate) {
+  auto job = Launch();  // no host: queued
+  ASSERT_OK(job);
+  ASSERT_EQ(job->state, JobState::kQueued);
+  auto deleted = jobs_->DeleteVm(alice_, job->job_id);
+  ASSERT_OK(deleted);
+  EXPECT_EQ(deleted->state, JobState::kDeleted);
+  AddTrustedHost("h1");
+  jobs_->Tick();
+  EXPECT_EQ(jobs_->GetJob(alice_, job->job_id)->state, JobState::kDeleted);
+  EXPECT_TRUE(jobs_->PendingJobs("h1").empty());
+}
+
+TEST_F(JobsLifecycleTest, StopDuringLaunchAppliesOnceTheVmRuns) {
+  AddTrustedHost("h1");
+  auto job = Launch();
+  ASSERT_OK(job);
+  ASSERT_OK(jobs_->ReportProgress("h1", {job->job_id, JobState::kFetching}));
+  auto asked = jobs_->StopVm(alice_, job->job_id);
+  ASSERT_OK(asked);
+  EXPECT_EQ(asked->state, JobState::kFetching);
+  auto running = jobs_->ReportProgress("h1", {job->job_id, JobState::kRunning, "vm-x", "/s"});
+  ASSERT_OK(running);
+  EXPECT_EQ(running->state, JobState::kStopping);
+  EXPECT_EQ(jobs_->VmCommands("h1").at(0).action, "stop");
+}
+
+TEST_F(JobsLifecycleTest, StoppingVmOfALostHostEndsAsHostLost) {
+  AddTrustedHost("h1");
+  Job job = Running("h1");
+  ASSERT_OK(jobs_->StopVm(alice_, job.job_id));
+  clock_.AdvanceSeconds(31);
+  jobs_->Tick();
+  auto j = jobs_->GetJob(alice_, job.job_id);
+  EXPECT_EQ(j->state, JobState::kStopped);
+  EXPECT_EQ(j->end_reason, "host_lost");
+}
+
+TEST_F(JobsLifecycleTest, DeletedReportOfAVmTheCustomerStillWantedEndsItAsMissing) {
+  AddTrustedHost("h1");
+  Job job = Running("h1");
+  auto j = jobs_->ReportVmDeleted("h1", job.vm_name);
+  ASSERT_OK(j);
+  EXPECT_EQ(j->state, JobState::kDeleted);
+  EXPECT_EQ(j->end_reason, "vm_missing");
+}
+
 }  // namespace
 }  // namespace vmseal::csp

@@ -124,12 +124,18 @@ StatusOr<std::string> ReadFile(const std::string& path) {
 // Everything the demo started, stopped in reverse order on destruction.
 struct Cluster {
   std::vector<std::unique_ptr<tpm::testing::Swtpm>> tpms;
-  std::vector<std::unique_ptr<Service>> services;
-  std::vector<std::pair<std::string, std::string>> vms;  // host config, vm name
+  std::vector<std::unique_ptr<Service>> services;  // KMS, portal
+  std::vector<std::unique_ptr<Service>> hosts;     // host agents
+  std::vector<std::string> host_configs;
   std::string vmseal;
   ~Cluster() {
-    for (const auto& [config, vm] : vms) {
-      (void)RunCommand({vmseal, "host", "delete", "--config", config, vm}, 30000, {}, "/dev/null");
+    // The host agents first, so that none launches another VM; then every VM
+    // their hosts have, including VMs launched during --keep (their qemu runs
+    // in its own session and would outlive the agent).
+    for (auto it = hosts.rbegin(); it != hosts.rend(); ++it) (*it)->Stop(30000);
+    for (const std::string& config : host_configs) {
+      (void)RunCommand({vmseal, "host", "delete", "--all", "--config", config}, 120000, {},
+                       "/dev/null");
     }
     for (auto it = services.rbegin(); it != services.rend(); ++it) (*it)->Stop();
     tpms.clear();
@@ -306,8 +312,9 @@ Status Demo::StartHosts() {
     std::vector<std::string> argv = {o_.vmseal_binary, "host", "serve", "--config",
                                      Path(name + "/host.json")};
     n_.Command(argv);
+    cluster_.host_configs.push_back(Path(name + "/host.json"));
     ASSIGN_OR_RETURN(auto host, Service::Start(name, argv, Path("logs/" + name + ".log")));
-    cluster_.services.push_back(std::move(host));
+    cluster_.hosts.push_back(std::move(host));
   }
   // Both hosts enroll (EK certificate + credential activation) and attest.
   const int64_t deadline = NowMs() + 120000;
@@ -456,9 +463,6 @@ Status Demo::PlayCustomer() {
   host_of_vm_ = status.value("host_id", "");
   vm_name_ = status.value("vm_name", "");
   serial_log_ = status.value("serial_log_path", "");
-  if (!vm_name_.empty() && !host_of_vm_.empty()) {
-    cluster_.vms.emplace_back(Path(host_of_vm_ + "/host.json"), vm_name_);
-  }
 
   n_.Step("The VM boots from the decrypted disk: its serial console prints the marker.");
   if (serial_log_.empty()) return InternalError("the host reported no serial log");
@@ -518,12 +522,15 @@ Status Demo::Run() {
   if (o_.keep) {
     std::printf(
         "\nThe system keeps running. Try, for example:\n"
-        "  %s customer --portal %s --ca-cert %s --session %s vms\n"
+        "  %s customer --portal %s --ca-cert %s --session %s status\n"
+        "  %s customer --portal %s --ca-cert %s --session %s vm stop %s\n"
         "  %s kms host list --url %s --ca %s --cert %s --key %s\n"
         "  %s host vms --config %s\n"
-        "Press Ctrl-C to stop everything.\n",
+        "Press Ctrl-C to stop everything (every VM of the demo's hosts too).\n",
         o_.vmseal_binary.c_str(), portal_url_.c_str(), Path("kms/ca.pem").c_str(),
-        Path("customer/session.json").c_str(), o_.vmseal_binary.c_str(), kms_url_.c_str(),
+        Path("customer/session.json").c_str(), o_.vmseal_binary.c_str(), portal_url_.c_str(),
+        Path("kms/ca.pem").c_str(), Path("customer/session.json").c_str(), job_id_.c_str(),
+        o_.vmseal_binary.c_str(), kms_url_.c_str(),
         Path("kms/ca.pem").c_str(), Path("kms/operator.pem").c_str(),
         Path("kms/operator-key.pem").c_str(), o_.vmseal_binary.c_str(),
         Path(host_of_vm_ + "/host.json").c_str());
@@ -536,8 +543,8 @@ Status Demo::Run() {
     int sig = 0;
     sigwait(&set, &sig);
   }
-  n_.Step("Stopping the VM (its decrypted disk is removed), the hosts, the portal, the KMS "
-          "and the TPMs.");
+  n_.Step("Stopping the hosts, then every VM they run (each decrypted disk is removed), the "
+          "portal, the KMS and the TPMs.");
   return OkStatus();
 }
 

@@ -236,6 +236,14 @@ StatusOr<vm::VmInfo> HostAgent::RunJobSteps(const Job& job, const std::string& v
   return info;
 }
 
+Status JobRunner::StopVm(const std::string&) { return UnimplementedError("StopVm"); }
+Status JobRunner::DeleteVm(const std::string&) { return UnimplementedError("DeleteVm"); }
+StatusOr<std::vector<vm::VmInfo>> JobRunner::ListVms() { return UnimplementedError("ListVms"); }
+
+Status HostAgent::StopVm(const std::string& name) { return vms_->Stop(name); }
+
 Status HostAgent::DeleteVm(const std::string& name) { return vms_->Delete(name); }
+
+StatusOr<std::vector<vm::VmInfo>> HostAgent::ListVms() { return vms_->List(); }
 
 }  // namespace vmseal::host

@@ -80,6 +80,14 @@ class JobRunner {
   // Runs `job`; phase changes go to `on_update` (if set) instead of the
   // agent's default callback.
   virtual StatusOr<vm::VmInfo> RunJob(const Job& job, const JobUpdateFn& on_update) = 0;
+  // Stops VM `name` (OK when already stopped); its files stay. NOT_FOUND
+  // when unknown. Default UNIMPLEMENTED.
+  virtual Status StopVm(const std::string& name);
+  // Stops VM `name` and removes it and every file of it. NOT_FOUND when
+  // unknown. Default UNIMPLEMENTED.
+  virtual Status DeleteVm(const std::string& name);
+  // Every VM of this host (running or ended). Default UNIMPLEMENTED.
+  virtual StatusOr<std::vector<vm::VmInfo>> ListVms();
 };
 
 // Not thread-safe: the service runs one job at a time per agent.
@@ -104,8 +112,10 @@ class HostAgent final : public JobRunner {
   StatusOr<vm::VmInfo> RunJob(const Job& job);
   StatusOr<vm::VmInfo> RunJob(const Job& job, const JobUpdateFn& on_update) override;
 
+  Status StopVm(const std::string& name) override;
   // Stops the VM and removes its decrypted disk.
-  Status DeleteVm(const std::string& name);
+  Status DeleteVm(const std::string& name) override;
+  StatusOr<std::vector<vm::VmInfo>> ListVms() override;
 
  private:
   HostAgent(HostAgentOptions options, tpm::SecurityEngine* tpm, vm::VmManager* vms,

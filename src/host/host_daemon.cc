@@ -56,6 +56,12 @@ class RetryOnceKms final : public KmsApi {
 
 }  // namespace
 
+HostDaemon::~HostDaemon() {
+  // The VM manager's watcher outlives the service: stop forwarding first.
+  std::lock_guard<std::mutex> lock(end_sink_->mu);
+  end_sink_->service = nullptr;
+}
+
 StatusOr<std::string> HostIdFromCertificate(Env* env, const std::string& cert_file) {
   ASSIGN_OR_RETURN(std::string pem, ReadFileToString(env, cert_file));
   ASSIGN_OR_RETURN(crypto::Certificate cert, crypto::Certificate::FromPem(pem));
@@ -105,6 +111,11 @@ StatusOr<std::unique_ptr<HostDaemon>> HostDaemon::Create(const HostConfig& confi
   vo.state_dir = config.image_store_dir;
   vo.qemu_binary = config.qemu_binary;
   ASSIGN_OR_RETURN(vo.accel, vm::ParseAccel(config.accel));
+  // VM ends go to the service (created below) and on to the portal at once.
+  vo.on_end = [sink = d->end_sink_](const std::string& name, const vm::VmEnd& end) {
+    std::lock_guard<std::mutex> lock(sink->mu);
+    if (sink->service != nullptr) sink->service->OnVmEnded(name, end);
+  };
   ASSIGN_OR_RETURN(d->vms_, vm::VmManager::Create(vo));
   const std::string work_dir = config.state_dir + "/work";
   ASSIGN_OR_RETURN(int removed, RemoveStaleFiles(d->vms_.get(), config.image_store_dir, work_dir));
@@ -141,6 +152,10 @@ StatusOr<std::unique_ptr<HostDaemon>> HostDaemon::Create(const HostConfig& confi
   h.Update(d->tpm_->AkPublic());
   so.enrollment_id = crypto::HexEncode(h.Finish()) + "\n";
   ASSIGN_OR_RETURN(d->service_, HostService::Create(so, d->agent_.get(), d->portal_.get()));
+  {
+    std::lock_guard<std::mutex> lock(d->end_sink_->mu);
+    d->end_sink_->service = d->service_.get();
+  }
   spdlog::info("host {} ready: portal {}, KMS {}, TPM {}, image store {}", d->host_id_,
                config.portal_url, config.kms_url, config.tpm_tcti, config.image_store_dir);
   return d;

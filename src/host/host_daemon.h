@@ -6,6 +6,7 @@
 
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "base/status.h"
@@ -42,6 +43,7 @@ class HostDaemon {
  public:
   static StatusOr<std::unique_ptr<HostDaemon>> Create(const HostConfig& config,
                                                       const KmsFactory& kms_factory);
+  ~HostDaemon();
   // Runs the service until Stop (see HostService::Run).
   Status Run() { return service_->Run(); }
   void Stop() { service_->Stop(); }
@@ -54,6 +56,12 @@ class HostDaemon {
 
  private:
   HostDaemon() = default;
+  // Where the VM manager's on_end goes: the service once it exists.
+  struct EndSink {
+    std::mutex mu;
+    HostService* service = nullptr;
+  };
+  std::shared_ptr<EndSink> end_sink_ = std::make_shared<EndSink>();
   std::string host_id_;
   std::unique_ptr<tpm::SecurityEngine> tpm_;
   std::unique_ptr<vm::VmManager> vms_;

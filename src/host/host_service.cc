@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
 #include <thread>
 #include <utility>
@@ -230,16 +231,159 @@ Status HostService::FlushRefusals() {
   }
 }
 
+void HostService::OnVmEnded(const std::string& vm_name, const vm::VmEnd& end) {
+  spdlog::info("vm {} ended: {} ({})", vm_name, vm::VmEndReasonName(end.reason), end.text);
+  OweVmEnd(vm_name, vm::VmEndReasonName(end.reason), end.text);
+}
+
+void HostService::OweVmEnd(const std::string& vm_name, const std::string& reason,
+                           const std::string& text) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    owed_vm_ends_[vm_name] = {reason, text, ++vm_end_seq_};
+  }
+  cv_.notify_all();
+}
+
+Status HostService::FlushVmEnds() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (flushing_vm_ends_) return OkStatus();  // the other thread sends them
+    flushing_vm_ends_ = true;
+  }
+  Status result;
+  for (;;) {
+    std::string name;
+    OwedVmEnd end;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (owed_vm_ends_.empty()) break;
+      name = owed_vm_ends_.begin()->first;
+      end = owed_vm_ends_.begin()->second;
+    }
+    Status s = portal_->ReportVmEnded(name, end.reason, end.text);
+    if (s.code() == StatusCode::kUnavailable || s.code() == StatusCode::kDeadlineExceeded) {
+      result = s;  // portal unreachable: still owed
+      break;
+    }
+    if (!s.ok()) spdlog::warn("vm {}: end not accepted: {}", name, s.message());
+    std::lock_guard<std::mutex> lock(mu_);
+    if (s.ok()) ++stats_.vm_ends_reported;
+    auto it = owed_vm_ends_.find(name);
+    if (it != owed_vm_ends_.end() && it->second.seq == end.seq) owed_vm_ends_.erase(it);
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  flushing_vm_ends_ = false;
+  return result;
+}
+
+void HostService::VmEndLoop() {
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [this] { return stopping_ || !owed_vm_ends_.empty(); });
+      if (stopping_) return;
+    }
+    Status s = FlushVmEnds();
+    if (!s.ok()) {
+      spdlog::warn("vm end kept for a retry: {}", s.message());
+      if (!SleepFor(std::max<int64_t>(options_.retry_delay_ms, 100))) return;
+    } else {
+      // Another thread may be flushing: do not spin on its entries.
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait_for(lock, std::chrono::milliseconds(20), [this] { return stopping_; });
+    }
+  }
+}
+
+void HostService::ApplyVmCommands(const std::vector<PortalVmCommand>& commands) {
+  if (commands.empty()) return;
+  auto listed = agent_->ListVms();
+  if (!listed.ok()) {
+    spdlog::warn("vm commands skipped: cannot list the VMs: {}", listed.status().message());
+    return;
+  }
+  std::map<std::string, vm::VmInfo> vms;
+  for (vm::VmInfo& v : *listed) vms[v.name] = std::move(v);
+  for (const PortalVmCommand& c : commands) {
+    if (stopping()) return;
+    auto it = vms.find(c.vm_name);
+    const bool known = it != vms.end();
+    const bool running = known && it->second.state == vm::VmRunState::kRunning;
+    using Action = PortalVmCommand::Action;
+    if (c.action == Action::kDelete || !known) {
+      // Gone already (an operator deleted it), or to be deleted.
+      if (known) {
+        spdlog::info("vm {}: deleting (portal command for job {})", c.vm_name, c.job_id);
+        Status d = agent_->DeleteVm(c.vm_name);
+        if (!d.ok() && d.code() != StatusCode::kNotFound) {
+          spdlog::warn("vm {}: delete failed: {}", c.vm_name, d.message());
+          continue;  // asked again at the next poll
+        }
+      }
+      Status s = portal_->ReportVmDeleted(c.vm_name);
+      if (!s.ok()) spdlog::warn("vm {}: deletion not reported: {}", c.vm_name, s.message());
+      std::lock_guard<std::mutex> lock(mu_);
+      ++stats_.vm_commands;
+      if (s.ok()) ++stats_.vm_deletes_reported;
+      continue;
+    }
+    if (c.action == Action::kStop && running) {
+      spdlog::info("vm {}: stopping (portal command for job {})", c.vm_name, c.job_id);
+      Status st = agent_->StopVm(c.vm_name);  // on_end reports the end
+      if (!st.ok()) {
+        spdlog::warn("vm {}: stop failed: {}", c.vm_name, st.message());
+        continue;
+      }
+      std::lock_guard<std::mutex> lock(mu_);
+      ++stats_.vm_commands;
+      continue;
+    }
+    if (!running) {
+      // Ended without the portal hearing of it (or the report is in flight:
+      // a repeat is harmless).
+      const vm::VmInfo& v = it->second;
+      const std::string reason = v.ended ? vm::VmEndReasonName(v.end.reason) : "unknown";
+      const std::string text = v.ended ? v.end.text : "the VM is not running";
+      bool owed;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        owed = owed_vm_ends_.contains(c.vm_name);
+      }
+      if (!owed) OweVmEnd(c.vm_name, reason, text);
+    }
+  }
+}
+
 StatusOr<int> HostService::PollOnce() {
   // Owed refusals first: until the portal hears one, the job is stuck here.
   RETURN_IF_ERROR(FlushRefusals());
-  ASSIGN_OR_RETURN(std::vector<PortalJob> jobs, portal_->PollJobs());
+  ASSIGN_OR_RETURN(PortalPoll poll, portal_->Poll());
+  ApplyVmCommands(poll.vms);
+  Status ends = FlushVmEnds();
+  if (!ends.ok()) spdlog::warn("vm ends kept for the next poll: {}", ends.message());
   int ran = 0;
-  for (const PortalJob& job : jobs) {
+  for (const PortalJob& job : poll.jobs) {
     if (stopping()) break;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (!taken_.insert(job.job_id).second) continue;
+      if (!taken_.insert(job.job_id + "#" + std::to_string(job.attempt)).second) continue;
+    }
+    if (!job.vm_name.empty()) {
+      // A VM the customer started again: the stopped VM of the earlier run
+      // gives way (its key is gone; the new run gets a fresh release).
+      auto old = agent_->ListVms();
+      bool exists = false;
+      if (old.ok()) {
+        for (const vm::VmInfo& v : *old) exists = exists || v.name == job.vm_name;
+      }
+      if (exists) {
+        spdlog::info("job {}: removing VM {} of the earlier run", job.job_id, job.vm_name);
+        Status d = agent_->DeleteVm(job.vm_name);
+        if (!d.ok()) spdlog::warn("vm {}: delete failed: {}", job.vm_name, d.message());
+      }
+      std::lock_guard<std::mutex> lock(mu_);
+      owed_vm_ends_.erase(job.vm_name);
     }
     RunJob(job);
     ++ran;
@@ -265,6 +409,7 @@ Status HostService::Run() {
     if (!SleepFor(options_.retry_delay_ms)) return OkStatus();
   }
   std::thread heartbeats([this] { HeartbeatLoop(); });
+  std::thread vm_ends([this] { VmEndLoop(); });
   using Clock = std::chrono::steady_clock;
   Clock::time_point next_attest =
       Clock::now() + std::chrono::milliseconds(options_.reattest_interval_ms);
@@ -279,6 +424,7 @@ Status HostService::Run() {
     if (!SleepFor(options_.poll_interval_ms)) break;
   }
   heartbeats.join();
+  vm_ends.join();
   spdlog::info("host service stopped; VMs keep running");
   return OkStatus();
 }

@@ -3,19 +3,29 @@
 // it through the host agent, reporting every phase (or the refusal reason)
 // back to the portal.
 //
-// Two threads: the caller's (Run) polls jobs, re-attests and runs jobs one at
-// a time (every TPM use happens there); a second one sends heartbeats, so a
-// long job does not make the portal drop the host from the pool.
+// Three threads: the caller's (Run) polls jobs, re-attests, runs jobs one at
+// a time (every TPM use happens there) and carries out the portal's VM
+// commands (stop, delete); a second one sends heartbeats, so a long job does
+// not make the portal drop the host from the pool; a third reports VM ends
+// (OnVmEnded) to the portal as they happen, retrying while it is down.
+//
+// VM ends reach the portal by two paths (docs/protocol.md §6): at once,
+// from the VM manager's on_end (OnVmEnded); and by reconciliation at every
+// poll, where the portal lists the VMs it places here and the host reports
+// each one that is not running (ended while the agent was down, stopped by
+// the operator CLI, a report lost with the portal down).
 #ifndef VMSEAL_HOST_HOST_SERVICE_H_
 #define VMSEAL_HOST_HOST_SERVICE_H_
 
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "base/env.h"
 #include "base/status.h"
@@ -63,6 +73,10 @@ struct HostServiceStats {
   int jobs_started = 0;
   int jobs_running = 0;
   int jobs_refused = 0;
+  // VM ends and deletions the portal accepted, and VM commands carried out.
+  int vm_ends_reported = 0;
+  int vm_deletes_reported = 0;
+  int vm_commands = 0;
 };
 
 // Thread-safe: Stop may be called from any thread; the other methods from
@@ -89,9 +103,17 @@ class HostService {
   // One attestation; a KMS that forgot the host ("not_enrolled") gets a
   // new enrollment first.
   Status ReattestOnce();
-  // Sends refusals still owed to the portal, polls, and runs each new job.
-  // Returns how many jobs it ran.
+  // Sends refusals still owed to the portal, polls, carries out the VM
+  // commands, reports VM ends, and runs each new job. Returns how many jobs
+  // it ran.
   StatusOr<int> PollOnce();
+
+  // A VM of this host ended (VmManagerOptions::on_end): the end is owed to
+  // the portal and sent at once by Run's reporter thread (or FlushVmEnds).
+  // Thread-safe; does not block on the network.
+  void OnVmEnded(const std::string& vm_name, const vm::VmEnd& end);
+  // Sends the owed VM ends; UNAVAILABLE leaves the rest owed.
+  Status FlushVmEnds();
 
   HostServiceStats stats() const;
 
@@ -104,9 +126,17 @@ class HostService {
   // Waits up to `ms` or until Stop; false when stopping.
   bool SleepFor(int64_t ms);
   void HeartbeatLoop();
+  void VmEndLoop();
+  // Carries out the portal's commands for the VMs it places here.
+  void ApplyVmCommands(const std::vector<PortalVmCommand>& commands);
+  void OweVmEnd(const std::string& vm_name, const std::string& reason, const std::string& text);
 
   struct OwedRefusal {
     std::string job_id, reason, message;
+  };
+  struct OwedVmEnd {
+    std::string reason, text;
+    uint64_t seq = 0;  // a newer end of the same VM replaces an unsent one
   };
 
   const HostServiceOptions options_;
@@ -121,6 +151,10 @@ class HostService {
   // progress report; never run one twice).
   std::set<std::string> taken_;
   std::deque<OwedRefusal> owed_refusals_;
+  // By VM name.
+  std::map<std::string, OwedVmEnd> owed_vm_ends_;
+  uint64_t vm_end_seq_ = 0;
+  bool flushing_vm_ends_ = false;
 };
 
 }  // namespace vmseal::host

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <functional>
 #include <map>
 #include <thread>
 
@@ -46,9 +47,43 @@ class FakeAgent final : public JobRunner {
     vm::VmInfo info;
     info.name = "vm-" + job.job_id;
     info.serial_log_path = "/state/run/vm-" + job.job_id + ".serial.log";
+    info.state = vm::VmRunState::kRunning;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (vms.contains(info.name)) return AlreadyExistsError("vm exists");
+      vms[info.name] = info;
+    }
     on_update({.job_id = job.job_id, .phase = JobPhase::kRunning, .vm_name = info.name,
                .serial_log_path = info.serial_log_path});
     return info;
+  }
+  // Like VmManager: a stop of a running VM reports its end through on_end.
+  Status StopVm(const std::string& name) override {
+    std::unique_lock<std::mutex> lock(mu);
+    auto it = vms.find(name);
+    if (it == vms.end()) return NotFoundError("no such vm");
+    stopped.push_back(name);
+    if (it->second.state != vm::VmRunState::kRunning) return OkStatus();
+    it->second.state = vm::VmRunState::kStopped;
+    it->second.ended = true;
+    it->second.end = {vm::VmEndReason::kStopped, 0, "stopped by VmManager::Stop", 0};
+    const vm::VmEnd end = it->second.end;
+    lock.unlock();
+    if (on_end) on_end(name, end);
+    return OkStatus();
+  }
+  Status DeleteVm(const std::string& name) override {
+    RETURN_IF_ERROR(StopVm(name));
+    std::lock_guard<std::mutex> lock(mu);
+    vms.erase(name);
+    deleted.push_back(name);
+    return OkStatus();
+  }
+  StatusOr<std::vector<vm::VmInfo>> ListVms() override {
+    std::lock_guard<std::mutex> lock(mu);
+    std::vector<vm::VmInfo> out;
+    for (const auto& [name, v] : vms) out.push_back(v);
+    return out;
   }
 
   std::mutex mu;
@@ -60,6 +95,9 @@ class FakeAgent final : public JobRunner {
   std::vector<std::string> ran;
   Job last_job;
   std::map<std::string, std::pair<JobPhase, Status>> failures;
+  std::map<std::string, vm::VmInfo> vms;
+  std::vector<std::string> stopped, deleted;
+  std::function<void(const std::string&, const vm::VmEnd&)> on_end;
 };
 
 class FakePortal final : public PortalApi {
@@ -99,6 +137,29 @@ class FakePortal final : public PortalApi {
     last_refusal_message = message;
     return OkStatus();
   }
+  StatusOr<PortalPoll> Poll() override {
+    ASSIGN_OR_RETURN(std::vector<PortalJob> jobs, PollJobs());
+    std::lock_guard<std::mutex> lock(mu);
+    return PortalPoll{std::move(jobs), vm_commands};
+  }
+  Status ReportVmEnded(const std::string& vm_name, const std::string& reason,
+                       const std::string& text) override {
+    std::lock_guard<std::mutex> lock(mu);
+    if (!reachable) return UnavailableError("portal down");
+    ended.push_back(vm_name + ":" + reason);
+    last_end_text = text;
+    return OkStatus();
+  }
+  Status ReportVmDeleted(const std::string& vm_name) override {
+    std::lock_guard<std::mutex> lock(mu);
+    if (!reachable) return UnavailableError("portal down");
+    deleted.push_back(vm_name);
+    return OkStatus();
+  }
+  std::vector<std::string> Ended() {
+    std::lock_guard<std::mutex> lock(mu);
+    return ended;
+  }
 
   std::mutex mu;
   bool reachable = true;
@@ -110,6 +171,9 @@ class FakePortal final : public PortalApi {
   std::vector<std::string> progress;
   std::vector<std::string> refusals;
   std::string last_refusal_message;
+  std::vector<PortalVmCommand> vm_commands;
+  std::vector<std::string> ended, deleted;
+  std::string last_end_text;
 };
 
 class HostServiceTest : public ::testing::Test {
@@ -348,6 +412,123 @@ TEST_F(HostServiceTest, StopBeforeRunReturnsAtOnce) {
   svc->Stop();
   EXPECT_OK(svc->Run());
   EXPECT_FALSE(portal_.registered);
+}
+
+// --- VM ends and the portal's VM commands (docs/protocol.md §6) ---
+
+vm::VmEnd EndOf(vm::VmEndReason reason, const std::string& text) {
+  vm::VmEnd end;
+  end.reason = reason;
+  end.text = text;
+  return end;
+}
+
+TEST_F(HostServiceTest, VmEndReachesThePortalAtOnceWhileTheServiceRuns) {
+  HostServiceOptions o;
+  o.poll_interval_ms = 60000;  // no poll helps: the reporter thread sends it
+  auto svc = Make(o);
+  std::thread runner([&] { EXPECT_OK(svc->Run()); });
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (svc->stats().registrations == 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  svc->OnVmEnded("vm-1", EndOf(vm::VmEndReason::kKilled, "killed by signal 9"));
+  while (portal_.Ended().empty() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                      std::chrono::steady_clock::now() - t0).count();
+  svc->Stop();
+  runner.join();
+  ASSERT_EQ(portal_.Ended(), std::vector<std::string>{"vm-1:killed"});
+  EXPECT_EQ(portal_.last_end_text, "killed by signal 9");
+  EXPECT_LT(ms, 1000);
+  EXPECT_EQ(svc->stats().vm_ends_reported, 1);
+}
+
+TEST_F(HostServiceTest, VmEndOwedWhileThePortalIsDownIsSentOnceItIsBack) {
+  auto svc = Make();
+  portal_.reachable = false;
+  svc->OnVmEnded("vm-1", EndOf(vm::VmEndReason::kGuestPowerOff, "guest powered off"));
+  EXPECT_EQ(svc->FlushVmEnds().code(), StatusCode::kUnavailable);
+  EXPECT_EQ(svc->FlushVmEnds().code(), StatusCode::kUnavailable);
+  portal_.reachable = true;
+  EXPECT_OK(svc->FlushVmEnds());
+  EXPECT_OK(svc->FlushVmEnds());
+  EXPECT_EQ(portal_.Ended(), std::vector<std::string>{"vm-1:guest_poweroff"});
+}
+
+TEST_F(HostServiceTest, PollReportsVmsThatEndedOrVanishedWithoutThePortalHearing) {
+  auto svc = Make();
+  // Ended while no agent ran (its record has the reason), and one an
+  // operator deleted; a third still runs.
+  vm::VmInfo gone;
+  gone.name = "vm-a";
+  gone.state = vm::VmRunState::kStopped;
+  gone.ended = true;
+  gone.end = EndOf(vm::VmEndReason::kUnknown, "qemu ended (not a child of this agent)");
+  agent_.vms["vm-a"] = gone;
+  vm::VmInfo alive;
+  alive.name = "vm-c";
+  alive.state = vm::VmRunState::kRunning;
+  agent_.vms["vm-c"] = alive;
+  portal_.vm_commands = {{"job-a", "vm-a", PortalVmCommand::Action::kRun},
+                         {"job-b", "vm-b", PortalVmCommand::Action::kRun},
+                         {"job-c", "vm-c", PortalVmCommand::Action::kRun}};
+  ASSERT_OK(svc->PollOnce());
+  EXPECT_EQ(portal_.Ended(), std::vector<std::string>{"vm-a:unknown"});
+  EXPECT_EQ(portal_.deleted, std::vector<std::string>{"vm-b"});
+  EXPECT_TRUE(agent_.stopped.empty());
+  EXPECT_TRUE(agent_.deleted.empty());
+}
+
+TEST_F(HostServiceTest, StopCommandStopsTheVmAndReportsItsEnd) {
+  auto svc = Make();
+  agent_.on_end = [&](const std::string& n, const vm::VmEnd& e) { svc->OnVmEnded(n, e); };
+  vm::VmInfo v;
+  v.name = "vm-1";
+  v.state = vm::VmRunState::kRunning;
+  agent_.vms["vm-1"] = v;
+  portal_.vm_commands = {{"job-1", "vm-1", PortalVmCommand::Action::kStop}};
+  ASSERT_OK(svc->PollOnce());
+  EXPECT_EQ(agent_.stopped, std::vector<std::string>{"vm-1"});
+  EXPECT_EQ(portal_.Ended(), std::vector<std::string>{"vm-1:stopped"});
+  // Until the portal has it, the command repeats; the VM is not stopped twice
+  // and its end is reported again from its record (harmless).
+  ASSERT_OK(svc->PollOnce());
+  EXPECT_EQ(agent_.stopped, std::vector<std::string>{"vm-1"});
+  EXPECT_EQ(portal_.Ended().size(), 2u);
+}
+
+TEST_F(HostServiceTest, DeleteCommandRemovesTheVmAndReportsItDeleted) {
+  auto svc = Make();
+  agent_.on_end = [&](const std::string& n, const vm::VmEnd& e) { svc->OnVmEnded(n, e); };
+  vm::VmInfo v;
+  v.name = "vm-1";
+  v.state = vm::VmRunState::kRunning;
+  agent_.vms["vm-1"] = v;
+  portal_.vm_commands = {{"job-1", "vm-1", PortalVmCommand::Action::kDelete}};
+  ASSERT_OK(svc->PollOnce());
+  EXPECT_EQ(agent_.deleted, std::vector<std::string>{"vm-1"});
+  EXPECT_TRUE(agent_.vms.empty());
+  EXPECT_EQ(portal_.deleted, std::vector<std::string>{"vm-1"});
+  EXPECT_EQ(svc->stats().vm_deletes_reported, 1);
+}
+
+TEST_F(HostServiceTest, AStartedJobComesAgainAsANewAttemptAndReplacesTheStoppedVm) {
+  auto svc = Make();
+  portal_.pending = {{.job_id = "job-1", .image_id = "img", .attempt = 1}};
+  ASSERT_OK(svc->PollOnce());
+  ASSERT_OK(svc->PollOnce());  // the same attempt is not run twice
+  EXPECT_EQ(agent_.ran.size(), 1u);
+  ASSERT_OK(agent_.StopVm("vm-job-1"));
+  portal_.pending = {{.job_id = "job-1", .image_id = "img", .attempt = 2, .vm_name = "vm-job-1"}};
+  ASSERT_OK(svc->PollOnce());
+  EXPECT_EQ(agent_.ran.size(), 2u);
+  EXPECT_EQ(agent_.deleted, std::vector<std::string>{"vm-job-1"});
+  ASSERT_TRUE(agent_.vms.contains("vm-job-1"));
+  EXPECT_EQ(agent_.vms["vm-job-1"].state, vm::VmRunState::kRunning);
 }
 
 }  // namespace

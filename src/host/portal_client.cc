@@ -235,10 +235,28 @@ Status PortalClient::Heartbeat() {
       .WithPrefix("portal heartbeat");
 }
 
+StatusOr<PortalPoll> PortalApi::Poll() {
+  ASSIGN_OR_RETURN(std::vector<PortalJob> jobs, PollJobs());
+  return PortalPoll{std::move(jobs), {}};
+}
+
+Status PortalApi::ReportVmEnded(const std::string&, const std::string&, const std::string&) {
+  return UnimplementedError("this portal client does not report VM ends");
+}
+
+Status PortalApi::ReportVmDeleted(const std::string&) {
+  return UnimplementedError("this portal client does not report deleted VMs");
+}
+
 StatusOr<std::vector<PortalJob>> PortalClient::PollJobs() {
+  ASSIGN_OR_RETURN(PortalPoll poll, Poll());
+  return std::move(poll.jobs);
+}
+
+StatusOr<PortalPoll> PortalClient::Poll() {
   auto r = RetryOnce([&] { return impl_->api->Get("/v1/hosts/jobs"); });
   if (!r.ok()) return r.status().WithPrefix("portal jobs");
-  std::vector<PortalJob> out;
+  PortalPoll out;
   if (!r->is_object() || !(*r)["jobs"].is_array()) {
     return DataLossError("portal jobs: answer has no jobs array");
   }
@@ -252,9 +270,52 @@ StatusOr<std::vector<PortalJob>> PortalClient::PollJobs() {
     job.customer_id = j.value("customer_id", "");
     job.tagged_image_id = j.value("tagged_image_id", "");
     job.package_sha256_hex = ToLower(j.value("package_sha256", ""));
-    out.push_back(std::move(job));
+    job.vm_name = j.value("vm_name", "");
+    if (j.contains("attempt") && j["attempt"].is_number_unsigned()) {
+      job.attempt = j["attempt"].get<uint64_t>();
+    }
+    out.jobs.push_back(std::move(job));
+  }
+  // Portals before the VM lifecycle send no "vms".
+  if (r->contains("vms")) {
+    if (!(*r)["vms"].is_array()) return DataLossError("portal jobs: vms is not an array");
+    for (const json& v : (*r)["vms"]) {
+      if (!v.is_object() || !v["vm_name"].is_string() || !v["action"].is_string()) {
+        return DataLossError("portal jobs: a vm lacks vm_name or action");
+      }
+      PortalVmCommand c;
+      c.job_id = v.value("job_id", "");
+      c.vm_name = v["vm_name"];
+      const std::string action = v["action"];
+      if (action == "run") {
+        c.action = PortalVmCommand::Action::kRun;
+      } else if (action == "stop") {
+        c.action = PortalVmCommand::Action::kStop;
+      } else if (action == "delete") {
+        c.action = PortalVmCommand::Action::kDelete;
+      } else {
+        continue;  // an action of a newer portal: not ours to guess
+      }
+      out.vms.push_back(std::move(c));
+    }
   }
   return out;
+}
+
+Status PortalClient::ReportVmEnded(const std::string& vm_name, const std::string& reason,
+                                   const std::string& text) {
+  json body = {{"reason", reason}, {"text", text}};
+  return RetryOnce([&] { return impl_->api->Post("/v1/hosts/vms/" + vm_name + "/ended", body); })
+      .status()
+      .WithPrefix("portal vm ended");
+}
+
+Status PortalClient::ReportVmDeleted(const std::string& vm_name) {
+  return RetryOnce([&] {
+           return impl_->api->Post("/v1/hosts/vms/" + vm_name + "/deleted", json::object());
+         })
+      .status()
+      .WithPrefix("portal vm deleted");
 }
 
 Status PortalClient::ReportProgress(const JobUpdate& update) {

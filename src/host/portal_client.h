@@ -48,6 +48,31 @@ struct PortalJob {
   // Lowercase hex SHA-256 of the package ("package_sha256"); empty when not
   // announced.
   std::string package_sha256_hex;
+  // Which placement of the job this is ("attempt"): a VM the customer
+  // started again comes back under the same job id with a new attempt.
+  uint64_t attempt = 0;
+  // The VM of an earlier run of the job on this host ("vm_name"), empty for
+  // a first launch. It is stopped; the new run replaces it.
+  std::string vm_name;
+};
+
+// What the portal wants of a VM it places on this host (docs/protocol.md
+// §6).
+struct PortalVmCommand {
+  enum class Action {
+    kRun,     // should be running: if it is not, report its end
+    kStop,    // stop it and report its end
+    kDelete,  // stop it, remove it and its files, report it deleted
+  };
+  std::string job_id;
+  std::string vm_name;
+  Action action = Action::kRun;
+};
+
+// One poll's answer: new jobs, and the VMs the portal places here.
+struct PortalPoll {
+  std::vector<PortalJob> jobs;
+  std::vector<PortalVmCommand> vms;
 };
 
 // The host side of the portal API. Implementations are thread-safe.
@@ -71,6 +96,16 @@ class PortalApi {
   // `reason`.
   virtual Status ReportRefusal(const std::string& job_id, const std::string& reason,
                                const std::string& message) = 0;
+  // Jobs and VM commands. The default is PollJobs with no VM commands.
+  virtual StatusOr<PortalPoll> Poll();
+  // A VM of this host ended: `reason` is vm::VmEndReasonName of its end
+  // (stopped, guest_poweroff, exited, killed, unknown), `text` one line for
+  // people. Repeating a report is harmless. Default UNIMPLEMENTED.
+  virtual Status ReportVmEnded(const std::string& vm_name, const std::string& reason,
+                               const std::string& text);
+  // A VM of this host and its files are gone. Repeating it is harmless.
+  // Default UNIMPLEMENTED.
+  virtual Status ReportVmDeleted(const std::string& vm_name);
 };
 
 struct PortalClientOptions {
@@ -114,6 +149,10 @@ class PortalClient final : public PortalApi, public PackageSource {
   Status ReportProgress(const JobUpdate& update) override;
   Status ReportRefusal(const std::string& job_id, const std::string& reason,
                        const std::string& message) override;
+  StatusOr<PortalPoll> Poll() override;
+  Status ReportVmEnded(const std::string& vm_name, const std::string& reason,
+                       const std::string& text) override;
+  Status ReportVmDeleted(const std::string& vm_name) override;
 
   // Streams GET /v1/hosts/jobs/{id}/package to `dest_path` (mode 0600)
   // through a temp file beside it, resuming with Range after a broken

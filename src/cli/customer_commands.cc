@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <iostream>
 #include <memory>
+#include <optional>
 
 #include <nlohmann/json.hpp>
 
@@ -15,8 +16,10 @@
 #include "cli/portal_http.h"
 #include "crypto/keys.h"
 #include "crypto/primitives.h"
+#include "crypto/signature.h"
 #include "crypto/x509.h"
 #include "json/json.h"
+#include "ovf/signature.h"
 
 namespace vmseal::cli {
 namespace {
@@ -37,6 +40,38 @@ std::string DefaultSessionFile() {
   return std::string(home != nullptr ? home : ".") + "/.vmseal-session.json";
 }
 
+// The customer's package-signing key (private, 0600) lives beside the
+// session file: <session dir>/signing-key.pem, or ~/.vmseal-signing-key.pem
+// beside the default session.
+std::string DefaultSigningKeyFile(const CommonFlags& f) {
+  if (f.session_file.empty()) {
+    const char* home = std::getenv("HOME");
+    return std::string(home != nullptr ? home : ".") + "/.vmseal-signing-key.pem";
+  }
+  return DirName(f.session_file) + "/signing-key.pem";
+}
+
+// The public half of `key` and its proof of possession, as the portal
+// forwards them to the KMS (docs/protocol.md §1).
+StatusOr<json> SigningKeyFields(const crypto::PrivateKey& key) {
+  ASSIGN_OR_RETURN(crypto::Bytes proof,
+                   crypto::Sign(key, crypto::SignatureDigest::kSha256,
+                                ovf::SigningKeyProofMessage(key.Public())));
+  return json{{"public_key_pem", key.Public().ToPem()}, {"proof", crypto::Base64Encode(proof)}};
+}
+
+// A fresh P-256 signing key written to `path` (0600); refuses to replace an
+// existing file.
+StatusOr<crypto::PrivateKey> NewSigningKeyFile(const std::string& path) {
+  if (Env::Default()->FileExists(path)) {
+    return AlreadyExistsError("signing key file " + path + " exists; give --signing-key with "
+                              "a new path (or use it with register-signing-key)");
+  }
+  ASSIGN_OR_RETURN(crypto::PrivateKey key, crypto::PrivateKey::Generate(crypto::KeyType::kEcP256));
+  RETURN_IF_ERROR(crypto::WritePrivateKeyFile(Env::Default(), path, key));
+  return key;
+}
+
 StatusOr<std::unique_ptr<httplib::Client>> Connect(const CommonFlags& f) {
   return ConnectPortal(f.portal, f.ca_cert);
 }
@@ -54,12 +89,25 @@ StatusOr<httplib::Headers> Auth(const CommonFlags& f) {
 void PrintJson(const json& j) { std::cout << j.dump(2) << "\n"; }
 
 // `key_algorithm`: rsa3072 or x25519, the KMS key the portal has created.
+// The signing key pair is made here, on the customer's machine; only its
+// public half and a proof of possession are sent.
 Status Register(const CommonFlags& f, const std::string& password_out,
-                const std::string& key_algorithm) {
+                const std::string& key_algorithm, const std::string& signing_key_flag) {
   ASSIGN_OR_RETURN(auto c, Connect(f));
-  const json body = {{"key_algorithm", key_algorithm}};
-  ASSIGN_OR_RETURN(json r, CheckReply(c->Post("/v1/register", body.dump(), "application/json"),
-                                      "register"));
+  const std::string signing_path =
+      signing_key_flag.empty() ? DefaultSigningKeyFile(f) : signing_key_flag;
+  ASSIGN_OR_RETURN(crypto::PrivateKey signing, NewSigningKeyFile(signing_path));
+  ASSIGN_OR_RETURN(json fields, SigningKeyFields(signing));
+  const json body = {{"key_algorithm", key_algorithm},
+                     {"signing_public_key_pem", fields["public_key_pem"]},
+                     {"signing_key_proof", fields["proof"]}};
+  auto registered = CheckReply(c->Post("/v1/register", body.dump(), "application/json"), "register");
+  if (!registered.ok()) {
+    (void)Env::Default()->RemoveFile(signing_path);  // made for this registration only
+    return registered.status();
+  }
+  json r = *std::move(registered);
+  r["signing_key_file"] = signing_path;
   const std::string password = r.value("password", "");
   if (!password_out.empty()) {
     RETURN_IF_ERROR(WriteStringToFileAtomic(Env::Default(), password_out, password + "\n", 0600));
@@ -75,6 +123,7 @@ Status Register(const CommonFlags& f, const std::string& password_out,
     std::cout << "key_id: " << r["key"].value("key_id", "") << "\n"
               << "key_algorithm: " << r["key"].value("algorithm", "") << "\n";
   }
+  std::cout << "signing key: " << signing_path << " (private, mode 0600; never sent)\n";
   if (password_out.empty()) {
     std::cout << "password: " << password << "\n(the password is shown only once)\n";
   } else {
@@ -118,11 +167,73 @@ Status Login(const CommonFlags& f, const std::string& login_id,
   return OkStatus();
 }
 
+// For a customer without a signing key: uses the key at the path if it
+// exists (a retry), else makes one there; sends its public half and proof.
+Status RegisterSigningKey(const CommonFlags& f, const std::string& signing_key_flag) {
+  ASSIGN_OR_RETURN(auto c, Connect(f));
+  ASSIGN_OR_RETURN(httplib::Headers auth, Auth(f));
+  const std::string path = signing_key_flag.empty() ? DefaultSigningKeyFile(f) : signing_key_flag;
+  const bool existed = Env::Default()->FileExists(path);
+  auto key = existed ? crypto::LoadPrivateKeyFile(path) : NewSigningKeyFile(path);
+  if (!key.ok()) return key.status();
+  if (key->type() != crypto::KeyType::kEcP256) {
+    return InvalidArgumentError("the signing key in " + path + " is not an ECDSA P-256 key");
+  }
+  ASSIGN_OR_RETURN(json fields, SigningKeyFields(*key));
+  auto r = CheckReply(c->Post("/v1/customer/signing-key", auth, fields.dump(), "application/json"),
+                      "register signing key");
+  if (!r.ok()) {
+    if (!existed) (void)Env::Default()->RemoveFile(path);
+    return r.status();
+  }
+  if (f.json) {
+    PrintJson({{"key_id", r->value("key_id", "")}, {"signing_key_file", path}});
+  } else {
+    std::cout << "signing key " << r->value("key_id", "") << " (" << path
+              << ") registered; run fetch-cert to check and keep its certificate\n";
+  }
+  return OkStatus();
+}
+
 struct FetchCertFlags {
   std::string out;      // where the customer certificate goes
   std::string kms_ca;   // trusted KMS CA (PEM); empty: the one the portal serves
   std::string ca_out;   // optional: where to write the KMS CA used
+  std::string signing_key;       // the local signing key (default beside the session)
+  std::string signing_cert_out;  // default: signing-cert.pem beside --out
 };
+
+// Checks the signing certificate the portal relays before anything is
+// written: it chains to the KMS CA, is for package signing, names this
+// customer and certifies exactly the public half of the local signing key
+// (a portal that registered or substitutes a key of its own is caught here).
+StatusOr<crypto::Certificate> CheckSigningCert(const json& signing,
+                                               const std::vector<crypto::Certificate>& roots,
+                                               const std::string& customer_id,
+                                               const std::string& key_path) {
+  ASSIGN_OR_RETURN(crypto::Certificate cert,
+                   crypto::Certificate::FromPem(signing.value("cert_pem", "")));
+  Status chain = crypto::VerifyCertificateChain(cert, roots);
+  if (!chain.ok()) {
+    return DataLossError("signer_mismatch: the signing certificate does not chain to the KMS CA: " +
+                         chain.message());
+  }
+  auto local = crypto::LoadPrivateKeyFile(key_path);
+  if (!local.ok()) {
+    return Status(local.status().code(), "the local signing key " + key_path + ": " +
+                                             local.status().message());
+  }
+  ASSIGN_OR_RETURN(crypto::PublicKey certified, cert.GetPublicKey());
+  if (certified.KeyId() != local->KeyId()) {
+    return DataLossError("signer_mismatch: the signing certificate certifies key " +
+                         certified.KeyId() + ", not your signing key " + local->KeyId() + " (" +
+                         key_path + ")");
+  }
+  ovf::PackageSignature probe{crypto::SignatureDigest::kSha256, "", {}, cert, {}};
+  Status signer = ovf::VerifySigner(probe, roots, customer_id);
+  if (!signer.ok()) return DataLossError(signer.message());
+  return cert;
+}
 
 // Checks that `k` is a KMS certificate of this customer's key before any
 // file is written: it chains to the KMS CA, certifies exactly the public key
@@ -159,7 +270,20 @@ Status FetchCert(const CommonFlags& f, const FetchCertFlags& ff) {
     return DataLossError("the certificate names key " + cert.SubjectCommonName() + ", not " +
                          key_id);
   }
+  // The signing certificate, if the KMS has a signing key registered.
+  std::optional<crypto::Certificate> signing_cert;
+  const std::string signing_out =
+      ff.signing_cert_out.empty() ? DirName(ff.out) + "/signing-cert.pem" : ff.signing_cert_out;
+  if (k.contains("signing_key") && k["signing_key"].is_object()) {
+    ASSIGN_OR_RETURN(signing_cert,
+                     CheckSigningCert(k["signing_key"], roots, k.value("customer_id", ""),
+                                      ff.signing_key.empty() ? DefaultSigningKeyFile(f)
+                                                             : ff.signing_key));
+  }
   RETURN_IF_ERROR(WriteStringToFileAtomic(Env::Default(), ff.out, cert.ToPem(), 0644));
+  if (signing_cert) {
+    RETURN_IF_ERROR(WriteStringToFileAtomic(Env::Default(), signing_out, signing_cert->ToPem(), 0644));
+  }
   if (!ff.ca_out.empty()) {
     RETURN_IF_ERROR(WriteStringToFileAtomic(Env::Default(), ff.ca_out, ca_pem, 0644));
   }
@@ -172,11 +296,23 @@ Status FetchCert(const CommonFlags& f, const FetchCertFlags& ff) {
               {"kms_ca_sha256", roots[0].Fingerprint()},
               {"kms_ca_source", ca_from_portal ? "portal" : ff.kms_ca},
               {"verified", true}};
+  if (signing_cert) {
+    out["signing_cert_file"] = signing_out;
+    out["signing_key_id"] = k["signing_key"].value("key_id", "");
+  }
   if (f.json) {
     PrintJson(out);
   } else {
     std::cout << "certificate of key " << key_id << " verified against the KMS CA "
               << roots[0].Fingerprint() << " and written to " << ff.out << "\n";
+    if (signing_cert) {
+      std::cout << "signing certificate (your signing key, certified for this customer) "
+                << "verified and written to " << signing_out << "\n";
+    }
+  }
+  if (!signing_cert) {
+    std::cerr << "note: no signing key is registered; run register-signing-key (vmseal seal "
+                 "signs packages, and the portal refuses unsigned ones)\n";
   }
   if (ca_from_portal) {
     std::cerr << "note: the KMS CA was supplied by the portal; pass --kms-ca with a CA "
@@ -498,8 +634,22 @@ void AddCustomerCommands(CLI::App& app, const CommandSink& sink) {
                   "Algorithm of the KMS key created for you (packages are sealed to it)")
       ->check(CLI::IsMember({"rsa3072", "x25519"}))
       ->capture_default_str();
-  reg->callback([f, password_out, key_algorithm, sink] {
-    sink(Register(*f, *password_out, *key_algorithm));
+  auto signing_key = std::make_shared<std::string>();
+  reg->add_option("--signing-key", *signing_key,
+                  "Where to write the new package-signing key (P-256, mode 0600; default "
+                  "signing-key.pem beside the session file)");
+  reg->callback([f, password_out, key_algorithm, signing_key, sink] {
+    sink(Register(*f, *password_out, *key_algorithm, *signing_key));
+  });
+
+  auto reg_signing_key = std::make_shared<std::string>();
+  CLI::App* reg_signing = cust->add_subcommand(
+      "register-signing-key",
+      "Register a package-signing key for an account that has none (made here if absent)");
+  reg_signing->add_option("--signing-key", *reg_signing_key,
+                          "The signing key (default signing-key.pem beside the session file)");
+  reg_signing->callback([f, reg_signing_key, sink] {
+    sink(RegisterSigningKey(*f, *reg_signing_key));
   });
 
   auto login_id = std::make_shared<std::string>();
@@ -519,6 +669,12 @@ void AddCustomerCommands(CLI::App& app, const CommandSink& sink) {
   fetch_cert->add_option("--kms-ca", cf->kms_ca,
                          "PEM KMS CA to verify against (default: the one the portal serves)");
   fetch_cert->add_option("--ca-out", cf->ca_out, "Also write the KMS CA used here");
+  fetch_cert->add_option("--signing-key", cf->signing_key,
+                         "Your signing key the signing certificate must certify (default "
+                         "signing-key.pem beside the session file)");
+  fetch_cert->add_option("--signing-cert-out", cf->signing_cert_out,
+                         "Where to write the signing certificate (default signing-cert.pem "
+                         "beside --out)");
   fetch_cert->callback([f, cf, sink] { sink(FetchCert(*f, *cf)); });
 
   auto agent_out = std::make_shared<std::string>();

@@ -1,14 +1,17 @@
 // vmseal seal | unseal | inspect: the customer's sealed OVF package.
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "base/env.h"
 #include "base/secret_bytes.h"
 #include "cli/commands.h"
+#include "crypto/keys.h"
 #include "crypto/x509.h"
 #include "ovf/package.h"
 
@@ -22,6 +25,11 @@ struct SealFlags {
   uint64_t memory_mib = 2048;
   uint32_t chunk_size = 0;
   bool xmlenc_compat = false;
+  // The package signature (docs/format/package.md §8.1): signed unless
+  // --unsigned; the key and certificate default to signing-key.pem and
+  // signing-cert.pem beside --cert (where register and fetch-cert put them).
+  std::string signing_key, signing_cert;
+  bool unsigned_package = false;
 };
 
 // The tenant a customer certificate names: the KMS issues customer key
@@ -62,6 +70,51 @@ StatusOr<std::string> SealTenant(const SealFlags& f, const std::string& recipien
   return std::string("default");
 }
 
+// The signing key and its certificate, checked before anything is sealed:
+// the certificate is for the key, for package signing, and names `tenant`
+// (the portal and the KMS refuse anything else).
+struct Signer {
+  crypto::PrivateKey key;
+  std::string chain_pem;
+};
+StatusOr<Signer> LoadSigner(const SealFlags& f, const std::string& tenant) {
+  const std::string beside = f.cert.empty() ? std::string() : DirName(f.cert) + "/";
+  const std::string key_path = !f.signing_key.empty() ? f.signing_key : beside + "signing-key.pem";
+  const std::string cert_path = !f.signing_cert.empty() ? f.signing_cert : beside + "signing-cert.pem";
+  if (beside.empty() && (f.signing_key.empty() || f.signing_cert.empty())) {
+    return InvalidArgumentError("with --pubkey give --signing-key and --signing-cert (or "
+                                "--unsigned for an unsigned package)");
+  }
+  auto key = crypto::LoadPrivateKeyFile(key_path);
+  if (!key.ok()) {
+    return Status(key.status().code(), "signing key " + key_path + ": " + key.status().message() +
+                                           " (vmseal customer register makes one; --unsigned "
+                                           "seals without a signature)");
+  }
+  auto chain = ReadFileToString(Env::Default(), cert_path);
+  if (!chain.ok()) {
+    return Status(chain.status().code(), "signing certificate " + cert_path + ": " +
+                                             chain.status().message() +
+                                             " (vmseal customer fetch-cert writes it)");
+  }
+  ASSIGN_OR_RETURN(auto certs, crypto::Certificate::ParsePemBundle(*chain));
+  ASSIGN_OR_RETURN(crypto::PublicKey certified, certs[0].GetPublicKey());
+  if (certified.KeyId() != key->KeyId()) {
+    return InvalidArgumentError("the signing certificate " + cert_path +
+                                " is not for the signing key " + key_path);
+  }
+  const uint32_t eku = X509_get_extended_key_usage(certs[0].x509());
+  if (eku == UINT32_MAX || (eku & XKU_CODE_SIGN) == 0) {
+    return InvalidArgumentError("the signing certificate " + cert_path + " is not for package signing");
+  }
+  if (certs[0].SubjectCommonName() != tenant) {
+    return InvalidArgumentError("the signing certificate is for tenant '" +
+                                certs[0].SubjectCommonName() + "', the package for tenant '" +
+                                tenant + "'");
+  }
+  return Signer{*std::move(key), *std::move(chain)};
+}
+
 Status RunSeal(const SealFlags& f) {
   if (f.cert.empty() == f.pubkey.empty()) {
     return InvalidArgumentError("give exactly one of --cert and --pubkey");
@@ -80,6 +133,15 @@ Status RunSeal(const SealFlags& f) {
   o.ova = f.format == "ova";
   o.xmlenc_compat = f.xmlenc_compat;
   o.chunk_size_bytes = f.chunk_size;
+  std::optional<Signer> signer;
+  if (!f.unsigned_package) {
+    ASSIGN_OR_RETURN(signer, LoadSigner(f, o.tenant));
+    o.signing_key = &signer->key;
+    o.signing_chain_pem = signer->chain_pem;
+  } else {
+    std::cerr << "vmseal seal: --unsigned: the package carries no signature; no portal or KMS "
+                 "that requires signed packages accepts it\n";
+  }
   return ovf::SealPackage(env, o, f.out);
 }
 
@@ -106,6 +168,13 @@ void AddPackageCommands(CLI::App& app, const CommandSink& sink) {
   seal->add_flag("--xmlenc-compat", seal_flags->xmlenc_compat,
                  "standard XML Encryption (AES-256-GCM, rsa-oaep-mgf1p) readable by xmlsec1; "
                  "RSA recipients only");
+  seal->add_option("--signing-key", seal_flags->signing_key,
+                   "package-signing key (PEM, 0600; default signing-key.pem beside --cert)");
+  seal->add_option("--signing-cert", seal_flags->signing_cert,
+                   "its certificate from the KMS (default signing-cert.pem beside --cert)");
+  seal->add_flag("--unsigned", seal_flags->unsigned_package,
+                 "UNSIGNED package, for tests and interoperability only: portals and KMSs that "
+                 "require signatures refuse it (unsigned_package)");
   seal->add_option("-o,--output", seal_flags->out, "output .ova file or directory")->required();
   seal->callback([seal_flags, sink] { sink(RunSeal(*seal_flags)); });
 

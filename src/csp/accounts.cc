@@ -4,6 +4,7 @@
 
 #include <vector>
 
+#include "crypto/keys.h"
 #include "crypto/primitives.h"
 
 namespace vmseal::csp {
@@ -24,6 +25,19 @@ StatusOr<std::string> KmsKeyAlgorithm(const std::string& key_algorithm) {
   if (key_algorithm.empty() || key_algorithm == "rsa3072") return std::string("RSA-3072");
   if (key_algorithm == "x25519") return std::string("X25519");
   return InvalidArgumentError("key_algorithm must be rsa3072 or x25519");
+}
+
+// A signing key must be an ECDSA P-256 public key (what `vmseal customer
+// register` makes); checked before the KMS is asked.
+Status CheckSigningKey(const std::string& pem, const std::vector<uint8_t>& proof) {
+  auto key = crypto::PublicKey::FromPem(pem);
+  if (!key.ok() || key->type() != crypto::KeyType::kEcP256) {
+    return InvalidArgumentError("signing_public_key_pem must be an ECDSA P-256 public key (PEM)");
+  }
+  if (proof.empty() || proof.size() > 512) {
+    return InvalidArgumentError("signing_key_proof must be a signature (base64)");
+  }
+  return OkStatus();
 }
 
 }  // namespace
@@ -58,6 +72,10 @@ StatusOr<std::string> Accounts::HashPassword(const SecretBytes& password) const 
 
 StatusOr<RegisterResponse> Accounts::Register(const RegisterRequest& request) {
   ASSIGN_OR_RETURN(const std::string kms_algorithm, KmsKeyAlgorithm(request.key_algorithm));
+  const bool with_signing_key = !request.signing_public_key_pem.empty() || !request.signing_key_proof.empty();
+  if (with_signing_key) {
+    RETURN_IF_ERROR(CheckSigningKey(request.signing_public_key_pem, request.signing_key_proof));
+  }
   RegisterResponse out;
   out.customer_id = "cust-" + crypto::HexEncode(crypto::RandomBytes(8));
   out.login_id = "u-" + crypto::HexEncode(crypto::RandomBytes(6));
@@ -81,6 +99,14 @@ StatusOr<RegisterResponse> Accounts::Register(const RegisterRequest& request) {
   record.key_algorithm = out.key.algorithm;
   record.public_key_pem = out.key.public_key_pem;
   record.cert_pem = out.key.cert_pem;
+  if (with_signing_key) {
+    // The KMS certifies the key under the new customer id; the portal keeps
+    // no copy (it asks the KMS whenever it checks a signature).
+    auto signing = kms_->RegisterSigningKey(out.customer_id, request.signing_public_key_pem,
+                                            request.signing_key_proof);
+    if (!signing.ok()) return Status(signing.status().code(), "KMS: " + signing.status().message());
+    out.signing_key = *std::move(signing);
+  }
   RETURN_IF_ERROR(db_->InsertCustomer(record));
   return out;
 }
@@ -91,6 +117,21 @@ StatusOr<CustomerKey> Accounts::GetCustomerKey(const Principal& who) {
   if (c.key_id.empty()) return NotFoundError("customer has no KMS key");
   return CustomerKey{c.key_id, c.customer_id, c.key_algorithm, c.public_key_pem, c.cert_pem,
                      c.created_unix};
+}
+
+StatusOr<SigningKey> Accounts::RegisterSigningKey(const Principal& who,
+                                                  const std::string& public_key_pem,
+                                                  const std::vector<uint8_t>& proof) {
+  if (who.customer_id.empty()) return UnauthenticatedError("not logged in");
+  RETURN_IF_ERROR(CheckSigningKey(public_key_pem, proof));
+  auto signing = kms_->RegisterSigningKey(who.customer_id, public_key_pem, proof);
+  if (!signing.ok()) return Status(signing.status().code(), "KMS: " + signing.status().message());
+  return signing;
+}
+
+StatusOr<SigningKey> Accounts::GetSigningKey(const Principal& who) {
+  if (who.customer_id.empty()) return UnauthenticatedError("not logged in");
+  return kms_->GetSigningKey(who.customer_id);
 }
 
 StatusOr<LoginResponse> Accounts::Login(const LoginRequest& request) {

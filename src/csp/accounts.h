@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "base/secret_bytes.h"
 #include "base/status.h"
@@ -27,6 +28,12 @@ struct RegisterRequest {
   // The customer key's algorithm: "rsa3072" (also when empty) or "x25519"
   // (the names of crypto::KeyTypeName). Anything else is INVALID_ARGUMENT.
   std::string key_algorithm;
+  // Optional: the customer's package-signing key (ECDSA P-256 PEM
+  // SubjectPublicKeyInfo, made on the customer's machine) and its proof of
+  // possession (ovf::SigningKeyProofMessage signed with it). Forwarded to
+  // the KMS, which certifies it; both or neither.
+  std::string signing_public_key_pem;
+  std::vector<uint8_t> signing_key_proof;
 };
 struct RegisterResponse {
   std::string customer_id;
@@ -36,6 +43,8 @@ struct RegisterResponse {
   SecretBytes password;
   // The customer's KMS key, created during registration.
   CustomerKey key;
+  // The certified signing key; empty fields when none was given.
+  SigningKey signing_key;
 };
 
 struct LoginRequest {
@@ -78,6 +87,16 @@ class Accounts {
   // The caller's KMS key (public half and certificate). NOT_FOUND for a
   // customer registered without one.
   StatusOr<CustomerKey> GetCustomerKey(const Principal& who);
+
+  // Registers a package-signing key for a customer that has none yet (an
+  // account made before signing keys, or without one): forwarded to the
+  // KMS with its proof (KmsClient::RegisterSigningKey). INVALID_ARGUMENT for
+  // a key that is not P-256; the KMS's refusals otherwise, prefixed "KMS: ".
+  StatusOr<SigningKey> RegisterSigningKey(const Principal& who, const std::string& public_key_pem,
+                                          const std::vector<uint8_t>& proof);
+  // The caller's signing key as the KMS has it registered (the portal keeps
+  // no copy of its own). NOT_FOUND if none.
+  StatusOr<SigningKey> GetSigningKey(const Principal& who);
 
   // UNAUTHENTICATED "invalid login id or password" for an unknown login id
   // or a wrong password alike (and with the same Argon2id cost); with

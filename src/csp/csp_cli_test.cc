@@ -44,6 +44,15 @@ class CspCliTest : public ::testing::Test {
     std::vector<std::string> argv = {VmsealBinary(), "customer", "--portal", url(), "--session",
                                      dir_.File(session)};
     argv.insert(argv.end(), args.begin(), args.end());
+    // Each customer's signing key of its own: the sessions share a
+    // directory, where the default signing-key.pem would be one file.
+    for (size_t i = 0; i < argv.size(); ++i) {
+      if (argv[i] == "register" || argv[i] == "fetch-cert") {
+        argv.insert(argv.begin() + static_cast<long>(i) + 1,
+                    {"--signing-key", dir_.File(session + ".signing-key.pem")});
+        break;
+      }
+    }
     return RunCommand(argv, out, 60);
   }
   // JSON output of a customer command that must succeed.
@@ -127,7 +136,8 @@ TEST_F(CspCliTest, X25519RegistrationGivesACertificateThatSealsPackages) {
   const std::string tenant = reg.value("customer_id", "");
   std::string out;
   ASSERT_EQ(RunCommand({VmsealBinary(), "seal", "--cert", dir_.File("alice.crt"), "--image-id",
-                        "img-x", "--tenant", tenant, "-o", dir_.File("x.ova"),
+                        "img-x", "--tenant", tenant, "--signing-key",
+                        dir_.File("alice.signing-key.pem"), "-o", dir_.File("x.ova"),
                         dir_.File("disk.img")},
                        &out, 120),
             0)
@@ -143,7 +153,8 @@ TEST_F(CspCliTest, X25519RegistrationGivesACertificateThatSealsPackages) {
 
   // XML Encryption has no X25519 key wrap: one clear line, invalid input.
   EXPECT_EQ(RunCommand({VmsealBinary(), "seal", "--xmlenc-compat", "--cert", dir_.File("alice.crt"),
-                        "-o", dir_.File("compat.ova"), dir_.File("disk.img")},
+                        "--signing-key", dir_.File("alice.signing-key.pem"), "-o",
+                        dir_.File("compat.ova"), dir_.File("disk.img")},
                        &out, 120),
             3)
       << out;

@@ -212,6 +212,14 @@ class PoolIntegrationTest : public ::testing::Test {
     so.recipient_pem = ReadFileOrDie(cert_file);
     so.tenant = tenant;
     so.image_id = tagged_image_id_;
+    // Signed with the key register made beside the session and the
+    // certificate fetch-cert checked and wrote beside the customer cert.
+    auto signing = crypto::LoadPrivateKeyFile(dir_.File("signing-key.pem"));
+    EXPECT_OK(signing);
+    if (signing.ok()) {
+      so.signing_key = &*signing;
+      so.signing_chain_pem = ReadFileOrDie(DirName(cert_file) + "/signing-cert.pem");
+    }
     const std::string out = dir_.File("image.ova");
     EXPECT_OK(ovf::SealPackage(Env::Default(), so, out));
     return out;

@@ -113,6 +113,27 @@ json ToJson(const CustomerKey& k) {
           {"created_unix", k.created_unix}};
 }
 
+json ToJson(const SigningKey& k) {
+  return {{"customer_id", k.customer_id}, {"key_id", k.key_id},
+          {"public_key_pem", k.public_key_pem}, {"cert_pem", k.cert_pem}};
+}
+
+// The optional signing key fields of a request body (base64 proof).
+Status SigningKeyFrom(const json& body, const char* pem_field, const char* proof_field,
+                      std::string* pem, std::vector<uint8_t>* proof) {
+  if (body.contains(pem_field)) {
+    if (!body[pem_field].is_string()) return InvalidArgumentError(std::string(pem_field) + " must be a string");
+    *pem = body[pem_field].get<std::string>();
+  }
+  if (body.contains(proof_field)) {
+    if (!body[proof_field].is_string()) return InvalidArgumentError(std::string(proof_field) + " must be base64");
+    auto raw = crypto::Base64Decode(body[proof_field].get<std::string>());
+    if (!raw.ok()) return InvalidArgumentError(std::string(proof_field) + " must be base64");
+    *proof = *std::move(raw);
+  }
+  return OkStatus();
+}
+
 json ToJson(const Job& j, bool for_host = false) {
   json attempts = json::array();
   for (const auto& a : j.attempts) {
@@ -223,11 +244,15 @@ void RegisterPortalRoutes(httplib::Server& server, const PortalServices& svc) {
         }
         request.key_algorithm = body["key_algorithm"].get<std::string>();
       }
+      RETURN_IF_ERROR(SigningKeyFrom(body, "signing_public_key_pem", "signing_key_proof",
+                                     &request.signing_public_key_pem, &request.signing_key_proof));
       ASSIGN_OR_RETURN(RegisterResponse r, svc.accounts->Register(request));
-      return json{{"customer_id", r.customer_id},
+      json out = {{"customer_id", r.customer_id},
                   {"login_id", r.login_id},
                   {"password", std::string(crypto::AsStringView(r.password.UnsafeSpan()))},
                   {"key", ToJson(r.key)}};
+      if (!r.signing_key.key_id.empty()) out["signing_key"] = ToJson(r.signing_key);
+      return out;
     }, 201);
   });
   server.Get("/v1/customer/key", [svc, who](const httplib::Request& req, httplib::Response& res) {
@@ -236,8 +261,27 @@ void RegisterPortalRoutes(httplib::Server& server, const PortalServices& svc) {
       ASSIGN_OR_RETURN(CustomerKey k, svc.accounts->GetCustomerKey(p));
       json out = ToJson(k);
       out["kms_ca_cert_pem"] = svc.kms->CaCertificatePem();
+      // The signing key as the KMS has it registered, if any.
+      auto signing = svc.accounts->GetSigningKey(p);
+      if (signing.ok()) {
+        out["signing_key"] = ToJson(*signing);
+      } else if (signing.status().code() != StatusCode::kNotFound &&
+                 signing.status().code() != StatusCode::kUnimplemented) {
+        return signing.status();
+      }
       return out;
     });
+  });
+  server.Post("/v1/customer/signing-key", [svc, who](const httplib::Request& req, httplib::Response& res) {
+    Reply(res, [&]() -> StatusOr<json> {
+      ASSIGN_OR_RETURN(Principal p, who(req));
+      ASSIGN_OR_RETURN(json body, ParseBody(req));
+      std::string pem;
+      std::vector<uint8_t> proof;
+      RETURN_IF_ERROR(SigningKeyFrom(body, "public_key_pem", "proof", &pem, &proof));
+      ASSIGN_OR_RETURN(SigningKey k, svc.accounts->RegisterSigningKey(p, pem, proof));
+      return ToJson(k);
+    }, 201);
   });
   server.Get("/v1/kms/ca", [svc](const httplib::Request&, httplib::Response& res) {
     SendJson(res, {{"ca_cert_pem", svc.kms->CaCertificatePem()}});

@@ -1,9 +1,11 @@
 #include "csp/images.h"
 
+#include <openssl/x509v3.h>
 #include <spdlog/spdlog.h>
 
 #include "crypto/keys.h"
 #include "crypto/primitives.h"
+#include "crypto/x509.h"
 
 namespace vmseal::csp {
 namespace {
@@ -52,6 +54,48 @@ Status CheckPackageOwner(const VerifiedPackage& p, const CustomerRecord& uploade
     return PermissionDeniedError("tenant_mismatch: the package is sealed for tenant '" + p.tenant +
                                  "' with key '" + p.key_id + "', but the uploader is tenant '" +
                                  uploader.customer_id + "' with key '" + key_ids + "'");
+  }
+  return OkStatus();
+}
+
+// The package must be signed by the uploader's registered signing key,
+// which the portal learns from the KMS each time (and checks: certified by
+// the KMS CA for this tenant, for package signing, for that key).
+// PERMISSION_DENIED "unsigned_package: ..." or "signer_mismatch: ...".
+Status CheckPackageSigner(const VerifiedPackage& p, const std::string& tenant, KmsClient* kms) {
+  if (p.signer_key_id.empty()) {
+    return PermissionDeniedError("unsigned_package: the package carries no signature (.cert); "
+                                 "seal it with your signing key (vmseal seal signs by default)");
+  }
+  if (kms == nullptr) {
+    return FailedPreconditionError("signer_mismatch: the portal has no source of registered "
+                                   "signing keys");
+  }
+  auto registered = kms->GetSigningKey(tenant);
+  if (!registered.ok()) {
+    if (registered.status().code() == StatusCode::kNotFound) {
+      return PermissionDeniedError("signer_mismatch: tenant '" + tenant +
+                                   "' has no registered signing key (vmseal customer "
+                                   "register-signing-key)");
+    }
+    return Status(registered.status().code(), "KMS: " + registered.status().message());
+  }
+  auto roots = crypto::Certificate::ParsePemBundle(kms->CaCertificatePem());
+  auto cert = crypto::Certificate::FromPem(registered->cert_pem);
+  if (!roots.ok() || !cert.ok()) return DataLossError("KMS signing certificate is unreadable");
+  crypto::VerifyOptions vo;
+  auto key = cert->GetPublicKey();
+  const uint32_t eku = X509_get_extended_key_usage(cert->x509());
+  if (!crypto::VerifyCertificateChain(*cert, *roots, vo).ok() || !key.ok() ||
+      key->KeyId() != registered->key_id || cert->SubjectCommonName() != tenant ||
+      eku == UINT32_MAX || (eku & XKU_CODE_SIGN) == 0) {
+    return DataLossError("the KMS's signing certificate for tenant '" + tenant +
+                         "' does not verify against the KMS CA");
+  }
+  if (p.signer_key_id != registered->key_id) {
+    return PermissionDeniedError("signer_mismatch: the package is signed by key " + p.signer_key_id +
+                                 ", tenant '" + tenant + "' registered signing key " +
+                                 registered->key_id);
   }
   return OkStatus();
 }
@@ -143,7 +187,8 @@ StatusOr<ImageInfo> ImageService::CommitUpload(const Principal& who,
     ASSIGN_OR_RETURN(verified, verifier_->Verify(content, local_path));
     if (verified.tenant.empty()) return OkStatus();  // no tag read (package_verifier.h)
     ASSIGN_OR_RETURN(CustomerRecord uploader, db_->FindCustomerById(who.customer_id));
-    return CheckPackageOwner(verified, uploader);
+    RETURN_IF_ERROR(CheckPackageOwner(verified, uploader));
+    return CheckPackageSigner(verified, uploader.customer_id, options_.signing_keys);
   };
   auto object = uploads_->Commit(request.upload_id, request.sha256_hex, verify);
   if (!object.ok()) {

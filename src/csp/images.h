@@ -12,6 +12,7 @@
 
 #include "csp/accounts.h"
 #include "csp/clock.h"
+#include "csp/kms_client.h"
 #include "csp/package_verifier.h"
 #include "csp/policy.h"
 #include "csp/portal_db.h"
@@ -63,6 +64,12 @@ class ImageService {
     uint64_t max_image_bytes = 64ull << 30;
     // Largest total of one customer's images. Default 256 GiB.
     uint64_t max_customer_bytes = 256ull << 30;
+    // Where the uploader's registered signing key comes from: the KMS
+    // (KmsClient::GetSigningKey, its certificate checked against the KMS
+    // CA). A package whose tag the verifier read is listed only if it is
+    // signed by that key (unsigned_package, signer_mismatch otherwise); with
+    // no client such a package is refused. Not owned; default none.
+    KmsClient* signing_keys = nullptr;
   };
   // All pointers must outlive the object.
   static StatusOr<std::unique_ptr<ImageService>> Create(const Options& options, PortalDb* db,

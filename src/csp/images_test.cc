@@ -2,10 +2,12 @@
 
 #include <cstring>
 #include <filesystem>
+#include <map>
 
 #include "crypto/keys.h"
 
 #include "crypto/primitives.h"
+#include "crypto/x509.h"
 #include "csp/internal/test_doubles.h"
 #include "csp/sqlite_db.h"
 #include "store/fs_store.h"
@@ -52,7 +54,9 @@ class ImagesTest : public ::testing::Test {
     auto up = store::UploadSessions::Create({dir_.File("staging")}, store_.get());
     ASSERT_OK(up);
     uploads_ = std::move(up).value();
-    auto svc = ImageService::Create(options, db_.get(), store_.get(), uploads_.get(), &verifier_,
+    ImageService::Options with_kms = options;
+    with_kms.signing_keys = &kms_;
+    auto svc = ImageService::Create(with_kms, db_.get(), store_.get(), uploads_.get(), &verifier_,
                                     &clock_);
     ASSERT_OK(svc);
     images_ = std::move(svc).value();
@@ -65,9 +69,17 @@ class ImagesTest : public ::testing::Test {
     alice_ = NewCustomer();
     bob_ = NewCustomer();
   }
+  // A customer with a package-signing key (made here, as on the customer's
+  // machine; the fake KMS certifies it).
   Principal NewCustomer() {
-    auto r = accounts_->Register({});
+    auto signing = crypto::PrivateKey::Generate(crypto::KeyType::kEcP256);
+    EXPECT_OK(signing);
+    RegisterRequest req;
+    req.signing_public_key_pem = signing->Public().ToPem();
+    req.signing_key_proof = {1};  // the fake KMS does not check it
+    auto r = accounts_->Register(req);
     EXPECT_OK(r);
+    signer_of_[r->customer_id] = signing->KeyId();
     auto login = accounts_->Login({r->login_id, r->password.Clone()});
     EXPECT_OK(login);
     auto who = accounts_->Authenticate(login->token);
@@ -93,6 +105,7 @@ class ImagesTest : public ::testing::Test {
   std::unique_ptr<ImageService> images_;
   std::unique_ptr<Accounts> accounts_;
   Principal alice_, bob_;
+  std::map<std::string, std::string> signer_of_;  // customer id -> signing key id
 };
 
 TEST_F(ImagesTest, VerifiedUploadIsListedWithItsDigestAndPolicy) {
@@ -120,8 +133,10 @@ TEST_F(ImagesTest, UnencryptedPackageIsRejectedAndNeverStored) {
 
 // A package whose tag names `tenant` and `key_id` (the FakeVerifier reads
 // them from the content).
-std::string SealedFor(const std::string& tenant, const std::string& key_id) {
-  return std::string(kSealedMagic) + "disk\nTENANT=" + tenant + "\nKEYID=" + key_id + "\n";
+std::string SealedFor(const std::string& tenant, const std::string& key_id,
+                      const std::string& signer = "") {
+  return std::string(kSealedMagic) + "disk\nTENANT=" + tenant + "\nKEYID=" + key_id + "\n" +
+         (signer.empty() ? "" : "SIGNER=" + signer + "\n");
 }
 
 TEST_F(ImagesTest, PackageOfTheUploaderIsListedWithItsTagKeyId) {
@@ -129,9 +144,75 @@ TEST_F(ImagesTest, PackageOfTheUploaderIsListedWithItsTagKeyId) {
   ASSERT_OK(key);
   auto spki = crypto::KeyIdOfPem(key->public_key_pem);
   ASSERT_OK(spki);
-  auto img = UploadAs(alice_, SealedFor(alice_.customer_id, "sha256:" + *spki));
+  auto img = UploadAs(alice_, SealedFor(alice_.customer_id, "sha256:" + *spki,
+                                        signer_of_[alice_.customer_id]));
   ASSERT_OK(img);
   EXPECT_EQ(img->key_id, "sha256:" + *spki);
+}
+
+TEST_F(ImagesTest, UnsignedPackageIsRefusedAndNothingIsStored) {
+  auto key = accounts_->GetCustomerKey(alice_);
+  ASSERT_OK(key);
+  auto spki = crypto::KeyIdOfPem(key->public_key_pem);
+  ASSERT_OK(spki);
+  EXPECT_STATUS(UploadAs(alice_, SealedFor(alice_.customer_id, "sha256:" + *spki)),
+                StatusCode::kPermissionDenied, "unsigned_package");
+  auto objects = store_->List("");
+  ASSERT_OK(objects);
+  EXPECT_TRUE(objects->empty());
+}
+
+TEST_F(ImagesTest, PackageSignedByAnotherKeyIsSignerMismatch) {
+  auto key = accounts_->GetCustomerKey(alice_);
+  ASSERT_OK(key);
+  auto spki = crypto::KeyIdOfPem(key->public_key_pem);
+  ASSERT_OK(spki);
+  // Sealed to Alice's key, for Alice's tenant, but signed by Bob's key (or
+  // a self-made one): not Alice's registered signing key.
+  auto img = UploadAs(alice_, SealedFor(alice_.customer_id, "sha256:" + *spki,
+                                        signer_of_[bob_.customer_id]));
+  EXPECT_STATUS(img, StatusCode::kPermissionDenied, "signer_mismatch");
+  EXPECT_STATUS(img, StatusCode::kPermissionDenied, signer_of_[alice_.customer_id]);
+  auto objects = store_->List("");
+  ASSERT_OK(objects);
+  EXPECT_TRUE(objects->empty());
+}
+
+TEST_F(ImagesTest, SigningCertificateTheKmsCaDidNotIssueIsNotTrusted) {
+  auto key = accounts_->GetCustomerKey(alice_);
+  ASSERT_OK(key);
+  auto spki = crypto::KeyIdOfPem(key->public_key_pem);
+  ASSERT_OK(spki);
+  // What the portal hears as Alice's signing key is certified by some other
+  // CA: the portal checks it against the KMS CA and refuses.
+  auto other_ca = crypto::CreateSelfSignedCa({"not the KMS"});
+  ASSERT_OK(other_ca);
+  auto forged = crypto::PrivateKey::Generate(crypto::KeyType::kEcP256);
+  ASSERT_OK(forged);
+  crypto::IssueOptions io;
+  io.common_name = alice_.customer_id;
+  io.usage = crypto::CertUsage::kPackageSigning;
+  auto cert = crypto::IssueCertificate(*other_ca, forged->Public(), io);
+  ASSERT_OK(cert);
+  kms_.SetSigningKeyForTesting({alice_.customer_id, forged->KeyId(), forged->Public().ToPem(),
+                                cert->ToPem()});
+  EXPECT_STATUS(UploadAs(alice_, SealedFor(alice_.customer_id, "sha256:" + *spki, forged->KeyId())),
+                StatusCode::kDataLoss, "does not verify against the KMS CA");
+}
+
+TEST_F(ImagesTest, CustomerWithoutASigningKeyCannotUploadATaggedPackage) {
+  auto r = accounts_->Register({});
+  ASSERT_OK(r);
+  auto login = accounts_->Login({r->login_id, r->password.Clone()});
+  ASSERT_OK(login);
+  auto carol = accounts_->Authenticate(login->token);
+  ASSERT_OK(carol);
+  auto key = accounts_->GetCustomerKey(*carol);
+  ASSERT_OK(key);
+  auto spki = crypto::KeyIdOfPem(key->public_key_pem);
+  ASSERT_OK(spki);
+  EXPECT_STATUS(UploadAs(*carol, SealedFor(carol->customer_id, "sha256:" + *spki, "ab12")),
+                StatusCode::kPermissionDenied, "has no registered signing key");
 }
 
 TEST_F(ImagesTest, AnotherCustomersPackageIsRefusedAndNothingIsStored) {
@@ -140,7 +221,8 @@ TEST_F(ImagesTest, AnotherCustomersPackageIsRefusedAndNothingIsStored) {
   auto spki = crypto::KeyIdOfPem(key->public_key_pem);
   ASSERT_OK(spki);
   // Bob uploads a package sealed for Alice (her tenant, her key).
-  const std::string package = SealedFor(alice_.customer_id, "sha256:" + *spki);
+  const std::string package =
+      SealedFor(alice_.customer_id, "sha256:" + *spki, signer_of_[alice_.customer_id]);
   StringReader r(package);
   auto state = images_->BeginUpload(bob_, {});
   ASSERT_OK(state);
@@ -168,9 +250,10 @@ TEST_F(ImagesTest, OwnTenantWithAnotherCustomersKeyIsRefused) {
   ASSERT_OK(key);
   auto spki = crypto::KeyIdOfPem(key->public_key_pem);
   ASSERT_OK(spki);
-  EXPECT_STATUS(UploadAs(bob_, SealedFor(bob_.customer_id, "sha256:" + *spki)),
+  EXPECT_STATUS(UploadAs(bob_, SealedFor(bob_.customer_id, "sha256:" + *spki,
+                                        signer_of_[bob_.customer_id])),
                 StatusCode::kPermissionDenied, "tenant_mismatch");
-  EXPECT_STATUS(UploadAs(bob_, SealedFor(alice_.customer_id, "key-1")),
+  EXPECT_STATUS(UploadAs(bob_, SealedFor(alice_.customer_id, "key-1", signer_of_[bob_.customer_id])),
                 StatusCode::kPermissionDenied, "tenant_mismatch");
   auto objects = store_->List("");
   ASSERT_OK(objects);

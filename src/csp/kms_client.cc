@@ -40,6 +40,15 @@ std::string Str(const json& j, const char* name) {
   return it != j.end() && it->is_string() ? it->get<std::string>() : "";
 }
 
+StatusOr<SigningKey> SigningKeyFrom(const json& r, const std::string& customer_id) {
+  if (!r.is_object()) return DataLossError("KMS answered with a non-object");
+  SigningKey k{Str(r, "customer_id"), Str(r, "key_id"), Str(r, "public_key_pem"), Str(r, "cert_pem")};
+  if (k.customer_id != customer_id || k.key_id.empty() || k.cert_pem.empty()) {
+    return DataLossError("KMS signing key answer is incomplete or names another customer");
+  }
+  return k;
+}
+
 class HttpsKmsClient final : public KmsClient {
  public:
   HttpsKmsClient(std::unique_ptr<net::HttpsClient> client, std::string ca_pem)
@@ -118,6 +127,20 @@ class HttpsKmsClient final : public KmsClient {
     ASSIGN_OR_RETURN(json ignored, client_->Post("/v1/grants", body));
     (void)ignored;
     return OkStatus();
+  }
+
+  StatusOr<SigningKey> RegisterSigningKey(const std::string& customer_id,
+                                          const std::string& public_key_pem,
+                                          const std::vector<uint8_t>& proof) override {
+    ASSIGN_OR_RETURN(json r, client_->Post("/v1/customers/" + customer_id + "/signing-key",
+                                           json{{"public_key_pem", public_key_pem},
+                                                {"proof", crypto::Base64Encode(proof)}}));
+    return SigningKeyFrom(r, customer_id);
+  }
+
+  StatusOr<SigningKey> GetSigningKey(const std::string& customer_id) override {
+    ASSIGN_OR_RETURN(json r, client_->Get("/v1/customers/" + customer_id + "/signing-key"));
+    return SigningKeyFrom(r, customer_id);
   }
 
   std::string CaCertificatePem() const override { return ca_pem_; }

@@ -26,6 +26,17 @@ struct CustomerKey {
   int64_t created_unix = 0;
 };
 
+// A customer's package-signing key as the KMS registered it: the public half
+// of the key the customer made on its own machine and the KMS CA's
+// certificate for it (CN = customer id, EKU codeSigning).
+struct SigningKey {
+  std::string customer_id;
+  // Lowercase hex SHA-256 of the key's SubjectPublicKeyInfo.
+  std::string key_id;
+  std::string public_key_pem;
+  std::string cert_pem;
+};
+
 // The KMS's placement answer for one host.
 struct HostEligibility {
   std::string host_id;
@@ -80,6 +91,22 @@ class KmsClient {
   // Registers a one-launch grant (KMS role portal). Without one the KMS
   // refuses the host's release (no_grant).
   virtual Status CreateGrant(const LaunchGrant& grant) = 0;
+
+  // Forwards a customer's package-signing key with its proof of possession
+  // (POST /v1/customers/{cid}/signing-key); the KMS checks the proof and
+  // certifies the key. Refusals: bad_proof, signing_key_exists.
+  virtual StatusOr<SigningKey> RegisterSigningKey(const std::string& customer_id,
+                                                  const std::string& public_key_pem,
+                                                  const std::vector<uint8_t>& proof) {
+    (void)customer_id, (void)public_key_pem, (void)proof;
+    return UnimplementedError("this KMS client registers no signing keys");
+  }
+  // The customer's registered signing key (GET
+  // /v1/customers/{cid}/signing-key); NOT_FOUND if none.
+  virtual StatusOr<SigningKey> GetSigningKey(const std::string& customer_id) {
+    (void)customer_id;
+    return UnimplementedError("this KMS client reads no signing keys");
+  }
 
   // The PEM certificate of the KMS CA (what customer certificates chain to).
   virtual std::string CaCertificatePem() const = 0;

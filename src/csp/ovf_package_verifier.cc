@@ -19,6 +19,8 @@ StatusOr<VerifiedPackage> OvfPackageVerifier::Verify(const RandomAccessFile&,
     if (size_t at = message.find(local_path); at != std::string::npos) {
       message.replace(at, local_path.size(), "package");
     }
+    // The reason token stays first for signature refusals.
+    if (message.starts_with("bad_signature:")) return Status(s.code(), message);
     return Status(s.code(), "package rejected: " + message);
   }
   const ovf::Package& p = **package;
@@ -32,6 +34,12 @@ StatusOr<VerifiedPackage> OvfPackageVerifier::Verify(const RandomAccessFile&,
   out.key_id = p.tag().key_id;
   out.disk_count = p.files().size();
   out.tenant = p.tag().tenant;
+  if (p.is_signed()) {
+    // Open verified the signature over the manifest, which digests every file.
+    auto signer = p.signature().signer.GetPublicKey();
+    if (!signer.ok()) return InvalidArgumentError("package rejected: unreadable signer key");
+    out.signer_key_id = signer->KeyId();
+  }
   return out;
 }
 

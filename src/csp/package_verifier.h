@@ -31,6 +31,11 @@ struct VerifiedPackage {
   // empty, and such a package is not registered at the KMS, so no key is
   // ever released for it.
   std::string tenant;
+  // The key id (hex SHA-256 of the SPKI) of the key that signed the
+  // package's manifest, the signature checked (docs/format/package.md
+  // §8.1); empty for an unsigned package. The portal lists a package whose
+  // tag it read only if this is the uploader's registered signing key.
+  std::string signer_key_id;
 };
 
 // Thread-safe.

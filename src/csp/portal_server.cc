@@ -151,7 +151,9 @@ StatusOr<std::unique_ptr<PortalServer>> PortalServer::Create(Options options,
   ao.argon2_m_cost_kib = options.argon2_m_cost_kib;
   ao.login_failures = impl->guard->login_id_failures();
   ASSIGN_OR_RETURN(impl->accounts, Accounts::Create(ao, impl->db.get(), Clock::Real(), kms));
-  ASSIGN_OR_RETURN(impl->images, ImageService::Create({}, impl->db.get(), impl->store.get(),
+  ImageService::Options io;
+  io.signing_keys = kms;
+  ASSIGN_OR_RETURN(impl->images, ImageService::Create(io, impl->db.get(), impl->store.get(),
                                                       impl->uploads.get(), verifier, Clock::Real()));
   impl->hosts = std::make_unique<HostRegistry>(
       HostRegistry::Options{options.heartbeat_timeout_seconds}, Clock::Real());

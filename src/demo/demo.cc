@@ -372,7 +372,8 @@ Status Demo::SetPolicy() {
 
 Status Demo::PlayCustomer() {
   n_.Step("Customer: register with the portal. The KMS generates the customer's key pair; "
-          "the private key never leaves it.");
+          "the private key never leaves it. The customer's package-signing key is made here "
+          "and only its public half goes, for the KMS CA to certify.");
   std::error_code ec;
   fs::create_directories(Path("customer"), ec);
   auto cflags = CustomerFlags();
@@ -416,7 +417,8 @@ Status Demo::PlayCustomer() {
   n_.Say("marker inside the image: " + marker_);
 
   n_.Step("Customer: seal it on the customer's machine: random data key, AES-256-GCM chunks, "
-          "the key wrapped to the customer certificate, an OVF 2 package.");
+          "the key wrapped to the customer certificate, an OVF 2 package signed with the "
+          "customer's signing key.");
   RETURN_IF_ERROR(Vmseal({"seal", image, "--cert", Path("customer/customer-cert.pem"),
                           "--tenant", customer_id, "--cpus", "1", "--memory-mib", "256", "-o",
                           Path("customer/sample.ova")},

@@ -199,6 +199,10 @@ StatusOr<vm::VmInfo> HostAgent::RunJobSteps(const Job& job, const std::string& v
       request.wrap_algorithm = package->wrapped_key().algorithm;
       request.oaep_label = package->wrapped_key().oaep_label;
       request.wrapped_key = package->wrapped_key().ciphertext;
+      request.descriptor_name = package->descriptor_name();
+      request.descriptor = package->descriptor_text();
+      request.manifest = package->manifest_text();
+      request.package_cert = package->certificate_text();
       ASSIGN_OR_RETURN(crypto::Bytes nonce, kms_->Nonce());
       ASSIGN_OR_RETURN(request.evidence, tpm_->Attest(nonce, options_.pcr_selection));
       ASSIGN_OR_RETURN(ReleasedKey released, kms_->Release(request));

@@ -30,7 +30,9 @@
 #include "kms/service.h"
 #include "net/https_client.h"
 #include "net/https_server.h"
+#include "crypto/signature.h"
 #include "ovf/package.h"
+#include "ovf/signature.h"
 #include "testing/s3_harness.h"
 #include "testing/test_util.h"
 #include "tpm/testing/swtpm_harness.h"
@@ -249,11 +251,21 @@ class HostE2eTest : public ::testing::Test {
   // A portal customer registers (the portal has the KMS create its key
   // pair) and logs in.
   void RegisterCustomer() {
-    auto reg = customer_->Post("/v1/register");
+    // With a package-signing key made here, as `vmseal customer register` does.
+    auto signing = crypto::PrivateKey::Generate(crypto::KeyType::kEcP256);
+    ASSERT_OK(signing);
+    auto proof = crypto::Sign(*signing, crypto::SignatureDigest::kSha256,
+                              ovf::SigningKeyProofMessage(signing->Public()));
+    ASSERT_OK(proof);
+    json body = {{"signing_public_key_pem", signing->Public().ToPem()},
+                 {"signing_key_proof", crypto::Base64Encode(*proof)}};
+    signing_key_ = std::make_shared<crypto::PrivateKey>(*std::move(signing));
+    auto reg = customer_->Post("/v1/register", body.dump(), "application/json");
     ASSERT_TRUE(reg && reg->status == 201) << (reg ? reg->body : "no answer");
     json r = json::parse(reg->body);
     customer_id_ = r["customer_id"];
     customer_pub_pem_ = r["key"]["public_key_pem"];
+    signing_chain_ = r["signing_key"]["cert_pem"];
     json login = {{"login_id", r["login_id"]}, {"password", r["password"]}};
     auto res = customer_->Post("/v1/login", login.dump(), "application/json");
     ASSERT_TRUE(res && res->status == 200);
@@ -279,6 +291,8 @@ class HostE2eTest : public ::testing::Test {
     seal.tenant = customer_id_;
     seal.vm.cpus = 1;
     seal.vm.memory_mib = 256;
+    seal.signing_key = signing_key_.get();
+    seal.signing_chain_pem = signing_chain_;
     EXPECT_OK(ovf::SealPackage(Env::Default(), seal, out));
     return out;
   }
@@ -343,6 +357,8 @@ class HostE2eTest : public ::testing::Test {
   std::unique_ptr<net::HttpsClient> op_;
   std::string customer_id_;
   std::string customer_pub_pem_;
+  std::shared_ptr<crypto::PrivateKey> signing_key_;
+  std::string signing_chain_;
   csp::OvfPackageVerifier verifier_;
   std::unique_ptr<csp::KmsClient> portal_kms_;
   std::unique_ptr<csp::PortalServer> portal_;
@@ -569,6 +585,8 @@ class HostDiskFormatE2eTest : public HostE2eTest {
     seal.tenant = customer_id_;
     seal.vm.cpus = 1;
     seal.vm.memory_mib = 256;
+    seal.signing_key = signing_key_.get();
+    seal.signing_chain_pem = signing_chain_;
     EXPECT_OK(ovf::SealPackage(Env::Default(), seal, out));
     return out;
   }

@@ -16,7 +16,8 @@ constexpr const char* kKnownReasons[] = {
     "nonce_expired", "bad_signature", "nonce_mismatch", "pcr_digest_mismatch",
     "pcr_selection_mismatch", "binding_key_not_certified", "binding_key_attributes",
     "pcr_policy", "tags", "evidence_age", "history", "no_policy", "label_mismatch",
-    "unknown_key", "malformed_evidence", "unsafe_disk_format"};
+    "unknown_key", "malformed_evidence", "unsafe_disk_format", "unsigned_package",
+    "signer_mismatch", "key_not_signed", "malformed_package", "tenant_mismatch", "no_grant"};
 
 bool IsKnownReason(std::string_view token) {
   for (const char* r : kKnownReasons) {

@@ -6,6 +6,7 @@
 #include "crypto/keys.h"
 #include "crypto/x509.h"
 #include "net/https_client.h"
+#include "ovf/signature.h"
 
 namespace vmseal::host {
 namespace {
@@ -48,10 +49,36 @@ Status ParseUrl(const std::string& url, std::string* host, int* port) {
   return OkStatus();
 }
 
+// The host's own check of a signed package before it asks for the key
+// (docs/protocol.md §5): the .cert's signature over the manifest, the
+// manifest's digest of the descriptor (whose files ovf::Package::Open
+// checked against that manifest), a signer certified by the KMS CA for the
+// package's tenant, and a request for exactly the signed key. Returns the
+// signer's key id.
+StatusOr<std::string> CheckSignedRequest(const ReleaseRequest& r,
+                                         const std::vector<crypto::Certificate>& kms_roots) {
+  ASSIGN_OR_RETURN(ovf::SignedDescriptor signed_pkg,
+                   ovf::VerifySignedDescriptor(
+                       {r.descriptor_name, r.descriptor, r.manifest, r.package_cert}));
+  RETURN_IF_ERROR(ovf::VerifySigner(signed_pkg.signature, kms_roots, r.tenant));
+  const ovf::EncryptionTag& tag = signed_pkg.tag;
+  const ovf::WrappedKey& key = signed_pkg.wrapped_key;
+  if (tag.image_id != r.image_id || tag.tenant != r.tenant || tag.key_id != r.key_id ||
+      tag.key_version != r.key_version || key.algorithm != r.wrap_algorithm ||
+      key.oaep_label != r.oaep_label || key.ciphertext != r.wrapped_key) {
+    return FailedPreconditionError("key_not_signed: the release request differs from the "
+                                   "signed descriptor");
+  }
+  ASSIGN_OR_RETURN(crypto::PublicKey signer, signed_pkg.signature.signer.GetPublicKey());
+  return signer.KeyId();
+}
+
 class HttpsKmsClient final : public KmsApi {
  public:
-  HttpsKmsClient(std::unique_ptr<net::HttpsClient> client, std::string host_id)
-      : client_(std::move(client)), base_("/v1/hosts/" + host_id) {}
+  HttpsKmsClient(std::unique_ptr<net::HttpsClient> client, std::string host_id,
+                 std::vector<crypto::Certificate> kms_roots)
+      : client_(std::move(client)), base_("/v1/hosts/" + host_id),
+        kms_roots_(std::move(kms_roots)) {}
 
   StatusOr<attest::CredentialChallenge> BeginEnrollment(
       const attest::EnrollmentRequest& request) override {
@@ -103,6 +130,12 @@ class HttpsKmsClient final : public KmsApi {
   }
 
   StatusOr<ReleasedKey> Release(const ReleaseRequest& request) override {
+    // An unsigned package is the KMS's to refuse (unsigned_package unless
+    // its configuration allows it); a signed one is checked here first.
+    std::string local_signer;
+    if (!request.package_cert.empty()) {
+      ASSIGN_OR_RETURN(local_signer, CheckSignedRequest(request, kms_roots_));
+    }
     json body = {{"job_id", request.job_id},
                  {"image_id", request.image_id},
                  {"tenant", request.tenant},
@@ -111,13 +144,25 @@ class HttpsKmsClient final : public KmsApi {
                  {"wrap_algorithm", request.wrap_algorithm},
                  {"oaep_label", crypto::Base64Encode(request.oaep_label)},
                  {"wrapped_key", crypto::Base64Encode(request.wrapped_key)},
-                 {"evidence", EvidenceJson(request.evidence)}};
+                 {"evidence", EvidenceJson(request.evidence)},
+                 {"descriptor_name", request.descriptor_name},
+                 {"descriptor", request.descriptor},
+                 {"manifest", request.manifest},
+                 {"package_cert", request.package_cert}};
     ASSIGN_OR_RETURN(json answer, client_->Post(base_ + "/releases", body));
     ReleasedKey out;
     ASSIGN_OR_RETURN(out.rewrapped_key, B64Field(answer, "rewrapped_key"));
     ASSIGN_OR_RETURN(out.label, B64Field(answer, "label"));
     if (out.label.empty() || out.label.back() != 0) {
       return DataLossError("KMS release label does not end in a zero byte");
+    }
+    if (answer.contains("signer_key_id") && answer["signer_key_id"].is_string()) {
+      out.signer_key_id = answer["signer_key_id"].get<std::string>();
+    }
+    if (!local_signer.empty() && out.signer_key_id != local_signer) {
+      return DataLossError("signer_mismatch: the KMS checked the package with signing key '" +
+                           out.signer_key_id.substr(0, 64) + "', the package is signed by " +
+                           local_signer);
     }
     return out;
   }
@@ -129,6 +174,7 @@ class HttpsKmsClient final : public KmsApi {
 
   std::unique_ptr<net::HttpsClient> client_;
   const std::string base_;
+  const std::vector<crypto::Certificate> kms_roots_;  // the KMS CA: signing certificates chain to it
 };
 
 }  // namespace
@@ -141,8 +187,11 @@ StatusOr<std::unique_ptr<KmsApi>> NewHttpsKmsClient(const HttpsKmsClientOptions&
   ASSIGN_OR_RETURN(o.cert_pem, ReadFileToString(Env::Default(), options.cert_file));
   ASSIGN_OR_RETURN(o.key_pem, crypto::ReadSecretFile(options.key_file));
   o.timeout_seconds = options.timeout_seconds;
+  ASSIGN_OR_RETURN(std::vector<crypto::Certificate> roots,
+                   crypto::Certificate::ParsePemBundle(o.ca_pem));
   ASSIGN_OR_RETURN(auto client, net::HttpsClient::Create(std::move(o)));
-  return std::unique_ptr<KmsApi>(new HttpsKmsClient(std::move(client), options.host_id));
+  return std::unique_ptr<KmsApi>(
+      new HttpsKmsClient(std::move(client), options.host_id, std::move(roots)));
 }
 
 }  // namespace vmseal::host

@@ -27,6 +27,15 @@ struct ReleaseRequest {
   crypto::Bytes oaep_label;          // as stored in the package
   crypto::Bytes wrapped_key;         // CipherValue
   attest::Evidence evidence;
+  // The package's signed metadata exactly as stored (ovf::Package:
+  // descriptor_name(), descriptor_text(), manifest_text(),
+  // certificate_text()). The KMS releases only a key that the tenant's
+  // registered signing key signed (docs/protocol.md §5); the HTTPS client
+  // checks the signature against the KMS CA first.
+  std::string descriptor_name;
+  std::string descriptor;
+  std::string manifest;
+  std::string package_cert;          // "" for an unsigned package
 };
 
 // A granted release: the data key re-wrapped with RSA-OAEP-SHA256 to the
@@ -35,6 +44,9 @@ struct ReleaseRequest {
 struct ReleasedKey {
   crypto::Bytes rewrapped_key;
   crypto::Bytes label;
+  // The registered signing key (hex SHA-256 of its SPKI) the KMS checked
+  // the package's signature with; empty for an unsigned release.
+  std::string signer_key_id;
 };
 
 // Thread-compatible; one call at a time per object.

@@ -1,5 +1,7 @@
 #include "kms/config.h"
 
+#include <cstdio>
+
 #include <signal.h>
 #include <sys/stat.h>
 
@@ -121,6 +123,9 @@ StatusOr<KmsConfig> LoadKmsConfig(const std::string& path) {
       RETURN_IF_ERROR(str(&c.ek_ca_bundle));
     } else if (key == "nonce_lifetime_seconds") {
       ASSIGN_OR_RETURN(c.nonce_lifetime_seconds, num(1, 3600));
+    } else if (key == "allow_unsigned_packages") {
+      if (!value.is_boolean()) return InvalidArgumentError("config " + key + ": must be true or false");
+      c.allow_unsigned_packages = value.get<bool>();
     } else {
       return InvalidArgumentError("config " + path + ": unknown key \"" + key + "\"");
     }
@@ -242,6 +247,11 @@ Status ServeKms(const KmsConfig& config, const std::string& port_file) {
   ASSIGN_OR_RETURN(SecretBytes ca_key, ReadSecretFile(config.ca_key));
   KmsService::Options service_options;
   service_options.nonce_lifetime_seconds = config.nonce_lifetime_seconds;
+  service_options.require_package_signature = !config.allow_unsigned_packages;
+  if (config.allow_unsigned_packages) {
+    std::fprintf(stderr, "kms: allow_unsigned_packages: releases WITHOUT a customer signature "
+                         "are served (interoperability tests only)\n");
+  }
   if (!config.ek_ca_bundle.empty()) {
     ASSIGN_OR_RETURN(service_options.ek_ca_bundle_pem,
                      ReadFileToString(Env::Default(), config.ek_ca_bundle));

@@ -57,6 +57,10 @@ struct KmsConfig {
   // PEM bundle of the TPM manufacturer CAs that EK certificates must chain
   // to. Empty: host enrollment is refused.
   std::string ek_ca_bundle;
+  // Serve releases of packages that carry no customer signature
+  // (KmsService::Options::require_package_signature = false). For
+  // interoperability tests only; default false: a signature is required.
+  bool allow_unsigned_packages = false;
 };
 
 // Parses a JSON config; relative paths are resolved against the file's dir.

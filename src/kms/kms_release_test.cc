@@ -11,12 +11,15 @@
 #include "base/env.h"
 #include "crypto/key_wrap.h"
 #include "crypto/keys.h"
+#include "crypto/signature.h"
 #include "host/https_kms_client.h"
 #include "kms/service.h"
 #include "net/https_client.h"
 #include "net/https_server.h"
 #include "ovf/descriptor.h"
 #include "ovf/package_format.h"
+#include "ovf/signature.h"
+#include "ovf/testing/signed_texts.h"
 #include "testing/pg_harness.h"
 #include "testing/test_util.h"
 #include "tpm/security_engine.h"
@@ -101,6 +104,19 @@ class KmsReleaseTest : public ::testing::Test {
     auto pub = crypto::PublicKey::FromPem(customer->public_key_pem);
     ASSERT_OK(pub);
     customer_pub_ = std::make_unique<crypto::PublicKey>(*pub);
+    // The tenant's package-signing key, registered through the KMS route the
+    // portal uses, with its proof of possession.
+    auto signing = crypto::PrivateKey::Generate(crypto::KeyType::kEcP256);
+    ASSERT_OK(signing);
+    signing_key_ = std::make_unique<crypto::PrivateKey>(*std::move(signing));
+    auto proof = crypto::Sign(*signing_key_, crypto::SignatureDigest::kSha256,
+                              ovf::SigningKeyProofMessage(signing_key_->Public()));
+    ASSERT_OK(proof);
+    auto registered = portal_->Post(std::string("/v1/customers/") + kTenant + "/signing-key",
+                                    {{"public_key_pem", signing_key_->Public().ToPem()},
+                                     {"proof", crypto::Base64Encode(*proof)}});
+    ASSERT_OK(registered);
+    signing_chain_ = (*registered)["cert_pem"].get<std::string>();
   }
 
   std::unique_ptr<KmsService> NewService(Store* store, const KeyEncryptionKey* kek = nullptr) {
@@ -202,6 +218,7 @@ class KmsReleaseTest : public ::testing::Test {
     r.wrap_algorithm = std::string(ovf::kRsaOaepUri);
     r.oaep_label = k.label;
     r.wrapped_key = k.wrapped;
+    Resign(&r);
     auto nonce = client->Nonce();
     EXPECT_OK(nonce);
     if (!nonce.ok()) return r;
@@ -209,6 +226,25 @@ class KmsReleaseTest : public ::testing::Test {
     EXPECT_OK(ev);
     if (ev.ok()) r.evidence = *ev;
     return r;
+  }
+
+  // The package's signed metadata for the request's key and identity, as
+  // the customer's seal writes it (after a test changed the request: what a
+  // customer who sealed that would have signed).
+  void Resign(host::ReleaseRequest* r) {
+    ovf::EncryptionTag tag;
+    tag.image_id = r->image_id;
+    tag.tenant = r->tenant;
+    tag.key_id = r->key_id;
+    tag.key_version = r->key_version;
+    tag.data_algorithm = std::string(ovf::kStreamAlgorithmUri);
+    auto texts = ovf::testing::MakeSignedTexts(tag, {r->wrap_algorithm, r->oaep_label, r->wrapped_key},
+                                               signing_key_.get(), signing_chain_);
+    ASSERT_OK(texts);
+    r->descriptor_name = texts->descriptor_name;
+    r->descriptor = texts->descriptor;
+    r->manifest = texts->manifest;
+    r->package_cert = texts->certificate;
   }
 
   std::string AuditText() {
@@ -256,6 +292,8 @@ class KmsReleaseTest : public ::testing::Test {
   std::unique_ptr<net::HttpsClient> portal_;
   int jobs_ = 0;
   std::unique_ptr<crypto::PublicKey> customer_pub_;
+  std::unique_ptr<crypto::PrivateKey> signing_key_;
+  std::string signing_chain_;
 };
 
 TEST_F(KmsReleaseTest, GoodHostGetsKeyThatDecryptsInsideTheTpm) {
@@ -287,6 +325,7 @@ TEST_F(KmsReleaseTest, X25519CustomerKeyIsReleasedAndDecryptsInsideTheTpm) {
   host::ReleaseRequest r = Request(k, "img-x", host_.get());
   r.key_id = "sha256:" + pub->KeyId();
   r.wrap_algorithm = std::string(ovf::kX25519WrapUri);
+  Resign(&r);
   auto released = host_->Release(r);
   ASSERT_OK(released);
   auto data_key = engine_->Decrypt(released->rewrapped_key, released->label);
@@ -351,14 +390,19 @@ TEST_F(KmsReleaseTest, WrongLabelIsLabelMismatch) {
   // A label naming another image than the request.
   host::ReleaseRequest r = Request(k1, "img-1", host_.get());
   r.oaep_label = k2.label;
-  EXPECT_STATUS(host_->Release(r), StatusCode::kPermissionDenied, "label_mismatch");
-  // A consistent request for img-2 carrying img-1's wrapped key.
+  // Not what was signed (and no valid descriptor carries a label naming
+  // another image than its tag): the host's client refuses it before asking.
+  EXPECT_STATUS(host_->Release(r), StatusCode::kFailedPrecondition, "key_not_signed");
+  // A consistent request for img-2 carrying img-1's wrapped key, signed so.
   r = Request(k2, "img-2", host_.get());
   r.wrapped_key = k1.wrapped;
+  EXPECT_STATUS(host_->Release(r), StatusCode::kFailedPrecondition, "key_not_signed");
+  Resign(&r);
   EXPECT_STATUS(host_->Release(r), StatusCode::kPermissionDenied, "label_mismatch");
   // A key of another customer is unknown to this tenant.
   r = Request(k1, "img-1", host_.get());
   r.key_id = "sha256:" + std::string(64, '0');
+  Resign(&r);
   EXPECT_STATUS(host_->Release(r), StatusCode::kPermissionDenied, "unknown_key");
 }
 
@@ -408,7 +452,8 @@ TEST_F(KmsReleaseTest, OtherKekIsKekMismatch) {
   ASSERT_OK(store_->ExecForTesting("UPDATE customer_keys SET kek_id = 'file:elsewhere'"));
   host::ReleaseRequest hr = Request(k, "img-1", host_.get());
   ReleaseRequest r{hr.job_id, hr.image_id, hr.tenant, hr.key_id, hr.key_version, hr.wrap_algorithm,
-                   hr.oaep_label, hr.wrapped_key, hr.evidence};
+                   hr.oaep_label, hr.wrapped_key, hr.evidence, hr.descriptor_name, hr.descriptor,
+                   hr.manifest, hr.package_cert};
   auto out = service_->Release({Caller::Role::kHost, "host-1", "fp"}, "host-1", r);
   EXPECT_STATUS(out, StatusCode::kFailedPrecondition, "kek_mismatch: key ");
   EXPECT_STATUS(out, StatusCode::kFailedPrecondition, "wrapped under KEK file:elsewhere");
@@ -444,7 +489,8 @@ TEST_F(KmsReleaseTest, TwoServicesOnePostgresConsumeANonceOnce) {
   WrappedImageKey k = WrapFor("img-1");
   host::ReleaseRequest hr = Request(k, "img-1", host_.get());  // nonce issued by service A
   ReleaseRequest r{hr.job_id, hr.image_id, hr.tenant, hr.key_id, hr.key_version, hr.wrap_algorithm,
-                   hr.oaep_label, hr.wrapped_key, hr.evidence};
+                   hr.oaep_label, hr.wrapped_key, hr.evidence, hr.descriptor_name, hr.descriptor,
+                   hr.manifest, hr.package_cert};
   const Caller host{Caller::Role::kHost, "host-1", "fp"};
   std::atomic<int> granted{0}, used{0}, other{0};
   std::atomic<bool> go{false};

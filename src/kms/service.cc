@@ -18,6 +18,7 @@
 #include "crypto/x509.h"
 #include "kms/nonce.h"
 #include "ovf/package_format.h"
+#include "ovf/signature.h"
 
 namespace vmseal::kms {
 namespace {
@@ -224,6 +225,7 @@ StatusOr<std::unique_ptr<KmsService>> KmsService::Create(Options options, Store*
   ASSIGN_OR_RETURN(SecretBytes nonce_key, LoadNonceKey(store, kek));
   std::unique_ptr<KmsService> service(new KmsService(std::move(options), store, kek, std::move(ca)));
   service->ek_verifier_ = std::move(ek);
+  ASSIGN_OR_RETURN(service->ca_roots_, crypto::Certificate::ParsePemBundle(service->ca_.cert_pem));
   service->nonce_key_ = std::move(nonce_key);
   ASSIGN_OR_RETURN(service->audit_log_, AuditLog::Open(store, kek));
   return service;
@@ -313,6 +315,72 @@ StatusOr<CustomerKeyInfo> KmsService::GetCustomerKey(const Caller& caller,
     return NotFoundError("unknown key " + key_id + " for customer " + customer_id);
   }
   return Info(*rec);
+}
+
+namespace {
+SigningKeyInfo InfoOf(const SigningKeyRecord& r) {
+  return {r.tenant, r.key_id, r.public_key_pem, r.cert_pem, r.created_unix};
+}
+}  // namespace
+
+StatusOr<SigningKeyInfo> KmsService::RegisterSigningKey(const Caller& caller,
+                                                        const SigningKeyRequest& req) {
+  RETURN_IF_ERROR(Require(caller, Caller::Role::kPortal, "register signing key"));
+  if (!ValidId(req.tenant)) return InvalidArgumentError("customer id must match [A-Za-z0-9._-]{1,64}");
+  auto key = crypto::PublicKey::FromPem(req.public_key_pem);
+  if (!key.ok() || key->type() != crypto::KeyType::kEcP256) {
+    return InvalidArgumentError("the signing key must be an ECDSA P-256 public key (PEM)");
+  }
+  // The portal forwards what the customer sent: only the holder of the
+  // private key can have signed the proof, so no key that nobody holds (or
+  // that someone else holds) is certified. A key the portal made itself is
+  // caught by the customer's fetch-cert.
+  if (!crypto::VerifySignature(*key, crypto::SignatureDigest::kSha256,
+                               ovf::SigningKeyProofMessage(*key), req.proof)
+           .ok()) {
+    RecordDenial("bad_proof", "portal/" + caller.name, "signing key for " + req.tenant);
+    return Denied("bad_proof", "the proof of possession does not verify with the signing key");
+  }
+  ASSIGN_OR_RETURN(auto keys, store_->ListCustomerKeys(req.tenant));
+  if (keys.empty()) {
+    return FailedPreconditionError("unknown_customer: customer " + req.tenant + " has no KMS key");
+  }
+  SigningKeyRecord rec;
+  rec.tenant = req.tenant;
+  rec.key_id = key->KeyId();
+  rec.public_key_pem = key->ToPem();
+  rec.created_unix = Now();
+  auto existing = store_->GetSigningKey(req.tenant);
+  if (existing.ok() && existing->key_id == rec.key_id) return InfoOf(*existing);
+  auto signing_key = crypto::PrivateKey::FromPem(ca_.key_pem);
+  if (!signing_key.ok()) return InternalError("the KMS CA key does not parse");
+  crypto::CertificateAuthority ca{*std::move(signing_key), ca_roots_.front()};
+  crypto::IssueOptions issue;
+  issue.common_name = req.tenant;
+  issue.usage = crypto::CertUsage::kPackageSigning;
+  issue.validity_seconds = options_.signing_cert_days * 24 * 3600;
+  ASSIGN_OR_RETURN(crypto::Certificate cert, crypto::IssueCertificate(ca, *key, issue));
+  rec.cert_pem = cert.ToPem();
+  Status put = store_->PutSigningKey(
+      rec, {"signing_key.register", "customer/" + rec.tenant,
+            json{{"key_id", rec.key_id}, {"cert_sha256", cert.Fingerprint()},
+                 {"by", caller.name}, {"by_fingerprint", caller.fingerprint}}});
+  if (!put.ok()) {
+    if (ReasonPrefix(put) == "signing_key_exists") {
+      RecordDenial("signing_key_exists", "portal/" + caller.name, put.message());
+      return PermissionDeniedError(put.message());
+    }
+    return put;
+  }
+  // Another registration of the same key may have won the race.
+  ASSIGN_OR_RETURN(SigningKeyRecord stored, store_->GetSigningKey(req.tenant));
+  return InfoOf(stored);
+}
+
+StatusOr<SigningKeyInfo> KmsService::GetSigningKey(const Caller& caller, const std::string& tenant) {
+  RETURN_IF_ERROR(RequireAny(caller, {Caller::Role::kPortal, Caller::Role::kOperator}, "read signing key"));
+  ASSIGN_OR_RETURN(SigningKeyRecord rec, store_->GetSigningKey(tenant));
+  return InfoOf(rec);
 }
 
 StatusOr<NonceResponse> KmsService::IssueNonce(const Caller& caller, const std::string& host_id) {
@@ -767,6 +835,48 @@ StatusOr<KmsService::CachedKey> KmsService::CustomerPrivateKey(const std::string
   return cached;
 }
 
+Status KmsService::CheckSignedPackage(const ReleaseRequest& req, std::string* signer_key_id) {
+  auto verified = ovf::VerifySignedDescriptor(
+      {req.descriptor_name, req.descriptor, req.manifest, req.package_cert});
+  if (!verified.ok()) {
+    const std::string reason = ReasonPrefix(verified.status());
+    if (reason == "unsigned_package" || reason == "bad_signature") {
+      return PermissionDeniedError(verified.status().message());
+    }
+    return InvalidArgumentError("malformed_package: " + verified.status().message());
+  }
+  auto registered = store_->GetSigningKey(req.tenant);
+  if (!registered.ok() && registered.status().code() != StatusCode::kNotFound) {
+    return registered.status();
+  }
+  if (!registered.ok()) {
+    return Denied("signer_mismatch", "tenant " + req.tenant + " has no registered signing key");
+  }
+  Status signer = ovf::VerifyRegisteredSigner(verified->signature, registered->cert_pem, ca_roots_,
+                                              req.tenant);
+  if (!signer.ok()) return PermissionDeniedError(signer.message());
+  // The key the host asks to open, under the identity the label binds,
+  // must be the one the customer signed.
+  const ovf::EncryptionTag& tag = verified->tag;
+  const ovf::WrappedKey& key = verified->wrapped_key;
+  std::vector<std::string> differ;
+  if (tag.image_id != req.image_id) differ.push_back("image_id");
+  if (tag.tenant != req.tenant) differ.push_back("tenant");
+  if (tag.key_id != req.key_id) differ.push_back("key_id");
+  if (tag.key_version != req.key_version) differ.push_back("key_version");
+  if (key.algorithm != req.wrap_algorithm) differ.push_back("wrap_algorithm");
+  if (key.oaep_label != req.oaep_label) differ.push_back("label");
+  if (key.ciphertext != req.wrapped_key) differ.push_back("wrapped_key");
+  if (!differ.empty()) {
+    std::string names;
+    for (const std::string& d : differ) names += (names.empty() ? "" : ", ") + d;
+    return Denied("key_not_signed", "the request's " + names +
+                                        " differ from the signed descriptor's");
+  }
+  *signer_key_id = registered->key_id;
+  return OkStatus();
+}
+
 StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::string& host_id,
                                               const ReleaseRequest& req) {
   RETURN_IF_ERROR(RequireHost(caller, host_id, "release"));
@@ -817,6 +927,16 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
   }
   if (req.key_id.empty() || req.key_id.size() > 128) return finish(InvalidArgumentError("bad key_id"));
   if (!ValidId(req.job_id)) return finish(InvalidArgumentError("job_id must match [A-Za-z0-9._-]{1,64}"));
+
+  // The customer's signature first: nothing unsigned, foreign-signed or
+  // other than what was signed goes further (no evidence check, no key
+  // lookup, no unwrap).
+  std::string signer_key_id;
+  if (options_.require_package_signature || !req.package_cert.empty()) {
+    Status signed_ok = CheckSignedPackage(req, &signer_key_id);
+    if (!signed_ok.ok()) return finish(signed_ok);
+    audit["signer_key_id"] = signer_key_id;
+  }
 
   auto ak = EnrolledAk(host_id);
   if (!ak.ok()) return finish(ak.status());
@@ -911,6 +1031,7 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
   out.rewrapped_key = *std::move(rewrapped);
   out.label.assign(ad.begin(), ad.end());
   out.label.push_back(0);
+  out.signer_key_id = signer_key_id;
   audit["binding_key_name"] = crypto::HexEncode(ev.binding_key.name);
   audit["by_fingerprint"] = caller.fingerprint;
   // One transaction: the nonce consumed exactly once, the verdict, the grant
@@ -1230,6 +1351,28 @@ void RegisterKmsRoutes(KmsService* s, net::HttpsServer* server) {
                                                               r.path_params[0], r.path_params[1]));
                 return KeyJson(info);
               });
+  auto signing_json = [](const SigningKeyInfo& k) {
+    return json{{"customer_id", k.tenant}, {"key_id", k.key_id}, {"public_key_pem", k.public_key_pem},
+                {"cert_pem", k.cert_pem}, {"created_unix", k.created_unix}};
+  };
+  server->Post(
+      R"(/v1/customers/([A-Za-z0-9._-]{1,64})/signing-key)",
+      [s, signing_json](const net::Request& r) -> StatusOr<json> {
+        RETURN_IF_ERROR(RequireObject(r.body));
+        SigningKeyRequest req;
+        req.tenant = r.path_params[0];
+        ASSIGN_OR_RETURN(req.public_key_pem, StrField(r.body, "public_key_pem"));
+        ASSIGN_OR_RETURN(req.proof, B64Field(r.body, "proof"));
+        ASSIGN_OR_RETURN(SigningKeyInfo info, s->RegisterSigningKey(CallerFromPeer(r.peer), req));
+        return signing_json(info);
+      },
+      /*created=*/true);
+  server->Get(R"(/v1/customers/([A-Za-z0-9._-]{1,64})/signing-key)",
+              [s, signing_json](const net::Request& r) -> StatusOr<json> {
+                ASSIGN_OR_RETURN(SigningKeyInfo info,
+                                 s->GetSigningKey(CallerFromPeer(r.peer), r.path_params[0]));
+                return signing_json(info);
+              });
   server->Post(R"(/v1/hosts/([A-Za-z0-9._-]{1,64})/nonces)",
                [s](const net::Request& r) -> StatusOr<json> {
                  ASSIGN_OR_RETURN(auto n, s->IssueNonce(CallerFromPeer(r.peer), r.path_params[0]));
@@ -1312,9 +1455,19 @@ void RegisterKmsRoutes(KmsService* s, net::HttpsServer* server) {
     ASSIGN_OR_RETURN(req.oaep_label, B64Field(r.body, "oaep_label"));
     ASSIGN_OR_RETURN(req.wrapped_key, B64Field(r.body, "wrapped_key"));
     ASSIGN_OR_RETURN(req.evidence, EvidenceField(r.body));
+    // The package's signed metadata (optional fields; the service decides
+    // whether they are required).
+    for (auto [name, out] : {std::pair{"descriptor_name", &req.descriptor_name},
+                             std::pair{"descriptor", &req.descriptor},
+                             std::pair{"manifest", &req.manifest},
+                             std::pair{"package_cert", &req.package_cert}}) {
+      if (!r.body.contains(name)) continue;
+      ASSIGN_OR_RETURN(*out, StrField(r.body, name));
+    }
     ASSIGN_OR_RETURN(ReleaseResponse out, s->Release(CallerFromPeer(r.peer), r.path_params[0], req));
     return json{{"rewrapped_key", crypto::Base64Encode(out.rewrapped_key)},
-                {"label", crypto::Base64Encode(out.label)}};
+                {"label", crypto::Base64Encode(out.label)},
+                {"signer_key_id", out.signer_key_id}};
   });
 
   // --- Hosts for the portal and operators --------------------------------

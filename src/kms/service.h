@@ -24,6 +24,7 @@
 #include "base/secret_bytes.h"
 #include "base/status.h"
 #include "crypto/keys.h"
+#include "crypto/x509.h"
 #include "kms/audit.h"
 #include "kms/internal/mini_ca.h"
 #include "kms/kek.h"
@@ -87,10 +88,37 @@ struct ReleaseRequest {
   crypto::Bytes oaep_label;
   crypto::Bytes wrapped_key;
   attest::Evidence evidence;
+  // The package's signed metadata exactly as stored (docs/protocol.md §5):
+  // the descriptor's file name and text, the manifest and the .cert. The
+  // KMS verifies the signature with the tenant's registered signing key and
+  // that the fields above are the signed descriptor's before it unwraps.
+  std::string descriptor_name;
+  std::string descriptor;
+  std::string manifest;
+  std::string package_cert;
 };
 struct ReleaseResponse {
   crypto::Bytes rewrapped_key;  // RSA-OAEP-SHA256 to the certified binding key
   crypto::Bytes label;          // the OAEP label used, ending in a zero byte
+  // Key id (hex SHA-256 of the SPKI) of the registered signing key that
+  // signed the package; empty for an unsigned release (signature not
+  // required by this KMS's configuration).
+  std::string signer_key_id;
+};
+
+// POST /v1/customers/{cid}/signing-key: the public half of a signing key
+// the customer created on its own machine, with its proof of possession.
+struct SigningKeyRequest {
+  std::string tenant;
+  std::string public_key_pem;  // ECDSA P-256 SubjectPublicKeyInfo
+  crypto::Bytes proof;         // ovf::SigningKeyProofMessage signed by the key
+};
+struct SigningKeyInfo {
+  std::string tenant;
+  std::string key_id;
+  std::string public_key_pem;
+  std::string cert_pem;  // KMS CA, CN = tenant, EKU codeSigning
+  int64_t created_unix = 0;
 };
 
 // POST /v1/grants: the portal placed job `job_id` of `tenant`'s image on
@@ -153,6 +181,14 @@ class KmsService {
     int64_t enrollment_lifetime_seconds = 300;
     // Longest lifetime of a launch grant the portal may ask for. Default 1 day.
     int64_t max_grant_ttl_seconds = 86400;
+    // A release must carry the package's signed metadata, signed by the
+    // tenant's registered signing key (unsigned_package otherwise). false
+    // (kms.json "allow_unsigned_packages": true) is for interoperability
+    // tests only: a request that does carry a signature is still checked.
+    // Default true.
+    bool require_package_signature = true;
+    // Validity of package-signing certificates. Default 825 days.
+    int64_t signing_cert_days = 825;
   };
 
   // `store` and `kek` must outlive the service. `ca` signs certificates.
@@ -164,6 +200,14 @@ class KmsService {
   // under the KEK (with its audit record, in one transaction) and returns
   // the public half with a certificate from the KMS CA.
   StatusOr<CustomerKeyInfo> CreateCustomerKey(const Caller& caller, const CreateKeyRequest& req);
+  // Portal only: certifies the tenant's package-signing key (P-256) after
+  // checking its proof of possession (bad_proof), for a tenant that has a
+  // customer key (unknown_customer otherwise); one key per tenant
+  // (signing_key_exists for another; the same key again is idempotent).
+  // Audited as signing_key.register.
+  StatusOr<SigningKeyInfo> RegisterSigningKey(const Caller& caller, const SigningKeyRequest& req);
+  // Portal or operator: the tenant's registered signing key; NOT_FOUND if none.
+  StatusOr<SigningKeyInfo> GetSigningKey(const Caller& caller, const std::string& tenant);
   // Portal or operator. NOT_FOUND also when the key belongs to another customer.
   StatusOr<CustomerKeyInfo> GetCustomerKey(const Caller& caller, const std::string& customer_id,
                                            const std::string& key_id);
@@ -286,6 +330,10 @@ class KmsService {
   // cache); not_enrolled otherwise.
   StatusOr<std::shared_ptr<const attest::AkPublic>> EnrolledAk(const std::string& host_id,
                                                                bool reload = false);
+  // The release's signature checks (docs/protocol.md §5): the package texts
+  // are signed by the tenant's registered signing key and the request asks
+  // for exactly the signed descriptor's key. Sets *signer_key_id.
+  Status CheckSignedPackage(const ReleaseRequest& req, std::string* signer_key_id);
   // The customer's key named by `key_id`; unknown_key otherwise.
   StatusOr<CachedKey> CustomerPrivateKey(const std::string& customer_id, const std::string& key_id);
   // Checks (without consuming) the evidence's nonce: its MAC for this host,
@@ -335,6 +383,7 @@ class KmsService {
   Store* const store_;
   const KeyEncryptionKey* const kek_;
   const internal::CertAndKey ca_;
+  std::vector<crypto::Certificate> ca_roots_;  // ca_ parsed: signer chains end here
   std::unique_ptr<attest::EkCertificateVerifier> ek_verifier_;
   SecretBytes nonce_key_;  // HMAC key of the nonces, shared through the store
   std::unique_ptr<AuditLog> audit_log_;  // signs checkpoints with the store's log key

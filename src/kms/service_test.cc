@@ -10,6 +10,8 @@
 #include "crypto/ssl_util.h"
 #include "ovf/descriptor.h"
 #include "ovf/package_format.h"
+#include "ovf/signature.h"
+#include "ovf/testing/signed_texts.h"
 #include "testing/test_util.h"
 
 namespace vmseal::kms {
@@ -29,6 +31,7 @@ class ServiceTest : public ::testing::Test {
     auto ca = internal::CreateRootCa("test kms ca", 30);
     ASSERT_OK(ca);
     ca_pem_ = ca->cert_pem;
+    ca_key_pem_ = ca->key_pem.Clone();
     KmsService::Options options;
     options.clock = [this] { return now_; };
     auto service = KmsService::Create(options, store_.get(), kek_.get(), *std::move(ca));
@@ -38,9 +41,19 @@ class ServiceTest : public ::testing::Test {
 
   static Caller As(Caller::Role role, const std::string& name) { return {role, name, "fp"}; }
 
+  // A signing key made "on the customer's machine" and its request with a
+  // proof of possession.
+  static SigningKeyRequest SigningRequest(const std::string& tenant, const crypto::PrivateKey& key) {
+    auto proof = crypto::Sign(key, crypto::SignatureDigest::kSha256,
+                              ovf::SigningKeyProofMessage(key.Public()));
+    EXPECT_OK(proof);
+    return {tenant, key.Public().ToPem(), proof.ok() ? *proof : crypto::Bytes()};
+  }
+
   TempDir dir_;
   int64_t now_ = 1000;
   std::string ca_pem_;
+  SecretBytes ca_key_pem_;
   std::unique_ptr<Store> store_;
   std::unique_ptr<KeyEncryptionKey> kek_;
   std::unique_ptr<KmsService> service_;
@@ -275,6 +288,34 @@ class ReleaseTest : public ServiceTest {
                                  {"7", crypto::HexEncode(pcr_values_[1])}};
     ASSERT_OK(service_->PutFlavor(op, {"good", {{"sha256", pcrs}}}));
     ASSERT_OK(service_->PutPolicy(op, {kTenant, "", {{"flavors", {{"anyOf", {"good"}}}}}}));
+    // The tenant's signing key, registered through the portal with its
+    // proof (the KMS certifies it once the tenant has a customer key).
+    auto signing = crypto::PrivateKey::Generate(crypto::KeyType::kEcP256);
+    ASSERT_OK(signing);
+    signing_key_ = std::make_unique<crypto::PrivateKey>(*std::move(signing));
+    ASSERT_OK(service_->CreateCustomerKey(As(Caller::Role::kPortal, "p"), {kTenant, "X25519"}));
+    auto info = service_->RegisterSigningKey(As(Caller::Role::kPortal, "p"),
+                                             SigningRequest(kTenant, *signing_key_));
+    ASSERT_OK(info);
+    signing_chain_ = info->cert_pem;
+  }
+
+  // Signs the request's descriptor as the customer would have (`signer`
+  // null: leaves the request unsigned).
+  void Sign(ReleaseRequest* r, const crypto::PrivateKey* signer, const std::string& chain) {
+    ovf::EncryptionTag tag;
+    tag.image_id = r->image_id;
+    tag.tenant = r->tenant;
+    tag.key_id = r->key_id;
+    tag.key_version = r->key_version;
+    tag.data_algorithm = std::string(ovf::kStreamAlgorithmUri);
+    ovf::WrappedKey key{r->wrap_algorithm, r->oaep_label, r->wrapped_key};
+    auto texts = ovf::testing::MakeSignedTexts(tag, key, signer, chain);
+    ASSERT_OK(texts);
+    r->descriptor_name = texts->descriptor_name;
+    r->descriptor = texts->descriptor;
+    r->manifest = texts->manifest;
+    r->package_cert = texts->certificate;
   }
 
   // A customer key of the tenant ("RSA-3072" or "X25519") and its public half.
@@ -325,6 +366,7 @@ class ReleaseTest : public ServiceTest {
     auto raw = crypto::HexDecode(nonce.ok() ? nonce->nonce : "");
     EXPECT_OK(raw);
     if (raw.ok()) r.evidence = tpm_->Attest(*raw, {0, 7}, pcr_values_);
+    Sign(&r, signing_key_.get(), signing_chain_);
     return r;
   }
   ReleaseRequest Request(const std::string& image_id, const crypto::PublicKey& customer,
@@ -334,6 +376,18 @@ class ReleaseTest : public ServiceTest {
 
   StatusOr<ReleaseResponse> Release(const ReleaseRequest& r) {
     return service_->Release(As(Caller::Role::kHost, "h1"), "h1", r);
+  }
+  // The same request, without its signature, to a KMS on the same store
+  // configured not to require signatures: the checks behind the signature's
+  // for inputs no valid signed descriptor can carry.
+  StatusOr<ReleaseResponse> ReleaseWhereUnsignedIsAllowed(ReleaseRequest r) {
+    KmsService::Options lax;
+    lax.clock = [this] { return now_; };
+    lax.require_package_signature = false;
+    auto kms = KmsService::Create(lax, store_.get(), kek_.get(), {ca_pem_, ca_key_pem_.Clone()});
+    if (!kms.ok()) return kms.status();
+    r.package_cert.clear();
+    return (*kms)->Release(As(Caller::Role::kHost, "h1"), "h1", r);
   }
 
   std::string AuditText() {
@@ -347,6 +401,8 @@ class ReleaseTest : public ServiceTest {
   }
 
   std::unique_ptr<attest::testing::SoftwareTpm> tpm_;
+  std::unique_ptr<crypto::PrivateKey> signing_key_;
+  std::string signing_chain_;
   std::vector<crypto::Bytes> pcr_values_;
   int jobs_ = 0;
   bool grant_each_request_ = true;
@@ -463,8 +519,9 @@ TEST_F(ReleaseTest, ServicesOnOneStoreShareTheNonceKey) {
   ASSERT_OK(ca);
   KmsService::Options options;
   options.clock = [this] { return now_; };
+  // Processes sharing a store share the KMS CA (signing certificates chain to it).
   auto second = KmsService::Create(options, store_.get(), kek_.get(),
-                                   {ca->cert_pem, ca->key_pem.Clone()});
+                                   {ca_pem_, ca_key_pem_.Clone()});
   ASSERT_OK(second);
   ASSERT_OK((*second)->Release(As(Caller::Role::kHost, "h1"), "h1", r));
   const std::string audit = AuditText();
@@ -535,7 +592,9 @@ TEST_F(ReleaseTest, X25519UriForAnRsaKeyIsUnknownKey) {
   crypto::PublicKey customer = NewCustomerKey("RSA-3072");
   ReleaseRequest r = Request("img-1", customer, data_key_);
   r.wrap_algorithm = std::string(ovf::kX25519WrapUri);
-  auto out = Release(r);
+  EXPECT_STATUS(Release(r), StatusCode::kPermissionDenied, "key_not_signed: the request's wrap_algorithm");
+  // (A descriptor cannot carry an RSA-sized key under the X25519 wrap.)
+  auto out = ReleaseWhereUnsignedIsAllowed(r);
   EXPECT_STATUS(out, StatusCode::kPermissionDenied, "unknown_key: key k-");
   EXPECT_STATUS(out, StatusCode::kPermissionDenied, "is not an X25519 key");
   const std::string audit = AuditText();
@@ -547,6 +606,8 @@ TEST_F(ReleaseTest, RsaUriForAnX25519KeyIsUnknownKey) {
   crypto::PublicKey customer = NewCustomerKey("X25519");
   ReleaseRequest r = Request("img-1", customer, data_key_);
   r.wrap_algorithm = std::string(ovf::kRsaOaepUri);
+  EXPECT_STATUS(Release(r), StatusCode::kPermissionDenied, "key_not_signed: the request's wrap_algorithm");
+  Sign(&r, signing_key_.get(), signing_chain_);
   auto out = Release(r);
   EXPECT_STATUS(out, StatusCode::kPermissionDenied, "unknown_key: key k-");
   EXPECT_STATUS(out, StatusCode::kPermissionDenied, "is not an RSA key");
@@ -564,8 +625,20 @@ TEST_F(ReleaseTest, X25519LabelNamingAnotherImageIsLabelMismatch) {
   crypto::PublicKey customer = NewCustomerKey("X25519");
   ReleaseRequest r = Request("img-2", customer, data_key_);
   r.image_id = "img-1";  // the label (and the wrap) still name img-2
-  EXPECT_STATUS(Release(r), StatusCode::kPermissionDenied,
-                "label_mismatch: the OAEP label names another image");
+  // Not what the customer signed; and no valid descriptor can carry a label
+  // that names another image than its tag, so the label check is reached
+  // only where signatures are not required.
+  EXPECT_STATUS(Release(r), StatusCode::kPermissionDenied, "key_not_signed: the request's image_id");
+  KmsService::Options lax;
+  lax.clock = [this] { return now_; };
+  lax.require_package_signature = false;
+  auto unsigned_kms = KmsService::Create(lax, store_.get(), kek_.get(), {ca_pem_, ca_key_pem_.Clone()});
+  ASSERT_OK(unsigned_kms);
+  r = Request("img-2", customer, data_key_);
+  r.image_id = "img-1";
+  r.package_cert.clear();
+  EXPECT_STATUS((*unsigned_kms)->Release(As(Caller::Role::kHost, "h1"), "h1", r),
+                StatusCode::kPermissionDenied, "label_mismatch: the OAEP label names another image");
 }
 
 TEST_F(ReleaseTest, TamperedX25519WrapIsLabelMismatch) {
@@ -573,12 +646,16 @@ TEST_F(ReleaseTest, TamperedX25519WrapIsLabelMismatch) {
   ReleaseRequest r = Request("img-1", customer, data_key_);
   ASSERT_EQ(r.wrapped_key.size(), crypto::kX25519WrappedBytes);
   r.wrapped_key[50] ^= 0x01;
+  EXPECT_STATUS(Release(r), StatusCode::kPermissionDenied, "key_not_signed: the request's wrapped_key");
+  // Signed tampered (the customer's own mistake), the unwrap refuses it.
+  Sign(&r, signing_key_.get(), signing_chain_);
   EXPECT_STATUS(Release(r), StatusCode::kPermissionDenied,
                 "label_mismatch: the wrapped key does not open");
   // A wrapped key of another length fails the same way, before any key use.
   r = Request("img-1", customer, data_key_);
   r.wrapped_key.pop_back();
-  EXPECT_STATUS(Release(r), StatusCode::kPermissionDenied, "label_mismatch");
+  EXPECT_STATUS(Release(r), StatusCode::kPermissionDenied, "key_not_signed");
+  EXPECT_STATUS(ReleaseWhereUnsignedIsAllowed(r), StatusCode::kPermissionDenied, "label_mismatch");
   EXPECT_EQ(AuditText().find("release.grant"), std::string::npos);
 }
 
@@ -787,6 +864,185 @@ TEST_F(ServiceTest, EkPinRefusesAnotherEkUntilApproved) {
                             r.record.find(ek_a) != std::string::npos);
   }
   EXPECT_TRUE(approved);
+}
+
+// --- Signing keys ---------------------------------------------------------------
+
+TEST_F(ServiceTest, SigningKeyIsCertifiedForTheTenantForPackageSigning) {
+  const Caller portal = As(Caller::Role::kPortal, "p");
+  ASSERT_OK(service_->CreateCustomerKey(portal, {"acme", "X25519"}));
+  auto key = crypto::PrivateKey::Generate(crypto::KeyType::kEcP256);
+  ASSERT_OK(key);
+  auto info = service_->RegisterSigningKey(portal, SigningRequest("acme", *key));
+  ASSERT_OK(info);
+  EXPECT_EQ(info->key_id, key->KeyId());
+  auto cert = crypto::Certificate::FromPem(info->cert_pem);
+  ASSERT_OK(cert);
+  auto roots = crypto::Certificate::ParsePemBundle(ca_pem_);
+  ASSERT_OK(roots);
+  ovf::PackageSignature probe{crypto::SignatureDigest::kSha256, "", {}, *cert, {}};
+  EXPECT_OK(ovf::VerifySigner(probe, *roots, "acme"));
+  // Idempotent for the same key; the operator can read it; audited once.
+  ASSERT_OK(service_->RegisterSigningKey(portal, SigningRequest("acme", *key)));
+  auto got = service_->GetSigningKey(As(Caller::Role::kOperator, "op"), "acme");
+  ASSERT_OK(got);
+  EXPECT_EQ(got->cert_pem, info->cert_pem);
+  auto recs = store_->ReadAudit(0, 100);
+  ASSERT_OK(recs);
+  int registered = 0;
+  for (const auto& r : *recs) registered += r.record.find("signing_key.register") != std::string::npos;
+  EXPECT_EQ(registered, 1);
+}
+
+TEST_F(ServiceTest, SigningKeyWithoutProofOfPossessionIsRefused) {
+  const Caller portal = As(Caller::Role::kPortal, "p");
+  ASSERT_OK(service_->CreateCustomerKey(portal, {"acme", "X25519"}));
+  auto held = crypto::PrivateKey::Generate(crypto::KeyType::kEcP256);
+  auto other = crypto::PrivateKey::Generate(crypto::KeyType::kEcP256);
+  ASSERT_OK(held);
+  ASSERT_OK(other);
+  // The portal registers someone's public key with a proof made by a key
+  // it holds: the proof does not verify with the named key.
+  SigningKeyRequest req = SigningRequest("acme", *other);
+  req.public_key_pem = held->Public().ToPem();
+  EXPECT_STATUS(service_->RegisterSigningKey(portal, req), StatusCode::kPermissionDenied, "bad_proof");
+  EXPECT_STATUS(service_->GetSigningKey(portal, "acme"), StatusCode::kNotFound, "no signing key");
+}
+
+TEST_F(ServiceTest, SigningKeyRulesAreEnforced) {
+  const Caller portal = As(Caller::Role::kPortal, "p");
+  auto key = crypto::PrivateKey::Generate(crypto::KeyType::kEcP256);
+  ASSERT_OK(key);
+  // No customer key yet: not a customer.
+  EXPECT_STATUS(service_->RegisterSigningKey(portal, SigningRequest("acme", *key)),
+                StatusCode::kFailedPrecondition, "unknown_customer");
+  ASSERT_OK(service_->CreateCustomerKey(portal, {"acme", "X25519"}));
+  ASSERT_OK(service_->CreateCustomerKey(portal, {"bob", "X25519"}));
+  // Only the portal registers.
+  EXPECT_STATUS(service_->RegisterSigningKey(As(Caller::Role::kHost, "h1"), SigningRequest("acme", *key)),
+                StatusCode::kPermissionDenied, "portal role");
+  // Only P-256.
+  auto rsa = crypto::PrivateKey::Generate(crypto::KeyType::kRsa2048);
+  ASSERT_OK(rsa);
+  EXPECT_STATUS(service_->RegisterSigningKey(portal, SigningRequest("acme", *rsa)),
+                StatusCode::kInvalidArgument, "P-256");
+  ASSERT_OK(service_->RegisterSigningKey(portal, SigningRequest("acme", *key)));
+  // One key per tenant; a key belongs to one tenant.
+  auto second = crypto::PrivateKey::Generate(crypto::KeyType::kEcP256);
+  ASSERT_OK(second);
+  EXPECT_STATUS(service_->RegisterSigningKey(portal, SigningRequest("acme", *second)),
+                StatusCode::kPermissionDenied, "signing_key_exists");
+  EXPECT_STATUS(service_->RegisterSigningKey(portal, SigningRequest("bob", *key)),
+                StatusCode::kPermissionDenied, "signing_key_exists");
+}
+
+// --- Signed releases ----------------------------------------------------------
+
+TEST_F(ReleaseTest, UnsignedPackageIsRefusedBeforeTheEvidenceIsLookedAt) {
+  crypto::PublicKey customer = NewCustomerKey("X25519");
+  ReleaseRequest r = Request("img-1", customer, data_key_);
+  r.package_cert.clear();
+  EXPECT_STATUS(Release(r), StatusCode::kPermissionDenied, "unsigned_package");
+  EXPECT_NE(AuditText().find("\"reason\":\"unsigned_package\""), std::string::npos);
+  // The nonce was not consumed: nothing past the signature check ran.
+  Sign(&r, signing_key_.get(), signing_chain_);
+  EXPECT_OK(Release(r));
+}
+
+TEST_F(ReleaseTest, PackageSignedWithASelfMadeKeyIsSignerMismatch) {
+  crypto::PublicKey customer = NewCustomerKey("X25519");
+  ReleaseRequest r = Request("img-1", customer, data_key_);
+  // Someone who has the tenant's public wrap key seals for it and signs with
+  // a key of their own under a CA of their own, naming the tenant.
+  auto ca = crypto::CreateSelfSignedCa({"attacker"});
+  ASSERT_OK(ca);
+  auto key = crypto::PrivateKey::Generate(crypto::KeyType::kEcP256);
+  ASSERT_OK(key);
+  crypto::IssueOptions io;
+  io.common_name = kTenant;
+  io.usage = crypto::CertUsage::kPackageSigning;
+  auto cert = crypto::IssueCertificate(*ca, key->Public(), io);
+  ASSERT_OK(cert);
+  Sign(&r, &*key, cert->ToPem());
+  EXPECT_STATUS(Release(r), StatusCode::kPermissionDenied, "signer_mismatch");
+  EXPECT_NE(AuditText().find("\"reason\":\"signer_mismatch\""), std::string::npos);
+}
+
+TEST_F(ReleaseTest, PackageSignedByAnotherTenantIsSignerMismatch) {
+  crypto::PublicKey customer = NewCustomerKey("X25519");
+  // Tenant "bob" signs a package sealed to acme's key for acme.
+  const Caller portal = As(Caller::Role::kPortal, "p");
+  ASSERT_OK(service_->CreateCustomerKey(portal, {"bob", "X25519"}));
+  auto bob_key = crypto::PrivateKey::Generate(crypto::KeyType::kEcP256);
+  ASSERT_OK(bob_key);
+  auto bob = service_->RegisterSigningKey(portal, SigningRequest("bob", *bob_key));
+  ASSERT_OK(bob);
+  ReleaseRequest r = Request("img-1", customer, data_key_);
+  Sign(&r, &*bob_key, bob->cert_pem);
+  EXPECT_STATUS(Release(r), StatusCode::kPermissionDenied, "signer_mismatch");
+}
+
+TEST_F(ReleaseTest, WrappedKeySwappedAfterSigningIsKeyNotSignedBeforeUnwrap) {
+  crypto::PublicKey customer = NewCustomerKey("X25519");
+  ReleaseRequest r = Request("img-1", customer, data_key_);
+  // The host (or whoever builds the request) asks for another wrapped key
+  // of the tenant than the one the customer signed: a key that opens under
+  // the tenant's key, for the same image id and label.
+  const SecretBytes other_key = SecretBytes::Random(crypto::kDataKeyBytes);
+  auto swapped = crypto::WrapKey(customer, other_key, crypto::AsStringView(Label("img-1")));
+  ASSERT_OK(swapped);
+  r.wrapped_key = *swapped;
+  EXPECT_STATUS(Release(r), StatusCode::kPermissionDenied, "key_not_signed: the request's wrapped_key");
+  const std::string audit = AuditText();
+  EXPECT_NE(audit.find("\"reason\":\"key_not_signed\""), std::string::npos);
+  // Refused before the key was looked up (no kms_key_id in the record).
+  EXPECT_EQ(audit.find("kms_key_id"), std::string::npos);
+}
+
+TEST_F(ReleaseTest, DescriptorChangedAfterSigningIsBadSignature) {
+  crypto::PublicKey customer = NewCustomerKey("X25519");
+  ReleaseRequest r = Request("img-1", customer, data_key_);
+  const size_t at = r.descriptor.find("img-1");
+  ASSERT_NE(at, std::string::npos);
+  r.descriptor.replace(at, 5, "img-2");
+  EXPECT_STATUS(Release(r), StatusCode::kPermissionDenied, "bad_signature");
+}
+
+TEST_F(ReleaseTest, RequestForAnotherImageThanSignedIsKeyNotSigned) {
+  crypto::PublicKey customer = NewCustomerKey("X25519");
+  ReleaseRequest signed_for_1 = Request("img-1", customer, data_key_);
+  ReleaseRequest r = Request("img-2", customer, data_key_);
+  r.descriptor = signed_for_1.descriptor;  // img-1's signed texts with img-2's request
+  r.manifest = signed_for_1.manifest;
+  r.package_cert = signed_for_1.package_cert;
+  EXPECT_STATUS(Release(r), StatusCode::kPermissionDenied, "key_not_signed");
+}
+
+TEST_F(ReleaseTest, UnsignedReleaseIsServedOnlyWhenConfigured) {
+  KmsService::Options options;
+  options.clock = [this] { return now_; };
+  options.require_package_signature = false;
+  auto ca = internal::CreateRootCa("other", 30);
+  ASSERT_OK(ca);
+  auto lax = KmsService::Create(options, store_.get(), kek_.get(), *std::move(ca));
+  ASSERT_OK(lax);
+  crypto::PublicKey customer = NewCustomerKey("X25519");
+  ReleaseRequest r = Request("img-1", customer, data_key_);
+  r.descriptor_name.clear();
+  r.descriptor.clear();
+  r.manifest.clear();
+  r.package_cert.clear();
+  auto out = (*lax)->Release(As(Caller::Role::kHost, "h1"), "h1", r);
+  ASSERT_OK(out);
+  EXPECT_TRUE(out->signer_key_id.empty());
+}
+
+TEST_F(ReleaseTest, GrantedReleaseNamesTheSigner) {
+  crypto::PublicKey customer = NewCustomerKey("X25519");
+  auto out = Release(Request("img-1", customer, data_key_));
+  ASSERT_OK(out);
+  EXPECT_EQ(out->signer_key_id, signing_key_->KeyId());
+  EXPECT_NE(AuditText().find("\"signer_key_id\":\"" + signing_key_->KeyId() + "\""), std::string::npos);
 }
 
 }  // namespace

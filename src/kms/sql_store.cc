@@ -143,6 +143,16 @@ CREATE TABLE ek_pins (
   ek_sha256 TEXT NOT NULL,
   pinned_unix BIGINT NOT NULL);
 )sql",
+    // Customer-signed packages (issue 14): each tenant's package-signing
+    // key, certified by the KMS CA; a key belongs to one tenant only.
+    R"sql(
+CREATE TABLE signing_keys (
+  tenant TEXT PRIMARY KEY,
+  key_id TEXT NOT NULL UNIQUE,
+  public_key_pem TEXT NOT NULL,
+  cert_pem TEXT NOT NULL,
+  created_unix BIGINT NOT NULL);
+)sql",
 };
 
 int64_t Now() { return static_cast<int64_t>(std::time(nullptr)); }
@@ -343,6 +353,40 @@ class SqlStore : public Store {
           {host_id, ek_sha256, Now()}));
       return AppendAuditLocked(audit);
     });
+  }
+
+  Status PutSigningKey(const SigningKeyRecord& k, const AuditEvent& audit) override {
+    return InTx([&]() -> Status {
+      ASSIGN_OR_RETURN(auto existing, conn_->Exec(
+          "SELECT tenant, key_id FROM signing_keys WHERE tenant = ? OR key_id = ?",
+          {k.tenant, k.key_id}));
+      for (const auto& row : existing.rows) {
+        if (ToStr(row[0]) == k.tenant && ToStr(row[1]) == k.key_id) return OkStatus();
+      }
+      if (!existing.rows.empty()) {
+        return FailedPreconditionError(
+            ToStr(existing.rows[0][0]) == k.tenant
+                ? "signing_key_exists: tenant " + k.tenant + " has another signing key"
+                : "signing_key_exists: this signing key is registered to another tenant");
+      }
+      RETURN_IF_ERROR(conn_->Exec(
+          "INSERT INTO signing_keys (tenant, key_id, public_key_pem, cert_pem, created_unix) "
+          "VALUES (?, ?, ?, ?, ?)",
+          {k.tenant, k.key_id, k.public_key_pem, k.cert_pem, k.created_unix}));
+      return AppendAuditLocked(audit);
+    });
+  }
+
+  StatusOr<SigningKeyRecord> GetSigningKey(const std::string& tenant) override {
+    std::lock_guard<std::mutex> lock(read_mu_);
+    ASSIGN_OR_RETURN(auto r, reader_->Exec(
+        "SELECT tenant, key_id, public_key_pem, cert_pem, created_unix FROM signing_keys "
+        "WHERE tenant = ?",
+        {tenant}));
+    if (r.rows.empty()) return NotFoundError("tenant " + tenant + " has no signing key");
+    const auto& row = r.rows[0];
+    return SigningKeyRecord{ToStr(row[0]), ToStr(row[1]), ToStr(row[2]), ToStr(row[3]),
+                            ToInt(row[4])};
   }
 
   Status PutImage(const ImageRecord& i, const AuditEvent& audit) override {

@@ -103,6 +103,17 @@ struct GrantRecord {
   int64_t used_unix = 0;  // 0 while unused
 };
 
+// A tenant's registered package-signing key (issue 14): the public half of
+// the key the customer created on its own machine, and the certificate the
+// KMS CA issued for it (CN = tenant, EKU codeSigning). One per tenant.
+struct SigningKeyRecord {
+  std::string tenant;
+  std::string key_id;          // lowercase hex SHA-256 of the SPKI DER
+  std::string public_key_pem;  // SubjectPublicKeyInfo
+  std::string cert_pem;        // issued by the KMS CA
+  int64_t created_unix = 0;
+};
+
 class Store {
  public:
   virtual ~Store() = default;
@@ -122,6 +133,15 @@ class Store {
   virtual StatusOr<CustomerKeyRecord> GetCustomerKey(const std::string& key_id) = 0;
   virtual StatusOr<std::vector<CustomerKeyRecord>> ListCustomerKeys(
       const std::string& customer_id) = 0;
+
+  // --- Package-signing keys ------------------------------------------------
+  // Registers the tenant's signing key with its audit record. Registering
+  // the same key again is a no-op (nothing audited); another key for a
+  // tenant that has one, or a key registered to another tenant, is
+  // FAILED_PRECONDITION "signing_key_exists: ...".
+  virtual Status PutSigningKey(const SigningKeyRecord& key, const AuditEvent& audit) = 0;
+  // NOT_FOUND if the tenant has none.
+  virtual StatusOr<SigningKeyRecord> GetSigningKey(const std::string& tenant) = 0;
 
   // --- Hosts -------------------------------------------------------------
   // Inserts or replaces a host (re-enrollment resets `enrolled`).

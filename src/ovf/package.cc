@@ -235,6 +235,7 @@ Status Package::Load(Env* env, const std::string& path, const PackageOpenOptions
     ASSIGN_OR_RETURN(PackageSignature sig, ParsePackageCertificate(cert_text));
     RETURN_IF_ERROR(VerifyManifestSignature(sig, mf_name, manifest_text_));
     signature_ = std::move(sig);
+    certificate_text_ = std::move(cert_text);
   } else if (options.require_signature) {
     return FailedPreconditionError("unsigned_package: the package has no signature (" +
                                    cert_name + ")");

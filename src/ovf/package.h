@@ -61,6 +61,9 @@ class Package {
   // manifest during Open; then signature() is valid.
   bool is_signed() const { return signature_.has_value(); }
   const PackageSignature& signature() const { return *signature_; }
+  // The .cert exactly as stored ("" when unsigned): what a release request
+  // carries to the KMS (docs/protocol.md §5).
+  const std::string& certificate_text() const { return certificate_text_; }
   // Whether the descriptor has an EncryptionSection (then tag() and
   // wrapped_key() are valid).
   bool encrypted() const { return encrypted_; }
@@ -107,6 +110,7 @@ class Package {
   std::string descriptor_text_;
   std::string manifest_text_;
   std::optional<PackageSignature> signature_;
+  std::string certificate_text_;
   std::vector<FileRef> files_;
   bool encrypted_ = false;
   EncryptionTag tag_;

@@ -4,6 +4,8 @@
 
 #include <utility>
 
+#include "ovf/manifest.h"
+
 namespace vmseal::ovf {
 namespace {
 
@@ -153,6 +155,94 @@ Status VerifySigner(const PackageSignature& sig, const std::vector<crypto::Certi
                                 std::string(expected_signer) + "'");
   }
   return OkStatus();
+}
+
+namespace {
+
+Status BadSignature(const std::string& detail) {
+  return UnauthenticatedError("bad_signature: " + detail);
+}
+
+// "<stem>.ovf": a plain file name, as in a package (§8).
+bool ValidDescriptorName(std::string_view name) {
+  if (name.size() < 5 || name.size() > 100 || !name.ends_with(".ovf")) return false;
+  for (char c : name) {
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-') {
+      return false;
+    }
+  }
+  return name.front() != '.';
+}
+
+}  // namespace
+
+crypto::Bytes SigningKeyProofMessage(const crypto::PublicKey& key) {
+  constexpr std::string_view kContext = "vmseal-signing-key-proof-v1";
+  crypto::Bytes out(kContext.begin(), kContext.end());
+  out.push_back(0);
+  const crypto::Bytes der = key.ToDer();
+  out.insert(out.end(), der.begin(), der.end());
+  return out;
+}
+
+StatusOr<SignedDescriptor> VerifySignedDescriptor(const SignedPackageTexts& texts) {
+  if (!ValidDescriptorName(texts.descriptor_name)) {
+    return InvalidArgumentError("descriptor name must be <stem>.ovf of [A-Za-z0-9._-]");
+  }
+  if (texts.descriptor.size() > kMaxSignedDescriptorBytes ||
+      texts.manifest.size() > kMaxSignedManifestBytes ||
+      texts.certificate.size() > kMaxPackageCertBytes) {
+    return InvalidArgumentError("package metadata too large (descriptor <= 256 KiB, manifest, "
+                                "certificate <= 64 KiB)");
+  }
+  if (texts.certificate.empty()) {
+    return FailedPreconditionError("unsigned_package: the package carries no signature (.cert)");
+  }
+  auto parsed = ParsePackageCertificate(texts.certificate);
+  if (!parsed.ok()) return BadSignature(parsed.status().message());
+  SignedDescriptor out{*std::move(parsed), {}, {}};
+  const std::string stem = texts.descriptor_name.substr(0, texts.descriptor_name.size() - 4);
+  RETURN_IF_ERROR(VerifyManifestSignature(out.signature, stem + ".mf", texts.manifest));
+
+  auto entries = ParseManifest(texts.manifest);
+  if (!entries.ok()) return BadSignature("the signed manifest does not parse");
+  const ManifestEntry* listed = nullptr;
+  for (const ManifestEntry& e : *entries) {
+    if (e.name == texts.descriptor_name) listed = &e;
+  }
+  if (listed == nullptr) {
+    return BadSignature("the signed manifest does not list " + texts.descriptor_name);
+  }
+  StreamingDigest digest(listed->algorithm);
+  digest.Update(crypto::AsBytes(texts.descriptor));
+  if (digest.Finish() != listed->digest) {
+    return BadSignature("the descriptor is not the one the signed manifest digests");
+  }
+
+  ASSIGN_OR_RETURN(Descriptor descriptor, Descriptor::Parse(texts.descriptor));
+  if (!descriptor.HasEncryptionSection()) {
+    return InvalidArgumentError("the signed descriptor has no EncryptionSection");
+  }
+  RETURN_IF_ERROR(descriptor.ReadEncryption(&out.tag, &out.wrapped_key));
+  return out;
+}
+
+Status VerifyRegisteredSigner(const PackageSignature& sig, const std::string& registered_cert_pem,
+                              const std::vector<crypto::Certificate>& roots,
+                              std::string_view tenant) {
+  auto registered = crypto::Certificate::FromPem(registered_cert_pem);
+  if (!registered.ok()) {
+    return UnauthenticatedError("signer_mismatch: the registered signing certificate is unreadable");
+  }
+  ASSIGN_OR_RETURN(crypto::PublicKey want, registered->GetPublicKey());
+  auto got = sig.signer.GetPublicKey();
+  if (!got.ok() || got->KeyId() != want.KeyId()) {
+    return UnauthenticatedError("signer_mismatch: signed by key " +
+                                (got.ok() ? got->KeyId() : std::string("(unreadable)")) +
+                                ", tenant '" + std::string(tenant) +
+                                "' registered signing key " + want.KeyId());
+  }
+  return VerifySigner(sig, roots, tenant);
 }
 
 }  // namespace vmseal::ovf

@@ -15,6 +15,7 @@
 #include "crypto/keys.h"
 #include "crypto/signature.h"
 #include "crypto/x509.h"
+#include "ovf/descriptor.h"
 
 namespace vmseal::ovf {
 
@@ -53,6 +54,51 @@ Status VerifyManifestSignature(const PackageSignature& sig, std::string_view man
 // `expected_signer`. UNAUTHENTICATED "signer_mismatch: ..." otherwise.
 Status VerifySigner(const PackageSignature& sig, const std::vector<crypto::Certificate>& roots,
                     std::string_view expected_signer);
+
+// What a customer signs (SHA-256) to prove that it holds a package-signing
+// key when it registers the key (docs/protocol.md §1): the ASCII text
+// "vmseal-signing-key-proof-v1", a zero byte, then the key's SPKI DER.
+crypto::Bytes SigningKeyProofMessage(const crypto::PublicKey& key);
+
+// --- Signed package metadata (docs/format/package.md §8.2) ---------------
+
+// Bounds of the texts a key release request carries (docs/protocol.md §5).
+inline constexpr size_t kMaxSignedDescriptorBytes = 256 * 1024;
+inline constexpr size_t kMaxSignedManifestBytes = 64 * 1024;
+
+// A package's signed metadata without its files: the descriptor, manifest
+// and .cert exactly as stored in the package.
+struct SignedPackageTexts {
+  std::string descriptor_name;  // "<stem>.ovf", as the manifest names it
+  std::string descriptor;
+  std::string manifest;
+  std::string certificate;  // the .cert; empty for an unsigned package
+};
+
+// What the signature covers, read from the verified texts.
+struct SignedDescriptor {
+  PackageSignature signature;
+  EncryptionTag tag;
+  WrappedKey wrapped_key;
+};
+
+// Checks the texts, in this order, before any key is touched: the bounds
+// above; a certificate is present (FAILED_PRECONDITION "unsigned_package:
+// ..."); it parses and its signature over the manifest, which it must name
+// "<stem>.mf", verifies (UNAUTHENTICATED "bad_signature: ..."); the manifest
+// lists `descriptor_name` with the digest of `descriptor` (UNAUTHENTICATED
+// "bad_signature: ..." on a mismatch); the descriptor parses and has a
+// valid EncryptionSection (INVALID_ARGUMENT otherwise). Who signed is
+// VerifySigner's question.
+StatusOr<SignedDescriptor> VerifySignedDescriptor(const SignedPackageTexts& texts);
+
+// Checks that the signer certificate of `sig` holds exactly the public key
+// of `registered_cert_pem` (the tenant's registered signing certificate) and
+// passes VerifySigner against `roots` for `tenant`. UNAUTHENTICATED
+// "signer_mismatch: ..." otherwise.
+Status VerifyRegisteredSigner(const PackageSignature& sig, const std::string& registered_cert_pem,
+                              const std::vector<crypto::Certificate>& roots,
+                              std::string_view tenant);
 
 }  // namespace vmseal::ovf
 

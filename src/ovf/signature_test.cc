@@ -12,6 +12,7 @@
 #include "ovf/ovf_test_helpers.h"
 #include "ovf/package.h"
 #include "ovf/tar.h"
+#include "ovf/testing/signed_texts.h"
 
 namespace vmseal::ovf {
 namespace {
@@ -347,6 +348,137 @@ TEST_F(SignedPackageTest, OpensslVerifiesTheSignature) {
   auto theirs = ParsePackageCertificate("SHA256(pkg.mf)= " + hex + "\n" + s.chain_pem);
   ASSERT_OK(theirs);
   EXPECT_OK(VerifyManifestSignature(*theirs, "pkg.mf", ReadFileOrDie(dir + "/pkg.mf")));
+}
+
+// --- Signed package metadata (what a release request carries) -------------
+
+class SignedDescriptorTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    tag_.image_id = "img-1";
+    tag_.tenant = "acme";
+    tag_.key_id = "sha256:" + std::string(64, 'c');
+    tag_.key_version = 1;
+    tag_.data_algorithm = std::string(kStreamAlgorithmUri);
+    key_.algorithm = std::string(kRsaOaepUri);
+    key_.ciphertext = crypto::Bytes(384, 0x42);
+    key_.oaep_label = OaepLabel(tag_);
+  }
+  SignedPackageTexts Texts(const Signer* signer) {
+    auto t = ovf::testing::MakeSignedTexts(tag_, key_, signer ? &signer->key : nullptr,
+                                           signer ? signer->chain_pem : "");
+    EXPECT_OK(t);
+    return *std::move(t);
+  }
+  EncryptionTag tag_;
+  WrappedKey key_;
+  Signer acme_ = NewSigner("acme");
+};
+
+TEST_F(SignedDescriptorTest, SignedTextsVerifyAndYieldTheSignedKey) {
+  auto v = VerifySignedDescriptor(Texts(&acme_));
+  ASSERT_OK(v);
+  EXPECT_EQ(v->tag.image_id, "img-1");
+  EXPECT_EQ(v->tag.tenant, "acme");
+  EXPECT_EQ(v->tag.key_id, tag_.key_id);
+  EXPECT_EQ(v->wrapped_key.ciphertext, key_.ciphertext);
+  EXPECT_EQ(v->wrapped_key.oaep_label, key_.oaep_label);
+  EXPECT_OK(VerifySigner(v->signature, {TestCa().cert}, "acme"));
+}
+
+TEST_F(SignedDescriptorTest, NoCertificateIsUnsignedPackage) {
+  EXPECT_STATUS(VerifySignedDescriptor(Texts(nullptr)), StatusCode::kFailedPrecondition,
+                "unsigned_package");
+}
+
+TEST_F(SignedDescriptorTest, DescriptorChangedAfterSigningIsBadSignature) {
+  SignedPackageTexts t = Texts(&acme_);
+  // Another wrapped key in the descriptor (one base64 character of the
+  // CipherValue changed): the manifest's digest no longer matches.
+  const size_t at = t.descriptor.find("CipherValue>");
+  ASSERT_NE(at, std::string::npos);
+  char& c = t.descriptor[at + 12];
+  c = c == 'Q' ? 'R' : 'Q';
+  EXPECT_STATUS(VerifySignedDescriptor(t), StatusCode::kUnauthenticated,
+                "bad_signature: the descriptor is not the one the signed manifest digests");
+}
+
+TEST_F(SignedDescriptorTest, ManifestChangedAfterSigningIsBadSignature) {
+  SignedPackageTexts t = Texts(&acme_);
+  t.manifest += "SHA256(extra.img)= " + std::string(64, '0') + "\n";
+  EXPECT_STATUS(VerifySignedDescriptor(t), StatusCode::kUnauthenticated, "bad_signature");
+}
+
+TEST_F(SignedDescriptorTest, ManifestThatDoesNotListTheDescriptorIsBadSignature) {
+  SignedPackageTexts t = Texts(&acme_);
+  t.descriptor_name = "other.ovf";  // the .cert names pkg.mf, so rename both
+  t.certificate.replace(t.certificate.find("pkg.mf"), 6, "other.mf");
+  EXPECT_STATUS(VerifySignedDescriptor(t), StatusCode::kUnauthenticated, "bad_signature");
+}
+
+TEST_F(SignedDescriptorTest, GarbageCertificateIsBadSignature) {
+  SignedPackageTexts t = Texts(&acme_);
+  t.certificate = "not a certificate\n";
+  EXPECT_STATUS(VerifySignedDescriptor(t), StatusCode::kUnauthenticated, "bad_signature");
+}
+
+TEST_F(SignedDescriptorTest, OversizedOrBadlyNamedTextsAreRefused) {
+  SignedPackageTexts t = Texts(&acme_);
+  t.descriptor_name = "../pkg.ovf";
+  EXPECT_STATUS(VerifySignedDescriptor(t), StatusCode::kInvalidArgument, "descriptor name");
+  t = Texts(&acme_);
+  t.descriptor.append(kMaxSignedDescriptorBytes, ' ');
+  EXPECT_STATUS(VerifySignedDescriptor(t), StatusCode::kInvalidArgument, "too large");
+}
+
+TEST_F(SignedDescriptorTest, RegisteredSignerMustHoldTheRegisteredKey) {
+  auto v = VerifySignedDescriptor(Texts(&acme_));
+  ASSERT_OK(v);
+  EXPECT_OK(VerifyRegisteredSigner(v->signature, acme_.chain_pem, {TestCa().cert}, "acme"));
+  // A certificate for "acme" from the same CA but for another key (the one
+  // registered) is not the signer.
+  Signer other = NewSigner("acme");
+  EXPECT_STATUS(VerifyRegisteredSigner(v->signature, other.chain_pem, {TestCa().cert}, "acme"),
+                StatusCode::kUnauthenticated, "signer_mismatch: signed by key");
+  // The registered key, but the package is checked for another tenant.
+  EXPECT_STATUS(VerifyRegisteredSigner(v->signature, acme_.chain_pem, {TestCa().cert}, "bob"),
+                StatusCode::kUnauthenticated, "signer_mismatch");
+}
+
+TEST_F(SignedDescriptorTest, SelfMadeSigningCertificateIsSignerMismatch) {
+  // Someone with the customer's public wrap key seals and signs with a key
+  // and CA of their own, naming the tenant.
+  auto ca = crypto::CreateSelfSignedCa({.common_name = "attacker ca"});
+  ASSERT_OK(ca);
+  auto key = crypto::PrivateKey::Generate(crypto::KeyType::kEcP256);
+  ASSERT_OK(key);
+  crypto::IssueOptions o;
+  o.common_name = "acme";
+  o.usage = crypto::CertUsage::kPackageSigning;
+  auto cert = crypto::IssueCertificate(*ca, key->Public(), o);
+  ASSERT_OK(cert);
+  Signer forged{*std::move(key), cert->ToPem()};
+  auto v = VerifySignedDescriptor(Texts(&forged));
+  ASSERT_OK(v);  // a valid signature, but by whom?
+  EXPECT_STATUS(VerifySigner(v->signature, {TestCa().cert}, "acme"), StatusCode::kUnauthenticated,
+                "signer_mismatch");
+  EXPECT_STATUS(VerifyRegisteredSigner(v->signature, acme_.chain_pem, {TestCa().cert}, "acme"),
+                StatusCode::kUnauthenticated, "signer_mismatch");
+}
+
+TEST(SigningKeyProof, BindsTheKeyAndVerifiesOnlyWithIt) {
+  auto a = crypto::PrivateKey::Generate(crypto::KeyType::kEcP256);
+  auto b = crypto::PrivateKey::Generate(crypto::KeyType::kEcP256);
+  ASSERT_OK(a);
+  ASSERT_OK(b);
+  const crypto::Bytes msg = SigningKeyProofMessage(a->Public());
+  EXPECT_EQ(std::string(msg.begin(), msg.begin() + 28), std::string("vmseal-signing-key-proof-v1\0", 28));
+  EXPECT_NE(msg, SigningKeyProofMessage(b->Public()));
+  auto sig = crypto::Sign(*a, crypto::SignatureDigest::kSha256, msg);
+  ASSERT_OK(sig);
+  EXPECT_OK(crypto::VerifySignature(a->Public(), crypto::SignatureDigest::kSha256, msg, *sig));
+  EXPECT_FALSE(crypto::VerifySignature(b->Public(), crypto::SignatureDigest::kSha256,
+                                       SigningKeyProofMessage(b->Public()), *sig).ok());
 }
 
 }  // namespace

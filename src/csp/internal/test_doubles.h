@@ -48,6 +48,8 @@ class FakeVerifier final : public PackageVerifier {
     line("TENANT", &out.tenant);
     line("KEYID", &out.key_id);
     line("IMAGEID", &out.tagged_image_id);
+    // "SIGNER=<key id>": the key id of the key that signed the manifest.
+    line("SIGNER", &out.signer_key_id);
     return out;
   }
 };
@@ -166,6 +168,36 @@ class FakeKmsClient final : public KmsClient {
     std::lock_guard<std::mutex> lock(mu_);
     return grants_;
   }
+  // Certifies the signing key as the KMS does (CN = customer id, EKU
+  // codeSigning); the proof is not checked here (the KMS's tests do).
+  StatusOr<SigningKey> RegisterSigningKey(const std::string& customer_id,
+                                          const std::string& public_key_pem,
+                                          const std::vector<uint8_t>& proof) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (unavailable_) return UnavailableError("HTTPS request failed: Connection");
+    if (proof.empty()) return PermissionDeniedError("bad_proof: no proof");
+    ASSIGN_OR_RETURN(crypto::PublicKey key, crypto::PublicKey::FromPem(public_key_pem));
+    crypto::IssueOptions io;
+    io.common_name = customer_id;
+    io.usage = crypto::CertUsage::kPackageSigning;
+    ASSIGN_OR_RETURN(crypto::Certificate cert, crypto::IssueCertificate(*ca_, key, io));
+    SigningKey out{customer_id, key.KeyId(), key.ToPem(), cert.ToPem()};
+    signing_keys_[customer_id] = out;
+    return out;
+  }
+  StatusOr<SigningKey> GetSigningKey(const std::string& customer_id) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (unavailable_) return UnavailableError("HTTPS request failed: Connection");
+    auto it = signing_keys_.find(customer_id);
+    if (it == signing_keys_.end()) return NotFoundError("no signing key");
+    return it->second;
+  }
+  // Replaces the signing key the fake answers with (a KMS or portal that
+  // lies about it).
+  void SetSigningKeyForTesting(const SigningKey& key) {
+    std::lock_guard<std::mutex> lock(mu_);
+    signing_keys_[key.customer_id] = key;
+  }
   std::string CaCertificatePem() const override { return ca_ ? ca_->cert.ToPem() : ""; }
 
  private:
@@ -181,6 +213,7 @@ class FakeKmsClient final : public KmsClient {
   std::map<std::string, std::string> images_;
   std::vector<LaunchGrant> grants_;
   bool grants_refused_ = false;
+  std::map<std::string, SigningKey> signing_keys_;
 };
 
 }  // namespace vmseal::csp::testing

@@ -179,7 +179,7 @@ class HostE2eTest : public ::testing::Test {
     }
 
     // Host, as `vmseal host serve` builds it.
-    HostConfig c;
+    HostConfig& c = config_;
     c.portal_url = "https://127.0.0.1:" + std::to_string(portal_->port());
     c.kms_url = "https://127.0.0.1:" + std::to_string(kms_port_);
     c.ca_file = dir_.File("ca.pem");
@@ -194,8 +194,19 @@ class HostE2eTest : public ::testing::Test {
     c.poll_interval_seconds = 0.2;
     c.accel = "tcg";
     c.capacity = HostCapacity{.vcpus = 2, .memory_mib = 2048, .slots = 2};
-    auto daemon = HostDaemon::Create(c, [this](const KmsClientSettings& s)
-                                            -> StatusOr<std::unique_ptr<KmsApi>> {
+    c.nbd_plugin = VMSEAL_NBD_PLUGIN_PATH;
+    ConfigureHost(&c);
+    auto daemon = MakeDaemon();
+    ASSERT_OK(daemon);
+    daemon_ = *std::move(daemon);
+    EXPECT_EQ(daemon_->host_id(), "host-1");
+  }
+
+  // The host daemon over config_, as `vmseal host serve` builds it (again
+  // after a simulated agent crash).
+  StatusOr<std::unique_ptr<HostDaemon>> MakeDaemon() {
+    return HostDaemon::Create(config_, [this](const KmsClientSettings& s)
+                                           -> StatusOr<std::unique_ptr<KmsApi>> {
       ASSIGN_OR_RETURN(auto inner, NewHttpsKmsClient({.url = s.url,
                                                       .ca_cert_file = s.ca_cert_file,
                                                       .cert_file = s.cert_file,
@@ -203,16 +214,17 @@ class HostE2eTest : public ::testing::Test {
                                                       .host_id = s.host_id}));
       return std::unique_ptr<KmsApi>(new HookedKms(std::move(inner), &after_release_));
     });
-    ASSERT_OK(daemon);
-    daemon_ = *std::move(daemon);
-    EXPECT_EQ(daemon_->host_id(), "host-1");
   }
+
+  // Hook for fixtures that change the host's configuration.
+  virtual void ConfigureHost(HostConfig*) {}
 
   void TearDown() override {
     if (daemon_ != nullptr) {
+      // Through the agent: it stops the VMs' exports (nbdkit) too.
       auto vms = daemon_->vms()->List();
       if (vms.ok()) {
-        for (const auto& v : *vms) (void)daemon_->vms()->Delete(v.name);
+        for (const auto& v : *vms) (void)daemon_->agent()->DeleteVm(v.name);
       }
     }
     if (portal_) portal_->Stop();
@@ -349,6 +361,7 @@ class HostE2eTest : public ::testing::Test {
   std::unique_ptr<httplib::SSLClient> customer_;
   httplib::Headers auth_;
   std::function<void()> after_release_;
+  HostConfig config_;
   std::unique_ptr<HostDaemon> daemon_;
 };
 
@@ -382,9 +395,13 @@ TEST_F(HostE2eTest, TrustedHostBootsTheSealedImageAndVmOutlivesTheService) {
   auto after = daemon_->vms()->Get(vm_name);
   ASSERT_OK(after);
   EXPECT_EQ(after->state, vm::VmRunState::kRunning);
-  // Nothing sealed or decrypted lingers outside the VM's own disk.
+  // Nothing sealed or decrypted lingers: no decrypted disk at all (the VM
+  // reads through its export), only its encrypted overlay.
   EXPECT_TRUE(vmseal::testing::ListDir(dir_.File("hs") + "/work").empty());
-  EXPECT_EQ(Disks().size(), 1u);
+  EXPECT_TRUE(Disks().empty());
+  ASSERT_EQ((*vms)[0].disks.size(), 1u);
+  EXPECT_EQ((*vms)[0].disks[0].source, vm::DiskSource::kNbd);
+  EXPECT_TRUE(fs::exists((*vms)[0].disks[0].overlay_path));
   // A restarted agent finds the VM again, and its start-up sweep keeps the
   // running VM's disk.
   auto restarted = vm::VmManager::Create({.state_dir = dir_.File("img"),
@@ -396,7 +413,7 @@ TEST_F(HostE2eTest, TrustedHostBootsTheSealedImageAndVmOutlivesTheService) {
   auto removed = RemoveStaleFiles(restarted->get(), dir_.File("img"), dir_.File("hs") + "/work");
   ASSERT_OK(removed);
   EXPECT_EQ(*removed, 0);
-  EXPECT_EQ(Disks().size(), 1u);
+  EXPECT_TRUE(fs::exists((*vms)[0].disks[0].overlay_path));
 }
 
 // The same path with the portal's packages in an S3-compatible store.
@@ -604,6 +621,8 @@ class HostDiskFormatE2eTest : public HostE2eTest {
     EXPECT_TRUE(vmseal::testing::ListDir(dir_.File("img") + "/run").empty());
     EXPECT_TRUE(Disks().empty());
     EXPECT_TRUE(vmseal::testing::ListDir(dir_.File("hs") + "/work").empty());
+    // No export, overlay or cache of the refused job either.
+    EXPECT_TRUE(vmseal::testing::ListDir(dir_.File("img") + "/vd").empty());
   }
 };
 

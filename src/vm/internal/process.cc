@@ -133,7 +133,8 @@ int64_t WallClockMs() {
   return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
 }
 
-StatusOr<pid_t> SpawnProcess(const std::vector<std::string>& argv, const std::string& log_path) {
+StatusOr<pid_t> SpawnProcess(const std::vector<std::string>& argv, const std::string& log_path,
+                             int inherit_fd) {
   if (argv.empty()) return InvalidArgumentError("spawn: empty argv");
   // Everything the child needs is prepared here: between fork and exec only
   // async-signal-safe calls are made.
@@ -151,7 +152,14 @@ StatusOr<pid_t> SpawnProcess(const std::vector<std::string>& argv, const std::st
     return InternalError(std::string("pipe: ") + std::strerror(errno));
   }
   Fd err_read(pipefd[0]);
-  Fd err_write(pipefd[1]);
+  // Above 3, so that placing inherit_fd at 3 in the child clobbers neither.
+  Fd err_write(::fcntl(pipefd[1], F_DUPFD_CLOEXEC, 10));
+  ::close(pipefd[1]);
+  if (err_write.get() < 0) return InternalError(std::string("dup: ") + std::strerror(errno));
+  Fd inherit(inherit_fd >= 0 ? ::fcntl(inherit_fd, F_DUPFD_CLOEXEC, 10) : -1);
+  if (inherit_fd >= 0 && inherit.get() < 0) {
+    return InternalError(std::string("dup: ") + std::strerror(errno));
+  }
 
   pid_t pid = ::fork();
   if (pid < 0) return InternalError(std::string("fork: ") + std::strerror(errno));
@@ -166,9 +174,14 @@ StatusOr<pid_t> SpawnProcess(const std::vector<std::string>& argv, const std::st
       (void)!::write(err_write.get(), &e, sizeof e);
       ::_exit(127);
     }
-    // Close every inherited fd except stdio and the error pipe.
+    if (inherit.get() >= 0 && ::dup2(inherit.get(), 3) < 0) {  // dup2 clears CLOEXEC
+      int e = errno;
+      (void)!::write(err_write.get(), &e, sizeof e);
+      ::_exit(127);
+    }
+    // Close every inherited fd except stdio, fd 3 if passed and the error pipe.
     int keep = err_write.get();
-    for (int fd = 3; fd < 1024; ++fd) {
+    for (int fd = inherit.get() >= 0 ? 4 : 3; fd < 1024; ++fd) {
       if (fd != keep) ::close(fd);
     }
     ::execvp(cargv[0], cargv.data());

@@ -71,8 +71,10 @@ class QmpConnection {
     }
   }
 
-  Status Send(const std::string& command) {
-    std::string msg = nlohmann::json{{"execute", command}}.dump() + "\n";
+  Status Send(const std::string& command, const nlohmann::json* arguments = nullptr) {
+    nlohmann::json m = {{"execute", command}};
+    if (arguments != nullptr) m["arguments"] = *arguments;
+    std::string msg = m.dump() + "\n";
     size_t off = 0;
     while (off < msg.size()) {
       ssize_t n = ::send(fd_, msg.data() + off, msg.size() - off, MSG_NOSIGNAL);
@@ -284,6 +286,18 @@ bool TakeReapedStatus(pid_t pid, int* status) {
 
 StatusOr<std::string> QmpExecute(const std::string& socket_path, const std::string& command,
                                  int64_t timeout_ms) {
+  return QmpExecuteWithArguments(socket_path, command, "", timeout_ms);
+}
+
+StatusOr<std::string> QmpExecuteWithArguments(const std::string& socket_path,
+                                              const std::string& command,
+                                              const std::string& arguments_json,
+                                              int64_t timeout_ms) {
+  nlohmann::json arguments;
+  if (!arguments_json.empty()) {
+    arguments = nlohmann::json::parse(arguments_json, nullptr, /*allow_exceptions=*/false);
+    if (!arguments.is_object()) return InvalidArgumentError("qmp: arguments are not an object");
+  }
   int64_t deadline = MonotonicMs() + timeout_ms;
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
@@ -302,7 +316,7 @@ StatusOr<std::string> QmpExecute(const std::string& socket_path, const std::stri
   RETURN_IF_ERROR(conn.Send("qmp_capabilities"));
   ASSIGN_OR_RETURN(nlohmann::json caps, conn.ReadReply());
   if (!caps.contains("return")) return InternalError("qmp: qmp_capabilities refused");
-  RETURN_IF_ERROR(conn.Send(command));
+  RETURN_IF_ERROR(conn.Send(command, arguments_json.empty() ? nullptr : &arguments));
   ASSIGN_OR_RETURN(nlohmann::json reply, conn.ReadReply());
   if (reply.contains("error")) {
     std::string desc = reply["error"].value("desc", std::string("unknown error"));

@@ -50,6 +50,12 @@ bool TakeReapedStatus(pid_t pid, int* status);
 StatusOr<std::string> QmpExecute(const std::string& socket_path, const std::string& command,
                                  int64_t timeout_ms);
 
+// The same with an "arguments" object (JSON text; "" = none).
+StatusOr<std::string> QmpExecuteWithArguments(const std::string& socket_path,
+                                              const std::string& command,
+                                              const std::string& arguments_json,
+                                              int64_t timeout_ms);
+
 // The last `max_bytes` of a file ("" when it cannot be read), as one line:
 // control characters become spaces.
 std::string FileTail(const std::string& path, size_t max_bytes);

@@ -240,7 +240,7 @@ StatusOr<vm::VmInfo> HostAgent::RunJobSteps(const Job& job, const std::string& v
   Report(report, job, JobPhase::kFetching);
   ovf::PackageOpenOptions open_options;
   open_options.require_encrypted = !options_.allow_plain_images;
-  const bool remote = !options_.portal_url.empty();
+  bool remote = !options_.portal_url.empty();
   nbd_export::RemotePackage remote_package;
   StatusOr<std::unique_ptr<ovf::Package>> package_or = UnknownError("not opened");
   if (remote) {
@@ -258,7 +258,16 @@ StatusOr<vm::VmInfo> HostAgent::RunJobSteps(const Job& job, const std::string& v
     } else {
       package_or = opened.status();
     }
-  } else {
+    // A source that cannot serve byte ranges (the transfer itself failed,
+    // not the package): the package is fetched whole and read in place.
+    if (!package_or.ok() && (package_or.status().code() == StatusCode::kUnavailable ||
+                             package_or.status().code() == StatusCode::kDataLoss)) {
+      remote = false;
+      std::error_code ec;
+      std::filesystem::remove_all(VmDiskDir(vm_name) + "/meta", ec);
+    }
+  }
+  if (!remote) {
     RETURN_IF_ERROR(packages_->Fetch(job, package_path).WithPrefix("fetch"));
     package_or = ovf::Package::Open(env_, package_path, open_options);
   }

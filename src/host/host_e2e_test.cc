@@ -470,7 +470,16 @@ TEST_F(HostE2eTest, TamperedHostGetsNoKeyAndTheJobMovesWithPcrPolicy) {
   EXPECT_TRUE(Disks().empty());
 }
 
-TEST_F(HostE2eTest, PackageTamperedInTransitIsRefusedBeforeAnyRelease) {
+// A host that downloads the whole package before launch
+// (fetch_whole_package): the manifest digests are checked before any key is
+// asked for. (Streamed, a corrupted chunk is found when it is read:
+// HostStreamE2eTest.TamperedChunkReadLazilyIsAGuestIoErrorAndAnEvent.)
+class HostFetchE2eTest : public HostE2eTest {
+ protected:
+  void ConfigureHost(HostConfig* c) override { c->fetch_whole_package = true; }
+};
+
+TEST_F(HostFetchE2eTest, PackageTamperedInTransitIsRefusedBeforeAnyRelease) {
   HostService* svc = daemon_->service();
   ASSERT_OK(svc->Start());
   RegisterCustomer();
@@ -974,6 +983,54 @@ TEST_F(HostStreamE2eTest, AgentGoneAndRestartedServesTheExportsAgain) {
   auto now = daemon_->vms()->Get(vm.name);
   ASSERT_OK(now);
   EXPECT_EQ(now->state, vm::VmRunState::kRunning);
+}
+
+
+TEST_F(HostStreamE2eTest, TamperedChunkReadLazilyIsAGuestIoErrorAndAnEvent) {
+  const std::string job_id = UploadAndLaunch(Seal("tampered-chunk"));
+  // One bit of the stored package flips in the middle of the sealed disk,
+  // as a corrupting store or network path would; streamed, nothing reads
+  // it before the VM starts.
+  bool flipped = false;
+  for (const auto& e : fs::recursive_directory_iterator(dir_.File("portal") + "/objects")) {
+    if (!e.is_regular_file() || e.file_size() < (1 << 20)) continue;
+    std::string data = vmseal::testing::ReadFileOrDie(e.path().string());
+    data[data.size() / 2] ^= 0x01;
+    vmseal::testing::WriteFileOrDie(e.path().string(), data);
+    flipped = true;
+  }
+  ASSERT_TRUE(flipped);
+  ASSERT_OK(daemon_->service()->PollOnce());
+  json job = JobJson(job_id);
+  ASSERT_EQ(job["state"], "running") << job.dump();
+  auto vms = daemon_->vms()->List();
+  ASSERT_OK(vms);
+  ASSERT_EQ(vms->size(), 1u);
+  const vm::VmInfo vm = (*vms)[0];
+  // The guest reads the whole disk: the tampered chunk is an I/O error,
+  // never other bytes; the chunks before it read fine.
+  const uint64_t size = fs::file_size(image_);
+  auto whole = QemuIo(vm, "disk0", "read 0 " + std::to_string(size));
+  ASSERT_OK(whole);
+  EXPECT_NE(whole->find("Input/output error"), std::string::npos) << *whole;
+  auto head = QemuIo(vm, "disk0", "read 0 1M");
+  ASSERT_OK(head);
+  EXPECT_NE(head->find("read 1048576/1048576"), std::string::npos) << *head;
+  // And the agent has the event, with the job it belongs to.
+  std::vector<DiskEvent> events = daemon_->agent()->DiskEvents();
+  bool found = false;
+  for (const DiskEvent& e : events) {
+    if (e.event == "chunk_auth_failed") {
+      found = true;
+      EXPECT_EQ(e.job_id, job_id);
+      EXPECT_EQ(e.vm_name, vm.name);
+    }
+  }
+  EXPECT_TRUE(found);
+  // Each event is returned once.
+  for (const DiskEvent& e : daemon_->agent()->DiskEvents()) {
+    EXPECT_NE(e.event, "chunk_auth_failed") << e.detail;
+  }
 }
 
 class HostCopyModeE2eTest : public HostStreamE2eTest {

@@ -2,13 +2,23 @@
 
 #include <sys/stat.h>
 
+#include <cstdio>
+#include <filesystem>
 #include <optional>
 #include <utility>
 
+#include "attest/tpm_format.h"
+#include "crypto/key_wrap.h"
+#include "crypto/keys.h"
 #include "disk_format/disk_format.h"
+#include "host/internal/launch_record.h"
 #include "host/internal/virtual_hardware.h"
+#include "json/json.h"
+#include "nbd_export/nbd_file.h"
+#include "nbd_export/remote_package.h"
 #include "ovf/package.h"
 #include "ovf/package_format.h"
+#include "vm/encrypted_disk.h"
 
 namespace vmseal::host {
 namespace {
@@ -47,6 +57,54 @@ StatusOr<vm::DiskFormat> InspectDisk(Env* env, const std::string& path,
   return found;
 }
 
+// The same through a disk's NBD export: the first bytes are read from the
+// export (plaintext only in memory), before any qemu opens it.
+StatusOr<disk_format::DiskInfo> InspectExport(const std::string& socket,
+                                              const std::optional<vm::DiskFormat>& declared) {
+  ASSIGN_OR_RETURN(auto file, nbd_export::OpenNbdFile(socket));
+  ASSIGN_OR_RETURN(disk_format::DiskInfo info, disk_format::Inspect(*file));
+  const vm::DiskFormat found =
+      info.format == disk_format::Format::kQcow2 ? vm::DiskFormat::kQcow2 : vm::DiskFormat::kRaw;
+  if (declared.has_value() && *declared != found) {
+    return UnsafeDiskFormat(std::string("descriptor declares a ") +
+                            vm::DiskFormatName(*declared) + " disk, the image is " +
+                            vm::DiskFormatName(found));
+  }
+  return info;
+}
+
+vm::DiskFormat VmFormat(disk_format::Format f) {
+  return f == disk_format::Format::kQcow2 ? vm::DiskFormat::kQcow2 : vm::DiskFormat::kRaw;
+}
+
+// RSA-OAEP-SHA256 to the TPM binding key's public half under `purpose`
+// (docs/format/key-wrap.md, label = purpose || 0x00): only this host's TPM
+// can unwrap it (SecurityEngine::Decrypt).
+StatusOr<internal::TpmWrapped> WrapToBindingKey(tpm::SecurityEngine* tpm,
+                                                const SecretBytes& secret,
+                                                const std::string& purpose) {
+  ASSIGN_OR_RETURN(TPMT_PUBLIC pub, attest::ParsePublic(tpm->BindingKeyPublic()));
+  ASSIGN_OR_RETURN(crypto::EvpPkeyPtr pkey, attest::RsaPublicKey(pub));
+  ASSIGN_OR_RETURN(crypto::PublicKey key, crypto::PublicKey::FromEvpPkey(pkey.get()));
+  internal::TpmWrapped out;
+  ASSIGN_OR_RETURN(out.wrapped, crypto::RsaOaepWrap(key, secret, purpose, crypto::OaepLabel::kTpm));
+  out.label.assign(purpose.begin(), purpose.end());
+  out.label.push_back(0);
+  return out;
+}
+
+std::string DiskSecretPurpose(const std::string& vm_name) {
+  return "vmseal disk secret v1 " + vm_name;
+}
+
+Status MakePrivateDir(const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return InternalError("create " + dir + ": " + ec.message());
+  if (::chmod(dir.c_str(), 0700) != 0) return ErrnoToStatus(errno, "chmod", dir);
+  return OkStatus();
+}
+
 // VM names are the job id with characters outside [A-Za-z0-9._-] mapped to '-'.
 std::string VmNameFor(const Job& job) {
   std::string name = "vm-" + job.job_id;
@@ -60,6 +118,16 @@ std::string VmNameFor(const Job& job) {
 }
 
 }  // namespace
+
+const char* LaunchModeName(LaunchMode mode) {
+  return mode == LaunchMode::kCopy ? "copy" : "stream";
+}
+
+StatusOr<LaunchMode> ParseLaunchMode(const std::string& name) {
+  if (name == "stream") return LaunchMode::kStream;
+  if (name == "copy") return LaunchMode::kCopy;
+  return InvalidArgumentError("unknown launch mode \"" + name + "\" (want stream or copy)");
+}
 
 const char* JobPhaseName(JobPhase phase) {
   switch (phase) {
@@ -78,6 +146,8 @@ StatusOr<std::unique_ptr<HostAgent>> HostAgent::Create(const HostAgentOptions& o
                                                        vm::VmManager* vms, KmsApi* kms,
                                                        PackageSource* packages) {
   if (options.work_dir.empty()) return InvalidArgumentError("host agent: work_dir is required");
+  if (options.disk_dir.empty()) return InvalidArgumentError("host agent: disk_dir is required");
+  RETURN_IF_ERROR(MakePrivateDir(options.disk_dir));
   if (tpm == nullptr || vms == nullptr || kms == nullptr || packages == nullptr) {
     return InvalidArgumentError("host agent: missing dependency");
   }
@@ -135,11 +205,15 @@ StatusOr<vm::VmInfo> HostAgent::RunJob(const Job& job, const JobUpdateFn& on_upd
   const std::string vm_name = VmNameFor(job);
   const std::string package_path = options_.work_dir + "/" + vm_name + ".pkg";
   StatusOr<vm::VmInfo> result = RunJobSteps(job, vm_name, package_path, report);
-  // The sealed package is not needed once the disk is decrypted (or failed).
+  // A package the exports still read was moved into the VM's disk dir.
   if (env_->FileExists(package_path)) (void)env_->RemoveFile(package_path);
   if (!result.ok()) {
-    // No decrypted data stays behind: stop the VM if it started, remove its disk.
+    // Nothing of the job stays behind: stop the VM if it started, its
+    // exports, and remove its disk, overlays, caches and record.
     (void)vms_->Delete(vm_name);
+    StopExports(vm_name);
+    std::error_code ec;
+    std::filesystem::remove_all(VmDiskDir(vm_name), ec);
     auto disk = vms_->DiskPath(vm_name);
     if (disk.ok() && env_->FileExists(*disk)) (void)env_->RemoveFile(*disk);
     Report(report, job, JobPhase::kFailed, result.status().message());
@@ -147,22 +221,63 @@ StatusOr<vm::VmInfo> HostAgent::RunJob(const Job& job, const JobUpdateFn& on_upd
   return result;
 }
 
+std::string HostAgent::VmDiskDir(const std::string& vm_name) const {
+  // 16 hex digits of FNV-1a 64 over the name keep socket paths short; the
+  // launch record inside names the VM.
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (unsigned char c : vm_name) {
+    h ^= c;
+    h *= 0x100000001b3ull;
+  }
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+  return options_.disk_dir + "/" + buf;
+}
+
 StatusOr<vm::VmInfo> HostAgent::RunJobSteps(const Job& job, const std::string& vm_name,
                                             const std::string& package_path,
                                             const JobUpdateFn& report) {
   Report(report, job, JobPhase::kFetching);
-  RETURN_IF_ERROR(packages_->Fetch(job, package_path).WithPrefix("fetch"));
-
   ovf::PackageOpenOptions open_options;
   open_options.require_encrypted = !options_.allow_plain_images;
-  auto package_or = ovf::Package::Open(env_, package_path, open_options);
+  bool remote = !options_.portal_url.empty();
+  nbd_export::RemotePackage remote_package;
+  StatusOr<std::unique_ptr<ovf::Package>> package_or = UnknownError("not opened");
+  if (remote) {
+    // Only the package's metadata is read now; the disks stream later.
+    RETURN_IF_ERROR(MakePrivateDir(VmDiskDir(vm_name)));
+    nbd_export::HttpsRangeSourceOptions ro;
+    ro.url = options_.portal_url + "/v1/hosts/jobs/" + job.job_id + "/package";
+    ro.ca_file = options_.ca_file;
+    ro.cert_file = options_.cert_file;
+    ro.key_file = options_.key_file;
+    auto opened = nbd_export::OpenRemotePackage(ro, VmDiskDir(vm_name) + "/meta", open_options);
+    if (opened.ok()) {
+      remote_package = *std::move(opened);
+      package_or = std::move(remote_package.package);
+    } else {
+      package_or = opened.status();
+    }
+    // A source that cannot serve byte ranges (the transfer itself failed,
+    // not the package): the package is fetched whole and read in place.
+    if (!package_or.ok() && (package_or.status().code() == StatusCode::kUnavailable ||
+                             package_or.status().code() == StatusCode::kDataLoss)) {
+      remote = false;
+      std::error_code ec;
+      std::filesystem::remove_all(VmDiskDir(vm_name) + "/meta", ec);
+    }
+  }
+  if (!remote) {
+    RETURN_IF_ERROR(packages_->Fetch(job, package_path).WithPrefix("fetch"));
+    package_or = ovf::Package::Open(env_, package_path, open_options);
+  }
   if (!package_or.ok()) {
     if (!options_.allow_plain_images &&
         package_or.status().message().find("not encrypted") != std::string::npos) {
       return FailedPreconditionError("unencrypted_image: host policy requires an encrypted "
                                      "package");
     }
-    return package_or.status().WithPrefix("package");
+    return package_or.status().WithPrefix(remote ? "package fetch" : "package");
   }
   std::unique_ptr<ovf::Package> package = std::move(package_or).value();
   const ovf::EncryptionTag& tag = package->tag();
@@ -174,67 +289,73 @@ StatusOr<vm::VmInfo> HostAgent::RunJobSteps(const Job& job, const std::string& v
   ASSIGN_OR_RETURN(internal::VirtualHardware hardware,
                    internal::ReadVirtualHardware(package->descriptor_text()));
   if (package->files().empty()) return InvalidArgumentError("package: no disk file");
-  // The first file of References is the boot disk.
-  const ovf::FileRef& boot = package->files().front();
-  ASSIGN_OR_RETURN(std::optional<vm::DiskFormat> declared_format,
-                   DeclaredFormat(boot));
-  ASSIGN_OR_RETURN(std::string disk_path, vms_->DiskPath(vm_name));
+  if (package->files().size() > 16) return InvalidArgumentError("package: more than 16 disks");
+  // Every declared format is checked before any key is released.
+  for (const ovf::FileRef& f : package->files()) {
+    ASSIGN_OR_RETURN(std::optional<vm::DiskFormat> declared, DeclaredFormat(f));
+    (void)declared;
+  }
+  vm::VmSpec spec;
+  spec.name = vm_name;
+  spec.cpus = hardware.cpus;
+  spec.memory_mib = hardware.memory_mib;
 
+  if (package->encrypted()) {
+    Report(report, job, JobPhase::kAttesting);
+    // The job is the portal's for one tenant: a package sealed for another
+    // tenant is not run for it (the KMS's grant check refuses it too).
+    if (!job.tenant.empty() && tag.tenant != job.tenant) {
+      return FailedPreconditionError("tenant_mismatch: package is sealed for tenant '" +
+                                     tag.tenant + "', job is of tenant '" + job.tenant + "'");
+    }
+    ReleaseRequest request;
+    request.job_id = job.job_id;
+    request.image_id = tag.image_id;
+    request.tenant = tag.tenant;
+    request.key_id = tag.key_id;
+    request.key_version = tag.key_version;
+    request.wrap_algorithm = package->wrapped_key().algorithm;
+    request.oaep_label = package->wrapped_key().oaep_label;
+    request.wrapped_key = package->wrapped_key().ciphertext;
+    request.descriptor_name = package->descriptor_name();
+    request.descriptor = package->descriptor_text();
+    request.manifest = package->manifest_text();
+    request.package_cert = package->certificate_text();
+    ASSIGN_OR_RETURN(crypto::Bytes nonce, kms_->Nonce());
+    ASSIGN_OR_RETURN(request.evidence, tpm_->Attest(nonce, options_.pcr_selection));
+    ASSIGN_OR_RETURN(ReleasedKey released, kms_->Release(request));
+
+    Report(report, job, JobPhase::kDecrypting);
+    ASSIGN_OR_RETURN(SecretBytes data_key,
+                     tpm_->Decrypt(released.rewrapped_key, released.label));
+    return LaunchEncrypted(job, vm_name, remote ? "" : package_path, *package, data_key,
+                           released, spec, report);
+  }
+
+  // A plain package (allow_plain_images): the customer stored it in clear;
+  // its boot disk is copied out as it is.
+  const ovf::FileRef& boot = package->files().front();
+  ASSIGN_OR_RETURN(std::optional<vm::DiskFormat> declared_format, DeclaredFormat(boot));
+  ASSIGN_OR_RETURN(std::string disk_path, vms_->DiskPath(vm_name));
   {
     ASSIGN_OR_RETURN(auto out, AtomicOutputFile::Create(env_, disk_path, 0600));
-    if (package->encrypted()) {
-      Report(report, job, JobPhase::kAttesting);
-      // The job is the portal's for one tenant: a package sealed for another
-      // tenant is not run for it (the KMS's grant check refuses it too).
-      if (!job.tenant.empty() && tag.tenant != job.tenant) {
-        return FailedPreconditionError("tenant_mismatch: package is sealed for tenant '" +
-                                       tag.tenant + "', job is of tenant '" + job.tenant + "'");
-      }
-      ReleaseRequest request;
-      request.job_id = job.job_id;
-      request.image_id = tag.image_id;
-      request.tenant = tag.tenant;
-      request.key_id = tag.key_id;
-      request.key_version = tag.key_version;
-      request.wrap_algorithm = package->wrapped_key().algorithm;
-      request.oaep_label = package->wrapped_key().oaep_label;
-      request.wrapped_key = package->wrapped_key().ciphertext;
-      request.descriptor_name = package->descriptor_name();
-      request.descriptor = package->descriptor_text();
-      request.manifest = package->manifest_text();
-      request.package_cert = package->certificate_text();
-      ASSIGN_OR_RETURN(crypto::Bytes nonce, kms_->Nonce());
-      ASSIGN_OR_RETURN(request.evidence, tpm_->Attest(nonce, options_.pcr_selection));
-      ASSIGN_OR_RETURN(ReleasedKey released, kms_->Release(request));
-
-      Report(report, job, JobPhase::kDecrypting);
-      ASSIGN_OR_RETURN(SecretBytes data_key,
-                       tpm_->Decrypt(released.rewrapped_key, released.label));
-      RETURN_IF_ERROR(package->DecryptFile(boot.id, data_key, out->file()).WithPrefix("decrypt"));
-    } else {
-      Report(report, job, JobPhase::kDecrypting);
-      ASSIGN_OR_RETURN(auto stored, package->OpenStoredFile(boot.id));
-      ASSIGN_OR_RETURN(uint64_t size, stored->Size());
-      std::vector<uint8_t> buf(1 << 20);
-      for (uint64_t off = 0; off < size;) {
-        ASSIGN_OR_RETURN(size_t n, stored->Read(off, buf));
-        if (n == 0) return DataLossError("package: disk shorter than its size");
-        RETURN_IF_ERROR(out->file()->Append({buf.data(), n}));
-        off += n;
-      }
+    Report(report, job, JobPhase::kDecrypting);
+    ASSIGN_OR_RETURN(auto stored, package->OpenStoredFile(boot.id));
+    ASSIGN_OR_RETURN(uint64_t size, stored->Size());
+    std::vector<uint8_t> buf(1 << 20);
+    for (uint64_t off = 0; off < size;) {
+      ASSIGN_OR_RETURN(size_t n, stored->Read(off, buf));
+      if (n == 0) return DataLossError("package: disk shorter than its size");
+      RETURN_IF_ERROR(out->file()->Append({buf.data(), n}));
+      off += n;
     }
     RETURN_IF_ERROR(out->Commit());
   }
   // Before any qemu process starts; a refusal removes the disk (RunJob).
   ASSIGN_OR_RETURN(vm::DiskFormat disk_format, InspectDisk(env_, disk_path, declared_format));
-
   Report(report, job, JobPhase::kLaunching);
-  vm::VmSpec spec;
-  spec.name = vm_name;
   spec.disk_path = disk_path;
   spec.disk_format = disk_format;
-  spec.cpus = hardware.cpus;
-  spec.memory_mib = hardware.memory_mib;
   ASSIGN_OR_RETURN(vm::VmInfo info, vms_->Launch(spec));
   Report(report, job, JobPhase::kRunning, "", &info);
   return info;
@@ -244,9 +365,280 @@ Status JobRunner::StopVm(const std::string&) { return UnimplementedError("StopVm
 Status JobRunner::DeleteVm(const std::string&) { return UnimplementedError("DeleteVm"); }
 StatusOr<std::vector<vm::VmInfo>> JobRunner::ListVms() { return UnimplementedError("ListVms"); }
 
-Status HostAgent::StopVm(const std::string& name) { return vms_->Stop(name); }
+StatusOr<std::vector<std::unique_ptr<nbd_export::Export>>> HostAgent::StartExports(
+    const std::string& vm_name, const std::string& job_id, const std::string& package_path,
+    const std::vector<std::string>& disk_ids, const std::string& image_id,
+    const std::string& tenant, const SecretBytes& data_key, bool exit_with_parent,
+    bool reattach) {
+  if (options_.nbd_plugin_path.empty()) {
+    return FailedPreconditionError("host agent: no nbd_plugin_path: cannot serve encrypted disks");
+  }
+  std::vector<std::unique_ptr<nbd_export::Export>> out;
+  for (size_t i = 0; i < disk_ids.size(); ++i) {
+    nbd_export::ExportOptions eo;
+    eo.nbdkit_path = options_.nbdkit_path;
+    eo.plugin_path = options_.nbd_plugin_path;
+    eo.state_dir = VmDiskDir(vm_name) + "/d" + std::to_string(i);
+    if (!package_path.empty()) {
+      eo.package_path = package_path;
+    } else {
+      eo.remote.url = options_.portal_url + "/v1/hosts/jobs/" + job_id + "/package";
+      eo.remote.ca_file = options_.ca_file;
+      eo.remote.cert_file = options_.cert_file;
+      eo.remote.key_file = options_.key_file;
+    }
+    eo.disk_id = disk_ids[i];
+    eo.expected_image_id = image_id;
+    eo.expected_tenant = tenant;
+    eo.prefetch = options_.prefetch;
+    eo.exit_with_parent = exit_with_parent;
+    auto e = reattach ? nbd_export::Export::Reattach(eo, data_key)
+                      : nbd_export::Export::Start(eo, data_key);
+    if (!e.ok()) return e.status().WithPrefix("disk " + disk_ids[i]);
+    out.push_back(*std::move(e));
+  }
+  return out;
+}
 
-Status HostAgent::DeleteVm(const std::string& name) { return vms_->Delete(name); }
+StatusOr<vm::VmInfo> HostAgent::LaunchEncrypted(const Job& job, const std::string& vm_name,
+                                                const std::string& fetched_package,
+                                                const ovf::Package& package,
+                                                const SecretBytes& data_key,
+                                                const ReleasedKey& released,
+                                                const vm::VmSpec& base,
+                                                const JobUpdateFn& report) {
+  const std::string dir = VmDiskDir(vm_name);
+  RETURN_IF_ERROR(MakePrivateDir(dir));
+  const bool stream = options_.launch_mode == LaunchMode::kStream;
+  // A fetched package (ciphertext) stays beside the exports while they read it.
+  std::string package_path;
+  if (!fetched_package.empty()) {
+    package_path = dir + "/package";
+    RETURN_IF_ERROR(env_->RenameFile(fetched_package, package_path));
+  }
+  internal::LaunchRecord record;
+  record.vm_name = vm_name;
+  record.job_id = job.job_id;
+  record.mode = LaunchModeName(options_.launch_mode);
+  record.package_path = package_path;
+  if (package_path.empty()) {
+    record.url = options_.portal_url + "/v1/hosts/jobs/" + job.job_id + "/package";
+  }
+  record.image_id = package.tag().image_id;
+  record.tenant = package.tag().tenant;
+  std::vector<std::string> ids;
+  for (const ovf::FileRef& f : package.files()) ids.push_back(f.id);
+
+  // Copy mode needs the exports only while it converts: they die with us.
+  {
+    ASSIGN_OR_RETURN(auto exports,
+                     StartExports(vm_name, job.job_id, package_path, ids, record.image_id,
+                                  record.tenant, data_key, /*exit_with_parent=*/false,
+                                  /*reattach=*/false));
+    std::lock_guard<std::mutex> lock(mu_);
+    exports_[vm_name] = std::move(exports);
+  }
+  std::vector<std::string> sockets;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& e : exports_[vm_name]) sockets.push_back(e->socket_path());
+  }
+  // Every disk is inspected through its export before any qemu opens it.
+  std::vector<disk_format::DiskInfo> infos;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    ASSIGN_OR_RETURN(std::optional<vm::DiskFormat> declared, DeclaredFormat(package.files()[i]));
+    ASSIGN_OR_RETURN(disk_format::DiskInfo info, InspectExport(sockets[i], declared));
+    infos.push_back(info);
+  }
+
+  SecretBytes disk_secret = vm::NewDiskSecret();
+  ASSIGN_OR_RETURN(record.disk_secret,
+                   WrapToBindingKey(tpm_, disk_secret, DiskSecretPurpose(vm_name)));
+  if (stream) record.data_key = {released.rewrapped_key, released.label};
+
+  vm::QemuImgOptions qo;
+  qo.binary = options_.qemu_img_path;
+  vm::VmSpec spec = base;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const std::string file = dir + "/d" + std::to_string(i) + ".qcow2";
+    vm::VmDisk disk;
+    // The descriptor names no boot disk (ovf::Descriptor exposes none): the
+    // first file of References boots.
+    disk.boot = i == 0;
+    if (stream) {
+      RETURN_IF_ERROR(vm::CreateEncryptedOverlay(qo, file, infos[i].virtual_size, disk_secret)
+                          .WithPrefix("overlay"));
+      disk.path = sockets[i];
+      disk.source = vm::DiskSource::kNbd;
+      disk.format = VmFormat(infos[i].format);
+      disk.overlay_path = file;
+    } else {
+      RETURN_IF_ERROR(vm::ConvertToEncrypted(qo, sockets[i], VmFormat(infos[i].format), file,
+                                             disk_secret)
+                          .WithPrefix("copy"));
+      disk.path = file;
+      disk.format = vm::DiskFormat::kQcow2;
+      disk.encrypted = true;
+    }
+    record.disks.push_back({ids[i], dir + "/d" + std::to_string(i),
+                            vm::DiskFormatName(disk.format), file});
+    spec.disks.push_back(disk);
+  }
+  if (!stream) {
+    // The copies are complete: the exports, their caches and the package go.
+    StopExports(vm_name);
+    std::error_code ec;
+    for (size_t i = 0; i < ids.size(); ++i) {
+      std::filesystem::remove_all(dir + "/d" + std::to_string(i), ec);
+    }
+    std::filesystem::remove_all(dir + "/meta", ec);
+    if (!package_path.empty()) (void)env_->RemoveFile(package_path);
+    record.package_path.clear();
+  }
+  RETURN_IF_ERROR(WriteStringToFileAtomic(env_, dir + "/launch.json",
+                                          internal::SerializeLaunchRecord(record), 0600));
+
+  Report(report, job, JobPhase::kLaunching);
+  ASSIGN_OR_RETURN(vm::VmInfo info, vms_->Launch(spec, &disk_secret));
+  Report(report, job, JobPhase::kRunning, "", &info);
+  return info;
+}
+
+void HostAgent::StopExports(const std::string& name) {
+  std::vector<std::unique_ptr<nbd_export::Export>> exports;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = exports_.find(name);
+    if (it != exports_.end()) {
+      exports = std::move(it->second);
+      exports_.erase(it);
+    }
+  }
+  for (auto& e : exports) (void)e->Stop();
+  // Exports this process does not hold (an earlier agent's).
+  std::error_code ec;
+  const std::string dir = VmDiskDir(name);
+  if (!std::filesystem::is_directory(dir, ec)) return;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string sub = entry.path().filename().string();
+    if (sub.size() >= 2 && sub[0] == 'd' && entry.is_directory()) {
+      (void)nbd_export::Export::StopServing(entry.path().string());
+    }
+  }
+}
+
+Status HostAgent::StopVm(const std::string& name) {
+  auto vm = vms_->Get(name);
+  const bool has_disks = std::filesystem::exists(VmDiskDir(name) + "/launch.json");
+  if (!vm.ok() && !has_disks) return vm.status();
+  if (vm.ok()) RETURN_IF_ERROR(vms_->Stop(name));
+  StopExports(name);
+  return OkStatus();
+}
+
+Status HostAgent::DeleteVm(const std::string& name) {
+  auto vm = vms_->Get(name);
+  std::error_code ec;
+  const bool has_disks = std::filesystem::exists(VmDiskDir(name), ec);
+  if (!vm.ok() && !has_disks) return vm.status();
+  if (vm.ok()) RETURN_IF_ERROR(vms_->Delete(name));
+  StopExports(name);
+  std::filesystem::remove_all(VmDiskDir(name), ec);
+  if (ec) return InternalError("remove " + VmDiskDir(name) + ": " + ec.message());
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = events_seen_.begin(); it != events_seen_.end();) {
+      it = it->first.starts_with(VmDiskDir(name) + "/") ? events_seen_.erase(it) : std::next(it);
+    }
+  }
+  return OkStatus();
+}
+
+StatusOr<int> HostAgent::ReattachVms() {
+  int reattached = 0;
+  Status first_error;
+  std::error_code ec;
+  if (!std::filesystem::is_directory(options_.disk_dir, ec)) return 0;
+  for (const auto& entry : std::filesystem::directory_iterator(options_.disk_dir, ec)) {
+    const std::string path = entry.path().string() + "/launch.json";
+    if (!env_->FileExists(path)) continue;
+    auto text = ReadFileToString(env_, path);
+    if (!text.ok()) continue;
+    auto record = internal::ParseLaunchRecord(*text);
+    if (!record.ok() || record->mode != "stream" || record->data_key.wrapped.empty()) continue;
+    if (VmDiskDir(record->vm_name) != entry.path().string()) continue;
+    auto vm = vms_->Get(record->vm_name);
+    if (!vm.ok() || vm->state != vm::VmRunState::kRunning) continue;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (exports_.count(record->vm_name)) continue;
+    }
+    Status s = [&]() -> Status {
+      ASSIGN_OR_RETURN(SecretBytes data_key,
+                       tpm_->Decrypt(record->data_key.wrapped, record->data_key.label));
+      std::vector<std::string> ids;
+      for (const auto& d : record->disks) ids.push_back(d.id);
+      ASSIGN_OR_RETURN(auto exports,
+                       StartExports(record->vm_name, record->job_id, record->package_path, ids,
+                                    record->image_id, record->tenant, data_key,
+                                    /*exit_with_parent=*/false, /*reattach=*/true));
+      std::lock_guard<std::mutex> lock(mu_);
+      exports_[record->vm_name] = std::move(exports);
+      return OkStatus();
+    }();
+    if (s.ok()) {
+      ++reattached;
+    } else if (first_error.ok()) {
+      first_error = s.WithPrefix("reattach " + record->vm_name);
+    }
+  }
+  if (reattached == 0 && !first_error.ok()) return first_error;
+  return reattached;
+}
+
+std::vector<DiskEvent> HostAgent::DiskEvents() {
+  std::vector<DiskEvent> out;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [name, exports] : exports_) {
+    auto text = ReadFileToString(env_, VmDiskDir(name) + "/launch.json");
+    std::string job_id;
+    if (text.ok()) {
+      auto record = internal::ParseLaunchRecord(*text);
+      if (record.ok()) job_id = record->job_id;
+    }
+    for (size_t i = 0; i < exports.size(); ++i) {
+      auto events = exports[i]->Events();
+      if (!events.ok()) continue;
+      const std::string key = VmDiskDir(name) + "/d" + std::to_string(i);
+      size_t& seen = events_seen_[key];
+      for (size_t k = seen; k < events->size(); ++k) {
+        const auto& e = (*events)[k];
+        out.push_back({name, job_id, e.fields.value("disk", ""), e.event, DumpJson(e.fields)});
+      }
+      seen = events->size();
+    }
+  }
+  return out;
+}
+
+std::vector<std::string> HostAgent::ExportDirsForTesting(const std::string& name) {
+  std::vector<std::string> out;
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = exports_.find(name);
+  if (it == exports_.end()) return out;
+  for (size_t i = 0; i < it->second.size(); ++i) {
+    out.push_back(VmDiskDir(name) + "/d" + std::to_string(i));
+  }
+  return out;
+}
+
+HostAgent::~HostAgent() {
+  // The exports serve running VMs, which outlive the agent: leave them.
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto& [name, exports] : exports_) {
+    for (auto& e : exports) e->Detach();
+  }
+}
 
 StatusOr<std::vector<vm::VmInfo>> HostAgent::ListVms() { return vms_->List(); }
 

@@ -7,14 +7,18 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
 #include "base/env.h"
 #include "base/status.h"
 #include "host/kms_api.h"
+#include "nbd_export/export.h"
 #include "tpm/security_engine.h"
+#include "ovf/package.h"
 #include "vm/vm_manager.h"
 
 namespace vmseal::host {
@@ -56,9 +60,57 @@ class PackageSource {
   virtual Status Fetch(const Job& job, const std::string& dest_path) = 0;
 };
 
+// How a VM gets its disks (docs/protocol.md §5).
+enum class LaunchMode {
+  // Default. Each disk is an NBD export (src/nbd_export) that decrypts
+  // authenticated chunks on demand; guest writes go to a LUKS-encrypted
+  // qcow2 overlay. The VM boots before the image has arrived.
+  kStream,
+  // Each disk is decrypted into a local LUKS-encrypted qcow2 before boot.
+  kCopy,
+};
+// "stream" / "copy"; the parser returns INVALID_ARGUMENT for anything else.
+const char* LaunchModeName(LaunchMode mode);
+StatusOr<LaunchMode> ParseLaunchMode(const std::string& name);
+
+// A line of a VM's export events (events.jsonl of src/nbd_export), e.g.
+// chunk_auth_failed: the guest got an I/O error for that chunk.
+struct DiskEvent {
+  std::string vm_name;
+  std::string job_id;
+  std::string disk_id;
+  std::string event;   // "chunk_auth_failed", "prefetch_complete", ...
+  std::string detail;  // the whole JSON line
+};
+
 struct HostAgentOptions {
   // Working directory for fetched packages (mode 0700). Required.
   std::string work_dir;
+  // How encrypted packages are launched. Default kStream.
+  LaunchMode launch_mode = LaunchMode::kStream;
+  // Per-VM disk state: one directory per VM holding the exports (socket,
+  // events, ciphertext cache), the encrypted overlays or copies and the
+  // launch record (docs/host.md). Created mode 0700. Its path must leave
+  // room for "/<16>/d15/nbd.sock" in a unix socket address. Required.
+  std::string disk_dir;
+  // nbdkit-vmseal-plugin.so. Required to run encrypted packages.
+  std::string nbd_plugin_path;
+  // nbdkit and qemu-img binaries (PATH lookup without '/').
+  std::string nbdkit_path = "nbdkit";
+  std::string qemu_img_path = "qemu-img";
+  // Where an encrypted package's disks are read from. When portal_url is
+  // set: "<portal_url>/v1/hosts/jobs/<job id>/package" by HTTPS Range
+  // requests with the host's mTLS files (ca_file, cert_file, key_file), the
+  // package never downloaded whole; only its metadata is read before the key
+  // release. Empty: the package is fetched whole through PackageSource and
+  // the exports read it in place (ciphertext, kept while the VM exists).
+  std::string portal_url;
+  std::string ca_file;
+  std::string cert_file;
+  std::string key_file;
+  // Remote source: fill each disk's ciphertext cache in the background, so
+  // that the VM stops needing the portal. Default true.
+  bool prefetch = true;
   // SHA-256 PCRs quoted for attestation. Default: 0-7 (firmware and boot).
   std::vector<uint32_t> pcr_selection = {0, 1, 2, 3, 4, 5, 6, 7};
   // Provision packages without an EncryptionSection. Default false: the host
@@ -90,7 +142,9 @@ class JobRunner {
   virtual StatusOr<std::vector<vm::VmInfo>> ListVms();
 };
 
-// Not thread-safe: the service runs one job at a time per agent.
+// RunJob is not reentrant (the service runs one job at a time per agent);
+// DeleteVm, StopVm, ReattachVms and DiskEvents may be called from other
+// threads.
 class HostAgent final : public JobRunner {
  public:
   // All pointers must outlive the agent.
@@ -98,6 +152,9 @@ class HostAgent final : public JobRunner {
                                                      tpm::SecurityEngine* tpm,
                                                      vm::VmManager* vms, KmsApi* kms,
                                                      PackageSource* packages);
+
+  // Leaves the exports of running VMs running (they outlive the agent).
+  ~HostAgent() override;
 
   // Enrolls this host's TPM with the KMS (EK certificate, AK, credential
   // activation). Idempotent on the KMS side.
@@ -112,16 +169,49 @@ class HostAgent final : public JobRunner {
   StatusOr<vm::VmInfo> RunJob(const Job& job);
   StatusOr<vm::VmInfo> RunJob(const Job& job, const JobUpdateFn& on_update) override;
 
-  Status StopVm(const std::string& name) override;
-  // Stops the VM and removes its decrypted disk.
+  // Stops the VM (qemu), then its exports, and removes everything of it:
+  // overlays or encrypted copies, ciphertext caches, the launch record, a
+  // fetched package. NOT_FOUND when neither a VM nor disk state of that name
+  // exists.
   Status DeleteVm(const std::string& name) override;
   StatusOr<std::vector<vm::VmInfo>> ListVms() override;
+
+  // Stops the VM (qemu) and its exports; keeps the overlays, caches and the
+  // launch record (a later start can serve the same disks again). OK when
+  // already stopped; NOT_FOUND when unknown.
+  Status StopVm(const std::string& name) override;
+
+  // After an agent restart: for every launch record of a VM whose qemu
+  // still runs in stream mode, unwraps the data key in the TPM and re-adopts
+  // (or restarts, reusing the cache) each disk's export. Returns how many
+  // VMs it re-attached; a VM that fails is logged in the returned status
+  // only if none could be handled.
+  StatusOr<int> ReattachVms();
+
+  // Export events of every VM since the last call (each line once).
+  std::vector<DiskEvent> DiskEvents();
+
+  // The export state directories of a VM's disks (tests), in disk order.
+  std::vector<std::string> ExportDirsForTesting(const std::string& name);
 
  private:
   HostAgent(HostAgentOptions options, tpm::SecurityEngine* tpm, vm::VmManager* vms,
             KmsApi* kms, PackageSource* packages);
   StatusOr<vm::VmInfo> RunJobSteps(const Job& job, const std::string& vm_name,
                                    const std::string& package_path, const JobUpdateFn& report);
+  StatusOr<vm::VmInfo> LaunchEncrypted(const Job& job, const std::string& vm_name,
+                                       const std::string& package_path,
+                                       const ovf::Package& package, const SecretBytes& data_key,
+                                       const ReleasedKey& released, const vm::VmSpec& base,
+                                       const JobUpdateFn& report);
+  std::string VmDiskDir(const std::string& vm_name) const;
+  // Stops and forgets the exports of `name` (mu_ not held).
+  void StopExports(const std::string& name);
+  StatusOr<std::vector<std::unique_ptr<nbd_export::Export>>> StartExports(
+      const std::string& vm_name, const std::string& job_id, const std::string& package_path,
+      const std::vector<std::string>& disk_ids, const std::string& image_id,
+      const std::string& tenant, const SecretBytes& data_key, bool exit_with_parent,
+      bool reattach);
   static void Report(const JobUpdateFn& fn, const Job& job, JobPhase phase,
                      std::string reason = "", const vm::VmInfo* vm = nullptr);
 
@@ -131,6 +221,12 @@ class HostAgent final : public JobRunner {
   vm::VmManager* const vms_;
   KmsApi* const kms_;
   PackageSource* const packages_;
+
+  std::mutex mu_;
+  // The running exports of each VM (stream mode), in disk order.
+  std::map<std::string, std::vector<std::unique_ptr<nbd_export::Export>>> exports_;
+  // Per export state dir: event lines already returned by DiskEvents.
+  std::map<std::string, size_t> events_seen_;
 };
 
 }  // namespace vmseal::host

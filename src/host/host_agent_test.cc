@@ -12,6 +12,7 @@
 
 #include "crypto/keys.h"
 #include "host/testing/in_process_kms.h"
+#include "nbd_export/nbd_file.h"
 #include "ovf/package.h"
 #include "ovf/package_format.h"
 #include "testing/test_util.h"
@@ -61,6 +62,8 @@ class HostAgentTest : public ::testing::Test {
 
     HostAgentOptions options;
     options.work_dir = dir_.File("work");
+    options.disk_dir = dir_.File("vd");
+    options.nbd_plugin_path = VMSEAL_NBD_PLUGIN_PATH;
     options.pcr_selection = kPcrs;
     options.on_update = [this](const JobUpdate& u) {
       phases_.push_back(JobPhaseName(u.phase));
@@ -97,6 +100,21 @@ class HostAgentTest : public ::testing::Test {
     return out;
   }
 
+  // The whole disk as qemu reads it: through the VM's export.
+  static std::string ReadThroughExport(const vm::VmInfo& vm) {
+    EXPECT_EQ(vm.disks.size(), 1u);
+    EXPECT_EQ(vm.disks[0].source, vm::DiskSource::kNbd);
+    auto file = nbd_export::OpenNbdFile(vm.disks[0].path);
+    EXPECT_OK(file);
+    if (!file.ok()) return "";
+    auto size = (*file)->Size();
+    EXPECT_OK(size);
+    std::string out(size.ok() ? *size : 0, '\0');
+    auto n = (*file)->Read(0, {reinterpret_cast<uint8_t*>(out.data()), out.size()});
+    EXPECT_OK(n);
+    return out;
+  }
+
   // PCR 7 as this TPM reports it now, as an allowed flavor value.
   void TrustCurrentState() {
     auto pcrs = engine_->ReadPcrs({7});
@@ -127,17 +145,19 @@ TEST_F(HostAgentTest, TrustedHostDecryptsAndLaunchesTheImage) {
   EXPECT_EQ(vm->memory_mib, 64u);
   EXPECT_EQ(phases_, (std::vector<std::string>{"fetching", "attesting", "decrypting",
                                                "launching", "running"}));
-  // The decrypted disk is the customer's plaintext, readable only by the agent.
-  auto disk = ReadFileToString(Env::Default(), vm->disk_path);
-  ASSERT_OK(disk);
-  EXPECT_EQ(crypto::HexEncode(crypto::Sha256(*disk)), disk_sha_["img-1"]);
+  // qemu reads the customer's plaintext through the export; no decrypted
+  // disk file exists, guest writes go to an encrypted overlay (0600).
+  EXPECT_EQ(crypto::HexEncode(crypto::Sha256(ReadThroughExport(*vm))), disk_sha_["img-1"]);
+  EXPECT_TRUE(ListDir(dir_.File("vms") + "/disks").empty());
   struct stat st;
-  ASSERT_EQ(::stat(vm->disk_path.c_str(), &st), 0);
+  ASSERT_EQ(::stat(vm->disks[0].overlay_path.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0600u);
   // No sealed package or key file lingers in the work dir.
   EXPECT_TRUE(ListDir(dir_.File("work")).empty());
   ASSERT_OK(agent_->DeleteVm(vm->name));
-  EXPECT_FALSE(Env::Default()->FileExists(vm->disk_path));
+  EXPECT_FALSE(Env::Default()->FileExists(vm->disks[0].overlay_path));
+  EXPECT_FALSE(Env::Default()->FileExists(vm->disks[0].path));  // export stopped
+  EXPECT_TRUE(ListDir(dir_.File("vd")).empty());
 }
 
 // Packages sealed to an X25519 customer key: the KMS opens the X25519 wrap
@@ -161,9 +181,7 @@ TEST_F(HostAgentX25519Test, TrustedHostDecryptsAnImageSealedToAnX25519Key) {
   EXPECT_EQ(kms_->release_calls, 1);
   EXPECT_EQ(phases_, (std::vector<std::string>{"fetching", "attesting", "decrypting",
                                                "launching", "running"}));
-  auto disk = ReadFileToString(Env::Default(), vm->disk_path);
-  ASSERT_OK(disk);
-  EXPECT_EQ(crypto::HexEncode(crypto::Sha256(*disk)), disk_sha_["img-x"]);
+  EXPECT_EQ(crypto::HexEncode(crypto::Sha256(ReadThroughExport(*vm))), disk_sha_["img-x"]);
   ASSERT_OK(agent_->DeleteVm(vm->name));
 }
 
@@ -269,6 +287,7 @@ TEST_F(HostAgentTest, QcowBackingFileNamingAHostFileIsRefusedBeforeQemu) {
   EXPECT_TRUE(ListDir(dir_.File("vms") + "/disks").empty());
   EXPECT_TRUE(ListDir(dir_.File("vms") + "/run").empty());  // no qemu log: no qemu ran
   EXPECT_TRUE(ListDir(dir_.File("work")).empty());
+  EXPECT_TRUE(ListDir(dir_.File("vd")).empty());  // exports stopped, nothing left
 }
 
 }  // namespace

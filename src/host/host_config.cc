@@ -43,7 +43,8 @@ StatusOr<HostConfig> ParseHostConfig(std::string_view text) {
       "portal_url", "kms_url", "ca_file", "cert_file", "key_file", "tpm_tcti", "state_dir",
       "image_store_dir", "pcr_selection", "heartbeat_interval_seconds",
       "reattest_interval_seconds", "poll_interval_seconds", "allow_plain_images", "capacity",
-      "tags", "accel", "qemu_binary"};
+      "tags", "accel", "qemu_binary", "launch_mode", "fetch_whole_package", "nbd_plugin",
+      "nbdkit_binary", "qemu_img_binary"};
   for (const auto& [key, value] : j.items()) {
     if (!kKeys.contains(key)) return InvalidArgumentError("host config: unknown key '" + key + "'");
   }
@@ -58,6 +59,19 @@ StatusOr<HostConfig> ParseHostConfig(std::string_view text) {
   RETURN_IF_ERROR(RequireString(j, "image_store_dir", &c.image_store_dir, true));
   RETURN_IF_ERROR(RequireString(j, "accel", &c.accel, false));
   RETURN_IF_ERROR(RequireString(j, "qemu_binary", &c.qemu_binary, false));
+  RETURN_IF_ERROR(RequireString(j, "launch_mode", &c.launch_mode, false));
+  RETURN_IF_ERROR(RequireString(j, "nbd_plugin", &c.nbd_plugin, false));
+  RETURN_IF_ERROR(RequireString(j, "nbdkit_binary", &c.nbdkit_binary, false));
+  RETURN_IF_ERROR(RequireString(j, "qemu_img_binary", &c.qemu_img_binary, false));
+  if (c.launch_mode != "stream" && c.launch_mode != "copy") {
+    return InvalidArgumentError("host config: 'launch_mode' must be stream or copy");
+  }
+  if (j.contains("fetch_whole_package")) {
+    if (!j["fetch_whole_package"].is_boolean()) {
+      return InvalidArgumentError("host config: 'fetch_whole_package' must be true or false");
+    }
+    c.fetch_whole_package = j["fetch_whole_package"].get<bool>();
+  }
   for (const char* key : {"portal_url", "kms_url"}) {
     if (!j[key].get_ref<const std::string&>().starts_with("https://")) {
       return InvalidArgumentError(std::string("host config: '") + key +
@@ -157,7 +171,12 @@ std::string HostConfigSkeleton(const std::string& root) {
       {"allow_plain_images", false},
       {"tags", json::array()},
       {"accel", "auto"},
-      {"qemu_binary", "qemu-system-x86_64"}};
+      {"qemu_binary", "qemu-system-x86_64"},
+      {"launch_mode", "stream"},
+      {"fetch_whole_package", false},
+      {"nbd_plugin", ""},
+      {"nbdkit_binary", "nbdkit"},
+      {"qemu_img_binary", "qemu-img"}};
   return j.dump(2) + "\n";
 }
 

@@ -51,6 +51,20 @@ struct HostConfig {
   std::string accel = "auto";
   // qemu binary. Default "qemu-system-x86_64".
   std::string qemu_binary = "qemu-system-x86_64";
+  // "stream" (default: each disk an NBD export decrypting on demand, guest
+  // writes in a LUKS overlay) or "copy" (each disk decrypted into a local
+  // LUKS qcow2 before boot). Neither writes plaintext to host storage.
+  std::string launch_mode = "stream";
+  // true: download the whole package before launch and serve the disks from
+  // it; false (default): read it by HTTPS Range from the portal as the
+  // guest and the background prefetch need it.
+  bool fetch_whole_package = false;
+  // nbdkit-vmseal-plugin.so; empty: beside the vmseal binary (also
+  // src/nbd_export/ under it, the build tree) or /usr/lib/vmseal/.
+  std::string nbd_plugin;
+  // nbdkit and qemu-img binaries. Defaults "nbdkit", "qemu-img".
+  std::string nbdkit_binary = "nbdkit";
+  std::string qemu_img_binary = "qemu-img";
 };
 
 // Parses and validates a config. INVALID_ARGUMENT naming the key at fault.

@@ -62,6 +62,22 @@ HostDaemon::~HostDaemon() {
   end_sink_->service = nullptr;
 }
 
+std::string DefaultNbdPluginPath() {
+  std::error_code ec;
+  const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  const std::string name = "nbdkit-vmseal-plugin.so";
+  std::vector<std::filesystem::path> candidates;
+  if (!ec) {
+    candidates.push_back(exe.parent_path() / name);
+    candidates.push_back(exe.parent_path() / "src/nbd_export" / name);
+  }
+  candidates.push_back(std::filesystem::path("/usr/lib/vmseal") / name);
+  for (const auto& c : candidates) {
+    if (std::filesystem::is_regular_file(c, ec)) return c.string();
+  }
+  return "";
+}
+
 StatusOr<std::string> HostIdFromCertificate(Env* env, const std::string& cert_file) {
   ASSIGN_OR_RETURN(std::string pem, ReadFileToString(env, cert_file));
   ASSIGN_OR_RETURN(crypto::Certificate cert, crypto::Certificate::FromPem(pem));
@@ -136,8 +152,26 @@ StatusOr<std::unique_ptr<HostDaemon>> HostDaemon::Create(const HostConfig& confi
   ao.work_dir = work_dir;
   ao.pcr_selection = config.pcr_selection;
   ao.allow_plain_images = config.allow_plain_images;
+  ASSIGN_OR_RETURN(ao.launch_mode, ParseLaunchMode(config.launch_mode));
+  ao.disk_dir = config.image_store_dir + "/vd";
+  ao.nbd_plugin_path = config.nbd_plugin.empty() ? DefaultNbdPluginPath() : config.nbd_plugin;
+  ao.nbdkit_path = config.nbdkit_binary;
+  ao.qemu_img_path = config.qemu_img_binary;
+  if (!config.fetch_whole_package) {
+    ao.portal_url = config.portal_url;
+    ao.ca_file = config.ca_file;
+    ao.cert_file = config.cert_file;
+    ao.key_file = config.key_file;
+  }
   ASSIGN_OR_RETURN(d->agent_, HostAgent::Create(ao, d->tpm_.get(), d->vms_.get(), d->kms_.get(),
                                                 d->portal_.get()));
+  // VMs an earlier agent launched in stream mode get their exports back.
+  auto reattached = d->agent_->ReattachVms();
+  if (!reattached.ok()) {
+    spdlog::warn("re-attaching the disks of running VMs: {}", reattached.status().ToString());
+  } else if (*reattached > 0) {
+    spdlog::info("re-attached the disks of {} running VM(s)", *reattached);
+  }
 
   HostServiceOptions so;
   so.registration.capacity = config.capacity.value_or(DetectCapacity());

@@ -30,6 +30,11 @@ struct KmsClientSettings {
 };
 using KmsFactory = std::function<StatusOr<std::unique_ptr<KmsApi>>(const KmsClientSettings&)>;
 
+// nbdkit-vmseal-plugin.so beside the running binary (or in
+// src/nbd_export/ under its directory: the build tree), else
+// /usr/lib/vmseal/; "" when none exists.
+std::string DefaultNbdPluginPath();
+
 // The host id is the CN of the host certificate in `cert_file`.
 StatusOr<std::string> HostIdFromCertificate(Env* env, const std::string& cert_file);
 
@@ -50,6 +55,7 @@ class HostDaemon {
   HostService* service() { return service_.get(); }
   const std::string& host_id() const { return host_id_; }
   vm::VmManager* vms() { return vms_.get(); }
+  HostAgent* agent() { return agent_.get(); }
   // Tests extend PCRs through it (a "tampered" host). Not thread-safe with a
   // running service: drive the service's *Once steps from the same thread.
   tpm::SecurityEngine* SecurityEngineForTesting() { return tpm_.get(); }

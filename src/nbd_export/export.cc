@@ -277,6 +277,15 @@ StatusOr<std::unique_ptr<Export>> Export::Reattach(const ExportOptions& options,
   return Start(options, data_key);
 }
 
+Status Export::StopServing(const std::string& state_dir) {
+  ExportOptions o;
+  o.state_dir = state_dir;
+  const pid_t pid = ReadPid(PidPath(o));
+  if (IsOurNbdkit(pid, SocketPath(o))) Terminate(pid, /*child=*/false);
+  RemoveRunFiles(o);
+  return OkStatus();
+}
+
 std::string Export::Uri() const { return "nbd+unix:///?socket=" + socket_path_; }
 
 nlohmann::json Export::QemuBlockdev() const {

@@ -101,6 +101,10 @@ class Export {
   // (which reuses the persisted ciphertext cache). `reused()` tells which.
   static StatusOr<std::unique_ptr<Export>> Reattach(const ExportOptions& options,
                                                     const SecretBytes& data_key);
+  // Stops the nbdkit serving `state_dir` (found by its pid file and checked
+  // to be an nbdkit on that socket) without needing the key, e.g. one an
+  // earlier agent started; removes socket and pid file. OK when none runs.
+  static Status StopServing(const std::string& state_dir);
   ~Export();
   Export(const Export&) = delete;
   Export& operator=(const Export&) = delete;

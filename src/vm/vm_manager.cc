@@ -18,6 +18,8 @@
 
 #include "base/env.h"
 #include "disk_format/disk_format.h"
+#include "nbd_export/nbd_file.h"
+#include "vm/encrypted_disk.h"
 #include "vm/internal/process.h"
 #include "vm/internal/qemu_command.h"
 #include "vm/internal/vm_record.h"
@@ -86,7 +88,12 @@ VmInfo InfoOf(const VmRecord& record) {
 }
 
 Status CheckDiskFormat(const VmDisk& disk) {
-  ASSIGN_OR_RETURN(auto file, Env::Default()->NewRandomAccessFile(disk.path));
+  std::unique_ptr<RandomAccessFile> file;
+  if (disk.source == DiskSource::kNbd) {
+    ASSIGN_OR_RETURN(file, nbd_export::OpenNbdFile(disk.path));
+  } else {
+    ASSIGN_OR_RETURN(file, Env::Default()->NewRandomAccessFile(disk.path));
+  }
   ASSIGN_OR_RETURN(disk_format::DiskInfo found, disk_format::Inspect(*file));
   const DiskFormat format =
       found.format == disk_format::Format::kQcow2 ? DiskFormat::kQcow2 : DiskFormat::kRaw;
@@ -98,20 +105,30 @@ Status CheckDiskFormat(const VmDisk& disk) {
   return OkStatus();
 }
 
-// A local disk: a regular file, narrowed to 0600, of the format it is
-// launched as.
-Status CheckLocalDisk(const VmDisk& disk) {
+// A regular file of the host's, narrowed to 0600.
+Status CheckPrivateFile(const std::string& path) {
   struct stat st;
-  if (::stat(disk.path.c_str(), &st) != 0) {
-    if (errno == ENOENT) return NotFoundError("vm disk missing: " + disk.path);
-    return ErrnoToStatus(errno, "stat", disk.path);
+  if (::stat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return NotFoundError("vm disk missing: " + path);
+    return ErrnoToStatus(errno, "stat", path);
   }
   if (!S_ISREG(st.st_mode)) {
-    return InvalidArgumentError("vm disk is not a regular file: " + disk.path);
+    return InvalidArgumentError("vm disk is not a regular file: " + path);
   }
-  if ((st.st_mode & 0077) != 0 && ::chmod(disk.path.c_str(), 0600) != 0) {
-    return ErrnoToStatus(errno, "chmod", disk.path);
+  if ((st.st_mode & 0077) != 0 && ::chmod(path.c_str(), 0600) != 0) {
+    return ErrnoToStatus(errno, "chmod", path);
   }
+  return OkStatus();
+}
+
+// A disk as qemu will open it: a local file is a regular file narrowed to
+// 0600; the tenant's bytes (file or export) are of the format they are
+// launched as. An overlay and an encrypted file are the host's own (qemu
+// opens them as LUKS qcow2 with no backing name): not inspected.
+Status CheckLocalDisk(const VmDisk& disk) {
+  if (disk.source == DiskSource::kFile) RETURN_IF_ERROR(CheckPrivateFile(disk.path));
+  if (!disk.overlay_path.empty()) RETURN_IF_ERROR(CheckPrivateFile(disk.overlay_path));
+  if (disk.encrypted) return OkStatus();
   // The disk-format rules once more, right before qemu sees the disk, with
   // the format qemu will be told (docs/format/disk-format.md §6).
   return CheckDiskFormat(disk);
@@ -155,6 +172,22 @@ VmEnd EndOf(bool have_status, int status, const std::string& qemu_log) {
   return end;
 }
 
+// A pipe holding the disk secret as qemu reads it (a secret object with
+// format=raw: the passphrase text, here the secret's 64 hex digits); returns
+// the read end (the write end is closed).
+StatusOr<int> SecretPipe(const SecretBytes& secret) {
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) return ErrnoToStatus(errno, "pipe", "disk secret");
+  SecretBytes text = DiskSecretPassphrase(secret);
+  const ssize_t w = ::write(fds[1], text.UnsafeData(), text.size());
+  ::close(fds[1]);
+  if (w != static_cast<ssize_t>(text.size())) {
+    ::close(fds[0]);
+    return InternalError("writing the disk secret pipe failed");
+  }
+  return fds[0];
+}
+
 }  // namespace
 
 const char* VmEndReasonName(VmEndReason reason) {
@@ -171,6 +204,16 @@ const char* VmEndReasonName(VmEndReason reason) {
       return "unknown";
   }
   return "unknown";
+}
+
+const char* DiskSourceName(DiskSource source) {
+  return source == DiskSource::kNbd ? "nbd" : "file";
+}
+
+StatusOr<DiskSource> ParseDiskSource(const std::string& name) {
+  if (name == "file") return DiskSource::kFile;
+  if (name == "nbd") return DiskSource::kNbd;
+  return InvalidArgumentError("unknown disk source \"" + name + "\" (want file or nbd)");
 }
 
 const char* DiskFormatName(DiskFormat format) {
@@ -347,8 +390,13 @@ Accel VmManager::ResolvedAccel() const {
   return Accel::kKvm;
 }
 
-StatusOr<VmInfo> VmManager::Launch(const VmSpec& spec) {
+StatusOr<VmInfo> VmManager::Launch(const VmSpec& spec, const SecretBytes* disk_secret) {
   RETURN_IF_ERROR(internal::ValidateVmSpec(spec));
+  const bool needs_secret = internal::NeedsDiskSecret(spec);
+  if (needs_secret && (disk_secret == nullptr || disk_secret->size() != kDiskSecretBytes)) {
+    return InvalidArgumentError("vm " + spec.name + ": an overlay or encrypted disk needs the " +
+                                "32-byte disk secret");
+  }
   std::lock_guard<std::mutex> lock(mu_);
   const std::string state_path = StatePath(spec.name);
   if (Env::Default()->FileExists(state_path)) {
@@ -384,7 +432,17 @@ StatusOr<VmInfo> VmManager::Launch(const VmSpec& spec) {
     (void)RemoveIfExists(info.qmp_socket_path);
   };
   info.started_unix_ms = internal::WallClockMs();
-  ASSIGN_OR_RETURN(info.pid, internal::SpawnProcess(record.argv, info.qemu_log_path));
+  if (needs_secret) {
+    // The secret's text goes into a pipe (64 bytes fit its buffer) whose read
+    // end qemu inherits as fd 3: never argv, the environment or a file.
+    ASSIGN_OR_RETURN(int secret_fd, SecretPipe(*disk_secret));
+    auto pid = internal::SpawnProcess(record.argv, info.qemu_log_path, secret_fd);
+    ::close(secret_fd);
+    if (!pid.ok()) return pid.status();
+    info.pid = *pid;
+  } else {
+    ASSIGN_OR_RETURN(info.pid, internal::SpawnProcess(record.argv, info.qemu_log_path));
+  }
   // Recorded before the wait, so that an agent crash right now still knows
   // about this qemu.
   Status written = WriteRecord(state_path, record);
@@ -522,9 +580,12 @@ Status VmManager::Delete(const std::string& name) {
   RETURN_IF_ERROR(Stop(name));
   std::lock_guard<std::mutex> lock(mu_);
   ASSIGN_OR_RETURN(VmRecord record, ReadRecord(StatePath(name), name));
-  // The decrypted disk first: it is the one thing that must not stay behind.
-  RETURN_IF_ERROR(RemoveIfExists(record.info.disk_path));
-  for (const VmDisk& disk : record.info.disks) RETURN_IF_ERROR(RemoveIfExists(disk.path));
+  // The disk first: it is the one thing that must not stay behind.
+  if (record.info.disks.empty()) RETURN_IF_ERROR(RemoveIfExists(record.info.disk_path));
+  for (const VmDisk& disk : record.info.disks) {
+    if (disk.source == DiskSource::kFile) RETURN_IF_ERROR(RemoveIfExists(disk.path));
+    if (!disk.overlay_path.empty()) RETURN_IF_ERROR(RemoveIfExists(disk.overlay_path));
+  }
   RETURN_IF_ERROR(RemoveIfExists(record.info.serial_log_path));
   RETURN_IF_ERROR(RemoveIfExists(record.info.qemu_log_path));
   RETURN_IF_ERROR(RemoveIfExists(record.info.qmp_socket_path));

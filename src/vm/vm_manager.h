@@ -25,6 +25,7 @@
 #include <thread>
 #include <vector>
 
+#include "base/secret_bytes.h"
 #include "base/status.h"
 
 namespace vmseal::vm {
@@ -105,16 +106,47 @@ struct VmManagerOptions {
   int64_t watch_interval_ms = 200;
 };
 
-// One disk of a VM in VmSpec::disks: a local raw or qcow2 file, inspected
-// (src/disk_format) right before qemu starts, attached as a virtio-blk device.
+// Where a disk's bytes come from.
+enum class DiskSource {
+  kFile,  // a local raw or qcow2 file
+  kNbd,   // an NBD export on a unix socket (src/nbd_export), read-only
+};
+
+// "file" / "nbd"; the parser returns INVALID_ARGUMENT for anything else.
+const char* DiskSourceName(DiskSource source);
+StatusOr<DiskSource> ParseDiskSource(const std::string& name);
+
+// One disk of a VM in VmSpec::disks, attached as a virtio-blk device. The
+// tenant's bytes (a local file or an NBD export) are inspected
+// (src/disk_format) right before qemu starts and opened with the inspected
+// format and no backing file or data file. With an overlay, or for an
+// encrypted file, qemu needs the VM's disk secret (Launch's `disk_secret`).
+//
+// Block graph of disk i (docs/vm.md "Disks"):
+//   plain file:  disk<i>-file (file) <- disk<i> (raw|qcow2)
+//   encrypted:   disk<i>-file (file) <- disk<i> (qcow2, LUKS, backing null)
+//   overlay:     disk<i>-file (file|nbd, read-only) <- disk<i>-base (raw|qcow2,
+//                read-only) <- disk<i> (qcow2 LUKS on disk<i>-overlay-file,
+//                backing disk<i>-base)
 struct VmDisk {
-  // Must exist and be a regular file; its mode is narrowed to 0600 at launch.
-  // Delete removes it.
+  // kFile: the file; must exist and be a regular file, its mode is narrowed
+  // to 0600 at launch and Delete removes it. kNbd: the export's unix socket
+  // (Delete leaves it: the export's owner stops it).
   std::string path;
   DiskFormat format = DiskFormat::kRaw;
   // Exactly one disk of a list boots (bootindex=0); the others are attached
   // in list order.
   bool boot = false;
+  DiskSource source = DiskSource::kFile;
+  // Where guest writes go: a qcow2 file encrypted with LUKS under the disk
+  // secret (CreateEncryptedOverlay, src/vm/encrypted_disk.h), layered over
+  // the disk, which qemu then opens read-only. Required for kNbd. Must exist;
+  // Delete removes it.
+  std::string overlay_path;
+  // kFile only, without an overlay: `path` is a LUKS-encrypted qcow2 the host
+  // wrote itself (copy mode, ConvertToEncrypted), opened with the disk
+  // secret. `format` must be kQcow2.
+  bool encrypted = false;
 };
 
 // What a VM should run with (the CPU and memory come from the OVF).
@@ -200,7 +232,12 @@ class VmManager {
   // missing), FAILED_PRECONDITION (qemu exited during launch; the message
   // ends with the tail of its stderr), DEADLINE_EXCEEDED (no monitor in time;
   // qemu is killed). On error no state is left behind (the disk stays).
-  StatusOr<VmInfo> Launch(const VmSpec& spec);
+  //
+  // `disk_secret` (the VM's 32-byte disk secret, see encrypted_disk.h) is
+  // required when a disk has an overlay or is encrypted, and ignored
+  // otherwise. It reaches qemu through an inherited pipe (a secret object
+  // read from /dev/fd/3), never argv, the environment or a file.
+  StatusOr<VmInfo> Launch(const VmSpec& spec, const SecretBytes* disk_secret = nullptr);
 
   // Every VM with a state file, sorted by name; state kRunning only when its
   // recorded pid is alive and runs the recorded command line.
@@ -216,7 +253,8 @@ class VmManager {
   // for when the watcher had not noticed yet.
   Status Stop(const std::string& name);
 
-  // Stops the VM and removes its disk, logs, socket and state. NOT_FOUND
+  // Stops the VM and removes its disk files (local disks and overlays; not
+  // NBD sockets), logs, socket and state. NOT_FOUND
   // when unknown.
   Status Delete(const std::string& name);
 

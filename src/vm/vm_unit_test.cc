@@ -11,6 +11,7 @@
 
 #include "json/json.h"
 #include "testing/test_util.h"
+#include "vm/encrypted_disk.h"
 #include "vm/internal/qemu_command.h"
 #include "vm/internal/vm_record.h"
 #include "vm/vm_manager.h"
@@ -353,6 +354,119 @@ void ExpectCorrupt(const std::function<void(nlohmann::json&)>& mutate, const std
   nlohmann::json j = nlohmann::json::parse(SerializeVmRecord(SampleRecord()));
   mutate(j);
   EXPECT_STATUS(ParseVmRecord(j.dump()), StatusCode::kDataLoss, substr);
+}
+
+VmSpec StreamedSpec() {
+  VmSpec spec = SampleSpec();
+  spec.disk_path.clear();
+  VmDisk d;
+  d.path = "/s/d0/nbd.sock";
+  d.source = DiskSource::kNbd;
+  d.format = DiskFormat::kQcow2;
+  d.overlay_path = "/s/d0.qcow2";
+  d.boot = true;
+  spec.disks = {d};
+  return spec;
+}
+
+TEST(QemuCommandTest, StreamedDiskIsAnEncryptedOverlayOverTheReadOnlyExport) {
+  auto argv = BuildQemuArgv("qemu", StreamedSpec(), Accel::kTcg, kPaths);
+  EXPECT_EQ(FlagValue(argv, "-object"),
+            "secret,id=vmseal-disk-secret,format=raw,file=/dev/fd/3");
+  auto nodes = BlockdevNodes(argv);
+  ASSERT_EQ(nodes.size(), 4u);
+  EXPECT_EQ(nodes[0], nlohmann::json({{"driver", "nbd"},
+                                      {"node-name", "disk0-file"},
+                                      {"server", {{"type", "unix"}, {"path", "/s/d0/nbd.sock"}}},
+                                      {"export", ""},
+                                      {"reconnect-delay", 60},
+                                      {"read-only", true}}));
+  EXPECT_EQ(nodes[1], nlohmann::json({{"driver", "qcow2"},
+                                      {"node-name", "disk0-base"},
+                                      {"file", "disk0-file"},
+                                      {"backing", nullptr},
+                                      {"read-only", true}}));
+  EXPECT_EQ(nodes[2], nlohmann::json({{"driver", "file"},
+                                      {"node-name", "disk0-overlay-file"},
+                                      {"filename", "/s/d0.qcow2"}}));
+  EXPECT_EQ(nodes[3],
+            nlohmann::json({{"driver", "qcow2"},
+                            {"node-name", "disk0"},
+                            {"file", "disk0-overlay-file"},
+                            {"backing", "disk0-base"},
+                            {"encrypt", {{"format", "luks"}, {"key-secret", "vmseal-disk-secret"}}}}));
+  EXPECT_EQ(FlagValue(argv, "-device"), "virtio-blk-pci,drive=disk0,bootindex=0");
+  // The secret is never on the command line.
+  for (const std::string& a : argv) EXPECT_EQ(a.find("data="), std::string::npos) << a;
+}
+
+TEST(QemuCommandTest, EncryptedCopyIsLuksQcow2WithoutBacking) {
+  VmSpec spec = SampleSpec();
+  spec.disk_path.clear();
+  spec.disks = {{"/s/d0.qcow2", DiskFormat::kQcow2, true}};
+  spec.disks[0].encrypted = true;
+  auto argv = BuildQemuArgv("qemu", spec, Accel::kTcg, kPaths);
+  auto nodes = BlockdevNodes(argv);
+  ASSERT_EQ(nodes.size(), 2u);
+  EXPECT_EQ(nodes[1],
+            nlohmann::json({{"driver", "qcow2"},
+                            {"node-name", "disk0"},
+                            {"file", "disk0-file"},
+                            {"backing", nullptr},
+                            {"encrypt", {{"format", "luks"}, {"key-secret", "vmseal-disk-secret"}}}}));
+  EXPECT_EQ(FlagValue(argv, "-object"),
+            "secret,id=vmseal-disk-secret,format=raw,file=/dev/fd/3");
+}
+
+TEST(QemuCommandTest, PlainDisksGetNoSecretObject) {
+  auto argv = BuildQemuArgv("qemu", ThreeDiskSpec(), Accel::kTcg, kPaths);
+  EXPECT_EQ(FlagValue(argv, "-object"), "");
+}
+
+TEST(VmSpecTest, NbdDiskWithoutOverlayIsRejected) {
+  VmSpec spec = StreamedSpec();
+  spec.disks[0].overlay_path.clear();
+  EXPECT_STATUS(internal::ValidateVmSpec(spec), StatusCode::kInvalidArgument,
+                "NBD export without an overlay");
+}
+
+TEST(VmSpecTest, EncryptedRawIsRejected) {
+  VmSpec spec = ThreeDiskSpec();
+  spec.disks[0].encrypted = true;
+  EXPECT_STATUS(internal::ValidateVmSpec(spec), StatusCode::kInvalidArgument,
+                "only a local qcow2 without an overlay can be encrypted");
+}
+
+TEST(VmSpecTest, OverlayThatIsAnotherDisksFileIsRejected) {
+  VmSpec spec = ThreeDiskSpec();
+  spec.disks[2].overlay_path = "/d/a.img";
+  EXPECT_STATUS(internal::ValidateVmSpec(spec), StatusCode::kInvalidArgument,
+                "disks 0 and 2 are the same file");
+}
+
+TEST(VmRecordTest, StreamedDiskRoundTrips) {
+  VmRecord in = SampleRecord();
+  in.info.disks = StreamedSpec().disks;
+  auto out = ParseVmRecord(SerializeVmRecord(in));
+  ASSERT_OK(out);
+  ASSERT_EQ(out->info.disks.size(), 1u);
+  EXPECT_EQ(out->info.disks[0].source, DiskSource::kNbd);
+  EXPECT_EQ(out->info.disks[0].overlay_path, "/s/d0.qcow2");
+  EXPECT_FALSE(out->info.disks[0].encrypted);
+}
+
+TEST(EncryptedDiskTest, PassphraseIsTheSecretInHex) {
+  SecretBytes secret(std::span<const uint8_t>(std::vector<uint8_t>(32, 0xa5)));
+  SecretBytes text = DiskSecretPassphrase(secret);
+  std::string expected;
+  for (int i = 0; i < 32; ++i) expected += "a5";
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(text.UnsafeData()), text.size()), expected);
+}
+
+TEST(EncryptedDiskTest, WrongSecretSizeIsRefusedBeforeQemuImg) {
+  SecretBytes secret(16);
+  EXPECT_STATUS(CreateEncryptedOverlay({}, "/nonexistent/x.qcow2", 1 << 20, secret),
+                StatusCode::kInvalidArgument, "32 bytes");
 }
 
 TEST(VmRecordTest, DiskListRoundTrips) {

@@ -71,8 +71,10 @@ class QmpConnection {
     }
   }
 
-  Status Send(const std::string& command) {
-    std::string msg = nlohmann::json{{"execute", command}}.dump() + "\n";
+  Status Send(const std::string& command, const nlohmann::json* arguments = nullptr) {
+    nlohmann::json m = {{"execute", command}};
+    if (arguments != nullptr) m["arguments"] = *arguments;
+    std::string msg = m.dump() + "\n";
     size_t off = 0;
     while (off < msg.size()) {
       ssize_t n = ::send(fd_, msg.data() + off, msg.size() - off, MSG_NOSIGNAL);
@@ -133,7 +135,8 @@ int64_t WallClockMs() {
   return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
 }
 
-StatusOr<pid_t> SpawnProcess(const std::vector<std::string>& argv, const std::string& log_path) {
+StatusOr<pid_t> SpawnProcess(const std::vector<std::string>& argv, const std::string& log_path,
+                             int inherit_fd) {
   if (argv.empty()) return InvalidArgumentError("spawn: empty argv");
   // Everything the child needs is prepared here: between fork and exec only
   // async-signal-safe calls are made.
@@ -151,7 +154,14 @@ StatusOr<pid_t> SpawnProcess(const std::vector<std::string>& argv, const std::st
     return InternalError(std::string("pipe: ") + std::strerror(errno));
   }
   Fd err_read(pipefd[0]);
-  Fd err_write(pipefd[1]);
+  // Above 3, so that placing inherit_fd at 3 in the child clobbers neither.
+  Fd err_write(::fcntl(pipefd[1], F_DUPFD_CLOEXEC, 10));
+  ::close(pipefd[1]);
+  if (err_write.get() < 0) return InternalError(std::string("dup: ") + std::strerror(errno));
+  Fd inherit(inherit_fd >= 0 ? ::fcntl(inherit_fd, F_DUPFD_CLOEXEC, 10) : -1);
+  if (inherit_fd >= 0 && inherit.get() < 0) {
+    return InternalError(std::string("dup: ") + std::strerror(errno));
+  }
 
   pid_t pid = ::fork();
   if (pid < 0) return InternalError(std::string("fork: ") + std::strerror(errno));
@@ -166,9 +176,14 @@ StatusOr<pid_t> SpawnProcess(const std::vector<std::string>& argv, const std::st
       (void)!::write(err_write.get(), &e, sizeof e);
       ::_exit(127);
     }
-    // Close every inherited fd except stdio and the error pipe.
+    if (inherit.get() >= 0 && ::dup2(inherit.get(), 3) < 0) {  // dup2 clears CLOEXEC
+      int e = errno;
+      (void)!::write(err_write.get(), &e, sizeof e);
+      ::_exit(127);
+    }
+    // Close every inherited fd except stdio, fd 3 if passed and the error pipe.
     int keep = err_write.get();
-    for (int fd = 3; fd < 1024; ++fd) {
+    for (int fd = inherit.get() >= 0 ? 4 : 3; fd < 1024; ++fd) {
       if (fd != keep) ::close(fd);
     }
     ::execvp(cargv[0], cargv.data());
@@ -271,6 +286,18 @@ bool TakeReapedStatus(pid_t pid, int* status) {
 
 StatusOr<std::string> QmpExecute(const std::string& socket_path, const std::string& command,
                                  int64_t timeout_ms) {
+  return QmpExecuteWithArguments(socket_path, command, "", timeout_ms);
+}
+
+StatusOr<std::string> QmpExecuteWithArguments(const std::string& socket_path,
+                                              const std::string& command,
+                                              const std::string& arguments_json,
+                                              int64_t timeout_ms) {
+  nlohmann::json arguments;
+  if (!arguments_json.empty()) {
+    arguments = nlohmann::json::parse(arguments_json, nullptr, /*allow_exceptions=*/false);
+    if (!arguments.is_object()) return InvalidArgumentError("qmp: arguments are not an object");
+  }
   int64_t deadline = MonotonicMs() + timeout_ms;
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
@@ -289,7 +316,7 @@ StatusOr<std::string> QmpExecute(const std::string& socket_path, const std::stri
   RETURN_IF_ERROR(conn.Send("qmp_capabilities"));
   ASSIGN_OR_RETURN(nlohmann::json caps, conn.ReadReply());
   if (!caps.contains("return")) return InternalError("qmp: qmp_capabilities refused");
-  RETURN_IF_ERROR(conn.Send(command));
+  RETURN_IF_ERROR(conn.Send(command, arguments_json.empty() ? nullptr : &arguments));
   ASSIGN_OR_RETURN(nlohmann::json reply, conn.ReadReply());
   if (reply.contains("error")) {
     std::string desc = reply["error"].value("desc", std::string("unknown error"));

@@ -16,7 +16,10 @@ namespace vmseal::vm::internal {
 // from /dev/null, stdout and stderr appended to `log_path`, no other fds.
 // NOT_FOUND when argv[0] cannot be found, PERMISSION_DENIED when it cannot be
 // executed; the error is known before this returns.
-StatusOr<pid_t> SpawnProcess(const std::vector<std::string>& argv, const std::string& log_path);
+// `inherit_fd` >= 0: that descriptor becomes the child's descriptor 3 (e.g. a
+// pipe holding a secret); it stays owned by the caller.
+StatusOr<pid_t> SpawnProcess(const std::vector<std::string>& argv, const std::string& log_path,
+                             int inherit_fd = -1);
 
 // true when `pid` exists and is not a zombie, or is a zombie child of this
 // process that cannot be reaped yet (its other threads still exiting). Reaps
@@ -46,6 +49,12 @@ bool TakeReapedStatus(pid_t pid, int* status);
 // `timeout_ms`, INTERNAL when qemu returns an error.
 StatusOr<std::string> QmpExecute(const std::string& socket_path, const std::string& command,
                                  int64_t timeout_ms);
+
+// The same with an "arguments" object (JSON text; "" = none).
+StatusOr<std::string> QmpExecuteWithArguments(const std::string& socket_path,
+                                              const std::string& command,
+                                              const std::string& arguments_json,
+                                              int64_t timeout_ms);
 
 // The last `max_bytes` of a file ("" when it cannot be read), as one line:
 // control characters become spaces.

@@ -1,5 +1,6 @@
 #include "vm/internal/qemu_command.h"
 
+#include <utility>
 #include <string>
 
 #include "json/json.h"
@@ -41,17 +42,30 @@ Status ValidateVmSpec(const VmSpec& spec) {
     return InvalidArgumentError("vm has more than " + std::to_string(kMaxDisks) + " disks");
   }
   size_t boots = 0;
+  std::vector<std::pair<std::string, size_t>> files;  // path, disk index
   for (size_t i = 0; i < spec.disks.size(); ++i) {
-    if (spec.disks[i].path.empty()) {
-      return InvalidArgumentError("vm disk " + std::to_string(i) + " path is empty");
+    const VmDisk& d = spec.disks[i];
+    const std::string which = "vm disk " + std::to_string(i);
+    if (d.path.empty()) return InvalidArgumentError(which + " path is empty");
+    if (d.source == DiskSource::kNbd && d.overlay_path.empty()) {
+      return InvalidArgumentError(which + " is an NBD export without an overlay");
     }
-    for (size_t j = 0; j < i; ++j) {
-      if (spec.disks[j].path == spec.disks[i].path) {
-        return InvalidArgumentError("vm disks " + std::to_string(j) + " and " +
-                                    std::to_string(i) + " are the same file");
+    if (d.encrypted && (d.source != DiskSource::kFile || !d.overlay_path.empty() ||
+                        d.format != DiskFormat::kQcow2)) {
+      return InvalidArgumentError(which + ": only a local qcow2 without an overlay can be "
+                                  "encrypted");
+    }
+    for (const std::string* p : {&d.path, &d.overlay_path}) {
+      if (p->empty()) continue;
+      for (const auto& [file, j] : files) {
+        if (file == *p) {
+          return InvalidArgumentError("vm disks " + std::to_string(j) + " and " +
+                                      std::to_string(i) + " are the same file");
+        }
       }
+      files.emplace_back(*p, i);
     }
-    boots += spec.disks[i].boot ? 1 : 0;
+    boots += d.boot ? 1 : 0;
   }
   if (boots != 1) {
     return InvalidArgumentError("vm disk list must have exactly one boot disk, has " +
@@ -71,6 +85,18 @@ std::vector<VmDisk> DisksOf(const VmSpec& spec) {
 
 std::string DiskFileNodeName(size_t index) { return "disk" + std::to_string(index) + "-file"; }
 std::string DiskNodeName(size_t index) { return "disk" + std::to_string(index); }
+std::string DiskBaseNodeName(size_t index) { return "disk" + std::to_string(index) + "-base"; }
+std::string DiskOverlayFileNodeName(size_t index) {
+  return "disk" + std::to_string(index) + "-overlay-file";
+}
+
+bool NeedsDiskSecret(const VmDisk& disk) { return disk.encrypted || !disk.overlay_path.empty(); }
+bool NeedsDiskSecret(const VmSpec& spec) {
+  for (const VmDisk& d : DisksOf(spec)) {
+    if (NeedsDiskSecret(d)) return true;
+  }
+  return false;
+}
 
 std::string QemuEscape(const std::string& value) {
   std::string out;
@@ -83,19 +109,47 @@ std::string QemuEscape(const std::string& value) {
 }
 
 std::string DiskProtocolNode(const VmDisk& disk, size_t index) {
-  nlohmann::json node = {{"driver", "file"},
-                         {"node-name", DiskFileNodeName(index)},
-                         {"filename", disk.path}};
+  nlohmann::json node;
+  if (disk.source == DiskSource::kNbd) {
+    node = {{"driver", "nbd"},
+            {"node-name", DiskFileNodeName(index)},
+            {"server", {{"type", "unix"}, {"path", disk.path}}},
+            {"export", ""},
+            {"reconnect-delay", kNbdReconnectDelaySeconds}};
+  } else {
+    node = {{"driver", "file"}, {"node-name", DiskFileNodeName(index)}, {"filename", disk.path}};
+  }
+  if (!disk.overlay_path.empty()) node["read-only"] = true;
   return DumpJson(node);
 }
 
 std::string DiskFormatNode(const VmDisk& disk, size_t index) {
+  const bool overlay = !disk.overlay_path.empty();
   nlohmann::json node = {{"driver", DiskFormatName(disk.format)},
-                         {"node-name", DiskNodeName(index)},
+                         {"node-name", overlay ? DiskBaseNodeName(index) : DiskNodeName(index)},
                          {"file", DiskFileNodeName(index)}};
   // Whatever a qcow2 header names as its backing file, qemu opens none.
   if (disk.format == DiskFormat::kQcow2) node["backing"] = nullptr;
+  if (overlay) node["read-only"] = true;
+  if (disk.encrypted) node["encrypt"] = {{"format", "luks"}, {"key-secret", kDiskSecretId}};
   return DumpJson(node);
+}
+
+std::vector<std::string> DiskBlockdevs(const VmDisk& disk, size_t index) {
+  std::vector<std::string> out = {DiskProtocolNode(disk, index), DiskFormatNode(disk, index)};
+  if (!disk.overlay_path.empty()) {
+    out.push_back(DumpJson({{"driver", "file"},
+                            {"node-name", DiskOverlayFileNodeName(index)},
+                            {"filename", disk.overlay_path}}));
+    // The overlay names no backing file in its header; its backing is the
+    // node built above, given here.
+    out.push_back(DumpJson({{"driver", "qcow2"},
+                            {"node-name", DiskNodeName(index)},
+                            {"file", DiskOverlayFileNodeName(index)},
+                            {"backing", DiskBaseNodeName(index)},
+                            {"encrypt", {{"format", "luks"}, {"key-secret", kDiskSecretId}}}}));
+  }
+  return out;
 }
 
 std::string DiskProtocolNode(const VmSpec& spec) { return DiskProtocolNode(DisksOf(spec)[0], 0); }
@@ -117,10 +171,16 @@ std::vector<std::string> BuildQemuArgv(const std::string& qemu_binary, const VmS
       "-mon", "chardev=qmp0,mode=control",
       "-sandbox", kQemuSandbox,
   };
+  if (NeedsDiskSecret(spec)) {
+    argv.insert(argv.end(), {"-object", std::string("secret,id=") + kDiskSecretId +
+                                            ",format=raw,file=/dev/fd/" +
+                                            std::to_string(kDiskSecretFd)});
+  }
   const std::vector<VmDisk> disks = DisksOf(spec);
   for (size_t i = 0; i < disks.size(); ++i) {
-    argv.insert(argv.end(), {"-blockdev", DiskProtocolNode(disks[i], i), "-blockdev",
-                             DiskFormatNode(disks[i], i)});
+    for (const std::string& node : DiskBlockdevs(disks[i], i)) {
+      argv.insert(argv.end(), {"-blockdev", node});
+    }
     std::string device = "virtio-blk-pci,drive=" + DiskNodeName(i);
     if (disks[i].boot) device += ",bootindex=0";
     argv.insert(argv.end(), {"-device", device});

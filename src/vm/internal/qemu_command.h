@@ -63,9 +63,28 @@ std::string DiskFormatNode(const VmDisk& disk, size_t index);
 // paths.serial_log, QMP on paths.qmp_socket, the disk as an explicit
 // -blockdev graph (file node, format node) on virtio-blk-pci as the boot
 // device, no NIC unless user_network. `accel` must be kKvm or kTcg.
-// The node names of disk `index`: "disk<index>-file" and "disk<index>".
+// The node names of disk `index`: "disk<index>-file" and "disk<index>" (the
+// node the device uses), and with an overlay "disk<index>-base" (the tenant's
+// format node) and "disk<index>-overlay-file".
 std::string DiskFileNodeName(size_t index);
 std::string DiskNodeName(size_t index);
+std::string DiskBaseNodeName(size_t index);
+std::string DiskOverlayFileNodeName(size_t index);
+
+// The qemu secret object holding the VM's disk secret, read from this
+// inherited descriptor (a pipe the agent fills: never argv, env or a file).
+inline constexpr const char* kDiskSecretId = "vmseal-disk-secret";
+inline constexpr int kDiskSecretFd = 3;
+// How long qemu's NBD client keeps retrying a lost export (nbdkit restarted
+// after an agent crash) before it fails the guest's requests, seconds.
+inline constexpr int kNbdReconnectDelaySeconds = 60;
+
+// Whether a disk (or any disk of `spec`) needs the disk secret.
+bool NeedsDiskSecret(const VmDisk& disk);
+bool NeedsDiskSecret(const VmSpec& spec);
+
+// Every -blockdev of disk `index`, bottom up (JSON texts).
+std::vector<std::string> DiskBlockdevs(const VmDisk& disk, size_t index);
 
 std::vector<std::string> BuildQemuArgv(const std::string& qemu_binary, const VmSpec& spec,
                                        Accel accel, const QemuPaths& paths);

@@ -52,7 +52,12 @@ std::string SerializeVmRecord(const VmRecord& record) {
   };
   json disks = json::array();
   for (const VmDisk& d : i.disks) {
-    disks.push_back({{"path", d.path}, {"format", DiskFormatName(d.format)}, {"boot", d.boot}});
+    json e = {{"path", d.path}, {"format", DiskFormatName(d.format)}, {"boot", d.boot}};
+    // Only when not the defaults, so that plain-file records stay as before.
+    if (d.source != DiskSource::kFile) e["source"] = DiskSourceName(d.source);
+    if (!d.overlay_path.empty()) e["overlay"] = d.overlay_path;
+    if (d.encrypted) e["encrypted"] = true;
+    disks.push_back(std::move(e));
   }
   j["disks"] = disks;
   if (i.ended) {
@@ -137,6 +142,19 @@ StatusOr<VmRecord> ParseVmRecord(const std::string& text) {
         return Corrupt("field \"disks[].boot\" missing or not a boolean");
       }
       d.boot = boot->get<bool>();
+      if (e.contains("source")) {
+        ASSIGN_OR_RETURN(std::string src, GetString(e, "source"));
+        auto ps = ParseDiskSource(src);
+        if (!ps.ok()) return Corrupt(ps.status().message());
+        d.source = *ps;
+      }
+      if (e.contains("overlay")) {
+        ASSIGN_OR_RETURN(d.overlay_path, GetString(e, "overlay"));
+      }
+      if (e.contains("encrypted")) {
+        if (!e["encrypted"].is_boolean()) return Corrupt("field \"disks[].encrypted\" not a boolean");
+        d.encrypted = e["encrypted"].get<bool>();
+      }
       i.disks.push_back(d);
     }
   }

@@ -3,6 +3,7 @@
 #include <signal.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <memory>
 #include <thread>
@@ -13,6 +14,8 @@
 #include "cli/commands.h"
 #include "host/host_config.h"
 #include "host/host_daemon.h"
+#include "json/json.h"
+#include "nbd_export/export.h"
 #include "vm/vm_manager.h"
 
 #if __has_include("host/https_kms_client.h")
@@ -88,12 +91,47 @@ Status ListVms(const std::string& config_path) {
   return OkStatus();
 }
 
+// Streamed disks of the VM `name` (every VM with `all`): stops the nbdkit
+// exports serving them and removes their overlays, caches and launch record
+// (image_store_dir/vd/<hash>/, docs/host.md), as HostAgent::DeleteVm does.
+Status DeleteDiskState(const std::string& config_path, const std::string& name, bool all) {
+  ASSIGN_OR_RETURN(host::HostConfig config, host::LoadHostConfig(Env::Default(), config_path));
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::path vd = fs::path(config.image_store_dir) / "vd";
+  if (!fs::is_directory(vd, ec)) return OkStatus();
+  Status first;
+  for (const auto& entry : fs::directory_iterator(vd, ec)) {
+    if (!entry.is_directory()) continue;
+    if (!all) {
+      auto text = ReadFileToString(Env::Default(), (entry.path() / "launch.json").string());
+      if (!text.ok()) continue;
+      auto j = ParseJsonObject(*text, "launch record");
+      if (!j.ok() || j->value("vm", "") != name) continue;
+    }
+    for (const auto& sub : fs::directory_iterator(entry.path(), ec)) {
+      const std::string n = sub.path().filename().string();
+      if (n.size() >= 2 && n[0] == 'd' && sub.is_directory()) {
+        Status s = nbd_export::Export::StopServing(sub.path().string());
+        if (!s.ok() && first.ok()) first = s;
+      }
+    }
+    fs::remove_all(entry.path(), ec);
+    if (ec && first.ok()) first = InternalError("remove " + entry.path().string() + ": " + ec.message());
+  }
+  return first;
+}
+
 // One VM, or with `all` every VM of the host; the first error is returned
 // after trying every VM.
 Status DeleteVms(const std::string& config_path, const std::string& name, bool all) {
   if (all == !name.empty()) return InvalidArgumentError("give a VM name or --all (not both)");
   ASSIGN_OR_RETURN(auto vms, OpenVms(config_path));
-  if (!all) return vms->Delete(name);
+  if (!all) {
+    Status s = vms->Delete(name);
+    Status d = DeleteDiskState(config_path, name, false);
+    return s.ok() ? d : s;
+  }
   ASSIGN_OR_RETURN(auto list, vms->List());
   Status first;
   for (const vm::VmInfo& v : list) {
@@ -104,7 +142,8 @@ Status DeleteVms(const std::string& config_path, const std::string& name, bool a
       first = s.WithPrefix(v.name);
     }
   }
-  return first;
+  Status d = DeleteDiskState(config_path, "", true);
+  return first.ok() ? d : first;
 }
 
 }  // namespace

@@ -793,6 +793,8 @@ class HostStreamE2eTest : public HostE2eTest {
     seal.tenant = customer_id_;
     seal.vm.cpus = 1;
     seal.vm.memory_mib = 256;
+    seal.signing_key = signing_key_.get();
+    seal.signing_chain_pem = signing_chain_;
     EXPECT_OK(ovf::SealPackage(Env::Default(), seal, out));
     return out;
   }

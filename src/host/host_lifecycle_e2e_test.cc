@@ -30,6 +30,9 @@
 #include "net/https_client.h"
 #include "net/https_server.h"
 #include "ovf/package.h"
+#include "ovf/signature.h"
+#include "crypto/primitives.h"
+#include "crypto/signature.h"
 #include "testing/test_util.h"
 #include "tpm/testing/swtpm_harness.h"
 
@@ -172,6 +175,7 @@ class HostLifecycleE2eTest : public ::testing::Test {
     config_.reattest_interval_seconds = 5;
     config_.poll_interval_seconds = 0.2;
     config_.accel = "tcg";
+    config_.nbd_plugin = VMSEAL_NBD_PLUGIN_PATH;
     config_.capacity = HostCapacity{.vcpus = 2, .memory_mib = 2048, .slots = slots};
     ASSERT_NO_FATAL_FAILURE(StartDaemon());
   }
@@ -238,16 +242,32 @@ class HostLifecycleE2eTest : public ::testing::Test {
     std::string customer_id;
     std::string public_key_pem;
     httplib::Headers auth;
+    // The package-signing key made on the customer's machine, and the KMS's
+    // certificate of it.
+    std::shared_ptr<crypto::PrivateKey> signing_key;
+    std::string signing_chain_pem;
   };
   Customer RegisterCustomer() {
     Customer out;
     auto c = Client();
-    auto reg = c->Post("/v1/register");
+    // With a package-signing key made here, as `vmseal customer register` does.
+    auto signing = crypto::PrivateKey::Generate(crypto::KeyType::kEcP256);
+    EXPECT_OK(signing);
+    if (!signing.ok()) return out;
+    auto proof = crypto::Sign(*signing, crypto::SignatureDigest::kSha256,
+                              ovf::SigningKeyProofMessage(signing->Public()));
+    EXPECT_OK(proof);
+    if (!proof.ok()) return out;
+    json body = {{"signing_public_key_pem", signing->Public().ToPem()},
+                 {"signing_key_proof", crypto::Base64Encode(*proof)}};
+    out.signing_key = std::make_shared<crypto::PrivateKey>(*std::move(signing));
+    auto reg = c->Post("/v1/register", body.dump(), "application/json");
     EXPECT_TRUE(reg && reg->status == 201) << (reg ? reg->body : "no answer");
     if (!reg || reg->status != 201) return out;
     json r = json::parse(reg->body);
     out.customer_id = r["customer_id"];
     out.public_key_pem = r["key"]["public_key_pem"];
+    out.signing_chain_pem = r["signing_key"]["cert_pem"];
     json login = {{"login_id", r["login_id"]}, {"password", r["password"]}};
     auto res = c->Post("/v1/login", login.dump(), "application/json");
     EXPECT_TRUE(res && res->status == 200);
@@ -280,6 +300,8 @@ class HostLifecycleE2eTest : public ::testing::Test {
     seal.tenant = a_.customer_id;
     seal.vm.cpus = 1;
     seal.vm.memory_mib = 256;
+    seal.signing_key = a_.signing_key.get();
+    seal.signing_chain_pem = a_.signing_chain_pem;
     EXPECT_OK(ovf::SealPackage(Env::Default(), seal, out));
     auto c = Client();
     auto begin = c->Post("/v1/uploads", a_.auth, "", "application/json");
@@ -478,7 +500,9 @@ TEST_F(HostLifecycleE2eTest, AnotherCustomerCannotStopStartOrDeleteTheVm) {
   EXPECT_EQ(after.value("wanted", ""), "running");
   EXPECT_TRUE(PidAlive(pid));
   EXPECT_EQ(QemuPid(vm_name), pid);
-  EXPECT_EQ(vmseal::testing::ListDir(dir_.File("img") + "/disks").size(), 1u);
+  // Streamed launch: the VM's disk state (overlay, cache, launch record) is
+  // its directory under vd/ (no decrypted disk under disks/).
+  EXPECT_EQ(vmseal::testing::ListDir(dir_.File("img") + "/vd").size(), 1u);
 }
 
 TEST_F(HostLifecycleE2eTest, DeleteRemovesTheVmAndItsFilesFromTheHost) {
@@ -505,6 +529,7 @@ TEST_F(HostLifecycleE2eTest, DeleteRemovesTheVmAndItsFilesFromTheHost) {
   EXPECT_FALSE(fs::exists(info->serial_log_path));
   EXPECT_FALSE(fs::exists(info->qemu_log_path));
   EXPECT_TRUE(vmseal::testing::ListDir(dir_.File("img") + "/disks").empty());
+  EXPECT_TRUE(vmseal::testing::ListDir(dir_.File("img") + "/vd").empty());
   EXPECT_TRUE(vmseal::testing::ListDir(dir_.File("img") + "/vms").empty());
   // A deleted VM cannot be started again.
   auto start = Client()->Post("/v1/vms/" + job_id + "/start", a_.auth, "", "application/json");

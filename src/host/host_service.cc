@@ -344,6 +344,20 @@ void HostService::ApplyVmCommands(const std::vector<PortalVmCommand>& commands) 
       // Ended without the portal hearing of it (or the report is in flight:
       // a repeat is harmless).
       const vm::VmInfo& v = it->second;
+      if (!v.ended) {
+        // The VM manager's watcher records why a VM ended within its watch
+        // interval and reports it through on_end; only a VM whose end stays
+        // unrecorded (it ended while no agent watched) is reported as
+        // "unknown", after a grace of 2 s.
+        const auto now = std::chrono::steady_clock::now();
+        std::lock_guard<std::mutex> lock(mu_);
+        auto [first, inserted] = unrecorded_since_.try_emplace(c.vm_name, now);
+        if (now - first->second < std::chrono::seconds(2)) continue;
+      }
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        unrecorded_since_.erase(c.vm_name);
+      }
       const std::string reason = v.ended ? vm::VmEndReasonName(v.end.reason) : "unknown";
       const std::string text = v.ended ? v.end.text : "the VM is not running";
       bool owed;

@@ -20,6 +20,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <chrono>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -153,6 +154,8 @@ class HostService {
   std::deque<OwedRefusal> owed_refusals_;
   // By VM name.
   std::map<std::string, OwedVmEnd> owed_vm_ends_;
+  // VMs seen not running with no recorded end, and since when.
+  std::map<std::string, std::chrono::steady_clock::time_point> unrecorded_since_;
   uint64_t vm_end_seq_ = 0;
   bool flushing_vm_ends_ = false;
 };

@@ -37,7 +37,7 @@ class InteropTest : public ::testing::Test {
 
 TEST_F(InteropTest, Xmlsec1DecryptsCompatPackageByteForByte) {
   std::string out;
-  ASSERT_EQ(Vmseal({"seal", dir_.File("disk.img"), "--pubkey", dir_.File("pub.pem"),
+  ASSERT_EQ(Vmseal({"seal", dir_.File("disk.img"), "--pubkey", dir_.File("pub.pem"), "--unsigned",
                     "--xmlenc-compat", "--format", "dir", "--image-id", "img-1", "-o",
                     dir_.File("pkg")},
                    &out),
@@ -56,7 +56,7 @@ TEST_F(InteropTest, Xmlsec1DecryptsCompatPackageByteForByte) {
 
 TEST_F(InteropTest, Xmlsec1FailsOnTamperedCompatPackage) {
   std::string out;
-  ASSERT_EQ(Vmseal({"seal", dir_.File("disk.img"), "--pubkey", dir_.File("pub.pem"),
+  ASSERT_EQ(Vmseal({"seal", dir_.File("disk.img"), "--pubkey", dir_.File("pub.pem"), "--unsigned",
                     "--xmlenc-compat", "--format", "dir", "-o", dir_.File("pkg")},
                    &out),
             0)
@@ -74,7 +74,7 @@ TEST_F(InteropTest, Xmlsec1FailsOnTamperedCompatPackage) {
 
 TEST_F(InteropTest, CliSealInspectUnsealRoundTrip) {
   std::string out;
-  ASSERT_EQ(Vmseal({"seal", dir_.File("disk.img"), "--pubkey", dir_.File("pub.pem"),
+  ASSERT_EQ(Vmseal({"seal", dir_.File("disk.img"), "--pubkey", dir_.File("pub.pem"), "--unsigned",
                     "--xmlenc-compat", "--tenant", "acme", "--cpus", "4", "--memory-mib", "4096",
                     "-o", dir_.File("p.ova")},
                    &out),
@@ -117,7 +117,7 @@ TEST_F(InteropTest, CliSealAcceptsCertificate) {
                        &out),
             0)
       << out;
-  ASSERT_EQ(Vmseal({"seal", dir_.File("disk.img"), "--cert", dir_.File("cert.pem"),
+  ASSERT_EQ(Vmseal({"seal", dir_.File("disk.img"), "--cert", dir_.File("cert.pem"), "--unsigned",
                     "--xmlenc-compat", "-o", dir_.File("p.ova")},
                    &out),
             0)
@@ -131,7 +131,7 @@ TEST_F(InteropTest, CliSealAcceptsCertificate) {
 
 TEST_F(InteropTest, CliDefaultStreamFormatRoundTrip) {
   std::string out;
-  ASSERT_EQ(Vmseal({"seal", dir_.File("disk.img"), "--pubkey", dir_.File("pub.pem"),
+  ASSERT_EQ(Vmseal({"seal", dir_.File("disk.img"), "--pubkey", dir_.File("pub.pem"), "--unsigned",
                     "--image-id", "img-7", "-o", dir_.File("p.ova")},
                    &out),
             0)

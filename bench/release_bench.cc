@@ -39,6 +39,10 @@
 #include "kms/kek.h"
 #include "net/https_client.h"
 #include "ovf/package_format.h"
+#include "ovf/descriptor.h"
+#include "ovf/signature.h"
+#include "ovf/testing/signed_texts.h"
+#include "crypto/signature.h"
 #include "net/https_server.h"
 #include "kms/service.h"
 #include "kms/store.h"
@@ -105,21 +109,16 @@ double Percentile(std::vector<double> v, double p) {
   return v[i];
 }
 
-// Package-style label (docs/format/package.md): prefix 0x00, len-prefixed
-// image id and tenant, u64 key version, len-prefixed data algorithm.
+// The package label (docs/format/package.md §5) of `image` of `tenant`,
+// key version 1, with the stream algorithm a sealed package names.
 crypto::Bytes PackageLabel(const std::string& image, const std::string& tenant) {
-  std::string s = "vmseal-package-key-v1";
-  s.push_back('\0');
-  auto field = [&](const std::string& f) {
-    for (int i = 3; i >= 0; --i) s.push_back(static_cast<char>((f.size() >> (8 * i)) & 0xff));
-    s += f;
-  };
-  field(image);
-  field(tenant);
-  for (int i = 0; i < 7; ++i) s.push_back('\0');
-  s.push_back('\1');
-  field("https://vmseal.dev/ns/stream/v1");
-  return crypto::Bytes(s.begin(), s.end());
+  ovf::EncryptionTag tag;
+  tag.image_id = image;
+  tag.tenant = tenant;
+  tag.key_version = 1;
+  tag.data_algorithm = std::string(ovf::kStreamAlgorithmUri);
+  const std::vector<uint8_t> label = ovf::OaepLabel(tag);
+  return crypto::Bytes(label.begin(), label.end());
 }
 
 // The JSON body of POST /v1/hosts/{id}/releases (docs/api/kms.yaml).
@@ -132,7 +131,11 @@ nlohmann::json BodyOf(const kms::ReleaseRequest& r) {
           {"wrap_algorithm", r.wrap_algorithm},
           {"oaep_label", crypto::Base64Encode(r.oaep_label)},
           {"wrapped_key", crypto::Base64Encode(r.wrapped_key)},
-          {"evidence", nlohmann::json::parse(attest::EvidenceToJson(r.evidence))}};
+          {"evidence", nlohmann::json::parse(attest::EvidenceToJson(r.evidence))},
+          {"descriptor_name", r.descriptor_name},
+          {"descriptor", r.descriptor},
+          {"manifest", r.manifest},
+          {"package_cert", r.package_cert}};
 }
 
 int Run(int releases, const std::string& store_arg, int clients, const std::string& keys) {
@@ -348,6 +351,35 @@ int Run(int releases, const std::string& store_arg, int clients, const std::stri
   HttpsRun nonce_run;
   // One key type: the customer key, the package's wrapped data key, the
   // in-process loop, the same crypto alone, and the HTTPS run.
+  // The customer's package-signing key (registered once the tenant has a
+  // customer key), and the signed package texts a host sends with each
+  // release: what the customer signed for this request's image and key.
+  std::unique_ptr<crypto::PrivateKey> signer;
+  std::string signer_chain;
+  auto sign_request = [&](kms::ReleaseRequest& r) {
+    if (!signer) {
+      signer = std::make_unique<crypto::PrivateKey>(
+          Must(crypto::PrivateKey::Generate(crypto::KeyType::kEcP256), "signing key"));
+      const crypto::Bytes proof = Must(crypto::Sign(*signer, crypto::SignatureDigest::kSha256,
+                                                    ovf::SigningKeyProofMessage(signer->Public())),
+                                       "proof");
+      signer_chain = Must(service->RegisterSigningKey(portal, {"acme", signer->Public().ToPem(), proof}),
+                          "register signing key")
+                         .cert_pem;
+    }
+    ovf::EncryptionTag tag;
+    tag.image_id = r.image_id;
+    tag.tenant = r.tenant;
+    tag.key_id = r.key_id;
+    tag.key_version = r.key_version;
+    tag.data_algorithm = std::string(ovf::kStreamAlgorithmUri);
+    const ovf::WrappedKey key{r.wrap_algorithm, r.oaep_label, r.wrapped_key};
+    auto texts = Must(ovf::testing::MakeSignedTexts(tag, key, signer.get(), signer_chain), "sign");
+    r.descriptor_name = texts.descriptor_name;
+    r.descriptor = texts.descriptor;
+    r.manifest = texts.manifest;
+    r.package_cert = texts.certificate;
+  };
   auto measure = [&](const std::string& algorithm) {
     const bool x25519 = algorithm == "X25519";
     // One image per key type: an image id is wrapped to one key.
@@ -379,6 +411,14 @@ int Run(int releases, const std::string& store_arg, int clients, const std::stri
       r.wrap_algorithm = std::string(x25519 ? ovf::kX25519WrapUri : ovf::kRsaOaepUri);
       r.oaep_label = image_label;
       r.wrapped_key = wrapped;
+      if (requests.empty()) {
+        sign_request(r);
+      } else {
+        r.descriptor_name = requests[0].descriptor_name;
+        r.descriptor = requests[0].descriptor;
+        r.manifest = requests[0].manifest;
+        r.package_cert = requests[0].package_cert;
+      }
       r.evidence = Must(engine->Attest(Must(crypto::HexDecode(n.nonce), "hex"), pcrs), "attest");
       requests.push_back(std::move(r));
     }
@@ -504,6 +544,9 @@ int Run(int releases, const std::string& store_arg, int clients, const std::stri
           r.evidence.nonce = nonce;
         }
         change(r);
+        // Signed as the customer would have signed this (changed) request,
+        // so that it is refused for the reason the kind is about.
+        sign_request(r);
         // Each body is its own job with a one-launch grant, so that it is
         // refused for the reason the kind is about, not for a used grant.
         static int hostile_job = 0;

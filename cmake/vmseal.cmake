@@ -1,11 +1,22 @@
 # Helpers shared by the component CMakeLists.
 
+# vmseal_unit_tests builds every test binary labelled "unit" (and the vmseal
+# binary that some of them run): the sanitizer build compiles only those
+# (scripts/test.sh), not the integration tests and benchmarks it never runs.
+if(NOT TARGET vmseal_unit_tests)
+  add_custom_target(vmseal_unit_tests)
+  add_dependencies(vmseal_unit_tests vmseal)
+endif()
+
 # vmseal_test(NAME SOURCES... LIBS... LABELS...) builds one GoogleTest binary
 # and registers each of its tests with CTest under the given labels.
 #   vmseal_test(stream_test SOURCES a_test.cc LIBS vmseal_stream LABELS unit)
 function(vmseal_test name)
   cmake_parse_arguments(T "" "TIMEOUT" "SOURCES;LIBS;LABELS" ${ARGN})
   add_executable(${name} ${T_SOURCES})
+  if("unit" IN_LIST T_LABELS)
+    add_dependencies(vmseal_unit_tests ${name})
+  endif()
   target_link_libraries(${name} PRIVATE ${T_LIBS} vmseal_testing GTest::gtest
                         GTest::gmock GTest::gtest_main)
   if(NOT T_TIMEOUT)

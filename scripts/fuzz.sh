@@ -34,7 +34,11 @@ if [ "$coverage" -eq 1 ]; then
   flags=(-DVMSEAL_FUZZ=ON -DVMSEAL_FUZZ_COVERAGE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo)
 else
   build=build-fuzz
-  flags=(-DVMSEAL_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo)
+  # OSS-Fuzz's flags: -O1 with line tables compiles in about half the time
+  # of RelWithDebInfo's -O2 -g and still symbolizes every report.
+  flags=(-DVMSEAL_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo
+         "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -gline-tables-only -DNDEBUG"
+         "-DCMAKE_C_FLAGS_RELWITHDEBINFO=-O1 -gline-tables-only -DNDEBUG")
 fi
 if command -v ccache >/dev/null 2>&1; then
   flags+=(-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)

@@ -187,6 +187,10 @@ StatusOr<Descriptor> Descriptor::Parse(std::string_view xml) {
     if (auto size = Attr(f, ns, "size"); size && !ParseUint<uint64_t>(*size)) {
       return InvalidArgumentError("File " + *href + " has an invalid ovf:size");
     }
+    if (auto chunk = Attr(f, ns, "chunkSize")) {
+      auto n = ParseUint<uint64_t>(*chunk);
+      if (!n || *n == 0) return InvalidArgumentError("File " + *href + " has an invalid ovf:chunkSize");
+    }
   }
   return d;
 }
@@ -268,6 +272,8 @@ std::vector<FileRef> Descriptor::Files() const {
     auto compression = Attr(f, ns, "compression");
     r.compressed = compression && !compression->empty() && *compression != "identity";
     r.chunked = Attr(f, ns, "chunkSize").has_value();
+    if (r.compressed) r.compression = *compression;
+    if (auto chunk = Attr(f, ns, "chunkSize")) r.chunk_size = ParseUint<uint64_t>(*chunk).value_or(0);
     if (xmlNode* ed = FirstChild(f, kXencNamespace, "EncryptedData")) {
       xmlNode* method = FirstChild(ed, kXencNamespace, "EncryptionMethod");
       r.encryption_algorithm =
@@ -326,6 +332,20 @@ Status Descriptor::AddEncryption(const EncryptionTag& tag, const WrappedKey& key
     }
     xmlSetNsProp(f, ovf, X("href"), X(files[i].sealed_href.c_str()));
     xmlSetNsProp(f, ovf, X("size"), X(std::to_string(files[i].sealed_size).c_str()));
+    xmlUnsetNsProp(f, ovf, X("compression"));
+    xmlUnsetNsProp(f, ovf, X("chunkSize"));
+    if (!files[i].converted_format_uri.empty()) {
+      xmlNode* disk_section = FirstChild(root, kOvf2Namespace, "DiskSection");
+      if (disk_section == nullptr) return InternalError("a converted disk without DiskSection");
+      for (xmlNode* disk : Children(disk_section, kOvf2Namespace, "Disk")) {
+        if (Attr(disk, kOvf2Namespace, "fileRef").value_or("") != files[i].id) continue;
+        xmlSetNsProp(disk, ovf, X("format"), X(files[i].converted_format_uri.c_str()));
+        xmlSetNsProp(disk, ovf, X("capacity"),
+                     X(std::to_string(files[i].converted_capacity).c_str()));
+        xmlUnsetNsProp(disk, ovf, X("capacityAllocationUnits"));
+        xmlUnsetNsProp(disk, ovf, X("populatedSize"));
+      }
+    }
     xmlNode* ed = xmlNewChild(f, xenc, X("EncryptedData"), nullptr);
     std::string data_id = std::string(kEncryptedDataIdPrefix) + files[i].id;
     xmlNewProp(ed, X("Id"), X(data_id.c_str()));

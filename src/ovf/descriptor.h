@@ -48,6 +48,8 @@ struct FileRef {
   std::optional<uint64_t> size;
   bool compressed = false;          // ovf:compression other than "identity"
   bool chunked = false;             // ovf:chunkSize present
+  std::string compression;          // ovf:compression ("" for none or "identity")
+  uint64_t chunk_size = 0;          // ovf:chunkSize (0 = not chunked)
   std::string encryption_algorithm; // EncryptedData Algorithm; empty = plain
   // ovf:format of the first DiskSection Disk whose ovf:fileRef names this
   // file; empty when no Disk names it or the Disk has no format.
@@ -59,6 +61,11 @@ struct SealedFileInfo {
   std::string id;
   std::string sealed_href;
   uint64_t sealed_size = 0;
+  // Set when seal converted the disk (§9.4): the Disk that names this file
+  // gets this ovf:format and ovf:capacity (bytes), and loses
+  // ovf:populatedSize and ovf:capacityAllocationUnits.
+  std::string converted_format_uri;
+  uint64_t converted_capacity = 0;
 };
 
 // What the unseal step records for one file.
@@ -101,7 +108,8 @@ class Descriptor {
   bool HasEncryptionSection() const;
 
   // Adds the EncryptionSection after References and an EncryptedData to each
-  // file, and sets each file's href and size to the sealed ones. Requires an
+  // file, and sets each file's href and size to the sealed ones. A sealed
+  // file is one plain file: ovf:compression and ovf:chunkSize are removed. Requires an
   // OVF 2 descriptor without an EncryptionSection; every file must be listed.
   Status AddEncryption(const EncryptionTag& tag, const WrappedKey& key,
                        const std::vector<SealedFileInfo>& files);

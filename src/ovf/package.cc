@@ -1,7 +1,9 @@
 #include "ovf/package.h"
 
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <ctime>
 #include <filesystem>
 #include <map>
@@ -10,7 +12,9 @@
 #include <nlohmann/json.hpp>
 
 #include "crypto/primitives.h"
+#include "ovf/disk_conversion.h"
 #include "ovf/internal/disk_cipher.h"
+#include "ovf/internal/file_coding.h"
 #include "ovf/internal/key_wrap.h"
 #include "ovf/manifest.h"
 #include "ovf/package_format.h"
@@ -131,16 +135,34 @@ Status Package::Load(Env* env, const std::string& path, const PackageOpenOptions
   struct stat st;
   if (stat(path.c_str(), &st) != 0) return ErrnoToStatus(errno, "open package", path);
   std::vector<std::string> present;  // every name in the package
+  // An .ovf named explicitly is the package with exactly the files it names
+  // (§9.1): the other files of its directory (a Vagrantfile beside a box's
+  // descriptor) are not part of it. A directory is the package as a whole.
+  const bool explicit_descriptor = !S_ISDIR(st.st_mode) && path.ends_with(".ovf");
+  std::set<std::string> unusable;  // explicit descriptor: names that are not plain files
   if (S_ISDIR(st.st_mode) || path.ends_with(".ovf")) {
     dir_ = S_ISDIR(st.st_mode) ? path : DirName(path);
     std::error_code ec;
     for (const auto& entry : fs::directory_iterator(dir_, ec)) {
       std::string name = entry.path().filename().string();
       if (entry.is_symlink(ec) || !entry.is_regular_file(ec)) {
-        return InvalidArgumentError("package directory holds a non-regular file: " + name);
+        if (explicit_descriptor) {
+          unusable.insert(name);
+          continue;
+        }
+        return InvalidArgumentError("package directory " + dir_ + " holds a non-regular file: " +
+                                    name + " (name the .ovf to seal only the files it references)");
       }
-      RETURN_IF_ERROR(ValidateFileName(name).WithPrefix("package directory"));
-      if (present.size() >= kMaxTarMembers) return InvalidArgumentError("too many files");
+      if (Status valid = ValidateFileName(name); !valid.ok()) {
+        if (explicit_descriptor) {
+          unusable.insert(name);
+          continue;
+        }
+        return valid.WithPrefix("package directory " + dir_);
+      }
+      if (present.size() >= (explicit_descriptor ? 4 * kMaxTarMembers : kMaxTarMembers)) {
+        return InvalidArgumentError("too many files in " + dir_);
+      }
       present.push_back(name);
     }
     if (ec) return ErrnoToStatus(ec.value(), "list", dir_);
@@ -174,26 +196,59 @@ Status Package::Load(Env* env, const std::string& path, const PackageOpenOptions
   ASSIGN_OR_RETURN(Descriptor d, Descriptor::Parse(descriptor_text_));
   files_ = d.Files();
 
-  // Exactly the descriptor, its manifest and certificate, and References.
+  // Exactly the descriptor, its manifest and certificate, and References
+  // (a chunked file as its chunks, §9.3).
   const std::string stem = Stem(descriptor_name_);
   const std::string mf_name = stem + ".mf", cert_name = stem + ".cert";
   std::set<std::string> expected = {descriptor_name_};
-  for (const FileRef& f : files_) expected.insert(f.href);
   std::set<std::string> have(present.begin(), present.end());
   for (const FileRef& f : files_) {
-    if (!have.count(f.href)) return InvalidArgumentError("missing file: " + f.href);
+    std::vector<std::string>& parts = parts_[f.id];
+    if (f.chunk_size == 0) {
+      parts.push_back(f.href);
+    } else {
+      while (have.count(internal::ChunkName(f.href, parts.size()))) {
+        parts.push_back(internal::ChunkName(f.href, parts.size()));
+      }
+      if (parts.empty()) {
+        return InvalidArgumentError("missing file: " + internal::ChunkName(f.href, 0) +
+                                    " (the first chunk of " + f.href + ")");
+      }
+    }
+    for (const std::string& n : parts) {
+      if (unusable.count(n)) return InvalidArgumentError("not a regular file: " + n);
+      if (!have.count(n)) return InvalidArgumentError("missing file: " + n);
+      expected.insert(n);
+    }
   }
-  for (const std::string& n : present) {
-    if (!expected.count(n) && n != mf_name && n != cert_name) {
-      return InvalidArgumentError("extra file in package: " + n);
+  if (!explicit_descriptor) {
+    for (const std::string& n : present) {
+      if (!expected.count(n) && n != mf_name && n != cert_name) {
+        return InvalidArgumentError("extra file in package: " + n);
+      }
     }
   }
   for (const FileRef& f : files_) {
-    ASSIGN_OR_RETURN(auto file, OpenStoredFile(f.id));
-    ASSIGN_OR_RETURN(uint64_t size, file->Size());
-    if (f.size && *f.size != size) {
-      return InvalidArgumentError("size of " + f.href + " does not match its ovf:size");
+    const std::vector<std::string>& parts = parts_[f.id];
+    uint64_t size = 0;
+    for (size_t i = 0; i < parts.size(); ++i) {
+      ASSIGN_OR_RETURN(auto file, OpenStoredName(parts[i]));
+      ASSIGN_OR_RETURN(uint64_t part_size, file->Size());
+      if (f.chunk_size != 0 && (part_size > f.chunk_size || part_size == 0 ||
+                                (i + 1 < parts.size() && part_size != f.chunk_size))) {
+        return InvalidArgumentError("chunk " + parts[i] + " has " + std::to_string(part_size) +
+                                    " bytes; ovf:chunkSize is " + std::to_string(f.chunk_size) +
+                                    " (only the last chunk may be shorter)");
+      }
+      size += part_size;
     }
+    if (f.size && *f.size != size) {
+      return InvalidArgumentError("size of " + f.href + " is " + std::to_string(size) +
+                                  " bytes; its ovf:size says " + std::to_string(*f.size));
+    }
+  }
+  if (unusable.count(mf_name) || unusable.count(cert_name)) {
+    return InvalidArgumentError("not a regular file: " + mf_name + " or " + cert_name);
   }
   if (have.count(mf_name)) {
     std::unique_ptr<RandomAccessFile> mf;
@@ -271,12 +326,12 @@ Status Package::VerifyManifest() const {
       d.Update(crypto::AsBytes(descriptor_text_));
       digest = d.Finish();
     } else {
-      const FileRef* ref = nullptr;
-      for (const FileRef& f : files_) {
-        if (f.href == e.name) ref = &f;
+      bool known = false;
+      for (const auto& [id, parts] : parts_) {
+        for (const std::string& n : parts) known = known || n == e.name;
       }
-      if (ref == nullptr) return InvalidArgumentError("manifest lists an unknown file");
-      ASSIGN_OR_RETURN(auto file, OpenStoredFile(ref->id));
+      if (!known) return InvalidArgumentError("manifest lists an unknown file");
+      ASSIGN_OR_RETURN(auto file, OpenStoredName(e.name));
       ASSIGN_OR_RETURN(digest, DigestFile(*file, e.algorithm));
     }
     if (digest != e.digest) return DataLossError("manifest mismatch for " + e.name);
@@ -291,16 +346,37 @@ const FileRef* Package::FindFile(const std::string& file_id) const {
   return nullptr;
 }
 
+StatusOr<std::unique_ptr<RandomAccessFile>> Package::OpenStoredName(
+    const std::string& name) const {
+  if (archive_) {
+    const TarMember* m = archive_->Find(name);
+    if (m == nullptr) return NotFoundError("missing file: " + name);
+    return archive_->NewMemberFile(*m);
+  }
+  // No links: a name in a directory package is a plain file of that
+  // directory (Load listed it as one).
+  struct stat st;
+  const std::string path = dir_ + "/" + name;
+  if (lstat(path.c_str(), &st) != 0) return ErrnoToStatus(errno, "open", path);
+  if (!S_ISREG(st.st_mode)) return InvalidArgumentError("not a regular file: " + name);
+  return env_->NewRandomAccessFile(path);
+}
+
 StatusOr<std::unique_ptr<RandomAccessFile>> Package::OpenStoredFile(
     const std::string& file_id) const {
   const FileRef* f = FindFile(file_id);
   if (f == nullptr) return NotFoundError("no file with id " + file_id.substr(0, 100));
-  if (archive_) {
-    const TarMember* m = archive_->Find(f->href);
-    if (m == nullptr) return NotFoundError("missing file: " + f->href);
-    return archive_->NewMemberFile(*m);
+  auto it = parts_.find(file_id);
+  if (it == parts_.end() || it->second.size() == 1) {
+    return OpenStoredName(it == parts_.end() ? f->href : it->second[0]);
   }
-  return env_->NewRandomAccessFile(dir_ + "/" + f->href);
+  std::vector<std::unique_ptr<RandomAccessFile>> parts;
+  for (const std::string& n : it->second) {
+    ASSIGN_OR_RETURN(auto part, OpenStoredName(n));
+    parts.push_back(std::move(part));
+  }
+  ASSIGN_OR_RETURN(auto joined, internal::ConcatenatedFile::Create(std::move(parts)));
+  return std::unique_ptr<RandomAccessFile>(std::move(joined));
 }
 
 StatusOr<SecretBytes> Package::UnwrapDataKey(std::string_view private_key_pem) const {
@@ -363,7 +439,101 @@ struct SealSource {
   uint64_t size = 0;
   std::string sealed_href;
   uint64_t sealed_size = 0;
+  // Set when the disk was converted (§9.4).
+  std::string converted_format_uri;
+  uint64_t converted_capacity = 0;
 };
+
+// A private scratch directory beside the output (mode 0700) for the plain
+// bytes that seal must materialize: decompressed files and converted disks.
+// Removed with everything in it when seal ends, whatever the outcome.
+class StagingDir {
+ public:
+  explicit StagingDir(std::string out_path) : out_path_(std::move(out_path)) {}
+  ~StagingDir() {
+    if (!dir_.empty()) {
+      std::error_code ec;
+      fs::remove_all(dir_, ec);
+    }
+  }
+  StagingDir(const StagingDir&) = delete;
+  StagingDir& operator=(const StagingDir&) = delete;
+
+  StatusOr<std::string> Path(const std::string& name) {
+    if (dir_.empty()) {
+      std::string tmpl = out_path_ + ".stage-XXXXXX";
+      if (mkdtemp(tmpl.data()) == nullptr) return ErrnoToStatus(errno, "create directory", tmpl);
+      dir_ = tmpl;
+    }
+    return dir_ + "/" + name;
+  }
+
+ private:
+  const std::string out_path_;
+  std::string dir_;
+};
+
+// Copies `in` to a new file `path` (or, when `gunzip`, decompresses it
+// there, bounded by kMaxGunzipBytes) and opens the copy.
+constexpr uint64_t kMaxGunzipBytes = uint64_t{16} << 40;  // 16 TiB
+StatusOr<std::unique_ptr<RandomAccessFile>> Materialize(Env* env, const RandomAccessFile& in,
+                                                        const std::string& path, bool gunzip) {
+  {
+    ASSIGN_OR_RETURN(auto out, env->NewExclusiveFile(path, 0600));
+    if (gunzip) {
+      RETURN_IF_ERROR(internal::Gunzip(in, out.get(), kMaxGunzipBytes).status());
+    } else {
+      std::vector<uint8_t> buf(1 << 20);
+      uint64_t off = 0;
+      while (true) {
+        ASSIGN_OR_RETURN(size_t n, in.Read(off, buf));
+        if (n == 0) break;
+        RETURN_IF_ERROR(out->Append(std::span<const uint8_t>(buf.data(), n)));
+        off += n;
+      }
+    }
+    RETURN_IF_ERROR(out->Close());
+  }
+  return env->NewRandomAccessFile(path);
+}
+
+// Converts the source's disk when it is VMDK, VHD or VHDX (§9.4). `path`
+// is the file on disk if there is one (then `confine_dir` is its directory);
+// otherwise the bytes are first copied into the staging directory.
+// `declared` is the Disk's ovf:format (empty when none).
+Status ConvertIfForeign(Env* env, StagingDir& stage, SealSource& s, const std::string& path,
+                        const std::string& confine_dir, const std::string& declared,
+                        bool in_package, bool convert) {
+  if (!convert) return OkStatus();
+  ASSIGN_OR_RETURN(SourceDiskFormat actual, DetectSourceDiskFormat(*s.data));
+  bool known = false;
+  const SourceDiskFormat said = FormatFromUri(declared, &known);
+  if (known && NeedsConversion(said) &&
+      !(actual == said || (said == SourceDiskFormat::kVmdk &&
+                           actual == SourceDiskFormat::kVmdkDescriptor))) {
+    return InvalidArgumentError("disk " + s.href + ": ovf:format \"" + declared.substr(0, 200) +
+                                "\" names " + QemuDriverName(said) + " but the file is " +
+                                QemuDriverName(actual));
+  }
+  if (!NeedsConversion(actual)) return OkStatus();
+  if (in_package && actual == SourceDiskFormat::kVmdkDescriptor) {
+    return UnimplementedError("disk " + s.href + " is a VMDK text descriptor (monolithicFlat): "
+                              "its extent files are not in the package's References; export "
+                              "the disk as streamOptimized or monolithicSparse");
+  }
+  std::string source = path, dir = confine_dir;
+  if (source.empty()) {
+    ASSIGN_OR_RETURN(source, stage.Path(s.id + ".source"));
+    ASSIGN_OR_RETURN(s.data, Materialize(env, *s.data, source, /*gunzip=*/false));
+    dir = DirName(source);
+  }
+  ASSIGN_OR_RETURN(std::string dest, stage.Path(s.id + ".qcow2"));
+  ASSIGN_OR_RETURN(ConversionResult converted, ConvertToQcow2(env, source, actual, dir, dest));
+  ASSIGN_OR_RETURN(s.data, env->NewRandomAccessFile(dest));
+  s.converted_format_uri = std::string(kQcow2FormatUri);
+  s.converted_capacity = converted.virtual_size;
+  return OkStatus();
+}
 
 bool IsPackagePath(const std::string& path) {
   struct stat st;
@@ -410,6 +580,7 @@ Status SealPackage(Env* env, const SealOptions& options, const std::string& out_
   tag.chunk_size_bytes = cipher->chunk_size_bytes();
 
   // The plain descriptor and the sources of its files.
+  StagingDir stage(out_path);
   std::unique_ptr<Package> input_package;
   std::string descriptor_text;
   std::vector<SealSource> sources;
@@ -422,14 +593,38 @@ Status SealPackage(Env* env, const SealOptions& options, const std::string& out_
       return FailedPreconditionError("input package is already sealed");
     }
     descriptor_text = input_package->descriptor_text();
+    std::set<std::string> hrefs;
+    for (const FileRef& f : input_package->files()) hrefs.insert(f.href);
     for (const FileRef& f : input_package->files()) {
-      if (f.compressed || f.chunked) {
-        return UnimplementedError("compressed or chunked file " + f.href + " is not supported");
-      }
       SealSource s;
       s.id = f.id;
       s.href = f.href;
       ASSIGN_OR_RETURN(s.data, input_package->OpenStoredFile(f.id));
+      std::string path;  // the plain file on disk, if there is one
+      if (!f.compression.empty()) {
+        if (f.compression != "gzip") {
+          return UnimplementedError("file " + f.href + ": ovf:compression=\"" +
+                                    f.compression.substr(0, 50) +
+                                    "\" is not supported (gzip is)");
+        }
+        ASSIGN_OR_RETURN(path, stage.Path(f.id + ".plain"));
+        auto plain = Materialize(env, *s.data, path, /*gunzip=*/true);
+        if (!plain.ok()) return plain.status().WithPrefix("file " + f.href);
+        s.data = std::move(*plain);
+      } else if (!input_package->is_ova() && f.chunk_size == 0) {
+        path = input_package->directory() + "/" + f.href;
+      }
+      RETURN_IF_ERROR(ConvertIfForeign(env, stage, s, path, path.empty() ? "" : DirName(path),
+                                       f.disk_format_uri, /*in_package=*/true,
+                                       options.convert_disks));
+      if (!s.converted_format_uri.empty()) {
+        // "disk1.vmdk" becomes "disk1.qcow2" unless another file has that name.
+        std::string renamed = Stem(f.href) + ".qcow2";
+        if (!hrefs.count(renamed) && ValidateFileName(renamed).ok()) {
+          hrefs.insert(renamed);
+          s.href = renamed;
+        }
+      }
       sources.push_back(std::move(s));
     }
   } else {
@@ -439,7 +634,12 @@ Status SealPackage(Env* env, const SealOptions& options, const std::string& out_
         return InvalidArgumentError("a package input must be the only input");
       }
       SealSource s;
+      s.id = "file" + std::to_string(i + 1);
+      s.href = BaseName(options.inputs[i]);
       ASSIGN_OR_RETURN(s.data, env->NewRandomAccessFile(options.inputs[i]));
+      RETURN_IF_ERROR(ConvertIfForeign(env, stage, s, options.inputs[i],
+                                       DirName(options.inputs[i]), "", /*in_package=*/false,
+                                       options.convert_disks));
       ASSIGN_OR_RETURN(uint64_t size, s.data->Size());
       DiskSpec d;
       d.file_id = "file" + std::to_string(i + 1);
@@ -475,7 +675,8 @@ Status SealPackage(Env* env, const SealOptions& options, const std::string& out_
     s.sealed_href = s.href + std::string(kSealedSuffix);
     RETURN_IF_ERROR(ValidateFileName(s.sealed_href));
     ASSIGN_OR_RETURN(s.sealed_size, cipher->SealedSize(s.size));
-    sealed.push_back(SealedFileInfo{s.id, s.sealed_href, s.sealed_size});
+    sealed.push_back(SealedFileInfo{s.id, s.sealed_href, s.sealed_size, s.converted_format_uri,
+                                    s.converted_capacity});
   }
 
   SecretBytes data_key = SecretBytes::Random(stream::kDataKeyBytes);

@@ -5,6 +5,7 @@
 #define VMSEAL_OVF_PACKAGE_H_
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -37,8 +38,9 @@ struct PackageOpenOptions {
   bool require_signature = false;
 };
 
-// A package opened for reading: an OVA file, a directory holding one .ovf,
-// or the path of an .ovf file. Files are read in place (an OVA member is a
+// A package opened for reading: an OVA file, a directory holding one .ovf
+// (the directory is the package), or the path of an .ovf file (the package
+// is the files it references; the directory's other files are ignored). Files are read in place (an OVA member is a
 // slice of the archive). Thread-safe after Open.
 class Package {
  public:
@@ -50,6 +52,8 @@ class Package {
   ~Package();
 
   bool is_ova() const { return archive_ != nullptr; }
+  // The package's directory ("" for an OVA).
+  const std::string& directory() const { return dir_; }
   const std::string& descriptor_name() const { return descriptor_name_; }
   // The descriptor exactly as stored.
   const std::string& descriptor_text() const { return descriptor_text_; }
@@ -102,6 +106,8 @@ class Package {
   Package() = default;
   Status Load(Env* env, const std::string& path, const PackageOpenOptions& options);
   const FileRef* FindFile(const std::string& file_id) const;
+  // One stored file (an OVA member or a plain file of the directory) by name.
+  StatusOr<std::unique_ptr<RandomAccessFile>> OpenStoredName(const std::string& name) const;
 
   std::string dir_;                               // directory packages
   std::unique_ptr<RandomAccessFile> archive_file_;
@@ -112,6 +118,8 @@ class Package {
   std::optional<PackageSignature> signature_;
   std::string certificate_text_;
   std::vector<FileRef> files_;
+  // The stored names of each file (by id): its href, or its chunks.
+  std::map<std::string, std::vector<std::string>> parts_;
   bool encrypted_ = false;
   EncryptionTag tag_;
   WrappedKey wrapped_key_;
@@ -119,8 +127,11 @@ class Package {
 };
 
 struct SealOptions {
-  // One or more raw/qcow2 disk images, or exactly one OVF/OVA package (an
-  // .ova file, an .ovf file or a directory holding one).
+  // One or more disk images, or exactly one OVF/OVA package (an .ova file,
+  // an .ovf file or a directory holding one). Raw and qcow2 disks are sealed
+  // as they are; VMDK, VHD and VHDX disks are first converted to qcow2 with
+  // qemu-img (§9.4); gzip-compressed and chunked package files are sealed as
+  // their plain bytes (§9.3).
   std::vector<std::string> inputs;
   // The recipient: PEM certificate or PEM public key, RSA-2048, RSA-3072
   // or X25519. The key type picks the key wrap (§3): rsa-oaep or the
@@ -139,6 +150,10 @@ struct SealOptions {
   bool xmlenc_compat = false;
   // Stream chunk size (0 = the stream format's default).
   uint32_t chunk_size_bytes = 0;
+  // Convert VMDK, VHD and VHDX disks to qcow2 (§9.4). false: seal every
+  // disk as it is (an archive the host will not boot: it runs raw and qcow2
+  // only).
+  bool convert_disks = true;
   // Tag creation time (RFC 3339); empty = now. Tests inject it.
   std::string created;
   // When set, the package is signed (§8.1): a <stem>.cert with a SHA-256

@@ -6,6 +6,7 @@ fuzz/tools/make_seeds.cc, and the sealed packages in corpus/ovf_package
 from `vmseal seal` (docs/fuzzing.md). Deterministic; rerun after a test
 vector changes:  python3 fuzz/make_corpus.py
 """
+import gzip
 import io
 import json
 import os
@@ -42,6 +43,11 @@ def ustar(members, fmt=tarfile.USTAR_FORMAT):
 
 
 def main():
+    # --- gzip-compressed package files (ovf:compression="gzip").
+    write("ovf_gzip", "one-member", gzip.compress(b"hello vmseal\n", mtime=0))
+    write("ovf_gzip", "two-members", gzip.compress(b"a", mtime=0) + gzip.compress(b"b", mtime=0))
+    write("ovf_gzip", "zeros", gzip.compress(bytes(5000), compresslevel=9, mtime=0))
+
     # --- streams: the vectors of docs/format/stream.md §8.
     vectors = json.loads(read("stream", "vectors.json"))["vectors"]
     for v in vectors:

@@ -25,6 +25,7 @@ struct SealFlags {
   uint64_t memory_mib = 2048;
   uint32_t chunk_size = 0;
   bool xmlenc_compat = false;
+  bool keep_disk_format = false;
   // The package signature (docs/format/package.md §8.1): signed unless
   // --unsigned; the key and certificate default to signing-key.pem and
   // signing-cert.pem beside --cert (where register and fetch-cert put them).
@@ -132,6 +133,7 @@ Status RunSeal(const SealFlags& f) {
   o.vm.memory_mib = f.memory_mib;
   o.ova = f.format == "ova";
   o.xmlenc_compat = f.xmlenc_compat;
+  o.convert_disks = !f.keep_disk_format;
   o.chunk_size_bytes = f.chunk_size;
   std::optional<Signer> signer;
   if (!f.unsigned_package) {
@@ -152,7 +154,9 @@ void AddPackageCommands(CLI::App& app, const CommandSink& sink) {
   CLI::App* seal = app.add_subcommand(
       "seal", "Seal disk images or an OVF/OVA package into an encrypted OVF 2 package");
   seal->add_option("input", seal_flags->inputs,
-                   "raw/qcow2 disk images, or one .ovf/.ova/package directory")
+                   "disk images (raw, qcow2; VMDK, VHD and VHDX are converted to qcow2 with "
+                   "qemu-img), or one .ova, .ovf (its referenced files only) or package "
+                   "directory")
       ->required();
   seal->add_option("--cert", seal_flags->cert,
                    "recipient X.509 certificate (PEM) of an RSA or X25519 key");
@@ -165,6 +169,9 @@ void AddPackageCommands(CLI::App& app, const CommandSink& sink) {
       ->capture_default_str();
   seal->add_option("--format", seal_flags->format, "ova or dir")->capture_default_str();
   seal->add_option("--chunk-size", seal_flags->chunk_size, "stream chunk size in bytes (0 = default)");
+  seal->add_flag("--keep-disk-format", seal_flags->keep_disk_format,
+                 "seal VMDK, VHD and VHDX disks as they are (an archive: hosts boot only raw "
+                 "and qcow2)");
   seal->add_flag("--xmlenc-compat", seal_flags->xmlenc_compat,
                  "standard XML Encryption (AES-256-GCM, rsa-oaep-mgf1p) readable by xmlsec1; "
                  "RSA recipients only");

@@ -36,6 +36,7 @@
 #include "net/https_server.h"
 #include "crypto/signature.h"
 #include "ovf/package.h"
+#include "ovf/package_format.h"
 #include "ovf/signature.h"
 #include "testing/s3_harness.h"
 #include "testing/test_util.h"
@@ -701,6 +702,61 @@ TEST_F(HostDiskFormatE2eTest, CleanQcow2BootsAndShowsTheMarker) {
   const std::string qcow = dir_.File("sample.qcow2");
   QemuImg({"convert", "-q", "-f", "raw", "-O", "qcow2", image_, qcow});
   const std::string job_id = UploadAndLaunch(SealDisk("clean-qcow2", qcow));
+  ASSERT_OK(daemon_->service()->PollOnce());
+  json job = JobJson(job_id);
+  EXPECT_EQ(job["state"], "running") << job.dump();
+  auto vms = daemon_->vms()->List();
+  ASSERT_OK(vms);
+  ASSERT_EQ(vms->size(), 1u);
+  EXPECT_EQ((*vms)[0].disk_format, vm::DiskFormat::kQcow2);
+  EXPECT_OK(daemon_->vms()->WaitForSerialMarker((*vms)[0].name, marker_, 240000));
+}
+
+// An export as VirtualBox and VMware write it: an OVA whose disk is a
+// streamOptimized VMDK (made here by qemu-img from the sample image). Seal
+// converts it to qcow2 on the customer's side (docs/format/package.md §2.3),
+// the host's inspector accepts it, and it boots to the marker.
+TEST_F(HostDiskFormatE2eTest, VmdkOvaConvertedAtSealBootsAndShowsTheMarker) {
+  const std::string vmdk = dir_.File("export-disk001.vmdk");
+  QemuImg({"convert", "-q", "-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized", image_,
+           vmdk});
+  std::string descriptor = vmseal::testing::ReadFileOrDie(vmseal::testing::SourceDir() +
+                                                          "/tests/testdata/ovf/vbox-1.0.ovf");
+  for (auto [from, to] : {std::pair<std::string, std::string>{"vbox-disk001.vmdk",
+                                                              "export-disk001.vmdk"},
+                          {"<rasd:VirtualQuantity>1024<", "<rasd:VirtualQuantity>256<"}}) {
+    for (size_t at = descriptor.find(from); at != std::string::npos;
+         at = descriptor.find(from, at + to.size())) {
+      descriptor.replace(at, from.size(), to);
+    }
+  }
+  const std::string export_dir = dir_.File("export");
+  std::filesystem::create_directories(export_dir);
+  vmseal::testing::WriteFileOrDie(export_dir + "/export.ovf", descriptor);
+  std::filesystem::copy_file(vmdk, export_dir + "/export-disk001.vmdk");
+  const std::string plain_ova = dir_.File("export.ova");
+  std::string log;
+  ASSERT_EQ(vmseal::testing::RunCommand({"tar", "-C", export_dir, "--format=ustar", "-cf",
+                                         plain_ova, "export.ovf", "export-disk001.vmdk"},
+                                        &log),
+            0)
+      << log;
+  const std::string out = dir_.File("vmdk-export-sealed.ova");
+  ovf::SealOptions seal;
+  seal.inputs = {plain_ova};
+  seal.recipient_pem = customer_pub_pem_;
+  seal.image_id = "vmdk-export";
+  seal.tenant = customer_id_;
+  seal.signing_key = signing_key_.get();
+  seal.signing_chain_pem = signing_chain_;
+  ASSERT_OK(ovf::SealPackage(Env::Default(), seal, out));
+  auto sealed = ovf::Package::Open(Env::Default(), out, ovf::PackageOpenOptions());
+  ASSERT_OK(sealed);
+  ASSERT_EQ((*sealed)->files().size(), 1u);
+  EXPECT_EQ((*sealed)->files()[0].href, "export-disk001.qcow2.vmseal");
+  EXPECT_EQ((*sealed)->files()[0].disk_format_uri, ovf::kQcow2FormatUri);
+
+  const std::string job_id = UploadAndLaunch(out);
   ASSERT_OK(daemon_->service()->PollOnce());
   json job = JobJson(job_id);
   EXPECT_EQ(job["state"], "running") << job.dump();

@@ -61,7 +61,7 @@ struct SealedFileInfo {
   std::string id;
   std::string sealed_href;
   uint64_t sealed_size = 0;
-  // Set when seal converted the disk (§9.4): the Disk that names this file
+  // Set when seal converted the disk (§2.3): the Disk that names this file
   // gets this ovf:format and ovf:capacity (bytes), and loses
   // ovf:populatedSize and ovf:capacityAllocationUnits.
   std::string converted_format_uri;

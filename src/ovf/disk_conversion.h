@@ -1,4 +1,4 @@
-// Disk conversion at seal time (docs/format/package.md §9.4): VMDK, VHD and
+// Disk conversion at seal time (docs/format/package.md §2.3): VMDK, VHD and
 // VHDX disks, which exporters write and the host refuses to boot, are
 // converted on the customer's machine with qemu-img into a self-contained
 // qcow2 before they are sealed. The host then only ever sees raw or qcow2

@@ -136,7 +136,7 @@ Status Package::Load(Env* env, const std::string& path, const PackageOpenOptions
   if (stat(path.c_str(), &st) != 0) return ErrnoToStatus(errno, "open package", path);
   std::vector<std::string> present;  // every name in the package
   // An .ovf named explicitly is the package with exactly the files it names
-  // (§9.1): the other files of its directory (a Vagrantfile beside a box's
+  // (§2.3): the other files of its directory (a Vagrantfile beside a box's
   // descriptor) are not part of it. A directory is the package as a whole.
   const bool explicit_descriptor = !S_ISDIR(st.st_mode) && path.ends_with(".ovf");
   std::set<std::string> unusable;  // explicit descriptor: names that are not plain files
@@ -197,7 +197,7 @@ Status Package::Load(Env* env, const std::string& path, const PackageOpenOptions
   files_ = d.Files();
 
   // Exactly the descriptor, its manifest and certificate, and References
-  // (a chunked file as its chunks, §9.3).
+  // (a chunked file as its chunks, §2.3).
   const std::string stem = Stem(descriptor_name_);
   const std::string mf_name = stem + ".mf", cert_name = stem + ".cert";
   std::set<std::string> expected = {descriptor_name_};
@@ -439,7 +439,7 @@ struct SealSource {
   uint64_t size = 0;
   std::string sealed_href;
   uint64_t sealed_size = 0;
-  // Set when the disk was converted (§9.4).
+  // Set when the disk was converted (§2.3).
   std::string converted_format_uri;
   uint64_t converted_capacity = 0;
 };
@@ -497,7 +497,7 @@ StatusOr<std::unique_ptr<RandomAccessFile>> Materialize(Env* env, const RandomAc
   return env->NewRandomAccessFile(path);
 }
 
-// Converts the source's disk when it is VMDK, VHD or VHDX (§9.4). `path`
+// Converts the source's disk when it is VMDK, VHD or VHDX (§2.3). `path`
 // is the file on disk if there is one (then `confine_dir` is its directory);
 // otherwise the bytes are first copied into the staging directory.
 // `declared` is the Disk's ovf:format (empty when none).

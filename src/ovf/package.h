@@ -130,8 +130,8 @@ struct SealOptions {
   // One or more disk images, or exactly one OVF/OVA package (an .ova file,
   // an .ovf file or a directory holding one). Raw and qcow2 disks are sealed
   // as they are; VMDK, VHD and VHDX disks are first converted to qcow2 with
-  // qemu-img (§9.4); gzip-compressed and chunked package files are sealed as
-  // their plain bytes (§9.3).
+  // qemu-img (§2.3); gzip-compressed and chunked package files are sealed as
+  // their plain bytes (§2.3).
   std::vector<std::string> inputs;
   // The recipient: PEM certificate or PEM public key, RSA-2048, RSA-3072
   // or X25519. The key type picks the key wrap (§3): rsa-oaep or the
@@ -150,7 +150,7 @@ struct SealOptions {
   bool xmlenc_compat = false;
   // Stream chunk size (0 = the stream format's default).
   uint32_t chunk_size_bytes = 0;
-  // Convert VMDK, VHD and VHDX disks to qcow2 (§9.4). false: seal every
+  // Convert VMDK, VHD and VHDX disks to qcow2 (§2.3). false: seal every
   // disk as it is (an archive the host will not boot: it runs raw and qcow2
   // only).
   bool convert_disks = true;

@@ -369,7 +369,7 @@ TEST_F(ImportTest, RequiredForeignExtensionIsRefused) {
 // (ovf:compression="gzip": the href names the compressed bytes, ovf:size is
 // their size) and/or split into chunks (ovf:chunkSize: href.000000000,
 // href.000000001, ...). Seal reads them back into the plain file and seals
-// that; the sealed descriptor has neither attribute (§9.3).
+// that; the sealed descriptor has neither attribute (§2.3).
 class StoredFileCodingTest : public ImportTest {
  protected:
   // Rewrites the fixture's File element with `attributes` added and its
@@ -553,7 +553,7 @@ TEST_F(StoredFileCodingTest, OtherCompressionIsRefusedByName) {
 
 // A Vagrant box folder: the descriptor sits beside a Vagrantfile, a
 // metadata.json and a subfolder. The folder is not a package; the .ovf
-// named on its own is, with exactly the files it references (§9.1).
+// named on its own is, with exactly the files it references (§2.3).
 TEST_F(ImportTest, ExplicitDescriptorIgnoresTheOtherFilesOfItsFolder) {
   WriteFileOrDie(src_ + "/Vagrantfile", "Vagrant.configure(\"2\") do |config| end\n");
   WriteFileOrDie(src_ + "/metadata.json", "{\"provider\":\"virtualbox\"}\n");

@@ -1,5 +1,5 @@
 // How a package stores a file other than as one plain file (DSP0243 §5.2,
-// docs/format/package.md §9.3): split into chunks (ovf:chunkSize, named
+// docs/format/package.md §2.3): split into chunks (ovf:chunkSize, named
 // <href>.000000000, <href>.000000001, ...) and/or gzip-compressed
 // (ovf:compression="gzip"). Seal reads such files back into the plain bytes
 // it seals; a sealed package never stores a file this way.

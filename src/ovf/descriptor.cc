@@ -181,7 +181,9 @@ StatusOr<Descriptor> Descriptor::Parse(std::string_view xml) {
     auto id = Attr(f, ns, "id");
     auto href = Attr(f, ns, "href");
     if (!id || !href) return InvalidArgumentError("File without ovf:id or ovf:href");
-    RETURN_IF_ERROR(ValidateFileName(*href).WithPrefix("File href"));
+    // A path into a subfolder is allowed here; sealed packages (and every
+    // package the host reads) are flat, which Package checks (§2.3).
+    RETURN_IF_ERROR(ValidatePackagePath(*href).WithPrefix("File href"));
     if (!ids.insert(*id).second) return InvalidArgumentError("duplicate File id: " + id->substr(0, 100));
     if (!hrefs.insert(*href).second) return InvalidArgumentError("duplicate File href: " + *href);
     if (auto size = Attr(f, ns, "size"); size && !ParseUint<uint64_t>(*size)) {

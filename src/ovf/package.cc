@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <ctime>
 #include <filesystem>
 #include <map>
@@ -143,8 +144,29 @@ Status Package::Load(Env* env, const std::string& path, const PackageOpenOptions
   if (S_ISDIR(st.st_mode) || path.ends_with(".ovf")) {
     dir_ = S_ISDIR(st.st_mode) ? path : DirName(path);
     std::error_code ec;
-    for (const auto& entry : fs::directory_iterator(dir_, ec)) {
-      std::string name = entry.path().filename().string();
+    auto walk = fs::recursive_directory_iterator(dir_, ec);
+    for (auto it = fs::begin(walk); !ec && it != fs::end(walk); it.increment(ec)) {
+      const fs::directory_entry& entry = *it;
+      std::string name = entry.path().lexically_relative(dir_).string();
+      if (!options.allow_subfolders || entry.is_symlink(ec) || !entry.is_directory(ec)) {
+        it.disable_recursion_pending();
+      } else {
+        // A folder of the package: its files are listed under "name/".
+        if (Status valid = ValidatePackagePath(name); !valid.ok() ||
+            it.depth() + 1 >= static_cast<int>(kMaxPathComponents)) {
+          it.disable_recursion_pending();
+          if (explicit_descriptor) {
+            unusable.insert(name);
+            continue;
+          }
+          return (valid.ok() ? InvalidArgumentError("folder deeper than " +
+                                                    std::to_string(kMaxPathComponents) +
+                                                    " levels: " + name)
+                             : valid)
+              .WithPrefix("package directory " + dir_);
+        }
+        continue;
+      }
       if (entry.is_symlink(ec) || !entry.is_regular_file(ec)) {
         if (explicit_descriptor) {
           unusable.insert(name);
@@ -153,7 +175,9 @@ Status Package::Load(Env* env, const std::string& path, const PackageOpenOptions
         return InvalidArgumentError("package directory " + dir_ + " holds a non-regular file: " +
                                     name + " (name the .ovf to seal only the files it references)");
       }
-      if (Status valid = ValidateFileName(name); !valid.ok()) {
+      if (Status valid = options.allow_subfolders ? ValidatePackagePath(name)
+                                                  : ValidateFileName(name);
+          !valid.ok()) {
         if (explicit_descriptor) {
           unusable.insert(name);
           continue;
@@ -183,7 +207,7 @@ Status Package::Load(Env* env, const std::string& path, const PackageOpenOptions
     ASSIGN_OR_RETURN(descriptor_text_, ReadAll(*f, kMaxDescriptorBytes, "descriptor"));
   } else {
     ASSIGN_OR_RETURN(archive_file_, env->NewRandomAccessFile(path));
-    ASSIGN_OR_RETURN(archive_, TarReader::Open(archive_file_.get()));
+    ASSIGN_OR_RETURN(archive_, TarReader::Open(archive_file_.get(), options.allow_subfolders));
     const auto& members = archive_->members();
     if (members.empty() || !members[0].name.ends_with(".ovf")) {
       return InvalidArgumentError("the OVA's first member is not an .ovf descriptor");
@@ -300,6 +324,8 @@ Status Package::Load(Env* env, const std::string& path, const PackageOpenOptions
     RETURN_IF_ERROR(d.ReadEncryption(&tag_, &wrapped_key_));
     encrypted_ = true;
     for (FileRef& f : files_) {
+      RETURN_IF_ERROR(ValidateFileName(f.href).WithPrefix("sealed file href (sealed packages "
+                                                          "are flat)"));
       if (f.compressed || f.chunked) {
         return InvalidArgumentError("encrypted file " + f.href + " must not be compressed or chunked");
       }
@@ -357,6 +383,14 @@ StatusOr<std::unique_ptr<RandomAccessFile>> Package::OpenStoredName(
   // directory (Load listed it as one).
   struct stat st;
   const std::string path = dir_ + "/" + name;
+  for (size_t slash = name.find('/'); slash != std::string::npos;
+       slash = name.find('/', slash + 1)) {
+    const std::string folder = dir_ + "/" + name.substr(0, slash);
+    if (lstat(folder.c_str(), &st) != 0) return ErrnoToStatus(errno, "open", folder);
+    if (!S_ISDIR(st.st_mode)) {
+      return InvalidArgumentError("not a folder (links are refused): " + name.substr(0, slash));
+    }
+  }
   if (lstat(path.c_str(), &st) != 0) return ErrnoToStatus(errno, "open", path);
   if (!S_ISREG(st.st_mode)) return InvalidArgumentError("not a regular file: " + name);
   return env_->NewRandomAccessFile(path);
@@ -588,6 +622,7 @@ Status SealPackage(Env* env, const SealOptions& options, const std::string& out_
     PackageOpenOptions po;
     po.require_encrypted = false;
     po.require_manifest = false;
+    po.allow_subfolders = true;
     ASSIGN_OR_RETURN(input_package, Package::Open(env, options.inputs[0], po));
     if (input_package->encrypted()) {
       return FailedPreconditionError("input package is already sealed");
@@ -620,10 +655,25 @@ Status SealPackage(Env* env, const SealOptions& options, const std::string& out_
       if (!s.converted_format_uri.empty()) {
         // "disk1.vmdk" becomes "disk1.qcow2" unless another file has that name.
         std::string renamed = Stem(f.href) + ".qcow2";
-        if (!hrefs.count(renamed) && ValidateFileName(renamed).ok()) {
+        if (!hrefs.count(renamed) && ValidatePackagePath(renamed).ok()) {
           hrefs.insert(renamed);
           s.href = renamed;
         }
+      }
+      if (s.href.find('/') != std::string::npos) {
+        // A sealed package is flat: "disks/a.vmdk" becomes "disks-a.vmdk"
+        // (with "-2", "-3", ... before the extension if that name is taken).
+        std::string flat = s.href;
+        std::replace(flat.begin(), flat.end(), '/', '-');
+        const std::string stem = Stem(flat), ext = flat.substr(stem.size());
+        for (int k = 2; hrefs.count(flat) || !ValidateFileName(flat).ok(); ++k) {
+          if (k > 1000 || stem.size() + ext.size() > kMaxNameBytes - 8) {
+            return InvalidArgumentError("cannot give " + f.href + " a flat name");
+          }
+          flat = stem + "-" + std::to_string(k) + ext;
+        }
+        hrefs.insert(flat);
+        s.href = flat;
       }
       sources.push_back(std::move(s));
     }

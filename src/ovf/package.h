@@ -36,6 +36,11 @@ struct PackageOpenOptions {
   // "bad_signature: ..."). Who signed is the caller's question
   // (ovf::VerifySigner). Default: false.
   bool require_signature = false;
+  // Files in subfolders of a plain package (hrefs such as "disks/a.vmdk",
+  // §2.3): folders are walked (never through a link) and OVA folder members
+  // skipped. A sealed package is always flat. Default: false (what seal
+  // reads sets it).
+  bool allow_subfolders = false;
 };
 
 // A package opened for reading: an OVA file, a directory holding one .ovf

@@ -573,6 +573,97 @@ TEST_F(ImportTest, ExplicitDescriptorIgnoresTheOtherFilesOfItsFolder) {
   EXPECT_FALSE(fs::exists(out + "/Vagrantfile"));
 }
 
+// Exporters may put disks in a subfolder (href="disks/a.vmdk"). Seal reads
+// them, confined to the package, and the sealed package is flat (§2.3).
+TEST_F(ImportTest, HrefIntoASubfolderIsSealedUnderAFlatName) {
+  std::string text = ReadFileOrDie(src_ + "/vbox.ovf");
+  ReplaceAll(&text, "ovf:href=\"vbox-disk001.vmdk\"", "ovf:href=\"disks/vbox-disk001.vmdk\"");
+  WriteFileOrDie(src_ + "/vbox.ovf", text);
+  fs::create_directories(src_ + "/disks");
+  fs::rename(src_ + "/vbox-disk001.vmdk", src_ + "/disks/vbox-disk001.vmdk");
+  const std::string disk = ReadFileOrDie(src_ + "/disks/vbox-disk001.vmdk");
+  int n = 0;
+  // As a folder, as the .ovf, and as an OVA with a folder member.
+  const std::string plain_ova = dir_.File("sub.ova");
+  WriteFileOrDie(plain_ova, RawTar({{"vbox.ovf", text},
+                                    {"disks/", "", '5'},
+                                    {"disks/vbox-disk001.vmdk", disk}}));
+  for (const std::string& input : {src_, src_ + "/vbox.ovf", plain_ova}) {
+    SCOPED_TRACE(input);
+    const std::string stem = "flat" + std::to_string(++n);
+    const std::string ova = Seal({input}, stem + ".ova");
+    auto p = Package::Open(Env::Default(), ova, PackageOpenOptions());
+    ASSERT_OK(p);
+    EXPECT_EQ((*p)->files()[0].href, "disks-vbox-disk001.vmdk.vmseal");
+    const std::string out = dir_.File("plain-" + stem);
+    ASSERT_OK(UnsealPackage(Env::Default(), ova, TestKey().private_pem, out));
+    EXPECT_EQ(ReadFileOrDie(out + "/disks-vbox-disk001.vmdk"), disk);
+  }
+}
+
+TEST_F(ImportTest, FlatNameThatIsTakenGetsANumber) {
+  std::string text = ReadFileOrDie(src_ + "/vbox.ovf");
+  ReplaceAll(&text, "<File ovf:id=\"file1\" ovf:href=\"vbox-disk001.vmdk\"/>",
+             "<File ovf:id=\"file1\" ovf:href=\"a/b.vmdk\"/><File ovf:id=\"file2\" "
+             "ovf:href=\"a-b.vmdk\"/>");
+  WriteFileOrDie(src_ + "/vbox.ovf", text);
+  fs::create_directories(src_ + "/a");
+  WriteFileOrDie(src_ + "/a/b.vmdk", "in the folder");
+  WriteFileOrDie(src_ + "/a-b.vmdk", "beside it");
+  const std::string ova = Seal({src_ + "/vbox.ovf"});
+  const std::string out = dir_.File("plain");
+  ASSERT_OK(UnsealPackage(Env::Default(), ova, TestKey().private_pem, out));
+  EXPECT_EQ(ReadFileOrDie(out + "/a-b-2.vmdk"), "in the folder");
+  EXPECT_EQ(ReadFileOrDie(out + "/a-b.vmdk"), "beside it");
+}
+
+TEST_F(ImportTest, HrefsThatLeaveThePackageAreRefused) {
+  const std::string original = ReadFileOrDie(src_ + "/vbox.ovf");
+  for (const std::string& href : {std::string("../vbox-disk001.vmdk"),
+                                  std::string("disks/../../x.vmdk"), std::string("/etc/passwd"),
+                                  std::string("a//b.vmdk"), std::string("a/b/c/d/e/f/g/h/i.vmdk"),
+                                  std::string("disks/")}) {
+    SCOPED_TRACE(href);
+    std::string text = original;
+    ReplaceAll(&text, "ovf:href=\"vbox-disk001.vmdk\"", "ovf:href=\"" + href + "\"");
+    WriteFileOrDie(src_ + "/vbox.ovf", text);
+    auto before = ListDir(dir_.path());
+    EXPECT_STATUS(SealPackage(Env::Default(), Options({src_ + "/vbox.ovf"}), dir_.File("x.ova")),
+                  StatusCode::kInvalidArgument, "File href");
+    EXPECT_EQ(ListDir(dir_.path()), before);
+  }
+}
+
+TEST_F(ImportTest, SubfolderThatIsALinkIsRefused) {
+  std::string text = ReadFileOrDie(src_ + "/vbox.ovf");
+  ReplaceAll(&text, "ovf:href=\"vbox-disk001.vmdk\"", "ovf:href=\"disks/vbox-disk001.vmdk\"");
+  WriteFileOrDie(src_ + "/vbox.ovf", text);
+  const std::string elsewhere = dir_.File("elsewhere");
+  fs::create_directories(elsewhere);
+  fs::rename(src_ + "/vbox-disk001.vmdk", elsewhere + "/vbox-disk001.vmdk");
+  fs::create_directory_symlink(elsewhere, src_ + "/disks");
+  EXPECT_STATUS(SealPackage(Env::Default(), Options({src_ + "/vbox.ovf"}), dir_.File("x.ova")),
+                StatusCode::kInvalidArgument, "disks/vbox-disk001.vmdk");
+  EXPECT_FALSE(fs::exists(dir_.File("x.ova")));
+  EXPECT_STATUS(SealPackage(Env::Default(), Options({src_}), dir_.File("x.ova")),
+                StatusCode::kInvalidArgument, "non-regular file: disks");
+}
+
+// What the host and unseal read stays flat: a sealed package whose file
+// sits in a folder is refused.
+TEST_F(PackageTest, SealedPackageWithAFolderIsRefused) {
+  std::string ova = Seal({MakeRaw("disk.img", 10)});
+  std::string moved = Rewrite(ova, "moved.ova", [](std::vector<RawMember>* m) {
+    for (RawMember& r : *m) {
+      if (r.name == "disk1.raw.vmseal") r.name = "d/disk1.raw.vmseal";
+    }
+    ReplaceAll(&(*m)[0].data, "\"disk1.raw.vmseal\"", "\"d/disk1.raw.vmseal\"");
+  }, /*fix_manifest=*/true);
+  EXPECT_STATUS(Package::Open(Env::Default(), moved, PackageOpenOptions()).status(),
+                StatusCode::kInvalidArgument, "OVA member");
+  ExpectUnsealFails(moved, StatusCode::kInvalidArgument, "OVA member");
+}
+
 TEST_F(ImportTest, ExplicitDescriptorStillRefusesAReferencedLink) {
   fs::rename(src_ + "/vbox-disk001.vmdk", dir_.File("elsewhere.vmdk"));
   fs::create_symlink(dir_.File("elsewhere.vmdk"), src_ + "/vbox-disk001.vmdk");

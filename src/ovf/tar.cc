@@ -340,7 +340,35 @@ StatusOr<PaxOverrides> ParsePax(std::string_view data) {
 
 }  // namespace
 
-StatusOr<std::unique_ptr<TarReader>> TarReader::Open(const RandomAccessFile* file) {
+Status ValidatePackagePath(const std::string& path) {
+  if (path.empty()) return InvalidArgumentError("empty file name");
+  if (path.size() > kMaxNameBytes) {
+    return InvalidArgumentError("path longer than " + std::to_string(kMaxNameBytes) +
+                                " bytes: " + path.substr(0, 100));
+  }
+  if (path.front() == '/') return InvalidArgumentError("absolute path not allowed: " + path.substr(0, 100));
+  size_t components = 0, start = 0;
+  while (true) {
+    size_t slash = path.find('/', start);
+    std::string part = path.substr(start, slash == std::string::npos ? std::string::npos
+                                                                      : slash - start);
+    if (part.empty()) return InvalidArgumentError("empty path component in " + path.substr(0, 100));
+    if (part == "..") {
+      return InvalidArgumentError("'..' not allowed in file name: " + path.substr(0, 100));
+    }
+    RETURN_IF_ERROR(ValidateFileName(part).WithPrefix("in " + path.substr(0, 100)));
+    if (++components > kMaxPathComponents) {
+      return InvalidArgumentError("path deeper than " + std::to_string(kMaxPathComponents) +
+                                  " levels: " + path.substr(0, 100));
+    }
+    if (slash == std::string::npos) break;
+    start = slash + 1;
+  }
+  return OkStatus();
+}
+
+StatusOr<std::unique_ptr<TarReader>> TarReader::Open(const RandomAccessFile* file,
+                                                     bool allow_subfolders) {
   ASSIGN_OR_RETURN(uint64_t file_size, file->Size());
   std::vector<TarMember> members;
   std::set<std::string> names;
@@ -377,7 +405,7 @@ StatusOr<std::unique_ptr<TarReader>> TarReader::Open(const RandomAccessFile* fil
     std::string name = FieldString(h.name, sizeof(h.name));
     std::string prefix = v7 ? "" : FieldString(h.prefix, sizeof(h.prefix));
     if (!prefix.empty()) name = prefix + "/" + name;
-    if (v7 && !name.empty() && name.back() == '/') {
+    if (v7 && !name.empty() && name.back() == '/' && !allow_subfolders) {
       return InvalidArgumentError("OVA member is a directory: " + name.substr(0, 100));
     }
     ASSIGN_OR_RETURN(uint64_t size, ParseNumber(h.size, sizeof(h.size), "size"));
@@ -437,7 +465,10 @@ StatusOr<std::unique_ptr<TarReader>> TarReader::Open(const RandomAccessFile* fil
       case '4':
         return InvalidArgumentError("OVA member is a device: " + name.substr(0, 100));
       case '5':
-        return InvalidArgumentError("OVA member is a directory: " + name.substr(0, 100));
+        if (!allow_subfolders) {
+          return InvalidArgumentError("OVA member is a directory: " + name.substr(0, 100));
+        }
+        break;
       case '6':
         return InvalidArgumentError("OVA member is a fifo: " + name.substr(0, 100));
       default:
@@ -459,7 +490,16 @@ StatusOr<std::unique_ptr<TarReader>> TarReader::Open(const RandomAccessFile* fil
     }
     pending = PaxOverrides();
     pending_set = false;
-    RETURN_IF_ERROR(ValidateFileName(name).WithPrefix("OVA member"));
+    if (allow_subfolders && (type == '5' || (v7 && name.ends_with("/")))) {
+      // A folder of a plain package: checked, then skipped (its files are
+      // members of their own).
+      while (name.ends_with("/")) name.pop_back();
+      RETURN_IF_ERROR(ValidatePackagePath(name).WithPrefix("OVA folder"));
+      offset = data_offset + size + (kBlockBytes - size % kBlockBytes) % kBlockBytes;
+      continue;
+    }
+    RETURN_IF_ERROR((allow_subfolders ? ValidatePackagePath(name) : ValidateFileName(name))
+                        .WithPrefix("OVA member"));
     if (!names.insert(name).second) {
       return InvalidArgumentError("duplicate OVA member: " + name);
     }

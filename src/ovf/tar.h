@@ -23,6 +23,12 @@ namespace vmseal::ovf {
 // subdirectory). The error names the rule broken.
 Status ValidateFileName(const std::string& name);
 
+// A relative path inside a plain (not yet sealed) package: 1 to
+// kMaxPathComponents names joined by '/', each valid for ValidateFileName,
+// kMaxNameBytes in all. No leading, trailing or doubled '/', no '.' or '..'.
+inline constexpr size_t kMaxPathComponents = 8;
+Status ValidatePackagePath(const std::string& path);
+
 // Writes a USTAR archive into `out`, which it does not own. Not thread-safe.
 class TarWriter {
  public:
@@ -61,7 +67,10 @@ class TarReader {
   // another GNU extension), a malformed or over-64-KiB extended header, an
   // invalid name (ValidateFileName), a duplicate name, data beyond the end
   // of the file, more than kMaxTarMembers members.
-  static StatusOr<std::unique_ptr<TarReader>> Open(const RandomAccessFile* file);
+  // With `allow_subfolders` (plain packages that seal reads), member names
+  // are paths (ValidatePackagePath) and directory members are skipped.
+  static StatusOr<std::unique_ptr<TarReader>> Open(const RandomAccessFile* file,
+                                                   bool allow_subfolders = false);
 
   const std::vector<TarMember>& members() const { return members_; }
   // The member called `name`, or nullptr.

@@ -1,5 +1,6 @@
 // The OVA (USTAR) reader (src/ovf/tar): TarReader::Open over an archive held
-// in memory, then every member's data read through its slice.
+// in memory, as sealed packages are read (flat) and as seal reads plain ones
+// (subfolders), then every member's data read through its slice.
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -12,10 +13,14 @@ namespace ovf = vmseal::ovf;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   vmseal::fuzz::MemoryFile file(std::span<const uint8_t>(data, size));
-  auto reader = ovf::TarReader::Open(&file);
-  if (!reader.ok()) return 0;
+  for (bool subfolders : {false, true}) {
+  auto reader = ovf::TarReader::Open(&file, subfolders);
+  if (!reader.ok()) continue;
   std::vector<uint8_t> buf(512);
   for (const ovf::TarMember& m : (*reader)->members()) {
+    // Flat archives have flat names; no name ever leaves the package.
+    if (!subfolders && !ovf::ValidateFileName(m.name).ok()) __builtin_trap();
+    if (!ovf::ValidatePackagePath(m.name).ok()) __builtin_trap();
     if (m.data_offset > size || m.size > size - m.data_offset) __builtin_trap();
     if ((*reader)->Find(m.name) != &m) __builtin_trap();
     auto member = (*reader)->NewMemberFile(m);
@@ -25,6 +30,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       auto n = member->Read(off, buf);
       if (!n.ok() || *n == 0) __builtin_trap();
     }
+  }
   }
   return 0;
 }

@@ -50,7 +50,7 @@ StatusOr<uint64_t> Gunzip(const RandomAccessFile& in, WritableFile* out, uint64_
     z_stream* z;
     ~Ender() { inflateEnd(z); }
   } ender{&z};
-  std::vector<uint8_t> in_buf(1 << 20), out_buf(1 << 20);
+  std::vector<uint8_t> in_buf(256 << 10), out_buf(256 << 10);
   uint64_t in_off = 0, written = 0;
   bool in_member = false;  // inside a gzip member (its end not yet seen)
   while (true) {

@@ -144,7 +144,13 @@ Status RunSeal(const SealFlags& f) {
     std::cerr << "vmseal seal: --unsigned: the package carries no signature; no portal or KMS "
                  "that requires signed packages accepts it\n";
   }
-  return ovf::SealPackage(env, o, f.out);
+  std::vector<std::string> notes;
+  o.notes = &notes;
+  Status sealed = ovf::SealPackage(env, o, f.out);
+  // What changed on the way (converted disks, vendor extensions kept as
+  // non-required or dropped), also when sealing failed later.
+  for (const std::string& n : notes) std::cerr << "vmseal seal: " << n << "\n";
+  return sealed;
 }
 
 }  // namespace

@@ -214,37 +214,9 @@ int Descriptor::major_version() const {
   return NsIs(xmlDocGetRootElement(doc_)->ns, kOvf1Namespace) ? 1 : 2;
 }
 
-Status Descriptor::UpgradeToOvf2() {
+Status Descriptor::UpgradeToOvf2(std::vector<std::string>* notes) {
   if (major_version() != 1) return FailedPreconditionError("descriptor is not OVF 1.x");
   xmlNode* root = xmlDocGetRootElement(doc_);
-  // OVF 2 allows extensions at the Envelope and Content levels only as
-  // Section substitutes; an optional (ovf:required="false") foreign element
-  // there is dropped, a required one cannot be carried over (§2.2).
-  std::vector<xmlNode*> dropped;
-  std::function<Status(xmlNode*)> scan = [&](xmlNode* parent) -> Status {
-    for (xmlNode* c = parent->children; c != nullptr; c = c->next) {
-      if (c->type != XML_ELEMENT_NODE) continue;
-      if (NsIs(c->ns, kOvf1Namespace)) {
-        if (Is(c, kOvf1Namespace, "VirtualSystem") ||
-            Is(c, kOvf1Namespace, "VirtualSystemCollection")) {
-          RETURN_IF_ERROR(scan(c));
-        }
-        continue;
-      }
-      if (Attr(c, kOvf1Namespace, "required").value_or("true") != "false") {
-        return UnimplementedError(std::string("required extension element ") +
-                                  reinterpret_cast<const char*>(c->name) +
-                                  " cannot be carried into OVF 2");
-      }
-      dropped.push_back(c);
-    }
-    return OkStatus();
-  };
-  RETURN_IF_ERROR(scan(root));
-  for (xmlNode* n : dropped) {
-    xmlUnlinkNode(n);
-    xmlFreeNode(n);
-  }
   ForEachElement(root, [](xmlNode* n) {
     for (xmlNs* ns = n->nsDef; ns != nullptr; ns = ns->next) {
       if (NsIs(ns, kOvf1Namespace)) {
@@ -255,6 +227,88 @@ Status Descriptor::UpgradeToOvf2() {
   });
   xmlAttr* version = xmlHasNsProp(root, X("version"), X(kOvf2Namespace));
   if (version != nullptr) xmlSetNsProp(root, version->ns, X("version"), X("2.0"));
+  return CarryExtensions(notes);
+}
+
+namespace {
+
+constexpr std::string_view kVmwareNamespace = "http://www.vmware.com/schema/ovf";
+
+// "prefix:name" of an element, as the descriptor spells it.
+std::string QualifiedName(const xmlNode* n) {
+  std::string name = reinterpret_cast<const char*>(n->name);
+  if (n->ns != nullptr && n->ns->prefix != nullptr) {
+    name = reinterpret_cast<const char*>(n->ns->prefix) + (":" + name);
+  }
+  return name.substr(0, 100);
+}
+
+// Vendor sections that exporters mark required although a consumer that
+// ignores them runs the machine the same: VMware's boot order (the host
+// boots the disks in the order the descriptor's hardware lists them) and
+// its IP assignment hints.
+bool AdvisoryVendorSection(const xmlNode* n) {
+  if (!NsIs(n->ns, kVmwareNamespace)) return false;
+  const std::string_view name = reinterpret_cast<const char*>(n->name);
+  return name == "BootOrderSection" || name == "IpAssignmentSection";
+}
+
+}  // namespace
+
+Status Descriptor::CarryExtensions(std::vector<std::string>* notes) {
+  if (major_version() != 2) return FailedPreconditionError("descriptor is not OVF 2");
+  xmlNode* root = xmlDocGetRootElement(doc_);
+  xmlNs* ovf = xmlSearchNsByHref(doc_, root, X(kOvf2Namespace));
+  // OVF 2 allows extensions in the Envelope and a VirtualSystem(Collection)
+  // only as members of the Section substitution group, which a vendor's
+  // schema cannot join for DSP8023; a VirtualHardwareSection takes any
+  // foreign element (§2.2). So a foreign element there moves into its
+  // VirtualSystem's VirtualHardwareSection as a non-required extension, or
+  // is dropped where there is none; a required one that is not known to be
+  // advisory cannot be carried.
+  struct Move {
+    xmlNode* node;
+    xmlNode* into;  // nullptr: dropped
+  };
+  std::vector<Move> moves;
+  std::function<Status(xmlNode*, xmlNode*)> scan = [&](xmlNode* parent, xmlNode* hw) -> Status {
+    for (xmlNode* c = parent->children; c != nullptr; c = c->next) {
+      if (c->type != XML_ELEMENT_NODE) continue;
+      if (NsIs(c->ns, kOvf2Namespace)) {
+        if (Is(c, kOvf2Namespace, "VirtualSystem") ||
+            Is(c, kOvf2Namespace, "VirtualSystemCollection")) {
+          RETURN_IF_ERROR(scan(c, FirstChild(c, kOvf2Namespace, "VirtualHardwareSection")));
+        }
+        continue;
+      }
+      const bool required = Attr(c, kOvf2Namespace, "required").value_or("true") != "false";
+      if (required && !AdvisoryVendorSection(c)) {
+        return UnimplementedError("required extension element " + QualifiedName(c) +
+                                  " cannot be carried into OVF 2 (it is allowed only inside a "
+                                  "section there, as a non-required extension)");
+      }
+      moves.push_back({c, hw});
+    }
+    return OkStatus();
+  };
+  RETURN_IF_ERROR(scan(root, nullptr));
+  for (const Move& m : moves) {
+    const std::string name = QualifiedName(m.node);
+    const bool was_required =
+        Attr(m.node, kOvf2Namespace, "required").value_or("true") != "false";
+    xmlUnlinkNode(m.node);
+    if (m.into == nullptr || ovf == nullptr) {
+      xmlFreeNode(m.node);
+      if (notes) notes->push_back("dropped " + name + ": OVF 2 has no place for it there");
+      continue;
+    }
+    xmlAddChild(m.into, m.node);
+    xmlSetNsProp(m.node, ovf, X("required"), X("false"));
+    if (notes) {
+      notes->push_back("kept " + name + " inside the VirtualHardwareSection as a non-required "
+                       "extension" + (was_required ? " (it was required)" : ""));
+    }
+  }
   return OkStatus();
 }
 

@@ -97,11 +97,17 @@ class Descriptor {
 
   // 1 or 2 (the namespace of the Envelope).
   int major_version() const;
-  // Moves every element and attribute from the 1.x to the 2.x namespace.
+  // Moves every element and attribute from the 1.x to the 2.x namespace,
+  // then CarryExtensions.
+  Status UpgradeToOvf2(std::vector<std::string>* notes = nullptr);
   // Foreign elements directly in the Envelope or a VirtualSystem(Collection),
-  // which OVF 2 does not allow there, are dropped when ovf:required="false";
-  // UNIMPLEMENTED when required.
-  Status UpgradeToOvf2();
+  // which OVF 2 does not allow there, move into their VirtualSystem's
+  // VirtualHardwareSection with ovf:required="false" (dropped when there is
+  // none). A required one is UNIMPLEMENTED "required extension element
+  // prefix:Name ..." unless it is a known advisory vendor section (VMware's
+  // BootOrderSection, IpAssignmentSection). One note per element kept or
+  // dropped is appended to `notes`.
+  Status CarryExtensions(std::vector<std::string>* notes = nullptr);
 
   // The files of References, in order.
   std::vector<FileRef> Files() const;

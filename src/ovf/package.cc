@@ -537,7 +537,7 @@ StatusOr<std::unique_ptr<RandomAccessFile>> Materialize(Env* env, const RandomAc
 // `declared` is the Disk's ovf:format (empty when none).
 Status ConvertIfForeign(Env* env, StagingDir& stage, SealSource& s, const std::string& path,
                         const std::string& confine_dir, const std::string& declared,
-                        bool in_package, bool convert) {
+                        bool in_package, bool convert, std::vector<std::string>* notes) {
   if (!convert) return OkStatus();
   ASSIGN_OR_RETURN(SourceDiskFormat actual, DetectSourceDiskFormat(*s.data));
   bool known = false;
@@ -566,6 +566,10 @@ Status ConvertIfForeign(Env* env, StagingDir& stage, SealSource& s, const std::s
   ASSIGN_OR_RETURN(s.data, env->NewRandomAccessFile(dest));
   s.converted_format_uri = std::string(kQcow2FormatUri);
   s.converted_capacity = converted.virtual_size;
+  if (notes != nullptr) {
+    notes->push_back("converted " + s.href + " (" + QemuDriverName(actual) + ") to qcow2, " +
+                     std::to_string(converted.virtual_size) + " bytes");
+  }
   return OkStatus();
 }
 
@@ -651,7 +655,7 @@ Status SealPackage(Env* env, const SealOptions& options, const std::string& out_
       }
       RETURN_IF_ERROR(ConvertIfForeign(env, stage, s, path, path.empty() ? "" : DirName(path),
                                        f.disk_format_uri, /*in_package=*/true,
-                                       options.convert_disks));
+                                       options.convert_disks, options.notes));
       if (!s.converted_format_uri.empty()) {
         // "disk1.vmdk" becomes "disk1.qcow2" unless another file has that name.
         std::string renamed = Stem(f.href) + ".qcow2";
@@ -689,7 +693,7 @@ Status SealPackage(Env* env, const SealOptions& options, const std::string& out_
       ASSIGN_OR_RETURN(s.data, env->NewRandomAccessFile(options.inputs[i]));
       RETURN_IF_ERROR(ConvertIfForeign(env, stage, s, options.inputs[i],
                                        DirName(options.inputs[i]), "", /*in_package=*/false,
-                                       options.convert_disks));
+                                       options.convert_disks, options.notes));
       ASSIGN_OR_RETURN(uint64_t size, s.data->Size());
       DiskSpec d;
       d.file_id = "file" + std::to_string(i + 1);
@@ -714,7 +718,11 @@ Status SealPackage(Env* env, const SealOptions& options, const std::string& out_
     descriptor_text = GenerateDescriptor(options.vm, disks);
   }
   ASSIGN_OR_RETURN(Descriptor descriptor, Descriptor::Parse(descriptor_text));
-  if (descriptor.major_version() == 1) RETURN_IF_ERROR(descriptor.UpgradeToOvf2());
+  if (descriptor.major_version() == 1) {
+    RETURN_IF_ERROR(descriptor.UpgradeToOvf2(options.notes));
+  } else {
+    RETURN_IF_ERROR(descriptor.CarryExtensions(options.notes));
+  }
   if (descriptor.HasEncryptionSection()) {
     return FailedPreconditionError("input descriptor already has an EncryptionSection");
   }

@@ -159,6 +159,10 @@ struct SealOptions {
   // disk as it is (an archive the host will not boot: it runs raw and qcow2
   // only).
   bool convert_disks = true;
+  // When set, seal appends one line per thing the user should know: each
+  // disk converted, each vendor extension kept as non-required or dropped
+  // (§2.2, §2.3). Not owned.
+  std::vector<std::string>* notes = nullptr;
   // Tag creation time (RFC 3339); empty = now. Tests inject it.
   std::string created;
   // When set, the package is signed (§8.1): a <stem>.cert with a SHA-256

@@ -285,7 +285,15 @@ TEST_F(ImportTest, VirtualBoxOvf1DirectoryIsUpgradedAndRoundTrips) {
   const std::string& text = (*p)->descriptor_text();
   EXPECT_EQ(text.find(std::string(kOvf1Namespace)), std::string::npos);
   EXPECT_NE(text.find("Debian_64"), std::string::npos);  // the rest is kept
-  EXPECT_EQ(text.find("vbox:Machine"), std::string::npos);  // not allowed in OVF 2
+  // vbox:Machine may not stay directly in the VirtualSystem in OVF 2; it is
+  // kept inside the VirtualHardwareSection, non-required (§2.2).
+  const size_t hw = text.find("<VirtualHardwareSection");
+  const size_t hw_end = text.find("</VirtualHardwareSection>");
+  const size_t machine = text.find("<vbox:Machine");
+  ASSERT_NE(machine, std::string::npos) << text;
+  EXPECT_GT(machine, hw);
+  EXPECT_LT(machine, hw_end);
+  EXPECT_EQ(text.find("<vbox:Machine", machine + 1), std::string::npos);
   std::string out = dir_.File("plain");
   ASSERT_OK(UnsealPackage(Env::Default(), ova, TestKey().private_pem, out));
   EXPECT_EQ(ReadFileOrDie(out + "/vbox-disk001.vmdk"), ReadFileOrDie(src_ + "/vbox-disk001.vmdk"));
@@ -361,7 +369,7 @@ TEST_F(ImportTest, RequiredForeignExtensionIsRefused) {
   WriteFileOrDie(src_ + "/vbox.ovf", text);
   SealOptions o = Options({src_ + "/vbox.ovf"});
   EXPECT_STATUS(SealPackage(Env::Default(), o, dir_.File("x.ova")), StatusCode::kUnimplemented,
-                "required extension element Machine");
+                "required extension element vbox:Machine cannot be carried into OVF 2");
   EXPECT_FALSE(fs::exists(dir_.File("x.ova")));
 }
 
@@ -662,6 +670,53 @@ TEST_F(PackageTest, SealedPackageWithAFolderIsRefused) {
   EXPECT_STATUS(Package::Open(Env::Default(), moved, PackageOpenOptions()).status(),
                 StatusCode::kInvalidArgument, "OVA member");
   ExpectUnsealFails(moved, StatusCode::kInvalidArgument, "OVA member");
+}
+
+// An OVF 2.0 input may carry vbox:Machine directly in its VirtualSystem
+// (VirtualBox 7 does); the sealed descriptor must still validate (issue 18).
+TEST_F(ImportTest, Ovf2InputWithAVendorElementIsMadeValidAndSaysSo) {
+  std::string text = ReadFileOrDie(src_ + "/vbox.ovf");
+  ReplaceAll(&text, std::string(kOvf1Namespace), std::string(kOvf2Namespace));
+  ReplaceAll(&text, "ovf:version=\"1.0\"", "ovf:version=\"2.0\"");
+  WriteFileOrDie(src_ + "/vbox.ovf", text);
+  std::vector<std::string> notes;
+  SealOptions o = Options({src_ + "/vbox.ovf"});
+  o.notes = &notes;
+  const std::string ova = dir_.File("v2.ova");
+  ASSERT_OK(SealPackage(Env::Default(), o, ova));
+  EXPECT_TRUE(DescriptorValidates(ova));
+  ASSERT_EQ(notes.size(), 1u);
+  EXPECT_EQ(notes[0], "kept vbox:Machine inside the VirtualHardwareSection as a non-required "
+                      "extension");
+}
+
+// VMware writes vmw:BootOrderSection required by default; it no longer
+// blocks the export, is kept (non-required) and named in a note. An
+// element only the Envelope held is dropped and named.
+TEST_F(ImportTest, VmwareBootOrderIsKeptAndAnEnvelopeExtensionIsDroppedWithNotes) {
+  std::string text = ReadFileOrDie(src_ + "/vbox.ovf");
+  ReplaceAll(&text, "xmlns:vbox=", "xmlns:vmw=\"http://www.vmware.com/schema/ovf\" xmlns:vbox=");
+  ReplaceAll(&text, "<vbox:Machine ",
+             "<vmw:BootOrderSection vmw:type=\"disk\"><Info>Boot order</Info>"
+             "</vmw:BootOrderSection><vbox:Machine ");
+  ReplaceAll(&text, "<References>",
+             "<vbox:Note ovf:required=\"false\">exported by a test</vbox:Note><References>");
+  WriteFileOrDie(src_ + "/vbox.ovf", text);
+  std::vector<std::string> notes;
+  SealOptions o = Options({src_ + "/vbox.ovf"});
+  o.notes = &notes;
+  const std::string ova = dir_.File("vmw.ova");
+  ASSERT_OK(SealPackage(Env::Default(), o, ova));
+  EXPECT_TRUE(DescriptorValidates(ova));
+  EXPECT_EQ(notes, (std::vector<std::string>{
+                       "dropped vbox:Note: OVF 2 has no place for it there",
+                       "kept vmw:BootOrderSection inside the VirtualHardwareSection as a "
+                       "non-required extension (it was required)",
+                       "kept vbox:Machine inside the VirtualHardwareSection as a non-required "
+                       "extension"}));
+  auto p = Package::Open(Env::Default(), ova, PackageOpenOptions());
+  ASSERT_OK(p);
+  EXPECT_NE((*p)->descriptor_text().find("<vmw:BootOrderSection"), std::string::npos);
 }
 
 TEST_F(ImportTest, ExplicitDescriptorStillRefusesAReferencedLink) {

@@ -486,6 +486,9 @@ Status SealPackage(Env* env, const SealOptions& options, const std::string& out_
                    internal::WrapKey(recipient, tag.key_wrap_algorithm, data_key,
                                      wrapped.oaep_label));
   RETURN_IF_ERROR(descriptor.AddEncryption(tag, wrapped, sealed));
+  if (!options.release_policy_json.empty()) {
+    RETURN_IF_ERROR(descriptor.AddReleasePolicy(options.release_policy_json));
+  }
   const std::string sealed_descriptor = descriptor.Serialize();
   if (sealed_descriptor.size() > kMaxDescriptorBytes) {
     return InvalidArgumentError("sealed descriptor would exceed the size bound");

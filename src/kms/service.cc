@@ -1229,9 +1229,12 @@ StatusOr<PolicyDocumentRecord> KmsService::PutSignedPolicy(const Caller& caller,
   auto refuse = [&](const Status& s) -> Status {
     std::string reason = ReasonPrefix(s);
     if (reason.empty()) reason = "malformed_request";
-    RecordDenial(reason, "customer/" + req.tenant,
-                 "signed policy for image " + req.image_id + " relayed by " + caller.name + ": " +
-                     std::string(s.message()));
+    metrics_.CountDenial(reason);
+    (void)store_->AppendAudit({"policy.deny", "customer/" + req.tenant,
+                               json{{"reason", reason},
+                                    {"image_id", req.image_id},
+                                    {"by", caller.name},
+                                    {"message", s.message()}}});
     return s;
   };
   if (!ValidIdentity(req.tenant) || !ValidIdentity(req.image_id)) {

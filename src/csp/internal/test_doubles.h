@@ -225,7 +225,6 @@ class FakeKmsClient final : public KmsClient {
   std::pair<std::string, std::string> last_query_;
   std::map<std::string, std::string> policies_;
   std::map<std::string, SignedPolicy> signed_;
-  std::map<std::string, SignedPolicy> signed_;
   std::map<std::string, std::string> images_;
   std::vector<LaunchGrant> grants_;
   bool grants_refused_ = false;

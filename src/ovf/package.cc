@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "crypto/primitives.h"
+#include "json/json.h"
 #include "ovf/internal/disk_cipher.h"
 #include "ovf/internal/key_wrap.h"
 #include "ovf/manifest.h"
@@ -602,6 +603,12 @@ StatusOr<std::string> InspectPackage(Env* env, const std::string& package_path, 
   po.require_encrypted = false;
   po.require_manifest = false;
   ASSIGN_OR_RETURN(auto p, Package::Open(env, package_path, po));
+  // The release policy sealed into the descriptor (§4.1), if any.
+  std::optional<std::string> release_policy;
+  if (p->encrypted()) {
+    ASSIGN_OR_RETURN(Descriptor d, Descriptor::Parse(p->descriptor_text()));
+    ASSIGN_OR_RETURN(release_policy, d.ReadReleasePolicy());
+  }
   if (json) {
     nlohmann::json j;
     j["container"] = p->is_ova() ? "ova" : "directory";
@@ -638,6 +645,11 @@ StatusOr<std::string> InspectPackage(Env* env, const std::string& package_path, 
                   {"tenant", t.tenant},
                   {"keyVersion", t.key_version},
                   {"created", t.created}};
+      j["release_policy"] = nullptr;
+      if (release_policy) {
+        auto parsed = ParseJson(*release_policy);
+        j["release_policy"] = parsed.ok() ? *parsed : nlohmann::json("(not JSON)");
+      }
     }
     return j.dump(2) + "\n";
   }
@@ -669,6 +681,12 @@ StatusOr<std::string> InspectPackage(Env* env, const std::string& package_path, 
     out += "  tenant:           " + t.tenant + "\n";
     out += "  keyVersion:       " + std::to_string(t.key_version) + "\n";
     out += "  created:          " + t.created + "\n";
+    std::string policy = "none (the KMS operator's policy applies unless you sign one)";
+    if (release_policy) {
+      auto parsed = ParseJson(*release_policy);
+      policy = parsed.ok() ? DumpJson(*parsed) : "(not JSON: every release is denied)";
+    }
+    out += "release policy:     " + policy + "\n";
   }
   return out;
 }

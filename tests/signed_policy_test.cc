@@ -338,6 +338,18 @@ TEST_F(SignedPolicyTest, MisbehavingPortalPlacingAJobOnAHostTheSealedPolicyExclu
 TEST_F(SignedPolicyTest, PolicySetWithCustomerSetPolicyIsEnforcedAtRelease) {
   SignUp("a");
   const std::string image_id = SealAndUpload("a", "a.ova", {});
+  // Bad input first: a policy the KMS could not evaluate is refused by the
+  // CLI before anything is signed or sealed, and changes nothing.
+  std::string out;
+  EXPECT_NE(Customer("a", {"set-policy", image_id, R"({"flavors":{"someOf":["x"]}})"}, &out), 0);
+  EXPECT_THAT(out, HasSubstr("the policy"));
+  EXPECT_NE(RunCommand({VmsealBinary(), "seal", dir_.File("disk.raw"), "--cert",
+                        dir_.File("a/customer.pem"), "--policy", "[1]", "-o", dir_.File("bad.ova")},
+                       &out, 60),
+            0);
+  EXPECT_THAT(out, HasSubstr("--policy"));
+  EXPECT_FALSE(Env::Default()->FileExists(dir_.File("bad.ova")));
+  EXPECT_EQ(NewestVersion(Open("a.ova")->tag().tenant, Open("a.ova")->tag().image_id), 0);
   json set = CustomerJson("a", {"set-policy", image_id, kGoldPolicy});
   ASSERT_EQ(set["version"], 1) << set.dump();
   EnrollHost({"region=demo"});

@@ -95,9 +95,6 @@ class EveryHostEligibleKms final : public csp::KmsClient {
     for (const auto& h : hosts) out.push_back({h, true, "ok"});
     return out;
   }
-  Status PutImagePolicy(const std::string&, const std::string&, const std::string&) override {
-    return OkStatus();
-  }
   Status RegisterImage(const std::string&, const std::string&, const std::string&) override {
     return OkStatus();
   }

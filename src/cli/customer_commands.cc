@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <ctime>
 #include <iostream>
 #include <memory>
 #include <optional>
@@ -19,6 +20,8 @@
 #include "crypto/signature.h"
 #include "crypto/x509.h"
 #include "json/json.h"
+#include "kms/policy.h"
+#include "ovf/policy_document.h"
 #include "ovf/signature.h"
 
 namespace vmseal::cli {
@@ -373,7 +376,7 @@ StatusOr<json> JsonFlag(const std::string& text, const std::string& flag) {
 }
 
 Status Upload(const CommonFlags& f, const std::string& file, const std::string& name,
-              const std::string& policy_json, const std::string& kms_policy_json) {
+              const std::string& policy_json) {
   ASSIGN_OR_RETURN(auto c, Connect(f));
   ASSIGN_OR_RETURN(httplib::Headers auth, Auth(f));
   ASSIGN_OR_RETURN(std::shared_ptr<RandomAccessFile> in, Env::Default()->NewRandomAccessFile(file));
@@ -388,12 +391,9 @@ Status Upload(const CommonFlags& f, const std::string& file, const std::string& 
     off += n;
   }
   const std::string sha = crypto::HexEncode(hasher.Finish());
-  json policy, kms_policy;
+  json policy;
   if (!policy_json.empty()) {
     ASSIGN_OR_RETURN(policy, JsonFlag(policy_json, "--policy"));
-  }
-  if (!kms_policy_json.empty()) {
-    ASSIGN_OR_RETURN(kms_policy, JsonFlag(kms_policy_json, "--kms-policy"));
   }
 
   ASSIGN_OR_RETURN(json begin, CheckReply(c->Post("/v1/uploads", auth, "", "application/json"),
@@ -428,7 +428,6 @@ Status Upload(const CommonFlags& f, const std::string& file, const std::string& 
   }
   json commit = {{"name", name}, {"sha256", sha}};
   if (policy.is_object()) commit["policy"] = policy;
-  if (kms_policy.is_object()) commit["kms_policy"] = kms_policy;
   ASSIGN_OR_RETURN(json image,
                    CheckReply(c->Post("/v1/uploads/" + id + "/commit", auth, commit.dump(),
                                       "application/json"),
@@ -441,18 +440,66 @@ Status Upload(const CommonFlags& f, const std::string& file, const std::string& 
   return OkStatus();
 }
 
-// Sets the KMS release policy of one of the caller's images.
-Status SetPolicy(const CommonFlags& f, const std::string& image_id, const std::string& text) {
+std::string NowRfc3339Utc() {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+// Sets the release policy of one of the caller's images: a policy document
+// (docs/format/policy-document.md) signed here with the customer's signing
+// key, which the portal relays and the KMS verifies. The portal tells the
+// tenant, the tag's imageId and the current version; it cannot lie to any
+// effect: a document naming another tenant does not verify under this key,
+// and a version not above the KMS's newest is refused (policy_stale).
+Status SetPolicy(const CommonFlags& f, const std::string& image_id, const std::string& text,
+                 int64_t version_flag, const std::string& signing_key_flag) {
   ASSIGN_OR_RETURN(json policy, JsonFlag(text, "the policy"));
+  Status valid = kms::ValidatePolicy(policy);
+  if (!valid.ok()) return InvalidArgumentError("the policy: " + valid.message());
+  const std::string key_path = signing_key_flag.empty() ? DefaultSigningKeyFile(f) : signing_key_flag;
+  ASSIGN_OR_RETURN(crypto::PrivateKey key, crypto::LoadPrivateKeyFile(key_path));
   ASSIGN_OR_RETURN(auto c, Connect(f));
   ASSIGN_OR_RETURN(httplib::Headers auth, Auth(f));
+  ASSIGN_OR_RETURN(json me, CheckReply(c->Get("/v1/customer/key", auth), "customer key"));
+  ASSIGN_OR_RETURN(json image, CheckReply(c->Get("/v1/images/" + image_id, auth), "image"));
+  ovf::PolicyDocument doc;
+  doc.tenant = me.value("customer_id", "");
+  doc.image_id = image.value("tagged_image_id", "");
+  if (doc.image_id.empty()) {
+    return FailedPreconditionError("image " + image_id + " has no tag imageId (not a sealed package)");
+  }
+  if (version_flag > 0) {
+    doc.version = static_cast<uint64_t>(version_flag);
+  } else {
+    auto current = c->Get("/v1/images/" + image_id + "/kms-policy", auth);
+    int64_t newest = 0;
+    if (current && current->status == 200) {
+      ASSIGN_OR_RETURN(json cur, CheckReply(current, "current policy"));
+      newest = cur.value("version", int64_t{0});
+    } else if (!current || current->status != 404) {
+      RETURN_IF_ERROR(CheckReply(current, "current policy").status());
+    }
+    doc.version = static_cast<uint64_t>(newest) + 1;
+  }
+  doc.issued_at = NowRfc3339Utc();
+  doc.policy = policy;
+  ASSIGN_OR_RETURN(std::string bytes, ovf::SerializePolicyDocument(doc));
+  ASSIGN_OR_RETURN(crypto::Bytes sig, ovf::SignPolicyDocument(bytes, key));
+  json body = {{"document", crypto::Base64Encode(crypto::AsBytes(bytes))},
+               {"signature", crypto::Base64Encode(sig)}};
   ASSIGN_OR_RETURN(json r, CheckReply(c->Put("/v1/images/" + image_id + "/kms-policy", auth,
-                                             policy.dump(), "application/json"),
+                                             body.dump(), "application/json"),
                                       "set policy"));
   if (f.json) {
+    r["signing_key_file"] = key_path;
     PrintJson(r);
   } else {
-    std::cout << "policy of " << image_id << " set at the KMS\n";
+    std::cout << "policy version " << doc.version << " of " << image_id << " (imageId "
+              << doc.image_id << ") signed and accepted by the KMS\n";
   }
   return OkStatus();
 }
@@ -690,26 +737,30 @@ void AddCustomerCommands(CLI::App& app, const CommandSink& sink) {
   auto file = std::make_shared<std::string>();
   auto name = std::make_shared<std::string>();
   auto policy = std::make_shared<std::string>();
-  auto kms_policy = std::make_shared<std::string>();
   CLI::App* upload = cust->add_subcommand("upload", "Upload a sealed package (resumable)");
   upload->add_option("package", *file, "Sealed package file")->required();
   upload->add_option("--name", *name, "Image name")->required();
   upload->add_option("--policy", *policy, "Portal-side policy JSON kept with the image");
-  upload->add_option("--kms-policy", *kms_policy,
-                     "KMS release policy JSON for this image (CONTRACT: flavors, "
-                     "required_tags, max_evidence_age_seconds, history)");
-  upload->callback([f, file, name, policy, kms_policy, sink] {
-    sink(Upload(*f, *file, *name, *policy, *kms_policy));
-  });
+  upload->callback([f, file, name, policy, sink] { sink(Upload(*f, *file, *name, *policy)); });
 
   auto policy_image = std::make_shared<std::string>();
   auto policy_text = std::make_shared<std::string>();
-  CLI::App* set_policy =
-      cust->add_subcommand("set-policy", "Set the KMS release policy of one of your images");
+  auto policy_version = std::make_shared<int64_t>(0);
+  auto policy_signing_key = std::make_shared<std::string>();
+  CLI::App* set_policy = cust->add_subcommand(
+      "set-policy",
+      "Sign a new release policy for one of your images (the KMS enforces the newest you signed)");
   set_policy->add_option("image_id", *policy_image, "Image id")->required();
-  set_policy->add_option("policy", *policy_text, "KMS policy JSON")->required();
-  set_policy->callback([f, policy_image, policy_text, sink] {
-    sink(SetPolicy(*f, *policy_image, *policy_text));
+  set_policy->add_option("policy", *policy_text,
+                         "release policy JSON (flavors, required_tags, max_evidence_age_seconds, "
+                         "history)")
+      ->required();
+  set_policy->add_option("--version", *policy_version,
+                         "document version (default: the KMS's newest + 1; the sealed policy is 0)");
+  set_policy->add_option("--signing-key", *policy_signing_key,
+                         "your signing key (default signing-key.pem beside the session)");
+  set_policy->callback([f, policy_image, policy_text, policy_version, policy_signing_key, sink] {
+    sink(SetPolicy(*f, *policy_image, *policy_text, *policy_version, *policy_signing_key));
   });
 
   cust->add_subcommand("images", "List your images")->callback([f, sink] { sink(Images(*f)); });

@@ -13,6 +13,8 @@
 #include "cli/commands.h"
 #include "crypto/keys.h"
 #include "crypto/x509.h"
+#include "json/json.h"
+#include "kms/policy.h"
 #include "ovf/package.h"
 
 namespace vmseal::cli {
@@ -31,7 +33,30 @@ struct SealFlags {
   // signing-cert.pem beside --cert (where register and fetch-cert put them).
   std::string signing_key, signing_cert;
   bool unsigned_package = false;
+  // The image's release policy (package.md §4.1): JSON text, or a file
+  // holding it; empty = none (the KMS operator's policy applies).
+  std::string policy;
 };
+
+// The --policy argument as compact JSON, validated as the KMS will
+// evaluate it (kms/policy.h), so that a package never carries a policy the
+// KMS would refuse to apply.
+StatusOr<std::string> ReleasePolicyText(const std::string& arg) {
+  const size_t first = arg.find_first_not_of(" \t\r\n");
+  std::string text = arg;
+  if (first == std::string::npos || arg[first] != '{') {
+    auto file = ReadFileToString(Env::Default(), arg);
+    if (!file.ok()) {
+      return InvalidArgumentError("--policy: neither a JSON object nor a readable file: " +
+                                  file.status().message());
+    }
+    text = *std::move(file);
+  }
+  ASSIGN_OR_RETURN(nlohmann::json policy, ParseJsonObject(text, "--policy"));
+  Status valid = kms::ValidatePolicy(policy);
+  if (!valid.ok()) return InvalidArgumentError("--policy: " + valid.message());
+  return DumpJson(policy);
+}
 
 // The tenant a customer certificate names: the KMS issues customer key
 // certificates with OU "customer:<id>". "" if the certificate names none.
@@ -135,6 +160,9 @@ Status RunSeal(const SealFlags& f) {
   o.xmlenc_compat = f.xmlenc_compat;
   o.convert_disks = !f.keep_disk_format;
   o.chunk_size_bytes = f.chunk_size;
+  if (!f.policy.empty()) {
+    ASSIGN_OR_RETURN(o.release_policy_json, ReleasePolicyText(f.policy));
+  }
   std::optional<Signer> signer;
   if (!f.unsigned_package) {
     ASSIGN_OR_RETURN(signer, LoadSigner(f, o.tenant));
@@ -188,6 +216,10 @@ void AddPackageCommands(CLI::App& app, const CommandSink& sink) {
   seal->add_flag("--unsigned", seal_flags->unsigned_package,
                  "UNSIGNED package, for tests and interoperability only: portals and KMSs that "
                  "require signatures refuse it (unsigned_package)");
+  seal->add_option("--policy", seal_flags->policy,
+                   "the image's release policy (JSON object or a file holding one), sealed into "
+                   "the signed descriptor; the KMS enforces it at release unless you sign a "
+                   "newer one (customer set-policy)");
   seal->add_option("-o,--output", seal_flags->out, "output .ova file or directory")->required();
   seal->callback([seal_flags, sink] { sink(RunSeal(*seal_flags)); });
 

@@ -262,13 +262,13 @@ class PoolIntegrationTest : public ::testing::Test {
     EXPECT_EQ(cert["verified"], true);
     std::string package = SealImage(dir_.File("customer.crt"), customer_id_);
     package_sha256_ = crypto::HexEncode(crypto::Sha256(ReadFileOrDie(package)));
-    std::vector<std::string> upload = {"upload", package, "--name", "small"};
-    if (!kms_policy.empty()) {
-      upload.push_back("--kms-policy");
-      upload.push_back(kms_policy);
-    }
-    json image = Customer(upload);
+    json image = Customer({"upload", package, "--name", "small"});
     EXPECT_EQ(image["sha256"], package_sha256_);
+    if (!kms_policy.empty()) {
+      // The customer signs the image's policy; the portal relays it.
+      json set = Customer({"set-policy", image.value("image_id", ""), kms_policy});
+      EXPECT_EQ(set["version"], 1) << set.dump();
+    }
     return image.value("image_id", "");
   }
   static const json& Decision(const json& placement, const std::string& host) {
@@ -365,13 +365,17 @@ TEST_F(PoolIntegrationTest, ImagePolicyAtTheKmsRestrictsThePoolByTags) {
   std::string image_id = CustomerWithSealedImage(
       R"({"flavors":{"anyOf":["good-boot"]},"required_tags":["region=eu-west"]})");
   ASSERT_FALSE(image_id.empty());
-  // The KMS now holds the image's policy, under the identity the key-wrap
-  // label binds (the tag's imageId), which a release looks up.
-  auto stored =
-      KmsClientAs("operator")->Get("/v1/policies/" + customer_id_ + "/" + tagged_image_id_);
+  // The KMS now holds the image's customer-signed policy, under the
+  // identity the key-wrap label binds (the tag's imageId), which a release
+  // looks up.
+  auto stored = KmsClientAs("operator")->Get("/v1/signed-policies/" + customer_id_ + "/" +
+                                             tagged_image_id_);
   ASSERT_OK(stored);
   EXPECT_EQ((*stored)["image_id"], tagged_image_id_);
-  EXPECT_EQ((*stored)["policy"]["required_tags"][0], "region=eu-west");
+  EXPECT_EQ((*stored)["version"], 1);
+  auto document = crypto::Base64Decode((*stored)["document"].get<std::string>());
+  ASSERT_OK(document);
+  EXPECT_THAT(std::string(document->begin(), document->end()), HasSubstr("region=eu-west"));
   RegisterHosts();
   json job = Customer({"launch", image_id});
   EXPECT_EQ(job["host_id"], "host-b") << job.dump();
@@ -385,9 +389,10 @@ TEST_F(PoolIntegrationTest, ImagePolicyAtTheKmsRestrictsThePoolByTags) {
   std::string out;
   EXPECT_NE(RunCommand(argv, &out, 60), 0);
   EXPECT_THAT(out, HasSubstr("flavors"));
-  stored = KmsClientAs("operator")->Get("/v1/policies/" + customer_id_ + "/" + tagged_image_id_);
+  stored = KmsClientAs("operator")->Get("/v1/signed-policies/" + customer_id_ + "/" +
+                                        tagged_image_id_);
   ASSERT_OK(stored);
-  EXPECT_EQ((*stored)["policy"]["required_tags"][0], "region=eu-west");
+  EXPECT_EQ((*stored)["version"], 1);
 }
 
 TEST_F(PoolIntegrationTest, JobFailsWithEveryReasonWhenNoEligibleHostIsLeft) {

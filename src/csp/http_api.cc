@@ -7,6 +7,7 @@
 
 #include "crypto/primitives.h"
 #include "json/json.h"
+#include "csp/signed_policy.h"
 
 namespace vmseal::csp {
 namespace {
@@ -168,12 +169,6 @@ json ToJson(const Job& j, bool for_host = false) {
     out["tagged_image_id"] = j.tagged_image_id;
   }
   return out;
-}
-
-// The image's identity at the KMS: the tag's imageId (what the key-wrap
-// label binds and release looks the policy up by).
-std::string KmsImageId(const ImageInfo& i) {
-  return i.tagged_image_id.empty() ? i.image_id : i.tagged_image_id;
 }
 
 StatusOr<ReleasePolicy> PolicyFrom(const json& body) {
@@ -383,9 +378,12 @@ void RegisterPortalRoutes(httplib::Server& server, const PortalServices& svc) {
                   c.name = body.value("name", "");
                   c.sha256_hex = body.value("sha256", "");
                   ASSIGN_OR_RETURN(c.policy, PolicyFrom(body));
-                  const bool has_kms_policy = body.contains("kms_policy");
-                  if (has_kms_policy && !body["kms_policy"].is_object()) {
-                    return InvalidArgumentError("kms_policy must be a JSON object");
+                  if (body.contains("kms_policy")) {
+                    // The portal writes no release policy: the customer's
+                    // is in its signed package or a signed document.
+                    return InvalidArgumentError(
+                        "kms_policy is not accepted: seal the release policy into the package "
+                        "(vmseal seal --policy) or sign one (vmseal customer set-policy)");
                   }
                   ASSIGN_OR_RETURN(ImageInfo i, svc.images->CommitUpload(p, c));
                   if (!i.key_id.empty()) {
@@ -395,16 +393,6 @@ void RegisterPortalRoutes(httplib::Server& server, const PortalServices& svc) {
                     if (!reg.ok()) {
                       (void)svc.images->DeleteImage(p, i.image_id);
                       return Status(reg.code(), "KMS image registration: " + reg.message());
-                    }
-                  }
-                  if (has_kms_policy) {
-                    // The KMS owns the release policy; an image whose policy
-                    // the KMS refused is not kept.
-                    Status put = svc.kms->PutImagePolicy(p.customer_id, KmsImageId(i),
-                                                         DumpJson(body["kms_policy"]));
-                    if (!put.ok()) {
-                      (void)svc.images->DeleteImage(p, i.image_id);
-                      return Status(put.code(), "KMS policy: " + put.message());
                     }
                   }
                   return ToJson(i);
@@ -443,10 +431,26 @@ void RegisterPortalRoutes(httplib::Server& server, const PortalServices& svc) {
                  ASSIGN_OR_RETURN(Principal p, who(req));
                  ASSIGN_OR_RETURN(ImageInfo i, svc.images->GetImage(p, req.matches[1]));
                  ASSIGN_OR_RETURN(json body, ParseBody(req));
-                 RETURN_IF_ERROR(svc.kms->PutImagePolicy(p.customer_id, KmsImageId(i), DumpJson(body))
-                                     .WithPrefix("KMS policy"));
+                 auto text = [&](const char* name) {
+                   return body.contains(name) && body[name].is_string() ? body[name].get<std::string>()
+                                                                         : std::string();
+                 };
+                 ASSIGN_OR_RETURN(SignedPolicy sp, RelaySignedPolicy(svc.kms, p, i, text("document"),
+                                                                     text("signature")));
                  return json{{"image_id", i.image_id}, {"kms_image_id", KmsImageId(i)},
-                             {"kms_policy", body}};
+                             {"version", sp.version}};
+               });
+             });
+  server.Get(R"(/v1/images/([A-Za-z0-9-]+)/kms-policy)",
+             [svc, who](const httplib::Request& req, httplib::Response& res) {
+               Reply(res, [&]() -> StatusOr<json> {
+                 ASSIGN_OR_RETURN(Principal p, who(req));
+                 ASSIGN_OR_RETURN(ImageInfo i, svc.images->GetImage(p, req.matches[1]));
+                 ASSIGN_OR_RETURN(SignedPolicy sp, NewestSignedPolicy(svc.kms, p, i));
+                 return json{{"image_id", i.image_id}, {"kms_image_id", KmsImageId(i)},
+                             {"version", sp.version},
+                             {"document", crypto::Base64Encode(crypto::AsBytes(sp.document))},
+                             {"signature", sp.signature}};
                });
              });
   server.Get(R"(/v1/images/([A-Za-z0-9-]+)/package)",

@@ -236,7 +236,8 @@ TEST_F(HttpApiTest, AgentIsTheRunningBinaryWithItsDigest) {
   EXPECT_EQ(agent->body, vmseal::testing::ReadFileOrDie("/proc/self/exe"));
 }
 
-TEST_F(HttpApiTest, CommitForwardsTheKmsPolicyOfTheImage) {
+TEST_F(HttpApiTest, CommitWithAKmsPolicyIsRefusedAndKeepsNoImage) {
+  // The portal writes no release policy: a policy given at upload is refused.
   auto auth = NewCustomer();
   auto begin = client_->Post("/v1/uploads", auth, "", "application/json");
   std::string id = json::parse(begin->body)["upload_id"];
@@ -245,42 +246,40 @@ TEST_F(HttpApiTest, CommitForwardsTheKmsPolicyOfTheImage) {
   json commit = {{"name", "web"}, {"kms_policy", {{"flavors", {{"anyOf", {"good"}}}}}}};
   auto img = client_->Post("/v1/uploads/" + id + "/commit", auth, commit.dump(),
                            "application/json");
-  ASSERT_EQ(img->status, 201) << img->body;
-  json i = json::parse(img->body);
-  auto key = client_->Get("/v1/customer/key", auth);
-  std::string customer = json::parse(key->body)["customer_id"];
-  // Under the image's identity at the KMS: its tag's imageId.
-  ASSERT_TRUE(i.contains("tagged_image_id"));
-  EXPECT_NE(kms_.policy(customer, i["tagged_image_id"]).find("good"), std::string::npos);
-  EXPECT_EQ(kms_.policy(customer, i["image_id"]), "");
-}
-
-TEST_F(HttpApiTest, ImageWhosePolicyTheKmsRefusesIsNotKept) {
-  auto auth = NewCustomer();
-  auto begin = client_->Post("/v1/uploads", auth, "", "application/json");
-  std::string id = json::parse(begin->body)["upload_id"];
-  ASSERT_EQ(client_->Put("/v1/uploads/" + id + "?offset=0", auth, std::string(kSealedMagic) + "d",
-                         "application/octet-stream")->status, 200);
-  json commit = {{"name", "web"}, {"kms_policy", {{"required_tags", {"a=b"}}}}};
-  auto img = client_->Post("/v1/uploads/" + id + "/commit", auth, commit.dump(),
-                           "application/json");
   EXPECT_EQ(img->status, 400) << img->body;
-  EXPECT_NE(img->body.find("KMS policy"), std::string::npos) << img->body;
+  EXPECT_NE(img->body.find("seal --policy"), std::string::npos) << img->body;
   EXPECT_TRUE(json::parse(client_->Get("/v1/images", auth)->body)["images"].empty());
 }
 
-TEST_F(HttpApiTest, PolicyOfAnotherCustomersImageCannotBeSet) {
+TEST_F(HttpApiTest, SignedPolicyIsRelayedUnderTheTagsImageIdOnlyForTheOwner) {
   auto alice = NewCustomer();
   auto bob = NewCustomer();
   auto img = Upload(alice, std::string(kSealedMagic) + "x");
   ASSERT_EQ(img->status, 201);
-  std::string image_id = json::parse(img->body)["image_id"];
-  auto res = client_->Put("/v1/images/" + image_id + "/kms-policy", bob,
-                          R"({"flavors":{"anyOf":["f"]}})", "application/json");
+  json i = json::parse(img->body);
+  std::string image_id = i["image_id"];
+  const std::string doc = R"({"version":1})";
+  json body = {{"document", crypto::Base64Encode(crypto::AsBytes(doc))},
+               {"signature", crypto::Base64Encode(crypto::Bytes{1, 2})}};
+  auto res = client_->Put("/v1/images/" + image_id + "/kms-policy", bob, body.dump(),
+                          "application/json");
   EXPECT_EQ(res->status, 404) << res->body;
+  // Not base64: refused by the portal before the KMS.
   res = client_->Put("/v1/images/" + image_id + "/kms-policy", alice,
-                     R"({"flavors":{"anyOf":["f"]}})", "application/json");
-  EXPECT_EQ(res->status, 200) << res->body;
+                     R"({"document":"%%%","signature":"AQI="})", "application/json");
+  EXPECT_EQ(res->status, 400) << res->body;
+  res = client_->Put("/v1/images/" + image_id + "/kms-policy", alice, body.dump(),
+                     "application/json");
+  ASSERT_EQ(res->status, 200) << res->body;
+  EXPECT_EQ(json::parse(res->body)["version"], 1);
+  auto key = client_->Get("/v1/customer/key", alice);
+  std::string customer = json::parse(key->body)["customer_id"];
+  // Under the image's identity at the KMS: its tag's imageId when it has one.
+  const std::string tagged = i["tagged_image_id"];
+  EXPECT_EQ(kms_.policy(customer, tagged.empty() ? image_id : tagged), doc);
+  auto got = client_->Get("/v1/images/" + image_id + "/kms-policy", alice);
+  ASSERT_EQ(got->status, 200) << got->body;
+  EXPECT_EQ(json::parse(got->body)["version"], 1);
 }
 
 TEST(PortalServerTest, PlainHttpOffLoopbackIsRefused) {

@@ -49,6 +49,18 @@ StatusOr<SigningKey> SigningKeyFrom(const json& r, const std::string& customer_i
   return k;
 }
 
+StatusOr<SignedPolicy> SignedPolicyFrom(const json& r) {
+  if (!r.is_object() || !r.contains("version") || !r["version"].is_number_integer()) {
+    return InternalError("KMS answered a signed policy without a version");
+  }
+  SignedPolicy p;
+  p.version = r["version"].get<int64_t>();
+  ASSIGN_OR_RETURN(crypto::Bytes doc, crypto::Base64Decode(r.value("document", "")));
+  p.document.assign(doc.begin(), doc.end());
+  p.signature = r.value("signature", "");
+  return p;
+}
+
 class HttpsKmsClient final : public KmsClient {
  public:
   HttpsKmsClient(std::unique_ptr<net::HttpsClient> client, std::string ca_pem)
@@ -103,13 +115,19 @@ class HttpsKmsClient final : public KmsClient {
     return out;
   }
 
-  Status PutImagePolicy(const std::string& customer_id, const std::string& image_id,
-                        const std::string& policy_json) override {
-    ASSIGN_OR_RETURN(json policy, ParseJsonObject(policy_json, "KMS policy"));
-    ASSIGN_OR_RETURN(json ignored, client_->Put("/v1/policies/" + customer_id + "/" + image_id,
-                                                policy));
-    (void)ignored;
-    return OkStatus();
+  StatusOr<SignedPolicy> PutSignedPolicy(const std::string& tenant, const std::string& image_id,
+                                         const std::string& document,
+                                         const crypto::Bytes& signature) override {
+    ASSIGN_OR_RETURN(json r, client_->Put("/v1/signed-policies/" + tenant + "/" + image_id,
+                                          json{{"document", crypto::Base64Encode(crypto::AsBytes(document))},
+                                               {"signature", crypto::Base64Encode(signature)}}));
+    return SignedPolicyFrom(r);
+  }
+
+  StatusOr<SignedPolicy> GetSignedPolicy(const std::string& tenant,
+                                         const std::string& image_id) override {
+    ASSIGN_OR_RETURN(json r, client_->Get("/v1/signed-policies/" + tenant + "/" + image_id));
+    return SignedPolicyFrom(r);
   }
 
   Status RegisterImage(const std::string& tenant, const std::string& image_id,

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "base/status.h"
+#include "crypto/primitives.h"
 
 namespace vmseal::csp {
 
@@ -35,6 +36,13 @@ struct SigningKey {
   std::string key_id;
   std::string public_key_pem;
   std::string cert_pem;
+};
+
+// A customer-signed policy document as the KMS stored it.
+struct SignedPolicy {
+  int64_t version = 0;
+  std::string document;   // the signed bytes
+  std::string signature;  // base64 of the DER signature
 };
 
 // The KMS's placement answer for one host.
@@ -76,11 +84,23 @@ class KmsClient {
       const std::string& customer_id, const std::string& image_id,
       const std::vector<std::string>& host_ids) = 0;
 
-  // Sets the KMS release policy of one image of a customer (PUT
-  // /v1/policies/{cid}/{image_id}); `policy_json` is the KMS policy document
-  // (CONTRACT.md). The KMS validates it (INVALID_ARGUMENT naming the problem).
-  virtual Status PutImagePolicy(const std::string& customer_id, const std::string& image_id,
-                                const std::string& policy_json) = 0;
+  // Relays a customer-signed policy document for the image (PUT
+  // /v1/signed-policies/{tenant}/{image_id}, docs/format/policy-document.md):
+  // the KMS verifies the customer's signature and version. The portal cannot
+  // make or change one; it writes no release policy at all.
+  virtual StatusOr<SignedPolicy> PutSignedPolicy(const std::string& tenant,
+                                                 const std::string& image_id,
+                                                 const std::string& document,
+                                                 const crypto::Bytes& signature) {
+    (void)tenant, (void)image_id, (void)document, (void)signature;
+    return UnimplementedError("this KMS client relays no signed policies");
+  }
+  // The newest signed policy document of the image; NOT_FOUND if none.
+  virtual StatusOr<SignedPolicy> GetSignedPolicy(const std::string& tenant,
+                                                 const std::string& image_id) {
+    (void)tenant, (void)image_id;
+    return NotFoundError("no signed policy");
+  }
 
   // Registers an accepted package's tag identity (PUT
   // /v1/images/{tenant}/{image_id}): the KMS then accepts grants and this

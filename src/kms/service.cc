@@ -16,8 +16,10 @@
 #include "crypto/primitives.h"
 #include "crypto/ssl_util.h"
 #include "crypto/x509.h"
+#include "json/json.h"
 #include "kms/nonce.h"
 #include "ovf/package_format.h"
+#include "ovf/policy_document.h"
 #include "ovf/signature.h"
 
 namespace vmseal::kms {
@@ -711,6 +713,7 @@ constexpr size_t kMaxCachedReads = 10000;
 
 void KmsService::ClearReadsLocked() {
   policies_.clear();
+  signed_policies_.clear();
   flavors_.clear();
   hosts_.clear();
   failures_.clear();
@@ -743,14 +746,41 @@ StatusOr<T> KmsService::Cached(int64_t version, std::map<Key, StatusOr<T>>* map,
   return loaded;
 }
 
-StatusOr<PolicyRecord> KmsService::EffectivePolicy(const std::string& customer_id,
-                                                   const std::string& image_id, int64_t version) {
+StatusOr<AppliedPolicy> KmsService::EffectivePolicy(const std::string& customer_id,
+                                                    const std::string& image_id,
+                                                    const std::optional<std::string>& descriptor_policy,
+                                                    int64_t version) {
+  // 1. The newest customer-signed policy document of the image.
+  auto signed_policy = Cached(version, &signed_policies_, std::make_pair(customer_id, image_id),
+                              [&]() -> StatusOr<AppliedPolicy> {
+    ASSIGN_OR_RETURN(PolicyDocumentRecord rec, store_->NewestPolicyDocument(customer_id, image_id));
+    // Verified when it was stored; parsed again only for its policy.
+    auto doc = ovf::ParsePolicyDocument(rec.document);
+    if (!doc.ok()) return DataLossError("stored policy document does not parse: " + doc.status().message());
+    return AppliedPolicy{doc->policy, "signed:v" + std::to_string(rec.version)};
+  });
+  if (signed_policy.ok() || signed_policy.status().code() != StatusCode::kNotFound) return signed_policy;
+  // 2. The policy in the signed descriptor (version 0). A malformed one
+  // fails closed rather than falling through to a weaker policy.
+  if (descriptor_policy) {
+    auto parsed = ParseJsonObject(*descriptor_policy, "the descriptor's release policy");
+    if (!parsed.ok()) return Denied("no_policy", parsed.status().message());
+    Status valid = ValidatePolicy(*parsed);
+    if (!valid.ok()) return Denied("no_policy", "the descriptor's release policy: " + valid.message());
+    return AppliedPolicy{*std::move(parsed), "descriptor"};
+  }
+  // 3. The operator's: this customer's (image or customer-wide), else "_default".
   auto p = Cached(version, &policies_, std::make_pair(customer_id, image_id), [&]() -> StatusOr<PolicyRecord> {
     auto own = store_->GetPolicy(customer_id, image_id);
     if (own.ok() || own.status().code() != StatusCode::kNotFound) return own;
     return store_->GetPolicy("_default", image_id);
   });
-  if (p.ok() || p.status().code() != StatusCode::kNotFound) return p;
+  if (p.ok()) {
+    return AppliedPolicy{p->policy, p->customer_id == "_default"
+                                        ? std::string("_default")
+                                        : "operator:" + p->customer_id + "/" + p->image_id};
+  }
+  if (p.status().code() != StatusCode::kNotFound) return p.status();
   return Denied("no_policy", "no release policy for customer " + customer_id + " and no _default");
 }
 
@@ -835,7 +865,8 @@ StatusOr<KmsService::CachedKey> KmsService::CustomerPrivateKey(const std::string
   return cached;
 }
 
-Status KmsService::CheckSignedPackage(const ReleaseRequest& req, std::string* signer_key_id) {
+Status KmsService::CheckSignedPackage(const ReleaseRequest& req, std::string* signer_key_id,
+                                      std::optional<std::string>* release_policy) {
   auto verified = ovf::VerifySignedDescriptor(
       {req.descriptor_name, req.descriptor, req.manifest, req.package_cert});
   if (!verified.ok()) {
@@ -874,6 +905,7 @@ Status KmsService::CheckSignedPackage(const ReleaseRequest& req, std::string* si
                                         " differ from the signed descriptor's");
   }
   *signer_key_id = registered->key_id;
+  *release_policy = verified->release_policy;
   return OkStatus();
 }
 
@@ -932,8 +964,9 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
   // other than what was signed goes further (no evidence check, no key
   // lookup, no unwrap).
   std::string signer_key_id;
+  std::optional<std::string> descriptor_policy;
   if (options_.require_package_signature || !req.package_cert.empty()) {
-    Status signed_ok = CheckSignedPackage(req, &signer_key_id);
+    Status signed_ok = CheckSignedPackage(req, &signer_key_id, &descriptor_policy);
     if (!signed_ok.ok()) return finish(signed_ok);
     audit["signer_key_id"] = signer_key_id;
   }
@@ -991,9 +1024,9 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
   // history come from the cache when it holds that version.
   auto version = store_->ConfigVersion();
   if (!version.ok()) return finish(version.status());
-  auto policy = EffectivePolicy(tenant, image_id, *version);
+  auto policy = EffectivePolicy(tenant, image_id, descriptor_policy, *version);
   if (!policy.ok()) return finish(policy.status());
-  audit["policy"] = policy->customer_id + "/" + policy->image_id;
+  audit["policy"] = policy->source;
   PolicyFacts facts;
   for (size_t i = 0; i < ev.quote.pcr_indices.size(); ++i) {
     facts.pcrs[ev.quote.pcr_indices[i]] = crypto::HexEncode(ev.quote.pcr_values[i]);
@@ -1096,7 +1129,9 @@ StatusOr<std::vector<PlacementResult>> KmsService::PlacementCheck(const Caller& 
     return InvalidArgumentError("customer_id and image_id must match [A-Za-z0-9._:@-]{1,128}");
   }
   if (req.host_ids.size() > 1000) return InvalidArgumentError("at most 1000 hosts per check");
-  auto policy = EffectivePolicy(req.customer_id, req.image_id);
+  // The descriptor's policy is not known here (the portal keeps its own
+  // copy of the package): a signed document, else the operator's policy.
+  auto policy = EffectivePolicy(req.customer_id, req.image_id, std::nullopt);
   if (!policy.ok() && ReasonPrefix(policy.status()) != "no_policy") return policy.status();
   const int64_t now = Now();
   std::vector<PlacementResult> out;
@@ -1163,32 +1198,100 @@ StatusOr<Flavor> KmsService::FlavorFromHost(const Caller& caller, const std::str
 }
 
 Status KmsService::PutPolicy(const Caller& caller, const PolicyRecord& policy) {
-  RETURN_IF_ERROR(RequireAny(caller, {Caller::Role::kOperator, Caller::Role::kPortal}, "put policy"));
+  if (caller.role == Caller::Role::kPortal) {
+    // A customer's policy is the customer's (in its signed descriptor or a
+    // signed policy document, PutSignedPolicy); "_default" and customer-wide
+    // policies are the operator's. The portal writes none of them.
+    RecordDenial("policy_forbidden", "portal/" + caller.name,
+                 "put policy " + policy.customer_id + "/" + policy.image_id);
+    return Denied("policy_forbidden",
+                  "the portal cannot write release policies: the customer signs an image's "
+                  "policy, the operator writes _default and customer-wide ones");
+  }
+  RETURN_IF_ERROR(Require(caller, Caller::Role::kOperator, "put policy"));
   if (policy.customer_id != "_default" && !ValidIdentity(policy.customer_id)) {
     return InvalidArgumentError("bad customer id");
   }
   if (!policy.image_id.empty() && !ValidIdentity(policy.image_id)) return InvalidArgumentError("bad image id");
-  if (caller.role == Caller::Role::kPortal) {
-    // The portal writes one image's policy for the tenant whose package it
-    // accepted; "_default" and customer-wide policies are the operator's.
-    auto forbid = [&](const std::string& why) {
-      RecordDenial("policy_forbidden", "portal/" + caller.name,
-                   "put policy " + policy.customer_id + "/" + policy.image_id + ": " + why);
-      return Denied("policy_forbidden", why);
-    };
-    if (policy.customer_id == "_default") return forbid("the _default policy is operator-only");
-    if (policy.image_id.empty()) return forbid("a customer-wide policy is operator-only");
-    auto image = store_->GetImage(policy.customer_id, policy.image_id);
-    if (!image.ok() && image.status().code() != StatusCode::kNotFound) return image.status();
-    if (!image.ok()) {
-      return forbid("image " + policy.image_id + " is not registered for tenant " + policy.customer_id);
-    }
-  }
   RETURN_IF_ERROR(ValidatePolicy(policy.policy));
   return store_->PutPolicy(policy, {"policy.put", "customer/" + policy.customer_id,
                                     json{{"image_id", policy.image_id},
                                          {"policy", policy.policy},
                                          {"by", caller.name}}});
+}
+
+StatusOr<PolicyDocumentRecord> KmsService::PutSignedPolicy(const Caller& caller,
+                                                           const SignedPolicyRequest& req) {
+  RETURN_IF_ERROR(RequireAny(caller, {Caller::Role::kPortal, Caller::Role::kOperator},
+                             "put signed policy"));
+  // Every refusal is audited (policy.deny) with its reason, never the
+  // document's policy text.
+  auto refuse = [&](const Status& s) -> Status {
+    std::string reason = ReasonPrefix(s);
+    if (reason.empty()) reason = "malformed_request";
+    metrics_.CountDenial(reason);
+    (void)store_->AppendAudit({"policy.deny", "customer/" + req.tenant,
+                               json{{"reason", reason},
+                                    {"image_id", req.image_id},
+                                    {"by", caller.name},
+                                    {"message", s.message()}}});
+    return s;
+  };
+  if (!ValidIdentity(req.tenant) || !ValidIdentity(req.image_id)) {
+    return refuse(InvalidArgumentError("tenant and image_id must match [A-Za-z0-9._:@-]{1,128}"));
+  }
+  auto doc = ovf::ParsePolicyDocument(req.document);
+  if (!doc.ok()) return refuse(doc.status());
+  if (doc->tenant != req.tenant || doc->image_id != req.image_id) {
+    return refuse(Denied("tenant_mismatch", "the document is for image " + doc->image_id +
+                                                " of tenant " + doc->tenant + ", not image " +
+                                                req.image_id + " of tenant " + req.tenant));
+  }
+  auto image = store_->GetImage(req.tenant, req.image_id);
+  if (!image.ok() && image.status().code() != StatusCode::kNotFound) return image.status();
+  if (!image.ok()) {
+    return refuse(Denied("tenant_mismatch", "image " + req.image_id +
+                                                " is not registered for tenant " + req.tenant));
+  }
+  auto registered = store_->GetSigningKey(req.tenant);
+  if (!registered.ok() && registered.status().code() != StatusCode::kNotFound) {
+    return registered.status();
+  }
+  if (!registered.ok()) {
+    return refuse(Denied("signer_mismatch", "tenant " + req.tenant + " has no registered signing key"));
+  }
+  auto key = crypto::PublicKey::FromPem(registered->public_key_pem);
+  if (!key.ok()) return key.status();
+  Status verified = ovf::VerifyPolicyDocumentSignature(req.document, req.signature, *key);
+  if (!verified.ok()) return refuse(PermissionDeniedError(verified.message()));
+  Status valid = ValidatePolicy(doc->policy);
+  if (!valid.ok()) return refuse(InvalidArgumentError("bad_policy: " + std::string(valid.message())));
+  PolicyDocumentRecord rec{req.tenant,
+                           req.image_id,
+                           static_cast<int64_t>(doc->version),
+                           req.document,
+                           crypto::Base64Encode(req.signature),
+                           registered->key_id,
+                           Now()};
+  const crypto::Sha256Digest digest = crypto::Sha256(req.document);
+  Status put = store_->PutPolicyDocument(
+      rec, {"policy.signed", "customer/" + req.tenant,
+            json{{"image_id", req.image_id}, {"version", rec.version},
+                 {"issued_at", doc->issued_at}, {"signer_key_id", rec.signer_key_id},
+                 {"document_sha256", crypto::HexEncode(digest)}, {"by", caller.name}}});
+  if (!put.ok()) {
+    if (ReasonPrefix(put) == "policy_stale") return refuse(PermissionDeniedError(put.message()));
+    return put;
+  }
+  return rec;
+}
+
+StatusOr<PolicyDocumentRecord> KmsService::GetSignedPolicy(const Caller& caller,
+                                                           const std::string& tenant,
+                                                           const std::string& image_id) {
+  RETURN_IF_ERROR(RequireAny(caller, {Caller::Role::kPortal, Caller::Role::kOperator},
+                             "get signed policy"));
+  return store_->NewestPolicyDocument(tenant, image_id);
 }
 
 StatusOr<PolicyRecord> KmsService::GetPolicy(const Caller& caller, const std::string& customer_id,
@@ -1568,6 +1671,33 @@ void RegisterKmsRoutes(KmsService* s, net::HttpsServer* server) {
                                                   r.path_params.size() > 1 ? r.path_params[1] : ""));
     return json{{"customer_id", p.customer_id}, {"image_id", p.image_id}, {"policy", p.policy}};
   };
+  // Customer-signed policy documents (docs/format/policy-document.md): the
+  // document travels as base64 of its exact bytes.
+  auto signed_policy_json = [](const PolicyDocumentRecord& d) {
+    return json{{"tenant", d.tenant},        {"image_id", d.image_id},
+                {"version", d.version},      {"document", crypto::Base64Encode(crypto::AsBytes(d.document))},
+                {"signature", d.signature},  {"signer_key_id", d.signer_key_id},
+                {"created_unix", d.created_unix}};
+  };
+  server->Put(std::string("/v1/signed-policies/") + kImageRe + "/" + kImageRe,
+              [s, signed_policy_json](const net::Request& r) -> StatusOr<json> {
+                RETURN_IF_ERROR(RequireObject(r.body));
+                SignedPolicyRequest req;
+                req.tenant = r.path_params[0];
+                req.image_id = r.path_params[1];
+                ASSIGN_OR_RETURN(crypto::Bytes doc, B64Field(r.body, "document"));
+                req.document.assign(doc.begin(), doc.end());
+                ASSIGN_OR_RETURN(req.signature, B64Field(r.body, "signature"));
+                ASSIGN_OR_RETURN(PolicyDocumentRecord rec, s->PutSignedPolicy(CallerFromPeer(r.peer), req));
+                return signed_policy_json(rec);
+              });
+  server->Get(std::string("/v1/signed-policies/") + kImageRe + "/" + kImageRe,
+              [s, signed_policy_json](const net::Request& r) -> StatusOr<json> {
+                ASSIGN_OR_RETURN(PolicyDocumentRecord rec,
+                                 s->GetSignedPolicy(CallerFromPeer(r.peer), r.path_params[0],
+                                                    r.path_params[1]));
+                return signed_policy_json(rec);
+              });
   server->Put(std::string("/v1/policies/") + kNameRe, put_policy);
   server->Put(std::string("/v1/policies/") + kNameRe + "/" + kImageRe, put_policy);
   server->Get(std::string("/v1/policies/") + kNameRe, get_policy);

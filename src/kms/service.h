@@ -132,6 +132,23 @@ struct GrantRequest {
   int64_t ttl_seconds = 0;  // 1..Options::max_grant_ttl_seconds
 };
 
+// PUT /v1/signed-policies/{tenant}/{image_id}: a customer-signed policy
+// document (docs/format/policy-document.md), relayed by the portal.
+struct SignedPolicyRequest {
+  std::string tenant;    // whose image (the tag's tenant)
+  std::string image_id;  // the tag's imageId
+  std::string document;  // the signed bytes, exactly as signed
+  crypto::Bytes signature;
+};
+
+// The policy a release enforces and where it came from (the release.grant
+// audit record's "policy"): "signed:v<N>", "descriptor",
+// "operator:<customer>/<image>" or "_default".
+struct AppliedPolicy {
+  nlohmann::json policy;
+  std::string source;
+};
+
 struct HostSummary {
   std::string host_id;
   bool enrolled = false;
@@ -258,12 +275,25 @@ class KmsService {
   // Operator only: a flavor from the PCR values of the host's latest trusted verdict.
   StatusOr<Flavor> FlavorFromHost(const Caller& caller, const std::string& name,
                                   const std::string& host_id);
-  // Operator: any policy, "_default" included. Portal: only the policy of
-  // one image (image_id non-empty) of a real customer, and only for an image
-  // registered for that customer (RegisterImage); never "_default" or a
-  // customer-wide policy. Refusals are PERMISSION_DENIED "policy_forbidden:"
-  // and audited.
+  // Operator only: "_default", a customer-wide or an image's policy, below
+  // whatever the customer signed (see Release). The portal is refused
+  // (PERMISSION_DENIED "policy_forbidden: ...", audited): it relays
+  // customer-signed documents (PutSignedPolicy) and writes no policy.
   Status PutPolicy(const Caller& caller, const PolicyRecord& policy);
+  // Portal (relaying for the customer) or operator: stores a customer-signed
+  // policy document after checking, in this order: it parses
+  // (INVALID_ARGUMENT "malformed_policy_document"); it names the request's
+  // tenant and image, registered for that tenant ("tenant_mismatch"); it is
+  // signed by the tenant's registered signing key ("bad_signature";
+  // "signer_mismatch" if none is registered); its policy is valid
+  // (INVALID_ARGUMENT "bad_policy"); its version is greater than the stored
+  // newest ("policy_stale": replay or rollback). Refusals are
+  // PERMISSION_DENIED unless stated and audited as policy.deny; success as
+  // policy.signed. The newest stored document is what Release enforces.
+  StatusOr<PolicyDocumentRecord> PutSignedPolicy(const Caller& caller, const SignedPolicyRequest& req);
+  // Portal or operator: the newest signed document; NOT_FOUND if none.
+  StatusOr<PolicyDocumentRecord> GetSignedPolicy(const Caller& caller, const std::string& tenant,
+                                                 const std::string& image_id);
   StatusOr<PolicyRecord> GetPolicy(const Caller& caller, const std::string& customer_id,
                                    const std::string& image_id);
 
@@ -333,7 +363,9 @@ class KmsService {
   // The release's signature checks (docs/protocol.md §5): the package texts
   // are signed by the tenant's registered signing key and the request asks
   // for exactly the signed descriptor's key. Sets *signer_key_id.
-  Status CheckSignedPackage(const ReleaseRequest& req, std::string* signer_key_id);
+  // Sets *release_policy to the signed descriptor's policy (package.md §4.1).
+  Status CheckSignedPackage(const ReleaseRequest& req, std::string* signer_key_id,
+                            std::optional<std::string>* release_policy);
   // The customer's key named by `key_id`; unknown_key otherwise.
   StatusOr<CachedKey> CustomerPrivateKey(const std::string& customer_id, const std::string& key_id);
   // Checks (without consuming) the evidence's nonce: its MAC for this host,
@@ -364,9 +396,14 @@ class KmsService {
   // verdicts) is cached for one Store::ConfigVersion: `version` is the one
   // read at the start of the request, or kUncached to read the store.
   static constexpr int64_t kUncached = -1;
-  // The policy for (customer, image), else the "_default" customer's.
-  StatusOr<PolicyRecord> EffectivePolicy(const std::string& customer_id, const std::string& image_id,
-                                         int64_t version = kUncached);
+  // The policy a release of (customer, image) enforces: the newest
+  // customer-signed document, else `descriptor_policy` (the signed
+  // descriptor's, when the release carried one), else the operator's policy
+  // for the customer (image, then customer-wide), else "_default";
+  // no_policy when there is none or the descriptor's is invalid.
+  StatusOr<AppliedPolicy> EffectivePolicy(const std::string& customer_id, const std::string& image_id,
+                                          const std::optional<std::string>& descriptor_policy,
+                                          int64_t version = kUncached);
   StatusOr<HostRecord> HostOf(const std::string& host_id, int64_t version = kUncached);
   // Evaluates the policy with the flavors it names.
   StatusOr<PolicyDecision> Decide(const nlohmann::json& policy, PolicyFacts facts,
@@ -400,6 +437,7 @@ class KmsService {
   int64_t reads_version_ = kUncached;
   size_t reads_entries_ = 0;
   std::map<std::pair<std::string, std::string>, StatusOr<PolicyRecord>> policies_;
+  std::map<std::pair<std::string, std::string>, StatusOr<AppliedPolicy>> signed_policies_;
   std::map<std::string, StatusOr<Flavor>> flavors_;
   std::map<std::string, StatusOr<HostRecord>> hosts_;
   std::map<std::pair<std::string, int64_t>, StatusOr<std::vector<Verdict>>> failures_;  // (host, since)

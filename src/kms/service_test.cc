@@ -10,6 +10,7 @@
 #include "crypto/ssl_util.h"
 #include "ovf/descriptor.h"
 #include "ovf/package_format.h"
+#include "ovf/policy_document.h"
 #include "ovf/signature.h"
 #include "ovf/testing/signed_texts.h"
 #include "testing/test_util.h"
@@ -310,7 +311,7 @@ class ReleaseTest : public ServiceTest {
     tag.key_version = r->key_version;
     tag.data_algorithm = std::string(ovf::kStreamAlgorithmUri);
     ovf::WrappedKey key{r->wrap_algorithm, r->oaep_label, r->wrapped_key};
-    auto texts = ovf::testing::MakeSignedTexts(tag, key, signer, chain);
+    auto texts = ovf::testing::MakeSignedTexts(tag, key, signer, chain, descriptor_policy_);
     ASSERT_OK(texts);
     r->descriptor_name = texts->descriptor_name;
     r->descriptor = texts->descriptor;
@@ -377,6 +378,46 @@ class ReleaseTest : public ServiceTest {
   StatusOr<ReleaseResponse> Release(const ReleaseRequest& r) {
     return service_->Release(As(Caller::Role::kHost, "h1"), "h1", r);
   }
+
+  // A policy document of (tenant, image_id) at `version`, signed by
+  // `signer` (default: the tenant's registered key), as `customer
+  // set-policy` makes it.
+  SignedPolicyRequest SignedPolicy(const std::string& image_id, uint64_t version,
+                                   const nlohmann::json& policy,
+                                   const crypto::PrivateKey* signer = nullptr,
+                                   const std::string& tenant = kTenant) {
+    ovf::PolicyDocument d{tenant, image_id, version, "2026-12-06T02:00:00Z", policy};
+    auto bytes = ovf::SerializePolicyDocument(d);
+    EXPECT_OK(bytes);
+    auto sig = ovf::SignPolicyDocument(bytes.ok() ? *bytes : "", signer ? *signer : *signing_key_);
+    EXPECT_OK(sig);
+    return {tenant, image_id, bytes.ok() ? *bytes : "", sig.ok() ? *sig : crypto::Bytes{}};
+  }
+  // The "policy" of the last release.grant record.
+  std::string GrantedPolicy() {
+    const std::string audit = AuditText();
+    const size_t grant = audit.rfind("\"release.grant\"");
+    if (grant == std::string::npos) return "(no grant)";
+    const size_t begin = audit.rfind('\n', grant) + 1;  // npos + 1 == 0 for the first line
+    auto rec = nlohmann::json::parse(audit.substr(begin, audit.find('\n', grant) - begin), nullptr, false);
+    return rec.is_object() && rec.contains("details") ? rec["details"].value("policy", "") : "(bad record)";
+  }
+  // Records of `event` with "reason" `reason` in the audit log.
+  int Audited(const std::string& event, const std::string& reason) {
+    auto recs = store_->ReadAudit(0, 1000);
+    EXPECT_OK(recs);
+    int n = 0;
+    for (const auto& r : recs.ok() ? *recs : std::vector<AuditRecord>{}) {
+      auto rec = nlohmann::json::parse(r.record, nullptr, false);
+      if (rec.is_object() && rec.value("event", "") == event && rec.contains("details") &&
+          rec["details"].value("reason", "") == reason) {
+        ++n;
+      }
+    }
+    return n;
+  }
+
+  std::string descriptor_policy_;  // the signed descriptor's release policy; "" = none
   // The same request, without its signature, to a KMS on the same store
   // configured not to require signatures: the checks behind the signature's
   // for inputs no valid signed descriptor can carry.
@@ -790,50 +831,162 @@ TEST_F(ReleaseTest, ImageRegisteredWithAnotherKeyIsAConflict) {
                 StatusCode::kPermissionDenied, "image_conflict");
 }
 
-TEST_F(ReleaseTest, ImagePolicyTheHostFailsDeniesWithThePolicysReason) {
+TEST_F(ReleaseTest, SignedImagePolicyTheHostFailsDeniesWithThePolicysReason) {
   const crypto::PublicKey customer = NewCustomerKey("X25519");
   const Caller portal = As(Caller::Role::kPortal, "p");
   ASSERT_OK(service_->RegisterImage(portal, {kTenant, "img-1", "sha256:" + customer.KeyId(), 0}));
-  // The image's own policy (written by the portal for the registered image)
-  // requires a tag h1 lacks; the customer-wide policy alone would allow it.
-  ASSERT_OK(service_->PutPolicy(portal, {kTenant, "img-1",
-                                         {{"flavors", {{"anyOf", {"good"}}}},
-                                          {"required_tags", {"tier=gold"}}}}));
+  // The customer's signed policy for the image requires a tag h1 lacks; the
+  // operator's customer-wide policy alone would allow it.
+  auto stored = service_->PutSignedPolicy(
+      portal, SignedPolicy("img-1", 1, {{"flavors", {{"anyOf", {"good"}}}},
+                                        {"required_tags", {"tier=gold"}}}));
+  ASSERT_OK(stored);
+  EXPECT_EQ(stored->version, 1);
+  EXPECT_STATUS(Release(Request("img-1", customer, data_key_)), StatusCode::kPermissionDenied,
+                "tags");
+  EXPECT_EQ(Audited("release.deny", "tags"), 1);
+  ASSERT_OK(service_->SetHostTags(As(Caller::Role::kOperator, "op"), "h1", {"tier=gold"}));
+  ASSERT_OK(Release(Request("img-1", customer, data_key_)));
+  EXPECT_EQ(GrantedPolicy(), "signed:v1");
+}
+
+TEST_F(ReleaseTest, DescriptorPolicyIsEnforcedAndNamedInTheAudit) {
+  const crypto::PublicKey customer = NewCustomerKey("X25519");
+  descriptor_policy_ = R"({"flavors":{"anyOf":["good"]},"required_tags":["tier=gold"]})";
   EXPECT_STATUS(Release(Request("img-1", customer, data_key_)), StatusCode::kPermissionDenied,
                 "tags");
   ASSERT_OK(service_->SetHostTags(As(Caller::Role::kOperator, "op"), "h1", {"tier=gold"}));
   ASSERT_OK(Release(Request("img-1", customer, data_key_)));
-  const std::string audit = AuditText();
-  const size_t grant = audit.find("\"release.grant\"");
-  ASSERT_NE(grant, std::string::npos);
-  const size_t begin = audit.rfind('\n', grant) + 1;  // npos + 1 == 0 for the first line
-  const std::string line = audit.substr(begin, audit.find('\n', grant) - begin);
-  EXPECT_NE(line.find("\"policy\":\"acme/img-1\""), std::string::npos) << line;
+  EXPECT_EQ(GrantedPolicy(), "descriptor");
 }
 
-TEST_F(ServiceTest, PortalCannotWriteDefaultCustomerWideOrUnregisteredPolicies) {
+TEST_F(ReleaseTest, NewestSignedPolicyOverridesTheDescriptorsPolicy) {
+  const crypto::PublicKey customer = NewCustomerKey("X25519");
+  const Caller portal = As(Caller::Role::kPortal, "p");
+  descriptor_policy_ = R"({"flavors":{"anyOf":["good"]},"required_tags":["tier=gold"]})";
+  ASSERT_OK(service_->RegisterImage(portal, {kTenant, "img-1", "sha256:" + customer.KeyId(), 0}));
+  // Version 1 drops the descriptor's tag requirement: h1 (untagged) is granted.
+  ASSERT_OK(service_->PutSignedPolicy(portal, SignedPolicy("img-1", 1, {{"flavors", {{"anyOf", {"good"}}}}})));
+  ASSERT_OK(Release(Request("img-1", customer, data_key_)));
+  EXPECT_EQ(GrantedPolicy(), "signed:v1");
+  // Version 2 requires another tag: denied although version 1 would allow.
+  ASSERT_OK(service_->PutSignedPolicy(
+      portal, SignedPolicy("img-1", 2, {{"flavors", {{"anyOf", {"good"}}}}, {"required_tags", {"region=x"}}})));
+  EXPECT_STATUS(Release(Request("img-1", customer, data_key_)), StatusCode::kPermissionDenied, "tags");
+}
+
+TEST_F(ReleaseTest, WithoutACustomerPolicyTheOperatorsApplies) {
+  const crypto::PublicKey customer = NewCustomerKey("X25519");
+  ASSERT_OK(Release(Request("img-1", customer, data_key_)));
+  EXPECT_EQ(GrantedPolicy(), std::string("operator:") + kTenant + "/");
+}
+
+TEST_F(ReleaseTest, InvalidDescriptorPolicyFailsClosed) {
+  const crypto::PublicKey customer = NewCustomerKey("X25519");
+  for (const char* bad : {R"({"flavors":{"someOf":["good"]}})", "[1]", "{"}) {
+    SCOPED_TRACE(bad);
+    descriptor_policy_ = bad;
+    EXPECT_STATUS(Release(Request("img-1", customer, data_key_)), StatusCode::kPermissionDenied,
+                  "no_policy");
+  }
+}
+
+TEST_F(ReleaseTest, ReplayedOrOlderSignedPolicyIsStaleAndChangesNothing) {
+  const Caller portal = As(Caller::Role::kPortal, "p");
+  ASSERT_OK(service_->RegisterImage(portal, {kTenant, "img-1", "sha256:aa", 0}));
+  const nlohmann::json strict = {{"flavors", {{"anyOf", {"good"}}}}, {"required_tags", {"tier=gold"}}};
+  const SignedPolicyRequest v1 = SignedPolicy("img-1", 1, {{"flavors", {{"anyOf", {"good"}}}}});
+  ASSERT_OK(service_->PutSignedPolicy(portal, v1));
+  ASSERT_OK(service_->PutSignedPolicy(portal, SignedPolicy("img-1", 3, strict)));
+  // The portal replays version 1 (a weaker policy the customer signed once)
+  // and the same version 3 again.
+  EXPECT_STATUS(service_->PutSignedPolicy(portal, v1), StatusCode::kPermissionDenied, "policy_stale");
+  EXPECT_STATUS(service_->PutSignedPolicy(portal, SignedPolicy("img-1", 3, strict)),
+                StatusCode::kPermissionDenied, "policy_stale");
+  EXPECT_STATUS(service_->PutSignedPolicy(portal, SignedPolicy("img-1", 2, strict)),
+                StatusCode::kPermissionDenied, "policy_stale");
+  auto newest = service_->GetSignedPolicy(portal, kTenant, "img-1");
+  ASSERT_OK(newest);
+  EXPECT_EQ(newest->version, 3);
+  EXPECT_EQ(Audited("policy.deny", "policy_stale"), 3);
+}
+
+TEST_F(ReleaseTest, AlteredOrForeignSignedPolicyIsBadSignature) {
+  const Caller portal = As(Caller::Role::kPortal, "p");
+  ASSERT_OK(service_->RegisterImage(portal, {kTenant, "img-1", "sha256:aa", 0}));
+  SignedPolicyRequest altered =
+      SignedPolicy("img-1", 1, {{"flavors", {{"anyOf", {"good"}}}}, {"required_tags", {"tier=gold"}}});
+  // The portal drops the tag requirement from a document the customer signed.
+  altered.document.replace(altered.document.find("\"tier=gold\""), 11, "");
+  EXPECT_STATUS(service_->PutSignedPolicy(portal, altered), StatusCode::kPermissionDenied,
+                "bad_signature");
+  // A key the portal made itself.
+  auto own = crypto::PrivateKey::Generate(crypto::KeyType::kEcP256);
+  ASSERT_OK(own);
+  EXPECT_STATUS(service_->PutSignedPolicy(portal, SignedPolicy("img-1", 1, {{"flavors", {{"anyOf", {"good"}}}}}, &*own)),
+                StatusCode::kPermissionDenied, "bad_signature");
+  EXPECT_STATUS(service_->GetSignedPolicy(portal, kTenant, "img-1"), StatusCode::kNotFound, "");
+  EXPECT_EQ(Audited("policy.deny", "bad_signature"), 2);
+}
+
+TEST_F(ReleaseTest, SignedPolicyForAnotherTenantsImageIsTenantMismatch) {
+  const Caller portal = As(Caller::Role::kPortal, "p");
+  // img-a is acme's; "bob" has a signing key of its own.
+  ASSERT_OK(service_->RegisterImage(portal, {kTenant, "img-a", "sha256:aa", 0}));
+  ASSERT_OK(service_->CreateCustomerKey(portal, {"bob", "X25519"}));
+  auto bob_key = crypto::PrivateKey::Generate(crypto::KeyType::kEcP256);
+  ASSERT_OK(bob_key);
+  ASSERT_OK(service_->RegisterSigningKey(portal, SigningRequest("bob", *bob_key)));
+  const nlohmann::json weak = {{"flavors", {{"anyOf", {"good"}}}}};
+  // Bob signs a document for acme's image under his own tenant: not his image.
+  EXPECT_STATUS(service_->PutSignedPolicy(portal, SignedPolicy("img-a", 1, weak, &*bob_key, "bob")),
+                StatusCode::kPermissionDenied, "tenant_mismatch");
+  // The same document relayed as acme's: the document names bob.
+  SignedPolicyRequest relabeled = SignedPolicy("img-a", 1, weak, &*bob_key, "bob");
+  relabeled.tenant = kTenant;
+  EXPECT_STATUS(service_->PutSignedPolicy(portal, relabeled), StatusCode::kPermissionDenied,
+                "tenant_mismatch");
+  // Bob's key over a document naming acme: not acme's signature.
+  EXPECT_STATUS(service_->PutSignedPolicy(portal, SignedPolicy("img-a", 1, weak, &*bob_key)),
+                StatusCode::kPermissionDenied, "bad_signature");
+  EXPECT_STATUS(service_->GetSignedPolicy(portal, kTenant, "img-a"), StatusCode::kNotFound, "");
+  EXPECT_EQ(Audited("policy.deny", "tenant_mismatch"), 2);
+}
+
+TEST_F(ReleaseTest, MalformedOrInvalidSignedPolicyIsRefusedAndHostsCannotRelay) {
+  const Caller portal = As(Caller::Role::kPortal, "p");
+  ASSERT_OK(service_->RegisterImage(portal, {kTenant, "img-1", "sha256:aa", 0}));
+  SignedPolicyRequest garbage{kTenant, "img-1", "{\"version\":", {1, 2, 3}};
+  EXPECT_STATUS(service_->PutSignedPolicy(portal, garbage), StatusCode::kInvalidArgument,
+                "malformed_policy_document");
+  EXPECT_STATUS(service_->PutSignedPolicy(portal, SignedPolicy("img-1", 1, {{"flavors", {{"someOf", {"x"}}}}})),
+                StatusCode::kInvalidArgument, "bad_policy");
+  EXPECT_STATUS(service_->PutSignedPolicy(As(Caller::Role::kHost, "h1"),
+                                          SignedPolicy("img-1", 1, {{"flavors", {{"anyOf", {"good"}}}}})),
+                StatusCode::kPermissionDenied, "role");
+  EXPECT_STATUS(service_->GetSignedPolicy(portal, kTenant, "img-1"), StatusCode::kNotFound, "");
+}
+
+TEST_F(ServiceTest, PortalCannotWriteAnyPolicy) {
   const Caller portal = As(Caller::Role::kPortal, "p");
   const Caller op = As(Caller::Role::kOperator, "op");
   const nlohmann::json p = {{"flavors", {{"anyOf", {"good"}}}}};
+  ASSERT_OK(service_->RegisterImage(portal, {"acme", "img-1", "sha256:aa", 0}));
   EXPECT_STATUS(service_->PutPolicy(portal, {"_default", "", p}), StatusCode::kPermissionDenied,
                 "policy_forbidden");
   EXPECT_STATUS(service_->PutPolicy(portal, {"acme", "", p}), StatusCode::kPermissionDenied,
                 "policy_forbidden");
+  // Not even for an image registered to that customer.
   EXPECT_STATUS(service_->PutPolicy(portal, {"acme", "img-1", p}), StatusCode::kPermissionDenied,
-                "not registered");
-  // img-1 is registered for "other", not for acme.
-  ASSERT_OK(service_->RegisterImage(portal, {"other", "img-1", "sha256:aa", 0}));
-  EXPECT_STATUS(service_->PutPolicy(portal, {"acme", "img-1", p}), StatusCode::kPermissionDenied,
-                "not registered");
+                "policy_forbidden");
   EXPECT_STATUS(service_->GetPolicy(op, "_default", ""), StatusCode::kNotFound, "no release policy");
   EXPECT_STATUS(service_->GetPolicy(op, "acme", "img-1"), StatusCode::kNotFound, "no release policy");
-  ASSERT_OK(service_->PutPolicy(portal, {"other", "img-1", p}));
   ASSERT_OK(service_->PutPolicy(op, {"_default", "", p}));
   auto recs = store_->ReadAudit(0, 1000);
   ASSERT_OK(recs);
   int forbidden = 0;
   for (const auto& r : *recs) forbidden += r.record.find("policy_forbidden") != std::string::npos;
-  EXPECT_EQ(forbidden, 4);
+  EXPECT_EQ(forbidden, 3);
 }
 
 TEST_F(ServiceTest, EkPinRefusesAnotherEkUntilApproved) {

@@ -153,6 +153,19 @@ CREATE TABLE signing_keys (
   cert_pem TEXT NOT NULL,
   created_unix BIGINT NOT NULL);
 )sql",
+    // Customer-signed policy documents (issue 14): every accepted version,
+    // exactly as signed; the newest per image is the one enforced.
+    R"sql(
+CREATE TABLE policy_documents (
+  tenant TEXT NOT NULL,
+  image_id TEXT NOT NULL,
+  version BIGINT NOT NULL,
+  document TEXT NOT NULL,
+  signature TEXT NOT NULL,
+  signer_key_id TEXT NOT NULL,
+  created_unix BIGINT NOT NULL,
+  PRIMARY KEY (tenant, image_id, version));
+)sql",
 };
 
 int64_t Now() { return static_cast<int64_t>(std::time(nullptr)); }
@@ -536,6 +549,42 @@ class SqlStore : public Store {
         {customer_id, image_id}));
     if (r.rows.empty()) return NotFoundError("no release policy for customer " + customer_id);
     return PolicyRecord{ToStr(r.rows[0][0]), ToStr(r.rows[0][1]), ToJson(r.rows[0][2])};
+  }
+
+  Status PutPolicyDocument(const PolicyDocumentRecord& d, const AuditEvent& audit) override {
+    return InTx([&]() -> Status {
+      ASSIGN_OR_RETURN(auto r, conn_->Exec(
+          "SELECT MAX(version) FROM policy_documents WHERE tenant = ? AND image_id = ?",
+          {d.tenant, d.image_id}));
+      const int64_t newest = r.rows.empty() ? 0 : ToInt(r.rows[0][0]);
+      if (d.version <= newest) {
+        return FailedPreconditionError("policy_stale: version " + std::to_string(d.version) +
+                                       " is not newer than the stored version " +
+                                       std::to_string(newest));
+      }
+      RETURN_IF_ERROR(conn_->Exec(
+          "INSERT INTO policy_documents (tenant, image_id, version, document, signature, "
+          "signer_key_id, created_unix) VALUES (?, ?, ?, ?, ?, ?, ?)",
+          {d.tenant, d.image_id, d.version, d.document, d.signature, d.signer_key_id,
+           d.created_unix}));
+      RETURN_IF_ERROR(BumpConfigVersionLocked());
+      return AppendAuditLocked(audit);
+    });
+  }
+
+  StatusOr<PolicyDocumentRecord> NewestPolicyDocument(const std::string& tenant,
+                                                      const std::string& image_id) override {
+    std::lock_guard<std::mutex> lock(read_mu_);
+    ASSIGN_OR_RETURN(auto r, reader_->Exec(
+        "SELECT tenant, image_id, version, document, signature, signer_key_id, created_unix "
+        "FROM policy_documents WHERE tenant = ? AND image_id = ? ORDER BY version DESC LIMIT 1",
+        {tenant, image_id}));
+    if (r.rows.empty()) {
+      return NotFoundError("no signed policy for image " + image_id + " of tenant " + tenant);
+    }
+    const auto& row = r.rows[0];
+    return PolicyDocumentRecord{ToStr(row[0]), ToStr(row[1]), ToInt(row[2]), ToStr(row[3]),
+                                ToStr(row[4]), ToStr(row[5]), ToInt(row[6])};
   }
 
   StatusOr<int64_t> ConfigVersion() override {

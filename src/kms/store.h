@@ -79,6 +79,19 @@ struct PolicyRecord {
   nlohmann::json policy = nlohmann::json::object();
 };
 
+// A customer-signed policy document (docs/format/policy-document.md) for
+// one image of a tenant, stored exactly as signed. (tenant, image_id,
+// version) is unique; the newest version is the one a release enforces.
+struct PolicyDocumentRecord {
+  std::string tenant;
+  std::string image_id;
+  int64_t version = 0;       // 1..2^53-1
+  std::string document;      // the signed bytes
+  std::string signature;     // base64 of the DER ECDSA signature
+  std::string signer_key_id; // the registered signing key that verified it
+  int64_t created_unix = 0;  // when the KMS accepted it
+};
+
 // An image as the portal registered it at upload: the tenant and imageId
 // of the package's encryption tag (what the key-wrap label binds) and the
 // tag's key id. (tenant, image_id) is unique.
@@ -251,6 +264,15 @@ class Store {
   // NOT_FOUND (callers must fail closed).
   virtual StatusOr<PolicyRecord> GetPolicy(const std::string& customer_id,
                                            const std::string& image_id) = 0;
+
+  // Stores a verified policy document with its audit record, in one
+  // transaction, only if its version is greater than every stored version
+  // for (tenant, image_id): FAILED_PRECONDITION "policy_stale: ..."
+  // otherwise (a replay or a rollback), writing nothing.
+  virtual Status PutPolicyDocument(const PolicyDocumentRecord& doc, const AuditEvent& audit) = 0;
+  // The newest policy document of (tenant, image_id); NOT_FOUND if none.
+  virtual StatusOr<PolicyDocumentRecord> NewestPolicyDocument(const std::string& tenant,
+                                                              const std::string& image_id) = 0;
 
   // A number that grows with every change to what a release reads besides
   // customer keys: policies, flavors, hosts (tags, enrollment, AK) and

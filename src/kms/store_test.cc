@@ -410,6 +410,42 @@ TEST_P(StoreTest, ImagePolicyOverridesCustomerPolicy) {
   EXPECT_EQ(p->policy["max_age"], 60);
 }
 
+TEST_P(StoreTest, PolicyDocumentsKeepOnlyNewerVersionsAndReturnTheNewest) {
+  EXPECT_STATUS(store_->NewestPolicyDocument("acme", "img1"), StatusCode::kNotFound, "no signed policy");
+  auto version = store_->ConfigVersion();
+  ASSERT_OK(version);
+  ASSERT_OK(store_->PutPolicyDocument({"acme", "img1", 2, "doc-v2", "c2lnMg==", "k", 10},
+                                      Event("policy.signed", "acme")));
+  auto after = store_->ConfigVersion();
+  ASSERT_OK(after);
+  EXPECT_GT(*after, *version);  // a release's policy cache sees the change
+  // The same version again, and an older one: refused, nothing written.
+  EXPECT_STATUS(store_->PutPolicyDocument({"acme", "img1", 2, "other", "eA==", "k", 11},
+                                          Event("policy.signed", "acme")),
+                StatusCode::kFailedPrecondition, "policy_stale");
+  EXPECT_STATUS(store_->PutPolicyDocument({"acme", "img1", 1, "doc-v1", "eA==", "k", 12},
+                                          Event("policy.signed", "acme")),
+                StatusCode::kFailedPrecondition, "policy_stale");
+  ASSERT_OK(store_->PutPolicyDocument({"acme", "img1", 7, "doc-v7", "c2lnNw==", "k", 13},
+                                      Event("policy.signed", "acme")));
+  // Versions are per (tenant, image).
+  ASSERT_OK(store_->PutPolicyDocument({"acme", "img2", 1, "img2-v1", "eA==", "k", 14},
+                                      Event("policy.signed", "acme")));
+  ASSERT_OK(store_->PutPolicyDocument({"bob", "img1", 1, "bob-v1", "eA==", "k", 15},
+                                      Event("policy.signed", "bob")));
+  auto newest = store_->NewestPolicyDocument("acme", "img1");
+  ASSERT_OK(newest);
+  EXPECT_EQ(newest->version, 7);
+  EXPECT_EQ(newest->document, "doc-v7");
+  EXPECT_EQ(newest->signature, "c2lnNw==");
+  EXPECT_EQ(newest->created_unix, 13);
+  auto recs = store_->ReadAudit(0, 100);
+  ASSERT_OK(recs);
+  int signed_records = 0;
+  for (const auto& r : *recs) signed_records += r.record.find("policy.signed") != std::string::npos;
+  EXPECT_EQ(signed_records, 4);  // the refused writes left no record
+}
+
 TEST_P(StoreTest, MissingPolicyIsNotFound) {
   EXPECT_STATUS(store_->GetPolicy("acme", "img"), StatusCode::kNotFound, "no release policy");
 }

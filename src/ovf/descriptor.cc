@@ -635,6 +635,53 @@ Status Descriptor::ReadEncryption(EncryptionTag* tag, WrappedKey* key) const {
   return OkStatus();
 }
 
+namespace {
+// The EncryptedKey's EncryptionProperties, or nullptr.
+xmlNode* EncryptionProperties(xmlDoc* doc) {
+  xmlNode* section = FirstChild(xmlDocGetRootElement(doc), kOvf2Namespace, "EncryptionSection");
+  if (section == nullptr) return nullptr;
+  xmlNode* ek = FirstChild(section, kXencNamespace, "EncryptedKey");
+  return ek != nullptr ? FirstChild(ek, kXencNamespace, "EncryptionProperties") : nullptr;
+}
+}  // namespace
+
+Status Descriptor::AddReleasePolicy(std::string_view policy_json) {
+  if (policy_json.empty() || policy_json.size() > kMaxReleasePolicyBytes) {
+    return InvalidArgumentError("release policy must be 1-" + std::to_string(kMaxReleasePolicyBytes) +
+                                " bytes");
+  }
+  xmlNode* props = EncryptionProperties(doc_);
+  if (props == nullptr) return FailedPreconditionError("descriptor has no encryption tag");
+  ASSIGN_OR_RETURN(std::optional<std::string> existing, ReadReleasePolicy());
+  if (existing) return FailedPreconditionError("descriptor already carries a release policy");
+  xmlNode* root = xmlDocGetRootElement(doc_);
+  xmlNs* xenc = xmlSearchNsByHref(doc_, root, X(kXencNamespace));
+  xmlNs* vmseal = xmlSearchNsByHref(doc_, root, X(kVmsealNamespace));
+  if (xenc == nullptr || vmseal == nullptr) return InternalError("encryption namespaces missing");
+  xmlNode* prop = xmlNewChild(props, xenc, X("EncryptionProperty"), nullptr);
+  xmlNewProp(prop, X("Id"), X(kPolicyPropertyId));
+  xmlNewProp(prop, X("Target"), X(("#" + std::string(kEncryptedKeyId)).c_str()));
+  xmlNewTextChild(prop, vmseal, X("ReleasePolicy"), X(std::string(policy_json).c_str()));
+  return OkStatus();
+}
+
+StatusOr<std::optional<std::string>> Descriptor::ReadReleasePolicy() const {
+  xmlNode* props = EncryptionProperties(doc_);
+  std::optional<std::string> out;
+  if (props == nullptr) return out;
+  for (xmlNode* p : Children(props, kXencNamespace, "EncryptionProperty")) {
+    for (xmlNode* c : Children(p, kVmsealNamespace, "ReleasePolicy")) {
+      if (out) return InvalidArgumentError("descriptor carries more than one release policy");
+      out = Text(c);
+      if (out->empty() || out->size() > kMaxReleasePolicyBytes) {
+        return InvalidArgumentError("release policy must be 1-" +
+                                    std::to_string(kMaxReleasePolicyBytes) + " bytes");
+      }
+    }
+  }
+  return out;
+}
+
 Status Descriptor::RemoveEncryption(const std::vector<PlainFileInfo>& files) {
   xmlNode* root = xmlDocGetRootElement(doc_);
   xmlNode* section = FirstChild(root, kOvf2Namespace, "EncryptionSection");

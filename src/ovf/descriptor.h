@@ -124,6 +124,17 @@ class Descriptor {
   // without EncryptedData, references that do not match: INVALID_ARGUMENT).
   Status ReadEncryption(EncryptionTag* tag, WrappedKey* key) const;
 
+  // Adds the customer's release policy (§4.1) to the EncryptionSection: an
+  // EncryptionProperty "vmseal-policy" holding <vmseal:ReleasePolicy> with
+  // `policy_json` as its text. The caller validated the policy (the KMS
+  // evaluates it); here only its size (1..kMaxReleasePolicyBytes) and that
+  // there is no policy yet are checked. Requires AddEncryption first.
+  Status AddReleasePolicy(std::string_view policy_json);
+
+  // The release policy text of §4.1, or nullopt when the descriptor carries
+  // none. INVALID_ARGUMENT for more than one, an empty or oversized one.
+  StatusOr<std::optional<std::string>> ReadReleasePolicy() const;
+
   // Removes the EncryptionSection and every EncryptedData, and restores the
   // files' hrefs and sizes.
   Status RemoveEncryption(const std::vector<PlainFileInfo>& files);

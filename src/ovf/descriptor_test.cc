@@ -77,6 +77,57 @@ TEST(DescriptorTest, AddEncryptionProducesValidDescriptorAndReadsBack) {
   EXPECT_EQ(back->Files()[0].encryption_algorithm, kStreamAlgorithmUri);
 }
 
+TEST(DescriptorTest, ReleasePolicyIsAnEncryptionPropertyThatValidatesAndReadsBack) {
+  auto d = Descriptor::Parse(Generated());
+  ASSERT_OK(d);
+  EncryptionTag tag = SampleTag();
+  WrappedKey key{std::string(kRsaOaepUri), OaepLabel(tag), std::vector<uint8_t>(256, 7)};
+  EXPECT_STATUS(d->AddReleasePolicy("{}"), StatusCode::kFailedPrecondition, "no encryption tag");
+  ASSERT_OK(d->AddEncryption(tag, key, {{"file1", "disk1.raw.vmseal", 1234}}));
+  auto none = d->ReadReleasePolicy();
+  ASSERT_OK(none);
+  EXPECT_FALSE(none->has_value());
+  const std::string policy = R"({"flavors":{"anyOf":["good"]},"required_tags":["a<b&c"]})";
+  ASSERT_OK(d->AddReleasePolicy(policy));
+  EXPECT_STATUS(d->AddReleasePolicy(policy), StatusCode::kFailedPrecondition, "already");
+  TempDir dir;
+  WriteFileOrDie(dir.File("p.ovf"), d->Serialize());
+  EXPECT_TRUE(testing::ValidatesAgainstSchema(dir.File("p.ovf")));
+  EXPECT_NE(d->Serialize().find("Id=\"vmseal-policy\""), std::string::npos);
+  auto back = Descriptor::Parse(d->Serialize());
+  ASSERT_OK(back);
+  auto read = back->ReadReleasePolicy();
+  ASSERT_OK(read);
+  ASSERT_TRUE(read->has_value());
+  EXPECT_EQ(**read, policy);
+  // The tag still reads: the policy property does not hide it.
+  EncryptionTag t;
+  WrappedKey k;
+  ASSERT_OK(back->ReadEncryption(&t, &k));
+  EXPECT_EQ(t.image_id, tag.image_id);
+}
+
+TEST(DescriptorTest, ReleasePolicyOutOfBoundsOrTwiceIsRefused) {
+  auto d = Descriptor::Parse(Generated());
+  ASSERT_OK(d);
+  EncryptionTag tag = SampleTag();
+  ASSERT_OK(d->AddEncryption(tag, {std::string(kRsaOaepUri), OaepLabel(tag), {1}},
+                             {{"file1", "disk1.raw.vmseal", 1}}));
+  EXPECT_STATUS(d->AddReleasePolicy(""), StatusCode::kInvalidArgument, "bytes");
+  EXPECT_STATUS(d->AddReleasePolicy(std::string(kMaxReleasePolicyBytes + 1, ' ')),
+                StatusCode::kInvalidArgument, "bytes");
+  ASSERT_OK(d->AddReleasePolicy("{}"));
+  // A second ReleasePolicy element added by hand.
+  std::string text = d->Serialize();
+  const std::string element = "<vmseal:ReleasePolicy>{}</vmseal:ReleasePolicy>";
+  const size_t at = text.find(element);
+  ASSERT_NE(at, std::string::npos);
+  text.insert(at, element);
+  auto twice = Descriptor::Parse(text);
+  ASSERT_OK(twice);
+  EXPECT_STATUS(twice->ReadReleasePolicy(), StatusCode::kInvalidArgument, "more than one");
+}
+
 TEST(DescriptorTest, X25519WrapHasNoOaepParametersAndReadsBackTheLabel) {
   auto d = Descriptor::Parse(Generated());
   ASSERT_OK(d);

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "crypto/primitives.h"
+#include "json/json.h"
 #include "ovf/disk_conversion.h"
 #include "ovf/internal/disk_cipher.h"
 #include "ovf/internal/file_coding.h"
@@ -745,6 +746,9 @@ Status SealPackage(Env* env, const SealOptions& options, const std::string& out_
                    internal::WrapKey(recipient, tag.key_wrap_algorithm, data_key,
                                      wrapped.oaep_label));
   RETURN_IF_ERROR(descriptor.AddEncryption(tag, wrapped, sealed));
+  if (!options.release_policy_json.empty()) {
+    RETURN_IF_ERROR(descriptor.AddReleasePolicy(options.release_policy_json));
+  }
   const std::string sealed_descriptor = descriptor.Serialize();
   if (sealed_descriptor.size() > kMaxDescriptorBytes) {
     return InvalidArgumentError("sealed descriptor would exceed the size bound");
@@ -858,6 +862,12 @@ StatusOr<std::string> InspectPackage(Env* env, const std::string& package_path, 
   po.require_encrypted = false;
   po.require_manifest = false;
   ASSIGN_OR_RETURN(auto p, Package::Open(env, package_path, po));
+  // The release policy sealed into the descriptor (§4.1), if any.
+  std::optional<std::string> release_policy;
+  if (p->encrypted()) {
+    ASSIGN_OR_RETURN(Descriptor d, Descriptor::Parse(p->descriptor_text()));
+    ASSIGN_OR_RETURN(release_policy, d.ReadReleasePolicy());
+  }
   if (json) {
     nlohmann::json j;
     j["container"] = p->is_ova() ? "ova" : "directory";
@@ -894,6 +904,11 @@ StatusOr<std::string> InspectPackage(Env* env, const std::string& package_path, 
                   {"tenant", t.tenant},
                   {"keyVersion", t.key_version},
                   {"created", t.created}};
+      j["release_policy"] = nullptr;
+      if (release_policy) {
+        auto parsed = ParseJson(*release_policy);
+        j["release_policy"] = parsed.ok() ? *parsed : nlohmann::json("(not JSON)");
+      }
     }
     return j.dump(2) + "\n";
   }
@@ -925,6 +940,12 @@ StatusOr<std::string> InspectPackage(Env* env, const std::string& package_path, 
     out += "  tenant:           " + t.tenant + "\n";
     out += "  keyVersion:       " + std::to_string(t.key_version) + "\n";
     out += "  created:          " + t.created + "\n";
+    std::string policy = "none (the KMS operator's policy applies unless you sign one)";
+    if (release_policy) {
+      auto parsed = ParseJson(*release_policy);
+      policy = parsed.ok() ? DumpJson(*parsed) : "(not JSON: every release is denied)";
+    }
+    out += "release policy:     " + policy + "\n";
   }
   return out;
 }

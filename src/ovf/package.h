@@ -170,6 +170,10 @@ struct SealOptions {
   // `signing_chain_pem` (the key's certificate first). Not owned.
   const crypto::PrivateKey* signing_key = nullptr;
   std::string signing_chain_pem;
+  // The customer's release policy for the image, JSON text written into the
+  // descriptor (§4.1) and so covered by the package signature; empty = none
+  // (the KMS operator's policy applies). The caller validates it.
+  std::string release_policy_json;
 };
 
 // Seals `options.inputs` into a package at `out_path`, which must not exist.

@@ -45,6 +45,11 @@ inline constexpr std::string_view kEncryptedKeyId = "vmseal-key";
 inline constexpr std::string_view kEncryptedDataIdPrefix = "vmseal-data-";
 inline constexpr std::string_view kTagPropertyId = "vmseal-tag";
 
+// §4.1 The release policy: a second EncryptionProperty of the EncryptedKey
+// holding <vmseal:ReleasePolicy> with the policy JSON as its text.
+inline constexpr std::string_view kPolicyPropertyId = "vmseal-policy";
+inline constexpr size_t kMaxReleasePolicyBytes = 16 * 1024;
+
 // §5 The label prefix (followed by length-prefixed fields).
 inline constexpr std::string_view kOaepLabelPrefix = "vmseal-package-key-v1";
 

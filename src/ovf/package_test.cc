@@ -796,6 +796,32 @@ TEST_F(PackageTest, InspectJsonShowsTagWithoutKey) {
   EXPECT_NE(text->find("\"manifest\": \"verified\""), std::string::npos);
 }
 
+TEST_F(PackageTest, SealedReleasePolicyIsInTheDescriptorAndInspectShowsIt) {
+  SealOptions o = Options({MakeRaw("disk.img", 10)}, true);
+  o.release_policy_json = R"({"flavors":{"anyOf":["good"]},"required_tags":["tier=gold"]})";
+  const std::string ova = dir_.File("policy.ova");
+  ASSERT_OK(SealPackage(Env::Default(), o, ova));
+  EXPECT_TRUE(DescriptorValidates(ova));
+  auto p = Package::Open(Env::Default(), ova, PackageOpenOptions());
+  ASSERT_OK(p);
+  auto d = Descriptor::Parse((*p)->descriptor_text());
+  ASSERT_OK(d);
+  auto policy = d->ReadReleasePolicy();
+  ASSERT_OK(policy);
+  ASSERT_TRUE(policy->has_value());
+  EXPECT_EQ(**policy, o.release_policy_json);
+  auto json_text = InspectPackage(Env::Default(), ova, /*json=*/true);
+  ASSERT_OK(json_text);
+  EXPECT_NE(json_text->find("\"tier=gold\""), std::string::npos) << *json_text;
+  auto text = InspectPackage(Env::Default(), ova, /*json=*/false);
+  ASSERT_OK(text);
+  EXPECT_NE(text->find("release policy:     {\"flavors\""), std::string::npos) << *text;
+  // Without --policy: none.
+  auto plain = InspectPackage(Env::Default(), Seal({MakeRaw("disk2.img", 10)}), /*json=*/false);
+  ASSERT_OK(plain);
+  EXPECT_NE(plain->find("release policy:     none"), std::string::npos) << *plain;
+}
+
 // --- Untrusted packages: each its own error, no output. ---
 
 TEST_F(PackageTest, UnsealRejectsAbsolutePathMember) {

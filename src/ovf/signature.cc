@@ -224,6 +224,7 @@ StatusOr<SignedDescriptor> VerifySignedDescriptor(const SignedPackageTexts& text
     return InvalidArgumentError("the signed descriptor has no EncryptionSection");
   }
   RETURN_IF_ERROR(descriptor.ReadEncryption(&out.tag, &out.wrapped_key));
+  ASSIGN_OR_RETURN(out.release_policy, descriptor.ReadReleasePolicy());
   return out;
 }
 

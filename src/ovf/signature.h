@@ -7,6 +7,7 @@
 #ifndef VMSEAL_OVF_SIGNATURE_H_
 #define VMSEAL_OVF_SIGNATURE_H_
 
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -80,6 +81,8 @@ struct SignedDescriptor {
   PackageSignature signature;
   EncryptionTag tag;
   WrappedKey wrapped_key;
+  // The release policy JSON text of §4.1, nullopt when the descriptor has none.
+  std::optional<std::string> release_policy;
 };
 
 // Checks the texts, in this order, before any key is touched: the bounds

@@ -386,6 +386,30 @@ TEST_F(SignedDescriptorTest, SignedTextsVerifyAndYieldTheSignedKey) {
   EXPECT_OK(VerifySigner(v->signature, {TestCa().cert}, "acme"));
 }
 
+TEST_F(SignedDescriptorTest, ReleasePolicyInTheDescriptorIsSignedAndReturned) {
+  const std::string policy = R"({"flavors":{"anyOf":["good"]},"required_tags":["tier=gold"]})";
+  auto t = ovf::testing::MakeSignedTexts(tag_, key_, &acme_.key, acme_.chain_pem, policy);
+  ASSERT_OK(t);
+  auto v = VerifySignedDescriptor(*t);
+  ASSERT_OK(v);
+  ASSERT_TRUE(v->release_policy.has_value());
+  EXPECT_EQ(*v->release_policy, policy);
+  auto none = VerifySignedDescriptor(Texts(&acme_));
+  ASSERT_OK(none);
+  EXPECT_FALSE(none->release_policy.has_value());
+}
+
+TEST_F(SignedDescriptorTest, ReleasePolicyWeakenedAfterSigningIsBadSignature) {
+  auto t = ovf::testing::MakeSignedTexts(tag_, key_, &acme_.key, acme_.chain_pem,
+                                         R"({"flavors":{"anyOf":["good"]},"required_tags":["tier=gold"]})");
+  ASSERT_OK(t);
+  // Someone drops the required tag from the signed descriptor.
+  const size_t at = t->descriptor.find("tier=gold");
+  ASSERT_NE(at, std::string::npos);
+  t->descriptor.replace(at, 9, "");
+  EXPECT_STATUS(VerifySignedDescriptor(*t), StatusCode::kUnauthenticated, "bad_signature");
+}
+
 TEST_F(SignedDescriptorTest, NoCertificateIsUnsignedPackage) {
   EXPECT_STATUS(VerifySignedDescriptor(Texts(nullptr)), StatusCode::kFailedPrecondition,
                 "unsigned_package");

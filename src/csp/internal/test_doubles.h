@@ -2,6 +2,7 @@
 #ifndef VMSEAL_CSP_INTERNAL_TEST_DOUBLES_H_
 #define VMSEAL_CSP_INTERNAL_TEST_DOUBLES_H_
 
+#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <string>
@@ -123,17 +124,30 @@ class FakeKmsClient final : public KmsClient {
     }
     return out;
   }
-  Status PutImagePolicy(const std::string& customer_id, const std::string& image_id,
-                        const std::string& policy_json) override {
+  // Stores what it relays without checking the signature (the real KMS
+  // does: kms/service.h PutSignedPolicy); refuses a document that is not
+  // newer, as the KMS does.
+  StatusOr<SignedPolicy> PutSignedPolicy(const std::string& tenant, const std::string& image_id,
+                                         const std::string& document,
+                                         const crypto::Bytes& signature) override {
     std::lock_guard<std::mutex> lock(mu_);
     if (unavailable_) return UnavailableError("HTTPS request failed: Connection");
-    if (policy_json.find("\"flavors\"") == std::string::npos) {
-      return InvalidArgumentError("policy: 'flavors' is required");
-    }
-    policies_[customer_id + "/" + image_id] = policy_json;
-    return OkStatus();
+    const size_t at = document.find("\"version\":");
+    const int64_t version = at == std::string::npos ? 0 : std::atoll(document.c_str() + at + 10);
+    auto& newest = signed_[tenant + "/" + image_id];
+    if (version <= newest.version) return PermissionDeniedError("policy_stale: not newer");
+    newest = {version, document, crypto::Base64Encode(signature)};
+    policies_[tenant + "/" + image_id] = document;
+    return newest;
   }
-  // The policy last put for (customer, image), or "".
+  StatusOr<SignedPolicy> GetSignedPolicy(const std::string& tenant,
+                                         const std::string& image_id) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = signed_.find(tenant + "/" + image_id);
+    if (it == signed_.end()) return NotFoundError("no signed policy");
+    return it->second;
+  }
+  // The document last relayed for (tenant, image), or "".
   std::string policy(const std::string& customer_id, const std::string& image_id) {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = policies_.find(customer_id + "/" + image_id);
@@ -210,6 +224,7 @@ class FakeKmsClient final : public KmsClient {
   std::string last_key_algorithm_;
   std::pair<std::string, std::string> last_query_;
   std::map<std::string, std::string> policies_;
+  std::map<std::string, SignedPolicy> signed_;
   std::map<std::string, std::string> images_;
   std::vector<LaunchGrant> grants_;
   bool grants_refused_ = false;

@@ -20,10 +20,12 @@ namespace vmseal::ovf::testing {
 inline constexpr char kDescriptorName[] = "pkg.ovf";
 
 // `tag` needs image_id, tenant, key_id, key_version; the rest is filled in.
-// `signer` null: no .cert (an unsigned package).
+// `signer` null: no .cert (an unsigned package). `release_policy` non-empty:
+// the descriptor carries it (package.md §4.1).
 inline StatusOr<SignedPackageTexts> MakeSignedTexts(EncryptionTag tag, const WrappedKey& key,
                                                    const crypto::PrivateKey* signer,
-                                                   const std::string& chain_pem) {
+                                                   const std::string& chain_pem,
+                                                   const std::string& release_policy = "") {
   tag.format = std::string(kTagFormat);
   tag.version = kTagVersion;
   tag.key_wrap_algorithm = key.algorithm;
@@ -33,6 +35,7 @@ inline StatusOr<SignedPackageTexts> MakeSignedTexts(EncryptionTag tag, const Wra
   DiskSpec disk{"file1", "disk1.img", 4096, 4096, std::string(kRawFormatUri)};
   ASSIGN_OR_RETURN(Descriptor d, Descriptor::Parse(GenerateDescriptor({}, {disk})));
   RETURN_IF_ERROR(d.AddEncryption(tag, key, {{"file1", "disk1.img.vmseal", 4200}}));
+  if (!release_policy.empty()) RETURN_IF_ERROR(d.AddReleasePolicy(release_policy));
   SignedPackageTexts out;
   out.descriptor_name = kDescriptorName;
   out.descriptor = d.Serialize();

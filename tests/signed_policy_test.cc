@@ -1,0 +1,376 @@
+// Attacker tests for the customer's release policy (issue 14, "the policy
+// travels with the image") through the real `vmseal` binary: a KMS (`kms
+// serve`, with the swtpm manufacturer CA) and a portal (`csp serve`) on
+// loopback, customers driven by `vmseal customer` and `vmseal seal`, a host
+// whose TPM is swtpm asking for keys with the host's HTTPS KMS client, and
+// the portal's own mTLS identity calling the KMS by hand where the portal
+// misbehaves.
+#include <sys/stat.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "base/env.h"
+#include "crypto/keys.h"
+#include "crypto/primitives.h"
+#include "csp/internal/process_harness.h"
+#include "host/https_kms_client.h"
+#include "net/https_client.h"
+#include "ovf/package.h"
+#include "ovf/policy_document.h"
+#include "testing/test_util.h"
+#include "tpm/security_engine.h"
+#include "tpm/testing/swtpm_harness.h"
+
+namespace vmseal {
+namespace {
+
+using ::testing::HasSubstr;
+using json = nlohmann::json;
+using vmseal::testing::ReadFileOrDie;
+using vmseal::testing::RunCommand;
+using vmseal::testing::TempDir;
+using vmseal::testing::VmsealBinary;
+using vmseal::testing::WriteFileOrDie;
+
+const std::vector<uint32_t> kPcrs = {0, 7};
+// The image's release policy in the tests: the host's measured boot and a
+// tag the host lacks until the operator sets it.
+const char kGoldPolicy[] = R"({"flavors":{"anyOf":["good-boot"]},"required_tags":["tier=gold"]})";
+const char kAnyTagPolicy[] = R"({"flavors":{"anyOf":["good-boot"]}})";
+
+class SignedPolicyTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto tpm = tpm::testing::Swtpm::Start({.parent_dir = dir_.path()});
+    ASSERT_OK(tpm);
+    swtpm_ = *std::move(tpm);
+    auto engine = tpm::SecurityEngine::Create({.tcti = swtpm_->tcti(), .state_dir = dir_.File("tpm-state")});
+    ASSERT_OK(engine);
+    engine_ = *std::move(engine);
+
+    // The KMS: kms init, then the TPM manufacturer CA (swtpm's) in its config.
+    kms_.dir = dir_.File("kms");
+    std::string out;
+    ASSERT_EQ(RunCommand({VmsealBinary(), "kms", "init", "--dir", kms_.dir}, &out, 60), 0) << out;
+    WriteFileOrDie(dir_.File("ek-ca.pem"), swtpm_->ca_bundle_pem());
+    json config = json::parse(ReadFileOrDie(kms_.dir + "/kms.json"));
+    config["ek_ca_bundle"] = dir_.File("ek-ca.pem");
+    WriteFileOrDie(kms_.dir + "/kms.json", config.dump(2));
+    ASSERT_OK(kms_.IssueIdentity("portal", "portal"));
+    ASSERT_OK(kms_.IssueIdentity("host", "host-1"));
+    auto kms = csp::testing::ServerProcess::Start(
+        {VmsealBinary(), "kms", "serve", "--config", kms_.dir + "/kms.json", "--port", "0",
+         "--port-file", kms_.dir + "/port"},
+        kms_.dir + "/serve.log", kms_.dir + "/port");
+    ASSERT_OK(kms);
+    kms_.process = std::move(kms).value();
+
+    auto portal = csp::testing::ServerProcess::Start(
+        {VmsealBinary(), "csp", "serve", "--data-dir", dir_.File("portal"), "--port", "0",
+         "--port-file", dir_.File("portal.port"), "--kms-url", kms_.url(), "--kms-ca", kms_.ca(),
+         "--kms-cert", kms_.portal_cert(), "--kms-key", kms_.portal_key()},
+        dir_.File("portal.log"), dir_.File("portal.port"));
+    ASSERT_OK(portal);
+    portal_ = std::move(portal).value();
+    std::string disk(64 << 10, '\0');
+    for (size_t i = 0; i < disk.size(); ++i) disk[i] = static_cast<char>(i * 131 % 251);
+    WriteFileOrDie(dir_.File("disk.raw"), disk);
+  }
+
+  std::string PortalUrl() { return "http://127.0.0.1:" + std::to_string(portal_->port()); }
+
+  int Customer(const std::string& who, const std::vector<std::string>& args, std::string* out) {
+    ::mkdir(dir_.File(who).c_str(), 0700);
+    std::vector<std::string> argv = {VmsealBinary(), "customer", "--portal", PortalUrl(),
+                                     "--session", dir_.File(who + "/session.json"), "--json"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return RunCommand(argv, out, 120);
+  }
+  json CustomerJson(const std::string& who, const std::vector<std::string>& args) {
+    std::string out;
+    EXPECT_EQ(Customer(who, args, &out), 0) << out;
+    const size_t brace = out.find('{');
+    return json::parse(brace == std::string::npos ? "" : out.substr(brace), nullptr, false);
+  }
+  // Registers, logs in and fetches the certificates of `who`; its tenant.
+  std::string SignUp(const std::string& who) {
+    json reg = CustomerJson(who, {"register", "--password-out", dir_.File(who + "/pw")});
+    CustomerJson(who, {"login", "--login-id", reg.value("login_id", ""), "--password-file",
+                       dir_.File(who + "/pw")});
+    CustomerJson(who, {"fetch-cert", "--out", dir_.File(who + "/customer.pem"), "--kms-ca",
+                       kms_.ca()});
+    return reg.value("customer_id", "");
+  }
+  // Seals the disk for `who` (extra flags: --policy ...) and uploads it;
+  // the portal's image id.
+  std::string SealAndUpload(const std::string& who, const std::string& name,
+                            const std::vector<std::string>& extra) {
+    std::vector<std::string> argv = {VmsealBinary(), "seal", dir_.File("disk.raw"), "--cert",
+                                     dir_.File(who + "/customer.pem"), "-o", dir_.File(name)};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    std::string out;
+    EXPECT_EQ(RunCommand(argv, &out, 120), 0) << out;
+    json image = CustomerJson(who, {"upload", dir_.File(name), "--name", name});
+    return image.value("image_id", "");
+  }
+
+  // An mTLS client of the KMS with identity `name` (portal, operator, host-1).
+  std::unique_ptr<net::HttpsClient> Kms(const std::string& name) {
+    net::HttpsClient::Options o;
+    o.host = "127.0.0.1";
+    o.port = kms_.process->port();
+    o.ca_pem = ReadFileOrDie(kms_.ca());
+    o.cert_pem = ReadFileOrDie(kms_.dir + "/" + name + ".pem");
+    auto key = crypto::ReadSecretFile(kms_.dir + "/" + name + "-key.pem");
+    EXPECT_OK(key);
+    o.key_pem = std::move(key).value();
+    auto c = net::HttpsClient::Create(std::move(o));
+    EXPECT_OK(c);
+    return std::move(c).value();
+  }
+
+  // host-1 enrolls its swtpm with the KMS and attests once; the operator
+  // makes its PCRs the flavor "good-boot" and tags it `tags`.
+  void EnrollHost(const std::vector<std::string>& tags) {
+    auto host = host::NewHttpsKmsClient({.url = kms_.url(),
+                                         .ca_cert_file = kms_.ca(),
+                                         .cert_file = kms_.dir + "/host-1.pem",
+                                         .key_file = kms_.dir + "/host-1-key.pem",
+                                         .host_id = "host-1"});
+    ASSERT_OK(host);
+    host_ = *std::move(host);
+    auto req = engine_->EnrollmentRequest();
+    ASSERT_OK(req);
+    auto challenge = host_->BeginEnrollment(*req);
+    ASSERT_OK(challenge);
+    auto secret = engine_->ActivateCredential(*challenge);
+    ASSERT_OK(secret);
+    ASSERT_OK(host_->CompleteEnrollment(*secret));
+    auto nonce = host_->Nonce();
+    ASSERT_OK(nonce);
+    auto ev = engine_->Attest(*nonce, kPcrs);
+    ASSERT_OK(ev);
+    ASSERT_OK(host_->Attest(*ev));
+    ASSERT_OK(Kms("operator")->Post("/v1/flavors/good-boot/from-host/host-1", json::object()));
+    Tag(tags);
+  }
+  void Tag(const std::vector<std::string>& tags) {
+    ASSERT_OK(Kms("operator")->Put("/v1/hosts/host-1/tags", {{"tags", tags}}));
+  }
+
+  // A misbehaving portal (a test double with the portal's certificate)
+  // places job `job` of the package `name` on host-1 directly at the KMS,
+  // whatever the image's policy says.
+  void PlaceJobDirectly(const std::string& name, const std::string& job) {
+    auto pkg = Open(name);
+    ASSERT_NE(pkg, nullptr);
+    auto portal = Kms("portal");
+    ASSERT_OK(portal->Put("/v1/images/" + pkg->tag().tenant + "/" + pkg->tag().image_id,
+                          {{"key_id", pkg->tag().key_id}}));
+    ASSERT_OK(portal->Post("/v1/grants", {{"job_id", job},
+                                          {"image_id", pkg->tag().image_id},
+                                          {"tenant", pkg->tag().tenant},
+                                          {"host_id", "host-1"},
+                                          {"ttl_seconds", 300}}));
+  }
+  std::unique_ptr<ovf::Package> Open(const std::string& name) {
+    ovf::PackageOpenOptions po;
+    auto p = ovf::Package::Open(Env::Default(), dir_.File(name), po);
+    EXPECT_OK(p);
+    return p.ok() ? *std::move(p) : nullptr;
+  }
+  // host-1 asks for the key of package `name` for job `job`, with fresh
+  // evidence from its TPM, as the host agent does.
+  StatusOr<host::ReleasedKey> HostRelease(const std::string& name, const std::string& job) {
+    auto pkg = Open(name);
+    if (pkg == nullptr) return InternalError("package does not open");
+    host::ReleaseRequest r;
+    r.job_id = job;
+    r.image_id = pkg->tag().image_id;
+    r.tenant = pkg->tag().tenant;
+    r.key_id = pkg->tag().key_id;
+    r.key_version = pkg->tag().key_version;
+    r.wrap_algorithm = pkg->wrapped_key().algorithm;
+    r.oaep_label = pkg->wrapped_key().oaep_label;
+    r.wrapped_key = pkg->wrapped_key().ciphertext;
+    r.descriptor_name = pkg->descriptor_name();
+    r.descriptor = pkg->descriptor_text();
+    r.manifest = pkg->manifest_text();
+    r.package_cert = pkg->certificate_text();
+    ASSIGN_OR_RETURN(auto nonce, host_->Nonce());
+    ASSIGN_OR_RETURN(r.evidence, engine_->Attest(nonce, kPcrs));
+    return host_->Release(r);
+  }
+
+  // The KMS audit log's records of `event`, parsed.
+  std::vector<json> Audit(const std::string& event) {
+    auto log = Kms("operator")->Get("/v1/audit?after=0&limit=1000");
+    EXPECT_OK(log);
+    std::vector<json> out;
+    if (!log.ok()) return out;
+    for (const json& r : (*log)["records"]) {
+      json rec = json::parse(r["record"].get<std::string>(), nullptr, false);
+      if (rec.value("event", "") == event) out.push_back(rec["details"]);
+    }
+    return out;
+  }
+  std::vector<std::string> AuditReasons(const std::string& event) {
+    std::vector<std::string> out;
+    for (const json& d : Audit(event)) out.push_back(d.value("reason", ""));
+    return out;
+  }
+  // The newest signed policy the KMS holds for (tenant, image), as the
+  // operator reads it; version 0 when it holds none.
+  int64_t NewestVersion(const std::string& tenant, const std::string& image_id) {
+    auto got = Kms("operator")->Get("/v1/signed-policies/" + tenant + "/" + image_id);
+    return got.ok() ? (*got)["version"].get<int64_t>() : 0;
+  }
+  // A policy document for (tenant, image_id) signed with the key in `key_file`.
+  json SignedBody(const std::string& key_file, const std::string& tenant,
+                  const std::string& image_id, uint64_t version, const std::string& policy) {
+    auto key = crypto::LoadPrivateKeyFile(key_file);
+    EXPECT_OK(key);
+    ovf::PolicyDocument d{tenant, image_id, version, "2026-12-06T02:00:00Z", json::parse(policy)};
+    auto bytes = ovf::SerializePolicyDocument(d);
+    EXPECT_OK(bytes);
+    auto sig = ovf::SignPolicyDocument(*bytes, *key);
+    EXPECT_OK(sig);
+    return {{"document", crypto::Base64Encode(crypto::AsBytes(*bytes))},
+            {"signature", crypto::Base64Encode(*sig)}};
+  }
+
+  TempDir dir_;
+  std::unique_ptr<tpm::testing::Swtpm> swtpm_;
+  std::unique_ptr<tpm::SecurityEngine> engine_;
+  csp::testing::KmsInstance kms_;
+  std::unique_ptr<csp::testing::ServerProcess> portal_;
+  std::unique_ptr<host::KmsApi> host_;
+};
+
+TEST_F(SignedPolicyTest, PortalCertificateCannotWriteACustomersPolicyOrDefault) {
+  const std::string a = SignUp("a");
+  SealAndUpload("a", "a.ova", {});
+  const std::string image = Open("a.ova")->tag().image_id;
+  auto portal = Kms("portal");
+  const json weak = json::parse(kAnyTagPolicy);
+  for (const std::string& path : {std::string("/v1/policies/_default"), "/v1/policies/" + a,
+                                  "/v1/policies/" + a + "/" + image}) {
+    SCOPED_TRACE(path);
+    EXPECT_STATUS(portal->Put(path, weak), StatusCode::kPermissionDenied, "policy_forbidden");
+    // Nothing was written.
+    EXPECT_STATUS(Kms("operator")->Get(path), StatusCode::kNotFound, "");
+  }
+  EXPECT_THAT(AuditReasons("request.deny"),
+              ::testing::Contains("policy_forbidden").Times(3));
+  EXPECT_TRUE(Audit("policy.put").empty());
+}
+
+TEST_F(SignedPolicyTest, PortalReplayingOrAlteringASignedPolicyIsRefused) {
+  const std::string a = SignUp("a");
+  const std::string b = SignUp("b");
+  const std::string image_id = SealAndUpload("a", "a.ova", {});
+  const std::string tagged = Open("a.ova")->tag().image_id;
+  // A signs a weak policy, then a strict one.
+  json v1 = CustomerJson("a", {"set-policy", image_id, kAnyTagPolicy});
+  ASSERT_EQ(v1["version"], 1) << v1.dump();
+  json v2 = CustomerJson("a", {"set-policy", image_id, kGoldPolicy});
+  ASSERT_EQ(v2["version"], 2) << v2.dump();
+  auto portal = Kms("portal");
+  const std::string path = "/v1/signed-policies/" + a + "/" + tagged;
+  // The portal kept A's version 1 document and relays it again.
+  json replay = SignedBody(dir_.File("a/signing-key.pem"), a, tagged, 1, kAnyTagPolicy);
+  EXPECT_STATUS(portal->Put(path, replay), StatusCode::kPermissionDenied, "policy_stale");
+  // The portal raises the version of a document A signed: the signature breaks.
+  json v9 = replay;
+  auto raw = crypto::Base64Decode(v9["document"].get<std::string>());
+  ASSERT_OK(raw);
+  std::string doc(raw->begin(), raw->end());
+  doc.replace(doc.find("\"version\":1"), 11, "\"version\":9");
+  v9["document"] = crypto::Base64Encode(crypto::AsBytes(doc));
+  EXPECT_STATUS(portal->Put(path, v9), StatusCode::kPermissionDenied, "bad_signature");
+  // B signs a policy for A's image: under B's tenant it is not B's image; as
+  // A's it is not A's signature.
+  json by_b = SignedBody(dir_.File("b/signing-key.pem"), b, tagged, 9, kAnyTagPolicy);
+  EXPECT_STATUS(portal->Put("/v1/signed-policies/" + b + "/" + tagged, by_b),
+                StatusCode::kPermissionDenied, "tenant_mismatch");
+  EXPECT_STATUS(portal->Put(path, by_b), StatusCode::kPermissionDenied, "tenant_mismatch");
+  json b_as_a = SignedBody(dir_.File("b/signing-key.pem"), a, tagged, 9, kAnyTagPolicy);
+  EXPECT_STATUS(portal->Put(path, b_as_a), StatusCode::kPermissionDenied, "bad_signature");
+  // B through the portal as a customer cannot even name A's image.
+  std::string out;
+  EXPECT_NE(Customer("b", {"set-policy", image_id, kAnyTagPolicy}, &out), 0);
+  // A's version 2 stands; every refusal is audited.
+  EXPECT_EQ(NewestVersion(a, tagged), 2);
+  EXPECT_THAT(AuditReasons("policy.deny"),
+              ::testing::ElementsAre("policy_stale", "bad_signature", "tenant_mismatch",
+                                     "tenant_mismatch", "bad_signature"));
+}
+
+TEST_F(SignedPolicyTest, MisbehavingPortalPlacingAJobOnAHostTheSealedPolicyExcludesIsDenied) {
+  SignUp("a");
+  // A seals the policy into the package: only hosts tagged tier=gold.
+  SealAndUpload("a", "gold.ova", {"--policy", kGoldPolicy});
+  // ... and a second image for another flavor than the host's.
+  SealAndUpload("a", "other.ova",
+                {"--policy", R"({"flavors":{"anyOf":["other-boot"]}})"});
+  EnrollHost({"region=demo"});
+  // The portal places both jobs on host-1 anyway.
+  PlaceJobDirectly("gold.ova", "job-gold");
+  PlaceJobDirectly("other.ova", "job-other");
+  EXPECT_STATUS(HostRelease("gold.ova", "job-gold"), StatusCode::kPermissionDenied, "tags");
+  EXPECT_STATUS(HostRelease("other.ova", "job-other"), StatusCode::kPermissionDenied, "pcr_policy");
+  std::vector<json> denials = Audit("release.deny");
+  ASSERT_EQ(denials.size(), 2u);
+  EXPECT_EQ(denials[0]["reason"], "tags");
+  EXPECT_EQ(denials[0]["policy"], "descriptor");
+  EXPECT_EQ(denials[0]["job_id"], "job-gold");
+  EXPECT_EQ(denials[1]["reason"], "pcr_policy");
+  EXPECT_EQ(denials[1]["policy"], "descriptor");
+  EXPECT_TRUE(Audit("release.grant").empty());
+}
+
+TEST_F(SignedPolicyTest, PolicySetWithCustomerSetPolicyIsEnforcedAtRelease) {
+  SignUp("a");
+  const std::string image_id = SealAndUpload("a", "a.ova", {});
+  // Bad input first: a policy the KMS could not evaluate is refused by the
+  // CLI before anything is signed or sealed, and changes nothing.
+  std::string out;
+  EXPECT_NE(Customer("a", {"set-policy", image_id, R"({"flavors":{"someOf":["x"]}})"}, &out), 0);
+  EXPECT_THAT(out, HasSubstr("the policy"));
+  EXPECT_NE(RunCommand({VmsealBinary(), "seal", dir_.File("disk.raw"), "--cert",
+                        dir_.File("a/customer.pem"), "--policy", "[1]", "-o", dir_.File("bad.ova")},
+                       &out, 60),
+            0);
+  EXPECT_THAT(out, HasSubstr("--policy"));
+  EXPECT_FALSE(Env::Default()->FileExists(dir_.File("bad.ova")));
+  EXPECT_EQ(NewestVersion(Open("a.ova")->tag().tenant, Open("a.ova")->tag().image_id), 0);
+  json set = CustomerJson("a", {"set-policy", image_id, kGoldPolicy});
+  ASSERT_EQ(set["version"], 1) << set.dump();
+  EnrollHost({"region=demo"});
+  // A host without the tag the customer's signed policy requires: denied.
+  PlaceJobDirectly("a.ova", "job-1");
+  EXPECT_STATUS(HostRelease("a.ova", "job-1"), StatusCode::kPermissionDenied, "tags");
+  // The same host once the operator tags it tier=gold: granted.
+  Tag({"region=demo", "tier=gold"});
+  PlaceJobDirectly("a.ova", "job-2");
+  auto released = HostRelease("a.ova", "job-2");
+  ASSERT_OK(released);
+  EXPECT_FALSE(released->rewrapped_key.empty());
+  std::vector<json> grants = Audit("release.grant");
+  ASSERT_EQ(grants.size(), 1u);
+  EXPECT_EQ(grants[0]["policy"], "signed:v1");
+  EXPECT_EQ(grants[0]["job_id"], "job-2");
+  std::vector<json> denials = Audit("release.deny");
+  ASSERT_EQ(denials.size(), 1u);
+  EXPECT_EQ(denials[0]["policy"], "signed:v1");
+  EXPECT_EQ(denials[0]["reason"], "tags");
+}
+
+}  // namespace
+}  // namespace vmseal

@@ -493,8 +493,20 @@ Status Audit(const CommonFlags& f, const AuditFlags& af) {
   ASSIGN_OR_RETURN(std::string ca_pem, ReadFileToString(Env::Default(), af.kms_ca));
   kms::CustomerAuditVerifyOptions vo;
   ASSIGN_OR_RETURN(vo.kms_roots, crypto::Certificate::ParsePemBundle(ca_pem));
+  // Records listed before (the .events file beside a saved checkpoint): the
+  // log cannot lose them, and the answer must not leave them out.
+  std::vector<int64_t> seen_before;
   if (!af.checkpoint.empty()) {
     ASSIGN_OR_RETURN(vo.saved_checkpoint, ReadFileToString(Env::Default(), af.checkpoint));
+    auto seen = ReadFileToString(Env::Default(), af.checkpoint + ".events");
+    if (seen.ok()) {
+      ASSIGN_OR_RETURN(json list, ParseJson(*seen));
+      if (!list.is_array()) return InvalidArgumentError(af.checkpoint + ".events is not a JSON array");
+      for (const json& n : list) {
+        if (!n.is_number_integer()) return InvalidArgumentError(af.checkpoint + ".events: not a record number");
+        seen_before.push_back(n.get<int64_t>());
+      }
+    }
   }
   ASSIGN_OR_RETURN(auto c, Connect(f));
   ASSIGN_OR_RETURN(httplib::Headers auth, Auth(f));
@@ -549,8 +561,19 @@ Status Audit(const CommonFlags& f, const AuditFlags& af) {
     }
     after = verified->next_after;
   }
+  json seqs = json::array();
+  for (const json& e : events) seqs.push_back(e["seq"]);
+  if (!truncated_listing) {
+    for (int64_t n : seen_before) {
+      if (std::find(seqs.begin(), seqs.end(), json(n)) == seqs.end()) {
+        return DataLossError("customer audit verification failed: withheld: audit record " +
+                             std::to_string(n) + " of this image, listed before, is missing from the answer");
+      }
+    }
+  }
   if (!af.save_checkpoint.empty()) {
     RETURN_IF_ERROR(WriteStringToFileAtomic(Env::Default(), af.save_checkpoint, checkpoint, 0644));
+    RETURN_IF_ERROR(WriteStringToFileAtomic(Env::Default(), af.save_checkpoint + ".events", seqs.dump(), 0644));
   }
   json out = {{"tenant", vo.tenant}, {"image_id", vo.image_id}, {"events", events},
               {"tree_size", tree_size}, {"checkpoint", checkpoint},
@@ -827,7 +850,8 @@ void AddCustomerCommands(CLI::App& app, const CommandSink& sink) {
   audit->add_option("--checkpoint", audit_flags->checkpoint,
                     "A checkpoint saved earlier (--save-checkpoint): the log must extend it");
   audit->add_option("--save-checkpoint", audit_flags->save_checkpoint,
-                    "Write the verified current checkpoint here");
+                    "Write the verified current checkpoint here (and the listed record numbers to "
+                    "FILE.events, which --checkpoint FILE then requires to be listed again)");
   audit->add_option("--max-events", audit_flags->max_events, "Stop listing after this many (default 1000)");
   audit->callback([f, audit_flags, sink] { sink(Audit(*f, *audit_flags)); });
 

@@ -455,6 +455,30 @@ TEST_F(AuditAttackTest, ARecordWithheldFromTheListingIsCaughtByTheCustomer) {
   EXPECT_THAT(out, HasSubstr("withheld: audit record " + seq));
 }
 
+TEST_F(AuditAttackTest, AuditWithoutThePinnedCaOrWithABadSavedCheckpointFailsClearly) {
+  SignUp("a");
+  SealAndUpload("a");
+  std::string out;
+  // Another CA than the KMS's: the log key carries no endorsement by it.
+  EXPECT_NE(Customer("a", {"audit", image_id_, "--kms-ca", dir_.File("portal-ca.pem")}, &out), 0);
+  EXPECT_THAT(out, HasSubstr("is not endorsed by the pinned KMS CA"));
+  // No CA at all is a usage error.
+  EXPECT_NE(Customer("a", {"audit", image_id_}, &out), 0);
+  EXPECT_THAT(out, HasSubstr("--kms-ca"));
+  // A saved checkpoint that is not one, and nothing is written.
+  WriteFileOrDie(dir_.File("a/garbage.cp"), "not a checkpoint\n");
+  EXPECT_NE(Audit("a", image_id_, {"--checkpoint", dir_.File("a/garbage.cp"), "--save-checkpoint",
+                                   dir_.File("a/new.cp")},
+                  &out),
+            0);
+  EXPECT_THAT(out, HasSubstr("the saved checkpoint"));
+  EXPECT_FALSE(Env::Default()->FileExists(dir_.File("a/new.cp")));
+  // The image's registration is listed and proven.
+  json audit = AuditJson("a", {"--save-checkpoint", dir_.File("a/new.cp")});
+  EXPECT_NE(Find(audit, "image.register"), nullptr) << audit.dump();
+  EXPECT_TRUE(Env::Default()->FileExists(dir_.File("a/new.cp")));
+}
+
 // EK pinning: host-x enrolled with TPM A; the same host id with TPM B is
 // refused until the operator approves B's EK with the real CLI.
 class EkSwapTest : public AuditAttackTest {

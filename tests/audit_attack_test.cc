@@ -7,6 +7,7 @@
 #include <httplib.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <chrono>
 #include <memory>
 #include <string>
@@ -477,6 +478,33 @@ TEST_F(AuditAttackTest, AuditWithoutThePinnedCaOrWithABadSavedCheckpointFailsCle
   json audit = AuditJson("a", {"--save-checkpoint", dir_.File("a/new.cp")});
   EXPECT_NE(Find(audit, "image.register"), nullptr) << audit.dump();
   EXPECT_TRUE(Env::Default()->FileExists(dir_.File("a/new.cp")));
+}
+
+// Unauthenticated callers cannot grow the log without bound: 60 refused
+// requests without a client certificate add at most two records.
+TEST_F(AuditAttackTest, AnonymousFailingRequestsAddAtMostTwoAuditRecordsPerWindow) {
+  auto count = [&] {
+    std::string out;
+    EXPECT_EQ(KmsCli({"audit", "export", "--config", kms_dir_ + "/kms.json"}, &out), 0) << out;
+    return std::count(out.begin(), out.end(), '\n');
+  };
+  const auto before = count();
+  int refused = 0;
+  for (int i = 0; i < 60; ++i) {
+    httplib::SSLClient anonymous("127.0.0.1", kms_port_);
+    anonymous.set_ca_cert_path((kms_dir_ + "/ca.pem").c_str());
+    anonymous.enable_server_certificate_verification(true);
+    auto r = anonymous.Post("/v1/customers/acme/keys", "{}", "application/json");
+    ASSERT_TRUE(r);
+    EXPECT_TRUE(r->status == 401 || r->status == 429) << r->status << " " << r->body;
+    ++refused;
+  }
+  EXPECT_EQ(refused, 60);
+  const auto added = count() - before;
+  EXPECT_GE(added, 1);  // the refusals reached the KMS and the first is recorded
+  EXPECT_LE(added, 2);
+  std::string out;
+  ASSERT_EQ(KmsCli({"audit", "verify", "--config", kms_dir_ + "/kms.json"}, &out), 0) << out;
 }
 
 // EK pinning: host-x enrolled with TPM A; the same host id with TPM B is

@@ -9,6 +9,7 @@
 
 #include "crypto/primitives.h"
 #include "kms/audit.h"
+#include "kms/customer_audit.h"
 #include "kms/internal/sql.h"
 #include "kms/store.h"
 #include "json/json.h"
@@ -170,26 +171,6 @@ CREATE TABLE audit_index_state (
 INSERT INTO audit_index_state (id, built) VALUES (1, 0);
 )sql",
 };
-
-// The (tenant, image) a record is about, if any: details.image_id with
-// details.tenant, details.customer_id or a "customer/<tenant>" subject.
-std::optional<std::pair<std::string, std::string>> AuditImageKey(const json& rec) {
-  if (!rec.is_object() || !rec.contains("details") || !rec["details"].is_object()) return std::nullopt;
-  const json& d = rec["details"];
-  if (!d.contains("image_id") || !d["image_id"].is_string()) return std::nullopt;
-  const std::string image = d["image_id"].get<std::string>();
-  std::string tenant;
-  if (d.contains("tenant") && d["tenant"].is_string()) {
-    tenant = d["tenant"].get<std::string>();
-  } else if (d.contains("customer_id") && d["customer_id"].is_string()) {
-    tenant = d["customer_id"].get<std::string>();
-  } else if (rec.contains("subject") && rec["subject"].is_string() &&
-             rec["subject"].get<std::string>().rfind("customer/", 0) == 0) {
-    tenant = rec["subject"].get<std::string>().substr(9);
-  }
-  if (image.empty() || tenant.empty()) return std::nullopt;
-  return std::make_pair(tenant, image);
-}
 
 int64_t Now() { return static_cast<int64_t>(std::time(nullptr)); }
 
@@ -801,7 +782,7 @@ class SqlStore : public Store {
 
   // Adds record `seq` to the per-image index if it names an image.
   Status IndexAuditRecordLocked(int64_t seq, const json& rec) {
-    auto key = AuditImageKey(rec);
+    auto key = AuditRecordImage(rec);
     if (!key) return OkStatus();
     return conn_->Exec("INSERT INTO audit_by_image (tenant, image_id, seq) VALUES (?, ?, ?) "
                        "ON CONFLICT (tenant, image_id, seq) DO NOTHING",

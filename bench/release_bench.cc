@@ -44,7 +44,9 @@
 #include "ovf/testing/signed_texts.h"
 #include "crypto/signature.h"
 #include "net/https_server.h"
+#include "kms/customer_audit.h"
 #include "kms/service.h"
+#include "tlog/checkpoint.h"
 #include "kms/store.h"
 #include "tpm/security_engine.h"
 #include "tpm/testing/swtpm_harness.h"
@@ -486,6 +488,28 @@ int Run(int releases, const std::string& store_arg, int clients, const std::stri
     std::printf("    raw crypto           cpu %.3f ms/release  %.0f /s per core\n", cper * 1e3, releases / cwall);
     std::printf("    in-process ratio (service cpu / crypto cpu)   %.2f%s\n", per / cper,
                 x25519 ? "  (no ratio target for X25519: its target is the rate)" : "  (target <= 1.3)");
+    {
+      // The customer audit's cost per release (docs/format/audit-log.md
+      // §6.1): one page of one record is one signed checkpoint and one
+      // inclusion proof read from the store; the customer then verifies it.
+      const int n = std::min(releases, 200);
+      const kms::CustomerAuditRequest areq{"acme", image_id, 0, 1, 0};
+      auto roots = Must(crypto::Certificate::ParsePemBundle(service->ca_cert_pem()), "ca");
+      kms::CustomerAuditVerifyOptions vo{roots, "acme", image_id, 0, ""};
+      std::vector<kms::CustomerAuditPage> pages;
+      const double a0 = CpuSeconds();
+      for (int i = 0; i < n; ++i) pages.push_back(Must(service->CustomerAudit(portal, areq), "customer audit"));
+      const double acpu = (CpuSeconds() - a0) / n;
+      const double v0 = CpuSeconds();
+      for (const auto& page : pages) Must(kms::VerifyCustomerAuditPage(page, vo).status(), "verify audit");
+      const double vcpu = (CpuSeconds() - v0) / n;
+      const auto frontier = Must(store->AuditFrontier(), "frontier");
+      std::printf("    audit: 1 signed checkpoint + 1 inclusion proof (log of %llu records, %zu hashes) KMS cpu "
+                  "%.3f ms = %.3fx the release; the customer's check %.3f ms\n",
+                  static_cast<unsigned long long>(frontier.size()),
+                  Must(tlog::ParseInclusionProof(pages[0].proofs[0]), "proof").hashes.size(), acpu * 1e3,
+                  acpu / per, vcpu * 1e3);
+    }
     std::printf("    HTTPS, %d clients   p50 %.3f ms  p99 %.3f ms  %.0f releases/s measured (clients share the "
                 "cores)\n",
                 clients, Percentile(https.lat, 0.5) * 1e3, Percentile(https.lat, 0.99) * 1e3,

@@ -1,4 +1,4 @@
-// `vmseal customer register|login|fetch-cert|fetch-agent|upload|images|launch|
+// `vmseal customer register|login|fetch-cert|fetch-agent|upload|images|audit|launch|
 // status|vms|vm stop|start|delete`: the customer side of the portal API (docs/api/csp.yaml).
 // Every command prints JSON with --json.
 #include <sys/stat.h>
@@ -20,9 +20,11 @@
 #include "crypto/signature.h"
 #include "crypto/x509.h"
 #include "json/json.h"
+#include "kms/customer_audit.h"
 #include "kms/policy.h"
 #include "ovf/policy_document.h"
 #include "ovf/signature.h"
+#include "tlog/checkpoint.h"
 
 namespace vmseal::cli {
 namespace {
@@ -519,6 +521,130 @@ Status Images(const CommonFlags& f) {
   return OkStatus();
 }
 
+struct AuditFlags {
+  std::string image;            // portal image id or the tag's imageId
+  std::string kms_ca;           // the pinned KMS CA (required)
+  std::string checkpoint;       // a checkpoint saved earlier ("" none)
+  std::string save_checkpoint;  // where to write the verified current checkpoint
+  int64_t max_events = 1000;
+};
+
+// `customer audit`: every page the portal relays from the KMS is checked
+// here (kms::VerifyCustomerAuditPage) before anything is printed or saved.
+Status Audit(const CommonFlags& f, const AuditFlags& af) {
+  if (af.kms_ca.empty()) {
+    return InvalidArgumentError("--kms-ca is required: the KMS CA obtained out of band (the log key "
+                                "must be endorsed by it)");
+  }
+  if (af.max_events < 1 || af.max_events > 100000) return InvalidArgumentError("--max-events must be 1..100000");
+  ASSIGN_OR_RETURN(std::string ca_pem, ReadFileToString(Env::Default(), af.kms_ca));
+  kms::CustomerAuditVerifyOptions vo;
+  ASSIGN_OR_RETURN(vo.kms_roots, crypto::Certificate::ParsePemBundle(ca_pem));
+  // Records listed before (the .events file beside a saved checkpoint): the
+  // log cannot lose them, and the answer must not leave them out.
+  std::vector<int64_t> seen_before;
+  if (!af.checkpoint.empty()) {
+    ASSIGN_OR_RETURN(vo.saved_checkpoint, ReadFileToString(Env::Default(), af.checkpoint));
+    auto seen = ReadFileToString(Env::Default(), af.checkpoint + ".events");
+    if (seen.ok()) {
+      ASSIGN_OR_RETURN(json list, ParseJson(*seen));
+      if (!list.is_array()) return InvalidArgumentError(af.checkpoint + ".events is not a JSON array");
+      for (const json& n : list) {
+        if (!n.is_number_integer()) return InvalidArgumentError(af.checkpoint + ".events: not a record number");
+        seen_before.push_back(n.get<int64_t>());
+      }
+    }
+  }
+  ASSIGN_OR_RETURN(auto c, Connect(f));
+  ASSIGN_OR_RETURN(httplib::Headers auth, Auth(f));
+  ASSIGN_OR_RETURN(json key, CheckReply(c->Get("/v1/customer/key", auth), "customer audit"));
+  vo.tenant = key.value("customer_id", "");
+  // The image as the KMS names it: the tag's imageId. A portal image id is
+  // mapped by the portal (naming the image by its tag id avoids that trust).
+  vo.image_id = af.image;
+  auto own = c->Get("/v1/images/" + af.image, auth);
+  if (own && own->status == 200) {
+    auto j = ParseJson(own->body);
+    if (j.ok() && j->is_object() && !j->value("tagged_image_id", "").empty()) {
+      vo.image_id = j->value("tagged_image_id", "");
+    }
+  }
+  int64_t old_size = 0;
+  if (!vo.saved_checkpoint.empty()) {
+    // Its size only: the signature and the consistency are checked below.
+    const size_t blank = vo.saved_checkpoint.find("\n\n");
+    auto parsed = tlog::ParseCheckpoint(vo.saved_checkpoint.substr(0, blank == std::string::npos ? 0 : blank + 1));
+    if (!parsed.ok()) return parsed.status().WithPrefix("the saved checkpoint " + af.checkpoint);
+    old_size = static_cast<int64_t>(parsed->size);
+  }
+  json events = json::array();
+  std::string checkpoint;
+  uint64_t tree_size = 0;
+  int64_t after = 0;
+  bool truncated_listing = false;
+  while (true) {
+    const std::string path = "/v1/images/" + af.image + "/audit?after=" + std::to_string(after) +
+                             "&old=" + std::to_string(old_size);
+    auto res = c->Get(path, auth);
+    if (res && res->body.size() > kms::kMaxCustomerAuditReplyBytes) {
+      return InvalidArgumentError("customer audit: the answer is larger than the limit");
+    }
+    ASSIGN_OR_RETURN(json r, CheckReply(res, "customer audit"));
+    ASSIGN_OR_RETURN(kms::CustomerAuditPage page, kms::CustomerAuditPageFromJson(r));
+    vo.after_seq = after;
+    auto verified = kms::VerifyCustomerAuditPage(page, vo);
+    if (!verified.ok()) return verified.status().WithPrefix("customer audit verification failed");
+    for (const auto& e : verified->events) {
+      events.push_back({{"seq", e.seq}, {"time_unix", e.time_unix}, {"event", e.event},
+                        {"host_id", e.host_id}, {"job_id", e.job_id}, {"reason", e.reason},
+                        {"details", e.details}, {"inclusion_verified", true}});
+    }
+    checkpoint = verified->checkpoint;
+    tree_size = verified->tree_size;
+    if (verified->next_after == 0) break;
+    if (static_cast<int64_t>(events.size()) >= af.max_events) {
+      truncated_listing = true;
+      break;
+    }
+    after = verified->next_after;
+  }
+  json seqs = json::array();
+  for (const json& e : events) seqs.push_back(e["seq"]);
+  if (!truncated_listing) {
+    for (int64_t n : seen_before) {
+      if (std::find(seqs.begin(), seqs.end(), json(n)) == seqs.end()) {
+        return DataLossError("customer audit verification failed: withheld: audit record " +
+                             std::to_string(n) + " of this image, listed before, is missing from the answer");
+      }
+    }
+  }
+  if (!af.save_checkpoint.empty()) {
+    RETURN_IF_ERROR(WriteStringToFileAtomic(Env::Default(), af.save_checkpoint, checkpoint, 0644));
+    RETURN_IF_ERROR(WriteStringToFileAtomic(Env::Default(), af.save_checkpoint + ".events", seqs.dump(), 0644));
+  }
+  json out = {{"tenant", vo.tenant}, {"image_id", vo.image_id}, {"events", events},
+              {"tree_size", tree_size}, {"checkpoint", checkpoint},
+              {"extends_saved_checkpoint", !vo.saved_checkpoint.empty()},
+              {"more", truncated_listing}};
+  if (f.json) {
+    PrintJson(out);
+  } else {
+    for (const json& e : events) {
+      std::cout << e["seq"].get<int64_t>() << "  " << e["time_unix"].get<int64_t>() << "  "
+                << e["event"].get<std::string>() << "  host=" << e["host_id"].get<std::string>()
+                << "  job=" << e["job_id"].get<std::string>();
+      if (!e["reason"].get<std::string>().empty()) std::cout << "  reason=" << e["reason"].get<std::string>();
+      std::cout << "  [inclusion verified]\n";
+    }
+    std::cout << events.size() << " events of image " << vo.image_id << ", each proven in the log of "
+              << tree_size << " records signed by the KMS log key (endorsed by the pinned KMS CA)";
+    if (!vo.saved_checkpoint.empty()) std::cout << "; the log extends the saved checkpoint (" << old_size << " records)";
+    std::cout << "\n";
+    if (truncated_listing) std::cout << "(more events: raise --max-events)\n";
+  }
+  return OkStatus();
+}
+
 Status Launch(const CommonFlags& f, const std::string& image_id) {
   ASSIGN_OR_RETURN(auto c, Connect(f));
   ASSIGN_OR_RETURN(httplib::Headers auth, Auth(f));
@@ -764,6 +890,21 @@ void AddCustomerCommands(CLI::App& app, const CommandSink& sink) {
   });
 
   cust->add_subcommand("images", "List your images")->callback([f, sink] { sink(Images(*f)); });
+
+  auto audit_flags = std::make_shared<AuditFlags>();
+  CLI::App* audit = cust->add_subcommand(
+      "audit", "List every key event of one of your images, each proven in the KMS's signed log");
+  audit->add_option("image", audit_flags->image, "Image id (the portal's, or the tag's imageId)")->required();
+  audit->add_option("--kms-ca", audit_flags->kms_ca,
+                    "The KMS CA obtained out of band: the log key must be endorsed by it")
+      ->required();
+  audit->add_option("--checkpoint", audit_flags->checkpoint,
+                    "A checkpoint saved earlier (--save-checkpoint): the log must extend it");
+  audit->add_option("--save-checkpoint", audit_flags->save_checkpoint,
+                    "Write the verified current checkpoint here (and the listed record numbers to "
+                    "FILE.events, which --checkpoint FILE then requires to be listed again)");
+  audit->add_option("--max-events", audit_flags->max_events, "Stop listing after this many (default 1000)");
+  audit->callback([f, audit_flags, sink] { sink(Audit(*f, *audit_flags)); });
 
   auto image = std::make_shared<std::string>();
   CLI::App* launch = cust->add_subcommand("launch", "Launch an image; prints the job id");

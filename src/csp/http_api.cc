@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "crypto/primitives.h"
+#include "csp/customer_audit.h"
 #include "json/json.h"
 #include "csp/signed_policy.h"
 
@@ -467,6 +468,17 @@ void RegisterPortalRoutes(httplib::Server& server, const PortalServices& svc) {
                  ASSIGN_OR_RETURN(Principal p, who(req));
                  ASSIGN_OR_RETURN(Placement pl, svc.jobs->ExplainImagePlacement(p, req.matches[1]));
                  return ToJson(pl);
+               });
+             });
+
+  // The customer's audit of one image, relayed from the KMS (csp/customer_audit.h).
+  server.Get(R"(/v1/images/([A-Za-z0-9._:@-]{1,128})/audit)",
+             [svc, who](const httplib::Request& req, httplib::Response& res) {
+               Reply(res, [&]() -> StatusOr<json> {
+                 ASSIGN_OR_RETURN(Principal p, who(req));
+                 ASSIGN_OR_RETURN(int64_t after, ParseAuditCount(req.get_param_value("after"), "after"));
+                 ASSIGN_OR_RETURN(int64_t old_size, ParseAuditCount(req.get_param_value("old"), "old"));
+                 return RelayCustomerAudit(*svc.images, *svc.kms, p, req.matches[1], after, old_size);
                });
              });
 

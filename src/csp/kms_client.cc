@@ -161,6 +161,12 @@ class HttpsKmsClient final : public KmsClient {
     return SigningKeyFrom(r, customer_id);
   }
 
+  StatusOr<json> CustomerAudit(const std::string& tenant, const std::string& image_id,
+                               int64_t after_seq, int64_t old_size) override {
+    return client_->Get("/v1/images/" + tenant + "/" + image_id + "/audit?after=" +
+                        std::to_string(after_seq) + "&old=" + std::to_string(old_size));
+  }
+
   std::string CaCertificatePem() const override { return ca_pem_; }
 
  private:

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "base/status.h"
 #include "crypto/primitives.h"
 
@@ -126,6 +128,16 @@ class KmsClient {
   virtual StatusOr<SigningKey> GetSigningKey(const std::string& customer_id) {
     (void)customer_id;
     return UnimplementedError("this KMS client reads no signing keys");
+  }
+
+  // One page of the customer audit of image (tenant, image_id) (GET
+  // /v1/images/{tenant}/{image_id}/audit?after=&old=): the KMS's answer,
+  // relayed verbatim (docs/format/audit-log.md §6.1); the customer checks
+  // it. tenant_mismatch / unknown_image as the KMS refuses.
+  virtual StatusOr<nlohmann::json> CustomerAudit(const std::string& tenant, const std::string& image_id,
+                                                 int64_t after_seq, int64_t old_size) {
+    (void)tenant, (void)image_id, (void)after_seq, (void)old_size;
+    return UnimplementedError("this KMS client relays no audit");
   }
 
   // The PEM certificate of the KMS CA (what customer certificates chain to).

@@ -257,4 +257,40 @@ StatusOr<std::string> AuditLog::ConsistencyProof(int64_t old_size, int64_t size)
   return tlog::FormatConsistencyProof(proof);
 }
 
+StatusOr<AuditLog::RecordProofs> AuditLog::ProveRecords(const std::vector<int64_t>& seqs,
+                                                        int64_t old_size) {
+  ASSIGN_OR_RETURN(auto signed_at, SignedAt(0));
+  RecordProofs out;
+  out.size = signed_at.first;
+  out.checkpoint = std::move(signed_at.second);
+  StoreAuditNodes nodes(*store_);
+  if (old_size < 0) return InvalidArgumentError("old size must not be negative");
+  // A saved checkpoint of a longer log than this one gets no proof: the
+  // verifier reports the truncation itself.
+  if (old_size > 0 && static_cast<uint64_t>(old_size) <= out.size) {
+    tlog::ConsistencyProofText c;
+    c.old_size = static_cast<uint64_t>(old_size);
+    ASSIGN_OR_RETURN(c.hashes, tlog::ConsistencyProof(nodes, c.old_size, out.size));
+    c.checkpoint = out.checkpoint;
+    out.consistency = tlog::FormatConsistencyProof(c);
+  }
+  for (int64_t seq : seqs) {
+    if (seq < 1 || static_cast<uint64_t>(seq) > out.size) {
+      return DataLossError("audit record " + std::to_string(seq) + " is not in the tree of " +
+                           SizeText(out.size) + " records");
+    }
+    ASSIGN_OR_RETURN(auto records, store_->ReadAudit(seq - 1, 1));
+    if (records.empty() || records[0].seq != seq) {
+      return DataLossError("audit record " + std::to_string(seq) + " is missing from the log");
+    }
+    tlog::InclusionProofText proof;
+    proof.extra = records[0].record;
+    proof.index = static_cast<uint64_t>(seq - 1);
+    ASSIGN_OR_RETURN(proof.hashes, tlog::InclusionProof(nodes, proof.index, out.size));
+    proof.checkpoint = out.checkpoint;
+    out.inclusion.push_back(tlog::FormatInclusionProof(proof));
+  }
+  return out;
+}
+
 }  // namespace vmseal::kms

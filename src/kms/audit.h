@@ -99,6 +99,19 @@ class AuditLog {
   // `size`.
   StatusOr<std::string> ConsistencyProof(int64_t old_size, int64_t size);
 
+  // Proofs of several records against one signed checkpoint of the current
+  // tree (one signature for them all), and a consistency proof from
+  // `old_size` records to it when 0 < old_size <= its size (none for a
+  // larger old_size: the verifier reports that truncation). DATA_LOSS if a
+  // record is missing.
+  struct RecordProofs {
+    uint64_t size = 0;
+    std::string checkpoint;
+    std::vector<std::string> inclusion;  // tlog-proof text per seq, in order
+    std::string consistency;             // "" when old_size == 0
+  };
+  StatusOr<RecordProofs> ProveRecords(const std::vector<int64_t>& seqs, int64_t old_size);
+
  private:
   AuditLog(Store* store, std::unique_ptr<tlog::NoteSigner> signer)
       : store_(store), signer_(std::move(signer)) {}

@@ -230,6 +230,8 @@ StatusOr<std::unique_ptr<KmsService>> KmsService::Create(Options options, Store*
   ASSIGN_OR_RETURN(service->ca_roots_, crypto::Certificate::ParsePemBundle(service->ca_.cert_pem));
   service->nonce_key_ = std::move(nonce_key);
   ASSIGN_OR_RETURN(service->audit_log_, AuditLog::Open(store, kek));
+  ASSIGN_OR_RETURN(service->log_key_endorsement_,
+                   EndorseLogKey(service->ca_.key_pem, service->audit_log_->verifier_key()));
   return service;
 }
 
@@ -240,6 +242,29 @@ int64_t KmsService::Now() const {
 void KmsService::RecordDenial(const std::string& reason, const std::string& subject,
                               const std::string& message) {
   metrics_.CountDenial(reason);
+  if (subject == "anonymous") {
+    // Unauthenticated callers must not grow the log without bound: per
+    // window, the first refusal is recorded and the rest counted.
+    const int64_t now = Now();
+    const int64_t window = std::max<int64_t>(1, options_.anonymous_denial_window_seconds);
+    int64_t suppressed = 0, from = 0;
+    {
+      std::lock_guard<std::mutex> lock(anon_mu_);
+      if (anon_window_start_ >= 0 && now < anon_window_start_ + window) {
+        ++anon_suppressed_;
+        return;
+      }
+      suppressed = anon_suppressed_;
+      from = anon_window_start_;
+      anon_suppressed_ = 0;
+      anon_window_start_ = now;
+    }
+    if (suppressed > 0) {
+      (void)store_->AppendAudit({"request.deny.aggregate", "anonymous",
+                                 json{{"reason", "unauthenticated"}, {"count", suppressed},
+                                      {"from_unix", from}, {"to_unix", now}}});
+    }
+  }
   // Best effort: a denial must not fail because the audit write failed, but
   // it is counted either way.
   (void)store_->AppendAudit({"request.deny", subject, json{{"reason", reason}, {"message", message}}});
@@ -1428,6 +1453,7 @@ json VerdictJson(const VerdictInfo& v) {
 }  // namespace
 
 void RegisterKmsRoutes(KmsService* s, net::HttpsServer* server) {
+  RegisterCustomerAuditRoute(s, server);
   server->Get("/healthz", [s](const net::Request&) -> StatusOr<json> {
     // A cheap read proves the store answers.
     RETURN_IF_ERROR(s->store().ReadAudit(0, 1));

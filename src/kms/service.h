@@ -26,6 +26,7 @@
 #include "crypto/keys.h"
 #include "crypto/x509.h"
 #include "kms/audit.h"
+#include "kms/customer_audit.h"
 #include "kms/internal/mini_ca.h"
 #include "kms/kek.h"
 #include "kms/metrics.h"
@@ -206,6 +207,10 @@ class KmsService {
     bool require_package_signature = true;
     // Validity of package-signing certificates. Default 825 days.
     int64_t signing_cert_days = 825;
+    // Window over which refusals of anonymous callers are aggregated into
+    // at most two audit records (the first refusal and the count of the
+    // rest). Default 60 s.
+    int64_t anonymous_denial_window_seconds = 60;
   };
 
   // `store` and `kek` must outlive the service. `ca` signs certificates.
@@ -323,6 +328,13 @@ class KmsService {
   StatusOr<std::string> AuditCheckpoint(const Caller& caller);
   StatusOr<std::string> AuditInclusionProof(const Caller& caller, int64_t seq, int64_t size);
   StatusOr<std::string> AuditConsistencyProof(const Caller& caller, int64_t old_size, int64_t size);
+  // Portal (relaying for the tenant it authenticated) or operator: one page
+  // of the audit records of image (tenant, image_id), each with an inclusion
+  // proof against one signed checkpoint, and a consistency proof from
+  // `old_size` (kms/customer_audit.h). An image registered only for another
+  // tenant: PERMISSION_DENIED "tenant_mismatch: ..." (audited, nothing
+  // listed); not registered at all: NOT_FOUND "unknown_image: ...".
+  StatusOr<CustomerAuditPage> CustomerAudit(const Caller& caller, const CustomerAuditRequest& req);
   // The log's verifier key ("<origin>+<id>+<key>").
   std::string audit_log_key() const { return audit_log_->verifier_key(); }
 
@@ -424,6 +436,13 @@ class KmsService {
   std::unique_ptr<attest::EkCertificateVerifier> ek_verifier_;
   SecretBytes nonce_key_;  // HMAC key of the nonces, shared through the store
   std::unique_ptr<AuditLog> audit_log_;  // signs checkpoints with the store's log key
+  crypto::Bytes log_key_endorsement_;    // the CA's signature of the log key (EndorseLogKey)
+  // Anonymous denials are aggregated (docs/format/audit-log.md §6): the
+  // first of each window is recorded, the others counted and written as
+  // one request.deny.aggregate record when the next window starts.
+  std::mutex anon_mu_;
+  int64_t anon_window_start_ = -1;
+  int64_t anon_suppressed_ = 0;
   std::atomic<int64_t> last_nonce_purge_{0};
   UsedNonceCache used_nonces_;
   Metrics metrics_;
@@ -445,6 +464,9 @@ class KmsService {
 
 // Registers the KMS routes (docs/api/kms.yaml) on `server`.
 void RegisterKmsRoutes(KmsService* service, net::HttpsServer* server);
+// The customer audit route (GET /v1/images/{tenant}/{image_id}/audit);
+// RegisterKmsRoutes registers it.
+void RegisterCustomerAuditRoute(KmsService* service, net::HttpsServer* server);
 
 }  // namespace vmseal::kms
 

@@ -303,6 +303,16 @@ class Store {
   // The newest checkpoint issued, NOT_FOUND if none.
   virtual StatusOr<std::string> LatestAuditCheckpoint() = 0;
 
+  // Customer audit: the seqs (> `after_seq`, ascending, at most `limit`) of
+  // the records about (tenant, image_id): those whose details name the
+  // image_id with that tenant (details.tenant, details.customer_id or a
+  // "customer/<tenant>" subject). Indexed in each record's transaction.
+  virtual StatusOr<std::vector<int64_t>> AuditSeqsForImage(const std::string& tenant,
+                                                           const std::string& image_id,
+                                                           int64_t after_seq, int64_t limit) = 0;
+  // The tenants (at most 16) that registered an image with this id.
+  virtual StatusOr<std::vector<std::string>> ImageTenants(const std::string& image_id) = 0;
+
   // Runs raw SQL (tests use it to tamper with the audit table).
   virtual Status ExecForTesting(const std::string& sql) = 0;
 };

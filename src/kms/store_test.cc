@@ -519,6 +519,35 @@ TEST_P(AuditStoreTest, ConcurrentAppendersKeepChainLinear) {
   EXPECT_EQ(head->count, 54);
 }
 
+TEST_P(StoreTest, AuditRecordsOfAnImageAreIndexedByTenantAndImage) {
+  ASSERT_OK(store_->PutImage({"acme", "img-1", "sha256:ab", 1}, {"image.register", "customer/acme",
+                                                                 json{{"image_id", "img-1"}}}));
+  ASSERT_OK(store_->AppendAudit({"release.deny", "host/h1",
+                                 json{{"image_id", "img-1"}, {"tenant", "acme"}, {"job_id", "j1"}}}));
+  ASSERT_OK(store_->AppendAudit({"release.deny", "host/h1",
+                                 json{{"image_id", "img-1"}, {"tenant", "bob"}}}));
+  ASSERT_OK(store_->AppendAudit({"policy.put", "customer/acme",
+                                 json{{"image_id", "img-1"}, {"customer_id", "acme"}}}));
+  ASSERT_OK(store_->AppendAudit({"unrelated", "kms", json{{"tenant", "acme"}}}));
+  auto all = store_->AuditSeqsForImage("acme", "img-1", 0, 10);
+  ASSERT_OK(all);
+  ASSERT_EQ(all->size(), 3u);
+  EXPECT_LT((*all)[0], (*all)[1]);
+  EXPECT_LT((*all)[1], (*all)[2]);
+  auto page = store_->AuditSeqsForImage("acme", "img-1", (*all)[0], 1);
+  ASSERT_OK(page);
+  EXPECT_EQ(*page, std::vector<int64_t>{(*all)[1]});
+  auto bobs = store_->AuditSeqsForImage("bob", "img-1", 0, 10);
+  ASSERT_OK(bobs);
+  EXPECT_EQ(bobs->size(), 1u);
+  auto owners = store_->ImageTenants("img-1");
+  ASSERT_OK(owners);
+  EXPECT_EQ(*owners, std::vector<std::string>{"acme"});
+  auto none = store_->ImageTenants("img-2");
+  ASSERT_OK(none);
+  EXPECT_TRUE(none->empty());
+}
+
 INSTANTIATE_TEST_SUITE_P(Backend, StoreTest, ::testing::Values(std::string(VMSEAL_STORE_BACKEND)));
 INSTANTIATE_TEST_SUITE_P(Backend, AuditStoreTest,
                          ::testing::Values(std::string(VMSEAL_STORE_BACKEND)));

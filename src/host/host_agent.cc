@@ -582,6 +582,11 @@ StatusOr<int> HostAgent::ReattachVms() {
                        StartExports(record->vm_name, record->job_id, record->package_path, ids,
                                     record->image_id, record->tenant, data_key,
                                     /*exit_with_parent=*/false, /*reattach=*/true));
+      // A new nbdkit made a new socket (and Export::Start narrowed its
+      // directory): the VM's user must reach it again to reconnect.
+      for (const auto& e : exports) {
+        RETURN_IF_ERROR(vms_->GrantAccess(record->vm_name, e->socket_path()));
+      }
       std::lock_guard<std::mutex> lock(mu_);
       exports_[record->vm_name] = std::move(exports);
       return OkStatus();

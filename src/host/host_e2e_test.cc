@@ -8,7 +8,9 @@
 #include <fcntl.h>
 #include <httplib.h>
 #include <sys/file.h>
+#include <grp.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -1003,6 +1005,102 @@ TEST_F(HostStreamE2eTest, AgentGoneAndRestartedServesTheExportsAgain) {
   auto now = daemon_->vms()->Get(vm.name);
   ASSERT_OK(now);
   EXPECT_EQ(now->state, vm::VmRunState::kRunning);
+}
+
+
+// The errno of open(path, O_RDONLY) by a child running as uid = gid `id`
+// with supplementary groups `groups`, as the VM's qemu runs (0: it opened).
+int OpenErrnoAs(uint32_t id, const std::vector<gid_t>& groups, const std::string& path) {
+  int fds[2];
+  if (::pipe(fds) != 0) return -1;
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    int e = 0;
+    if (::setgroups(groups.size(), groups.data()) != 0 || ::setresgid(id, id, id) != 0 ||
+        ::setresuid(id, id, id) != 0) {
+      e = -2;
+    } else {
+      const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+      e = fd >= 0 ? 0 : errno;
+    }
+    (void)!::write(fds[1], &e, sizeof e);
+    ::_exit(0);
+  }
+  ::close(fds[1]);
+  int e = -1;
+  if (::read(fds[0], &e, sizeof e) != sizeof e) e = -1;
+  ::close(fds[0]);
+  ::waitpid(pid, nullptr, 0);
+  return e;
+}
+
+// "Uid:" / "Gid:" / "Groups:" line of /proc/<pid>/status, after the tab.
+std::string ProcStatusLine(pid_t pid, const std::string& key) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(in, line);) {
+    if (line.starts_with(key + ":")) return line.substr(key.size() + 2);
+  }
+  return "";
+}
+
+TEST_F(HostStreamE2eTest, VmQemuRunsAsItsOwnUserThatCannotReadHostSecretsOrAnotherVm) {
+  if (::geteuid() != 0) GTEST_SKIP() << "VM users need the agent to run as root";
+  vm::VmInfo a = LaunchAndBoot(Seal("user-a"));
+  ASSERT_FALSE(a.name.empty());
+  // A second VM, whose overlay the first must not read.
+  const std::string job_b = UploadAndLaunch(Seal("user-b"));
+  ASSERT_OK(daemon_->service()->PollOnce());
+  ASSERT_EQ(JobJson(job_b)["state"], "running");
+  auto vms = daemon_->vms()->List();
+  ASSERT_OK(vms);
+  ASSERT_EQ(vms->size(), 2u);
+  vm::VmInfo b = (*vms)[0].name == a.name ? (*vms)[1] : (*vms)[0];
+
+  // Each qemu runs as its own uid from the configured range, not root.
+  const uint32_t first = config_.vm_user_first_id;
+  for (const vm::VmInfo* v : {&a, &b}) {
+    ASSERT_GT(v->uid, first);
+    ASSERT_LT(v->uid, first + config_.vm_user_count);
+    const std::string id = std::to_string(v->uid);
+    EXPECT_EQ(ProcStatusLine(v->pid, "Uid"), id + "\t" + id + "\t" + id + "\t" + id);
+    EXPECT_EQ(ProcStatusLine(v->pid, "Gid"), id + "\t" + id + "\t" + id + "\t" + id);
+    EXPECT_EQ(ProcStatusLine(v->pid, "Groups"), std::to_string(first) + " ");
+    EXPECT_EQ(ProcStatusLine(v->pid, "NoNewPrivs"), "1");
+  }
+  EXPECT_NE(a.uid, b.uid);
+
+  // As A's qemu: its own overlay opens (the check can succeed), while the
+  // host's identity key, its TPM key blobs, A's own launch record (which
+  // holds A's wrapped keys) and B's overlay do not.
+  const std::vector<gid_t> groups = {static_cast<gid_t>(first)};
+  ASSERT_EQ(OpenErrnoAs(a.uid, groups, a.disks[0].overlay_path), 0);
+  EXPECT_EQ(OpenErrnoAs(a.uid, groups, config_.key_file), EACCES);
+  const std::string record = fs::path(a.disks[0].overlay_path).parent_path() / "launch.json";
+  ASSERT_TRUE(fs::exists(record));
+  EXPECT_EQ(OpenErrnoAs(a.uid, groups, record), EACCES);
+  EXPECT_EQ(OpenErrnoAs(a.uid, groups, b.disks[0].overlay_path), EACCES);
+  EXPECT_EQ(OpenErrnoAs(a.uid, groups, b.serial_log_path), EACCES);
+  int tpm_files = 0;
+  for (const auto& e : fs::recursive_directory_iterator(config_.state_dir)) {
+    if (!e.is_regular_file()) continue;
+    ++tpm_files;
+    EXPECT_NE(OpenErrnoAs(a.uid, groups, e.path().string()), 0) << e.path();
+  }
+  EXPECT_GT(tpm_files, 0);
+  // The VM's state file and B's launch record neither.
+  EXPECT_NE(OpenErrnoAs(a.uid, groups, dir_.File("img") + "/vms/" + b.name + ".json"), 0);
+  EXPECT_EQ(OpenErrnoAs(
+                a.uid, groups,
+                (fs::path(b.disks[0].overlay_path).parent_path() / "launch.json").string()),
+            EACCES);
+
+  // The VM still reads its disk through the export and writes its overlay.
+  auto read = QemuIo(a, "disk0", "read 0 1M");
+  ASSERT_OK(read);
+  EXPECT_NE(read->find("read 1048576/1048576"), std::string::npos) << *read;
+  auto wrote = QemuIo(a, "disk0", "write -P 0x33 4M 64k");
+  ASSERT_OK(wrote);
+  EXPECT_NE(wrote->find("wrote 65536/65536"), std::string::npos) << *wrote;
 }
 
 

@@ -199,7 +199,10 @@ class HostAgent final : public JobRunner {
             KmsApi* kms, PackageSource* packages);
   StatusOr<vm::VmInfo> RunJobSteps(const Job& job, const std::string& vm_name,
                                    const std::string& package_path, const JobUpdateFn& report);
+  // `order`: indices into package.files() in the order the VM gets its
+  // disks (the first boots), from the descriptor (DiskOrder).
   StatusOr<vm::VmInfo> LaunchEncrypted(const Job& job, const std::string& vm_name,
+                                       const std::vector<size_t>& order,
                                        const std::string& package_path,
                                        const ovf::Package& package, const SecretBytes& data_key,
                                        const ReleasedKey& released, const vm::VmSpec& base,

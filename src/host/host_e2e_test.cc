@@ -38,6 +38,7 @@
 #include "net/https_server.h"
 #include "crypto/signature.h"
 #include "ovf/package.h"
+#include "ovf/package_format.h"
 #include "ovf/signature.h"
 #include "testing/s3_harness.h"
 #include "testing/test_util.h"
@@ -951,6 +952,60 @@ TEST_F(HostStreamE2eTest, ThreeDiskPackageAttachesEveryDiskInOrderAndBootsTheFir
   EXPECT_NE(bad->find("Pattern verification failed"), std::string::npos) << *bad;
 }
 
+TEST_F(HostStreamE2eTest, BootDiskIsTheOneTheDescriptorNamesNotTheFirstInReferences) {
+  // An OVF whose References list a data disk first, while its hardware puts
+  // the image at address 0 of the controller: the image must boot.
+  const std::string ovf_dir = dir_.File("boot-order");
+  fs::create_directories(ovf_dir);
+  crypto::Bytes data = crypto::RandomBytes(2 << 20);
+  vmseal::testing::WriteFileOrDie(ovf_dir + "/data.raw", std::string(data.begin(), data.end()));
+  fs::copy_file(image_, ovf_dir + "/boot.img");
+  const uint64_t boot_size = fs::file_size(image_);
+  const std::string raw(ovf::kRawFormatUri);
+  const std::string descriptor = R"(<?xml version="1.0" encoding="UTF-8"?>
+<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/2" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/2" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData">
+  <References>
+    <File ovf:id="data" ovf:href="data.raw" ovf:size=")" + std::to_string(data.size()) + R"("/>
+    <File ovf:id="boot" ovf:href="boot.img" ovf:size=")" + std::to_string(boot_size) + R"("/>
+  </References>
+  <DiskSection>
+    <Info>Virtual disks</Info>
+    <Disk ovf:diskId="vmdisk1" ovf:fileRef="data" ovf:capacity=")" + std::to_string(data.size()) + R"(" ovf:format=")" + raw + R"("/>
+    <Disk ovf:diskId="vmdisk2" ovf:fileRef="boot" ovf:capacity=")" + std::to_string(boot_size) + R"(" ovf:format=")" + raw + R"("/>
+  </DiskSection>
+  <VirtualSystem ovf:id="boot-order">
+    <Info>A VM whose boot disk is second in References</Info>
+    <VirtualHardwareSection>
+      <Info>Virtual hardware requirements</Info>
+      <Item><rasd:ElementName>1 CPU</rasd:ElementName><rasd:InstanceID>1</rasd:InstanceID><rasd:ResourceType>3</rasd:ResourceType><rasd:VirtualQuantity>1</rasd:VirtualQuantity></Item>
+      <Item><rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits><rasd:ElementName>256 MiB</rasd:ElementName><rasd:InstanceID>2</rasd:InstanceID><rasd:ResourceType>4</rasd:ResourceType><rasd:VirtualQuantity>256</rasd:VirtualQuantity></Item>
+      <Item><rasd:Address>0</rasd:Address><rasd:ElementName>controller</rasd:ElementName><rasd:InstanceID>3</rasd:InstanceID><rasd:ResourceType>6</rasd:ResourceType></Item>
+      <Item><rasd:AddressOnParent>1</rasd:AddressOnParent><rasd:ElementName>data</rasd:ElementName><rasd:HostResource>ovf:/disk/vmdisk1</rasd:HostResource><rasd:InstanceID>4</rasd:InstanceID><rasd:Parent>3</rasd:Parent><rasd:ResourceType>17</rasd:ResourceType></Item>
+      <Item><rasd:AddressOnParent>0</rasd:AddressOnParent><rasd:ElementName>boot</rasd:ElementName><rasd:HostResource>ovf:/disk/vmdisk2</rasd:HostResource><rasd:InstanceID>5</rasd:InstanceID><rasd:Parent>3</rasd:Parent><rasd:ResourceType>17</rasd:ResourceType></Item>
+    </VirtualHardwareSection>
+  </VirtualSystem>
+</Envelope>
+)";
+  vmseal::testing::WriteFileOrDie(ovf_dir + "/vm.ovf", descriptor);
+  // The boot marker shows only if the image, not the data disk, boots.
+  vm::VmInfo vm = LaunchAndBoot(SealDisks("boot-order", {ovf_dir + "/vm.ovf"}));
+  ASSERT_EQ(vm.disks.size(), 2u);
+  EXPECT_TRUE(vm.disks[0].boot);
+  EXPECT_FALSE(vm.disks[1].boot);
+  auto blocks = vm::internal::QmpExecute(vm.qmp_socket_path, "query-block", 5000);
+  ASSERT_OK(blocks);
+  json list = json::parse(*blocks);
+  ASSERT_EQ(list.size(), 2u) << *blocks;
+  EXPECT_EQ(list[0]["inserted"]["node-name"], "disk0");
+  EXPECT_EQ(list[0]["inserted"]["image"]["virtual-size"], boot_size) << list[0].dump();
+  EXPECT_EQ(list[1]["inserted"]["image"]["virtual-size"], data.size()) << list[1].dump();
+  // The second device serves the data disk's own bytes.
+  auto read = QemuIo(vm, "disk1", "read -P " + std::to_string(data[0]) + " 0 1");
+  ASSERT_OK(read);
+  EXPECT_NE(read->find("read 1/1"), std::string::npos) << *read;
+  EXPECT_EQ(read->find("Pattern verification failed"), std::string::npos) << *read;
+}
+
 TEST_F(HostStreamE2eTest, VmKeepsReadingItsDiskWhenThePortalGoesAwayAfterPrefetch) {
   vm::VmInfo vm = LaunchAndBoot(Seal("portal-away"));
   ASSERT_FALSE(vm.name.empty());
@@ -1047,7 +1102,9 @@ TEST_F(HostStreamE2eTest, VmQemuRunsAsItsOwnUserThatCannotReadHostSecretsOrAnoth
   if (::geteuid() != 0) GTEST_SKIP() << "VM users need the agent to run as root";
   vm::VmInfo a = LaunchAndBoot(Seal("user-a"));
   ASSERT_FALSE(a.name.empty());
-  // A second VM, whose overlay the first must not read.
+  // A second VM, whose overlay the first must not read (this fixture sends
+  // heartbeats by hand: A's boot may outlast the portal's 30 s).
+  ASSERT_OK(daemon_->service()->HeartbeatOnce());
   const std::string job_b = UploadAndLaunch(Seal("user-b"));
   ASSERT_OK(daemon_->service()->PollOnce());
   ASSERT_EQ(JobJson(job_b)["state"], "running");

@@ -320,6 +320,7 @@ StatusOr<vm::VmInfo> HostAgent::RunJobSteps(const Job& job, const std::string& v
   ASSIGN_OR_RETURN(const std::vector<size_t> order, DiskOrder(*package, hardware));
   vm::VmSpec spec;
   spec.name = vm_name;
+  spec.run = job.run;
   spec.cpus = hardware.cpus;
   spec.memory_mib = hardware.memory_mib;
 
@@ -387,6 +388,7 @@ StatusOr<vm::VmInfo> HostAgent::RunJobSteps(const Job& job, const std::string& v
 Status JobRunner::StopVm(const std::string&) { return UnimplementedError("StopVm"); }
 Status JobRunner::DeleteVm(const std::string&) { return UnimplementedError("DeleteVm"); }
 StatusOr<std::vector<vm::VmInfo>> JobRunner::ListVms() { return UnimplementedError("ListVms"); }
+std::vector<DiskEvent> JobRunner::DiskEvents() { return {}; }
 
 StatusOr<std::vector<std::unique_ptr<nbd_export::Export>>> HostAgent::StartExports(
     const std::string& vm_name, const std::string& job_id, const std::string& package_path,

@@ -38,6 +38,9 @@ struct Job {
   // Lowercase hex SHA-256 of the package the portal announced with the job;
   // the download must match it. Empty: not announced.
   std::string package_sha256_hex;
+  // The portal's run of the job (PortalJob::run), kept with the VM so that
+  // its end report names it. 0: none.
+  int64_t run = 0;
 };
 
 // The phases a job goes through on the host (docs/protocol.md §5).
@@ -140,6 +143,8 @@ class JobRunner {
   virtual Status DeleteVm(const std::string& name);
   // Every VM of this host (running or ended). Default UNIMPLEMENTED.
   virtual StatusOr<std::vector<vm::VmInfo>> ListVms();
+  // Disk events not returned before (HostAgent::DiskEvents). Default none.
+  virtual std::vector<DiskEvent> DiskEvents();
 };
 
 // RunJob is not reentrant (the service runs one job at a time per agent);
@@ -189,7 +194,7 @@ class HostAgent final : public JobRunner {
   StatusOr<int> ReattachVms();
 
   // Export events of every VM since the last call (each line once).
-  std::vector<DiskEvent> DiskEvents();
+  std::vector<DiskEvent> DiskEvents() override;
 
   // The export state directories of a VM's disks (tests), in disk order.
   std::vector<std::string> ExportDirsForTesting(const std::string& name);

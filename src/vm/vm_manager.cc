@@ -391,12 +391,17 @@ void VmManager::WatchOnce() {
     int status = 0;
     const bool have_status = internal::TakeReapedStatus(w.pid, &status);
     std::string qemu_log;
+    int64_t run = 0;
     {
       std::lock_guard<std::mutex> lock(mu_);
       auto record = ReadRecord(StatePath(name), name);
-      if (record.ok()) qemu_log = record->info.qemu_log_path;
+      if (record.ok()) {
+        qemu_log = record->info.qemu_log_path;
+        run = record->info.run;
+      }
     }
     VmEnd end = EndOf(have_status, status, qemu_log);
+    end.run = run;
     Unwatch(name);
     if (RecordEnd(name, w.pid, end) && options_.on_end) options_.on_end(name, end);
   }
@@ -528,6 +533,7 @@ StatusOr<VmInfo> VmManager::Launch(const VmSpec& spec, const SecretBytes* disk_s
   }
   info.cpus = spec.cpus;
   info.memory_mib = spec.memory_mib;
+  info.run = spec.run;
   info.accel = ResolvedAccel();
   info.serial_log_path = RunPath(spec.name, ".serial.log");
   info.qemu_log_path = RunPath(spec.name, ".qemu.log");
@@ -715,6 +721,7 @@ StatusOr<VmEnd> VmManager::StopRecordLocked(internal::VmRecord* record_ptr) {
   int status = 0;
   (void)internal::TakeReapedStatus(pid, &status);  // forget our child's status
   end.unix_ms = internal::WallClockMs();
+  end.run = record.info.run;
   record.stopped = true;
   record.info.ended = true;
   record.info.end = end;

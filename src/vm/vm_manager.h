@@ -76,6 +76,8 @@ struct VmEnd {
   std::string text;
   // When the end was noticed, Unix milliseconds.
   int64_t unix_ms = 0;
+  // The VM's VmSpec::run (0 when none was given).
+  int64_t run = 0;
 };
 
 // Unprivileged VMs (docs/host.md "VM users"): ids from a range the host
@@ -185,6 +187,10 @@ struct VmSpec {
   uint64_t memory_mib = 256;
   // true: one virtio NIC on qemu's user-mode network; false: no network.
   bool user_network = false;
+  // The caller's number for this launch of the VM (the host agent: the
+  // portal job's run), kept in the state file and returned in VmInfo and
+  // VmEnd. 0: none.
+  int64_t run = 0;
 };
 
 enum class VmRunState { kRunning, kStopped };
@@ -211,6 +217,8 @@ struct VmInfo {
   int64_t started_unix_ms = 0;
   // The uid (= gid) qemu runs as; 0 when it runs as the agent.
   uint32_t uid = 0;
+  // VmSpec::run.
+  int64_t run = 0;
   // Set once the VM's end has been noticed (state is then kStopped).
   bool ended = false;
   VmEnd end;

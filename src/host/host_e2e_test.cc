@@ -1161,6 +1161,40 @@ TEST_F(HostStreamE2eTest, VmQemuRunsAsItsOwnUserThatCannotReadHostSecretsOrAnoth
 }
 
 
+TEST_F(HostStreamE2eTest, TamperedChunkReachesTheCustomersJobOnce) {
+  const std::string job_id = UploadAndLaunch(Seal("tampered-status"));
+  bool flipped = false;
+  for (const auto& e : fs::recursive_directory_iterator(dir_.File("portal") + "/objects")) {
+    if (!e.is_regular_file() || e.file_size() < (1 << 20)) continue;
+    std::string data = vmseal::testing::ReadFileOrDie(e.path().string());
+    data[data.size() / 2] ^= 0x01;
+    vmseal::testing::WriteFileOrDie(e.path().string(), data);
+    flipped = true;
+  }
+  ASSERT_TRUE(flipped);
+  ASSERT_OK(daemon_->service()->PollOnce());
+  json job = JobJson(job_id);
+  ASSERT_EQ(job["state"], "running") << job.dump();
+  EXPECT_TRUE(job["disk_events"].empty()) << job.dump();
+  auto vms = daemon_->vms()->List();
+  ASSERT_OK(vms);
+  ASSERT_EQ(vms->size(), 1u);
+  const uint64_t size = fs::file_size(image_);
+  // Read twice: the chunk fails each time, the job hears of it once.
+  for (int i = 0; i < 2; ++i) {
+    auto whole = QemuIo((*vms)[0], "disk0", "read 0 " + std::to_string(size));
+    ASSERT_OK(whole);
+    EXPECT_NE(whole->find("Input/output error"), std::string::npos) << *whole;
+    ASSERT_OK(daemon_->service()->PollOnce());
+  }
+  job = JobJson(job_id);
+  ASSERT_EQ(job["disk_events"].size(), 1u) << job.dump();
+  const std::string event = job["disk_events"][0];
+  EXPECT_TRUE(event.starts_with("chunk_auth_failed: ")) << event;
+  EXPECT_NE(event.find((*vms)[0].name), std::string::npos) << event;
+  EXPECT_EQ(job["state"], "running");
+}
+
 TEST_F(HostStreamE2eTest, TamperedChunkReadLazilyIsAGuestIoErrorAndAnEvent) {
   const std::string job_id = UploadAndLaunch(Seal("tampered-chunk"));
   // One bit of the stored package flips in the middle of the sealed disk,

@@ -580,6 +580,45 @@ Status HostAgent::DeleteVm(const std::string& name) {
   return OkStatus();
 }
 
+StatusOr<int> HostAgent::SweepOrphans() {
+  int swept = 0;
+  std::error_code ec;
+  if (!std::filesystem::is_directory(options_.disk_dir, ec)) return 0;
+  std::vector<std::string> dirs;
+  for (const auto& entry : std::filesystem::directory_iterator(options_.disk_dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (!entry.is_directory() || name.size() != 16 ||
+        name.find_first_not_of("0123456789abcdef") != std::string::npos) {
+      continue;  // not a VM disk dir of ours
+    }
+    dirs.push_back(entry.path().string());
+  }
+  if (ec) return InternalError("list " + options_.disk_dir + ": " + ec.message());
+  for (const std::string& dir : dirs) {
+    bool orphan = true;
+    auto text = ReadFileToString(env_, dir + "/launch.json");
+    if (text.ok()) {
+      auto record = internal::ParseLaunchRecord(*text);
+      if (record.ok() && VmDiskDir(record->vm_name) == dir) {
+        auto vm = vms_->Get(record->vm_name);
+        orphan = !vm.ok() && vm.status().code() == StatusCode::kNotFound;
+      }
+    }
+    if (!orphan) continue;
+    std::error_code sub_ec;
+    for (const auto& entry : std::filesystem::directory_iterator(dir, sub_ec)) {
+      const std::string sub = entry.path().filename().string();
+      if (sub.size() >= 2 && sub[0] == 'd' && entry.is_directory()) {
+        (void)nbd_export::Export::StopServing(entry.path().string());
+      }
+    }
+    std::filesystem::remove_all(dir, sub_ec);
+    if (sub_ec) return InternalError("remove " + dir + ": " + sub_ec.message());
+    ++swept;
+  }
+  return swept;
+}
+
 StatusOr<int> HostAgent::ReattachVms() {
   int reattached = 0;
   Status first_error;

@@ -196,6 +196,16 @@ class HostAgent final : public JobRunner {
   // Export events of every VM since the last call (each line once).
   std::vector<DiskEvent> DiskEvents() override;
 
+  // At start-up, before ReattachVms: removes what a crash left of VMs that
+  // no longer exist. A VM disk dir (disk_dir/<16 hex>/) with no launch
+  // record, or whose record names a VM the VM manager does not know, is
+  // swept: each export under it is stopped (Export::StopServing: only the
+  // nbdkit its pid file names and whose command line serves that socket;
+  // nothing is matched by name alone), then the dir with its overlays,
+  // copies and caches is removed. Dirs of known VMs (running or stopped)
+  // stay. Returns how many dirs went.
+  StatusOr<int> SweepOrphans();
+
   // The export state directories of a VM's disks (tests), in disk order.
   std::vector<std::string> ExportDirsForTesting(const std::string& name);
 

@@ -177,6 +177,9 @@ StatusOr<std::unique_ptr<HostDaemon>> HostDaemon::Create(const HostConfig& confi
   }
   ASSIGN_OR_RETURN(d->agent_, HostAgent::Create(ao, d->tpm_.get(), d->vms_.get(), d->kms_.get(),
                                                 d->portal_.get()));
+  // What a crash left of VMs that are gone: their exports and overlays.
+  ASSIGN_OR_RETURN(int swept, d->agent_->SweepOrphans());
+  if (swept > 0) spdlog::info("removed the exports and disks of {} VM(s) that no longer exist", swept);
   // VMs an earlier agent launched in stream mode get their exports back.
   auto reattached = d->agent_->ReattachVms();
   if (!reattached.ok()) {

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <unordered_map>
 #include <set>
@@ -1160,6 +1161,81 @@ TEST_F(HostStreamE2eTest, VmQemuRunsAsItsOwnUserThatCannotReadHostSecretsOrAnoth
   EXPECT_NE(wrote->find("wrote 65536/65536"), std::string::npos) << *wrote;
 }
 
+
+// Starts a daemonized nbdkit (memory plugin) serving `socket` with its pid
+// in `pid_file`; returns its pid.
+pid_t StartNbdkit(const std::string& socket, const std::string& pid_file) {
+  const std::string cmd = "nbdkit --unix '" + socket + "' --pidfile '" + pid_file +
+                          "' memory 1M >/dev/null 2>&1";
+  if (std::system(cmd.c_str()) != 0) return -1;
+  for (int i = 0; i < 200; ++i) {
+    std::ifstream in(pid_file);
+    pid_t pid = 0;
+    if (in >> pid && pid > 1) return pid;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return -1;
+}
+
+bool Gone(pid_t pid) {
+  for (int i = 0; i < 300; ++i) {
+    if (::kill(pid, 0) != 0) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return false;
+}
+
+TEST_F(HostStreamE2eTest, AgentCrashSweepsOrphanExportsAndOverlaysAndKeepsTheRunningVm) {
+  vm::VmInfo vm = LaunchAndBoot(Seal("sweep"));
+  ASSERT_FALSE(vm.name.empty());
+  const auto dirs = daemon_->agent()->ExportDirsForTesting(vm.name);
+  ASSERT_EQ(dirs.size(), 1u);
+  const pid_t vm_nbdkit = std::stoi(vmseal::testing::ReadFileOrDie(dirs[0] + "/nbdkit.pid"));
+  // What a crash of an earlier agent left of a VM that is gone: a disk dir
+  // with no launch record, an nbdkit still serving from it (its pid file
+  // beside its socket, as the agent starts them) and a stale overlay.
+  const std::string orphan = dir_.File("img") + "/vd/0123456789abcdef";
+  fs::create_directories(orphan + "/d0");
+  vmseal::testing::WriteFileOrDie(orphan + "/d0.qcow2", std::string(65536, 'o'));
+  const pid_t orphan_nbdkit = StartNbdkit(orphan + "/d0/nbd.sock", orphan + "/d0/nbdkit.pid");
+  ASSERT_GT(orphan_nbdkit, 1);
+  // Not ours: an nbdkit outside the agent's dirs, and an orphan pid file
+  // naming a process that is not the nbdkit of that socket. Neither may go.
+  const pid_t bystander = StartNbdkit(dir_.File("other.sock"), dir_.File("other.pid"));
+  ASSERT_GT(bystander, 1);
+  const std::string decoy = dir_.File("img") + "/vd/fedcba9876543210";
+  fs::create_directories(decoy + "/d0");
+  vmseal::testing::WriteFileOrDie(decoy + "/d0/nbdkit.pid", std::to_string(bystander) + "\n");
+
+  // The agent dies without cleaning up (its exports run on, as after
+  // kill -9), and a new one starts on the same state.
+  daemon_->service()->Stop();
+  daemon_.reset();
+  auto daemon = MakeDaemon();
+  ASSERT_OK(daemon);
+  daemon_ = *std::move(daemon);
+
+  EXPECT_TRUE(Gone(orphan_nbdkit));
+  EXPECT_FALSE(fs::exists(orphan));
+  EXPECT_FALSE(fs::exists(decoy));  // no record: swept, but its pid file's process lives
+  EXPECT_EQ(::kill(bystander, 0), 0);
+  // The running VM keeps its export (the same nbdkit) and its disk.
+  EXPECT_EQ(::kill(vm_nbdkit, 0), 0);
+  EXPECT_EQ(std::stoi(vmseal::testing::ReadFileOrDie(dirs[0] + "/nbdkit.pid")), vm_nbdkit);
+  EXPECT_TRUE(fs::exists(vm.disks[0].overlay_path));
+  auto now = daemon_->vms()->Get(vm.name);
+  ASSERT_OK(now);
+  EXPECT_EQ(now->state, vm::VmRunState::kRunning);
+  auto read = QemuIo(vm, "disk0", "read 0 1M");
+  ASSERT_OK(read);
+  EXPECT_NE(read->find("read 1048576/1048576"), std::string::npos) << *read;
+  // The slot stays counted: the portal still has the job running on host-1.
+  ASSERT_OK(daemon_->service()->Start());
+  auto vms = daemon_->vms()->List();
+  ASSERT_OK(vms);
+  EXPECT_EQ(vms->size(), 1u);
+  ::kill(bystander, SIGTERM);
+}
 
 TEST_F(HostStreamE2eTest, TamperedChunkReachesTheCustomersJobOnce) {
   const std::string job_id = UploadAndLaunch(Seal("tampered-status"));

@@ -1229,8 +1229,13 @@ TEST_F(HostStreamE2eTest, AgentCrashSweepsOrphanExportsAndOverlaysAndKeepsTheRun
   auto read = QemuIo(vm, "disk0", "read 0 1M");
   ASSERT_OK(read);
   EXPECT_NE(read->find("read 1048576/1048576"), std::string::npos) << *read;
-  // The slot stays counted: the portal still has the job running on host-1.
+  // The slot stays counted: after the new agent registers, the portal
+  // still has the job running on host-1.
   ASSERT_OK(daemon_->service()->Start());
+  ASSERT_OK(daemon_->service()->PollOnce());
+  json job = JobJson(vm.name.substr(3));  // vm-<job id>
+  EXPECT_EQ(job["state"], "running") << job.dump();
+  EXPECT_EQ(job["host_id"], "host-1") << job.dump();
   auto vms = daemon_->vms()->List();
   ASSERT_OK(vms);
   EXPECT_EQ(vms->size(), 1u);

@@ -703,6 +703,9 @@ Status ListJobs(const CommonFlags& f) {
               << j.value("image_id", "");
     if (!j.value("host_id", "").empty()) std::cout << "  on " << j.value("host_id", "");
     if (!JobReason(j).empty()) std::cout << "  (" << JobReason(j) << ")";
+    if (j.contains("disk_events") && j["disk_events"].is_array() && !j["disk_events"].empty()) {
+      std::cout << "  [disk integrity: " << j["disk_events"].size() << " event(s)]";
+    }
     std::cout << "\n";
   }
   return OkStatus();
@@ -746,6 +749,11 @@ Status JobStatus(const CommonFlags& f, const std::string& job_id) {
   if (!j.value("host_id", "").empty()) std::cout << " on " << j.value("host_id", "");
   std::cout << "\n";
   if (!JobReason(j).empty()) std::cout << "reason: " << JobReason(j) << "\n";
+  if (j.contains("disk_events") && j["disk_events"].is_array()) {
+    for (const auto& e : j["disk_events"]) {
+      if (e.is_string()) std::cout << "disk integrity: " << e.get<std::string>() << "\n";
+    }
+  }
   for (const auto& a : j["attempts"]) {
     if (!a.value("refusal", "").empty()) {
       std::cout << "refused by " << a.value("host_id", "") << ": " << a.value("refusal", "")

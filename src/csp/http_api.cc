@@ -155,12 +155,14 @@ json ToJson(const Job& j, bool for_host = false) {
               {"end_text", j.end_text},
               {"ended_unix", j.ended_unix},
               {"runs", j.runs},
+              {"disk_events", j.disk_events},
               {"created_unix", j.created_unix},
               {"updated_unix", j.updated_unix}};
   if (for_host) {
     // Which placement of the job this is: a started VM comes again as a new
     // attempt, which the host runs although it ran the job before.
     out["attempt"] = j.attempts.size();
+    out["run"] = j.runs;  // named again in the VM's ended report
     out["vm_host_id"] = j.vm_host_id;
     out["customer_id"] = j.customer_id;
     out["object_key"] = j.object_key;
@@ -676,7 +678,28 @@ void RegisterPortalRoutes(httplib::Server& server, const PortalServices& svc) {
                   }
                   VmEndedReport r{req.matches[1], body["reason"].get<std::string>(),
                                   body.value("text", "")};
+                  if (body.contains("run")) {
+                    if (!body["run"].is_number_integer() || body["run"].get<int64_t>() < 1) {
+                      return InvalidArgumentError("run must be a positive integer");
+                    }
+                    r.run = body["run"].get<int64_t>();
+                  }
                   ASSIGN_OR_RETURN(Job j, svc.jobs->ReportVmEnded(host, r));
+                  return ToJson(j, true);
+                });
+              });
+  server.Post(R"(/v1/hosts/jobs/([A-Za-z0-9-]+)/events)",
+              [svc](const httplib::Request& req, httplib::Response& res) {
+                Reply(res, [&]() -> StatusOr<json> {
+                  ASSIGN_OR_RETURN(std::string host, HostIdentity(req));
+                  ASSIGN_OR_RETURN(json body, ParseBody(req));
+                  if (!body["event"].is_string() ||
+                      (body.contains("text") && !body["text"].is_string())) {
+                    return InvalidArgumentError("event (string) is required; text is a string");
+                  }
+                  DiskEventReport r{req.matches[1], body["event"].get<std::string>(),
+                                    body.value("text", "")};
+                  ASSIGN_OR_RETURN(Job j, svc.jobs->ReportDiskEvent(host, r));
                   return ToJson(j, true);
                 });
               });

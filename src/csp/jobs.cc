@@ -275,11 +275,44 @@ StatusOr<Job> JobManager::ReportVmEnded(const std::string& host_id, const VmEnde
   }
   std::lock_guard<std::mutex> lock(mu_);
   ASSIGN_OR_RETURN(Job * job, FindHostVmLocked(host_id, report.vm_name));
+  const int64_t run = report.run == 0 ? 1 : report.run;
+  if (run != job->runs) {
+    // A late report of an earlier run must not end the VM started since.
+    spdlog::info("stale vm end ignored job={} host={} vm={} run={} current run={}", job->job_id,
+                 host_id, report.vm_name, run, job->runs);
+    return *job;
+  }
   const bool runs = job->state == JobState::kRunning || job->state == JobState::kStopping ||
                     (job->state == JobState::kDeleting && !job->host_id.empty());
   if (!runs) return *job;  // already ended (a repeated report), or a new run being launched
   EndLocked(*job, EndReasonFor(*job, report.reason), report.text);
   return *job;
+}
+
+StatusOr<Job> JobManager::ReportDiskEvent(const std::string& host_id,
+                                          const DiskEventReport& report) {
+  if (!IsMachineReason(report.event)) {
+    return InvalidArgumentError("event must be a machine name matching [a-z][a-z0-9_]{0,63}");
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = jobs_.find(report.job_id);
+  if (it == jobs_.end() || host_id.empty() ||
+      (it->second.host_id != host_id && it->second.vm_host_id != host_id)) {
+    return NotFoundError("no such job");
+  }
+  Job& job = it->second;
+  for (const std::string& e : job.disk_events) {
+    if (e.starts_with(report.event + ":")) return job;  // once per job and kind
+  }
+  if (job.disk_events.size() >= kMaxDiskEvents) return job;
+  std::string text = report.text.substr(0, 256);
+  for (char& c : text) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = ' ';
+  }
+  job.disk_events.push_back(report.event + ": " + text);
+  job.updated_unix = clock_->NowUnixSeconds();
+  spdlog::warn("disk event job={} host={} event={} {}", job.job_id, host_id, report.event, text);
+  return job;
 }
 
 StatusOr<Job> JobManager::ReportVmDeleted(const std::string& host_id,

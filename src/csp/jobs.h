@@ -114,8 +114,13 @@ struct Job {
   // Index in `attempts` of the current run's first attempt (a start begins a
   // new run, whose refusals are counted afresh).
   size_t run_first_attempt = 0;
-  // Runs of the job: 1 for the launch, +1 for each start.
+  // Runs of the job: 1 for the launch, +1 for each start. The current run's
+  // number goes to its host ("run"), which names it in its ended report.
   int runs = 1;
+  // Integrity failures the job's host reported for its disks (a chunk that
+  // failed authentication: the guest got an I/O error), one line per
+  // event kind, "<event>: <host's text>", at most kMaxDiskEvents.
+  std::vector<std::string> disk_events;
   int64_t created_unix = 0;
   int64_t updated_unix = 0;
 };
@@ -125,6 +130,7 @@ struct LaunchRequest {
 };
 
 inline constexpr size_t kMaxPlacementLog = 16;
+inline constexpr size_t kMaxDiskEvents = 8;
 
 // A VM of a host as the portal knows it, with what the host must do
 // (GET /v1/hosts/jobs "vms").
@@ -144,6 +150,19 @@ struct VmEndedReport {
   // exited, killed, unknown, vm_missing.
   std::string reason;
   // One line for people (e.g. "killed by signal 9").
+  std::string text;
+  // The run of the job the VM belonged to (the "run" the host was given);
+  // 0: not told, which counts as run 1. A report for another run than the
+  // job's current one (a late report of an earlier run) changes nothing.
+  int64_t run = 0;
+};
+
+// POST /v1/hosts/jobs/{id}/events: a disk of the job's VM reported an event.
+struct DiskEventReport {
+  std::string job_id;
+  // Machine name (IsMachineReason), e.g. chunk_auth_failed.
+  std::string event;
+  // One line for people (which disk, which chunk); at most 256 bytes kept.
   std::string text;
 };
 
@@ -203,6 +222,12 @@ class JobManager {
   StatusOr<Job> ReportProgress(const std::string& host_id, const ProgressReport& report);
   StatusOr<Job> ReportRefusal(const std::string& host_id, const RefusalReport& report);
 
+  // The host reports a disk event of a job it holds (host_id or
+  // vm_host_id): the first report of each event kind is recorded in
+  // disk_events and logged; repeats change nothing. NOT_FOUND "no such job"
+  // for another host's or no job; INVALID_ARGUMENT for a bad event name.
+  StatusOr<Job> ReportDiskEvent(const std::string& host_id, const DiskEventReport& report);
+
   // The VMs the portal places on `host_id` (running, stopping, deleting) with
   // the action the host must take for each.
   std::vector<HostVmCommand> VmCommands(const std::string& host_id);
@@ -210,7 +235,8 @@ class JobManager {
   // reason (a customer stop reads stopped_by_customer, any other host stop
   // stopped_by_operator) and its slot is free at once. A repeated report is
   // OK and changes nothing. NOT_FOUND "no such vm on this host" when no job
-  // of this host has that VM; INVALID_ARGUMENT for a bad reason.
+  // of this host has that VM; INVALID_ARGUMENT for a bad reason. A report
+  // naming another run than the current one is OK and changes nothing.
   StatusOr<Job> ReportVmEnded(const std::string& host_id, const VmEndedReport& report);
   // The host reports that a VM of its and its files are gone: the job is
   // deleted (a VM the customer did not delete also ends, "vm_missing").

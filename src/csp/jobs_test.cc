@@ -558,6 +558,53 @@ TEST_F(JobsLifecycleTest, StartPlacesTheJobAgainOnTheVmsHostWithAFreshGrant) {
   EXPECT_EQ(running->state, JobState::kRunning);
 }
 
+TEST_F(JobsLifecycleTest, LateEndedReportOfAnEarlierRunDoesNotEndTheVmStartedAgain) {
+  AddTrustedHost("h1");
+  Job job = Running("h1");
+  ASSERT_OK(jobs_->StopVm(alice_, job.job_id));
+  VmEndedReport first_run{job.vm_name, "stopped", "stopped by VmManager::Stop", 1};
+  ASSERT_OK(jobs_->ReportVmEnded("h1", first_run));
+  ASSERT_OK(jobs_->StartVm(alice_, job.job_id));
+  auto running = jobs_->ReportProgress("h1", {job.job_id, JobState::kRunning, job.vm_name, "/s"});
+  ASSERT_OK(running);
+  ASSERT_EQ(running->runs, 2);
+  // The first run's report again (late, or replayed), with its run and
+  // without one (which counts as run 1): ignored.
+  for (int64_t run : {int64_t{1}, int64_t{0}}) {
+    VmEndedReport late = first_run;
+    late.run = run;
+    auto j = jobs_->ReportVmEnded("h1", late);
+    ASSERT_OK(j);
+    EXPECT_EQ(j->state, JobState::kRunning) << run;
+    EXPECT_EQ(j->end_reason, "") << run;
+  }
+  EXPECT_EQ(jobs_->GetJob(alice_, job.job_id)->state, JobState::kRunning);
+  // The current run's end is taken.
+  auto ended = jobs_->ReportVmEnded("h1", {job.vm_name, "killed", "killed by signal 9", 2});
+  ASSERT_OK(ended);
+  EXPECT_EQ(ended->state, JobState::kStopped);
+  EXPECT_EQ(ended->end_reason, "killed");
+}
+
+TEST_F(JobsLifecycleTest, DiskEventIsRecordedOncePerJobForItsHostOnly) {
+  AddTrustedHost("h1");
+  Job job = Running("h1");
+  const std::string host = "h1", other = "h2";
+  EXPECT_STATUS(jobs_->ReportDiskEvent(other, {job.job_id, "chunk_auth_failed", "x"}),
+                StatusCode::kNotFound, "no such job");
+  EXPECT_STATUS(jobs_->ReportDiskEvent(host, {job.job_id, "Chunk failed!", "x"}),
+                StatusCode::kInvalidArgument, "machine name");
+  auto j = jobs_->ReportDiskEvent(host, {job.job_id, "chunk_auth_failed", "disk d1 chunk 3"});
+  ASSERT_OK(j);
+  ASSERT_EQ(j->disk_events.size(), 1u);
+  EXPECT_EQ(j->disk_events[0], "chunk_auth_failed: disk d1 chunk 3");
+  auto again = jobs_->ReportDiskEvent(host, {job.job_id, "chunk_auth_failed", "chunk 4"});
+  ASSERT_OK(again);
+  EXPECT_EQ(again->disk_events.size(), 1u);
+  EXPECT_EQ(jobs_->GetJob(alice_, job.job_id)->disk_events.size(), 1u);
+  EXPECT_EQ(jobs_->GetJob(alice_, job.job_id)->state, JobState::kRunning);
+}
+
 TEST_F(JobsLifecycleTest, StartOnlyStartsAStoppedVm) {
   AddTrustedHost("h1");
   Job job = Running("h1");

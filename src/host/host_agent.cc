@@ -93,6 +93,28 @@ StatusOr<internal::TpmWrapped> WrapToBindingKey(tpm::SecurityEngine* tpm,
   return out;
 }
 
+// The package's files in the order the VM gets them: the descriptor's disk
+// order (the boot disk first), then files no disk Item names, in
+// References order.
+StatusOr<std::vector<size_t>> DiskOrder(const ovf::Package& package,
+                                        const internal::VirtualHardware& hardware) {
+  std::vector<size_t> order;
+  std::vector<bool> taken(package.files().size(), false);
+  for (const std::string& id : hardware.disk_file_ids) {
+    size_t k = 0;
+    while (k < package.files().size() && package.files()[k].id != id) ++k;
+    if (k == package.files().size()) {
+      return InvalidArgumentError("descriptor: disk file '" + id + "' is not in the package");
+    }
+    order.push_back(k);
+    taken[k] = true;
+  }
+  for (size_t k = 0; k < taken.size(); ++k) {
+    if (!taken[k]) order.push_back(k);
+  }
+  return order;
+}
+
 std::string DiskSecretPurpose(const std::string& vm_name) {
   return "vmseal disk secret v1 " + vm_name;
 }
@@ -295,8 +317,10 @@ StatusOr<vm::VmInfo> HostAgent::RunJobSteps(const Job& job, const std::string& v
     ASSIGN_OR_RETURN(std::optional<vm::DiskFormat> declared, DeclaredFormat(f));
     (void)declared;
   }
+  ASSIGN_OR_RETURN(const std::vector<size_t> order, DiskOrder(*package, hardware));
   vm::VmSpec spec;
   spec.name = vm_name;
+  spec.run = job.run;
   spec.cpus = hardware.cpus;
   spec.memory_mib = hardware.memory_mib;
 
@@ -328,13 +352,13 @@ StatusOr<vm::VmInfo> HostAgent::RunJobSteps(const Job& job, const std::string& v
     Report(report, job, JobPhase::kDecrypting);
     ASSIGN_OR_RETURN(SecretBytes data_key,
                      tpm_->Decrypt(released.rewrapped_key, released.label));
-    return LaunchEncrypted(job, vm_name, remote ? "" : package_path, *package, data_key,
+    return LaunchEncrypted(job, vm_name, order, remote ? "" : package_path, *package, data_key,
                            released, spec, report);
   }
 
   // A plain package (allow_plain_images): the customer stored it in clear;
   // its boot disk is copied out as it is.
-  const ovf::FileRef& boot = package->files().front();
+  const ovf::FileRef& boot = package->files()[order.front()];
   ASSIGN_OR_RETURN(std::optional<vm::DiskFormat> declared_format, DeclaredFormat(boot));
   ASSIGN_OR_RETURN(std::string disk_path, vms_->DiskPath(vm_name));
   {
@@ -364,6 +388,7 @@ StatusOr<vm::VmInfo> HostAgent::RunJobSteps(const Job& job, const std::string& v
 Status JobRunner::StopVm(const std::string&) { return UnimplementedError("StopVm"); }
 Status JobRunner::DeleteVm(const std::string&) { return UnimplementedError("DeleteVm"); }
 StatusOr<std::vector<vm::VmInfo>> JobRunner::ListVms() { return UnimplementedError("ListVms"); }
+std::vector<DiskEvent> JobRunner::DiskEvents() { return {}; }
 
 StatusOr<std::vector<std::unique_ptr<nbd_export::Export>>> HostAgent::StartExports(
     const std::string& vm_name, const std::string& job_id, const std::string& package_path,
@@ -401,6 +426,7 @@ StatusOr<std::vector<std::unique_ptr<nbd_export::Export>>> HostAgent::StartExpor
 }
 
 StatusOr<vm::VmInfo> HostAgent::LaunchEncrypted(const Job& job, const std::string& vm_name,
+                                                const std::vector<size_t>& order,
                                                 const std::string& fetched_package,
                                                 const ovf::Package& package,
                                                 const SecretBytes& data_key,
@@ -427,7 +453,7 @@ StatusOr<vm::VmInfo> HostAgent::LaunchEncrypted(const Job& job, const std::strin
   record.image_id = package.tag().image_id;
   record.tenant = package.tag().tenant;
   std::vector<std::string> ids;
-  for (const ovf::FileRef& f : package.files()) ids.push_back(f.id);
+  for (size_t k : order) ids.push_back(package.files()[k].id);
 
   // Copy mode needs the exports only while it converts: they die with us.
   {
@@ -446,7 +472,8 @@ StatusOr<vm::VmInfo> HostAgent::LaunchEncrypted(const Job& job, const std::strin
   // Every disk is inspected through its export before any qemu opens it.
   std::vector<disk_format::DiskInfo> infos;
   for (size_t i = 0; i < ids.size(); ++i) {
-    ASSIGN_OR_RETURN(std::optional<vm::DiskFormat> declared, DeclaredFormat(package.files()[i]));
+    ASSIGN_OR_RETURN(std::optional<vm::DiskFormat> declared,
+                     DeclaredFormat(package.files()[order[i]]));
     ASSIGN_OR_RETURN(disk_format::DiskInfo info, InspectExport(sockets[i], declared));
     infos.push_back(info);
   }
@@ -462,8 +489,7 @@ StatusOr<vm::VmInfo> HostAgent::LaunchEncrypted(const Job& job, const std::strin
   for (size_t i = 0; i < ids.size(); ++i) {
     const std::string file = dir + "/d" + std::to_string(i) + ".qcow2";
     vm::VmDisk disk;
-    // The descriptor names no boot disk (ovf::Descriptor exposes none): the
-    // first file of References boots.
+    // The first in the descriptor's order boots (DiskOrder).
     disk.boot = i == 0;
     if (stream) {
       RETURN_IF_ERROR(vm::CreateEncryptedOverlay(qo, file, infos[i].virtual_size, disk_secret)
@@ -554,6 +580,45 @@ Status HostAgent::DeleteVm(const std::string& name) {
   return OkStatus();
 }
 
+StatusOr<int> HostAgent::SweepOrphans() {
+  int swept = 0;
+  std::error_code ec;
+  if (!std::filesystem::is_directory(options_.disk_dir, ec)) return 0;
+  std::vector<std::string> dirs;
+  for (const auto& entry : std::filesystem::directory_iterator(options_.disk_dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (!entry.is_directory() || name.size() != 16 ||
+        name.find_first_not_of("0123456789abcdef") != std::string::npos) {
+      continue;  // not a VM disk dir of ours
+    }
+    dirs.push_back(entry.path().string());
+  }
+  if (ec) return InternalError("list " + options_.disk_dir + ": " + ec.message());
+  for (const std::string& dir : dirs) {
+    bool orphan = true;
+    auto text = ReadFileToString(env_, dir + "/launch.json");
+    if (text.ok()) {
+      auto record = internal::ParseLaunchRecord(*text);
+      if (record.ok() && VmDiskDir(record->vm_name) == dir) {
+        auto vm = vms_->Get(record->vm_name);
+        orphan = !vm.ok() && vm.status().code() == StatusCode::kNotFound;
+      }
+    }
+    if (!orphan) continue;
+    std::error_code sub_ec;
+    for (const auto& entry : std::filesystem::directory_iterator(dir, sub_ec)) {
+      const std::string sub = entry.path().filename().string();
+      if (sub.size() >= 2 && sub[0] == 'd' && entry.is_directory()) {
+        (void)nbd_export::Export::StopServing(entry.path().string());
+      }
+    }
+    std::filesystem::remove_all(dir, sub_ec);
+    if (sub_ec) return InternalError("remove " + dir + ": " + sub_ec.message());
+    ++swept;
+  }
+  return swept;
+}
+
 StatusOr<int> HostAgent::ReattachVms() {
   int reattached = 0;
   Status first_error;
@@ -582,6 +647,11 @@ StatusOr<int> HostAgent::ReattachVms() {
                        StartExports(record->vm_name, record->job_id, record->package_path, ids,
                                     record->image_id, record->tenant, data_key,
                                     /*exit_with_parent=*/false, /*reattach=*/true));
+      // A new nbdkit made a new socket (and Export::Start narrowed its
+      // directory): the VM's user must reach it again to reconnect.
+      for (const auto& e : exports) {
+        RETURN_IF_ERROR(vms_->GrantAccess(record->vm_name, e->socket_path()));
+      }
       std::lock_guard<std::mutex> lock(mu_);
       exports_[record->vm_name] = std::move(exports);
       return OkStatus();

@@ -38,6 +38,9 @@ struct Job {
   // Lowercase hex SHA-256 of the package the portal announced with the job;
   // the download must match it. Empty: not announced.
   std::string package_sha256_hex;
+  // The portal's run of the job (PortalJob::run), kept with the VM so that
+  // its end report names it. 0: none.
+  int64_t run = 0;
 };
 
 // The phases a job goes through on the host (docs/protocol.md §5).
@@ -140,6 +143,8 @@ class JobRunner {
   virtual Status DeleteVm(const std::string& name);
   // Every VM of this host (running or ended). Default UNIMPLEMENTED.
   virtual StatusOr<std::vector<vm::VmInfo>> ListVms();
+  // Disk events not returned before (HostAgent::DiskEvents). Default none.
+  virtual std::vector<DiskEvent> DiskEvents();
 };
 
 // RunJob is not reentrant (the service runs one job at a time per agent);
@@ -189,7 +194,17 @@ class HostAgent final : public JobRunner {
   StatusOr<int> ReattachVms();
 
   // Export events of every VM since the last call (each line once).
-  std::vector<DiskEvent> DiskEvents();
+  std::vector<DiskEvent> DiskEvents() override;
+
+  // At start-up, before ReattachVms: removes what a crash left of VMs that
+  // no longer exist. A VM disk dir (disk_dir/<16 hex>/) with no launch
+  // record, or whose record names a VM the VM manager does not know, is
+  // swept: each export under it is stopped (Export::StopServing: only the
+  // nbdkit its pid file names and whose command line serves that socket;
+  // nothing is matched by name alone), then the dir with its overlays,
+  // copies and caches is removed. Dirs of known VMs (running or stopped)
+  // stay. Returns how many dirs went.
+  StatusOr<int> SweepOrphans();
 
   // The export state directories of a VM's disks (tests), in disk order.
   std::vector<std::string> ExportDirsForTesting(const std::string& name);
@@ -199,7 +214,10 @@ class HostAgent final : public JobRunner {
             KmsApi* kms, PackageSource* packages);
   StatusOr<vm::VmInfo> RunJobSteps(const Job& job, const std::string& vm_name,
                                    const std::string& package_path, const JobUpdateFn& report);
+  // `order`: indices into package.files() in the order the VM gets its
+  // disks (the first boots), from the descriptor (DiskOrder).
   StatusOr<vm::VmInfo> LaunchEncrypted(const Job& job, const std::string& vm_name,
+                                       const std::vector<size_t>& order,
                                        const std::string& package_path,
                                        const ovf::Package& package, const SecretBytes& data_key,
                                        const ReleasedKey& released, const vm::VmSpec& base,

@@ -44,7 +44,7 @@ StatusOr<HostConfig> ParseHostConfig(std::string_view text) {
       "image_store_dir", "pcr_selection", "heartbeat_interval_seconds",
       "reattest_interval_seconds", "poll_interval_seconds", "allow_plain_images", "capacity",
       "tags", "accel", "qemu_binary", "launch_mode", "fetch_whole_package", "nbd_plugin",
-      "nbdkit_binary", "qemu_img_binary"};
+      "nbdkit_binary", "qemu_img_binary", "vm_user_ids"};
   for (const auto& [key, value] : j.items()) {
     if (!kKeys.contains(key)) return InvalidArgumentError("host config: unknown key '" + key + "'");
   }
@@ -71,6 +71,23 @@ StatusOr<HostConfig> ParseHostConfig(std::string_view text) {
       return InvalidArgumentError("host config: 'fetch_whole_package' must be true or false");
     }
     c.fetch_whole_package = j["fetch_whole_package"].get<bool>();
+  }
+  if (j.contains("vm_user_ids")) {
+    const json& v = j["vm_user_ids"];
+    static const char* kBad =
+        "host config: 'vm_user_ids' must be {\"first\": 1..4294967294, \"count\": 0 or 2.., "
+        "ending below 4294967295}";
+    if (!v.is_object() || v.size() != 2 || !v.contains("first") || !v.contains("count") ||
+        !v["first"].is_number_unsigned() || !v["count"].is_number_unsigned()) {
+      return InvalidArgumentError(kBad);
+    }
+    const uint64_t first = v["first"].get<uint64_t>();
+    const uint64_t count = v["count"].get<uint64_t>();
+    if (count != 0 && (first == 0 || count < 2 || first + count > 0xffffffffull)) {
+      return InvalidArgumentError(kBad);
+    }
+    c.vm_user_first_id = static_cast<uint32_t>(first);
+    c.vm_user_count = static_cast<uint32_t>(count);
   }
   for (const char* key : {"portal_url", "kms_url"}) {
     if (!j[key].get_ref<const std::string&>().starts_with("https://")) {
@@ -176,7 +193,8 @@ std::string HostConfigSkeleton(const std::string& root) {
       {"fetch_whole_package", false},
       {"nbd_plugin", ""},
       {"nbdkit_binary", "nbdkit"},
-      {"qemu_img_binary", "qemu-img"}};
+      {"qemu_img_binary", "qemu-img"},
+      {"vm_user_ids", {{"first", 0x7A000000u}, {"count", 4096}}}};
   return j.dump(2) + "\n";
 }
 

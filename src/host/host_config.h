@@ -65,6 +65,16 @@ struct HostConfig {
   // nbdkit and qemu-img binaries. Defaults "nbdkit", "qemu-img".
   std::string nbdkit_binary = "nbdkit";
   std::string qemu_img_binary = "qemu-img";
+  // Unprivileged VMs (docs/host.md "VM users"): when the agent runs as
+  // root, VM i's qemu runs as uid = gid = one id of
+  // vm_user_first_id+1 .. vm_user_first_id+vm_user_count-1 (no passwd entry
+  // needed) and vm_user_first_id is the group that may traverse the agent's
+  // directories to the VM's own files. The range must not hold ids of
+  // anything else on the host. vm_user_count 0 turns VM users off (qemu
+  // then runs as the agent, as it does when the agent is not root).
+  // Defaults 0x7A000000 (2046820352) and 4096.
+  uint32_t vm_user_first_id = 0x7A000000u;
+  uint32_t vm_user_count = 4096;
 };
 
 // Parses and validates a config. INVALID_ARGUMENT naming the key at fault.

@@ -71,6 +71,11 @@ TEST(HostConfigTest, BadConfigsNameTheKey) {
       {"image_store_dir", "/s/state", "must differ"},
       {"tpm_tcti", "", "tpm_tcti"},
       {"typo_key", 1, "unknown key 'typo_key'"},
+      {"vm_user_ids", json{{"first", 0}, {"count", 10}}, "vm_user_ids"},
+      {"vm_user_ids", json{{"first", 100}, {"count", 1}}, "vm_user_ids"},
+      {"vm_user_ids", json{{"first", 4294967290u}, {"count", 10}}, "vm_user_ids"},
+      {"vm_user_ids", json{{"first", -5}, {"count", 10}}, "vm_user_ids"},
+      {"vm_user_ids", json{{"first", 100}}, "vm_user_ids"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.key);
@@ -83,6 +88,23 @@ TEST(HostConfigTest, BadConfigsNameTheKey) {
     EXPECT_STATUS(ParseHostConfig(j.dump()), StatusCode::kInvalidArgument, c.message);
   }
   EXPECT_STATUS(ParseHostConfig("[1]"), StatusCode::kInvalidArgument, "not a JSON object");
+}
+
+TEST(HostConfigTest, VmUserIdsDefaultToTheirRangeAndCanBeTurnedOff) {
+  auto c = ParseHostConfig(Minimal().dump());
+  ASSERT_OK(c);
+  EXPECT_EQ(c->vm_user_first_id, 0x7A000000u);
+  EXPECT_EQ(c->vm_user_count, 4096u);
+  json j = Minimal();
+  j["vm_user_ids"] = {{"first", 500000}, {"count", 0}};
+  c = ParseHostConfig(j.dump());
+  ASSERT_OK(c);
+  EXPECT_EQ(c->vm_user_count, 0u);
+  j["vm_user_ids"] = {{"first", 500000}, {"count", 64}};
+  c = ParseHostConfig(j.dump());
+  ASSERT_OK(c);
+  EXPECT_EQ(c->vm_user_first_id, 500000u);
+  EXPECT_EQ(c->vm_user_count, 64u);
 }
 
 TEST(HostConfigTest, SkeletonNeedsOnlyRealValues) {

@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <filesystem>
 
@@ -127,6 +128,17 @@ StatusOr<std::unique_ptr<HostDaemon>> HostDaemon::Create(const HostConfig& confi
   vo.state_dir = config.image_store_dir;
   vo.qemu_binary = config.qemu_binary;
   ASSIGN_OR_RETURN(vo.accel, vm::ParseAccel(config.accel));
+  if (config.vm_user_count > 0 && ::geteuid() == 0) {
+    vo.vm_users = {config.vm_user_first_id, config.vm_user_count};
+    spdlog::info("vm users: each VM's qemu runs as its own uid in {}..{} (group {} traverses)",
+                 config.vm_user_first_id + 1,
+                 config.vm_user_first_id + config.vm_user_count - 1, config.vm_user_first_id);
+  } else if (config.vm_user_count > 0) {
+    spdlog::warn("vm users off: the agent is not root (uid {}), so qemu runs as the agent's "
+                 "user and can read what the agent can", ::geteuid());
+  } else {
+    spdlog::warn("vm users off (vm_user_ids.count 0): qemu runs as the agent's user");
+  }
   // VM ends go to the service (created below) and on to the portal at once.
   vo.on_end = [sink = d->end_sink_](const std::string& name, const vm::VmEnd& end) {
     std::lock_guard<std::mutex> lock(sink->mu);
@@ -165,6 +177,9 @@ StatusOr<std::unique_ptr<HostDaemon>> HostDaemon::Create(const HostConfig& confi
   }
   ASSIGN_OR_RETURN(d->agent_, HostAgent::Create(ao, d->tpm_.get(), d->vms_.get(), d->kms_.get(),
                                                 d->portal_.get()));
+  // What a crash left of VMs that are gone: their exports and overlays.
+  ASSIGN_OR_RETURN(int swept, d->agent_->SweepOrphans());
+  if (swept > 0) spdlog::info("removed the exports and disks of {} VM(s) that no longer exist", swept);
   // VMs an earlier agent launched in stream mode get their exports back.
   auto reattached = d->agent_->ReattachVms();
   if (!reattached.ok()) {

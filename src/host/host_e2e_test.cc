@@ -8,10 +8,13 @@
 #include <fcntl.h>
 #include <httplib.h>
 #include <sys/file.h>
+#include <grp.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <unordered_map>
 #include <set>
@@ -1005,6 +1008,60 @@ TEST_F(HostStreamE2eTest, ThreeDiskPackageAttachesEveryDiskInOrderAndBootsTheFir
   EXPECT_NE(bad->find("Pattern verification failed"), std::string::npos) << *bad;
 }
 
+TEST_F(HostStreamE2eTest, BootDiskIsTheOneTheDescriptorNamesNotTheFirstInReferences) {
+  // An OVF whose References list a data disk first, while its hardware puts
+  // the image at address 0 of the controller: the image must boot.
+  const std::string ovf_dir = dir_.File("boot-order");
+  fs::create_directories(ovf_dir);
+  crypto::Bytes data = crypto::RandomBytes(2 << 20);
+  vmseal::testing::WriteFileOrDie(ovf_dir + "/data.raw", std::string(data.begin(), data.end()));
+  fs::copy_file(image_, ovf_dir + "/boot.img");
+  const uint64_t boot_size = fs::file_size(image_);
+  const std::string raw(ovf::kRawFormatUri);
+  const std::string descriptor = R"(<?xml version="1.0" encoding="UTF-8"?>
+<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/2" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/2" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData">
+  <References>
+    <File ovf:id="data" ovf:href="data.raw" ovf:size=")" + std::to_string(data.size()) + R"("/>
+    <File ovf:id="boot" ovf:href="boot.img" ovf:size=")" + std::to_string(boot_size) + R"("/>
+  </References>
+  <DiskSection>
+    <Info>Virtual disks</Info>
+    <Disk ovf:diskId="vmdisk1" ovf:fileRef="data" ovf:capacity=")" + std::to_string(data.size()) + R"(" ovf:format=")" + raw + R"("/>
+    <Disk ovf:diskId="vmdisk2" ovf:fileRef="boot" ovf:capacity=")" + std::to_string(boot_size) + R"(" ovf:format=")" + raw + R"("/>
+  </DiskSection>
+  <VirtualSystem ovf:id="boot-order">
+    <Info>A VM whose boot disk is second in References</Info>
+    <VirtualHardwareSection>
+      <Info>Virtual hardware requirements</Info>
+      <Item><rasd:ElementName>1 CPU</rasd:ElementName><rasd:InstanceID>1</rasd:InstanceID><rasd:ResourceType>3</rasd:ResourceType><rasd:VirtualQuantity>1</rasd:VirtualQuantity></Item>
+      <Item><rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits><rasd:ElementName>256 MiB</rasd:ElementName><rasd:InstanceID>2</rasd:InstanceID><rasd:ResourceType>4</rasd:ResourceType><rasd:VirtualQuantity>256</rasd:VirtualQuantity></Item>
+      <Item><rasd:Address>0</rasd:Address><rasd:ElementName>controller</rasd:ElementName><rasd:InstanceID>3</rasd:InstanceID><rasd:ResourceType>6</rasd:ResourceType></Item>
+      <Item><rasd:AddressOnParent>1</rasd:AddressOnParent><rasd:ElementName>data</rasd:ElementName><rasd:HostResource>ovf:/disk/vmdisk1</rasd:HostResource><rasd:InstanceID>4</rasd:InstanceID><rasd:Parent>3</rasd:Parent><rasd:ResourceType>17</rasd:ResourceType></Item>
+      <Item><rasd:AddressOnParent>0</rasd:AddressOnParent><rasd:ElementName>boot</rasd:ElementName><rasd:HostResource>ovf:/disk/vmdisk2</rasd:HostResource><rasd:InstanceID>5</rasd:InstanceID><rasd:Parent>3</rasd:Parent><rasd:ResourceType>17</rasd:ResourceType></Item>
+    </VirtualHardwareSection>
+  </VirtualSystem>
+</Envelope>
+)";
+  vmseal::testing::WriteFileOrDie(ovf_dir + "/vm.ovf", descriptor);
+  // The boot marker shows only if the image, not the data disk, boots.
+  vm::VmInfo vm = LaunchAndBoot(SealDisks("boot-order", {ovf_dir + "/vm.ovf"}));
+  ASSERT_EQ(vm.disks.size(), 2u);
+  EXPECT_TRUE(vm.disks[0].boot);
+  EXPECT_FALSE(vm.disks[1].boot);
+  auto blocks = vm::internal::QmpExecute(vm.qmp_socket_path, "query-block", 5000);
+  ASSERT_OK(blocks);
+  json list = json::parse(*blocks);
+  ASSERT_EQ(list.size(), 2u) << *blocks;
+  EXPECT_EQ(list[0]["inserted"]["node-name"], "disk0");
+  EXPECT_EQ(list[0]["inserted"]["image"]["virtual-size"], boot_size) << list[0].dump();
+  EXPECT_EQ(list[1]["inserted"]["image"]["virtual-size"], data.size()) << list[1].dump();
+  // The second device serves the data disk's own bytes.
+  auto read = QemuIo(vm, "disk1", "read -P " + std::to_string(data[0]) + " 0 1");
+  ASSERT_OK(read);
+  EXPECT_NE(read->find("read 1/1"), std::string::npos) << *read;
+  EXPECT_EQ(read->find("Pattern verification failed"), std::string::npos) << *read;
+}
+
 TEST_F(HostStreamE2eTest, VmKeepsReadingItsDiskWhenThePortalGoesAwayAfterPrefetch) {
   vm::VmInfo vm = LaunchAndBoot(Seal("portal-away"));
   ASSERT_FALSE(vm.name.empty());
@@ -1061,6 +1118,218 @@ TEST_F(HostStreamE2eTest, AgentGoneAndRestartedServesTheExportsAgain) {
   EXPECT_EQ(now->state, vm::VmRunState::kRunning);
 }
 
+
+// The errno of open(path, O_RDONLY) by a child running as uid = gid `id`
+// with supplementary groups `groups`, as the VM's qemu runs (0: it opened).
+int OpenErrnoAs(uint32_t id, const std::vector<gid_t>& groups, const std::string& path) {
+  int fds[2];
+  if (::pipe(fds) != 0) return -1;
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    int e = 0;
+    if (::setgroups(groups.size(), groups.data()) != 0 || ::setresgid(id, id, id) != 0 ||
+        ::setresuid(id, id, id) != 0) {
+      e = -2;
+    } else {
+      const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+      e = fd >= 0 ? 0 : errno;
+    }
+    (void)!::write(fds[1], &e, sizeof e);
+    ::_exit(0);
+  }
+  ::close(fds[1]);
+  int e = -1;
+  if (::read(fds[0], &e, sizeof e) != sizeof e) e = -1;
+  ::close(fds[0]);
+  ::waitpid(pid, nullptr, 0);
+  return e;
+}
+
+// "Uid:" / "Gid:" / "Groups:" line of /proc/<pid>/status, after the tab.
+std::string ProcStatusLine(pid_t pid, const std::string& key) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(in, line);) {
+    if (line.starts_with(key + ":")) return line.substr(key.size() + 2);
+  }
+  return "";
+}
+
+TEST_F(HostStreamE2eTest, VmQemuRunsAsItsOwnUserThatCannotReadHostSecretsOrAnotherVm) {
+  if (::geteuid() != 0) GTEST_SKIP() << "VM users need the agent to run as root";
+  vm::VmInfo a = LaunchAndBoot(Seal("user-a"));
+  ASSERT_FALSE(a.name.empty());
+  // A second VM, whose overlay the first must not read (this fixture sends
+  // heartbeats by hand: A's boot may outlast the portal's 30 s).
+  ASSERT_OK(daemon_->service()->HeartbeatOnce());
+  const std::string job_b = UploadAndLaunch(Seal("user-b"));
+  ASSERT_OK(daemon_->service()->PollOnce());
+  ASSERT_EQ(JobJson(job_b)["state"], "running");
+  auto vms = daemon_->vms()->List();
+  ASSERT_OK(vms);
+  ASSERT_EQ(vms->size(), 2u);
+  vm::VmInfo b = (*vms)[0].name == a.name ? (*vms)[1] : (*vms)[0];
+
+  // Each qemu runs as its own uid from the configured range, not root.
+  const uint32_t first = config_.vm_user_first_id;
+  for (const vm::VmInfo* v : {&a, &b}) {
+    ASSERT_GT(v->uid, first);
+    ASSERT_LT(v->uid, first + config_.vm_user_count);
+    const std::string id = std::to_string(v->uid);
+    EXPECT_EQ(ProcStatusLine(v->pid, "Uid"), id + "\t" + id + "\t" + id + "\t" + id);
+    EXPECT_EQ(ProcStatusLine(v->pid, "Gid"), id + "\t" + id + "\t" + id + "\t" + id);
+    EXPECT_EQ(ProcStatusLine(v->pid, "Groups"), std::to_string(first) + " ");
+    EXPECT_EQ(ProcStatusLine(v->pid, "NoNewPrivs"), "1");
+  }
+  EXPECT_NE(a.uid, b.uid);
+
+  // As A's qemu: its own overlay opens (the check can succeed), while the
+  // host's identity key, its TPM key blobs, A's own launch record (which
+  // holds A's wrapped keys) and B's overlay do not.
+  const std::vector<gid_t> groups = {static_cast<gid_t>(first)};
+  ASSERT_EQ(OpenErrnoAs(a.uid, groups, a.disks[0].overlay_path), 0);
+  EXPECT_EQ(OpenErrnoAs(a.uid, groups, config_.key_file), EACCES);
+  const std::string record = fs::path(a.disks[0].overlay_path).parent_path() / "launch.json";
+  ASSERT_TRUE(fs::exists(record));
+  EXPECT_EQ(OpenErrnoAs(a.uid, groups, record), EACCES);
+  EXPECT_EQ(OpenErrnoAs(a.uid, groups, b.disks[0].overlay_path), EACCES);
+  EXPECT_EQ(OpenErrnoAs(a.uid, groups, b.serial_log_path), EACCES);
+  int tpm_files = 0;
+  for (const auto& e : fs::recursive_directory_iterator(config_.state_dir)) {
+    if (!e.is_regular_file()) continue;
+    ++tpm_files;
+    EXPECT_NE(OpenErrnoAs(a.uid, groups, e.path().string()), 0) << e.path();
+  }
+  EXPECT_GT(tpm_files, 0);
+  // The VM's state file and B's launch record neither.
+  EXPECT_NE(OpenErrnoAs(a.uid, groups, dir_.File("img") + "/vms/" + b.name + ".json"), 0);
+  EXPECT_EQ(OpenErrnoAs(
+                a.uid, groups,
+                (fs::path(b.disks[0].overlay_path).parent_path() / "launch.json").string()),
+            EACCES);
+
+  // The VM still reads its disk through the export and writes its overlay.
+  auto read = QemuIo(a, "disk0", "read 0 1M");
+  ASSERT_OK(read);
+  EXPECT_NE(read->find("read 1048576/1048576"), std::string::npos) << *read;
+  auto wrote = QemuIo(a, "disk0", "write -P 0x33 4M 64k");
+  ASSERT_OK(wrote);
+  EXPECT_NE(wrote->find("wrote 65536/65536"), std::string::npos) << *wrote;
+}
+
+
+// Starts a daemonized nbdkit (memory plugin) serving `socket` with its pid
+// in `pid_file`; returns its pid.
+pid_t StartNbdkit(const std::string& socket, const std::string& pid_file) {
+  const std::string cmd = "nbdkit --unix '" + socket + "' --pidfile '" + pid_file +
+                          "' memory 1M >/dev/null 2>&1";
+  if (std::system(cmd.c_str()) != 0) return -1;
+  for (int i = 0; i < 200; ++i) {
+    std::ifstream in(pid_file);
+    pid_t pid = 0;
+    if (in >> pid && pid > 1) return pid;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return -1;
+}
+
+bool Gone(pid_t pid) {
+  for (int i = 0; i < 300; ++i) {
+    if (::kill(pid, 0) != 0) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return false;
+}
+
+TEST_F(HostStreamE2eTest, AgentCrashSweepsOrphanExportsAndOverlaysAndKeepsTheRunningVm) {
+  vm::VmInfo vm = LaunchAndBoot(Seal("sweep"));
+  ASSERT_FALSE(vm.name.empty());
+  const auto dirs = daemon_->agent()->ExportDirsForTesting(vm.name);
+  ASSERT_EQ(dirs.size(), 1u);
+  const pid_t vm_nbdkit = std::stoi(vmseal::testing::ReadFileOrDie(dirs[0] + "/nbdkit.pid"));
+  // What a crash of an earlier agent left of a VM that is gone: a disk dir
+  // with no launch record, an nbdkit still serving from it (its pid file
+  // beside its socket, as the agent starts them) and a stale overlay.
+  const std::string orphan = dir_.File("img") + "/vd/0123456789abcdef";
+  fs::create_directories(orphan + "/d0");
+  vmseal::testing::WriteFileOrDie(orphan + "/d0.qcow2", std::string(65536, 'o'));
+  const pid_t orphan_nbdkit = StartNbdkit(orphan + "/d0/nbd.sock", orphan + "/d0/nbdkit.pid");
+  ASSERT_GT(orphan_nbdkit, 1);
+  // Not ours: an nbdkit outside the agent's dirs, and an orphan pid file
+  // naming a process that is not the nbdkit of that socket. Neither may go.
+  const pid_t bystander = StartNbdkit(dir_.File("other.sock"), dir_.File("other.pid"));
+  ASSERT_GT(bystander, 1);
+  const std::string decoy = dir_.File("img") + "/vd/fedcba9876543210";
+  fs::create_directories(decoy + "/d0");
+  vmseal::testing::WriteFileOrDie(decoy + "/d0/nbdkit.pid", std::to_string(bystander) + "\n");
+
+  // The agent dies without cleaning up (its exports run on, as after
+  // kill -9), and a new one starts on the same state.
+  daemon_->service()->Stop();
+  daemon_.reset();
+  auto daemon = MakeDaemon();
+  ASSERT_OK(daemon);
+  daemon_ = *std::move(daemon);
+
+  EXPECT_TRUE(Gone(orphan_nbdkit));
+  EXPECT_FALSE(fs::exists(orphan));
+  EXPECT_FALSE(fs::exists(decoy));  // no record: swept, but its pid file's process lives
+  EXPECT_EQ(::kill(bystander, 0), 0);
+  // The running VM keeps its export (the same nbdkit) and its disk.
+  EXPECT_EQ(::kill(vm_nbdkit, 0), 0);
+  EXPECT_EQ(std::stoi(vmseal::testing::ReadFileOrDie(dirs[0] + "/nbdkit.pid")), vm_nbdkit);
+  EXPECT_TRUE(fs::exists(vm.disks[0].overlay_path));
+  auto now = daemon_->vms()->Get(vm.name);
+  ASSERT_OK(now);
+  EXPECT_EQ(now->state, vm::VmRunState::kRunning);
+  auto read = QemuIo(vm, "disk0", "read 0 1M");
+  ASSERT_OK(read);
+  EXPECT_NE(read->find("read 1048576/1048576"), std::string::npos) << *read;
+  // The slot stays counted: after the new agent registers, the portal
+  // still has the job running on host-1.
+  ASSERT_OK(daemon_->service()->Start());
+  ASSERT_OK(daemon_->service()->PollOnce());
+  json job = JobJson(vm.name.substr(3));  // vm-<job id>
+  EXPECT_EQ(job["state"], "running") << job.dump();
+  EXPECT_EQ(job["host_id"], "host-1") << job.dump();
+  auto vms = daemon_->vms()->List();
+  ASSERT_OK(vms);
+  EXPECT_EQ(vms->size(), 1u);
+  ::kill(bystander, SIGTERM);
+}
+
+TEST_F(HostStreamE2eTest, TamperedChunkReachesTheCustomersJobOnce) {
+  const std::string job_id = UploadAndLaunch(Seal("tampered-status"));
+  bool flipped = false;
+  for (const auto& e : fs::recursive_directory_iterator(dir_.File("portal") + "/objects")) {
+    if (!e.is_regular_file() || e.file_size() < (1 << 20)) continue;
+    std::string data = vmseal::testing::ReadFileOrDie(e.path().string());
+    data[data.size() / 2] ^= 0x01;
+    vmseal::testing::WriteFileOrDie(e.path().string(), data);
+    flipped = true;
+  }
+  ASSERT_TRUE(flipped);
+  ASSERT_OK(daemon_->service()->PollOnce());
+  json job = JobJson(job_id);
+  ASSERT_EQ(job["state"], "running") << job.dump();
+  EXPECT_TRUE(job["disk_events"].empty()) << job.dump();
+  auto vms = daemon_->vms()->List();
+  ASSERT_OK(vms);
+  ASSERT_EQ(vms->size(), 1u);
+  const uint64_t size = fs::file_size(image_);
+  // Read twice: the chunk fails each time, the job hears of it once.
+  for (int i = 0; i < 2; ++i) {
+    auto whole = QemuIo((*vms)[0], "disk0", "read 0 " + std::to_string(size));
+    ASSERT_OK(whole);
+    EXPECT_NE(whole->find("Input/output error"), std::string::npos) << *whole;
+    ASSERT_OK(daemon_->service()->PollOnce());
+  }
+  job = JobJson(job_id);
+  ASSERT_EQ(job["disk_events"].size(), 1u) << job.dump();
+  const std::string event = job["disk_events"][0];
+  EXPECT_TRUE(event.starts_with("chunk_auth_failed: ")) << event;
+  EXPECT_NE(event.find((*vms)[0].name), std::string::npos) << event;
+  EXPECT_EQ(job["state"], "running");
+}
 
 TEST_F(HostStreamE2eTest, TamperedChunkReadLazilyIsAGuestIoErrorAndAnEvent) {
   const std::string job_id = UploadAndLaunch(Seal("tampered-chunk"));

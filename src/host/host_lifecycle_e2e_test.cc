@@ -25,6 +25,7 @@
 #include "csp/portal_server.h"
 #include "host/host_daemon.h"
 #include "host/https_kms_client.h"
+#include "host/portal_client.h"
 #include "kms/internal/mini_ca.h"
 #include "kms/service.h"
 #include "net/https_client.h"
@@ -464,6 +465,22 @@ TEST_F(HostLifecycleE2eTest, CustomerStopFreesTheSlotAndStartRunsTheVmAgainOnIts
   EXPECT_OK(daemon_->vms()->WaitForSerialMarker(again.value("vm_name", ""),
                                                 marker.substr(0, marker.find('\n')), 240000));
   EXPECT_EQ(Job(second.value("job_id", "")).value("state", ""), "deleted");
+
+  // A late "ended" report of the first run, sent again with the host's own
+  // identity, does not end the VM that was started since.
+  PortalClientOptions po;
+  po.url = config_.portal_url;
+  po.ca_cert_file = config_.ca_file;
+  po.cert_file = config_.cert_file;
+  po.key_file = config_.key_file;
+  auto host = PortalClient::Create(po);
+  ASSERT_OK(host);
+  ASSERT_OK((*host)->ReportVmEnded(again.value("vm_name", ""), "stopped",
+                                   "stopped by VmManager::Stop", 1));
+  json after = Job(job_id);
+  EXPECT_EQ(after.value("state", ""), "running") << after.dump();
+  EXPECT_EQ(after.value("end_reason", ""), "") << after.dump();
+  EXPECT_EQ(after.value("runs", 0), 2);
 }
 
 TEST_F(HostLifecycleE2eTest, AnotherCustomerCannotStopStartOrDeleteTheVm) {

@@ -186,6 +186,7 @@ void HostService::RunJob(const PortalJob& pj) {
   job.tenant = pj.customer_id;
   job.expected_tag_image_id = pj.tagged_image_id;
   job.package_sha256_hex = pj.package_sha256_hex;
+  job.run = pj.run;
   JobPhase phase = JobPhase::kFetching;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -232,16 +233,46 @@ Status HostService::FlushRefusals() {
   }
 }
 
+void HostService::ReportDiskEvents() {
+  for (const DiskEvent& e : agent_->DiskEvents()) {
+    // Integrity failures only: a bit the guest could not read is the
+    // customer's to know; progress events stay in the host's log.
+    if (e.event != "chunk_auth_failed" || e.job_id.empty()) continue;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!told_disk_events_.insert(e.job_id + "\n" + e.event).second) continue;
+    spdlog::warn("job {}: disk {} of vm {}: {}", e.job_id, e.disk_id, e.vm_name, e.event);
+    owed_disk_events_.push_back({e.job_id, e.event, "disk " + e.disk_id + " of VM " + e.vm_name +
+                                                        ": a chunk failed authentication; the "
+                                                        "guest got an I/O error"});
+  }
+  for (;;) {
+    std::array<std::string, 3> e;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (owed_disk_events_.empty()) return;
+      e = owed_disk_events_.front();
+    }
+    Status s = portal_->ReportDiskEvent(e[0], e[1], e[2]);
+    if (s.code() == StatusCode::kUnavailable || s.code() == StatusCode::kDeadlineExceeded) {
+      spdlog::warn("disk event kept for the next poll: {}", s.message());
+      return;
+    }
+    if (!s.ok()) spdlog::warn("job {}: disk event not accepted: {}", e[0], s.message());
+    std::lock_guard<std::mutex> lock(mu_);
+    owed_disk_events_.erase(owed_disk_events_.begin());
+  }
+}
+
 void HostService::OnVmEnded(const std::string& vm_name, const vm::VmEnd& end) {
   spdlog::info("vm {} ended: {} ({})", vm_name, vm::VmEndReasonName(end.reason), end.text);
-  OweVmEnd(vm_name, vm::VmEndReasonName(end.reason), end.text);
+  OweVmEnd(vm_name, vm::VmEndReasonName(end.reason), end.text, end.run);
 }
 
 void HostService::OweVmEnd(const std::string& vm_name, const std::string& reason,
-                           const std::string& text) {
+                           const std::string& text, int64_t run) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    owed_vm_ends_[vm_name] = {reason, text, ++vm_end_seq_};
+    owed_vm_ends_[vm_name] = {reason, text, ++vm_end_seq_, run};
   }
   cv_.notify_all();
 }
@@ -262,7 +293,7 @@ Status HostService::FlushVmEnds() {
       name = owed_vm_ends_.begin()->first;
       end = owed_vm_ends_.begin()->second;
     }
-    Status s = portal_->ReportVmEnded(name, end.reason, end.text);
+    Status s = portal_->ReportVmEnded(name, end.reason, end.text, end.run);
     if (s.code() == StatusCode::kUnavailable || s.code() == StatusCode::kDeadlineExceeded) {
       result = s;  // portal unreachable: still owed
       break;
@@ -365,7 +396,7 @@ void HostService::ApplyVmCommands(const std::vector<PortalVmCommand>& commands) 
         std::lock_guard<std::mutex> lock(mu_);
         owed = owed_vm_ends_.contains(c.vm_name);
       }
-      if (!owed) OweVmEnd(c.vm_name, reason, text);
+      if (!owed) OweVmEnd(c.vm_name, reason, text, v.run);
     }
   }
 }
@@ -377,6 +408,7 @@ StatusOr<int> HostService::PollOnce() {
   ApplyVmCommands(poll.vms);
   Status ends = FlushVmEnds();
   if (!ends.ok()) spdlog::warn("vm ends kept for the next poll: {}", ends.message());
+  ReportDiskEvents();
   int ran = 0;
   for (const PortalJob& job : poll.jobs) {
     if (stopping()) break;

@@ -25,6 +25,7 @@
 #include <memory>
 #include <mutex>
 #include <set>
+#include <array>
 #include <string>
 #include <vector>
 
@@ -130,7 +131,12 @@ class HostService {
   void VmEndLoop();
   // Carries out the portal's commands for the VMs it places here.
   void ApplyVmCommands(const std::vector<PortalVmCommand>& commands);
-  void OweVmEnd(const std::string& vm_name, const std::string& reason, const std::string& text);
+  // Sends the first chunk_auth_failed event of each job to the portal
+  // (integrity failures reach the customer's job status); an event the
+  // portal could not be told stays owed until the next poll.
+  void ReportDiskEvents();
+  void OweVmEnd(const std::string& vm_name, const std::string& reason, const std::string& text,
+                int64_t run);
 
   struct OwedRefusal {
     std::string job_id, reason, message;
@@ -138,11 +144,16 @@ class HostService {
   struct OwedVmEnd {
     std::string reason, text;
     uint64_t seq = 0;  // a newer end of the same VM replaces an unsent one
+    int64_t run = 0;   // the job's run the VM was launched for
   };
 
   const HostServiceOptions options_;
   Env* const env_;
   JobRunner* const agent_;
+  // Disk events owed to the portal (job id, event, text) and the (job id,
+  // event) pairs already told; guarded by mu_.
+  std::vector<std::array<std::string, 3>> owed_disk_events_;
+  std::set<std::string> told_disk_events_;
   PortalApi* const portal_;
   mutable std::mutex mu_;
   std::condition_variable cv_;

@@ -143,7 +143,7 @@ class FakePortal final : public PortalApi {
     return PortalPoll{std::move(jobs), vm_commands};
   }
   Status ReportVmEnded(const std::string& vm_name, const std::string& reason,
-                       const std::string& text) override {
+                       const std::string& text, int64_t) override {
     std::lock_guard<std::mutex> lock(mu);
     if (!reachable) return UnavailableError("portal down");
     ended.push_back(vm_name + ":" + reason);

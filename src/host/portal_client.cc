@@ -240,7 +240,12 @@ StatusOr<PortalPoll> PortalApi::Poll() {
   return PortalPoll{std::move(jobs), {}};
 }
 
-Status PortalApi::ReportVmEnded(const std::string&, const std::string&, const std::string&) {
+Status PortalApi::ReportDiskEvent(const std::string&, const std::string&, const std::string&) {
+  return UnimplementedError("this portal client does not report disk events");
+}
+
+Status PortalApi::ReportVmEnded(const std::string&, const std::string&, const std::string&,
+                                int64_t) {
   return UnimplementedError("this portal client does not report VM ends");
 }
 
@@ -274,6 +279,9 @@ StatusOr<PortalPoll> PortalClient::Poll() {
     if (j.contains("attempt") && j["attempt"].is_number_unsigned()) {
       job.attempt = j["attempt"].get<uint64_t>();
     }
+    if (j.contains("run") && j["run"].is_number_integer() && j["run"].get<int64_t>() > 0) {
+      job.run = j["run"].get<int64_t>();
+    }
     out.jobs.push_back(std::move(job));
   }
   // Portals before the VM lifecycle send no "vms".
@@ -302,9 +310,18 @@ StatusOr<PortalPoll> PortalClient::Poll() {
   return out;
 }
 
+Status PortalClient::ReportDiskEvent(const std::string& job_id, const std::string& event,
+                                     const std::string& text) {
+  json body = {{"event", event}, {"text", text}};
+  return RetryOnce([&] { return impl_->api->Post("/v1/hosts/jobs/" + job_id + "/events", body); })
+      .status()
+      .WithPrefix("portal disk event");
+}
+
 Status PortalClient::ReportVmEnded(const std::string& vm_name, const std::string& reason,
-                                   const std::string& text) {
+                                   const std::string& text, int64_t run) {
   json body = {{"reason", reason}, {"text", text}};
+  if (run > 0) body["run"] = run;
   return RetryOnce([&] { return impl_->api->Post("/v1/hosts/vms/" + vm_name + "/ended", body); })
       .status()
       .WithPrefix("portal vm ended");

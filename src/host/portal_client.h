@@ -51,6 +51,10 @@ struct PortalJob {
   // Which placement of the job this is ("attempt"): a VM the customer
   // started again comes back under the same job id with a new attempt.
   uint64_t attempt = 0;
+  // The job's run ("run": 1 for the launch, +1 per customer start); the VM's
+  // ended report names it so that a late report cannot end a later run.
+  // 0: not announced.
+  int64_t run = 0;
   // The VM of an earlier run of the job on this host ("vm_name"), empty for
   // a first launch. It is stopped; the new run replaces it.
   std::string vm_name;
@@ -100,9 +104,15 @@ class PortalApi {
   virtual StatusOr<PortalPoll> Poll();
   // A VM of this host ended: `reason` is vm::VmEndReasonName of its end
   // (stopped, guest_poweroff, exited, killed, unknown), `text` one line for
-  // people. Repeating a report is harmless. Default UNIMPLEMENTED.
+  // people, `run` the job's run the VM was launched for (PortalJob::run; 0:
+  // unknown, not sent). Repeating a report is harmless. Default
+  // UNIMPLEMENTED.
   virtual Status ReportVmEnded(const std::string& vm_name, const std::string& reason,
-                               const std::string& text);
+                               const std::string& text, int64_t run);
+  // A disk of a job's VM reported `event` (e.g. chunk_auth_failed) with a
+  // line for people. Default UNIMPLEMENTED.
+  virtual Status ReportDiskEvent(const std::string& job_id, const std::string& event,
+                                 const std::string& text);
   // A VM of this host and its files are gone. Repeating it is harmless.
   // Default UNIMPLEMENTED.
   virtual Status ReportVmDeleted(const std::string& vm_name);
@@ -151,7 +161,9 @@ class PortalClient final : public PortalApi, public PackageSource {
                        const std::string& message) override;
   StatusOr<PortalPoll> Poll() override;
   Status ReportVmEnded(const std::string& vm_name, const std::string& reason,
-                       const std::string& text) override;
+                       const std::string& text, int64_t run) override;
+  Status ReportDiskEvent(const std::string& job_id, const std::string& event,
+                         const std::string& text) override;
   Status ReportVmDeleted(const std::string& vm_name) override;
 
   // Streams GET /v1/hosts/jobs/{id}/package to `dest_path` (mode 0600)

@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -13,6 +14,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <thread>
 
@@ -188,6 +190,38 @@ StatusOr<int> SecretPipe(const SecretBytes& secret) {
   return fds[0];
 }
 
+// Lets group `gid` traverse directory `dir` (owned by this process): its
+// group becomes `gid` and it gains g+x (0700 -> 0710). Never adds read or
+// write for anyone.
+Status LetGroupTraverse(const std::string& dir, gid_t gid) {
+  struct stat st;
+  if (::lstat(dir.c_str(), &st) != 0) return ErrnoToStatus(errno, "stat", dir);
+  if (!S_ISDIR(st.st_mode)) return FailedPreconditionError("not a directory: " + dir);
+  if ((st.st_mode & S_IXOTH) != 0) return OkStatus();  // everyone may traverse it
+  if (st.st_gid == gid && (st.st_mode & S_IXGRP) != 0) return OkStatus();
+  if (st.st_uid != ::geteuid()) {
+    return FailedPreconditionError("vm users cannot reach " + dir +
+                                   " (not owned by the agent, no search permission for them)");
+  }
+  if (st.st_gid != gid && ::chown(dir.c_str(), static_cast<uid_t>(-1), gid) != 0) {
+    return ErrnoToStatus(errno, "chgrp", dir);
+  }
+  // chown may clear set-id bits; the mode is set from what it was.
+  const mode_t mode = (st.st_mode & 07777 & ~static_cast<mode_t>(S_IRGRP | S_IWGRP)) | S_IXGRP;
+  if (::chmod(dir.c_str(), mode) != 0) return ErrnoToStatus(errno, "chmod", dir);
+  return OkStatus();
+}
+
+// The supplementary groups of a VM user: the traversal group, and "kvm"
+// when the VM uses KVM (the device is usually 0660 root:kvm).
+std::vector<gid_t> VmUserGroups(const VmUserRange& range, Accel accel) {
+  std::vector<gid_t> groups = {static_cast<gid_t>(range.first_id)};
+  if (accel == Accel::kKvm) {
+    if (const group* kvm = ::getgrnam("kvm"); kvm != nullptr) groups.push_back(kvm->gr_gid);
+  }
+  return groups;
+}
+
 }  // namespace
 
 const char* VmEndReasonName(VmEndReason reason) {
@@ -252,8 +286,32 @@ StatusOr<std::unique_ptr<VmManager>> VmManager::Create(const VmManagerOptions& o
       options.watch_interval_ms <= 0) {
     return InvalidArgumentError("vm launch, stop and watch intervals must be positive");
   }
+  const VmUserRange& users = options.vm_users;
+  if (users.count > 0) {
+    if (users.first_id == 0 || users.count < 2 ||
+        static_cast<uint64_t>(users.first_id) + users.count > 0xffffffffull) {
+      return InvalidArgumentError("vm user ids: first_id must be > 0, count >= 2, and the range "
+                                  "must end below 2^32-1");
+    }
+    if (::geteuid() != 0) {
+      return FailedPreconditionError("vm users need the agent to run as root");
+    }
+  }
   for (const char* sub : {"", "/disks", "/vms", "/run"}) {
     RETURN_IF_ERROR(MakePrivateDir(options.state_dir + sub));
+  }
+  if (users.count > 0) {
+    // VM users reach their own files (serial log, sockets, overlays) by
+    // path: every directory from / down to run/ must let their group pass.
+    // Nothing above state_dir is readable to them by this.
+    const gid_t traverse = static_cast<gid_t>(users.first_id);
+    std::filesystem::path dir = std::filesystem::absolute(options.state_dir).lexically_normal();
+    std::vector<std::string> chain;
+    for (auto p = dir; !p.empty() && p != p.root_path(); p = p.parent_path()) {
+      chain.push_back(p.string());
+    }
+    for (const std::string& d : chain) RETURN_IF_ERROR(LetGroupTraverse(d, traverse));
+    RETURN_IF_ERROR(LetGroupTraverse(options.state_dir + "/run", traverse));
   }
   // The QMP socket path (named by a 16-character digest of the vm name, so
   // that long names fit) must fit sockaddr_un.
@@ -333,12 +391,17 @@ void VmManager::WatchOnce() {
     int status = 0;
     const bool have_status = internal::TakeReapedStatus(w.pid, &status);
     std::string qemu_log;
+    int64_t run = 0;
     {
       std::lock_guard<std::mutex> lock(mu_);
       auto record = ReadRecord(StatePath(name), name);
-      if (record.ok()) qemu_log = record->info.qemu_log_path;
+      if (record.ok()) {
+        qemu_log = record->info.qemu_log_path;
+        run = record->info.run;
+      }
     }
     VmEnd end = EndOf(have_status, status, qemu_log);
+    end.run = run;
     Unwatch(name);
     if (RecordEnd(name, w.pid, end) && options_.on_end) options_.on_end(name, end);
   }
@@ -354,6 +417,59 @@ bool VmManager::RecordEnd(const std::string& name, pid_t pid, const VmEnd& end) 
   record->info.end = end;
   (void)RemoveIfExists(record->info.qmp_socket_path);
   return WriteRecord(StatePath(name), *record).ok();
+}
+
+Status VmManager::GrantAccess(const std::string& name, const std::string& path) {
+  RETURN_IF_ERROR(internal::ValidateVmName(name));
+  std::lock_guard<std::mutex> lock(mu_);
+  ASSIGN_OR_RETURN(VmRecord record, ReadRecord(StatePath(name), name));
+  if (record.info.uid == 0) return OkStatus();
+  return GrantAccessLocked(record.info.uid, path);
+}
+
+Status VmManager::GrantAccessLocked(uint32_t uid, const std::string& path) {
+  namespace fs = std::filesystem;
+  const fs::path root = fs::absolute(options_.state_dir).lexically_normal();
+  const fs::path target = fs::absolute(path).lexically_normal();
+  const fs::path rel = target.lexically_relative(root);
+  if (rel.empty() || rel.native().starts_with("..") || rel == ".") {
+    return InvalidArgumentError("vm file outside the vm state dir: " + path);
+  }
+  struct stat st;
+  if (::lstat(target.c_str(), &st) != 0) return ErrnoToStatus(errno, "stat", path);
+  if (!S_ISREG(st.st_mode) && !S_ISSOCK(st.st_mode)) {
+    return InvalidArgumentError("vm file is not a regular file or socket: " + path);
+  }
+  if (::chown(target.c_str(), uid, uid) != 0) return ErrnoToStatus(errno, "chown", path);
+  if (::chmod(target.c_str(), 0600) != 0) return ErrnoToStatus(errno, "chmod", path);
+  const gid_t traverse = static_cast<gid_t>(options_.vm_users.first_id);
+  for (fs::path d = target.parent_path(); d != root.parent_path() && !d.empty();
+       d = d.parent_path()) {
+    RETURN_IF_ERROR(LetGroupTraverse(d.string(), traverse));
+    if (d == root) break;
+  }
+  return OkStatus();
+}
+
+StatusOr<uint32_t> VmManager::AllocateUidLocked() {
+  const std::string dir = options_.state_dir + "/vms";
+  std::vector<uint32_t> used;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string file = entry.path().filename().string();
+    if (!file.ends_with(".json")) continue;
+    auto text = ReadFileToString(Env::Default(), entry.path().string());
+    if (!text.ok()) continue;
+    auto record = internal::ParseVmRecord(*text);
+    if (record.ok() && record->info.uid != 0) used.push_back(record->info.uid);
+  }
+  if (ec) return ErrnoToStatus(ec.value(), "list", dir);
+  const VmUserRange& r = options_.vm_users;
+  for (uint32_t uid = r.first_id + 1; uid < r.first_id + r.count; ++uid) {
+    if (std::find(used.begin(), used.end(), uid) == used.end()) return uid;
+  }
+  return ResourceExhaustedError("no free vm user id (" + std::to_string(r.count - 1) +
+                                " in use)");
 }
 
 StatusOr<std::string> VmManager::DiskPath(const std::string& name) const {
@@ -417,6 +533,7 @@ StatusOr<VmInfo> VmManager::Launch(const VmSpec& spec, const SecretBytes* disk_s
   }
   info.cpus = spec.cpus;
   info.memory_mib = spec.memory_mib;
+  info.run = spec.run;
   info.accel = ResolvedAccel();
   info.serial_log_path = RunPath(spec.name, ".serial.log");
   info.qemu_log_path = RunPath(spec.name, ".qemu.log");
@@ -424,24 +541,60 @@ StatusOr<VmInfo> VmManager::Launch(const VmSpec& spec, const SecretBytes* disk_s
   RETURN_IF_ERROR(RemoveIfExists(info.qmp_socket_path));
   RETURN_IF_ERROR(CreatePrivateFile(info.serial_log_path));
   RETURN_IF_ERROR(CreatePrivateFile(info.qemu_log_path));
-  record.argv = internal::BuildQemuArgv(options_.qemu_binary, spec, info.accel,
-                                        {info.serial_log_path, info.qmp_socket_path});
+  internal::QemuPaths paths{info.serial_log_path, info.qmp_socket_path};
+  internal::SpawnOptions spawn;
+  int qmp_fd = -1;
+  if (options_.vm_users.count > 0) {
+    // qemu runs as this VM's own uid: it gets its serial log, disks,
+    // overlays and sockets, and the QMP socket as a listening descriptor.
+    ASSIGN_OR_RETURN(info.uid, AllocateUidLocked());
+    RETURN_IF_ERROR(GrantAccessLocked(info.uid, info.serial_log_path));
+    for (const VmDisk& disk : disks) {
+      RETURN_IF_ERROR(GrantAccessLocked(info.uid, disk.path));
+      if (!disk.overlay_path.empty()) RETURN_IF_ERROR(GrantAccessLocked(info.uid, disk.overlay_path));
+    }
+    ASSIGN_OR_RETURN(qmp_fd, internal::ListenUnixSocket(info.qmp_socket_path));
+    paths.qmp_fd = internal::kQmpListenFd;
+    spawn.uid = info.uid;
+    spawn.gid = info.uid;
+    spawn.groups = VmUserGroups(options_.vm_users, info.accel);
+  }
+  struct FdCloser {
+    int fd;
+    ~FdCloser() {
+      if (fd >= 0) ::close(fd);
+    }
+  } qmp_closer{qmp_fd};
+  record.argv = internal::BuildQemuArgv(options_.qemu_binary, spec, info.accel, paths);
 
   auto cleanup = [&] {
     (void)RemoveIfExists(state_path);
     (void)RemoveIfExists(info.qmp_socket_path);
   };
   info.started_unix_ms = internal::WallClockMs();
-  if (needs_secret) {
+  {
     // The secret's text goes into a pipe (64 bytes fit its buffer) whose read
     // end qemu inherits as fd 3: never argv, the environment or a file.
-    ASSIGN_OR_RETURN(int secret_fd, SecretPipe(*disk_secret));
-    auto pid = internal::SpawnProcess(record.argv, info.qemu_log_path, secret_fd);
-    ::close(secret_fd);
-    if (!pid.ok()) return pid.status();
+    int secret_fd = -1;
+    if (needs_secret) {
+      ASSIGN_OR_RETURN(secret_fd, SecretPipe(*disk_secret));
+      // A VM user reopens it as /dev/fd/3: the pipe must be its own.
+      if (info.uid != 0 && ::fchown(secret_fd, info.uid, info.uid) != 0) {
+        const int e = errno;
+        ::close(secret_fd);
+        cleanup();
+        return ErrnoToStatus(e, "chown", "disk secret pipe");
+      }
+    }
+    spawn.inherit_fds = {secret_fd};
+    if (qmp_fd >= 0) spawn.inherit_fds.push_back(qmp_fd);
+    auto pid = internal::SpawnProcessWith(record.argv, info.qemu_log_path, spawn);
+    if (secret_fd >= 0) ::close(secret_fd);
+    if (!pid.ok()) {
+      cleanup();
+      return pid.status();
+    }
     info.pid = *pid;
-  } else {
-    ASSIGN_OR_RETURN(info.pid, internal::SpawnProcess(record.argv, info.qemu_log_path));
   }
   // Recorded before the wait, so that an agent crash right now still knows
   // about this qemu.
@@ -568,6 +721,7 @@ StatusOr<VmEnd> VmManager::StopRecordLocked(internal::VmRecord* record_ptr) {
   int status = 0;
   (void)internal::TakeReapedStatus(pid, &status);  // forget our child's status
   end.unix_ms = internal::WallClockMs();
+  end.run = record.info.run;
   record.stopped = true;
   record.info.ended = true;
   record.info.end = end;

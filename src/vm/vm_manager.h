@@ -76,6 +76,22 @@ struct VmEnd {
   std::string text;
   // When the end was noticed, Unix milliseconds.
   int64_t unix_ms = 0;
+  // The VM's VmSpec::run (0 when none was given).
+  int64_t run = 0;
+};
+
+// Unprivileged VMs (docs/host.md "VM users"): ids from a range the host
+// reserves. Id `first_id` is the group that may traverse the agent's
+// directories to reach a VM's own files; each VM gets uid = gid = one of
+// first_id+1 .. first_id+count-1, not used by another VM of this manager,
+// and qemu drops to it between fork and exec. The VM's serial log, local
+// disks, overlays and NBD sockets are chowned to it (0600); everything else
+// the agent has stays 0600 root and unreadable to it.
+struct VmUserRange {
+  // 0: off (qemu runs as the agent). Must not be 0 when count > 0.
+  uint32_t first_id = 0;
+  // Number of ids, including first_id. 0: off; at least 2 otherwise.
+  uint32_t count = 0;
 };
 
 struct VmManagerOptions {
@@ -104,6 +120,9 @@ struct VmManagerOptions {
   // How often the watcher looks at running VMs. Default 200 ms; an end is
   // noticed within about this time.
   int64_t watch_interval_ms = 200;
+  // Run each VM's qemu under its own uid (VmUserRange). Default off. Needs
+  // the agent to run as root; Create refuses it otherwise.
+  VmUserRange vm_users;
 };
 
 // Where a disk's bytes come from.
@@ -168,6 +187,10 @@ struct VmSpec {
   uint64_t memory_mib = 256;
   // true: one virtio NIC on qemu's user-mode network; false: no network.
   bool user_network = false;
+  // The caller's number for this launch of the VM (the host agent: the
+  // portal job's run), kept in the state file and returned in VmInfo and
+  // VmEnd. 0: none.
+  int64_t run = 0;
 };
 
 enum class VmRunState { kRunning, kStopped };
@@ -192,6 +215,10 @@ struct VmInfo {
   std::string qmp_socket_path;
   // Launch time, Unix milliseconds.
   int64_t started_unix_ms = 0;
+  // The uid (= gid) qemu runs as; 0 when it runs as the agent.
+  uint32_t uid = 0;
+  // VmSpec::run.
+  int64_t run = 0;
   // Set once the VM's end has been noticed (state is then kStopped).
   bool ended = false;
   VmEnd end;
@@ -264,6 +291,13 @@ class VmManager {
   Status WaitForSerialMarker(const std::string& name, const std::string& marker,
                              int64_t timeout_ms);
 
+  // Lets VM `name`'s qemu open `path` (an NBD socket a restarted export
+  // created, a new overlay): chowns it to the VM's uid, mode 0600, and lets
+  // the VM users' group traverse the directories from state_dir down to it.
+  // OK and nothing done when the VM runs as the agent. NOT_FOUND when the VM
+  // is unknown; INVALID_ARGUMENT when `path` is not under state_dir.
+  Status GrantAccess(const std::string& name, const std::string& path);
+
   // The accelerator kAuto resolves to on this machine.
   Accel ResolvedAccel() const;
 
@@ -271,6 +305,10 @@ class VmManager {
   explicit VmManager(VmManagerOptions options);
 
   std::string StatePath(const std::string& name) const;
+  // The VM-user counterparts of GrantAccess with mu_ held.
+  Status GrantAccessLocked(uint32_t uid, const std::string& path);
+  // The lowest VM uid no VM record holds; mu_ held.
+  StatusOr<uint32_t> AllocateUidLocked();
   std::string RunPath(const std::string& name, const char* suffix) const;
   StatusOr<VmInfo> GetLocked(const std::string& name);
   // Stops the qemu of a record that is not stopped and writes the record

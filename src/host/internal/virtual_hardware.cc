@@ -3,7 +3,10 @@
 #include <libxml/parser.h>
 #include <libxml/tree.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <map>
+#include <set>
 #include <memory>
 #include <string>
 
@@ -61,6 +64,132 @@ StatusOr<uint64_t> MemoryUnitToMib(std::string units, uint64_t quantity) {
                               units.substr(0, 32) + "'");
 }
 
+// An attribute by local name, whatever its namespace ("" when absent).
+std::string Attr(const xmlNode* n, std::string_view name) {
+  for (const xmlAttr* a = n->properties; a; a = a->next) {
+    if (reinterpret_cast<const char*>(a->name) != name) continue;
+    xmlChar* v = xmlNodeListGetString(n->doc, a->children, 1);
+    std::string s = v ? reinterpret_cast<const char*>(v) : "";
+    xmlFree(v);
+    return s;
+  }
+  return "";
+}
+
+// A small non-negative integer, or -1.
+int64_t SmallNumber(const std::string& s) {
+  if (s.empty() || s.size() > 9 || s.find_first_not_of("0123456789") != std::string::npos) {
+    return -1;
+  }
+  return std::strtoll(s.c_str(), nullptr, 10);
+}
+
+constexpr std::string_view kDiskDrive = "17";
+constexpr int64_t kMaxItems = 256;
+
+// The disks' file ids in attach order (VirtualHardware::disk_file_ids).
+Status ReadDiskOrder(const xmlNode* root, const xmlNode* hardware, VirtualHardware* hw) {
+  std::map<std::string, std::string> disk_to_file;
+  std::set<std::string> files;
+  if (const xmlNode* refs = FindChild(root, "References")) {
+    for (const xmlNode* f = refs->children; f; f = f->next) {
+      if (f->type == XML_ELEMENT_NODE && LocalName(f) == "File") files.insert(Attr(f, "id"));
+    }
+  }
+  if (const xmlNode* disks = FindChild(root, "DiskSection")) {
+    for (const xmlNode* d = disks->children; d; d = d->next) {
+      if (d->type == XML_ELEMENT_NODE && LocalName(d) == "Disk") {
+        disk_to_file[Attr(d, "diskId")] = Attr(d, "fileRef");
+      }
+    }
+  }
+  // Controllers (any Item a disk names as Parent) rank by document order.
+  struct Drive {
+    std::string file_id, instance_id, parent;
+    int64_t address = -1;
+    size_t position = 0;
+  };
+  std::vector<Drive> drives;
+  std::vector<std::string> instance_order;
+  size_t position = 0;
+  for (const xmlNode* item = hardware->children; item; item = item->next) {
+    if (item->type != XML_ELEMENT_NODE || LocalName(item) != "Item") continue;
+    if (++position > kMaxItems) return InvalidArgumentError("descriptor: too many Items");
+    const xmlNode* id = FindChild(item, "InstanceID");
+    instance_order.push_back(id ? Text(id) : "");
+    const xmlNode* type = FindChild(item, "ResourceType");
+    if (type == nullptr || Text(type) != kDiskDrive) continue;
+    const xmlNode* resource = FindChild(item, "HostResource");
+    if (resource == nullptr) continue;  // an empty drive
+    const std::string host = Text(resource);
+    std::string file_id;
+    for (std::string_view prefix : {"ovf:/disk/", "/disk/"}) {
+      if (host.starts_with(prefix)) {
+        auto it = disk_to_file.find(host.substr(prefix.size()));
+        if (it == disk_to_file.end()) {
+          return InvalidArgumentError("descriptor: disk Item names no Disk: '" +
+                                      host.substr(0, 64) + "'");
+        }
+        file_id = it->second;
+      }
+    }
+    for (std::string_view prefix : {"ovf:/file/", "/file/"}) {
+      if (host.starts_with(prefix)) file_id = host.substr(prefix.size());
+    }
+    if (file_id.empty() || !files.contains(file_id)) {
+      return InvalidArgumentError("descriptor: disk Item names no file of References: '" +
+                                  host.substr(0, 64) + "'");
+    }
+    Drive d;
+    d.file_id = file_id;
+    d.instance_id = instance_order.back();
+    const xmlNode* parent = FindChild(item, "Parent");
+    d.parent = parent ? Text(parent) : "";
+    const xmlNode* address = FindChild(item, "AddressOnParent");
+    d.address = address ? SmallNumber(Text(address)) : -1;
+    d.position = position;
+    drives.push_back(std::move(d));
+  }
+  auto rank = [&](const std::string& parent) -> size_t {
+    for (size_t i = 0; i < instance_order.size(); ++i) {
+      if (!parent.empty() && instance_order[i] == parent) return i;
+    }
+    return instance_order.size();
+  };
+  std::stable_sort(drives.begin(), drives.end(), [&](const Drive& a, const Drive& b) {
+    const size_t ra = rank(a.parent), rb = rank(b.parent);
+    if (ra != rb) return ra < rb;
+    // A drive without an address goes after the addressed ones.
+    const uint64_t aa = static_cast<uint64_t>(a.address), ab = static_cast<uint64_t>(b.address);
+    if (aa != ab) return aa < ab;
+    return a.position < b.position;
+  });
+  std::set<std::string> seen;
+  for (const Drive& d : drives) {
+    if (!seen.insert(d.file_id).second) {
+      return InvalidArgumentError("descriptor: two disk Items on file '" + d.file_id + "'");
+    }
+  }
+  // vmw:BootOrderSection (VMware's exports) names the boot disk's Item.
+  const xmlNode* system = FindDescendant(root, "VirtualSystem");
+  for (const xmlNode* s = system ? system->children : nullptr; s; s = s->next) {
+    if (s->type != XML_ELEMENT_NODE || LocalName(s) != "BootOrderSection") continue;
+    if (Attr(s, "type") != "disk") continue;
+    const std::string instance = Attr(s, "instanceId");
+    auto it = std::find_if(drives.begin(), drives.end(),
+                           [&](const Drive& d) { return d.instance_id == instance; });
+    if (it == drives.end()) {
+      return InvalidArgumentError("descriptor: BootOrderSection names no disk Item ('" +
+                                  instance.substr(0, 32) + "')");
+    }
+    std::rotate(drives.begin(), it, it + 1);
+    hw->boot_named = true;
+    break;  // the first disk entry is the boot disk
+  }
+  for (const Drive& d : drives) hw->disk_file_ids.push_back(d.file_id);
+  return OkStatus();
+}
+
 }  // namespace
 
 StatusOr<VirtualHardware> ReadVirtualHardware(std::string_view descriptor_xml) {
@@ -75,6 +204,7 @@ StatusOr<VirtualHardware> ReadVirtualHardware(std::string_view descriptor_xml) {
   const xmlNode* root = xmlDocGetRootElement(doc.get());
   const xmlNode* section = root ? FindDescendant(root, "VirtualHardwareSection") : nullptr;
   if (section == nullptr) return hw;
+  RETURN_IF_ERROR(ReadDiskOrder(root, section, &hw));
   for (const xmlNode* item = section->children; item; item = item->next) {
     if (item->type != XML_ELEMENT_NODE || LocalName(item) != "Item") continue;
     const xmlNode* type = FindChild(item, "ResourceType");

@@ -4,7 +4,9 @@
 #define VMSEAL_HOST_INTERNAL_VIRTUAL_HARDWARE_H_
 
 #include <cstdint>
+#include <string>
 #include <string_view>
+#include <vector>
 
 #include "base/status.h"
 
@@ -13,13 +15,27 @@ namespace vmseal::host::internal {
 struct VirtualHardware {
   uint32_t cpus = 1;
   uint64_t memory_mib = 512;
+  // File ids (References ovf:id) of the disks in the order the VM gets them;
+  // the first boots. Empty when the descriptor attaches no disk through
+  // its VirtualHardwareSection (the caller then uses References order).
+  // Order (docs/host.md "Disk order"): the disk a BootOrderSection names
+  // (vmw:BootOrderSection type="disk", instanceId = the disk Item's
+  // InstanceID) first; then disk drive Items (ResourceType 17) by their
+  // controller's place among the controllers and their AddressOnParent,
+  // ties in document order.
+  std::vector<std::string> disk_file_ids;
+  // true when a BootOrderSection named the boot disk.
+  bool boot_named = false;
 };
 
 // Limits applied to what a package may ask of a host.
 inline constexpr uint32_t kMaxCpus = 64;
 inline constexpr uint64_t kMaxMemoryMib = 256 * 1024;
 
-// Missing items keep the defaults above. Values out of range (0, above the
+// Missing items keep the defaults above. A disk Item whose HostResource names
+// no Disk of the DiskSection (ovf:/disk/<diskId>) or File (ovf:/file/<id>),
+// two Items on one disk, or a BootOrderSection naming no disk Item is
+// INVALID_ARGUMENT. Values out of range (0, above the
 // limits, or unknown AllocationUnits) are INVALID_ARGUMENT.
 StatusOr<VirtualHardware> ReadVirtualHardware(std::string_view descriptor_xml);
 

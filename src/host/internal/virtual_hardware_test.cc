@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <vector>
 
 #include "testing/test_util.h"
 
@@ -62,6 +63,82 @@ TEST(VirtualHardwareTest, RejectsOutOfRangeAndGarbage) {
 TEST(VirtualHardwareTest, RejectsDoctype) {
   EXPECT_STATUS(ReadVirtualHardware("<!DOCTYPE x [<!ENTITY a 'b'>]><Envelope/>"),
                 StatusCode::kInvalidArgument, "DOCTYPE");
+}
+
+// A descriptor with References files f1..f3 (disks d1..d3 on them), the
+// given hardware Items and, optionally, a section after the hardware.
+std::string DiskEnvelope(const std::string& items, const std::string& extra = "") {
+  return R"(<?xml version="1.0"?>
+<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/2"
+  xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/2"
+  xmlns:vmw="http://www.vmware.com/schema/ovf"
+  xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData">
+ <References><File ovf:id="f1" ovf:href="a"/><File ovf:id="f2" ovf:href="b"/>
+  <File ovf:id="f3" ovf:href="c"/></References>
+ <DiskSection><Info>d</Info><Disk ovf:diskId="d1" ovf:fileRef="f1"/>
+  <Disk ovf:diskId="d2" ovf:fileRef="f2"/><Disk ovf:diskId="d3" ovf:fileRef="f3"/></DiskSection>
+ <VirtualSystem><VirtualHardwareSection>)" + items + "</VirtualHardwareSection>" + extra +
+         "</VirtualSystem></Envelope>";
+}
+
+std::string Controller(const std::string& id) {
+  return "<Item><rasd:InstanceID>" + id + "</rasd:InstanceID><rasd:ResourceType>6"
+         "</rasd:ResourceType></Item>";
+}
+
+std::string Drive(const std::string& id, const std::string& parent, const std::string& address,
+                  const std::string& resource) {
+  std::string s = "<Item><rasd:InstanceID>" + id + "</rasd:InstanceID>";
+  if (!address.empty()) s += "<rasd:AddressOnParent>" + address + "</rasd:AddressOnParent>";
+  return s + "<rasd:HostResource>" + resource + "</rasd:HostResource><rasd:Parent>" + parent +
+         "</rasd:Parent><rasd:ResourceType>17</rasd:ResourceType></Item>";
+}
+
+TEST(VirtualHardwareTest, DisksAreOrderedByControllerAndAddressNotReferences) {
+  // f3 at address 0 of the first controller boots; f1 on the second
+  // controller comes last although References lists it first.
+  auto hw = ReadVirtualHardware(DiskEnvelope(
+      Controller("10") + Controller("11") + Drive("20", "11", "0", "ovf:/disk/d1") +
+      Drive("21", "10", "1", "ovf:/disk/d2") + Drive("22", "10", "0", "ovf:/disk/d3")));
+  ASSERT_OK(hw);
+  EXPECT_EQ(hw->disk_file_ids, (std::vector<std::string>{"f3", "f2", "f1"}));
+  EXPECT_FALSE(hw->boot_named);
+}
+
+TEST(VirtualHardwareTest, BootOrderSectionNamesTheBootDisk) {
+  auto hw = ReadVirtualHardware(DiskEnvelope(
+      Controller("10") + Drive("20", "10", "0", "ovf:/disk/d1") +
+          Drive("21", "10", "1", "ovf:/disk/d2") + Drive("22", "10", "2", "ovf:/file/f3"),
+      R"(<vmw:BootOrderSection vmw:instanceId="21" vmw:type="disk"><Info>boot</Info>)"
+      "</vmw:BootOrderSection>"));
+  ASSERT_OK(hw);
+  EXPECT_EQ(hw->disk_file_ids, (std::vector<std::string>{"f2", "f1", "f3"}));
+  EXPECT_TRUE(hw->boot_named);
+}
+
+TEST(VirtualHardwareTest, NoDiskItemsLeaveTheOrderToTheCaller) {
+  auto hw = ReadVirtualHardware(DiskEnvelope(Item(3, "2")));
+  ASSERT_OK(hw);
+  EXPECT_TRUE(hw->disk_file_ids.empty());
+}
+
+TEST(VirtualHardwareTest, DiskItemsNamingNothingOrTwiceAreRefused) {
+  EXPECT_STATUS(ReadVirtualHardware(DiskEnvelope(Controller("10") +
+                                                 Drive("20", "10", "0", "ovf:/disk/nope"))),
+                StatusCode::kInvalidArgument, "names no Disk");
+  EXPECT_STATUS(ReadVirtualHardware(DiskEnvelope(Controller("10") +
+                                                 Drive("20", "10", "0", "ovf:/file/f9"))),
+                StatusCode::kInvalidArgument, "names no file");
+  EXPECT_STATUS(ReadVirtualHardware(DiskEnvelope(Controller("10") +
+                                                 Drive("20", "10", "0", "ovf:/disk/d1") +
+                                                 Drive("21", "10", "1", "ovf:/file/f1"))),
+                StatusCode::kInvalidArgument, "two disk Items");
+  EXPECT_STATUS(
+      ReadVirtualHardware(DiskEnvelope(
+          Controller("10") + Drive("20", "10", "0", "ovf:/disk/d1"),
+          R"(<vmw:BootOrderSection vmw:instanceId="99" vmw:type="disk"><Info>b</Info>)"
+          "</vmw:BootOrderSection>")),
+      StatusCode::kInvalidArgument, "BootOrderSection");
 }
 
 }  // namespace

@@ -5,7 +5,10 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <grp.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -14,6 +17,7 @@
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -137,7 +141,15 @@ int64_t WallClockMs() {
 
 StatusOr<pid_t> SpawnProcess(const std::vector<std::string>& argv, const std::string& log_path,
                              int inherit_fd) {
+  SpawnOptions options;
+  if (inherit_fd >= 0) options.inherit_fds.push_back(inherit_fd);
+  return SpawnProcessWith(argv, log_path, options);
+}
+
+StatusOr<pid_t> SpawnProcessWith(const std::vector<std::string>& argv,
+                                 const std::string& log_path, const SpawnOptions& options) {
   if (argv.empty()) return InvalidArgumentError("spawn: empty argv");
+  if (options.inherit_fds.size() > 16) return InvalidArgumentError("spawn: too many fds");
   // Everything the child needs is prepared here: between fork and exec only
   // async-signal-safe calls are made.
   std::vector<char*> cargv;
@@ -154,42 +166,65 @@ StatusOr<pid_t> SpawnProcess(const std::vector<std::string>& argv, const std::st
     return InternalError(std::string("pipe: ") + std::strerror(errno));
   }
   Fd err_read(pipefd[0]);
-  // Above 3, so that placing inherit_fd at 3 in the child clobbers neither.
-  Fd err_write(::fcntl(pipefd[1], F_DUPFD_CLOEXEC, 10));
+  // Above the inherited numbers, so that placing them clobbers nothing.
+  constexpr int kHighFd = 32;
+  Fd err_write(::fcntl(pipefd[1], F_DUPFD_CLOEXEC, kHighFd));
   ::close(pipefd[1]);
   if (err_write.get() < 0) return InternalError(std::string("dup: ") + std::strerror(errno));
-  Fd inherit(inherit_fd >= 0 ? ::fcntl(inherit_fd, F_DUPFD_CLOEXEC, 10) : -1);
-  if (inherit_fd >= 0 && inherit.get() < 0) {
-    return InternalError(std::string("dup: ") + std::strerror(errno));
+  std::vector<std::unique_ptr<Fd>> inherit;
+  std::vector<int> inherit_raw;
+  for (int fd : options.inherit_fds) {
+    inherit.push_back(std::make_unique<Fd>(fd >= 0 ? ::fcntl(fd, F_DUPFD_CLOEXEC, kHighFd) : -1));
+    if (fd >= 0 && inherit.back()->get() < 0) {
+      return InternalError(std::string("dup: ") + std::strerror(errno));
+    }
+    inherit_raw.push_back(inherit.back()->get());
   }
+  const bool drop = options.uid != 0;
+  const std::vector<gid_t> groups = options.groups;
 
   pid_t pid = ::fork();
   if (pid < 0) return InternalError(std::string("fork: ") + std::strerror(errno));
   if (pid == 0) {
+    auto fail = [&](int e) {
+      (void)!::write(err_write.get(), &e, sizeof e);
+      ::_exit(127);
+    };
     ::setsid();
     ::signal(SIGPIPE, SIG_DFL);
     sigset_t none;
     sigemptyset(&none);
     ::sigprocmask(SIG_SETMASK, &none, nullptr);
     if (::dup2(devnull.get(), 0) < 0 || ::dup2(log.get(), 1) < 0 || ::dup2(log.get(), 2) < 0) {
-      int e = errno;
-      (void)!::write(err_write.get(), &e, sizeof e);
-      ::_exit(127);
+      fail(errno);
     }
-    if (inherit.get() >= 0 && ::dup2(inherit.get(), 3) < 0) {  // dup2 clears CLOEXEC
-      int e = errno;
-      (void)!::write(err_write.get(), &e, sizeof e);
-      ::_exit(127);
+    const int first_free = 3 + static_cast<int>(inherit_raw.size());
+    for (size_t i = 0; i < inherit_raw.size(); ++i) {
+      if (inherit_raw[i] >= 0 && ::dup2(inherit_raw[i], 3 + static_cast<int>(i)) < 0) {
+        fail(errno);  // dup2 clears CLOEXEC
+      }
+      if (inherit_raw[i] < 0) ::close(3 + static_cast<int>(i));
     }
-    // Close every inherited fd except stdio, fd 3 if passed and the error pipe.
+    // Close every inherited fd except stdio, the passed ones and the error pipe.
     int keep = err_write.get();
-    for (int fd = inherit.get() >= 0 ? 4 : 3; fd < 1024; ++fd) {
+    for (int fd = first_free; fd < 1024; ++fd) {
       if (fd != keep) ::close(fd);
     }
+    if (drop) {
+      // Groups first (they need privilege), then gid, then uid; checked,
+      // so that a failed drop never runs the program privileged.
+      if (::setgroups(groups.size(), groups.data()) != 0) fail(errno);
+      if (::setresgid(options.gid, options.gid, options.gid) != 0) fail(errno);
+      if (::setresuid(options.uid, options.uid, options.uid) != 0) fail(errno);
+      uid_t r, e, s;
+      if (::getresuid(&r, &e, &s) != 0 || r != options.uid || e != options.uid ||
+          s != options.uid || ::setuid(0) == 0) {
+        fail(EPERM);
+      }
+      if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) fail(errno);
+    }
     ::execvp(cargv[0], cargv.data());
-    int e = errno;
-    (void)!::write(keep, &e, sizeof e);
-    ::_exit(127);
+    fail(errno);
   }
   // The read below ends at exec (close-on-exec) or at the child's report.
   err_write.Close();
@@ -204,9 +239,41 @@ StatusOr<pid_t> SpawnProcess(const std::vector<std::string>& argv, const std::st
     ::waitpid(pid, &status, 0);
     if (child_errno == ENOENT) return NotFoundError("qemu not found: " + argv[0]);
     if (child_errno == EACCES) return PermissionDeniedError("cannot execute " + argv[0]);
+    if (child_errno == EPERM && drop) {
+      return PermissionDeniedError("cannot run " + argv[0] + " as uid " +
+                                   std::to_string(options.uid));
+    }
     return InternalError("exec " + argv[0] + ": " + std::strerror(child_errno));
   }
   return pid;
+}
+
+StatusOr<int> ListenUnixSocket(const std::string& path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof addr.sun_path) {
+    return InvalidArgumentError("unix socket path too long: " + path);
+  }
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (fd.get() < 0) return InternalError(std::string("socket: ") + std::strerror(errno));
+  if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+    return InternalError("remove " + path + ": " + std::strerror(errno));
+  }
+  // Its directory is private to the agent (0700, or 0710 for VM users), so
+  // the window before the chmod reaches no one.
+  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    return InternalError("bind " + path + ": " + std::strerror(errno));
+  }
+  if (::chmod(path.c_str(), 0600) != 0) {
+    return InternalError("chmod " + path + ": " + std::strerror(errno));
+  }
+  if (::listen(fd.get(), 8) != 0) {
+    return InternalError("listen " + path + ": " + std::strerror(errno));
+  }
+  const int out = ::fcntl(fd.get(), F_DUPFD_CLOEXEC, 3);
+  if (out < 0) return InternalError(std::string("dup: ") + std::strerror(errno));
+  return out;
 }
 
 bool ProcessAlive(pid_t pid) {

@@ -21,6 +21,25 @@ namespace vmseal::vm::internal {
 StatusOr<pid_t> SpawnProcess(const std::vector<std::string>& argv, const std::string& log_path,
                              int inherit_fd = -1);
 
+// Who a child runs as and what it inherits beyond stdio.
+struct SpawnOptions {
+  // Descriptors the child gets as 3, 4, ... in this order (-1: that number
+  // stays closed); they stay owned by the caller.
+  std::vector<int> inherit_fds;
+  // uid 0 (default): the child keeps the caller's credentials. Otherwise,
+  // between fork and exec, the child sets its supplementary groups to
+  // `groups`, its real/effective/saved gid to `gid` and uid to `uid`, and
+  // PR_SET_NO_NEW_PRIVS, and fails (PERMISSION_DENIED) if any of it does not
+  // hold. Needs CAP_SETUID/CAP_SETGID.
+  uid_t uid = 0;
+  gid_t gid = 0;
+  std::vector<gid_t> groups;
+};
+
+// SpawnProcess with options.
+StatusOr<pid_t> SpawnProcessWith(const std::vector<std::string>& argv,
+                                 const std::string& log_path, const SpawnOptions& options);
+
 // true when `pid` exists and is not a zombie, or is a zombie child of this
 // process that cannot be reaped yet (its other threads still exiting). Reaps
 // `pid` (that pid only) if it is an exited child of this process.
@@ -59,6 +78,10 @@ StatusOr<std::string> QmpExecuteWithArguments(const std::string& socket_path,
 // The last `max_bytes` of a file ("" when it cannot be read), as one line:
 // control characters become spaces.
 std::string FileTail(const std::string& path, size_t max_bytes);
+
+// A listening unix socket bound at `path` (mode 0600, the caller's), for a
+// child to serve on through an inherited descriptor. Returns the fd.
+StatusOr<int> ListenUnixSocket(const std::string& path);
 
 // Milliseconds on the monotonic and the wall clock.
 int64_t MonotonicMs();

@@ -167,7 +167,9 @@ std::vector<std::string> BuildQemuArgv(const std::string& qemu_binary, const VmS
       "-m", std::to_string(spec.memory_mib) + "M",
       "-chardev", "file,id=serial0,path=" + QemuEscape(paths.serial_log),
       "-serial", "chardev:serial0",
-      "-chardev", "socket,id=qmp0,path=" + QemuEscape(paths.qmp_socket) + ",server=on,wait=off",
+      "-chardev", (paths.qmp_fd >= 0 ? "socket,id=qmp0,fd=" + std::to_string(paths.qmp_fd)
+                                      : "socket,id=qmp0,path=" + QemuEscape(paths.qmp_socket)) +
+                      ",server=on,wait=off",
       "-mon", "chardev=qmp0,mode=control",
       "-sandbox", kQemuSandbox,
   };

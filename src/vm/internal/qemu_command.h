@@ -21,6 +21,10 @@ inline constexpr size_t kMaxDisks = 16;
 struct QemuPaths {
   std::string serial_log;
   std::string qmp_socket;
+  // >= 0: qemu serves QMP on this inherited listening socket (the agent
+  // bound it at qmp_socket) instead of creating qmp_socket itself: a VM
+  // user cannot create files in the agent's run/ directory.
+  int qmp_fd = -1;
 };
 
 // INVALID_ARGUMENT unless `name` is 1..64 of [A-Za-z0-9._-] and does not
@@ -75,6 +79,8 @@ std::string DiskOverlayFileNodeName(size_t index);
 // inherited descriptor (a pipe the agent fills: never argv, env or a file).
 inline constexpr const char* kDiskSecretId = "vmseal-disk-secret";
 inline constexpr int kDiskSecretFd = 3;
+// The inherited QMP listening socket of a VM run under a VM user.
+inline constexpr int kQmpListenFd = 4;
 // How long qemu's NBD client keeps retrying a lost export (nbdkit restarted
 // after an agent crash) before it fails the guest's requests, seconds.
 inline constexpr int kNbdReconnectDelaySeconds = 60;

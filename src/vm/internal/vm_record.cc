@@ -60,11 +60,15 @@ std::string SerializeVmRecord(const VmRecord& record) {
     disks.push_back(std::move(e));
   }
   j["disks"] = disks;
+  // Only for a VM run under a VM user, so that other records stay as before.
+  if (i.uid != 0) j["uid"] = static_cast<int64_t>(i.uid);
+  if (i.run != 0) j["run"] = i.run;
   if (i.ended) {
     j["end"] = {{"reason", VmEndReasonName(i.end.reason)},
                 {"code", i.end.code},
                 {"text", i.end.text},
                 {"unix_ms", i.end.unix_ms}};
+    if (i.end.run != 0) j["end"]["run"] = i.end.run;
   }
   return j.dump(2) + "\n";
 }
@@ -110,6 +114,13 @@ StatusOr<VmRecord> ParseVmRecord(const std::string& text) {
   ASSIGN_OR_RETURN(i.qemu_log_path, GetString(j, "qemu_log"));
   ASSIGN_OR_RETURN(i.qmp_socket_path, GetString(j, "qmp_socket"));
   ASSIGN_OR_RETURN(i.started_unix_ms, GetInt(j, "started_unix_ms", 0, INT64_MAX));
+  if (j.contains("uid")) {
+    ASSIGN_OR_RETURN(int64_t uid, GetInt(j, "uid", 1, UINT32_MAX - 1));
+    i.uid = static_cast<uint32_t>(uid);
+  }
+  if (j.contains("run")) {
+    ASSIGN_OR_RETURN(i.run, GetInt(j, "run", 1, INT64_MAX));
+  }
   auto argv = j.find("argv");
   if (argv == j.end() || !argv->is_array() || argv->empty()) {
     return Corrupt("field \"argv\" missing or not a non-empty array");

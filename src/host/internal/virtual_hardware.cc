@@ -170,10 +170,23 @@ Status ReadDiskOrder(const xmlNode* root, const xmlNode* hardware, VirtualHardwa
       return InvalidArgumentError("descriptor: two disk Items on file '" + d.file_id + "'");
     }
   }
-  // vmw:BootOrderSection (VMware's exports) names the boot disk's Item.
+  // vmw:BootOrderSection (VMware's exports) names the boot disk's Item. A
+  // sealed descriptor carries it inside the VirtualHardwareSection, where
+  // OVF 2 allows a vendor element (docs/format/package.md §2.2); an export
+  // has it directly in the VirtualSystem.
   const xmlNode* system = FindDescendant(root, "VirtualSystem");
+  std::vector<const xmlNode*> candidates;
   for (const xmlNode* s = system ? system->children : nullptr; s; s = s->next) {
-    if (s->type != XML_ELEMENT_NODE || LocalName(s) != "BootOrderSection") continue;
+    if (s->type != XML_ELEMENT_NODE) continue;
+    candidates.push_back(s);
+    if (LocalName(s) == "VirtualHardwareSection") {
+      for (const xmlNode* c = s->children; c; c = c->next) {
+        if (c->type == XML_ELEMENT_NODE) candidates.push_back(c);
+      }
+    }
+  }
+  for (const xmlNode* s : candidates) {
+    if (LocalName(s) != "BootOrderSection") continue;
     if (Attr(s, "type") != "disk") continue;
     const std::string instance = Attr(s, "instanceId");
     auto it = std::find_if(drives.begin(), drives.end(),

@@ -116,6 +116,20 @@ TEST(VirtualHardwareTest, BootOrderSectionNamesTheBootDisk) {
   EXPECT_TRUE(hw->boot_named);
 }
 
+// Seal keeps a VMware export's BootOrderSection inside the
+// VirtualHardwareSection, non-required (docs/format/package.md §2.2); the
+// host still reads it there.
+TEST(VirtualHardwareTest, BootOrderSectionThatSealMovedIntoTheHardwareSectionNamesTheBootDisk) {
+  auto hw = ReadVirtualHardware(DiskEnvelope(
+      Controller("10") + Drive("20", "10", "0", "ovf:/disk/d1") +
+      Drive("21", "10", "1", "ovf:/disk/d2") + Drive("22", "10", "2", "ovf:/file/f3") +
+      R"(<vmw:BootOrderSection ovf:required="false" vmw:instanceId="22" vmw:type="disk">)"
+      "<Info>boot</Info></vmw:BootOrderSection>"));
+  ASSERT_OK(hw);
+  EXPECT_EQ(hw->disk_file_ids, (std::vector<std::string>{"f3", "f1", "f2"}));
+  EXPECT_TRUE(hw->boot_named);
+}
+
 TEST(VirtualHardwareTest, NoDiskItemsLeaveTheOrderToTheCaller) {
   auto hw = ReadVirtualHardware(DiskEnvelope(Item(3, "2")));
   ASSERT_OK(hw);

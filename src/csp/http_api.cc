@@ -234,48 +234,48 @@ void RegisterPortalRoutes(net::HttpsServer& server, const PortalServices& svc) {
 
   // --- accounts ---
   server.Json("POST", "/v1/register", [svc](const net::Request& req) -> StatusOr<json> {
-      ASSIGN_OR_RETURN(json body, ParseBody(req));
-      RegisterRequest request;
-      if (body.contains("key_algorithm")) {
-        if (!body["key_algorithm"].is_string()) {
-          return InvalidArgumentError("key_algorithm must be a string");
-        }
-        request.key_algorithm = body["key_algorithm"].get<std::string>();
+    ASSIGN_OR_RETURN(json body, ParseBody(req));
+    RegisterRequest request;
+    if (body.contains("key_algorithm")) {
+      if (!body["key_algorithm"].is_string()) {
+        return InvalidArgumentError("key_algorithm must be a string");
       }
-      RETURN_IF_ERROR(SigningKeyFrom(body, "signing_public_key_pem", "signing_key_proof",
-                                     &request.signing_public_key_pem, &request.signing_key_proof));
-      ASSIGN_OR_RETURN(RegisterResponse r, svc.accounts->Register(request));
-      json out = {{"customer_id", r.customer_id},
-                  {"login_id", r.login_id},
-                  {"password", std::string(crypto::AsStringView(r.password.UnsafeSpan()))},
-                  {"key", ToJson(r.key)}};
-      if (!r.signing_key.key_id.empty()) out["signing_key"] = ToJson(r.signing_key);
-      return out;
-    }, 201);
+      request.key_algorithm = body["key_algorithm"].get<std::string>();
+    }
+    RETURN_IF_ERROR(SigningKeyFrom(body, "signing_public_key_pem", "signing_key_proof",
+                                   &request.signing_public_key_pem, &request.signing_key_proof));
+    ASSIGN_OR_RETURN(RegisterResponse r, svc.accounts->Register(request));
+    json out = {{"customer_id", r.customer_id},
+                {"login_id", r.login_id},
+                {"password", std::string(crypto::AsStringView(r.password.UnsafeSpan()))},
+                {"key", ToJson(r.key)}};
+    if (!r.signing_key.key_id.empty()) out["signing_key"] = ToJson(r.signing_key);
+    return out;
+  }, 201);
   server.Json("GET", "/v1/customer/key", [svc, who](const net::Request& req) -> StatusOr<json> {
-      ASSIGN_OR_RETURN(Principal p, who(req));
-      ASSIGN_OR_RETURN(CustomerKey k, svc.accounts->GetCustomerKey(p));
-      json out = ToJson(k);
-      out["kms_ca_cert_pem"] = svc.kms->CaCertificatePem();
-      // The signing key as the KMS has it registered, if any.
-      auto signing = svc.accounts->GetSigningKey(p);
-      if (signing.ok()) {
-        out["signing_key"] = ToJson(*signing);
-      } else if (signing.status().code() != StatusCode::kNotFound &&
-                 signing.status().code() != StatusCode::kUnimplemented) {
-        return signing.status();
-      }
-      return out;
-    });
+    ASSIGN_OR_RETURN(Principal p, who(req));
+    ASSIGN_OR_RETURN(CustomerKey k, svc.accounts->GetCustomerKey(p));
+    json out = ToJson(k);
+    out["kms_ca_cert_pem"] = svc.kms->CaCertificatePem();
+    // The signing key as the KMS has it registered, if any.
+    auto signing = svc.accounts->GetSigningKey(p);
+    if (signing.ok()) {
+      out["signing_key"] = ToJson(*signing);
+    } else if (signing.status().code() != StatusCode::kNotFound &&
+               signing.status().code() != StatusCode::kUnimplemented) {
+      return signing.status();
+    }
+    return out;
+  });
   server.Json("POST", "/v1/customer/signing-key", [svc, who](const net::Request& req) -> StatusOr<json> {
-      ASSIGN_OR_RETURN(Principal p, who(req));
-      ASSIGN_OR_RETURN(json body, ParseBody(req));
-      std::string pem;
-      std::vector<uint8_t> proof;
-      RETURN_IF_ERROR(SigningKeyFrom(body, "public_key_pem", "proof", &pem, &proof));
-      ASSIGN_OR_RETURN(SigningKey k, svc.accounts->RegisterSigningKey(p, pem, proof));
-      return ToJson(k);
-    }, 201);
+    ASSIGN_OR_RETURN(Principal p, who(req));
+    ASSIGN_OR_RETURN(json body, ParseBody(req));
+    std::string pem;
+    std::vector<uint8_t> proof;
+    RETURN_IF_ERROR(SigningKeyFrom(body, "public_key_pem", "proof", &pem, &proof));
+    ASSIGN_OR_RETURN(SigningKey k, svc.accounts->RegisterSigningKey(p, pem, proof));
+    return ToJson(k);
+  }, 201);
   server.Json("GET", "/v1/kms/ca", [svc](const net::Request&) -> StatusOr<json> {
     return json{{"ca_cert_pem", svc.kms->CaCertificatePem()}};
   });
@@ -290,34 +290,34 @@ void RegisterPortalRoutes(net::HttpsServer& server, const PortalServices& svc) {
     return FileAnswer(svc.agent_binary, svc.agent_sha256_hex);
   });
   server.Json("POST", "/v1/login", [svc](const net::Request& req) -> StatusOr<json> {
-      ASSIGN_OR_RETURN(json body, ParseBody(req));
-      if (!body["login_id"].is_string() || !body["password"].is_string()) {
-        return InvalidArgumentError("login_id and password are required");
-      }
-      LoginRequest login{body["login_id"].get<std::string>(),
-                         SecretBytes(crypto::AsBytes(body["password"].get_ref<const std::string&>()))};
-      ASSIGN_OR_RETURN(LoginResponse r, svc.accounts->Login(login));
-      return json{{"token", std::string(crypto::AsStringView(r.token.UnsafeSpan()))},
-                  {"expires_unix", r.expires_unix},
-                  {"customer_id", r.customer_id}};
-    });
+    ASSIGN_OR_RETURN(json body, ParseBody(req));
+    if (!body["login_id"].is_string() || !body["password"].is_string()) {
+      return InvalidArgumentError("login_id and password are required");
+    }
+    LoginRequest login{body["login_id"].get<std::string>(),
+                       SecretBytes(crypto::AsBytes(body["password"].get_ref<const std::string&>()))};
+    ASSIGN_OR_RETURN(LoginResponse r, svc.accounts->Login(login));
+    return json{{"token", std::string(crypto::AsStringView(r.token.UnsafeSpan()))},
+                {"expires_unix", r.expires_unix},
+                {"customer_id", r.customer_id}};
+  });
   server.Json("POST", "/v1/logout", [svc](const net::Request& req) -> StatusOr<json> {
-      ASSIGN_OR_RETURN(SecretBytes token, BearerToken(req));
-      RETURN_IF_ERROR(svc.accounts->Logout(token));
-      return json::object();
-    });
+    ASSIGN_OR_RETURN(SecretBytes token, BearerToken(req));
+    RETURN_IF_ERROR(svc.accounts->Logout(token));
+    return json::object();
+  });
 
   // --- uploads ---
   server.Json("POST", "/v1/uploads", [svc, who](const net::Request& req) -> StatusOr<json> {
-      ASSIGN_OR_RETURN(Principal p, who(req));
-      ASSIGN_OR_RETURN(UploadState u, svc.images->BeginUpload(p, {}));
-      return ToJson(u);
-    }, 201);
+    ASSIGN_OR_RETURN(Principal p, who(req));
+    ASSIGN_OR_RETURN(UploadState u, svc.images->BeginUpload(p, {}));
+    return ToJson(u);
+  }, 201);
   server.Json("GET", R"(/v1/uploads/([0-9a-f]{32}))", [svc, who](const net::Request& req) -> StatusOr<json> {
-                 ASSIGN_OR_RETURN(Principal p, who(req));
-                 ASSIGN_OR_RETURN(UploadState u, svc.images->GetUpload(p, req.path_params[0]));
-                 return ToJson(u);
-               });
+    ASSIGN_OR_RETURN(Principal p, who(req));
+    ASSIGN_OR_RETURN(UploadState u, svc.images->GetUpload(p, req.path_params[0]));
+    return ToJson(u);
+  });
   // The body streams to the upload (its size is the upload's business, up
   // to the largest upload), in pieces the server hands over.
   server.Stream("PUT", R"(/v1/uploads/([0-9a-f]{32}))", [svc, who](const net::Request& req)
@@ -332,67 +332,67 @@ void RegisterPortalRoutes(net::HttpsServer& server, const PortalServices& svc) {
     return std::unique_ptr<net::BodySink>(new UploadSink(svc.images, p, req.path_params[0], offset));
   }, std::numeric_limits<uint64_t>::max());
   server.Json("POST", R"(/v1/uploads/([0-9a-f]{32})/commit)", [svc, who](const net::Request& req) -> StatusOr<json> {
-                  ASSIGN_OR_RETURN(Principal p, who(req));
-                  ASSIGN_OR_RETURN(json body, ParseBody(req));
-                  CommitUploadRequest c;
-                  c.upload_id = req.path_params[0];
-                  c.name = body.value("name", "");
-                  c.sha256_hex = body.value("sha256", "");
-                  ASSIGN_OR_RETURN(c.policy, PolicyFrom(body));
-                  const bool has_kms_policy = body.contains("kms_policy");
-                  if (has_kms_policy && !body["kms_policy"].is_object()) {
-                    return InvalidArgumentError("kms_policy must be a JSON object");
-                  }
-                  ASSIGN_OR_RETURN(ImageInfo i, svc.images->CommitUpload(p, c));
-                  if (!i.key_id.empty()) {
-                    // The KMS learns the tag's identity, owned by this
-                    // customer: grants and this image's policy need it.
-                    Status reg = svc.kms->RegisterImage(p.customer_id, i.tagged_image_id, i.key_id);
-                    if (!reg.ok()) {
-                      (void)svc.images->DeleteImage(p, i.image_id);
-                      return Status(reg.code(), "KMS image registration: " + reg.message());
-                    }
-                  }
-                  if (has_kms_policy) {
-                    // The KMS owns the release policy; an image whose policy
-                    // the KMS refused is not kept.
-                    Status put = svc.kms->PutImagePolicy(p.customer_id, KmsImageId(i),
-                                                         DumpJson(body["kms_policy"]));
-                    if (!put.ok()) {
-                      (void)svc.images->DeleteImage(p, i.image_id);
-                      return Status(put.code(), "KMS policy: " + put.message());
-                    }
-                  }
-                  return ToJson(i);
-                }, 201);
+    ASSIGN_OR_RETURN(Principal p, who(req));
+    ASSIGN_OR_RETURN(json body, ParseBody(req));
+    CommitUploadRequest c;
+    c.upload_id = req.path_params[0];
+    c.name = body.value("name", "");
+    c.sha256_hex = body.value("sha256", "");
+    ASSIGN_OR_RETURN(c.policy, PolicyFrom(body));
+    const bool has_kms_policy = body.contains("kms_policy");
+    if (has_kms_policy && !body["kms_policy"].is_object()) {
+      return InvalidArgumentError("kms_policy must be a JSON object");
+    }
+    ASSIGN_OR_RETURN(ImageInfo i, svc.images->CommitUpload(p, c));
+    if (!i.key_id.empty()) {
+      // The KMS learns the tag's identity, owned by this
+      // customer: grants and this image's policy need it.
+      Status reg = svc.kms->RegisterImage(p.customer_id, i.tagged_image_id, i.key_id);
+      if (!reg.ok()) {
+        (void)svc.images->DeleteImage(p, i.image_id);
+        return Status(reg.code(), "KMS image registration: " + reg.message());
+      }
+    }
+    if (has_kms_policy) {
+      // The KMS owns the release policy; an image whose policy
+      // the KMS refused is not kept.
+      Status put = svc.kms->PutImagePolicy(p.customer_id, KmsImageId(i),
+                                           DumpJson(body["kms_policy"]));
+      if (!put.ok()) {
+        (void)svc.images->DeleteImage(p, i.image_id);
+        return Status(put.code(), "KMS policy: " + put.message());
+      }
+    }
+    return ToJson(i);
+  }, 201);
 
   // --- images ---
   server.Json("GET", "/v1/images", [svc, who](const net::Request& req) -> StatusOr<json> {
-      ASSIGN_OR_RETURN(Principal p, who(req));
-      ASSIGN_OR_RETURN(auto list, svc.images->ListImages(p));
-      json images = json::array();
-      for (const auto& i : list) images.push_back(ToJson(i));
-      return json{{"images", images}};
-    });
+    ASSIGN_OR_RETURN(Principal p, who(req));
+    ASSIGN_OR_RETURN(auto list, svc.images->ListImages(p));
+    json images = json::array();
+    for (const auto& i : list) images.push_back(ToJson(i));
+    return json{{"images", images}};
+  });
   server.Json("GET", R"(/v1/images/([A-Za-z0-9-]+))", [svc, who](const net::Request& req) -> StatusOr<json> {
-                 ASSIGN_OR_RETURN(Principal p, who(req));
-                 ASSIGN_OR_RETURN(ImageInfo i, svc.images->GetImage(p, req.path_params[0]));
-                 return ToJson(i);
-               });
+    ASSIGN_OR_RETURN(Principal p, who(req));
+    ASSIGN_OR_RETURN(ImageInfo i, svc.images->GetImage(p, req.path_params[0]));
+    return ToJson(i);
+  });
   server.Json("DELETE", R"(/v1/images/([A-Za-z0-9-]+))", [svc, who](const net::Request& req) -> StatusOr<json> {
-                    ASSIGN_OR_RETURN(Principal p, who(req));
-                    RETURN_IF_ERROR(svc.images->DeleteImage(p, req.path_params[0]));
-                    return json::object();
-                  });
+    ASSIGN_OR_RETURN(Principal p, who(req));
+    RETURN_IF_ERROR(svc.images->DeleteImage(p, req.path_params[0]));
+    return json::object();
+  });
   server.Json("PUT", R"(/v1/images/([A-Za-z0-9-]+)/kms-policy)", [svc, who](const net::Request& req) -> StatusOr<json> {
-                 ASSIGN_OR_RETURN(Principal p, who(req));
-                 ASSIGN_OR_RETURN(ImageInfo i, svc.images->GetImage(p, req.path_params[0]));
-                 ASSIGN_OR_RETURN(json body, ParseBody(req));
-                 RETURN_IF_ERROR(svc.kms->PutImagePolicy(p.customer_id, KmsImageId(i), DumpJson(body))
-                                     .WithPrefix("KMS policy"));
-                 return json{{"image_id", i.image_id}, {"kms_image_id", KmsImageId(i)},
-                             {"kms_policy", body}};
-               });
+    ASSIGN_OR_RETURN(Principal p, who(req));
+    ASSIGN_OR_RETURN(ImageInfo i, svc.images->GetImage(p, req.path_params[0]));
+    ASSIGN_OR_RETURN(json body, ParseBody(req));
+    RETURN_IF_ERROR(svc.kms->PutImagePolicy(p.customer_id, KmsImageId(i), DumpJson(body))
+                        .WithPrefix("KMS policy"));
+    return json{{"image_id", i.image_id}, {"kms_image_id", KmsImageId(i)},
+                {"kms_policy", body}};
+  });
   server.GetFile(R"(/v1/images/([A-Za-z0-9-]+)/package)", [svc, who](const net::Request& req)
                      -> StatusOr<net::FileResponse> {
     ASSIGN_OR_RETURN(Principal p, who(req));
@@ -400,183 +400,183 @@ void RegisterPortalRoutes(net::HttpsServer& server, const PortalServices& svc) {
     return FileAnswer(std::shared_ptr<RandomAccessFile>(std::move(f)), "");
   });
   server.Json("GET", R"(/v1/images/([A-Za-z0-9-]+)/placement)", [svc, who](const net::Request& req) -> StatusOr<json> {
-                 ASSIGN_OR_RETURN(Principal p, who(req));
-                 ASSIGN_OR_RETURN(Placement pl, svc.jobs->ExplainImagePlacement(p, req.path_params[0]));
-                 return ToJson(pl);
-               });
+    ASSIGN_OR_RETURN(Principal p, who(req));
+    ASSIGN_OR_RETURN(Placement pl, svc.jobs->ExplainImagePlacement(p, req.path_params[0]));
+    return ToJson(pl);
+  });
 
   // --- launches and jobs ---
   server.Json("POST", "/v1/launch", [svc, who](const net::Request& req) -> StatusOr<json> {
-      ASSIGN_OR_RETURN(Principal p, who(req));
-      ASSIGN_OR_RETURN(json body, ParseBody(req));
-      ASSIGN_OR_RETURN(Job j, svc.jobs->Launch(p, {body.value("image_id", "")}));
-      return ToJson(j);
-    }, 201);
+    ASSIGN_OR_RETURN(Principal p, who(req));
+    ASSIGN_OR_RETURN(json body, ParseBody(req));
+    ASSIGN_OR_RETURN(Job j, svc.jobs->Launch(p, {body.value("image_id", "")}));
+    return ToJson(j);
+  }, 201);
   server.Json("GET", "/v1/jobs", [svc, who](const net::Request& req) -> StatusOr<json> {
-      ASSIGN_OR_RETURN(Principal p, who(req));
-      ASSIGN_OR_RETURN(auto list, svc.jobs->ListJobs(p));
-      json jobs = json::array();
-      for (const auto& j : list) jobs.push_back(ToJson(j));
-      return json{{"jobs", jobs}};
-    });
+    ASSIGN_OR_RETURN(Principal p, who(req));
+    ASSIGN_OR_RETURN(auto list, svc.jobs->ListJobs(p));
+    json jobs = json::array();
+    for (const auto& j : list) jobs.push_back(ToJson(j));
+    return json{{"jobs", jobs}};
+  });
   server.Json("GET", R"(/v1/jobs/([A-Za-z0-9-]+))", [svc, who](const net::Request& req) -> StatusOr<json> {
-                 ASSIGN_OR_RETURN(Principal p, who(req));
-                 ASSIGN_OR_RETURN(Job j, svc.jobs->GetJob(p, req.path_params[0]));
-                 return ToJson(j);
-               });
+    ASSIGN_OR_RETURN(Principal p, who(req));
+    ASSIGN_OR_RETURN(Job j, svc.jobs->GetJob(p, req.path_params[0]));
+    return ToJson(j);
+  });
 
   // --- the customer's VMs ({vm}: the job id or the VM name) ---
   server.Json("POST", R"(/v1/vms/([A-Za-z0-9._-]{1,128})/stop)", [svc, who](const net::Request& req) -> StatusOr<json> {
-                  ASSIGN_OR_RETURN(Principal p, who(req));
-                  ASSIGN_OR_RETURN(Job j, svc.jobs->StopVm(p, req.path_params[0]));
-                  return ToJson(j);
-                }, 202);
+    ASSIGN_OR_RETURN(Principal p, who(req));
+    ASSIGN_OR_RETURN(Job j, svc.jobs->StopVm(p, req.path_params[0]));
+    return ToJson(j);
+  }, 202);
   server.Json("POST", R"(/v1/vms/([A-Za-z0-9._-]{1,128})/start)", [svc, who](const net::Request& req) -> StatusOr<json> {
-                  ASSIGN_OR_RETURN(Principal p, who(req));
-                  ASSIGN_OR_RETURN(Job j, svc.jobs->StartVm(p, req.path_params[0]));
-                  return ToJson(j);
-                }, 202);
+    ASSIGN_OR_RETURN(Principal p, who(req));
+    ASSIGN_OR_RETURN(Job j, svc.jobs->StartVm(p, req.path_params[0]));
+    return ToJson(j);
+  }, 202);
   server.Json("DELETE", R"(/v1/vms/([A-Za-z0-9._-]{1,128}))", [svc, who](const net::Request& req) -> StatusOr<json> {
-                    ASSIGN_OR_RETURN(Principal p, who(req));
-                    ASSIGN_OR_RETURN(Job j, svc.jobs->DeleteVm(p, req.path_params[0]));
-                    return ToJson(j);
-                  }, 202);
+    ASSIGN_OR_RETURN(Principal p, who(req));
+    ASSIGN_OR_RETURN(Job j, svc.jobs->DeleteVm(p, req.path_params[0]));
+    return ToJson(j);
+  }, 202);
 
   // --- hosts (mTLS) ---
   server.Json("POST", "/v1/hosts/register", [svc](const net::Request& req) -> StatusOr<json> {
-      ASSIGN_OR_RETURN(std::string host, HostIdentity(req));
-      ASSIGN_OR_RETURN(json body, ParseBody(req));
-      HostRegistration r;
-      r.host_id = host;
-      if (body.contains("host_id") && body["host_id"] != host) {
-        return PermissionDeniedError("host_id differs from the client certificate CN");
+    ASSIGN_OR_RETURN(std::string host, HostIdentity(req));
+    ASSIGN_OR_RETURN(json body, ParseBody(req));
+    HostRegistration r;
+    r.host_id = host;
+    if (body.contains("host_id") && body["host_id"] != host) {
+      return PermissionDeniedError("host_id differs from the client certificate CN");
+    }
+    if (body.contains("capacity")) {
+      const json& c = body["capacity"];
+      if (!c.is_object() || !c["vcpus"].is_number_unsigned()) {
+        return InvalidArgumentError("capacity.vcpus is required");
       }
-      if (body.contains("capacity")) {
-        const json& c = body["capacity"];
-        if (!c.is_object() || !c["vcpus"].is_number_unsigned()) {
-          return InvalidArgumentError("capacity.vcpus is required");
+      r.vcpus = c["vcpus"].get<uint32_t>();
+      r.memory_mib = c.value("memory_mib", uint64_t{0});
+      r.capacity_slots = r.vcpus;
+      for (const char* slots : {"max_vms", "slots"}) {
+        if (c.contains(slots) && c[slots].is_number_unsigned()) {
+          r.capacity_slots = c[slots].get<uint32_t>();
         }
-        r.vcpus = c["vcpus"].get<uint32_t>();
-        r.memory_mib = c.value("memory_mib", uint64_t{0});
-        r.capacity_slots = r.vcpus;
-        for (const char* slots : {"max_vms", "slots"}) {
-          if (c.contains(slots) && c[slots].is_number_unsigned()) {
-            r.capacity_slots = c[slots].get<uint32_t>();
+      }
+    }
+    if (body.contains("capacity_slots")) {
+      if (!body["capacity_slots"].is_number_unsigned()) {
+        return InvalidArgumentError("capacity_slots must be a positive integer");
+      }
+      r.capacity_slots = body["capacity_slots"].get<uint32_t>();
+    }
+    if (!body.contains("capacity") && !body.contains("capacity_slots")) {
+      return InvalidArgumentError("capacity {vcpus, memory_mib} is required");
+    }
+    if (body.contains("tags")) {
+      const json& t = body["tags"];
+      if (t.is_array()) {
+        for (const json& v : t) {
+          std::string kv = v.is_string() ? v.get<std::string>() : "";
+          size_t eq = kv.find('=');
+          if (eq == std::string::npos || eq == 0) {
+            return InvalidArgumentError("tags must be \"key=value\" strings");
           }
+          r.tags[kv.substr(0, eq)] = kv.substr(eq + 1);
         }
-      }
-      if (body.contains("capacity_slots")) {
-        if (!body["capacity_slots"].is_number_unsigned()) {
-          return InvalidArgumentError("capacity_slots must be a positive integer");
+      } else if (t.is_object()) {
+        for (auto& [k, v] : t.items()) {
+          if (!v.is_string()) return InvalidArgumentError("tag values must be strings");
+          r.tags[k] = v.get<std::string>();
         }
-        r.capacity_slots = body["capacity_slots"].get<uint32_t>();
+      } else {
+        return InvalidArgumentError("tags must be a list of \"key=value\" strings");
       }
-      if (!body.contains("capacity") && !body.contains("capacity_slots")) {
-        return InvalidArgumentError("capacity {vcpus, memory_mib} is required");
-      }
-      if (body.contains("tags")) {
-        const json& t = body["tags"];
-        if (t.is_array()) {
-          for (const json& v : t) {
-            std::string kv = v.is_string() ? v.get<std::string>() : "";
-            size_t eq = kv.find('=');
-            if (eq == std::string::npos || eq == 0) {
-              return InvalidArgumentError("tags must be \"key=value\" strings");
-            }
-            r.tags[kv.substr(0, eq)] = kv.substr(eq + 1);
-          }
-        } else if (t.is_object()) {
-          for (auto& [k, v] : t.items()) {
-            if (!v.is_string()) return InvalidArgumentError("tag values must be strings");
-            r.tags[k] = v.get<std::string>();
-          }
-        } else {
-          return InvalidArgumentError("tags must be a list of \"key=value\" strings");
-        }
-      }
-      RETURN_IF_ERROR(svc.hosts->Register(r));
-      return json{{"host_id", host},
-                  {"capacity_slots", r.capacity_slots},
-                  {"heartbeat_timeout_seconds", svc.hosts->heartbeat_timeout_seconds()}};
-    });
+    }
+    RETURN_IF_ERROR(svc.hosts->Register(r));
+    return json{{"host_id", host},
+                {"capacity_slots", r.capacity_slots},
+                {"heartbeat_timeout_seconds", svc.hosts->heartbeat_timeout_seconds()}};
+  });
   server.Json("POST", "/v1/hosts/heartbeat", [svc](const net::Request& req) -> StatusOr<json> {
-      ASSIGN_OR_RETURN(std::string host, HostIdentity(req));
-      RETURN_IF_ERROR(svc.hosts->Heartbeat(host));
-      return json{{"host_id", host},
-                  {"in_pool", true},
-                  {"heartbeat_timeout_seconds", svc.hosts->heartbeat_timeout_seconds()}};
-    });
+    ASSIGN_OR_RETURN(std::string host, HostIdentity(req));
+    RETURN_IF_ERROR(svc.hosts->Heartbeat(host));
+    return json{{"host_id", host},
+                {"in_pool", true},
+                {"heartbeat_timeout_seconds", svc.hosts->heartbeat_timeout_seconds()}};
+  });
   server.Json("GET", "/v1/hosts/jobs", [svc](const net::Request& req) -> StatusOr<json> {
-      ASSIGN_OR_RETURN(std::string host, HostIdentity(req));
-      json jobs = json::array();
-      for (const auto& j : svc.jobs->PendingJobs(host)) jobs.push_back(ToJson(j, true));
-      json vms = json::array();
-      for (const HostVmCommand& c : svc.jobs->VmCommands(host)) {
-        vms.push_back({{"job_id", c.job_id}, {"vm_name", c.vm_name}, {"action", c.action}});
-      }
-      return json{{"jobs", jobs}, {"vms", vms}};
-    });
+    ASSIGN_OR_RETURN(std::string host, HostIdentity(req));
+    json jobs = json::array();
+    for (const auto& j : svc.jobs->PendingJobs(host)) jobs.push_back(ToJson(j, true));
+    json vms = json::array();
+    for (const HostVmCommand& c : svc.jobs->VmCommands(host)) {
+      vms.push_back({{"job_id", c.job_id}, {"vm_name", c.vm_name}, {"action", c.action}});
+    }
+    return json{{"jobs", jobs}, {"vms", vms}};
+  });
   server.Json("POST", R"(/v1/hosts/jobs/([A-Za-z0-9-]+)/progress)", [svc](const net::Request& req) -> StatusOr<json> {
-                  ASSIGN_OR_RETURN(std::string host, HostIdentity(req));
-                  ASSIGN_OR_RETURN(json body, ParseBody(req));
-                  // "phase" (contract) or "state" (older hosts).
-                  std::string phase = body.value("phase", body.value("state", ""));
-                  if (phase == "failed") {
-                    // A host that gives up reports a refusal (launch failed).
-                    RefusalReport r{req.path_params[0], RefusalKind::kLaunchFailed,
-                                    body.value("reason", "") + (body.contains("message")
-                                        ? ": " + body.value("message", "") : "")};
-                    ASSIGN_OR_RETURN(Job j, svc.jobs->ReportRefusal(host, r));
-                    return ToJson(j, true);
-                  }
-                  ASSIGN_OR_RETURN(JobState s, JobStateFromName(phase));
-                  ProgressReport p{req.path_params[0], s, body.value("vm_name", ""),
-                                   body.value("serial_log_path", "")};
-                  ASSIGN_OR_RETURN(Job j, svc.jobs->ReportProgress(host, p));
-                  return ToJson(j, true);
-                });
+    ASSIGN_OR_RETURN(std::string host, HostIdentity(req));
+    ASSIGN_OR_RETURN(json body, ParseBody(req));
+    // "phase" (contract) or "state" (older hosts).
+    std::string phase = body.value("phase", body.value("state", ""));
+    if (phase == "failed") {
+      // A host that gives up reports a refusal (launch failed).
+      RefusalReport r{req.path_params[0], RefusalKind::kLaunchFailed,
+                      body.value("reason", "") + (body.contains("message")
+                          ? ": " + body.value("message", "") : "")};
+      ASSIGN_OR_RETURN(Job j, svc.jobs->ReportRefusal(host, r));
+      return ToJson(j, true);
+    }
+    ASSIGN_OR_RETURN(JobState s, JobStateFromName(phase));
+    ProgressReport p{req.path_params[0], s, body.value("vm_name", ""),
+                     body.value("serial_log_path", "")};
+    ASSIGN_OR_RETURN(Job j, svc.jobs->ReportProgress(host, p));
+    return ToJson(j, true);
+  });
   server.Json("POST", R"(/v1/hosts/jobs/([A-Za-z0-9-]+)/refusal)", [svc](const net::Request& req) -> StatusOr<json> {
-                  ASSIGN_OR_RETURN(std::string host, HostIdentity(req));
-                  ASSIGN_OR_RETURN(json body, ParseBody(req));
-                  // {reason, message} (contract) or {kind, detail} (older hosts).
-                  std::string kind = body.value("reason", body.value("kind", ""));
-                  RefusalReport r;
-                  r.job_id = req.path_params[0];
-                  r.detail = body.value("message", body.value("detail", ""));
-                  if (kind == "unencrypted_image") {
-                    r.kind = RefusalKind::kUnencryptedImage;
-                  } else if (kind == "attestation_denied") {
-                    r.kind = RefusalKind::kAttestationDenied;
-                  } else if (kind == "launch_failed") {
-                    r.kind = RefusalKind::kLaunchFailed;
-                  } else if (IsMachineReason(kind)) {
-                    // The host's own machine reason (pcr_policy, kms_unavailable,
-                    // package_rejected, decrypt_failed, fetch_failed, ...).
-                    r.reason = kind;
-                  } else {
-                    return InvalidArgumentError(
-                        "reason must be a machine reason matching [a-z][a-z0-9_]{0,63}");
-                  }
-                  ASSIGN_OR_RETURN(Job j, svc.jobs->ReportRefusal(host, r));
-                  return ToJson(j, true);
-                });
+    ASSIGN_OR_RETURN(std::string host, HostIdentity(req));
+    ASSIGN_OR_RETURN(json body, ParseBody(req));
+    // {reason, message} (contract) or {kind, detail} (older hosts).
+    std::string kind = body.value("reason", body.value("kind", ""));
+    RefusalReport r;
+    r.job_id = req.path_params[0];
+    r.detail = body.value("message", body.value("detail", ""));
+    if (kind == "unencrypted_image") {
+      r.kind = RefusalKind::kUnencryptedImage;
+    } else if (kind == "attestation_denied") {
+      r.kind = RefusalKind::kAttestationDenied;
+    } else if (kind == "launch_failed") {
+      r.kind = RefusalKind::kLaunchFailed;
+    } else if (IsMachineReason(kind)) {
+      // The host's own machine reason (pcr_policy, kms_unavailable,
+      // package_rejected, decrypt_failed, fetch_failed, ...).
+      r.reason = kind;
+    } else {
+      return InvalidArgumentError(
+          "reason must be a machine reason matching [a-z][a-z0-9_]{0,63}");
+    }
+    ASSIGN_OR_RETURN(Job j, svc.jobs->ReportRefusal(host, r));
+    return ToJson(j, true);
+  });
   server.Json("POST", R"(/v1/hosts/vms/([A-Za-z0-9._-]{1,64})/ended)", [svc](const net::Request& req) -> StatusOr<json> {
-                  ASSIGN_OR_RETURN(std::string host, HostIdentity(req));
-                  ASSIGN_OR_RETURN(json body, ParseBody(req));
-                  if (!body["reason"].is_string()) return InvalidArgumentError("reason is required");
-                  if (body.contains("text") && !body["text"].is_string()) {
-                    return InvalidArgumentError("text must be a string");
-                  }
-                  VmEndedReport r{req.path_params[0], body["reason"].get<std::string>(),
-                                  body.value("text", "")};
-                  ASSIGN_OR_RETURN(Job j, svc.jobs->ReportVmEnded(host, r));
-                  return ToJson(j, true);
-                });
+    ASSIGN_OR_RETURN(std::string host, HostIdentity(req));
+    ASSIGN_OR_RETURN(json body, ParseBody(req));
+    if (!body["reason"].is_string()) return InvalidArgumentError("reason is required");
+    if (body.contains("text") && !body["text"].is_string()) {
+      return InvalidArgumentError("text must be a string");
+    }
+    VmEndedReport r{req.path_params[0], body["reason"].get<std::string>(),
+                    body.value("text", "")};
+    ASSIGN_OR_RETURN(Job j, svc.jobs->ReportVmEnded(host, r));
+    return ToJson(j, true);
+  });
   server.Json("POST", R"(/v1/hosts/vms/([A-Za-z0-9._-]{1,64})/deleted)", [svc](const net::Request& req) -> StatusOr<json> {
-                  ASSIGN_OR_RETURN(std::string host, HostIdentity(req));
-                  ASSIGN_OR_RETURN(Job j, svc.jobs->ReportVmDeleted(host, req.path_params[0]));
-                  return ToJson(j, true);
-                });
+    ASSIGN_OR_RETURN(std::string host, HostIdentity(req));
+    ASSIGN_OR_RETURN(Job j, svc.jobs->ReportVmDeleted(host, req.path_params[0]));
+    return ToJson(j, true);
+  });
   server.GetFile(R"(/v1/hosts/jobs/([A-Za-z0-9-]+)/package)", [svc](const net::Request& req)
                      -> StatusOr<net::FileResponse> {
     ASSIGN_OR_RETURN(std::string host, HostIdentity(req));
@@ -588,45 +588,45 @@ void RegisterPortalRoutes(net::HttpsServer& server, const PortalServices& svc) {
 
   // --- operator ---
   server.Json("GET", "/v1/operator/jobs", [svc, is_operator](const net::Request& req) -> StatusOr<json> {
-      RETURN_IF_ERROR(is_operator(req));
-      json jobs = json::array();
-      for (const auto& j : svc.jobs->ListAllJobs()) jobs.push_back(ToJson(j, true));
-      return json{{"jobs", jobs}};
-    });
+    RETURN_IF_ERROR(is_operator(req));
+    json jobs = json::array();
+    for (const auto& j : svc.jobs->ListAllJobs()) jobs.push_back(ToJson(j, true));
+    return json{{"jobs", jobs}};
+  });
   server.Json("GET", "/v1/operator/hosts", [svc, is_operator](const net::Request& req) -> StatusOr<json> {
-      RETURN_IF_ERROR(is_operator(req));
-      json hosts = json::array();
-      for (const auto& h : svc.hosts->List()) {
-        hosts.push_back({{"host_id", h.registration.host_id},
-                         {"capacity_slots", h.registration.capacity_slots},
-                         {"tags", h.registration.tags},
-                         {"vcpus", h.registration.vcpus},
-                         {"memory_mib", h.registration.memory_mib},
-                         {"in_pool", h.in_pool},
-                         {"last_heartbeat_unix", h.last_heartbeat_unix}});
-      }
-      return json{{"hosts", hosts}};
-    });
+    RETURN_IF_ERROR(is_operator(req));
+    json hosts = json::array();
+    for (const auto& h : svc.hosts->List()) {
+      hosts.push_back({{"host_id", h.registration.host_id},
+                       {"capacity_slots", h.registration.capacity_slots},
+                       {"tags", h.registration.tags},
+                       {"vcpus", h.registration.vcpus},
+                       {"memory_mib", h.registration.memory_mib},
+                       {"in_pool", h.in_pool},
+                       {"last_heartbeat_unix", h.last_heartbeat_unix}});
+    }
+    return json{{"hosts", hosts}};
+  });
   server.Json("GET", R"(/v1/operator/jobs/([A-Za-z0-9-]+)/placement)", [svc, is_operator](const net::Request& req) -> StatusOr<json> {
-                 RETURN_IF_ERROR(is_operator(req));
-                 ASSIGN_OR_RETURN(Job j, svc.jobs->GetAnyJob(req.path_params[0]));
-                 json all = json::array();
-                 for (const Placement& p : j.placements) all.push_back(ToJson(p));
-                 json out = ToJson(j.last_placement);
-                 out["job"] = ToJson(j, true);
-                 out["history"] = all;
-                 return out;
-               });
+    RETURN_IF_ERROR(is_operator(req));
+    ASSIGN_OR_RETURN(Job j, svc.jobs->GetAnyJob(req.path_params[0]));
+    json all = json::array();
+    for (const Placement& p : j.placements) all.push_back(ToJson(p));
+    json out = ToJson(j.last_placement);
+    out["job"] = ToJson(j, true);
+    out["history"] = all;
+    return out;
+  });
   server.Json("GET", "/v1/operator/placement", [svc, is_operator](const net::Request& req) -> StatusOr<json> {
-      RETURN_IF_ERROR(is_operator(req));
-      const std::string customer = req.QueryParam("customer_id");
-      const std::string image = req.QueryParam("image_id");
-      if (customer.empty() || image.empty()) {
-        return InvalidArgumentError("customer_id and image_id query parameters are required");
-      }
-      ASSIGN_OR_RETURN(Placement p, svc.jobs->ExplainImagePlacement(Principal{customer}, image));
-      return ToJson(p);
-    });
+    RETURN_IF_ERROR(is_operator(req));
+    const std::string customer = req.QueryParam("customer_id");
+    const std::string image = req.QueryParam("image_id");
+    if (customer.empty() || image.empty()) {
+      return InvalidArgumentError("customer_id and image_id query parameters are required");
+    }
+    ASSIGN_OR_RETURN(Placement p, svc.jobs->ExplainImagePlacement(Principal{customer}, image));
+    return ToJson(p);
+  });
 }
 
 }  // namespace vmseal::csp

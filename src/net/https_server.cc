@@ -699,8 +699,9 @@ class HttpsServer::Impl::Connection : public HttpsServer::Impl::ConnectionBase {
   // Gathers up to kStreamPieceBytes of the body (first what the header read
   // left in the buffer), then hands it to the sink on a worker.
   void ReadStreamPiece() {
-    if (buffer_.size() > 0 && stream_left_ > 0) {
-      const size_t n = static_cast<size_t>(std::min<uint64_t>(buffer_.size(), stream_left_));
+    if (buffer_.size() > 0 && stream_left_ > 0 && piece_.size() < kStreamPieceBytes) {
+      const size_t n = std::min<size_t>(static_cast<size_t>(std::min<uint64_t>(buffer_.size(), stream_left_)),
+                                        kStreamPieceBytes - piece_.size());
       const auto* data = static_cast<const char*>(buffer_.data().data());
       piece_.append(data, n);
       buffer_.consume(n);
@@ -708,7 +709,8 @@ class HttpsServer::Impl::Connection : public HttpsServer::Impl::ConnectionBase {
     }
     if (stream_left_ == 0 || piece_.size() >= kStreamPieceBytes) return WriteStreamPiece();
     if (!read_buf_) read_buf_ = std::make_unique<char[]>(kReadChunk);
-    const size_t want = static_cast<size_t>(std::min<uint64_t>(kReadChunk, stream_left_));
+    const size_t want = std::min<size_t>(static_cast<size_t>(std::min<uint64_t>(kReadChunk, stream_left_)),
+                                         kStreamPieceBytes - piece_.size());
     Tcp().expires_at(body_deadline_);
     stream_.async_read_some(asio::buffer(read_buf_.get(), want), [self = Self()](beast::error_code ec, size_t n) {
       if (ec) return self->Fail(ec);

@@ -343,7 +343,8 @@ TEST(KmsFrontEndMetricsTest, HeaderTimeoutsAndPerAddressDisplacementsAreCounted)
 class PortalPlacementTest : public PortalFixture {
  protected:
   void StartTls() {
-    StartServers({"--tls-cert", kms_.portal_cert(), "--tls-key", kms_.portal_key(), "--client-ca", kms_.ca()});
+    tls_ = true;
+    StartServers();
   }
   std::unique_ptr<httplib::SSLClient> Client(const std::string& host_identity = "") {
     std::unique_ptr<httplib::SSLClient> c;

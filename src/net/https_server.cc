@@ -615,8 +615,8 @@ class HttpsServer::Impl::Connection : public HttpsServer::Impl::ConnectionBase {
     });
   }
 
+  // The connection stays busy (not displaced) until the answer is written.
   void StartFile(FileResponse file, std::optional<ByteRange> range) {
-    impl_->table->SetBusy(id_, false);
     file_ = std::move(file);
     file_offset_ = range ? range->first : 0;
     file_end_ = range ? range->first + range->length : file_.size_bytes;
@@ -645,6 +645,7 @@ class HttpsServer::Impl::Connection : public HttpsServer::Impl::ConnectionBase {
   // from the strand; a client that stops reading misses the write deadline.
   void NextFilePiece() {
     if (file_offset_ >= file_end_) {
+      impl_->table->SetBusy(id_, false);
       file_serializer_.reset();
       file_head_.reset();
       file_ = FileResponse{};

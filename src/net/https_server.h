@@ -14,8 +14,12 @@
 // or idle client therefore holds a socket and a timer, never a worker. Caps
 // on connections (per client address, in all, with places reserved for
 // peers with a verified client certificate) and on queued requests bound
-// what anonymous callers can hold. Neither Boost nor cpp-httplib appears in
-// this header.
+// what anonymous callers can hold. Large bodies can stream to a BodySink and
+// large answers come from a file (FileResponse, with Range), in pieces that
+// workers write or read while the event loop does the socket I/O, so neither
+// a slow uploader nor a slow reader holds a worker while it waits. Plain
+// HTTP (Options::plain_http) is for loopback tests. Neither Boost nor
+// cpp-httplib appears in this header.
 #ifndef VMSEAL_NET_HTTPS_SERVER_H_
 #define VMSEAL_NET_HTTPS_SERVER_H_
 

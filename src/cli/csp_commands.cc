@@ -38,6 +38,7 @@ struct ServeFlags {
   int max_attempts = 3;
   bool accept_unverified = false;
   std::vector<std::string> limits;  // name=value
+  std::vector<std::string> front_end;  // name=value
 };
 
 Status Serve(const ServeFlags& f) {
@@ -58,6 +59,11 @@ Status Serve(const ServeFlags& f) {
     const size_t eq = nv.find('=');
     if (eq == std::string::npos) return InvalidArgumentError("--limit wants NAME=VALUE, got " + nv);
     RETURN_IF_ERROR(csp::SetAbuseLimit(&o.limits, nv.substr(0, eq), nv.substr(eq + 1)));
+  }
+  for (const std::string& nv : f.front_end) {
+    const size_t eq = nv.find('=');
+    if (eq == std::string::npos) return InvalidArgumentError("--front-end wants NAME=VALUE, got " + nv);
+    RETURN_IF_ERROR(csp::SetFrontEndLimit(&o.front_end, nv.substr(0, eq), nv.substr(eq + 1)));
   }
   if (f.heartbeat_timeout_seconds < 1 || f.max_attempts < 1) {
     return InvalidArgumentError("--heartbeat-timeout and --max-attempts must be positive");
@@ -210,6 +216,12 @@ void AddCspCommands(CLI::App& app, const CommandSink& sink) {
     limit_help += buf;
   }
   serve->add_option("--limit", flags->limits, limit_help);
+  serve->add_option("--front-end", flags->front_end,
+                    "Set a front-end limit, NAME=VALUE; repeatable (docs/operations.md 'Slow clients': "
+                    "threads=64 read_timeout_seconds=10 min_body_bytes_per_second=65536 "
+                    "max_connections=4096 max_connections_per_address=32 "
+                    "reserved_authenticated_connections=256 max_queued_requests=256 "
+                    "max_queued_anonymous_requests=64 keep_alive_timeout_seconds=5 anonymous_per_second=0)");
   serve->add_option("--heartbeat-timeout", flags->heartbeat_timeout_seconds,
                     "Seconds without heartbeat before a host leaves the pool (default 30)");
   serve->add_option("--max-attempts", flags->max_attempts,

@@ -12,12 +12,9 @@
 #include "csp/images.h"
 #include "csp/jobs.h"
 #include "csp/kms_client.h"
+#include "net/https_server.h"
 #include "store/object_store.h"
 
-namespace httplib {
-class Server;
-struct Request;
-}  // namespace httplib
 
 namespace vmseal::csp {
 
@@ -41,8 +38,9 @@ struct PortalServices {
 
 // Registers every route of docs/api/csp.yaml on `server`. Host routes take
 // the host id from the verified TLS client certificate's CN; on a server
-// without TLS they answer 401.
-void RegisterPortalRoutes(httplib::Server& server, const PortalServices& services);
+// without TLS they answer 401. Also sets the server's error body (with the
+// portal's machine reasons).
+void RegisterPortalRoutes(net::HttpsServer& server, const PortalServices& services);
 
 }  // namespace vmseal::csp
 

@@ -87,6 +87,7 @@ std::map<std::string, uint32_t> JobManager::LoadLocked() const {
   for (const auto& [id, job] : jobs_) {
     if (HoldsSlot(job)) ++load[job.host_id];
   }
+  for (const auto& [host, n] : reserved_) load[host] += n;
   return load;
 }
 
@@ -125,86 +126,143 @@ std::string KmsImageId(const ImageInfo& image) {
 }
 }  // namespace
 
-void JobManager::PlaceLocked(Job& job) {
-  std::map<std::string, std::string> excluded;
-  int refused = 0;
+std::optional<JobManager::PlacementTicket> JobManager::BeginPlaceLocked(Job& job) {
+  PlacementTicket t;
   for (size_t i = job.run_first_attempt; i < job.attempts.size(); ++i) {
     const JobAttempt& a = job.attempts[i];
     if (!a.refusal.empty()) {
-      excluded[a.host_id] = a.refusal;
-      ++refused;
+      t.excluded[a.host_id] = a.refusal;
+      ++t.refused;
     }
   }
   if (!job.pinned_host_id.empty()) {
     // A started VM runs again where its files are (docs/protocol.md §6).
     for (const HostState& h : hosts_->List()) {
       const std::string& id = h.registration.host_id;
-      if (id != job.pinned_host_id && !excluded.contains(id)) {
-        excluded[id] = "the VM's files are on " + job.pinned_host_id;
+      if (id != job.pinned_host_id && !t.excluded.contains(id)) {
+        t.excluded[id] = "the VM's files are on " + job.pinned_host_id;
       }
     }
   }
-  if (refused >= options_.max_attempts) {
-    FailLocked(job, "refused by " + std::to_string(refused) + " hosts (limit " +
+  if (t.refused >= options_.max_attempts) {
+    placing_.erase(job.job_id);
+    FailLocked(job, "refused by " + std::to_string(t.refused) + " hosts (limit " +
                         std::to_string(options_.max_attempts) + "): " + RefusalSummary(job));
-    return;
+    return std::nullopt;
   }
-  job.last_placement = scheduler_->Place({job.customer_id, KmsImageId(job)}, LoadLocked(), excluded);
+  job.state = JobState::kQueued;
+  job.host_id.clear();
+  t.job_id = job.job_id;
+  t.sequence = ++next_sequence_;
+  t.request = {job.customer_id, KmsImageId(job)};
+  // A newer placement of the same job supersedes one still in flight: only
+  // the newest may commit, so the job is placed once.
+  placing_[job.job_id] = t.sequence;
+  return t;
+}
+
+Job* JobManager::StillPlacingLocked(const PlacementTicket& t) {
+  auto p = placing_.find(t.job_id);
+  if (p == placing_.end() || p->second != t.sequence) return nullptr;
+  auto it = jobs_.find(t.job_id);
+  if (it == jobs_.end() || it->second.state != JobState::kQueued ||
+      it->second.wanted != VmWanted::kRunning) {
+    // Stopped or deleted by the customer while the KMS was asked.
+    placing_.erase(p);
+    return nullptr;
+  }
+  return &it->second;
+}
+
+Placement JobManager::PlaceUnlocked(const PlacementTicket& t, std::unique_lock<std::mutex>& lock) {
+  std::map<std::string, uint32_t> load = LoadLocked();
+  lock.unlock();
+  Placement placement = scheduler_->Place(t.request, load, t.excluded);
+  lock.lock();
+  Job* job = StillPlacingLocked(t);
+  if (job == nullptr) return placement;
+  Status granted;
+  std::string chosen = placement.chosen_host_id;
+  if (!chosen.empty()) {
+    // The slot may have gone to another placement meanwhile.
+    uint32_t capacity = 0;
+    for (const HostState& h : hosts_->List()) {
+      if (h.registration.host_id == chosen) capacity = h.registration.capacity_slots;
+    }
+    if (LoadLocked()[chosen] >= capacity) {
+      granted = UnavailableError("the host's last slot was taken meanwhile; retried");
+    } else {
+      // The KMS releases the key only against this grant (one launch of
+      // this image of this customer on this host); without it the job waits.
+      ++reserved_[chosen];
+      lock.unlock();
+      granted = scheduler_->Grant({t.job_id, t.request.image_id, t.request.customer_id, chosen,
+                                   options_.grant_ttl_seconds});
+      lock.lock();
+      if (--reserved_[chosen] == 0) reserved_.erase(chosen);
+      job = StillPlacingLocked(t);
+      if (job == nullptr) {
+        // Its grant expires unused after grant_ttl_seconds.
+        spdlog::info("placement dropped job={} host={}: the job changed meanwhile", t.job_id, chosen);
+        return placement;
+      }
+    }
+  }
+  placing_.erase(t.job_id);
+  job->last_placement = placement;
   // A queued job is re-placed every Tick: log and keep a decision only when
   // it differs from the previous one.
-  const bool repeat = !job.placements.empty() && job.last_placement.chosen_host_id.empty() &&
-                      DescribePlacement(job.placements.back()) ==
-                          DescribePlacement(job.last_placement);
+  const bool repeat = !job->placements.empty() && job->last_placement.chosen_host_id.empty() &&
+                      DescribePlacement(job->placements.back()) ==
+                          DescribePlacement(job->last_placement);
   if (!repeat) {
-    job.placements.push_back(job.last_placement);
-    if (job.placements.size() > kMaxPlacementLog) job.placements.erase(job.placements.begin());
-    for (const HostDecision& d : job.last_placement.decisions) {
+    job->placements.push_back(job->last_placement);
+    if (job->placements.size() > kMaxPlacementLog) job->placements.erase(job->placements.begin());
+    for (const HostDecision& d : job->last_placement.decisions) {
       std::string why;
       for (const auto& r : d.reasons) why += (why.empty() ? "" : "; ") + r;
-      spdlog::info("placement job={} host={} {}: {}", job.job_id, d.host_id,
+      spdlog::info("placement job={} host={} {}: {}", job->job_id, d.host_id,
                    d.chosen ? "taken" : "skipped", why);
     }
   }
-  job.updated_unix = clock_->NowUnixSeconds();
-  if (!job.last_placement.chosen_host_id.empty()) {
-    // The KMS releases the key only against this grant (one launch of this
-    // image of this customer on this host); without it the job waits.
-    Status granted = scheduler_->Grant({job.job_id, KmsImageId(job), job.customer_id,
-                                        job.last_placement.chosen_host_id,
-                                        options_.grant_ttl_seconds});
+  job->updated_unix = clock_->NowUnixSeconds();
+  if (!chosen.empty()) {
     if (!granted.ok()) {
-      spdlog::warn("grant failed job={} host={}: {}", job.job_id,
-                   job.last_placement.chosen_host_id, granted.ToString());
-      job.last_placement.chosen_host_id.clear();
-      for (HostDecision& d : job.last_placement.decisions) {
+      spdlog::warn("grant failed job={} host={}: {}", job->job_id, chosen, granted.ToString());
+      job->last_placement.chosen_host_id.clear();
+      for (HostDecision& d : job->last_placement.decisions) {
         if (d.chosen) {
           d.chosen = false;
           d.reasons.push_back("KMS grant failed: " + granted.message());
         }
       }
-      if (refused > 0) {
-        FailLocked(job, RefusalSummary(job) + "; KMS grant failed: " + granted.message());
-        return;
+      if (t.refused > 0) {
+        FailLocked(*job, RefusalSummary(*job) + "; KMS grant failed: " + granted.message());
+        return placement;
       }
-      job.state = JobState::kQueued;
-      job.host_id.clear();
-      return;
+      job->state = JobState::kQueued;
+      job->host_id.clear();
+      if (t.queued_since > 0) job->updated_unix = t.queued_since;
+      return placement;
     }
-    job.state = JobState::kPlaced;
-    job.host_id = job.last_placement.chosen_host_id;
-    job.attempts.push_back({job.host_id, ""});
-    return;
+    job->state = JobState::kPlaced;
+    job->host_id = chosen;
+    job->attempts.push_back({job->host_id, ""});
+    return placement;
   }
-  if (refused > 0) {
-    FailLocked(job, RefusalSummary(job) + "; no other eligible host: " +
-                        DescribePlacement(job.last_placement));
-    return;
+  if (t.refused > 0) {
+    FailLocked(*job, RefusalSummary(*job) + "; no other eligible host: " +
+                         DescribePlacement(job->last_placement));
+    return placement;
   }
-  job.state = JobState::kQueued;
-  job.host_id.clear();
+  job->state = JobState::kQueued;
+  job->host_id.clear();
+  if (t.queued_since > 0) job->updated_unix = t.queued_since;
+  return placement;
 }
 
-void JobManager::RefuseLocked(Job& job, const std::string& reason, const std::string& why) {
+std::optional<JobManager::PlacementTicket> JobManager::RefuseLocked(Job& job, const std::string& reason,
+                                                                    const std::string& why) {
   if (!job.attempts.empty()) {
     job.attempts.back().refusal = why;
     job.attempts.back().reason = reason;
@@ -214,10 +272,10 @@ void JobManager::RefuseLocked(Job& job, const std::string& reason, const std::st
   if (job.wanted != VmWanted::kRunning) {
     // Stopped or deleted by the customer while it was being launched.
     EndLocked(job, "stopped_by_customer", "stopped before it ran (" + reason + ")");
-    return;
+    return std::nullopt;
   }
   job.state = JobState::kQueued;
-  PlaceLocked(job);
+  return BeginPlaceLocked(job);
 }
 
 void JobManager::EndLocked(Job& job, const std::string& reason, const std::string& text) {
@@ -360,7 +418,7 @@ StatusOr<Job> JobManager::StopVm(const Principal& who, const std::string& vm) {
 }
 
 StatusOr<Job> JobManager::StartVm(const Principal& who, const std::string& vm) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   ASSIGN_OR_RETURN(Job * job, FindVmLocked(who, vm));
   if ((OnHost(job->state) || job->state == JobState::kQueued) &&
       job->wanted != VmWanted::kDeleted) {
@@ -379,8 +437,10 @@ StatusOr<Job> JobManager::StartVm(const Principal& who, const std::string& vm) {
   job->updated_unix = clock_->NowUnixSeconds();
   spdlog::info("vm start requested job={} customer={} vm={} run={}", job->job_id,
                job->customer_id, job->vm_name, job->runs);
-  PlaceLocked(*job);
-  return *job;
+  auto ticket = BeginPlaceLocked(*job);
+  if (!ticket) return *job;
+  PlaceUnlocked(*ticket, lock);
+  return GetAnyJobLocked(ticket->job_id);
 }
 
 StatusOr<Job> JobManager::DeleteVm(const Principal& who, const std::string& vm) {
@@ -423,12 +483,15 @@ StatusOr<Job> JobManager::Launch(const Principal& who, const LaunchRequest& requ
   job.package_sha256_hex = image.sha256_hex;
   job.tagged_image_id = image.tagged_image_id;
   job.created_unix = job.updated_unix = clock_->NowUnixSeconds();
-  std::lock_guard<std::mutex> lock(mu_);
+  job.state = JobState::kQueued;
+  std::unique_lock<std::mutex> lock(mu_);
   spdlog::info("job queued job={} customer={} image={}", job.job_id, job.customer_id,
                job.image_id);
-  PlaceLocked(job);
-  jobs_[job.job_id] = job;
-  return job;
+  Job& stored = jobs_[job.job_id] = std::move(job);
+  auto ticket = BeginPlaceLocked(stored);
+  if (!ticket) return stored;
+  PlaceUnlocked(*ticket, lock);
+  return GetAnyJobLocked(ticket->job_id);
 }
 
 StatusOr<Job> JobManager::GetJob(const Principal& who, const std::string& job_id) {
@@ -454,8 +517,12 @@ StatusOr<std::vector<Job>> JobManager::ListJobs(const Principal& who) {
 StatusOr<Placement> JobManager::ExplainImagePlacement(const Principal& who,
                                                       const std::string& image_id) {
   ASSIGN_OR_RETURN(ImageInfo image, images_->GetImage(who, image_id));
-  std::lock_guard<std::mutex> lock(mu_);
-  Placement p = scheduler_->Place({who.customer_id, KmsImageId(image)}, LoadLocked(), {});
+  std::map<std::string, uint32_t> load;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    load = LoadLocked();
+  }
+  Placement p = scheduler_->Place({who.customer_id, KmsImageId(image)}, load, {});
   spdlog::info("placement explained customer={} image={}: {}", who.customer_id, image.image_id,
                DescribePlacement(p));
   return p;
@@ -470,6 +537,10 @@ std::vector<Job> JobManager::ListAllJobs() {
 
 StatusOr<Job> JobManager::GetAnyJob(const std::string& job_id) {
   std::lock_guard<std::mutex> lock(mu_);
+  return GetAnyJobLocked(job_id);
+}
+
+StatusOr<Job> JobManager::GetAnyJobLocked(const std::string& job_id) const {
   auto it = jobs_.find(job_id);
   if (it == jobs_.end()) return NotFoundError("no such job");
   return it->second;
@@ -512,7 +583,7 @@ StatusOr<Job> JobManager::ReportProgress(const std::string& host_id,
 }
 
 StatusOr<Job> JobManager::ReportRefusal(const std::string& host_id, const RefusalReport& report) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   auto it = jobs_.find(report.job_id);
   if (it == jobs_.end() || it->second.host_id != host_id || !OnHost(it->second.state)) {
     return NotFoundError("no such job on this host");
@@ -527,25 +598,28 @@ StatusOr<Job> JobManager::ReportRefusal(const std::string& host_id, const Refusa
   std::string why = report.reason.empty() ? std::string(RefusalKindName(report.kind))
                                           : report.reason;
   if (!report.detail.empty()) why += ": " + report.detail.substr(0, 512);
-  RefuseLocked(it->second, reason, why);
-  return it->second;
+  auto ticket = RefuseLocked(it->second, reason, why);
+  if (!ticket) return it->second;
+  PlaceUnlocked(*ticket, lock);
+  return GetAnyJobLocked(ticket->job_id);
 }
 
 void JobManager::Tick() {
   std::vector<std::string> dropped = hosts_->ExpireStale();
-  std::lock_guard<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   const int64_t now = clock_->NowUnixSeconds();
-  // After one failed KMS check, no more checks this Tick: a hung KMS costs
-  // one client timeout per Tick, not one per queued job.
-  bool kms_failed = false;
+  // Placed after the scan, one at a time, with the lock released around
+  // each KMS call.
+  std::vector<PlacementTicket> tickets;
   for (auto& [id, job] : jobs_) {
     if (OnHost(job.state)) {
       for (const std::string& h : dropped) {
         if (job.host_id == h) {
-          RefuseLocked(job, std::string(RefusalKindReason(RefusalKind::kHostLost)),
-                       std::string(RefusalKindName(RefusalKind::kHostLost)) +
-                                ": no heartbeat for over " +
-                                std::to_string(hosts_->heartbeat_timeout_seconds()) + " s");
+          auto t = RefuseLocked(job, std::string(RefusalKindReason(RefusalKind::kHostLost)),
+                                std::string(RefusalKindName(RefusalKind::kHostLost)) +
+                                    ": no heartbeat for over " +
+                                    std::to_string(hosts_->heartbeat_timeout_seconds()) + " s");
+          if (t) tickets.push_back(*std::move(t));
           break;
         }
       }
@@ -556,21 +630,32 @@ void JobManager::Tick() {
           break;
         }
       }
-    } else if (job.state == JobState::kQueued) {
+    } else if (job.state == JobState::kQueued && !placing_.contains(id)) {
       if (now - job.updated_unix >= options_.queue_timeout_seconds) {
-        Placement p = kms_failed ? job.last_placement
-                                 : scheduler_->Place({job.customer_id, job.image_id},
-                                                     LoadLocked(), {});
+        // The reasons of its last placement: no KMS call under the lock.
         FailLocked(job, "no eligible host within " +
                             std::to_string(options_.queue_timeout_seconds) +
-                            " s: " + DescribePlacement(p));
-      } else if (!kms_failed) {
-        int64_t queued_since = job.updated_unix;
-        PlaceLocked(job);
-        kms_failed = job.last_placement.kms_failed;
-        if (job.state == JobState::kQueued) job.updated_unix = queued_since;
+                            " s: " + DescribePlacement(job.last_placement));
+      } else {
+        const int64_t queued_since = job.updated_unix;
+        auto t = BeginPlaceLocked(job);
+        if (t) {
+          t->queued_since = queued_since;
+          tickets.push_back(*std::move(t));
+        }
       }
     }
+  }
+  // After one failed KMS check, no more checks this Tick: a hung KMS costs
+  // one client timeout per Tick, not one per queued job.
+  bool kms_failed = false;
+  for (const PlacementTicket& t : tickets) {
+    if (kms_failed) {
+      auto p = placing_.find(t.job_id);
+      if (p != placing_.end() && p->second == t.sequence) placing_.erase(p);
+      continue;
+    }
+    kms_failed = PlaceUnlocked(t, lock).kms_failed;
   }
 }
 

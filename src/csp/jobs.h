@@ -20,6 +20,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -266,10 +267,35 @@ class JobManager {
   void Tick();
 
  private:
-  // Places `job` on the next eligible host or leaves it queued / fails it.
-  void PlaceLocked(Job& job);
-  // Ends the current attempt with machine `reason` and text `why`, moves on.
-  void RefuseLocked(Job& job, const std::string& reason, const std::string& why);
+  // A placement decided outside the lock (issue 16: no KMS call under mu_).
+  // Reserved under the lock by BeginPlaceLocked, asked of the KMS by
+  // PlaceUnlocked, committed under the lock only if it is still the job's
+  // newest placement and the job still waits for one; otherwise dropped.
+  struct PlacementTicket {
+    std::string job_id;
+    uint64_t sequence = 0;
+    PlacementRequest request;
+    std::map<std::string, std::string> excluded;
+    int refused = 0;
+    // > 0: the job's updated_unix to keep if it stays queued (Tick's
+    // retries do not restart the queue timeout).
+    int64_t queued_since = 0;
+  };
+  // Fails `job` if it has used up its attempts; otherwise marks it as being
+  // placed and returns the ticket to hand to PlaceUnlocked.
+  std::optional<PlacementTicket> BeginPlaceLocked(Job& job);
+  // With `lock` held on entry and exit: asks the scheduler and the KMS with
+  // the lock released, then commits under it. Returns the placement (its
+  // kms_failed tells Tick to stop asking).
+  Placement PlaceUnlocked(const PlacementTicket& ticket, std::unique_lock<std::mutex>& lock);
+  // The ticket's job if the ticket is still its newest placement and the job
+  // is still queued and wanted running; else null (and the ticket dropped).
+  Job* StillPlacingLocked(const PlacementTicket& ticket);
+  StatusOr<Job> GetAnyJobLocked(const std::string& job_id) const;
+  // Ends the current attempt with machine `reason` and text `why`, moves on;
+  // a ticket when the job is to be placed again.
+  std::optional<PlacementTicket> RefuseLocked(Job& job, const std::string& reason,
+                                             const std::string& why);
   std::map<std::string, uint32_t> LoadLocked() const;
   void FailLocked(Job& job, const std::string& reason);
   // The VM ended: stopped (or deleted when the customer wants that), slot
@@ -287,6 +313,12 @@ class JobManager {
   const Clock* const clock_;
   std::mutex mu_;
   std::map<std::string, Job> jobs_;
+  // Jobs being placed outside the lock: job id -> newest ticket's sequence.
+  std::map<std::string, uint64_t> placing_;
+  uint64_t next_sequence_ = 0;
+  // Slots held by placements waiting for their KMS grant (host -> count),
+  // counted in LoadLocked so that two placements cannot take one last slot.
+  std::map<std::string, uint32_t> reserved_;
 };
 
 }  // namespace vmseal::csp

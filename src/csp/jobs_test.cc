@@ -1,5 +1,9 @@
 #include "csp/jobs.h"
 
+#include <chrono>
+#include <future>
+#include <thread>
+
 #include "csp/internal/test_doubles.h"
 #include "csp/sqlite_db.h"
 #include "store/fs_store.h"
@@ -685,4 +689,73 @@ TEST_F(JobsLifecycleTest, DeletedReportOfAVmTheCustomerStillWantedEndsItAsMissin
 }
 
 }  // namespace
+
+// Issue 16: a KMS call that hangs (here: a grant held) does not hold the job
+// manager's lock, so other hosts' polls and customers' status calls go on.
+TEST_F(JobsTest, HungKmsGrantDoesNotStallPollsOrStatusCalls) {
+  AddTrustedHost("h1");
+  auto other = Launch();  // a job to ask about while the next one hangs
+  ASSERT_OK(other);
+  kms_.HoldGrants(true);
+  auto launching = std::async(std::launch::async, [this] { return Launch(); });
+  for (int i = 0; i < 2000 && kms_.grants_waiting() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ASSERT_EQ(kms_.grants_waiting(), 1);
+  auto poll = std::async(std::launch::async, [this] { return jobs_->PendingJobs("h1").size(); });
+  ASSERT_EQ(poll.wait_for(std::chrono::seconds(2)), std::future_status::ready) << "host poll stalled";
+  EXPECT_EQ(poll.get(), 1u);  // only the first job is placed yet
+  auto status = std::async(std::launch::async, [&] { return jobs_->GetJob(alice_, other->job_id); });
+  ASSERT_EQ(status.wait_for(std::chrono::seconds(2)), std::future_status::ready) << "status stalled";
+  EXPECT_OK(status.get());
+  auto tick = std::async(std::launch::async, [this] { jobs_->Tick(); });
+  ASSERT_EQ(tick.wait_for(std::chrono::seconds(2)), std::future_status::ready) << "Tick stalled";
+  kms_.HoldGrants(false);
+  auto job = launching.get();
+  ASSERT_OK(job);
+  EXPECT_EQ(job->state, JobState::kPlaced);
+  EXPECT_EQ(job->attempts.size(), 1u);
+  EXPECT_EQ(kms_.grants().size(), 2u);  // one grant per job: the Tick did not place it again
+}
+
+TEST_F(JobsTest, JobStoppedWhileItsGrantIsPendingIsNotPlaced) {
+  AddTrustedHost("h1");
+  kms_.HoldGrants(true);
+  auto launching = std::async(std::launch::async, [this] { return Launch(); });
+  for (int i = 0; i < 2000 && kms_.grants_waiting() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ASSERT_EQ(kms_.grants_waiting(), 1);
+  auto all = jobs_->ListJobs(alice_);
+  ASSERT_OK(all);
+  ASSERT_EQ(all->size(), 1u);
+  EXPECT_EQ((*all)[0].state, JobState::kQueued);
+  ASSERT_OK(jobs_->StopVm(alice_, (*all)[0].job_id));
+  kms_.HoldGrants(false);
+  auto job = launching.get();
+  ASSERT_OK(job);
+  EXPECT_EQ(job->state, JobState::kStopped);
+  EXPECT_TRUE(jobs_->PendingJobs("h1").empty());
+}
+
+TEST_F(JobsTest, TwoPlacementsCannotTakeOneLastSlot) {
+  AddTrustedHost("h1", /*capacity=*/1);
+  kms_.HoldGrants(true);
+  auto first = std::async(std::launch::async, [this] { return Launch(); });
+  for (int i = 0; i < 2000 && kms_.grants_waiting() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ASSERT_EQ(kms_.grants_waiting(), 1);
+  auto second = std::async(std::launch::async, [this] { return Launch(); });
+  ASSERT_EQ(second.wait_for(std::chrono::seconds(2)), std::future_status::ready);
+  auto queued = second.get();
+  ASSERT_OK(queued);
+  EXPECT_EQ(queued->state, JobState::kQueued);  // the slot is reserved for the first
+  kms_.HoldGrants(false);
+  auto placed = first.get();
+  ASSERT_OK(placed);
+  EXPECT_EQ(placed->state, JobState::kPlaced);
+  EXPECT_EQ(jobs_->PendingJobs("h1").size(), 1u);
+}
+
 }  // namespace vmseal::csp

@@ -1,8 +1,7 @@
 #include "csp/portal_server.h"
 
-#include <httplib.h>
-
 #include <atomic>
+#include <charconv>
 #include <chrono>
 #include <condition_variable>
 #include <filesystem>
@@ -20,8 +19,6 @@
 #include "csp/sqlite_db.h"
 #include "json/json.h"
 #include "net/https_server.h"
-#include "net/internal/body_limit.h"
-#include "net/internal/listen.h"
 #include "store/fs_store.h"
 #include "store/s3_store.h"
 #include "store/upload_sessions.h"
@@ -41,12 +38,10 @@ struct PortalServer::Impl {
   std::unique_ptr<Scheduler> scheduler;
   std::unique_ptr<JobManager> jobs;
   std::unique_ptr<AbuseGuard> guard;
-  std::unique_ptr<httplib::Server> http;
-  std::atomic<int> listen_fd{-1};  // set when httplib creates the listening socket
+  std::unique_ptr<net::HttpsServer> http;
   int port = 0;
-  std::thread serve_thread, tick_thread;
-  // Set by the serve thread when listen_after_bind returns.
-  std::atomic<bool> serve_done{true};
+  bool started = false;
+  std::thread tick_thread;
   std::mutex mu;
   std::condition_variable cv;
   bool stopping = false;
@@ -54,63 +49,80 @@ struct PortalServer::Impl {
 
 namespace {
 
-void SendLimited(httplib::Response& res, const Status& status) {
-  res.status = HttpStatusFromCode(status.code());
-  if (int64_t after = rate_limit::RetryAfterOf(status.message()); after > 0) {
-    res.set_header("Retry-After", std::to_string(after));
-  }
-  res.set_content(DumpJson(net::ErrorBody(status)), "application/json");
-}
-
 // Rate limits, from the request line and headers only (before the body is
-// read and before Argon2id or the KMS run).
-httplib::Server::HandlerResponse AdmitRequest(AbuseGuard& guard, Accounts& accounts,
-                                              JobManager& job_manager,
-                                              const httplib::Request& req,
-                                              httplib::Response& res) {
-  using httplib::Server;
-  if (req.method != "POST") return Server::HandlerResponse::Unhandled;
-  Status admitted;
-  if (req.path == "/v1/register") {
-    admitted = guard.AdmitRegistration(req.remote_addr);
-  } else if (req.path == "/v1/login") {
-    admitted = guard.AdmitLogin(req.remote_addr);
-  } else if (req.path == "/v1/launch") {
-    const std::string& h = req.get_header_value("Authorization");
-    if (!h.starts_with("Bearer ") || h.size() <= 7) return Server::HandlerResponse::Unhandled;
-    SecretBytes token(crypto::AsBytes(std::string_view(h).substr(7)));
-    auto who = accounts.Authenticate(token);
-    if (!who.ok()) return Server::HandlerResponse::Unhandled;  // the route answers 401
-    auto jobs = job_manager.ListJobs(*who);
-    if (!jobs.ok()) return Server::HandlerResponse::Unhandled;
-    int64_t in_progress = 0;
-    for (const Job& j : *jobs) {
-      if (j.state != JobState::kRunning && j.state != JobState::kFailed) ++in_progress;
-    }
-    admitted = guard.AdmitJob(who->customer_id, in_progress);
+// read, for uploads, and before Argon2id or the KMS run). Runs on a worker.
+Status AdmitRequest(AbuseGuard& guard, Accounts& accounts, JobManager& job_manager,
+                    const net::Request& req) {
+  if (req.method != "POST") return OkStatus();
+  if (req.path == "/v1/register") return guard.AdmitRegistration(req.remote_address);
+  if (req.path == "/v1/login") return guard.AdmitLogin(req.remote_address);
+  if (req.path != "/v1/launch") return OkStatus();
+  const std::string h = req.Header("Authorization");
+  if (!h.starts_with("Bearer ") || h.size() <= 7) return OkStatus();  // the route answers 401
+  SecretBytes token(crypto::AsBytes(std::string_view(h).substr(7)));
+  auto who = accounts.Authenticate(token);
+  if (!who.ok()) return OkStatus();
+  auto jobs = job_manager.ListJobs(*who);
+  if (!jobs.ok()) return OkStatus();
+  int64_t in_progress = 0;
+  for (const Job& j : *jobs) {
+    if (j.state != JobState::kRunning && j.state != JobState::kFailed) ++in_progress;
   }
-  if (admitted.ok()) return Server::HandlerResponse::Unhandled;
-  SendLimited(res, admitted);
-  return Server::HandlerResponse::Handled;
+  return guard.AdmitJob(who->customer_id, in_progress);
 }
 
-// Login outcomes feed the per-address back-off; a 429 from a route (the
-// per-login-id back-off in Accounts) gets its Retry-After.
-void AfterRequest(AbuseGuard& guard, const httplib::Request& req, httplib::Response& res) {
-  if (req.method == "POST" && req.path == "/v1/login" && res.status != 429) {
-    guard.RecordLogin(req.remote_addr, res.status == 200);
+std::string ReadPem(const std::string& path, Status* error) {
+  auto text = ReadFileToString(Env::Default(), path);
+  if (!text.ok()) {
+    *error = InvalidArgumentError("cannot read " + path + ": " + text.status().message());
+    return "";
   }
-  if (res.status == 429 && !res.has_header("Retry-After")) {
-    auto body = ParseJson(res.body);
-    if (body.ok() && body->is_object() && (*body)["error"].is_object() &&
-        (*body)["error"]["message"].is_string()) {
-      int64_t after = rate_limit::RetryAfterOf((*body)["error"]["message"].get<std::string>());
-      if (after > 0) res.set_header("Retry-After", std::to_string(after));
-    }
-  }
+  return *std::move(text);
 }
 
 }  // namespace
+
+net::HttpsServer::Options PortalFrontEndDefaults() {
+  net::HttpsServer::Options o;
+  o.threads = 64;
+  o.anonymous_per_second = 0;
+  return o;
+}
+
+Status SetFrontEndLimit(net::HttpsServer::Options* o, const std::string& name, const std::string& value) {
+  uint64_t v = 0;
+  const auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), v);
+  if (value.empty() || ec != std::errc() || end != value.data() + value.size() || v > (1u << 30)) {
+    return InvalidArgumentError("front-end limit " + name + " wants a decimal number up to 2^30");
+  }
+  const int i = static_cast<int>(v);
+  if (name == "threads") {
+    o->threads = i;
+  } else if (name == "read_timeout_seconds") {
+    o->read_timeout_seconds = i;
+  } else if (name == "min_body_bytes_per_second") {
+    o->min_body_bytes_per_second = v;
+  } else if (name == "max_connections") {
+    o->max_connections = v;
+  } else if (name == "max_connections_per_address") {
+    o->max_connections_per_address = v;
+  } else if (name == "reserved_authenticated_connections") {
+    o->reserved_authenticated_connections = v;
+  } else if (name == "max_queued_requests") {
+    o->max_queued_requests = v;
+  } else if (name == "max_queued_anonymous_requests") {
+    o->max_queued_anonymous_requests = v;
+  } else if (name == "keep_alive_timeout_seconds") {
+    o->keep_alive_timeout_seconds = i;
+  } else if (name == "anonymous_per_second") {
+    o->anonymous_per_second = static_cast<double>(v);
+  } else if (name == "anonymous_burst") {
+    o->anonymous_burst = static_cast<double>(v);
+  } else {
+    return InvalidArgumentError("unknown front-end limit " + name);
+  }
+  return OkStatus();
+}
 
 StatusOr<std::unique_ptr<PortalServer>> PortalServer::Create(Options options,
                                                              const PackageVerifier* verifier,
@@ -164,39 +176,38 @@ StatusOr<std::unique_ptr<PortalServer>> PortalServer::Create(Options options,
   impl->jobs = std::make_unique<JobManager>(jo, impl->images.get(),
                                             impl->hosts.get(), impl->scheduler.get(),
                                             Clock::Real());
+  net::HttpsServer::Options no = std::move(options.front_end);
+  no.bind_address = options.bind_address;
+  no.port = options.port;
+  no.max_body_bytes = kMaxJsonBodyBytes;
+  no.plain_http = !use_tls;
   if (use_tls) {
-    auto ssl = std::make_unique<httplib::SSLServer>(
-        options.tls_cert_file.c_str(), options.tls_key_file.c_str(),
-        options.client_ca_file.empty() ? nullptr : options.client_ca_file.c_str());
-    if (!ssl->is_valid()) return InvalidArgumentError("cannot load the TLS certificate or key");
-    SSL_CTX_set_min_proto_version(ssl->ssl_context(), TLS1_3_VERSION);
-    if (!options.client_ca_file.empty()) {
-      // Customers have no certificate; hosts must present a valid one
-      // (checked per route by HostIdentity).
-      SSL_CTX_set_verify(ssl->ssl_context(), SSL_VERIFY_PEER, nullptr);
-    }
-    impl->http = std::move(ssl);
-  } else {
-    impl->http = std::make_unique<httplib::Server>();
+    Status read;
+    no.cert_pem = ReadPem(options.tls_cert_file, &read);
+    std::string key = read.ok() ? ReadPem(options.tls_key_file, &read) : "";
+    no.key_pem = SecretBytes(crypto::AsBytes(key));
+    WipeBytes(std::span<uint8_t>(reinterpret_cast<uint8_t*>(key.data()), key.size()));
+    // Customers have no certificate; hosts must present a valid one
+    // (checked per route by HostIdentity).
+    if (read.ok() && !options.client_ca_file.empty()) no.client_ca_pem = ReadPem(options.client_ca_file, &read);
+    RETURN_IF_ERROR(read);
   }
-  net::internal::UseListenSocketOptions(impl->http.get(), &impl->listen_fd);
-  // JSON bodies up to 1 MiB; an upload's PUT streams its bytes to the store
-  // (its size is the upload's business), but must still declare it.
-  net::internal::LimitBodies(
-      impl->http.get(),
-      [](const httplib::Request& req) -> uint64_t {
-        const bool upload = req.method == "PUT" && req.path.rfind("/v1/uploads/", 0) == 0;
-        return upload ? std::numeric_limits<uint64_t>::max() : kMaxJsonBodyBytes;
-      },
-      [i = impl.get()](const httplib::Request& req, httplib::Response& res) {
-        return AdmitRequest(*i->guard, *i->accounts, *i->jobs, req, res);
-      });
-  impl->http->set_post_routing_handler(
-      [i = impl.get()](const httplib::Request& req, httplib::Response& res) {
-        AfterRequest(*i->guard, req, res);
-      });
-  impl->http->Get("/metrics", [i = impl.get()](const httplib::Request&, httplib::Response& res) {
-    res.set_content(i->guard->RenderMetrics(), "text/plain; version=0.0.4");
+  auto http = net::HttpsServer::Create(std::move(no));
+  if (!http.ok()) return InvalidArgumentError("cannot load the TLS certificate or key: " + http.status().message());
+  impl->http = *std::move(http);
+  impl->http->SetAdmission([i = impl.get()](const net::Request& req) {
+    return AdmitRequest(*i->guard, *i->accounts, *i->jobs, req);
+  });
+  // Login outcomes feed the per-address back-off (a 429 from the
+  // per-login-id back-off in Accounts is not an outcome).
+  impl->http->SetCompletion([i = impl.get()](const net::Request& req, int http_status) {
+    if (req.method == "POST" && req.path == "/v1/login" && http_status != 429) {
+      i->guard->RecordLogin(req.remote_address, http_status == 200);
+    }
+  });
+  impl->http->GetText("/metrics", [i = impl.get()](const net::Request&) -> StatusOr<net::TextResponse> {
+    return net::TextResponse{i->guard->RenderMetrics() +
+                             net::RenderFrontEndMetrics(i->http->stats(), "vmseal_portal")};
   });
   impl->options = std::move(options);
   PortalServices svc;
@@ -235,37 +246,21 @@ Status PortalServer::Start() {
   {
     std::lock_guard<std::mutex> lock(i.mu);
     if (i.stopping) return FailedPreconditionError("portal server was stopped");
-    if (i.serve_thread.joinable()) return FailedPreconditionError("portal server already started");
+    if (i.started) return FailedPreconditionError("portal server already started");
+    i.started = true;
   }
-  if (i.options.port == 0) {
-    i.port = i.http->bind_to_any_port(i.options.bind_address);
-  } else {
-    i.port = i.http->bind_to_port(i.options.bind_address, i.options.port) ? i.options.port : -1;
-  }
-  if (i.port <= 0) {
+  auto port = i.http->Start();
+  if (!port.ok()) {
     return UnavailableError("cannot listen on " + i.options.bind_address + ":" +
                             std::to_string(i.options.port));
   }
-  RETURN_IF_ERROR(net::internal::WidenListenBacklog(i.listen_fd, i.options.bind_address));
-  i.serve_done = false;
-  i.serve_thread = std::thread([&i] {
-    i.http->listen_after_bind();
-    i.serve_done = true;
-  });
-  // httplib's stop() is a no-op until the accept loop runs: return only once
-  // it does (bounded), so that a Stop right after Start is never lost.
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (!i.http->is_running() && !i.serve_done && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-  if (!i.http->is_running()) {
-    Stop();
-    return InternalError("portal server did not start accepting connections");
-  }
+  i.port = *port;
   i.tick_thread = std::thread([&i] {
     std::unique_lock<std::mutex> lock(i.mu);
     while (!i.cv.wait_for(lock, std::chrono::seconds(1), [&i] { return i.stopping; })) {
+      lock.unlock();  // placements ask the KMS: not under the portal's lock
       i.jobs->Tick();
+      lock.lock();
     }
   });
   return OkStatus();
@@ -278,22 +273,11 @@ void PortalServer::Stop() {
     i.stopping = true;
   }
   i.cv.notify_all();
-  if (i.serve_thread.joinable()) {
-    // httplib's stop() does nothing before the accept loop runs: call it
-    // once the loop is running, then wait for listen_after_bind to return.
-    bool stop_sent = false;
-    while (!i.serve_done) {
-      if (!stop_sent && i.http->is_running()) {
-        i.http->stop();
-        stop_sent = true;
-      } else {
-        std::this_thread::sleep_for(std::chrono::milliseconds(1));
-      }
-    }
-    i.serve_thread.join();
-  }
+  if (i.http) i.http->Stop();
   if (i.tick_thread.joinable()) i.tick_thread.join();
 }
+
+net::HttpsServer::Stats PortalServer::front_end_stats() const { return impl_->http->stats(); }
 
 int PortalServer::port() const { return impl_->port; }
 bool PortalServer::tls() const { return !impl_->options.tls_cert_file.empty(); }

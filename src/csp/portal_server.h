@@ -13,8 +13,23 @@
 #include "csp/hosts.h"
 #include "csp/kms_client.h"
 #include "csp/package_verifier.h"
+#include "net/https_server.h"
 
 namespace vmseal::csp {
+
+// The portal's front-end defaults: HttpsServer's, with 64 workers and no
+// anonymous per-address request limit.
+net::HttpsServer::Options PortalFrontEndDefaults();
+
+// Sets the front-end limit `name` (an HttpsServer::Options field:
+// threads, read_timeout_seconds, min_body_bytes_per_second,
+// max_connections, max_connections_per_address,
+// reserved_authenticated_connections, max_queued_requests,
+// max_queued_anonymous_requests, keep_alive_timeout_seconds,
+// anonymous_per_second, anonymous_burst) from its decimal `value`.
+// INVALID_ARGUMENT for an unknown name or a bad value.
+Status SetFrontEndLimit(net::HttpsServer::Options* options, const std::string& name,
+                        const std::string& value);
 
 class PortalServer {
  public:
@@ -53,6 +68,13 @@ class PortalServer {
     int64_t grant_ttl_seconds = 600;
     // Rate limits and quotas (429 with Retry-After); on GET /metrics.
     AbuseLimits limits;
+    // The event-driven front end's limits (deadlines, connection caps,
+    // queues, worker threads; docs/operations.md 'Slow clients'). Its
+    // credentials, address, port and JSON body limit (1 MiB) are set from
+    // the fields above; upload bodies stream to the store. Customers have
+    // no client certificate, so the front end's anonymous per-address
+    // request limit is off here (the abuse guard limits what costs).
+    net::HttpsServer::Options front_end = PortalFrontEndDefaults();
   };
 
   // `verifier` checks packages before they are listed; `kms` creates
@@ -71,6 +93,8 @@ class PortalServer {
   void Stop();
   int port() const;
   bool tls() const;
+  // The front end's counts (also on GET /metrics).
+  net::HttpsServer::Stats front_end_stats() const;
 
  private:
   struct Impl;

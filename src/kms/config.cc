@@ -119,6 +119,10 @@ StatusOr<KmsConfig> LoadKmsConfig(const std::string& path) {
       ASSIGN_OR_RETURN(c.anonymous_per_second, num(0, 1000000));
     } else if (key == "anonymous_burst") {
       ASSIGN_OR_RETURN(c.anonymous_burst, num(1, 1000000));
+    } else if (key == "read_timeout_seconds") {
+      ASSIGN_OR_RETURN(c.read_timeout_seconds, num(1, 3600));
+    } else if (key == "max_connections_per_address") {
+      ASSIGN_OR_RETURN(c.max_connections_per_address, num(1, 1000000));
     } else if (key == "ek_ca_bundle") {
       RETURN_IF_ERROR(str(&c.ek_ca_bundle));
     } else if (key == "nonce_lifetime_seconds") {
@@ -268,6 +272,8 @@ Status ServeKms(const KmsConfig& config, const std::string& port_file) {
   server_options.threads = config.threads;
   server_options.anonymous_per_second = static_cast<double>(config.anonymous_per_second);
   server_options.anonymous_burst = static_cast<double>(config.anonymous_burst);
+  server_options.read_timeout_seconds = static_cast<int>(config.read_timeout_seconds);
+  server_options.max_connections_per_address = static_cast<uint64_t>(config.max_connections_per_address);
   ASSIGN_OR_RETURN(auto server, net::HttpsServer::Create(std::move(server_options)));
   RegisterKmsRoutes(service.get(), server.get());
   ASSIGN_OR_RETURN(int port, server->Start());

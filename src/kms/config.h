@@ -53,6 +53,11 @@ struct KmsConfig {
   // client certificate (net::HttpsServer::Options); 0 disables the limit.
   int64_t anonymous_per_second = 20;
   int64_t anonymous_burst = 40;
+  // Front-end deadlines and caps (net::HttpsServer::Options, docs/operations.md
+  // 'Slow clients'): the overall handshake + header deadline and the
+  // anonymous connections one client address may hold.
+  int64_t read_timeout_seconds = 10;
+  int64_t max_connections_per_address = 32;
   int64_t nonce_lifetime_seconds = 60;
   // PEM bundle of the TPM manufacturer CAs that EK certificates must chain
   // to. Empty: host enrollment is refused.

@@ -1459,8 +1459,8 @@ void RegisterKmsRoutes(KmsService* s, net::HttpsServer* server) {
     RETURN_IF_ERROR(s->store().ReadAudit(0, 1));
     return json{{"status", "ok"}, {"store", s->store().backend()}};
   });
-  server->GetText("/metrics", [s](const net::Request&) -> StatusOr<net::TextResponse> {
-    return net::TextResponse{s->metrics().Render()};
+  server->GetText("/metrics", [s, server](const net::Request&) -> StatusOr<net::TextResponse> {
+    return net::TextResponse{s->metrics().Render() + net::RenderFrontEndMetrics(server->stats(), "vmseal_kms")};
   });
   server->Post(
       R"(/v1/customers/([A-Za-z0-9._-]{1,64})/keys)",

@@ -73,9 +73,15 @@ Answer JsonAnswer(int http_status, const json& body) {
   return Answer{http_status, DumpJson(body)};
 }
 
-Answer ErrorAnswer(const Status& status, int http_status = 0) {
+// Streamed bodies reach their sink in pieces of this size (the portal
+// appends and fsyncs each), and files are sent in pieces of this size.
+constexpr size_t kStreamPieceBytes = 4 << 20;
+constexpr size_t kFilePieceBytes = 256 << 10;
+
+Answer ErrorAnswer(const Status& status, int http_status = 0,
+                   const HttpsServer::ErrorBodyFunction* error_body = nullptr) {
   Answer a = JsonAnswer(http_status != 0 ? http_status : HttpStatusFromCode(status.code()),
-                        ErrorBody(status));
+                        error_body != nullptr && *error_body ? (*error_body)(status) : ErrorBody(status));
   if (a.http_status == 429 || a.http_status == 503) {
     a.retry_after_seconds = std::max<int64_t>(1, rate_limit::RetryAfterOf(status.message()));
   }
@@ -182,29 +188,88 @@ struct Route {
   std::string method;
   std::string pattern;
   std::regex regex;
-  // Parses the body, runs the handler, maps its errors.
-  std::function<Answer(Request, const std::string& body)> run;
+  // JSON and text routes: parses the body, runs the handler, maps its errors.
+  std::function<Answer(Request&, const std::string& body)> run;
+  // File routes (GET and HEAD).
+  FileHandler file;
+  // Streamed-body routes, with their own body limit.
+  BodyHandler stream;
+  uint64_t stream_max_body_bytes = 0;
 };
 
 template <typename H, typename Send>
-std::function<Answer(Request, const std::string&)> RunRoute(H handler, Send send) {
-  return [handler = std::move(handler), send = std::move(send)](Request request, const std::string& body) {
+std::function<Answer(Request&, const std::string&)> RunRoute(H handler, Send send,
+                                                             const HttpsServer::ErrorBodyFunction* eb) {
+  return [handler = std::move(handler), send = std::move(send), eb](Request& request, const std::string& body) {
     if (!body.empty()) {
       StatusOr<json> parsed = ParseJson(body);
-      if (!parsed.ok()) return ErrorAnswer(parsed.status());
+      if (!parsed.ok()) return ErrorAnswer(parsed.status(), 0, eb);
       request.body = *std::move(parsed);
     }
     try {
       auto result = handler(request);
-      if (!result.ok()) return ErrorAnswer(result.status());
+      if (!result.ok()) return ErrorAnswer(result.status(), 0, eb);
       return send(*std::move(result));
     } catch (const json::exception&) {
       // A handler read a field of the wrong type.
-      return ErrorAnswer(InvalidArgumentError("request body: a field has the wrong type"));
+      return ErrorAnswer(InvalidArgumentError("request body: a field has the wrong type"), 0, eb);
     } catch (const std::exception&) {
-      return ErrorAnswer(InternalError("internal error"));
+      return ErrorAnswer(InternalError("internal error"), 0, eb);
     }
   };
+}
+
+// The byte range a `Range` header asks of a `size`-byte body (RFC 9110
+// §14.1.2): one range only; nullopt for the whole body (no header, a form
+// this server does not serve, or several ranges). `unsatisfiable` when the
+// one range starts past the end.
+struct ByteRange {
+  uint64_t first = 0;
+  uint64_t length = 0;
+};
+std::optional<ByteRange> ParseRange(std::string_view header, uint64_t size, bool* unsatisfiable) {
+  *unsatisfiable = false;
+  constexpr std::string_view kPrefix = "bytes=";
+  if (!header.starts_with(kPrefix)) return std::nullopt;
+  std::string_view spec = header.substr(kPrefix.size());
+  if (spec.find(',') != std::string_view::npos) return std::nullopt;
+  const size_t dash = spec.find('-');
+  if (dash == std::string_view::npos) return std::nullopt;
+  auto number = [](std::string_view t, uint64_t* out) {
+    if (t.empty()) return false;
+    const auto [end, ec] = std::from_chars(t.data(), t.data() + t.size(), *out);
+    return ec == std::errc() && end == t.data() + t.size();
+  };
+  uint64_t first = 0, last = 0;
+  const std::string_view a = spec.substr(0, dash), b = spec.substr(dash + 1);
+  if (a.empty()) {  // the last `b` bytes
+    uint64_t suffix = 0;
+    if (!number(b, &suffix)) return std::nullopt;
+    if (suffix == 0 || size == 0) {
+      *unsatisfiable = true;
+      return std::nullopt;
+    }
+    suffix = std::min(suffix, size);
+    return ByteRange{size - suffix, suffix};
+  }
+  if (!number(a, &first)) return std::nullopt;
+  if (b.empty()) {
+    last = size == 0 ? 0 : size - 1;
+  } else if (!number(b, &last) || last < first) {
+    return std::nullopt;
+  }
+  if (first >= size) {
+    *unsatisfiable = true;
+    return std::nullopt;
+  }
+  last = std::min(last, size - 1);
+  return ByteRange{first, last - first + 1};
+}
+
+std::string Lower(std::string_view in) {
+  std::string out(in);
+  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
 }
 
 bool IsHttpParseError(const beast::error_code& ec) {
@@ -222,6 +287,14 @@ std::string Request::QueryParam(const std::string& name, const std::string& fall
   return value;
 }
 
+std::string Request::Header(const std::string& name) const {
+  const std::string want = Lower(name);
+  for (const auto& [k, v] : headers) {
+    if (k == want) return v;
+  }
+  return "";
+}
+
 json ErrorBody(const Status& status) {
   json err = {{"code", std::string(StatusCodeName(status.code()))}, {"message", status.message()}};
   // A machine-readable reason leads the message as "<reason>: ..." (e.g.
@@ -236,15 +309,21 @@ json ErrorBody(const Status& status) {
 }
 
 struct HttpsServer::Impl {
+  class ConnectionBase;
+  template <class Stream>
   class Connection;
 
   Options options;
   asio::ssl::context ssl{asio::ssl::context::tls_server};
   std::vector<Route> routes;
   Observer observer;
+  Admission admission_hook;
+  Completion completion_hook;
+  ErrorBodyFunction error_body;
   std::unique_ptr<rate_limit::KeyedTokenBucket> anonymous;  // per client address
   std::atomic<int> port{0};
-  std::atomic<uint64_t> timed_out{0}, queue_full{0}, rate_limited{0};
+  std::atomic<uint64_t> timed_out_header{0}, timed_out_body{0}, timed_out_write{0}, queue_full{0},
+      rate_limited{0};
 
   std::mutex mu;
   std::condition_variable stopped_cv;
@@ -256,7 +335,7 @@ struct HttpsServer::Impl {
   // report to them.
   std::unique_ptr<internal::ConnectionTable> table;
   std::mutex conns_mu;
-  std::unordered_map<uint64_t, std::weak_ptr<Connection>> conns;
+  std::unordered_map<uint64_t, std::weak_ptr<ConnectionBase>> conns;
   std::unique_ptr<internal::WorkerPool> pool;
   std::unique_ptr<asio::io_context> ioc;
   std::unique_ptr<tcp::acceptor> acceptor;
@@ -273,46 +352,84 @@ struct HttpsServer::Impl {
   void Observe(const std::string& method, const std::string& route, int http_status, double seconds) {
     if (observer) observer(method, route, http_status, seconds);
   }
+  Answer Error(const Status& status, int http_status = 0) const {
+    return ErrorAnswer(status, http_status, &error_body);
+  }
 };
 
-// One connection, driven on its own strand: handshake, then requests one at
-// a time (read header, read body, wait for the worker, write the answer).
-class HttpsServer::Impl::Connection : public std::enable_shared_from_this<Connection> {
+// What the table of open connections needs of one: its strand and a way to
+// close it.
+class HttpsServer::Impl::ConnectionBase : public std::enable_shared_from_this<ConnectionBase> {
+ public:
+  virtual ~ConnectionBase() = default;
+  virtual asio::any_io_executor executor() = 0;
+  // Closes the socket; pending operations end with an error. On the strand.
+  virtual void Close() = 0;
+};
+
+// One connection, driven on its own strand: handshake (TLS), then requests
+// one at a time (read header, read body, wait for the worker, write the
+// answer). `Stream` is beast::ssl_stream<beast::tcp_stream> or, for plain
+// HTTP, beast::tcp_stream.
+template <class Stream>
+class HttpsServer::Impl::Connection : public HttpsServer::Impl::ConnectionBase {
+  static constexpr bool kTls = !std::is_same_v<Stream, beast::tcp_stream>;
+
  public:
   Connection(Impl* impl, uint64_t id, std::string address, tcp::socket socket)
-      : impl_(impl), id_(id), address_(std::move(address)), stream_(std::move(socket), impl->ssl) {}
-  ~Connection() {
+      : impl_(impl), id_(id), address_(std::move(address)), stream_(MakeStream(impl, std::move(socket))) {}
+  ~Connection() override {
     impl_->table->Remove(id_);
     impl_->Forget(id_);
   }
 
-  asio::any_io_executor executor() { return stream_.get_executor(); }
+  asio::any_io_executor executor() override { return stream_.get_executor(); }
 
   // The handshake and first request header share one deadline.
   void Start() {
     Tcp().expires_after(std::chrono::seconds(impl_->options.read_timeout_seconds));
-    stream_.async_handshake(asio::ssl::stream_base::server,
-                            [self = shared_from_this()](beast::error_code ec) { self->OnHandshake(ec); });
+    stage_ = Stage::kHeader;
+    if constexpr (kTls) {
+      stream_.async_handshake(asio::ssl::stream_base::server,
+                              [self = Self()](beast::error_code ec) { self->OnHandshake(ec); });
+    } else {
+      ReadHeader();
+    }
   }
 
-  // Closes the socket; pending operations end with an error. On the strand.
-  void Close() {
+  void Close() override {
     beast::error_code ignored;
     Tcp().socket().close(ignored);
   }
 
  private:
+  enum class Stage { kHeader, kBody, kWrite };
+
+  static Stream MakeStream(Impl* impl, tcp::socket socket) {
+    if constexpr (kTls) {
+      return Stream(std::move(socket), impl->ssl);
+    } else {
+      return Stream(std::move(socket));
+    }
+  }
+
+  std::shared_ptr<Connection> Self() { return std::static_pointer_cast<Connection>(shared_from_this()); }
   beast::tcp_stream& Tcp() { return beast::get_lowest_layer(stream_); }
 
   // Ends the connection: the socket is closed when the last handler holding
   // this object returns.
   void Fail(const beast::error_code& ec) {
-    if (ec == beast::error::timeout) ++impl_->timed_out;
+    if (ec != beast::error::timeout) return;
+    switch (stage_) {
+      case Stage::kHeader: ++impl_->timed_out_header; break;
+      case Stage::kBody: ++impl_->timed_out_body; break;
+      case Stage::kWrite: ++impl_->timed_out_write; break;
+    }
   }
 
   void OnHandshake(const beast::error_code& ec) {
     if (ec) return Fail(ec);
-    peer_ = PeerOf(stream_.native_handle());
+    if constexpr (kTls) peer_ = PeerOf(stream_.native_handle());
     if (peer_.authenticated) impl_->table->MarkAuthenticated(id_);
     ReadHeader();
   }
@@ -320,12 +437,13 @@ class HttpsServer::Impl::Connection : public std::enable_shared_from_this<Connec
   // Between requests: the keep-alive timeout until the next request's first
   // byte, then the header deadline.
   void WaitForRequest() {
+    stage_ = Stage::kHeader;
     if (buffer_.size() > 0) {
       Tcp().expires_after(std::chrono::seconds(impl_->options.read_timeout_seconds));
       return ReadHeader();
     }
     Tcp().expires_after(std::chrono::seconds(impl_->options.keep_alive_timeout_seconds));
-    stream_.async_read_some(buffer_.prepare(4096), [self = shared_from_this()](beast::error_code ec, size_t n) {
+    stream_.async_read_some(buffer_.prepare(4096), [self = Self()](beast::error_code ec, size_t n) {
       if (ec) return;  // idle timeout or the peer left: not a failure
       self->buffer_.commit(n);
       self->Tcp().expires_after(std::chrono::seconds(self->impl_->options.read_timeout_seconds));
@@ -334,13 +452,14 @@ class HttpsServer::Impl::Connection : public std::enable_shared_from_this<Connec
   }
 
   void ReadHeader() {
+    stage_ = Stage::kHeader;
     parser_.emplace();
     parser_->header_limit(kMaxHeaderBytes);
     // Checked from the header in OnHeader. (Not boost::none: Beast 1.74
     // compares the length with the empty optional and refuses every body.)
     parser_->body_limit(std::numeric_limits<std::uint64_t>::max());
     http::async_read_header(stream_, buffer_, *parser_,
-                            [self = shared_from_this()](beast::error_code ec, size_t) { self->OnHeader(ec); });
+                            [self = Self()](beast::error_code ec, size_t) { self->OnHeader(ec); });
   }
 
   void OnHeader(const beast::error_code& ec) {
@@ -348,83 +467,281 @@ class HttpsServer::Impl::Connection : public std::enable_shared_from_this<Connec
       if (IsHttpParseError(ec)) return Respond(HeaderErrorAnswer(ec));
       return Fail(ec);
     }
+    start_ = SteadyClock::now();
     const auto& req = parser_->get();
-    if (auto refusal = CheckBodyFraming(req, impl_->options.max_body_bytes)) return Respond(*std::move(refusal));
+    request_ = Request{};
+    request_.method = std::string(req.method_string());
+    const beast::string_view target = req.target();
+    const size_t question = target.find('?');
+    request_.path = Decode(std::string_view(target.data(), std::min(question, target.size())), false);
+    if (question != beast::string_view::npos) {
+      request_.query = ParseQuery(std::string_view(target.data() + question + 1, target.size() - question - 1));
+    }
+    for (const auto& field : req) {
+      request_.headers.emplace_back(Lower(std::string_view(field.name_string().data(), field.name_string().size())),
+                                    std::string(field.value()));
+    }
+    request_.peer = peer_;
+    request_.remote_address = address_;
+    keep_alive_ = req.keep_alive() && ++served_ < impl_->options.keep_alive_max_requests;
+
+    route_ = nullptr;
+    const std::string& method = request_.method == "HEAD" ? std::string("GET") : request_.method;
+    std::smatch match;
+    for (const Route& r : impl_->routes) {
+      if (r.method == method && (request_.method != "HEAD" || r.file) &&
+          std::regex_match(request_.path, match, r.regex)) {
+        route_ = &r;
+        break;
+      }
+    }
+    if (route_ != nullptr) {
+      for (size_t i = 1; i < match.size(); ++i) request_.path_params.push_back(match[i]);
+    }
+    const uint64_t limit = route_ != nullptr && route_->stream ? route_->stream_max_body_bytes
+                                                               : impl_->options.max_body_bytes;
+    if (auto refusal = CheckBodyFraming(req, limit)) return Respond(*std::move(refusal));
     const uint64_t length = parser_->content_length().value_or(0);
+    if (route_ != nullptr && route_->stream) return OpenStream(length);
     if (length == 0) return Dispatch();
-    // The body's own deadline grows with its size (a minimum byte rate).
-    Tcp().expires_after(std::chrono::seconds(impl_->options.read_timeout_seconds) +
-                        std::chrono::milliseconds(length * 1000 / impl_->options.min_body_bytes_per_second));
-    if (beast::iequals(req[http::field::expect], "100-continue")) {
+    StartBody(length);
+    ContinueIfExpected([self = Self()] { self->ReadBody(); });
+  }
+
+  // The body's own deadline grows with its size (a minimum byte rate).
+  void StartBody(uint64_t length) {
+    stage_ = Stage::kBody;
+    body_deadline_ = SteadyClock::now() + std::chrono::seconds(impl_->options.read_timeout_seconds) +
+                     std::chrono::milliseconds(length * 1000 / impl_->options.min_body_bytes_per_second);
+    Tcp().expires_at(body_deadline_);
+  }
+
+  // Sends "100 Continue" if the client waits for it, then `next`.
+  template <typename Next>
+  void ContinueIfExpected(Next next) {
+    if (beast::iequals(parser_->get()[http::field::expect], "100-continue")) {
       static constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
       return asio::async_write(stream_, asio::buffer(kContinue.data(), kContinue.size()),
-                               [self = shared_from_this()](beast::error_code e, size_t) {
+                               [self = Self(), next = std::move(next)](beast::error_code e, size_t) mutable {
                                  if (e) return self->Fail(e);
-                                 self->ReadBody();
+                                 next();
                                });
     }
-    ReadBody();
+    next();
   }
 
   void ReadBody() {
-    http::async_read(stream_, buffer_, *parser_, [self = shared_from_this()](beast::error_code ec, size_t) {
+    http::async_read(stream_, buffer_, *parser_, [self = Self()](beast::error_code ec, size_t) {
       if (ec) return self->Fail(ec);
       self->Dispatch();
     });
   }
 
-  void Dispatch() {
-    auto& req = parser_->get();
-    const auto start = SteadyClock::now();
-    Request request;
-    request.method = std::string(req.method_string());
-    const beast::string_view target = req.target();
-    const size_t question = target.find('?');
-    request.path = Decode(std::string_view(target.data(), std::min(question, target.size())), false);
-    if (question != beast::string_view::npos) {
-      request.query = ParseQuery(std::string_view(target.data() + question + 1, target.size() - question - 1));
-    }
-    request.peer = peer_;
-    keep_alive_ = req.keep_alive() && ++served_ < impl_->options.keep_alive_max_requests;
+  // Anonymous callers are limited before the handler runs, so they cannot
+  // make the service work without bound. True when the request may go on.
+  bool AdmitAnonymous() {
+    if (!impl_->anonymous || peer_.authenticated) return true;
+    const rate_limit::Decision d = impl_->anonymous->Take(address_);
+    if (d.allowed) return true;
+    ++impl_->rate_limited;
+    impl_->Observe(request_.method, route_->pattern, 429, 0);
+    Respond(impl_->Error(ResourceExhaustedError(rate_limit::RateLimitedMessage(
+        "too many requests without a client certificate", d.retry_after_seconds))));
+    return false;
+  }
 
-    const Route* route = nullptr;
-    std::smatch match;
-    for (const Route& r : impl_->routes) {
-      if (r.method == request.method && std::regex_match(request.path, match, r.regex)) {
-        route = &r;
-        break;
-      }
-    }
-    if (route == nullptr) return Respond(ErrorAnswer(NotFoundError("no such route")));
-    for (size_t i = 1; i < match.size(); ++i) request.path_params.push_back(match[i]);
-
-    // Anonymous callers are limited before the handler runs, so they cannot
-    // make the service work without bound.
-    if (impl_->anonymous && !peer_.authenticated) {
-      const rate_limit::Decision d = impl_->anonymous->Take(address_);
-      if (!d.allowed) {
-        ++impl_->rate_limited;
-        impl_->Observe(request.method, route->pattern, 429, 0);
-        return Respond(ErrorAnswer(ResourceExhaustedError(rate_limit::RateLimitedMessage(
-            "too many requests without a client certificate", d.retry_after_seconds))));
-      }
-    }
-
+  // Runs `work` (which returns the next step to post back) on a worker;
+  // 503 at once when the queue is full.
+  template <typename Work>
+  void Submit(Work work) {
     impl_->table->SetBusy(id_, true);
-    const std::string method = request.method;
-    auto task = [self = shared_from_this(), route, request = std::move(request), body = std::move(req.body()),
-                 start]() mutable {
-      const std::string m = request.method;
-      Answer answer = route->run(std::move(request), body);
-      std::chrono::duration<double> elapsed = SteadyClock::now() - start;
-      self->impl_->Observe(m, route->pattern, answer.http_status, elapsed.count());
-      asio::post(self->executor(), [self, answer = std::move(answer)]() mutable { self->Respond(std::move(answer)); });
+    auto task = [self = Self(), work = std::move(work)]() mutable {
+      auto next = work();
+      asio::post(self->executor(), std::move(next));
     };
     if (!impl_->pool->TrySubmit(std::move(task), peer_.authenticated)) {
       ++impl_->queue_full;
-      impl_->Observe(method, route->pattern, 503, 0);
-      Respond(ErrorAnswer(UnavailableError("overloaded: too many requests waiting; retry in 1 s")));
+      impl_->Observe(request_.method, route_->pattern, 503, 0);
+      Answer a = impl_->Error(UnavailableError("overloaded: too many requests waiting; retry in 1 s"));
+      if (route_->stream) a.close = true;  // its body is not read
+      Respond(std::move(a));
     }
+  }
+
+  // The admission hook, then `answer`'s handler; the completion hook after.
+  Status Admit(const Request& request) const {
+    return impl_->admission_hook ? impl_->admission_hook(request) : OkStatus();
+  }
+  void Complete(int http_status) {
+    std::chrono::duration<double> elapsed = SteadyClock::now() - start_;
+    impl_->Observe(request_.method, route_->pattern, http_status, elapsed.count());
+    if (impl_->completion_hook) impl_->completion_hook(request_, http_status);
+  }
+
+  void Dispatch() {
+    if (route_ == nullptr) return Respond(impl_->Error(NotFoundError("no such route")));
+    if (!AdmitAnonymous()) return;
+    if (route_->file) return DispatchFile();
+    Submit([self = Self(), body = std::move(parser_->get().body())]() {
+      Status admitted = self->Admit(self->request_);
+      Answer answer = admitted.ok() ? self->route_->run(self->request_, body) : self->impl_->Error(admitted);
+      self->Complete(answer.http_status);
+      return [self, answer = std::move(answer)]() mutable { self->Respond(std::move(answer)); };
+    });
+  }
+
+  // --- file answers ---
+  void DispatchFile() {
+    Submit([self = Self()]() -> std::function<void()> {
+      Status admitted = self->Admit(self->request_);
+      StatusOr<FileResponse> file = admitted.ok() ? self->route_->file(self->request_) : StatusOr<FileResponse>(admitted);
+      if (!file.ok()) {
+        Answer a = self->impl_->Error(file.status());
+        self->Complete(a.http_status);
+        return [self, a = std::move(a)]() mutable { self->Respond(std::move(a)); };
+      }
+      bool unsatisfiable = false;
+      const std::optional<ByteRange> range = ParseRange(self->request_.Header("range"), file->size_bytes, &unsatisfiable);
+      if (unsatisfiable) {
+        Answer a = self->impl_->Error(OutOfRangeError("range not satisfiable"), 416);
+        self->Complete(416);
+        return [self, a = std::move(a), size = file->size_bytes]() mutable {
+          self->extra_headers_ = {{"Content-Range", "bytes */" + std::to_string(size)}};
+          self->Respond(std::move(a));
+        };
+      }
+      self->Complete(range ? 206 : 200);
+      return [self, f = *std::move(file), range]() mutable { self->StartFile(std::move(f), range); };
+    });
+  }
+
+  // The connection stays busy (not displaced) until the answer is written.
+  void StartFile(FileResponse file, std::optional<ByteRange> range) {
+    file_ = std::move(file);
+    file_offset_ = range ? range->first : 0;
+    file_end_ = range ? range->first + range->length : file_.size_bytes;
+    file_head_.emplace(range ? http::status::partial_content : http::status::ok, 11);
+    file_head_->set(http::field::content_type, file_.content_type);
+    file_head_->set(http::field::accept_ranges, "bytes");
+    for (const auto& [k, v] : file_.headers) file_head_->set(k, v);
+    if (range) {
+      file_head_->set(http::field::content_range, "bytes " + std::to_string(range->first) + "-" +
+                                                      std::to_string(file_end_ - 1) + "/" +
+                                                      std::to_string(file_.size_bytes));
+    }
+    file_head_->content_length(file_end_ - file_offset_);
+    file_head_->keep_alive(keep_alive_);
+    file_serializer_.emplace(*file_head_);
+    stage_ = Stage::kWrite;
+    Tcp().expires_after(std::chrono::seconds(impl_->options.read_timeout_seconds));
+    http::async_write_header(stream_, *file_serializer_, [self = Self()](beast::error_code ec, size_t) {
+      if (ec) return self->Fail(ec);
+      if (self->request_.method == "HEAD") self->file_end_ = self->file_offset_;
+      self->NextFilePiece();
+    });
+  }
+
+  // Reads the next piece on a worker (the store may be remote), writes it
+  // from the strand; a client that stops reading misses the write deadline.
+  void NextFilePiece() {
+    if (file_offset_ >= file_end_) {
+      impl_->table->SetBusy(id_, false);
+      file_serializer_.reset();
+      file_head_.reset();
+      file_ = FileResponse{};
+      if (!keep_alive_) return CloseAfterAnswer();
+      return WaitForRequest();
+    }
+    const size_t want = static_cast<size_t>(std::min<uint64_t>(kFilePieceBytes, file_end_ - file_offset_));
+    auto task = [self = Self(), want] {
+      auto piece = std::make_shared<std::vector<uint8_t>>(want);
+      StatusOr<size_t> n = self->file_.file->Read(self->file_offset_, *piece);
+      const size_t got = n.ok() ? *n : 0;
+      piece->resize(got);
+      asio::post(self->executor(), [self, piece] { self->WriteFilePiece(piece); });
+    };
+    if (!impl_->pool->SubmitContinuation(std::move(task))) Close();
+  }
+
+  void WriteFilePiece(std::shared_ptr<std::vector<uint8_t>> piece) {
+    // A file that shrank or failed: the answer cannot be finished; the
+    // client sees the connection end short of Content-Length.
+    if (piece->empty()) return Close();
+    Tcp().expires_after(std::chrono::seconds(impl_->options.read_timeout_seconds));
+    asio::async_write(stream_, asio::buffer(*piece), [self = Self(), piece](beast::error_code ec, size_t n) {
+      if (ec) return self->Fail(ec);
+      self->file_offset_ += n;
+      self->NextFilePiece();
+    });
+  }
+
+  // --- streamed request bodies ---
+  void OpenStream(uint64_t length) {
+    if (!AdmitAnonymous()) return;
+    stream_left_ = length;
+    Submit([self = Self()]() -> std::function<void()> {
+      Status admitted = self->Admit(self->request_);
+      StatusOr<std::unique_ptr<BodySink>> sink =
+          admitted.ok() ? self->route_->stream(self->request_) : StatusOr<std::unique_ptr<BodySink>>(admitted);
+      if (!sink.ok()) {
+        Answer a = self->impl_->Error(sink.status());
+        a.close = true;  // the body is not read
+        self->Complete(a.http_status);
+        return [self, a = std::move(a)]() mutable { self->Respond(std::move(a)); };
+      }
+      return [self, sink = std::shared_ptr<BodySink>(*std::move(sink))]() mutable {
+        self->sink_ = std::move(sink);
+        self->StartBody(self->stream_left_);
+        self->ContinueIfExpected([self] { self->ReadStreamPiece(); });
+      };
+    });
+  }
+
+  // Gathers up to kStreamPieceBytes of the body (first what the header read
+  // left in the buffer), then hands it to the sink on a worker.
+  void ReadStreamPiece() {
+    if (buffer_.size() > 0 && stream_left_ > 0 && piece_.size() < kStreamPieceBytes) {
+      const size_t n = std::min<size_t>(static_cast<size_t>(std::min<uint64_t>(buffer_.size(), stream_left_)),
+                                        kStreamPieceBytes - piece_.size());
+      const auto* data = static_cast<const char*>(buffer_.data().data());
+      piece_.append(data, n);
+      buffer_.consume(n);
+      stream_left_ -= n;
+    }
+    if (stream_left_ == 0 || piece_.size() >= kStreamPieceBytes) return WriteStreamPiece();
+    if (!read_buf_) read_buf_ = std::make_unique<char[]>(kReadChunk);
+    const size_t want = std::min<size_t>(static_cast<size_t>(std::min<uint64_t>(kReadChunk, stream_left_)),
+                                         kStreamPieceBytes - piece_.size());
+    Tcp().expires_at(body_deadline_);
+    stream_.async_read_some(asio::buffer(read_buf_.get(), want), [self = Self()](beast::error_code ec, size_t n) {
+      if (ec) return self->Fail(ec);
+      self->piece_.append(self->read_buf_.get(), n);
+      self->stream_left_ -= n;
+      self->ReadStreamPiece();
+    });
+  }
+
+  void WriteStreamPiece() {
+    auto task = [self = Self(), piece = std::move(piece_), last = stream_left_ == 0]() mutable {
+      Status written = piece.empty() ? OkStatus() : self->sink_->Write(piece);
+      Answer answer;
+      bool done = !written.ok() || last;
+      if (!written.ok()) {
+        answer = self->impl_->Error(written);
+        answer.close = true;
+      } else if (last) {
+        StatusOr<json> out = self->sink_->Finish();
+        answer = out.ok() ? JsonAnswer(200, *out) : self->impl_->Error(out.status());
+      }
+      if (done) self->Complete(answer.http_status);
+      asio::post(self->executor(), [self, done, answer = std::move(answer)]() mutable {
+        if (!done) return self->ReadStreamPiece();
+        self->sink_.reset();
+        self->Respond(std::move(answer));
+      });
+    };
+    piece_.clear();
+    if (!impl_->pool->SubmitContinuation(std::move(task))) Close();
   }
 
   void Respond(Answer answer) {
@@ -433,11 +750,14 @@ class HttpsServer::Impl::Connection : public std::enable_shared_from_this<Connec
     res_.emplace(static_cast<http::status>(answer.http_status), 11);
     res_->set(http::field::content_type, answer.content_type);
     if (answer.retry_after_seconds > 0) res_->set(http::field::retry_after, std::to_string(answer.retry_after_seconds));
+    for (const auto& [k, v] : extra_headers_) res_->set(k, v);
+    extra_headers_.clear();
     res_->body() = std::move(answer.body);
     res_->keep_alive(keep_alive_);
     res_->prepare_payload();
+    stage_ = Stage::kWrite;
     Tcp().expires_after(std::chrono::seconds(impl_->options.read_timeout_seconds));
-    http::async_write(stream_, *res_, [self = shared_from_this()](beast::error_code ec, size_t) {
+    http::async_write(stream_, *res_, [self = Self()](beast::error_code ec, size_t) {
       if (ec) return self->Fail(ec);
       if (!self->keep_alive_) return self->CloseAfterAnswer();
       self->res_.reset();
@@ -460,7 +780,7 @@ class HttpsServer::Impl::Connection : public std::enable_shared_from_this<Connec
     if (drained_ >= kMaxDrainBytes || left <= SteadyClock::duration::zero()) return Close();
     Tcp().expires_after(std::min<SteadyClock::duration>(left, kDrainIdle));
     Tcp().async_read_some(asio::buffer(drain_buf_.get(), kDrainChunk),
-                          [self = shared_from_this()](beast::error_code ec, size_t n) {
+                          [self = Self()](beast::error_code ec, size_t n) {
                             if (ec) return self->Close();
                             self->drained_ += n;
                             self->Drain();
@@ -468,15 +788,33 @@ class HttpsServer::Impl::Connection : public std::enable_shared_from_this<Connec
   }
 
   static constexpr size_t kDrainChunk = 16 << 10;
+  static constexpr size_t kReadChunk = 64 << 10;
 
   Impl* const impl_;
   const uint64_t id_;
   const std::string address_;
-  beast::ssl_stream<beast::tcp_stream> stream_;
+  Stream stream_;
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   std::optional<http::response<http::string_body>> res_;
+  std::vector<std::pair<std::string, std::string>> extra_headers_;
   Peer peer_;
+  Stage stage_ = Stage::kHeader;
+  // The request being served, its route and when its header was complete.
+  Request request_;
+  const Route* route_ = nullptr;
+  SteadyClock::time_point start_;
+  SteadyClock::time_point body_deadline_;
+  // A file answer in progress.
+  FileResponse file_;
+  uint64_t file_offset_ = 0, file_end_ = 0;
+  std::optional<http::response<http::empty_body>> file_head_;
+  std::optional<http::response_serializer<http::empty_body>> file_serializer_;
+  // A streamed body in progress.
+  std::shared_ptr<BodySink> sink_;
+  uint64_t stream_left_ = 0;
+  std::string piece_;
+  std::unique_ptr<char[]> read_buf_;
   bool keep_alive_ = true;
   int served_ = 0;
   SteadyClock::time_point drain_deadline_;
@@ -511,16 +849,24 @@ void HttpsServer::Impl::OnAccept(tcp::socket socket) {
   const internal::ConnectionTable::Admission admission = table->Admit(remote.address().to_string());
   for (uint64_t id : admission.displaced) Close(id);
   if (!admission.admitted) return;  // the socket closes here
-  auto conn = std::make_shared<Connection>(this, admission.id, remote.address().to_string(), std::move(socket));
-  {
-    std::lock_guard<std::mutex> lock(conns_mu);
-    conns[admission.id] = conn;
+  auto start = [&](auto conn) {
+    {
+      std::lock_guard<std::mutex> lock(conns_mu);
+      conns[admission.id] = conn;
+    }
+    asio::dispatch(conn->executor(), [conn] { conn->Start(); });
+  };
+  if (options.plain_http) {
+    start(std::make_shared<Connection<beast::tcp_stream>>(this, admission.id, remote.address().to_string(),
+                                                          std::move(socket)));
+  } else {
+    start(std::make_shared<Connection<beast::ssl_stream<beast::tcp_stream>>>(
+        this, admission.id, remote.address().to_string(), std::move(socket)));
   }
-  asio::dispatch(conn->executor(), [conn] { conn->Start(); });
 }
 
 void HttpsServer::Impl::Close(uint64_t id) {
-  std::shared_ptr<Connection> conn;
+  std::shared_ptr<ConnectionBase> conn;
   {
     std::lock_guard<std::mutex> lock(conns_mu);
     auto it = conns.find(id);
@@ -532,6 +878,39 @@ void HttpsServer::Impl::Close(uint64_t id) {
 HttpsServer::HttpsServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 HttpsServer::~HttpsServer() { Stop(); }
+
+namespace {
+// Loads the server's credentials and the client CA into `ctx`.
+Status ConfigureTls(const HttpsServer::Options& options, SSL_CTX* ctx) {
+  ASSIGN_OR_RETURN(auto chain, internal::ParseCertChainPem(options.cert_pem, "server certificate"));
+  ASSIGN_OR_RETURN(auto key, internal::ParsePrivateKeyPem(options.key_pem));
+  crypto::X509StorePtr client_store;
+  if (!options.client_ca_pem.empty()) {
+    ASSIGN_OR_RETURN(client_store, internal::StoreFromPem(options.client_ca_pem, "client CA"));
+  }
+
+  RETURN_IF_ERROR(internal::ApplyTlsPolicy(ctx));
+  // No session tickets: the clients keep their connections and never
+  // resume, and each ticket serializes the session (with the client's
+  // certificate) for nothing.
+  SSL_CTX_set_num_tickets(ctx, 0);
+  if (SSL_CTX_use_certificate(ctx, chain[0].get()) != 1 || SSL_CTX_use_PrivateKey(ctx, key.get()) != 1 ||
+      SSL_CTX_check_private_key(ctx) != 1) {
+    ERR_clear_error();
+    return InvalidArgumentError("server certificate and key do not match");
+  }
+  for (size_t i = 1; i < chain.size(); ++i) {
+    if (SSL_CTX_add1_chain_cert(ctx, chain[i].get()) != 1) return crypto::SslError("SSL_CTX_add1_chain_cert");
+  }
+  if (client_store) {
+    SSL_CTX_set_cert_store(ctx, client_store.release());  // takes ownership
+    // Request a certificate; verify it if sent. Routes decide whether an
+    // anonymous caller may proceed (e.g. /healthz).
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
+  }
+  return OkStatus();
+}
+}  // namespace
 
 StatusOr<std::unique_ptr<HttpsServer>> HttpsServer::Create(Options options) {
   if (options.max_body_bytes == 0) return InvalidArgumentError("max_body_bytes must be > 0");
@@ -558,34 +937,8 @@ StatusOr<std::unique_ptr<HttpsServer>> HttpsServer::Create(Options options) {
   if (options.anonymous_per_second < 0 || options.anonymous_burst < 0) {
     return InvalidArgumentError("anonymous rate limit must not be negative");
   }
-  ASSIGN_OR_RETURN(auto chain, internal::ParseCertChainPem(options.cert_pem, "server certificate"));
-  ASSIGN_OR_RETURN(auto key, internal::ParsePrivateKeyPem(options.key_pem));
-  crypto::X509StorePtr client_store;
-  if (!options.client_ca_pem.empty()) {
-    ASSIGN_OR_RETURN(client_store, internal::StoreFromPem(options.client_ca_pem, "client CA"));
-  }
-
   auto impl = std::make_unique<Impl>();
-  SSL_CTX* ctx = impl->ssl.native_handle();
-  RETURN_IF_ERROR(internal::ApplyTlsPolicy(ctx));
-  // No session tickets: the clients keep their connections and never
-  // resume, and each ticket serializes the session (with the client's
-  // certificate) for nothing.
-  SSL_CTX_set_num_tickets(ctx, 0);
-  if (SSL_CTX_use_certificate(ctx, chain[0].get()) != 1 || SSL_CTX_use_PrivateKey(ctx, key.get()) != 1 ||
-      SSL_CTX_check_private_key(ctx) != 1) {
-    ERR_clear_error();
-    return InvalidArgumentError("server certificate and key do not match");
-  }
-  for (size_t i = 1; i < chain.size(); ++i) {
-    if (SSL_CTX_add1_chain_cert(ctx, chain[i].get()) != 1) return crypto::SslError("SSL_CTX_add1_chain_cert");
-  }
-  if (client_store) {
-    SSL_CTX_set_cert_store(ctx, client_store.release());  // takes ownership
-    // Request a certificate; verify it if sent. Routes decide whether an
-    // anonymous caller may proceed (e.g. /healthz).
-    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
-  }
+  if (!options.plain_http) RETURN_IF_ERROR(ConfigureTls(options, impl->ssl.native_handle()));
   if (options.anonymous_per_second > 0) {
     impl->anonymous = std::make_unique<rate_limit::KeyedTokenBucket>(
         rate_limit::KeyedTokenBucket::Options{options.anonymous_per_second,
@@ -598,40 +951,63 @@ StatusOr<std::unique_ptr<HttpsServer>> HttpsServer::Create(Options options) {
 namespace {
 template <typename Send>
 Route MakeRoute(const char* method, const std::string& pattern, Send run) {
-  return Route{method, pattern, std::regex(pattern), std::move(run)};
+  Route r{method, pattern, std::regex(pattern)};
+  r.run = std::move(run);
+  return r;
 }
 }  // namespace
 
+void HttpsServer::Json(const std::string& method, const std::string& path_regex, JsonHandler handler,
+                       int ok_status) {
+  impl_->routes.push_back(MakeRoute(method.c_str(), path_regex,
+                                    RunRoute(
+                                        std::move(handler), [ok_status](json v) { return JsonAnswer(ok_status, v); },
+                                        &impl_->error_body)));
+}
+
 void HttpsServer::Get(const std::string& path_regex, JsonHandler handler) {
-  impl_->routes.push_back(MakeRoute("GET", path_regex, RunRoute(std::move(handler), [](json v) {
-                                      return JsonAnswer(200, v);
-                                    })));
+  Json("GET", path_regex, std::move(handler));
 }
 
 void HttpsServer::Post(const std::string& path_regex, JsonHandler handler, bool created) {
-  const int code = created ? 201 : 200;
-  impl_->routes.push_back(MakeRoute("POST", path_regex, RunRoute(std::move(handler), [code](json v) {
-                                      return JsonAnswer(code, v);
-                                    })));
+  Json("POST", path_regex, std::move(handler), created ? 201 : 200);
 }
 
 void HttpsServer::Put(const std::string& path_regex, JsonHandler handler) {
-  impl_->routes.push_back(MakeRoute("PUT", path_regex, RunRoute(std::move(handler), [](json v) {
-                                      return JsonAnswer(200, v);
-                                    })));
+  Json("PUT", path_regex, std::move(handler));
 }
 
 void HttpsServer::Delete(const std::string& path_regex, JsonHandler handler) {
-  impl_->routes.push_back(MakeRoute("DELETE", path_regex, RunRoute(std::move(handler), [](json v) {
-                                      return JsonAnswer(200, v);
-                                    })));
+  Json("DELETE", path_regex, std::move(handler));
 }
 
 void HttpsServer::GetText(const std::string& path_regex, TextHandler handler) {
-  impl_->routes.push_back(MakeRoute("GET", path_regex, RunRoute(std::move(handler), [](TextResponse v) {
-                                      return Answer{200, std::move(v.body), std::move(v.content_type)};
-                                    })));
+  impl_->routes.push_back(MakeRoute("GET", path_regex,
+                                    RunRoute(
+                                        std::move(handler),
+                                        [](TextResponse v) {
+                                          return Answer{200, std::move(v.body), std::move(v.content_type)};
+                                        },
+                                        &impl_->error_body)));
 }
+
+void HttpsServer::GetFile(const std::string& path_regex, FileHandler handler) {
+  Route r{"GET", path_regex, std::regex(path_regex)};
+  r.file = std::move(handler);
+  impl_->routes.push_back(std::move(r));
+}
+
+void HttpsServer::Stream(const std::string& method, const std::string& path_regex, BodyHandler handler,
+                         uint64_t max_body_bytes) {
+  Route r{method, path_regex, std::regex(path_regex)};
+  r.stream = std::move(handler);
+  r.stream_max_body_bytes = max_body_bytes;
+  impl_->routes.push_back(std::move(r));
+}
+
+void HttpsServer::SetAdmission(Admission admission) { impl_->admission_hook = std::move(admission); }
+void HttpsServer::SetCompletion(Completion completion) { impl_->completion_hook = std::move(completion); }
+void HttpsServer::SetErrorBody(ErrorBodyFunction error_body) { impl_->error_body = std::move(error_body); }
 
 void HttpsServer::SetObserver(Observer observer) { impl_->observer = std::move(observer); }
 
@@ -708,8 +1084,13 @@ HttpsServer::Stats HttpsServer::stats() const {
     st.connections_authenticated = c.authenticated;
     st.connections_refused = c.refused_total;
     st.connections_displaced = c.displaced_total;
+    st.connections_refused_per_address = c.refused_per_address_total;
+    st.connections_displaced_per_address = c.displaced_per_address_total;
   }
-  st.connections_timed_out = impl_->timed_out;
+  st.timed_out_header = impl_->timed_out_header;
+  st.timed_out_body = impl_->timed_out_body;
+  st.timed_out_write = impl_->timed_out_write;
+  st.connections_timed_out = st.timed_out_header + st.timed_out_body + st.timed_out_write;
   st.requests_refused_queue_full = impl_->queue_full;
   st.requests_rate_limited = impl_->rate_limited;
   if (impl_->pool) st.requests_queued = impl_->pool->queued();
@@ -765,6 +1146,41 @@ void HttpsServer::Stop() {
   std::lock_guard<std::mutex> lock(s.mu);
   s.stopped = true;
   s.stopped_cv.notify_all();
+}
+
+std::string RenderFrontEndMetrics(const HttpsServer::Stats& st, const std::string& prefix) {
+  std::string out;
+  auto family = [&](const char* name, const char* type, const char* help) {
+    const std::string full = prefix + "_front_end_" + name;
+    out += "# HELP " + full + " " + help + "\n# TYPE " + full + " " + type + "\n";
+  };
+  auto sample = [&](const char* name, const std::string& labels, uint64_t value) {
+    out += prefix + "_front_end_" + name + labels + " " + std::to_string(value) + "\n";
+  };
+  auto single = [&](const char* name, const char* type, const char* help, uint64_t value) {
+    family(name, type, help);
+    sample(name, "", value);
+  };
+  single("connections_open", "gauge", "Connections open now.", st.connections_open);
+  single("connections_authenticated", "gauge", "Open connections with a verified client certificate.",
+         st.connections_authenticated);
+  single("requests_queued", "gauge", "Complete requests waiting for a worker.", st.requests_queued);
+  single("requests_refused_queue_full_total", "counter", "Requests answered 503: the worker queue was full.",
+         st.requests_refused_queue_full);
+  single("requests_rate_limited_total", "counter", "Anonymous requests answered 429.", st.requests_rate_limited);
+  family("connections_timed_out_total", "counter", "Connections closed at a deadline, by stage.");
+  sample("connections_timed_out_total", "{stage=\"header\"}", st.timed_out_header);
+  sample("connections_timed_out_total", "{stage=\"body\"}", st.timed_out_body);
+  sample("connections_timed_out_total", "{stage=\"write\"}", st.timed_out_write);
+  family("connections_refused_total", "counter", "New connections closed at once, by the cap that was full.");
+  sample("connections_refused_total", "{cap=\"per_address\"}", st.connections_refused_per_address);
+  sample("connections_refused_total", "{cap=\"total\"}",
+         st.connections_refused - st.connections_refused_per_address);
+  family("connections_displaced_total", "counter", "Older anonymous connections closed for new ones, by cap.");
+  sample("connections_displaced_total", "{cap=\"per_address\"}", st.connections_displaced_per_address);
+  sample("connections_displaced_total", "{cap=\"total\"}",
+         st.connections_displaced - st.connections_displaced_per_address);
+  return out;
 }
 
 void HttpsServer::Wait() {

@@ -14,8 +14,12 @@
 // or idle client therefore holds a socket and a timer, never a worker. Caps
 // on connections (per client address, in all, with places reserved for
 // peers with a verified client certificate) and on queued requests bound
-// what anonymous callers can hold. Neither Boost nor cpp-httplib appears in
-// this header.
+// what anonymous callers can hold. Large bodies can stream to a BodySink and
+// large answers come from a file (FileResponse, with Range), in pieces that
+// workers write or read while the event loop does the socket I/O, so neither
+// a slow uploader nor a slow reader holds a worker while it waits. Plain
+// HTTP (Options::plain_http) is for loopback tests. Neither Boost nor
+// cpp-httplib appears in this header.
 #ifndef VMSEAL_NET_HTTPS_SERVER_H_
 #define VMSEAL_NET_HTTPS_SERVER_H_
 
@@ -27,6 +31,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "base/env.h"
 #include "base/secret_bytes.h"
 #include "base/status.h"
 
@@ -54,12 +59,19 @@ struct Request {
   std::vector<std::string> path_params;
   // Query parameters (last value wins).
   std::vector<std::pair<std::string, std::string>> query;
-  // The parsed body; null when the request had no body.
+  // The parsed body; null when the request had no body (and for streamed
+  // bodies, which go to the route's BodySink).
   nlohmann::json body;
   Peer peer;
+  // Header fields, names in lower case, in the order received.
+  std::vector<std::pair<std::string, std::string>> headers;
+  // The client's IP address.
+  std::string remote_address;
 
   // The query parameter `name`, or `fallback`.
   std::string QueryParam(const std::string& name, const std::string& fallback = "") const;
+  // The first header field named `name` (any case), or "".
+  std::string Header(const std::string& name) const;
 };
 
 // A JSON route: the value is sent with status 200 (201 for POST routes
@@ -72,6 +84,35 @@ struct TextResponse {
 };
 using TextHandler = std::function<StatusOr<TextResponse>(const Request&)>;
 
+// A route answered with the bytes of a file or stored object, sent in pieces
+// as the client reads them (a worker reads each piece; none waits on the
+// client). A single `Range: bytes=...` is answered 206 with Content-Range,
+// an unsatisfiable one 416; other Range forms get the whole body (200).
+// HEAD gets the header alone.
+struct FileResponse {
+  std::shared_ptr<RandomAccessFile> file;
+  uint64_t size_bytes = 0;
+  std::string content_type = "application/octet-stream";
+  // Extra header fields (e.g. X-Content-SHA256 of the whole file).
+  std::vector<std::pair<std::string, std::string>> headers;
+};
+using FileHandler = std::function<StatusOr<FileResponse>(const Request&)>;
+
+// Receives a streamed request body in order, in pieces of up to a few MiB.
+// Each call runs on a worker, one at a time; the connection reads the next
+// piece only after Write returns. Any error ends the request with it (the
+// connection is closed; the rest of the body is not read).
+class BodySink {
+ public:
+  virtual ~BodySink() = default;
+  virtual Status Write(std::string_view bytes) = 0;
+  // After the last byte: the JSON answer (status 200).
+  virtual StatusOr<nlohmann::json> Finish() = 0;
+};
+// Called with the request line and header (no body yet): a sink, or the
+// error to answer without reading the body.
+using BodyHandler = std::function<StatusOr<std::unique_ptr<BodySink>>(const Request&)>;
+
 class HttpsServer {
  public:
   struct Options {
@@ -81,6 +122,9 @@ class HttpsServer {
     // PEM CA certificate(s) that client certificates must chain to. Empty:
     // no client certificates are requested (Peer::authenticated is false).
     std::string client_ca_pem;
+    // Serve plain HTTP instead of TLS (cert_pem and key_pem unused). For
+    // loopback test deployments only; the caller enforces that.
+    bool plain_http = false;
     // Address to bind; the default is loopback only.
     std::string bind_address = "127.0.0.1";
     // TCP port; 0 picks a free one (see port()).
@@ -152,6 +196,28 @@ class HttpsServer {
   void Put(const std::string& path_regex, JsonHandler handler);
   void Delete(const std::string& path_regex, JsonHandler handler);
   void GetText(const std::string& path_regex, TextHandler handler);
+  // A JSON route of any method answered with `ok_status` (e.g. 202).
+  void Json(const std::string& method, const std::string& path_regex, JsonHandler handler,
+            int ok_status = 200);
+  // GET (and HEAD) answered from a file, with Range support.
+  void GetFile(const std::string& path_regex, FileHandler handler);
+  // A route whose body (Content-Length, up to `max_body_bytes`, beyond
+  // Options::max_body_bytes) is streamed to a BodySink, under the same
+  // minimum byte rate as other bodies.
+  void Stream(const std::string& method, const std::string& path_regex, BodyHandler handler,
+              uint64_t max_body_bytes);
+
+  // Runs on the worker before every handler (before a BodyHandler reads the
+  // body): a non-OK status is the answer (e.g. a 429 rate limit). Set before
+  // Start().
+  using Admission = std::function<Status(const Request&)>;
+  void SetAdmission(Admission admission);
+  // Called on the worker after each routed request with its HTTP status.
+  using Completion = std::function<void(const Request&, int http_status)>;
+  void SetCompletion(Completion completion);
+  // The JSON error body for a status; default ErrorBody. Set before Start().
+  using ErrorBodyFunction = std::function<nlohmann::json(const Status&)>;
+  void SetErrorBody(ErrorBodyFunction error_body);
 
   // Called after every request with the method, route pattern, HTTP status and
   // latency in seconds (for metrics). Set before Start().
@@ -168,9 +234,15 @@ class HttpsServer {
     // anonymous connections displaced to make room for new ones.
     uint64_t connections_refused = 0;
     uint64_t connections_displaced = 0;
+    // Of those, refused or displaced for the per-address cap.
+    uint64_t connections_refused_per_address = 0;
+    uint64_t connections_displaced_per_address = 0;
     // Connections closed because the handshake, a request header or body,
-    // or an answer missed its deadline.
+    // or an answer missed its deadline (the total, and by stage).
     uint64_t connections_timed_out = 0;
+    uint64_t timed_out_header = 0;  // TLS handshake or request header
+    uint64_t timed_out_body = 0;    // request body
+    uint64_t timed_out_write = 0;   // writing the answer
     // Requests answered 503 because the worker queue was full, and 429 by
     // the anonymous rate limit.
     uint64_t requests_refused_queue_full = 0;
@@ -198,6 +270,10 @@ class HttpsServer {
 
 // The JSON error body for `status` (exposed for tests and clients).
 nlohmann::json ErrorBody(const Status& status);
+
+// The front end's counts in the Prometheus text format, each metric named
+// `<prefix>_front_end_...` (docs/operations.md 'Slow clients').
+std::string RenderFrontEndMetrics(const HttpsServer::Stats& stats, const std::string& prefix);
 
 }  // namespace vmseal::net
 

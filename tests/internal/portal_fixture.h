@@ -35,6 +35,12 @@ class PortalFixture : public ::testing::Test {
         "--kms-cert", kms_.portal_cert(), "--kms-key", kms_.portal_key(),
         "--operator-token-file", dir_.File("op-token"), "--accept-unverified-packages"};
     argv.insert(argv.end(), extra.begin(), extra.end());
+    if (tls_) {
+      // The portal's KMS identity doubles as its server certificate; hosts'
+      // client certificates chain to the KMS's CA.
+      argv.insert(argv.end(), {"--tls-cert", kms_.portal_cert(), "--tls-key", kms_.portal_key(), "--client-ca",
+                               kms_.ca()});
+    }
     auto portal = csp::testing::ServerProcess::Start(argv, dir_.File("portal.log"),
                                                      dir_.File("port"));
     ASSERT_OK(portal);
@@ -86,6 +92,8 @@ class PortalFixture : public ::testing::Test {
   }
 
   TempDir dir_;
+  // Serve TLS (set before StartServers).
+  bool tls_ = false;
   csp::testing::KmsInstance kms_;
   std::unique_ptr<csp::testing::ServerProcess> portal_;
 };

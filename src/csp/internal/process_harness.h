@@ -75,6 +75,8 @@ class ServerProcess {
     pid_ = -1;
   }
   int port() const { return port_; }
+  // The process id (e.g. to SIGSTOP it), or -1 once stopped.
+  pid_t pid() const { return pid_; }
   std::string Log() const {
     auto text = ReadFileToString(Env::Default(), log_);
     return text.ok() ? *text : "";

@@ -2,6 +2,7 @@
 #ifndef VMSEAL_CSP_INTERNAL_TEST_DOUBLES_H_
 #define VMSEAL_CSP_INTERNAL_TEST_DOUBLES_H_
 
+#include <condition_variable>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -165,8 +166,22 @@ class FakeKmsClient final : public KmsClient {
     std::lock_guard<std::mutex> lock(mu_);
     grants_refused_ = refused;
   }
-  Status CreateGrant(const LaunchGrant& grant) override {
+  // While held, CreateGrant blocks (as a stopped KMS would) until released.
+  void HoldGrants(bool hold) {
     std::lock_guard<std::mutex> lock(mu_);
+    grants_held_ = hold;
+    grant_cv_.notify_all();
+  }
+  // CreateGrant calls blocked by HoldGrants now.
+  int grants_waiting() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return grants_waiting_;
+  }
+  Status CreateGrant(const LaunchGrant& grant) override {
+    std::unique_lock<std::mutex> lock(mu_);
+    ++grants_waiting_;
+    grant_cv_.wait(lock, [this] { return !grants_held_; });
+    --grants_waiting_;
     if (unavailable_) return UnavailableError("HTTPS request failed: Connection");
     if (grants_refused_) return FailedPreconditionError("KMS: unknown_image: not registered");
     grants_.push_back(grant);
@@ -228,6 +243,9 @@ class FakeKmsClient final : public KmsClient {
   std::map<std::string, std::string> images_;
   std::vector<LaunchGrant> grants_;
   bool grants_refused_ = false;
+  bool grants_held_ = false;
+  int grants_waiting_ = 0;
+  std::condition_variable grant_cv_;
   std::map<std::string, SigningKey> signing_keys_;
 };
 

@@ -41,8 +41,10 @@ ConnectionTable::Admission ConnectionTable::Admit(const std::string& address) {
   if (per_address != anonymous_per_address_.end() && per_address->second >= limits_.max_per_address &&
       !make_room(&address)) {
     ++refused_total_;
+    ++refused_per_address_total_;
     return out;
   }
+  if (!out.displaced.empty()) ++displaced_per_address_total_;
   if ((anonymous_ >= max_anonymous || entries_.size() >= limits_.max_connections) && !make_room(nullptr)) {
     ++refused_total_;
     return out;
@@ -79,7 +81,8 @@ void ConnectionTable::Remove(uint64_t id) {
 
 ConnectionTable::Counts ConnectionTable::counts() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return Counts{entries_.size(), entries_.size() - anonymous_, displaced_total_, refused_total_};
+  return Counts{entries_.size(), entries_.size() - anonymous_, displaced_total_, refused_total_,
+                displaced_per_address_total_, refused_per_address_total_};
 }
 
 }  // namespace vmseal::net::internal

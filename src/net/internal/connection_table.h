@@ -57,6 +57,9 @@ class ConnectionTable {
     uint64_t authenticated = 0;
     uint64_t displaced_total = 0;
     uint64_t refused_total = 0;
+    // Of those, for the per-address cap.
+    uint64_t displaced_per_address_total = 0;
+    uint64_t refused_per_address_total = 0;
   };
 
   explicit ConnectionTable(Limits limits);
@@ -96,6 +99,8 @@ class ConnectionTable {
   uint64_t anonymous_ = 0;
   uint64_t displaced_total_ = 0;
   uint64_t refused_total_ = 0;
+  uint64_t displaced_per_address_total_ = 0;
+  uint64_t refused_per_address_total_ = 0;
 };
 
 }  // namespace vmseal::net::internal

@@ -21,6 +21,16 @@ bool WorkerPool::TrySubmit(std::function<void()> task, bool authenticated) {
   return true;
 }
 
+bool WorkerPool::SubmitContinuation(std::function<void()> task) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return false;
+    queue_.push_back(Task{std::move(task), true});
+  }
+  cv_.notify_one();
+  return true;
+}
+
 void WorkerPool::Work() {
   while (true) {
     Task task;

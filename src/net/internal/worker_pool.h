@@ -29,6 +29,9 @@ class WorkerPool {
   // Queues `task`; false (and `task` dropped) when the queue has no room for
   // it, or after Stop().
   bool TrySubmit(std::function<void()> task, bool authenticated);
+  // Queues the next step of a request already admitted (a streamed body's
+  // next piece): never refused for a full queue, only after Stop().
+  bool SubmitContinuation(std::function<void()> task);
   // Runs the tasks already queued, then joins the workers. Idempotent.
   void Stop();
   // Tasks waiting (not yet running).

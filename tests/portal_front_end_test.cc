@@ -304,6 +304,54 @@ TEST_F(PortalFrontEndTest, UploadToAnotherCustomersUploadIsRefusedBeforeItsBodyI
   EXPECT_EQ(Json(state).value("offset_bytes", uint64_t{99}), 0u) << "mallory's bytes reached alice's upload";
 }
 
+// One worker and one queue place: of 24 logins sent at once (each runs
+// Argon2id on the worker), those beyond the queue are answered 503 with
+// Retry-After at once, nothing else fails, /metrics counts exactly those,
+// and the portal serves again once the queue has drained.
+TEST_F(PortalFrontEndTest, FullWorkerQueueIsAnswered503WithRetryAfterAndServesAgain) {
+  StartServers({"--front-end", "threads=1", "--front-end", "max_queued_requests=1", "--front-end",
+                "max_queued_anonymous_requests=1"});
+  const json who = Register();
+  const std::string login = who.value("login_id", ""), password = who.value("password", "");
+  struct Answer {
+    int status = 0;
+    std::string retry_after;
+    double seconds = 0;
+  };
+  std::vector<std::future<Answer>> calls;
+  for (int i = 0; i < 24; ++i) {
+    calls.push_back(std::async(std::launch::async, [&] {
+      const auto t = Clock::now();
+      auto r = Login(login, password);
+      Answer a;
+      a.seconds = SecondsSince(t);
+      if (r) {
+        a.status = r->status;
+        a.retry_after = r->get_header_value("Retry-After");
+      }
+      return a;
+    }));
+  }
+  int ok = 0, full = 0;
+  for (auto& f : calls) {
+    const Answer a = f.get();
+    if (a.status == 200) {
+      ++ok;
+    } else {
+      EXPECT_EQ(a.status, 503) << "only a full queue may refuse a good login";
+      ++full;
+      EXPECT_FALSE(a.retry_after.empty()) << "503 without Retry-After";
+      EXPECT_LT(a.seconds, 2.0) << "a refusal waited for the queue";
+    }
+  }
+  EXPECT_GE(ok, 2) << "the worker and its queue place served nobody";
+  EXPECT_GE(full, 1) << "24 logins at once never filled one worker and one queue place";
+  EXPECT_EQ(Metric(Metrics(), "vmseal_portal_front_end_requests_refused_queue_full_total"), full);
+  auto again = Login(login, password);
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->status, 200) << again->body;
+}
+
 // The KMS's front end reports on its /metrics too.
 TEST(KmsFrontEndMetricsTest, HeaderTimeoutsAndPerAddressDisplacementsAreCounted) {
   TempDir dir;

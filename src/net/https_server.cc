@@ -310,7 +310,7 @@ json ErrorBody(const Status& status) {
 
 struct HttpsServer::Impl {
   class ConnectionBase;
-  template <class Stream>
+  template <class StreamT>
   class Connection;
 
   Options options;
@@ -369,11 +369,11 @@ class HttpsServer::Impl::ConnectionBase : public std::enable_shared_from_this<Co
 
 // One connection, driven on its own strand: handshake (TLS), then requests
 // one at a time (read header, read body, wait for the worker, write the
-// answer). `Stream` is beast::ssl_stream<beast::tcp_stream> or, for plain
+// answer). `StreamT` is beast::ssl_stream<beast::tcp_stream> or, for plain
 // HTTP, beast::tcp_stream.
-template <class Stream>
+template <class StreamT>
 class HttpsServer::Impl::Connection : public HttpsServer::Impl::ConnectionBase {
-  static constexpr bool kTls = !std::is_same_v<Stream, beast::tcp_stream>;
+  static constexpr bool kTls = !std::is_same_v<StreamT, beast::tcp_stream>;
 
  public:
   Connection(Impl* impl, uint64_t id, std::string address, tcp::socket socket)
@@ -405,11 +405,11 @@ class HttpsServer::Impl::Connection : public HttpsServer::Impl::ConnectionBase {
  private:
   enum class Stage { kHeader, kBody, kWrite };
 
-  static Stream MakeStream(Impl* impl, tcp::socket socket) {
+  static StreamT MakeStream(Impl* impl, tcp::socket socket) {
     if constexpr (kTls) {
-      return Stream(std::move(socket), impl->ssl);
+      return StreamT(std::move(socket), impl->ssl);
     } else {
-      return Stream(std::move(socket));
+      return StreamT(std::move(socket));
     }
   }
 
@@ -793,7 +793,7 @@ class HttpsServer::Impl::Connection : public HttpsServer::Impl::ConnectionBase {
   Impl* const impl_;
   const uint64_t id_;
   const std::string address_;
-  Stream stream_;
+  StreamT stream_;
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   std::optional<http::response<http::string_body>> res_;

@@ -28,7 +28,11 @@
 // each on its own keep-alive connection listing images and jobs, beside the
 // same slow connections (their header bytes are a request to the portal).
 //
-// Not covered yet: registration flood cost, login back-off.
+// --target=flood: registration and login floods from 200 addresses against
+// the portal with its default limits: the KMS CPU of the registration flood
+// beside what the configured rate allows, and the portal's peak memory
+// beside the Argon2id concurrency bound. (Login back-off is an attacker
+// test: tests/abuse_limits_test.)
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -46,10 +50,14 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <iterator>
 #include <latch>
 #include <mutex>
+#include <sstream>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <httplib.h>
@@ -597,6 +605,172 @@ int RunPortal(bool short_run, std::vector<int> slow_counts) {
   return all_met ? 0 : 3;
 }
 
+// CPU seconds (user + system) the process `pid` has used so far.
+double CpuSeconds(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  const size_t close = stat.rfind(')');
+  if (close == std::string::npos) return 0;
+  std::istringstream rest(stat.substr(close + 2));
+  std::string field;
+  double ticks = 0;
+  for (int i = 3; i <= 15 && rest >> field; ++i) {
+    if (i == 14 || i == 15) ticks += std::stod(field);  // utime, stime
+  }
+  return ticks / static_cast<double>(::sysconf(_SC_CLK_TCK));
+}
+
+// Peak and current resident memory of `pid` in MiB (VmHWM, VmRSS).
+std::pair<double, double> ResidentMib(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  double hwm = 0, rss = 0;
+  while (std::getline(f, line)) {
+    if (line.starts_with("VmHWM:")) hwm = std::stod(line.substr(6)) / 1024;
+    if (line.starts_with("VmRSS:")) rss = std::stod(line.substr(6)) / 1024;
+  }
+  return {hwm, rss};
+}
+
+// One anonymous request over a new plain-HTTP connection from the loopback
+// address `from`; the answer's status (0: no answer).
+int RawPost(const std::string& from, int port, const std::string& path, const std::string& body) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return 0;
+  sockaddr_in src{};
+  src.sin_family = AF_INET;
+  ::inet_pton(AF_INET, from.c_str(), &src.sin_addr);
+  sockaddr_in dst{};
+  dst.sin_family = AF_INET;
+  dst.sin_port = htons(static_cast<uint16_t>(port));
+  ::inet_pton(AF_INET, "127.0.0.1", &dst.sin_addr);
+  timeval tv{30, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  int status = 0;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&src), sizeof(src)) == 0 &&
+      ::connect(fd, reinterpret_cast<sockaddr*>(&dst), sizeof(dst)) == 0) {
+    const std::string req = "POST " + path + " HTTP/1.1\r\nHost: portal\r\nContent-Type: application/json\r\n" +
+                            "Connection: close\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+    if (::send(fd, req.data(), req.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(req.size())) {
+      char buf[64] = {};
+      ssize_t got = 0;
+      while (got < 12) {
+        const ssize_t n = ::recv(fd, buf + got, sizeof(buf) - 1 - static_cast<size_t>(got), 0);
+        if (n <= 0) break;
+        got += n;
+      }
+      if (got >= 12 && std::strncmp(buf, "HTTP/1.1 ", 9) == 0) status = std::atoi(buf + 9);
+    }
+  }
+  ::close(fd);
+  return status;
+}
+
+// Registration and login floods against the real portal (plain HTTP) and
+// KMS with the default limits, from 200 loopback addresses: the KMS CPU
+// the registration flood costs beside the cost the configured rate allows
+// (admitted registrations x the KMS CPU of one, measured first in the same
+// run), and the portal's peak memory beside the bound the Argon2id limit
+// sets (password_hashes_in_flight x 64 MiB).
+int RunFlood(bool short_run) {
+  const double seconds = short_run ? 8 : 20;
+  const int threads = 32;
+  char tmpl[] = "/tmp/vmseal-abuse-flood-XXXXXX";
+  const std::string dir = Must(StatusOr<std::string>(::mkdtemp(tmpl) ? std::string(tmpl) : ""), "mkdtemp");
+  auto kms = Must(csp::testing::StartKms(dir + "/kms"), "start the KMS (is VMSEAL_BINARY or build/vmseal there?)");
+  auto portal = Must(csp::testing::ServerProcess::Start(
+                         {testing::VmsealBinary(), "csp", "serve", "--data-dir", dir + "/data", "--port", "0",
+                          "--port-file", dir + "/port", "--kms-url", kms.url(), "--kms-ca", kms.ca(), "--kms-cert",
+                          kms.portal_cert(), "--kms-key", kms.portal_key(), "--accept-unverified-packages"},
+                         dir + "/portal.log", dir + "/port"),
+                     "start the portal");
+  const int port = portal->port();
+  const pid_t kms_pid = kms.process->pid(), portal_pid = portal->pid();
+  // Defaults of csp::AbuseLimits (what a public deployment runs).
+  const double register_burst = 20, register_per_second = 2, hashes_in_flight = 4, hash_mib = 64;
+
+  // The KMS CPU of one registration: 3, one at a time, from 3 addresses.
+  double kms0 = CpuSeconds(kms_pid);
+  int made = 0;
+  for (int i = 0; i < 3; ++i) made += RawPost("127.0.1." + std::to_string(i + 1), port, "/v1/register", "{}") == 201;
+  if (made != 3) Must(InternalError("baseline registrations failed"), "baseline");
+  const double per_registration = (CpuSeconds(kms_pid) - kms0) / 3;
+  const auto [idle_hwm, idle_rss] = ResidentMib(portal_pid);
+
+  struct Counts {
+    std::atomic<int> ok{0}, denied{0}, limited{0}, overloaded{0}, other{0};
+    int total() const { return ok + denied + limited + overloaded + other; }
+  };
+  auto flood = [&](const std::string& path, auto body_of, Counts* counts) {
+    const auto until = Clock::now() + std::chrono::duration<double>(seconds);
+    std::vector<std::thread> ts;
+    for (int t = 0; t < threads; ++t) {
+      ts.emplace_back([&, t] {
+        for (int k = t; Clock::now() < until; k += threads) {
+          const int st = RawPost("127.0.2." + std::to_string(k % 200 + 1), port, path, body_of(k));
+          if (st == 200 || st == 201) {
+            ++counts->ok;
+          } else if (st == 429) {
+            ++counts->limited;
+          } else if (st == 503) {
+            ++counts->overloaded;
+          } else if (st == 401) {
+            ++counts->denied;
+          } else {
+            ++counts->other;
+          }
+        }
+      });
+    }
+    for (auto& t : ts) t.join();
+  };
+
+  std::printf("abuse_bench: floods from 200 addresses, %d connections at once, %.0f s each, default limits "
+              "(register burst %.0f + %.0f/s, %.0f Argon2id hashes of %.0f MiB at once); load average at start "
+              "%.2f\n",
+              threads, seconds, register_burst, register_per_second, hashes_in_flight, hash_mib, [] {
+                double l[1] = {0};
+                return ::getloadavg(l, 1) == 1 ? l[0] : -1.0;
+              }());
+  std::printf("  one registration costs the KMS %.1f ms of CPU (3 measured first)\n", per_registration * 1e3);
+
+  Counts reg;
+  kms0 = CpuSeconds(kms_pid);
+  double portal0 = CpuSeconds(portal_pid);
+  flood("/v1/register", [](int) { return std::string("{}"); }, &reg);
+  const double kms_cpu = CpuSeconds(kms_pid) - kms0, portal_cpu = CpuSeconds(portal_pid) - portal0;
+  const double allowed = register_burst + register_per_second * seconds;
+  const double bound = allowed * per_registration;
+  std::printf("  registration flood: %d attempts, %d created, %d refused 429, %d 503, %d other\n",
+              reg.total(), reg.ok.load(), reg.limited.load(),
+              reg.overloaded.load(), reg.other.load());
+  std::printf("    KMS CPU %.2f s (%.2f of 2 cores) vs the limit's %.0f registrations x %.1f ms = %.2f s: %.2fx "
+              "(target <= 1.2)\n",
+              kms_cpu, kms_cpu / seconds / 2, allowed, per_registration * 1e3, bound, kms_cpu / bound);
+  std::printf("    portal CPU %.2f s (%.2f of 2 cores)\n", portal_cpu, portal_cpu / seconds / 2);
+  const bool reg_met = kms_cpu <= 1.2 * bound && reg.other == 0;
+
+  Counts login;
+  flood("/v1/login",
+        [](int k) { return "{\"login_id\":\"u-flood" + std::to_string(k) + "\",\"password\":\"guess\"}"; }, &login);
+  const auto [hwm, rss] = ResidentMib(portal_pid);
+  const double mem_bound = idle_hwm + hashes_in_flight * hash_mib;
+  std::printf("  login flood (unknown ids, each an Argon2id): %d attempts, %d answered 401 after a hash, %d "
+              "refused 429, %d 503 overloaded, %d other\n",
+              login.total(), login.denied.load(), login.limited.load(), login.overloaded.load(), login.other.load());
+  std::printf("    portal peak memory %.0f MiB (idle peak %.0f, now %.0f) vs idle + %.0f hashes x %.0f MiB = %.0f "
+              "MiB: %.2fx (target <= 1)\n",
+              hwm, idle_hwm, rss, hashes_in_flight, hash_mib, mem_bound, hwm / mem_bound);
+  const bool mem_met = hwm <= mem_bound && login.other == 0;
+  portal->Stop();
+  kms.process->Stop();
+  std::string rm = "rm -rf '" + dir + "'";
+  if (std::system(rm.c_str()) != 0) std::fprintf(stderr, "could not remove %s\n", dir.c_str());
+  std::printf("  registration flood KMS CPU %s; login flood portal memory %s\n", reg_met ? "met" : "NOT met",
+              mem_met ? "met" : "NOT met");
+  return reg_met && mem_met ? 0 : 3;
+}
+
 }  // namespace
 }  // namespace vmseal
 
@@ -624,7 +798,7 @@ int main(int argc, char** argv) {
       }
     } else {
       std::fprintf(stderr,
-                   "usage: abuse_bench [--short] [--releases=N] [--slow=64,1000] [--target=kms|portal|both]\n");
+                   "usage: abuse_bench [--short] [--releases=N] [--slow=64,1000] [--target=kms|portal|flood|both]\n");
       return 2;
     }
   }
@@ -633,5 +807,6 @@ int main(int argc, char** argv) {
   int rc = 0;
   if (target == "kms" || target == "both") rc = vmseal::Run(short_run, releases, slow);
   if (target == "portal" || target == "both") rc = std::max(rc, vmseal::RunPortal(short_run, slow));
+  if (target == "flood" || target == "both") rc = std::max(rc, vmseal::RunFlood(short_run));
   return rc;
 }

@@ -2,9 +2,14 @@
 // guessing, a registration flood and a job flood get 429 with Retry-After
 // once their budget is spent, before any Argon2id, KMS or scheduler work;
 // the owner gets in again after the back-off; every limit and refusal is on
-// /metrics.
+// /metrics; a login flood from many addresses is bounded in portal memory.
 #include <chrono>
+#include <fstream>
+#include <future>
+#include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include <gmock/gmock.h>
 
@@ -136,6 +141,63 @@ TEST_F(AbuseLimitsTest, JobFloodHitsTheCustomersQuota) {
                   "application/json");
   ASSERT_TRUE(b);
   EXPECT_EQ(b->status / 100, 2) << b->body;
+}
+
+// The portal's peak resident memory (VmHWM) in bytes, or -1.
+int64_t PeakResidentBytes(pid_t pid) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.starts_with("VmHWM:")) return std::stoll(line.substr(6)) * 1024;
+  }
+  return -1;
+}
+
+// A login flood from many addresses (the per-address rates and connection
+// cap are raised here so that one test address stands for many): 40 logins at once, each an
+// Argon2id of 64 MiB. At most `password_hashes_in_flight` hashes run at
+// once, so the portal's peak memory grows by at most that many hashes;
+// the rest wait, then get 503 "overloaded" with Retry-After. Without the
+// bound the same flood adds about 40 x 64 MiB.
+TEST_F(AbuseLimitsTest, LoginFloodFromManyAddressesIsBoundedInPortalMemory) {
+  StartServers({"--limit", "login_per_address_burst=1000", "--limit", "login_address_free_failures=100000",
+                "--limit", "login_id_free_failures=100000", "--limit", "password_hashes_in_flight=2",
+                "--limit", "password_hash_wait_seconds=0.5", "--front-end", "max_connections_per_address=64"});
+  nlohmann::json alice = Register();
+  const int64_t before = PeakResidentBytes(portal_->pid());
+  ASSERT_GT(before, 0);
+  std::vector<std::future<std::pair<int, int64_t>>> calls;
+  for (int i = 0; i < 40; ++i) {
+    calls.push_back(std::async(std::launch::async, [&, i] {
+      auto r = Login("u-nobody" + std::to_string(i), "guess");
+      return std::make_pair(r ? r->status : 0, RetryAfter(r));
+    }));
+  }
+  int denied = 0, overloaded = 0;
+  for (auto& f : calls) {
+    const auto [status, retry_after] = f.get();
+    if (status == 401) {
+      ++denied;
+    } else {
+      EXPECT_EQ(status, 503);
+      EXPECT_GE(retry_after, 1);
+      ++overloaded;
+    }
+  }
+  const int64_t after = PeakResidentBytes(portal_->pid());
+  constexpr int64_t kHash = 64 << 20;
+  EXPECT_LE(after - before, 2 * kHash + (32 << 20))
+      << "peak memory grew by " << (after - before) / (1 << 20) << " MiB for 2 hashes at once";
+  EXPECT_GE(denied, 2);
+  EXPECT_GE(overloaded, 1) << "40 logins at once never waited past 0.5 s for 2 places";
+  auto m = Portal().Get("/metrics");
+  ASSERT_TRUE(m);
+  EXPECT_THAT(m->body, HasSubstr("vmseal_portal_password_hashes{state=\"peak\"} 2\n"));
+  EXPECT_THAT(m->body, HasSubstr("vmseal_portal_overloaded_total{limit=\"password_hashing\"} " +
+                                 std::to_string(overloaded) + "\n"));
+  auto in = Login(alice.value("login_id", ""), alice.value("password", ""));
+  ASSERT_TRUE(in);
+  EXPECT_EQ(in->status, 200) << in->body;
 }
 
 TEST_F(AbuseLimitsTest, UnknownLimitIsRefusedAtStart) {

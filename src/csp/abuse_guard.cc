@@ -28,6 +28,8 @@ const LimitField kFields[] = {
     {"jobs_per_customer_burst", &AbuseLimits::jobs_per_customer_burst},
     {"jobs_in_progress_per_customer", nullptr, nullptr,
      &AbuseLimits::jobs_in_progress_per_customer},
+    {"password_hashes_in_flight", nullptr, nullptr, &AbuseLimits::password_hashes_in_flight},
+    {"password_hash_wait_seconds", &AbuseLimits::password_hash_wait_seconds},
 };
 
 rate_limit::FailureBackoff::Options Backoff(int free, const AbuseLimits& l) {
@@ -89,7 +91,8 @@ AbuseGuard::AbuseGuard(const AbuseLimits& limits, rate_limit::Clock clock)
       login_id_failures_(Backoff(limits.login_id_free_failures, limits), clock),
       jobs_per_customer_({limits.jobs_per_customer_per_minute / 60.0,
                           limits.jobs_per_customer_burst},
-                         clock) {}
+                         clock),
+      password_hashing_(limits.password_hashes_in_flight) {}
 
 Status AbuseGuard::Refuse(std::atomic<uint64_t>* counter, std::string_view what,
                           int64_t retry_after) {
@@ -181,6 +184,17 @@ std::string AbuseGuard::RenderMetrics() const {
          std::to_string(login_id_failures_.size()) + "\n";
   out += "vmseal_portal_rate_limit_keys{limit=\"job_customer\"} " +
          std::to_string(jobs_per_customer_.size()) + "\n";
+  out +=
+      "# HELP vmseal_portal_password_hashes Argon2id hashes running now, and the most at once.\n"
+      "# TYPE vmseal_portal_password_hashes gauge\n"
+      "vmseal_portal_password_hashes{state=\"in_flight\"} " +
+      std::to_string(password_hashing_.in_use()) + "\n" +
+      "vmseal_portal_password_hashes{state=\"peak\"} " + std::to_string(password_hashing_.peak()) +
+      "\n"
+      "# HELP vmseal_portal_overloaded_total Requests answered 503 because a bounded resource was busy.\n"
+      "# TYPE vmseal_portal_overloaded_total counter\n"
+      "vmseal_portal_overloaded_total{limit=\"password_hashing\"} " +
+      std::to_string(password_hashing_.refused()) + "\n";
   return out;
 }
 

@@ -5,7 +5,7 @@
 // quota of jobs in progress). Refusals are 429 with Retry-After, decided
 // from the request line and headers before the body is read and before any
 // Argon2id or KMS work is done. Every limit and refusal count is on the
-// portal's /metrics.
+// portal's /metrics. Argon2id hashes at once are bounded too (503 beyond).
 #ifndef VMSEAL_CSP_ABUSE_GUARD_H_
 #define VMSEAL_CSP_ABUSE_GUARD_H_
 
@@ -41,6 +41,12 @@ struct AbuseLimits {
   double jobs_per_customer_per_minute = 12;
   double jobs_per_customer_burst = 20;
   int64_t jobs_in_progress_per_customer = 16;
+  // Argon2id hashes (registration and login, 64 MiB each) running at once,
+  // whatever the number of addresses: a bound on the portal's memory. A
+  // caller waits up to password_hash_wait_seconds for a place, then gets
+  // 503 with Retry-After.
+  int64_t password_hashes_in_flight = 4;
+  double password_hash_wait_seconds = 2;
 };
 
 // Sets `name` (as listed by AbuseLimitNames) from `value`. INVALID_ARGUMENT
@@ -64,6 +70,8 @@ class AbuseGuard {
 
   // Back-off per login id, for Accounts::Login.
   rate_limit::FailureBackoff* login_id_failures() { return &login_id_failures_; }
+  // The bound on Argon2id hashes at once, for Accounts.
+  rate_limit::ConcurrencyLimit* password_hashing() { return &password_hashing_; }
   const AbuseLimits& limits() const { return limits_; }
 
   // Prometheus text: every limit, refusals per limit, keys tracked.
@@ -79,6 +87,7 @@ class AbuseGuard {
   rate_limit::FailureBackoff login_address_failures_;
   rate_limit::FailureBackoff login_id_failures_;
   rate_limit::KeyedTokenBucket jobs_per_customer_;
+  rate_limit::ConcurrencyLimit password_hashing_;
   std::atomic<uint64_t> refused_register_address_{0}, refused_register_global_{0},
       refused_login_address_{0}, refused_login_failures_{0}, refused_job_rate_{0},
       refused_job_quota_{0};

@@ -57,6 +57,16 @@ StatusOr<std::unique_ptr<Accounts>> Accounts::Create(const Options& options, Por
   return std::unique_ptr<Accounts>(new Accounts(options, db, clock, kms, std::move(dummy)));
 }
 
+StatusOr<std::optional<rate_limit::ConcurrencyLimit::Ticket>> Accounts::PasswordHashPlace() const {
+  if (options_.password_hashing == nullptr) return std::optional<rate_limit::ConcurrencyLimit::Ticket>();
+  auto place = options_.password_hashing->TryAcquireFor(options_.password_hash_wait_seconds);
+  if (!place) {
+    return UnavailableError("overloaded: " + std::to_string(options_.password_hashing->max()) +
+                            " password hashes are running; retry in 1 s");
+  }
+  return place;
+}
+
 StatusOr<std::string> Accounts::HashPassword(const SecretBytes& password) const {
   crypto::Bytes salt = crypto::RandomBytes(kSaltBytes);
   size_t len = argon2_encodedlen(options_.argon2_t_cost, options_.argon2_m_cost_kib,
@@ -88,7 +98,10 @@ StatusOr<RegisterResponse> Accounts::Register(const RegisterRequest& request) {
   CustomerRecord record;
   record.customer_id = out.customer_id;
   record.login_id = out.login_id;
-  ASSIGN_OR_RETURN(record.password_hash, HashPassword(out.password));
+  {
+    ASSIGN_OR_RETURN(auto place, PasswordHashPlace());
+    ASSIGN_OR_RETURN(record.password_hash, HashPassword(out.password));
+  }
   record.created_unix = clock_->NowUnixSeconds();
   // The key first: without it the account would be useless, and a failed
   // KMS call must leave no customer behind.
@@ -149,9 +162,12 @@ StatusOr<LoginResponse> Accounts::Login(const LoginRequest& request) {
     return customer.status();
   }
   const std::string& encoded = customer.ok() ? customer->password_hash : dummy_hash_;
-  // argon2id_verify recomputes the hash and compares in constant time.
-  int rc = argon2id_verify(encoded.c_str(), request.password.UnsafeData(),
-                           request.password.size());
+  int rc = ARGON2_VERIFY_MISMATCH;
+  {
+    ASSIGN_OR_RETURN(auto place, PasswordHashPlace());
+    // argon2id_verify recomputes the hash and compares in constant time.
+    rc = argon2id_verify(encoded.c_str(), request.password.UnsafeData(), request.password.size());
+  }
   if (!customer.ok() || rc != ARGON2_OK) {
     // Unknown login ids back off too: the answer must not tell them apart.
     if (failures != nullptr) failures->RecordFailure(request.login_id);

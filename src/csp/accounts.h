@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -73,6 +74,12 @@ class Accounts {
     // Back-off per login id after failed logins (password guessing); a
     // blocked login id is refused before Argon2id runs. Not owned; null: none.
     rate_limit::FailureBackoff* login_failures = nullptr;
+    // Bound on Argon2id hashes at once (register and login); a caller that
+    // finds no place within `password_hash_wait_seconds` gets UNAVAILABLE
+    // "overloaded: ...; retry in 1 s" and nothing is stored. Not owned;
+    // null: no bound.
+    rate_limit::ConcurrencyLimit* password_hashing = nullptr;
+    double password_hash_wait_seconds = 2;
   };
 
   // `db`, `clock` and `kms` must outlive the object.
@@ -116,6 +123,9 @@ class Accounts {
            std::string dummy_hash)
       : options_(options), db_(db), clock_(clock), kms_(kms), dummy_hash_(std::move(dummy_hash)) {}
   StatusOr<std::string> HashPassword(const SecretBytes& password) const;
+  // A place for one Argon2id hash (an empty ticket without a bound), or
+  // UNAVAILABLE when none freed in time.
+  StatusOr<std::optional<rate_limit::ConcurrencyLimit::Ticket>> PasswordHashPlace() const;
 
   const Options options_;
   PortalDb* const db_;

@@ -20,6 +20,7 @@ using json = nlohmann::json;
 std::string ReasonFor(const Status& s) {
   const std::string& m = s.message();
   if (m.starts_with("KMS policy")) return "kms_policy";
+  if (m.starts_with("overloaded:")) return "overloaded";
   if (m.starts_with("KMS: ")) {
     return s.code() == StatusCode::kUnavailable ? "kms_unavailable" : "kms_error";
   }

@@ -162,6 +162,8 @@ StatusOr<std::unique_ptr<PortalServer>> PortalServer::Create(Options options,
   Accounts::Options ao;
   ao.argon2_m_cost_kib = options.argon2_m_cost_kib;
   ao.login_failures = impl->guard->login_id_failures();
+  ao.password_hashing = impl->guard->password_hashing();
+  ao.password_hash_wait_seconds = impl->guard->limits().password_hash_wait_seconds;
   ASSIGN_OR_RETURN(impl->accounts, Accounts::Create(ao, impl->db.get(), Clock::Real(), kms));
   ImageService::Options io;
   io.signing_keys = kms;

@@ -112,6 +112,43 @@ size_t FailureBackoff::size() const {
   return entries_.size();
 }
 
+std::optional<ConcurrencyLimit::Ticket> ConcurrencyLimit::TryAcquireFor(double seconds) {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (max_ > 0) {
+    const auto wait = std::chrono::duration<double>(std::max(0.0, seconds));
+    if (!freed_.wait_for(lock, wait, [this] { return in_use_ < max_; })) {
+      ++refused_;
+      return std::nullopt;
+    }
+  }
+  ++in_use_;
+  peak_ = std::max(peak_, in_use_);
+  return Ticket(this);
+}
+
+void ConcurrencyLimit::Release() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    --in_use_;
+  }
+  freed_.notify_one();
+}
+
+int64_t ConcurrencyLimit::in_use() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return in_use_;
+}
+
+int64_t ConcurrencyLimit::peak() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return peak_;
+}
+
+uint64_t ConcurrencyLimit::refused() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return refused_;
+}
+
 std::string RateLimitedMessage(std::string_view what, int64_t retry_after_seconds) {
   return "rate_limited: " + std::string(what) + "; retry in " +
          std::to_string(std::max<int64_t>(1, retry_after_seconds)) + " s";

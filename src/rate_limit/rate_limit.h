@@ -8,14 +8,17 @@
 #ifndef VMSEAL_RATE_LIMIT_RATE_LIMIT_H_
 #define VMSEAL_RATE_LIMIT_RATE_LIMIT_H_
 
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <list>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 
 namespace vmseal::rate_limit {
 
@@ -102,6 +105,52 @@ class FailureBackoff {
   mutable std::mutex mu_;
   std::unordered_map<std::string, Entry> entries_;
   std::list<std::string> lru_;  // front: most recent failure
+};
+
+// At most `max` holders of an expensive resource at once (e.g. Argon2id
+// hashes, 64 MiB each): a bound on memory and CPU that rates alone do not
+// give when many addresses arrive together. TryAcquireFor waits at most
+// `seconds` for a place. `max` 0: no limit. Thread-safe.
+class ConcurrencyLimit {
+ public:
+  // A held place; given back when destroyed. Move-only.
+  class Ticket {
+   public:
+    Ticket(Ticket&& other) noexcept : limit_(std::exchange(other.limit_, nullptr)) {}
+    Ticket& operator=(Ticket&&) = delete;
+    Ticket(const Ticket&) = delete;
+    ~Ticket() {
+      if (limit_ != nullptr) limit_->Release();
+    }
+
+   private:
+    friend class ConcurrencyLimit;
+    explicit Ticket(ConcurrencyLimit* limit) : limit_(limit) {}
+    ConcurrencyLimit* limit_;
+  };
+
+  explicit ConcurrencyLimit(int64_t max) : max_(max) {}
+  ConcurrencyLimit(const ConcurrencyLimit&) = delete;
+  ConcurrencyLimit& operator=(const ConcurrencyLimit&) = delete;
+
+  // A place, or nullopt if none freed within `seconds` (counted as refused).
+  std::optional<Ticket> TryAcquireFor(double seconds);
+
+  int64_t max() const { return max_; }
+  int64_t in_use() const;
+  // The most held at once so far, and the refusals so far.
+  int64_t peak() const;
+  uint64_t refused() const;
+
+ private:
+  void Release();
+
+  const int64_t max_;
+  mutable std::mutex mu_;
+  std::condition_variable freed_;
+  int64_t in_use_ = 0;
+  int64_t peak_ = 0;
+  uint64_t refused_ = 0;
 };
 
 // The one spelling of a refusal: "rate_limited: <what>; retry in N s". A

@@ -2,6 +2,11 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <chrono>
+#include <thread>
+#include <vector>
+
 namespace vmseal::rate_limit {
 namespace {
 
@@ -102,6 +107,72 @@ TEST(FailureBackoff, KeysAreBounded) {
   for (int i = 0; i < 5000; ++i) f.RecordFailure("login-" + std::to_string(i));
   EXPECT_EQ(f.size(), 50u);
   EXPECT_FALSE(f.Check("login-4999").allowed);
+}
+
+TEST(ConcurrencyLimit, HoldsAtMostMaxAndRefusesAfterTheWait) {
+  ConcurrencyLimit limit(2);
+  auto a = limit.TryAcquireFor(0);
+  auto b = limit.TryAcquireFor(0);
+  ASSERT_TRUE(a.has_value());
+  ASSERT_TRUE(b.has_value());
+  EXPECT_EQ(limit.in_use(), 2);
+  const auto t = std::chrono::steady_clock::now();
+  EXPECT_FALSE(limit.TryAcquireFor(0.05).has_value());
+  EXPECT_GE(std::chrono::steady_clock::now() - t, std::chrono::milliseconds(45));
+  EXPECT_EQ(limit.refused(), 1u);
+  a.reset();
+  EXPECT_EQ(limit.in_use(), 1);
+  EXPECT_TRUE(limit.TryAcquireFor(0).has_value());  // destroyed at once
+  EXPECT_EQ(limit.in_use(), 1);
+  EXPECT_EQ(limit.peak(), 2);
+}
+
+TEST(ConcurrencyLimit, AWaiterGetsThePlaceFreedWhileItWaits) {
+  ConcurrencyLimit limit(1);
+  auto held = limit.TryAcquireFor(0);
+  ASSERT_TRUE(held.has_value());
+  std::thread freer([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    held.reset();
+  });
+  auto got = limit.TryAcquireFor(10);
+  freer.join();
+  EXPECT_TRUE(got.has_value());
+  EXPECT_EQ(limit.refused(), 0u);
+}
+
+TEST(ConcurrencyLimit, ManyThreadsNeverExceedMax) {
+  ConcurrencyLimit limit(3);
+  std::atomic<int> inside{0}, most{0}, served{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 16; ++i) {
+    threads.emplace_back([&] {
+      for (int k = 0; k < 20; ++k) {
+        auto t = limit.TryAcquireFor(5);
+        if (!t) continue;
+        const int now = ++inside;
+        int seen = most.load();
+        while (now > seen && !most.compare_exchange_weak(seen, now)) {
+        }
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+        --inside;
+        ++served;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_LE(most.load(), 3);
+  EXPECT_EQ(limit.peak(), most.load());
+  EXPECT_EQ(served.load() + static_cast<int>(limit.refused()), 16 * 20);
+  EXPECT_EQ(limit.in_use(), 0);
+}
+
+TEST(ConcurrencyLimit, ZeroMeansNoLimit) {
+  ConcurrencyLimit limit(0);
+  std::vector<ConcurrencyLimit::Ticket> held;
+  for (int i = 0; i < 100; ++i) held.push_back(*limit.TryAcquireFor(0));
+  EXPECT_EQ(limit.in_use(), 100);
+  EXPECT_EQ(limit.refused(), 0u);
 }
 
 TEST(RateLimitedMessage, CarriesTheRetryAfter) {

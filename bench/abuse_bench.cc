@@ -73,6 +73,8 @@
 #include "net/https_client.h"
 #include "net/https_server.h"
 #include "ovf/package_format.h"
+#include "ovf/signature.h"
+#include "ovf/testing/signed_texts.h"
 #include "tpm/security_engine.h"
 #include "tpm/testing/swtpm_harness.h"
 
@@ -104,18 +106,13 @@ double Percentile(std::vector<double> v, double p) {
 double Median(std::vector<double> v) { return Percentile(std::move(v), 0.5); }
 
 crypto::Bytes PackageLabel(const std::string& image, const std::string& tenant) {
-  std::string s = "vmseal-package-key-v1";
-  s.push_back('\0');
-  auto field = [&](const std::string& f) {
-    for (int i = 3; i >= 0; --i) s.push_back(static_cast<char>((f.size() >> (8 * i)) & 0xff));
-    s += f;
-  };
-  field(image);
-  field(tenant);
-  for (int i = 0; i < 7; ++i) s.push_back('\0');
-  s.push_back('\1');
-  field("https://vmseal.dev/ns/stream/v1");
-  return crypto::Bytes(s.begin(), s.end());
+  ovf::EncryptionTag tag;
+  tag.image_id = image;
+  tag.tenant = tenant;
+  tag.key_version = 1;
+  tag.data_algorithm = std::string(ovf::kStreamAlgorithmUri);
+  const std::vector<uint8_t> label = ovf::OaepLabel(tag);
+  return crypto::Bytes(label.begin(), label.end());
 }
 
 // `job` names the portal's job, whose grant the KMS checks and uses up.
@@ -128,7 +125,11 @@ nlohmann::json BodyOf(const kms::ReleaseRequest& r, const std::string& job) {
           {"wrap_algorithm", r.wrap_algorithm},
           {"oaep_label", crypto::Base64Encode(r.oaep_label)},
           {"wrapped_key", crypto::Base64Encode(r.wrapped_key)},
-          {"evidence", nlohmann::json::parse(attest::EvidenceToJson(r.evidence))}};
+          {"evidence", nlohmann::json::parse(attest::EvidenceToJson(r.evidence))},
+          {"descriptor_name", r.descriptor_name},
+          {"descriptor", r.descriptor},
+          {"manifest", r.manifest},
+          {"package_cert", r.package_cert}};
 }
 
 // N connections that each send one byte every `interval` and are reopened
@@ -350,6 +351,24 @@ int Run(bool short_run, int releases, std::vector<int> slow_counts) {
   // The portal's part: the image it accepted, and a one-launch grant for
   // each release's job (a release without one is denied no_grant).
   Must(service->RegisterImage(portal, {"acme", label_image, "sha256:" + pub.KeyId(), 0}), "register image");
+  // The customer's package-signing key and the signed package texts a host
+  // sends with each release (what the customer signed for this image).
+  auto signer = Must(crypto::PrivateKey::Generate(crypto::KeyType::kEcP256), "signing key");
+  const crypto::Bytes proof =
+      Must(crypto::Sign(signer, crypto::SignatureDigest::kSha256, ovf::SigningKeyProofMessage(signer.Public())),
+           "proof");
+  const std::string signer_chain =
+      Must(service->RegisterSigningKey(portal, {"acme", signer.Public().ToPem(), proof}), "register signing key")
+          .cert_pem;
+  ovf::EncryptionTag tag;
+  tag.image_id = label_image;
+  tag.tenant = "acme";
+  tag.key_id = "sha256:" + pub.KeyId();
+  tag.key_version = 1;
+  tag.data_algorithm = std::string(ovf::kStreamAlgorithmUri);
+  const auto texts = Must(ovf::testing::MakeSignedTexts(tag, {std::string(ovf::kX25519WrapUri), label, wrapped},
+                                                        &signer, signer_chain),
+                          "sign");
   std::fprintf(stderr, "abuse_bench: recording %d evidence sets from swtpm...\n", runs * releases);
   std::vector<std::string> bodies;
   for (int i = 0; i < runs * releases; ++i) {
@@ -361,6 +380,10 @@ int Run(bool short_run, int releases, std::vector<int> slow_counts) {
     r.wrap_algorithm = std::string(ovf::kX25519WrapUri);
     r.oaep_label = label;
     r.wrapped_key = wrapped;
+    r.descriptor_name = texts.descriptor_name;
+    r.descriptor = texts.descriptor;
+    r.manifest = texts.manifest;
+    r.package_cert = texts.certificate;
     r.evidence = Must(engine->Attest(Must(crypto::HexDecode(n.nonce), "hex"), pcrs), "attest");
     const std::string job = "job-" + std::to_string(i);
     Must(service->CreateGrant(portal, {job, label_image, "acme", "host-1", 3600}).status(), "grant");

@@ -2,6 +2,10 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
+#include <nlohmann/json.hpp>
+
 #include "crypto/primitives.h"
 
 namespace vmseal::csp {
@@ -82,6 +86,163 @@ bool IsMachineReason(std::string_view reason) {
   return true;
 }
 
+
+namespace {
+
+using json = nlohmann::json;
+
+json PlacementToJson(const Placement& p) {
+  json decisions = json::array();
+  for (const HostDecision& d : p.decisions) {
+    decisions.push_back({{"host_id", d.host_id}, {"eligible", d.eligible}, {"chosen", d.chosen},
+                         {"reasons", d.reasons}, {"kms_reason", d.kms_reason},
+                         {"load", d.load}, {"capacity_slots", d.capacity_slots}});
+  }
+  return {{"chosen_host_id", p.chosen_host_id}, {"decisions", decisions},
+          {"decided_unix", p.decided_unix}, {"kms_failed", p.kms_failed}};
+}
+
+Placement PlacementFromJson(const json& j) {
+  Placement p;
+  p.chosen_host_id = j.at("chosen_host_id").get<std::string>();
+  for (const json& d : j.at("decisions")) {
+    p.decisions.push_back({d.at("host_id").get<std::string>(), d.at("eligible").get<bool>(),
+                           d.at("chosen").get<bool>(),
+                           d.at("reasons").get<std::vector<std::string>>(),
+                           d.at("kms_reason").get<std::string>(), d.at("load").get<uint32_t>(),
+                           d.at("capacity_slots").get<uint32_t>()});
+  }
+  p.decided_unix = j.at("decided_unix").get<int64_t>();
+  p.kms_failed = j.at("kms_failed").get<bool>();
+  return p;
+}
+
+}  // namespace
+
+std::string JobToRecord(const Job& job) {
+  json attempts = json::array();
+  for (const JobAttempt& a : job.attempts) {
+    attempts.push_back({{"host_id", a.host_id}, {"refusal", a.refusal}, {"reason", a.reason}});
+  }
+  json placements = json::array();
+  for (const Placement& p : job.placements) placements.push_back(PlacementToJson(p));
+  return json{{"v", 1},
+              {"job_id", job.job_id},
+              {"customer_id", job.customer_id},
+              {"image_id", job.image_id},
+              {"object_key", job.object_key},
+              {"package_size_bytes", job.package_size_bytes},
+              {"package_sha256_hex", job.package_sha256_hex},
+              {"tagged_image_id", job.tagged_image_id},
+              {"state", JobStateName(job.state)},
+              {"host_id", job.host_id},
+              {"attempts", attempts},
+              {"failure_reason", job.failure_reason},
+              {"last_placement", PlacementToJson(job.last_placement)},
+              {"placements", placements},
+              {"vm_name", job.vm_name},
+              {"serial_log_path", job.serial_log_path},
+              {"wanted", VmWantedName(job.wanted)},
+              {"vm_host_id", job.vm_host_id},
+              {"end_reason", job.end_reason},
+              {"end_text", job.end_text},
+              {"ended_unix", job.ended_unix},
+              {"pinned_host_id", job.pinned_host_id},
+              {"run_first_attempt", job.run_first_attempt},
+              {"runs", job.runs},
+              {"disk_events", job.disk_events},
+              {"created_unix", job.created_unix},
+              {"updated_unix", job.updated_unix},
+              {"lease_expires_unix", job.lease_expires_unix}}
+      .dump();
+}
+
+StatusOr<Job> JobFromRecord(const std::string& record_json) {
+  json j = json::parse(record_json, nullptr, false);
+  if (!j.is_object() || j.value("v", 0) != 1) return DataLossError("unreadable job record");
+  try {
+    Job job;
+    job.job_id = j.at("job_id").get<std::string>();
+    job.customer_id = j.at("customer_id").get<std::string>();
+    job.image_id = j.at("image_id").get<std::string>();
+    job.object_key = j.at("object_key").get<std::string>();
+    job.package_size_bytes = j.at("package_size_bytes").get<uint64_t>();
+    job.package_sha256_hex = j.at("package_sha256_hex").get<std::string>();
+    job.tagged_image_id = j.at("tagged_image_id").get<std::string>();
+    auto state = JobStateFromName(j.at("state").get<std::string>());
+    if (!state.ok()) return DataLossError("unreadable job record: bad state");
+    job.state = *state;
+    job.host_id = j.at("host_id").get<std::string>();
+    for (const json& a : j.at("attempts")) {
+      job.attempts.push_back({a.at("host_id").get<std::string>(),
+                              a.at("refusal").get<std::string>(),
+                              a.at("reason").get<std::string>()});
+    }
+    job.failure_reason = j.at("failure_reason").get<std::string>();
+    job.last_placement = PlacementFromJson(j.at("last_placement"));
+    for (const json& p : j.at("placements")) job.placements.push_back(PlacementFromJson(p));
+    job.vm_name = j.at("vm_name").get<std::string>();
+    job.serial_log_path = j.at("serial_log_path").get<std::string>();
+    const std::string wanted = j.at("wanted").get<std::string>();
+    if (wanted == "running") {
+      job.wanted = VmWanted::kRunning;
+    } else if (wanted == "stopped") {
+      job.wanted = VmWanted::kStopped;
+    } else if (wanted == "deleted") {
+      job.wanted = VmWanted::kDeleted;
+    } else {
+      return DataLossError("unreadable job record: bad wanted state");
+    }
+    job.vm_host_id = j.at("vm_host_id").get<std::string>();
+    job.end_reason = j.at("end_reason").get<std::string>();
+    job.end_text = j.at("end_text").get<std::string>();
+    job.ended_unix = j.at("ended_unix").get<int64_t>();
+    job.pinned_host_id = j.at("pinned_host_id").get<std::string>();
+    job.run_first_attempt = j.at("run_first_attempt").get<size_t>();
+    job.runs = j.at("runs").get<int>();
+    job.disk_events = j.at("disk_events").get<std::vector<std::string>>();
+    job.created_unix = j.at("created_unix").get<int64_t>();
+    job.updated_unix = j.at("updated_unix").get<int64_t>();
+    job.lease_expires_unix = j.at("lease_expires_unix").get<int64_t>();
+    if (job.run_first_attempt > job.attempts.size()) {
+      return DataLossError("unreadable job record: bad attempt index");
+    }
+    return job;
+  } catch (const json::exception&) {
+    return DataLossError("unreadable job record");
+  }
+}
+
+Status JobManager::AttachStore(StateStore* store) {
+  ASSIGN_OR_RETURN(std::vector<StoredJob> rows, store->LoadJobs());
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const StoredJob& row : rows) {
+    auto job = JobFromRecord(row.record_json);
+    if (!job.ok()) return DataLossError("job " + row.job_id + ": " + job.status().message());
+    // The portal cannot know what hosts did while it was down: each host
+    // gets one full lease from the restart to be heard from again.
+    if (OnHost(job->state)) {
+      job->lease_expires_unix =
+          std::max(job->lease_expires_unix, clock_->NowUnixSeconds() + options_.lease_seconds);
+    }
+    jobs_[job->job_id] = *std::move(job);
+  }
+  store_ = store;
+  if (!rows.empty()) spdlog::info("job manager loaded {} jobs from the store", rows.size());
+  return OkStatus();
+}
+
+void JobManager::SaveLocked(const Job& job) {
+  if (store_ == nullptr) return;
+  Status s = store_->PutJob({job.job_id, job.customer_id, std::string(JobStateName(job.state)),
+                             job.host_id, job.updated_unix, JobToRecord(job)});
+  if (!s.ok()) spdlog::error("cannot store job={}: {}", job.job_id, s.ToString());
+}
+
+void JobManager::RenewLeaseLocked(Job& job) {
+  job.lease_expires_unix = clock_->NowUnixSeconds() + options_.lease_seconds;
+}
+
 std::map<std::string, uint32_t> JobManager::LoadLocked() const {
   std::map<std::string, uint32_t> load;
   for (const auto& [id, job] : jobs_) {
@@ -96,6 +257,8 @@ void JobManager::FailLocked(Job& job, const std::string& reason) {
   job.host_id.clear();
   job.failure_reason = reason;
   job.updated_unix = clock_->NowUnixSeconds();
+  job.lease_expires_unix = 0;
+  SaveLocked(job);
   spdlog::warn("job failed job={} customer={}: {}", job.job_id, job.customer_id, reason);
 }
 
@@ -243,11 +406,14 @@ Placement JobManager::PlaceUnlocked(const PlacementTicket& t, std::unique_lock<s
       job->state = JobState::kQueued;
       job->host_id.clear();
       if (t.queued_since > 0) job->updated_unix = t.queued_since;
+      SaveLocked(*job);
       return placement;
     }
     job->state = JobState::kPlaced;
     job->host_id = chosen;
     job->attempts.push_back({job->host_id, ""});
+    RenewLeaseLocked(*job);
+    SaveLocked(*job);
     return placement;
   }
   if (t.refused > 0) {
@@ -258,6 +424,9 @@ Placement JobManager::PlaceUnlocked(const PlacementTicket& t, std::unique_lock<s
   job->state = JobState::kQueued;
   job->host_id.clear();
   if (t.queued_since > 0) job->updated_unix = t.queued_since;
+  // A queued job re-placed at every Tick is written only when the decision
+  // changed.
+  if (!repeat) SaveLocked(*job);
   return placement;
 }
 
@@ -269,12 +438,15 @@ std::optional<JobManager::PlacementTicket> JobManager::RefuseLocked(Job& job, co
   }
   spdlog::warn("job refused job={} host={} reason={}: {}", job.job_id, job.host_id, reason, why);
   job.host_id.clear();
+  job.lease_expires_unix = 0;
   if (job.wanted != VmWanted::kRunning) {
     // Stopped or deleted by the customer while it was being launched.
     EndLocked(job, "stopped_by_customer", "stopped before it ran (" + reason + ")");
     return std::nullopt;
   }
   job.state = JobState::kQueued;
+  job.updated_unix = clock_->NowUnixSeconds();
+  SaveLocked(job);
   return BeginPlaceLocked(job);
 }
 
@@ -291,6 +463,8 @@ void JobManager::EndLocked(Job& job, const std::string& reason, const std::strin
     job.state = JobState::kStopped;
     job.wanted = VmWanted::kStopped;
   }
+  job.lease_expires_unix = 0;
+  SaveLocked(job);
   spdlog::info("vm ended job={} customer={} vm={} state={} reason={}: {}", job.job_id,
                job.customer_id, job.vm_name, JobStateName(job.state), reason, job.end_text);
 }
@@ -369,6 +543,7 @@ StatusOr<Job> JobManager::ReportDiskEvent(const std::string& host_id,
   }
   job.disk_events.push_back(report.event + ": " + text);
   job.updated_unix = clock_->NowUnixSeconds();
+  SaveLocked(job);
   spdlog::warn("disk event job={} host={} event={} {}", job.job_id, host_id, report.event, text);
   return job;
 }
@@ -387,6 +562,7 @@ StatusOr<Job> JobManager::ReportVmDeleted(const std::string& host_id,
     job->vm_host_id.clear();
     job->state = JobState::kDeleted;
     job->updated_unix = clock_->NowUnixSeconds();
+    SaveLocked(*job);
     spdlog::info("vm deleted job={} host={} vm={}", job->job_id, host_id, vm_name);
   }
   return *job;
@@ -412,6 +588,7 @@ StatusOr<Job> JobManager::StopVm(const Principal& who, const std::string& vm) {
   }
   job->wanted = VmWanted::kStopped;
   job->updated_unix = clock_->NowUnixSeconds();
+  SaveLocked(*job);
   spdlog::info("vm stop requested job={} customer={} vm={}", job->job_id, job->customer_id,
                job->vm_name);
   return *job;
@@ -422,7 +599,10 @@ StatusOr<Job> JobManager::StartVm(const Principal& who, const std::string& vm) {
   ASSIGN_OR_RETURN(Job * job, FindVmLocked(who, vm));
   if ((OnHost(job->state) || job->state == JobState::kQueued) &&
       job->wanted != VmWanted::kDeleted) {
-    job->wanted = VmWanted::kRunning;  // a stop asked during the launch is withdrawn
+    if (job->wanted != VmWanted::kRunning) {
+      job->wanted = VmWanted::kRunning;  // a stop asked during the launch is withdrawn
+      SaveLocked(*job);
+    }
     return *job;
   }
   if (job->state != JobState::kStopped) return BadState(*job, "start");
@@ -435,6 +615,7 @@ StatusOr<Job> JobManager::StartVm(const Principal& who, const std::string& vm) {
   ++job->runs;
   job->state = JobState::kQueued;
   job->updated_unix = clock_->NowUnixSeconds();
+  SaveLocked(*job);
   spdlog::info("vm start requested job={} customer={} vm={} run={}", job->job_id,
                job->customer_id, job->vm_name, job->runs);
   auto ticket = BeginPlaceLocked(*job);
@@ -452,9 +633,13 @@ StatusOr<Job> JobManager::DeleteVm(const Principal& who, const std::string& vm) 
   job->updated_unix = clock_->NowUnixSeconds();
   spdlog::info("vm delete requested job={} customer={} vm={}", job->job_id, job->customer_id,
                job->vm_name);
-  if (launching) return *job;  // deleted once it runs (or is refused)
+  if (launching) {
+    SaveLocked(*job);
+    return *job;  // deleted once it runs (or is refused)
+  }
   if (job->state == JobState::kRunning || job->state == JobState::kStopping) {
     job->state = JobState::kDeleting;
+    SaveLocked(*job);
     return *job;
   }
   if (job->vm_host_id.empty()) {
@@ -466,9 +651,11 @@ StatusOr<Job> JobManager::DeleteVm(const Principal& who, const std::string& vm) 
     }
     job->host_id.clear();
     job->state = JobState::kDeleted;
+    SaveLocked(*job);
     return *job;
   }
   job->state = JobState::kDeleting;  // stopped or failed: its host removes the files
+  SaveLocked(*job);
   return *job;
 }
 
@@ -488,6 +675,8 @@ StatusOr<Job> JobManager::Launch(const Principal& who, const LaunchRequest& requ
   spdlog::info("job queued job={} customer={} image={}", job.job_id, job.customer_id,
                job.image_id);
   Job& stored = jobs_[job.job_id] = std::move(job);
+  // Durable before the customer hears of it: a queued job survives a crash.
+  SaveLocked(stored);
   auto ticket = BeginPlaceLocked(stored);
   if (!ticket) return stored;
   PlaceUnlocked(*ticket, lock);
@@ -549,8 +738,15 @@ StatusOr<Job> JobManager::GetAnyJobLocked(const std::string& job_id) const {
 std::vector<Job> JobManager::PendingJobs(const std::string& host_id) {
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<Job> out;
-  for (const auto& [id, job] : jobs_) {
-    if (job.state == JobState::kPlaced && job.host_id == host_id) out.push_back(job);
+  const int64_t now = clock_->NowUnixSeconds();
+  for (auto& [id, job] : jobs_) {
+    if (job.host_id != host_id || host_id.empty() || !OnHost(job.state)) continue;
+    // The host's poll renews its leases (written at most every half lease).
+    if (job.lease_expires_unix - now < options_.lease_seconds / 2) {
+      RenewLeaseLocked(job);
+      SaveLocked(job);
+    }
+    if (job.state == JobState::kPlaced) out.push_back(job);
   }
   return out;
 }
@@ -577,6 +773,8 @@ StatusOr<Job> JobManager::ReportProgress(const std::string& host_id,
   if (!report.vm_name.empty()) job.vm_name = report.vm_name.substr(0, 256);
   if (!report.serial_log_path.empty()) job.serial_log_path = report.serial_log_path.substr(0, 4096);
   job.updated_unix = clock_->NowUnixSeconds();
+  if (OnHost(job.state)) RenewLeaseLocked(job);
+  SaveLocked(job);
   spdlog::info("job progress job={} host={} state={}", job.job_id, host_id,
                JobStateName(job.state));
   return job;
@@ -612,6 +810,27 @@ void JobManager::Tick() {
   // each KMS call.
   std::vector<PlacementTicket> tickets;
   for (auto& [id, job] : jobs_) {
+    const bool host_dropped =
+        std::find(dropped.begin(), dropped.end(), job.host_id) != dropped.end();
+    // A host that just left the pool loses its job below, with that reason.
+    if (OnHost(job.state) && job.lease_expires_unix > 0 && !host_dropped) {
+      // A heartbeat of the job's host renews its lease.
+      auto host = hosts_->Get(job.host_id);
+      if (host.ok() && host->in_pool &&
+          host->last_heartbeat_unix + options_.lease_seconds > job.lease_expires_unix &&
+          job.lease_expires_unix - now < options_.lease_seconds / 2) {
+        job.lease_expires_unix = host->last_heartbeat_unix + options_.lease_seconds;
+        SaveLocked(job);
+      }
+      if (job.lease_expires_unix < now) {
+        auto t = RefuseLocked(job, std::string(RefusalKindReason(RefusalKind::kHostLost)),
+                              std::string(RefusalKindName(RefusalKind::kHostLost)) +
+                                  ": lease expired (no word from the host for over " +
+                                  std::to_string(options_.lease_seconds) + " s)");
+        if (t) tickets.push_back(*std::move(t));
+        continue;
+      }
+    }
     if (OnHost(job.state)) {
       for (const std::string& h : dropped) {
         if (job.host_id == h) {

@@ -29,6 +29,7 @@
 #include "csp/hosts.h"
 #include "csp/images.h"
 #include "csp/scheduler.h"
+#include "csp/state_store.h"
 
 namespace vmseal::csp {
 
@@ -124,7 +125,18 @@ struct Job {
   std::vector<std::string> disk_events;
   int64_t created_unix = 0;
   int64_t updated_unix = 0;
+  // The lease of the current attempt's host (placed .. running): the host
+  // holds the job until then; every heartbeat, poll or progress report of
+  // that host renews it. Once it has passed, the attempt ends (host_lost,
+  // "lease expired") and the job is placed on another trusted host. 0 when
+  // no host holds the job.
+  int64_t lease_expires_unix = 0;
 };
+
+// The job's durable record (docs/format/portal-state.md §2) and back.
+// JobFromRecord: DATA_LOSS for a record it cannot read.
+std::string JobToRecord(const Job& job);
+StatusOr<Job> JobFromRecord(const std::string& record_json);
 
 struct LaunchRequest {
   std::string image_id;
@@ -198,11 +210,21 @@ class JobManager {
     // Lifetime of the KMS grant registered when a job is placed on a host:
     // the host must have its key released within it. Default 600 s.
     int64_t grant_ttl_seconds = 600;
+    // Lease a host gets on a job it is given, renewed by its heartbeats,
+    // polls and progress reports. Default 30 s.
+    int64_t lease_seconds = 30;
   };
   // All pointers must outlive the object.
   JobManager(const Options& options, ImageService* images, HostRegistry* hosts,
              const Scheduler* scheduler, const Clock* clock)
       : options_(options), images_(images), hosts_(hosts), scheduler_(scheduler), clock_(clock) {}
+
+  // Makes the jobs durable: loads every job stored in `store` (queued jobs
+  // are placed at the next Tick; jobs on a host keep their host and lease)
+  // and writes each later state change of a job to it, one transaction per
+  // change. Call once, before use. `store` must outlive the object.
+  // DATA_LOSS for a stored record that cannot be read.
+  Status AttachStore(StateStore* store);
 
   // Customer side. Launch looks the image up as `who` (so another customer's
   // image is NOT_FOUND) and places the job at once if a host is eligible.
@@ -297,6 +319,11 @@ class JobManager {
   std::optional<PlacementTicket> RefuseLocked(Job& job, const std::string& reason,
                                              const std::string& why);
   std::map<std::string, uint32_t> LoadLocked() const;
+  // Writes the job to the store (if any); a store error is logged (the
+  // change stays in memory and is written with the job's next change).
+  void SaveLocked(const Job& job);
+  // Extends the job's lease to now + lease_seconds.
+  void RenewLeaseLocked(Job& job);
   void FailLocked(Job& job, const std::string& reason);
   // The VM ended: stopped (or deleted when the customer wants that), slot
   // freed.
@@ -311,6 +338,7 @@ class JobManager {
   HostRegistry* const hosts_;
   const Scheduler* const scheduler_;
   const Clock* const clock_;
+  StateStore* store_ = nullptr;
   std::mutex mu_;
   std::map<std::string, Job> jobs_;
   // Jobs being placed outside the lock: job id -> newest ticket's sequence.

@@ -173,9 +173,13 @@ StatusOr<std::unique_ptr<PortalServer>> PortalServer::Create(Options options,
   JobManager::Options jo;
   jo.max_attempts = options.max_attempts;
   jo.grant_ttl_seconds = options.grant_ttl_seconds;
+  jo.lease_seconds = options.lease_seconds;
   impl->jobs = std::make_unique<JobManager>(jo, impl->images.get(),
                                             impl->hosts.get(), impl->scheduler.get(),
                                             Clock::Real());
+  // Hosts and jobs live in the portal database and survive a restart.
+  RETURN_IF_ERROR(impl->hosts->AttachStore(impl->db.get()));
+  RETURN_IF_ERROR(impl->jobs->AttachStore(impl->db.get()));
   net::HttpsServer::Options no = std::move(options.front_end);
   no.bind_address = options.bind_address;
   no.port = options.port;

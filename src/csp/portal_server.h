@@ -61,6 +61,9 @@ class PortalServer {
     std::string agent_binary_path = "/proc/self/exe";
     // A host with no heartbeat for longer than this leaves the pool.
     int64_t heartbeat_timeout_seconds = 30;
+    // Lease of a host on a job it was given (renewed by its heartbeats,
+    // polls and progress); once past, the job goes to another host.
+    int64_t lease_seconds = 30;
     // Most hosts one job is tried on before it fails. Default 3.
     int max_attempts = 3;
     // Lifetime of the KMS grant of a placed job (JobManager::Options).

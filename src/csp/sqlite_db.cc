@@ -34,6 +34,24 @@ CREATE TABLE IF NOT EXISTS images (
   created_unix INTEGER NOT NULL,
   tagged_image_id TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS images_by_customer ON images(customer_id, created_unix);
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+)sql";
+
+// Migration to version 2 (issue 17): jobs and hosts leave memory.
+constexpr char kMigration2[] = R"sql(
+CREATE TABLE jobs (
+  job_id TEXT PRIMARY KEY,
+  customer_id TEXT NOT NULL,
+  state TEXT NOT NULL,
+  host_id TEXT NOT NULL,
+  updated_unix INTEGER NOT NULL,
+  record TEXT NOT NULL);
+CREATE INDEX jobs_by_customer ON jobs(customer_id);
+CREATE INDEX jobs_by_state ON jobs(state, host_id);
+CREATE TABLE hosts (
+  host_id TEXT PRIMARY KEY,
+  last_heartbeat_unix INTEGER NOT NULL,
+  record TEXT NOT NULL);
 )sql";
 
 struct StmtDeleter {
@@ -130,6 +148,105 @@ StatusOr<std::unique_ptr<SqlitePortalDb>> SqlitePortalDb::Open(const std::string
         std::string_view(sqlite3_errmsg(db)).find("duplicate column") == std::string_view::npos) {
       return InternalError(std::string("upgrade database schema: ") + sqlite3_errmsg(db));
     }
+  }
+  RETURN_IF_ERROR(out->Migrate());
+  return out;
+}
+
+Status SqlitePortalDb::Migrate() {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto exec = [this](const char* sql) -> Status {
+    char* err = nullptr;
+    if (sqlite3_exec(db_, sql, nullptr, nullptr, &err) != SQLITE_OK) {
+      std::string msg = err != nullptr ? err : "unknown";
+      sqlite3_free(err);
+      return InternalError(std::string("migrate database schema: ") + msg);
+    }
+    return OkStatus();
+  };
+  // BEGIN IMMEDIATE: two portals opening one file migrate one after the other.
+  RETURN_IF_ERROR(exec("BEGIN IMMEDIATE"));
+  auto version = [this]() -> StatusOr<int> {
+    ASSIGN_OR_RETURN(StmtPtr s, Prepare(db_, "SELECT MAX(version) FROM schema_version", {}));
+    if (sqlite3_step(s.get()) != SQLITE_ROW) return DbError(db_, "step");
+    return sqlite3_column_type(s.get(), 0) == SQLITE_NULL ? 1 : sqlite3_column_int(s.get(), 0);
+  }();
+  Status st = version.status();
+  if (st.ok() && *version > kPortalSchemaVersion) {
+    st = FailedPreconditionError("the portal database has schema version " +
+                                 std::to_string(*version) + ", newer than this binary's " +
+                                 std::to_string(kPortalSchemaVersion));
+  }
+  if (st.ok() && *version < 2) st = exec(kMigration2);
+  if (st.ok() && *version < kPortalSchemaVersion) {
+    st = Exec(db_, "DELETE FROM schema_version", {});
+    if (st.ok()) {
+      st = Exec(db_, "INSERT INTO schema_version(version) VALUES(?)",
+                {static_cast<int64_t>(kPortalSchemaVersion)});
+    }
+  }
+  if (!st.ok()) {
+    (void)exec("ROLLBACK");
+    return st;
+  }
+  return exec("COMMIT");
+}
+
+StatusOr<int> SqlitePortalDb::SchemaVersion() {
+  std::lock_guard<std::mutex> lock(mu_);
+  ASSIGN_OR_RETURN(StmtPtr s, Prepare(db_, "SELECT MAX(version) FROM schema_version", {}));
+  if (sqlite3_step(s.get()) != SQLITE_ROW) return DbError(db_, "step");
+  return sqlite3_column_int(s.get(), 0);
+}
+
+Status SqlitePortalDb::PutJob(const StoredJob& j) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return Exec(db_,
+              "INSERT INTO jobs(job_id, customer_id, state, host_id, updated_unix, record) "
+              "VALUES(?,?,?,?,?,?) ON CONFLICT(job_id) DO UPDATE SET state=excluded.state, "
+              "host_id=excluded.host_id, updated_unix=excluded.updated_unix, "
+              "record=excluded.record",
+              {j.job_id, j.customer_id, j.state, j.host_id, j.updated_unix, j.record_json});
+}
+
+StatusOr<std::vector<StoredJob>> SqlitePortalDb::LoadJobs() {
+  std::lock_guard<std::mutex> lock(mu_);
+  ASSIGN_OR_RETURN(StmtPtr s, Prepare(db_,
+                                      "SELECT job_id, customer_id, state, host_id, updated_unix, "
+                                      "record FROM jobs ORDER BY job_id",
+                                      {}));
+  std::vector<StoredJob> out;
+  for (;;) {
+    int rc = sqlite3_step(s.get());
+    if (rc == SQLITE_DONE) break;
+    if (rc != SQLITE_ROW) return DbError(db_, "step");
+    out.push_back({Text(s.get(), 0), Text(s.get(), 1), Text(s.get(), 2), Text(s.get(), 3),
+                   sqlite3_column_int64(s.get(), 4), Text(s.get(), 5)});
+  }
+  return out;
+}
+
+Status SqlitePortalDb::PutHost(const StoredHost& h) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return Exec(db_,
+              "INSERT INTO hosts(host_id, last_heartbeat_unix, record) VALUES(?,?,?) "
+              "ON CONFLICT(host_id) DO UPDATE SET last_heartbeat_unix=excluded.last_heartbeat_unix, "
+              "record=excluded.record",
+              {h.host_id, h.last_heartbeat_unix, h.record_json});
+}
+
+StatusOr<std::vector<StoredHost>> SqlitePortalDb::LoadHosts() {
+  std::lock_guard<std::mutex> lock(mu_);
+  ASSIGN_OR_RETURN(StmtPtr s, Prepare(db_,
+                                      "SELECT host_id, last_heartbeat_unix, record FROM hosts "
+                                      "ORDER BY host_id",
+                                      {}));
+  std::vector<StoredHost> out;
+  for (;;) {
+    int rc = sqlite3_step(s.get());
+    if (rc == SQLITE_DONE) break;
+    if (rc != SQLITE_ROW) return DbError(db_, "step");
+    out.push_back({Text(s.get(), 0), sqlite3_column_int64(s.get(), 1), Text(s.get(), 2)});
   }
   return out;
 }

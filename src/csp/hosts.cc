@@ -54,12 +54,29 @@ Status HostRegistry::AttachStore(StateStore* store) {
     if (!h.ok()) return DataLossError("host " + row.host_id + ": " + h.status().message());
     // Hosts heartbeating while the portal was down had no one to tell: each
     // host in the pool gets one full timeout from the restart.
-    if (h->in_pool) h->last_heartbeat_unix = std::max(h->last_heartbeat_unix, clock_->NowUnixSeconds());
+    if (h->in_pool && h->last_heartbeat_unix < clock_->NowUnixSeconds()) {
+      h->last_heartbeat_unix = clock_->NowUnixSeconds();
+      store_ = store;
+      (void)SaveLocked(*h);  // written, so that other replicas see it too
+    }
     hosts_[h->registration.host_id] = *std::move(h);
   }
   store_ = store;
   if (!rows.empty()) spdlog::info("host registry loaded {} hosts from the store", rows.size());
   return OkStatus();
+}
+
+void HostRegistry::SyncLocked() const {
+  if (store_ == nullptr) return;
+  auto rows = store_->LoadHosts();
+  if (!rows.ok()) {
+    spdlog::error("host registry: cannot read hosts: {}", rows.status().ToString());
+    return;
+  }
+  for (const StoredHost& row : *rows) {
+    auto h = HostFromRecord(row.record_json);
+    if (h.ok()) hosts_[row.host_id] = *std::move(h);
+  }
 }
 
 Status HostRegistry::SaveLocked(const HostState& h) {
@@ -80,6 +97,7 @@ Status HostRegistry::Register(const HostRegistration& r) {
     return InvalidArgumentError("host capacity must be 1 to 4096 slots");
   }
   std::lock_guard<std::mutex> lock(mu_);
+  SyncLocked();
   int64_t now = clock_->NowUnixSeconds();
   auto existing = hosts_.find(r.host_id);
   HostState h = existing != hosts_.end() ? existing->second : HostState{};
@@ -96,6 +114,7 @@ Status HostRegistry::Register(const HostRegistration& r) {
 
 Status HostRegistry::Heartbeat(const std::string& host_id) {
   std::lock_guard<std::mutex> lock(mu_);
+  SyncLocked();
   auto it = hosts_.find(host_id);
   if (it == hosts_.end()) return NotFoundError("host is not registered");
   HostState h = it->second;
@@ -109,6 +128,7 @@ Status HostRegistry::Heartbeat(const std::string& host_id) {
 
 std::vector<std::string> HostRegistry::ExpireStale() {
   std::lock_guard<std::mutex> lock(mu_);
+  SyncLocked();
   int64_t now = clock_->NowUnixSeconds();
   std::vector<std::string> dropped;
   for (auto& [id, h] : hosts_) {
@@ -127,6 +147,7 @@ std::vector<std::string> HostRegistry::ExpireStale() {
 
 std::vector<HostState> HostRegistry::List() const {
   std::lock_guard<std::mutex> lock(mu_);
+  SyncLocked();
   std::vector<HostState> out;
   for (const auto& [id, h] : hosts_) out.push_back(h);
   return out;
@@ -134,6 +155,7 @@ std::vector<HostState> HostRegistry::List() const {
 
 StatusOr<HostState> HostRegistry::Get(const std::string& host_id) const {
   std::lock_guard<std::mutex> lock(mu_);
+  SyncLocked();
   auto it = hosts_.find(host_id);
   if (it == hosts_.end()) return NotFoundError("host is not registered");
   return it->second;

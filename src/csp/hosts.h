@@ -69,12 +69,15 @@ class HostRegistry {
  private:
   // Writes `h` to the store (if any).
   Status SaveLocked(const HostState& h);
+  // With a store: reads every host again (replicas sharing the store see
+  // each other's registrations and heartbeats; hosts are few).
+  void SyncLocked() const;
 
   const Options options_;
   const Clock* const clock_;
   StateStore* store_ = nullptr;
   mutable std::mutex mu_;
-  std::map<std::string, HostState> hosts_;
+  mutable std::map<std::string, HostState> hosts_;
 };
 
 }  // namespace vmseal::csp

@@ -4,6 +4,9 @@
 // host that went silent, and never run it twice.
 #include <sqlite3.h>
 
+#include <chrono>
+#include <thread>
+
 #include <gmock/gmock.h>
 
 #include "csp/internal/test_doubles.h"
@@ -229,11 +232,65 @@ TEST_F(JobStoreTest, SchemaVersionIsRecordedAndANewerDatabaseIsRefused) {
 }
 
 TEST_F(JobStoreTest, AnUnreadableJobRecordStopsTheStartWithDataLoss) {
-  ASSERT_OK(db_->PutJob({"job-x", "c", "queued", "", 1, "{\"v\":1,\"job_id\":3}"}));
+  ASSERT_OK(db_->PutJob({"job-x", "c", "queued", "", 1, "{\"v\":1,\"job_id\":3}", 0}));
   JobManager again({}, images_.get(), hosts_.get(), scheduler_.get(), &clock_);
   Status s = again.AttachStore(db_.get());
   EXPECT_EQ(s.code(), StatusCode::kDataLoss);
   EXPECT_THAT(s.message(), HasSubstr("job-x"));
+}
+
+// Two portal replicas on one store: each job is placed once. Replica B runs
+// its Tick while replica A waits for the KMS grant of the same job.
+TEST_F(JobStoreTest, TwoReplicasPlaceAQueuedJobExactlyOnce) {
+  auto job = jobs_->Launch(alice_, {image_id_});
+  ASSERT_OK(job);
+  ASSERT_EQ(job->state, JobState::kQueued);
+  auto db_b = SqlitePortalDb::Open(dir_.File("portal.db"));
+  ASSERT_OK(db_b);
+  HostRegistry hosts_b(HostRegistry::Options{300}, &clock_);
+  ASSERT_OK(hosts_b.AttachStore(db_b->get()));
+  Scheduler scheduler_b(&hosts_b, &kms_, &clock_);
+  JobManager::Options o;
+  o.lease_seconds = 10;
+  JobManager jobs_b(o, images_.get(), &hosts_b, &scheduler_b, &clock_);
+  ASSERT_OK(jobs_b.AttachStore(db_b->get()));
+  // A host registered through replica A is seen by replica B.
+  ASSERT_OK(hosts_->Register({"h1", 2, {}}));
+  kms_.SetEligibility("h1", true, "ok");
+  ASSERT_OK(hosts_b.Get("h1"));
+  kms_.HoldGrants(true);
+  std::thread a([&] { jobs_->Tick(); });
+  for (int i = 0; i < 500 && kms_.grants_waiting() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_EQ(kms_.grants_waiting(), 1);
+  jobs_b.Tick();  // sees A's claim: asks the KMS nothing
+  EXPECT_EQ(kms_.grants_waiting(), 1);
+  kms_.HoldGrants(false);
+  a.join();
+  jobs_b.Tick();
+  jobs_->Tick();
+  EXPECT_EQ(kms_.grants().size(), 1u);
+  for (JobManager* m : {jobs_.get(), &jobs_b}) {
+    auto j = m->GetJob(alice_, job->job_id);
+    ASSERT_OK(j);
+    EXPECT_EQ(j->state, JobState::kPlaced);
+    EXPECT_EQ(j->host_id, "h1");
+    EXPECT_EQ(j->attempts.size(), 1u);
+  }
+  // The host, polling replica B, is given it once.
+  EXPECT_EQ(jobs_b.PendingJobs("h1").size(), 1u);
+}
+
+TEST_F(JobStoreTest, AStaleWriteFromAnotherReplicaIsRefusedAndChangesNothing) {
+  ASSERT_OK(db_->PutJob({"job-y", "c", "queued", "", 1, "{}", 0}));
+  auto again = db_->PutJob({"job-y", "c", "placed", "h9", 2, "{}", 0});
+  EXPECT_EQ(again.status().code(), StatusCode::kAborted);
+  auto rows = db_->LoadJobsSince(0);
+  ASSERT_OK(rows);
+  ASSERT_EQ(rows->size(), 1u);
+  EXPECT_EQ((*rows)[0].state, "queued");
+  EXPECT_EQ((*rows)[0].version, 1);
 }
 
 TEST(JobRecord, EveryFieldRoundTrips) {

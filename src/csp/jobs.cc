@@ -153,7 +153,9 @@ std::string JobToRecord(const Job& job) {
               {"disk_events", job.disk_events},
               {"created_unix", job.created_unix},
               {"updated_unix", job.updated_unix},
-              {"lease_expires_unix", job.lease_expires_unix}}
+              {"lease_expires_unix", job.lease_expires_unix},
+              {"claim_owner", job.claim_owner},
+              {"claim_until_unix", job.claim_until_unix}}
       .dump();
 }
 
@@ -204,6 +206,8 @@ StatusOr<Job> JobFromRecord(const std::string& record_json) {
     job.created_unix = j.at("created_unix").get<int64_t>();
     job.updated_unix = j.at("updated_unix").get<int64_t>();
     job.lease_expires_unix = j.at("lease_expires_unix").get<int64_t>();
+    job.claim_owner = j.at("claim_owner").get<std::string>();
+    job.claim_until_unix = j.at("claim_until_unix").get<int64_t>();
     if (job.run_first_attempt > job.attempts.size()) {
       return DataLossError("unreadable job record: bad attempt index");
     }
@@ -213,18 +217,24 @@ StatusOr<Job> JobFromRecord(const std::string& record_json) {
   }
 }
 
+std::string JobManager::NewReplicaId() {
+  return "replica-" + crypto::HexEncode(crypto::RandomBytes(6));
+}
+
 Status JobManager::AttachStore(StateStore* store) {
-  ASSIGN_OR_RETURN(std::vector<StoredJob> rows, store->LoadJobs());
+  ASSIGN_OR_RETURN(std::vector<StoredJob> rows, store->LoadJobsSince(0));
   std::lock_guard<std::mutex> lock(mu_);
   for (const StoredJob& row : rows) {
     auto job = JobFromRecord(row.record_json);
     if (!job.ok()) return DataLossError("job " + row.job_id + ": " + job.status().message());
+    job->store_version = row.version;
     // The portal cannot know what hosts did while it was down: each host
     // gets one full lease from the restart to be heard from again.
     if (OnHost(job->state)) {
       job->lease_expires_unix =
           std::max(job->lease_expires_unix, clock_->NowUnixSeconds() + options_.lease_seconds);
     }
+    last_seq_ = std::max(last_seq_, row.seq);
     jobs_[job->job_id] = *std::move(job);
   }
   store_ = store;
@@ -232,11 +242,54 @@ Status JobManager::AttachStore(StateStore* store) {
   return OkStatus();
 }
 
-void JobManager::SaveLocked(const Job& job) {
+void JobManager::SyncLocked() {
   if (store_ == nullptr) return;
-  Status s = store_->PutJob({job.job_id, job.customer_id, std::string(JobStateName(job.state)),
-                             job.host_id, job.updated_unix, JobToRecord(job)});
-  if (!s.ok()) spdlog::error("cannot store job={}: {}", job.job_id, s.ToString());
+  auto rows = store_->LoadJobsSince(last_seq_);
+  if (!rows.ok()) {
+    spdlog::error("cannot read jobs from the store: {}", rows.status().ToString());
+    return;
+  }
+  for (const StoredJob& row : *rows) {
+    last_seq_ = std::max(last_seq_, row.seq);
+    auto it = jobs_.find(row.job_id);
+    if (it != jobs_.end() && it->second.store_version >= row.version) continue;  // ours
+    auto job = JobFromRecord(row.record_json);
+    if (!job.ok()) {
+      spdlog::error("unreadable job record job={}: {}", row.job_id, job.status().ToString());
+      continue;
+    }
+    job->store_version = row.version;
+    jobs_[row.job_id] = *std::move(job);
+  }
+}
+
+bool JobManager::SaveLocked(Job& job) {
+  if (store_ == nullptr) return true;
+  auto v = store_->PutJob({job.job_id, job.customer_id, std::string(JobStateName(job.state)),
+                           job.host_id, job.updated_unix, JobToRecord(job), job.store_version});
+  if (v.ok()) {
+    job.store_version = *v;
+    return true;
+  }
+  if (v.status().code() == StatusCode::kAborted) {
+    // Another replica changed the job first: its change stands.
+    spdlog::info("job changed by another replica job={}; this change is dropped", job.job_id);
+    // The newer write has a seq past last_seq_ (writes commit in seq
+    // order): read it into the same map entry (references stay valid).
+    job.store_version = -1;
+    SyncLocked();
+    return false;
+  }
+  spdlog::error("cannot store job={}: {}", job.job_id, v.status().ToString());
+  return false;
+}
+
+bool JobManager::ClaimLocked(Job& job) {
+  const int64_t now = clock_->NowUnixSeconds();
+  if (job.claim_until_unix > now && job.claim_owner != replica_id_) return false;
+  job.claim_owner = replica_id_;
+  job.claim_until_unix = now + options_.lease_seconds;
+  return SaveLocked(job);
 }
 
 void JobManager::RenewLeaseLocked(Job& job) {
@@ -342,6 +395,7 @@ Placement JobManager::PlaceUnlocked(const PlacementTicket& t, std::unique_lock<s
   lock.unlock();
   Placement placement = scheduler_->Place(t.request, load, t.excluded);
   lock.lock();
+  SyncLocked();
   Job* job = StillPlacingLocked(t);
   if (job == nullptr) return placement;
   Status granted;
@@ -355,6 +409,12 @@ Placement JobManager::PlaceUnlocked(const PlacementTicket& t, std::unique_lock<s
     if (LoadLocked()[chosen] >= capacity) {
       granted = UnavailableError("the host's last slot was taken meanwhile; retried");
     } else {
+      // One replica at a time asks the KMS for the job's grant.
+      if (!ClaimLocked(*job)) {
+        placing_.erase(t.job_id);
+        spdlog::info("placement dropped job={}: another replica is placing it", t.job_id);
+        return placement;
+      }
       // The KMS releases the key only against this grant (one launch of
       // this image of this customer on this host); without it the job waits.
       ++reserved_[chosen];
@@ -363,6 +423,7 @@ Placement JobManager::PlaceUnlocked(const PlacementTicket& t, std::unique_lock<s
                                    options_.grant_ttl_seconds});
       lock.lock();
       if (--reserved_[chosen] == 0) reserved_.erase(chosen);
+      SyncLocked();
       job = StillPlacingLocked(t);
       if (job == nullptr) {
         // Its grant expires unused after grant_ttl_seconds.
@@ -412,7 +473,10 @@ Placement JobManager::PlaceUnlocked(const PlacementTicket& t, std::unique_lock<s
     job->state = JobState::kPlaced;
     job->host_id = chosen;
     job->attempts.push_back({job->host_id, ""});
+    job->claim_owner.clear();
+    job->claim_until_unix = 0;
     RenewLeaseLocked(*job);
+    // Placed exactly once: only over the version this replica claimed.
     SaveLocked(*job);
     return placement;
   }
@@ -446,7 +510,7 @@ std::optional<JobManager::PlacementTicket> JobManager::RefuseLocked(Job& job, co
   }
   job.state = JobState::kQueued;
   job.updated_unix = clock_->NowUnixSeconds();
-  SaveLocked(job);
+  if (!SaveLocked(job)) return std::nullopt;  // another replica moved it first
   return BeginPlaceLocked(job);
 }
 
@@ -489,6 +553,7 @@ StatusOr<Job*> JobManager::FindHostVmLocked(const std::string& host_id,
 
 std::vector<HostVmCommand> JobManager::VmCommands(const std::string& host_id) {
   std::lock_guard<std::mutex> lock(mu_);
+  SyncLocked();
   std::vector<HostVmCommand> out;
   for (const auto& [id, job] : jobs_) {
     if (job.vm_host_id != host_id || job.vm_name.empty()) continue;
@@ -506,6 +571,7 @@ StatusOr<Job> JobManager::ReportVmEnded(const std::string& host_id, const VmEnde
     return InvalidArgumentError("reason must be a machine reason matching [a-z][a-z0-9_]{0,63}");
   }
   std::lock_guard<std::mutex> lock(mu_);
+  SyncLocked();
   ASSIGN_OR_RETURN(Job * job, FindHostVmLocked(host_id, report.vm_name));
   const int64_t run = report.run == 0 ? 1 : report.run;
   if (run != job->runs) {
@@ -527,6 +593,7 @@ StatusOr<Job> JobManager::ReportDiskEvent(const std::string& host_id,
     return InvalidArgumentError("event must be a machine name matching [a-z][a-z0-9_]{0,63}");
   }
   std::lock_guard<std::mutex> lock(mu_);
+  SyncLocked();
   auto it = jobs_.find(report.job_id);
   if (it == jobs_.end() || host_id.empty() ||
       (it->second.host_id != host_id && it->second.vm_host_id != host_id)) {
@@ -551,6 +618,7 @@ StatusOr<Job> JobManager::ReportDiskEvent(const std::string& host_id,
 StatusOr<Job> JobManager::ReportVmDeleted(const std::string& host_id,
                                           const std::string& vm_name) {
   std::lock_guard<std::mutex> lock(mu_);
+  SyncLocked();
   ASSIGN_OR_RETURN(Job * job, FindHostVmLocked(host_id, vm_name));
   if (job->state == JobState::kRunning || job->state == JobState::kStopping) {
     // Gone without the customer asking (an operator removed it).
@@ -570,6 +638,7 @@ StatusOr<Job> JobManager::ReportVmDeleted(const std::string& host_id,
 
 StatusOr<Job> JobManager::StopVm(const Principal& who, const std::string& vm) {
   std::lock_guard<std::mutex> lock(mu_);
+  SyncLocked();
   ASSIGN_OR_RETURN(Job * job, FindVmLocked(who, vm));
   switch (job->state) {
     case JobState::kStopping:
@@ -596,6 +665,7 @@ StatusOr<Job> JobManager::StopVm(const Principal& who, const std::string& vm) {
 
 StatusOr<Job> JobManager::StartVm(const Principal& who, const std::string& vm) {
   std::unique_lock<std::mutex> lock(mu_);
+  SyncLocked();
   ASSIGN_OR_RETURN(Job * job, FindVmLocked(who, vm));
   if ((OnHost(job->state) || job->state == JobState::kQueued) &&
       job->wanted != VmWanted::kDeleted) {
@@ -626,6 +696,7 @@ StatusOr<Job> JobManager::StartVm(const Principal& who, const std::string& vm) {
 
 StatusOr<Job> JobManager::DeleteVm(const Principal& who, const std::string& vm) {
   std::lock_guard<std::mutex> lock(mu_);
+  SyncLocked();
   ASSIGN_OR_RETURN(Job * job, FindVmLocked(who, vm));
   if (job->state == JobState::kDeleting || job->state == JobState::kDeleted) return *job;
   const bool launching = OnHost(job->state) && job->state != JobState::kRunning;
@@ -672,6 +743,7 @@ StatusOr<Job> JobManager::Launch(const Principal& who, const LaunchRequest& requ
   job.created_unix = job.updated_unix = clock_->NowUnixSeconds();
   job.state = JobState::kQueued;
   std::unique_lock<std::mutex> lock(mu_);
+  SyncLocked();
   spdlog::info("job queued job={} customer={} image={}", job.job_id, job.customer_id,
                job.image_id);
   Job& stored = jobs_[job.job_id] = std::move(job);
@@ -686,6 +758,7 @@ StatusOr<Job> JobManager::Launch(const Principal& who, const LaunchRequest& requ
 StatusOr<Job> JobManager::GetJob(const Principal& who, const std::string& job_id) {
   if (who.customer_id.empty()) return UnauthenticatedError("not logged in");
   std::lock_guard<std::mutex> lock(mu_);
+  SyncLocked();
   auto it = jobs_.find(job_id);
   if (it == jobs_.end() || it->second.customer_id != who.customer_id) {
     return NotFoundError("no such job");
@@ -696,6 +769,7 @@ StatusOr<Job> JobManager::GetJob(const Principal& who, const std::string& job_id
 StatusOr<std::vector<Job>> JobManager::ListJobs(const Principal& who) {
   if (who.customer_id.empty()) return UnauthenticatedError("not logged in");
   std::lock_guard<std::mutex> lock(mu_);
+  SyncLocked();
   std::vector<Job> out;
   for (const auto& [id, job] : jobs_) {
     if (job.customer_id == who.customer_id) out.push_back(job);
@@ -719,6 +793,7 @@ StatusOr<Placement> JobManager::ExplainImagePlacement(const Principal& who,
 
 std::vector<Job> JobManager::ListAllJobs() {
   std::lock_guard<std::mutex> lock(mu_);
+  SyncLocked();
   std::vector<Job> out;
   for (const auto& [id, job] : jobs_) out.push_back(job);
   return out;
@@ -726,6 +801,7 @@ std::vector<Job> JobManager::ListAllJobs() {
 
 StatusOr<Job> JobManager::GetAnyJob(const std::string& job_id) {
   std::lock_guard<std::mutex> lock(mu_);
+  SyncLocked();
   return GetAnyJobLocked(job_id);
 }
 
@@ -737,6 +813,7 @@ StatusOr<Job> JobManager::GetAnyJobLocked(const std::string& job_id) const {
 
 std::vector<Job> JobManager::PendingJobs(const std::string& host_id) {
   std::lock_guard<std::mutex> lock(mu_);
+  SyncLocked();
   std::vector<Job> out;
   const int64_t now = clock_->NowUnixSeconds();
   for (auto& [id, job] : jobs_) {
@@ -754,6 +831,7 @@ std::vector<Job> JobManager::PendingJobs(const std::string& host_id) {
 StatusOr<Job> JobManager::ReportProgress(const std::string& host_id,
                                          const ProgressReport& report) {
   std::lock_guard<std::mutex> lock(mu_);
+  SyncLocked();
   auto it = jobs_.find(report.job_id);
   if (it == jobs_.end() || it->second.host_id != host_id || !OnHost(it->second.state)) {
     return NotFoundError("no such job on this host");
@@ -782,6 +860,7 @@ StatusOr<Job> JobManager::ReportProgress(const std::string& host_id,
 
 StatusOr<Job> JobManager::ReportRefusal(const std::string& host_id, const RefusalReport& report) {
   std::unique_lock<std::mutex> lock(mu_);
+  SyncLocked();
   auto it = jobs_.find(report.job_id);
   if (it == jobs_.end() || it->second.host_id != host_id || !OnHost(it->second.state)) {
     return NotFoundError("no such job on this host");
@@ -805,6 +884,7 @@ StatusOr<Job> JobManager::ReportRefusal(const std::string& host_id, const Refusa
 void JobManager::Tick() {
   std::vector<std::string> dropped = hosts_->ExpireStale();
   std::unique_lock<std::mutex> lock(mu_);
+  SyncLocked();
   const int64_t now = clock_->NowUnixSeconds();
   // Placed after the scan, one at a time, with the lock released around
   // each KMS call.

@@ -131,6 +131,12 @@ struct Job {
   // "lease expired") and the job is placed on another trusted host. 0 when
   // no host holds the job.
   int64_t lease_expires_unix = 0;
+  // Portal replicas sharing one store: the replica asking the KMS for this
+  // job's grant, and until when its claim holds (docs/protocol.md §6.3).
+  std::string claim_owner;
+  int64_t claim_until_unix = 0;
+  // The store's version of this job when it was read (not in the record).
+  int64_t store_version = 0;
 };
 
 // The job's durable record (docs/format/portal-state.md §2) and back.
@@ -319,9 +325,17 @@ class JobManager {
   std::optional<PlacementTicket> RefuseLocked(Job& job, const std::string& reason,
                                              const std::string& why);
   std::map<std::string, uint32_t> LoadLocked() const;
-  // Writes the job to the store (if any); a store error is logged (the
-  // change stays in memory and is written with the job's next change).
-  void SaveLocked(const Job& job);
+  // Writes the job to the store (if any) over the version it was read at.
+  // False when it was not written: on a conflict (another replica changed
+  // the job) the job is read again from the store, so the caller's change
+  // is dropped; any other store error is logged and the change stays in
+  // memory, written with the job's next change.
+  bool SaveLocked(Job& job);
+  // Reads the jobs other replicas (or this one) wrote since the last look.
+  void SyncLocked();
+  // Takes the job's placement claim for this replica (written to the
+  // store); false if another replica holds a live claim or won the write.
+  bool ClaimLocked(Job& job);
   // Extends the job's lease to now + lease_seconds.
   void RenewLeaseLocked(Job& job);
   void FailLocked(Job& job, const std::string& reason);
@@ -339,6 +353,11 @@ class JobManager {
   const Scheduler* const scheduler_;
   const Clock* const clock_;
   StateStore* store_ = nullptr;
+  // The store's seq of the newest job write this replica has read.
+  int64_t last_seq_ = 0;
+  // This replica's name in placement claims (random per process).
+  const std::string replica_id_ = NewReplicaId();
+  static std::string NewReplicaId();
   std::mutex mu_;
   std::map<std::string, Job> jobs_;
   // Jobs being placed outside the lock: job id -> newest ticket's sequence.

@@ -45,8 +45,11 @@ CREATE TABLE jobs (
   state TEXT NOT NULL,
   host_id TEXT NOT NULL,
   updated_unix INTEGER NOT NULL,
-  record TEXT NOT NULL);
+  record TEXT NOT NULL,
+  version INTEGER NOT NULL,
+  seq INTEGER NOT NULL);
 CREATE INDEX jobs_by_customer ON jobs(customer_id);
+CREATE INDEX jobs_by_seq ON jobs(seq);
 CREATE INDEX jobs_by_state ON jobs(state, host_id);
 CREATE TABLE hosts (
   host_id TEXT PRIMARY KEY,
@@ -199,29 +202,57 @@ StatusOr<int> SqlitePortalDb::SchemaVersion() {
   return sqlite3_column_int(s.get(), 0);
 }
 
-Status SqlitePortalDb::PutJob(const StoredJob& j) {
+StatusOr<int64_t> SqlitePortalDb::PutJob(const StoredJob& j) {
   std::lock_guard<std::mutex> lock(mu_);
-  return Exec(db_,
-              "INSERT INTO jobs(job_id, customer_id, state, host_id, updated_unix, record) "
-              "VALUES(?,?,?,?,?,?) ON CONFLICT(job_id) DO UPDATE SET state=excluded.state, "
-              "host_id=excluded.host_id, updated_unix=excluded.updated_unix, "
-              "record=excluded.record",
-              {j.job_id, j.customer_id, j.state, j.host_id, j.updated_unix, j.record_json});
+  // One connection per process, and SQLite serialises writers: the version
+  // check and the write are one transaction.
+  if (sqlite3_exec(db_, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) != SQLITE_OK) {
+    return DbError(db_, "begin");
+  }
+  auto body = [&]() -> StatusOr<int64_t> {
+    ASSIGN_OR_RETURN(StmtPtr s, Prepare(db_, "SELECT version FROM jobs WHERE job_id=?", {j.job_id}));
+    int rc = sqlite3_step(s.get());
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) return DbError(db_, "step");
+    const int64_t stored = rc == SQLITE_ROW ? sqlite3_column_int64(s.get(), 0) : 0;
+    if (stored != j.version) return AbortedError("conflict: the job changed meanwhile");
+    RETURN_IF_ERROR(Exec(db_,
+                         "INSERT INTO jobs(job_id, customer_id, state, host_id, updated_unix, "
+                         "record, version, seq) VALUES(?,?,?,?,?,?,?,"
+                         "(SELECT COALESCE(MAX(seq),0)+1 FROM jobs)) "
+                         "ON CONFLICT(job_id) DO UPDATE SET state=excluded.state, "
+                         "host_id=excluded.host_id, updated_unix=excluded.updated_unix, "
+                         "record=excluded.record, version=excluded.version, seq=excluded.seq",
+                         {j.job_id, j.customer_id, j.state, j.host_id, j.updated_unix,
+                          j.record_json, j.version + 1}));
+    return j.version + 1;
+  };
+  StatusOr<int64_t> out = body();
+  if (!out.ok()) {
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    return out;
+  }
+  if (sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK) {
+    Status st = DbError(db_, "commit");
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    return st;
+  }
+  return out;
 }
 
-StatusOr<std::vector<StoredJob>> SqlitePortalDb::LoadJobs() {
+StatusOr<std::vector<StoredJob>> SqlitePortalDb::LoadJobsSince(int64_t seq) {
   std::lock_guard<std::mutex> lock(mu_);
   ASSIGN_OR_RETURN(StmtPtr s, Prepare(db_,
                                       "SELECT job_id, customer_id, state, host_id, updated_unix, "
-                                      "record FROM jobs ORDER BY job_id",
-                                      {}));
+                                      "record, version, seq FROM jobs WHERE seq>? ORDER BY seq",
+                                      {seq}));
   std::vector<StoredJob> out;
   for (;;) {
     int rc = sqlite3_step(s.get());
     if (rc == SQLITE_DONE) break;
     if (rc != SQLITE_ROW) return DbError(db_, "step");
     out.push_back({Text(s.get(), 0), Text(s.get(), 1), Text(s.get(), 2), Text(s.get(), 3),
-                   sqlite3_column_int64(s.get(), 4), Text(s.get(), 5)});
+                   sqlite3_column_int64(s.get(), 4), Text(s.get(), 5),
+                   sqlite3_column_int64(s.get(), 6), sqlite3_column_int64(s.get(), 7)});
   }
   return out;
 }

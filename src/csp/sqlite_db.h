@@ -39,8 +39,8 @@ class SqlitePortalDb final : public PortalDb, public StateStore {
   StatusOr<std::vector<ImageRecord>> ListImages(const std::string& customer_id) override;
   Status DeleteImage(const std::string& customer_id, const std::string& image_id) override;
 
-  Status PutJob(const StoredJob& job) override;
-  StatusOr<std::vector<StoredJob>> LoadJobs() override;
+  StatusOr<int64_t> PutJob(const StoredJob& job) override;
+  StatusOr<std::vector<StoredJob>> LoadJobsSince(int64_t seq) override;
   Status PutHost(const StoredHost& host) override;
   StatusOr<std::vector<StoredHost>> LoadHosts() override;
   // The schema version recorded in the database.

@@ -27,6 +27,13 @@ struct StoredJob {
   int64_t updated_unix = 0;
   // The job's record (JSON object), written and read by jobs.cc.
   std::string record_json;
+  // Optimistic concurrency between portal replicas sharing one store: the
+  // version this record was read at (0: not stored yet). PutJob writes only
+  // over that version.
+  int64_t version = 0;
+  // Set by the store: increases with every write to any job (commit order),
+  // so that a replica can read what changed since it last looked.
+  int64_t seq = 0;
 };
 
 // One registered host as stored.
@@ -44,10 +51,12 @@ class StateStore {
  public:
   virtual ~StateStore() = default;
 
-  // Inserts or replaces the job `job.job_id`.
-  virtual Status PutJob(const StoredJob& job) = 0;
-  // Every stored job, by job id.
-  virtual StatusOr<std::vector<StoredJob>> LoadJobs() = 0;
+  // Writes the job if its stored version is still `job.version` (0: the
+  // job must not exist yet) and returns the new version. ABORTED "conflict"
+  // (and nothing written) when another writer changed it meanwhile.
+  virtual StatusOr<int64_t> PutJob(const StoredJob& job) = 0;
+  // The jobs written after `seq` (0: every job), in seq order.
+  virtual StatusOr<std::vector<StoredJob>> LoadJobsSince(int64_t seq) = 0;
 
   // Inserts or replaces the host `host.host_id`.
   virtual Status PutHost(const StoredHost& host) = 0;

@@ -36,6 +36,7 @@ struct ServeFlags {
   std::string kms_url, kms_ca, kms_cert, kms_key;
   int64_t heartbeat_timeout_seconds = 30;
   int64_t lease_seconds = 30;
+  std::string store;
   int max_attempts = 3;
   bool accept_unverified = false;
   std::vector<std::string> limits;  // name=value
@@ -56,6 +57,7 @@ Status Serve(const ServeFlags& f) {
   o.s3_access_key_id = f.s3_access_key_id;
   o.heartbeat_timeout_seconds = f.heartbeat_timeout_seconds;
   o.lease_seconds = f.lease_seconds;
+  o.store_url = f.store;
   o.max_attempts = f.max_attempts;
   for (const std::string& nv : f.limits) {
     const size_t eq = nv.find('=');
@@ -226,6 +228,9 @@ void AddCspCommands(CLI::App& app, const CommandSink& sink) {
                     "max_queued_anonymous_requests=64 keep_alive_timeout_seconds=5 anonymous_per_second=0)");
   serve->add_option("--heartbeat-timeout", flags->heartbeat_timeout_seconds,
                     "Seconds without heartbeat before a host leaves the pool (default 30)");
+  serve->add_option("--store", flags->store,
+                    "postgres://... : a PostgreSQL shared by several portal replicas (with "
+                    "one S3 store); default SQLite in --data-dir");
   serve->add_option("--lease-seconds", flags->lease_seconds,
                     "Lease of a host on a job it was given, renewed by its heartbeats (default 30)");
   serve->add_option("--max-attempts", flags->max_attempts,

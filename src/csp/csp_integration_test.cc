@@ -29,6 +29,7 @@
 #include "net/https_client.h"
 #include "net/https_server.h"
 #include "ovf/package.h"
+#include "testing/pg_harness.h"
 #include "testing/s3_harness.h"
 #include "testing/test_util.h"
 
@@ -185,6 +186,8 @@ class PoolIntegrationTest : public ::testing::Test {
   }
   // The in-process portal's port, or the portal process's (PortalCrashTest).
   virtual int PortalPort() const { return portal_->port(); }
+  // The portal the hosts talk to (another replica in PortalReplicaTest).
+  virtual int HostPort() const { return PortalPort(); }
   std::string PortalUrl() const { return "https://127.0.0.1:" + std::to_string(PortalPort()); }
 
   // The customer CLI over HTTPS; JSON output of a command that must succeed.
@@ -230,7 +233,7 @@ class PoolIntegrationTest : public ::testing::Test {
   }
   // A host with its KMS-issued client certificate.
   std::unique_ptr<httplib::SSLClient> Host(const std::string& host_id) {
-    auto c = std::make_unique<httplib::SSLClient>("127.0.0.1", PortalPort(),
+    auto c = std::make_unique<httplib::SSLClient>("127.0.0.1", HostPort(),
                                                   kms_dir_ + "/" + host_id + ".pem",
                                                   kms_dir_ + "/" + host_id + "-key.pem");
     c->set_ca_cert_path(dir_.File("portal-ca.pem").c_str());
@@ -503,17 +506,24 @@ class PortalCrashTest : public PoolIntegrationTest {
   int PortalPort() const override { return process_->port(); }
   void StartPortalProcess(int64_t lease_seconds = 30) {
     lease_seconds_ = lease_seconds;
-    auto p = testing::ServerProcess::Start(
-        {VmsealBinary(), "csp", "serve", "--data-dir", dir_.File("portal"), "--port", "0",
-         "--port-file", dir_.File("portal.port"), "--tls-cert", dir_.File("portal-server.pem"),
+    auto p = StartReplica("portal", {});
+    ASSERT_OK(p);
+    process_ = std::move(p).value();
+  }
+  // `vmseal csp serve` with data in dir/<name>, its log in dir/<name>.log.
+  StatusOr<std::unique_ptr<testing::ServerProcess>> StartReplica(
+      const std::string& name, const std::vector<std::string>& extra) {
+    std::vector<std::string> argv = {
+         VmsealBinary(), "csp", "serve", "--data-dir", dir_.File(name), "--port", "0",
+         "--port-file", dir_.File(name + ".port"), "--tls-cert", dir_.File("portal-server.pem"),
          "--tls-key", dir_.File("portal-server-key.pem"), "--client-ca", kms_dir_ + "/ca.pem",
          "--kms-url", "https://127.0.0.1:" + std::to_string(kms_port_), "--kms-ca",
          kms_dir_ + "/ca.pem", "--kms-cert", kms_dir_ + "/portal.pem", "--kms-key",
          kms_dir_ + "/portal-key.pem", "--operator-token-file", dir_.File("op-token"),
-         "--lease-seconds", std::to_string(lease_seconds)},
-        dir_.File("portal.log"), dir_.File("portal.port"));
-    ASSERT_OK(p);
-    process_ = std::move(p).value();
+         "--lease-seconds", std::to_string(lease_seconds_)};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    return testing::ServerProcess::Start(argv, dir_.File(name + ".log"),
+                                         dir_.File(name + ".port"));
   }
   // kill -9, then the same command again on the same data directory.
   void KillAndRestart() {
@@ -661,6 +671,97 @@ TEST_F(PortalCrashTest, KilledMidUploadTheUploadResumesWhereItWas) {
   ASSERT_EQ(commit->status / 100, 2) << commit->body;
   EXPECT_EQ(json::parse(commit->body)["sha256"],
             crypto::HexEncode(crypto::Sha256(package)));
+}
+
+// Two portal replicas on one PostgreSQL and one S3 store (issue 17): the
+// customer talks to replica A, the hosts to replica B.
+class PortalReplicaTest : public PortalCrashTest {
+ protected:
+  int PortalPort() const override { return customer_on_b_ ? b_->port() : process_->port(); }
+  int HostPort() const override { return b_->port(); }
+  void StartReplicas() {
+    auto pg = vmseal::testing::PgHarness::Start();
+    ASSERT_OK(pg);
+    pg_ = std::move(pg).value();
+    auto url = pg_->CreateDatabase("portal");
+    ASSERT_OK(url);
+    auto s3 = vmseal::testing::S3Server::Start({"images"});
+    ASSERT_OK(s3);
+    s3_ = std::move(s3).value();
+    ::setenv("VMSEAL_S3_SECRET_ACCESS_KEY", vmseal::testing::kS3SecretAccessKey, 1);
+    const std::vector<std::string> shared = {
+        "--store", *url, "--s3-endpoint", s3_->endpoint(), "--s3-bucket", "images",
+        "--s3-access-key-id", vmseal::testing::kS3AccessKeyId};
+    auto a = StartReplica("replica-a", shared);
+    ASSERT_OK(a);
+    process_ = std::move(a).value();
+    auto b = StartReplica("replica-b", shared);
+    ASSERT_OK(b);
+    b_ = std::move(b).value();
+  }
+  std::unique_ptr<vmseal::testing::PgHarness> pg_;
+  std::unique_ptr<vmseal::testing::S3Server> s3_;
+  std::unique_ptr<testing::ServerProcess> b_;
+  bool customer_on_b_ = false;
+};
+
+TEST_F(PortalReplicaTest, JobLaunchedOnOneReplicaRunsThroughTheOtherAndSurvivesItsKill) {
+  StartReplicas();
+  const std::string image_id = CustomerWithSealedImage();
+  ASSERT_FALSE(image_id.empty());
+  RegisterHosts();  // through replica B
+  json job = Customer({"launch", image_id});  // through replica A
+  ASSERT_EQ(job["state"], "placed") << job.dump();
+  const std::string job_id = job["job_id"];
+  const std::string host_id = job["host_id"];
+  EXPECT_NE(host_id, "host-c");
+  auto host = Host(host_id);
+  auto pending = host->Get("/v1/hosts/jobs");
+  ASSERT_TRUE(pending);
+  EXPECT_NE(pending->body.find(job_id), std::string::npos) << pending->body;
+  HostPost(*host, "/v1/hosts/jobs/" + job_id + "/progress", {{"phase", "fetching"}});
+  // Replica A sees what the host told replica B.
+  EXPECT_EQ(Customer({"status", job_id})["state"], "fetching");
+  process_->Kill();
+  // The customer's session and job are served by replica B.
+  customer_on_b_ = true;
+  const auto start = std::chrono::steady_clock::now();
+  json status = Customer({"status", job_id});
+  const double served_again_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_EQ(status["state"], "fetching");
+  EXPECT_EQ(status["host_id"], host_id);
+  for (const char* phase : {"attesting", "decrypting", "running"}) {
+    HostPost(*host, "/v1/hosts/jobs/" + job_id + "/progress", {{"phase", phase}});
+  }
+  status = Customer({"status", job_id});
+  EXPECT_EQ(status["state"], "running");
+  EXPECT_EQ(status["attempts"].size(), 1u);
+  RecordProperty("served_again_ms", static_cast<int>(served_again_ms));
+}
+
+TEST_F(PortalReplicaTest, AQueuedJobIsPlacedOnceWhileBothReplicasTick) {
+  StartReplicas();
+  const std::string image_id = CustomerWithSealedImage();
+  json job = Customer({"launch", image_id});
+  ASSERT_EQ(job["state"], "queued") << job.dump();
+  const std::string job_id = job["job_id"];
+  RegisterHosts();  // both replicas' Ticks now race to place it
+  json status = WaitForJob(job_id, [](const json& j) { return j["state"] == "placed"; });
+  ASSERT_EQ(status["state"], "placed") << status.dump();
+  // A few more Ticks of both replicas: nothing moves.
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  status = Customer({"status", job_id});
+  EXPECT_EQ(status["state"], "placed");
+  EXPECT_EQ(status["attempts"].size(), 1u) << status.dump();
+  int given = 0;
+  for (const char* h : {"host-a", "host-b", "host-c"}) {
+    auto c = Host(h);
+    auto pending = c->Get("/v1/hosts/jobs");
+    ASSERT_TRUE(pending);
+    if (pending->body.find(job_id) != std::string::npos) ++given;
+  }
+  EXPECT_EQ(given, 1);
 }
 
 }  // namespace

@@ -29,7 +29,7 @@ constexpr uint64_t kMaxJsonBodyBytes = 1 << 20;
 
 struct PortalServer::Impl {
   Options options;
-  std::unique_ptr<SqlitePortalDb> db;
+  std::unique_ptr<PortalStore> db;
   std::unique_ptr<store::ObjectStore> store;
   std::unique_ptr<store::UploadSessions> uploads;
   std::unique_ptr<Accounts> accounts;
@@ -142,7 +142,8 @@ StatusOr<std::unique_ptr<PortalServer>> PortalServer::Create(Options options,
   std::filesystem::permissions(options.data_dir, std::filesystem::perms::owner_all,
                                std::filesystem::perm_options::replace, ec);
   auto impl = std::make_unique<Impl>();
-  ASSIGN_OR_RETURN(impl->db, SqlitePortalDb::Open(options.data_dir + "/portal.db"));
+  // SQLite in the data directory, or the PostgreSQL that replicas share.
+  ASSIGN_OR_RETURN(impl->db, OpenPortalStore(options.store_url, options.data_dir + "/portal.db"));
   if (!options.s3_endpoint.empty()) {
     store::S3ObjectStore::Options s3;
     s3.endpoint = options.s3_endpoint;

@@ -36,6 +36,9 @@ class PortalServer {
   struct Options {
     // Directory for portal.db, objects/ (filesystem store) and staging/.
     // Required.
+    // The portal's database: "" for SQLite in data_dir (one portal), or a
+    // postgres:// URL that several replicas share (with one S3 store).
+    std::string store_url;
     std::string data_dir;
     // Address and port to listen on; port 0 picks a free one.
     std::string bind_address = "127.0.0.1";

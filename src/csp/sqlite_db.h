@@ -17,7 +17,7 @@ namespace vmseal::csp {
 // missing migrations in order, in one transaction.
 inline constexpr int kPortalSchemaVersion = 2;
 
-class SqlitePortalDb final : public PortalDb, public StateStore {
+class SqlitePortalDb final : public PortalStore {
  public:
   // Opens or creates the database at `path` (mode 0600) and migrates its
   // schema to kPortalSchemaVersion. FAILED_PRECONDITION for a database of a

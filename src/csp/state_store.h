@@ -9,10 +9,12 @@
 #define VMSEAL_CSP_STATE_STORE_H_
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "base/status.h"
+#include "csp/portal_db.h"
 
 namespace vmseal::csp {
 
@@ -63,6 +65,16 @@ class StateStore {
   // Every stored host, by host id.
   virtual StatusOr<std::vector<StoredHost>> LoadHosts() = 0;
 };
+
+// All of the portal's state in one database: SqlitePortalDb (default, one
+// portal) or PgPortalDb (`--store postgres://...`, several replicas).
+class PortalStore : public PortalDb, public StateStore {};
+
+// Opens the store named by `url`: postgres:// or postgresql:// for
+// PostgreSQL, else `sqlite_path` (the portal's data directory's portal.db).
+// The URL may carry a password: it is never logged or echoed.
+StatusOr<std::unique_ptr<PortalStore>> OpenPortalStore(const std::string& url,
+                                                       const std::string& sqlite_path);
 
 }  // namespace vmseal::csp
 

@@ -673,6 +673,50 @@ TEST_F(PortalCrashTest, KilledMidUploadTheUploadResumesWhereItWas) {
             crypto::HexEncode(crypto::Sha256(package)));
 }
 
+TEST_F(PortalCrashTest, MalformedRequestsChangeNoStateEvenAcrossARestart) {
+  StartPortalProcess();
+  const std::string image_id = CustomerWithSealedImage();
+  RegisterHosts();
+  json job = Customer({"launch", image_id});
+  ASSERT_EQ(job["state"], "placed");
+  const std::string job_id = job["job_id"];
+  const std::string host_id = job["host_id"];
+  auto host = Host(host_id);
+  HostPost(*host, "/v1/hosts/jobs/" + job_id + "/progress", {{"phase", "fetching"}});
+  const json before = Customer({"status"});
+  auto c = CustomerClient();
+  struct Bad {
+    std::string path;
+    std::string body;
+  };
+  // The customer's malformed requests.
+  for (const Bad& b : std::vector<Bad>{{"/v1/launch", "{"},
+                                       {"/v1/launch", "{\"image_id\": 5}"},
+                                       {"/v1/launch", "{\"image_id\": \"img-none\"}"},
+                                       {"/v1/launch", "[]"},
+                                       {"/v1/vms/" + job_id + "/stop", "{"},
+                                       {"/v1/vms/no-such-vm/stop", "{}"}}) {
+    SCOPED_TRACE(b.path + " " + b.body);
+    auto r = c->Post(b.path, Bearer(), b.body, "application/json");
+    ASSERT_TRUE(r);
+    EXPECT_GE(r->status, 400);
+    json err = json::parse(r->body, nullptr, false);
+    EXPECT_TRUE(err["error"]["reason"].is_string()) << r->body;
+  }
+  // The host's: a bad phase, a step back, a bad machine reason, another
+  // host's job, a bad capacity.
+  HostPost(*host, "/v1/hosts/jobs/" + job_id + "/progress", {{"phase", "bogus"}}, 400);
+  HostPost(*host, "/v1/hosts/jobs/" + job_id + "/progress", {{"phase", "placed"}}, 412);
+  HostPost(*host, "/v1/hosts/jobs/" + job_id + "/refusal", {{"reason", "Not A Reason!"}}, 400);
+  auto other = Host(host_id == "host-a" ? "host-b" : "host-a");
+  HostPost(*other, "/v1/hosts/jobs/" + job_id + "/progress", {{"phase", "running"}}, 404);
+  HostPost(*host, "/v1/hosts/register",
+           {{"host_id", host_id}, {"capacity", {{"vcpus", 2}, {"slots", 0}}}}, 400);
+  EXPECT_EQ(Customer({"status"}), before);
+  KillAndRestart();
+  EXPECT_EQ(Customer({"status"}), before);
+}
+
 // Two portal replicas on one PostgreSQL and one S3 store (issue 17): the
 // customer talks to replica A, the hosts to replica B.
 class PortalReplicaTest : public PortalCrashTest {

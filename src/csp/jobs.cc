@@ -26,6 +26,13 @@ bool HoldsSlot(const Job& job) {
                                   job.state == JobState::kDeleting);
 }
 
+// An ended job: it holds no slot and nothing will happen to it unless the
+// customer starts it again.
+bool Ended(const Job& job) {
+  return !HoldsSlot(job) && (job.state == JobState::kFailed || job.state == JobState::kStopped ||
+                             job.state == JobState::kDeleted);
+}
+
 // What a host's "stopped" means: the customer asked, or someone on the host
 // (the operator CLI, a host shutdown) did.
 std::string EndReasonFor(const Job& job, const std::string& host_reason) {
@@ -235,6 +242,7 @@ Status JobManager::AttachStore(StateStore* store) {
           std::max(job->lease_expires_unix, clock_->NowUnixSeconds() + options_.lease_seconds);
     }
     last_seq_ = std::max(last_seq_, row.seq);
+    IndexLocked(*job);
     jobs_[job->job_id] = *std::move(job);
   }
   store_ = store;
@@ -259,11 +267,32 @@ void JobManager::SyncLocked() {
       continue;
     }
     job->store_version = row.version;
+    IndexLocked(*job);
     jobs_[row.job_id] = *std::move(job);
   }
 }
 
+void JobManager::IndexLocked(const Job& job) {
+  by_customer_[job.customer_id].insert(job.job_id);
+  if (!Ended(job)) active_.insert(job.job_id);
+}
+
+std::vector<std::string> JobManager::ActiveIdsLocked() const {
+  std::vector<std::string> ids;
+  for (auto it = active_.begin(); it != active_.end();) {
+    auto j = jobs_.find(*it);
+    if (j == jobs_.end() || Ended(j->second)) {
+      it = active_.erase(it);
+      continue;
+    }
+    ids.push_back(*it);
+    ++it;
+  }
+  return ids;
+}
+
 bool JobManager::SaveLocked(Job& job) {
+  if (!Ended(job)) active_.insert(job.job_id);
   if (store_ == nullptr) return true;
   auto v = store_->PutJob({job.job_id, job.customer_id, std::string(JobStateName(job.state)),
                            job.host_id, job.updated_unix, JobToRecord(job), job.store_version});
@@ -298,7 +327,8 @@ void JobManager::RenewLeaseLocked(Job& job) {
 
 std::map<std::string, uint32_t> JobManager::LoadLocked() const {
   std::map<std::string, uint32_t> load;
-  for (const auto& [id, job] : jobs_) {
+  for (const std::string& id : ActiveIdsLocked()) {
+    const Job& job = jobs_.at(id);
     if (HoldsSlot(job)) ++load[job.host_id];
   }
   for (const auto& [host, n] : reserved_) load[host] += n;
@@ -537,7 +567,8 @@ StatusOr<Job*> JobManager::FindVmLocked(const Principal& who, const std::string&
   if (who.customer_id.empty()) return UnauthenticatedError("not logged in");
   auto it = jobs_.find(vm);
   if (it != jobs_.end() && it->second.customer_id == who.customer_id) return &it->second;
-  for (auto& [id, job] : jobs_) {
+  for (const std::string& id : by_customer_[who.customer_id]) {
+    Job& job = jobs_.at(id);
     if (!vm.empty() && job.vm_name == vm && job.customer_id == who.customer_id) return &job;
   }
   return NotFoundError("no such vm");
@@ -555,7 +586,8 @@ std::vector<HostVmCommand> JobManager::VmCommands(const std::string& host_id) {
   std::lock_guard<std::mutex> lock(mu_);
   SyncLocked();
   std::vector<HostVmCommand> out;
-  for (const auto& [id, job] : jobs_) {
+  for (const std::string& id : ActiveIdsLocked()) {
+    const Job& job = jobs_.at(id);
     if (job.vm_host_id != host_id || job.vm_name.empty()) continue;
     const char* action = job.state == JobState::kRunning    ? "run"
                          : job.state == JobState::kStopping ? "stop"
@@ -746,6 +778,7 @@ StatusOr<Job> JobManager::Launch(const Principal& who, const LaunchRequest& requ
   SyncLocked();
   spdlog::info("job queued job={} customer={} image={}", job.job_id, job.customer_id,
                job.image_id);
+  IndexLocked(job);
   Job& stored = jobs_[job.job_id] = std::move(job);
   // Durable before the customer hears of it: a queued job survives a crash.
   SaveLocked(stored);
@@ -771,9 +804,7 @@ StatusOr<std::vector<Job>> JobManager::ListJobs(const Principal& who) {
   std::lock_guard<std::mutex> lock(mu_);
   SyncLocked();
   std::vector<Job> out;
-  for (const auto& [id, job] : jobs_) {
-    if (job.customer_id == who.customer_id) out.push_back(job);
-  }
+  for (const std::string& id : by_customer_[who.customer_id]) out.push_back(jobs_.at(id));
   return out;
 }
 
@@ -816,7 +847,8 @@ std::vector<Job> JobManager::PendingJobs(const std::string& host_id) {
   SyncLocked();
   std::vector<Job> out;
   const int64_t now = clock_->NowUnixSeconds();
-  for (auto& [id, job] : jobs_) {
+  for (const std::string& id : ActiveIdsLocked()) {
+    Job& job = jobs_.at(id);
     if (job.host_id != host_id || host_id.empty() || !OnHost(job.state)) continue;
     // The host's poll renews its leases (written at most every half lease).
     if (job.lease_expires_unix - now < options_.lease_seconds / 2) {
@@ -889,7 +921,8 @@ void JobManager::Tick() {
   // Placed after the scan, one at a time, with the lock released around
   // each KMS call.
   std::vector<PlacementTicket> tickets;
-  for (auto& [id, job] : jobs_) {
+  for (const std::string& id : ActiveIdsLocked()) {
+    Job& job = jobs_.at(id);
     const bool host_dropped =
         std::find(dropped.begin(), dropped.end(), job.host_id) != dropped.end();
     // A host that just left the pool loses its job below, with that reason.

@@ -21,6 +21,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -333,6 +334,12 @@ class JobManager {
   bool SaveLocked(Job& job);
   // Reads the jobs other replicas (or this one) wrote since the last look.
   void SyncLocked();
+  // Adds the job to the customer index and, unless it has ended, to the
+  // active set (jobs the per-operation scans look at).
+  void IndexLocked(const Job& job);
+  // The ids of jobs that have not ended (queued, on a host, stopping,
+  // deleting), by id; drops ended ones from the active set on the way.
+  std::vector<std::string> ActiveIdsLocked() const;
   // Takes the job's placement claim for this replica (written to the
   // store); false if another replica holds a live claim or won the write.
   bool ClaimLocked(Job& job);
@@ -360,6 +367,11 @@ class JobManager {
   static std::string NewReplicaId();
   std::mutex mu_;
   std::map<std::string, Job> jobs_;
+  // Customer -> job ids (a job's customer never changes).
+  std::map<std::string, std::set<std::string>> by_customer_;
+  // A superset of the jobs that have not ended: with 100,000 jobs in the
+  // store, placements, polls and Tick scan these only.
+  mutable std::set<std::string> active_;
   // Jobs being placed outside the lock: job id -> newest ticket's sequence.
   std::map<std::string, uint64_t> placing_;
   uint64_t next_sequence_ = 0;

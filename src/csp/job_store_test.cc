@@ -293,6 +293,59 @@ TEST_F(JobStoreTest, AStaleWriteFromAnotherReplicaIsRefusedAndChangesNothing) {
   EXPECT_EQ((*rows)[0].version, 1);
 }
 
+// A store through which another replica writes each job once, just before
+// this replica's next write of it (the race a compare-and-set must catch).
+class RacingStore final : public StateStore {
+ public:
+  explicit RacingStore(StateStore* inner) : inner_(inner) {}
+  void RaceOn(const std::string& job_id) { race_on_ = job_id; }
+  StatusOr<int64_t> PutJob(const StoredJob& job) override {
+    if (job.job_id == race_on_) {
+      race_on_.clear();
+      StoredJob theirs = job;
+      auto rows = inner_->LoadJobsSince(0);
+      if (!rows.ok()) return rows.status();
+      for (const StoredJob& r : *rows) {
+        if (r.job_id == job.job_id) theirs = r;
+      }
+      RETURN_IF_ERROR(inner_->PutJob(theirs).status());  // the other replica's write
+    }
+    return inner_->PutJob(job);
+  }
+  StatusOr<std::vector<StoredJob>> LoadJobsSince(int64_t seq) override {
+    return inner_->LoadJobsSince(seq);
+  }
+  Status PutHost(const StoredHost& host) override { return inner_->PutHost(host); }
+  StatusOr<std::vector<StoredHost>> LoadHosts() override { return inner_->LoadHosts(); }
+
+ private:
+  StateStore* const inner_;
+  std::string race_on_;
+};
+
+TEST_F(JobStoreTest, ACallWhoseWriteLosesToAnotherReplicaIsAbortedAndKeepsNothing) {
+  AddTrustedHost("h1");
+  RacingStore racing(db_.get());
+  JobManager::Options o;
+  o.lease_seconds = 10;
+  jobs_ = std::make_unique<JobManager>(o, images_.get(), hosts_.get(), scheduler_.get(), &clock_);
+  ASSERT_OK(jobs_->AttachStore(&racing));
+  auto job = jobs_->Launch(alice_, {image_id_});
+  ASSERT_OK(job);
+  ASSERT_EQ(job->state, JobState::kPlaced);
+  racing.RaceOn(job->job_id);
+  auto progress = jobs_->ReportProgress(job->host_id, {job->job_id, JobState::kFetching});
+  EXPECT_EQ(progress.status().code(), StatusCode::kAborted);
+  EXPECT_THAT(progress.status().message(), HasSubstr("conflict"));
+  // Nothing of it was kept, in memory or in the store; a retry goes through.
+  EXPECT_EQ(jobs_->GetJob(alice_, job->job_id)->state, JobState::kPlaced);
+  Restart();
+  EXPECT_EQ(jobs_->GetJob(alice_, job->job_id)->state, JobState::kPlaced);
+  auto retried = jobs_->ReportProgress(job->host_id, {job->job_id, JobState::kFetching});
+  ASSERT_OK(retried);
+  EXPECT_EQ(retried->state, JobState::kFetching);
+}
+
 TEST(JobRecord, EveryFieldRoundTrips) {
   Job job;
   job.job_id = "job-1";

@@ -224,6 +224,71 @@ StatusOr<Job> JobFromRecord(const std::string& record_json) {
   }
 }
 
+namespace {
+// Set by SaveLocked when a write of the current call lost to another
+// replica's (placements excepted: there a lost race is the design).
+thread_local bool t_write_conflict = false;
+
+// Keeps a placement's conflicts out of the calling operation's answer.
+class ConflictFlagScope {
+ public:
+  ConflictFlagScope() : saved_(t_write_conflict) {}
+  ~ConflictFlagScope() { t_write_conflict = saved_; }
+
+ private:
+  const bool saved_;
+};
+}  // namespace
+
+StatusOr<Job> JobManager::FailOnConflict(StatusOr<Job> result) {
+  const bool conflict = t_write_conflict;
+  t_write_conflict = false;
+  if (conflict) {
+    return AbortedError("conflict: the job changed on another portal replica meanwhile; retry");
+  }
+  return result;
+}
+
+StatusOr<Job> JobManager::ReportProgress(const std::string& host_id, const ProgressReport& report) {
+  t_write_conflict = false;
+  return FailOnConflict(ReportProgressLocked(host_id, report));
+}
+
+StatusOr<Job> JobManager::ReportRefusal(const std::string& host_id, const RefusalReport& report) {
+  t_write_conflict = false;
+  return FailOnConflict(ReportRefusalLocked(host_id, report));
+}
+
+StatusOr<Job> JobManager::ReportDiskEvent(const std::string& host_id, const DiskEventReport& report) {
+  t_write_conflict = false;
+  return FailOnConflict(ReportDiskEventLocked(host_id, report));
+}
+
+StatusOr<Job> JobManager::ReportVmEnded(const std::string& host_id, const VmEndedReport& report) {
+  t_write_conflict = false;
+  return FailOnConflict(ReportVmEndedLocked(host_id, report));
+}
+
+StatusOr<Job> JobManager::ReportVmDeleted(const std::string& host_id, const std::string& vm_name) {
+  t_write_conflict = false;
+  return FailOnConflict(ReportVmDeletedLocked(host_id, vm_name));
+}
+
+StatusOr<Job> JobManager::StopVm(const Principal& who, const std::string& vm) {
+  t_write_conflict = false;
+  return FailOnConflict(StopVmLocked(who, vm));
+}
+
+StatusOr<Job> JobManager::StartVm(const Principal& who, const std::string& vm) {
+  t_write_conflict = false;
+  return FailOnConflict(StartVmLocked(who, vm));
+}
+
+StatusOr<Job> JobManager::DeleteVm(const Principal& who, const std::string& vm) {
+  t_write_conflict = false;
+  return FailOnConflict(DeleteVmLocked(who, vm));
+}
+
 std::string JobManager::NewReplicaId() {
   return "replica-" + crypto::HexEncode(crypto::RandomBytes(6));
 }
@@ -301,6 +366,7 @@ bool JobManager::SaveLocked(Job& job) {
     return true;
   }
   if (v.status().code() == StatusCode::kAborted) {
+    t_write_conflict = true;
     // Another replica changed the job first: its change stands.
     spdlog::info("job changed by another replica job={}; this change is dropped", job.job_id);
     // The newer write has a seq past last_seq_ (writes commit in seq
@@ -421,6 +487,7 @@ Job* JobManager::StillPlacingLocked(const PlacementTicket& t) {
 }
 
 Placement JobManager::PlaceUnlocked(const PlacementTicket& t, std::unique_lock<std::mutex>& lock) {
+  const ConflictFlagScope conflicts_here_are_expected;
   std::map<std::string, uint32_t> load = LoadLocked();
   lock.unlock();
   Placement placement = scheduler_->Place(t.request, load, t.excluded);
@@ -598,7 +665,7 @@ std::vector<HostVmCommand> JobManager::VmCommands(const std::string& host_id) {
   return out;
 }
 
-StatusOr<Job> JobManager::ReportVmEnded(const std::string& host_id, const VmEndedReport& report) {
+StatusOr<Job> JobManager::ReportVmEndedLocked(const std::string& host_id, const VmEndedReport& report) {
   if (!IsMachineReason(report.reason)) {
     return InvalidArgumentError("reason must be a machine reason matching [a-z][a-z0-9_]{0,63}");
   }
@@ -619,7 +686,7 @@ StatusOr<Job> JobManager::ReportVmEnded(const std::string& host_id, const VmEnde
   return *job;
 }
 
-StatusOr<Job> JobManager::ReportDiskEvent(const std::string& host_id,
+StatusOr<Job> JobManager::ReportDiskEventLocked(const std::string& host_id,
                                           const DiskEventReport& report) {
   if (!IsMachineReason(report.event)) {
     return InvalidArgumentError("event must be a machine name matching [a-z][a-z0-9_]{0,63}");
@@ -647,7 +714,7 @@ StatusOr<Job> JobManager::ReportDiskEvent(const std::string& host_id,
   return job;
 }
 
-StatusOr<Job> JobManager::ReportVmDeleted(const std::string& host_id,
+StatusOr<Job> JobManager::ReportVmDeletedLocked(const std::string& host_id,
                                           const std::string& vm_name) {
   std::lock_guard<std::mutex> lock(mu_);
   SyncLocked();
@@ -668,7 +735,7 @@ StatusOr<Job> JobManager::ReportVmDeleted(const std::string& host_id,
   return *job;
 }
 
-StatusOr<Job> JobManager::StopVm(const Principal& who, const std::string& vm) {
+StatusOr<Job> JobManager::StopVmLocked(const Principal& who, const std::string& vm) {
   std::lock_guard<std::mutex> lock(mu_);
   SyncLocked();
   ASSIGN_OR_RETURN(Job * job, FindVmLocked(who, vm));
@@ -695,7 +762,7 @@ StatusOr<Job> JobManager::StopVm(const Principal& who, const std::string& vm) {
   return *job;
 }
 
-StatusOr<Job> JobManager::StartVm(const Principal& who, const std::string& vm) {
+StatusOr<Job> JobManager::StartVmLocked(const Principal& who, const std::string& vm) {
   std::unique_lock<std::mutex> lock(mu_);
   SyncLocked();
   ASSIGN_OR_RETURN(Job * job, FindVmLocked(who, vm));
@@ -726,7 +793,7 @@ StatusOr<Job> JobManager::StartVm(const Principal& who, const std::string& vm) {
   return GetAnyJobLocked(ticket->job_id);
 }
 
-StatusOr<Job> JobManager::DeleteVm(const Principal& who, const std::string& vm) {
+StatusOr<Job> JobManager::DeleteVmLocked(const Principal& who, const std::string& vm) {
   std::lock_guard<std::mutex> lock(mu_);
   SyncLocked();
   ASSIGN_OR_RETURN(Job * job, FindVmLocked(who, vm));
@@ -860,7 +927,7 @@ std::vector<Job> JobManager::PendingJobs(const std::string& host_id) {
   return out;
 }
 
-StatusOr<Job> JobManager::ReportProgress(const std::string& host_id,
+StatusOr<Job> JobManager::ReportProgressLocked(const std::string& host_id,
                                          const ProgressReport& report) {
   std::lock_guard<std::mutex> lock(mu_);
   SyncLocked();
@@ -890,7 +957,7 @@ StatusOr<Job> JobManager::ReportProgress(const std::string& host_id,
   return job;
 }
 
-StatusOr<Job> JobManager::ReportRefusal(const std::string& host_id, const RefusalReport& report) {
+StatusOr<Job> JobManager::ReportRefusalLocked(const std::string& host_id, const RefusalReport& report) {
   std::unique_lock<std::mutex> lock(mu_);
   SyncLocked();
   auto it = jobs_.find(report.job_id);

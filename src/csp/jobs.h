@@ -258,6 +258,10 @@ class JobManager {
   // for another host's or no job; INVALID_ARGUMENT for a bad event name.
   StatusOr<Job> ReportDiskEvent(const std::string& host_id, const DiskEventReport& report);
 
+  // With replicas sharing a store, the calls below that change a job
+  // answer ABORTED "conflict: ..." (409) when another replica changed the
+  // job at the same moment: nothing of this call was kept; retry.
+
   // The VMs the portal places on `host_id` (running, stopping, deleting) with
   // the action the host must take for each.
   std::vector<HostVmCommand> VmCommands(const std::string& host_id);
@@ -326,6 +330,19 @@ class JobManager {
   std::optional<PlacementTicket> RefuseLocked(Job& job, const std::string& reason,
                                              const std::string& why);
   std::map<std::string, uint32_t> LoadLocked() const;
+  // The public calls of the same name; the public ones answer ABORTED
+  // "conflict" when the job's write lost to another replica's.
+  StatusOr<Job> ReportProgressLocked(const std::string& host_id, const ProgressReport& report);
+  StatusOr<Job> ReportRefusalLocked(const std::string& host_id, const RefusalReport& report);
+  StatusOr<Job> ReportDiskEventLocked(const std::string& host_id, const DiskEventReport& report);
+  StatusOr<Job> ReportVmEndedLocked(const std::string& host_id, const VmEndedReport& report);
+  StatusOr<Job> ReportVmDeletedLocked(const std::string& host_id, const std::string& vm_name);
+  StatusOr<Job> StopVmLocked(const Principal& who, const std::string& vm);
+  StatusOr<Job> StartVmLocked(const Principal& who, const std::string& vm);
+  StatusOr<Job> DeleteVmLocked(const Principal& who, const std::string& vm);
+  // ABORTED "conflict: ..." instead of `result` when a write of this call
+  // (outside placement) lost to another replica's; resets the flag.
+  static StatusOr<Job> FailOnConflict(StatusOr<Job> result);
   // Writes the job to the store (if any) over the version it was read at.
   // False when it was not written: on a conflict (another replica changed
   // the job) the job is read again from the store, so the caller's change

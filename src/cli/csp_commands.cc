@@ -35,6 +35,8 @@ struct ServeFlags {
   std::string operator_token_file, port_file;
   std::string kms_url, kms_ca, kms_cert, kms_key;
   int64_t heartbeat_timeout_seconds = 30;
+  int64_t lease_seconds = 30;
+  std::string store;
   int max_attempts = 3;
   bool accept_unverified = false;
   std::vector<std::string> limits;  // name=value
@@ -54,6 +56,8 @@ Status Serve(const ServeFlags& f) {
   o.s3_region = f.s3_region;
   o.s3_access_key_id = f.s3_access_key_id;
   o.heartbeat_timeout_seconds = f.heartbeat_timeout_seconds;
+  o.lease_seconds = f.lease_seconds;
+  o.store_url = f.store;
   o.max_attempts = f.max_attempts;
   for (const std::string& nv : f.limits) {
     const size_t eq = nv.find('=');
@@ -65,8 +69,8 @@ Status Serve(const ServeFlags& f) {
     if (eq == std::string::npos) return InvalidArgumentError("--front-end wants NAME=VALUE, got " + nv);
     RETURN_IF_ERROR(csp::SetFrontEndLimit(&o.front_end, nv.substr(0, eq), nv.substr(eq + 1)));
   }
-  if (f.heartbeat_timeout_seconds < 1 || f.max_attempts < 1) {
-    return InvalidArgumentError("--heartbeat-timeout and --max-attempts must be positive");
+  if (f.heartbeat_timeout_seconds < 1 || f.max_attempts < 1 || f.lease_seconds < 1) {
+    return InvalidArgumentError("--heartbeat-timeout, --lease-seconds and --max-attempts must be positive");
   }
   if (!f.s3_endpoint.empty()) {
     const char* secret = std::getenv("VMSEAL_S3_SECRET_ACCESS_KEY");
@@ -224,6 +228,11 @@ void AddCspCommands(CLI::App& app, const CommandSink& sink) {
                     "max_queued_anonymous_requests=64 keep_alive_timeout_seconds=5 anonymous_per_second=0)");
   serve->add_option("--heartbeat-timeout", flags->heartbeat_timeout_seconds,
                     "Seconds without heartbeat before a host leaves the pool (default 30)");
+  serve->add_option("--store", flags->store,
+                    "postgres://... : a PostgreSQL shared by several portal replicas (with "
+                    "one S3 store); default SQLite in --data-dir");
+  serve->add_option("--lease-seconds", flags->lease_seconds,
+                    "Lease of a host on a job it was given, renewed by its heartbeats (default 30)");
   serve->add_option("--max-attempts", flags->max_attempts,
                     "Hosts a job is tried on before it fails (default 3)");
   serve->add_flag("--accept-unverified-packages", flags->accept_unverified,

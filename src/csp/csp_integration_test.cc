@@ -8,6 +8,7 @@
 #include <httplib.h>
 
 #include <chrono>
+#include <functional>
 #include <thread>
 
 #include <gmock/gmock.h>
@@ -19,6 +20,7 @@
 #include "crypto/x509.h"
 #include "csp/kms_client.h"
 #include "csp/ovf_package_verifier.h"
+#include "csp/internal/process_harness.h"
 #include "csp/portal_server.h"
 #include "kms/kek.h"
 #include "kms/policy.h"
@@ -27,6 +29,7 @@
 #include "net/https_client.h"
 #include "net/https_server.h"
 #include "ovf/package.h"
+#include "testing/pg_harness.h"
 #include "testing/s3_harness.h"
 #include "testing/test_util.h"
 
@@ -181,7 +184,11 @@ class PoolIntegrationTest : public ::testing::Test {
     portal_ = std::move(portal).value();
     ASSERT_OK(portal_->Start());
   }
-  std::string PortalUrl() const { return "https://127.0.0.1:" + std::to_string(portal_->port()); }
+  // The in-process portal's port, or the portal process's (PortalCrashTest).
+  virtual int PortalPort() const { return portal_->port(); }
+  // The portal the hosts talk to (another replica in PortalReplicaTest).
+  virtual int HostPort() const { return PortalPort(); }
+  std::string PortalUrl() const { return "https://127.0.0.1:" + std::to_string(PortalPort()); }
 
   // The customer CLI over HTTPS; JSON output of a command that must succeed.
   json Customer(std::vector<std::string> args) {
@@ -226,7 +233,7 @@ class PoolIntegrationTest : public ::testing::Test {
   }
   // A host with its KMS-issued client certificate.
   std::unique_ptr<httplib::SSLClient> Host(const std::string& host_id) {
-    auto c = std::make_unique<httplib::SSLClient>("127.0.0.1", portal_->port(),
+    auto c = std::make_unique<httplib::SSLClient>("127.0.0.1", HostPort(),
                                                   kms_dir_ + "/" + host_id + ".pem",
                                                   kms_dir_ + "/" + host_id + "-key.pem");
     c->set_ca_cert_path(dir_.File("portal-ca.pem").c_str());
@@ -488,6 +495,317 @@ TEST_F(PoolIntegrationTest, SealedImageFlowsThroughTheS3Backend) {
   ASSERT_TRUE(ranged);
   EXPECT_EQ(ranged->status, 206);
   EXPECT_EQ(ranged->body, pkg->body.substr(0, 512));
+}
+
+// Crash tests (issue 17): the real `vmseal csp serve` process, killed with
+// SIGKILL at the worst moments and started again on the same data directory,
+// with the real KMS and hosts speaking the host routes with their KMS-issued
+// certificates.
+class PortalCrashTest : public PoolIntegrationTest {
+ protected:
+  int PortalPort() const override { return process_->port(); }
+  void StartPortalProcess(int64_t lease_seconds = 30) {
+    lease_seconds_ = lease_seconds;
+    auto p = StartReplica("portal", {});
+    ASSERT_OK(p);
+    process_ = std::move(p).value();
+  }
+  // `vmseal csp serve` with data in dir/<name>, its log in dir/<name>.log.
+  StatusOr<std::unique_ptr<testing::ServerProcess>> StartReplica(
+      const std::string& name, const std::vector<std::string>& extra) {
+    std::vector<std::string> argv = {
+         VmsealBinary(), "csp", "serve", "--data-dir", dir_.File(name), "--port", "0",
+         "--port-file", dir_.File(name + ".port"), "--tls-cert", dir_.File("portal-server.pem"),
+         "--tls-key", dir_.File("portal-server-key.pem"), "--client-ca", kms_dir_ + "/ca.pem",
+         "--kms-url", "https://127.0.0.1:" + std::to_string(kms_port_), "--kms-ca",
+         kms_dir_ + "/ca.pem", "--kms-cert", kms_dir_ + "/portal.pem", "--kms-key",
+         kms_dir_ + "/portal-key.pem", "--operator-token-file", dir_.File("op-token"),
+         "--lease-seconds", std::to_string(lease_seconds_)};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    return testing::ServerProcess::Start(argv, dir_.File(name + ".log"),
+                                         dir_.File(name + ".port"));
+  }
+  // kill -9, then the same command again on the same data directory.
+  void KillAndRestart() {
+    process_->Kill();
+    StartPortalProcess(lease_seconds_);
+  }
+  httplib::Headers Bearer() {
+    json session = json::parse(ReadFileOrDie(dir_.File("session")), nullptr, false);
+    return {{"Authorization", "Bearer " + session.value("token", "")}};
+  }
+  std::unique_ptr<httplib::SSLClient> CustomerClient() {
+    auto c = std::make_unique<httplib::SSLClient>("127.0.0.1", PortalPort());
+    c->set_ca_cert_path(dir_.File("portal-ca.pem").c_str());
+    c->enable_server_certificate_verification(true);
+    return c;
+  }
+  // Polls the customer's view of the job until `done` holds (bounded).
+  json WaitForJob(const std::string& job_id, const std::function<bool(const json&)>& done,
+                  const std::function<void()>& each = nullptr) {
+    json status;
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (each) each();
+      status = Customer({"status", job_id});
+      if (done(status)) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    }
+    return status;
+  }
+  std::unique_ptr<testing::ServerProcess> process_;
+  int64_t lease_seconds_ = 30;
+};
+
+TEST_F(PortalCrashTest, KilledWithAQueuedJobRunsItAfterTheRestart) {
+  StartPortalProcess();
+  const std::string image_id = CustomerWithSealedImage();
+  // No host yet: the job waits in the queue.
+  json job = Customer({"launch", image_id});
+  ASSERT_EQ(job["state"], "queued") << job.dump();
+  const std::string job_id = job["job_id"];
+  KillAndRestart();
+  EXPECT_EQ(Customer({"status", job_id})["state"], "queued");
+  RegisterHosts();
+  json placed = WaitForJob(job_id, [](const json& j) { return j["state"] == "placed"; });
+  ASSERT_EQ(placed["state"], "placed") << placed.dump();
+  const std::string host_id = placed["host_id"];
+  EXPECT_NE(host_id, "host-c");  // never the host with the tampered boot
+  auto host = Host(host_id);
+  for (const char* phase : {"fetching", "attesting", "decrypting", "running"}) {
+    HostPost(*host, "/v1/hosts/jobs/" + job_id + "/progress", {{"phase", phase}});
+  }
+  EXPECT_EQ(Customer({"status", job_id})["state"], "running");
+}
+
+TEST_F(PortalCrashTest, KilledMidLaunchTheHostCarriesOnAndTheJobRunsOnce) {
+  StartPortalProcess();
+  const std::string image_id = CustomerWithSealedImage();
+  RegisterHosts();
+  json job = Customer({"launch", image_id});
+  ASSERT_EQ(job["state"], "placed");
+  const std::string job_id = job["job_id"];
+  const std::string first = job["host_id"];
+  auto host = Host(first);
+  HostPost(*host, "/v1/hosts/jobs/" + job_id + "/progress", {{"phase", "fetching"}});
+  KillAndRestart();
+  // The restarted portal knows the job, its host and its phase.
+  json status = Customer({"status", job_id});
+  EXPECT_EQ(status["state"], "fetching");
+  EXPECT_EQ(status["host_id"], first);
+  host = Host(first);
+  for (const char* phase : {"attesting", "decrypting", "running"}) {
+    HostPost(*host, "/v1/hosts/jobs/" + job_id + "/progress", {{"phase", phase}});
+  }
+  status = Customer({"status", job_id});
+  EXPECT_EQ(status["state"], "running");
+  EXPECT_EQ(status["attempts"].size(), 1u) << status.dump();
+  // No other host is given the job.
+  for (const char* other : {"host-a", "host-b", "host-c"}) {
+    auto c = Host(other);
+    auto pending = c->Get("/v1/hosts/jobs");
+    ASSERT_TRUE(pending);
+    ASSERT_EQ(pending->status, 200) << pending->body;
+    EXPECT_EQ(pending->body.find(job_id), std::string::npos) << other << ": " << pending->body;
+  }
+}
+
+TEST_F(PortalCrashTest, HostKilledMidJobLosesItToAnotherTrustedHostOnceItsLeaseExpires) {
+  StartPortalProcess(/*lease_seconds=*/2);
+  const std::string image_id = CustomerWithSealedImage();
+  RegisterHosts();
+  json job = Customer({"launch", image_id});
+  ASSERT_EQ(job["state"], "placed");
+  const std::string job_id = job["job_id"];
+  const std::string first = job["host_id"];
+  const std::string other = first == "host-a" ? "host-b" : "host-a";
+  auto dead = Host(first);
+  HostPost(*dead, "/v1/hosts/jobs/" + job_id + "/progress", {{"phase", "fetching"}});
+  // The portal goes down too, and comes back knowing the hosts.
+  KillAndRestart();
+  auto live = Host(other);
+  json status = WaitForJob(
+      job_id, [&](const json& j) { return j["host_id"] == other; },
+      [&] { HostPost(*live, "/v1/hosts/heartbeat", json::object()); });
+  ASSERT_EQ(status["host_id"], other) << status.dump();
+  EXPECT_EQ(status["state"], "placed");
+  EXPECT_EQ(status["attempts"][0]["reason"], "host_lost");
+  EXPECT_THAT(status["attempts"][0]["refusal"].get<std::string>(), HasSubstr("lease expired"));
+  // The dead host comes back: its late report is refused and changes nothing.
+  dead = Host(first);
+  HostPost(*dead, "/v1/hosts/jobs/" + job_id + "/progress", {{"phase", "running"}}, 404);
+  EXPECT_EQ(Customer({"status", job_id})["host_id"], other);
+}
+
+TEST_F(PortalCrashTest, KilledMidUploadTheUploadResumesWhereItWas) {
+  StartPortalProcess();
+  json reg = SignUp();
+  customer_id_ = reg.value("customer_id", "");
+  json cert = Customer({"fetch-cert", "--kms-ca", kms_dir_ + "/ca.pem", "--out",
+                        dir_.File("customer.crt")});
+  ASSERT_EQ(cert["verified"], true);
+  const std::string package = ReadFileOrDie(SealImage(dir_.File("customer.crt"), customer_id_));
+  const size_t half = package.size() / 2;
+  auto c = CustomerClient();
+  auto begin = c->Post("/v1/uploads", Bearer(), "", "application/json");
+  ASSERT_TRUE(begin);
+  ASSERT_EQ(begin->status, 201) << begin->body;
+  const std::string upload_id = json::parse(begin->body).value("upload_id", "");
+  auto put = c->Put("/v1/uploads/" + upload_id + "?offset=0", Bearer(), package.substr(0, half),
+                    "application/octet-stream");
+  ASSERT_TRUE(put);
+  ASSERT_EQ(put->status, 200) << put->body;
+  KillAndRestart();
+  c = CustomerClient();
+  auto state = c->Get("/v1/uploads/" + upload_id, Bearer());
+  ASSERT_TRUE(state);
+  ASSERT_EQ(state->status, 200) << state->body;
+  EXPECT_EQ(json::parse(state->body)["offset_bytes"], half);
+  put = c->Put("/v1/uploads/" + upload_id + "?offset=" + std::to_string(half), Bearer(),
+               package.substr(half), "application/octet-stream");
+  ASSERT_TRUE(put);
+  ASSERT_EQ(put->status, 200) << put->body;
+  auto commit = c->Post("/v1/uploads/" + upload_id + "/commit", Bearer(),
+                        json{{"name", "resumed"}}.dump(), "application/json");
+  ASSERT_TRUE(commit);
+  ASSERT_EQ(commit->status / 100, 2) << commit->body;
+  EXPECT_EQ(json::parse(commit->body)["sha256"],
+            crypto::HexEncode(crypto::Sha256(package)));
+}
+
+TEST_F(PortalCrashTest, MalformedRequestsChangeNoStateEvenAcrossARestart) {
+  StartPortalProcess();
+  const std::string image_id = CustomerWithSealedImage();
+  RegisterHosts();
+  json job = Customer({"launch", image_id});
+  ASSERT_EQ(job["state"], "placed");
+  const std::string job_id = job["job_id"];
+  const std::string host_id = job["host_id"];
+  auto host = Host(host_id);
+  HostPost(*host, "/v1/hosts/jobs/" + job_id + "/progress", {{"phase", "fetching"}});
+  const json before = Customer({"status"});
+  auto c = CustomerClient();
+  struct Bad {
+    std::string path;
+    std::string body;
+  };
+  // The customer's malformed requests.
+  for (const Bad& b : std::vector<Bad>{{"/v1/launch", "{"},
+                                       {"/v1/launch", "{\"image_id\": 5}"},
+                                       {"/v1/launch", "{\"image_id\": \"img-none\"}"},
+                                       {"/v1/launch", "[]"},
+                                       {"/v1/vms/" + job_id + "/stop", "{"},
+                                       {"/v1/vms/no-such-vm/stop", "{}"}}) {
+    SCOPED_TRACE(b.path + " " + b.body);
+    auto r = c->Post(b.path, Bearer(), b.body, "application/json");
+    ASSERT_TRUE(r);
+    EXPECT_GE(r->status, 400);
+    json err = json::parse(r->body, nullptr, false);
+    EXPECT_TRUE(err["error"]["reason"].is_string()) << r->body;
+  }
+  // The host's: a bad phase, a step back, a bad machine reason, another
+  // host's job, a bad capacity.
+  HostPost(*host, "/v1/hosts/jobs/" + job_id + "/progress", {{"phase", "bogus"}}, 400);
+  HostPost(*host, "/v1/hosts/jobs/" + job_id + "/progress", {{"phase", "placed"}}, 412);
+  HostPost(*host, "/v1/hosts/jobs/" + job_id + "/refusal", {{"reason", "Not A Reason!"}}, 400);
+  auto other = Host(host_id == "host-a" ? "host-b" : "host-a");
+  HostPost(*other, "/v1/hosts/jobs/" + job_id + "/progress", {{"phase", "running"}}, 404);
+  HostPost(*host, "/v1/hosts/register",
+           {{"host_id", host_id}, {"capacity", {{"vcpus", 2}, {"slots", 0}}}}, 400);
+  EXPECT_EQ(Customer({"status"}), before);
+  KillAndRestart();
+  EXPECT_EQ(Customer({"status"}), before);
+}
+
+// Two portal replicas on one PostgreSQL and one S3 store (issue 17): the
+// customer talks to replica A, the hosts to replica B.
+class PortalReplicaTest : public PortalCrashTest {
+ protected:
+  int PortalPort() const override { return customer_on_b_ ? b_->port() : process_->port(); }
+  int HostPort() const override { return b_->port(); }
+  void StartReplicas() {
+    auto pg = vmseal::testing::PgHarness::Start();
+    ASSERT_OK(pg);
+    pg_ = std::move(pg).value();
+    auto url = pg_->CreateDatabase("portal");
+    ASSERT_OK(url);
+    auto s3 = vmseal::testing::S3Server::Start({"images"});
+    ASSERT_OK(s3);
+    s3_ = std::move(s3).value();
+    ::setenv("VMSEAL_S3_SECRET_ACCESS_KEY", vmseal::testing::kS3SecretAccessKey, 1);
+    const std::vector<std::string> shared = {
+        "--store", *url, "--s3-endpoint", s3_->endpoint(), "--s3-bucket", "images",
+        "--s3-access-key-id", vmseal::testing::kS3AccessKeyId};
+    auto a = StartReplica("replica-a", shared);
+    ASSERT_OK(a);
+    process_ = std::move(a).value();
+    auto b = StartReplica("replica-b", shared);
+    ASSERT_OK(b);
+    b_ = std::move(b).value();
+  }
+  std::unique_ptr<vmseal::testing::PgHarness> pg_;
+  std::unique_ptr<vmseal::testing::S3Server> s3_;
+  std::unique_ptr<testing::ServerProcess> b_;
+  bool customer_on_b_ = false;
+};
+
+TEST_F(PortalReplicaTest, JobLaunchedOnOneReplicaRunsThroughTheOtherAndSurvivesItsKill) {
+  StartReplicas();
+  const std::string image_id = CustomerWithSealedImage();
+  ASSERT_FALSE(image_id.empty());
+  RegisterHosts();  // through replica B
+  json job = Customer({"launch", image_id});  // through replica A
+  ASSERT_EQ(job["state"], "placed") << job.dump();
+  const std::string job_id = job["job_id"];
+  const std::string host_id = job["host_id"];
+  EXPECT_NE(host_id, "host-c");
+  auto host = Host(host_id);
+  auto pending = host->Get("/v1/hosts/jobs");
+  ASSERT_TRUE(pending);
+  EXPECT_NE(pending->body.find(job_id), std::string::npos) << pending->body;
+  HostPost(*host, "/v1/hosts/jobs/" + job_id + "/progress", {{"phase", "fetching"}});
+  // Replica A sees what the host told replica B.
+  EXPECT_EQ(Customer({"status", job_id})["state"], "fetching");
+  process_->Kill();
+  // The customer's session and job are served by replica B.
+  customer_on_b_ = true;
+  const auto start = std::chrono::steady_clock::now();
+  json status = Customer({"status", job_id});
+  const double served_again_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_EQ(status["state"], "fetching");
+  EXPECT_EQ(status["host_id"], host_id);
+  for (const char* phase : {"attesting", "decrypting", "running"}) {
+    HostPost(*host, "/v1/hosts/jobs/" + job_id + "/progress", {{"phase", phase}});
+  }
+  status = Customer({"status", job_id});
+  EXPECT_EQ(status["state"], "running");
+  EXPECT_EQ(status["attempts"].size(), 1u);
+  RecordProperty("served_again_ms", static_cast<int>(served_again_ms));
+}
+
+TEST_F(PortalReplicaTest, AQueuedJobIsPlacedOnceWhileBothReplicasTick) {
+  StartReplicas();
+  const std::string image_id = CustomerWithSealedImage();
+  json job = Customer({"launch", image_id});
+  ASSERT_EQ(job["state"], "queued") << job.dump();
+  const std::string job_id = job["job_id"];
+  RegisterHosts();  // both replicas' Ticks now race to place it
+  json status = WaitForJob(job_id, [](const json& j) { return j["state"] == "placed"; });
+  ASSERT_EQ(status["state"], "placed") << status.dump();
+  // A few more Ticks of both replicas: nothing moves.
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  status = Customer({"status", job_id});
+  EXPECT_EQ(status["state"], "placed");
+  EXPECT_EQ(status["attempts"].size(), 1u) << status.dump();
+  int given = 0;
+  for (const char* h : {"host-a", "host-b", "host-c"}) {
+    auto c = Host(h);
+    auto pending = c->Get("/v1/hosts/jobs");
+    ASSERT_TRUE(pending);
+    if (pending->body.find(job_id) != std::string::npos) ++given;
+  }
+  EXPECT_EQ(given, 1);
 }
 
 }  // namespace

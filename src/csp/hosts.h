@@ -11,6 +11,7 @@
 
 #include "base/status.h"
 #include "csp/clock.h"
+#include "csp/state_store.h"
 
 namespace vmseal::csp {
 
@@ -45,7 +46,15 @@ class HostRegistry {
   };
   HostRegistry(const Options& options, const Clock* clock) : options_(options), clock_(clock) {}
 
+  // Makes the registry durable: loads the hosts stored in `store` (their
+  // last heartbeat kept, so a host that died while the portal was down
+  // leaves the pool at the first ExpireStale) and writes every later
+  // change to it. Call once, before use. `store` must outlive the object.
+  // DATA_LOSS for a stored record that cannot be read.
+  Status AttachStore(StateStore* store);
+
   // Registers or re-registers (new capacity/tags) a host; it joins the pool.
+  // With a store, UNAVAILABLE (and nothing changed) when it cannot be written.
   Status Register(const HostRegistration& registration);
   // NOT_FOUND for an unregistered host.
   Status Heartbeat(const std::string& host_id);
@@ -58,10 +67,17 @@ class HostRegistry {
   int64_t heartbeat_timeout_seconds() const { return options_.heartbeat_timeout_seconds; }
 
  private:
+  // Writes `h` to the store (if any).
+  Status SaveLocked(const HostState& h);
+  // With a store: reads every host again (replicas sharing the store see
+  // each other's registrations and heartbeats; hosts are few).
+  void SyncLocked() const;
+
   const Options options_;
   const Clock* const clock_;
+  StateStore* store_ = nullptr;
   mutable std::mutex mu_;
-  std::map<std::string, HostState> hosts_;
+  mutable std::map<std::string, HostState> hosts_;
 };
 
 }  // namespace vmseal::csp

@@ -2,6 +2,10 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
+#include <nlohmann/json.hpp>
+
 #include "crypto/primitives.h"
 
 namespace vmseal::csp {
@@ -20,6 +24,13 @@ bool OnHost(JobState s) { return s >= JobState::kPlaced && s <= JobState::kRunni
 bool HoldsSlot(const Job& job) {
   return !job.host_id.empty() && (OnHost(job.state) || job.state == JobState::kStopping ||
                                   job.state == JobState::kDeleting);
+}
+
+// An ended job: it holds no slot and nothing will happen to it unless the
+// customer starts it again.
+bool Ended(const Job& job) {
+  return !HoldsSlot(job) && (job.state == JobState::kFailed || job.state == JobState::kStopped ||
+                             job.state == JobState::kDeleted);
 }
 
 // What a host's "stopped" means: the customer asked, or someone on the host
@@ -82,9 +93,308 @@ bool IsMachineReason(std::string_view reason) {
   return true;
 }
 
+
+namespace {
+
+using json = nlohmann::json;
+
+json PlacementToJson(const Placement& p) {
+  json decisions = json::array();
+  for (const HostDecision& d : p.decisions) {
+    decisions.push_back({{"host_id", d.host_id}, {"eligible", d.eligible}, {"chosen", d.chosen},
+                         {"reasons", d.reasons}, {"kms_reason", d.kms_reason},
+                         {"load", d.load}, {"capacity_slots", d.capacity_slots}});
+  }
+  return {{"chosen_host_id", p.chosen_host_id}, {"decisions", decisions},
+          {"decided_unix", p.decided_unix}, {"kms_failed", p.kms_failed}};
+}
+
+Placement PlacementFromJson(const json& j) {
+  Placement p;
+  p.chosen_host_id = j.at("chosen_host_id").get<std::string>();
+  for (const json& d : j.at("decisions")) {
+    p.decisions.push_back({d.at("host_id").get<std::string>(), d.at("eligible").get<bool>(),
+                           d.at("chosen").get<bool>(),
+                           d.at("reasons").get<std::vector<std::string>>(),
+                           d.at("kms_reason").get<std::string>(), d.at("load").get<uint32_t>(),
+                           d.at("capacity_slots").get<uint32_t>()});
+  }
+  p.decided_unix = j.at("decided_unix").get<int64_t>();
+  p.kms_failed = j.at("kms_failed").get<bool>();
+  return p;
+}
+
+}  // namespace
+
+std::string JobToRecord(const Job& job) {
+  json attempts = json::array();
+  for (const JobAttempt& a : job.attempts) {
+    attempts.push_back({{"host_id", a.host_id}, {"refusal", a.refusal}, {"reason", a.reason}});
+  }
+  json placements = json::array();
+  for (const Placement& p : job.placements) placements.push_back(PlacementToJson(p));
+  return json{{"v", 1},
+              {"job_id", job.job_id},
+              {"customer_id", job.customer_id},
+              {"image_id", job.image_id},
+              {"object_key", job.object_key},
+              {"package_size_bytes", job.package_size_bytes},
+              {"package_sha256_hex", job.package_sha256_hex},
+              {"tagged_image_id", job.tagged_image_id},
+              {"state", JobStateName(job.state)},
+              {"host_id", job.host_id},
+              {"attempts", attempts},
+              {"failure_reason", job.failure_reason},
+              {"last_placement", PlacementToJson(job.last_placement)},
+              {"placements", placements},
+              {"vm_name", job.vm_name},
+              {"serial_log_path", job.serial_log_path},
+              {"wanted", VmWantedName(job.wanted)},
+              {"vm_host_id", job.vm_host_id},
+              {"end_reason", job.end_reason},
+              {"end_text", job.end_text},
+              {"ended_unix", job.ended_unix},
+              {"pinned_host_id", job.pinned_host_id},
+              {"run_first_attempt", job.run_first_attempt},
+              {"runs", job.runs},
+              {"disk_events", job.disk_events},
+              {"created_unix", job.created_unix},
+              {"updated_unix", job.updated_unix},
+              {"lease_expires_unix", job.lease_expires_unix},
+              {"claim_owner", job.claim_owner},
+              {"claim_until_unix", job.claim_until_unix}}
+      .dump();
+}
+
+StatusOr<Job> JobFromRecord(const std::string& record_json) {
+  json j = json::parse(record_json, nullptr, false);
+  if (!j.is_object() || j.value("v", 0) != 1) return DataLossError("unreadable job record");
+  try {
+    Job job;
+    job.job_id = j.at("job_id").get<std::string>();
+    job.customer_id = j.at("customer_id").get<std::string>();
+    job.image_id = j.at("image_id").get<std::string>();
+    job.object_key = j.at("object_key").get<std::string>();
+    job.package_size_bytes = j.at("package_size_bytes").get<uint64_t>();
+    job.package_sha256_hex = j.at("package_sha256_hex").get<std::string>();
+    job.tagged_image_id = j.at("tagged_image_id").get<std::string>();
+    auto state = JobStateFromName(j.at("state").get<std::string>());
+    if (!state.ok()) return DataLossError("unreadable job record: bad state");
+    job.state = *state;
+    job.host_id = j.at("host_id").get<std::string>();
+    for (const json& a : j.at("attempts")) {
+      job.attempts.push_back({a.at("host_id").get<std::string>(),
+                              a.at("refusal").get<std::string>(),
+                              a.at("reason").get<std::string>()});
+    }
+    job.failure_reason = j.at("failure_reason").get<std::string>();
+    job.last_placement = PlacementFromJson(j.at("last_placement"));
+    for (const json& p : j.at("placements")) job.placements.push_back(PlacementFromJson(p));
+    job.vm_name = j.at("vm_name").get<std::string>();
+    job.serial_log_path = j.at("serial_log_path").get<std::string>();
+    const std::string wanted = j.at("wanted").get<std::string>();
+    if (wanted == "running") {
+      job.wanted = VmWanted::kRunning;
+    } else if (wanted == "stopped") {
+      job.wanted = VmWanted::kStopped;
+    } else if (wanted == "deleted") {
+      job.wanted = VmWanted::kDeleted;
+    } else {
+      return DataLossError("unreadable job record: bad wanted state");
+    }
+    job.vm_host_id = j.at("vm_host_id").get<std::string>();
+    job.end_reason = j.at("end_reason").get<std::string>();
+    job.end_text = j.at("end_text").get<std::string>();
+    job.ended_unix = j.at("ended_unix").get<int64_t>();
+    job.pinned_host_id = j.at("pinned_host_id").get<std::string>();
+    job.run_first_attempt = j.at("run_first_attempt").get<size_t>();
+    job.runs = j.at("runs").get<int>();
+    job.disk_events = j.at("disk_events").get<std::vector<std::string>>();
+    job.created_unix = j.at("created_unix").get<int64_t>();
+    job.updated_unix = j.at("updated_unix").get<int64_t>();
+    job.lease_expires_unix = j.at("lease_expires_unix").get<int64_t>();
+    job.claim_owner = j.at("claim_owner").get<std::string>();
+    job.claim_until_unix = j.at("claim_until_unix").get<int64_t>();
+    if (job.run_first_attempt > job.attempts.size()) {
+      return DataLossError("unreadable job record: bad attempt index");
+    }
+    return job;
+  } catch (const json::exception&) {
+    return DataLossError("unreadable job record");
+  }
+}
+
+namespace {
+// Set by SaveLocked when a write of the current call lost to another
+// replica's (placements excepted: there a lost race is the design).
+thread_local bool t_write_conflict = false;
+
+// Keeps a placement's conflicts out of the calling operation's answer.
+class ConflictFlagScope {
+ public:
+  ConflictFlagScope() : saved_(t_write_conflict) {}
+  ~ConflictFlagScope() { t_write_conflict = saved_; }
+
+ private:
+  const bool saved_;
+};
+}  // namespace
+
+StatusOr<Job> JobManager::FailOnConflict(StatusOr<Job> result) {
+  const bool conflict = t_write_conflict;
+  t_write_conflict = false;
+  if (conflict) {
+    return AbortedError("conflict: the job changed on another portal replica meanwhile; retry");
+  }
+  return result;
+}
+
+StatusOr<Job> JobManager::ReportProgress(const std::string& host_id, const ProgressReport& report) {
+  t_write_conflict = false;
+  return FailOnConflict(ReportProgressLocked(host_id, report));
+}
+
+StatusOr<Job> JobManager::ReportRefusal(const std::string& host_id, const RefusalReport& report) {
+  t_write_conflict = false;
+  return FailOnConflict(ReportRefusalLocked(host_id, report));
+}
+
+StatusOr<Job> JobManager::ReportDiskEvent(const std::string& host_id, const DiskEventReport& report) {
+  t_write_conflict = false;
+  return FailOnConflict(ReportDiskEventLocked(host_id, report));
+}
+
+StatusOr<Job> JobManager::ReportVmEnded(const std::string& host_id, const VmEndedReport& report) {
+  t_write_conflict = false;
+  return FailOnConflict(ReportVmEndedLocked(host_id, report));
+}
+
+StatusOr<Job> JobManager::ReportVmDeleted(const std::string& host_id, const std::string& vm_name) {
+  t_write_conflict = false;
+  return FailOnConflict(ReportVmDeletedLocked(host_id, vm_name));
+}
+
+StatusOr<Job> JobManager::StopVm(const Principal& who, const std::string& vm) {
+  t_write_conflict = false;
+  return FailOnConflict(StopVmLocked(who, vm));
+}
+
+StatusOr<Job> JobManager::StartVm(const Principal& who, const std::string& vm) {
+  t_write_conflict = false;
+  return FailOnConflict(StartVmLocked(who, vm));
+}
+
+StatusOr<Job> JobManager::DeleteVm(const Principal& who, const std::string& vm) {
+  t_write_conflict = false;
+  return FailOnConflict(DeleteVmLocked(who, vm));
+}
+
+std::string JobManager::NewReplicaId() {
+  return "replica-" + crypto::HexEncode(crypto::RandomBytes(6));
+}
+
+Status JobManager::AttachStore(StateStore* store) {
+  ASSIGN_OR_RETURN(std::vector<StoredJob> rows, store->LoadJobsSince(0));
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const StoredJob& row : rows) {
+    auto job = JobFromRecord(row.record_json);
+    if (!job.ok()) return DataLossError("job " + row.job_id + ": " + job.status().message());
+    job->store_version = row.version;
+    // The portal cannot know what hosts did while it was down: each host
+    // gets one full lease from the restart to be heard from again.
+    if (OnHost(job->state)) {
+      job->lease_expires_unix =
+          std::max(job->lease_expires_unix, clock_->NowUnixSeconds() + options_.lease_seconds);
+    }
+    last_seq_ = std::max(last_seq_, row.seq);
+    IndexLocked(*job);
+    jobs_[job->job_id] = *std::move(job);
+  }
+  store_ = store;
+  if (!rows.empty()) spdlog::info("job manager loaded {} jobs from the store", rows.size());
+  return OkStatus();
+}
+
+void JobManager::SyncLocked() {
+  if (store_ == nullptr) return;
+  auto rows = store_->LoadJobsSince(last_seq_);
+  if (!rows.ok()) {
+    spdlog::error("cannot read jobs from the store: {}", rows.status().ToString());
+    return;
+  }
+  for (const StoredJob& row : *rows) {
+    last_seq_ = std::max(last_seq_, row.seq);
+    auto it = jobs_.find(row.job_id);
+    if (it != jobs_.end() && it->second.store_version >= row.version) continue;  // ours
+    auto job = JobFromRecord(row.record_json);
+    if (!job.ok()) {
+      spdlog::error("unreadable job record job={}: {}", row.job_id, job.status().ToString());
+      continue;
+    }
+    job->store_version = row.version;
+    IndexLocked(*job);
+    jobs_[row.job_id] = *std::move(job);
+  }
+}
+
+void JobManager::IndexLocked(const Job& job) {
+  by_customer_[job.customer_id].insert(job.job_id);
+  if (!Ended(job)) active_.insert(job.job_id);
+}
+
+std::vector<std::string> JobManager::ActiveIdsLocked() const {
+  std::vector<std::string> ids;
+  for (auto it = active_.begin(); it != active_.end();) {
+    auto j = jobs_.find(*it);
+    if (j == jobs_.end() || Ended(j->second)) {
+      it = active_.erase(it);
+      continue;
+    }
+    ids.push_back(*it);
+    ++it;
+  }
+  return ids;
+}
+
+bool JobManager::SaveLocked(Job& job) {
+  if (!Ended(job)) active_.insert(job.job_id);
+  if (store_ == nullptr) return true;
+  auto v = store_->PutJob({job.job_id, job.customer_id, std::string(JobStateName(job.state)),
+                           job.host_id, job.updated_unix, JobToRecord(job), job.store_version});
+  if (v.ok()) {
+    job.store_version = *v;
+    return true;
+  }
+  if (v.status().code() == StatusCode::kAborted) {
+    t_write_conflict = true;
+    // Another replica changed the job first: its change stands.
+    spdlog::info("job changed by another replica job={}; this change is dropped", job.job_id);
+    // The newer write has a seq past last_seq_ (writes commit in seq
+    // order): read it into the same map entry (references stay valid).
+    job.store_version = -1;
+    SyncLocked();
+    return false;
+  }
+  spdlog::error("cannot store job={}: {}", job.job_id, v.status().ToString());
+  return false;
+}
+
+bool JobManager::ClaimLocked(Job& job) {
+  const int64_t now = clock_->NowUnixSeconds();
+  if (job.claim_until_unix > now && job.claim_owner != replica_id_) return false;
+  job.claim_owner = replica_id_;
+  job.claim_until_unix = now + options_.lease_seconds;
+  return SaveLocked(job);
+}
+
+void JobManager::RenewLeaseLocked(Job& job) {
+  job.lease_expires_unix = clock_->NowUnixSeconds() + options_.lease_seconds;
+}
+
 std::map<std::string, uint32_t> JobManager::LoadLocked() const {
   std::map<std::string, uint32_t> load;
-  for (const auto& [id, job] : jobs_) {
+  for (const std::string& id : ActiveIdsLocked()) {
+    const Job& job = jobs_.at(id);
     if (HoldsSlot(job)) ++load[job.host_id];
   }
   for (const auto& [host, n] : reserved_) load[host] += n;
@@ -96,6 +406,8 @@ void JobManager::FailLocked(Job& job, const std::string& reason) {
   job.host_id.clear();
   job.failure_reason = reason;
   job.updated_unix = clock_->NowUnixSeconds();
+  job.lease_expires_unix = 0;
+  SaveLocked(job);
   spdlog::warn("job failed job={} customer={}: {}", job.job_id, job.customer_id, reason);
 }
 
@@ -175,10 +487,12 @@ Job* JobManager::StillPlacingLocked(const PlacementTicket& t) {
 }
 
 Placement JobManager::PlaceUnlocked(const PlacementTicket& t, std::unique_lock<std::mutex>& lock) {
+  const ConflictFlagScope conflicts_here_are_expected;
   std::map<std::string, uint32_t> load = LoadLocked();
   lock.unlock();
   Placement placement = scheduler_->Place(t.request, load, t.excluded);
   lock.lock();
+  SyncLocked();
   Job* job = StillPlacingLocked(t);
   if (job == nullptr) return placement;
   Status granted;
@@ -192,6 +506,12 @@ Placement JobManager::PlaceUnlocked(const PlacementTicket& t, std::unique_lock<s
     if (LoadLocked()[chosen] >= capacity) {
       granted = UnavailableError("the host's last slot was taken meanwhile; retried");
     } else {
+      // One replica at a time asks the KMS for the job's grant.
+      if (!ClaimLocked(*job)) {
+        placing_.erase(t.job_id);
+        spdlog::info("placement dropped job={}: another replica is placing it", t.job_id);
+        return placement;
+      }
       // The KMS releases the key only against this grant (one launch of
       // this image of this customer on this host); without it the job waits.
       ++reserved_[chosen];
@@ -200,6 +520,7 @@ Placement JobManager::PlaceUnlocked(const PlacementTicket& t, std::unique_lock<s
                                    options_.grant_ttl_seconds});
       lock.lock();
       if (--reserved_[chosen] == 0) reserved_.erase(chosen);
+      SyncLocked();
       job = StillPlacingLocked(t);
       if (job == nullptr) {
         // Its grant expires unused after grant_ttl_seconds.
@@ -243,11 +564,17 @@ Placement JobManager::PlaceUnlocked(const PlacementTicket& t, std::unique_lock<s
       job->state = JobState::kQueued;
       job->host_id.clear();
       if (t.queued_since > 0) job->updated_unix = t.queued_since;
+      SaveLocked(*job);
       return placement;
     }
     job->state = JobState::kPlaced;
     job->host_id = chosen;
     job->attempts.push_back({job->host_id, ""});
+    job->claim_owner.clear();
+    job->claim_until_unix = 0;
+    RenewLeaseLocked(*job);
+    // Placed exactly once: only over the version this replica claimed.
+    SaveLocked(*job);
     return placement;
   }
   if (t.refused > 0) {
@@ -258,6 +585,9 @@ Placement JobManager::PlaceUnlocked(const PlacementTicket& t, std::unique_lock<s
   job->state = JobState::kQueued;
   job->host_id.clear();
   if (t.queued_since > 0) job->updated_unix = t.queued_since;
+  // A queued job re-placed at every Tick is written only when the decision
+  // changed.
+  if (!repeat) SaveLocked(*job);
   return placement;
 }
 
@@ -269,12 +599,15 @@ std::optional<JobManager::PlacementTicket> JobManager::RefuseLocked(Job& job, co
   }
   spdlog::warn("job refused job={} host={} reason={}: {}", job.job_id, job.host_id, reason, why);
   job.host_id.clear();
+  job.lease_expires_unix = 0;
   if (job.wanted != VmWanted::kRunning) {
     // Stopped or deleted by the customer while it was being launched.
     EndLocked(job, "stopped_by_customer", "stopped before it ran (" + reason + ")");
     return std::nullopt;
   }
   job.state = JobState::kQueued;
+  job.updated_unix = clock_->NowUnixSeconds();
+  if (!SaveLocked(job)) return std::nullopt;  // another replica moved it first
   return BeginPlaceLocked(job);
 }
 
@@ -291,6 +624,8 @@ void JobManager::EndLocked(Job& job, const std::string& reason, const std::strin
     job.state = JobState::kStopped;
     job.wanted = VmWanted::kStopped;
   }
+  job.lease_expires_unix = 0;
+  SaveLocked(job);
   spdlog::info("vm ended job={} customer={} vm={} state={} reason={}: {}", job.job_id,
                job.customer_id, job.vm_name, JobStateName(job.state), reason, job.end_text);
 }
@@ -299,7 +634,8 @@ StatusOr<Job*> JobManager::FindVmLocked(const Principal& who, const std::string&
   if (who.customer_id.empty()) return UnauthenticatedError("not logged in");
   auto it = jobs_.find(vm);
   if (it != jobs_.end() && it->second.customer_id == who.customer_id) return &it->second;
-  for (auto& [id, job] : jobs_) {
+  for (const std::string& id : by_customer_[who.customer_id]) {
+    Job& job = jobs_.at(id);
     if (!vm.empty() && job.vm_name == vm && job.customer_id == who.customer_id) return &job;
   }
   return NotFoundError("no such vm");
@@ -315,8 +651,10 @@ StatusOr<Job*> JobManager::FindHostVmLocked(const std::string& host_id,
 
 std::vector<HostVmCommand> JobManager::VmCommands(const std::string& host_id) {
   std::lock_guard<std::mutex> lock(mu_);
+  SyncLocked();
   std::vector<HostVmCommand> out;
-  for (const auto& [id, job] : jobs_) {
+  for (const std::string& id : ActiveIdsLocked()) {
+    const Job& job = jobs_.at(id);
     if (job.vm_host_id != host_id || job.vm_name.empty()) continue;
     const char* action = job.state == JobState::kRunning    ? "run"
                          : job.state == JobState::kStopping ? "stop"
@@ -327,11 +665,12 @@ std::vector<HostVmCommand> JobManager::VmCommands(const std::string& host_id) {
   return out;
 }
 
-StatusOr<Job> JobManager::ReportVmEnded(const std::string& host_id, const VmEndedReport& report) {
+StatusOr<Job> JobManager::ReportVmEndedLocked(const std::string& host_id, const VmEndedReport& report) {
   if (!IsMachineReason(report.reason)) {
     return InvalidArgumentError("reason must be a machine reason matching [a-z][a-z0-9_]{0,63}");
   }
   std::lock_guard<std::mutex> lock(mu_);
+  SyncLocked();
   ASSIGN_OR_RETURN(Job * job, FindHostVmLocked(host_id, report.vm_name));
   const int64_t run = report.run == 0 ? 1 : report.run;
   if (run != job->runs) {
@@ -347,12 +686,13 @@ StatusOr<Job> JobManager::ReportVmEnded(const std::string& host_id, const VmEnde
   return *job;
 }
 
-StatusOr<Job> JobManager::ReportDiskEvent(const std::string& host_id,
+StatusOr<Job> JobManager::ReportDiskEventLocked(const std::string& host_id,
                                           const DiskEventReport& report) {
   if (!IsMachineReason(report.event)) {
     return InvalidArgumentError("event must be a machine name matching [a-z][a-z0-9_]{0,63}");
   }
   std::lock_guard<std::mutex> lock(mu_);
+  SyncLocked();
   auto it = jobs_.find(report.job_id);
   if (it == jobs_.end() || host_id.empty() ||
       (it->second.host_id != host_id && it->second.vm_host_id != host_id)) {
@@ -369,13 +709,15 @@ StatusOr<Job> JobManager::ReportDiskEvent(const std::string& host_id,
   }
   job.disk_events.push_back(report.event + ": " + text);
   job.updated_unix = clock_->NowUnixSeconds();
+  SaveLocked(job);
   spdlog::warn("disk event job={} host={} event={} {}", job.job_id, host_id, report.event, text);
   return job;
 }
 
-StatusOr<Job> JobManager::ReportVmDeleted(const std::string& host_id,
+StatusOr<Job> JobManager::ReportVmDeletedLocked(const std::string& host_id,
                                           const std::string& vm_name) {
   std::lock_guard<std::mutex> lock(mu_);
+  SyncLocked();
   ASSIGN_OR_RETURN(Job * job, FindHostVmLocked(host_id, vm_name));
   if (job->state == JobState::kRunning || job->state == JobState::kStopping) {
     // Gone without the customer asking (an operator removed it).
@@ -387,13 +729,15 @@ StatusOr<Job> JobManager::ReportVmDeleted(const std::string& host_id,
     job->vm_host_id.clear();
     job->state = JobState::kDeleted;
     job->updated_unix = clock_->NowUnixSeconds();
+    SaveLocked(*job);
     spdlog::info("vm deleted job={} host={} vm={}", job->job_id, host_id, vm_name);
   }
   return *job;
 }
 
-StatusOr<Job> JobManager::StopVm(const Principal& who, const std::string& vm) {
+StatusOr<Job> JobManager::StopVmLocked(const Principal& who, const std::string& vm) {
   std::lock_guard<std::mutex> lock(mu_);
+  SyncLocked();
   ASSIGN_OR_RETURN(Job * job, FindVmLocked(who, vm));
   switch (job->state) {
     case JobState::kStopping:
@@ -412,17 +756,22 @@ StatusOr<Job> JobManager::StopVm(const Principal& who, const std::string& vm) {
   }
   job->wanted = VmWanted::kStopped;
   job->updated_unix = clock_->NowUnixSeconds();
+  SaveLocked(*job);
   spdlog::info("vm stop requested job={} customer={} vm={}", job->job_id, job->customer_id,
                job->vm_name);
   return *job;
 }
 
-StatusOr<Job> JobManager::StartVm(const Principal& who, const std::string& vm) {
+StatusOr<Job> JobManager::StartVmLocked(const Principal& who, const std::string& vm) {
   std::unique_lock<std::mutex> lock(mu_);
+  SyncLocked();
   ASSIGN_OR_RETURN(Job * job, FindVmLocked(who, vm));
   if ((OnHost(job->state) || job->state == JobState::kQueued) &&
       job->wanted != VmWanted::kDeleted) {
-    job->wanted = VmWanted::kRunning;  // a stop asked during the launch is withdrawn
+    if (job->wanted != VmWanted::kRunning) {
+      job->wanted = VmWanted::kRunning;  // a stop asked during the launch is withdrawn
+      SaveLocked(*job);
+    }
     return *job;
   }
   if (job->state != JobState::kStopped) return BadState(*job, "start");
@@ -435,6 +784,7 @@ StatusOr<Job> JobManager::StartVm(const Principal& who, const std::string& vm) {
   ++job->runs;
   job->state = JobState::kQueued;
   job->updated_unix = clock_->NowUnixSeconds();
+  SaveLocked(*job);
   spdlog::info("vm start requested job={} customer={} vm={} run={}", job->job_id,
                job->customer_id, job->vm_name, job->runs);
   auto ticket = BeginPlaceLocked(*job);
@@ -443,8 +793,9 @@ StatusOr<Job> JobManager::StartVm(const Principal& who, const std::string& vm) {
   return GetAnyJobLocked(ticket->job_id);
 }
 
-StatusOr<Job> JobManager::DeleteVm(const Principal& who, const std::string& vm) {
+StatusOr<Job> JobManager::DeleteVmLocked(const Principal& who, const std::string& vm) {
   std::lock_guard<std::mutex> lock(mu_);
+  SyncLocked();
   ASSIGN_OR_RETURN(Job * job, FindVmLocked(who, vm));
   if (job->state == JobState::kDeleting || job->state == JobState::kDeleted) return *job;
   const bool launching = OnHost(job->state) && job->state != JobState::kRunning;
@@ -452,9 +803,13 @@ StatusOr<Job> JobManager::DeleteVm(const Principal& who, const std::string& vm) 
   job->updated_unix = clock_->NowUnixSeconds();
   spdlog::info("vm delete requested job={} customer={} vm={}", job->job_id, job->customer_id,
                job->vm_name);
-  if (launching) return *job;  // deleted once it runs (or is refused)
+  if (launching) {
+    SaveLocked(*job);
+    return *job;  // deleted once it runs (or is refused)
+  }
   if (job->state == JobState::kRunning || job->state == JobState::kStopping) {
     job->state = JobState::kDeleting;
+    SaveLocked(*job);
     return *job;
   }
   if (job->vm_host_id.empty()) {
@@ -466,9 +821,11 @@ StatusOr<Job> JobManager::DeleteVm(const Principal& who, const std::string& vm) 
     }
     job->host_id.clear();
     job->state = JobState::kDeleted;
+    SaveLocked(*job);
     return *job;
   }
   job->state = JobState::kDeleting;  // stopped or failed: its host removes the files
+  SaveLocked(*job);
   return *job;
 }
 
@@ -485,9 +842,13 @@ StatusOr<Job> JobManager::Launch(const Principal& who, const LaunchRequest& requ
   job.created_unix = job.updated_unix = clock_->NowUnixSeconds();
   job.state = JobState::kQueued;
   std::unique_lock<std::mutex> lock(mu_);
+  SyncLocked();
   spdlog::info("job queued job={} customer={} image={}", job.job_id, job.customer_id,
                job.image_id);
+  IndexLocked(job);
   Job& stored = jobs_[job.job_id] = std::move(job);
+  // Durable before the customer hears of it: a queued job survives a crash.
+  SaveLocked(stored);
   auto ticket = BeginPlaceLocked(stored);
   if (!ticket) return stored;
   PlaceUnlocked(*ticket, lock);
@@ -497,6 +858,7 @@ StatusOr<Job> JobManager::Launch(const Principal& who, const LaunchRequest& requ
 StatusOr<Job> JobManager::GetJob(const Principal& who, const std::string& job_id) {
   if (who.customer_id.empty()) return UnauthenticatedError("not logged in");
   std::lock_guard<std::mutex> lock(mu_);
+  SyncLocked();
   auto it = jobs_.find(job_id);
   if (it == jobs_.end() || it->second.customer_id != who.customer_id) {
     return NotFoundError("no such job");
@@ -507,10 +869,9 @@ StatusOr<Job> JobManager::GetJob(const Principal& who, const std::string& job_id
 StatusOr<std::vector<Job>> JobManager::ListJobs(const Principal& who) {
   if (who.customer_id.empty()) return UnauthenticatedError("not logged in");
   std::lock_guard<std::mutex> lock(mu_);
+  SyncLocked();
   std::vector<Job> out;
-  for (const auto& [id, job] : jobs_) {
-    if (job.customer_id == who.customer_id) out.push_back(job);
-  }
+  for (const std::string& id : by_customer_[who.customer_id]) out.push_back(jobs_.at(id));
   return out;
 }
 
@@ -530,6 +891,7 @@ StatusOr<Placement> JobManager::ExplainImagePlacement(const Principal& who,
 
 std::vector<Job> JobManager::ListAllJobs() {
   std::lock_guard<std::mutex> lock(mu_);
+  SyncLocked();
   std::vector<Job> out;
   for (const auto& [id, job] : jobs_) out.push_back(job);
   return out;
@@ -537,6 +899,7 @@ std::vector<Job> JobManager::ListAllJobs() {
 
 StatusOr<Job> JobManager::GetAnyJob(const std::string& job_id) {
   std::lock_guard<std::mutex> lock(mu_);
+  SyncLocked();
   return GetAnyJobLocked(job_id);
 }
 
@@ -548,16 +911,26 @@ StatusOr<Job> JobManager::GetAnyJobLocked(const std::string& job_id) const {
 
 std::vector<Job> JobManager::PendingJobs(const std::string& host_id) {
   std::lock_guard<std::mutex> lock(mu_);
+  SyncLocked();
   std::vector<Job> out;
-  for (const auto& [id, job] : jobs_) {
-    if (job.state == JobState::kPlaced && job.host_id == host_id) out.push_back(job);
+  const int64_t now = clock_->NowUnixSeconds();
+  for (const std::string& id : ActiveIdsLocked()) {
+    Job& job = jobs_.at(id);
+    if (job.host_id != host_id || host_id.empty() || !OnHost(job.state)) continue;
+    // The host's poll renews its leases (written at most every half lease).
+    if (job.lease_expires_unix - now < options_.lease_seconds / 2) {
+      RenewLeaseLocked(job);
+      SaveLocked(job);
+    }
+    if (job.state == JobState::kPlaced) out.push_back(job);
   }
   return out;
 }
 
-StatusOr<Job> JobManager::ReportProgress(const std::string& host_id,
+StatusOr<Job> JobManager::ReportProgressLocked(const std::string& host_id,
                                          const ProgressReport& report) {
   std::lock_guard<std::mutex> lock(mu_);
+  SyncLocked();
   auto it = jobs_.find(report.job_id);
   if (it == jobs_.end() || it->second.host_id != host_id || !OnHost(it->second.state)) {
     return NotFoundError("no such job on this host");
@@ -577,13 +950,16 @@ StatusOr<Job> JobManager::ReportProgress(const std::string& host_id,
   if (!report.vm_name.empty()) job.vm_name = report.vm_name.substr(0, 256);
   if (!report.serial_log_path.empty()) job.serial_log_path = report.serial_log_path.substr(0, 4096);
   job.updated_unix = clock_->NowUnixSeconds();
+  if (OnHost(job.state)) RenewLeaseLocked(job);
+  SaveLocked(job);
   spdlog::info("job progress job={} host={} state={}", job.job_id, host_id,
                JobStateName(job.state));
   return job;
 }
 
-StatusOr<Job> JobManager::ReportRefusal(const std::string& host_id, const RefusalReport& report) {
+StatusOr<Job> JobManager::ReportRefusalLocked(const std::string& host_id, const RefusalReport& report) {
   std::unique_lock<std::mutex> lock(mu_);
+  SyncLocked();
   auto it = jobs_.find(report.job_id);
   if (it == jobs_.end() || it->second.host_id != host_id || !OnHost(it->second.state)) {
     return NotFoundError("no such job on this host");
@@ -607,11 +983,34 @@ StatusOr<Job> JobManager::ReportRefusal(const std::string& host_id, const Refusa
 void JobManager::Tick() {
   std::vector<std::string> dropped = hosts_->ExpireStale();
   std::unique_lock<std::mutex> lock(mu_);
+  SyncLocked();
   const int64_t now = clock_->NowUnixSeconds();
   // Placed after the scan, one at a time, with the lock released around
   // each KMS call.
   std::vector<PlacementTicket> tickets;
-  for (auto& [id, job] : jobs_) {
+  for (const std::string& id : ActiveIdsLocked()) {
+    Job& job = jobs_.at(id);
+    const bool host_dropped =
+        std::find(dropped.begin(), dropped.end(), job.host_id) != dropped.end();
+    // A host that just left the pool loses its job below, with that reason.
+    if (OnHost(job.state) && job.lease_expires_unix > 0 && !host_dropped) {
+      // A heartbeat of the job's host renews its lease.
+      auto host = hosts_->Get(job.host_id);
+      if (host.ok() && host->in_pool &&
+          host->last_heartbeat_unix + options_.lease_seconds > job.lease_expires_unix &&
+          job.lease_expires_unix - now < options_.lease_seconds / 2) {
+        job.lease_expires_unix = host->last_heartbeat_unix + options_.lease_seconds;
+        SaveLocked(job);
+      }
+      if (job.lease_expires_unix < now) {
+        auto t = RefuseLocked(job, std::string(RefusalKindReason(RefusalKind::kHostLost)),
+                              std::string(RefusalKindName(RefusalKind::kHostLost)) +
+                                  ": lease expired (no word from the host for over " +
+                                  std::to_string(options_.lease_seconds) + " s)");
+        if (t) tickets.push_back(*std::move(t));
+        continue;
+      }
+    }
     if (OnHost(job.state)) {
       for (const std::string& h : dropped) {
         if (job.host_id == h) {

@@ -21,6 +21,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,7 @@
 #include "csp/hosts.h"
 #include "csp/images.h"
 #include "csp/scheduler.h"
+#include "csp/state_store.h"
 
 namespace vmseal::csp {
 
@@ -124,7 +126,24 @@ struct Job {
   std::vector<std::string> disk_events;
   int64_t created_unix = 0;
   int64_t updated_unix = 0;
+  // The lease of the current attempt's host (placed .. running): the host
+  // holds the job until then; every heartbeat, poll or progress report of
+  // that host renews it. Once it has passed, the attempt ends (host_lost,
+  // "lease expired") and the job is placed on another trusted host. 0 when
+  // no host holds the job.
+  int64_t lease_expires_unix = 0;
+  // Portal replicas sharing one store: the replica asking the KMS for this
+  // job's grant, and until when its claim holds (docs/protocol.md §6.3).
+  std::string claim_owner;
+  int64_t claim_until_unix = 0;
+  // The store's version of this job when it was read (not in the record).
+  int64_t store_version = 0;
 };
+
+// The job's durable record (docs/format/portal-state.md §2) and back.
+// JobFromRecord: DATA_LOSS for a record it cannot read.
+std::string JobToRecord(const Job& job);
+StatusOr<Job> JobFromRecord(const std::string& record_json);
 
 struct LaunchRequest {
   std::string image_id;
@@ -198,11 +217,21 @@ class JobManager {
     // Lifetime of the KMS grant registered when a job is placed on a host:
     // the host must have its key released within it. Default 600 s.
     int64_t grant_ttl_seconds = 600;
+    // Lease a host gets on a job it is given, renewed by its heartbeats,
+    // polls and progress reports. Default 30 s.
+    int64_t lease_seconds = 30;
   };
   // All pointers must outlive the object.
   JobManager(const Options& options, ImageService* images, HostRegistry* hosts,
              const Scheduler* scheduler, const Clock* clock)
       : options_(options), images_(images), hosts_(hosts), scheduler_(scheduler), clock_(clock) {}
+
+  // Makes the jobs durable: loads every job stored in `store` (queued jobs
+  // are placed at the next Tick; jobs on a host keep their host and lease)
+  // and writes each later state change of a job to it, one transaction per
+  // change. Call once, before use. `store` must outlive the object.
+  // DATA_LOSS for a stored record that cannot be read.
+  Status AttachStore(StateStore* store);
 
   // Customer side. Launch looks the image up as `who` (so another customer's
   // image is NOT_FOUND) and places the job at once if a host is eligible.
@@ -228,6 +257,10 @@ class JobManager {
   // disk_events and logged; repeats change nothing. NOT_FOUND "no such job"
   // for another host's or no job; INVALID_ARGUMENT for a bad event name.
   StatusOr<Job> ReportDiskEvent(const std::string& host_id, const DiskEventReport& report);
+
+  // With replicas sharing a store, the calls below that change a job
+  // answer ABORTED "conflict: ..." (409) when another replica changed the
+  // job at the same moment: nothing of this call was kept; retry.
 
   // The VMs the portal places on `host_id` (running, stopping, deleting) with
   // the action the host must take for each.
@@ -297,6 +330,38 @@ class JobManager {
   std::optional<PlacementTicket> RefuseLocked(Job& job, const std::string& reason,
                                              const std::string& why);
   std::map<std::string, uint32_t> LoadLocked() const;
+  // The public calls of the same name; the public ones answer ABORTED
+  // "conflict" when the job's write lost to another replica's.
+  StatusOr<Job> ReportProgressLocked(const std::string& host_id, const ProgressReport& report);
+  StatusOr<Job> ReportRefusalLocked(const std::string& host_id, const RefusalReport& report);
+  StatusOr<Job> ReportDiskEventLocked(const std::string& host_id, const DiskEventReport& report);
+  StatusOr<Job> ReportVmEndedLocked(const std::string& host_id, const VmEndedReport& report);
+  StatusOr<Job> ReportVmDeletedLocked(const std::string& host_id, const std::string& vm_name);
+  StatusOr<Job> StopVmLocked(const Principal& who, const std::string& vm);
+  StatusOr<Job> StartVmLocked(const Principal& who, const std::string& vm);
+  StatusOr<Job> DeleteVmLocked(const Principal& who, const std::string& vm);
+  // ABORTED "conflict: ..." instead of `result` when a write of this call
+  // (outside placement) lost to another replica's; resets the flag.
+  static StatusOr<Job> FailOnConflict(StatusOr<Job> result);
+  // Writes the job to the store (if any) over the version it was read at.
+  // False when it was not written: on a conflict (another replica changed
+  // the job) the job is read again from the store, so the caller's change
+  // is dropped; any other store error is logged and the change stays in
+  // memory, written with the job's next change.
+  bool SaveLocked(Job& job);
+  // Reads the jobs other replicas (or this one) wrote since the last look.
+  void SyncLocked();
+  // Adds the job to the customer index and, unless it has ended, to the
+  // active set (jobs the per-operation scans look at).
+  void IndexLocked(const Job& job);
+  // The ids of jobs that have not ended (queued, on a host, stopping,
+  // deleting), by id; drops ended ones from the active set on the way.
+  std::vector<std::string> ActiveIdsLocked() const;
+  // Takes the job's placement claim for this replica (written to the
+  // store); false if another replica holds a live claim or won the write.
+  bool ClaimLocked(Job& job);
+  // Extends the job's lease to now + lease_seconds.
+  void RenewLeaseLocked(Job& job);
   void FailLocked(Job& job, const std::string& reason);
   // The VM ended: stopped (or deleted when the customer wants that), slot
   // freed.
@@ -311,8 +376,19 @@ class JobManager {
   HostRegistry* const hosts_;
   const Scheduler* const scheduler_;
   const Clock* const clock_;
+  StateStore* store_ = nullptr;
+  // The store's seq of the newest job write this replica has read.
+  int64_t last_seq_ = 0;
+  // This replica's name in placement claims (random per process).
+  const std::string replica_id_ = NewReplicaId();
+  static std::string NewReplicaId();
   std::mutex mu_;
   std::map<std::string, Job> jobs_;
+  // Customer -> job ids (a job's customer never changes).
+  std::map<std::string, std::set<std::string>> by_customer_;
+  // A superset of the jobs that have not ended: with 100,000 jobs in the
+  // store, placements, polls and Tick scan these only.
+  mutable std::set<std::string> active_;
   // Jobs being placed outside the lock: job id -> newest ticket's sequence.
   std::map<std::string, uint64_t> placing_;
   uint64_t next_sequence_ = 0;

@@ -29,7 +29,7 @@ constexpr uint64_t kMaxJsonBodyBytes = 1 << 20;
 
 struct PortalServer::Impl {
   Options options;
-  std::unique_ptr<SqlitePortalDb> db;
+  std::unique_ptr<PortalStore> db;
   std::unique_ptr<store::ObjectStore> store;
   std::unique_ptr<store::UploadSessions> uploads;
   std::unique_ptr<Accounts> accounts;
@@ -142,7 +142,8 @@ StatusOr<std::unique_ptr<PortalServer>> PortalServer::Create(Options options,
   std::filesystem::permissions(options.data_dir, std::filesystem::perms::owner_all,
                                std::filesystem::perm_options::replace, ec);
   auto impl = std::make_unique<Impl>();
-  ASSIGN_OR_RETURN(impl->db, SqlitePortalDb::Open(options.data_dir + "/portal.db"));
+  // SQLite in the data directory, or the PostgreSQL that replicas share.
+  ASSIGN_OR_RETURN(impl->db, OpenPortalStore(options.store_url, options.data_dir + "/portal.db"));
   if (!options.s3_endpoint.empty()) {
     store::S3ObjectStore::Options s3;
     s3.endpoint = options.s3_endpoint;
@@ -175,9 +176,13 @@ StatusOr<std::unique_ptr<PortalServer>> PortalServer::Create(Options options,
   JobManager::Options jo;
   jo.max_attempts = options.max_attempts;
   jo.grant_ttl_seconds = options.grant_ttl_seconds;
+  jo.lease_seconds = options.lease_seconds;
   impl->jobs = std::make_unique<JobManager>(jo, impl->images.get(),
                                             impl->hosts.get(), impl->scheduler.get(),
                                             Clock::Real());
+  // Hosts and jobs live in the portal database and survive a restart.
+  RETURN_IF_ERROR(impl->hosts->AttachStore(impl->db.get()));
+  RETURN_IF_ERROR(impl->jobs->AttachStore(impl->db.get()));
   net::HttpsServer::Options no = std::move(options.front_end);
   no.bind_address = options.bind_address;
   no.port = options.port;

@@ -36,6 +36,9 @@ class PortalServer {
   struct Options {
     // Directory for portal.db, objects/ (filesystem store) and staging/.
     // Required.
+    // The portal's database: "" for SQLite in data_dir (one portal), or a
+    // postgres:// URL that several replicas share (with one S3 store).
+    std::string store_url;
     std::string data_dir;
     // Address and port to listen on; port 0 picks a free one.
     std::string bind_address = "127.0.0.1";
@@ -61,6 +64,9 @@ class PortalServer {
     std::string agent_binary_path = "/proc/self/exe";
     // A host with no heartbeat for longer than this leaves the pool.
     int64_t heartbeat_timeout_seconds = 30;
+    // Lease of a host on a job it was given (renewed by its heartbeats,
+    // polls and progress); once past, the job goes to another host.
+    int64_t lease_seconds = 30;
     // Most hosts one job is tried on before it fails. Default 3.
     int max_attempts = 3;
     // Lifetime of the KMS grant of a placed job (JobManager::Options).

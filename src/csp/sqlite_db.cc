@@ -34,6 +34,27 @@ CREATE TABLE IF NOT EXISTS images (
   created_unix INTEGER NOT NULL,
   tagged_image_id TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS images_by_customer ON images(customer_id, created_unix);
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+)sql";
+
+// Migration to version 2 (issue 17): jobs and hosts leave memory.
+constexpr char kMigration2[] = R"sql(
+CREATE TABLE jobs (
+  job_id TEXT PRIMARY KEY,
+  customer_id TEXT NOT NULL,
+  state TEXT NOT NULL,
+  host_id TEXT NOT NULL,
+  updated_unix INTEGER NOT NULL,
+  record TEXT NOT NULL,
+  version INTEGER NOT NULL,
+  seq INTEGER NOT NULL);
+CREATE INDEX jobs_by_customer ON jobs(customer_id);
+CREATE INDEX jobs_by_seq ON jobs(seq);
+CREATE INDEX jobs_by_state ON jobs(state, host_id);
+CREATE TABLE hosts (
+  host_id TEXT PRIMARY KEY,
+  last_heartbeat_unix INTEGER NOT NULL,
+  record TEXT NOT NULL);
 )sql";
 
 struct StmtDeleter {
@@ -130,6 +151,133 @@ StatusOr<std::unique_ptr<SqlitePortalDb>> SqlitePortalDb::Open(const std::string
         std::string_view(sqlite3_errmsg(db)).find("duplicate column") == std::string_view::npos) {
       return InternalError(std::string("upgrade database schema: ") + sqlite3_errmsg(db));
     }
+  }
+  RETURN_IF_ERROR(out->Migrate());
+  return out;
+}
+
+Status SqlitePortalDb::Migrate() {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto exec = [this](const char* sql) -> Status {
+    char* err = nullptr;
+    if (sqlite3_exec(db_, sql, nullptr, nullptr, &err) != SQLITE_OK) {
+      std::string msg = err != nullptr ? err : "unknown";
+      sqlite3_free(err);
+      return InternalError(std::string("migrate database schema: ") + msg);
+    }
+    return OkStatus();
+  };
+  // BEGIN IMMEDIATE: two portals opening one file migrate one after the other.
+  RETURN_IF_ERROR(exec("BEGIN IMMEDIATE"));
+  auto version = [this]() -> StatusOr<int> {
+    ASSIGN_OR_RETURN(StmtPtr s, Prepare(db_, "SELECT MAX(version) FROM schema_version", {}));
+    if (sqlite3_step(s.get()) != SQLITE_ROW) return DbError(db_, "step");
+    return sqlite3_column_type(s.get(), 0) == SQLITE_NULL ? 1 : sqlite3_column_int(s.get(), 0);
+  }();
+  Status st = version.status();
+  if (st.ok() && *version > kPortalSchemaVersion) {
+    st = FailedPreconditionError("the portal database has schema version " +
+                                 std::to_string(*version) + ", newer than this binary's " +
+                                 std::to_string(kPortalSchemaVersion));
+  }
+  if (st.ok() && *version < 2) st = exec(kMigration2);
+  if (st.ok() && *version < kPortalSchemaVersion) {
+    st = Exec(db_, "DELETE FROM schema_version", {});
+    if (st.ok()) {
+      st = Exec(db_, "INSERT INTO schema_version(version) VALUES(?)",
+                {static_cast<int64_t>(kPortalSchemaVersion)});
+    }
+  }
+  if (!st.ok()) {
+    (void)exec("ROLLBACK");
+    return st;
+  }
+  return exec("COMMIT");
+}
+
+StatusOr<int> SqlitePortalDb::SchemaVersion() {
+  std::lock_guard<std::mutex> lock(mu_);
+  ASSIGN_OR_RETURN(StmtPtr s, Prepare(db_, "SELECT MAX(version) FROM schema_version", {}));
+  if (sqlite3_step(s.get()) != SQLITE_ROW) return DbError(db_, "step");
+  return sqlite3_column_int(s.get(), 0);
+}
+
+StatusOr<int64_t> SqlitePortalDb::PutJob(const StoredJob& j) {
+  std::lock_guard<std::mutex> lock(mu_);
+  // One connection per process, and SQLite serialises writers: the version
+  // check and the write are one transaction.
+  if (sqlite3_exec(db_, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) != SQLITE_OK) {
+    return DbError(db_, "begin");
+  }
+  auto body = [&]() -> StatusOr<int64_t> {
+    ASSIGN_OR_RETURN(StmtPtr s, Prepare(db_, "SELECT version FROM jobs WHERE job_id=?", {j.job_id}));
+    int rc = sqlite3_step(s.get());
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) return DbError(db_, "step");
+    const int64_t stored = rc == SQLITE_ROW ? sqlite3_column_int64(s.get(), 0) : 0;
+    if (stored != j.version) return AbortedError("conflict: the job changed meanwhile");
+    RETURN_IF_ERROR(Exec(db_,
+                         "INSERT INTO jobs(job_id, customer_id, state, host_id, updated_unix, "
+                         "record, version, seq) VALUES(?,?,?,?,?,?,?,"
+                         "(SELECT COALESCE(MAX(seq),0)+1 FROM jobs)) "
+                         "ON CONFLICT(job_id) DO UPDATE SET state=excluded.state, "
+                         "host_id=excluded.host_id, updated_unix=excluded.updated_unix, "
+                         "record=excluded.record, version=excluded.version, seq=excluded.seq",
+                         {j.job_id, j.customer_id, j.state, j.host_id, j.updated_unix,
+                          j.record_json, j.version + 1}));
+    return j.version + 1;
+  };
+  StatusOr<int64_t> out = body();
+  if (!out.ok()) {
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    return out;
+  }
+  if (sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK) {
+    Status st = DbError(db_, "commit");
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    return st;
+  }
+  return out;
+}
+
+StatusOr<std::vector<StoredJob>> SqlitePortalDb::LoadJobsSince(int64_t seq) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ASSIGN_OR_RETURN(StmtPtr s, Prepare(db_,
+                                      "SELECT job_id, customer_id, state, host_id, updated_unix, "
+                                      "record, version, seq FROM jobs WHERE seq>? ORDER BY seq",
+                                      {seq}));
+  std::vector<StoredJob> out;
+  for (;;) {
+    int rc = sqlite3_step(s.get());
+    if (rc == SQLITE_DONE) break;
+    if (rc != SQLITE_ROW) return DbError(db_, "step");
+    out.push_back({Text(s.get(), 0), Text(s.get(), 1), Text(s.get(), 2), Text(s.get(), 3),
+                   sqlite3_column_int64(s.get(), 4), Text(s.get(), 5),
+                   sqlite3_column_int64(s.get(), 6), sqlite3_column_int64(s.get(), 7)});
+  }
+  return out;
+}
+
+Status SqlitePortalDb::PutHost(const StoredHost& h) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return Exec(db_,
+              "INSERT INTO hosts(host_id, last_heartbeat_unix, record) VALUES(?,?,?) "
+              "ON CONFLICT(host_id) DO UPDATE SET last_heartbeat_unix=excluded.last_heartbeat_unix, "
+              "record=excluded.record",
+              {h.host_id, h.last_heartbeat_unix, h.record_json});
+}
+
+StatusOr<std::vector<StoredHost>> SqlitePortalDb::LoadHosts() {
+  std::lock_guard<std::mutex> lock(mu_);
+  ASSIGN_OR_RETURN(StmtPtr s, Prepare(db_,
+                                      "SELECT host_id, last_heartbeat_unix, record FROM hosts "
+                                      "ORDER BY host_id",
+                                      {}));
+  std::vector<StoredHost> out;
+  for (;;) {
+    int rc = sqlite3_step(s.get());
+    if (rc == SQLITE_DONE) break;
+    if (rc != SQLITE_ROW) return DbError(db_, "step");
+    out.push_back({Text(s.get(), 0), sqlite3_column_int64(s.get(), 1), Text(s.get(), 2)});
   }
   return out;
 }

@@ -7,14 +7,21 @@
 #include <string>
 
 #include "csp/portal_db.h"
+#include "csp/state_store.h"
 
 struct sqlite3;
 
 namespace vmseal::csp {
 
-class SqlitePortalDb final : public PortalDb {
+// The schema's version lives in table schema_version; Open applies the
+// missing migrations in order, in one transaction.
+inline constexpr int kPortalSchemaVersion = 2;
+
+class SqlitePortalDb final : public PortalStore {
  public:
-  // Opens or creates the database at `path` (mode 0600) and its schema.
+  // Opens or creates the database at `path` (mode 0600) and migrates its
+  // schema to kPortalSchemaVersion. FAILED_PRECONDITION for a database of a
+  // newer schema than this binary knows.
   // ":memory:" gives a private in-memory database (tests).
   static StatusOr<std::unique_ptr<SqlitePortalDb>> Open(const std::string& path);
   ~SqlitePortalDb() override;
@@ -32,8 +39,17 @@ class SqlitePortalDb final : public PortalDb {
   StatusOr<std::vector<ImageRecord>> ListImages(const std::string& customer_id) override;
   Status DeleteImage(const std::string& customer_id, const std::string& image_id) override;
 
+  StatusOr<int64_t> PutJob(const StoredJob& job) override;
+  StatusOr<std::vector<StoredJob>> LoadJobsSince(int64_t seq) override;
+  Status PutHost(const StoredHost& host) override;
+  StatusOr<std::vector<StoredHost>> LoadHosts() override;
+  // The schema version recorded in the database.
+  StatusOr<int> SchemaVersion();
+
  private:
   explicit SqlitePortalDb(sqlite3* db) : db_(db) {}
+  // Applies the migrations the database lacks, in one transaction.
+  Status Migrate();
   // `column` is a fixed column name, never caller input.
   StatusOr<CustomerRecord> FindCustomerBy(const char* column, const std::string& value);
   sqlite3* const db_;  // owned; closed in the destructor

@@ -74,6 +74,14 @@ class ServerProcess {
     ::waitpid(pid_, &status, 0);
     pid_ = -1;
   }
+  // kill -9: the process gets no chance to flush or close anything.
+  void Kill() {
+    if (pid_ <= 0) return;
+    ::kill(pid_, SIGKILL);
+    int status = 0;
+    ::waitpid(pid_, &status, 0);
+    pid_ = -1;
+  }
   int port() const { return port_; }
   // The process id (e.g. to SIGSTOP it), or -1 once stopped.
   pid_t pid() const { return pid_; }

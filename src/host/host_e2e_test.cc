@@ -1217,6 +1217,95 @@ TEST_F(HostStreamE2eTest, VmQemuRunsAsItsOwnUserThatCannotReadHostSecretsOrAnoth
 }
 
 
+// The regular files directly in `dir`.
+std::vector<std::string> FilesIn(const std::string& dir) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    if (e.is_regular_file()) out.push_back(e.path().string());
+  }
+  return out;
+}
+
+TEST_F(HostStreamE2eTest, VmExportRunsAsItsVmUserThatCannotReadHostSecretsOrAnotherVmsCache) {
+  if (::geteuid() != 0) GTEST_SKIP() << "VM users need the agent to run as root";
+  vm::VmInfo a = LaunchAndBoot(Seal("export-user-a"));
+  ASSERT_FALSE(a.name.empty());
+  ASSERT_OK(daemon_->service()->HeartbeatOnce());
+  const std::string job_b = UploadAndLaunch(Seal("export-user-b"));
+  ASSERT_OK(daemon_->service()->PollOnce());
+  ASSERT_EQ(JobJson(job_b)["state"], "running");
+  auto vms = daemon_->vms()->List();
+  ASSERT_OK(vms);
+  ASSERT_EQ(vms->size(), 2u);
+  vm::VmInfo b = (*vms)[0].name == a.name ? (*vms)[1] : (*vms)[0];
+  const auto dirs_a = daemon_->agent()->ExportDirsForTesting(a.name);
+  const auto dirs_b = daemon_->agent()->ExportDirsForTesting(b.name);
+  ASSERT_EQ(dirs_a.size(), 1u);
+  ASSERT_EQ(dirs_b.size(), 1u);
+  // B's cache is filled (it holds ciphertext worth stealing or corrupting).
+  WaitForPrefetch(b.name);
+
+  // Each nbdkit runs as its VM's uid (the one its qemu has), never the
+  // agent's, with no way back up.
+  const uint32_t first = config_.vm_user_first_id;
+  for (const auto& [v, dir] : {std::pair{&a, dirs_a[0]}, std::pair{&b, dirs_b[0]}}) {
+    const pid_t nbdkit = std::stoi(vmseal::testing::ReadFileOrDie(dir + "/nbdkit.pid"));
+    const std::string id = std::to_string(v->uid);
+    EXPECT_EQ(ProcStatusLine(nbdkit, "Uid"), id + "\t" + id + "\t" + id + "\t" + id);
+    EXPECT_EQ(ProcStatusLine(nbdkit, "Gid"), id + "\t" + id + "\t" + id + "\t" + id);
+    EXPECT_EQ(ProcStatusLine(nbdkit, "Groups"), std::to_string(first) + " ");
+    EXPECT_EQ(ProcStatusLine(nbdkit, "NoNewPrivs"), "1");
+    // The export's dir is the VM user's own and nobody else's.
+    struct stat st;
+    ASSERT_EQ(::stat(dir.c_str(), &st), 0);
+    EXPECT_EQ(st.st_uid, v->uid);
+    EXPECT_EQ(st.st_mode & 07777, 0700u);
+    // Its command line names none of the agent's credential files: the TLS
+    // material came over inherited pipes.
+    std::ifstream in("/proc/" + std::to_string(nbdkit) + "/cmdline", std::ios::binary);
+    const std::string cmdline((std::istreambuf_iterator<char>(in)),
+                              std::istreambuf_iterator<char>());
+    EXPECT_NE(cmdline.find("certfd="), std::string::npos);
+    EXPECT_EQ(cmdline.find(config_.key_file), std::string::npos);
+    EXPECT_EQ(cmdline.find(config_.cert_file), std::string::npos);
+  }
+  ASSERT_NE(a.uid, b.uid);
+
+  // As A's nbdkit (A's uid and groups): its own cache opens (the check can
+  // succeed), while the agent's mTLS key, every file of its state dir, A's
+  // launch record and every file of B's export (cache, log, socket) do not.
+  const std::vector<gid_t> groups = {static_cast<gid_t>(first)};
+  const auto own = FilesIn(dirs_a[0]);
+  ASSERT_FALSE(own.empty());
+  for (const std::string& f : own) EXPECT_EQ(OpenErrnoAs(a.uid, groups, f), 0) << f;
+  EXPECT_EQ(OpenErrnoAs(a.uid, groups, config_.key_file), EACCES);
+  int state_files = 0;
+  for (const auto& e : fs::recursive_directory_iterator(config_.state_dir)) {
+    if (!e.is_regular_file()) continue;
+    ++state_files;
+    EXPECT_NE(OpenErrnoAs(a.uid, groups, e.path().string()), 0) << e.path();
+  }
+  EXPECT_GT(state_files, 0);
+  EXPECT_EQ(OpenErrnoAs(a.uid, groups,
+                        (fs::path(dirs_a[0]).parent_path() / "launch.json").string()),
+            EACCES);
+  const auto theirs = FilesIn(dirs_b[0]);
+  int cache_files = 0;
+  for (const std::string& f : theirs) {
+    if (fs::path(f).filename().string().starts_with("cache")) ++cache_files;
+    EXPECT_EQ(OpenErrnoAs(a.uid, groups, f), EACCES) << f;
+  }
+  EXPECT_GT(cache_files, 0);
+
+  // Both VMs still read their disks through their exports.
+  for (const vm::VmInfo* v : {&a, &b}) {
+    auto read = QemuIo(*v, "disk0", "read 0 1M");
+    ASSERT_OK(read);
+    EXPECT_NE(read->find("read 1048576/1048576"), std::string::npos) << *read;
+  }
+}
+
 // Starts a daemonized nbdkit (memory plugin) serving `socket` with its pid
 // in `pid_file`; returns its pid.
 pid_t StartNbdkit(const std::string& socket, const std::string& pid_file) {

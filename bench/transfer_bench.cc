@@ -1,7 +1,9 @@
 // Package transfer speed against the same portal in the same run (issue 15
 // "Upload and fetch >= 0.9x curl"):
 //   upload:   `vmseal customer upload` (the real binary: digest, chunked
-//             PUTs, commit) against `curl -T` of the same file in one PUT;
+//             PUTs, commit) against `curl -T` of the same file in one PUT,
+//             and against that PUT plus a curl POST of the commit (the
+//             portal's own commit work: digest and store);
 //   fetch:    the host's whole-package fetch (PortalClient::Fetch: download
 //             to a 0600 file, SHA-256 checked against the portal's) and the
 //             streamed export's sequential Range reads (HttpsRangeSource,
@@ -196,7 +198,7 @@ int Main(int argc, char** argv) {
   CHECK_OK(WriteStringToFileAtomic(Env::Default(), file("session.json"),
                                    json{{"token", token}}.dump(), 0600));
 
-  auto curl_upload = [&] {
+  auto curl_upload = [&](bool commit) {
     auto begin = http.Post("/v1/uploads", auth, "", "application/json");
     if (!begin || begin->status != 201) Die("start upload failed");
     const std::string id = json::parse(begin->body)["upload_id"];
@@ -205,20 +207,27 @@ int Main(int argc, char** argv) {
                                  " -H 'Content-Type: application/octet-stream' -T " +
                                  file("pkg.ova") + " '" + url + "/v1/uploads/" + id +
                                  "?offset=0' -o /dev/null");
-    return s;
+    if (!commit) return s;
+    const std::string body = json{{"name", "curl"}}.dump();
+    return s + TimeCommand("curl -sS -f --cacert " + file("ca.pem") +
+                           " -H 'Authorization: Bearer " + token + "'" +
+                           " -H 'Content-Type: application/json' -d '" + body + "' '" + url +
+                           "/v1/uploads/" + id + "/commit' -o /dev/null");
   };
   auto ours_upload = [&] {
     return TimeCommand(vmseal + " customer --portal " + url + " --ca-cert " + file("ca.pem") +
                        " --session " + file("session.json") + " upload " + file("pkg.ova") +
                        " --name bench > " + file("upload.out"));
   };
-  Series up_curl, up_ours;
-  (void)curl_upload();  // warm-up (page cache, portal store)
+  Series up_curl, up_ours, upc_curl;
+  (void)curl_upload(false);  // warm-up (page cache, portal store)
   for (int i = 0; i < rounds; ++i) {
-    up_curl.s.push_back(curl_upload());
+    up_curl.s.push_back(curl_upload(false));
     up_ours.s.push_back(ours_upload());
     up_ours.s.push_back(ours_upload());
-    up_curl.s.push_back(curl_upload());
+    up_curl.s.push_back(curl_upload(false));
+    upc_curl.s.push_back(curl_upload(true));
+    upc_curl.s.push_back(curl_upload(true));
   }
   const std::string image_id = [&] {
     std::ifstream in(file("upload.out"));
@@ -314,6 +323,7 @@ int Main(int argc, char** argv) {
               static_cast<unsigned long long>(size_mib), rounds, load[0], load[1], load[2],
               std::thread::hardware_concurrency());
   PrintPair("customer upload (binary)", up_ours, up_curl, mib);
+  PrintPair("  vs curl PUT + commit", up_ours, upc_curl, mib);
   PrintPair("host fetch (whole file)", f_ours, f_curl, mib);
   PrintPair("host ranges (8 MiB x2)", g_ours, g_curl, mib);
 

@@ -30,7 +30,12 @@ namespace vmseal::cli {
 namespace {
 
 using json = nlohmann::json;
-constexpr uint64_t kUploadChunkBytes = 16ull << 20;
+// Bytes per PUT: the portal makes each durable (fdatasync) before it
+// answers, and a broken PUT resumes from what the portal kept, so large
+// requests cost nothing in resumability.
+constexpr uint64_t kUploadChunkBytes = 256ull << 20;
+// Read and send buffer.
+constexpr size_t kUploadBufferBytes = size_t{4} << 20;
 constexpr int kUploadRetries = 5;
 
 struct CommonFlags {
@@ -383,16 +388,6 @@ Status Upload(const CommonFlags& f, const std::string& file, const std::string& 
   ASSIGN_OR_RETURN(httplib::Headers auth, Auth(f));
   ASSIGN_OR_RETURN(std::shared_ptr<RandomAccessFile> in, Env::Default()->NewRandomAccessFile(file));
   ASSIGN_OR_RETURN(uint64_t size, in->Size());
-  // Digest first, so the portal can check what it received.
-  crypto::Sha256Hasher hasher;
-  std::vector<uint8_t> buf(1 << 20);
-  for (uint64_t off = 0; off < size;) {
-    ASSIGN_OR_RETURN(size_t n, in->Read(off, buf));
-    if (n == 0) return DataLossError("file shrank while reading");
-    hasher.Update(std::span<const uint8_t>(buf.data(), n));
-    off += n;
-  }
-  const std::string sha = crypto::HexEncode(hasher.Finish());
   json policy;
   if (!policy_json.empty()) {
     ASSIGN_OR_RETURN(policy, JsonFlag(policy_json, "--policy"));
@@ -401,19 +396,37 @@ Status Upload(const CommonFlags& f, const std::string& file, const std::string& 
   ASSIGN_OR_RETURN(json begin, CheckReply(c->Post("/v1/uploads", auth, "", "application/json"),
                                           "start upload"));
   const std::string id = begin.value("upload_id", "");
+  // The digest the portal checks at commit is taken from the bytes as they
+  // are sent (one read of the file, not two). Bytes are hashed once, in
+  // order: a resend after a broken connection re-reads what was hashed.
+  crypto::Sha256Hasher hasher;
+  uint64_t hashed = 0;
+  std::vector<uint8_t> buf(kUploadBufferBytes);
   uint64_t offset = 0;
   int failures = 0;
   while (offset < size) {
     uint64_t len = std::min(kUploadChunkBytes, size - offset);
     const uint64_t base = offset;
+    Status read_error;
     auto res = c->Put("/v1/uploads/" + id + "?offset=" + std::to_string(base), auth, len,
-                      [in, base](size_t o, size_t l, httplib::DataSink& sink) {
-                        std::vector<uint8_t> b(std::min<size_t>(l, 1 << 20));
-                        auto n = in->Read(base + o, b);
-                        if (!n.ok() || *n == 0) return false;
-                        return sink.write(reinterpret_cast<const char*>(b.data()), *n);
+                      [&](size_t o, size_t l, httplib::DataSink& sink) {
+                        const uint64_t at = base + o;
+                        auto n = in->Read(at, std::span<uint8_t>(buf).first(
+                                                  std::min<size_t>(l, buf.size())));
+                        if (!n.ok() || *n == 0) {
+                          read_error = n.ok() ? DataLossError("file shrank while uploading")
+                                              : n.status();
+                          return false;
+                        }
+                        if (at <= hashed && at + *n > hashed) {
+                          const uint64_t skip = hashed - at;
+                          hasher.Update(std::span<const uint8_t>(buf.data() + skip, *n - skip));
+                          hashed = at + *n;
+                        }
+                        return sink.write(reinterpret_cast<const char*>(buf.data()), *n);
                       },
                       "application/octet-stream");
+    RETURN_IF_ERROR(read_error);
     auto put = CheckReply(res, "upload");
     if (put.ok()) {
       offset = (*put)["offset_bytes"].get<uint64_t>();
@@ -428,6 +441,8 @@ Status Upload(const CommonFlags& f, const std::string& file, const std::string& 
     offset = state["offset_bytes"].get<uint64_t>();
     std::cerr << "connection lost; resuming at byte " << offset << "\n";
   }
+  if (hashed != size) return InternalError("upload: digest does not cover the file");
+  const std::string sha = crypto::HexEncode(hasher.Finish());
   json commit = {{"name", name}, {"sha256", sha}};
   if (policy.is_object()) commit["policy"] = policy;
   ASSIGN_OR_RETURN(json image,

@@ -238,6 +238,7 @@ StatusOr<vm::VmInfo> HostAgent::RunJob(const Job& job, const JobUpdateFn& on_upd
     std::filesystem::remove_all(VmDiskDir(vm_name), ec);
     auto disk = vms_->DiskPath(vm_name);
     if (disk.ok() && env_->FileExists(*disk)) (void)env_->RemoveFile(*disk);
+    vms_->ReleaseUser(vm_name);
     Report(report, job, JobPhase::kFailed, result.status().message());
   }
   return result;
@@ -398,12 +399,26 @@ StatusOr<std::vector<std::unique_ptr<nbd_export::Export>>> HostAgent::StartExpor
   if (options_.nbd_plugin_path.empty()) {
     return FailedPreconditionError("host agent: no nbd_plugin_path: cannot serve encrypted disks");
   }
+  // Each export runs as the VM's own user (the one its qemu runs as): a
+  // compromised nbdkit reaches its VM's files, not the agent's or another
+  // VM's. Its state dir (socket, cache, log) becomes that user's; a fetched
+  // package it reads too (ciphertext).
+  ASSIGN_OR_RETURN(const uint32_t uid, vms_->UserFor(vm_name));
+  if (uid != 0 && !package_path.empty()) {
+    RETURN_IF_ERROR(vms_->GrantAccess(vm_name, package_path));
+  }
   std::vector<std::unique_ptr<nbd_export::Export>> out;
   for (size_t i = 0; i < disk_ids.size(); ++i) {
     nbd_export::ExportOptions eo;
     eo.nbdkit_path = options_.nbdkit_path;
     eo.plugin_path = options_.nbd_plugin_path;
     eo.state_dir = VmDiskDir(vm_name) + "/d" + std::to_string(i);
+    if (uid != 0) {
+      RETURN_IF_ERROR(MakePrivateDir(eo.state_dir));
+      RETURN_IF_ERROR(vms_->GrantAccess(vm_name, eo.state_dir));
+      eo.run_as_uid = uid;
+      eo.run_as_groups = vms_->UserGroups();
+    }
     if (!package_path.empty()) {
       eo.package_path = package_path;
     } else {

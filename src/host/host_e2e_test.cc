@@ -6,6 +6,7 @@
 // image: seeing it on the serial console proves the VM booted from the
 // decrypted disk.
 #include <fcntl.h>
+#include <spawn.h>
 #include <httplib.h>
 #include <sys/file.h>
 #include <grp.h>
@@ -45,6 +46,9 @@
 #include "testing/test_util.h"
 #include "tpm/testing/swtpm_harness.h"
 #include "vm/internal/process.h"
+#include "vm/internal/vm_record.h"
+
+extern char** environ;
 
 namespace vmseal::host {
 namespace {
@@ -1216,6 +1220,279 @@ TEST_F(HostStreamE2eTest, VmQemuRunsAsItsOwnUserThatCannotReadHostSecretsOrAnoth
   EXPECT_NE(wrote->find("wrote 65536/65536"), std::string::npos) << *wrote;
 }
 
+
+// The regular files directly in `dir`.
+std::vector<std::string> FilesIn(const std::string& dir) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    if (e.is_regular_file()) out.push_back(e.path().string());
+  }
+  return out;
+}
+
+TEST_F(HostStreamE2eTest, VmExportRunsAsItsVmUserThatCannotReadHostSecretsOrAnotherVmsCache) {
+  if (::geteuid() != 0) GTEST_SKIP() << "VM users need the agent to run as root";
+  vm::VmInfo a = LaunchAndBoot(Seal("export-user-a"));
+  ASSERT_FALSE(a.name.empty());
+  ASSERT_OK(daemon_->service()->HeartbeatOnce());
+  const std::string job_b = UploadAndLaunch(Seal("export-user-b"));
+  ASSERT_OK(daemon_->service()->PollOnce());
+  ASSERT_EQ(JobJson(job_b)["state"], "running");
+  auto vms = daemon_->vms()->List();
+  ASSERT_OK(vms);
+  ASSERT_EQ(vms->size(), 2u);
+  vm::VmInfo b = (*vms)[0].name == a.name ? (*vms)[1] : (*vms)[0];
+  const auto dirs_a = daemon_->agent()->ExportDirsForTesting(a.name);
+  const auto dirs_b = daemon_->agent()->ExportDirsForTesting(b.name);
+  ASSERT_EQ(dirs_a.size(), 1u);
+  ASSERT_EQ(dirs_b.size(), 1u);
+  // B's cache is filled (it holds ciphertext worth stealing or corrupting).
+  WaitForPrefetch(b.name);
+
+  // Each nbdkit runs as its VM's uid (the one its qemu has), never the
+  // agent's, with no way back up.
+  const uint32_t first = config_.vm_user_first_id;
+  for (const auto& [v, dir] : {std::pair{&a, dirs_a[0]}, std::pair{&b, dirs_b[0]}}) {
+    const pid_t nbdkit = std::stoi(vmseal::testing::ReadFileOrDie(dir + "/nbdkit.pid"));
+    const std::string id = std::to_string(v->uid);
+    EXPECT_EQ(ProcStatusLine(nbdkit, "Uid"), id + "\t" + id + "\t" + id + "\t" + id);
+    EXPECT_EQ(ProcStatusLine(nbdkit, "Gid"), id + "\t" + id + "\t" + id + "\t" + id);
+    EXPECT_EQ(ProcStatusLine(nbdkit, "Groups"), std::to_string(first) + " ");
+    EXPECT_EQ(ProcStatusLine(nbdkit, "NoNewPrivs"), "1");
+    // The export's dir is the VM user's own and nobody else's.
+    struct stat st;
+    ASSERT_EQ(::stat(dir.c_str(), &st), 0);
+    EXPECT_EQ(st.st_uid, v->uid);
+    EXPECT_EQ(st.st_mode & 07777, 0700u);
+    // Its command line names none of the agent's credential files: the TLS
+    // material came over inherited pipes.
+    std::ifstream in("/proc/" + std::to_string(nbdkit) + "/cmdline", std::ios::binary);
+    const std::string cmdline((std::istreambuf_iterator<char>(in)),
+                              std::istreambuf_iterator<char>());
+    EXPECT_NE(cmdline.find("certfd="), std::string::npos);
+    EXPECT_EQ(cmdline.find(config_.key_file), std::string::npos);
+    EXPECT_EQ(cmdline.find(config_.cert_file), std::string::npos);
+  }
+  ASSERT_NE(a.uid, b.uid);
+
+  // As A's nbdkit (A's uid and groups): its own cache opens (the check can
+  // succeed), while the agent's mTLS key, every file of its state dir, A's
+  // launch record and every file of B's export (cache, log, socket) do not.
+  const std::vector<gid_t> groups = {static_cast<gid_t>(first)};
+  const auto own = FilesIn(dirs_a[0]);
+  ASSERT_FALSE(own.empty());
+  for (const std::string& f : own) EXPECT_EQ(OpenErrnoAs(a.uid, groups, f), 0) << f;
+  EXPECT_EQ(OpenErrnoAs(a.uid, groups, config_.key_file), EACCES);
+  int state_files = 0;
+  for (const auto& e : fs::recursive_directory_iterator(config_.state_dir)) {
+    if (!e.is_regular_file()) continue;
+    ++state_files;
+    EXPECT_NE(OpenErrnoAs(a.uid, groups, e.path().string()), 0) << e.path();
+  }
+  EXPECT_GT(state_files, 0);
+  EXPECT_EQ(OpenErrnoAs(a.uid, groups,
+                        (fs::path(dirs_a[0]).parent_path() / "launch.json").string()),
+            EACCES);
+  const auto theirs = FilesIn(dirs_b[0]);
+  int cache_files = 0;
+  for (const std::string& f : theirs) {
+    if (fs::path(f).filename().string().starts_with("cache")) ++cache_files;
+    EXPECT_EQ(OpenErrnoAs(a.uid, groups, f), EACCES) << f;
+  }
+  EXPECT_GT(cache_files, 0);
+
+  // Both VMs still read their disks through their exports.
+  for (const vm::VmInfo* v : {&a, &b}) {
+    auto read = QemuIo(*v, "disk0", "read 0 1M");
+    ASSERT_OK(read);
+    EXPECT_NE(read->find("read 1048576/1048576"), std::string::npos) << *read;
+  }
+}
+
+// `vmseal host serve` as its own process over the fixture's configuration,
+// killed with SIGKILL and started again, as an operator's host would be.
+class HostServeProcessE2eTest : public HostStreamE2eTest {
+ protected:
+  void TearDown() override {
+    StopServe(SIGKILL);
+    // An in-process agent over the same state removes the VMs (TearDown).
+    if (daemon_ == nullptr) {
+      auto daemon = MakeDaemon();
+      if (daemon.ok()) daemon_ = *std::move(daemon);
+    }
+    HostStreamE2eTest::TearDown();
+  }
+
+  // config_ as the JSON file `vmseal host serve --config` reads.
+  std::string WriteConfig() {
+    json c = {{"portal_url", config_.portal_url},
+              {"kms_url", config_.kms_url},
+              {"ca_file", config_.ca_file},
+              {"cert_file", config_.cert_file},
+              {"key_file", config_.key_file},
+              {"tpm_tcti", config_.tpm_tcti},
+              {"state_dir", config_.state_dir},
+              {"image_store_dir", config_.image_store_dir},
+              {"pcr_selection", config_.pcr_selection},
+              {"heartbeat_interval_seconds", config_.heartbeat_interval_seconds},
+              {"reattest_interval_seconds", config_.reattest_interval_seconds},
+              {"poll_interval_seconds", config_.poll_interval_seconds},
+              {"accel", config_.accel},
+              {"capacity",
+               {{"vcpus", config_.capacity->vcpus},
+                {"memory_mib", config_.capacity->memory_mib},
+                {"slots", config_.capacity->slots}}},
+              {"nbd_plugin", config_.nbd_plugin},
+              {"vm_user_ids",
+               {{"first", config_.vm_user_first_id}, {"count", config_.vm_user_count}}}};
+    const std::string path = dir_.File("host.json");
+    vmseal::testing::WriteFileOrDie(path, c.dump());
+    return path;
+  }
+
+  // Starts `vmseal host serve` logging to `log`; waits (bounded) for the
+  // line that says it is ready.
+  void StartServe(const std::string& config, const std::string& log) {
+    const std::string bin = vmseal::testing::VmsealBinary();
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    posix_spawn_file_actions_adddup2(&fa, 1, 2);
+    std::vector<char*> argv = {const_cast<char*>(bin.c_str()), const_cast<char*>("host"),
+                               const_cast<char*>("serve"), const_cast<char*>("--config"),
+                               const_cast<char*>(config.c_str()), nullptr};
+    ASSERT_EQ(posix_spawn(&serve_, bin.c_str(), &fa, nullptr, argv.data(), environ), 0);
+    posix_spawn_file_actions_destroy(&fa);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+    while (vmseal::testing::ReadFileOrDie(log).find(" ready: portal ") == std::string::npos) {
+      int status = 0;
+      ASSERT_EQ(::waitpid(serve_, &status, WNOHANG), 0)
+          << "serve exited: " << vmseal::testing::ReadFileOrDie(log);
+      ASSERT_LT(std::chrono::steady_clock::now(), deadline) << vmseal::testing::ReadFileOrDie(log);
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  }
+
+  void StopServe(int sig) {
+    if (serve_ <= 0) return;
+    ::kill(serve_, sig);
+    int status = 0;
+    ::waitpid(serve_, &status, 0);
+    serve_ = -1;
+  }
+
+  // The VM's record as the agent wrote it.
+  vm::VmInfo VmRecord(const std::string& name) {
+    auto record = vm::internal::ParseVmRecord(
+        vmseal::testing::ReadFileOrDie(config_.image_store_dir + "/vms/" + name + ".json"));
+    EXPECT_OK(record);
+    return record.ok() ? record->info : vm::VmInfo{};
+  }
+
+  // Pids of every process whose command line holds `needle`.
+  static std::vector<pid_t> ProcessesWith(const std::string& needle) {
+    std::vector<pid_t> out;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator("/proc", ec)) {
+      const std::string name = e.path().filename().string();
+      if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+      std::ifstream in(e.path() / "cmdline", std::ios::binary);
+      std::string cmd((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      if (cmd.find(needle) != std::string::npos) out.push_back(std::stoi(name));
+    }
+    return out;
+  }
+
+  pid_t serve_ = -1;
+};
+
+TEST_F(HostServeProcessE2eTest, AgentProcessKilledWithSigkillAndRestartedKeepsTheVmAndItsDisk) {
+  // The in-process agent of the fixture steps aside; the real binary runs.
+  daemon_->service()->Stop();
+  daemon_.reset();
+  const std::string config = WriteConfig();
+  ASSERT_NO_FATAL_FAILURE(StartServe(config, dir_.File("serve1.log")));
+
+  const std::string job_id = UploadAndLaunch(Seal("kill9"));
+  json job;
+  for (auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(180);;) {
+    job = JobJson(job_id);
+    if (job["state"] == "running" && !job["vm_name"].get<std::string>().empty()) break;
+    ASSERT_NE(job["state"], "failed") << job.dump();
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << job.dump();
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  const std::string name = job["vm_name"];
+  vm::VmInfo vm = VmRecord(name);
+  ASSERT_GT(vm.pid, 0);
+  for (auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(240);;) {
+    if (vmseal::testing::ReadFileOrDie(vm.serial_log_path).find(marker_) != std::string::npos) {
+      break;
+    }
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "no marker";
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  auto wrote = QemuIo(vm, "disk0", "write -P 0x5a 16M 64k");
+  ASSERT_OK(wrote);
+  ASSERT_NE(wrote->find("wrote 65536/65536"), std::string::npos) << *wrote;
+  const std::string export_dir = fs::path(vm.disks[0].path).parent_path().string();
+  const pid_t nbdkit = std::stoi(vmseal::testing::ReadFileOrDie(export_dir + "/nbdkit.pid"));
+  ASSERT_EQ(ProcessesWith(vm.serial_log_path), std::vector<pid_t>{vm.pid});
+
+  // Round 1: kill -9 of the agent alone. qemu and nbdkit live on; the new
+  // agent adopts the export and the VM keeps its disk.
+  StopServe(SIGKILL);
+  EXPECT_EQ(::kill(vm.pid, 0), 0);
+  EXPECT_EQ(::kill(nbdkit, 0), 0);
+  ASSERT_NO_FATAL_FAILURE(StartServe(config, dir_.File("serve2.log")));
+  EXPECT_EQ(std::stoi(vmseal::testing::ReadFileOrDie(export_dir + "/nbdkit.pid")), nbdkit);
+  auto own = QemuIo(vm, "disk0", "read -P 0x5a 16M 64k");
+  ASSERT_OK(own);
+  EXPECT_NE(own->find("read 65536/65536"), std::string::npos) << *own;
+  EXPECT_EQ(own->find("Pattern verification failed"), std::string::npos) << *own;
+
+  // Round 2: kill -9 of the agent, and its export dies too: the new agent
+  // unwraps the data key from the launch record in the TPM and starts a new
+  // nbdkit (as the VM's user) that qemu reconnects to.
+  StopServe(SIGKILL);
+  ASSERT_EQ(::kill(nbdkit, SIGKILL), 0);
+  for (int i = 0; i < 300 && ::kill(nbdkit, 0) == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  const std::string log3 = dir_.File("serve3.log");
+  ASSERT_NO_FATAL_FAILURE(StartServe(config, log3));
+  EXPECT_NE(vmseal::testing::ReadFileOrDie(log3).find("re-attached the disks of 1 running VM"),
+            std::string::npos)
+      << vmseal::testing::ReadFileOrDie(log3);
+  const pid_t new_nbdkit = std::stoi(vmseal::testing::ReadFileOrDie(export_dir + "/nbdkit.pid"));
+  EXPECT_NE(new_nbdkit, nbdkit);
+  EXPECT_EQ(ProcStatusLine(new_nbdkit, "Uid").substr(0, ProcStatusLine(new_nbdkit, "Uid").find('\t')),
+            std::to_string(vm.uid));
+  auto base = QemuIo(vm, "disk0", "read 0 1M");
+  ASSERT_OK(base);
+  EXPECT_NE(base->find("read 1048576/1048576"), std::string::npos) << *base;
+  own = QemuIo(vm, "disk0", "read -P 0x5a 16M 64k");
+  ASSERT_OK(own);
+  EXPECT_NE(own->find("read 65536/65536"), std::string::npos) << *own;
+  EXPECT_EQ(own->find("Pattern verification failed"), std::string::npos) << *own;
+  // A write after the restart lands too.
+  auto again = QemuIo(vm, "disk0", "write -P 0x6b 20M 64k");
+  ASSERT_OK(again);
+  EXPECT_NE(again->find("wrote 65536/65536"), std::string::npos) << *again;
+
+  // The same qemu, no second one; the marker is still on its console; the
+  // portal still has the job running on this host (after the new agent's
+  // heartbeats and polls).
+  EXPECT_EQ(ProcessesWith(vm.serial_log_path), std::vector<pid_t>{vm.pid});
+  EXPECT_NE(vmseal::testing::ReadFileOrDie(vm.serial_log_path).find(marker_), std::string::npos);
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  job = JobJson(job_id);
+  EXPECT_EQ(job["state"], "running") << job.dump();
+  EXPECT_EQ(job["host_id"], "host-1") << job.dump();
+  EXPECT_EQ(job["vm_name"], name) << job.dump();
+  EXPECT_EQ(job["runs"], 1) << job.dump();
+}
 
 // Starts a daemonized nbdkit (memory plugin) serving `socket` with its pid
 // in `pid_file`; returns its pid.

@@ -1,7 +1,9 @@
 #include "nbd_export/export.h"
 
 #include <fcntl.h>
+#include <grp.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -16,6 +18,8 @@
 #include <sstream>
 #include <thread>
 
+#include <openssl/crypto.h>
+
 #include "base/env.h"
 #include "json/json.h"
 
@@ -25,6 +29,12 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 constexpr int kKeyFd = 3;
+// The mutual-TLS material of a remote source, as PEM on pipes.
+constexpr int kCaFd = 4;
+constexpr int kCertFd = 5;
+constexpr int kClientKeyFd = 6;
+// A pipe holds 64 KiB: everything is written before the fork.
+constexpr size_t kMaxPemBytes = size_t{60} << 10;
 constexpr size_t kDataKeyBytes = 32;
 
 std::string SocketPath(const ExportOptions& o) { return o.state_dir + "/nbd.sock"; }
@@ -53,9 +63,33 @@ std::string ReadProcFile(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
+// The text of a file nbdkit writes (in a directory a VM user may own): a
+// regular file opened without following a symlink, so a hostile export
+// cannot make the agent read another file. NOT_FOUND when missing.
+StatusOr<std::string> ReadExportFile(const std::string& path) {
+  const int fd = open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) return ErrnoToStatus(errno, "open", path);
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    close(fd);
+    return FailedPreconditionError("export: not a regular file: " + path);
+  }
+  std::string out;
+  char buf[65536];
+  while (true) {
+    const ssize_t r = read(fd, buf, sizeof buf);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;
+    out.append(buf, static_cast<size_t>(r));
+    if (out.size() > (uint64_t{64} << 20)) break;
+  }
+  close(fd);
+  return out;
+}
+
 // The pid in the pid file, or -1.
 pid_t ReadPid(const std::string& path) {
-  auto text = ReadFileToString(Env::Default(), path);
+  auto text = ReadExportFile(path);
   if (!text.ok()) return -1;
   long v = std::strtol(text->c_str(), nullptr, 10);
   return v > 1 ? static_cast<pid_t>(v) : -1;
@@ -93,7 +127,7 @@ bool SocketAnswers(const std::string& path) {
 
 // The plugin's error from nbdkit's log as a Status ("... vmseal: CODE: msg").
 Status ErrorFromLog(const std::string& log_path, const std::string& fallback) {
-  auto text = ReadFileToString(Env::Default(), log_path);
+  auto text = ReadExportFile(log_path);
   if (!text.ok()) return UnavailableError(fallback);
   const std::string marker = "vmseal: ";
   size_t pos = text->rfind(marker);
@@ -124,9 +158,11 @@ std::vector<std::string> Argv(const ExportOptions& o) {
     a.push_back("package=" + o.package_path);
   } else {
     a.push_back("url=" + o.remote.url);
-    a.push_back("cafile=" + o.remote.ca_file);
-    if (!o.remote.cert_file.empty()) a.push_back("certfile=" + o.remote.cert_file);
-    if (!o.remote.key_file.empty()) a.push_back("keyfile=" + o.remote.key_file);
+    a.push_back("cafd=" + std::to_string(kCaFd));
+    if (!o.remote.cert_file.empty()) {
+      a.push_back("certfd=" + std::to_string(kCertFd));
+      a.push_back("clientkeyfd=" + std::to_string(kClientKeyFd));
+    }
     a.push_back("cache=" + o.state_dir);
     a.push_back("readahead=" + std::to_string(o.readahead_bytes));
     a.push_back(std::string("prefetch=") + (o.prefetch ? "true" : "false"));
@@ -166,6 +202,57 @@ void RemoveRunFiles(const ExportOptions& o) {
   unlink(PidPath(o).c_str());
 }
 
+// Gives state_dir and its direct entries to the VM user (lchown: a link a
+// hostile export left is changed, never what it names). The directory is
+// created by us and its parents are the agent's, so it cannot be swapped.
+Status GiveStateDir(const ExportOptions& o) {
+  const uid_t id = o.run_as_uid;
+  if (lchown(o.state_dir.c_str(), id, id) != 0) return ErrnoToStatus(errno, "chown", o.state_dir);
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(o.state_dir, ec)) {
+    if (lchown(e.path().c_str(), id, id) != 0 && errno != ENOENT) {
+      return ErrnoToStatus(errno, "chown", e.path().string());
+    }
+  }
+  if (ec) return ErrnoToStatus(ec.value(), "list", o.state_dir);
+  return OkStatus();
+}
+
+// A pipe (O_CLOEXEC) whose read end holds `bytes` and end of file; -1 on
+// failure.
+int FilledPipe(std::span<const uint8_t> bytes) {
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) != 0) return -1;
+  size_t done = 0;
+  while (done < bytes.size()) {
+    const ssize_t w = write(p[1], bytes.data() + done, bytes.size() - done);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) break;
+    done += static_cast<size_t>(w);
+  }
+  close(p[1]);
+  if (done != bytes.size()) {
+    close(p[0]);
+    return -1;
+  }
+  return p[0];
+}
+
+// A pipe carrying the PEM file at `path` (read by the agent, which may; the
+// VM user nbdkit runs as may not).
+StatusOr<int> PemPipe(const std::string& path, const char* what) {
+  auto text = ReadFileToString(Env::Default(), path);
+  if (!text.ok()) return text.status().WithPrefix(std::string("export: ") + what);
+  if (text->empty() || text->size() > kMaxPemBytes) {
+    OPENSSL_cleanse(text->data(), text->size());
+    return InvalidArgumentError(std::string("export: ") + what + " must be 1 byte to 60 KiB");
+  }
+  const int fd = FilledPipe({reinterpret_cast<const uint8_t*>(text->data()), text->size()});
+  OPENSSL_cleanse(text->data(), text->size());
+  if (fd < 0) return InternalError(std::string("export: cannot pass the ") + what);
+  return fd;
+}
+
 }  // namespace
 
 Export::Export(ExportOptions options, pid_t pid, bool child, bool reused)
@@ -194,32 +281,70 @@ StatusOr<std::unique_ptr<Export>> Export::Start(const ExportOptions& options,
   }
   RemoveRunFiles(options);
 
-  // The key travels in a pipe the child inherits; it is written before the
-  // fork (a pipe holds 64 KiB), so nothing else ever carries it.
-  int key_pipe[2];
-  if (pipe2(key_pipe, O_CLOEXEC) != 0) return ErrnoToStatus(errno, "pipe", "keyfd");
-  ssize_t w = write(key_pipe[1], data_key.UnsafeData(), data_key.size());
-  close(key_pipe[1]);
-  if (w != static_cast<ssize_t>(data_key.size())) {
-    close(key_pipe[0]);
-    return InternalError("export: writing the key pipe failed");
+  if (options.run_as_uid != 0) {
+    if (geteuid() != 0) return FailedPreconditionError("export: run_as_uid needs root");
+    RETURN_IF_ERROR(GiveStateDir(options));
   }
+
+  // The key (and a remote source's TLS material) travel in pipes the child
+  // inherits; they are written before the fork (a pipe holds 64 KiB), so
+  // nothing else ever carries them.
+  // fds[i] becomes descriptor kKeyFd + i in the child (-1: none).
+  int fds[4] = {-1, -1, -1, -1};
+  auto close_fds = [&] {
+    for (int& fd : fds) {
+      if (fd >= 0) close(fd);
+      fd = -1;
+    }
+  };
+  fds[0] = FilledPipe(data_key.UnsafeSpan());
+  if (fds[0] < 0) return InternalError("export: writing the key pipe failed");
+  if (options.package_path.empty()) {
+    auto ca = PemPipe(options.remote.ca_file, "CA file");
+    if (!ca.ok()) {
+      close_fds();
+      return ca.status();
+    }
+    fds[1] = *ca;
+    if (!options.remote.cert_file.empty()) {
+      auto cert = PemPipe(options.remote.cert_file, "client certificate");
+      auto key = cert.ok() ? PemPipe(options.remote.key_file, "client key") : cert.status();
+      if (cert.ok()) fds[2] = *cert;
+      if (!key.ok()) {
+        close_fds();
+        return key.status();
+      }
+      fds[3] = *key;
+    }
+  }
+  // A fresh log: a file a VM user left in its place (a link to a host file)
+  // is removed, never followed or truncated.
+  unlink(LogPath(options).c_str());
   const int log_fd = open(LogPath(options).c_str(),
-                          O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
+                          O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_APPEND | O_CLOEXEC, 0600);
+  if (log_fd >= 0 && options.run_as_uid != 0) {
+    (void)!fchown(log_fd, options.run_as_uid, options.run_as_uid);
+  }
   const int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
   // Above the descriptors the child sets up, so no dup2 clobbers another.
-  const int key_hi = fcntl(key_pipe[0], F_DUPFD_CLOEXEC, 10);
+  int hi[4] = {-1, -1, -1, -1};
+  bool fds_ok = true;
+  for (int i = 0; i < 4; ++i) {
+    if (fds[i] < 0) continue;
+    hi[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 10);
+    fds_ok = fds_ok && hi[i] >= 0;
+  }
+  close_fds();
   const int log_hi = log_fd < 0 ? -1 : fcntl(log_fd, F_DUPFD_CLOEXEC, 10);
   const int null_hi = null_fd < 0 ? -1 : fcntl(null_fd, F_DUPFD_CLOEXEC, 10);
-  close(key_pipe[0]);
   if (log_fd >= 0) close(log_fd);
   if (null_fd >= 0) close(null_fd);
   auto close_all = [&] {
-    for (int fd : {key_hi, log_hi, null_hi}) {
+    for (int fd : {hi[0], hi[1], hi[2], hi[3], log_hi, null_hi}) {
       if (fd >= 0) close(fd);
     }
   };
-  if (key_hi < 0 || log_hi < 0 || null_hi < 0) {
+  if (!fds_ok || log_hi < 0 || null_hi < 0) {
     close_all();
     return InternalError("export: cannot prepare the child's descriptors");
   }
@@ -228,6 +353,9 @@ StatusOr<std::unique_ptr<Export>> Export::Start(const ExportOptions& options,
   std::vector<char*> argv;
   for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
+  const uid_t uid = options.run_as_uid;
+  std::vector<gid_t> groups(options.run_as_groups.begin(), options.run_as_groups.end());
+  if (groups.empty()) groups.push_back(uid);
 
   const pid_t pid = fork();
   if (pid < 0) {
@@ -236,11 +364,19 @@ StatusOr<std::unique_ptr<Export>> Export::Start(const ExportOptions& options,
   }
   if (pid == 0) {
     // Only async-signal-safe calls between fork and exec.
-    if (dup2(null_hi, 0) < 0 || dup2(log_hi, 1) < 0 || dup2(log_hi, 2) < 0 ||
-        dup2(key_hi, kKeyFd) < 0) {
-      _exit(126);
+    if (dup2(null_hi, 0) < 0 || dup2(log_hi, 1) < 0 || dup2(log_hi, 2) < 0) _exit(126);
+    for (int i = 0; i < 4; ++i) {
+      if (hi[i] >= 0 && dup2(hi[i], kKeyFd + i) < 0) _exit(126);
     }
-    close_range(kKeyFd + 1, ~0U, 0);
+    close_range(kClientKeyFd + 1, ~0U, 0);
+    if (uid != 0) {
+      // The VM's user for good: groups, gid, then uid (all three ids), and
+      // no way back up through a set-id binary.
+      if (setgroups(groups.size(), groups.data()) != 0 || setresgid(uid, uid, uid) != 0 ||
+          setresuid(uid, uid, uid) != 0 || prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
+        _exit(125);
+      }
+    }
     execvp(argv[0], argv.data());
     _exit(127);
   }
@@ -316,7 +452,7 @@ StatusOr<ExportProgress> Export::Progress() const {
     p.complete = true;
     return p;
   }
-  auto text = ReadFileToString(Env::Default(), options_.state_dir + "/progress.json");
+  auto text = ReadExportFile(options_.state_dir + "/progress.json");
   if (!text.ok()) {
     if (text.status().code() == StatusCode::kNotFound) return p;
     return text.status();
@@ -334,7 +470,7 @@ StatusOr<ExportProgress> Export::Progress() const {
 
 StatusOr<std::vector<ExportEvent>> Export::Events() const {
   std::vector<ExportEvent> out;
-  auto text = ReadFileToString(Env::Default(), EventsPath(options_));
+  auto text = ReadExportFile(EventsPath(options_));
   if (!text.ok()) {
     if (text.status().code() == StatusCode::kNotFound) return out;
     return text.status();

@@ -10,7 +10,10 @@
 //   qemu: -blockdev e->QemuBlockdev() (driver nbd, server unix:e->socket_path())
 //
 // The data key goes to nbdkit over an inherited pipe, never argv, the
-// environment or a file. Files in state_dir (all 0600, the directory 0700):
+// environment or a file; so do the mutual-TLS CA, certificate and key of a
+// remote source (the plugin never opens the agent's files). With run_as_uid
+// set, nbdkit runs as that VM user and state_dir is that user's (0700).
+// Files in state_dir (all 0600, the directory 0700):
 // nbd.sock, nbdkit.pid, nbdkit.log, events.jsonl and, for a remote source,
 // the ciphertext cache (cache.*) and progress.json. No file holds plaintext.
 #ifndef VMSEAL_NBD_EXPORT_EXPORT_H_
@@ -69,6 +72,12 @@ struct ExportOptions {
   int threads = 16;
   // Bound on the wait for nbdkit to listen. Default 30 s.
   int start_timeout_ms = 30000;
+  // The VM user nbdkit runs as (uid = gid, docs/host.md "VM users"), with
+  // these supplementary groups and no new privileges; state_dir and what it
+  // holds are chowned to it first. 0 (default): nbdkit runs as the agent.
+  // Needs the agent to run as root.
+  uint32_t run_as_uid = 0;
+  std::vector<uint32_t> run_as_groups;
 };
 
 // Background fill of a remote source's ciphertext cache.

@@ -26,6 +26,11 @@ using vmseal::nbd_export::DiskServerOptions;
 
 DiskServerOptions g_options;
 int g_key_fd = -1;
+// Inherited descriptors carrying the mutual-TLS CA, certificate and key as
+// PEM (an export running as a VM user cannot open the agent's files).
+int g_ca_fd = -1;
+int g_cert_fd = -1;
+int g_client_key_fd = -1;
 std::unique_ptr<DiskServer> g_server;
 
 bool ParseUint(std::string_view s, uint64_t* out) {
@@ -77,13 +82,17 @@ int VmsealConfig(const char* key_c, const char* value_c) {
     int b = nbdkit_parse_bool(value_c);
     if (b < 0) return -1;
     g_options.prefetch = b != 0;
-  } else if (key == "keyfd") {
+  } else if (key == "keyfd" || key == "cafd" || key == "certfd" || key == "clientkeyfd") {
     uint64_t v = 0;
     if (!ParseUint(value, &v) || v < 3 || v > 65535) {
-      nbdkit_error("vmseal: keyfd must be a descriptor number >= 3");
+      nbdkit_error("vmseal: %s must be a descriptor number >= 3", key_c);
       return -1;
     }
-    g_key_fd = static_cast<int>(v);
+    int* fd = key == "keyfd"    ? &g_key_fd
+              : key == "cafd"   ? &g_ca_fd
+              : key == "certfd" ? &g_cert_fd
+                                : &g_client_key_fd;
+    *fd = static_cast<int>(v);
   } else {
     nbdkit_error("vmseal: unknown parameter %s", key_c);
     return -1;
@@ -116,6 +125,59 @@ int ReadKey(vmseal::SecretBytes* key) {
   return 0;
 }
 
+// Reads descriptor `fd` to end of file (at most 64 KiB) into `out` and
+// closes it. -1 after nbdkit_error.
+int ReadAllFd(int fd, const char* what, vmseal::SecretBytes* out) {
+  constexpr size_t kMax = size_t{64} << 10;
+  vmseal::SecretBytes buf(kMax + 1);
+  size_t got = 0;
+  while (got < buf.size()) {
+    ssize_t r = read(fd, buf.UnsafeMutableData() + got, buf.size() - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) {
+      nbdkit_error("vmseal: reading %s: %s", what, strerror(errno));
+      close(fd);
+      return -1;
+    }
+    if (r == 0) break;
+    got += static_cast<size_t>(r);
+  }
+  close(fd);
+  if (got == 0 || got > kMax) {
+    nbdkit_error("vmseal: %s must carry 1 byte to 64 KiB of PEM", what);
+    return -1;
+  }
+  *out = vmseal::SecretBytes(buf.UnsafeSpan().first(got));
+  return 0;
+}
+
+// The mutual-TLS material from cafd/certfd/clientkeyfd into g_options.
+int ReadTlsFds() {
+  if ((g_cert_fd < 0) != (g_client_key_fd < 0)) {
+    nbdkit_error("vmseal: certfd and clientkeyfd go together");
+    return -1;
+  }
+  auto as_string = [](const vmseal::SecretBytes& b) {
+    return std::string(reinterpret_cast<const char*>(b.UnsafeData()), b.size());
+  };
+  if (g_ca_fd >= 0) {
+    vmseal::SecretBytes ca;
+    if (ReadAllFd(g_ca_fd, "cafd", &ca) != 0) return -1;
+    g_options.remote.ca_pem = as_string(ca);
+  }
+  if (g_cert_fd >= 0) {
+    vmseal::SecretBytes cert;
+    auto key = std::make_shared<vmseal::SecretBytes>();
+    if (ReadAllFd(g_cert_fd, "certfd", &cert) != 0 ||
+        ReadAllFd(g_client_key_fd, "clientkeyfd", key.get()) != 0) {
+      return -1;
+    }
+    g_options.remote.cert_pem = as_string(cert);
+    g_options.remote.key_pem = std::move(key);
+  }
+  return 0;
+}
+
 void VmsealLoad() {
   // Chunk buffers are 1 MiB: keep them on the heap instead of a fresh mmap
   // (and page faults) per chunk, which cost more than the decryption.
@@ -130,6 +192,7 @@ int VmsealConfigComplete() {
   }
   vmseal::SecretBytes key;
   if (ReadKey(&key) != 0) return -1;
+  if (ReadTlsFds() != 0) return -1;
   auto server = DiskServer::Create(std::move(g_options), std::move(key));
   if (!server.ok()) {
     nbdkit_error("vmseal: %s", server.status().ToString().c_str());
@@ -191,6 +254,9 @@ nbdkit_plugin MakePlugin() {
       "cafile=PEM          CA the server must chain to (url)\n"
       "certfile=PEM        Client certificate for mutual TLS (url)\n"
       "keyfile=PEM         Client key for mutual TLS (url)\n"
+      "cafd=N              Or: the CA PEM on inherited descriptor N (url)\n"
+      "certfd=N            Or: the client certificate PEM on descriptor N (url)\n"
+      "clientkeyfd=N       Or: the client key PEM on descriptor N (url)\n"
       "cache=DIR           Ciphertext cache directory (url, required)\n"
       "disk=ID             ovf:id of the disk (default: the first file)\n"
       "keyfd=N             Inherited descriptor carrying the 32-byte data key (required)\n"

@@ -1,6 +1,7 @@
 #include "nbd_export/range_source.h"
 
 #include <httplib.h>
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 
 #include <charconv>
@@ -55,10 +56,57 @@ bool ParseContentRange(const std::string& v, uint64_t* first, uint64_t* last, ui
   return a <= b && b < t;
 }
 
+// The TLS credentials, parsed once and shared by every connection.
+struct Credentials {
+  std::vector<crypto::X509Ptr> ca;
+  std::vector<crypto::X509Ptr> chain;  // empty: no client certificate
+  crypto::EvpPkeyPtr key;
+};
+
+// The text of `path`, or an error naming `what` (the path is the agent's,
+// never a secret).
+StatusOr<std::string> ReadPem(const std::string& path, const char* what) {
+  auto text = ReadFileToString(Env::Default(), path);
+  if (!text.ok()) return text.status().WithPrefix(std::string("https source: ") + what);
+  return text;
+}
+
+StatusOr<Credentials> LoadCredentials(const HttpsRangeSourceOptions& o) {
+  Credentials c;
+  std::string ca = o.ca_pem;
+  if (ca.empty()) {
+    ASSIGN_OR_RETURN(ca, ReadPem(o.ca_file, "CA file"));
+  }
+  ASSIGN_OR_RETURN(c.ca, net::internal::ParseCertChainPem(ca, "https source CA"));
+  std::string cert = o.cert_pem;
+  if (cert.empty() && !o.cert_file.empty()) {
+    ASSIGN_OR_RETURN(cert, ReadPem(o.cert_file, "client certificate"));
+  }
+  if (!cert.empty()) {
+    ASSIGN_OR_RETURN(c.chain,
+                     net::internal::ParseCertChainPem(cert, "https source client certificate"));
+  }
+  if (o.key_pem != nullptr && !o.key_pem->empty()) {
+    ASSIGN_OR_RETURN(c.key, net::internal::ParsePrivateKeyPem(*o.key_pem));
+  } else if (!o.key_file.empty()) {
+    ASSIGN_OR_RETURN(std::string text, ReadPem(o.key_file, "client key"));
+    SecretBytes pem(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(text.data()),
+                                             text.size()));
+    OPENSSL_cleanse(text.data(), text.size());
+    ASSIGN_OR_RETURN(c.key, net::internal::ParsePrivateKeyPem(pem));
+  }
+  if (c.chain.empty() != (c.key == nullptr)) {
+    return InvalidArgumentError("https source: client certificate and key go together");
+  }
+  return c;
+}
+
 class HttpsRangeSource final : public RangeSource {
  public:
-  HttpsRangeSource(HttpsRangeSourceOptions options, ParsedUrl url)
-      : options_(std::move(options)), url_(std::move(url)) {}
+  HttpsRangeSource(HttpsRangeSourceOptions options, ParsedUrl url, Credentials credentials)
+      : options_(std::move(options)),
+        url_(std::move(url)),
+        credentials_(std::move(credentials)) {}
 
   Status Init() {
     // One byte tells the size and the digest the server announces.
@@ -86,14 +134,28 @@ class HttpsRangeSource final : public RangeSource {
   using ClientPtr = std::unique_ptr<httplib::SSLClient>;
 
   StatusOr<ClientPtr> NewClient() {
-    auto c = std::make_unique<httplib::SSLClient>(url_.host, url_.port, options_.cert_file,
-                                                  options_.key_file);
-    if (!c->is_valid()) return InvalidArgumentError("https source: bad client certificate or key");
+    auto c = std::make_unique<httplib::SSLClient>(url_.host, url_.port);
+    if (!c->is_valid()) return InternalError("https source: cannot create a TLS context");
     SSL_CTX* ctx = c->ssl_context();
     RETURN_IF_ERROR(net::internal::ApplyTlsPolicy(ctx));
-    if (SSL_CTX_load_verify_locations(ctx, options_.ca_file.c_str(), nullptr) != 1) {
-      ERR_clear_error();
-      return InvalidArgumentError("https source: cannot load the CA file " + options_.ca_file);
+    X509_STORE* store = SSL_CTX_get_cert_store(ctx);
+    for (const auto& ca : credentials_.ca) {
+      if (store == nullptr || X509_STORE_add_cert(store, ca.get()) != 1) {
+        ERR_clear_error();
+        return InvalidArgumentError("https source: cannot use the CA certificate");
+      }
+    }
+    if (!credentials_.chain.empty()) {
+      bool ok = SSL_CTX_use_certificate(ctx, credentials_.chain[0].get()) == 1;
+      for (size_t i = 1; ok && i < credentials_.chain.size(); ++i) {
+        ok = SSL_CTX_add1_chain_cert(ctx, credentials_.chain[i].get()) == 1;
+      }
+      ok = ok && SSL_CTX_use_PrivateKey(ctx, credentials_.key.get()) == 1 &&
+           SSL_CTX_check_private_key(ctx) == 1;
+      if (!ok) {
+        ERR_clear_error();
+        return InvalidArgumentError("https source: bad client certificate or key");
+      }
     }
     // OpenSSL checks chain and name in the handshake; httplib's own check
     // would add the system store.
@@ -195,6 +257,7 @@ class HttpsRangeSource final : public RangeSource {
 
   const HttpsRangeSourceOptions options_;
   const ParsedUrl url_;
+  const Credentials credentials_;
   uint64_t size_ = 0;    // set by Init, then constant
   std::string digest_;   // set by Init, then constant
   std::mutex mu_;
@@ -227,11 +290,15 @@ class FileRangeSource final : public RangeSource {
 StatusOr<std::unique_ptr<RangeSource>> NewHttpsRangeSource(
     const HttpsRangeSourceOptions& options) {
   ASSIGN_OR_RETURN(ParsedUrl url, ParseHttpsUrl(options.url));
-  if (options.ca_file.empty()) return InvalidArgumentError("https source: a CA file is required");
+  if (options.ca_file.empty() && options.ca_pem.empty()) {
+    return InvalidArgumentError("https source: a CA file is required");
+  }
   if (options.cert_file.empty() != options.key_file.empty()) {
     return InvalidArgumentError("https source: client certificate and key go together");
   }
-  auto source = std::make_unique<HttpsRangeSource>(options, std::move(url));
+  ASSIGN_OR_RETURN(Credentials credentials, LoadCredentials(options));
+  auto source =
+      std::make_unique<HttpsRangeSource>(options, std::move(url), std::move(credentials));
   RETURN_IF_ERROR(source->Init());
   return std::unique_ptr<RangeSource>(std::move(source));
 }

@@ -9,6 +9,7 @@
 #include <span>
 #include <string>
 
+#include "base/secret_bytes.h"
 #include "base/status.h"
 
 namespace vmseal::nbd_export {
@@ -40,6 +41,12 @@ struct HttpsRangeSourceOptions {
   // PEM client certificate and key for mutual TLS; both or neither.
   std::string cert_file;
   std::string key_file;
+  // Or the PEM text itself, used instead of the matching *_file when set:
+  // an export running as a VM user, which cannot read the agent's files,
+  // receives it over inherited descriptors (docs/nbd-export.md).
+  std::string ca_pem;
+  std::string cert_pem;
+  std::shared_ptr<const SecretBytes> key_pem;
   // Connect and read timeout per request, seconds. Default 30.
   int timeout_seconds = 30;
   // Attempts per range on a transport failure (each on a new connection).
@@ -48,7 +55,8 @@ struct HttpsRangeSourceOptions {
 };
 
 // A RangeSource over HTTPS (TLS 1.3, pinned CA, optional client
-// certificate). Learns the size with a first one-byte Range request; a
+// certificate). The CA, certificate and key are read and parsed once, here.
+// Learns the size with a first one-byte Range request; a
 // server that ignores Range (200 instead of 206) is refused. Keeps a small
 // pool of kept-alive connections, one per concurrent caller.
 StatusOr<std::unique_ptr<RangeSource>> NewHttpsRangeSource(const HttpsRangeSourceOptions& options);

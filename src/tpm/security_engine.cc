@@ -28,6 +28,34 @@ constexpr char kAkPubFile[] = "/ak.pub";              // TPMT_PUBLIC, marshalled
 constexpr TPMA_OBJECT kOrigin =
     TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_SENSITIVEDATAORIGIN;
 
+// A TPM reached without a resource manager (swtpm's socket, /dev/tpm0)
+// keeps what an agent killed with SIGKILL had loaded, and a few objects fill
+// its slots (TPM_RC_OBJECT_MEMORY on the next CreatePrimary). The agent owns
+// its TPM (docs/host.md), so on start it flushes every transient object and
+// loaded session it can see; through a resource manager (/dev/tpmrm0) it
+// sees none of another client's. Best effort: a handle that will not flush
+// is left alone.
+void FlushLeftovers(ESYS_CONTEXT* ctx) {
+  for (TPM2_HANDLE first : {TPM2_TRANSIENT_FIRST, TPM2_LOADED_SESSION_FIRST}) {
+    TPMI_YES_NO more = TPM2_NO;
+    TPMS_CAPABILITY_DATA* data = nullptr;
+    if (Esys_GetCapability(ctx, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, TPM2_CAP_HANDLES,
+                           first, TPM2_MAX_CAP_HANDLES, &more, &data) != TSS2_RC_SUCCESS) {
+      continue;
+    }
+    EsysPtr<TPMS_CAPABILITY_DATA> owned(data);
+    const TPML_HANDLE& handles = data->data.handles;
+    for (uint32_t i = 0; i < handles.count && i < TPM2_MAX_CAP_HANDLES; ++i) {
+      ESYS_TR tr = ESYS_TR_NONE;
+      if (Esys_TR_FromTPMPublic(ctx, handles.handle[i], ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                                &tr) != TSS2_RC_SUCCESS) {
+        continue;
+      }
+      if (Esys_FlushContext(ctx, tr) != TSS2_RC_SUCCESS) (void)Esys_TR_Close(ctx, &tr);
+    }
+  }
+}
+
 TPM2B_PUBLIC RsaTemplate(TPMA_OBJECT attrs) {
   TPM2B_PUBLIC t;
   std::memset(&t, 0, sizeof(t));
@@ -269,6 +297,7 @@ Status SecurityEngine::Init(const SecurityEngineOptions& options) {
   m.esys.reset(esys);
   rc = Esys_Startup(m.ctx(), TPM2_SU_CLEAR);
   if (rc != TSS2_RC_SUCCESS && rc != TPM2_RC_INITIALIZE) return TpmError("Startup", rc);
+  FlushLeftovers(m.ctx());
 
   ASSIGN_OR_RETURN(m.srk, m.CreatePrimary(ESYS_TR_RH_OWNER, SrkTemplate(), nullptr));
   EsysPtr<TPM2B_PUBLIC> ak_pub;

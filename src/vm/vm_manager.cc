@@ -192,12 +192,17 @@ StatusOr<int> SecretPipe(const SecretBytes& secret) {
 
 // Lets group `gid` traverse directory `dir` (owned by this process): its
 // group becomes `gid` and it gains g+x (0700 -> 0710). Never adds read or
-// write for anyone.
-Status LetGroupTraverse(const std::string& dir, gid_t gid) {
+// write for anyone. A directory that is VM user `uid`'s own (an export's
+// state dir) already lets it through (kNoVmUser: no such user).
+constexpr uid_t kNoVmUser = static_cast<uid_t>(-1);
+Status LetGroupTraverse(const std::string& dir, gid_t gid, uid_t uid) {
   struct stat st;
   if (::lstat(dir.c_str(), &st) != 0) return ErrnoToStatus(errno, "stat", dir);
   if (!S_ISDIR(st.st_mode)) return FailedPreconditionError("not a directory: " + dir);
   if ((st.st_mode & S_IXOTH) != 0) return OkStatus();  // everyone may traverse it
+  if (uid != kNoVmUser && uid != 0 && st.st_uid == uid && (st.st_mode & S_IXUSR) != 0) {
+    return OkStatus();
+  }
   if (st.st_gid == gid && (st.st_mode & S_IXGRP) != 0) return OkStatus();
   if (st.st_uid != ::geteuid()) {
     return FailedPreconditionError("vm users cannot reach " + dir +
@@ -310,8 +315,8 @@ StatusOr<std::unique_ptr<VmManager>> VmManager::Create(const VmManagerOptions& o
     for (auto p = dir; !p.empty() && p != p.root_path(); p = p.parent_path()) {
       chain.push_back(p.string());
     }
-    for (const std::string& d : chain) RETURN_IF_ERROR(LetGroupTraverse(d, traverse));
-    RETURN_IF_ERROR(LetGroupTraverse(options.state_dir + "/run", traverse));
+    for (const std::string& d : chain) RETURN_IF_ERROR(LetGroupTraverse(d, traverse, kNoVmUser));
+    RETURN_IF_ERROR(LetGroupTraverse(options.state_dir + "/run", traverse, kNoVmUser));
   }
   // The QMP socket path (named by a 16-character digest of the vm name, so
   // that long names fit) must fit sockaddr_un.
@@ -422,9 +427,39 @@ bool VmManager::RecordEnd(const std::string& name, pid_t pid, const VmEnd& end) 
 Status VmManager::GrantAccess(const std::string& name, const std::string& path) {
   RETURN_IF_ERROR(internal::ValidateVmName(name));
   std::lock_guard<std::mutex> lock(mu_);
-  ASSIGN_OR_RETURN(VmRecord record, ReadRecord(StatePath(name), name));
-  if (record.info.uid == 0) return OkStatus();
-  return GrantAccessLocked(record.info.uid, path);
+  uint32_t uid = 0;
+  if (auto it = reserved_uids_.find(name); it != reserved_uids_.end()) {
+    uid = it->second;
+  } else {
+    ASSIGN_OR_RETURN(VmRecord record, ReadRecord(StatePath(name), name));
+    uid = record.info.uid;
+  }
+  if (uid == 0) return OkStatus();
+  return GrantAccessLocked(uid, path);
+}
+
+StatusOr<uint32_t> VmManager::UserFor(const std::string& name) {
+  RETURN_IF_ERROR(internal::ValidateVmName(name));
+  if (options_.vm_users.count == 0) return uint32_t{0};
+  std::lock_guard<std::mutex> lock(mu_);
+  if (auto it = reserved_uids_.find(name); it != reserved_uids_.end()) return it->second;
+  if (Env::Default()->FileExists(StatePath(name))) {
+    ASSIGN_OR_RETURN(VmRecord record, ReadRecord(StatePath(name), name));
+    if (record.info.uid != 0) return record.info.uid;
+  }
+  ASSIGN_OR_RETURN(uint32_t uid, AllocateUidLocked());
+  reserved_uids_[name] = uid;
+  return uid;
+}
+
+void VmManager::ReleaseUser(const std::string& name) {
+  std::lock_guard<std::mutex> lock(mu_);
+  reserved_uids_.erase(name);
+}
+
+std::vector<uint32_t> VmManager::UserGroups() const {
+  if (options_.vm_users.count == 0) return {};
+  return {options_.vm_users.first_id};
 }
 
 Status VmManager::GrantAccessLocked(uint32_t uid, const std::string& path) {
@@ -437,15 +472,17 @@ Status VmManager::GrantAccessLocked(uint32_t uid, const std::string& path) {
   }
   struct stat st;
   if (::lstat(target.c_str(), &st) != 0) return ErrnoToStatus(errno, "stat", path);
-  if (!S_ISREG(st.st_mode) && !S_ISSOCK(st.st_mode)) {
-    return InvalidArgumentError("vm file is not a regular file or socket: " + path);
+  if (!S_ISREG(st.st_mode) && !S_ISSOCK(st.st_mode) && !S_ISDIR(st.st_mode)) {
+    return InvalidArgumentError("vm file is not a regular file, socket or directory: " + path);
   }
-  if (::chown(target.c_str(), uid, uid) != 0) return ErrnoToStatus(errno, "chown", path);
-  if (::chmod(target.c_str(), 0600) != 0) return ErrnoToStatus(errno, "chmod", path);
+  if (::lchown(target.c_str(), uid, uid) != 0) return ErrnoToStatus(errno, "chown", path);
+  if (::chmod(target.c_str(), S_ISDIR(st.st_mode) ? 0700 : 0600) != 0) {
+    return ErrnoToStatus(errno, "chmod", path);
+  }
   const gid_t traverse = static_cast<gid_t>(options_.vm_users.first_id);
   for (fs::path d = target.parent_path(); d != root.parent_path() && !d.empty();
        d = d.parent_path()) {
-    RETURN_IF_ERROR(LetGroupTraverse(d.string(), traverse));
+    RETURN_IF_ERROR(LetGroupTraverse(d.string(), traverse, uid));
     if (d == root) break;
   }
   return OkStatus();
@@ -464,6 +501,7 @@ StatusOr<uint32_t> VmManager::AllocateUidLocked() {
     if (record.ok() && record->info.uid != 0) used.push_back(record->info.uid);
   }
   if (ec) return ErrnoToStatus(ec.value(), "list", dir);
+  for (const auto& [name, uid] : reserved_uids_) used.push_back(uid);
   const VmUserRange& r = options_.vm_users;
   for (uint32_t uid = r.first_id + 1; uid < r.first_id + r.count; ++uid) {
     if (std::find(used.begin(), used.end(), uid) == used.end()) return uid;
@@ -547,7 +585,12 @@ StatusOr<VmInfo> VmManager::Launch(const VmSpec& spec, const SecretBytes* disk_s
   if (options_.vm_users.count > 0) {
     // qemu runs as this VM's own uid: it gets its serial log, disks,
     // overlays and sockets, and the QMP socket as a listening descriptor.
-    ASSIGN_OR_RETURN(info.uid, AllocateUidLocked());
+    // The uid its exports already run as (UserFor), else a new one.
+    if (auto it = reserved_uids_.find(spec.name); it != reserved_uids_.end()) {
+      info.uid = it->second;
+    } else {
+      ASSIGN_OR_RETURN(info.uid, AllocateUidLocked());
+    }
     RETURN_IF_ERROR(GrantAccessLocked(info.uid, info.serial_log_path));
     for (const VmDisk& disk : disks) {
       RETURN_IF_ERROR(GrantAccessLocked(info.uid, disk.path));
@@ -605,6 +648,7 @@ StatusOr<VmInfo> VmManager::Launch(const VmSpec& spec, const SecretBytes* disk_s
     cleanup();
     return written;
   }
+  reserved_uids_.erase(spec.name);  // the record holds it now
 
   const int64_t deadline = internal::MonotonicMs() + options_.launch_timeout_ms;
   for (;;) {
@@ -744,6 +788,7 @@ Status VmManager::Delete(const std::string& name) {
   RETURN_IF_ERROR(RemoveIfExists(record.info.qemu_log_path));
   RETURN_IF_ERROR(RemoveIfExists(record.info.qmp_socket_path));
   RETURN_IF_ERROR(RemoveIfExists(StatePath(name)));
+  reserved_uids_.erase(name);
   return Env::Default()->SyncDir(options_.state_dir + "/vms");
 }
 

@@ -296,7 +296,20 @@ class VmManager {
   // the VM users' group traverse the directories from state_dir down to it.
   // OK and nothing done when the VM runs as the agent. NOT_FOUND when the VM
   // is unknown; INVALID_ARGUMENT when `path` is not under state_dir.
+  // A directory `path` (an NBD export's state dir) becomes the VM user's
+  // own (0700). A VM not launched yet uses the uid UserFor reserved.
   Status GrantAccess(const std::string& name, const std::string& path);
+
+  // The uid (= gid) the processes of VM `name` run as: its qemu and its NBD
+  // exports. The one its record holds; before Launch, one reserved for it
+  // now and kept until Launch records it or ReleaseUser/Delete drops it.
+  // 0 when VM users are off; RESOURCE_EXHAUSTED when the range is used up.
+  StatusOr<uint32_t> UserFor(const std::string& name);
+  // Drops the reservation UserFor made for a VM that was never launched.
+  void ReleaseUser(const std::string& name);
+  // The supplementary groups of a VM's processes other than qemu: the
+  // traversal group (VmUserRange::first_id). Empty when VM users are off.
+  std::vector<uint32_t> UserGroups() const;
 
   // The accelerator kAuto resolves to on this machine.
   Accel ResolvedAccel() const;
@@ -307,7 +320,7 @@ class VmManager {
   std::string StatePath(const std::string& name) const;
   // The VM-user counterparts of GrantAccess with mu_ held.
   Status GrantAccessLocked(uint32_t uid, const std::string& path);
-  // The lowest VM uid no VM record holds; mu_ held.
+  // The lowest VM uid no VM record or reservation holds; mu_ held.
   StatusOr<uint32_t> AllocateUidLocked();
   std::string RunPath(const std::string& name, const char* suffix) const;
   StatusOr<VmInfo> GetLocked(const std::string& name);
@@ -333,6 +346,8 @@ class VmManager {
 
   const VmManagerOptions options_;
   std::mutex mu_;
+  // UserFor's uids of VMs not launched yet, by name; mu_ held.
+  std::map<std::string, uint32_t> reserved_uids_;
 
   // Guards watched_ and quit_; never held while mu_ is taken.
   std::mutex watch_mu_;

@@ -394,10 +394,10 @@ int Run(int releases, const std::string& store_arg, int clients, const std::stri
         x25519 ? Must(crypto::X25519Wrap(pub, data_key, crypto::AsStringView(image_label)), "wrap")
                : Must(crypto::RsaOaepWrap(pub, data_key, crypto::AsStringView(image_label)), "wrap");
 
-    // The portal registers the image it accepted; every release below is of
-    // its own job, placed on host-1 with a one-launch grant.
-    Must(service->RegisterImage(portal, {"acme", image_id, "sha256:" + pub.KeyId(), 0}),
-         "register image");
+    // The portal registers the image it accepted with its signed metadata
+    // (after the first request is signed, below); every release below is of
+    // its own job, placed on host-1 with a one-launch grant (checked against
+    // the sealed policy on host-1's latest verdict).
     std::fprintf(stderr, "%s: recording evidence sets from swtpm...\n", algorithm.c_str());
     std::vector<kms::ReleaseRequest> requests;
     const int paced = releases;  // evidence for the paced run
@@ -405,8 +405,6 @@ int Run(int releases, const std::string& store_arg, int clients, const std::stri
       auto n = Must(service->IssueNonce(host, "host-1"), "nonce");
       kms::ReleaseRequest r;
       r.job_id = "bench-" + algorithm + "-" + std::to_string(i);
-      Must(service->CreateGrant(portal, {r.job_id, image_id, "acme", "host-1", 3600}).status(),
-           "grant");
       r.image_id = image_id;
       r.tenant = "acme";
       r.key_id = "sha256:" + pub.KeyId();
@@ -415,12 +413,17 @@ int Run(int releases, const std::string& store_arg, int clients, const std::stri
       r.wrapped_key = wrapped;
       if (requests.empty()) {
         sign_request(r);
+        Must(service->RegisterImage(portal, {"acme", image_id, r.key_id, 0},
+                                    {r.descriptor_name, r.descriptor, r.manifest, r.package_cert}),
+             "register image");
       } else {
         r.descriptor_name = requests[0].descriptor_name;
         r.descriptor = requests[0].descriptor;
         r.manifest = requests[0].manifest;
         r.package_cert = requests[0].package_cert;
       }
+      Must(service->CreateGrant(portal, {r.job_id, image_id, "acme", "host-1", 3600}).status(),
+           "grant");
       r.evidence = Must(engine->Attest(Must(crypto::HexDecode(n.nonce), "hex"), pcrs), "attest");
       requests.push_back(std::move(r));
     }
@@ -552,7 +555,6 @@ int Run(int releases, const std::string& store_arg, int clients, const std::stri
     const kms::ReleaseRequest& good = *good_request;
     Must(service->PutFlavor(op, {"other", {{"sha256", {{"0", std::string(64, 'a')}}}}}), "flavor");
     Must(service->RegisterImage(portal, {"acme", "img-pcr", good.key_id, 0}), "register image");
-    Must(service->PutPolicy(op, {"acme", "img-pcr", {{"flavors", {{"anyOf", {"other"}}}}}}), "policy");
     std::fprintf(stderr, "hostile: recording evidence sets from swtpm...\n");
     // `n` bodies of `good` changed by `change`, each with a fresh nonce
     // (attested by the swtpm when `attest`, else left with the good
@@ -616,6 +618,9 @@ int Run(int releases, const std::string& store_arg, int clients, const std::stri
                        r.image_id = "img-pcr";
                        r.oaep_label = PackageLabel("img-pcr", "acme");
                      }, true)});
+    // Set after the grants above: a grant is checked against the image's
+    // policy, so the release is what refuses these (pcr_policy).
+    Must(service->PutPolicy(op, {"acme", "img-pcr", {{"flavors", {{"anyOf", {"other"}}}}}}), "policy");
     std::printf("  hostile input over HTTPS, %d of each, every one refused with its reason: server cpu per "
                 "request, and its ratio to a good %s release (%.3f ms; target <= 1)\n",
                 n, cheapest_release_kind.c_str(), cheapest_release_cpu * 1e3);

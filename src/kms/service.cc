@@ -890,9 +890,72 @@ StatusOr<KmsService::CachedKey> KmsService::CustomerPrivateKey(const std::string
   return cached;
 }
 
+// What VerifyTenantSigned proved of one package's texts: signed by the
+// registered key `registered_key_id` (whose certificate had digest
+// `registered_cert_sha256`), at `verified_unix`.
+struct KmsService::VerifiedTexts {
+  std::string registered_key_id;
+  std::string registered_cert_sha256;
+  int64_t verified_unix = 0;
+  ovf::SignedDescriptor descriptor;
+};
+
+namespace {
+// A verified package is verified again after this long, so that a signer
+// certificate that expired or a CA that changed is noticed within it.
+constexpr int64_t kVerifiedTextsSeconds = 60;
+constexpr size_t kMaxVerifiedTexts = 4096;
+
+// SHA-256 of the tenant and the texts, each length-prefixed (64-bit).
+std::string TextsDigest(const std::string& tenant, const ovf::SignedPackageTexts& t) {
+  std::string all;
+  for (const std::string* s : {&tenant, &t.descriptor_name, &t.descriptor, &t.manifest, &t.certificate}) {
+    const uint64_t n = s->size();
+    all.append(reinterpret_cast<const char*>(&n), sizeof(n));
+    all += *s;
+  }
+  return crypto::HexEncode(crypto::Sha256(all));
+}
+}  // namespace
+
 StatusOr<ovf::SignedDescriptor> KmsService::VerifyTenantSigned(const std::string& tenant,
                                                                const ovf::SignedPackageTexts& texts,
                                                                std::string* signer_key_id) {
+  // The registered key is read every time (a rotated or retired key takes
+  // effect on the next request); the texts' verification is remembered for
+  // that key: the same bytes under the same key verify the same way.
+  auto registered = store_->GetSigningKey(tenant);
+  if (!registered.ok() && registered.status().code() != StatusCode::kNotFound) {
+    return registered.status();
+  }
+  const std::string digest = TextsDigest(tenant, texts);
+  const std::string cert_digest =
+      registered.ok() ? crypto::HexEncode(crypto::Sha256(registered->cert_pem)) : std::string();
+  const int64_t now = Now();
+  if (registered.ok() && options_.remember_verified_packages) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = verified_texts_.find(digest);
+    if (it != verified_texts_.end() && it->second->registered_key_id == registered->key_id &&
+        it->second->registered_cert_sha256 == cert_digest &&
+        now - it->second->verified_unix < kVerifiedTextsSeconds && now >= it->second->verified_unix) {
+      *signer_key_id = registered->key_id;
+      return it->second->descriptor;
+    }
+  }
+  // A package signed by another key than the registered one is refused
+  // from its .cert alone, before the signature, manifest and descriptor are
+  // checked: foreign-signed bytes cost a certificate parse, not a
+  // verification (the full checks below still decide everything else).
+  if (registered.ok() && texts.certificate.size() <= 64 * 1024) {
+    auto sig = ovf::ParsePackageCertificate(texts.certificate);
+    if (sig.ok()) {
+      auto signer = sig->signer.GetPublicKey();
+      if (signer.ok() && signer->KeyId() != registered->key_id) {
+        return Denied("signer_mismatch", "signed by key " + signer->KeyId() + ", tenant '" + tenant +
+                                             "' registered signing key " + registered->key_id);
+      }
+    }
+  }
   auto verified = ovf::VerifySignedDescriptor(texts);
   if (!verified.ok()) {
     const std::string reason = ReasonPrefix(verified.status());
@@ -901,10 +964,6 @@ StatusOr<ovf::SignedDescriptor> KmsService::VerifyTenantSigned(const std::string
     }
     return InvalidArgumentError("malformed_package: " + verified.status().message());
   }
-  auto registered = store_->GetSigningKey(tenant);
-  if (!registered.ok() && registered.status().code() != StatusCode::kNotFound) {
-    return registered.status();
-  }
   if (!registered.ok()) {
     return Denied("signer_mismatch", "tenant " + tenant + " has no registered signing key");
   }
@@ -912,6 +971,12 @@ StatusOr<ovf::SignedDescriptor> KmsService::VerifyTenantSigned(const std::string
                                               tenant);
   if (!signer.ok()) return PermissionDeniedError(signer.message());
   *signer_key_id = registered->key_id;
+  auto entry = std::make_shared<const VerifiedTexts>(
+      VerifiedTexts{registered->key_id, cert_digest, now, *verified});
+  if (!options_.remember_verified_packages) return verified;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (verified_texts_.size() >= kMaxVerifiedTexts) verified_texts_.clear();
+  verified_texts_[digest] = std::move(entry);
   return verified;
 }
 

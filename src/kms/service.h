@@ -216,6 +216,12 @@ class KmsService {
     // at most two audit records (the first refusal and the count of the
     // rest). Default 60 s.
     int64_t anonymous_denial_window_seconds = 60;
+    // Remember, for 60 s, package texts verified as signed by the tenant's
+    // registered key, so that the next release of the same package skips
+    // parsing and verifying them (the registered key is still read every
+    // time). false verifies every time (bench/release_bench's baseline).
+    // Default true.
+    bool remember_verified_packages = true;
   };
 
   // `store` and `kek` must outlive the service. `ca` signs certificates.
@@ -500,7 +506,13 @@ class KmsService {
   std::map<std::string, std::shared_ptr<const attest::AkPublic>> aks_;
   std::map<std::string, PendingEnrollment> pending_;
   std::map<std::string, CachedKey> keys_;  // by "<customer>/<key id as requested>"
-  // Registered descriptor digests by (tenant, image id), only non-empty ones.
+  // Signed package texts already verified for a tenant's registered signing
+  // key, by SHA-256 of (tenant, texts): a release of the same package skips
+  // parsing and verifying them again (VerifyTenantSigned).
+  struct VerifiedTexts;
+  std::map<std::string, std::shared_ptr<const VerifiedTexts>> verified_texts_;
+  // Registered descriptor policies by (tenant, image id), only of images
+  // registered with a descriptor.
   std::map<std::pair<std::string, std::string>, RegisteredPolicy> descriptors_;
 
   std::mutex reads_mu_;  // guards the release reads below

@@ -1234,6 +1234,31 @@ TEST_F(ReleaseTest, DescriptorChangedAfterSigningIsBadSignature) {
   EXPECT_STATUS(Release(r), StatusCode::kPermissionDenied, "bad_signature");
 }
 
+// The KMS remembers texts it verified (Options::remember_verified_packages):
+// the same package is released again from memory, but altered bytes or an
+// expired memory are verified in full.
+TEST_F(ReleaseTest, RememberedPackageVerificationCoversOnlyTheSameBytesForAMinute) {
+  crypto::PublicKey customer = NewCustomerKey("X25519");
+  const ReleaseRequest first = Request("img-1", customer, data_key_);
+  ASSERT_OK(Release(first));
+  // Another launch of the same package (its texts and wrapped key).
+  auto same_package = [&] {
+    ReleaseRequest r = Request("img-1", customer, data_key_);
+    r.wrapped_key = first.wrapped_key;
+    r.descriptor = first.descriptor;
+    r.manifest = first.manifest;
+    r.package_cert = first.package_cert;
+    return r;
+  };
+  ASSERT_OK(Release(same_package()));
+  ReleaseRequest altered = same_package();
+  altered.descriptor.replace(altered.descriptor.find("img-1"), 5, "img-2");
+  EXPECT_STATUS(Release(altered), StatusCode::kPermissionDenied, "bad_signature");
+  now_ += 61;  // verified again, and still good
+  ASSERT_OK(Release(same_package()));
+  EXPECT_EQ(Audited("release.deny", "bad_signature"), 1);
+}
+
 TEST_F(ReleaseTest, RequestForAnotherImageThanSignedIsKeyNotSigned) {
   crypto::PublicKey customer = NewCustomerKey("X25519");
   ReleaseRequest signed_for_1 = Request("img-1", customer, data_key_);

@@ -12,7 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/status.h"
-#include "ovf/signature.h"
+#include "ovf/signed_package_texts.h"
 #include "crypto/primitives.h"
 
 namespace vmseal::csp {

@@ -9,7 +9,7 @@
 
 #include "base/env.h"
 #include "base/status.h"
-#include "ovf/signature.h"
+#include "ovf/signed_package_texts.h"
 
 namespace vmseal::csp {
 

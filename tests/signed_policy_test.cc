@@ -166,18 +166,32 @@ class SignedPolicyTest : public ::testing::Test {
 
   // A misbehaving portal (a test double with the portal's certificate)
   // places job `job` of the package `name` on host-1 directly at the KMS,
-  // whatever the image's policy says.
-  void PlaceJobDirectly(const std::string& name, const std::string& job) {
+  // whatever the image's policy says: it registers the image again by its
+  // key id alone (no signed descriptor) and asks for the grant.
+  Status TryPlaceJobDirectly(const std::string& name, const std::string& job) {
     auto pkg = Open(name);
-    ASSERT_NE(pkg, nullptr);
+    if (pkg == nullptr) return InternalError("package does not open");
     auto portal = Kms("portal");
-    ASSERT_OK(portal->Put("/v1/images/" + pkg->tag().tenant + "/" + pkg->tag().image_id,
-                          {{"key_id", pkg->tag().key_id}}));
-    ASSERT_OK(portal->Post("/v1/grants", {{"job_id", job},
-                                          {"image_id", pkg->tag().image_id},
-                                          {"tenant", pkg->tag().tenant},
-                                          {"host_id", "host-1"},
-                                          {"ttl_seconds", 300}}));
+    RETURN_IF_ERROR(portal->Put("/v1/images/" + pkg->tag().tenant + "/" + pkg->tag().image_id,
+                                {{"key_id", pkg->tag().key_id}}).status());
+    return portal->Post("/v1/grants", {{"job_id", job},
+                                       {"image_id", pkg->tag().image_id},
+                                       {"tenant", pkg->tag().tenant},
+                                       {"host_id", "host-1"},
+                                       {"ttl_seconds", 300}}).status();
+  }
+  void PlaceJobDirectly(const std::string& name, const std::string& job) {
+    ASSERT_OK(TryPlaceJobDirectly(name, job));
+  }
+  // The portal's placement check of package `name` on host-1: its reason.
+  std::string PlacementReason(const std::string& name) {
+    auto pkg = Open(name);
+    auto r = Kms("portal")->Post("/v1/placement-check",
+                                 {{"customer_id", pkg->tag().tenant},
+                                  {"image_id", pkg->tag().image_id},
+                                  {"host_ids", {"host-1"}}});
+    EXPECT_OK(r);
+    return r.ok() ? r->dump() : "";
   }
   std::unique_ptr<ovf::Package> Open(const std::string& name) {
     ovf::PackageOpenOptions po;
@@ -320,19 +334,84 @@ TEST_F(SignedPolicyTest, MisbehavingPortalPlacingAJobOnAHostTheSealedPolicyExclu
   SealAndUpload("a", "other.ova",
                 {"--policy", R"({"flavors":{"anyOf":["other-boot"]}})"});
   EnrollHost({"region=demo"});
-  // The portal places both jobs on host-1 anyway.
-  PlaceJobDirectly("gold.ova", "job-gold");
-  PlaceJobDirectly("other.ova", "job-other");
-  EXPECT_STATUS(HostRelease("gold.ova", "job-gold"), StatusCode::kPermissionDenied, "tags");
-  EXPECT_STATUS(HostRelease("other.ova", "job-other"), StatusCode::kPermissionDenied, "pcr_policy");
+  // The KMS learnt each sealed policy from the signed descriptor the portal
+  // registered at upload: its placement check already excludes host-1.
+  EXPECT_THAT(PlacementReason("gold.ova"), HasSubstr(R"("reason":"tags")"));
+  EXPECT_THAT(PlacementReason("other.ova"), HasSubstr(R"("reason":"pcr_policy")"));
+  // The portal places both jobs on host-1 anyway: no grant.
+  EXPECT_STATUS(TryPlaceJobDirectly("gold.ova", "job-gold"), StatusCode::kPermissionDenied, "tags");
+  EXPECT_STATUS(TryPlaceJobDirectly("other.ova", "job-other"), StatusCode::kPermissionDenied,
+                "pcr_policy");
+  std::vector<json> refused = Audit("grant.deny");
+  ASSERT_EQ(refused.size(), 2u);
+  EXPECT_EQ(refused[0]["reason"], "tags");
+  EXPECT_EQ(refused[0]["policy"], "descriptor");
+  EXPECT_EQ(refused[0]["job_id"], "job-gold");
+  EXPECT_EQ(refused[1]["reason"], "pcr_policy");
+  EXPECT_EQ(refused[1]["policy"], "descriptor");
+  EXPECT_TRUE(Audit("grant.create").empty());
+  // The host asks anyway: there is no grant to release against.
+  EXPECT_STATUS(HostRelease("gold.ova", "job-gold"), StatusCode::kPermissionDenied, "no_grant");
+  EXPECT_STATUS(HostRelease("other.ova", "job-other"), StatusCode::kPermissionDenied, "no_grant");
+  // Checked again at release: host-1 meets the policy when the grant is
+  // made, then the operator takes its tier=gold tag away.
+  Tag({"region=demo", "tier=gold"});
+  PlaceJobDirectly("gold.ova", "job-gold-2");
+  Tag({"region=demo"});
+  EXPECT_STATUS(HostRelease("gold.ova", "job-gold-2"), StatusCode::kPermissionDenied, "tags");
+  std::vector<json> denials = Audit("release.deny");
+  ASSERT_EQ(denials.size(), 3u);
+  EXPECT_EQ(denials[2]["reason"], "tags");
+  EXPECT_EQ(denials[2]["policy"], "descriptor");
+  EXPECT_EQ(denials[2]["job_id"], "job-gold-2");
+  EXPECT_TRUE(Audit("release.grant").empty());
+}
+
+TEST_F(SignedPolicyTest, PortalRegisteringAnImageWithoutItsSignedDescriptorNeverGetsTheKeyReleased) {
+  const std::string a = SignUp("a");
+  SignUp("b");
+  // The operator's customer-wide policy for A would let host-1 in; A's
+  // sealed policy would not (it wants tier=gold).
+  ASSERT_OK(Kms("operator")->Put("/v1/policies/" + a, json::parse(kAnyTagPolicy)));
+  EnrollHost({"region=demo"});
+  // A seals two packages that the portal never uploads the honest way: it
+  // registers them at the KMS by key id alone, so that the grant is checked
+  // against the operator's policy instead of the sealed one.
+  for (auto [name, policy] : {std::pair{"gold.ova", kGoldPolicy}, std::pair{"any.ova", kAnyTagPolicy}}) {
+    std::string out;
+    ASSERT_EQ(RunCommand({VmsealBinary(), "seal", dir_.File("disk.raw"), "--cert",
+                          dir_.File("a/customer.pem"), "--policy", policy, "-o", dir_.File(name)},
+                         &out, 120),
+              0)
+        << out;
+  }
+  PlaceJobDirectly("gold.ova", "job-1");
+  PlaceJobDirectly("any.ova", "job-2");
+  // The release enforces the sealed policy of the descriptor the customer
+  // signed whatever the grant was checked against...
+  EXPECT_STATUS(HostRelease("gold.ova", "job-1"), StatusCode::kPermissionDenied, "tags");
+  // ... and an image not registered with that descriptor is never released,
+  // even to a host its policy admits.
+  EXPECT_STATUS(HostRelease("any.ova", "job-2"), StatusCode::kPermissionDenied,
+                "descriptor_mismatch");
+  // Registering B's signed package texts as A's image is refused and audited.
+  SealAndUpload("b", "b.ova", {});
+  auto theirs = Open("b.ova");
+  auto mine = Open("gold.ova");
+  EXPECT_STATUS(Kms("portal")->Put("/v1/images/" + a + "/" + mine->tag().image_id,
+                                   {{"key_id", mine->tag().key_id},
+                                    {"descriptor_name", theirs->descriptor_name()},
+                                    {"descriptor", theirs->descriptor_text()},
+                                    {"manifest", theirs->manifest_text()},
+                                    {"package_cert", theirs->certificate_text()}}),
+                StatusCode::kPermissionDenied, "signer_mismatch");
   std::vector<json> denials = Audit("release.deny");
   ASSERT_EQ(denials.size(), 2u);
   EXPECT_EQ(denials[0]["reason"], "tags");
   EXPECT_EQ(denials[0]["policy"], "descriptor");
-  EXPECT_EQ(denials[0]["job_id"], "job-gold");
-  EXPECT_EQ(denials[1]["reason"], "pcr_policy");
-  EXPECT_EQ(denials[1]["policy"], "descriptor");
+  EXPECT_EQ(denials[1]["reason"], "descriptor_mismatch");
   EXPECT_TRUE(Audit("release.grant").empty());
+  EXPECT_THAT(AuditReasons("request.deny"), ::testing::Contains("signer_mismatch"));
 }
 
 TEST_F(SignedPolicyTest, PolicySetWithCustomerSetPolicyIsEnforcedAtRelease) {
@@ -353,10 +432,19 @@ TEST_F(SignedPolicyTest, PolicySetWithCustomerSetPolicyIsEnforcedAtRelease) {
   json set = CustomerJson("a", {"set-policy", image_id, kGoldPolicy});
   ASSERT_EQ(set["version"], 1) << set.dump();
   EnrollHost({"region=demo"});
-  // A host without the tag the customer's signed policy requires: denied.
+  // A host without the tag the customer's signed policy requires gets no
+  // grant.
+  EXPECT_STATUS(TryPlaceJobDirectly("a.ova", "job-0"), StatusCode::kPermissionDenied, "tags");
+  std::vector<json> refused = Audit("grant.deny");
+  ASSERT_EQ(refused.size(), 1u);
+  EXPECT_EQ(refused[0]["policy"], "signed:v1");
+  // Granted while tagged tier=gold, the tag removed before the release:
+  // denied at release.
+  Tag({"region=demo", "tier=gold"});
   PlaceJobDirectly("a.ova", "job-1");
+  Tag({"region=demo"});
   EXPECT_STATUS(HostRelease("a.ova", "job-1"), StatusCode::kPermissionDenied, "tags");
-  // The same host once the operator tags it tier=gold: granted.
+  // The same host once the operator tags it tier=gold again: granted.
   Tag({"region=demo", "tier=gold"});
   PlaceJobDirectly("a.ova", "job-2");
   auto released = HostRelease("a.ova", "job-2");

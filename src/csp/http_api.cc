@@ -349,7 +349,7 @@ void RegisterPortalRoutes(net::HttpsServer& server, const PortalServices& svc) {
     if (!i.key_id.empty()) {
       // The KMS learns the tag's identity, owned by this
       // customer: grants and this image's policy need it.
-      Status reg = svc.kms->RegisterImage(p.customer_id, i.tagged_image_id, i.key_id);
+      Status reg = svc.kms->RegisterImage(p.customer_id, i.tagged_image_id, i.key_id, i.signed_texts);
       if (!reg.ok()) {
         (void)svc.images->DeleteImage(p, i.image_id);
         return Status(reg.code(), "KMS image registration: " + reg.message());

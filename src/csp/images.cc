@@ -214,7 +214,10 @@ StatusOr<ImageInfo> ImageService::CommitUpload(const Principal& who,
   spdlog::info("image listed customer={} image={} tag={} size={} disks={}", who.customer_id,
                record.image_id, record.tagged_image_id, record.size_bytes, verified.disk_count);
   ImageInfo info = ToInfo(record);
-  if (!verified.tenant.empty()) info.key_id = verified.key_id;
+  if (!verified.tenant.empty()) {
+    info.key_id = verified.key_id;
+    info.signed_texts = std::move(verified.signed_texts);
+  }
   return info;
 }
 

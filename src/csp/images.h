@@ -36,6 +36,9 @@ struct ImageInfo {
   // tenant and key were checked against the uploader, for registering the
   // image at the KMS; empty when the verifier read no tag.
   std::string key_id;
+  // Set by CommitUpload only (not stored): the package's signed metadata,
+  // which the KMS registration carries (empty for an unsigned package).
+  ovf::SignedPackageTexts signed_texts;
 };
 
 struct BeginUploadRequest {};

@@ -131,9 +131,16 @@ class HttpsKmsClient final : public KmsClient {
   }
 
   Status RegisterImage(const std::string& tenant, const std::string& image_id,
-                       const std::string& key_id) override {
-    ASSIGN_OR_RETURN(json ignored, client_->Put("/v1/images/" + tenant + "/" + image_id,
-                                                json{{"key_id", key_id}}));
+                       const std::string& key_id,
+                       const ovf::SignedPackageTexts& signed_texts) override {
+    json body = {{"key_id", key_id}};
+    if (!signed_texts.certificate.empty()) {
+      body["descriptor_name"] = signed_texts.descriptor_name;
+      body["descriptor"] = signed_texts.descriptor;
+      body["manifest"] = signed_texts.manifest;
+      body["package_cert"] = signed_texts.certificate;
+    }
+    ASSIGN_OR_RETURN(json ignored, client_->Put("/v1/images/" + tenant + "/" + image_id, body));
     (void)ignored;
     return OkStatus();
   }

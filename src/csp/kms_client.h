@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/status.h"
+#include "ovf/signed_package_texts.h"
 #include "crypto/primitives.h"
 
 namespace vmseal::csp {
@@ -105,10 +106,13 @@ class KmsClient {
   }
 
   // Registers an accepted package's tag identity (PUT
-  // /v1/images/{tenant}/{image_id}): the KMS then accepts grants and this
-  // image's policy for that tenant only.
+  // /v1/images/{tenant}/{image_id}) with its signed metadata (empty for an
+  // unsigned package): the KMS verifies the customer's signature, then
+  // accepts grants and this image's policy for that tenant only, checking
+  // hosts against the signed descriptor's release policy.
   virtual Status RegisterImage(const std::string& tenant, const std::string& image_id,
-                               const std::string& key_id) = 0;
+                               const std::string& key_id,
+                               const ovf::SignedPackageTexts& signed_texts) = 0;
 
   // Registers a one-launch grant (KMS role portal). Without one the KMS
   // refuses the host's release (no_grant).

@@ -39,6 +39,8 @@ StatusOr<VerifiedPackage> OvfPackageVerifier::Verify(const RandomAccessFile&,
     auto signer = p.signature().signer.GetPublicKey();
     if (!signer.ok()) return InvalidArgumentError("package rejected: unreadable signer key");
     out.signer_key_id = signer->KeyId();
+    out.signed_texts = {p.descriptor_name(), p.descriptor_text(), p.manifest_text(),
+                        p.certificate_text()};
   }
   return out;
 }

@@ -9,6 +9,7 @@
 
 #include "base/env.h"
 #include "base/status.h"
+#include "ovf/signed_package_texts.h"
 
 namespace vmseal::csp {
 
@@ -36,6 +37,10 @@ struct VerifiedPackage {
   // §8.1); empty for an unsigned package. The portal lists a package whose
   // tag it read only if this is the uploader's registered signing key.
   std::string signer_key_id;
+  // The signed package's descriptor, manifest and .cert exactly as stored
+  // (set with `signer_key_id`): the portal registers the image at the KMS
+  // with them, and the KMS verifies them itself (docs/protocol.md §4).
+  ovf::SignedPackageTexts signed_texts;
 };
 
 // Thread-safe.

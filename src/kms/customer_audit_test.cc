@@ -52,9 +52,15 @@ class CustomerAuditTest : public ::testing::Test {
 
   static Caller Portal() { return {Caller::Role::kPortal, "portal-1", "fp"}; }
 
+  // A grant record of the image, written as KmsService::CreateGrant writes
+  // it (the hosts here are not enrolled, so the service itself would refuse
+  // the grant: its policy check is ReleaseTest's and SignedPolicyTest's).
   void Grant(const std::string& job, const std::string& host) {
-    GrantRequest g{job, kImage, "acme", host, 600};
-    ASSERT_OK(service_->CreateGrant(Portal(), g));
+    GrantRecord g{job, kImage, "acme", host, now_ + 600, now_, 0};
+    ASSERT_OK(store_->PutGrant(g, {"grant.create", "host/" + host,
+                                   json{{"job_id", job}, {"image_id", kImage}, {"tenant", "acme"},
+                                        {"expires_unix", g.expires_unix}, {"policy", "_default"},
+                                        {"by", "portal-1"}}}));
   }
 
   CustomerAuditVerifyOptions Verify(const std::string& saved = "") {

@@ -890,10 +890,73 @@ StatusOr<KmsService::CachedKey> KmsService::CustomerPrivateKey(const std::string
   return cached;
 }
 
-Status KmsService::CheckSignedPackage(const ReleaseRequest& req, std::string* signer_key_id,
-                                      std::optional<std::string>* release_policy) {
-  auto verified = ovf::VerifySignedDescriptor(
-      {req.descriptor_name, req.descriptor, req.manifest, req.package_cert});
+// What VerifyTenantSigned proved of one package's texts: signed by the
+// registered key `registered_key_id` (whose certificate had digest
+// `registered_cert_sha256`), at `verified_unix`.
+struct KmsService::VerifiedTexts {
+  std::string registered_key_id;
+  std::string registered_cert_sha256;
+  int64_t verified_unix = 0;
+  ovf::SignedDescriptor descriptor;
+};
+
+namespace {
+// A verified package is verified again after this long, so that a signer
+// certificate that expired or a CA that changed is noticed within it.
+constexpr int64_t kVerifiedTextsSeconds = 60;
+constexpr size_t kMaxVerifiedTexts = 4096;
+
+// SHA-256 of the tenant and the texts, each length-prefixed (64-bit).
+std::string TextsDigest(const std::string& tenant, const ovf::SignedPackageTexts& t) {
+  std::string all;
+  for (const std::string* s : {&tenant, &t.descriptor_name, &t.descriptor, &t.manifest, &t.certificate}) {
+    const uint64_t n = s->size();
+    all.append(reinterpret_cast<const char*>(&n), sizeof(n));
+    all += *s;
+  }
+  return crypto::HexEncode(crypto::Sha256(all));
+}
+}  // namespace
+
+StatusOr<ovf::SignedDescriptor> KmsService::VerifyTenantSigned(const std::string& tenant,
+                                                               const ovf::SignedPackageTexts& texts,
+                                                               std::string* signer_key_id) {
+  // The registered key is read every time (a rotated or retired key takes
+  // effect on the next request); the texts' verification is remembered for
+  // that key: the same bytes under the same key verify the same way.
+  auto registered = store_->GetSigningKey(tenant);
+  if (!registered.ok() && registered.status().code() != StatusCode::kNotFound) {
+    return registered.status();
+  }
+  const std::string digest = TextsDigest(tenant, texts);
+  const std::string cert_digest =
+      registered.ok() ? crypto::HexEncode(crypto::Sha256(registered->cert_pem)) : std::string();
+  const int64_t now = Now();
+  if (registered.ok() && options_.remember_verified_packages) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = verified_texts_.find(digest);
+    if (it != verified_texts_.end() && it->second->registered_key_id == registered->key_id &&
+        it->second->registered_cert_sha256 == cert_digest &&
+        now - it->second->verified_unix < kVerifiedTextsSeconds && now >= it->second->verified_unix) {
+      *signer_key_id = registered->key_id;
+      return it->second->descriptor;
+    }
+  }
+  // A package signed by another key than the registered one is refused
+  // from its .cert alone, before the signature, manifest and descriptor are
+  // checked: foreign-signed bytes cost a certificate parse, not a
+  // verification (the full checks below still decide everything else).
+  if (registered.ok() && texts.certificate.size() <= 64 * 1024) {
+    auto sig = ovf::ParsePackageCertificate(texts.certificate);
+    if (sig.ok()) {
+      auto signer = sig->signer.GetPublicKey();
+      if (signer.ok() && signer->KeyId() != registered->key_id) {
+        return Denied("signer_mismatch", "signed by key " + signer->KeyId() + ", tenant '" + tenant +
+                                             "' registered signing key " + registered->key_id);
+      }
+    }
+  }
+  auto verified = ovf::VerifySignedDescriptor(texts);
   if (!verified.ok()) {
     const std::string reason = ReasonPrefix(verified.status());
     if (reason == "unsigned_package" || reason == "bad_signature") {
@@ -901,16 +964,28 @@ Status KmsService::CheckSignedPackage(const ReleaseRequest& req, std::string* si
     }
     return InvalidArgumentError("malformed_package: " + verified.status().message());
   }
-  auto registered = store_->GetSigningKey(req.tenant);
-  if (!registered.ok() && registered.status().code() != StatusCode::kNotFound) {
-    return registered.status();
-  }
   if (!registered.ok()) {
-    return Denied("signer_mismatch", "tenant " + req.tenant + " has no registered signing key");
+    return Denied("signer_mismatch", "tenant " + tenant + " has no registered signing key");
   }
   Status signer = ovf::VerifyRegisteredSigner(verified->signature, registered->cert_pem, ca_roots_,
-                                              req.tenant);
+                                              tenant);
   if (!signer.ok()) return PermissionDeniedError(signer.message());
+  *signer_key_id = registered->key_id;
+  auto entry = std::make_shared<const VerifiedTexts>(
+      VerifiedTexts{registered->key_id, cert_digest, now, *verified});
+  if (!options_.remember_verified_packages) return verified;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (verified_texts_.size() >= kMaxVerifiedTexts) verified_texts_.clear();
+  verified_texts_[digest] = std::move(entry);
+  return verified;
+}
+
+Status KmsService::CheckSignedPackage(const ReleaseRequest& req, std::string* signer_key_id,
+                                      std::optional<std::string>* release_policy) {
+  std::string signer;
+  auto verified = VerifyTenantSigned(
+      req.tenant, {req.descriptor_name, req.descriptor, req.manifest, req.package_cert}, &signer);
+  if (!verified.ok()) return verified.status();
   // The key the host asks to open, under the identity the label binds,
   // must be the one the customer signed.
   const ovf::EncryptionTag& tag = verified->tag;
@@ -929,9 +1004,26 @@ Status KmsService::CheckSignedPackage(const ReleaseRequest& req, std::string* si
     return Denied("key_not_signed", "the request's " + names +
                                         " differ from the signed descriptor's");
   }
-  *signer_key_id = registered->key_id;
+  *signer_key_id = signer;
   *release_policy = verified->release_policy;
   return OkStatus();
+}
+
+StatusOr<KmsService::RegisteredPolicy> KmsService::RegisteredDescriptor(
+    const std::string& tenant, const std::string& image_id) {
+  const auto key = std::make_pair(tenant, image_id);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = descriptors_.find(key);
+    if (it != descriptors_.end()) return it->second;
+  }
+  ASSIGN_OR_RETURN(ImageRecord image, store_->GetImage(tenant, image_id));
+  if (image.descriptor_sha256.empty()) return RegisteredPolicy{};
+  RegisteredPolicy out{true, image.release_policy};
+  std::lock_guard<std::mutex> lock(mu_);
+  if (descriptors_.size() >= kMaxCachedKeys) descriptors_.erase(descriptors_.begin());
+  descriptors_[key] = out;
+  return out;
 }
 
 StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::string& host_id,
@@ -1040,7 +1132,6 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
     }
   }
   const Store::GrantUse grant_use{req.job_id, image_id, tenant, host_id, grant_now};
-
   // Which key; then the policy for this customer and image.
   auto key = CustomerPrivateKey(tenant, req.key_id);
   if (!key.ok()) return finish(key.status());
@@ -1079,6 +1170,25 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
   if (!data_key.ok()) {
     return finish(Denied("label_mismatch", "the wrapped key does not open under this key and label"));
   }
+  // The signed descriptor must carry the release policy of the one the
+  // image was registered with, so that the policy placement and the grant
+  // were checked against is the policy enforced here (another descriptor the
+  // customer once signed for the same image id cannot be swapped in).
+  if (!req.package_cert.empty()) {
+    auto registered = RegisteredDescriptor(tenant, image_id);
+    if (!registered.ok() && registered.status().code() != StatusCode::kNotFound) {
+      return finish(registered.status());
+    }
+    if (!registered.ok() || !registered->has_descriptor) {
+      return finish(Denied("descriptor_mismatch", "image " + image_id + " of tenant " + tenant +
+                                                      " was not registered with its signed descriptor"));
+    }
+    if (registered->release_policy != descriptor_policy) {
+      return finish(Denied("descriptor_mismatch", "the signed descriptor's release policy is not the "
+                                                  "one image " + image_id + " was registered with"));
+    }
+  }
+
   auto binding = ev.binding_key.Key();
   if (!binding.ok()) return finish(binding.status());
   const std::string ad = ReleaseLabel(image_id);
@@ -1147,6 +1257,51 @@ Status KmsService::SetHostTags(const Caller& caller, const std::string& host_id,
                              {"host.tags", "host/" + host_id, json{{"tags", tags}, {"by", caller.name}}});
 }
 
+StatusOr<AppliedPolicy> KmsService::PlacementPolicy(const std::string& tenant,
+                                                    const std::string& image_id, bool* registered) {
+  auto image = store_->GetImage(tenant, image_id);
+  if (!image.ok() && image.status().code() != StatusCode::kNotFound) return image.status();
+  *registered = image.ok();
+  // The descriptor's policy only from a descriptor the KMS verified as the
+  // customer's at registration, never from the portal's word.
+  std::optional<std::string> descriptor_policy;
+  if (image.ok() && !image->descriptor_sha256.empty()) descriptor_policy = image->release_policy;
+  return EffectivePolicy(tenant, image_id, descriptor_policy);
+}
+
+StatusOr<PlacementResult> KmsService::EvaluateHost(const StatusOr<AppliedPolicy>& policy,
+                                                   const std::string& host_id, int64_t now) {
+  PlacementResult r{host_id, false, ""};
+  auto host = store_->GetHost(host_id);
+  if (!host.ok() && host.status().code() != StatusCode::kNotFound) return host.status();
+  if (!policy.ok()) {
+    r.reason = "no_policy";
+    return r;
+  }
+  if (!host.ok() || !host->enrolled) {
+    r.reason = "not_enrolled";
+    return r;
+  }
+  auto latest = store_->LatestVerdict(host_id);
+  if (!latest.ok() && latest.status().code() != StatusCode::kNotFound) return latest.status();
+  if (!latest.ok()) {
+    r.reason = "no_verdict";
+  } else if (!latest->trusted) {
+    r.reason = latest->reason;
+  } else {
+    PolicyFacts facts;
+    auto pcrs = PcrValuesFromJson(latest->details.value("pcrs", json()));
+    if (pcrs.ok()) facts.pcrs = *pcrs;
+    facts.host_tags = host->tags;
+    facts.now_unix = now;
+    facts.evidence_age_seconds = now - latest->time_unix;
+    ASSIGN_OR_RETURN(PolicyDecision d, Decide(policy->policy, facts, host_id));
+    r.eligible = d.allowed;
+    r.reason = d.reason;
+  }
+  return r;
+}
+
 StatusOr<std::vector<PlacementResult>> KmsService::PlacementCheck(const Caller& caller,
                                                                   const PlacementRequest& req) {
   RETURN_IF_ERROR(Require(caller, Caller::Role::kPortal, "placement check"));
@@ -1154,39 +1309,13 @@ StatusOr<std::vector<PlacementResult>> KmsService::PlacementCheck(const Caller& 
     return InvalidArgumentError("customer_id and image_id must match [A-Za-z0-9._:@-]{1,128}");
   }
   if (req.host_ids.size() > 1000) return InvalidArgumentError("at most 1000 hosts per check");
-  // The descriptor's policy is not known here (the portal keeps its own
-  // copy of the package): a signed document, else the operator's policy.
-  auto policy = EffectivePolicy(req.customer_id, req.image_id, std::nullopt);
+  bool registered = false;
+  auto policy = PlacementPolicy(req.customer_id, req.image_id, &registered);
   if (!policy.ok() && ReasonPrefix(policy.status()) != "no_policy") return policy.status();
   const int64_t now = Now();
   std::vector<PlacementResult> out;
   for (const auto& id : req.host_ids) {
-    PlacementResult r{id, false, ""};
-    auto host = store_->GetHost(id);
-    if (!host.ok() && host.status().code() != StatusCode::kNotFound) return host.status();
-    if (!policy.ok()) {
-      r.reason = "no_policy";
-    } else if (!host.ok() || !host->enrolled) {
-      r.reason = "not_enrolled";
-    } else {
-      auto latest = store_->LatestVerdict(id);
-      if (!latest.ok() && latest.status().code() != StatusCode::kNotFound) return latest.status();
-      if (!latest.ok()) {
-        r.reason = "no_verdict";
-      } else if (!latest->trusted) {
-        r.reason = latest->reason;
-      } else {
-        PolicyFacts facts;
-        auto pcrs = PcrValuesFromJson(latest->details.value("pcrs", json()));
-        if (pcrs.ok()) facts.pcrs = *pcrs;
-        facts.host_tags = host->tags;
-        facts.now_unix = now;
-        facts.evidence_age_seconds = now - latest->time_unix;
-        ASSIGN_OR_RETURN(PolicyDecision d, Decide(policy->policy, facts, id));
-        r.eligible = d.allowed;
-        r.reason = d.reason;
-      }
-    }
+    ASSIGN_OR_RETURN(PlacementResult r, EvaluateHost(policy, id, now));
     out.push_back(std::move(r));
   }
   return out;
@@ -1328,16 +1457,47 @@ StatusOr<PolicyRecord> KmsService::GetPolicy(const Caller& caller, const std::st
 // --- Images, grants, EK approval ---------------------------------------------
 
 Status KmsService::RegisterImage(const Caller& caller, const ImageRecord& image) {
+  return RegisterImage(caller, image, ovf::SignedPackageTexts{});
+}
+
+Status KmsService::RegisterImage(const Caller& caller, const ImageRecord& image,
+                                 const ovf::SignedPackageTexts& signed_texts) {
   RETURN_IF_ERROR(Require(caller, Caller::Role::kPortal, "register image"));
   if (!ValidIdentity(image.tenant) || !ValidIdentity(image.image_id)) {
     return InvalidArgumentError("tenant and image_id must match [A-Za-z0-9._:@-]{1,128}");
   }
   if (image.key_id.empty() || image.key_id.size() > 128) return InvalidArgumentError("bad key_id");
-  ImageRecord rec = image;
-  rec.created_unix = Now();
-  Status put = store_->PutImage(rec, {"image.register", "customer/" + rec.tenant,
-                                      json{{"image_id", rec.image_id}, {"key_id", rec.key_id},
-                                           {"by", caller.name}}});
+  ImageRecord rec{image.tenant, image.image_id, image.key_id, Now(), "", std::nullopt};
+  json details = {{"image_id", rec.image_id}, {"key_id", rec.key_id}, {"by", caller.name}};
+  const bool has_texts = !signed_texts.descriptor.empty() || !signed_texts.certificate.empty() ||
+                         !signed_texts.manifest.empty();
+  if (has_texts) {
+    auto refuse = [&](const Status& s) {
+      const std::string reason = ReasonPrefix(s);
+      RecordDenial(reason.empty() ? "malformed_request" : reason, "portal/" + caller.name,
+                   "register image " + rec.image_id + " of tenant " + rec.tenant + ": " + s.message());
+      return s;
+    };
+    std::string signer;
+    auto verified = VerifyTenantSigned(rec.tenant, signed_texts, &signer);
+    if (!verified.ok()) return refuse(verified.status());
+    std::vector<std::string> differ;
+    if (verified->tag.image_id != rec.image_id) differ.push_back("image_id");
+    if (verified->tag.tenant != rec.tenant) differ.push_back("tenant");
+    if (verified->tag.key_id != rec.key_id) differ.push_back("key_id");
+    if (!differ.empty()) {
+      std::string names;
+      for (const std::string& d : differ) names += (names.empty() ? "" : ", ") + d;
+      return refuse(Denied("key_not_signed", "the registration's " + names +
+                                                 " differ from the signed descriptor's"));
+    }
+    rec.descriptor_sha256 = crypto::HexEncode(crypto::Sha256(signed_texts.descriptor));
+    rec.release_policy = verified->release_policy;
+    details["descriptor_sha256"] = rec.descriptor_sha256;
+    details["signer_key_id"] = signer;
+    details["release_policy"] = rec.release_policy.has_value();
+  }
+  Status put = store_->PutImage(rec, {"image.register", "customer/" + rec.tenant, details});
   if (!put.ok() && ReasonPrefix(put) == "image_conflict") return PermissionDeniedError(put.message());
   return put;
 }
@@ -1353,19 +1513,37 @@ StatusOr<GrantRecord> KmsService::CreateGrant(const Caller& caller, const GrantR
   if (req.ttl_seconds < 1 || req.ttl_seconds > options_.max_grant_ttl_seconds) {
     return InvalidArgumentError("ttl_seconds must be 1.." + std::to_string(options_.max_grant_ttl_seconds));
   }
-  auto image = store_->GetImage(req.tenant, req.image_id);
-  if (!image.ok() && image.status().code() != StatusCode::kNotFound) return image.status();
-  if (!image.ok()) {
+  bool registered = false;
+  auto policy = PlacementPolicy(req.tenant, req.image_id, &registered);
+  if (!policy.ok() && ReasonPrefix(policy.status()) != "no_policy") return policy.status();
+  if (!registered) {
     RecordDenial("unknown_image", "portal/" + caller.name,
                  "grant for image " + req.image_id + " of tenant " + req.tenant);
     return FailedPreconditionError("unknown_image: image " + req.image_id +
                                    " is not registered for tenant " + req.tenant);
+  }
+  // The host must meet the image's policy now, as the release will check
+  // again on fresh evidence: a portal cannot place a job where the
+  // customer's policy excludes it.
+  ASSIGN_OR_RETURN(PlacementResult eligible, EvaluateHost(policy, req.host_id, Now()));
+  if (!eligible.eligible) {
+    const std::string source = policy.ok() ? policy->source : "none";
+    RETURN_IF_ERROR(store_->AppendAudit(
+        {"grant.deny", "host/" + req.host_id,
+         json{{"job_id", req.job_id}, {"image_id", req.image_id}, {"tenant", req.tenant},
+              {"reason", eligible.reason}, {"policy", source}, {"by", caller.name},
+              {"by_fingerprint", caller.fingerprint}}}));
+    metrics_.CountDenial(eligible.reason);
+    if (!policy.ok()) return policy.status();
+    return Denied(eligible.reason, "host " + req.host_id + " is not eligible under the release policy (" +
+                                       source + ") of image " + req.image_id + " on its latest verdict");
   }
   GrantRecord g{req.job_id, req.image_id, req.tenant, req.host_id, 0, Now(), 0};
   g.expires_unix = g.created_unix + req.ttl_seconds;
   RETURN_IF_ERROR(store_->PutGrant(g, {"grant.create", "host/" + g.host_id,
                                        json{{"job_id", g.job_id}, {"image_id", g.image_id},
                                             {"tenant", g.tenant}, {"expires_unix", g.expires_unix},
+                                            {"policy", policy->source},
                                             {"by", caller.name}}}));
   return g;
 }
@@ -1641,7 +1819,16 @@ void RegisterKmsRoutes(KmsService* s, net::HttpsServer* server) {
     RETURN_IF_ERROR(RequireObject(r.body));
     ImageRecord image{r.path_params[0], r.path_params[1], "", 0};
     ASSIGN_OR_RETURN(image.key_id, StrField(r.body, "key_id"));
-    RETURN_IF_ERROR(s->RegisterImage(CallerFromPeer(r.peer), image));
+    // The package's signed metadata, as a release carries it (optional).
+    ovf::SignedPackageTexts texts;
+    for (auto [name, out] : {std::pair{"descriptor_name", &texts.descriptor_name},
+                             std::pair{"descriptor", &texts.descriptor},
+                             std::pair{"manifest", &texts.manifest},
+                             std::pair{"package_cert", &texts.certificate}}) {
+      if (!r.body.contains(name)) continue;
+      ASSIGN_OR_RETURN(*out, StrField(r.body, name));
+    }
+    RETURN_IF_ERROR(s->RegisterImage(CallerFromPeer(r.peer), image, texts));
     return json{{"tenant", image.tenant}, {"image_id", image.image_id}, {"key_id", image.key_id}};
   });
   server->Post("/v1/grants", [s](const net::Request& r) -> StatusOr<json> {

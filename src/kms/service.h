@@ -35,6 +35,11 @@
 #include "kms/store.h"
 #include "net/https_server.h"
 
+namespace vmseal::ovf {
+struct SignedPackageTexts;  // ovf/signature.h (vmseal_ovf is private to the KMS)
+struct SignedDescriptor;
+}  // namespace vmseal::ovf
+
 namespace vmseal::kms {
 
 // Who is calling, from the verified mTLS client certificate: the OU names
@@ -211,6 +216,12 @@ class KmsService {
     // at most two audit records (the first refusal and the count of the
     // rest). Default 60 s.
     int64_t anonymous_denial_window_seconds = 60;
+    // Remember, for 60 s, package texts verified as signed by the tenant's
+    // registered key, so that the next release of the same package skips
+    // parsing and verifying them (the registered key is still read every
+    // time). false verifies every time (bench/release_bench's baseline).
+    // Default true.
+    bool remember_verified_packages = true;
   };
 
   // `store` and `kek` must outlive the service. `ca` signs certificates.
@@ -270,7 +281,9 @@ class KmsService {
   // Operator only.
   Status SetHostTags(const Caller& caller, const std::string& host_id,
                      const std::vector<std::string>& tags);
-  // Portal only: the release policy applied to each host's latest verdict.
+  // Portal only: the release policy applied to each host's latest verdict:
+  // the image's effective policy as CreateGrant and Release see it (with the
+  // registered signed descriptor's policy).
   StatusOr<std::vector<PlacementResult>> PlacementCheck(const Caller& caller,
                                                         const PlacementRequest& req);
   // Operator only.
@@ -304,10 +317,29 @@ class KmsService {
 
   // Portal only: records that the portal accepted the package of
   // (image.tenant, image.image_id), the tag's identity, wrapped to
-  // image.key_id. Idempotent; image_conflict if registered with another key.
+  // image.key_id. With `signed_texts` (the package's descriptor, manifest
+  // and .cert; docs/protocol.md §4) the KMS verifies them as a release does
+  // (the tenant's registered signing key; unsigned_package, bad_signature,
+  // signer_mismatch) and that the signed tag names this image, tenant and
+  // key (key_not_signed), then keeps the descriptor's digest and release
+  // policy: placement and grants are checked against that policy, and a
+  // release's signed descriptor must carry the same policy. Refusals are
+  // audited. Only
+  // image.tenant, image_id and key_id are read. Idempotent; image_conflict
+  // if registered with another key, or with a signed descriptor of another
+  // release policy.
+  Status RegisterImage(const Caller& caller, const ImageRecord& image,
+                       const ovf::SignedPackageTexts& signed_texts);
+  // The same without signed metadata.
   Status RegisterImage(const Caller& caller, const ImageRecord& image);
   // Portal only: a one-launch grant (GrantRequest); the image must be
-  // registered for the tenant (unknown_image otherwise). Audited as
+  // registered for the tenant (unknown_image otherwise), and the host must
+  // meet the image's effective release policy on its latest verdict, the
+  // policy a release enforces (the newest customer-signed document, else
+  // the registered signed descriptor's, else the operator's):
+  // PERMISSION_DENIED "<reason>: ..." (the policy's reason, no_verdict,
+  // not_enrolled, no_policy), audited as grant.deny, no grant stored. The
+  // release checks the policy again on fresh evidence. Audited as
   // grant.create.
   StatusOr<GrantRecord> CreateGrant(const Caller& caller, const GrantRequest& req);
   // Operator only: pins the EK with SPKI SHA-256 `ek_sha256_hex` (64
@@ -378,6 +410,29 @@ class KmsService {
   // Sets *release_policy to the signed descriptor's policy (package.md §4.1).
   Status CheckSignedPackage(const ReleaseRequest& req, std::string* signer_key_id,
                             std::optional<std::string>* release_policy);
+  // The texts verified as signed by `tenant`'s registered signing key
+  // (PERMISSION_DENIED unsigned_package, bad_signature, signer_mismatch;
+  // INVALID_ARGUMENT malformed_package). Sets *signer_key_id.
+  StatusOr<ovf::SignedDescriptor> VerifyTenantSigned(const std::string& tenant,
+                                                     const ovf::SignedPackageTexts& texts,
+                                                     std::string* signer_key_id);
+  // The policy a grant or placement of (tenant, image) is checked against:
+  // EffectivePolicy with the registered signed descriptor's policy. The
+  // image record is read once; NOT_FOUND if the image is not registered.
+  StatusOr<AppliedPolicy> PlacementPolicy(const std::string& tenant, const std::string& image_id,
+                                          bool* registered);
+  // One host against `policy` on its latest verdict (PlacementCheck's rule).
+  StatusOr<PlacementResult> EvaluateHost(const StatusOr<AppliedPolicy>& policy,
+                                         const std::string& host_id, int64_t now);
+  // What the signed descriptor (tenant, image_id) was registered with
+  // says: whether there was one, and its release policy. NOT_FOUND if not
+  // registered. Cached once registered with a descriptor (it never changes
+  // then).
+  struct RegisteredPolicy {
+    bool has_descriptor = false;
+    std::optional<std::string> release_policy;
+  };
+  StatusOr<RegisteredPolicy> RegisteredDescriptor(const std::string& tenant, const std::string& image_id);
   // The customer's key named by `key_id`; unknown_key otherwise.
   StatusOr<CachedKey> CustomerPrivateKey(const std::string& customer_id, const std::string& key_id);
   // Checks (without consuming) the evidence's nonce: its MAC for this host,
@@ -451,6 +506,14 @@ class KmsService {
   std::map<std::string, std::shared_ptr<const attest::AkPublic>> aks_;
   std::map<std::string, PendingEnrollment> pending_;
   std::map<std::string, CachedKey> keys_;  // by "<customer>/<key id as requested>"
+  // Signed package texts already verified for a tenant's registered signing
+  // key, by SHA-256 of (tenant, texts): a release of the same package skips
+  // parsing and verifying them again (VerifyTenantSigned).
+  struct VerifiedTexts;
+  std::map<std::string, std::shared_ptr<const VerifiedTexts>> verified_texts_;
+  // Registered descriptor policies by (tenant, image id), only of images
+  // registered with a descriptor.
+  std::map<std::pair<std::string, std::string>, RegisteredPolicy> descriptors_;
 
   std::mutex reads_mu_;  // guards the release reads below
   int64_t reads_version_ = kUncached;

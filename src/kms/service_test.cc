@@ -289,6 +289,18 @@ class ReleaseTest : public ServiceTest {
                                  {"7", crypto::HexEncode(pcr_values_[1])}};
     ASSERT_OK(service_->PutFlavor(op, {"good", {{"sha256", pcrs}}}));
     ASSERT_OK(service_->PutPolicy(op, {kTenant, "", {{"flavors", {{"anyOf", {"good"}}}}}}));
+    // h1 has attested once, as a host does before the portal places jobs on
+    // it: grants are checked against the policy on its latest verdict.
+    {
+      auto nonce = service_->IssueNonce(As(Caller::Role::kHost, "h1"), "h1");
+      ASSERT_OK(nonce);
+      auto raw = crypto::HexDecode(nonce->nonce);
+      ASSERT_OK(raw);
+      auto verdict = service_->Attest(As(Caller::Role::kHost, "h1"), "h1",
+                                      tpm_->Attest(*raw, {0, 7}, pcr_values_));
+      ASSERT_OK(verdict);
+      ASSERT_TRUE(verdict->trusted) << verdict->reason;
+    }
     // The tenant's signing key, registered through the portal with its
     // proof (the KMS certifies it once the tenant has a customer key).
     auto signing = crypto::PrivateKey::Generate(crypto::KeyType::kEcP256);
@@ -349,11 +361,6 @@ class ReleaseTest : public ServiceTest {
     r.key_id = "sha256:" + customer.KeyId();
     // The portal registered the image at upload and granted this launch.
     r.job_id = "job-" + std::to_string(++jobs_);
-    if (grant_each_request_) {
-      const Caller portal = As(Caller::Role::kPortal, "p");
-      EXPECT_OK(service_->RegisterImage(portal, {kTenant, image_id, r.key_id, 0}));
-      EXPECT_OK(service_->CreateGrant(portal, {r.job_id, image_id, kTenant, "h1", 60}));
-    }
     r.key_version = 1;
     r.wrap_algorithm = std::string(customer.type() == crypto::KeyType::kX25519
                                        ? ovf::kX25519WrapUri
@@ -368,6 +375,19 @@ class ReleaseTest : public ServiceTest {
     EXPECT_OK(raw);
     if (raw.ok()) r.evidence = tpm_->Attest(*raw, {0, 7}, pcr_values_);
     Sign(&r, signing_key_.get(), signing_chain_);
+    // The portal registered the image at upload, with its signed metadata,
+    // and granted this launch.
+    if (grant_each_request_) {
+      const Caller portal = As(Caller::Role::kPortal, "p");
+      EXPECT_OK(service_->RegisterImage(portal, {kTenant, image_id, r.key_id, 0},
+                                        {r.descriptor_name, r.descriptor, r.manifest, r.package_cert}));
+      // Checked against the image's policy on h1's latest verdict: tests of
+      // a host the policy excludes read last_grant_.
+      last_grant_ = service_->CreateGrant(portal, {r.job_id, image_id, kTenant, "h1", 60}).status();
+      if (expect_grants_) {
+        EXPECT_OK(last_grant_);
+      }
+    }
     return r;
   }
   ReleaseRequest Request(const std::string& image_id, const crypto::PublicKey& customer,
@@ -447,6 +467,8 @@ class ReleaseTest : public ServiceTest {
   std::vector<crypto::Bytes> pcr_values_;
   int jobs_ = 0;
   bool grant_each_request_ = true;
+  bool expect_grants_ = true;  // Request() expects its grant to be created
+  Status last_grant_;          // what Request()'s CreateGrant answered
   const SecretBytes data_key_ = SecretBytes::Random(crypto::kDataKeyBytes);
 };
 
@@ -590,16 +612,20 @@ TEST_F(ReleaseTest, ChangesThroughAnotherServiceReachTheNextRelease) {
   ASSERT_OK(second);
   const Caller op = As(Caller::Role::kOperator, "op");
 
+  // Each request below that is denied was granted before the change (a
+  // grant is checked against the policy of its time; the release again).
   // The policy now wants a region tag the host lacks...
+  ReleaseRequest granted = Request("img-1", customer, data_key_);
   ASSERT_OK((*second)->PutPolicy(op, {kTenant, "", {{"flavors", {{"anyOf", {"good"}}}},
                                                     {"required_tags", {"region=eu"}}}}));
-  EXPECT_STATUS(Release(Request("img-1", customer, data_key_)), StatusCode::kPermissionDenied, "tags");
+  EXPECT_STATUS(Release(granted), StatusCode::kPermissionDenied, "tags");
   // ...which the host then gets.
   ASSERT_OK((*second)->SetHostTags(op, "h1", {"region=eu"}));
   ASSERT_OK(Release(Request("img-1", customer, data_key_)));
   // The flavor changes under the same name.
+  granted = Request("img-1", customer, data_key_);
   ASSERT_OK((*second)->PutFlavor(op, {"good", {{"sha256", {{"0", std::string(64, 'a')}}}}}));
-  EXPECT_STATUS(Release(Request("img-1", customer, data_key_)), StatusCode::kPermissionDenied, "pcr_policy");
+  EXPECT_STATUS(Release(granted), StatusCode::kPermissionDenied, "pcr_policy");
   const nlohmann::json pcrs = {{"0", crypto::HexEncode(pcr_values_[0])}, {"7", crypto::HexEncode(pcr_values_[1])}};
   ASSERT_OK((*second)->PutFlavor(op, {"good", {{"sha256", pcrs}}}));
   ASSERT_OK(Release(Request("img-1", customer, data_key_)));
@@ -607,12 +633,13 @@ TEST_F(ReleaseTest, ChangesThroughAnotherServiceReachTheNextRelease) {
   ASSERT_OK((*second)->PutPolicy(op, {kTenant, "", {{"flavors", {{"anyOf", {"good"}}}},
                                                     {"history", {{"no_failures_within_seconds", 3600}}}}}));
   ASSERT_OK(Release(Request("img-1", customer, data_key_)));
+  granted = Request("img-1", customer, data_key_);
   ReleaseRequest forged = Request("img-1", customer, data_key_);
   forged.evidence.quote.signature.back() ^= 0x01;
   auto failed = (*second)->Attest(As(Caller::Role::kHost, "h1"), "h1", forged.evidence);
   ASSERT_OK(failed);
   EXPECT_FALSE(failed->trusted);
-  EXPECT_STATUS(Release(Request("img-1", customer, data_key_)), StatusCode::kPermissionDenied, "history");
+  EXPECT_STATUS(Release(granted), StatusCode::kPermissionDenied, "history");
 }
 
 // Used-nonce records are kept until their nonces expire, then purged.
@@ -784,7 +811,19 @@ TEST_F(ReleaseTest, GrantForAnotherHostImageOrTenantIsNoGrant) {
   ASSERT_OK(service_->RegisterImage(portal, {kTenant, "img-1", key_id, 0}));
   ASSERT_OK(service_->RegisterImage(portal, {kTenant, "img-2", key_id, 0}));
   ASSERT_OK(service_->RegisterImage(portal, {"other", "img-1", key_id, 0}));
+  // A grant is for an enrolled host the policy admits: h2 is not enrolled.
+  EXPECT_STATUS(service_->CreateGrant(portal, {"job-h2", "img-1", kTenant, "h2", 60}),
+                StatusCode::kPermissionDenied, "not_enrolled");
+  // h2 enrolled, with a trusted verdict of h1's PCRs.
+  ASSERT_OK(store_->PutHost({"h2", "", crypto::Base64Encode(tpm_->ak_public()), true, {}, now_},
+                            {"host.enroll.test", "host/h2"}));
+  const Verdict h2_verdict{"v-h2", "h2", true, "ok", now_,
+                           {{"pcrs", {{"sha256", {{"0", crypto::HexEncode(pcr_values_[0])},
+                                                  {"7", crypto::HexEncode(pcr_values_[1])}}}}}}};
+  ASSERT_OK(store_->PutVerdict(h2_verdict, AuditEvent{"attestation.verdict", "host/h2"}));
   ASSERT_OK(service_->CreateGrant(portal, {"job-h2", "img-1", kTenant, "h2", 60}));
+  ASSERT_OK(service_->PutPolicy(As(Caller::Role::kOperator, "op"),
+                                {"other", "", {{"flavors", {{"anyOf", {"good"}}}}}}));
   ASSERT_OK(service_->CreateGrant(portal, {"job-img2", "img-2", kTenant, "h1", 60}));
   ASSERT_OK(service_->CreateGrant(portal, {"job-other", "img-1", "other", "h1", 60}));
   grant_each_request_ = false;
@@ -842,10 +881,23 @@ TEST_F(ReleaseTest, SignedImagePolicyTheHostFailsDeniesWithThePolicysReason) {
                                         {"required_tags", {"tier=gold"}}}));
   ASSERT_OK(stored);
   EXPECT_EQ(stored->version, 1);
+  // No grant for h1, which lacks the tag...
+  expect_grants_ = false;
   EXPECT_STATUS(Release(Request("img-1", customer, data_key_)), StatusCode::kPermissionDenied,
-                "tags");
+                "no_grant");
+  EXPECT_STATUS(last_grant_, StatusCode::kPermissionDenied, "tags");
+  EXPECT_EQ(Audited("grant.deny", "tags"), 1);
+  // ... and a grant made while it had the tag is denied at release once the
+  // tag is gone.
+  const Caller op = As(Caller::Role::kOperator, "op");
+  ASSERT_OK(service_->SetHostTags(op, "h1", {"tier=gold"}));
+  ReleaseRequest granted = Request("img-1", customer, data_key_);
+  ASSERT_OK(last_grant_);
+  ASSERT_OK(service_->SetHostTags(op, "h1", {}));
+  EXPECT_STATUS(Release(granted), StatusCode::kPermissionDenied, "tags");
   EXPECT_EQ(Audited("release.deny", "tags"), 1);
-  ASSERT_OK(service_->SetHostTags(As(Caller::Role::kOperator, "op"), "h1", {"tier=gold"}));
+  expect_grants_ = true;
+  ASSERT_OK(service_->SetHostTags(op, "h1", {"tier=gold"}));
   ASSERT_OK(Release(Request("img-1", customer, data_key_)));
   EXPECT_EQ(GrantedPolicy(), "signed:v1");
 }
@@ -853,9 +905,20 @@ TEST_F(ReleaseTest, SignedImagePolicyTheHostFailsDeniesWithThePolicysReason) {
 TEST_F(ReleaseTest, DescriptorPolicyIsEnforcedAndNamedInTheAudit) {
   const crypto::PublicKey customer = NewCustomerKey("X25519");
   descriptor_policy_ = R"({"flavors":{"anyOf":["good"]},"required_tags":["tier=gold"]})";
+  // The grant is checked against the registered descriptor's policy.
+  expect_grants_ = false;
   EXPECT_STATUS(Release(Request("img-1", customer, data_key_)), StatusCode::kPermissionDenied,
-                "tags");
-  ASSERT_OK(service_->SetHostTags(As(Caller::Role::kOperator, "op"), "h1", {"tier=gold"}));
+                "no_grant");
+  EXPECT_STATUS(last_grant_, StatusCode::kPermissionDenied, "tags");
+  // At release, on fresh evidence: granted while tagged, denied untagged.
+  const Caller op = As(Caller::Role::kOperator, "op");
+  ASSERT_OK(service_->SetHostTags(op, "h1", {"tier=gold"}));
+  ReleaseRequest granted = Request("img-1", customer, data_key_);
+  ASSERT_OK(last_grant_);
+  ASSERT_OK(service_->SetHostTags(op, "h1", {}));
+  EXPECT_STATUS(Release(granted), StatusCode::kPermissionDenied, "tags");
+  expect_grants_ = true;
+  ASSERT_OK(service_->SetHostTags(op, "h1", {"tier=gold"}));
   ASSERT_OK(Release(Request("img-1", customer, data_key_)));
   EXPECT_EQ(GrantedPolicy(), "descriptor");
 }
@@ -870,9 +933,14 @@ TEST_F(ReleaseTest, NewestSignedPolicyOverridesTheDescriptorsPolicy) {
   ASSERT_OK(Release(Request("img-1", customer, data_key_)));
   EXPECT_EQ(GrantedPolicy(), "signed:v1");
   // Version 2 requires another tag: denied although version 1 would allow.
+  ReleaseRequest granted = Request("img-1", customer, data_key_);
   ASSERT_OK(service_->PutSignedPolicy(
       portal, SignedPolicy("img-1", 2, {{"flavors", {{"anyOf", {"good"}}}}, {"required_tags", {"region=x"}}})));
-  EXPECT_STATUS(Release(Request("img-1", customer, data_key_)), StatusCode::kPermissionDenied, "tags");
+  EXPECT_STATUS(Release(granted), StatusCode::kPermissionDenied, "tags");
+  expect_grants_ = false;
+  EXPECT_STATUS(Release(Request("img-1", customer, data_key_)), StatusCode::kPermissionDenied, "no_grant");
+  EXPECT_STATUS(last_grant_, StatusCode::kPermissionDenied, "tags");
+  EXPECT_NE(AuditText().find(R"("policy":"signed:v2")"), std::string::npos);
 }
 
 TEST_F(ReleaseTest, WithoutACustomerPolicyTheOperatorsApplies) {
@@ -883,11 +951,16 @@ TEST_F(ReleaseTest, WithoutACustomerPolicyTheOperatorsApplies) {
 
 TEST_F(ReleaseTest, InvalidDescriptorPolicyFailsClosed) {
   const crypto::PublicKey customer = NewCustomerKey("X25519");
+  // The grant is refused under the registered descriptor's invalid policy
+  // (no fallback to the operator's), so the release has none.
+  expect_grants_ = false;
+  int i = 0;
   for (const char* bad : {R"({"flavors":{"someOf":["good"]}})", "[1]", "{"}) {
     SCOPED_TRACE(bad);
     descriptor_policy_ = bad;
-    EXPECT_STATUS(Release(Request("img-1", customer, data_key_)), StatusCode::kPermissionDenied,
-                  "no_policy");
+    EXPECT_STATUS(Release(Request("img-bad-" + std::to_string(++i), customer, data_key_)),
+                  StatusCode::kPermissionDenied, "no_grant");
+    EXPECT_STATUS(last_grant_, StatusCode::kPermissionDenied, "no_policy");
   }
 }
 
@@ -1159,6 +1232,31 @@ TEST_F(ReleaseTest, DescriptorChangedAfterSigningIsBadSignature) {
   ASSERT_NE(at, std::string::npos);
   r.descriptor.replace(at, 5, "img-2");
   EXPECT_STATUS(Release(r), StatusCode::kPermissionDenied, "bad_signature");
+}
+
+// The KMS remembers texts it verified (Options::remember_verified_packages):
+// the same package is released again from memory, but altered bytes or an
+// expired memory are verified in full.
+TEST_F(ReleaseTest, RememberedPackageVerificationCoversOnlyTheSameBytesForAMinute) {
+  crypto::PublicKey customer = NewCustomerKey("X25519");
+  const ReleaseRequest first = Request("img-1", customer, data_key_);
+  ASSERT_OK(Release(first));
+  // Another launch of the same package (its texts and wrapped key).
+  auto same_package = [&] {
+    ReleaseRequest r = Request("img-1", customer, data_key_);
+    r.wrapped_key = first.wrapped_key;
+    r.descriptor = first.descriptor;
+    r.manifest = first.manifest;
+    r.package_cert = first.package_cert;
+    return r;
+  };
+  ASSERT_OK(Release(same_package()));
+  ReleaseRequest altered = same_package();
+  altered.descriptor.replace(altered.descriptor.find("img-1"), 5, "img-2");
+  EXPECT_STATUS(Release(altered), StatusCode::kPermissionDenied, "bad_signature");
+  now_ += 61;  // verified again, and still good
+  ASSERT_OK(Release(same_package()));
+  EXPECT_EQ(Audited("release.deny", "bad_signature"), 1);
 }
 
 TEST_F(ReleaseTest, RequestForAnotherImageThanSignedIsKeyNotSigned) {

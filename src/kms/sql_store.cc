@@ -183,6 +183,12 @@ CREATE TABLE audit_index_state (
   built INTEGER NOT NULL);
 INSERT INTO audit_index_state (id, built) VALUES (1, 0);
 )sql",
+    // Placement under the sealed policy (issue 14): the digest and release
+    // policy of the customer-signed descriptor an image was registered with.
+    R"sql(
+ALTER TABLE images ADD COLUMN descriptor_sha256 TEXT NOT NULL DEFAULT '';
+ALTER TABLE images ADD COLUMN release_policy TEXT;
+)sql",
 };
 
 int64_t Now() { return static_cast<int64_t>(std::time(nullptr)); }
@@ -422,28 +428,48 @@ class SqlStore : public Store {
   Status PutImage(const ImageRecord& i, const AuditEvent& audit) override {
     return InTx([&]() -> Status {
       ASSIGN_OR_RETURN(auto inserted, conn_->Exec(
-          "INSERT INTO images (tenant, image_id, key_id, created_unix) VALUES (?, ?, ?, ?) "
-          "ON CONFLICT (tenant, image_id) DO NOTHING",
-          {i.tenant, i.image_id, i.key_id, i.created_unix}));
+          "INSERT INTO images (tenant, image_id, key_id, created_unix, descriptor_sha256, "
+          "release_policy) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, image_id) DO NOTHING",
+          {i.tenant, i.image_id, i.key_id, i.created_unix, i.descriptor_sha256,
+           i.release_policy ? SqlValue(*i.release_policy) : SqlValue()}));
       if (inserted.affected == 1) return AppendAuditLocked(audit);
       ASSIGN_OR_RETURN(auto r, conn_->Exec(
-          "SELECT key_id FROM images WHERE tenant = ? AND image_id = ?", {i.tenant, i.image_id}));
+          "SELECT key_id, descriptor_sha256, release_policy FROM images "
+          "WHERE tenant = ? AND image_id = ?",
+          {i.tenant, i.image_id}));
       if (r.rows.empty() || ToStr(r.rows[0][0]) != i.key_id) {
         return FailedPreconditionError("image_conflict: image " + i.image_id + " of tenant " +
                                        i.tenant + " is registered with another key");
       }
-      return OkStatus();
+      const std::string stored = ToStr(r.rows[0][1]);
+      if (i.descriptor_sha256.empty()) return OkStatus();
+      if (!stored.empty()) {
+        // Another signed descriptor of the image (the customer re-sealed
+        // it) is the same registration as long as its release policy is.
+        if (r.rows[0][2] == i.release_policy) return OkStatus();
+        return FailedPreconditionError("image_conflict: image " + i.image_id + " of tenant " +
+                                       i.tenant + " is registered with another sealed release policy");
+      }
+      ASSIGN_OR_RETURN(auto updated, conn_->Exec(
+          "UPDATE images SET descriptor_sha256 = ?, release_policy = ? "
+          "WHERE tenant = ? AND image_id = ? AND descriptor_sha256 = ''",
+          {i.descriptor_sha256, i.release_policy ? SqlValue(*i.release_policy) : SqlValue(),
+           i.tenant, i.image_id}));
+      (void)updated;
+      return AppendAuditLocked(audit);
     });
   }
 
   StatusOr<ImageRecord> GetImage(const std::string& tenant, const std::string& image_id) override {
     std::lock_guard<std::mutex> lock(read_mu_);
     ASSIGN_OR_RETURN(auto r, reader_->Exec(
-        "SELECT tenant, image_id, key_id, created_unix FROM images WHERE tenant = ? AND image_id = ?",
+        "SELECT tenant, image_id, key_id, created_unix, descriptor_sha256, release_policy "
+        "FROM images WHERE tenant = ? AND image_id = ?",
         {tenant, image_id}));
     if (r.rows.empty()) return NotFoundError("tenant " + tenant + " has no image " + image_id);
-    return ImageRecord{ToStr(r.rows[0][0]), ToStr(r.rows[0][1]), ToStr(r.rows[0][2]),
-                       ToInt(r.rows[0][3])};
+    const auto& row = r.rows[0];
+    return ImageRecord{ToStr(row[0]), ToStr(row[1]), ToStr(row[2]), ToInt(row[3]),
+                       ToStr(row[4]), row[5]};
   }
 
   Status PutGrant(const GrantRecord& g, const AuditEvent& audit) override {

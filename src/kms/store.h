@@ -100,6 +100,13 @@ struct ImageRecord {
   std::string image_id;
   std::string key_id;
   int64_t created_unix = 0;
+  // Hex SHA-256 of the customer-signed descriptor the portal registered the
+  // image with, its signature verified by the KMS (docs/protocol.md §4);
+  // empty for an image registered without it.
+  std::string descriptor_sha256;
+  // The release policy of that signed descriptor (docs/format/package.md
+  // §4.1), nullopt when it has none or no descriptor was registered.
+  std::optional<std::string> release_policy;
 };
 
 // One launch of an image by a job on a host, registered by the portal when
@@ -181,8 +188,10 @@ class Store {
 
   // --- Images and grants -----------------------------------------------------
   // Registers an image with its audit record; registering the same (tenant,
-  // image id) again is a no-op (nothing audited) unless the key id differs:
-  // FAILED_PRECONDITION "image_conflict".
+  // image id) again is a no-op (nothing audited) unless the key id differs,
+  // or both registrations carry a signed descriptor and their release
+  // policies differ: FAILED_PRECONDITION "image_conflict". An image
+  // registered without a descriptor gets the one registered later (audited).
   virtual Status PutImage(const ImageRecord& image, const AuditEvent& audit) = 0;
   // NOT_FOUND if the tenant has no such image.
   virtual StatusOr<ImageRecord> GetImage(const std::string& tenant, const std::string& image_id) = 0;

@@ -17,6 +17,7 @@
 #include "crypto/signature.h"
 #include "crypto/x509.h"
 #include "ovf/descriptor.h"
+#include "ovf/signed_package_texts.h"
 
 namespace vmseal::ovf {
 
@@ -67,14 +68,6 @@ crypto::Bytes SigningKeyProofMessage(const crypto::PublicKey& key);
 inline constexpr size_t kMaxSignedDescriptorBytes = 256 * 1024;
 inline constexpr size_t kMaxSignedManifestBytes = 64 * 1024;
 
-// A package's signed metadata without its files: the descriptor, manifest
-// and .cert exactly as stored in the package.
-struct SignedPackageTexts {
-  std::string descriptor_name;  // "<stem>.ovf", as the manifest names it
-  std::string descriptor;
-  std::string manifest;
-  std::string certificate;  // the .cert; empty for an unsigned package
-};
 
 // What the signature covers, read from the verified texts.
 struct SignedDescriptor {

@@ -155,7 +155,7 @@ class FakeKmsClient final : public KmsClient {
     return it == policies_.end() ? "" : it->second;
   }
   Status RegisterImage(const std::string& tenant, const std::string& image_id,
-                       const std::string& key_id) override {
+                       const std::string& key_id, const ovf::SignedPackageTexts&) override {
     std::lock_guard<std::mutex> lock(mu_);
     if (unavailable_) return UnavailableError("HTTPS request failed: Connection");
     images_[tenant + "/" + image_id] = key_id;

@@ -348,9 +348,8 @@ int Run(bool short_run, int releases, std::vector<int> slow_counts) {
   auto key = Must(service->CreateCustomerKey(portal, {"acme", "X25519"}), "customer key");
   auto pub = Must(crypto::PublicKey::FromPem(key.public_key_pem), "public key");
   const crypto::Bytes wrapped = Must(crypto::X25519Wrap(pub, data_key, crypto::AsStringView(label)), "wrap");
-  // The portal's part: the image it accepted, and a one-launch grant for
-  // each release's job (a release without one is denied no_grant).
-  Must(service->RegisterImage(portal, {"acme", label_image, "sha256:" + pub.KeyId(), 0}), "register image");
+  // The portal's part (below): the image it accepted, and a one-launch grant
+  // for each release's job (a release without one is denied no_grant).
   // The customer's package-signing key and the signed package texts a host
   // sends with each release (what the customer signed for this image).
   auto signer = Must(crypto::PrivateKey::Generate(crypto::KeyType::kEcP256), "signing key");
@@ -369,6 +368,11 @@ int Run(bool short_run, int releases, std::vector<int> slow_counts) {
   const auto texts = Must(ovf::testing::MakeSignedTexts(tag, {std::string(ovf::kX25519WrapUri), label, wrapped},
                                                         &signer, signer_chain),
                           "sign");
+  // The portal registers the image with its signed texts (the KMS keeps the
+  // sealed policy they carry), then grants each job.
+  Must(service->RegisterImage(portal, {"acme", label_image, "sha256:" + pub.KeyId(), 0},
+                              {texts.descriptor_name, texts.descriptor, texts.manifest, texts.certificate}),
+       "register image");
   std::fprintf(stderr, "abuse_bench: recording %d evidence sets from swtpm...\n", runs * releases);
   std::vector<std::string> bodies;
   for (int i = 0; i < runs * releases; ++i) {

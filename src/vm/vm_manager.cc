@@ -136,6 +136,27 @@ Status CheckLocalDisk(const VmDisk& disk) {
   return CheckDiskFormat(disk);
 }
 
+// The OVMF image `path` must be a readable regular file.
+Status CheckFirmwareFile(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) {
+      return NotFoundError("OVMF firmware missing: " + path + " (Debian package ovmf)");
+    }
+    return ErrnoToStatus(errno, "stat", path);
+  }
+  if (!S_ISREG(st.st_mode)) return FailedPreconditionError("OVMF firmware is not a file: " + path);
+  return OkStatus();
+}
+
+// Copies the vars template `from` to a new private file `to` (0600): the
+// VM's own variable store, so no VM sees or changes another's variables.
+Status CopyPrivateFile(const std::string& from, const std::string& to) {
+  ASSIGN_OR_RETURN(std::string bytes, ReadFileToString(Env::Default(), from));
+  if (bytes.empty()) return FailedPreconditionError("OVMF vars template is empty: " + from);
+  return WriteStringToFileAtomic(Env::Default(), to, bytes, 0600);
+}
+
 // The signal qemu says it terminated on ("terminating on signal N" in its
 // log: qemu exits 0 after SIGTERM/SIGINT/SIGHUP), or 0.
 int LoggedTerminationSignal(const std::string& qemu_log) {
@@ -238,6 +259,16 @@ const char* VmEndReasonName(VmEndReason reason) {
       return "unknown";
   }
   return "unknown";
+}
+
+const char* FirmwareName(Firmware firmware) {
+  return firmware == Firmware::kEfi ? "efi" : "bios";
+}
+
+StatusOr<Firmware> ParseFirmware(const std::string& name) {
+  if (name == "bios") return Firmware::kBios;
+  if (name == "efi") return Firmware::kEfi;
+  return InvalidArgumentError("unknown firmware \"" + name + "\" (want bios or efi)");
 }
 
 const char* DiskSourceName(DiskSource source) {
@@ -534,6 +565,18 @@ StatusOr<VmInfo> VmManager::Launch(const VmSpec& spec, const SecretBytes* disk_s
   info.cpus = spec.cpus;
   info.memory_mib = spec.memory_mib;
   info.run = spec.run;
+  info.firmware = spec.firmware;
+  info.secure_boot = spec.secure_boot;
+  std::string efi_code;
+  if (spec.firmware == Firmware::kEfi) {
+    const OvmfFiles& ovmf = options_.ovmf;
+    efi_code = spec.secure_boot ? ovmf.secure_boot_code : ovmf.code;
+    const std::string& vars = spec.secure_boot ? ovmf.secure_boot_vars : ovmf.vars;
+    RETURN_IF_ERROR(CheckFirmwareFile(efi_code));
+    RETURN_IF_ERROR(CheckFirmwareFile(vars));
+    info.efi_vars_path = RunPath(spec.name, ".efivars.fd");
+    RETURN_IF_ERROR(CopyPrivateFile(vars, info.efi_vars_path));
+  }
   info.accel = ResolvedAccel();
   info.serial_log_path = RunPath(spec.name, ".serial.log");
   info.qemu_log_path = RunPath(spec.name, ".qemu.log");
@@ -542,6 +585,8 @@ StatusOr<VmInfo> VmManager::Launch(const VmSpec& spec, const SecretBytes* disk_s
   RETURN_IF_ERROR(CreatePrivateFile(info.serial_log_path));
   RETURN_IF_ERROR(CreatePrivateFile(info.qemu_log_path));
   internal::QemuPaths paths{info.serial_log_path, info.qmp_socket_path};
+  paths.efi_code = efi_code;
+  paths.efi_vars = info.efi_vars_path;
   internal::SpawnOptions spawn;
   int qmp_fd = -1;
   if (options_.vm_users.count > 0) {
@@ -549,6 +594,7 @@ StatusOr<VmInfo> VmManager::Launch(const VmSpec& spec, const SecretBytes* disk_s
     // overlays and sockets, and the QMP socket as a listening descriptor.
     ASSIGN_OR_RETURN(info.uid, AllocateUidLocked());
     RETURN_IF_ERROR(GrantAccessLocked(info.uid, info.serial_log_path));
+    if (!info.efi_vars_path.empty()) RETURN_IF_ERROR(GrantAccessLocked(info.uid, info.efi_vars_path));
     for (const VmDisk& disk : disks) {
       RETURN_IF_ERROR(GrantAccessLocked(info.uid, disk.path));
       if (!disk.overlay_path.empty()) RETURN_IF_ERROR(GrantAccessLocked(info.uid, disk.overlay_path));
@@ -570,6 +616,7 @@ StatusOr<VmInfo> VmManager::Launch(const VmSpec& spec, const SecretBytes* disk_s
   auto cleanup = [&] {
     (void)RemoveIfExists(state_path);
     (void)RemoveIfExists(info.qmp_socket_path);
+    if (!info.efi_vars_path.empty()) (void)RemoveIfExists(info.efi_vars_path);
   };
   info.started_unix_ms = internal::WallClockMs();
   {
@@ -743,6 +790,7 @@ Status VmManager::Delete(const std::string& name) {
   RETURN_IF_ERROR(RemoveIfExists(record.info.serial_log_path));
   RETURN_IF_ERROR(RemoveIfExists(record.info.qemu_log_path));
   RETURN_IF_ERROR(RemoveIfExists(record.info.qmp_socket_path));
+  if (!record.info.efi_vars_path.empty()) RETURN_IF_ERROR(RemoveIfExists(record.info.efi_vars_path));
   RETURN_IF_ERROR(RemoveIfExists(StatePath(name)));
   return Env::Default()->SyncDir(options_.state_dir + "/vms");
 }

@@ -25,7 +25,15 @@ struct QemuPaths {
   // bound it at qmp_socket) instead of creating qmp_socket itself: a VM
   // user cannot create files in the agent's run/ directory.
   int qmp_fd = -1;
+  // spec.firmware == kEfi: the OVMF code image (read-only pflash0) and the
+  // VM's own variable store (pflash1).
+  std::string efi_code;
+  std::string efi_vars;
 };
+
+// The pflash node names of an EFI VM.
+inline constexpr const char* kEfiCodeNodeName = "efi-code";
+inline constexpr const char* kEfiVarsNodeName = "efi-vars";
 
 // INVALID_ARGUMENT unless `name` is 1..64 of [A-Za-z0-9._-] and does not
 // start with '.'.
@@ -66,7 +74,10 @@ std::string DiskFormatNode(const VmDisk& disk, size_t index);
 // default devices, the seccomp sandbox (kQemuSandbox), the serial port to
 // paths.serial_log, QMP on paths.qmp_socket, the disk as an explicit
 // -blockdev graph (file node, format node) on virtio-blk-pci as the boot
-// device, no NIC unless user_network. `accel` must be kKvm or kTcg.
+// device, no NIC unless user_network. `accel` must be kKvm or kTcg. For
+// firmware kEfi: a q35 machine whose pflash0/pflash1 are paths.efi_code
+// (read-only) and paths.efi_vars, with SMM and secure pflash for
+// secure_boot.
 // The node names of disk `index`: "disk<index>-file" and "disk<index>" (the
 // node the device uses), and with an overlay "disk<index>-base" (the tenant's
 // format node) and "disk<index>-overlay-file".

@@ -727,6 +727,21 @@ Status SealPackage(Env* env, const SealOptions& options, const std::string& out_
   if (descriptor.HasEncryptionSection()) {
     return FailedPreconditionError("input descriptor already has an EncryptionSection");
   }
+  {
+    // The firmware, Secure Boot and TPM the exporter asked for, in the one
+    // form the host reads (§2.4); conflicts and what the host cannot give
+    // are refused here, on the customer's machine.
+    std::vector<std::string> asked_by;
+    ASSIGN_OR_RETURN(PlatformRequest platform, descriptor.ReadPlatform(&asked_by));
+    RETURN_IF_ERROR(descriptor.SetPlatform(platform));
+    if (options.notes != nullptr && !(platform == PlatformRequest())) {
+      std::string note = std::string("platform: firmware ") + (platform.efi ? "efi" : "bios") +
+                         ", Secure Boot " + (platform.secure_boot ? "on" : "off") + ", TPM " +
+                         (platform.tpm ? "2.0" : "none") + " (";
+      for (size_t i = 0; i < asked_by.size(); ++i) note += (i ? "; " : "") + asked_by[i];
+      options.notes->push_back(note + ")");
+    }
+  }
 
   std::vector<SealedFileInfo> sealed;
   for (SealSource& s : sources) {

@@ -854,6 +854,55 @@ TEST_F(HostDiskFormatE2eTest, UefiVmwareExportBootsUnderOvmfAndShowsTheMarker) {
   EXPECT_FALSE(std::filesystem::exists(vars));
 }
 
+// A package that asks for a TPM (vmseal:Platform tpm="2.0", issue 18) gets a
+// swtpm of its own, run as the VM's uid: the guest sees /dev/tpm0 and the
+// firmware's ACPI TPM2 table, and the swtpm and its state end with the VM.
+TEST_F(HostDiskFormatE2eTest, PackageAskingForATpmGetsItsOwnVtpmThatEndsWithTheVm) {
+  const std::string out = dir_.File("tpm.ova");
+  ovf::SealOptions seal;
+  seal.inputs = {image_};
+  seal.recipient_pem = customer_pub_pem_;
+  seal.image_id = "with-tpm";
+  seal.tenant = customer_id_;
+  seal.vm.cpus = 1;
+  seal.vm.memory_mib = 256;
+  seal.vm.platform.tpm = true;
+  seal.signing_key = signing_key_.get();
+  seal.signing_chain_pem = signing_chain_;
+  ASSERT_OK(ovf::SealPackage(Env::Default(), seal, out));
+  const std::string job_id = UploadAndLaunch(out);
+  ASSERT_OK(daemon_->service()->PollOnce());
+  json job = JobJson(job_id);
+  EXPECT_EQ(job["state"], "running") << job.dump();
+  auto vms = daemon_->vms()->List();
+  ASSERT_OK(vms);
+  ASSERT_EQ(vms->size(), 1u);
+  const vm::VmInfo vm = (*vms)[0];
+  ASSERT_TRUE(vm.tpm);
+  ASSERT_GT(vm.tpm_pid, 0);
+  if (vm.uid != 0) {
+    // The swtpm runs as the VM's own uid, like its qemu.
+    std::ifstream status("/proc/" + std::to_string(vm.tpm_pid) + "/status");
+    std::string uid_line;
+    for (std::string line; std::getline(status, line);) {
+      if (line.starts_with("Uid:")) uid_line = line;
+    }
+    const std::string id = std::to_string(vm.uid);
+    EXPECT_EQ(uid_line, "Uid:\t" + id + "\t" + id + "\t" + id + "\t" + id);
+    struct stat st;
+    ASSERT_EQ(::stat(vm.tpm_state_dir.c_str(), &st), 0);
+    EXPECT_EQ(st.st_uid, vm.uid);
+    EXPECT_EQ(st.st_mode & 0777, 0700u);
+  }
+  EXPECT_OK(daemon_->vms()->WaitForSerialMarker(vm.name, "VMSEAL-TPM: device=/dev/tpm0 acpi=TPM2",
+                                                240000));
+  EXPECT_OK(daemon_->vms()->WaitForSerialMarker(vm.name, marker_, 240000));
+  ASSERT_OK(daemon_->agent()->DeleteVm(vm.name));
+  EXPECT_FALSE(std::filesystem::exists("/proc/" + std::to_string(vm.tpm_pid)))
+      << "swtpm outlived its VM";
+  EXPECT_FALSE(std::filesystem::exists(vm.tpm_state_dir));
+}
+
 // ---------------------------------------------------------------------------
 // Streamed launch (issue 15): the disks are NBD exports of the portal's
 // package read by HTTPS Range; guest writes land in a LUKS overlay.

@@ -146,6 +146,8 @@ struct VmManagerOptions {
   // Run each VM's qemu under its own uid (VmUserRange). Default off. Needs
   // the agent to run as root; Create refuses it otherwise.
   VmUserRange vm_users;
+  // swtpm binary for VmSpec::tpm, looked up in PATH when it has no '/'.
+  std::string swtpm_binary = "swtpm";
   // Firmware images for VmSpec::firmware == kEfi. Checked at each EFI
   // launch (NOT_FOUND naming the file when missing), not at Create.
   OvmfFiles ovmf;
@@ -224,6 +226,11 @@ struct VmSpec {
   // kEfi only: the Secure Boot code and vars (OvmfFiles), SMM on. A guest
   // whose loader is not signed by an enrolled key does not boot.
   bool secure_boot = false;
+  // A TPM 2.0 for the guest: a swtpm of its own (docs/vm.md "vTPM"), run as
+  // the VM's uid with its state in run/<name>.tpm/ (0700), joined to qemu by
+  // a socket pair (-tpmdev emulator; tpm-crb for kEfi, tpm-tis for kBios).
+  // It ends with qemu; Delete removes the state.
+  bool tpm = false;
 };
 
 enum class VmRunState { kRunning, kStopped };
@@ -256,6 +263,10 @@ struct VmInfo {
   Firmware firmware = Firmware::kBios;
   bool secure_boot = false;
   std::string efi_vars_path;
+  // VmSpec::tpm; the swtpm's pid and state directory.
+  bool tpm = false;
+  pid_t tpm_pid = 0;
+  std::string tpm_state_dir;
   // Set once the VM's end has been noticed (state is then kStopped).
   bool ended = false;
   VmEnd end;

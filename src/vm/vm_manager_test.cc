@@ -632,3 +632,78 @@ TEST_F(VmManagerUefiTest, UefiOnlyImageDoesNotBootUnderBios) {
 
 }  // namespace
 }  // namespace vmseal::vm
+
+namespace vmseal::vm {
+namespace {
+
+// Per-VM vTPM (docs/vm.md "vTPM"): the sample guest prints whether it sees
+// /dev/tpm0 and the firmware's ACPI TPM2 table.
+constexpr char kGuestSeesTpm[] = "VMSEAL-TPM: device=/dev/tpm0 acpi=TPM2";
+constexpr char kGuestSeesNoTpm[] = "VMSEAL-TPM: device=none acpi=none";
+
+TEST_F(VmManagerQemuTest, VmWithATpmSeesItAndItsSwtpmEndsWithTheVm) {
+  VmSpec spec = SampleSpec("tpm");
+  spec.tpm = true;
+  auto vm = manager_->Launch(spec);
+  ASSERT_OK(vm);
+  ASSERT_TRUE(vm->tpm);
+  ASSERT_GT(vm->tpm_pid, 0);
+  const std::string cmdline = ReadFileOrDie("/proc/" + std::to_string(vm->tpm_pid) + "/cmdline");
+  EXPECT_TRUE(cmdline.starts_with(std::string("swtpm") + '\0' + "socket")) << cmdline;
+  struct stat st;
+  ASSERT_EQ(::stat(vm->tpm_state_dir.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISDIR(st.st_mode));
+  EXPECT_EQ(st.st_mode & 0777, 0700u);
+  ASSERT_OK(manager_->WaitForSerialMarker("tpm", kGuestSeesTpm, kBootTimeoutMs));
+  ASSERT_OK(manager_->WaitForSerialMarker("tpm", marker_, kBootTimeoutMs));
+  // The guest used it: the TPM's state is in the VM's directory.
+  EXPECT_FALSE(vmseal::testing::ListDir(vm->tpm_state_dir).empty());
+  ASSERT_OK(manager_->Stop("tpm"));
+  EXPECT_FALSE(PidExists(vm->tpm_pid)) << "swtpm outlived its VM";
+  ASSERT_OK(manager_->Delete("tpm"));
+  EXPECT_FALSE(fs::exists(vm->tpm_state_dir));
+  EXPECT_FALSE(fs::exists(options_.state_dir + "/run/tpm.swtpm.log"));
+}
+
+TEST_F(VmManagerQemuTest, VmWithoutATpmSeesNone) {
+  auto vm = manager_->Launch(SampleSpec("notpm"));
+  ASSERT_OK(vm);
+  EXPECT_FALSE(vm->tpm);
+  EXPECT_EQ(vm->tpm_pid, 0);
+  ASSERT_OK(manager_->WaitForSerialMarker("notpm", kGuestSeesNoTpm, kBootTimeoutMs));
+}
+
+// qemu killed from outside (a crash): its swtpm does not stay behind, and
+// is reaped.
+TEST_F(VmManagerQemuTest, KilledQemuTakesItsSwtpmWithIt) {
+  VmSpec spec = SampleSpec("tpmkill");
+  spec.tpm = true;
+  auto vm = manager_->Launch(spec);
+  ASSERT_OK(vm);
+  ASSERT_TRUE(PidExists(vm->tpm_pid));
+  ASSERT_EQ(::kill(vm->pid, SIGKILL), 0);
+  VmEnd end;
+  ASSERT_TRUE(WaitForEnd("tpmkill", 10000, &end));
+  EXPECT_EQ(end.reason, VmEndReason::kKilled);
+  EXPECT_FALSE(PidExists(vm->tpm_pid)) << "swtpm left running or as a zombie";
+}
+
+// Each VM gets its own TPM: two VMs, two swtpm processes, two state dirs.
+TEST_F(VmManagerQemuTest, TwoVmsGetTwoSeparateTpms) {
+  VmSpec a = SampleSpec("tpm-a");
+  a.tpm = true;
+  VmSpec b = SampleSpec("tpm-b");
+  b.tpm = true;
+  auto va = manager_->Launch(a);
+  ASSERT_OK(va);
+  auto vb = manager_->Launch(b);
+  ASSERT_OK(vb);
+  EXPECT_NE(va->tpm_pid, vb->tpm_pid);
+  EXPECT_NE(va->tpm_state_dir, vb->tpm_state_dir);
+  ASSERT_OK(manager_->Delete("tpm-a"));
+  EXPECT_FALSE(PidExists(va->tpm_pid));
+  EXPECT_TRUE(PidExists(vb->tpm_pid)) << "deleting one VM stopped another's TPM";
+}
+
+}  // namespace
+}  // namespace vmseal::vm

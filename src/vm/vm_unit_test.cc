@@ -792,3 +792,55 @@ TEST(VmRecordFirmwareTest, EfiFieldsRoundTripAndBiosRecordsStayAsBefore) {
 
 }  // namespace
 }  // namespace vmseal::vm
+
+namespace vmseal::vm {
+namespace {
+
+TEST(QemuTpmTest, NoTpmDeviceUnlessAsked) {
+  auto argv = BuildQemuArgv("qemu", SampleSpec(), Accel::kTcg, kPaths);
+  EXPECT_EQ(FlagValue(argv, "-tpmdev"), "");
+}
+
+TEST(QemuTpmTest, TpmIsAnEmulatorOnTheInheritedSocketTisForBiosCrbForEfi) {
+  VmSpec spec = SampleSpec();
+  spec.tpm = true;
+  auto argv = BuildQemuArgv("qemu", spec, Accel::kTcg, kPaths);
+  EXPECT_TRUE(HasArg(argv, "socket,id=tpm0-ctrl,fd=5"));
+  EXPECT_EQ(FlagValue(argv, "-tpmdev"), "emulator,id=tpm0,chardev=tpm0-ctrl");
+  EXPECT_TRUE(HasArg(argv, "tpm-tis,tpmdev=tpm0"));
+  spec.firmware = Firmware::kEfi;
+  argv = BuildQemuArgv("qemu", spec, Accel::kTcg, EfiPaths());
+  EXPECT_TRUE(HasArg(argv, "tpm-crb,tpmdev=tpm0"));
+}
+
+TEST(QemuTpmTest, SwtpmIsATpm2OnItsStateDirThatEndsWithQemu) {
+  EXPECT_EQ(internal::BuildSwtpmArgv("swtpm", "/s/run/web-1.tpm"),
+            (std::vector<std::string>{"swtpm", "socket", "--tpm2", "--tpmstate",
+                                      "dir=/s/run/web-1.tpm,mode=0600", "--ctrl",
+                                      "type=unixio,clientfd=3", "--terminate"}));
+}
+
+TEST(VmRecordTpmTest, TpmFieldsRoundTrip) {
+  VmRecord r;
+  r.info.name = "web-1";
+  r.info.pid = 42;
+  r.info.disk_path = "/d";
+  r.info.cpus = 1;
+  r.info.memory_mib = 256;
+  r.info.accel = Accel::kTcg;
+  r.argv = {"qemu"};
+  EXPECT_EQ(SerializeVmRecord(r).find("tpm"), std::string::npos);
+  r.info.tpm = true;
+  r.info.tpm_pid = 43;
+  r.info.tpm_state_dir = "/s/run/web-1.tpm";
+  r.tpm_argv = {"swtpm", "socket"};
+  auto back = ParseVmRecord(SerializeVmRecord(r));
+  ASSERT_OK(back);
+  EXPECT_TRUE(back->info.tpm);
+  EXPECT_EQ(back->info.tpm_pid, 43);
+  EXPECT_EQ(back->info.tpm_state_dir, "/s/run/web-1.tpm");
+  EXPECT_EQ(back->tpm_argv, r.tpm_argv);
+}
+
+}  // namespace
+}  // namespace vmseal::vm

@@ -158,6 +158,18 @@ std::vector<std::string> DiskBlockdevs(const VmDisk& disk, size_t index) {
 std::string DiskProtocolNode(const VmSpec& spec) { return DiskProtocolNode(DisksOf(spec)[0], 0); }
 std::string DiskFormatNode(const VmSpec& spec) { return DiskFormatNode(DisksOf(spec)[0], 0); }
 
+std::vector<std::string> BuildSwtpmArgv(const std::string& swtpm_binary,
+                                        const std::string& state_dir) {
+  return {swtpm_binary,
+          "socket",
+          "--tpm2",
+          "--tpmstate",
+          "dir=" + state_dir + ",mode=0600",
+          "--ctrl",
+          "type=unixio,clientfd=" + std::to_string(kSwtpmCtrlFd),
+          "--terminate"};
+}
+
 std::vector<std::string> BuildQemuArgv(const std::string& qemu_binary, const VmSpec& spec,
                                        Accel accel, const QemuPaths& paths) {
   std::vector<std::string> argv = {
@@ -204,6 +216,15 @@ std::vector<std::string> BuildQemuArgv(const std::string& qemu_binary, const VmS
     argv.insert(argv.end(), {"-object", std::string("secret,id=") + kDiskSecretId +
                                             ",format=raw,file=/dev/fd/" +
                                             std::to_string(kDiskSecretFd)});
+  }
+  if (spec.tpm) {
+    // The emulator's control channel is one end of a socket pair; qemu then
+    // hands swtpm the data channel over it.
+    argv.insert(argv.end(),
+                {"-chardev", "socket,id=tpm0-ctrl,fd=" + std::to_string(kTpmCtrlFd),
+                 "-tpmdev", "emulator,id=tpm0,chardev=tpm0-ctrl",
+                 "-device", spec.firmware == Firmware::kEfi ? "tpm-crb,tpmdev=tpm0"
+                                                            : "tpm-tis,tpmdev=tpm0"});
   }
   const std::vector<VmDisk> disks = DisksOf(spec);
   for (size_t i = 0; i < disks.size(); ++i) {

@@ -92,6 +92,16 @@ inline constexpr const char* kDiskSecretId = "vmseal-disk-secret";
 inline constexpr int kDiskSecretFd = 3;
 // The inherited QMP listening socket of a VM run under a VM user.
 inline constexpr int kQmpListenFd = 4;
+// qemu's end of the socket pair to the VM's swtpm (VmSpec::tpm), and the
+// swtpm's end as the swtpm inherits it.
+inline constexpr int kTpmCtrlFd = 5;
+inline constexpr int kSwtpmCtrlFd = 3;
+
+// The swtpm command line of a VM's vTPM: TPM 2.0, state in `state_dir`
+// (files 0600), control channel on inherited descriptor kSwtpmCtrlFd, ends
+// when qemu closes it.
+std::vector<std::string> BuildSwtpmArgv(const std::string& swtpm_binary,
+                                        const std::string& state_dir);
 // How long qemu's NBD client keeps retrying a lost export (nbdkit restarted
 // after an agent crash) before it fails the guest's requests, seconds.
 inline constexpr int kNbdReconnectDelaySeconds = 60;

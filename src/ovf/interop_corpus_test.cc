@@ -297,5 +297,90 @@ TEST_F(InteropCorpusTest, EveryExporterDialectRoundTripsOrIsAKnownGap) {
   EXPECT_EQ(all, static_cast<int>(Corpus().size()));
 }
 
+// Error messages of the real binary (issue 18): each names what it is about
+// (the directory scanned, the expected and actual sizes, the allowed
+// file-name characters) and nothing is written.
+class SealErrorMessageTest : public InteropCorpusTest {
+ protected:
+  // A VirtualBox export in a folder `name` (descriptor box.ovf).
+  std::string Export(const std::string& name) {
+    const std::string src = dir_.File(name);
+    fs::create_directories(src);
+    const std::string testdata = vmseal::testing::SourceDir() + "/tests/testdata/ovf/";
+    fs::copy_file(testdata + "vbox-1.0.ovf", src + "/box.ovf");
+    fs::copy_file(testdata + "vbox-disk001.vmdk", src + "/vbox-disk001.vmdk");
+    return src;
+  }
+  // Runs `vmseal seal input`; returns its output, expecting failure and no
+  // output package.
+  std::string SealFails(const std::string& input) {
+    std::string log;
+    const std::string out = dir_.File("out.ova");
+    EXPECT_NE(RunCommand({VmsealBinary(), "seal", input, "--pubkey", dir_.File("pub.pem"),
+                          "--tenant", "acme", "--unsigned", "--keep-disk-format", "-o", out},
+                         &log),
+              0);
+    EXPECT_FALSE(fs::exists(out));
+    return log;
+  }
+};
+
+TEST_F(SealErrorMessageTest, AnExtraFileNamesTheDirectoryScanned) {
+  const std::string src = Export("box");
+  WriteFileOrDie(src + "/notes.txt", "hi");
+  const std::string log = SealFails(src);
+  EXPECT_NE(log.find("extra file in package: notes.txt (in the package directory " + src +
+                     "; name the .ovf to seal only the files it references)"),
+            std::string::npos)
+      << log;
+}
+
+TEST_F(SealErrorMessageTest, TwoDescriptorsNameTheDirectoryAndBothFiles) {
+  const std::string src = Export("two");
+  fs::copy_file(src + "/box.ovf", src + "/copy.ovf");
+  const std::string log = SealFails(src);
+  EXPECT_NE(log.find("package directory " + src + " holds more than one .ovf (box.ovf, copy.ovf; "
+                     "name the .ovf to seal)"),
+            std::string::npos)
+      << log;
+}
+
+TEST_F(SealErrorMessageTest, ASizeMismatchGivesTheExpectedAndActualSizes) {
+  const std::string src = Export("size");
+  std::string text = ReadFileOrDie(src + "/box.ovf");
+  Replace(&text, R"(ovf:href="vbox-disk001.vmdk")", R"(ovf:href="vbox-disk001.vmdk" ovf:size="12345")");
+  WriteFileOrDie(src + "/box.ovf", text);
+  const std::string log = SealFails(src + "/box.ovf");
+  EXPECT_NE(log.find("size of vbox-disk001.vmdk is " +
+                     std::to_string(fs::file_size(src + "/vbox-disk001.vmdk")) +
+                     " bytes; its ovf:size says 12345"),
+            std::string::npos)
+      << log;
+}
+
+TEST_F(SealErrorMessageTest, ABadFileNameListsTheAllowedCharacters) {
+  const std::string src = Export("chars");
+  std::string text = ReadFileOrDie(src + "/box.ovf");
+  Replace(&text, "vbox-disk001.vmdk", "disk|001.vmdk");
+  WriteFileOrDie(src + "/box.ovf", text);
+  fs::rename(src + "/vbox-disk001.vmdk", src + "/disk|001.vmdk");
+  const std::string log = SealFails(src + "/box.ovf");
+  EXPECT_NE(log.find("invalid character in file name (allowed: letters, digits, spaces and any "
+                     "UTF-8 text except control characters and \\ : * ? \" < > | /): disk|001.vmdk"),
+            std::string::npos)
+      << log;
+}
+
+TEST_F(SealErrorMessageTest, ARequiredVendorElementIsNamedWithItsPrefix) {
+  const std::string src = Export("vendor");
+  std::string text = ReadFileOrDie(src + "/box.ovf");
+  Replace(&text, R"(<vbox:Machine ovf:required="false")", R"(<vbox:Machine)");
+  WriteFileOrDie(src + "/box.ovf", text);
+  const std::string log = SealFails(src + "/box.ovf");
+  EXPECT_NE(log.find("required extension element vbox:Machine cannot be carried into OVF 2"),
+            std::string::npos)
+      << log;
+}
+
 }  // namespace
 }  // namespace vmseal::ovf

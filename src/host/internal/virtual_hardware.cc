@@ -194,8 +194,14 @@ Status ReadDiskOrder(const xmlNode* root, const xmlNode* hardware, VirtualHardwa
     auto it = std::find_if(drives.begin(), drives.end(),
                            [&](const Drive& d) { return d.instance_id == instance; });
     if (it == drives.end()) {
-      return InvalidArgumentError("descriptor: BootOrderSection names no disk Item ('" +
-                                  instance.substr(0, 32) + "')");
+      // Named as the descriptor spells it, prefix and all (vmw:BootOrderSection).
+      std::string qualified = "BootOrderSection";
+      if (s->ns != nullptr && s->ns->prefix != nullptr) {
+        qualified = reinterpret_cast<const char*>(s->ns->prefix) + (":" + qualified);
+      }
+      return InvalidArgumentError("descriptor: " + qualified.substr(0, 64) +
+                                  " names no disk Item (instanceId '" + instance.substr(0, 32) +
+                                  "'; expected the InstanceID of a disk drive Item)");
     }
     std::rotate(drives.begin(), it, it + 1);
     hw->boot_named = true;

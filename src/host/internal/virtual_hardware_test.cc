@@ -152,7 +152,9 @@ TEST(VirtualHardwareTest, DiskItemsNamingNothingOrTwiceAreRefused) {
           Controller("10") + Drive("20", "10", "0", "ovf:/disk/d1"),
           R"(<vmw:BootOrderSection vmw:instanceId="99" vmw:type="disk"><Info>b</Info>)"
           "</vmw:BootOrderSection>")),
-      StatusCode::kInvalidArgument, "BootOrderSection");
+      StatusCode::kInvalidArgument,
+      "descriptor: vmw:BootOrderSection names no disk Item (instanceId '99'; expected the "
+      "InstanceID of a disk drive Item)");
 }
 
 // The platform seal writes (docs/format/package.md §2.4), found by its

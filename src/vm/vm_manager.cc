@@ -588,6 +588,18 @@ StatusOr<VmInfo> VmManager::Launch(const VmSpec& spec, const SecretBytes* disk_s
   info.run = spec.run;
   info.firmware = spec.firmware;
   info.secure_boot = spec.secure_boot;
+  // Until the launch's own cleanup takes over below, an error leaves
+  // neither the vars copy nor the TPM state directory behind.
+  struct PreparedFiles {
+    std::string vars, tpm_dir;
+    bool armed = true;
+    ~PreparedFiles() {
+      if (!armed) return;
+      if (!vars.empty()) (void)::unlink(vars.c_str());
+      std::error_code ec;
+      if (!tpm_dir.empty()) std::filesystem::remove_all(tpm_dir, ec);
+    }
+  } prepared;
   if (spec.tpm) {
     // A fresh TPM per launch: no state of an earlier VM of this name.
     info.tpm = true;
@@ -599,6 +611,7 @@ StatusOr<VmInfo> VmManager::Launch(const VmSpec& spec, const SecretBytes* disk_s
     std::error_code ec;
     std::filesystem::remove_all(info.tpm_state_dir, ec);
     if (ec) return ErrnoToStatus(ec.value(), "remove", info.tpm_state_dir);
+    prepared.tpm_dir = info.tpm_state_dir;
     RETURN_IF_ERROR(MakePrivateDir(info.tpm_state_dir));
   }
   std::string efi_code;
@@ -609,6 +622,7 @@ StatusOr<VmInfo> VmManager::Launch(const VmSpec& spec, const SecretBytes* disk_s
     RETURN_IF_ERROR(CheckFirmwareFile(efi_code));
     RETURN_IF_ERROR(CheckFirmwareFile(vars));
     info.efi_vars_path = RunPath(spec.name, ".efivars.fd");
+    prepared.vars = info.efi_vars_path;
     RETURN_IF_ERROR(CopyPrivateFile(vars, info.efi_vars_path));
   }
   info.accel = ResolvedAccel();
@@ -650,6 +664,7 @@ StatusOr<VmInfo> VmManager::Launch(const VmSpec& spec, const SecretBytes* disk_s
   } qmp_closer{qmp_fd};
   record.argv = internal::BuildQemuArgv(options_.qemu_binary, spec, info.accel, paths);
 
+  prepared.armed = false;  // `cleanup` removes them from here on
   auto cleanup = [&] {
     (void)RemoveIfExists(state_path);
     (void)RemoveIfExists(info.qmp_socket_path);

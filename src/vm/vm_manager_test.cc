@@ -688,6 +688,18 @@ TEST_F(VmManagerQemuTest, KilledQemuTakesItsSwtpmWithIt) {
   EXPECT_FALSE(PidExists(vm->tpm_pid)) << "swtpm left running or as a zombie";
 }
 
+// No swtpm on the host: a clear error, no qemu, and nothing left behind.
+TEST_F(VmManagerQemuTest, MissingSwtpmFailsTheLaunchAndLeavesNothing) {
+  options_.swtpm_binary = dir_.File("no-such-swtpm");
+  auto manager = VmManager::Create(options_);
+  ASSERT_OK(manager);
+  VmSpec spec = SampleSpec("noswtpm");
+  spec.tpm = true;
+  EXPECT_STATUS((*manager)->Launch(spec), StatusCode::kNotFound, "vtpm");
+  EXPECT_TRUE(vmseal::testing::ListDir(options_.state_dir + "/vms").empty());
+  EXPECT_FALSE(fs::exists(options_.state_dir + "/run/noswtpm.tpm"));
+}
+
 // Each VM gets its own TPM: two VMs, two swtpm processes, two state dirs.
 TEST_F(VmManagerQemuTest, TwoVmsGetTwoSeparateTpms) {
   VmSpec a = SampleSpec("tpm-a");

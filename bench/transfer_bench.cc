@@ -82,7 +82,8 @@ class EveryHostEligibleKms final : public csp::KmsClient {
     for (const auto& h : hosts) out.push_back({h, true, "ok"});
     return out;
   }
-  Status RegisterImage(const std::string&, const std::string&, const std::string&) override {
+  Status RegisterImage(const std::string&, const std::string&, const std::string&,
+                       const ovf::SignedPackageTexts&) override {
     return OkStatus();
   }
   Status CreateGrant(const csp::LaunchGrant&) override { return OkStatus(); }

@@ -3,7 +3,9 @@
 # privileges, mounts or loop devices:
 #   MBR (syslinux mbr.bin) + one FAT16 partition holding syslinux, a Debian
 #   kernel (cloud flavour when available) and an initramfs whose init
-#   (busybox sh) prints a marker line to the serial console (ttyS0).
+#   (busybox sh) prints a marker line to the serial console (ttyS0), after a
+#   line "VMSEAL-TPM: device=/dev/tpm0|none acpi=TPM2|none" saying whether
+#   the VM has a TPM.
 #
 #   scripts/build-sample-image.sh OUT.img [--marker TEXT] [--poweroff]
 #
@@ -117,8 +119,14 @@ cat >"$root/init" <<EOF
 #!/bin/busybox sh
 /bin/busybox mount -t devtmpfs devtmpfs /dev 2>/dev/null
 /bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t sysfs sysfs /sys
 exec >/dev/ttyS0 2>&1
 echo "VMSEAL-SAMPLE-IMAGE booted: \$(/bin/busybox uname -r)"
+# Whether the VM has a TPM (docs/vm.md "vTPM"): the device node and the
+# firmware's ACPI table for it.
+tpm_dev=none; [ -e /dev/tpm0 ] && tpm_dev=/dev/tpm0
+tpm_acpi=none; [ -e /sys/firmware/acpi/tables/TPM2 ] && tpm_acpi=TPM2
+echo "VMSEAL-TPM: device=\$tpm_dev acpi=\$tpm_acpi"
 echo "$marker"
 $finish
 EOF

@@ -25,6 +25,10 @@ struct SealFlags {
   std::string cert, pubkey, image_id, tenant, format = "ova", out;
   uint32_t cpus = 2;
   uint64_t memory_mib = 2048;
+  // Firmware, Secure Boot and TPM of a generated descriptor (package.md §2.4).
+  std::string firmware = "bios";
+  bool secure_boot = false;
+  bool tpm = false;
   uint32_t chunk_size = 0;
   bool xmlenc_compat = false;
   bool keep_disk_format = false;
@@ -156,6 +160,15 @@ Status RunSeal(const SealFlags& f) {
   ASSIGN_OR_RETURN(o.tenant, SealTenant(f, o.recipient_pem));
   o.vm.cpus = f.cpus;
   o.vm.memory_mib = f.memory_mib;
+  if (f.firmware != "bios" && f.firmware != "efi") {
+    return InvalidArgumentError("--firmware must be bios or efi");
+  }
+  if (f.secure_boot && f.firmware != "efi") {
+    return InvalidArgumentError("--secure-boot needs --firmware efi");
+  }
+  o.vm.platform.efi = f.firmware == "efi";
+  o.vm.platform.secure_boot = f.secure_boot;
+  o.vm.platform.tpm = f.tpm;
   o.ova = f.format == "ova";
   o.xmlenc_compat = f.xmlenc_compat;
   o.convert_disks = !f.keep_disk_format;
@@ -201,6 +214,12 @@ void AddPackageCommands(CLI::App& app, const CommandSink& sink) {
   seal->add_option("--cpus", seal_flags->cpus, "virtual CPUs (image inputs)")->capture_default_str();
   seal->add_option("--memory-mib", seal_flags->memory_mib, "memory in MiB (image inputs)")
       ->capture_default_str();
+  seal->add_option("--firmware", seal_flags->firmware,
+                   "bios or efi (image inputs; a package's descriptor says it itself)")
+      ->capture_default_str();
+  seal->add_flag("--secure-boot", seal_flags->secure_boot,
+                 "boot with UEFI Secure Boot on (image inputs; needs --firmware efi)");
+  seal->add_flag("--tpm", seal_flags->tpm, "give the guest a TPM 2.0 (image inputs)");
   seal->add_option("--format", seal_flags->format, "ova or dir")->capture_default_str();
   seal->add_option("--chunk-size", seal_flags->chunk_size, "stream chunk size in bytes (0 = default)");
   seal->add_flag("--keep-disk-format", seal_flags->keep_disk_format,

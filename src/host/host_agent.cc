@@ -324,6 +324,9 @@ StatusOr<vm::VmInfo> HostAgent::RunJobSteps(const Job& job, const std::string& v
   spec.run = job.run;
   spec.cpus = hardware.cpus;
   spec.memory_mib = hardware.memory_mib;
+  spec.firmware = hardware.efi ? vm::Firmware::kEfi : vm::Firmware::kBios;
+  spec.secure_boot = hardware.secure_boot;
+  spec.tpm = hardware.tpm;
 
   if (package->encrypted()) {
     Report(report, job, JobPhase::kAttesting);

@@ -771,9 +771,141 @@ TEST_F(HostDiskFormatE2eTest, VmdkOvaConvertedAtSealBootsAndShowsTheMarker) {
   ASSERT_OK(vms);
   ASSERT_EQ(vms->size(), 1u);
   EXPECT_EQ((*vms)[0].disk_format, vm::DiskFormat::kQcow2);
+  // No firmware setting in the export: the BIOS image boots BIOS.
+  EXPECT_EQ((*vms)[0].firmware, vm::Firmware::kBios);
+  EXPECT_TRUE((*vms)[0].efi_vars_path.empty());
   EXPECT_OK(daemon_->vms()->WaitForSerialMarker((*vms)[0].name, marker_, 240000));
 }
 
+// A UEFI-only guest exported by VMware (vmw:Config firmware="efi", issue 18):
+// seal maps the setting into vmseal:Platform, the host boots OVMF with the
+// VM's own variable store, and the image's GRUB prints its marker. The
+// image (GPT + ESP, no BIOS boot code) is built here by
+// scripts/build-uefi-sample-image.sh from this machine's own files.
+TEST_F(HostDiskFormatE2eTest, UefiVmwareExportBootsUnderOvmfAndShowsTheMarker) {
+  const std::string image = dir_.File("uefi.img");
+  std::string log;
+  ASSERT_EQ(vmseal::testing::RunCommand(
+                {vmseal::testing::SourceDir() + "/scripts/build-uefi-sample-image.sh", image},
+                &log, 120),
+            0)
+      << log;
+  std::string marker = vmseal::testing::ReadFileOrDie(image + ".marker");
+  while (!marker.empty() && marker.back() == '\n') marker.pop_back();
+  const std::string vmdk = dir_.File("uefi-disk001.vmdk");
+  QemuImg({"convert", "-q", "-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized", image,
+           vmdk});
+  std::string descriptor = vmseal::testing::ReadFileOrDie(vmseal::testing::SourceDir() +
+                                                          "/tests/testdata/ovf/vbox-1.0.ovf");
+  for (auto [from, to] : {std::pair<std::string, std::string>{"vbox-disk001.vmdk",
+                                                              "uefi-disk001.vmdk"},
+                          {"<rasd:VirtualQuantity>1024<", "<rasd:VirtualQuantity>256<"},
+                          {"xmlns:vbox=", "xmlns:vmw=\"http://www.vmware.com/schema/ovf\" "
+                                          "xmlns:vbox="},
+                          {"</VirtualHardwareSection>",
+                           "<vmw:Config ovf:required=\"false\" vmw:key=\"firmware\" "
+                           "vmw:value=\"efi\"/></VirtualHardwareSection>"}}) {
+    const size_t at = descriptor.find(from);
+    ASSERT_NE(at, std::string::npos) << from;
+    descriptor.replace(at, from.size(), to);
+  }
+  const std::string export_dir = dir_.File("uefi-export");
+  std::filesystem::create_directories(export_dir);
+  vmseal::testing::WriteFileOrDie(export_dir + "/uefi.ovf", descriptor);
+  std::filesystem::copy_file(vmdk, export_dir + "/uefi-disk001.vmdk");
+  const std::string plain_ova = dir_.File("uefi-export.ova");
+  ASSERT_EQ(vmseal::testing::RunCommand({"tar", "-C", export_dir, "--format=ustar", "-cf",
+                                         plain_ova, "uefi.ovf", "uefi-disk001.vmdk"},
+                                        &log),
+            0)
+      << log;
+  const std::string out = dir_.File("uefi-sealed.ova");
+  ovf::SealOptions seal;
+  seal.inputs = {plain_ova};
+  seal.recipient_pem = customer_pub_pem_;
+  seal.image_id = "uefi-export";
+  seal.tenant = customer_id_;
+  seal.signing_key = signing_key_.get();
+  seal.signing_chain_pem = signing_chain_;
+  ASSERT_OK(ovf::SealPackage(Env::Default(), seal, out));
+  auto sealed = ovf::Package::Open(Env::Default(), out, ovf::PackageOpenOptions());
+  ASSERT_OK(sealed);
+  EXPECT_NE((*sealed)->descriptor_text().find(R"(firmware="efi" secureBoot="false" tpm="none")"),
+            std::string::npos);
+
+  const std::string job_id = UploadAndLaunch(out);
+  ASSERT_OK(daemon_->service()->PollOnce());
+  json job = JobJson(job_id);
+  EXPECT_EQ(job["state"], "running") << job.dump();
+  auto vms = daemon_->vms()->List();
+  ASSERT_OK(vms);
+  ASSERT_EQ(vms->size(), 1u);
+  const vm::VmInfo& vm = (*vms)[0];
+  EXPECT_EQ(vm.firmware, vm::Firmware::kEfi);
+  EXPECT_FALSE(vm.secure_boot);
+  ASSERT_FALSE(vm.efi_vars_path.empty());
+  // The variable store is the VM's own: its uid's when qemu runs as one.
+  struct stat st;
+  ASSERT_EQ(::stat(vm.efi_vars_path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  EXPECT_EQ(st.st_uid, vm.uid == 0 ? ::geteuid() : vm.uid);
+  EXPECT_OK(daemon_->vms()->WaitForSerialMarker(vm.name, marker, 240000));
+  EXPECT_NE(vmseal::testing::ReadFileOrDie(vm.serial_log_path)
+                .find("VMSEAL-UEFI-SAMPLE-IMAGE booted: efi"),
+            std::string::npos);
+  const std::string vars = vm.efi_vars_path;
+  ASSERT_OK(daemon_->agent()->DeleteVm(vm.name));
+  EXPECT_FALSE(std::filesystem::exists(vars));
+}
+
+// A package that asks for a TPM (vmseal:Platform tpm="2.0", issue 18) gets a
+// swtpm of its own, run as the VM's uid: the guest sees /dev/tpm0 and the
+// firmware's ACPI TPM2 table, and the swtpm and its state end with the VM.
+TEST_F(HostDiskFormatE2eTest, PackageAskingForATpmGetsItsOwnVtpmThatEndsWithTheVm) {
+  const std::string out = dir_.File("tpm.ova");
+  ovf::SealOptions seal;
+  seal.inputs = {image_};
+  seal.recipient_pem = customer_pub_pem_;
+  seal.image_id = "with-tpm";
+  seal.tenant = customer_id_;
+  seal.vm.cpus = 1;
+  seal.vm.memory_mib = 256;
+  seal.vm.platform.tpm = true;
+  seal.signing_key = signing_key_.get();
+  seal.signing_chain_pem = signing_chain_;
+  ASSERT_OK(ovf::SealPackage(Env::Default(), seal, out));
+  const std::string job_id = UploadAndLaunch(out);
+  ASSERT_OK(daemon_->service()->PollOnce());
+  json job = JobJson(job_id);
+  EXPECT_EQ(job["state"], "running") << job.dump();
+  auto vms = daemon_->vms()->List();
+  ASSERT_OK(vms);
+  ASSERT_EQ(vms->size(), 1u);
+  const vm::VmInfo vm = (*vms)[0];
+  ASSERT_TRUE(vm.tpm);
+  ASSERT_GT(vm.tpm_pid, 0);
+  if (vm.uid != 0) {
+    // The swtpm runs as the VM's own uid, like its qemu.
+    std::ifstream status("/proc/" + std::to_string(vm.tpm_pid) + "/status");
+    std::string uid_line;
+    for (std::string line; std::getline(status, line);) {
+      if (line.starts_with("Uid:")) uid_line = line;
+    }
+    const std::string id = std::to_string(vm.uid);
+    EXPECT_EQ(uid_line, "Uid:\t" + id + "\t" + id + "\t" + id + "\t" + id);
+    struct stat st;
+    ASSERT_EQ(::stat(vm.tpm_state_dir.c_str(), &st), 0);
+    EXPECT_EQ(st.st_uid, vm.uid);
+    EXPECT_EQ(st.st_mode & 0777, 0700u);
+  }
+  EXPECT_OK(daemon_->vms()->WaitForSerialMarker(vm.name, "VMSEAL-TPM: device=/dev/tpm0 acpi=TPM2",
+                                                240000));
+  EXPECT_OK(daemon_->vms()->WaitForSerialMarker(vm.name, marker_, 240000));
+  ASSERT_OK(daemon_->agent()->DeleteVm(vm.name));
+  EXPECT_FALSE(std::filesystem::exists("/proc/" + std::to_string(vm.tpm_pid)))
+      << "swtpm outlived its VM";
+  EXPECT_FALSE(std::filesystem::exists(vm.tpm_state_dir));
+}
 
 // ---------------------------------------------------------------------------
 // Streamed launch (issue 15): the disks are NBD exports of the portal's

@@ -232,8 +232,6 @@ Status Descriptor::UpgradeToOvf2(std::vector<std::string>* notes) {
 
 namespace {
 
-constexpr std::string_view kVmwareNamespace = "http://www.vmware.com/schema/ovf";
-
 // "prefix:name" of an element, as the descriptor spells it.
 std::string QualifiedName(const xmlNode* n) {
   std::string name = reinterpret_cast<const char*>(n->name);
@@ -309,6 +307,180 @@ Status Descriptor::CarryExtensions(std::vector<std::string>* notes) {
                        "extension" + (was_required ? " (it was required)" : ""));
     }
   }
+  return OkStatus();
+}
+
+namespace {
+
+// The first VirtualSystem of the envelope (depth first through
+// VirtualSystemCollections), or nullptr.
+xmlNode* FirstVirtualSystem(xmlNode* parent) {
+  for (xmlNode* c = parent->children; c != nullptr; c = c->next) {
+    if (Is(c, kOvf2Namespace, "VirtualSystem")) return c;
+    if (Is(c, kOvf2Namespace, "VirtualSystemCollection")) {
+      if (xmlNode* vs = FirstVirtualSystem(c)) return vs;
+    }
+  }
+  return nullptr;
+}
+
+// A child element by local name, whatever its namespace (VirtualBox writes
+// vbox:Machine's children unprefixed, so in the document's default one).
+xmlNode* ChildNamed(const xmlNode* parent, const char* name) {
+  for (xmlNode* c = parent->children; c != nullptr; c = c->next) {
+    if (c->type == XML_ELEMENT_NODE && std::strcmp(reinterpret_cast<const char*>(c->name), name) == 0) {
+      return c;
+    }
+  }
+  return nullptr;
+}
+
+// One setting and the element that asked for it.
+struct PlatformSetting {
+  std::optional<bool> value;
+  std::string from;
+};
+
+Status Merge(PlatformSetting* into, bool value, const std::string& from, const char* what,
+             std::vector<std::string>* sources) {
+  if (into->value.has_value() && *into->value != value) {
+    return InvalidArgumentError("descriptor asks for conflicting " + std::string(what) + ": " +
+                                into->from + " against " + from);
+  }
+  into->value = value;
+  into->from = from;
+  if (sources != nullptr) sources->push_back(std::string(what) + " from " + from);
+  return OkStatus();
+}
+
+bool IsTrue(std::string_view v) { return v == "true" || v == "TRUE" || v == "True" || v == "1"; }
+bool IsFalse(std::string_view v) { return v == "false" || v == "FALSE" || v == "False" || v == "0"; }
+
+}  // namespace
+
+StatusOr<PlatformRequest> Descriptor::ReadPlatform(std::vector<std::string>* sources) const {
+  if (major_version() != 2) return FailedPreconditionError("descriptor is not OVF 2");
+  PlatformRequest out;
+  xmlNode* vs = FirstVirtualSystem(xmlDocGetRootElement(doc_));
+  xmlNode* hw = vs != nullptr ? FirstChild(vs, kOvf2Namespace, "VirtualHardwareSection") : nullptr;
+  if (hw == nullptr) return out;
+  PlatformSetting efi, secure_boot, tpm;
+  for (xmlNode* c = hw->children; c != nullptr; c = c->next) {
+    if (c->type != XML_ELEMENT_NODE) continue;
+    if (Is(c, kVirtualBoxNamespace, "Machine")) {
+      xmlNode* hardware = ChildNamed(c, "Hardware");
+      if (hardware == nullptr) continue;
+      if (xmlNode* fw = ChildNamed(hardware, "Firmware")) {
+        const std::string type = Attr(fw, "", "type").value_or("BIOS");
+        const std::string from = "vbox:Machine Hardware/Firmware type=\"" + type.substr(0, 32) + "\"";
+        if (type == "BIOS") {
+          RETURN_IF_ERROR(Merge(&efi, false, from, "firmware", sources));
+        } else if (type == "EFI" || type == "EFI64" || type == "EFIDUAL") {
+          RETURN_IF_ERROR(Merge(&efi, true, from, "firmware", sources));
+        } else if (type == "EFI32") {
+          return UnimplementedError("descriptor: " + from + " asks for 32-bit EFI firmware; the "
+                                    "host boots 64-bit OVMF only");
+        } else {
+          return InvalidArgumentError("descriptor: " + from + " is not BIOS, EFI, EFI32, EFI64 "
+                                      "or EFIDUAL");
+        }
+      }
+      if (xmlNode* t = ChildNamed(hardware, "TrustedPlatformModule")) {
+        const std::string type = Attr(t, "", "type").value_or("None");
+        const std::string from =
+            "vbox:Machine Hardware/TrustedPlatformModule type=\"" + type.substr(0, 32) + "\"";
+        if (type == "None") {
+          RETURN_IF_ERROR(Merge(&tpm, false, from, "TPM", sources));
+        } else if (type == "v2_0" || type == "Swtpm") {
+          RETURN_IF_ERROR(Merge(&tpm, true, from, "TPM", sources));
+        } else if (type == "v1_2") {
+          return UnimplementedError("descriptor: " + from + " asks for a TPM 1.2; the host "
+                                    "gives guests a TPM 2.0 only");
+        } else {
+          return InvalidArgumentError("descriptor: " + from + " is not None, v1_2, v2_0 or Swtpm");
+        }
+      }
+    } else if (Is(c, kVmwareNamespace, "Config")) {
+      const std::string key = Attr(c, kVmwareNamespace, "key").value_or("");
+      const std::string value = Attr(c, kVmwareNamespace, "value").value_or("");
+      const std::string from = "vmw:Config " + key.substr(0, 64) + "=\"" + value.substr(0, 32) + "\"";
+      if (key == "firmware") {
+        if (value != "bios" && value != "efi") {
+          return InvalidArgumentError("descriptor: " + from + " is not bios or efi");
+        }
+        RETURN_IF_ERROR(Merge(&efi, value == "efi", from, "firmware", sources));
+      } else if (key == "bootOptions.efiSecureBootEnabled" || key == "uefi.secureBoot.enabled") {
+        if (!IsTrue(value) && !IsFalse(value)) {
+          return InvalidArgumentError("descriptor: " + from + " is not true or false");
+        }
+        RETURN_IF_ERROR(Merge(&secure_boot, IsTrue(value), from, "Secure Boot", sources));
+      }
+    } else if (Is(c, kOvf2Namespace, "Item")) {
+      xmlNode* sub = FirstChild(c, kRasdNamespace, "ResourceSubType");
+      if (sub != nullptr && Text(sub) == "vmware.vtpm") {
+        RETURN_IF_ERROR(Merge(&tpm, true, "Item rasd:ResourceSubType=\"vmware.vtpm\"", "TPM",
+                              sources));
+      }
+    } else if (Is(c, kVmsealNamespace, "Platform")) {
+      const std::string fw = Attr(c, "", "firmware").value_or("bios");
+      const std::string sb = Attr(c, "", "secureBoot").value_or("false");
+      const std::string t = Attr(c, "", "tpm").value_or("none");
+      const std::string from = "vmseal:Platform";
+      if ((fw != "bios" && fw != "efi") || (sb != "true" && sb != "false") ||
+          (t != "none" && t != "2.0")) {
+        return InvalidArgumentError("descriptor: vmseal:Platform firmware=\"" + fw.substr(0, 32) +
+                                    "\" secureBoot=\"" + sb.substr(0, 32) + "\" tpm=\"" +
+                                    t.substr(0, 32) + "\" is not firmware bios|efi, secureBoot "
+                                    "true|false, tpm none|2.0");
+      }
+      RETURN_IF_ERROR(Merge(&efi, fw == "efi", from + " firmware=\"" + fw + "\"", "firmware",
+                            sources));
+      RETURN_IF_ERROR(Merge(&secure_boot, sb == "true", from + " secureBoot=\"" + sb + "\"",
+                            "Secure Boot", sources));
+      RETURN_IF_ERROR(Merge(&tpm, t == "2.0", from + " tpm=\"" + t + "\"", "TPM", sources));
+    }
+  }
+  out.efi = efi.value.value_or(false);
+  out.secure_boot = secure_boot.value.value_or(false);
+  out.tpm = tpm.value.value_or(false);
+  if (out.secure_boot && !out.efi) {
+    return InvalidArgumentError("descriptor: " + secure_boot.from +
+                                " asks for Secure Boot without EFI firmware" +
+                                (efi.from.empty() ? "" : " (" + efi.from + ")"));
+  }
+  return out;
+}
+
+Status Descriptor::SetPlatform(const PlatformRequest& platform) {
+  if (major_version() != 2) return FailedPreconditionError("descriptor is not OVF 2");
+  if (platform.secure_boot && !platform.efi) {
+    return InvalidArgumentError("Secure Boot needs EFI firmware");
+  }
+  xmlNode* root = xmlDocGetRootElement(doc_);
+  xmlNode* vs = FirstVirtualSystem(root);
+  xmlNode* hw = vs != nullptr ? FirstChild(vs, kOvf2Namespace, "VirtualHardwareSection") : nullptr;
+  if (hw == nullptr) {
+    return FailedPreconditionError("descriptor has no VirtualSystem with a VirtualHardwareSection");
+  }
+  for (xmlNode* old : Children(hw, kVmsealNamespace, "Platform")) {
+    xmlUnlinkNode(old);
+    xmlFreeNode(old);
+  }
+  if (platform == PlatformRequest()) return OkStatus();
+  xmlNs* ovf = xmlSearchNsByHref(doc_, root, X(kOvf2Namespace));
+  xmlNs* vmseal = xmlSearchNsByHref(doc_, root, X(kVmsealNamespace));
+  if (vmseal == nullptr) {
+    if (xmlSearchNs(doc_, root, X("vmseal")) != nullptr) {
+      return InvalidArgumentError("descriptor uses the prefix vmseal for another namespace");
+    }
+    vmseal = xmlNewNs(root, X(kVmsealNamespace), X("vmseal"));
+  }
+  if (ovf == nullptr || vmseal == nullptr) return InternalError("no ovf or vmseal namespace");
+  xmlNode* p = xmlNewChild(hw, vmseal, X(kPlatformElement), nullptr);
+  xmlSetNsProp(p, ovf, X("required"), X("false"));
+  xmlNewProp(p, X("firmware"), X(platform.efi ? "efi" : "bios"));
+  xmlNewProp(p, X("secureBoot"), X(platform.secure_boot ? "true" : "false"));
+  xmlNewProp(p, X("tpm"), X(platform.tpm ? "2.0" : "none"));
   return OkStatus();
 }
 
@@ -796,6 +968,12 @@ std::string GenerateDescriptor(const VirtualSystemSpec& vm, const std::vector<Di
        "        <rasd:ResourceSubType>virtio-net</rasd:ResourceSubType>\n"
        "        <rasd:ResourceType>10</rasd:ResourceType>\n"
        "      </Item>\n";
+  if (!(vm.platform == PlatformRequest())) {
+    x += "      <vmseal:Platform xmlns:vmseal=\"" + std::string(kVmsealNamespace) +
+         "\" ovf:required=\"false\" firmware=\"" + (vm.platform.efi ? "efi" : "bios") +
+         "\" secureBoot=\"" + (vm.platform.secure_boot ? "true" : "false") + "\" tpm=\"" +
+         (vm.platform.tpm ? "2.0" : "none") + "\"/>\n";
+  }
   x += "    </VirtualHardwareSection>\n  </VirtualSystem>\n</Envelope>\n";
   return x;
 }

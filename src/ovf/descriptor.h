@@ -75,6 +75,18 @@ struct PlainFileInfo {
   uint64_t size = 0;
 };
 
+// What a VirtualSystem asks of the host's platform (§2.4): firmware,
+// Secure Boot and a TPM. The defaults are a BIOS machine without a TPM.
+struct PlatformRequest {
+  bool efi = false;
+  // Requires efi.
+  bool secure_boot = false;
+  // A TPM 2.0 for the guest (a per-VM vTPM on the host).
+  bool tpm = false;
+
+  bool operator==(const PlatformRequest&) const = default;
+};
+
 // Checks an identity field (image id, tenant): 1..128 bytes of
 // [A-Za-z0-9._:@-].
 Status ValidateIdentity(std::string_view what, std::string_view value);
@@ -108,6 +120,24 @@ class Descriptor {
   // BootOrderSection, IpAssignmentSection). One note per element kept or
   // dropped is appended to `notes`.
   Status CarryExtensions(std::vector<std::string>* notes = nullptr);
+
+  // The platform the first VirtualSystem asks for, from every place an
+  // exporter writes it (§2.4): vbox:Machine's Hardware/Firmware and
+  // TrustedPlatformModule, VMware's vmw:Config firmware and
+  // bootOptions.efiSecureBootEnabled / uefi.secureBoot.enabled, a VMware
+  // vTPM Item (ResourceSubType vmware.vtpm), and vmseal:Platform. Reads the
+  // VirtualHardwareSection after CarryExtensions (OVF 2 only). One line per
+  // setting found, naming its element, is appended to `sources`. Two places
+  // that disagree, an unknown value, or Secure Boot without EFI is
+  // INVALID_ARGUMENT naming the elements; 32-bit EFI or a TPM 1.2 is
+  // UNIMPLEMENTED.
+  StatusOr<PlatformRequest> ReadPlatform(std::vector<std::string>* sources = nullptr) const;
+
+  // Replaces the first VirtualSystem's vmseal:Platform (§2.4) by one for
+  // `platform`, the last element of its VirtualHardwareSection with
+  // ovf:required="false"; for the default platform (BIOS, no TPM) removes
+  // it. FAILED_PRECONDITION without a VirtualSystem and VirtualHardwareSection.
+  Status SetPlatform(const PlatformRequest& platform);
 
   // The files of References, in order.
   std::vector<FileRef> Files() const;
@@ -152,6 +182,8 @@ struct VirtualSystemSpec {
   std::string name = "vm";   // VirtualSystem ovf:id and Name
   uint32_t cpus = 2;
   uint64_t memory_mib = 2048;
+  // Firmware, Secure Boot and TPM (§2.4); written as vmseal:Platform.
+  PlatformRequest platform;
 };
 
 // One disk of a generated VirtualSystem.

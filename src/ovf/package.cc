@@ -192,14 +192,20 @@ Status Package::Load(Env* env, const std::string& path, const PackageOpenOptions
     }
     if (ec) return ErrnoToStatus(ec.value(), "list", dir_);
     if (S_ISDIR(st.st_mode)) {
+      std::vector<std::string> descriptors;
       for (const std::string& n : present) {
-        if (n.ends_with(".ovf")) {
-          if (!descriptor_name_.empty()) {
-            return InvalidArgumentError("package directory holds more than one .ovf");
-          }
-          descriptor_name_ = n;
-        }
+        if (n.ends_with(".ovf")) descriptors.push_back(n);
       }
+      if (descriptors.size() > 1) {
+        std::sort(descriptors.begin(), descriptors.end());
+        std::string names;
+        for (size_t i = 0; i < descriptors.size() && i < 4; ++i) {
+          names += (i ? ", " : "") + descriptors[i];
+        }
+        return InvalidArgumentError("package directory " + dir_ + " holds more than one .ovf (" +
+                                    names + "; name the .ovf to seal)");
+      }
+      if (!descriptors.empty()) descriptor_name_ = descriptors[0];
       if (descriptor_name_.empty()) return InvalidArgumentError("no .ovf descriptor in " + path);
     } else {
       descriptor_name_ = BaseName(path);
@@ -249,7 +255,11 @@ Status Package::Load(Env* env, const std::string& path, const PackageOpenOptions
   if (!explicit_descriptor) {
     for (const std::string& n : present) {
       if (!expected.count(n) && n != mf_name && n != cert_name) {
-        return InvalidArgumentError("extra file in package: " + n);
+        return InvalidArgumentError(
+            "extra file in package: " + n +
+            (archive_ ? " (in the OVA " + path + ")"
+                      : " (in the package directory " + dir_ +
+                            "; name the .ovf to seal only the files it references)"));
       }
     }
   }
@@ -726,6 +736,21 @@ Status SealPackage(Env* env, const SealOptions& options, const std::string& out_
   }
   if (descriptor.HasEncryptionSection()) {
     return FailedPreconditionError("input descriptor already has an EncryptionSection");
+  }
+  {
+    // The firmware, Secure Boot and TPM the exporter asked for, in the one
+    // form the host reads (§2.4); conflicts and what the host cannot give
+    // are refused here, on the customer's machine.
+    std::vector<std::string> asked_by;
+    ASSIGN_OR_RETURN(PlatformRequest platform, descriptor.ReadPlatform(&asked_by));
+    RETURN_IF_ERROR(descriptor.SetPlatform(platform));
+    if (options.notes != nullptr && !(platform == PlatformRequest())) {
+      std::string note = std::string("platform: firmware ") + (platform.efi ? "efi" : "bios") +
+                         ", Secure Boot " + (platform.secure_boot ? "on" : "off") + ", TPM " +
+                         (platform.tpm ? "2.0" : "none") + " (";
+      for (size_t i = 0; i < asked_by.size(); ++i) note += (i ? "; " : "") + asked_by[i];
+      options.notes->push_back(note + ")");
+    }
   }
 
   std::vector<SealedFileInfo> sealed;

@@ -22,6 +22,13 @@ inline constexpr std::string_view kXenc11Namespace = "http://www.w3.org/2009/xml
 inline constexpr std::string_view kDsNamespace = "http://www.w3.org/2000/09/xmldsig#";
 inline constexpr std::string_view kVmsealNamespace = "https://vmseal.dev/ns/package/v1";
 
+// §2.4 The platform a VirtualSystem asks for: <vmseal:Platform> in its
+// VirtualHardwareSection, attributes (no namespace) firmware="bios"|"efi",
+// secureBoot="true"|"false", tpm="none"|"2.0".
+inline constexpr std::string_view kPlatformElement = "Platform";
+inline constexpr std::string_view kVmwareNamespace = "http://www.vmware.com/schema/ovf";
+inline constexpr std::string_view kVirtualBoxNamespace = "http://www.virtualbox.org/ovf/machine";
+
 // §3 Algorithms. The stream URI is defined by docs/format/stream.md.
 inline constexpr std::string_view kStreamAlgorithmUri = stream::kAlgorithmUri;
 inline constexpr std::string_view kAes256GcmUri = "http://www.w3.org/2009/xmlenc11#aes256-gcm";

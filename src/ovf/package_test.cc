@@ -719,6 +719,130 @@ TEST_F(ImportTest, VmwareBootOrderIsKeptAndAnEnvelopeExtensionIsDroppedWithNotes
   EXPECT_NE((*p)->descriptor_text().find("<vmw:BootOrderSection"), std::string::npos);
 }
 
+// Firmware, Secure Boot and TPM (§2.4): what each exporter writes is mapped
+// into one vmseal:Platform in the sealed descriptor, which validates.
+class PlatformImportTest : public ImportTest {
+ protected:
+  // The VirtualBox export with `hardware` inside vbox:Machine's Hardware and
+  // `vmw` (VMware elements) at the end of the VirtualHardwareSection.
+  void Write(const std::string& hardware, const std::string& vmw = "") {
+    std::string text = ReadFileOrDie(src_ + "/vbox.ovf");
+    ReplaceAll(&text, "xmlns:vbox=", "xmlns:vmw=\"http://www.vmware.com/schema/ovf\" xmlns:vbox=");
+    ReplaceAll(&text, "<Memory RAMSize=\"1024\"/>", "<Memory RAMSize=\"1024\"/>" + hardware);
+    ReplaceAll(&text, "</VirtualHardwareSection>", vmw + "</VirtualHardwareSection>");
+    WriteFileOrDie(src_ + "/vbox.ovf", text);
+  }
+  // Seals, checks the descriptor validates, and returns the sealed text.
+  std::string SealedDescriptor(std::vector<std::string>* notes = nullptr) {
+    SealOptions o = Options({src_ + "/vbox.ovf"});
+    o.notes = notes;
+    const std::string ova = dir_.File("platform.ova");
+    fs::remove(ova);
+    EXPECT_OK(SealPackage(Env::Default(), o, ova));
+    EXPECT_TRUE(DescriptorValidates(ova));
+    auto p = Package::Open(Env::Default(), ova, PackageOpenOptions());
+    EXPECT_OK(p);
+    return p.ok() ? (*p)->descriptor_text() : "";
+  }
+  Status SealStatus() {
+    const std::string ova = dir_.File("refused.ova");
+    Status s = SealPackage(Env::Default(), Options({src_ + "/vbox.ovf"}), ova);
+    EXPECT_FALSE(fs::exists(ova));
+    return s;
+  }
+};
+
+TEST_F(PlatformImportTest, VirtualBoxEfiAndTpmBecomeVmsealPlatformWithANote) {
+  Write(R"(<Firmware type="EFI"/><TrustedPlatformModule type="v2_0"/>)");
+  std::vector<std::string> notes;
+  const std::string text = SealedDescriptor(&notes);
+  EXPECT_NE(text.find(R"(firmware="efi" secureBoot="false" tpm="2.0")"), std::string::npos)
+      << text;
+  const size_t platform = text.find("<vmseal:Platform");
+  EXPECT_GT(platform, text.find("<VirtualHardwareSection"));
+  EXPECT_LT(platform, text.find("</VirtualHardwareSection>"));
+  EXPECT_EQ(notes.back(),
+            "platform: firmware efi, Secure Boot off, TPM 2.0 (firmware from vbox:Machine "
+            "Hardware/Firmware type=\"EFI\"; TPM from vbox:Machine "
+            "Hardware/TrustedPlatformModule type=\"v2_0\")");
+}
+
+TEST_F(PlatformImportTest, VmwareFirmwareAndSecureBootConfigBecomeVmsealPlatform) {
+  Write("", R"(<vmw:Config ovf:required="false" vmw:key="firmware" vmw:value="efi"/>)"
+            R"(<vmw:Config ovf:required="false" vmw:key="bootOptions.efiSecureBootEnabled" )"
+            R"(vmw:value="true"/>)");
+  const std::string text = SealedDescriptor();
+  EXPECT_NE(text.find(R"(firmware="efi" secureBoot="true" tpm="none")"), std::string::npos)
+      << text;
+  // The exporter's own elements stay, for tools that read them after unseal.
+  EXPECT_NE(text.find(R"(vmw:key="firmware")"), std::string::npos);
+}
+
+TEST_F(PlatformImportTest, VmwareVtpmItemAsksForATpm) {
+  // Items come first in the schema's order: the vTPM Item goes before the
+  // CPU Item, as a VMware export lists it among the others.
+  std::string text = ReadFileOrDie(src_ + "/vbox.ovf");
+  text.insert(text.find("<Item>"),
+              R"(<Item ovf:required="false"><rasd:ElementName>Virtual TPM</rasd:ElementName>)"
+              R"(<rasd:InstanceID>9</rasd:InstanceID><rasd:ResourceSubType>vmware.vtpm)"
+              R"(</rasd:ResourceSubType><rasd:ResourceType>1</rasd:ResourceType></Item>)");
+  WriteFileOrDie(src_ + "/vbox.ovf", text);
+  const std::string sealed = SealedDescriptor();
+  EXPECT_NE(sealed.find(R"(firmware="bios" secureBoot="false" tpm="2.0")"), std::string::npos)
+      << sealed;
+}
+
+TEST_F(PlatformImportTest, BiosExportGetsNoPlatformElement) {
+  Write(R"(<Firmware type="BIOS"/>)");
+  EXPECT_EQ(SealedDescriptor().find("Platform"), std::string::npos);
+}
+
+TEST_F(PlatformImportTest, ConflictingFirmwareIsRefusedNamingBothElements) {
+  Write(R"(<Firmware type="EFI"/>)",
+        R"(<vmw:Config ovf:required="false" vmw:key="firmware" vmw:value="bios"/>)");
+  EXPECT_STATUS(SealStatus(), StatusCode::kInvalidArgument,
+                "descriptor asks for conflicting firmware: vmw:Config firmware=\"bios\" against "
+                "vbox:Machine Hardware/Firmware type=\"EFI\"");
+}
+
+TEST_F(PlatformImportTest, SecureBootWithoutEfiIsRefused) {
+  Write("", R"(<vmw:Config ovf:required="false" vmw:key="uefi.secureBoot.enabled" )"
+            R"(vmw:value="true"/>)");
+  EXPECT_STATUS(SealStatus(), StatusCode::kInvalidArgument,
+                "vmw:Config uefi.secureBoot.enabled=\"true\" asks for Secure Boot without EFI "
+                "firmware");
+}
+
+TEST_F(PlatformImportTest, WhatTheHostCannotGiveIsRefusedWithTheReason) {
+  Write(R"(<Firmware type="EFI32"/>)");
+  EXPECT_STATUS(SealStatus(), StatusCode::kUnimplemented,
+                "vbox:Machine Hardware/Firmware type=\"EFI32\" asks for 32-bit EFI firmware");
+  fs::remove(src_ + "/vbox.ovf");
+  fs::copy_file(vmseal::testing::SourceDir() + "/tests/testdata/ovf/vbox-1.0.ovf",
+                src_ + "/vbox.ovf");
+  Write(R"(<TrustedPlatformModule type="v1_2"/>)");
+  EXPECT_STATUS(SealStatus(), StatusCode::kUnimplemented, "asks for a TPM 1.2");
+  fs::remove(src_ + "/vbox.ovf");
+  fs::copy_file(vmseal::testing::SourceDir() + "/tests/testdata/ovf/vbox-1.0.ovf",
+                src_ + "/vbox.ovf");
+  Write("", R"(<vmw:Config ovf:required="false" vmw:key="firmware" vmw:value="uefi"/>)");
+  EXPECT_STATUS(SealStatus(), StatusCode::kInvalidArgument,
+                "vmw:Config firmware=\"uefi\" is not bios or efi");
+}
+
+// A generated descriptor (image inputs) carries the platform asked for.
+TEST_F(PackageTest, GeneratedDescriptorCarriesTheRequestedPlatform) {
+  SealOptions o = Options({MakeRaw("disk.img", 10)});
+  o.vm.platform = {.efi = true, .secure_boot = true, .tpm = true};
+  const std::string ova = dir_.File("efi.ova");
+  ASSERT_OK(SealPackage(Env::Default(), o, ova));
+  EXPECT_TRUE(DescriptorValidates(ova));
+  auto p = Package::Open(Env::Default(), ova, PackageOpenOptions());
+  ASSERT_OK(p);
+  EXPECT_NE((*p)->descriptor_text().find(R"(firmware="efi" secureBoot="true" tpm="2.0")"),
+            std::string::npos);
+}
+
 TEST_F(ImportTest, ExplicitDescriptorStillRefusesAReferencedLink) {
   fs::rename(src_ + "/vbox-disk001.vmdk", dir_.File("elsewhere.vmdk"));
   fs::create_symlink(dir_.File("elsewhere.vmdk"), src_ + "/vbox-disk001.vmdk");

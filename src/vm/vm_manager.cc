@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -136,6 +137,46 @@ Status CheckLocalDisk(const VmDisk& disk) {
   return CheckDiskFormat(disk);
 }
 
+// The OVMF image `path` must be a readable regular file.
+Status CheckFirmwareFile(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) {
+      return NotFoundError("OVMF firmware missing: " + path + " (Debian package ovmf)");
+    }
+    return ErrnoToStatus(errno, "stat", path);
+  }
+  if (!S_ISREG(st.st_mode)) return FailedPreconditionError("OVMF firmware is not a file: " + path);
+  return OkStatus();
+}
+
+// Copies the vars template `from` to a new private file `to` (0600): the
+// VM's own variable store, so no VM sees or changes another's variables.
+Status CopyPrivateFile(const std::string& from, const std::string& to) {
+  ASSIGN_OR_RETURN(std::string bytes, ReadFileToString(Env::Default(), from));
+  if (bytes.empty()) return FailedPreconditionError("OVMF vars template is empty: " + from);
+  return WriteStringToFileAtomic(Env::Default(), to, bytes, 0600);
+}
+
+// Ends the VM's swtpm once its qemu is gone: it leaves by itself when qemu
+// closes the control channel (--terminate); otherwise SIGTERM, then
+// SIGKILL, only while the pid still runs the recorded command line. Reaps
+// it when it is our child.
+void EndSwtpm(pid_t pid, const std::vector<std::string>& argv) {
+  if (pid <= 0 || argv.empty()) return;
+  bool gone = internal::WaitForExit(pid, 3000);
+  if (!gone && internal::ProcessRunsCommand(pid, argv)) {
+    ::kill(pid, SIGTERM);
+    gone = internal::WaitForExit(pid, 2000);
+  }
+  if (!gone && internal::ProcessRunsCommand(pid, argv)) {
+    ::kill(pid, SIGKILL);
+    (void)internal::WaitForExit(pid, kKillWaitMs);
+  }
+  int status = 0;
+  (void)internal::TakeReapedStatus(pid, &status);
+}
+
 // The signal qemu says it terminated on ("terminating on signal N" in its
 // log: qemu exits 0 after SIGTERM/SIGINT/SIGHUP), or 0.
 int LoggedTerminationSignal(const std::string& qemu_log) {
@@ -243,6 +284,16 @@ const char* VmEndReasonName(VmEndReason reason) {
       return "unknown";
   }
   return "unknown";
+}
+
+const char* FirmwareName(Firmware firmware) {
+  return firmware == Firmware::kEfi ? "efi" : "bios";
+}
+
+StatusOr<Firmware> ParseFirmware(const std::string& name) {
+  if (name == "bios") return Firmware::kBios;
+  if (name == "efi") return Firmware::kEfi;
+  return InvalidArgumentError("unknown firmware \"" + name + "\" (want bios or efi)");
 }
 
 const char* DiskSourceName(DiskSource source) {
@@ -421,6 +472,7 @@ bool VmManager::RecordEnd(const std::string& name, pid_t pid, const VmEnd& end) 
   record->info.ended = true;
   record->info.end = end;
   (void)RemoveIfExists(record->info.qmp_socket_path);
+  EndSwtpm(record->info.tpm_pid, record->tpm_argv);
   return WriteRecord(StatePath(name), *record).ok();
 }
 
@@ -572,6 +624,45 @@ StatusOr<VmInfo> VmManager::Launch(const VmSpec& spec, const SecretBytes* disk_s
   info.cpus = spec.cpus;
   info.memory_mib = spec.memory_mib;
   info.run = spec.run;
+  info.firmware = spec.firmware;
+  info.secure_boot = spec.secure_boot;
+  // Until the launch's own cleanup takes over below, an error leaves
+  // neither the vars copy nor the TPM state directory behind.
+  struct PreparedFiles {
+    std::string vars, tpm_dir;
+    bool armed = true;
+    ~PreparedFiles() {
+      if (!armed) return;
+      if (!vars.empty()) (void)::unlink(vars.c_str());
+      std::error_code ec;
+      if (!tpm_dir.empty()) std::filesystem::remove_all(tpm_dir, ec);
+    }
+  } prepared;
+  if (spec.tpm) {
+    // A fresh TPM per launch: no state of an earlier VM of this name.
+    info.tpm = true;
+    info.tpm_state_dir = RunPath(spec.name, ".tpm");
+    if (info.tpm_state_dir.find(',') != std::string::npos) {
+      return InvalidArgumentError("vm state dir must not contain ',' for a vTPM: " +
+                                  options_.state_dir);
+    }
+    std::error_code ec;
+    std::filesystem::remove_all(info.tpm_state_dir, ec);
+    if (ec) return ErrnoToStatus(ec.value(), "remove", info.tpm_state_dir);
+    prepared.tpm_dir = info.tpm_state_dir;
+    RETURN_IF_ERROR(MakePrivateDir(info.tpm_state_dir));
+  }
+  std::string efi_code;
+  if (spec.firmware == Firmware::kEfi) {
+    const OvmfFiles& ovmf = options_.ovmf;
+    efi_code = spec.secure_boot ? ovmf.secure_boot_code : ovmf.code;
+    const std::string& vars = spec.secure_boot ? ovmf.secure_boot_vars : ovmf.vars;
+    RETURN_IF_ERROR(CheckFirmwareFile(efi_code));
+    RETURN_IF_ERROR(CheckFirmwareFile(vars));
+    info.efi_vars_path = RunPath(spec.name, ".efivars.fd");
+    prepared.vars = info.efi_vars_path;
+    RETURN_IF_ERROR(CopyPrivateFile(vars, info.efi_vars_path));
+  }
   info.accel = ResolvedAccel();
   info.serial_log_path = RunPath(spec.name, ".serial.log");
   info.qemu_log_path = RunPath(spec.name, ".qemu.log");
@@ -580,6 +671,8 @@ StatusOr<VmInfo> VmManager::Launch(const VmSpec& spec, const SecretBytes* disk_s
   RETURN_IF_ERROR(CreatePrivateFile(info.serial_log_path));
   RETURN_IF_ERROR(CreatePrivateFile(info.qemu_log_path));
   internal::QemuPaths paths{info.serial_log_path, info.qmp_socket_path};
+  paths.efi_code = efi_code;
+  paths.efi_vars = info.efi_vars_path;
   internal::SpawnOptions spawn;
   int qmp_fd = -1;
   if (options_.vm_users.count > 0) {
@@ -592,6 +685,10 @@ StatusOr<VmInfo> VmManager::Launch(const VmSpec& spec, const SecretBytes* disk_s
       ASSIGN_OR_RETURN(info.uid, AllocateUidLocked());
     }
     RETURN_IF_ERROR(GrantAccessLocked(info.uid, info.serial_log_path));
+    if (!info.efi_vars_path.empty()) RETURN_IF_ERROR(GrantAccessLocked(info.uid, info.efi_vars_path));
+    if (info.tpm && ::chown(info.tpm_state_dir.c_str(), info.uid, info.uid) != 0) {
+      return ErrnoToStatus(errno, "chown", info.tpm_state_dir);
+    }
     for (const VmDisk& disk : disks) {
       RETURN_IF_ERROR(GrantAccessLocked(info.uid, disk.path));
       if (!disk.overlay_path.empty()) RETURN_IF_ERROR(GrantAccessLocked(info.uid, disk.overlay_path));
@@ -610,9 +707,16 @@ StatusOr<VmInfo> VmManager::Launch(const VmSpec& spec, const SecretBytes* disk_s
   } qmp_closer{qmp_fd};
   record.argv = internal::BuildQemuArgv(options_.qemu_binary, spec, info.accel, paths);
 
+  prepared.armed = false;  // `cleanup` removes them from here on
   auto cleanup = [&] {
     (void)RemoveIfExists(state_path);
     (void)RemoveIfExists(info.qmp_socket_path);
+    if (!info.efi_vars_path.empty()) (void)RemoveIfExists(info.efi_vars_path);
+    if (info.tpm_pid > 0) EndSwtpm(info.tpm_pid, record.tpm_argv);
+    if (info.tpm) {
+      std::error_code ec;
+      std::filesystem::remove_all(info.tpm_state_dir, ec);
+    }
   };
   info.started_unix_ms = internal::WallClockMs();
   {
@@ -629,10 +733,41 @@ StatusOr<VmInfo> VmManager::Launch(const VmSpec& spec, const SecretBytes* disk_s
         return ErrnoToStatus(e, "chown", "disk secret pipe");
       }
     }
-    spawn.inherit_fds = {secret_fd};
-    if (qmp_fd >= 0) spawn.inherit_fds.push_back(qmp_fd);
+    spawn.inherit_fds = {secret_fd, qmp_fd};
+    int tpm_qemu_fd = -1;
+    if (info.tpm) {
+      // The vTPM first: qemu connects to it at start. swtpm runs as the
+      // VM's uid too, and only reaches its state directory.
+      int sv[2];
+      if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+        const int e = errno;
+        if (secret_fd >= 0) ::close(secret_fd);
+        cleanup();
+        return ErrnoToStatus(e, "socketpair", "vtpm");
+      }
+      internal::SpawnOptions tpm_spawn;
+      tpm_spawn.uid = spawn.uid;
+      tpm_spawn.gid = spawn.gid;
+      if (info.uid != 0) tpm_spawn.groups = {static_cast<gid_t>(options_.vm_users.first_id)};
+      tpm_spawn.inherit_fds = {sv[1]};
+      record.tpm_argv = internal::BuildSwtpmArgv(options_.swtpm_binary, info.tpm_state_dir);
+      auto tpm_pid =
+          internal::SpawnProcessWith(record.tpm_argv, RunPath(spec.name, ".swtpm.log"), tpm_spawn);
+      ::close(sv[1]);
+      if (!tpm_pid.ok()) {
+        ::close(sv[0]);
+        if (secret_fd >= 0) ::close(secret_fd);
+        cleanup();
+        return tpm_pid.status().WithPrefix("vtpm");
+      }
+      info.tpm_pid = *tpm_pid;
+      tpm_qemu_fd = sv[0];
+      spawn.inherit_fds.push_back(tpm_qemu_fd);
+    }
+    while (!spawn.inherit_fds.empty() && spawn.inherit_fds.back() < 0) spawn.inherit_fds.pop_back();
     auto pid = internal::SpawnProcessWith(record.argv, info.qemu_log_path, spawn);
     if (secret_fd >= 0) ::close(secret_fd);
+    if (tpm_qemu_fd >= 0) ::close(tpm_qemu_fd);
     if (!pid.ok()) {
       cleanup();
       return pid.status();
@@ -764,6 +899,7 @@ StatusOr<VmEnd> VmManager::StopRecordLocked(internal::VmRecord* record_ptr) {
   }
   int status = 0;
   (void)internal::TakeReapedStatus(pid, &status);  // forget our child's status
+  EndSwtpm(record.info.tpm_pid, record.tpm_argv);
   end.unix_ms = internal::WallClockMs();
   end.run = record.info.run;
   record.stopped = true;
@@ -787,6 +923,14 @@ Status VmManager::Delete(const std::string& name) {
   RETURN_IF_ERROR(RemoveIfExists(record.info.serial_log_path));
   RETURN_IF_ERROR(RemoveIfExists(record.info.qemu_log_path));
   RETURN_IF_ERROR(RemoveIfExists(record.info.qmp_socket_path));
+  if (!record.info.efi_vars_path.empty()) RETURN_IF_ERROR(RemoveIfExists(record.info.efi_vars_path));
+  if (record.info.tpm) {
+    // The vTPM's state holds the guest's TPM secrets: it goes with the VM.
+    std::error_code ec;
+    std::filesystem::remove_all(record.info.tpm_state_dir, ec);
+    if (ec) return ErrnoToStatus(ec.value(), "remove", record.info.tpm_state_dir);
+    RETURN_IF_ERROR(RemoveIfExists(RunPath(name, ".swtpm.log")));
+  }
   RETURN_IF_ERROR(RemoveIfExists(StatePath(name)));
   reserved_uids_.erase(name);
   return Env::Default()->SyncDir(options_.state_dir + "/vms");

@@ -36,6 +36,29 @@ struct VmRecord;
 // The disk image's on-disk format: the driver of the disk's format node.
 enum class DiskFormat { kRaw, kQcow2 };
 
+// The firmware a VM boots with (docs/vm.md "Firmware").
+enum class Firmware {
+  kBios,  // SeaBIOS on qemu's default machine (i440fx).
+  kEfi,   // OVMF from pflash on a q35 machine, with a per-VM copy of the
+          // variable store.
+};
+
+// "bios"/"efi"; the parser returns INVALID_ARGUMENT for anything else.
+const char* FirmwareName(Firmware firmware);
+StatusOr<Firmware> ParseFirmware(const std::string& name);
+
+// The OVMF images the host boots EFI guests with (Debian package `ovmf`).
+// The code images are opened read-only; a vars template is copied per VM.
+struct OvmfFiles {
+  // Without Secure Boot: code and an empty variable store.
+  std::string code = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+  std::string vars = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+  // With Secure Boot: the SMM build and a store with Secure Boot on and the
+  // distribution's PK/KEK plus Microsoft's KEK/db enrolled.
+  std::string secure_boot_code = "/usr/share/OVMF/OVMF_CODE_4M.ms.fd";
+  std::string secure_boot_vars = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
+};
+
 // The accelerator qemu runs the guest with.
 enum class Accel {
   kAuto,  // KVM when /dev/kvm can be opened read-write, TCG otherwise.
@@ -123,6 +146,11 @@ struct VmManagerOptions {
   // Run each VM's qemu under its own uid (VmUserRange). Default off. Needs
   // the agent to run as root; Create refuses it otherwise.
   VmUserRange vm_users;
+  // swtpm binary for VmSpec::tpm, looked up in PATH when it has no '/'.
+  std::string swtpm_binary = "swtpm";
+  // Firmware images for VmSpec::firmware == kEfi. Checked at each EFI
+  // launch (NOT_FOUND naming the file when missing), not at Create.
+  OvmfFiles ovmf;
 };
 
 // Where a disk's bytes come from.
@@ -191,6 +219,18 @@ struct VmSpec {
   // portal job's run), kept in the state file and returned in VmInfo and
   // VmEnd. 0: none.
   int64_t run = 0;
+  // kEfi: OVMF with the VM's own variable store (run/<name>.efivars.fd,
+  // copied from the template at launch, owned by the VM's uid, removed by
+  // Delete). Default kBios.
+  Firmware firmware = Firmware::kBios;
+  // kEfi only: the Secure Boot code and vars (OvmfFiles), SMM on. A guest
+  // whose loader is not signed by an enrolled key does not boot.
+  bool secure_boot = false;
+  // A TPM 2.0 for the guest: a swtpm of its own (docs/vm.md "vTPM"), run as
+  // the VM's uid with its state in run/<name>.tpm/ (0700), joined to qemu by
+  // a socket pair (-tpmdev emulator; tpm-crb for kEfi, tpm-tis for kBios).
+  // It ends with qemu; Delete removes the state.
+  bool tpm = false;
 };
 
 enum class VmRunState { kRunning, kStopped };
@@ -219,6 +259,14 @@ struct VmInfo {
   uint32_t uid = 0;
   // VmSpec::run.
   int64_t run = 0;
+  // VmSpec::firmware and secure_boot; for kEfi the VM's variable store.
+  Firmware firmware = Firmware::kBios;
+  bool secure_boot = false;
+  std::string efi_vars_path;
+  // VmSpec::tpm; the swtpm's pid and state directory.
+  bool tpm = false;
+  pid_t tpm_pid = 0;
+  std::string tpm_state_dir;
   // Set once the VM's end has been noticed (state is then kStopped).
   bool ended = false;
   VmEnd end;

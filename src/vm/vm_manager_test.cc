@@ -517,3 +517,205 @@ TEST_F(VmManagerQemuTest, ThreeDisksBootTheFlaggedOne) {
 }  // namespace
 }  // namespace vmseal::vm
 
+
+namespace vmseal::vm {
+namespace {
+
+// UEFI guests (docs/vm.md "Firmware"): the image built by
+// scripts/build-uefi-sample-image.sh (GPT + ESP + an unsigned GRUB) boots
+// only from UEFI firmware.
+class VmManagerUefiTest : public VmManagerQemuTest {
+ protected:
+  static void SetUpTestSuite() {
+    VmManagerQemuTest::SetUpTestSuite();
+    std::string dir = VMSEAL_VM_TEST_CACHE_DIR;
+    uefi_image_ = dir + "/uefi-sample.img";
+    std::string script = vmseal::testing::SourceDir() + "/scripts/build-uefi-sample-image.sh";
+    int lock_fd = ::open((dir + "/uefi-sample.lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    ASSERT_GE(lock_fd, 0);
+    ASSERT_EQ(::flock(lock_fd, LOCK_EX), 0);
+    std::error_code ec;
+    bool fresh = fs::exists(uefi_image_) && fs::exists(uefi_image_ + ".marker") &&
+                 fs::last_write_time(uefi_image_, ec) >= fs::last_write_time(script, ec);
+    if (!fresh) {
+      std::string out;
+      int rc = RunCommand({script, uefi_image_}, &out, 120);
+      if (rc != 0) ::close(lock_fd);
+      ASSERT_EQ(rc, 0) << out;
+    }
+    uefi_marker_ = ReadFileOrDie(uefi_image_ + ".marker");
+    ::close(lock_fd);
+    while (!uefi_marker_.empty() && uefi_marker_.back() == '\n') uefi_marker_.pop_back();
+    ASSERT_FALSE(uefi_marker_.empty());
+  }
+
+  VmSpec UefiSpec(const std::string& name) {
+    VmSpec spec;
+    spec.name = name;
+    spec.disk_path = *manager_->DiskPath(name);
+    fs::copy_file(uefi_image_, spec.disk_path, fs::copy_options::overwrite_existing);
+    spec.cpus = 1;
+    spec.memory_mib = 256;
+    spec.firmware = Firmware::kEfi;
+    return spec;
+  }
+
+  static std::string uefi_image_;
+  static std::string uefi_marker_;
+};
+
+std::string VmManagerUefiTest::uefi_image_;
+std::string VmManagerUefiTest::uefi_marker_;
+
+TEST_F(VmManagerUefiTest, UefiImageBootsUnderOvmfAndShowsItsMarker) {
+  auto start = std::chrono::steady_clock::now();
+  auto vm = manager_->Launch(UefiSpec("uefi"));
+  ASSERT_OK(vm);
+  EXPECT_EQ(vm->firmware, Firmware::kEfi);
+  ASSERT_OK(manager_->WaitForSerialMarker("uefi", uefi_marker_, kBootTimeoutMs));
+  std::printf("[ vm ] UEFI launch to marker %.2f s (TCG)\n", SecondsSince(start));
+  // The marker is in the (uncompressed) GRUB config: only the boot path
+  // through OVMF's boot manager prints the "booted" line.
+  EXPECT_NE(ReadFileOrDie(vm->serial_log_path).find("VMSEAL-UEFI-SAMPLE-IMAGE booted: efi"),
+            std::string::npos);
+  EXPECT_NE(ReadFileOrDie(vm->serial_log_path).find("BdsDxe: starting Boot"), std::string::npos);
+  // The VM's own variable store: a private copy of the template, recorded.
+  struct stat st;
+  ASSERT_EQ(::stat(vm->efi_vars_path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  EXPECT_EQ(static_cast<uint64_t>(st.st_size), fs::file_size(options_.ovmf.vars));
+  auto again = manager_->Get("uefi");
+  ASSERT_OK(again);
+  EXPECT_EQ(again->firmware, Firmware::kEfi);
+  EXPECT_EQ(again->efi_vars_path, vm->efi_vars_path);
+  ASSERT_OK(manager_->Delete("uefi"));
+  EXPECT_FALSE(fs::exists(vm->efi_vars_path));
+}
+
+// Secure Boot is enforced, not only asked for: the Microsoft/Debian keys are
+// enrolled and the sample's GRUB is unsigned, so OVMF refuses to start it
+// and the marker never shows.
+TEST_F(VmManagerUefiTest, UnsignedLoaderIsRefusedUnderSecureBoot) {
+  VmSpec spec = UefiSpec("secure");
+  spec.secure_boot = true;
+  auto vm = manager_->Launch(spec);
+  ASSERT_OK(vm);
+  EXPECT_TRUE(vm->secure_boot);
+  ASSERT_OK(manager_->WaitForSerialMarker("secure", "Access Denied", kBootTimeoutMs));
+  ASSERT_OK(manager_->WaitForSerialMarker("secure", "No bootable option", kBootTimeoutMs));
+  EXPECT_EQ(ReadFileOrDie(vm->serial_log_path).find(uefi_marker_), std::string::npos);
+  EXPECT_EQ(fs::file_size(vm->efi_vars_path), fs::file_size(options_.ovmf.secure_boot_vars));
+}
+
+// Missing firmware is a clear NOT_FOUND before anything starts or is left.
+TEST_F(VmManagerUefiTest, MissingOvmfIsNotFoundAndNothingStarts) {
+  options_.ovmf.code = dir_.File("no-such-OVMF_CODE.fd");
+  auto manager = VmManager::Create(options_);
+  ASSERT_OK(manager);
+  EXPECT_STATUS((*manager)->Launch(UefiSpec("nofw")), StatusCode::kNotFound,
+                "OVMF firmware missing: " + options_.ovmf.code + " (Debian package ovmf)");
+  EXPECT_TRUE(vmseal::testing::ListDir(options_.state_dir + "/vms").empty());
+  EXPECT_FALSE(fs::exists(options_.state_dir + "/run/nofw.efivars.fd"));
+}
+
+// The same UEFI-only disk launched with the default BIOS firmware runs
+// SeaBIOS, which finds no boot code in its protective MBR: no marker.
+TEST_F(VmManagerUefiTest, UefiOnlyImageDoesNotBootUnderBios) {
+  VmSpec spec = UefiSpec("bios");
+  spec.firmware = Firmware::kBios;
+  auto vm = manager_->Launch(spec);
+  ASSERT_OK(vm);
+  EXPECT_TRUE(vm->efi_vars_path.empty());
+  EXPECT_STATUS(manager_->WaitForSerialMarker("bios", uefi_marker_, 8000),
+                StatusCode::kDeadlineExceeded, "marker not on the serial console");
+}
+
+}  // namespace
+}  // namespace vmseal::vm
+
+namespace vmseal::vm {
+namespace {
+
+// Per-VM vTPM (docs/vm.md "vTPM"): the sample guest prints whether it sees
+// /dev/tpm0 and the firmware's ACPI TPM2 table.
+constexpr char kGuestSeesTpm[] = "VMSEAL-TPM: device=/dev/tpm0 acpi=TPM2";
+constexpr char kGuestSeesNoTpm[] = "VMSEAL-TPM: device=none acpi=none";
+
+TEST_F(VmManagerQemuTest, VmWithATpmSeesItAndItsSwtpmEndsWithTheVm) {
+  VmSpec spec = SampleSpec("tpm");
+  spec.tpm = true;
+  auto vm = manager_->Launch(spec);
+  ASSERT_OK(vm);
+  ASSERT_TRUE(vm->tpm);
+  ASSERT_GT(vm->tpm_pid, 0);
+  const std::string cmdline = ReadFileOrDie("/proc/" + std::to_string(vm->tpm_pid) + "/cmdline");
+  EXPECT_TRUE(cmdline.starts_with(std::string("swtpm") + '\0' + "socket")) << cmdline;
+  struct stat st;
+  ASSERT_EQ(::stat(vm->tpm_state_dir.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISDIR(st.st_mode));
+  EXPECT_EQ(st.st_mode & 0777, 0700u);
+  ASSERT_OK(manager_->WaitForSerialMarker("tpm", kGuestSeesTpm, kBootTimeoutMs));
+  ASSERT_OK(manager_->WaitForSerialMarker("tpm", marker_, kBootTimeoutMs));
+  // The guest used it: the TPM's state is in the VM's directory.
+  EXPECT_FALSE(vmseal::testing::ListDir(vm->tpm_state_dir).empty());
+  ASSERT_OK(manager_->Stop("tpm"));
+  EXPECT_FALSE(PidExists(vm->tpm_pid)) << "swtpm outlived its VM";
+  ASSERT_OK(manager_->Delete("tpm"));
+  EXPECT_FALSE(fs::exists(vm->tpm_state_dir));
+  EXPECT_FALSE(fs::exists(options_.state_dir + "/run/tpm.swtpm.log"));
+}
+
+TEST_F(VmManagerQemuTest, VmWithoutATpmSeesNone) {
+  auto vm = manager_->Launch(SampleSpec("notpm"));
+  ASSERT_OK(vm);
+  EXPECT_FALSE(vm->tpm);
+  EXPECT_EQ(vm->tpm_pid, 0);
+  ASSERT_OK(manager_->WaitForSerialMarker("notpm", kGuestSeesNoTpm, kBootTimeoutMs));
+}
+
+// qemu killed from outside (a crash): its swtpm does not stay behind, and
+// is reaped.
+TEST_F(VmManagerQemuTest, KilledQemuTakesItsSwtpmWithIt) {
+  VmSpec spec = SampleSpec("tpmkill");
+  spec.tpm = true;
+  auto vm = manager_->Launch(spec);
+  ASSERT_OK(vm);
+  ASSERT_TRUE(PidExists(vm->tpm_pid));
+  ASSERT_EQ(::kill(vm->pid, SIGKILL), 0);
+  VmEnd end;
+  ASSERT_TRUE(WaitForEnd("tpmkill", 10000, &end));
+  EXPECT_EQ(end.reason, VmEndReason::kKilled);
+  EXPECT_FALSE(PidExists(vm->tpm_pid)) << "swtpm left running or as a zombie";
+}
+
+// No swtpm on the host: a clear error, no qemu, and nothing left behind.
+TEST_F(VmManagerQemuTest, MissingSwtpmFailsTheLaunchAndLeavesNothing) {
+  options_.swtpm_binary = dir_.File("no-such-swtpm");
+  auto manager = VmManager::Create(options_);
+  ASSERT_OK(manager);
+  VmSpec spec = SampleSpec("noswtpm");
+  spec.tpm = true;
+  EXPECT_STATUS((*manager)->Launch(spec), StatusCode::kNotFound, "vtpm");
+  EXPECT_TRUE(vmseal::testing::ListDir(options_.state_dir + "/vms").empty());
+  EXPECT_FALSE(fs::exists(options_.state_dir + "/run/noswtpm.tpm"));
+}
+
+// Each VM gets its own TPM: two VMs, two swtpm processes, two state dirs.
+TEST_F(VmManagerQemuTest, TwoVmsGetTwoSeparateTpms) {
+  VmSpec a = SampleSpec("tpm-a");
+  a.tpm = true;
+  VmSpec b = SampleSpec("tpm-b");
+  b.tpm = true;
+  auto va = manager_->Launch(a);
+  ASSERT_OK(va);
+  auto vb = manager_->Launch(b);
+  ASSERT_OK(vb);
+  EXPECT_NE(va->tpm_pid, vb->tpm_pid);
+  EXPECT_NE(va->tpm_state_dir, vb->tpm_state_dir);
+  ASSERT_OK(manager_->Delete("tpm-a"));
+  EXPECT_FALSE(PidExists(va->tpm_pid));
+  EXPECT_TRUE(PidExists(vb->tpm_pid)) << "deleting one VM stopped another's TPM";
+}
+
+}  // namespace
+}  // namespace vmseal::vm

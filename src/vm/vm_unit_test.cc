@@ -706,3 +706,141 @@ TEST(VmManagerCreateTest, MissingQemuIsNotFound) {
 
 }  // namespace
 }  // namespace vmseal::vm
+
+namespace vmseal::vm {
+namespace {
+
+// An EFI VM (docs/vm.md "Firmware"): OVMF code read-only on pflash0, the
+// VM's own vars on pflash1, a q35 machine.
+VmSpec EfiSpec() {
+  VmSpec spec = SampleSpec();
+  spec.firmware = Firmware::kEfi;
+  return spec;
+}
+
+internal::QemuPaths EfiPaths() {
+  internal::QemuPaths paths = kPaths;
+  paths.efi_code = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+  paths.efi_vars = "/s/run/web-1.efivars.fd";
+  return paths;
+}
+
+TEST(QemuFirmwareTest, BiosVmHasNoPflashAndTheDefaultMachine) {
+  auto argv = BuildQemuArgv("qemu", SampleSpec(), Accel::kTcg, kPaths);
+  EXPECT_EQ(FlagValue(argv, "-machine"), "");
+  for (const auto& node : BlockdevNodes(argv)) {
+    EXPECT_NE(node["node-name"], internal::kEfiCodeNodeName);
+  }
+}
+
+TEST(QemuFirmwareTest, EfiVmBootsOvmfCodeReadOnlyWithItsOwnVars) {
+  auto argv = BuildQemuArgv("qemu", EfiSpec(), Accel::kTcg, EfiPaths());
+  EXPECT_EQ(FlagValue(argv, "-machine"), "q35,pflash0=efi-code,pflash1=efi-vars");
+  auto nodes = BlockdevNodes(argv);
+  ASSERT_GE(nodes.size(), 4u);
+  EXPECT_EQ(nodes[0]["filename"], "/usr/share/OVMF/OVMF_CODE_4M.fd");
+  EXPECT_EQ(nodes[0]["read-only"], true);
+  EXPECT_EQ(nodes[1]["node-name"], "efi-code");
+  EXPECT_EQ(nodes[1]["read-only"], true);
+  EXPECT_EQ(nodes[2]["filename"], "/s/run/web-1.efivars.fd");
+  EXPECT_FALSE(nodes[2].contains("read-only"));
+  EXPECT_EQ(nodes[3]["node-name"], "efi-vars");
+  EXPECT_FALSE(HasArg(argv, "driver=cfi.pflash01,property=secure,value=on"));
+}
+
+TEST(QemuFirmwareTest, SecureBootTurnsOnSmmAndSecurePflash) {
+  VmSpec spec = EfiSpec();
+  spec.secure_boot = true;
+  auto argv = BuildQemuArgv("qemu", spec, Accel::kTcg, EfiPaths());
+  EXPECT_EQ(FlagValue(argv, "-machine"), "q35,pflash0=efi-code,pflash1=efi-vars,smm=on");
+  EXPECT_EQ(FlagValue(argv, "-global"), "driver=cfi.pflash01,property=secure,value=on");
+}
+
+TEST(QemuFirmwareTest, SecureBootWithoutEfiIsRefused) {
+  VmSpec spec = SampleSpec();
+  spec.secure_boot = true;
+  EXPECT_STATUS(internal::ValidateVmSpec(spec), StatusCode::kInvalidArgument,
+                "secure boot needs EFI firmware");
+}
+
+TEST(QemuFirmwareTest, FirmwareNamesParse) {
+  EXPECT_EQ(*ParseFirmware("efi"), Firmware::kEfi);
+  EXPECT_EQ(*ParseFirmware("bios"), Firmware::kBios);
+  EXPECT_STATUS(ParseFirmware("uefi"), StatusCode::kInvalidArgument, "want bios or efi");
+}
+
+TEST(VmRecordFirmwareTest, EfiFieldsRoundTripAndBiosRecordsStayAsBefore) {
+  VmRecord r;
+  r.info.name = "web-1";
+  r.info.pid = 42;
+  r.info.disk_path = "/d";
+  r.info.cpus = 1;
+  r.info.memory_mib = 256;
+  r.info.accel = Accel::kTcg;
+  r.argv = {"qemu"};
+  const std::string bios = SerializeVmRecord(r);
+  EXPECT_EQ(bios.find("firmware"), std::string::npos);
+  r.info.firmware = Firmware::kEfi;
+  r.info.secure_boot = true;
+  r.info.efi_vars_path = "/s/run/web-1.efivars.fd";
+  auto back = ParseVmRecord(SerializeVmRecord(r));
+  ASSERT_OK(back);
+  EXPECT_EQ(back->info.firmware, Firmware::kEfi);
+  EXPECT_TRUE(back->info.secure_boot);
+  EXPECT_EQ(back->info.efi_vars_path, "/s/run/web-1.efivars.fd");
+}
+
+}  // namespace
+}  // namespace vmseal::vm
+
+namespace vmseal::vm {
+namespace {
+
+TEST(QemuTpmTest, NoTpmDeviceUnlessAsked) {
+  auto argv = BuildQemuArgv("qemu", SampleSpec(), Accel::kTcg, kPaths);
+  EXPECT_EQ(FlagValue(argv, "-tpmdev"), "");
+}
+
+TEST(QemuTpmTest, TpmIsAnEmulatorOnTheInheritedSocketTisForBiosCrbForEfi) {
+  VmSpec spec = SampleSpec();
+  spec.tpm = true;
+  auto argv = BuildQemuArgv("qemu", spec, Accel::kTcg, kPaths);
+  EXPECT_TRUE(HasArg(argv, "socket,id=tpm0-ctrl,fd=5"));
+  EXPECT_EQ(FlagValue(argv, "-tpmdev"), "emulator,id=tpm0,chardev=tpm0-ctrl");
+  EXPECT_TRUE(HasArg(argv, "tpm-tis,tpmdev=tpm0"));
+  spec.firmware = Firmware::kEfi;
+  argv = BuildQemuArgv("qemu", spec, Accel::kTcg, EfiPaths());
+  EXPECT_TRUE(HasArg(argv, "tpm-crb,tpmdev=tpm0"));
+}
+
+TEST(QemuTpmTest, SwtpmIsATpm2OnItsStateDirThatEndsWithQemu) {
+  EXPECT_EQ(internal::BuildSwtpmArgv("swtpm", "/s/run/web-1.tpm"),
+            (std::vector<std::string>{"swtpm", "socket", "--tpm2", "--tpmstate",
+                                      "dir=/s/run/web-1.tpm,mode=0600", "--ctrl",
+                                      "type=unixio,clientfd=3", "--terminate"}));
+}
+
+TEST(VmRecordTpmTest, TpmFieldsRoundTrip) {
+  VmRecord r;
+  r.info.name = "web-1";
+  r.info.pid = 42;
+  r.info.disk_path = "/d";
+  r.info.cpus = 1;
+  r.info.memory_mib = 256;
+  r.info.accel = Accel::kTcg;
+  r.argv = {"qemu"};
+  EXPECT_EQ(SerializeVmRecord(r).find("tpm"), std::string::npos);
+  r.info.tpm = true;
+  r.info.tpm_pid = 43;
+  r.info.tpm_state_dir = "/s/run/web-1.tpm";
+  r.tpm_argv = {"swtpm", "socket"};
+  auto back = ParseVmRecord(SerializeVmRecord(r));
+  ASSERT_OK(back);
+  EXPECT_TRUE(back->info.tpm);
+  EXPECT_EQ(back->info.tpm_pid, 43);
+  EXPECT_EQ(back->info.tpm_state_dir, "/s/run/web-1.tpm");
+  EXPECT_EQ(back->tpm_argv, r.tpm_argv);
+}
+
+}  // namespace
+}  // namespace vmseal::vm

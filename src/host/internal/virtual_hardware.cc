@@ -10,6 +10,8 @@
 #include <memory>
 #include <string>
 
+#include "ovf/package_format.h"
+
 namespace vmseal::host::internal {
 namespace {
 
@@ -192,14 +194,52 @@ Status ReadDiskOrder(const xmlNode* root, const xmlNode* hardware, VirtualHardwa
     auto it = std::find_if(drives.begin(), drives.end(),
                            [&](const Drive& d) { return d.instance_id == instance; });
     if (it == drives.end()) {
-      return InvalidArgumentError("descriptor: BootOrderSection names no disk Item ('" +
-                                  instance.substr(0, 32) + "')");
+      // Named as the descriptor spells it, prefix and all (vmw:BootOrderSection).
+      std::string qualified = "BootOrderSection";
+      if (s->ns != nullptr && s->ns->prefix != nullptr) {
+        qualified = reinterpret_cast<const char*>(s->ns->prefix) + (":" + qualified);
+      }
+      return InvalidArgumentError("descriptor: " + qualified.substr(0, 64) +
+                                  " names no disk Item (instanceId '" + instance.substr(0, 32) +
+                                  "'; expected the InstanceID of a disk drive Item)");
     }
     std::rotate(drives.begin(), it, it + 1);
     hw->boot_named = true;
     break;  // the first disk entry is the boot disk
   }
   for (const Drive& d : drives) hw->disk_file_ids.push_back(d.file_id);
+  return OkStatus();
+}
+
+// The section's vmseal:Platform (package.md §2.4), by namespace, not prefix.
+Status ReadPlatform(const xmlNode* section, VirtualHardware* hw) {
+  const xmlNode* found = nullptr;
+  for (const xmlNode* c = section->children; c; c = c->next) {
+    if (c->type != XML_ELEMENT_NODE || LocalName(c) != ovf::kPlatformElement) continue;
+    if (c->ns == nullptr || c->ns->href == nullptr ||
+        reinterpret_cast<const char*>(c->ns->href) != ovf::kVmsealNamespace) {
+      continue;
+    }
+    if (found != nullptr) return InvalidArgumentError("descriptor: two vmseal:Platform elements");
+    found = c;
+  }
+  if (found == nullptr) return OkStatus();
+  const std::string fw = Attr(found, "firmware"), sb = Attr(found, "secureBoot"),
+                    tpm = Attr(found, "tpm");
+  if ((fw != "bios" && fw != "efi") || (sb != "true" && sb != "false") ||
+      (tpm != "none" && tpm != "2.0")) {
+    return InvalidArgumentError("descriptor: vmseal:Platform firmware=\"" + fw.substr(0, 16) +
+                                "\" secureBoot=\"" + sb.substr(0, 16) + "\" tpm=\"" +
+                                tpm.substr(0, 16) +
+                                "\" (expected firmware bios|efi, secureBoot true|false, tpm "
+                                "none|2.0)");
+  }
+  hw->efi = fw == "efi";
+  hw->secure_boot = sb == "true";
+  hw->tpm = tpm == "2.0";
+  if (hw->secure_boot && !hw->efi) {
+    return InvalidArgumentError("descriptor: vmseal:Platform asks for Secure Boot without EFI");
+  }
   return OkStatus();
 }
 
@@ -218,6 +258,7 @@ StatusOr<VirtualHardware> ReadVirtualHardware(std::string_view descriptor_xml) {
   const xmlNode* section = root ? FindDescendant(root, "VirtualHardwareSection") : nullptr;
   if (section == nullptr) return hw;
   RETURN_IF_ERROR(ReadDiskOrder(root, section, &hw));
+  RETURN_IF_ERROR(ReadPlatform(section, &hw));
   for (const xmlNode* item = section->children; item; item = item->next) {
     if (item->type != XML_ELEMENT_NODE || LocalName(item) != "Item") continue;
     const xmlNode* type = FindChild(item, "ResourceType");

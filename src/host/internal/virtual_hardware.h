@@ -26,6 +26,12 @@ struct VirtualHardware {
   std::vector<std::string> disk_file_ids;
   // true when a BootOrderSection named the boot disk.
   bool boot_named = false;
+  // The platform of the VirtualHardwareSection's vmseal:Platform
+  // (docs/format/package.md §2.4, which seal writes from the exporter's own
+  // settings); BIOS without a TPM when there is none.
+  bool efi = false;
+  bool secure_boot = false;
+  bool tpm = false;
 };
 
 // Limits applied to what a package may ask of a host.
@@ -34,7 +40,9 @@ inline constexpr uint64_t kMaxMemoryMib = 256 * 1024;
 
 // Missing items keep the defaults above. A disk Item whose HostResource names
 // no Disk of the DiskSection (ovf:/disk/<diskId>) or File (ovf:/file/<id>),
-// two Items on one disk, or a BootOrderSection naming no disk Item is
+// two Items on one disk, a BootOrderSection naming no disk Item, a
+// vmseal:Platform with an unknown value or Secure Boot without EFI, or two
+// vmseal:Platform elements, is
 // INVALID_ARGUMENT. Values out of range (0, above the
 // limits, or unknown AllocationUnits) are INVALID_ARGUMENT.
 StatusOr<VirtualHardware> ReadVirtualHardware(std::string_view descriptor_xml);

@@ -152,7 +152,49 @@ TEST(VirtualHardwareTest, DiskItemsNamingNothingOrTwiceAreRefused) {
           Controller("10") + Drive("20", "10", "0", "ovf:/disk/d1"),
           R"(<vmw:BootOrderSection vmw:instanceId="99" vmw:type="disk"><Info>b</Info>)"
           "</vmw:BootOrderSection>")),
-      StatusCode::kInvalidArgument, "BootOrderSection");
+      StatusCode::kInvalidArgument,
+      "descriptor: vmw:BootOrderSection names no disk Item (instanceId '99'; expected the "
+      "InstanceID of a disk drive Item)");
+}
+
+// The platform seal writes (docs/format/package.md §2.4), found by its
+// namespace whatever the prefix.
+std::string PlatformEnvelope(const std::string& attrs, const std::string& ns =
+                                                           "https://vmseal.dev/ns/package/v1") {
+  return Envelope("<p:Platform xmlns:p=\"" + ns + "\" " + attrs + "/>");
+}
+
+TEST(VirtualHardwarePlatformTest, NoPlatformIsBiosWithoutTpm) {
+  auto hw = ReadVirtualHardware(Envelope(Item(3, "1")));
+  ASSERT_OK(hw);
+  EXPECT_FALSE(hw->efi);
+  EXPECT_FALSE(hw->secure_boot);
+  EXPECT_FALSE(hw->tpm);
+}
+
+TEST(VirtualHardwarePlatformTest, ReadsEfiSecureBootAndTpm) {
+  auto hw = ReadVirtualHardware(PlatformEnvelope(R"(firmware="efi" secureBoot="true" tpm="2.0")"));
+  ASSERT_OK(hw);
+  EXPECT_TRUE(hw->efi);
+  EXPECT_TRUE(hw->secure_boot);
+  EXPECT_TRUE(hw->tpm);
+}
+
+TEST(VirtualHardwarePlatformTest, APlatformElementInAnotherNamespaceIsNotRead) {
+  auto hw = ReadVirtualHardware(
+      PlatformEnvelope(R"(firmware="efi" secureBoot="false" tpm="none")", "urn:someone-else"));
+  ASSERT_OK(hw);
+  EXPECT_FALSE(hw->efi);
+}
+
+TEST(VirtualHardwarePlatformTest, UnknownValuesAndSecureBootWithoutEfiAreRefused) {
+  EXPECT_STATUS(ReadVirtualHardware(PlatformEnvelope(R"(firmware="uefi" secureBoot="false" tpm="none")")),
+                StatusCode::kInvalidArgument,
+                "vmseal:Platform firmware=\"uefi\" secureBoot=\"false\" tpm=\"none\" (expected");
+  EXPECT_STATUS(ReadVirtualHardware(PlatformEnvelope(R"(firmware="bios" secureBoot="true" tpm="none")")),
+                StatusCode::kInvalidArgument, "Secure Boot without EFI");
+  EXPECT_STATUS(ReadVirtualHardware(PlatformEnvelope(R"(firmware="efi" secureBoot="false" tpm="1.2")")),
+                StatusCode::kInvalidArgument, "tpm=\"1.2\"");
 }
 
 }  // namespace

@@ -31,6 +31,9 @@ Status ValidateVmSpec(const VmSpec& spec) {
                                 std::to_string(kMaxMemoryMib) + " MiB, got " +
                                 std::to_string(spec.memory_mib));
   }
+  if (spec.secure_boot && spec.firmware != Firmware::kEfi) {
+    return InvalidArgumentError("vm secure boot needs EFI firmware");
+  }
   if (spec.disks.empty()) {
     if (spec.disk_path.empty()) return InvalidArgumentError("vm disk path is empty");
     return OkStatus();
@@ -155,6 +158,18 @@ std::vector<std::string> DiskBlockdevs(const VmDisk& disk, size_t index) {
 std::string DiskProtocolNode(const VmSpec& spec) { return DiskProtocolNode(DisksOf(spec)[0], 0); }
 std::string DiskFormatNode(const VmSpec& spec) { return DiskFormatNode(DisksOf(spec)[0], 0); }
 
+std::vector<std::string> BuildSwtpmArgv(const std::string& swtpm_binary,
+                                        const std::string& state_dir) {
+  return {swtpm_binary,
+          "socket",
+          "--tpm2",
+          "--tpmstate",
+          "dir=" + state_dir + ",mode=0600",
+          "--ctrl",
+          "type=unixio,clientfd=" + std::to_string(kSwtpmCtrlFd),
+          "--terminate"};
+}
+
 std::vector<std::string> BuildQemuArgv(const std::string& qemu_binary, const VmSpec& spec,
                                        Accel accel, const QemuPaths& paths) {
   std::vector<std::string> argv = {
@@ -173,10 +188,43 @@ std::vector<std::string> BuildQemuArgv(const std::string& qemu_binary, const VmS
       "-mon", "chardev=qmp0,mode=control",
       "-sandbox", kQemuSandbox,
   };
+  if (spec.firmware == Firmware::kEfi) {
+    // OVMF from flash: the code read-only, the VM's own variable store
+    // writable. Secure Boot needs SMM, so that only SMM code may write the
+    // authenticated variables (the secure pflash).
+    argv.insert(argv.end(),
+                {"-blockdev",
+                 DumpJson({{"driver", "file"}, {"node-name", "efi-code-file"},
+                           {"filename", paths.efi_code}, {"read-only", true}}),
+                 "-blockdev",
+                 DumpJson({{"driver", "raw"}, {"node-name", kEfiCodeNodeName},
+                           {"file", "efi-code-file"}, {"read-only", true}}),
+                 "-blockdev",
+                 DumpJson({{"driver", "file"}, {"node-name", "efi-vars-file"},
+                           {"filename", paths.efi_vars}}),
+                 "-blockdev",
+                 DumpJson({{"driver", "raw"}, {"node-name", kEfiVarsNodeName},
+                           {"file", "efi-vars-file"}}),
+                 "-machine",
+                 std::string("q35,pflash0=") + kEfiCodeNodeName + ",pflash1=" + kEfiVarsNodeName +
+                     (spec.secure_boot ? ",smm=on" : "")});
+    if (spec.secure_boot) {
+      argv.insert(argv.end(), {"-global", "driver=cfi.pflash01,property=secure,value=on"});
+    }
+  }
   if (NeedsDiskSecret(spec)) {
     argv.insert(argv.end(), {"-object", std::string("secret,id=") + kDiskSecretId +
                                             ",format=raw,file=/dev/fd/" +
                                             std::to_string(kDiskSecretFd)});
+  }
+  if (spec.tpm) {
+    // The emulator's control channel is one end of a socket pair; qemu then
+    // hands swtpm the data channel over it.
+    argv.insert(argv.end(),
+                {"-chardev", "socket,id=tpm0-ctrl,fd=" + std::to_string(kTpmCtrlFd),
+                 "-tpmdev", "emulator,id=tpm0,chardev=tpm0-ctrl",
+                 "-device", spec.firmware == Firmware::kEfi ? "tpm-crb,tpmdev=tpm0"
+                                                            : "tpm-tis,tpmdev=tpm0"});
   }
   const std::vector<VmDisk> disks = DisksOf(spec);
   for (size_t i = 0; i < disks.size(); ++i) {

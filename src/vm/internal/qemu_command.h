@@ -25,7 +25,15 @@ struct QemuPaths {
   // bound it at qmp_socket) instead of creating qmp_socket itself: a VM
   // user cannot create files in the agent's run/ directory.
   int qmp_fd = -1;
+  // spec.firmware == kEfi: the OVMF code image (read-only pflash0) and the
+  // VM's own variable store (pflash1).
+  std::string efi_code;
+  std::string efi_vars;
 };
+
+// The pflash node names of an EFI VM.
+inline constexpr const char* kEfiCodeNodeName = "efi-code";
+inline constexpr const char* kEfiVarsNodeName = "efi-vars";
 
 // INVALID_ARGUMENT unless `name` is 1..64 of [A-Za-z0-9._-] and does not
 // start with '.'.
@@ -66,7 +74,10 @@ std::string DiskFormatNode(const VmDisk& disk, size_t index);
 // default devices, the seccomp sandbox (kQemuSandbox), the serial port to
 // paths.serial_log, QMP on paths.qmp_socket, the disk as an explicit
 // -blockdev graph (file node, format node) on virtio-blk-pci as the boot
-// device, no NIC unless user_network. `accel` must be kKvm or kTcg.
+// device, no NIC unless user_network. `accel` must be kKvm or kTcg. For
+// firmware kEfi: a q35 machine whose pflash0/pflash1 are paths.efi_code
+// (read-only) and paths.efi_vars, with SMM and secure pflash for
+// secure_boot.
 // The node names of disk `index`: "disk<index>-file" and "disk<index>" (the
 // node the device uses), and with an overlay "disk<index>-base" (the tenant's
 // format node) and "disk<index>-overlay-file".
@@ -81,6 +92,16 @@ inline constexpr const char* kDiskSecretId = "vmseal-disk-secret";
 inline constexpr int kDiskSecretFd = 3;
 // The inherited QMP listening socket of a VM run under a VM user.
 inline constexpr int kQmpListenFd = 4;
+// qemu's end of the socket pair to the VM's swtpm (VmSpec::tpm), and the
+// swtpm's end as the swtpm inherits it.
+inline constexpr int kTpmCtrlFd = 5;
+inline constexpr int kSwtpmCtrlFd = 3;
+
+// The swtpm command line of a VM's vTPM: TPM 2.0, state in `state_dir`
+// (files 0600), control channel on inherited descriptor kSwtpmCtrlFd, ends
+// when qemu closes it.
+std::vector<std::string> BuildSwtpmArgv(const std::string& swtpm_binary,
+                                        const std::string& state_dir);
 // How long qemu's NBD client keeps retrying a lost export (nbdkit restarted
 // after an agent crash) before it fails the guest's requests, seconds.
 inline constexpr int kNbdReconnectDelaySeconds = 60;

@@ -63,6 +63,17 @@ std::string SerializeVmRecord(const VmRecord& record) {
   // Only for a VM run under a VM user, so that other records stay as before.
   if (i.uid != 0) j["uid"] = static_cast<int64_t>(i.uid);
   if (i.run != 0) j["run"] = i.run;
+  // Only for EFI, so that BIOS records stay as before.
+  if (i.firmware == Firmware::kEfi) {
+    j["firmware"] = FirmwareName(i.firmware);
+    j["efi_vars"] = i.efi_vars_path;
+    if (i.secure_boot) j["secure_boot"] = true;
+  }
+  if (i.tpm) {
+    j["tpm"] = {{"pid", static_cast<int64_t>(i.tpm_pid)},
+                {"state_dir", i.tpm_state_dir},
+                {"argv", record.tpm_argv}};
+  }
   if (i.ended) {
     j["end"] = {{"reason", VmEndReasonName(i.end.reason)},
                 {"code", i.end.code},
@@ -120,6 +131,35 @@ StatusOr<VmRecord> ParseVmRecord(const std::string& text) {
   }
   if (j.contains("run")) {
     ASSIGN_OR_RETURN(i.run, GetInt(j, "run", 1, INT64_MAX));
+  }
+  if (j.contains("firmware")) {
+    ASSIGN_OR_RETURN(std::string fw, GetString(j, "firmware"));
+    auto parsed_fw = ParseFirmware(fw);
+    if (!parsed_fw.ok()) return Corrupt(parsed_fw.status().message());
+    i.firmware = *parsed_fw;
+    if (i.firmware == Firmware::kEfi) {
+      ASSIGN_OR_RETURN(i.efi_vars_path, GetString(j, "efi_vars"));
+    }
+  }
+  if (j.contains("secure_boot")) {
+    if (!j["secure_boot"].is_boolean()) return Corrupt("field \"secure_boot\" not a boolean");
+    i.secure_boot = j["secure_boot"].get<bool>();
+  }
+  if (j.contains("tpm")) {
+    const json& t = j["tpm"];
+    if (!t.is_object()) return Corrupt("field \"tpm\" is not an object");
+    i.tpm = true;
+    ASSIGN_OR_RETURN(int64_t tpm_pid, GetInt(t, "pid", 1, INT32_MAX));
+    i.tpm_pid = static_cast<pid_t>(tpm_pid);
+    ASSIGN_OR_RETURN(i.tpm_state_dir, GetString(t, "state_dir"));
+    auto targv = t.find("argv");
+    if (targv == t.end() || !targv->is_array() || targv->empty()) {
+      return Corrupt("field \"tpm.argv\" missing or not a non-empty array");
+    }
+    for (const json& a : *targv) {
+      if (!a.is_string()) return Corrupt("field \"tpm.argv\" holds a non-string");
+      r.tpm_argv.push_back(a.get<std::string>());
+    }
   }
   auto argv = j.find("argv");
   if (argv == j.end() || !argv->is_array() || argv->empty()) {

@@ -19,6 +19,8 @@ inline constexpr size_t kMaxVmRecordBytes = 64 * 1024;
 struct VmRecord {
   VmInfo info;
   std::vector<std::string> argv;
+  // The VM's swtpm's exact argv (VmInfo::tpm), empty without one.
+  std::vector<std::string> tpm_argv;
   // true once Stop has run (the pid is then not looked at again).
   bool stopped = false;
 };

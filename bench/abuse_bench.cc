@@ -105,6 +105,29 @@ double Percentile(std::vector<double> v, double p) {
 
 double Median(std::vector<double> v) { return Percentile(std::move(v), 0.5); }
 
+// Prints one N's baseline and loaded medians with their spread (A B B A)
+// and the ratios against issue 16's targets; true if both are met.
+bool ReportLoaded(const char* unit, int n, int open_min, long closed, const std::vector<double>& base_rate,
+                  const std::vector<double>& base_p99, const std::vector<double>& load_rate,
+                  const std::vector<double>& load_p99, int load_failed, int total) {
+  auto spread = [](const std::vector<double>& v) {
+    return *std::max_element(v.begin(), v.end()) - *std::min_element(v.begin(), v.end());
+  };
+  const double rate_ratio = Median(load_rate) / Median(base_rate);
+  const double p99_ratio = Median(load_p99) / Median(base_p99);
+  std::printf("  N=%-5d slow connections (>= %d open when measured; closed by the server %ld times)\n", n, open_min,
+              closed);
+  std::printf("    baseline  %7.1f %s/s (spread %.1f)  p99 %8.1f ms (spread %.1f)\n", Median(base_rate), unit,
+              spread(base_rate), Median(base_p99) * 1e3, spread(base_p99) * 1e3);
+  std::printf("    loaded    %7.1f %s/s (spread %.1f)  p99 %8.1f ms (spread %.1f)  not served %d/%d\n",
+              Median(load_rate), unit, spread(load_rate), Median(load_p99) * 1e3, spread(load_p99) * 1e3,
+              load_failed, total);
+  const bool met = rate_ratio >= 0.8 && p99_ratio <= 2.0;
+  std::printf("    throughput %.2fx baseline (target >= 0.8)  p99 %.2fx baseline (target <= 2)  %s\n", rate_ratio,
+              p99_ratio, met ? "met" : "NOT met");
+  return met;
+}
+
 crypto::Bytes PackageLabel(const std::string& image, const std::string& tenant) {
   ovf::EncryptionTag tag;
   tag.image_id = image;
@@ -471,21 +494,8 @@ int Run(bool short_run, int releases, std::vector<int> slow_counts) {
       load_failed += r.failed;
       closed += slow.closed_by_server();
     }
-    auto spread = [](const std::vector<double>& v) {
-      return *std::max_element(v.begin(), v.end()) - *std::min_element(v.begin(), v.end());
-    };
-    const double rate_ratio = Median(load_rate) / Median(base_rate);
-    const double p99_ratio = Median(load_p99) / Median(base_p99);
-    std::printf("  N=%-5d slow connections (>= %d open when measured; closed by the server %ld times)\n", n,
-                open_min, closed);
-    std::printf("    baseline  %7.1f releases/s (spread %.1f)  p99 %8.1f ms (spread %.1f)\n", Median(base_rate),
-                spread(base_rate), Median(base_p99) * 1e3, spread(base_p99) * 1e3);
-    std::printf("    loaded    %7.1f releases/s (spread %.1f)  p99 %8.1f ms (spread %.1f)  not served %d/%d\n",
-                Median(load_rate), spread(load_rate), Median(load_p99) * 1e3, spread(load_p99) * 1e3, load_failed,
-                2 * releases);
-    const bool met = rate_ratio >= 0.8 && p99_ratio <= 2.0;
-    std::printf("    throughput %.2fx baseline (target >= 0.8)  p99 %.2fx baseline (target <= 2)  %s\n", rate_ratio,
-                p99_ratio, met ? "met" : "NOT met");
+    const bool met = ReportLoaded("releases", n, open_min, closed, base_rate, base_p99, load_rate, load_p99,
+                                  load_failed, 2 * releases);
     if (n >= 1000) all_met = all_met && met;
     std::fflush(stdout);
   }
@@ -607,21 +617,8 @@ int RunPortal(bool short_run, std::vector<int> slow_counts) {
       load_failed += res.failed;
       closed += slow.closed_by_server();
     }
-    auto spread = [](const std::vector<double>& v) {
-      return *std::max_element(v.begin(), v.end()) - *std::min_element(v.begin(), v.end());
-    };
-    const double rate_ratio = Median(load_rate) / Median(base_rate);
-    const double p99_ratio = Median(load_p99) / Median(base_p99);
-    std::printf("  N=%-5d slow connections (>= %d open when measured; closed by the server %ld times)\n", n,
-                open_min, closed);
-    std::printf("    baseline  %7.1f calls/s (spread %.1f)  p99 %8.1f ms (spread %.1f)\n", Median(base_rate),
-                spread(base_rate), Median(base_p99) * 1e3, spread(base_p99) * 1e3);
-    std::printf("    loaded    %7.1f calls/s (spread %.1f)  p99 %8.1f ms (spread %.1f)  not served %d/%d\n",
-                Median(load_rate), spread(load_rate), Median(load_p99) * 1e3, spread(load_p99) * 1e3, load_failed,
-                2 * calls);
-    const bool met = rate_ratio >= 0.8 && p99_ratio <= 2.0;
-    std::printf("    throughput %.2fx baseline (target >= 0.8)  p99 %.2fx baseline (target <= 2)  %s\n", rate_ratio,
-                p99_ratio, met ? "met" : "NOT met");
+    const bool met = ReportLoaded("calls", n, open_min, closed, base_rate, base_p99, load_rate, load_p99,
+                                  load_failed, 2 * calls);
     if (n >= 1000) all_met = all_met && met;
     std::fflush(stdout);
   }

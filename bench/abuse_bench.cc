@@ -68,6 +68,7 @@
 #include "csp/internal/process_harness.h"
 #include "kms/internal/mini_ca.h"
 #include "kms/kek.h"
+#include "kms/http_api.h"
 #include "kms/service.h"
 #include "kms/store.h"
 #include "net/https_client.h"

@@ -45,6 +45,7 @@
 #include "crypto/signature.h"
 #include "net/https_server.h"
 #include "kms/customer_audit.h"
+#include "kms/http_api.h"
 #include "kms/service.h"
 #include "tlog/checkpoint.h"
 #include "kms/store.h"

@@ -1,5 +1,5 @@
 // KMS request bodies (src/kms, src/attest/evidence). The KMS's route
-// handlers (RegisterKmsRoutes in src/kms/service.cc) pick fields out of the
+// handlers (RegisterKmsRoutes in src/kms/http_api.cc) pick fields out of the
 // parsed body inline, so this target runs the callable decoders they use on
 // the same body: ParseJson, the evidence decoder (attestation and release),
 // the enrollment request decoder and the EK certificate PEM, the package

@@ -24,6 +24,7 @@
 #include "csp/portal_server.h"
 #include "kms/kek.h"
 #include "kms/policy.h"
+#include "kms/http_api.h"
 #include "kms/service.h"
 #include "kms/store.h"
 #include "net/https_client.h"

@@ -35,6 +35,7 @@
 #include "host/host_daemon.h"
 #include "host/https_kms_client.h"
 #include "kms/internal/mini_ca.h"
+#include "kms/http_api.h"
 #include "kms/service.h"
 #include "net/https_client.h"
 #include "net/https_server.h"

@@ -27,6 +27,7 @@
 #include "host/https_kms_client.h"
 #include "host/portal_client.h"
 #include "kms/internal/mini_ca.h"
+#include "kms/http_api.h"
 #include "kms/service.h"
 #include "net/https_client.h"
 #include "net/https_server.h"

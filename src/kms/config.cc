@@ -14,6 +14,7 @@
 #include "kms/internal/mini_ca.h"
 #include "kms/kek.h"
 #include "kms/pkcs11_kek.h"
+#include "kms/http_api.h"
 #include "kms/service.h"
 #include "kms/store.h"
 #include "net/https_server.h"

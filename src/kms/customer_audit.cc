@@ -8,6 +8,7 @@
 #include "crypto/keys.h"
 #include "crypto/signature.h"
 #include "json/json.h"
+#include "kms/http_api.h"
 #include "kms/service.h"
 #include "tlog/checkpoint.h"
 #include "tlog/merkle.h"

@@ -13,6 +13,7 @@
 #include "crypto/keys.h"
 #include "crypto/signature.h"
 #include "host/https_kms_client.h"
+#include "kms/http_api.h"
 #include "kms/service.h"
 #include "net/https_client.h"
 #include "net/https_server.h"

@@ -525,12 +525,6 @@ class KmsService {
   std::map<std::pair<std::string, int64_t>, StatusOr<std::vector<Verdict>>> failures_;  // (host, since)
 };
 
-// Registers the KMS routes (docs/api/kms.yaml) on `server`.
-void RegisterKmsRoutes(KmsService* service, net::HttpsServer* server);
-// The customer audit route (GET /v1/images/{tenant}/{image_id}/audit);
-// RegisterKmsRoutes registers it.
-void RegisterCustomerAuditRoute(KmsService* service, net::HttpsServer* server);
-
 }  // namespace vmseal::kms
 
 #endif  // VMSEAL_KMS_SERVICE_H_

@@ -376,14 +376,29 @@ async function auditPage(page) {
   for (const i of images) {
     try {
       const a = await get(`/v1/images/${encodeURIComponent(i.tagged_image_id || i.image_id)}/audit`);
-      const records = a.records || a.entries || [];
-      const rows = records.map((r) => [String(r.index ?? ''), when(r.time_unix || r.unix || 0), r.host_id || '',
-        r.decision || r.event || '', r.reason || '', el('code', { text: JSON.stringify(r) })]);
-      page.append(table(`Image ${i.name}`, ['#', 'Time', 'Host', 'Decision', 'Reason', 'Record'], rows));
-      if (a.checkpoint) page.append(el('pre', { class: 'checkpoint', text: typeof a.checkpoint === 'string' ? a.checkpoint : JSON.stringify(a.checkpoint, null, 2) }));
+      // Each proof carries its record (docs/format/audit-log.md §6.1); the
+      // CLI (`vmseal customer audit`) verifies the proofs, the page shows them.
+      const records = (a.proofs || []).map(auditRecord).filter(Boolean);
+      const rows = records.map((r) => [String(r.seq), when(r.time), el('code', { class: 'audit-event', text: r.event }),
+        r.subject || '', el('code', { text: JSON.stringify(r.details || {}) })]);
+      page.append(table(`Image ${i.name}`, ['#', 'Time', 'Event', 'Subject', 'Details'], rows));
+      if (a.checkpoint) page.append(el('p', { text: 'Log checkpoint (signed by the KMS log key; verify with vmseal customer audit IMAGE --kms-ca kms-ca.pem):' }),
+        el('pre', { class: 'checkpoint', text: a.checkpoint }));
     } catch (e) {
       page.append(el('p', { class: 'error' }, `Image ${i.name}: `, e.message));
     }
+  }
+}
+
+// The record a c2sp.org/tlog-proof@v1 text carries on its `extra` line.
+function auditRecord(proof) {
+  const line = String(proof).split('\n').find((l) => l.startsWith('extra '));
+  if (!line) return null;
+  try {
+    const bytes = Uint8Array.from(atob(line.slice(6)), (c) => c.charCodeAt(0));
+    return JSON.parse(new TextDecoder().decode(bytes));
+  } catch {
+    return null;
   }
 }
 

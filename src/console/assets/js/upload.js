@@ -14,19 +14,21 @@ function resumeKey(file) {
 // Uploads `file` (a Blob with a name) and commits it as image `name`.
 // progress(sent, total); returns the committed image. `signal` aborts
 // between pieces (the session stays resumable).
-export async function uploadPackage(file, name, { progress = () => {}, signal, pieceBytes = PIECE_BYTES } = {}) {
+// `headers` go with every call (a tool that holds a bearer token instead of
+// the session cookie; the console itself passes none).
+export async function uploadPackage(file, name, { progress = () => {}, signal, pieceBytes = PIECE_BYTES, headers = {} } = {}) {
   const key = resumeKey(file);
   let id = localStorage.getItem(key);
   let offset = 0;
   if (id) {
     try {
-      offset = (await get(`/v1/uploads/${id}`)).offset_bytes;
+      offset = (await get(`/v1/uploads/${id}`, { headers })).offset_bytes;
     } catch {
       id = null;
     }
   }
   if (!id) {
-    id = (await post('/v1/uploads')).upload_id;
+    id = (await post('/v1/uploads', {}, { headers })).upload_id;
     localStorage.setItem(key, id);
     offset = 0;
   }
@@ -41,11 +43,11 @@ export async function uploadPackage(file, name, { progress = () => {}, signal, p
     if (signal && signal.aborted) throw new DOMException('upload paused', 'AbortError');
     const piece = new Uint8Array(await file.slice(offset, Math.min(file.size, offset + pieceBytes)).arrayBuffer());
     hash.update(piece);
-    const state = await call('PUT', `/v1/uploads/${id}?offset=${offset}`, undefined, { raw: piece });
+    const state = await call('PUT', `/v1/uploads/${id}?offset=${offset}`, undefined, { raw: piece, headers });
     offset = state.offset_bytes;
     progress(offset, file.size);
   }
-  const image = await post(`/v1/uploads/${id}/commit`, { name, sha256: hex(hash.digest()) });
+  const image = await post(`/v1/uploads/${id}/commit`, { name, sha256: hex(hash.digest()) }, { headers });
   localStorage.removeItem(key);
   return image;
 }

@@ -13,7 +13,8 @@
 //   4. prints the median and spread of each and the ratio B/A beside it,
 //      with the load average.
 //
-//   node bench/console_bench.mjs [--size-mib N] [--pairs N] [--vmseal PATH] [--no-upload]
+//   node bench/console_bench.mjs [--size-mib N] [--pairs N] [--vmseal PATH]
+//        [--no-seal] [--no-upload] [--upload-mib N]
 import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -30,6 +31,10 @@ const SIZE_MIB = Number(opt('size-mib', 1024));
 const PAIRS = Number(opt('pairs', 1));
 const VMSEAL = path.resolve(opt('vmseal', path.join(repo, 'build/vmseal')));
 const UPLOAD = !argv.includes('--no-upload');
+const SEAL = !argv.includes('--no-seal');
+// The package the upload half sends: sealed from a file of this size
+// (default: the same size as the seal half's).
+const UPLOAD_MIB = Number(opt('upload-mib', SIZE_MIB));
 const load = () => fs.readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
 const median = (xs) => { const s = [...xs].sort((a, b) => a - b); const m = s.length >> 1; return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2; };
 const fmt = (xs) => `median ${median(xs).toFixed(2)} s (${Math.min(...xs).toFixed(2)}..${Math.max(...xs).toFixed(2)}, n=${xs.length})`;
@@ -42,12 +47,12 @@ console.log(`console_bench: ${SIZE_MIB} MiB, ${PAIRS} pair(s), ${os.cpus().lengt
 const file = path.join(work, 'disk.raw');
 execFileSync('bash', ['-c', `head -c ${SIZE_MIB}M /dev/urandom > ${file}`]);
 const rsa = path.join(work, 'rsa.pem'), pub = path.join(work, 'rsa.pub');
-execFileSync('openssl', ['genpkey', '-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:3072', '-out', rsa]);
-execFileSync('openssl', ['pkey', '-in', rsa, '-pubout', '-out', pub]);
+execFileSync('openssl', ['genpkey', '-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:3072', '-out', rsa], { stdio: 'pipe' });
+execFileSync('openssl', ['pkey', '-in', rsa, '-pubout', '-out', pub], { stdio: 'pipe' });
 const sign = path.join(work, 'sign.pem'), cert = path.join(work, 'sign.crt');
-execFileSync('openssl', ['genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-out', sign]);
+execFileSync('openssl', ['genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-out', sign], { stdio: 'pipe' });
 fs.chmodSync(sign, 0o600); fs.chmodSync(rsa, 0o600);
-execFileSync('openssl', ['req', '-new', '-x509', '-key', sign, '-subj', '/CN=acme', '-days', '1', '-addext', 'extendedKeyUsage=codeSigning', '-out', cert]);
+execFileSync('openssl', ['req', '-new', '-x509', '-key', sign, '-subj', '/CN=acme', '-days', '1', '-addext', 'extendedKeyUsage=codeSigning', '-out', cert], { stdio: 'pipe' });
 
 // The console's modules from a loopback origin (a secure context).
 const assets = path.join(repo, 'src/console/assets');
@@ -90,6 +95,7 @@ function cliSeal() {
   return (performance.now() - t) / 1000;
 }
 
+if (SEAL) {
 // Warm-up (page cache, JIT), not counted.
 await browserSeal(); cliSeal();
 const seal = { A: [], B: [] };
@@ -98,6 +104,7 @@ const mibps = (xs) => (SIZE_MIB / median(xs)).toFixed(0);
 console.log(`seal ${SIZE_MIB} MiB  A vmseal seal: ${fmt(seal.A)}, ${mibps(seal.A)} MiB/s`);
 console.log(`seal ${SIZE_MIB} MiB  B browser:     ${fmt(seal.B)}, ${mibps(seal.B)} MiB/s`);
 console.log(`seal ratio B/A (browser/CLI): ${(median(seal.B) / median(seal.A)).toFixed(2)}x; load average: ${load()}`);
+}
 
 if (UPLOAD) {
   const demoDir = path.join(work, 'demo');
@@ -116,7 +123,9 @@ if (UPLOAD) {
   // The demo's customer: seal the bench file for it with the CLI (not timed).
   const custDir = path.join(demoDir, 'customer');
   const pkg = path.join(work, 'upload.ova');
-  execFileSync(VMSEAL, ['seal', file, '--cert', path.join(custDir, 'customer-cert.pem'), '-o', pkg], { stdio: 'pipe' });
+  const uploadFile = path.join(work, 'upload.raw');
+  execFileSync('bash', ['-c', `head -c ${UPLOAD_MIB}M /dev/urandom > ${uploadFile}`]);
+  execFileSync(VMSEAL, ['seal', uploadFile, '--cert', path.join(custDir, 'customer-cert.pem'), '-o', pkg], { stdio: 'pipe' });
   // The browser signs in as the same customer: the session token is given
   // to the page as a bearer header (the bench measures the upload, not the login).
   const token = JSON.parse(fs.readFileSync(sessionFile, 'utf8')).token;
@@ -141,7 +150,7 @@ if (UPLOAD) {
   for (let i = 0; i < PAIRS; i++) { upl.A.push(cliUpload(`a${i}`)); upl.B.push(await browserUpload(`b${i}`)); upl.B.push(await browserUpload(`c${i}`)); upl.A.push(cliUpload(`d${i}`)); }
   const size = fs.statSync(pkg).size / 2 ** 20;
   console.log(`upload ${size.toFixed(0)} MiB  A vmseal customer upload: ${fmt(upl.A)}, ${(size / median(upl.A)).toFixed(0)} MiB/s`);
-  console.log(`upload ${size.toFixed(0)} MiB  B browser (8 MiB pieces): ${fmt(upl.B)}, ${(size / median(upl.B)).toFixed(0)} MiB/s`);
+  console.log(`upload ${size.toFixed(0)} MiB  B browser (32 MiB pieces): ${fmt(upl.B)}, ${(size / median(upl.B)).toFixed(0)} MiB/s`);
   console.log(`upload ratio B/A (browser/CLI): ${(median(upl.B) / median(upl.A)).toFixed(2)}x; load average: ${load()}`);
 }
 process.exit(0);

@@ -2,7 +2,7 @@
 // datum reaches the page through dom.js (textContent, attribute values).
 import { ApiError, del, get, post, setCsrf, setOperatorCsrf } from './api.js';
 import { bytes, clear, el, table, when } from './dom.js';
-import { importSigningKey, newSigningKey, sealPackage, DEFAULT_CHUNK_BYTES } from './seal.js';
+import { importSigningKey, newSigningKey, sealPackage, sha256File, DEFAULT_CHUNK_BYTES } from './seal.js';
 import { hex } from './sha256.js';
 import { pemBlock } from './bytes.js';
 import { readTag } from './tag.js';
@@ -311,10 +311,14 @@ async function sealPage(page) {
         });
         const seconds = (performance.now() - t0) / 1000;
         lastSealed = r;
+        // The package's digest, for comparing with the downloaded file:
+        // computed after sealing (not part of it).
+        const sealedHash = el('code', { id: 'sealed-sha256-pending', text: 'computing...' });
+        sha256File(r.blob).then((h) => { sealedHash.textContent = h; sealedHash.id = 'sealed-sha256'; });
         clear(out).append(el('dl', {},
           el('dt', { text: 'Package' }), el('dd', {}, download(r.name, r.blob)),
           el('dt', { text: 'Size' }), el('dd', { id: 'sealed-size', text: String(r.blob.size) }),
-          el('dt', { text: 'SHA-256' }), el('dd', {}, el('code', { id: 'sealed-sha256', text: r.sha256 })),
+          el('dt', { text: 'SHA-256' }), el('dd', {}, sealedHash),
           el('dt', { text: 'Image id (tag)' }), el('dd', {}, el('code', { text: r.imageId })),
           el('dt', { text: 'Seconds' }), el('dd', { id: 'seal-seconds', text: seconds.toFixed(3) })),
         el('button', { type: 'button', id: 'upload-sealed', text: 'Upload this package',

@@ -130,7 +130,8 @@ function diskNameFor(file) {
 // Seals `file` into an OVA Blob. opts: {recipientPem, tenant, imageId?,
 // signingKey (CryptoKey) , signingCertPem, name, chunkBytes?, cpus?,
 // memoryMib?, progress?(done, total)}. Returns {blob, name, imageId,
-// keyId, sha256}.
+// keyId}. (The OVA's own SHA-256 is not computed here: sha256File when
+// wanted; the upload computes it anyway.)
 export async function sealPackage(file, opts) {
   const tenant = opts.tenant;
   const imageId = opts.imageId || crypto.randomUUID();
@@ -155,9 +156,15 @@ export async function sealPackage(file, opts) {
       wrapped: base64(wrapped), chunkBytes, imageId, tenant, created,
       cpus: opts.cpus || 2, memoryMib: opts.memoryMib || 2048, rsa: recipient.type === 'rsa',
     }));
-    const parts = [];
-    const ovaHash = new Sha256();
-    const put = (b) => { parts.push(b); ovaHash.update(b); };
+    // Sealed bytes are folded into Blobs every 64 MiB, so that Chromium can
+    // keep them in its blob store (on disk when large), not in the JS heap.
+    const blobs = [];
+    let parts = [], partBytes = 0;
+    const put = (b) => {
+      parts.push(b);
+      partBytes += b.length;
+      if (partBytes >= 64 << 20) { blobs.push(new Blob(parts)); parts = []; partBytes = 0; }
+    };
     const member = (name, bytes) => { put(tarHeader(name, bytes.length)); put(bytes); put(tarPadding(bytes.length)); };
     member(`${stem}.ovf`, descriptor);
     put(tarHeader(href, sealedSize));
@@ -174,8 +181,8 @@ export async function sealPackage(file, opts) {
       member(`${stem}.cert`, cert);
     }
     put(tarEnd());
-    return { blob: new Blob(parts, { type: 'application/x-tar' }), name: `${stem}.ova`, imageId,
-             keyId: recipient.keyId, sha256: hex(ovaHash.digest()) };
+    return { blob: new Blob([...blobs, ...parts], { type: 'application/x-tar' }), name: `${stem}.ova`, imageId,
+             keyId: recipient.keyId };
   } finally {
     dataKey.fill(0);
   }

@@ -5,7 +5,7 @@
 import { call, get, post } from './api.js';
 import { Sha256, hex } from './sha256.js';
 
-export const PIECE_BYTES = 8 << 20;
+export const PIECE_BYTES = 32 << 20;
 
 function resumeKey(file) {
   return `vmseal-upload:${file.name}:${file.size}:${file.lastModified || 0}`;

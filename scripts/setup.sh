@@ -33,6 +33,12 @@ if [ -f tools/s3/package.json ] && [ ! -d tools/s3/node_modules ]; then
   echo "setup: installing the S3 test server (npm ci)"
   (cd tools/s3 && npm ci --no-audit --no-fund --silent >/dev/null)
 fi
+# The console's browser tests: playwright-core and axe-core from npm (the
+# browser is Debian's chromium, scripts/packages/console.txt).
+if [ -f tools/console-test/package.json ] && [ ! -d tools/console-test/node_modules ]; then
+  echo "setup: installing the console's browser test driver (npm ci)"
+  (cd tools/console-test && npm ci --no-audit --no-fund --silent >/dev/null)
+fi
 
 jobs=$(nproc)
 targets=()

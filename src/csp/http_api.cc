@@ -1,10 +1,13 @@
 #include "csp/http_api.h"
 
+#include <algorithm>
+#include <ctime>
 #include <cstdlib>
 #include <limits>
 
 #include <nlohmann/json.hpp>
 
+#include "console/web_security.h"
 #include "crypto/primitives.h"
 #include "csp/customer_audit.h"
 #include "json/json.h"
@@ -214,21 +217,110 @@ class UploadSink : public net::BodySink {
   uint64_t offset_;
 };
 
+// A JSON answer that sets cookies (TextResponse carries header fields).
+net::TextResponse JsonWithCookie(const json& body, std::string set_cookie) {
+  net::TextResponse out;
+  out.body = DumpJson(body);
+  out.content_type = "application/json";
+  out.headers.emplace_back("Set-Cookie", std::move(set_cookie));
+  out.headers.emplace_back("Cache-Control", "no-store");
+  return out;
+}
+
+// Login from a page must be a JSON request: a cross-site HTML form can send
+// neither this content type nor the CSRF header without a CORS preflight,
+// which the portal never grants (so no login CSRF into another account).
+Status RequireJsonContentType(const net::Request& req) {
+  const std::string type = req.Header("Content-Type");
+  if (!type.starts_with("application/json")) {
+    return PermissionDeniedError("csrf: console calls must be application/json");
+  }
+  return OkStatus();
+}
+
+// A cookie value must be a plain token (the portal's "vst_" + hex, an
+// operator credential of printable characters without ';' ',' or spaces).
+bool CookieSafe(std::string_view v) {
+  if (v.empty() || v.size() > 512) return false;
+  for (char c : v) {
+    if (c <= 0x20 || c >= 0x7f || c == ';' || c == ',' || c == '"' || c == '\\') return false;
+  }
+  return true;
+}
+
+template <typename OperatorCheck>
+void RegisterConsoleSessionRoutes(net::HttpsServer& server, const PortalServices& svc,
+                                  OperatorCheck operator_credential) {
+  server.Text("POST", "/v1/console/login", [svc](const net::Request& req) -> StatusOr<net::TextResponse> {
+    RETURN_IF_ERROR(RequireJsonContentType(req));
+    ASSIGN_OR_RETURN(json body, ParseBody(req));
+    if (!body["login_id"].is_string() || !body["password"].is_string()) {
+      return InvalidArgumentError("login_id and password are required");
+    }
+    LoginRequest login{body["login_id"].get<std::string>(),
+                       SecretBytes(crypto::AsBytes(body["password"].get_ref<const std::string&>()))};
+    ASSIGN_OR_RETURN(LoginResponse r, svc.accounts->Login(login));
+    const std::string_view token = crypto::AsStringView(r.token.UnsafeSpan());
+    if (!CookieSafe(token)) return InternalError("session token is not cookie-safe");
+    const int64_t max_age = std::max<int64_t>(1, r.expires_unix - static_cast<int64_t>(std::time(nullptr)));
+    return JsonWithCookie({{"customer_id", r.customer_id},
+                           {"expires_unix", r.expires_unix},
+                           {"csrf_token", console::CsrfToken(r.token)}},
+                          console::SetCookieValue(console::kSessionCookie, token, max_age));
+  });
+  server.Json("GET", "/v1/console/session", [svc](const net::Request& req) -> StatusOr<json> {
+    ASSIGN_OR_RETURN(console::Credential c, console::RequestCredential(req, console::kSessionCookie));
+    ASSIGN_OR_RETURN(Principal p, svc.accounts->Authenticate(c.token));
+    return json{{"customer_id", p.customer_id}, {"csrf_token", console::CsrfToken(c.token)}};
+  });
+  server.Text("POST", "/v1/console/logout", [svc](const net::Request& req) -> StatusOr<net::TextResponse> {
+    ASSIGN_OR_RETURN(console::Credential c, console::RequestCredential(req, console::kSessionCookie));
+    RETURN_IF_ERROR(svc.accounts->Logout(c.token));
+    return JsonWithCookie(json::object(), console::ClearCookieValue(console::kSessionCookie));
+  });
+  server.Text("POST", "/v1/console/operator/login",
+              [operator_credential](const net::Request& req) -> StatusOr<net::TextResponse> {
+    RETURN_IF_ERROR(RequireJsonContentType(req));
+    ASSIGN_OR_RETURN(json body, ParseBody(req));
+    if (!body["token"].is_string()) return InvalidArgumentError("token is required");
+    SecretBytes token(crypto::AsBytes(body["token"].get_ref<const std::string&>()));
+    RETURN_IF_ERROR(operator_credential(token));
+    const std::string_view raw = crypto::AsStringView(token.UnsafeSpan());
+    if (!CookieSafe(raw)) return InvalidArgumentError("operator credential cannot be held in a cookie");
+    return JsonWithCookie({{"csrf_token", console::CsrfToken(token)}},
+                          console::SetCookieValue(console::kOperatorCookie, raw, 8 * 3600));
+  });
+  server.Json("GET", "/v1/console/operator/session",
+              [operator_credential](const net::Request& req) -> StatusOr<json> {
+    ASSIGN_OR_RETURN(console::Credential c, console::RequestCredential(req, console::kOperatorCookie));
+    RETURN_IF_ERROR(operator_credential(c.token));
+    return json{{"csrf_token", console::CsrfToken(c.token)}};
+  });
+  server.Text("POST", "/v1/console/operator/logout", [](const net::Request&) -> StatusOr<net::TextResponse> {
+    return JsonWithCookie(json::object(), console::ClearCookieValue(console::kOperatorCookie));
+  });
+}
+
 }  // namespace
 
 void RegisterPortalRoutes(net::HttpsServer& server, const PortalServices& svc) {
   server.SetErrorBody(PortalErrorBody);
+  // A bearer token (CLI, host-side tools) or the console's session cookie,
+  // which must come with the CSRF token on state-changing calls.
   auto who = [svc](const net::Request& req) -> StatusOr<Principal> {
-    ASSIGN_OR_RETURN(SecretBytes token, BearerToken(req));
-    return svc.accounts->Authenticate(token);
+    ASSIGN_OR_RETURN(console::Credential c, console::RequestCredential(req, console::kSessionCookie));
+    return svc.accounts->Authenticate(c.token);
   };
-  auto is_operator = [svc](const net::Request& req) -> Status {
+  auto operator_credential = [svc](const SecretBytes& token) -> Status {
     if (svc.operator_token == nullptr || svc.operator_token->empty()) {
       return PermissionDeniedError("operator routes are disabled");
     }
-    ASSIGN_OR_RETURN(SecretBytes token, BearerToken(req));
     if (!token.Equals(*svc.operator_token)) return PermissionDeniedError("not the operator");
     return OkStatus();
+  };
+  auto is_operator = [operator_credential](const net::Request& req) -> Status {
+    ASSIGN_OR_RETURN(console::Credential c, console::RequestCredential(req, console::kOperatorCookie));
+    return operator_credential(c.token);
   };
 
   // --- accounts ---
@@ -305,6 +397,9 @@ void RegisterPortalRoutes(net::HttpsServer& server, const PortalServices& svc) {
     RETURN_IF_ERROR(svc.accounts->Logout(token));
     return json::object();
   });
+
+  // --- the web console's session (docs/console.md) ---
+  RegisterConsoleSessionRoutes(server, svc, operator_credential);
 
   // --- uploads ---
   server.Json("POST", "/v1/uploads", [svc, who](const net::Request& req) -> StatusOr<json> {
@@ -456,6 +551,20 @@ void RegisterPortalRoutes(net::HttpsServer& server, const PortalServices& svc) {
     return ToJson(j);
   }, 202);
 
+  // The VM's serial console as its host last relayed it (csp/console_logs.h).
+  server.Json("GET", R"(/v1/vms/([A-Za-z0-9._-]{1,128})/console)", [svc, who](const net::Request& req) -> StatusOr<json> {
+    ASSIGN_OR_RETURN(Principal p, who(req));
+    if (svc.console_logs == nullptr) return UnimplementedError("console logs are not kept");
+    ASSIGN_OR_RETURN(auto jobs, svc.jobs->ListJobs(p));
+    for (const Job& j : jobs) {
+      if (j.job_id != req.path_params[0] && (j.vm_name.empty() || j.vm_name != req.path_params[0])) continue;
+      ASSIGN_OR_RETURN(ConsoleLogs::Entry e, svc.console_logs->Get(j.job_id));
+      return json{{"job_id", j.job_id}, {"vm_name", j.vm_name}, {"text", e.text},
+                  {"updated_unix", e.updated_unix}};
+    }
+    return NotFoundError("no such vm");
+  });
+
   // --- hosts (mTLS) ---
   server.Json("POST", "/v1/hosts/register", [svc](const net::Request& req) -> StatusOr<json> {
     ASSIGN_OR_RETURN(std::string host, HostIdentity(req));
@@ -601,6 +710,16 @@ void RegisterPortalRoutes(net::HttpsServer& server, const PortalServices& svc) {
     DiskEventReport r{req.path_params[0], body["event"].get<std::string>(), body.value("text", "")};
     ASSIGN_OR_RETURN(Job j, svc.jobs->ReportDiskEvent(host, r));
     return ToJson(j, true);
+  });
+  server.Json("POST", R"(/v1/hosts/vms/([A-Za-z0-9._-]{1,64})/console)", [svc](const net::Request& req) -> StatusOr<json> {
+    ASSIGN_OR_RETURN(std::string host, HostIdentity(req));
+    if (svc.console_logs == nullptr) return UnimplementedError("console logs are not kept");
+    ASSIGN_OR_RETURN(json body, ParseBody(req));
+    if (!body["text"].is_string()) return InvalidArgumentError("text (string) is required");
+    // Only the host that runs the VM reports its console.
+    ASSIGN_OR_RETURN(Job j, svc.jobs->GetHostVm(host, req.path_params[0]));
+    svc.console_logs->Put(j.job_id, body["text"].get<std::string>(), static_cast<int64_t>(std::time(nullptr)));
+    return json{{"job_id", j.job_id}};
   });
   server.Json("POST", R"(/v1/hosts/vms/([A-Za-z0-9._-]{1,64})/deleted)", [svc](const net::Request& req) -> StatusOr<json> {
     ASSIGN_OR_RETURN(std::string host, HostIdentity(req));

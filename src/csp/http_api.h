@@ -8,6 +8,7 @@
 
 #include "base/secret_bytes.h"
 #include "csp/accounts.h"
+#include "csp/console_logs.h"
 #include "csp/hosts.h"
 #include "csp/images.h"
 #include "csp/jobs.h"
@@ -32,6 +33,9 @@ struct PortalServices {
   std::shared_ptr<RandomAccessFile> agent_binary;
   uint64_t agent_size_bytes = 0;
   std::string agent_sha256_hex;
+  // The serial-console text hosts relay for the console page; null
+  // disables both routes.
+  ConsoleLogs* console_logs = nullptr;
   // Bearer credential of /v1/operator routes; empty disables them.
   const SecretBytes* operator_token = nullptr;
 };

@@ -356,5 +356,132 @@ TEST(PortalServerTest, StartedServerAnswersAtOnceAndCannotRestart) {
   EXPECT_STATUS((*s)->Start(), StatusCode::kFailedPrecondition, "stopped");
 }
 
+
+// --- the web console (docs/console.md "Web security") ---
+
+// Logs a new customer in through the console; returns {Cookie header, CSRF token}.
+std::pair<std::string, std::string> ConsoleLogin(httplib::Client& client) {
+  auto reg = client.Post("/v1/register");
+  EXPECT_EQ(reg->status, 201);
+  json r = json::parse(reg->body);
+  json login = {{"login_id", r["login_id"]}, {"password", r["password"]}};
+  auto res = client.Post("/v1/console/login", login.dump(), "application/json");
+  EXPECT_EQ(res->status, 200) << res->body;
+  const std::string set_cookie = res->get_header_value("Set-Cookie");
+  const std::string cookie = set_cookie.substr(0, set_cookie.find(';'));
+  return {cookie, json::parse(res->body)["csrf_token"].get<std::string>()};
+}
+
+TEST_F(HttpApiTest, ConsolePageAndApiAnswersCarryTheSecurityHeaders) {
+  auto page = client_->Get("/console/");
+  ASSERT_TRUE(page);
+  ASSERT_EQ(page->status, 200);
+  EXPECT_TRUE(page->get_header_value("Content-Type").starts_with("text/html"));
+  const std::string csp = page->get_header_value("Content-Security-Policy");
+  EXPECT_NE(csp.find("script-src 'self'"), std::string::npos) << csp;
+  EXPECT_NE(csp.find("frame-ancestors 'none'"), std::string::npos) << csp;
+  EXPECT_EQ(page->get_header_value("X-Content-Type-Options"), "nosniff");
+  EXPECT_EQ(page->get_header_value("Referrer-Policy"), "no-referrer");
+  // An API error answer carries them too (a JSON body never renders as a page).
+  auto api = client_->Get("/v1/images");
+  ASSERT_EQ(api->status, 401);
+  EXPECT_FALSE(api->get_header_value("Content-Security-Policy").empty());
+  auto missing = client_->Get("/console/no-such-page.js");
+  EXPECT_EQ(missing->status, 404);
+  auto traversal = client_->Get("/console/../v1/agent");
+  EXPECT_NE(traversal->status, 200);
+}
+
+TEST_F(HttpApiTest, ConsoleLoginSetsAnHttpOnlySecureSameSiteStrictCookieAndNoTokenInTheBody) {
+  auto reg = client_->Post("/v1/register");
+  json r = json::parse(reg->body);
+  json login = {{"login_id", r["login_id"]}, {"password", r["password"]}};
+  auto res = client_->Post("/v1/console/login", login.dump(), "application/json");
+  ASSERT_EQ(res->status, 200) << res->body;
+  const std::string c = res->get_header_value("Set-Cookie");
+  EXPECT_TRUE(c.starts_with("vmseal_session=vst_")) << c;
+  EXPECT_NE(c.find("HttpOnly"), std::string::npos) << c;
+  EXPECT_NE(c.find("Secure"), std::string::npos) << c;
+  EXPECT_NE(c.find("SameSite=Strict"), std::string::npos) << c;
+  json body = json::parse(res->body);
+  EXPECT_FALSE(body.contains("token"));
+  EXPECT_EQ(body["csrf_token"].get<std::string>().size(), 64u);
+  EXPECT_EQ(res->body.find("vst_"), std::string::npos) << "the session token reached page script";
+}
+
+TEST_F(HttpApiTest, CrossSiteFormCannotLogInThroughTheConsole) {
+  auto reg = client_->Post("/v1/register");
+  json r = json::parse(reg->body);
+  json login = {{"login_id", r["login_id"]}, {"password", r["password"]}};
+  // What an HTML form on another site can send: text/plain.
+  auto res = client_->Post("/v1/console/login", login.dump(), "text/plain");
+  ASSERT_EQ(res->status, 403) << res->body;
+  EXPECT_TRUE(res->get_header_value("Set-Cookie").empty());
+}
+
+TEST_F(HttpApiTest, CookieSessionWithoutTheCsrfTokenCannotLaunchOrDeleteAndNothingChanges) {
+  auto auth = NewCustomer();
+  auto img = Upload(auth, std::string(kSealedMagic) + "disk bytes");
+  ASSERT_EQ(img->status, 201) << img->body;
+  const std::string image_id = json::parse(img->body)["image_id"];
+  auto [cookie, csrf] = ConsoleLogin(*client_);
+  (void)csrf;
+  // The customer's cookie, sent by the browser on a forged cross-site request.
+  // (Another customer's cookie: this one's images are not its images.)
+  json launch = {{"image_id", image_id}};
+  auto forged = client_->Post("/v1/launch", {{"Cookie", cookie}}, launch.dump(), "application/json");
+  ASSERT_EQ(forged->status, 403) << forged->body;
+  EXPECT_NE(forged->body.find("csrf"), std::string::npos);
+  auto upload = client_->Post("/v1/uploads", {{"Cookie", cookie}}, "", "application/json");
+  EXPECT_EQ(upload->status, 403);
+  auto jobs = client_->Get("/v1/jobs", {{"Cookie", cookie}});
+  ASSERT_EQ(jobs->status, 200) << jobs->body;
+  EXPECT_TRUE(json::parse(jobs->body)["jobs"].empty());
+  // A wrong token is refused the same way.
+  auto wrong = client_->Post("/v1/uploads", {{"Cookie", cookie}, {"X-CSRF-Token", std::string(64, '0')}},
+                             "", "application/json");
+  EXPECT_EQ(wrong->status, 403);
+}
+
+TEST_F(HttpApiTest, CookieSessionWithTheCsrfTokenUploadsLaunchesAndLogsOut) {
+  auto [cookie, csrf] = ConsoleLogin(*client_);
+  httplib::Headers h = {{"Cookie", cookie}, {"X-CSRF-Token", csrf}};
+  auto session = client_->Get("/v1/console/session", {{"Cookie", cookie}});
+  ASSERT_EQ(session->status, 200);
+  EXPECT_EQ(json::parse(session->body)["csrf_token"], csrf);
+  auto img = Upload(h, std::string(kSealedMagic) + "disk bytes");
+  ASSERT_EQ(img->status, 201) << img->body;
+  json launch = {{"image_id", json::parse(img->body)["image_id"]}};
+  auto job = client_->Post("/v1/launch", h, launch.dump(), "application/json");
+  ASSERT_EQ(job->status, 201) << job->body;
+  auto out = client_->Post("/v1/console/logout", h, "", "application/json");
+  ASSERT_EQ(out->status, 200) << out->body;
+  EXPECT_NE(out->get_header_value("Set-Cookie").find("Max-Age=0"), std::string::npos);
+  // The session is gone on the portal, not only in the browser.
+  auto after = client_->Get("/v1/jobs", {{"Cookie", cookie}});
+  EXPECT_EQ(after->status, 401);
+}
+
+TEST_F(HttpApiTest, OperatorConsoleLoginNeedsTheOperatorCredential) {
+  json bad = {{"token", "not-it"}};
+  auto refused = client_->Post("/v1/console/operator/login", bad.dump(), "application/json");
+  EXPECT_EQ(refused->status, 403);
+  EXPECT_TRUE(refused->get_header_value("Set-Cookie").empty());
+  json good = {{"token", "op-secret"}};
+  auto ok = client_->Post("/v1/console/operator/login", good.dump(), "application/json");
+  ASSERT_EQ(ok->status, 200) << ok->body;
+  const std::string set_cookie = ok->get_header_value("Set-Cookie");
+  EXPECT_NE(set_cookie.find("HttpOnly"), std::string::npos);
+  const std::string cookie = set_cookie.substr(0, set_cookie.find(';'));
+  auto hosts = client_->Get("/v1/operator/hosts", {{"Cookie", cookie}});
+  EXPECT_EQ(hosts->status, 200) << hosts->body;
+  // A customer's session cookie is not an operator's.
+  auto [customer_cookie, csrf] = ConsoleLogin(*client_);
+  (void)csrf;
+  std::string as_operator = "vmseal_operator=" + customer_cookie.substr(customer_cookie.find('=') + 1);
+  auto denied = client_->Get("/v1/operator/hosts", {{"Cookie", as_operator}});
+  EXPECT_EQ(denied->status, 403);
+}
+
 }  // namespace
 }  // namespace vmseal::csp

@@ -158,6 +158,46 @@ TEST_F(HttpTlsTest, TrustedHostRunsTheJobAndTamperedHostIsSkippedWithItsReason) 
   EXPECT_EQ(json::parse(status->body)["vm_name"], "vm-1");
 }
 
+TEST_F(HttpTlsTest, HostRelaysTheSerialConsoleOnlyForItsOwnVm) {
+  auto host_a = Client("host-a");
+  auto host_b = Client("host-b");
+  Trust("host-a", true);
+  Trust("host-b", false, "pcr_policy");
+  ASSERT_EQ(host_a->Post("/v1/hosts/register", R"({"capacity_slots":1})", "application/json")->status, 200);
+  ASSERT_EQ(host_b->Post("/v1/hosts/register", R"({"capacity_slots":1})", "application/json")->status, 200);
+  auto [auth, image_id] = CustomerWithImage(std::string(kSealedMagic) + "sealed disk");
+  json job = Launch(auth, image_id);
+  ASSERT_EQ(job["host_id"], "host-a");
+  const std::string job_id = job["job_id"];
+  for (const char* s : {"fetching", "attesting", "decrypting", "running"}) {
+    json body = {{"phase", s}, {"vm_name", "vm-cons"}};
+    ASSERT_EQ(host_a->Post("/v1/hosts/jobs/" + job_id + "/progress", body.dump(), "application/json")->status, 200);
+  }
+  // Nothing reported yet.
+  EXPECT_EQ(customer_->Get("/v1/vms/" + job_id + "/console", auth)->status, 404);
+  // Another host cannot write this VM's console.
+  auto forged = host_b->Post("/v1/hosts/vms/vm-cons/console", R"({"text":"forged"})", "application/json");
+  EXPECT_EQ(forged->status, 404) << forged->body;
+  EXPECT_EQ(customer_->Get("/v1/vms/" + job_id + "/console", auth)->status, 404);
+  // Its own host can; the customer reads it by job id or VM name.
+  auto ok = host_a->Post("/v1/hosts/vms/vm-cons/console", R"({"text":"boot\nMARKER-42\n"})", "application/json");
+  ASSERT_EQ(ok->status, 200) << ok->body;
+  for (const std::string& vm : {job_id, std::string("vm-cons")}) {
+    auto got = customer_->Get("/v1/vms/" + vm + "/console", auth);
+    ASSERT_EQ(got->status, 200) << got->body;
+    EXPECT_EQ(json::parse(got->body)["text"], "boot\nMARKER-42\n");
+  }
+  // Another customer does not see it.
+  auto reg = customer_->Post("/v1/register");
+  json r = json::parse(reg->body);
+  json login = {{"login_id", r["login_id"]}, {"password", r["password"]}};
+  auto res = customer_->Post("/v1/login", login.dump(), "application/json");
+  httplib::Headers other = {{"Authorization", "Bearer " + json::parse(res->body)["token"].get<std::string>()}};
+  EXPECT_EQ(customer_->Get("/v1/vms/" + job_id + "/console", other)->status, 404);
+  // A customer's client (no host certificate) cannot write it.
+  EXPECT_NE(customer_->Post("/v1/hosts/vms/vm-cons/console", auth, R"({"text":"x"})", "application/json")->status, 200);
+}
+
 TEST_F(HttpTlsTest, BackwardProgressIsRefusedWithAMachineReason) {
   auto host_a = Client("host-a");
   Trust("host-a", true);

@@ -903,6 +903,13 @@ StatusOr<Job> JobManager::GetAnyJob(const std::string& job_id) {
   return GetAnyJobLocked(job_id);
 }
 
+StatusOr<Job> JobManager::GetHostVm(const std::string& host_id, const std::string& vm_name) {
+  std::lock_guard<std::mutex> lock(mu_);
+  SyncLocked();
+  ASSIGN_OR_RETURN(Job * job, FindHostVmLocked(host_id, vm_name));
+  return *job;
+}
+
 StatusOr<Job> JobManager::GetAnyJobLocked(const std::string& job_id) const {
   auto it = jobs_.find(job_id);
   if (it == jobs_.end()) return NotFoundError("no such job");

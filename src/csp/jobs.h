@@ -245,6 +245,9 @@ class JobManager {
   // Operator side: every job.
   std::vector<Job> ListAllJobs();
   StatusOr<Job> GetAnyJob(const std::string& job_id);
+  // The job of `host_id` whose VM is `vm_name` (any state); NOT_FOUND
+  // otherwise, also when the VM is another host's.
+  StatusOr<Job> GetHostVm(const std::string& host_id, const std::string& vm_name);
 
   // Host side; `host_id` is the caller's mTLS identity. Jobs of another host
   // are NOT_FOUND.

@@ -9,6 +9,8 @@
 #include <thread>
 
 #include "base/env.h"
+#include "console/console_routes.h"
+#include "console/web_security.h"
 #include "crypto/primitives.h"
 #include "csp/abuse_guard.h"
 #include "csp/accounts.h"
@@ -37,6 +39,7 @@ struct PortalServer::Impl {
   std::unique_ptr<HostRegistry> hosts;
   std::unique_ptr<Scheduler> scheduler;
   std::unique_ptr<JobManager> jobs;
+  ConsoleLogs console_logs;
   std::unique_ptr<AbuseGuard> guard;
   std::unique_ptr<net::HttpsServer> http;
   int port = 0;
@@ -51,16 +54,20 @@ namespace {
 
 // Rate limits, from the request line and headers only (before the body is
 // read, for uploads, and before Argon2id or the KMS run). Runs on a worker.
+// The CLI's login and the console's: both feed the per-address back-off.
+bool IsLoginPath(const std::string& path) {
+  return path == "/v1/login" || path == "/v1/console/login";
+}
+
 Status AdmitRequest(AbuseGuard& guard, Accounts& accounts, JobManager& job_manager,
                     const net::Request& req) {
   if (req.method != "POST") return OkStatus();
   if (req.path == "/v1/register") return guard.AdmitRegistration(req.remote_address);
-  if (req.path == "/v1/login") return guard.AdmitLogin(req.remote_address);
+  if (IsLoginPath(req.path)) return guard.AdmitLogin(req.remote_address);
   if (req.path != "/v1/launch") return OkStatus();
-  const std::string h = req.Header("Authorization");
-  if (!h.starts_with("Bearer ") || h.size() <= 7) return OkStatus();  // the route answers 401
-  SecretBytes token(crypto::AsBytes(std::string_view(h).substr(7)));
-  auto who = accounts.Authenticate(token);
+  auto credential = console::RequestCredential(req, console::kSessionCookie);
+  if (!credential.ok()) return OkStatus();  // the route answers 401 or 403
+  auto who = accounts.Authenticate(credential->token);
   if (!who.ok()) return OkStatus();
   auto jobs = job_manager.ListJobs(*who);
   if (!jobs.ok()) return OkStatus();
@@ -208,7 +215,7 @@ StatusOr<std::unique_ptr<PortalServer>> PortalServer::Create(Options options,
   // Login outcomes feed the per-address back-off (a 429 from the
   // per-login-id back-off in Accounts is not an outcome).
   impl->http->SetCompletion([i = impl.get()](const net::Request& req, int http_status) {
-    if (req.method == "POST" && req.path == "/v1/login" && http_status != 429) {
+    if (req.method == "POST" && IsLoginPath(req.path) && http_status != 429) {
       i->guard->RecordLogin(req.remote_address, http_status == 200);
     }
   });
@@ -224,6 +231,7 @@ StatusOr<std::unique_ptr<PortalServer>> PortalServer::Create(Options options,
   svc.hosts = impl->hosts.get();
   svc.store = impl->store.get();
   svc.operator_token = &impl->options.operator_token;
+  svc.console_logs = &impl->console_logs;
   svc.kms = kms;
   if (!impl->options.agent_binary_path.empty()) {
     // Opened once: a later replacement of the file on disk does not change
@@ -242,6 +250,8 @@ StatusOr<std::unique_ptr<PortalServer>> PortalServer::Create(Options options,
     svc.agent_sha256_hex = crypto::HexEncode(hasher.Finish());
   }
   RegisterPortalRoutes(*impl->http, svc);
+  // The web console's pages, and the security header fields of every answer.
+  console::RegisterConsoleRoutes(*impl->http);
   return std::unique_ptr<PortalServer>(new PortalServer(std::move(impl)));
 }
 

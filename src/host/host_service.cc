@@ -401,6 +401,36 @@ void HostService::ApplyVmCommands(const std::vector<PortalVmCommand>& commands) 
   }
 }
 
+void HostService::RelayConsoles() {
+  constexpr uint64_t kTailBytes = 16 << 10;
+  auto vms = agent_->ListVms();
+  if (!vms.ok()) return;  // a runner without VMs of its own
+  for (const vm::VmInfo& v : *vms) {
+    if (v.state != vm::VmRunState::kRunning || v.serial_log_path.empty()) continue;
+    auto file = env_->NewRandomAccessFile(v.serial_log_path);
+    if (!file.ok()) continue;
+    auto size = (*file)->Size();
+    if (!size.ok()) continue;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = console_relayed_bytes_.find(v.name);
+      if (it != console_relayed_bytes_.end() && it->second == *size) continue;
+    }
+    const uint64_t from = *size > kTailBytes ? *size - kTailBytes : 0;
+    std::string text(static_cast<size_t>(*size - from), '\0');
+    auto n = (*file)->Read(from, std::span<uint8_t>(reinterpret_cast<uint8_t*>(text.data()), text.size()));
+    if (!n.ok()) continue;
+    text.resize(*n);
+    Status s = portal_->ReportConsole(v.name, text);
+    if (!s.ok()) {
+      if (s.code() != StatusCode::kUnimplemented) spdlog::debug("vm {}: console not relayed: {}", v.name, s.message());
+      continue;
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    console_relayed_bytes_[v.name] = *size;
+  }
+}
+
 StatusOr<int> HostService::PollOnce() {
   // Owed refusals first: until the portal hears one, the job is stuck here.
   RETURN_IF_ERROR(FlushRefusals());
@@ -409,6 +439,7 @@ StatusOr<int> HostService::PollOnce() {
   Status ends = FlushVmEnds();
   if (!ends.ok()) spdlog::warn("vm ends kept for the next poll: {}", ends.message());
   ReportDiskEvents();
+  RelayConsoles();
   int ran = 0;
   for (const PortalJob& job : poll.jobs) {
     if (stopping()) break;

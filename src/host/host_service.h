@@ -135,6 +135,9 @@ class HostService {
   // (integrity failures reach the customer's job status); an event the
   // portal could not be told stays owed until the next poll.
   void ReportDiskEvents();
+  // Relays the tail of each running VM's serial console to the portal when
+  // it grew (docs/console.md); failures wait for the next poll.
+  void RelayConsoles();
   void OweVmEnd(const std::string& vm_name, const std::string& reason, const std::string& text,
                 int64_t run);
 
@@ -154,6 +157,8 @@ class HostService {
   // event) pairs already told; guarded by mu_.
   std::vector<std::array<std::string, 3>> owed_disk_events_;
   std::set<std::string> told_disk_events_;
+  // Per VM, the serial log size last relayed to the portal; guarded by mu_.
+  std::map<std::string, uint64_t> console_relayed_bytes_;
   PortalApi* const portal_;
   mutable std::mutex mu_;
   std::condition_variable cv_;

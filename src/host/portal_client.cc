@@ -250,6 +250,10 @@ Status PortalApi::ReportVmEnded(const std::string&, const std::string&, const st
   return UnimplementedError("this portal client does not report VM ends");
 }
 
+Status PortalApi::ReportConsole(const std::string&, const std::string&) {
+  return UnimplementedError("this portal client does not relay serial consoles");
+}
+
 Status PortalApi::ReportVmDeleted(const std::string&) {
   return UnimplementedError("this portal client does not report deleted VMs");
 }
@@ -309,6 +313,11 @@ StatusOr<PortalPoll> PortalClient::Poll() {
     }
   }
   return out;
+}
+
+Status PortalClient::ReportConsole(const std::string& vm_name, const std::string& text) {
+  json body = {{"text", text}};
+  return impl_->api->Post("/v1/hosts/vms/" + vm_name + "/console", body).status().WithPrefix("portal console");
 }
 
 Status PortalClient::ReportDiskEvent(const std::string& job_id, const std::string& event,

@@ -116,6 +116,9 @@ class PortalApi {
   // A VM of this host and its files are gone. Repeating it is harmless.
   // Default UNIMPLEMENTED.
   virtual Status ReportVmDeleted(const std::string& vm_name);
+  // The tail of a running VM's serial console, for the customer's console
+  // page (docs/console.md). Default UNIMPLEMENTED.
+  virtual Status ReportConsole(const std::string& vm_name, const std::string& text);
 };
 
 struct PortalClientOptions {
@@ -165,6 +168,7 @@ class PortalClient final : public PortalApi, public PackageSource {
   Status ReportDiskEvent(const std::string& job_id, const std::string& event,
                          const std::string& text) override;
   Status ReportVmDeleted(const std::string& vm_name) override;
+  Status ReportConsole(const std::string& vm_name, const std::string& text) override;
 
   // Streams GET /v1/hosts/jobs/{id}/package to `dest_path` (mode 0600)
   // through a temp file beside it, resuming with Range after a broken

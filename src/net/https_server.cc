@@ -67,6 +67,8 @@ struct Answer {
   std::string content_type = "application/json";
   int64_t retry_after_seconds = 0;  // > 0: a Retry-After header
   bool close = false;               // end the connection after it
+  // Header fields the route adds (e.g. Set-Cookie).
+  std::vector<std::pair<std::string, std::string>> headers;
 };
 
 Answer JsonAnswer(int http_status, const json& body) {
@@ -320,6 +322,7 @@ struct HttpsServer::Impl {
   Admission admission_hook;
   Completion completion_hook;
   ErrorBodyFunction error_body;
+  std::vector<std::pair<std::string, std::string>> default_headers;
   std::unique_ptr<rate_limit::KeyedTokenBucket> anonymous;  // per client address
   std::atomic<int> port{0};
   std::atomic<uint64_t> timed_out_header{0}, timed_out_body{0}, timed_out_write{0}, queue_full{0},
@@ -623,6 +626,7 @@ class HttpsServer::Impl::Connection : public HttpsServer::Impl::ConnectionBase {
     file_head_.emplace(range ? http::status::partial_content : http::status::ok, 11);
     file_head_->set(http::field::content_type, file_.content_type);
     file_head_->set(http::field::accept_ranges, "bytes");
+    for (const auto& [k, v] : impl_->default_headers) file_head_->set(k, v);
     for (const auto& [k, v] : file_.headers) file_head_->set(k, v);
     if (range) {
       file_head_->set(http::field::content_range, "bytes " + std::to_string(range->first) + "-" +
@@ -750,8 +754,11 @@ class HttpsServer::Impl::Connection : public HttpsServer::Impl::ConnectionBase {
     res_.emplace(static_cast<http::status>(answer.http_status), 11);
     res_->set(http::field::content_type, answer.content_type);
     if (answer.retry_after_seconds > 0) res_->set(http::field::retry_after, std::to_string(answer.retry_after_seconds));
+    for (const auto& [k, v] : impl_->default_headers) res_->set(k, v);
     for (const auto& [k, v] : extra_headers_) res_->set(k, v);
     extra_headers_.clear();
+    // insert, not set: a route may add several Set-Cookie fields.
+    for (const auto& [k, v] : answer.headers) res_->insert(k, v);
     res_->body() = std::move(answer.body);
     res_->keep_alive(keep_alive_);
     res_->prepare_payload();
@@ -989,6 +996,22 @@ void HttpsServer::GetText(const std::string& path_regex, TextHandler handler) {
                                           return Answer{200, std::move(v.body), std::move(v.content_type)};
                                         },
                                         &impl_->error_body)));
+}
+
+void HttpsServer::Text(const std::string& method, const std::string& path_regex, TextHandler handler) {
+  impl_->routes.push_back(MakeRoute(method.c_str(), path_regex,
+                                    RunRoute(
+                                        std::move(handler),
+                                        [](TextResponse v) {
+                                          Answer a{v.http_status, std::move(v.body), std::move(v.content_type)};
+                                          a.headers = std::move(v.headers);
+                                          return a;
+                                        },
+                                        &impl_->error_body)));
+}
+
+void HttpsServer::SetDefaultHeaders(std::vector<std::pair<std::string, std::string>> headers) {
+  impl_->default_headers = std::move(headers);
 }
 
 void HttpsServer::GetFile(const std::string& path_regex, FileHandler handler) {

@@ -81,6 +81,10 @@ using JsonHandler = std::function<StatusOr<nlohmann::json>(const Request&)>;
 struct TextResponse {
   std::string body;
   std::string content_type = "text/plain; version=0.0.4";
+  // The HTTP status (Text routes; GetText always answers 200).
+  int http_status = 200;
+  // Header fields to add, in order; a name may repeat (Set-Cookie).
+  std::vector<std::pair<std::string, std::string>> headers;
 };
 using TextHandler = std::function<StatusOr<TextResponse>(const Request&)>;
 
@@ -199,6 +203,9 @@ class HttpsServer {
   // A JSON route of any method answered with `ok_status` (e.g. 202).
   void Json(const std::string& method, const std::string& path_regex, JsonHandler handler,
             int ok_status = 200);
+  // A route of any method answered with a TextResponse: its status, content
+  // type and header fields (a static page, a JSON answer that sets a cookie).
+  void Text(const std::string& method, const std::string& path_regex, TextHandler handler);
   // GET (and HEAD) answered from a file, with Range support.
   void GetFile(const std::string& path_regex, FileHandler handler);
   // A route whose body (Content-Length, up to `max_body_bytes`, beyond
@@ -215,6 +222,9 @@ class HttpsServer {
   // Called on the worker after each routed request with its HTTP status.
   using Completion = std::function<void(const Request&, int http_status)>;
   void SetCompletion(Completion completion);
+  // Header fields sent with every answer (errors and files included), before
+  // the route's own; e.g. Content-Security-Policy. Set before Start().
+  void SetDefaultHeaders(std::vector<std::pair<std::string, std::string>> headers);
   // The JSON error body for a status; default ErrorBody. Set before Start().
   using ErrorBodyFunction = std::function<nlohmann::json(const Status&)>;
   void SetErrorBody(ErrorBodyFunction error_body);

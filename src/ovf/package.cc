@@ -19,6 +19,7 @@
 #include "ovf/internal/file_coding.h"
 #include "ovf/internal/key_wrap.h"
 #include "ovf/manifest.h"
+#include "ovf/ovirt_dialect.h"
 #include "ovf/package_format.h"
 #include "ovf/tar.h"
 
@@ -224,7 +225,10 @@ Status Package::Load(Env* env, const std::string& path, const PackageOpenOptions
     auto f = archive_->NewMemberFile(members[0]);
     ASSIGN_OR_RETURN(descriptor_text_, ReadAll(*f, kMaxDescriptorBytes, "descriptor"));
   }
-  ASSIGN_OR_RETURN(Descriptor d, Descriptor::Parse(descriptor_text_));
+  if (options.import_ovirt_dialect && IsOvirtDescriptor(descriptor_text_)) {
+    ASSIGN_OR_RETURN(imported_text_, ConvertOvirtDescriptor(descriptor_text_, &import_notes_));
+  }
+  ASSIGN_OR_RETURN(Descriptor d, Descriptor::Parse(descriptor_to_seal()));
   files_ = d.Files();
 
   // Exactly the descriptor, its manifest and certificate, and References
@@ -638,11 +642,15 @@ Status SealPackage(Env* env, const SealOptions& options, const std::string& out_
     po.require_encrypted = false;
     po.require_manifest = false;
     po.allow_subfolders = true;
+    po.import_ovirt_dialect = true;
     ASSIGN_OR_RETURN(input_package, Package::Open(env, options.inputs[0], po));
     if (input_package->encrypted()) {
       return FailedPreconditionError("input package is already sealed");
     }
-    descriptor_text = input_package->descriptor_text();
+    descriptor_text = input_package->descriptor_to_seal();
+    if (options.notes != nullptr) {
+      for (const std::string& n : input_package->import_notes()) options.notes->push_back(n);
+    }
     std::set<std::string> hrefs;
     for (const FileRef& f : input_package->files()) hrefs.insert(f.href);
     for (const FileRef& f : input_package->files()) {

@@ -887,6 +887,19 @@ std::string CachedUefiImage(const std::string& name, const std::vector<std::stri
   return image;
 }
 
+// Builds the UEFI images once per binary, before any host registers: the
+// tests poll the host by hand, so a slow build inside a test would outlast
+// the portal's 30 s heartbeat limit.
+class HostSecureBootE2eTest : public HostDiskFormatE2eTest {
+ protected:
+  static void SetUpTestSuite() {
+    HostDiskFormatE2eTest::SetUpTestSuite();
+    std::string marker;
+    CachedUefiImage("uefi-signed-linux", {"--signed", "--linux"}, &marker);
+    CachedUefiImage("uefi-unsigned", {}, &marker);
+  }
+};
+
 // Secure Boot end to end (issue 18): a customer seals a UEFI image whose
 // ESP holds the chain Debian installs (shim signed by Microsoft's UEFI CA,
 // GRUB and the kernel signed by Debian) and asks for Secure Boot and a TPM.
@@ -894,7 +907,7 @@ std::string CachedUefiImage(const std::string& name, const std::vector<std::stri
 // enforced, gives the VM its own vTPM (tpm-crb), and the guest's Linux
 // reports from inside that it sees /dev/tpm0 and the ACPI TPM2 table and
 // that its kernel found Secure Boot enabled.
-TEST_F(HostDiskFormatE2eTest, SignedUefiPackageBootsUnderSecureBootAndSeesItsVtpm) {
+TEST_F(HostSecureBootE2eTest, SignedUefiPackageBootsUnderSecureBootAndSeesItsVtpm) {
   std::string marker;
   const std::string image = CachedUefiImage("uefi-signed-linux", {"--signed", "--linux"}, &marker);
   ASSERT_FALSE(marker.empty());
@@ -935,7 +948,7 @@ TEST_F(HostDiskFormatE2eTest, SignedUefiPackageBootsUnderSecureBootAndSeesItsVtp
 // The attack on the guarantee above: the same package shape, but the ESP's
 // loader is an unsigned GRUB (say, one patched to skip the kernel check).
 // The host's firmware refuses it, so the guest never runs.
-TEST_F(HostDiskFormatE2eTest, UnsignedLoaderInASecureBootPackageNeverRuns) {
+TEST_F(HostSecureBootE2eTest, UnsignedLoaderInASecureBootPackageNeverRuns) {
   std::string marker;
   const std::string image = CachedUefiImage("uefi-unsigned", {}, &marker);
   ASSERT_FALSE(marker.empty());

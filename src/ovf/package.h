@@ -173,6 +173,11 @@ struct SealOptions {
   // disk as it is (an archive the host will not boot: it runs raw and qcow2
   // only).
   bool convert_disks = true;
+  // A converted disk whose qcow2 needs at most this many bytes is converted
+  // into memory (a memfd) rather than a temporary file, so seal writes the
+  // data once (ovf/disk_conversion.h ConvertToQcow2InMemory). -1 (default):
+  // a quarter of the available memory, at most 8 GiB; 0: always a file.
+  int64_t conversion_memory_bytes = -1;
   // When set, seal appends one line per thing the user should know: each
   // disk converted, each vendor extension kept as non-required or dropped
   // (§2.2, §2.3). Not owned.

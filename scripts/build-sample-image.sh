@@ -3,9 +3,9 @@
 # privileges, mounts or loop devices:
 #   MBR (syslinux mbr.bin) + one FAT16 partition holding syslinux, a Debian
 #   kernel (cloud flavour when available) and an initramfs whose init
-#   (busybox sh) prints a marker line to the serial console (ttyS0), after a
-#   line "VMSEAL-TPM: device=/dev/tpm0|none acpi=TPM2|none" saying whether
-#   the VM has a TPM.
+#   (busybox sh) prints a marker line to the serial console (ttyS0), after
+#   lines saying whether the VM has a TPM and how it was started
+#   (scripts/lib/sample-linux-payload.sh).
 #
 #   scripts/build-sample-image.sh OUT.img [--marker TEXT] [--poweroff]
 #
@@ -64,74 +64,15 @@ tmp_img="$out.tmp.$$"
 # On any failure no partial image is left behind.
 trap 'rm -rf "$work"; rm -f "$tmp_img"' EXIT
 
-# fetch_deb PACKAGE: prints the path of PACKAGE's .deb in the cache,
-# downloading the candidate version when no copy is cached.
-fetch_deb() {
-  local pkg="$1" f
-  f="$(ls -1 "$cache/${pkg}"_*.deb 2>/dev/null | sort -V | tail -n1 || true)"
-  if [ -z "$f" ]; then
-    # As root, apt would try to drop to _apt, which cannot write the cache.
-    local -a opts=(-q)
-    [ "$(id -u)" -ne 0 ] || opts+=(-o APT::Sandbox::User=root)
-    (cd "$cache" && apt-get download "${opts[@]}" "$pkg" >&2) || {
-      echo "build-sample-image: apt-get download $pkg failed" >&2
-      return 1
-    }
-    f="$(ls -1 "$cache/${pkg}"_*.deb | sort -V | tail -n1)"
-  fi
-  echo "$f"
+die() {
+  echo "build-sample-image: $*" >&2
+  exit 1
 }
-
-# The kernel: resolve the versioned package behind the flavour metapackage.
-kernel_pkg=""
-for meta in linux-image-cloud-amd64 linux-image-amd64; do
-  kernel_pkg="$(apt-cache depends "$meta" 2>/dev/null |
-                sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*\)$/\1/p' | head -n1)"
-  [ -n "$kernel_pkg" ] && break
-done
-if [ -z "$kernel_pkg" ]; then
-  # apt metadata may be missing while a kernel is cached: use the newest.
-  kernel_pkg="$(ls -1 "$cache" | sed -n 's/^\(linux-image-[0-9][^_]*\)_.*\.deb$/\1/p' |
-                sort -V | tail -n1)"
-fi
-[ -n "$kernel_pkg" ] || { echo "build-sample-image: no linux-image package found (apt-get update?)" >&2; exit 1; }
-
-kernel_deb="$(fetch_deb "$kernel_pkg")"
-busybox_deb="$(fetch_deb busybox-static)"
-
-# Kernel: only boot/vmlinuz-* is needed (no modules: the init needs none).
-mkdir "$work/kernel"
-dpkg-deb --fsys-tarfile "$kernel_deb" | tar -x -C "$work/kernel" --wildcards './boot/vmlinuz-*'
-vmlinuz="$(ls -1 "$work"/kernel/boot/vmlinuz-* | head -n1)"
-
-# Initramfs: busybox plus an init script. The kernel's built-in initramfs
-# already provides /dev/console, so no device node (which needs root) is made.
-root="$work/root"
-mkdir -p "$root/bin" "$root/dev" "$root/proc" "$root/sys"
-dpkg-deb --fsys-tarfile "$busybox_deb" | tar -x -C "$work" ./bin/busybox
-mv "$work/bin/busybox" "$root/bin/busybox"
-if [ "$poweroff" -eq 1 ]; then
-  finish='/bin/busybox poweroff -f'
-else
-  finish='while true; do /bin/busybox sleep 3600; done'
-fi
-cat >"$root/init" <<EOF
-#!/bin/busybox sh
-/bin/busybox mount -t devtmpfs devtmpfs /dev 2>/dev/null
-/bin/busybox mount -t proc proc /proc
-/bin/busybox mount -t sysfs sysfs /sys
-exec >/dev/ttyS0 2>&1
-echo "VMSEAL-SAMPLE-IMAGE booted: \$(/bin/busybox uname -r)"
-# Whether the VM has a TPM (docs/vm.md "vTPM"): the device node and the
-# firmware's ACPI table for it.
-tpm_dev=none; [ -e /dev/tpm0 ] && tpm_dev=/dev/tpm0
-tpm_acpi=none; [ -e /sys/firmware/acpi/tables/TPM2 ] && tpm_acpi=TPM2
-echo "VMSEAL-TPM: device=\$tpm_dev acpi=\$tpm_acpi"
-echo "$marker"
-$finish
-EOF
-chmod 0755 "$root/init" "$root/bin/busybox"
-(cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) | gzip -9n >"$work/initrd.gz"
+# shellcheck source=lib/sample-linux-payload.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/sample-linux-payload.sh"
+mkdir "$work/payload"
+build_linux_payload "$work/payload" "$marker" "$poweroff"
+vmlinuz="$work/payload/vmlinuz"
 
 cat >"$work/syslinux.cfg" <<'EOF'
 SERIAL 0 115200
@@ -145,7 +86,7 @@ LABEL vmseal
 EOF
 
 # The FAT partition: sized from the payload plus slack, built as a plain file.
-payload_kib=$(( ($(stat -c %s "$vmlinuz") + $(stat -c %s "$work/initrd.gz")) / 1024 ))
+payload_kib=$(( ($(stat -c %s "$vmlinuz") + $(stat -c %s "$work/payload/initrd.gz")) / 1024 ))
 part_mib=$(( payload_kib / 1024 + 8 ))
 part_start_sectors=2048   # 1 MiB alignment
 part="$work/part.fat"
@@ -154,7 +95,7 @@ mkfs.fat -F 16 -n VMSEAL "$part" >/dev/null
 syslinux --install "$part"
 export MTOOLS_SKIP_CHECK=1
 mcopy -i "$part" "$vmlinuz" ::/vmlinuz
-mcopy -i "$part" "$work/initrd.gz" ::/initrd.gz
+mcopy -i "$part" "$work/payload/initrd.gz" ::/initrd.gz
 mcopy -i "$part" "$work/syslinux.cfg" ::/syslinux.cfg
 
 # The disk: MBR boot code, one bootable FAT16 (LBA) partition, the FAT data.

@@ -32,6 +32,7 @@ struct SealFlags {
   uint32_t chunk_size = 0;
   bool xmlenc_compat = false;
   bool keep_disk_format = false;
+  int64_t conversion_memory_mib = -1;
   // The package signature (docs/format/package.md §8.1): signed unless
   // --unsigned; the key and certificate default to signing-key.pem and
   // signing-cert.pem beside --cert (where register and fetch-cert put them).
@@ -172,6 +173,11 @@ Status RunSeal(const SealFlags& f) {
   o.ova = f.format == "ova";
   o.xmlenc_compat = f.xmlenc_compat;
   o.convert_disks = !f.keep_disk_format;
+  if (f.conversion_memory_mib < -1 || f.conversion_memory_mib > (int64_t{1} << 30)) {
+    return InvalidArgumentError("--conversion-memory must be 0..2^30 MiB (or -1: default)");
+  }
+  o.conversion_memory_bytes =
+      f.conversion_memory_mib < 0 ? -1 : f.conversion_memory_mib * (int64_t{1} << 20);
   o.chunk_size_bytes = f.chunk_size;
   if (!f.policy.empty()) {
     ASSIGN_OR_RETURN(o.release_policy_json, ReleasePolicyText(f.policy));
@@ -225,6 +231,10 @@ void AddPackageCommands(CLI::App& app, const CommandSink& sink) {
   seal->add_flag("--keep-disk-format", seal_flags->keep_disk_format,
                  "seal VMDK, VHD and VHDX disks as they are (an archive: hosts boot only raw "
                  "and qcow2)");
+  seal->add_option("--conversion-memory", seal_flags->conversion_memory_mib,
+                   "convert a VMDK/VHD/VHDX disk in memory when its qcow2 needs at most this "
+                   "many MiB (0: always through a temporary file; default -1: a quarter of the "
+                   "available memory, at most 8 GiB)");
   seal->add_flag("--xmlenc-compat", seal_flags->xmlenc_compat,
                  "standard XML Encryption (AES-256-GCM, rsa-oaep-mgf1p) readable by xmlsec1; "
                  "RSA recipients only");

@@ -859,6 +859,126 @@ TEST_F(HostDiskFormatE2eTest, UefiVmwareExportBootsUnderOvmfAndShowsTheMarker) {
   EXPECT_FALSE(std::filesystem::exists(vars));
 }
 
+// Builds scripts/build-uefi-sample-image.sh OUT `flags`, cached in the build
+// tree as `name`.img (rebuilt when a script is newer); returns its path and
+// sets `marker`.
+std::string CachedUefiImage(const std::string& name, const std::vector<std::string>& flags,
+                            std::string* marker) {
+  const std::string dir = VMSEAL_HOST_E2E_CACHE_DIR;
+  const std::string image = dir + "/" + name + ".img";
+  const std::string script =
+      vmseal::testing::SourceDir() + "/scripts/build-uefi-sample-image.sh";
+  const std::string lib = vmseal::testing::SourceDir() + "/scripts/lib/sample-linux-payload.sh";
+  int lock_fd = ::open((dir + "/" + name + ".lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  EXPECT_GE(lock_fd, 0);
+  if (lock_fd < 0) return image;
+  EXPECT_EQ(::flock(lock_fd, LOCK_EX), 0);
+  std::error_code ec;
+  if (!fs::exists(image) || !fs::exists(image + ".marker") ||
+      fs::last_write_time(image, ec) < fs::last_write_time(script, ec) ||
+      fs::last_write_time(image, ec) < fs::last_write_time(lib, ec)) {
+    std::vector<std::string> argv = {script, image};
+    argv.insert(argv.end(), flags.begin(), flags.end());
+    std::string out;
+    EXPECT_EQ(vmseal::testing::RunCommand(argv, &out, 600), 0) << out;
+  }
+  ::close(lock_fd);
+  *marker = vmseal::testing::ReadFileOrDie(image + ".marker");
+  while (!marker->empty() && marker->back() == '\n') marker->pop_back();
+  return image;
+}
+
+// Builds the UEFI images once per binary, before any host registers: the
+// tests poll the host by hand, so a slow build inside a test would outlast
+// the portal's 30 s heartbeat limit.
+class HostSecureBootE2eTest : public HostDiskFormatE2eTest {
+ protected:
+  static void SetUpTestSuite() {
+    HostDiskFormatE2eTest::SetUpTestSuite();
+    std::string marker;
+    CachedUefiImage("uefi-signed-linux", {"--signed", "--linux"}, &marker);
+    CachedUefiImage("uefi-unsigned", {}, &marker);
+  }
+};
+
+// Secure Boot end to end (issue 18): a customer seals a UEFI image whose
+// ESP holds the chain Debian installs (shim signed by Microsoft's UEFI CA,
+// GRUB and the kernel signed by Debian) and asks for Secure Boot and a TPM.
+// The host boots OVMF with the Microsoft keys enrolled and Secure Boot
+// enforced, gives the VM its own vTPM (tpm-crb), and the guest's Linux
+// reports from inside that it sees /dev/tpm0 and the ACPI TPM2 table and
+// that its kernel found Secure Boot enabled.
+TEST_F(HostSecureBootE2eTest, SignedUefiPackageBootsUnderSecureBootAndSeesItsVtpm) {
+  std::string marker;
+  const std::string image = CachedUefiImage("uefi-signed-linux", {"--signed", "--linux"}, &marker);
+  ASSERT_FALSE(marker.empty());
+  const std::string out = dir_.File("secure.ova");
+  ovf::SealOptions seal;
+  seal.inputs = {image};
+  seal.recipient_pem = customer_pub_pem_;
+  seal.image_id = "secure-boot";
+  seal.tenant = customer_id_;
+  seal.vm.cpus = 1;
+  seal.vm.memory_mib = 512;  // OVMF and the kernel's EFI stub do not fit 256
+  seal.vm.platform = {.efi = true, .secure_boot = true, .tpm = true};
+  seal.signing_key = signing_key_.get();
+  seal.signing_chain_pem = signing_chain_;
+  ASSERT_OK(ovf::SealPackage(Env::Default(), seal, out));
+  const std::string job_id = UploadAndLaunch(out);
+  ASSERT_OK(daemon_->service()->PollOnce());
+  json job = JobJson(job_id);
+  EXPECT_EQ(job["state"], "running") << job.dump();
+  auto vms = daemon_->vms()->List();
+  ASSERT_OK(vms);
+  ASSERT_EQ(vms->size(), 1u);
+  const vm::VmInfo vm = (*vms)[0];
+  EXPECT_EQ(vm.firmware, vm::Firmware::kEfi);
+  EXPECT_TRUE(vm.secure_boot);
+  ASSERT_TRUE(vm.tpm);
+  ASSERT_OK(daemon_->vms()->WaitForSerialMarker(vm.name, marker, 300000));
+  const std::string log = vmseal::testing::ReadFileOrDie(vm.serial_log_path);
+  EXPECT_NE(log.find("VMSEAL-UEFI-SAMPLE-IMAGE booted: efi"), std::string::npos) << log;
+  EXPECT_NE(log.find("VMSEAL-TPM: device=/dev/tpm0 acpi=TPM2"), std::string::npos) << log;
+  EXPECT_NE(log.find("VMSEAL-FIRMWARE: efi secureboot=enabled"), std::string::npos) << log;
+  EXPECT_EQ(log.find("Access Denied"), std::string::npos) << log;
+  ASSERT_OK(daemon_->agent()->DeleteVm(vm.name));
+  EXPECT_FALSE(std::filesystem::exists("/proc/" + std::to_string(vm.tpm_pid)))
+      << "swtpm outlived its VM";
+}
+
+// The attack on the guarantee above: the same package shape, but the ESP's
+// loader is an unsigned GRUB (say, one patched to skip the kernel check).
+// The host's firmware refuses it, so the guest never runs.
+TEST_F(HostSecureBootE2eTest, UnsignedLoaderInASecureBootPackageNeverRuns) {
+  std::string marker;
+  const std::string image = CachedUefiImage("uefi-unsigned", {}, &marker);
+  ASSERT_FALSE(marker.empty());
+  const std::string out = dir_.File("unsigned.ova");
+  ovf::SealOptions seal;
+  seal.inputs = {image};
+  seal.recipient_pem = customer_pub_pem_;
+  seal.image_id = "unsigned-loader";
+  seal.tenant = customer_id_;
+  seal.vm.cpus = 1;
+  seal.vm.memory_mib = 256;
+  seal.vm.platform = {.efi = true, .secure_boot = true, .tpm = false};
+  seal.signing_key = signing_key_.get();
+  seal.signing_chain_pem = signing_chain_;
+  ASSERT_OK(ovf::SealPackage(Env::Default(), seal, out));
+  const std::string job_id = UploadAndLaunch(out);
+  ASSERT_OK(daemon_->service()->PollOnce());
+  auto vms = daemon_->vms()->List();
+  ASSERT_OK(vms);
+  ASSERT_EQ(vms->size(), 1u);
+  const vm::VmInfo vm = (*vms)[0];
+  EXPECT_TRUE(vm.secure_boot);
+  ASSERT_OK(daemon_->vms()->WaitForSerialMarker(vm.name, "Access Denied", 300000));
+  ASSERT_OK(daemon_->vms()->WaitForSerialMarker(vm.name, "No bootable option", 300000));
+  const std::string log = vmseal::testing::ReadFileOrDie(vm.serial_log_path);
+  EXPECT_EQ(log.find(marker), std::string::npos) << log;
+  EXPECT_EQ(log.find("VMSEAL-UEFI-SAMPLE-IMAGE booted"), std::string::npos) << log;
+}
+
 // A package that asks for a TPM (vmseal:Platform tpm="2.0", issue 18) gets a
 // swtpm of its own, run as the VM's uid: the guest sees /dev/tpm0 and the
 // firmware's ACPI TPM2 table, and the swtpm and its state end with the VM.

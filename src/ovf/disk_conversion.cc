@@ -3,16 +3,19 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <spawn.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <vector>
 
 #include "disk_format/disk_format.h"
@@ -41,8 +44,9 @@ struct ToolResult {
 };
 
 // Runs `args` (args[0] found on PATH) with no stdin, capturing stdout and
-// stderr (each bounded). The child gets the caller's environment.
-StatusOr<ToolResult> RunTool(const std::vector<std::string>& args) {
+// stderr (each bounded). The child gets the caller's environment and, when
+// `pass_fd` >= 0, that descriptor as its descriptor 3.
+StatusOr<ToolResult> RunTool(const std::vector<std::string>& args, int pass_fd = -1) {
   int out_pipe[2], err_pipe[2];
   if (pipe2(out_pipe, O_CLOEXEC) != 0) return ErrnoToStatus(errno, "pipe", args[0]);
   if (pipe2(err_pipe, O_CLOEXEC) != 0) {
@@ -56,6 +60,8 @@ StatusOr<ToolResult> RunTool(const std::vector<std::string>& args) {
   posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
   posix_spawn_file_actions_adddup2(&actions, out_pipe[1], 1);
   posix_spawn_file_actions_adddup2(&actions, err_pipe[1], 2);
+  // glibc clears close-on-exec for dup2 onto the same number (POSIX 2018).
+  if (pass_fd >= 0) posix_spawn_file_actions_adddup2(&actions, pass_fd, 3);
   std::vector<char*> argv;
   for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
@@ -239,10 +245,52 @@ SourceDiskFormat FormatFromUri(std::string_view uri, bool* known) {
   return SourceDiskFormat::kRaw;
 }
 
-StatusOr<ConversionResult> ConvertToQcow2(Env* env, const std::string& source_path,
-                                          SourceDiskFormat format,
-                                          const std::string& confine_dir,
-                                          const std::string& dest_path) {
+namespace {
+
+// The memory file of ConvertToQcow2InMemory, read with plain preads: on
+// tmpfs/shmem SEEK_DATA and SEEK_HOLE walk the pages from the offset, so the
+// hole-aware reads of Env's files would cost O(size) per read, and qemu-img
+// leaves no holes in the qcow2 it writes.
+class MemoryFile final : public RandomAccessFile {
+ public:
+  explicit MemoryFile(int fd) : fd_(fd) {}
+  ~MemoryFile() override { close(fd_); }
+  MemoryFile(const MemoryFile&) = delete;
+  MemoryFile& operator=(const MemoryFile&) = delete;
+
+  StatusOr<size_t> Read(uint64_t offset, std::span<uint8_t> out) const override {
+    size_t done = 0;
+    while (done < out.size()) {
+      const ssize_t n = pread(fd_, out.data() + done, out.size() - done,
+                              static_cast<off_t>(offset + done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return ErrnoToStatus(errno, "read", "the converted disk in memory");
+      if (n == 0) break;
+      done += static_cast<size_t>(n);
+    }
+    return done;
+  }
+  StatusOr<uint64_t> Size() const override {
+    struct stat st;
+    if (fstat(fd_, &st) != 0) return ErrnoToStatus(errno, "stat", "the converted disk in memory");
+    return static_cast<uint64_t>(st.st_size);
+  }
+
+ private:
+  const int fd_;
+};
+
+// What ConvertToQcow2 checks before converting: the source's real path and
+// its virtual size.
+struct CheckedSource {
+  std::string name;
+  std::string real_path;
+  std::string driver;
+  uint64_t virtual_size = 0;
+};
+
+StatusOr<CheckedSource> CheckSource(Env* env, const std::string& source_path,
+                                    SourceDiskFormat format, const std::string& confine_dir) {
   if (!NeedsConversion(format)) return InternalError("disk conversion: nothing to convert");
   const std::string name = fs::path(source_path).filename().string();
   ASSIGN_OR_RETURN(std::string dir, RealPath(confine_dir));
@@ -297,31 +345,90 @@ StatusOr<ConversionResult> ConvertToQcow2(Env* env, const std::string& source_pa
       }
     }
   }
+  return CheckedSource{name, source_real, driver, virtual_size};
+}
 
+// The qemu-img command both conversions run: the same bytes either way.
+std::vector<std::string> ConvertCommand(const CheckedSource& src, const std::string& dest) {
+  return {"qemu-img", "convert", "-q", "-f", src.driver, "-O", "qcow2", "-o", "compat=1.1",
+          src.real_path, dest};
+}
+
+// The inspector's verdict on a converted image.
+StatusOr<ConversionResult> CheckConverted(const CheckedSource& src, RandomAccessFile& out) {
+  auto checked = disk_format::Inspect(out);
+  if (!checked.ok()) return Refuse(src.name, "the converted image: " + checked.status().message());
+  if (checked->format != disk_format::Format::kQcow2) {
+    return Refuse(src.name, "the converted image is not qcow2");
+  }
+  if (checked->virtual_size != src.virtual_size) {
+    return Refuse(src.name, "the converted image has " + std::to_string(checked->virtual_size) +
+                                " bytes, the source " + std::to_string(src.virtual_size));
+  }
+  return ConversionResult{checked->virtual_size, checked->file_size};
+}
+
+}  // namespace
+
+StatusOr<ConversionResult> ConvertToQcow2(Env* env, const std::string& source_path,
+                                          SourceDiskFormat format,
+                                          const std::string& confine_dir,
+                                          const std::string& dest_path) {
+  ASSIGN_OR_RETURN(CheckedSource src, CheckSource(env, source_path, format, confine_dir));
   struct stat st;
   if (lstat(dest_path.c_str(), &st) == 0) return AlreadyExistsError("output exists: " + dest_path);
-  ASSIGN_OR_RETURN(ToolResult conv,
-                   RunTool({"qemu-img", "convert", "-q", "-f", driver, "-O", "qcow2", "-o",
-                            "compat=1.1", source_real, dest_path}));
+  ASSIGN_OR_RETURN(ToolResult conv, RunTool(ConvertCommand(src, dest_path)));
   auto fail = [&](Status s) {
     unlink(dest_path.c_str());
     return s;
   };
   if (conv.exit_code != 0) {
-    return fail(Refuse(name, "qemu-img convert failed: " + FirstLines(conv.err)));
+    return fail(Refuse(src.name, "qemu-img convert failed: " + FirstLines(conv.err)));
   }
   auto out = env->NewRandomAccessFile(dest_path);
   if (!out.ok()) return fail(out.status());
-  auto checked = disk_format::Inspect(**out);
-  if (!checked.ok()) return fail(Refuse(name, "the converted image: " + checked.status().message()));
-  if (checked->format != disk_format::Format::kQcow2) {
-    return fail(Refuse(name, "the converted image is not qcow2"));
+  auto checked = CheckConverted(src, **out);
+  if (!checked.ok()) return fail(checked.status());
+  return *checked;
+}
+
+StatusOr<std::optional<MemoryConversion>> ConvertToQcow2InMemory(
+    Env* env, const std::string& source_path, SourceDiskFormat format,
+    const std::string& confine_dir, uint64_t max_bytes) {
+  ASSIGN_OR_RETURN(CheckedSource src, CheckSource(env, source_path, format, confine_dir));
+  if (max_bytes == 0) return std::optional<MemoryConversion>();
+  // How big the qcow2 will be (data and metadata), before converting.
+  ASSIGN_OR_RETURN(ToolResult measure,
+                   RunTool({"qemu-img", "measure", "--output=json", "-f", src.driver, "-O",
+                            "qcow2", "-o", "compat=1.1", src.real_path}));
+  if (measure.exit_code != 0) return std::optional<MemoryConversion>();
+  auto m = ParseJson(measure.out);
+  if (!m.ok() || !m->is_object() || !m->contains("required") ||
+      !(*m)["required"].is_number_unsigned() ||
+      (*m)["required"].get<uint64_t>() > max_bytes) {
+    return std::optional<MemoryConversion>();
   }
-  if (checked->virtual_size != virtual_size) {
-    return fail(Refuse(name, "the converted image has " + std::to_string(checked->virtual_size) +
-                                 " bytes, the source " + std::to_string(virtual_size)));
+  const int memfd = memfd_create("vmseal-convert", MFD_CLOEXEC);
+  if (memfd < 0) return std::optional<MemoryConversion>();
+  // Owns the descriptor from here; the memory lives as long as it does.
+  auto file = std::make_unique<MemoryFile>(memfd);
+  ASSIGN_OR_RETURN(ToolResult conv, RunTool(ConvertCommand(src, "/dev/fd/3"), memfd));
+  if (conv.exit_code != 0) {
+    return Refuse(src.name, "qemu-img convert failed: " + FirstLines(conv.err));
   }
-  return ConversionResult{checked->virtual_size, checked->file_size};
+  ASSIGN_OR_RETURN(ConversionResult result, CheckConverted(src, *file));
+  return std::optional<MemoryConversion>(MemoryConversion{result, std::move(file)});
+}
+
+uint64_t DefaultInMemoryConversionBytes() {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  uint64_t kib = 0;
+  std::string unit;
+  while (meminfo >> key >> kib >> unit) {
+    if (key == "MemAvailable:") return std::min<uint64_t>(kib * 1024 / 4, uint64_t{8} << 30);
+  }
+  return 0;
 }
 
 }  // namespace vmseal::ovf

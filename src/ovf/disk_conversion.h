@@ -11,6 +11,7 @@
 #ifndef VMSEAL_OVF_DISK_CONVERSION_H_
 #define VMSEAL_OVF_DISK_CONVERSION_H_
 
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -58,6 +59,28 @@ StatusOr<ConversionResult> ConvertToQcow2(Env* env, const std::string& source_pa
                                           SourceDiskFormat format,
                                           const std::string& confine_dir,
                                           const std::string& dest_path);
+
+// A conversion held in memory (ConvertToQcow2InMemory).
+struct MemoryConversion {
+  ConversionResult result;
+  // The qcow2 bytes, read-only; the memory is freed when this is destroyed.
+  std::unique_ptr<RandomAccessFile> file;
+};
+
+// Like ConvertToQcow2 (the same checks and the same qemu-img command, so
+// the same bytes), but qemu-img writes into an anonymous memory file
+// (memfd) instead of a file on disk, which seal would write once more into
+// the package. Only when `qemu-img measure` says the qcow2 needs at most
+// `max_bytes`; otherwise, or without memfd, returns nullopt and nothing
+// was converted (the caller converts to a file). Errors as ConvertToQcow2.
+StatusOr<std::optional<MemoryConversion>> ConvertToQcow2InMemory(
+    Env* env, const std::string& source_path, SourceDiskFormat format,
+    const std::string& confine_dir, uint64_t max_bytes);
+
+// The default `max_bytes` for ConvertToQcow2InMemory: a quarter of the
+// memory the kernel reports available (MemAvailable), at most 8 GiB; 0
+// when it cannot tell.
+uint64_t DefaultInMemoryConversionBytes();
 
 }  // namespace vmseal::ovf
 

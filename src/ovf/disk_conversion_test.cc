@@ -260,3 +260,74 @@ TEST_F(DiskConversionTest, ConvertDisksOffSealsTheVmdkAsItIs) {
 
 }  // namespace
 }  // namespace vmseal::ovf
+
+namespace vmseal::ovf {
+namespace {
+
+// Seal converts into memory when the qcow2 fits (no temporary file on
+// disk): the same qemu-img command, so byte for byte the same qcow2 as the
+// conversion into a file, for every source format.
+TEST_F(DiskConversionTest, InMemoryConversionIsByteIdenticalToTheFileConversion) {
+  const std::vector<std::pair<std::vector<std::string>, SourceDiskFormat>> cases = {
+      {{"-O", "vmdk", "-o", "subformat=streamOptimized"}, SourceDiskFormat::kVmdk},
+      {{"-O", "vmdk", "-o", "subformat=monolithicSparse"}, SourceDiskFormat::kVmdk},
+      {{"-O", "vmdk", "-o", "subformat=monolithicFlat"}, SourceDiskFormat::kVmdkDescriptor},
+      {{"-O", "vpc"}, SourceDiskFormat::kVhd},
+      {{"-O", "vhdx"}, SourceDiskFormat::kVhdx},
+  };
+  int n = 0;
+  for (const auto& [args, format] : cases) {
+    SCOPED_TRACE(args[1] + (args.size() > 2 ? " " + args[3] : ""));
+    const std::string folder = dir_.File("m" + std::to_string(++n));
+    fs::create_directories(folder);
+    const std::string image = folder + "/disk.img";
+    std::vector<std::string> cmd = {"qemu-img", "convert", "-q", "-f", "raw"};
+    cmd.insert(cmd.end(), args.begin(), args.end());
+    cmd.push_back(raw_);
+    cmd.push_back(image);
+    std::string log;
+    ASSERT_EQ(RunCommand(cmd, &log), 0) << log;
+    const std::string on_disk = dir_.File("file" + std::to_string(n) + ".qcow2");
+    auto file = ConvertToQcow2(Env::Default(), image, format, folder, on_disk);
+    ASSERT_OK(file);
+    auto memory = ConvertToQcow2InMemory(Env::Default(), image, format, folder, 64 << 20);
+    ASSERT_OK(memory);
+    ASSERT_TRUE(memory->has_value()) << "a 3 MiB disk fits 64 MiB";
+    EXPECT_EQ((*memory)->result.virtual_size, file->virtual_size);
+    EXPECT_EQ((*memory)->result.file_size, file->file_size);
+    auto size = (*memory)->file->Size();
+    ASSERT_OK(size);
+    std::string bytes(*size, '\0');
+    auto read = (*memory)->file->Read(
+        0, std::span<uint8_t>(reinterpret_cast<uint8_t*>(bytes.data()), bytes.size()));
+    ASSERT_OK(read);
+    EXPECT_EQ(*read, bytes.size());
+    EXPECT_TRUE(bytes == ReadFileOrDie(on_disk)) << "the in-memory qcow2 differs";
+  }
+}
+
+// Too large for the budget: nothing converted, the caller converts to a
+// file; the source checks still run first (a parent is refused either way).
+TEST_F(DiskConversionTest, InMemoryConversionDeclinesWhatDoesNotFit) {
+  const std::string folder = dir_.File("big");
+  fs::create_directories(folder);
+  std::string log;
+  ASSERT_EQ(RunCommand({"qemu-img", "convert", "-q", "-f", "raw", "-O", "vmdk", raw_,
+                        folder + "/disk.vmdk"},
+                       &log),
+            0)
+      << log;
+  auto memory = ConvertToQcow2InMemory(Env::Default(), folder + "/disk.vmdk",
+                                       SourceDiskFormat::kVmdk, folder, 1 << 20);
+  ASSERT_OK(memory);
+  EXPECT_FALSE(memory->has_value());
+  auto none = ConvertToQcow2InMemory(Env::Default(), folder + "/disk.vmdk",
+                                     SourceDiskFormat::kVmdk, folder, 0);
+  ASSERT_OK(none);
+  EXPECT_FALSE(none->has_value());
+  EXPECT_EQ(ListDir(folder).size(), 1u);  // no file was written beside it
+  EXPECT_GT(DefaultInMemoryConversionBytes(), 0u);
+}
+
+}  // namespace
+}  // namespace vmseal::ovf

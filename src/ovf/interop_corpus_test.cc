@@ -92,11 +92,16 @@ const std::vector<Entry>& Corpus() {
        R"(firmware="efi" secureBoot="true" tpm="none")"},
       {"virt-v2v", "virt-v2v-ova-ovf2.0.ovf", "guest", {"guest-sda.vmdk"},
        Manifest::kVmwareSha256, Packaging::kOvaPax},
-      {"virt-v2v", "virt-v2v-rhv.ovf", "v2v", {"a1b2c3d4-disk"}, Manifest::kNone,
-       Packaging::kDirectory, false, 0,
-       // oVirt's dialect: envelope namespace ".../envelope/1/" (a trailing
-       // slash), Sections by xsi:type.
-       "descriptor root is not an OVF 1.x or 2.x Envelope"},
+      // oVirt's dialect (§2.6): an export storage domain (-o rhv: generic
+      // Sections by xsi:type, the volume at "image/volume" beside its .meta)
+      // and the ovirt flavour (-o vdsm: named sections, a vTPM device).
+      {"virt-v2v", "virt-v2v-rhv.ovf", "v2v",
+       {"3c1e8a2b-4d5f-4a6b-9c7d-8e9f0a1b2c3d/5f2b8e3c-9d41-4c7a-8a0e-2c6d1b7f4e90"},
+       Manifest::kNone, Packaging::kExplicitOvf, false, 0, "",
+       R"(firmware="efi" secureBoot="false" tpm="none")"},
+      {"virt-v2v", "virt-v2v-ovirt.ovf", "c0ffee00-1234-4abc-9def-0123456789ab",
+       {"d1c2b3a4-e5f6-4a7b-8c9d-0e1f2a3b4c5d"}, Manifest::kNone, Packaging::kDirectory, false,
+       0, "", R"(firmware="efi" secureBoot="true" tpm="2.0")"},
       {"Proxmox", "proxmox-ovf1.0.ovf", "vm-100", {"vm-100-disk-0.vmdk", "vm-100-disk-1.vmdk"},
        Manifest::kVmwareSha256, Packaging::kOvaUstar},
       {"Vagrant/Packer", "vagrant-box-ovf1.0.ovf", "box", {"box-disk001.vmdk"},
@@ -177,6 +182,12 @@ class InteropCorpusTest : public ::testing::Test {
         }
         Replace(&text, "@S" + std::to_string(i + 1) + "@", std::to_string(bytes.size()));
       } else {
+        if (href.find('/') != std::string::npos) {
+          // An export storage domain's "image/volume", with virt-v2v's
+          // volume metadata beside it (not part of the OVF package).
+          fs::create_directories(fs::path(src + "/" + href).parent_path());
+          WriteFileOrDie(src + "/" + href + ".meta", "VOLTYPE=LEAF\nFORMAT=RAW\nEOF\n");
+        }
         WriteFileOrDie(src + "/" + href, bytes);
         Replace(&text, "@S" + std::to_string(i + 1) + "@", std::to_string(bytes.size()));
         stored.push_back(href);

@@ -19,6 +19,7 @@
 #include "ovf/internal/file_coding.h"
 #include "ovf/internal/key_wrap.h"
 #include "ovf/manifest.h"
+#include "ovf/ovirt_dialect.h"
 #include "ovf/package_format.h"
 #include "ovf/tar.h"
 
@@ -224,7 +225,10 @@ Status Package::Load(Env* env, const std::string& path, const PackageOpenOptions
     auto f = archive_->NewMemberFile(members[0]);
     ASSIGN_OR_RETURN(descriptor_text_, ReadAll(*f, kMaxDescriptorBytes, "descriptor"));
   }
-  ASSIGN_OR_RETURN(Descriptor d, Descriptor::Parse(descriptor_text_));
+  if (options.import_ovirt_dialect && IsOvirtDescriptor(descriptor_text_)) {
+    ASSIGN_OR_RETURN(imported_text_, ConvertOvirtDescriptor(descriptor_text_, &import_notes_));
+  }
+  ASSIGN_OR_RETURN(Descriptor d, Descriptor::Parse(descriptor_to_seal()));
   files_ = d.Files();
 
   // Exactly the descriptor, its manifest and certificate, and References
@@ -548,7 +552,8 @@ StatusOr<std::unique_ptr<RandomAccessFile>> Materialize(Env* env, const RandomAc
 // `declared` is the Disk's ovf:format (empty when none).
 Status ConvertIfForeign(Env* env, StagingDir& stage, SealSource& s, const std::string& path,
                         const std::string& confine_dir, const std::string& declared,
-                        bool in_package, bool convert, std::vector<std::string>* notes) {
+                        bool in_package, bool convert, int64_t memory_bytes,
+                        std::vector<std::string>* notes) {
   if (!convert) return OkStatus();
   ASSIGN_OR_RETURN(SourceDiskFormat actual, DetectSourceDiskFormat(*s.data));
   bool known = false;
@@ -572,9 +577,21 @@ Status ConvertIfForeign(Env* env, StagingDir& stage, SealSource& s, const std::s
     ASSIGN_OR_RETURN(s.data, Materialize(env, *s.data, source, /*gunzip=*/false));
     dir = DirName(source);
   }
-  ASSIGN_OR_RETURN(std::string dest, stage.Path(s.id + ".qcow2"));
-  ASSIGN_OR_RETURN(ConversionResult converted, ConvertToQcow2(env, source, actual, dir, dest));
-  ASSIGN_OR_RETURN(s.data, env->NewRandomAccessFile(dest));
+  // In memory when it fits: the package is then the only copy seal writes.
+  ConversionResult converted;
+  ASSIGN_OR_RETURN(std::optional<MemoryConversion> in_memory,
+                   ConvertToQcow2InMemory(env, source, actual, dir,
+                                          memory_bytes < 0
+                                              ? DefaultInMemoryConversionBytes()
+                                              : static_cast<uint64_t>(memory_bytes)));
+  if (in_memory.has_value()) {
+    converted = in_memory->result;
+    s.data = std::move(in_memory->file);
+  } else {
+    ASSIGN_OR_RETURN(std::string dest, stage.Path(s.id + ".qcow2"));
+    ASSIGN_OR_RETURN(converted, ConvertToQcow2(env, source, actual, dir, dest));
+    ASSIGN_OR_RETURN(s.data, env->NewRandomAccessFile(dest));
+  }
   s.converted_format_uri = std::string(kQcow2FormatUri);
   s.converted_capacity = converted.virtual_size;
   if (notes != nullptr) {
@@ -638,11 +655,15 @@ Status SealPackage(Env* env, const SealOptions& options, const std::string& out_
     po.require_encrypted = false;
     po.require_manifest = false;
     po.allow_subfolders = true;
+    po.import_ovirt_dialect = true;
     ASSIGN_OR_RETURN(input_package, Package::Open(env, options.inputs[0], po));
     if (input_package->encrypted()) {
       return FailedPreconditionError("input package is already sealed");
     }
-    descriptor_text = input_package->descriptor_text();
+    descriptor_text = input_package->descriptor_to_seal();
+    if (options.notes != nullptr) {
+      for (const std::string& n : input_package->import_notes()) options.notes->push_back(n);
+    }
     std::set<std::string> hrefs;
     for (const FileRef& f : input_package->files()) hrefs.insert(f.href);
     for (const FileRef& f : input_package->files()) {
@@ -666,7 +687,8 @@ Status SealPackage(Env* env, const SealOptions& options, const std::string& out_
       }
       RETURN_IF_ERROR(ConvertIfForeign(env, stage, s, path, path.empty() ? "" : DirName(path),
                                        f.disk_format_uri, /*in_package=*/true,
-                                       options.convert_disks, options.notes));
+                                       options.convert_disks,
+                                       options.conversion_memory_bytes, options.notes));
       if (!s.converted_format_uri.empty()) {
         // "disk1.vmdk" becomes "disk1.qcow2" unless another file has that name.
         std::string renamed = Stem(f.href) + ".qcow2";
@@ -704,7 +726,8 @@ Status SealPackage(Env* env, const SealOptions& options, const std::string& out_
       ASSIGN_OR_RETURN(s.data, env->NewRandomAccessFile(options.inputs[i]));
       RETURN_IF_ERROR(ConvertIfForeign(env, stage, s, options.inputs[i],
                                        DirName(options.inputs[i]), "", /*in_package=*/false,
-                                       options.convert_disks, options.notes));
+                                       options.convert_disks,
+                                       options.conversion_memory_bytes, options.notes));
       ASSIGN_OR_RETURN(uint64_t size, s.data->Size());
       DiskSpec d;
       d.file_id = "file" + std::to_string(i + 1);

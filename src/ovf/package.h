@@ -41,6 +41,11 @@ struct PackageOpenOptions {
   // skipped. A sealed package is always flat. Default: false (what seal
   // reads sets it).
   bool allow_subfolders = false;
+  // A descriptor in oVirt's dialect (§2.6, ovf/ovirt_dialect.h) is mapped to
+  // OVF 2.0 for reading (descriptor_to_seal()); refused otherwise, like any
+  // root that is not an OVF Envelope. Default: false (what seal reads sets
+  // it).
+  bool import_ovirt_dialect = false;
 };
 
 // A package opened for reading: an OVA file, a directory holding one .ovf
@@ -62,6 +67,13 @@ class Package {
   const std::string& descriptor_name() const { return descriptor_name_; }
   // The descriptor exactly as stored.
   const std::string& descriptor_text() const { return descriptor_text_; }
+  // The descriptor seal starts from: descriptor_text(), or its OVF 2.0
+  // mapping when it was in oVirt's dialect (PackageOpenOptions).
+  const std::string& descriptor_to_seal() const {
+    return imported_text_.empty() ? descriptor_text_ : imported_text_;
+  }
+  // What mapping oVirt's dialect dropped or changed, one line each.
+  const std::vector<std::string>& import_notes() const { return import_notes_; }
   const std::vector<FileRef>& files() const { return files_; }
   bool has_manifest() const { return !manifest_text_.empty(); }
   // The manifest exactly as stored ("" without one).
@@ -119,6 +131,8 @@ class Package {
   std::unique_ptr<class TarReader> archive_;      // OVA packages
   std::string descriptor_name_;
   std::string descriptor_text_;
+  std::string imported_text_;  // "" unless mapped from oVirt's dialect
+  std::vector<std::string> import_notes_;
   std::string manifest_text_;
   std::optional<PackageSignature> signature_;
   std::string certificate_text_;
@@ -159,6 +173,11 @@ struct SealOptions {
   // disk as it is (an archive the host will not boot: it runs raw and qcow2
   // only).
   bool convert_disks = true;
+  // A converted disk whose qcow2 needs at most this many bytes is converted
+  // into memory (a memfd) rather than a temporary file, so seal writes the
+  // data once (ovf/disk_conversion.h ConvertToQcow2InMemory). -1 (default):
+  // a quarter of the available memory, at most 8 GiB; 0: always a file.
+  int64_t conversion_memory_bytes = -1;
   // When set, seal appends one line per thing the user should know: each
   // disk converted, each vendor extension kept as non-required or dropped
   // (§2.2, §2.3). Not owned.

@@ -528,25 +528,37 @@ class VmManagerUefiTest : public VmManagerQemuTest {
  protected:
   static void SetUpTestSuite() {
     VmManagerQemuTest::SetUpTestSuite();
+    BuildUefiImage("uefi-sample", {}, &uefi_image_, &uefi_marker_);
+  }
+
+  // Builds scripts/build-uefi-sample-image.sh OUT `flags` once per binary,
+  // cached under the build tree as `name`.img (rebuilt when a script is
+  // newer); sets `image` and `marker`.
+  static void BuildUefiImage(const std::string& name, const std::vector<std::string>& flags,
+                             std::string* image, std::string* marker) {
     std::string dir = VMSEAL_VM_TEST_CACHE_DIR;
-    uefi_image_ = dir + "/uefi-sample.img";
+    *image = dir + "/" + name + ".img";
     std::string script = vmseal::testing::SourceDir() + "/scripts/build-uefi-sample-image.sh";
-    int lock_fd = ::open((dir + "/uefi-sample.lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    std::string lib = vmseal::testing::SourceDir() + "/scripts/lib/sample-linux-payload.sh";
+    int lock_fd = ::open((dir + "/" + name + ".lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     ASSERT_GE(lock_fd, 0);
     ASSERT_EQ(::flock(lock_fd, LOCK_EX), 0);
     std::error_code ec;
-    bool fresh = fs::exists(uefi_image_) && fs::exists(uefi_image_ + ".marker") &&
-                 fs::last_write_time(uefi_image_, ec) >= fs::last_write_time(script, ec);
+    bool fresh = fs::exists(*image) && fs::exists(*image + ".marker") &&
+                 fs::last_write_time(*image, ec) >= fs::last_write_time(script, ec) &&
+                 fs::last_write_time(*image, ec) >= fs::last_write_time(lib, ec);
     if (!fresh) {
+      std::vector<std::string> argv = {script, *image};
+      argv.insert(argv.end(), flags.begin(), flags.end());
       std::string out;
-      int rc = RunCommand({script, uefi_image_}, &out, 120);
+      int rc = RunCommand(argv, &out, 600);
       if (rc != 0) ::close(lock_fd);
       ASSERT_EQ(rc, 0) << out;
     }
-    uefi_marker_ = ReadFileOrDie(uefi_image_ + ".marker");
+    *marker = ReadFileOrDie(*image + ".marker");
     ::close(lock_fd);
-    while (!uefi_marker_.empty() && uefi_marker_.back() == '\n') uefi_marker_.pop_back();
-    ASSERT_FALSE(uefi_marker_.empty());
+    while (!marker->empty() && marker->back() == '\n') marker->pop_back();
+    ASSERT_FALSE(marker->empty());
   }
 
   VmSpec UefiSpec(const std::string& name) {
@@ -605,6 +617,75 @@ TEST_F(VmManagerUefiTest, UnsignedLoaderIsRefusedUnderSecureBoot) {
   ASSERT_OK(manager_->WaitForSerialMarker("secure", "No bootable option", kBootTimeoutMs));
   EXPECT_EQ(ReadFileOrDie(vm->serial_log_path).find(uefi_marker_), std::string::npos);
   EXPECT_EQ(fs::file_size(vm->efi_vars_path), fs::file_size(options_.ovmf.secure_boot_vars));
+}
+
+// The signed chain Debian installs (scripts/build-uefi-sample-image.sh
+// --signed): OVMF with the Microsoft keys enrolled starts shim (signed by
+// Microsoft's UEFI CA), shim starts GRUB (signed by Debian, checked against
+// the key built into shim), and GRUB prints the marker. Same firmware, same
+// vars template as the refused unsigned GRUB above.
+TEST_F(VmManagerUefiTest, ShimAndSignedGrubBootUnderSecureBootAndShowTheMarker) {
+  std::string image;
+  std::string marker;
+  BuildUefiImage("uefi-signed-sample", {"--signed"}, &image, &marker);
+  VmSpec spec = UefiSpec("signed");
+  fs::copy_file(image, spec.disk_path, fs::copy_options::overwrite_existing);
+  spec.secure_boot = true;
+  auto start = std::chrono::steady_clock::now();
+  auto vm = manager_->Launch(spec);
+  ASSERT_OK(vm);
+  EXPECT_TRUE(vm->secure_boot);
+  ASSERT_OK(manager_->WaitForSerialMarker("signed", marker, kBootTimeoutMs));
+  std::printf("[ vm ] Secure Boot launch to GRUB's marker %.2f s (TCG)\n", SecondsSince(start));
+  const std::string log = ReadFileOrDie(vm->serial_log_path);
+  EXPECT_NE(log.find("VMSEAL-UEFI-SAMPLE-IMAGE booted: efi"), std::string::npos);
+  EXPECT_EQ(log.find("Access Denied"), std::string::npos) << log;
+  EXPECT_EQ(log.find(uefi_marker_), std::string::npos);
+}
+
+// The same chain on to Linux (--signed --linux): GRUB asks shim to verify
+// the Debian-signed kernel, and the guest, given a per-VM vTPM (tpm-crb on
+// q35), sees the TPM device and the firmware's ACPI TPM2 table, and that
+// the kernel found Secure Boot enabled.
+TEST_F(VmManagerUefiTest, SecureBootLinuxGuestWithATpmSeesItFromInside) {
+  std::string image;
+  std::string marker;
+  BuildUefiImage("uefi-signed-linux-sample", {"--signed", "--linux"}, &image, &marker);
+  VmSpec spec = UefiSpec("sblinux");
+  fs::copy_file(image, spec.disk_path, fs::copy_options::overwrite_existing);
+  spec.secure_boot = true;
+  spec.tpm = true;
+  spec.memory_mib = 512;  // OVMF and the kernel's EFI stub do not fit 256
+  auto start = std::chrono::steady_clock::now();
+  auto vm = manager_->Launch(spec);
+  ASSERT_OK(vm);
+  ASSERT_GT(vm->tpm_pid, 0);
+  ASSERT_OK(manager_->WaitForSerialMarker("sblinux", marker, kBootTimeoutMs));
+  std::printf("[ vm ] Secure Boot + vTPM launch to Linux's marker %.2f s (TCG)\n",
+              SecondsSince(start));
+  const std::string log = ReadFileOrDie(vm->serial_log_path);
+  EXPECT_NE(log.find("VMSEAL-TPM: device=/dev/tpm0 acpi=TPM2"), std::string::npos) << log;
+  EXPECT_NE(log.find("VMSEAL-FIRMWARE: efi secureboot=enabled"), std::string::npos) << log;
+  EXPECT_FALSE(vmseal::testing::ListDir(vm->tpm_state_dir).empty());
+  ASSERT_OK(manager_->Delete("sblinux"));
+  EXPECT_FALSE(PidExists(vm->tpm_pid)) << "swtpm outlived its VM";
+}
+
+// The signed chain without Secure Boot and without a TPM: the same guest
+// reports both absent, so the lines above are not constant.
+TEST_F(VmManagerUefiTest, LinuxGuestWithoutSecureBootOrTpmReportsNeither) {
+  std::string image;
+  std::string marker;
+  BuildUefiImage("uefi-signed-linux-sample", {"--signed", "--linux"}, &image, &marker);
+  VmSpec spec = UefiSpec("plainlinux");
+  fs::copy_file(image, spec.disk_path, fs::copy_options::overwrite_existing);
+  spec.memory_mib = 512;
+  auto vm = manager_->Launch(spec);
+  ASSERT_OK(vm);
+  ASSERT_OK(manager_->WaitForSerialMarker("plainlinux", marker, kBootTimeoutMs));
+  const std::string log = ReadFileOrDie(vm->serial_log_path);
+  EXPECT_NE(log.find("VMSEAL-TPM: device=none acpi=none"), std::string::npos) << log;
+  EXPECT_NE(log.find("VMSEAL-FIRMWARE: efi secureboot=disabled"), std::string::npos) << log;
 }
 
 // Missing firmware is a clear NOT_FOUND before anything starts or is left.

@@ -5,7 +5,8 @@
 #   kernel (cloud flavour when available) and an initramfs whose init
 #   (busybox sh) prints a marker line to the serial console (ttyS0), after a
 #   line "VMSEAL-TPM: device=/dev/tpm0|none acpi=TPM2|none" saying whether
-#   the VM has a TPM.
+#   the VM has a TPM and one line per virtio disk,
+#   "VMSEAL-DISK: vda sectors=N head=<first 16 bytes, hex>".
 #
 #   scripts/build-sample-image.sh OUT.img [--marker TEXT] [--poweroff]
 #
@@ -99,15 +100,24 @@ fi
 kernel_deb="$(fetch_deb "$kernel_pkg")"
 busybox_deb="$(fetch_deb busybox-static)"
 
-# Kernel: only boot/vmlinuz-* is needed (no modules: the init needs none).
+# Kernel: boot/vmlinuz-* and the virtio block driver's modules (the init
+# loads them to list the VM's disks; this kernel builds them as modules).
+virtio_modules="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk"
 mkdir "$work/kernel"
-dpkg-deb --fsys-tarfile "$kernel_deb" | tar -x -C "$work/kernel" --wildcards './boot/vmlinuz-*'
+dpkg-deb --fsys-tarfile "$kernel_deb" |
+  tar -x -C "$work/kernel" --wildcards './boot/vmlinuz-*' \
+      './lib/modules/*/kernel/drivers/virtio/*.ko' './lib/modules/*/kernel/drivers/block/virtio_blk.ko'
 vmlinuz="$(ls -1 "$work"/kernel/boot/vmlinuz-* | head -n1)"
 
 # Initramfs: busybox plus an init script. The kernel's built-in initramfs
 # already provides /dev/console, so no device node (which needs root) is made.
 root="$work/root"
-mkdir -p "$root/bin" "$root/dev" "$root/proc" "$root/sys"
+mkdir -p "$root/bin" "$root/dev" "$root/proc" "$root/sys" "$root/lib/modules"
+for m in $virtio_modules; do
+  ko="$(find "$work/kernel/lib/modules" -name "$m.ko" | head -n1)"
+  [ -n "$ko" ] || { echo "build-sample-image: $m.ko not in $kernel_pkg" >&2; exit 1; }
+  cp "$ko" "$root/lib/modules/$m.ko"
+done
 dpkg-deb --fsys-tarfile "$busybox_deb" | tar -x -C "$work" ./bin/busybox
 mv "$work/bin/busybox" "$root/bin/busybox"
 if [ "$poweroff" -eq 1 ]; then
@@ -127,6 +137,17 @@ echo "VMSEAL-SAMPLE-IMAGE booted: \$(/bin/busybox uname -r)"
 tpm_dev=none; [ -e /dev/tpm0 ] && tpm_dev=/dev/tpm0
 tpm_acpi=none; [ -e /sys/firmware/acpi/tables/TPM2 ] && tpm_acpi=TPM2
 echo "VMSEAL-TPM: device=\$tpm_dev acpi=\$tpm_acpi"
+# Every virtio disk as the guest sees it (docs/vm.md "Sample image"): one
+# line each, in device order, with its size in 512-byte sectors and its
+# first 16 bytes in hex.
+for m in $virtio_modules; do /bin/busybox insmod /lib/modules/\$m.ko 2>/dev/null; done
+for d in /sys/block/vd*; do
+  [ -e "\$d" ] || continue
+  n=\${d##*/}
+  i=0; while [ ! -b /dev/\$n ] && [ \$i -lt 20 ]; do /bin/busybox sleep 0.1; i=\$((i+1)); done
+  head=\$(/bin/busybox dd if=/dev/\$n bs=16 count=1 2>/dev/null | /bin/busybox od -An -tx1 | /bin/busybox tr -d ' \\n')
+  echo "VMSEAL-DISK: \$n sectors=\$(/bin/busybox cat \$d/size) head=\$head"
+done
 echo "$marker"
 $finish
 EOF

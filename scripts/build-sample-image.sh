@@ -4,8 +4,8 @@
 #   MBR (syslinux mbr.bin) + one FAT16 partition holding syslinux, a Debian
 #   kernel (cloud flavour when available) and an initramfs whose init
 #   (busybox sh) prints a marker line to the serial console (ttyS0), after
-#   lines saying whether the VM has a TPM and how it was started
-#   (scripts/lib/sample-linux-payload.sh).
+#   lines saying whether the VM has a TPM, how it was started and one line
+#   per virtio disk (scripts/lib/sample-linux-payload.sh).
 #
 #   scripts/build-sample-image.sh OUT.img [--marker TEXT] [--poweroff]
 #

@@ -6,6 +6,7 @@
 #   VMSEAL-SAMPLE-IMAGE booted: <kernel release>
 #   VMSEAL-TPM: device=/dev/tpm0|none acpi=TPM2|none
 #   VMSEAL-FIRMWARE: efi|bios secureboot=enabled|disabled|unknown
+#   VMSEAL-DISK: vda sectors=N head=<first 16 bytes, hex>   (one per virtio disk)
 #   <marker>
 #
 # build_linux_payload WORK MARKER POWEROFF
@@ -34,7 +35,10 @@ fetch_deb() {
 
 build_linux_payload() {
   local work="$1" marker="$2" poweroff="$3"
-  local kernel_pkg="" meta kernel_deb busybox_deb vmlinuz root finish
+  local kernel_pkg="" meta kernel_deb busybox_deb vmlinuz root finish m ko
+  # The virtio block driver's modules: the init loads them to list the VM's
+  # disks (this kernel builds them as modules).
+  local virtio_modules="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk"
   # The kernel: resolve the versioned package behind the flavour metapackage.
   for meta in linux-image-cloud-amd64 linux-image-amd64; do
     kernel_pkg="$(apt-cache depends "$meta" 2>/dev/null |
@@ -51,17 +55,24 @@ build_linux_payload() {
   kernel_deb="$(fetch_deb "$kernel_pkg")"
   busybox_deb="$(fetch_deb busybox-static)"
 
-  # Kernel: only boot/vmlinuz-* is needed (no modules: the init needs none).
+  # Kernel: boot/vmlinuz-* and the virtio block driver's modules.
   mkdir "$work/kernel"
-  dpkg-deb --fsys-tarfile "$kernel_deb" | tar -x -C "$work/kernel" --wildcards './boot/vmlinuz-*'
+  dpkg-deb --fsys-tarfile "$kernel_deb" |
+    tar -x -C "$work/kernel" --wildcards './boot/vmlinuz-*' \
+        './lib/modules/*/kernel/drivers/virtio/*.ko' './lib/modules/*/kernel/drivers/block/virtio_blk.ko'
   vmlinuz="$(ls -1 "$work"/kernel/boot/vmlinuz-* | head -n1)"
   mv "$vmlinuz" "$work/vmlinuz"
-  rm -rf "$work/kernel"
 
   # Initramfs: busybox plus an init script. The kernel's built-in initramfs
   # already provides /dev/console, so no device node (which needs root) is made.
   root="$work/root"
-  mkdir -p "$root/bin" "$root/dev" "$root/proc" "$root/sys"
+  mkdir -p "$root/bin" "$root/dev" "$root/proc" "$root/sys" "$root/lib/modules"
+  for m in $virtio_modules; do
+    ko="$(find "$work/kernel/lib/modules" -name "$m.ko" | head -n1)"
+    [ -n "$ko" ] || die "$m.ko not in $kernel_pkg"
+    cp "$ko" "$root/lib/modules/$m.ko"
+  done
+  rm -rf "$work/kernel"
   dpkg-deb --fsys-tarfile "$busybox_deb" | tar -x -C "$work" ./bin/busybox
   mv "$work/bin/busybox" "$root/bin/busybox"
   if [ "$poweroff" -eq 1 ]; then
@@ -88,6 +99,17 @@ sb=unknown
 /bin/busybox dmesg | /bin/busybox grep -q 'secureboot: Secure boot enabled' && sb=enabled
 /bin/busybox dmesg | /bin/busybox grep -q 'secureboot: Secure boot disabled' && sb=disabled
 echo "VMSEAL-FIRMWARE: \$fw secureboot=\$sb"
+# Every virtio disk as the guest sees it (docs/vm.md "Sample image"): one
+# line each, in device order, with its size in 512-byte sectors and its
+# first 16 bytes in hex.
+for m in $virtio_modules; do /bin/busybox insmod /lib/modules/\$m.ko 2>/dev/null; done
+for d in /sys/block/vd*; do
+  [ -e "\$d" ] || continue
+  n=\${d##*/}
+  i=0; while [ ! -b /dev/\$n ] && [ \$i -lt 20 ]; do /bin/busybox sleep 0.1; i=\$((i+1)); done
+  head=\$(/bin/busybox dd if=/dev/\$n bs=16 count=1 2>/dev/null | /bin/busybox od -An -tx1 | /bin/busybox tr -d ' \\n')
+  echo "VMSEAL-DISK: \$n sectors=\$(/bin/busybox cat \$d/size) head=\$head"
+done
 echo "$marker"
 $finish
 INIT

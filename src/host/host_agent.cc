@@ -182,7 +182,15 @@ StatusOr<std::unique_ptr<HostAgent>> HostAgent::Create(const HostAgentOptions& o
   if (::chmod(options.work_dir.c_str(), 0700) != 0) {
     return ErrnoToStatus(errno, "chmod", options.work_dir);
   }
-  return std::unique_ptr<HostAgent>(new HostAgent(options, tpm, vms, kms, packages));
+  std::unique_ptr<HostAgent> agent(new HostAgent(options, tpm, vms, kms, packages));
+  if (options.launch_mode == LaunchMode::kStream) {
+    vm::OverlayPoolOptions po;
+    po.dir = options.disk_dir + "/pool";
+    po.target = options.overlay_pool_target;
+    po.qemu_img.binary = options.qemu_img_path;
+    ASSIGN_OR_RETURN(agent->overlay_pool_, vm::OverlayPool::Create(po));
+  }
+  return agent;
 }
 
 HostAgent::HostAgent(HostAgentOptions options, tpm::SecurityEngine* tpm, vm::VmManager* vms,
@@ -496,9 +504,10 @@ StatusOr<vm::VmInfo> HostAgent::LaunchEncrypted(const Job& job, const std::strin
     infos.push_back(info);
   }
 
-  SecretBytes disk_secret = vm::NewDiskSecret();
-  ASSIGN_OR_RETURN(record.disk_secret,
-                   WrapToBindingKey(tpm_, disk_secret, DiskSecretPurpose(vm_name)));
+  // Copy mode: one secret for every disk. Stream mode: each overlay comes
+  // from the pool with its own secret (slot i).
+  std::vector<SecretBytes> disk_secrets;
+  if (!stream) disk_secrets.push_back(vm::NewDiskSecret());
   if (stream) record.data_key = {released.rewrapped_key, released.label};
 
   vm::QemuImgOptions qo;
@@ -510,15 +519,17 @@ StatusOr<vm::VmInfo> HostAgent::LaunchEncrypted(const Job& job, const std::strin
     // The first in the descriptor's order boots (DiskOrder).
     disk.boot = i == 0;
     if (stream) {
-      RETURN_IF_ERROR(vm::CreateEncryptedOverlay(qo, file, infos[i].virtual_size, disk_secret)
-                          .WithPrefix("overlay"));
+      auto secret = overlay_pool_->Take(file, infos[i].virtual_size);
+      if (!secret.ok()) return secret.status().WithPrefix("overlay");
+      disk_secrets.push_back(*std::move(secret));
+      disk.secret_slot = static_cast<uint32_t>(i);
       disk.path = sockets[i];
       disk.source = vm::DiskSource::kNbd;
       disk.format = VmFormat(infos[i].format);
       disk.overlay_path = file;
     } else {
       RETURN_IF_ERROR(vm::ConvertToEncrypted(qo, sockets[i], VmFormat(infos[i].format), file,
-                                             disk_secret)
+                                             disk_secrets[0])
                           .WithPrefix("copy"));
       disk.path = file;
       disk.format = vm::DiskFormat::kQcow2;
@@ -539,11 +550,21 @@ StatusOr<vm::VmInfo> HostAgent::LaunchEncrypted(const Job& job, const std::strin
     if (!package_path.empty()) (void)env_->RemoveFile(package_path);
     record.package_path.clear();
   }
+  // Each disk's secret, wrapped to this host's TPM binding key, is kept
+  // in the launch record (disk_secrets, in slot order).
+  std::vector<const SecretBytes*> secret_ptrs;
+  for (size_t k = 0; k < disk_secrets.size(); ++k) {
+    ASSIGN_OR_RETURN(internal::TpmWrapped wrapped,
+                     WrapToBindingKey(tpm_, disk_secrets[k],
+                                      DiskSecretPurpose(vm_name) + "/" + std::to_string(k)));
+    record.disk_secrets.push_back(std::move(wrapped));
+    secret_ptrs.push_back(&disk_secrets[k]);
+  }
   RETURN_IF_ERROR(WriteStringToFileAtomic(env_, dir + "/launch.json",
                                           internal::SerializeLaunchRecord(record), 0600));
 
   Report(report, job, JobPhase::kLaunching);
-  ASSIGN_OR_RETURN(vm::VmInfo info, vms_->Launch(spec, &disk_secret));
+  ASSIGN_OR_RETURN(vm::VmInfo info, vms_->Launch(spec, secret_ptrs));
   Report(report, job, JobPhase::kRunning, "", &info);
   return info;
 }

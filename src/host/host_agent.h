@@ -19,6 +19,7 @@
 #include "nbd_export/export.h"
 #include "tpm/security_engine.h"
 #include "ovf/package.h"
+#include "vm/overlay_pool.h"
 #include "vm/vm_manager.h"
 
 namespace vmseal::host {
@@ -111,6 +112,11 @@ struct HostAgentOptions {
   std::string ca_file;
   std::string cert_file;
   std::string key_file;
+  // Stream mode: empty encrypted overlays kept ready (src/vm/overlay_pool.h,
+  // in disk_dir/pool), so that no launch waits for qemu-img's LUKS PBKDF
+  // benchmark. One per disk of a VM is taken; 0 disables the pool (every
+  // overlay is then made at launch). Default 3.
+  size_t overlay_pool_target = 3;
   // Remote source: fill each disk's ciphertext cache in the background, so
   // that the VM stops needing the portal. Default true.
   bool prefetch = true;
@@ -193,6 +199,9 @@ class HostAgent final : public JobRunner {
   // only if none could be handled.
   StatusOr<int> ReattachVms();
 
+  // The pool of ready encrypted overlays (stream mode; null in copy mode).
+  vm::OverlayPool* overlay_pool() const { return overlay_pool_.get(); }
+
   // Export events of every VM since the last call (each line once).
   std::vector<DiskEvent> DiskEvents() override;
 
@@ -235,6 +244,7 @@ class HostAgent final : public JobRunner {
 
   const HostAgentOptions options_;
   Env* const env_;
+  std::unique_ptr<vm::OverlayPool> overlay_pool_;
   tpm::SecurityEngine* const tpm_;
   vm::VmManager* const vms_;
   KmsApi* const kms_;

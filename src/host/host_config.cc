@@ -44,7 +44,7 @@ StatusOr<HostConfig> ParseHostConfig(std::string_view text) {
       "image_store_dir", "pcr_selection", "heartbeat_interval_seconds",
       "reattest_interval_seconds", "poll_interval_seconds", "allow_plain_images", "capacity",
       "tags", "accel", "qemu_binary", "launch_mode", "fetch_whole_package", "nbd_plugin",
-      "nbdkit_binary", "qemu_img_binary", "vm_user_ids"};
+      "nbdkit_binary", "qemu_img_binary", "vm_user_ids", "overlay_pool"};
   for (const auto& [key, value] : j.items()) {
     if (!kKeys.contains(key)) return InvalidArgumentError("host config: unknown key '" + key + "'");
   }
@@ -71,6 +71,13 @@ StatusOr<HostConfig> ParseHostConfig(std::string_view text) {
       return InvalidArgumentError("host config: 'fetch_whole_package' must be true or false");
     }
     c.fetch_whole_package = j["fetch_whole_package"].get<bool>();
+  }
+  if (j.contains("overlay_pool")) {
+    const json& v = j["overlay_pool"];
+    if (!v.is_number_unsigned() || v.get<uint64_t>() > 16) {
+      return InvalidArgumentError("host config: 'overlay_pool' must be 0..16");
+    }
+    c.overlay_pool = v.get<uint32_t>();
   }
   if (j.contains("vm_user_ids")) {
     const json& v = j["vm_user_ids"];

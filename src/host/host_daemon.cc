@@ -169,6 +169,7 @@ StatusOr<std::unique_ptr<HostDaemon>> HostDaemon::Create(const HostConfig& confi
   ao.nbd_plugin_path = config.nbd_plugin.empty() ? DefaultNbdPluginPath() : config.nbd_plugin;
   ao.nbdkit_path = config.nbdkit_binary;
   ao.qemu_img_path = config.qemu_img_binary;
+  ao.overlay_pool_target = config.overlay_pool;
   if (!config.fetch_whole_package) {
     ao.portal_url = config.portal_url;
     ao.ca_file = config.ca_file;

@@ -14,6 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -33,6 +34,7 @@
 #include "csp/ovf_package_verifier.h"
 #include "csp/portal_server.h"
 #include "host/host_daemon.h"
+#include "host/internal/launch_record.h"
 #include "host/https_kms_client.h"
 #include "kms/internal/mini_ca.h"
 #include "kms/http_api.h"
@@ -1223,18 +1225,63 @@ TEST_F(HostStreamE2eTest, NoPlaintextOfTheImageOnHostStorageAfterBootAndGuestWri
   EXPECT_NE(pattern->find("wrote 1048576/1048576"), std::string::npos) << *pattern;
   // Everything of the package has arrived (the ciphertext cache is full).
   WaitForPrefetch(vm.name);
+  // The pool's ready overlays are scanned too.
+  ASSERT_TRUE(daemon_->agent()->overlay_pool()->WaitUntilFull(240000));
   const std::vector<std::string> files = HostFiles();
   ASSERT_FALSE(files.empty());
-  bool saw_overlay = false, saw_cache = false;
+  bool saw_overlay = false, saw_cache = false, saw_pool = false;
   for (const std::string& f : files) {
     saw_overlay |= f == vm.disks[0].overlay_path;
+    saw_pool |= f.starts_with(daemon_->agent()->overlay_pool()->dir() + "/");
     saw_cache |= f.ends_with("/cache.data");
     std::vector<uint64_t> hits = scanner.Scan(f);
     EXPECT_TRUE(hits.empty()) << f << " holds plaintext of the image at offset " << hits[0];
   }
   EXPECT_TRUE(saw_overlay);
   EXPECT_TRUE(saw_cache);
+  EXPECT_TRUE(saw_pool);
   EXPECT_TRUE(Disks().empty());
+}
+
+TEST_F(HostStreamE2eTest, StreamedLaunchTakesAReadyOverlayAndNeverRunsTheLuksBenchmark) {
+  vm::OverlayPool* pool = daemon_->agent()->overlay_pool();
+  ASSERT_NE(pool, nullptr);
+  ASSERT_TRUE(pool->WaitUntilFull(240000));
+  const vm::OverlayPool::Stats before = pool->GetStats();
+  EXPECT_EQ(before.made_on_slow_path, 0u);
+  // The fixture's service sends heartbeats only when told to (the portal
+  // drops a host silent for 30 s from placement): the wait may have been long.
+  ASSERT_OK(daemon_->service()->HeartbeatOnce());
+  vm::VmInfo vm = LaunchAndBoot(Seal("pooled"));
+  ASSERT_FALSE(vm.name.empty());
+  const vm::OverlayPool::Stats after = pool->GetStats();
+  // The launch took a ready overlay; no qemu-img create (its PBKDF
+  // benchmark) ran on the launch path.
+  EXPECT_EQ(after.made_on_slow_path, 0u);
+  EXPECT_EQ(after.taken_from_pool, before.taken_from_pool + 1);
+  // It left the pool: the VM's overlay is in the VM's own directory, grown
+  // to the disk's size, and qemu opened it with its secret (the guest writes).
+  ASSERT_EQ(vm.disks.size(), 1u);
+  EXPECT_FALSE(vm.disks[0].overlay_path.starts_with(pool->dir()));
+  auto blocks = vm::internal::QmpExecute(vm.qmp_socket_path, "query-block", 5000);
+  ASSERT_OK(blocks);
+  EXPECT_EQ(json::parse(*blocks)[0]["inserted"]["image"]["virtual-size"], fs::file_size(image_))
+      << *blocks;
+  auto wrote = QemuIo(vm, "disk0", "write -P 0x5a 4M 64k");
+  ASSERT_OK(wrote);
+  EXPECT_NE(wrote->find("wrote 65536/65536"), std::string::npos) << *wrote;
+  auto read = QemuIo(vm, "disk0", "read -P 0x5a 4M 64k");
+  ASSERT_OK(read);
+  EXPECT_EQ(read->find("Pattern verification failed"), std::string::npos) << *read;
+  // The launch record keeps that overlay's secret wrapped to the TPM.
+  auto record = internal::ParseLaunchRecord(vmseal::testing::ReadFileOrDie(
+      (fs::path(vm.disks[0].overlay_path).parent_path() / "launch.json").string()));
+  ASSERT_OK(record);
+  EXPECT_EQ(record->disk_secrets.size(), 1u);
+  // The pool refills in the background.
+  ASSERT_TRUE(pool->WaitUntilFull(240000));
+  EXPECT_EQ(pool->GetStats().made_in_background, before.made_in_background + 1);
+  EXPECT_EQ(pool->GetStats().made_on_slow_path, 0u);
 }
 
 TEST_F(HostStreamE2eTest, ThreeDiskPackageAttachesEveryDiskInOrderAndBootsTheFirst) {
@@ -1247,6 +1294,29 @@ TEST_F(HostStreamE2eTest, ThreeDiskPackageAttachesEveryDiskInOrderAndBootsTheFir
   EXPECT_TRUE(vm.disks[0].boot);
   EXPECT_FALSE(vm.disks[1].boot);
   EXPECT_FALSE(vm.disks[2].boot);
+  // The guest itself lists three virtio disks, in order, each with its
+  // size and its own first bytes: the boot image, then b, then c.
+  const std::string console = vmseal::testing::ReadFileOrDie(vm.serial_log_path);
+  const std::vector<std::pair<std::string, std::string>> inputs = {
+      {"vda", image_}, {"vdb", b}, {"vdc", c}};
+  for (const auto& [dev, input] : inputs) {
+    const std::string bytes = vmseal::testing::ReadFileOrDie(input);
+    std::string head;
+    for (size_t k = 0; k < 16; ++k) {
+      static const char kHex[] = "0123456789abcdef";
+      head += kHex[static_cast<uint8_t>(bytes[k]) >> 4];
+      head += kHex[static_cast<uint8_t>(bytes[k]) & 15];
+    }
+    const std::string line = "VMSEAL-DISK: " + dev + " sectors=" +
+                             std::to_string(bytes.size() / 512) + " head=" + head;
+    EXPECT_NE(console.find(line), std::string::npos) << line << "\n" << console;
+  }
+  EXPECT_EQ(console.find("VMSEAL-DISK: vdd"), std::string::npos) << console;
+  // Each overlay came with its own secret (one per disk in the record).
+  auto record = internal::ParseLaunchRecord(vmseal::testing::ReadFileOrDie(
+      (fs::path(vm.disks[0].overlay_path).parent_path() / "launch.json").string()));
+  ASSERT_OK(record);
+  EXPECT_EQ(record->disk_secrets.size(), 3u);
   auto blocks = vm::internal::QmpExecute(vm.qmp_socket_path, "query-block", 5000);
   ASSERT_OK(blocks);
   json list = json::parse(*blocks);
@@ -1693,12 +1763,27 @@ TEST_F(HostServeProcessE2eTest, AgentProcessKilledWithSigkillAndRestartedKeepsTh
   const pid_t nbdkit = std::stoi(vmseal::testing::ReadFileOrDie(export_dir + "/nbdkit.pid"));
   ASSERT_EQ(ProcessesWith(vm.serial_log_path), std::vector<pid_t>{vm.pid});
 
+  // The agent's pool holds ready overlays whose secrets only it knows.
+  const std::string pool_dir = config_.image_store_dir + "/vd/pool";
+  std::vector<std::string> pooled;
+  for (auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(240);;) {
+    pooled = vmseal::testing::ListDir(pool_dir);
+    if (!pooled.empty()) break;
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "no pooled overlay";
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+
   // Round 1: kill -9 of the agent alone. qemu and nbdkit live on; the new
   // agent adopts the export and the VM keeps its disk.
   StopServe(SIGKILL);
   EXPECT_EQ(::kill(vm.pid, 0), 0);
   EXPECT_EQ(::kill(nbdkit, 0), 0);
   ASSERT_NO_FATAL_FAILURE(StartServe(config, dir_.File("serve2.log")));
+  // The killed agent's pool files, whose secrets died with it, are shredded.
+  for (const std::string& f : pooled) {
+    const std::vector<std::string> now = vmseal::testing::ListDir(pool_dir);
+    EXPECT_EQ(std::count(now.begin(), now.end(), f), 0) << f;
+  }
   EXPECT_EQ(std::stoi(vmseal::testing::ReadFileOrDie(export_dir + "/nbdkit.pid")), nbdkit);
   auto own = QemuIo(vm, "disk0", "read -P 0x5a 16M 64k");
   ASSERT_OK(own);

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "base/env.h"
@@ -63,18 +64,32 @@ Status RunQemuImgOnce(const QemuImgOptions& options, const std::vector<std::stri
       return InternalError("writing the disk secret pipe failed");
     }
   }
-  auto pid = internal::SpawnProcess(argv, log_path, fds[0]);
+  internal::SpawnOptions spawn;
+  spawn.inherit_fds = {fds[0]};
+  spawn.nice_value = options.nice_value;
+  auto pid = internal::SpawnProcessWith(argv, log_path, spawn);
   ::close(fds[0]);
   if (!pid.ok()) {
     ::unlink(log_path.c_str());
     return pid.status();
   }
-  if (!internal::WaitForExit(*pid, options.timeout_ms)) {
+  // Waited for in slices, so that a cancel is seen within kCancelPollMs.
+  constexpr int64_t kCancelPollMs = 50;
+  bool exited = false, cancelled = false;
+  for (int64_t waited = 0; !exited && waited < options.timeout_ms; waited += kCancelPollMs) {
+    if (options.cancel != nullptr && options.cancel->load()) {
+      cancelled = true;
+      break;
+    }
+    exited = internal::WaitForExit(*pid, std::min(kCancelPollMs, options.timeout_ms - waited));
+  }
+  if (!exited) {
     ::kill(*pid, SIGKILL);
     internal::WaitForExit(*pid, 5000);
     int ignored;
     (void)internal::TakeReapedStatus(*pid, &ignored);
     ::unlink(log_path.c_str());
+    if (cancelled) return CancelledError("qemu-img " + args[0] + " cancelled");
     return DeadlineExceededError("qemu-img did not finish within " +
                                  std::to_string(options.timeout_ms) + " ms");
   }
@@ -125,6 +140,21 @@ Status CreateEncryptedOverlay(const QemuImgOptions& options, const std::string& 
                         secret, path + ".log");
   if (!s.ok()) ::unlink(path.c_str());
   return s;
+}
+
+Status GrowEncryptedOverlay(const QemuImgOptions& options, const std::string& path,
+                            uint64_t virtual_size_bytes, const SecretBytes& secret) {
+  RETURN_IF_ERROR(CheckSecret(secret));
+  if (virtual_size_bytes == 0) return InvalidArgumentError("overlay: the disk size is 0");
+  // The image as an explicit node: qcow2, no backing file, our secret.
+  const nlohmann::json image = {{"driver", "qcow2"},
+                                {"backing", nullptr},
+                                {"encrypt", {{"key-secret", internal::kDiskSecretId}}},
+                                {"file", {{"driver", "file"}, {"filename", path}}}};
+  return RunQemuImg(options,
+                    {"resize", "-q", "--object", SecretObject(),
+                     "json:" + DumpJson(image), std::to_string(virtual_size_bytes)},
+                    secret, path + ".log");
 }
 
 Status ConvertToEncrypted(const QemuImgOptions& options, const std::string& nbd_socket,

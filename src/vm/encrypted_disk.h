@@ -13,6 +13,7 @@
 #ifndef VMSEAL_VM_ENCRYPTED_DISK_H_
 #define VMSEAL_VM_ENCRYPTED_DISK_H_
 
+#include <atomic>
 #include <cstdint>
 #include <string>
 
@@ -39,6 +40,12 @@ struct QemuImgOptions {
   std::string binary = "qemu-img";
   // Bound on the run; the process is killed after it. Default 10 min.
   int64_t timeout_ms = 600000;
+  // qemu-img's nice value (0..19). The overlay pool fills in the background
+  // at 19, so that its PBKDF benchmark does not slow a booting VM. Default 0.
+  int nice_value = 0;
+  // When set and it becomes true, qemu-img is killed and the call returns
+  // CANCELLED (nothing left at the path). Not owned. Default none.
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 // Creates `path` (mode 0600, must not exist) as an empty LUKS-encrypted
@@ -48,6 +55,15 @@ struct QemuImgOptions {
 // it fails (nothing is left at `path` then).
 Status CreateEncryptedOverlay(const QemuImgOptions& options, const std::string& path,
                               uint64_t virtual_size_bytes, const SecretBytes& secret);
+
+// Grows the encrypted qcow2 `path` (CreateEncryptedOverlay, under `secret`)
+// to `virtual_size_bytes` (qemu-img resize: it opens the LUKS header with the
+// key slot's stored iteration count and runs no PBKDF benchmark; ~0.1 s).
+// INVALID_ARGUMENT when the size is 0 or the secret is not 32 bytes;
+// INTERNAL with qemu-img's message tail when it fails (a smaller size, a
+// wrong secret); the caller then removes the file.
+Status GrowEncryptedOverlay(const QemuImgOptions& options, const std::string& path,
+                            uint64_t virtual_size_bytes, const SecretBytes& secret);
 
 // Copy mode: converts the tenant's disk served on NBD unix socket
 // `nbd_socket` (read as `format`, with no backing file) into `path` (mode

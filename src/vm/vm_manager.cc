@@ -597,11 +597,22 @@ Accel VmManager::ResolvedAccel() const {
 }
 
 StatusOr<VmInfo> VmManager::Launch(const VmSpec& spec, const SecretBytes* disk_secret) {
+  return Launch(spec, std::vector<const SecretBytes*>{disk_secret});
+}
+
+StatusOr<VmInfo> VmManager::Launch(const VmSpec& spec,
+                                   const std::vector<const SecretBytes*>& disk_secrets) {
   RETURN_IF_ERROR(internal::ValidateVmSpec(spec));
-  const bool needs_secret = internal::NeedsDiskSecret(spec);
-  if (needs_secret && (disk_secret == nullptr || disk_secret->size() != kDiskSecretBytes)) {
-    return InvalidArgumentError("vm " + spec.name + ": an overlay or encrypted disk needs the " +
-                                "32-byte disk secret");
+  const std::vector<uint32_t> secret_slots = internal::DiskSecretSlots(spec);
+  for (uint32_t slot : secret_slots) {
+    if (slot >= internal::kMaxDiskSecretSlots) {
+      return InvalidArgumentError("vm " + spec.name + ": disk secret slot out of range");
+    }
+    if (slot >= disk_secrets.size() || disk_secrets[slot] == nullptr ||
+        disk_secrets[slot]->size() != kDiskSecretBytes) {
+      return InvalidArgumentError("vm " + spec.name + ": an overlay or encrypted disk needs the " +
+                                  "32-byte disk secret");
+    }
   }
   std::lock_guard<std::mutex> lock(mu_);
   const std::string state_path = StatePath(spec.name);
@@ -722,17 +733,28 @@ StatusOr<VmInfo> VmManager::Launch(const VmSpec& spec, const SecretBytes* disk_s
   {
     // The secret's text goes into a pipe (64 bytes fit its buffer) whose read
     // end qemu inherits as fd 3: never argv, the environment or a file.
-    int secret_fd = -1;
-    if (needs_secret) {
-      ASSIGN_OR_RETURN(secret_fd, SecretPipe(*disk_secret));
-      // A VM user reopens it as /dev/fd/3: the pipe must be its own.
-      if (info.uid != 0 && ::fchown(secret_fd, info.uid, info.uid) != 0) {
+    // One pipe per secret slot; all are closed when this block ends.
+    struct SecretFds {
+      std::map<uint32_t, int> fds;
+      ~SecretFds() {
+        for (auto& [slot, fd] : fds) ::close(fd);
+      }
+    } secret_fds;
+    for (uint32_t slot : secret_slots) {
+      auto fd = SecretPipe(*disk_secrets[slot]);
+      if (!fd.ok()) {
+        cleanup();
+        return fd.status();
+      }
+      secret_fds.fds[slot] = *fd;
+      // A VM user reopens it as /dev/fd/N: the pipe must be its own.
+      if (info.uid != 0 && ::fchown(*fd, info.uid, info.uid) != 0) {
         const int e = errno;
-        ::close(secret_fd);
         cleanup();
         return ErrnoToStatus(e, "chown", "disk secret pipe");
       }
     }
+    const int secret_fd = secret_fds.fds.count(0) ? secret_fds.fds[0] : -1;
     spawn.inherit_fds = {secret_fd, qmp_fd};
     int tpm_qemu_fd = -1;
     if (info.tpm) {
@@ -741,7 +763,6 @@ StatusOr<VmInfo> VmManager::Launch(const VmSpec& spec, const SecretBytes* disk_s
       int sv[2];
       if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
         const int e = errno;
-        if (secret_fd >= 0) ::close(secret_fd);
         cleanup();
         return ErrnoToStatus(e, "socketpair", "vtpm");
       }
@@ -756,7 +777,6 @@ StatusOr<VmInfo> VmManager::Launch(const VmSpec& spec, const SecretBytes* disk_s
       ::close(sv[1]);
       if (!tpm_pid.ok()) {
         ::close(sv[0]);
-        if (secret_fd >= 0) ::close(secret_fd);
         cleanup();
         return tpm_pid.status().WithPrefix("vtpm");
       }
@@ -764,9 +784,15 @@ StatusOr<VmInfo> VmManager::Launch(const VmSpec& spec, const SecretBytes* disk_s
       tpm_qemu_fd = sv[0];
       spawn.inherit_fds.push_back(tpm_qemu_fd);
     }
+    // Slots > 0 after the vTPM's descriptor (internal::DiskSecretFd).
+    for (const auto& [slot, fd] : secret_fds.fds) {
+      if (slot == 0) continue;
+      const size_t index = static_cast<size_t>(internal::DiskSecretFd(slot) - 3);
+      if (spawn.inherit_fds.size() <= index) spawn.inherit_fds.resize(index + 1, -1);
+      spawn.inherit_fds[index] = fd;
+    }
     while (!spawn.inherit_fds.empty() && spawn.inherit_fds.back() < 0) spawn.inherit_fds.pop_back();
     auto pid = internal::SpawnProcessWith(record.argv, info.qemu_log_path, spawn);
-    if (secret_fd >= 0) ::close(secret_fd);
     if (tpm_qemu_fd >= 0) ::close(tpm_qemu_fd);
     if (!pid.ok()) {
       cleanup();

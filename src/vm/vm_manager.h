@@ -194,6 +194,10 @@ struct VmDisk {
   // wrote itself (copy mode, ConvertToEncrypted), opened with the disk
   // secret. `format` must be kQcow2.
   bool encrypted = false;
+  // Which of Launch's disk secrets opens the overlay or encrypted file: an
+  // index into `disk_secrets` (each overlay from the pool has its own
+  // secret, src/vm/overlay_pool.h). Default 0.
+  uint32_t secret_slot = 0;
 };
 
 // What a VM should run with (the CPU and memory come from the OVF).
@@ -313,6 +317,11 @@ class VmManager {
   // otherwise. It reaches qemu through an inherited pipe (a secret object
   // read from /dev/fd/3), never argv, the environment or a file.
   StatusOr<VmInfo> Launch(const VmSpec& spec, const SecretBytes* disk_secret = nullptr);
+  // The same with one secret per slot: a disk with secret_slot k is opened
+  // with disk_secrets[k] (32 bytes each); slot k > 0 reaches qemu on
+  // descriptor 5 + k. INVALID_ARGUMENT when a disk names a slot with no
+  // secret.
+  StatusOr<VmInfo> Launch(const VmSpec& spec, const std::vector<const SecretBytes*>& disk_secrets);
 
   // Every VM with a state file, sorted by name; state kRunning only when its
   // recorded pid is alive and runs the recorded command line.

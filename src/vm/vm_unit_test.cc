@@ -418,6 +418,37 @@ TEST(QemuCommandTest, EncryptedCopyIsLuksQcow2WithoutBacking) {
             "secret,id=vmseal-disk-secret,format=raw,file=/dev/fd/3");
 }
 
+TEST(QemuCommandTest, EachDiskOpensItsOverlayWithTheSecretOfItsSlot) {
+  VmSpec spec = StreamedSpec();
+  VmDisk d1 = spec.disks[0];
+  d1.path = "/s/d1/nbd.sock";
+  d1.overlay_path = "/s/d1.qcow2";
+  d1.boot = false;
+  d1.secret_slot = 1;
+  VmDisk d2 = d1;
+  d2.path = "/s/d2/nbd.sock";
+  d2.overlay_path = "/s/d2.qcow2";
+  d2.secret_slot = 2;
+  spec.disks.push_back(d1);
+  spec.disks.push_back(d2);
+  auto argv = BuildQemuArgv("qemu", spec, Accel::kTcg, kPaths);
+  std::vector<std::string> objects;
+  for (size_t i = 0; i + 1 < argv.size(); ++i) {
+    if (argv[i] == "-object") objects.push_back(argv[i + 1]);
+  }
+  EXPECT_EQ(objects, (std::vector<std::string>{
+                         "secret,id=vmseal-disk-secret,format=raw,file=/dev/fd/3",
+                         "secret,id=vmseal-disk-secret-1,format=raw,file=/dev/fd/6",
+                         "secret,id=vmseal-disk-secret-2,format=raw,file=/dev/fd/7"}));
+  auto nodes = BlockdevNodes(argv);
+  ASSERT_EQ(nodes.size(), 12u);
+  for (size_t i = 0; i < 3; ++i) {
+    const std::string id = i == 0 ? "vmseal-disk-secret" : "vmseal-disk-secret-" + std::to_string(i);
+    EXPECT_EQ(nodes[4 * i + 3]["encrypt"]["key-secret"], id) << nodes[4 * i + 3].dump();
+  }
+  EXPECT_EQ(internal::DiskSecretSlots(spec), (std::vector<uint32_t>{0, 1, 2}));
+}
+
 TEST(QemuCommandTest, PlainDisksGetNoSecretObject) {
   auto argv = BuildQemuArgv("qemu", ThreeDiskSpec(), Accel::kTcg, kPaths);
   EXPECT_EQ(FlagValue(argv, "-object"), "");

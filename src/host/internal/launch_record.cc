@@ -45,6 +45,8 @@ std::string SerializeLaunchRecord(const LaunchRecord& r) {
     disks.push_back(
         {{"id", d.id}, {"export_dir", d.export_dir}, {"format", d.format}, {"file", d.file}});
   }
+  json secrets = json::array();
+  for (const TpmWrapped& w : r.disk_secrets) secrets.push_back(Wrapped(w));
   json j = {{"version", kLaunchRecordVersion},
             {"vm", r.vm_name},
             {"job_id", r.job_id},
@@ -53,7 +55,7 @@ std::string SerializeLaunchRecord(const LaunchRecord& r) {
             {"package_path", r.package_path},
             {"image_id", r.image_id},
             {"tenant", r.tenant},
-            {"disk_secret", Wrapped(r.disk_secret)},
+            {"disk_secrets", secrets},
             {"disks", disks}};
   if (!r.data_key.wrapped.empty()) j["data_key"] = Wrapped(r.data_key);
   return DumpJson(j, 2) + "\n";
@@ -75,7 +77,22 @@ StatusOr<LaunchRecord> ParseLaunchRecord(const std::string& text) {
   ASSIGN_OR_RETURN(r.package_path, Str(j, "package_path"));
   ASSIGN_OR_RETURN(r.image_id, Str(j, "image_id"));
   ASSIGN_OR_RETURN(r.tenant, Str(j, "tenant"));
-  ASSIGN_OR_RETURN(r.disk_secret, ParseWrapped(j, "disk_secret"));
+  if (j.contains("disk_secret")) {
+    // Written by an agent before the overlay pool: one secret.
+    ASSIGN_OR_RETURN(TpmWrapped w, ParseWrapped(j, "disk_secret"));
+    r.disk_secrets.push_back(std::move(w));
+  } else {
+    if (!j.contains("disk_secrets") || !j["disk_secrets"].is_array() ||
+        j["disk_secrets"].empty()) {
+      return Corrupt("disk_secrets missing");
+    }
+    for (const json& e : j["disk_secrets"]) {
+      if (!e.is_object()) return Corrupt("a disk secret is not an object");
+      json holder = {{"w", e}};
+      ASSIGN_OR_RETURN(TpmWrapped w, ParseWrapped(holder, "w"));
+      r.disk_secrets.push_back(std::move(w));
+    }
+  }
   if (j.contains("data_key")) {
     ASSIGN_OR_RETURN(r.data_key, ParseWrapped(j, "data_key"));
   }

@@ -42,7 +42,10 @@ struct LaunchRecord {
   std::string image_id;
   std::string tenant;
   TpmWrapped data_key;     // stream mode only
-  TpmWrapped disk_secret;  // always
+  // The disk secrets in VmDisk::secret_slot order: one per overlay in
+  // stream mode (each from the overlay pool), one for every copy in copy
+  // mode. At least one.
+  std::vector<TpmWrapped> disk_secrets;
   std::vector<LaunchedDisk> disks;
 };
 

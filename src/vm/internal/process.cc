@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <grp.h>
+#include <sys/resource.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -149,7 +150,7 @@ StatusOr<pid_t> SpawnProcess(const std::vector<std::string>& argv, const std::st
 StatusOr<pid_t> SpawnProcessWith(const std::vector<std::string>& argv,
                                  const std::string& log_path, const SpawnOptions& options) {
   if (argv.empty()) return InvalidArgumentError("spawn: empty argv");
-  if (options.inherit_fds.size() > 16) return InvalidArgumentError("spawn: too many fds");
+  if (options.inherit_fds.size() > 24) return InvalidArgumentError("spawn: too many fds");
   // Everything the child needs is prepared here: between fork and exec only
   // async-signal-safe calls are made.
   std::vector<char*> cargv;
@@ -182,6 +183,7 @@ StatusOr<pid_t> SpawnProcessWith(const std::vector<std::string>& argv,
   }
   const bool drop = options.uid != 0;
   const std::vector<gid_t> groups = options.groups;
+  const int nice_value = options.nice_value;
 
   pid_t pid = ::fork();
   if (pid < 0) return InternalError(std::string("fork: ") + std::strerror(errno));
@@ -210,6 +212,7 @@ StatusOr<pid_t> SpawnProcessWith(const std::vector<std::string>& argv,
     for (int fd = first_free; fd < 1024; ++fd) {
       if (fd != keep) ::close(fd);
     }
+    if (nice_value != 0 && ::setpriority(PRIO_PROCESS, 0, nice_value) != 0) fail(errno);
     if (drop) {
       // Groups first (they need privilege), then gid, then uid; checked,
       // so that a failed drop never runs the program privileged.

@@ -24,7 +24,7 @@ StatusOr<pid_t> SpawnProcess(const std::vector<std::string>& argv, const std::st
 // Who a child runs as and what it inherits beyond stdio.
 struct SpawnOptions {
   // Descriptors the child gets as 3, 4, ... in this order (-1: that number
-  // stays closed); they stay owned by the caller.
+  // stays closed; at most 24); they stay owned by the caller.
   std::vector<int> inherit_fds;
   // uid 0 (default): the child keeps the caller's credentials. Otherwise,
   // between fork and exec, the child sets its supplementary groups to
@@ -34,6 +34,9 @@ struct SpawnOptions {
   uid_t uid = 0;
   gid_t gid = 0;
   std::vector<gid_t> groups;
+  // The child's nice value (setpriority), e.g. 19 for background work that
+  // must not slow a VM's boot. Default 0: the caller's.
+  int nice_value = 0;
 };
 
 // SpawnProcess with options.

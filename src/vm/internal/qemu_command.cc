@@ -1,7 +1,8 @@
 #include "vm/internal/qemu_command.h"
 
-#include <utility>
+#include <set>
 #include <string>
+#include <utility>
 
 #include "json/json.h"
 
@@ -94,6 +95,23 @@ std::string DiskOverlayFileNodeName(size_t index) {
 }
 
 bool NeedsDiskSecret(const VmDisk& disk) { return disk.encrypted || !disk.overlay_path.empty(); }
+std::string DiskSecretId(uint32_t slot) {
+  return slot == 0 ? std::string(kDiskSecretId)
+                   : std::string(kDiskSecretId) + "-" + std::to_string(slot);
+}
+
+int DiskSecretFd(uint32_t slot) {
+  return slot == 0 ? kDiskSecretFd : kExtraDiskSecretFdBase + static_cast<int>(slot) - 1;
+}
+
+std::vector<uint32_t> DiskSecretSlots(const VmSpec& spec) {
+  std::set<uint32_t> slots;
+  for (const VmDisk& d : DisksOf(spec)) {
+    if (NeedsDiskSecret(d)) slots.insert(d.secret_slot);
+  }
+  return {slots.begin(), slots.end()};
+}
+
 bool NeedsDiskSecret(const VmSpec& spec) {
   for (const VmDisk& d : DisksOf(spec)) {
     if (NeedsDiskSecret(d)) return true;
@@ -134,7 +152,9 @@ std::string DiskFormatNode(const VmDisk& disk, size_t index) {
   // Whatever a qcow2 header names as its backing file, qemu opens none.
   if (disk.format == DiskFormat::kQcow2) node["backing"] = nullptr;
   if (overlay) node["read-only"] = true;
-  if (disk.encrypted) node["encrypt"] = {{"format", "luks"}, {"key-secret", kDiskSecretId}};
+  if (disk.encrypted) {
+    node["encrypt"] = {{"format", "luks"}, {"key-secret", DiskSecretId(disk.secret_slot)}};
+  }
   return DumpJson(node);
 }
 
@@ -150,7 +170,8 @@ std::vector<std::string> DiskBlockdevs(const VmDisk& disk, size_t index) {
                             {"node-name", DiskNodeName(index)},
                             {"file", DiskOverlayFileNodeName(index)},
                             {"backing", DiskBaseNodeName(index)},
-                            {"encrypt", {{"format", "luks"}, {"key-secret", kDiskSecretId}}}}));
+                            {"encrypt",
+                             {{"format", "luks"}, {"key-secret", DiskSecretId(disk.secret_slot)}}}}));
   }
   return out;
 }
@@ -212,10 +233,10 @@ std::vector<std::string> BuildQemuArgv(const std::string& qemu_binary, const VmS
       argv.insert(argv.end(), {"-global", "driver=cfi.pflash01,property=secure,value=on"});
     }
   }
-  if (NeedsDiskSecret(spec)) {
-    argv.insert(argv.end(), {"-object", std::string("secret,id=") + kDiskSecretId +
+  for (uint32_t slot : DiskSecretSlots(spec)) {
+    argv.insert(argv.end(), {"-object", "secret,id=" + DiskSecretId(slot) +
                                             ",format=raw,file=/dev/fd/" +
-                                            std::to_string(kDiskSecretFd)});
+                                            std::to_string(DiskSecretFd(slot))});
   }
   if (spec.tpm) {
     // The emulator's control channel is one end of a socket pair; qemu then

@@ -90,6 +90,17 @@ std::string DiskOverlayFileNodeName(size_t index);
 // inherited descriptor (a pipe the agent fills: never argv, env or a file).
 inline constexpr const char* kDiskSecretId = "vmseal-disk-secret";
 inline constexpr int kDiskSecretFd = 3;
+// Further disk secrets (VmDisk::secret_slot > 0): slot k is the object
+// "vmseal-disk-secret-<k>" read from descriptor kExtraDiskSecretFdBase + k - 1.
+inline constexpr int kExtraDiskSecretFdBase = 6;
+// Slots 0 .. kMaxDiskSecretSlots - 1 (one per disk of a VM).
+inline constexpr uint32_t kMaxDiskSecretSlots = 16;
+// The secret object id and inherited descriptor of secret slot `slot`.
+std::string DiskSecretId(uint32_t slot);
+int DiskSecretFd(uint32_t slot);
+// The secret slots the disks of `spec` use (those that need a secret),
+// ascending, each once.
+std::vector<uint32_t> DiskSecretSlots(const VmSpec& spec);
 // The inherited QMP listening socket of a VM run under a VM user.
 inline constexpr int kQmpListenFd = 4;
 // qemu's end of the socket pair to the VM's swtpm (VmSpec::tpm), and the

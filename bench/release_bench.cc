@@ -662,8 +662,9 @@ int Run(int releases, const std::string& store_arg, int clients, const std::stri
                      }, true)});
     // A host altering a package it holds (never verified): the descriptor
     // alone; descriptor and manifest beside a .cert the KMS verified before;
-    // one digit of the signature (only the full verification refuses it;
-    // the per-host limit bounds how many a host gets, off here).
+    // one digit of the signature above the known signer certificate (a
+    // signature check with the remembered key; no X.509 decoding). The
+    // per-host limit, off here, bounds how many of any kind a host gets.
     auto flip = [](std::string& text, size_t at) { text[at] = text[at] == 'A' ? 'B' : 'A'; };
     kinds.push_back({"altered descriptor", "bad_signature", fresh([](kms::ReleaseRequest&) {}, true,
                      [&](kms::ReleaseRequest& r) { flip(r.descriptor, r.descriptor.find("CipherValue>") + 12); })});

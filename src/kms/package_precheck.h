@@ -14,10 +14,12 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 
 #include "base/status.h"
+#include "crypto/keys.h"
 #include "ovf/signed_package_texts.h"
 #include "rate_limit/rate_limit.h"
 
@@ -53,12 +55,17 @@ class PackagePrecheck {
   //     digest of `descriptor`;
   //  2. the exact .cert text, if it was seen verifying before, verified
   //     over this manifest (its signature verifies one manifest digest
-  //     only: a known .cert beside another manifest is a forgery).
+  //     only: a known .cert beside another manifest is a forgery);
+  //  3. a .cert whose certificates (everything after the signature line)
+  //     are byte for byte those of one that verified before: its signature
+  //     line is checked over the manifest with that signer's key, remembered
+  //     parsed (a signature verification, no X.509 decoding).
   // Texts over the bounds of docs/protocol.md §5 are left to the full
   // verification (which refuses them).
   Status Check(const ovf::SignedPackageTexts& texts) const;
-  // Records that `texts` verified in full (its .cert over its manifest).
-  void RememberVerified(const ovf::SignedPackageTexts& texts);
+  // Records that `texts` verified in full (its .cert over its manifest),
+  // signed by `signer` (the public key of the .cert's signer certificate).
+  void RememberVerified(const ovf::SignedPackageTexts& texts, const crypto::PublicKey& signer);
 
   // Certificates remembered (for tests).
   size_t remembered_certificates() const;
@@ -69,6 +76,8 @@ class PackagePrecheck {
   mutable std::mutex mu_;
   // SHA-256 of a verified .cert text -> SHA-256 of the manifest it signed.
   std::map<std::string, std::string> manifest_of_cert_;
+  // SHA-256 of the certificates of a verified .cert -> its signer's key.
+  std::map<std::string, std::shared_ptr<const crypto::PublicKey>> signer_of_chain_;
 };
 
 }  // namespace vmseal::kms

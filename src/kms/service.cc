@@ -977,7 +977,9 @@ StatusOr<ovf::SignedDescriptor> KmsService::VerifyTenantSigned(const std::string
                                               tenant);
   if (!signer.ok()) return PermissionDeniedError(signer.message());
   *signer_key_id = registered->key_id;
-  precheck_.RememberVerified(texts);
+  if (auto signer_key = verified->signature.signer.GetPublicKey(); signer_key.ok()) {
+    precheck_.RememberVerified(texts, *signer_key);
+  }
   auto entry = std::make_shared<const VerifiedTexts>(
       VerifiedTexts{registered->key_id, cert_digest, now, *verified});
   if (!options_.remember_verified_packages) return verified;

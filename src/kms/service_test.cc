@@ -1337,6 +1337,30 @@ TEST_F(ReleaseTest, KnownCertificateBesideAnotherManifestIsRefusedBeforeVerifica
                 "bad_signature: this .cert verified over another manifest");
 }
 
+// A new signature line above certificates the KMS parsed before is checked
+// with the signer key it remembers, before the certificates are parsed.
+TEST_F(ReleaseTest, AlteredSignatureAboveKnownCertificatesIsRefusedBeforeParsingThem) {
+  crypto::PublicKey customer = NewCustomerKey("X25519");
+  const ReleaseRequest first = Request("img-1", customer, data_key_);
+  ASSERT_OK(Release(first));
+  ReleaseRequest r = Request("img-1", customer, data_key_);
+  r.wrapped_key = first.wrapped_key;
+  r.descriptor = first.descriptor;
+  r.manifest = first.manifest;
+  r.package_cert = first.package_cert;
+  const size_t at = r.package_cert.find("= ") + 2 + 10;
+  r.package_cert[at] = r.package_cert[at] == '0' ? '1' : '0';
+  EXPECT_STATUS(Release(r), StatusCode::kPermissionDenied,
+                "bad_signature: the manifest signature does not verify with the known signer certificate");
+  // The same line restored verifies (from memory, the exact bytes).
+  r = Request("img-1", customer, data_key_);
+  r.wrapped_key = first.wrapped_key;
+  r.descriptor = first.descriptor;
+  r.manifest = first.manifest;
+  r.package_cert = first.package_cert;
+  ASSERT_OK(Release(r));
+}
+
 // Failures of one host's package texts are limited: after the free ones,
 // every request of that host is refused (rate_limited) until its block ends,
 // good packages included; the count is not cleared by a good package.
@@ -1344,7 +1368,7 @@ TEST_F(ReleaseTest, HostWhosePackagesFailVerificationTooOftenIsRateLimited) {
   crypto::PublicKey customer = NewCustomerKey("X25519");
   auto altered = [&] {
     ReleaseRequest r = Request("img-1", customer, data_key_);
-    // One hex digit of the signature line: only the full verification refuses it.
+    // One hex digit of the signature line (refused by a signature check).
     const size_t at = r.package_cert.find("= ") + 2 + 10;
     r.package_cert[at] = r.package_cert[at] == '0' ? '1' : '0';
     return r;

@@ -945,6 +945,12 @@ StatusOr<ovf::SignedDescriptor> KmsService::VerifyTenantSigned(const std::string
       return it->second->descriptor;
     }
   }
+  // A tenant with no registered signing key has nothing the texts could be
+  // signed by: refused before they are parsed (an unsigned package keeps
+  // its own reason, below).
+  if (!registered.ok() && !texts.certificate.empty()) {
+    return Denied("signer_mismatch", "tenant " + tenant + " has no registered signing key");
+  }
   // Texts that were never what was signed are refused for a SHA-256, before
   // any X.509, signature or XML work (a host altering a package it holds).
   if (Status cheap = precheck_.Check(texts); !cheap.ok()) return PermissionDeniedError(cheap.message());

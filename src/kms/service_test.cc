@@ -1361,6 +1361,19 @@ TEST_F(ReleaseTest, AlteredSignatureAboveKnownCertificatesIsRefusedBeforeParsing
   ASSERT_OK(Release(r));
 }
 
+// Another tenant's name on a package, a tenant with no signing key: refused
+// before the texts are parsed (here the .cert would not parse).
+TEST_F(ReleaseTest, TenantWithoutASigningKeyIsRefusedBeforeTheTextsAreParsed) {
+  crypto::PublicKey customer = NewCustomerKey("X25519");
+  ReleaseRequest r = Request("img-1", customer, data_key_);
+  r.tenant = "globex";
+  r.package_cert = "not a certificate\n";
+  EXPECT_STATUS(Release(r), StatusCode::kPermissionDenied,
+                "signer_mismatch: tenant globex has no registered signing key");
+  r.package_cert.clear();
+  EXPECT_STATUS(Release(r), StatusCode::kPermissionDenied, "unsigned_package");
+}
+
 // Failures of one host's package texts are limited: after the free ones,
 // every request of that host is refused (rate_limited) until its block ends,
 // good packages included; the count is not cleared by a good package.

@@ -38,6 +38,7 @@
 #include "crypto/keys.h"
 #include "kms/kek.h"
 #include "net/https_client.h"
+#include "ovf/manifest.h"
 #include "ovf/package_format.h"
 #include "ovf/descriptor.h"
 #include "ovf/signature.h"
@@ -159,6 +160,10 @@ int Run(int releases, const std::string& store_arg, int clients, const std::stri
   kms::KmsService::Options options;
   options.ek_ca_bundle_pem = tpm->ca_bundle_pem();
   options.nonce_lifetime_seconds = 3600;
+  // The hostile phase measures what each altered package costs its own
+  // checks, hundreds from one host: the per-host limit on failed package
+  // verifications (ten, then refused) would answer most of them rate_limited.
+  options.package_precheck.failures.free_failures = 1 << 30;
   kms::internal::CertAndKey ca_copy{ca.cert_pem, ca.key_pem.Clone()};
   auto service = Must(kms::KmsService::Create(options, store.get(), kek.get(), std::move(ca)), "service");
   // The baseline: the same service on the same store that verifies every
@@ -593,7 +598,8 @@ int Run(int releases, const std::string& store_arg, int clients, const std::stri
     // `n` bodies of `good` changed by `change`, each with a fresh nonce
     // (attested by the swtpm when `attest`, else left with the good
     // evidence's structures).
-    auto fresh = [&](const std::function<void(kms::ReleaseRequest&)>& change, bool attest) {
+    auto fresh = [&](const std::function<void(kms::ReleaseRequest&)>& change, bool attest,
+                     const std::function<void(kms::ReleaseRequest&)>& after_signing = nullptr) {
       std::vector<std::string> out;
       for (int i = 0; i < n; ++i) {
         kms::ReleaseRequest r = good;
@@ -607,6 +613,8 @@ int Run(int releases, const std::string& store_arg, int clients, const std::stri
         // Signed as the customer would have signed this (changed) request,
         // so that it is refused for the reason the kind is about.
         sign_request(r);
+        // A host altering the package it holds changes the signed texts.
+        if (after_signing) after_signing(r);
         // Each body is its own job with a one-launch grant, so that it is
         // refused for the reason the kind is about, not for a used grant.
         static int hostile_job = 0;
@@ -652,6 +660,34 @@ int Run(int releases, const std::string& store_arg, int clients, const std::stri
                        r.image_id = "img-pcr";
                        r.oaep_label = PackageLabel("img-pcr", "acme");
                      }, true)});
+    // A host altering a package it holds (never verified): the descriptor
+    // alone; descriptor and manifest beside a .cert the KMS verified before;
+    // one digit of the signature above the known signer certificate (a
+    // signature check with the remembered key; no X.509 decoding). The
+    // per-host limit, off here, bounds how many of any kind a host gets.
+    auto flip = [](std::string& text, size_t at) { text[at] = text[at] == 'A' ? 'B' : 'A'; };
+    kinds.push_back({"altered descriptor", "bad_signature", fresh([](kms::ReleaseRequest&) {}, true,
+                     [&](kms::ReleaseRequest& r) { flip(r.descriptor, r.descriptor.find("CipherValue>") + 12); })});
+    kinds.push_back({"altered descriptor+manifest", "bad_signature", fresh([](kms::ReleaseRequest&) {}, true,
+                     [&](kms::ReleaseRequest& r) {
+                       r.descriptor_name = good.descriptor_name;
+                       r.descriptor = good.descriptor;
+                       flip(r.descriptor, r.descriptor.find("CipherValue>") + 12);
+                       auto entries = Must(ovf::ParseManifest(good.manifest), "manifest");
+                       for (ovf::ManifestEntry& e : entries) {
+                         if (e.name != r.descriptor_name) continue;
+                         ovf::StreamingDigest d(e.algorithm);
+                         d.Update(crypto::AsBytes(r.descriptor));
+                         e.digest = d.Finish();
+                       }
+                       r.manifest = ovf::FormatManifest(entries);
+                       r.package_cert = good.package_cert;
+                     })});
+    kinds.push_back({"altered signature (.cert)", "bad_signature", fresh([](kms::ReleaseRequest&) {}, true,
+                     [&](kms::ReleaseRequest& r) {
+                       const size_t at = r.package_cert.find("= ") + 12;
+                       r.package_cert[at] = r.package_cert[at] == '0' ? '1' : '0';
+                     })});
     // Set after the grants above: a grant is checked against the image's
     // policy, so the release is what refuses these (pcr_policy).
     Must(service->PutPolicy(op, {"acme", "img-pcr", {{"flavors", {{"anyOf", {"other"}}}}}}), "policy");

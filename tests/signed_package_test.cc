@@ -269,6 +269,34 @@ TEST_F(CustomerSignedPackageTest, WrappedKeySwappedAfterSigningIsRefusedAtTheKms
   EXPECT_THAT(DeniedReasons(), ::testing::ElementsAre("key_not_signed", "bad_signature"));
 }
 
+// A host altering a package it holds, again and again (issue 14, hostile
+// cost): each altered descriptor is refused from the manifest's digest
+// before any signature or certificate work, and after ten failures the host
+// is refused outright (429 rate_limited), the untouched package included;
+// nothing is granted.
+TEST_F(CustomerSignedPackageTest, HostAlteringAPackageItHoldsIsRefusedCheaplyThenRateLimited) {
+  SignUp("a");
+  std::string out;
+  ASSERT_EQ(Seal("a", "a.ova", {}, &out), 0) << out;
+  auto host = Kms("host-x");
+  json altered = ReleaseBody("a.ova");
+  std::string descriptor = altered["descriptor"];
+  const size_t at = descriptor.find("CipherValue>");
+  ASSERT_NE(at, std::string::npos);
+  descriptor[at + 12] = descriptor[at + 12] == 'A' ? 'B' : 'A';
+  altered["descriptor"] = descriptor;
+  for (int i = 0; i < 11; ++i) {  // ten free failures, the eleventh blocks the host
+    SCOPED_TRACE(i);
+    EXPECT_STATUS(host->Post("/v1/hosts/host-x/releases", altered), StatusCode::kPermissionDenied,
+                  "bad_signature: the descriptor does not have the digest the manifest lists");
+  }
+  EXPECT_STATUS(host->Post("/v1/hosts/host-x/releases", ReleaseBody("a.ova")),
+                StatusCode::kResourceExhausted, "rate_limited: host host-x");
+  std::vector<std::string> want(11, "bad_signature");
+  want.push_back("rate_limited");
+  EXPECT_EQ(DeniedReasons(), want);  // and no release.grant (DeniedReasons checks)
+}
+
 TEST_F(CustomerSignedPackageTest, FetchCertCatchesASigningKeySubstitutedByThePortal) {
   // A customer registered without a signing key (an older client) ...
   httplib::Client c("127.0.0.1", portal_->port());

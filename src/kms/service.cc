@@ -178,7 +178,10 @@ KmsService::KmsService(Options options, Store* store, const KeyEncryptionKey* ke
       store_(store),
       kek_(kek),
       ca_(std::move(ca)),
-      used_nonces_(kUsedNonceCacheCapacity) {}
+      used_nonces_(kUsedNonceCacheCapacity),
+      precheck_(options_.package_precheck,
+                options_.clock ? rate_limit::Clock([clock = options_.clock] { return static_cast<double>(clock()); })
+                               : rate_limit::SteadyClock()) {}
 
 namespace {
 
@@ -942,6 +945,15 @@ StatusOr<ovf::SignedDescriptor> KmsService::VerifyTenantSigned(const std::string
       return it->second->descriptor;
     }
   }
+  // A tenant with no registered signing key has nothing the texts could be
+  // signed by: refused before they are parsed (an unsigned package keeps
+  // its own reason, below).
+  if (!registered.ok() && !texts.certificate.empty()) {
+    return Denied("signer_mismatch", "tenant " + tenant + " has no registered signing key");
+  }
+  // Texts that were never what was signed are refused for a SHA-256, before
+  // any X.509, signature or XML work (a host altering a package it holds).
+  if (Status cheap = precheck_.Check(texts); !cheap.ok()) return PermissionDeniedError(cheap.message());
   // A package signed by another key than the registered one is refused
   // from its .cert alone, before the signature, manifest and descriptor are
   // checked: foreign-signed bytes cost a certificate parse, not a
@@ -971,6 +983,9 @@ StatusOr<ovf::SignedDescriptor> KmsService::VerifyTenantSigned(const std::string
                                               tenant);
   if (!signer.ok()) return PermissionDeniedError(signer.message());
   *signer_key_id = registered->key_id;
+  if (auto signer_key = verified->signature.signer.GetPublicKey(); signer_key.ok()) {
+    precheck_.RememberVerified(texts, *signer_key);
+  }
   auto entry = std::make_shared<const VerifiedTexts>(
       VerifiedTexts{registered->key_id, cert_digest, now, *verified});
   if (!options_.remember_verified_packages) return verified;
@@ -1083,8 +1098,14 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
   std::string signer_key_id;
   std::optional<std::string> descriptor_policy;
   if (options_.require_package_signature || !req.package_cert.empty()) {
+    // A host whose package texts failed verification too often is refused
+    // before any more are checked (package_precheck.h).
+    if (Status host_ok = precheck_.CheckHost(host_id); !host_ok.ok()) return finish(host_ok);
     Status signed_ok = CheckSignedPackage(req, &signer_key_id, &descriptor_policy);
-    if (!signed_ok.ok()) return finish(signed_ok);
+    if (!signed_ok.ok()) {
+      if (!ReasonPrefix(signed_ok).empty()) precheck_.RecordFailure(host_id);  // not a store outage
+      return finish(signed_ok);
+    }
     audit["signer_key_id"] = signer_key_id;
   }
 

@@ -31,6 +31,7 @@
 #include "kms/kek.h"
 #include "kms/metrics.h"
 #include "kms/nonce.h"
+#include "kms/package_precheck.h"
 #include "kms/policy.h"
 #include "kms/store.h"
 #include "net/https_server.h"
@@ -222,6 +223,9 @@ class KmsService {
     // time). false verifies every time (bench/release_bench's baseline).
     // Default true.
     bool remember_verified_packages = true;
+    // The cheap checks of package texts before their verification, and the
+    // per-host limit on failed package verifications (package_precheck.h).
+    PackagePrecheck::Options package_precheck;
   };
 
   // `store` and `kek` must outlive the service. `ca` signs certificates.
@@ -514,6 +518,7 @@ class KmsService {
   // Registered descriptor policies by (tenant, image id), only of images
   // registered with a descriptor.
   std::map<std::pair<std::string, std::string>, RegisteredPolicy> descriptors_;
+  PackagePrecheck precheck_;
 
   std::mutex reads_mu_;  // guards the release reads below
   int64_t reads_version_ = kUncached;

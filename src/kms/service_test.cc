@@ -8,6 +8,7 @@
 #include "crypto/keys.h"
 #include "crypto/primitives.h"
 #include "crypto/ssl_util.h"
+#include "ovf/manifest.h"
 #include "ovf/descriptor.h"
 #include "ovf/package_format.h"
 #include "ovf/policy_document.h"
@@ -1294,6 +1295,110 @@ TEST_F(ReleaseTest, GrantedReleaseNamesTheSigner) {
   ASSERT_OK(out);
   EXPECT_EQ(out->signer_key_id, signing_key_->KeyId());
   EXPECT_NE(AuditText().find("\"signer_key_id\":\"" + signing_key_->KeyId() + "\""), std::string::npos);
+}
+
+// A host altering a package it holds (docs/protocol.md §5.1): the usual
+// alterations are refused before the .cert is parsed (here it does not even
+// parse), for the price of a SHA-256.
+TEST_F(ReleaseTest, AlteredDescriptorIsRefusedBeforeItsCertificateIsParsed) {
+  crypto::PublicKey customer = NewCustomerKey("X25519");
+  ReleaseRequest r = Request("img-1", customer, data_key_);
+  r.descriptor.replace(r.descriptor.find("img-1"), 5, "img-2");
+  r.package_cert = "SHA256(not a certificate)= 00\n";
+  EXPECT_STATUS(Release(r), StatusCode::kPermissionDenied,
+                "bad_signature: the descriptor does not have the digest the manifest lists");
+  EXPECT_EQ(Audited("release.deny", "bad_signature"), 1);
+}
+
+// A .cert the KMS verified once, beside a manifest rewritten for an altered
+// descriptor: its signature covers one manifest only.
+TEST_F(ReleaseTest, KnownCertificateBesideAnotherManifestIsRefusedBeforeVerification) {
+  crypto::PublicKey customer = NewCustomerKey("X25519");
+  const ReleaseRequest first = Request("img-1", customer, data_key_);
+  ASSERT_OK(Release(first));
+  ReleaseRequest r = Request("img-1", customer, data_key_);
+  r.descriptor_name = first.descriptor_name;
+  r.descriptor = first.descriptor;
+  r.descriptor.replace(r.descriptor.find("img-1"), 5, "img-2");
+  auto entries = ovf::ParseManifest(first.manifest);
+  ASSERT_OK(entries);
+  bool listed = false;
+  for (ovf::ManifestEntry& e : *entries) {
+    if (e.name != r.descriptor_name) continue;
+    ovf::StreamingDigest d(e.algorithm);
+    d.Update(crypto::AsBytes(r.descriptor));
+    e.digest = d.Finish();
+    listed = true;
+  }
+  ASSERT_TRUE(listed);
+  r.manifest = ovf::FormatManifest(*entries);
+  r.package_cert = first.package_cert;
+  EXPECT_STATUS(Release(r), StatusCode::kPermissionDenied,
+                "bad_signature: this .cert verified over another manifest");
+}
+
+// A new signature line above certificates the KMS parsed before is checked
+// with the signer key it remembers, before the certificates are parsed.
+TEST_F(ReleaseTest, AlteredSignatureAboveKnownCertificatesIsRefusedBeforeParsingThem) {
+  crypto::PublicKey customer = NewCustomerKey("X25519");
+  const ReleaseRequest first = Request("img-1", customer, data_key_);
+  ASSERT_OK(Release(first));
+  ReleaseRequest r = Request("img-1", customer, data_key_);
+  r.wrapped_key = first.wrapped_key;
+  r.descriptor = first.descriptor;
+  r.manifest = first.manifest;
+  r.package_cert = first.package_cert;
+  const size_t at = r.package_cert.find("= ") + 2 + 10;
+  r.package_cert[at] = r.package_cert[at] == '0' ? '1' : '0';
+  EXPECT_STATUS(Release(r), StatusCode::kPermissionDenied,
+                "bad_signature: the manifest signature does not verify with the known signer certificate");
+  // The same line restored verifies (from memory, the exact bytes).
+  r = Request("img-1", customer, data_key_);
+  r.wrapped_key = first.wrapped_key;
+  r.descriptor = first.descriptor;
+  r.manifest = first.manifest;
+  r.package_cert = first.package_cert;
+  ASSERT_OK(Release(r));
+}
+
+// Another tenant's name on a package, a tenant with no signing key: refused
+// before the texts are parsed (here the .cert would not parse).
+TEST_F(ReleaseTest, TenantWithoutASigningKeyIsRefusedBeforeTheTextsAreParsed) {
+  crypto::PublicKey customer = NewCustomerKey("X25519");
+  ReleaseRequest r = Request("img-1", customer, data_key_);
+  r.tenant = "globex";
+  r.package_cert = "not a certificate\n";
+  EXPECT_STATUS(Release(r), StatusCode::kPermissionDenied,
+                "signer_mismatch: tenant globex has no registered signing key");
+  r.package_cert.clear();
+  EXPECT_STATUS(Release(r), StatusCode::kPermissionDenied, "unsigned_package");
+}
+
+// Failures of one host's package texts are limited: after the free ones,
+// every request of that host is refused (rate_limited) until its block ends,
+// good packages included; the count is not cleared by a good package.
+TEST_F(ReleaseTest, HostWhosePackagesFailVerificationTooOftenIsRateLimited) {
+  crypto::PublicKey customer = NewCustomerKey("X25519");
+  auto altered = [&] {
+    ReleaseRequest r = Request("img-1", customer, data_key_);
+    // One hex digit of the signature line (refused by a signature check).
+    const size_t at = r.package_cert.find("= ") + 2 + 10;
+    r.package_cert[at] = r.package_cert[at] == '0' ? '1' : '0';
+    return r;
+  };
+  const int free_failures = KmsService::Options().package_precheck.failures.free_failures;
+  ASSERT_OK(Release(Request("img-1", customer, data_key_)));
+  for (int i = 0; i < free_failures; ++i) {
+    SCOPED_TRACE(i);
+    EXPECT_STATUS(Release(altered()), StatusCode::kPermissionDenied, "bad_signature");
+  }
+  ASSERT_OK(Release(Request("img-1", customer, data_key_)));  // does not clear the count
+  EXPECT_STATUS(Release(altered()), StatusCode::kPermissionDenied, "bad_signature");  // blocks h1
+  EXPECT_STATUS(Release(Request("img-1", customer, data_key_)), StatusCode::kResourceExhausted,
+                "rate_limited: host h1");
+  EXPECT_EQ(Audited("release.deny", "rate_limited"), 1);
+  now_ += 2;  // the first block is 1 s
+  ASSERT_OK(Release(Request("img-1", customer, data_key_)));
 }
 
 }  // namespace

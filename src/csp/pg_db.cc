@@ -61,6 +61,7 @@ CREATE TABLE IF NOT EXISTS jobs (
   seq BIGINT NOT NULL);
 CREATE INDEX IF NOT EXISTS jobs_by_customer ON jobs(customer_id);
 CREATE INDEX IF NOT EXISTS jobs_by_seq ON jobs(seq);
+CREATE INDEX IF NOT EXISTS jobs_by_host_state ON jobs(host_id, state);
 CREATE SEQUENCE IF NOT EXISTS jobs_seq;
 CREATE TABLE IF NOT EXISTS hosts (
   host_id TEXT PRIMARY KEY,

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "testing/test_util.h"
 
 namespace vmseal {
@@ -290,6 +292,25 @@ TEST_F(StreamCliTest, SampleImageBadSizeExits3) {
   std::string out;
   EXPECT_EQ(Vmseal({"sample-image", dir_.File("img"), "--size", "lots"}, &out), 3);
   EXPECT_FALSE(std::filesystem::exists(dir_.File("img")));
+}
+
+// Issue 17: every command takes --json. The demo group: sample-image and
+// the stream-only demo print one JSON object and no narration.
+TEST_F(StreamCliTest, SampleImageAndDemoPrintJsonWithJson) {
+  std::string out;
+  ASSERT_EQ(Vmseal({"sample-image", dir_.File("img"), "--size", "2M", "--json"}, &out), 0) << out;
+  auto image = nlohmann::json::parse(out, nullptr, false);
+  ASSERT_TRUE(image.is_object()) << out;
+  EXPECT_EQ(image["path"], dir_.File("img"));
+  EXPECT_EQ(image["size_bytes"], 2 << 20);
+  ASSERT_EQ(Vmseal({"demo", "--stream-only", "--size", "4M", "--json"}, &out), 0) << out;
+  auto demo = nlohmann::json::parse(out, nullptr, false);
+  ASSERT_TRUE(demo.is_object()) << out;
+  EXPECT_EQ(demo["ok"], true);
+  EXPECT_EQ(demo["mode"], "stream-only");
+  EXPECT_EQ(demo["size_bytes"], 4 << 20);
+  EXPECT_EQ(demo["sha256"].get<std::string>().size(), 64u);
+  EXPECT_EQ(out.find("OK: the image survived"), std::string::npos) << out;
 }
 
 TEST_F(StreamCliTest, DemoSucceeds) {

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "base/env.h"
 #include "base/secret_bytes.h"
 #include "cli/commands.h"
@@ -82,6 +84,7 @@ class DemoDir {
 struct DemoFlags {
   std::string size = "256MiB";
   bool quiet = false;
+  bool json = false;  // no narration; a JSON summary on stdout at the end
   bool stream_only = false;
   demo::DemoOptions system;
 };
@@ -155,6 +158,16 @@ Status RunDemo(const DemoFlags& f) {
   say("      opened:   " + crypto::HexEncode(h2));
   if (h1 != h2) return InternalError("demo: opened image differs from the original");
   say("\nOK: the image survived sealing and opening unchanged.");
+  if (f.json) {
+    const nlohmann::json out = {{"ok", true},
+                                {"mode", "stream-only"},
+                                {"size_bytes", size},
+                                {"sealed_bytes", sealed_size},
+                                {"seal_seconds", seal_s},
+                                {"open_seconds", open_s},
+                                {"sha256", crypto::HexEncode(h1)}};
+    std::printf("%s\n", out.dump(2).c_str());
+  }
   return OkStatus();
 }
 
@@ -164,17 +177,23 @@ void AddDemoCommands(CLI::App& app, const CommandSink& sink) {
   {
     auto out = std::make_shared<std::string>();
     auto size = std::make_shared<std::string>();
+    auto as_json = std::make_shared<bool>(false);
     CLI::App* c = app.add_subcommand(
         "sample-image", "Write a sparse sample raw disk image (half random, half holes)");
     c->add_option("OUT", *out, "Output file")->required();
     c->add_option("--size", *size, "Size in bytes (suffixes K, M, G, T: binary)")->required();
+    c->add_flag("--json", *as_json, "Print {\"path\", \"size_bytes\"} as JSON");
     c->footer(ExitCodesHelp());
-    c->callback([out, size, sink] {
+    c->callback([out, size, as_json, sink] {
       uint64_t n = 0;
       if (!ParseByteSize(*size, &n)) {
         return sink(InvalidArgumentError("--size: not a byte count: " + *size));
       }
-      sink(WriteSampleImage(*out, n, nullptr));
+      Status s = WriteSampleImage(*out, n, nullptr);
+      if (s.ok() && *as_json) {
+        std::printf("%s\n", nlohmann::json({{"path", *out}, {"size_bytes", n}}).dump(2).c_str());
+      }
+      sink(s);
     });
   }
   {
@@ -192,11 +211,17 @@ void AddDemoCommands(CLI::App& app, const CommandSink& sink) {
                 "Only generate a sample image, seal it, open it and compare");
     c->add_option("--size", f->size, "--stream-only: sample image size (default 256MiB)");
     c->add_flag("--quiet", f->quiet, "No narration or progress bars");
+    c->add_flag("--json", f->json, "No narration; a JSON summary on stdout at the end");
     c->footer(ExitCodesHelp());
     c->callback([f, sink] {
+      if (f->json) f->quiet = true;
       if (f->stream_only) return sink(RunDemo(*f));
       f->system.quiet = f->quiet;
-      sink(demo::RunSystemDemo(f->system));
+      Status s = demo::RunSystemDemo(f->system);
+      if (s.ok() && f->json) {
+        std::printf("%s\n", nlohmann::json({{"ok", true}, {"mode", "system"}}).dump(2).c_str());
+      }
+      sink(s);
     });
   }
 }

@@ -8,6 +8,7 @@
 #include <memory>
 #include <thread>
 
+#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
 #include "base/env.h"
@@ -78,9 +79,29 @@ StatusOr<std::unique_ptr<vm::VmManager>> OpenVms(const std::string& config_path)
   return vm::VmManager::Create(o);
 }
 
-Status ListVms(const std::string& config_path) {
+void PrintJson(const nlohmann::json& j) {
+  std::printf("%s\n", j.dump(2).c_str());
+  std::fflush(stdout);
+}
+
+Status ListVms(const std::string& config_path, bool as_json) {
   ASSIGN_OR_RETURN(auto vms, OpenVms(config_path));
   ASSIGN_OR_RETURN(auto list, vms->List());
+  if (as_json) {
+    nlohmann::json out = nlohmann::json::array();
+    for (const vm::VmInfo& v : list) {
+      const bool running = v.state == vm::VmRunState::kRunning;
+      out.push_back({{"name", v.name},
+                     {"state", running ? "running" : "stopped"},
+                     {"pid", running ? static_cast<int>(v.pid) : 0},
+                     {"cpus", v.cpus},
+                     {"memory_mib", v.memory_mib},
+                     {"accel", vm::AccelName(v.accel)},
+                     {"serial_log_path", v.serial_log_path}});
+    }
+    PrintJson({{"vms", out}});
+    return OkStatus();
+  }
   for (const vm::VmInfo& v : list) {
     std::printf("%s\t%s\tpid=%d\tcpus=%u\tmemory_mib=%llu\taccel=%s\tserial=%s\n",
                 v.name.c_str(), v.state == vm::VmRunState::kRunning ? "running" : "stopped",
@@ -124,26 +145,35 @@ Status DeleteDiskState(const std::string& config_path, const std::string& name, 
 
 // One VM, or with `all` every VM of the host; the first error is returned
 // after trying every VM.
-Status DeleteVms(const std::string& config_path, const std::string& name, bool all) {
+Status DeleteVms(const std::string& config_path, const std::string& name, bool all, bool as_json) {
   if (all == !name.empty()) return InvalidArgumentError("give a VM name or --all (not both)");
   ASSIGN_OR_RETURN(auto vms, OpenVms(config_path));
   if (!all) {
     Status s = vms->Delete(name);
     Status d = DeleteDiskState(config_path, name, false);
-    return s.ok() ? d : s;
+    Status result = s.ok() ? d : s;
+    if (result.ok() && as_json) PrintJson({{"deleted", {name}}});
+    return result;
   }
   ASSIGN_OR_RETURN(auto list, vms->List());
   Status first;
+  nlohmann::json deleted = nlohmann::json::array();
   for (const vm::VmInfo& v : list) {
     Status s = vms->Delete(v.name);
     if (s.ok()) {
-      std::printf("deleted %s\n", v.name.c_str());
+      if (as_json) {
+        deleted.push_back(v.name);
+      } else {
+        std::printf("deleted %s\n", v.name.c_str());
+      }
     } else if (first.ok()) {
       first = s.WithPrefix(v.name);
     }
   }
   Status d = DeleteDiskState(config_path, "", true);
-  return first.ok() ? d : first;
+  Status result = first.ok() ? d : first;
+  if (result.ok() && as_json) PrintJson({{"deleted", deleted}});
+  return result;
 }
 
 }  // namespace
@@ -154,28 +184,44 @@ void AddHostCommands(CLI::App& app, const CommandSink& sink) {
   auto config = std::make_shared<std::string>();
   auto name = std::make_shared<std::string>();
   auto root = std::make_shared<std::string>("/var/lib/vmseal-host");
+  // --json on every command: its result as one JSON object on stdout.
+  auto as_json = std::make_shared<bool>(false);
 
   CLI::App* serve = h->add_subcommand(
       "serve", "Take jobs from the portal until SIGINT/SIGTERM (VMs keep running)");
   serve->add_option("--config", *config, "Host config (JSON; see `vmseal host init`)")
       ->required();
-  serve->callback([config, sink] { sink(Serve(*config)); });
+  serve->add_flag("--json", *as_json, "When it stops, print {\"stopped\": true, ...} as JSON");
+  serve->callback([config, as_json, sink] {
+    Status s = Serve(*config);
+    if (s.ok() && *as_json) PrintJson({{"stopped", true}, {"config", *config}});
+    sink(s);
+  });
 
   CLI::App* init = h->add_subcommand("init", "Write a config skeleton to fill in");
   init->add_option("--config", *config, "Where to write it (must not exist)")->required();
   init->add_option("--root", *root, "Directory for state, images and identity");
-  init->callback([config, root, sink] { sink(Init(*config, *root)); });
+  init->add_flag("--json", *as_json, "Print the result as JSON");
+  init->callback([config, root, as_json, sink] {
+    Status s = Init(*config, *root);
+    if (s.ok() && *as_json) PrintJson({{"config", *config}, {"root", *root}, {"written", true}});
+    sink(s);
+  });
 
   CLI::App* list = h->add_subcommand("vms", "List the VMs of this host");
   list->add_option("--config", *config, "Host config")->required();
-  list->callback([config, sink] { sink(ListVms(*config)); });
+  list->add_flag("--json", *as_json, "Print {\"vms\": [...]} as JSON");
+  list->callback([config, as_json, sink] { sink(ListVms(*config, *as_json)); });
 
   CLI::App* stop = h->add_subcommand("stop", "Stop a VM (its disk stays)");
   stop->add_option("--config", *config, "Host config")->required();
   stop->add_option("name", *name, "VM name")->required();
-  stop->callback([config, name, sink] {
+  stop->add_flag("--json", *as_json, "Print the result as JSON");
+  stop->callback([config, name, as_json, sink] {
     auto vms = OpenVms(*config);
-    sink(vms.ok() ? (*vms)->Stop(*name) : vms.status());
+    Status s = vms.ok() ? (*vms)->Stop(*name) : vms.status();
+    if (s.ok() && *as_json) PrintJson({{"vm", *name}, {"state", "stopped"}});
+    sink(s);
   });
 
   auto all = std::make_shared<bool>(false);
@@ -183,7 +229,8 @@ void AddHostCommands(CLI::App& app, const CommandSink& sink) {
   del->add_option("--config", *config, "Host config")->required();
   del->add_option("name", *name, "VM name");
   del->add_flag("--all", *all, "Every VM of this host (running or stopped)");
-  del->callback([config, name, all, sink] { sink(DeleteVms(*config, *name, *all)); });
+  del->add_flag("--json", *as_json, "Print {\"deleted\": [...]} as JSON");
+  del->callback([config, name, all, as_json, sink] { sink(DeleteVms(*config, *name, *all, *as_json)); });
 }
 
 }  // namespace vmseal::cli

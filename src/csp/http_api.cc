@@ -32,6 +32,7 @@ std::string ReasonFor(const Status& s) {
   if (m.starts_with("job cannot move")) return "bad_transition";
   if (m == "no such job on this host" || m == "no such vm on this host") return "not_assigned";
   if (m.starts_with("bad_state:")) return "bad_state";
+  if (m.starts_with("store_unavailable:")) return "store_unavailable";
   if (m == "no such vm" || m == "no such job") return "not_found";
   if (m == "host is not registered") return "not_registered";
   if (m.find("digest") != std::string::npos && s.code() == StatusCode::kDataLoss) {

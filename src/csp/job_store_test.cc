@@ -172,7 +172,16 @@ TEST_F(JobStoreTest, ExpiredLeaseMovesTheJobToAnotherTrustedHostAndTheFirstCanno
   auto late = jobs_->ReportProgress(first, {job->job_id, JobState::kRunning});
   EXPECT_EQ(late.status().code(), StatusCode::kNotFound);
   EXPECT_TRUE(jobs_->PendingJobs(first).empty());
+  // The KMS is told each placement's attempt, which the host is given too:
+  // attempt 2's grant fences h1 (attempt 1) off at the KMS.
+  ASSERT_EQ(kms_.grants().size(), 2u);
+  EXPECT_EQ(kms_.grants()[0].host_id, first);
+  EXPECT_EQ(kms_.grants()[0].attempt, 1);
   EXPECT_EQ(kms_.grants().back().host_id, "h2");
+  EXPECT_EQ(kms_.grants().back().attempt, 2);
+  auto pending = jobs_->PendingJobs("h2");
+  ASSERT_EQ(pending.size(), 1u);
+  EXPECT_EQ(pending[0].attempts.size(), 2u);  // what the host route shows as "attempt"
 }
 
 TEST_F(JobStoreTest, HeartbeatsOfTheHostKeepItsLease) {

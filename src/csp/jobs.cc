@@ -228,21 +228,53 @@ namespace {
 // Set by SaveLocked when a write of the current call lost to another
 // replica's (placements excepted: there a lost race is the design).
 thread_local bool t_write_conflict = false;
+// Set by SaveLocked when a write of the current call failed for another
+// reason (the store is down, its disk full or read-only): the call fails.
+thread_local Status t_write_error;
+// The current call's jobs as the store holds them, taken before the call
+// changes them (KeepLocked) and moved on by each of its writes: a write that
+// fails puts the job back, so memory never runs ahead of the store.
+thread_local std::map<std::string, Job> t_stored;
 
-// Keeps a placement's conflicts out of the calling operation's answer.
+// Keeps a placement's conflicts and write errors out of the calling
+// operation's answer.
 class ConflictFlagScope {
  public:
-  ConflictFlagScope() : saved_(t_write_conflict) {}
-  ~ConflictFlagScope() { t_write_conflict = saved_; }
+  ConflictFlagScope() : saved_(t_write_conflict), saved_error_(t_write_error) {}
+  ~ConflictFlagScope() {
+    t_write_conflict = saved_;
+    t_write_error = saved_error_;
+  }
 
  private:
   const bool saved_;
+  const Status saved_error_;
 };
+
+// Every state whose JobStateName is in kSlotHoldingStatesSql holds a slot
+// (HoldsSlot), and no other: the store's capacity check counts the same.
+bool SlotStatesMatch() {
+  for (int i = 0; i < kStateCount; ++i) {
+    Job j;
+    j.host_id = "h";
+    j.state = static_cast<JobState>(i);
+    std::string quoted(1, '\'');
+    quoted.append(JobStateName(j.state));
+    quoted.push_back('\'');
+    const bool listed = std::string_view(kSlotHoldingStatesSql).find(quoted) != std::string_view::npos;
+    if (listed != HoldsSlot(j)) return false;
+  }
+  return true;
+}
 }  // namespace
+
+void JobManager::KeepLocked(const Job& job) { t_stored.insert_or_assign(job.job_id, job); }
 
 StatusOr<Job> JobManager::FailOnConflict(StatusOr<Job> result) {
   const bool conflict = t_write_conflict;
   t_write_conflict = false;
+  Status error = std::exchange(t_write_error, OkStatus());
+  if (!error.ok()) return error;
   if (conflict) {
     return AbortedError("conflict: the job changed on another portal replica meanwhile; retry");
   }
@@ -251,41 +283,49 @@ StatusOr<Job> JobManager::FailOnConflict(StatusOr<Job> result) {
 
 StatusOr<Job> JobManager::ReportProgress(const std::string& host_id, const ProgressReport& report) {
   t_write_conflict = false;
+  t_write_error = OkStatus();
   return FailOnConflict(ReportProgressLocked(host_id, report));
 }
 
 StatusOr<Job> JobManager::ReportRefusal(const std::string& host_id, const RefusalReport& report) {
   t_write_conflict = false;
+  t_write_error = OkStatus();
   return FailOnConflict(ReportRefusalLocked(host_id, report));
 }
 
 StatusOr<Job> JobManager::ReportDiskEvent(const std::string& host_id, const DiskEventReport& report) {
   t_write_conflict = false;
+  t_write_error = OkStatus();
   return FailOnConflict(ReportDiskEventLocked(host_id, report));
 }
 
 StatusOr<Job> JobManager::ReportVmEnded(const std::string& host_id, const VmEndedReport& report) {
   t_write_conflict = false;
+  t_write_error = OkStatus();
   return FailOnConflict(ReportVmEndedLocked(host_id, report));
 }
 
 StatusOr<Job> JobManager::ReportVmDeleted(const std::string& host_id, const std::string& vm_name) {
   t_write_conflict = false;
+  t_write_error = OkStatus();
   return FailOnConflict(ReportVmDeletedLocked(host_id, vm_name));
 }
 
 StatusOr<Job> JobManager::StopVm(const Principal& who, const std::string& vm) {
   t_write_conflict = false;
+  t_write_error = OkStatus();
   return FailOnConflict(StopVmLocked(who, vm));
 }
 
 StatusOr<Job> JobManager::StartVm(const Principal& who, const std::string& vm) {
   t_write_conflict = false;
+  t_write_error = OkStatus();
   return FailOnConflict(StartVmLocked(who, vm));
 }
 
 StatusOr<Job> JobManager::DeleteVm(const Principal& who, const std::string& vm) {
   t_write_conflict = false;
+  t_write_error = OkStatus();
   return FailOnConflict(DeleteVmLocked(who, vm));
 }
 
@@ -294,6 +334,7 @@ std::string JobManager::NewReplicaId() {
 }
 
 Status JobManager::AttachStore(StateStore* store) {
+  if (!SlotStatesMatch()) return InternalError("the store's slot-holding states differ from HoldsSlot");
   ASSIGN_OR_RETURN(std::vector<StoredJob> rows, store->LoadJobsSince(0));
   std::lock_guard<std::mutex> lock(mu_);
   for (const StoredJob& row : rows) {
@@ -316,6 +357,8 @@ Status JobManager::AttachStore(StateStore* store) {
 }
 
 void JobManager::SyncLocked() {
+  // Kept copies are taken after the call's SyncLocked, never across one.
+  t_stored.clear();
   if (store_ == nullptr) return;
   auto rows = store_->LoadJobsSince(last_seq_);
   if (!rows.ok()) {
@@ -356,13 +399,17 @@ std::vector<std::string> JobManager::ActiveIdsLocked() const {
   return ids;
 }
 
-bool JobManager::SaveLocked(Job& job) {
+bool JobManager::SaveLocked(Job& job, int64_t slot_capacity) {
   if (!Ended(job)) active_.insert(job.job_id);
   if (store_ == nullptr) return true;
-  auto v = store_->PutJob({job.job_id, job.customer_id, std::string(JobStateName(job.state)),
-                           job.host_id, job.updated_unix, JobToRecord(job), job.store_version});
+  StoredJob row{job.job_id, job.customer_id, std::string(JobStateName(job.state)),
+                job.host_id, job.updated_unix, JobToRecord(job), job.store_version};
+  row.slot_capacity = slot_capacity;
+  auto v = store_->PutJob(row);
   if (v.ok()) {
     job.store_version = *v;
+    auto kept = t_stored.find(job.job_id);
+    if (kept != t_stored.end()) kept->second = job;
     return true;
   }
   if (v.status().code() == StatusCode::kAborted) {
@@ -375,7 +422,24 @@ bool JobManager::SaveLocked(Job& job) {
     SyncLocked();
     return false;
   }
+  // Not written: the job goes back to what the store holds.
+  auto kept = t_stored.find(job.job_id);
+  if (kept != t_stored.end()) {
+    job = kept->second;
+    IndexLocked(job);
+  } else if (job.store_version > 0) {
+    spdlog::error("job={} changed in memory without a stored copy to go back to", job.job_id);
+  }
+  if (v.status().code() == StatusCode::kResourceExhausted) {
+    // no_slot: another replica took the host's last slot first.
+    spdlog::info("placement not committed job={}: {}", job.job_id, v.status().message());
+    return false;
+  }
   spdlog::error("cannot store job={}: {}", job.job_id, v.status().ToString());
+  if (t_write_error.ok()) {
+    t_write_error = UnavailableError("store_unavailable: the change was not stored (" +
+                                     v.status().message() + "); retry");
+  }
   return false;
 }
 
@@ -497,9 +561,9 @@ Placement JobManager::PlaceUnlocked(const PlacementTicket& t, std::unique_lock<s
   if (job == nullptr) return placement;
   Status granted;
   std::string chosen = placement.chosen_host_id;
+  uint32_t capacity = 0;
   if (!chosen.empty()) {
     // The slot may have gone to another placement meanwhile.
-    uint32_t capacity = 0;
     for (const HostState& h : hosts_->List()) {
       if (h.registration.host_id == chosen) capacity = h.registration.capacity_slots;
     }
@@ -507,6 +571,7 @@ Placement JobManager::PlaceUnlocked(const PlacementTicket& t, std::unique_lock<s
       granted = UnavailableError("the host's last slot was taken meanwhile; retried");
     } else {
       // One replica at a time asks the KMS for the job's grant.
+      KeepLocked(*job);
       if (!ClaimLocked(*job)) {
         placing_.erase(t.job_id);
         spdlog::info("placement dropped job={}: another replica is placing it", t.job_id);
@@ -515,9 +580,12 @@ Placement JobManager::PlaceUnlocked(const PlacementTicket& t, std::unique_lock<s
       // The KMS releases the key only against this grant (one launch of
       // this image of this customer on this host); without it the job waits.
       ++reserved_[chosen];
+      // The attempt this placement becomes (what the host is told): the KMS
+      // fences off every older attempt's host.
+      const auto attempt = static_cast<int64_t>(job->attempts.size() + 1);
       lock.unlock();
       granted = scheduler_->Grant({t.job_id, t.request.image_id, t.request.customer_id, chosen,
-                                   options_.grant_ttl_seconds});
+                                   options_.grant_ttl_seconds, attempt});
       lock.lock();
       if (--reserved_[chosen] == 0) reserved_.erase(chosen);
       SyncLocked();
@@ -527,6 +595,7 @@ Placement JobManager::PlaceUnlocked(const PlacementTicket& t, std::unique_lock<s
         spdlog::info("placement dropped job={} host={}: the job changed meanwhile", t.job_id, chosen);
         return placement;
       }
+      KeepLocked(*job);
     }
   }
   placing_.erase(t.job_id);
@@ -573,8 +642,10 @@ Placement JobManager::PlaceUnlocked(const PlacementTicket& t, std::unique_lock<s
     job->claim_owner.clear();
     job->claim_until_unix = 0;
     RenewLeaseLocked(*job);
-    // Placed exactly once: only over the version this replica claimed.
-    SaveLocked(*job);
+    // Placed exactly once: only over the version this replica claimed, and
+    // only while the host has a free slot in the store (another replica may
+    // have placed a job there meanwhile).
+    if (!SaveLocked(*job, capacity)) placement.chosen_host_id.clear();
     return placement;
   }
   if (t.refused > 0) {
@@ -633,10 +704,16 @@ void JobManager::EndLocked(Job& job, const std::string& reason, const std::strin
 StatusOr<Job*> JobManager::FindVmLocked(const Principal& who, const std::string& vm) {
   if (who.customer_id.empty()) return UnauthenticatedError("not logged in");
   auto it = jobs_.find(vm);
-  if (it != jobs_.end() && it->second.customer_id == who.customer_id) return &it->second;
+  if (it != jobs_.end() && it->second.customer_id == who.customer_id) {
+    KeepLocked(it->second);
+    return &it->second;
+  }
   for (const std::string& id : by_customer_[who.customer_id]) {
     Job& job = jobs_.at(id);
-    if (!vm.empty() && job.vm_name == vm && job.customer_id == who.customer_id) return &job;
+    if (!vm.empty() && job.vm_name == vm && job.customer_id == who.customer_id) {
+      KeepLocked(job);
+      return &job;
+    }
   }
   return NotFoundError("no such vm");
 }
@@ -644,7 +721,10 @@ StatusOr<Job*> JobManager::FindVmLocked(const Principal& who, const std::string&
 StatusOr<Job*> JobManager::FindHostVmLocked(const std::string& host_id,
                                             const std::string& vm_name) {
   for (auto& [id, job] : jobs_) {
-    if (!vm_name.empty() && job.vm_name == vm_name && job.vm_host_id == host_id) return &job;
+    if (!vm_name.empty() && job.vm_name == vm_name && job.vm_host_id == host_id) {
+      KeepLocked(job);
+      return &job;
+    }
   }
   return NotFoundError("no such vm on this host");
 }
@@ -699,6 +779,7 @@ StatusOr<Job> JobManager::ReportDiskEventLocked(const std::string& host_id,
     return NotFoundError("no such job");
   }
   Job& job = it->second;
+  KeepLocked(job);
   for (const std::string& e : job.disk_events) {
     if (e.starts_with(report.event + ":")) return job;  // once per job and kind
   }
@@ -709,7 +790,7 @@ StatusOr<Job> JobManager::ReportDiskEventLocked(const std::string& host_id,
   }
   job.disk_events.push_back(report.event + ": " + text);
   job.updated_unix = clock_->NowUnixSeconds();
-  SaveLocked(job);
+  if (!SaveLocked(job)) return job;
   spdlog::warn("disk event job={} host={} event={} {}", job.job_id, host_id, report.event, text);
   return job;
 }
@@ -722,6 +803,7 @@ StatusOr<Job> JobManager::ReportVmDeletedLocked(const std::string& host_id,
   if (job->state == JobState::kRunning || job->state == JobState::kStopping) {
     // Gone without the customer asking (an operator removed it).
     EndLocked(*job, "vm_missing", "the host no longer has the VM");
+    if (!t_write_error.ok()) return *job;
   }
   if (job->state == JobState::kStopped || job->state == JobState::kDeleting) {
     if (job->end_reason.empty()) job->end_reason = "stopped_by_customer";
@@ -784,7 +866,7 @@ StatusOr<Job> JobManager::StartVmLocked(const Principal& who, const std::string&
   ++job->runs;
   job->state = JobState::kQueued;
   job->updated_unix = clock_->NowUnixSeconds();
-  SaveLocked(*job);
+  if (!SaveLocked(*job)) return *job;
   spdlog::info("vm start requested job={} customer={} vm={} run={}", job->job_id,
                job->customer_id, job->vm_name, job->runs);
   auto ticket = BeginPlaceLocked(*job);
@@ -848,7 +930,16 @@ StatusOr<Job> JobManager::Launch(const Principal& who, const LaunchRequest& requ
   IndexLocked(job);
   Job& stored = jobs_[job.job_id] = std::move(job);
   // Durable before the customer hears of it: a queued job survives a crash.
-  SaveLocked(stored);
+  t_write_error = OkStatus();
+  if (!SaveLocked(stored)) {
+    // Not stored: no job at all.
+    const std::string id = stored.job_id;
+    by_customer_[who.customer_id].erase(id);
+    active_.erase(id);
+    jobs_.erase(id);
+    Status error = std::exchange(t_write_error, OkStatus());
+    return error.ok() ? AbortedError("conflict: the job could not be stored; retry") : error;
+  }
   auto ticket = BeginPlaceLocked(stored);
   if (!ticket) return stored;
   PlaceUnlocked(*ticket, lock);
@@ -926,6 +1017,7 @@ std::vector<Job> JobManager::PendingJobs(const std::string& host_id) {
     if (job.host_id != host_id || host_id.empty() || !OnHost(job.state)) continue;
     // The host's poll renews its leases (written at most every half lease).
     if (job.lease_expires_unix - now < options_.lease_seconds / 2) {
+      KeepLocked(job);
       RenewLeaseLocked(job);
       SaveLocked(job);
     }
@@ -943,6 +1035,7 @@ StatusOr<Job> JobManager::ReportProgressLocked(const std::string& host_id,
     return NotFoundError("no such job on this host");
   }
   Job& job = it->second;
+  KeepLocked(job);
   if (report.state <= job.state || report.state > JobState::kRunning) {
     return FailedPreconditionError("job cannot move from " + std::string(JobStateName(job.state)) +
                                    " to " + std::string(JobStateName(report.state)));
@@ -958,7 +1051,7 @@ StatusOr<Job> JobManager::ReportProgressLocked(const std::string& host_id,
   if (!report.serial_log_path.empty()) job.serial_log_path = report.serial_log_path.substr(0, 4096);
   job.updated_unix = clock_->NowUnixSeconds();
   if (OnHost(job.state)) RenewLeaseLocked(job);
-  SaveLocked(job);
+  if (!SaveLocked(job)) return job;
   spdlog::info("job progress job={} host={} state={}", job.job_id, host_id,
                JobStateName(job.state));
   return job;
@@ -981,6 +1074,7 @@ StatusOr<Job> JobManager::ReportRefusalLocked(const std::string& host_id, const 
   std::string why = report.reason.empty() ? std::string(RefusalKindName(report.kind))
                                           : report.reason;
   if (!report.detail.empty()) why += ": " + report.detail.substr(0, 512);
+  KeepLocked(it->second);
   auto ticket = RefuseLocked(it->second, reason, why);
   if (!ticket) return it->second;
   PlaceUnlocked(*ticket, lock);
@@ -1006,10 +1100,12 @@ void JobManager::Tick() {
       if (host.ok() && host->in_pool &&
           host->last_heartbeat_unix + options_.lease_seconds > job.lease_expires_unix &&
           job.lease_expires_unix - now < options_.lease_seconds / 2) {
+        KeepLocked(job);
         job.lease_expires_unix = host->last_heartbeat_unix + options_.lease_seconds;
         SaveLocked(job);
       }
       if (job.lease_expires_unix < now) {
+        KeepLocked(job);
         auto t = RefuseLocked(job, std::string(RefusalKindReason(RefusalKind::kHostLost)),
                               std::string(RefusalKindName(RefusalKind::kHostLost)) +
                                   ": lease expired (no word from the host for over " +
@@ -1021,6 +1117,7 @@ void JobManager::Tick() {
     if (OnHost(job.state)) {
       for (const std::string& h : dropped) {
         if (job.host_id == h) {
+          KeepLocked(job);
           auto t = RefuseLocked(job, std::string(RefusalKindReason(RefusalKind::kHostLost)),
                                 std::string(RefusalKindName(RefusalKind::kHostLost)) +
                                     ": no heartbeat for over " +
@@ -1032,11 +1129,13 @@ void JobManager::Tick() {
     } else if (job.state == JobState::kStopping) {
       for (const std::string& h : dropped) {
         if (job.host_id == h) {
+          KeepLocked(job);
           EndLocked(job, "host_lost", "the host left the pool before it reported the end");
           break;
         }
       }
     } else if (job.state == JobState::kQueued && !placing_.contains(id)) {
+      KeepLocked(job);
       if (now - job.updated_unix >= options_.queue_timeout_seconds) {
         // The reasons of its last placement: no KMS call under the lock.
         FailLocked(job, "no eligible host within " +

@@ -344,14 +344,22 @@ class JobManager {
   StatusOr<Job> StartVmLocked(const Principal& who, const std::string& vm);
   StatusOr<Job> DeleteVmLocked(const Principal& who, const std::string& vm);
   // ABORTED "conflict: ..." instead of `result` when a write of this call
-  // (outside placement) lost to another replica's; resets the flag.
+  // (outside placement) lost to another replica's, UNAVAILABLE
+  // "store_unavailable: ..." when one failed otherwise; resets both.
   static StatusOr<Job> FailOnConflict(StatusOr<Job> result);
-  // Writes the job to the store (if any) over the version it was read at.
-  // False when it was not written: on a conflict (another replica changed
-  // the job) the job is read again from the store, so the caller's change
-  // is dropped; any other store error is logged and the change stays in
-  // memory, written with the job's next change.
-  bool SaveLocked(Job& job);
+  // Writes the job to the store (if any) over the version it was read at;
+  // with `slot_capacity` > 0, only while its host has a free slot in the
+  // store (StoredJob::slot_capacity). False when it was not written: on a
+  // conflict (another replica changed the job) the job is read again from
+  // the store, so the caller's change is dropped; on any other error the
+  // job goes back to the copy KeepLocked took (as the store holds it) and,
+  // unless the host merely had no free slot, the call fails with
+  // UNAVAILABLE "store_unavailable".
+  bool SaveLocked(Job& job, int64_t slot_capacity = 0);
+  // Keeps a copy of `job` (as the store holds it) before the current call
+  // changes it, for SaveLocked to go back to. Valid until the next
+  // SyncLocked.
+  static void KeepLocked(const Job& job);
   // Reads the jobs other replicas (or this one) wrote since the last look.
   void SyncLocked();
   // Adds the job to the customer index and, unless it has ended, to the

@@ -148,7 +148,7 @@ class HttpsKmsClient final : public KmsClient {
   Status CreateGrant(const LaunchGrant& g) override {
     json body = {{"job_id", g.job_id},   {"image_id", g.image_id},
                  {"tenant", g.tenant},   {"host_id", g.host_id},
-                 {"ttl_seconds", g.ttl_seconds}};
+                 {"ttl_seconds", g.ttl_seconds}, {"attempt", g.attempt}};
     ASSIGN_OR_RETURN(json ignored, client_->Post("/v1/grants", body));
     (void)ignored;
     return OkStatus();

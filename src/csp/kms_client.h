@@ -66,6 +66,10 @@ struct LaunchGrant {
   std::string tenant;
   std::string host_id;
   int64_t ttl_seconds = 0;
+  // Which placement of the job (1, 2, ...; the "attempt" the host is given):
+  // the KMS keeps only the newest attempt's grant and refuses an older
+  // attempt's release (stale_attempt).
+  int64_t attempt = 0;
 };
 
 // Thread-safe.

@@ -61,6 +61,7 @@ CREATE TABLE IF NOT EXISTS jobs (
   seq BIGINT NOT NULL);
 CREATE INDEX IF NOT EXISTS jobs_by_customer ON jobs(customer_id);
 CREATE INDEX IF NOT EXISTS jobs_by_seq ON jobs(seq);
+CREATE INDEX IF NOT EXISTS jobs_by_host_state ON jobs(host_id, state);
 CREATE SEQUENCE IF NOT EXISTS jobs_seq;
 CREATE TABLE IF NOT EXISTS hosts (
   host_id TEXT PRIMARY KEY,
@@ -321,6 +322,20 @@ StatusOr<int64_t> PgPortalDb::PutJob(const StoredJob& j) {
     ASSIGN_OR_RETURN(Rows v, Run(conn_, "SELECT version FROM jobs WHERE job_id=$1", {j.job_id}));
     const int64_t stored = v.empty() ? 0 : Int(v[0][0]);
     if (stored != j.version) return AbortedError("conflict: the job changed meanwhile");
+    if (j.slot_capacity > 0) {
+      // Every replica's job writes hold the same lock: the count and the
+      // write are atomic across replicas.
+      static const std::string kCount =
+          std::string("SELECT COUNT(*) FROM jobs WHERE state IN ") + kSlotHoldingStatesSql +
+          " AND host_id=$1 AND job_id<>$2";
+      ASSIGN_OR_RETURN(Rows c, Run(conn_, kCount.c_str(), {j.host_id, j.job_id}));
+      const int64_t used = c.empty() ? 0 : Int(c[0][0]);
+      if (used >= j.slot_capacity) {
+        return ResourceExhaustedError("no_slot: host " + j.host_id + " has no free slot (" +
+                                      std::to_string(used) + "/" + std::to_string(j.slot_capacity) +
+                                      " in use)");
+      }
+    }
     RETURN_IF_ERROR(Run(conn_,
                         "INSERT INTO jobs(job_id, customer_id, state, host_id, updated_unix, "
                         "record, version, seq) VALUES($1,$2,$3,$4,$5,$6,$7,nextval('jobs_seq')) "

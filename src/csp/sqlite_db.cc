@@ -215,6 +215,19 @@ StatusOr<int64_t> SqlitePortalDb::PutJob(const StoredJob& j) {
     if (rc != SQLITE_ROW && rc != SQLITE_DONE) return DbError(db_, "step");
     const int64_t stored = rc == SQLITE_ROW ? sqlite3_column_int64(s.get(), 0) : 0;
     if (stored != j.version) return AbortedError("conflict: the job changed meanwhile");
+    if (j.slot_capacity > 0) {
+      static const std::string kCount =
+          std::string("SELECT COUNT(*) FROM jobs WHERE state IN ") + kSlotHoldingStatesSql +
+          " AND host_id=? AND job_id<>?";
+      ASSIGN_OR_RETURN(StmtPtr c, Prepare(db_, kCount.c_str(), {j.host_id, j.job_id}));
+      if (sqlite3_step(c.get()) != SQLITE_ROW) return DbError(db_, "step");
+      const int64_t used = sqlite3_column_int64(c.get(), 0);
+      if (used >= j.slot_capacity) {
+        return ResourceExhaustedError("no_slot: host " + j.host_id + " has no free slot (" +
+                                      std::to_string(used) + "/" + std::to_string(j.slot_capacity) +
+                                      " in use)");
+      }
+    }
     RETURN_IF_ERROR(Exec(db_,
                          "INSERT INTO jobs(job_id, customer_id, state, host_id, updated_unix, "
                          "record, version, seq) VALUES(?,?,?,?,?,?,?,"

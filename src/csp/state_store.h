@@ -36,7 +36,19 @@ struct StoredJob {
   // Set by the store: increases with every write to any job (commit order),
   // so that a replica can read what changed since it last looked.
   int64_t seq = 0;
+  // A placement's compare-and-set on its host's slots, checked in the
+  // write's transaction (0: no check): the write is refused with
+  // RESOURCE_EXHAUSTED "no_slot" (nothing written) unless fewer than
+  // `slot_capacity` other stored jobs on `host_id` are in a slot-holding
+  // state (kSlotHoldingStatesSql). Not stored.
+  int64_t slot_capacity = 0;
 };
+
+// The job states (JobStateName) in which a job holds a slot of its host: on
+// the host (placed .. running), or stopping/deleting until the host reports
+// the end (docs/format/portal-state.md §2). jobs.cc checks that it matches.
+inline constexpr char kSlotHoldingStatesSql[] =
+    "('placed','fetching','attesting','decrypting','running','stopping','deleting')";
 
 // One registered host as stored.
 struct StoredHost {

@@ -346,6 +346,7 @@ StatusOr<vm::VmInfo> HostAgent::RunJobSteps(const Job& job, const std::string& v
     }
     ReleaseRequest request;
     request.job_id = job.job_id;
+    request.attempt = job.attempt;
     request.image_id = tag.image_id;
     request.tenant = tag.tenant;
     request.key_id = tag.key_id;

@@ -42,6 +42,9 @@ struct Job {
   // The portal's run of the job (PortalJob::run), kept with the VM so that
   // its end report names it. 0: none.
   int64_t run = 0;
+  // The portal's placement of the job (PortalJob::attempt), named in the
+  // key release: the KMS releases only to the job's newest attempt.
+  uint64_t attempt = 0;
 };
 
 // The phases a job goes through on the host (docs/protocol.md §5).

@@ -74,6 +74,41 @@ TEST(HostCliTest, VmsListsAnEmptyImageStore) {
   EXPECT_NE(out.find("vm-x"), std::string::npos) << out;
 }
 
+// Issue 17: every command takes --json; the host group's local commands
+// print one JSON object.
+TEST(HostCliTest, LocalCommandsPrintJsonWithJson) {
+  TempDir dir;
+  const std::string skeleton = dir.File("skeleton.json");
+  std::string out;
+  ASSERT_EQ(RunCommand({VmsealBinary(), "host", "init", "--config", skeleton, "--root", "/srv/h",
+                        "--json"},
+                       &out),
+            0)
+      << out;
+  json init = json::parse(out, nullptr, false);
+  ASSERT_TRUE(init.is_object()) << out;
+  EXPECT_EQ(init["config"], skeleton);
+  EXPECT_EQ(init["written"], true);
+
+  const std::string config = dir.File("host.json");
+  WriteFileOrDie(config, Config(dir).dump());
+  ::mkdir(dir.File("im").c_str(), 0700);
+  ASSERT_EQ(RunCommand({VmsealBinary(), "host", "vms", "--config", config, "--json"}, &out), 0) << out;
+  json vms = json::parse(out, nullptr, false);
+  ASSERT_TRUE(vms.is_object()) << out;
+  EXPECT_TRUE(vms["vms"].is_array());
+  EXPECT_TRUE(vms["vms"].empty());
+  ASSERT_EQ(RunCommand({VmsealBinary(), "host", "delete", "--config", config, "--all", "--json"}, &out),
+            0)
+      << out;
+  json deleted = json::parse(out, nullptr, false);
+  ASSERT_TRUE(deleted.is_object()) << out;
+  EXPECT_TRUE(deleted["deleted"].is_array());
+  // A failure is the usual one-line error and exit code, no JSON.
+  EXPECT_EQ(RunCommand({VmsealBinary(), "host", "stop", "--config", config, "vm-x", "--json"}, &out), 5);
+  EXPECT_NE(out.find("vm-x"), std::string::npos) << out;
+}
+
 TEST(HostCliTest, ServeStopsCleanlyOnSigterm) {
   TempDir dir;
   auto swtpm = tpm::testing::Swtpm::Start({.parent_dir = dir.path()});
@@ -101,7 +136,7 @@ TEST(HostCliTest, ServeStopsCleanlyOnSigterm) {
   posix_spawn_file_actions_adddup2(&fa, 1, 2);
   std::vector<char*> argv = {const_cast<char*>(bin.c_str()), const_cast<char*>("host"),
                              const_cast<char*>("serve"), const_cast<char*>("--config"),
-                             const_cast<char*>(cfg.c_str()), nullptr};
+                             const_cast<char*>(cfg.c_str()), const_cast<char*>("--json"), nullptr};
   pid_t pid = 0;
   ASSERT_EQ(posix_spawn(&pid, bin.c_str(), &fa, nullptr, argv.data(), environ), 0);
   posix_spawn_file_actions_destroy(&fa);
@@ -131,6 +166,7 @@ TEST(HostCliTest, ServeStopsCleanlyOnSigterm) {
   ASSERT_TRUE(WIFEXITED(status)) << status;
   EXPECT_EQ(WEXITSTATUS(status), 0) << ReadFileOrDie(log);
   EXPECT_NE(ReadFileOrDie(log).find("host agent stopping"), std::string::npos);
+  EXPECT_NE(ReadFileOrDie(log).find("\"stopped\": true"), std::string::npos) << ReadFileOrDie(log);
   // The TPM keys were created and persisted under the state dir.
   EXPECT_FALSE(vmseal::testing::ListDir(dir.File("st") + "/tpm").empty());
 }

@@ -187,6 +187,7 @@ void HostService::RunJob(const PortalJob& pj) {
   job.expected_tag_image_id = pj.tagged_image_id;
   job.package_sha256_hex = pj.package_sha256_hex;
   job.run = pj.run;
+  job.attempt = pj.attempt;
   JobPhase phase = JobPhase::kFetching;
   {
     std::lock_guard<std::mutex> lock(mu_);

@@ -137,6 +137,7 @@ class HttpsKmsClient final : public KmsApi {
       ASSIGN_OR_RETURN(local_signer, CheckSignedRequest(request, kms_roots_));
     }
     json body = {{"job_id", request.job_id},
+                 {"attempt", request.attempt},
                  {"image_id", request.image_id},
                  {"tenant", request.tenant},
                  {"key_id", request.key_id},

@@ -36,6 +36,10 @@ struct ReleaseRequest {
   std::string descriptor;
   std::string manifest;
   std::string package_cert;          // "" for an unsigned package
+  // Which placement of the job this is (PortalJob::attempt): the KMS
+  // releases only against the grant of the job's newest attempt
+  // (stale_attempt for an older one).
+  uint64_t attempt = 0;
 };
 
 // A granted release: the data key re-wrapped with RSA-OAEP-SHA256 to the

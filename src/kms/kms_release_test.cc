@@ -381,6 +381,61 @@ TEST_F(KmsReleaseTest, ReplayedNonceIsRefused) {
   EXPECT_STATUS(host_->Release(r), StatusCode::kPermissionDenied, "nonce_used");
 }
 
+// Issue 17, fencing: host-1 was placed job J (attempt 1), went silent, its
+// lease expired and the portal placed J again on host-2 (attempt 2). host-1
+// comes back with fresh, valid TPM evidence and asks for J's key: refused,
+// whichever attempt it names, and the refusal is audited. Nor can a portal
+// arm attempt 1 again.
+TEST_F(KmsReleaseTest, AHostWhoseLeaseExpiredIsRefusedTheKeyOfTheReplacedJob) {
+  StartAll("");
+  Enroll();
+  TrustCurrentState();
+  // host-2: enrolled, its latest verdict quoting host-1's (good) PCRs.
+  auto latest = store_->LatestVerdict("host-1");
+  ASSERT_OK(latest);
+  ASSERT_OK(store_->PutHost({"host-2", "", "", false, {}, latest->time_unix},
+                            {"host.enroll", "host/host-2", json::object()}));
+  ASSERT_OK(store_->SetHostEnrolled("host-2", {"host.activate", "host/host-2", json::object()}));
+  Verdict v2 = *latest;
+  v2.verdict_id = "v-host-2";
+  v2.host_id = "host-2";
+  ASSERT_OK(store_->PutVerdict(v2, {"attestation", "host/host-2", json::object()}));
+
+  WrappedImageKey k = WrapFor("img-1");
+  host::ReleaseRequest r = Request(k, "img-1", host_.get());  // registers the image
+  auto grant = [&](int attempt, const std::string& host) {
+    return portal_->Post("/v1/grants", {{"job_id", r.job_id}, {"image_id", "img-1"}, {"tenant", kTenant},
+                                        {"host_id", host}, {"ttl_seconds", 60}, {"attempt", attempt}})
+        .status();
+  };
+  ASSERT_OK(grant(1, "host-1"));
+  ASSERT_OK(grant(2, "host-2"));  // the lease of attempt 1 expired
+
+  auto ask = [&](uint64_t attempt) {
+    auto nonce = host_->Nonce();
+    EXPECT_OK(nonce);
+    auto ev = engine_->Attest(nonce.ok() ? *nonce : crypto::Bytes{}, kPcrs);
+    EXPECT_OK(ev);
+    if (ev.ok()) r.evidence = *ev;
+    r.attempt = attempt;
+    return host_->Release(r);
+  };
+  EXPECT_STATUS(ask(1), StatusCode::kPermissionDenied, "stale_attempt");
+  EXPECT_STATUS(ask(2), StatusCode::kPermissionDenied, "no_grant");  // attempt 2 is host-2's
+  EXPECT_STATUS(grant(1, "host-1"), StatusCode::kPermissionDenied, "stale_attempt");
+
+  // Nothing released; the job's one grant is still host-2's, unused.
+  auto g = store_->GetGrant(r.job_id);
+  ASSERT_OK(g);
+  EXPECT_EQ(g->host_id, "host-2");
+  EXPECT_EQ(g->attempt, 2);
+  EXPECT_EQ(g->used_unix, 0);
+  const std::string audit = AuditText();
+  EXPECT_EQ(audit.find("\"release.grant\""), std::string::npos);
+  EXPECT_NE(audit.find("\"reason\":\"stale_attempt\""), std::string::npos);
+  EXPECT_OK(VerifyStoreAudit(*store_));
+}
+
 TEST_F(KmsReleaseTest, UnenrolledHostIsRefused) {
   StartAll("");
   Enroll();

@@ -1045,7 +1045,8 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
                                               const ReleaseRequest& req) {
   RETURN_IF_ERROR(RequireHost(caller, host_id, "release"));
   const auto start = std::chrono::steady_clock::now();
-  json audit = {{"host_id", host_id}, {"job_id", req.job_id}, {"image_id", req.image_id},
+  json audit = {{"host_id", host_id}, {"job_id", req.job_id}, {"attempt", req.attempt},
+                {"image_id", req.image_id},
                 {"tenant", req.tenant},
                 {"key_id", req.key_id}, {"key_version", req.key_version}};
   // The verdict is written with the decision's audit record, in one
@@ -1143,16 +1144,23 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
     auto grant = store_->GetGrant(req.job_id);
     if (!grant.ok() && grant.status().code() != StatusCode::kNotFound) return finish(grant.status());
     if (!grant.ok()) return finish(Denied("no_grant", "the portal registered no grant for job " + req.job_id));
-    if (grant->host_id != host_id || grant->image_id != image_id || grant->tenant != tenant) {
+    if (grant->attempt > req.attempt) {
+      // The job was placed again: this attempt's host is fenced off.
+      return finish(Denied("stale_attempt", "job " + req.job_id + " was placed again (attempt " +
+                                                std::to_string(grant->attempt) + "); attempt " +
+                                                std::to_string(req.attempt) + " is over"));
+    }
+    if (grant->attempt != req.attempt || grant->host_id != host_id || grant->image_id != image_id ||
+        grant->tenant != tenant) {
       return finish(Denied("no_grant", "the grant of job " + req.job_id +
-                                           " is for another host, image or tenant"));
+                                           " is for another attempt, host, image or tenant"));
     }
     if (grant->used_unix != 0) return finish(Denied("no_grant", "the grant of job " + req.job_id + " was used"));
     if (grant->expires_unix < grant_now) {
       return finish(Denied("no_grant", "the grant of job " + req.job_id + " expired"));
     }
   }
-  const Store::GrantUse grant_use{req.job_id, image_id, tenant, host_id, grant_now};
+  const Store::GrantUse grant_use{req.job_id, image_id, tenant, host_id, grant_now, req.attempt};
   // Which key; then the policy for this customer and image.
   auto key = CustomerPrivateKey(tenant, req.key_id);
   if (!key.ok()) return finish(key.status());
@@ -1534,6 +1542,7 @@ StatusOr<GrantRecord> KmsService::CreateGrant(const Caller& caller, const GrantR
   if (req.ttl_seconds < 1 || req.ttl_seconds > options_.max_grant_ttl_seconds) {
     return InvalidArgumentError("ttl_seconds must be 1.." + std::to_string(options_.max_grant_ttl_seconds));
   }
+  if (req.attempt < 0) return InvalidArgumentError("attempt must be >= 0");
   bool registered = false;
   auto policy = PlacementPolicy(req.tenant, req.image_id, &registered);
   if (!policy.ok() && ReasonPrefix(policy.status()) != "no_policy") return policy.status();
@@ -1559,13 +1568,25 @@ StatusOr<GrantRecord> KmsService::CreateGrant(const Caller& caller, const GrantR
     return Denied(eligible.reason, "host " + req.host_id + " is not eligible under the release policy (" +
                                        source + ") of image " + req.image_id + " on its latest verdict");
   }
-  GrantRecord g{req.job_id, req.image_id, req.tenant, req.host_id, 0, Now(), 0};
+  GrantRecord g{req.job_id, req.image_id, req.tenant, req.host_id, 0, Now(), 0, req.attempt};
   g.expires_unix = g.created_unix + req.ttl_seconds;
-  RETURN_IF_ERROR(store_->PutGrant(g, {"grant.create", "host/" + g.host_id,
-                                       json{{"job_id", g.job_id}, {"image_id", g.image_id},
-                                            {"tenant", g.tenant}, {"expires_unix", g.expires_unix},
-                                            {"policy", policy->source},
-                                            {"by", caller.name}}}));
+  Status put = store_->PutGrant(g, {"grant.create", "host/" + g.host_id,
+                                    json{{"job_id", g.job_id}, {"attempt", g.attempt},
+                                         {"image_id", g.image_id}, {"tenant", g.tenant},
+                                         {"expires_unix", g.expires_unix}, {"policy", policy->source},
+                                         {"by", caller.name}}});
+  if (!put.ok() && (ReasonPrefix(put) == "stale_attempt" || ReasonPrefix(put) == "grant_used")) {
+    // A portal (or a replica of it) granting an attempt that is over, or
+    // re-arming a used grant: refused and audited.
+    RETURN_IF_ERROR(store_->AppendAudit(
+        {"grant.deny", "host/" + req.host_id,
+         json{{"job_id", req.job_id}, {"attempt", req.attempt}, {"image_id", req.image_id},
+              {"tenant", req.tenant}, {"reason", ReasonPrefix(put)}, {"by", caller.name},
+              {"by_fingerprint", caller.fingerprint}}}));
+    metrics_.CountDenial(ReasonPrefix(put));
+    return PermissionDeniedError(put.message());
+  }
+  RETURN_IF_ERROR(put);
   return g;
 }
 

@@ -103,6 +103,10 @@ struct ReleaseRequest {
   std::string descriptor;
   std::string manifest;
   std::string package_cert;
+  // Which placement of the job (the portal's "attempt", given to the host
+  // with the job): a release for an attempt older than the job's grant is
+  // refused (stale_attempt), any other mismatch is no_grant.
+  int64_t attempt = 0;
 };
 struct ReleaseResponse {
   crypto::Bytes rewrapped_key;  // RSA-OAEP-SHA256 to the certified binding key
@@ -137,6 +141,11 @@ struct GrantRequest {
   std::string tenant;
   std::string host_id;
   int64_t ttl_seconds = 0;  // 1..Options::max_grant_ttl_seconds
+  // The job's placement this grant is for (>= 0; the portal counts from 1).
+  // A grant for a newer attempt replaces the job's grant; one for an older
+  // attempt is refused (stale_attempt), as is arming a used grant again
+  // (grant_used).
+  int64_t attempt = 0;
 };
 
 // PUT /v1/signed-policies/{tenant}/{image_id}: a customer-signed policy

@@ -836,6 +836,60 @@ TEST_F(ReleaseTest, GrantForAnotherHostImageOrTenantIsNoGrant) {
   }
 }
 
+// Issue 17: a job placed again (attempt 2) fences off attempt 1's host; the
+// refusal is stale_attempt, audited, and the new attempt's grant stays.
+TEST_F(ReleaseTest, AReleaseForAnAttemptThatWasPlacedAgainIsStaleAndAudited) {
+  const crypto::PublicKey customer = NewCustomerKey("X25519");
+  const Caller portal = As(Caller::Role::kPortal, "p");
+  // Registers the image with its signed descriptor (and grants attempt 0).
+  const std::string job = Request("img-1", customer, data_key_).job_id;
+  GrantRequest g{job, "img-1", kTenant, "h1", 60};
+  g.attempt = 1;
+  ASSERT_OK(service_->CreateGrant(portal, g));
+  g.attempt = 2;
+  ASSERT_OK(service_->CreateGrant(portal, g));
+  grant_each_request_ = false;
+  auto ask = [&](int64_t attempt) {
+    ReleaseRequest r = Request("img-1", customer, data_key_);  // fresh nonce and evidence
+    r.job_id = job;
+    r.attempt = attempt;
+    return Release(r);
+  };
+  EXPECT_STATUS(ask(1), StatusCode::kPermissionDenied, "stale_attempt");
+  EXPECT_STATUS(ask(0), StatusCode::kPermissionDenied, "stale_attempt");
+  EXPECT_EQ(Audited("release.deny", "stale_attempt"), 2);
+  // A host naming an attempt the portal never granted gets nothing either.
+  EXPECT_STATUS(ask(3), StatusCode::kPermissionDenied, "no_grant");
+  EXPECT_OK(ask(2));
+}
+
+TEST_F(ReleaseTest, APortalCannotReArmAUsedGrantOrGrantAnOlderAttempt) {
+  const crypto::PublicKey customer = NewCustomerKey("X25519");
+  const Caller portal = As(Caller::Role::kPortal, "p");
+  const std::string job = Request("img-1", customer, data_key_).job_id;
+  GrantRequest g{job, "img-1", kTenant, "h1", 60};
+  g.attempt = 2;
+  ASSERT_OK(service_->CreateGrant(portal, g));
+  grant_each_request_ = false;
+  auto ask = [&](int64_t attempt) {
+    ReleaseRequest r = Request("img-1", customer, data_key_);
+    r.job_id = job;
+    r.attempt = attempt;
+    return Release(r);
+  };
+  ASSERT_OK(ask(2));
+  EXPECT_STATUS(service_->CreateGrant(portal, g), StatusCode::kPermissionDenied, "grant_used");
+  g.attempt = 1;
+  EXPECT_STATUS(service_->CreateGrant(portal, g), StatusCode::kPermissionDenied, "stale_attempt");
+  EXPECT_EQ(Audited("grant.deny", "grant_used"), 1);
+  EXPECT_EQ(Audited("grant.deny", "stale_attempt"), 1);
+  EXPECT_STATUS(ask(2), StatusCode::kPermissionDenied, "no_grant");
+  // The next placement is a new attempt, granted afresh.
+  g.attempt = 3;
+  EXPECT_OK(service_->CreateGrant(portal, g));
+  EXPECT_OK(ask(3));
+}
+
 TEST_F(ReleaseTest, ExpiredGrantIsNoGrant) {
   const crypto::PublicKey customer = NewCustomerKey("X25519");
   const Caller portal = As(Caller::Role::kPortal, "p");

@@ -189,6 +189,11 @@ INSERT INTO audit_index_state (id, built) VALUES (1, 0);
 ALTER TABLE images ADD COLUMN descriptor_sha256 TEXT NOT NULL DEFAULT '';
 ALTER TABLE images ADD COLUMN release_policy TEXT;
 )sql",
+    // Grants bound to the job's attempt (issue 17): a grant for a newer
+    // placement fences off the older attempt's host.
+    R"sql(
+ALTER TABLE grants ADD COLUMN attempt BIGINT NOT NULL DEFAULT 0;
+)sql",
 };
 
 int64_t Now() { return static_cast<int64_t>(std::time(nullptr)); }
@@ -474,12 +479,30 @@ class SqlStore : public Store {
 
   Status PutGrant(const GrantRecord& g, const AuditEvent& audit) override {
     return InTx([&]() -> Status {
+      // Read under the write lock (BeginWrite), so two portals cannot both
+      // pass the check.
+      ASSIGN_OR_RETURN(auto cur, conn_->Exec("SELECT attempt, used_unix FROM grants WHERE job_id = ?",
+                                             {g.job_id}));
+      if (!cur.rows.empty()) {
+        const int64_t have_attempt = ToInt(cur.rows[0][0]);
+        const int64_t have_used = ToInt(cur.rows[0][1]);
+        if (g.attempt < have_attempt) {
+          return FailedPreconditionError("stale_attempt: job " + g.job_id + " has a grant for attempt " +
+                                         std::to_string(have_attempt) + ", newer than " +
+                                         std::to_string(g.attempt));
+        }
+        if (g.attempt == have_attempt && have_used != 0) {
+          return FailedPreconditionError("grant_used: the grant of job " + g.job_id + " attempt " +
+                                         std::to_string(g.attempt) + " was used; it is not armed again");
+        }
+      }
       RETURN_IF_ERROR(conn_->Exec(
           "INSERT INTO grants (job_id, image_id, tenant, host_id, expires_unix, created_unix, "
-          "used_unix) VALUES (?, ?, ?, ?, ?, ?, 0) ON CONFLICT (job_id) DO UPDATE SET "
+          "used_unix, attempt) VALUES (?, ?, ?, ?, ?, ?, 0, ?) ON CONFLICT (job_id) DO UPDATE SET "
           "image_id = excluded.image_id, tenant = excluded.tenant, host_id = excluded.host_id, "
-          "expires_unix = excluded.expires_unix, created_unix = excluded.created_unix, used_unix = 0",
-          {g.job_id, g.image_id, g.tenant, g.host_id, g.expires_unix, g.created_unix}));
+          "expires_unix = excluded.expires_unix, created_unix = excluded.created_unix, used_unix = 0, "
+          "attempt = excluded.attempt",
+          {g.job_id, g.image_id, g.tenant, g.host_id, g.expires_unix, g.created_unix, g.attempt}));
       return AppendAuditLocked(audit);
     });
   }
@@ -487,13 +510,13 @@ class SqlStore : public Store {
   StatusOr<GrantRecord> GetGrant(const std::string& job_id) override {
     std::lock_guard<std::mutex> lock(read_mu_);
     ASSIGN_OR_RETURN(auto r, reader_->Exec(
-        "SELECT job_id, image_id, tenant, host_id, expires_unix, created_unix, used_unix "
+        "SELECT job_id, image_id, tenant, host_id, expires_unix, created_unix, used_unix, attempt "
         "FROM grants WHERE job_id = ?",
         {job_id}));
     if (r.rows.empty()) return NotFoundError("no grant for job " + job_id);
     const auto& row = r.rows[0];
     return GrantRecord{ToStr(row[0]), ToStr(row[1]), ToStr(row[2]), ToStr(row[3]),
-                       ToInt(row[4]), ToInt(row[5]), ToInt(row[6])};
+                       ToInt(row[4]), ToInt(row[5]), ToInt(row[6]), ToInt(row[7])};
   }
 
   using Store::PutVerdict;
@@ -507,12 +530,14 @@ class SqlStore : public Store {
         // Used exactly once: a second release (in any process) finds it used.
         ASSIGN_OR_RETURN(auto used, conn_->Exec(
             "UPDATE grants SET used_unix = ? WHERE job_id = ? AND image_id = ? AND tenant = ? "
-            "AND host_id = ? AND used_unix = 0 AND expires_unix >= ?",
+            "AND host_id = ? AND used_unix = 0 AND expires_unix >= ? AND attempt = ?",
             {grant->now_unix, grant->job_id, grant->image_id, grant->tenant, grant->host_id,
-             grant->now_unix}));
+             grant->now_unix, grant->attempt}));
         if (used.affected != 1) {
+          // (Not "used": NonceError reads that word as a used nonce.)
           return FailedPreconditionError("no_grant: job " + grant->job_id +
-                                         " has no unused, unexpired grant for this image on this host");
+                                         " has no open grant (unspent, unexpired) for this attempt, "
+                                         "image and host");
         }
       }
       RETURN_IF_ERROR(conn_->Exec(

@@ -111,8 +111,10 @@ struct ImageRecord {
 
 // One launch of an image by a job on a host, registered by the portal when
 // it places the job. A release is granted only against an unexpired, unused
-// grant that names the same job, image, tenant and host; it is used up by
-// that release.
+// grant that names the same job, attempt, image, tenant and host; it is used
+// up by that release. A job has one grant, that of its newest attempt: a
+// grant for a newer attempt replaces it (fencing off the older attempt's
+// host), and a used grant is never armed again.
 struct GrantRecord {
   std::string job_id;
   std::string image_id;
@@ -121,6 +123,9 @@ struct GrantRecord {
   int64_t expires_unix = 0;
   int64_t created_unix = 0;
   int64_t used_unix = 0;  // 0 while unused
+  // The portal's placement of the job this grant is for (1, 2, ...; 0 for a
+  // portal that names none). Grows with every placement of the job.
+  int64_t attempt = 0;
 };
 
 // A tenant's registered package-signing key (issue 14): the public half of
@@ -195,8 +200,15 @@ class Store {
   virtual Status PutImage(const ImageRecord& image, const AuditEvent& audit) = 0;
   // NOT_FOUND if the tenant has no such image.
   virtual StatusOr<ImageRecord> GetImage(const std::string& tenant, const std::string& image_id) = 0;
-  // Inserts or replaces the grant of `grant.job_id` (a job placed again on
-  // another host gets a fresh grant; the old one is gone) with its audit.
+  // Writes the grant of `grant.job_id` with its audit, in one transaction
+  // that checks the job's current grant first:
+  //  - none, or one for an older attempt: written (the older one is gone,
+  //    so that attempt's host can no longer be released the key);
+  //  - one for a newer attempt: FAILED_PRECONDITION "stale_attempt: ...";
+  //  - one for the same attempt: replaced while unused (a placement retried
+  //    after a failed grant call), FAILED_PRECONDITION "grant_used: ..." once
+  //    used: a used grant is never armed again.
+  // Nothing is written on refusal.
   virtual Status PutGrant(const GrantRecord& grant, const AuditEvent& audit) = 0;
   // NOT_FOUND if the job has no grant.
   virtual StatusOr<GrantRecord> GetGrant(const std::string& job_id) = 0;
@@ -245,13 +257,15 @@ class Store {
   }
   // The grant a release uses up: the verdict's transaction marks it used,
   // and writes nothing unless it is unused, unexpired at `now_unix` and
-  // names this image, tenant and host (FAILED_PRECONDITION "no_grant: ...").
+  // names this attempt, image, tenant and host (FAILED_PRECONDITION
+  // "no_grant: ...").
   struct GrantUse {
     std::string job_id;
     std::string image_id;
     std::string tenant;
     std::string host_id;
     int64_t now_unix = 0;
+    int64_t attempt = 0;
   };
   virtual Status PutVerdict(const Verdict& verdict, const std::vector<AuditEvent>& audits,
                             const NonceUse* consume, const GrantUse* grant) = 0;

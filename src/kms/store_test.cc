@@ -387,6 +387,56 @@ TEST_P(StoreTest, VerdictConsumesItsNonceAtomically) {
   EXPECT_EQ(audit->size(), 1u);
 }
 
+// Grants are bound to the job's attempt (issue 17): a newer attempt's grant
+// fences off the older one's host, and a used grant is never armed again.
+TEST_P(StoreTest, AGrantForANewerAttemptFencesTheOlderOneOff) {
+  ASSERT_OK(store_->PutGrant({"job-1", "img", "acme", "h1", 1000, 500, 0, 1}, Event("g1", "h1")));
+  ASSERT_OK(store_->PutGrant({"job-1", "img", "acme", "h2", 1000, 510, 0, 2}, Event("g2", "h2")));
+  // h1's release for attempt 1 finds no grant to use, and writes nothing.
+  const Store::GrantUse stale{"job-1", "img", "acme", "h1", 600, 1};
+  EXPECT_STATUS(store_->PutVerdict({"v1", "h1", true, "ok", 600, json::object()}, {Event("r1", "h1")},
+                                   nullptr, &stale),
+                StatusCode::kFailedPrecondition, "no_grant");
+  // Nor with the new attempt's number from the wrong host.
+  const Store::GrantUse wrong_host{"job-1", "img", "acme", "h1", 600, 2};
+  EXPECT_STATUS(store_->PutVerdict({"v2", "h1", true, "ok", 600, json::object()}, {Event("r2", "h1")},
+                                   nullptr, &wrong_host),
+                StatusCode::kFailedPrecondition, "no_grant");
+  // An older attempt's grant cannot come back.
+  EXPECT_STATUS(store_->PutGrant({"job-1", "img", "acme", "h1", 1000, 520, 0, 1}, Event("g3", "h1")),
+                StatusCode::kFailedPrecondition, "stale_attempt");
+  auto g = store_->GetGrant("job-1");
+  ASSERT_OK(g);
+  EXPECT_EQ(g->host_id, "h2");
+  EXPECT_EQ(g->attempt, 2);
+  EXPECT_EQ(g->used_unix, 0);
+  auto audit = store_->ReadAudit(0, 10);
+  ASSERT_OK(audit);
+  EXPECT_EQ(audit->size(), 2u);  // g1, g2: nothing of the refusals
+  // h2's release of attempt 2 uses the grant.
+  const Store::GrantUse current{"job-1", "img", "acme", "h2", 600, 2};
+  EXPECT_OK(store_->PutVerdict({"v3", "h2", true, "ok", 600, json::object()}, {Event("r3", "h2")},
+                               nullptr, &current));
+}
+
+TEST_P(StoreTest, AUsedGrantIsNeverArmedAgain) {
+  ASSERT_OK(store_->PutGrant({"job-1", "img", "acme", "h1", 1000, 500, 0, 1}, Event("g1", "h1")));
+  // The same attempt granted again while unused (a retried placement): kept.
+  ASSERT_OK(store_->PutGrant({"job-1", "img", "acme", "h1", 1100, 505, 0, 1}, Event("g1b", "h1")));
+  const Store::GrantUse use{"job-1", "img", "acme", "h1", 600, 1};
+  ASSERT_OK(store_->PutVerdict({"v1", "h1", true, "ok", 600, json::object()}, {Event("r1", "h1")},
+                               nullptr, &use));
+  EXPECT_STATUS(store_->PutGrant({"job-1", "img", "acme", "h1", 2000, 700, 0, 1}, Event("g1c", "h1")),
+                StatusCode::kFailedPrecondition, "grant_used");
+  auto g = store_->GetGrant("job-1");
+  ASSERT_OK(g);
+  EXPECT_EQ(g->used_unix, 600);
+  EXPECT_EQ(g->expires_unix, 1100);
+  EXPECT_STATUS(store_->PutVerdict({"v2", "h1", true, "ok", 650, json::object()}, {Event("r2", "h1")},
+                                   nullptr, &use),
+                StatusCode::kFailedPrecondition, "no_grant");
+}
+
 TEST_P(StoreTest, FlavorsUpsertAndList) {
   ASSERT_OK(store_->PutFlavor({"base", json{{"sha256", {{"0", "aa"}}}}}, Event("e", "base")));
   ASSERT_OK(store_->PutFlavor({"base", json{{"sha256", {{"0", "bb"}}}}}, Event("e", "base")));

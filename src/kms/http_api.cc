@@ -50,6 +50,16 @@ StatusOr<std::string> StrField(const json& body, const std::string& name) {
   return it->get<std::string>();
 }
 
+// The job's attempt (grants and releases): absent is 0 (a client that names
+// none), otherwise a non-negative integer.
+StatusOr<int64_t> AttemptField(const json& body) {
+  if (!body.contains("attempt")) return int64_t{0};
+  if (!body["attempt"].is_number_unsigned() || body["attempt"].get<uint64_t>() > (uint64_t{1} << 62)) {
+    return InvalidArgumentError("attempt must be a non-negative integer");
+  }
+  return static_cast<int64_t>(body["attempt"].get<uint64_t>());
+}
+
 StatusOr<crypto::Bytes> B64Field(const json& body, const std::string& name) {
   ASSIGN_OR_RETURN(std::string text, StrField(body, name));
   auto bytes = crypto::Base64Decode(text);
@@ -203,6 +213,7 @@ void RegisterKmsRoutes(KmsService* s, net::HttpsServer* server) {
     RETURN_IF_ERROR(RequireObject(r.body));
     ReleaseRequest req;
     ASSIGN_OR_RETURN(req.job_id, StrField(r.body, "job_id"));
+    ASSIGN_OR_RETURN(req.attempt, AttemptField(r.body));
     ASSIGN_OR_RETURN(req.image_id, StrField(r.body, "image_id"));
     ASSIGN_OR_RETURN(req.tenant, StrField(r.body, "tenant"));
     ASSIGN_OR_RETURN(req.key_id, StrField(r.body, "key_id"));
@@ -294,8 +305,9 @@ void RegisterKmsRoutes(KmsService* s, net::HttpsServer* server) {
       return InvalidArgumentError("missing integer field 'ttl_seconds'");
     }
     req.ttl_seconds = r.body["ttl_seconds"].get<int64_t>();
+    ASSIGN_OR_RETURN(req.attempt, AttemptField(r.body));
     ASSIGN_OR_RETURN(GrantRecord g, s->CreateGrant(CallerFromPeer(r.peer), req));
-    return json{{"job_id", g.job_id}, {"image_id", g.image_id}, {"tenant", g.tenant},
+    return json{{"job_id", g.job_id}, {"attempt", g.attempt}, {"image_id", g.image_id}, {"tenant", g.tenant},
                 {"host_id", g.host_id}, {"expires_unix", g.expires_unix}};
   }, /*created=*/true);
   server->Post(std::string("/v1/hosts/") + kHostRe + "/ek-approval", [s](const net::Request& r) -> StatusOr<json> {

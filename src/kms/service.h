@@ -29,6 +29,7 @@
 #include "kms/customer_audit.h"
 #include "kms/internal/mini_ca.h"
 #include "kms/kek.h"
+#include "kms/lifecycle.h"
 #include "kms/metrics.h"
 #include "kms/nonce.h"
 #include "kms/policy.h"
@@ -222,6 +223,10 @@ class KmsService {
     // time). false verifies every time (bench/release_bench's baseline).
     // Default true.
     bool remember_verified_packages = true;
+    // Grace before a closed account's keys are destroyed, when the
+    // customer's close_account request names none (kms/lifecycle.h).
+    // Default 7 days.
+    int64_t account_grace_seconds = 7 * 86400;
   };
 
   // `store` and `kek` must outlive the service. `ca` signs certificates.
@@ -374,6 +379,16 @@ class KmsService {
   void RecordDenial(const std::string& reason, const std::string& subject,
                     const std::string& message);
 
+  // Revocation, disable and decommissioning (kms/lifecycle.h); Release,
+  // CreateGrant, PlacementCheck and BeginEnrollment consult it first.
+  Lifecycle& lifecycle() { return *lifecycle_; }
+  // What the image's effective policy says of running VMs when trust in
+  // them is lost ("stop" or "report", the default); NOT_FOUND if the image
+  // is not registered.
+  StatusOr<std::string> OnTrustLoss(const std::string& tenant, const std::string& image_id);
+  // Drops the cached private keys of the customer (its keys were destroyed).
+  void ForgetCustomerKeys(const std::string& customer_id);
+
   Metrics& metrics() { return metrics_; }
   Store& store() { return *store_; }
   const std::string& ca_cert_pem() const { return ca_.cert_pem; }
@@ -501,6 +516,7 @@ class KmsService {
   std::atomic<int64_t> last_nonce_purge_{0};
   UsedNonceCache used_nonces_;
   Metrics metrics_;
+  std::unique_ptr<Lifecycle> lifecycle_;
 
   std::mutex mu_;  // guards the caches below
   std::map<std::string, std::shared_ptr<const attest::AkPublic>> aks_;

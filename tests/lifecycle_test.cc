@@ -94,6 +94,9 @@ TEST_F(LifecycleTest, ARevokedImageIsNeverReleasedGrantedOrPlacedAgain) {
   EXPECT_EQ(Audit("release.grant").size(), 1u);
   EXPECT_THAT(AuditReasons("release.deny"), ::testing::ElementsAre("image_revoked"));
   ASSERT_EQ(Marks("image").size(), 1u);
+  // The customer sees its revocation in its own, verified audit of the image.
+  ASSERT_EQ(Customer("a", {"audit", image, "--kms-ca", kms_.ca()}, &out), 0) << out;
+  EXPECT_THAT(out, HasSubstr("image.revoke"));
 }
 
 TEST_F(LifecycleTest, PortalOrAnotherCustomerCannotRevokeOrForgeARevocation) {

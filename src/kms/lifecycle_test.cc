@@ -144,7 +144,7 @@ TEST(LifecycleRequestTest, SignatureBindsDocumentKeyAndPrefix) {
   EXPECT_EQ(SignLifecycleRequest(*doc, *rsa).status().code(), StatusCode::kInvalidArgument);
 }
 
-class LifecycleTest : public ::testing::Test {
+class KmsLifecycleTest : public ::testing::Test {
  protected:
   void SetUp() override {
     auto store = Store::Open(dir_.File("kms.db"));
@@ -190,7 +190,7 @@ class LifecycleTest : public ::testing::Test {
   const Caller host_{Caller::Role::kHost, "h1", ""};
 };
 
-TEST_F(LifecycleTest, RevokedImageIsRefusedOnlyForThatImage) {
+TEST_F(KmsLifecycleTest, RevokedImageIsRefusedOnlyForThatImage) {
   ASSERT_OK(lifecycle_->Check("acme", "img-1", "h1"));
   auto [doc, sig] = Signed(Revoke());
   auto mark = lifecycle_->CustomerRequest(portal_, "acme", doc, sig);
@@ -207,7 +207,7 @@ TEST_F(LifecycleTest, RevokedImageIsRefusedOnlyForThatImage) {
   EXPECT_EQ(AuditCount(), n);
 }
 
-TEST_F(LifecycleTest, RefusedRequestsChangeNothingAndAreAudited) {
+TEST_F(KmsLifecycleTest, RefusedRequestsChangeNothingAndAreAudited) {
   auto [doc, sig] = Signed(Revoke());
   struct Case {
     Caller caller;
@@ -251,7 +251,7 @@ TEST_F(LifecycleTest, RefusedRequestsChangeNothingAndAreAudited) {
   ASSERT_OK(lifecycle_->Check("acme", "img-1", "h1"));
 }
 
-TEST_F(LifecycleTest, HostRevocationIsOperatorOnlyIdempotentAndUnenrolls) {
+TEST_F(KmsLifecycleTest, HostRevocationIsOperatorOnlyIdempotentAndUnenrolls) {
   EXPECT_EQ(lifecycle_->RevokeHost(portal_, "h1", "x").status().message().rfind("forbidden: ", 0), 0u);
   EXPECT_EQ(lifecycle_->RevokeHost(op_, "h9", "x").status().message().rfind("unknown_host: ", 0), 0u);
   EXPECT_EQ(lifecycle_->RevokeHost(op_, "h 1", "x").status().code(), StatusCode::kInvalidArgument);
@@ -272,7 +272,7 @@ TEST_F(LifecycleTest, HostRevocationIsOperatorOnlyIdempotentAndUnenrolls) {
   EXPECT_EQ(again->since_unix, kNow);
 }
 
-TEST_F(LifecycleTest, DisableIsReversibleButAClosedAccountCannotBeEnabled) {
+TEST_F(KmsLifecycleTest, DisableIsReversibleButAClosedAccountCannotBeEnabled) {
   EXPECT_FALSE(lifecycle_->SetCustomerEnabled(portal_, "acme", false, "").ok());
   EXPECT_EQ(lifecycle_->SetCustomerEnabled(op_, "bob", false, "").status().message().rfind(
                 "unknown_customer: ", 0),
@@ -292,7 +292,7 @@ TEST_F(LifecycleTest, DisableIsReversibleButAClosedAccountCannotBeEnabled) {
   EXPECT_EQ(enable.status().message().rfind("account_closing: ", 0), 0u) << enable.status().message();
 }
 
-TEST_F(LifecycleTest, KeysAreDestroyedOnlyAfterTheGraceAndTheFirstDueTimeStands) {
+TEST_F(KmsLifecycleTest, KeysAreDestroyedOnlyAfterTheGraceAndTheFirstDueTimeStands) {
   auto [doc, sig] = Signed({"close_account", "acme", "", kNow, 60});
   ASSERT_OK(lifecycle_->CustomerRequest(portal_, "acme", doc, sig));
   // A second request with a longer grace does not postpone it.
@@ -318,7 +318,7 @@ TEST_F(LifecycleTest, KeysAreDestroyedOnlyAfterTheGraceAndTheFirstDueTimeStands)
             0u);
 }
 
-TEST_F(LifecycleTest, ListIsOperatorOnlyAndChecksTheKind) {
+TEST_F(KmsLifecycleTest, ListIsOperatorOnlyAndChecksTheKind) {
   EXPECT_EQ(lifecycle_->List(portal_, "host").status().code(), StatusCode::kPermissionDenied);
   EXPECT_EQ(lifecycle_->List(op_, "hosts").status().code(), StatusCode::kInvalidArgument);
   ASSERT_OK(lifecycle_->RevokeHost(op_, "h1", ""));

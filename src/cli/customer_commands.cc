@@ -21,6 +21,7 @@
 #include "crypto/x509.h"
 #include "json/json.h"
 #include "kms/customer_audit.h"
+#include "kms/lifecycle.h"
 #include "kms/policy.h"
 #include "ovf/policy_document.h"
 #include "ovf/signature.h"
@@ -521,6 +522,74 @@ Status SetPolicy(const CommonFlags& f, const std::string& image_id, const std::s
   return OkStatus();
 }
 
+// Signs a lifecycle request (kms/lifecycle.h) with the customer's signing
+// key: the body the portal relays to the KMS.
+StatusOr<json> SignedLifecycleBody(const CommonFlags& f, const kms::LifecycleRequest& req,
+                                   const std::string& signing_key_flag) {
+  const std::string key_path = signing_key_flag.empty() ? DefaultSigningKeyFile(f) : signing_key_flag;
+  ASSIGN_OR_RETURN(crypto::PrivateKey key, crypto::LoadPrivateKeyFile(key_path));
+  ASSIGN_OR_RETURN(std::string bytes, kms::SerializeLifecycleRequest(req));
+  ASSIGN_OR_RETURN(crypto::Bytes sig, kms::SignLifecycleRequest(bytes, key));
+  return json{{"document", crypto::Base64Encode(crypto::AsBytes(bytes))},
+              {"signature", crypto::Base64Encode(sig)}};
+}
+
+void PrintLifecycle(const CommonFlags& f, const json& r, const std::string& what) {
+  if (f.json) return PrintJson(r);
+  std::cout << what << ": " << r["kms"].value("state", "") << "\n";
+  for (const auto& j : r.value("stopped", json::array())) std::cout << "  stopped " << j.get<std::string>() << "\n";
+  for (const auto& j : r.value("reported", json::array())) {
+    std::cout << "  still running (policy: report) " << j.get<std::string>() << "\n";
+  }
+}
+
+// `customer revoke IMAGE`: no release of the image ever again; its VMs
+// stop if its policy says on_trust_loss "stop". `delete_objects` (customer
+// delete-image) also deletes the image's objects at the portal.
+Status RevokeImage(const CommonFlags& f, const std::string& image_id, const std::string& signing_key,
+                   bool delete_objects) {
+  ASSIGN_OR_RETURN(auto c, Connect(f));
+  ASSIGN_OR_RETURN(httplib::Headers auth, Auth(f));
+  ASSIGN_OR_RETURN(json me, CheckReply(c->Get("/v1/customer/key", auth), "customer key"));
+  ASSIGN_OR_RETURN(json image, CheckReply(c->Get("/v1/images/" + image_id, auth), "image"));
+  kms::LifecycleRequest req;
+  req.action = "revoke_image";
+  req.tenant = me.value("customer_id", "");
+  req.image_id = image.value("tagged_image_id", "");
+  if (req.image_id.empty()) {
+    return FailedPreconditionError("image " + image_id + " has no tag imageId (not a sealed package)");
+  }
+  req.issued_unix = static_cast<int64_t>(std::time(nullptr));
+  ASSIGN_OR_RETURN(json body, SignedLifecycleBody(f, req, signing_key));
+  ASSIGN_OR_RETURN(json r, CheckReply(c->Post("/v1/images/" + image_id + "/revoke", auth, body.dump(),
+                                              "application/json"),
+                                      "revoke"));
+  if (delete_objects) {
+    RETURN_IF_ERROR(CheckReply(c->Delete("/v1/images/" + image_id, auth), "delete image").status());
+    r["deleted"] = true;
+  }
+  PrintLifecycle(f, r, "image " + image_id);
+  return OkStatus();
+}
+
+// `customer close-account`: the KMS destroys the customer's private keys
+// once the grace period is over; every VM of the customer stops now.
+Status CloseAccount(const CommonFlags& f, int64_t grace_seconds, const std::string& signing_key) {
+  ASSIGN_OR_RETURN(auto c, Connect(f));
+  ASSIGN_OR_RETURN(httplib::Headers auth, Auth(f));
+  ASSIGN_OR_RETURN(json me, CheckReply(c->Get("/v1/customer/key", auth), "customer key"));
+  kms::LifecycleRequest req;
+  req.action = "close_account";
+  req.tenant = me.value("customer_id", "");
+  req.issued_unix = static_cast<int64_t>(std::time(nullptr));
+  req.grace_seconds = grace_seconds;
+  ASSIGN_OR_RETURN(json body, SignedLifecycleBody(f, req, signing_key));
+  ASSIGN_OR_RETURN(json r, CheckReply(c->Post("/v1/customer/close", auth, body.dump(), "application/json"),
+                                      "close account"));
+  PrintLifecycle(f, r, "account " + req.tenant);
+  return OkStatus();
+}
+
 Status Images(const CommonFlags& f) {
   ASSIGN_OR_RETURN(auto c, Connect(f));
   ASSIGN_OR_RETURN(httplib::Headers auth, Auth(f));
@@ -913,6 +982,25 @@ void AddCustomerCommands(CLI::App& app, const CommandSink& sink) {
   });
 
   cust->add_subcommand("images", "List your images")->callback([f, sink] { sink(Images(*f)); });
+
+  auto life_image = std::make_shared<std::string>();
+  auto life_key = std::make_shared<std::string>();
+  auto life_grace = std::make_shared<int64_t>(-1);
+  for (const bool del : {false, true}) {
+    CLI::App* revoke = cust->add_subcommand(
+        del ? "delete-image" : "revoke",
+        del ? "Revoke one of your images at the KMS (signed) and delete its objects at the portal"
+            : "Revoke one of your images for good: the KMS never releases its key again (signed)");
+    revoke->add_option("image_id", *life_image, "Image id")->required();
+    revoke->add_option("--signing-key", *life_key, "your signing key (default signing-key.pem beside the session)");
+    revoke->callback([f, life_image, life_key, del, sink] { sink(RevokeImage(*f, *life_image, *life_key, del)); });
+  }
+  CLI::App* close = cust->add_subcommand(
+      "close-account", "Close your account: the KMS destroys your private keys after a grace period (signed)");
+  close->add_option("--grace-seconds", *life_grace, "grace before the keys are destroyed (default: the KMS's)")
+      ->check(CLI::Range(int64_t{0}, int64_t{366} * 86400));
+  close->add_option("--signing-key", *life_key, "your signing key (default signing-key.pem beside the session)");
+  close->callback([f, life_grace, life_key, sink] { sink(CloseAccount(*f, *life_grace, *life_key)); });
 
   auto audit_flags = std::make_shared<AuditFlags>();
   CLI::App* audit = cust->add_subcommand(

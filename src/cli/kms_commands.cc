@@ -308,6 +308,33 @@ void AddOperatorCommands(CLI::App* kms, std::shared_ptr<KmsFlags> flags, const C
                                    {{"ek_sha256", *approve_ek_sha256}}))
                 : c.status());
   });
+  auto revoke_reason = std::make_shared<std::string>();
+  CLI::App* revoke = host->add_subcommand(
+      "revoke", "Unenroll a host for good: no placement, grant or release again; audited");
+  AddOperatorFlags(revoke, f);
+  revoke->add_option("--host", f->host, "Host id")->required();
+  revoke->add_option("--reason", *revoke_reason, "Why (recorded in the audit log)");
+  revoke->callback([flags, revoke_reason, sink] {
+    auto c = OperatorClient(*flags);
+    sink(c.ok() ? Print((*c)->Post("/v1/hosts/" + flags->host + "/revoke", {{"reason", *revoke_reason}}))
+                : c.status());
+  });
+  CLI::App* customer = kms->add_subcommand("customer", "Disable or enable a customer's releases");
+  customer->require_subcommand(1);
+  for (const bool enable : {false, true}) {
+    CLI::App* cmd = customer->add_subcommand(
+        enable ? "enable" : "disable",
+        enable ? "Allow releases of the customer's images again" : "Refuse every release of the customer's images");
+    AddOperatorFlags(cmd, f);
+    cmd->add_option("--customer", f->customer, "Customer id")->required();
+    cmd->add_option("--reason", *revoke_reason, "Why (recorded in the audit log)");
+    cmd->callback([flags, revoke_reason, sink, enable] {
+      auto c = OperatorClient(*flags);
+      sink(c.ok() ? Print((*c)->Post("/v1/customers/" + flags->customer + (enable ? "/enable" : "/disable"),
+                                     {{"reason", *revoke_reason}}))
+                  : c.status());
+    });
+  }
   CLI::App* history = host->add_subcommand("history", "A host's attestation verdicts");
   AddOperatorFlags(history, f);
   history->add_option("--host", f->host, "Host id")->required();

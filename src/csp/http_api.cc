@@ -12,6 +12,7 @@
 #include "csp/customer_audit.h"
 #include "json/json.h"
 #include "csp/signed_policy.h"
+#include "csp/lifecycle.h"
 
 namespace vmseal::csp {
 namespace {
@@ -471,6 +472,26 @@ void RegisterPortalRoutes(net::HttpsServer& server, const PortalServices& svc) {
     ASSIGN_OR_RETURN(Principal p, who(req));
     RETURN_IF_ERROR(svc.images->DeleteImage(p, req.path_params[0]));
     return json::object();
+  });
+  // The customer's signed lifecycle requests, relayed to the KMS
+  // (csp/lifecycle.h): revoke one image, close the account.
+  auto signed_texts = [](const json& body, const char* name) {
+    return body.contains(name) && body[name].is_string() ? body[name].get<std::string>() : std::string();
+  };
+  server.Json("POST", R"(/v1/images/([A-Za-z0-9-]+)/revoke)", [svc, who, signed_texts](const net::Request& req) -> StatusOr<json> {
+    ASSIGN_OR_RETURN(Principal p, who(req));
+    ASSIGN_OR_RETURN(ImageInfo i, svc.images->GetImage(p, req.path_params[0]));
+    ASSIGN_OR_RETURN(json body, ParseBody(req));
+    ASSIGN_OR_RETURN(LifecycleOutcome o, RevokeImage(svc.kms, svc.jobs, p, i, signed_texts(body, "document"),
+                                                     signed_texts(body, "signature")));
+    return LifecycleOutcomeJson(o);
+  });
+  server.Json("POST", "/v1/customer/close", [svc, who, signed_texts](const net::Request& req) -> StatusOr<json> {
+    ASSIGN_OR_RETURN(Principal p, who(req));
+    ASSIGN_OR_RETURN(json body, ParseBody(req));
+    ASSIGN_OR_RETURN(LifecycleOutcome o, CloseAccount(svc.kms, svc.jobs, p, signed_texts(body, "document"),
+                                                      signed_texts(body, "signature")));
+    return LifecycleOutcomeJson(o);
   });
   // The customer's signed policy documents, relayed to the KMS
   // (csp/signed_policy.h): the portal makes none of its own.

@@ -124,6 +124,13 @@ class HttpsKmsClient final : public KmsClient {
     return SignedPolicyFrom(r);
   }
 
+  StatusOr<json> LifecycleRequest(const std::string& tenant, const std::string& document,
+                                  const crypto::Bytes& signature) override {
+    return client_->Post("/v1/lifecycle-requests/" + tenant,
+                         json{{"document", crypto::Base64Encode(crypto::AsBytes(document))},
+                              {"signature", crypto::Base64Encode(signature)}});
+  }
+
   StatusOr<SignedPolicy> GetSignedPolicy(const std::string& tenant,
                                          const std::string& image_id) override {
     ASSIGN_OR_RETURN(json r, client_->Get("/v1/signed-policies/" + tenant + "/" + image_id));

@@ -148,6 +148,17 @@ class KmsClient {
     return UnimplementedError("this KMS client relays no audit");
   }
 
+  // Relays a customer-signed lifecycle request (POST
+  // /v1/lifecycle-requests/{tenant}, kms/lifecycle.h): revoke_image or
+  // close_account. The KMS's answer (the mark, and for an image its
+  // "on_trust_loss"), verbatim.
+  virtual StatusOr<nlohmann::json> LifecycleRequest(const std::string& tenant,
+                                                    const std::string& document,
+                                                    const crypto::Bytes& signature) {
+    (void)tenant, (void)document, (void)signature;
+    return UnimplementedError("this KMS client relays no lifecycle requests");
+  }
+
   // The PEM certificate of the KMS CA (what customer certificates chain to).
   virtual std::string CaCertificatePem() const = 0;
 };

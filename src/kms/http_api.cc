@@ -379,6 +379,60 @@ void RegisterKmsRoutes(KmsService* s, net::HttpsServer* server) {
   server->Put(std::string("/v1/policies/") + kNameRe + "/" + kImageRe, put_policy);
   server->Get(std::string("/v1/policies/") + kNameRe, get_policy);
   server->Get(std::string("/v1/policies/") + kNameRe + "/" + kImageRe, get_policy);
+  // Revocation, disable, decommissioning (kms/lifecycle.h, docs/protocol.md §7).
+  auto mark_json = [](const LifecycleRecord& m) {
+    json j = {{"kind", m.kind}, {"subject", m.subject}, {"state", m.state}, {"reason", m.reason},
+              {"by", m.by}, {"since_unix", m.since_unix}};
+    if (m.due_unix != 0) j["due_unix"] = m.due_unix;
+    return j;
+  };
+  auto reason_of = [](const net::Request& r) -> StatusOr<std::string> {
+    if (r.body.is_null()) return std::string();
+    RETURN_IF_ERROR(RequireObject(r.body));
+    if (!r.body.contains("reason")) return std::string();
+    return StrField(r.body, "reason");
+  };
+  server->Post(std::string("/v1/hosts/") + kHostRe + "/revoke",
+               [s, mark_json, reason_of](const net::Request& r) -> StatusOr<json> {
+                 ASSIGN_OR_RETURN(std::string reason, reason_of(r));
+                 ASSIGN_OR_RETURN(LifecycleRecord m, s->lifecycle().RevokeHost(CallerFromPeer(r.peer),
+                                                                              r.path_params[0], reason));
+                 return mark_json(m);
+               });
+  for (const bool enable : {false, true}) {
+    server->Post(std::string("/v1/customers/") + kImageRe + (enable ? "/enable" : "/disable"),
+                 [s, mark_json, reason_of, enable](const net::Request& r) -> StatusOr<json> {
+                   ASSIGN_OR_RETURN(std::string reason, reason_of(r));
+                   ASSIGN_OR_RETURN(LifecycleRecord m,
+                                    s->lifecycle().SetCustomerEnabled(CallerFromPeer(r.peer),
+                                                                      r.path_params[0], enable, reason));
+                   return mark_json(m);
+                 });
+  }
+  server->Post(std::string("/v1/lifecycle-requests/") + kImageRe,
+               [s, mark_json](const net::Request& r) -> StatusOr<json> {
+                 RETURN_IF_ERROR(RequireObject(r.body));
+                 ASSIGN_OR_RETURN(crypto::Bytes document, B64Field(r.body, "document"));
+                 ASSIGN_OR_RETURN(crypto::Bytes signature, B64Field(r.body, "signature"));
+                 ASSIGN_OR_RETURN(LifecycleRecord m,
+                                  s->lifecycle().CustomerRequest(
+                                      CallerFromPeer(r.peer), r.path_params[0],
+                                      std::string(document.begin(), document.end()), signature));
+                 json out = mark_json(m);
+                 if (m.kind == "image") {
+                   // The portal acts on the image's running VMs as its policy says.
+                   const std::string image_id = m.subject.substr(m.subject.find('/') + 1);
+                   ASSIGN_OR_RETURN(out["on_trust_loss"], s->OnTrustLoss(r.path_params[0], image_id));
+                 }
+                 return out;
+               });
+  server->Get(R"(/v1/lifecycle/(image|host|customer))",
+              [s, mark_json](const net::Request& r) -> StatusOr<json> {
+                ASSIGN_OR_RETURN(auto marks, s->lifecycle().List(CallerFromPeer(r.peer), r.path_params[0]));
+                json out = json::array();
+                for (const auto& m : marks) out.push_back(mark_json(m));
+                return json{{"marks", out}};
+              });
   server->SetObserver([s](const std::string&, const std::string& route, int status, double secs) {
     s->metrics().CountRequest(route, status, secs);
   });

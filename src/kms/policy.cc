@@ -69,9 +69,16 @@ Status ValidateFlavorPcrs(const json& pcrs) {
 Status ValidatePolicy(const json& policy) {
   if (!policy.is_object()) return InvalidArgumentError("policy must be a JSON object");
   static const std::set<std::string> kKeys = {"flavors", "required_tags", "max_evidence_age_seconds",
-                                              "history", "allow_plain_images"};
+                                              "history", "allow_plain_images", "on_trust_loss"};
   for (const auto& [k, v] : policy.items()) {
     if (kKeys.count(k) == 0) return InvalidArgumentError("policy: unknown key '" + k + "'");
+  }
+  // What the portal does with a running VM of the image when its host loses
+  // trust or is revoked, or the image is revoked (kms/lifecycle.h).
+  if (policy.contains("on_trust_loss") &&
+      (!policy["on_trust_loss"].is_string() ||
+       (policy["on_trust_loss"] != "stop" && policy["on_trust_loss"] != "report"))) {
+    return InvalidArgumentError("policy: 'on_trust_loss' must be \"stop\" or \"report\"");
   }
   if (!policy.contains("flavors")) return InvalidArgumentError("policy: 'flavors' is required");
   const json& f = policy["flavors"];

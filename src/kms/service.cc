@@ -235,7 +235,20 @@ StatusOr<std::unique_ptr<KmsService>> KmsService::Create(Options options, Store*
   ASSIGN_OR_RETURN(service->audit_log_, AuditLog::Open(store, kek));
   ASSIGN_OR_RETURN(service->log_key_endorsement_,
                    EndorseLogKey(service->ca_.key_pem, service->audit_log_->verifier_key()));
+  KmsService* raw = service.get();
+  service->lifecycle_ = std::make_unique<Lifecycle>(
+      Lifecycle::Options{.clock = service->options_.clock,
+                         .default_grace_seconds = service->options_.account_grace_seconds,
+                         .forget_keys = [raw](const std::string& c) { raw->ForgetCustomerKeys(c); }},
+      store);
   return service;
+}
+
+void KmsService::ForgetCustomerKeys(const std::string& customer_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto it = keys_.begin(); it != keys_.end();) {
+    it = it->second.customer_id == customer_id ? keys_.erase(it) : std::next(it);
+  }
 }
 
 int64_t KmsService::Now() const {
@@ -504,6 +517,10 @@ std::string ReleaseLabel(const std::string& image_id) { return "vmseal-release:"
 StatusOr<attest::CredentialChallenge> KmsService::BeginEnrollment(
     const Caller& caller, const std::string& host_id, const attest::EnrollmentRequest& req) {
   RETURN_IF_ERROR(RequireHost(caller, host_id, "enroll"));
+  if (Status revoked = lifecycle_->CheckHost(host_id); !revoked.ok()) {
+    RecordDenial(ReasonPrefix(revoked), "host/" + host_id, "enrollment: " + revoked.message());
+    return revoked;
+  }
   if (!ek_verifier_) {
     return FailedPreconditionError("enrollment is disabled: no EK manufacturer CA bundle configured");
   }
@@ -1092,6 +1109,12 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
   }
   if (req.key_id.empty() || req.key_id.size() > 128) return finish(InvalidArgumentError("bad key_id"));
   if (!ValidId(req.job_id)) return finish(InvalidArgumentError("job_id must match [A-Za-z0-9._-]{1,64}"));
+  // Revoked, disabled, closed (kms/lifecycle.h): before any signature,
+  // evidence or key is looked at. The label is checked below to name this
+  // tenant and image.
+  if (Status life = lifecycle_->Check(req.tenant, req.image_id, host_id); !life.ok()) {
+    return finish(life);
+  }
 
   // The customer's signature first: nothing unsigned, foreign-signed or
   // other than what was signed goes further (no evidence check, no key
@@ -1298,6 +1321,14 @@ StatusOr<AppliedPolicy> KmsService::PlacementPolicy(const std::string& tenant,
   return EffectivePolicy(tenant, image_id, descriptor_policy);
 }
 
+StatusOr<std::string> KmsService::OnTrustLoss(const std::string& tenant, const std::string& image_id) {
+  bool registered = false;
+  auto policy = PlacementPolicy(tenant, image_id, &registered);
+  if (!registered) return NotFoundError("unknown_image: image " + image_id + " of tenant " + tenant);
+  if (!policy.ok()) return std::string("report");
+  return policy->policy.value("on_trust_loss", std::string("report"));
+}
+
 StatusOr<PlacementResult> KmsService::EvaluateHost(const StatusOr<AppliedPolicy>& policy,
                                                    const std::string& host_id, int64_t now) {
   PlacementResult r{host_id, false, ""};
@@ -1305,6 +1336,11 @@ StatusOr<PlacementResult> KmsService::EvaluateHost(const StatusOr<AppliedPolicy>
   if (!host.ok() && host.status().code() != StatusCode::kNotFound) return host.status();
   if (!policy.ok()) {
     r.reason = "no_policy";
+    return r;
+  }
+  if (Status revoked = lifecycle_->CheckHost(host_id); !revoked.ok()) {
+    if (ReasonPrefix(revoked).empty()) return revoked;
+    r.reason = ReasonPrefix(revoked);
     return r;
   }
   if (!host.ok() || !host->enrolled) {
@@ -1343,7 +1379,14 @@ StatusOr<std::vector<PlacementResult>> KmsService::PlacementCheck(const Caller& 
   if (!policy.ok() && ReasonPrefix(policy.status()) != "no_policy") return policy.status();
   const int64_t now = Now();
   std::vector<PlacementResult> out;
+  // A revoked image or a disabled or closed customer is placed nowhere.
+  Status life = lifecycle_->Check(req.customer_id, req.image_id, "");
+  if (!life.ok() && ReasonPrefix(life).empty()) return life;
   for (const auto& id : req.host_ids) {
+    if (!life.ok()) {
+      out.push_back({id, false, ReasonPrefix(life)});
+      continue;
+    }
     ASSIGN_OR_RETURN(PlacementResult r, EvaluateHost(policy, id, now));
     out.push_back(std::move(r));
   }
@@ -1551,6 +1594,15 @@ StatusOr<GrantRecord> KmsService::CreateGrant(const Caller& caller, const GrantR
                  "grant for image " + req.image_id + " of tenant " + req.tenant);
     return FailedPreconditionError("unknown_image: image " + req.image_id +
                                    " is not registered for tenant " + req.tenant);
+  }
+  if (Status life = lifecycle_->Check(req.tenant, req.image_id, req.host_id); !life.ok()) {
+    if (ReasonPrefix(life).empty()) return life;
+    RETURN_IF_ERROR(store_->AppendAudit(
+        {"grant.deny", "host/" + req.host_id,
+         json{{"job_id", req.job_id}, {"image_id", req.image_id}, {"tenant", req.tenant},
+              {"reason", ReasonPrefix(life)}, {"by", caller.name}}}));
+    metrics_.CountDenial(ReasonPrefix(life));
+    return life;
   }
   // The host must meet the image's policy now, as the release will check
   // again on fresh evidence: a portal cannot place a job where the

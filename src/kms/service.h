@@ -29,6 +29,7 @@
 #include "kms/customer_audit.h"
 #include "kms/internal/mini_ca.h"
 #include "kms/kek.h"
+#include "kms/lifecycle.h"
 #include "kms/metrics.h"
 #include "kms/nonce.h"
 #include "kms/package_precheck.h"
@@ -235,6 +236,10 @@ class KmsService {
     // The cheap checks of package texts before their verification, and the
     // per-host limit on failed package verifications (package_precheck.h).
     PackagePrecheck::Options package_precheck;
+    // Grace before a closed account's keys are destroyed, when the
+    // customer's close_account request names none (kms/lifecycle.h).
+    // Default 7 days.
+    int64_t account_grace_seconds = 7 * 86400;
   };
 
   // `store` and `kek` must outlive the service. `ca` signs certificates.
@@ -387,6 +392,16 @@ class KmsService {
   void RecordDenial(const std::string& reason, const std::string& subject,
                     const std::string& message);
 
+  // Revocation, disable and decommissioning (kms/lifecycle.h); Release,
+  // CreateGrant, PlacementCheck and BeginEnrollment consult it first.
+  Lifecycle& lifecycle() { return *lifecycle_; }
+  // What the image's effective policy says of running VMs when trust in
+  // them is lost ("stop" or "report", the default); NOT_FOUND if the image
+  // is not registered.
+  StatusOr<std::string> OnTrustLoss(const std::string& tenant, const std::string& image_id);
+  // Drops the cached private keys of the customer (its keys were destroyed).
+  void ForgetCustomerKeys(const std::string& customer_id);
+
   Metrics& metrics() { return metrics_; }
   Store& store() { return *store_; }
   const std::string& ca_cert_pem() const { return ca_.cert_pem; }
@@ -514,6 +529,7 @@ class KmsService {
   std::atomic<int64_t> last_nonce_purge_{0};
   UsedNonceCache used_nonces_;
   Metrics metrics_;
+  std::unique_ptr<Lifecycle> lifecycle_;
 
   std::mutex mu_;  // guards the caches below
   std::map<std::string, std::shared_ptr<const attest::AkPublic>> aks_;

@@ -194,6 +194,18 @@ ALTER TABLE images ADD COLUMN release_policy TEXT;
     R"sql(
 ALTER TABLE grants ADD COLUMN attempt BIGINT NOT NULL DEFAULT 0;
 )sql",
+    // Revocation, disable, decommissioning (issue 19, kms/lifecycle.h).
+    R"sql(
+CREATE TABLE lifecycle (
+  kind TEXT NOT NULL,
+  subject TEXT NOT NULL,
+  state TEXT NOT NULL,
+  reason TEXT NOT NULL,
+  by_name TEXT NOT NULL,
+  since_unix BIGINT NOT NULL,
+  due_unix BIGINT NOT NULL,
+  PRIMARY KEY (kind, subject));
+)sql",
 };
 
 int64_t Now() { return static_cast<int64_t>(std::time(nullptr)); }
@@ -394,6 +406,39 @@ class SqlStore : public Store {
           {host_id, ek_sha256, Now()}));
       return AppendAuditLocked(audit);
     });
+  }
+
+  StatusOr<int64_t> DestroyCustomerKeys(const std::string& customer_id, const LifecycleRecord& mark,
+                                        const AuditEvent& audit) override {
+    int64_t deleted = 0;
+    Status done = InTx([&]() -> Status {
+      ASSIGN_OR_RETURN(auto r, conn_->Exec("DELETE FROM customer_keys WHERE customer_id = ?",
+                                           {customer_id}));
+      deleted = r.affected;
+      RETURN_IF_ERROR(PutLifecycleLocked(mark));
+      return AppendAuditLocked(audit);
+    });
+    if (!done.ok()) return done;
+    return deleted;
+  }
+
+  Status PutLifecycle(const LifecycleRecord& m, const AuditEvent& audit) override {
+    return InTx([&]() -> Status {
+      RETURN_IF_ERROR(PutLifecycleLocked(m));
+      return AppendAuditLocked(audit);
+    });
+  }
+
+  StatusOr<LifecycleRecord> GetLifecycle(const std::string& kind, const std::string& subject) override {
+    ASSIGN_OR_RETURN(auto marks, QueryLifecycle("WHERE kind = ? AND subject = ?", {kind, subject}));
+    if (marks.empty()) return NotFoundError(kind + " " + subject + " has no lifecycle mark");
+    return std::move(marks[0]);
+  }
+
+  StatusOr<std::vector<LifecycleRecord>> ListLifecycle(const std::string& kind,
+                                                       const std::string& state) override {
+    if (state.empty()) return QueryLifecycle("WHERE kind = ? ORDER BY subject", {kind});
+    return QueryLifecycle("WHERE kind = ? AND state = ? ORDER BY subject", {kind, state});
   }
 
   Status PutSigningKey(const SigningKeyRecord& k, const AuditEvent& audit) override {
@@ -977,6 +1022,30 @@ class SqlStore : public Store {
       out.push_back(std::move(h));
     }
     return out;
+  }
+
+  StatusOr<std::vector<LifecycleRecord>> QueryLifecycle(const std::string& where,
+                                                        std::vector<SqlValue> args) {
+    std::lock_guard<std::mutex> lock(read_mu_);
+    ASSIGN_OR_RETURN(auto r, reader_->Exec("SELECT kind, subject, state, reason, by_name, since_unix, "
+                                           "due_unix FROM lifecycle " + where,
+                                           args));
+    std::vector<LifecycleRecord> out;
+    for (const auto& row : r.rows) {
+      out.push_back({ToStr(row[0]), ToStr(row[1]), ToStr(row[2]), ToStr(row[3]), ToStr(row[4]),
+                     ToInt(row[5]), ToInt(row[6])});
+    }
+    return out;
+  }
+
+  // Caller holds the write transaction.
+  Status PutLifecycleLocked(const LifecycleRecord& m) {
+    return conn_->Exec(
+        "INSERT INTO lifecycle (kind, subject, state, reason, by_name, since_unix, due_unix) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (kind, subject) DO UPDATE SET "
+        "state = excluded.state, reason = excluded.reason, by_name = excluded.by_name, "
+        "since_unix = excluded.since_unix, due_unix = excluded.due_unix",
+        {m.kind, m.subject, m.state, m.reason, m.by, m.since_unix, m.due_unix}).status();
   }
 
   // Caller holds the write transaction.

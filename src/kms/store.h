@@ -139,6 +139,20 @@ struct SigningKeyRecord {
   int64_t created_unix = 0;
 };
 
+// A lifecycle mark (issue 19, kms/lifecycle.h): what has been taken back.
+// (kind, subject) is unique; the newest mark replaces the previous one.
+struct LifecycleRecord {
+  std::string kind;     // "image", "host" or "customer"
+  std::string subject;  // "<tenant>/<image_id>", the host id or the customer id
+  // image: "revoked"; host: "revoked"; customer: "enabled", "disabled",
+  // "closing" (keys destroyed at `due_unix`) or "destroyed".
+  std::string state;
+  std::string reason;   // why, as the caller gave it (no secrets)
+  std::string by;       // who: operator or portal name, "customer/<id>"
+  int64_t since_unix = 0;
+  int64_t due_unix = 0;  // "closing": when the keys are destroyed
+};
+
 class Store {
  public:
   virtual ~Store() = default;
@@ -159,6 +173,21 @@ class Store {
   virtual StatusOr<std::vector<CustomerKeyRecord>> ListCustomerKeys(
       const std::string& customer_id) = 0;
 
+  // Deletes every private key of the customer and writes `mark`, with the
+  // audit record, in one transaction (crypto-shredding, kms/lifecycle.h);
+  // returns how many keys were deleted.
+  virtual StatusOr<int64_t> DestroyCustomerKeys(const std::string& customer_id,
+                                                const LifecycleRecord& mark,
+                                                const AuditEvent& audit) = 0;
+  // --- Lifecycle marks (kms/lifecycle.h) -----------------------------------
+  // Inserts or replaces the mark of (kind, subject) with its audit record.
+  virtual Status PutLifecycle(const LifecycleRecord& mark, const AuditEvent& audit) = 0;
+  // NOT_FOUND if (kind, subject) has no mark.
+  virtual StatusOr<LifecycleRecord> GetLifecycle(const std::string& kind,
+                                                 const std::string& subject) = 0;
+  // The marks of `kind` in `state` ("" = any), ordered by subject.
+  virtual StatusOr<std::vector<LifecycleRecord>> ListLifecycle(const std::string& kind,
+                                                               const std::string& state) = 0;
   // --- Package-signing keys ------------------------------------------------
   // Registers the tenant's signing key with its audit record. Registering
   // the same key again is a no-op (nothing audited); another key for a

@@ -598,6 +598,93 @@ TEST_P(StoreTest, AuditRecordsOfAnImageAreIndexedByTenantAndImage) {
   EXPECT_TRUE(none->empty());
 }
 
+// Lifecycle marks (kms/lifecycle.h, issue 19).
+TEST_P(StoreTest, LifecycleMarkIsReplacedPerKindAndSubjectWithItsAudit) {
+  auto none = store_->GetLifecycle("host", "h1");
+  EXPECT_EQ(none.status().code(), StatusCode::kNotFound);
+  auto before = store_->ReadAudit(0, 100);
+  ASSERT_OK(before);
+  ASSERT_OK(store_->PutLifecycle({"customer", "acme", "disabled", "unpaid", "operator", 10, 0},
+                                 Event("customer.disable", "customer/acme")));
+  ASSERT_OK(store_->PutLifecycle({"customer", "acme", "enabled", "paid", "operator", 20, 0},
+                                 Event("customer.enable", "customer/acme")));
+  // Same subject under another kind is another mark.
+  ASSERT_OK(store_->PutLifecycle({"host", "acme", "revoked", "stolen", "operator", 30, 0},
+                                 Event("host.revoke", "host/acme")));
+  auto mark = store_->GetLifecycle("customer", "acme");
+  ASSERT_OK(mark);
+  EXPECT_EQ(mark->state, "enabled");
+  EXPECT_EQ(mark->reason, "paid");
+  EXPECT_EQ(mark->since_unix, 20);
+  auto host = store_->GetLifecycle("host", "acme");
+  ASSERT_OK(host);
+  EXPECT_EQ(host->state, "revoked");
+  EXPECT_EQ(host->by, "operator");
+  auto after = store_->ReadAudit(0, 100);
+  ASSERT_OK(after);
+  ASSERT_EQ(after->size(), before->size() + 3);
+  EXPECT_NE(after->back().record.find("host.revoke"), std::string::npos);
+  ASSERT_OK(VerifyStoreAudit(*store_));
+}
+
+TEST_P(StoreTest, ListLifecycleFiltersByKindAndStateInSubjectOrder) {
+  ASSERT_OK(store_->PutLifecycle({"image", "acme/img-2", "revoked", "", "customer/acme", 1, 0},
+                                 Event("image.revoke", "customer/acme")));
+  ASSERT_OK(store_->PutLifecycle({"image", "acme/img-1", "revoked", "", "customer/acme", 2, 0},
+                                 Event("image.revoke", "customer/acme")));
+  ASSERT_OK(store_->PutLifecycle({"customer", "bob", "closing", "", "customer/bob", 3, 99},
+                                 Event("customer.close", "customer/bob")));
+  ASSERT_OK(store_->PutLifecycle({"customer", "acme", "disabled", "", "operator", 4, 0},
+                                 Event("customer.disable", "customer/acme")));
+  auto images = store_->ListLifecycle("image", "");
+  ASSERT_OK(images);
+  ASSERT_EQ(images->size(), 2u);
+  EXPECT_EQ((*images)[0].subject, "acme/img-1");
+  EXPECT_EQ((*images)[1].subject, "acme/img-2");
+  auto closing = store_->ListLifecycle("customer", "closing");
+  ASSERT_OK(closing);
+  ASSERT_EQ(closing->size(), 1u);
+  EXPECT_EQ((*closing)[0].subject, "bob");
+  EXPECT_EQ((*closing)[0].due_unix, 99);
+  auto hosts = store_->ListLifecycle("host", "");
+  ASSERT_OK(hosts);
+  EXPECT_TRUE(hosts->empty());
+}
+
+TEST_P(StoreTest, DestroyCustomerKeysDeletesOnlyThatCustomersKeysWithMarkAndAudit) {
+  ASSERT_OK(store_->PutCustomerKey(Key("k1", "acme"), Event("customer_key.create", "customer/acme")));
+  ASSERT_OK(store_->PutCustomerKey(Key("k2", "acme"), Event("customer_key.create", "customer/acme")));
+  ASSERT_OK(store_->PutCustomerKey(Key("k3", "bob"), Event("customer_key.create", "customer/bob")));
+  auto n = store_->DestroyCustomerKeys("acme", {"customer", "acme", "destroyed", "", "kms", 50, 0},
+                                       Event("customer.keys_destroy", "customer/acme"));
+  ASSERT_OK(n);
+  EXPECT_EQ(*n, 2);
+  EXPECT_EQ(store_->GetCustomerKey("k1").status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(store_->GetCustomerKey("k2").status().code(), StatusCode::kNotFound);
+  ASSERT_OK(store_->GetCustomerKey("k3"));
+  auto acme = store_->ListCustomerKeys("acme");
+  ASSERT_OK(acme);
+  EXPECT_TRUE(acme->empty());
+  auto mark = store_->GetLifecycle("customer", "acme");
+  ASSERT_OK(mark);
+  EXPECT_EQ(mark->state, "destroyed");
+  auto audit = store_->ReadAudit(0, 100);
+  ASSERT_OK(audit);
+  EXPECT_NE(audit->back().record.find("customer.keys_destroy"), std::string::npos);
+  // Again: nothing left to delete, still one transaction that succeeds.
+  auto again = store_->DestroyCustomerKeys("acme", {"customer", "acme", "destroyed", "", "kms", 60, 0},
+                                           Event("customer.keys_destroy", "customer/acme"));
+  ASSERT_OK(again);
+  EXPECT_EQ(*again, 0);
+  // Survives a reopen.
+  store_.reset();
+  store_ = OpenOrDie();
+  ASSERT_NE(store_, nullptr);
+  auto reopened = store_->GetLifecycle("customer", "acme");
+  ASSERT_OK(reopened);
+  EXPECT_EQ(reopened->since_unix, 60);
+}
+
 INSTANTIATE_TEST_SUITE_P(Backend, StoreTest, ::testing::Values(std::string(VMSEAL_STORE_BACKEND)));
 INSTANTIATE_TEST_SUITE_P(Backend, AuditStoreTest,
                          ::testing::Values(std::string(VMSEAL_STORE_BACKEND)));

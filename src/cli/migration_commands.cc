@@ -170,7 +170,8 @@ struct MigrateFlags {
 struct Destination {
   crypto::Certificate cert;
   std::string customer_id;
-  std::string key_id;
+  std::string key_id;       // KMS B's id of the key (the certificate's CN)
+  std::string spki_key_id;  // hex SHA-256 of the key's SPKI (the tag's keyId)
 };
 StatusOr<Destination> FetchDestination(const MigrateFlags& mf) {
   ASSIGN_OR_RETURN(std::string ca_pem, ReadFileToString(Env::Default(), mf.to_kms_ca));
@@ -202,7 +203,7 @@ StatusOr<Destination> FetchDestination(const MigrateFlags& mf) {
   }
   const std::string customer_id = k.value("customer_id", "");
   if (customer_id.empty()) return DataLossError("portal B named no customer id");
-  return Destination{std::move(cert), customer_id, key_id};
+  return Destination{std::move(cert), customer_id, key_id, certified.KeyId()};
 }
 
 Status Migrate(const CustomerFlags& f, const MigrateFlags& mf) {
@@ -228,7 +229,7 @@ Status Migrate(const CustomerFlags& f, const MigrateFlags& mf) {
   // 3. The destination tag: the same image and key version, B's tenant and key.
   ovf::EncryptionTag dest_tag = tag;
   dest_tag.tenant = dest.customer_id;
-  dest_tag.key_id = "sha256:" + dest.key_id;
+  dest_tag.key_id = "sha256:" + dest.spki_key_id;
   kms::RewrapRequest req;
   kms::RewrapAuthorization& a = req.authorization;
   a.tenant = tag.tenant;
@@ -252,9 +253,9 @@ Status Migrate(const CustomerFlags& f, const MigrateFlags& mf) {
                                               kms::RewrapRequestToJson(req).dump(),
                                               "application/json"),
                                       "re-wrap at the source KMS"));
-  if (r.value("destination_key_id", "") != dest.key_id) {
+  if (r.value("destination_key_id", "") != dest.spki_key_id) {
     return DataLossError("the source KMS wrapped to key " + r.value("destination_key_id", "") +
-                         ", not your destination key " + dest.key_id);
+                         ", not your destination key " + dest.spki_key_id);
   }
   auto rewrapped = crypto::Base64Decode(r.value("rewrapped_key", ""));
   if (!rewrapped.ok() || rewrapped->empty()) return DataLossError("the source KMS sent no re-wrapped key");
@@ -274,7 +275,7 @@ Status Migrate(const CustomerFlags& f, const MigrateFlags& mf) {
     std::cout << out.dump(2) << "\n";
   } else {
     std::cout << "image " << tag.image_id << ": data key re-wrapped by the source KMS to your key "
-              << dest.key_id << " at " << mf.to_portal << " (" << result_path << ")\n";
+              << dest.spki_key_id << " at " << mf.to_portal << " (" << result_path << ")\n";
   }
   return OkStatus();
 }

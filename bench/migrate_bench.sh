@@ -96,7 +96,9 @@ signup cust "$PORTAL_A" "$KMSCA_A"
 signup cust-b "$PORTAL_B" "$KMSCA_B"
 openssl enc -aes-128-ctr -K "$(openssl rand -hex 16)" -iv "$(openssl rand -hex 16)" \
     -in /dev/zero 2>/dev/null | dd of="$WORK/disk.raw" bs=1M count=$((SIZE_GIB * 1024)) \
-    iflag=fullblock status=none
+    iflag=fullblock status=none 2>/dev/null || true  # openssl ends on SIGPIPE
+[[ $(stat -c %s "$WORK/disk.raw") -eq $((SIZE_GIB << 30)) ]] ||
+  { echo "migrate_bench: could not write the disk" >&2; exit 1; }
 "$VMSEAL" seal "$WORK/disk.raw" --cert "$WORK/cust/customer.pem" -o "$WORK/pkg.ova" >/dev/null
 rm -f "$WORK/disk.raw"
 CA=("$VMSEAL" customer --portal "$PORTAL_A" --session "$WORK/cust/session.json")

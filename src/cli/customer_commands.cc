@@ -1,5 +1,6 @@
 // `vmseal customer register|login|fetch-cert|fetch-agent|upload|images|audit|launch|
-// status|vms|vm stop|start|delete`: the customer side of the portal API (docs/api/csp.yaml).
+// status|vms|vm stop|start|delete` (export and migrate: migration_commands.cc): the customer
+// side of the portal API (docs/api/csp.yaml).
 // Every command prints JSON with --json.
 #include <sys/stat.h>
 

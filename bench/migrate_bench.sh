@@ -12,13 +12,13 @@
 #        B  vmseal customer migrate: verify the customer's certificate at B,
 #           export the package from A into a file verified against the
 #           customer's signature (every digest), sign the authorization,
-#           have KMS A re-wrap the data key (one round trip)
+#           have KMS A re-wrap the data key, write the package for B (new
+#           EncryptedKey and tag, disk ciphertext copied unchanged, signed)
+#           and upload it to portal B (committed: KMS B verifies it)
 #   3. prints the median and spread (min..max) of each, the ratio B/A of
 #      the medians, and the load average before and after.
-# What B does not include yet (notes/wt-mig.md): re-signing the package for
-# B and uploading it there. B moves the bytes once (A -> disk, digested and
-# verified), A twice (A -> disk -> B); the ratio is not yet the final
-# migration figure.
+# B moves the bytes three times (A -> disk, disk -> disk, disk -> B) and
+# commits; A twice (A -> disk -> B) without a commit.
 #
 # Usage: bench/migrate_bench.sh [--size-gib N] [--pairs N] [--vmseal PATH] [--dir DIR]
 set -euo pipefail
@@ -153,6 +153,6 @@ read -r BM BMIN BMAX <<<"$(stats "${B_T[@]}")"
 MIB=$(awk -v b="$PKG_BYTES" 'BEGIN { printf "%.0f", b / 1048576 }')
 echo "package: $MIB MiB"
 echo "A curl copy portal A -> portal B: median $AM s (spread $AMIN..$AMAX), $(awk -v m="$MIB" -v s="$AM" 'BEGIN { printf "%.0f", m / s }') MiB/s"
-echo "B customer migrate (verify dest, export+verify, re-wrap): median $BM s (spread $BMIN..$BMAX), $(awk -v m="$MIB" -v s="$BM" 'BEGIN { printf "%.0f", m / s }') MiB/s"
+echo "B customer migrate (verify dest, export+verify, re-wrap, re-sign, upload to B): median $BM s (spread $BMIN..$BMAX), $(awk -v m="$MIB" -v s="$BM" 'BEGIN { printf "%.0f", m / s }') MiB/s"
 echo "ratio B/A: $(awk -v a="$AM" -v b="$BM" 'BEGIN { printf "%.2f", b / a }')x"
 echo "  load average after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -329,6 +329,44 @@ TEST_F(CustomerMigrateTest, MigrateVerifiesTheDestinationAndKmsAReWrapsOnlyWithT
   // The exported source package is the uploaded one, byte for byte.
   EXPECT_EQ(ReadFileOrDie(m.value("source_package", "")), ReadFileOrDie(dir_.File("a.ova")));
   EXPECT_THAT(MigrationAudit(), ::testing::ElementsAre("migration.rewrap"));
+  // The package for B: listed at portal B (which had KMS B verify the
+  // customer's signature at B), B's tenant and key in the tag, the disks'
+  // ciphertext byte for byte the source's (moved, not re-encrypted).
+  json b_images = CustomerB("a", {"images"})["images"];
+  ASSERT_EQ(b_images.size(), 1u) << b_images.dump();
+  ovf::PackageOpenOptions po;
+  po.require_signature = true;
+  auto src = ovf::Package::Open(Env::Default(), dir_.File("a.ova"), po);
+  ASSERT_OK(src);
+  auto moved = ovf::Package::Open(Env::Default(), m.value("migrated_package", ""), po);
+  ASSERT_OK(moved);
+  EXPECT_EQ((*moved)->tag().tenant, b.value("customer_id", ""));
+  EXPECT_EQ((*moved)->tag().stream_tenant, a.value("customer_id", ""));
+  EXPECT_EQ((*moved)->tag().image_id, (*src)->tag().image_id);
+  EXPECT_NE((*moved)->wrapped_key().ciphertext, (*src)->wrapped_key().ciphertext);
+  ASSERT_EQ((*moved)->files().size(), (*src)->files().size());
+  for (size_t i = 0; i < (*src)->files().size(); ++i) {
+    auto read_all = [](const ovf::Package& p, const std::string& id) {
+      auto f = p.OpenStoredFile(id);
+      EXPECT_OK(f);
+      std::string bytes;
+      if (!f.ok()) return bytes;
+      auto size = (*f)->Size();
+      EXPECT_OK(size);
+      bytes.resize(size.ok() ? *size : 0);
+      for (size_t off = 0; off < bytes.size();) {
+        auto got = (*f)->Read(off, std::span<uint8_t>(reinterpret_cast<uint8_t*>(bytes.data()) + off,
+                                                      bytes.size() - off));
+        EXPECT_OK(got);
+        if (!got.ok() || *got == 0) break;
+        off += *got;
+      }
+      return bytes;
+    };
+    const std::string before = read_all(**src, (*src)->files()[i].id);
+    EXPECT_FALSE(before.empty());
+    EXPECT_EQ(read_all(**moved, (*moved)->files()[i].id), before);
+  }
   // The customer sees the re-wrap in their own audit of the image, proven
   // in KMS A's signed log.
   json audit = CustomerJson("a", {"audit", image, "--kms-ca", kms_.ca()});

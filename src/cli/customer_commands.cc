@@ -820,6 +820,10 @@ Status Vms(const CommonFlags& f) {
 
 }  // namespace
 
+Status UploadPackage(const CustomerFlags& f, const std::string& file, const std::string& name) {
+  return Upload(f, file, name, "");
+}
+
 void AddCustomerCommands(CLI::App& app, const CommandSink& sink) {
   CLI::App* cust = app.add_subcommand("customer", "Talk to the cloud portal as a customer");
   cust->require_subcommand(1);

@@ -30,6 +30,9 @@ StatusOr<httplib::Headers> CustomerAuth(const CustomerFlags& f);
 // <session dir>/signing-key.pem (or ~/.vmseal-signing-key.pem).
 std::string DefaultSigningKeyFile(const CustomerFlags& f);
 
+// `customer upload FILE --name NAME` (resumable; prints its result).
+Status UploadPackage(const CustomerFlags& f, const std::string& file, const std::string& name);
+
 // `customer export`, `customer migrate` (migration_commands.cc).
 void AddCustomerMigrationCommands(CLI::App& cust, std::shared_ptr<CustomerFlags> f,
                                   const CommandSink& sink);

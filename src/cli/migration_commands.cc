@@ -161,6 +161,9 @@ struct MigrateFlags {
   std::string to_kms_ca;       // KMS B's CA, pinned out of band
   std::string signing_key;     // the customer's signing key at A
   std::string work_dir;        // where the exported package and the result go
+  std::string to_signing_key;  // the customer's signing key at B
+  std::string to_signing_cert; // its certificate from KMS B (fetch-cert)
+  std::string to_name;         // the image's name at B
   int64_t lifetime_seconds = 600;
 };
 
@@ -213,9 +216,19 @@ Status Migrate(const CustomerFlags& f, const MigrateFlags& mf) {
   const std::string dir = mf.work_dir.empty() ? std::string(".") : mf.work_dir;
   const std::string source_path = dir + "/" + mf.image + ".source.ova";
   const std::string result_path = dir + "/" + mf.image + ".rewrap.json";
-  if (Env::Default()->FileExists(result_path)) {
-    return AlreadyExistsError(result_path + " exists; migrate writes a new file only");
+  const std::string migrated_path = dir + "/" + mf.image + ".migrated.ova";
+  for (const std::string& p : {result_path, migrated_path}) {
+    if (Env::Default()->FileExists(p)) {
+      return AlreadyExistsError(p + " exists; migrate writes new files only");
+    }
   }
+  const std::string b_dir = DirName(mf.to_session);
+  const std::string b_key_path =
+      mf.to_signing_key.empty() ? b_dir + "/signing-key.pem" : mf.to_signing_key;
+  const std::string b_cert_path =
+      mf.to_signing_cert.empty() ? b_dir + "/signing-cert.pem" : mf.to_signing_cert;
+  ASSIGN_OR_RETURN(crypto::PrivateKey b_signing, crypto::LoadPrivateKeyFile(b_key_path));
+  ASSIGN_OR_RETURN(std::string b_chain, ReadFileToString(Env::Default(), b_cert_path));
   // 1. The destination first: an untrusted one stops everything before A is
   //    asked for anything.
   ASSIGN_OR_RETURN(Destination dest, FetchDestination(mf));
@@ -271,6 +284,20 @@ Status Migrate(const CustomerFlags& f, const MigrateFlags& mf) {
               {"authorization", kms::RewrapAuthorizationToJson(a)}};
   RETURN_IF_ERROR(WriteStringToFileAtomic(Env::Default(), result_path, out.dump(2) + "\n", 0600));
   out["result_file"] = result_path;
+  // 5. The package for B: the new EncryptedKey and tag (B's tenant and key;
+  //    the streams keep their context: streamTenant), every disk's
+  //    ciphertext unchanged, signed with the customer's signing key at B.
+  dest_tag.stream_tenant = tag.stream_tenant.empty() ? tag.tenant : tag.stream_tenant;
+  RETURN_IF_ERROR(ovf::RewrapPackage(Env::Default(), *pkg, dest_tag, *rewrapped, b_signing, b_chain,
+                                     migrated_path));
+  out["migrated_package"] = migrated_path;
+  // 6. Uploaded to portal B (which verifies it with KMS B).
+  CustomerFlags bf;
+  bf.portal = mf.to_portal;
+  bf.ca_cert = mf.to_ca_cert;
+  bf.session_file = mf.to_session;
+  RETURN_IF_ERROR(UploadPackage(bf, migrated_path, mf.to_name.empty() ? tag.image_id : mf.to_name));
+  out["uploaded_to"] = mf.to_portal;
   if (f.json) {
     std::cout << out.dump(2) << "\n";
   } else {
@@ -316,6 +343,12 @@ void AddCustomerMigrationCommands(CLI::App& cust, std::shared_ptr<CustomerFlags>
   mig->add_option("--signing-key", mf->signing_key,
                   "Your signing key at the source (default signing-key.pem beside the session)");
   mig->add_option("--work-dir", mf->work_dir, "Where the exported package and the result go");
+  mig->add_option("--to-signing-key", mf->to_signing_key,
+                  "Your signing key at the destination (default signing-key.pem beside --to-session)");
+  mig->add_option("--to-signing-cert", mf->to_signing_cert,
+                  "Its certificate from the destination KMS (default signing-cert.pem beside "
+                  "--to-session)");
+  mig->add_option("--to-name", mf->to_name, "The image's name at the destination (default its imageId)");
   mig->add_option("--lifetime", mf->lifetime_seconds,
                   "Seconds the authorization is valid (default 600, at most 3600)");
   mig->callback([f, mf, sink] { sink(Migrate(*f, *mf)); });

@@ -1,5 +1,6 @@
 // `vmseal customer register|login|fetch-cert|fetch-agent|upload|images|audit|launch|
-// status|vms|vm stop|start|delete`: the customer side of the portal API (docs/api/csp.yaml).
+// status|vms|vm stop|start|delete` (export and migrate: migration_commands.cc): the customer
+// side of the portal API (docs/api/csp.yaml).
 // Every command prints JSON with --json.
 #include <sys/stat.h>
 
@@ -14,6 +15,7 @@
 
 #include "base/env.h"
 #include "cli/commands.h"
+#include "cli/customer_flags.h"
 #include "cli/portal_http.h"
 #include "crypto/keys.h"
 #include "crypto/primitives.h"
@@ -39,17 +41,14 @@ constexpr uint64_t kUploadChunkBytes = 256ull << 20;
 constexpr size_t kUploadBufferBytes = size_t{4} << 20;
 constexpr int kUploadRetries = 5;
 
-struct CommonFlags {
-  std::string portal;   // http(s)://host:port
-  std::string ca_cert;  // PEM CA for https
-  std::string session_file;
-  bool json = false;
-};
+using CommonFlags = CustomerFlags;
 
 std::string DefaultSessionFile() {
   const char* home = std::getenv("HOME");
   return std::string(home != nullptr ? home : ".") + "/.vmseal-session.json";
 }
+
+}  // namespace
 
 // The customer's package-signing key (private, 0600) lives beside the
 // session file: <session dir>/signing-key.pem, or ~/.vmseal-signing-key.pem
@@ -61,6 +60,8 @@ std::string DefaultSigningKeyFile(const CommonFlags& f) {
   }
   return DirName(f.session_file) + "/signing-key.pem";
 }
+
+namespace {
 
 // The public half of `key` and its proof of possession, as the portal
 // forwards them to the KMS (docs/protocol.md §1).
@@ -83,11 +84,13 @@ StatusOr<crypto::PrivateKey> NewSigningKeyFile(const std::string& path) {
   return key;
 }
 
-StatusOr<std::unique_ptr<httplib::Client>> Connect(const CommonFlags& f) {
+}  // namespace
+
+StatusOr<std::unique_ptr<httplib::Client>> ConnectCustomer(const CommonFlags& f) {
   return ConnectPortal(f.portal, f.ca_cert);
 }
 
-StatusOr<httplib::Headers> Auth(const CommonFlags& f) {
+StatusOr<httplib::Headers> CustomerAuth(const CommonFlags& f) {
   std::string path = f.session_file.empty() ? DefaultSessionFile() : f.session_file;
   auto text = ReadFileToString(Env::Default(), path);
   if (!text.ok()) return UnauthenticatedError("not logged in (run vmseal customer login)");
@@ -96,6 +99,11 @@ StatusOr<httplib::Headers> Auth(const CommonFlags& f) {
   if (!s.is_object() || !s["token"].is_string()) return UnauthenticatedError("bad session file");
   return httplib::Headers{{"Authorization", "Bearer " + s["token"].get<std::string>()}};
 }
+
+namespace {
+
+StatusOr<std::unique_ptr<httplib::Client>> Connect(const CommonFlags& f) { return ConnectCustomer(f); }
+StatusOr<httplib::Headers> Auth(const CommonFlags& f) { return CustomerAuth(f); }
 
 void PrintJson(const json& j) { std::cout << j.dump(2) << "\n"; }
 
@@ -881,6 +889,10 @@ Status Vms(const CommonFlags& f) {
 
 }  // namespace
 
+Status UploadPackage(const CustomerFlags& f, const std::string& file, const std::string& name) {
+  return Upload(f, file, name, "");
+}
+
 void AddCustomerCommands(CLI::App& app, const CommandSink& sink) {
   CLI::App* cust = app.add_subcommand("customer", "Talk to the cloud portal as a customer");
   cust->require_subcommand(1);
@@ -1046,6 +1058,8 @@ void AddCustomerCommands(CLI::App& app, const CommandSink& sink) {
 
   cust->add_subcommand("vms", "List your launches: state, host and VM")
       ->callback([f, sink] { sink(Vms(*f)); });
+
+  AddCustomerMigrationCommands(*cust, f, sink);
 }
 
 }  // namespace vmseal::cli

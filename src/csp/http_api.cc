@@ -516,6 +516,22 @@ void RegisterPortalRoutes(net::HttpsServer& server, const PortalServices& svc) {
                 {"document", crypto::Base64Encode(crypto::AsBytes(sp.document))},
                 {"signature", sp.signature}};
   });
+  // Issue 19: the customer's signed re-wrap authorization for one of its
+  // images, relayed to the KMS unchanged (the KMS checks the signature).
+  server.Json("POST", R"(/v1/images/([A-Za-z0-9-]+)/rewrap)", [svc, who](const net::Request& req) -> StatusOr<json> {
+    ASSIGN_OR_RETURN(Principal p, who(req));
+    ASSIGN_OR_RETURN(ImageInfo i, svc.images->GetImage(p, req.path_params[0]));
+    ASSIGN_OR_RETURN(json body, ParseBody(req));
+    if (!body.is_object() || !body.contains("authorization") || !body["authorization"].is_object()) {
+      return InvalidArgumentError("the body needs the customer's authorization");
+    }
+    const json& a = body["authorization"];
+    if (a.value("tenant", "") != p.customer_id || a.value("image_id", "") != KmsImageId(i)) {
+      return PermissionDeniedError("tenant_mismatch: the authorization is not for image " +
+                                   KmsImageId(i) + " of " + p.customer_id);
+    }
+    return svc.kms->RelayRewrap(body);
+  });
   server.GetFile(R"(/v1/images/([A-Za-z0-9-]+)/package)", [svc, who](const net::Request& req)
                      -> StatusOr<net::FileResponse> {
     ASSIGN_OR_RETURN(Principal p, who(req));

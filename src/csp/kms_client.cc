@@ -181,6 +181,10 @@ class HttpsKmsClient final : public KmsClient {
                         std::to_string(after_seq) + "&old=" + std::to_string(old_size));
   }
 
+  StatusOr<json> RelayRewrap(const json& body) override {
+    return client_->Post("/v1/migrations/rewrap", body);
+  }
+
   std::string CaCertificatePem() const override { return ca_pem_; }
 
  private:

@@ -159,6 +159,14 @@ class KmsClient {
     return UnimplementedError("this KMS client relays no lifecycle requests");
   }
 
+  // Relays a customer's signed re-wrap authorization (POST
+  // /v1/migrations/rewrap, docs/format/rewrap-authorization.md) verbatim:
+  // the KMS checks the customer's signature; the portal can make none.
+  virtual StatusOr<nlohmann::json> RelayRewrap(const nlohmann::json& body) {
+    (void)body;
+    return UnimplementedError("this KMS client relays no re-wrap");
+  }
+
   // The PEM certificate of the KMS CA (what customer certificates chain to).
   virtual std::string CaCertificatePem() const = 0;
 };

@@ -375,6 +375,14 @@ void RegisterKmsRoutes(KmsService* s, net::HttpsServer* server) {
                                                     r.path_params[1]));
                 return signed_policy_json(rec);
               });
+  // Issue 19: the portal relays a customer's re-wrap authorization
+  // (kms/migration.h, docs/format/rewrap-authorization.md).
+  server->Post("/v1/migrations/rewrap", [s](const net::Request& r) -> StatusOr<json> {
+    ASSIGN_OR_RETURN(RewrapRequest req, ParseRewrapRequest(r.body));
+    ASSIGN_OR_RETURN(RewrapResponse out, s->MigrationRewrap(CallerFromPeer(r.peer), req));
+    return json{{"rewrapped_key", crypto::Base64Encode(out.rewrapped_key)},
+                {"destination_key_id", out.destination_key_id}};
+  });
   server->Put(std::string("/v1/policies/") + kNameRe, put_policy);
   server->Put(std::string("/v1/policies/") + kNameRe + "/" + kImageRe, put_policy);
   server->Get(std::string("/v1/policies/") + kNameRe, get_policy);

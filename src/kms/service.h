@@ -31,6 +31,7 @@
 #include "kms/kek.h"
 #include "kms/lifecycle.h"
 #include "kms/metrics.h"
+#include "kms/migration.h"
 #include "kms/nonce.h"
 #include "kms/package_precheck.h"
 #include "kms/policy.h"
@@ -198,6 +199,13 @@ StatusOr<PackageLabel> ParsePackageLabel(std::span<const uint8_t> label);
 // The release-wrap label for an image (without the trailing zero byte the
 // TPM needs; crypto::OaepLabel::kTpm appends it).
 std::string ReleaseLabel(const std::string& image_id);
+
+// What MigrationRewrap answers: the data key wrapped to the destination
+// certificate's key under the signed destination label.
+struct RewrapResponse {
+  crypto::Bytes rewrapped_key;
+  std::string destination_key_id;  // hex SHA-256 of the destination key's SPKI
+};
 
 class KmsService {
  public:
@@ -385,6 +393,12 @@ class KmsService {
   // tenant: PERMISSION_DENIED "tenant_mismatch: ..." (audited, nothing
   // listed); not registered at all: NOT_FOUND "unknown_image: ...".
   StatusOr<CustomerAuditPage> CustomerAudit(const Caller& caller, const CustomerAuditRequest& req);
+
+  // Portal only (relaying the customer's request): one re-wrap of an
+  // image's data key to a destination certificate the customer signed for
+  // (kms/migration.h, docs/format/rewrap-authorization.md). Audited
+  // `migration.rewrap` / `migration.deny`. Defined in migration.cc.
+  StatusOr<RewrapResponse> MigrationRewrap(const Caller& caller, const RewrapRequest& req);
   // The log's verifier key ("<origin>+<id>+<key>").
   std::string audit_log_key() const { return audit_log_->verifier_key(); }
 

@@ -626,6 +626,7 @@ Status Descriptor::AddEncryption(const EncryptionTag& tag, const WrappedKey& key
   xmlNewProp(t, X("keyId"), X(tag.key_id.c_str()));
   xmlNewProp(t, X("imageId"), X(tag.image_id.c_str()));
   xmlNewProp(t, X("tenant"), X(tag.tenant.c_str()));
+  if (!tag.stream_tenant.empty()) xmlNewProp(t, X("streamTenant"), X(tag.stream_tenant.c_str()));
   xmlNewProp(t, X("keyVersion"), X(std::to_string(tag.key_version).c_str()));
   xmlNewProp(t, X("created"), X(tag.created.c_str()));
   xmlNode* rl = xmlNewChild(ek, xenc, X("ReferenceList"), nullptr);
@@ -634,6 +635,54 @@ Status Descriptor::AddEncryption(const EncryptionTag& tag, const WrappedKey& key
     xmlNewProp(dr, X("URI"), X(("#" + std::string(kEncryptedDataIdPrefix) + f.id).c_str()));
   }
   xmlAddNextSibling(refs, section);
+  return OkStatus();
+}
+
+Status Descriptor::ReplaceEncryptedKey(const EncryptionTag& tag, const WrappedKey& key) {
+  EncryptionTag old_tag;
+  WrappedKey old_key;
+  RETURN_IF_ERROR(ReadEncryption(&old_tag, &old_key));
+  if (old_tag.key_wrap_algorithm != tag.key_wrap_algorithm || old_key.algorithm != key.algorithm ||
+      old_tag.data_algorithm != tag.data_algorithm) {
+    return InvalidArgumentError("a re-wrapped key must keep the package's algorithms");
+  }
+  RETURN_IF_ERROR(ValidateIdentity("tenant", tag.tenant));
+  if (!tag.stream_tenant.empty()) RETURN_IF_ERROR(ValidateIdentity("streamTenant", tag.stream_tenant));
+  xmlNode* root = xmlDocGetRootElement(doc_);
+  xmlNode* section = FirstChild(root, kOvf2Namespace, "EncryptionSection");
+  xmlNode* ek = Children(section, kXencNamespace, "EncryptedKey")[0];
+  xmlNode* method = FirstChild(ek, kXencNamespace, "EncryptionMethod");
+  if (xmlNode* params = method != nullptr ? FirstChild(method, kXencNamespace, "OAEPparams") : nullptr) {
+    xmlNodeSetContent(params, X(crypto::Base64Encode(key.oaep_label).c_str()));
+  }
+  xmlNode* key_info = FirstChild(ek, kDsNamespace, "KeyInfo");
+  xmlNode* name = key_info != nullptr ? FirstChild(key_info, kDsNamespace, "KeyName") : nullptr;
+  xmlNode* cd = FirstChild(ek, kXencNamespace, "CipherData");
+  xmlNode* cv = cd != nullptr ? FirstChild(cd, kXencNamespace, "CipherValue") : nullptr;
+  if (name == nullptr || cv == nullptr) return InvalidArgumentError("EncryptedKey lacks KeyName or CipherValue");
+  xmlNodeSetContent(name, X(tag.key_id.c_str()));
+  xmlNodeSetContent(cv, X(crypto::Base64Encode(key.ciphertext).c_str()));
+  xmlNode* props = FirstChild(ek, kXencNamespace, "EncryptionProperties");
+  xmlNode* t = nullptr;
+  for (xmlNode* p : Children(props, kXencNamespace, "EncryptionProperty")) {
+    if (xmlNode* c = FirstChild(p, kVmsealNamespace, "Tag")) t = c;
+  }
+  if (t == nullptr) return InvalidArgumentError("EncryptedKey has no vmseal encryption tag");
+  xmlSetProp(t, X("keyId"), X(tag.key_id.c_str()));
+  xmlSetProp(t, X("tenant"), X(tag.tenant.c_str()));
+  if (tag.stream_tenant.empty()) {
+    xmlUnsetProp(t, X("streamTenant"));
+  } else {
+    xmlSetProp(t, X("streamTenant"), X(tag.stream_tenant.c_str()));
+  }
+  // What a reader will now see must be exactly what was asked.
+  EncryptionTag check_tag;
+  WrappedKey check_key;
+  RETURN_IF_ERROR(ReadEncryption(&check_tag, &check_key));
+  if (check_tag.tenant != tag.tenant || check_tag.key_id != tag.key_id ||
+      check_key.ciphertext != key.ciphertext || check_key.oaep_label != OaepLabel(check_tag)) {
+    return InternalError("the re-wrapped EncryptedKey does not read back");
+  }
   return OkStatus();
 }
 
@@ -701,6 +750,10 @@ Status Descriptor::ReadEncryption(EncryptionTag* tag, WrappedKey* key) const {
   RETURN_IF_ERROR(ValidateIdentity("imageId", tag->image_id));
   ASSIGN_OR_RETURN(tag->tenant, get("tenant"));
   RETURN_IF_ERROR(ValidateIdentity("tenant", tag->tenant));
+  if (auto st = Attr(t, "", "streamTenant")) {
+    RETURN_IF_ERROR(ValidateIdentity("streamTenant", *st));
+    tag->stream_tenant = *st;
+  }
   ASSIGN_OR_RETURN(std::string key_version, get("keyVersion"));
   auto kv = ParseUint<uint64_t>(key_version);
   if (!kv || *kv == 0) return InvalidArgumentError("invalid keyVersion in tag");

@@ -30,6 +30,10 @@ struct EncryptionTag {
   std::string tenant;
   uint64_t key_version = 1;
   std::string created;              // RFC 3339 UTC, e.g. 2026-11-27T03:00:00Z
+  // Optional `streamTenant` (§6): the tenant of the disk streams' context
+  // when it is not `tenant` (a package moved to another cloud keeps its
+  // ciphertext, sealed under the source tenant). Empty: `tenant`.
+  std::string stream_tenant;
 };
 
 // The wrapped data key and how it was wrapped (the EncryptedKey).
@@ -149,6 +153,12 @@ class Descriptor {
   // OVF 2 descriptor without an EncryptionSection; every file must be listed.
   Status AddEncryption(const EncryptionTag& tag, const WrappedKey& key,
                        const std::vector<SealedFileInfo>& files);
+
+  // Replaces the EncryptedKey's wrapped key, KeyName, OAEPparams (RSA) and
+  // the tag's keyId, tenant and streamTenant by those of `tag` and `key`
+  // (a package re-wrapped for another cloud; the files are unchanged).
+  // Requires a valid EncryptionSection with the same algorithms.
+  Status ReplaceEncryptedKey(const EncryptionTag& tag, const WrappedKey& key);
 
   // Reads and validates the EncryptionSection (unknown algorithms, a file
   // without EncryptedData, references that do not match: INVALID_ARGUMENT).

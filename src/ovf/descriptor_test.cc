@@ -107,6 +107,46 @@ TEST(DescriptorTest, ReleasePolicyIsAnEncryptionPropertyThatValidatesAndReadsBac
   EXPECT_EQ(t.image_id, tag.image_id);
 }
 
+// A package moved to another cloud (docs/protocol.md §7): the EncryptedKey
+// and the tag's tenant and keyId replaced, streamTenant naming the source
+// tenant; the result validates against DSP8023 and reads back exactly.
+TEST(DescriptorTest, ReplacedEncryptedKeyWithStreamTenantValidatesAndReadsBack) {
+  auto d = Descriptor::Parse(Generated());
+  ASSERT_OK(d);
+  EncryptionTag tag = SampleTag();
+  WrappedKey key{std::string(kRsaOaepUri), OaepLabel(tag), std::vector<uint8_t>(256, 7)};
+  ASSERT_OK(d->AddEncryption(tag, key, {{"file1", "disk1.raw.vmseal", 1234}}));
+  EncryptionTag moved = tag;
+  moved.tenant = "tenant-at-b";
+  moved.key_id = "sha256:" + std::string(64, 'b');
+  moved.stream_tenant = tag.tenant;
+  WrappedKey moved_key{std::string(kRsaOaepUri), OaepLabel(moved), std::vector<uint8_t>(256, 9)};
+  ASSERT_OK(d->ReplaceEncryptedKey(moved, moved_key));
+  TempDir dir;
+  WriteFileOrDie(dir.File("m.ovf"), d->Serialize());
+  EXPECT_TRUE(testing::ValidatesAgainstSchema(dir.File("m.ovf")));
+  auto back = Descriptor::Parse(d->Serialize());
+  ASSERT_OK(back);
+  EncryptionTag t;
+  WrappedKey k;
+  ASSERT_OK(back->ReadEncryption(&t, &k));
+  EXPECT_EQ(t.tenant, "tenant-at-b");
+  EXPECT_EQ(t.stream_tenant, tag.tenant);
+  EXPECT_EQ(t.key_id, moved.key_id);
+  EXPECT_EQ(t.image_id, tag.image_id);
+  EXPECT_EQ(k.ciphertext, moved_key.ciphertext);
+  EXPECT_EQ(k.oaep_label, OaepLabel(moved));
+  // Another algorithm, or a streamTenant outside the identity alphabet:
+  // refused, and the descriptor is unchanged.
+  const std::string before = d->Serialize();
+  WrappedKey x{std::string(kX25519WrapUri), {}, std::vector<uint8_t>(93, 1)};
+  EXPECT_STATUS(d->ReplaceEncryptedKey(moved, x), StatusCode::kInvalidArgument, "algorithms");
+  EncryptionTag bad = moved;
+  bad.stream_tenant = "a/b";
+  EXPECT_STATUS(d->ReplaceEncryptedKey(bad, moved_key), StatusCode::kInvalidArgument, "streamTenant");
+  EXPECT_EQ(d->Serialize(), before);
+}
+
 TEST(DescriptorTest, ReleasePolicyOutOfBoundsOrTwiceIsRefused) {
   auto d = Descriptor::Parse(Generated());
   ASSERT_OK(d);

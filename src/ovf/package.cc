@@ -446,7 +446,7 @@ StatusOr<SecretBytes> Package::UnwrapDataKey(std::string_view private_key_pem) c
 stream::StreamContext Package::ContextFor(const std::string& file_id) const {
   stream::StreamContext c;
   c.image_id = tag_.image_id + "/" + file_id;
-  c.tenant = tag_.tenant;
+  c.tenant = tag_.stream_tenant.empty() ? tag_.tenant : tag_.stream_tenant;
   c.key_version = tag_.key_version;
   return c;
 }
@@ -865,6 +865,58 @@ Status SealPackage(Env* env, const SealOptions& options, const std::string& out_
     RETURN_IF_ERROR(WriteStringToFileAtomic(env, dir->File(stem + ".cert"), cert, 0644));
   }
   return dir->Commit(env);
+}
+
+Status RewrapPackage(Env* env, const Package& source, const EncryptionTag& tag,
+                     const crypto::Bytes& wrapped_key, const crypto::PrivateKey& signing_key,
+                     const std::string& signing_chain_pem, const std::string& out_path) {
+  ASSIGN_OR_RETURN(Descriptor descriptor, Descriptor::Parse(source.descriptor_text()));
+  WrappedKey key;
+  key.algorithm = source.wrapped_key().algorithm;
+  key.oaep_label = OaepLabel(tag);
+  key.ciphertext = wrapped_key;
+  RETURN_IF_ERROR(descriptor.ReplaceEncryptedKey(tag, key));
+  const std::string text = descriptor.Serialize();
+  if (text.size() > kMaxDescriptorBytes) return InvalidArgumentError("descriptor would exceed the size bound");
+  std::string stem = Stem(BaseName(out_path));
+  if (!ValidateFileName(stem + ".ovf").ok()) stem = "package";
+  std::vector<ManifestEntry> manifest;
+  const crypto::Sha256Digest d = crypto::Sha256(text);
+  manifest.push_back({DigestAlgorithm::kSha256, stem + ".ovf", std::vector<uint8_t>(d.begin(), d.end())});
+  ASSIGN_OR_RETURN(auto out, AtomicOutputFile::Create(env, out_path, 0644));
+  TarWriter tar(out->file());
+  RETURN_IF_ERROR(tar.AddMember(stem + ".ovf", text.size(), [&](WritableFile* w) {
+    return w->Append(crypto::AsBytes(text));
+  }));
+  // Every file's stored bytes (ciphertext) unchanged, digested again.
+  for (const FileRef& f : source.files()) {
+    ASSIGN_OR_RETURN(auto in, source.OpenStoredFile(f.id));
+    ASSIGN_OR_RETURN(const uint64_t size, in->Size());
+    auto copy = [&](WritableFile* w) -> Status {
+      DigestingFile digesting(w, DigestAlgorithm::kSha256);
+      std::vector<uint8_t> buf(size_t{1} << 20);
+      for (uint64_t off = 0; off < size;) {
+        const size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), size - off));
+        ASSIGN_OR_RETURN(size_t got, in->Read(off, std::span<uint8_t>(buf.data(), n)));
+        if (got == 0) return DataLossError("file " + f.href + " ended early");
+        RETURN_IF_ERROR(digesting.Append(std::span<const uint8_t>(buf.data(), got)));
+        off += got;
+      }
+      manifest.push_back({DigestAlgorithm::kSha256, f.href, digesting.Finish()});
+      return OkStatus();
+    };
+    RETURN_IF_ERROR(tar.AddMember(f.href, size, copy));
+  }
+  const std::string mf = FormatManifest(manifest);
+  RETURN_IF_ERROR(tar.AddMember(stem + ".mf", mf.size(), [&](WritableFile* w) {
+    return w->Append(crypto::AsBytes(mf));
+  }));
+  ASSIGN_OR_RETURN(std::string cert, SignManifest(stem + ".mf", mf, signing_key, signing_chain_pem));
+  RETURN_IF_ERROR(tar.AddMember(stem + ".cert", cert.size(), [&](WritableFile* w) {
+    return w->Append(crypto::AsBytes(cert));
+  }));
+  RETURN_IF_ERROR(tar.Finish());
+  return out->Commit();
 }
 
 Status UnsealPackage(Env* env, const std::string& package_path, std::string_view private_key_pem,

@@ -203,6 +203,14 @@ Status SealPackage(Env* env, const SealOptions& options, const std::string& out_
 // Verifies and decrypts the package at `package_path` into a plain OVF
 // package directory `out_dir` (which must not exist): descriptor without the
 // EncryptionSection, decrypted files, a recomputed manifest.
+// Writes `source` as an OVA at `out_path` with its EncryptedKey and tag
+// replaced (Descriptor::ReplaceEncryptedKey: `tag`, `wrapped_key`), every
+// file's stored bytes unchanged, a new manifest, signed with `signing_key`
+// (a package moved to another cloud, docs/protocol.md §7).
+Status RewrapPackage(Env* env, const Package& source, const EncryptionTag& tag,
+                     const crypto::Bytes& wrapped_key, const crypto::PrivateKey& signing_key,
+                     const std::string& signing_chain_pem, const std::string& out_path);
+
 Status UnsealPackage(Env* env, const std::string& package_path,
                      std::string_view private_key_pem, const std::string& out_dir);
 

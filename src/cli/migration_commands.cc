@@ -1,0 +1,357 @@
+// `vmseal customer export IMAGE -o FILE.ova`: the customer takes a copy of
+// their package from the portal, verified against their own signature
+// before it is written (docs/protocol.md §8).
+#include <ctime>
+#include <iostream>
+#include <memory>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "base/env.h"
+#include "cli/customer_flags.h"
+#include "cli/portal_http.h"
+#include "crypto/keys.h"
+#include "crypto/primitives.h"
+#include "crypto/signature.h"
+#include "crypto/x509.h"
+#include "kms/migration.h"
+#include "ovf/descriptor.h"
+#include "ovf/package.h"
+#include "ovf/signature.h"
+
+namespace vmseal::cli {
+namespace {
+
+using json = nlohmann::json;
+
+struct ExportFlags {
+  std::string image;
+  std::string out;
+  std::string kms_ca;
+  std::string signing_key;
+};
+
+// The package at `path` is one the customer signed: its manifest digests
+// every file (Package::Open), its .cert verifies over the manifest, the
+// signer chains to the KMS CA the customer pinned, is certified for this
+// customer and holds exactly the customer's local signing key; its tag names
+// this customer.
+Status VerifyOwnPackage(const std::string& path, const std::vector<crypto::Certificate>& roots,
+                        const std::string& customer_id, const crypto::PublicKey& signing_key,
+                        std::unique_ptr<ovf::Package>* opened) {
+  ovf::PackageOpenOptions po;
+  po.require_signature = true;
+  auto pkg = ovf::Package::Open(Env::Default(), path, po);
+  if (!pkg.ok()) {
+    return Status(pkg.status().code(), "the portal's package does not verify: " +
+                                           pkg.status().message());
+  }
+  const ovf::PackageSignature& sig = (*pkg)->signature();
+  auto signer = sig.signer.GetPublicKey();
+  if (!signer.ok() || signer->KeyId() != signing_key.KeyId()) {
+    return DataLossError("signer_mismatch: the portal's package is signed by key " +
+                         (signer.ok() ? signer->KeyId() : std::string("(unreadable)")) +
+                         ", not your signing key " + signing_key.KeyId());
+  }
+  Status who = ovf::VerifySigner(sig, roots, customer_id);
+  if (!who.ok()) return DataLossError(who.message());
+  if ((*pkg)->tag().tenant != customer_id) {
+    return DataLossError("tenant_mismatch: the package's tag names tenant '" +
+                         (*pkg)->tag().tenant + "', not you (" + customer_id + ")");
+  }
+  *opened = std::move(pkg).value();
+  return OkStatus();
+}
+
+// Downloads and verifies the package of `ef.image` into `ef.out`; what it
+// verified, as JSON. `opened` (if not null) keeps the verified package open.
+StatusOr<json> ExportTo(const CustomerFlags& f, const ExportFlags& ef,
+                        std::unique_ptr<ovf::Package>* opened) {
+  if (ef.out.empty()) return InvalidArgumentError("-o/--out is required");
+  if (Env::Default()->FileExists(ef.out)) {
+    return AlreadyExistsError(ef.out + " exists; export writes a new file only");
+  }
+  ASSIGN_OR_RETURN(std::string ca_pem, ReadFileToString(Env::Default(), ef.kms_ca));
+  ASSIGN_OR_RETURN(std::vector<crypto::Certificate> roots,
+                   crypto::Certificate::ParsePemBundle(ca_pem));
+  const std::string key_path = ef.signing_key.empty() ? DefaultSigningKeyFile(f) : ef.signing_key;
+  auto local = crypto::LoadPrivateKeyFile(key_path);
+  if (!local.ok()) {
+    return Status(local.status().code(),
+                  "your signing key " + key_path + ": " + local.status().message());
+  }
+  ASSIGN_OR_RETURN(auto c, ConnectCustomer(f));
+  ASSIGN_OR_RETURN(httplib::Headers auth, CustomerAuth(f));
+  ASSIGN_OR_RETURN(json k, CheckReply(c->Get("/v1/customer/key", auth), "export"));
+  const std::string customer_id = k.value("customer_id", "");
+  if (customer_id.empty()) return DataLossError("the portal named no customer id");
+  // The image's listing first: a clear error for an unknown image.
+  ASSIGN_OR_RETURN(json img, CheckReply(c->Get("/v1/images/" + ef.image, auth), "export"));
+
+  // Into a temp file beside the output, which becomes the output only once
+  // it verifies; any failure leaves nothing.
+  ASSIGN_OR_RETURN(auto file, AtomicOutputFile::Create(Env::Default(), ef.out, 0644));
+  crypto::Sha256Hasher hasher;
+  Status write_error;
+  uint64_t bytes = 0;
+  int status = 0;
+  auto res = c->Get(
+      "/v1/images/" + ef.image + "/package", auth,
+      [&](const httplib::Response& r) {
+        status = r.status;
+        return r.status == 200;
+      },
+      [&](const char* data, size_t len) {
+        auto span = std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(data), len);
+        hasher.Update(span);
+        bytes += len;
+        write_error = file->file()->Append(span);
+        return write_error.ok();
+      });
+  RETURN_IF_ERROR(write_error);
+  if (!res) return UnavailableError("export: " + httplib::to_string(res.error()));
+  if (status != 200) return CheckReply(res, "export").status();
+  RETURN_IF_ERROR(file->file()->Sync());
+  std::unique_ptr<ovf::Package> pkg;
+  RETURN_IF_ERROR(VerifyOwnPackage(file->temp_path(), roots, customer_id, local->Public(), &pkg));
+  const std::string sha = crypto::HexEncode(hasher.Finish());
+  if (!img.value("sha256", "").empty() && img.value("sha256", "") != sha) {
+    return DataLossError("the package's SHA-256 " + sha + " is not the image's " +
+                         img.value("sha256", ""));
+  }
+  json out = {{"image_id", ef.image},
+              {"file", ef.out},
+              {"sha256", sha},
+              {"size_bytes", bytes},
+              {"tag_image_id", pkg->tag().image_id},
+              {"tenant", pkg->tag().tenant},
+              {"signer_key_id", local->KeyId()},
+              {"verified", true}};
+  pkg.reset();
+  RETURN_IF_ERROR(file->Commit());
+  if (opened != nullptr) {
+    ovf::PackageOpenOptions po;
+    po.require_signature = true;
+    po.verify_manifest = false;  // verified above, byte for byte the same file
+    ASSIGN_OR_RETURN(*opened, ovf::Package::Open(Env::Default(), ef.out, po));
+  }
+  return out;
+}
+
+Status Export(const CustomerFlags& f, const ExportFlags& ef) {
+  ASSIGN_OR_RETURN(json out, ExportTo(f, ef, nullptr));
+  const std::string sha = out.value("sha256", "");
+  const uint64_t bytes = out.value("size_bytes", uint64_t{0});
+  if (f.json) {
+    std::cout << out.dump(2) << "\n";
+  } else {
+    std::cout << ef.out << " " << sha << " (" << bytes
+              << " bytes; signed by your key, verified against the KMS CA)\n";
+  }
+  return OkStatus();
+}
+
+struct MigrateFlags {
+  std::string image;
+  std::string kms_ca;          // KMS A's CA (the source package's signer)
+  std::string to_portal;       // portal B
+  std::string to_ca_cert;      // portal B's TLS CA
+  std::string to_session;      // the customer's session at B
+  std::string to_kms_ca;       // KMS B's CA, pinned out of band
+  std::string signing_key;     // the customer's signing key at A
+  std::string work_dir;        // where the exported package and the result go
+  std::string to_signing_key;  // the customer's signing key at B
+  std::string to_signing_cert; // its certificate from KMS B (fetch-cert)
+  std::string to_name;         // the image's name at B
+  int64_t lifetime_seconds = 600;
+};
+
+// The customer's certificate at B, verified before anything is asked of A:
+// it chains to the KMS B CA the customer pinned, certifies exactly the key
+// portal B names, and its CN is that key's id.
+struct Destination {
+  crypto::Certificate cert;
+  std::string customer_id;
+  std::string key_id;       // KMS B's id of the key (the certificate's CN)
+  std::string spki_key_id;  // hex SHA-256 of the key's SPKI (the tag's keyId)
+};
+StatusOr<Destination> FetchDestination(const MigrateFlags& mf) {
+  ASSIGN_OR_RETURN(std::string ca_pem, ReadFileToString(Env::Default(), mf.to_kms_ca));
+  ASSIGN_OR_RETURN(std::vector<crypto::Certificate> roots,
+                   crypto::Certificate::ParsePemBundle(ca_pem));
+  CustomerFlags bf;
+  bf.portal = mf.to_portal;
+  bf.ca_cert = mf.to_ca_cert;
+  bf.session_file = mf.to_session;
+  ASSIGN_OR_RETURN(auto c, ConnectCustomer(bf));
+  ASSIGN_OR_RETURN(httplib::Headers auth, CustomerAuth(bf));
+  ASSIGN_OR_RETURN(json k, CheckReply(c->Get("/v1/customer/key", auth), "destination certificate"));
+  ASSIGN_OR_RETURN(crypto::Certificate cert, crypto::Certificate::FromPem(k.value("cert_pem", "")));
+  Status chain = crypto::VerifyCertificateChain(cert, roots);
+  if (!chain.ok()) {
+    return DataLossError("destination_untrusted: the destination certificate does not chain to "
+                         "the KMS CA you pinned (--to-kms-ca): " + chain.message());
+  }
+  ASSIGN_OR_RETURN(crypto::PublicKey certified, cert.GetPublicKey());
+  auto claimed = crypto::PublicKey::FromPem(k.value("public_key_pem", ""));
+  if (!claimed.ok() || claimed->KeyId() != certified.KeyId()) {
+    return DataLossError("destination_untrusted: the certificate certifies another key than "
+                         "portal B names");
+  }
+  const std::string key_id = k.value("key_id", "");
+  if (cert.SubjectCommonName() != key_id || key_id.empty()) {
+    return DataLossError("destination_untrusted: the certificate names key " +
+                         cert.SubjectCommonName() + ", not " + key_id);
+  }
+  const std::string customer_id = k.value("customer_id", "");
+  if (customer_id.empty()) return DataLossError("portal B named no customer id");
+  return Destination{std::move(cert), customer_id, key_id, certified.KeyId()};
+}
+
+Status Migrate(const CustomerFlags& f, const MigrateFlags& mf) {
+  if (mf.lifetime_seconds < 1 || mf.lifetime_seconds > kms::kMaxRewrapAuthorizationSeconds) {
+    return InvalidArgumentError("--lifetime is 1 to 3600 seconds");
+  }
+  const std::string dir = mf.work_dir.empty() ? std::string(".") : mf.work_dir;
+  const std::string source_path = dir + "/" + mf.image + ".source.ova";
+  const std::string result_path = dir + "/" + mf.image + ".rewrap.json";
+  const std::string migrated_path = dir + "/" + mf.image + ".migrated.ova";
+  for (const std::string& p : {result_path, migrated_path}) {
+    if (Env::Default()->FileExists(p)) {
+      return AlreadyExistsError(p + " exists; migrate writes new files only");
+    }
+  }
+  const std::string b_dir = DirName(mf.to_session);
+  const std::string b_key_path =
+      mf.to_signing_key.empty() ? b_dir + "/signing-key.pem" : mf.to_signing_key;
+  const std::string b_cert_path =
+      mf.to_signing_cert.empty() ? b_dir + "/signing-cert.pem" : mf.to_signing_cert;
+  ASSIGN_OR_RETURN(crypto::PrivateKey b_signing, crypto::LoadPrivateKeyFile(b_key_path));
+  ASSIGN_OR_RETURN(std::string b_chain, ReadFileToString(Env::Default(), b_cert_path));
+  // 1. The destination first: an untrusted one stops everything before A is
+  //    asked for anything.
+  ASSIGN_OR_RETURN(Destination dest, FetchDestination(mf));
+  // 2. The source package, verified against the customer's own signature.
+  const std::string key_path = mf.signing_key.empty() ? DefaultSigningKeyFile(f) : mf.signing_key;
+  ASSIGN_OR_RETURN(crypto::PrivateKey signing, crypto::LoadPrivateKeyFile(key_path));
+  std::unique_ptr<ovf::Package> pkg;
+  ExportFlags ef{mf.image, source_path, mf.kms_ca, key_path};
+  RETURN_IF_ERROR(ExportTo(f, ef, &pkg).status());
+  const ovf::EncryptionTag& tag = pkg->tag();
+  // 3. The destination tag: the same image and key version, B's tenant and key.
+  ovf::EncryptionTag dest_tag = tag;
+  dest_tag.tenant = dest.customer_id;
+  dest_tag.key_id = "sha256:" + dest.spki_key_id;
+  kms::RewrapRequest req;
+  kms::RewrapAuthorization& a = req.authorization;
+  a.tenant = tag.tenant;
+  a.image_id = tag.image_id;
+  a.key_version = tag.key_version;
+  a.destination_cert_sha256 = crypto::HexEncode(crypto::Sha256(dest.cert.ToDer()));
+  a.destination_label = ovf::OaepLabel(dest_tag);
+  a.nonce = crypto::HexEncode(crypto::RandomBytes(32));
+  a.expires_unix = static_cast<int64_t>(::time(nullptr)) + mf.lifetime_seconds;
+  ASSIGN_OR_RETURN(req.signature, crypto::Sign(signing, crypto::SignatureDigest::kSha256,
+                                               kms::RewrapAuthorizationMessage(a)));
+  req.destination_cert_pem = dest.cert.ToPem();
+  req.key_id = tag.key_id;
+  req.wrap_algorithm = pkg->wrapped_key().algorithm;
+  req.oaep_label = pkg->wrapped_key().oaep_label;
+  req.wrapped_key = pkg->wrapped_key().ciphertext;
+  // 4. KMS A re-wraps through portal A.
+  ASSIGN_OR_RETURN(auto c, ConnectCustomer(f));
+  ASSIGN_OR_RETURN(httplib::Headers auth, CustomerAuth(f));
+  ASSIGN_OR_RETURN(json r, CheckReply(c->Post("/v1/images/" + mf.image + "/rewrap", auth,
+                                              kms::RewrapRequestToJson(req).dump(),
+                                              "application/json"),
+                                      "re-wrap at the source KMS"));
+  if (r.value("destination_key_id", "") != dest.spki_key_id) {
+    return DataLossError("the source KMS wrapped to key " + r.value("destination_key_id", "") +
+                         ", not your destination key " + dest.spki_key_id);
+  }
+  auto rewrapped = crypto::Base64Decode(r.value("rewrapped_key", ""));
+  if (!rewrapped.ok() || rewrapped->empty()) return DataLossError("the source KMS sent no re-wrapped key");
+  json out = {{"image_id", mf.image},
+              {"source_package", source_path},
+              {"tag_image_id", tag.image_id},
+              {"source_tenant", tag.tenant},
+              {"destination_tenant", dest.customer_id},
+              {"destination_key_id", dest_tag.key_id},
+              {"destination_cert_sha256", a.destination_cert_sha256},
+              {"destination_label", crypto::Base64Encode(a.destination_label)},
+              {"rewrapped_key", r.value("rewrapped_key", "")},
+              {"authorization", kms::RewrapAuthorizationToJson(a)}};
+  RETURN_IF_ERROR(WriteStringToFileAtomic(Env::Default(), result_path, out.dump(2) + "\n", 0600));
+  out["result_file"] = result_path;
+  // 5. The package for B: the new EncryptedKey and tag (B's tenant and key;
+  //    the streams keep their context: streamTenant), every disk's
+  //    ciphertext unchanged, signed with the customer's signing key at B.
+  dest_tag.stream_tenant = tag.stream_tenant.empty() ? tag.tenant : tag.stream_tenant;
+  RETURN_IF_ERROR(ovf::RewrapPackage(Env::Default(), *pkg, dest_tag, *rewrapped, b_signing, b_chain,
+                                     migrated_path));
+  out["migrated_package"] = migrated_path;
+  // 6. Uploaded to portal B (which verifies it with KMS B).
+  CustomerFlags bf;
+  bf.portal = mf.to_portal;
+  bf.ca_cert = mf.to_ca_cert;
+  bf.session_file = mf.to_session;
+  RETURN_IF_ERROR(UploadPackage(bf, migrated_path, mf.to_name.empty() ? tag.image_id : mf.to_name));
+  out["uploaded_to"] = mf.to_portal;
+  if (f.json) {
+    std::cout << out.dump(2) << "\n";
+  } else {
+    std::cout << "image " << tag.image_id << ": data key re-wrapped by the source KMS to your key "
+              << dest.spki_key_id << " at " << mf.to_portal << " (" << result_path << ")\n";
+  }
+  return OkStatus();
+}
+
+}  // namespace
+
+void AddCustomerMigrationCommands(CLI::App& cust, std::shared_ptr<CustomerFlags> f,
+                                  const CommandSink& sink) {
+  auto ef = std::make_shared<ExportFlags>();
+  CLI::App* exp = cust.add_subcommand(
+      "export", "Download one of your packages; written only if it verifies against your signature");
+  exp->add_option("image", ef->image, "Image id")->required();
+  exp->add_option("-o,--out", ef->out, "Where to write the package (.ova; must not exist)")
+      ->required();
+  exp->add_option("--kms-ca", ef->kms_ca,
+                  "The KMS CA obtained out of band: the package's signer must chain to it")
+      ->required();
+  exp->add_option("--signing-key", ef->signing_key,
+                  "Your signing key (default signing-key.pem beside the session)");
+  exp->callback([f, ef, sink] { sink(Export(*f, *ef)); });
+
+  auto mf = std::make_shared<MigrateFlags>();
+  CLI::App* mig = cust.add_subcommand(
+      "migrate",
+      "Move one of your images to another cloud: verify your certificate there, authorize the "
+      "source KMS (with your signature) to re-wrap the image's data key to it");
+  mig->add_option("image", mf->image, "Image id at this (the source) portal")->required();
+  mig->add_option("--kms-ca", mf->kms_ca, "The source KMS CA (your package's signer chains to it)")
+      ->required();
+  mig->add_option("--to-portal", mf->to_portal, "The destination portal URL")->required();
+  mig->add_option("--to-ca-cert", mf->to_ca_cert, "PEM CA of the destination portal's TLS");
+  mig->add_option("--to-session", mf->to_session, "Your session file at the destination portal")
+      ->required();
+  mig->add_option("--to-kms-ca", mf->to_kms_ca,
+                  "The destination KMS CA obtained out of band: your certificate there must "
+                  "chain to it")
+      ->required();
+  mig->add_option("--signing-key", mf->signing_key,
+                  "Your signing key at the source (default signing-key.pem beside the session)");
+  mig->add_option("--work-dir", mf->work_dir, "Where the exported package and the result go");
+  mig->add_option("--to-signing-key", mf->to_signing_key,
+                  "Your signing key at the destination (default signing-key.pem beside --to-session)");
+  mig->add_option("--to-signing-cert", mf->to_signing_cert,
+                  "Its certificate from the destination KMS (default signing-cert.pem beside "
+                  "--to-session)");
+  mig->add_option("--to-name", mf->to_name, "The image's name at the destination (default its imageId)");
+  mig->add_option("--lifetime", mf->lifetime_seconds,
+                  "Seconds the authorization is valid (default 600, at most 3600)");
+  mig->callback([f, mf, sink] { sink(Migrate(*f, *mf)); });
+}
+
+}  // namespace vmseal::cli

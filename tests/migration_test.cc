@@ -220,8 +220,10 @@ class CustomerMigrateTest : public CustomerExportTest {
     const size_t brace = out.find('{');
     return json::parse(brace == std::string::npos ? "" : out.substr(brace), nullptr, false);
   }
-  json SignUpB(const std::string& who) {
-    json reg = CustomerB(who, {"register", "--password-out", dir_.File(who + "-b/pw")});
+  json SignUpB(const std::string& who, const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> args = {"register", "--password-out", dir_.File(who + "-b/pw")};
+    args.insert(args.end(), extra.begin(), extra.end());
+    json reg = CustomerB(who, args);
     CustomerB(who, {"login", "--login-id", reg.value("login_id", ""), "--password-file",
                     dir_.File(who + "-b/pw")});
     CustomerB(who, {"fetch-cert", "--out", dir_.File(who + "-b/customer.pem"), "--kms-ca",
@@ -314,6 +316,19 @@ TEST_F(CustomerMigrateTest, MigrateVerifiesTheDestinationAndKmsAReWrapsOnlyWithT
   EXPECT_THAT(out, HasSubstr("destination_untrusted"));
   EXPECT_TRUE(MigrationAudit().empty());
   EXPECT_TRUE(std::filesystem::is_empty(dir_.File("a-work")));
+
+  // A destination key of the other type (X25519 at B, RSA at A): refused
+  // before anything is signed or asked of A, nothing left behind.
+  SignUpB("x", {"--key-algorithm", "x25519"});
+  ::mkdir(dir_.File("a-work-x").c_str(), 0700);
+  EXPECT_NE(Customer("a", {"migrate", image, "--kms-ca", kms_.ca(), "--to-portal", PortalBUrl(),
+                           "--to-session", dir_.File("x-b/session.json"), "--to-kms-ca",
+                           kms_b_.ca(), "--work-dir", dir_.File("a-work-x")},
+                     &out),
+            0);
+  EXPECT_THAT(out, HasSubstr("key_type_mismatch"));
+  EXPECT_TRUE(std::filesystem::is_empty(dir_.File("a-work-x")));
+  EXPECT_TRUE(MigrationAudit().empty());
 
   // Pinned correctly: KMS A re-wraps to the customer's key at B, audited.
   ASSERT_EQ(Migrate("a", image, kms_b_.ca(), &out), 0) << out;

@@ -18,6 +18,7 @@
 #include "kms/migration.h"
 #include "ovf/descriptor.h"
 #include "ovf/package.h"
+#include "ovf/package_format.h"
 #include "ovf/signature.h"
 
 namespace vmseal::cli {
@@ -175,6 +176,7 @@ struct Destination {
   std::string customer_id;
   std::string key_id;       // KMS B's id of the key (the certificate's CN)
   std::string spki_key_id;  // hex SHA-256 of the key's SPKI (the tag's keyId)
+  crypto::KeyType key_type;
 };
 StatusOr<Destination> FetchDestination(const MigrateFlags& mf) {
   ASSIGN_OR_RETURN(std::string ca_pem, ReadFileToString(Env::Default(), mf.to_kms_ca));
@@ -206,7 +208,7 @@ StatusOr<Destination> FetchDestination(const MigrateFlags& mf) {
   }
   const std::string customer_id = k.value("customer_id", "");
   if (customer_id.empty()) return DataLossError("portal B named no customer id");
-  return Destination{std::move(cert), customer_id, key_id, certified.KeyId()};
+  return Destination{std::move(cert), customer_id, key_id, certified.KeyId(), certified.type()};
 }
 
 Status Migrate(const CustomerFlags& f, const MigrateFlags& mf) {
@@ -238,6 +240,18 @@ Status Migrate(const CustomerFlags& f, const MigrateFlags& mf) {
   std::unique_ptr<ovf::Package> pkg;
   ExportFlags ef{mf.image, source_path, mf.kms_ca, key_path};
   RETURN_IF_ERROR(ExportTo(f, ef, &pkg).status());
+  // The package for B keeps the source's key wrap: a destination key of
+  // the other type is refused before anything is signed or asked of A.
+  const bool source_x25519 = pkg->wrapped_key().algorithm == ovf::kX25519WrapUri;
+  if (source_x25519 != (dest.key_type == crypto::KeyType::kX25519)) {
+    pkg.reset();
+    (void)Env::Default()->RemoveFile(source_path);
+    return FailedPreconditionError(
+        std::string("key_type_mismatch: the package wraps its key to an ") +
+        (source_x25519 ? "X25519" : "RSA") + " key, your key at the destination is " +
+        (source_x25519 ? "not X25519" : "not RSA") +
+        " (register there with the same --key-algorithm); nothing was asked of the source KMS");
+  }
   const ovf::EncryptionTag& tag = pkg->tag();
   // 3. The destination tag: the same image and key version, B's tenant and key.
   ovf::EncryptionTag dest_tag = tag;

@@ -43,16 +43,7 @@ class HostAgentTest : public ::testing::Test {
  protected:
   // What is left in the disk dir besides the overlay pool (vd/pool, the
   // host's, not a job's), which may only hold the pool's own overlays.
-  std::vector<std::string> VmDiskDirs() {
-    std::vector<std::string> out;
-    for (const std::string& name : ListDir(dir_.File("vd"))) {
-      if (name != "pool") out.push_back(name);
-    }
-    for (const std::string& name : ListDir(dir_.File("vd") + "/pool")) {
-      if (!name.starts_with("o-")) out.push_back("pool/" + name);
-    }
-    return out;
-  }
+  std::vector<std::string> VmDiskDirs() { return vmseal::testing::ListJobDiskDirs(dir_.File("vd")); }
 
   void SetUp() override {
     auto tpm_or = tpm::testing::Swtpm::Start({.parent_dir = dir_.path()});

@@ -665,7 +665,7 @@ class HostDiskFormatE2eTest : public HostE2eTest {
     EXPECT_TRUE(Disks().empty());
     EXPECT_TRUE(vmseal::testing::ListDir(dir_.File("hs") + "/work").empty());
     // No export, overlay or cache of the refused job either.
-    EXPECT_TRUE(vmseal::testing::ListDir(dir_.File("img") + "/vd").empty());
+    EXPECT_TRUE(vmseal::testing::ListJobDiskDirs(dir_.File("img") + "/vd").empty());
   }
 };
 
@@ -2013,7 +2013,7 @@ TEST_F(HostCopyModeE2eTest, CopyModeBootsFromAnEncryptedLocalDiskWithNoPlaintext
   }
   ASSERT_OK(daemon_->agent()->DeleteVm(vm.name));
   EXPECT_FALSE(fs::exists(vm.disks[0].path));
-  EXPECT_TRUE(vmseal::testing::ListDir(dir_.File("img") + "/vd").empty());
+  EXPECT_TRUE(vmseal::testing::ListJobDiskDirs(dir_.File("img") + "/vd").empty());
 }
 
 }  // namespace

@@ -520,7 +520,7 @@ TEST_F(HostLifecycleE2eTest, AnotherCustomerCannotStopStartOrDeleteTheVm) {
   EXPECT_EQ(QemuPid(vm_name), pid);
   // Streamed launch: the VM's disk state (overlay, cache, launch record) is
   // its directory under vd/ (no decrypted disk under disks/).
-  EXPECT_EQ(vmseal::testing::ListDir(dir_.File("img") + "/vd").size(), 1u);
+  EXPECT_EQ(vmseal::testing::ListJobDiskDirs(dir_.File("img") + "/vd").size(), 1u);
 }
 
 TEST_F(HostLifecycleE2eTest, DeleteRemovesTheVmAndItsFilesFromTheHost) {
@@ -547,7 +547,7 @@ TEST_F(HostLifecycleE2eTest, DeleteRemovesTheVmAndItsFilesFromTheHost) {
   EXPECT_FALSE(fs::exists(info->serial_log_path));
   EXPECT_FALSE(fs::exists(info->qemu_log_path));
   EXPECT_TRUE(vmseal::testing::ListDir(dir_.File("img") + "/disks").empty());
-  EXPECT_TRUE(vmseal::testing::ListDir(dir_.File("img") + "/vd").empty());
+  EXPECT_TRUE(vmseal::testing::ListJobDiskDirs(dir_.File("img") + "/vd").empty());
   EXPECT_TRUE(vmseal::testing::ListDir(dir_.File("img") + "/vms").empty());
   // A deleted VM cannot be started again.
   auto start = Client()->Post("/v1/vms/" + job_id + "/start", a_.auth, "", "application/json");

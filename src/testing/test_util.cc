@@ -103,6 +103,17 @@ std::vector<std::string> ListDir(const std::string& dir) {
   return out;
 }
 
+std::vector<std::string> ListJobDiskDirs(const std::string& vd) {
+  std::vector<std::string> out;
+  for (const std::string& name : ListDir(vd)) {
+    if (name != "pool") out.push_back(name);
+  }
+  for (const std::string& name : ListDir(vd + "/pool")) {
+    if (!name.starts_with("o-")) out.push_back("pool/" + name);
+  }
+  return out;
+}
+
 namespace {
 int64_t ListenOverflows() {
   std::ifstream in("/proc/net/netstat");

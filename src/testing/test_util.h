@@ -43,6 +43,12 @@ std::string ReadFileOrDie(const std::string& path);
 // Names of the entries in `dir` (no "." or "..").
 std::vector<std::string> ListDir(const std::string& dir);
 
+// What a host's disk directory `vd` holds for jobs: its entries except the
+// overlay pool (vd/pool, the host's, not a job's; vm/overlay_pool.h), plus
+// anything in the pool that is not one of the pool's own overlays ("o-*"),
+// as "pool/<name>".
+std::vector<std::string> ListJobDiskDirs(const std::string& vd);
+
 // Opens `n` TCP connections to 127.0.0.1:`port` back to back (then closes
 // them) and returns how many connections the kernel dropped meanwhile for a
 // full listen queue (TcpExt ListenOverflows of this network namespace), or

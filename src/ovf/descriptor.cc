@@ -13,6 +13,7 @@
 #include "crypto/primitives.h"
 #include "ovf/package_format.h"
 #include "ovf/tar.h"
+#include "ovf/internal/xml_escape.h"
 
 namespace vmseal::ovf {
 namespace {
@@ -77,19 +78,7 @@ std::optional<T> ParseUint(std::string_view s) {
   return v;
 }
 
-std::string Escape(std::string_view s) {
-  std::string out;
-  for (char c : s) {
-    switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += c;
-    }
-  }
-  return out;
-}
+using internal::XmlEscape;
 
 void ForEachElement(xmlNode* n, const std::function<void(xmlNode*)>& fn) {
   for (; n != nullptr; n = n->next) {
@@ -950,7 +939,7 @@ std::string GenerateDescriptor(const VirtualSystemSpec& vm, const std::vector<Di
        "\" xmlns:vssd=\"" + std::string(kVssdNamespace) + "\">\n";
   x += "  <References>\n";
   for (const DiskSpec& d : disks) {
-    x += "    <File ovf:id=\"" + Escape(d.file_id) + "\" ovf:href=\"" + Escape(d.href) +
+    x += "    <File ovf:id=\"" + XmlEscape(d.file_id) + "\" ovf:href=\"" + XmlEscape(d.href) +
          "\" ovf:size=\"" + std::to_string(d.file_size) + "\"/>\n";
   }
   x += "  </References>\n";
@@ -958,21 +947,21 @@ std::string GenerateDescriptor(const VirtualSystemSpec& vm, const std::vector<Di
   for (size_t i = 0; i < disks.size(); ++i) {
     const DiskSpec& d = disks[i];
     x += "    <Disk ovf:diskId=\"vmdisk" + std::to_string(i + 1) + "\" ovf:fileRef=\"" +
-         Escape(d.file_id) + "\" ovf:capacity=\"" + std::to_string(d.capacity) +
-         "\" ovf:format=\"" + Escape(d.format_uri) + "\"/>\n";
+         XmlEscape(d.file_id) + "\" ovf:capacity=\"" + std::to_string(d.capacity) +
+         "\" ovf:format=\"" + XmlEscape(d.format_uri) + "\"/>\n";
   }
   x += "  </DiskSection>\n";
   x += "  <NetworkSection>\n    <Info>Logical networks</Info>\n"
        "    <Network ovf:name=\"default\">\n      <Description>Default network</Description>\n"
        "    </Network>\n  </NetworkSection>\n";
-  x += "  <VirtualSystem ovf:id=\"" + Escape(vm.name) + "\">\n";
+  x += "  <VirtualSystem ovf:id=\"" + XmlEscape(vm.name) + "\">\n";
   x += "    <Info>A virtual machine sealed by vmseal</Info>\n";
-  x += "    <Name>" + Escape(vm.name) + "</Name>\n";
+  x += "    <Name>" + XmlEscape(vm.name) + "</Name>\n";
   x += "    <VirtualHardwareSection>\n      <Info>Virtual hardware requirements</Info>\n";
   x += "      <System>\n"
        "        <vssd:ElementName>Virtual Hardware Family</vssd:ElementName>\n"
        "        <vssd:InstanceID>0</vssd:InstanceID>\n"
-       "        <vssd:VirtualSystemIdentifier>" + Escape(vm.name) +
+       "        <vssd:VirtualSystemIdentifier>" + XmlEscape(vm.name) +
        "</vssd:VirtualSystemIdentifier>\n"
        "        <vssd:VirtualSystemType>vmseal-1</vssd:VirtualSystemType>\n"
        "      </System>\n";

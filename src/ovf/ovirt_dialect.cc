@@ -11,6 +11,7 @@
 #include <set>
 
 #include "ovf/package_format.h"
+#include "ovf/internal/xml_escape.h"
 
 namespace vmseal::ovf {
 namespace {
@@ -81,19 +82,7 @@ std::string Text(const xmlNode* n) {
   return s.substr(b, s.find_last_not_of(" \t\r\n") - b + 1);
 }
 
-std::string Escape(std::string_view s) {
-  std::string out;
-  for (char c : s) {
-    switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += c;
-    }
-  }
-  return out;
-}
+using internal::XmlEscape;
 
 // At most 100 bytes of untrusted text in a message.
 std::string Quote(std::string_view s) {
@@ -173,7 +162,7 @@ using RasdFields = std::map<std::string, std::string>;
 std::string ItemXml(const RasdFields& f) {
   std::string x = "      <Item>\n";
   for (const auto& [name, value] : f) {
-    x += "        <rasd:" + name + ">" + Escape(value) + "</rasd:" + name + ">\n";
+    x += "        <rasd:" + name + ">" + XmlEscape(value) + "</rasd:" + name + ">\n";
   }
   return x + "      </Item>\n";
 }
@@ -512,35 +501,35 @@ StatusOr<std::string> ConvertOvirtDescriptor(std::string_view xml,
        "\" xmlns:vssd=\"" + std::string(kVssdNamespace) + "\" ovf:version=\"2.0\">\n";
   x += "  <References>\n";
   for (const OvirtFile& f : files) {
-    x += "    <File ovf:id=\"" + Escape(f.id) + "\" ovf:href=\"" + Escape(f.href) + "\"" +
+    x += "    <File ovf:id=\"" + XmlEscape(f.id) + "\" ovf:href=\"" + XmlEscape(f.href) + "\"" +
          (f.size ? " ovf:size=\"" + std::to_string(*f.size) + "\"" : "") + "/>\n";
   }
   x += "  </References>\n";
   x += "  <DiskSection>\n    <Info>Virtual disks</Info>\n";
   for (const OvirtDisk& d : disks) {
-    x += "    <Disk ovf:diskId=\"" + Escape(d.disk_id) + "\" ovf:fileRef=\"" + Escape(d.file_ref) +
+    x += "    <Disk ovf:diskId=\"" + XmlEscape(d.disk_id) + "\" ovf:fileRef=\"" + XmlEscape(d.file_ref) +
          "\" ovf:capacity=\"" + std::to_string(d.capacity) + "\" ovf:format=\"" +
-         Escape(d.format_uri) + "\"/>\n";
+         XmlEscape(d.format_uri) + "\"/>\n";
   }
   x += "  </DiskSection>\n";
   if (!networks.empty()) {
     x += "  <NetworkSection>\n    <Info>Logical networks</Info>\n";
     for (const auto& [net, description] : networks) {
-      x += "    <Network ovf:name=\"" + Escape(net) + "\">\n      <Description>" +
-           Escape(description.empty() ? net : description) + "</Description>\n    </Network>\n";
+      x += "    <Network ovf:name=\"" + XmlEscape(net) + "\">\n      <Description>" +
+           XmlEscape(description.empty() ? net : description) + "</Description>\n    </Network>\n";
     }
     x += "  </NetworkSection>\n";
   }
-  x += "  <VirtualSystem ovf:id=\"" + Escape(vm_id) + "\">\n";
-  x += "    <Info>" + Escape(info) + "</Info>\n";
-  x += "    <Name>" + Escape(name) + "</Name>\n";
+  x += "  <VirtualSystem ovf:id=\"" + XmlEscape(vm_id) + "\">\n";
+  x += "    <Info>" + XmlEscape(info) + "</Info>\n";
+  x += "    <Name>" + XmlEscape(name) + "</Name>\n";
   if (!os_description.empty()) {
     x += "    <OperatingSystemSection ovf:id=\"" + os_id + "\" ovf:required=\"false\">\n"
          "      <Info>The guest operating system</Info>\n"
-         "      <Description>" + Escape(os_description) + "</Description>\n"
+         "      <Description>" + XmlEscape(os_description) + "</Description>\n"
          "    </OperatingSystemSection>\n";
   }
-  x += "    <VirtualHardwareSection>\n      <Info>" + Escape(hw_info) + "</Info>\n";
+  x += "    <VirtualHardwareSection>\n      <Info>" + XmlEscape(hw_info) + "</Info>\n";
   x += items;
   if (efi || tpm) {
     note(std::string("firmware ") + (efi ? "efi" : "bios") + ", Secure Boot " +

@@ -7,6 +7,8 @@
 #   scripts/fuzz.sh [SECONDS] [TARGET...]       e.g. scripts/fuzz.sh 600 json
 #   scripts/fuzz.sh --coverage [TARGET...]      line/region coverage of the
 #       parsers from the corpora (build-fuzz-cov/, llvm-cov-16 report)
+#   scripts/fuzz.sh --build-only                 configure build-fuzz/ and build
+#       the targets, run nothing (scripts/sanitize.sh builds on that tree)
 # Environment: VMSEAL_FUZZ_WORK=DIR keeps the scratch directory (default: a
 # fresh one under /tmp, removed unless something failed); VMSEAL_FUZZ_JOBS=N
 # build parallelism (default: nproc). docs/fuzzing.md has the details.
@@ -15,12 +17,14 @@ cd "$(dirname "$0")/.."
 root=$PWD
 
 coverage=0
+build_only=0
 seconds=10
 targets=()
 for arg in "$@"; do
   case "$arg" in
     --coverage) coverage=1 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    --build-only) build_only=1 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     ''|*[!0-9]*) targets+=("$arg") ;;
     *) seconds=$arg ;;
   esac
@@ -52,6 +56,7 @@ if ! cmake --build "$build" -j "$jobs" --target vmseal_fuzzers >"$build/fuzz-bui
   exit 1
 fi
 echo "fuzz: built $build/fuzz in $(( $(date +%s) - build_start )) s"
+[ "$build_only" -eq 1 ] && exit 0
 
 if [ "${#targets[@]}" -eq 0 ]; then
   for f in fuzz/*_fuzzer.cc; do

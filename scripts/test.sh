@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up (packages + build) and runs the whole test suite: the Release build
 # with every label, the fuzz targets (corpus replay and a short run each),
-# then the ASan+UBSan build of the unit tests.
+# then the unit tests built with ASan+UBSan (scripts/sanitize.sh).
 #   scripts/test.sh               everything
 #   VMSEAL_TEST_LABELS=unit scripts/test.sh   only tests with that label
 set -euo pipefail
@@ -16,8 +16,8 @@ args=(--output-on-failure -j "$(nproc)" --timeout 900)
 if [ "${VMSEAL_SKIP_FUZZ:-0}" != 1 ]; then
   bash scripts/fuzz.sh "${VMSEAL_FUZZ_SECONDS:-5}"
 fi
+# The unit tests under ASan+UBSan, in the fuzz build's tree (clang-16): the
+# project's libraries are compiled instrumented once, for both.
 if [ "${VMSEAL_SKIP_SANITIZE:-0}" != 1 ]; then
-  bash scripts/setup.sh --sanitize
-  (cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-    ctest --output-on-failure -j "$(nproc)" -L unit --timeout 900)
+  bash scripts/sanitize.sh
 fi

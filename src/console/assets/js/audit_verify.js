@@ -56,8 +56,10 @@ function ecdsaDerToRaw(der) {
 
 // §4: <name>+<8 hex key id>+<base64(0x01 || Ed25519 public key)>.
 export async function parseVerifierKey(vkey) {
-  const parts = String(vkey).split('+');
-  if (parts.length !== 3 || !parts[0] || !/^[0-9a-f]{8}$/.test(parts[1])) throw new Error('log key: malformed');
+  // The name has no '+'; the base64 may.
+  const m = /^([^+]+)\+([0-9a-f]{8})\+([A-Za-z0-9+/]+={0,2})$/.exec(String(vkey));
+  if (!m) throw new Error('log key: malformed');
+  const parts = m.slice(1);
   const raw = fromBase64(parts[2]);
   if (raw.length !== 33 || raw[0] !== 0x01) throw new Error('log key: not an Ed25519 verifier key');
   const pub = raw.subarray(1);

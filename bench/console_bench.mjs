@@ -5,11 +5,13 @@
 //   2. seal, in the order A B B A (--pairs times):
 //        A  vmseal seal FILE --pubkey rsa.pub ... -o out.ova
 //        B  Chromium (playwright-core, Debian's chromium) seals the same File
-//           with the console's js/seal.js into a Blob (same package format);
+//           with the console's js/seal.js into a Blob (same package format;
+//           chunks sealed in Web Workers, the manifest digest in another);
 //   3. upload (with `vmseal demo --keep` running: a real portal over TLS),
 //      A B B A: A `vmseal customer upload` of a sealed package, B the
-//      console's uploader (8 MiB pieces) of the same bytes, both as the same
-//      customer; the portal verifies and stores each;
+//      console's uploader (64 MiB pieces sent as Blob slices, the SHA-256
+//      in a Worker alongside) of the same bytes, both as the same customer;
+//      the portal verifies and stores each;
 //   4. prints the median and spread of each and the ratio B/A beside it,
 //      with the load average.
 //
@@ -150,7 +152,7 @@ if (UPLOAD) {
   for (let i = 0; i < PAIRS; i++) { upl.A.push(cliUpload(`a${i}`)); upl.B.push(await browserUpload(`b${i}`)); upl.B.push(await browserUpload(`c${i}`)); upl.A.push(cliUpload(`d${i}`)); }
   const size = fs.statSync(pkg).size / 2 ** 20;
   console.log(`upload ${size.toFixed(0)} MiB  A vmseal customer upload: ${fmt(upl.A)}, ${(size / median(upl.A)).toFixed(0)} MiB/s`);
-  console.log(`upload ${size.toFixed(0)} MiB  B browser (32 MiB pieces): ${fmt(upl.B)}, ${(size / median(upl.B)).toFixed(0)} MiB/s`);
+  console.log(`upload ${size.toFixed(0)} MiB  B browser (64 MiB pieces): ${fmt(upl.B)}, ${(size / median(upl.B)).toFixed(0)} MiB/s`);
   console.log(`upload ratio B/A (browser/CLI): ${(median(upl.B) / median(upl.A)).toFixed(2)}x; load average: ${load()}`);
 }
 process.exit(0);

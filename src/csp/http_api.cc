@@ -1,6 +1,7 @@
 #include "csp/http_api.h"
 
 #include <algorithm>
+#include <atomic>
 #include <ctime>
 #include <cstdlib>
 #include <limits>
@@ -217,6 +218,55 @@ class UploadSink : public net::BodySink {
   const Principal who_;
   const std::string id_;
   uint64_t offset_;
+};
+
+// The live status of one job for the console (docs/console.md "VMs"):
+// server-sent events `job` (the job's JSON, when it changed) and `console`
+// (the serial-console text, when it changed). The session is checked again
+// at every poll, so a stream ends when its session does; at most
+// kMaxJobEventStreams are open at once (beyond: 503, the page polls).
+class JobEventStream : public net::EventStream {
+ public:
+  static constexpr int kMaxJobEventStreams = 256;
+
+  JobEventStream(PortalServices svc, std::function<StatusOr<Principal>(const net::Request&)> who,
+                 net::Request req, std::shared_ptr<std::atomic<int>> open)
+      : svc_(std::move(svc)), who_(std::move(who)), req_(std::move(req)), open_(std::move(open)) {}
+  ~JobEventStream() override { open_->fetch_sub(1); }
+
+  StatusOr<std::string> Next(bool* done) override {
+    ASSIGN_OR_RETURN(Principal p, who_(req_));
+    auto j = svc_.jobs->GetJob(p, req_.path_params[0]);
+    std::string out;
+    if (!j.ok()) {
+      if (j.status().code() != StatusCode::kNotFound) return j.status();
+      *done = true;  // deleted: one last event, then the end
+      return std::string("event: gone\ndata: {}\n\n");
+    }
+    const std::string job = DumpJson(ToJson(*j));
+    if (job != last_job_) {
+      last_job_ = job;
+      out += "id: " + std::to_string(++sent_) + "\nevent: job\ndata: " + job + "\n\n";
+    }
+    if (svc_.console_logs != nullptr) {
+      auto e = svc_.console_logs->Get(j->job_id);
+      if (e.ok() && e->updated_unix != last_console_unix_ && e->text != last_console_) {
+        last_console_unix_ = e->updated_unix;
+        last_console_ = e->text;
+        out += "event: console\ndata: " + DumpJson(json{{"text", e->text}}) + "\n\n";
+      }
+    }
+    return out;
+  }
+
+ private:
+  const PortalServices svc_;
+  const std::function<StatusOr<Principal>(const net::Request&)> who_;
+  const net::Request req_;
+  const std::shared_ptr<std::atomic<int>> open_;
+  std::string last_job_, last_console_;
+  int64_t last_console_unix_ = -1;
+  uint64_t sent_ = 0;
 };
 
 // A JSON answer that sets cookies (TextResponse carries header fields).
@@ -572,6 +622,21 @@ void RegisterPortalRoutes(net::HttpsServer& server, const PortalServices& svc) {
     return ToJson(j);
   });
 
+  // The same, live: server-sent events (JobEventStream). Authenticated by
+  // the session cookie an EventSource sends (or a bearer header); nothing
+  // secret in the URL. Not state-changing, so no CSRF token.
+  auto event_streams = std::make_shared<std::atomic<int>>(0);
+  server.GetEvents(R"(/v1/jobs/([A-Za-z0-9-]+)/events)",
+                   [svc, who, event_streams](const net::Request& req) -> StatusOr<std::unique_ptr<net::EventStream>> {
+    ASSIGN_OR_RETURN(Principal p, who(req));
+    RETURN_IF_ERROR(svc.jobs->GetJob(p, req.path_params[0]).status());
+    if (event_streams->fetch_add(1) >= JobEventStream::kMaxJobEventStreams) {
+      event_streams->fetch_sub(1);
+      return UnavailableError("too many event streams; poll GET /v1/jobs/{id}");
+    }
+    return std::unique_ptr<net::EventStream>(new JobEventStream(svc, who, req, event_streams));
+  }, /*poll_ms=*/500, /*max_seconds=*/300);
+
   // --- the customer's VMs ({vm}: the job id or the VM name) ---
   server.Json("POST", R"(/v1/vms/([A-Za-z0-9._-]{1,128})/stop)", [svc, who](const net::Request& req) -> StatusOr<json> {
     ASSIGN_OR_RETURN(Principal p, who(req));
@@ -586,6 +651,8 @@ void RegisterPortalRoutes(net::HttpsServer& server, const PortalServices& svc) {
   server.Json("DELETE", R"(/v1/vms/([A-Za-z0-9._-]{1,128}))", [svc, who](const net::Request& req) -> StatusOr<json> {
     ASSIGN_OR_RETURN(Principal p, who(req));
     ASSIGN_OR_RETURN(Job j, svc.jobs->DeleteVm(p, req.path_params[0]));
+    // The VM's console text goes with it (also from the store).
+    if (svc.console_logs != nullptr) svc.console_logs->Erase(j.job_id);
     return ToJson(j);
   }, 202);
 
@@ -756,7 +823,8 @@ void RegisterPortalRoutes(net::HttpsServer& server, const PortalServices& svc) {
     if (!body["text"].is_string()) return InvalidArgumentError("text (string) is required");
     // Only the host that runs the VM reports its console.
     ASSIGN_OR_RETURN(Job j, svc.jobs->GetHostVm(host, req.path_params[0]));
-    svc.console_logs->Put(j.job_id, body["text"].get<std::string>(), static_cast<int64_t>(std::time(nullptr)));
+    RETURN_IF_ERROR(svc.console_logs->Put(j.job_id, body["text"].get<std::string>(),
+                                          static_cast<int64_t>(std::time(nullptr))));
     return json{{"job_id", j.job_id}};
   });
   server.Json("POST", R"(/v1/hosts/vms/([A-Za-z0-9._-]{1,64})/deleted)", [svc](const net::Request& req) -> StatusOr<json> {
@@ -774,6 +842,42 @@ void RegisterPortalRoutes(net::HttpsServer& server, const PortalServices& svc) {
   });
 
   // --- operator ---
+  // Read-only views of the KMS for the operator console (docs/console.md
+  // "Operator"), made with the portal's own KMS identity: the flavor
+  // definitions, and the newest audit records, each with its inclusion
+  // proof against one signed checkpoint (the page verifies them).
+  server.Json("GET", "/v1/operator/flavors", [svc, is_operator](const net::Request& req) -> StatusOr<json> {
+    RETURN_IF_ERROR(is_operator(req));
+    return svc.kms->ListFlavors();
+  });
+  server.Json("GET", "/v1/operator/audit", [svc, is_operator](const net::Request& req) -> StatusOr<json> {
+    RETURN_IF_ERROR(is_operator(req));
+    const std::string limit_text = req.QueryParam("limit", "20");
+    char* end = nullptr;
+    const long long limit = std::strtoll(limit_text.c_str(), &end, 10);
+    if (limit_text.empty() || *end != '\0' || limit < 1 || limit > 50) {
+      return InvalidArgumentError("limit must be 1..50");
+    }
+    ASSIGN_OR_RETURN(json cp, svc.kms->AuditCheckpoint());
+    if (!cp.contains("checkpoint") || !cp["checkpoint"].is_string() || !cp.contains("log_key") ||
+        !cp["log_key"].is_string()) {
+      return DataLossError("KMS checkpoint answer is malformed");
+    }
+    // The tree size is the checkpoint's second line (audit-log.md §3); the
+    // page checks the signature, so a wrong size only fails its proofs.
+    const std::string note = cp["checkpoint"].get<std::string>();
+    const size_t a = note.find('\n');
+    const size_t b = a == std::string::npos ? a : note.find('\n', a + 1);
+    const std::string size_text = b == std::string::npos ? "" : note.substr(a + 1, b - a - 1);
+    const long long size = std::strtoll(size_text.c_str(), &end, 10);
+    if (size_text.empty() || *end != '\0' || size < 0) return DataLossError("KMS checkpoint has no tree size");
+    json proofs = json::array();
+    for (long long seq = std::max(1LL, size - limit + 1); seq <= size; ++seq) {
+      ASSIGN_OR_RETURN(std::string proof, svc.kms->AuditInclusionProof(seq, size));
+      proofs.push_back(proof);
+    }
+    return json{{"checkpoint", note}, {"log_key", cp["log_key"]}, {"proofs", proofs}};
+  });
   server.Json("GET", "/v1/operator/jobs", [svc, is_operator](const net::Request& req) -> StatusOr<json> {
     RETURN_IF_ERROR(is_operator(req));
     json jobs = json::array();

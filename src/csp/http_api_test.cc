@@ -483,5 +483,112 @@ TEST_F(HttpApiTest, OperatorConsoleLoginNeedsTheOperatorCredential) {
   EXPECT_EQ(denied->status, 403);
 }
 
+// Reads a server-sent event stream until `until` is in the text or the
+// answer ends; returns {status, Content-Type, text}.
+struct EventRead {
+  int status = 0;
+  std::string content_type;
+  std::string text;
+};
+EventRead ReadEvents(int port, const httplib::Headers& h, const std::string& path, const std::string& until) {
+  httplib::Client c("127.0.0.1", port);
+  c.set_read_timeout(10, 0);
+  EventRead out;
+  auto res = c.Get(path, h,
+                   [&](const httplib::Response& r) {
+                     out.status = r.status;
+                     out.content_type = r.get_header_value("Content-Type");
+                     return true;
+                   },
+                   [&](const char* data, size_t n) {
+                     out.text.append(data, n);
+                     return out.text.find(until) == std::string::npos;  // false: stop reading
+                   });
+  if (res && out.status == 0) out.status = res->status;
+  if (res && out.text.empty()) out.text = res->body;
+  return out;
+}
+
+TEST_F(HttpApiTest, JobEventsStreamTheJobToItsOwnerByCookie) {
+  auto [cookie, csrf] = ConsoleLogin(*client_);
+  httplib::Headers h = {{"Cookie", cookie}, {"X-CSRF-Token", csrf}};
+  auto img = Upload(h, std::string(kSealedMagic) + "disk bytes");
+  ASSERT_EQ(img->status, 201) << img->body;
+  json launch = {{"image_id", json::parse(img->body)["image_id"]}};
+  auto job = client_->Post("/v1/launch", h, launch.dump(), "application/json");
+  ASSERT_EQ(job->status, 201) << job->body;
+  const std::string id = json::parse(job->body)["job_id"];
+  // No token in the URL: the cookie alone (what an EventSource sends).
+  EventRead r = ReadEvents(server_->port(), {{"Cookie", cookie}}, "/v1/jobs/" + id + "/events", "\n\n");
+  EXPECT_EQ(r.status, 200);
+  EXPECT_TRUE(r.content_type.starts_with("text/event-stream")) << r.content_type;
+  ASSERT_NE(r.text.find("event: job\ndata: {"), std::string::npos) << r.text;
+  EXPECT_NE(r.text.find("\"job_id\":\"" + id + "\""), std::string::npos) << r.text;
+  // A change (stop) is pushed as a new job event on the same stream.
+  std::thread stopper([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    httplib::Client c("127.0.0.1", server_->port());
+    auto stop = c.Post("/v1/vms/" + id + "/stop", h, "", "application/json");
+    EXPECT_TRUE(stop);
+  });
+  EventRead changed = ReadEvents(server_->port(), {{"Cookie", cookie}}, "/v1/jobs/" + id + "/events",
+                                 "\"wanted\":\"stopped\"");
+  stopper.join();
+  EXPECT_NE(changed.text.find("\"wanted\":\"stopped\""), std::string::npos) << changed.text;
+  EXPECT_NE(changed.text.find("id: 2\n"), std::string::npos) << changed.text;
+}
+
+TEST_F(HttpApiTest, JobEventsAreRefusedToAnotherCustomerAndWithoutASession) {
+  auto [cookie, csrf] = ConsoleLogin(*client_);
+  httplib::Headers h = {{"Cookie", cookie}, {"X-CSRF-Token", csrf}};
+  auto img = Upload(h, std::string(kSealedMagic) + "disk bytes");
+  ASSERT_EQ(img->status, 201) << img->body;
+  json launch = {{"image_id", json::parse(img->body)["image_id"]}};
+  auto job = client_->Post("/v1/launch", h, launch.dump(), "application/json");
+  ASSERT_EQ(job->status, 201) << job->body;
+  const std::string path = "/v1/jobs/" + json::parse(job->body)["job_id"].get<std::string>() + "/events";
+  auto [other_cookie, other_csrf] = ConsoleLogin(*client_);
+  (void)other_csrf;
+  EventRead other = ReadEvents(server_->port(), {{"Cookie", other_cookie}}, path, "\n\n");
+  EXPECT_EQ(other.status, 404) << other.text;
+  EXPECT_EQ(other.text.find("event:"), std::string::npos);
+  EventRead none = ReadEvents(server_->port(), {}, path, "\n\n");
+  EXPECT_EQ(none.status, 401) << none.text;
+  // After logout the session's stream cannot be opened again.
+  ASSERT_EQ(client_->Post("/v1/console/logout", h, "", "application/json")->status, 200);
+  EventRead after = ReadEvents(server_->port(), {{"Cookie", cookie}}, path, "\n\n");
+  EXPECT_EQ(after.status, 401) << after.text;
+}
+
+TEST_F(HttpApiTest, OperatorReadsFlavorsAndTheNewestAuditProofsAndNothingElseMayRead) {
+  json good = {{"token", "op-secret"}};
+  auto ok = client_->Post("/v1/console/operator/login", good.dump(), "application/json");
+  ASSERT_EQ(ok->status, 200) << ok->body;
+  const std::string set_cookie = ok->get_header_value("Set-Cookie");
+  const httplib::Headers op = {{"Cookie", set_cookie.substr(0, set_cookie.find(';'))}};
+  auto flavors = client_->Get("/v1/operator/flavors", op);
+  ASSERT_EQ(flavors->status, 200) << flavors->body;
+  EXPECT_EQ(json::parse(flavors->body)["flavors"][0]["name"], "trusted-boot");
+  auto audit = client_->Get("/v1/operator/audit?limit=2", op);
+  ASSERT_EQ(audit->status, 200) << audit->body;
+  json a = json::parse(audit->body);
+  EXPECT_EQ(a["log_key"], "fake-log+00000000+AQ==");
+  ASSERT_EQ(a["proofs"].size(), 2u);  // the newest two of three, for the checkpoint's size
+  EXPECT_NE(a["proofs"][0].get<std::string>().find("index 1\n"), std::string::npos);
+  EXPECT_NE(a["proofs"][1].get<std::string>().find("index 2\n\nsize 3"), std::string::npos);
+  EXPECT_EQ(client_->Get("/v1/operator/audit?limit=0", op)->status, 400);
+  EXPECT_EQ(client_->Get("/v1/operator/audit?limit=51", op)->status, 400);
+  EXPECT_EQ(client_->Get("/v1/operator/audit?limit=x", op)->status, 400);
+  const size_t asked = kms_.proofs_asked().size();
+  // A customer's session, or none, reads neither (and makes the KMS do nothing).
+  auto [cookie, csrf] = ConsoleLogin(*client_);
+  (void)csrf;
+  // (A customer's session is no operator credential: 401.)
+  EXPECT_EQ(client_->Get("/v1/operator/flavors", {{"Cookie", cookie}})->status, 401);
+  EXPECT_EQ(client_->Get("/v1/operator/audit", {{"Cookie", cookie}})->status, 401);
+  EXPECT_NE(client_->Get("/v1/operator/audit")->status, 200);
+  EXPECT_EQ(kms_.proofs_asked().size(), asked);
+}
+
 }  // namespace
 }  // namespace vmseal::csp

@@ -185,6 +185,15 @@ class HttpsKmsClient final : public KmsClient {
     return client_->Post("/v1/migrations/rewrap", body);
   }
 
+  StatusOr<json> ListFlavors() override { return client_->Get("/v1/flavors"); }
+  StatusOr<json> AuditCheckpoint() override { return client_->Get("/v1/audit/checkpoint"); }
+  StatusOr<std::string> AuditInclusionProof(int64_t seq, int64_t size) override {
+    ASSIGN_OR_RETURN(json r, client_->Get("/v1/audit/proofs/inclusion?seq=" + std::to_string(seq) +
+                                          "&size=" + std::to_string(size)));
+    if (!r.contains("proof") || !r["proof"].is_string()) return DataLossError("KMS answer without a proof");
+    return r["proof"].get<std::string>();
+  }
+
   std::string CaCertificatePem() const override { return ca_pem_; }
 
  private:

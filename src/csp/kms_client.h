@@ -167,6 +167,24 @@ class KmsClient {
     return UnimplementedError("this KMS client relays no re-wrap");
   }
 
+  // Read-only views for the operator console (docs/console.md "Operator"),
+  // made with the portal's own KMS identity, whose role the KMS allows to
+  // read these and nothing that changes them:
+  // the flavor definitions (GET /v1/flavors): {"flavors": [{name, pcrs}]};
+  virtual StatusOr<nlohmann::json> ListFlavors() {
+    return UnimplementedError("this KMS client reads no flavors");
+  }
+  // the log's signed checkpoint and verifier key (GET /v1/audit/checkpoint);
+  virtual StatusOr<nlohmann::json> AuditCheckpoint() {
+    return UnimplementedError("this KMS client reads no audit checkpoint");
+  }
+  // record `seq`'s inclusion proof in the tree of `size` records, the
+  // record itself on its extra line (GET /v1/audit/proofs/inclusion).
+  virtual StatusOr<std::string> AuditInclusionProof(int64_t seq, int64_t size) {
+    (void)seq, (void)size;
+    return UnimplementedError("this KMS client reads no audit proofs");
+  }
+
   // The PEM certificate of the KMS CA (what customer certificates chain to).
   virtual std::string CaCertificatePem() const = 0;
 };

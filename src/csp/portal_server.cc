@@ -39,7 +39,7 @@ struct PortalServer::Impl {
   std::unique_ptr<HostRegistry> hosts;
   std::unique_ptr<Scheduler> scheduler;
   std::unique_ptr<JobManager> jobs;
-  ConsoleLogs console_logs;
+  std::unique_ptr<ConsoleLogs> console_logs;
   std::unique_ptr<AbuseGuard> guard;
   std::unique_ptr<net::HttpsServer> http;
   int port = 0;
@@ -231,7 +231,9 @@ StatusOr<std::unique_ptr<PortalServer>> PortalServer::Create(Options options,
   svc.hosts = impl->hosts.get();
   svc.store = impl->store.get();
   svc.operator_token = &impl->options.operator_token;
-  svc.console_logs = &impl->console_logs;
+  // The relayed serial consoles live beside the images (console_logs.h).
+  impl->console_logs = std::make_unique<ConsoleLogs>(impl->store.get());
+  svc.console_logs = impl->console_logs.get();
   svc.kms = kms;
   if (!impl->options.agent_binary_path.empty()) {
     // Opened once: a later replacement of the file on disk does not change

@@ -156,6 +156,12 @@ class FakePortal final : public PortalApi {
     deleted.push_back(vm_name);
     return OkStatus();
   }
+  Status ReportConsole(const std::string& vm_name, const std::string& text) override {
+    std::lock_guard<std::mutex> lock(mu);
+    if (!reachable || refuse_console) return UnavailableError("portal down");
+    consoles.emplace_back(vm_name, text);
+    return OkStatus();
+  }
   std::vector<std::string> Ended() {
     std::lock_guard<std::mutex> lock(mu);
     return ended;
@@ -174,6 +180,8 @@ class FakePortal final : public PortalApi {
   std::vector<PortalVmCommand> vm_commands;
   std::vector<std::string> ended, deleted;
   std::string last_end_text;
+  std::vector<std::pair<std::string, std::string>> consoles;  // (vm, text) relayed
+  bool refuse_console = false;
 };
 
 class HostServiceTest : public ::testing::Test {
@@ -529,6 +537,93 @@ TEST_F(HostServiceTest, AStartedJobComesAgainAsANewAttemptAndReplacesTheStoppedV
   EXPECT_EQ(agent_.deleted, std::vector<std::string>{"vm-job-1"});
   ASSERT_TRUE(agent_.vms.contains("vm-job-1"));
   EXPECT_EQ(agent_.vms["vm-job-1"].state, vm::VmRunState::kRunning);
+}
+
+// --- the serial-console relay (docs/console.md "Serial console") ---
+
+class ConsoleRelayTest : public HostServiceTest {
+ protected:
+  // A running VM whose serial log is `text` (a file under the test's dir).
+  void RunningVm(const std::string& name, const std::string& text,
+                 vm::VmRunState state = vm::VmRunState::kRunning) {
+    const std::string log = dir_.File(name + ".serial.log");
+    WriteLog(log, text);
+    vm::VmInfo v;
+    v.name = name;
+    v.serial_log_path = log;
+    v.state = state;
+    std::lock_guard<std::mutex> lock(agent_.mu);
+    agent_.vms[name] = v;
+  }
+  void WriteLog(const std::string& path, const std::string& text) {
+    vmseal::testing::WriteFileOrDie(path, text);
+  }
+  std::vector<std::pair<std::string, std::string>> Relayed() {
+    std::lock_guard<std::mutex> lock(portal_.mu);
+    return portal_.consoles;
+  }
+};
+
+TEST_F(ConsoleRelayTest, RelaysARunningVmsSerialLogOncePerGrowth) {
+  auto svc = Make();
+  RunningVm("vm-a", "booting\n");
+  ASSERT_OK(svc->PollOnce().status());
+  ASSERT_EQ(Relayed().size(), 1u);
+  EXPECT_EQ(Relayed()[0].first, "vm-a");
+  EXPECT_EQ(Relayed()[0].second, "booting\n");
+  // Unchanged log: nothing is sent again.
+  ASSERT_OK(svc->PollOnce().status());
+  EXPECT_EQ(Relayed().size(), 1u);
+  // The log grew: the new text is relayed.
+  WriteLog(dir_.File("vm-a.serial.log"), "booting\nMARKER-42\n");
+  ASSERT_OK(svc->PollOnce().status());
+  ASSERT_EQ(Relayed().size(), 2u);
+  EXPECT_EQ(Relayed()[1].second, "booting\nMARKER-42\n");
+}
+
+TEST_F(ConsoleRelayTest, RelaysOnlyTheLast16KiBOfALongLog) {
+  auto svc = Make();
+  const std::string head(40 << 10, 'h');
+  const std::string tail = std::string((16 << 10) - 4, 't') + "END\n";
+  RunningVm("vm-a", head + tail);
+  ASSERT_OK(svc->PollOnce().status());
+  ASSERT_EQ(Relayed().size(), 1u);
+  EXPECT_EQ(Relayed()[0].second.size(), size_t{16} << 10);
+  EXPECT_EQ(Relayed()[0].second, tail);
+}
+
+TEST_F(ConsoleRelayTest, StoppedVmsAndMissingLogsAreNotRelayed) {
+  auto svc = Make();
+  RunningVm("vm-stopped", "old text\n", vm::VmRunState::kStopped);
+  {
+    vm::VmInfo v;
+    v.name = "vm-nolog";
+    v.serial_log_path = dir_.File("absent.serial.log");
+    v.state = vm::VmRunState::kRunning;
+    std::lock_guard<std::mutex> lock(agent_.mu);
+    agent_.vms[v.name] = v;
+  }
+  ASSERT_OK(svc->PollOnce().status());
+  EXPECT_TRUE(Relayed().empty());
+}
+
+TEST_F(ConsoleRelayTest, AFailedReportIsRetriedAtTheNextPoll) {
+  auto svc = Make();
+  RunningVm("vm-a", "hello\n");
+  {
+    // The portal refuses the console report only (polls still answer).
+    std::lock_guard<std::mutex> lock(portal_.mu);
+    portal_.refuse_console = true;
+  }
+  ASSERT_OK(svc->PollOnce().status());
+  EXPECT_TRUE(Relayed().empty());
+  {
+    std::lock_guard<std::mutex> lock(portal_.mu);
+    portal_.refuse_console = false;
+  }
+  ASSERT_OK(svc->PollOnce().status());
+  ASSERT_EQ(Relayed().size(), 1u);
+  EXPECT_EQ(Relayed()[0].second, "hello\n");
 }
 
 }  // namespace

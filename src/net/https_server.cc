@@ -197,6 +197,10 @@ struct Route {
   // Streamed-body routes, with their own body limit.
   BodyHandler stream;
   uint64_t stream_max_body_bytes = 0;
+  // Server-sent event routes, their poll interval and lifetime.
+  EventHandler events;
+  int events_poll_ms = 500;
+  int events_max_seconds = 300;
 };
 
 template <typename H, typename Send>
@@ -585,6 +589,7 @@ class HttpsServer::Impl::Connection : public HttpsServer::Impl::ConnectionBase {
     if (route_ == nullptr) return Respond(impl_->Error(NotFoundError("no such route")));
     if (!AdmitAnonymous()) return;
     if (route_->file) return DispatchFile();
+    if (route_->events) return DispatchEvents();
     Submit([self = Self(), body = std::move(parser_->get().body())]() {
       Status admitted = self->Admit(self->request_);
       Answer answer = admitted.ok() ? self->route_->run(self->request_, body) : self->impl_->Error(admitted);
@@ -643,6 +648,88 @@ class HttpsServer::Impl::Connection : public HttpsServer::Impl::ConnectionBase {
       if (self->request_.method == "HEAD") self->file_end_ = self->file_offset_;
       self->NextFilePiece();
     });
+  }
+
+  // --- server-sent events ---
+  void DispatchEvents() {
+    Submit([self = Self()]() -> std::function<void()> {
+      Status admitted = self->Admit(self->request_);
+      StatusOr<std::unique_ptr<EventStream>> events =
+          admitted.ok() ? self->route_->events(self->request_) : StatusOr<std::unique_ptr<EventStream>>(admitted);
+      if (!events.ok()) {
+        Answer a = self->impl_->Error(events.status());
+        self->Complete(a.http_status);
+        return [self, a = std::move(a)]() mutable { self->Respond(std::move(a)); };
+      }
+      self->Complete(200);
+      return [self, e = std::shared_ptr<EventStream>(*std::move(events))]() mutable {
+        self->StartEvents(std::move(e));
+      };
+    });
+  }
+
+  void StartEvents(std::shared_ptr<EventStream> events) {
+    events_ = std::move(events);
+    keep_alive_ = false;
+    events_end_ = SteadyClock::now() + std::chrono::seconds(route_->events_max_seconds);
+    events_last_write_ = SteadyClock::now();
+    file_head_.emplace(http::status::ok, 11);
+    file_head_->set(http::field::content_type, "text/event-stream; charset=utf-8");
+    file_head_->set(http::field::cache_control, "no-store");
+    for (const auto& [k, v] : impl_->default_headers) file_head_->set(k, v);
+    file_head_->keep_alive(false);
+    file_serializer_.emplace(*file_head_);
+    stage_ = Stage::kWrite;
+    Tcp().expires_after(std::chrono::seconds(impl_->options.read_timeout_seconds));
+    http::async_write_header(stream_, *file_serializer_, [self = Self()](beast::error_code ec, size_t) {
+      if (ec) return self->Fail(ec);
+      self->file_serializer_.reset();
+      self->file_head_.reset();
+      self->NextEvents();
+    });
+  }
+
+  // Asks the stream on a worker; writes what it has (or a comment line when
+  // quiet for a while), then waits a poll interval.
+  void NextEvents() {
+    if (SteadyClock::now() >= events_end_) return EndEvents();
+    auto task = [self = Self()] {
+      bool done = false;
+      StatusOr<std::string> text = self->events_->Next(&done);
+      asio::post(self->executor(), [self, text = std::move(text), done]() mutable {
+        if (!text.ok()) return self->EndEvents();
+        std::string out = *std::move(text);
+        if (out.empty() && SteadyClock::now() - self->events_last_write_ >= kEventsQuietLimit) out = ": -\n\n";
+        if (out.empty()) return done ? self->EndEvents() : self->WaitEvents();
+        self->events_out_ = std::make_shared<std::string>(std::move(out));
+        self->Tcp().expires_after(std::chrono::seconds(self->impl_->options.read_timeout_seconds));
+        asio::async_write(self->stream_, asio::buffer(*self->events_out_),
+                          [self, done](beast::error_code ec, size_t) {
+                            if (ec) return self->Fail(ec);
+                            self->events_out_.reset();
+                            self->events_last_write_ = SteadyClock::now();
+                            if (done) return self->EndEvents();
+                            self->WaitEvents();
+                          });
+      });
+    };
+    if (!impl_->pool->SubmitContinuation(std::move(task))) Close();
+  }
+
+  void WaitEvents() {
+    Tcp().expires_never();
+    if (!events_timer_) events_timer_.emplace(executor());
+    events_timer_->expires_after(std::chrono::milliseconds(route_->events_poll_ms));
+    events_timer_->async_wait([self = Self()](beast::error_code ec) {
+      if (ec) return;
+      self->NextEvents();
+    });
+  }
+
+  void EndEvents() {
+    events_.reset();
+    impl_->table->SetBusy(id_, false);
+    CloseAfterAnswer();
   }
 
   // Reads the next piece on a worker (the store may be remote), writes it
@@ -817,6 +904,12 @@ class HttpsServer::Impl::Connection : public HttpsServer::Impl::ConnectionBase {
   uint64_t file_offset_ = 0, file_end_ = 0;
   std::optional<http::response<http::empty_body>> file_head_;
   std::optional<http::response_serializer<http::empty_body>> file_serializer_;
+  // A server-sent event stream in progress.
+  static constexpr auto kEventsQuietLimit = std::chrono::seconds(15);
+  std::shared_ptr<EventStream> events_;
+  std::shared_ptr<std::string> events_out_;
+  std::optional<asio::steady_timer> events_timer_;
+  SteadyClock::time_point events_end_, events_last_write_;
   // A streamed body in progress.
   std::shared_ptr<BodySink> sink_;
   uint64_t stream_left_ = 0;
@@ -1025,6 +1118,14 @@ void HttpsServer::Stream(const std::string& method, const std::string& path_rege
   Route r{method, path_regex, std::regex(path_regex)};
   r.stream = std::move(handler);
   r.stream_max_body_bytes = max_body_bytes;
+  impl_->routes.push_back(std::move(r));
+}
+
+void HttpsServer::GetEvents(const std::string& path_regex, EventHandler handler, int poll_ms, int max_seconds) {
+  Route r{"GET", path_regex, std::regex(path_regex)};
+  r.events = std::move(handler);
+  r.events_poll_ms = std::max(10, poll_ms);
+  r.events_max_seconds = std::max(1, max_seconds);
   impl_->routes.push_back(std::move(r));
 }
 

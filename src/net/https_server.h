@@ -117,6 +117,21 @@ class BodySink {
 // error to answer without reading the body.
 using BodyHandler = std::function<StatusOr<std::unique_ptr<BodySink>>(const Request&)>;
 
+// The events of one server-sent event stream (text/event-stream, HTML
+// "Server-sent events"), for GetEvents routes. The server calls Next on a
+// worker every poll interval, never two calls at once; Next must not block.
+class EventStream {
+ public:
+  virtual ~EventStream() = default;
+  // The text to send now: zero or more complete events ("id: ...\nevent:
+  // ...\ndata: ...\n\n"), or "" when nothing changed. Setting *done ends
+  // the stream after this text. An error ends it at once.
+  virtual StatusOr<std::string> Next(bool* done) = 0;
+};
+// Called with the request (after admission): the stream, or the error to
+// answer instead.
+using EventHandler = std::function<StatusOr<std::unique_ptr<EventStream>>(const Request&)>;
+
 class HttpsServer {
  public:
   struct Options {
@@ -213,6 +228,16 @@ class HttpsServer {
   // minimum byte rate as other bodies.
   void Stream(const std::string& method, const std::string& path_regex, BodyHandler handler,
               uint64_t max_body_bytes);
+
+  // GET answered with a server-sent event stream: `Content-Type:
+  // text/event-stream`, no Content-Length, `Connection: close`. Every
+  // `poll_ms` a worker asks the stream for new events (a worker is held
+  // only for that call; in between the connection holds a timer); a comment
+  // line goes out every 15 s without events (so a client that left is
+  // noticed), and the answer ends after `max_seconds` (an EventSource then
+  // reconnects by itself) or when the stream says done.
+  void GetEvents(const std::string& path_regex, EventHandler handler, int poll_ms = 500,
+                 int max_seconds = 300);
 
   // Runs on the worker before every handler (before a BodyHandler reads the
   // body): a non-OK status is the answer (e.g. a 429 rate limit). Set before

@@ -84,6 +84,8 @@ async function main() {
     const page = await context.newPage();
     const dialogs = [];
     page.on('dialog', (d) => { dialogs.push(d.message()); d.dismiss(); });
+    const eventUrls = [];
+    page.on('request', (r) => { if (r.url().includes('/events')) eventUrls.push(r.url()); });
     const cspViolations = [];
     page.on('console', (m) => { if (/Content Security Policy/i.test(m.text())) cspViolations.push(m.text()); });
     const axeSource = fs.readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8');
@@ -183,6 +185,11 @@ async function main() {
     // Launch; live status until running; the marker in the console view.
     await page.click('#launch-uploaded');
     await page.waitForSelector('#job-state');
+    await page.waitForSelector('#live-mode[data-mode]');
+    const liveMode = await page.getAttribute('#live-mode', 'data-mode');
+    check('the live job view gets server-sent events, with nothing secret in their URL',
+      liveMode === 'events' && eventUrls.length > 0 && eventUrls.every((u) => /\/v1\/jobs\/[A-Za-z0-9-]+\/events$/.test(u)),
+      JSON.stringify({ liveMode, eventUrls }));
     await shot('06-launching');
     try {
       await page.waitForFunction(() => document.getElementById('job-state')?.textContent === 'running', null, { timeout: 180000 });
@@ -235,6 +242,10 @@ async function main() {
       return { firstResumed, image: img.image_id };
     });
     check('an interrupted upload resumes at the portal\'s offset', resumed.firstResumed > 0, JSON.stringify(resumed));
+    // This launch's page cannot open its event stream (refused as when the
+    // portal has too many): it falls back to polling and still follows the job.
+    const refuseEvents = (r) => r.fulfill({ status: 503, contentType: 'application/json', body: '{"error":{"code":"UNAVAILABLE"}}' });
+    await page.route('**/v1/jobs/*/events', refuseEvents);
     await go('#/images');
     await page.click(`button[aria-label="Launch cli-vm"]`);
     await page.waitForSelector('#job-state');
@@ -244,6 +255,9 @@ async function main() {
     } catch {
       check('a package sealed by vmseal seal launches from the console', false, await page.textContent('#job-status'));
     }
+    const fallbackMode = await page.getAttribute('#live-mode', 'data-mode');
+    check('without an event stream the live job view polls instead', fallbackMode === 'polling', String(fallbackMode));
+    await page.unroute('**/v1/jobs/*/events', refuseEvents);
     // XSS: an image named like markup renders as text.
     const evil = '<img src=x onerror=alert(1)>';
     await go('#/upload');
@@ -271,6 +285,53 @@ async function main() {
     const events = await page.$$eval('.audit-event', (n) => n.map((x) => x.textContent));
     check('the customer\'s audit lists the key release of its image', events.includes('release.grant'),
       JSON.stringify(events));
+    const verdicts = await page.$$eval('.audit-verdict', (n) => n.map((x) => x.textContent));
+    const cpVerdicts = await page.$$eval('.checkpoint-verdict', (n) => n.map((x) => x.textContent));
+    check('the audit page verifies every inclusion proof and the checkpoint signature in the browser',
+      verdicts.length > 0 && verdicts.every((v) => v === 'verified') && cpVerdicts.length > 0 &&
+      cpVerdicts.every((v) => v.startsWith('Log checkpoint: signature verified')), JSON.stringify({ verdicts, cpVerdicts }));
+    // A man in the middle rewrites one record (its event) and, on another
+    // image's answer, the checkpoint's signature: the page says failed.
+    let recordTampered = false, checkpointTampered = false;
+    const tamper = async (route) => {
+      const res = await route.fetch();
+      const a = await res.json();
+      if ((a.proofs || []).length === 0) {
+        // untouched
+      } else if (!recordTampered) {
+        recordTampered = true;
+        const lines = a.proofs[0].split('\n');
+        const at = lines.findIndex((l) => l.startsWith('extra '));
+        const rec = Buffer.from(lines[at].slice(6), 'base64').toString('utf8').replace('"event":"', '"event":"x');
+        lines[at] = `extra ${Buffer.from(rec).toString('base64')}`;
+        a.proofs[0] = lines.join('\n');
+      } else if (!checkpointTampered) {
+        checkpointTampered = true;
+        const note = a.checkpoint;
+        const flip = note.lastIndexOf(' ') + 8;  // inside the signature's base64
+        const swapped = note.slice(0, flip) + (note[flip] === 'A' ? 'B' : 'A') + note.slice(flip + 1);
+        a.proofs = (a.proofs || []).map((p) => p.replace(note, swapped));
+        a.checkpoint = swapped;
+      }
+      await route.fulfill({ response: res, json: a });
+    };
+    await page.route('**/v1/images/*/audit', tamper);
+    await go('#/vms');
+    await go('#/audit');
+    // Per image with records: its proofs' verdicts and its checkpoint's.
+    const auditShown = (await page.$$eval('table', (ts) => ts.map((t) => ({
+      proofs: [...t.querySelectorAll('.audit-verdict')].map((x) => x.textContent),
+      cp: t.nextElementSibling && t.nextElementSibling.classList.contains('checkpoint-verdict') ? t.nextElementSibling.textContent : '',
+    })))).filter((x) => x.proofs.length > 0);
+    const tv = auditShown.map((x) => x.proofs), tcp = auditShown.map((x) => x.cp);
+    await shot('10b-audit-tampered');
+    check('a record rewritten on the way is shown failed, the others verified',
+      recordTampered && tv.length > 0 && /^failed: the record is not in the signed tree/.test(tv[0][0]) && tv[0].slice(1).every((v) => v === 'verified') &&
+      tcp[0].startsWith('Log checkpoint: signature verified'), JSON.stringify({ tv, tcp }));
+    check('a checkpoint whose signature was altered is shown failed, and no record is verified against it',
+      checkpointTampered && tcp.length >= 2 && (/^Log checkpoint: failed: checkpoint: the signature does not verify/.test(tcp[1]) &&
+      tv[1].every((v) => v.startsWith('failed'))), JSON.stringify({ tv, tcp }));
+    await page.unroute('**/v1/images/*/audit', tamper);
 
     // Operator pages.
     await go('#/login');
@@ -280,6 +341,13 @@ async function main() {
     const trust = await page.$$eval('table tbody tr', (rows) => rows.map((r) => [...r.cells].map((c) => c.textContent)));
     const hostB = trust.find((r) => r[0] === 'host-b');
     check('the operator page shows host-b untrusted with its reason', hostB && hostB[2] === 'untrusted' && /pcr/.test(hostB[4]), JSON.stringify(trust.slice(0, 3)));
+    const flavorNames = await page.$$eval('.flavor-name', (n) => n.map((x) => x.textContent));
+    check('the operator page shows the KMS flavor definitions', flavorNames.includes('demo-good'), JSON.stringify(flavorNames));
+    const kmsVerdicts = await page.$$eval('.kms-audit-verdict', (n) => n.map((x) => x.textContent));
+    const kmsCp = await page.textContent('.kms-checkpoint-verdict').catch(() => '');
+    check('the operator page shows the KMS-wide audit log, each proof and the checkpoint verified in the browser',
+      kmsVerdicts.length > 0 && kmsVerdicts.every((v) => v === 'verified') && kmsCp.startsWith('Log checkpoint: signature verified'),
+      JSON.stringify({ kmsVerdicts: kmsVerdicts.slice(0, 3), kmsCp }));
     await page.click('table tbody tr button');
     await page.waitForSelector('#placement-detail table');
     await shot('11-operator');
@@ -329,6 +397,8 @@ async function byteExact() {
     });
     await new Promise((r) => server.listen(0, '127.0.0.1', r));
     await page.goto(`http://localhost:${server.address().port}/`);
+    const workerUrls = [];
+    page.on('worker', (w) => workerUrls.push(w.url()));
     for (const name of ['rsa', 'x25519']) {
       const out = await page.evaluate(async ({ plainB64, pub, pem, cert }) => {
         const { sealPackage, importSigningKey } = await import('/console/js/seal.js');
@@ -356,6 +426,10 @@ async function byteExact() {
       try { execFileSync(VMSEAL, ['unseal', badOva, '--key', path.join(dir, `${name}.pem`), '-o', path.join(dir, `${name}-bad`)], { stdio: 'pipe' }); } catch { refused = true; }
       check(`a changed byte of the Chromium-sealed ${name} package is refused`, refused && !fs.existsSync(path.join(dir, `${name}-bad`)));
     }
+    const sealWorkers = workerUrls.filter((u) => u.endsWith('/seal_worker.js')).length;
+    const hashWorkers = workerUrls.filter((u) => u.endsWith('/hash_worker.js')).length;
+    check('the chunks were sealed in several Web Workers and the manifest digest made in another',
+      sealWorkers >= 4 && hashWorkers >= 2, JSON.stringify({ sealWorkers, hashWorkers }));
     server.close();
   } finally {
     await browser.close();

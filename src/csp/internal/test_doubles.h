@@ -227,9 +227,28 @@ class FakeKmsClient final : public KmsClient {
     std::lock_guard<std::mutex> lock(mu_);
     signing_keys_[key.customer_id] = key;
   }
+  // Read-only operator views: one flavor, a log of three records.
+  StatusOr<nlohmann::json> ListFlavors() override {
+    return nlohmann::json{{"flavors", {{{"name", "trusted-boot"}, {"pcrs", {{"sha256:0", "00"}}}}}}};
+  }
+  StatusOr<nlohmann::json> AuditCheckpoint() override {
+    return nlohmann::json{{"checkpoint", "fake-log\n3\nAAAA\n\n\u2014 fake-log c2ln\n"}, {"log_key", "fake-log+00000000+AQ=="}};
+  }
+  StatusOr<std::string> AuditInclusionProof(int64_t seq, int64_t size) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    proofs_asked_.push_back(seq);
+    return "c2sp.org/tlog-proof@v1\nextra e30=\nindex " + std::to_string(seq - 1) + "\n\nsize " +
+           std::to_string(size) + "\n";
+  }
+  std::vector<int64_t> proofs_asked() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return proofs_asked_;
+  }
+
   std::string CaCertificatePem() const override { return ca_ ? ca_->cert.ToPem() : ""; }
 
  private:
+  std::vector<int64_t> proofs_asked_;
   std::unique_ptr<crypto::CertificateAuthority> ca_;
   std::mutex mu_;
   std::map<std::string, HostEligibility> hosts_;

@@ -7,11 +7,14 @@ import { hex } from './sha256.js';
 import { pemBlock } from './bytes.js';
 import { readTag } from './tag.js';
 import { uploadPackage } from './upload.js';
+import { verifyAuditPage } from './audit_verify.js';
 
 const $ = (id) => document.getElementById(id);
 const session = { customerId: '', operator: false };
 let lastSealed = null;  // {blob, name, ...} of the last package sealed here
 let poller = null;
+// Closes the live job page's event stream (set while it is open).
+let liveStop = null;
 
 function status(text, kind = '') {
   const s = $('status');
@@ -248,6 +251,8 @@ async function vmsPage(page, jobId) {
       el('button', { type: 'button', text: 'Start', on: { click: () => vmAction(jobId, 'start') } }), ' ',
       el('button', { type: 'button', class: 'secondary', text: 'Delete', on: { click: () => vmAction(jobId, 'delete') } }));
     page.append(el('h2', { text: 'Job status (live)' }), live, actions, el('h2', { text: 'Serial console' }), log);
+    const mode = el('p', { id: 'live-mode', text: '' });
+    page.insertBefore(mode, live);
     const tick = async () => {
       try {
         const j = await get(`/v1/jobs/${encodeURIComponent(jobId)}`);
@@ -260,8 +265,33 @@ async function vmsPage(page, jobId) {
         }
       } catch (e) { fail(e); }
     };
-    await tick();
-    poller = setInterval(tick, 1000);
+    const poll = async () => {
+      mode.textContent = 'Updates: polling every second';
+      mode.setAttribute('data-mode', 'polling');
+      await tick();
+      if (location.hash === `#/vms/${jobId}` && !poller) poller = setInterval(tick, 1000);
+    };
+    // Live: server-sent events from GET /v1/jobs/{id}/events (the session
+    // cookie goes with it; nothing secret in the URL). When the stream
+    // cannot be opened (no EventSource, refused, too many streams) the page
+    // polls instead.
+    if (typeof EventSource === 'undefined') { await poll(); return; }
+    const es = new EventSource(`/v1/jobs/${encodeURIComponent(jobId)}/events`);
+    liveStop = () => es.close();
+    es.addEventListener('job', (e) => {
+      mode.textContent = 'Updates: live (server-sent events)';
+      mode.setAttribute('data-mode', 'events');
+      clear(live).append(jobView(JSON.parse(e.data)));
+    });
+    es.addEventListener('console', (e) => { log.textContent = JSON.parse(e.data).text; });
+    es.addEventListener('gone', () => { es.close(); liveStop = null; status('This job is gone.'); });
+    es.onerror = () => {
+      // CONNECTING: the browser reconnects by itself (the portal ends each
+      // stream after a few minutes). CLOSED: refused; poll instead.
+      if (es.readyState !== EventSource.CLOSED) return;
+      liveStop = null;
+      if (location.hash === `#/vms/${jobId}`) poll();
+    };
     return;
   }
   const { jobs } = await get('/v1/jobs');
@@ -306,15 +336,18 @@ async function sealPage(page) {
         const r = await sealPackage(disk.files[0], {
           recipientPem: k.public_key_pem, tenant: session.customerId, signingKey,
           signingCertPem: k.signing_key.cert_pem, name: name.value, chunkBytes: DEFAULT_CHUNK_BYTES,
-          cpus: Number(cpus.value) || 2, memoryMib: Number(memory.value) || 2048,
+          cpus: Number(cpus.value) || 2, memoryMib: Number(memory.value) || 2048, ovaSha256: true,
           progress: (done, total) => { bar.max = String(total || 1); bar.value = String(done); },
         });
         const seconds = (performance.now() - t0) / 1000;
         lastSealed = r;
-        // The package's digest, for comparing with the downloaded file:
-        // computed after sealing (not part of it).
-        const sealedHash = el('code', { id: 'sealed-sha256-pending', text: 'computing...' });
-        sha256File(r.blob).then((h) => { sealedHash.textContent = h; sealedHash.id = 'sealed-sha256'; });
+        // The package's digest, for comparing with the downloaded file (and
+        // for the upload's commit): computed in a Worker while sealing.
+        const sealedHash = el('code', { id: 'sealed-sha256', text: r.sha256 || '' });
+        if (!r.sha256) {
+          sealedHash.id = 'sealed-sha256-pending';
+          sha256File(r.blob).then((h) => { sealedHash.textContent = h; sealedHash.id = 'sealed-sha256'; });
+        }
         clear(out).append(el('dl', {},
           el('dt', { text: 'Package' }), el('dd', {}, download(r.name, r.blob)),
           el('dt', { text: 'Size' }), el('dd', { id: 'sealed-size', text: String(r.blob.size) }),
@@ -343,11 +376,11 @@ function uploadPage(page) {
   const bar = el('progress', { id: 'upload-progress', max: '1', value: '0', 'aria-label': 'Upload progress' });
   const out = el('div', { id: 'upload-result' });
   let controller = null;
-  const run = async (blob) => {
+  const run = async (blob, sha256 = null) => {
     controller = new AbortController();
     const t0 = performance.now();
     try {
-      const img = await uploadPackage(blob, name.value || blob.name, { signal: controller.signal,
+      const img = await uploadPackage(blob, name.value || blob.name, { signal: controller.signal, sha256,
         progress: (sent, total) => { bar.max = String(total || 1); bar.value = String(sent); } });
       clear(out).append(el('p', { class: 'ok' }, 'Uploaded image ', el('code', { id: 'uploaded-image-id', text: img.image_id }),
         ` in ${((performance.now() - t0) / 1000).toFixed(3)} s `,
@@ -362,7 +395,7 @@ function uploadPage(page) {
     el('p', { text: 'A package sealed here or by `vmseal seal` (an .ova). An interrupted upload resumes where the portal has it.' }),
     el('form', { id: 'upload-form', on: { submit: (ev) => {
       ev.preventDefault();
-      if (file.files[0]) run(file.files[0]); else if (lastSealed) run(Object.assign(lastSealed.blob, { name: lastSealed.name }));
+      if (file.files[0]) run(file.files[0]); else if (lastSealed) run(Object.assign(lastSealed.blob, { name: lastSealed.name }), lastSealed.sha256);
       else fail(new Error('choose a package'));
     } } },
     el('label', { for: 'upload-file' }, 'Package (.ova)', file),
@@ -375,19 +408,29 @@ function uploadPage(page) {
 // --- the customer's audit: key releases of their images ---
 async function auditPage(page) {
   if (!requireLogin(page)) return;
-  const { images } = await get('/v1/images');
-  page.append(el('h2', { text: 'Key releases of your images' }));
+  const [{ images }, key] = await Promise.all([get('/v1/images'), get('/v1/customer/key')]);
+  page.append(el('h2', { text: 'Key releases of your images' }),
+    el('p', { text: 'Each record\'s inclusion proof and the log checkpoint\'s signature are verified here, in this browser ' +
+      '(the log key must be endorsed by the KMS CA whose fingerprint the downloads page shows; compare it with your own copy). ' +
+      'vmseal customer audit IMAGE --kms-ca kms-ca.pem checks the same on the command line.' }));
   for (const i of images) {
     try {
       const a = await get(`/v1/images/${encodeURIComponent(i.tagged_image_id || i.image_id)}/audit`);
-      // Each proof carries its record (docs/format/audit-log.md §6.1); the
-      // CLI (`vmseal customer audit`) verifies the proofs, the page shows them.
-      const records = (a.proofs || []).map(auditRecord).filter(Boolean);
-      const rows = records.map((r) => [String(r.seq), when(r.time), el('code', { class: 'audit-event', text: r.event }),
-        r.subject || '', el('code', { text: JSON.stringify(r.details || {}) })]);
-      page.append(table(`Image ${i.name}`, ['#', 'Time', 'Event', 'Subject', 'Details'], rows));
-      if (a.checkpoint) page.append(el('p', { text: 'Log checkpoint (signed by the KMS log key; verify with vmseal customer audit IMAGE --kms-ca kms-ca.pem):' }),
-        el('pre', { class: 'checkpoint', text: a.checkpoint }));
+      const v = await verifyAuditPage(a, key.kms_ca_cert_pem || '');
+      // A record that fails its proof is still shown (decoded from the
+      // proof's extra line), marked failed.
+      const rows = (a.proofs || []).map((proof, n) => {
+        const r = v.records[n].record || auditRecord(proof) || {};
+        const verdict = v.records[n].ok ? el('span', { class: 'ok audit-verdict', text: 'verified' })
+          : el('span', { class: 'error audit-verdict', text: `failed: ${v.records[n].error}` });
+        return [String(r.seq ?? ''), when(r.time), el('code', { class: 'audit-event', text: r.event || '' }),
+          r.subject || '', el('code', { text: JSON.stringify(r.details || {}) }), verdict];
+      });
+      page.append(table(`Image ${i.name}`, ['#', 'Time', 'Event', 'Subject', 'Details', 'Inclusion proof'], rows));
+      page.append(el('p', { class: v.checkpoint.ok ? 'ok checkpoint-verdict' : 'error checkpoint-verdict',
+        text: v.checkpoint.ok ? `Log checkpoint: signature verified (log key endorsed by the KMS CA; ${v.checkpoint.size} records in the log)`
+          : `Log checkpoint: failed: ${v.checkpoint.error}` }));
+      if (a.checkpoint) page.append(el('pre', { class: 'checkpoint', text: a.checkpoint }));
     } catch (e) {
       page.append(el('p', { class: 'error' }, `Image ${i.name}: `, e.message));
     }
@@ -443,6 +486,41 @@ async function operatorPage(page) {
         } catch (e) { fail(e); }
       } } })]);
   page.append(el('h2', { text: 'Jobs and placement' }), table('All jobs', ['Job', 'Customer', 'State', 'Host', 'Placement'], jobRows), detail);
+  await operatorKmsViews(page);
+}
+
+// The KMS as the operator sees it through the portal, read-only (the
+// portal's own KMS identity may read these, change none): flavor
+// definitions, and the newest audit records, each proof and the checkpoint
+// verified here.
+async function operatorKmsViews(page) {
+  page.append(el('h2', { text: 'Flavors (KMS)' }));
+  try {
+    const { flavors } = await get('/v1/operator/flavors', { operator: true });
+    const rows = (flavors || []).map((f) => [el('code', { class: 'flavor-name', text: f.name }),
+      el('code', { text: Object.entries(f.pcrs || {}).map(([k, v]) => `${k}: ${v}`).join('\n') })]);
+    page.append(table('Flavor definitions (expected PCR values)', ['Flavor', 'PCRs'], rows));
+  } catch (e) {
+    page.append(el('p', { class: 'error', text: `Flavors: ${e.message}` }));
+  }
+  page.append(el('h2', { text: 'KMS audit log (newest records)' }));
+  try {
+    const a = await get('/v1/operator/audit?limit=20', { operator: true });
+    const v = await verifyAuditPage(a, null);
+    const rows = (a.proofs || []).map((proof, n) => {
+      const r = v.records[n].record || auditRecord(proof) || {};
+      const verdict = v.records[n].ok ? el('span', { class: 'ok kms-audit-verdict', text: 'verified' })
+        : el('span', { class: 'error kms-audit-verdict', text: `failed: ${v.records[n].error}` });
+      return [String(r.seq ?? ''), when(r.time), el('code', { text: r.event || '' }), r.subject || '', verdict];
+    }).reverse();
+    page.append(el('p', { class: v.checkpoint.ok ? 'ok kms-checkpoint-verdict' : 'error kms-checkpoint-verdict',
+      text: v.checkpoint.ok ? `Log checkpoint: signature verified with log key ${a.log_key} (${v.checkpoint.size} records; compare the key with vmseal kms audit)`
+        : `Log checkpoint: failed: ${v.checkpoint.error}` }),
+    table('Newest KMS audit records, each with its inclusion proof', ['#', 'Time', 'Event', 'Subject', 'Inclusion proof'], rows),
+    el('pre', { class: 'checkpoint', text: a.checkpoint || '' }));
+  } catch (e) {
+    page.append(el('p', { class: 'error', text: `KMS audit log: ${e.message}` }));
+  }
 }
 
 const pages = {
@@ -458,6 +536,7 @@ const pages = {
 
 async function route() {
   if (poller) { clearInterval(poller); poller = null; }
+  if (liveStop) { liveStop(); liveStop = null; }
   const [, name = 'login', arg] = location.hash.split('/');
   const [title, render] = pages[name] || pages.login;
   $('title').textContent = title;

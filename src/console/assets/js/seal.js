@@ -7,6 +7,7 @@ import { base64, concat, ecdsaRawToDer, pemBlock, str, toPem, u32be, u64be, utf8
 import { Sha256, hex } from './sha256.js';
 import { tarEnd, tarHeader, tarPadding } from './tar.js';
 import { descriptorText } from './descriptor.js';
+import { HashWorker, sealChunksInWorkers } from './workers.js';
 
 const subtle = globalThis.crypto.subtle;
 
@@ -48,8 +49,10 @@ function nonce(i, last) {
 }
 
 // One sealed-image stream (stream.md) over `file` (a Blob), handed to
-// `sink(bytes)` in order; `progress(done)` after each chunk.
-export async function sealStream(file, dataKey, context, chunkBytes, sink, progress = () => {}) {
+// `sink(bytes)` in order; `progress(done)` after each chunk. `workers`:
+// true (one per core, js/workers.js), a number of Workers, or false (all
+// on the page's thread).
+export async function sealStream(file, dataKey, context, chunkBytes, sink, progress = () => {}, workers = true) {
   const salt = crypto.getRandomValues(new Uint8Array(32));
   const prefix = concat(MAGIC, u32be(1), u32be(chunkBytes), salt);
   const ctx = concat(str(context.imageId), str(context.tenant), u64be(context.keyVersion));
@@ -60,7 +63,16 @@ export async function sealStream(file, dataKey, context, chunkBytes, sink, progr
   await sink(concat(prefix, commitment));
   const size = file.size;
   const n = Math.max(1, Math.ceil(size / chunkBytes));
-  // A few chunks in flight: reading the next slices while WebCrypto seals.
+  if (workers && typeof Worker !== 'undefined') {
+    // Chunks sealed in parallel in Workers, handed on in order.
+    await sealChunksInWorkers(file, key, chunkBytes, n, async (sealed, i) => {
+      await sink(sealed);
+      progress(Math.min(size, (i + 1) * chunkBytes));
+    }, { count: workers === true ? undefined : workers });
+    return;
+  }
+  // On the page's thread: a few chunks in flight, reading the next slices
+  // while WebCrypto seals.
   const depth = 4;
   const pending = [];
   const start = (i) => (async () => {
@@ -129,9 +141,10 @@ function diskNameFor(file) {
 
 // Seals `file` into an OVA Blob. opts: {recipientPem, tenant, imageId?,
 // signingKey (CryptoKey) , signingCertPem, name, chunkBytes?, cpus?,
-// memoryMib?, progress?(done, total)}. Returns {blob, name, imageId,
-// keyId}. (The OVA's own SHA-256 is not computed here: sha256File when
-// wanted; the upload computes it anyway.)
+// memoryMib?, progress?(done, total), workers? (true: chunks sealed in
+// Workers, the default; a number; false: on the page's thread),
+// ovaSha256? (also the OVA's SHA-256, in a Worker)}. Returns {blob, name,
+// imageId, keyId, sha256 (hex, or null without ovaSha256)}.
 export async function sealPackage(file, opts) {
   const tenant = opts.tenant;
   const imageId = opts.imageId || crypto.randomUUID();
@@ -160,7 +173,11 @@ export async function sealPackage(file, opts) {
     // keep them in its blob store (on disk when large), not in the JS heap.
     const blobs = [];
     let parts = [], partBytes = 0;
+    // The OVA's own SHA-256 (opts.ovaSha256: for the upload's commit, so it
+    // need not read the package again) in a second Worker.
+    const ovaHash = opts.ovaSha256 && typeof Worker !== 'undefined' ? new HashWorker() : null;
     const put = (b) => {
+      if (ovaHash) ovaHash.update(b);
       parts.push(b);
       partBytes += b.length;
       if (partBytes >= 64 << 20) { blobs.push(new Blob(parts)); parts = []; partBytes = 0; }
@@ -168,12 +185,17 @@ export async function sealPackage(file, opts) {
     const member = (name, bytes) => { put(tarHeader(name, bytes.length)); put(bytes); put(tarPadding(bytes.length)); };
     member(`${stem}.ovf`, descriptor);
     put(tarHeader(href, sealedSize));
-    const fileHash = new Sha256();
+    // The manifest's digest of the sealed file, in its own Worker while the
+    // chunks are sealed in others.
+    const useWorkers = opts.workers !== false && typeof Worker !== 'undefined';
+    const fileHash = useWorkers ? new HashWorker() : new Sha256();
     await sealStream(file, dataKey, { imageId: `${imageId}/file1`, tenant, keyVersion: 1 }, chunkBytes,
-      (b) => { fileHash.update(b); put(b); }, (done) => opts.progress && opts.progress(done, file.size));
+      (b) => { fileHash.update(b); put(b); }, (done) => opts.progress && opts.progress(done, file.size),
+      useWorkers ? (opts.workers || true) : false);
+    const fileDigest = useWorkers ? await fileHash.digest() : hex(fileHash.digest());
     put(tarPadding(sealedSize));
     const descriptorHash = new Sha256().update(descriptor).digest();
-    const manifest = utf8.encode(`SHA256(${stem}.ovf)= ${hex(descriptorHash)}\nSHA256(${href})= ${hex(fileHash.digest())}\n`);
+    const manifest = utf8.encode(`SHA256(${stem}.ovf)= ${hex(descriptorHash)}\nSHA256(${href})= ${fileDigest}\n`);
     member(`${stem}.mf`, manifest);
     if (opts.signingKey) {
       const sig = await signDer(opts.signingKey, manifest);
@@ -182,7 +204,7 @@ export async function sealPackage(file, opts) {
     }
     put(tarEnd());
     return { blob: new Blob([...blobs, ...parts], { type: 'application/x-tar' }), name: `${stem}.ova`, imageId,
-             keyId: recipient.keyId };
+             keyId: recipient.keyId, sha256: ovaHash ? await ovaHash.digest() : null };
   } finally {
     dataKey.fill(0);
   }
@@ -210,8 +232,9 @@ export async function newSigningKey() {
   return { privatePem: toPem(pkcs8, 'PRIVATE KEY'), publicPem: toPem(spki, 'PUBLIC KEY'), proof: base64(proof) };
 }
 
-// SHA-256 of a Blob, streamed (for commit of an uploaded package).
+// SHA-256 of a Blob, streamed (in a Worker where there are Workers).
 export async function sha256File(blob, progress = () => {}) {
+  if (typeof Worker !== 'undefined') return HashWorker.blob(blob, progress);
   const h = new Sha256();
   const step = 8 << 20;
   for (let a = 0; a < blob.size; a += step) {

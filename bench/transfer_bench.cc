@@ -117,6 +117,8 @@ double CpuSeconds(int who) {
 // CPU seconds (user + system) of the last TimeCommand: the command's own
 // (the client) and this process's (the in-process portal) while it ran.
 double last_client_cpu = 0, last_portal_cpu = 0;
+// Seconds of each curl commit POST (the portal's commit: seal, publish, list).
+std::vector<double> commit_seconds;
 
 // Seconds a shell command takes; dies when it fails.
 double TimeCommand(const std::string& cmd) {
@@ -226,10 +228,12 @@ int Main(int argc, char** argv) {
                                  "?offset=0' -o /dev/null");
     if (!commit) return s;
     const std::string body = json{{"name", "curl"}}.dump();
-    return s + TimeCommand("curl -sS -f --cacert " + file("ca.pem") +
-                           " -H 'Authorization: Bearer " + token + "'" +
-                           " -H 'Content-Type: application/json' -d '" + body + "' '" + url +
-                           "/v1/uploads/" + id + "/commit' -o /dev/null");
+    const double c = TimeCommand("curl -sS -f --cacert " + file("ca.pem") +
+                                 " -H 'Authorization: Bearer " + token + "'" +
+                                 " -H 'Content-Type: application/json' -d '" + body + "' '" +
+                                 url + "/v1/uploads/" + id + "/commit' -o /dev/null");
+    commit_seconds.push_back(c);
+    return s + c;
   };
   auto ours_upload = [&] {
     return TimeCommand(vmseal + " customer --portal " + url + " --ca-cert " + file("ca.pem") +
@@ -268,6 +272,11 @@ int Main(int argc, char** argv) {
               cpu_client_curl.Median(), cpu_client_curl.Min(), cpu_client_curl.Max(),
               cpu_portal_ours.Median(), cpu_portal_ours.Min(), cpu_portal_ours.Max(),
               cpu_portal_curl.Median(), cpu_portal_curl.Min(), cpu_portal_curl.Max());
+  {
+    Series commits{commit_seconds};
+    std::printf("commit POST (curl, the portal's seal + publish + listing), s: %.3f (%.3f..%.3f)\n",
+                commits.Median(), commits.Min(), commits.Max());
+  }
   std::fflush(stdout);
   const std::string image_id = [&] {
     std::ifstream in(file("upload.out"));

@@ -21,6 +21,7 @@
 // its package check and the KMS are stand-ins (not measured here).
 #include <httplib.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -106,11 +107,28 @@ void Issue(const kms::internal::CertAndKey& ca, const std::string& dir, const st
       0600));
 }
 
+double CpuSeconds(int who) {
+  struct rusage u;
+  ::getrusage(who, &u);
+  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+         static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
+}
+
+// CPU seconds (user + system) of the last TimeCommand: the command's own
+// (the client) and this process's (the in-process portal) while it ran.
+double last_client_cpu = 0, last_portal_cpu = 0;
+// Seconds of each curl commit POST (the portal's commit: seal, publish, list).
+std::vector<double> commit_seconds;
+
 // Seconds a shell command takes; dies when it fails.
 double TimeCommand(const std::string& cmd) {
+  const double child0 = CpuSeconds(RUSAGE_CHILDREN), self0 = CpuSeconds(RUSAGE_SELF);
   const auto t = Clock::now();
   if (std::system(cmd.c_str()) != 0) Die("failed: " + cmd);
-  return std::chrono::duration<double>(Clock::now() - t).count();
+  const double s = std::chrono::duration<double>(Clock::now() - t).count();
+  last_client_cpu = CpuSeconds(RUSAGE_CHILDREN) - child0;
+  last_portal_cpu = CpuSeconds(RUSAGE_SELF) - self0;
+  return s;
 }
 
 template <typename F>
@@ -210,10 +228,12 @@ int Main(int argc, char** argv) {
                                  "?offset=0' -o /dev/null");
     if (!commit) return s;
     const std::string body = json{{"name", "curl"}}.dump();
-    return s + TimeCommand("curl -sS -f --cacert " + file("ca.pem") +
-                           " -H 'Authorization: Bearer " + token + "'" +
-                           " -H 'Content-Type: application/json' -d '" + body + "' '" + url +
-                           "/v1/uploads/" + id + "/commit' -o /dev/null");
+    const double c = TimeCommand("curl -sS -f --cacert " + file("ca.pem") +
+                                 " -H 'Authorization: Bearer " + token + "'" +
+                                 " -H 'Content-Type: application/json' -d '" + body + "' '" +
+                                 url + "/v1/uploads/" + id + "/commit' -o /dev/null");
+    commit_seconds.push_back(c);
+    return s + c;
   };
   auto ours_upload = [&] {
     return TimeCommand(vmseal + " customer --portal " + url + " --ca-cert " + file("ca.pem") +
@@ -221,15 +241,43 @@ int Main(int argc, char** argv) {
                        " --name bench > " + file("upload.out"));
   };
   Series up_curl, up_ours, upc_curl;
+  // CPU seconds per upload: client (the command) and portal (this process).
+  Series cpu_client_curl, cpu_portal_curl, cpu_client_ours, cpu_portal_ours;
+  auto run_curl = [&] {
+    const double s = curl_upload(false);
+    cpu_client_curl.s.push_back(last_client_cpu);
+    cpu_portal_curl.s.push_back(last_portal_cpu);
+    return s;
+  };
+  auto run_ours = [&] {
+    const double s = ours_upload();
+    cpu_client_ours.s.push_back(last_client_cpu);
+    cpu_portal_ours.s.push_back(last_portal_cpu);
+    return s;
+  };
   (void)curl_upload(false);  // warm-up (page cache, portal store)
   for (int i = 0; i < rounds; ++i) {
-    up_curl.s.push_back(curl_upload(false));
-    up_ours.s.push_back(ours_upload());
-    up_ours.s.push_back(ours_upload());
-    up_curl.s.push_back(curl_upload(false));
+    up_curl.s.push_back(run_curl());
+    up_ours.s.push_back(run_ours());
+    up_ours.s.push_back(run_ours());
+    up_curl.s.push_back(run_curl());
     upc_curl.s.push_back(curl_upload(true));
     upc_curl.s.push_back(curl_upload(true));
   }
+  PrintPair("customer upload (binary)", up_ours, up_curl, mib);
+  PrintPair("  vs curl PUT + commit", up_ours, upc_curl, mib);
+  std::printf("upload CPU s, median (min..max): client ours %.2f (%.2f..%.2f) curl %.2f "
+              "(%.2f..%.2f); portal with ours %.2f (%.2f..%.2f) with curl %.2f (%.2f..%.2f)\n",
+              cpu_client_ours.Median(), cpu_client_ours.Min(), cpu_client_ours.Max(),
+              cpu_client_curl.Median(), cpu_client_curl.Min(), cpu_client_curl.Max(),
+              cpu_portal_ours.Median(), cpu_portal_ours.Min(), cpu_portal_ours.Max(),
+              cpu_portal_curl.Median(), cpu_portal_curl.Min(), cpu_portal_curl.Max());
+  {
+    Series commits{commit_seconds};
+    std::printf("commit POST (curl, the portal's seal + publish + listing), s: %.3f (%.3f..%.3f)\n",
+                commits.Median(), commits.Min(), commits.Max());
+  }
+  std::fflush(stdout);
   const std::string image_id = [&] {
     std::ifstream in(file("upload.out"));
     std::string id;
@@ -258,7 +306,11 @@ int Main(int argc, char** argv) {
                 .package_sha256_hex = (*jobs)[0].package_sha256_hex};
   const std::string package_url = url + "/v1/hosts/jobs/" + job.job_id + "/package";
 
+  // The host keeps its lease (the portal gives the job to another host
+  // after --lease-seconds without word from it).
+  auto keep_lease = [&] { CHECK_OK((*pc)->Heartbeat()); };
   auto curl_fetch = [&] {
+    keep_lease();
     const double s = TimeCommand("curl -sS -f --cacert " + file("ca.pem") + " --cert " +
                                  file("host.crt") + " --key " + file("host.key") + " -o " +
                                  file("curl.out") + " '" + package_url + "'");
@@ -266,6 +318,7 @@ int Main(int argc, char** argv) {
     return s;
   };
   auto ours_fetch = [&] {
+    keep_lease();
     const double s = TimeCall([&] { CHECK_OK((*pc)->Fetch(job, file("fetch.out"))); });
     std::filesystem::remove(file("fetch.out"));
     return s;
@@ -276,6 +329,7 @@ int Main(int argc, char** argv) {
   ro.cert_file = file("host.crt");
   ro.key_file = file("host.key");
   auto ours_ranges = [&] {
+    keep_lease();
     const double s = TimeCall([&] {
       auto src = nbd_export::NewHttpsRangeSource(ro);
       CHECK_OK(src);

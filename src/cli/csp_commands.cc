@@ -29,7 +29,7 @@ class UnverifiedPackageVerifier final : public csp::PackageVerifier {
 };
 
 struct ServeFlags {
-  std::string data_dir, listen = "127.0.0.1", tls_cert, tls_key, client_ca;
+  std::string data_dir, objects_dir, listen = "127.0.0.1", tls_cert, tls_key, client_ca;
   int port = 8443;
   std::string s3_endpoint, s3_bucket, s3_region = "us-east-1", s3_access_key_id;
   std::string operator_token_file, port_file;
@@ -46,6 +46,7 @@ struct ServeFlags {
 Status Serve(const ServeFlags& f) {
   csp::PortalServer::Options o;
   o.data_dir = f.data_dir;
+  o.objects_dir = f.objects_dir;
   o.bind_address = f.listen;
   o.port = f.port;
   o.tls_cert_file = f.tls_cert;
@@ -193,6 +194,9 @@ void AddCspCommands(CLI::App& app, const CommandSink& sink) {
   CLI::App* serve = csp->add_subcommand("serve", "Run the portal until SIGINT/SIGTERM");
   serve->add_option("--data-dir", flags->data_dir, "Database, objects and upload staging")
       ->required();
+  serve->add_option("--objects-dir", flags->objects_dir,
+                    "Filesystem object store and upload stagings (default DATA_DIR/objects); "
+                    "replicas on one machine may share it");
   serve->add_option("--listen", flags->listen, "Address to bind (default 127.0.0.1)");
   serve->add_option("--port", flags->port, "TCP port, 0 for any (default 8443)");
   serve->add_option("--port-file", flags->port_file, "Write the bound port here");

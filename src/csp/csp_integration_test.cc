@@ -724,19 +724,25 @@ class PortalReplicaTest : public PortalCrashTest {
  protected:
   int PortalPort() const override { return customer_on_b_ ? b_->port() : process_->port(); }
   int HostPort() const override { return b_->port(); }
-  void StartReplicas() {
+  // Objects in one S3 bucket, or (`shared_objects_dir`) in one filesystem
+  // store directory both replicas open.
+  void StartReplicas(bool shared_objects_dir = false) {
     auto pg = vmseal::testing::PgHarness::Start();
     ASSERT_OK(pg);
     pg_ = std::move(pg).value();
     auto url = pg_->CreateDatabase("portal");
     ASSERT_OK(url);
-    auto s3 = vmseal::testing::S3Server::Start({"images"});
-    ASSERT_OK(s3);
-    s3_ = std::move(s3).value();
-    ::setenv("VMSEAL_S3_SECRET_ACCESS_KEY", vmseal::testing::kS3SecretAccessKey, 1);
-    const std::vector<std::string> shared = {
-        "--store", *url, "--s3-endpoint", s3_->endpoint(), "--s3-bucket", "images",
-        "--s3-access-key-id", vmseal::testing::kS3AccessKeyId};
+    std::vector<std::string> shared = {"--store", *url};
+    if (shared_objects_dir) {
+      shared.insert(shared.end(), {"--objects-dir", dir_.File("shared-objects")});
+    } else {
+      auto s3 = vmseal::testing::S3Server::Start({"images"});
+      ASSERT_OK(s3);
+      s3_ = std::move(s3).value();
+      ::setenv("VMSEAL_S3_SECRET_ACCESS_KEY", vmseal::testing::kS3SecretAccessKey, 1);
+      shared.insert(shared.end(), {"--s3-endpoint", s3_->endpoint(), "--s3-bucket", "images",
+                                   "--s3-access-key-id", vmseal::testing::kS3AccessKeyId});
+    }
     auto a = StartReplica("replica-a", shared);
     ASSERT_OK(a);
     process_ = std::move(a).value();
@@ -808,6 +814,72 @@ TEST_F(PortalReplicaTest, AQueuedJobIsPlacedOnceWhileBothReplicasTick) {
   }
   EXPECT_EQ(given, 1);
 }
+
+// An upload begun on replica A (then killed) resumes and commits on replica
+// B: the staging lives in the shared store, not in A's data directory.
+class PortalReplicaUploadTest : public PortalReplicaTest,
+                                public ::testing::WithParamInterface<bool> {};
+
+TEST_P(PortalReplicaUploadTest, AnUploadBegunOnOneReplicaResumesAndCommitsOnTheOther) {
+  StartReplicas(/*shared_objects_dir=*/GetParam());
+  json reg = SignUp();
+  customer_id_ = reg.value("customer_id", "");
+  json cert = Customer({"fetch-cert", "--kms-ca", kms_dir_ + "/ca.pem", "--out",
+                        dir_.File("customer.crt")});
+  ASSERT_EQ(cert["verified"], true);
+  const std::string package = ReadFileOrDie(SealImage(dir_.File("customer.crt"), customer_id_));
+  const std::string sha256 = crypto::HexEncode(crypto::Sha256(package));
+  const size_t half = package.size() / 2;
+  auto a = CustomerClient();
+  auto begin = a->Post("/v1/uploads", Bearer(), "", "application/json");
+  ASSERT_TRUE(begin);
+  ASSERT_EQ(begin->status, 201) << begin->body;
+  const std::string upload_id = json::parse(begin->body).value("upload_id", "");
+  auto put = a->Put("/v1/uploads/" + upload_id + "?offset=0", Bearer(), package.substr(0, half),
+                    "application/octet-stream");
+  ASSERT_TRUE(put);
+  ASSERT_EQ(put->status, 200) << put->body;
+  process_->Kill();
+  customer_on_b_ = true;
+  auto b = CustomerClient();
+  auto state = b->Get("/v1/uploads/" + upload_id, Bearer());
+  ASSERT_TRUE(state);
+  ASSERT_EQ(state->status, 200) << state->body;
+  EXPECT_EQ(json::parse(state->body)["offset_bytes"], half);
+  // A stale offset (what A had before the first PUT) is refused by B.
+  auto stale = b->Put("/v1/uploads/" + upload_id + "?offset=0", Bearer(), package.substr(0, 64),
+                      "application/octet-stream");
+  ASSERT_TRUE(stale);
+  EXPECT_EQ(stale->status, 412) << stale->body;
+  put = b->Put("/v1/uploads/" + upload_id + "?offset=" + std::to_string(half), Bearer(),
+               package.substr(half), "application/octet-stream");
+  ASSERT_TRUE(put);
+  ASSERT_EQ(put->status, 200) << put->body;
+  auto commit = b->Post("/v1/uploads/" + upload_id + "/commit", Bearer(),
+                        json{{"name", "resumed-on-b"}, {"sha256", sha256}}.dump(),
+                        "application/json");
+  ASSERT_TRUE(commit);
+  ASSERT_EQ(commit->status / 100, 2) << commit->body;
+  EXPECT_EQ(json::parse(commit->body)["sha256"], sha256);
+  const std::string image_id = json::parse(commit->body).value("image_id", "");
+  json images = Customer({"images"})["images"];
+  ASSERT_TRUE(images.is_array()) << images.dump();
+  ASSERT_EQ(images.size(), 1u) << images.dump();
+  EXPECT_EQ(images[0]["image_id"], image_id);
+  EXPECT_EQ(images[0]["sha256"], sha256);
+  // The session is over on every replica.
+  auto after = b->Get("/v1/uploads/" + upload_id, Bearer());
+  ASSERT_TRUE(after);
+  EXPECT_EQ(after->status, 404);
+  // What a host will fetch is the package, byte for byte: download it.
+  auto got = b->Get("/v1/images/" + image_id + "/package", Bearer());
+  ASSERT_TRUE(got);
+  ASSERT_EQ(got->status, 200);
+  EXPECT_EQ(crypto::HexEncode(crypto::Sha256(got->body)), sha256);
+}
+
+INSTANTIATE_TEST_SUITE_P(SharedStore, PortalReplicaUploadTest, ::testing::Values(false, true),
+                         [](const auto& param_info) { return param_info.param ? "fs_dir" : "s3"; });
 
 }  // namespace
 }  // namespace vmseal::csp

@@ -161,9 +161,13 @@ StatusOr<std::unique_ptr<PortalServer>> PortalServer::Create(Options options,
     ASSIGN_OR_RETURN(auto s3store, store::S3ObjectStore::Create(std::move(s3)));
     impl->store = std::move(s3store);
   } else {
-    ASSIGN_OR_RETURN(auto fs, store::FsObjectStore::Create({options.data_dir + "/objects", nullptr}));
+    const std::string root =
+        options.objects_dir.empty() ? options.data_dir + "/objects" : options.objects_dir;
+    ASSIGN_OR_RETURN(auto fs, store::FsObjectStore::Create({root, nullptr}));
     impl->store = std::move(fs);
   }
+  // Upload stagings live in the object store (shared by replicas); the
+  // local directory is only scratch for checking an S3 staging.
   ASSIGN_OR_RETURN(impl->uploads, store::UploadSessions::Create({options.data_dir + "/staging"},
                                                                 impl->store.get()));
   impl->guard = std::make_unique<AbuseGuard>(options.limits);

@@ -40,6 +40,10 @@ class PortalServer {
     // postgres:// URL that several replicas share (with one S3 store).
     std::string store_url;
     std::string data_dir;
+    // Root of the filesystem object store (objects and upload stagings)
+    // when no S3 endpoint is set; replicas on one machine may share it.
+    // Default: data_dir + "/objects".
+    std::string objects_dir;
     // Address and port to listen on; port 0 picks a free one.
     std::string bind_address = "127.0.0.1";
     int port = 0;

@@ -13,6 +13,7 @@
 
 #include <gmock/gmock.h>
 
+#include "crypto/primitives.h"
 #include "csp/internal/test_doubles.h"
 #include "csp/jobs.h"
 #include "csp/pg_db.h"
@@ -256,6 +257,47 @@ TEST_P(PortalStoreTest, AStoreWriteErrorFailsTheCallAndChangesNothingInMemory) {
     ASSERT_OK(stored);
     EXPECT_EQ(stored->state, JobState::kAttesting);
     EXPECT_EQ(again.jobs->ListAllJobs().size(), jobs_before);
+  }
+}
+
+// The commit of an upload whose writes fail (the object store's meta/ write
+// refused by the kernel for SQLite's fault, the database gone for
+// PostgreSQL's) fails with the error, publishes no object and lists no
+// image; once the fault is gone the same commit goes through, once.
+TEST_P(PortalStoreTest, AnUploadCommitWhoseWritesFailPublishesNothingAndCanBeRetried) {
+  auto begun = images_->BeginUpload(alice_, {});
+  ASSERT_OK(begun);
+  const std::string package = std::string(kSealedMagic) + "second disk";
+  store::StringReader reader(package);
+  ASSERT_OK(images_->AppendUpload(alice_, begun->upload_id, 0, reader));
+  auto objects_before = objects_->List("images/");
+  ASSERT_OK(objects_before);
+  CommitUploadRequest req;
+  req.upload_id = begun->upload_id;
+  req.name = "second";
+  req.sha256_hex = crypto::HexEncode(crypto::Sha256(package));
+  {
+    StoreFault fault(pg_.get(), &pg_);
+    auto committed = images_->CommitUpload(alice_, req);
+    EXPECT_FALSE(committed.ok());
+    EXPECT_THAT(committed.status().message(), ::testing::Not(HasSubstr(package)));
+    auto objects = objects_->List("images/");
+    ASSERT_OK(objects);
+    EXPECT_EQ(objects->size(), objects_before->size());
+  }
+  if (GetParam() == "sqlite") {
+    auto listed = images_->ListImages(alice_);
+    ASSERT_OK(listed);
+    EXPECT_EQ(listed->size(), 1u);
+    auto committed = images_->CommitUpload(alice_, req);
+    ASSERT_OK(committed);
+    EXPECT_EQ(committed->sha256_hex, req.sha256_hex);
+    listed = images_->ListImages(alice_);
+    ASSERT_OK(listed);
+    EXPECT_EQ(listed->size(), 2u);
+    auto objects = objects_->List("images/");
+    ASSERT_OK(objects);
+    EXPECT_EQ(objects->size(), objects_before->size() + 1);
   }
 }
 

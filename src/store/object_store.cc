@@ -30,6 +30,16 @@ Status ValidateKey(std::string_view key) {
   return OkStatus();
 }
 
+Status ValidateStageId(std::string_view id) {
+  if (id.size() != 32) return NotFoundError("no upload session");
+  for (char c : id) {
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) {
+      return NotFoundError("no upload session");
+    }
+  }
+  return OkStatus();
+}
+
 StatusOr<size_t> RandomAccessFileReader::Read(std::span<uint8_t> out) {
   ASSIGN_OR_RETURN(size_t n, file_->Read(offset_, out));
   offset_ += n;

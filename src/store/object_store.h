@@ -6,6 +6,7 @@
 #define VMSEAL_STORE_OBJECT_STORE_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -72,6 +73,30 @@ struct PutOptions {
   uint64_t max_size_bytes = 0;
 };
 
+// What a staging (ObjectStore::Stage*) holds so far.
+struct StagedInfo {
+  // Key the staged object is published under.
+  std::string key;
+  // The caller's small text, stored with the staging (UploadSessions keeps
+  // its quota there).
+  std::string meta;
+  // Bytes appended and durable so far: where the next append must start.
+  uint64_t size_bytes = 0;
+};
+
+// Sees each run of bytes StageAppend takes from its source, in order, before
+// the call returns (UploadSessions hashes them as they arrive). Bytes seen by
+// a call that then fails may or may not have been kept.
+using StagedBytesObserver = std::function<void(std::span<const uint8_t>)>;
+
+// A staging's complete content, opened for checking before it is published.
+struct StagedContent {
+  std::unique_ptr<RandomAccessFile> file;
+  // The same bytes as a local file, or empty when the store keeps them
+  // elsewhere (S3).
+  std::string local_path;
+};
+
 // A flat namespace of immutable objects addressed by key.
 //
 // Guarantees (both backends): an object becomes visible to Get/Stat/List only
@@ -102,7 +127,48 @@ class ObjectStore {
 
   // Removes the object; NOT_FOUND if there is none.
   virtual Status Delete(const std::string& key) = 0;
+
+  // --- Stagings: an object built by appends, then published without a copy.
+  // A staging lives in the store itself, so every process that shares the
+  // store (portal replicas on one directory or one bucket) sees it: an
+  // upload begun through one process resumes and publishes through another.
+  // `id` names the staging: 32 lowercase hex characters (the caller's random
+  // upload id); anything else is NOT_FOUND "no upload session". Nothing
+  // staged is visible to Get/Stat/List before StagePublish.
+
+  // Starts an empty staging for `key` (validated) with `meta` (at most
+  // 4 KiB). ALREADY_EXISTS if `id` is in use or `key` already holds an
+  // object.
+  virtual Status StageCreate(const std::string& id, const std::string& key,
+                             const std::string& meta) = 0;
+  // Key, meta and durable size; NOT_FOUND "no upload session" if none.
+  virtual StatusOr<StagedInfo> StageStat(const std::string& id) = 0;
+  // Appends `source` read to its end at `offset_bytes`, which must be the
+  // durable size (else FAILED_PRECONDITION "offset"). RESOURCE_EXHAUSTED
+  // "quota" once the total would exceed `max_size_bytes` (0 = none). Bytes
+  // read before an error are kept and durable where the backend can (the
+  // next StageStat tells where to resume). ABORTED "busy" while another
+  // append or publish of the same staging runs, in any process (fs: a lock
+  // on the staged file; S3: see s3_store.h). Returns the new durable size.
+  virtual StatusOr<uint64_t> StageAppend(const std::string& id, uint64_t offset_bytes,
+                                         Reader& source, uint64_t max_size_bytes,
+                                         const StagedBytesObserver& observe) = 0;
+  // Ends appending and opens the complete content for checking. After this
+  // the staging takes no more appends; it is published or removed.
+  virtual StatusOr<StagedContent> StageSeal(const std::string& id) = 0;
+  // Publishes the staged bytes under the staging's key as one object whose
+  // SHA-256 is `sha256_hex` (the caller hashed the bytes as they arrived or
+  // from StageSeal's content) and ends the staging. No byte is copied (fs:
+  // a rename; S3: the completed multipart upload gets its digest
+  // companion). The staging must have been sealed.
+  virtual StatusOr<ObjectInfo> StagePublish(const std::string& id,
+                                            const std::string& sha256_hex) = 0;
+  // Ends the staging and drops its bytes; NOT_FOUND if none.
+  virtual Status StageRemove(const std::string& id) = 0;
 };
+
+// NOT_FOUND "no upload session" unless `id` is 32 lowercase hex characters.
+Status ValidateStageId(std::string_view id);
 
 }  // namespace vmseal::store
 

@@ -10,13 +10,17 @@
 #include <utility>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "crypto/primitives.h"
+#include "json/json.h"
 #include "store/internal/s3_xml.h"
 
 namespace vmseal::store {
 namespace {
 
 constexpr char kShaPrefix[] = ".vmseal-sha256/";
+constexpr char kStagingPrefix[] = ".vmseal-staging/";
 
 struct CurlDeleter {
   void operator()(CURL* c) const { curl_easy_cleanup(c); }
@@ -484,6 +488,296 @@ Status S3ObjectStore::Delete(const std::string& key) {
   obj.method = "DELETE";
   obj.key = key;
   return client_->DoOk(obj, "delete " + key).status();
+}
+
+struct S3ObjectStore::Staging {
+  struct Part {
+    int number = 0;
+    std::string etag;
+    uint64_t size_bytes = 0;
+  };
+  StagedInfo info;          // size_bytes = the parts + the tail
+  std::string upload;       // multipart upload id; empty before the first part
+  std::vector<Part> parts;  // uploaded and recorded, numbered from 1
+  uint64_t tail_bytes = 0;  // bytes in the tail object
+  bool sealed = false;
+};
+
+namespace {
+
+std::string StagingKey(const std::string& id, const char* ext) {
+  return std::string(kStagingPrefix) + id + ext;
+}
+
+}  // namespace
+
+StatusOr<S3ObjectStore::Staging> S3ObjectStore::ReadStaging(const std::string& id) {
+  RETURN_IF_ERROR(ValidateStageId(id));
+  S3Request req;
+  req.key = StagingKey(id, ".json");
+  auto r = client_->DoOk(req, "read upload session");
+  if (!r.ok()) {
+    if (r.status().code() == StatusCode::kNotFound) return NotFoundError("no upload session");
+    return r.status();
+  }
+  auto parsed = ParseJson(r->body);
+  nlohmann::json j = parsed.ok() ? *std::move(parsed) : nlohmann::json();
+  if (!j.is_object() || !j["key"].is_string() || !j["meta"].is_string() ||
+      !j["upload"].is_string() || !j["parts"].is_array() || !j["tail"].is_number_unsigned() ||
+      !j["sealed"].is_boolean()) {
+    return DataLossError("corrupt upload session");
+  }
+  Staging s;
+  s.info.key = j["key"].get<std::string>();
+  s.info.meta = j["meta"].get<std::string>();
+  s.upload = j["upload"].get<std::string>();
+  s.tail_bytes = j["tail"].get<uint64_t>();
+  s.sealed = j["sealed"].get<bool>();
+  RETURN_IF_ERROR(ValidateKey(s.info.key).WithPrefix("corrupt upload session"));
+  if (s.tail_bytes > client_->part_size()) return DataLossError("corrupt upload session");
+  uint64_t size = s.tail_bytes;
+  const size_t count = j["parts"].size();
+  for (const auto& p : j["parts"]) {
+    // Every part is whole but the last of a sealed staging (the tail).
+    const bool may_be_short = s.sealed && s.parts.size() + 1 == count;
+    if (!p.is_object() || !p["n"].is_number_unsigned() || !p["etag"].is_string() ||
+        !p["size"].is_number_unsigned() || p["n"].get<uint64_t>() != s.parts.size() + 1 ||
+        (!may_be_short && p["size"].get<uint64_t>() < kS3MinPartSizeBytes)) {
+      return DataLossError("corrupt upload session");
+    }
+    s.parts.push_back({static_cast<int>(s.parts.size() + 1), p["etag"].get<std::string>(),
+                       p["size"].get<uint64_t>()});
+    size += s.parts.back().size_bytes;
+  }
+  s.info.size_bytes = size;
+  return s;
+}
+
+Status S3ObjectStore::WriteStaging(const std::string& id, const Staging& s) {
+  nlohmann::json parts = nlohmann::json::array();
+  for (const auto& p : s.parts) {
+    parts.push_back({{"n", p.number}, {"etag", p.etag}, {"size", p.size_bytes}});
+  }
+  nlohmann::json j = {{"key", s.info.key}, {"meta", s.info.meta},  {"upload", s.upload},
+                      {"parts", parts},    {"tail", s.tail_bytes}, {"sealed", s.sealed}};
+  const std::string text = DumpJson(j);
+  S3Request req;
+  req.method = "PUT";
+  req.key = StagingKey(id, ".json");
+  req.body = crypto::AsBytes(text);
+  return client_->DoOk(req, "write upload session").status();
+}
+
+Status S3ObjectStore::StageCreate(const std::string& id, const std::string& key,
+                                  const std::string& meta) {
+  RETURN_IF_ERROR(ValidateStageId(id).WithPrefix("bad staging id"));
+  RETURN_IF_ERROR(ValidateKey(key));
+  if (meta.size() > 4096) return InvalidArgumentError("staging meta is over 4 KiB");
+  auto existing = ReadStaging(id);
+  if (existing.ok()) return AlreadyExistsError("upload session exists");
+  if (existing.status().code() != StatusCode::kNotFound) return existing.status();
+  auto object = Stat(key);
+  if (object.ok()) return AlreadyExistsError("object " + key + " exists");
+  if (object.status().code() != StatusCode::kNotFound) return object.status();
+  Staging s;
+  s.info.key = key;
+  s.info.meta = meta;
+  return WriteStaging(id, s);
+}
+
+StatusOr<StagedInfo> S3ObjectStore::StageStat(const std::string& id) {
+  ASSIGN_OR_RETURN(Staging s, ReadStaging(id));
+  return s.info;
+}
+
+StatusOr<uint64_t> S3ObjectStore::StageAppend(const std::string& id, uint64_t offset_bytes,
+                                              Reader& source, uint64_t max_size_bytes,
+                                              const StagedBytesObserver& observe) {
+  ASSIGN_OR_RETURN(Staging s, ReadStaging(id));
+  if (s.sealed) return FailedPreconditionError("upload is being committed");
+  if (offset_bytes != s.info.size_bytes) {
+    return FailedPreconditionError("upload offset " + std::to_string(offset_bytes) +
+                                   " does not match the session offset " +
+                                   std::to_string(s.info.size_bytes));
+  }
+  const uint64_t part = client_->part_size();
+  std::vector<uint8_t> buf(part);
+  size_t fill = 0;
+  if (s.tail_bytes > 0) {
+    S3Request get;
+    get.key = StagingKey(id, ".tail");
+    std::span<uint8_t> into(buf.data(), s.tail_bytes);
+    get.into = &into;
+    RETURN_IF_ERROR(client_->DoOk(get, "read upload tail").status());
+    if (into.size() != s.tail_bytes) return DataLossError("upload session lost its data");
+    fill = s.tail_bytes;
+  }
+  const Staging before = s;
+  uint64_t size = s.info.size_bytes;
+  // Uploads the full buffer as the next part of the multipart upload.
+  auto flush_part = [&]() -> Status {
+    if (s.parts.size() >= 10000) return ResourceExhaustedError("upload needs more than 10000 parts");
+    if (s.upload.empty()) {
+      S3Request init;
+      init.method = "POST";
+      init.key = s.info.key;
+      init.query = "uploads=";
+      ASSIGN_OR_RETURN(S3Response ir, client_->DoOk(init, "initiate upload"));
+      ASSIGN_OR_RETURN(s.upload, internal::ParseInitiateUpload(ir.body));
+    }
+    const int number = static_cast<int>(s.parts.size()) + 1;
+    S3Request preq;
+    preq.method = "PUT";
+    preq.key = s.info.key;
+    preq.query = "partNumber=" + std::to_string(number) + "&uploadId=" + Escape(s.upload);
+    preq.body = std::span<const uint8_t>(buf.data(), fill);
+    ASSIGN_OR_RETURN(S3Response pr, client_->DoOk(preq, "upload part " + std::to_string(number)));
+    if (pr.etag.empty()) return UnavailableError("S3 upload part: no ETag");
+    s.parts.push_back({number, pr.etag, fill});
+    fill = 0;
+    return OkStatus();
+  };
+  Status result;
+  for (;;) {
+    if (fill == part) {
+      result = flush_part();
+      if (!result.ok()) break;
+    }
+    auto n = source.Read(std::span<uint8_t>(buf).subspan(fill));
+    if (!n.ok()) {
+      result = n.status();
+      break;
+    }
+    if (*n == 0) break;
+    if (max_size_bytes != 0 && size + *n > max_size_bytes) {
+      result = ResourceExhaustedError("upload exceeds the size quota of " +
+                                      std::to_string(max_size_bytes) + " bytes");
+      break;
+    }
+    if (observe) observe(std::span<const uint8_t>(buf.data() + fill, *n));
+    fill += *n;
+    size += *n;
+  }
+  // What was read is kept: the remainder becomes the tail, then the JSON
+  // records the parts and the tail (the durable state).
+  if (s.parts.size() != before.parts.size() || fill != before.tail_bytes ||
+      s.upload != before.upload) {
+    if (fill > 0) {
+      S3Request put;
+      put.method = "PUT";
+      put.key = StagingKey(id, ".tail");
+      put.body = std::span<const uint8_t>(buf.data(), fill);
+      RETURN_IF_ERROR(client_->DoOk(put, "write upload tail").status());
+    }
+    s.tail_bytes = fill;
+    RETURN_IF_ERROR(WriteStaging(id, s));
+  }
+  if (!result.ok()) return result;
+  return size;
+}
+
+StatusOr<StagedContent> S3ObjectStore::StageSeal(const std::string& id) {
+  ASSIGN_OR_RETURN(Staging s, ReadStaging(id));
+  if (!s.sealed) {
+    std::vector<uint8_t> tail(s.tail_bytes);
+    if (s.tail_bytes > 0) {
+      S3Request get;
+      get.key = StagingKey(id, ".tail");
+      std::span<uint8_t> into(tail);
+      get.into = &into;
+      RETURN_IF_ERROR(client_->DoOk(get, "read upload tail").status());
+      if (into.size() != s.tail_bytes) return DataLossError("upload session lost its data");
+    }
+    if (s.parts.empty()) {
+      // Less than one part: one PUT of the tail.
+      S3Request put;
+      put.method = "PUT";
+      put.key = s.info.key;
+      put.body = tail;
+      RETURN_IF_ERROR(client_->DoOk(put, "put " + s.info.key).status());
+    } else {
+      if (!tail.empty()) {
+        const int number = static_cast<int>(s.parts.size()) + 1;
+        S3Request preq;
+        preq.method = "PUT";
+        preq.key = s.info.key;
+        preq.query = "partNumber=" + std::to_string(number) + "&uploadId=" + Escape(s.upload);
+        preq.body = tail;
+        ASSIGN_OR_RETURN(S3Response pr,
+                         client_->DoOk(preq, "upload part " + std::to_string(number)));
+        if (pr.etag.empty()) return UnavailableError("S3 upload part: no ETag");
+        s.parts.push_back({number, pr.etag, tail.size()});
+      }
+      std::string complete = "<CompleteMultipartUpload>";
+      for (const auto& p : s.parts) {
+        complete += "<Part><PartNumber>" + std::to_string(p.number) + "</PartNumber><ETag>" +
+                    p.etag + "</ETag></Part>";
+      }
+      complete += "</CompleteMultipartUpload>";
+      S3Request creq;
+      creq.method = "POST";
+      creq.key = s.info.key;
+      creq.query = "uploadId=" + Escape(s.upload);
+      creq.body = crypto::AsBytes(complete);
+      auto done = client_->DoOk(creq, "complete upload of " + s.info.key);
+      if (!done.ok()) {
+        // Completed by an earlier seal that crashed before recording it?
+        S3Request head;
+        head.method = "HEAD";
+        head.key = s.info.key;
+        auto hr = client_->DoOk(head, "stat " + s.info.key);
+        if (!hr.ok() || hr->content_length != s.info.size_bytes) return done.status();
+      }
+      s.tail_bytes = 0;
+    }
+    s.sealed = true;
+    RETURN_IF_ERROR(WriteStaging(id, s));
+  }
+  StagedContent content;
+  content.file = std::make_unique<S3File>(client_.get(), s.info.key, s.info.size_bytes);
+  return content;
+}
+
+StatusOr<ObjectInfo> S3ObjectStore::StagePublish(const std::string& id,
+                                                 const std::string& sha256_hex) {
+  ASSIGN_OR_RETURN(Staging s, ReadStaging(id));
+  if (!s.sealed) return FailedPreconditionError("upload was not sealed before publishing");
+  if (sha256_hex.size() != 64) return InvalidArgumentError("publish needs the SHA-256");
+  S3Request side;
+  side.method = "PUT";
+  side.key = kShaPrefix + s.info.key;
+  side.body = crypto::AsBytes(sha256_hex);
+  RETURN_IF_ERROR(client_->DoOk(side, "put digest of " + s.info.key).status());
+  for (const char* ext : {".json", ".tail"}) {
+    S3Request del;
+    del.method = "DELETE";
+    del.key = StagingKey(id, ext);
+    (void)client_->Do(del);
+  }
+  return ObjectInfo{s.info.key, s.info.size_bytes, sha256_hex};
+}
+
+Status S3ObjectStore::StageRemove(const std::string& id) {
+  ASSIGN_OR_RETURN(Staging s, ReadStaging(id));
+  if (s.sealed) {
+    S3Request obj;
+    obj.method = "DELETE";
+    obj.key = s.info.key;
+    RETURN_IF_ERROR(client_->DoOk(obj, "delete staged " + s.info.key).status());
+  } else if (!s.upload.empty()) {
+    S3Request abort;
+    abort.method = "DELETE";
+    abort.key = s.info.key;
+    abort.query = "uploadId=" + Escape(s.upload);
+    (void)client_->Do(abort);
+  }
+  S3Request del;
+  del.method = "DELETE";
+  del.key = StagingKey(id, ".json");
+  RETURN_IF_ERROR(client_->DoOk(del, "remove upload session").status());
+  del.key = StagingKey(id, ".tail");
+  (void)client_->Do(del);
+  return OkStatus();
 }
 
 }  // namespace vmseal::store

@@ -24,6 +24,21 @@ inline constexpr uint64_t kS3MinPartSizeBytes = 5ull << 20;
 // use a multipart upload with one part buffer in memory, aborted on failure
 // (S3 never shows an incomplete multipart object).
 // List returns sizes but leaves sha256_hex empty (use Stat).
+//
+// Stagings live in the bucket, so every portal replica on it shares them:
+//   .vmseal-staging/<id>.json  {"key", "meta", "upload", "parts":
+//                              [{"n", "etag", "size"}], "tail", "sealed"}
+//   .vmseal-staging/<id>.tail  the bytes after the last whole part
+// Each append streams whole parts (part_size_bytes) into a multipart upload
+// on the final key, then writes the remainder as the tail object and the
+// JSON last: the JSON is the staging's durable state (a part uploaded but
+// not yet recorded is sent again by the resuming append). StageSeal uploads
+// the tail as the last part and completes the multipart upload: the object
+// exists but stays invisible (no digest companion) while it is checked;
+// StagePublish writes the companion (no copy). A staging of less than one
+// part is put in one PUT at seal. The bucket has no lock: two appends to
+// one staging through two replicas at once are not excluded (the client
+// sends one at a time; UploadSessions excludes them within a process).
 class S3ObjectStore final : public ObjectStore {
  public:
   struct Options {
@@ -56,6 +71,16 @@ class S3ObjectStore final : public ObjectStore {
   StatusOr<std::vector<ObjectInfo>> List(const std::string& prefix) override;
   Status Delete(const std::string& key) override;
 
+  Status StageCreate(const std::string& id, const std::string& key,
+                     const std::string& meta) override;
+  StatusOr<StagedInfo> StageStat(const std::string& id) override;
+  StatusOr<uint64_t> StageAppend(const std::string& id, uint64_t offset_bytes, Reader& source,
+                                 uint64_t max_size_bytes,
+                                 const StagedBytesObserver& observe) override;
+  StatusOr<StagedContent> StageSeal(const std::string& id) override;
+  StatusOr<ObjectInfo> StagePublish(const std::string& id, const std::string& sha256_hex) override;
+  Status StageRemove(const std::string& id) override;
+
   // Creates the bucket named in Options; OK if this account already owns it.
   Status CreateBucket();
 
@@ -63,6 +88,9 @@ class S3ObjectStore final : public ObjectStore {
 
  private:
   explicit S3ObjectStore(std::unique_ptr<Client> client);
+  struct Staging;
+  StatusOr<Staging> ReadStaging(const std::string& id);
+  Status WriteStaging(const std::string& id, const Staging& s);
   const std::unique_ptr<Client> client_;
 };
 

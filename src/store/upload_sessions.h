@@ -1,17 +1,21 @@
 // Resumable uploads over any ObjectStore: a client that loses its connection
-// asks for the session's offset and appends from there. Bytes are staged in a
-// local directory and streamed into the store on Commit, so nothing is
-// visible in the store before the upload is complete.
+// asks for the session's offset and appends from there. The bytes are staged
+// in the store itself (ObjectStore::Stage*), so every process sharing the
+// store (portal replicas) sees the session: an upload begun through one
+// replica resumes and commits through another. Nothing is visible in the
+// store before Commit, which publishes the staged bytes without copying them.
 #ifndef VMSEAL_STORE_UPLOAD_SESSIONS_H_
 #define VMSEAL_STORE_UPLOAD_SESSIONS_H_
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <set>
 #include <string>
 
+#include "crypto/primitives.h"
 #include "store/object_store.h"
 
 namespace vmseal::store {
@@ -29,13 +33,19 @@ struct UploadSession {
 };
 
 // Thread-safe. Appends to the same session are serialised (a concurrent one
-// fails with ABORTED); different sessions proceed in parallel.
+// fails with ABORTED); different sessions proceed in parallel. Across
+// processes the store serialises them (see ObjectStore::StageAppend).
 class UploadSessions {
  public:
   struct Options {
-    // Staging directory, created (0700) if missing. Sessions persist in it
-    // across restarts. Required.
+    // Local scratch directory, created (0700) if missing: a verifier that
+    // needs a local file reads a staging the store keeps elsewhere (S3)
+    // from a temp file here, removed after the check. Required.
     std::string staging_dir;
+    // Most sessions whose running SHA-256 is kept in memory; the digest of
+    // a session without one is taken by reading its staged bytes at Commit.
+    // Default 4096.
+    size_t max_hashed_sessions = 4096;
   };
   // `store` must outlive the object.
   static StatusOr<std::unique_ptr<UploadSessions>> Create(const Options& options,
@@ -51,19 +61,22 @@ class UploadSessions {
   // FAILED_PRECONDITION "offset", so a client that resumes at a stale offset
   // never corrupts the object). Bytes read before a source error stay
   // appended and durable; the returned/queried offset tells where to resume.
-  // RESOURCE_EXHAUSTED "quota" when the total exceeds the quota.
+  // RESOURCE_EXHAUSTED "quota" when the total exceeds the quota. The bytes
+  // are hashed as they arrive: while every append of a session since its
+  // first byte went through this object, Commit reads nothing back.
   StatusOr<UploadSession> Append(const std::string& id, uint64_t offset_bytes, Reader& data);
 
   // Checks the complete staged content before it is published; an error
-  // stops the Commit. `local_path` names the staged file on local disk (for
+  // stops the Commit. `local_path` names the content as a local file (for
   // checkers that need a path); it must not be modified.
   using Verifier =
       std::function<Status(const RandomAccessFile& content, const std::string& local_path)>;
 
-  // Publishes the staged bytes under the session's key and ends the session.
-  // When `expected_sha256_hex` is not empty and differs from the content,
-  // fails with DATA_LOSS "digest" and publishes nothing (the session stays).
-  // When `verify` is set and fails, publishes nothing, ends the session and
+  // Publishes the staged bytes under the session's key (no copy: see
+  // ObjectStore::StagePublish) and ends the session. When
+  // `expected_sha256_hex` is not empty and differs from the content, fails
+  // with DATA_LOSS "digest", publishes nothing and ends the session. When
+  // `verify` is set and fails, publishes nothing, ends the session and
   // returns its error.
   StatusOr<ObjectInfo> Commit(const std::string& id, const std::string& expected_sha256_hex,
                               const Verifier& verify = nullptr);
@@ -71,17 +84,30 @@ class UploadSessions {
   // Ends the session and drops its bytes.
   Status Abort(const std::string& id);
 
+  // Commits so far whose digest had to be taken by reading the staged bytes
+  // back (tests).
+  uint64_t rehashed_commits_for_testing() const;
+
  private:
-  UploadSessions(std::string dir, ObjectStore* store) : dir_(std::move(dir)), store_(store) {}
-  // Marks `id` busy; ABORTED if it already is. Returns a path prefix.
+  // A session's running SHA-256 over its first `offset_bytes` bytes.
+  struct Running {
+    uint64_t offset_bytes = 0;
+    std::unique_ptr<crypto::Sha256Hasher> hasher;
+  };
+  UploadSessions(const Options& options, ObjectStore* store) : options_(options), store_(store) {}
+  // Marks `id` busy; ABORTED if it already is.
   Status Acquire(const std::string& id);
   void Release(const std::string& id);
-  StatusOr<UploadSession> Load(const std::string& id);
+  // Takes the running hash of `id` out of the map (empty if none).
+  Running TakeRunning(const std::string& id);
+  void PutRunning(const std::string& id, Running running);
 
-  const std::string dir_;
+  const Options options_;
   ObjectStore* const store_;
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::set<std::string> busy_;
+  std::map<std::string, Running> running_;
+  uint64_t rehashed_commits_ = 0;
 };
 
 }  // namespace vmseal::store

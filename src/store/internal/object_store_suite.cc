@@ -301,5 +301,128 @@ TEST_P(ObjectStoreTest, UnknownUploadSessionIsNotFound) {
                 "no upload session");
 }
 
+// Two handles on one store stand for two portal replicas: the upload begun
+// through one resumes and commits through the other; the second cannot have
+// hashed the first bytes and reads them back once, at commit.
+TEST_P(ObjectStoreTest, AnUploadBegunThroughOneReplicaResumesAndCommitsThroughAnother) {
+  Fixture fx(GetParam());
+  ASSERT_TRUE(GetParam().reopen);
+  auto other = GetParam().reopen(fx.dir().path());
+  ASSERT_OK(other);
+  auto a = UploadSessions::Create({fx.dir().File("scratch-a")}, fx.store());
+  auto b = UploadSessions::Create({fx.dir().File("scratch-b")}, other->get());
+  ASSERT_OK(a);
+  ASSERT_OK(b);
+  // Over two parts of a multipart backend, broken inside the second.
+  const uint64_t part = std::max<uint64_t>(GetParam().part_size_bytes, 1 << 20);
+  const std::string data = Pattern(2 * part + 4321, 7);
+  auto s = (*a)->Begin("img/replicated", {});
+  ASSERT_OK(s);
+  BrokenReader broken(data, part + 777);
+  EXPECT_STATUS((*a)->Append(s->id, 0, broken), StatusCode::kUnavailable, "connection reset");
+  auto state = (*b)->Get(s->id);
+  ASSERT_OK(state);
+  EXPECT_EQ(state->offset_bytes, part + 777);
+  EXPECT_EQ(state->key, "img/replicated");
+  StringReader rest(std::string_view(data).substr(state->offset_bytes));
+  auto appended = (*b)->Append(s->id, state->offset_bytes, rest);
+  ASSERT_OK(appended);
+  EXPECT_EQ(appended->offset_bytes, data.size());
+  EXPECT_STATUS(fx.store()->Stat("img/replicated"), StatusCode::kNotFound, "no object");
+  auto info = (*b)->Commit(s->id, crypto::HexEncode(crypto::Sha256(data)));
+  ASSERT_OK(info);
+  EXPECT_EQ(info->sha256_hex, crypto::HexEncode(crypto::Sha256(data)));
+  EXPECT_EQ((*b)->rehashed_commits_for_testing(), 1u);
+  auto f = fx.store()->Get("img/replicated");
+  ASSERT_OK(f);
+  EXPECT_EQ(ReadAll(**f), data);
+  auto stat = fx.store()->Stat("img/replicated");
+  ASSERT_OK(stat);
+  EXPECT_EQ(stat->sha256_hex, info->sha256_hex);
+  EXPECT_STATUS((*a)->Get(s->id), StatusCode::kNotFound, "no upload session");
+}
+
+// Appends in several pieces through one process: the digest is the one taken
+// as the bytes arrived (nothing is read back), and it is the content's.
+TEST_P(ObjectStoreTest, ACommitThatSawEveryByteReadsNothingBack) {
+  Fixture fx(GetParam());
+  auto sessions = UploadSessions::Create({fx.dir().File("scratch")}, fx.store());
+  ASSERT_OK(sessions);
+  const uint64_t part = std::max<uint64_t>(GetParam().part_size_bytes, 1 << 20);
+  const std::string data = Pattern(part + part / 2 + 1, 9);
+  auto s = (*sessions)->Begin("img/hashed", {});
+  ASSERT_OK(s);
+  uint64_t offset = 0;
+  for (uint64_t piece : {uint64_t{1}, part / 3, part, uint64_t{0}}) {
+    piece = piece == 0 ? data.size() - offset : piece;
+    StringReader r(std::string_view(data).substr(offset, piece));
+    auto appended = (*sessions)->Append(s->id, offset, r);
+    ASSERT_OK(appended);
+    offset = appended->offset_bytes;
+  }
+  ASSERT_EQ(offset, data.size());
+  auto info = (*sessions)->Commit(s->id, crypto::HexEncode(crypto::Sha256(data)));
+  ASSERT_OK(info);
+  EXPECT_EQ((*sessions)->rehashed_commits_for_testing(), 0u);
+  auto stat = fx.store()->Stat("img/hashed");
+  ASSERT_OK(stat);
+  EXPECT_EQ(stat->sha256_hex, crypto::HexEncode(crypto::Sha256(data)));
+  EXPECT_EQ(stat->size_bytes, data.size());
+  auto f = fx.store()->Get("img/hashed");
+  ASSERT_OK(f);
+  EXPECT_EQ(ReadAll(**f), data);
+}
+
+// While the package is checked, its bytes are complete in the store but no
+// reader (another customer, a host, a replica listing) can see them; a
+// refused package leaves nothing behind.
+TEST_P(ObjectStoreTest, StagedBytesAreInvisibleWhileCheckedAndGoneWhenRefused) {
+  Fixture fx(GetParam());
+  auto sessions = UploadSessions::Create({fx.dir().File("scratch")}, fx.store());
+  ASSERT_OK(sessions);
+  const std::string data = Pattern(GetParam().part_size_bytes + 99, 3);
+  auto s = (*sessions)->Begin("img/checked", {});
+  ASSERT_OK(s);
+  StringReader r(data);
+  ASSERT_OK((*sessions)->Append(s->id, 0, r));
+  bool checked = false;
+  auto refuse = [&](const RandomAccessFile& f, const std::string& local_path) -> Status {
+    checked = true;
+    EXPECT_EQ(ReadAll(f), data);
+    EXPECT_FALSE(local_path.empty());
+    EXPECT_STATUS(fx.store()->Stat("img/checked"), StatusCode::kNotFound, "no object");
+    EXPECT_STATUS(fx.store()->Get("img/checked"), StatusCode::kNotFound, "no object");
+    auto listed = fx.store()->List("");
+    EXPECT_OK(listed);
+    if (listed.ok()) {
+      EXPECT_TRUE(listed->empty());
+    }
+    return PermissionDeniedError("tenant_mismatch: refused");
+  };
+  EXPECT_STATUS((*sessions)->Commit(s->id, "", refuse), StatusCode::kPermissionDenied,
+                "tenant_mismatch");
+  EXPECT_TRUE(checked);
+  EXPECT_STATUS(fx.store()->Stat("img/checked"), StatusCode::kNotFound, "no object");
+  EXPECT_STATUS((*sessions)->Get(s->id), StatusCode::kNotFound, "no upload session");
+  auto listed = fx.store()->List("");
+  ASSERT_OK(listed);
+  EXPECT_TRUE(listed->empty());
+  // A new session under the same key starts from nothing.
+  auto again = (*sessions)->Begin("img/checked", {});
+  ASSERT_OK(again);
+  EXPECT_EQ(again->offset_bytes, 0u);
+}
+
+TEST_P(ObjectStoreTest, AStagingCannotTakeAKeyThatHoldsAnObject) {
+  Fixture fx(GetParam());
+  ASSERT_OK(PutString(fx.store(), "img/taken", "old"));
+  auto sessions = UploadSessions::Create({fx.dir().File("scratch")}, fx.store());
+  ASSERT_OK(sessions);
+  EXPECT_STATUS((*sessions)->Begin("img/taken", {}), StatusCode::kAlreadyExists, "exists");
+  auto f = fx.store()->Get("img/taken");
+  ASSERT_OK(f);
+  EXPECT_EQ(ReadAll(**f), "old");
+}
+
 }  // namespace
 }  // namespace vmseal::store::testing

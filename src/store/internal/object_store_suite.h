@@ -20,6 +20,9 @@ struct StoreFactory {
   std::function<StatusOr<std::unique_ptr<ObjectStore>>(const std::string& scratch_dir)> make;
   // Part size the backend switches to multipart at (0 = none).
   uint64_t part_size_bytes = 0;
+  // A second, independent handle on the store `make` last made for
+  // `scratch_dir` (what another portal replica sharing it opens).
+  std::function<StatusOr<std::unique_ptr<ObjectStore>>(const std::string& scratch_dir)> reopen;
 };
 
 inline void PrintTo(const StoreFactory& f, std::ostream* os) { *os << f.name; }

@@ -103,13 +103,14 @@ std::string ReasonPrefix(const Status& s) {
   return m.substr(0, colon);
 }
 
-// Whether a release refused for `reason` counts against the host's limit
-// on refused releases (package_precheck.h): what the host sent (package
-// texts, evidence, nonce, key, label, a request the policy refuses), not a
-// store outage ("internal"), the limit itself, or what the portal or the
-// customer decided (grants, fencing, revocation), which an honest host
-// meets as its jobs end.
-bool CountsAgainstHost(const std::string& reason) {
+// Whether a release refused with `s` (reason `reason`) counts against the
+// host's limit on refused releases (package_precheck.h): a refusal of what
+// the host sent (package texts, evidence, nonce, key, label, a request the
+// policy refuses, a malformed request), not a store outage (any other
+// code), the limit itself, or what the portal or the customer decided
+// (grants, fencing, revocation), which an honest host meets as its jobs end.
+bool CountsAgainstHost(const Status& s, const std::string& reason) {
+  if (s.code() != StatusCode::kPermissionDenied && s.code() != StatusCode::kInvalidArgument) return false;
   for (const char* other : {"internal", "rate_limited", "no_grant", "stale_attempt", "image_revoked",
                             "host_revoked", "customer_disabled", "account_closing", "key_destroyed"}) {
     if (reason == other) return false;
@@ -1108,7 +1109,7 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
         (void)store_->AppendAudit({"release.deny", "host/" + host_id, d});
       }
     }
-    if (CountsAgainstHost(reason)) precheck_.RecordFailure(host_id);
+    if (CountsAgainstHost(result, reason)) precheck_.RecordFailure(host_id);
     metrics_.CountDenial(reason);
     metrics_.ObserveRelease(
         reason, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());

@@ -8,8 +8,12 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <memory>
+#include <mutex>
+#include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -595,6 +599,239 @@ TEST_F(EkSwapTest, AHostCertificateCannotApproveItsOwnEk) {
             0);
   EXPECT_THAT(out, HasSubstr("operator"));
   EXPECT_THAT(Enroll(*tpm_b_, "tpm-b").message(), HasSubstr("ek_mismatch"));
+}
+
+// Releases by host-x with its real TPM (swtpm) against the real KMS: the
+// host enrolled and attested, the operator trusting its PCRs, customer A's
+// signed image registered by the portal's upload, and the portal's
+// one-launch grants made with the portal's identity.
+class HostReleaseTest : public AuditAttackTest {
+ protected:
+  void ConfigureKms() override {
+    auto tpm = tpm::testing::Swtpm::Start({.parent_dir = dir_.path()});
+    ASSERT_OK(tpm);
+    tpm_ = std::move(tpm).value();
+    WriteFileOrDie(kms_dir_ + "/ek-ca.pem", tpm_->ca_bundle_pem());
+    json config = json::parse(ReadFileOrDie(kms_dir_ + "/kms.json"));
+    config["ek_ca_bundle"] = kms_dir_ + "/ek-ca.pem";
+    WriteFileOrDie(kms_dir_ + "/kms.json", config.dump(2));
+  }
+
+  StatusOr<std::unique_ptr<host::KmsApi>> HostClient() {
+    return host::NewHttpsKmsClient({.url = KmsUrl(),
+                                    .ca_cert_file = kms_dir_ + "/ca.pem",
+                                    .cert_file = kms_dir_ + "/host-x.pem",
+                                    .key_file = kms_dir_ + "/host-x-key.pem",
+                                    .host_id = "host-x"});
+  }
+
+  // Enrolls and attests host-x, trusts its PCRs, uploads A's signed image.
+  void EnrolledHostAndSignedImage() {
+    auto engine = tpm::SecurityEngine::Create({.tcti = tpm_->tcti(), .state_dir = dir_.File("tpm-state")});
+    ASSERT_OK(engine);
+    engine_ = std::move(engine).value();
+    auto client = HostClient();
+    ASSERT_OK(client);
+    client_ = std::move(client).value();
+    auto request = engine_->EnrollmentRequest();
+    ASSERT_OK(request);
+    auto challenge = client_->BeginEnrollment(*request);
+    ASSERT_OK(challenge);
+    auto secret = engine_->ActivateCredential(*challenge);
+    ASSERT_OK(secret);
+    ASSERT_OK(client_->CompleteEnrollment(*secret));
+    auto ev = FreshEvidence();
+    ASSERT_OK(ev);
+    ASSERT_OK(client_->Attest(*ev));
+    auto op = Kms("operator");
+    ASSERT_OK(op->Post("/v1/flavors/host-x-boot/from-host/host-x", json::object()));
+    ASSERT_OK(op->Put("/v1/policies/_default",
+                      {{"flavors", {{"anyOf", {"host-x-boot"}}}}, {"max_evidence_age_seconds", 600}}));
+    SignUp("a");
+    SealAndUpload("a");
+    ovf::PackageOpenOptions po;
+    auto p = ovf::Package::Open(Env::Default(), package_, po);
+    ASSERT_OK(p);
+    const ovf::Package& pkg = **p;
+    signed_.image_id = pkg.tag().image_id;
+    signed_.tenant = pkg.tag().tenant;
+    signed_.key_id = pkg.tag().key_id;
+    signed_.key_version = pkg.tag().key_version;
+    signed_.wrap_algorithm = pkg.wrapped_key().algorithm;
+    signed_.oaep_label = pkg.wrapped_key().oaep_label;
+    signed_.wrapped_key = pkg.wrapped_key().ciphertext;
+    signed_.descriptor_name = pkg.descriptor_name();
+    signed_.descriptor = pkg.descriptor_text();
+    signed_.manifest = pkg.manifest_text();
+    signed_.package_cert = pkg.certificate_text();
+  }
+
+  // Evidence from host-x's TPM over a nonce the KMS just issued.
+  StatusOr<attest::Evidence> FreshEvidence() {
+    ASSIGN_OR_RETURN(crypto::Bytes nonce, client_->Nonce());
+    return engine_->Attest(nonce, {0, 7});
+  }
+
+  // A release of A's image for job `job` (granted by the portal when
+  // `grant`), with fresh evidence.
+  host::ReleaseRequest GrantedRequest(const std::string& job, bool grant = true) {
+    host::ReleaseRequest r = signed_;
+    r.job_id = job;
+    if (grant) {
+      EXPECT_OK(Kms("portal")->Post("/v1/grants", {{"job_id", r.job_id}, {"image_id", r.image_id},
+                                                   {"tenant", r.tenant}, {"host_id", "host-x"},
+                                                   {"ttl_seconds", 600}}));
+    }
+    auto ev = FreshEvidence();
+    EXPECT_OK(ev);
+    if (ev.ok()) r.evidence = *std::move(ev);
+    return r;
+  }
+
+  // The KMS's audit log as `kms audit export` writes it (one JSON line each).
+  std::string ExportedLog() {
+    std::string text;
+    EXPECT_EQ(KmsCli({"audit", "export", "--config", kms_dir_ + "/kms.json"}, &text), 0) << text;
+    return text;
+  }
+
+  std::unique_ptr<tpm::testing::Swtpm> tpm_;
+  std::unique_ptr<tpm::SecurityEngine> engine_;
+  std::unique_ptr<host::KmsApi> client_;
+  host::ReleaseRequest signed_;  // A's signed image, no job or evidence
+};
+
+// Group commit of the release records (issue 14): concurrent releases
+// share one transaction and one fsync, and each is answered only once its
+// own record is durable. A KMS killed with SIGKILL in the middle of a
+// release load must not have answered any key whose release.grant record
+// is missing after the crash, and the log must still verify.
+TEST_F(HostReleaseTest, KillingTheKmsUnderReleaseLoadLosesNoRecordOfAnAnsweredRelease) {
+  EnrolledHostAndSignedImage();
+  // One job per release, each with the portal's one-launch grant on host-x
+  // and evidence over its own nonce (recorded before the load).
+  constexpr int kReleases = 36;
+  std::vector<host::ReleaseRequest> requests;
+  for (int i = 0; i < kReleases; ++i) requests.push_back(GrantedRequest("crash-job-" + std::to_string(i)));
+  ASSERT_FALSE(HasFailure());
+
+  // Four host connections release concurrently; the KMS is killed once a
+  // third of the keys were answered, with releases still in flight.
+  std::mutex mu;
+  std::vector<std::string> answered;
+  std::atomic<int> next{0};
+  std::atomic<int> refused_before_kill{0};
+  std::atomic<bool> killed{false};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&] {
+      auto c = HostClient();
+      if (!c.ok()) return;
+      for (int i = next++; i < kReleases; i = next++) {
+        auto key = (*c)->Release(requests[static_cast<size_t>(i)]);
+        if (key.ok()) {
+          EXPECT_FALSE(key->rewrapped_key.empty());
+          std::lock_guard<std::mutex> lock(mu);
+          answered.push_back(requests[static_cast<size_t>(i)].job_id);
+        } else if (!killed) {
+          ++refused_before_kill;
+          ADD_FAILURE() << "release refused before the kill: " << key.status().ToString();
+        }
+      }
+    });
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  bool loaded = false;
+  while (!loaded && std::chrono::steady_clock::now() < deadline) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      loaded = static_cast<int>(answered.size()) >= kReleases / 3;
+    }
+    if (!loaded) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  killed = true;
+  kms_->Kill();
+  for (auto& t : threads) t.join();
+  ASSERT_TRUE(loaded) << "the releases were not answered within 60 s";
+  EXPECT_EQ(refused_before_kill.load(), 0);
+  std::vector<std::string> acked;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    acked = answered;
+  }
+  ASSERT_GE(acked.size(), static_cast<size_t>(kReleases / 3));
+  // Some releases were cut off by the kill (else it tested nothing).
+  EXPECT_LT(acked.size(), static_cast<size_t>(kReleases)) << "the kill came after every release";
+
+  // After the crash: the log verifies, and holds a release.grant record for
+  // every job whose key was answered.
+  std::string out;
+  ASSERT_EQ(KmsCli({"audit", "verify", "--config", kms_dir_ + "/kms.json"}, &out), 0) << out;
+  size_t grants = 0;
+  std::set<std::string> logged;
+  std::istringstream lines(ExportedLog());
+  for (std::string line; std::getline(lines, line);) {
+    json entry = json::parse(line, nullptr, false);
+    if (!entry.is_object() || !entry.contains("record")) continue;
+    json rec = json::parse(entry["record"].get<std::string>(), nullptr, false);
+    if (!rec.is_object() || rec.value("event", "") != "release.grant") continue;
+    ++grants;
+    logged.insert(rec["details"].value("job_id", ""));
+  }
+  EXPECT_GE(grants, acked.size());
+  for (const std::string& job : acked) EXPECT_TRUE(logged.count(job)) << job << " was answered, not logged";
+  // Restarted on the same store, the KMS refuses an answered job again:
+  // its grant is recorded used.
+  StartKms(kms_port_);
+  ASSERT_NE(kms_, nullptr);
+  auto again = HostClient();
+  ASSERT_OK(again);
+  client_ = std::move(again).value();
+  host::ReleaseRequest retry = GrantedRequest(acked.front(), /*grant=*/false);
+  auto second = client_->Release(retry);
+  ASSERT_FALSE(second.ok());
+  EXPECT_THAT(second.status().message(), HasSubstr("no_grant"));
+}
+
+// A host with a real TPM asking for a key it is granted, again and again
+// with evidence the KMS refuses (a forged quote signature, a nonce it never
+// issued), is refused each time for that reason and then, after ten, even
+// with good evidence (429 rate_limited); nothing is released. Portal
+// refusals (no grant) do not count against it.
+TEST_F(HostReleaseTest, HostSendingForgedEvidenceIsRefusedThenRateLimited) {
+  EnrolledHostAndSignedImage();
+  for (int i = 0; i < 12; ++i) {
+    SCOPED_TRACE(i);
+    auto r = client_->Release(GrantedRequest("never-granted-" + std::to_string(i), /*grant=*/false));
+    ASSERT_FALSE(r.ok());
+    EXPECT_THAT(r.status().message(), HasSubstr("no_grant"));
+  }
+  // Every grant first: a forged quote records an untrusted verdict, after
+  // which the portal could place nothing on host-x.
+  std::vector<host::ReleaseRequest> granted;
+  for (int i = 0; i < 12; ++i) granted.push_back(GrantedRequest("forged-" + std::to_string(i)));
+  ASSERT_FALSE(HasFailure());
+  for (int i = 0; i < 11; ++i) {  // ten free refusals, the eleventh blocks the host
+    SCOPED_TRACE(i);
+    host::ReleaseRequest r = granted[static_cast<size_t>(i)];
+    if (i % 2 == 0) {
+      r.evidence.quote.signature.back() ^= 0x01;
+    } else {
+      r.evidence.nonce[20] ^= 0x01;  // the MAC no longer matches: a nonce the KMS never issued
+    }
+    auto out = client_->Release(r);
+    ASSERT_FALSE(out.ok());
+    EXPECT_THAT(out.status().message(), HasSubstr(i % 2 == 0 ? "bad_signature" : "nonce_unknown"));
+  }
+  auto blocked = client_->Release(granted.back());  // untouched evidence, granted job
+  ASSERT_FALSE(blocked.ok());
+  EXPECT_EQ(blocked.status().code(), StatusCode::kResourceExhausted) << blocked.status().ToString();
+  EXPECT_THAT(blocked.status().message(), HasSubstr("rate_limited: host host-x"));
+  const std::string log = ExportedLog();
+  EXPECT_THAT(log, Not(HasSubstr("release.grant")));
+  EXPECT_THAT(log, HasSubstr(R"(\"reason\":\"rate_limited\")"));
+  std::string out;
+  ASSERT_EQ(KmsCli({"audit", "verify", "--config", kms_dir_ + "/kms.json"}, &out), 0) << out;
 }
 
 }  // namespace

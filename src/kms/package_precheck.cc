@@ -72,7 +72,7 @@ Status PackagePrecheck::CheckHost(const std::string& host_id) const {
   const rate_limit::Decision d = failures_.Check(host_id);
   if (d.allowed) return OkStatus();
   return ResourceExhaustedError(rate_limit::RateLimitedMessage(
-      "host " + host_id + " sent package texts that failed verification too often",
+      "host " + host_id + " had too many releases refused (package texts, evidence, key or policy)",
       d.retry_after_seconds));
 }
 

@@ -1,11 +1,11 @@
 // Cheap checks of the signed package texts a host sends with a key release,
 // made before any X.509, signature or XML work (docs/protocol.md §5.1,
-// "Order of checks"), and the per-host limit on failed package
-// verifications. Together they keep a package a host altered (never
-// verified) from costing the KMS more than a good release: the usual
-// alterations are refused for the price of a SHA-256, and the ones that
-// need the full verification to be refused (a changed .cert) are limited
-// per host.
+// "Order of checks"), and the per-host limit on refused releases. Together
+// they keep a package a host altered (never verified) from costing the KMS
+// more than a good release: the usual alterations are refused for the price
+// of a SHA-256, and the ones that need the full verification to be refused
+// (a changed .cert) are limited per host, as are releases refused for the
+// host's evidence, nonce, key, label or policy.
 //
 // Thread-safe.
 #ifndef VMSEAL_KMS_PACKAGE_PRECHECK_H_
@@ -28,7 +28,9 @@ namespace vmseal::kms {
 class PackagePrecheck {
  public:
   struct Options {
-    // Failed package verifications a host may make before it is refused
+    // Refused releases (KmsService counts every refusal caused by what the
+    // host sent: package texts, evidence, nonce, key, label, policy; not
+    // grants, revocations or store outages) a host may have before it is refused
     // (rate_limited) for base_seconds, doubling with each further failure up
     // to max_seconds. A host's count is forgotten forget_after_seconds
     // after its last failure; a verified package does not clear it (else a
@@ -42,10 +44,10 @@ class PackagePrecheck {
   explicit PackagePrecheck(Options options, rate_limit::Clock clock = rate_limit::SteadyClock());
 
   // RESOURCE_EXHAUSTED "rate_limited: ..." while `host_id` is blocked after
-  // failed package verifications; OK otherwise.
+  // too many refused releases; OK otherwise.
   Status CheckHost(const std::string& host_id) const;
-  // Counts one failed package check of `host_id` (every failure: cheap or
-  // full).
+  // Counts one refused release of `host_id` (a failed package check, cheap
+  // or full, or a refusal of its evidence, key or policy).
   void RecordFailure(const std::string& host_id);
 
   // The checks that need no parse of X.509, XML or a signature, in this

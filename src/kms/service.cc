@@ -103,6 +103,21 @@ std::string ReasonPrefix(const Status& s) {
   return m.substr(0, colon);
 }
 
+// Whether a release refused with `s` (reason `reason`) counts against the
+// host's limit on refused releases (package_precheck.h): a refusal of what
+// the host sent (package texts, evidence, nonce, key, label, a request the
+// policy refuses, a malformed request), not a store outage (any other
+// code), the limit itself, or what the portal or the customer decided
+// (grants, fencing, revocation), which an honest host meets as its jobs end.
+bool CountsAgainstHost(const Status& s, const std::string& reason) {
+  if (s.code() != StatusCode::kPermissionDenied && s.code() != StatusCode::kInvalidArgument) return false;
+  for (const char* other : {"internal", "rate_limited", "no_grant", "stale_attempt", "image_revoked",
+                            "host_revoked", "customer_disabled", "account_closing", "key_destroyed"}) {
+    if (reason == other) return false;
+  }
+  return true;
+}
+
 // Sortable within one second: the verdict list orders by (time, id).
 std::string NewVerdictId() {
   struct timeval tv;
@@ -1094,6 +1109,7 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
         (void)store_->AppendAudit({"release.deny", "host/" + host_id, d});
       }
     }
+    if (CountsAgainstHost(result, reason)) precheck_.RecordFailure(host_id);
     metrics_.CountDenial(reason);
     metrics_.ObserveRelease(
         reason, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
@@ -1109,6 +1125,10 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
   }
   if (req.key_id.empty() || req.key_id.size() > 128) return finish(InvalidArgumentError("bad key_id"));
   if (!ValidId(req.job_id)) return finish(InvalidArgumentError("job_id must match [A-Za-z0-9._-]{1,64}"));
+  // A host whose releases were refused too often (for its package texts,
+  // evidence, key or policy) is refused before any more are checked
+  // (package_precheck.h).
+  if (Status host_ok = precheck_.CheckHost(host_id); !host_ok.ok()) return finish(host_ok);
   // Revoked, disabled, closed (kms/lifecycle.h): before any signature,
   // evidence or key is looked at. The label is checked below to name this
   // tenant and image.
@@ -1122,14 +1142,8 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
   std::string signer_key_id;
   std::optional<std::string> descriptor_policy;
   if (options_.require_package_signature || !req.package_cert.empty()) {
-    // A host whose package texts failed verification too often is refused
-    // before any more are checked (package_precheck.h).
-    if (Status host_ok = precheck_.CheckHost(host_id); !host_ok.ok()) return finish(host_ok);
     Status signed_ok = CheckSignedPackage(req, &signer_key_id, &descriptor_policy);
-    if (!signed_ok.ok()) {
-      if (!ReasonPrefix(signed_ok).empty()) precheck_.RecordFailure(host_id);  // not a store outage
-      return finish(signed_ok);
-    }
+    if (!signed_ok.ok()) return finish(signed_ok);
     audit["signer_key_id"] = signer_key_id;
   }
 

@@ -242,7 +242,7 @@ class KmsService {
     // Default true.
     bool remember_verified_packages = true;
     // The cheap checks of package texts before their verification, and the
-    // per-host limit on failed package verifications (package_precheck.h).
+    // per-host limit on refused releases (package_precheck.h).
     PackagePrecheck::Options package_precheck;
     // Grace before a closed account's keys are destroyed, when the
     // customer's close_account request names none (kms/lifecycle.h).

@@ -1455,5 +1455,55 @@ TEST_F(ReleaseTest, HostWhosePackagesFailVerificationTooOftenIsRateLimited) {
   ASSERT_OK(Release(Request("img-1", customer, data_key_)));
 }
 
+// The same limit covers refusals of what a host sends besides the package
+// (issue 14, hostile cost): forged quotes, nonces the KMS never issued and
+// keys the customer did not sign count against the host; a grant the portal
+// never made does not (the portal's doing), nor does the limit's own answer.
+TEST_F(ReleaseTest, HostWhoseEvidenceOrKeyIsRefusedTooOftenIsRateLimited) {
+  crypto::PublicKey customer = NewCustomerKey("X25519");
+  const int free_failures = KmsService::Options().package_precheck.failures.free_failures;
+  ASSERT_GE(free_failures, 3);
+  // Not counted: releases of jobs without a grant.
+  expect_grants_ = false;
+  for (int i = 0; i < free_failures + 2; ++i) {
+    ReleaseRequest r = Request("img-1", customer, data_key_);
+    r.job_id = "never-granted-" + std::to_string(i);
+    EXPECT_STATUS(Release(r), StatusCode::kPermissionDenied, "no_grant");
+  }
+  expect_grants_ = true;
+  // Every grant first: after a forged quote's untrusted verdict the portal
+  // could place nothing on h1.
+  std::vector<ReleaseRequest> granted;
+  for (int i = 0; i < free_failures + 2; ++i) granted.push_back(Request("img-1", customer, data_key_));
+  for (int i = 0; i < free_failures; ++i) {
+    SCOPED_TRACE(i);
+    ReleaseRequest r = granted[static_cast<size_t>(i)];
+    if (i % 3 == 0) {
+      r.evidence.quote.signature.back() ^= 0x01;
+      EXPECT_STATUS(Release(r), StatusCode::kPermissionDenied, "bad_signature");
+    } else if (i % 3 == 1) {
+      crypto::Bytes forged = crypto::RandomBytes(32);
+      std::copy(r.evidence.nonce.begin(), r.evidence.nonce.begin() + 16, forged.begin());
+      r.evidence = tpm_->Attest(forged, {0, 7}, pcr_values_);
+      EXPECT_STATUS(Release(r), StatusCode::kPermissionDenied, "nonce_unknown");
+    } else {
+      r.key_id = "sha256:" + std::string(64, '0');
+      EXPECT_STATUS(Release(r), StatusCode::kPermissionDenied, "key_not_signed");
+    }
+  }
+  ReleaseRequest forged = granted[static_cast<size_t>(free_failures)];
+  forged.evidence.quote.signature.back() ^= 0x01;
+  EXPECT_STATUS(Release(forged), StatusCode::kPermissionDenied, "bad_signature");  // blocks h1
+  // Refused before its package or evidence is looked at; nothing granted.
+  const ReleaseRequest good = granted.back();
+  EXPECT_STATUS(Release(good), StatusCode::kResourceExhausted, "rate_limited: host h1");
+  EXPECT_EQ(Audited("release.deny", "rate_limited"), 1);
+  EXPECT_EQ(Audited("release.grant", ""), 0);
+  // After the block (1 s) the host is heard again: its good evidence (its
+  // nonce unused, since the limit refused it first) gets the key.
+  now_ += 2;
+  ASSERT_OK(Release(good));
+}
+
 }  // namespace
 }  // namespace vmseal::kms

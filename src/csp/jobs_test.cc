@@ -469,6 +469,13 @@ TEST_F(JobsLifecycleTest, TrustWatchStopsOrReportsEachVmOfAnUntrustedHostOnce) {
   Job report = Running("h1");
   kms_.SetOnTrustLoss(stop.job_id, "stop");
   kms_.SetOnTrustLoss(report.job_id, "report");
+  // Only a running VM on the host named can lose trust; nothing changes.
+  EXPECT_STATUS(jobs_->RecordTrustLoss(report.job_id, "h2", "trust_lost: x", true),
+                StatusCode::kFailedPrecondition, "bad_state");
+  Job unchanged = *jobs_->GetJob(alice_, report.job_id);
+  EXPECT_EQ(unchanged.state, JobState::kRunning);
+  EXPECT_TRUE(unchanged.trust_events.empty());
+  EXPECT_EQ(unchanged.trust_lost_unix, 0);
   TrustWatch watch({.interval_seconds = 10, .stop_timeout_seconds = 60}, &kms_, jobs_.get(), &clock_);
   watch.Tick();
   // Trusted: asked about both, nothing changes.
@@ -531,15 +538,6 @@ TEST_F(JobsLifecycleTest, TrustWatchStopsOrReportsEachVmOfAnUntrustedHostOnce) {
   EXPECT_THAT(kms_.trust_events(),
               ::testing::ElementsAre(stop.job_id + " stop_unanswered", stop.job_id + " stopped"));
   EXPECT_THAT(jobs_->GetJob(alice_, stop.job_id)->trust_events.back(), HasSubstr("stopped: host h1"));
-  // Only a running VM on the host named can lose trust; nothing changes.
-  kms_.SetEligibility("h1", true, "ok");
-  Job third = Running("h1");
-  EXPECT_STATUS(jobs_->RecordTrustLoss(third.job_id, "h2", "trust_lost: x", true),
-                StatusCode::kFailedPrecondition, "bad_state");
-  Job unchanged = *jobs_->GetJob(alice_, third.job_id);
-  EXPECT_EQ(unchanged.state, JobState::kRunning);
-  EXPECT_TRUE(unchanged.trust_events.empty());
-  EXPECT_EQ(unchanged.trust_lost_unix, 0);
 }
 
 TEST_F(JobsLifecycleTest, TrustEventsSurviveTheJobRecord) {

@@ -84,10 +84,7 @@ nlohmann::json LifecycleOutcomeJson(const LifecycleOutcome& o) {
 
 void TrustWatch::Report(const Job& job, const std::string& host_id, const std::string& event,
                         const std::string& text) {
-  auto added = jobs_->AddTrustEvent(job.job_id, event + ": " + text);
-  if (!added.ok()) {
-    spdlog::warn("trust event of job {} not recorded: {}", job.job_id, added.status().message());
-  }
+  // The KMS's audit first, so that what the job shows is on record.
   Status told = kms_->RecordVmTrustEvent({{"job_id", job.job_id},
                                           {"tenant", job.customer_id},
                                           {"image_id", job.tagged_image_id},
@@ -95,6 +92,10 @@ void TrustWatch::Report(const Job& job, const std::string& host_id, const std::s
                                           {"event", event},
                                           {"text", text}});
   if (!told.ok()) spdlog::warn("trust event of job {} not audited: {}", job.job_id, told.message());
+  auto added = jobs_->AddTrustEvent(job.job_id, event + ": " + text);
+  if (!added.ok()) {
+    spdlog::warn("trust event of job {} not recorded: {}", job.job_id, added.status().message());
+  }
 }
 
 void TrustWatch::Tick(bool force) {

@@ -627,11 +627,27 @@ class HostTrustLossE2eTest : public HostLifecycleE2eTest {
     return out;
   }
 
-  // The customer's own audit of a portal image, relayed by the portal.
+  // The events of the customer's own audit of a portal image, relayed by
+  // the portal: each proof carries its record ("extra <base64>",
+  // docs/format/audit-log.md §6), read here as "<event> <details>".
   std::string CustomerAudit(const std::string& portal_image_id) {
     auto res = Client()->Get("/v1/images/" + portal_image_id + "/audit", a_.auth);
     EXPECT_TRUE(res && res->status == 200) << (res ? res->body : "no answer");
-    return res ? res->body : "";
+    if (!res || res->status != 200) return "";
+    json page = json::parse(res->body, nullptr, false);
+    std::string events;
+    for (const json& proof : page.value("proofs", json::array())) {
+      const std::string text = proof.get<std::string>();
+      const size_t at = text.find("\nextra ");
+      if (at == std::string::npos) continue;
+      const size_t end = text.find('\n', at + 7);
+      auto record = crypto::Base64Decode(text.substr(at + 7, end - at - 7));
+      if (!record.ok()) continue;
+      json rec = json::parse(std::string(record->begin(), record->end()), nullptr, false);
+      if (!rec.is_object()) continue;
+      events += rec.value("event", "") + " " + rec.value("details", json::object()).dump() + "\n";
+    }
+    return events;
   }
 
   struct RunningVm {

@@ -562,7 +562,7 @@ TEST_F(CustomerMigrateTest, MigratedImageIsPlacedByPortalBAndReleasedByKmsBToHos
   // KMS B for the same job: its signer is not certified by KMS B, and
   // nothing is released.
   auto from_a = ReleaseWith(host_b.get(), engine_b_.get(), dir_.File("a.ova"), job_id, pj.attempt);
-  EXPECT_STATUS(from_a, StatusCode::kPermissionDenied, "signer_mismatch");
+  EXPECT_STATUS(from_a, StatusCode::kUnauthenticated, "signer_mismatch");
 }
 
 }  // namespace

@@ -245,6 +245,59 @@ TEST_F(LifecycleTest, AClosedAccountsKeysAreDestroyedAndACopyOfItsPackageIsNever
   EXPECT_TRUE(Audit("release.grant").empty());
 }
 
+// kms.json sets the grace (2 s) and the destruction timer (every second):
+// the keys go at their due time with no request to the KMS at all.
+class TimedKeyDestructionTest : public LifecycleTest {
+ protected:
+  void EditKmsConfig(json* config) override {
+    (*config)["account_grace_seconds"] = 2;
+    (*config)["key_destruction_interval_seconds"] = 1;
+  }
+};
+
+TEST_F(TimedKeyDestructionTest, AClosedAccountsKeysAreDestroyedOnTimeWithoutAnyRequest) {
+  const std::string a = SignUp("a");
+  SealAndUpload("a", "a.ova", {"--policy", kAnyTagPolicy});
+  std::string out;
+  // No --grace-seconds: kms.json's grace applies.
+  ASSERT_EQ(Customer("a", {"close-account"}, &out), 0) << out;
+  const size_t brace = out.find('{');
+  json closed = json::parse(brace == std::string::npos ? "" : out.substr(brace), nullptr, false);
+  ASSERT_TRUE(closed.is_object()) << out;
+  EXPECT_THAT(closed.dump(), HasSubstr(R"("state":"closing")"));
+  auto store = kms::Store::Open(kms_.dir + "/kms.db");
+  ASSERT_OK(store);
+  auto mark = (*store)->GetLifecycle("customer", a);
+  ASSERT_OK(mark);
+  EXPECT_EQ(mark->state, "closing");
+  EXPECT_EQ(mark->due_unix - mark->since_unix, 2);
+  auto keys = (*store)->ListCustomerKeys(a);
+  ASSERT_OK(keys);
+  ASSERT_FALSE(keys->empty());
+  // Nobody asks the KMS anything now; its timer destroys the keys.
+  const int64_t due = mark->due_unix;
+  bool destroyed = false;
+  for (int i = 0; i < 100 && !destroyed; ++i) {
+    ::usleep(100 * 1000);
+    auto m = (*store)->GetLifecycle("customer", a);
+    destroyed = m.ok() && m->state == "destroyed";
+  }
+  ASSERT_TRUE(destroyed) << "keys not destroyed within 10 s of the close (grace 2 s)";
+  const int64_t now = static_cast<int64_t>(::time(nullptr));
+  EXPECT_GE(now, due);
+  EXPECT_LE(now, due + 3) << "destroyed late";
+  keys = (*store)->ListCustomerKeys(a);
+  ASSERT_OK(keys);
+  EXPECT_TRUE(keys->empty());
+  std::vector<json> audit = Audit("customer.keys_destroy");
+  ASSERT_EQ(audit.size(), 1u);
+  EXPECT_EQ(audit[0]["customer_id"], a);
+  EXPECT_EQ(audit[0]["due_unix"], due);
+  // And a package of the account is never released again.
+  EnrollHost({"region=demo"});
+  EXPECT_STATUS(HostRelease("a.ova", "job-1"), StatusCode::kPermissionDenied, "key_destroyed");
+}
+
 TEST_F(LifecycleTest, RevokingAnImageStopsItsLaunchesOrReportsThemAsItsPolicySays) {
   SignUp("a");
   const std::string stop = SealAndUpload("a", "stop.ova", {"--policy", kStopPolicy});

@@ -21,11 +21,13 @@
 #include "crypto/primitives.h"
 #include "crypto/signature.h"
 #include "crypto/x509.h"
+#include "host/portal_client.h"
 #include "csp/internal/process_harness.h"
 #include "kms/migration.h"
 #include "net/https_client.h"
 #include "ovf/descriptor.h"
 #include "ovf/package.h"
+#include "internal/sealed_kms_fixture.h"
 #include "testing/test_util.h"
 
 namespace vmseal {
@@ -35,65 +37,13 @@ using ::testing::HasSubstr;
 using json = nlohmann::json;
 using vmseal::testing::ReadFileOrDie;
 using vmseal::testing::RunCommand;
-using vmseal::testing::TempDir;
 using vmseal::testing::VmsealBinary;
 using vmseal::testing::WriteFileOrDie;
 
-class CustomerExportTest : public ::testing::Test {
+// KMS A (`kms init` + `kms serve`, trusting host A's EK CA) and portal A
+// are the shared fixture's (tests/internal/sealed_kms_fixture.h).
+class CustomerExportTest : public vmseal::testing::SealedKmsFixture {
  protected:
-  void SetUp() override {
-    auto kms = csp::testing::StartKms(dir_.File("kms"));
-    ASSERT_OK(kms);
-    kms_ = std::move(kms).value();
-    std::vector<std::string> argv = {
-        VmsealBinary(), "csp", "serve", "--data-dir", dir_.File("portal"), "--port", "0",
-        "--port-file", dir_.File("portal.port"), "--kms-url", kms_.url(), "--kms-ca", kms_.ca(),
-        "--kms-cert", kms_.portal_cert(), "--kms-key", kms_.portal_key()};
-    auto portal = csp::testing::ServerProcess::Start(argv, dir_.File("portal.log"),
-                                                     dir_.File("portal.port"));
-    ASSERT_OK(portal);
-    portal_ = std::move(portal).value();
-    std::string disk(256 << 10, '\0');
-    for (size_t i = 0; i < disk.size(); ++i) disk[i] = static_cast<char>(i * 131 % 251);
-    WriteFileOrDie(dir_.File("disk.raw"), disk);
-  }
-
-  std::string PortalUrl() { return "http://127.0.0.1:" + std::to_string(portal_->port()); }
-
-  int Customer(const std::string& who, const std::vector<std::string>& args, std::string* out) {
-    ::mkdir(dir_.File(who).c_str(), 0700);
-    std::vector<std::string> argv = {VmsealBinary(), "customer", "--portal", PortalUrl(),
-                                     "--session", dir_.File(who + "/session.json"), "--json"};
-    argv.insert(argv.end(), args.begin(), args.end());
-    return RunCommand(argv, out, 120);
-  }
-  json CustomerJson(const std::string& who, const std::vector<std::string>& args) {
-    std::string out;
-    EXPECT_EQ(Customer(who, args, &out), 0) << out;
-    const size_t brace = out.find('{');
-    return json::parse(brace == std::string::npos ? "" : out.substr(brace), nullptr, false);
-  }
-  json SignUp(const std::string& who) {
-    json reg = CustomerJson(who, {"register", "--password-out", dir_.File(who + "/pw")});
-    CustomerJson(who, {"login", "--login-id", reg.value("login_id", ""), "--password-file",
-                       dir_.File(who + "/pw")});
-    CustomerJson(who, {"fetch-cert", "--out", dir_.File(who + "/customer.pem"), "--kms-ca",
-                       kms_.ca()});
-    return reg;
-  }
-  // Seals the disk to `who`'s key, uploads it; the portal's image id.
-  std::string SealAndUpload(const std::string& who, const std::string& package) {
-    std::string out;
-    EXPECT_EQ(RunCommand({VmsealBinary(), "seal", dir_.File("disk.raw"), "--cert",
-                          dir_.File(who + "/customer.pem"), "-o", dir_.File(package)},
-                         &out, 120),
-              0)
-        << out;
-    CustomerJson(who, {"upload", dir_.File(package), "--name", "img"});
-    json images = CustomerJson(who, {"images"})["images"];
-    EXPECT_EQ(images.size(), 1u);
-    return images.empty() ? "" : images[0].value("image_id", "");
-  }
   int Export(const std::string& who, const std::string& image, const std::string& out_file,
              const std::string& ca, std::string* out) {
     return Customer(who, {"export", image, "-o", dir_.File(out_file), "--kms-ca", ca}, out);
@@ -117,18 +67,15 @@ class CustomerExportTest : public ::testing::Test {
     return "";
   }
 
-  TempDir dir_;
-  csp::testing::KmsInstance kms_;
-  std::unique_ptr<csp::testing::ServerProcess> portal_;
 };
 
 TEST_F(CustomerExportTest, ExportWritesTheUploadedPackageVerifiedAgainstTheCustomersSignature) {
-  json a = SignUp("a");
-  const std::string image = SealAndUpload("a", "a.ova");
+  const std::string a = SignUp("a");
+  const std::string image = SealAndUpload("a", "a.ova", {});
   ASSERT_FALSE(image.empty());
   json e = CustomerJson("a", {"export", image, "-o", dir_.File("out.ova"), "--kms-ca", kms_.ca()});
   EXPECT_EQ(e.value("verified", false), true);
-  EXPECT_EQ(e.value("tenant", ""), a.value("customer_id", ""));
+  EXPECT_EQ(e.value("tenant", ""), a);
   // Byte for byte the package the customer uploaded.
   EXPECT_EQ(ReadFileOrDie(dir_.File("out.ova")), ReadFileOrDie(dir_.File("a.ova")));
   // And it opens offline as the customer's own package.
@@ -143,7 +90,7 @@ TEST_F(CustomerExportTest, ExportWritesTheUploadedPackageVerifiedAgainstTheCusto
 TEST_F(CustomerExportTest, PackageAlteredOrSwappedAtThePortalIsRefusedAndNothingIsWritten) {
   SignUp("a");
   SignUp("b");
-  const std::string image = SealAndUpload("a", "a.ova");
+  const std::string image = SealAndUpload("a", "a.ova", {});
   const std::string object = StoredObject("a.ova");
   ASSERT_FALSE(object.empty());
   const std::string original = ReadFileOrDie(object);
@@ -158,7 +105,7 @@ TEST_F(CustomerExportTest, PackageAlteredOrSwappedAtThePortalIsRefusedAndNothing
   EXPECT_FALSE(Exists("flipped.ova"));
 
   // B's own valid, signed package served as A's image: signed by B's key.
-  const std::string b_image = SealAndUpload("b", "b.ova");
+  const std::string b_image = SealAndUpload("b", "b.ova", {});
   ASSERT_FALSE(b_image.empty());
   WriteFileOrDie(object, ReadFileOrDie(dir_.File("b.ova")));
   EXPECT_NE(Export("a", image, "swapped.ova", kms_.ca(), &out), 0);
@@ -174,7 +121,7 @@ TEST_F(CustomerExportTest, PackageAlteredOrSwappedAtThePortalIsRefusedAndNothing
 TEST_F(CustomerExportTest, AnotherCustomersImageAndAnUnpinnedCaAreRefused) {
   SignUp("a");
   SignUp("b");
-  const std::string image = SealAndUpload("a", "a.ova");
+  const std::string image = SealAndUpload("a", "a.ova", {});
   std::string out;
   // B asks for A's image: the portal has no such image for B.
   EXPECT_NE(Export("b", image, "b-took.ova", kms_.ca(), &out), 0);
@@ -196,24 +143,35 @@ class CustomerMigrateTest : public CustomerExportTest {
   void SetUp() override {
     CustomerExportTest::SetUp();
     if (HasFatalFailure()) return;
-    auto kms = csp::testing::StartKms(dir_.File("kms-b"));
-    ASSERT_OK(kms);
-    kms_b_ = std::move(kms).value();
-    std::vector<std::string> argv = {
-        VmsealBinary(), "csp", "serve", "--data-dir", dir_.File("portal-b"), "--port", "0",
-        "--port-file", dir_.File("portal-b.port"), "--kms-url", kms_b_.url(), "--kms-ca",
-        kms_b_.ca(), "--kms-cert", kms_b_.portal_cert(), "--kms-key", kms_b_.portal_key()};
-    auto portal = csp::testing::ServerProcess::Start(argv, dir_.File("portal-b.log"),
-                                                     dir_.File("portal-b.port"));
+    // Host B's own TPM; KMS B trusts its EK CA only.
+    ::mkdir(dir_.File("host-b").c_str(), 0700);
+    ASSERT_NO_FATAL_FAILURE(StartTpm(dir_.File("host-b"), &swtpm_b_, &engine_b_));
+    ASSERT_NO_FATAL_FAILURE(StartKmsWithEk(dir_.File("kms-b"), swtpm_b_->ca_bundle_pem(), &kms_b_));
+    // Portal B over TLS (hosts authenticate with KMS B certificates).
+    std::string out;
+    ASSERT_EQ(RunCommand({VmsealBinary(), "kms", "issue-identity", "--dir", kms_b_.dir, "--role",
+                          "portal", "--name", "portal-server", "--server", "--server-ip",
+                          "127.0.0.1", "--out", kms_b_.dir + "/portal-server"},
+                         &out, 60),
+              0)
+        << out;
+    auto portal = csp::testing::ServerProcess::Start(
+        {VmsealBinary(), "csp", "serve", "--data-dir", dir_.File("portal-b"), "--port", "0",
+         "--port-file", dir_.File("portal-b.port"), "--tls-cert", kms_b_.dir + "/portal-server.pem",
+         "--tls-key", kms_b_.dir + "/portal-server-key.pem", "--client-ca", kms_b_.ca(),
+         "--kms-url", kms_b_.url(), "--kms-ca", kms_b_.ca(), "--kms-cert", kms_b_.portal_cert(),
+         "--kms-key", kms_b_.portal_key()},
+        dir_.File("portal-b.log"), dir_.File("portal-b.port"));
     ASSERT_OK(portal);
     portal_b_ = std::move(portal).value();
   }
-  std::string PortalBUrl() { return "http://127.0.0.1:" + std::to_string(portal_b_->port()); }
+  std::string PortalBUrl() { return "https://127.0.0.1:" + std::to_string(portal_b_->port()); }
   // `vmseal customer` against portal B as `who` (its directory `who`-b).
   json CustomerB(const std::string& who, const std::vector<std::string>& args) {
     ::mkdir(dir_.File(who + "-b").c_str(), 0700);
     std::vector<std::string> argv = {VmsealBinary(), "customer", "--portal", PortalBUrl(),
-                                     "--session", dir_.File(who + "-b/session.json"), "--json"};
+                                     "--ca-cert", kms_b_.ca(), "--session",
+                                     dir_.File(who + "-b/session.json"), "--json"};
     argv.insert(argv.end(), args.begin(), args.end());
     std::string out;
     EXPECT_EQ(RunCommand(argv, &out, 120), 0) << out;
@@ -234,24 +192,13 @@ class CustomerMigrateTest : public CustomerExportTest {
               std::string* out) {
     ::mkdir(dir_.File(who + "-work").c_str(), 0700);
     return Customer(who, {"migrate", image, "--kms-ca", kms_.ca(), "--to-portal", PortalBUrl(),
-                          "--to-session", dir_.File(who + "-b/session.json"), "--to-kms-ca",
-                          to_kms_ca, "--work-dir", dir_.File(who + "-work")},
+                          "--to-ca-cert", kms_b_.ca(), "--to-session",
+                          dir_.File(who + "-b/session.json"), "--to-kms-ca", to_kms_ca,
+                          "--work-dir", dir_.File(who + "-work")},
                     out);
   }
   // An mTLS client of KMS A with identity `name` (portal, operator).
-  std::unique_ptr<net::HttpsClient> KmsA(const std::string& name) {
-    net::HttpsClient::Options o;
-    o.host = "127.0.0.1";
-    o.port = kms_.process->port();
-    o.ca_pem = ReadFileOrDie(kms_.ca());
-    o.cert_pem = ReadFileOrDie(kms_.dir + "/" + name + ".pem");
-    auto key = crypto::ReadSecretFile(kms_.dir + "/" + name + "-key.pem");
-    EXPECT_OK(key);
-    o.key_pem = std::move(key).value();
-    auto c = net::HttpsClient::Create(std::move(o));
-    EXPECT_OK(c);
-    return std::move(c).value();
-  }
+  std::unique_ptr<net::HttpsClient> KmsA(const std::string& name) { return Kms(name); }
   // (event, reason) of every migration.* record in KMS A's audit log.
   std::vector<std::string> MigrationAudit() {
     auto log = KmsA("operator")->Get("/v1/audit?after=0&limit=1000");
@@ -298,14 +245,16 @@ class CustomerMigrateTest : public CustomerExportTest {
     return r;
   }
 
+  std::unique_ptr<tpm::testing::Swtpm> swtpm_b_;
+  std::unique_ptr<tpm::SecurityEngine> engine_b_;
   csp::testing::KmsInstance kms_b_;
   std::unique_ptr<csp::testing::ServerProcess> portal_b_;
 };
 
 TEST_F(CustomerMigrateTest, MigrateVerifiesTheDestinationAndKmsAReWrapsOnlyWithTheCustomersSignature) {
-  json a = SignUp("a");
+  const std::string a = SignUp("a");
   json b = SignUpB("a");
-  const std::string image = SealAndUpload("a", "a.ova");
+  const std::string image = SealAndUpload("a", "a.ova", {});
   ASSERT_FALSE(image.empty());
   std::string out;
 
@@ -322,8 +271,9 @@ TEST_F(CustomerMigrateTest, MigrateVerifiesTheDestinationAndKmsAReWrapsOnlyWithT
   SignUpB("x", {"--key-algorithm", "x25519"});
   ::mkdir(dir_.File("a-work-x").c_str(), 0700);
   EXPECT_NE(Customer("a", {"migrate", image, "--kms-ca", kms_.ca(), "--to-portal", PortalBUrl(),
-                           "--to-session", dir_.File("x-b/session.json"), "--to-kms-ca",
-                           kms_b_.ca(), "--work-dir", dir_.File("a-work-x")},
+                           "--to-ca-cert", kms_b_.ca(), "--to-session",
+                           dir_.File("x-b/session.json"), "--to-kms-ca", kms_b_.ca(),
+                           "--work-dir", dir_.File("a-work-x")},
                      &out),
             0);
   EXPECT_THAT(out, HasSubstr("key_type_mismatch"));
@@ -335,7 +285,7 @@ TEST_F(CustomerMigrateTest, MigrateVerifiesTheDestinationAndKmsAReWrapsOnlyWithT
   const size_t brace = out.find('{');
   json m = json::parse(brace == std::string::npos ? "" : out.substr(brace), nullptr, false);
   EXPECT_EQ(m.value("destination_tenant", ""), b.value("customer_id", ""));
-  EXPECT_EQ(m.value("source_tenant", ""), a.value("customer_id", ""));
+  EXPECT_EQ(m.value("source_tenant", ""), a);
   EXPECT_FALSE(m.value("rewrapped_key", "").empty());
   auto b_cert = crypto::Certificate::FromPem(ReadFileOrDie(dir_.File("a-b/customer.pem")));
   ASSERT_OK(b_cert);
@@ -356,7 +306,7 @@ TEST_F(CustomerMigrateTest, MigrateVerifiesTheDestinationAndKmsAReWrapsOnlyWithT
   auto moved = ovf::Package::Open(Env::Default(), m.value("migrated_package", ""), po);
   ASSERT_OK(moved);
   EXPECT_EQ((*moved)->tag().tenant, b.value("customer_id", ""));
-  EXPECT_EQ((*moved)->tag().stream_tenant, a.value("customer_id", ""));
+  EXPECT_EQ((*moved)->tag().stream_tenant, a);
   EXPECT_EQ((*moved)->tag().image_id, (*src)->tag().image_id);
   EXPECT_NE((*moved)->wrapped_key().ciphertext, (*src)->wrapped_key().ciphertext);
   ASSERT_EQ((*moved)->files().size(), (*src)->files().size());
@@ -411,7 +361,7 @@ TEST_F(CustomerMigrateTest, MigrateVerifiesTheDestinationAndKmsAReWrapsOnlyWithT
 
 TEST_F(CustomerMigrateTest, ReWrapIsRefusedWithoutTheCustomersSignatureReplayedExpiredOrRedirected) {
   SignUp("a");
-  const std::string image = SealAndUpload("a", "a.ova");
+  const std::string image = SealAndUpload("a", "a.ova", {});
   ASSERT_FALSE(image.empty());
   auto signing = crypto::LoadPrivateKeyFile(dir_.File("a/signing-key.pem"));
   ASSERT_OK(signing);
@@ -480,6 +430,139 @@ TEST_F(CustomerMigrateTest, ReWrapIsRefusedWithoutTheCustomersSignatureReplayedE
                                      "migration.deny destination_mismatch",
                                      "migration.deny authorization_expired", "migration.rewrap",
                                      "migration.deny authorization_replayed"));
+}
+
+// A migrate that failed after the re-wrap (here portal B refuses the
+// upload's name) is resumed by running it again: the re-wrap recorded in
+// the work dir is reused, KMS A is not asked a second time, and the package
+// reaches B. Once uploaded, a further run refuses before asking anything.
+TEST_F(CustomerMigrateTest, MigrateResumesAfterAFailedUploadWithoutASecondReWrap) {
+  SignUp("a");
+  SignUpB("a");
+  const std::string image = SealAndUpload("a", "a.ova", {});
+  ASSERT_FALSE(image.empty());
+  ::mkdir(dir_.File("a-work").c_str(), 0700);
+  std::string out;
+  EXPECT_NE(Customer("a", {"migrate", image, "--kms-ca", kms_.ca(), "--to-portal", PortalBUrl(),
+                           "--to-ca-cert", kms_b_.ca(), "--to-session",
+                           dir_.File("a-b/session.json"), "--to-kms-ca", kms_b_.ca(),
+                           "--work-dir", dir_.File("a-work"), "--to-name", std::string(200, 'n')},
+                     &out),
+            0);
+  EXPECT_THAT(out, HasSubstr("128 characters"));
+  EXPECT_THAT(MigrationAudit(), ::testing::ElementsAre("migration.rewrap"));
+  EXPECT_TRUE(Exists("a-work/" + image + ".rewrap.json"));
+  EXPECT_TRUE(CustomerB("a", {"images"})["images"].empty());
+
+  ASSERT_EQ(Migrate("a", image, kms_b_.ca(), &out), 0) << out;
+  const size_t brace = out.find('{');
+  json m = json::parse(brace == std::string::npos ? "" : out.substr(brace), nullptr, false);
+  EXPECT_EQ(m.value("resumed", false), true) << out;
+  EXPECT_THAT(MigrationAudit(), ::testing::ElementsAre("migration.rewrap"));
+  json b_images = CustomerB("a", {"images"})["images"];
+  ASSERT_EQ(b_images.size(), 1u) << b_images.dump();
+  // The package at B opens with the re-wrap KMS A made the first time.
+  ovf::PackageOpenOptions po;
+  po.require_signature = true;
+  auto moved = ovf::Package::Open(Env::Default(), m.value("migrated_package", ""), po);
+  ASSERT_OK(moved);
+  auto first = json::parse(ReadFileOrDie(dir_.File("a-work/" + image + ".rewrap.json")));
+  auto recorded = crypto::Base64Decode(first.value("rewrapped_key", ""));
+  ASSERT_OK(recorded);
+  EXPECT_EQ((*moved)->wrapped_key().ciphertext, *recorded);
+
+  EXPECT_NE(Migrate("a", image, kms_b_.ca(), &out), 0);
+  EXPECT_THAT(out, HasSubstr("migrated already"));
+  EXPECT_THAT(MigrationAudit(), ::testing::ElementsAre("migration.rewrap"));
+}
+
+// The package `customer migrate` moved is launched at B: portal B places it
+// on host B (its own swtpm, enrolled at KMS B) with a grant from KMS B, the
+// host fetches it from portal B, KMS B releases its key to the host's TPM,
+// and the disk decrypts to the bytes sealed at A: the ciphertext moved
+// unchanged, and only B's keys were needed. The source package, shown to
+// KMS B, is not released.
+TEST_F(CustomerMigrateTest, MigratedImageIsPlacedByPortalBAndReleasedByKmsBToHostB) {
+  SignUp("a");
+  const std::string b = SignUpB("a").value("customer_id", "");
+  const std::string image = SealAndUpload("a", "a.ova", {});
+  ASSERT_FALSE(image.empty());
+  std::string out;
+  ASSERT_EQ(Migrate("a", image, kms_b_.ca(), &out), 0) << out;
+  json b_images = CustomerB("a", {"images"})["images"];
+  ASSERT_EQ(b_images.size(), 1u) << b_images.dump();
+  const std::string image_b = b_images[0].value("image_id", "");
+
+  // Host B: enrolled at KMS B, whose operator trusts its boot state for the
+  // customer; in portal B's pool with one slot.
+  std::unique_ptr<host::KmsApi> host_b;
+  ASSERT_NO_FATAL_FAILURE(EnrollHostAt(kms_b_, engine_b_.get(), &host_b));
+  ASSERT_OK(Kms("operator", &kms_b_)->Put("/v1/policies/" + b,
+                                          {{"flavors", {{"anyOf", {"good-boot"}}}}}));
+  host::PortalClientOptions pco;
+  pco.url = PortalBUrl();
+  pco.ca_cert_file = kms_b_.ca();
+  pco.cert_file = kms_b_.dir + "/host-1.pem";
+  pco.key_file = kms_b_.dir + "/host-1-key.pem";
+  auto portal_b_host = host::PortalClient::Create(pco);
+  ASSERT_OK(portal_b_host);
+  ASSERT_OK((*portal_b_host)->Register({.capacity = {.vcpus = 2, .memory_mib = 2048, .slots = 1}}));
+  ASSERT_OK((*portal_b_host)->Heartbeat());
+
+  // Launched through portal B: placed on host B (KMS B's placement check
+  // and grant).
+  json launched = CustomerB("a", {"launch", image_b});
+  const std::string job_id = launched.value("job_id", "");
+  ASSERT_FALSE(job_id.empty()) << launched.dump();
+  json status = CustomerB("a", {"status", job_id});
+  EXPECT_EQ(status.value("state", ""), "placed") << status.dump();
+  EXPECT_EQ(status.value("host_id", ""), "host-1") << status.dump();
+  auto jobs = (*portal_b_host)->PollJobs();
+  ASSERT_OK(jobs);
+  ASSERT_EQ(jobs->size(), 1u);
+  const host::PortalJob& pj = (*jobs)[0];
+  EXPECT_EQ(pj.job_id, job_id);
+  EXPECT_EQ(pj.customer_id, b);
+
+  // The host fetches the package from portal B (digest checked) ...
+  host::Job hj;
+  hj.job_id = pj.job_id;
+  hj.image_id = pj.image_id;
+  hj.tenant = pj.customer_id;
+  hj.package_sha256_hex = pj.package_sha256_hex;
+  hj.attempt = pj.attempt;
+  ASSERT_OK((*portal_b_host)->Fetch(hj, dir_.File("host-b/package.ova")));
+  auto fetched = Open("host-b/package.ova");
+  ASSERT_NE(fetched, nullptr);
+  EXPECT_EQ(fetched->tag().tenant, b);
+  // ... and KMS B releases its key to host B's TPM for this job.
+  auto released = ReleaseWith(host_b.get(), engine_b_.get(), dir_.File("host-b/package.ova"),
+                              job_id, pj.attempt);
+  ASSERT_OK(released);
+  auto data_key = engine_b_->Decrypt(released->rewrapped_key, released->label);
+  ASSERT_OK(data_key);
+  ASSERT_FALSE(fetched->files().empty());
+  {
+    auto f = Env::Default()->NewWritableFile(dir_.File("host-b/disk.out"), 0600);
+    ASSERT_OK(f);
+    ASSERT_OK(fetched->DecryptFile(fetched->files()[0].id, *data_key, f->get()));
+    ASSERT_OK((*f)->Close());
+  }
+  EXPECT_EQ(ReadFileOrDie(dir_.File("host-b/disk.out")), ReadFileOrDie(dir_.File("disk.raw")));
+  int grants = 0;
+  auto log = Kms("operator", &kms_b_)->Get("/v1/audit?after=0&limit=1000");
+  ASSERT_OK(log);
+  for (const json& r : (*log)["records"]) {
+    json rec = json::parse(r["record"].get<std::string>(), nullptr, false);
+    if (rec.value("event", "") == "release.grant") ++grants;
+  }
+  EXPECT_EQ(grants, 1);
+
+  // The source package (sealed and signed for the customer at A), shown to
+  // KMS B for the same job: its signer is not certified by KMS B, and
+  // nothing is released.
+  auto from_a = ReleaseWith(host_b.get(), engine_b_.get(), dir_.File("a.ova"), job_id, pj.attempt);
+  EXPECT_STATUS(from_a, StatusCode::kUnauthenticated, "signer_mismatch");
 }
 
 }  // namespace

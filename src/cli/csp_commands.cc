@@ -35,6 +35,8 @@ struct ServeFlags {
   std::string operator_token_file, port_file;
   std::string kms_url, kms_ca, kms_cert, kms_key;
   int64_t heartbeat_timeout_seconds = 30;
+  int64_t trust_check_interval_seconds = 10;
+  int64_t trust_stop_timeout_seconds = 60;
   int64_t lease_seconds = 30;
   std::string store;
   int max_attempts = 3;
@@ -57,6 +59,8 @@ Status Serve(const ServeFlags& f) {
   o.s3_region = f.s3_region;
   o.s3_access_key_id = f.s3_access_key_id;
   o.heartbeat_timeout_seconds = f.heartbeat_timeout_seconds;
+  o.trust_check_interval_seconds = f.trust_check_interval_seconds;
+  o.trust_stop_timeout_seconds = f.trust_stop_timeout_seconds;
   o.lease_seconds = f.lease_seconds;
   o.store_url = f.store;
   o.max_attempts = f.max_attempts;
@@ -69,6 +73,9 @@ Status Serve(const ServeFlags& f) {
     const size_t eq = nv.find('=');
     if (eq == std::string::npos) return InvalidArgumentError("--front-end wants NAME=VALUE, got " + nv);
     RETURN_IF_ERROR(csp::SetFrontEndLimit(&o.front_end, nv.substr(0, eq), nv.substr(eq + 1)));
+  }
+  if (f.trust_check_interval_seconds < 0 || f.trust_stop_timeout_seconds < 1) {
+    return InvalidArgumentError("--trust-check-interval must be >= 0 and --trust-stop-timeout positive");
   }
   if (f.heartbeat_timeout_seconds < 1 || f.max_attempts < 1 || f.lease_seconds < 1) {
     return InvalidArgumentError("--heartbeat-timeout, --lease-seconds and --max-attempts must be positive");
@@ -230,6 +237,12 @@ void AddCspCommands(CLI::App& app, const CommandSink& sink) {
                     "max_connections=4096 max_connections_per_address=32 "
                     "reserved_authenticated_connections=256 max_queued_requests=256 "
                     "max_queued_anonymous_requests=64 keep_alive_timeout_seconds=5 anonymous_per_second=0)");
+  serve->add_option("--trust-check-interval", flags->trust_check_interval_seconds,
+                    "Seconds between checks with the KMS that running VMs' hosts are still "
+                    "trusted (default 10; 0 = never)");
+  serve->add_option("--trust-stop-timeout", flags->trust_stop_timeout_seconds,
+                    "Seconds a host has to confirm a VM stopped for lost trust before it is "
+                    "reported unanswered (default 60)");
   serve->add_option("--heartbeat-timeout", flags->heartbeat_timeout_seconds,
                     "Seconds without heartbeat before a host leaves the pool (default 30)");
   serve->add_option("--store", flags->store,

@@ -798,6 +798,9 @@ Status ListJobs(const CommonFlags& f) {
     if (j.contains("disk_events") && j["disk_events"].is_array() && !j["disk_events"].empty()) {
       std::cout << "  [disk integrity: " << j["disk_events"].size() << " event(s)]";
     }
+    if (j.contains("trust_events") && j["trust_events"].is_array() && !j["trust_events"].empty()) {
+      std::cout << "  [host trust lost]";
+    }
     std::cout << "\n";
   }
   return OkStatus();
@@ -844,6 +847,11 @@ Status JobStatus(const CommonFlags& f, const std::string& job_id) {
   if (j.contains("disk_events") && j["disk_events"].is_array()) {
     for (const auto& e : j["disk_events"]) {
       if (e.is_string()) std::cout << "disk integrity: " << e.get<std::string>() << "\n";
+    }
+  }
+  if (j.contains("trust_events") && j["trust_events"].is_array()) {
+    for (const auto& e : j["trust_events"]) {
+      if (e.is_string()) std::cout << "host trust: " << e.get<std::string>() << "\n";
     }
   }
   for (const auto& a : j["attempts"]) {

@@ -4,6 +4,7 @@
 #include <ctime>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -15,6 +16,7 @@
 #include "crypto/primitives.h"
 #include "crypto/signature.h"
 #include "crypto/x509.h"
+#include "json/json.h"
 #include "kms/migration.h"
 #include "ovf/descriptor.h"
 #include "ovf/package.h"
@@ -219,10 +221,21 @@ Status Migrate(const CustomerFlags& f, const MigrateFlags& mf) {
   const std::string source_path = dir + "/" + mf.image + ".source.ova";
   const std::string result_path = dir + "/" + mf.image + ".rewrap.json";
   const std::string migrated_path = dir + "/" + mf.image + ".migrated.ova";
-  for (const std::string& p : {result_path, migrated_path}) {
-    if (Env::Default()->FileExists(p)) {
-      return AlreadyExistsError(p + " exists; migrate writes new files only");
+  const std::string uploaded_path = dir + "/" + mf.image + ".uploaded.json";
+  if (Env::Default()->FileExists(uploaded_path)) {
+    return AlreadyExistsError(uploaded_path + " exists: the image was migrated already; migrate "
+                              "writes new files only (use another --work-dir to migrate again)");
+  }
+  // A re-run after a failure past the re-wrap (say the upload to B) resumes
+  // from the re-wrap it recorded: no second re-wrap is asked of A.
+  std::optional<json> recorded;
+  if (Env::Default()->FileExists(result_path)) {
+    ASSIGN_OR_RETURN(std::string text, ReadFileToString(Env::Default(), result_path));
+    auto parsed = ParseJson(text);
+    if (!parsed.ok() || !parsed->is_object() || parsed->value("image_id", "") != mf.image) {
+      return DataLossError(result_path + " is not this image's re-wrap record; move it away");
     }
+    recorded = *std::move(parsed);
   }
   const std::string b_dir = DirName(mf.to_session);
   const std::string b_key_path =
@@ -238,6 +251,8 @@ Status Migrate(const CustomerFlags& f, const MigrateFlags& mf) {
   const std::string key_path = mf.signing_key.empty() ? DefaultSigningKeyFile(f) : mf.signing_key;
   ASSIGN_OR_RETURN(crypto::PrivateKey signing, crypto::LoadPrivateKeyFile(key_path));
   std::unique_ptr<ovf::Package> pkg;
+  // An earlier run's export is fetched and verified again.
+  if (Env::Default()->FileExists(source_path)) (void)Env::Default()->RemoveFile(source_path);
   ExportFlags ef{mf.image, source_path, mf.kms_ca, key_path};
   RETURN_IF_ERROR(ExportTo(f, ef, &pkg).status());
   // The package for B keeps the source's key wrap: a destination key of
@@ -273,13 +288,34 @@ Status Migrate(const CustomerFlags& f, const MigrateFlags& mf) {
   req.wrap_algorithm = pkg->wrapped_key().algorithm;
   req.oaep_label = pkg->wrapped_key().oaep_label;
   req.wrapped_key = pkg->wrapped_key().ciphertext;
-  // 4. KMS A re-wraps through portal A.
-  ASSIGN_OR_RETURN(auto c, ConnectCustomer(f));
-  ASSIGN_OR_RETURN(httplib::Headers auth, CustomerAuth(f));
-  ASSIGN_OR_RETURN(json r, CheckReply(c->Post("/v1/images/" + mf.image + "/rewrap", auth,
-                                              kms::RewrapRequestToJson(req).dump(),
-                                              "application/json"),
-                                      "re-wrap at the source KMS"));
+  // 4. KMS A re-wraps through portal A, or the recorded re-wrap is reused
+  //    if it is for this destination (certificate, tenant, label).
+  json r;
+  if (recorded) {
+    if (recorded->value("destination_cert_sha256", "") != a.destination_cert_sha256 ||
+        recorded->value("destination_tenant", "") != dest.customer_id ||
+        recorded->value("destination_label", "") != crypto::Base64Encode(a.destination_label) ||
+        recorded->value("source_tenant", "") != tag.tenant) {
+      return FailedPreconditionError("destination_mismatch: " + result_path +
+                                     " records a re-wrap for another destination; move it away "
+                                     "to ask the source KMS for a new one");
+    }
+    auto recorded_auth = kms::RewrapAuthorizationFromJson(recorded->value("authorization", json()));
+    if (!recorded_auth.ok()) return DataLossError(result_path + ": " + recorded_auth.status().message());
+    a = *std::move(recorded_auth);  // what KMS A audited
+    r = {{"destination_key_id", dest.spki_key_id},
+         {"rewrapped_key", recorded->value("rewrapped_key", "")}};
+    // A package of an earlier run may be incomplete: it is made again.
+    (void)Env::Default()->RemoveFile(migrated_path);
+    if (!f.json) std::cout << "resuming: the re-wrap recorded in " << result_path << " is reused\n";
+  } else {
+    ASSIGN_OR_RETURN(auto c, ConnectCustomer(f));
+    ASSIGN_OR_RETURN(httplib::Headers auth, CustomerAuth(f));
+    ASSIGN_OR_RETURN(r, CheckReply(c->Post("/v1/images/" + mf.image + "/rewrap", auth,
+                                           kms::RewrapRequestToJson(req).dump(),
+                                           "application/json"),
+                                   "re-wrap at the source KMS"));
+  }
   if (r.value("destination_key_id", "") != dest.spki_key_id) {
     return DataLossError("the source KMS wrapped to key " + r.value("destination_key_id", "") +
                          ", not your destination key " + dest.spki_key_id);
@@ -296,8 +332,11 @@ Status Migrate(const CustomerFlags& f, const MigrateFlags& mf) {
               {"destination_label", crypto::Base64Encode(a.destination_label)},
               {"rewrapped_key", r.value("rewrapped_key", "")},
               {"authorization", kms::RewrapAuthorizationToJson(a)}};
-  RETURN_IF_ERROR(WriteStringToFileAtomic(Env::Default(), result_path, out.dump(2) + "\n", 0600));
+  if (!recorded) {
+    RETURN_IF_ERROR(WriteStringToFileAtomic(Env::Default(), result_path, out.dump(2) + "\n", 0600));
+  }
   out["result_file"] = result_path;
+  out["resumed"] = recorded.has_value();
   // 5. The package for B: the new EncryptedKey and tag (B's tenant and key;
   //    the streams keep their context: streamTenant), every disk's
   //    ciphertext unchanged, signed with the customer's signing key at B.
@@ -312,6 +351,9 @@ Status Migrate(const CustomerFlags& f, const MigrateFlags& mf) {
   bf.session_file = mf.to_session;
   RETURN_IF_ERROR(UploadPackage(bf, migrated_path, mf.to_name.empty() ? tag.image_id : mf.to_name));
   out["uploaded_to"] = mf.to_portal;
+  RETURN_IF_ERROR(WriteStringToFileAtomic(
+      Env::Default(), uploaded_path,
+      json{{"image_id", mf.image}, {"uploaded_to", mf.to_portal}}.dump(2) + "\n", 0600));
   if (f.json) {
     std::cout << out.dump(2) << "\n";
   } else {

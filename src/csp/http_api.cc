@@ -152,6 +152,7 @@ json ToJson(const Job& j, bool for_host = false) {
               {"ended_unix", j.ended_unix},
               {"runs", j.runs},
               {"disk_events", j.disk_events},
+              {"trust_events", j.trust_events},
               {"created_unix", j.created_unix},
               {"updated_unix", j.updated_unix}};
   if (for_host) {

@@ -37,7 +37,18 @@ bool Ended(const Job& job) {
 // (the operator CLI, a host shutdown) did.
 std::string EndReasonFor(const Job& job, const std::string& host_reason) {
   if (host_reason != "stopped") return host_reason;
+  // Stopped by the portal because trust in its host was lost.
+  if (job.trust_lost_unix > 0 && job.wanted == VmWanted::kDeleted) return "trust_lost";
   return job.wanted == VmWanted::kRunning ? "stopped_by_operator" : "stopped_by_customer";
+}
+
+// At most 256 bytes, control characters blanked.
+std::string CleanLine(const std::string& line) {
+  std::string text = line.substr(0, 256);
+  for (char& c : text) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = ' ';
+  }
+  return text;
 }
 
 Status BadState(const Job& job, std::string_view action) {
@@ -158,6 +169,8 @@ std::string JobToRecord(const Job& job) {
               {"run_first_attempt", job.run_first_attempt},
               {"runs", job.runs},
               {"disk_events", job.disk_events},
+              {"trust_events", job.trust_events},
+              {"trust_lost_unix", job.trust_lost_unix},
               {"created_unix", job.created_unix},
               {"updated_unix", job.updated_unix},
               {"lease_expires_unix", job.lease_expires_unix},
@@ -210,6 +223,11 @@ StatusOr<Job> JobFromRecord(const std::string& record_json) {
     job.run_first_attempt = j.at("run_first_attempt").get<size_t>();
     job.runs = j.at("runs").get<int>();
     job.disk_events = j.at("disk_events").get<std::vector<std::string>>();
+    // Absent in records written before loss of trust was tracked.
+    if (j.contains("trust_events")) {
+      job.trust_events = j.at("trust_events").get<std::vector<std::string>>();
+    }
+    job.trust_lost_unix = j.value("trust_lost_unix", int64_t{0});
     job.created_unix = j.at("created_unix").get<int64_t>();
     job.updated_unix = j.at("updated_unix").get<int64_t>();
     job.lease_expires_unix = j.at("lease_expires_unix").get<int64_t>();
@@ -806,7 +824,9 @@ StatusOr<Job> JobManager::ReportVmDeletedLocked(const std::string& host_id,
     if (!t_write_error.ok()) return *job;
   }
   if (job->state == JobState::kStopped || job->state == JobState::kDeleting) {
-    if (job->end_reason.empty()) job->end_reason = "stopped_by_customer";
+    if (job->end_reason.empty()) {
+      job->end_reason = job->trust_lost_unix > 0 ? "trust_lost" : "stopped_by_customer";
+    }
     job->host_id.clear();
     job->vm_host_id.clear();
     job->state = JobState::kDeleted;
@@ -978,6 +998,64 @@ StatusOr<Placement> JobManager::ExplainImagePlacement(const Principal& who,
   spdlog::info("placement explained customer={} image={}: {}", who.customer_id, image.image_id,
                DescribePlacement(p));
   return p;
+}
+
+std::vector<Job> JobManager::ActiveJobs() {
+  std::lock_guard<std::mutex> lock(mu_);
+  SyncLocked();
+  std::vector<Job> out;
+  for (const std::string& id : ActiveIdsLocked()) out.push_back(jobs_.at(id));
+  return out;
+}
+
+StatusOr<Job> JobManager::RecordTrustLoss(const std::string& job_id, const std::string& host_id,
+                                          const std::string& event, bool stop) {
+  t_write_conflict = false;
+  t_write_error = OkStatus();
+  std::unique_lock<std::mutex> lock(mu_);
+  SyncLocked();
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end()) return NotFoundError("no such job");
+  Job& job = it->second;
+  if (job.trust_lost_unix > 0) return job;
+  if (job.state != JobState::kRunning || job.vm_host_id != host_id) return BadState(job, "stop (trust lost)");
+  KeepLocked(job);
+  const int64_t now = clock_->NowUnixSeconds();
+  job.trust_lost_unix = now;
+  job.trust_events.push_back(CleanLine(event));
+  job.updated_unix = now;
+  if (stop) {
+    job.wanted = VmWanted::kDeleted;
+    job.state = JobState::kDeleting;
+  }
+  SaveLocked(job);
+  spdlog::warn("trust lost job={} customer={} host={} vm={} action={}: {}", job.job_id,
+               job.customer_id, host_id, job.vm_name, stop ? "stop" : "report", event);
+  Job out = job;
+  lock.unlock();
+  return FailOnConflict(out);
+}
+
+StatusOr<Job> JobManager::AddTrustEvent(const std::string& job_id, const std::string& event) {
+  t_write_conflict = false;
+  t_write_error = OkStatus();
+  std::unique_lock<std::mutex> lock(mu_);
+  SyncLocked();
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end()) return NotFoundError("no such job");
+  Job& job = it->second;
+  const std::string kind = event.substr(0, event.find(':') + 1);
+  for (const std::string& e : job.trust_events) {
+    if (e.starts_with(kind)) return job;  // once per kind
+  }
+  if (job.trust_events.size() >= kMaxDiskEvents) return job;
+  KeepLocked(job);
+  job.trust_events.push_back(CleanLine(event));
+  job.updated_unix = clock_->NowUnixSeconds();
+  SaveLocked(job);
+  Job out = job;
+  lock.unlock();
+  return FailOnConflict(out);
 }
 
 std::vector<Job> JobManager::ListAllJobs() {

@@ -124,6 +124,13 @@ struct Job {
   // failed authentication: the guest got an I/O error), one line per
   // event kind, "<event>: <host's text>", at most kMaxDiskEvents.
   std::vector<std::string> disk_events;
+  // Loss of trust in the VM's host (csp/lifecycle.h TrustWatch,
+  // docs/protocol.md §7.2), one line per event kind, "<event>: <text>":
+  // trust_lost (with the KMS's reason and the image's on_trust_loss),
+  // stopped, stop_unanswered. At most kMaxDiskEvents.
+  std::vector<std::string> trust_events;
+  // When the portal learnt that trust in the VM's host was lost; 0 if never.
+  int64_t trust_lost_unix = 0;
   int64_t created_unix = 0;
   int64_t updated_unix = 0;
   // The lease of the current attempt's host (placed .. running): the host
@@ -297,6 +304,20 @@ class JobManager {
   // (deleting, then deleted); a job with no VM on a host is deleted at once.
   // Deleting or deleted: OK, unchanged.
   StatusOr<Job> DeleteVm(const Principal& who, const std::string& vm);
+
+  // Loss of trust in the host of the job's VM (csp/lifecycle.h TrustWatch):
+  // records `event` ("trust_lost: ...") in trust_events and, with `stop`,
+  // has the host stop the VM and remove its overlay, cache and files, as a
+  // delete does (the job ends "trust_lost"). Only for a running VM on
+  // `host_id`: FAILED_PRECONDITION "bad_state" otherwise, and nothing
+  // changes. Once per job (a repeat answers the job unchanged).
+  StatusOr<Job> RecordTrustLoss(const std::string& job_id, const std::string& host_id,
+                                const std::string& event, bool stop);
+  // Adds `event` ("<kind>: <text>") to the job's trust_events, once per
+  // kind. NOT_FOUND "no such job".
+  StatusOr<Job> AddTrustEvent(const std::string& job_id, const std::string& event);
+  // Copies of the jobs that have not ended.
+  std::vector<Job> ActiveJobs();
 
   // Periodic work: takes hosts with overdue heartbeats out of the pool and
   // retries their jobs elsewhere; retries or times out queued jobs.

@@ -5,6 +5,7 @@
 #include <thread>
 
 #include "csp/internal/test_doubles.h"
+#include "csp/lifecycle.h"
 #include "csp/sqlite_db.h"
 #include "store/fs_store.h"
 #include <gmock/gmock.h>
@@ -457,6 +458,105 @@ TEST_F(JobsLifecycleTest, VmEndFreesTheSlotAtOnceAndTheJobSaysWhy) {
   // The next Tick places the queued job on the freed slot.
   jobs_->Tick();
   EXPECT_EQ(jobs_->GetJob(alice_, waiting->job_id)->state, JobState::kPlaced);
+}
+
+// Loss of trust (csp/lifecycle.h): the KMS's answer decides; the portal
+// stops ("stop") or reports ("report") each VM once, tells the customer, and
+// reports a host that does not confirm the stop.
+TEST_F(JobsLifecycleTest, TrustWatchStopsOrReportsEachVmOfAnUntrustedHostOnce) {
+  AddTrustedHost("h1");
+  Job stop = Running("h1");
+  Job report = Running("h1");
+  kms_.SetOnTrustLoss(stop.job_id, "stop");
+  kms_.SetOnTrustLoss(report.job_id, "report");
+  // Only a running VM on the host named can lose trust; nothing changes.
+  EXPECT_STATUS(jobs_->RecordTrustLoss(report.job_id, "h2", "trust_lost: x", true),
+                StatusCode::kFailedPrecondition, "bad_state");
+  Job unchanged = *jobs_->GetJob(alice_, report.job_id);
+  EXPECT_EQ(unchanged.state, JobState::kRunning);
+  EXPECT_TRUE(unchanged.trust_events.empty());
+  EXPECT_EQ(unchanged.trust_lost_unix, 0);
+  TrustWatch watch({.interval_seconds = 10, .stop_timeout_seconds = 60}, &kms_, jobs_.get(), &clock_);
+  watch.Tick();
+  // Trusted: asked about both, nothing changes.
+  EXPECT_THAT(kms_.trust_queries(), ::testing::UnorderedElementsAre(stop.job_id, report.job_id));
+  EXPECT_EQ(jobs_->GetJob(alice_, stop.job_id)->state, JobState::kRunning);
+  EXPECT_TRUE(jobs_->GetJob(alice_, report.job_id)->trust_events.empty());
+  // Within the interval: not asked again.
+  watch.Tick();
+  EXPECT_EQ(kms_.trust_queries().size(), 2u);
+
+  kms_.SetEligibility("h1", false, "pcr_policy");
+  // The KMS is down: nothing changes, retried at the next round.
+  kms_.SetUnavailable(true);
+  clock_.AdvanceSeconds(10);
+  watch.Tick();
+  EXPECT_EQ(jobs_->GetJob(alice_, stop.job_id)->state, JobState::kRunning);
+  kms_.SetUnavailable(false);
+  clock_.AdvanceSeconds(10);
+  watch.Tick();
+  Job stopped = *jobs_->GetJob(alice_, stop.job_id);
+  EXPECT_EQ(stopped.state, JobState::kDeleting);
+  EXPECT_EQ(stopped.wanted, VmWanted::kDeleted);
+  ASSERT_EQ(stopped.trust_events.size(), 1u);
+  EXPECT_THAT(stopped.trust_events[0], HasSubstr("trust_lost: host h1 is no longer trusted (pcr_policy)"));
+  EXPECT_THAT(stopped.trust_events[0], HasSubstr("on_trust_loss=stop"));
+  Job reported = *jobs_->GetJob(alice_, report.job_id);
+  EXPECT_EQ(reported.state, JobState::kRunning);
+  ASSERT_EQ(reported.trust_events.size(), 1u);
+  EXPECT_THAT(reported.trust_events[0], HasSubstr("on_trust_loss=report"));
+  // The host is told to delete the stopped VM only.
+  for (const HostVmCommand& c : jobs_->VmCommands("h1")) {
+    EXPECT_EQ(c.action, c.job_id == stop.job_id ? "delete" : "run") << c.job_id;
+  }
+  // Each VM is asked about until its trust is lost, then never again.
+  const size_t asked = kms_.trust_queries().size();
+  clock_.AdvanceSeconds(10);
+  watch.Tick();
+  EXPECT_EQ(kms_.trust_queries().size(), asked);
+  EXPECT_EQ(jobs_->GetJob(alice_, report.job_id)->trust_events.size(), 1u);
+
+  // No confirmation from the host within 60 s: reported, once.
+  clock_.AdvanceSeconds(50);
+  watch.Tick();
+  clock_.AdvanceSeconds(10);
+  watch.Tick();
+  EXPECT_THAT(kms_.trust_events(), ::testing::ElementsAre(stop.job_id + " stop_unanswered"));
+  EXPECT_THAT(jobs_->GetJob(alice_, stop.job_id)->trust_events.back(),
+              HasSubstr("stop_unanswered: host h1 did not confirm within 60 s"));
+  // The host comes back and removes it: the job ends trust_lost, and the
+  // customer is told it stopped.
+  auto ended = jobs_->ReportVmEnded("h1", {stop.vm_name, "stopped", "stopped by VmManager::Stop"});
+  ASSERT_OK(ended);
+  EXPECT_EQ(ended->end_reason, "trust_lost");
+  auto gone = jobs_->ReportVmDeleted("h1", stop.vm_name);
+  ASSERT_OK(gone);
+  EXPECT_EQ(gone->state, JobState::kDeleted);
+  EXPECT_EQ(gone->end_reason, "trust_lost");
+  clock_.AdvanceSeconds(10);
+  watch.Tick();
+  EXPECT_THAT(kms_.trust_events(),
+              ::testing::ElementsAre(stop.job_id + " stop_unanswered", stop.job_id + " stopped"));
+  EXPECT_THAT(jobs_->GetJob(alice_, stop.job_id)->trust_events.back(), HasSubstr("stopped: host h1"));
+}
+
+TEST_F(JobsLifecycleTest, TrustEventsSurviveTheJobRecord) {
+  Job job;
+  job.job_id = "j1";
+  job.trust_events = {"trust_lost: host h1 is no longer trusted (pcr_policy)"};
+  job.trust_lost_unix = 1234;
+  auto back = JobFromRecord(JobToRecord(job));
+  ASSERT_OK(back);
+  EXPECT_EQ(back->trust_events, job.trust_events);
+  EXPECT_EQ(back->trust_lost_unix, 1234);
+  // A record written before trust was tracked reads as never lost.
+  nlohmann::json old = nlohmann::json::parse(JobToRecord(job));
+  old.erase("trust_events");
+  old.erase("trust_lost_unix");
+  auto older = JobFromRecord(old.dump());
+  ASSERT_OK(older);
+  EXPECT_TRUE(older->trust_events.empty());
+  EXPECT_EQ(older->trust_lost_unix, 0);
 }
 
 TEST_F(JobsLifecycleTest, RepeatedEndReportChangesNothing) {

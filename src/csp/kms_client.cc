@@ -124,6 +124,14 @@ class HttpsKmsClient final : public KmsClient {
     return SignedPolicyFrom(r);
   }
 
+  StatusOr<json> CheckVmTrust(const json& body) override {
+    return client_->Post("/v1/vms/trust-check", body);
+  }
+
+  Status RecordVmTrustEvent(const json& body) override {
+    return client_->Post("/v1/vms/trust-events", body).status();
+  }
+
   StatusOr<json> LifecycleRequest(const std::string& tenant, const std::string& document,
                                   const crypto::Bytes& signature) override {
     return client_->Post("/v1/lifecycle-requests/" + tenant,

@@ -184,6 +184,19 @@ class KmsClient {
     (void)seq, (void)size;
     return UnimplementedError("this KMS client reads no audit proofs");
   }
+  // Loss of trust (POST /v1/vms/trust-check, docs/protocol.md §7.2):
+  // `body` is {"vms": [{job_id, tenant, image_id, host_id}]}; the KMS's
+  // answer {"vms": [{job_id, trusted, reason, on_trust_loss}]} verbatim.
+  virtual StatusOr<nlohmann::json> CheckVmTrust(const nlohmann::json& body) {
+    (void)body;
+    return UnimplementedError("this KMS client checks no trust");
+  }
+  // POST /v1/vms/trust-events: what the portal did about a VM whose trust
+  // was lost, for the customer's audit.
+  virtual Status RecordVmTrustEvent(const nlohmann::json& body) {
+    (void)body;
+    return UnimplementedError("this KMS client records no trust events");
+  }
 
   // The PEM certificate of the KMS CA (what customer certificates chain to).
   virtual std::string CaCertificatePem() const = 0;

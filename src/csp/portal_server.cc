@@ -17,6 +17,7 @@
 #include "csp/http_api.h"
 #include "csp/images.h"
 #include "csp/jobs.h"
+#include "csp/lifecycle.h"
 #include "csp/scheduler.h"
 #include "csp/sqlite_db.h"
 #include "json/json.h"
@@ -39,6 +40,8 @@ struct PortalServer::Impl {
   std::unique_ptr<HostRegistry> hosts;
   std::unique_ptr<Scheduler> scheduler;
   std::unique_ptr<JobManager> jobs;
+  // Loss of trust in running VMs' hosts (csp/lifecycle.h); null without a KMS.
+  std::unique_ptr<TrustWatch> trust;
   std::unique_ptr<ConsoleLogs> console_logs;
   std::unique_ptr<AbuseGuard> guard;
   std::unique_ptr<net::HttpsServer> http;
@@ -191,6 +194,11 @@ StatusOr<std::unique_ptr<PortalServer>> PortalServer::Create(Options options,
   impl->jobs = std::make_unique<JobManager>(jo, impl->images.get(),
                                             impl->hosts.get(), impl->scheduler.get(),
                                             Clock::Real());
+  if (kms != nullptr && options.trust_check_interval_seconds > 0) {
+    impl->trust = std::make_unique<TrustWatch>(
+        TrustWatch::Options{options.trust_check_interval_seconds, options.trust_stop_timeout_seconds},
+        kms, impl->jobs.get(), Clock::Real());
+  }
   // Hosts and jobs live in the portal database and survive a restart.
   RETURN_IF_ERROR(impl->hosts->AttachStore(impl->db.get()));
   RETURN_IF_ERROR(impl->jobs->AttachStore(impl->db.get()));
@@ -283,6 +291,7 @@ Status PortalServer::Start() {
     while (!i.cv.wait_for(lock, std::chrono::seconds(1), [&i] { return i.stopping; })) {
       lock.unlock();  // placements ask the KMS: not under the portal's lock
       i.jobs->Tick();
+      if (i.trust) i.trust->Tick();
       lock.lock();
     }
   });

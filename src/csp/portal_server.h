@@ -68,6 +68,12 @@ class PortalServer {
     std::string agent_binary_path = "/proc/self/exe";
     // A host with no heartbeat for longer than this leaves the pool.
     int64_t heartbeat_timeout_seconds = 30;
+    // Loss of trust (csp/lifecycle.h TrustWatch, docs/protocol.md §7.2):
+    // how often the KMS is asked whether running VMs' hosts are still
+    // trusted (0: never), and how long a host has to confirm a VM stopped
+    // for lost trust before it is reported unanswered. Defaults 10 s, 60 s.
+    int64_t trust_check_interval_seconds = 10;
+    int64_t trust_stop_timeout_seconds = 60;
     // Lease of a host on a job it was given (renewed by its heartbeats,
     // polls and progress); once past, the job goes to another host.
     int64_t lease_seconds = 30;

@@ -13,6 +13,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <functional>
 #include <thread>
 
@@ -155,6 +156,8 @@ class HostLifecycleE2eTest : public ::testing::Test {
     po.tls_cert_file = dir_.File("portal-server.pem");
     po.tls_key_file = dir_.File("portal-server-key.pem");
     po.client_ca_file = dir_.File("ca.pem");
+    po.trust_check_interval_seconds = 1;
+    po.trust_stop_timeout_seconds = trust_stop_timeout_seconds_;
     auto portal = csp::PortalServer::Create(std::move(po), &verifier_, portal_kms_.get());
     ASSERT_OK(portal);
     portal_ = *std::move(portal);
@@ -379,6 +382,7 @@ class HostLifecycleE2eTest : public ::testing::Test {
   std::unique_ptr<HostDaemon> daemon_;
   std::thread runner_;
   Customer a_;
+  int64_t trust_stop_timeout_seconds_ = 60;
 };
 
 std::string HostLifecycleE2eTest::image_;
@@ -580,6 +584,234 @@ TEST_F(HostLifecycleE2eTest, VmThatEndedWhileTheAgentWasDownIsReportedAfterResta
   EXPECT_TRUE(reason == "unknown" || reason == "killed") << ended.dump();
   std::printf("[ figure ] agent restart -> VM that ended meanwhile reported: %lld ms\n",
               static_cast<long long>(MsSince(restarted_at)));
+}
+
+// Loss of trust (docs/protocol.md §7.2): two slots, so that one VM whose
+// image says on_trust_loss "stop" and one that says "report" run side by
+// side on the host that loses trust.
+class HostTrustLossE2eTest : public HostLifecycleE2eTest {
+ protected:
+  void SetUp() override {}  // each test starts the parts with its options
+
+  // The image's own operator policy: A's flavor, the evidence window and
+  // what to do with its running VMs when trust in their host is lost.
+  void ImagePolicy(const std::string& tag_image_id, const std::string& on_trust_loss,
+                   int64_t max_evidence_age_seconds = 300) {
+    ASSERT_OK(op_->Put("/v1/policies/" + a_.customer_id + "/" + tag_image_id,
+                       {{"flavors", {{"anyOf", {"good-boot"}}}},
+                        {"max_evidence_age_seconds", max_evidence_age_seconds},
+                        {"on_trust_loss", on_trust_loss}}));
+  }
+
+  static bool HasTrustEvent(const json& job, const std::string& kind) {
+    if (!job.contains("trust_events") || !job["trust_events"].is_array()) return false;
+    for (const json& e : job["trust_events"]) {
+      if (e.is_string() && e.get<std::string>().rfind(kind + ":", 0) == 0) return true;
+    }
+    return false;
+  }
+  static std::string TrustEvents(const json& job) {
+    return job.contains("trust_events") ? job["trust_events"].dump() : "[]";
+  }
+
+  // The KMS audit records of `event` (operator read of the whole log).
+  std::vector<json> KmsAudit(const std::string& event) {
+    std::vector<json> out;
+    auto log = op_->Get("/v1/audit?after=0&limit=1000");
+    EXPECT_OK(log);
+    if (!log.ok()) return out;
+    for (const json& r : (*log)["records"]) {
+      json rec = json::parse(r["record"].get<std::string>(), nullptr, false);
+      if (rec.value("event", "") == event) out.push_back(rec["details"]);
+    }
+    return out;
+  }
+
+  // The events of the customer's own audit of a portal image, relayed by
+  // the portal: each proof carries its record ("extra <base64>",
+  // docs/format/audit-log.md §6), read here as "<event> <details>".
+  std::string CustomerAudit(const std::string& portal_image_id) {
+    auto res = Client()->Get("/v1/images/" + portal_image_id + "/audit", a_.auth);
+    EXPECT_TRUE(res && res->status == 200) << (res ? res->body : "no answer");
+    if (!res || res->status != 200) return "";
+    json page = json::parse(res->body, nullptr, false);
+    std::string events;
+    for (const json& proof : page.value("proofs", json::array())) {
+      const std::string text = proof.get<std::string>();
+      const size_t at = text.find("\nextra ");
+      if (at == std::string::npos) continue;
+      const size_t end = text.find('\n', at + 7);
+      auto record = crypto::Base64Decode(text.substr(at + 7, end - at - 7));
+      if (!record.ok()) continue;
+      json rec = json::parse(std::string(record->begin(), record->end()), nullptr, false);
+      if (!rec.is_object()) continue;
+      events += rec.value("event", "") + " " + rec.value("details", json::object()).dump() + "\n";
+    }
+    return events;
+  }
+
+  struct RunningVm {
+    std::string image;    // portal image id
+    std::string job_id;
+    std::string vm_name;
+    pid_t pid = 0;
+    std::string disk_path;
+  };
+  RunningVm Run(const std::string& tag_image_id) {
+    RunningVm v;
+    v.image = Upload(image_, tag_image_id);
+    json j = Running(v.image);
+    v.job_id = j.value("job_id", "");
+    v.vm_name = j.value("vm_name", "");
+    v.pid = QemuPid(v.vm_name);
+    auto info = daemon_->vms()->Get(v.vm_name);
+    if (info.ok()) v.disk_path = info->disk_path;
+    return v;
+  }
+
+  // The VM of `stopped` is gone with its files, and its job says why; the
+  // VM of `reported` still runs, and its job says trust was lost.
+  void ExpectStoppedAndReported(const RunningVm& stopped, const RunningVm& reported,
+                                const std::string& reason) {
+    json gone = WaitForJob(stopped.job_id, InState("deleted"), 60);
+    ASSERT_EQ(gone.value("state", ""), "deleted") << gone.dump();
+    EXPECT_EQ(gone.value("end_reason", ""), "trust_lost") << gone.dump();
+    ASSERT_TRUE(HasTrustEvent(gone, "trust_lost")) << gone.dump();
+    EXPECT_NE(TrustEvents(gone).find(reason), std::string::npos) << gone.dump();
+    EXPECT_NE(TrustEvents(gone).find("on_trust_loss=stop"), std::string::npos) << gone.dump();
+    EXPECT_FALSE(PidAlive(stopped.pid));
+    EXPECT_EQ(daemon_->vms()->Get(stopped.vm_name).status().code(), StatusCode::kNotFound);
+    EXPECT_FALSE(stopped.disk_path.empty());
+    EXPECT_FALSE(fs::exists(stopped.disk_path));
+    // Confirmed gone: the customer is told, once.
+    json confirmed = WaitForJob(stopped.job_id, [](const json& j) { return HasTrustEvent(j, "stopped"); }, 15);
+    EXPECT_TRUE(HasTrustEvent(confirmed, "stopped")) << confirmed.dump();
+    EXPECT_FALSE(HasTrustEvent(confirmed, "stop_unanswered")) << confirmed.dump();
+
+    json kept = WaitForJob(reported.job_id, [](const json& j) { return HasTrustEvent(j, "trust_lost"); }, 30);
+    EXPECT_EQ(kept.value("state", ""), "running") << kept.dump();
+    ASSERT_TRUE(HasTrustEvent(kept, "trust_lost")) << kept.dump();
+    EXPECT_NE(TrustEvents(kept).find(reason), std::string::npos) << kept.dump();
+    EXPECT_NE(TrustEvents(kept).find("on_trust_loss=report"), std::string::npos) << kept.dump();
+    EXPECT_TRUE(PidAlive(reported.pid));
+    EXPECT_EQ(QemuPid(reported.vm_name), reported.pid);
+    EXPECT_TRUE(fs::exists(reported.disk_path));
+    // Reported once: later checks do not ask about it again.
+    std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+    int reported_records = 0;
+    for (const json& d : KmsAudit("vm.trust_loss")) {
+      if (d.value("job_id", "") == reported.job_id) ++reported_records;
+    }
+    EXPECT_EQ(reported_records, 1);
+    EXPECT_EQ(Job(reported.job_id).value("state", ""), "running");
+
+    // The KMS audited both losses with the reason and the tenant and image,
+    // so each shows in the customer's own audit of the image.
+    std::map<std::string, json> losses;
+    for (const json& d : KmsAudit("vm.trust_loss")) losses[d.value("job_id", "")] = d;
+    ASSERT_TRUE(losses.contains(stopped.job_id));
+    ASSERT_TRUE(losses.contains(reported.job_id));
+    EXPECT_EQ(losses[stopped.job_id].value("reason", ""), reason);
+    EXPECT_EQ(losses[stopped.job_id].value("on_trust_loss", ""), "stop");
+    EXPECT_EQ(losses[stopped.job_id].value("tenant", ""), a_.customer_id);
+    EXPECT_EQ(losses[reported.job_id].value("on_trust_loss", ""), "report");
+    EXPECT_EQ(losses[reported.job_id].value("host_id", ""), "host-1");
+    bool stopped_event = false;
+    for (const json& d : KmsAudit("vm.trust_event")) {
+      if (d.value("job_id", "") == stopped.job_id && d.value("event", "") == "stopped") stopped_event = true;
+    }
+    EXPECT_TRUE(stopped_event);
+    const std::string stop_audit = CustomerAudit(stopped.image);
+    EXPECT_NE(stop_audit.find("vm.trust_loss"), std::string::npos) << stop_audit;
+    EXPECT_NE(stop_audit.find("vm.trust_event"), std::string::npos) << stop_audit;
+    EXPECT_NE(CustomerAudit(reported.image).find("vm.trust_loss"), std::string::npos);
+
+    // No new VM is placed on the host.
+    json next = Launch(stopped.image);
+    EXPECT_EQ(next.value("state", ""), "queued") << next.dump();
+    EXPECT_NE(next.dump().find(reason), std::string::npos) << next.dump();
+  }
+};
+
+TEST_F(HostTrustLossE2eTest, HostWhosePcrChangesLosesTrustAndItsVmsAreStoppedOrReportedPerPolicy) {
+  ASSERT_NO_FATAL_FAILURE(StartAll(/*slots=*/2));
+  ASSERT_NO_FATAL_FAILURE(StartAndTrust());
+  ASSERT_NO_FATAL_FAILURE(ImagePolicy("trust-pcr-stop", "stop"));
+  ASSERT_NO_FATAL_FAILURE(ImagePolicy("trust-pcr-report", "report"));
+  RunningVm stop = Run("trust-pcr-stop");
+  RunningVm report = Run("trust-pcr-report");
+  ASSERT_GT(stop.pid, 0);
+  ASSERT_GT(report.pid, 0);
+  // While the host stays trusted (checked every second), nothing happens.
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  for (const std::string& id : {stop.job_id, report.job_id}) {
+    json j = Job(id);
+    EXPECT_EQ(j.value("state", ""), "running") << j.dump();
+    EXPECT_EQ(TrustEvents(j), "[]");
+  }
+  EXPECT_TRUE(KmsAudit("vm.trust_loss").empty());
+
+  // A PCR of the flavor changes (an unsigned bootloader, say): the host's
+  // next re-attestation (every 5 s) quotes values outside the policy.
+  const auto changed_at = Clock::now();
+  ASSERT_OK(daemon_->SecurityEngineForTesting()->PcrExtend(7, crypto::Sha256("evil bootloader")));
+  json gone = WaitForJob(stop.job_id, InState("deleted"), 60);
+  std::printf("[ figure ] PCR changed -> VM of a 'stop' image gone with its files: %lld ms "
+              "(re-attestation every 5 s, trust check every 1 s)\n",
+              static_cast<long long>(MsSince(changed_at)));
+  ExpectStoppedAndReported(stop, report, "pcr_policy");
+}
+
+TEST_F(HostTrustLossE2eTest, RevokedHostsRunningVmsAreStoppedOrReportedPerPolicy) {
+  ASSERT_NO_FATAL_FAILURE(StartAll(/*slots=*/2));
+  ASSERT_NO_FATAL_FAILURE(StartAndTrust());
+  ASSERT_NO_FATAL_FAILURE(ImagePolicy("trust-rev-stop", "stop"));
+  ASSERT_NO_FATAL_FAILURE(ImagePolicy("trust-rev-report", "report"));
+  RunningVm stop = Run("trust-rev-stop");
+  RunningVm report = Run("trust-rev-report");
+  ASSERT_GT(stop.pid, 0);
+  ASSERT_GT(report.pid, 0);
+  // `vmseal kms host revoke --host host-1`: the operator route it calls.
+  ASSERT_OK(op_->Post("/v1/hosts/host-1/revoke", {{"reason", "decommissioned rack"}}));
+  ExpectStoppedAndReported(stop, report, "host_revoked");
+}
+
+TEST_F(HostTrustLossE2eTest, HostThatMissesReattestationLosesTrustAndIsReportedWhenItDoesNotAnswer) {
+  trust_stop_timeout_seconds_ = 3;
+  ASSERT_NO_FATAL_FAILURE(StartAll(/*slots=*/1));
+  ASSERT_NO_FATAL_FAILURE(StartAndTrust());
+  // A 12 s window: re-attestation every 5 s keeps the host trusted.
+  ASSERT_NO_FATAL_FAILURE(ImagePolicy("trust-missed", "stop", 12));
+  RunningVm vm = Run("trust-missed");
+  ASSERT_GT(vm.pid, 0);
+  std::this_thread::sleep_for(std::chrono::seconds(7));
+  EXPECT_EQ(TrustEvents(Job(vm.job_id)), "[]");
+  // The agent goes away (the VM keeps running): no re-attestation, and
+  // nobody on the host to carry out a stop.
+  StopService();
+  daemon_.reset();
+  json lost = WaitForJob(vm.job_id, [](const json& j) { return HasTrustEvent(j, "stop_unanswered"); }, 40);
+  ASSERT_TRUE(HasTrustEvent(lost, "trust_lost")) << lost.dump();
+  EXPECT_NE(TrustEvents(lost).find("evidence_age"), std::string::npos) << lost.dump();
+  ASSERT_TRUE(HasTrustEvent(lost, "stop_unanswered")) << lost.dump();
+  EXPECT_EQ(lost.value("state", ""), "deleting") << lost.dump();
+  EXPECT_TRUE(PidAlive(vm.pid));  // nobody stopped it: that is what is reported
+  bool unanswered = false;
+  for (const json& d : KmsAudit("vm.trust_event")) {
+    if (d.value("job_id", "") == vm.job_id && d.value("event", "") == "stop_unanswered") unanswered = true;
+  }
+  EXPECT_TRUE(unanswered);
+  EXPECT_NE(CustomerAudit(vm.image).find("stop_unanswered"), std::string::npos);
+  // The agent comes back: it carries out the stop and the files go.
+  ASSERT_NO_FATAL_FAILURE(StartDaemon());
+  RunService();
+  json gone = WaitForJob(vm.job_id, InState("deleted"), 60);
+  ASSERT_EQ(gone.value("state", ""), "deleted") << gone.dump();
+  EXPECT_EQ(gone.value("end_reason", ""), "trust_lost") << gone.dump();
+  EXPECT_FALSE(PidAlive(vm.pid));
+  EXPECT_FALSE(fs::exists(vm.disk_path));
+  json told = WaitForJob(vm.job_id, [](const json& j) { return HasTrustEvent(j, "stopped"); }, 15);
+  EXPECT_TRUE(HasTrustEvent(told, "stopped")) << told.dump();
 }
 
 }  // namespace

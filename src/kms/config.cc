@@ -128,6 +128,10 @@ StatusOr<KmsConfig> LoadKmsConfig(const std::string& path) {
       RETURN_IF_ERROR(str(&c.ek_ca_bundle));
     } else if (key == "nonce_lifetime_seconds") {
       ASSIGN_OR_RETURN(c.nonce_lifetime_seconds, num(1, 3600));
+    } else if (key == "account_grace_seconds") {
+      ASSIGN_OR_RETURN(c.account_grace_seconds, num(0, int64_t{366} * 86400));
+    } else if (key == "key_destruction_interval_seconds") {
+      ASSIGN_OR_RETURN(c.key_destruction_interval_seconds, num(1, 3600));
     } else if (key == "allow_unsigned_packages") {
       if (!value.is_boolean()) return InvalidArgumentError("config " + key + ": must be true or false");
       c.allow_unsigned_packages = value.get<bool>();
@@ -253,6 +257,7 @@ Status ServeKms(const KmsConfig& config, const std::string& port_file) {
   KmsService::Options service_options;
   service_options.nonce_lifetime_seconds = config.nonce_lifetime_seconds;
   service_options.require_package_signature = !config.allow_unsigned_packages;
+  service_options.account_grace_seconds = config.account_grace_seconds;
   if (config.allow_unsigned_packages) {
     std::fprintf(stderr, "kms: allow_unsigned_packages: releases WITHOUT a customer signature "
                          "are served (interoperability tests only)\n");
@@ -283,8 +288,13 @@ Status ServeKms(const KmsConfig& config, const std::string& port_file) {
   }
   std::cout << "vmseal kms: serving on " << config.listen << ":" << port << " (store "
             << store->backend() << ", kek " << kek->id() << ")" << std::endl;
+  // Keys of closed accounts are destroyed on time, not only at the next
+  // request that happens to sweep.
+  KeyDestructionTimer shredder(&service->lifecycle(),
+                               std::chrono::seconds(config.key_destruction_interval_seconds));
   int sig = 0;
   sigwait(&stop_signals, &sig);
+  shredder.Stop();
   server->Stop();
   return OkStatus();
 }

@@ -66,6 +66,13 @@ struct KmsConfig {
   // (KmsService::Options::require_package_signature = false). For
   // interoperability tests only; default false: a signature is required.
   bool allow_unsigned_packages = false;
+  // Crypto-shredding (docs/protocol.md §7): the grace before a closed
+  // account's keys are destroyed when the customer names none (0..366
+  // days; default 7 days), and how often `kms serve` destroys the keys
+  // whose grace is over, whether or not any request comes (1..3600 s;
+  // default 60).
+  int64_t account_grace_seconds = 7 * 86400;
+  int64_t key_destruction_interval_seconds = 60;
 };
 
 // Parses a JSON config; relative paths are resolved against the file's dir.

@@ -3,9 +3,14 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cstdlib>
+#include <thread>
+#include <vector>
 
 #include "kms/kek.h"
+#include "kms/lifecycle.h"
+#include "kms/store.h"
 #include "testing/test_util.h"
 
 namespace vmseal::kms {
@@ -27,6 +32,52 @@ TEST_F(KmsConfigTest, FileKekResolvesAgainstTheConfigDir) {
   ASSERT_OK(c);
   EXPECT_EQ(c->kek_file, dir_.File("kek"));
   EXPECT_FALSE(c->kek_pkcs11.has_value());
+}
+
+TEST_F(KmsConfigTest, KeyDestructionGraceAndIntervalAreReadAndBounded) {
+  auto defaults = Load(R"({"store": "kms.db", "kek_file": "kek"})");
+  ASSERT_OK(defaults);
+  EXPECT_EQ(defaults->account_grace_seconds, 7 * 86400);
+  EXPECT_EQ(defaults->key_destruction_interval_seconds, 60);
+  auto c = Load(R"({"store": "kms.db", "kek_file": "kek", "account_grace_seconds": 0,
+                    "key_destruction_interval_seconds": 5})");
+  ASSERT_OK(c);
+  EXPECT_EQ(c->account_grace_seconds, 0);
+  EXPECT_EQ(c->key_destruction_interval_seconds, 5);
+  for (const char* bad : {R"("account_grace_seconds": -1)", R"("account_grace_seconds": 31622401)",
+                          R"("account_grace_seconds": "7d")", R"("key_destruction_interval_seconds": 0)",
+                          R"("key_destruction_interval_seconds": 3601)"}) {
+    SCOPED_TRACE(bad);
+    auto refused = Load(std::string(R"({"store": "kms.db", "kek_file": "kek", )") + bad + "}");
+    EXPECT_EQ(refused.status().code(), StatusCode::kInvalidArgument);
+  }
+}
+
+// The timer destroys due keys without any request: a closing account whose
+// grace is over is destroyed by the first sweep, with its audit record.
+TEST(KeyDestructionTimerTest, SweepsAtOnceAndThenEveryInterval) {
+  testing::TempDir dir;
+  auto store = Store::Open(dir.File("kms.db"));
+  ASSERT_OK(store);
+  int64_t now = 1'800'000'000;
+  std::vector<std::string> forgotten;
+  Lifecycle lifecycle({.clock = [&now] { return now; },
+                       .forget_keys = [&forgotten](const std::string& c) { forgotten.push_back(c); }},
+                      store->get());
+  ASSERT_OK((*store)->PutLifecycle({"customer", "acme", "closing", "customer request", "customer/acme",
+                                    now - 10, now - 1},
+                                   {"customer.close", "customer/acme", nlohmann::json::object()}));
+  {
+    KeyDestructionTimer timer(&lifecycle, std::chrono::milliseconds(20));
+    for (int i = 0; i < 200 && timer.sweeps() < 3; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    EXPECT_GE(timer.sweeps(), 3);
+  }  // stopped and joined
+  auto mark = (*store)->GetLifecycle("customer", "acme");
+  ASSERT_OK(mark);
+  EXPECT_EQ(mark->state, "destroyed");
+  EXPECT_EQ(forgotten, std::vector<std::string>{"acme"});
 }
 
 TEST_F(KmsConfigTest, Pkcs11KekParsesEveryField) {

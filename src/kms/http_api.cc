@@ -383,6 +383,17 @@ void RegisterKmsRoutes(KmsService* s, net::HttpsServer* server) {
     return json{{"rewrapped_key", crypto::Base64Encode(out.rewrapped_key)},
                 {"destination_key_id", out.destination_key_id}};
   });
+  // Issue 19: loss of trust (kms/lifecycle.h, docs/protocol.md §7.2).
+  server->Post("/v1/vms/trust-check", [s](const net::Request& r) -> StatusOr<json> {
+    ASSIGN_OR_RETURN(auto vms, ParseVmTrustQueries(r.body));
+    ASSIGN_OR_RETURN(auto answers, s->CheckVmTrust(CallerFromPeer(r.peer), vms));
+    return VmTrustAnswersJson(answers);
+  });
+  server->Post("/v1/vms/trust-events", [s](const net::Request& r) -> StatusOr<json> {
+    ASSIGN_OR_RETURN(VmTrustEvent e, ParseVmTrustEvent(r.body));
+    RETURN_IF_ERROR(s->RecordVmTrustEvent(CallerFromPeer(r.peer), e));
+    return json::object();
+  });
   server->Put(std::string("/v1/policies/") + kNameRe, put_policy);
   server->Put(std::string("/v1/policies/") + kNameRe + "/" + kImageRe, put_policy);
   server->Get(std::string("/v1/policies/") + kNameRe, get_policy);

@@ -1,6 +1,7 @@
 #include "kms/lifecycle.h"
 
 #include <cctype>
+#include <cstdio>
 #include <ctime>
 #include <cstring>
 
@@ -318,6 +319,31 @@ Status Lifecycle::Check(const std::string& tenant, const std::string& image_id,
   if (image.status().code() != StatusCode::kNotFound) return image.status();
   if (!host_id.empty()) RETURN_IF_ERROR(CheckHost(host_id));
   return OkStatus();
+}
+
+KeyDestructionTimer::KeyDestructionTimer(Lifecycle* lifecycle, std::chrono::milliseconds interval)
+    : lifecycle_(lifecycle), interval_(interval) {
+  thread_ = std::thread([this] {
+    std::unique_lock<std::mutex> lock(mu_);
+    do {
+      lock.unlock();
+      Status s = lifecycle_->DestroyDue(/*force=*/true);
+      if (!s.ok()) std::fprintf(stderr, "kms: key destruction sweep failed (retried): %s\n", s.message().c_str());
+      sweeps_.fetch_add(1);
+      lock.lock();
+    } while (!cv_.wait_for(lock, interval_, [this] { return stopping_; }));
+  });
+}
+
+KeyDestructionTimer::~KeyDestructionTimer() { Stop(); }
+
+void KeyDestructionTimer::Stop() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
 }
 
 }  // namespace vmseal::kms

@@ -15,12 +15,18 @@
 #define VMSEAL_KMS_LIFECYCLE_H_
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <mutex>
 #include <span>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "base/status.h"
 #include "crypto/keys.h"
@@ -54,6 +60,45 @@ StatusOr<crypto::Bytes> SignLifecycleRequest(std::string_view document, const cr
 // PERMISSION_DENIED "bad_signature: ..." unless it verifies.
 Status VerifyLifecycleRequest(std::string_view document, std::span<const uint8_t> signature,
                               const crypto::PublicKey& key);
+
+// Loss of trust (docs/protocol.md §7.2). The portal asks, for each VM it
+// knows to run, whether the VM's host still meets the image's release
+// policy on its latest verdict (the placement rule: a revoked or unenrolled
+// host, a failed verdict, PCRs outside the flavors, evidence older than the
+// policy's max_evidence_age_seconds). Each VM found untrusted is audited
+// `vm.trust_loss` with the tenant and image, so the customer's audit shows
+// it; the answer carries the image's `on_trust_loss` for the portal to act.
+struct VmTrustQuery {
+  std::string job_id;    // the portal's job, [A-Za-z0-9._-]{1,128}
+  std::string tenant;    // the image's tenant
+  std::string image_id;  // the tag's imageId
+  std::string host_id;   // the host the VM runs on
+};
+struct VmTrustAnswer {
+  std::string job_id;
+  bool trusted = true;
+  // "ok", or the reason trust is lost (host_revoked, not_enrolled,
+  // no_verdict, the verdict's or the policy's reason, unknown_image).
+  std::string reason = "ok";
+  // "stop" or "report" (the image's effective policy; default report).
+  std::string on_trust_loss = "report";
+};
+// What the portal did about a VM whose trust was lost, for the customer's
+// audit (`vm.trust_event`): "stopped" (its host confirmed the VM and its
+// files gone) or "stop_unanswered" (the host did not confirm within the
+// portal's bound; the VM may still run).
+struct VmTrustEvent {
+  VmTrustQuery vm;
+  std::string event;
+  std::string text;  // one line for people, at most 256 bytes
+};
+inline constexpr size_t kMaxVmTrustQueries = 1000;
+// {"vms": [{job_id, tenant, image_id, host_id}, ...]} (at most
+// kMaxVmTrustQueries); INVALID_ARGUMENT "malformed_request: ..." otherwise.
+StatusOr<std::vector<VmTrustQuery>> ParseVmTrustQueries(const nlohmann::json& body);
+nlohmann::json VmTrustAnswersJson(const std::vector<VmTrustAnswer>& answers);
+// {job_id, tenant, image_id, host_id, event, text}.
+StatusOr<VmTrustEvent> ParseVmTrustEvent(const nlohmann::json& body);
 
 class Lifecycle {
  public:
@@ -114,6 +159,32 @@ class Lifecycle {
   const Options options_;
   Store* const store_;
   std::atomic<int64_t> last_sweep_{0};
+};
+
+// Destroys the keys of closed accounts whose grace is over on a timer
+// (Lifecycle::DestroyDue every `interval`, first at once), so that keys are
+// shredded at their due time even when no request comes. Errors are logged
+// and retried at the next interval. Thread-safe; Stop (or the destructor)
+// waits for the thread.
+class KeyDestructionTimer {
+ public:
+  // `lifecycle` must outlive this.
+  KeyDestructionTimer(Lifecycle* lifecycle, std::chrono::milliseconds interval);
+  ~KeyDestructionTimer();
+  KeyDestructionTimer(const KeyDestructionTimer&) = delete;
+  KeyDestructionTimer& operator=(const KeyDestructionTimer&) = delete;
+  void Stop();
+  // Sweeps done so far (tests).
+  int64_t sweeps() const { return sweeps_.load(); }
+
+ private:
+  Lifecycle* const lifecycle_;
+  const std::chrono::milliseconds interval_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  std::atomic<int64_t> sweeps_{0};
+  std::thread thread_;
 };
 
 }  // namespace vmseal::kms

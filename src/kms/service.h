@@ -399,6 +399,15 @@ class KmsService {
   // (kms/migration.h, docs/format/rewrap-authorization.md). Audited
   // `migration.rewrap` / `migration.deny`. Defined in migration.cc.
   StatusOr<RewrapResponse> MigrationRewrap(const Caller& caller, const RewrapRequest& req);
+  // Portal only: whether each VM's host still meets its image's release
+  // policy (kms/lifecycle.h VmTrustQuery, docs/protocol.md §7.2); each
+  // untrusted VM audited `vm.trust_loss`. Defined in vm_trust.cc.
+  StatusOr<std::vector<VmTrustAnswer>> CheckVmTrust(const Caller& caller,
+                                                    const std::vector<VmTrustQuery>& vms);
+  // Portal only: audits what the portal did about a VM whose trust was lost
+  // (`vm.trust_event`); the image must be registered for the tenant
+  // (unknown_image otherwise).
+  Status RecordVmTrustEvent(const Caller& caller, const VmTrustEvent& event);
   // The log's verifier key ("<origin>+<id>+<key>").
   std::string audit_log_key() const { return audit_log_->verifier_key(); }
 

@@ -42,41 +42,62 @@ const char kAnyTagPolicy[] = R"({"flavors":{"anyOf":["good-boot"]}})";
 class SealedKmsFixture : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto tpm = tpm::testing::Swtpm::Start({.parent_dir = dir_.path()});
-    ASSERT_OK(tpm);
-    swtpm_ = *std::move(tpm);
-    auto engine = tpm::SecurityEngine::Create({.tcti = swtpm_->tcti(), .state_dir = dir_.File("tpm-state")});
-    ASSERT_OK(engine);
-    engine_ = *std::move(engine);
-
-    // The KMS: kms init, then the TPM manufacturer CA (swtpm's) in its config.
-    kms_.dir = dir_.File("kms");
-    std::string out;
-    ASSERT_EQ(RunCommand({VmsealBinary(), "kms", "init", "--dir", kms_.dir}, &out, 60), 0) << out;
-    WriteFileOrDie(dir_.File("ek-ca.pem"), swtpm_->ca_bundle_pem());
-    json config = json::parse(ReadFileOrDie(kms_.dir + "/kms.json"));
-    config["ek_ca_bundle"] = dir_.File("ek-ca.pem");
-    WriteFileOrDie(kms_.dir + "/kms.json", config.dump(2));
-    ASSERT_OK(kms_.IssueIdentity("portal", "portal"));
-    ASSERT_OK(kms_.IssueIdentity("host", "host-1"));
-    auto kms = csp::testing::ServerProcess::Start(
-        {VmsealBinary(), "kms", "serve", "--config", kms_.dir + "/kms.json", "--port", "0",
-         "--port-file", kms_.dir + "/port"},
-        kms_.dir + "/serve.log", kms_.dir + "/port");
-    ASSERT_OK(kms);
-    kms_.process = std::move(kms).value();
-
-    auto portal = csp::testing::ServerProcess::Start(
-        {VmsealBinary(), "csp", "serve", "--data-dir", dir_.File("portal"), "--port", "0",
-         "--port-file", dir_.File("portal.port"), "--kms-url", kms_.url(), "--kms-ca", kms_.ca(),
-         "--kms-cert", kms_.portal_cert(), "--kms-key", kms_.portal_key()},
-        dir_.File("portal.log"), dir_.File("portal.port"));
-    ASSERT_OK(portal);
-    portal_ = std::move(portal).value();
+    ASSERT_NO_FATAL_FAILURE(StartTpm(dir_.path(), &swtpm_, &engine_));
+    ASSERT_NO_FATAL_FAILURE(StartKmsWithEk(dir_.File("kms"), swtpm_->ca_bundle_pem(), &kms_));
+    ASSERT_NO_FATAL_FAILURE(StartPortal(kms_, "portal", &portal_));
     std::string disk(64 << 10, '\0');
     for (size_t i = 0; i < disk.size(); ++i) disk[i] = static_cast<char>(i * 131 % 251);
     WriteFileOrDie(dir_.File("disk.raw"), disk);
   }
+
+  // A host's TPM: a swtpm under `parent_dir` and the security engine on it.
+  void StartTpm(const std::string& parent_dir, std::unique_ptr<tpm::testing::Swtpm>* swtpm,
+                std::unique_ptr<tpm::SecurityEngine>* engine) {
+    auto tpm = tpm::testing::Swtpm::Start({.parent_dir = parent_dir});
+    ASSERT_OK(tpm);
+    *swtpm = *std::move(tpm);
+    auto e = tpm::SecurityEngine::Create({.tcti = (*swtpm)->tcti(),
+                                          .state_dir = parent_dir + "/tpm-state"});
+    ASSERT_OK(e);
+    *engine = *std::move(e);
+  }
+
+  // `kms init` in `dir`, kms.json trusting the EK CAs `ek_ca_bundle_pem`
+  // (then EditKmsConfig), identities "portal" and "host-1", and `kms serve`.
+  void StartKmsWithEk(const std::string& dir, const std::string& ek_ca_bundle_pem,
+                      csp::testing::KmsInstance* kms) {
+    kms->dir = dir;
+    std::string out;
+    ASSERT_EQ(RunCommand({VmsealBinary(), "kms", "init", "--dir", kms->dir}, &out, 60), 0) << out;
+    WriteFileOrDie(kms->dir + "/ek-ca.pem", ek_ca_bundle_pem);
+    json config = json::parse(ReadFileOrDie(kms->dir + "/kms.json"));
+    config["ek_ca_bundle"] = kms->dir + "/ek-ca.pem";
+    EditKmsConfig(&config);
+    WriteFileOrDie(kms->dir + "/kms.json", config.dump(2));
+    ASSERT_OK(kms->IssueIdentity("portal", "portal"));
+    ASSERT_OK(kms->IssueIdentity("host", "host-1"));
+    auto process = csp::testing::ServerProcess::Start(
+        {VmsealBinary(), "kms", "serve", "--config", kms->dir + "/kms.json", "--port", "0",
+         "--port-file", kms->dir + "/port"},
+        kms->dir + "/serve.log", kms->dir + "/port");
+    ASSERT_OK(process);
+    kms->process = std::move(process).value();
+  }
+
+  // `csp serve` with data dir `name`, relaying to `kms`.
+  void StartPortal(const csp::testing::KmsInstance& kms, const std::string& name,
+                   std::unique_ptr<csp::testing::ServerProcess>* portal) {
+    auto p = csp::testing::ServerProcess::Start(
+        {VmsealBinary(), "csp", "serve", "--data-dir", dir_.File(name), "--port", "0",
+         "--port-file", dir_.File(name + ".port"), "--kms-url", kms.url(), "--kms-ca", kms.ca(),
+         "--kms-cert", kms.portal_cert(), "--kms-key", kms.portal_key()},
+        dir_.File(name + ".log"), dir_.File(name + ".port"));
+    ASSERT_OK(p);
+    *portal = std::move(p).value();
+  }
+
+  // Changes kms.json before `kms serve` starts (a test's own settings).
+  virtual void EditKmsConfig(json* config) { (void)config; }
 
   std::string PortalUrl() { return "http://127.0.0.1:" + std::to_string(portal_->port()); }
 
@@ -116,13 +137,15 @@ class SealedKmsFixture : public ::testing::Test {
   }
 
   // An mTLS client of the KMS with identity `name` (portal, operator, host-1).
-  std::unique_ptr<net::HttpsClient> Kms(const std::string& name) {
+  std::unique_ptr<net::HttpsClient> Kms(const std::string& name,
+                                        const csp::testing::KmsInstance* at = nullptr) {
+    const csp::testing::KmsInstance& kms = at != nullptr ? *at : kms_;
     net::HttpsClient::Options o;
     o.host = "127.0.0.1";
-    o.port = kms_.process->port();
-    o.ca_pem = ReadFileOrDie(kms_.ca());
-    o.cert_pem = ReadFileOrDie(kms_.dir + "/" + name + ".pem");
-    auto key = crypto::ReadSecretFile(kms_.dir + "/" + name + "-key.pem");
+    o.port = kms.process->port();
+    o.ca_pem = ReadFileOrDie(kms.ca());
+    o.cert_pem = ReadFileOrDie(kms.dir + "/" + name + ".pem");
+    auto key = crypto::ReadSecretFile(kms.dir + "/" + name + "-key.pem");
     EXPECT_OK(key);
     o.key_pem = std::move(key).value();
     auto c = net::HttpsClient::Create(std::move(o));
@@ -133,27 +156,33 @@ class SealedKmsFixture : public ::testing::Test {
   // host-1 enrolls its swtpm with the KMS and attests once; the operator
   // makes its PCRs the flavor "good-boot" and tags it `tags`.
   void EnrollHost(const std::vector<std::string>& tags) {
-    auto host = host::NewHttpsKmsClient({.url = kms_.url(),
-                                         .ca_cert_file = kms_.ca(),
-                                         .cert_file = kms_.dir + "/host-1.pem",
-                                         .key_file = kms_.dir + "/host-1-key.pem",
+    ASSERT_NO_FATAL_FAILURE(EnrollHostAt(kms_, engine_.get(), &host_));
+    Tag(tags);
+  }
+  // Enrolls host-1 with the TPM of `engine` at `kms`, attests once and
+  // makes its PCRs the flavor good-boot there; *api is the host's client.
+  void EnrollHostAt(const csp::testing::KmsInstance& kms, tpm::SecurityEngine* engine,
+                    std::unique_ptr<host::KmsApi>* api) {
+    auto host = host::NewHttpsKmsClient({.url = kms.url(),
+                                         .ca_cert_file = kms.ca(),
+                                         .cert_file = kms.dir + "/host-1.pem",
+                                         .key_file = kms.dir + "/host-1-key.pem",
                                          .host_id = "host-1"});
     ASSERT_OK(host);
-    host_ = *std::move(host);
-    auto req = engine_->EnrollmentRequest();
+    *api = *std::move(host);
+    auto req = engine->EnrollmentRequest();
     ASSERT_OK(req);
-    auto challenge = host_->BeginEnrollment(*req);
+    auto challenge = (*api)->BeginEnrollment(*req);
     ASSERT_OK(challenge);
-    auto secret = engine_->ActivateCredential(*challenge);
+    auto secret = engine->ActivateCredential(*challenge);
     ASSERT_OK(secret);
-    ASSERT_OK(host_->CompleteEnrollment(*secret));
-    auto nonce = host_->Nonce();
+    ASSERT_OK((*api)->CompleteEnrollment(*secret));
+    auto nonce = (*api)->Nonce();
     ASSERT_OK(nonce);
-    auto ev = engine_->Attest(*nonce, kPcrs);
+    auto ev = engine->Attest(*nonce, kPcrs);
     ASSERT_OK(ev);
-    ASSERT_OK(host_->Attest(*ev));
-    ASSERT_OK(Kms("operator")->Post("/v1/flavors/good-boot/from-host/host-1", json::object()));
-    Tag(tags);
+    ASSERT_OK((*api)->Attest(*ev));
+    ASSERT_OK(Kms("operator", &kms)->Post("/v1/flavors/good-boot/from-host/host-1", json::object()));
   }
   void Tag(const std::vector<std::string>& tags) {
     ASSERT_OK(Kms("operator")->Put("/v1/hosts/host-1/tags", {{"tags", tags}}));
@@ -197,10 +226,20 @@ class SealedKmsFixture : public ::testing::Test {
   // host-1 asks for the key of package `name` for job `job`, with fresh
   // evidence from its TPM, as the host agent does.
   StatusOr<host::ReleasedKey> HostRelease(const std::string& name, const std::string& job) {
-    auto pkg = Open(name);
-    if (pkg == nullptr) return InternalError("package does not open");
+    return ReleaseWith(host_.get(), engine_.get(), dir_.File(name), job, 0);
+  }
+  // The release a host makes for job `job` (placement `attempt`) of the
+  // package at `path`, with fresh evidence of `engine`'s TPM.
+  StatusOr<host::ReleasedKey> ReleaseWith(host::KmsApi* api, tpm::SecurityEngine* engine,
+                                          const std::string& path, const std::string& job,
+                                          uint64_t attempt) {
+    ovf::PackageOpenOptions po;
+    auto opened = ovf::Package::Open(Env::Default(), path, po);
+    RETURN_IF_ERROR(opened.status());
+    const auto& pkg = *opened;
     host::ReleaseRequest r;
     r.job_id = job;
+    r.attempt = attempt;
     r.image_id = pkg->tag().image_id;
     r.tenant = pkg->tag().tenant;
     r.key_id = pkg->tag().key_id;
@@ -212,9 +251,9 @@ class SealedKmsFixture : public ::testing::Test {
     r.descriptor = pkg->descriptor_text();
     r.manifest = pkg->manifest_text();
     r.package_cert = pkg->certificate_text();
-    ASSIGN_OR_RETURN(auto nonce, host_->Nonce());
-    ASSIGN_OR_RETURN(r.evidence, engine_->Attest(nonce, kPcrs));
-    return host_->Release(r);
+    ASSIGN_OR_RETURN(auto nonce, api->Nonce());
+    ASSIGN_OR_RETURN(r.evidence, engine->Attest(nonce, kPcrs));
+    return api->Release(r);
   }
 
   // The KMS audit log's records of `event`, parsed.

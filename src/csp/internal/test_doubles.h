@@ -247,8 +247,51 @@ class FakeKmsClient final : public KmsClient {
 
   std::string CaCertificatePem() const override { return ca_ ? ca_->cert.ToPem() : ""; }
 
+  // Loss of trust: a VM is trusted while its host is eligible
+  // (SetEligibility); its on_trust_loss is SetOnTrustLoss's for its job
+  // ("report" otherwise).
+  void SetOnTrustLoss(const std::string& job_id, const std::string& action) {
+    std::lock_guard<std::mutex> lock(mu_);
+    on_trust_loss_[job_id] = action;
+  }
+  StatusOr<nlohmann::json> CheckVmTrust(const nlohmann::json& body) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (unavailable_) return UnavailableError("HTTPS request failed: Connection");
+    nlohmann::json vms = nlohmann::json::array();
+    for (const nlohmann::json& v : body.at("vms")) {
+      const std::string job = v.at("job_id").get<std::string>();
+      trust_queries_.push_back(job);
+      auto h = hosts_.find(v.at("host_id").get<std::string>());
+      const bool trusted = h != hosts_.end() && h->second.eligible;
+      auto action = on_trust_loss_.find(job);
+      vms.push_back({{"job_id", job},
+                     {"trusted", trusted},
+                     {"reason", trusted ? "ok" : (h == hosts_.end() ? "not_enrolled" : h->second.reason)},
+                     {"on_trust_loss", action == on_trust_loss_.end() ? "report" : action->second}});
+    }
+    return nlohmann::json{{"vms", vms}};
+  }
+  Status RecordVmTrustEvent(const nlohmann::json& body) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (unavailable_) return UnavailableError("HTTPS request failed: Connection");
+    trust_events_.push_back(body.at("job_id").get<std::string>() + " " + body.at("event").get<std::string>());
+    return OkStatus();
+  }
+  // Job ids asked about, in order; "<job> <event>" of each trust event.
+  std::vector<std::string> trust_queries() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return trust_queries_;
+  }
+  std::vector<std::string> trust_events() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return trust_events_;
+  }
+
  private:
   std::vector<int64_t> proofs_asked_;
+  std::map<std::string, std::string> on_trust_loss_;
+  std::vector<std::string> trust_queries_;
+  std::vector<std::string> trust_events_;
   std::unique_ptr<crypto::CertificateAuthority> ca_;
   std::mutex mu_;
   std::map<std::string, HostEligibility> hosts_;

@@ -115,12 +115,13 @@ double Percentile(std::vector<double> v, double p) {
 }
 
 // The package label (docs/format/package.md §5) of `image` of `tenant`,
-// key version 1, with the stream algorithm a sealed package names.
-crypto::Bytes PackageLabel(const std::string& image, const std::string& tenant) {
+// key version `key_version`, with the stream algorithm a sealed package names.
+crypto::Bytes PackageLabel(const std::string& image, const std::string& tenant,
+                           uint64_t key_version = 1) {
   ovf::EncryptionTag tag;
   tag.image_id = image;
   tag.tenant = tenant;
-  tag.key_version = 1;
+  tag.key_version = key_version;
   tag.data_algorithm = std::string(ovf::kStreamAlgorithmUri);
   const std::vector<uint8_t> label = ovf::OaepLabel(tag);
   return crypto::Bytes(label.begin(), label.end());
@@ -401,8 +402,10 @@ int Run(int releases, const std::string& store_arg, int clients, const std::stri
     // One image per key type: an image id is wrapped to one key.
     std::string image_id = label_image;
     if (x25519) image_id = "img-x25519";
-    const crypto::Bytes image_label = PackageLabel(image_id, "acme");
     auto key = Must(service->CreateCustomerKey(portal, {"acme", algorithm}), "customer key");
+    // Each key of the customer is its next version (kms/key_versions.h).
+    const uint64_t key_version = static_cast<uint64_t>(key.version);
+    const crypto::Bytes image_label = PackageLabel(image_id, "acme", key_version);
     auto pub = Must(crypto::PublicKey::FromPem(key.public_key_pem), "public key");
     const crypto::Bytes wrapped =
         x25519 ? Must(crypto::X25519Wrap(pub, data_key, crypto::AsStringView(image_label)), "wrap")
@@ -424,6 +427,7 @@ int Run(int releases, const std::string& store_arg, int clients, const std::stri
       r.key_id = "sha256:" + pub.KeyId();
       r.wrap_algorithm = std::string(x25519 ? ovf::kX25519WrapUri : ovf::kRsaOaepUri);
       r.oaep_label = image_label;
+      r.key_version = key_version;
       r.wrapped_key = wrapped;
       if (requests.empty()) {
         sign_request(r);

@@ -5,7 +5,9 @@
 
 #include <CLI/CLI.hpp>
 
+#include <cstdint>
 #include <functional>
+#include <string>
 
 #include "base/status.h"
 
@@ -28,6 +30,10 @@ void AddHostCommands(CLI::App& app, const CommandSink& sink);      // host ...
 void AddCspCommands(CLI::App& app, const CommandSink& sink);       // csp ...
 void AddCustomerCommands(CLI::App& app, const CommandSink& sink);  // customer ...
 void AddDemoCommands(CLI::App& app, const CommandSink& sink);      // demo, sample-image
+
+// The customer key version a KMS customer certificate (PEM) names: N for a
+// subject OU "key-version:N" (kms/key_versions.h), 1 for none.
+StatusOr<uint64_t> KeyVersionOfCertificate(const std::string& pem);
 
 }  // namespace vmseal::cli
 

@@ -220,6 +220,7 @@ struct FetchCertFlags {
   std::string ca_out;   // optional: where to write the KMS CA used
   std::string signing_key;       // the local signing key (default beside the session)
   std::string signing_cert_out;  // default: signing-cert.pem beside --out
+  int64_t min_version = 0;       // rotate-key: the version it created
 };
 
 // Checks the signing certificate the portal relays before anything is
@@ -289,6 +290,29 @@ Status FetchCert(const CommonFlags& f, const FetchCertFlags& ff) {
     return DataLossError("the certificate names key " + cert.SubjectCommonName() + ", not " +
                          key_id);
   }
+  // The newest key version (kms/key_versions.h): the certificate names the
+  // version the portal reports, and none older than one this customer
+  // asked for (rotate-key) is accepted.
+  const int64_t version = k.contains("version") && k["version"].is_number_integer()
+                              ? k["version"].get<int64_t>() : 1;
+  ASSIGN_OR_RETURN(uint64_t cert_version, KeyVersionOfCertificate(cert_pem));
+  if (static_cast<int64_t>(cert_version) != version) {
+    return DataLossError("the certificate is for key version " + std::to_string(cert_version) +
+                         ", the portal says version " + std::to_string(version));
+  }
+  if (k.contains("versions") && k["versions"].is_array()) {
+    for (const json& v : k["versions"]) {
+      if (v.is_object() && v.value("version", int64_t{0}) > version) {
+        return DataLossError("the portal served key version " + std::to_string(version) +
+                             " but version " + std::to_string(v.value("version", int64_t{0})) +
+                             " exists");
+      }
+    }
+  }
+  if (ff.min_version > 0 && version < ff.min_version) {
+    return DataLossError("the portal served key version " + std::to_string(version) +
+                         ", older than the version " + std::to_string(ff.min_version) + " just created");
+  }
   // The signing certificate, if the KMS has a signing key registered.
   std::optional<crypto::Certificate> signing_cert;
   const std::string signing_out =
@@ -308,6 +332,7 @@ Status FetchCert(const CommonFlags& f, const FetchCertFlags& ff) {
   }
   json out = {{"customer_id", k.value("customer_id", "")},
               {"key_id", key_id},
+              {"version", version},
               {"algorithm", k.value("algorithm", "")},
               {"cert_file", ff.out},
               {"cert_sha256", cert.Fingerprint()},
@@ -322,7 +347,7 @@ Status FetchCert(const CommonFlags& f, const FetchCertFlags& ff) {
   if (f.json) {
     PrintJson(out);
   } else {
-    std::cout << "certificate of key " << key_id << " verified against the KMS CA "
+    std::cout << "certificate of key " << key_id << " (version " << version << ") verified against the KMS CA "
               << roots[0].Fingerprint() << " and written to " << ff.out << "\n";
     if (signing_cert) {
       std::cout << "signing certificate (your signing key, certified for this customer) "
@@ -336,6 +361,48 @@ Status FetchCert(const CommonFlags& f, const FetchCertFlags& ff) {
   if (ca_from_portal) {
     std::cerr << "note: the KMS CA was supplied by the portal; pass --kms-ca with a CA "
                  "obtained out of band to anchor trust independently\n";
+  }
+  return OkStatus();
+}
+
+// A new version of the customer's KMS key (kms/key_versions.h): the KMS
+// makes the key pair and certificate; then the new certificate is fetched
+// and verified as fetch-cert does (it must be the version just created).
+Status RotateKey(const CommonFlags& f, FetchCertFlags ff) {
+  if (ff.out.empty()) return InvalidArgumentError("--out is required");
+  ASSIGN_OR_RETURN(auto c, Connect(f));
+  ASSIGN_OR_RETURN(httplib::Headers auth, Auth(f));
+  ASSIGN_OR_RETURN(json k, CheckReply(c->Post("/v1/customer/key/rotate", auth, "{}", "application/json"),
+                                      "rotate key"));
+  if (!k.contains("version") || !k["version"].is_number_integer() || k["version"].get<int64_t>() < 2) {
+    return DataLossError("the portal's answer names no new key version");
+  }
+  ff.min_version = k["version"].get<int64_t>();
+  if (!f.json) {
+    std::cout << "key version " << ff.min_version << " (" << k.value("key_id", "")
+              << ") created at the KMS\n";
+  }
+  return FetchCert(f, ff);
+}
+
+// Retires a version of the customer's key: the KMS releases no package
+// wrapped under it again.
+Status RetireKey(const CommonFlags& f, int64_t version) {
+  if (version < 1) return InvalidArgumentError("--version must be >= 1");
+  ASSIGN_OR_RETURN(auto c, Connect(f));
+  ASSIGN_OR_RETURN(httplib::Headers auth, Auth(f));
+  ASSIGN_OR_RETURN(json k, CheckReply(c->Post("/v1/customer/key/retire", auth,
+                                              json{{"version", version}}.dump(), "application/json"),
+                                      "retire key"));
+  if (k.value("version", int64_t{0}) != version || k.value("retired_unix", int64_t{0}) == 0) {
+    return DataLossError("the portal's answer does not show version " + std::to_string(version) + " retired");
+  }
+  if (f.json) {
+    PrintJson({{"version", version}, {"key_id", k.value("key_id", "")},
+               {"retired_unix", k.value("retired_unix", int64_t{0})}});
+  } else {
+    std::cout << "key version " << version << " (" << k.value("key_id", "")
+              << ") retired: packages sealed under it are no longer released\n";
   }
   return OkStatus();
 }
@@ -961,6 +1028,23 @@ void AddCustomerCommands(CLI::App& app, const CommandSink& sink) {
                          "Where to write the signing certificate (default signing-cert.pem "
                          "beside --out)");
   fetch_cert->callback([f, cf, sink] { sink(FetchCert(*f, *cf)); });
+
+  auto rf = std::make_shared<FetchCertFlags>();
+  CLI::App* rotate = cust->add_subcommand(
+      "rotate-key", "Create a new version of your KMS key; verify and write its certificate "
+                    "(packages sealed under older versions still release until retired)");
+  rotate->add_option("--out", rf->out, "Where to write the new certificate (PEM)")->required();
+  rotate->add_option("--kms-ca", rf->kms_ca, "PEM KMS CA to verify against (default: the portal's)");
+  rotate->add_option("--signing-key", rf->signing_key, "Your signing key (default beside the session)");
+  rotate->add_option("--signing-cert-out", rf->signing_cert_out,
+                     "Where to write the signing certificate (default signing-cert.pem beside --out)");
+  rotate->callback([f, rf, sink] { sink(RotateKey(*f, *rf)); });
+
+  auto retire_version = std::make_shared<int64_t>(0);
+  CLI::App* retire = cust->add_subcommand(
+      "retire-key", "Retire a version of your KMS key: packages sealed under it are released no more");
+  retire->add_option("--version", *retire_version, "The key version to retire")->required();
+  retire->callback([f, retire_version, sink] { sink(RetireKey(*f, *retire_version)); });
 
   auto agent_out = std::make_shared<std::string>();
   auto agent_sha = std::make_shared<std::string>();

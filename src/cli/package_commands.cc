@@ -14,10 +14,27 @@
 #include "crypto/keys.h"
 #include "crypto/x509.h"
 #include "json/json.h"
+#include "kms/key_versions.h"
 #include "kms/policy.h"
 #include "ovf/package.h"
 
 namespace vmseal::cli {
+
+// The customer key version a KMS customer certificate names: N for an OU
+// "key-version:N" (kms/key_versions.h), 1 for none.
+StatusOr<uint64_t> KeyVersionOfCertificate(const std::string& pem) {
+  ASSIGN_OR_RETURN(crypto::Certificate cert, crypto::Certificate::FromPem(pem));
+  X509_NAME* subject = X509_get_subject_name(cert.x509());
+  for (int i = X509_NAME_get_index_by_NID(subject, NID_organizationalUnitName, -1); i >= 0;
+       i = X509_NAME_get_index_by_NID(subject, NID_organizationalUnitName, i)) {
+    ASN1_STRING* value = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, i));
+    const std::string ou(reinterpret_cast<const char*>(ASN1_STRING_get0_data(value)),
+                         static_cast<size_t>(ASN1_STRING_length(value)));
+    if (ou.starts_with("key-version:")) return kms::KeyVersionOfOu(ou);
+  }
+  return uint64_t{1};
+}
+
 namespace {
 
 struct SealFlags {
@@ -159,6 +176,11 @@ Status RunSeal(const SealFlags& f) {
   ASSIGN_OR_RETURN(o.recipient_pem, ReadFileToString(env, f.cert.empty() ? f.pubkey : f.cert));
   o.image_id = f.image_id;
   ASSIGN_OR_RETURN(o.tenant, SealTenant(f, o.recipient_pem));
+  if (!f.cert.empty()) {
+    // The version of the customer's key the certificate is for: the tag
+    // names it, and the KMS releases only under that version.
+    ASSIGN_OR_RETURN(o.key_version, KeyVersionOfCertificate(o.recipient_pem));
+  }
   o.vm.cpus = f.cpus;
   o.vm.memory_mib = f.memory_mib;
   if (f.firmware != "bios" && f.firmware != "efi") {

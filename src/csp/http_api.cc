@@ -108,7 +108,8 @@ json ToJson(const Placement& p) {
 json ToJson(const CustomerKey& k) {
   return {{"customer_id", k.customer_id}, {"key_id", k.key_id}, {"algorithm", k.algorithm},
           {"public_key_pem", k.public_key_pem}, {"cert_pem", k.cert_pem},
-          {"created_unix", k.created_unix}};
+          {"created_unix", k.created_unix}, {"version", k.version},
+          {"retired_unix", k.retired_unix}};
 }
 
 json ToJson(const SigningKey& k) {
@@ -399,7 +400,20 @@ void RegisterPortalRoutes(net::HttpsServer& server, const PortalServices& svc) {
   server.Json("GET", "/v1/customer/key", [svc, who](const net::Request& req) -> StatusOr<json> {
     ASSIGN_OR_RETURN(Principal p, who(req));
     ASSIGN_OR_RETURN(CustomerKey k, svc.accounts->GetCustomerKey(p));
+    // The newest version as the KMS has it, with every version
+    // (kms/key_versions.h); the portal's record is the first.
+    json versions = json::array();
+    auto listed = svc.kms->ListCustomerKeys(p.customer_id);
+    if (listed.ok() && !listed->empty()) {
+      k = listed->back();
+      for (const CustomerKey& v : *listed) {
+        versions.push_back({{"version", v.version}, {"key_id", v.key_id}, {"retired_unix", v.retired_unix}});
+      }
+    } else if (!listed.ok() && listed.status().code() != StatusCode::kUnimplemented) {
+      return listed.status();
+    }
     json out = ToJson(k);
+    if (!versions.empty()) out["versions"] = versions;
     out["kms_ca_cert_pem"] = svc.kms->CaCertificatePem();
     // The signing key as the KMS has it registered, if any.
     auto signing = svc.accounts->GetSigningKey(p);
@@ -410,6 +424,25 @@ void RegisterPortalRoutes(net::HttpsServer& server, const PortalServices& svc) {
       return signing.status();
     }
     return out;
+  });
+  // Key rotation and retirement (kms/key_versions.h): the KMS makes the new
+  // key pair; the portal relays for the customer it authenticated.
+  server.Json("POST", "/v1/customer/key/rotate", [svc, who](const net::Request& req) -> StatusOr<json> {
+    ASSIGN_OR_RETURN(Principal p, who(req));
+    if (p.customer_id.empty()) return UnauthenticatedError("not logged in");
+    ASSIGN_OR_RETURN(CustomerKey k, svc.kms->RotateCustomerKey(p.customer_id));
+    return ToJson(k);
+  }, 201);
+  server.Json("POST", "/v1/customer/key/retire", [svc, who](const net::Request& req) -> StatusOr<json> {
+    ASSIGN_OR_RETURN(Principal p, who(req));
+    if (p.customer_id.empty()) return UnauthenticatedError("not logged in");
+    ASSIGN_OR_RETURN(json body, ParseBody(req));
+    if (!body.is_object() || !body.contains("version") || !body["version"].is_number_integer() ||
+        body["version"].get<int64_t>() < 1) {
+      return InvalidArgumentError("body must be {\"version\": N} with N >= 1");
+    }
+    ASSIGN_OR_RETURN(CustomerKey k, svc.kms->RetireCustomerKey(p.customer_id, body["version"].get<int64_t>()));
+    return ToJson(k);
   });
   server.Json("POST", "/v1/customer/signing-key", [svc, who](const net::Request& req) -> StatusOr<json> {
     ASSIGN_OR_RETURN(Principal p, who(req));

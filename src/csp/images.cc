@@ -42,13 +42,23 @@ ImageInfo ToInfo(const ImageRecord& r) {
 // The package must be sealed for the uploader: the tag's tenant is the
 // customer's id and its key id names the customer's key. PERMISSION_DENIED
 // "tenant_mismatch: ..." naming both otherwise.
-Status CheckPackageOwner(const VerifiedPackage& p, const CustomerRecord& uploader) {
+// `versions`: every version of the customer's key as the KMS lists them
+// (kms/key_versions.h); a package sealed to any of them is the customer's.
+Status CheckPackageOwner(const VerifiedPackage& p, const CustomerRecord& uploader,
+                         const std::vector<CustomerKey>& versions) {
   std::string key_ids = uploader.key_id;
   bool key_ok = !uploader.key_id.empty() && p.key_id == uploader.key_id;
   auto spki = crypto::KeyIdOfPem(uploader.public_key_pem);
   if (spki.ok()) {
     key_ids += " or sha256:" + *spki;
     key_ok = key_ok || p.key_id == "sha256:" + *spki;
+  }
+  for (const CustomerKey& v : versions) {
+    if (v.version < 2) continue;
+    auto id = crypto::KeyIdOfPem(v.public_key_pem);
+    if (!id.ok()) continue;
+    key_ids += " or sha256:" + *id;
+    key_ok = key_ok || p.key_id == "sha256:" + *id || p.key_id == v.key_id;
   }
   if (p.tenant != uploader.customer_id || !key_ok) {
     return PermissionDeniedError("tenant_mismatch: the package is sealed for tenant '" + p.tenant +
@@ -187,7 +197,16 @@ StatusOr<ImageInfo> ImageService::CommitUpload(const Principal& who,
     ASSIGN_OR_RETURN(verified, verifier_->Verify(content, local_path));
     if (verified.tenant.empty()) return OkStatus();  // no tag read (package_verifier.h)
     ASSIGN_OR_RETURN(CustomerRecord uploader, db_->FindCustomerById(who.customer_id));
-    RETURN_IF_ERROR(CheckPackageOwner(verified, uploader));
+    std::vector<CustomerKey> versions;
+    if (options_.signing_keys != nullptr) {
+      auto listed = options_.signing_keys->ListCustomerKeys(uploader.customer_id);
+      if (listed.ok()) {
+        versions = *std::move(listed);
+      } else if (listed.status().code() != StatusCode::kUnimplemented) {
+        return listed.status();
+      }
+    }
+    RETURN_IF_ERROR(CheckPackageOwner(verified, uploader, versions));
     return CheckPackageSigner(verified, uploader.customer_id, options_.signing_keys);
   };
   auto object = uploads_->Commit(request.upload_id, request.sha256_hex, verify);

@@ -70,6 +70,39 @@ class HttpsKmsClient final : public KmsClient {
                                           const std::string& algorithm) override {
     ASSIGN_OR_RETURN(json r, client_->Post("/v1/customers/" + customer_id + "/keys",
                                            json{{"algorithm", algorithm}}));
+    ASSIGN_OR_RETURN(CustomerKey k, KeyFrom(r, customer_id));
+    if (k.algorithm != algorithm) {
+      return DataLossError("KMS created a " + k.algorithm.substr(0, 32) + " key, not " + algorithm);
+    }
+    return k;
+  }
+
+  StatusOr<std::vector<CustomerKey>> ListCustomerKeys(const std::string& customer_id) override {
+    ASSIGN_OR_RETURN(json r, client_->Get("/v1/customers/" + customer_id + "/keys"));
+    if (!r.is_object() || !r.contains("keys") || !r["keys"].is_array()) {
+      return DataLossError("KMS key list has no keys");
+    }
+    std::vector<CustomerKey> out;
+    for (const json& k : r["keys"]) {
+      ASSIGN_OR_RETURN(CustomerKey key, KeyFrom(k, customer_id));
+      out.push_back(std::move(key));
+    }
+    return out;
+  }
+
+  StatusOr<CustomerKey> RotateCustomerKey(const std::string& customer_id) override {
+    ASSIGN_OR_RETURN(json r, client_->Post("/v1/customers/" + customer_id + "/key-rotations", json::object()));
+    return KeyFrom(r, customer_id);
+  }
+
+  StatusOr<CustomerKey> RetireCustomerKey(const std::string& customer_id, int64_t version) override {
+    ASSIGN_OR_RETURN(json r, client_->Post("/v1/customers/" + customer_id + "/key-versions/" +
+                                               std::to_string(version) + "/retire",
+                                           json::object()));
+    return KeyFrom(r, customer_id);
+  }
+
+  static StatusOr<CustomerKey> KeyFrom(const json& r, const std::string& customer_id) {
     if (!r.is_object()) return DataLossError("KMS answered with a non-object");
     CustomerKey k;
     k.key_id = Str(r, "key_id");
@@ -82,12 +115,12 @@ class HttpsKmsClient final : public KmsClient {
     if (r.contains("created_unix") && r["created_unix"].is_number_integer()) {
       k.created_unix = r["created_unix"].get<int64_t>();
     }
-    if (k.key_id.empty() || k.customer_id != customer_id || k.public_key_pem.empty() ||
-        k.cert_pem.empty()) {
-      return DataLossError("KMS key answer is incomplete or names another customer");
+    for (auto [field, out] : {std::pair{"version", &k.version}, std::pair{"retired_unix", &k.retired_unix}}) {
+      if (r.contains(field) && r[field].is_number_integer()) *out = r[field].get<int64_t>();
     }
-    if (k.algorithm != algorithm) {
-      return DataLossError("KMS created a " + k.algorithm.substr(0, 32) + " key, not " + algorithm);
+    if (k.key_id.empty() || k.customer_id != customer_id || k.public_key_pem.empty() ||
+        k.cert_pem.empty() || k.version < 1) {
+      return DataLossError("KMS key answer is incomplete or names another customer");
     }
     return k;
   }

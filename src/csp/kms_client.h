@@ -28,6 +28,10 @@ struct CustomerKey {
   // PEM certificate of the public key, signed by the KMS CA.
   std::string cert_pem;
   int64_t created_unix = 0;
+  // The customer's key version (kms/key_versions.h) and when it was retired
+  // (0: in use).
+  int64_t version = 1;
+  int64_t retired_unix = 0;
 };
 
 // A customer's package-signing key as the KMS registered it: the public half
@@ -82,6 +86,24 @@ class KmsClient {
   // UNAVAILABLE when the KMS cannot be reached.
   virtual StatusOr<CustomerKey> CreateCustomerKey(const std::string& customer_id,
                                                   const std::string& algorithm) = 0;
+
+  // Key versions (kms/key_versions.h): every version of the customer's key,
+  // oldest first (GET /v1/customers/{cid}/keys); a new version
+  // (POST .../key-rotations); retiring one (POST
+  // .../key-versions/{n}/retire). UNIMPLEMENTED by clients without them.
+  virtual StatusOr<std::vector<CustomerKey>> ListCustomerKeys(const std::string& customer_id) {
+    (void)customer_id;
+    return UnimplementedError("this KMS client has no key versions");
+  }
+  virtual StatusOr<CustomerKey> RotateCustomerKey(const std::string& customer_id) {
+    (void)customer_id;
+    return UnimplementedError("this KMS client has no key versions");
+  }
+  virtual StatusOr<CustomerKey> RetireCustomerKey(const std::string& customer_id, int64_t version) {
+    (void)customer_id;
+    (void)version;
+    return UnimplementedError("this KMS client has no key versions");
+  }
 
   // Applies the KMS release policy of (customer, image) to each host's
   // latest verdict, history and tags (POST /v1/placement-check). Returns one

@@ -23,7 +23,8 @@ json KeyJson(const CustomerKeyInfo& k) {
   return {{"key_id", k.key_id}, {"customer_id", k.customer_id}, {"algorithm", k.algorithm},
           {"public_key_pem", k.public_key_pem}, {"cert_pem", k.cert_pem},
           {"certificate_pem", k.cert_pem},
-          {"created_unix", k.created_unix}};
+          {"created_unix", k.created_unix}, {"version", k.version},
+          {"retired_unix", k.retired_unix}};
 }
 
 StatusOr<int64_t> IntParam(const net::Request& r, const std::string& name, int64_t fallback) {
@@ -114,6 +115,26 @@ void RegisterKmsRoutes(KmsService* s, net::HttpsServer* server) {
         return KeyJson(info);
       },
       /*created=*/true);
+  // Key versions (kms/key_versions.h).
+  server->Get(R"(/v1/customers/([A-Za-z0-9._-]{1,64})/keys)", [s](const net::Request& r) -> StatusOr<json> {
+    ASSIGN_OR_RETURN(auto keys, s->ListCustomerKeys(CallerFromPeer(r.peer), r.path_params[0]));
+    json out = json::array();
+    for (const auto& k : keys) out.push_back(KeyJson(k));
+    return json{{"keys", out}};
+  });
+  server->Post(
+      R"(/v1/customers/([A-Za-z0-9._-]{1,64})/key-rotations)",
+      [s](const net::Request& r) -> StatusOr<json> {
+        ASSIGN_OR_RETURN(auto info, s->RotateCustomerKey(CallerFromPeer(r.peer), r.path_params[0]));
+        return KeyJson(info);
+      },
+      /*created=*/true);
+  server->Post(R"(/v1/customers/([A-Za-z0-9._-]{1,64})/key-versions/([0-9]{1,15})/retire)",
+               [s](const net::Request& r) -> StatusOr<json> {
+                 ASSIGN_OR_RETURN(auto info, s->RetireCustomerKey(CallerFromPeer(r.peer), r.path_params[0],
+                                                                  std::stoll(r.path_params[1])));
+                 return KeyJson(info);
+               });
   server->Get(R"(/v1/customers/([A-Za-z0-9._-]{1,64})/keys/([A-Za-z0-9._-]{1,64}))",
               [s](const net::Request& r) -> StatusOr<json> {
                 ASSIGN_OR_RETURN(auto info, s->GetCustomerKey(CallerFromPeer(r.peer),

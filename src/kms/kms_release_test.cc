@@ -168,7 +168,7 @@ class KmsReleaseTest : public ::testing::Test {
     ovf::EncryptionTag tag;
     tag.image_id = image_id;
     tag.tenant = kTenant;
-    tag.key_version = 1;
+    tag.key_version = wrap_version_;
     tag.data_algorithm = std::string(ovf::kStreamAlgorithmUri);
     WrappedImageKey out{SecretBytes::Random(crypto::kDataKeyBytes), ovf::OaepLabel(tag), {}};
     auto wrapped = crypto::WrapKey(customer, out.data_key, crypto::AsStringView(out.label));
@@ -209,7 +209,7 @@ class KmsReleaseTest : public ::testing::Test {
     // As the portal does: the image registered at upload, a grant for this
     // launch on the requesting host (through the KMS's routes).
     r.job_id = "job-" + std::to_string(++jobs_);
-    r.key_version = 1;
+    r.key_version = wrap_version_;
     r.wrap_algorithm = std::string(ovf::kRsaOaepUri);
     r.oaep_label = k.label;
     r.wrapped_key = k.wrapped;
@@ -303,6 +303,8 @@ class KmsReleaseTest : public ::testing::Test {
   bool expect_grants_ = true;  // Request() expects its grant to be created
   Status last_grant_;          // what the grant route answered Request()
   std::unique_ptr<crypto::PublicKey> customer_pub_;
+  // The key version packages are wrapped under (the customer key's).
+  uint64_t wrap_version_ = 1;
   std::unique_ptr<crypto::PrivateKey> signing_key_;
   std::string signing_chain_;
 };
@@ -331,6 +333,9 @@ TEST_F(KmsReleaseTest, X25519CustomerKeyIsReleasedAndDecryptsInsideTheTpm) {
   auto pub = crypto::PublicKey::FromPem(customer->public_key_pem);
   ASSERT_OK(pub);
   ASSERT_EQ(pub->type(), crypto::KeyType::kX25519);
+  // The tenant's second key is its version 2 (kms/key_versions.h).
+  wrap_version_ = static_cast<uint64_t>(customer->version);
+  ASSERT_EQ(wrap_version_, 2u);
   WrappedImageKey k = WrapFor("img-x", *pub);
   ASSERT_EQ(k.wrapped.size(), crypto::kX25519WrappedBytes);
   host::ReleaseRequest r = Request(k, "img-x", host_.get());

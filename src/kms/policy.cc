@@ -69,7 +69,8 @@ Status ValidateFlavorPcrs(const json& pcrs) {
 Status ValidatePolicy(const json& policy) {
   if (!policy.is_object()) return InvalidArgumentError("policy must be a JSON object");
   static const std::set<std::string> kKeys = {"flavors", "required_tags", "max_evidence_age_seconds",
-                                              "history", "allow_plain_images", "on_trust_loss"};
+                                              "history", "allow_plain_images", "on_trust_loss",
+                                              "min_key_version"};
   for (const auto& [k, v] : policy.items()) {
     if (kKeys.count(k) == 0) return InvalidArgumentError("policy: unknown key '" + k + "'");
   }
@@ -104,6 +105,12 @@ Status ValidatePolicy(const json& policy) {
       }
       RETURN_IF_ERROR(NonNegativeInt(v, "policy: history.no_failures_within_seconds"));
     }
+  }
+  // The oldest customer key version a package of the image may be wrapped
+  // under (kms/key_versions.h): an integer >= 1.
+  if (policy.contains("min_key_version") &&
+      (!policy["min_key_version"].is_number_integer() || policy["min_key_version"].get<int64_t>() < 1)) {
+    return InvalidArgumentError("policy: min_key_version must be an integer >= 1");
   }
   if (policy.contains("allow_plain_images") && !policy["allow_plain_images"].is_boolean()) {
     return InvalidArgumentError("policy: allow_plain_images must be a boolean");
@@ -140,6 +147,16 @@ bool FlavorMatches(const Flavor& flavor, const PcrValues& quoted) {
 PolicyDecision EvaluatePolicy(const json& policy, const std::map<std::string, Flavor>& flavors,
                               const PolicyFacts& facts) {
   if (!ValidatePolicy(policy).ok()) return Deny("no_policy", "the release policy is malformed");
+
+  // The package's key version, when the caller knows it (a release).
+  if (policy.contains("min_key_version") && facts.key_version > 0) {
+    const int64_t min_version = policy["min_key_version"].get<int64_t>();
+    if (static_cast<int64_t>(facts.key_version) < min_version) {
+      return Deny("key_version_too_old", "the package is wrapped under key version " +
+                                             std::to_string(facts.key_version) + "; the image's policy "
+                                             "requires version " + std::to_string(min_version) + " or newer");
+    }
+  }
 
   // Flavors.
   const json& f = policy["flavors"];

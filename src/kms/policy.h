@@ -8,7 +8,9 @@
 //    "required_tags": ["region=eu-west"],
 //    "max_evidence_age_seconds": 300,
 //    "history": {"no_failures_within_seconds": 3600},
-//    "allow_plain_images": false}
+//    "allow_plain_images": false,
+//    "on_trust_loss": "stop" | "report",
+//    "min_key_version": 2}
 // "flavors" is required; the other keys are optional (absent = no constraint).
 //
 // Flavor JSON: {"sha256": {"0": "<64 hex>", "7": "<64 hex>"}}. A flavor
@@ -54,11 +56,15 @@ struct PolicyFacts {
   // The host's verdicts (any order); the history rule looks at their times.
   std::vector<Verdict> history;
   int64_t now_unix = 0;
+  // The package's customer key version (its tag's keyVersion) for a
+  // release; 0 where none is known (placement), which min_key_version skips.
+  uint64_t key_version = 0;
 };
 
 struct PolicyDecision {
   bool allowed = false;
-  // "ok", or a denial reason: no_policy, pcr_policy, tags, evidence_age, history.
+  // "ok", or a denial reason: no_policy, pcr_policy, tags, evidence_age, history,
+  // key_version_too_old.
   std::string reason;
   std::string message;  // one line, no secrets
 };

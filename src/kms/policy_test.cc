@@ -1,5 +1,6 @@
 #include "kms/policy.h"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include "testing/test_util.h"
@@ -41,6 +42,30 @@ TEST_F(PolicyTest, AnyOfAllowsWhenOneFlavorMatches) {
   auto d = Eval({{"flavors", {{"anyOf", {"os", "fw"}}}}});
   EXPECT_TRUE(d.allowed) << d.message;
   EXPECT_EQ(d.reason, "ok");
+}
+
+TEST_F(PolicyTest, MinKeyVersionRefusesOlderPackagesAndIsSkippedWhereNoVersionIsKnown) {
+  const json policy = {{"flavors", {{"anyOf", {"fw"}}}}, {"min_key_version", 3}};
+  for (uint64_t v : {1u, 2u}) {
+    SCOPED_TRACE(v);
+    facts_.key_version = v;
+    auto d = Eval(policy);
+    EXPECT_FALSE(d.allowed);
+    EXPECT_EQ(d.reason, "key_version_too_old");
+    EXPECT_THAT(d.message, ::testing::HasSubstr("requires version 3"));
+  }
+  for (uint64_t v : {3u, 4u}) {
+    facts_.key_version = v;
+    EXPECT_TRUE(Eval(policy).allowed) << v;
+  }
+  facts_.key_version = 0;  // placement: the package's version is not known
+  EXPECT_TRUE(Eval(policy).allowed);
+  for (const json& bad : {json(0), json(-1), json("2"), json(1.5)}) {
+    SCOPED_TRACE(bad.dump());
+    json p = policy;
+    p["min_key_version"] = bad;
+    EXPECT_STATUS(ValidatePolicy(p), StatusCode::kInvalidArgument, "min_key_version");
+  }
 }
 
 TEST_F(PolicyTest, AnyOfDeniesWhenNoFlavorMatches) {

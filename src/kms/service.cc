@@ -165,7 +165,8 @@ bool IsSha256Hex(const std::string& s) {
 }
 
 CustomerKeyInfo Info(const CustomerKeyRecord& r) {
-  return {r.key_id, r.customer_id, r.algorithm, r.public_key_pem, r.cert_pem, r.created_unix};
+  return {r.key_id, r.customer_id, r.algorithm, r.public_key_pem, r.cert_pem, r.created_unix,
+          r.version, r.retired_unix};
 }
 
 }  // namespace
@@ -256,6 +257,7 @@ StatusOr<std::unique_ptr<KmsService>> KmsService::Create(Options options, Store*
                          .default_grace_seconds = service->options_.account_grace_seconds,
                          .forget_keys = [raw](const std::string& c) { raw->ForgetCustomerKeys(c); }},
       store);
+  service->key_versions_ = std::make_unique<KeyVersions>(store);
   return service;
 }
 
@@ -340,8 +342,16 @@ StatusOr<CustomerKeyInfo> KmsService::CreateCustomerKey(const Caller& caller,
   if (algorithm != "RSA-3072" && algorithm != "X25519") {
     return InvalidArgumentError("algorithm must be RSA-3072 or X25519");
   }
+  // The next version of the customer's key (kms/key_versions.h); a race
+  // with another creation fails on the (customer, version) index.
+  int64_t next_version = 1;
+  {
+    ASSIGN_OR_RETURN(auto existing, store_->ListCustomerKeys(req.customer_id));
+    for (const auto& k : existing) next_version = std::max(next_version, k.version + 1);
+  }
   ASSIGN_OR_RETURN(GeneratedKey key, Generate(algorithm));
   CustomerKeyRecord rec;
+  rec.version = next_version;
   rec.key_id = "k-" + crypto::HexEncode(crypto::RandomBytes(16));
   rec.customer_id = req.customer_id;
   rec.algorithm = algorithm;
@@ -349,7 +359,8 @@ StatusOr<CustomerKeyInfo> KmsService::CreateCustomerKey(const Caller& caller,
   rec.created_unix = Now();
   ASSIGN_OR_RETURN(rec.cert_pem,
                    internal::CertifyPublicKey(ca_, key.public_pem, rec.key_id, "customer:" + rec.customer_id,
-                                              options_.customer_cert_days));
+                                              options_.customer_cert_days,
+                                              rec.version > 1 ? KeyVersionOu(rec.version) : ""));
   ASSIGN_OR_RETURN(std::string wrapped,
                    kek_->Wrap(key.private_pkcs8_der, CustomerKeyAad(rec.key_id, rec.customer_id)));
   rec.wrapped_private_key = crypto::Base64Encode(crypto::AsBytes(wrapped));
@@ -357,7 +368,7 @@ StatusOr<CustomerKeyInfo> KmsService::CreateCustomerKey(const Caller& caller,
   RETURN_IF_ERROR(store_->PutCustomerKey(
       rec, {"customer_key.create", "customer/" + rec.customer_id,
             json{{"key_id", rec.key_id}, {"algorithm", algorithm}, {"kek_id", rec.kek_id},
-                 {"by", caller.name}, {"by_fingerprint", caller.fingerprint}}}));
+                 {"version", rec.version}, {"by", caller.name}, {"by_fingerprint", caller.fingerprint}}}));
   metrics_.CountKeyCreated();
   return Info(rec);
 }
@@ -1206,6 +1217,10 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
   // history come from the cache when it holds that version.
   auto version = store_->ConfigVersion();
   if (!version.ok()) return finish(version.status());
+  // The tag's keyVersion names this key's version, not retired (kms/key_versions.h).
+  if (Status kv = key_versions_->CheckRelease(tenant, key->key_id, req.key_version, *version); !kv.ok()) {
+    return finish(kv);
+  }
   auto policy = EffectivePolicy(tenant, image_id, descriptor_policy, *version);
   if (!policy.ok()) return finish(policy.status());
   audit["policy"] = policy->source;
@@ -1218,6 +1233,7 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
   facts.host_tags = host->tags;
   facts.now_unix = Now();
   facts.evidence_age_seconds = facts.now_unix - *issued;
+  facts.key_version = req.key_version;
   auto decision = Decide(policy->policy, facts, host_id, *version);
   if (!decision.ok()) return finish(decision.status());
   if (!decision->allowed) return finish(Denied(decision->reason, decision->message));

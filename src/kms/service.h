@@ -29,6 +29,7 @@
 #include "kms/customer_audit.h"
 #include "kms/internal/mini_ca.h"
 #include "kms/kek.h"
+#include "kms/key_versions.h"
 #include "kms/lifecycle.h"
 #include "kms/metrics.h"
 #include "kms/migration.h"
@@ -66,6 +67,8 @@ struct CustomerKeyInfo {
   std::string public_key_pem;
   std::string cert_pem;
   int64_t created_unix = 0;
+  int64_t version = 1;       // the customer's key version (kms/key_versions.h)
+  int64_t retired_unix = 0;  // 0 while the version is in use
 };
 
 struct NonceResponse {
@@ -259,6 +262,25 @@ class KmsService {
   // under the KEK (with its audit record, in one transaction) and returns
   // the public half with a certificate from the KMS CA.
   StatusOr<CustomerKeyInfo> CreateCustomerKey(const Caller& caller, const CreateKeyRequest& req);
+  // --- Key versions (kms/key_versions.h; defined in key_versions.cc) -------
+  // Portal only: a new version of the customer's key, of the algorithm of
+  // its newest version (unknown_customer if it has none: never registered,
+  // or its keys were destroyed). Audited as customer_key.create with the
+  // version. CreateCustomerKey for a customer with keys does the same with
+  // the algorithm asked for.
+  StatusOr<CustomerKeyInfo> RotateCustomerKey(const Caller& caller, const std::string& customer_id);
+  // Portal only: retires version `version` of the customer's keys: no
+  // package wrapped under it is released again (key_version_retired).
+  // Refused: the newest version (key_version_current: rotate first), an
+  // unknown version (NOT_FOUND unknown_key_version), a retired one
+  // (key_version_retired). Audited as customer_key.retire /
+  // customer_key.deny.
+  StatusOr<CustomerKeyInfo> RetireCustomerKey(const Caller& caller, const std::string& customer_id,
+                                              int64_t version);
+  // Portal or operator: the customer's key versions, oldest first.
+  StatusOr<std::vector<CustomerKeyInfo>> ListCustomerKeys(const Caller& caller,
+                                                          const std::string& customer_id);
+
   // Portal only: certifies the tenant's package-signing key (P-256) after
   // checking its proof of possession (bad_proof), for a tenant that has a
   // customer key (unknown_customer otherwise); one key per tenant
@@ -553,6 +575,7 @@ class KmsService {
   UsedNonceCache used_nonces_;
   Metrics metrics_;
   std::unique_ptr<Lifecycle> lifecycle_;
+  std::unique_ptr<KeyVersions> key_versions_;
 
   std::mutex mu_;  // guards the caches below
   std::map<std::string, std::shared_ptr<const attest::AkPublic>> aks_;

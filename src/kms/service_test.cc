@@ -338,15 +338,27 @@ class ReleaseTest : public ServiceTest {
     EXPECT_OK(info);
     auto pub = crypto::PublicKey::FromPem(info.ok() ? info->public_key_pem : "");
     EXPECT_OK(pub);
+    // Each key the tenant gets is its next version (SetUp made version 1):
+    // a package names the version of the key it is wrapped to.
+    if (info.ok() && pub.ok()) {
+      versions_[pub->KeyId()] = static_cast<uint64_t>(info->version);
+      last_version_ = static_cast<uint64_t>(info->version);
+    }
     return *std::move(pub);
+  }
+  uint64_t VersionOf(const crypto::PublicKey& customer) const {
+    auto it = versions_.find(customer.KeyId());
+    return it == versions_.end() ? 1 : it->second;
   }
 
   // The package label of `image_id` (docs/format/package.md §5).
-  static crypto::Bytes Label(const std::string& image_id) {
+  // Under the version of the newest key NewCustomerKey made.
+  crypto::Bytes Label(const std::string& image_id) const { return Label(image_id, last_version_); }
+  static crypto::Bytes Label(const std::string& image_id, uint64_t key_version) {
     ovf::EncryptionTag tag;
     tag.image_id = image_id;
     tag.tenant = kTenant;
-    tag.key_version = 1;
+    tag.key_version = key_version;
     tag.data_algorithm = std::string(ovf::kStreamAlgorithmUri);
     return ovf::OaepLabel(tag);
   }
@@ -362,11 +374,11 @@ class ReleaseTest : public ServiceTest {
     r.key_id = "sha256:" + customer.KeyId();
     // The portal registered the image at upload and granted this launch.
     r.job_id = "job-" + std::to_string(++jobs_);
-    r.key_version = 1;
+    r.key_version = VersionOf(customer);
     r.wrap_algorithm = std::string(customer.type() == crypto::KeyType::kX25519
                                        ? ovf::kX25519WrapUri
                                        : ovf::kRsaOaepUri);
-    r.oaep_label = Label(image_id);
+    r.oaep_label = Label(image_id, r.key_version);
     auto wrapped = crypto::WrapKey(customer, data_key, crypto::AsStringView(wrap_label));
     EXPECT_OK(wrapped);
     if (wrapped.ok()) r.wrapped_key = *wrapped;
@@ -393,7 +405,7 @@ class ReleaseTest : public ServiceTest {
   }
   ReleaseRequest Request(const std::string& image_id, const crypto::PublicKey& customer,
                          const SecretBytes& data_key) {
-    return Request(image_id, customer, data_key, Label(image_id));
+    return Request(image_id, customer, data_key, Label(image_id, VersionOf(customer)));
   }
 
   StatusOr<ReleaseResponse> Release(const ReleaseRequest& r) {
@@ -464,6 +476,9 @@ class ReleaseTest : public ServiceTest {
 
   std::unique_ptr<attest::testing::SoftwareTpm> tpm_;
   std::unique_ptr<crypto::PrivateKey> signing_key_;
+  // The customer key version of each key NewCustomerKey made (by SPKI key id).
+  std::map<std::string, uint64_t> versions_;
+  uint64_t last_version_ = 1;
   std::string signing_chain_;
   std::vector<crypto::Bytes> pcr_values_;
   int jobs_ = 0;

@@ -206,6 +206,12 @@ CREATE TABLE lifecycle (
   due_unix BIGINT NOT NULL,
   PRIMARY KEY (kind, subject));
 )sql",
+    // Customer key versions and their retirement (issue 19, kms/key_versions.h).
+    R"sql(
+ALTER TABLE customer_keys ADD COLUMN version BIGINT NOT NULL DEFAULT 1;
+ALTER TABLE customer_keys ADD COLUMN retired_unix BIGINT NOT NULL DEFAULT 0;
+CREATE UNIQUE INDEX customer_keys_by_version ON customer_keys(customer_id, version);
+)sql",
 };
 
 int64_t Now() { return static_cast<int64_t>(std::time(nullptr)); }
@@ -260,11 +266,13 @@ class SqlStore : public Store {
           {k.customer_id, k.created_unix}));
       auto r = conn_->Exec(
           "INSERT INTO customer_keys (key_id, customer_id, algorithm, public_key_pem, cert_pem, "
-          "wrapped_private_key, kek_id, created_unix) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+          "wrapped_private_key, kek_id, created_unix, version, retired_unix) "
+          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
           {k.key_id, k.customer_id, k.algorithm, k.public_key_pem, k.cert_pem,
-           k.wrapped_private_key, k.kek_id, k.created_unix});
+           k.wrapped_private_key, k.kek_id, k.created_unix, k.version, k.retired_unix});
       if (!r.ok() && r.status().code() == StatusCode::kAlreadyExists) {
-        return AlreadyExistsError("key " + k.key_id + " already exists");
+        return AlreadyExistsError("key " + k.key_id + " or version " + std::to_string(k.version) +
+                                  " of customer " + k.customer_id + " already exists");
       }
       RETURN_IF_ERROR(r);
       return AppendAuditLocked(audit);
@@ -278,7 +286,28 @@ class SqlStore : public Store {
   }
 
   StatusOr<std::vector<CustomerKeyRecord>> ListCustomerKeys(const std::string& customer_id) override {
-    return QueryKeys("WHERE customer_id = ? ORDER BY created_unix, key_id", customer_id);
+    return QueryKeys("WHERE customer_id = ? ORDER BY version, created_unix, key_id", customer_id);
+  }
+
+  Status RetireCustomerKey(const std::string& customer_id, int64_t version, int64_t when_unix,
+                           const AuditEvent& audit) override {
+    return InTx([&]() -> Status {
+      ASSIGN_OR_RETURN(auto r, conn_->Exec(
+          "SELECT retired_unix FROM customer_keys WHERE customer_id = ? AND version = ?",
+          {customer_id, version}));
+      if (r.rows.empty()) {
+        return NotFoundError("customer " + customer_id + " has no key version " + std::to_string(version));
+      }
+      if (ToInt(r.rows[0][0]) != 0) {
+        return FailedPreconditionError("key_version_retired: version " + std::to_string(version) +
+                                       " of customer " + customer_id + " is retired already");
+      }
+      RETURN_IF_ERROR(conn_->Exec(
+          "UPDATE customer_keys SET retired_unix = ? WHERE customer_id = ? AND version = ?",
+          {when_unix, customer_id, version}));
+      RETURN_IF_ERROR(BumpConfigVersionLocked());
+      return AppendAuditLocked(audit);
+    });
   }
 
   Status PutHost(const HostRecord& h, const AuditEvent& audit) override {
@@ -993,12 +1022,12 @@ class SqlStore : public Store {
     std::lock_guard<std::mutex> lock(read_mu_);
     ASSIGN_OR_RETURN(auto r, reader_->Exec(
         "SELECT key_id, customer_id, algorithm, public_key_pem, cert_pem, wrapped_private_key, "
-        "kek_id, created_unix FROM customer_keys " + where,
+        "kek_id, created_unix, version, retired_unix FROM customer_keys " + where,
         {arg}));
     std::vector<CustomerKeyRecord> out;
     for (const auto& row : r.rows) {
       out.push_back({ToStr(row[0]), ToStr(row[1]), ToStr(row[2]), ToStr(row[3]), ToStr(row[4]),
-                     ToStr(row[5]), ToStr(row[6]), ToInt(row[7])});
+                     ToStr(row[5]), ToStr(row[6]), ToInt(row[7]), ToInt(row[8]), ToInt(row[9])});
     }
     return out;
   }

@@ -45,6 +45,13 @@ struct CustomerKeyRecord {
   std::string wrapped_private_key;  // base64 of the KEK-wrapped PKCS#8
   std::string kek_id;               // which KEK wrapped it
   int64_t created_unix = 0;
+  // The customer's key version (issue 19, kms/key_versions.h): 1 for the
+  // first key, one more for each rotation; (customer_id, version) is unique.
+  // A package's tag keyVersion selects it at release.
+  int64_t version = 1;
+  // When the customer retired this version (0 = in use): packages sealed
+  // under it are no longer released (key_version_retired).
+  int64_t retired_unix = 0;
 };
 
 struct HostRecord {
@@ -172,6 +179,14 @@ class Store {
   virtual StatusOr<CustomerKeyRecord> GetCustomerKey(const std::string& key_id) = 0;
   virtual StatusOr<std::vector<CustomerKeyRecord>> ListCustomerKeys(
       const std::string& customer_id) = 0;
+
+  // Marks version `version` of the customer's keys retired at `when_unix`,
+  // with its audit record, in one transaction that also moves the config
+  // version (so cached release reads see it): NOT_FOUND if the customer has
+  // no such version, FAILED_PRECONDITION "key_version_retired: ..." if it
+  // is retired already.
+  virtual Status RetireCustomerKey(const std::string& customer_id, int64_t version,
+                                   int64_t when_unix, const AuditEvent& audit) = 0;
 
   // Deletes every private key of the customer and writes `mark`, with the
   // audit record, in one transaction (crypto-shredding, kms/lifecycle.h);

@@ -66,8 +66,9 @@ class StoreTest : public ::testing::TestWithParam<std::string> {
     return store.ok() ? *std::move(store) : nullptr;
   }
 
-  static CustomerKeyRecord Key(const std::string& id, const std::string& customer) {
-    return {id, customer, "RSA-3072", "pub-" + id, "cert-" + id, "d3JhcHBlZA==", "file:kek1", 100};
+  // Version `version` of the customer's key ((customer, version) is unique).
+  static CustomerKeyRecord Key(const std::string& id, const std::string& customer, int64_t version = 1) {
+    return {id, customer, "RSA-3072", "pub-" + id, "cert-" + id, "d3JhcHBlZA==", "file:kek1", 100, version};
   }
   static AuditEvent Event(const std::string& what, const std::string& subject) {
     return {what, subject, json{{"n", 1}}};
@@ -137,12 +138,45 @@ TEST_P(StoreTest, UnknownKeyIsNotFound) {
 TEST_P(StoreTest, ListCustomerKeysOnlyThatCustomer) {
   ASSERT_OK(store_->PutCustomerKey(Key("k1", "acme"), Event("e", "acme")));
   ASSERT_OK(store_->PutCustomerKey(Key("k2", "other"), Event("e", "other")));
-  ASSERT_OK(store_->PutCustomerKey(Key("k3", "acme"), Event("e", "acme")));
+  ASSERT_OK(store_->PutCustomerKey(Key("k3", "acme", 2), Event("e", "acme")));
   auto keys = store_->ListCustomerKeys("acme");
   ASSERT_OK(keys);
   ASSERT_EQ(keys->size(), 2u);
   EXPECT_EQ((*keys)[0].key_id, "k1");
   EXPECT_EQ((*keys)[1].key_id, "k3");
+  EXPECT_EQ((*keys)[1].version, 2);
+}
+
+TEST_P(StoreTest, KeyVersionsAreUniquePerCustomerAndRetiredOnce) {
+  ASSERT_OK(store_->PutCustomerKey(Key("k1", "acme"), Event("e", "acme")));
+  ASSERT_OK(store_->PutCustomerKey(Key("k2", "other"), Event("e", "other")));
+  // A second version 1 of acme's key (a race of two rotations) is refused.
+  EXPECT_STATUS(store_->PutCustomerKey(Key("k3", "acme"), Event("e", "acme")), StatusCode::kAlreadyExists,
+                "version 1");
+  ASSERT_OK(store_->PutCustomerKey(Key("k3", "acme", 2), Event("e", "acme")));
+  auto before = store_->ConfigVersion();
+  ASSERT_OK(before);
+  auto seq = store_->ReadAudit(0, 1000);
+  ASSERT_OK(seq);
+  ASSERT_OK(store_->RetireCustomerKey("acme", 1, 500, Event("customer_key.retire", "customer/acme")));
+  auto k1 = store_->GetCustomerKey("k1");
+  ASSERT_OK(k1);
+  EXPECT_EQ(k1->retired_unix, 500);
+  // The config version moves, so cached release reads see the retirement.
+  auto after = store_->ConfigVersion();
+  ASSERT_OK(after);
+  EXPECT_GT(*after, *before);
+  EXPECT_STATUS(store_->RetireCustomerKey("acme", 1, 600, Event("x", "customer/acme")),
+                StatusCode::kFailedPrecondition, "key_version_retired");
+  EXPECT_STATUS(store_->RetireCustomerKey("acme", 9, 600, Event("x", "customer/acme")),
+                StatusCode::kNotFound, "no key version 9");
+  // Only the one retirement was audited; other customers' keys unchanged.
+  auto audit = store_->ReadAudit(0, 1000);
+  ASSERT_OK(audit);
+  EXPECT_EQ(audit->size(), seq->size() + 1);
+  EXPECT_EQ(store_->GetCustomerKey("k1")->retired_unix, 500);
+  EXPECT_EQ(store_->GetCustomerKey("k2")->retired_unix, 0);
+  EXPECT_EQ(store_->GetCustomerKey("k3")->retired_unix, 0);
 }
 
 TEST_P(StoreTest, HostEnrollmentAndTags) {
@@ -653,7 +687,7 @@ TEST_P(StoreTest, ListLifecycleFiltersByKindAndStateInSubjectOrder) {
 
 TEST_P(StoreTest, DestroyCustomerKeysDeletesOnlyThatCustomersKeysWithMarkAndAudit) {
   ASSERT_OK(store_->PutCustomerKey(Key("k1", "acme"), Event("customer_key.create", "customer/acme")));
-  ASSERT_OK(store_->PutCustomerKey(Key("k2", "acme"), Event("customer_key.create", "customer/acme")));
+  ASSERT_OK(store_->PutCustomerKey(Key("k2", "acme", 2), Event("customer_key.create", "customer/acme")));
   ASSERT_OK(store_->PutCustomerKey(Key("k3", "bob"), Event("customer_key.create", "customer/bob")));
   auto n = store_->DestroyCustomerKeys("acme", {"customer", "acme", "destroyed", "", "kms", 50, 0},
                                        Event("customer.keys_destroy", "customer/acme"));

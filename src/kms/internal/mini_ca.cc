@@ -147,7 +147,7 @@ StatusOr<CertAndKey> IssueLeaf(const CertAndKey& ca, const LeafOptions& options)
 StatusOr<std::string> CertifyPublicKey(const CertAndKey& ca, const std::string& public_key_pem,
                                        const std::string& common_name,
                                        const std::string& organizational_unit,
-                                       int64_t validity_days) {
+                                       int64_t validity_days, const std::string& second_ou) {
   ASSIGN_OR_RETURN(auto loaded, LoadCa(ca));
   crypto::BioPtr bio(BIO_new_mem_buf(public_key_pem.data(), static_cast<int>(public_key_pem.size())));
   EvpPkeyPtr pub(PEM_read_bio_PUBKEY(bio.get(), nullptr, nullptr, nullptr));
@@ -156,6 +156,12 @@ StatusOr<std::string> CertifyPublicKey(const CertAndKey& ca, const std::string& 
     return InvalidArgumentError("public key: not a PEM SubjectPublicKeyInfo");
   }
   ASSIGN_OR_RETURN(auto cert, NewCert(pub.get(), common_name, organizational_unit, validity_days));
+  if (!second_ou.empty() &&
+      X509_NAME_add_entry_by_txt(X509_get_subject_name(cert.get()), "OU", MBSTRING_UTF8,
+                                 reinterpret_cast<const unsigned char*>(second_ou.data()),
+                                 static_cast<int>(second_ou.size()), -1, 0) != 1) {
+    return crypto::SslError("X509_NAME");
+  }
   RETURN_IF_ERROR(AddExt(cert.get(), loaded.cert.get(), NID_basic_constraints, "critical,CA:FALSE"));
   const bool is_rsa = EVP_PKEY_is_a(pub.get(), "RSA");
   RETURN_IF_ERROR(AddExt(cert.get(), loaded.cert.get(), NID_key_usage,

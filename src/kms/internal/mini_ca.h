@@ -42,11 +42,12 @@ StatusOr<CertAndKey> IssueLeaf(const CertAndKey& ca, const LeafOptions& options)
 
 // A certificate for an existing public key (PEM SubjectPublicKeyInfo) signed
 // by `ca`, for customer keys: keyUsage keyEncipherment (RSA) or keyAgreement
-// (X25519), no EKU.
+// (X25519), no EKU. `second_ou`, if not empty, is a second OU of the
+// subject (a customer key's "key-version:N", kms/key_versions.h).
 StatusOr<std::string> CertifyPublicKey(const CertAndKey& ca, const std::string& public_key_pem,
                                        const std::string& common_name,
                                        const std::string& organizational_unit,
-                                       int64_t validity_days);
+                                       int64_t validity_days, const std::string& second_ou = "");
 
 }  // namespace vmseal::kms::internal
 

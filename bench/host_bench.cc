@@ -311,6 +311,7 @@ int Main(int argc, char** argv) {
     double started_s = 0;  // job receipt (or launch call) -> VM started
     double marker_s = 0;   // job receipt (or launch call) -> marker on the console
     std::map<std::string, double> phase_s;  // job phase -> seconds from receipt
+    std::vector<std::pair<std::string, double>> steps_ms;  // HostAgent::LastLaunchProfile
   };
   // One job of the customer's image through `agent`: launch at the portal,
   // take the job, run it, wait for the marker; then the VM goes.
@@ -334,6 +335,7 @@ int Main(int argc, char** argv) {
     });
     CHECK_OK(vm);
     t.started_s = Seconds(t0, Clock::now());
+    t.steps_ms = agent->LastLaunchProfile();
     CHECK_OK((*vms)->WaitForSerialMarker(vm->name, marker, 600000));
     t.marker_s = Seconds(t0, Clock::now());
     CHECK_OK(agent->DeleteVm(vm->name));
@@ -426,6 +428,19 @@ int Main(int argc, char** argv) {
       std::vector<double> v;
       for (const Timing& t : *runs) v.push_back(t.phase_s.count(ph) ? t.phase_s.at(ph) : 0);
       std::printf(" %s %.2f", ph, median(v));
+    }
+    std::printf("\n");
+    // The agent's own steps (median ms each; names in the order they ran).
+    std::printf("%s steps (median ms):", runs == &stream_runs ? "streamed" : "copy");
+    for (const auto& step : runs->front().steps_ms) {
+      const std::string& name = step.first;
+      std::vector<double> v;
+      for (const Timing& t : *runs) {
+        for (const auto& [n, ms] : t.steps_ms) {
+          if (n == name) v.push_back(ms);
+        }
+      }
+      std::printf(" %s %.0f", name.c_str(), median(v));
     }
     std::printf("\n");
   }

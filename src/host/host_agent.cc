@@ -2,10 +2,13 @@
 
 #include <sys/stat.h>
 
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <optional>
 #include <utility>
+
+#include <spdlog/spdlog.h>
 
 #include "attest/tpm_format.h"
 #include "crypto/key_wrap.h"
@@ -230,11 +233,44 @@ StatusOr<vm::VmInfo> HostAgent::RunJob(const Job& job) {
   return RunJob(job, options_.on_update);
 }
 
+class HostAgent::StepTimer {
+ public:
+  // Ends the step running since the last Lap (or construction) as `name`.
+  void Lap(const std::string& name) {
+    const auto now = std::chrono::steady_clock::now();
+    steps_.emplace_back(name, std::chrono::duration<double, std::milli>(now - last_).count());
+    last_ = now;
+  }
+  std::vector<std::pair<std::string, double>> steps() const { return steps_; }
+
+ private:
+  std::chrono::steady_clock::time_point last_ = std::chrono::steady_clock::now();
+  std::vector<std::pair<std::string, double>> steps_;
+};
+
+std::vector<std::pair<std::string, double>> HostAgent::LastLaunchProfile() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return last_profile_;
+}
+
 StatusOr<vm::VmInfo> HostAgent::RunJob(const Job& job, const JobUpdateFn& on_update) {
   const JobUpdateFn& report = on_update ? on_update : options_.on_update;
   const std::string vm_name = VmNameFor(job);
   const std::string package_path = options_.work_dir + "/" + vm_name + ".pkg";
-  StatusOr<vm::VmInfo> result = RunJobSteps(job, vm_name, package_path, report);
+  StepTimer steps;
+  StatusOr<vm::VmInfo> result = RunJobSteps(job, vm_name, package_path, report, &steps);
+  {
+    std::string line;
+    double total = 0;
+    for (const auto& [name, ms] : steps.steps()) {
+      line += " " + name + "=" + std::to_string(static_cast<int64_t>(ms)) + "ms";
+      total += ms;
+    }
+    spdlog::info("job {} launch profile ({}, {} ms):{}", job.job_id,
+                 result.ok() ? "ok" : "failed", static_cast<int64_t>(total), line);
+    std::lock_guard<std::mutex> lock(mu_);
+    last_profile_ = steps.steps();
+  }
   // A package the exports still read was moved into the VM's disk dir.
   if (env_->FileExists(package_path)) (void)env_->RemoveFile(package_path);
   if (!result.ok()) {
@@ -267,7 +303,7 @@ std::string HostAgent::VmDiskDir(const std::string& vm_name) const {
 
 StatusOr<vm::VmInfo> HostAgent::RunJobSteps(const Job& job, const std::string& vm_name,
                                             const std::string& package_path,
-                                            const JobUpdateFn& report) {
+                                            const JobUpdateFn& report, StepTimer* steps) {
   Report(report, job, JobPhase::kFetching);
   ovf::PackageOpenOptions open_options;
   open_options.require_encrypted = !options_.allow_plain_images;
@@ -311,6 +347,7 @@ StatusOr<vm::VmInfo> HostAgent::RunJobSteps(const Job& job, const std::string& v
     return package_or.status().WithPrefix(remote ? "package fetch" : "package");
   }
   std::unique_ptr<ovf::Package> package = std::move(package_or).value();
+  steps->Lap(remote ? "package_metadata" : "package_fetch");
   const ovf::EncryptionTag& tag = package->tag();
   if (package->encrypted() && !job.expected_tag_image_id.empty() &&
       tag.image_id != job.expected_tag_image_id) {
@@ -358,15 +395,19 @@ StatusOr<vm::VmInfo> HostAgent::RunJobSteps(const Job& job, const std::string& v
     request.descriptor = package->descriptor_text();
     request.manifest = package->manifest_text();
     request.package_cert = package->certificate_text();
+    steps->Lap("checks");
     ASSIGN_OR_RETURN(crypto::Bytes nonce, kms_->Nonce());
     ASSIGN_OR_RETURN(request.evidence, tpm_->Attest(nonce, options_.pcr_selection));
+    steps->Lap("attest");
     ASSIGN_OR_RETURN(ReleasedKey released, kms_->Release(request));
+    steps->Lap("release");
 
     Report(report, job, JobPhase::kDecrypting);
     ASSIGN_OR_RETURN(SecretBytes data_key,
                      tpm_->Decrypt(released.rewrapped_key, released.label));
+    steps->Lap("unwrap");
     return LaunchEncrypted(job, vm_name, order, remote ? "" : package_path, *package, data_key,
-                           released, spec, report);
+                           released, spec, report, steps);
   }
 
   // A plain package (allow_plain_images): the customer stored it in clear;
@@ -459,7 +500,7 @@ StatusOr<vm::VmInfo> HostAgent::LaunchEncrypted(const Job& job, const std::strin
                                                 const SecretBytes& data_key,
                                                 const ReleasedKey& released,
                                                 const vm::VmSpec& base,
-                                                const JobUpdateFn& report) {
+                                                const JobUpdateFn& report, StepTimer* steps) {
   const std::string dir = VmDiskDir(vm_name);
   RETURN_IF_ERROR(MakePrivateDir(dir));
   const bool stream = options_.launch_mode == LaunchMode::kStream;
@@ -491,6 +532,7 @@ StatusOr<vm::VmInfo> HostAgent::LaunchEncrypted(const Job& job, const std::strin
     std::lock_guard<std::mutex> lock(mu_);
     exports_[vm_name] = std::move(exports);
   }
+  steps->Lap("exports");
   std::vector<std::string> sockets;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -504,6 +546,7 @@ StatusOr<vm::VmInfo> HostAgent::LaunchEncrypted(const Job& job, const std::strin
     ASSIGN_OR_RETURN(disk_format::DiskInfo info, InspectExport(sockets[i], declared));
     infos.push_back(info);
   }
+  steps->Lap("inspect");
 
   // Copy mode: one secret for every disk. Stream mode: each overlay comes
   // from the pool with its own secret (slot i).
@@ -540,6 +583,7 @@ StatusOr<vm::VmInfo> HostAgent::LaunchEncrypted(const Job& job, const std::strin
                             vm::DiskFormatName(disk.format), file});
     spec.disks.push_back(disk);
   }
+  steps->Lap(stream ? "overlays" : "copy");
   if (!stream) {
     // The copies are complete: the exports, their caches and the package go.
     StopExports(vm_name);
@@ -563,9 +607,11 @@ StatusOr<vm::VmInfo> HostAgent::LaunchEncrypted(const Job& job, const std::strin
   }
   RETURN_IF_ERROR(WriteStringToFileAtomic(env_, dir + "/launch.json",
                                           internal::SerializeLaunchRecord(record), 0600));
+  steps->Lap("wraps_record");
 
   Report(report, job, JobPhase::kLaunching);
   ASSIGN_OR_RETURN(vm::VmInfo info, vms_->Launch(spec, secret_ptrs));
+  steps->Lap("qemu");
   Report(report, job, JobPhase::kRunning, "", &info);
   return info;
 }

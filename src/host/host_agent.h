@@ -11,6 +11,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "base/env.h"
@@ -221,11 +222,20 @@ class HostAgent final : public JobRunner {
   // The export state directories of a VM's disks (tests), in disk order.
   std::vector<std::string> ExportDirsForTesting(const std::string& name);
 
+  // Where the time of the last job went: (step, milliseconds) in the order
+  // the steps ran (package metadata, attestation, release, unwrap, exports,
+  // inspection, overlays, wraps, qemu, ...). Also logged at info level.
+  // Empty before the first job. Thread-safe.
+  std::vector<std::pair<std::string, double>> LastLaunchProfile();
+
  private:
   HostAgent(HostAgentOptions options, tpm::SecurityEngine* tpm, vm::VmManager* vms,
             KmsApi* kms, PackageSource* packages);
+  // Times the steps of one job (LastLaunchProfile).
+  class StepTimer;
   StatusOr<vm::VmInfo> RunJobSteps(const Job& job, const std::string& vm_name,
-                                   const std::string& package_path, const JobUpdateFn& report);
+                                   const std::string& package_path, const JobUpdateFn& report,
+                                   StepTimer* steps);
   // `order`: indices into package.files() in the order the VM gets its
   // disks (the first boots), from the descriptor (DiskOrder).
   StatusOr<vm::VmInfo> LaunchEncrypted(const Job& job, const std::string& vm_name,
@@ -233,7 +243,7 @@ class HostAgent final : public JobRunner {
                                        const std::string& package_path,
                                        const ovf::Package& package, const SecretBytes& data_key,
                                        const ReleasedKey& released, const vm::VmSpec& base,
-                                       const JobUpdateFn& report);
+                                       const JobUpdateFn& report, StepTimer* steps);
   std::string VmDiskDir(const std::string& vm_name) const;
   // Stops and forgets the exports of `name` (mu_ not held).
   void StopExports(const std::string& name);
@@ -258,6 +268,8 @@ class HostAgent final : public JobRunner {
   std::map<std::string, std::vector<std::unique_ptr<nbd_export::Export>>> exports_;
   // Per export state dir: event lines already returned by DiskEvents.
   std::map<std::string, size_t> events_seen_;
+  // LastLaunchProfile; guarded by mu_.
+  std::vector<std::pair<std::string, double>> last_profile_;
 };
 
 }  // namespace vmseal::host

@@ -2057,10 +2057,30 @@ class HostCopyModeE2eTest : public HostStreamE2eTest {
 
 TEST_F(HostCopyModeE2eTest, CopyModeBootsFromAnEncryptedLocalDiskWithNoPlaintext) {
   PlaintextScanner scanner(vmseal::testing::ReadFileOrDie(image_));
+  // Copy mode converts into a ready overlay of the pool (qemu-img convert
+  // -n): no qemu-img create, whose LUKS benchmark is the slow path.
+  vm::OverlayPool* pool = daemon_->agent()->overlay_pool();
+  ASSERT_NE(pool, nullptr);
+  ASSERT_TRUE(pool->WaitUntilFull(240000));
+  const vm::OverlayPool::Stats before = pool->GetStats();
   vm::VmInfo vm = LaunchAndBoot(Seal("copy"));
   ASSERT_EQ(vm.disks.size(), 1u);
   EXPECT_EQ(vm.disks[0].source, vm::DiskSource::kFile);
   EXPECT_TRUE(vm.disks[0].encrypted);
+  const vm::OverlayPool::Stats after = pool->GetStats();
+  EXPECT_EQ(after.made_on_slow_path, 0u);
+  EXPECT_EQ(after.taken_from_pool, before.taken_from_pool + 1);
+  // The copy is that overlay, out of the pool, at the disk's size; the guest
+  // booted from it (the marker), so it holds the whole disk under its secret.
+  EXPECT_FALSE(vm.disks[0].path.starts_with(pool->dir()));
+  auto blocks = vm::internal::QmpExecute(vm.qmp_socket_path, "query-block", 5000);
+  ASSERT_OK(blocks);
+  EXPECT_EQ(json::parse(*blocks)[0]["inserted"]["image"]["virtual-size"], fs::file_size(image_))
+      << *blocks;
+  auto record = internal::ParseLaunchRecord(vmseal::testing::ReadFileOrDie(
+      (fs::path(vm.disks[0].path).parent_path() / "launch.json").string()));
+  ASSERT_OK(record);
+  EXPECT_EQ(record->disk_secrets.size(), 1u);
   // No export runs after the copy; no cache stays.
   EXPECT_TRUE(daemon_->agent()->ExportDirsForTesting(vm.name).empty());
   for (const std::string& f : HostFiles()) {

@@ -608,7 +608,9 @@ Status PortalClient::Fetch(const Job& job, const std::string& dest_path) {
     std::lock_guard<std::mutex> lock(impl_->mu);
     impl_->last_fetch = stats;
   }
-  return out->Commit();
+  // Not fsynced (as curl -o does not): ciphertext checked chunk by chunk
+  // when read, and useless after a power loss (its VM is gone then too).
+  return out->CommitWithoutSync();
 }
 
 }  // namespace vmseal::host

@@ -284,10 +284,12 @@ int Main(int argc, char** argv) {
 
   // 5. Agents, one per launch mode, over the same TPM, VMs and portal;
   //    enroll once and trust the current state.
-  auto make_agent = [&](host::LaunchMode mode) {
+  // Each agent its own disk dir: its overlay pool (disk_dir/pool) is its own.
+  auto make_agent = [&](host::LaunchMode mode, const std::string& disk_dir, size_t pool) {
     host::HostAgentOptions ao;
     ao.work_dir = file("work");
-    ao.disk_dir = file("images/vd");
+    ao.disk_dir = disk_dir;
+    ao.overlay_pool_target = pool;
     ao.pcr_selection = pcrs;
     ao.launch_mode = mode;
     ao.nbd_plugin_path = VMSEAL_NBD_PLUGIN_PATH;
@@ -300,8 +302,8 @@ int Main(int argc, char** argv) {
     CHECK_OK(agent);
     return std::move(agent).value();
   };
-  auto streamed = make_agent(host::LaunchMode::kStream);
-  auto copying = make_agent(host::LaunchMode::kCopy);
+  auto streamed = make_agent(host::LaunchMode::kStream, file("images/vd"), 3);
+  auto copying = make_agent(host::LaunchMode::kCopy, file("images/vc"), with_copy ? 2 : 0);
   CHECK_OK(streamed->Enroll());
   auto pcr_values = (*engine)->ReadPcrs({7});
   CHECK_OK(pcr_values);
@@ -311,6 +313,7 @@ int Main(int argc, char** argv) {
     double started_s = 0;  // job receipt (or launch call) -> VM started
     double marker_s = 0;   // job receipt (or launch call) -> marker on the console
     std::map<std::string, double> phase_s;  // job phase -> seconds from receipt
+    std::vector<std::pair<std::string, double>> steps_ms;  // HostAgent::LastLaunchProfile
   };
   // One job of the customer's image through `agent`: launch at the portal,
   // take the job, run it, wait for the marker; then the VM goes.
@@ -334,6 +337,7 @@ int Main(int argc, char** argv) {
     });
     CHECK_OK(vm);
     t.started_s = Seconds(t0, Clock::now());
+    t.steps_ms = agent->LastLaunchProfile();
     CHECK_OK((*vms)->WaitForSerialMarker(vm->name, marker, 600000));
     t.marker_s = Seconds(t0, Clock::now());
     CHECK_OK(agent->DeleteVm(vm->name));
@@ -364,22 +368,23 @@ int Main(int argc, char** argv) {
   };
 
   std::vector<double> refill_waits;
-  auto refill = [&] {
+  auto refill = [&](host::HostAgent* agent) {
     const auto t0 = Clock::now();
-    if (!streamed->overlay_pool()->WaitUntilFull(600000)) Die("overlay pool did not fill");
+    if (!agent->overlay_pool()->WaitUntilFull(600000)) Die("overlay pool did not fill");
     refill_waits.push_back(Seconds(t0, Clock::now()));
   };
   std::vector<Timing> stream_runs, plain, copy_runs;
   (void)run_plain();  // warm-up: page cache, qemu binary
   for (int i = 0; i < rounds; ++i) {
     // A B B A: streamed, plain, plain, streamed; then copy mode twice.
-    refill();
+    refill(streamed.get());
     stream_runs.push_back(run_job(streamed.get()));
     plain.push_back(run_plain());
     plain.push_back(run_plain());
-    refill();
+    refill(streamed.get());
     stream_runs.push_back(run_job(streamed.get()));
     if (with_copy) {
+      refill(copying.get());
       copy_runs.push_back(run_job(copying.get()));
       copy_runs.push_back(run_job(copying.get()));
     }
@@ -428,17 +433,32 @@ int Main(int argc, char** argv) {
       std::printf(" %s %.2f", ph, median(v));
     }
     std::printf("\n");
+    // The agent's own steps (median ms each; names in the order they ran).
+    std::printf("%s steps (median ms):", runs == &stream_runs ? "streamed" : "copy");
+    for (const auto& step : runs->front().steps_ms) {
+      const std::string& name = step.first;
+      std::vector<double> v;
+      for (const Timing& t : *runs) {
+        for (const auto& [n, ms] : t.steps_ms) {
+          if (n == name) v.push_back(ms);
+        }
+      }
+      std::printf(" %s %.0f", name.c_str(), median(v));
+    }
+    std::printf("\n");
   }
-  {
-    const vm::OverlayPool::Stats ps = streamed->overlay_pool()->GetStats();
-    std::printf("overlay pool: %llu taken ready, %llu made on the slow path, %llu made in the "
-                "background; waits for a full pool before streamed jobs:",
+  for (host::HostAgent* agent : {streamed.get(), copying.get()}) {
+    if (agent == copying.get() && !with_copy) continue;
+    const vm::OverlayPool::Stats ps = agent->overlay_pool()->GetStats();
+    std::printf("%s overlay pool: %llu taken ready, %llu made on the slow path, %llu made in "
+                "the background\n", agent == streamed.get() ? "streamed" : "copy",
                 static_cast<unsigned long long>(ps.taken_from_pool),
                 static_cast<unsigned long long>(ps.made_on_slow_path),
                 static_cast<unsigned long long>(ps.made_in_background));
-    for (double w : refill_waits) std::printf(" %.1f s", w);
-    std::printf("\n");
   }
+  std::printf("waits for a full pool before jobs:");
+  for (double w : refill_waits) std::printf(" %.1f s", w);
+  std::printf("\n");
   std::printf("image %s: %.0f MiB virtual disk\n", sparse ? "sparse (boot image + hole)"
                                                           : "boot image + random bytes", mib);
   std::printf("streamed job -> VM started %.3f s: %s 1.5 s\n", s_started,

@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -295,6 +296,15 @@ int Main(int argc, char** argv) {
   auto pc = host::PortalClient::Create(pco);
   CHECK_OK(pc);
   CHECK_OK((*pc)->Register({.capacity = {.vcpus = 2, .memory_mib = 2048, .slots = 2}}));
+  // Heartbeats as `host serve` sends them: the portal drops a host silent
+  // for 30 s and refuses its job (the fetches would then get 404).
+  std::atomic<bool> stop_heartbeats{false};
+  std::thread heartbeats([&] {
+    for (int tick = 0; !stop_heartbeats; ++tick) {
+      if (tick % 50 == 0) (void)(*pc)->Heartbeat();
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  });
   json launch_body = {{"image_id", image_id}};
   auto launch = http.Post("/v1/launch", auth, launch_body.dump(), "application/json");
   if (!launch || launch->status != 201) Die("launch failed: " + (launch ? launch->body : ""));
@@ -382,6 +392,8 @@ int Main(int argc, char** argv) {
   PrintPair("host fetch (whole file)", f_ours, f_curl, mib);
   PrintPair("host ranges (8 MiB x2)", g_ours, g_curl, mib);
 
+  stop_heartbeats = true;
+  heartbeats.join();
   (*portal)->Stop();
   std::filesystem::remove_all(dir);
   return 0;

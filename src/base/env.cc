@@ -316,4 +316,13 @@ Status AtomicOutputFile::Commit() {
   return env_->SyncDir(DirName(path_));
 }
 
+Status AtomicOutputFile::CommitWithoutSync() {
+  if (committed_ || file_ == nullptr) return FailedPreconditionError("already committed");
+  RETURN_IF_ERROR(file_->Close());
+  file_.reset();
+  RETURN_IF_ERROR(env_->RenameFile(temp_path_, path_));
+  committed_ = true;
+  return OkStatus();
+}
+
 }  // namespace vmseal

@@ -101,6 +101,12 @@ class AtomicOutputFile {
 
   // Syncs, closes and renames the temp file to the final path.
   Status Commit();
+  // Closes and renames without any fsync: for a file that is worthless
+  // after a crash anyway and checked when read (the host's fetched
+  // ciphertext package: every chunk is authenticated, and the VM it is
+  // fetched for does not outlive a power loss). All or nothing still holds
+  // while the machine runs.
+  Status CommitWithoutSync();
 
  private:
   AtomicOutputFile(Env* env, std::string path, std::string temp_path,

@@ -2,10 +2,13 @@
 
 #include <sys/stat.h>
 
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <optional>
 #include <utility>
+
+#include <spdlog/spdlog.h>
 
 #include "attest/tpm_format.h"
 #include "crypto/key_wrap.h"
@@ -91,6 +94,25 @@ StatusOr<internal::TpmWrapped> WrapToBindingKey(tpm::SecurityEngine* tpm,
   out.label.assign(purpose.begin(), purpose.end());
   out.label.push_back(0);
   return out;
+}
+
+// The plaintext size of a sealed disk from its stored length and the chunk
+// size in its header (docs/format/stream.md §5). Unauthenticated: only the
+// size the launch grows a disk's overlay to before the disk is inspected;
+// the inspected size decides (LaunchEncrypted).
+StatusOr<uint64_t> PredictedDiskSize(const ovf::Package& package, const std::string& file_id) {
+  ASSIGN_OR_RETURN(auto stored, package.OpenStoredFile(file_id));
+  ASSIGN_OR_RETURN(const uint64_t sealed, stored->Size());
+  uint8_t header[16];
+  ASSIGN_OR_RETURN(const size_t got, stored->Read(0, header));
+  if (got != sizeof header || sealed < 96) return DataLossError("sealed disk too short");
+  const uint64_t chunk = (uint64_t{header[12]} << 24) | (uint64_t{header[13]} << 16) |
+                         (uint64_t{header[14]} << 8) | header[15];
+  if (chunk < 16 || chunk > (uint64_t{1} << 24)) return DataLossError("bad chunk size");
+  const uint64_t body = sealed - 80;
+  const uint64_t chunks = (body + chunk + 15) / (chunk + 16);
+  if (body < 16 * chunks) return DataLossError("bad sealed length");
+  return body - 16 * chunks;
 }
 
 // The package's files in the order the VM gets them: the descriptor's disk
@@ -183,13 +205,13 @@ StatusOr<std::unique_ptr<HostAgent>> HostAgent::Create(const HostAgentOptions& o
     return ErrnoToStatus(errno, "chmod", options.work_dir);
   }
   std::unique_ptr<HostAgent> agent(new HostAgent(options, tpm, vms, kms, packages));
-  if (options.launch_mode == LaunchMode::kStream) {
-    vm::OverlayPoolOptions po;
-    po.dir = options.disk_dir + "/pool";
-    po.target = options.overlay_pool_target;
-    po.qemu_img.binary = options.qemu_img_path;
-    ASSIGN_OR_RETURN(agent->overlay_pool_, vm::OverlayPool::Create(po));
-  }
+  // Both modes: stream layers the pool's overlays over the exports, copy
+  // converts each disk into one.
+  vm::OverlayPoolOptions po;
+  po.dir = options.disk_dir + "/pool";
+  po.target = options.overlay_pool_target;
+  po.qemu_img.binary = options.qemu_img_path;
+  ASSIGN_OR_RETURN(agent->overlay_pool_, vm::OverlayPool::Create(po));
   return agent;
 }
 
@@ -230,11 +252,44 @@ StatusOr<vm::VmInfo> HostAgent::RunJob(const Job& job) {
   return RunJob(job, options_.on_update);
 }
 
+class HostAgent::StepTimer {
+ public:
+  // Ends the step running since the last Lap (or construction) as `name`.
+  void Lap(const std::string& name) {
+    const auto now = std::chrono::steady_clock::now();
+    steps_.emplace_back(name, std::chrono::duration<double, std::milli>(now - last_).count());
+    last_ = now;
+  }
+  std::vector<std::pair<std::string, double>> steps() const { return steps_; }
+
+ private:
+  std::chrono::steady_clock::time_point last_ = std::chrono::steady_clock::now();
+  std::vector<std::pair<std::string, double>> steps_;
+};
+
+std::vector<std::pair<std::string, double>> HostAgent::LastLaunchProfile() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return last_profile_;
+}
+
 StatusOr<vm::VmInfo> HostAgent::RunJob(const Job& job, const JobUpdateFn& on_update) {
   const JobUpdateFn& report = on_update ? on_update : options_.on_update;
   const std::string vm_name = VmNameFor(job);
   const std::string package_path = options_.work_dir + "/" + vm_name + ".pkg";
-  StatusOr<vm::VmInfo> result = RunJobSteps(job, vm_name, package_path, report);
+  StepTimer steps;
+  StatusOr<vm::VmInfo> result = RunJobSteps(job, vm_name, package_path, report, &steps);
+  {
+    std::string line;
+    double total = 0;
+    for (const auto& [name, ms] : steps.steps()) {
+      line += " " + name + "=" + std::to_string(static_cast<int64_t>(ms)) + "ms";
+      total += ms;
+    }
+    spdlog::info("job {} launch profile ({}, {} ms):{}", job.job_id,
+                 result.ok() ? "ok" : "failed", static_cast<int64_t>(total), line);
+    std::lock_guard<std::mutex> lock(mu_);
+    last_profile_ = steps.steps();
+  }
   // A package the exports still read was moved into the VM's disk dir.
   if (env_->FileExists(package_path)) (void)env_->RemoveFile(package_path);
   if (!result.ok()) {
@@ -267,7 +322,7 @@ std::string HostAgent::VmDiskDir(const std::string& vm_name) const {
 
 StatusOr<vm::VmInfo> HostAgent::RunJobSteps(const Job& job, const std::string& vm_name,
                                             const std::string& package_path,
-                                            const JobUpdateFn& report) {
+                                            const JobUpdateFn& report, StepTimer* steps) {
   Report(report, job, JobPhase::kFetching);
   ovf::PackageOpenOptions open_options;
   open_options.require_encrypted = !options_.allow_plain_images;
@@ -311,6 +366,7 @@ StatusOr<vm::VmInfo> HostAgent::RunJobSteps(const Job& job, const std::string& v
     return package_or.status().WithPrefix(remote ? "package fetch" : "package");
   }
   std::unique_ptr<ovf::Package> package = std::move(package_or).value();
+  steps->Lap(remote ? "package_metadata" : "package_fetch");
   const ovf::EncryptionTag& tag = package->tag();
   if (package->encrypted() && !job.expected_tag_image_id.empty() &&
       tag.image_id != job.expected_tag_image_id) {
@@ -344,6 +400,28 @@ StatusOr<vm::VmInfo> HostAgent::RunJobSteps(const Job& job, const std::string& v
       return FailedPreconditionError("tenant_mismatch: package is sealed for tenant '" +
                                      tag.tenant + "', job is of tenant '" + job.tenant + "'");
     }
+    // While the host attests, the key is released and unwrapped and the
+    // exports start, each disk's encrypted file is taken from the pool and
+    // grown to the disk's predicted size (they hold nothing yet; a failed
+    // job removes them with its dir, after this future is joined).
+    const std::string dir = VmDiskDir(vm_name);
+    RETURN_IF_ERROR(MakePrivateDir(dir));
+    std::vector<std::string> early_ids;
+    for (size_t k : order) early_ids.push_back(package->files()[k].id);
+    std::future<EarlyOverlays> early =
+        std::async(std::launch::async, [this, &package, early_ids, dir] {
+          EarlyOverlays out;
+          for (size_t i = 0; i < early_ids.size(); ++i) {
+            auto size = PredictedDiskSize(*package, early_ids[i]);
+            auto secret = size.ok() && *size > 0
+                              ? overlay_pool_->Take(dir + "/d" + std::to_string(i) + ".qcow2",
+                                                    *size)
+                              : StatusOr<SecretBytes>(UnknownError("no size"));
+            out.sizes.push_back(secret.ok() ? *size : 0);
+            out.secrets.push_back(secret.ok() ? *std::move(secret) : SecretBytes());
+          }
+          return out;
+        });
     ReleaseRequest request;
     request.job_id = job.job_id;
     request.attempt = job.attempt;
@@ -358,15 +436,19 @@ StatusOr<vm::VmInfo> HostAgent::RunJobSteps(const Job& job, const std::string& v
     request.descriptor = package->descriptor_text();
     request.manifest = package->manifest_text();
     request.package_cert = package->certificate_text();
+    steps->Lap("checks");
     ASSIGN_OR_RETURN(crypto::Bytes nonce, kms_->Nonce());
     ASSIGN_OR_RETURN(request.evidence, tpm_->Attest(nonce, options_.pcr_selection));
+    steps->Lap("attest");
     ASSIGN_OR_RETURN(ReleasedKey released, kms_->Release(request));
+    steps->Lap("release");
 
     Report(report, job, JobPhase::kDecrypting);
     ASSIGN_OR_RETURN(SecretBytes data_key,
                      tpm_->Decrypt(released.rewrapped_key, released.label));
+    steps->Lap("unwrap");
     return LaunchEncrypted(job, vm_name, order, remote ? "" : package_path, *package, data_key,
-                           released, spec, report);
+                           released, spec, report, steps, &early);
   }
 
   // A plain package (allow_plain_images): the customer stored it in clear;
@@ -459,7 +541,8 @@ StatusOr<vm::VmInfo> HostAgent::LaunchEncrypted(const Job& job, const std::strin
                                                 const SecretBytes& data_key,
                                                 const ReleasedKey& released,
                                                 const vm::VmSpec& base,
-                                                const JobUpdateFn& report) {
+                                                const JobUpdateFn& report, StepTimer* steps,
+                                                std::future<EarlyOverlays>* early) {
   const std::string dir = VmDiskDir(vm_name);
   RETURN_IF_ERROR(MakePrivateDir(dir));
   const bool stream = options_.launch_mode == LaunchMode::kStream;
@@ -491,6 +574,7 @@ StatusOr<vm::VmInfo> HostAgent::LaunchEncrypted(const Job& job, const std::strin
     std::lock_guard<std::mutex> lock(mu_);
     exports_[vm_name] = std::move(exports);
   }
+  steps->Lap("exports");
   std::vector<std::string> sockets;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -504,33 +588,45 @@ StatusOr<vm::VmInfo> HostAgent::LaunchEncrypted(const Job& job, const std::strin
     ASSIGN_OR_RETURN(disk_format::DiskInfo info, InspectExport(sockets[i], declared));
     infos.push_back(info);
   }
+  steps->Lap("inspect");
 
-  // Copy mode: one secret for every disk. Stream mode: each overlay comes
-  // from the pool with its own secret (slot i).
+  // Each disk's encrypted file (stream: the overlay over the export; copy:
+  // the whole disk) comes from the pool with its own secret (slot i), so no
+  // launch runs qemu-img's LUKS benchmark.
   std::vector<SecretBytes> disk_secrets;
-  if (!stream) disk_secrets.push_back(vm::NewDiskSecret());
   if (stream) record.data_key = {released.rewrapped_key, released.label};
 
   vm::QemuImgOptions qo;
   qo.binary = options_.qemu_img_path;
+  EarlyOverlays taken = early->get();
+  steps->Lap("overlays_wait");
   vm::VmSpec spec = base;
   for (size_t i = 0; i < ids.size(); ++i) {
     const std::string file = dir + "/d" + std::to_string(i) + ".qcow2";
     vm::VmDisk disk;
     // The first in the descriptor's order boots (DiskOrder).
     disk.boot = i == 0;
-    if (stream) {
+    if (taken.sizes[i] == infos[i].virtual_size && taken.sizes[i] != 0) {
+      disk_secrets.push_back(std::move(taken.secrets[i]));
+    } else {
+      // The disk is not the size its sealed length gave (a qcow2 image, or
+      // no prediction): a file of the inspected size instead.
+      if (taken.sizes[i] != 0) RETURN_IF_ERROR(vm::ShredFile(file));
       auto secret = overlay_pool_->Take(file, infos[i].virtual_size);
-      if (!secret.ok()) return secret.status().WithPrefix("overlay");
+      if (!secret.ok()) return secret.status().WithPrefix(stream ? "overlay" : "copy");
       disk_secrets.push_back(*std::move(secret));
-      disk.secret_slot = static_cast<uint32_t>(i);
+    }
+    disk.secret_slot = static_cast<uint32_t>(i);
+    if (stream) {
       disk.path = sockets[i];
       disk.source = vm::DiskSource::kNbd;
       disk.format = VmFormat(infos[i].format);
       disk.overlay_path = file;
     } else {
-      RETURN_IF_ERROR(vm::ConvertToEncrypted(qo, sockets[i], VmFormat(infos[i].format), file,
-                                             disk_secrets[0])
+      // Into the pool's overlay, grown to the disk's size (convert -n): a
+      // failure leaves ciphertext only, removed with the VM's dir (RunJob).
+      RETURN_IF_ERROR(vm::ConvertIntoEncrypted(qo, sockets[i], VmFormat(infos[i].format), file,
+                                               disk_secrets[i])
                           .WithPrefix("copy"));
       disk.path = file;
       disk.format = vm::DiskFormat::kQcow2;
@@ -540,6 +636,7 @@ StatusOr<vm::VmInfo> HostAgent::LaunchEncrypted(const Job& job, const std::strin
                             vm::DiskFormatName(disk.format), file});
     spec.disks.push_back(disk);
   }
+  steps->Lap(stream ? "overlays" : "copy");
   if (!stream) {
     // The copies are complete: the exports, their caches and the package go.
     StopExports(vm_name);
@@ -563,9 +660,11 @@ StatusOr<vm::VmInfo> HostAgent::LaunchEncrypted(const Job& job, const std::strin
   }
   RETURN_IF_ERROR(WriteStringToFileAtomic(env_, dir + "/launch.json",
                                           internal::SerializeLaunchRecord(record), 0600));
+  steps->Lap("wraps_record");
 
   Report(report, job, JobPhase::kLaunching);
   ASSIGN_OR_RETURN(vm::VmInfo info, vms_->Launch(spec, secret_ptrs));
+  steps->Lap("qemu");
   Report(report, job, JobPhase::kRunning, "", &info);
   return info;
 }

@@ -7,10 +7,12 @@
 
 #include <cstdint>
 #include <functional>
+#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "base/env.h"
@@ -115,10 +117,11 @@ struct HostAgentOptions {
   std::string ca_file;
   std::string cert_file;
   std::string key_file;
-  // Stream mode: empty encrypted overlays kept ready (src/vm/overlay_pool.h,
-  // in disk_dir/pool), so that no launch waits for qemu-img's LUKS PBKDF
-  // benchmark. One per disk of a VM is taken; 0 disables the pool (every
-  // overlay is then made at launch). Default 3.
+  // Empty encrypted qcow2 files kept ready (src/vm/overlay_pool.h, in
+  // disk_dir/pool), so that no launch waits for qemu-img's LUKS PBKDF
+  // benchmark: stream mode layers one per disk over the export, copy mode
+  // converts each disk into one (qemu-img convert -n). 0 disables the pool
+  // (every file is then made at launch). Default 3.
   size_t overlay_pool_target = 3;
   // Remote source: fill each disk's ciphertext cache in the background, so
   // that the VM stops needing the portal. Default true.
@@ -202,7 +205,7 @@ class HostAgent final : public JobRunner {
   // only if none could be handled.
   StatusOr<int> ReattachVms();
 
-  // The pool of ready encrypted overlays (stream mode; null in copy mode).
+  // The pool of ready encrypted overlays (both launch modes; never null).
   vm::OverlayPool* overlay_pool() const { return overlay_pool_.get(); }
 
   // Export events of every VM since the last call (each line once).
@@ -221,11 +224,27 @@ class HostAgent final : public JobRunner {
   // The export state directories of a VM's disks (tests), in disk order.
   std::vector<std::string> ExportDirsForTesting(const std::string& name);
 
+  // Where the time of the last job went: (step, milliseconds) in the order
+  // the steps ran (package metadata, attestation, release, unwrap, exports,
+  // inspection, overlays, wraps, qemu, ...). Also logged at info level.
+  // Empty before the first job. Thread-safe.
+  std::vector<std::pair<std::string, double>> LastLaunchProfile();
+
  private:
   HostAgent(HostAgentOptions options, tpm::SecurityEngine* tpm, vm::VmManager* vms,
             KmsApi* kms, PackageSource* packages);
+  // Times the steps of one job (LastLaunchProfile).
+  class StepTimer;
+  // The overlays taken for a job's disks while it attests and its exports
+  // start (one per disk in VM order; a disk whose size could not be
+  // predicted has no secret and size 0).
+  struct EarlyOverlays {
+    std::vector<SecretBytes> secrets;
+    std::vector<uint64_t> sizes;
+  };
   StatusOr<vm::VmInfo> RunJobSteps(const Job& job, const std::string& vm_name,
-                                   const std::string& package_path, const JobUpdateFn& report);
+                                   const std::string& package_path, const JobUpdateFn& report,
+                                   StepTimer* steps);
   // `order`: indices into package.files() in the order the VM gets its
   // disks (the first boots), from the descriptor (DiskOrder).
   StatusOr<vm::VmInfo> LaunchEncrypted(const Job& job, const std::string& vm_name,
@@ -233,7 +252,8 @@ class HostAgent final : public JobRunner {
                                        const std::string& package_path,
                                        const ovf::Package& package, const SecretBytes& data_key,
                                        const ReleasedKey& released, const vm::VmSpec& base,
-                                       const JobUpdateFn& report);
+                                       const JobUpdateFn& report, StepTimer* steps,
+                                       std::future<EarlyOverlays>* early);
   std::string VmDiskDir(const std::string& vm_name) const;
   // Stops and forgets the exports of `name` (mu_ not held).
   void StopExports(const std::string& name);
@@ -258,6 +278,8 @@ class HostAgent final : public JobRunner {
   std::map<std::string, std::vector<std::unique_ptr<nbd_export::Export>>> exports_;
   // Per export state dir: event lines already returned by DiskEvents.
   std::map<std::string, size_t> events_seen_;
+  // LastLaunchProfile; guarded by mu_.
+  std::vector<std::pair<std::string, double>> last_profile_;
 };
 
 }  // namespace vmseal::host

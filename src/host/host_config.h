@@ -62,8 +62,8 @@ struct HostConfig {
   // nbdkit-vmseal-plugin.so; empty: beside the vmseal binary (also
   // src/nbd_export/ under it, the build tree) or /usr/lib/vmseal/.
   std::string nbd_plugin;
-  // Stream mode: empty encrypted overlays kept ready, so that a launch does
-  // not wait for qemu-img's LUKS benchmark (docs/vm.md "Overlay pool").
+  // Empty encrypted overlays kept ready, so that a launch (stream or copy)
+  // does not wait for qemu-img's LUKS benchmark (docs/vm.md "Overlay pool").
   // 0..16; 0 disables. Default 3.
   uint32_t overlay_pool = 3;
   // nbdkit and qemu-img binaries. Defaults "nbdkit", "qemu-img".

@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
 #include <unordered_map>
@@ -24,6 +25,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <mutex>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -1097,8 +1099,46 @@ class HostStreamE2eTest : public HostE2eTest {
     HostE2eTest::SetUp();
     if (HasFatalFailure()) return;
     ASSERT_OK(daemon_->service()->Start());
+    StartHeartbeats();
     RegisterCustomer();
     TrustHostState();
+  }
+
+  void TearDown() override {
+    StopHeartbeats();
+    HostE2eTest::TearDown();
+  }
+
+  // The fixture drives the service step by step (PollOnce) instead of Run,
+  // so it also does what Run's heartbeat thread does: without it, a boot
+  // that outlasts the portal's 30 s heartbeat timeout under load makes the
+  // portal drop the host and fail its job (host_lost), and a restarted
+  // agent then gets 404 for the package. Stop before daemon_ changes.
+  void StartHeartbeats() {
+    StopHeartbeats();
+    HostService* service = daemon_->service();
+    {
+      std::lock_guard<std::mutex> lock(heartbeat_mu_);
+      heartbeats_stopping_ = false;
+    }
+    heartbeats_ = std::thread([this, service] {
+      std::unique_lock<std::mutex> lock(heartbeat_mu_);
+      while (!heartbeat_cv_.wait_for(lock, std::chrono::seconds(2),
+                                     [this] { return heartbeats_stopping_; })) {
+        lock.unlock();
+        (void)service->HeartbeatOnce();  // a stopped portal: the next one
+        lock.lock();
+      }
+    });
+  }
+  void StopHeartbeats() {
+    if (!heartbeats_.joinable()) return;
+    {
+      std::lock_guard<std::mutex> lock(heartbeat_mu_);
+      heartbeats_stopping_ = true;
+    }
+    heartbeat_cv_.notify_all();
+    heartbeats_.join();
   }
 
   // Seals `inputs` (disk images, in order) as one package.
@@ -1120,6 +1160,7 @@ class HostStreamE2eTest : public HostE2eTest {
   // Launches `package` through the portal and the host; returns the VM.
   vm::VmInfo LaunchAndBoot(const std::string& package) {
     const std::string job_id = UploadAndLaunch(package);
+    last_job_id_ = job_id;
     auto ran = daemon_->service()->PollOnce();
     EXPECT_OK(ran);
     json job = JobJson(job_id);
@@ -1201,6 +1242,15 @@ class HostStreamE2eTest : public HostE2eTest {
     }
     return out;
   }
+
+  // The job of the last LaunchAndBoot.
+  std::string last_job_id_;
+
+ private:
+  std::mutex heartbeat_mu_;
+  std::condition_variable heartbeat_cv_;
+  bool heartbeats_stopping_ = false;
+  std::thread heartbeats_;
 };
 
 TEST_F(HostStreamE2eTest, NoPlaintextOfTheImageOnHostStorageAfterBootAndGuestWrites) {
@@ -1419,6 +1469,7 @@ TEST_F(HostStreamE2eTest, AgentGoneAndRestartedServesTheExportsAgain) {
   // nbdkit was started without --exit-with-parent), and nbdkit is killed
   // too, so the restarted agent must start a new one with the key it
   // unwraps from the launch record in the TPM.
+  StopHeartbeats();
   daemon_->service()->Stop();
   daemon_.reset();
   ASSERT_EQ(::kill(nbdkit, SIGKILL), 0);
@@ -1428,6 +1479,9 @@ TEST_F(HostStreamE2eTest, AgentGoneAndRestartedServesTheExportsAgain) {
   auto daemon = MakeDaemon();
   ASSERT_OK(daemon);
   daemon_ = *std::move(daemon);
+  StartHeartbeats();
+  // The job the restarted agent serves is still the portal's running job.
+  EXPECT_EQ(JobJson(last_job_id_)["state"], "running");
   const auto again = daemon_->agent()->ExportDirsForTesting(vm.name);
   ASSERT_EQ(again, dirs);
   const pid_t new_pid = std::stoi(vmseal::testing::ReadFileOrDie(dirs[0] + "/nbdkit.pid"));
@@ -1732,6 +1786,7 @@ class HostServeProcessE2eTest : public HostStreamE2eTest {
 
 TEST_F(HostServeProcessE2eTest, AgentProcessKilledWithSigkillAndRestartedKeepsTheVmAndItsDisk) {
   // The in-process agent of the fixture steps aside; the real binary runs.
+  StopHeartbeats();
   daemon_->service()->Stop();
   daemon_.reset();
   const std::string config = WriteConfig();
@@ -1879,11 +1934,13 @@ TEST_F(HostStreamE2eTest, AgentCrashSweepsOrphanExportsAndOverlaysAndKeepsTheRun
 
   // The agent dies without cleaning up (its exports run on, as after
   // kill -9), and a new one starts on the same state.
+  StopHeartbeats();
   daemon_->service()->Stop();
   daemon_.reset();
   auto daemon = MakeDaemon();
   ASSERT_OK(daemon);
   daemon_ = *std::move(daemon);
+  StartHeartbeats();
 
   EXPECT_TRUE(Gone(orphan_nbdkit));
   EXPECT_FALSE(fs::exists(orphan));
@@ -2000,10 +2057,30 @@ class HostCopyModeE2eTest : public HostStreamE2eTest {
 
 TEST_F(HostCopyModeE2eTest, CopyModeBootsFromAnEncryptedLocalDiskWithNoPlaintext) {
   PlaintextScanner scanner(vmseal::testing::ReadFileOrDie(image_));
+  // Copy mode converts into a ready overlay of the pool (qemu-img convert
+  // -n): no qemu-img create, whose LUKS benchmark is the slow path.
+  vm::OverlayPool* pool = daemon_->agent()->overlay_pool();
+  ASSERT_NE(pool, nullptr);
+  ASSERT_TRUE(pool->WaitUntilFull(240000));
+  const vm::OverlayPool::Stats before = pool->GetStats();
   vm::VmInfo vm = LaunchAndBoot(Seal("copy"));
   ASSERT_EQ(vm.disks.size(), 1u);
   EXPECT_EQ(vm.disks[0].source, vm::DiskSource::kFile);
   EXPECT_TRUE(vm.disks[0].encrypted);
+  const vm::OverlayPool::Stats after = pool->GetStats();
+  EXPECT_EQ(after.made_on_slow_path, 0u);
+  EXPECT_EQ(after.taken_from_pool, before.taken_from_pool + 1);
+  // The copy is that overlay, out of the pool, at the disk's size; the guest
+  // booted from it (the marker), so it holds the whole disk under its secret.
+  EXPECT_FALSE(vm.disks[0].path.starts_with(pool->dir()));
+  auto blocks = vm::internal::QmpExecute(vm.qmp_socket_path, "query-block", 5000);
+  ASSERT_OK(blocks);
+  EXPECT_EQ(json::parse(*blocks)[0]["inserted"]["image"]["virtual-size"], fs::file_size(image_))
+      << *blocks;
+  auto record = internal::ParseLaunchRecord(vmseal::testing::ReadFileOrDie(
+      (fs::path(vm.disks[0].path).parent_path() / "launch.json").string()));
+  ASSERT_OK(record);
+  EXPECT_EQ(record->disk_secrets.size(), 1u);
   // No export runs after the copy; no cache stays.
   EXPECT_TRUE(daemon_->agent()->ExportDirsForTesting(vm.name).empty());
   for (const std::string& f : HostFiles()) {

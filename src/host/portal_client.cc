@@ -8,9 +8,12 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <deque>
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <utility>
 
 #include <nlohmann/json.hpp>
 
@@ -26,6 +29,69 @@ using json = nlohmann::json;
 
 constexpr size_t kMaxErrorBodyBytes = 64 * 1024;
 constexpr size_t kFetchWriteBytes = size_t{4} << 20;
+
+// Writes and hashes fetched bytes on a thread of its own, so that the TLS
+// reads (and their decryption) go on meanwhile; at most two buffers wait.
+class BackgroundAppender {
+ public:
+  BackgroundAppender(WritableFile* file, crypto::Sha256Hasher* hasher)
+      : file_(file), hasher_(hasher), thread_([this] { Loop(); }) {}
+  ~BackgroundAppender() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+  // Queues `bytes` (waits while two buffers are queued); false after a
+  // write failed (Drain says why).
+  bool Append(std::vector<uint8_t> bytes) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [this] { return queue_.size() < 2 || !error_.ok(); });
+    if (!error_.ok()) return false;
+    queue_.push_back(std::move(bytes));
+    cv_.notify_all();
+    return true;
+  }
+
+  // Waits until every queued buffer is written and hashed; the first error.
+  Status Drain() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [this] { return (queue_.empty() && !busy_) || !error_.ok(); });
+    return error_;
+  }
+
+ private:
+  void Loop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [this] { return done_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // done_
+      std::vector<uint8_t> bytes = std::move(queue_.front());
+      queue_.pop_front();
+      busy_ = true;
+      lock.unlock();
+      Status s = file_->Append(bytes);
+      if (s.ok()) hasher_->Update(bytes);
+      lock.lock();
+      busy_ = false;
+      if (!s.ok() && error_.ok()) error_ = s.WithPrefix("package fetch: write");
+      cv_.notify_all();
+    }
+  }
+
+  WritableFile* const file_;
+  crypto::Sha256Hasher* const hasher_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::vector<uint8_t>> queue_;
+  bool busy_ = false;
+  bool done_ = false;
+  Status error_;
+  std::thread thread_;  // last: starts after the members it uses
+};
 
 struct ParsedUrl {
   std::string host;
@@ -396,16 +462,23 @@ Status PortalClient::Fetch(const Job& job, const std::string& dest_path) {
   bool complete = false;
   // Received bytes not yet written and hashed (in order, so a resume after
   // a broken connection starts right after them).
+  // Written and hashed on the appender's thread; `written` counts what it
+  // was handed (a resume waits for it: Drain).
+  BackgroundAppender appender(out->file(), &hasher);
   std::vector<uint8_t> pending;
   pending.reserve(kFetchWriteBytes + (64 << 10));
-  auto flush = [&]() -> Status {
+  auto hand_over = [&]() -> Status {
     if (pending.empty()) return OkStatus();
-    Status s = out->file()->Append(pending);
-    if (!s.ok()) return s.WithPrefix("package fetch: write");
-    hasher.Update(pending);
-    written += pending.size();
-    pending.clear();
+    const size_t n = pending.size();
+    std::vector<uint8_t> next;
+    next.reserve(kFetchWriteBytes + (64 << 10));
+    if (!appender.Append(std::exchange(pending, std::move(next)))) return appender.Drain();
+    written += n;
     return OkStatus();
+  };
+  auto flush = [&]() -> Status {
+    RETURN_IF_ERROR(hand_over());
+    return appender.Drain();
   };
 
   for (int attempt = 0; attempt <= opt.max_resumes && !complete; ++attempt) {
@@ -479,7 +552,7 @@ Status PortalClient::Fetch(const Job& job, const std::string& dest_path) {
           // into large writes, one syscall and one hash call per 4 MiB.
           pending.insert(pending.end(), data, data + len);
           if (pending.size() >= kFetchWriteBytes) {
-            Status s = flush();
+            Status s = hand_over();
             if (!s.ok()) {
               stop = s;
               return false;
@@ -535,7 +608,9 @@ Status PortalClient::Fetch(const Job& job, const std::string& dest_path) {
     std::lock_guard<std::mutex> lock(impl_->mu);
     impl_->last_fetch = stats;
   }
-  return out->Commit();
+  // Not fsynced (as curl -o does not): ciphertext checked chunk by chunk
+  // when read, and useless after a power loss (its VM is gone then too).
+  return out->CommitWithoutSync();
 }
 
 }  // namespace vmseal::host

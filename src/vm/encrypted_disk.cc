@@ -126,6 +126,30 @@ SecretBytes DiskSecretPassphrase(const SecretBytes& secret) {
   return out;
 }
 
+namespace {
+
+// The source of a conversion as an explicit node: the inspected format, no
+// backing file whatever a qcow2 header says, the export read-only.
+nlohmann::json NbdSourceNode(const std::string& nbd_socket, DiskFormat format) {
+  nlohmann::json source = {
+      {"driver", DiskFormatName(format)},
+      {"read-only", true},
+      {"file",
+       {{"driver", "nbd"}, {"server", {{"type", "unix"}, {"path", nbd_socket}}}, {"export", ""}}}};
+  if (format == DiskFormat::kQcow2) source["backing"] = nullptr;
+  return source;
+}
+
+// An encrypted qcow2 of ours as an explicit node: no backing file, our secret.
+nlohmann::json EncryptedImageNode(const std::string& path) {
+  return {{"driver", "qcow2"},
+          {"backing", nullptr},
+          {"encrypt", {{"key-secret", internal::kDiskSecretId}}},
+          {"file", {{"driver", "file"}, {"filename", path}}}};
+}
+
+}  // namespace
+
 Status CreateEncryptedOverlay(const QemuImgOptions& options, const std::string& path,
                               uint64_t virtual_size_bytes, const SecretBytes& secret) {
   RETURN_IF_ERROR(CheckSecret(secret));
@@ -146,14 +170,24 @@ Status GrowEncryptedOverlay(const QemuImgOptions& options, const std::string& pa
                             uint64_t virtual_size_bytes, const SecretBytes& secret) {
   RETURN_IF_ERROR(CheckSecret(secret));
   if (virtual_size_bytes == 0) return InvalidArgumentError("overlay: the disk size is 0");
-  // The image as an explicit node: qcow2, no backing file, our secret.
-  const nlohmann::json image = {{"driver", "qcow2"},
-                                {"backing", nullptr},
-                                {"encrypt", {{"key-secret", internal::kDiskSecretId}}},
-                                {"file", {{"driver", "file"}, {"filename", path}}}};
   return RunQemuImg(options,
                     {"resize", "-q", "--object", SecretObject(),
-                     "json:" + DumpJson(image), std::to_string(virtual_size_bytes)},
+                     "json:" + DumpJson(EncryptedImageNode(path)),
+                     std::to_string(virtual_size_bytes)},
+                    secret, path + ".log");
+}
+
+Status ConvertIntoEncrypted(const QemuImgOptions& options, const std::string& nbd_socket,
+                            DiskFormat format, const std::string& path,
+                            const SecretBytes& secret) {
+  RETURN_IF_ERROR(CheckSecret(secret));
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) return ErrnoToStatus(errno, "stat", path);
+  if (!S_ISREG(st.st_mode)) return FailedPreconditionError("not a regular file: " + path);
+  return RunQemuImg(options,
+                    {"convert", "-q", "-n", "--target-is-zero", "-W", "--object", SecretObject(),
+                     "-O", "qcow2", "json:" + DumpJson(NbdSourceNode(nbd_socket, format)),
+                     "json:" + DumpJson(EncryptedImageNode(path))},
                     secret, path + ".log");
 }
 
@@ -161,14 +195,7 @@ Status ConvertToEncrypted(const QemuImgOptions& options, const std::string& nbd_
                           DiskFormat format, const std::string& path, const SecretBytes& secret) {
   RETURN_IF_ERROR(CheckSecret(secret));
   if (Env::Default()->FileExists(path)) return AlreadyExistsError("exists: " + path);
-  // The source as an explicit node: the inspected format, no backing file
-  // whatever a qcow2 header says, the export read-only.
-  nlohmann::json source = {
-      {"driver", DiskFormatName(format)},
-      {"read-only", true},
-      {"file",
-       {{"driver", "nbd"}, {"server", {{"type", "unix"}, {"path", nbd_socket}}}, {"export", ""}}}};
-  if (format == DiskFormat::kQcow2) source["backing"] = nullptr;
+  const nlohmann::json source = NbdSourceNode(nbd_socket, format);
   const std::string tmp = path + ".tmp";
   ::unlink(tmp.c_str());
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);

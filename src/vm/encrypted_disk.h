@@ -73,6 +73,18 @@ Status GrowEncryptedOverlay(const QemuImgOptions& options, const std::string& pa
 Status ConvertToEncrypted(const QemuImgOptions& options, const std::string& nbd_socket,
                           DiskFormat format, const std::string& path, const SecretBytes& secret);
 
+// Copy mode without creating the target: converts the tenant's disk served
+// on `nbd_socket` (read as `format`, no backing file) into `path`, an
+// existing, never-written encrypted qcow2 under `secret` of exactly the
+// disk's virtual size (an overlay from the pool, OverlayPool::Take).
+// `qemu-img convert -n --target-is-zero`: no LUKS header is made, so no
+// PBKDF benchmark runs. INTERNAL with qemu-img's message tail when it fails
+// (a wrong secret, a target of another size); the caller then shreds `path`
+// (it may hold part of the disk, encrypted).
+Status ConvertIntoEncrypted(const QemuImgOptions& options, const std::string& nbd_socket,
+                            DiskFormat format, const std::string& path,
+                            const SecretBytes& secret);
+
 }  // namespace vmseal::vm
 
 #endif  // VMSEAL_VM_ENCRYPTED_DISK_H_

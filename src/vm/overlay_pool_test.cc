@@ -7,13 +7,17 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <csignal>
+#include <cstdlib>
 #include <filesystem>
+#include <thread>
 
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
 
 #include "testing/test_util.h"
+#include "vm/encrypted_disk.h"
 
 namespace vmseal::vm {
 namespace {
@@ -179,6 +183,77 @@ TEST(OverlayPoolTest, ShredFileZeroesTheBytesBeforeUnlinking) {
   EXPECT_FALSE(fs::exists(path));
   EXPECT_EQ(vmseal::testing::ReadFileOrDie(dir.File("g")), std::string(3 << 20, '\0'));
   EXPECT_OK(ShredFile(path));  // nothing there: OK
+}
+
+// Copy mode: a taken overlay receives the whole disk from an NBD export
+// (qemu-img convert -n into it), encrypted, with no qemu-img create.
+TEST(OverlayPoolTest, ATakenOverlayReceivesACopyOfAnNbdDiskEncryptedWithoutTheSlowPath) {
+  TempDir dir;
+  const uint64_t size = 6 << 20;
+  std::string plain;
+  for (uint64_t i = 0; plain.size() < size; ++i) {
+    plain += "vmseal-copy-mode-plaintext-" + std::to_string(i * 2654435761u) + "|";
+  }
+  plain.resize(size);
+  vmseal::testing::WriteFileOrDie(dir.File("disk.raw"), plain);
+  const std::string sock = dir.File("nbd.sock"), pid_file = dir.File("nbdkit.pid");
+  std::string out;
+  ASSERT_EQ(RunCommand({"nbdkit", "--readonly", "-U", sock, "-P", pid_file, "file",
+                        dir.File("disk.raw")},
+                       &out, 60),
+            0)
+      << out;
+  struct Stop {
+    std::string pid_file;
+    ~Stop() {
+      const pid_t pid = std::atoi(vmseal::testing::ReadFileOrDie(pid_file).c_str());
+      if (pid > 1) ::kill(pid, SIGTERM);
+    }
+  } stop{pid_file};
+  for (int i = 0; i < 500 && !fs::exists(sock); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+
+  auto pool = OverlayPool::Create({.dir = dir.File("pool"), .target = 1});
+  ASSERT_OK(pool);
+  ASSERT_TRUE((*pool)->WaitUntilFull(kFillTimeoutMs));
+  const std::string path = dir.File("d0.qcow2");
+  auto secret = (*pool)->Take(path, size);
+  ASSERT_OK(secret);
+  ASSERT_OK(ConvertIntoEncrypted({}, sock, DiskFormat::kRaw, path, *secret));
+  EXPECT_EQ((*pool)->GetStats().made_on_slow_path, 0u);
+  EXPECT_EQ((*pool)->GetStats().taken_from_pool, 1u);
+
+  // The copy reads back as the disk, with its secret only.
+  const nlohmann::json plain_node = {{"driver", "raw"},
+                                     {"file", {{"driver", "file"}, {"filename", dir.File("disk.raw")}}}};
+  const nlohmann::json copy_node = {{"driver", "qcow2"},
+                                    {"encrypt", {{"key-secret", "s0"}}},
+                                    {"file", {{"driver", "file"}, {"filename", path}}}};
+  EXPECT_EQ(RunCommand({"qemu-img", "compare", "--object", "secret,id=s0,data=" + Hex(*secret),
+                        "json:" + plain_node.dump(), "json:" + copy_node.dump()},
+                       &out, 60),
+            0)
+      << out;
+  EXPECT_NE(out.find("identical"), std::string::npos) << out;
+  nlohmann::json info = ImageInfo(path);
+  EXPECT_EQ(info["virtual-size"], size) << info.dump();
+  EXPECT_EQ(info["encrypted"], true) << info.dump();
+  // No plaintext in the file (the text repeats with a counter: any 64
+  // bytes of it would show).
+  const std::string file = vmseal::testing::ReadFileOrDie(path);
+  for (uint64_t off = 0; off + 64 <= size; off += size / 16) {
+    EXPECT_EQ(file.find(plain.substr(off, 64)), std::string::npos) << "plaintext at " << off;
+  }
+  // Another secret cannot write into it.
+  const std::string other = dir.File("other.qcow2");
+  ASSERT_OK(CreateEncryptedOverlay({}, other, size, NewDiskSecret()));
+  Status wrong = ConvertIntoEncrypted({}, sock, DiskFormat::kRaw, other, *secret);
+  EXPECT_EQ(wrong.code(), StatusCode::kInternal) << wrong.ToString();
+  // Nor is a missing target created.
+  Status missing = ConvertIntoEncrypted({}, sock, DiskFormat::kRaw, dir.File("none"), *secret);
+  EXPECT_FALSE(missing.ok());
+  EXPECT_FALSE(fs::exists(dir.File("none")));
 }
 
 }  // namespace

@@ -239,7 +239,40 @@ class HostE2eTest : public ::testing::Test {
   // Hook for fixtures that change the host's configuration.
   virtual void ConfigureHost(HostConfig*) {}
 
+  // The fixtures drive the service step by step (PollOnce) instead of Run,
+  // so they also do what Run's heartbeat thread does: without it, a boot
+  // that outlasts the portal's 30 s heartbeat timeout under load makes the
+  // portal drop the host and fail its job (host_lost), and a restarted
+  // agent then gets 404 for the package. Stop before daemon_ changes.
+  void StartHeartbeats() {
+    StopHeartbeats();
+    HostService* service = daemon_->service();
+    {
+      std::lock_guard<std::mutex> lock(heartbeat_mu_);
+      heartbeats_stopping_ = false;
+    }
+    heartbeats_ = std::thread([this, service] {
+      std::unique_lock<std::mutex> lock(heartbeat_mu_);
+      while (!heartbeat_cv_.wait_for(lock, std::chrono::seconds(2),
+                                     [this] { return heartbeats_stopping_; })) {
+        lock.unlock();
+        (void)service->HeartbeatOnce();  // a stopped portal: the next one
+        lock.lock();
+      }
+    });
+  }
+  void StopHeartbeats() {
+    if (!heartbeats_.joinable()) return;
+    {
+      std::lock_guard<std::mutex> lock(heartbeat_mu_);
+      heartbeats_stopping_ = true;
+    }
+    heartbeat_cv_.notify_all();
+    heartbeats_.join();
+  }
+
   void TearDown() override {
+    StopHeartbeats();
     if (daemon_ != nullptr) {
       // Through the agent: it stops the VMs' exports (nbdkit) too.
       auto vms = daemon_->vms()->List();
@@ -397,6 +430,12 @@ class HostE2eTest : public ::testing::Test {
   std::function<void()> after_release_;
   HostConfig config_;
   std::unique_ptr<HostDaemon> daemon_;
+
+ private:
+  std::mutex heartbeat_mu_;
+  std::condition_variable heartbeat_cv_;
+  bool heartbeats_stopping_ = false;
+  std::thread heartbeats_;
 };
 
 std::string HostE2eTest::image_;
@@ -609,6 +648,7 @@ class HostDiskFormatE2eTest : public HostE2eTest {
     HostE2eTest::SetUp();
     if (HasFatalFailure()) return;
     ASSERT_OK(daemon_->service()->Start());
+    StartHeartbeats();
     RegisterCustomer();
     TrustHostState();
   }
@@ -1109,38 +1149,6 @@ class HostStreamE2eTest : public HostE2eTest {
     HostE2eTest::TearDown();
   }
 
-  // The fixture drives the service step by step (PollOnce) instead of Run,
-  // so it also does what Run's heartbeat thread does: without it, a boot
-  // that outlasts the portal's 30 s heartbeat timeout under load makes the
-  // portal drop the host and fail its job (host_lost), and a restarted
-  // agent then gets 404 for the package. Stop before daemon_ changes.
-  void StartHeartbeats() {
-    StopHeartbeats();
-    HostService* service = daemon_->service();
-    {
-      std::lock_guard<std::mutex> lock(heartbeat_mu_);
-      heartbeats_stopping_ = false;
-    }
-    heartbeats_ = std::thread([this, service] {
-      std::unique_lock<std::mutex> lock(heartbeat_mu_);
-      while (!heartbeat_cv_.wait_for(lock, std::chrono::seconds(2),
-                                     [this] { return heartbeats_stopping_; })) {
-        lock.unlock();
-        (void)service->HeartbeatOnce();  // a stopped portal: the next one
-        lock.lock();
-      }
-    });
-  }
-  void StopHeartbeats() {
-    if (!heartbeats_.joinable()) return;
-    {
-      std::lock_guard<std::mutex> lock(heartbeat_mu_);
-      heartbeats_stopping_ = true;
-    }
-    heartbeat_cv_.notify_all();
-    heartbeats_.join();
-  }
-
   // Seals `inputs` (disk images, in order) as one package.
   std::string SealDisks(const std::string& image_id, const std::vector<std::string>& inputs) {
     const std::string out = dir_.File(image_id + ".ova");
@@ -1246,11 +1254,6 @@ class HostStreamE2eTest : public HostE2eTest {
   // The job of the last LaunchAndBoot.
   std::string last_job_id_;
 
- private:
-  std::mutex heartbeat_mu_;
-  std::condition_variable heartbeat_cv_;
-  bool heartbeats_stopping_ = false;
-  std::thread heartbeats_;
 };
 
 TEST_F(HostStreamE2eTest, NoPlaintextOfTheImageOnHostStorageAfterBootAndGuestWrites) {

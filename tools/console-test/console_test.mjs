@@ -60,9 +60,32 @@ async function waitFor(what, fn, seconds) {
   }
 }
 
-function stopDemo(demo) {
-  if (!demo || demo.child.exitCode !== null) return;
-  try { process.kill(demo.child.pid, 'SIGTERM'); } catch { /* gone */ }
+// Processes whose command line mentions `needle` (as DemoTest counts them).
+function processesMentioning(needle) {
+  const found = [];
+  for (const pid of fs.readdirSync('/proc')) {
+    if (!/^[0-9]+$/.test(pid) || Number(pid) === process.pid) continue;
+    let cmd = '';
+    try { cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8'); } catch { continue; }
+    if (cmd.includes(needle)) found.push(`${pid} ${cmd.split('\0')[0]}`);
+  }
+  return found;
+}
+
+// Stops the demo the way Ctrl-C does and waits for it to finish stopping
+// (its hosts stop every VM they run, the customer's VMs launched here too)
+// before the work dir is removed; then nothing it started may remain.
+async function stopDemo(demo) {
+  if (!demo) return;
+  const exited = () => demo.child.exitCode !== null || demo.child.signalCode !== null;
+  if (!exited()) {
+    try { process.kill(demo.child.pid, 'SIGTERM'); } catch { /* gone */ }
+    const end = Date.now() + 180 * 1000;
+    while (!exited() && Date.now() < end) await new Promise((r) => setTimeout(r, 250));
+  }
+  check('the demo stopped within 180 s of SIGTERM', exited());
+  const left = processesMentioning(demo.demoDir);
+  check('no service, TPM, export or VM of the demo outlives it', left.length === 0, left.join('; '));
 }
 
 async function main() {
@@ -356,8 +379,7 @@ async function main() {
     await context.close();
   } finally {
     if (browser) await browser.close();
-    stopDemo(demo);
-    await new Promise((r) => setTimeout(r, 500));
+    await stopDemo(demo);
   }
 }
 

@@ -8,11 +8,11 @@ if(NOT TARGET vmseal_unit_tests)
   add_dependencies(vmseal_unit_tests vmseal)
 endif()
 
-# vmseal_test(NAME SOURCES... LIBS... LABELS...) builds one GoogleTest binary
+# vmseal_test(NAME SOURCES... LIBS... LABELS... [TIMEOUT s] [COST s]) builds one GoogleTest binary
 # and registers each of its tests with CTest under the given labels.
 #   vmseal_test(stream_test SOURCES a_test.cc LIBS vmseal_stream LABELS unit)
 function(vmseal_test name)
-  cmake_parse_arguments(T "" "TIMEOUT" "SOURCES;LIBS;LABELS" ${ARGN})
+  cmake_parse_arguments(T "" "TIMEOUT;COST" "SOURCES;LIBS;LABELS" ${ARGN})
   add_executable(${name} ${T_SOURCES})
   if("unit" IN_LIST T_LABELS)
     add_dependencies(vmseal_unit_tests ${name})
@@ -36,11 +36,27 @@ function(vmseal_test name)
     PROPERTIES TIMEOUT ${T_TIMEOUT}
     TEST_LIST ${name}_TESTS
     DISCOVERY_TIMEOUT 60)
+  # COST orders a parallel run on a fresh checkout (no CTestCostData.txt
+  # yet): ctest -j starts the costliest tests first, so a VM boot does not
+  # start last beside an idle core. Rough seconds per test by label.
+  set(cost 0)
+  foreach(label_cost "unit=0" "integration=3" "tpm=5" "pg=5" "s3=5" "large=10" "e2e=20" "qemu=30")
+    string(REPLACE "=" ";" lc "${label_cost}")
+    list(GET lc 0 l)
+    list(GET lc 1 c)
+    if(l IN_LIST T_LABELS AND c GREATER cost)
+      set(cost ${c})
+    endif()
+  endforeach()
+  if(T_COST)
+    set(cost ${T_COST})
+  endif()
   set(props "${CMAKE_CURRENT_BINARY_DIR}/${name}_properties.cmake")
   file(WRITE "${props}"
     "if(${name}_TESTS)\n"
     "  set_tests_properties(\${${name}_TESTS} PROPERTIES\n"
     "    LABELS \"${T_LABELS}\"\n"
+    "    COST ${cost}\n"
     "    ENVIRONMENT \"VMSEAL_SOURCE_DIR=${CMAKE_SOURCE_DIR};VMSEAL_BINARY=${CMAKE_BINARY_DIR}/vmseal\")\n"
     "endif()\n")
   set_property(DIRECTORY APPEND PROPERTY TEST_INCLUDE_FILES "${props}")

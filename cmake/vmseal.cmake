@@ -27,6 +27,12 @@ function(vmseal_test name)
   if(NOT T_TIMEOUT)
     set(T_TIMEOUT 300)
   endif()
+  if(VMSEAL_TESTS_PER_BINARY)
+    add_test(NAME ${name} COMMAND ${name} WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+    set_tests_properties(${name} PROPERTIES LABELS "${T_LABELS}" TIMEOUT 900
+      ENVIRONMENT "VMSEAL_SOURCE_DIR=${CMAKE_SOURCE_DIR};VMSEAL_BINARY=${CMAKE_BINARY_DIR}/vmseal")
+    return()
+  endif()
   # gtest_discover_tests (CMake 3.25) flattens list-valued PROPERTIES, so
   # "integration;tpm" would become two arguments and lose "tpm". Set the
   # list-valued properties from an include file of our own that runs after

@@ -40,7 +40,7 @@ else
   build=build-fuzz
   # OSS-Fuzz's flags: -O1 with line tables compiles in about half the time
   # of RelWithDebInfo's -O2 -g and still symbolizes every report.
-  flags=(-DVMSEAL_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo
+  flags=(-DVMSEAL_FUZZ=ON -DVMSEAL_TESTS_PER_BINARY=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo
          "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -gline-tables-only -DNDEBUG"
          "-DCMAKE_C_FLAGS_RELWITHDEBINFO=-O1 -gline-tables-only -DNDEBUG")
 fi

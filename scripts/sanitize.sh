@@ -7,7 +7,9 @@
 # project's libraries twice (Release with GCC, instrumented with clang), not
 # three times. `scripts/setup.sh --sanitize` is the GCC alternative
 # (build-asan/) for a developer who wants GCC's view.
-#   scripts/sanitize.sh [CTEST ARGS...]    e.g. scripts/sanitize.sh -R Json
+#   scripts/sanitize.sh [CTEST ARGS...]    e.g. scripts/sanitize.sh -R json_test
+# Each unit test binary is one CTest test here (VMSEAL_TESTS_PER_BINARY):
+# ASan starts once per binary instead of once per test case.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/fuzz.sh --build-only

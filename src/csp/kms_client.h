@@ -233,8 +233,10 @@ struct HttpsKmsClientOptions {
   std::string ca_cert_file;
   std::string cert_file;
   std::string key_file;
-  // Connect + read timeout per request. Default 10 s.
-  int timeout_seconds = 10;
+  // Connect + read timeout per request. 30 s: a registration makes the KMS
+  // generate an RSA-3072 key pair, which took over 10 s on a 2-core machine
+  // at load average 18 (the customer then saw "HTTPS request failed: Read").
+  int timeout_seconds = 30;
 };
 
 // The KmsClient over HTTPS (TLS 1.3, mTLS) using src/net's client.

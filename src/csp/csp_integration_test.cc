@@ -701,7 +701,12 @@ TEST_F(PortalCrashTest, MalformedRequestsChangeNoStateEvenAcrossARestart) {
   const std::string host_id = job["host_id"];
   auto host = Host(host_id);
   HostPost(*host, "/v1/hosts/jobs/" + job_id + "/progress", {{"phase", "fetching"}});
+  // `customer status` without a job id lists the customer's jobs.
   const json before = Customer({"status"});
+  ASSERT_TRUE(before["jobs"].is_array()) << before.dump();
+  ASSERT_EQ(before["jobs"].size(), 1u) << before.dump();
+  EXPECT_EQ(before["jobs"][0]["job_id"], job_id);
+  EXPECT_EQ(before["jobs"][0]["state"], "fetching");
   auto c = CustomerClient();
   struct Bad {
     std::string path;
@@ -959,7 +964,7 @@ TEST_F(PortalCrashWithRealHostsTest, KilledMidLaunchTheRealHostCompletesTheJobOn
   const std::string vm_name = status.value("vm_name", "");
   EXPECT_FALSE(vm_name.empty());
   // A few more polls and heartbeats of both hosts: nothing moves.
-  std::this_thread::sleep_for(std::chrono::seconds(2));
+  std::this_thread::sleep_for(std::chrono::seconds(1));
   status = Customer({"status", job_id});
   EXPECT_EQ(status["state"], "running");
   EXPECT_EQ(status["attempts"].size(), 1u);
@@ -1008,10 +1013,23 @@ TEST_F(PortalCrashWithRealHostsTest, PortalAndHostKilledMidLaunchTheJobRunsOnceO
   EXPECT_EQ(status["attempts"][0]["reason"], "host_lost");
   EXPECT_THAT(status["attempts"][0]["refusal"].get<std::string>(), HasSubstr("lease expired"));
 
-  // The killed host comes back (same TPM, same state): it is told nothing
-  // to run, and runs nothing.
+  // The killed host comes back (same TPM, same state): once it has
+  // registered again and polled a few times, it has been told nothing to
+  // run, and runs nothing.
+  const std::string dead_log = dir_.File("host-" + std::to_string(dead) + ".log");
+  const size_t log_before = ReadFileOrDie(dead_log).size();
   ASSERT_NO_FATAL_FAILURE(StartHost(dead));
-  std::this_thread::sleep_for(std::chrono::seconds(3));
+  for (auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);;) {
+    if (ReadFileOrDie(dead_log).find("host registered with the portal", log_before) !=
+        std::string::npos) {
+      break;
+    }
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << ReadFileOrDie(dead_log);
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  std::this_thread::sleep_for(std::chrono::seconds(1));  // 5 polls
+  EXPECT_EQ(ReadFileOrDie(dead_log).find("job " + job_id, log_before), std::string::npos)
+      << ReadFileOrDie(dead_log).substr(log_before);
   status = Customer({"status", job_id});
   EXPECT_EQ(status["state"], "running");
   EXPECT_EQ(status["host_id"], second);

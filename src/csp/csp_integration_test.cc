@@ -1139,6 +1139,46 @@ TEST_F(PortalReplicaTest, AQueuedJobIsPlacedOnceWhileBothReplicasTick) {
   EXPECT_EQ(given, 1);
 }
 
+// The database goes away under two replicas while a host holds a job: once
+// the lease needs renewing, the host's poll answers 503 store_unavailable
+// naming the job (the host learns the portal holds no renewed lease for it,
+// instead of a poll that looks fine), and /metrics counts the failures.
+TEST_F(PortalReplicaTest, AHostWhoseLeaseCannotBeRenewedIsToldSoAndItIsCounted) {
+  lease_seconds_ = 4;
+  StartReplicas();
+  const std::string image_id = CustomerWithSealedImage();
+  RegisterHosts();
+  json job = Customer({"launch", image_id});
+  ASSERT_EQ(job["state"], "placed") << job.dump();
+  const std::string job_id = job["job_id"];
+  auto host = Host(job["host_id"].get<std::string>());
+  HostPost(*host, "/v1/hosts/jobs/" + job_id + "/progress", {{"phase", "fetching"}});
+  pg_.reset();  // PostgreSQL stopped by pid: both replicas lose it
+  int poll_status = 0;
+  std::string poll_body;
+  for (auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+       std::chrono::steady_clock::now() < deadline;) {
+    auto poll = host->Get("/v1/hosts/jobs");
+    ASSERT_TRUE(poll);
+    poll_status = poll->status;
+    poll_body = poll->body;
+    if (poll_status != 200) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  EXPECT_EQ(poll_status, 503) << poll_body;
+  json err = json::parse(poll_body, nullptr, false);
+  EXPECT_EQ(err["error"]["reason"], "store_unavailable") << poll_body;
+  EXPECT_THAT(poll_body, HasSubstr(job_id));
+  EXPECT_THAT(poll_body, HasSubstr("not renewed"));
+  auto metrics = host->Get("/metrics");
+  ASSERT_TRUE(metrics);
+  ASSERT_EQ(metrics->status, 200);
+  const std::string name = "\nvmseal_portal_lease_renewal_failures_total ";
+  const size_t at = metrics->body.find(name);
+  ASSERT_NE(at, std::string::npos) << metrics->body;
+  EXPECT_GE(std::stoll(metrics->body.substr(at + name.size())), 1) << metrics->body;
+}
+
 // An upload begun on replica A (then killed) resumes and commits on replica
 // B: the staging lives in the shared store, not in A's data directory.
 class PortalReplicaUploadTest : public PortalReplicaTest,

@@ -2,7 +2,10 @@
 
 #include <argon2.h>
 
+#include <string_view>
 #include <vector>
+
+#include <spdlog/spdlog.h>
 
 #include "crypto/keys.h"
 #include "crypto/primitives.h"
@@ -38,6 +41,14 @@ Status CheckSigningKey(const std::string& pem, const std::vector<uint8_t>& proof
     return InvalidArgumentError("signing_key_proof must be a signature (base64)");
   }
   return OkStatus();
+}
+
+// A store error of an account call: UNAVAILABLE "store_unavailable: ..."
+// (503), the same answer as a job write's. The store's own message goes to
+// the log only: the answer names what was not done, never a value.
+Status StoreUnavailable(const Status& error, std::string_view what) {
+  spdlog::error("account store: {}: {}", what, error.ToString());
+  return UnavailableError("store_unavailable: " + std::string(what) + "; retry");
 }
 
 }  // namespace
@@ -120,7 +131,15 @@ StatusOr<RegisterResponse> Accounts::Register(const RegisterRequest& request) {
     if (!signing.ok()) return Status(signing.status().code(), "KMS: " + signing.status().message());
     out.signing_key = *std::move(signing);
   }
-  RETURN_IF_ERROR(db_->InsertCustomer(record));
+  // One row: stored whole or not at all. The KMS key made above stays with
+  // the KMS, unused (no account names it; docs/format/portal-state.md §6).
+  Status stored = db_->InsertCustomer(record);
+  if (!stored.ok()) {
+    if (stored.code() == StatusCode::kAlreadyExists) return stored;
+    spdlog::warn("registration of customer={} not stored; its KMS key key_id={} is unused",
+                 out.customer_id, out.key.key_id);
+    return StoreUnavailable(stored, "the account was not stored");
+  }
   return out;
 }
 
@@ -159,7 +178,7 @@ StatusOr<LoginResponse> Accounts::Login(const LoginRequest& request) {
   }
   auto customer = db_->FindCustomerByLogin(request.login_id);
   if (!customer.ok() && customer.status().code() != StatusCode::kNotFound) {
-    return customer.status();
+    return StoreUnavailable(customer.status(), "the login could not be checked");
   }
   const std::string& encoded = customer.ok() ? customer->password_hash : dummy_hash_;
   int rc = ARGON2_VERIFY_MISMATCH;
@@ -181,7 +200,9 @@ StatusOr<LoginResponse> Accounts::Login(const LoginRequest& request) {
   WipeBytes(std::span<uint8_t>(reinterpret_cast<uint8_t*>(token.data()), token.size()));
   out.expires_unix = clock_->NowUnixSeconds() + options_.session_ttl_seconds;
   out.customer_id = customer->customer_id;
-  RETURN_IF_ERROR(db_->InsertSession({TokenHash(out.token), out.customer_id, out.expires_unix}));
+  // A session that is not stored is never handed out: the token dies here.
+  Status stored = db_->InsertSession({TokenHash(out.token), out.customer_id, out.expires_unix});
+  if (!stored.ok()) return StoreUnavailable(stored, "the session was not stored");
   return out;
 }
 
@@ -191,7 +212,7 @@ StatusOr<Principal> Accounts::Authenticate(const SecretBytes& token) {
     if (session.status().code() == StatusCode::kNotFound) {
       return UnauthenticatedError("invalid session token");
     }
-    return session.status();
+    return StoreUnavailable(session.status(), "the session could not be checked");
   }
   if (session->expires_unix <= clock_->NowUnixSeconds()) {
     (void)db_->DeleteSession(session->token_sha256_hex);
@@ -200,6 +221,13 @@ StatusOr<Principal> Accounts::Authenticate(const SecretBytes& token) {
   return Principal{session->customer_id};
 }
 
-Status Accounts::Logout(const SecretBytes& token) { return db_->DeleteSession(TokenHash(token)); }
+Status Accounts::Logout(const SecretBytes& token) {
+  Status removed = db_->DeleteSession(TokenHash(token));
+  if (!removed.ok() && removed.code() != StatusCode::kNotFound) {
+    // The session still works: the customer must know it is not ended.
+    return StoreUnavailable(removed, "the session was not ended");
+  }
+  return OkStatus();
+}
 
 }  // namespace vmseal::csp

@@ -7,8 +7,15 @@
 // flavor, host-c does not.
 #include <httplib.h>
 
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
+
 #include <chrono>
+#include <condition_variable>
 #include <functional>
+#include <future>
+#include <mutex>
 #include <thread>
 
 #include <gmock/gmock.h>
@@ -33,6 +40,7 @@
 #include "testing/pg_harness.h"
 #include "testing/s3_harness.h"
 #include "testing/test_util.h"
+#include "tpm/testing/swtpm_harness.h"
 
 namespace vmseal::csp {
 namespace {
@@ -86,7 +94,7 @@ class PoolIntegrationTest : public ::testing::Test {
     ASSERT_OK(kek);
     kek_ = std::move(kek).value();
     auto service = kms::KmsService::Create(
-        {}, kms_store_.get(), kek_.get(),
+        kms_options_, kms_store_.get(), kek_.get(),
         {ReadFileOrDie(kms_dir_ + "/ca.pem"), SecretFile(kms_dir_ + "/ca-key.pem")});
     ASSERT_OK(service);
     kms_service_ = std::move(service).value();
@@ -98,10 +106,13 @@ class PoolIntegrationTest : public ::testing::Test {
     ASSERT_OK(server);
     kms_server_ = std::move(server).value();
     kms::RegisterKmsRoutes(kms_service_.get(), kms_server_.get());
+    ConfigureKmsServer(*kms_server_);
     auto port = kms_server_->Start();
     ASSERT_OK(port);
     kms_port_ = *port;
   }
+  // A fixture's own settings of the KMS's HTTPS server (before it starts).
+  virtual void ConfigureKmsServer(net::HttpsServer& server) { (void)server; }
   std::unique_ptr<net::HttpsClient> KmsClientAs(const std::string& identity) {
     net::HttpsClient::Options o;
     o.port = kms_port_;
@@ -211,8 +222,9 @@ class PoolIntegrationTest : public ::testing::Test {
     return reg;
   }
   // Seals a small raw disk to the customer's verified certificate.
-  std::string SealImage(const std::string& cert_file, const std::string& tenant) {
-    std::string disk(256 << 10, '\0');
+  std::string SealImage(const std::string& cert_file, const std::string& tenant,
+                        size_t disk_bytes = 256 << 10) {
+    std::string disk(disk_bytes, '\0');
     for (size_t i = 0; i < disk.size(); ++i) disk[i] = static_cast<char>(i * 131 % 251);
     WriteFileOrDie(dir_.File("disk.raw"), disk);
     ovf::SealOptions so;
@@ -290,6 +302,7 @@ class PoolIntegrationTest : public ::testing::Test {
 
   TempDir dir_;
   std::string kms_dir_;
+  kms::KmsService::Options kms_options_;
   std::unique_ptr<kms::Store> kms_store_;
   std::unique_ptr<kms::KeyEncryptionKey> kek_;
   std::unique_ptr<kms::KmsService> kms_service_;
@@ -515,7 +528,8 @@ class PortalCrashTest : public PoolIntegrationTest {
   StatusOr<std::unique_ptr<testing::ServerProcess>> StartReplica(
       const std::string& name, const std::vector<std::string>& extra) {
     std::vector<std::string> argv = {
-         VmsealBinary(), "csp", "serve", "--data-dir", dir_.File(name), "--port", "0",
+         VmsealBinary(), "csp", "serve", "--data-dir", dir_.File(name), "--port",
+         std::to_string(portal_fixed_port_),
          "--port-file", dir_.File(name + ".port"), "--tls-cert", dir_.File("portal-server.pem"),
          "--tls-key", dir_.File("portal-server-key.pem"), "--client-ca", kms_dir_ + "/ca.pem",
          "--kms-url", "https://127.0.0.1:" + std::to_string(kms_port_), "--kms-ca",
@@ -556,6 +570,9 @@ class PortalCrashTest : public PoolIntegrationTest {
   }
   std::unique_ptr<testing::ServerProcess> process_;
   int64_t lease_seconds_ = 30;
+  // The port `csp serve` listens on; 0: any free one. Set to the killed
+  // portal's port when processes that keep the URL (hosts) must find it again.
+  int portal_fixed_port_ = 0;
 };
 
 TEST_F(PortalCrashTest, KilledWithAQueuedJobRunsItAfterTheRestart) {
@@ -684,7 +701,12 @@ TEST_F(PortalCrashTest, MalformedRequestsChangeNoStateEvenAcrossARestart) {
   const std::string host_id = job["host_id"];
   auto host = Host(host_id);
   HostPost(*host, "/v1/hosts/jobs/" + job_id + "/progress", {{"phase", "fetching"}});
+  // `customer status` without a job id lists the customer's jobs.
   const json before = Customer({"status"});
+  ASSERT_TRUE(before["jobs"].is_array()) << before.dump();
+  ASSERT_EQ(before["jobs"].size(), 1u) << before.dump();
+  EXPECT_EQ(before["jobs"][0]["job_id"], job_id);
+  EXPECT_EQ(before["jobs"][0]["state"], "fetching");
   auto c = CustomerClient();
   struct Bad {
     std::string path;
@@ -716,6 +738,308 @@ TEST_F(PortalCrashTest, MalformedRequestsChangeNoStateEvenAcrossARestart) {
   EXPECT_EQ(Customer({"status"}), before);
   KillAndRestart();
   EXPECT_EQ(Customer({"status"}), before);
+}
+
+// Crash tests with real hosts (issue 17): two `vmseal host serve` processes,
+// each with its own TPM (swtpm) that the KMS enrolls and attests, launching
+// the job with qemu (tcg; the small raw disk needs no OS: a job is "running"
+// once its qemu runs). The KMS holds each host's key release at its door
+// (an admission hook) so that the portal can be killed while a host is
+// mid-launch, between attestation and release, deterministically.
+class PortalCrashWithRealHostsTest : public PortalCrashTest {
+ protected:
+  void SetUp() override {
+    for (int i = 0; i < 2; ++i) {
+      auto tpm = tpm::testing::Swtpm::Start({.parent_dir = dir_.path()});
+      ASSERT_OK(tpm);
+      kms_options_.ek_ca_bundle_pem += (*tpm)->ca_bundle_pem();
+      tpms_.push_back(*std::move(tpm));
+    }
+    ASSERT_NO_FATAL_FAILURE(PortalCrashTest::SetUp());
+    std::string out;
+    for (const char* h : {"host-1", "host-2"}) {
+      ASSERT_EQ(RunCommand({VmsealBinary(), "kms", "issue-identity", "--dir", kms_dir_, "--role",
+                            "host", "--name", h, "--out", kms_dir_ + "/" + h},
+                           &out, 60),
+                0)
+          << out;
+    }
+    // The hosts check the portal with the one CA file they have (the KMS's
+    // CA): the portal's TLS identity comes from it here.
+    ASSERT_EQ(RunCommand({VmsealBinary(), "kms", "issue-identity", "--dir", kms_dir_, "--role",
+                          "portal", "--name", "127.0.0.1", "--server", "--server-ip", "127.0.0.1",
+                          "--out", dir_.File("portal-server")},
+                         &out, 60),
+              0)
+        << out;
+    WriteFileOrDie(dir_.File("portal-ca.pem"), ReadFileOrDie(kms_dir_ + "/ca.pem"));
+  }
+  void TearDown() override {
+    OpenReleases(/*drop_held=*/true);
+    for (size_t i = 0; i < serve_.size(); ++i) StopHost(static_cast<int>(i));
+    // VMs outlive `host serve`: remove them with their disks.
+    for (int i = 1; i <= 2; ++i) {
+      std::string out;
+      (void)RunCommand({VmsealBinary(), "host", "delete", "--all", "--config", HostConfigPath(i)},
+                       &out, 120);
+    }
+    PortalCrashTest::TearDown();
+  }
+
+  // Releases (POST /v1/hosts/{id}/releases) wait at the KMS's door while
+  // held; once opened, those that waited are answered 503 (`drop_held`) or
+  // go on to the KMS.
+  void ConfigureKmsServer(net::HttpsServer& server) override {
+    server.SetAdmission([this](const net::Request& req) -> Status {
+      if (req.method != "POST" || !req.path.ends_with("/releases")) return OkStatus();
+      std::unique_lock<std::mutex> lock(gate_mu_);
+      const int number = ++releases_seen_;
+      gate_cv_.notify_all();
+      gate_cv_.wait(lock, [this] { return !hold_releases_; });
+      if (number <= drop_up_to_) return UnavailableError("test: the release was dropped");
+      return OkStatus();
+    });
+  }
+  void HoldReleases() {
+    std::lock_guard<std::mutex> lock(gate_mu_);
+    hold_releases_ = true;
+  }
+  void OpenReleases(bool drop_held) {
+    {
+      std::lock_guard<std::mutex> lock(gate_mu_);
+      if (drop_held) drop_up_to_ = releases_seen_;
+      hold_releases_ = false;
+    }
+    gate_cv_.notify_all();
+  }
+  // Waits (bounded) until `n` releases have reached the KMS's door.
+  bool WaitForReleases(int n) {
+    std::unique_lock<std::mutex> lock(gate_mu_);
+    return gate_cv_.wait_for(lock, std::chrono::seconds(40),
+                             [&] { return releases_seen_ >= n; });
+  }
+
+  std::string HostConfigPath(int i) { return dir_.File("host-" + std::to_string(i) + ".json"); }
+  // `vmseal host serve` as host-i, talking to the portal process's port.
+  void StartHost(int i) {
+    const std::string name = "host-" + std::to_string(i);
+    json c = {{"portal_url", PortalUrl()},
+              {"kms_url", "https://127.0.0.1:" + std::to_string(kms_port_)},
+              {"ca_file", kms_dir_ + "/ca.pem"},
+              {"cert_file", kms_dir_ + "/" + name + ".pem"},
+              {"key_file", kms_dir_ + "/" + name + "-key.pem"},
+              {"tpm_tcti", tpms_[i - 1]->tcti()},
+              {"state_dir", dir_.File(name + "-state")},
+              {"image_store_dir", dir_.File(name + "-images")},
+              {"pcr_selection", {0, 7}},
+              {"heartbeat_interval_seconds", 0.5},
+              {"reattest_interval_seconds", 60},
+              {"poll_interval_seconds", 0.2},
+              {"accel", "tcg"},
+              {"overlay_pool", 1},
+              {"capacity", {{"vcpus", 2}, {"memory_mib", 2048}, {"slots", 2}}}};
+    WriteFileOrDie(HostConfigPath(i), c.dump());
+    const std::string bin = VmsealBinary();
+    const std::string config = HostConfigPath(i);
+    const std::string log = dir_.File(name + ".log");
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+    posix_spawn_file_actions_adddup2(&fa, 1, 2);
+    std::vector<char*> argv = {const_cast<char*>(bin.c_str()), const_cast<char*>("host"),
+                               const_cast<char*>("serve"), const_cast<char*>("--config"),
+                               const_cast<char*>(config.c_str()), nullptr};
+    if (serve_.size() < static_cast<size_t>(i)) serve_.resize(i, -1);
+    pid_t pid = -1;
+    ASSERT_EQ(posix_spawn(&pid, bin.c_str(), &fa, nullptr, argv.data(), environ), 0);
+    posix_spawn_file_actions_destroy(&fa);
+    serve_[i - 1] = pid;
+  }
+  void StopHost(int i, int sig = SIGKILL) {
+    pid_t& pid = serve_[i - 1];
+    if (pid <= 0) return;
+    ::kill(pid, sig);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    pid = -1;
+  }
+  // Both hosts enrolled and attested at the KMS (bounded wait); then the
+  // operator makes host-1's PCRs a flavor the default policy accepts (both
+  // swtpms measure alike: both hosts are trusted).
+  void TrustHosts() {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    for (const char* h : {"host-1", "host-2"}) {
+      while (!kms_store_->LatestVerdict(h).ok()) {
+        ASSERT_LT(std::chrono::steady_clock::now(), deadline)
+            << h << " did not attest: " << ReadFileOrDie(dir_.File(std::string(h) + ".log"));
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+    }
+    auto op = KmsClientAs("operator");
+    ASSERT_NE(op, nullptr);
+    ASSERT_OK(op->Post("/v1/flavors/real-boot/from-host/host-1", json::object()));
+    ASSERT_OK(op->Put("/v1/policies/_default",
+                      {{"flavors", {{"anyOf", {"good-boot", "real-boot"}}}},
+                       {"max_evidence_age_seconds", 300}}));
+  }
+  // The KMS audit's release.grant records of `job_id`: (host, attempt).
+  std::vector<std::pair<std::string, int64_t>> ReleaseGrants(const std::string& job_id) {
+    std::vector<std::pair<std::string, int64_t>> out;
+    auto records = kms_store_->ReadAudit(0, 100000);
+    EXPECT_OK(records);
+    if (!records.ok()) return out;
+    for (const kms::AuditRecord& r : *records) {
+      json rec = json::parse(r.record, nullptr, false);
+      if (!rec.is_object() || rec.value("event", "") != "release.grant") continue;
+      const json& d = rec["details"];
+      if (!d.is_object()) continue;
+      if (d.value("job_id", "") != job_id) continue;
+      out.emplace_back(d.value("host_id", ""), d.value("attempt", int64_t{-1}));
+    }
+    return out;
+  }
+  // The VMs `vmseal host vms` lists on host-i.
+  json HostVms(int i) {
+    std::string out;
+    EXPECT_EQ(RunCommand({VmsealBinary(), "host", "vms", "--config", HostConfigPath(i), "--json"},
+                         &out, 60),
+              0)
+        << out;
+    json j = json::parse(out, nullptr, false);
+    return j.is_object() ? j.value("vms", json::array()) : json::array();
+  }
+  // The customer's job once `done` holds (bounded, 60 s).
+  json WaitForJobState(const std::string& job_id, const std::function<bool(const json&)>& done) {
+    json status;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (std::chrono::steady_clock::now() < deadline) {
+      status = Customer({"status", job_id});
+      if (done(status) || status.value("state", "") == "failed") break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    return status;
+  }
+  // kill -9 of the portal, and the same command on the same port and data.
+  void KillAndRestartOnTheSamePort() {
+    portal_fixed_port_ = process_->port();
+    KillAndRestart();
+  }
+
+  std::vector<std::unique_ptr<tpm::testing::Swtpm>> tpms_;
+  std::vector<pid_t> serve_;
+  std::mutex gate_mu_;
+  std::condition_variable gate_cv_;
+  bool hold_releases_ = false;
+  int releases_seen_ = 0;
+  int drop_up_to_ = 0;
+};
+
+// The portal is killed while the host it placed the job on is mid-launch
+// (attested, its release waiting at the KMS); it restarts on the same data.
+// The host carries on: the job runs there, once: one release.grant in the
+// KMS audit (attempt 1), one VM on that host, none on the other.
+TEST_F(PortalCrashWithRealHostsTest, KilledMidLaunchTheRealHostCompletesTheJobOnce) {
+  StartPortalProcess();
+  ASSERT_NO_FATAL_FAILURE(StartHost(1));
+  ASSERT_NO_FATAL_FAILURE(StartHost(2));
+  ASSERT_NO_FATAL_FAILURE(TrustHosts());
+  const std::string image_id = CustomerWithSealedImage();
+  ASSERT_FALSE(image_id.empty());
+  HoldReleases();
+  json job = Customer({"launch", image_id});
+  const std::string job_id = job.value("job_id", "");
+  ASSERT_FALSE(job_id.empty()) << job.dump();
+  ASSERT_TRUE(WaitForReleases(1)) << Customer({"status", job_id}).dump();
+  json status = Customer({"status", job_id});
+  const std::string host = status.value("host_id", "");
+  ASSERT_THAT(host, ::testing::AnyOf("host-1", "host-2")) << status.dump();
+  EXPECT_EQ(status["state"], "attesting") << status.dump();
+
+  KillAndRestartOnTheSamePort();
+  OpenReleases(/*drop_held=*/false);
+  status = WaitForJobState(job_id, [](const json& j) { return j["state"] == "running"; });
+  ASSERT_EQ(status["state"], "running") << status.dump();
+  EXPECT_EQ(status["host_id"], host);
+  EXPECT_EQ(status["attempts"].size(), 1u) << status.dump();
+  const std::string vm_name = status.value("vm_name", "");
+  EXPECT_FALSE(vm_name.empty());
+  // A few more polls and heartbeats of both hosts: nothing moves.
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  status = Customer({"status", job_id});
+  EXPECT_EQ(status["state"], "running");
+  EXPECT_EQ(status["attempts"].size(), 1u);
+  EXPECT_THAT(ReleaseGrants(job_id),
+              ::testing::ElementsAre(std::pair<std::string, int64_t>(host, 1)));
+  const int on = host == "host-1" ? 1 : 2;
+  json vms = HostVms(on);
+  ASSERT_EQ(vms.size(), 1u) << vms.dump();
+  EXPECT_EQ(vms[0]["name"], vm_name);
+  EXPECT_EQ(vms[0]["state"], "running");
+  EXPECT_TRUE(HostVms(3 - on).empty());
+}
+
+// The portal and the host it placed the job on are both killed mid-launch
+// (the host's release never reached the KMS). The restarted portal gives
+// the silent host one lease, then the job goes to the other trusted host,
+// which runs it. The killed host comes back: it runs nothing. One
+// release.grant in the KMS audit, for the second attempt on the other host.
+TEST_F(PortalCrashWithRealHostsTest, PortalAndHostKilledMidLaunchTheJobRunsOnceOnTheOtherHost) {
+  StartPortalProcess(/*lease_seconds=*/3);
+  ASSERT_NO_FATAL_FAILURE(StartHost(1));
+  ASSERT_NO_FATAL_FAILURE(StartHost(2));
+  ASSERT_NO_FATAL_FAILURE(TrustHosts());
+  const std::string image_id = CustomerWithSealedImage();
+  ASSERT_FALSE(image_id.empty());
+  HoldReleases();
+  json job = Customer({"launch", image_id});
+  const std::string job_id = job.value("job_id", "");
+  ASSERT_FALSE(job_id.empty()) << job.dump();
+  ASSERT_TRUE(WaitForReleases(1)) << Customer({"status", job_id}).dump();
+  const std::string first = Customer({"status", job_id}).value("host_id", "");
+  ASSERT_THAT(first, ::testing::AnyOf("host-1", "host-2"));
+  const int dead = first == "host-1" ? 1 : 2;
+  const int live = 3 - dead;
+
+  StopHost(dead, SIGKILL);
+  KillAndRestartOnTheSamePort();
+  OpenReleases(/*drop_held=*/true);  // the dead host's release: never answered
+  json status = WaitForJobState(job_id, [&](const json& j) {
+    return j["state"] == "running" && j["host_id"] != first;
+  });
+  ASSERT_EQ(status["state"], "running") << status.dump();
+  const std::string second = "host-" + std::to_string(live);
+  EXPECT_EQ(status["host_id"], second);
+  ASSERT_EQ(status["attempts"].size(), 2u) << status.dump();
+  EXPECT_EQ(status["attempts"][0]["reason"], "host_lost");
+  EXPECT_THAT(status["attempts"][0]["refusal"].get<std::string>(), HasSubstr("lease expired"));
+
+  // The killed host comes back (same TPM, same state): once it has
+  // registered again and polled a few times, it has been told nothing to
+  // run, and runs nothing.
+  const std::string dead_log = dir_.File("host-" + std::to_string(dead) + ".log");
+  const size_t log_before = ReadFileOrDie(dead_log).size();
+  ASSERT_NO_FATAL_FAILURE(StartHost(dead));
+  for (auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);;) {
+    if (ReadFileOrDie(dead_log).find("host registered with the portal", log_before) !=
+        std::string::npos) {
+      break;
+    }
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << ReadFileOrDie(dead_log);
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  std::this_thread::sleep_for(std::chrono::seconds(1));  // 5 polls
+  EXPECT_EQ(ReadFileOrDie(dead_log).find("job " + job_id, log_before), std::string::npos)
+      << ReadFileOrDie(dead_log).substr(log_before);
+  status = Customer({"status", job_id});
+  EXPECT_EQ(status["state"], "running");
+  EXPECT_EQ(status["host_id"], second);
+  EXPECT_EQ(status["attempts"].size(), 2u);
+  EXPECT_THAT(ReleaseGrants(job_id),
+              ::testing::ElementsAre(std::pair<std::string, int64_t>(second, 2)));
+  json vms = HostVms(live);
+  ASSERT_EQ(vms.size(), 1u) << vms.dump();
+  EXPECT_EQ(vms[0]["name"], status["vm_name"]);
+  EXPECT_TRUE(HostVms(dead).empty()) << HostVms(dead).dump();
 }
 
 // Two portal replicas on one PostgreSQL and one S3 store (issue 17): the
@@ -815,6 +1139,46 @@ TEST_F(PortalReplicaTest, AQueuedJobIsPlacedOnceWhileBothReplicasTick) {
   EXPECT_EQ(given, 1);
 }
 
+// The database goes away under two replicas while a host holds a job: once
+// the lease needs renewing, the host's poll answers 503 store_unavailable
+// naming the job (the host learns the portal holds no renewed lease for it,
+// instead of a poll that looks fine), and /metrics counts the failures.
+TEST_F(PortalReplicaTest, AHostWhoseLeaseCannotBeRenewedIsToldSoAndItIsCounted) {
+  lease_seconds_ = 4;
+  StartReplicas();
+  const std::string image_id = CustomerWithSealedImage();
+  RegisterHosts();
+  json job = Customer({"launch", image_id});
+  ASSERT_EQ(job["state"], "placed") << job.dump();
+  const std::string job_id = job["job_id"];
+  auto host = Host(job["host_id"].get<std::string>());
+  HostPost(*host, "/v1/hosts/jobs/" + job_id + "/progress", {{"phase", "fetching"}});
+  pg_.reset();  // PostgreSQL stopped by pid: both replicas lose it
+  int poll_status = 0;
+  std::string poll_body;
+  for (auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+       std::chrono::steady_clock::now() < deadline;) {
+    auto poll = host->Get("/v1/hosts/jobs");
+    ASSERT_TRUE(poll);
+    poll_status = poll->status;
+    poll_body = poll->body;
+    if (poll_status != 200) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  EXPECT_EQ(poll_status, 503) << poll_body;
+  json err = json::parse(poll_body, nullptr, false);
+  EXPECT_EQ(err["error"]["reason"], "store_unavailable") << poll_body;
+  EXPECT_THAT(poll_body, HasSubstr(job_id));
+  EXPECT_THAT(poll_body, HasSubstr("not renewed"));
+  auto metrics = host->Get("/metrics");
+  ASSERT_TRUE(metrics);
+  ASSERT_EQ(metrics->status, 200);
+  const std::string name = "\nvmseal_portal_lease_renewal_failures_total ";
+  const size_t at = metrics->body.find(name);
+  ASSERT_NE(at, std::string::npos) << metrics->body;
+  EXPECT_GE(std::stoll(metrics->body.substr(at + name.size())), 1) << metrics->body;
+}
+
 // An upload begun on replica A (then killed) resumes and commits on replica
 // B: the staging lives in the shared store, not in A's data directory.
 class PortalReplicaUploadTest : public PortalReplicaTest,
@@ -875,6 +1239,91 @@ TEST_P(PortalReplicaUploadTest, AnUploadBegunOnOneReplicaResumesAndCommitsOnTheO
   auto got = b->Get("/v1/images/" + image_id + "/package", Bearer());
   ASSERT_TRUE(got);
   ASSERT_EQ(got->status, 200);
+  EXPECT_EQ(crypto::HexEncode(crypto::Sha256(got->body)), sha256);
+}
+
+// Two appends to one upload at the same instant through two replicas (S3
+// staging, one PostgreSQL): replica A is receiving a PUT's body (half sent,
+// the rest held back by the client) when another PUT at the upload's next
+// offset reaches replica B. B answers 409 busy and keeps nothing; A's PUT
+// completes, and the committed package is A's bytes exactly.
+TEST_F(PortalReplicaTest, TwoAppendsAtTheSameInstantThroughTwoReplicasDoNotInterleave) {
+  StartReplicas();
+  json reg = SignUp();
+  customer_id_ = reg.value("customer_id", "");
+  json cert = Customer({"fetch-cert", "--kms-ca", kms_dir_ + "/ca.pem", "--out",
+                        dir_.File("customer.crt")});
+  ASSERT_EQ(cert["verified"], true);
+  // Over the server's 4 MiB body piece: the first piece is appended while
+  // the client holds the rest back.
+  const std::string package =
+      ReadFileOrDie(SealImage(dir_.File("customer.crt"), customer_id_, 6 << 20));
+  const std::string sha256 = crypto::HexEncode(crypto::Sha256(package));
+  const size_t half = (9 << 20) / 2;
+  ASSERT_GT(package.size(), half);
+  auto a = CustomerClient();
+  auto begin = a->Post("/v1/uploads", Bearer(), "", "application/json");
+  ASSERT_TRUE(begin);
+  ASSERT_EQ(begin->status, 201) << begin->body;
+  const std::string upload_id = json::parse(begin->body).value("upload_id", "");
+  const std::string path = "/v1/uploads/" + upload_id;
+
+  // A's PUT: 4.5 MiB, then nothing until B has had its answer.
+  std::mutex mu;
+  std::condition_variable cv;
+  bool b_answered = false;
+  auto a_client = CustomerClient();
+  a_client->set_read_timeout(60, 0);
+  a_client->set_write_timeout(60, 0);
+  auto a_put = std::async(std::launch::async, [&] {
+    return a_client->Put(
+        path + "?offset=0", Bearer(), package.size(),
+        [&](size_t offset, size_t, httplib::DataSink& sink) {
+          if (offset == 0) return sink.write(package.data(), half);
+          std::unique_lock<std::mutex> lock(mu);
+          if (!cv.wait_for(lock, std::chrono::seconds(30), [&] { return b_answered; })) return false;
+          return sink.write(package.data() + offset, package.size() - offset);
+        },
+        "application/octet-stream");
+  });
+  // Replica A has appended the first piece (bounded wait).
+  uint64_t seen = 0;
+  for (auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+       seen == 0 && std::chrono::steady_clock::now() < deadline;) {
+    auto state = a->Get(path, Bearer());
+    if (state && state->status == 200) seen = json::parse(state->body).value("offset_bytes", 0ull);
+    if (seen == 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_GT(seen, 0u);
+  // B's PUT, at the offset the upload now expects, with other bytes.
+  customer_on_b_ = true;
+  auto b = CustomerClient();
+  const std::string intruder(4096, 'x');
+  auto b_put = b->Put(path + "?offset=" + std::to_string(seen), Bearer(), intruder,
+                      "application/octet-stream");
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    b_answered = true;
+  }
+  cv.notify_all();
+  ASSERT_TRUE(b_put);
+  EXPECT_EQ(b_put->status, 409) << b_put->body;
+  EXPECT_THAT(b_put->body, HasSubstr("busy"));
+  auto a_result = a_put.get();
+  ASSERT_TRUE(a_result);
+  ASSERT_EQ(a_result->status, 200) << a_result->body;
+  EXPECT_EQ(json::parse(a_result->body)["offset_bytes"], package.size());
+
+  auto commit = b->Post(path + "/commit", Bearer(),
+                        json{{"name", "not-interleaved"}, {"sha256", sha256}}.dump(),
+                        "application/json");
+  ASSERT_TRUE(commit);
+  ASSERT_EQ(commit->status / 100, 2) << commit->body;
+  const std::string image_id = json::parse(commit->body).value("image_id", "");
+  auto got = b->Get("/v1/images/" + image_id + "/package", Bearer());
+  ASSERT_TRUE(got);
+  ASSERT_EQ(got->status, 200);
+  EXPECT_EQ(got->body.size(), package.size());
   EXPECT_EQ(crypto::HexEncode(crypto::Sha256(got->body)), sha256);
 }
 

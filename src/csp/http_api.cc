@@ -202,8 +202,10 @@ StatusOr<net::FileResponse> FileAnswer(std::shared_ptr<RandomAccessFile> file, s
 // hands over (each append is fsynced, so pieces are large).
 class UploadSink : public net::BodySink {
  public:
-  UploadSink(ImageService* images, Principal who, std::string upload_id, uint64_t offset)
-      : images_(images), who_(std::move(who)), id_(std::move(upload_id)), offset_(offset) {}
+  UploadSink(ImageService* images, Principal who, std::string upload_id, uint64_t offset,
+             UploadHold hold)
+      : images_(images), who_(std::move(who)), id_(std::move(upload_id)), offset_(offset),
+        hold_(std::move(hold)) {}
   Status Write(std::string_view bytes) override {
     store::StringReader r(bytes);
     ASSIGN_OR_RETURN(UploadState s, images_->AppendUpload(who_, id_, offset_, r));
@@ -220,6 +222,9 @@ class UploadSink : public net::BodySink {
   const Principal who_;
   const std::string id_;
   uint64_t offset_;
+  // The upload is this request's until the sink goes: another replica's
+  // append at the same instant is busy, not interleaved.
+  UploadHold hold_;
 };
 
 // The live status of one job for the console (docs/console.md "VMs"):
@@ -507,9 +512,11 @@ void RegisterPortalRoutes(net::HttpsServer& server, const PortalServices& svc) {
     char* end = nullptr;
     const uint64_t offset = std::strtoull(off.c_str(), &end, 10);
     if (off.empty() || *end != '\0') return InvalidArgumentError("offset query parameter is required");
-    // Checked before any byte is read: the upload is this customer's.
-    RETURN_IF_ERROR(svc.images->GetUpload(p, req.path_params[0]).status());
-    return std::unique_ptr<net::BodySink>(new UploadSink(svc.images, p, req.path_params[0], offset));
+    // Checked before any byte is read: the upload is this customer's, and
+    // no other replica is appending to it.
+    ASSIGN_OR_RETURN(UploadHold hold, svc.images->HoldUpload(p, req.path_params[0]));
+    return std::unique_ptr<net::BodySink>(
+        new UploadSink(svc.images, p, req.path_params[0], offset, std::move(hold)));
   }, std::numeric_limits<uint64_t>::max());
   server.Json("POST", R"(/v1/uploads/([0-9a-f]{32})/commit)", [svc, who](const net::Request& req) -> StatusOr<json> {
     ASSIGN_OR_RETURN(Principal p, who(req));
@@ -770,8 +777,11 @@ void RegisterPortalRoutes(net::HttpsServer& server, const PortalServices& svc) {
   });
   server.Json("GET", "/v1/hosts/jobs", [svc](const net::Request& req) -> StatusOr<json> {
     ASSIGN_OR_RETURN(std::string host, HostIdentity(req));
+    // A lease the portal could not renew is an error the host sees (503
+    // store_unavailable), not a poll that looks fine.
+    ASSIGN_OR_RETURN(std::vector<Job> pending, svc.jobs->PollJobs(host));
     json jobs = json::array();
-    for (const auto& j : svc.jobs->PendingJobs(host)) jobs.push_back(ToJson(j, true));
+    for (const auto& j : pending) jobs.push_back(ToJson(j, true));
     json vms = json::array();
     for (const HostVmCommand& c : svc.jobs->VmCommands(host)) {
       vms.push_back({{"job_id", c.job_id}, {"vm_name", c.vm_name}, {"action", c.action}});

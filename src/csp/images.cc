@@ -170,16 +170,51 @@ StatusOr<UploadState> ImageService::GetUpload(const Principal& who, const std::s
   return ToState(s);
 }
 
+UploadHold& UploadHold::operator=(UploadHold&& other) noexcept {
+  if (this != &other) {
+    Release();
+    db_ = std::exchange(other.db_, nullptr);
+    id_ = std::move(other.id_);
+  }
+  return *this;
+}
+
+UploadHold::~UploadHold() { Release(); }
+
+void UploadHold::Release() {
+  if (db_ == nullptr) return;
+  Status s = db_->UnlockUpload(id_);
+  // A connection that broke took the lock with it: nothing is left held.
+  if (!s.ok()) spdlog::warn("upload {}: releasing its lock: {}", id_, s.ToString());
+  db_ = nullptr;
+}
+
+StatusOr<UploadHold> ImageService::HoldUpload(const Principal& who, const std::string& upload_id) {
+  RETURN_IF_ERROR(OwnedUpload(who, upload_id).status());
+  auto taken = db_->TryLockUpload(upload_id);
+  if (!taken.ok()) {
+    spdlog::error("upload {}: cannot take its lock: {}", upload_id, taken.status().ToString());
+    return UnavailableError("store_unavailable: the upload cannot be locked; retry");
+  }
+  if (!*taken) {
+    return AbortedError(
+        "upload session is busy: another portal replica is appending to it or committing it; "
+        "retry");
+  }
+  return UploadHold(db_, upload_id);
+}
+
 StatusOr<UploadState> ImageService::AppendUpload(const Principal& who,
                                                  const std::string& upload_id,
                                                  uint64_t offset_bytes, store::Reader& data) {
-  RETURN_IF_ERROR(OwnedUpload(who, upload_id).status());
+  ASSIGN_OR_RETURN(UploadHold hold, HoldUpload(who, upload_id));
   ASSIGN_OR_RETURN(auto s, uploads_->Append(upload_id, offset_bytes, data));
   return ToState(s);
 }
 
 StatusOr<ImageInfo> ImageService::CommitUpload(const Principal& who,
                                                const CommitUploadRequest& request) {
+  ASSIGN_OR_RETURN(UploadHold hold, HoldUpload(who, request.upload_id));
   ASSIGN_OR_RETURN(auto session, OwnedUpload(who, request.upload_id));
   RETURN_IF_ERROR(CheckName(request.name));
   ASSIGN_OR_RETURN(auto images, db_->ListImages(who.customer_id));

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "csp/accounts.h"
@@ -59,6 +60,26 @@ struct CommitUploadRequest {
   ReleasePolicy policy;
 };
 
+// One request's hold on an upload session across portal replicas
+// (PortalDb::TryLockUpload); released when destroyed. Move-only.
+class UploadHold {
+ public:
+  UploadHold() = default;
+  UploadHold(UploadHold&& other) noexcept
+      : db_(std::exchange(other.db_, nullptr)), id_(std::move(other.id_)) {}
+  UploadHold& operator=(UploadHold&& other) noexcept;
+  UploadHold(const UploadHold&) = delete;
+  UploadHold& operator=(const UploadHold&) = delete;
+  ~UploadHold();
+
+ private:
+  friend class ImageService;
+  UploadHold(PortalDb* db, std::string id) : db_(db), id_(std::move(id)) {}
+  void Release();
+  PortalDb* db_ = nullptr;
+  std::string id_;
+};
+
 // Thread-safe.
 class ImageService {
  public:
@@ -86,11 +107,21 @@ class ImageService {
   StatusOr<UploadState> BeginUpload(const Principal& who, const BeginUploadRequest& request);
   // The upload's state (after a broken connection, to resume).
   StatusOr<UploadState> GetUpload(const Principal& who, const std::string& upload_id);
-  // Appends `data` at `offset_bytes` (see UploadSessions::Append).
+  // Holds the upload for one request (an HTTP PUT whose body arrives in
+  // pieces, each an AppendUpload): while held, an append or commit of the
+  // same upload through another portal replica is ABORTED "upload session is
+  // busy: ..." (409), so two appends at the same instant through two
+  // replicas cannot interleave. NOT_FOUND as GetUpload; UNAVAILABLE
+  // "store_unavailable: ..." when the database cannot be asked. Within one
+  // replica, store::UploadSessions serialises the calls themselves.
+  StatusOr<UploadHold> HoldUpload(const Principal& who, const std::string& upload_id);
+  // Appends `data` at `offset_bytes` (see UploadSessions::Append), holding
+  // the upload for the call (HoldUpload).
   StatusOr<UploadState> AppendUpload(const Principal& who, const std::string& upload_id,
                                      uint64_t offset_bytes, store::Reader& data);
-  // Verifies the package and lists it as an image. A package that fails
-  // verification is dropped with the verifier's error.
+  // Verifies the package and lists it as an image, holding the upload for
+  // the call (HoldUpload). A package that fails verification is dropped
+  // with the verifier's error.
   StatusOr<ImageInfo> CommitUpload(const Principal& who, const CommitUploadRequest& request);
   // Begin + Append + Commit in one call (a non-resumable stream).
   StatusOr<ImageInfo> Upload(const Principal& who, CommitUploadRequest request,

@@ -1086,22 +1086,64 @@ StatusOr<Job> JobManager::GetAnyJobLocked(const std::string& job_id) const {
 }
 
 std::vector<Job> JobManager::PendingJobs(const std::string& host_id) {
+  auto jobs = PollJobs(host_id);
+  return jobs.ok() ? *std::move(jobs) : std::vector<Job>{};
+}
+
+StatusOr<std::vector<Job>> JobManager::PollJobs(const std::string& host_id) {
   std::lock_guard<std::mutex> lock(mu_);
   SyncLocked();
   std::vector<Job> out;
+  Status failed;
   const int64_t now = clock_->NowUnixSeconds();
   for (const std::string& id : ActiveIdsLocked()) {
     Job& job = jobs_.at(id);
     if (job.host_id != host_id || host_id.empty() || !OnHost(job.state)) continue;
     // The host's poll renews its leases (written at most every half lease).
     if (job.lease_expires_unix - now < options_.lease_seconds / 2) {
-      KeepLocked(job);
-      RenewLeaseLocked(job);
-      SaveLocked(job);
+      Status renewed = RenewLeaseWriteLocked(job, now + options_.lease_seconds, "poll");
+      if (!renewed.ok() && failed.ok()) {
+        // The detail (the store's error) is in the log, not in the answer.
+        failed = renewed.code() == StatusCode::kAborted
+                     ? AbortedError("conflict: the lease of job " + id +
+                                    " changed on another portal replica meanwhile; retry")
+                     : UnavailableError("store_unavailable: the lease of job " + id +
+                                        " on this host was not renewed; retry");
+      }
     }
-    if (job.state == JobState::kPlaced) out.push_back(job);
+    if (job.host_id == host_id && job.state == JobState::kPlaced) out.push_back(job);
   }
+  if (!failed.ok()) return failed;
   return out;
+}
+
+Status JobManager::RenewLeaseWriteLocked(Job& job, int64_t expires_unix, std::string_view why) {
+  const std::string host_id = job.host_id;
+  const size_t attempts = job.attempts.size();
+  Status last;
+  for (int i = 0; i < 2; ++i) {
+    // Re-read after a lost write: another replica may have moved the job
+    // on, or renewed the lease itself.
+    if (job.host_id != host_id || job.attempts.size() != attempts || !OnHost(job.state) ||
+        job.lease_expires_unix >= expires_unix) {
+      return OkStatus();
+    }
+    // The renewal's own outcome, kept out of the calling operation's flags.
+    ConflictFlagScope scope;
+    t_write_conflict = false;
+    t_write_error = OkStatus();
+    KeepLocked(job);
+    job.lease_expires_unix = expires_unix;
+    if (SaveLocked(job)) return OkStatus();
+    last = t_write_conflict ? AbortedError("conflict: another replica wrote the job first")
+           : !t_write_error.ok() ? t_write_error
+                                 : InternalError("the lease write was not stored");
+  }
+  lease_renewal_failures_.fetch_add(1, std::memory_order_relaxed);
+  spdlog::error("lease not renewed job={} host={} ({}): {}; the lease stays what the store holds "
+                "(expires_unix={})",
+                job.job_id, host_id, why, last.ToString(), job.lease_expires_unix);
+  return last;
 }
 
 StatusOr<Job> JobManager::ReportProgressLocked(const std::string& host_id,
@@ -1178,9 +1220,10 @@ void JobManager::Tick() {
       if (host.ok() && host->in_pool &&
           host->last_heartbeat_unix + options_.lease_seconds > job.lease_expires_unix &&
           job.lease_expires_unix - now < options_.lease_seconds / 2) {
-        KeepLocked(job);
-        job.lease_expires_unix = host->last_heartbeat_unix + options_.lease_seconds;
-        SaveLocked(job);
+        // A failed write is logged and counted, and tried again at the
+        // next Tick; the lease stays what the store holds meanwhile.
+        (void)RenewLeaseWriteLocked(job, host->last_heartbeat_unix + options_.lease_seconds,
+                                    "heartbeat");
       }
       if (job.lease_expires_unix < now) {
         KeepLocked(job);

@@ -16,6 +16,7 @@
 #ifndef VMSEAL_CSP_JOBS_H_
 #define VMSEAL_CSP_JOBS_H_
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -23,6 +24,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "csp/accounts.h"
@@ -258,7 +260,24 @@ class JobManager {
 
   // Host side; `host_id` is the caller's mTLS identity. Jobs of another host
   // are NOT_FOUND.
+  //
+  // The host's poll: its jobs waiting to be launched (placed). The poll
+  // renews the lease of every job on the host (written at most every half
+  // lease). A renewal whose write fails is tried once more at once; if that
+  // fails too it is logged, counted (LeaseRenewalFailures) and the poll
+  // answers UNAVAILABLE "store_unavailable: ..." naming the job: the host
+  // learns that the portal holds no renewed lease for it (the lease stays
+  // what the store holds, and expires from there unless a later poll,
+  // heartbeat or progress report renews it).
+  StatusOr<std::vector<Job>> PollJobs(const std::string& host_id);
+  // PollJobs for callers that only look at the jobs (tests): empty when the
+  // poll failed (the failure is still logged and counted).
   std::vector<Job> PendingJobs(const std::string& host_id);
+  // Lease renewals (host polls and heartbeats) whose store write failed,
+  // since start: /metrics vmseal_portal_lease_renewal_failures_total.
+  uint64_t LeaseRenewalFailures() const {
+    return lease_renewal_failures_.load(std::memory_order_relaxed);
+  }
   StatusOr<Job> ReportProgress(const std::string& host_id, const ProgressReport& report);
   StatusOr<Job> ReportRefusal(const std::string& host_id, const RefusalReport& report);
 
@@ -394,6 +413,12 @@ class JobManager {
   bool ClaimLocked(Job& job);
   // Extends the job's lease to now + lease_seconds.
   void RenewLeaseLocked(Job& job);
+  // Writes a renewed lease (`expires_unix`) of `job`, trying once more when
+  // the first write fails or loses to another replica's (re-read: only if
+  // the job is still on the same host and run). OK when written or no
+  // longer needed; otherwise the job is as the store holds it, the failure
+  // is logged and counted, and the error is returned.
+  Status RenewLeaseWriteLocked(Job& job, int64_t expires_unix, std::string_view why);
   void FailLocked(Job& job, const std::string& reason);
   // The VM ended: stopped (or deleted when the customer wants that), slot
   // freed.
@@ -427,6 +452,7 @@ class JobManager {
   // Slots held by placements waiting for their KMS grant (host -> count),
   // counted in LoadLocked so that two placements cannot take one last slot.
   std::map<std::string, uint32_t> reserved_;
+  std::atomic<uint64_t> lease_renewal_failures_{0};
 };
 
 }  // namespace vmseal::csp

@@ -214,6 +214,42 @@ StatusOr<std::unique_ptr<PgPortalDb>> PgPortalDb::Open(const std::string& url) {
 
 PgPortalDb::~PgPortalDb() { PQfinish(conn_); }
 
+namespace {
+// Advisory locks of upload sessions: the two-key form (its key space is apart
+// from the one-key locks of job writes and migrations), class "vup1", object
+// the first 32 bits of the upload id (32 hex digits). Two uploads whose ids
+// share them make each other busy now and then; nothing worse.
+constexpr int64_t kUploadLockClass = 0x76757031;
+StatusOr<int64_t> UploadLockKey(const std::string& upload_id) {
+  if (upload_id.size() < 8) return InvalidArgumentError("bad upload id");
+  uint32_t key = 0;
+  for (size_t i = 0; i < 8; ++i) {
+    const char c = upload_id[i];
+    const int v = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+    if (v < 0) return InvalidArgumentError("bad upload id");
+    key = key << 4 | static_cast<uint32_t>(v);
+  }
+  return static_cast<int64_t>(static_cast<int32_t>(key));
+}
+}  // namespace
+
+StatusOr<bool> PgPortalDb::TryLockUpload(const std::string& upload_id) {
+  ASSIGN_OR_RETURN(int64_t key, UploadLockKey(upload_id));
+  std::lock_guard<std::mutex> lock(mu_);
+  ASSIGN_OR_RETURN(Rows rows, Run(conn_, "SELECT pg_try_advisory_lock($1::int, $2::int)",
+                                  {kUploadLockClass, key}));
+  return rows.size() == 1 && !rows[0].empty() && rows[0][0] == "t";
+}
+
+Status PgPortalDb::UnlockUpload(const std::string& upload_id) {
+  ASSIGN_OR_RETURN(int64_t key, UploadLockKey(upload_id));
+  std::lock_guard<std::mutex> lock(mu_);
+  // False (not held) when the connection was reset meanwhile: the lock went
+  // with the old session.
+  return Run(conn_, "SELECT pg_advisory_unlock($1::int, $2::int)", {kUploadLockClass, key})
+      .status();
+}
+
 Status PgPortalDb::InsertCustomer(const CustomerRecord& r) {
   std::lock_guard<std::mutex> lock(mu_);
   Status s = Run(conn_,

@@ -36,6 +36,10 @@ class PgPortalDb final : public PortalStore {
                                   const std::string& image_id) override;
   StatusOr<std::vector<ImageRecord>> ListImages(const std::string& customer_id) override;
   Status DeleteImage(const std::string& customer_id, const std::string& image_id) override;
+  // A session-level advisory lock (pg_try_advisory_lock) on this
+  // connection, keyed by the upload id.
+  StatusOr<bool> TryLockUpload(const std::string& upload_id) override;
+  Status UnlockUpload(const std::string& upload_id) override;
 
   StatusOr<int64_t> PutJob(const StoredJob& job) override;
   StatusOr<std::vector<StoredJob>> LoadJobsSince(int64_t seq) override;

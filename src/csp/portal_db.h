@@ -76,6 +76,23 @@ class PortalDb {
   virtual StatusOr<std::vector<ImageRecord>> ListImages(const std::string& customer_id) = 0;
   // NOT_FOUND unless the image exists AND belongs to `customer_id`.
   virtual Status DeleteImage(const std::string& customer_id, const std::string& image_id) = 0;
+
+  // The cross-replica lock of one upload session (docs/format/portal-state.md
+  // §1): while this handle holds it, no other handle on the same database
+  // (another replica) takes it. True when taken, false when another holds it
+  // (never waits). Taking it again through the same handle succeeds and
+  // stacks: each TryLockUpload that answered true needs one UnlockUpload.
+  // Released as well when the handle's connection ends (the replica died).
+  // The default, for a database one replica uses alone (SQLite): always
+  // taken; that replica's own calls are serialised by store::UploadSessions.
+  virtual StatusOr<bool> TryLockUpload(const std::string& upload_id) {
+    (void)upload_id;
+    return true;
+  }
+  virtual Status UnlockUpload(const std::string& upload_id) {
+    (void)upload_id;
+    return OkStatus();
+  }
 };
 
 }  // namespace vmseal::csp

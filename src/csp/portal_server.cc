@@ -232,8 +232,14 @@ StatusOr<std::unique_ptr<PortalServer>> PortalServer::Create(Options options,
     }
   });
   impl->http->GetText("/metrics", [i = impl.get()](const net::Request&) -> StatusOr<net::TextResponse> {
-    return net::TextResponse{i->guard->RenderMetrics() +
-                             net::RenderFrontEndMetrics(i->http->stats(), "vmseal_portal")};
+    return net::TextResponse{
+        i->guard->RenderMetrics() +
+        "# HELP vmseal_portal_lease_renewal_failures_total Job lease renewals whose store "
+        "write failed twice.\n"
+        "# TYPE vmseal_portal_lease_renewal_failures_total counter\n"
+        "vmseal_portal_lease_renewal_failures_total " +
+        std::to_string(i->jobs->LeaseRenewalFailures()) + "\n" +
+        net::RenderFrontEndMetrics(i->http->stats(), "vmseal_portal")};
   });
   impl->options = std::move(options);
   PortalServices svc;

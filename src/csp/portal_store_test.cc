@@ -16,6 +16,7 @@
 #include "crypto/primitives.h"
 #include "csp/internal/test_doubles.h"
 #include "csp/jobs.h"
+#include "csp/lifecycle.h"
 #include "csp/pg_db.h"
 #include "csp/sqlite_db.h"
 #include "store/fs_store.h"
@@ -260,6 +261,196 @@ TEST_P(PortalStoreTest, AStoreWriteErrorFailsTheCallAndChangesNothingInMemory) {
   }
 }
 
+// A lease renewal whose write fails is not dropped: it is tried again (the
+// next poll or Tick), logged, counted, and the host's poll answers
+// UNAVAILABLE store_unavailable naming the job, instead of a poll that looks
+// fine while the store holds the old lease. Nothing in memory runs ahead of
+// the store: the lease stays what the store holds.
+TEST_P(PortalStoreTest, AFailedLeaseRenewalIsCountedAndTheHostsPollFails) {
+  Replica a, b;
+  StartReplica(a);
+  StartReplica(b);
+  ASSERT_OK(a.hosts->Register({"h1", 2, {}}));
+  kms_.SetEligibility("h1", true, "ok");
+  auto job = a.jobs->Launch(alice_, {image_id_});
+  ASSERT_OK(job);
+  ASSERT_EQ(job->state, JobState::kPlaced);
+  ASSERT_OK(a.jobs->ReportProgress("h1", {job->job_id, JobState::kFetching}));
+  const int64_t lease_before = a.jobs->GetAnyJob(job->job_id)->lease_expires_unix;
+  ASSERT_EQ(lease_before, clock_.NowUnixSeconds() + 10);
+  auto seen_by_b = b.jobs->GetAnyJob(job->job_id);  // B has read the job
+  ASSERT_OK(seen_by_b);
+  ASSERT_EQ(seen_by_b->lease_expires_unix, lease_before);
+  // Past half the lease: the next poll or heartbeat renews it.
+  clock_.AdvanceSeconds(6);
+  ASSERT_OK(a.hosts->Heartbeat("h1"));
+  EXPECT_EQ(a.jobs->LeaseRenewalFailures(), 0u);
+  {
+    StoreFault fault(pg_.get(), &pg_);
+    a.jobs->Tick();  // the heartbeat's renewal: not written
+    EXPECT_EQ(a.jobs->LeaseRenewalFailures(), 1u);
+    auto poll = a.jobs->PollJobs("h1");
+    EXPECT_EQ(poll.status().code(), StatusCode::kUnavailable);
+    EXPECT_THAT(poll.status().message(), HasSubstr("store_unavailable"));
+    EXPECT_THAT(poll.status().message(), HasSubstr(job->job_id));
+    EXPECT_THAT(poll.status().message(), HasSubstr("not renewed"));
+    EXPECT_EQ(a.jobs->LeaseRenewalFailures(), 2u);
+    // The lease is what the store holds, on this replica and the other.
+    auto on_a = a.jobs->GetAnyJob(job->job_id);
+    ASSERT_OK(on_a);
+    EXPECT_EQ(on_a->lease_expires_unix, lease_before);
+    auto on_b = b.jobs->GetAnyJob(job->job_id);
+    ASSERT_OK(on_b);
+    EXPECT_EQ(on_b->lease_expires_unix, lease_before);
+    // The caller's other calls are not poisoned by the renewal's failure.
+    EXPECT_OK(a.jobs->GetJob(alice_, job->job_id));
+  }
+  if (GetParam() == "sqlite") {
+    // The store is back: the next poll renews, and the other replica sees it.
+    auto poll = a.jobs->PollJobs("h1");
+    ASSERT_OK(poll);
+    EXPECT_TRUE(poll->empty());  // fetching: not pending again
+    EXPECT_EQ(a.jobs->GetAnyJob(job->job_id)->lease_expires_unix, clock_.NowUnixSeconds() + 10);
+    EXPECT_EQ(b.jobs->GetAnyJob(job->job_id)->lease_expires_unix, clock_.NowUnixSeconds() + 10);
+    EXPECT_EQ(a.jobs->LeaseRenewalFailures(), 2u);
+  }
+}
+
+// The fake KMS, plus what these tests need of it: the customer id of the
+// last key it made, and close_account requests accepted as signed.
+class RelayKms final : public KmsClient {
+ public:
+  explicit RelayKms(FakeKmsClient* inner) : inner_(inner) {}
+  StatusOr<CustomerKey> CreateCustomerKey(const std::string& customer_id,
+                                          const std::string& algorithm) override {
+    last_customer_id_ = customer_id;
+    return inner_->CreateCustomerKey(customer_id, algorithm);
+  }
+  StatusOr<std::vector<HostEligibility>> CheckPlacement(
+      const std::string& customer_id, const std::string& image_id,
+      const std::vector<std::string>& host_ids) override {
+    return inner_->CheckPlacement(customer_id, image_id, host_ids);
+  }
+  Status RegisterImage(const std::string& tenant, const std::string& image_id,
+                       const std::string& key_id,
+                       const ovf::SignedPackageTexts& signed_texts) override {
+    return inner_->RegisterImage(tenant, image_id, key_id, signed_texts);
+  }
+  Status CreateGrant(const LaunchGrant& grant) override { return inner_->CreateGrant(grant); }
+  StatusOr<nlohmann::json> LifecycleRequest(const std::string& tenant, const std::string&,
+                                            const crypto::Bytes&) override {
+    ++lifecycle_requests_;
+    return nlohmann::json{{"kind", "customer"}, {"subject", tenant}};
+  }
+  std::string CaCertificatePem() const override { return inner_->CaCertificatePem(); }
+  const std::string& last_customer_id() const { return last_customer_id_; }
+  int lifecycle_requests() const { return lifecycle_requests_; }
+
+ private:
+  FakeKmsClient* const inner_;
+  std::string last_customer_id_;
+  int lifecycle_requests_ = 0;
+};
+
+// Account writes (registration, login sessions, logout) while the store
+// refuses writes: each answers UNAVAILABLE "store_unavailable" (503), hands
+// out nothing (no login id, password or token in the answer), stores
+// nothing, and goes through once the store is back. (The portal has no
+// password change; close_account is the next test.)
+TEST_P(PortalStoreTest, AccountWritesUnderAStoreFaultAnswerStoreUnavailableAndChangeNothing) {
+  RelayKms kms(&kms_);
+  Accounts::Options ao;
+  ao.argon2_t_cost = 1;
+  ao.argon2_m_cost_kib = 64;
+  auto acc = Accounts::Create(ao, db_.get(), &clock_, &kms);
+  ASSERT_OK(acc);
+  Accounts& accounts = **acc;
+  auto bob = accounts.Register({});
+  ASSERT_OK(bob);
+  const std::string password(crypto::AsStringView(bob->password.UnsafeSpan()));
+  auto session = accounts.Login({bob->login_id, bob->password.Clone()});
+  ASSERT_OK(session);
+  const std::string token(crypto::AsStringView(session->token.UnsafeSpan()));
+  std::string lost_customer;
+  {
+    StoreFault fault(pg_.get(), &pg_);
+    auto reg = accounts.Register({});
+    EXPECT_EQ(reg.status().code(), StatusCode::kUnavailable);
+    EXPECT_THAT(reg.status().message(), HasSubstr("store_unavailable: the account was not stored"));
+    lost_customer = kms.last_customer_id();
+    ASSERT_NE(lost_customer, bob->customer_id);
+    EXPECT_THAT(reg.status().message(), ::testing::Not(HasSubstr(lost_customer)));
+    auto login = accounts.Login({bob->login_id, bob->password.Clone()});
+    EXPECT_EQ(login.status().code(), StatusCode::kUnavailable);
+    EXPECT_THAT(login.status().message(), HasSubstr("store_unavailable"));
+    EXPECT_THAT(login.status().message(), ::testing::Not(HasSubstr(password)));
+    EXPECT_THAT(login.status().message(), ::testing::Not(HasSubstr(bob->login_id)));
+    auto logout = accounts.Logout(session->token);
+    EXPECT_EQ(logout.code(), StatusCode::kUnavailable);
+    EXPECT_THAT(logout.message(), HasSubstr("store_unavailable: the session was not ended"));
+    EXPECT_THAT(logout.message(), ::testing::Not(HasSubstr(token)));
+  }
+  if (GetParam() != "sqlite") return;  // the PostgreSQL server is gone
+  // Nothing of the failed calls was stored: no account for the lost
+  // registration, no session of the failed login, the session the failed
+  // logout named still live.
+  EXPECT_EQ(db_->FindCustomerById(lost_customer).status().code(), StatusCode::kNotFound);
+  auto who = accounts.Authenticate(session->token);
+  ASSERT_OK(who);
+  EXPECT_EQ(who->customer_id, bob->customer_id);
+  // Every call goes through once the store is back.
+  auto reg = accounts.Register({});
+  ASSERT_OK(reg);
+  EXPECT_OK(db_->FindCustomerById(reg->customer_id));
+  auto again = accounts.Login({bob->login_id, bob->password.Clone()});
+  ASSERT_OK(again);
+  ASSERT_OK(accounts.Logout(session->token));
+  EXPECT_EQ(accounts.Authenticate(session->token).status().code(), StatusCode::kUnauthenticated);
+  EXPECT_OK(accounts.Authenticate(again->token));
+  // Sessions: alice's (SetUp), bob's second. Bob's first ended; the login
+  // under the fault left none.
+  auto sessions = db_->DeleteExpiredSessions(clock_.NowUnixSeconds() + 365 * 86400);
+  ASSERT_OK(sessions);
+  EXPECT_EQ(*sessions, 2);
+}
+
+// Closing an account while the store refuses writes: the KMS has the
+// account marked closed, but the portal's job writes fail, so the call
+// answers UNAVAILABLE store_unavailable with the jobs as they were; the
+// same request sent again once the store is back deletes them.
+TEST_P(PortalStoreTest, ACloseAccountWhoseJobWritesFailAnswersStoreUnavailableAndCanBeRetried) {
+  Replica a;
+  StartReplica(a);
+  ASSERT_OK(a.hosts->Register({"h1", 2, {}}));
+  kms_.SetEligibility("h1", true, "ok");
+  auto job = a.jobs->Launch(alice_, {image_id_});
+  ASSERT_OK(job);
+  ASSERT_EQ(job->state, JobState::kPlaced);
+  RelayKms kms(&kms_);
+  const std::string document = crypto::Base64Encode(crypto::AsBytes(std::string_view("{}")));
+  const std::string signature = crypto::Base64Encode(crypto::AsBytes(std::string_view("sig")));
+  {
+    StoreFault fault(pg_.get(), &pg_);
+    auto closed = CloseAccount(&kms, a.jobs.get(), alice_, document, signature);
+    EXPECT_EQ(closed.status().code(), StatusCode::kUnavailable);
+    EXPECT_THAT(closed.status().message(), HasSubstr("store_unavailable"));
+    EXPECT_EQ(kms.lifecycle_requests(), 1);
+    auto now = a.jobs->GetAnyJob(job->job_id);
+    ASSERT_OK(now);
+    EXPECT_EQ(now->state, JobState::kPlaced);
+    EXPECT_EQ(now->wanted, VmWanted::kRunning);
+  }
+  if (GetParam() != "sqlite") return;
+  auto closed = CloseAccount(&kms, a.jobs.get(), alice_, document, signature);
+  ASSERT_OK(closed);
+  EXPECT_THAT(closed->stopped, ::testing::ElementsAre(job->job_id));
+  Replica again;
+  StartReplica(again);
+  auto stored = again.jobs->GetAnyJob(job->job_id);
+  ASSERT_OK(stored);
+  EXPECT_EQ(stored->wanted, VmWanted::kDeleted);
+}
+
 // The commit of an upload whose writes fail (the object store's meta/ write
 // refused by the kernel for SQLite's fault, the database gone for
 // PostgreSQL's) fails with the error, publishes no object and lists no
@@ -299,6 +490,68 @@ TEST_P(PortalStoreTest, AnUploadCommitWhoseWritesFailPublishesNothingAndCanBeRet
     ASSERT_OK(objects);
     EXPECT_EQ(objects->size(), objects_before->size() + 1);
   }
+}
+
+// The cross-replica lock of an upload session: while one replica holds it
+// (a PUT in progress, a commit), the other's append and commit are busy and
+// change nothing; it is free again when released, or when the holder's
+// connection ends (a replica that died). SQLite: one replica per database.
+TEST_P(PortalStoreTest, AnUploadHeldThroughOneReplicaIsBusyThroughAnother) {
+  if (GetParam() != "postgres") GTEST_SKIP() << "one replica per SQLite database";
+  auto other_db = Open();
+  ASSERT_OK(other_db);
+  auto other_uploads = store::UploadSessions::Create({dir_.File("staging-b")}, objects_.get());
+  ASSERT_OK(other_uploads);
+  auto other = ImageService::Create({}, other_db->get(), objects_.get(), other_uploads->get(),
+                                    &verifier_, &clock_);
+  ASSERT_OK(other);
+  auto begun = images_->BeginUpload(alice_, {});
+  ASSERT_OK(begun);
+  const std::string package = std::string(kSealedMagic) + "held disk";
+  {
+    auto hold = images_->HoldUpload(alice_, begun->upload_id);
+    ASSERT_OK(hold);
+    store::StringReader reader(package);
+    auto appended = (*other)->AppendUpload(alice_, begun->upload_id, 0, reader);
+    EXPECT_EQ(appended.status().code(), StatusCode::kAborted);
+    EXPECT_THAT(appended.status().message(), HasSubstr("busy"));
+    CommitUploadRequest req;
+    req.upload_id = begun->upload_id;
+    req.name = "held";
+    EXPECT_EQ((*other)->CommitUpload(alice_, req).status().code(), StatusCode::kAborted);
+    auto state = (*other)->GetUpload(alice_, begun->upload_id);
+    ASSERT_OK(state);
+    EXPECT_EQ(state->offset_bytes, 0u);
+    // The holder's own appends go on.
+    store::StringReader own(package.substr(0, 4));
+    auto mine = images_->AppendUpload(alice_, begun->upload_id, 0, own);
+    ASSERT_OK(mine);
+    EXPECT_EQ(mine->offset_bytes, 4u);
+  }
+  store::StringReader rest(package.substr(4));
+  auto appended = (*other)->AppendUpload(alice_, begun->upload_id, 4, rest);
+  ASSERT_OK(appended);
+  EXPECT_EQ(appended->offset_bytes, package.size());
+
+  // A holder whose connection ends (its replica died) holds nothing more.
+  auto dying = Open();
+  ASSERT_OK(dying);
+  auto taken = (*dying)->TryLockUpload(begun->upload_id);
+  ASSERT_OK(taken);
+  ASSERT_TRUE(*taken);
+  auto refused = (*other_db)->TryLockUpload(begun->upload_id);
+  ASSERT_OK(refused);
+  EXPECT_FALSE(*refused);
+  dying->reset();
+  bool free_again = false;
+  for (int i = 0; i < 200 && !free_again; ++i) {
+    auto t = (*other_db)->TryLockUpload(begun->upload_id);
+    ASSERT_OK(t);
+    free_again = *t;
+    if (!free_again) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_TRUE(free_again);
+  ASSERT_OK((*other_db)->UnlockUpload(begun->upload_id));
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, PortalStoreTest, ::testing::Values("sqlite", "postgres"),

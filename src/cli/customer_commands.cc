@@ -461,6 +461,10 @@ StatusOr<json> JsonFlag(const std::string& text, const std::string& flag) {
 Status Upload(const CommonFlags& f, const std::string& file, const std::string& name,
               const std::string& policy_json) {
   ASSIGN_OR_RETURN(auto c, Connect(f));
+  // One TLS connection for begin, the PUTs and the commit (a handshake per
+  // request cost more than the commit itself); a connection the portal
+  // closed is reopened by the client, a broken PUT resumes as below.
+  c->set_keep_alive(true);
   ASSIGN_OR_RETURN(httplib::Headers auth, Auth(f));
   ASSIGN_OR_RETURN(std::shared_ptr<RandomAccessFile> in, Env::Default()->NewRandomAccessFile(file));
   ASSIGN_OR_RETURN(uint64_t size, in->Size());

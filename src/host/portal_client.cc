@@ -1,5 +1,6 @@
 #include "host/portal_client.h"
 
+#include <fcntl.h>
 #include <httplib.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
@@ -189,13 +190,29 @@ bool ParseFullContentRange(const std::string& value, uint64_t* first, uint64_t* 
   return a <= b && b < t;
 }
 
-// One ranged GET on `client`: bytes [first, last] of `path` into `out`
-// (from out[*got]; *got counts what arrived, also when the transfer
-// breaks). The answer must be 206 for exactly that range of a `total`-byte
-// object announcing `digest`. UNAVAILABLE (a broken connection, a 5xx) may
-// be retried from *got; any other error may not.
+// pwrite of all of `data` at `offset`.
+Status WriteAt(int fd, const char* data, size_t n, uint64_t offset) {
+  while (n > 0) {
+    const ssize_t w = ::pwrite(fd, data, n, static_cast<off_t>(offset));
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoToStatus(errno, "write", "fetched package");
+    }
+    data += w;
+    n -= static_cast<size_t>(w);
+    offset += static_cast<uint64_t>(w);
+  }
+  return OkStatus();
+}
+
+// One ranged GET on `client`: bytes [first, last] of `path`, written to
+// `fd` at their own offsets as they arrive (from first + *got; *got counts
+// what arrived, also when the transfer breaks). The answer must be 206 for
+// exactly that range of a `total`-byte object announcing `digest`.
+// UNAVAILABLE (a broken connection, a 5xx) may be retried from *got; any
+// other error may not.
 Status GetRange(httplib::SSLClient& client, const std::string& path, uint64_t first,
-                uint64_t last, uint64_t total, const std::string& digest, uint8_t* out,
+                uint64_t last, uint64_t total, const std::string& digest, int fd,
                 size_t* got) {
   httplib::Headers headers = {
       {"Range", "bytes=" + std::to_string(first + *got) + "-" + std::to_string(last)}};
@@ -229,7 +246,12 @@ Status GetRange(httplib::SSLClient& client, const std::string& path, uint64_t fi
           stop = DataLossError("package fetch: a range answer is longer than its range");
           return false;
         }
-        std::memcpy(out + *got, data, n);
+        // Written while the bytes are hot in the cache (as curl -o does).
+        Status w = WriteAt(fd, data, n, first + *got);
+        if (!w.ok()) {
+          stop = w;
+          return false;
+        }
         *got += n;
         return true;
       });
@@ -250,11 +272,12 @@ Status GetRange(httplib::SSLClient& client, const std::string& path, uint64_t fi
 }
 
 // A whole-object download by parallel Range requests: `connections`
-// workers each take the next `range_bytes` range, fetch it into a buffer of
-// their own (resuming a broken one from where it stopped, against one
-// budget of resumes for the whole download), and then, in order, append it
-// to `file` and hash it. Buffers are reused (a fresh large buffer per range
-// costs a page fault per 4 KiB).
+// workers each take the next `range_bytes` range and write its bytes to
+// `fd` at their offsets as they arrive (no ordering between workers, no
+// large buffers); a broken range is resumed from where it stopped, against
+// one budget of resumes for the whole download. A hashing thread follows:
+// it reads each range back in order once it is complete (from the page
+// cache) into the SHA-256.
 class RangedDownload {
  public:
   struct Options {
@@ -267,22 +290,25 @@ class RangedDownload {
     int64_t resume_delay_ms = 0;
   };
 
-  RangedDownload(Options o, ClientFactory new_client, WritableFile* file,
-                 crypto::Sha256Hasher* hasher)
-      : o_(std::move(o)), new_client_(std::move(new_client)), file_(file), hasher_(hasher) {}
+  RangedDownload(Options o, ClientFactory new_client, int fd, crypto::Sha256Hasher* hasher)
+      : o_(std::move(o)), new_client_(std::move(new_client)), fd_(fd), hasher_(hasher) {
+    ranges_ = (o_.total + o_.range_bytes - 1) / o_.range_bytes;
+    done_.assign(static_cast<size_t>(ranges_), false);
+  }
 
   // `first` is a connection already open (the probe's), used by worker 0.
   Status Run(ClientPtr first) {
-    const uint64_t ranges = (o_.total + o_.range_bytes - 1) / o_.range_bytes;
     const int workers = static_cast<int>(
-        std::max<uint64_t>(1, std::min<uint64_t>(ranges, static_cast<uint64_t>(o_.connections))));
+        std::max<uint64_t>(1, std::min<uint64_t>(ranges_, static_cast<uint64_t>(o_.connections))));
+    std::thread hashing([this] { Hash(); });
     std::vector<std::thread> threads;
     for (int i = 1; i < workers; ++i) threads.emplace_back([this] { Work(nullptr); });
     Work(std::move(first));
     for (auto& t : threads) t.join();
+    hashing.join();
     std::lock_guard<std::mutex> lock(mu_);
     if (!error_.ok()) return error_;
-    if (next_write_ != o_.total) return InternalError("package fetch: ranges left unwritten");
+    if (hashed_ != o_.total) return InternalError("package fetch: ranges left unhashed");
     return OkStatus();
   }
 
@@ -300,21 +326,14 @@ class RangedDownload {
   void Work(ClientPtr client) {
     if (client != nullptr) CountOpen();
     for (;;) {
-      uint64_t offset = 0;
-      size_t len = 0;
-      std::vector<uint8_t> buf;
+      uint64_t index = 0;
       {
         std::lock_guard<std::mutex> lock(mu_);
-        if (!error_.ok() || next_claim_ >= o_.total) return;
-        offset = next_claim_;
-        len = static_cast<size_t>(std::min(o_.range_bytes, o_.total - offset));
-        next_claim_ += len;
-        if (!free_.empty()) {
-          buf = std::move(free_.back());
-          free_.pop_back();
-        }
+        if (!error_.ok() || next_claim_ >= ranges_) return;
+        index = next_claim_++;
       }
-      if (buf.size() < len) buf.resize(static_cast<size_t>(o_.range_bytes));
+      const uint64_t offset = index * o_.range_bytes;
+      const uint64_t len = std::min(o_.range_bytes, o_.total - offset);
       size_t got = 0;
       for (;;) {
         Status s;
@@ -328,8 +347,8 @@ class RangedDownload {
           }
         }
         if (s.ok()) {
-          s = GetRange(*client, o_.path, offset, offset + len - 1, o_.total, o_.digest,
-                       buf.data(), &got);
+          s = GetRange(*client, o_.path, offset, offset + len - 1, o_.total, o_.digest, fd_,
+                       &got);
         }
         if (s.ok()) break;
         // A connection that failed is not used again.
@@ -339,20 +358,37 @@ class RangedDownload {
         std::lock_guard<std::mutex> lock(mu_);
         if (!error_.ok()) return;
       }
-      // In order: the range before this one is written first.
+      std::lock_guard<std::mutex> lock(mu_);
+      done_[static_cast<size_t>(index)] = true;
+      ++ranges_done_;
+      cv_.notify_all();
+    }
+  }
+
+  // Reads the ranges back in order as they complete, into the SHA-256.
+  void Hash() {
+    constexpr size_t kPiece = size_t{1} << 20;
+    std::unique_ptr<uint8_t[]> buf(new uint8_t[kPiece]);
+    for (uint64_t index = 0; index < ranges_; ++index) {
       {
         std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [&] { return next_write_ == offset || !error_.ok(); });
+        cv_.wait(lock, [&] { return done_[static_cast<size_t>(index)] || !error_.ok(); });
         if (!error_.ok()) return;
       }
-      Status w = file_->Append({buf.data(), len});
-      if (!w.ok()) return Fail(w.WithPrefix("package fetch: write"));
-      hasher_->Update({buf.data(), len});
-      std::lock_guard<std::mutex> lock(mu_);
-      next_write_ += len;
-      ++ranges_done_;
-      free_.push_back(std::move(buf));
-      cv_.notify_all();
+      const uint64_t end = std::min(o_.total, (index + 1) * o_.range_bytes);
+      for (uint64_t at = index * o_.range_bytes; at < end;) {
+        const size_t want = static_cast<size_t>(std::min<uint64_t>(kPiece, end - at));
+        const ssize_t n = ::pread(fd_, buf.get(), want, static_cast<off_t>(at));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+          return Fail(n < 0 ? ErrnoToStatus(errno, "read back", "fetched package")
+                            : DataLossError("package fetch: the file is shorter than written"));
+        }
+        hasher_->Update({buf.get(), static_cast<size_t>(n)});
+        at += static_cast<uint64_t>(n);
+        std::lock_guard<std::mutex> lock(mu_);
+        hashed_ = at;
+      }
     }
   }
 
@@ -370,18 +406,19 @@ class RangedDownload {
 
   const Options o_;
   const ClientFactory new_client_;
-  WritableFile* const file_;
+  const int fd_;
   crypto::Sha256Hasher* const hasher_;
+  uint64_t ranges_ = 0;
   std::mutex mu_;
   std::condition_variable cv_;
+  std::vector<bool> done_;  // per range: every byte written
   uint64_t next_claim_ = 0;
-  uint64_t next_write_ = 0;
+  uint64_t hashed_ = 0;
   int resumes_ = 0;
   int ranges_done_ = 0;
   int open_ = 0;  // connections opened so far (a failed one is replaced)
   int max_open_ = 0;
   Status error_;
-  std::vector<std::vector<uint8_t>> free_;
 };
 
 
@@ -721,8 +758,16 @@ Status PortalClient::Fetch(const Job& job, const std::string& dest_path) {
                                return true;
                              },
                              [](const char*, size_t) { return true; });
+    // Ranges are written at their offsets through a descriptor of this
+    // process's own: only with the real file system (an Env for tests
+    // takes the one-request path).
     if (result && http_status == 206 && opt.fetch_connections >= 1 &&
-        opt.fetch_range_bytes >= 1) {
+        opt.fetch_range_bytes >= 1 && impl_->env == Env::Default()) {
+      // Positional writes need a descriptor of their own on the temp file
+      // (the AtomicOutputFile's appends nothing; it still renames or
+      // removes the file).
+      const int fd = ::open(out->temp_path().c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+      if (fd < 0) return ErrnoToStatus(errno, "open", out->temp_path());
       RangedDownload ranged({.path = path,
                              .total = size,
                              .digest = digest,
@@ -730,8 +775,9 @@ Status PortalClient::Fetch(const Job& job, const std::string& dest_path) {
                              .connections = opt.fetch_connections,
                              .max_resumes = opt.max_resumes,
                              .resume_delay_ms = opt.resume_delay_ms},
-                            new_client, out->file(), &hasher);
+                            new_client, fd, &hasher);
       Status s = ranged.Run(std::move(probe));
+      if (::close(fd) != 0 && s.ok()) s = ErrnoToStatus(errno, "close", out->temp_path());
       stats.resumes = ranged.resumes();
       stats.ranges = ranged.ranges();
       stats.connections = ranged.connections();

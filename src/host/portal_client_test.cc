@@ -470,7 +470,7 @@ TEST_F(PortalClientTest, WrongDigestIsDataLossAndLeavesNoFile) {
   EXPECT_FALSE(Env::Default()->FileExists(dir_.File("bad.pkg")));
 }
 
-TEST_F(PortalClientTest, LargePackageArrivesByParallelRangesWrittenInOrder) {
+TEST_F(PortalClientTest, LargePackageArrivesByParallelRangesEachWrittenAtItsOffset) {
   auto host = Client("host-a", 0, 1 << 20, 3);
   ASSERT_OK(host->Register({.capacity = {.vcpus = 1, .memory_mib = 512, .slots = 1}}));
   const std::string package = RandomPackage((7 << 20) + 12345);

@@ -199,7 +199,9 @@ int Main(int argc, char** argv) {
   po.client_ca_file = file("ca.pem");
   // VMSEAL_PORTAL_IO_THREADS: the portal front end's event-loop threads
   // (TLS); default the portal's own.
-  if (const char* v = std::getenv("VMSEAL_PORTAL_IO_THREADS")) po.front_end.io_threads = std::atoi(v);
+  if (const char* v = std::getenv("VMSEAL_PORTAL_IO_THREADS")) {
+    po.front_end.io_threads = std::atoi(v);
+  }
   const int portal_io_threads = po.front_end.io_threads;
   auto portal = csp::PortalServer::Create(std::move(po), &verifier, &kms);
   CHECK_OK(portal);

@@ -10,7 +10,6 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <cstring>
 #include <deque>
 #include <functional>
 #include <mutex>
@@ -100,7 +99,6 @@ struct ParsedUrl {
   std::string host;
   int port = 443;
 };
-
 
 StatusOr<ParsedUrl> ParseHttpsUrl(const std::string& url) {
   constexpr std::string_view kScheme = "https://";

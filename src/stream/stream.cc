@@ -2,14 +2,14 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <sys/stat.h>
 #include <openssl/crypto.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
-#include <mutex>
 #include <cstring>
+#include <mutex>
 #include <vector>
 
 #include "crypto/primitives.h"
@@ -184,7 +184,8 @@ class StreamReaderImpl final : public StreamReader {
         if (!s.ok()) OPENSSL_cleanse(dst.data(), dst.size());
       } else {
         if (lease.scratch == nullptr) lease.scratch.reset(new uint8_t[c + kTagBytes]);
-        s = OpenChunkSealed(*lease.cipher, i, {lease.scratch.get(), static_cast<size_t>(pt) + kTagBytes});
+        s = OpenChunkSealed(*lease.cipher, i,
+                            {lease.scratch.get(), static_cast<size_t>(pt) + kTagBytes});
         if (s.ok()) std::memcpy(out.data() + copied, lease.scratch.get() + from, to - from);
       }
       if (s.code() == StatusCode::kDataLoss) failed_.store(true);
@@ -235,7 +236,9 @@ class StreamReaderImpl final : public StreamReader {
 
   // Scratch buffers held plaintext: wiped before they are freed.
   void Wipe(Lease& l) const {
-    if (l.scratch != nullptr) OPENSSL_cleanse(l.scratch.get(), layout_.chunk_size_bytes + kTagBytes);
+    if (l.scratch != nullptr) {
+      OPENSSL_cleanse(l.scratch.get(), layout_.chunk_size_bytes + kTagBytes);
+    }
   }
 
   // Reads sealed chunk `i` (ciphertext and tag, one read) into `buf`, which

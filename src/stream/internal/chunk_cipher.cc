@@ -73,8 +73,8 @@ Status ChunkCipher::Open(uint64_t index, bool last, std::span<const uint8_t> sea
   // past out.size(), but keeping the tag separate makes that obvious.
   uint8_t tag[kTagBytes];
   std::memcpy(tag, sealed.data() + out.size(), kTagBytes);
-  return OpenDetached(index, last, sealed.first(out.size()), std::span<const uint8_t, kTagBytes>(tag),
-                      out);
+  return OpenDetached(index, last, sealed.first(out.size()),
+                      std::span<const uint8_t, kTagBytes>(tag), out);
 }
 
 Status ChunkCipher::OpenDetached(uint64_t index, bool last, std::span<const uint8_t> ciphertext,

@@ -1,8 +1,18 @@
 // Sequential read through the streamed-launch export (nbdkit + the vmseal
-// plugin, decrypting on demand) against reading the plain image, with the
-// same reader (nbdcopy to null:) in the same run; and, for the remote
-// source, a first read (every range fetched over HTTPS with mutual TLS)
-// against a second read from the ciphertext cache.
+// plugin, decrypting on demand) against reading the plain image, in the
+// same run; and, for the remote source, a first read (every range fetched
+// over HTTPS with mutual TLS) against a second read from the ciphertext
+// cache.
+//
+// The reference for issue 15's ">= 0.8x the plain file" is qemu reading
+// the plain raw file (`qemu-img convert` to null-co://) against qemu
+// reading the same image through the export: a guest's disk reads go
+// through qemu's block layer either way (a plain-file launch opens the file
+// with qemu's file driver, a streamed one connects qemu's NBD client to the
+// export), so that pair differs only in what a VM's disk costs. nbdcopy of
+// the plain file is not an NBD read at all (it reads the file directly with
+// large parallel requests) and is printed for scale; nbdkit's own `file`
+// plugin over the same socket isolates the NBD transport.
 //
 //   cmake --build build --target nbd_bench nbdkit-vmseal-plugin &&
 //   build/bench/nbd_bench [SIZE_MIB] [ROUNDS] [all|local|remote]
@@ -203,15 +213,28 @@ int Main(int argc, char** argv) {
       "qemu-img convert -n -f raw -O raw " + plain + " 'null-co://'";
   const std::string qemu_export_cmd =
       "qemu-img convert -n -f raw -O raw '" + (*local)->Uri() + "' 'null-co://'";
+  const std::string qemu_nbd_plain_cmd =
+      "qemu-img convert -n -f raw -O raw 'nbd+unix:///?socket=" + plain_sock + "' 'null-co://'";
   // Warm-up: page cache holds the plain file and the package.
   Time(plain_cmd);
   Time(export_cmd);
   Time(nbd_plain_cmd);
+  Time(qemu_plain_cmd);
+  Time(qemu_export_cmd);
   const pid_t plain_pid = PidFromFile(dir + "/plain.pid");
   const pid_t export_pid = (*local)->pid();
   const double cpu_plain0 = CpuSeconds(plain_pid), cpu_export0 = CpuSeconds(export_pid);
-  std::vector<double> a, b, c, cb, qa, qb;
+  std::vector<double> a, b, c, cb, qa, qb, qc, qd;
   for (int r = 0; r < rounds; ++r) {
+    // The reference pair first: qemu reading the plain file and the export.
+    qa.push_back(Time(qemu_plain_cmd));
+    qb.push_back(Time(qemu_export_cmd));
+    qb.push_back(Time(qemu_export_cmd));
+    qa.push_back(Time(qemu_plain_cmd));
+    qc.push_back(Time(qemu_nbd_plain_cmd));
+    qd.push_back(Time(qemu_export_cmd));
+    qd.push_back(Time(qemu_export_cmd));
+    qc.push_back(Time(qemu_nbd_plain_cmd));
     a.push_back(Time(plain_cmd));
     b.push_back(Time(export_cmd));
     b.push_back(Time(export_cmd));
@@ -220,29 +243,35 @@ int Main(int argc, char** argv) {
     cb.push_back(Time(export_cmd));
     cb.push_back(Time(export_cmd));
     c.push_back(Time(nbd_plain_cmd));
-    qa.push_back(Time(qemu_plain_cmd));
-    qb.push_back(Time(qemu_export_cmd));
-    qb.push_back(Time(qemu_export_cmd));
-    qa.push_back(Time(qemu_plain_cmd));
   }
-  std::printf("sequential read, %llu MiB, page cache warm (A B B A x %d):\n",
-              static_cast<unsigned long long>(size_mib), rounds);
-  Report("A nbdcopy plain file", a, mib);
-  Report("B nbdcopy through the export", b, mib);
-  std::printf("  ratio B/A (median): %.2f   target >= 0.80\n", Median(a) / Median(b));
-  Report("C nbdcopy nbdkit file plugin (plain)", c, mib);
-  Report("D nbdcopy through the export", cb, mib);
-  std::printf("  ratio D/C, same NBD transport (median): %.2f\n", Median(c) / Median(cb));
-  // Server CPU per GiB served, independent of what else runs on the machine:
-  // the file plugin served C (2 per round); the export served B, D and the
-  // qemu-img B reads (6 per round).
-  const double gib = mib / 1024.0;
-  std::printf("  server CPU per GiB: nbdkit file %.2f s, vmseal export %.2f s\n",
-              (CpuSeconds(plain_pid) - cpu_plain0) / (2 * rounds * gib),
-              (CpuSeconds(export_pid) - cpu_export0) / (6 * rounds * gib));
+  double load[3] = {0, 0, 0};
+  (void)getloadavg(load, 3);
+  std::printf("sequential read, %llu MiB, page cache warm (A B B A x %d), load average "
+              "%.2f %.2f %.2f (%u cores, shared):\n",
+              static_cast<unsigned long long>(size_mib), rounds, load[0], load[1], load[2],
+              std::thread::hardware_concurrency());
   Report("A qemu-img convert plain file", qa, mib);
   Report("B qemu-img convert through export", qb, mib);
-  std::printf("  ratio B/A (median): %.2f\n", Median(qa) / Median(qb));
+  std::printf("  ratio B/A (median): %.2f   target >= 0.80 (the reference: a guest reads "
+              "through qemu either way)\n", Median(qa) / Median(qb));
+  Report("C qemu-img convert nbdkit file (plain)", qc, mib);
+  Report("D qemu-img convert through export", qd, mib);
+  std::printf("  ratio D/C, same NBD transport (median): %.2f\n", Median(qc) / Median(qd));
+  Report("E nbdcopy plain file (no NBD; scale)", a, mib);
+  Report("F nbdcopy through the export", b, mib);
+  std::printf("  ratio F/E (median): %.2f\n", Median(a) / Median(b));
+  Report("G nbdcopy nbdkit file plugin (plain)", c, mib);
+  Report("H nbdcopy through the export", cb, mib);
+  std::printf("  ratio H/G, same NBD transport (median): %.2f\n", Median(c) / Median(cb));
+  // Server CPU per GiB served, independent of what else runs on the machine:
+  // the file plugin served C and G (4 per round); the export served B, D, F
+  // and H (8 per round).
+  const double gib = mib / 1024.0;
+  std::printf("  server CPU per GiB: nbdkit file %.2f s, vmseal export %.2f s (ratio %.2f)\n",
+              (CpuSeconds(plain_pid) - cpu_plain0) / (4 * rounds * gib),
+              (CpuSeconds(export_pid) - cpu_export0) / (8 * rounds * gib),
+              ((CpuSeconds(export_pid) - cpu_export0) / 8) /
+                  std::max(1e-9, (CpuSeconds(plain_pid) - cpu_plain0) / 4));
   CHECK_OK((*local)->Stop());
   if (std::system(("kill $(cat " + dir + "/plain.pid)").c_str()) != 0) Die("stop nbdkit file");
   }

@@ -1,11 +1,13 @@
 // Package transfer speed against the same portal in the same run (issue 15
 // "Upload and fetch >= 0.9x curl"):
-//   upload:   `vmseal customer upload` (the real binary: digest, chunked
+//   upload:   `vmseal customer upload` (the real binary: begin, digest,
 //             PUTs, commit) against `curl -T` of the same file in one PUT,
-//             and against that PUT plus a curl POST of the commit (the
-//             portal's own commit work: digest and store);
-//   fetch:    the host's whole-package fetch (PortalClient::Fetch: download
-//             to a 0600 file, SHA-256 checked against the portal's) and the
+//             and against the same protocol by curl (begin POST, PUT,
+//             commit POST: three curl processes);
+//   fetch:    the host's whole-package fetch (PortalClient::Fetch: parallel
+//             Range requests into a 0600 file, SHA-256 checked against the
+//             portal's; VMSEAL_FETCH_CONNECTIONS and VMSEAL_FETCH_RANGE_MIB
+//             override its connections and range size) and the
 //             streamed export's sequential Range reads (HttpsRangeSource,
 //             8 MiB ranges, two in flight as the prefetch runs them, written
 //             to a file) against `curl -o` with the host's mTLS identity.
@@ -195,6 +197,12 @@ int Main(int argc, char** argv) {
   po.tls_cert_file = file("server.crt");
   po.tls_key_file = file("server.key");
   po.client_ca_file = file("ca.pem");
+  // VMSEAL_PORTAL_IO_THREADS: the portal front end's event-loop threads
+  // (TLS); default the portal's own.
+  if (const char* v = std::getenv("VMSEAL_PORTAL_IO_THREADS")) {
+    po.front_end.io_threads = std::atoi(v);
+  }
+  const int portal_io_threads = po.front_end.io_threads;
   auto portal = csp::PortalServer::Create(std::move(po), &verifier, &kms);
   CHECK_OK(portal);
   CHECK_OK((*portal)->Start());
@@ -218,11 +226,22 @@ int Main(int argc, char** argv) {
   CHECK_OK(WriteStringToFileAtomic(Env::Default(), file("session.json"),
                                    json{{"token", token}}.dump(), 0600));
 
+  // commit: the whole protocol by curl (begin POST, PUT, commit POST), each
+  // a curl process as `vmseal customer upload` is one; else the PUT alone.
   auto curl_upload = [&](bool commit) {
-    auto begin = http.Post("/v1/uploads", auth, "", "application/json");
-    if (!begin || begin->status != 201) Die("start upload failed");
-    const std::string id = json::parse(begin->body)["upload_id"];
-    const double s = TimeCommand("curl -sS -f --cacert " + file("ca.pem") +
+    double b = 0;
+    std::string id;
+    if (commit) {
+      b = TimeCommand("curl -sS -f --cacert " + file("ca.pem") + " -H 'Authorization: Bearer " +
+                      token + "' -X POST '" + url + "/v1/uploads' -o " + file("begin.json"));
+      std::ifstream in(file("begin.json"));
+      id = json::parse(in)["upload_id"];
+    } else {
+      auto begin = http.Post("/v1/uploads", auth, "", "application/json");
+      if (!begin || begin->status != 201) Die("start upload failed");
+      id = json::parse(begin->body)["upload_id"];
+    }
+    const double s = b + TimeCommand("curl -sS -f --cacert " + file("ca.pem") +
                                  " -H 'Authorization: Bearer " + token + "'" +
                                  " -H 'Content-Type: application/octet-stream' -T " +
                                  file("pkg.ova") + " '" + url + "/v1/uploads/" + id +
@@ -235,6 +254,15 @@ int Main(int argc, char** argv) {
                                  url + "/v1/uploads/" + id + "/commit' -o /dev/null");
     commit_seconds.push_back(c);
     return s + c;
+  };
+  // VMSEAL_BINARY_REF: another build of `vmseal` (e.g. before a change),
+  // timed in the same rounds as ours.
+  const char* ref_env = std::getenv("VMSEAL_BINARY_REF");
+  const std::string ref_bin = ref_env != nullptr ? ref_env : "";
+  auto upload_with = [&](const std::string& bin) {
+    return TimeCommand(bin + " customer --portal " + url + " --ca-cert " + file("ca.pem") +
+                       " --session " + file("session.json") + " upload " + file("pkg.ova") +
+                       " --name bench > " + file("upload.out"));
   };
   auto ours_upload = [&] {
     return TimeCommand(vmseal + " customer --portal " + url + " --ca-cert " + file("ca.pem") +
@@ -257,17 +285,30 @@ int Main(int argc, char** argv) {
     return s;
   };
   (void)curl_upload(false);  // warm-up (page cache, portal store)
-  for (int i = 0; i < rounds; ++i) {
+  // VMSEAL_BENCH_FETCH_ONLY=1: one untimed upload (the fetch needs an
+  // image), then the fetch rounds only.
+  const bool fetch_only = std::getenv("VMSEAL_BENCH_FETCH_ONLY") != nullptr;
+  if (fetch_only) (void)ours_upload();
+  Series up_ref, up_ours_vs_ref;
+  for (int i = 0; i < rounds && !fetch_only; ++i) {
     up_curl.s.push_back(run_curl());
     up_ours.s.push_back(run_ours());
     up_ours.s.push_back(run_ours());
     up_curl.s.push_back(run_curl());
     upc_curl.s.push_back(curl_upload(true));
     upc_curl.s.push_back(curl_upload(true));
+    if (!ref_bin.empty()) {
+      up_ref.s.push_back(upload_with(ref_bin));
+      up_ours_vs_ref.s.push_back(ours_upload());
+      up_ours_vs_ref.s.push_back(ours_upload());
+      up_ref.s.push_back(upload_with(ref_bin));
+    }
   }
-  PrintPair("customer upload (binary)", up_ours, up_curl, mib);
-  PrintPair("  vs curl PUT + commit", up_ours, upc_curl, mib);
-  std::printf("upload CPU s, median (min..max): client ours %.2f (%.2f..%.2f) curl %.2f "
+  if (!ref_bin.empty()) PrintPair("upload: ours vs VMSEAL_BINARY_REF", up_ours_vs_ref, up_ref, mib);
+  if (!fetch_only) {
+    PrintPair("customer upload (binary)", up_ours, up_curl, mib);
+    PrintPair("  vs curl begin + PUT + commit", up_ours, upc_curl, mib);
+    std::printf("upload CPU s, median (min..max): client ours %.2f (%.2f..%.2f) curl %.2f "
               "(%.2f..%.2f); portal with ours %.2f (%.2f..%.2f) with curl %.2f (%.2f..%.2f)\n",
               cpu_client_ours.Median(), cpu_client_ours.Min(), cpu_client_ours.Max(),
               cpu_client_curl.Median(), cpu_client_curl.Min(), cpu_client_curl.Max(),
@@ -277,6 +318,7 @@ int Main(int argc, char** argv) {
     Series commits{commit_seconds};
     std::printf("commit POST (curl, the portal's seal + publish + listing), s: %.3f (%.3f..%.3f)\n",
                 commits.Median(), commits.Min(), commits.Max());
+  }
   }
   std::fflush(stdout);
   const std::string image_id = [&] {
@@ -293,6 +335,11 @@ int Main(int argc, char** argv) {
   pco.cert_file = file("host.crt");
   pco.key_file = file("host.key");
   pco.timeout_seconds = 600;
+  // Tuning knobs for the parallel fetch (defaults: PortalClientOptions').
+  if (const char* v = std::getenv("VMSEAL_FETCH_CONNECTIONS")) pco.fetch_connections = std::atoi(v);
+  if (const char* v = std::getenv("VMSEAL_FETCH_RANGE_MIB")) {
+    pco.fetch_range_bytes = std::strtoull(v, nullptr, 10) << 20;
+  }
   auto pc = host::PortalClient::Create(pco);
   CHECK_OK(pc);
   CHECK_OK((*pc)->Register({.capacity = {.vcpus = 2, .memory_mib = 2048, .slots = 2}}));
@@ -319,6 +366,7 @@ int Main(int argc, char** argv) {
   // The host keeps its lease (the portal gives the job to another host
   // after --lease-seconds without word from it).
   auto keep_lease = [&] { CHECK_OK((*pc)->Heartbeat()); };
+  int fetch_connections_used = 0, fetch_ranges = 0;
   auto curl_fetch = [&] {
     keep_lease();
     const double s = TimeCommand("curl -sS -f --cacert " + file("ca.pem") + " --cert " +
@@ -330,6 +378,8 @@ int Main(int argc, char** argv) {
   auto ours_fetch = [&] {
     keep_lease();
     const double s = TimeCall([&] { CHECK_OK((*pc)->Fetch(job, file("fetch.out"))); });
+    fetch_connections_used = (*pc)->last_fetch().connections;
+    fetch_ranges = (*pc)->last_fetch().ranges;
     std::filesystem::remove(file("fetch.out"));
     return s;
   };
@@ -384,12 +434,17 @@ int Main(int argc, char** argv) {
   double load[3] = {0, 0, 0};
   (void)getloadavg(load, 3);
   std::printf("\ntransfer_bench: %llu MiB over loopback TLS 1.3, %d round(s) A B B A, "
-              "median (min..max); load average %.2f %.2f %.2f (%u cores, shared)\n",
+              "median (min..max); load average %.2f %.2f %.2f (%u cores, shared); portal "
+              "io_threads %d\n",
               static_cast<unsigned long long>(size_mib), rounds, load[0], load[1], load[2],
-              std::thread::hardware_concurrency());
-  PrintPair("customer upload (binary)", up_ours, up_curl, mib);
-  PrintPair("  vs curl PUT + commit", up_ours, upc_curl, mib);
+              std::thread::hardware_concurrency(), portal_io_threads);
+  if (!fetch_only) {
+    PrintPair("customer upload (binary)", up_ours, up_curl, mib);
+    PrintPair("  vs curl begin + PUT + commit", up_ours, upc_curl, mib);
+  }
   PrintPair("host fetch (whole file)", f_ours, f_curl, mib);
+  std::printf("  (fetch by %d connection(s), %d ranges of %llu MiB)\n", fetch_connections_used,
+              fetch_ranges, static_cast<unsigned long long>(pco.fetch_range_bytes >> 20));
   PrintPair("host ranges (8 MiB x2)", g_ours, g_curl, mib);
 
   stop_heartbeats = true;

@@ -126,5 +126,130 @@ TEST(EnvTest, MissingFileIsNotFound) {
                 "/nonexistent/x");
 }
 
+
+// Counts the durability calls an AtomicOutputFile makes (file fdatasync,
+// directory fsync) and can make the publishing rename fail; everything else
+// is the real POSIX Env.
+class SyncCountingEnv final : public Env {
+ public:
+  int file_syncs = 0;
+  int dir_syncs = 0;
+  bool fail_rename = false;
+
+  StatusOr<std::unique_ptr<RandomAccessFile>> NewRandomAccessFile(
+      const std::string& path) override {
+    return Env::Default()->NewRandomAccessFile(path);
+  }
+  StatusOr<std::unique_ptr<WritableFile>> NewWritableFile(const std::string& path,
+                                                          mode_t mode) override {
+    ASSIGN_OR_RETURN(auto f, Env::Default()->NewWritableFile(path, mode));
+    return std::unique_ptr<WritableFile>(new Counting(std::move(f), &file_syncs));
+  }
+  StatusOr<std::unique_ptr<WritableFile>> NewExclusiveFile(const std::string& path,
+                                                           mode_t mode) override {
+    ASSIGN_OR_RETURN(auto f, Env::Default()->NewExclusiveFile(path, mode));
+    return std::unique_ptr<WritableFile>(new Counting(std::move(f), &file_syncs));
+  }
+  Status RenameFile(const std::string& from, const std::string& to) override {
+    if (fail_rename) return UnavailableError("rename refused by the test");
+    return Env::Default()->RenameFile(from, to);
+  }
+  Status RemoveFile(const std::string& path) override { return Env::Default()->RemoveFile(path); }
+  bool FileExists(const std::string& path) override { return Env::Default()->FileExists(path); }
+  Status SyncDir(const std::string& dir) override {
+    ++dir_syncs;
+    return Env::Default()->SyncDir(dir);
+  }
+
+ private:
+  class Counting final : public WritableFile {
+   public:
+    Counting(std::unique_ptr<WritableFile> f, int* syncs) : f_(std::move(f)), syncs_(syncs) {}
+    Status Append(std::span<const uint8_t> data) override { return f_->Append(data); }
+    Status Skip(uint64_t bytes) override { return f_->Skip(bytes); }
+    Status Sync() override {
+      ++*syncs_;
+      return f_->Sync();
+    }
+    Status Close() override { return f_->Close(); }
+
+   private:
+    std::unique_ptr<WritableFile> f_;
+    int* const syncs_;
+  };
+};
+
+std::span<const uint8_t> Bytes(std::string_view s) {
+  return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
+}
+
+// CommitWithoutSync (the host's fetched ciphertext package) guarantees what
+// Commit does while the machine runs: the path shows the old content or the
+// whole new one, with the temp file's mode, and nothing else is left in the
+// directory. It does not make anything durable: no fdatasync of the file,
+// no fsync of the directory (after a power loss the path may hold the old
+// file, nothing, or a short new file; its reader must check the content).
+TEST(EnvTest, CommitWithoutSyncPublishesAtomicallyButSyncsNothing) {
+  TempDir dir;
+  SyncCountingEnv env;
+  const std::string path = dir.File("pkg");
+  ASSERT_OK(WriteStringToFileAtomic(Env::Default(), path, "old", 0600));
+  auto out = AtomicOutputFile::Create(&env, path, 0600);
+  ASSERT_OK(out);
+  ASSERT_OK((*out)->file()->Append(Bytes("new content, ")));
+  ASSERT_OK((*out)->file()->Append(Bytes("whole")));
+  // Until the commit the reader sees the old file, and the temp file beside it.
+  EXPECT_EQ(testing::ReadFileOrDie(path), "old");
+  EXPECT_EQ(ListDir(dir.path()).size(), 2u);
+  ASSERT_OK((*out)->CommitWithoutSync());
+  EXPECT_EQ(testing::ReadFileOrDie(path), "new content, whole");
+  struct stat st;
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  EXPECT_EQ(ListDir(dir.path()), std::vector<std::string>{"pkg"});
+  EXPECT_EQ(env.file_syncs, 0);
+  EXPECT_EQ(env.dir_syncs, 0);
+  // Once only, and the object's end removes nothing that was published.
+  EXPECT_STATUS((*out)->CommitWithoutSync(), StatusCode::kFailedPrecondition, "already committed");
+  EXPECT_STATUS((*out)->Commit(), StatusCode::kFailedPrecondition, "already committed");
+  out->reset();
+  EXPECT_EQ(testing::ReadFileOrDie(path), "new content, whole");
+
+  // The counting Env sees the syncs of the durable Commit (so the zeros
+  // above are not the Env's blindness).
+  auto durable = AtomicOutputFile::Create(&env, dir.File("durable"), 0600);
+  ASSERT_OK(durable);
+  ASSERT_OK((*durable)->file()->Append(Bytes("x")));
+  ASSERT_OK((*durable)->Commit());
+  EXPECT_EQ(env.file_syncs, 1);
+  EXPECT_EQ(env.dir_syncs, 1);
+}
+
+TEST(EnvTest, CommitWithoutSyncThatCannotRenameLeavesTheOldFileAndNoTemp) {
+  TempDir dir;
+  SyncCountingEnv env;
+  const std::string path = dir.File("pkg");
+  ASSERT_OK(WriteStringToFileAtomic(Env::Default(), path, "old", 0600));
+  {
+    auto out = AtomicOutputFile::Create(&env, path, 0600);
+    ASSERT_OK(out);
+    ASSERT_OK((*out)->file()->Append(Bytes("half")));
+    env.fail_rename = true;
+    EXPECT_STATUS((*out)->CommitWithoutSync(), StatusCode::kUnavailable, "rename refused");
+    EXPECT_EQ(testing::ReadFileOrDie(path), "old");
+  }
+  EXPECT_EQ(ListDir(dir.path()), std::vector<std::string>{"pkg"});
+  EXPECT_EQ(testing::ReadFileOrDie(path), "old");
+  // Without an old file: nothing at the path at all.
+  {
+    auto out = AtomicOutputFile::Create(&env, dir.File("fresh"), 0600);
+    ASSERT_OK(out);
+    ASSERT_OK((*out)->file()->Append(Bytes("half")));
+    EXPECT_FALSE((*out)->CommitWithoutSync().ok());
+  }
+  EXPECT_FALSE(Env::Default()->FileExists(dir.File("fresh")));
+  EXPECT_EQ(ListDir(dir.path()), std::vector<std::string>{"pkg"});
+}
+
 }  // namespace
 }  // namespace vmseal

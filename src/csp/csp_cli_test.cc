@@ -1,5 +1,14 @@
 // Process-level: the real `vmseal` binary as KMS (`kms serve`), as portal
 // (`csp serve`) and as the customer CLI against them.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <thread>
+
 #include <nlohmann/json.hpp>
 
 #include "base/env.h"
@@ -21,6 +30,98 @@ using ::vmseal::testing::RunCommand;
 using ::vmseal::testing::TempDir;
 using ::vmseal::testing::VmsealBinary;
 using ::vmseal::testing::WriteFileOrDie;
+
+// A TCP relay to `target_port` that breaks its first connection after
+// `cut_after` bytes from the client (an upload dying mid-PUT); later
+// connections pass through.
+class UploadCuttingRelay {
+ public:
+  UploadCuttingRelay(int target_port, uint64_t cut_after)
+      : target_port_(target_port), cut_after_(cut_after) {
+    listen_fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(::bind(listen_fd_, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+    EXPECT_EQ(::listen(listen_fd_, 16), 0);
+    socklen_t len = sizeof(a);
+    ::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+    accept_thread_ = std::thread([this] { AcceptLoop(); });
+  }
+  ~UploadCuttingRelay() {
+    stopping_ = true;
+    ::shutdown(listen_fd_, SHUT_RDWR);
+    ::close(listen_fd_);
+    accept_thread_.join();
+    for (auto& t : workers_) t.join();
+  }
+  int port() const { return port_; }
+  int connections() const { return connections_; }
+  bool cut() const { return cut_done_; }
+
+ private:
+  void AcceptLoop() {
+    while (!stopping_) {
+      int client = ::accept(listen_fd_, nullptr, nullptr);
+      if (client < 0) return;
+      int server = ::socket(AF_INET, SOCK_STREAM, 0);
+      sockaddr_in a{};
+      a.sin_family = AF_INET;
+      a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      a.sin_port = htons(static_cast<uint16_t>(target_port_));
+      if (::connect(server, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
+        ::close(client);
+        ::close(server);
+        continue;
+      }
+      const bool cut = connections_.fetch_add(1) == 0;
+      workers_.emplace_back([this, client, server, cut] { Pump(client, server, cut); });
+    }
+  }
+  void Pump(int client, int server, bool cut) {
+    uint64_t up = 0;
+    char buf[16384];
+    pollfd fds[2] = {{client, POLLIN, 0}, {server, POLLIN, 0}};
+    bool done = false;
+    while (!stopping_ && !done) {
+      int r = ::poll(fds, 2, 200);
+      if (r < 0) break;
+      for (int i = 0; i < 2 && !done; ++i) {
+        if ((fds[i].revents & (POLLIN | POLLHUP | POLLERR)) == 0) continue;
+        ssize_t n = ::read(fds[i].fd, buf, sizeof(buf));
+        if (n <= 0) {
+          done = true;
+          break;
+        }
+        size_t len = static_cast<size_t>(n);
+        if (i == 0 && cut && up + len >= cut_after_) {
+          len = static_cast<size_t>(cut_after_ - up);
+          done = true;
+          cut_done_ = true;
+        }
+        if (len > 0 && ::write(fds[1 - i].fd, buf, len) != static_cast<ssize_t>(len)) done = true;
+        if (i == 0) up += len;
+      }
+    }
+    // A reset, as a dying link looks to both ends.
+    linger l{1, 0};
+    ::setsockopt(client, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+    ::setsockopt(server, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+    ::close(client);
+    ::close(server);
+  }
+
+  const int target_port_;
+  const uint64_t cut_after_;
+  std::atomic<int> connections_{0};
+  std::atomic<bool> cut_done_{false};
+  std::atomic<bool> stopping_{false};
+  int listen_fd_ = -1;
+  int port_ = 0;
+  std::thread accept_thread_;
+  std::vector<std::thread> workers_;
+};
 
 class CspCliTest : public ::testing::Test {
  protected:
@@ -99,6 +200,36 @@ TEST_F(CspCliTest, CustomerRegistersUploadsListsAndLaunches) {
   json vms = CustomerJson("alice", {"vms"});
   ASSERT_EQ(vms["vms"].size(), 1u);
   EXPECT_EQ(vms["vms"][0]["image_id"], image_id);
+}
+
+// The upload keeps one connection for begin, PUT and commit; when that
+// connection dies mid-PUT, the CLI asks the portal where to resume, sends
+// the rest on a new connection and commits the whole file.
+TEST_F(CspCliTest, UploadWhoseConnectionDiesMidPutResumesAndCommitsTheWholeFile) {
+  SignUp("alice");
+  std::string pkg;
+  for (int i = 0; i < 9; ++i) {
+    crypto::Bytes r = crypto::RandomBytes(1 << 20);
+    pkg.append(r.begin(), r.end());
+  }
+  WriteFileOrDie(dir_.File("alice.pkg"), pkg);
+  // Past the portal's first 4 MiB piece (kept), inside the second.
+  UploadCuttingRelay relay(portal_->port(), 6 << 20);
+  std::string out;
+  ASSERT_EQ(RunCommand({VmsealBinary(), "customer", "--portal",
+                        "http://127.0.0.1:" + std::to_string(relay.port()), "--session",
+                        dir_.File("alice"), "--json", "upload", dir_.File("alice.pkg"), "--name",
+                        "web"},
+                       &out, 60),
+            0)
+      << out;
+  EXPECT_TRUE(relay.cut());
+  EXPECT_GE(relay.connections(), 2);
+  EXPECT_NE(out.find("resuming at byte"), std::string::npos) << out;
+  json images = CustomerJson("alice", {"images"});
+  ASSERT_EQ(images["images"].size(), 1u);
+  EXPECT_EQ(images["images"][0]["sha256"], crypto::HexEncode(crypto::Sha256(pkg)));
+  EXPECT_EQ(images["images"][0]["size_bytes"], pkg.size());
 }
 
 TEST_F(CspCliTest, RegistrationCreatesAKmsKeyWhoseCertificateVerifies) {

@@ -1,5 +1,6 @@
 #include "host/portal_client.h"
 
+#include <fcntl.h>
 #include <httplib.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
@@ -9,7 +10,9 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -170,6 +173,276 @@ std::string ToLower(std::string s) {
   for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return s;
 }
+
+using ClientPtr = std::unique_ptr<httplib::SSLClient>;
+using ClientFactory = std::function<StatusOr<ClientPtr>()>;
+
+// "bytes <first>-<last>/<total>" with a known total.
+bool ParseFullContentRange(const std::string& value, uint64_t* first, uint64_t* last,
+                           uint64_t* total) {
+  unsigned long long a = 0, b = 0, t = 0;
+  char tail = 0;
+  if (std::sscanf(value.c_str(), "bytes %llu-%llu/%llu%c", &a, &b, &t, &tail) != 3) return false;
+  *first = a;
+  *last = b;
+  *total = t;
+  return a <= b && b < t;
+}
+
+// pwrite of all of `data` at `offset`.
+Status WriteAt(int fd, const char* data, size_t n, uint64_t offset) {
+  while (n > 0) {
+    const ssize_t w = ::pwrite(fd, data, n, static_cast<off_t>(offset));
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoToStatus(errno, "write", "fetched package");
+    }
+    data += w;
+    n -= static_cast<size_t>(w);
+    offset += static_cast<uint64_t>(w);
+  }
+  return OkStatus();
+}
+
+// One ranged GET on `client`: bytes [first, last] of `path`, written to
+// `fd` at their own offsets as they arrive (from first + *got; *got counts
+// what reached the file, also when the transfer breaks). The answer must be
+// 206 for exactly that range of a `total`-byte object announcing `digest`.
+// UNAVAILABLE (a broken connection, a 5xx) may be retried from *got; any
+// other error may not. `stage` gathers httplib's 4 KiB reads into writes of
+// its capacity: small enough to be written while still in the CPU cache,
+// large enough to spare a syscall per TLS read.
+Status GetRange(httplib::SSLClient& client, const std::string& path, uint64_t first,
+                uint64_t last, uint64_t total, const std::string& digest, int fd,
+                std::vector<uint8_t>* stage, size_t* got) {
+  httplib::Headers headers = {
+      {"Range", "bytes=" + std::to_string(first + *got) + "-" + std::to_string(last)}};
+  int http_status = 0;
+  std::string error_body;
+  Status stop;
+  const size_t len = static_cast<size_t>(last - first + 1);
+  size_t staged = 0;
+  auto flush = [&]() -> Status {
+    if (staged == 0) return OkStatus();
+    RETURN_IF_ERROR(WriteAt(fd, reinterpret_cast<const char*>(stage->data()), staged,
+                            first + *got));
+    *got += staged;
+    staged = 0;
+    return OkStatus();
+  };
+  auto result = client.Get(
+      path, headers,
+      [&](const httplib::Response& r) {
+        http_status = r.status;
+        if (r.status != 206) return r.status != 200;  // 200: the whole body, refused
+        uint64_t a = 0, b = 0, t = 0;
+        if (!ParseFullContentRange(r.get_header_value("Content-Range"), &a, &b, &t) ||
+            a != first + *got || b != last || t != total) {
+          stop = DataLossError("package fetch: a range answer does not match its request");
+          return false;
+        }
+        if (ToLower(r.get_header_value("X-Content-SHA256")) != digest) {
+          stop = DataLossError("package fetch: the package changed during the download");
+          return false;
+        }
+        return true;
+      },
+      [&](const char* data, size_t n) {
+        if (http_status != 206) {
+          if (error_body.size() < kMaxErrorBodyBytes) error_body.append(data, n);
+          return true;
+        }
+        if (n > len - *got - staged) {
+          stop = DataLossError("package fetch: a range answer is longer than its range");
+          return false;
+        }
+        while (n > 0) {
+          const size_t take = std::min(n, stage->size() - staged);
+          std::memcpy(stage->data() + staged, data, take);
+          staged += take;
+          data += take;
+          n -= take;
+          if (staged == stage->size()) {
+            if (Status w = flush(); !w.ok()) {
+              stop = w;
+              return false;
+            }
+          }
+        }
+        return true;
+      });
+  // What arrived before a break is kept: a resume starts after it.
+  if (Status w = flush(); !w.ok() && stop.ok()) stop = w;
+  if (!stop.ok()) return stop;
+  if (http_status == 200) {
+    return DataLossError("package fetch: the portal stopped answering ranges");
+  }
+  if (!result) {
+    return UnavailableError("package fetch: " + httplib::to_string(result.error()) + " after " +
+                            std::to_string(first + *got) + " bytes");
+  }
+  if (http_status != 206) {
+    Status s = StatusFromErrorAnswer(http_status, error_body).WithPrefix("package fetch");
+    return http_status >= 500 ? UnavailableError(s.message()) : s;
+  }
+  if (*got != len) return UnavailableError("package fetch: transfer ended early");
+  return OkStatus();
+}
+
+// A whole-object download by parallel Range requests: `connections`
+// workers each take the next `range_bytes` range and write its bytes to
+// `fd` at their offsets as they arrive (no ordering between workers, no
+// large buffers); a broken range is resumed from where it stopped, against
+// one budget of resumes for the whole download. A hashing thread follows:
+// it reads each range back in order once it is complete (from the page
+// cache) into the SHA-256.
+class RangedDownload {
+ public:
+  struct Options {
+    std::string path;
+    uint64_t total = 0;
+    std::string digest;  // announced; every answer must repeat it
+    uint64_t range_bytes = 0;
+    int connections = 1;
+    int max_resumes = 0;
+    int64_t resume_delay_ms = 0;
+  };
+
+  RangedDownload(Options o, ClientFactory new_client, int fd, crypto::Sha256Hasher* hasher)
+      : o_(std::move(o)), new_client_(std::move(new_client)), fd_(fd), hasher_(hasher) {
+    ranges_ = (o_.total + o_.range_bytes - 1) / o_.range_bytes;
+    done_.assign(static_cast<size_t>(ranges_), false);
+  }
+
+  // `first` is a connection already open (the probe's), used by worker 0.
+  Status Run(ClientPtr first) {
+    const int workers = static_cast<int>(
+        std::max<uint64_t>(1, std::min<uint64_t>(ranges_, static_cast<uint64_t>(o_.connections))));
+    std::thread hashing([this] { Hash(); });
+    std::vector<std::thread> threads;
+    for (int i = 1; i < workers; ++i) threads.emplace_back([this] { Work(nullptr); });
+    Work(std::move(first));
+    for (auto& t : threads) t.join();
+    hashing.join();
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!error_.ok()) return error_;
+    if (hashed_ != o_.total) return InternalError("package fetch: ranges left unhashed");
+    return OkStatus();
+  }
+
+  int resumes() const { return resumes_; }
+  int ranges() const { return ranges_done_; }
+  int connections() const { return max_open_; }
+
+ private:
+  void Fail(Status s) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (error_.ok()) error_ = std::move(s);
+    cv_.notify_all();
+  }
+
+  void Work(ClientPtr client) {
+    if (client != nullptr) CountOpen();
+    std::vector<uint8_t> stage;
+    for (;;) {
+      uint64_t index = 0;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (!error_.ok() || next_claim_ >= ranges_) return;
+        index = next_claim_++;
+      }
+      const uint64_t offset = index * o_.range_bytes;
+      const uint64_t len = std::min(o_.range_bytes, o_.total - offset);
+      if (stage.empty()) stage.resize(kStageBytes);
+      size_t got = 0;
+      for (;;) {
+        Status s;
+        if (client == nullptr) {
+          auto c = new_client_();
+          if (c.ok()) {
+            client = std::move(c).value();
+            CountOpen();
+          } else {
+            s = c.status();
+          }
+        }
+        if (s.ok()) {
+          s = GetRange(*client, o_.path, offset, offset + len - 1, o_.total, o_.digest, fd_,
+                       &stage, &got);
+        }
+        if (s.ok()) break;
+        // A connection that failed is not used again.
+        client.reset();
+        if (s.code() != StatusCode::kUnavailable || !TakeResume()) return Fail(s);
+        std::this_thread::sleep_for(std::chrono::milliseconds(o_.resume_delay_ms));
+        std::lock_guard<std::mutex> lock(mu_);
+        if (!error_.ok()) return;
+      }
+      std::lock_guard<std::mutex> lock(mu_);
+      done_[static_cast<size_t>(index)] = true;
+      ++ranges_done_;
+      cv_.notify_all();
+    }
+  }
+
+  // Reads the ranges back in order as they complete, into the SHA-256.
+  void Hash() {
+    constexpr size_t kPiece = size_t{1} << 20;
+    std::unique_ptr<uint8_t[]> buf(new uint8_t[kPiece]);
+    for (uint64_t index = 0; index < ranges_; ++index) {
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return done_[static_cast<size_t>(index)] || !error_.ok(); });
+        if (!error_.ok()) return;
+      }
+      const uint64_t end = std::min(o_.total, (index + 1) * o_.range_bytes);
+      for (uint64_t at = index * o_.range_bytes; at < end;) {
+        const size_t want = static_cast<size_t>(std::min<uint64_t>(kPiece, end - at));
+        const ssize_t n = ::pread(fd_, buf.get(), want, static_cast<off_t>(at));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+          return Fail(n < 0 ? ErrnoToStatus(errno, "read back", "fetched package")
+                            : DataLossError("package fetch: the file is shorter than written"));
+        }
+        hasher_->Update({buf.get(), static_cast<size_t>(n)});
+        at += static_cast<uint64_t>(n);
+        std::lock_guard<std::mutex> lock(mu_);
+        hashed_ = at;
+      }
+    }
+  }
+
+  bool TakeResume() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (resumes_ >= o_.max_resumes) return false;
+    ++resumes_;
+    return true;
+  }
+
+  void CountOpen() {
+    std::lock_guard<std::mutex> lock(mu_);
+    max_open_ = std::max(max_open_, ++open_);
+  }
+
+  // Per connection: TLS reads gathered into writes of this size.
+  static constexpr size_t kStageBytes = size_t{256} << 10;
+  const Options o_;
+  const ClientFactory new_client_;
+  const int fd_;
+  crypto::Sha256Hasher* const hasher_;
+  uint64_t ranges_ = 0;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<bool> done_;  // per range: every byte written
+  uint64_t next_claim_ = 0;
+  uint64_t hashed_ = 0;
+  int resumes_ = 0;
+  int ranges_done_ = 0;
+  int open_ = 0;  // connections opened so far (a failed one is replaced)
+  int max_open_ = 0;
+  Status error_;
+};
+
 
 json TagsAsArray(const std::vector<std::string>& tags) { return tags; }
 
@@ -460,6 +733,89 @@ Status PortalClient::Fetch(const Job& job, const std::string& dest_path) {
   std::string announced;  // lowercase hex, from the first answer
   Status last_error = UnavailableError("no attempt");
   bool complete = false;
+  // A fresh connection per attempt: the previous one may be half-dead.
+  ClientFactory new_client = [&]() -> StatusOr<ClientPtr> {
+    auto client = std::make_unique<httplib::SSLClient>(impl_->url.host, impl_->url.port,
+                                                       opt.cert_file, opt.key_file);
+    if (!client->is_valid()) return InvalidArgumentError("package fetch: bad client certificate");
+    SSL_CTX* ctx = client->ssl_context();
+    RETURN_IF_ERROR(net::internal::ApplyTlsPolicy(ctx));
+    // The portal's CA only (never the system store), checked by OpenSSL in
+    // the handshake (see VerifyServerInHandshake).
+    if (SSL_CTX_load_verify_locations(ctx, opt.ca_cert_file.c_str(), nullptr) != 1) {
+      ERR_clear_error();
+      return InvalidArgumentError("package fetch: cannot load the CA file " + opt.ca_cert_file);
+    }
+    client->enable_server_certificate_verification(false);
+    RETURN_IF_ERROR(net::internal::VerifyServerInHandshake(ctx, impl_->url.host));
+    client->set_connection_timeout(opt.timeout_seconds, 0);
+    client->set_read_timeout(opt.timeout_seconds, 0);
+    client->set_write_timeout(opt.timeout_seconds, 0);
+    client->set_keep_alive(true);
+    return client;
+  };
+
+  // Probe: the first byte tells whether the portal answers ranges, the
+  // package's size and its announced digest. Anything but a well-formed
+  // 206 (a portal ignoring Range, an error, an empty package, a broken
+  // connection) leaves the download to the one-connection path below,
+  // which reports errors as before.
+  {
+    ASSIGN_OR_RETURN(ClientPtr probe, new_client());
+    int http_status = 0;
+    uint64_t size = 0;
+    std::string digest;
+    auto result = probe->Get(path, {{"Range", "bytes=0-0"}},
+                             [&](const httplib::Response& r) {
+                               http_status = r.status;
+                               uint64_t a = 0, b = 0;
+                               if (r.status != 206 ||
+                                   !ParseFullContentRange(r.get_header_value("Content-Range"),
+                                                          &a, &b, &size) ||
+                                   a != 0 || b != 0) {
+                                 http_status = 0;
+                                 return false;
+                               }
+                               digest = ToLower(r.get_header_value("X-Content-SHA256"));
+                               return true;
+                             },
+                             [](const char*, size_t) { return true; });
+    // Ranges are written at their offsets through a descriptor of this
+    // process's own: only with the real file system (an Env for tests
+    // takes the one-request path).
+    if (result && http_status == 206 && opt.fetch_connections >= 1 &&
+        opt.fetch_range_bytes >= 1 && impl_->env == Env::Default()) {
+      // Positional writes need a descriptor of their own on the temp file
+      // (the AtomicOutputFile's appends nothing; it still renames or
+      // removes the file).
+      const int fd = ::open(out->temp_path().c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+      if (fd < 0) return ErrnoToStatus(errno, "open", out->temp_path());
+      RangedDownload ranged({.path = path,
+                             .total = size,
+                             .digest = digest,
+                             .range_bytes = opt.fetch_range_bytes,
+                             .connections = opt.fetch_connections,
+                             .max_resumes = opt.max_resumes,
+                             .resume_delay_ms = opt.resume_delay_ms},
+                            new_client, fd, &hasher);
+      Status s = ranged.Run(std::move(probe));
+      if (::close(fd) != 0 && s.ok()) s = ErrnoToStatus(errno, "close", out->temp_path());
+      stats.resumes = ranged.resumes();
+      stats.ranges = ranged.ranges();
+      stats.connections = ranged.connections();
+      if (!s.ok()) {
+        std::lock_guard<std::mutex> lock(impl_->mu);
+        impl_->last_fetch = stats;
+        return s;
+      }
+      written = size;
+      total = size;
+      announced = digest;
+      complete = true;
+    }
+  }
+  if (!complete) stats.connections = 1;
+
   // Received bytes not yet written and hashed (in order, so a resume after
   // a broken connection starts right after them).
   // Written and hashed on the appender's thread; `written` counts what it
@@ -486,22 +842,8 @@ Status PortalClient::Fetch(const Job& job, const std::string& dest_path) {
       ++stats.resumes;
       std::this_thread::sleep_for(std::chrono::milliseconds(opt.resume_delay_ms));
     }
-    // A fresh connection per attempt: the previous one may be half-dead.
-    httplib::SSLClient client(impl_->url.host, impl_->url.port, opt.cert_file, opt.key_file);
-    if (!client.is_valid()) return InvalidArgumentError("package fetch: bad client certificate");
-    SSL_CTX* ctx = client.ssl_context();
-    RETURN_IF_ERROR(net::internal::ApplyTlsPolicy(ctx));
-    // The portal's CA only (never the system store), checked by OpenSSL in
-    // the handshake (see VerifyServerInHandshake).
-    if (SSL_CTX_load_verify_locations(ctx, opt.ca_cert_file.c_str(), nullptr) != 1) {
-      ERR_clear_error();
-      return InvalidArgumentError("package fetch: cannot load the CA file " + opt.ca_cert_file);
-    }
-    client.enable_server_certificate_verification(false);
-    RETURN_IF_ERROR(net::internal::VerifyServerInHandshake(ctx, impl_->url.host));
-    client.set_connection_timeout(opt.timeout_seconds, 0);
-    client.set_read_timeout(opt.timeout_seconds, 0);
-    client.set_write_timeout(opt.timeout_seconds, 0);
+    ASSIGN_OR_RETURN(ClientPtr client_ptr, new_client());
+    httplib::SSLClient& client = *client_ptr;
     httplib::Headers headers;
     if (written > 0) headers.emplace("Range", "bytes=" + std::to_string(written) + "-");
 

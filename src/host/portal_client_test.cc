@@ -218,8 +218,11 @@ class PortalClientTest : public ::testing::Test {
         0600));
   }
 
-  std::unique_ptr<PortalClient> Client(const std::string& identity, int port = 0) {
+  std::unique_ptr<PortalClient> Client(const std::string& identity, int port = 0,
+                                       uint64_t range_bytes = 0, int connections = 0) {
     PortalClientOptions o;
+    if (range_bytes != 0) o.fetch_range_bytes = range_bytes;
+    if (connections != 0) o.fetch_connections = connections;
     o.url = "https://127.0.0.1:" + std::to_string(port != 0 ? port : portal_->port());
     o.ca_cert_file = dir_.File("ca.pem");
     o.cert_file = dir_.File(identity + ".crt");
@@ -465,6 +468,114 @@ TEST_F(PortalClientTest, WrongDigestIsDataLossAndLeavesNoFile) {
   EXPECT_STATUS(host->Fetch({.job_id = "j1"}, dir_.File("bad.pkg")), StatusCode::kDataLoss,
                 "SHA-256 mismatch");
   EXPECT_FALSE(Env::Default()->FileExists(dir_.File("bad.pkg")));
+}
+
+TEST_F(PortalClientTest, LargePackageArrivesByParallelRangesEachWrittenAtItsOffset) {
+  auto host = Client("host-a", 0, 1 << 20, 3);
+  ASSERT_OK(host->Register({.capacity = {.vcpus = 1, .memory_mib = 512, .slots = 1}}));
+  const std::string package = RandomPackage((7 << 20) + 12345);
+  const std::string job_id = LaunchPackage(package);
+  const std::string dest = dir_.File("job.pkg");
+  ASSERT_OK(host->Fetch({.job_id = job_id}, dest));
+  EXPECT_EQ(testing::ReadFileOrDie(dest), package);
+  EXPECT_TRUE(host->last_fetch().digest_checked);
+  EXPECT_EQ(host->last_fetch().bytes, package.size());
+  EXPECT_EQ(host->last_fetch().ranges, 8);
+  EXPECT_EQ(host->last_fetch().connections, 3);
+  EXPECT_EQ(host->last_fetch().resumes, 0);
+  struct stat st;
+  ASSERT_EQ(::stat(dest.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  for (const auto& name : testing::ListDir(dir_.path())) {
+    EXPECT_EQ(name.find("job.pkg."), std::string::npos) << name;
+  }
+}
+
+TEST_F(PortalClientTest, ParallelRangesCutMidTransferEachResumeFromWhereTheyStopped) {
+  auto direct = Client("host-a");
+  ASSERT_OK(direct->Register({.capacity = {.vcpus = 1, .memory_mib = 512, .slots = 1}}));
+  const std::string package = RandomPackage(5 << 20);
+  const std::string job_id = LaunchPackage(package);
+  // The first three connections (the probe's, which carries the first
+  // range, and the two other workers') die inside their first range.
+  CuttingRelay relay(portal_->port(), 3, 600 << 10);
+  auto host = Client("host-a", relay.port(), 1 << 20, 3);
+  const std::string dest = dir_.File("job.pkg");
+  ASSERT_OK(host->Fetch({.job_id = job_id}, dest));
+  EXPECT_EQ(relay.cuts_done(), 3);
+  EXPECT_EQ(host->last_fetch().resumes, 3);
+  EXPECT_EQ(host->last_fetch().ranges, 5);
+  EXPECT_EQ(testing::ReadFileOrDie(dest), package);
+  for (const auto& name : testing::ListDir(dir_.path())) {
+    EXPECT_EQ(name.find("job.pkg."), std::string::npos) << name;
+  }
+}
+
+// A server that answers ranges (cpp-httplib serves Range for set_content)
+// and, from its `swap_after`-th request on, serves other bytes: announced
+// as another digest (`honest`), or under the first one's digest.
+class SwappingServer {
+ public:
+  SwappingServer(const std::string& cert, const std::string& key, std::string first,
+                 std::string second, int swap_after, bool honest)
+      : server_(cert.c_str(), key.c_str()),
+        first_(std::move(first)),
+        second_(std::move(second)),
+        swap_after_(swap_after),
+        honest_(honest) {
+    server_.Get(R"(/v1/hosts/jobs/([a-z0-9-]+)/package)",
+                [this](const httplib::Request&, httplib::Response& res) {
+                  const bool swapped = requests_.fetch_add(1) >= swap_after_;
+                  const std::string& body = swapped ? second_ : first_;
+                  const std::string& named = swapped && honest_ ? second_ : first_;
+                  res.set_header("X-Content-SHA256", crypto::HexEncode(crypto::Sha256(named)));
+                  res.set_content(body, "application/octet-stream");
+                });
+    port_ = server_.bind_to_any_port("127.0.0.1");
+    thread_ = std::thread([this] { server_.listen_after_bind(); });
+  }
+  ~SwappingServer() {
+    server_.stop();
+    thread_.join();
+  }
+  int port() const { return port_; }
+  int requests() const { return requests_; }
+
+ private:
+  httplib::SSLServer server_;
+  const std::string first_, second_;
+  const int swap_after_;
+  const bool honest_;
+  std::atomic<int> requests_{0};
+  int port_ = 0;
+  std::thread thread_;
+};
+
+TEST_F(PortalClientTest, PackageSwappedBetweenRangesIsDataLossAndLeavesNoFile) {
+  const std::string a = RandomPackage(300000), b = RandomPackage(300000);
+  // Probe and first range see `a`; the second range is `b`'s.
+  SwappingServer server(dir_.File("server.crt"), dir_.File("server.key"), a, b, 2, true);
+  auto host = Client("host-a", server.port(), 64 << 10, 1);
+  EXPECT_STATUS(host->Fetch({.job_id = "j1"}, dir_.File("swapped.pkg")), StatusCode::kDataLoss,
+                "changed during the download");
+  EXPECT_GE(server.requests(), 3);
+  for (const auto& name : testing::ListDir(dir_.path())) {
+    EXPECT_EQ(name.find("swapped.pkg"), std::string::npos) << name;
+  }
+}
+
+TEST_F(PortalClientTest, RangesWhoseBytesAreNotTheAnnouncedPackageAreDataLoss) {
+  const std::string a = RandomPackage(300000), b = RandomPackage(300000);
+  // Every answer names `a`'s digest; from the third range on it sends `b`'s
+  // bytes, over three connections.
+  SwappingServer server(dir_.File("server.crt"), dir_.File("server.key"), a, b, 3, false);
+  auto host = Client("host-a", server.port(), 64 << 10, 3);
+  EXPECT_STATUS(host->Fetch({.job_id = "j1"}, dir_.File("mixed.pkg")), StatusCode::kDataLoss,
+                "SHA-256 mismatch");
+  EXPECT_EQ(host->last_fetch().ranges, 5);
+  for (const auto& name : testing::ListDir(dir_.path())) {
+    EXPECT_EQ(name.find("mixed.pkg"), std::string::npos) << name;
+  }
 }
 
 TEST_F(PortalClientTest, ConnectionThePortalClosedWhileIdleIsReopened) {

@@ -2,12 +2,14 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <openssl/crypto.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <mutex>
 #include <vector>
 
 #include "crypto/primitives.h"
@@ -146,26 +148,48 @@ class StreamReaderImpl final : public StreamReader {
  public:
   StreamReaderImpl(const RandomAccessFile* in, Layout layout, SecretBytes key)
       : in_(in), layout_(layout), key_(std::move(key)) {}
+  ~StreamReaderImpl() override {
+    for (Lease& l : pool_) Wipe(l);
+  }
 
   uint64_t plaintext_size() const override { return layout_.plaintext_bytes; }
 
+  // A chunk the request covers whole is read straight into `out` and
+  // decrypted where it lies (no scratch buffer, no copy); a chunk it covers
+  // in part goes through a scratch buffer. Cipher contexts (keyed once) and
+  // scratch buffers are kept for the next call: a reader serves many
+  // threads (the NBD export's), each call takes its own from the pool.
   StatusOr<size_t> ReadAt(uint64_t offset, std::span<uint8_t> out) const override {
     if (offset >= layout_.plaintext_bytes || out.empty()) return size_t{0};
     const uint64_t end = std::min<uint64_t>(layout_.plaintext_bytes, offset + out.size());
     const uint64_t c = layout_.chunk_size_bytes;
     if (failed_.load()) return DataLossError("decryption failed");
-    ASSIGN_OR_RETURN(auto cipher, internal::ChunkCipher::Create(key_));
-    std::vector<uint8_t> buf(c + kTagBytes);
+    ASSIGN_OR_RETURN(Lease lease, Take());
+    struct GiveBack {
+      const StreamReaderImpl* self;
+      Lease* lease;
+      ~GiveBack() { self->Return(std::move(*lease)); }
+    } give_back{this, &lease};
     size_t copied = 0;
     for (uint64_t i = offset / c; i <= (end - 1) / c; ++i) {
-      Status s = OpenChunk(*cipher, i, buf);
+      const uint64_t chunk_start = i * c;
+      const uint64_t pt = layout_.PlaintextChunkBytes(i);
+      const uint64_t from = std::max(offset, chunk_start) - chunk_start;
+      const uint64_t to = std::min(end, chunk_start + pt) - chunk_start;
+      Status s;
+      if (from == 0 && to == pt) {
+        std::span<uint8_t> dst = out.subspan(copied, static_cast<size_t>(pt));
+        s = OpenChunkInto(*lease.cipher, i, dst);
+        // Never unauthenticated bytes in the caller's buffer.
+        if (!s.ok()) OPENSSL_cleanse(dst.data(), dst.size());
+      } else {
+        if (lease.scratch == nullptr) lease.scratch.reset(new uint8_t[c + kTagBytes]);
+        s = OpenChunkSealed(*lease.cipher, i,
+                            {lease.scratch.get(), static_cast<size_t>(pt) + kTagBytes});
+        if (s.ok()) std::memcpy(out.data() + copied, lease.scratch.get() + from, to - from);
+      }
       if (s.code() == StatusCode::kDataLoss) failed_.store(true);
       RETURN_IF_ERROR(s);
-      const uint64_t chunk_start = i * c;
-      const uint64_t from = std::max(offset, chunk_start) - chunk_start;
-      const uint64_t to = std::min(end, chunk_start + layout_.PlaintextChunkBytes(i)) -
-                          chunk_start;
-      std::memcpy(out.data() + copied, buf.data() + from, to - from);
       copied += to - from;
     }
     return copied;
@@ -174,26 +198,82 @@ class StreamReaderImpl final : public StreamReader {
   Status VerifyFinalChunk() const {
     ASSIGN_OR_RETURN(auto cipher, internal::ChunkCipher::Create(key_));
     std::vector<uint8_t> buf(layout_.PlaintextChunkBytes(layout_.chunk_count - 1) + kTagBytes);
-    return OpenChunk(*cipher, layout_.chunk_count - 1, buf);
-  }
-
-  // Opens chunk `i` into the front of `buf`.
-  Status OpenChunk(internal::ChunkCipher& cipher, uint64_t i, std::vector<uint8_t>& buf) const {
-    const size_t pt = layout_.PlaintextChunkBytes(i);
-    ASSIGN_OR_RETURN(size_t n,
-                     in_->Read(layout_.SealedChunkOffset(i), {buf.data(), pt + kTagBytes}));
-    if (n != pt + kTagBytes) return AbortedError("input changed size while being read");
-    return cipher.Open(i, i + 1 == layout_.chunk_count, {buf.data(), pt + kTagBytes},
-                       {buf.data(), pt});
+    return OpenChunkSealed(*cipher, layout_.chunk_count - 1, buf);
   }
 
  private:
+  // One caller's cipher context and scratch buffer (plaintext of one chunk).
+  struct Lease {
+    std::unique_ptr<internal::ChunkCipher> cipher;
+    std::unique_ptr<uint8_t[]> scratch;
+  };
+
+  StatusOr<Lease> Take() const {
+    {
+      std::lock_guard<std::mutex> lock(pool_mu_);
+      if (!pool_.empty()) {
+        Lease l = std::move(pool_.back());
+        pool_.pop_back();
+        return l;
+      }
+    }
+    Lease l;
+    ASSIGN_OR_RETURN(l.cipher, internal::ChunkCipher::Create(key_));
+    return l;
+  }
+
+  void Return(Lease l) const {
+    if (l.cipher == nullptr) return;
+    {
+      std::lock_guard<std::mutex> lock(pool_mu_);
+      if (pool_.size() < kMaxPooled) {
+        pool_.push_back(std::move(l));
+        return;
+      }
+    }
+    Wipe(l);
+  }
+
+  // Scratch buffers held plaintext: wiped before they are freed.
+  void Wipe(Lease& l) const {
+    if (l.scratch != nullptr) {
+      OPENSSL_cleanse(l.scratch.get(), layout_.chunk_size_bytes + kTagBytes);
+    }
+  }
+
+  // Reads sealed chunk `i` (ciphertext and tag, one read) into `buf`, which
+  // is exactly that long, and opens it into its front.
+  Status OpenChunkSealed(internal::ChunkCipher& cipher, uint64_t i, std::span<uint8_t> buf) const {
+    const size_t pt = layout_.PlaintextChunkBytes(i);
+    if (buf.size() != pt + kTagBytes) return InternalError("open chunk: bad buffer size");
+    ASSIGN_OR_RETURN(size_t n, in_->Read(layout_.SealedChunkOffset(i), buf));
+    if (n != buf.size()) return AbortedError("input changed size while being read");
+    return cipher.Open(i, i + 1 == layout_.chunk_count, buf, buf.first(pt));
+  }
+
+  // Reads chunk `i`'s ciphertext into `out` (its plaintext size) and its
+  // tag apart (two reads), and opens it where it lies.
+  Status OpenChunkInto(internal::ChunkCipher& cipher, uint64_t i, std::span<uint8_t> out) const {
+    const size_t pt = layout_.PlaintextChunkBytes(i);
+    if (out.size() != pt) return InternalError("open chunk: bad buffer size");
+    const uint64_t at = layout_.SealedChunkOffset(i);
+    uint8_t tag[kTagBytes];
+    ASSIGN_OR_RETURN(size_t n, in_->Read(at, out));
+    ASSIGN_OR_RETURN(size_t t, in_->Read(at + pt, {tag, kTagBytes}));
+    if (n != pt || t != kTagBytes) return AbortedError("input changed size while being read");
+    return cipher.OpenDetached(i, i + 1 == layout_.chunk_count, out,
+                               std::span<const uint8_t, kTagBytes>(tag), out);
+  }
+
+  static constexpr size_t kMaxPooled = 32;
   const RandomAccessFile* const in_;
   const Layout layout_;
   const SecretBytes key_;
   // Sticky: once a chunk fails to authenticate, the stream is known to be
   // tampered with and no further plaintext is released.
   mutable std::atomic<bool> failed_{false};
+  mutable std::mutex pool_mu_;
+  mutable std::vector<Lease> pool_;
 };
 
 class StreamWriterImpl final : public StreamWriter {

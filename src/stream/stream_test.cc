@@ -441,8 +441,10 @@ TEST(StreamReaderTest, ReadsOnlyTheCoveringChunks) {
   in.TakeOffsets();
   Bytes out(kTinyChunk + 2);  // bytes 5*16+15 .. 7*16+0: chunks 5, 6, 7
   ASSERT_OK((*reader)->ReadAt(5 * kTinyChunk + 15, out));
-  EXPECT_EQ(in.TakeOffsets(),
-            (std::set<uint64_t>{ChunkOffset(5), ChunkOffset(6), ChunkOffset(7)}));
+  // Chunk 6, covered whole, is read into `out` and its tag apart (it is
+  // decrypted where it lies); 5 and 7 are read sealed in one piece.
+  EXPECT_EQ(in.TakeOffsets(), (std::set<uint64_t>{ChunkOffset(5), ChunkOffset(6),
+                                                  ChunkOffset(6) + kTinyChunk, ChunkOffset(7)}));
 }
 
 TEST(StreamReaderTest, CreateAuthenticatesTheFinalChunk) {
@@ -466,6 +468,27 @@ TEST(StreamReaderTest, TamperedChunkFailsOnlyWhenRead) {
   EXPECT_OK((*reader)->ReadAt(0, out));
   EXPECT_STATUS((*reader)->ReadAt(2 * kTinyChunk, out), StatusCode::kDataLoss,
                 "decryption failed");
+}
+
+TEST(StreamReaderTest, ATamperedChunkReadWholeLeavesNoDecryptedBytesInTheCallersBuffer) {
+  Bytes pt = Pattern(kTinyChunk * 8);
+  auto sealed = SealBytes(pt, kTinyChunk, TestKey());
+  ASSERT_OK(sealed);
+  // One flipped tag bit: the ciphertext itself decrypts to the plaintext,
+  // so only the wipe keeps it (unauthenticated) out of `out`.
+  (*sealed)[ChunkOffset(3) + kTinyChunk + 2] ^= 1;
+  MemoryFile in(*sealed);
+  auto reader = StreamReader::Create(&in, TestKey(), kContext);
+  ASSERT_OK(reader);
+  Bytes out(3 * kTinyChunk, 0xAA);  // chunks 2, 3 (tampered), 4, each covered whole
+  EXPECT_STATUS((*reader)->ReadAt(2 * kTinyChunk, out), StatusCode::kDataLoss,
+                "decryption failed");
+  const Bytes chunk3(pt.begin() + 3 * kTinyChunk, pt.begin() + 4 * kTinyChunk);
+  const Bytes got3(out.begin() + kTinyChunk, out.begin() + 2 * kTinyChunk);
+  EXPECT_NE(got3, chunk3);
+  EXPECT_EQ(got3, Bytes(kTinyChunk, 0));
+  // Nothing after the failed chunk was touched.
+  EXPECT_EQ(Bytes(out.begin() + 2 * kTinyChunk, out.end()), Bytes(kTinyChunk, 0xAA));
 }
 
 TEST(StreamReaderTest, AuthenticationFailureIsSticky) {

@@ -66,21 +66,31 @@ Status ChunkCipher::Seal(uint64_t index, bool last, std::span<const uint8_t> pla
 
 Status ChunkCipher::Open(uint64_t index, bool last, std::span<const uint8_t> sealed,
                          std::span<uint8_t> out) {
-  if (sealed.size() < kTagBytes || out.size() != sealed.size() - kTagBytes ||
-      out.size() > kMaxEvpBytes) {
+  if (sealed.size() < kTagBytes || out.size() != sealed.size() - kTagBytes) {
     return InternalError("open chunk: bad buffer size");
   }
-  Nonce nonce = ChunkNonce(index, last);
   // Copy the tag first: with in-place opening the output overwrites nothing
   // past out.size(), but keeping the tag separate makes that obvious.
   uint8_t tag[kTagBytes];
   std::memcpy(tag, sealed.data() + out.size(), kTagBytes);
+  return OpenDetached(index, last, sealed.first(out.size()),
+                      std::span<const uint8_t, kTagBytes>(tag), out);
+}
+
+Status ChunkCipher::OpenDetached(uint64_t index, bool last, std::span<const uint8_t> ciphertext,
+                                 std::span<const uint8_t, kTagBytes> tag, std::span<uint8_t> out) {
+  if (out.size() != ciphertext.size() || out.size() > kMaxEvpBytes) {
+    return InternalError("open chunk: bad buffer size");
+  }
+  Nonce nonce = ChunkNonce(index, last);
+  uint8_t tag_copy[kTagBytes];
+  std::memcpy(tag_copy, tag.data(), kTagBytes);
   int len = 0;
   if (EVP_CipherInit_ex(ctx_.get(), nullptr, nullptr, nullptr, nonce.data(), 0) != 1 ||
-      (!out.empty() && EVP_CipherUpdate(ctx_.get(), out.data(), &len, sealed.data(),
+      (!out.empty() && EVP_CipherUpdate(ctx_.get(), out.data(), &len, ciphertext.data(),
                                         static_cast<int>(out.size())) != 1) ||
       EVP_CIPHER_CTX_ctrl(ctx_.get(), EVP_CTRL_GCM_SET_TAG, static_cast<int>(kTagBytes),
-                          tag) != 1) {
+                          tag_copy) != 1) {
     return crypto::SslError("open chunk");
   }
   uint8_t final_block[16];

@@ -42,6 +42,13 @@ class ChunkCipher {
   Status Open(uint64_t index, bool last, std::span<const uint8_t> sealed,
               std::span<uint8_t> out);
 
+  // The same with the tag apart from the ciphertext: opens `ciphertext`
+  // into `out` (same size; it may be the same memory, so a chunk read
+  // straight into the caller's buffer is decrypted where it lies). On
+  // DATA_LOSS `out` holds unauthenticated bytes: the caller must wipe them.
+  Status OpenDetached(uint64_t index, bool last, std::span<const uint8_t> ciphertext,
+                      std::span<const uint8_t, kTagBytes> tag, std::span<uint8_t> out);
+
  private:
   explicit ChunkCipher(crypto::EvpCipherCtxPtr ctx) : ctx_(std::move(ctx)) {}
   crypto::EvpCipherCtxPtr ctx_;

@@ -567,8 +567,9 @@ StatusOr<vm::VmInfo> HostAgent::LaunchEncrypted(const Job& job, const std::strin
                                                 const JobUpdateFn& report, StepTimer* steps,
                                                 std::future<EarlyOverlays>* early,
                                                 SpawnedExports* spawned) {
+  // Made by RunJobSteps before the exports were spawned; not chmod'ed again
+  // here: the exports (as the VM's user) are still opening it.
   const std::string dir = VmDiskDir(vm_name);
-  RETURN_IF_ERROR(MakePrivateDir(dir));
   const bool stream = options_.launch_mode == LaunchMode::kStream;
   // A fetched package (ciphertext) stays beside the exports while they read it.
   const std::string package_path = fetched_package;

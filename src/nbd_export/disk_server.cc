@@ -19,6 +19,8 @@ using Clock = std::chrono::steady_clock;
 // Read-ahead while Open reads a remote package's metadata (the cache fetches
 // at least one block).
 constexpr uint64_t kMetadataReadaheadBytes = uint64_t{64} << 10;
+// More than a stream's header plus one chunk's tag (docs/format/stream.md).
+constexpr uint64_t kChunkOverheadBytes = uint64_t{64} << 10;
 // The background fill's thread priority (nice), below nbdkit's request
 // threads.
 constexpr int kPrefetchNice = 10;
@@ -183,12 +185,18 @@ Status DiskServer::Init() {
     if (m == nullptr) return NotFoundError("missing file: " + ref->href);
     member_offset_ = m->data_offset;
     member_size_ = m->size;
-    // What Unlock reads (the stream's header at the front, its final chunk
-    // at the end), fetched now while the key is still on its way.
+    // What Unlock reads (the stream's header and its final chunk) and what
+    // is read first after it (the first chunk: the disk-format inspection,
+    // the boot sector), fetched now while the key is still on its way. A
+    // chunk's ciphertext is its plaintext plus a tag, after the header: a
+    // little more than chunk_bytes_ from either end covers both, which may
+    // straddle a cache block (a miss there would otherwise fetch a whole
+    // read-ahead after the key).
     if (member_size_ > 0) {
       const std::atomic<bool> no_stop{false};
-      RETURN_IF_ERROR(cache_->Fill(member_offset_, 1, &no_stop));
-      RETURN_IF_ERROR(cache_->Fill(member_offset_ + member_size_ - 1, 1, &no_stop));
+      const uint64_t edge = std::min(member_size_, chunk_bytes_ + kChunkOverheadBytes);
+      RETURN_IF_ERROR(cache_->Fill(member_offset_, edge, &no_stop));
+      RETURN_IF_ERROR(cache_->Fill(member_offset_ + member_size_ - edge, edge, &no_stop));
     }
     cache_->SetReadahead(options_.readahead_bytes);
     WriteProgress();  // replaces what an earlier process left

@@ -1,6 +1,7 @@
 #include "host/host_agent.h"
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
@@ -353,9 +354,16 @@ StatusOr<vm::VmInfo> HostAgent::RunJobSteps(const Job& job, const std::string& v
       std::filesystem::remove_all(VmDiskDir(vm_name) + "/meta", ec);
     }
   }
+  // A fetched package (ciphertext) is read in place from the VM's disk dir
+  // (the exports read it there; moved before it is opened, so every reader
+  // sees one path).
+  std::string local_package;
   if (!remote) {
     RETURN_IF_ERROR(packages_->Fetch(job, package_path).WithPrefix("fetch"));
-    package_or = ovf::Package::Open(env_, package_path, open_options);
+    RETURN_IF_ERROR(MakePrivateDir(VmDiskDir(vm_name)));
+    local_package = VmDiskDir(vm_name) + "/package";
+    RETURN_IF_ERROR(env_->RenameFile(package_path, local_package));
+    package_or = ovf::Package::Open(env_, local_package, open_options);
   }
   if (!package_or.ok()) {
     if (!options_.allow_plain_images &&
@@ -408,6 +416,16 @@ StatusOr<vm::VmInfo> HostAgent::RunJobSteps(const Job& job, const std::string& v
     RETURN_IF_ERROR(MakePrivateDir(dir));
     std::vector<std::string> early_ids;
     for (size_t k : order) early_ids.push_back(package->files()[k].id);
+    // Each disk's export starts now and opens the package while the host
+    // attests and the key is released and unwrapped; it gets the key
+    // (Export::Unlock) in LaunchEncrypted and serves nothing before. An
+    // error until then destroys these: each nbdkit reads end of file for its
+    // key and ends.
+    ASSIGN_OR_RETURN(std::vector<std::unique_ptr<nbd_export::Export>> exports,
+                     StartExports(vm_name, job.job_id, local_package, early_ids, tag.image_id,
+                                  tag.tenant, /*data_key=*/nullptr, /*exit_with_parent=*/false,
+                                  /*reattach=*/false));
+    steps->Lap("exports_spawn");
     std::future<EarlyOverlays> early =
         std::async(std::launch::async, [this, &package, early_ids, dir] {
           EarlyOverlays out;
@@ -447,8 +465,8 @@ StatusOr<vm::VmInfo> HostAgent::RunJobSteps(const Job& job, const std::string& v
     ASSIGN_OR_RETURN(SecretBytes data_key,
                      tpm_->Decrypt(released.rewrapped_key, released.label));
     steps->Lap("unwrap");
-    return LaunchEncrypted(job, vm_name, order, remote ? "" : package_path, *package, data_key,
-                           released, spec, report, steps, &early);
+    return LaunchEncrypted(job, vm_name, order, local_package, *package, data_key, released,
+                           spec, report, steps, &early, &exports);
   }
 
   // A plain package (allow_plain_images): the customer stored it in clear;
@@ -470,6 +488,10 @@ StatusOr<vm::VmInfo> HostAgent::RunJobSteps(const Job& job, const std::string& v
     }
     RETURN_IF_ERROR(out->Commit());
   }
+  if (!local_package.empty()) {
+    (void)env_->RemoveFile(local_package);
+    (void)::rmdir(VmDiskDir(vm_name).c_str());  // only when nothing else is in it
+  }
   // Before any qemu process starts; a refusal removes the disk (RunJob).
   ASSIGN_OR_RETURN(vm::DiskFormat disk_format, InspectDisk(env_, disk_path, declared_format));
   Report(report, job, JobPhase::kLaunching);
@@ -488,7 +510,7 @@ std::vector<DiskEvent> JobRunner::DiskEvents() { return {}; }
 StatusOr<std::vector<std::unique_ptr<nbd_export::Export>>> HostAgent::StartExports(
     const std::string& vm_name, const std::string& job_id, const std::string& package_path,
     const std::vector<std::string>& disk_ids, const std::string& image_id,
-    const std::string& tenant, const SecretBytes& data_key, bool exit_with_parent,
+    const std::string& tenant, const SecretBytes* data_key, bool exit_with_parent,
     bool reattach) {
   if (options_.nbd_plugin_path.empty()) {
     return FailedPreconditionError("host agent: no nbd_plugin_path: cannot serve encrypted disks");
@@ -526,8 +548,9 @@ StatusOr<std::vector<std::unique_ptr<nbd_export::Export>>> HostAgent::StartExpor
     eo.expected_tenant = tenant;
     eo.prefetch = options_.prefetch;
     eo.exit_with_parent = exit_with_parent;
-    auto e = reattach ? nbd_export::Export::Reattach(eo, data_key)
-                      : nbd_export::Export::Start(eo, data_key);
+    auto e = data_key == nullptr ? nbd_export::Export::Spawn(eo)
+             : reattach          ? nbd_export::Export::Reattach(eo, *data_key)
+                                 : nbd_export::Export::Start(eo, *data_key);
     if (!e.ok()) return e.status().WithPrefix("disk " + disk_ids[i]);
     out.push_back(*std::move(e));
   }
@@ -542,16 +565,14 @@ StatusOr<vm::VmInfo> HostAgent::LaunchEncrypted(const Job& job, const std::strin
                                                 const ReleasedKey& released,
                                                 const vm::VmSpec& base,
                                                 const JobUpdateFn& report, StepTimer* steps,
-                                                std::future<EarlyOverlays>* early) {
+                                                std::future<EarlyOverlays>* early,
+                                                SpawnedExports* spawned) {
+  // Made by RunJobSteps before the exports were spawned; not chmod'ed again
+  // here: the exports (as the VM's user) are still opening it.
   const std::string dir = VmDiskDir(vm_name);
-  RETURN_IF_ERROR(MakePrivateDir(dir));
   const bool stream = options_.launch_mode == LaunchMode::kStream;
   // A fetched package (ciphertext) stays beside the exports while they read it.
-  std::string package_path;
-  if (!fetched_package.empty()) {
-    package_path = dir + "/package";
-    RETURN_IF_ERROR(env_->RenameFile(fetched_package, package_path));
-  }
+  const std::string package_path = fetched_package;
   internal::LaunchRecord record;
   record.vm_name = vm_name;
   record.job_id = job.job_id;
@@ -565,14 +586,15 @@ StatusOr<vm::VmInfo> HostAgent::LaunchEncrypted(const Job& job, const std::strin
   std::vector<std::string> ids;
   for (size_t k : order) ids.push_back(package.files()[k].id);
 
-  // Copy mode needs the exports only while it converts: they die with us.
+  // The exports started while the job attested get the key now. Copy mode
+  // needs them only while it converts.
+  if (spawned->size() != ids.size()) return InternalError("exports: one per disk expected");
+  for (size_t i = 0; i < ids.size(); ++i) {
+    RETURN_IF_ERROR((*spawned)[i]->Unlock(data_key).WithPrefix("disk " + ids[i]));
+  }
   {
-    ASSIGN_OR_RETURN(auto exports,
-                     StartExports(vm_name, job.job_id, package_path, ids, record.image_id,
-                                  record.tenant, data_key, /*exit_with_parent=*/false,
-                                  /*reattach=*/false));
     std::lock_guard<std::mutex> lock(mu_);
-    exports_[vm_name] = std::move(exports);
+    exports_[vm_name] = std::move(*spawned);
   }
   steps->Lap("exports");
   std::vector<std::string> sockets;
@@ -784,7 +806,7 @@ StatusOr<int> HostAgent::ReattachVms() {
       for (const auto& d : record->disks) ids.push_back(d.id);
       ASSIGN_OR_RETURN(auto exports,
                        StartExports(record->vm_name, record->job_id, record->package_path, ids,
-                                    record->image_id, record->tenant, data_key,
+                                    record->image_id, record->tenant, &data_key,
                                     /*exit_with_parent=*/false, /*reattach=*/true));
       // A new nbdkit made a new socket (and Export::Start narrowed its
       // directory): the VM's user must reach it again to reconnect.

@@ -242,25 +242,30 @@ class HostAgent final : public JobRunner {
     std::vector<SecretBytes> secrets;
     std::vector<uint64_t> sizes;
   };
+  // Exports spawned before the key was released (Export::Spawn), in VM
+  // disk order; destroying them before Unlock ends their nbdkit.
+  using SpawnedExports = std::vector<std::unique_ptr<nbd_export::Export>>;
   StatusOr<vm::VmInfo> RunJobSteps(const Job& job, const std::string& vm_name,
                                    const std::string& package_path, const JobUpdateFn& report,
                                    StepTimer* steps);
   // `order`: indices into package.files() in the order the VM gets its
   // disks (the first boots), from the descriptor (DiskOrder).
+  // `fetched_package`: the package in the VM's disk dir, or empty (remote).
   StatusOr<vm::VmInfo> LaunchEncrypted(const Job& job, const std::string& vm_name,
                                        const std::vector<size_t>& order,
                                        const std::string& package_path,
                                        const ovf::Package& package, const SecretBytes& data_key,
                                        const ReleasedKey& released, const vm::VmSpec& base,
                                        const JobUpdateFn& report, StepTimer* steps,
-                                       std::future<EarlyOverlays>* early);
+                                       std::future<EarlyOverlays>* early,
+                                       SpawnedExports* spawned);
   std::string VmDiskDir(const std::string& vm_name) const;
   // Stops and forgets the exports of `name` (mu_ not held).
   void StopExports(const std::string& name);
   StatusOr<std::vector<std::unique_ptr<nbd_export::Export>>> StartExports(
       const std::string& vm_name, const std::string& job_id, const std::string& package_path,
       const std::vector<std::string>& disk_ids, const std::string& image_id,
-      const std::string& tenant, const SecretBytes& data_key, bool exit_with_parent,
+      const std::string& tenant, const SecretBytes* data_key, bool exit_with_parent,
       bool reattach);
   static void Report(const JobUpdateFn& fn, const Job& job, JobPhase phase,
                      std::string reason = "", const vm::VmInfo* vm = nullptr);

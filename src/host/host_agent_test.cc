@@ -7,6 +7,9 @@
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <map>
 #include <set>
 
@@ -43,6 +46,23 @@ class HostAgentTest : public ::testing::Test {
  protected:
   // What is left in the disk dir besides the overlay pool (vd/pool, the
   // host's, not a job's), which may only hold the pool's own overlays.
+  // Pids of live nbdkit processes whose command line names a path under
+  // `dir`.
+  static std::vector<pid_t> NbdkitsUnder(const std::string& dir) {
+    std::vector<pid_t> out;
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator("/proc", ec)) {
+      const std::string name = entry.path().filename().string();
+      if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+      std::ifstream in(entry.path() / "cmdline", std::ios::binary);
+      const std::string cmd((std::istreambuf_iterator<char>(in)),
+                            std::istreambuf_iterator<char>());
+      if (cmd.starts_with("nbdkit") && cmd.find(dir) != std::string::npos) {
+        out.push_back(static_cast<pid_t>(std::stol(name)));
+      }
+    }
+    return out;
+  }
   std::vector<std::string> VmDiskDirs() { return vmseal::testing::ListJobDiskDirs(dir_.File("vd")); }
 
   void SetUp() override {
@@ -205,6 +225,14 @@ TEST_F(HostAgentTest, TamperedHostGetsNoKeyAndLeavesNothing) {
   EXPECT_TRUE(listed->empty());
   EXPECT_TRUE(ListDir(dir_.File("vms") + "/disks").empty());
   EXPECT_TRUE(ListDir(dir_.File("work")).empty());
+  // The disk's export had started (it opens the package while the host
+  // attests) and was waiting for a key that never came: it ended with the
+  // job, and its state dir went.
+  bool spawned = false;
+  for (const auto& [step, ms] : agent_->LastLaunchProfile()) spawned |= step == "exports_spawn";
+  EXPECT_TRUE(spawned) << "the export did not start before the key release";
+  EXPECT_TRUE(NbdkitsUnder(dir_.path()).empty());
+  EXPECT_TRUE(VmDiskDirs().empty());
 }
 
 TEST_F(HostAgentTest, UnenrolledHostIsRefused) {

@@ -116,7 +116,8 @@ CiphertextCache::CiphertextCache(std::unique_ptr<RangeSource> source,
       bitmap_fd_(bitmap_fd),
       data_path_(std::move(data_path)),
       state_(std::move(state)),
-      last_flush_(std::chrono::steady_clock::now()) {}
+      last_flush_(std::chrono::steady_clock::now()),
+      readahead_bytes_(std::max<uint64_t>(1, options_.readahead_bytes)) {}
 
 CiphertextCache::~CiphertextCache() {
   (void)Flush();
@@ -133,7 +134,7 @@ StatusOr<size_t> CiphertextCache::Read(uint64_t offset, std::span<uint8_t> out) 
   const size_t n = static_cast<size_t>(std::min<uint64_t>(out.size(), size_ - offset));
   const uint64_t b = options_.block_bytes;
   RETURN_IF_ERROR(Ensure(offset / b, (offset + n - 1) / b,
-                         std::max<uint64_t>(1, options_.readahead_bytes / b)));
+                         std::max<uint64_t>(1, readahead_bytes_.load() / b)));
   return PreadAll(data_fd_, out.data(), n, offset, "cache.data");
 }
 
@@ -206,7 +207,7 @@ Status CiphertextCache::Fill(uint64_t offset, uint64_t length, const std::atomic
   if (offset >= size_ || length == 0) return OkStatus();
   const uint64_t end = std::min(size_, offset + length);
   const uint64_t b = options_.block_bytes;
-  const uint64_t step = std::max<uint64_t>(1, options_.readahead_bytes / b);
+  const uint64_t step = std::max<uint64_t>(1, readahead_bytes_.load() / b);
   const uint64_t last = (end - 1) / b;
   // Workers take readahead-sized steps in order, so the front fills first.
   std::atomic<uint64_t> next{offset / b};

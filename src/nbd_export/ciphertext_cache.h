@@ -15,6 +15,7 @@
 #ifndef VMSEAL_NBD_EXPORT_CIPHERTEXT_CACHE_H_
 #define VMSEAL_NBD_EXPORT_CIPHERTEXT_CACHE_H_
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -73,6 +74,10 @@ class CiphertextCache final : public RandomAccessFile {
   Status Flush() const;
   // Bytes of [offset, offset + length) held locally.
   uint64_t CachedBytesIn(uint64_t offset, uint64_t length) const;
+  // Changes the least bytes a missing read fetches (readahead_bytes), e.g.
+  // small while only a package's metadata is read, then the configured
+  // value. Thread-safe; reads already fetching keep their size.
+  void SetReadahead(uint64_t bytes) { readahead_bytes_.store(std::max<uint64_t>(1, bytes)); }
   // Bytes fetched from the source by this object (not those found cached).
   uint64_t fetched_bytes() const { return fetched_bytes_.load(); }
   // The sparse data file (a real path, for code that needs one).
@@ -105,6 +110,7 @@ class CiphertextCache final : public RandomAccessFile {
   mutable std::chrono::steady_clock::time_point last_flush_;     // guarded by mu_
   mutable std::mutex flush_mu_;  // one Flush at a time
   mutable std::atomic<uint64_t> fetched_bytes_{0};
+  std::atomic<uint64_t> readahead_bytes_;  // options_.readahead_bytes until SetReadahead
 };
 
 }  // namespace vmseal::nbd_export

@@ -1,6 +1,7 @@
 #include "nbd_export/disk_server.h"
 
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -14,6 +15,17 @@ namespace vmseal::nbd_export {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// Read-ahead while Open reads a remote package's metadata (the cache fetches
+// at least one block).
+constexpr uint64_t kMetadataReadaheadBytes = uint64_t{64} << 10;
+// More than a stream's header plus one chunk's tag (docs/format/stream.md).
+constexpr uint64_t kChunkOverheadBytes = uint64_t{64} << 10;
+// The background fill's thread priority (nice), below nbdkit's request
+// threads.
+constexpr int kPrefetchNice = 10;
+// The background fill begins this long after the export has its key.
+constexpr auto kPrefetchStartDelay = std::chrono::milliseconds(1000);
 
 // Hands a shared RangeSource to the cache, which wants to own one.
 class SharedRangeSource final : public RangeSource {
@@ -74,6 +86,15 @@ class RemoteEnv final : public Env {
 
 StatusOr<std::unique_ptr<DiskServer>> DiskServer::Create(DiskServerOptions options,
                                                          SecretBytes data_key) {
+  if (data_key.size() != stream::kDataKeyBytes) {
+    return InvalidArgumentError("the data key must be 32 bytes");
+  }
+  ASSIGN_OR_RETURN(auto server, Open(std::move(options)));
+  RETURN_IF_ERROR(server->Unlock(std::move(data_key)));
+  return server;
+}
+
+StatusOr<std::unique_ptr<DiskServer>> DiskServer::Open(DiskServerOptions options) {
   const bool local = !options.package_path.empty();
   const bool remote = !options.remote.url.empty() || options.source_for_testing != nullptr;
   if (local == remote) {
@@ -82,16 +103,26 @@ StatusOr<std::unique_ptr<DiskServer>> DiskServer::Create(DiskServerOptions optio
   if (remote && options.cache_dir.empty()) {
     return InvalidArgumentError("a remote source needs a cache directory");
   }
-  if (data_key.size() != stream::kDataKeyBytes) {
-    return InvalidArgumentError("the data key must be 32 bytes");
-  }
-  std::unique_ptr<DiskServer> server(new DiskServer(std::move(options), std::move(data_key)));
+  std::unique_ptr<DiskServer> server(new DiskServer(std::move(options)));
   RETURN_IF_ERROR(server->Init());
   return server;
 }
 
-DiskServer::DiskServer(DiskServerOptions options, SecretBytes data_key)
-    : options_(std::move(options)), data_key_(std::move(data_key)) {}
+DiskServer::DiskServer(DiskServerOptions options) : options_(std::move(options)) {}
+
+Status DiskServer::Unlock(SecretBytes data_key) {
+  if (data_key.size() != stream::kDataKeyBytes) {
+    return InvalidArgumentError("the data key must be 32 bytes");
+  }
+  std::lock_guard<std::mutex> lock(reader_mu_);
+  if (unlocked_.load()) return FailedPreconditionError("the export already has its key");
+  ASSIGN_OR_RETURN(auto reader, package_->NewDiskReader(disk_id_, data_key));
+  data_key_ = std::move(data_key);
+  reader_ = std::move(reader);
+  size_ = reader_->plaintext_size();
+  unlocked_.store(true);
+  return OkStatus();
+}
 
 DiskServer::~DiskServer() {
   StopPrefetch();
@@ -121,6 +152,9 @@ Status DiskServer::Init() {
     co.dir = options_.cache_dir;
     co.readahead_bytes = options_.readahead_bytes;
     ASSIGN_OR_RETURN(auto cache, CiphertextCache::Open(std::move(source), co));
+    // The tar headers, descriptor and manifest are small: one block per miss
+    // (not 8 MiB of read-ahead each) until the disk's place is known.
+    cache->SetReadahead(kMetadataReadaheadBytes);
     cache_ = cache.get();
     path = cache->data_path();
     remote_env_ = std::make_unique<RemoteEnv>(std::move(cache));
@@ -141,9 +175,6 @@ Status DiskServer::Init() {
     if (f.id == disk_id_) ref = &f;
   }
   if (ref == nullptr) return NotFoundError("no disk with id " + disk_id_.substr(0, 100));
-  ASSIGN_OR_RETURN(auto reader, package_->NewDiskReader(disk_id_, data_key_));
-  reader_ = std::move(reader);
-  size_ = reader_->plaintext_size();
   chunk_bytes_ = tag.chunk_size_bytes != 0 ? tag.chunk_size_bytes
                                            : stream::kDefaultChunkSizeBytes;
   if (cache_ != nullptr) {
@@ -154,12 +185,28 @@ Status DiskServer::Init() {
     if (m == nullptr) return NotFoundError("missing file: " + ref->href);
     member_offset_ = m->data_offset;
     member_size_ = m->size;
+    // What Unlock reads (the stream's header and its final chunk) and what
+    // is read first after it (the first chunk: the disk-format inspection,
+    // the boot sector), fetched now while the key is still on its way. A
+    // chunk's ciphertext is its plaintext plus a tag, after the header: a
+    // little more than chunk_bytes_ from either end covers both, which may
+    // straddle a cache block (a miss there would otherwise fetch a whole
+    // read-ahead after the key).
+    if (member_size_ > 0) {
+      const std::atomic<bool> no_stop{false};
+      const uint64_t edge = std::min(member_size_, chunk_bytes_ + kChunkOverheadBytes);
+      RETURN_IF_ERROR(cache_->Fill(member_offset_, edge, &no_stop));
+      RETURN_IF_ERROR(cache_->Fill(member_offset_ + member_size_ - edge, edge, &no_stop));
+    }
+    cache_->SetReadahead(options_.readahead_bytes);
     WriteProgress();  // replaces what an earlier process left
   }
   return OkStatus();
 }
 
 Status DiskServer::Read(uint64_t offset, std::span<uint8_t> out) {
+  if (!unlocked_.load()) return FailedPreconditionError("the export has no key yet");
+  last_read_ns_.store(Clock::now().time_since_epoch().count(), std::memory_order_relaxed);
   if (offset > size_ || out.size() > size_ - offset) {
     return OutOfRangeError("read beyond the end of the disk");
   }
@@ -287,11 +334,32 @@ void DiskServer::StopPrefetch() {
 }
 
 void DiskServer::PrefetchLoop() {
-  constexpr uint64_t kStepBytes = uint64_t{64} << 20;
+  // The fill runs behind what the guest reads: its thread (and the fetch
+  // threads it starts, which inherit it) at a lower CPU priority than
+  // nbdkit's request threads, and between steps it gives way while the
+  // guest is reading (a booting guest's reads are what it waits for), at
+  // most kMaxYield per step so that the fill still ends. Front to back, so
+  // the first bytes of the disk (where boot reads) come first.
+  (void)setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), kPrefetchNice);
+  constexpr uint64_t kStepBytes = uint64_t{16} << 20;
+  constexpr auto kGuestActive = std::chrono::milliseconds(150);
+  constexpr auto kMaxYield = std::chrono::seconds(1);
+  // Nor does it start at once: the export gets its key just before qemu
+  // starts, which is then what the host waits for.
+  for (const auto start = Clock::now();
+       !stop_.load() && Clock::now() - start < kPrefetchStartDelay;) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
   auto last_write = Clock::now() - std::chrono::seconds(1);
   bool reported_failure = false;
   uint64_t pos = 0;
   while (!stop_.load() && pos < member_size_) {
+    const auto yield_end = Clock::now() + kMaxYield;
+    while (!stop_.load() && Clock::now() < yield_end &&
+           Clock::now() - Clock::time_point(Clock::duration(last_read_ns_.load(
+                              std::memory_order_relaxed))) < kGuestActive) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
     const uint64_t n = std::min(kStepBytes, member_size_ - pos);
     Status s = cache_->Fill(member_offset_ + pos, n, &stop_);
     if (!s.ok()) {

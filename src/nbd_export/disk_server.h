@@ -79,6 +79,18 @@ class DiskServer {
   // "decryption failed" for a wrong key or context, as stream::StreamReader).
   static StatusOr<std::unique_ptr<DiskServer>> Create(DiskServerOptions options,
                                                       SecretBytes data_key);
+  // Create in two steps, so that the package is opened while the host still
+  // waits for the key: Open does everything that needs no key (structure,
+  // descriptor, tag, the expected identity, where the disk lies) and, for a
+  // remote source, reads the metadata with a small read-ahead and fetches
+  // the blocks Unlock reads (the disk stream's header and final chunk);
+  // then the configured read-ahead applies. Nothing is served before
+  // Unlock: Read fails with FAILED_PRECONDITION and size() is 0.
+  static StatusOr<std::unique_ptr<DiskServer>> Open(DiskServerOptions options);
+  // Opens the disk's stream with `data_key` (DATA_LOSS "decryption failed"
+  // for a wrong key or context). Once only (FAILED_PRECONDITION after).
+  // Not concurrent with Read.
+  Status Unlock(SecretBytes data_key);
   ~DiskServer();
 
   // Plaintext size of the disk.
@@ -98,7 +110,7 @@ class DiskServer {
   PrefetchProgress Progress() const;
 
  private:
-  DiskServer(DiskServerOptions options, SecretBytes data_key);
+  explicit DiskServer(DiskServerOptions options);
   Status Init();
   struct Chunk;
   StatusOr<std::shared_ptr<const Chunk>> DecryptedChunk(uint64_t index);
@@ -109,7 +121,8 @@ class DiskServer {
   void WriteProgress();
 
   const DiskServerOptions options_;
-  const SecretBytes data_key_;
+  SecretBytes data_key_;  // set once by Unlock, before any Read
+  std::atomic<bool> unlocked_{false};
   std::unique_ptr<Env> remote_env_;
   CiphertextCache* cache_ = nullptr;  // owned by remote_env_ (remote source only)
   std::unique_ptr<ovf::Package> package_;
@@ -135,6 +148,9 @@ class DiskServer {
   std::list<uint64_t> lru_;  // most recent first
   std::unordered_map<uint64_t, std::shared_future<ChunkResult>> chunks_;
 
+  // When the last Read began (steady clock ticks): the fill gives way to
+  // a reading guest.
+  std::atomic<int64_t> last_read_ns_{0};
   std::atomic<bool> stop_{false};
   std::thread prefetch_thread_;
 };

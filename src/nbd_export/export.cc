@@ -36,6 +36,8 @@ constexpr int kClientKeyFd = 6;
 // A pipe holds 64 KiB: everything is written before the fork.
 constexpr size_t kMaxPemBytes = size_t{60} << 10;
 constexpr size_t kDataKeyBytes = 32;
+// How often Unlock looks whether nbdkit listens.
+constexpr int kListenPollMs = 5;
 
 std::string SocketPath(const ExportOptions& o) { return o.state_dir + "/nbd.sock"; }
 std::string PidPath(const ExportOptions& o) { return o.state_dir + "/nbdkit.pid"; }
@@ -268,8 +270,14 @@ Export::~Export() {
 
 StatusOr<std::unique_ptr<Export>> Export::Start(const ExportOptions& options,
                                                 const SecretBytes& data_key) {
-  RETURN_IF_ERROR(Validate(options));
   if (data_key.size() != kDataKeyBytes) return InvalidArgumentError("export: bad data key size");
+  ASSIGN_OR_RETURN(std::unique_ptr<Export> e, Spawn(options));
+  RETURN_IF_ERROR(e->Unlock(data_key));
+  return e;
+}
+
+StatusOr<std::unique_ptr<Export>> Export::Spawn(const ExportOptions& options) {
+  RETURN_IF_ERROR(Validate(options));
   std::error_code ec;
   std::filesystem::create_directories(options.state_dir, ec);
   if (ec) return ErrnoToStatus(ec.value(), "create", options.state_dir);
@@ -286,9 +294,10 @@ StatusOr<std::unique_ptr<Export>> Export::Start(const ExportOptions& options,
     RETURN_IF_ERROR(GiveStateDir(options));
   }
 
-  // The key (and a remote source's TLS material) travel in pipes the child
-  // inherits; they are written before the fork (a pipe holds 64 KiB), so
-  // nothing else ever carries them.
+  // A remote source's TLS material travels in pipes the child inherits,
+  // written before the fork (a pipe holds 64 KiB); the key in a socket pair
+  // whose other end the agent keeps (close-on-exec) and writes in Unlock,
+  // so nothing else ever carries them.
   // fds[i] becomes descriptor kKeyFd + i in the child (-1: none).
   int fds[4] = {-1, -1, -1, -1};
   auto close_fds = [&] {
@@ -297,8 +306,20 @@ StatusOr<std::unique_ptr<Export>> Export::Start(const ExportOptions& options,
       fd = -1;
     }
   };
-  fds[0] = FilledPipe(data_key.UnsafeSpan());
-  if (fds[0] < 0) return InternalError("export: writing the key pipe failed");
+  int key_pair[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, key_pair) != 0) {
+    return ErrnoToStatus(errno, "socketpair", "export key channel");
+  }
+  // Ours only sends; theirs only receives.
+  (void)shutdown(key_pair[0], SHUT_RD);
+  (void)shutdown(key_pair[1], SHUT_WR);
+  fds[0] = key_pair[1];
+  struct KeyEnd {
+    int fd;
+    ~KeyEnd() {
+      if (fd >= 0) close(fd);
+    }
+  } key_end{key_pair[0]};
   if (options.package_path.empty()) {
     auto ca = PemPipe(options.remote.ca_file, "CA file");
     if (!ca.ok()) {
@@ -383,20 +404,43 @@ StatusOr<std::unique_ptr<Export>> Export::Start(const ExportOptions& options,
   close_all();
 
   std::unique_ptr<Export> e(new Export(options, pid, /*child=*/true, /*reused=*/false));
-  const auto deadline = Clock::now() + std::chrono::milliseconds(options.start_timeout_ms);
+  e->key_fd_ = key_end.fd;
+  key_end.fd = -1;
+  return e;
+}
+
+Status Export::Unlock(const SecretBytes& data_key) {
+  if (key_fd_ < 0) return FailedPreconditionError("export: not waiting for a key");
+  if (data_key.size() != kDataKeyBytes) {
+    (void)Stop();
+    return InvalidArgumentError("export: bad data key size");
+  }
+  // The key, then end of file. MSG_NOSIGNAL: an nbdkit that already ended
+  // (a refused package) is an error here, read from its log below.
+  size_t done = 0;
+  while (done < data_key.size()) {
+    const ssize_t w = send(key_fd_, data_key.UnsafeData() + done, data_key.size() - done,
+                           MSG_NOSIGNAL);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) break;
+    done += static_cast<size_t>(w);
+  }
+  close(key_fd_);
+  key_fd_ = -1;
+  const auto deadline = Clock::now() + std::chrono::milliseconds(options_.start_timeout_ms);
   while (true) {
     int wstatus = 0;
-    if (waitpid(pid, &wstatus, WNOHANG) == pid) {
-      e->pid_ = -1;
-      RemoveRunFiles(options);
-      return ErrorFromLog(LogPath(options), "export: nbdkit exited during start");
+    if (pid_ <= 0 || waitpid(pid_, &wstatus, WNOHANG) == pid_) {
+      pid_ = -1;
+      RemoveRunFiles(options_);
+      return ErrorFromLog(LogPath(options_), "export: nbdkit exited during start");
     }
-    if (ReadPid(PidPath(options)) == pid && SocketAnswers(SocketPath(options))) return e;
+    if (ReadPid(PidPath(options_)) == pid_ && SocketAnswers(socket_path_)) return OkStatus();
     if (Clock::now() > deadline) {
-      (void)e->Stop();
+      (void)Stop();
       return DeadlineExceededError("export: nbdkit did not listen in time");
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    std::this_thread::sleep_for(std::chrono::milliseconds(kListenPollMs));
   }
 }
 
@@ -488,6 +532,11 @@ StatusOr<std::vector<ExportEvent>> Export::Events() const {
 }
 
 Status Export::Stop() {
+  // An export still waiting for its key reads end of file and exits.
+  if (key_fd_ >= 0) {
+    close(key_fd_);
+    key_fd_ = -1;
+  }
   if (pid_ > 0) Terminate(pid_, child_);
   pid_ = -1;
   RemoveRunFiles(options_);

@@ -105,6 +105,17 @@ class Export {
   // ALREADY_EXISTS (use Reattach).
   static StatusOr<std::unique_ptr<Export>> Start(const ExportOptions& options,
                                                  const SecretBytes& data_key);
+  // Start in two steps, so that nbdkit opens the package while the agent
+  // still waits for the key: Spawn starts nbdkit and returns at once; the
+  // plugin opens the package (remote: its metadata) and then waits on its
+  // key descriptor, and nbdkit does not listen before it has the key.
+  // Unlock writes the key and waits (bounded) until nbdkit listens, with
+  // Start's errors. Stop (or destroying it) before Unlock closes the key
+  // channel without a key: nbdkit ends having served nothing.
+  static StatusOr<std::unique_ptr<Export>> Spawn(const ExportOptions& options);
+  Status Unlock(const SecretBytes& data_key);
+  // True between Spawn and Unlock.
+  bool awaiting_key() const { return key_fd_ >= 0; }
   // After an agent restart: adopts the nbdkit whose pid file and socket are
   // in state_dir when it is alive and answers; otherwise starts a new one
   // (which reuses the persisted ciphertext cache). `reused()` tells which.
@@ -147,6 +158,7 @@ class Export {
   const bool child_;  // our child (waitpid) or adopted (poll /proc)
   const bool reused_;
   bool detached_ = false;
+  int key_fd_ = -1;  // our end of the key channel until Unlock
 };
 
 }  // namespace vmseal::nbd_export

@@ -290,9 +290,30 @@ TEST_F(ExportTest, RandomReadsEqualThePlaintext) {
   EXPECT_EQ(got[0], plaintext_.back());
 }
 
+// What descriptor 3 of `pid` is ("socket:[N]", ...) once `pid` runs nbdkit
+// with keyfd=3 (after its exec); empty on timeout.
+std::string KeyFdOf(pid_t pid) {
+  const std::string proc = "/proc/" + std::to_string(pid);
+  const auto deadline = Clock::now() + std::chrono::seconds(20);
+  while (Clock::now() < deadline) {
+    std::ifstream in(proc + "/cmdline", std::ios::binary);
+    const std::string cmd((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (cmd.find("keyfd=3") != std::string::npos) {
+      std::error_code ec;
+      return fs::read_symlink(proc + "/fd/3", ec).string();
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return "";
+}
+
 TEST_F(ExportTest, TheKeyIsNotInNbdkitsArgvOrEnvironmentAndItsFdIsClosed) {
-  auto e = Export::Start(Local("l"), key_);
+  auto e = Export::Spawn(Local("l"));
   ASSERT_OK(e);
+  // The key channel as nbdkit inherited it (descriptor 3), before the key.
+  const std::string key_channel = KeyFdOf((*e)->pid());
+  ASSERT_TRUE(key_channel.starts_with("socket:")) << key_channel;
+  ASSERT_OK((*e)->Unlock(key_));
   const std::string proc = "/proc/" + std::to_string((*e)->pid());
   auto read_proc = [](const std::string& p) {
     std::ifstream in(p, std::ios::binary);
@@ -310,11 +331,96 @@ TEST_F(ExportTest, TheKeyIsNotInNbdkitsArgvOrEnvironmentAndItsFdIsClosed) {
     EXPECT_EQ(text->find(hex), std::string::npos);
     EXPECT_EQ(text->find(upper), std::string::npos);
   }
-  // The plugin closed the key pipe after reading it (descriptor 3 is free
-  // or reused for a file, never still the pipe).
+  // The plugin closed the key channel after reading it: no descriptor of
+  // nbdkit is it any more (3 may be reused for something else).
   std::error_code ec;
-  const std::string fd3 = fs::read_symlink(proc + "/fd/3", ec).string();
-  EXPECT_FALSE(fd3.starts_with("pipe:")) << fd3;
+  for (const auto& fd : fs::directory_iterator(proc + "/fd", ec)) {
+    std::error_code lec;
+    EXPECT_NE(fs::read_symlink(fd.path(), lec).string(), key_channel) << fd.path();
+  }
+  EXPECT_FALSE(ec) << ec.message();
+}
+
+// Streamed launch starts the export before the key is released: the plugin
+// opens the remote package (its metadata and the blocks the key check
+// reads) and waits; nothing listens, nothing is served, until the key
+// arrives. The key channel is then closed in nbdkit.
+TEST_F(ExportTest, AnExportSpawnedBeforeItsKeyOpensThePackageButServesNothingUntilTheKey) {
+  MakeCerts();
+  RangeServer server(dir_.File("server.pem"), dir_.File("server.key"), dir_.File("ca.pem"),
+                     Ova());
+  ExportOptions o = Remote("r", server.port());
+  o.prefetch = false;
+  auto e = Export::Spawn(o);
+  ASSERT_OK(e);
+  EXPECT_TRUE((*e)->awaiting_key());
+  const std::string key_channel = KeyFdOf((*e)->pid());
+  ASSERT_TRUE(key_channel.starts_with("socket:")) << key_channel;
+  // The package is opened without the key: progress.json is written at the
+  // end of that open.
+  const std::string progress = State("r") + "/progress.json";
+  const auto deadline = Clock::now() + std::chrono::seconds(20);
+  while (!fs::exists(progress) && Clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(fs::exists(progress)) << "the package was not opened before the key";
+  EXPECT_GT(server.requests(), 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_TRUE((*e)->Running());
+  EXPECT_FALSE(fs::exists((*e)->socket_path())) << "listening before the key";
+  EXPECT_FALSE(fs::exists(State("r") + "/nbdkit.pid"));
+  // A second Unlock or one after the key is refused; the first works.
+  ASSERT_OK((*e)->Unlock(key_));
+  EXPECT_FALSE((*e)->awaiting_key());
+  EXPECT_STATUS((*e)->Unlock(key_), StatusCode::kFailedPrecondition, "not waiting for a key");
+  std::error_code ec;
+  EXPECT_NE(fs::read_symlink("/proc/" + std::to_string((*e)->pid()) + "/fd/3", ec).string(),
+            key_channel);
+  NbdClient c((*e)->socket_path());
+  std::string got;
+  ASSERT_EQ(c.Pread(&got, 10000, 5 * kChunkBytes + 3), 0);
+  EXPECT_TRUE(got == std::string_view(plaintext_).substr(5 * kChunkBytes + 3, 10000));
+  ExpectWholeDiskEqualsPlaintext(**e, "out.raw");
+}
+
+// A job that fails before its key is released: the spawned export is
+// dropped, its nbdkit reads end of file for the key and ends; nothing of it
+// is left running or listening.
+TEST_F(ExportTest, AnExportDroppedBeforeItsKeyEndsAndLeavesNothingRunning) {
+  for (const bool explicit_stop : {true, false}) {
+    SCOPED_TRACE(explicit_stop ? "Stop()" : "destroyed");
+    auto e = Export::Spawn(Local("l"));
+    ASSERT_OK(e);
+    const pid_t pid = (*e)->pid();
+    ASSERT_TRUE(KeyFdOf(pid).starts_with("socket:"));
+    const auto start = Clock::now();
+    if (explicit_stop) {
+      ASSERT_OK((*e)->Stop());
+      EXPECT_FALSE((*e)->Running());
+      EXPECT_FALSE((*e)->awaiting_key());
+      EXPECT_STATUS((*e)->Unlock(key_), StatusCode::kFailedPrecondition, "not waiting");
+    }
+    e->reset();
+    // Well under Terminate's 5 s SIGTERM grace: nothing had to be killed.
+    EXPECT_LT(Clock::now() - start, std::chrono::seconds(4));
+    EXPECT_NE(::kill(pid, 0), 0) << "nbdkit " << pid << " still exists";
+    EXPECT_FALSE(fs::exists(State("l") + "/nbd.sock"));
+    EXPECT_FALSE(fs::exists(State("l") + "/nbdkit.pid"));
+  }
+  // A key of the wrong size is never sent: the export is stopped.
+  auto e = Export::Spawn(Local("l"));
+  ASSERT_OK(e);
+  const pid_t pid = (*e)->pid();
+  EXPECT_STATUS((*e)->Unlock(SecretBytes::Random(31)), StatusCode::kInvalidArgument, "key size");
+  EXPECT_NE(::kill(pid, 0), 0);
+  // A wrong key arriving late fails as it does at once.
+  auto w = Export::Spawn(Local("l"));
+  ASSERT_OK(w);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_STATUS((*w)->Unlock(SecretBytes::Random(32)), StatusCode::kDataLoss,
+                "decryption failed");
+  EXPECT_FALSE((*w)->Running());
+  EXPECT_FALSE(fs::exists(State("l") + "/nbd.sock"));
 }
 
 // The plugin itself, started by hand: the key must come by descriptor, and

@@ -2,7 +2,8 @@
 // Parameters are documented in docs/nbd-export.md and in config_help below.
 // The data key arrives on an inherited file descriptor (keyfd=N): exactly 32
 // bytes, then end of file. It never appears in argv, the environment or a
-// file.
+// file. The plugin opens the package first and then waits for the key (the
+// agent may write it later); end of file without a key ends nbdkit.
 #define NBDKIT_API_VERSION 2
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
 #include <nbdkit-plugin.h>
@@ -190,12 +191,22 @@ int VmsealConfigComplete() {
     nbdkit_error("vmseal: keyfd=N is required (the data key never comes by argv)");
     return -1;
   }
-  vmseal::SecretBytes key;
-  if (ReadKey(&key) != 0) return -1;
+  // The package is opened (and, remotely, its metadata and the blocks the
+  // key check reads are fetched) before the key is read: the host agent
+  // starts this export while it still attests and waits for the key
+  // release, and writes the key once its TPM unwrapped it. nbdkit listens
+  // only after this returns, so nothing is served before the key.
   if (ReadTlsFds() != 0) return -1;
-  auto server = DiskServer::Create(std::move(g_options), std::move(key));
+  auto server = DiskServer::Open(std::move(g_options));
   if (!server.ok()) {
     nbdkit_error("vmseal: %s", server.status().ToString().c_str());
+    return -1;
+  }
+  vmseal::SecretBytes key;
+  if (ReadKey(&key) != 0) return -1;
+  vmseal::Status unlocked = (*server)->Unlock(std::move(key));
+  if (!unlocked.ok()) {
+    nbdkit_error("vmseal: %s", unlocked.ToString().c_str());
     return -1;
   }
   g_server = std::move(server).value();

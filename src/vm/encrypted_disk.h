@@ -26,7 +26,7 @@ namespace vmseal::vm {
 // Size of a VM's disk secret.
 inline constexpr size_t kDiskSecretBytes = 32;
 // LUKS key-slot PBKDF time, milliseconds (see above).
-inline constexpr int kLuksIterTimeMs = 10;
+inline constexpr int kLuksIterTimeMs = 1;
 
 // A fresh random disk secret (kDiskSecretBytes, from the CSPRNG).
 SecretBytes NewDiskSecret();

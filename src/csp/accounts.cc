@@ -200,6 +200,10 @@ StatusOr<Principal> Accounts::Authenticate(const SecretBytes& token) {
   return Principal{session->customer_id};
 }
 
-Status Accounts::Logout(const SecretBytes& token) { return db_->DeleteSession(TokenHash(token)); }
+Status Accounts::Logout(const SecretBytes& token) {
+  Status s = db_->DeleteSession(TokenHash(token));
+  logouts_.fetch_add(1, std::memory_order_acq_rel);
+  return s;
+}
 
 }  // namespace vmseal::csp

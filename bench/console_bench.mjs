@@ -16,7 +16,11 @@
 //      with the load average.
 //
 //   node bench/console_bench.mjs [--size-mib N] [--pairs N] [--vmseal PATH]
-//        [--no-seal] [--no-upload] [--upload-mib N]
+//        [--no-seal] [--no-upload] [--upload-mib N] [--chunk-kib N]
+//        [--warmup-mib N]
+// --chunk-kib: the stream chunk size both A and B seal with (default 1024,
+// the format's default); --warmup-mib: the size of the warm-up seal and
+// upload (default: the measured size).
 import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -37,6 +41,8 @@ const SEAL = !argv.includes('--no-seal');
 // The package the upload half sends: sealed from a file of this size
 // (default: the same size as the seal half's).
 const UPLOAD_MIB = Number(opt('upload-mib', SIZE_MIB));
+const CHUNK_BYTES = Number(opt('chunk-kib', 1024)) * 1024;
+const WARMUP_MIB = Number(opt('warmup-mib', SIZE_MIB));
 const load = () => fs.readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
 const median = (xs) => { const s = [...xs].sort((a, b) => a - b); const m = s.length >> 1; return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2; };
 const fmt = (xs) => `median ${median(xs).toFixed(2)} s (${Math.min(...xs).toFixed(2)}..${Math.max(...xs).toFixed(2)}, n=${xs.length})`;
@@ -78,31 +84,35 @@ await page.evaluate(async () => {
   globalThis.benchFile = new File([blob], 'disk.raw');
 });
 
-async function browserSeal() {
-  return page.evaluate(async ({ pubPem, signPem, certPem }) => {
+async function browserSeal(mib = SIZE_MIB) {
+  return page.evaluate(async ({ pubPem, signPem, certPem, chunkBytes, bytes }) => {
     const { sealPackage, importSigningKey } = await import('/console/js/seal.js');
+    const f = bytes === globalThis.benchFile.size ? globalThis.benchFile : new File([globalThis.benchFile.slice(0, bytes)], 'warm.raw');
     const t = performance.now();
-    const r = await sealPackage(globalThis.benchFile, { recipientPem: pubPem, tenant: 'acme', signingKey: await importSigningKey(signPem), signingCertPem: certPem, name: 'bench' });
+    const r = await sealPackage(f, { recipientPem: pubPem, tenant: 'acme', signingKey: await importSigningKey(signPem), signingCertPem: certPem, name: 'bench', chunkBytes });
     const s = (performance.now() - t) / 1000;
     globalThis.lastPackage = r.blob;
     return s;
-  }, { pubPem: fs.readFileSync(pub, 'utf8'), signPem: fs.readFileSync(sign, 'utf8'), certPem: fs.readFileSync(cert, 'utf8') });
+  }, { pubPem: fs.readFileSync(pub, 'utf8'), signPem: fs.readFileSync(sign, 'utf8'), certPem: fs.readFileSync(cert, 'utf8'), chunkBytes: CHUNK_BYTES, bytes: mib * 2 ** 20 });
 }
-function cliSeal() {
+function cliSeal(mib = SIZE_MIB) {
   const out = path.join(work, 'cli.ova');
   fs.rmSync(out, { force: true });
+  let input = file;
+  if (mib !== SIZE_MIB) { input = path.join(work, 'warm.raw'); execFileSync('bash', ['-c', `head -c ${mib}M ${file} > ${input}`]); }
   const t = performance.now();
-  execFileSync(VMSEAL, ['seal', file, '--pubkey', pub, '--tenant', 'acme', '--signing-key', sign, '--signing-cert', cert, '-o', out], { stdio: 'pipe' });
+  execFileSync(VMSEAL, ['seal', input, '--chunk-size', String(CHUNK_BYTES), '--pubkey', pub, '--tenant', 'acme', '--signing-key', sign, '--signing-cert', cert, '-o', out], { stdio: 'pipe' });
   execFileSync('sync');
   return (performance.now() - t) / 1000;
 }
 
 if (SEAL) {
 // Warm-up (page cache, JIT), not counted.
-await browserSeal(); cliSeal();
+await browserSeal(WARMUP_MIB); cliSeal(WARMUP_MIB);
 const seal = { A: [], B: [] };
 for (let i = 0; i < PAIRS; i++) { seal.A.push(cliSeal()); seal.B.push(await browserSeal()); seal.B.push(await browserSeal()); seal.A.push(cliSeal()); }
 const mibps = (xs) => (SIZE_MIB / median(xs)).toFixed(0);
+console.log(`seal ${SIZE_MIB} MiB, chunks of ${CHUNK_BYTES / 1024} KiB`);
 console.log(`seal ${SIZE_MIB} MiB  A vmseal seal: ${fmt(seal.A)}, ${mibps(seal.A)} MiB/s`);
 console.log(`seal ${SIZE_MIB} MiB  B browser:     ${fmt(seal.B)}, ${mibps(seal.B)} MiB/s`);
 console.log(`seal ratio B/A (browser/CLI): ${(median(seal.B) / median(seal.A)).toFixed(2)}x; load average: ${load()}`);
@@ -113,7 +123,7 @@ if (UPLOAD) {
   const out = fs.openSync(path.join(work, 'demo.out'), 'w');
   const demo = spawn(VMSEAL, ['demo', '--keep', '--quiet', '--dir', demoDir], { cwd: repo, stdio: ['ignore', out, out] });
   cleanup.push(() => process.kill(demo.pid, 'SIGTERM'));
-  const end = Date.now() + 300000;
+  const end = Date.now() + 600000;
   while (!fs.readFileSync(path.join(work, 'demo.out'), 'utf8').includes('keeps running')) {
     if (Date.now() > end || demo.exitCode !== null) throw new Error('demo did not come up');
     await new Promise((r) => setTimeout(r, 500));
@@ -128,6 +138,9 @@ if (UPLOAD) {
   const uploadFile = path.join(work, 'upload.raw');
   execFileSync('bash', ['-c', `head -c ${UPLOAD_MIB}M /dev/urandom > ${uploadFile}`]);
   execFileSync(VMSEAL, ['seal', uploadFile, '--cert', path.join(custDir, 'customer-cert.pem'), '-o', pkg], { stdio: 'pipe' });
+  const warmPkg = path.join(work, 'upload-warm.ova');
+  execFileSync('bash', ['-c', `head -c ${Math.min(WARMUP_MIB, UPLOAD_MIB)}M ${uploadFile} > ${uploadFile}.warm`]);
+  execFileSync(VMSEAL, ['seal', `${uploadFile}.warm`, '--cert', path.join(custDir, 'customer-cert.pem'), '-o', warmPkg], { stdio: 'pipe' });
   // The browser signs in as the same customer: the session token is given
   // to the page as a bearer header (the bench measures the upload, not the login).
   const token = JSON.parse(fs.readFileSync(sessionFile, 'utf8')).token;
@@ -135,19 +148,20 @@ if (UPLOAD) {
   await up.goto(`${base}/console/`);
   await up.setInputFiles('#main', []).catch(() => {});
   await up.evaluate(async () => {
-    const input = document.createElement('input'); input.type = 'file'; input.id = 'bench-file'; document.body.append(input);
+    for (const id of ['bench-file', 'bench-warm']) { const input = document.createElement('input'); input.type = 'file'; input.id = id; document.body.append(input); }
   });
   await up.setInputFiles('#bench-file', pkg);
-  const cliUpload = (n) => { const t = performance.now(); cust('upload', pkg, '--name', `cli-${n}`); return (performance.now() - t) / 1000; };
-  const browserUpload = (n) => up.evaluate(async ({ name, bearer }) => {
+  await up.setInputFiles('#bench-warm', warmPkg);
+  const cliUpload = (n, p = pkg) => { const t = performance.now(); cust('upload', p, '--name', `cli-${n}`); return (performance.now() - t) / 1000; };
+  const browserUpload = (n, input = 'bench-file') => up.evaluate(async ({ name, bearer, input }) => {
     const { uploadPackage } = await import('/console/js/upload.js');
     // A new file name each time: the resume key must not find the last session.
-    const f = new File([document.getElementById('bench-file').files[0]], `${name}.ova`);
+    const f = new File([document.getElementById(input).files[0]], `${name}.ova`);
     const t = performance.now();
     await uploadPackage(f, name, { headers: { Authorization: `Bearer ${bearer}` } });
     return (performance.now() - t) / 1000;
-  }, { name: `browser-${n}`, bearer: token });
-  await browserUpload('warm'); cliUpload('warm');
+  }, { name: `browser-${n}`, bearer: token, input });
+  await browserUpload('warm', 'bench-warm'); cliUpload('warm', warmPkg);
   const upl = { A: [], B: [] };
   for (let i = 0; i < PAIRS; i++) { upl.A.push(cliUpload(`a${i}`)); upl.B.push(await browserUpload(`b${i}`)); upl.B.push(await browserUpload(`c${i}`)); upl.A.push(cliUpload(`d${i}`)); }
   const size = fs.statSync(pkg).size / 2 ** 20;

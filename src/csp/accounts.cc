@@ -227,6 +227,8 @@ Status Accounts::Logout(const SecretBytes& token) {
     // The session still works: the customer must know it is not ended.
     return StoreUnavailable(removed, "the session was not ended");
   }
+  // Open event streams re-check their session at once after a logout.
+  logouts_.fetch_add(1, std::memory_order_acq_rel);
   return OkStatus();
 }
 

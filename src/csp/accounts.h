@@ -4,6 +4,7 @@
 #ifndef VMSEAL_CSP_ACCOUNTS_H_
 #define VMSEAL_CSP_ACCOUNTS_H_
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -117,6 +118,10 @@ class Accounts {
 
   // Ends the session; OK if it did not exist.
   Status Logout(const SecretBytes& token);
+  // Grows with every Logout on this replica (one atomic load): a live view
+  // that re-checks its session only now and then re-checks at once when it
+  // changed.
+  uint64_t LogoutCount() const { return logouts_.load(std::memory_order_acquire); }
 
  private:
   Accounts(const Options& options, PortalDb* db, const Clock* clock, KmsClient* kms,
@@ -128,6 +133,7 @@ class Accounts {
   StatusOr<std::optional<rate_limit::ConcurrencyLimit::Ticket>> PasswordHashPlace() const;
 
   const Options options_;
+  std::atomic<uint64_t> logouts_{0};
   PortalDb* const db_;
   const Clock* const clock_;
   KmsClient* const kms_;

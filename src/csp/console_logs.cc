@@ -43,6 +43,7 @@ Status ConsoleLogs::Put(const std::string& job_id, std::string text, int64_t now
   }
   std::lock_guard<std::mutex> lock(mu_);
   Remember(job_id, std::move(e));
+  generation_.fetch_add(1, std::memory_order_acq_rel);
   return OkStatus();
 }
 
@@ -75,6 +76,7 @@ StatusOr<ConsoleLogs::Entry> ConsoleLogs::Get(const std::string& job_id) const {
 void ConsoleLogs::Erase(const std::string& job_id) {
   if (store_ != nullptr) (void)store_->Delete(KeyFor(job_id));
   std::lock_guard<std::mutex> lock(mu_);
+  generation_.fetch_add(1, std::memory_order_acq_rel);
   if (logs_.erase(job_id) == 0) return;
   order_.erase(std::remove(order_.begin(), order_.end(), job_id), order_.end());
 }

@@ -10,6 +10,7 @@
 #ifndef VMSEAL_CSP_CONSOLE_LOGS_H_
 #define VMSEAL_CSP_CONSOLE_LOGS_H_
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <map>
@@ -46,6 +47,9 @@ class ConsoleLogs {
   StatusOr<Entry> Get(const std::string& job_id) const;
   // Forgets a job (its VM was deleted), in the store too.
   void Erase(const std::string& job_id);
+  // Grows with every Put and Erase on this replica (one atomic load), so a
+  // live view need not Get while it stays the same.
+  uint64_t Generation() const { return generation_.load(std::memory_order_acquire); }
 
   // The store key of a job's text.
   static std::string KeyFor(const std::string& job_id) { return "console-logs/" + job_id; }
@@ -55,6 +59,7 @@ class ConsoleLogs {
 
   store::ObjectStore* const store_;
   mutable std::mutex mu_;
+  std::atomic<uint64_t> generation_{0};
   mutable std::map<std::string, Entry> logs_;
   mutable std::deque<std::string> order_;  // first reported first
 };

@@ -11,6 +11,7 @@
 #include "console/web_security.h"
 #include "crypto/primitives.h"
 #include "csp/customer_audit.h"
+#include "csp/job_events.h"
 #include "json/json.h"
 #include "csp/signed_policy.h"
 #include "csp/lifecycle.h"
@@ -225,55 +226,6 @@ class UploadSink : public net::BodySink {
   // The upload is this request's until the sink goes: another replica's
   // append at the same instant is busy, not interleaved.
   UploadHold hold_;
-};
-
-// The live status of one job for the console (docs/console.md "VMs"):
-// server-sent events `job` (the job's JSON, when it changed) and `console`
-// (the serial-console text, when it changed). The session is checked again
-// at every poll, so a stream ends when its session does; at most
-// kMaxJobEventStreams are open at once (beyond: 503, the page polls).
-class JobEventStream : public net::EventStream {
- public:
-  static constexpr int kMaxJobEventStreams = 256;
-
-  JobEventStream(PortalServices svc, std::function<StatusOr<Principal>(const net::Request&)> who,
-                 net::Request req, std::shared_ptr<std::atomic<int>> open)
-      : svc_(std::move(svc)), who_(std::move(who)), req_(std::move(req)), open_(std::move(open)) {}
-  ~JobEventStream() override { open_->fetch_sub(1); }
-
-  StatusOr<std::string> Next(bool* done) override {
-    ASSIGN_OR_RETURN(Principal p, who_(req_));
-    auto j = svc_.jobs->GetJob(p, req_.path_params[0]);
-    std::string out;
-    if (!j.ok()) {
-      if (j.status().code() != StatusCode::kNotFound) return j.status();
-      *done = true;  // deleted: one last event, then the end
-      return std::string("event: gone\ndata: {}\n\n");
-    }
-    const std::string job = DumpJson(ToJson(*j));
-    if (job != last_job_) {
-      last_job_ = job;
-      out += "id: " + std::to_string(++sent_) + "\nevent: job\ndata: " + job + "\n\n";
-    }
-    if (svc_.console_logs != nullptr) {
-      auto e = svc_.console_logs->Get(j->job_id);
-      if (e.ok() && e->updated_unix != last_console_unix_ && e->text != last_console_) {
-        last_console_unix_ = e->updated_unix;
-        last_console_ = e->text;
-        out += "event: console\ndata: " + DumpJson(json{{"text", e->text}}) + "\n\n";
-      }
-    }
-    return out;
-  }
-
- private:
-  const PortalServices svc_;
-  const std::function<StatusOr<Principal>(const net::Request&)> who_;
-  const net::Request req_;
-  const std::shared_ptr<std::atomic<int>> open_;
-  std::string last_job_, last_console_;
-  int64_t last_console_unix_ = -1;
-  uint64_t sent_ = 0;
 };
 
 // A JSON answer that sets cookies (TextResponse carries header fields).
@@ -663,19 +615,15 @@ void RegisterPortalRoutes(net::HttpsServer& server, const PortalServices& svc) {
     return ToJson(j);
   });
 
-  // The same, live: server-sent events (JobEventStream). Authenticated by
+  // The same, live: server-sent events (csp/job_events.h: no store read per
+  // stream per poll; capped per customer and per replica). Authenticated by
   // the session cookie an EventSource sends (or a bearer header); nothing
   // secret in the URL. Not state-changing, so no CSRF token.
-  auto event_streams = std::make_shared<std::atomic<int>>(0);
+  auto hub = JobEventHub::Create({}, svc.jobs, svc.console_logs, svc.accounts);
   server.GetEvents(R"(/v1/jobs/([A-Za-z0-9-]+)/events)",
-                   [svc, who, event_streams](const net::Request& req) -> StatusOr<std::unique_ptr<net::EventStream>> {
-    ASSIGN_OR_RETURN(Principal p, who(req));
-    RETURN_IF_ERROR(svc.jobs->GetJob(p, req.path_params[0]).status());
-    if (event_streams->fetch_add(1) >= JobEventStream::kMaxJobEventStreams) {
-      event_streams->fetch_sub(1);
-      return UnavailableError("too many event streams; poll GET /v1/jobs/{id}");
-    }
-    return std::unique_ptr<net::EventStream>(new JobEventStream(svc, who, req, event_streams));
+                   [who, hub](const net::Request& req) -> StatusOr<std::unique_ptr<net::EventStream>> {
+    return hub->Open([who, req]() { return who(req); }, req.path_params[0],
+                     [](const Job& j) { return DumpJson(ToJson(j)); });
   }, /*poll_ms=*/500, /*max_seconds=*/300);
 
   // --- the customer's VMs ({vm}: the job id or the VM name) ---
@@ -894,14 +842,25 @@ void RegisterPortalRoutes(net::HttpsServer& server, const PortalServices& svc) {
     RETURN_IF_ERROR(is_operator(req));
     return svc.kms->ListFlavors();
   });
+  // The KMS-wide audit log for the operator page (docs/console.md "Operator
+  // views of the KMS"): the checkpoint with the log key, its endorsement by
+  // the KMS CA and that CA; the inclusion proofs of one page of records
+  // (after=N: records N+1..N+limit, oldest first; without after: the newest
+  // `limit`); with old=M, the consistency proof from the tree of M records.
   server.Json("GET", "/v1/operator/audit", [svc, is_operator](const net::Request& req) -> StatusOr<json> {
     RETURN_IF_ERROR(is_operator(req));
-    const std::string limit_text = req.QueryParam("limit", "20");
-    char* end = nullptr;
-    const long long limit = std::strtoll(limit_text.c_str(), &end, 10);
-    if (limit_text.empty() || *end != '\0' || limit < 1 || limit > 50) {
-      return InvalidArgumentError("limit must be 1..50");
-    }
+    auto number = [&req](const char* name, long long dflt, long long lo, long long hi) -> StatusOr<long long> {
+      const std::string text = req.QueryParam(name, std::to_string(dflt));
+      char* end = nullptr;
+      const long long v = std::strtoll(text.c_str(), &end, 10);
+      if (text.empty() || *end != '\0' || v < lo || v > hi) {
+        return InvalidArgumentError(std::string(name) + " must be " + std::to_string(lo) + ".." + std::to_string(hi));
+      }
+      return v;
+    };
+    ASSIGN_OR_RETURN(long long limit, number("limit", 20, 1, 50));
+    ASSIGN_OR_RETURN(long long after, number("after", -1, -1, 1LL << 53));
+    ASSIGN_OR_RETURN(long long old_size, number("old", 0, 0, 1LL << 53));
     ASSIGN_OR_RETURN(json cp, svc.kms->AuditCheckpoint());
     if (!cp.contains("checkpoint") || !cp["checkpoint"].is_string() || !cp.contains("log_key") ||
         !cp["log_key"].is_string()) {
@@ -913,14 +872,27 @@ void RegisterPortalRoutes(net::HttpsServer& server, const PortalServices& svc) {
     const size_t a = note.find('\n');
     const size_t b = a == std::string::npos ? a : note.find('\n', a + 1);
     const std::string size_text = b == std::string::npos ? "" : note.substr(a + 1, b - a - 1);
+    char* end = nullptr;
     const long long size = std::strtoll(size_text.c_str(), &end, 10);
     if (size_text.empty() || *end != '\0' || size < 0) return DataLossError("KMS checkpoint has no tree size");
+    const long long first = after < 0 ? std::max(1LL, size - limit + 1) : after + 1;
+    const long long last = std::min(size, first + limit - 1);
     json proofs = json::array();
-    for (long long seq = std::max(1LL, size - limit + 1); seq <= size; ++seq) {
+    for (long long seq = first; seq <= last; ++seq) {
       ASSIGN_OR_RETURN(std::string proof, svc.kms->AuditInclusionProof(seq, size));
       proofs.push_back(proof);
     }
-    return json{{"checkpoint", note}, {"log_key", cp["log_key"]}, {"proofs", proofs}};
+    // A saved tree larger than this one is the page's to report (rolled
+    // back); no proof exists for it.
+    std::string consistency;
+    if (old_size > 0 && old_size <= size) {
+      ASSIGN_OR_RETURN(consistency, svc.kms->AuditConsistencyProof(old_size, size));
+    }
+    return json{{"checkpoint", note}, {"log_key", cp["log_key"]},
+                {"log_key_endorsement", cp.value("log_key_endorsement", "")},
+                {"kms_ca_cert_pem", svc.kms->CaCertificatePem()},
+                {"proofs", proofs}, {"consistency", consistency},
+                {"next_after", after >= 0 && last < size ? last : 0}};
   });
   server.Json("GET", "/v1/operator/jobs", [svc, is_operator](const net::Request& req) -> StatusOr<json> {
     RETURN_IF_ERROR(is_operator(req));

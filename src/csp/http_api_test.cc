@@ -590,5 +590,35 @@ TEST_F(HttpApiTest, OperatorReadsFlavorsAndTheNewestAuditProofsAndNothingElseMay
   EXPECT_EQ(kms_.proofs_asked().size(), asked);
 }
 
+TEST_F(HttpApiTest, OperatorPagesThroughTheWholeAuditLogWithTheEndorsementAndTheConsistencyProof) {
+  const httplib::Headers op = {{"Authorization", "Bearer op-secret"}};
+  // Records 1..2, then 3 (the last page), oldest first.
+  auto first = client_->Get("/v1/operator/audit?after=0&limit=2&old=2", op);
+  ASSERT_EQ(first->status, 200) << first->body;
+  json a = json::parse(first->body);
+  ASSERT_EQ(a["proofs"].size(), 2u);
+  EXPECT_NE(a["proofs"][0].get<std::string>().find("index 0\n"), std::string::npos);
+  EXPECT_EQ(a["next_after"], 2);
+  // The consistency proof from the saved tree of 2 records to this one of 3,
+  // the KMS CA and the endorsement field the page verifies.
+  EXPECT_EQ(a["consistency"], "vmseal.dev/tlog-consistency@v1\nold 2\n\nsize 3\n");
+  EXPECT_TRUE(a.contains("log_key_endorsement"));
+  EXPECT_NE(a["kms_ca_cert_pem"].get<std::string>().find("BEGIN CERTIFICATE"), std::string::npos);
+  auto last = client_->Get("/v1/operator/audit?after=2&limit=2", op);
+  ASSERT_EQ(last->status, 200) << last->body;
+  json b = json::parse(last->body);
+  ASSERT_EQ(b["proofs"].size(), 1u);
+  EXPECT_NE(b["proofs"][0].get<std::string>().find("index 2\n"), std::string::npos);
+  EXPECT_EQ(b["next_after"], 0);
+  EXPECT_EQ(b["consistency"], "");
+  // A saved tree larger than the log's (rolled back): no proof asked for,
+  // the answer says the size and the page reports it.
+  auto rolled = client_->Get("/v1/operator/audit?old=9", op);
+  ASSERT_EQ(rolled->status, 200) << rolled->body;
+  EXPECT_EQ(json::parse(rolled->body)["consistency"], "");
+  EXPECT_EQ(client_->Get("/v1/operator/audit?after=-2", op)->status, 400);
+  EXPECT_EQ(client_->Get("/v1/operator/audit?old=x", op)->status, 400);
+}
+
 }  // namespace
 }  // namespace vmseal::csp

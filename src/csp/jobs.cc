@@ -395,6 +395,7 @@ void JobManager::SyncLocked() {
     job->store_version = row.version;
     IndexLocked(*job);
     jobs_[row.job_id] = *std::move(job);
+    changes_.fetch_add(1, std::memory_order_acq_rel);
   }
 }
 
@@ -418,6 +419,9 @@ std::vector<std::string> JobManager::ActiveIdsLocked() const {
 }
 
 bool JobManager::SaveLocked(Job& job, int64_t slot_capacity) {
+  // Live views look again (a write that fails goes back, which they see as
+  // no change).
+  changes_.fetch_add(1, std::memory_order_acq_rel);
   if (!Ended(job)) active_.insert(job.job_id);
   if (store_ == nullptr) return true;
   StoredJob row{job.job_id, job.customer_id, std::string(JobStateName(job.state)),
@@ -975,6 +979,21 @@ StatusOr<Job> JobManager::GetJob(const Principal& who, const std::string& job_id
     return NotFoundError("no such job");
   }
   return it->second;
+}
+
+StatusOr<Job> JobManager::PeekJob(const Principal& who, const std::string& job_id) {
+  if (who.customer_id.empty()) return UnauthenticatedError("not logged in");
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end() || it->second.customer_id != who.customer_id) {
+    return NotFoundError("no such job");
+  }
+  return it->second;
+}
+
+void JobManager::SyncWithStore() {
+  std::lock_guard<std::mutex> lock(mu_);
+  SyncLocked();
 }
 
 StatusOr<std::vector<Job>> JobManager::ListJobs(const Principal& who) {

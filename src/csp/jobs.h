@@ -248,6 +248,16 @@ class JobManager {
   // NOT_FOUND "no such job" if missing or another customer's.
   StatusOr<Job> GetJob(const Principal& who, const std::string& job_id);
   StatusOr<std::vector<Job>> ListJobs(const Principal& who);
+  // For live views (csp/job_events.h). ChangeCount() grows whenever a job
+  // this replica holds may have changed: a write by this replica, or
+  // another replica's write read from the store. Reading it is one atomic
+  // load. PeekJob is GetJob from memory only: no read of the store (the
+  // caller calls SyncWithStore, once for all its views). SyncWithStore
+  // reads the jobs other replicas wrote since the last look (one store
+  // query; nothing when no store is attached).
+  uint64_t ChangeCount() const { return changes_.load(std::memory_order_acquire); }
+  StatusOr<Job> PeekJob(const Principal& who, const std::string& job_id);
+  void SyncWithStore();
   // Why each host would be taken or skipped for this image now.
   StatusOr<Placement> ExplainImagePlacement(const Principal& who, const std::string& image_id);
 
@@ -440,6 +450,8 @@ class JobManager {
   const std::string replica_id_ = NewReplicaId();
   static std::string NewReplicaId();
   std::mutex mu_;
+  // See ChangeCount().
+  std::atomic<uint64_t> changes_{0};
   std::map<std::string, Job> jobs_;
   // Customer -> job ids (a job's customer never changes).
   std::map<std::string, std::set<std::string>> by_customer_;

@@ -235,6 +235,13 @@ class HttpsKmsClient final : public KmsClient {
     return r["proof"].get<std::string>();
   }
 
+  StatusOr<std::string> AuditConsistencyProof(int64_t old_size, int64_t size) override {
+    ASSIGN_OR_RETURN(json r, client_->Get("/v1/audit/proofs/consistency?old=" + std::to_string(old_size) +
+                                          "&size=" + std::to_string(size)));
+    if (!r.contains("proof") || !r["proof"].is_string()) return DataLossError("KMS answer without a proof");
+    return r["proof"].get<std::string>();
+  }
+
   std::string CaCertificatePem() const override { return ca_pem_; }
 
  private:

@@ -206,6 +206,12 @@ class KmsClient {
     (void)seq, (void)size;
     return UnimplementedError("this KMS client reads no audit proofs");
   }
+  // the consistency proof from the tree of `old_size` records to the tree
+  // of `size` (GET /v1/audit/proofs/consistency), its checkpoint included.
+  virtual StatusOr<std::string> AuditConsistencyProof(int64_t old_size, int64_t size) {
+    (void)old_size, (void)size;
+    return UnimplementedError("this KMS client reads no audit proofs");
+  }
   // Loss of trust (POST /v1/vms/trust-check, docs/protocol.md §7.2):
   // `body` is {"vms": [{job_id, tenant, image_id, host_id}]}; the KMS's
   // answer {"vms": [{job_id, trusted, reason, on_trust_loss}]} verbatim.

@@ -182,7 +182,8 @@ void RegisterKmsRoutes(KmsService* s, net::HttpsServer* server) {
   // Transparency log (docs/format/audit-log.md §6): texts in JSON strings.
   server->Get("/v1/audit/checkpoint", [s](const net::Request& r) -> StatusOr<json> {
     ASSIGN_OR_RETURN(std::string note, s->AuditCheckpoint(CallerFromPeer(r.peer)));
-    return json{{"checkpoint", note}, {"log_key", s->audit_log_key()}};
+    return json{{"checkpoint", note}, {"log_key", s->audit_log_key()},
+                {"log_key_endorsement", crypto::Base64Encode(s->audit_log_key_endorsement())}};
   });
   server->Get("/v1/audit/proofs/inclusion", [s](const net::Request& r) -> StatusOr<json> {
     ASSIGN_OR_RETURN(int64_t seq, IntParam(r, "seq", 0));

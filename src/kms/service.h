@@ -432,6 +432,8 @@ class KmsService {
   Status RecordVmTrustEvent(const Caller& caller, const VmTrustEvent& event);
   // The log's verifier key ("<origin>+<id>+<key>").
   std::string audit_log_key() const { return audit_log_->verifier_key(); }
+  // The KMS CA's endorsement of that key (docs/format/audit-log.md §6.1).
+  const crypto::Bytes& audit_log_key_endorsement() const { return log_key_endorsement_; }
 
   // Records a refused request (metrics and audit) with a reason code.
   void RecordDenial(const std::string& reason, const std::string& subject,

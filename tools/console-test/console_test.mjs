@@ -205,6 +205,12 @@ async function main() {
     await shot('05-uploaded');
     await axe('the upload page');
 
+    // The audit answer of this image before its launch (a smaller signed tree
+    // than later): replayed below as a log rolled back by the portal.
+    const earlyAudit = await page.evaluate(async (id) => (await fetch(`/v1/images/${encodeURIComponent(id)}/audit`)).json(), browserImage);
+    const earlyOperatorAudit = await page.evaluate(async (token) => (await fetch('/v1/operator/audit?limit=20',
+      { headers: { Authorization: `Bearer ${token}` } })).json(), operatorToken);
+
     // Launch; live status until running; the marker in the console view.
     await page.click('#launch-uploaded');
     await page.waitForSelector('#job-state');
@@ -228,6 +234,37 @@ async function main() {
     }
     await shot('07-vm-running');
     await axe('the VM page');
+    // At most 8 event streams per customer (docs/console.md "Live status"):
+    // ten more, from two other browser contexts with the same session (a
+    // browser opens at most 6 HTTP/1.1 connections per host and context, so
+    // one page could never reach the cap), the rest refused (a page polls).
+    const jobOfView = (await page.evaluate(() => location.hash)).split('/').pop();
+    const sessionCookies = await context.cookies();
+    const extra = [];
+    const streamCap = [];
+    try {
+      for (let c = 0; c < 2; c++) {
+        const ctx = await browser.newContext({ ignoreHTTPSErrors: true });
+        extra.push(ctx);
+        await ctx.addCookies(sessionCookies);
+        const p = await ctx.newPage();
+        await p.goto(`${base}/console/`);
+        streamCap.push(...await p.evaluate(async (id) => {
+          const results = await Promise.all(Array.from({ length: 5 }, () => new Promise((resolve) => {
+            const es = new EventSource(`/v1/jobs/${id}/events`);
+            const t = setTimeout(() => resolve({ es, r: 'timeout' }), 10000);
+            es.onopen = () => { clearTimeout(t); resolve({ es, r: 'open' }); };
+            es.onerror = () => { if (es.readyState === EventSource.CLOSED) { clearTimeout(t); resolve({ es, r: 'refused' }); } };
+          })));
+          return results.map((x) => x.r);
+        }, jobOfView));
+      }
+    } finally {
+      for (const ctx of extra) await ctx.close();
+    }
+    const opened = streamCap.filter((r) => r === 'open').length, refusedStreams = streamCap.filter((r) => r === 'refused').length;
+    check('one customer gets at most 8 event streams, the others are refused', opened >= 1 && opened <= 8 && refusedStreams === 10 - opened,
+      JSON.stringify(streamCap));
 
     // Stop and delete it from the console (the host has two slots; the demo's VM holds one).
     await page.getByRole('button', { name: 'Stop', exact: true }).click();
@@ -338,7 +375,7 @@ async function main() {
       }
       await route.fulfill({ response: res, json: a });
     };
-    await page.route('**/v1/images/*/audit', tamper);
+    await page.route('**/v1/images/*/audit*', tamper);
     await go('#/vms');
     await go('#/audit');
     // Per image with records: its proofs' verdicts and its checkpoint's.
@@ -354,7 +391,27 @@ async function main() {
     check('a checkpoint whose signature was altered is shown failed, and no record is verified against it',
       checkpointTampered && tcp.length >= 2 && (/^Log checkpoint: failed: checkpoint: the signature does not verify/.test(tcp[1]) &&
       tv[1].every((v) => v.startsWith('failed'))), JSON.stringify({ tv, tcp }));
-    await page.unroute('**/v1/images/*/audit', tamper);
+    await page.unroute('**/v1/images/*/audit*', tamper);
+    // The checkpoint saved by the first (verified) visit: the log extends it.
+    await go('#/vms');
+    await go('#/audit');
+    const extendsSaved = await page.textContent('.consistency-verdict').catch(() => '');
+    check('the audit page proves the log extends the checkpoint this browser saved (consistency proof verified)',
+      /^The log extends the checkpoint saved in this browser \(\d+ records\), consistency proof verified/.test(extendsSaved), extendsSaved);
+    // A portal replays the image's answer from before the launches (signed,
+    // but a smaller tree than the one saved here): rolled back.
+    const rollBack = (route) => route.fulfill({ status: 200, contentType: 'application/json', json: earlyAudit });
+    await page.route('**/v1/images/*/audit*', rollBack);
+    await go('#/vms');
+    await go('#/audit');
+    const rolledBack = await page.textContent('.consistency-verdict').catch(() => '');
+    await shot('10c-audit-rolled-back');
+    check('a rolled-back log (an older signed answer replayed) is shown as failed on the audit page',
+      /^Saved checkpoint: failed: rolled back: the saved checkpoint covers \d+ records but the log shows only \d+/.test(rolledBack), rolledBack);
+    await page.unroute('**/v1/images/*/audit*', rollBack);
+    const savedAfter = await page.evaluate(() => Object.entries(localStorage).filter(([k]) => k.startsWith('vmseal-audit-checkpoint:')).map(([, v]) => v.split('\n')[1]));
+    check('a failed check keeps the checkpoint saved before (not the rolled-back one)',
+      savedAfter.length === 1 && Number(savedAfter[0]) > Number(String(earlyAudit.checkpoint).split('\n')[1]), JSON.stringify(savedAfter));
 
     // Operator pages.
     await go('#/login');
@@ -371,6 +428,45 @@ async function main() {
     check('the operator page shows the KMS-wide audit log, each proof and the checkpoint verified in the browser',
       kmsVerdicts.length > 0 && kmsVerdicts.every((v) => v === 'verified') && kmsCp.startsWith('Log checkpoint: signature verified'),
       JSON.stringify({ kmsVerdicts: kmsVerdicts.slice(0, 3), kmsCp }));
+    const kmsConsistency = await page.textContent('.kms-consistency-verdict').catch(() => '');
+    check('the operator page checks the log key\'s endorsement by the KMS CA',
+      /endorsed by the KMS CA/.test(kmsCp) && /^[0-9a-f]{64}$/.test(await page.textContent('#kms-ca-fingerprint').catch(() => '')), kmsCp);
+    // The whole log, page by page, each proof verified.
+    await page.click('#kms-audit-all');
+    await page.waitForFunction(() => /^Every record of the log/.test(document.getElementById('kms-audit-count')?.textContent || ''), null, { timeout: 60000 });
+    const allCount = await page.textContent('#kms-audit-count');
+    const allVerdicts = await page.$$eval('.kms-audit-verdict', (n) => n.map((x) => x.textContent));
+    const [, shownN, treeN, pagesN] = /(\d+) of (\d+), in (\d+) pages/.exec(allCount) || [];
+    check('the operator pages through the whole KMS log, every record verified and consistent with the saved checkpoint',
+      Number(shownN) === Number(treeN) && Number(treeN) > 20 && Number(pagesN) >= 2 && allVerdicts.length === Number(treeN) &&
+      allVerdicts.every((v) => v === 'verified') && /^No checkpoint saved in this browser yet; this one is saved now/.test(kmsConsistency) &&
+      /^The log extends the checkpoint saved in this browser/.test(await page.textContent('.kms-consistency-verdict')),
+      JSON.stringify({ allCount, bad: allVerdicts.filter((v) => v !== 'verified').slice(0, 3), kmsConsistency }));
+    // The portal replays the early (smaller, signed) tree with one record
+    // rewritten: rolled back, and that record failed.
+    const opRollBack = async (route) => {
+      const res = await route.fetch();
+      const a = await res.json();
+      const proofs = earlyOperatorAudit.proofs.map((p) => p);
+      if (proofs.length) {
+        const lines = proofs[0].split('\n');
+        const at = lines.findIndex((l) => l.startsWith('extra '));
+        lines[at] = `extra ${Buffer.from(Buffer.from(lines[at].slice(6), 'base64').toString('utf8').replace('"event":"', '"event":"x')).toString('base64')}`;
+        proofs[0] = lines.join('\n');
+      }
+      await route.fulfill({ response: res, json: { ...earlyOperatorAudit, kms_ca_cert_pem: a.kms_ca_cert_pem, proofs, consistency: '', next_after: 0 } });
+    };
+    await page.route('**/v1/operator/audit*', opRollBack);
+    await go('#/images');
+    await go('#/operator');
+    await page.waitForSelector('.kms-consistency-verdict');
+    const opRolled = await page.textContent('.kms-consistency-verdict');
+    const opVerdicts = await page.$$eval('.kms-audit-verdict', (n) => n.map((x) => x.textContent));
+    await shot('11b-operator-rolled-back');
+    check('a rolled-back KMS log and a tampered record are shown as failed on the operator page',
+      /^Saved checkpoint: failed: rolled back/.test(opRolled) && opVerdicts.some((v) => /^failed: the record is not in the signed tree/.test(v)) &&
+      opVerdicts.filter((v) => v === 'verified').length === opVerdicts.length - 1, JSON.stringify({ opRolled, opVerdicts }));
+    await page.unroute('**/v1/operator/audit*', opRollBack);
     await page.click('table tbody tr button');
     await page.waitForSelector('#placement-detail table');
     await shot('11-operator');

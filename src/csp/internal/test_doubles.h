@@ -240,6 +240,10 @@ class FakeKmsClient final : public KmsClient {
     return "c2sp.org/tlog-proof@v1\nextra e30=\nindex " + std::to_string(seq - 1) + "\n\nsize " +
            std::to_string(size) + "\n";
   }
+  StatusOr<std::string> AuditConsistencyProof(int64_t old_size, int64_t size) override {
+    return "vmseal.dev/tlog-consistency@v1\nold " + std::to_string(old_size) + "\n\nsize " +
+           std::to_string(size) + "\n";
+  }
   std::vector<int64_t> proofs_asked() {
     std::lock_guard<std::mutex> lock(mu_);
     return proofs_asked_;

@@ -2,12 +2,12 @@
 // datum reaches the page through dom.js (textContent, attribute values).
 import { ApiError, del, get, post, setCsrf, setOperatorCsrf } from './api.js';
 import { bytes, clear, el, table, when } from './dom.js';
-import { importSigningKey, newSigningKey, sealPackage, sha256File, DEFAULT_CHUNK_BYTES } from './seal.js';
+import { importSigningKey, newSigningKey, sealPackage, sha256File, CONSOLE_CHUNK_BYTES } from './seal.js';
 import { hex } from './sha256.js';
 import { pemBlock } from './bytes.js';
 import { readTag } from './tag.js';
 import { uploadPackage } from './upload.js';
-import { verifyAuditPage } from './audit_verify.js';
+import { checkpointSize, verifyAuditPage } from './audit_verify.js';
 
 const $ = (id) => document.getElementById(id);
 const session = { customerId: '', operator: false };
@@ -335,7 +335,7 @@ async function sealPage(page) {
         status('Sealing...');
         const r = await sealPackage(disk.files[0], {
           recipientPem: k.public_key_pem, tenant: session.customerId, signingKey,
-          signingCertPem: k.signing_key.cert_pem, name: name.value, chunkBytes: DEFAULT_CHUNK_BYTES,
+          signingCertPem: k.signing_key.cert_pem, name: name.value, chunkBytes: CONSOLE_CHUNK_BYTES,
           cpus: Number(cpus.value) || 2, memoryMib: Number(memory.value) || 2048, ovaSha256: true,
           progress: (done, total) => { bar.max = String(total || 1); bar.value = String(done); },
         });
@@ -405,36 +405,99 @@ function uploadPage(page) {
     el('label', { for: 'upload-progress' }, 'Progress'), bar, out);
 }
 
+// --- audit checks shared by the customer's and the operator's pages ---
+// (docs/console.md "Audit in the browser"): a checkpoint saved in this
+// browser (localStorage) after a fully verified visit; the next visit asks
+// for the consistency proof from it and shows a log that was rolled back or
+// rewritten since as failed (and keeps the saved one).
+const savedKey = (scope) => `vmseal-audit-checkpoint:${scope}`;
+function savedCheckpoint(scope) {
+  try { return localStorage.getItem(savedKey(scope)); } catch { return null; }
+}
+function saveCheckpoint(scope, text) {
+  try { localStorage.setItem(savedKey(scope), text); } catch { /* private mode: nothing kept */ }
+}
+
+// Every page of an audit listing from `after` = 0 (or just `url` when
+// `paged` is false), each verified: [{a, v}]. caPem null: the answer's
+// own kms_ca_cert_pem (the operator's, pinned by the caller).
+async function verifiedAuditPages(url, caPem, saved, { paged = true, operator = false } = {}) {
+  const oldSize = checkpointSize(saved);
+  const sep = url.includes('?') ? '&' : '?';
+  const out = [];
+  let after = 0;
+  for (let n = 0; n < 10000; n++) {
+    const q = paged ? `${url}${sep}after=${after}` : url;
+    let a;
+    try {
+      a = await get(oldSize ? `${q}${q.includes('?') ? '&' : '?'}old=${oldSize}` : q, { operator });
+    } catch (e) {
+      // A KMS whose log is smaller than the saved tree cannot prove from it:
+      // ask without, and the check below says what happened.
+      if (!oldSize) throw e;
+      a = await get(q, { operator });
+    }
+    const v = await verifyAuditPage(a, caPem === null ? (a.kms_ca_cert_pem || '') : caPem, { saved });
+    out.push({ a, v });
+    if (!paged || !a.next_after || a.next_after <= after) break;
+    after = a.next_after;
+  }
+  return out;
+}
+
+// The saved-checkpoint verdict of verified pages, and whether all of them
+// verified (then their newest checkpoint is saved).
+function consistencyVerdict(pages, saved, scope, cls) {
+  const failed = pages.map((p) => p.v.consistency).find((c) => c && !c.ok);
+  const allOk = pages.every((p) => p.v.checkpoint.ok && (!p.v.consistency || p.v.consistency.ok) && p.v.records.every((r) => r.ok));
+  if (allOk && pages.length) {
+    const newest = pages.reduce((x, p) => (p.v.checkpoint.size >= x.v.checkpoint.size ? p : x));
+    saveCheckpoint(scope, newest.v.checkpoint.text);
+  }
+  const text = failed ? `Saved checkpoint: failed: ${failed.error}`
+    : saved ? `The log extends the checkpoint saved in this browser (${checkpointSize(saved)} records), consistency proof verified`
+      : 'No checkpoint saved in this browser yet' + (allOk ? '; this one is saved now' : '');
+  return el('p', { class: `${failed ? 'error' : 'ok'} ${cls}`, text });
+}
+
 // --- the customer's audit: key releases of their images ---
 async function auditPage(page) {
   if (!requireLogin(page)) return;
   const [{ images }, key] = await Promise.all([get('/v1/images'), get('/v1/customer/key')]);
   page.append(el('h2', { text: 'Key releases of your images' }),
     el('p', { text: 'Each record\'s inclusion proof and the log checkpoint\'s signature are verified here, in this browser ' +
-      '(the log key must be endorsed by the KMS CA whose fingerprint the downloads page shows; compare it with your own copy). ' +
-      'vmseal customer audit IMAGE --kms-ca kms-ca.pem checks the same on the command line.' }));
+      '(the log key must be endorsed by the KMS CA whose fingerprint the downloads page shows; compare it with your own copy), ' +
+      'and the log must extend the checkpoint this browser saved at your last visit. ' +
+      'vmseal customer audit IMAGE --kms-ca kms-ca.pem --checkpoint F checks the same on the command line.' }));
+  const scope = `customer:${session.customerId}`;
+  const saved = savedCheckpoint(scope);
+  const all = [];
   for (const i of images) {
     try {
-      const a = await get(`/v1/images/${encodeURIComponent(i.tagged_image_id || i.image_id)}/audit`);
-      const v = await verifyAuditPage(a, key.kms_ca_cert_pem || '');
+      const pages = await verifiedAuditPages(`/v1/images/${encodeURIComponent(i.tagged_image_id || i.image_id)}/audit`,
+        key.kms_ca_cert_pem || '', saved);
+      all.push(...pages);
       // A record that fails its proof is still shown (decoded from the
       // proof's extra line), marked failed.
-      const rows = (a.proofs || []).map((proof, n) => {
+      const rows = pages.flatMap(({ a, v }) => (a.proofs || []).map((proof, n) => {
         const r = v.records[n].record || auditRecord(proof) || {};
         const verdict = v.records[n].ok ? el('span', { class: 'ok audit-verdict', text: 'verified' })
           : el('span', { class: 'error audit-verdict', text: `failed: ${v.records[n].error}` });
         return [String(r.seq ?? ''), when(r.time), el('code', { class: 'audit-event', text: r.event || '' }),
           r.subject || '', el('code', { text: JSON.stringify(r.details || {}) }), verdict];
-      });
+      }));
+      const last = pages[pages.length - 1];
       page.append(table(`Image ${i.name}`, ['#', 'Time', 'Event', 'Subject', 'Details', 'Inclusion proof'], rows));
-      page.append(el('p', { class: v.checkpoint.ok ? 'ok checkpoint-verdict' : 'error checkpoint-verdict',
-        text: v.checkpoint.ok ? `Log checkpoint: signature verified (log key endorsed by the KMS CA; ${v.checkpoint.size} records in the log)`
-          : `Log checkpoint: failed: ${v.checkpoint.error}` }));
-      if (a.checkpoint) page.append(el('pre', { class: 'checkpoint', text: a.checkpoint }));
+      const bad = pages.find((p) => !p.v.checkpoint.ok);
+      page.append(el('p', { class: !bad ? 'ok checkpoint-verdict' : 'error checkpoint-verdict',
+        text: !bad ? `Log checkpoint: signature verified (log key endorsed by the KMS CA; ${last.v.checkpoint.size} records in the log)`
+          : `Log checkpoint: failed: ${bad.v.checkpoint.error}` }));
+      if (last.a.checkpoint) page.append(el('pre', { class: 'checkpoint', text: last.a.checkpoint }));
     } catch (e) {
       page.append(el('p', { class: 'error' }, `Image ${i.name}: `, e.message));
     }
   }
+  page.append(consistencyVerdict(all, saved, scope, 'consistency-verdict'));
 }
 
 // The record a c2sp.org/tlog-proof@v1 text carries on its `extra` line.
@@ -503,23 +566,60 @@ async function operatorKmsViews(page) {
   } catch (e) {
     page.append(el('p', { class: 'error', text: `Flavors: ${e.message}` }));
   }
-  page.append(el('h2', { text: 'KMS audit log (newest records)' }));
+  page.append(el('h2', { text: 'KMS audit log' }));
+  const box = el('div', { id: 'kms-audit' });
+  page.append(box);
+  await operatorAudit(box, false);
+}
+
+// The KMS audit log: the newest 20 records, or (whole) every record page by
+// page; each proof, the checkpoint, the log key's endorsement by the KMS CA
+// (pinned in this browser at the first visit) and the consistency with the
+// checkpoint saved here verified in the browser.
+async function operatorAudit(box, whole) {
+  clear(box);
+  const scope = 'operator';
+  const saved = savedCheckpoint(scope);
   try {
-    const a = await get('/v1/operator/audit?limit=20', { operator: true });
-    const v = await verifyAuditPage(a, null);
-    const rows = (a.proofs || []).map((proof, n) => {
+    const pages = await verifiedAuditPages(whole ? '/v1/operator/audit?limit=50' : '/v1/operator/audit?limit=20', null, saved,
+      { paged: whole, operator: true });
+    // The KMS CA: pinned by its SHA-256 at the first visit; another CA later
+    // fails every check (a portal that substituted CA and log key).
+    const caPem = pages[0].a.kms_ca_cert_pem || '';
+    const fp = hex(new Uint8Array(await crypto.subtle.digest('SHA-256', pemBlock(caPem, 'CERTIFICATE'))));
+    let pinned = null;
+    try { pinned = localStorage.getItem('vmseal-kms-ca:operator'); } catch { /* none */ }
+    if (pinned && pinned !== fp) {
+      for (const p of pages) {
+        p.v.checkpoint = { ok: false, error: `the KMS CA (SHA-256 ${fp}) is not the one pinned in this browser (${pinned})` };
+        p.v.records = p.v.records.map(() => ({ ok: false, error: 'checkpoint not verified' }));
+      }
+    } else if (!pinned) {
+      try { localStorage.setItem('vmseal-kms-ca:operator', fp); } catch { /* private mode */ }
+    }
+    const rows = pages.flatMap(({ a, v }) => (a.proofs || []).map((proof, n) => {
       const r = v.records[n].record || auditRecord(proof) || {};
       const verdict = v.records[n].ok ? el('span', { class: 'ok kms-audit-verdict', text: 'verified' })
         : el('span', { class: 'error kms-audit-verdict', text: `failed: ${v.records[n].error}` });
       return [String(r.seq ?? ''), when(r.time), el('code', { text: r.event || '' }), r.subject || '', verdict];
-    }).reverse();
-    page.append(el('p', { class: v.checkpoint.ok ? 'ok kms-checkpoint-verdict' : 'error kms-checkpoint-verdict',
-      text: v.checkpoint.ok ? `Log checkpoint: signature verified with log key ${a.log_key} (${v.checkpoint.size} records; compare the key with vmseal kms audit)`
-        : `Log checkpoint: failed: ${v.checkpoint.error}` }),
-    table('Newest KMS audit records, each with its inclusion proof', ['#', 'Time', 'Event', 'Subject', 'Inclusion proof'], rows),
-    el('pre', { class: 'checkpoint', text: a.checkpoint || '' }));
+    })).reverse();
+    const bad = pages.find((p) => !p.v.checkpoint.ok);
+    const last = pages[pages.length - 1];
+    box.append(el('p', { text: 'KMS CA SHA-256 (compare with your copy of the KMS CA; pinned in this browser): ' },
+      el('code', { id: 'kms-ca-fingerprint', text: fp })),
+    el('p', { class: !bad ? 'ok kms-checkpoint-verdict' : 'error kms-checkpoint-verdict',
+      text: !bad ? `Log checkpoint: signature verified with log key ${last.a.log_key}, endorsed by the KMS CA (${last.v.checkpoint.size} records)`
+        : `Log checkpoint: failed: ${bad.v.checkpoint.error}` }),
+    consistencyVerdict(pages, saved, scope, 'kms-consistency-verdict'),
+    el('p', { id: 'kms-audit-count', text: whole ? `Every record of the log: ${rows.length} of ${last.v.checkpoint.size || 0}, in ${pages.length} pages`
+      : `The newest ${rows.length} records` }),
+    el('button', { type: 'button', class: 'secondary', id: 'kms-audit-all', text: 'Verify the whole log',
+      on: { click: () => operatorAudit(box, true).catch(fail) } }),
+    table(whole ? 'Every KMS audit record, each with its inclusion proof' : 'Newest KMS audit records, each with its inclusion proof',
+      ['#', 'Time', 'Event', 'Subject', 'Inclusion proof'], rows),
+    el('pre', { class: 'checkpoint', text: last.a.checkpoint || '' }));
   } catch (e) {
-    page.append(el('p', { class: 'error', text: `KMS audit log: ${e.message}` }));
+    box.append(el('p', { class: 'error', text: `KMS audit log: ${e.message}` }));
   }
 }
 

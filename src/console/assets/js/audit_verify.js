@@ -138,28 +138,107 @@ export async function verifyRecordProof(proof, checkpoint) {
   return parsed;
 }
 
+// RFC 9162 §2.1.4.2: does the tree of `size` with `root` extend the tree of
+// `oldSize` with `oldRoot`, by `path`?
+export async function verifyConsistency(oldSize, size, path, oldRoot, root) {
+  if (oldSize > size) return false;
+  if (oldSize === size) return path.length === 0 && equal(oldRoot, root);
+  if (oldSize === 0) return path.length === 0;
+  if (path.length === 0) return false;
+  const one = new Uint8Array([0x01]);
+  let p = path;
+  let pow2 = oldSize;
+  while (pow2 > 1 && pow2 % 2 === 0) pow2 /= 2;
+  if (pow2 === 1) p = [oldRoot, ...path];
+  let fn = oldSize - 1, sn = size - 1;
+  while (fn % 2 === 1) { fn = Math.floor(fn / 2); sn = Math.floor(sn / 2); }
+  let fr = p[0], sr = p[0];
+  for (const c of p.slice(1)) {
+    if (sn === 0) return false;
+    if (fn % 2 === 1 || fn === sn) {
+      fr = await sha256(one, c, fr);
+      sr = await sha256(one, c, sr);
+      if (fn % 2 === 0) while (fn % 2 === 0 && fn !== 0) { fn = Math.floor(fn / 2); sn = Math.floor(sn / 2); }
+    } else {
+      sr = await sha256(one, sr, c);
+    }
+    fn = Math.floor(fn / 2); sn = Math.floor(sn / 2);
+  }
+  return sn === 0 && equal(fr, oldRoot) && equal(sr, root);
+}
+
+// §5: a vmseal.dev/tlog-consistency@v1 text from the saved checkpoint
+// (verified, {size, root}) to the answer's verified checkpoint. Throws why
+// not: "rolled back: ..." when the log is smaller than it was, "fork or
+// rewrite: ..." when it does not extend it.
+export async function verifySavedCheckpoint(consistencyText, saved, checkpoint) {
+  if (checkpoint.size < saved.size) {
+    throw new Error(`rolled back: the saved checkpoint covers ${saved.size} records but the log shows only ${checkpoint.size}`);
+  }
+  if (checkpoint.size === saved.size) {
+    if (!equal(checkpoint.root, saved.root)) throw new Error(`fork or rewrite: another tree of the same ${saved.size} records`);
+    return;
+  }
+  const text = String(consistencyText || '');
+  const blank = text.indexOf('\n\n');
+  if (blank < 0) throw new Error('fork or rewrite: no consistency proof with the saved checkpoint');
+  const lines = text.slice(0, blank).split('\n');
+  if (lines[0] !== 'vmseal.dev/tlog-consistency@v1' || lines[1] !== `old ${saved.size}`) {
+    throw new Error('fork or rewrite: the consistency proof is not from the saved checkpoint');
+  }
+  if (text.slice(blank + 2) !== checkpoint.text) throw new Error('fork or rewrite: the consistency proof is for another checkpoint');
+  const path = lines.slice(2).map(fromBase64);
+  if (path.length > MAX_PATH || path.some((h) => h.length !== 32)) throw new Error('fork or rewrite: bad consistency proof');
+  if (!await verifyConsistency(saved.size, checkpoint.size, path, saved.root, checkpoint.root)) {
+    throw new Error(`fork or rewrite: the log is not an extension of the saved checkpoint (tree of ${saved.size} records)`);
+  }
+}
+
+// The KMS CA's endorsement of the log key (§6.1).
+async function verifyEndorsement(answer, kmsCaPem) {
+  const spki = certificateSpki(kmsCaPem);
+  const ca = await subtle.importKey('spki', spki, { name: 'ECDSA', namedCurve: 'P-256' }, false, ['verify']);
+  let sig;
+  try { sig = ecdsaDerToRaw(fromBase64(answer.log_key_endorsement || '')); } catch { sig = new Uint8Array(64); }
+  const endorsed = await subtle.verify({ name: 'ECDSA', hash: 'SHA-256' }, ca, sig,
+    utf8.encode(`vmseal audit log key v1\n${answer.log_key}\n`));
+  if (!endorsed) throw new Error('the log key is not endorsed by the KMS CA');
+}
+
 // The whole answer of GET /v1/images/{id}/audit against the KMS CA (PEM).
-// Returns {checkpoint: {ok, error?, size}, records: [{ok, error?, record?}]}:
-// a record is verified only when the checkpoint is. With kmsCaPem null (the
-// operator's view, whose answer carries no endorsement) the log key is taken
-// as given and shown for the operator to compare.
-export async function verifyAuditPage(answer, kmsCaPem) {
-  const out = { checkpoint: { ok: false }, records: [] };
+// Returns {checkpoint: {ok, error?, size, text?}, consistency: {ok, error?,
+// oldSize} | null, records: [{ok, error?, record?}]}: a record is verified
+// only when the checkpoint is. kmsCaPem: the CA the log key must be endorsed
+// by (null: the log key taken as given). opts.saved: the text of a
+// checkpoint saved earlier (verified before: by this log key), checked to be
+// extended by this one with the answer's `consistency` proof.
+export async function verifyAuditPage(answer, kmsCaPem, opts = {}) {
+  const out = { checkpoint: { ok: false }, consistency: null, records: [] };
   let checkpoint = null;
   try {
-    if (kmsCaPem !== null) {
-      const spki = certificateSpki(kmsCaPem);
-      const ca = await subtle.importKey('spki', spki, { name: 'ECDSA', namedCurve: 'P-256' }, false, ['verify']);
-      const endorsed = await subtle.verify({ name: 'ECDSA', hash: 'SHA-256' }, ca,
-        ecdsaDerToRaw(fromBase64(answer.log_key_endorsement || '')),
-        utf8.encode(`vmseal audit log key v1\n${answer.log_key}\n`));
-      if (!endorsed) throw new Error('the log key is not endorsed by the KMS CA');
-    }
+    if (kmsCaPem !== null) await verifyEndorsement(answer, kmsCaPem);
     const logKey = await parseVerifierKey(answer.log_key);
     checkpoint = await verifyCheckpoint(answer.checkpoint || '', logKey);
-    out.checkpoint = { ok: true, size: checkpoint.size };
+    out.checkpoint = { ok: true, size: checkpoint.size, text: checkpoint.text };
+    if (opts.saved) {
+      let saved = null;
+      try {
+        saved = await verifyCheckpoint(opts.saved, logKey);
+      } catch (e) {
+        out.consistency = { ok: false, error: `the saved checkpoint: ${e.message}` };
+      }
+      if (saved) {
+        try {
+          await verifySavedCheckpoint(answer.consistency, saved, checkpoint);
+          out.consistency = { ok: true, oldSize: saved.size };
+        } catch (e) {
+          out.consistency = { ok: false, oldSize: saved.size, error: e.message };
+        }
+      }
+    }
   } catch (e) {
     out.checkpoint = { ok: false, error: e.message };
+    checkpoint = null;
   }
   for (const proof of answer.proofs || []) {
     if (!checkpoint) { out.records.push({ ok: false, error: 'checkpoint not verified' }); continue; }
@@ -170,4 +249,10 @@ export async function verifyAuditPage(answer, kmsCaPem) {
     }
   }
   return out;
+}
+
+// The size of a checkpoint text (its second line), or 0; not a check.
+export function checkpointSize(note) {
+  const m = /^[^\n]*\n(0|[1-9][0-9]{0,15})\n/.exec(String(note || ''));
+  return m ? Number(m[1]) : 0;
 }

@@ -4,6 +4,8 @@
 // sealing instead of adding to them. Messages in:
 //   {op: 'blob', blob}       hash the whole Blob (read here in 8 MiB slices)
 //   {op: 'update', bytes}    hash these bytes next (an ArrayBuffer)
+//   {op: 'pass', bytes, n}   hash these bytes next and hand them back
+//                            (transferred both ways, no copy): {n, bytes}
 //   {op: 'digest'}           answer {digest: hex} and stop
 // Out: {done: n} every 64 MiB of a Blob, {digest}, or {error}.
 import { Sha256, hex } from './sha256.js';
@@ -16,6 +18,9 @@ self.onmessage = async (e) => {
   try {
     if (m.op === 'update') {
       h.update(new Uint8Array(m.bytes));
+    } else if (m.op === 'pass') {
+      h.update(new Uint8Array(m.bytes));
+      self.postMessage({ n: m.n, bytes: m.bytes }, [m.bytes]);
     } else if (m.op === 'blob') {
       for (let a = 0; a < m.blob.size; a += SLICE) {
         h.update(new Uint8Array(await m.blob.slice(a, Math.min(m.blob.size, a + SLICE)).arrayBuffer()));

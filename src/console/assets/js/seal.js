@@ -16,6 +16,12 @@ export const STREAM_URI = 'urn:vmseal:stream:v1';
 export const RSA_OAEP_URI = 'http://www.w3.org/2009/xmlenc11#rsa-oaep';
 export const X25519_WRAP_URI = 'https://vmseal.dev/ns/wrap/x25519-hkdf-sha256-aes256gcm-v1';
 export const DEFAULT_CHUNK_BYTES = 1 << 20;
+// The chunk size the console seals with: 256 KiB (the format allows 16 B to
+// 16 MiB, stream.md §5). Each WebCrypto call copies its input and allocates
+// its output; at 1 MiB those are fresh pages every call (above Chromium's
+// allocator buckets), and a fresh page is what costs most on a machine
+// like the test VM (docs/console.md "Why the browser seals slowly").
+export const CONSOLE_CHUNK_BYTES = 256 << 10;
 const MAGIC = new Uint8Array([0x89, 0x56, 0x4d, 0x53, 0x45, 0x41, 0x4c, 0x0a]);
 const HEADER_BYTES = 80;
 const TAG_BYTES = 16;
@@ -150,7 +156,7 @@ export async function sealPackage(file, opts) {
   const imageId = opts.imageId || crypto.randomUUID();
   if (!ID_RE.test(tenant) || !ID_RE.test(imageId)) throw new Error('imageId and tenant must be 1-128 of [A-Za-z0-9._:@-]');
   const stem = (opts.name || 'vm').replace(/[^A-Za-z0-9._-]/g, '-').slice(0, 64) || 'vm';
-  const chunkBytes = opts.chunkBytes || DEFAULT_CHUNK_BYTES;
+  const chunkBytes = opts.chunkBytes || CONSOLE_CHUNK_BYTES;
   const qcow2 = await isQcow2(file);
   const diskName = qcow2 ? 'disk1.qcow2' : diskNameFor(file);
   const href = `${diskName}.vmseal`;
@@ -189,9 +195,20 @@ export async function sealPackage(file, opts) {
     // chunks are sealed in others.
     const useWorkers = opts.workers !== false && typeof Worker !== 'undefined';
     const fileHash = useWorkers ? new HashWorker() : new Sha256();
+    // With Workers the sealed chunks travel to the digest's Worker and back
+    // (transferred, not copied: fresh memory is what costs here, see
+    // docs/console.md "Why the browser seals slowly"), at most 16 at a time.
+    const passing = [];
+    const sink = useWorkers
+      ? async (b) => {
+        passing.push(fileHash.pass(b));
+        if (passing.length >= 16) put(await passing.shift());
+      }
+      : (b) => { fileHash.update(b); put(b); };
     await sealStream(file, dataKey, { imageId: `${imageId}/file1`, tenant, keyVersion: 1 }, chunkBytes,
-      (b) => { fileHash.update(b); put(b); }, (done) => opts.progress && opts.progress(done, file.size),
+      sink, (done) => opts.progress && opts.progress(done, file.size),
       useWorkers ? (opts.workers || true) : false);
+    while (passing.length) put(await passing.shift());
     const fileDigest = useWorkers ? await fileHash.digest() : hex(fileHash.digest());
     put(tarPadding(sealedSize));
     const descriptorHash = new Sha256().update(descriptor).digest();

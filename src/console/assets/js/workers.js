@@ -12,6 +12,7 @@ export class HashWorker {
     this.w = new Worker(workerUrl('hash_worker.js'), { type: 'module' });
     this.result = new Promise((resolve, reject) => {
       this.w.onmessage = (e) => {
+        if (e.data.bytes) { this.passed(e.data); return; }
         if (e.data.error) reject(new Error(`sha-256 worker: ${e.data.error}`));
         else if (e.data.digest) resolve(e.data.digest);
         else if (this.onprogress) this.onprogress(e.data.done);
@@ -24,6 +25,25 @@ export class HashWorker {
   update(bytes) {
     const copy = bytes.slice();
     this.w.postMessage({ op: 'update', bytes: copy.buffer }, [copy.buffer]);
+  }
+  // Hashes `bytes` next without copying them: the buffer is transferred to
+  // the Worker and back; resolves to the same bytes (a Uint8Array over the
+  // whole buffer `bytes` had, which must be exactly its view). Calls are
+  // answered in order.
+  pass(bytes) {
+    if (bytes.byteOffset !== 0 || bytes.byteLength !== bytes.buffer.byteLength) bytes = bytes.slice();
+    this.sent = (this.sent || 0) + 1;
+    this.pending = this.pending || new Map();
+    const n = this.sent;
+    const p = new Promise((resolve, reject) => this.pending.set(n, { resolve, reject }));
+    this.result.catch((err) => { for (const q of this.pending.values()) q.reject(err); this.pending.clear(); });
+    this.w.postMessage({ op: 'pass', bytes: bytes.buffer, n }, [bytes.buffer]);
+    return p;
+  }
+  passed({ n, bytes }) {
+    const q = this.pending.get(n);
+    this.pending.delete(n);
+    if (q) q.resolve(new Uint8Array(bytes));
   }
   digest() { this.w.postMessage({ op: 'digest' }); return this.result; }
   // Hashes a whole Blob (read in the Worker); resolves to the hex digest.

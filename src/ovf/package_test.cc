@@ -364,12 +364,17 @@ TEST_F(PackageTest, EscrowCopyOpensOfflineIsSignedAndSurvivesARewrap) {
   // the signature no longer verifies, so the package does not open.
   std::string altered = Rewrite(dir_.File("rsa.ova"), "altered.ova", [](std::vector<RawMember>* m) {
     std::string& d = (*m)[0].data;
+    const std::string before = crypto::HexEncode(crypto::Sha256(d));
     const size_t at = d.find(std::string(kEscrowKeyId));
     const size_t cv = d.find("<xenc:CipherValue>", at);
     ASSERT_NE(cv, std::string::npos);
     char& c = d[cv + std::string("<xenc:CipherValue>").size() + 3];
     c = c == 'A' ? 'B' : 'A';
-  }, /*fix_manifest=*/true);
+    // The manifest digests the altered descriptor; the .cert stays.
+    for (RawMember& mf : *m) {
+      if (mf.name.ends_with(".mf")) ReplaceAll(&mf.data, before, crypto::HexEncode(crypto::Sha256(d)));
+    }
+  }, /*fix_manifest=*/false);
   EXPECT_STATUS(Package::Open(Env::Default(), altered, PackageOpenOptions()).status(),
                 StatusCode::kUnauthenticated, "bad_signature");
   EXPECT_STATUS(UnsealPackageWithEscrowKey(Env::Default(), altered, OtherTestKey().private_pem,

@@ -485,8 +485,14 @@ TEST_F(CustomerMigrateTest, MigrateResumesAfterAFailedUploadWithoutASecondReWrap
 TEST_F(CustomerMigrateTest, MigratedImageIsPlacedByPortalBAndReleasedByKmsBToHostB) {
   SignUp("a");
   const std::string b = SignUpB("a").value("customer_id", "");
+  // Sealed under a rotated key at A (version 2), while the customer's key
+  // at B is version 1: the migrated package names B's version and keeps the
+  // streams' (streamKeyVersion 2).
+  json rotated = CustomerJson("a", {"rotate-key", "--out", dir_.File("a/customer.pem"), "--kms-ca", kms_.ca()});
+  ASSERT_EQ(rotated.value("version", 0), 2) << rotated.dump();
   const std::string image = SealAndUpload("a", "a.ova", {});
   ASSERT_FALSE(image.empty());
+  ASSERT_EQ(Open("a.ova")->tag().key_version, 2u);
   std::string out;
   ASSERT_EQ(Migrate("a", image, kms_b_.ca(), &out), 0) << out;
   json b_images = CustomerB("a", {"images"})["images"];
@@ -535,6 +541,8 @@ TEST_F(CustomerMigrateTest, MigratedImageIsPlacedByPortalBAndReleasedByKmsBToHos
   auto fetched = Open("host-b/package.ova");
   ASSERT_NE(fetched, nullptr);
   EXPECT_EQ(fetched->tag().tenant, b);
+  EXPECT_EQ(fetched->tag().key_version, 1u);
+  EXPECT_EQ(fetched->tag().stream_key_version, 2u);
   // ... and KMS B releases its key to host B's TPM for this job.
   auto released = ReleaseWith(host_b.get(), engine_b_.get(), dir_.File("host-b/package.ova"),
                               job_id, pj.attempt);

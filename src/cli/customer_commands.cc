@@ -387,14 +387,25 @@ Status RotateKey(const CommonFlags& f, FetchCertFlags ff) {
   return FetchCert(f, ff);
 }
 
+StatusOr<json> SignedLifecycleBody(const CommonFlags& f, const kms::LifecycleRequest& req,
+                                   const std::string& signing_key_flag);
+
 // Retires a version of the customer's key: the KMS releases no package
-// wrapped under it again.
+// wrapped under it again. The request is signed with the customer's
+// signing key (kms/lifecycle.h retire_key_version): the portal relays it.
 Status RetireKey(const CommonFlags& f, int64_t version) {
   if (version < 1) return InvalidArgumentError("--version must be >= 1");
   ASSIGN_OR_RETURN(auto c, Connect(f));
   ASSIGN_OR_RETURN(httplib::Headers auth, Auth(f));
-  ASSIGN_OR_RETURN(json k, CheckReply(c->Post("/v1/customer/key/retire", auth,
-                                              json{{"version", version}}.dump(), "application/json"),
+  ASSIGN_OR_RETURN(json me, CheckReply(c->Get("/v1/customer/key", auth), "customer key"));
+  kms::LifecycleRequest req;
+  req.action = "retire_key_version";
+  req.tenant = me.value("customer_id", "");
+  req.key_version = version;
+  req.issued_unix = static_cast<int64_t>(std::time(nullptr));
+  ASSIGN_OR_RETURN(json body, SignedLifecycleBody(f, req, ""));
+  body["version"] = version;
+  ASSIGN_OR_RETURN(json k, CheckReply(c->Post("/v1/customer/key/retire", auth, body.dump(), "application/json"),
                                       "retire key"));
   if (k.value("version", int64_t{0}) != version || k.value("retired_unix", int64_t{0}) == 0) {
     return DataLossError("the portal's answer does not show version " + std::to_string(version) + " retired");
@@ -461,7 +472,7 @@ StatusOr<json> JsonFlag(const std::string& text, const std::string& flag) {
 }
 
 Status Upload(const CommonFlags& f, const std::string& file, const std::string& name,
-              const std::string& policy_json) {
+              const std::string& policy_json, json* result = nullptr) {
   ASSIGN_OR_RETURN(auto c, Connect(f));
   // One TLS connection for begin, the PUTs and the commit (a handshake per
   // request cost more than the commit itself); a connection the portal
@@ -531,7 +542,9 @@ Status Upload(const CommonFlags& f, const std::string& file, const std::string& 
                    CheckReply(c->Post("/v1/uploads/" + id + "/commit", auth, commit.dump(),
                                       "application/json"),
                               "commit upload"));
-  if (f.json) {
+  if (result != nullptr) {
+    *result = std::move(image);
+  } else if (f.json) {
     PrintJson(image);
   } else {
     std::cout << image.value("image_id", "") << "\n";
@@ -972,6 +985,12 @@ Status Vms(const CommonFlags& f) {
 
 Status UploadPackage(const CustomerFlags& f, const std::string& file, const std::string& name) {
   return Upload(f, file, name, "");
+}
+
+StatusOr<json> UploadPackageQuietly(const CustomerFlags& f, const std::string& file, const std::string& name) {
+  json image;
+  RETURN_IF_ERROR(Upload(f, file, name, "", &image));
+  return image;
 }
 
 void AddCustomerCommands(CLI::App& app, const CommandSink& sink) {

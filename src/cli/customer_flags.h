@@ -10,6 +10,7 @@
 #include <string>
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include "base/status.h"
 #include "cli/commands.h"
@@ -32,6 +33,9 @@ std::string DefaultSigningKeyFile(const CustomerFlags& f);
 
 // `customer upload FILE --name NAME` (resumable; prints its result).
 Status UploadPackage(const CustomerFlags& f, const std::string& file, const std::string& name);
+// The same, printing nothing: the portal's image (JSON).
+StatusOr<nlohmann::json> UploadPackageQuietly(const CustomerFlags& f, const std::string& file,
+                                              const std::string& name);
 
 // `customer export`, `customer migrate` (migration_commands.cc).
 void AddCustomerMigrationCommands(CLI::App& cust, std::shared_ptr<CustomerFlags> f,

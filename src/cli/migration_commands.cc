@@ -179,6 +179,7 @@ struct Destination {
   std::string key_id;       // KMS B's id of the key (the certificate's CN)
   std::string spki_key_id;  // hex SHA-256 of the key's SPKI (the tag's keyId)
   crypto::KeyType key_type;
+  uint64_t key_version = 1;  // the certificate's key version at B
 };
 StatusOr<Destination> FetchDestination(const MigrateFlags& mf) {
   ASSIGN_OR_RETURN(std::string ca_pem, ReadFileToString(Env::Default(), mf.to_kms_ca));
@@ -210,7 +211,13 @@ StatusOr<Destination> FetchDestination(const MigrateFlags& mf) {
   }
   const std::string customer_id = k.value("customer_id", "");
   if (customer_id.empty()) return DataLossError("portal B named no customer id");
-  return Destination{std::move(cert), customer_id, key_id, certified.KeyId(), certified.type()};
+  ASSIGN_OR_RETURN(uint64_t version, KeyVersionOfCertificate(cert.ToPem()));
+  const int64_t listed = k.contains("version") && k["version"].is_number_integer() ? k["version"].get<int64_t>() : 1;
+  if (static_cast<int64_t>(version) != listed) {
+    return DataLossError("destination_untrusted: the certificate is for key version " + std::to_string(version) +
+                         ", portal B says " + std::to_string(listed));
+  }
+  return Destination{std::move(cert), customer_id, key_id, certified.KeyId(), certified.type(), version};
 }
 
 Status Migrate(const CustomerFlags& f, const MigrateFlags& mf) {
@@ -272,6 +279,11 @@ Status Migrate(const CustomerFlags& f, const MigrateFlags& mf) {
   ovf::EncryptionTag dest_tag = tag;
   dest_tag.tenant = dest.customer_id;
   dest_tag.key_id = "sha256:" + dest.spki_key_id;
+  // B's key version (its certificate's); the streams keep the version they
+  // were sealed under (streamKeyVersion, package.md §4).
+  dest_tag.key_version = dest.key_version;
+  dest_tag.stream_key_version = tag.stream_key_version != 0 ? tag.stream_key_version : tag.key_version;
+  if (dest_tag.stream_key_version == dest_tag.key_version) dest_tag.stream_key_version = 0;
   kms::RewrapRequest req;
   kms::RewrapAuthorization& a = req.authorization;
   a.tenant = tag.tenant;
@@ -363,6 +375,158 @@ Status Migrate(const CustomerFlags& f, const MigrateFlags& mf) {
   return OkStatus();
 }
 
+struct RewrapFlags {
+  std::string image;         // the portal's image id
+  std::string kms_ca;        // the KMS CA, pinned out of band
+  std::string signing_key;   // default signing-key.pem beside the session
+  std::string signing_cert;  // default signing-cert.pem beside the session
+  std::string work_dir;      // where the exported and the re-wrapped package go
+  int64_t lifetime_seconds = 600;
+  bool keep_old = false;     // keep the old image at the portal
+};
+
+// `customer rewrap IMAGE` (docs/protocol.md §1.3): the image's package moves
+// to the customer's newest key version. The KMS re-wraps the data key (the
+// customer signs the authorization, its destination their own newest
+// certificate, verified against the pinned KMS CA); the package keeps its
+// disk ciphertext byte for byte and names the streams' version in
+// streamKeyVersion; it is signed again and uploaded, and the old image is
+// removed from the portal (its objects only: the KMS's image stays, now
+// registered with the newest key).
+Status Rewrap(const CustomerFlags& f, const RewrapFlags& rf) {
+  if (rf.lifetime_seconds < 1 || rf.lifetime_seconds > kms::kMaxRewrapAuthorizationSeconds) {
+    return InvalidArgumentError("--lifetime is 1 to 3600 seconds");
+  }
+  const std::string dir = rf.work_dir.empty() ? std::string(".") : rf.work_dir;
+  const std::string source_path = dir + "/" + rf.image + ".source.ova";
+  const std::string rewrapped_path = dir + "/" + rf.image + ".rewrapped.ova";
+  const std::string key_path = rf.signing_key.empty() ? DefaultSigningKeyFile(f) : rf.signing_key;
+  const std::string chain_path =
+      rf.signing_cert.empty() ? DirName(key_path) + "/signing-cert.pem" : rf.signing_cert;
+  ASSIGN_OR_RETURN(crypto::PrivateKey signing, crypto::LoadPrivateKeyFile(key_path));
+  ASSIGN_OR_RETURN(std::string chain, ReadFileToString(Env::Default(), chain_path));
+  ASSIGN_OR_RETURN(std::string ca_pem, ReadFileToString(Env::Default(), rf.kms_ca));
+  ASSIGN_OR_RETURN(std::vector<crypto::Certificate> roots, crypto::Certificate::ParsePemBundle(ca_pem));
+  ASSIGN_OR_RETURN(auto c, ConnectCustomer(f));
+  ASSIGN_OR_RETURN(httplib::Headers auth, CustomerAuth(f));
+  // 1. The newest version's certificate, verified as fetch-cert does: it
+  //    chains to the pinned CA, certifies the key the portal names, is of
+  //    the version the portal names, and no newer version is listed.
+  ASSIGN_OR_RETURN(json k, CheckReply(c->Get("/v1/customer/key", auth), "rewrap"));
+  ASSIGN_OR_RETURN(crypto::Certificate cert, crypto::Certificate::FromPem(k.value("cert_pem", "")));
+  Status chain_ok = crypto::VerifyCertificateChain(cert, roots);
+  if (!chain_ok.ok()) {
+    return DataLossError("destination_untrusted: your newest certificate does not chain to the KMS CA "
+                         "you pinned (--kms-ca): " + chain_ok.message());
+  }
+  ASSIGN_OR_RETURN(crypto::PublicKey certified, cert.GetPublicKey());
+  auto claimed = crypto::PublicKey::FromPem(k.value("public_key_pem", ""));
+  if (!claimed.ok() || claimed->KeyId() != certified.KeyId() || cert.SubjectCommonName() != k.value("key_id", "")) {
+    return DataLossError("destination_untrusted: the certificate certifies another key than the portal names");
+  }
+  const int64_t version = k.contains("version") && k["version"].is_number_integer() ? k["version"].get<int64_t>() : 1;
+  ASSIGN_OR_RETURN(uint64_t cert_version, KeyVersionOfCertificate(cert.ToPem()));
+  if (static_cast<int64_t>(cert_version) != version) {
+    return DataLossError("destination_untrusted: the certificate is for key version " +
+                         std::to_string(cert_version) + ", the portal says " + std::to_string(version));
+  }
+  for (const json& v : k.value("versions", json::array())) {
+    if (v.is_object() && v.value("version", int64_t{0}) > version) {
+      return DataLossError("the portal served key version " + std::to_string(version) + " but version " +
+                           std::to_string(v.value("version", int64_t{0})) + " exists");
+    }
+  }
+  // 2. The image's package, verified against the customer's own signature.
+  ASSIGN_OR_RETURN(json listing, CheckReply(c->Get("/v1/images/" + rf.image, auth), "rewrap"));
+  // Files of an earlier run are made again.
+  (void)Env::Default()->RemoveFile(source_path);
+  (void)Env::Default()->RemoveFile(rewrapped_path);
+  std::unique_ptr<ovf::Package> pkg;
+  ExportFlags ef{rf.image, source_path, rf.kms_ca, key_path};
+  RETURN_IF_ERROR(ExportTo(f, ef, &pkg).status());
+  auto cleanup = [&](Status s) {
+    pkg.reset();
+    (void)Env::Default()->RemoveFile(source_path);
+    (void)Env::Default()->RemoveFile(rewrapped_path);
+    return s;
+  };
+  const ovf::EncryptionTag& tag = pkg->tag();
+  if (static_cast<int64_t>(tag.key_version) >= version) {
+    return cleanup(FailedPreconditionError(
+        "key_version_current: image " + rf.image + " is at key version " + std::to_string(tag.key_version) +
+        ", your newest; nothing to re-wrap (rotate-key first)"));
+  }
+  const bool x25519 = pkg->wrapped_key().algorithm == ovf::kX25519WrapUri;
+  if (x25519 != (certified.type() == crypto::KeyType::kX25519)) {
+    return cleanup(FailedPreconditionError("key_type_mismatch: your newest key is of another type than the "
+                                           "package's key wrap"));
+  }
+  // 3. The new tag: the newest key and version; the streams keep theirs.
+  ovf::EncryptionTag new_tag = tag;
+  new_tag.key_id = "sha256:" + certified.KeyId();
+  new_tag.key_version = static_cast<uint64_t>(version);
+  new_tag.stream_key_version = tag.stream_key_version != 0 ? tag.stream_key_version : tag.key_version;
+  if (new_tag.stream_key_version == new_tag.key_version) new_tag.stream_key_version = 0;
+  kms::RewrapRequest req;
+  kms::RewrapAuthorization& a = req.authorization;
+  a.tenant = tag.tenant;
+  a.image_id = tag.image_id;
+  a.key_version = tag.key_version;
+  a.destination_cert_sha256 = crypto::HexEncode(crypto::Sha256(cert.ToDer()));
+  a.destination_label = ovf::OaepLabel(new_tag);
+  a.nonce = crypto::HexEncode(crypto::RandomBytes(32));
+  a.expires_unix = static_cast<int64_t>(::time(nullptr)) + rf.lifetime_seconds;
+  auto sig = crypto::Sign(signing, crypto::SignatureDigest::kSha256, kms::RewrapAuthorizationMessage(a));
+  if (!sig.ok()) return cleanup(sig.status());
+  req.signature = *std::move(sig);
+  req.destination_cert_pem = cert.ToPem();
+  req.key_id = tag.key_id;
+  req.wrap_algorithm = pkg->wrapped_key().algorithm;
+  req.oaep_label = pkg->wrapped_key().oaep_label;
+  req.wrapped_key = pkg->wrapped_key().ciphertext;
+  // 4. The KMS re-wraps (through the portal, which cannot sign for us).
+  auto r = CheckReply(c->Post("/v1/images/" + rf.image + "/key-rewrap", auth,
+                              kms::RewrapRequestToJson(req).dump(), "application/json"),
+                      "re-wrap at the KMS");
+  if (!r.ok()) return cleanup(r.status());
+  if (r->value("destination_key_id", "") != certified.KeyId() || r->value("key_version", int64_t{0}) != version) {
+    return cleanup(DataLossError("the KMS wrapped to key " + r->value("destination_key_id", "") +
+                                 ", not your newest key " + certified.KeyId()));
+  }
+  auto rewrapped = crypto::Base64Decode(r->value("rewrapped_key", ""));
+  if (!rewrapped.ok() || rewrapped->empty()) return cleanup(DataLossError("the KMS sent no re-wrapped key"));
+  // 5. The package: new EncryptedKey and tag, the files byte for byte,
+  //    signed again.
+  Status written = ovf::RewrapPackage(Env::Default(), *pkg, new_tag, *rewrapped, signing, chain, rewrapped_path);
+  if (!written.ok()) return cleanup(written);
+  pkg.reset();
+  // 6. Uploaded under the image's name; then the old image goes.
+  const std::string name = listing.value("name", rf.image);
+  ASSIGN_OR_RETURN(json uploaded, UploadPackageQuietly(f, rewrapped_path, name));
+  const std::string new_image = uploaded.value("image_id", "");
+  if (new_image.empty()) return DataLossError("the portal named no image for the re-wrapped package");
+  if (!rf.keep_old) {
+    RETURN_IF_ERROR(CheckReply(c->Delete("/v1/images/" + rf.image, auth), "delete the old image").status());
+  }
+  (void)Env::Default()->RemoveFile(source_path);
+  json out = {{"image_id", rf.image},
+              {"new_image_id", new_image},
+              {"tag_image_id", new_tag.image_id},
+              {"from_version", tag.key_version},
+              {"to_version", version},
+              {"stream_key_version", new_tag.stream_key_version},
+              {"key_id", new_tag.key_id},
+              {"package", rewrapped_path},
+              {"old_image_removed", !rf.keep_old}};
+  if (f.json) {
+    std::cout << out.dump(2) << "\n";
+  } else {
+    std::cout << "image " << rf.image << " re-wrapped from key version " << tag.key_version << " to "
+              << version << " by the KMS (disk data unchanged); uploaded as " << new_image << "\n";
+  }
+  return OkStatus();
+}
+
 }  // namespace
 
 void AddCustomerMigrationCommands(CLI::App& cust, std::shared_ptr<CustomerFlags> f,
@@ -408,6 +572,25 @@ void AddCustomerMigrationCommands(CLI::App& cust, std::shared_ptr<CustomerFlags>
   mig->add_option("--lifetime", mf->lifetime_seconds,
                   "Seconds the authorization is valid (default 600, at most 3600)");
   mig->callback([f, mf, sink] { sink(Migrate(*f, *mf)); });
+
+  auto rf = std::make_shared<RewrapFlags>();
+  CLI::App* rw = cust.add_subcommand(
+      "rewrap",
+      "Move one of your images to your newest key version: the KMS re-wraps its data key (with "
+      "your signature); the disk data is not re-encrypted; the package is signed and uploaded again");
+  rw->add_option("image", rf->image, "Image id")->required();
+  rw->add_option("--kms-ca", rf->kms_ca,
+                 "The KMS CA obtained out of band: your package and newest certificate chain to it")
+      ->required();
+  rw->add_option("--signing-key", rf->signing_key,
+                 "Your signing key (default signing-key.pem beside the session)");
+  rw->add_option("--signing-cert", rf->signing_cert,
+                 "Its certificate from the KMS (default signing-cert.pem beside the signing key)");
+  rw->add_option("--work-dir", rf->work_dir, "Where the exported and the re-wrapped package go");
+  rw->add_option("--lifetime", rf->lifetime_seconds,
+                 "Seconds the authorization is valid (default 600, at most 3600)");
+  rw->add_flag("--keep-old", rf->keep_old, "Keep the old image at the portal");
+  rw->callback([f, rf, sink] { sink(Rewrap(*f, *rf)); });
 }
 
 }  // namespace vmseal::cli

@@ -58,6 +58,8 @@ struct SealFlags {
   // The image's release policy (package.md §4.1): JSON text, or a file
   // holding it; empty = none (the KMS operator's policy applies).
   std::string policy;
+  // Optional customer-held escrow certificate or public key (package.md §4.2).
+  std::string escrow_cert;
 };
 
 // The --policy argument as compact JSON, validated as the KMS will
@@ -204,6 +206,9 @@ Status RunSeal(const SealFlags& f) {
   if (!f.policy.empty()) {
     ASSIGN_OR_RETURN(o.release_policy_json, ReleasePolicyText(f.policy));
   }
+  if (!f.escrow_cert.empty()) {
+    ASSIGN_OR_RETURN(o.escrow_pem, ReadFileToString(env, f.escrow_cert));
+  }
   std::optional<Signer> signer;
   if (!f.unsigned_package) {
     ASSIGN_OR_RETURN(signer, LoadSigner(f, o.tenant));
@@ -267,6 +272,10 @@ void AddPackageCommands(CLI::App& app, const CommandSink& sink) {
   seal->add_flag("--unsigned", seal_flags->unsigned_package,
                  "UNSIGNED package, for tests and interoperability only: portals and KMSs that "
                  "require signatures refuse it (unsigned_package)");
+  seal->add_option("--escrow-cert", seal_flags->escrow_cert,
+                   "your own escrow certificate or public key (PEM, RSA or X25519): the package "
+                   "also carries its data key wrapped to it, so `unseal --escrow-key` opens it "
+                   "offline without the KMS (off by default; docs/threat-model.md)");
   seal->add_option("--policy", seal_flags->policy,
                    "the image's release policy (JSON object or a file holding one), sealed into "
                    "the signed descriptor; the KMS enforces it at release unless you sign a "
@@ -280,13 +289,23 @@ void AddPackageCommands(CLI::App& app, const CommandSink& sink) {
   CLI::App* unseal = app.add_subcommand(
       "unseal", "Verify and decrypt a sealed package into a plain OVF package directory");
   unseal->add_option("package", *unseal_pkg, "sealed .ova, .ovf or package directory")->required();
-  unseal->add_option("--key", *unseal_key, "recipient private key (PEM)")->required();
+  auto unseal_escrow = std::make_shared<std::string>();
+  auto key_opt = unseal->add_option("--key", *unseal_key, "recipient private key (PEM)");
+  auto escrow_opt = unseal->add_option("--escrow-key", *unseal_escrow,
+                                       "your escrow private key (PEM): opens a package sealed with "
+                                       "--escrow-cert offline");
+  key_opt->excludes(escrow_opt);
   unseal->add_option("-o,--output", *unseal_out, "output directory (must not exist)")->required();
   unseal->callback([=] {
     Env* env = Env::Default();
-    auto pem = ReadFileToString(env, *unseal_key);
+    if (unseal_key->empty() == unseal_escrow->empty()) {
+      return sink(InvalidArgumentError("give exactly one of --key and --escrow-key"));
+    }
+    const bool escrow = !unseal_escrow->empty();
+    auto pem = ReadFileToString(env, escrow ? *unseal_escrow : *unseal_key);
     if (!pem.ok()) return sink(pem.status());
-    Status status = ovf::UnsealPackage(env, *unseal_pkg, *pem, *unseal_out);
+    Status status = escrow ? ovf::UnsealPackageWithEscrowKey(env, *unseal_pkg, *pem, *unseal_out)
+                           : ovf::UnsealPackage(env, *unseal_pkg, *pem, *unseal_out);
     // The PEM holds the private key: wipe the copy before it is freed.
     WipeBytes(std::span<uint8_t>(reinterpret_cast<uint8_t*>(pem->data()), pem->size()));
     sink(status);

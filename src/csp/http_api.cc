@@ -396,9 +396,16 @@ void RegisterPortalRoutes(net::HttpsServer& server, const PortalServices& svc) {
     ASSIGN_OR_RETURN(json body, ParseBody(req));
     if (!body.is_object() || !body.contains("version") || !body["version"].is_number_integer() ||
         body["version"].get<int64_t>() < 1) {
-      return InvalidArgumentError("body must be {\"version\": N} with N >= 1");
+      return InvalidArgumentError("body must be {\"version\": N, \"document\": ..., \"signature\": ...} "
+                                  "with N >= 1");
     }
-    ASSIGN_OR_RETURN(CustomerKey k, svc.kms->RetireCustomerKey(p.customer_id, body["version"].get<int64_t>()));
+    // The customer's signed request, relayed unchanged: the KMS retires on
+    // the customer's signature, not on the portal's word.
+    auto text = [&](const char* name) {
+      return body.contains(name) && body[name].is_string() ? body[name].get<std::string>() : std::string();
+    };
+    ASSIGN_OR_RETURN(CustomerKey k, svc.kms->RetireCustomerKey(p.customer_id, body["version"].get<int64_t>(),
+                                                               text("document"), text("signature")));
     return ToJson(k);
   });
   server.Json("POST", "/v1/customer/signing-key", [svc, who](const net::Request& req) -> StatusOr<json> {
@@ -574,6 +581,22 @@ void RegisterPortalRoutes(net::HttpsServer& server, const PortalServices& svc) {
                                    KmsImageId(i) + " of " + p.customer_id);
     }
     return svc.kms->RelayRewrap(body);
+  });
+  // Issue 19: the customer's signed re-wrap of one of its images to its
+  // newest key version (kms/key_rewrap.cc), relayed unchanged.
+  server.Json("POST", R"(/v1/images/([A-Za-z0-9-]+)/key-rewrap)", [svc, who](const net::Request& req) -> StatusOr<json> {
+    ASSIGN_OR_RETURN(Principal p, who(req));
+    ASSIGN_OR_RETURN(ImageInfo i, svc.images->GetImage(p, req.path_params[0]));
+    ASSIGN_OR_RETURN(json body, ParseBody(req));
+    if (!body.is_object() || !body.contains("authorization") || !body["authorization"].is_object()) {
+      return InvalidArgumentError("the body needs the customer's authorization");
+    }
+    const json& a = body["authorization"];
+    if (a.value("tenant", "") != p.customer_id || a.value("image_id", "") != KmsImageId(i)) {
+      return PermissionDeniedError("tenant_mismatch: the authorization is not for image " +
+                                   KmsImageId(i) + " of " + p.customer_id);
+    }
+    return svc.kms->RelayKeyRewrap(p.customer_id, body);
   });
   server.GetFile(R"(/v1/images/([A-Za-z0-9-]+)/package)", [svc, who](const net::Request& req)
                      -> StatusOr<net::FileResponse> {

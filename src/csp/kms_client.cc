@@ -95,10 +95,12 @@ class HttpsKmsClient final : public KmsClient {
     return KeyFrom(r, customer_id);
   }
 
-  StatusOr<CustomerKey> RetireCustomerKey(const std::string& customer_id, int64_t version) override {
+  StatusOr<CustomerKey> RetireCustomerKey(const std::string& customer_id, int64_t version,
+                                          const std::string& document_b64,
+                                          const std::string& signature_b64) override {
     ASSIGN_OR_RETURN(json r, client_->Post("/v1/customers/" + customer_id + "/key-versions/" +
                                                std::to_string(version) + "/retire",
-                                           json::object()));
+                                           json{{"document", document_b64}, {"signature", signature_b64}}));
     return KeyFrom(r, customer_id);
   }
 
@@ -224,6 +226,10 @@ class HttpsKmsClient final : public KmsClient {
 
   StatusOr<json> RelayRewrap(const json& body) override {
     return client_->Post("/v1/migrations/rewrap", body);
+  }
+
+  StatusOr<json> RelayKeyRewrap(const std::string& customer_id, const json& body) override {
+    return client_->Post("/v1/customers/" + customer_id + "/key-rewraps", body);
   }
 
   StatusOr<json> ListFlavors() override { return client_->Get("/v1/flavors"); }

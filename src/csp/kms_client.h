@@ -99,9 +99,12 @@ class KmsClient {
     (void)customer_id;
     return UnimplementedError("this KMS client has no key versions");
   }
-  virtual StatusOr<CustomerKey> RetireCustomerKey(const std::string& customer_id, int64_t version) {
-    (void)customer_id;
-    (void)version;
+  // Retiring relays the customer's signed retire_key_version request
+  // (`document` and `signature` base64, kms/lifecycle.h) unchanged.
+  virtual StatusOr<CustomerKey> RetireCustomerKey(const std::string& customer_id, int64_t version,
+                                                  const std::string& document_b64,
+                                                  const std::string& signature_b64) {
+    (void)customer_id, (void)version, (void)document_b64, (void)signature_b64;
     return UnimplementedError("this KMS client has no key versions");
   }
 
@@ -186,6 +189,13 @@ class KmsClient {
   // the KMS checks the customer's signature; the portal can make none.
   virtual StatusOr<nlohmann::json> RelayRewrap(const nlohmann::json& body) {
     (void)body;
+    return UnimplementedError("this KMS client relays no re-wrap");
+  }
+  // Relays a customer's signed re-wrap authorization to their newest key
+  // version (POST /v1/customers/{cid}/key-rewraps) verbatim.
+  virtual StatusOr<nlohmann::json> RelayKeyRewrap(const std::string& customer_id,
+                                                  const nlohmann::json& body) {
+    (void)customer_id, (void)body;
     return UnimplementedError("this KMS client relays no re-wrap");
   }
 

@@ -131,10 +131,29 @@ void RegisterKmsRoutes(KmsService* s, net::HttpsServer* server) {
       /*created=*/true);
   server->Post(R"(/v1/customers/([A-Za-z0-9._-]{1,64})/key-versions/([0-9]{1,15})/retire)",
                [s](const net::Request& r) -> StatusOr<json> {
+                 // The customer's signed retire_key_version request
+                 // (kms/lifecycle.h); an empty body is refused by the service.
+                 std::string document;
+                 crypto::Bytes signature;
+                 if (r.body.is_object() && r.body.contains("document")) {
+                   ASSIGN_OR_RETURN(crypto::Bytes d, B64Field(r.body, "document"));
+                   document.assign(d.begin(), d.end());
+                   ASSIGN_OR_RETURN(signature, B64Field(r.body, "signature"));
+                 }
                  ASSIGN_OR_RETURN(auto info, s->RetireCustomerKey(CallerFromPeer(r.peer), r.path_params[0],
-                                                                  std::stoll(r.path_params[1])));
+                                                                  std::stoll(r.path_params[1]), document,
+                                                                  signature));
                  return KeyJson(info);
                });
+  // Re-wrap of a package to the customer's newest key version (kms/key_rewrap.cc).
+  server->Post(R"(/v1/customers/([A-Za-z0-9._-]{1,64})/key-rewraps)", [s](const net::Request& r) -> StatusOr<json> {
+    ASSIGN_OR_RETURN(RewrapRequest req, ParseRewrapRequest(r.body));
+    ASSIGN_OR_RETURN(RewrapResponse out, s->RewrapToNewestKey(CallerFromPeer(r.peer), r.path_params[0], req));
+    return json{{"rewrapped_key", crypto::Base64Encode(out.rewrapped_key)},
+                {"destination_key_id", out.destination_key_id},
+                {"key_version", out.key_version},
+                {"kms_key_id", out.kms_key_id}};
+  });
   server->Get(R"(/v1/customers/([A-Za-z0-9._-]{1,64})/keys/([A-Za-z0-9._-]{1,64}))",
               [s](const net::Request& r) -> StatusOr<json> {
                 ASSIGN_OR_RETURN(auto info, s->GetCustomerKey(CallerFromPeer(r.peer),

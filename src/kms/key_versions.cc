@@ -91,7 +91,8 @@ StatusOr<CustomerKeyInfo> KmsService::RotateCustomerKey(const Caller& caller,
 
 StatusOr<CustomerKeyInfo> KmsService::RetireCustomerKey(const Caller& caller,
                                                         const std::string& customer_id,
-                                                        int64_t version) {
+                                                        int64_t version, const std::string& document,
+                                                        std::span<const uint8_t> signature) {
   RETURN_IF_ERROR(Require(caller, Caller::Role::kPortal, "retire customer key"));
   if (!ValidCustomerId(customer_id)) return InvalidArgumentError("customer id must match [A-Za-z0-9._-]{1,64}");
   if (version < 1) return InvalidArgumentError("version must be an integer >= 1");
@@ -103,6 +104,23 @@ StatusOr<CustomerKeyInfo> KmsService::RetireCustomerKey(const Caller& caller,
     metrics_.CountDenial(reason);
     return s;
   };
+  // The customer's own signed request for exactly this version, not the
+  // portal's word (refusals audited lifecycle.deny by the check).
+  if (document.empty() || signature.empty()) {
+    return deny(PermissionDeniedError("bad_signature: retiring a key version needs the customer's "
+                                      "signed request (vmseal customer retire-key)"),
+                "bad_signature");
+  }
+  ASSIGN_OR_RETURN(LifecycleRequest signed_req,
+                   lifecycle_->VerifyCustomerRequest(caller, customer_id, document, signature));
+  if (signed_req.action != "retire_key_version" || signed_req.key_version != version) {
+    return deny(PermissionDeniedError("request_mismatch: the signed request is " + signed_req.action +
+                                      (signed_req.key_version != 0
+                                           ? " of version " + std::to_string(signed_req.key_version)
+                                           : std::string()) +
+                                      ", not retire_key_version of version " + std::to_string(version)),
+                "request_mismatch");
+  }
   ASSIGN_OR_RETURN(auto keys, store_->ListCustomerKeys(customer_id));
   const CustomerKeyRecord* target = nullptr;
   int64_t newest = 0;
@@ -130,7 +148,8 @@ StatusOr<CustomerKeyInfo> KmsService::RetireCustomerKey(const Caller& caller,
       customer_id, version, now,
       {"customer_key.retire", subject,
        json{{"key_id", target->key_id}, {"version", version}, {"by", caller.name},
-            {"by_fingerprint", caller.fingerprint}}});
+            {"by_fingerprint", caller.fingerprint}, {"issued_unix", signed_req.issued_unix},
+            {"signed_by_customer", true}}});
   if (!retired.ok()) {
     if (retired.message().starts_with("key_version_retired")) {
       return deny(PermissionDeniedError(retired.message()), "key_version_retired");

@@ -54,8 +54,14 @@ crypto::Bytes SignedMessage(std::string_view document) {
 }  // namespace
 
 StatusOr<std::string> SerializeLifecycleRequest(const LifecycleRequest& r) {
-  if (r.action != "revoke_image" && r.action != "close_account") {
-    return Malformed("action must be revoke_image or close_account");
+  if (r.action != "revoke_image" && r.action != "close_account" && r.action != "retire_key_version") {
+    return Malformed("action must be revoke_image, close_account or retire_key_version");
+  }
+  if (r.action == "retire_key_version" ? r.key_version < 1 : r.key_version != 0) {
+    return Malformed("key_version (>= 1) is for retire_key_version only");
+  }
+  if (r.action == "retire_key_version" && !r.image_id.empty()) {
+    return Malformed("retire_key_version names no image");
   }
   if (!ValidIdentity(r.tenant)) return Malformed("tenant must match [A-Za-z0-9._:@-]{1,128}");
   if (r.action == "revoke_image" && !ValidIdentity(r.image_id)) {
@@ -71,6 +77,7 @@ StatusOr<std::string> SerializeLifecycleRequest(const LifecycleRequest& r) {
             {"issued_unix", r.issued_unix}};
   if (!r.image_id.empty()) j["image_id"] = r.image_id;
   if (r.grace_seconds >= 0) j["grace_seconds"] = r.grace_seconds;
+  if (r.key_version != 0) j["key_version"] = r.key_version;
   return DumpJson(j);
 }
 
@@ -98,6 +105,13 @@ StatusOr<LifecycleRequest> ParseLifecycleRequest(std::string_view document) {
       return Malformed("grace_seconds must be a non-negative integer");
     }
     r.grace_seconds = grace->get<int64_t>();
+  }
+  auto version = j->find("key_version");
+  if (version != j->end()) {
+    if (!version->is_number_integer() || version->get<int64_t>() < 1) {
+      return Malformed("key_version must be an integer >= 1");
+    }
+    r.key_version = version->get<int64_t>();
   }
   // Exactly the canonical bytes: no unknown fields, no other spelling.
   ASSIGN_OR_RETURN(std::string canonical, SerializeLifecycleRequest(r));
@@ -190,9 +204,9 @@ StatusOr<LifecycleRecord> Lifecycle::SetCustomerEnabled(const Caller& caller,
   return mark;
 }
 
-StatusOr<LifecycleRecord> Lifecycle::CustomerRequest(const Caller& caller, const std::string& tenant,
-                                                     const std::string& document,
-                                                     std::span<const uint8_t> signature) {
+StatusOr<LifecycleRequest> Lifecycle::VerifyCustomerRequest(const Caller& caller, const std::string& tenant,
+                                                            const std::string& document,
+                                                            std::span<const uint8_t> signature) {
   const std::string subject = "customer/" + tenant;
   if (caller.role != Caller::Role::kPortal && caller.role != Caller::Role::kOperator) {
     return Refuse(caller, subject, Denied("forbidden", "lifecycle requests come through the portal"));
@@ -219,7 +233,22 @@ StatusOr<LifecycleRecord> Lifecycle::CustomerRequest(const Caller& caller, const
   ASSIGN_OR_RETURN(crypto::PublicKey key, crypto::PublicKey::FromPem(registered->public_key_pem));
   Status verified = VerifyLifecycleRequest(document, signature, key);
   if (!verified.ok()) return Refuse(caller, subject, verified);
-  const json signed_by = {{"signer_key_id", registered->key_id}, {"by", caller.name},
+  return *std::move(req);
+}
+
+StatusOr<LifecycleRecord> Lifecycle::CustomerRequest(const Caller& caller, const std::string& tenant,
+                                                     const std::string& document,
+                                                     std::span<const uint8_t> signature) {
+  const std::string subject = "customer/" + tenant;
+  ASSIGN_OR_RETURN(LifecycleRequest signed_req, VerifyCustomerRequest(caller, tenant, document, signature));
+  const LifecycleRequest* req = &signed_req;
+  if (req->action == "retire_key_version") {
+    return Refuse(caller, subject, Malformed("a key version is retired at its own route "
+                                             "(/v1/customers/{id}/key-versions/{n}/retire)"));
+  }
+  const int64_t now = Now();
+  ASSIGN_OR_RETURN(SigningKeyRecord registered, store_->GetSigningKey(tenant));
+  const json signed_by = {{"signer_key_id", registered.key_id}, {"by", caller.name},
                           {"issued_unix", req->issued_unix}};
 
   if (req->action == "revoke_image") {

@@ -45,11 +45,14 @@ inline constexpr std::string_view kLifecycleSignaturePrefix = "vmseal lifecycle 
 inline constexpr size_t kMaxLifecycleDocumentBytes = 4096;
 
 struct LifecycleRequest {
-  std::string action;      // "revoke_image" or "close_account"
+  // "revoke_image", "close_account" or "retire_key_version" (kms/key_versions.h:
+  // the customer retires one version of their KMS key).
+  std::string action;
   std::string tenant;      // the customer id
   std::string image_id;    // revoke_image: the tag's imageId; empty otherwise
   int64_t issued_unix = 0; // the KMS refuses requests older or newer than 10 minutes
   int64_t grace_seconds = -1;  // close_account: -1 = the KMS's default
+  int64_t key_version = 0; // retire_key_version: the version (>= 1); 0 otherwise
 };
 // Canonical JSON bytes of the request; INVALID_ARGUMENT on a bad field.
 StatusOr<std::string> SerializeLifecycleRequest(const LifecycleRequest& req);
@@ -139,6 +142,13 @@ class Lifecycle {
   StatusOr<LifecycleRecord> CustomerRequest(const Caller& caller, const std::string& tenant,
                                             const std::string& document,
                                             std::span<const uint8_t> signature);
+  // The checks of CustomerRequest up to the signature (malformed_request,
+  // tenant_mismatch, stale_request, signer_mismatch, bad_signature), each
+  // refusal audited as lifecycle.deny; the request, signed by `tenant`'s
+  // registered signing key, on success. Writes nothing else.
+  StatusOr<LifecycleRequest> VerifyCustomerRequest(const Caller& caller, const std::string& tenant,
+                                                   const std::string& document,
+                                                   std::span<const uint8_t> signature);
   // Operator only: the marks of `kind` ("image", "host", "customer").
   StatusOr<std::vector<LifecycleRecord>> List(const Caller& caller, const std::string& kind);
 

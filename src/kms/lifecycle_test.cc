@@ -63,6 +63,31 @@ TEST(LifecycleRequestTest, SerializeRefusesBadFields) {
   }
 }
 
+TEST(LifecycleRequestTest, RetireKeyVersionNamesOneVersionAndNoImage) {
+  // docs/protocol.md §1.2's example.
+  auto doc = SerializeLifecycleRequest({"retire_key_version", "acme", "", 1796000000, -1, 1});
+  ASSERT_OK(doc);
+  EXPECT_EQ(*doc, R"({"action":"retire_key_version","format":"vmseal-lifecycle-request-v1",)"
+                  R"("issued_unix":1796000000,"key_version":1,"tenant":"acme"})");
+  auto back = ParseLifecycleRequest(*doc);
+  ASSERT_OK(back);
+  EXPECT_EQ(back->action, "retire_key_version");
+  EXPECT_EQ(back->key_version, 1);
+  const LifecycleRequest bad[] = {
+      {"retire_key_version", "acme", "", kNow, -1, 0},       // no version
+      {"retire_key_version", "acme", "img-1", kNow, -1, 2},  // names an image
+      {"retire_key_version", "acme", "", kNow, 5, 2},        // grace
+      {"revoke_image", "acme", "img-1", kNow, -1, 2},        // a version elsewhere
+  };
+  for (const auto& r : bad) {
+    EXPECT_STATUS(SerializeLifecycleRequest(r).status(), StatusCode::kInvalidArgument, "malformed_request");
+  }
+  EXPECT_STATUS(ParseLifecycleRequest(R"({"action":"retire_key_version","format":"vmseal-lifecycle-request-v1",)"
+                                      R"("issued_unix":1796000000,"key_version":0,"tenant":"acme"})")
+                    .status(),
+                StatusCode::kInvalidArgument, "key_version");
+}
+
 TEST(LifecycleRequestTest, ParseAcceptsOnlyTheCanonicalBytes) {
   auto doc = SerializeLifecycleRequest(Revoke());
   ASSERT_OK(doc);

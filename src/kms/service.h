@@ -208,6 +208,9 @@ std::string ReleaseLabel(const std::string& image_id);
 struct RewrapResponse {
   crypto::Bytes rewrapped_key;
   std::string destination_key_id;  // hex SHA-256 of the destination key's SPKI
+  // RewrapToNewestKey: the version wrapped to and its KMS key id.
+  int64_t key_version = 0;
+  std::string kms_key_id;
 };
 
 class KmsService {
@@ -269,14 +272,30 @@ class KmsService {
   // version. CreateCustomerKey for a customer with keys does the same with
   // the algorithm asked for.
   StatusOr<CustomerKeyInfo> RotateCustomerKey(const Caller& caller, const std::string& customer_id);
-  // Portal only: retires version `version` of the customer's keys: no
-  // package wrapped under it is released again (key_version_retired).
-  // Refused: the newest version (key_version_current: rotate first), an
-  // unknown version (NOT_FOUND unknown_key_version), a retired one
-  // (key_version_retired). Audited as customer_key.retire /
-  // customer_key.deny.
+  // Portal only, relaying the customer's signed request: retires version
+  // `version` of the customer's keys: no package wrapped under it is
+  // released again (key_version_retired). `document` is a lifecycle request
+  // (kms/lifecycle.h, docs/protocol.md §1.2) retire_key_version of
+  // (customer_id, version, issued_unix) signed with the customer's
+  // registered signing key: the portal cannot retire a version on its own
+  // word (Lifecycle::VerifyCustomerRequest's refusals, and
+  // PERMISSION_DENIED "request_mismatch" for a document of another action
+  // or version). Then refused: the newest version (key_version_current:
+  // rotate first), an unknown version (NOT_FOUND unknown_key_version), a
+  // retired one (key_version_retired). Audited as customer_key.retire /
+  // customer_key.deny (lifecycle.deny for a request that does not verify).
   StatusOr<CustomerKeyInfo> RetireCustomerKey(const Caller& caller, const std::string& customer_id,
-                                              int64_t version);
+                                              int64_t version, const std::string& document,
+                                              std::span<const uint8_t> signature);
+  // Portal only, relaying the customer's signed authorization
+  // (docs/format/rewrap-authorization.md) whose destination certificate is
+  // the customer's own newest key version at this KMS: re-wraps the data
+  // key of a package sealed under an older, unretired version to the newest
+  // one under the signed label (kms/key_rewrap.cc, docs/protocol.md §1.3).
+  // The image's registered key moves to the newest one with the audit
+  // record `customer_key.rewrap`; refusals `customer_key.deny`.
+  StatusOr<RewrapResponse> RewrapToNewestKey(const Caller& caller, const std::string& customer_id,
+                                             const RewrapRequest& req);
   // Portal or operator: the customer's key versions, oldest first.
   StatusOr<std::vector<CustomerKeyInfo>> ListCustomerKeys(const Caller& caller,
                                                           const std::string& customer_id);

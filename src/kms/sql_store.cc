@@ -539,6 +539,25 @@ class SqlStore : public Store {
     });
   }
 
+  Status MoveImageKey(const std::string& tenant, const std::string& image_id,
+                      const std::string& from_key_id, const std::string& to_key_id,
+                      const AuditEvent& audit) override {
+    return InTx([&]() -> Status {
+      ASSIGN_OR_RETURN(auto r, conn_->Exec("SELECT key_id FROM images WHERE tenant = ? AND image_id = ?",
+                                           {tenant, image_id}));
+      if (r.rows.empty()) return NotFoundError("tenant " + tenant + " has no image " + image_id);
+      const std::string current = ToStr(r.rows[0][0]);
+      if (current != from_key_id && current != to_key_id) {
+        return FailedPreconditionError("image_conflict: image " + image_id + " of tenant " + tenant +
+                                       " is registered with another key");
+      }
+      ASSIGN_OR_RETURN(auto updated, conn_->Exec(
+          "UPDATE images SET key_id = ? WHERE tenant = ? AND image_id = ?", {to_key_id, tenant, image_id}));
+      (void)updated;
+      return AppendAuditLocked(audit);
+    });
+  }
+
   StatusOr<ImageRecord> GetImage(const std::string& tenant, const std::string& image_id) override {
     std::lock_guard<std::mutex> lock(read_mu_);
     ASSIGN_OR_RETURN(auto r, reader_->Exec(

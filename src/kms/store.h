@@ -244,6 +244,17 @@ class Store {
   virtual Status PutImage(const ImageRecord& image, const AuditEvent& audit) = 0;
   // NOT_FOUND if the tenant has no such image.
   virtual StatusOr<ImageRecord> GetImage(const std::string& tenant, const std::string& image_id) = 0;
+  // A re-wrap to a newer key version (kms/key_rewrap.cc): the image's key
+  // becomes `to_key_id` if it is `from_key_id` or `to_key_id` already, with
+  // its audit record, in one transaction. NOT_FOUND for no such image,
+  // FAILED_PRECONDITION "image_conflict: ..." for another key; nothing is
+  // written then.
+  virtual Status MoveImageKey(const std::string& tenant, const std::string& image_id,
+                              const std::string& from_key_id, const std::string& to_key_id,
+                              const AuditEvent& audit) {
+    (void)tenant, (void)image_id, (void)from_key_id, (void)to_key_id, (void)audit;
+    return UnimplementedError("this store cannot move an image's key");
+  }
   // Writes the grant of `grant.job_id` with its audit, in one transaction
   // that checks the job's current grant first:
   //  - none, or one for an older attempt: written (the older one is gone,

@@ -603,6 +603,34 @@ TEST_P(AuditStoreTest, ConcurrentAppendersKeepChainLinear) {
   EXPECT_EQ(head->count, 54);
 }
 
+TEST_P(StoreTest, ImageKeyMovesOnlyFromItsKeyWithItsAuditRecord) {
+  // A re-wrap to the newest key version (kms/key_rewrap.cc).
+  ASSERT_OK(store_->PutImage({"acme", "img-1", "sha256:v1", 1}, {"image.register", "customer/acme",
+                                                                 json{{"image_id", "img-1"}}}));
+  const AuditEvent moved{"customer_key.rewrap", "customer/acme", json{{"image_id", "img-1"}}};
+  // Another key than the image's, or an unknown image: refused, nothing written.
+  EXPECT_STATUS(store_->MoveImageKey("acme", "img-1", "sha256:other", "sha256:v2", moved),
+                StatusCode::kFailedPrecondition, "image_conflict");
+  EXPECT_STATUS(store_->MoveImageKey("acme", "img-2", "sha256:v1", "sha256:v2", moved),
+                StatusCode::kNotFound, "img-2");
+  auto records = store_->ReadAudit(0, 100);
+  ASSERT_OK(records);
+  EXPECT_EQ(records->size(), 1u);
+  ASSERT_OK(store_->MoveImageKey("acme", "img-1", "sha256:v1", "sha256:v2", moved));
+  auto image = store_->GetImage("acme", "img-1");
+  ASSERT_OK(image);
+  EXPECT_EQ(image->key_id, "sha256:v2");
+  // The old key's registration is now a conflict; the new key's is not; a
+  // second re-wrap of an old copy to the same key is accepted.
+  EXPECT_STATUS(store_->PutImage({"acme", "img-1", "sha256:v1", 1}, {"image.register", "customer/acme", json{}}),
+                StatusCode::kFailedPrecondition, "image_conflict");
+  ASSERT_OK(store_->PutImage({"acme", "img-1", "sha256:v2", 1}, {"image.register", "customer/acme", json{}}));
+  ASSERT_OK(store_->MoveImageKey("acme", "img-1", "sha256:v1", "sha256:v2", moved));
+  records = store_->ReadAudit(0, 100);
+  ASSERT_OK(records);
+  EXPECT_EQ(records->size(), 3u);
+}
+
 TEST_P(StoreTest, AuditRecordsOfAnImageAreIndexedByTenantAndImage) {
   ASSERT_OK(store_->PutImage({"acme", "img-1", "sha256:ab", 1}, {"image.register", "customer/acme",
                                                                  json{{"image_id", "img-1"}}}));

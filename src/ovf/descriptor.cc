@@ -121,6 +121,17 @@ std::vector<uint8_t> OaepLabel(const EncryptionTag& tag) {
   return out;
 }
 
+std::vector<uint8_t> EscrowLabel(const EncryptionTag& tag) {
+  std::vector<uint8_t> out(kEscrowLabelPrefix.begin(), kEscrowLabelPrefix.end());
+  out.push_back(0);
+  AppendField(&out, tag.image_id);
+  AppendField(&out, tag.stream_tenant.empty() ? tag.tenant : tag.stream_tenant);
+  const uint64_t version = tag.stream_key_version != 0 ? tag.stream_key_version : tag.key_version;
+  for (int i = 7; i >= 0; --i) out.push_back(static_cast<uint8_t>(version >> (8 * i)));
+  AppendField(&out, tag.data_algorithm);
+  return out;
+}
+
 StatusOr<Descriptor> Descriptor::Parse(std::string_view xml) {
   if (xml.size() > kMaxDescriptorBytes) {
     return InvalidArgumentError("descriptor larger than " + std::to_string(kMaxDescriptorBytes) +
@@ -617,6 +628,9 @@ Status Descriptor::AddEncryption(const EncryptionTag& tag, const WrappedKey& key
   xmlNewProp(t, X("tenant"), X(tag.tenant.c_str()));
   if (!tag.stream_tenant.empty()) xmlNewProp(t, X("streamTenant"), X(tag.stream_tenant.c_str()));
   xmlNewProp(t, X("keyVersion"), X(std::to_string(tag.key_version).c_str()));
+  if (tag.stream_key_version != 0) {
+    xmlNewProp(t, X("streamKeyVersion"), X(std::to_string(tag.stream_key_version).c_str()));
+  }
   xmlNewProp(t, X("created"), X(tag.created.c_str()));
   xmlNode* rl = xmlNewChild(ek, xenc, X("ReferenceList"), nullptr);
   for (const SealedFileInfo& f : files) {
@@ -637,6 +651,10 @@ Status Descriptor::ReplaceEncryptedKey(const EncryptionTag& tag, const WrappedKe
   }
   RETURN_IF_ERROR(ValidateIdentity("tenant", tag.tenant));
   if (!tag.stream_tenant.empty()) RETURN_IF_ERROR(ValidateIdentity("streamTenant", tag.stream_tenant));
+  if (tag.key_version == 0) return InvalidArgumentError("invalid keyVersion in tag");
+  if (tag.stream_key_version != 0 && tag.stream_key_version == tag.key_version) {
+    return InvalidArgumentError("streamKeyVersion is written only when it differs from keyVersion");
+  }
   xmlNode* root = xmlDocGetRootElement(doc_);
   xmlNode* section = FirstChild(root, kOvf2Namespace, "EncryptionSection");
   xmlNode* ek = Children(section, kXencNamespace, "EncryptedKey")[0];
@@ -664,11 +682,19 @@ Status Descriptor::ReplaceEncryptedKey(const EncryptionTag& tag, const WrappedKe
   } else {
     xmlSetProp(t, X("streamTenant"), X(tag.stream_tenant.c_str()));
   }
+  xmlSetProp(t, X("keyVersion"), X(std::to_string(tag.key_version).c_str()));
+  if (tag.stream_key_version == 0) {
+    xmlUnsetProp(t, X("streamKeyVersion"));
+  } else {
+    xmlSetProp(t, X("streamKeyVersion"), X(std::to_string(tag.stream_key_version).c_str()));
+  }
   // What a reader will now see must be exactly what was asked.
   EncryptionTag check_tag;
   WrappedKey check_key;
   RETURN_IF_ERROR(ReadEncryption(&check_tag, &check_key));
   if (check_tag.tenant != tag.tenant || check_tag.key_id != tag.key_id ||
+      check_tag.key_version != tag.key_version ||
+      check_tag.stream_key_version != tag.stream_key_version ||
       check_key.ciphertext != key.ciphertext || check_key.oaep_label != OaepLabel(check_tag)) {
     return InternalError("the re-wrapped EncryptedKey does not read back");
   }
@@ -681,8 +707,10 @@ Status Descriptor::ReadEncryption(EncryptionTag* tag, WrappedKey* key) const {
   xmlNode* section = FirstChild(root, kOvf2Namespace, "EncryptionSection");
   if (section == nullptr) return FailedPreconditionError("package is not encrypted");
   std::vector<xmlNode*> keys = Children(section, kXencNamespace, "EncryptedKey");
-  if (keys.size() != 1) {
-    return InvalidArgumentError("EncryptionSection must hold exactly one EncryptedKey");
+  if (keys.empty() || keys.size() > 2 ||
+      (keys.size() == 2 && Attr(keys[1], "", "Id").value_or("") != kEscrowKeyId)) {
+    return InvalidArgumentError("EncryptionSection must hold exactly one EncryptedKey (and at most "
+                                "one escrow EncryptedKey after it)");
   }
   xmlNode* ek = keys[0];
   if (Attr(ek, "", "Id").value_or("") != kEncryptedKeyId) {
@@ -747,6 +775,13 @@ Status Descriptor::ReadEncryption(EncryptionTag* tag, WrappedKey* key) const {
   auto kv = ParseUint<uint64_t>(key_version);
   if (!kv || *kv == 0) return InvalidArgumentError("invalid keyVersion in tag");
   tag->key_version = *kv;
+  if (auto skv = Attr(t, "", "streamKeyVersion")) {
+    auto v = ParseUint<uint64_t>(*skv);
+    if (!v || *v == 0 || *v == tag->key_version) {
+      return InvalidArgumentError("invalid streamKeyVersion in tag (a version >= 1 other than keyVersion)");
+    }
+    tag->stream_key_version = *v;
+  }
   ASSIGN_OR_RETURN(tag->created, get("created"));
 
   // The wrapped key.
@@ -847,6 +882,107 @@ Status Descriptor::ReadEncryption(EncryptionTag* tag, WrappedKey* key) const {
     }
   }
   return OkStatus();
+}
+
+Status Descriptor::AddEscrowKey(const EscrowKey& key) {
+  EncryptionTag tag;
+  WrappedKey package_key;
+  RETURN_IF_ERROR(ReadEncryption(&tag, &package_key));
+  ASSIGN_OR_RETURN(std::optional<EscrowKey> existing, ReadEscrowKey(tag));
+  if (existing) return FailedPreconditionError("the package has an escrow key already");
+  if (key.algorithm != kRsaOaepUri && key.algorithm != kX25519WrapUri) {
+    return InvalidArgumentError("an escrow key is wrapped with rsa-oaep (SHA-256) or the X25519 key wrap");
+  }
+  if (key.label != EscrowLabel(tag)) return InvalidArgumentError("the escrow label is not the tag's");
+  xmlNode* root = xmlDocGetRootElement(doc_);
+  xmlNode* section = FirstChild(root, kOvf2Namespace, "EncryptionSection");
+  xmlNode* first = FirstChild(section, kXencNamespace, "EncryptedKey");
+  xmlNs* xenc = first->ns;
+  xmlNs* ds = xmlSearchNsByHref(doc_, first, X(kDsNamespace));
+  if (ds == nullptr) return InternalError("the EncryptedKey has no ds namespace");
+  xmlNode* ek = xmlNewNode(xenc, X("EncryptedKey"));
+  xmlNewProp(ek, X("Id"), X(kEscrowKeyId));
+  xmlNewProp(ek, X("Recipient"), X("customer-escrow"));
+  xmlNode* method = xmlNewChild(ek, xenc, X("EncryptionMethod"), nullptr);
+  xmlNewProp(method, X("Algorithm"), X(key.algorithm.c_str()));
+  if (key.algorithm == kRsaOaepUri) {
+    xmlNewTextChild(method, xenc, X("OAEPparams"), X(crypto::Base64Encode(key.label).c_str()));
+    xmlNode* dm = xmlNewChild(method, ds, X("DigestMethod"), nullptr);
+    xmlNewProp(dm, X("Algorithm"), X(kSha256Uri));
+    xmlNs* xenc11 = xmlSearchNsByHref(doc_, first, X(kXenc11Namespace));
+    if (xenc11 == nullptr) xenc11 = xmlNewNs(ek, X(kXenc11Namespace), X("xenc11"));
+    xmlNode* mgf = xmlNewChild(method, xenc11, X("MGF"), nullptr);
+    xmlNewProp(mgf, X("Algorithm"), X(kMgf1Sha256Uri));
+  }
+  xmlNode* key_info = xmlNewChild(ek, ds, X("KeyInfo"), nullptr);
+  xmlNewTextChild(key_info, ds, X("KeyName"), X(key.key_id.c_str()));
+  xmlNode* cd = xmlNewChild(ek, xenc, X("CipherData"), nullptr);
+  xmlNewTextChild(cd, xenc, X("CipherValue"), X(crypto::Base64Encode(key.ciphertext).c_str()));
+  xmlAddNextSibling(first, ek);
+  // What a reader will see must be exactly what was asked.
+  ASSIGN_OR_RETURN(std::optional<EscrowKey> back, ReadEscrowKey(tag));
+  if (!back || back->ciphertext != key.ciphertext || back->key_id != key.key_id) {
+    xmlUnlinkNode(ek);
+    xmlFreeNode(ek);
+    return InternalError("the escrow EncryptedKey does not read back");
+  }
+  return OkStatus();
+}
+
+StatusOr<std::optional<EscrowKey>> Descriptor::ReadEscrowKey(const EncryptionTag& tag) const {
+  xmlNode* section = FirstChild(xmlDocGetRootElement(doc_), kOvf2Namespace, "EncryptionSection");
+  if (section == nullptr) return std::optional<EscrowKey>();
+  std::vector<xmlNode*> keys = Children(section, kXencNamespace, "EncryptedKey");
+  if (keys.size() < 2) return std::optional<EscrowKey>();
+  if (keys.size() > 2 || Attr(keys[1], "", "Id").value_or("") != kEscrowKeyId) {
+    return InvalidArgumentError("EncryptionSection must hold at most one escrow EncryptedKey");
+  }
+  xmlNode* ek = keys[1];
+  EscrowKey out;
+  xmlNode* method = FirstChild(ek, kXencNamespace, "EncryptionMethod");
+  if (method == nullptr) return InvalidArgumentError("escrow EncryptedKey has no EncryptionMethod");
+  out.algorithm = Attr(method, "", "Algorithm").value_or("");
+  out.label = EscrowLabel(tag);
+  if (out.algorithm == kX25519WrapUri) {
+    for (xmlNode* c = method->children; c != nullptr; c = c->next) {
+      if (c->type == XML_ELEMENT_NODE) {
+        return InvalidArgumentError("x25519 escrow key wrap takes no EncryptionMethod parameters");
+      }
+    }
+  } else if (out.algorithm == kRsaOaepUri) {
+    xmlNode* dm = FirstChild(method, kDsNamespace, "DigestMethod");
+    xmlNode* mgf = FirstChild(method, kXenc11Namespace, "MGF");
+    if (dm == nullptr || Attr(dm, "", "Algorithm").value_or("") != kSha256Uri || mgf == nullptr ||
+        Attr(mgf, "", "Algorithm").value_or("") != kMgf1Sha256Uri) {
+      return InvalidArgumentError("escrow rsa-oaep key wrap must use SHA-256 and MGF1-SHA256");
+    }
+    xmlNode* params = FirstChild(method, kXencNamespace, "OAEPparams");
+    if (params == nullptr) return InvalidArgumentError("escrow EncryptedKey has no OAEPparams label");
+    auto label = crypto::Base64Decode(Text(params));
+    if (!label.ok() || *label != out.label) {
+      return InvalidArgumentError("escrow OAEP label does not match the tag's identity");
+    }
+  } else {
+    return InvalidArgumentError("unknown escrow key wrap algorithm: " + out.algorithm.substr(0, 200));
+  }
+  xmlNode* ki = FirstChild(ek, kDsNamespace, "KeyInfo");
+  xmlNode* kn = ki != nullptr ? FirstChild(ki, kDsNamespace, "KeyName") : nullptr;
+  if (kn == nullptr || !Text(kn).starts_with("sha256:") || Text(kn).size() != 71) {
+    return InvalidArgumentError("escrow EncryptedKey KeyName is not a key id");
+  }
+  out.key_id = Text(kn);
+  xmlNode* cd = FirstChild(ek, kXencNamespace, "CipherData");
+  xmlNode* cv = cd != nullptr ? FirstChild(cd, kXencNamespace, "CipherValue") : nullptr;
+  if (cv == nullptr) return InvalidArgumentError("escrow EncryptedKey has no CipherValue");
+  const std::string cv_text = Text(cv);
+  if (cv_text.size() > 2 * kMaxWrappedKeyBytes) return InvalidArgumentError("escrow wrapped key too large");
+  auto ct = crypto::Base64Decode(cv_text);
+  if (!ct.ok() || ct->empty() || ct->size() > kMaxWrappedKeyBytes ||
+      (out.algorithm == kX25519WrapUri && ct->size() != crypto::kX25519WrappedBytes)) {
+    return InvalidArgumentError("escrow EncryptedKey CipherValue is not a valid wrapped key");
+  }
+  out.ciphertext = std::move(*ct);
+  return std::optional<EscrowKey>(std::move(out));
 }
 
 namespace {

@@ -34,6 +34,10 @@ struct EncryptionTag {
   // when it is not `tenant` (a package moved to another cloud keeps its
   // ciphertext, sealed under the source tenant). Empty: `tenant`.
   std::string stream_tenant;
+  // Optional `streamKeyVersion` (§4, §6): the key version of the disk
+  // streams' context when it is not `keyVersion` (a package re-wrapped to a
+  // newer key version keeps its ciphertext). 0: `keyVersion`.
+  uint64_t stream_key_version = 0;
 };
 
 // The wrapped data key and how it was wrapped (the EncryptedKey).
@@ -99,6 +103,20 @@ Status ValidateIdentity(std::string_view what, std::string_view value);
 // label, or the associated data of the X25519 wrap.
 std::vector<uint8_t> OaepLabel(const EncryptionTag& tag);
 
+// §4.2: the customer's escrow copy of the data key, a second EncryptedKey
+// (Id "vmseal-escrow-key") that only the customer's own escrow key opens.
+struct EscrowKey {
+  std::string algorithm;             // kRsaOaepUri or kX25519WrapUri
+  std::string key_id;                // "sha256:<hex SPKI digest>" of the escrow key
+  std::vector<uint8_t> label;        // EscrowLabel(tag)
+  std::vector<uint8_t> ciphertext;   // CipherValue
+};
+
+// The escrow label (§4.2): bound to the streams' identity (imageId, the
+// stream tenant and key version, dataAlgorithm), which a re-wrap or a move
+// to another cloud keeps, so the escrow copy stays valid after either.
+std::vector<uint8_t> EscrowLabel(const EncryptionTag& tag);
+
 // A parsed descriptor. Move-only; owns its libxml2 document.
 class Descriptor {
  public:
@@ -155,14 +173,25 @@ class Descriptor {
                        const std::vector<SealedFileInfo>& files);
 
   // Replaces the EncryptedKey's wrapped key, KeyName, OAEPparams (RSA) and
-  // the tag's keyId, tenant and streamTenant by those of `tag` and `key`
-  // (a package re-wrapped for another cloud; the files are unchanged).
+  // the tag's keyId, tenant, keyVersion, streamTenant and streamKeyVersion
+  // by those of `tag` and `key` (a package re-wrapped for another cloud or
+  // to a newer key version; the files are unchanged).
   // Requires a valid EncryptionSection with the same algorithms.
   Status ReplaceEncryptedKey(const EncryptionTag& tag, const WrappedKey& key);
 
   // Reads and validates the EncryptionSection (unknown algorithms, a file
   // without EncryptedData, references that do not match: INVALID_ARGUMENT).
+  // The section holds the package's EncryptedKey first and at most one
+  // escrow EncryptedKey after it (§4.2; read with ReadEscrowKey).
   Status ReadEncryption(EncryptionTag* tag, WrappedKey* key) const;
+
+  // Adds the escrow EncryptedKey (§4.2) after the package's; requires
+  // AddEncryption first and no escrow key yet. The caller wrapped the key
+  // under EscrowLabel(tag).
+  Status AddEscrowKey(const EscrowKey& key);
+  // The escrow EncryptedKey, validated (algorithm, no OAEPparams other than
+  // the label recomputed from `tag`, KeyName, size), or nullopt if none.
+  StatusOr<std::optional<EscrowKey>> ReadEscrowKey(const EncryptionTag& tag) const;
 
   // Adds the customer's release policy (§4.1) to the EncryptionSection: an
   // EncryptionProperty "vmseal-policy" holding <vmseal:ReleasePolicy> with

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include "crypto/primitives.h"
 #include "ovf/ovf_test_helpers.h"
 #include "ovf/package_format.h"
 #include "testing/test_util.h"
@@ -145,6 +146,60 @@ TEST(DescriptorTest, ReplacedEncryptedKeyWithStreamTenantValidatesAndReadsBack) 
   bad.stream_tenant = "a/b";
   EXPECT_STATUS(d->ReplaceEncryptedKey(bad, moved_key), StatusCode::kInvalidArgument, "streamTenant");
   EXPECT_EQ(d->Serialize(), before);
+}
+
+TEST(DescriptorTest, ReplacedEncryptedKeyAtANewerVersionKeepsTheStreamKeyVersion) {
+  // docs/format/package.md §4 streamKeyVersion, §5 (the label at the new
+  // version), §6 (the stream context keeps the old version).
+  auto d = Descriptor::Parse(Generated());
+  ASSERT_OK(d);
+  EncryptionTag tag = SampleTag();
+  WrappedKey key{std::string(kRsaOaepUri), OaepLabel(tag), std::vector<uint8_t>(256, 7)};
+  ASSERT_OK(d->AddEncryption(tag, key, {{"file1", "disk1.raw.vmseal", 1234}}));
+  EncryptionTag rewrapped = tag;
+  rewrapped.key_id = "sha256:" + std::string(64, 'c');
+  rewrapped.key_version = 2;
+  rewrapped.stream_key_version = 1;
+  WrappedKey new_key{std::string(kRsaOaepUri), OaepLabel(rewrapped), std::vector<uint8_t>(256, 9)};
+  ASSERT_OK(d->ReplaceEncryptedKey(rewrapped, new_key));
+  TempDir dir;
+  WriteFileOrDie(dir.File("r.ovf"), d->Serialize());
+  EXPECT_TRUE(testing::ValidatesAgainstSchema(dir.File("r.ovf")));
+  EXPECT_NE(d->Serialize().find(" keyVersion=\"2\""), std::string::npos) << d->Serialize();
+  EXPECT_NE(d->Serialize().find(" streamKeyVersion=\"1\""), std::string::npos) << d->Serialize();
+  auto back = Descriptor::Parse(d->Serialize());
+  ASSERT_OK(back);
+  EncryptionTag t;
+  WrappedKey k;
+  ASSERT_OK(back->ReadEncryption(&t, &k));
+  EXPECT_EQ(t.key_version, 2u);
+  EXPECT_EQ(t.stream_key_version, 1u);
+  EXPECT_EQ(t.key_id, rewrapped.key_id);
+  EXPECT_EQ(k.oaep_label, OaepLabel(rewrapped));
+  // The new label is §5's at keyVersion 2 (package.md's second vector).
+  EXPECT_EQ(crypto::HexEncode(k.oaep_label),
+            "766d7365616c2d7061636b6167652d6b65792d76310000000008696d672d303030310000"
+            "000461636d6500000000000000020000001475726e3a766d7365616c3a73747265616d3a"
+            "7631");
+  // streamKeyVersion equal to keyVersion, or 0 in the text: refused.
+  const std::string before = d->Serialize();
+  EncryptionTag same = rewrapped;
+  same.stream_key_version = 2;
+  EXPECT_STATUS(d->ReplaceEncryptedKey(same, new_key), StatusCode::kInvalidArgument, "streamKeyVersion");
+  EXPECT_EQ(d->Serialize(), before);
+  for (const char* bad : {"0", "2", "x", "-1"}) {
+    std::string text = before;
+    const std::string attr = "streamKeyVersion=\"1\"";
+    text.replace(text.find(attr), attr.size(), "streamKeyVersion=\"" + std::string(bad) + "\"");
+    SCOPED_TRACE(bad);
+    auto parsed = Descriptor::Parse(text);
+    ASSERT_OK(parsed);
+    EXPECT_STATUS(parsed->ReadEncryption(&t, &k), StatusCode::kInvalidArgument, "streamKeyVersion");
+  }
+  // Back at the stream's own version, the attribute goes away.
+  EncryptionTag home = tag;
+  ASSERT_OK(d->ReplaceEncryptedKey(home, key));
+  EXPECT_EQ(d->Serialize().find("streamKeyVersion"), std::string::npos);
 }
 
 TEST(DescriptorTest, ReleasePolicyOutOfBoundsOrTwiceIsRefused) {

@@ -337,6 +337,7 @@ Status Package::Load(Env* env, const std::string& path, const PackageOpenOptions
 
   if (d.HasEncryptionSection()) {
     RETURN_IF_ERROR(d.ReadEncryption(&tag_, &wrapped_key_));
+    ASSIGN_OR_RETURN(escrow_key_, d.ReadEscrowKey(tag_));
     encrypted_ = true;
     for (FileRef& f : files_) {
       RETURN_IF_ERROR(ValidateFileName(f.href).WithPrefix("sealed file href (sealed packages "
@@ -443,11 +444,25 @@ StatusOr<SecretBytes> Package::UnwrapDataKey(std::string_view private_key_pem) c
   return data_key;
 }
 
+StatusOr<SecretBytes> Package::UnwrapEscrowDataKey(std::string_view private_key_pem) const {
+  if (!encrypted_) return FailedPreconditionError("package is not encrypted");
+  if (!escrow_key_) return FailedPreconditionError("no_escrow_key: the package carries no escrow copy of its key");
+  ASSIGN_OR_RETURN(auto key, internal::LoadPrivateKeyPem(private_key_pem));
+  if (internal::KeyId(key.Public()) != escrow_key_->key_id) {
+    return FailedPreconditionError("no_escrow_key: the private key is not the package's escrow recipient "
+                                   "(keyId " + escrow_key_->key_id + ")");
+  }
+  ASSIGN_OR_RETURN(SecretBytes data_key, internal::UnwrapKey(key, escrow_key_->algorithm,
+                                                             escrow_key_->ciphertext, EscrowLabel(tag_)));
+  if (data_key.size() != stream::kDataKeyBytes) return DataLossError("decryption failed");
+  return data_key;
+}
+
 stream::StreamContext Package::ContextFor(const std::string& file_id) const {
   stream::StreamContext c;
   c.image_id = tag_.image_id + "/" + file_id;
   c.tenant = tag_.stream_tenant.empty() ? tag_.tenant : tag_.stream_tenant;
-  c.key_version = tag_.key_version;
+  c.key_version = tag_.stream_key_version != 0 ? tag_.stream_key_version : tag_.key_version;
   return c;
 }
 
@@ -794,6 +809,22 @@ Status SealPackage(Env* env, const SealOptions& options, const std::string& out_
                    internal::WrapKey(recipient, tag.key_wrap_algorithm, data_key,
                                      wrapped.oaep_label));
   RETURN_IF_ERROR(descriptor.AddEncryption(tag, wrapped, sealed));
+  if (!options.escrow_pem.empty()) {
+    auto escrow_recipient = internal::LoadPublicKeyPem(options.escrow_pem);
+    if (!escrow_recipient.ok()) return escrow_recipient.status().WithPrefix("escrow certificate");
+    EscrowKey escrow;
+    ASSIGN_OR_RETURN(std::string_view escrow_algorithm,
+                     internal::WrapAlgorithmFor(escrow_recipient->type(), /*xmlenc_compat=*/false));
+    escrow.algorithm = std::string(escrow_algorithm);
+    escrow.key_id = internal::KeyId(*escrow_recipient);
+    if (escrow.key_id == tag.key_id) {
+      return InvalidArgumentError("the escrow key must be the customer's own, not the KMS recipient key");
+    }
+    escrow.label = EscrowLabel(tag);
+    ASSIGN_OR_RETURN(escrow.ciphertext,
+                     internal::WrapKey(*escrow_recipient, escrow.algorithm, data_key, escrow.label));
+    RETURN_IF_ERROR(descriptor.AddEscrowKey(escrow));
+  }
   if (!options.release_policy_json.empty()) {
     RETURN_IF_ERROR(descriptor.AddReleasePolicy(options.release_policy_json));
   }
@@ -919,14 +950,16 @@ Status RewrapPackage(Env* env, const Package& source, const EncryptionTag& tag,
   return out->Commit();
 }
 
-Status UnsealPackage(Env* env, const std::string& package_path, std::string_view private_key_pem,
-                     const std::string& out_dir) {
+namespace {
+Status Unseal(Env* env, const std::string& package_path, std::string_view private_key_pem,
+              const std::string& out_dir, bool escrow) {
   {
     struct stat st;
     if (lstat(out_dir.c_str(), &st) == 0) return AlreadyExistsError("output exists: " + out_dir);
   }
   ASSIGN_OR_RETURN(auto package, Package::Open(env, package_path, PackageOpenOptions()));
-  ASSIGN_OR_RETURN(SecretBytes data_key, package->UnwrapDataKey(private_key_pem));
+  ASSIGN_OR_RETURN(SecretBytes data_key, escrow ? package->UnwrapEscrowDataKey(private_key_pem)
+                                                : package->UnwrapDataKey(private_key_pem));
   ASSIGN_OR_RETURN(Descriptor descriptor, Descriptor::Parse(package->descriptor_text()));
   ASSIGN_OR_RETURN(auto dir, AtomicOutputDir::Create(out_dir));
   std::vector<ManifestEntry> manifest;
@@ -955,6 +988,17 @@ Status UnsealPackage(Env* env, const std::string& package_path, std::string_view
   RETURN_IF_ERROR(WriteStringToFileAtomic(env, dir->File(Stem(name) + ".mf"),
                                           FormatManifest(manifest), 0644));
   return dir->Commit(env);
+}
+}  // namespace
+
+Status UnsealPackage(Env* env, const std::string& package_path, std::string_view private_key_pem,
+                     const std::string& out_dir) {
+  return Unseal(env, package_path, private_key_pem, out_dir, /*escrow=*/false);
+}
+
+Status UnsealPackageWithEscrowKey(Env* env, const std::string& package_path,
+                                  std::string_view escrow_private_key_pem, const std::string& out_dir) {
+  return Unseal(env, package_path, escrow_private_key_pem, out_dir, /*escrow=*/true);
 }
 
 StatusOr<std::string> InspectPackage(Env* env, const std::string& package_path, bool json) {
@@ -1004,6 +1048,9 @@ StatusOr<std::string> InspectPackage(Env* env, const std::string& package_path, 
                   {"tenant", t.tenant},
                   {"keyVersion", t.key_version},
                   {"created", t.created}};
+      if (!t.stream_tenant.empty()) j["tag"]["streamTenant"] = t.stream_tenant;
+      if (t.stream_key_version != 0) j["tag"]["streamKeyVersion"] = t.stream_key_version;
+      if (p->escrow_key()) j["escrow_key_id"] = p->escrow_key()->key_id;
       j["release_policy"] = nullptr;
       if (release_policy) {
         auto parsed = ParseJson(*release_policy);
@@ -1039,7 +1086,12 @@ StatusOr<std::string> InspectPackage(Env* env, const std::string& package_path, 
     out += "  imageId:          " + t.image_id + "\n";
     out += "  tenant:           " + t.tenant + "\n";
     out += "  keyVersion:       " + std::to_string(t.key_version) + "\n";
+    if (!t.stream_tenant.empty()) out += "  streamTenant:     " + t.stream_tenant + "\n";
+    if (t.stream_key_version != 0) {
+      out += "  streamKeyVersion: " + std::to_string(t.stream_key_version) + "\n";
+    }
     out += "  created:          " + t.created + "\n";
+    if (p->escrow_key()) out += "escrow copy:        key " + p->escrow_key()->key_id + " (yours)\n";
     std::string policy = "none (the KMS operator's policy applies unless you sign one)";
     if (release_policy) {
       auto parsed = ParseJson(*release_policy);

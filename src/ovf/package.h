@@ -105,6 +105,13 @@ class Package {
   // does not fit the key wrap; DATA_LOSS "decryption failed" if the unwrap
   // fails (wrong key or changed identity).
   StatusOr<SecretBytes> UnwrapDataKey(std::string_view private_key_pem) const;
+  // The escrow copy (§4.2), if the package carries one.
+  const std::optional<EscrowKey>& escrow_key() const { return escrow_key_; }
+  // Customer side, offline: unwraps the escrow copy with the customer's
+  // escrow private key. FAILED_PRECONDITION "no_escrow_key" if the package
+  // has none, or if the key is not the escrow recipient; DATA_LOSS
+  // "decryption failed" otherwise.
+  StatusOr<SecretBytes> UnwrapEscrowDataKey(std::string_view private_key_pem) const;
 
   // The stream context of a file (§6): image id "<imageId>/<file id>".
   stream::StreamContext ContextFor(const std::string& file_id) const;
@@ -142,6 +149,7 @@ class Package {
   bool encrypted_ = false;
   EncryptionTag tag_;
   WrappedKey wrapped_key_;
+  std::optional<EscrowKey> escrow_key_;
   Env* env_ = nullptr;
 };
 
@@ -193,6 +201,12 @@ struct SealOptions {
   // descriptor (§4.1) and so covered by the package signature; empty = none
   // (the KMS operator's policy applies). The caller validates it.
   std::string release_policy_json;
+  // Optional customer-held escrow (§4.2): a PEM certificate or public key
+  // (RSA 2048/3072 or X25519) of the customer's own; the data key is also
+  // wrapped to it, in a second EncryptedKey covered by the signature, so
+  // that `vmseal unseal --escrow-key` opens the package offline. Empty
+  // (default): no escrow copy.
+  std::string escrow_pem;
 };
 
 // Seals `options.inputs` into a package at `out_path`, which must not exist.
@@ -213,6 +227,9 @@ Status RewrapPackage(Env* env, const Package& source, const EncryptionTag& tag,
 
 Status UnsealPackage(Env* env, const std::string& package_path,
                      std::string_view private_key_pem, const std::string& out_dir);
+// The same with the customer's escrow private key (§4.2), offline.
+Status UnsealPackageWithEscrowKey(Env* env, const std::string& package_path,
+                                  std::string_view escrow_private_key_pem, const std::string& out_dir);
 
 // A human-readable (or JSON) description of the package and its tag; needs
 // no key. Verifies the manifest.

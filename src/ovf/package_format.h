@@ -60,6 +60,11 @@ inline constexpr size_t kMaxReleasePolicyBytes = 16 * 1024;
 // §5 The label prefix (followed by length-prefixed fields).
 inline constexpr std::string_view kOaepLabelPrefix = "vmseal-package-key-v1";
 
+// §4.2 The customer's escrow copy of the data key (optional): a second
+// EncryptedKey with this Id, wrapped under the escrow label.
+inline constexpr std::string_view kEscrowKeyId = "vmseal-escrow-key";
+inline constexpr std::string_view kEscrowLabelPrefix = "vmseal-escrow-key-v1";
+
 // §6 File naming: a sealed file's href is the plaintext href plus this.
 inline constexpr std::string_view kSealedSuffix = ".vmseal";
 

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <tuple>
 
 #include "crypto/key_wrap.h"
 #include "crypto/keys.h"
@@ -246,6 +247,160 @@ TEST_F(PackageTest, MultiDiskRoundTrips) {
   EXPECT_EQ(ReadFileOrDie(out + "/disk1.raw"), ReadFileOrDie(a));
   EXPECT_EQ(ReadFileOrDie(out + "/disk2.raw"), ReadFileOrDie(b));
   EXPECT_EQ(ReadFileOrDie(out + "/disk3.raw"), ReadFileOrDie(c));
+}
+
+// A package re-wrapped to a newer key version (`vmseal customer rewrap`,
+// package.md §4 streamKeyVersion): the disk ciphertext is kept byte for
+// byte, and it opens only because the stream context keeps the version the
+// streams were sealed under.
+TEST_F(PackageTest, RewrappedToANewerKeyVersionOpensWithTheStreamKeyVersionOnly) {
+  std::string disk = MakeRaw("disk.img", 70000);
+  std::string ova = Seal({disk}, "v1.ova", /*compat=*/false);
+  auto v1 = Package::Open(Env::Default(), ova, PackageOpenOptions());
+  ASSERT_OK(v1);
+  ASSERT_EQ((*v1)->tag().key_version, 1u);
+  auto data_key = (*v1)->UnwrapDataKey(TestKey().private_pem);
+  ASSERT_OK(data_key);
+  auto ca = crypto::CreateSelfSignedCa({"test CA"});
+  ASSERT_OK(ca);
+  auto signer = crypto::PrivateKey::Generate(crypto::KeyType::kEcP256);
+  ASSERT_OK(signer);
+  crypto::IssueOptions io;
+  io.common_name = "acme";
+  io.usage = crypto::CertUsage::kPackageSigning;
+  auto signer_cert = crypto::IssueCertificate(*ca, signer->Public(), io);
+  ASSERT_OK(signer_cert);
+  auto v2_key = crypto::PublicKey::FromPem(OtherTestKey().public_pem);
+  ASSERT_OK(v2_key);
+  auto rewrap = [&](uint64_t stream_key_version, const std::string& name) -> Status {
+    EncryptionTag tag = (*v1)->tag();
+    tag.key_id = "sha256:" + v2_key->KeyId();
+    tag.key_version = 2;
+    tag.stream_key_version = stream_key_version;
+    std::vector<uint8_t> label = OaepLabel(tag);
+    ASSIGN_OR_RETURN(crypto::Bytes wrapped, crypto::WrapKey(*v2_key, *data_key, crypto::AsStringView(label)));
+    return RewrapPackage(Env::Default(), **v1, tag, wrapped, *signer, signer_cert->ToPem(), dir_.File(name));
+  };
+  ASSERT_OK(rewrap(1, "v2.ova"));
+  auto v2 = Package::Open(Env::Default(), dir_.File("v2.ova"), PackageOpenOptions());
+  ASSERT_OK(v2);
+  EXPECT_EQ((*v2)->tag().key_version, 2u);
+  EXPECT_EQ((*v2)->tag().stream_key_version, 1u);
+  EXPECT_EQ((*v2)->tag().key_id, "sha256:" + v2_key->KeyId());
+  EXPECT_TRUE((*v2)->is_signed());
+  // The sealed file is the same ciphertext.
+  auto members_v1 = Members(ova);
+  auto members_v2 = Members(dir_.File("v2.ova"));
+  ASSERT_EQ(members_v1.size() + 1, members_v2.size());  // + the .cert
+  EXPECT_EQ(members_v1[1].name, members_v2[1].name);
+  EXPECT_EQ(members_v1[1].data, members_v2[1].data);
+  // The old key no longer opens it; the new one does, byte-exact.
+  EXPECT_FALSE((*v2)->UnwrapDataKey(TestKey().private_pem).ok());
+  ASSERT_OK(UnsealPackage(Env::Default(), dir_.File("v2.ova"), OtherTestKey().private_pem,
+                          dir_.File("plain")));
+  EXPECT_EQ(ReadFileOrDie(dir_.File("plain/disk1.raw")), ReadFileOrDie(disk));
+  // Without streamKeyVersion the streams' context names version 2: the key
+  // opens, every stream fails, and nothing is written.
+  ASSERT_OK(rewrap(0, "no-stream-version.ova"));
+  EXPECT_STATUS(UnsealPackage(Env::Default(), dir_.File("no-stream-version.ova"),
+                              OtherTestKey().private_pem, dir_.File("plain2")),
+                StatusCode::kDataLoss, "decryption failed");
+  EXPECT_FALSE(fs::exists(dir_.File("plain2")));
+}
+
+// Customer-held escrow (§4.2): a package sealed with an escrow key opens
+// offline with it, byte-exact, RSA or X25519; without one nothing changes;
+// the escrow EncryptedKey is covered by the signature; a re-wrap keeps it
+// valid.
+TEST_F(PackageTest, EscrowCopyOpensOfflineIsSignedAndSurvivesARewrap) {
+  std::string disk = MakeRaw("disk.img", 70000);
+  auto ca = crypto::CreateSelfSignedCa({"test CA"});
+  ASSERT_OK(ca);
+  auto signer = crypto::PrivateKey::Generate(crypto::KeyType::kEcP256);
+  ASSERT_OK(signer);
+  crypto::IssueOptions io;
+  io.common_name = "acme";
+  io.usage = crypto::CertUsage::kPackageSigning;
+  auto signer_cert = crypto::IssueCertificate(*ca, signer->Public(), io);
+  ASSERT_OK(signer_cert);
+  auto seal = [&](const std::string& escrow_pem, const std::string& name) {
+    SealOptions o = Options({disk}, /*compat=*/false);
+    o.escrow_pem = escrow_pem;
+    o.signing_key = &*signer;
+    o.signing_chain_pem = signer_cert->ToPem();
+    return SealPackage(Env::Default(), o, dir_.File(name));
+  };
+  // Without escrow: no second EncryptedKey, and unseal --escrow-key says so.
+  ASSERT_OK(seal("", "plain.ova"));
+  auto plain = Package::Open(Env::Default(), dir_.File("plain.ova"), PackageOpenOptions());
+  ASSERT_OK(plain);
+  EXPECT_FALSE((*plain)->escrow_key().has_value());
+  EXPECT_EQ((*plain)->descriptor_text().find(kEscrowKeyId), std::string::npos);
+  EXPECT_STATUS(UnsealPackageWithEscrowKey(Env::Default(), dir_.File("plain.ova"), OtherTestKey().private_pem,
+                                           dir_.File("none")),
+                StatusCode::kFailedPrecondition, "no_escrow_key");
+  EXPECT_FALSE(fs::exists(dir_.File("none")));
+  // The escrow key must not be the KMS recipient's.
+  EXPECT_STATUS(seal(TestKey().public_pem, "same.ova"), StatusCode::kInvalidArgument, "escrow");
+  EXPECT_FALSE(fs::exists(dir_.File("same.ova")));
+  // RSA and X25519 escrow keys: offline, byte-exact; the descriptor stays valid.
+  for (const auto& [pub, priv, name] :
+       {std::tuple{OtherTestKey().public_pem, OtherTestKey().private_pem, std::string("rsa")},
+        std::tuple{X25519Key().public_pem, X25519Key().private_pem, std::string("x25519")}}) {
+    ASSERT_OK(seal(pub, name + ".ova"));
+    EXPECT_TRUE(DescriptorValidates(dir_.File(name + ".ova"))) << name;
+    auto p = Package::Open(Env::Default(), dir_.File(name + ".ova"), PackageOpenOptions());
+    ASSERT_OK(p);
+    ASSERT_TRUE((*p)->escrow_key().has_value());
+    ASSERT_OK(UnsealPackageWithEscrowKey(Env::Default(), dir_.File(name + ".ova"), priv, dir_.File(name)));
+    EXPECT_EQ(ReadFileOrDie(dir_.File(name + "/disk1.raw")), ReadFileOrDie(disk)) << name;
+    // The KMS recipient's key is not the escrow key, nor the reverse.
+    EXPECT_STATUS(UnsealPackageWithEscrowKey(Env::Default(), dir_.File(name + ".ova"), TestKey().private_pem,
+                                             dir_.File(name + "-wrong")),
+                  StatusCode::kFailedPrecondition, "no_escrow_key");
+    EXPECT_FALSE(fs::exists(dir_.File(name + "-wrong")));
+  }
+  // An escrow CipherValue altered (the manifest recomputed, the .cert kept):
+  // the signature no longer verifies, so the package does not open.
+  std::string altered = Rewrite(dir_.File("rsa.ova"), "altered.ova", [](std::vector<RawMember>* m) {
+    std::string& d = (*m)[0].data;
+    const std::string before = crypto::HexEncode(crypto::Sha256(d));
+    const size_t at = d.find(std::string(kEscrowKeyId));
+    const size_t cv = d.find("<xenc:CipherValue>", at);
+    ASSERT_NE(cv, std::string::npos);
+    char& c = d[cv + std::string("<xenc:CipherValue>").size() + 3];
+    c = c == 'A' ? 'B' : 'A';
+    // The manifest digests the altered descriptor; the .cert stays.
+    for (RawMember& mf : *m) {
+      if (mf.name.ends_with(".mf")) ReplaceAll(&mf.data, before, crypto::HexEncode(crypto::Sha256(d)));
+    }
+  }, /*fix_manifest=*/false);
+  EXPECT_STATUS(Package::Open(Env::Default(), altered, PackageOpenOptions()).status(),
+                StatusCode::kUnauthenticated, "bad_signature");
+  EXPECT_STATUS(UnsealPackageWithEscrowKey(Env::Default(), altered, OtherTestKey().private_pem,
+                                           dir_.File("altered")),
+                StatusCode::kUnauthenticated, "bad_signature");
+  EXPECT_FALSE(fs::exists(dir_.File("altered")));
+  // A re-wrap to a newer key version keeps the escrow copy valid (its label
+  // is the streams' identity).
+  auto rsa = Package::Open(Env::Default(), dir_.File("rsa.ova"), PackageOpenOptions());
+  ASSERT_OK(rsa);
+  auto data_key = (*rsa)->UnwrapDataKey(TestKey().private_pem);
+  ASSERT_OK(data_key);
+  auto kms_v2 = crypto::PrivateKey::Generate(crypto::KeyType::kRsa3072);
+  ASSERT_OK(kms_v2);
+  EncryptionTag tag = (*rsa)->tag();
+  tag.key_id = "sha256:" + kms_v2->Public().KeyId();
+  tag.key_version = 2;
+  tag.stream_key_version = 1;
+  std::vector<uint8_t> label = OaepLabel(tag);
+  auto wrapped = crypto::WrapKey(kms_v2->Public(), *data_key, crypto::AsStringView(label));
+  ASSERT_OK(wrapped);
+  ASSERT_OK(RewrapPackage(Env::Default(), **rsa, tag, *wrapped, *signer, signer_cert->ToPem(),
+                          dir_.File("rsa-v2.ova")));
+  ASSERT_OK(UnsealPackageWithEscrowKey(Env::Default(), dir_.File("rsa-v2.ova"), OtherTestKey().private_pem,
+                                       dir_.File("rsa-v2")));
+  EXPECT_EQ(ReadFileOrDie(dir_.File("rsa-v2/disk1.raw")), ReadFileOrDie(disk));
 }
 
 // The fixture's disk is VirtualBox's descriptor with a stand-in disk (the

@@ -521,7 +521,7 @@ TEST_F(KmsProcessTest, RotateKekRewrapsEveryKeyWhileServingAndRetiresTheOldKek) 
 TEST_F(KmsProcessTest, RotateKekResumesAfterTheKmsIsKilledMidRotation) {
   auto old_kek = LoadFileKek(Env::Default(), dir_ + "/kek");
   ASSERT_OK(old_kek);
-  constexpr int kSeeded = 20000;
+  constexpr int kSeeded = 10000;
   {
     auto store = Store::Open(dir_ + "/kms.db");
     ASSERT_OK(store);

@@ -134,6 +134,26 @@ TEST(DemoTest, WholeSystemRunsKeepsRunningForTheCustomerAndCleansUp) {
   // The audit trail has the grant to host-a and no grant to host-b.
   EXPECT_NE(out.find("release.grant  host/host-a"), std::string::npos) << out;
   EXPECT_EQ(out.find("release.grant  host/host-b"), std::string::npos) << out;
+  // The migration act: cloud B (its own KMS, portal and host-c) runs the
+  // migrated image and shows the same marker; KMS A audited the re-wrap;
+  // the VM at B is deleted again, its qemu gone.
+  {
+    std::ifstream marker_file(work + "/customer/sample.img.marker");
+    std::string marker;
+    std::getline(marker_file, marker);
+    EXPECT_NE(out.find("host-c enrolled and attested at KMS B"), std::string::npos) << out;
+    EXPECT_NE(out.find("package uploaded to portal B"), std::string::npos) << out;
+    EXPECT_NE(out.find("job running on host-c"), std::string::npos) << out;
+    EXPECT_NE(out.find("serial console at B ($D/host-c/images/"), std::string::npos) << out;
+    const size_t at_b = out.find("serial console at B (");
+    ASSERT_NE(at_b, std::string::npos) << out;
+    EXPECT_NE(out.find(": " + marker, at_b), std::string::npos) << out;
+    EXPECT_NE(out.find("migration.rewrap"), std::string::npos) << out;
+    EXPECT_NE(out.find("the VM at B is deleted"), std::string::npos) << out;
+    const size_t took = out.find("the migration act took ");
+    ASSERT_NE(took, std::string::npos) << out;
+    std::printf("[ figure ] %s\n", out.substr(took, out.find('\n', took) - took).c_str());
+  }
 
   const size_t at = out.find("customer --portal ");
   ASSERT_NE(at, std::string::npos) << out;

@@ -10,6 +10,7 @@
 #include "kms/audit.h"
 #include "kms/config.h"
 #include "kms/kek.h"
+#include "kms/kek_rotation.h"
 #include "kms/store.h"
 #include "net/https_client.h"
 #include "json/json.h"
@@ -156,9 +157,12 @@ Status AuditCheckpoint(const KmsFlags& f) {
   ASSIGN_OR_RETURN(auto config, kms::LoadKmsConfig(f.config));
   RETURN_IF_ERROR(kms::ApplyKmsEnv(&config));
   if (!f.store.empty()) config.store = f.store;
-  ASSIGN_OR_RETURN(auto kek, kms::OpenConfiguredKek(config, /*create_if_missing=*/false));
+  // Mid-rotation the log key may still be wrapped under the previous KEK.
+  ASSIGN_OR_RETURN(auto keks, kms::OpenConfiguredKeks(config));
+  kms::KekRing kek(std::move(keks[0]));
+  for (size_t i = 1; i < keks.size(); ++i) kek.AddPrevious(std::move(keks[i]));
   ASSIGN_OR_RETURN(auto store, kms::Store::Open(config.store));
-  ASSIGN_OR_RETURN(auto log, kms::AuditLog::Open(store.get(), kek.get()));
+  ASSIGN_OR_RETURN(auto log, kms::AuditLog::Open(store.get(), &kek));
   ASSIGN_OR_RETURN(std::string note, log->Checkpoint());
   if (!f.out.empty() && f.out != "-") {
     ASSIGN_OR_RETURN(auto out, AtomicOutputFile::Create(Env::Default(), f.out, 0644));
@@ -205,7 +209,7 @@ Status Serve(const KmsFlags& f) {
   if (!f.listen.empty()) config.listen = f.listen;
   if (f.port >= 0) config.port = f.port;
   if (!f.ek_ca_bundle.empty()) config.ek_ca_bundle = f.ek_ca_bundle;
-  return kms::ServeKms(config, f.port_file);
+  return kms::ServeKms(config, f.port_file, f.config);
 }
 
 // Generates the PKCS#11 KEK named by kek_pkcs11 in the token (sensitive,
@@ -413,6 +417,7 @@ void AddKmsCommands(CLI::App& app, const CommandSink& sink) {
   exp->callback([flags, sink] { sink(AuditExport(*flags)); });
 
   AddOperatorCommands(kms, flags, sink);
+  AddKekRotationCommands(kms, sink);
 }
 
 }  // namespace vmseal::cli

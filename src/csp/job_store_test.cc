@@ -11,6 +11,7 @@
 
 #include "csp/internal/test_doubles.h"
 #include "csp/jobs.h"
+#include "csp/lifecycle.h"
 #include "csp/sqlite_db.h"
 #include "store/fs_store.h"
 #include "testing/test_util.h"
@@ -120,6 +121,55 @@ TEST_F(JobStoreTest, JobWithAttemptsAndPlacementsSurvivesARestart) {
   auto running = jobs_->ReportProgress(second, {job->job_id, JobState::kRunning});
   ASSERT_OK(running);
   EXPECT_EQ(running->state, JobState::kRunning);
+}
+
+// TrustWatch's ordered stops live in the job records: after a portal
+// restart the stop of a VM whose host lost trust is still followed up,
+// "stop_unanswered" when the host stays silent past the timeout, then
+// "stopped" once the host confirms (here while the portal was down), each
+// once, in the job and to the KMS's audit.
+TEST_F(JobStoreTest, TrustWatchFollowsUpAStopOrderedBeforeAPortalRestart) {
+  AddTrustedHost("h1");
+  auto launched = jobs_->Launch(alice_, {image_id_});
+  ASSERT_OK(launched);
+  ASSERT_EQ(launched->host_id, "h1");
+  ASSERT_OK(jobs_->ReportProgress("h1", {launched->job_id, JobState::kRunning, "vm-1", "/s"}));
+  const std::string id = launched->job_id;
+  kms_.SetOnTrustLoss(id, "stop");
+  kms_.SetEligibility("h1", false, "pcr_policy");
+  {
+    TrustWatch watch({.interval_seconds = 10, .stop_timeout_seconds = 60}, &kms_, jobs_.get(), &clock_);
+    watch.Tick();
+    auto job = jobs_->GetJob(alice_, id);
+    ASSERT_OK(job);
+    EXPECT_EQ(job->state, JobState::kDeleting);
+    EXPECT_EQ(job->trust_stop_host_id, "h1");
+  }
+  // The portal restarts; the host stays silent past the timeout.
+  Restart();
+  clock_.AdvanceSeconds(70);
+  TrustWatch after({.interval_seconds = 10, .stop_timeout_seconds = 60}, &kms_, jobs_.get(), &clock_);
+  after.Tick();
+  EXPECT_THAT(kms_.trust_events(), ::testing::ElementsAre(id + " stop_unanswered"));
+  EXPECT_THAT(jobs_->GetJob(alice_, id)->trust_events.back(), HasSubstr("stop_unanswered: host h1"));
+  // The host confirms while the portal is down again; after the next
+  // restart the "stopped" follow-up is sent, once.
+  Restart();
+  ASSERT_OK(jobs_->ReportVmEnded("h1", {"vm-1", "stopped", "stopped by VmManager::Stop"}));
+  auto gone = jobs_->ReportVmDeleted("h1", "vm-1");
+  ASSERT_OK(gone);
+  EXPECT_EQ(gone->state, JobState::kDeleted);
+  Restart();
+  TrustWatch third({.interval_seconds = 10, .stop_timeout_seconds = 60}, &kms_, jobs_.get(), &clock_);
+  third.Tick();
+  EXPECT_THAT(kms_.trust_events(), ::testing::ElementsAre(id + " stop_unanswered", id + " stopped"));
+  EXPECT_THAT(jobs_->GetJob(alice_, id)->trust_events.back(), HasSubstr("stopped: host h1"));
+  // Followed up: a further restart sends nothing more.
+  Restart();
+  TrustWatch fourth({.interval_seconds = 10, .stop_timeout_seconds = 60}, &kms_, jobs_.get(), &clock_);
+  clock_.AdvanceSeconds(100);
+  fourth.Tick();
+  EXPECT_EQ(kms_.trust_events().size(), 2u);
 }
 
 TEST_F(JobStoreTest, HostRegistrySurvivesARestart) {

@@ -171,6 +171,7 @@ std::string JobToRecord(const Job& job) {
               {"disk_events", job.disk_events},
               {"trust_events", job.trust_events},
               {"trust_lost_unix", job.trust_lost_unix},
+              {"trust_stop_host_id", job.trust_stop_host_id},
               {"created_unix", job.created_unix},
               {"updated_unix", job.updated_unix},
               {"lease_expires_unix", job.lease_expires_unix},
@@ -228,6 +229,7 @@ StatusOr<Job> JobFromRecord(const std::string& record_json) {
       job.trust_events = j.at("trust_events").get<std::vector<std::string>>();
     }
     job.trust_lost_unix = j.value("trust_lost_unix", int64_t{0});
+    job.trust_stop_host_id = j.value("trust_stop_host_id", std::string());
     job.created_unix = j.at("created_unix").get<int64_t>();
     job.updated_unix = j.at("updated_unix").get<int64_t>();
     job.lease_expires_unix = j.at("lease_expires_unix").get<int64_t>();
@@ -1046,6 +1048,7 @@ StatusOr<Job> JobManager::RecordTrustLoss(const std::string& job_id, const std::
   if (stop) {
     job.wanted = VmWanted::kDeleted;
     job.state = JobState::kDeleting;
+    job.trust_stop_host_id = host_id;
   }
   SaveLocked(job);
   spdlog::warn("trust lost job={} customer={} host={} vm={} action={}: {}", job.job_id,

@@ -133,6 +133,10 @@ struct Job {
   std::vector<std::string> trust_events;
   // When the portal learnt that trust in the VM's host was lost; 0 if never.
   int64_t trust_lost_unix = 0;
+  // The host told to stop the VM for lost trust (on_trust_loss "stop"),
+  // kept so that TrustWatch still follows the stop up ("stopped",
+  // "stop_unanswered") after a portal restart; "" if none was ordered.
+  std::string trust_stop_host_id;
   int64_t created_unix = 0;
   int64_t updated_unix = 0;
   // The lease of the current attempt's host (placed .. running): the host

@@ -549,6 +549,8 @@ TEST_F(JobsLifecycleTest, TrustEventsSurviveTheJobRecord) {
   ASSERT_OK(back);
   EXPECT_EQ(back->trust_events, job.trust_events);
   EXPECT_EQ(back->trust_lost_unix, 1234);
+  job.trust_stop_host_id = "h1";
+  EXPECT_EQ(JobFromRecord(JobToRecord(job))->trust_stop_host_id, "h1");
   // A record written before trust was tracked reads as never lost.
   nlohmann::json old = nlohmann::json::parse(JobToRecord(job));
   old.erase("trust_events");

@@ -103,6 +103,19 @@ void TrustWatch::Tick(bool force) {
   if (!force && now < next_unix_) return;
   next_unix_ = now + options_.interval_seconds;
 
+  // After a (re)start: the stops ordered before it that were never
+  // followed up, from the job records (ended jobs included: the host may
+  // have confirmed while the portal was down).
+  if (!recovered_) {
+    recovered_ = true;
+    for (const Job& j : jobs_->ListAllJobs()) {
+      if (j.trust_stop_host_id.empty()) continue;
+      const bool followed_up = std::any_of(j.trust_events.begin(), j.trust_events.end(),
+                                           [](const std::string& e) { return e.starts_with("stopped:"); });
+      if (!followed_up) stopping_.emplace(j.job_id, j.trust_stop_host_id);
+    }
+  }
+
   // The stopped VMs: confirmed gone, or overdue.
   for (auto it = stopping_.begin(); it != stopping_.end();) {
     auto job = jobs_->GetAnyJob(it->first);

@@ -87,8 +87,11 @@ class TrustWatch {
   const Clock* const clock_;
   int64_t next_unix_ = 0;
   // Jobs stopped for lost trust whose host has not yet confirmed them gone
-  // (job id -> host id); in memory: a portal restart forgets them.
+  // (job id -> host id). The job records keep the order (Job::
+  // trust_stop_host_id, with no "stopped" event yet), so the first Tick
+  // after a portal restart takes them up again.
   std::map<std::string, std::string> stopping_;
+  bool recovered_ = false;
 };
 
 }  // namespace vmseal::csp

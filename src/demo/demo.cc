@@ -182,7 +182,21 @@ class Demo {
   Status StartHosts();
   Status SetPolicy();
   Status PlayCustomer();
+  Status MigrateToCloudB();
   Status ShowAudit();
+  // One cloud's parts: a KMS in `kdir` trusting the EK CAs of `tpms`, with
+  // identities for the portal and `hosts`; a portal in `pdir`; a host agent.
+  StatusOr<std::string> StartKmsIn(const std::string& kdir, const std::vector<size_t>& tpms,
+                                   const std::vector<std::string>& hosts);
+  StatusOr<std::string> StartPortalIn(const std::string& kdir, const std::string& pdir,
+                                      const std::string& kms_url);
+  Status StartHost(const std::string& name, size_t tpm, bool tampered, const std::string& kdir,
+                   const std::string& portal_url, const std::string& kms_url);
+  Status WaitAttested(const std::vector<std::string>& operator_flags, int count);
+  // Waits for `job` (customer flags `cflags`) to run; returns its status.
+  StatusOr<json> WaitRunning(const std::vector<std::string>& cflags, const std::string& job);
+  // Waits for the marker on the serial console `serial_log`.
+  Status WaitMarker(const std::string& serial_log);
   std::vector<std::string> OperatorFlags() const {
     return {"--url", kms_url_, "--ca", Path("kms/ca.pem"), "--cert", Path("kms/operator.pem"),
             "--key", Path("kms/operator-key.pem")};
@@ -200,6 +214,7 @@ class Demo {
   std::string portal_url_;
   std::string marker_;
   std::string job_id_;
+  std::string image_id_;
   std::string vm_name_;
   std::string host_of_vm_;
   std::string serial_log_;
@@ -207,61 +222,75 @@ class Demo {
 
 Status Demo::StartKms() {
   n_.Step("Key management server: its own CA, a key-encryption key, SQLite, TLS 1.3 + mTLS.");
-  RETURN_IF_ERROR(Vmseal({"kms", "init", "--dir", Path("kms")}).status());
   // Two TPM "manufacturers": each swtpm has its own local CA; the KMS
   // trusts both for EK certificates.
+  ASSIGN_OR_RETURN(kms_url_, StartKmsIn("kms", {0, 1}, {"host-a", "host-b"}));
+  return OkStatus();
+}
+
+StatusOr<std::string> Demo::StartKmsIn(const std::string& kdir, const std::vector<size_t>& tpms,
+                                       const std::vector<std::string>& hosts) {
+  RETURN_IF_ERROR(Vmseal({"kms", "init", "--dir", Path(kdir)}).status());
   std::string bundle;
-  for (const auto& t : cluster_.tpms) bundle += t->ca_bundle_pem();
-  RETURN_IF_ERROR(WriteFile(Path("kms/ek-ca-bundle.pem"), bundle, 0644));
-  ASSIGN_OR_RETURN(std::string cfg_text, ReadFile(Path("kms/kms.json")));
+  for (size_t t : tpms) bundle += cluster_.tpms[t]->ca_bundle_pem();
+  RETURN_IF_ERROR(WriteFile(Path(kdir + "/ek-ca-bundle.pem"), bundle, 0644));
+  ASSIGN_OR_RETURN(std::string cfg_text, ReadFile(Path(kdir + "/kms.json")));
   StatusOr<json> cfg_or = ParseJsonObject(cfg_text, "kms.json");
   if (!cfg_or.ok()) return InternalError("kms init wrote an unreadable kms.json");
   json cfg = *std::move(cfg_or);
-  cfg["ek_ca_bundle"] = Path("kms/ek-ca-bundle.pem");
-  RETURN_IF_ERROR(WriteFile(Path("kms/kms.json"), cfg.dump(2) + "\n"));
-  n_.Say("EK certificate CAs of both TPM makers written to kms/ek-ca-bundle.pem.");
-  for (const auto& [role, name] : std::vector<std::pair<std::string, std::string>>{
-           {"portal", "portal"}, {"host", "host-a"}, {"host", "host-b"}}) {
-    RETURN_IF_ERROR(Vmseal({"kms", "issue-identity", "--dir", Path("kms"), "--role", role,
-                            "--name", name, "--out", Path("kms/" + name)})
+  cfg["ek_ca_bundle"] = Path(kdir + "/ek-ca-bundle.pem");
+  RETURN_IF_ERROR(WriteFile(Path(kdir + "/kms.json"), cfg.dump(2) + "\n"));
+  n_.Say("EK certificate CA" + std::string(tpms.size() > 1 ? "s of the TPM makers" : " of the TPM maker") +
+         " written to " + kdir + "/ek-ca-bundle.pem.");
+  std::vector<std::pair<std::string, std::string>> ids = {{"portal", "portal"}};
+  for (const auto& h : hosts) ids.emplace_back("host", h);
+  for (const auto& [role, name] : ids) {
+    RETURN_IF_ERROR(Vmseal({"kms", "issue-identity", "--dir", Path(kdir), "--role", role,
+                            "--name", name, "--out", Path(kdir + "/" + name)})
                         .status());
   }
   std::vector<std::string> argv = {o_.vmseal_binary, "kms", "serve", "--config",
-                                   Path("kms/kms.json"), "--port", "0", "--port-file",
-                                   Path("kms/port")};
+                                   Path(kdir + "/kms.json"), "--port", "0", "--port-file",
+                                   Path(kdir + "/port")};
   n_.Command(argv);
-  ASSIGN_OR_RETURN(auto kms, Service::Start("kms", argv, Path("logs/kms.log")));
-  ASSIGN_OR_RETURN(std::string port, kms->WaitForFile(Path("kms/port"), kServiceStartMs));
+  ASSIGN_OR_RETURN(auto kms, Service::Start(kdir, argv, Path("logs/" + kdir + ".log")));
+  ASSIGN_OR_RETURN(std::string port, kms->WaitForFile(Path(kdir + "/port"), kServiceStartMs));
   cluster_.services.push_back(std::move(kms));
-  kms_url_ = "https://127.0.0.1:" + port;
-  n_.Say("KMS listening on " + kms_url_ + " (log: logs/kms.log).");
-  return OkStatus();
+  const std::string url = "https://127.0.0.1:" + port;
+  n_.Say("KMS listening on " + url + " (log: logs/" + kdir + ".log).");
+  return url;
 }
 
 Status Demo::StartPortal() {
   n_.Step("Cloud portal: accounts, embedded object store, host registry, scheduler.");
-  RETURN_IF_ERROR(Vmseal({"kms", "issue-identity", "--dir", Path("kms"), "--role", "portal",
+  ASSIGN_OR_RETURN(portal_url_, StartPortalIn("kms", "portal", kms_url_));
+  return OkStatus();
+}
+
+StatusOr<std::string> Demo::StartPortalIn(const std::string& kdir, const std::string& pdir,
+                                          const std::string& kms_url) {
+  RETURN_IF_ERROR(Vmseal({"kms", "issue-identity", "--dir", Path(kdir), "--role", "portal",
                           "--name", "127.0.0.1", "--server", "--server-ip", "127.0.0.1", "--out",
-                          Path("kms/portal-tls")})
+                          Path(kdir + "/portal-tls")})
                       .status());
-  RETURN_IF_ERROR(WriteFile(Path("portal-operator-token"),
+  RETURN_IF_ERROR(WriteFile(Path(pdir + "-operator-token"),
                             crypto::HexEncode(crypto::RandomBytes(24)) + "\n"));
   std::vector<std::string> argv = {
-      o_.vmseal_binary, "csp", "serve", "--data-dir", Path("portal"), "--port", "0",
-      "--port-file", Path("portal/port"), "--tls-cert", Path("kms/portal-tls.pem"),
-      "--tls-key", Path("kms/portal-tls-key.pem"), "--client-ca", Path("kms/ca.pem"),
-      "--kms-url", kms_url_, "--kms-ca", Path("kms/ca.pem"), "--kms-cert",
-      Path("kms/portal.pem"), "--kms-key", Path("kms/portal-key.pem"),
-      "--operator-token-file", Path("portal-operator-token"), "--heartbeat-timeout", "30"};
+      o_.vmseal_binary, "csp", "serve", "--data-dir", Path(pdir), "--port", "0",
+      "--port-file", Path(pdir + "/port"), "--tls-cert", Path(kdir + "/portal-tls.pem"),
+      "--tls-key", Path(kdir + "/portal-tls-key.pem"), "--client-ca", Path(kdir + "/ca.pem"),
+      "--kms-url", kms_url, "--kms-ca", Path(kdir + "/ca.pem"), "--kms-cert",
+      Path(kdir + "/portal.pem"), "--kms-key", Path(kdir + "/portal-key.pem"),
+      "--operator-token-file", Path(pdir + "-operator-token"), "--heartbeat-timeout", "30"};
   n_.Command(argv);
   std::error_code ec;
-  fs::create_directories(Path("portal"), ec);
-  ASSIGN_OR_RETURN(auto portal, Service::Start("portal", argv, Path("logs/portal.log")));
-  ASSIGN_OR_RETURN(std::string port, portal->WaitForFile(Path("portal/port"), kServiceStartMs));
+  fs::create_directories(Path(pdir), ec);
+  ASSIGN_OR_RETURN(auto portal, Service::Start(pdir, argv, Path("logs/" + pdir + ".log")));
+  ASSIGN_OR_RETURN(std::string port, portal->WaitForFile(Path(pdir + "/port"), kServiceStartMs));
   cluster_.services.push_back(std::move(portal));
-  portal_url_ = "https://127.0.0.1:" + port;
-  n_.Say("Portal listening on " + portal_url_ + " (log: logs/portal.log).");
-  return OkStatus();
+  const std::string url = "https://127.0.0.1:" + port;
+  n_.Say("Portal listening on " + url + " (log: logs/" + pdir + ".log).");
+  return url;
 }
 
 // Firmware would measure the boot chain into PCRs 0-7; the demo does the
@@ -289,13 +318,24 @@ Status Demo::StartHosts() {
           "an unexpected boot loader in PCR 4.");
   for (int i = 0; i < 2; ++i) {
     const std::string name = i == 0 ? "host-a" : "host-b";
-    RETURN_IF_ERROR(Measure(*cluster_.tpms[i], i == 1, Path("logs/tpm.log")));
+    RETURN_IF_ERROR(StartHost(name, static_cast<size_t>(i), i == 1, "kms", portal_url_, kms_url_));
+  }
+  RETURN_IF_ERROR(WaitAttested(OperatorFlags(), 2));
+  n_.Say("Both hosts enrolled with the KMS (EK certificate checked, AK activated) and attested.");
+  return OkStatus();
+}
+
+Status Demo::StartHost(const std::string& name, size_t tpm, bool tampered, const std::string& kdir,
+                       const std::string& portal_url, const std::string& kms_url) {
+  {
+    const size_t i = tpm;
+    RETURN_IF_ERROR(Measure(*cluster_.tpms[i], tampered, Path("logs/tpm.log")));
     json cfg = {
-        {"portal_url", portal_url_},
-        {"kms_url", kms_url_},
-        {"ca_file", Path("kms/ca.pem")},
-        {"cert_file", Path("kms/" + name + ".pem")},
-        {"key_file", Path("kms/" + name + "-key.pem")},
+        {"portal_url", portal_url},
+        {"kms_url", kms_url},
+        {"ca_file", Path(kdir + "/ca.pem")},
+        {"cert_file", Path(kdir + "/" + name + ".pem")},
+        {"key_file", Path(kdir + "/" + name + "-key.pem")},
         {"tpm_tcti", cluster_.tpms[i]->tcti()},
         {"state_dir", Path(name + "/state")},
         {"image_store_dir", Path(name + "/images")},
@@ -316,13 +356,17 @@ Status Demo::StartHosts() {
     ASSIGN_OR_RETURN(auto host, Service::Start(name, argv, Path("logs/" + name + ".log")));
     cluster_.hosts.push_back(std::move(host));
   }
-  // Both hosts enroll (EK certificate + credential activation) and attest.
+  return OkStatus();
+}
+
+// Waits until `count` hosts of the KMS that `operator_flags` name are
+// enrolled (EK certificate + credential activation) and attested.
+Status Demo::WaitAttested(const std::vector<std::string>& operator_flags, int count) {
   const int64_t deadline = NowMs() + 120000;
   while (true) {
     ASSIGN_OR_RETURN(json hosts, VmsealJson([&] {
                        std::vector<std::string> a = {"kms", "host", "list"};
-                       auto f = OperatorFlags();
-                       a.insert(a.end(), f.begin(), f.end());
+                       a.insert(a.end(), operator_flags.begin(), operator_flags.end());
                        return a;
                      }(), false));
     int attested = 0;
@@ -331,7 +375,7 @@ Status Demo::StartHosts() {
         ++attested;
       }
     }
-    if (attested >= 2) break;
+    if (attested >= count) break;
     for (const auto& s : cluster_.services) {
       if (!s->Alive()) {
         return FailedPreconditionError(s->name() + " stopped; last log lines:\n" +
@@ -343,7 +387,6 @@ Status Demo::StartHosts() {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(500));
   }
-  n_.Say("Both hosts enrolled with the KMS (EK certificate checked, AK activated) and attested.");
   return OkStatus();
 }
 
@@ -430,9 +473,9 @@ Status Demo::PlayCustomer() {
   n_.Step("Customer: upload (streaming, resumable) and launch.");
   ASSIGN_OR_RETURN(json img, VmsealJson(with({"upload", Path("customer/sample.ova"), "--name",
                                               "sample"})));
-  const std::string image_id = img.value("image_id", "");
-  n_.Say("image " + image_id + " verified by the portal (manifest, tag) and listed");
-  ASSIGN_OR_RETURN(json job, VmsealJson(with({"launch", image_id})));
+  image_id_ = img.value("image_id", "");
+  n_.Say("image " + image_id_ + " verified by the portal (manifest, tag) and listed");
+  ASSIGN_OR_RETURN(json job, VmsealJson(with({"launch", image_id_})));
   job_id_ = job.value("job_id", "");
   n_.Say("job " + job_id_ + " queued");
 
@@ -480,6 +523,136 @@ Status Demo::PlayCustomer() {
   return OkStatus();
 }
 
+// Moving to another cloud (issue 19): deployment B on loopback, with its own
+// KMS (own CA and KEK), portal and host (host-c, its own TPM). The customer
+// opens an account at B, verifies the certificate there against B's KMS CA
+// (obtained out of band), and migrates: KMS A re-wraps the image's data key
+// to that certificate on the customer's signed authorization (audited; the
+// data key never leaves KMS A in the clear), the disk data moves as
+// ciphertext, re-signed for B. Portal B places it on host-c, KMS B releases
+// the key to host-c's TPM, and the same marker shows. The VM at B is then
+// deleted (the demo keeps the one at A).
+Status Demo::MigrateToCloudB() {
+  const int64_t started = NowMs();
+  n_.Step("Another cloud, B: its own KMS (own CA and KEK), portal and host host-c (its own TPM).");
+  ASSIGN_OR_RETURN(std::string kms_b, StartKmsIn("kms-b", {2}, {"host-c"}));
+  ASSIGN_OR_RETURN(std::string portal_b, StartPortalIn("kms-b", "portal-b", kms_b));
+  RETURN_IF_ERROR(StartHost("host-c", 2, false, "kms-b", portal_b, kms_b));
+  const std::vector<std::string> op_b = {"--url", kms_b, "--ca", Path("kms-b/ca.pem"), "--cert",
+                                         Path("kms-b/operator.pem"), "--key", Path("kms-b/operator-key.pem")};
+  RETURN_IF_ERROR(WaitAttested(op_b, 1));
+  auto op = [&](std::vector<std::string> a) {
+    a.insert(a.end(), op_b.begin(), op_b.end());
+    return a;
+  };
+  RETURN_IF_ERROR(Vmseal(op({"kms", "flavor", "from-host", "--name", "b-good", "--host", "host-c"})).status());
+  json policy = {{"flavors", {{"anyOf", json::array({"b-good"})}}}, {"max_evidence_age_seconds", 300}};
+  RETURN_IF_ERROR(WriteFile(Path("policy-b.json"), policy.dump(2) + "\n", 0644));
+  RETURN_IF_ERROR(Vmseal(op({"kms", "policy", "set", "--customer", "_default", "--file", Path("policy-b.json")}))
+                      .status());
+  n_.Say("host-c enrolled and attested at KMS B; B's operator trusts its boot state (flavor b-good).");
+
+  n_.Step("Customer: an account at B; the certificate there is verified against B's KMS CA, "
+          "which the customer obtained out of band.");
+  std::error_code ec;
+  fs::create_directories(Path("customer-b"), ec);
+  const std::vector<std::string> cb = {"--portal", portal_b, "--ca-cert", Path("kms-b/ca.pem"), "--session",
+                                       Path("customer-b/session.json"), "--json"};
+  auto at_b = [&](std::vector<std::string> sub) {
+    std::vector<std::string> a = {"customer"};
+    a.insert(a.end(), cb.begin(), cb.end());
+    a.insert(a.end(), sub.begin(), sub.end());
+    return a;
+  };
+  ASSIGN_OR_RETURN(json reg, VmsealJson(at_b({"register", "--password-out", Path("customer-b/password")})));
+  RETURN_IF_ERROR(VmsealJson(at_b({"login", "--login-id", reg.value("login_id", ""), "--password-file",
+                                   Path("customer-b/password")}))
+                      .status());
+  ASSIGN_OR_RETURN(json cert, VmsealJson(at_b({"fetch-cert", "--out", Path("customer-b/customer-cert.pem"),
+                                               "--kms-ca", Path("kms-b/ca.pem")})));
+  n_.Say("customer id at B " + reg.value("customer_id", "") + "; certificate of key " +
+         cert.value("key_id", "") + " verified against KMS B's CA");
+
+  n_.Step("Customer: migrate the image. KMS A re-wraps its data key to the customer's key at B on "
+          "the customer's signed authorization (audited); the disk moves as ciphertext, re-signed for B.");
+  auto cflags = CustomerFlags();
+  std::vector<std::string> mig = {"customer"};
+  mig.insert(mig.end(), cflags.begin(), cflags.end());
+  fs::create_directories(Path("customer/migrate"), ec);
+  const std::vector<std::string> rest = {"migrate", image_id_, "--kms-ca", Path("kms/ca.pem"), "--to-portal",
+                                         portal_b, "--to-ca-cert", Path("kms-b/ca.pem"), "--to-session",
+                                         Path("customer-b/session.json"), "--to-kms-ca", Path("kms-b/ca.pem"),
+                                         "--work-dir", Path("customer/migrate")};
+  mig.insert(mig.end(), rest.begin(), rest.end());
+  // The upload prints the image id at B before the JSON answer.
+  ASSIGN_OR_RETURN(std::string mig_out, Vmseal(mig));
+  const size_t brace = mig_out.find('{');
+  StatusOr<json> moved_or = ParseJson(brace == std::string::npos ? std::string() : mig_out.substr(brace));
+  if (!moved_or.ok()) return InternalError("expected JSON from customer migrate, got: " + mig_out);
+  const json moved = *std::move(moved_or);
+  n_.Say("data key re-wrapped by KMS A to key " + moved.value("destination_key_id", "") + " of tenant " +
+         moved.value("destination_tenant", "") + " at B; package uploaded to portal B");
+  ASSIGN_OR_RETURN(json images, VmsealJson(at_b({"images"}), false));
+  if (!images.contains("images") || !images["images"].is_array() || images["images"].empty()) {
+    return InternalError("portal B lists no image after the migration");
+  }
+  const std::string image_b = images["images"][0].value("image_id", "");
+  ASSIGN_OR_RETURN(json job, VmsealJson(at_b({"launch", image_b})));
+  const std::string job_b = job.value("job_id", "");
+  n_.Say("image " + image_b + " launched at B as job " + job_b);
+
+  n_.Step("Cloud B: placement on host-c, attestation to KMS B, key release, boot: the same marker.");
+  ASSIGN_OR_RETURN(json status, WaitRunning(cb, job_b));
+  RETURN_IF_ERROR(WaitMarker(status.value("serial_log_path", "")));
+  n_.Say("serial console at B (" + status.value("serial_log_path", "") + "): " + marker_);
+  RETURN_IF_ERROR(VmsealJson(at_b({"vm", "delete", job_b})).status());
+  for (const int64_t deadline = NowMs() + 120000;;) {
+    ASSIGN_OR_RETURN(json st, VmsealJson(at_b({"status", job_b}), false));
+    if (st.value("state", "") == "deleted") break;
+    if (NowMs() > deadline) return DeadlineExceededError("host-c did not delete the VM at B within 120 s");
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  }
+  n_.Say("the VM at B is deleted (its host removes the decrypted disk); the migration act took " +
+         std::to_string((NowMs() - started) / 1000) + " s");
+  return OkStatus();
+}
+
+StatusOr<json> Demo::WaitRunning(const std::vector<std::string>& cflags, const std::string& job) {
+  std::string last_state;
+  const int64_t deadline = NowMs() + 300000;
+  json status;
+  while (true) {
+    std::vector<std::string> a = {"customer"};
+    a.insert(a.end(), cflags.begin(), cflags.end());
+    a.push_back("status");
+    a.push_back(job);
+    ASSIGN_OR_RETURN(status, VmsealJson(a, false));
+    std::string state = status.value("state", "");
+    if (state != last_state) {
+      std::string where = status.value("host_id", "");
+      n_.Say("job " + state + (where.empty() ? "" : " on " + where));
+      last_state = state;
+    }
+    if (state == "running") return status;
+    if (state == "failed") return InternalError("the job failed: " + status.value("reason", status.dump()));
+    if (NowMs() > deadline) return DeadlineExceededError("the job did not run within 300 s");
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  }
+}
+
+Status Demo::WaitMarker(const std::string& serial_log) {
+  if (serial_log.empty()) return InternalError("the host reported no serial log");
+  const int64_t boot_deadline = NowMs() + 180000;
+  while (internal::Tail(serial_log, 1 << 20).find(marker_) == std::string::npos) {
+    if (NowMs() > boot_deadline) {
+      return DeadlineExceededError("the marker did not appear on the serial console within 180 s; see " +
+                                   serial_log);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  }
+  return OkStatus();
+}
+
 Status Demo::ShowAudit() {
   n_.Step("The KMS audit trail of this run (a transparency log; verified):");
   ASSIGN_OR_RETURN(std::string lines, Vmseal({"kms", "audit", "export", "--config",
@@ -509,7 +682,8 @@ Status Demo::Run() {
   fs::create_directories(Path("logs"), ec);
   if (ec) return InternalError("cannot create " + Path("logs") + ": " + ec.message());
   if (!o_.quiet) std::printf("vmseal demo: the whole system on loopback. D=%s (logs in $D/logs)\n", dir_.c_str());
-  for (int i = 0; i < 2; ++i) {
+  // host-a and host-b at cloud A, host-c at cloud B (the migration act).
+  for (int i = 0; i < 3; ++i) {
     tpm::testing::SwtpmOptions t;
     t.parent_dir = dir_;
     ASSIGN_OR_RETURN(auto tpm, tpm::testing::Swtpm::Start(t));
@@ -520,6 +694,7 @@ Status Demo::Run() {
   RETURN_IF_ERROR(StartHosts());
   RETURN_IF_ERROR(SetPolicy());
   RETURN_IF_ERROR(PlayCustomer());
+  RETURN_IF_ERROR(MigrateToCloudB());
   RETURN_IF_ERROR(ShowAudit());
   if (o_.keep) {
     std::printf(

@@ -59,8 +59,7 @@ StatusOr<AuditHead> VerifyAuditChain(const std::vector<AuditRecord>& records) {
 
 namespace {
 
-constexpr char kLogKeyName[] = "audit_log_key";
-constexpr char kLogKeyAad[] = "vmseal-audit-log-key-v1";
+constexpr const char* kLogKeyName = kLogKeySecretName;
 constexpr char kLogKeyEvent[] = "kms.audit_log_key.create";
 constexpr char kOriginPrefix[] = "vmseal-kms/audit/";
 
@@ -189,12 +188,12 @@ StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(Store* store, const KeyEncryp
   const size_t space = stored.find(' ');
   if (space == std::string::npos) return DataLossError("the store's audit log key record is malformed");
   const std::string stored_kek = stored.substr(0, space);
-  if (stored_kek != kek->id()) {
+  if (!kek->Holds(stored_kek)) {
     return FailedPreconditionError("kek_mismatch: this store's audit log key is wrapped under KEK " +
                                    stored_kek + " but this KMS uses KEK " + kek->id());
   }
   ASSIGN_OR_RETURN(crypto::Bytes blob, crypto::Base64Decode(std::string_view(stored).substr(space + 1)));
-  auto seed = kek->Unwrap(crypto::AsStringView(blob), kLogKeyAad);
+  auto seed = kek->UnwrapUnder(stored_kek, crypto::AsStringView(blob), kLogKeyAad);
   if (!seed.ok()) return DataLossError("the store's audit log key does not open under KEK " + kek->id());
   ASSIGN_OR_RETURN(auto signer, SignerForSeed(*seed));
   return std::unique_ptr<AuditLog>(new AuditLog(store, std::move(signer)));

@@ -13,6 +13,7 @@
 #include "base/env.h"
 #include "kms/internal/mini_ca.h"
 #include "kms/kek.h"
+#include "kms/kek_rotation.h"
 #include "kms/pkcs11_kek.h"
 #include "kms/http_api.h"
 #include "kms/service.h"
@@ -53,6 +54,8 @@ StatusOr<Pkcs11KekConfig> ParsePkcs11(const std::string& path, const json& j) {
       out = &c.key_label;
     } else if (key == "pin_env") {
       out = &c.pin_env;
+    } else if (key == "previous_key_label") {
+      out = &c.previous_key_label;
     } else if (key == "pin") {
       return InvalidArgumentError("config " + path +
                                   ": kek_pkcs11.pin is not accepted; name an environment variable in pin_env");
@@ -100,6 +103,8 @@ StatusOr<KmsConfig> LoadKmsConfig(const std::string& path) {
       RETURN_IF_ERROR(str(&c.store));
     } else if (key == "kek_file") {
       RETURN_IF_ERROR(str(&c.kek_file));
+    } else if (key == "kek_previous_file") {
+      RETURN_IF_ERROR(str(&c.kek_previous_file));
     } else if (key == "kek_pkcs11") {
       ASSIGN_OR_RETURN(c.kek_pkcs11, ParsePkcs11(path, value));
     } else if (key == "ca_cert") {
@@ -143,7 +148,10 @@ StatusOr<KmsConfig> LoadKmsConfig(const std::string& path) {
     return InvalidArgumentError("config " + path + ": set exactly one of kek_file and kek_pkcs11 (" +
                                 (c.kek_pkcs11 ? "both are set" : "neither is set") + ")");
   }
-  for (std::string* p : {&c.store, &c.kek_file, &c.ca_cert, &c.ca_key, &c.server_cert, &c.server_key,
+  if (!c.kek_previous_file.empty() && c.kek_file.empty()) {
+    return InvalidArgumentError("config " + path + ": kek_previous_file needs kek_file");
+  }
+  for (std::string* p : {&c.store, &c.kek_file, &c.kek_previous_file, &c.ca_cert, &c.ca_key, &c.server_cert, &c.server_key,
                         &c.ek_ca_bundle}) {
     *p = Resolve(dir, *p);
   }
@@ -172,6 +180,23 @@ StatusOr<std::unique_ptr<KeyEncryptionKey>> OpenConfiguredKek(const KmsConfig& c
   options.pin = SecretBytes(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(pin), std::strlen(pin)));
   options.create_if_missing = create_if_missing;
   return OpenPkcs11Kek(options);
+}
+
+StatusOr<std::vector<std::unique_ptr<KeyEncryptionKey>>> OpenConfiguredKeks(const KmsConfig& config) {
+  std::vector<std::unique_ptr<KeyEncryptionKey>> out;
+  ASSIGN_OR_RETURN(auto current, OpenConfiguredKek(config));
+  out.push_back(std::move(current));
+  KmsConfig previous = config;
+  if (!config.kek_previous_file.empty()) {
+    previous.kek_file = config.kek_previous_file;
+  } else if (config.kek_pkcs11 && !config.kek_pkcs11->previous_key_label.empty()) {
+    previous.kek_pkcs11->key_label = config.kek_pkcs11->previous_key_label;
+  } else {
+    return out;
+  }
+  ASSIGN_OR_RETURN(auto prev, OpenConfiguredKek(previous));
+  if (prev->id() != out[0]->id()) out.push_back(std::move(prev));
+  return out;
 }
 
 Status ApplyKmsEnv(KmsConfig* config) {
@@ -241,7 +266,7 @@ Status IssueIdentity(const std::string& dir, const std::string& role, const std:
   return WriteStringToFileAtomic(Env::Default(), out_prefix + ".pem", id.cert_pem, 0644);
 }
 
-Status ServeKms(const KmsConfig& config, const std::string& port_file) {
+Status ServeKms(const KmsConfig& config, const std::string& port_file, const std::string& config_path) {
   // Block the stop signals before any thread starts so only sigwait sees them.
   sigset_t stop_signals;
   sigemptyset(&stop_signals);
@@ -251,7 +276,10 @@ Status ServeKms(const KmsConfig& config, const std::string& port_file) {
 
   if (config.store.empty()) return InvalidArgumentError("kms serve: no store configured");
   ASSIGN_OR_RETURN(auto store, Store::Open(config.store));
-  ASSIGN_OR_RETURN(auto kek, OpenConfiguredKek(config));
+  // The KEK ring: the current KEK and, mid-rotation, the previous one.
+  ASSIGN_OR_RETURN(auto keks, OpenConfiguredKeks(config));
+  auto kek = std::make_unique<KekRing>(std::move(keks[0]));
+  for (size_t i = 1; i < keks.size(); ++i) kek->AddPrevious(std::move(keks[i]));
   ASSIGN_OR_RETURN(std::string ca_cert, ReadFileToString(Env::Default(), config.ca_cert));
   ASSIGN_OR_RETURN(SecretBytes ca_key, ReadSecretFile(config.ca_key));
   KmsService::Options service_options;
@@ -282,6 +310,15 @@ Status ServeKms(const KmsConfig& config, const std::string& port_file) {
   server_options.max_connections_per_address = static_cast<uint64_t>(config.max_connections_per_address);
   ASSIGN_OR_RETURN(auto server, net::HttpsServer::Create(std::move(server_options)));
   RegisterKmsRoutes(service.get(), server.get());
+  KekRotation::Loader reload;
+  if (!config_path.empty()) {
+    reload = [config_path]() -> StatusOr<std::vector<std::unique_ptr<KeyEncryptionKey>>> {
+      ASSIGN_OR_RETURN(auto fresh, LoadKmsConfig(config_path));
+      return OpenConfiguredKeks(fresh);
+    };
+  }
+  KekRotation rotation(store.get(), kek.get(), std::move(reload));
+  RegisterKekRotationRoutes(&rotation, server.get());
   ASSIGN_OR_RETURN(int port, server->Start());
   if (!port_file.empty()) {
     RETURN_IF_ERROR(WriteStringToFileAtomic(Env::Default(), port_file, std::to_string(port) + "\n", 0644));

@@ -31,6 +31,10 @@ struct Pkcs11KekConfig {
   std::string token_label;
   std::string key_label = "vmseal-kms-kek";
   std::string pin_env = "VMSEAL_KMS_PKCS11_PIN";
+  // During a KEK rotation (kms/kek_rotation.h): the label of the previous
+  // AES key in the same token, which still opens records naming it
+  // (`vmseal kms rotate-kek` writes and removes it). Empty: none.
+  std::string previous_key_label;
 };
 
 struct KmsConfig {
@@ -40,6 +44,9 @@ struct KmsConfig {
   // Exactly one KEK source: a 0600 file with the 32-byte KEK, or a token.
   std::string kek_file;
   std::optional<Pkcs11KekConfig> kek_pkcs11;
+  // During a KEK rotation: the previous file KEK, which only unwraps
+  // (`vmseal kms rotate-kek` writes and removes it). Only with kek_file.
+  std::string kek_previous_file;
   std::string ca_cert;               // PEM paths
   std::string ca_key;
   std::string server_cert;
@@ -87,6 +94,10 @@ StatusOr<KmsConfig> LoadKmsConfig(const std::string& path);
 StatusOr<std::unique_ptr<KeyEncryptionKey>> OpenConfiguredKek(const KmsConfig& config,
                                                               bool create_if_missing = false);
 
+// The configured KEKs: the current one first, then the previous one of a
+// rotation (kek_previous_file or kek_pkcs11.previous_key_label) if set.
+StatusOr<std::vector<std::unique_ptr<KeyEncryptionKey>>> OpenConfiguredKeks(const KmsConfig& config);
+
 // Environment overrides: VMSEAL_KMS_STORE, VMSEAL_KMS_LISTEN, VMSEAL_KMS_PORT.
 Status ApplyKmsEnv(KmsConfig* config);
 
@@ -114,7 +125,10 @@ Status IssueIdentity(const std::string& dir, const std::string& role, const std:
 
 // Runs the server until SIGINT/SIGTERM. If `port_file` is not empty, the
 // bound port is written there (atomically) once serving.
-Status ServeKms(const KmsConfig& config, const std::string& port_file);
+// With `config_path`, the operator's KEK rotation routes re-read the KEKs
+// from that file (kms/kek_rotation.h); without it they are refused.
+Status ServeKms(const KmsConfig& config, const std::string& port_file,
+                const std::string& config_path = "");
 
 }  // namespace vmseal::kms
 

@@ -498,4 +498,37 @@ void RegisterKmsRoutes(KmsService* s, net::HttpsServer* server) {
   });
 }
 
+void RegisterKekRotationRoutes(KekRotation* rotation, net::HttpsServer* server) {
+  auto operator_only = [](const net::Request& r) -> StatusOr<std::string> {
+    Caller c = CallerFromPeer(r.peer);
+    if (c.role != Caller::Role::kOperator) return PermissionDeniedError("KEK rotation is for operators");
+    return "operator/" + c.name;
+  };
+  auto kek_id_field = [](const net::Request& r) -> StatusOr<std::string> {
+    RETURN_IF_ERROR(RequireObject(r.body));
+    ASSIGN_OR_RETURN(std::string id, StrField(r.body, "kek_id"));
+    if (id.empty() || id.size() > 200) return InvalidArgumentError("kek_id must be 1..200 characters");
+    return id;
+  };
+  server->Get("/v1/kek", [rotation, operator_only](const net::Request& r) -> StatusOr<json> {
+    RETURN_IF_ERROR(operator_only(r).status());
+    return rotation->Describe();
+  });
+  server->Post("/v1/kek/reload", [rotation, operator_only, kek_id_field](const net::Request& r) -> StatusOr<json> {
+    RETURN_IF_ERROR(operator_only(r).status());
+    ASSIGN_OR_RETURN(std::string id, kek_id_field(r));
+    return rotation->Reload(id);
+  });
+  server->Post("/v1/kek/rotation", [rotation, operator_only, kek_id_field](const net::Request& r) -> StatusOr<json> {
+    ASSIGN_OR_RETURN(std::string by, operator_only(r));
+    ASSIGN_OR_RETURN(std::string id, kek_id_field(r));
+    return rotation->Start(id, by);
+  });
+  server->Post("/v1/kek/retire", [rotation, operator_only, kek_id_field](const net::Request& r) -> StatusOr<json> {
+    ASSIGN_OR_RETURN(std::string by, operator_only(r));
+    ASSIGN_OR_RETURN(std::string id, kek_id_field(r));
+    return rotation->Retire(id, by);
+  });
+}
+
 }  // namespace vmseal::kms

@@ -81,6 +81,15 @@ class AesGcmKek : public KeyEncryptionKey {
 
 }  // namespace
 
+StatusOr<SecretBytes> KeyEncryptionKey::UnwrapUnder(std::string_view kek_id, std::string_view wrapped,
+                                                    std::string_view aad) const {
+  if (!Holds(kek_id)) {
+    return FailedPreconditionError("kek_mismatch: wrapped under KEK " + std::string(kek_id) +
+                                   " but this KMS uses KEK " + id());
+  }
+  return Unwrap(wrapped, aad);
+}
+
 std::string CustomerKeyAad(std::string_view key_id, std::string_view customer_id) {
   std::string aad("vmseal kms customer key v1");
   aad.push_back('\0');

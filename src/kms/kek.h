@@ -33,7 +33,22 @@ class KeyEncryptionKey {
   virtual StatusOr<std::string> Wrap(const SecretBytes& plaintext, std::string_view aad) const = 0;
   // Inverse of Wrap; UNAUTHENTICATED "decryption failed" for any mismatch.
   virtual StatusOr<SecretBytes> Unwrap(std::string_view wrapped, std::string_view aad) const = 0;
+
+  // Whether this KEK (or, for a ring of KEKs during a rotation, one of its
+  // members: kms/kek_rotation.h) opens records that name `kek_id`.
+  virtual bool Holds(std::string_view kek_id) const { return kek_id == id(); }
+  // Unwrap with the KEK a record names: FAILED_PRECONDITION "kek_mismatch:
+  // ..." unless Holds(kek_id).
+  virtual StatusOr<SecretBytes> UnwrapUnder(std::string_view kek_id, std::string_view wrapped,
+                                            std::string_view aad) const;
 };
+
+// The associated data of the service secrets stored wrapped under the KEK
+// (service_secrets: "<kek id> <base64 of the wrapped value>").
+inline constexpr char kNonceKeySecretName[] = "nonce_mac_key";
+inline constexpr char kNonceKeyAad[] = "vmseal-nonce-mac-key-v1";
+inline constexpr char kLogKeySecretName[] = "audit_log_key";
+inline constexpr char kLogKeyAad[] = "vmseal-audit-log-key-v1";
 
 // The associated data for a customer private key: a domain label and the
 // length-prefixed key id and customer id.

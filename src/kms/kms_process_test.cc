@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <map>
 #include <atomic>
 #include <cstdlib>
 #include <chrono>
@@ -17,7 +18,13 @@
 #include <thread>
 
 #include "base/env.h"
+#include "crypto/primitives.h"
+#include "kms/kek.h"
+#include "kms/pkcs11_kek.h"
+#include "kms/store.h"
+#include "kms/testing/seed_keys.h"
 #include "net/https_client.h"
+#include "testing/pg_harness.h"
 #include "testing/test_util.h"
 #include "tlog/checkpoint.h"
 #include "tlog/note.h"
@@ -59,42 +66,46 @@ class KmsProcessTest : public ::testing::Test {
 
   void TearDown() override { StopServer(SIGTERM); }
 
-  void StartServer() {
-    std::string port_file = dir_ + "/port";
+  void StartServer() { StartServerAt(dir_ + "/port", dir_ + "/serve.log", {}, &pid_, &port_); }
+
+  // Another `kms serve` on this kms.json (a replica: give --store).
+  void StartServerAt(const std::string& port_file, const std::string& log, const std::vector<std::string>& extra,
+                     pid_t* pid, int* port) {
     ::unlink(port_file.c_str());
     std::vector<std::string> argv = {VmsealBinary(), "kms", "serve", "--config",
                                      dir_ + "/kms.json", "--port", "0", "--port-file", port_file};
+    argv.insert(argv.end(), extra.begin(), extra.end());
     std::vector<char*> args;
     for (auto& a : argv) args.push_back(a.data());
     args.push_back(nullptr);
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
-    std::string log = dir_ + "/serve.log";
     posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
     posix_spawn_file_actions_adddup2(&actions, 1, 2);
-    ASSERT_EQ(posix_spawn(&pid_, args[0], &actions, nullptr, args.data(), environ), 0);
+    ASSERT_EQ(posix_spawn(pid, args[0], &actions, nullptr, args.data(), environ), 0);
     posix_spawn_file_actions_destroy(&actions);
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
     while (!Env::Default()->FileExists(port_file)) {
       int status = 0;
-      ASSERT_EQ(::waitpid(pid_, &status, WNOHANG), 0) << testing::ReadFileOrDie(log);
+      ASSERT_EQ(::waitpid(*pid, &status, WNOHANG), 0) << testing::ReadFileOrDie(log);
       ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "server did not start";
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
-    port_ = std::stoi(testing::ReadFileOrDie(port_file));
+    *port = std::stoi(testing::ReadFileOrDie(port_file));
   }
 
-  void StopServer(int sig) {
-    if (pid_ <= 0) return;
-    ::kill(pid_, sig);
+  void StopServer(int sig) { StopPid(sig, &pid_); }
+  static void StopPid(int sig, pid_t* pid) {
+    if (*pid <= 0) return;
+    ::kill(*pid, sig);
     int status = 0;
-    ::waitpid(pid_, &status, 0);
-    pid_ = -1;
+    ::waitpid(*pid, &status, 0);
+    *pid = -1;
   }
 
-  std::unique_ptr<net::HttpsClient> Client(const std::string& identity) {
+  std::unique_ptr<net::HttpsClient> Client(const std::string& identity, int port = 0) {
     net::HttpsClient::Options options;
-    options.port = port_;
+    options.port = port != 0 ? port : port_;
     options.ca_pem = testing::ReadFileOrDie(dir_ + "/ca.pem");
     options.timeout_seconds = 10;
     if (!identity.empty()) {
@@ -104,6 +115,63 @@ class KmsProcessTest : public ::testing::Test {
     auto client = net::HttpsClient::Create(std::move(options));
     EXPECT_OK(client);
     return *std::move(client);
+  }
+
+  // `vmseal kms rotate-kek` against this server as the operator.
+  std::vector<std::string> RotateKekArgs(const std::vector<std::string>& new_kek, const std::vector<int>& more_ports = {}) {
+    std::vector<std::string> argv = {VmsealBinary(), "kms", "rotate-kek", "--config", dir_ + "/kms.json",
+                                     "--url", "https://127.0.0.1:" + std::to_string(port_),
+                                     "--ca", dir_ + "/ca.pem", "--cert", dir_ + "/operator.pem",
+                                     "--key", dir_ + "/operator-key.pem"};
+    for (int p : more_ports) {
+      argv.push_back("--url");
+      argv.push_back("https://127.0.0.1:" + std::to_string(p));
+    }
+    argv.insert(argv.end(), new_kek.begin(), new_kek.end());
+    return argv;
+  }
+
+  // How many customer keys each KEK wraps, read from the store directly.
+  std::map<std::string, int64_t> KeysByKek(Store* open = nullptr) {
+    std::unique_ptr<Store> own;
+    if (open == nullptr) {
+      auto store = Store::Open(dir_ + "/kms.db");
+      EXPECT_OK(store);
+      if (!store.ok()) return {};
+      own = *std::move(store);
+      open = own.get();
+    }
+    std::map<std::string, int64_t> out;
+    auto counts = open->CountKeysByKek();
+    EXPECT_OK(counts);
+    if (counts.ok()) out.insert(counts->begin(), counts->end());
+    return out;
+  }
+
+  // Keys created through the API (portal role) while something else runs;
+  // every one must be acknowledged.
+  struct KeyCreator {
+    std::atomic<bool> stop{false};
+    std::atomic<int> created{0}, failed{0};
+    std::string first_error;
+    std::thread thread;
+  };
+  // Each creator its own customer: a customer's key versions are numbered
+  // in one transaction per key, and two replicas creating keys of one
+  // customer at once collide on the version (ALREADY_EXISTS), which is not
+  // what these tests look at.
+  void StartCreating(KeyCreator* c, int port = 0, const std::string& customer = "acme") {
+    c->thread = std::thread([this, c, port, customer] {
+      auto client = Client("portal", port);
+      while (!c->stop) {
+        auto key = client->Post("/v1/customers/" + customer + "/keys", json{{"algorithm", "X25519"}});
+        if (key.ok()) {
+          ++c->created;
+        } else {
+          if (c->failed++ == 0) c->first_error = key.status().ToString();
+        }
+      }
+    });
   }
 
   TempDir tmp_;
@@ -357,6 +425,224 @@ TEST_F(KmsProcessTest, InitRefusesToOverwrite) {
   EXPECT_NE(out.find("already initialised"), std::string::npos) << out;
 }
 
+// `kms rotate-kek` with a file KEK against the real server: every stored
+// key (seeded, and created through the API during the rotation) and both
+// service secrets end under the new KEK and open under it alone; the
+// server keeps serving; the old KEK is retired and kms.json names the new
+// one only; bad input changes nothing.
+TEST_F(KmsProcessTest, RotateKekRewrapsEveryKeyWhileServingAndRetiresTheOldKek) {
+  auto old_kek = LoadFileKek(Env::Default(), dir_ + "/kek");
+  ASSERT_OK(old_kek);
+  {
+    auto store = Store::Open(dir_ + "/kms.db");
+    ASSERT_OK(store);
+    ASSERT_OK(kms_testing::SeedWrappedKeys(store->get(), **old_kek, 5000, "seed"));
+  }
+  ASSERT_EQ(RunCommand({VmsealBinary(), "kms", "kek-new", "--out", dir_ + "/kek2"}, &out_), 0) << out_;
+  auto new_kek = LoadFileKek(Env::Default(), dir_ + "/kek2");
+  ASSERT_OK(new_kek);
+  const std::string old_id = (*old_kek)->id(), new_id = (*new_kek)->id();
+  ASSERT_NE(old_id, new_id);
+
+  // Refused, changing nothing: a new KEK file readable by others, a second
+  // `kek-new` over it, the routes for any role but operator.
+  const std::string config_before = testing::ReadFileOrDie(dir_ + "/kms.json");
+  testing::WriteFileOrDie(dir_ + "/kek-open", std::string(32, 'k'));
+  ::chmod((dir_ + "/kek-open").c_str(), 0644);
+  EXPECT_NE(RunCommand(RotateKekArgs({"--new-kek-file", dir_ + "/kek-open"}), &out_), 0) << out_;
+  EXPECT_NE(out_.find("kek-open"), std::string::npos) << out_;
+  EXPECT_NE(RunCommand({VmsealBinary(), "kms", "kek-new", "--out", dir_ + "/kek2"}, &out_), 0) << out_;
+  EXPECT_EQ(testing::ReadFileOrDie(dir_ + "/kms.json"), config_before);
+  EXPECT_STATUS(Client("portal")->Get("/v1/kek"), StatusCode::kPermissionDenied, "operators");
+  EXPECT_STATUS(Client("host")->Post("/v1/kek/rotation", json{{"kek_id", new_id}}), StatusCode::kPermissionDenied,
+                "operators");
+  EXPECT_STATUS(Client("operator")->Post("/v1/kek/rotation", json{{"kek_id", new_id}}),
+                StatusCode::kFailedPrecondition, "kek_not_current");
+  EXPECT_STATUS(Client("operator")->Post("/v1/kek/retire", json{{"kek_id", old_id}}),
+                StatusCode::kFailedPrecondition, "kek_current");
+
+  KeyCreator creator;
+  StartCreating(&creator);
+  const auto t0 = std::chrono::steady_clock::now();
+  const int rc = RunCommand(RotateKekArgs({"--new-kek-file", dir_ + "/kek2"}), &out_);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  creator.stop = true;
+  creator.thread.join();
+  ASSERT_EQ(rc, 0) << out_;
+  EXPECT_NE(out_.find("KEK rotated to " + new_id), std::string::npos) << out_;
+  EXPECT_NE(out_.find("retired: " + old_id), std::string::npos) << out_;
+  EXPECT_EQ(creator.failed.load(), 0) << creator.first_error;
+  EXPECT_GT(creator.created.load(), 0);
+  std::printf("[ figure ] rotate-kek of %d keys through the real server: %.2f s (%d keys created meanwhile)\n",
+              5000 + creator.created.load(), seconds, creator.created.load());
+
+  // The store: every key under the new KEK; it opens every one; the old opens none.
+  auto counts = KeysByKek();
+  EXPECT_EQ(counts.size(), 1u);
+  EXPECT_EQ(counts[new_id], 5000 + creator.created.load());
+  {
+    auto store = Store::Open(dir_ + "/kms.db");
+    ASSERT_OK(store);
+    auto opened = kms_testing::OpenEveryKey(store->get(), **new_kek);
+    ASSERT_OK(opened);
+    EXPECT_EQ(*opened, 5000 + creator.created.load());
+    EXPECT_STATUS(kms_testing::OpenEveryKey(store->get(), **old_kek), StatusCode::kFailedPrecondition,
+                  "kek_mismatch");
+    auto secrets = (*store)->ListSecrets();
+    ASSERT_OK(secrets);
+    ASSERT_EQ(secrets->size(), 2u);
+    for (const auto& [name, value] : *secrets) EXPECT_EQ(value.rfind(new_id + " ", 0), 0u) << name;
+  }
+  // kms.json: the new KEK only.
+  json config = json::parse(testing::ReadFileOrDie(dir_ + "/kms.json"));
+  EXPECT_EQ(config["kek_file"], dir_ + "/kek2");
+  EXPECT_FALSE(config.contains("kek_previous_file"));
+  // Audited; the log verifies.
+  auto audit = Client("operator")->Get("/v1/audit?after=0&limit=1000");
+  ASSERT_OK(audit);
+  for (const char* e : {"kms.kek_rotation.start", "kms.kek_rotation.done", "kms.kek_rotation.retire"}) {
+    EXPECT_NE(audit->dump().find(e), std::string::npos) << e;
+  }
+  // A restart with the rewritten kms.json serves (nonce and log keys open
+  // under the new KEK) and the old KEK file can go.
+  ASSERT_EQ(::unlink((dir_ + "/kek").c_str()), 0);
+  StopServer(SIGTERM);
+  StartServer();
+  ASSERT_OK(Client("portal")->Post("/v1/customers/acme/keys", json{{"algorithm", "X25519"}}));
+  auto verify = Client("operator")->Get("/v1/audit/verify");
+  ASSERT_OK(verify);
+  EXPECT_EQ((*verify)["valid"], true);
+  EXPECT_NE(testing::ReadFileOrDie(dir_ + "/serve.log").find("kek " + new_id), std::string::npos);
+}
+
+// kill -9 of the KMS in the middle of the re-wrap: the restarted KMS (kms.json
+// names both KEKs) opens every key and serves; running rotate-kek again
+// resumes and completes.
+TEST_F(KmsProcessTest, RotateKekResumesAfterTheKmsIsKilledMidRotation) {
+  auto old_kek = LoadFileKek(Env::Default(), dir_ + "/kek");
+  ASSERT_OK(old_kek);
+  constexpr int kSeeded = 10000;
+  {
+    auto store = Store::Open(dir_ + "/kms.db");
+    ASSERT_OK(store);
+    ASSERT_OK(kms_testing::SeedWrappedKeys(store->get(), **old_kek, kSeeded, "seed"));
+  }
+  ASSERT_EQ(RunCommand({VmsealBinary(), "kms", "kek-new", "--out", dir_ + "/kek2"}, &out_), 0) << out_;
+  auto new_kek = LoadFileKek(Env::Default(), dir_ + "/kek2");
+  ASSERT_OK(new_kek);
+  const std::string old_id = (*old_kek)->id(), new_id = (*new_kek)->id();
+
+  std::string cli_out;
+  int cli_rc = 0;
+  std::thread cli([&] { cli_rc = RunCommand(RotateKekArgs({"--new-kek-file", dir_ + "/kek2"}), &cli_out); });
+  // Kill the server once some keys, not all, are under the new KEK.
+  auto watcher = Store::Open(dir_ + "/kms.db");
+  ASSERT_OK(watcher);
+  int64_t moved = 0;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (std::chrono::steady_clock::now() < deadline) {
+    auto counts = KeysByKek(watcher->get());
+    moved = counts[new_id];
+    if (moved > 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  StopServer(SIGKILL);
+  cli.join();
+  auto mid = KeysByKek();
+  ASSERT_GT(mid[new_id], 0) << cli_out;
+  ASSERT_GT(mid[old_id], 0) << "the re-wrap finished before the kill; seed more keys\n" << cli_out;
+  EXPECT_NE(cli_rc, 0) << cli_out;
+  std::printf("killed with %lld of %d keys re-wrapped\n", static_cast<long long>(mid[new_id]), kSeeded);
+  json config = json::parse(testing::ReadFileOrDie(dir_ + "/kms.json"));
+  EXPECT_EQ(config["kek_file"], dir_ + "/kek2");
+  EXPECT_EQ(config["kek_previous_file"], dir_ + "/kek");
+
+  // Restarted mid-rotation: serves, and every key opens by the KEK it names.
+  StartServer();
+  ASSERT_OK(Client("portal")->Post("/v1/customers/acme/keys", json{{"algorithm", "X25519"}}));
+  auto described = Client("operator")->Get("/v1/kek");
+  ASSERT_OK(described);
+  EXPECT_EQ((*described)["current"], new_id);
+  EXPECT_EQ((*described)["ring"].size(), 2u) << described->dump();
+
+  ASSERT_EQ(RunCommand(RotateKekArgs({"--new-kek-file", dir_ + "/kek2"}), &out_), 0) << out_;
+  EXPECT_NE(out_.find("resuming"), std::string::npos) << out_;
+  auto counts = KeysByKek();
+  EXPECT_EQ(counts.size(), 1u);
+  EXPECT_EQ(counts[new_id], kSeeded + 1);
+  {
+    auto store = Store::Open(dir_ + "/kms.db");
+    ASSERT_OK(store);
+    auto opened = kms_testing::OpenEveryKey(store->get(), **new_kek);
+    ASSERT_OK(opened);
+    EXPECT_EQ(*opened, kSeeded + 1);
+  }
+  StopServer(SIGTERM);
+  StartServer();
+  ASSERT_OK(Client("portal")->Post("/v1/customers/acme/keys", json{{"algorithm", "X25519"}}));
+  std::string out;
+  EXPECT_EQ(RunCommand({VmsealBinary(), "kms", "audit", "verify", "--config", dir_ + "/kms.json"}, &out), 0)
+      << out;
+}
+
+// Two replicas on one PostgreSQL database keep creating keys through the
+// whole rotation (each through its own server); both reload, one re-wraps,
+// both retire the old KEK; every key, whichever replica wrapped it, ends
+// under the new KEK and opens under it.
+TEST_F(KmsProcessTest, RotateKekWithTwoReplicasOnPostgresKeepsBothServing) {
+  auto pg = vmseal::testing::PgHarness::Start();
+  ASSERT_OK(pg);
+  auto url = (*pg)->CreateDatabase("kek_rotation");
+  ASSERT_OK(url);
+  StopServer(SIGTERM);
+  // kms.json names the database (rotate-kek reads it); both replicas use it.
+  json config = json::parse(testing::ReadFileOrDie(dir_ + "/kms.json"));
+  config["store"] = *url;
+  testing::WriteFileOrDie(dir_ + "/kms.json", config.dump(2));
+  StartServer();
+  pid_t second_pid = -1;
+  int second_port = 0;
+  StartServerAt(dir_ + "/port2", dir_ + "/serve2.log", {}, &second_pid, &second_port);
+  auto old_kek = LoadFileKek(Env::Default(), dir_ + "/kek");
+  ASSERT_OK(old_kek);
+  {
+    auto store = Store::Open(*url);
+    ASSERT_OK(store);
+    ASSERT_OK(kms_testing::SeedWrappedKeys(store->get(), **old_kek, 5000, "seed"));
+  }
+  ASSERT_EQ(RunCommand({VmsealBinary(), "kms", "kek-new", "--out", dir_ + "/kek2"}, &out_), 0) << out_;
+  auto new_kek = LoadFileKek(Env::Default(), dir_ + "/kek2");
+  ASSERT_OK(new_kek);
+  KeyCreator a, b;
+  StartCreating(&a, 0, "acme-a");
+  StartCreating(&b, second_port, "acme-b");
+  const int rc = RunCommand(RotateKekArgs({"--new-kek-file", dir_ + "/kek2"}, {second_port}), &out_);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // both create under the new KEK too
+  a.stop = b.stop = true;
+  a.thread.join();
+  b.thread.join();
+  ASSERT_EQ(rc, 0) << out_;
+  EXPECT_EQ(a.failed.load(), 0) << a.first_error;
+  EXPECT_EQ(b.failed.load(), 0) << b.first_error;
+  EXPECT_GT(a.created.load(), 0);
+  EXPECT_GT(b.created.load(), 0);
+  auto store = Store::Open(*url);
+  ASSERT_OK(store);
+  auto counts = KeysByKek(store->get());
+  EXPECT_EQ(counts.size(), 1u);
+  EXPECT_EQ(counts[(*new_kek)->id()], 5000 + a.created.load() + b.created.load());
+  auto opened = kms_testing::OpenEveryKey(store->get(), **new_kek);
+  ASSERT_OK(opened);
+  EXPECT_EQ(*opened, 5000 + a.created.load() + b.created.load());
+  // Both replicas hold the new KEK alone now.
+  for (int port : {port_, second_port}) {
+    auto d = Client("operator", port)->Get("/v1/kek");
+    ASSERT_OK(d);
+    EXPECT_EQ((*d)["ring"], json::array({(*new_kek)->id()})) << d->dump();
+  }
+  StopPid(SIGTERM, &second_pid);
+}
+
 // The KEK in a SoftHSM2 token (kek_pkcs11 in kms.json): keys created through
 // the API survive a restart of the real server, the PIN comes only from the
 // environment and never reaches the log.
@@ -468,6 +754,54 @@ TEST_F(KmsPkcs11ProcessTest, MissingOrWrongPinIsRefused) {
   config["kek_pkcs11"]["key_label"] = "no-such-key";
   out = ServeFails(config);
   EXPECT_NE(out.find("no AES key labelled no-such-key"), std::string::npos) << out;
+}
+
+// rotate-kek from one key in the SoftHSM2 token to a new one it generates
+// there: every key ends under the new token key and opens under it; the
+// PIN never leaves the environment.
+TEST_F(KmsPkcs11ProcessTest, RotateKekToANewTokenKeyRewrapsEveryKey) {
+  Pkcs11KekOptions o;
+  o.module_path = kModule;
+  o.token_label = "vmseal-kms";
+  o.pin = SecretBytes(crypto::AsBytes(std::string_view(kPin)));
+  auto old_kek = OpenPkcs11Kek(o);
+  ASSERT_OK(old_kek);
+  {
+    auto store = Store::Open(dir_ + "/kms.db");
+    ASSERT_OK(store);
+    ASSERT_OK(kms_testing::SeedWrappedKeys(store->get(), **old_kek, 2000, "seed"));
+  }
+  ASSERT_OK(Client("portal")->Post("/v1/customers/acme/keys", json{{"algorithm", "X25519"}}));
+  KeyCreator creator;
+  StartCreating(&creator);
+  const int rc = RunCommand(RotateKekArgs({"--new-key-label", "vmseal-kms-kek-2"}), &out_);
+  creator.stop = true;
+  creator.thread.join();
+  ASSERT_EQ(rc, 0) << out_;
+  EXPECT_EQ(creator.failed.load(), 0) << creator.first_error;
+  const std::string new_id = "pkcs11:vmseal-kms/vmseal-kms-kek-2";
+  EXPECT_NE(out_.find("KEK rotated to " + new_id), std::string::npos) << out_;
+  auto counts = KeysByKek();
+  EXPECT_EQ(counts.size(), 1u);
+  EXPECT_EQ(counts[new_id], 2001 + creator.created.load());
+  o.key_label = "vmseal-kms-kek-2";
+  auto new_kek = OpenPkcs11Kek(o);
+  ASSERT_OK(new_kek);
+  {
+    auto store = Store::Open(dir_ + "/kms.db");
+    ASSERT_OK(store);
+    auto opened = kms_testing::OpenEveryKey(store->get(), **new_kek);
+    ASSERT_OK(opened);
+    EXPECT_EQ(*opened, 2001 + creator.created.load());
+  }
+  json config = json::parse(testing::ReadFileOrDie(dir_ + "/kms.json"));
+  EXPECT_EQ(config["kek_pkcs11"]["key_label"], "vmseal-kms-kek-2");
+  EXPECT_FALSE(config["kek_pkcs11"].contains("previous_key_label"));
+  StopServer(SIGTERM);
+  StartServer();
+  ASSERT_OK(Client("portal")->Post("/v1/customers/acme/keys", json{{"algorithm", "X25519"}}));
+  EXPECT_EQ(testing::ReadFileOrDie(dir_ + "/serve.log").find(kPin), std::string::npos);
+  EXPECT_EQ(out_.find(kPin), std::string::npos);
 }
 
 }  // namespace

@@ -14,7 +14,9 @@
 #include "crypto/signature.h"
 #include "host/https_kms_client.h"
 #include "kms/http_api.h"
+#include "kms/kek_rotation.h"
 #include "kms/service.h"
+#include "kms/testing/seed_keys.h"
 #include "net/https_client.h"
 #include "net/https_server.h"
 #include "ovf/descriptor.h"
@@ -65,7 +67,10 @@ class KmsReleaseTest : public ::testing::Test {
     store_ = *std::move(store);
     auto kek = KekFromBytes(SecretBytes::Random(kKekBytes));
     ASSERT_OK(kek);
-    kek_ = *std::move(kek);
+    // A ring, as `kms serve` holds its KEK (kms/kek_rotation.h).
+    auto ring = std::make_unique<KekRing>(*std::move(kek));
+    ring_ = ring.get();
+    kek_ = std::move(ring);
 
     auto tpm = tpm::testing::Swtpm::Start({.parent_dir = dir_.path()});
     ASSERT_OK(tpm);
@@ -291,6 +296,7 @@ class KmsReleaseTest : public ::testing::Test {
   internal::CertAndKey ca_;
   std::unique_ptr<Store> store_;
   std::unique_ptr<KeyEncryptionKey> kek_;
+  KekRing* ring_ = nullptr;  // kek_
   std::unique_ptr<tpm::testing::Swtpm> swtpm_;
   std::unique_ptr<tpm::SecurityEngine> engine_;
   std::unique_ptr<KmsService> service_;
@@ -535,6 +541,120 @@ TEST_F(KmsReleaseTest, OtherKekIsKekMismatch) {
   EXPECT_STATUS(out, StatusCode::kFailedPrecondition, "wrapped under KEK file:elsewhere");
   EXPECT_STATUS(out, StatusCode::kFailedPrecondition, "this KMS uses KEK " + kek_->id());
   EXPECT_NE(AuditText().find("kek_mismatch"), std::string::npos);
+}
+
+// KEK rotation while hosts keep releasing (issue 19): 20,000 seeded keys
+// and the tenant's key and service secrets are re-wrapped in small batches
+// while releases run through the HTTPS server and through KMS services
+// started fresh during the rotation (an empty key cache: each unwraps the
+// tenant's key, and its nonce and log keys, under whichever KEK the record
+// names at that moment). Every release succeeds and its key opens in the
+// TPM; afterwards the old KEK is retired and a KMS holding only the new KEK
+// releases.
+TEST_F(KmsReleaseTest, ReleasesRunningDuringAKekRotationAllSucceed) {
+  StartAll("");
+  Enroll();
+  TrustCurrentState();
+  ASSERT_OK(kms_testing::SeedWrappedKeys(store_.get(), *kek_, 20000, "seed"));
+  const std::string old_id = kek_->id();
+  SecretBytes next = SecretBytes::Random(kKekBytes);
+  auto next_kek = KekFromBytes(next.Clone());
+  ASSERT_OK(next_kek);
+  const std::string new_id = (*next_kek)->id();
+  KekRotation rotation(store_.get(), ring_,
+                       [&next]() -> StatusOr<std::vector<std::unique_ptr<KeyEncryptionKey>>> {
+                         std::vector<std::unique_ptr<KeyEncryptionKey>> out;
+                         ASSIGN_OR_RETURN(auto k, KekFromBytes(next.Clone()));
+                         out.push_back(std::move(k));
+                         return out;
+                       },
+                       {.batch = 25});
+  ASSERT_OK(rotation.Reload(new_id));
+
+  std::atomic<bool> rotating{true};
+  int during = 0, total = 0, failed = 0;
+  std::string first_failure;
+  const Caller host{Caller::Role::kHost, "host-1", "fp"};
+  auto release_once = [&](bool fresh_service) {
+    WrappedImageKey k = WrapFor("img-1");
+    host::ReleaseRequest hr = Request(k, "img-1", host_.get());
+    StatusOr<crypto::Bytes> rewrapped = InternalError("unset");
+    StatusOr<crypto::Bytes> label = InternalError("unset");
+    if (fresh_service) {
+      std::unique_ptr<KmsService> fresh = NewService(store_.get());
+      if (fresh == nullptr) {
+        ++failed;
+        return;
+      }
+      ReleaseRequest r{hr.job_id, hr.image_id, hr.tenant, hr.key_id, hr.key_version, hr.wrap_algorithm,
+                       hr.oaep_label, hr.wrapped_key, hr.evidence, hr.descriptor_name, hr.descriptor,
+                       hr.manifest, hr.package_cert};
+      auto out = fresh->Release(host, "host-1", r);
+      if (out.ok()) {
+        rewrapped = out->rewrapped_key;
+        label = out->label;
+      } else {
+        rewrapped = out.status();
+      }
+    } else {
+      auto out = host_->Release(hr);
+      if (out.ok()) {
+        rewrapped = out->rewrapped_key;
+        label = out->label;
+      } else {
+        rewrapped = out.status();
+      }
+    }
+    ++total;
+    if (!rewrapped.ok()) {
+      if (failed++ == 0) first_failure = rewrapped.status().ToString();
+      return;
+    }
+    auto data_key = engine_->Decrypt(*rewrapped, *label);
+    if (!data_key.ok() || !data_key->Equals(k.data_key)) {
+      if (failed++ == 0) first_failure = "the released key does not decrypt to the data key";
+    }
+  };
+  std::thread releases([&] {
+    bool fresh = true;
+    while (rotating) {
+      release_once(fresh);
+      if (rotating) ++during;
+      fresh = !fresh;
+    }
+  });
+  auto started = rotation.Start(new_id, "operator/test");
+  ASSERT_OK(started);
+  json state;
+  for (int i = 0; i < 2400; ++i) {
+    auto d = rotation.Describe();
+    ASSERT_OK(d);
+    state = *d;
+    if (state["rotation"]["state"] != "running") break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  rotating = false;
+  releases.join();
+  EXPECT_EQ(state["rotation"]["state"], "done") << state.dump();
+  EXPECT_EQ(state["rotation"]["keys_rewrapped"], 20001);
+  EXPECT_EQ(state["rotation"]["secrets_rewrapped"], 2);
+  EXPECT_EQ(failed, 0) << first_failure;
+  EXPECT_GE(during, 2) << "too few releases overlapped the rotation to show anything";
+  std::printf("[ figure ] %d releases during the rotation of 20,001 keys, %d failed\n", during, failed);
+
+  ASSERT_OK(rotation.Retire(old_id, "operator/test"));
+  EXPECT_FALSE(kek_->Holds(old_id));
+  // A KMS that holds the new KEK alone opens the key and the service secrets.
+  KekRing only_new(*std::move(next_kek));
+  std::unique_ptr<KmsService> after = NewService(store_.get(), &only_new);
+  ASSERT_NE(after, nullptr);
+  WrappedImageKey k = WrapFor("img-1");
+  host::ReleaseRequest hr = Request(k, "img-1", host_.get());
+  ReleaseRequest r{hr.job_id, hr.image_id, hr.tenant, hr.key_id, hr.key_version, hr.wrap_algorithm,
+                   hr.oaep_label, hr.wrapped_key, hr.evidence, hr.descriptor_name, hr.descriptor,
+                   hr.manifest, hr.package_cert};
+  ASSERT_OK(after->Release(host, "host-1", r));
+  EXPECT_OK(VerifyStoreAudit(*store_));
 }
 
 TEST_F(KmsReleaseTest, GoodHostReleaseOnPostgres) {

@@ -201,8 +201,7 @@ KmsService::KmsService(Options options, Store* store, const KeyEncryptionKey* ke
 
 namespace {
 
-constexpr char kNonceKeyName[] = "nonce_mac_key";
-constexpr char kNonceKeyAad[] = "vmseal-nonce-mac-key-v1";
+constexpr const char* kNonceKeyName = kNonceKeySecretName;
 // How far in the future an issue time may lie (clocks of KMS processes
 // sharing a store).
 constexpr int64_t kNonceClockSkewSeconds = 60;
@@ -219,12 +218,13 @@ StatusOr<SecretBytes> LoadNonceKey(Store* store, const KeyEncryptionKey* kek) {
   const size_t space = stored.find(' ');
   if (space == std::string::npos) return DataLossError("the store's nonce key record is malformed");
   const std::string stored_kek = stored.substr(0, space);
-  if (stored_kek != kek->id()) {
+  if (!kek->Holds(stored_kek)) {
     return FailedPreconditionError("kek_mismatch: this store's keys are wrapped under KEK " + stored_kek +
                                    " but this KMS uses KEK " + kek->id());
   }
   ASSIGN_OR_RETURN(crypto::Bytes blob, crypto::Base64Decode(std::string_view(stored).substr(space + 1)));
-  auto key = kek->Unwrap(crypto::AsStringView(blob), kNonceKeyAad);
+  // During a KEK rotation the record may name the previous KEK of the ring.
+  auto key = kek->UnwrapUnder(stored_kek, crypto::AsStringView(blob), kNonceKeyAad);
   if (!key.ok()) return DataLossError("the store's nonce key does not open under KEK " + kek->id());
   return key;
 }
@@ -918,13 +918,21 @@ StatusOr<KmsService::CachedKey> KmsService::CustomerPrivateKey(const std::string
   if (!rec) return Denied("unknown_key", "customer " + customer_id + " has no key " + key_id);
   // A key wrapped under another KEK (a KMS started with the wrong kek_file
   // or token) fails here by name rather than as a bare decryption failure.
-  if (rec->kek_id != kek_->id()) {
+  // During a KEK rotation (kms/kek_rotation.h) the ring holds the previous
+  // KEK too; a record read just before the ring dropped its KEK is read
+  // again (it was re-wrapped before the drop).
+  if (!kek_->Holds(rec->kek_id)) {
+    auto again = store_->GetCustomerKey(rec->key_id);
+    if (again.ok() && again->customer_id == rec->customer_id) rec = *std::move(again);
+  }
+  if (!kek_->Holds(rec->kek_id)) {
     return FailedPreconditionError("kek_mismatch: key " + rec->key_id + " is wrapped under KEK " +
                                    rec->kek_id + " but this KMS uses KEK " + kek_->id());
   }
   ASSIGN_OR_RETURN(crypto::Bytes blob, crypto::Base64Decode(rec->wrapped_private_key));
   ASSIGN_OR_RETURN(SecretBytes der,
-                   kek_->Unwrap(crypto::AsStringView(blob), CustomerKeyAad(rec->key_id, rec->customer_id)));
+                   kek_->UnwrapUnder(rec->kek_id, crypto::AsStringView(blob),
+                                     CustomerKeyAad(rec->key_id, rec->customer_id)));
   ASSIGN_OR_RETURN(crypto::PrivateKey key, PrivateKeyFromDer(der));
   CachedKey cached{rec->key_id, rec->customer_id,
                    std::make_shared<const crypto::PrivateKey>(std::move(key))};

@@ -391,6 +391,78 @@ class SqlStore : public Store {
     return stored;
   }
 
+  StatusOr<std::vector<CustomerKeyRecord>> ListKeysNotUnderKek(const std::string& kek_id,
+                                                               const std::string& after_key_id,
+                                                               int64_t limit) override {
+    std::lock_guard<std::mutex> lock(read_mu_);
+    ASSIGN_OR_RETURN(auto r, reader_->Exec(
+        "SELECT key_id, customer_id, algorithm, public_key_pem, cert_pem, wrapped_private_key, "
+        "kek_id, created_unix, version, retired_unix FROM customer_keys "
+        "WHERE key_id > ? AND kek_id <> ? ORDER BY key_id LIMIT ?",
+        {after_key_id, kek_id, limit}));
+    std::vector<CustomerKeyRecord> out;
+    for (const auto& row : r.rows) {
+      out.push_back({ToStr(row[0]), ToStr(row[1]), ToStr(row[2]), ToStr(row[3]), ToStr(row[4]),
+                     ToStr(row[5]), ToStr(row[6]), ToInt(row[7]), ToInt(row[8]), ToInt(row[9])});
+    }
+    return out;
+  }
+
+  StatusOr<int64_t> RewrapCustomerKeys(const std::vector<KeyRewrap>& batch,
+                                       const AuditEvent& audit) override {
+    int64_t changed = 0;
+    Status s = InTx([&]() -> Status {
+      changed = 0;
+      for (const auto& k : batch) {
+        ASSIGN_OR_RETURN(auto r, conn_->Exec(
+            "UPDATE customer_keys SET wrapped_private_key = ?, kek_id = ? "
+            "WHERE key_id = ? AND wrapped_private_key = ?",
+            {k.new_wrapped, k.new_kek_id, k.key_id, k.old_wrapped}));
+        changed += r.affected;
+      }
+      if (changed > 0) {
+        AuditEvent a = audit;
+        a.details["rewrapped"] = changed;
+        RETURN_IF_ERROR(AppendAuditLocked(a));
+      }
+      return OkStatus();
+    });
+    if (!s.ok()) return s;
+    return changed;
+  }
+
+  StatusOr<std::vector<std::pair<std::string, int64_t>>> CountKeysByKek() override {
+    std::lock_guard<std::mutex> lock(read_mu_);
+    ASSIGN_OR_RETURN(auto r, reader_->Exec(
+        "SELECT kek_id, COUNT(*) FROM customer_keys GROUP BY kek_id ORDER BY kek_id", {}));
+    std::vector<std::pair<std::string, int64_t>> out;
+    for (const auto& row : r.rows) out.emplace_back(ToStr(row[0]), ToInt(row[1]));
+    return out;
+  }
+
+  StatusOr<std::vector<std::pair<std::string, std::string>>> ListSecrets() override {
+    std::lock_guard<std::mutex> lock(read_mu_);
+    ASSIGN_OR_RETURN(auto r, reader_->Exec("SELECT name, value FROM service_secrets ORDER BY name", {}));
+    std::vector<std::pair<std::string, std::string>> out;
+    for (const auto& row : r.rows) out.emplace_back(ToStr(row[0]), ToStr(row[1]));
+    return out;
+  }
+
+  StatusOr<bool> ReplaceSecret(const std::string& name, const std::string& old_value,
+                               const std::string& new_value, const AuditEvent& audit) override {
+    bool replaced = false;
+    Status s = InTx([&]() -> Status {
+      ASSIGN_OR_RETURN(auto r, conn_->Exec(
+          "UPDATE service_secrets SET value = ? WHERE name = ? AND value = ?",
+          {new_value, name, old_value}));
+      replaced = r.affected == 1;
+      if (replaced) RETURN_IF_ERROR(AppendAuditLocked(audit));
+      return OkStatus();
+    });
+    if (!s.ok()) return s;
+    return replaced;
+  }
+
   Status PutEnrolledHost(const HostRecord& h, const std::string& ek_sha256,
                          const AuditEvent& audit) override {
     return InTx([&]() -> Status {

@@ -13,6 +13,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -289,6 +290,34 @@ class Store {
   // one.
   virtual StatusOr<std::string> PutSecretIfAbsent(const std::string& name, const std::string& value,
                                                   const AuditEvent& audit) = 0;
+
+  // --- KEK rotation (kms/kek_rotation.h) -----------------------------------
+  // Up to `limit` customer keys NOT wrapped under `kek_id`, with key_id >
+  // `after_key_id`, in key_id order (a cursor: each row is visited once).
+  virtual StatusOr<std::vector<CustomerKeyRecord>> ListKeysNotUnderKek(const std::string& kek_id,
+                                                                       const std::string& after_key_id,
+                                                                       int64_t limit) = 0;
+  // One re-wrap of a stored key: replaces (wrapped_private_key, kek_id) only
+  // if the row still holds `old_wrapped` (compare-and-set: a key deleted or
+  // re-wrapped by another process meanwhile is left alone).
+  struct KeyRewrap {
+    std::string key_id;
+    std::string old_wrapped;
+    std::string new_wrapped;
+    std::string new_kek_id;
+  };
+  // Applies a batch in one transaction (with `audit` if anything changed);
+  // returns how many rows it replaced.
+  virtual StatusOr<int64_t> RewrapCustomerKeys(const std::vector<KeyRewrap>& batch,
+                                               const AuditEvent& audit) = 0;
+  // How many customer keys each KEK id wraps.
+  virtual StatusOr<std::vector<std::pair<std::string, int64_t>>> CountKeysByKek() = 0;
+  // Every service secret (name, stored value), by name.
+  virtual StatusOr<std::vector<std::pair<std::string, std::string>>> ListSecrets() = 0;
+  // Replaces a service secret's value if it is still `old_value`, with its
+  // audit record; false if it was not (changed or absent).
+  virtual StatusOr<bool> ReplaceSecret(const std::string& name, const std::string& old_value,
+                                       const std::string& new_value, const AuditEvent& audit) = 0;
 
   // --- Verdicts (host trust history) -----------------------------------
   Status PutVerdict(const Verdict& verdict, const AuditEvent& audit) {

@@ -838,7 +838,7 @@ int Run(int releases, const std::string& store_arg, int clients, const std::stri
                      }, true)});
     kinds.push_back({"PCRs outside policy", "pcr_policy", fresh([&](kms::ReleaseRequest& r) {
                        r.image_id = "img-pcr";
-                       r.oaep_label = PackageLabel("img-pcr", "acme");
+                       r.oaep_label = PackageLabel("img-pcr", "acme", r.key_version);
                      }, true)});
     // A host altering a package it holds (never verified): the descriptor
     // alone; descriptor and manifest beside a .cert the KMS verified before;

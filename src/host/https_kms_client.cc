@@ -1,6 +1,9 @@
 #include "host/https_kms_client.h"
 
+#include <algorithm>
 #include <charconv>
+#include <chrono>
+#include <mutex>
 
 #include "base/env.h"
 #include "crypto/keys.h"
@@ -108,6 +111,16 @@ class HttpsKmsClient final : public KmsApi {
   }
 
   StatusOr<crypto::Bytes> Nonce() override {
+    {
+      // The nonce the last release answer carried (docs/protocol.md §5.1),
+      // once, while fresh (KeepNextNonce).
+      std::lock_guard<std::mutex> lock(next_mu_);
+      if (!next_nonce_.empty()) {
+        crypto::Bytes next = std::move(next_nonce_);
+        next_nonce_.clear();
+        if (std::chrono::steady_clock::now() < next_nonce_use_by_) return next;
+      }
+    }
     ASSIGN_OR_RETURN(json answer, client_->Post(base_ + "/nonces", json::object()));
     ASSIGN_OR_RETURN(std::string hex, StrField(answer, "nonce"));
     auto nonce = crypto::HexDecode(hex);
@@ -165,10 +178,38 @@ class HttpsKmsClient final : public KmsApi {
                            out.signer_key_id.substr(0, 64) + "', the package is signed by " +
                            local_signer);
     }
+    KeepNextNonce(answer);
     return out;
   }
 
  private:
+  // Keeps the answer's next nonce, if well formed, for the next Nonce().
+  // Its lifetime is expires_unix minus the issue time it carries (both the
+  // KMS's clock); it is used within half of that, and within 5 s, as
+  // measured here.
+  void KeepNextNonce(const json& answer) {
+    const auto received = std::chrono::steady_clock::now();
+    if (!answer.contains("next_nonce") || !answer["next_nonce"].is_object()) return;
+    const json& next = answer["next_nonce"];
+    if (!next.contains("nonce") || !next["nonce"].is_string() || !next.contains("expires_unix") ||
+        !next["expires_unix"].is_number_integer()) {
+      return;
+    }
+    auto nonce = crypto::HexDecode(next["nonce"].get<std::string>());
+    if (!nonce.ok() || nonce->size() < 8) return;
+    int64_t issued = 0;
+    for (size_t i = 0; i < 8; ++i) issued = (issued << 8) | (*nonce)[i];
+    const int64_t lifetime = next["expires_unix"].get<int64_t>() - issued;
+    if (lifetime <= 0 || lifetime > 86400) return;
+    std::lock_guard<std::mutex> lock(next_mu_);
+    next_nonce_ = *std::move(nonce);
+    // At most 5 s: its issue time is what a policy's max_evidence_age_seconds
+    // measures from, so an older one could make evidence too old that a
+    // nonce asked for now would not.
+    next_nonce_use_by_ = received + std::min<std::chrono::milliseconds>(std::chrono::seconds(lifetime) / 2,
+                                                                       std::chrono::seconds(5));
+  }
+
   static json EvidenceJson(const attest::Evidence& evidence) {
     return json::parse(attest::EvidenceToJson(evidence));
   }
@@ -176,6 +217,9 @@ class HttpsKmsClient final : public KmsApi {
   std::unique_ptr<net::HttpsClient> client_;
   const std::string base_;
   const std::vector<crypto::Certificate> kms_roots_;  // the KMS CA: signing certificates chain to it
+  std::mutex next_mu_;
+  crypto::Bytes next_nonce_;  // from the last release answer; empty once used
+  std::chrono::steady_clock::time_point next_nonce_use_by_;
 };
 
 }  // namespace

@@ -276,9 +276,13 @@ void RegisterKmsRoutes(KmsService* s, net::HttpsServer* server) {
       ASSIGN_OR_RETURN(*out, StrField(r.body, name));
     }
     ASSIGN_OR_RETURN(ReleaseResponse out, s->Release(CallerFromPeer(r.peer), r.path_params[0], req));
-    return json{{"rewrapped_key", crypto::Base64Encode(out.rewrapped_key)},
-                {"label", crypto::Base64Encode(out.label)},
-                {"signer_key_id", out.signer_key_id}};
+    json answer = {{"rewrapped_key", crypto::Base64Encode(out.rewrapped_key)},
+                   {"label", crypto::Base64Encode(out.label)},
+                   {"signer_key_id", out.signer_key_id}};
+    if (!out.next_nonce.nonce.empty()) {
+      answer["next_nonce"] = {{"nonce", out.next_nonce.nonce}, {"expires_unix", out.next_nonce.expires_unix}};
+    }
+    return answer;
   });
 
   // --- Hosts for the portal and operators --------------------------------

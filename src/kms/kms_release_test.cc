@@ -5,6 +5,8 @@
 // TPM binding key.
 #include <gtest/gtest.h>
 
+#include <sstream>
+
 #include <atomic>
 #include <thread>
 
@@ -357,6 +359,41 @@ TEST_F(KmsReleaseTest, X25519CustomerKeyIsReleasedAndDecryptsInsideTheTpm) {
   EXPECT_NE(audit.find("release.grant"), std::string::npos);
   EXPECT_NE(audit.find(customer->key_id), std::string::npos);
   EXPECT_EQ(audit.find(crypto::HexEncode(k.data_key.UnsafeSpan())), std::string::npos);
+}
+
+// The host's KMS client takes its next nonce from a release answer
+// (docs/protocol.md §5.1): no separate nonce request, the release with it
+// succeeds, and it is taken once (the next Nonce() asks the KMS again).
+TEST_F(KmsReleaseTest, HostClientReleasesAgainWithTheNonceOfTheLastAnswer) {
+  StartAll("");
+  Enroll();
+  TrustCurrentState();
+  // POST .../nonces answered so far (the KMS's request counter).
+  auto nonce_requests = [&] {
+    int64_t n = 0;
+    std::istringstream lines(service_->metrics().Render());
+    for (std::string line; std::getline(lines, line);) {
+      if (line.rfind("vmseal_kms_requests_total{", 0) == 0 && line.find("/nonces\"") != std::string::npos) {
+        n += std::stoll(line.substr(line.rfind(' ') + 1));
+      }
+    }
+    return n;
+  };
+  WrappedImageKey k = WrapFor("img-1");
+  const int64_t before_first = nonce_requests();
+  ASSERT_OK(host_->Release(Request(k, "img-1", host_.get())));
+  EXPECT_EQ(nonce_requests(), before_first + 1);
+  host::ReleaseRequest second = Request(k, "img-1", host_.get());  // Nonce() from the answer
+  EXPECT_EQ(nonce_requests(), before_first + 1);
+  auto released = host_->Release(second);
+  ASSERT_OK(released);
+  auto data_key = engine_->Decrypt(released->rewrapped_key, released->label);
+  ASSERT_OK(data_key);
+  EXPECT_EQ(crypto::HexEncode(data_key->UnsafeSpan()), crypto::HexEncode(k.data_key.UnsafeSpan()));
+  ASSERT_OK(host_->Nonce());  // the second answer's
+  EXPECT_EQ(nonce_requests(), before_first + 1);
+  ASSERT_OK(host_->Nonce());  // none kept: asked
+  EXPECT_EQ(nonce_requests(), before_first + 2);
 }
 
 TEST_F(KmsReleaseTest, TamperedHostIsDeniedWithPcrPolicy) {

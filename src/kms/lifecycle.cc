@@ -328,8 +328,14 @@ Status Lifecycle::CheckHost(const std::string& host_id) {
 
 Status Lifecycle::Check(const std::string& tenant, const std::string& image_id,
                         const std::string& host_id) {
+  return Check(tenant, image_id, host_id,
+               [this](const std::string& kind, const std::string& subject) { return store_->GetLifecycle(kind, subject); });
+}
+
+Status Lifecycle::Check(const std::string& tenant, const std::string& image_id, const std::string& host_id,
+                        const MarkReader& read) {
   RETURN_IF_ERROR(DestroyDue());
-  auto customer = store_->GetLifecycle("customer", tenant);
+  auto customer = read("customer", tenant);
   if (!customer.ok() && customer.status().code() != StatusCode::kNotFound) return customer.status();
   if (customer.ok()) {
     if (customer->state == "destroyed") {
@@ -343,10 +349,13 @@ Status Lifecycle::Check(const std::string& tenant, const std::string& image_id,
       return Denied("customer_disabled", "customer " + tenant + " is disabled by the operator");
     }
   }
-  auto image = store_->GetLifecycle("image", tenant + "/" + image_id);
+  auto image = read("image", tenant + "/" + image_id);
   if (image.ok()) return Denied("image_revoked", "image " + image_id + " was revoked by its customer");
   if (image.status().code() != StatusCode::kNotFound) return image.status();
-  if (!host_id.empty()) RETURN_IF_ERROR(CheckHost(host_id));
+  if (host_id.empty()) return OkStatus();
+  auto host = read("host", host_id);
+  if (host.ok()) return Denied("host_revoked", "host " + host_id + " was revoked by " + host->by);
+  if (host.status().code() != StatusCode::kNotFound) return host.status();
   return OkStatus();
 }
 

@@ -155,6 +155,12 @@ class Lifecycle {
   // OK, or PERMISSION_DENIED with the reason that refuses a release or grant
   // of (tenant, image_id) to host_id (empty host_id: not checked).
   Status Check(const std::string& tenant, const std::string& image_id, const std::string& host_id);
+  // The same check with the marks read through `read` (kind, subject), e.g.
+  // a cache keyed by the store's config version, which every lifecycle
+  // write increments (Store::ConfigVersion).
+  using MarkReader = std::function<StatusOr<LifecycleRecord>(const std::string& kind, const std::string& subject)>;
+  Status Check(const std::string& tenant, const std::string& image_id, const std::string& host_id,
+               const MarkReader& read);
   // The host's refusal only (host_revoked), for placement and enrollment.
   Status CheckHost(const std::string& host_id);
   // Destroys the keys of every closing account whose grace is over (at most

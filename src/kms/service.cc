@@ -788,6 +788,7 @@ void KmsService::ClearReadsLocked() {
   flavors_.clear();
   hosts_.clear();
   failures_.clear();
+  marks_.clear();
   reads_entries_ = 0;
 }
 
@@ -1148,10 +1149,20 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
   // evidence, key or policy) is refused before any more are checked
   // (package_precheck.h).
   if (Status host_ok = precheck_.CheckHost(host_id); !host_ok.ok()) return finish(host_ok);
+  // One read of the store's config version; lifecycle marks, policy, host,
+  // flavors and history come from the cache when it holds that version
+  // (every change to them increments it, in any process on the store).
+  auto version = store_->ConfigVersion();
+  if (!version.ok()) return finish(version.status());
   // Revoked, disabled, closed (kms/lifecycle.h): before any signature,
   // evidence or key is looked at. The label is checked below to name this
   // tenant and image.
-  if (Status life = lifecycle_->Check(req.tenant, req.image_id, host_id); !life.ok()) {
+  if (Status life = lifecycle_->Check(req.tenant, req.image_id, host_id,
+                                      [&](const std::string& kind, const std::string& subject) {
+                                        return Cached(*version, &marks_, std::make_pair(kind, subject),
+                                                      [&] { return store_->GetLifecycle(kind, subject); });
+                                      });
+      !life.ok()) {
     return finish(life);
   }
 
@@ -1221,10 +1232,6 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
   auto key = CustomerPrivateKey(tenant, req.key_id);
   if (!key.ok()) return finish(key.status());
   audit["kms_key_id"] = key->key_id;
-  // One read of the store's config version; policy, host, flavors and
-  // history come from the cache when it holds that version.
-  auto version = store_->ConfigVersion();
-  if (!version.ok()) return finish(version.status());
   // The tag's keyVersion names this key's version, not retired (kms/key_versions.h).
   if (Status kv = key_versions_->CheckRelease(tenant, key->key_id, req.key_version, *version); !kv.ok()) {
     return finish(kv);
@@ -1301,6 +1308,9 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
     verdict_to_record.reset();
     return finish(logged);
   }
+  // The next nonce rides on the answer (a MAC, nothing stored): the host
+  // needs no request of its own for its next attestation or release.
+  if (auto next = IssueNonce(caller, host_id); next.ok()) out.next_nonce = *std::move(next);
   metrics_.CountRelease();
   metrics_.ObserveRelease(
       "ok", std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());

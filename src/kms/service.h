@@ -120,6 +120,10 @@ struct ReleaseResponse {
   // signed the package; empty for an unsigned release (signature not
   // required by this KMS's configuration).
   std::string signer_key_id;
+  // The host's next nonce (docs/protocol.md §5.1), issued as the key is
+  // answered: a host that attests or releases again uses it instead of a
+  // separate POST .../nonces. Empty if it could not be issued.
+  NonceResponse next_nonce;
 };
 
 // POST /v1/customers/{cid}/signing-key: the public half of a signing key
@@ -620,6 +624,7 @@ class KmsService {
   std::map<std::string, StatusOr<Flavor>> flavors_;
   std::map<std::string, StatusOr<HostRecord>> hosts_;
   std::map<std::pair<std::string, int64_t>, StatusOr<std::vector<Verdict>>> failures_;  // (host, since)
+  std::map<std::pair<std::string, std::string>, StatusOr<LifecycleRecord>> marks_;  // (kind, subject)
 };
 
 }  // namespace vmseal::kms

@@ -658,6 +658,70 @@ TEST_F(ReleaseTest, ChangesThroughAnotherServiceReachTheNextRelease) {
   EXPECT_STATUS(Release(granted), StatusCode::kPermissionDenied, "history");
 }
 
+// A release answer carries the host's next nonce (docs/protocol.md §5.1):
+// issued as the key is answered, for this host only, accepted once, and
+// expired after the same lifetime as any nonce. A refusal carries none.
+TEST_F(ReleaseTest, ReleaseAnswerCarriesTheHostsNextNonceSingleUseAndBoundToTheHost) {
+  crypto::PublicKey customer = NewCustomerKey("X25519");
+  auto first = Release(Request("img-1", customer, data_key_));
+  ASSERT_OK(first);
+  ASSERT_EQ(first->next_nonce.nonce.size(), 64u);
+  EXPECT_EQ(first->next_nonce.expires_unix, now_ + 60);
+  auto raw = crypto::HexDecode(first->next_nonce.nonce);
+  ASSERT_OK(raw);
+  // h1 releases again with it, without asking for a nonce.
+  ReleaseRequest next = Request("img-1", customer, data_key_);
+  next.evidence = tpm_->Attest(*raw, {0, 7}, pcr_values_);
+  auto second = Release(next);
+  ASSERT_OK(second);
+  EXPECT_NE(second->next_nonce.nonce, first->next_nonce.nonce);
+  // Once only.
+  ReleaseRequest replay = Request("img-1", customer, data_key_);
+  replay.evidence = tpm_->Attest(*raw, {0, 7}, pcr_values_);
+  EXPECT_STATUS(Release(replay), StatusCode::kPermissionDenied, "nonce_used");
+  // Bound to h1: another enrolled host (same AK here, so only the nonce
+  // differs) presenting h1's next nonce is refused.
+  ASSERT_OK(store_->PutHost({"h2", "", crypto::Base64Encode(tpm_->ak_public()), true, {}, now_},
+                            {"host.enroll.test", "host/h2"}));
+  auto raw2 = crypto::HexDecode(second->next_nonce.nonce);
+  ASSERT_OK(raw2);
+  EXPECT_STATUS(service_->Attest(As(Caller::Role::kHost, "h2"), "h2", tpm_->Attest(*raw2, {0, 7}, pcr_values_)),
+                StatusCode::kPermissionDenied, "nonce_unknown");
+  // Expired like any nonce: h1 waited past its lifetime.
+  ReleaseRequest late = Request("img-1", customer, data_key_);
+  late.evidence = tpm_->Attest(*raw2, {0, 7}, pcr_values_);
+  now_ += 61;
+  EXPECT_STATUS(Release(late), StatusCode::kPermissionDenied, "nonce_expired");
+}
+
+// The lifecycle marks a release reads first (revoked host, disabled
+// customer) come from the same config-version cache: a mark set through
+// another KMS process on the store refuses the very next release here,
+// even with the "no mark" answers cached from the releases before it.
+TEST_F(ReleaseTest, RevocationsThroughAnotherServiceReachTheNextRelease) {
+  crypto::PublicKey customer = NewCustomerKey("X25519");
+  ASSERT_OK(Release(Request("img-1", customer, data_key_)));  // fills the cache
+  ASSERT_OK(Release(Request("img-1", customer, data_key_)));  // served from it
+  auto ca = internal::CreateRootCa("second kms ca", 30);
+  ASSERT_OK(ca);
+  KmsService::Options options;
+  options.clock = [this] { return now_; };
+  auto second = KmsService::Create(options, store_.get(), kek_.get(), *std::move(ca));
+  ASSERT_OK(second);
+  const Caller op = As(Caller::Role::kOperator, "op");
+
+  // Granted before the change: the release itself must refuse them.
+  const ReleaseRequest while_disabled = Request("img-1", customer, data_key_);
+  const ReleaseRequest after_enable = Request("img-1", customer, data_key_);
+  const ReleaseRequest while_revoked = Request("img-1", customer, data_key_);
+  ASSERT_OK((*second)->lifecycle().SetCustomerEnabled(op, kTenant, false, "audit").status());
+  EXPECT_STATUS(Release(while_disabled), StatusCode::kPermissionDenied, "customer_disabled");
+  ASSERT_OK((*second)->lifecycle().SetCustomerEnabled(op, kTenant, true, "done").status());
+  ASSERT_OK(Release(after_enable));
+  ASSERT_OK((*second)->lifecycle().RevokeHost(op, "h1", "stolen").status());
+  EXPECT_STATUS(Release(while_revoked), StatusCode::kPermissionDenied, "host_revoked");
+}
+
 // Used-nonce records are kept until their nonces expire, then purged.
 TEST_F(ReleaseTest, UsedNonceRecordsArePurgedAfterExpiry) {
   crypto::PublicKey customer = NewCustomerKey("X25519");

@@ -886,7 +886,7 @@ class SqlStore : public Store {
         if (r.rows.empty()) return OkStatus();
         for (const auto& row : r.rows) {
           after = ToInt(row[0]);
-          RETURN_IF_ERROR(AppendAuditLeafLocked(after, ToStr(row[1])));
+          RETURN_IF_ERROR(AppendAuditLeafLocked(after, ToStr(row[1]), &frontier));
         }
       }
     });
@@ -935,6 +935,7 @@ class SqlStore : public Store {
 
   Status ExecForTesting(const std::string& sql) override {
     std::lock_guard<std::mutex> lock(mu_);
+    tail_.reset();
     RETURN_IF_ERROR(conn_->ExecScript(sql));
     // Whatever it changed, caches of release reads must not outlive it.
     return conn_->Exec("UPDATE config_version SET version = version + 1 WHERE id = 1", {}).status();
@@ -972,6 +973,12 @@ class SqlStore : public Store {
     return me.result;
   }
 
+  struct AuditTail {
+    int64_t seq = 0;    // the last record's (0: none)
+    std::string hash;   // its hash (the chain's genesis hash when none)
+    tlog::Frontier frontier;
+  };
+
   struct PendingTx {
     const std::function<Status()>* body;
     Status result;
@@ -980,6 +987,9 @@ class SqlStore : public Store {
 
   void RunBatch(const std::vector<PendingTx*>& batch) {
     std::lock_guard<std::mutex> lock(mu_);
+    // A new transaction: the cached audit tail is checked against the store
+    // before its first use (another process may have appended).
+    tail_checked_ = false;
     Status begun = conn_->BeginWrite();
     if (!begun.ok()) {
       for (PendingTx* p : batch) p->result = begun;
@@ -988,7 +998,10 @@ class SqlStore : public Store {
     if (batch.size() == 1) {
       Status s = (*batch[0]->body)();
       if (s.ok()) s = conn_->ExecScript("COMMIT");
-      if (!s.ok()) (void)conn_->ExecScript("ROLLBACK");
+      if (!s.ok()) {
+        tail_.reset();
+        (void)conn_->ExecScript("ROLLBACK");
+      }
       batch[0]->result = s;
       return;
     }
@@ -998,12 +1011,14 @@ class SqlStore : public Store {
       Status undo = s;
       if (s.ok()) {
         s = (*p->body)();
+        if (!s.ok()) tail_.reset();  // its records are rolled back
         undo = s.ok() ? conn_->ExecScript("RELEASE group_tx")
                       : conn_->ExecScript("ROLLBACK TO group_tx; RELEASE group_tx");
       }
       if (!undo.ok()) {
         // The transaction itself is in doubt (e.g. an I/O error rolled it
         // back): nothing of this batch commits.
+        tail_.reset();
         (void)conn_->ExecScript("ROLLBACK");
         for (PendingTx* q : batch) q->result = undo.WithPrefix("store transaction aborted");
         if (!s.ok()) p->result = s;
@@ -1014,6 +1029,7 @@ class SqlStore : public Store {
     }
     Status committed = any_ok ? conn_->ExecScript("COMMIT") : conn_->ExecScript("ROLLBACK");
     if (!committed.ok()) {
+      tail_.reset();
       (void)conn_->ExecScript("ROLLBACK");
       for (PendingTx* p : batch) {
         if (p->result.ok()) p->result = committed;
@@ -1026,23 +1042,49 @@ class SqlStore : public Store {
     return conn_->Exec("UPDATE config_version SET version = version + 1 WHERE id = 1", {}).status();
   }
 
+  // The log's tail (last record and the tree's frontier) as this process
+  // last wrote it. Caller holds the write transaction. Checked against the
+  // stored head once per transaction: another process sharing the store may
+  // have appended since (then the frontier is read again); within the
+  // transaction nobody else can append (the write lock). Dropped whenever a
+  // transaction or savepoint rolls back (RunBatch), so it never holds a
+  // record that was not committed.
+  StatusOr<AuditTail*> AuditTailLocked() {
+    if (tail_ && tail_checked_) return &*tail_;
+    ASSIGN_OR_RETURN(auto r, conn_->Exec(
+        "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1", {}));
+    int64_t seq = 0;
+    std::string hash = kAuditGenesisHash;
+    if (!r.rows.empty()) {
+      seq = ToInt(r.rows[0][0]);
+      hash = ToStr(r.rows[0][1]);
+    }
+    if (!tail_ || tail_->seq != seq || tail_->hash != hash) {
+      tail_.reset();
+      ASSIGN_OR_RETURN(tlog::Frontier frontier, ReadFrontier(*conn_));
+      tail_ = AuditTail{seq, std::move(hash), std::move(frontier)};
+    }
+    tail_checked_ = true;
+    return &*tail_;
+  }
+
   // Appends to the chain; caller holds the write transaction, so seq and
   // prev_hash are read and extended atomically across processes.
   Status AppendAuditLocked(const AuditEvent& event) {
-    ASSIGN_OR_RETURN(auto r, conn_->Exec(
-        "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1", {}));
-    int64_t seq = 1;
-    std::string prev = kAuditGenesisHash;
-    if (!r.rows.empty()) {
-      seq = ToInt(r.rows[0][0]) + 1;
-      prev = ToStr(r.rows[0][1]);
-    }
-    AuditRecord rec = MakeAuditRecord(seq, Now(), event, prev);
+    ASSIGN_OR_RETURN(AuditTail * tail, AuditTailLocked());
+    const int64_t seq = tail->seq + 1;
+    AuditRecord rec = MakeAuditRecord(seq, Now(), event, tail->hash);
+    // Any failure below leaves the transaction to be rolled back: the tail
+    // is dropped first, and set again only once every row is written.
+    AuditTail next{seq, rec.hash, tail->frontier};
+    tail_.reset();
     RETURN_IF_ERROR(conn_->Exec("INSERT INTO audit_log (seq, record, hash) VALUES (?, ?, ?)",
                                 {rec.seq, rec.record, rec.hash})
                         .status());
     RETURN_IF_ERROR(IndexAuditRecordLocked(seq, json{{"subject", event.subject}, {"details", event.details}}));
-    return AppendAuditLeafLocked(seq, rec.record);
+    RETURN_IF_ERROR(AppendAuditLeafLocked(seq, rec.record, &next.frontier));
+    tail_ = std::move(next);
+    return OkStatus();
   }
 
   // Adds record `seq` to the per-image index if it names an image.
@@ -1057,8 +1099,9 @@ class SqlStore : public Store {
 
   // Adds record `seq` to the tree: O(1) amortized hashes and rows (the
   // frontier row and each subtree the leaf completes), never the whole log.
-  Status AppendAuditLeafLocked(int64_t seq, const std::string& record) {
-    ASSIGN_OR_RETURN(tlog::Frontier frontier, ReadFrontier(*conn_));
+  // `frontier` is the stored one (before the leaf) and becomes the new one.
+  Status AppendAuditLeafLocked(int64_t seq, const std::string& record, tlog::Frontier* stored) {
+    tlog::Frontier& frontier = *stored;
     if (static_cast<int64_t>(frontier.size()) != seq - 1) {
       return DataLossError("audit tree has " + std::to_string(frontier.size()) +
                            " leaves but the log is appending record " + std::to_string(seq));
@@ -1158,8 +1201,11 @@ class SqlStore : public Store {
     return out;
   }
 
-  // Caller holds the write transaction.
+  // Caller holds the write transaction. A mark is what every release reads
+  // first (kms/lifecycle.h): it changes the config version, so that no
+  // process sharing the store answers from a cache that lacks it.
   Status PutLifecycleLocked(const LifecycleRecord& m) {
+    RETURN_IF_ERROR(BumpConfigVersionLocked());
     return conn_->Exec(
         "INSERT INTO lifecycle (kind, subject, state, reason, by_name, since_unix, due_unix) "
         "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (kind, subject) DO UPDATE SET "
@@ -1197,6 +1243,10 @@ class SqlStore : public Store {
 
   std::mutex mu_;  // conn_: write transactions and the reads inside them
   std::unique_ptr<SqlConn> conn_;
+  // Guarded by mu_: the audit log's tail as this process last committed it
+  // (AuditTailLocked), and whether it was checked in the open transaction.
+  std::optional<AuditTail> tail_;
+  bool tail_checked_ = false;
   // Group commit queue (InTx).
   std::mutex queue_mu_;
   std::condition_variable queue_cv_;

@@ -382,8 +382,9 @@ class Store {
                                                               const std::string& image_id) = 0;
 
   // A number that grows with every change to what a release reads besides
-  // customer keys: policies, flavors, hosts (tags, enrollment, AK) and
-  // failed verdicts (history), committed in the change's own transaction.
+  // customer keys: policies, flavors, hosts (tags, enrollment, AK), failed
+  // verdicts (history) and lifecycle marks (revocations, disabled or closed
+  // customers), committed in the change's own transaction.
   // Equal numbers mean those reads are unchanged (a cache may be reused).
   virtual StatusOr<int64_t> ConfigVersion() = 0;
 

@@ -631,6 +631,63 @@ TEST_P(StoreTest, ImageKeyMovesOnlyFromItsKeyWithItsAuditRecord) {
   EXPECT_EQ(records->size(), 3u);
 }
 
+// The writer keeps the log's tail (last record, tree frontier) in memory
+// between transactions. It must never append after a tail that is not the
+// stored one: another process appended meanwhile, or its own records were
+// rolled back. Each case would break the chain (a gap, a wrong prev_hash)
+// or the tree (a frontier of other leaves), which VerifyStoreAudit finds.
+TEST_P(AuditStoreTest, CachedTailIsNeverUsedAfterAnotherProcessAppendedOrARollback) {
+  auto other = OpenOrDie();  // another KMS process on the same store
+  ASSERT_NE(other, nullptr);
+  ASSERT_OK(store_->AppendAudit(Event("a", "x")));  // store_ now holds the tail (5)
+  ASSERT_OK(other->AppendAudit(Event("b", "x")));   // 6, 7 behind store_'s back
+  ASSERT_OK(other->PutVerdict({"v1", "h1", true, "ok", 100, json::object()},
+                              {Event("attestation.verdict", "host/h1")}));
+  ASSERT_OK(store_->AppendAudit(Event("c", "x")));  // must be 8, after 7
+  auto head = VerifyStoreAudit(*store_);
+  ASSERT_OK(head);
+  EXPECT_EQ(head->count, 8);
+
+  // A transaction that wrote one record and failed on the next: its first
+  // record is rolled back with it. A trigger installed through a connection
+  // of its own (not through store_, which would drop its cached tail) makes
+  // the insert of record 10 fail.
+  const bool pg = GetParam() == "postgres";
+  auto conn = pg ? internal::OpenPostgres(location_) : internal::OpenSqlite(location_);
+  ASSERT_OK(conn);
+  ASSERT_OK((*conn)->ExecScript(
+      pg ? "CREATE FUNCTION fail_ten() RETURNS trigger AS $$ BEGIN IF NEW.seq = 10 THEN "
+           "RAISE EXCEPTION 'record 10 refused'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql; "
+           "CREATE TRIGGER fail_ten BEFORE INSERT ON audit_log FOR EACH ROW EXECUTE FUNCTION fail_ten();"
+         : "CREATE TRIGGER fail_ten BEFORE INSERT ON audit_log WHEN NEW.seq = 10 "
+           "BEGIN SELECT RAISE(ABORT, 'record 10 refused'); END;"));
+  EXPECT_FALSE(store_->PutVerdict({"v2", "h1", true, "ok", 101, json::object()},
+                                  {Event("first", "x"), Event("second", "x")})
+                   .ok());
+  auto seen = store_->ListVerdicts("h1", 0);
+  ASSERT_OK(seen);
+  EXPECT_EQ(seen->size(), 1u);  // v2 was rolled back
+  ASSERT_OK((*conn)->ExecScript(pg ? "DROP TRIGGER fail_ten ON audit_log" : "DROP TRIGGER fail_ten"));
+  // The next record is 9 again, after 8 (not 10 after the rolled-back 9).
+  ASSERT_OK(store_->AppendAudit(Event("d", "x")));
+  ASSERT_OK(other->AppendAudit(Event("e", "x")));
+  ASSERT_OK(store_->AppendAudit(Event("f", "x")));
+  head = VerifyStoreAudit(*store_);
+  ASSERT_OK(head);
+  EXPECT_EQ(head->count, 11);
+  auto records = store_->ReadAudit(8, 10);
+  ASSERT_OK(records);
+  ASSERT_EQ(records->size(), 3u);
+  EXPECT_NE((*records)[0].record.find("\"d\""), std::string::npos) << (*records)[0].record;
+  // Both processes' view of the tree is the one the records make.
+  auto mine = store_->AuditFrontier();
+  auto theirs = other->AuditFrontier();
+  ASSERT_OK(mine);
+  ASSERT_OK(theirs);
+  EXPECT_EQ(mine->size(), 11u);
+  EXPECT_EQ(mine->hashes(), theirs->hashes());
+}
+
 TEST_P(StoreTest, AuditRecordsOfAnImageAreIndexedByTenantAndImage) {
   ASSERT_OK(store_->PutImage({"acme", "img-1", "sha256:ab", 1}, {"image.register", "customer/acme",
                                                                  json{{"image_id", "img-1"}}}));

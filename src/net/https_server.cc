@@ -186,10 +186,68 @@ Answer HeaderErrorAnswer(const beast::error_code& ec) {
   return a;
 }
 
+// The literal text every path a route's pattern matches starts and ends
+// with (possibly empty), so that a request is matched against the regex of
+// only the routes whose affixes it has: std::regex_match costs microseconds
+// per route, and a server has dozens of routes. Conservative: any
+// construct it does not read as plain literals ends an affix, and an
+// alternation outside parentheses empties both.
+struct LiteralAffixes {
+  std::string prefix, suffix;
+};
+LiteralAffixes LiteralAffixesOf(std::string_view pattern) {
+  auto meta = [](char c) { return std::string_view(".[](){}*+?|^$\\").find(c) != std::string_view::npos; };
+  auto quantifier = [](char c) { return c == '*' || c == '+' || c == '?' || c == '{'; };
+  int depth = 0;
+  bool in_class = false;
+  for (size_t i = 0; i < pattern.size(); ++i) {
+    const char c = pattern[i];
+    if (c == '\\') {
+      ++i;
+    } else if (in_class) {
+      in_class = c != ']';
+    } else if (c == '[') {
+      in_class = true;
+    } else if (c == '(') {
+      ++depth;
+    } else if (c == ')') {
+      --depth;
+    } else if (c == '|' && depth == 0) {
+      return {};
+    }
+  }
+  LiteralAffixes out;
+  size_t begin = !pattern.empty() && pattern[0] == '^' ? 1 : 0;
+  size_t i = begin;
+  while (i < pattern.size() && !meta(pattern[i])) ++i;
+  // A quantifier after the literals applies to the last one.
+  if (i < pattern.size() && quantifier(pattern[i]) && i > begin) --i;
+  out.prefix = std::string(pattern.substr(begin, i - begin));
+  size_t end = pattern.size();
+  if (end > 0 && pattern[end - 1] == '$' && (end < 2 || pattern[end - 2] != '\\')) --end;
+  size_t j = end;
+  while (j > i && !meta(pattern[j - 1])) --j;  // never into the prefix
+  // The first literal after a backslash is an escape (\d, \w), not text.
+  if (j > 0 && j < end && pattern[j - 1] == '\\') ++j;
+  out.suffix = std::string(pattern.substr(j, end - j));
+  return out;
+}
+
 struct Route {
+  Route(std::string m, std::string p) : method(std::move(m)), pattern(std::move(p)), regex(pattern) {
+    const LiteralAffixes a = LiteralAffixesOf(pattern);
+    prefix = a.prefix;
+    suffix = a.suffix;
+  }
+  // Whether `path` can match the pattern at all (its literal affixes).
+  bool MayMatch(std::string_view path) const {
+    return path.size() >= prefix.size() + suffix.size() && path.substr(0, prefix.size()) == prefix &&
+           path.substr(path.size() - suffix.size()) == suffix;
+  }
   std::string method;
   std::string pattern;
   std::regex regex;
+  std::string prefix, suffix;  // LiteralAffixesOf(pattern)
   // JSON and text routes: parses the body, runs the handler, maps its errors.
   std::function<Answer(Request&, const std::string& body)> run;
   // File routes (GET and HEAD).
@@ -496,7 +554,7 @@ class HttpsServer::Impl::Connection : public HttpsServer::Impl::ConnectionBase {
     const std::string& method = request_.method == "HEAD" ? std::string("GET") : request_.method;
     std::smatch match;
     for (const Route& r : impl_->routes) {
-      if (r.method == method && (request_.method != "HEAD" || r.file) &&
+      if (r.method == method && (request_.method != "HEAD" || r.file) && r.MayMatch(request_.path) &&
           std::regex_match(request_.path, match, r.regex)) {
         route_ = &r;
         break;
@@ -1051,7 +1109,7 @@ StatusOr<std::unique_ptr<HttpsServer>> HttpsServer::Create(Options options) {
 namespace {
 template <typename Send>
 Route MakeRoute(const char* method, const std::string& pattern, Send run) {
-  Route r{method, pattern, std::regex(pattern)};
+  Route r(method, pattern);
   r.run = std::move(run);
   return r;
 }
@@ -1108,21 +1166,21 @@ void HttpsServer::SetDefaultHeaders(std::vector<std::pair<std::string, std::stri
 }
 
 void HttpsServer::GetFile(const std::string& path_regex, FileHandler handler) {
-  Route r{"GET", path_regex, std::regex(path_regex)};
+  Route r("GET", path_regex);
   r.file = std::move(handler);
   impl_->routes.push_back(std::move(r));
 }
 
 void HttpsServer::Stream(const std::string& method, const std::string& path_regex, BodyHandler handler,
                          uint64_t max_body_bytes) {
-  Route r{method, path_regex, std::regex(path_regex)};
+  Route r(method, path_regex);
   r.stream = std::move(handler);
   r.stream_max_body_bytes = max_body_bytes;
   impl_->routes.push_back(std::move(r));
 }
 
 void HttpsServer::GetEvents(const std::string& path_regex, EventHandler handler, int poll_ms, int max_seconds) {
-  Route r{"GET", path_regex, std::regex(path_regex)};
+  Route r("GET", path_regex);
   r.events = std::move(handler);
   r.events_poll_ms = std::max(10, poll_ms);
   r.events_max_seconds = std::max(1, max_seconds);

@@ -270,6 +270,51 @@ TEST_F(HttpsTest, PathParamsReachHandler) {
   EXPECT_EQ((*result)["id"], "abc9");
 }
 
+// Routes are matched against their regex only when the path has the
+// pattern's literal prefix and suffix: patterns whose literals are escaped,
+// quantified, alternated or anchored must still match exactly what the
+// regex matches.
+TEST(HttpsRoutes, PatternsMatchExactlyWhatTheirRegexMatches) {
+  HttpsServer::Options options;
+  options.cert_pem = TestPki().server.cert_pem;
+  options.key_pem = TestPki().server.key_pem.Clone();
+  options.client_ca_pem = TestPki().ca.cert_pem;
+  auto server = HttpsServer::Create(std::move(options));
+  ASSERT_OK(server);
+  const std::vector<std::string> patterns = {
+      "/lit",          R"(/num/\d+)",      R"(/dot\.json)",      "/ab+c",
+      "/x(y|z)/end",   "/p|/q",           "^/anch/[a-z]{1,3}$", "/opt/?",
+      "/same/same",    R"(/esc/\w)",        "/many/(a|b)(/c)?"};
+  for (size_t i = 0; i < patterns.size(); ++i) {
+    (*server)->Get(patterns[i], [i](const Request&) -> StatusOr<json> { return json{{"route", i}}; });
+  }
+  auto port = (*server)->Start();
+  ASSERT_OK(port);
+  HttpsClient::Options co;
+  co.port = *port;
+  co.ca_pem = TestPki().ca.cert_pem;
+  co.timeout_seconds = 5;
+  auto client = HttpsClient::Create(std::move(co));
+  ASSERT_OK(client);
+  const std::vector<std::pair<std::string, int>> cases = {
+      {"/lit", 0},       {"/lit/", -1},     {"/num/42", 1},     {"/num/", -1},     {"/num/4a", -1},
+      {"/dot.json", 2},  {"/dotxjson", -1}, {"/abbbc", 3},      {"/ac", -1},       {"/xy/end", 4},
+      {"/xz/end", 4},    {"/x/end", -1},    {"/p", 5},          {"/q", 5},         {"/anch/ab", 6},
+      {"/anch/abcd", -1}, {"/opt", 7},      {"/opt/", 7},       {"/same/same", 8}, {"/same", -1},
+      {"/esc/w", 9},     {"/esc/_", 9},     {"/esc/-", -1},     {"/many/a", 10},    {"/many/b/c", 10}, {"/many/c", -1}};
+  for (const auto& [path, route] : cases) {
+    SCOPED_TRACE(path);
+    auto got = (*client)->Get(path);
+    if (route < 0) {
+      EXPECT_STATUS(got, StatusCode::kNotFound, "no such route");
+    } else {
+      ASSERT_OK(got);
+      EXPECT_EQ((*got)["route"], route) << path;
+    }
+  }
+  (*server)->Stop();
+}
+
 TEST_F(HttpsTest, HandlerErrorBecomesStatusAndErrorBody) {
   EXPECT_STATUS(Client(nullptr)->Get("/items/missing"), StatusCode::kNotFound, "no item missing");
 }

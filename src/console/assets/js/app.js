@@ -581,7 +581,9 @@ async function operatorAudit(box, whole) {
   const scope = 'operator';
   const saved = savedCheckpoint(scope);
   try {
-    const pages = await verifiedAuditPages(whole ? '/v1/operator/audit?limit=50' : '/v1/operator/audit?limit=20', null, saved,
+    // Pages of 20 records for the newest view and for the whole-log walk,
+    // which shows its progress page by page.
+    const pages = await verifiedAuditPages('/v1/operator/audit?limit=20', null, saved,
       { paged: whole, operator: true });
     // The KMS CA: pinned by its SHA-256 at the first visit; another CA later
     // fails every check (a portal that substituted CA and log key).

@@ -5,11 +5,13 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <ctime>
 #include <iostream>
 #include <memory>
 #include <optional>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -526,10 +528,16 @@ Status Upload(const CommonFlags& f, const std::string& file, const std::string& 
       failures = 0;
       continue;
     }
-    if (put.status().code() != StatusCode::kUnavailable || ++failures > kUploadRetries) {
+    // 409: the session's offset is not the one this PUT assumed. After a
+    // broken PUT the portal may still be storing what it received when the
+    // client asks for the offset (it answered the old one); the next PUT
+    // then meets the new one. Ask again, a moment later.
+    const bool conflict = res && res->status == 409;
+    if ((put.status().code() != StatusCode::kUnavailable && !conflict) || ++failures > kUploadRetries) {
       return put.status();
     }
-    // Broken connection: ask where to resume.
+    if (conflict) std::this_thread::sleep_for(std::chrono::milliseconds(200 * failures));
+    // Broken connection or moved offset: ask where to resume.
     ASSIGN_OR_RETURN(json state, CheckReply(c->Get("/v1/uploads/" + id, auth), "upload state"));
     offset = state["offset_bytes"].get<uint64_t>();
     std::cerr << "connection lost; resuming at byte " << offset << "\n";

@@ -328,13 +328,13 @@ Status Lifecycle::CheckHost(const std::string& host_id) {
 
 Status Lifecycle::Check(const std::string& tenant, const std::string& image_id,
                         const std::string& host_id) {
+  RETURN_IF_ERROR(DestroyDue());
   return Check(tenant, image_id, host_id,
                [this](const std::string& kind, const std::string& subject) { return store_->GetLifecycle(kind, subject); });
 }
 
 Status Lifecycle::Check(const std::string& tenant, const std::string& image_id, const std::string& host_id,
                         const MarkReader& read) {
-  RETURN_IF_ERROR(DestroyDue());
   auto customer = read("customer", tenant);
   if (!customer.ok() && customer.status().code() != StatusCode::kNotFound) return customer.status();
   if (customer.ok()) {

@@ -157,7 +157,10 @@ class Lifecycle {
   Status Check(const std::string& tenant, const std::string& image_id, const std::string& host_id);
   // The same check with the marks read through `read` (kind, subject), e.g.
   // a cache keyed by the store's config version, which every lifecycle
-  // write increments (Store::ConfigVersion).
+  // write increments (Store::ConfigVersion). Destroys nothing itself: the
+  // caller runs DestroyDue() first, before it reads the version that keys
+  // its cache (a destruction is a lifecycle write; read after the version,
+  // the cache would still answer "closing" for a destroyed account).
   using MarkReader = std::function<StatusOr<LifecycleRecord>(const std::string& kind, const std::string& subject)>;
   Status Check(const std::string& tenant, const std::string& image_id, const std::string& host_id,
                const MarkReader& read);

@@ -1152,6 +1152,8 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
   // One read of the store's config version; lifecycle marks, policy, host,
   // flavors and history come from the cache when it holds that version
   // (every change to them increments it, in any process on the store).
+  // Keys whose grace is over are destroyed first: that write increments it.
+  if (Status destroyed = lifecycle_->DestroyDue(); !destroyed.ok()) return finish(destroyed);
   auto version = store_->ConfigVersion();
   if (!version.ok()) return finish(version.status());
   // Revoked, disabled, closed (kms/lifecycle.h): before any signature,

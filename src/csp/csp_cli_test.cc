@@ -192,7 +192,7 @@ TEST_F(CspCliTest, CustomerRegistersUploadsListsAndLaunches) {
   ASSERT_TRUE(image_id.starts_with("img-")) << image_id;
   json images = CustomerJson("alice", {"images"});
   ASSERT_EQ(images["images"].size(), 1u);
-  EXPECT_EQ(images["images"][0]["sha256"], crypto::HexEncode(crypto::Sha256(pkg)));
+  EXPECT_EQ(images["images"][0]["sha256"].get<std::string>(), crypto::HexEncode(crypto::Sha256(pkg)));
   json job = CustomerJson("alice", {"launch", image_id});
   EXPECT_EQ(job["state"], "queued");  // no hosts registered
   json status = CustomerJson("alice", {"status", job["job_id"]});
@@ -228,7 +228,7 @@ TEST_F(CspCliTest, UploadWhoseConnectionDiesMidPutResumesAndCommitsTheWholeFile)
   EXPECT_NE(out.find("resuming at byte"), std::string::npos) << out;
   json images = CustomerJson("alice", {"images"});
   ASSERT_EQ(images["images"].size(), 1u);
-  EXPECT_EQ(images["images"][0]["sha256"], crypto::HexEncode(crypto::Sha256(pkg)));
+  EXPECT_EQ(images["images"][0]["sha256"].get<std::string>(), crypto::HexEncode(crypto::Sha256(pkg)));
   EXPECT_EQ(images["images"][0]["size_bytes"], pkg.size());
 }
 
@@ -243,7 +243,7 @@ TEST_F(CspCliTest, RegistrationCreatesAKmsKeyWhoseCertificateVerifies) {
   auto ca = crypto::Certificate::FromPem(ReadFileOrDie(kms_.ca()));
   ASSERT_OK(ca);
   EXPECT_OK(crypto::VerifyCertificateChain(*cert, {*ca}));
-  EXPECT_EQ(cert->SubjectCommonName(), reg["key"]["key_id"]);
+  EXPECT_EQ(cert->SubjectCommonName(), reg["key"]["key_id"].get<std::string>());
 }
 
 // An X25519 customer: the KMS creates an X25519 key, and the certificate

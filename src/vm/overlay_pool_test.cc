@@ -26,7 +26,7 @@ namespace fs = std::filesystem;
 using vmseal::testing::RunCommand;
 using vmseal::testing::TempDir;
 
-// qemu-img's PBKDF benchmark at nice 19 on a loaded host: generous.
+// qemu-img at nice 19 on a loaded host: generous.
 constexpr int64_t kFillTimeoutMs = 180000;
 
 std::string Hex(const SecretBytes& secret) {
@@ -34,20 +34,57 @@ std::string Hex(const SecretBytes& secret) {
   return std::string(reinterpret_cast<const char*>(text.UnsafeData()), text.size());
 }
 
+// The qcow2 inside the encrypted disk file `path`, opened with secret s0.
+std::string InnerImageOpts(const std::string& path) {
+  return "driver=qcow2,file.driver=luks,file.key-secret=s0,file.file.filename=" + path;
+}
+
 // qemu-io on the encrypted overlay `path` with `secret`; returns its exit
 // code, output in *out. (The secret is on qemu-io's command line: test only.)
 int QemuIo(const std::string& path, const SecretBytes& secret, const std::string& command,
            std::string* out) {
   return RunCommand({"qemu-io", "--object", "secret,id=s0,data=" + Hex(secret), "--image-opts",
-                     "driver=qcow2,file.filename=" + path + ",encrypt.key-secret=s0", "-c",
-                     command},
+                     InnerImageOpts(path), "-c", command},
                     out, 60);
 }
 
-nlohmann::json ImageInfo(const std::string& path) {
+// qemu-img info of the file itself (the LUKS container: no secret needed).
+nlohmann::json ContainerInfo(const std::string& path) {
   std::string out;
   EXPECT_EQ(RunCommand({"qemu-img", "info", "--output=json", path}, &out, 60), 0) << out;
   return nlohmann::json::parse(out, nullptr, false);
+}
+
+// qemu-img info of the qcow2 inside it, opened with `secret`.
+nlohmann::json ImageInfo(const std::string& path, const SecretBytes& secret) {
+  std::string out;
+  EXPECT_EQ(RunCommand({"qemu-img", "info", "--output=json", "--object",
+                        "secret,id=s0,data=" + Hex(secret), "--image-opts", InnerImageOpts(path)},
+                       &out, 60),
+            0)
+      << out;
+  return nlohmann::json::parse(out, nullptr, false);
+}
+
+// The container is LUKS1, AES-256-XTS, one key slot, PBKDF2 at the fixed
+// iteration count (no benchmark ran).
+void ExpectContainer(const std::string& path) {
+  nlohmann::json info = ContainerInfo(path);
+  EXPECT_EQ(info["format"], "luks") << info.dump();
+  EXPECT_EQ(info["encrypted"], true) << info.dump();
+  const nlohmann::json& luks = info["format-specific"]["data"];
+  EXPECT_EQ(luks["cipher-alg"], "aes-256") << info.dump();
+  EXPECT_EQ(luks["cipher-mode"], "xts") << info.dump();
+  EXPECT_EQ(luks["hash-alg"], "sha256") << info.dump();
+  EXPECT_EQ(luks["master-key-iters"], kLuksPbkdfIterations) << info.dump();
+  ASSERT_TRUE(luks["slots"].is_array()) << info.dump();
+  int active = 0;
+  for (const auto& slot : luks["slots"]) {
+    if (slot["active"] != true) continue;
+    ++active;
+    EXPECT_EQ(slot["iters"], kLuksPbkdfIterations) << info.dump();
+  }
+  EXPECT_EQ(active, 1) << info.dump();
 }
 
 std::vector<std::string> Files(const std::string& dir) {
@@ -78,11 +115,16 @@ TEST(OverlayPoolTest, TakeGrowsAReadyOverlayWithoutTheSlowPathAndThePoolRefills)
   ASSERT_EQ(::stat(path.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0600u);
 
-  nlohmann::json info = ImageInfo(path);
+  ExpectContainer(path);
+  nlohmann::json info = ImageInfo(path, *secret);
+  EXPECT_EQ(info["format"], "qcow2") << info.dump();
   EXPECT_EQ(info["virtual-size"], size) << info.dump();
-  EXPECT_EQ(info["encrypted"], true) << info.dump();
-  EXPECT_EQ(info["format-specific"]["data"]["encrypt"]["format"], "luks") << info.dump();
   EXPECT_FALSE(info.contains("backing-filename")) << info.dump();
+  // No qcow2 metadata in the clear: the file starts with the LUKS header
+  // and the qcow2 magic is nowhere in it.
+  const std::string raw = vmseal::testing::ReadFileOrDie(path);
+  EXPECT_EQ(raw.rfind("LUKS\xba\xbe", 0), 0u);
+  EXPECT_EQ(raw.find("QFI\xfb"), std::string::npos);
 
   // Its own secret opens it, up to the new end; writes land encrypted.
   std::string out;
@@ -128,7 +170,8 @@ TEST(OverlayPoolTest, AnEmptyPoolCreatesOnTheSlowPathAndCountsIt) {
   ASSERT_OK(secret);
   EXPECT_EQ((*pool)->GetStats().made_on_slow_path, 1u);
   EXPECT_EQ((*pool)->GetStats().taken_from_pool, 0u);
-  EXPECT_EQ(ImageInfo(dir.File("d0.qcow2"))["virtual-size"], 4 << 20);
+  EXPECT_EQ(ImageInfo(dir.File("d0.qcow2"), *secret)["virtual-size"], 4 << 20);
+  ExpectContainer(dir.File("d0.qcow2"));
   // An existing path is never overwritten.
   EXPECT_FALSE((*pool)->Take(dir.File("d0.qcow2"), 4 << 20).ok());
 }
@@ -163,13 +206,26 @@ TEST(OverlayPoolTest, OverlaysWhoseSecretsAreGoneAreShreddedAtTheNextStart) {
 TEST(OverlayPoolTest, StoppingThePoolCancelsARunningFillAndLeavesNothing) {
   TempDir dir;
   const std::string pool_dir = dir.File("pool");
+  // A qemu-img that hangs: the fill is still running when the pool stops.
+  const std::string slow = dir.File("slow-qemu-img");
+  vmseal::testing::WriteFileOrDie(slow, "#!/bin/sh\nexec sleep 60\n");
+  ASSERT_EQ(::chmod(slow.c_str(), 0700), 0);
   const auto start = std::chrono::steady_clock::now();
   {
-    auto pool = OverlayPool::Create({.dir = pool_dir, .target = 1});
+    auto pool = OverlayPool::Create(
+        {.dir = pool_dir, .target = 1, .qemu_img = {.binary = slow, .nice_value = 19}});
     ASSERT_OK(pool);
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));  // qemu-img runs
+    // The fill has claimed its file (the LUKS header is written before
+    // qemu-img runs) and waits for the hanging qemu-img.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (Files(pool_dir).empty() && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    ASSERT_FALSE(Files(pool_dir).empty());
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    EXPECT_EQ((*pool)->GetStats().ready, 0u);
   }
-  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 3.0);
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 12.0);
   EXPECT_TRUE(Files(pool_dir).empty());
 }
 
@@ -227,18 +283,16 @@ TEST(OverlayPoolTest, ATakenOverlayReceivesACopyOfAnNbdDiskEncryptedWithoutTheSl
   // The copy reads back as the disk, with its secret only.
   const nlohmann::json plain_node = {{"driver", "raw"},
                                      {"file", {{"driver", "file"}, {"filename", dir.File("disk.raw")}}}};
-  const nlohmann::json copy_node = {{"driver", "qcow2"},
-                                    {"encrypt", {{"key-secret", "s0"}}},
-                                    {"file", {{"driver", "file"}, {"filename", path}}}};
+  const nlohmann::json copy_node = EncryptedImageNode(path, "s0");
   EXPECT_EQ(RunCommand({"qemu-img", "compare", "--object", "secret,id=s0,data=" + Hex(*secret),
                         "json:" + plain_node.dump(), "json:" + copy_node.dump()},
                        &out, 60),
             0)
       << out;
   EXPECT_NE(out.find("identical"), std::string::npos) << out;
-  nlohmann::json info = ImageInfo(path);
+  nlohmann::json info = ImageInfo(path, *secret);
   EXPECT_EQ(info["virtual-size"], size) << info.dump();
-  EXPECT_EQ(info["encrypted"], true) << info.dump();
+  ExpectContainer(path);
   // No plaintext in the file (the text repeats with a counter: any 64
   // bytes of it would show).
   const std::string file = vmseal::testing::ReadFileOrDie(path);

@@ -137,6 +137,22 @@ Status CheckLocalDisk(const VmDisk& disk) {
   return CheckDiskFormat(disk);
 }
 
+// The layout of the host's encrypted disk file `path`, from its magic: a
+// LUKS1 container (CreateEncryptedOverlay) or a qcow2 with built-in LUKS
+// encryption (files made before the container layout).
+StatusOr<EncryptedFileLayout> EncryptedLayoutOf(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0) return ErrnoToStatus(errno, "open", path);
+  char magic[6] = {};
+  const ssize_t n = ::pread(fd, magic, sizeof(magic), 0);
+  ::close(fd);
+  if (n == static_cast<ssize_t>(sizeof(magic)) && std::memcmp(magic, "LUKS\xba\xbe", 6) == 0) {
+    return EncryptedFileLayout::kLuksContainer;
+  }
+  if (n >= 4 && std::memcmp(magic, "QFI\xfb", 4) == 0) return EncryptedFileLayout::kQcow2Luks;
+  return FailedPreconditionError("not an encrypted disk file of this host: " + path);
+}
+
 // The OVMF image `path` must be a readable regular file.
 Status CheckFirmwareFile(const std::string& path) {
   struct stat st;
@@ -619,8 +635,16 @@ StatusOr<VmInfo> VmManager::Launch(const VmSpec& spec,
   if (Env::Default()->FileExists(state_path)) {
     return AlreadyExistsError("vm " + spec.name + " already exists");
   }
-  const std::vector<VmDisk> disks = internal::DisksOf(spec);
-  for (const VmDisk& disk : disks) RETURN_IF_ERROR(CheckLocalDisk(disk));
+  std::vector<VmDisk> disks = internal::DisksOf(spec);
+  for (VmDisk& disk : disks) {
+    RETURN_IF_ERROR(CheckLocalDisk(disk));
+    if (!disk.overlay_path.empty() || disk.encrypted) {
+      ASSIGN_OR_RETURN(disk.encrypted_layout,
+                       EncryptedLayoutOf(disk.overlay_path.empty() ? disk.path : disk.overlay_path));
+    }
+  }
+  VmSpec launch_spec = spec;
+  if (!spec.disks.empty()) launch_spec.disks = disks;
 
   VmRecord record;
   VmInfo& info = record.info;
@@ -716,7 +740,7 @@ StatusOr<VmInfo> VmManager::Launch(const VmSpec& spec,
       if (fd >= 0) ::close(fd);
     }
   } qmp_closer{qmp_fd};
-  record.argv = internal::BuildQemuArgv(options_.qemu_binary, spec, info.accel, paths);
+  record.argv = internal::BuildQemuArgv(options_.qemu_binary, launch_spec, info.accel, paths);
 
   prepared.armed = false;  // `cleanup` removes them from here on
   auto cleanup = [&] {

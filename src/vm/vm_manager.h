@@ -175,6 +175,9 @@ StatusOr<DiskSource> ParseDiskSource(const std::string& name);
 //   overlay:     disk<i>-file (file|nbd, read-only) <- disk<i>-base (raw|qcow2,
 //                read-only) <- disk<i> (qcow2 LUKS on disk<i>-overlay-file,
 //                backing disk<i>-base)
+// The two layouts of the host's encrypted disk files (docs/vm.md).
+enum class EncryptedFileLayout { kLuksContainer, kQcow2Luks };
+
 struct VmDisk {
   // kFile: the file; must exist and be a regular file, its mode is narrowed
   // to 0600 at launch and Delete removes it. kNbd: the export's unix socket
@@ -194,6 +197,12 @@ struct VmDisk {
   // wrote itself (copy mode, ConvertToEncrypted), opened with the disk
   // secret. `format` must be kQcow2.
   bool encrypted = false;
+  // How the overlay or encrypted file is laid out. Launch sets it from the
+  // file's first bytes (callers need not): kLuksContainer, a LUKS1 container
+  // holding a qcow2 (what CreateEncryptedOverlay makes), or kQcow2Luks, a
+  // qcow2 with qemu's built-in LUKS encryption (files made before, opened
+  // as they are).
+  EncryptedFileLayout encrypted_layout = EncryptedFileLayout::kLuksContainer;
   // Which of Launch's disk secrets opens the overlay or encrypted file: an
   // index into `disk_secrets` (each overlay from the pool has its own
   // secret, src/vm/overlay_pool.h). Default 0.

@@ -374,7 +374,7 @@ TEST(QemuCommandTest, StreamedDiskIsAnEncryptedOverlayOverTheReadOnlyExport) {
   EXPECT_EQ(FlagValue(argv, "-object"),
             "secret,id=vmseal-disk-secret,format=raw,file=/dev/fd/3");
   auto nodes = BlockdevNodes(argv);
-  ASSERT_EQ(nodes.size(), 4u);
+  ASSERT_EQ(nodes.size(), 5u);
   EXPECT_EQ(nodes[0], nlohmann::json({{"driver", "nbd"},
                                       {"node-name", "disk0-file"},
                                       {"server", {{"type", "unix"}, {"path", "/s/d0/nbd.sock"}}},
@@ -389,22 +389,50 @@ TEST(QemuCommandTest, StreamedDiskIsAnEncryptedOverlayOverTheReadOnlyExport) {
   EXPECT_EQ(nodes[2], nlohmann::json({{"driver", "file"},
                                       {"node-name", "disk0-overlay-file"},
                                       {"filename", "/s/d0.qcow2"}}));
-  EXPECT_EQ(nodes[3],
-            nlohmann::json({{"driver", "qcow2"},
-                            {"node-name", "disk0"},
-                            {"file", "disk0-overlay-file"},
-                            {"backing", "disk0-base"},
-                            {"encrypt", {{"format", "luks"}, {"key-secret", "vmseal-disk-secret"}}}}));
+  // The overlay is a qcow2 inside a LUKS container opened with the secret.
+  EXPECT_EQ(nodes[3], nlohmann::json({{"driver", "luks"},
+                                      {"node-name", "disk0-overlay-luks"},
+                                      {"file", "disk0-overlay-file"},
+                                      {"key-secret", "vmseal-disk-secret"}}));
+  EXPECT_EQ(nodes[4], nlohmann::json({{"driver", "qcow2"},
+                                      {"node-name", "disk0"},
+                                      {"file", "disk0-overlay-luks"},
+                                      {"backing", "disk0-base"}}));
   EXPECT_EQ(FlagValue(argv, "-device"), "virtio-blk-pci,drive=disk0,bootindex=0");
   // The secret is never on the command line.
   for (const std::string& a : argv) EXPECT_EQ(a.find("data="), std::string::npos) << a;
 }
 
-TEST(QemuCommandTest, EncryptedCopyIsLuksQcow2WithoutBacking) {
+TEST(QemuCommandTest, EncryptedCopyIsAQcow2InALuksContainerWithoutBacking) {
   VmSpec spec = SampleSpec();
   spec.disk_path.clear();
   spec.disks = {{"/s/d0.qcow2", DiskFormat::kQcow2, true}};
   spec.disks[0].encrypted = true;
+  auto argv = BuildQemuArgv("qemu", spec, Accel::kTcg, kPaths);
+  auto nodes = BlockdevNodes(argv);
+  ASSERT_EQ(nodes.size(), 3u);
+  EXPECT_EQ(nodes[0], nlohmann::json({{"driver", "file"},
+                                      {"node-name", "disk0-file"},
+                                      {"filename", "/s/d0.qcow2"}}));
+  EXPECT_EQ(nodes[1], nlohmann::json({{"driver", "luks"},
+                                      {"node-name", "disk0-luks"},
+                                      {"file", "disk0-file"},
+                                      {"key-secret", "vmseal-disk-secret"}}));
+  EXPECT_EQ(nodes[2], nlohmann::json({{"driver", "qcow2"},
+                                      {"node-name", "disk0"},
+                                      {"file", "disk0-luks"},
+                                      {"backing", nullptr}}));
+  EXPECT_EQ(FlagValue(argv, "-object"),
+            "secret,id=vmseal-disk-secret,format=raw,file=/dev/fd/3");
+}
+
+// Files of the earlier layout (qcow2 with built-in LUKS) open as they are.
+TEST(QemuCommandTest, EncryptedCopyOfTheEarlierLayoutIsLuksQcow2WithoutBacking) {
+  VmSpec spec = SampleSpec();
+  spec.disk_path.clear();
+  spec.disks = {{"/s/d0.qcow2", DiskFormat::kQcow2, true}};
+  spec.disks[0].encrypted = true;
+  spec.disks[0].encrypted_layout = EncryptedFileLayout::kQcow2Luks;
   auto argv = BuildQemuArgv("qemu", spec, Accel::kTcg, kPaths);
   auto nodes = BlockdevNodes(argv);
   ASSERT_EQ(nodes.size(), 2u);
@@ -441,10 +469,12 @@ TEST(QemuCommandTest, EachDiskOpensItsOverlayWithTheSecretOfItsSlot) {
                          "secret,id=vmseal-disk-secret-1,format=raw,file=/dev/fd/6",
                          "secret,id=vmseal-disk-secret-2,format=raw,file=/dev/fd/7"}));
   auto nodes = BlockdevNodes(argv);
-  ASSERT_EQ(nodes.size(), 12u);
+  ASSERT_EQ(nodes.size(), 15u);
   for (size_t i = 0; i < 3; ++i) {
     const std::string id = i == 0 ? "vmseal-disk-secret" : "vmseal-disk-secret-" + std::to_string(i);
-    EXPECT_EQ(nodes[4 * i + 3]["encrypt"]["key-secret"], id) << nodes[4 * i + 3].dump();
+    EXPECT_EQ(nodes[5 * i + 3]["driver"], "luks") << nodes[5 * i + 3].dump();
+    EXPECT_EQ(nodes[5 * i + 3]["key-secret"], id) << nodes[5 * i + 3].dump();
+    EXPECT_EQ(nodes[5 * i + 4]["file"], nodes[5 * i + 3]["node-name"]) << nodes[5 * i + 4].dump();
   }
   EXPECT_EQ(internal::DiskSecretSlots(spec), (std::vector<uint32_t>{0, 1, 2}));
 }
@@ -871,6 +901,32 @@ TEST(VmRecordTpmTest, TpmFieldsRoundTrip) {
   EXPECT_EQ(back->info.tpm_pid, 43);
   EXPECT_EQ(back->info.tpm_state_dir, "/s/run/web-1.tpm");
   EXPECT_EQ(back->tpm_argv, r.tpm_argv);
+}
+
+// The host's encrypted disk files are opened by their layout, read from
+// their first bytes: a file of neither layout never reaches qemu.
+TEST(VmManagerCreateTest, AnEncryptedDiskFileOfNoKnownLayoutIsRefusedBeforeQemu) {
+  vmseal::testing::TempDir dir;
+  VmManagerOptions options;
+  options.state_dir = dir.path();
+  options.qemu_binary = "vmseal-no-such-qemu";
+  auto manager = VmManager::Create(options);
+  ASSERT_OK(manager);
+  VmSpec spec = SampleSpec();
+  spec.disk_path.clear();
+  spec.disks = {{dir.File("d0.qcow2"), DiskFormat::kQcow2, true}};
+  spec.disks[0].encrypted = true;
+  vmseal::testing::WriteFileOrDie(spec.disks[0].path, std::string(4096, '\0'));
+  ASSERT_EQ(::chmod(spec.disks[0].path.c_str(), 0600), 0);
+  SecretBytes secret = NewDiskSecret();
+  EXPECT_STATUS((*manager)->Launch(spec, &secret), StatusCode::kFailedPrecondition,
+                "not an encrypted disk file of this host");
+  EXPECT_TRUE(vmseal::testing::ListDir(dir.File("vms")).empty());
+  // The same spec over a real one gets past the check (to the missing qemu).
+  ASSERT_EQ(::unlink(spec.disks[0].path.c_str()), 0);
+  ASSERT_OK(CreateEncryptedOverlay({}, spec.disks[0].path, 1 << 20, secret));
+  EXPECT_STATUS((*manager)->Launch(spec, &secret), StatusCode::kNotFound,
+                "qemu not found: vmseal-no-such-qemu");
 }
 
 }  // namespace

@@ -93,6 +93,10 @@ std::string DiskBaseNodeName(size_t index) { return "disk" + std::to_string(inde
 std::string DiskOverlayFileNodeName(size_t index) {
   return "disk" + std::to_string(index) + "-overlay-file";
 }
+std::string DiskLuksNodeName(size_t index) { return "disk" + std::to_string(index) + "-luks"; }
+std::string DiskOverlayLuksNodeName(size_t index) {
+  return "disk" + std::to_string(index) + "-overlay-luks";
+}
 
 bool NeedsDiskSecret(const VmDisk& disk) { return disk.encrypted || !disk.overlay_path.empty(); }
 std::string DiskSecretId(uint32_t slot) {
@@ -153,25 +157,49 @@ std::string DiskFormatNode(const VmDisk& disk, size_t index) {
   if (disk.format == DiskFormat::kQcow2) node["backing"] = nullptr;
   if (overlay) node["read-only"] = true;
   if (disk.encrypted) {
-    node["encrypt"] = {{"format", "luks"}, {"key-secret", DiskSecretId(disk.secret_slot)}};
+    if (disk.encrypted_layout == EncryptedFileLayout::kQcow2Luks) {
+      node["encrypt"] = {{"format", "luks"}, {"key-secret", DiskSecretId(disk.secret_slot)}};
+    } else {
+      node["file"] = DiskLuksNodeName(index);
+    }
   }
   return DumpJson(node);
 }
 
+// The LUKS container node of an encrypted disk file over its file node.
+static std::string DiskLuksNode(const std::string& node_name, const std::string& file_node,
+                         uint32_t secret_slot) {
+  return DumpJson({{"driver", "luks"},
+                   {"node-name", node_name},
+                   {"file", file_node},
+                   {"key-secret", DiskSecretId(secret_slot)}});
+}
+
 std::vector<std::string> DiskBlockdevs(const VmDisk& disk, size_t index) {
-  std::vector<std::string> out = {DiskProtocolNode(disk, index), DiskFormatNode(disk, index)};
+  std::vector<std::string> out = {DiskProtocolNode(disk, index)};
+  const bool container = disk.encrypted_layout == EncryptedFileLayout::kLuksContainer;
+  if (disk.encrypted && container) {
+    out.push_back(DiskLuksNode(DiskLuksNodeName(index), DiskFileNodeName(index), disk.secret_slot));
+  }
+  out.push_back(DiskFormatNode(disk, index));
   if (!disk.overlay_path.empty()) {
     out.push_back(DumpJson({{"driver", "file"},
                             {"node-name", DiskOverlayFileNodeName(index)},
                             {"filename", disk.overlay_path}}));
     // The overlay names no backing file in its header; its backing is the
     // node built above, given here.
-    out.push_back(DumpJson({{"driver", "qcow2"},
-                            {"node-name", DiskNodeName(index)},
-                            {"file", DiskOverlayFileNodeName(index)},
-                            {"backing", DiskBaseNodeName(index)},
-                            {"encrypt",
-                             {{"format", "luks"}, {"key-secret", DiskSecretId(disk.secret_slot)}}}}));
+    nlohmann::json overlay = {{"driver", "qcow2"},
+                              {"node-name", DiskNodeName(index)},
+                              {"file", DiskOverlayFileNodeName(index)},
+                              {"backing", DiskBaseNodeName(index)}};
+    if (container) {
+      out.push_back(DiskLuksNode(DiskOverlayLuksNodeName(index), DiskOverlayFileNodeName(index),
+                                 disk.secret_slot));
+      overlay["file"] = DiskOverlayLuksNodeName(index);
+    } else {
+      overlay["encrypt"] = {{"format", "luks"}, {"key-secret", DiskSecretId(disk.secret_slot)}};
+    }
+    out.push_back(DumpJson(overlay));
   }
   return out;
 }

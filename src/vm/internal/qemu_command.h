@@ -85,6 +85,10 @@ std::string DiskFileNodeName(size_t index);
 std::string DiskNodeName(size_t index);
 std::string DiskBaseNodeName(size_t index);
 std::string DiskOverlayFileNodeName(size_t index);
+// LUKS container nodes of an encrypted disk file (copy mode) and of an
+// overlay (EncryptedFileLayout::kLuksContainer).
+std::string DiskLuksNodeName(size_t index);
+std::string DiskOverlayLuksNodeName(size_t index);
 
 // The qemu secret object holding the VM's disk secret, read from this
 // inherited descriptor (a pipe the agent fills: never argv, env or a file).

@@ -11,7 +11,6 @@ namespace {
 
 using json = nlohmann::json;
 
-Status Untrusted(const std::string& why) { return DataLossError("destination_untrusted: " + why); }
 
 // A JSON integer field, or `fallback` when absent or not an integer.
 int64_t IntegerOr(const json& j, const char* field, int64_t fallback) {
@@ -24,30 +23,30 @@ int64_t IntegerOr(const json& j, const char* field, int64_t fallback) {
 StatusOr<VerifiedCustomerCert> VerifyCustomerKeyReply(const json& reply,
                                                       const std::vector<crypto::Certificate>& roots,
                                                       const CustomerCertNames& names) {
-  if (!reply.is_object()) return Untrusted(names.portal + " sent no key object");
+  auto untrusted = [&names](const std::string& why) { return DataLossError(names.reason + ": " + why); };
+  if (!reply.is_object()) return untrusted(names.portal + " sent no key object");
   ASSIGN_OR_RETURN(crypto::Certificate cert, crypto::Certificate::FromPem(reply.value("cert_pem", "")));
   Status chain = crypto::VerifyCertificateChain(cert, roots);
   if (!chain.ok()) {
-    return Untrusted(names.certificate + " does not chain to the KMS CA you pinned (" + names.ca_flag +
-                     "): " + chain.message());
+    return untrusted(names.certificate + " does not chain to " + names.ca + ": " + chain.message());
   }
   ASSIGN_OR_RETURN(crypto::PublicKey certified, cert.GetPublicKey());
   auto claimed = crypto::PublicKey::FromPem(reply.value("public_key_pem", ""));
   if (!claimed.ok() || claimed->KeyId() != certified.KeyId()) {
-    return Untrusted("the certificate certifies another key than " + names.portal + " names");
+    return untrusted("the certificate certifies another key than " + names.portal + " names");
   }
   const std::string key_id = reply.value("key_id", "");
   if (key_id.empty() || cert.SubjectCommonName() != key_id) {
-    return Untrusted("the certificate names key " + cert.SubjectCommonName() + ", not " + key_id);
+    return untrusted("the certificate names key " + cert.SubjectCommonName() + ", not " + key_id);
   }
   std::string customer_id = reply.value("customer_id", "");
-  if (customer_id.empty()) return Untrusted(names.portal + " named no customer id");
+  if (customer_id.empty()) return untrusted(names.portal + " named no customer id");
   // The version (kms/key_versions.h): the certificate's is the one listed,
   // and the portal holds back no newer one.
   const int64_t listed = IntegerOr(reply, "version", 1);
   ASSIGN_OR_RETURN(uint64_t version, KeyVersionOfCertificate(cert.ToPem()));
   if (static_cast<int64_t>(version) != listed) {
-    return Untrusted("the certificate is for key version " + std::to_string(version) + ", " + names.portal +
+    return untrusted("the certificate is for key version " + std::to_string(version) + ", " + names.portal +
                      " says " + std::to_string(listed));
   }
   auto versions = reply.find("versions");
@@ -55,7 +54,7 @@ StatusOr<VerifiedCustomerCert> VerifyCustomerKeyReply(const json& reply,
     for (const json& v : *versions) {
       const int64_t other = v.is_object() ? IntegerOr(v, "version", 0) : 0;
       if (other > listed) {
-        return Untrusted(names.portal + " served key version " + std::to_string(listed) + " but version " +
+        return untrusted(names.portal + " served key version " + std::to_string(listed) + " but version " +
                          std::to_string(other) + " exists");
       }
     }

@@ -1,8 +1,9 @@
 // The customer's key certificate as the portal relays it (GET
 // /v1/customer/key), checked against a KMS CA the customer pinned out of band
-// before anything is signed for it or asked of a KMS: `customer migrate` (the
-// destination certificate at portal B) and `customer rewrap` (the newest
-// version's certificate) share this one check.
+// before anything is written, signed for it or asked of a KMS: `customer
+// fetch-cert` and `rotate-key` (the certificate the customer seals to),
+// `customer migrate` (the destination certificate at portal B) and `customer
+// rewrap` (the newest version's certificate) share this one check.
 #ifndef VMSEAL_CLI_CUSTOMER_CERT_H_
 #define VMSEAL_CLI_CUSTOMER_CERT_H_
 
@@ -36,15 +37,20 @@ struct VerifiedCustomerCert {
 };
 
 // How a refusal names the parties, so that the customer can tell which
-// certificate and which pinned CA it is about.
+// certificate and which CA it is about.
 struct CustomerCertNames {
   // The certificate, e.g. "the destination certificate". Default
   // "the certificate".
   std::string certificate = "the certificate";
-  // The flag the pinned CA came from, e.g. "--to-kms-ca". Default "--kms-ca".
-  std::string ca_flag = "--kms-ca";
+  // The CA it must chain to, e.g. "the KMS CA you pinned (--to-kms-ca)".
+  // Default "the KMS CA you pinned (--kms-ca)".
+  std::string ca = "the KMS CA you pinned (--kms-ca)";
   // The portal that relayed it, e.g. "portal B". Default "the portal".
   std::string portal = "the portal";
+  // The reason every refusal starts with ("<reason>: ..."). Default
+  // "destination_untrusted" (migrate, rewrap: the certificate a key is
+  // re-wrapped to); fetch-cert says "certificate_untrusted".
+  std::string reason = "destination_untrusted";
 };
 
 // Checks `reply`, the JSON of GET /v1/customer/key, against `roots` (the
@@ -52,8 +58,8 @@ struct CustomerCertNames {
 // key of its public_key_pem, has the CN key_id; customer_id is set; the
 // certificate's key version is the listed "version" (1 when absent) and no
 // entry of "versions" is newer. Every refusal is DATA_LOSS
-// "destination_untrusted: ..." naming the check, except a cert_pem that does
-// not parse (its parse error). Reads nothing else and writes nothing.
+// "<names.reason>: ..." naming the check, except a cert_pem that does not
+// parse (its parse error). Reads nothing else and writes nothing.
 StatusOr<VerifiedCustomerCert> VerifyCustomerKeyReply(const nlohmann::json& reply,
                                                       const std::vector<crypto::Certificate>& roots,
                                                       const CustomerCertNames& names = {});

@@ -87,8 +87,26 @@ TEST_F(CustomerCertTest, KeyThePinnedCaDidNotCertifyIsRefused) {
   json r = Reply();
   r["cert_pem"] = Certify(rogue_, other_key_, "key-1", 1);
   r["public_key_pem"] = other_key_.Public().ToPem();
-  auto v = VerifyCustomerKeyReply(r, roots_, {"the destination certificate", "--to-kms-ca", "portal B"});
+  auto v = VerifyCustomerKeyReply(
+      r, roots_, {.certificate = "the destination certificate", .ca = "the KMS CA you pinned (--to-kms-ca)"});
   ExpectUntrusted(v, "the destination certificate does not chain to the KMS CA you pinned (--to-kms-ca)");
+}
+
+// fetch-cert's names: its own reason, and the CA the portal served when
+// none was pinned.
+TEST_F(CustomerCertTest, RefusalCarriesTheCallersReasonAndCa) {
+  json r = Reply();
+  r["cert_pem"] = Certify(rogue_, key_, "key-1", 1);
+  CustomerCertNames names;
+  names.certificate = "the customer certificate";
+  names.ca = "the KMS CA the portal serves";
+  names.reason = "certificate_untrusted";
+  auto v = VerifyCustomerKeyReply(r, roots_, names);
+  ASSERT_FALSE(v.ok());
+  EXPECT_EQ(v.status().code(), StatusCode::kDataLoss);
+  EXPECT_THAT(std::string(v.status().message()),
+              ::testing::StartsWith("certificate_untrusted: the customer certificate does not chain to the KMS "
+                                    "CA the portal serves: "));
 }
 
 // A genuine certificate, but the portal claims another key beside it.

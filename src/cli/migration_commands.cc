@@ -181,7 +181,9 @@ StatusOr<VerifiedCustomerCert> FetchDestination(const MigrateFlags& mf) {
   ASSIGN_OR_RETURN(auto c, ConnectCustomer(bf));
   ASSIGN_OR_RETURN(httplib::Headers auth, CustomerAuth(bf));
   return FetchVerifiedCustomerCert(*c, auth, roots, "destination certificate",
-                                   {"the destination certificate", "--to-kms-ca", "portal B"});
+                                   {.certificate = "the destination certificate",
+                                    .ca = "the KMS CA you pinned (--to-kms-ca)",
+                                    .portal = "portal B"});
 }
 
 Status Migrate(const CustomerFlags& f, const MigrateFlags& mf) {
@@ -377,7 +379,7 @@ Status Rewrap(const CustomerFlags& f, const RewrapFlags& rf) {
   //    the version the portal names, and no newer version is listed.
   ASSIGN_OR_RETURN(VerifiedCustomerCert newest,
                    FetchVerifiedCustomerCert(*c, auth, roots, "rewrap",
-                                             {"your newest certificate", "--kms-ca", "the portal"}));
+                                             {.certificate = "your newest certificate"}));
   const crypto::Certificate& cert = newest.cert;
   const crypto::PublicKey& certified = newest.public_key;
   const auto version = static_cast<int64_t>(newest.version);

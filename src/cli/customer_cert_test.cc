@@ -149,6 +149,16 @@ TEST_F(CustomerCertTest, VersionOtherThanListedOrOlderThanAListedOneIsRefused) {
 
 TEST_F(CustomerCertTest, MalformedReplyIsRefusedBeforeAnyCheckPasses) {
   EXPECT_FALSE(VerifyCustomerKeyReply(json::array(), roots_).ok());
+  // Fields of another type are refused, not thrown.
+  for (const char* field : {"cert_pem", "public_key_pem", "key_id", "customer_id", "version"}) {
+    SCOPED_TRACE(field);
+    json wrong = Reply();
+    wrong[field] = json::array({1});
+    EXPECT_FALSE(VerifyCustomerKeyReply(wrong, roots_).ok());
+  }
+  json odd_versions = Reply();
+  odd_versions["versions"] = json::array({"3", 7, json::object({{"version", "9"}})});
+  EXPECT_OK(VerifyCustomerKeyReply(odd_versions, roots_));  // nothing in it names a newer version
   json r = Reply();
   r["cert_pem"] = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
   EXPECT_FALSE(VerifyCustomerKeyReply(r, roots_).ok());

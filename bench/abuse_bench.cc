@@ -1,7 +1,7 @@
 // Slow and abusive clients against the KMS's HTTPS front end (issue 16):
 // good mTLS releases while N slow connections are held open, beside an
 // unloaded baseline measured in the same run (A B B A per N: baseline,
-// loaded, loaded, baseline; median and spread of each side).
+// loaded, loaded, baseline; median and spread of each side: bench/internal/abba.h).
 //
 // A slow connection connects and then sends one byte every few seconds,
 // forever: half of them bytes of a TLS ClientHello (a handshake that never
@@ -63,6 +63,7 @@
 #include <httplib.h>
 
 #include "attest/verifier.h"
+#include "bench/internal/abba.h"
 #include "crypto/key_wrap.h"
 #include "crypto/keys.h"
 #include "csp/internal/process_harness.h"
@@ -97,35 +98,38 @@ void Must(const Status& s, const char* what) {
   if (!s.ok()) Die(s, what);
 }
 
-double Percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  size_t i = std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())));
-  return v[i];
-}
+// One run of good clients: their rate and p99 (A B B A samples).
+struct RunResult {
+  double rate = 0;  // good releases (calls) per second
+  double p99 = 0;   // s; failures count as the run's time bound
+  int failed = 0;
+};
 
-double Median(std::vector<double> v) { return Percentile(std::move(v), 0.5); }
-
-// Prints one N's baseline and loaded medians with their spread (A B B A)
-// and the ratios against issue 16's targets; true if both are met.
-bool ReportLoaded(const char* unit, int n, int open_min, long closed, const std::vector<double>& base_rate,
-                  const std::vector<double>& base_p99, const std::vector<double>& load_rate,
-                  const std::vector<double>& load_p99, int load_failed, int total) {
-  auto spread = [](const std::vector<double>& v) {
-    return *std::max_element(v.begin(), v.end()) - *std::min_element(v.begin(), v.end());
-  };
-  const double rate_ratio = Median(load_rate) / Median(base_rate);
-  const double p99_ratio = Median(load_p99) / Median(base_p99);
+// Prints one N's baseline (A) and loaded (B) runs, median and spread of each
+// side, and the ratios of medians against issue 16's targets (releases/s
+// >= 0.8x the baseline, p99 <= 2x); true if both are met.
+bool ReportLoaded(const char* unit, int n, int open_min, long closed,
+                  const bench::AbbaSamples<RunResult, RunResult>& s, int total) {
+  const bench::Spread base_rate = bench::Summarize(bench::Column(s.a, &RunResult::rate));
+  const bench::Spread base_p99 = bench::Summarize(bench::Column(s.a, &RunResult::p99));
+  const bench::Spread load_rate = bench::Summarize(bench::Column(s.b, &RunResult::rate));
+  const bench::Spread load_p99 = bench::Summarize(bench::Column(s.b, &RunResult::p99));
+  int load_failed = 0;
+  for (const RunResult& r : s.b) load_failed += r.failed;
+  const double rate_ratio = load_rate.median / base_rate.median;
+  const double p99_ratio = load_p99.median / base_p99.median;
+  const bench::Target rate_target = bench::Target::AtLeast(0.8), p99_target = bench::Target::AtMost(2);
   std::printf("  N=%-5d slow connections (>= %d open when measured; closed by the server %ld times)\n", n, open_min,
               closed);
-  std::printf("    baseline  %7.1f %s/s (spread %.1f)  p99 %8.1f ms (spread %.1f)\n", Median(base_rate), unit,
-              spread(base_rate), Median(base_p99) * 1e3, spread(base_p99) * 1e3);
+  std::printf("    baseline  %7.1f %s/s (spread %.1f)  p99 %8.1f ms (spread %.1f)\n", base_rate.median, unit,
+              base_rate.range(), base_p99.median * 1e3, base_p99.range() * 1e3);
   std::printf("    loaded    %7.1f %s/s (spread %.1f)  p99 %8.1f ms (spread %.1f)  not served %d/%d\n",
-              Median(load_rate), unit, spread(load_rate), Median(load_p99) * 1e3, spread(load_p99) * 1e3,
+              load_rate.median, unit, load_rate.range(), load_p99.median * 1e3, load_p99.range() * 1e3,
               load_failed, total);
-  const bool met = rate_ratio >= 0.8 && p99_ratio <= 2.0;
-  std::printf("    throughput %.2fx baseline (target >= 0.8)  p99 %.2fx baseline (target <= 2)  %s\n", rate_ratio,
-              p99_ratio, met ? "met" : "NOT met");
+  const bool met = rate_target.Met(rate_ratio) && p99_target.Met(p99_ratio);
+  std::printf("    throughput %.2fx baseline (target %s)  p99 %.2fx baseline (target %s)  %s; load average %s\n",
+              rate_ratio, rate_target.ToString().c_str(), p99_ratio, p99_target.ToString().c_str(),
+              met ? "met" : "NOT met", bench::LoadAverage().c_str());
   return met;
 }
 
@@ -306,11 +310,36 @@ class SlowClients {
   std::atomic<long> closed_{0};
 };
 
-struct RunResult {
-  double rate = 0;  // good releases per second
-  double p99 = 0;   // s; failures count as the run's time bound
-  int failed = 0;
-};
+// For each N of `slow_counts`: A B B A of `run` (A: the baseline; B: the
+// same run with N slow connections to `port` held open, whose headers name
+// `path`, given `settle_s` seconds to take their places first), the first N
+// after one warm-up run; prints each N (ReportLoaded, `total_per_side`
+// requests on each side). True if every N >= 1000 met issue 16's targets.
+template <typename Run>
+bool MeasureUnderSlowConnections(const char* unit, int port, const std::vector<int>& slow_counts, const char* path,
+                                 int settle_s, int total_per_side, Run& run) {
+  bool all_met = true;
+  bool warmed_up = false;
+  for (int n : slow_counts) {
+    long closed = 0;
+    int open_min = n;
+    auto loaded = [&] {
+      SlowClients slow(port, n, 2.0, path);
+      slow.WaitOpen(10);
+      std::this_thread::sleep_for(std::chrono::seconds(settle_s));
+      open_min = std::min(open_min, slow.open());
+      RunResult r = run();
+      closed += slow.closed_by_server();
+      return r;
+    };
+    const auto s = bench::RunAbba({.warm_up_a = warmed_up ? 0 : 1, .runs = 2}, run, loaded);
+    warmed_up = true;
+    const bool met = ReportLoaded(unit, n, open_min, closed, s, total_per_side);
+    if (n >= 1000) all_met = all_met && met;
+    std::fflush(stdout);
+  }
+  return all_met;
+}
 
 int Run(bool short_run, int releases, std::vector<int> slow_counts) {
   rlimit rl{};
@@ -463,43 +492,15 @@ int Run(bool short_run, int releases, std::vector<int> slow_counts) {
     r.failed = failed.load() + (releases - static_cast<int>(lat.size()) - failed.load());
     r.rate = static_cast<double>(lat.size()) / wall;
     for (int i = 0; i < r.failed; ++i) lat.push_back(bound);  // not served within the bound
-    r.p99 = Percentile(lat, 0.99);
+    r.p99 = bench::Percentile(lat, 0.99);
     return r;
   };
 
   std::printf("abuse_bench: KMS HTTPS front end, %d mTLS hosts, %d releases per run (X25519 key), slow "
               "connections send a byte every %.0f s, runs bounded at %.0f s\n",
               clients, releases, 2.0, bound);
-  (void)run();  // warm-up
-  bool all_met = true;
-  for (int n : slow_counts) {
-    std::vector<double> base_rate, base_p99, load_rate, load_p99;
-    int load_failed = 0;
-    long closed = 0;
-    int open_min = n;
-    for (int k = 0; k < 4; ++k) {
-      const bool loaded = k == 1 || k == 2;  // A B B A
-      if (!loaded) {
-        RunResult r = run();
-        base_rate.push_back(r.rate);
-        base_p99.push_back(r.p99);
-        continue;
-      }
-      SlowClients slow(port, n, 2.0);
-      slow.WaitOpen(10);
-      std::this_thread::sleep_for(std::chrono::seconds(3));  // let them take their places
-      open_min = std::min(open_min, slow.open());
-      RunResult r = run();
-      load_rate.push_back(r.rate);
-      load_p99.push_back(r.p99);
-      load_failed += r.failed;
-      closed += slow.closed_by_server();
-    }
-    const bool met = ReportLoaded("releases", n, open_min, closed, base_rate, base_p99, load_rate, load_p99,
-                                  load_failed, 2 * releases);
-    if (n >= 1000) all_met = all_met && met;
-    std::fflush(stdout);
-  }
+  const bool all_met = MeasureUnderSlowConnections(
+      "releases", port, slow_counts, "/v1/hosts/host-1/nonces", 3, 2 * releases, run);
   server->Stop();
   service.reset();
   engine.reset();
@@ -582,7 +583,7 @@ int RunPortal(bool short_run, std::vector<int> slow_counts) {
     res.failed = calls - static_cast<int>(lat.size());
     res.rate = static_cast<double>(lat.size()) / wall;
     for (int i = 0; i < res.failed; ++i) lat.push_back(bound);
-    res.p99 = Percentile(lat, 0.99);
+    res.p99 = bench::Percentile(lat, 0.99);
     return res;
   };
 
@@ -590,39 +591,10 @@ int RunPortal(bool short_run, std::vector<int> slow_counts) {
               "connections, %d calls per run (GET /v1/images, /v1/jobs), slow connections send a byte every "
               "2 s\n",
               clients, calls);
-  (void)run();  // warm-up
-  bool all_met = true;
-  for (int n : slow_counts) {
-    std::vector<double> base_rate, base_p99, load_rate, load_p99;
-    int load_failed = 0;
-    long closed = 0;
-    int open_min = n;
-    for (int k = 0; k < 4; ++k) {
-      const bool loaded = k == 1 || k == 2;  // A B B A
-      if (!loaded) {
-        RunResult res = run();
-        base_rate.push_back(res.rate);
-        base_p99.push_back(res.p99);
-        continue;
-      }
-      SlowClients slow(port, n, 2.0, "/v1/images");
-      slow.WaitOpen(10);
-      // Measured across the 10 s header deadline: the server closes every
-      // slow connection during the run and the attacker reconnects (and
-      // handshakes) at once.
-      std::this_thread::sleep_for(std::chrono::seconds(8));
-      open_min = std::min(open_min, slow.open());
-      RunResult res = run();
-      load_rate.push_back(res.rate);
-      load_p99.push_back(res.p99);
-      load_failed += res.failed;
-      closed += slow.closed_by_server();
-    }
-    const bool met = ReportLoaded("calls", n, open_min, closed, base_rate, base_p99, load_rate, load_p99,
-                                  load_failed, 2 * calls);
-    if (n >= 1000) all_met = all_met && met;
-    std::fflush(stdout);
-  }
+  // Measured across the 10 s header deadline (8 s settling, then the run):
+  // the server closes every slow connection during the run and the attacker
+  // reconnects (and handshakes) at once.
+  const bool all_met = MeasureUnderSlowConnections("calls", port, slow_counts, "/v1/images", 8, 2 * calls, run);
   portal->Stop();
   kms.process->Stop();
   std::string rm = "rm -rf '" + dir + "'";

@@ -2,7 +2,7 @@
 // sealed image, streamed (the default) and copy mode, beside the same plain
 // image booted from a local file, in the same run (issue 15 "Figures to
 // report"). Per round: streamed, plain, plain, streamed (A B B A), then two
-// copy-mode jobs; medians with min..max, and the job phases (seconds from
+// copy-mode jobs; medians with min..max (bench/internal/abba.h), and the job phases (seconds from
 // receipt) so the slow step shows.
 //
 //   cmake --build build --target host_bench &&
@@ -43,6 +43,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "bench/internal/abba.h"
 #include "crypto/keys.h"
 #include "crypto/primitives.h"
 #include "crypto/x509.h"
@@ -374,15 +375,17 @@ int Main(int argc, char** argv) {
     refill_waits.push_back(Seconds(t0, Clock::now()));
   };
   std::vector<Timing> stream_runs, plain, copy_runs;
-  (void)run_plain();  // warm-up: page cache, qemu binary
+  auto run_streamed = [&] {
+    refill(streamed.get());
+    return run_job(streamed.get());
+  };
   for (int i = 0; i < rounds; ++i) {
-    // A B B A: streamed, plain, plain, streamed; then copy mode twice.
-    refill(streamed.get());
-    stream_runs.push_back(run_job(streamed.get()));
-    plain.push_back(run_plain());
-    plain.push_back(run_plain());
-    refill(streamed.get());
-    stream_runs.push_back(run_job(streamed.get()));
+    // A B B A: streamed, plain, plain, streamed (first a plain warm-up:
+    // page cache, qemu binary); then copy mode twice.
+    const auto s = bench::RunAbba({.warm_up_a = 0, .warm_up_b = i == 0 ? 1 : 0, .runs = 2}, run_streamed,
+                                  run_plain);
+    stream_runs.insert(stream_runs.end(), s.a.begin(), s.a.end());
+    plain.insert(plain.end(), s.b.begin(), s.b.end());
     if (with_copy) {
       refill(copying.get());
       copy_runs.push_back(run_job(copying.get()));
@@ -390,34 +393,20 @@ int Main(int argc, char** argv) {
     }
   }
 
-  auto median = [](std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    const size_t n = v.size();
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-  };
-  auto col = [](const std::vector<Timing>& runs, bool at_marker) {
-    std::vector<double> v;
-    for (const Timing& t : runs) v.push_back(at_marker ? t.marker_s : t.started_s);
-    return v;
-  };
+  const auto median = [](std::vector<double> v) { return bench::Median(std::move(v)); };
   auto line = [&](const char* what, const std::vector<Timing>& runs, bool at_marker) {
     if (runs.empty()) return 0.0;
-    std::vector<double> v = col(runs, at_marker);
-    const double m = median(v);
-    std::printf("%-36s %8.3f s  (%.3f..%.3f, n=%zu)\n", what, m,
-                *std::min_element(v.begin(), v.end()), *std::max_element(v.begin(), v.end()),
-                v.size());
-    return m;
+    const bench::Spread v = bench::Summarize(bench::Column(runs, at_marker ? &Timing::marker_s : &Timing::started_s));
+    std::printf("%-36s %8.3f s  (%.3f..%.3f, n=%zu)\n", what, v.median, v.min, v.max, v.n);
+    return v.median;
   };
-  double load[3] = {0, 0, 0};
-  (void)getloadavg(load, 3);
   const double mib = static_cast<double>(disk_bytes) / (1 << 20);
   std::printf("\nhost_bench: image %.0f MiB (package %.1f MiB, sealed in %.1f s, not counted), "
               "%d round(s) A B B A, median (min..max)\n",
               mib, static_cast<double>(package_bytes) / (1 << 20), seal_s, rounds);
-  std::printf("KMS: in-process double, TPM: swtpm, qemu: TCG; load average %.2f %.2f %.2f "
+  std::printf("KMS: in-process double, TPM: swtpm, qemu: TCG; load average %s "
               "(%u cores, shared: figures are noisy)\n",
-              load[0], load[1], load[2], std::thread::hardware_concurrency());
+              bench::LoadAverage().c_str(), std::thread::hardware_concurrency());
   const double s_started = line("streamed: job -> VM started", stream_runs, false);
   const double s_marker = line("streamed: job -> marker", stream_runs, true);
   line("copy:     job -> VM started", copy_runs, false);

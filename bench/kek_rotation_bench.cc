@@ -25,6 +25,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/internal/abba.h"
 #include "crypto/key_wrap.h"
 #include "crypto/keys.h"
 #include "crypto/primitives.h"
@@ -60,19 +61,8 @@ void Must(const Status& s, const char* what) {
   if (!s.ok()) Die(s, what);
 }
 
-double Percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  size_t i = std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())));
-  return v[i];
-}
-
-std::string LoadAverage() {
-  std::ifstream f("/proc/loadavg");
-  std::string a, b, c;
-  f >> a >> b >> c;
-  return a + " " + b + " " + c;
-}
+using bench::LoadAverage;
+using bench::Percentile;
 
 int Run(int64_t keys, int per_block, double rate, const std::string& store_arg) {
   char tmpl[] = "/tmp/kek-bench-XXXXXX";
@@ -237,21 +227,22 @@ int Run(int64_t keys, int per_block, double rate, const std::string& store_arg) 
     return b;
   };
 
-  std::vector<Block> blocks;
-  for (const bool rotate : {false, true, true, false}) blocks.push_back(run_block(rotate));
+  // The warm-up (10 releases) ran above, with the evidence.
+  const auto s = bench::RunAbba({.warm_up_a = 0, .runs = 2}, [&] { return run_block(false); },
+                                [&] { return run_block(true); });
   const std::string load = LoadAverage();
 
   std::vector<double> before, during;
-  for (const auto& b : blocks) {
-    auto& into = b.rotated ? during : before;
-    into.insert(into.end(), b.lat.begin(), b.lat.end());
-  }
+  for (const auto& b : s.a) before.insert(before.end(), b.lat.begin(), b.lat.end());
+  for (const auto& b : s.b) during.insert(during.end(), b.lat.begin(), b.lat.end());
   std::printf("releases paced at %.0f/s (RSA-3072 customer key, in-process KmsService::Release), blocks A B B A:\n", rate);
-  for (size_t i = 0; i < blocks.size(); ++i) {
-    const auto& b = blocks[i];
-    std::printf("  block %zu %s: %zu releases  p50 %.2f ms  p99 %.2f ms", i + 1, b.rotated ? "B (rotating)" : "A (idle)    ",
+  size_t next_a = 0, next_b = 0;
+  for (size_t i = 0; i < s.order.size(); ++i) {
+    const bool rotated = s.order[i] == 'B';
+    const Block& b = rotated ? s.b[next_b++] : s.a[next_a++];
+    std::printf("  block %zu %s: %zu releases  p50 %.2f ms  p99 %.2f ms", i + 1, rotated ? "B (rotating)" : "A (idle)    ",
                 b.lat.size(), Percentile(b.lat, 0.5) * 1e3, Percentile(b.lat, 0.99) * 1e3);
-    if (b.rotated) {
+    if (rotated) {
       std::printf("  rotation of %lld keys in %.2f s: %.0f keys/s", static_cast<long long>(b.rotated), b.rotation_s,
                   b.rotated / b.rotation_s);
     }
@@ -262,15 +253,12 @@ int Run(int64_t keys, int per_block, double rate, const std::string& store_arg) 
   std::printf("release latency during vs before the rotation: p50 %.2f ms vs %.2f ms (%.2fx), p99 %.2f ms vs %.2f ms "
               "(%.2fx); 0 releases failed\n",
               p50d * 1e3, p50b * 1e3, p50d / p50b, p99d * 1e3, p99b * 1e3, p99d / p99b);
-  std::vector<double> rates;
-  for (const auto& b : blocks) {
-    if (b.rotated) rates.push_back(b.rotated / b.rotation_s);
-  }
-  std::sort(rates.begin(), rates.end());
+  const bench::Spread rates = bench::Summarize(
+      bench::Column(s.b, [](const Block& b) { return static_cast<double>(b.rotated) / b.rotation_s; }));
   std::printf("rotation: %.0f keys/s (median of %zu; spread %.0f..%.0f) vs the same unwrap+wrap alone %.0f keys/s: "
               "%.2fx; load average %s\n",
-              rates[rates.size() / 2], rates.size(), rates.front(), rates.back(), crypto_keys_per_s,
-              rates[rates.size() / 2] / crypto_keys_per_s, load.c_str());
+              rates.median, rates.n, rates.min, rates.max, crypto_keys_per_s, rates.median / crypto_keys_per_s,
+              load.c_str());
   service.reset();
   engine.reset();
   tpm.reset();

@@ -11,7 +11,8 @@
 //     until replica B, on the same store, serves the customer the change.
 // The KMS is the in-process test double (its latency is not what is
 // measured here); PostgreSQL is the real server of the PG test harness on
-// loopback. Backends alternate S P P S ...; median and spread per backend.
+// loopback. Backends alternate S P P S ...; median and spread per backend
+// (bench/internal/abba.h).
 //
 //   cmake --build build --target portal_bench && build/bench/portal_bench [rounds]
 #include <libpq-fe.h>
@@ -22,11 +23,11 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "bench/internal/abba.h"
 #include "csp/internal/test_doubles.h"
 #include "csp/jobs.h"
 #include "csp/sqlite_db.h"
@@ -146,7 +147,11 @@ struct Backend {
   std::string name;
   std::string url;          // "" for SQLite
   std::string sqlite_path;  // the file for SQLite
-  std::vector<double> launches_per_s, completions_per_s, list_p99_ms, restart_s, failover_ms;
+};
+
+// One round's figures on one backend.
+struct Figures {
+  double launches_per_s = 0, completions_per_s = 0, list_p99_ms = 0, restart_s = 0, failover_ms = 0;
 };
 
 // One portal's services on `backend`'s store.
@@ -176,16 +181,16 @@ Portal OpenPortal(const Backend& b, store::ObjectStore* objects, store::UploadSe
   return p;
 }
 
-double Percentile(std::vector<double> v, double q) {
-  std::sort(v.begin(), v.end());
-  return v[std::min(v.size() - 1, static_cast<size_t>(q * static_cast<double>(v.size())))];
-}
+using bench::Percentile;
 
-void Round(Backend& b, int round, store::ObjectStore* objects, store::UploadSessions* uploads,
+// One round on `b`; `round` (unique per backend) picks customers no earlier
+// round used.
+Figures Round(const Backend& b, int round, store::ObjectStore* objects, store::UploadSessions* uploads,
            const PackageVerifier* verifier, testing::FakeKmsClient* kms) {
+  Figures f;
   auto t0 = Clock_::now();
   Portal p = OpenPortal(b, objects, uploads, verifier, kms);
-  b.restart_s.push_back(Seconds(t0, Clock_::now()));
+  f.restart_s = Seconds(t0, Clock_::now());
   for (int h = 0; h < 4; ++h) {
     const std::string id = "bench-host-" + std::to_string(h);
     if (Status s = p.hosts->Register({id, 4096, {}}); !s.ok()) Die(s.ToString());
@@ -209,8 +214,8 @@ void Round(Backend& b, int round, store::ObjectStore* objects, store::UploadSess
     }
   }
   auto t3 = Clock_::now();
-  b.launches_per_s.push_back(kLaunchesPerRound / Seconds(t1, t2));
-  b.completions_per_s.push_back(kLaunchesPerRound / Seconds(t2, t3));
+  f.launches_per_s = kLaunchesPerRound / Seconds(t1, t2);
+  f.completions_per_s = kLaunchesPerRound / Seconds(t2, t3);
   // The customer's list calls: customer 0 has 100 images and 100 jobs.
   std::vector<double> ms;
   for (int i = 0; i < kListCalls; ++i) {
@@ -223,7 +228,7 @@ void Round(Backend& b, int round, store::ObjectStore* objects, store::UploadSess
     }
     ms.push_back(Seconds(a, Clock_::now()) * 1000);
   }
-  b.list_p99_ms.push_back(Percentile(ms, 0.99));
+  f.list_p99_ms = Percentile(ms, 0.99);
   // Failover: replica B on the same store; A stops a VM and is dropped.
   Portal replica_b = OpenPortal(b, objects, uploads, verifier, kms);
   const Job& j = launched.front();
@@ -236,23 +241,18 @@ void Round(Backend& b, int round, store::ObjectStore* objects, store::UploadSess
     if (seen.ok() && seen->state == JobState::kStopping) break;
     if (Seconds(t4, Clock_::now()) > 10) Die("replica B never saw the change");
   }
-  b.failover_ms.push_back(Seconds(t4, Clock_::now()) * 1000);
+  f.failover_ms = Seconds(t4, Clock_::now()) * 1000;
+  return f;
 }
 
+// "median [min..max]" of `v`, the median printed with `fmt`.
 std::string Summary(const std::vector<double>& v, const char* fmt) {
+  const bench::Spread s = bench::Summarize(v);
   char buf[128];
-  std::vector<double> s = v;
-  std::sort(s.begin(), s.end());
-  std::string out;
-  std::snprintf(buf, sizeof buf, fmt, s[s.size() / 2]);
-  out = buf;
-  std::snprintf(buf, sizeof buf, " [%.3g..%.3g]", s.front(), s.back());
+  std::snprintf(buf, sizeof buf, fmt, s.median);
+  std::string out = buf;
+  std::snprintf(buf, sizeof buf, " [%.3g..%.3g]", s.min, s.max);
   return out + buf;
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
 }
 
 }  // namespace
@@ -274,8 +274,8 @@ int main(int argc, char** argv) {
   if (!pg.ok()) Die("postgres: " + pg.status().ToString());
   auto url = (*pg)->CreateDatabase("portal_bench");
   if (!url.ok()) Die(url.status().ToString());
-  Backend sqlite{"sqlite", "", dir.File("portal.db"), {}, {}, {}, {}, {}};
-  Backend postgres{"postgres", *url, "", {}, {}, {}, {}, {}};
+  Backend sqlite{"sqlite", "", dir.File("portal.db")};
+  Backend postgres{"postgres", *url, ""};
   for (Backend* b : {&sqlite, &postgres}) {
     auto t = std::chrono::steady_clock::now();
     { auto db = OpenPortalStore(b->url, b->sqlite_path); if (!db.ok()) Die(db.status().ToString()); }
@@ -284,36 +284,28 @@ int main(int argc, char** argv) {
                 kCustomers * kPerCustomer, kCustomers * kPerCustomer,
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count());
   }
-  // Warm-up round of each (not counted), then S P P S ...
-  {
-    Backend ws = sqlite, wp = postgres;
-    Round(ws, 0, objects->get(), uploads->get(), &verifier, &kms);
-    Round(wp, 0, objects->get(), uploads->get(), &verifier, &kms);
-  }
-  for (int r = 0; r < rounds; ++r) {
-    const bool sqlite_first = (r % 2) == 0;
-    Backend& first = sqlite_first ? sqlite : postgres;
-    Backend& second = sqlite_first ? postgres : sqlite;
-    Round(first, 1 + 2 * r, objects->get(), uploads->get(), &verifier, &kms);
-    Round(second, 2 + 2 * r, objects->get(), uploads->get(), &verifier, &kms);
-  }
-  double load[3] = {0, 0, 0};
-  std::ifstream("/proc/loadavg") >> load[0] >> load[1] >> load[2];
+  // A warm-up round of each (not counted), then S P P S ...
+  int round = 0;
+  auto run_on = [&](const Backend& b) {
+    return [&, backend = &b] { return Round(*backend, round++, objects->get(), uploads->get(), &verifier, &kms); };
+  };
+  const auto s = bench::RunAbba({.warm_up_a = 1, .warm_up_b = 1, .runs = rounds}, run_on(sqlite),
+                                run_on(postgres));
   std::printf("\nportal_bench: %d rounds per backend (alternating), %d launches per round, "
-              "%d list calls; 100,000 images + 100,000 jobs preloaded; load average %.2f %.2f "
-              "%.2f (shared, noisy machine)\n",
-              rounds, kLaunchesPerRound, kListCalls, load[0], load[1], load[2]);
+              "%d list calls; 100,000 images + 100,000 jobs preloaded; load average %s "
+              "(shared, noisy machine)\n",
+              rounds, kLaunchesPerRound, kListCalls, bench::LoadAverage().c_str());
   std::printf("%-34s %-28s %-28s %s\n", "figure (median [min..max])", "SQLite (reference)",
               "PostgreSQL", "PG/SQLite");
-  auto row = [&](const char* name, const std::vector<double>& s, const std::vector<double>& p,
-                 const char* fmt) {
-    std::printf("%-34s %-28s %-28s %.2f\n", name, Summary(s, fmt).c_str(), Summary(p, fmt).c_str(),
-                Median(p) / Median(s));
+  auto row = [&](const char* name, double Figures::*figure, const char* fmt) {
+    const std::vector<double> sq = bench::Column(s.a, figure), pq = bench::Column(s.b, figure);
+    std::printf("%-34s %-28s %-28s %.2f\n", name, Summary(sq, fmt).c_str(), Summary(pq, fmt).c_str(),
+                bench::Median(pq) / bench::Median(sq));
   };
-  row("jobs created+placed per s", sqlite.launches_per_s, postgres.launches_per_s, "%.0f");
-  row("jobs completed per s (4 reports)", sqlite.completions_per_s, postgres.completions_per_s, "%.0f");
-  row("customer list calls p99 ms", sqlite.list_p99_ms, postgres.list_p99_ms, "%.2f");
-  row("restart: load 100k jobs s", sqlite.restart_s, postgres.restart_s, "%.2f");
-  row("failover: replica B serves ms", sqlite.failover_ms, postgres.failover_ms, "%.2f");
+  row("jobs created+placed per s", &Figures::launches_per_s, "%.0f");
+  row("jobs completed per s (4 reports)", &Figures::completions_per_s, "%.0f");
+  row("customer list calls p99 ms", &Figures::list_p99_ms, "%.2f");
+  row("restart: load 100k jobs s", &Figures::restart_s, "%.2f");
+  row("failover: replica B serves ms", &Figures::failover_ms, "%.2f");
   return 0;
 }

@@ -36,6 +36,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "bench/internal/abba.h"
 #include "crypto/keys.h"
 #include "crypto/primitives.h"
 #include "csp/portal_server.h"
@@ -141,25 +142,22 @@ double TimeCall(F&& f) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
+// One side's samples (seconds, or CPU seconds): median and min..max.
 struct Series {
   std::vector<double> s;
-  double Median() const {
-    std::vector<double> v = s;
-    std::sort(v.begin(), v.end());
-    const size_t n = v.size();
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-  }
-  double Min() const { return *std::min_element(s.begin(), s.end()); }
-  double Max() const { return *std::max_element(s.begin(), s.end()); }
+  // Appends `more` (one A B B A round's samples of this side).
+  void Add(const std::vector<double>& more) { s.insert(s.end(), more.begin(), more.end()); }
+  double Median() const { return bench::Summarize(s).median; }
+  double Min() const { return bench::Summarize(s).min; }
+  double Max() const { return bench::Summarize(s).max; }
 };
 
 void PrintPair(const char* what, const Series& ours, const Series& curl, double mib) {
   std::printf("%-28s %8.1f MiB/s (%.2f s, %.2f..%.2f)   curl %8.1f MiB/s (%.2f s, %.2f..%.2f)"
-              "   ratio %.2fx %s\n",
+              "   ratio %s\n",
               what, mib / ours.Median(), ours.Median(), ours.Min(), ours.Max(),
               mib / curl.Median(), curl.Median(), curl.Min(), curl.Max(),
-              curl.Median() / ours.Median(),
-              curl.Median() / ours.Median() >= 0.9 ? "(>= 0.9: met)" : "(< 0.9: MISSED)");
+              bench::RatioText(curl.Median() / ours.Median(), bench::Target::AtLeast(0.9)).c_str());
 }
 
 int Main(int argc, char** argv) {
@@ -290,18 +288,19 @@ int Main(int argc, char** argv) {
   const bool fetch_only = std::getenv("VMSEAL_BENCH_FETCH_ONLY") != nullptr;
   if (fetch_only) (void)ours_upload();
   Series up_ref, up_ours_vs_ref;
+  // Each round: curl ours ours curl (the warm-up ran above), two curl
+  // uploads with commit, and with VMSEAL_BINARY_REF ref ours ours ref.
   for (int i = 0; i < rounds && !fetch_only; ++i) {
-    up_curl.s.push_back(run_curl());
-    up_ours.s.push_back(run_ours());
-    up_ours.s.push_back(run_ours());
-    up_curl.s.push_back(run_curl());
+    const auto up = bench::RunAbba({.warm_up_a = 0, .runs = 2}, run_curl, run_ours);
+    up_curl.Add(up.a);
+    up_ours.Add(up.b);
     upc_curl.s.push_back(curl_upload(true));
     upc_curl.s.push_back(curl_upload(true));
     if (!ref_bin.empty()) {
-      up_ref.s.push_back(upload_with(ref_bin));
-      up_ours_vs_ref.s.push_back(ours_upload());
-      up_ours_vs_ref.s.push_back(ours_upload());
-      up_ref.s.push_back(upload_with(ref_bin));
+      const auto vs = bench::RunAbba({.warm_up_a = 0, .runs = 2}, [&] { return upload_with(ref_bin); },
+                                     ours_upload);
+      up_ref.Add(vs.a);
+      up_ours_vs_ref.Add(vs.b);
     }
   }
   if (!ref_bin.empty()) PrintPair("upload: ours vs VMSEAL_BINARY_REF", up_ours_vs_ref, up_ref, mib);
@@ -419,16 +418,15 @@ int Main(int argc, char** argv) {
     return s;
   };
   Series f_curl, f_ours, g_curl, g_ours;
-  (void)curl_fetch();  // warm-up
+  // A warm-up fetch by curl, then per round curl ours ours curl, whole
+  // file and ranges.
   for (int i = 0; i < rounds; ++i) {
-    f_curl.s.push_back(curl_fetch());
-    f_ours.s.push_back(ours_fetch());
-    f_ours.s.push_back(ours_fetch());
-    f_curl.s.push_back(curl_fetch());
-    g_curl.s.push_back(curl_fetch());
-    g_ours.s.push_back(ours_ranges());
-    g_ours.s.push_back(ours_ranges());
-    g_curl.s.push_back(curl_fetch());
+    const auto whole = bench::RunAbba({.warm_up_a = i == 0 ? 1 : 0, .runs = 2}, curl_fetch, ours_fetch);
+    f_curl.Add(whole.a);
+    f_ours.Add(whole.b);
+    const auto ranges = bench::RunAbba({.warm_up_a = 0, .runs = 2}, curl_fetch, ours_ranges);
+    g_curl.Add(ranges.a);
+    g_ours.Add(ranges.b);
   }
 
   double load[3] = {0, 0, 0};

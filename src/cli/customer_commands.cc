@@ -17,6 +17,7 @@
 
 #include "base/env.h"
 #include "cli/commands.h"
+#include "cli/customer_cert.h"
 #include "cli/customer_flags.h"
 #include "cli/portal_http.h"
 #include "crypto/keys.h"
@@ -260,16 +261,14 @@ StatusOr<crypto::Certificate> CheckSigningCert(const json& signing,
 }
 
 // Checks that `k` is a KMS certificate of this customer's key before any
-// file is written: it chains to the KMS CA, certifies exactly the public key
-// the portal says, and names the key id.
+// file is written (customer_cert.h: it chains to the KMS CA, certifies
+// exactly the public key the portal says, names the key id and the newest
+// version), then writes it.
 Status FetchCert(const CommonFlags& f, const FetchCertFlags& ff) {
   if (ff.out.empty()) return InvalidArgumentError("--out is required");
   ASSIGN_OR_RETURN(auto c, Connect(f));
   ASSIGN_OR_RETURN(httplib::Headers auth, Auth(f));
   ASSIGN_OR_RETURN(json k, CheckReply(c->Get("/v1/customer/key", auth), "fetch certificate"));
-  const std::string cert_pem = k.value("cert_pem", "");
-  const std::string public_pem = k.value("public_key_pem", "");
-  const std::string key_id = k.value("key_id", "");
   std::string ca_pem;
   bool ca_from_portal = false;
   if (!ff.kms_ca.empty()) {
@@ -279,40 +278,16 @@ Status FetchCert(const CommonFlags& f, const FetchCertFlags& ff) {
     ca_from_portal = true;
   }
   ASSIGN_OR_RETURN(std::vector<crypto::Certificate> roots, crypto::Certificate::ParsePemBundle(ca_pem));
-  ASSIGN_OR_RETURN(crypto::Certificate cert, crypto::Certificate::FromPem(cert_pem));
-  Status chain = crypto::VerifyCertificateChain(cert, roots);
-  if (!chain.ok()) {
-    return Status(chain.code(), "the customer certificate does not chain to the KMS CA: " +
-                                    chain.message());
-  }
-  ASSIGN_OR_RETURN(crypto::PublicKey certified, cert.GetPublicKey());
-  ASSIGN_OR_RETURN(crypto::PublicKey claimed, crypto::PublicKey::FromPem(public_pem));
-  if (certified.ToPem() != claimed.ToPem()) {
-    return DataLossError("the certificate certifies a different public key than the portal claims");
-  }
-  if (cert.SubjectCommonName() != key_id) {
-    return DataLossError("the certificate names key " + cert.SubjectCommonName() + ", not " +
-                         key_id);
-  }
-  // The newest key version (kms/key_versions.h): the certificate names the
-  // version the portal reports, and none older than one this customer
-  // asked for (rotate-key) is accepted.
-  const int64_t version = k.contains("version") && k["version"].is_number_integer()
-                              ? k["version"].get<int64_t>() : 1;
-  ASSIGN_OR_RETURN(uint64_t cert_version, KeyVersionOfCertificate(cert_pem));
-  if (static_cast<int64_t>(cert_version) != version) {
-    return DataLossError("the certificate is for key version " + std::to_string(cert_version) +
-                         ", the portal says version " + std::to_string(version));
-  }
-  if (k.contains("versions") && k["versions"].is_array()) {
-    for (const json& v : k["versions"]) {
-      if (v.is_object() && v.value("version", int64_t{0}) > version) {
-        return DataLossError("the portal served key version " + std::to_string(version) +
-                             " but version " + std::to_string(v.value("version", int64_t{0})) +
-                             " exists");
-      }
-    }
-  }
+  CustomerCertNames names;
+  names.certificate = "the customer certificate";
+  names.ca = ca_from_portal ? "the KMS CA the portal serves" : "the KMS CA you pinned (--kms-ca)";
+  names.reason = "certificate_untrusted";
+  ASSIGN_OR_RETURN(VerifiedCustomerCert verified, VerifyCustomerKeyReply(k, roots, names));
+  const crypto::Certificate& cert = verified.cert;
+  const std::string& key_id = verified.key_id;
+  // The newest key version (kms/key_versions.h), checked above; none older
+  // than one this customer asked for (rotate-key) is accepted.
+  const auto version = static_cast<int64_t>(verified.version);
   if (ff.min_version > 0 && version < ff.min_version) {
     return DataLossError("the portal served key version " + std::to_string(version) +
                          ", older than the version " + std::to_string(ff.min_version) + " just created");

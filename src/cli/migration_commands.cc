@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/env.h"
+#include "cli/customer_cert.h"
 #include "cli/customer_flags.h"
 #include "cli/portal_http.h"
 #include "crypto/keys.h"
@@ -75,9 +76,7 @@ StatusOr<json> ExportTo(const CustomerFlags& f, const ExportFlags& ef,
   if (Env::Default()->FileExists(ef.out)) {
     return AlreadyExistsError(ef.out + " exists; export writes a new file only");
   }
-  ASSIGN_OR_RETURN(std::string ca_pem, ReadFileToString(Env::Default(), ef.kms_ca));
-  ASSIGN_OR_RETURN(std::vector<crypto::Certificate> roots,
-                   crypto::Certificate::ParsePemBundle(ca_pem));
+  ASSIGN_OR_RETURN(std::vector<crypto::Certificate> roots, LoadPinnedCa(ef.kms_ca));
   const std::string key_path = ef.signing_key.empty() ? DefaultSigningKeyFile(f) : ef.signing_key;
   auto local = crypto::LoadPrivateKeyFile(key_path);
   if (!local.ok()) {
@@ -172,52 +171,19 @@ struct MigrateFlags {
 
 // The customer's certificate at B, verified before anything is asked of A:
 // it chains to the KMS B CA the customer pinned, certifies exactly the key
-// portal B names, and its CN is that key's id.
-struct Destination {
-  crypto::Certificate cert;
-  std::string customer_id;
-  std::string key_id;       // KMS B's id of the key (the certificate's CN)
-  std::string spki_key_id;  // hex SHA-256 of the key's SPKI (the tag's keyId)
-  crypto::KeyType key_type;
-  uint64_t key_version = 1;  // the certificate's key version at B
-};
-StatusOr<Destination> FetchDestination(const MigrateFlags& mf) {
-  ASSIGN_OR_RETURN(std::string ca_pem, ReadFileToString(Env::Default(), mf.to_kms_ca));
-  ASSIGN_OR_RETURN(std::vector<crypto::Certificate> roots,
-                   crypto::Certificate::ParsePemBundle(ca_pem));
+// portal B names, and its CN is that key's id (customer_cert.h).
+StatusOr<VerifiedCustomerCert> FetchDestination(const MigrateFlags& mf) {
+  ASSIGN_OR_RETURN(std::vector<crypto::Certificate> roots, LoadPinnedCa(mf.to_kms_ca));
   CustomerFlags bf;
   bf.portal = mf.to_portal;
   bf.ca_cert = mf.to_ca_cert;
   bf.session_file = mf.to_session;
   ASSIGN_OR_RETURN(auto c, ConnectCustomer(bf));
   ASSIGN_OR_RETURN(httplib::Headers auth, CustomerAuth(bf));
-  ASSIGN_OR_RETURN(json k, CheckReply(c->Get("/v1/customer/key", auth), "destination certificate"));
-  ASSIGN_OR_RETURN(crypto::Certificate cert, crypto::Certificate::FromPem(k.value("cert_pem", "")));
-  Status chain = crypto::VerifyCertificateChain(cert, roots);
-  if (!chain.ok()) {
-    return DataLossError("destination_untrusted: the destination certificate does not chain to "
-                         "the KMS CA you pinned (--to-kms-ca): " + chain.message());
-  }
-  ASSIGN_OR_RETURN(crypto::PublicKey certified, cert.GetPublicKey());
-  auto claimed = crypto::PublicKey::FromPem(k.value("public_key_pem", ""));
-  if (!claimed.ok() || claimed->KeyId() != certified.KeyId()) {
-    return DataLossError("destination_untrusted: the certificate certifies another key than "
-                         "portal B names");
-  }
-  const std::string key_id = k.value("key_id", "");
-  if (cert.SubjectCommonName() != key_id || key_id.empty()) {
-    return DataLossError("destination_untrusted: the certificate names key " +
-                         cert.SubjectCommonName() + ", not " + key_id);
-  }
-  const std::string customer_id = k.value("customer_id", "");
-  if (customer_id.empty()) return DataLossError("portal B named no customer id");
-  ASSIGN_OR_RETURN(uint64_t version, KeyVersionOfCertificate(cert.ToPem()));
-  const int64_t listed = k.contains("version") && k["version"].is_number_integer() ? k["version"].get<int64_t>() : 1;
-  if (static_cast<int64_t>(version) != listed) {
-    return DataLossError("destination_untrusted: the certificate is for key version " + std::to_string(version) +
-                         ", portal B says " + std::to_string(listed));
-  }
-  return Destination{std::move(cert), customer_id, key_id, certified.KeyId(), certified.type(), version};
+  return FetchVerifiedCustomerCert(*c, auth, roots, "destination certificate",
+                                   {.certificate = "the destination certificate",
+                                    .ca = "the KMS CA you pinned (--to-kms-ca)",
+                                    .portal = "portal B"});
 }
 
 Status Migrate(const CustomerFlags& f, const MigrateFlags& mf) {
@@ -253,7 +219,7 @@ Status Migrate(const CustomerFlags& f, const MigrateFlags& mf) {
   ASSIGN_OR_RETURN(std::string b_chain, ReadFileToString(Env::Default(), b_cert_path));
   // 1. The destination first: an untrusted one stops everything before A is
   //    asked for anything.
-  ASSIGN_OR_RETURN(Destination dest, FetchDestination(mf));
+  ASSIGN_OR_RETURN(VerifiedCustomerCert dest, FetchDestination(mf));
   // 2. The source package, verified against the customer's own signature.
   const std::string key_path = mf.signing_key.empty() ? DefaultSigningKeyFile(f) : mf.signing_key;
   ASSIGN_OR_RETURN(crypto::PrivateKey signing, crypto::LoadPrivateKeyFile(key_path));
@@ -265,7 +231,7 @@ Status Migrate(const CustomerFlags& f, const MigrateFlags& mf) {
   // The package for B keeps the source's key wrap: a destination key of
   // the other type is refused before anything is signed or asked of A.
   const bool source_x25519 = pkg->wrapped_key().algorithm == ovf::kX25519WrapUri;
-  if (source_x25519 != (dest.key_type == crypto::KeyType::kX25519)) {
+  if (source_x25519 != (dest.public_key.type() == crypto::KeyType::kX25519)) {
     pkg.reset();
     (void)Env::Default()->RemoveFile(source_path);
     return FailedPreconditionError(
@@ -278,10 +244,10 @@ Status Migrate(const CustomerFlags& f, const MigrateFlags& mf) {
   // 3. The destination tag: the same image and key version, B's tenant and key.
   ovf::EncryptionTag dest_tag = tag;
   dest_tag.tenant = dest.customer_id;
-  dest_tag.key_id = "sha256:" + dest.spki_key_id;
+  dest_tag.key_id = "sha256:" + dest.public_key.KeyId();
   // B's key version (its certificate's); the streams keep the version they
   // were sealed under (streamKeyVersion, package.md §4).
-  dest_tag.key_version = dest.key_version;
+  dest_tag.key_version = dest.version;
   dest_tag.stream_key_version = tag.stream_key_version != 0 ? tag.stream_key_version : tag.key_version;
   if (dest_tag.stream_key_version == dest_tag.key_version) dest_tag.stream_key_version = 0;
   kms::RewrapRequest req;
@@ -315,7 +281,7 @@ Status Migrate(const CustomerFlags& f, const MigrateFlags& mf) {
     auto recorded_auth = kms::RewrapAuthorizationFromJson(recorded->value("authorization", json()));
     if (!recorded_auth.ok()) return DataLossError(result_path + ": " + recorded_auth.status().message());
     a = *std::move(recorded_auth);  // what KMS A audited
-    r = {{"destination_key_id", dest.spki_key_id},
+    r = {{"destination_key_id", dest.public_key.KeyId()},
          {"rewrapped_key", recorded->value("rewrapped_key", "")}};
     // A package of an earlier run may be incomplete: it is made again.
     (void)Env::Default()->RemoveFile(migrated_path);
@@ -328,9 +294,9 @@ Status Migrate(const CustomerFlags& f, const MigrateFlags& mf) {
                                            "application/json"),
                                    "re-wrap at the source KMS"));
   }
-  if (r.value("destination_key_id", "") != dest.spki_key_id) {
+  if (r.value("destination_key_id", "") != dest.public_key.KeyId()) {
     return DataLossError("the source KMS wrapped to key " + r.value("destination_key_id", "") +
-                         ", not your destination key " + dest.spki_key_id);
+                         ", not your destination key " + dest.public_key.KeyId());
   }
   auto rewrapped = crypto::Base64Decode(r.value("rewrapped_key", ""));
   if (!rewrapped.ok() || rewrapped->empty()) return DataLossError("the source KMS sent no re-wrapped key");
@@ -370,7 +336,7 @@ Status Migrate(const CustomerFlags& f, const MigrateFlags& mf) {
     std::cout << out.dump(2) << "\n";
   } else {
     std::cout << "image " << tag.image_id << ": data key re-wrapped by the source KMS to your key "
-              << dest.spki_key_id << " at " << mf.to_portal << " (" << result_path << ")\n";
+              << dest.public_key.KeyId() << " at " << mf.to_portal << " (" << result_path << ")\n";
   }
   return OkStatus();
 }
@@ -405,37 +371,18 @@ Status Rewrap(const CustomerFlags& f, const RewrapFlags& rf) {
       rf.signing_cert.empty() ? DirName(key_path) + "/signing-cert.pem" : rf.signing_cert;
   ASSIGN_OR_RETURN(crypto::PrivateKey signing, crypto::LoadPrivateKeyFile(key_path));
   ASSIGN_OR_RETURN(std::string chain, ReadFileToString(Env::Default(), chain_path));
-  ASSIGN_OR_RETURN(std::string ca_pem, ReadFileToString(Env::Default(), rf.kms_ca));
-  ASSIGN_OR_RETURN(std::vector<crypto::Certificate> roots, crypto::Certificate::ParsePemBundle(ca_pem));
+  ASSIGN_OR_RETURN(std::vector<crypto::Certificate> roots, LoadPinnedCa(rf.kms_ca));
   ASSIGN_OR_RETURN(auto c, ConnectCustomer(f));
   ASSIGN_OR_RETURN(httplib::Headers auth, CustomerAuth(f));
   // 1. The newest version's certificate, verified as fetch-cert does: it
   //    chains to the pinned CA, certifies the key the portal names, is of
   //    the version the portal names, and no newer version is listed.
-  ASSIGN_OR_RETURN(json k, CheckReply(c->Get("/v1/customer/key", auth), "rewrap"));
-  ASSIGN_OR_RETURN(crypto::Certificate cert, crypto::Certificate::FromPem(k.value("cert_pem", "")));
-  Status chain_ok = crypto::VerifyCertificateChain(cert, roots);
-  if (!chain_ok.ok()) {
-    return DataLossError("destination_untrusted: your newest certificate does not chain to the KMS CA "
-                         "you pinned (--kms-ca): " + chain_ok.message());
-  }
-  ASSIGN_OR_RETURN(crypto::PublicKey certified, cert.GetPublicKey());
-  auto claimed = crypto::PublicKey::FromPem(k.value("public_key_pem", ""));
-  if (!claimed.ok() || claimed->KeyId() != certified.KeyId() || cert.SubjectCommonName() != k.value("key_id", "")) {
-    return DataLossError("destination_untrusted: the certificate certifies another key than the portal names");
-  }
-  const int64_t version = k.contains("version") && k["version"].is_number_integer() ? k["version"].get<int64_t>() : 1;
-  ASSIGN_OR_RETURN(uint64_t cert_version, KeyVersionOfCertificate(cert.ToPem()));
-  if (static_cast<int64_t>(cert_version) != version) {
-    return DataLossError("destination_untrusted: the certificate is for key version " +
-                         std::to_string(cert_version) + ", the portal says " + std::to_string(version));
-  }
-  for (const json& v : k.value("versions", json::array())) {
-    if (v.is_object() && v.value("version", int64_t{0}) > version) {
-      return DataLossError("the portal served key version " + std::to_string(version) + " but version " +
-                           std::to_string(v.value("version", int64_t{0})) + " exists");
-    }
-  }
+  ASSIGN_OR_RETURN(VerifiedCustomerCert newest,
+                   FetchVerifiedCustomerCert(*c, auth, roots, "rewrap",
+                                             {.certificate = "your newest certificate"}));
+  const crypto::Certificate& cert = newest.cert;
+  const crypto::PublicKey& certified = newest.public_key;
+  const auto version = static_cast<int64_t>(newest.version);
   // 2. The image's package, verified against the customer's own signature.
   ASSIGN_OR_RETURN(json listing, CheckReply(c->Get("/v1/images/" + rf.image, auth), "rewrap"));
   // Files of an earlier run are made again.

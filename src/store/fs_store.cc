@@ -16,6 +16,7 @@
 
 #include "crypto/primitives.h"
 #include "json/json.h"
+#include "store/internal/quota_reader.h"
 
 namespace vmseal::store {
 namespace {
@@ -152,22 +153,18 @@ StatusOr<ObjectInfo> FsObjectStore::Put(const std::string& key, Reader& source,
 
   crypto::Sha256Hasher hasher;
   std::vector<uint8_t> buf(kCopyBufferBytes);
-  uint64_t total = 0;
+  internal::QuotaReader limited(source, 0, options.max_size_bytes, "object");
   for (;;) {
-    ASSIGN_OR_RETURN(size_t n, source.Read(buf));
+    ASSIGN_OR_RETURN(size_t n, limited.Read(buf));
     if (n == 0) break;
-    total += n;
-    if (options.max_size_bytes != 0 && total > options.max_size_bytes) {
-      return ResourceExhaustedError("object exceeds the size quota of " +
-                                    std::to_string(options.max_size_bytes) + " bytes");
-    }
     std::span<const uint8_t> chunk(buf.data(), n);
     hasher.Update(chunk);
     RETURN_IF_ERROR(out->file()->Append(chunk));
   }
   RETURN_IF_ERROR(out->Commit());
 
-  return PublishData(ObjectInfo{key, total, crypto::HexEncode(hasher.Finish())}, data_name);
+  return PublishData(ObjectInfo{key, limited.total_bytes(), crypto::HexEncode(hasher.Finish())},
+                     data_name);
 }
 
 StatusOr<ObjectInfo> FsObjectStore::PublishData(const ObjectInfo& info,
@@ -326,19 +323,15 @@ StatusOr<uint64_t> FsObjectStore::StageAppend(const std::string& id, uint64_t of
                                    " does not match the session offset " + std::to_string(size));
   }
   std::vector<uint8_t> buf(kCopyBufferBytes);
+  internal::QuotaReader limited(source, size, max_size_bytes, "upload");
   Status result;
   for (;;) {
-    auto n = source.Read(buf);
+    auto n = limited.Read(buf);
     if (!n.ok()) {
       result = n.status();
       break;
     }
     if (*n == 0) break;
-    if (max_size_bytes != 0 && size + *n > max_size_bytes) {
-      result = ResourceExhaustedError("upload exceeds the size quota of " +
-                                      std::to_string(max_size_bytes) + " bytes");
-      break;
-    }
     size_t done = 0;
     while (done < *n) {
       ssize_t w = ::write(fd.fd, buf.data() + done, *n - done);

@@ -14,6 +14,7 @@
 
 #include "crypto/primitives.h"
 #include "json/json.h"
+#include "store/internal/quota_reader.h"
 #include "store/internal/s3_xml.h"
 
 namespace vmseal::store {
@@ -288,11 +289,6 @@ StatusOr<size_t> ReadFull(Reader& source, std::span<uint8_t> buf) {
   return got;
 }
 
-Status QuotaError(uint64_t max) {
-  return ResourceExhaustedError("object exceeds the size quota of " + std::to_string(max) +
-                                " bytes");
-}
-
 }  // namespace
 
 StatusOr<std::unique_ptr<S3ObjectStore>> S3ObjectStore::Create(Options options) {
@@ -323,11 +319,8 @@ StatusOr<ObjectInfo> S3ObjectStore::Put(const std::string& key, Reader& source,
   const uint64_t part = client_->part_size();
   std::vector<uint8_t> buf(part);
   crypto::Sha256Hasher hasher;
-  ASSIGN_OR_RETURN(size_t first, ReadFull(source, buf));
-  uint64_t total = first;
-  if (options.max_size_bytes != 0 && total > options.max_size_bytes) {
-    return QuotaError(options.max_size_bytes);
-  }
+  internal::QuotaReader limited(source, 0, options.max_size_bytes, "object");
+  ASSIGN_OR_RETURN(size_t first, ReadFull(limited, buf));
   hasher.Update(std::span<const uint8_t>(buf.data(), first));
 
   if (first < part) {
@@ -360,11 +353,7 @@ StatusOr<ObjectInfo> S3ObjectStore::Put(const std::string& key, Reader& source,
         if (pr.etag.empty()) return UnavailableError("S3 upload part: no ETag");
         complete += "<Part><PartNumber>" + std::to_string(number) + "</PartNumber><ETag>" +
                     pr.etag + "</ETag></Part>";
-        ASSIGN_OR_RETURN(len, ReadFull(source, buf));
-        total += len;
-        if (options.max_size_bytes != 0 && total > options.max_size_bytes) {
-          return QuotaError(options.max_size_bytes);
-        }
+        ASSIGN_OR_RETURN(len, ReadFull(limited, buf));
         hasher.Update(std::span<const uint8_t>(buf.data(), len));
       }
       complete += "</CompleteMultipartUpload>";
@@ -390,7 +379,7 @@ StatusOr<ObjectInfo> S3ObjectStore::Put(const std::string& key, Reader& source,
     }
   }
 
-  ObjectInfo info{key, total, crypto::HexEncode(hasher.Finish())};
+  ObjectInfo info{key, limited.total_bytes(), crypto::HexEncode(hasher.Finish())};
   S3Request side;
   side.method = "PUT";
   side.key = kShaPrefix + key;
@@ -637,23 +626,19 @@ StatusOr<uint64_t> S3ObjectStore::StageAppend(const std::string& id, uint64_t of
     fill = 0;
     return OkStatus();
   };
+  internal::QuotaReader limited(source, size, max_size_bytes, "upload");
   Status result;
   for (;;) {
     if (fill == part) {
       result = flush_part();
       if (!result.ok()) break;
     }
-    auto n = source.Read(std::span<uint8_t>(buf).subspan(fill));
+    auto n = limited.Read(std::span<uint8_t>(buf).subspan(fill));
     if (!n.ok()) {
       result = n.status();
       break;
     }
     if (*n == 0) break;
-    if (max_size_bytes != 0 && size + *n > max_size_bytes) {
-      result = ResourceExhaustedError("upload exceeds the size quota of " +
-                                      std::to_string(max_size_bytes) + " bytes");
-      break;
-    }
     if (observe) observe(std::span<const uint8_t>(buf.data() + fill, *n));
     fill += *n;
     size += *n;

@@ -12,10 +12,20 @@
 // export), so that pair differs only in what a VM's disk costs. nbdcopy of
 // the plain file is not an NBD read at all (it reads the file directly with
 // large parallel requests) and is printed for scale; nbdkit's own `file`
-// plugin over the same socket isolates the NBD transport.
+// plugin over the same socket isolates the NBD transport, and its `memory`
+// plugin (the bytes already in the server's RAM, no file read) shows what
+// any NBD server gives through qemu's NBD client: the transport ceiling,
+// printed against the plain file and against the export. Both run with the
+// export's thread count.
 //
 //   cmake --build build --target nbd_bench nbdkit-vmseal-plugin &&
-//   build/bench/nbd_bench [SIZE_MIB] [ROUNDS] [all|local|remote]
+//   build/bench/nbd_bench [SIZE_MIB] [ROUNDS] [all|local|remote|serve]
+//
+// VMSEAL_NBD_REF_PLUGIN=path.so and/or VMSEAL_NBD_REF_THREADS=N add a second
+// export (another build of the plugin, another thread count) to the same
+// rounds, for before/after; VMSEAL_NBD_THREADS=N sets the export's own.
+// `serve` keeps the export and nbdkit `file` up until stdin ends and prints
+// their URIs and pids (for perf and strace).
 //
 // Defaults: a 1024 MiB random image sealed with the default 1 MiB chunks,
 // 3 rounds. Each measurement is one full sequential read; after a warm-up of

@@ -155,7 +155,10 @@ Status ErrorFromLog(const std::string& log_path, const std::string& fallback) {
 int ExportThreads(const ExportOptions& options) {
   if (options.threads > 0) return options.threads;
   const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-  return static_cast<int>(std::clamp<long>(cpus, 2, 16));
+  // A remote source's thread may wait for a range fetch (no CPU held): at
+  // least 4 there, so that reads of cached blocks go on meanwhile.
+  const long least = options.package_path.empty() ? 4 : 2;
+  return static_cast<int>(std::clamp<long>(cpus, least, 16));
 }
 
 namespace {

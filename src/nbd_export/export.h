@@ -69,7 +69,8 @@ struct ExportOptions {
   // and Reattach adopts it. Default true.
   bool exit_with_parent = true;
   // nbdkit worker threads per connection; 0 (default): one per online CPU,
-  // at least 2 and at most 16 (ExportThreads). More threads than cores
+  // at least 2 (a remote source: 4, as a thread may wait for a fetch) and
+  // at most 16 (ExportThreads). More threads than cores
   // only add wake-ups and per-thread 2 MiB request buffers that fall out of
   // the CPU cache: on 2 cores, 16 threads cost 1.5-2x the server CPU per
   // GiB of 2 (docs/host.md "Export read: threads").

@@ -514,8 +514,8 @@ struct AsyncRead {
 void ReadAllInFlight(NbdClient& c, std::vector<AsyncRead>& reads) {
   for (AsyncRead& r : reads) {
     r.buf.assign(r.length, '\x5a');
-    r.cookie = nbd_aio_pread(c.handle(), r.buf.data(), r.length, r.offset,
-                             NBD_NULL_COMPLETION, 0);
+    nbd_completion_callback none{};  // NBD_NULL_COMPLETION is a C compound literal
+    r.cookie = nbd_aio_pread(c.handle(), r.buf.data(), r.length, r.offset, none, 0);
     ASSERT_GT(r.cookie, 0) << nbd_get_error();
   }
   const auto deadline = Clock::now() + std::chrono::seconds(60);
@@ -619,11 +619,12 @@ TEST_F(ExportTest, ParallelReadsAroundTamperedChunksFailOnlyThoseAndServeTheRest
 }
 
 // The nbdkit the export starts runs ExportThreads workers: one per CPU (2
-// to 16) unless asked otherwise.
+// to 16; a remote source at least 4) unless asked otherwise.
 TEST_F(ExportTest, NbdkitRunsOneWorkerThreadPerCpuUnlessTold) {
   const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
   ExportOptions o = Local("t");
   EXPECT_EQ(ExportThreads(o), static_cast<int>(std::clamp<long>(cpus, 2, 16)));
+  EXPECT_EQ(ExportThreads(Remote("t", 443)), static_cast<int>(std::clamp<long>(cpus, 4, 16)));
   o.threads = 5;
   EXPECT_EQ(ExportThreads(o), 5);
   for (int threads : {0, 3}) {

@@ -4,7 +4,12 @@
 // TLS that serves the package with Range support.
 #include <httplib.h>
 #include <libnbd.h>
+#include <fcntl.h>
+#include <grp.h>
 #include <signal.h>
+#include <sys/ptrace.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -616,6 +621,73 @@ TEST_F(ExportTest, ParallelReadsAroundTamperedChunksFailOnlyThoseAndServeTheRest
     }
     EXPECT_EQ(offsets.size(), static_cast<size_t>((chunks + 1) / 5));
   }
+}
+
+// The export holds the data key and decrypted chunks in memory, and runs as
+// its VM's user, the same uid as that VM's qemu. A process of that uid
+// (qemu after a guest escape) must not read its memory, and a crash must
+// not write it to a core file: the plugin makes nbdkit non-dumpable.
+TEST_F(ExportTest, AProcessOfTheExportsOwnUidCannotReadItsMemory) {
+  if (geteuid() != 0) GTEST_SKIP() << "run_as_uid needs root";
+  constexpr uid_t kVmUid = 61727;
+  // The VM user reaches the package (its own copy in a directory it may
+  // enter; nothing secret in this test's data).
+  const std::string pub = dir_.File("pub");
+  ASSERT_EQ(mkdir(pub.c_str(), 0755), 0);
+  ASSERT_EQ(chmod(dir_.path().c_str(), 0755), 0);
+  fs::copy_file(Ova(), pub + "/pkg.ova");
+  ASSERT_EQ(chmod((pub + "/pkg.ova").c_str(), 0644), 0);
+  ExportOptions o = Local("u");
+  o.package_path = pub + "/pkg.ova";
+  o.run_as_uid = kVmUid;
+  auto e = Export::Start(o, key_);
+  ASSERT_OK(e);
+  const pid_t pid = (*e)->pid();
+  const std::string status = ReadFileOrDie("/proc/" + std::to_string(pid) + "/status");
+  ASSERT_NE(status.find("Uid:\t" + std::to_string(kVmUid) + "\t"), std::string::npos) << status;
+  // It serves (the key is in its memory now).
+  NbdClient c((*e)->socket_path());
+  std::string got;
+  ASSERT_EQ(c.Pread(&got, 4096, 0), 0);
+  ASSERT_TRUE(got == std::string_view(plaintext_).substr(0, 4096));
+  // A child with the same uid tries what an attacker would: read the
+  // export's memory directly, attach with ptrace, open /proc/<pid>/mem.
+  int pipe_fds[2];
+  ASSERT_EQ(pipe(pipe_fds), 0);
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    close(pipe_fds[0]);
+    int results[3] = {0, 0, 0};
+    if (setgroups(0, nullptr) != 0 || setresgid(kVmUid, kVmUid, kVmUid) != 0 ||
+        setresuid(kVmUid, kVmUid, kVmUid) != 0) {
+      _exit(2);
+    }
+    char buf[64];
+    iovec local{buf, sizeof(buf)};
+    // The permission check comes before the address: with access, an
+    // unmapped address is EFAULT (what main's plugin gave), without EPERM.
+    iovec remote{reinterpret_cast<void*>(0x1000), sizeof(buf)};
+    results[0] = process_vm_readv(pid, &local, 1, &remote, 1, 0) < 0 ? errno : 0;
+    results[1] = ptrace(PTRACE_ATTACH, pid, nullptr, nullptr) != 0 ? errno : 0;
+    const std::string mem = "/proc/" + std::to_string(pid) + "/mem";
+    const int fd = open(mem.c_str(), O_RDONLY);
+    results[2] = fd < 0 ? errno : 0;
+    if (write(pipe_fds[1], results, sizeof(results)) != sizeof(results)) _exit(3);
+    _exit(0);
+  }
+  close(pipe_fds[1]);
+  int results[3] = {-1, -1, -1};
+  const ssize_t n = read(pipe_fds[0], results, sizeof(results));
+  close(pipe_fds[0]);
+  int wstatus = 0;
+  ASSERT_EQ(waitpid(child, &wstatus, 0), child);
+  ASSERT_TRUE(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0) << wstatus;
+  ASSERT_EQ(n, static_cast<ssize_t>(sizeof(results)));
+  EXPECT_EQ(results[0], EPERM) << "process_vm_readv";
+  EXPECT_EQ(results[1], EPERM) << "ptrace attach";
+  EXPECT_EQ(results[2], EACCES) << "open /proc/<pid>/mem";
+  ASSERT_OK((*e)->Stop());
 }
 
 // The nbdkit the export starts runs ExportThreads workers: one per CPU (2

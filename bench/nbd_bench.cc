@@ -12,10 +12,20 @@
 // export), so that pair differs only in what a VM's disk costs. nbdcopy of
 // the plain file is not an NBD read at all (it reads the file directly with
 // large parallel requests) and is printed for scale; nbdkit's own `file`
-// plugin over the same socket isolates the NBD transport.
+// plugin over the same socket isolates the NBD transport, and its `memory`
+// plugin (the bytes already in the server's RAM, no file read) shows what
+// any NBD server gives through qemu's NBD client: the transport ceiling,
+// printed against the plain file and against the export. Both run with the
+// export's thread count.
 //
 //   cmake --build build --target nbd_bench nbdkit-vmseal-plugin &&
-//   build/bench/nbd_bench [SIZE_MIB] [ROUNDS] [all|local|remote]
+//   build/bench/nbd_bench [SIZE_MIB] [ROUNDS] [all|local|remote|serve]
+//
+// VMSEAL_NBD_REF_PLUGIN=path.so and/or VMSEAL_NBD_REF_THREADS=N add a second
+// export (another build of the plugin, another thread count) to the same
+// rounds, for before/after; VMSEAL_NBD_THREADS=N sets the export's own.
+// `serve` keeps the export and nbdkit `file` up until stdin ends and prints
+// their URIs and pids (for perf and strace).
 //
 // Defaults: a 1024 MiB random image sealed with the default 1 MiB chunks,
 // 3 rounds. Each measurement is one full sequential read; after a warm-up of
@@ -194,62 +204,125 @@ int Main(int argc, char** argv) {
   o.plugin_path = VMSEAL_NBD_PLUGIN_PATH;
   o.state_dir = dir + "/l";
   o.package_path = ova;
+  if (const char* t = std::getenv("VMSEAL_NBD_THREADS"); t != nullptr && *t != '\0') {
+    o.threads = std::atoi(t);
+  }
   const double mib = static_cast<double>(size_mib);
+  if (parts == "serve") {
+    // For profiling: the export and nbdkit's `file` plugin on the plain
+    // image stay up until stdin ends.
+    auto served = nbd_export::Export::Start(o, *data_key);
+    CHECK_OK(served);
+    const std::string sock = dir + "/plain.sock";
+    if (std::system(("nbdkit --readonly -U " + sock + " -P " + dir + "/plain.pid file " +
+                     plain).c_str()) != 0) {
+      Die("nbdkit file plugin");
+    }
+    std::printf("export %s pid %d\nplain file %s\nnbdkit file nbd+unix:///?socket=%s pid %d\n",
+                (*served)->Uri().c_str(), static_cast<int>((*served)->pid()), plain.c_str(),
+                sock.c_str(), static_cast<int>(PidFromFile(dir + "/plain.pid")));
+    std::fflush(stdout);
+    while (std::getchar() != EOF) {
+    }
+    CHECK_OK((*served)->Stop());
+    if (std::system(("kill $(cat " + dir + "/plain.pid)").c_str()) != 0) Die("stop nbdkit file");
+    return 0;
+  }
   if (parts != "remote") {
   auto local = nbd_export::Export::Start(o, *data_key);
   CHECK_OK(local);
+  const int threads = nbd_export::ExportThreads(o);
+  // Optionally a second export of the same package in the same rounds: a
+  // reference build of the plugin (VMSEAL_NBD_REF_PLUGIN=path.so) and/or
+  // another thread count (VMSEAL_NBD_REF_THREADS=N), for before/after.
+  std::unique_ptr<nbd_export::Export> ref;
+  {
+    const char* rp = std::getenv("VMSEAL_NBD_REF_PLUGIN");
+    const char* rt = std::getenv("VMSEAL_NBD_REF_THREADS");
+    if ((rp != nullptr && *rp != '\0') || (rt != nullptr && *rt != '\0')) {
+      nbd_export::ExportOptions ro = o;
+      ro.state_dir = dir + "/ref";
+      if (rp != nullptr && *rp != '\0') ro.plugin_path = rp;
+      if (rt != nullptr && *rt != '\0') ro.threads = std::atoi(rt);
+      auto started = nbd_export::Export::Start(ro, *data_key);
+      CHECK_OK(started);
+      ref = std::move(started).value();
+      std::printf("reference export: %s, %d threads\n", ro.plugin_path.c_str(),
+                  nbd_export::ExportThreads(ro));
+    }
+  }
 
-  const std::string plain_cmd = "nbdcopy " + plain + " null:";
-  const std::string export_cmd = "nbdcopy '" + (*local)->Uri() + "' null:";
-  // The same transport without decryption: nbdkit's file plugin serving the
-  // plain image on its own socket.
+  // The NBD transport without decryption, on sockets of their own and with
+  // the export's thread count: nbdkit's `file` plugin serving the plain
+  // image, and its `memory` plugin serving the same bytes from its own RAM
+  // (no file read at all: what any NBD server that already holds the bytes
+  // can do through qemu's NBD client, the ceiling for an export).
+  const std::string t_arg = " --threads " + std::to_string(threads) + " ";
   const std::string plain_sock = dir + "/plain.sock";
-  if (std::system(("nbdkit --readonly -U " + plain_sock + " -P " + dir + "/plain.pid file " +
-                   plain).c_str()) != 0) {
+  const std::string mem_sock = dir + "/mem.sock";
+  if (std::system(("nbdkit --readonly -U " + plain_sock + " -P " + dir + "/plain.pid" + t_arg +
+                   "file " + plain).c_str()) != 0) {
     Die("nbdkit file plugin");
   }
+  if (std::system(("nbdkit -U " + mem_sock + " -P " + dir + "/mem.pid" + t_arg +
+                   "--filter=noextents memory size=" + std::to_string(size_mib) + "M")
+                      .c_str()) != 0) {
+    Die("nbdkit memory plugin");
+  }
+  const std::string mem_uri = "nbd+unix:///?socket=" + mem_sock;
+  Time("nbdcopy " + plain + " '" + mem_uri + "'");
+  const std::string plain_cmd = "nbdcopy " + plain + " null:";
+  const std::string export_cmd = "nbdcopy '" + (*local)->Uri() + "' null:";
   const std::string nbd_plain_cmd = "nbdcopy 'nbd+unix:///?socket=" + plain_sock + "' null:";
-  const std::string qemu_plain_cmd =
-      "qemu-img convert -n -f raw -O raw " + plain + " 'null-co://'";
-  const std::string qemu_export_cmd =
-      "qemu-img convert -n -f raw -O raw '" + (*local)->Uri() + "' 'null-co://'";
-  const std::string qemu_nbd_plain_cmd =
-      "qemu-img convert -n -f raw -O raw 'nbd+unix:///?socket=" + plain_sock + "' 'null-co://'";
+  auto qemu = [](const std::string& src) {
+    return "qemu-img convert -n -f raw -O raw '" + src + "' 'null-co://'";
+  };
+  const std::string qemu_plain_cmd = qemu(plain);
+  const std::string qemu_export_cmd = qemu((*local)->Uri());
+  const std::string qemu_nbd_plain_cmd = qemu("nbd+unix:///?socket=" + plain_sock);
+  const std::string qemu_mem_cmd = qemu(mem_uri);
+  const std::string qemu_ref_cmd = ref ? qemu(ref->Uri()) : "";
   // Warm-up: page cache holds the plain file and the package.
   Time(plain_cmd);
   Time(export_cmd);
   Time(nbd_plain_cmd);
   Time(qemu_plain_cmd);
   Time(qemu_export_cmd);
+  Time(qemu_mem_cmd);
+  if (ref) Time(qemu_ref_cmd);
   const pid_t plain_pid = PidFromFile(dir + "/plain.pid");
+  const pid_t mem_pid = PidFromFile(dir + "/mem.pid");
   const pid_t export_pid = (*local)->pid();
+  const pid_t ref_pid = ref ? ref->pid() : 0;
   const double cpu_plain0 = CpuSeconds(plain_pid), cpu_export0 = CpuSeconds(export_pid);
-  std::vector<double> a, b, c, cb, qa, qb, qc, qd;
+  const double cpu_mem0 = CpuSeconds(mem_pid), cpu_ref0 = ref ? CpuSeconds(ref_pid) : 0;
+  std::vector<double> a, b, c, cb, qa, qb, qc, qd, qm, qe, qr, qf;
+  // Full reads each server gave (for its CPU per GiB).
+  int served_plain = 0, served_mem = 0, served_export = 0, served_ref = 0;
+  auto pair = [](std::vector<double>& x, const std::string& x_cmd, int* x_served,
+                 std::vector<double>& y, const std::string& y_cmd, int* y_served) {
+    x.push_back(Time(x_cmd));
+    y.push_back(Time(y_cmd));
+    y.push_back(Time(y_cmd));
+    x.push_back(Time(x_cmd));
+    if (x_served != nullptr) *x_served += 2;
+    if (y_served != nullptr) *y_served += 2;
+  };
   for (int r = 0; r < rounds; ++r) {
     // The reference pair first: qemu reading the plain file and the export.
-    qa.push_back(Time(qemu_plain_cmd));
-    qb.push_back(Time(qemu_export_cmd));
-    qb.push_back(Time(qemu_export_cmd));
-    qa.push_back(Time(qemu_plain_cmd));
-    qc.push_back(Time(qemu_nbd_plain_cmd));
-    qd.push_back(Time(qemu_export_cmd));
-    qd.push_back(Time(qemu_export_cmd));
-    qc.push_back(Time(qemu_nbd_plain_cmd));
-    a.push_back(Time(plain_cmd));
-    b.push_back(Time(export_cmd));
-    b.push_back(Time(export_cmd));
-    a.push_back(Time(plain_cmd));
-    c.push_back(Time(nbd_plain_cmd));
-    cb.push_back(Time(export_cmd));
-    cb.push_back(Time(export_cmd));
-    c.push_back(Time(nbd_plain_cmd));
+    pair(qa, qemu_plain_cmd, nullptr, qb, qemu_export_cmd, &served_export);
+    pair(qc, qemu_nbd_plain_cmd, &served_plain, qd, qemu_export_cmd, &served_export);
+    pair(qm, qemu_mem_cmd, &served_mem, qe, qemu_export_cmd, &served_export);
+    if (ref) pair(qr, qemu_ref_cmd, &served_ref, qf, qemu_export_cmd, &served_export);
+    pair(a, plain_cmd, nullptr, b, export_cmd, &served_export);
+    pair(c, nbd_plain_cmd, &served_plain, cb, export_cmd, &served_export);
   }
   double load[3] = {0, 0, 0};
   (void)getloadavg(load, 3);
   std::printf("sequential read, %llu MiB, page cache warm (A B B A x %d), load average "
-              "%.2f %.2f %.2f (%u cores, shared):\n",
+              "%.2f %.2f %.2f (%u cores, shared), export and nbdkit plugins %d threads:\n",
               static_cast<unsigned long long>(size_mib), rounds, load[0], load[1], load[2],
-              std::thread::hardware_concurrency());
+              std::thread::hardware_concurrency(), threads);
   Report("A qemu-img convert plain file", qa, mib);
   Report("B qemu-img convert through export", qb, mib);
   std::printf("  ratio B/A (median): %.2f   target >= 0.80 (the reference: a guest reads "
@@ -257,23 +330,48 @@ int Main(int argc, char** argv) {
   Report("C qemu-img convert nbdkit file (plain)", qc, mib);
   Report("D qemu-img convert through export", qd, mib);
   std::printf("  ratio D/C, same NBD transport (median): %.2f\n", Median(qc) / Median(qd));
+  Report("M qemu-img convert nbdkit memory", qm, mib);
+  Report("N qemu-img convert through export", qe, mib);
+  std::printf("  ratio N/M, export / transport ceiling (median): %.2f\n", Median(qm) / Median(qe));
+  // The best an NBD server did here, against the plain file: what 0.8x
+  // would have to fit under.
+  const double ceiling = std::min(Median(qc), Median(qm));
+  std::printf("  NBD transport ceiling / plain file: %.2f (best of C, M over A); export / "
+              "ceiling: %.2f (B over the best of C, M)\n",
+              Median(qa) / ceiling, ceiling / Median(qb));
+  if (ref) {
+    Report("R qemu-img convert reference export", qr, mib);
+    Report("S qemu-img convert through export", qf, mib);
+    std::printf("  ratio S/R, this export / reference (median): %.2f\n",
+                Median(qr) / Median(qf));
+  }
   Report("E nbdcopy plain file (no NBD; scale)", a, mib);
   Report("F nbdcopy through the export", b, mib);
   std::printf("  ratio F/E (median): %.2f\n", Median(a) / Median(b));
   Report("G nbdcopy nbdkit file plugin (plain)", c, mib);
   Report("H nbdcopy through the export", cb, mib);
   std::printf("  ratio H/G, same NBD transport (median): %.2f\n", Median(c) / Median(cb));
-  // Server CPU per GiB served, independent of what else runs on the machine:
-  // the file plugin served C and G (4 per round); the export served B, D, F
-  // and H (8 per round).
+  // Server CPU per GiB served, less dependent on what else runs on the
+  // machine than the times.
   const double gib = mib / 1024.0;
-  std::printf("  server CPU per GiB: nbdkit file %.2f s, vmseal export %.2f s (ratio %.2f)\n",
-              (CpuSeconds(plain_pid) - cpu_plain0) / (4 * rounds * gib),
-              (CpuSeconds(export_pid) - cpu_export0) / (8 * rounds * gib),
-              ((CpuSeconds(export_pid) - cpu_export0) / 8) /
-                  std::max(1e-9, (CpuSeconds(plain_pid) - cpu_plain0) / 4));
+  auto per_gib = [gib](double cpu, int served) { return cpu / std::max(1, served) / gib; };
+  const double cpu_file = per_gib(CpuSeconds(plain_pid) - cpu_plain0, served_plain);
+  const double cpu_mem = per_gib(CpuSeconds(mem_pid) - cpu_mem0, served_mem);
+  const double cpu_export = per_gib(CpuSeconds(export_pid) - cpu_export0, served_export);
+  std::printf("  server CPU per GiB: nbdkit file %.2f s, nbdkit memory %.2f s, vmseal export "
+              "%.2f s (ratio to file %.2f)",
+              cpu_file, cpu_mem, cpu_export, cpu_export / std::max(1e-9, cpu_file));
+  if (ref) {
+    std::printf(", reference export %.2f s (qemu-img reads only)",
+                per_gib(CpuSeconds(ref_pid) - cpu_ref0, served_ref));
+  }
+  std::printf("\n");
   CHECK_OK((*local)->Stop());
-  if (std::system(("kill $(cat " + dir + "/plain.pid)").c_str()) != 0) Die("stop nbdkit file");
+  if (ref) CHECK_OK(ref->Stop());
+  if (std::system(("kill $(cat " + dir + "/plain.pid) $(cat " + dir + "/mem.pid)").c_str()) !=
+      0) {
+    Die("stop nbdkit file and memory");
+  }
   }
   if (parts == "local") return 0;
 

@@ -237,13 +237,56 @@ Status DiskServer::ReadChunk(uint64_t index, std::span<uint8_t> out) {
     if (failed_chunks_.count(index)) return DataLossError("decryption failed");
     reader = reader_;
   }
-  auto n = reader->ReadAt(index * chunk_bytes_, out);
-  if (!n.ok()) {
-    if (n.status().code() == StatusCode::kDataLoss) RecordAuthFailure(index);
-    return n.status();
-  }
+  Status s = ReadChunkWith(*reader, index, out);
+  if (s.code() == StatusCode::kDataLoss) return ConfirmAuthFailure(index, out);
+  return s;
+}
+
+Status DiskServer::ReadChunkWith(const stream::StreamReader& reader, uint64_t index,
+                                 std::span<uint8_t> out) {
+  auto n = reader.ReadAt(index * chunk_bytes_, out);
+  if (!n.ok()) return n.status();
   if (*n != out.size()) return InternalError("short read from the stream");
   return OkStatus();
+}
+
+Status DiskServer::ConfirmAuthFailure(uint64_t index, std::span<uint8_t> out) {
+  // The stream reader refuses every chunk once one failed, so a DATA_LOSS
+  // here may be another thread's chunk failing just before this read began
+  // with the same reader. This export confines a failure to its chunk: a
+  // fresh reader (which authenticates the header and the final chunk again)
+  // reads this chunk once more; only if that fails too is the chunk
+  // recorded as failed, for good. Either way the others are served by a
+  // fresh reader from now on. One confirmation at a time (failures are
+  // rare); the bytes in `out` are authenticated or wiped by the reader.
+  bool first = false;
+  Status s;
+  {
+    std::lock_guard<std::mutex> lock(reader_mu_);
+    if (failed_chunks_.count(index)) return DataLossError("decryption failed");
+    ASSIGN_OR_RETURN(auto fresh, package_->NewDiskReader(disk_id_, data_key_));
+    s = ReadChunkWith(*fresh, index, out);
+    if (s.code() == StatusCode::kDataLoss) {
+      first = failed_chunks_.insert(index).second;
+      // `fresh` now refuses everything too.
+      auto again = package_->NewDiskReader(disk_id_, data_key_);
+      if (again.ok()) reader_ = std::move(again).value();
+    } else {
+      reader_ = std::move(fresh);
+    }
+  }
+  if (first) {
+    const uint64_t offset = index * chunk_bytes_;
+    AppendEvent(DumpJson({{"event", "chunk_auth_failed"},
+                          {"disk", disk_id_},
+                          {"offset", offset},
+                          {"length", std::min(chunk_bytes_, size_ - offset)}}));
+  }
+  return s;
+}
+
+DiskServer::Chunk::~Chunk() {
+  if (bytes != nullptr) WipeBytes({bytes.get(), size});
 }
 
 StatusOr<std::shared_ptr<const DiskServer::Chunk>> DiskServer::DecryptedChunk(
@@ -289,26 +332,6 @@ StatusOr<std::shared_ptr<const DiskServer::Chunk>> DiskServer::DecryptedChunk(
     }
   }
   return future.get();
-}
-
-void DiskServer::RecordAuthFailure(uint64_t index) {
-  bool first = false;
-  {
-    std::lock_guard<std::mutex> lock(reader_mu_);
-    first = failed_chunks_.insert(index).second;
-    // The stream reader refuses everything after one failure; this export
-    // confines the failure to the chunk, which stays failed, and keeps
-    // serving the others through a fresh reader (which re-authenticates the
-    // header and the final chunk).
-    auto fresh = package_->NewDiskReader(disk_id_, data_key_);
-    if (fresh.ok()) reader_ = std::move(fresh).value();
-  }
-  if (!first) return;
-  const uint64_t offset = index * chunk_bytes_;
-  AppendEvent(DumpJson({{"event", "chunk_auth_failed"},
-                        {"disk", disk_id_},
-                        {"offset", offset},
-                        {"length", std::min(chunk_bytes_, size_ - offset)}}));
 }
 
 void DiskServer::AppendEvent(const std::string& line) {

@@ -115,7 +115,9 @@ class DiskServer {
   struct Chunk;
   StatusOr<std::shared_ptr<const Chunk>> DecryptedChunk(uint64_t index);
   Status ReadChunk(uint64_t index, std::span<uint8_t> out);
-  void RecordAuthFailure(uint64_t index);
+  Status ReadChunkWith(const stream::StreamReader& reader, uint64_t index,
+                       std::span<uint8_t> out);
+  Status ConfirmAuthFailure(uint64_t index, std::span<uint8_t> out);
   void AppendEvent(const std::string& line);
   void PrefetchLoop();
   void WriteProgress();
@@ -139,9 +141,15 @@ class DiskServer {
 
   // Decrypted chunks for partial reads; a chunk wanted by several readers at
   // once is decrypted once (they share the future).
+  // A decrypted chunk: plaintext, wiped when the last reader lets it go
+  // (evicted from the cache and no read copying from it any more).
   struct Chunk {
     std::unique_ptr<uint8_t[]> bytes;  // not zero-filled: written whole
     size_t size = 0;
+    Chunk() = default;
+    Chunk(const Chunk&) = delete;
+    Chunk& operator=(const Chunk&) = delete;
+    ~Chunk();
   };
   using ChunkResult = StatusOr<std::shared_ptr<const Chunk>>;
   std::mutex lru_mu_;

@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -149,11 +150,24 @@ Status ErrorFromLog(const std::string& log_path, const std::string& fallback) {
   return FailedPreconditionError("export: " + line);
 }
 
+}  // namespace
+
+int ExportThreads(const ExportOptions& options) {
+  if (options.threads > 0) return options.threads;
+  const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  // A remote source's thread may wait for a range fetch (no CPU held): at
+  // least 4 there, so that reads of cached blocks go on meanwhile.
+  const long least = options.package_path.empty() ? 4 : 2;
+  return static_cast<int>(std::clamp<long>(cpus, least, 16));
+}
+
+namespace {
+
 std::vector<std::string> Argv(const ExportOptions& o) {
   std::vector<std::string> a = {o.nbdkit_path, "--foreground"};
   if (o.exit_with_parent) a.push_back("--exit-with-parent");
   a.insert(a.end(), {"--readonly", "--unix", SocketPath(o), "--pidfile", PidPath(o),
-                     "--threads", std::to_string(o.threads > 0 ? o.threads : 16),
+                     "--threads", std::to_string(ExportThreads(o)),
                      o.plugin_path, "keyfd=" + std::to_string(kKeyFd),
                      "events=" + EventsPath(o)});
   if (!o.package_path.empty()) {

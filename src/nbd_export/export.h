@@ -68,8 +68,13 @@ struct ExportOptions {
   // that lives as long as the export). false: nbdkit outlives an agent crash
   // and Reattach adopts it. Default true.
   bool exit_with_parent = true;
-  // nbdkit worker threads. Default 16.
-  int threads = 16;
+  // nbdkit worker threads per connection; 0 (default): one per online CPU,
+  // at least 2 (a remote source: 4, as a thread may wait for a fetch) and
+  // at most 16 (ExportThreads). More threads than cores
+  // only add wake-ups and per-thread 2 MiB request buffers that fall out of
+  // the CPU cache: on 2 cores, 16 threads cost 1.5-2x the server CPU per
+  // GiB of 2 (docs/host.md "Export read: threads").
+  int threads = 0;
   // Bound on the wait for nbdkit to listen. Default 30 s.
   int start_timeout_ms = 30000;
   // The VM user nbdkit runs as (uid = gid, docs/host.md "VM users"), with
@@ -79,6 +84,9 @@ struct ExportOptions {
   uint32_t run_as_uid = 0;
   std::vector<uint32_t> run_as_groups;
 };
+
+// The nbdkit --threads an export with `options.threads` gets.
+int ExportThreads(const ExportOptions& options);
 
 // Background fill of a remote source's ciphertext cache.
 struct ExportProgress {

@@ -4,16 +4,23 @@
 // TLS that serves the package with Range support.
 #include <httplib.h>
 #include <libnbd.h>
+#include <fcntl.h>
+#include <grp.h>
 #include <signal.h>
+#include <sys/ptrace.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <random>
+#include <set>
 #include <string_view>
 #include <thread>
 #include <unordered_set>
@@ -128,6 +135,7 @@ class NbdClient {
     if (h_ != nullptr) nbd_close(h_);
   }
   int64_t Size() { return nbd_get_size(h_); }
+  nbd_handle* handle() { return h_; }
   // 0 or the errno of the failed read.
   int Pread(std::string* out, size_t n, uint64_t offset) {
     out->assign(n, '\0');
@@ -496,6 +504,213 @@ TEST_F(ExportTest, ATamperedChunkIsAnIoErrorAndAnEventWhileOtherChunksServe) {
   EXPECT_EQ((*events)[0].fields["offset"], kBad * kChunkBytes);
   EXPECT_EQ((*events)[0].fields["length"], kChunkBytes);
   EXPECT_EQ((*events)[0].fields["disk"], disk_id_);
+}
+
+// Reads in flight at once on one connection (libnbd's asynchronous API), as
+// qemu issues them: each gets its plaintext or its errno.
+struct AsyncRead {
+  uint64_t offset = 0;
+  size_t length = 0;
+  std::string buf;
+  int64_t cookie = 0;
+  int error = -1;  // 0 = read, else errno
+};
+
+void ReadAllInFlight(NbdClient& c, std::vector<AsyncRead>& reads) {
+  for (AsyncRead& r : reads) {
+    r.buf.assign(r.length, '\x5a');
+    nbd_completion_callback none{};  // NBD_NULL_COMPLETION is a C compound literal
+    r.cookie = nbd_aio_pread(c.handle(), r.buf.data(), r.length, r.offset, none, 0);
+    ASSERT_GT(r.cookie, 0) << nbd_get_error();
+  }
+  const auto deadline = Clock::now() + std::chrono::seconds(60);
+  while (nbd_aio_in_flight(c.handle()) > 0) {
+    ASSERT_LT(Clock::now(), deadline) << "reads still in flight";
+    ASSERT_NE(nbd_poll(c.handle(), 1000), -1) << nbd_get_error();
+  }
+  for (AsyncRead& r : reads) {
+    const int done = nbd_aio_command_completed(c.handle(), static_cast<uint64_t>(r.cookie));
+    r.error = done == 1 ? 0 : (nbd_get_errno() != 0 ? nbd_get_errno() : -1);
+  }
+}
+
+// The export decrypts on as many threads as there are cores, and a chunk
+// that fails authentication leaves the stream reader refusing everything
+// until the plugin replaces it. Many reads in flight at once around
+// tampered chunks (whole chunks, partial ones, ranges across two) must
+// still give every other chunk its exact plaintext, never mark a good
+// chunk failed because it was read while another thread's failure was
+// being handled, and record each tampered chunk once.
+TEST_F(ExportTest, ParallelReadsAroundTamperedChunksFailOnlyThoseAndServeTheRest) {
+  const uint64_t chunks = (kImageBytes + kChunkBytes - 1) / kChunkBytes;
+  // Every fifth chunk from 3: many failures, each a moment in which the
+  // stream reader refuses every chunk.
+  auto bad = [](uint64_t i) { return i % 5 == 3; };
+  {
+    std::fstream f(Ova(), std::ios::in | std::ios::out | std::ios::binary);
+    for (uint64_t i = 0; i < chunks; ++i) {
+      if (!bad(i)) continue;
+      const uint64_t at = MemberOffset() + 80 + i * (kChunkBytes + 16) + 100;
+      f.seekg(static_cast<std::streamoff>(at));
+      char b = 0;
+      f.read(&b, 1);
+      b ^= 0x01;
+      f.seekp(static_cast<std::streamoff>(at));
+      f.write(&b, 1);
+    }
+  }
+  for (int threads : {0, 2, 8}) {
+    SCOPED_TRACE("threads " + std::to_string(threads));
+    ExportOptions o = Local("p" + std::to_string(threads));
+    o.threads = threads;
+    auto e = Export::Start(o, key_);
+    ASSERT_OK(e);
+    NbdClient c((*e)->socket_path());
+    std::vector<AsyncRead> reads;
+    std::mt19937_64 rng(99 + threads);
+    for (int pass = 0; pass < 2; ++pass) {
+      for (uint64_t i = 0; i < chunks; ++i) {
+        const uint64_t start = i * kChunkBytes;
+        const uint64_t len = std::min<uint64_t>(kChunkBytes, kImageBytes - start);
+        reads.push_back({start, static_cast<size_t>(len)});                  // whole
+        reads.push_back({start + 777, static_cast<size_t>(len / 3)});        // part
+        if (start + len + 5000 <= kImageBytes) {
+          reads.push_back({start + len - 5000, 10000});                      // across two
+        }
+      }
+    }
+    std::shuffle(reads.begin(), reads.end(), rng);
+    ReadAllInFlight(c, reads);
+    if (::testing::Test::HasFatalFailure()) return;
+    int failed = 0;
+    for (const AsyncRead& r : reads) {
+      const bool touches_bad = bad(r.offset / kChunkBytes) ||
+                               bad((r.offset + r.length - 1) / kChunkBytes);
+      SCOPED_TRACE("offset " + std::to_string(r.offset) + " length " +
+                   std::to_string(r.length));
+      if (touches_bad) {
+        EXPECT_EQ(r.error, EIO);
+        ++failed;
+      } else {
+        ASSERT_EQ(r.error, 0);
+        ASSERT_TRUE(r.buf == std::string_view(plaintext_).substr(r.offset, r.length));
+      }
+    }
+    EXPECT_GT(failed, 0);
+    // Afterwards every good chunk still reads (none was marked failed).
+    std::string got;
+    for (uint64_t i = 0; i < chunks; ++i) {
+      const uint64_t start = i * kChunkBytes;
+      const size_t len = static_cast<size_t>(std::min<uint64_t>(kChunkBytes, kImageBytes - start));
+      if (bad(i)) {
+        EXPECT_EQ(c.Pread(&got, len, start), EIO) << "chunk " << i;
+        continue;
+      }
+      ASSERT_EQ(c.Pread(&got, len, start), 0) << "chunk " << i;
+      ASSERT_TRUE(got == std::string_view(plaintext_).substr(start, len)) << "chunk " << i;
+    }
+    // One event per tampered chunk, none for a good one.
+    auto events = (*e)->Events();
+    ASSERT_OK(events);
+    std::set<uint64_t> offsets;
+    for (const ExportEvent& ev : *events) {
+      EXPECT_EQ(ev.event, "chunk_auth_failed");
+      const uint64_t off = ev.fields["offset"].get<uint64_t>();
+      EXPECT_TRUE(bad(off / kChunkBytes)) << "event for good chunk " << off / kChunkBytes;
+      EXPECT_TRUE(offsets.insert(off).second) << "two events for chunk " << off / kChunkBytes;
+    }
+    EXPECT_EQ(offsets.size(), static_cast<size_t>((chunks + 1) / 5));
+  }
+}
+
+// The export holds the data key and decrypted chunks in memory, and runs as
+// its VM's user, the same uid as that VM's qemu. A process of that uid
+// (qemu after a guest escape) must not read its memory, and a crash must
+// not write it to a core file: the plugin makes nbdkit non-dumpable.
+TEST_F(ExportTest, AProcessOfTheExportsOwnUidCannotReadItsMemory) {
+  if (geteuid() != 0) GTEST_SKIP() << "run_as_uid needs root";
+  constexpr uid_t kVmUid = 61727;
+  // The VM user reaches the package (its own copy in a directory it may
+  // enter; nothing secret in this test's data).
+  const std::string pub = dir_.File("pub");
+  ASSERT_EQ(mkdir(pub.c_str(), 0755), 0);
+  ASSERT_EQ(chmod(dir_.path().c_str(), 0755), 0);
+  fs::copy_file(Ova(), pub + "/pkg.ova");
+  ASSERT_EQ(chmod((pub + "/pkg.ova").c_str(), 0644), 0);
+  ExportOptions o = Local("u");
+  o.package_path = pub + "/pkg.ova";
+  o.run_as_uid = kVmUid;
+  auto e = Export::Start(o, key_);
+  ASSERT_OK(e);
+  const pid_t pid = (*e)->pid();
+  const std::string status = ReadFileOrDie("/proc/" + std::to_string(pid) + "/status");
+  ASSERT_NE(status.find("Uid:\t" + std::to_string(kVmUid) + "\t"), std::string::npos) << status;
+  // It serves (the key is in its memory now).
+  NbdClient c((*e)->socket_path());
+  std::string got;
+  ASSERT_EQ(c.Pread(&got, 4096, 0), 0);
+  ASSERT_TRUE(got == std::string_view(plaintext_).substr(0, 4096));
+  // A child with the same uid tries what an attacker would: read the
+  // export's memory directly, attach with ptrace, open /proc/<pid>/mem.
+  int pipe_fds[2];
+  ASSERT_EQ(pipe(pipe_fds), 0);
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    close(pipe_fds[0]);
+    int results[3] = {0, 0, 0};
+    if (setgroups(0, nullptr) != 0 || setresgid(kVmUid, kVmUid, kVmUid) != 0 ||
+        setresuid(kVmUid, kVmUid, kVmUid) != 0) {
+      _exit(2);
+    }
+    char buf[64];
+    iovec local{buf, sizeof(buf)};
+    // The permission check comes before the address: with access, an
+    // unmapped address is EFAULT (what main's plugin gave), without EPERM.
+    iovec remote{reinterpret_cast<void*>(0x1000), sizeof(buf)};
+    results[0] = process_vm_readv(pid, &local, 1, &remote, 1, 0) < 0 ? errno : 0;
+    results[1] = ptrace(PTRACE_ATTACH, pid, nullptr, nullptr) != 0 ? errno : 0;
+    const std::string mem = "/proc/" + std::to_string(pid) + "/mem";
+    const int fd = open(mem.c_str(), O_RDONLY);
+    results[2] = fd < 0 ? errno : 0;
+    if (write(pipe_fds[1], results, sizeof(results)) != sizeof(results)) _exit(3);
+    _exit(0);
+  }
+  close(pipe_fds[1]);
+  int results[3] = {-1, -1, -1};
+  const ssize_t n = read(pipe_fds[0], results, sizeof(results));
+  close(pipe_fds[0]);
+  int wstatus = 0;
+  ASSERT_EQ(waitpid(child, &wstatus, 0), child);
+  ASSERT_TRUE(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0) << wstatus;
+  ASSERT_EQ(n, static_cast<ssize_t>(sizeof(results)));
+  EXPECT_EQ(results[0], EPERM) << "process_vm_readv";
+  EXPECT_EQ(results[1], EPERM) << "ptrace attach";
+  EXPECT_EQ(results[2], EACCES) << "open /proc/<pid>/mem";
+  ASSERT_OK((*e)->Stop());
+}
+
+// The nbdkit the export starts runs ExportThreads workers: one per CPU (2
+// to 16; a remote source at least 4) unless asked otherwise.
+TEST_F(ExportTest, NbdkitRunsOneWorkerThreadPerCpuUnlessTold) {
+  const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  ExportOptions o = Local("t");
+  EXPECT_EQ(ExportThreads(o), static_cast<int>(std::clamp<long>(cpus, 2, 16)));
+  EXPECT_EQ(ExportThreads(Remote("t", 443)), static_cast<int>(std::clamp<long>(cpus, 4, 16)));
+  o.threads = 5;
+  EXPECT_EQ(ExportThreads(o), 5);
+  for (int threads : {0, 3}) {
+    o.threads = threads;
+    o.state_dir = State("t" + std::to_string(threads));
+    auto e = Export::Start(o, key_);
+    ASSERT_OK(e);
+    std::ifstream in("/proc/" + std::to_string((*e)->pid()) + "/cmdline", std::ios::binary);
+    const std::string cmd((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const std::string want = std::string("--threads") + '\0' +
+                             std::to_string(ExportThreads(o)) + '\0';
+    EXPECT_NE(cmd.find(want), std::string::npos) << "threads " << threads;
+    ASSERT_OK((*e)->Stop());
+  }
 }
 
 TEST_F(ExportTest, RemoteSourceKeepsServingAfterPrefetchWhenTheServerIsGone) {

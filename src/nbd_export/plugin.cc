@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <malloc.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <charconv>
@@ -180,6 +181,13 @@ int ReadTlsFds() {
 }
 
 void VmsealLoad() {
+  // Neither a core file nor a process of the same uid (the VM's qemu runs
+  // as the export's user) may see the key and the plaintext this process
+  // holds: non-dumpable (no core dump; ptrace, process_vm_readv and
+  // /proc/<pid>/mem need CAP_SYS_PTRACE).
+  if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) {
+    nbdkit_error("vmseal: prctl(PR_SET_DUMPABLE): %s", strerror(errno));
+  }
   // Chunk buffers are 1 MiB: keep them on the heap instead of a fresh mmap
   // (and page faults) per chunk, which cost more than the decryption.
   mallopt(M_MMAP_THRESHOLD, 64 << 20);

@@ -208,7 +208,8 @@ class Store {
   // Registers the tenant's signing key with its audit record. Registering
   // the same key again is a no-op (nothing audited); another key for a
   // tenant that has one, or a key registered to another tenant, is
-  // FAILED_PRECONDITION "signing_key_exists: ...".
+  // FAILED_PRECONDITION "signing_key_exists: ...". A registration
+  // increments ConfigVersion in its transaction.
   virtual Status PutSigningKey(const SigningKeyRecord& key, const AuditEvent& audit) = 0;
   // NOT_FOUND if the tenant has none.
   virtual StatusOr<SigningKeyRecord> GetSigningKey(const std::string& tenant) = 0;
@@ -383,8 +384,9 @@ class Store {
 
   // A number that grows with every change to what a release reads besides
   // customer keys: policies, flavors, hosts (tags, enrollment, AK), failed
-  // verdicts (history) and lifecycle marks (revocations, disabled or closed
-  // customers), committed in the change's own transaction.
+  // verdicts (history), lifecycle marks (revocations, disabled or closed
+  // customers) and registered signing keys, committed in the change's own
+  // transaction.
   // Equal numbers mean those reads are unchanged (a cache may be reused).
   virtual StatusOr<int64_t> ConfigVersion() = 0;
 

@@ -787,7 +787,6 @@ void KmsService::ClearReadsLocked() {
   signed_policies_.clear();
   flavors_.clear();
   hosts_.clear();
-  failures_.clear();
   marks_.clear();
   signers_.clear();
   reads_entries_ = 0;
@@ -881,8 +880,34 @@ StatusOr<HostRecord> KmsService::HostOf(const std::string& host_id, int64_t vers
   return Cached(version, &hosts_, host_id, [&] { return store_->GetHost(host_id); });
 }
 
+StatusOr<std::vector<Verdict>> KmsService::FailuresOf(const std::string& host_id, int64_t since,
+                                                      int64_t history_version) {
+  auto load = [&] { return store_->ListFailedVerdicts(host_id, since); };
+  if (history_version == kUncached) return load();
+  const auto key = std::make_pair(host_id, since);
+  {
+    std::lock_guard<std::mutex> lock(reads_mu_);
+    if (history_version_ != history_version) {
+      if (history_version_ > history_version) return load();  // an older request
+      history_version_ = history_version;
+      failures_.clear();
+    }
+    auto it = failures_.find(key);
+    if (it != failures_.end()) return it->second;
+  }
+  StatusOr<std::vector<Verdict>> loaded = load();
+  if (!loaded.ok()) return loaded;  // not cached
+  std::lock_guard<std::mutex> lock(reads_mu_);
+  if (history_version_ == history_version) {
+    if (failures_.size() >= kMaxCachedReads) failures_.clear();
+    failures_.emplace(key, loaded);
+  }
+  return loaded;
+}
+
 StatusOr<PolicyDecision> KmsService::Decide(const json& policy, PolicyFacts facts,
-                                            const std::string& host_id, int64_t version) {
+                                            const std::string& host_id, int64_t version,
+                                            int64_t history_version) {
   std::map<std::string, Flavor> flavors;
   if (policy.is_object() && policy.contains("flavors") && policy["flavors"].is_object()) {
     for (const auto& [mode, names] : policy["flavors"].items()) {
@@ -904,8 +929,7 @@ StatusOr<PolicyDecision> KmsService::Decide(const json& policy, PolicyFacts fact
       policy["history"]["no_failures_within_seconds"].is_number_integer()) {
     const int64_t window = policy["history"]["no_failures_within_seconds"].get<int64_t>();
     const int64_t since = facts.now_unix - window;
-    ASSIGN_OR_RETURN(facts.history, Cached(version, &failures_, std::make_pair(host_id, since),
-                                           [&] { return store_->ListFailedVerdicts(host_id, since); }));
+    ASSIGN_OR_RETURN(facts.history, FailuresOf(host_id, since, history_version));
   }
   return EvaluatePolicy(policy, flavors, facts);
 }
@@ -1178,13 +1202,16 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
   // evidence, key or policy) is refused before any more are checked
   // (package_precheck.h).
   if (Status host_ok = precheck_.CheckHost(host_id); !host_ok.ok()) return finish(host_ok);
-  // One read of the store's config version; lifecycle marks, policy, host,
-  // flavors and history come from the cache when it holds that version
-  // (every change to them increments it, in any process on the store).
-  // Keys whose grace is over are destroyed first: that write increments it.
+  // One read of the store's config and history versions; lifecycle marks,
+  // policy, signing key, host and flavors come from the cache when it holds
+  // that config version, failed verdicts when it holds that history version
+  // (every change to them increments its version, in any process on the
+  // store). Keys whose grace is over are destroyed first: that write
+  // increments the config version.
   if (Status destroyed = lifecycle_->DestroyDue(); !destroyed.ok()) return finish(destroyed);
-  auto version = store_->ConfigVersion();
-  if (!version.ok()) return finish(version.status());
+  auto versions = store_->ReadReleaseVersions();
+  if (!versions.ok()) return finish(versions.status());
+  const std::optional<int64_t> version = versions->config;
   // Revoked, disabled, closed (kms/lifecycle.h): before any signature,
   // evidence or key is looked at. The label is checked below to name this
   // tenant and image.
@@ -1280,7 +1307,7 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
   facts.now_unix = Now();
   facts.evidence_age_seconds = facts.now_unix - *issued;
   facts.key_version = req.key_version;
-  auto decision = Decide(policy->policy, facts, host_id, *version);
+  auto decision = Decide(policy->policy, facts, host_id, *version, versions->history);
   if (!decision.ok()) return finish(decision.status());
   if (!decision->allowed) return finish(Denied(decision->reason, decision->message));
 

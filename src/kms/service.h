@@ -574,8 +574,15 @@ class KmsService {
                                           int64_t version = kUncached);
   StatusOr<HostRecord> HostOf(const std::string& host_id, int64_t version = kUncached);
   // Evaluates the policy with the flavors it names.
+  // Failed verdicts (history) through their own cache, for the release's
+  // `history_version` (Store::ReadReleaseVersions) or kUncached.
   StatusOr<PolicyDecision> Decide(const nlohmann::json& policy, PolicyFacts facts,
-                                  const std::string& host_id, int64_t version = kUncached);
+                                  const std::string& host_id, int64_t version = kUncached,
+                                  int64_t history_version = kUncached);
+  // The host's failed verdicts since `since`, from the history cache when
+  // it holds `history_version`.
+  StatusOr<std::vector<Verdict>> FailuresOf(const std::string& host_id, int64_t since,
+                                            int64_t history_version);
   // `load()` for `key` of `map`, from the cache when it holds `version`;
   // a loaded value (found or NOT_FOUND) is kept only if the cache still
   // holds `version`, which was read before loading (so it is never older).
@@ -626,7 +633,10 @@ class KmsService {
   std::map<std::pair<std::string, std::string>, StatusOr<AppliedPolicy>> signed_policies_;
   std::map<std::string, StatusOr<Flavor>> flavors_;
   std::map<std::string, StatusOr<HostRecord>> hosts_;
-  std::map<std::pair<std::string, int64_t>, StatusOr<std::vector<Verdict>>> failures_;  // (host, since)
+  // Failed verdicts by (host, since), for history_version_ (not emptied by
+  // config changes; a failed verdict increments the history version).
+  int64_t history_version_ = kUncached;
+  std::map<std::pair<std::string, int64_t>, StatusOr<std::vector<Verdict>>> failures_;
   std::map<std::pair<std::string, std::string>, StatusOr<LifecycleRecord>> marks_;  // (kind, subject)
   // The registered signing key of a tenant with its certificate's SHA-256.
   struct RegisteredSigner {

@@ -787,6 +787,33 @@ TEST_F(ReleaseTest, SigningKeyRegisteredThroughAnotherServiceReachesTheNextRelea
   EXPECT_EQ(out->signer_key_id, info->key_id);
 }
 
+// A failed verdict is history: it increments the store's history version,
+// not its config version, so one host's forged evidence does not empty
+// every host's cached release reads; a policy's history rule still sees it
+// at the next release (also through another process:
+// ChangesThroughAnotherServiceReachTheNextRelease).
+TEST_F(ReleaseTest, AFailedVerdictIncrementsTheHistoryVersionNotTheConfigVersion) {
+  crypto::PublicKey customer = NewCustomerKey("X25519");
+  const Caller op = As(Caller::Role::kOperator, "op");
+  ASSERT_OK(service_->PutPolicy(op, {kTenant, "", {{"flavors", {{"anyOf", {"good"}}}},
+                                                   {"history", {{"no_failures_within_seconds", 3600}}}}}));
+  ASSERT_OK(Release(Request("img-1", customer, data_key_)));  // history (none) cached
+  const ReleaseRequest granted = Request("img-1", customer, data_key_);
+  auto before = store_->ReadReleaseVersions();
+  ASSERT_OK(before);
+  ReleaseRequest forged = Request("img-1", customer, data_key_);
+  forged.evidence.quote.signature.back() ^= 0x01;
+  EXPECT_STATUS(Release(forged), StatusCode::kPermissionDenied, "bad_signature");
+  auto after = store_->ReadReleaseVersions();
+  ASSERT_OK(after);
+  EXPECT_EQ(after->config, before->config);
+  EXPECT_EQ(after->history, before->history + 1);
+  auto config = store_->ConfigVersion();
+  ASSERT_OK(config);
+  EXPECT_EQ(*config, after->config);
+  EXPECT_STATUS(Release(granted), StatusCode::kPermissionDenied, "history");
+}
+
 // The descriptor's release policy is parsed and validated once per text:
 // another image's descriptor with another policy gets its own (never the
 // cached one of the first), and a customer-signed policy stored through

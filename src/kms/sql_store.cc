@@ -213,6 +213,15 @@ ALTER TABLE customer_keys ADD COLUMN version BIGINT NOT NULL DEFAULT 1;
 ALTER TABLE customer_keys ADD COLUMN retired_unix BIGINT NOT NULL DEFAULT 0;
 CREATE UNIQUE INDEX customer_keys_by_version ON customer_keys(customer_id, version);
 )sql",
+    // Release history (failed verdicts) counts in a version of its own
+    // (Store::ReadReleaseVersions): a failure no longer increments
+    // config_version, which empties every host's release cache.
+    R"sql(
+CREATE TABLE history_version (
+  id INTEGER PRIMARY KEY,
+  version BIGINT NOT NULL);
+INSERT INTO history_version (id, version) VALUES (1, 0);
+)sql",
 };
 
 int64_t Now() { return static_cast<int64_t>(std::time(nullptr)); }
@@ -714,7 +723,10 @@ class SqlStore : public Store {
           {v.verdict_id, v.host_id, int64_t{v.trusted ? 1 : 0}, v.reason, v.time_unix,
            DumpJson(v.details)}));
       // A failure is history that release policies read.
-      if (!v.trusted) RETURN_IF_ERROR(BumpConfigVersionLocked());
+      if (!v.trusted) {
+        RETURN_IF_ERROR(
+            conn_->Exec("UPDATE history_version SET version = version + 1 WHERE id = 1", {}).status());
+      }
       // One statement per table for all of them, one frontier write.
       RETURN_IF_ERROR(AppendAuditsLocked(audits));
       return OkStatus();
@@ -822,6 +834,15 @@ class SqlStore : public Store {
     const auto& row = r.rows[0];
     return PolicyDocumentRecord{ToStr(row[0]), ToStr(row[1]), ToInt(row[2]), ToStr(row[3]),
                                 ToStr(row[4]), ToStr(row[5]), ToInt(row[6])};
+  }
+
+  StatusOr<ReleaseVersions> ReadReleaseVersions() override {
+    std::lock_guard<std::mutex> lock(read_mu_);
+    ASSIGN_OR_RETURN(auto r, reader_->Exec(
+        "SELECT c.version, h.version FROM config_version c, history_version h WHERE c.id = 1 AND h.id = 1",
+        {}));
+    if (r.rows.empty()) return DataLossError("store: config_version or history_version row missing");
+    return ReleaseVersions{ToInt(r.rows[0][0]), ToInt(r.rows[0][1])};
   }
 
   StatusOr<int64_t> ConfigVersion() override {

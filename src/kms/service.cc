@@ -787,8 +787,8 @@ void KmsService::ClearReadsLocked() {
   signed_policies_.clear();
   flavors_.clear();
   hosts_.clear();
-  failures_.clear();
   marks_.clear();
+  signers_.clear();
   reads_entries_ = 0;
 }
 
@@ -835,11 +835,31 @@ StatusOr<AppliedPolicy> KmsService::EffectivePolicy(const std::string& customer_
   // 2. The policy in the signed descriptor (version 0). A malformed one
   // fails closed rather than falling through to a weaker policy.
   if (descriptor_policy) {
-    auto parsed = ParseJsonObject(*descriptor_policy, "the descriptor's release policy");
-    if (!parsed.ok()) return Denied("no_policy", parsed.status().message());
-    Status valid = ValidatePolicy(*parsed);
-    if (!valid.ok()) return Denied("no_policy", "the descriptor's release policy: " + valid.message());
-    return AppliedPolicy{*std::move(parsed), "descriptor"};
+    // Parsed and validated once per text (by its SHA-256): the same text
+    // always gives the same answer.
+    const std::string digest = crypto::HexEncode(crypto::Sha256(*descriptor_policy));
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = descriptor_policies_.find(digest);
+      if (it != descriptor_policies_.end()) {
+        if (!it->second.ok()) return it->second.status();
+        return AppliedPolicy{*it->second, "descriptor"};
+      }
+    }
+    StatusOr<json> checked = [&]() -> StatusOr<json> {
+      auto parsed = ParseJsonObject(*descriptor_policy, "the descriptor's release policy");
+      if (!parsed.ok()) return Denied("no_policy", parsed.status().message());
+      Status valid = ValidatePolicy(*parsed);
+      if (!valid.ok()) return Denied("no_policy", "the descriptor's release policy: " + valid.message());
+      return parsed;
+    }();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (descriptor_policies_.size() >= kMaxCachedKeys) descriptor_policies_.clear();
+      descriptor_policies_.emplace(digest, checked);
+    }
+    if (!checked.ok()) return checked.status();
+    return AppliedPolicy{*std::move(checked), "descriptor"};
   }
   // 3. The operator's: this customer's (image or customer-wide), else "_default".
   auto p = Cached(version, &policies_, std::make_pair(customer_id, image_id), [&]() -> StatusOr<PolicyRecord> {
@@ -860,8 +880,34 @@ StatusOr<HostRecord> KmsService::HostOf(const std::string& host_id, int64_t vers
   return Cached(version, &hosts_, host_id, [&] { return store_->GetHost(host_id); });
 }
 
+StatusOr<std::vector<Verdict>> KmsService::FailuresOf(const std::string& host_id, int64_t since,
+                                                      int64_t history_version) {
+  auto load = [&] { return store_->ListFailedVerdicts(host_id, since); };
+  if (history_version == kUncached) return load();
+  const auto key = std::make_pair(host_id, since);
+  {
+    std::lock_guard<std::mutex> lock(reads_mu_);
+    if (history_version_ != history_version) {
+      if (history_version_ > history_version) return load();  // an older request
+      history_version_ = history_version;
+      failures_.clear();
+    }
+    auto it = failures_.find(key);
+    if (it != failures_.end()) return it->second;
+  }
+  StatusOr<std::vector<Verdict>> loaded = load();
+  if (!loaded.ok()) return loaded;  // not cached
+  std::lock_guard<std::mutex> lock(reads_mu_);
+  if (history_version_ == history_version) {
+    if (failures_.size() >= kMaxCachedReads) failures_.clear();
+    failures_.emplace(key, loaded);
+  }
+  return loaded;
+}
+
 StatusOr<PolicyDecision> KmsService::Decide(const json& policy, PolicyFacts facts,
-                                            const std::string& host_id, int64_t version) {
+                                            const std::string& host_id, int64_t version,
+                                            int64_t history_version) {
   std::map<std::string, Flavor> flavors;
   if (policy.is_object() && policy.contains("flavors") && policy["flavors"].is_object()) {
     for (const auto& [mode, names] : policy["flavors"].items()) {
@@ -883,8 +929,7 @@ StatusOr<PolicyDecision> KmsService::Decide(const json& policy, PolicyFacts fact
       policy["history"]["no_failures_within_seconds"].is_number_integer()) {
     const int64_t window = policy["history"]["no_failures_within_seconds"].get<int64_t>();
     const int64_t since = facts.now_unix - window;
-    ASSIGN_OR_RETURN(facts.history, Cached(version, &failures_, std::make_pair(host_id, since),
-                                           [&] { return store_->ListFailedVerdicts(host_id, since); }));
+    ASSIGN_OR_RETURN(facts.history, FailuresOf(host_id, since, history_version));
   }
   return EvaluatePolicy(policy, flavors, facts);
 }
@@ -963,31 +1008,39 @@ constexpr size_t kMaxVerifiedTexts = 4096;
 
 // SHA-256 of the tenant and the texts, each length-prefixed (64-bit).
 std::string TextsDigest(const std::string& tenant, const ovf::SignedPackageTexts& t) {
-  std::string all;
+  // Streamed (the same bytes as hashing their concatenation; no copy).
+  crypto::Sha256Hasher h;
   for (const std::string* s : {&tenant, &t.descriptor_name, &t.descriptor, &t.manifest, &t.certificate}) {
     const uint64_t n = s->size();
-    all.append(reinterpret_cast<const char*>(&n), sizeof(n));
-    all += *s;
+    h.Update(std::string_view(reinterpret_cast<const char*>(&n), sizeof(n)));
+    h.Update(*s);
   }
-  return crypto::HexEncode(crypto::Sha256(all));
+  return crypto::HexEncode(h.Finish());
 }
 }  // namespace
 
 StatusOr<ovf::SignedDescriptor> KmsService::VerifyTenantSigned(const std::string& tenant,
                                                                const ovf::SignedPackageTexts& texts,
-                                                               std::string* signer_key_id) {
-  // The registered key is read every time (a rotated or retired key takes
-  // effect on the next request); the texts' verification is remembered for
-  // that key: the same bytes under the same key verify the same way.
-  auto registered = store_->GetSigningKey(tenant);
-  if (!registered.ok() && registered.status().code() != StatusCode::kNotFound) {
-    return registered.status();
+                                                               std::string* signer_key_id,
+                                                               int64_t version) {
+  // The registered key is read for every request, through the release-read
+  // cache of the request's config version (a registration in any process
+  // on the store increments it, so a new key takes effect on the next
+  // request); the texts' verification is remembered for that key: the same
+  // bytes under the same key verify the same way.
+  auto signer_entry = Cached(version, &signers_, tenant, [&]() -> StatusOr<RegisteredSigner> {
+    ASSIGN_OR_RETURN(SigningKeyRecord rec, store_->GetSigningKey(tenant));
+    std::string cert_sha256 = crypto::HexEncode(crypto::Sha256(rec.cert_pem));
+    return RegisteredSigner{std::move(rec), std::move(cert_sha256)};
+  });
+  if (!signer_entry.ok() && signer_entry.status().code() != StatusCode::kNotFound) {
+    return signer_entry.status();
   }
+  const SigningKeyRecord* registered = signer_entry.ok() ? &signer_entry->record : nullptr;
   const std::string digest = TextsDigest(tenant, texts);
-  const std::string cert_digest =
-      registered.ok() ? crypto::HexEncode(crypto::Sha256(registered->cert_pem)) : std::string();
+  const std::string cert_digest = registered != nullptr ? signer_entry->cert_sha256 : std::string();
   const int64_t now = Now();
-  if (registered.ok() && options_.remember_verified_packages) {
+  if (registered != nullptr && options_.remember_verified_packages) {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = verified_texts_.find(digest);
     if (it != verified_texts_.end() && it->second->registered_key_id == registered->key_id &&
@@ -1000,7 +1053,7 @@ StatusOr<ovf::SignedDescriptor> KmsService::VerifyTenantSigned(const std::string
   // A tenant with no registered signing key has nothing the texts could be
   // signed by: refused before they are parsed (an unsigned package keeps
   // its own reason, below).
-  if (!registered.ok() && !texts.certificate.empty()) {
+  if (registered == nullptr && !texts.certificate.empty()) {
     return Denied("signer_mismatch", "tenant " + tenant + " has no registered signing key");
   }
   // Texts that were never what was signed are refused for a SHA-256, before
@@ -1010,7 +1063,7 @@ StatusOr<ovf::SignedDescriptor> KmsService::VerifyTenantSigned(const std::string
   // from its .cert alone, before the signature, manifest and descriptor are
   // checked: foreign-signed bytes cost a certificate parse, not a
   // verification (the full checks below still decide everything else).
-  if (registered.ok() && texts.certificate.size() <= 64 * 1024) {
+  if (registered != nullptr && texts.certificate.size() <= 64 * 1024) {
     auto sig = ovf::ParsePackageCertificate(texts.certificate);
     if (sig.ok()) {
       auto signer = sig->signer.GetPublicKey();
@@ -1028,7 +1081,7 @@ StatusOr<ovf::SignedDescriptor> KmsService::VerifyTenantSigned(const std::string
     }
     return InvalidArgumentError("malformed_package: " + verified.status().message());
   }
-  if (!registered.ok()) {
+  if (registered == nullptr) {
     return Denied("signer_mismatch", "tenant " + tenant + " has no registered signing key");
   }
   Status signer = ovf::VerifyRegisteredSigner(verified->signature, registered->cert_pem, ca_roots_,
@@ -1048,10 +1101,10 @@ StatusOr<ovf::SignedDescriptor> KmsService::VerifyTenantSigned(const std::string
 }
 
 Status KmsService::CheckSignedPackage(const ReleaseRequest& req, std::string* signer_key_id,
-                                      std::optional<std::string>* release_policy) {
+                                      std::optional<std::string>* release_policy, int64_t version) {
   std::string signer;
   auto verified = VerifyTenantSigned(
-      req.tenant, {req.descriptor_name, req.descriptor, req.manifest, req.package_cert}, &signer);
+      req.tenant, {req.descriptor_name, req.descriptor, req.manifest, req.package_cert}, &signer, version);
   if (!verified.ok()) return verified.status();
   // The key the host asks to open, under the identity the label binds,
   // must be the one the customer signed.
@@ -1149,13 +1202,16 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
   // evidence, key or policy) is refused before any more are checked
   // (package_precheck.h).
   if (Status host_ok = precheck_.CheckHost(host_id); !host_ok.ok()) return finish(host_ok);
-  // One read of the store's config version; lifecycle marks, policy, host,
-  // flavors and history come from the cache when it holds that version
-  // (every change to them increments it, in any process on the store).
-  // Keys whose grace is over are destroyed first: that write increments it.
+  // One read of the store's config and history versions; lifecycle marks,
+  // policy, signing key, host and flavors come from the cache when it holds
+  // that config version, failed verdicts when it holds that history version
+  // (every change to them increments its version, in any process on the
+  // store). Keys whose grace is over are destroyed first: that write
+  // increments the config version.
   if (Status destroyed = lifecycle_->DestroyDue(); !destroyed.ok()) return finish(destroyed);
-  auto version = store_->ConfigVersion();
-  if (!version.ok()) return finish(version.status());
+  auto versions = store_->ReadReleaseVersions();
+  if (!versions.ok()) return finish(versions.status());
+  const std::optional<int64_t> version = versions->config;
   // Revoked, disabled, closed (kms/lifecycle.h): before any signature,
   // evidence or key is looked at. The label is checked below to name this
   // tenant and image.
@@ -1174,7 +1230,7 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
   std::string signer_key_id;
   std::optional<std::string> descriptor_policy;
   if (options_.require_package_signature || !req.package_cert.empty()) {
-    Status signed_ok = CheckSignedPackage(req, &signer_key_id, &descriptor_policy);
+    Status signed_ok = CheckSignedPackage(req, &signer_key_id, &descriptor_policy, *version);
     if (!signed_ok.ok()) return finish(signed_ok);
     audit["signer_key_id"] = signer_key_id;
   }
@@ -1251,7 +1307,7 @@ StatusOr<ReleaseResponse> KmsService::Release(const Caller& caller, const std::s
   facts.now_unix = Now();
   facts.evidence_age_seconds = facts.now_unix - *issued;
   facts.key_version = req.key_version;
-  auto decision = Decide(policy->policy, facts, host_id, *version);
+  auto decision = Decide(policy->policy, facts, host_id, *version, versions->history);
   if (!decision.ok()) return finish(decision.status());
   if (!decision->allowed) return finish(Denied(decision->reason, decision->message));
 

@@ -507,13 +507,16 @@ class KmsService {
   // for exactly the signed descriptor's key. Sets *signer_key_id.
   // Sets *release_policy to the signed descriptor's policy (package.md §4.1).
   Status CheckSignedPackage(const ReleaseRequest& req, std::string* signer_key_id,
-                            std::optional<std::string>* release_policy);
+                            std::optional<std::string>* release_policy, int64_t version);
   // The texts verified as signed by `tenant`'s registered signing key
   // (PERMISSION_DENIED unsigned_package, bad_signature, signer_mismatch;
   // INVALID_ARGUMENT malformed_package). Sets *signer_key_id.
+  // `version`: the release's config version (the registered key is read
+  // through the release-read cache), or kUncached to read the store.
   StatusOr<ovf::SignedDescriptor> VerifyTenantSigned(const std::string& tenant,
                                                      const ovf::SignedPackageTexts& texts,
-                                                     std::string* signer_key_id);
+                                                     std::string* signer_key_id,
+                                                     int64_t version = kUncached);
   // The policy a grant or placement of (tenant, image) is checked against:
   // EffectivePolicy with the registered signed descriptor's policy. The
   // image record is read once; NOT_FOUND if the image is not registered.
@@ -571,8 +574,15 @@ class KmsService {
                                           int64_t version = kUncached);
   StatusOr<HostRecord> HostOf(const std::string& host_id, int64_t version = kUncached);
   // Evaluates the policy with the flavors it names.
+  // Failed verdicts (history) through their own cache, for the release's
+  // `history_version` (Store::ReadReleaseVersions) or kUncached.
   StatusOr<PolicyDecision> Decide(const nlohmann::json& policy, PolicyFacts facts,
-                                  const std::string& host_id, int64_t version = kUncached);
+                                  const std::string& host_id, int64_t version = kUncached,
+                                  int64_t history_version = kUncached);
+  // The host's failed verdicts since `since`, from the history cache when
+  // it holds `history_version`.
+  StatusOr<std::vector<Verdict>> FailuresOf(const std::string& host_id, int64_t since,
+                                            int64_t history_version);
   // `load()` for `key` of `map`, from the cache when it holds `version`;
   // a loaded value (found or NOT_FOUND) is kept only if the cache still
   // holds `version`, which was read before loading (so it is never older).
@@ -623,8 +633,22 @@ class KmsService {
   std::map<std::pair<std::string, std::string>, StatusOr<AppliedPolicy>> signed_policies_;
   std::map<std::string, StatusOr<Flavor>> flavors_;
   std::map<std::string, StatusOr<HostRecord>> hosts_;
-  std::map<std::pair<std::string, int64_t>, StatusOr<std::vector<Verdict>>> failures_;  // (host, since)
+  // Failed verdicts by (host, since), for history_version_ (not emptied by
+  // config changes; a failed verdict increments the history version).
+  int64_t history_version_ = kUncached;
+  std::map<std::pair<std::string, int64_t>, StatusOr<std::vector<Verdict>>> failures_;
   std::map<std::pair<std::string, std::string>, StatusOr<LifecycleRecord>> marks_;  // (kind, subject)
+  // The registered signing key of a tenant with its certificate's SHA-256.
+  struct RegisteredSigner {
+    SigningKeyRecord record;
+    std::string cert_sha256;
+  };
+  std::map<std::string, StatusOr<RegisteredSigner>> signers_;  // by tenant
+
+  // Descriptor release policies parsed and validated, by SHA-256 of their
+  // text (a pure function of the text: nothing to go stale). Guarded by
+  // mu_; bounded (kMaxCachedKeys, then it starts over).
+  std::map<std::string, StatusOr<nlohmann::json>> descriptor_policies_;
 };
 
 }  // namespace vmseal::kms

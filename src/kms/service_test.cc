@@ -722,6 +722,134 @@ TEST_F(ReleaseTest, RevocationsThroughAnotherServiceReachTheNextRelease) {
   EXPECT_STATUS(Release(while_revoked), StatusCode::kPermissionDenied, "host_revoked");
 }
 
+// The release reads the tenant's registered signing key through the
+// config-version cache: a key registered through another KMS process on the
+// same store takes effect on the next release (a cached "no key" is never
+// used after it). Nothing else between the two releases changes the config
+// version (images and grants do not), so only the registration's own
+// increment can empty the cache.
+TEST_F(ReleaseTest, SigningKeyRegisteredThroughAnotherServiceReachesTheNextRelease) {
+  const Caller portal = As(Caller::Role::kPortal, "p");
+  const Caller op = As(Caller::Role::kOperator, "op");
+  ASSERT_OK(service_->PutPolicy(op, {"globex", "", {{"flavors", {{"anyOf", {"good"}}}}}}));
+  auto key = service_->CreateCustomerKey(portal, {"globex", "X25519"});
+  ASSERT_OK(key);
+  auto pub = crypto::PublicKey::FromPem(key->public_key_pem);
+  ASSERT_OK(pub);
+  auto signer = crypto::PrivateKey::Generate(crypto::KeyType::kEcP256);
+  ASSERT_OK(signer);
+  // A request of globex's image img-g (grant and image registered by the
+  // caller), signed by `by` under `chain`.
+  grant_each_request_ = false;
+  auto globex_request = [&](const crypto::PrivateKey& by, const std::string& chain) {
+    ReleaseRequest r = Request("img-g", *pub, data_key_);
+    r.tenant = "globex";
+    r.key_id = "sha256:" + pub->KeyId();
+    r.key_version = static_cast<uint64_t>(key->version);
+    ovf::EncryptionTag tag;
+    tag.image_id = "img-g";
+    tag.tenant = "globex";
+    tag.key_version = r.key_version;
+    tag.data_algorithm = std::string(ovf::kStreamAlgorithmUri);
+    r.oaep_label = ovf::OaepLabel(tag);
+    auto wrapped = crypto::WrapKey(*pub, data_key_, crypto::AsStringView(r.oaep_label));
+    EXPECT_OK(wrapped);
+    if (wrapped.ok()) r.wrapped_key = *wrapped;
+    Sign(&r, &by, chain);
+    return r;
+  };
+  // Before globex registers a key (signed with acme's, which names acme):
+  // refused, and "no key" is now cached.
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_STATUS(Release(globex_request(*signing_key_, signing_chain_)), StatusCode::kPermissionDenied,
+                  "signer_mismatch: tenant globex has no registered signing key");
+  }
+  auto version_before = store_->ConfigVersion();
+  ASSERT_OK(version_before);
+
+  auto second = KmsService::Create({}, store_.get(), kek_.get(), {ca_pem_, ca_key_pem_.Clone()});
+  ASSERT_OK(second);
+  auto info = (*second)->RegisterSigningKey(portal, SigningRequest("globex", *signer));
+  ASSERT_OK(info);
+  auto version_after = store_->ConfigVersion();
+  ASSERT_OK(version_after);
+  EXPECT_GT(*version_after, *version_before);
+
+  const ReleaseRequest r = globex_request(*signer, info->cert_pem);
+  ASSERT_OK(service_->RegisterImage(portal, {"globex", "img-g", r.key_id, 0},
+                                    {r.descriptor_name, r.descriptor, r.manifest, r.package_cert}));
+  ASSERT_OK(service_->CreateGrant(portal, {r.job_id, "img-g", "globex", "h1", 60}));
+  auto version_granted = store_->ConfigVersion();
+  ASSERT_OK(version_granted);
+  ASSERT_EQ(*version_granted, *version_after);  // so the cache holds this version
+  auto out = Release(r);
+  ASSERT_OK(out);
+  EXPECT_EQ(out->signer_key_id, info->key_id);
+}
+
+// A failed verdict is history: it increments the store's history version,
+// not its config version, so one host's forged evidence does not empty
+// every host's cached release reads; a policy's history rule still sees it
+// at the next release (also through another process:
+// ChangesThroughAnotherServiceReachTheNextRelease).
+TEST_F(ReleaseTest, AFailedVerdictIncrementsTheHistoryVersionNotTheConfigVersion) {
+  crypto::PublicKey customer = NewCustomerKey("X25519");
+  const Caller op = As(Caller::Role::kOperator, "op");
+  ASSERT_OK(service_->PutPolicy(op, {kTenant, "", {{"flavors", {{"anyOf", {"good"}}}},
+                                                   {"history", {{"no_failures_within_seconds", 3600}}}}}));
+  ASSERT_OK(Release(Request("img-1", customer, data_key_)));  // history (none) cached
+  const ReleaseRequest granted = Request("img-1", customer, data_key_);
+  auto before = store_->ReadReleaseVersions();
+  ASSERT_OK(before);
+  ReleaseRequest forged = Request("img-1", customer, data_key_);
+  forged.evidence.quote.signature.back() ^= 0x01;
+  EXPECT_STATUS(Release(forged), StatusCode::kPermissionDenied, "bad_signature");
+  auto after = store_->ReadReleaseVersions();
+  ASSERT_OK(after);
+  EXPECT_EQ(after->config, before->config);
+  EXPECT_EQ(after->history, before->history + 1);
+  auto config = store_->ConfigVersion();
+  ASSERT_OK(config);
+  EXPECT_EQ(*config, after->config);
+  EXPECT_STATUS(Release(granted), StatusCode::kPermissionDenied, "history");
+}
+
+// The descriptor's release policy is parsed and validated once per text:
+// another image's descriptor with another policy gets its own (never the
+// cached one of the first), and a customer-signed policy stored through
+// another KMS process on the same store overrides the cached descriptor
+// policy at the next release.
+TEST_F(ReleaseTest, CachedDescriptorPolicyIsNeverAnotherTextsOrOlderThanASignedPolicy) {
+  const crypto::PublicKey customer = NewCustomerKey("X25519");
+  const Caller op = As(Caller::Role::kOperator, "op");
+  const Caller portal = As(Caller::Role::kPortal, "p");
+  descriptor_policy_ = R"({"flavors":{"anyOf":["good"]}})";
+  ASSERT_OK(Release(Request("img-1", customer, data_key_)));
+  ASSERT_OK(Release(Request("img-1", customer, data_key_)));  // the parsed policy from the cache
+  EXPECT_EQ(GrantedPolicy(), "descriptor");
+  // Another text: tier=gold required. Granted while h1 is tagged, refused
+  // at release once the tag is gone.
+  descriptor_policy_ = R"({"flavors":{"anyOf":["good"]},"required_tags":["tier=gold"]})";
+  ASSERT_OK(service_->SetHostTags(op, "h1", {"tier=gold"}));
+  const ReleaseRequest gold = Request("img-2", customer, data_key_);
+  ASSERT_OK(service_->SetHostTags(op, "h1", {}));
+  EXPECT_STATUS(Release(gold), StatusCode::kPermissionDenied, "tags");
+  // img-1 again (its own text, cached): released.
+  descriptor_policy_ = R"({"flavors":{"anyOf":["good"]}})";
+  const ReleaseRequest granted = Request("img-1", customer, data_key_);
+  ASSERT_OK(Release(granted));
+  EXPECT_EQ(GrantedPolicy(), "descriptor");
+  // Granted under the descriptor's policy; then the customer's signed
+  // version 1 (through another KMS process) requires a tag h1 lacks.
+  const ReleaseRequest before_change = Request("img-1", customer, data_key_);
+  auto second = KmsService::Create({}, store_.get(), kek_.get(), {ca_pem_, ca_key_pem_.Clone()});
+  ASSERT_OK(second);
+  ASSERT_OK((*second)->PutSignedPolicy(
+      portal, SignedPolicy("img-1", 1, {{"flavors", {{"anyOf", {"good"}}}}, {"required_tags", {"region=x"}}})));
+  EXPECT_STATUS(Release(before_change), StatusCode::kPermissionDenied, "tags");
+  EXPECT_NE(AuditText().find(R"("policy":"signed:v1")"), std::string::npos);
+}
+
 // Used-nonce records are kept until their nonces expire, then purged.
 TEST_F(ReleaseTest, UsedNonceRecordsArePurgedAfterExpiry) {
   crypto::PublicKey customer = NewCustomerKey("X25519");

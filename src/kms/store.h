@@ -208,7 +208,8 @@ class Store {
   // Registers the tenant's signing key with its audit record. Registering
   // the same key again is a no-op (nothing audited); another key for a
   // tenant that has one, or a key registered to another tenant, is
-  // FAILED_PRECONDITION "signing_key_exists: ...".
+  // FAILED_PRECONDITION "signing_key_exists: ...". A registration
+  // increments ConfigVersion in its transaction.
   virtual Status PutSigningKey(const SigningKeyRecord& key, const AuditEvent& audit) = 0;
   // NOT_FOUND if the tenant has none.
   virtual StatusOr<SigningKeyRecord> GetSigningKey(const std::string& tenant) = 0;
@@ -382,11 +383,19 @@ class Store {
                                                               const std::string& image_id) = 0;
 
   // A number that grows with every change to what a release reads besides
-  // customer keys: policies, flavors, hosts (tags, enrollment, AK), failed
-  // verdicts (history) and lifecycle marks (revocations, disabled or closed
-  // customers), committed in the change's own transaction.
+  // customer keys and history: policies, flavors, hosts (tags, enrollment,
+  // AK), lifecycle marks (revocations, disabled or closed customers) and
+  // registered signing keys, committed in the change's own transaction.
   // Equal numbers mean those reads are unchanged (a cache may be reused).
   virtual StatusOr<int64_t> ConfigVersion() = 0;
+  // ConfigVersion and the history version, which grows with every failed
+  // verdict (in the verdict's transaction), read in one statement. Apart,
+  // so that one host's failures do not empty every host's release cache.
+  struct ReleaseVersions {
+    int64_t config = 0;
+    int64_t history = 0;
+  };
+  virtual StatusOr<ReleaseVersions> ReadReleaseVersions() = 0;
 
   // --- Audit log -----------------------------------------------------------
   // Appends an event on its own (e.g. a denial that changes no other state).

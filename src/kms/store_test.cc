@@ -360,25 +360,39 @@ TEST_P(StoreTest, FailedVerdictsLatestVerdictAndHostList) {
   EXPECT_EQ((*hosts)[1].tags, std::vector<std::string>{"region=eu"});
 }
 
-// Every change to what a release reads besides keys moves the config
-// version, in its own transaction; nothing else does. Seen through a second
-// connection (another KMS process).
+// Every change to what a release reads besides keys and history moves the
+// config version, in its own transaction; a failed verdict (history) moves
+// the history version instead; nothing else moves either. Seen through a
+// second connection (another KMS process), also as ReadReleaseVersions
+// reads them (one statement).
 TEST_P(StoreTest, ConfigVersionMovesWithEveryChangeReleasesRead) {
   auto other = OpenOrDie();
   ASSERT_NE(other, nullptr);
-  auto version = [&] {
-    auto v = other->ConfigVersion();
+  auto versions = [&] {
+    auto v = other->ReadReleaseVersions();
     EXPECT_OK(v);
-    return v.ok() ? *v : -1;
+    auto c = other->ConfigVersion();
+    EXPECT_OK(c);
+    if (v.ok() && c.ok()) {
+      EXPECT_EQ(v->config, *c);
+    }
+    return v.ok() ? *v : Store::ReleaseVersions{-1, -1};
   };
+  auto version = [&] { return versions().config; };
   int64_t last = version();
+  int64_t last_history = versions().history;
   ASSERT_GE(last, 0);
+  ASSERT_GE(last_history, 0);
   auto moved = [&](const char* what) {
     const int64_t now = version();
     EXPECT_GT(now, last) << what;
     last = now;
   };
-  auto still = [&](const char* what) { EXPECT_EQ(version(), last) << what; };
+  auto still = [&](const char* what) {
+    const Store::ReleaseVersions now = versions();
+    EXPECT_EQ(now.config, last) << what;
+    EXPECT_EQ(now.history, last_history) << what;
+  };
 
   ASSERT_OK(store_->PutHost({"h1", "ek", "ak", false, {}, 5}, Event("host.enroll", "h1")));
   moved("PutHost");
@@ -390,8 +404,18 @@ TEST_P(StoreTest, ConfigVersionMovesWithEveryChangeReleasesRead) {
   moved("PutFlavor");
   ASSERT_OK(store_->PutPolicy({"acme", "", json::object()}, Event("policy.put", "acme")));
   moved("PutPolicy");
+  const SigningKeyRecord signing{"acme", "sk-1", "pem", "cert", 5};
+  ASSERT_OK(store_->PutSigningKey(signing, Event("signing_key.register", "acme")));
+  moved("PutSigningKey");
+  ASSERT_OK(store_->PutSigningKey(signing, Event("signing_key.register", "acme")));
+  still("the same signing key again (a no-op)");
   ASSERT_OK(store_->PutVerdict({"v1", "h1", false, "bad_signature", 100, json::object()}, Event("v", "h1")));
-  moved("an untrusted verdict");
+  {
+    const Store::ReleaseVersions now = versions();
+    EXPECT_EQ(now.config, last) << "an untrusted verdict";
+    EXPECT_EQ(now.history, last_history + 1) << "an untrusted verdict";
+    last_history = now.history;
+  }
   ASSERT_OK(store_->PutVerdict({"v2", "h1", true, "ok", 101, json::object()}, Event("v", "h1")));
   still("a trusted verdict");
   ASSERT_OK(store_->PutCustomerKey(Key("k1", "acme"), Event("key", "acme")));

@@ -179,12 +179,13 @@ StatusOr<AuditHead> VerifyStoreAudit(Store& store, const AuditVerifyOptions& opt
 StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(Store* store, const KeyEncryptionKey* kek) {
   SecretBytes fresh = SecretBytes::Random(tlog::kEd25519SeedBytes);
   ASSIGN_OR_RETURN(auto fresh_signer, SignerForSeed(fresh));
-  ASSIGN_OR_RETURN(std::string wrapped, kek->Wrap(fresh, kLogKeyAad));
+  ASSIGN_OR_RETURN(auto wrapped, kek->WrapForRecord(fresh, kLogKeyAad));
   ASSIGN_OR_RETURN(
       std::string stored,
-      store->PutSecretIfAbsent(kLogKeyName, kek->id() + " " + crypto::Base64Encode(crypto::AsBytes(wrapped)),
+      store->PutSecretIfAbsent(kLogKeyName, wrapped.kek_id + " " + crypto::Base64Encode(crypto::AsBytes(wrapped.wrapped)),
                                {kLogKeyEvent, "kms",
-                                nlohmann::json{{"kek_id", kek->id()}, {"log_key", fresh_signer->VerifierKey()}}}));
+                                nlohmann::json{{"kek_id", wrapped.kek_id}, {"log_key", fresh_signer->VerifierKey()}}}));
+  wrapped.hold.reset();
   const size_t space = stored.find(' ');
   if (space == std::string::npos) return DataLossError("the store's audit log key record is malformed");
   const std::string stored_kek = stored.substr(0, space);

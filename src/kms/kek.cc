@@ -90,6 +90,12 @@ StatusOr<SecretBytes> KeyEncryptionKey::UnwrapUnder(std::string_view kek_id, std
   return Unwrap(wrapped, aad);
 }
 
+StatusOr<KeyEncryptionKey::WrappedForRecord> KeyEncryptionKey::WrapForRecord(const SecretBytes& plaintext,
+                                                                            std::string_view aad) const {
+  ASSIGN_OR_RETURN(std::string wrapped, Wrap(plaintext, aad));
+  return WrappedForRecord{id(), std::move(wrapped), nullptr};
+}
+
 std::string CustomerKeyAad(std::string_view key_id, std::string_view customer_id) {
   std::string aad("vmseal kms customer key v1");
   aad.push_back('\0');

@@ -41,6 +41,17 @@ class KeyEncryptionKey {
   // ..." unless Holds(kek_id).
   virtual StatusOr<SecretBytes> UnwrapUnder(std::string_view kek_id, std::string_view wrapped,
                                             std::string_view aad) const;
+
+  // A wrap for a record that names its KEK: `wrapped` is under exactly the
+  // KEK `kek_id` names, and `hold` keeps that KEK current until released
+  // (a ring's reload waits for it: kms/kek_rotation.h), so a record stored
+  // while `hold` lives cannot name a KEK that a re-wrap has passed already.
+  struct WrappedForRecord {
+    std::string kek_id;
+    std::string wrapped;
+    std::shared_ptr<void> hold;
+  };
+  virtual StatusOr<WrappedForRecord> WrapForRecord(const SecretBytes& plaintext, std::string_view aad) const;
 };
 
 // The associated data of the service secrets stored wrapped under the KEK

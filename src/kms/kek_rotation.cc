@@ -24,6 +24,19 @@ std::string_view SecretAad(std::string_view name) {
 
 // --- KekRing -----------------------------------------------------------------
 
+KekRing::WriteGate::WriteGate() {
+  pthread_rwlockattr_t attr;
+  pthread_rwlockattr_init(&attr);
+  pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+  pthread_rwlock_init(&lock_, &attr);
+  pthread_rwlockattr_destroy(&attr);
+}
+KekRing::WriteGate::~WriteGate() { pthread_rwlock_destroy(&lock_); }
+void KekRing::WriteGate::lock_shared() { pthread_rwlock_rdlock(&lock_); }
+void KekRing::WriteGate::unlock_shared() { pthread_rwlock_unlock(&lock_); }
+void KekRing::WriteGate::lock() { pthread_rwlock_wrlock(&lock_); }
+void KekRing::WriteGate::unlock() { pthread_rwlock_unlock(&lock_); }
+
 KekRing::KekRing(std::unique_ptr<KeyEncryptionKey> current) {
   current_ = current.get();
   all_.push_back(std::move(current));
@@ -49,6 +62,19 @@ StatusOr<std::string> KekRing::Wrap(const SecretBytes& plaintext, std::string_vi
     current = current_;
   }
   return current->Wrap(plaintext, aad);
+}
+
+StatusOr<KeyEncryptionKey::WrappedForRecord> KekRing::WrapForRecord(const SecretBytes& plaintext,
+                                                                   std::string_view aad) const {
+  gate_.lock_shared();
+  std::shared_ptr<void> hold(&gate_, [](void* gate) { static_cast<WriteGate*>(gate)->unlock_shared(); });
+  const KeyEncryptionKey* current = nullptr;
+  {
+    std::shared_lock lock(mu_);
+    current = current_;
+  }
+  ASSIGN_OR_RETURN(std::string wrapped, current->Wrap(plaintext, aad));
+  return WrappedForRecord{current->id(), std::move(wrapped), std::move(hold)};
 }
 
 StatusOr<SecretBytes> KekRing::Unwrap(std::string_view wrapped, std::string_view aad) const {
@@ -102,6 +128,7 @@ StatusOr<std::string> KekRing::WrapUnder(std::string_view kek_id, const SecretBy
 }
 
 void KekRing::Install(std::unique_ptr<KeyEncryptionKey> kek) {
+  std::unique_lock gate(gate_);
   std::unique_lock lock(mu_);
   dropped_.erase(kek->id());
   for (const auto& k : all_) {

@@ -36,6 +36,7 @@
 #include <vector>
 
 #include <nlohmann/json.hpp>
+#include <pthread.h>
 
 #include "base/status.h"
 #include "kms/kek.h"
@@ -57,12 +58,17 @@ class KekRing : public KeyEncryptionKey {
   bool Holds(std::string_view kek_id) const override;
   StatusOr<SecretBytes> UnwrapUnder(std::string_view kek_id, std::string_view wrapped,
                                     std::string_view aad) const override;
+  // Wraps under the current KEK and holds the ring's write gate until the
+  // result's `hold` is released: Install waits for every such hold, so once
+  // a reload has returned no record can be stored under the KEK it replaced.
+  StatusOr<WrappedForRecord> WrapForRecord(const SecretBytes& plaintext, std::string_view aad) const override;
 
   // Wraps under the member `kek_id` (FAILED_PRECONDITION if not held).
   StatusOr<std::string> WrapUnder(std::string_view kek_id, const SecretBytes& plaintext,
                                   std::string_view aad) const;
   // Makes `kek` the current KEK; the former current stays as a previous
   // one. A KEK the ring holds already (same id) becomes current again.
+  // Waits for the holds of WrapForRecord that name the former current KEK.
   void Install(std::unique_ptr<KeyEncryptionKey> kek);
   // Adds `kek` as a previous KEK (no-op if held).
   void AddPrevious(std::unique_ptr<KeyEncryptionKey> kek);
@@ -75,6 +81,25 @@ class KekRing : public KeyEncryptionKey {
  private:
   const KeyEncryptionKey* FindLocked(std::string_view kek_id) const;
 
+  // Shared by WrapForRecord until its record is stored, exclusive in
+  // Install. Writer-preferring (glibc's PTHREAD_RWLOCK_PREFER_WRITER_
+  // NONRECURSIVE_NP): a steady stream of key creations cannot starve a
+  // reload. Taken before mu_, never while holding it.
+  class WriteGate {
+   public:
+    WriteGate();
+    ~WriteGate();
+    WriteGate(const WriteGate&) = delete;
+    WriteGate& operator=(const WriteGate&) = delete;
+    void lock_shared();
+    void unlock_shared();
+    void lock();
+    void unlock();
+
+   private:
+    pthread_rwlock_t lock_;
+  };
+  mutable WriteGate gate_;
   mutable std::shared_mutex mu_;
   std::vector<std::unique_ptr<KeyEncryptionKey>> all_;  // never shrinks
   // Duplicates of members (a reload opens the KEKs again), kept rather than

@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <thread>
 
 #include "crypto/primitives.h"
@@ -59,6 +60,38 @@ TEST(KekRingTest, OpensEachRecordByTheKekItNamesAndWrapsUnderTheCurrentOne) {
   EXPECT_FALSE(ring.Holds(a_id));
   EXPECT_STATUS(ring.UnwrapUnder(a_id, *under_a, "aad"), StatusCode::kFailedPrecondition, "kek_mismatch: ");
   EXPECT_EQ(ring.ids(), (std::vector<std::string>{b_id}));
+}
+
+// A record being stored under the current KEK holds the ring's write gate:
+// a reload (Install) waits for it, so a re-wrap that starts after the
+// reload cannot miss it (the race a KMS replica lost under CI load: a key
+// wrapped under the old KEK and stored after the re-wrap had passed).
+TEST(KekRingTest, AReloadWaitsForARecordBeingStoredUnderTheKekItReplaces) {
+  auto a = NewKek();
+  auto b = NewKek();
+  const std::string a_id = a->id(), b_id = b->id();
+  KekRing ring(std::move(a));
+  auto sealed = ring.WrapForRecord(Secret("one"), "aad");
+  ASSERT_OK(sealed);
+  EXPECT_EQ(sealed->kek_id, a_id);
+  std::atomic<bool> installed{false};
+  std::thread reload([&] {
+    ring.Install(std::move(b));
+    installed = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_FALSE(installed.load()) << "Install did not wait for the record being stored";
+  EXPECT_EQ(ring.id(), a_id);
+  sealed->hold.reset();  // the record is stored
+  reload.join();
+  EXPECT_TRUE(installed.load());
+  // The record names the KEK that wrapped it, and later ones the new KEK.
+  EXPECT_OK(ring.UnwrapUnder(sealed->kek_id, sealed->wrapped, "aad"));
+  auto next = ring.WrapForRecord(Secret("two"), "aad");
+  ASSERT_OK(next);
+  EXPECT_EQ(next->kek_id, b_id);
+  EXPECT_OK(ring.UnwrapUnder(b_id, next->wrapped, "aad"));
+  EXPECT_STATUS(ring.UnwrapUnder(a_id, next->wrapped, "aad"), StatusCode::kUnauthenticated, "");
 }
 
 class KekRotationTest : public ::testing::Test {

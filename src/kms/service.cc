@@ -210,11 +210,12 @@ constexpr int64_t kNonceClockSkewSeconds = 60;
 // the KEK, shared by every KMS process on that store. Stored as
 // "<KEK id> <base64 of the wrapped key>".
 StatusOr<SecretBytes> LoadNonceKey(Store* store, const KeyEncryptionKey* kek) {
-  ASSIGN_OR_RETURN(std::string fresh, kek->Wrap(SecretBytes::Random(32), kNonceKeyAad));
+  ASSIGN_OR_RETURN(auto fresh, kek->WrapForRecord(SecretBytes::Random(32), kNonceKeyAad));
   ASSIGN_OR_RETURN(std::string stored,
                    store->PutSecretIfAbsent(kNonceKeyName,
-                                            kek->id() + " " + crypto::Base64Encode(crypto::AsBytes(fresh)),
-                                            {"kms.nonce_key.create", "kms", json{{"kek_id", kek->id()}}}));
+                                            fresh.kek_id + " " + crypto::Base64Encode(crypto::AsBytes(fresh.wrapped)),
+                                            {"kms.nonce_key.create", "kms", json{{"kek_id", fresh.kek_id}}}));
+  fresh.hold.reset();
   const size_t space = stored.find(' ');
   if (space == std::string::npos) return DataLossError("the store's nonce key record is malformed");
   const std::string stored_kek = stored.substr(0, space);
@@ -361,10 +362,12 @@ StatusOr<CustomerKeyInfo> KmsService::CreateCustomerKey(const Caller& caller,
                    internal::CertifyPublicKey(ca_, key.public_pem, rec.key_id, "customer:" + rec.customer_id,
                                               options_.customer_cert_days,
                                               rec.version > 1 ? KeyVersionOu(rec.version) : ""));
-  ASSIGN_OR_RETURN(std::string wrapped,
-                   kek_->Wrap(key.private_pkcs8_der, CustomerKeyAad(rec.key_id, rec.customer_id)));
-  rec.wrapped_private_key = crypto::Base64Encode(crypto::AsBytes(wrapped));
-  rec.kek_id = kek_->id();
+  // `sealed.hold` lives until the record is stored: a KEK reload waits for
+  // it, so a rotation's re-wrap, which starts after the reload, sees it.
+  ASSIGN_OR_RETURN(auto sealed, kek_->WrapForRecord(key.private_pkcs8_der,
+                                                    CustomerKeyAad(rec.key_id, rec.customer_id)));
+  rec.wrapped_private_key = crypto::Base64Encode(crypto::AsBytes(sealed.wrapped));
+  rec.kek_id = sealed.kek_id;
   RETURN_IF_ERROR(store_->PutCustomerKey(
       rec, {"customer_key.create", "customer/" + rec.customer_id,
             json{{"key_id", rec.key_id}, {"algorithm", algorithm}, {"kek_id", rec.kek_id},

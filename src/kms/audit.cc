@@ -182,7 +182,8 @@ StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(Store* store, const KeyEncryp
   ASSIGN_OR_RETURN(auto wrapped, kek->WrapForRecord(fresh, kLogKeyAad));
   ASSIGN_OR_RETURN(
       std::string stored,
-      store->PutSecretIfAbsent(kLogKeyName, wrapped.kek_id + " " + crypto::Base64Encode(crypto::AsBytes(wrapped.wrapped)),
+      store->PutSecretIfAbsent(kLogKeyName,
+                               wrapped.kek_id + " " + crypto::Base64Encode(crypto::AsBytes(wrapped.wrapped)),
                                {kLogKeyEvent, "kms",
                                 nlohmann::json{{"kek_id", wrapped.kek_id}, {"log_key", fresh_signer->VerifierKey()}}}));
   wrapped.hold.reset();

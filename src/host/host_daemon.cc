@@ -167,6 +167,15 @@ StatusOr<std::unique_ptr<HostDaemon>> HostDaemon::Create(const HostConfig& confi
   ASSIGN_OR_RETURN(ao.launch_mode, ParseLaunchMode(config.launch_mode));
   ao.disk_dir = config.image_store_dir + "/vd";
   ao.nbd_plugin_path = config.nbd_plugin.empty() ? DefaultNbdPluginPath() : config.nbd_plugin;
+  // Each export's nbdkit runs as its VM's user and loads the plugin by path:
+  // a checkout under a private directory (/root, mktemp -d) must let them
+  // through, or every streamed launch fails inside nbdkit.
+  // A plugin that is not there fails the encrypted launches, with its path.
+  if (Status s = d->vms_->LetVmUsersRead(ao.nbd_plugin_path); s.code() == StatusCode::kNotFound) {
+    spdlog::warn("nbd_plugin {} not found: encrypted images cannot launch", ao.nbd_plugin_path);
+  } else {
+    RETURN_IF_ERROR(s.WithPrefix("nbd_plugin"));
+  }
   ao.nbdkit_path = config.nbdkit_binary;
   ao.qemu_img_path = config.qemu_img_binary;
   ao.overlay_pool_target = config.overlay_pool;

@@ -2053,6 +2053,34 @@ TEST_F(HostStreamE2eTest, TamperedChunkReadLazilyIsAGuestIoErrorAndAnEvent) {
   }
 }
 
+// A checkout under a private directory (/root/vmseal, mktemp -d): the
+// plugin the exports load, as their VM users, lies below directories only
+// root may enter. The daemon lets the VM users' group through (0710) at
+// start; before that, every streamed launch failed inside nbdkit with
+// "cannot open plugin ... Permission denied".
+class HostPluginInPrivateDirE2eTest : public HostStreamE2eTest {
+ protected:
+  void ConfigureHost(HostConfig* c) override {
+    const std::string lib = dir_.File("private/lib");
+    ASSERT_EQ(::mkdir(dir_.File("private").c_str(), 0700), 0);
+    ASSERT_EQ(::mkdir(lib.c_str(), 0700), 0);
+    std::filesystem::copy_file(VMSEAL_NBD_PLUGIN_PATH, lib + "/nbdkit-vmseal-plugin.so");
+    ASSERT_EQ(::chmod((lib + "/nbdkit-vmseal-plugin.so").c_str(), 0755), 0);
+    c->nbd_plugin = lib + "/nbdkit-vmseal-plugin.so";
+  }
+};
+
+TEST_F(HostPluginInPrivateDirE2eTest, StreamedLaunchLoadsAPluginBelowPrivateDirectories) {
+  if (daemon_->vms()->UserGroups().empty()) GTEST_SKIP() << "vm users need the agent to run as root";
+  struct stat st;
+  ASSERT_EQ(::stat(dir_.File("private/lib").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0710u);  // search for the group only: no listing
+  EXPECT_EQ(st.st_gid, daemon_->vms()->UserGroups()[0]);
+  vm::VmInfo vm = LaunchAndBoot(Seal("private-plugin"));
+  ASSERT_EQ(vm.disks.size(), 1u);
+  EXPECT_EQ(vm.disks[0].source, vm::DiskSource::kNbd);
+}
+
 class HostCopyModeE2eTest : public HostStreamE2eTest {
  protected:
   void ConfigureHost(HostConfig* c) override { c->launch_mode = "copy"; }

@@ -274,6 +274,16 @@ Status LetGroupTraverse(const std::string& dir, gid_t gid, uid_t uid) {
   return OkStatus();
 }
 
+// LetGroupTraverse for every directory from / down to `dir` (absolute or
+// relative to the working directory).
+Status LetGroupTraverseDownTo(const std::string& dir, gid_t gid) {
+  const std::filesystem::path normal = std::filesystem::absolute(dir).lexically_normal();
+  for (auto p = normal; !p.empty() && p != p.root_path(); p = p.parent_path()) {
+    RETURN_IF_ERROR(LetGroupTraverse(p.string(), gid, kNoVmUser));
+  }
+  return OkStatus();
+}
+
 // The supplementary groups of a VM user: the traversal group, and "kvm"
 // when the VM uses KVM (the device is usually 0660 root:kvm).
 std::vector<gid_t> VmUserGroups(const VmUserRange& range, Accel accel) {
@@ -377,12 +387,7 @@ StatusOr<std::unique_ptr<VmManager>> VmManager::Create(const VmManagerOptions& o
     // path: every directory from / down to run/ must let their group pass.
     // Nothing above state_dir is readable to them by this.
     const gid_t traverse = static_cast<gid_t>(users.first_id);
-    std::filesystem::path dir = std::filesystem::absolute(options.state_dir).lexically_normal();
-    std::vector<std::string> chain;
-    for (auto p = dir; !p.empty() && p != p.root_path(); p = p.parent_path()) {
-      chain.push_back(p.string());
-    }
-    for (const std::string& d : chain) RETURN_IF_ERROR(LetGroupTraverse(d, traverse, kNoVmUser));
+    RETURN_IF_ERROR(LetGroupTraverseDownTo(options.state_dir, traverse));
     RETURN_IF_ERROR(LetGroupTraverse(options.state_dir + "/run", traverse, kNoVmUser));
   }
   // The QMP socket path (named by a 16-character digest of the vm name, so
@@ -554,6 +559,21 @@ Status VmManager::GrantAccessLocked(uint32_t uid, const std::string& path) {
     if (d == root) break;
   }
   return OkStatus();
+}
+
+Status VmManager::LetVmUsersRead(const std::string& path) {
+  if (options_.vm_users.count == 0) return OkStatus();
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return ErrnoToStatus(errno, "stat", path);
+  if (!S_ISREG(st.st_mode)) return InvalidArgumentError("not a regular file: " + path);
+  const gid_t traverse = static_cast<gid_t>(options_.vm_users.first_id);
+  if ((st.st_mode & S_IROTH) == 0 && !(st.st_gid == traverse && (st.st_mode & S_IRGRP) != 0)) {
+    char mode[8];
+    std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
+    return FailedPreconditionError("vm users cannot read " + path + " (mode " + mode +
+                                   "): give others read permission, e.g. chmod o+r");
+  }
+  return LetGroupTraverseDownTo(std::filesystem::path(path).parent_path().string(), traverse);
 }
 
 StatusOr<uint32_t> VmManager::AllocateUidLocked() {

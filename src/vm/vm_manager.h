@@ -366,6 +366,13 @@ class VmManager {
   // own (0700). A VM not launched yet uses the uid UserFor reserved.
   Status GrantAccess(const std::string& name, const std::string& path);
 
+  // Lets every VM user read `path`, a file the agent does not own per VM
+  // (the nbdkit plugin the exports load): the VM users' group may traverse
+  // each directory from / down to it (0710, as for state_dir), and the file
+  // must be world-readable already (FAILED_PRECONDITION otherwise; its mode
+  // is left alone). OK and nothing done when VM users are off.
+  Status LetVmUsersRead(const std::string& path);
+
   // The uid (= gid) the processes of VM `name` run as: its qemu and its NBD
   // exports. The one its record holds; before Launch, one reserved for it
   // now and kept until Launch records it or ReleaseUser/Delete drops it.

@@ -630,14 +630,19 @@ TEST_F(ExportTest, ParallelReadsAroundTamperedChunksFailOnlyThoseAndServeTheRest
 TEST_F(ExportTest, AProcessOfTheExportsOwnUidCannotReadItsMemory) {
   if (geteuid() != 0) GTEST_SKIP() << "run_as_uid needs root";
   constexpr uid_t kVmUid = 61727;
-  // The VM user reaches the package (its own copy in a directory it may
-  // enter; nothing secret in this test's data).
+  // The VM user reaches the package and the plugin (copies in a directory
+  // it may enter, as the host daemon arranges for them: the checkout may
+  // lie below directories it cannot enter; nothing secret in this test's
+  // data).
   const std::string pub = dir_.File("pub");
   ASSERT_EQ(mkdir(pub.c_str(), 0755), 0);
   ASSERT_EQ(chmod(dir_.path().c_str(), 0755), 0);
   fs::copy_file(Ova(), pub + "/pkg.ova");
   ASSERT_EQ(chmod((pub + "/pkg.ova").c_str(), 0644), 0);
   ExportOptions o = Local("u");
+  fs::copy_file(o.plugin_path, pub + "/plugin.so");
+  ASSERT_EQ(chmod((pub + "/plugin.so").c_str(), 0755), 0);
+  o.plugin_path = pub + "/plugin.so";
   o.package_path = pub + "/pkg.ova";
   o.run_as_uid = kVmUid;
   auto e = Export::Start(o, key_);
